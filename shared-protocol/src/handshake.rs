@@ -1,0 +1,1 @@
+//! See docs/protocol.md (work in progress).

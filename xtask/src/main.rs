@@ -1,0 +1,2 @@
+//! `cargo xtask`: the project's single automation entry.
+fn main() {}
