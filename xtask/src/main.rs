@@ -1,2 +1,46 @@
 //! `cargo xtask`: the project's single automation entry.
-fn main() {}
+//!
+//! Each subcommand lives in its own module; this file only parses the command line and
+//! dispatches. Scripts that xtask calls (package installs, toolchain set-up) live in `scripts/`.
+//!
+//! * `test`: everything CI runs, in order (see [`test`]).
+//! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
+
+mod cross;
+mod shell;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  test [--skip STEP]... [--only STEP]...   run everything CI runs (steps: see `cargo xtask test --list`)
+  cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
+  help                                     this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "test" => test::run(rest),
+        "cross" => cross::run(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

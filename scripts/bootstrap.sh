@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks for `cargo xtask test`. Idempotent: a second run
+# only checks. Called by `cargo xtask test` (step `deps`); safe to run by hand.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+
+# Debian packages the tests use; each line: package and why.
+packages=(
+  qemu-system-arm   # the QEMU mps2-an386 virtual board (real firmware binary, end to end)
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Pinned cross toolchain for the MCU targets (private prefix under .cache/).
+if [ -x "$here/cross-toolchain.sh" ]; then
+  "$here/cross-toolchain.sh"
+fi
+echo "bootstrap: ready"

@@ -1,0 +1,67 @@
+//! Small helpers to run commands from the project root with clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The project root (the folder holding the workspace `Cargo.toml`).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the project root")
+        .to_path_buf()
+}
+
+/// Runs `command` from the project root, echoing it first; an error names the command and its
+/// exit status.
+pub fn run_command(command: &mut Command) -> Result<(), String> {
+    if command.get_current_dir().is_none() {
+        command.current_dir(project_root());
+    }
+    eprintln!("$ {}", describe(command));
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start `{}`: {e}", describe(command)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed ({status})", describe(command)))
+    }
+}
+
+/// Builds a `cargo` command using the cargo that runs xtask.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// True when `program` answers `--version`.
+pub fn has_program(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `step`, printing its name and how long it took.
+pub fn timed<T>(name: &str, step: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    eprintln!("\n==> {name}");
+    let start = Instant::now();
+    let result = step();
+    let elapsed = start.elapsed().as_secs_f32();
+    match &result {
+        Ok(_) => eprintln!("<== {name}: ok in {elapsed:.1} s"),
+        Err(e) => eprintln!("<== {name}: FAILED in {elapsed:.1} s: {e}"),
+    }
+    result
+}
+
+fn describe(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}

@@ -1,0 +1,177 @@
+//! `cargo xtask test`: everything CI runs, in a fixed order, stopping at the first failure.
+//!
+//! Steps (each can be skipped with `--skip NAME` or selected with `--only NAME`):
+//! 1. `deps`: install what a fresh machine lacks (`scripts/bootstrap.sh`, idempotent).
+//! 2. `fmt`: `cargo fmt --check`.
+//! 3. `clippy`: clippy on every target and feature with warnings denied.
+//! 4. `test`: all host tests (unit, integration, property, vector tests).
+//! 5. `doc`: rustdoc with warnings denied (broken links, missing docs).
+//! 6. `cross`: the pinned cross toolchain and the no_std builds for the MCU targets.
+//! 7. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
+//!    (`FUZZ_SECONDS`, default 60, per target).
+
+use crate::shell::{cargo, has_program, project_root, run_command, timed};
+use std::process::Command;
+
+/// A named step of the test run.
+struct Step {
+    name: &'static str,
+    what: &'static str,
+    action: fn() -> Result<(), String>,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        name: "deps",
+        what: "install missing packages and tools",
+        action: deps,
+    },
+    Step {
+        name: "fmt",
+        what: "rustfmt check",
+        action: fmt,
+    },
+    Step {
+        name: "clippy",
+        what: "clippy, warnings denied",
+        action: clippy,
+    },
+    Step {
+        name: "test",
+        what: "host tests",
+        action: host_tests,
+    },
+    Step {
+        name: "doc",
+        what: "rustdoc, warnings denied",
+        action: doc,
+    },
+    Step {
+        name: "cross",
+        what: "cross toolchain and MCU builds",
+        action: cross,
+    },
+    Step {
+        name: "fuzz",
+        what: "short fuzz run per target",
+        action: fuzz,
+    },
+];
+
+/// Runs the selected steps; `args` are the command-line options after `test`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut skip = Vec::new();
+    let mut only = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--list" => {
+                for step in STEPS {
+                    println!("{:8} {}", step.name, step.what);
+                }
+                return Ok(());
+            }
+            "--skip" | "--only" => {
+                let name = iter.next().ok_or(format!("{arg} needs a step name"))?;
+                if !STEPS.iter().any(|s| s.name == name) {
+                    return Err(format!(
+                        "unknown step `{name}` (see `cargo xtask test --list`)"
+                    ));
+                }
+                if arg == "--skip" {
+                    &mut skip
+                } else {
+                    &mut only
+                }
+                .push(name.clone());
+            }
+            other => return Err(format!("unknown option `{other}` for `test`")),
+        }
+    }
+    let selected = STEPS.iter().filter(|s| {
+        !skip.iter().any(|n| n == s.name) && (only.is_empty() || only.iter().any(|n| n == s.name))
+    });
+    for step in selected {
+        timed(step.name, step.action)?;
+    }
+    eprintln!("\nall selected steps passed");
+    Ok(())
+}
+
+fn deps() -> Result<(), String> {
+    run_command(Command::new("bash").arg(project_root().join("scripts/bootstrap.sh")))
+}
+
+fn fmt() -> Result<(), String> {
+    run_command(cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+fn clippy() -> Result<(), String> {
+    run_command(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn host_tests() -> Result<(), String> {
+    run_command(cargo().args(["test", "--workspace", "--all-features", "--locked"]))
+}
+
+fn doc() -> Result<(), String> {
+    run_command(
+        cargo()
+            .args([
+                "doc",
+                "--workspace",
+                "--no-deps",
+                "--all-features",
+                "--locked",
+            ])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )
+}
+
+fn cross() -> Result<(), String> {
+    crate::cross::run(&[])
+}
+
+fn fuzz() -> Result<(), String> {
+    // `rustup run` rather than `cargo +nightly`: under `cargo run` the PATH may point at the
+    // pinned toolchain's own cargo, which does not understand `+toolchain`.
+    if !has_program("rustup", &["run", "nightly", "cargo", "--version"]) {
+        eprintln!("skipped: no nightly toolchain on this machine");
+        return Ok(());
+    }
+    if !has_program("rustup", &["run", "nightly", "cargo", "fuzz", "--version"]) {
+        run_command(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let seconds = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "60".into());
+    let fuzz_dir = project_root().join("shared-protocol/fuzz");
+    let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
+        .map_err(|e| format!("cannot list fuzz targets in {}: {e}", fuzz_dir.display()))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".rs")
+                .map(String::from)
+        })
+        .collect();
+    targets.sort();
+    for target in targets {
+        run_command(
+            Command::new("cargo")
+                .current_dir(project_root().join("shared-protocol"))
+                .args(["+nightly", "fuzz", "run", &target, "--"])
+                .arg(format!("-max_total_time={seconds}")),
+        )?;
+    }
+    Ok(())
+}
