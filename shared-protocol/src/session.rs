@@ -1,1 +1,437 @@
-//! See docs/protocol.md (work in progress).
+//! The secure session: sealing and opening DATA packets (docs/protocol.md sections 2.2 and 3).
+//!
+//! A [`SecureSession`] is one side (device or broker) of an established session. It owns both
+//! direction keys from [`crate::keys::derive_session_keys`], the send counter (the nonce) and the
+//! receive [`ReplayWindow`]. It works in place on caller buffers and never allocates:
+//! * [`SecureSession::seal`] / [`SecureSession::seal_with`] write `header || ciphertext || tag`;
+//! * [`SecureSession::open`] / [`SecureSession::open_in_place`] check the header, the replay window
+//!   (before decrypting), verify and decrypt, and only then record the counter.
+//!
+//! Frame-level helpers ([`SecureSession::seal_frame`], [`SecureSession::open_frame`]) add the
+//! postcard [`crate::frame::Frame`] codec on top. Sessions are found by `session_id`
+//! ([`peek_session_id`]), never by address: a packet that opens is authentic wherever it came from.
+
+use chacha20poly1305::aead::inout::InOutBuf;
+use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag};
+
+use crate::keys::{DirectionKey, SessionKeys};
+use crate::replay::{ReplayError, ReplayWindow};
+
+/// Protocol version byte of DATA packets produced here.
+pub const VERSION: u8 = 1;
+/// Packet type byte of DATA packets.
+pub const TYPE_DATA: u8 = 0x10;
+/// DATA header length: version, type, session_id (4), counter (8).
+pub const HEADER_LEN: usize = 14;
+/// Poly1305 tag length.
+pub const TAG_LEN: usize = 16;
+/// Bytes a DATA packet adds around its plaintext.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+/// Largest packet on the binary transport (`MAX_PACKET`).
+pub const MAX_PACKET: usize = 1200;
+/// Largest plaintext (encoded frame) one DATA packet carries.
+pub const MAX_PLAINTEXT: usize = MAX_PACKET - OVERHEAD;
+/// First counter a sender must not use: the session ends before it (re-login).
+pub const COUNTER_LIMIT: u64 = 1 << 48;
+
+/// Which side of the session this is; selects the send and receive keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Role {
+    /// The device: sends with `d2b`, receives with `b2d`.
+    Device,
+    /// The broker: sends with `b2d`, receives with `d2b`.
+    Broker,
+}
+
+/// Why sealing or opening a DATA packet failed. Opening errors never change the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SessionError {
+    /// The packet is shorter than header + tag.
+    Truncated,
+    /// The packet or the plaintext would exceed `MAX_PACKET`.
+    TooLong,
+    /// Not a version-1 DATA packet.
+    NotData,
+    /// The header's session id is not this session's.
+    WrongSession,
+    /// The counter was already received or is older than the replay window.
+    Replayed,
+    /// The tag did not verify: forged, corrupted or under another key.
+    AuthFailed,
+    /// The send counter reached 2^48: end the session and log in again.
+    CounterExhausted,
+    /// The caller's output buffer is too small.
+    BufferTooSmall,
+    /// The frame could not be encoded (it does not fit).
+    Encode,
+    /// The packet authenticated but its plaintext is not a valid frame.
+    Decode,
+}
+
+impl core::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = match self {
+            SessionError::Truncated => "packet truncated",
+            SessionError::TooLong => "packet too long",
+            SessionError::NotData => "not a DATA packet of this version",
+            SessionError::WrongSession => "wrong session id",
+            SessionError::Replayed => "replayed or too old counter",
+            SessionError::AuthFailed => "authentication failed",
+            SessionError::CounterExhausted => "send counter exhausted",
+            SessionError::BufferTooSmall => "output buffer too small",
+            SessionError::Encode => "frame does not encode",
+            SessionError::Decode => "authenticated plaintext is not a frame",
+        };
+        f.write_str(s)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SessionError {}
+
+/// The parsed 14-byte DATA header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DataHeader {
+    /// Session id issued by the broker.
+    pub session_id: u32,
+    /// Per-direction packet counter (the nonce).
+    pub counter: u64,
+}
+
+impl DataHeader {
+    /// Parses the header of a DATA packet (checks version, type and minimum length).
+    pub fn parse(packet: &[u8]) -> Result<Self, SessionError> {
+        if packet.len() < 2 || packet[0] != VERSION || packet[1] != TYPE_DATA {
+            return Err(SessionError::NotData);
+        }
+        if packet.len() < OVERHEAD {
+            return Err(SessionError::Truncated);
+        }
+        let mut sid = [0u8; 4];
+        sid.copy_from_slice(&packet[2..6]);
+        let mut ctr = [0u8; 8];
+        ctr.copy_from_slice(&packet[6..14]);
+        Ok(Self {
+            session_id: u32::from_le_bytes(sid),
+            counter: u64::from_le_bytes(ctr),
+        })
+    }
+
+    /// Writes the header into `out[..HEADER_LEN]`.
+    pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
+        out[0] = VERSION;
+        out[1] = TYPE_DATA;
+        out[2..6].copy_from_slice(&self.session_id.to_le_bytes());
+        out[6..14].copy_from_slice(&self.counter.to_le_bytes());
+    }
+}
+
+/// The session id of a DATA packet, for finding its session (broker side). Unauthenticated.
+pub fn peek_session_id(packet: &[u8]) -> Result<u32, SessionError> {
+    DataHeader::parse(packet).map(|h| h.session_id)
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    Nonce::from(n)
+}
+
+fn cipher(key: &DirectionKey) -> ChaCha20Poly1305 {
+    ChaCha20Poly1305::new(&chacha20poly1305::Key::from(key.0))
+}
+
+/// One side of an established session.
+#[derive(Clone)]
+pub struct SecureSession {
+    role: Role,
+    session_id: u32,
+    send: ChaCha20Poly1305,
+    recv: ChaCha20Poly1305,
+    send_counter: u64,
+    replay: ReplayWindow,
+}
+
+impl core::fmt::Debug for SecureSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SecureSession")
+            .field("role", &self.role)
+            .field("session_id", &self.session_id)
+            .field("send_counter", &self.send_counter)
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecureSession {
+    /// A fresh session (send counter 0, empty replay window) for `role`.
+    pub fn new(role: Role, session_id: u32, keys: &SessionKeys) -> Self {
+        let (send, recv) = match role {
+            Role::Device => (&keys.d2b, &keys.b2d),
+            Role::Broker => (&keys.b2d, &keys.d2b),
+        };
+        Self {
+            role,
+            session_id,
+            send: cipher(send),
+            recv: cipher(recv),
+            send_counter: 0,
+            replay: ReplayWindow::new(),
+        }
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The session id carried in every DATA header.
+    pub fn session_id(&self) -> u32 {
+        self.session_id
+    }
+
+    /// The counter the next sealed packet will carry.
+    pub fn next_send_counter(&self) -> u64 {
+        self.send_counter
+    }
+
+    /// The highest counter received so far.
+    pub fn highest_received(&self) -> Option<u64> {
+        self.replay.highest()
+    }
+
+    /// Seals `plaintext` into `out` as a complete DATA packet; returns the packet length.
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, SessionError> {
+        self.seal_with(out, |body| {
+            let dst = body
+                .get_mut(..plaintext.len())
+                .ok_or(SessionError::BufferTooSmall)?;
+            dst.copy_from_slice(plaintext);
+            Ok(plaintext.len())
+        })
+    }
+
+    /// Seals a plaintext that `write` produces directly in `out` (no copy): `write` gets the room
+    /// between header and tag and returns how many bytes it wrote. Returns the packet length.
+    pub fn seal_with(
+        &mut self,
+        out: &mut [u8],
+        write: impl FnOnce(&mut [u8]) -> Result<usize, SessionError>,
+    ) -> Result<usize, SessionError> {
+        if self.send_counter >= COUNTER_LIMIT {
+            return Err(SessionError::CounterExhausted);
+        }
+        let room = out.len().min(MAX_PACKET);
+        if room < OVERHEAD {
+            return Err(SessionError::BufferTooSmall);
+        }
+        let n = write(&mut out[HEADER_LEN..room - TAG_LEN])?;
+        if n > room - OVERHEAD {
+            return Err(SessionError::TooLong);
+        }
+        let counter = self.send_counter;
+        let mut header = [0u8; HEADER_LEN];
+        DataHeader {
+            session_id: self.session_id,
+            counter,
+        }
+        .write(&mut header);
+        out[..HEADER_LEN].copy_from_slice(&header);
+        let (aad, rest) = out.split_at_mut(HEADER_LEN);
+        let (body, tail) = rest.split_at_mut(n);
+        let tag = self
+            .send
+            .encrypt_inout_detached(&nonce(counter), aad, InOutBuf::from(body))
+            .map_err(|_| SessionError::TooLong)?;
+        tail[..TAG_LEN].copy_from_slice(&tag);
+        self.send_counter += 1;
+        Ok(HEADER_LEN + n + TAG_LEN)
+    }
+
+    fn precheck(&self, packet: &[u8]) -> Result<DataHeader, SessionError> {
+        if packet.len() > MAX_PACKET {
+            return Err(SessionError::TooLong);
+        }
+        let header = DataHeader::parse(packet)?;
+        if header.session_id != self.session_id {
+            return Err(SessionError::WrongSession);
+        }
+        self.replay
+            .check(header.counter)
+            .map_err(|_| SessionError::Replayed)?;
+        Ok(header)
+    }
+
+    fn record(&mut self, counter: u64) -> Result<(), SessionError> {
+        self.replay
+            .accept(counter)
+            .map_err(|_: ReplayError| SessionError::Replayed)
+    }
+
+    /// Opens a DATA packet into `out`; returns the plaintext (a prefix of `out`).
+    ///
+    /// Order: length, version/type, session id, replay window check, tag verification and
+    /// decryption, then the counter is recorded. Any error leaves the session unchanged.
+    pub fn open<'o>(&mut self, packet: &[u8], out: &'o mut [u8]) -> Result<&'o [u8], SessionError> {
+        let header = self.precheck(packet)?;
+        let n = packet.len() - OVERHEAD;
+        let dst = out.get_mut(..n).ok_or(SessionError::BufferTooSmall)?;
+        let ct = &packet[HEADER_LEN..HEADER_LEN + n];
+        let tag = Tag::try_from(&packet[HEADER_LEN + n..]).map_err(|_| SessionError::Truncated)?;
+        let buf = InOutBuf::new(ct, dst).map_err(|_| SessionError::BufferTooSmall)?;
+        if self
+            .recv
+            .decrypt_inout_detached(&nonce(header.counter), &packet[..HEADER_LEN], buf, &tag)
+            .is_err()
+        {
+            // Don't leave unauthenticated plaintext in the caller's buffer.
+            dst.fill(0);
+            return Err(SessionError::AuthFailed);
+        }
+        self.record(header.counter)?;
+        Ok(dst)
+    }
+
+    /// Opens a DATA packet in place; returns the plaintext (a sub-slice of `packet`).
+    /// Same checks and order as [`SecureSession::open`].
+    pub fn open_in_place<'p>(&mut self, packet: &'p mut [u8]) -> Result<&'p [u8], SessionError> {
+        let header = self.precheck(packet)?;
+        let n = packet.len() - OVERHEAD;
+        let (aad, rest) = packet.split_at_mut(HEADER_LEN);
+        let (body, tag) = rest.split_at_mut(n);
+        let tag = Tag::try_from(&tag[..]).map_err(|_| SessionError::Truncated)?;
+        if self
+            .recv
+            .decrypt_inout_detached(
+                &nonce(header.counter),
+                aad,
+                InOutBuf::from(&mut body[..]),
+                &tag,
+            )
+            .is_err()
+        {
+            return Err(SessionError::AuthFailed);
+        }
+        self.record(header.counter)?;
+        Ok(&packet[HEADER_LEN..HEADER_LEN + n])
+    }
+
+    /// Test and vector helper: sets the next send counter. Counters must never be reused under
+    /// one key, so production code has no reason to call this.
+    #[doc(hidden)]
+    pub fn set_send_counter_for_tests(&mut self, counter: u64) {
+        self.send_counter = counter;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{DeviceKey, derive_session_keys};
+
+    fn pair() -> (SecureSession, SecureSession) {
+        let keys = derive_session_keys(&DeviceKey([7; 32]), 42, &[1; 16], &[2; 32]);
+        (
+            SecureSession::new(Role::Device, 0x0102_0304, &keys),
+            SecureSession::new(Role::Broker, 0x0102_0304, &keys),
+        )
+    }
+
+    #[test]
+    fn round_trip_both_directions() {
+        let (mut d, mut b) = pair();
+        let mut pkt = [0u8; 64];
+        let n = d.seal(b"hello", &mut pkt).unwrap();
+        assert_eq!(n, 5 + OVERHEAD);
+        assert_eq!(&pkt[..6], &[1, 0x10, 4, 3, 2, 1]);
+        assert_eq!(&pkt[6..14], &[0; 8]);
+        let mut out = [0u8; 64];
+        assert_eq!(b.open(&pkt[..n], &mut out).unwrap(), b"hello");
+        let n = b.seal(b"world!", &mut pkt).unwrap();
+        assert_eq!(d.open_in_place(&mut pkt[..n]).unwrap(), b"world!");
+        // A side cannot open its own packets (direction keys differ).
+        let n = d.seal(b"x", &mut pkt).unwrap();
+        let mut d2 = d.clone();
+        assert_eq!(d2.open(&pkt[..n], &mut out), Err(SessionError::AuthFailed));
+        assert_eq!(d.next_send_counter(), 2);
+    }
+
+    #[test]
+    fn tamper_any_byte_fails_and_changes_nothing() {
+        let (mut d, mut b) = pair();
+        let mut pkt = [0u8; 64];
+        let n = d.seal(b"payload", &mut pkt).unwrap();
+        for i in 0..n {
+            let mut t = pkt;
+            t[i] ^= 0x01;
+            let before = b.highest_received();
+            let mut out = [0u8; 64];
+            let r = b.open(&t[..n], &mut out).map(|_| ());
+            assert!(r.is_err(), "byte {i}");
+            assert_eq!(b.highest_received(), before);
+        }
+        assert_eq!(b.open(&pkt[..n], &mut [0u8; 64]).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn replay_and_errors() {
+        let (mut d, mut b) = pair();
+        let mut pkt = [0u8; 64];
+        let n = d.seal(b"a", &mut pkt).unwrap();
+        let mut out = [0u8; 64];
+        b.open(&pkt[..n], &mut out).unwrap();
+        assert_eq!(b.open(&pkt[..n], &mut out), Err(SessionError::Replayed));
+        assert_eq!(
+            b.open(&pkt[..OVERHEAD - 1], &mut out),
+            Err(SessionError::Truncated)
+        );
+        assert_eq!(b.open(&[], &mut out), Err(SessionError::NotData));
+        let mut other = pkt;
+        other[2] ^= 1;
+        assert_eq!(
+            b.open(&other[..n], &mut out),
+            Err(SessionError::WrongSession)
+        );
+        assert_eq!(
+            b.open(&pkt[..n], &mut [0u8; 0]),
+            Err(SessionError::Replayed)
+        );
+        let n2 = d.seal(b"abc", &mut pkt).unwrap();
+        let mut small = [0u8; 2];
+        assert_eq!(
+            b.open(&pkt[..n2], &mut small),
+            Err(SessionError::BufferTooSmall)
+        );
+        assert_eq!(b.open(&pkt[..n2], &mut out).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn counter_limit() {
+        let (mut d, mut b) = pair();
+        d.set_send_counter_for_tests(COUNTER_LIMIT - 1);
+        let mut pkt = [0u8; 64];
+        let n = d.seal(b"last", &mut pkt).unwrap();
+        assert_eq!(b.open(&pkt[..n], &mut [0u8; 64]).unwrap(), b"last");
+        assert_eq!(
+            d.seal(b"more", &mut pkt),
+            Err(SessionError::CounterExhausted)
+        );
+    }
+
+    #[test]
+    fn size_limits() {
+        let (mut d, _) = pair();
+        let mut big = [0u8; 1300];
+        let pt = [0u8; MAX_PLAINTEXT + 1];
+        assert_eq!(d.seal(&pt, &mut big), Err(SessionError::BufferTooSmall));
+        let n = d.seal(&pt[..MAX_PLAINTEXT], &mut big).unwrap();
+        assert_eq!(n, MAX_PACKET);
+        assert_eq!(
+            d.seal(b"", &mut [0u8; OVERHEAD - 1]),
+            Err(SessionError::BufferTooSmall)
+        );
+    }
+}
