@@ -1,7 +1,24 @@
 //! Reliability: per-direction sequence numbers, acknowledgements, retransmission with exponential
 //! backoff and jitter, and duplicate suppression (docs/protocol.md section 5).
+//!
+//! Two sans-IO halves, one per direction of a session:
+//! * [`SendWindow`]: numbers reliable frames (1, 2, 3...), keeps the bytes of up to `N`
+//!   unacknowledged frames in inline storage, retires them on [`Ack`]s, and says when to resend
+//!   ([`SendWindow::poll`], [`SendWindow::poll_timeout`]) or that the peer is dead.
+//! * [`RecvWindow`]: classifies received sequence numbers (new, duplicate, out of window), keeps
+//!   the [`Ack`] to send and the deadline by which to send it (`ACK_DELAY`).
+//!
+//! Time is `now_ms: u64` from the caller; the jitter is a random `u16` from the caller per
+//! scheduled wait: `wait = rto/2 + (rto/2) * jitter / 65535`, i.e. a factor in [0.5, 1.0].
+//! What the stored bytes are is the caller's choice (typically the postcard `Body`, so a resend is
+//! framed again with a fresh `ack` and a fresh DATA counter).
 
+use heapless::Vec;
 use serde::{Deserialize, Serialize};
+
+use crate::limits::{
+    ACK_DELAY_MS, MAX_IN_FLIGHT, MAX_TRANSMISSIONS, RECEIVE_WINDOW, RTO_INITIAL_MS, RTO_MAX_MS,
+};
 
 /// Acknowledgement carried in every frame: all reliable frames below `next` were received, and bit
 /// `i` of `mask` says frame `next + 1 + i` was received too.
@@ -12,4 +29,394 @@ pub struct Ack {
     pub next: u32,
     /// Selective acknowledgements above `next`: bit `i` covers sequence `next + 1 + i`.
     pub mask: u32,
+}
+
+impl Ack {
+    /// Whether this acknowledgement covers reliable frame `seq`.
+    pub fn covers(&self, seq: u32) -> bool {
+        if seq < self.next {
+            return true;
+        }
+        let off = seq - self.next;
+        (1..=32).contains(&off) && self.mask & (1u32 << (off - 1)) != 0
+    }
+}
+
+/// The wait before retransmission number `transmissions` (1 = after the first send):
+/// `min(500 * 2^(transmissions-1), 8000)` ms scaled by the jitter factor in [0.5, 1.0].
+pub fn retransmit_wait(transmissions: u32, jitter: u16) -> u64 {
+    let doublings = transmissions.saturating_sub(1).min(16);
+    let rto = (RTO_INITIAL_MS << doublings).min(RTO_MAX_MS);
+    let half = rto / 2;
+    half + half * u64::from(jitter) / u64::from(u16::MAX)
+}
+
+/// Why [`SendWindow::push`] refused a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SendError {
+    /// `N` (or `MAX_IN_FLIGHT`) frames are unacknowledged: wait for acks.
+    WindowFull,
+    /// The bytes exceed the per-frame storage `B`.
+    TooLarge,
+    /// Sequence numbers are used up (2^32 - 1 reliable frames): log in again.
+    SeqExhausted,
+    /// The peer was declared dead; the window takes nothing more.
+    PeerDead,
+}
+
+/// Why [`SendWindow::on_ack`] refused an acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum AckError {
+    /// The ack covers sequence numbers that were never sent (a protocol violation).
+    Unsent,
+}
+
+/// What the sender must do now.
+#[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SendEvent<'a> {
+    /// Send this frame again (same `seq`, fresh `ack`, new DATA packet). `transmission` counts
+    /// sends including this one (2..=8).
+    Retransmit {
+        /// Sequence number of the frame.
+        seq: u32,
+        /// The stored bytes given to [`SendWindow::push`].
+        bytes: &'a [u8],
+        /// Which transmission this is.
+        transmission: u32,
+    },
+    /// A frame was sent `MAX_TRANSMISSIONS` times without acknowledgement: the session is dead.
+    /// Reported once; afterwards [`SendWindow::is_dead`] stays true.
+    PeerDead,
+}
+
+#[derive(Debug)]
+struct Slot<const B: usize> {
+    seq: u32,
+    transmissions: u32,
+    deadline: u64,
+    bytes: Vec<u8, B>,
+}
+
+/// Sender half: sequence numbers, in-flight storage for `N` frames of at most `B` bytes each,
+/// retransmission timers. `N` is capped at `MAX_IN_FLIGHT` (16) at run time.
+#[derive(Debug)]
+pub struct SendWindow<const N: usize, const B: usize> {
+    next_seq: u32,
+    slots: Vec<Slot<B>, N>,
+    dead: bool,
+    dead_reported: bool,
+}
+
+impl<const N: usize, const B: usize> Default for SendWindow<N, B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize, const B: usize> SendWindow<N, B> {
+    /// A window whose first reliable frame will be `seq` 1.
+    pub const fn new() -> Self {
+        Self {
+            next_seq: 1,
+            slots: Vec::new(),
+            dead: false,
+            dead_reported: false,
+        }
+    }
+
+    fn capacity() -> usize {
+        N.min(MAX_IN_FLIGHT as usize)
+    }
+
+    /// Frames sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether [`SendWindow::push`] would take another frame now.
+    pub fn can_send(&self) -> bool {
+        !self.dead && self.slots.len() < Self::capacity() && self.next_seq != u32::MAX
+    }
+
+    /// Whether the peer was declared dead.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// The sequence number the next pushed frame gets.
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+
+    /// Registers a reliable frame the caller sends now (its first transmission) and returns its
+    /// `seq`. `jitter` is fresh randomness for its first timer.
+    pub fn push(&mut self, bytes: &[u8], now_ms: u64, jitter: u16) -> Result<u32, SendError> {
+        if self.dead {
+            return Err(SendError::PeerDead);
+        }
+        if self.next_seq == u32::MAX {
+            return Err(SendError::SeqExhausted);
+        }
+        if self.slots.len() >= Self::capacity() {
+            return Err(SendError::WindowFull);
+        }
+        let stored = Vec::from_slice(bytes).map_err(|_| SendError::TooLarge)?;
+        let seq = self.next_seq;
+        let slot = Slot {
+            seq,
+            transmissions: 1,
+            deadline: now_ms.saturating_add(retransmit_wait(1, jitter)),
+            bytes: stored,
+        };
+        if self.slots.push(slot).is_err() {
+            return Err(SendError::WindowFull);
+        }
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// The stored bytes of in-flight frame `seq`, if it is still unacknowledged.
+    pub fn get(&self, seq: u32) -> Option<&[u8]> {
+        self.slots
+            .iter()
+            .find(|s| s.seq == seq)
+            .map(|s| s.bytes.as_slice())
+    }
+
+    /// Applies a received acknowledgement; returns the sequence numbers it newly acknowledged.
+    /// An ack covering never-sent frames is refused and changes nothing.
+    pub fn on_ack(&mut self, ack: Ack) -> Result<Vec<u32, N>, AckError> {
+        if ack.next > self.next_seq {
+            return Err(AckError::Unsent);
+        }
+        // Bits for seq >= next_seq would acknowledge frames never sent.
+        let sent_above = self.next_seq.saturating_sub(ack.next.saturating_add(1));
+        if sent_above < 32 && ack.mask >> sent_above != 0 {
+            return Err(AckError::Unsent);
+        }
+        let mut acked = Vec::new();
+        self.slots.retain(|s| {
+            if ack.covers(s.seq) {
+                // Capacity N >= slots.len(): cannot fail.
+                let _ = acked.push(s.seq);
+                false
+            } else {
+                true
+            }
+        });
+        acked.sort_unstable();
+        Ok(acked)
+    }
+
+    /// The earliest retransmission deadline (`None` with nothing in flight or once dead).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.dead {
+            return None;
+        }
+        self.slots.iter().map(|s| s.deadline).min()
+    }
+
+    /// What is due at `now_ms`: the earliest overdue frame to resend (its next timer uses
+    /// `jitter`), or `PeerDead` when an overdue frame was already sent `MAX_TRANSMISSIONS` times.
+    /// Call repeatedly until `None`.
+    pub fn poll(&mut self, now_ms: u64, jitter: u16) -> Option<SendEvent<'_>> {
+        if self.dead {
+            if self.dead_reported {
+                return None;
+            }
+            self.dead_reported = true;
+            return Some(SendEvent::PeerDead);
+        }
+        let idx = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.deadline <= now_ms)
+            .min_by_key(|(_, s)| (s.deadline, s.seq))
+            .map(|(i, _)| i)?;
+        if self.slots[idx].transmissions >= MAX_TRANSMISSIONS {
+            self.dead = true;
+            self.dead_reported = true;
+            return Some(SendEvent::PeerDead);
+        }
+        let slot = &mut self.slots[idx];
+        slot.transmissions += 1;
+        slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
+        Some(SendEvent::Retransmit {
+            seq: slot.seq,
+            bytes: slot.bytes.as_slice(),
+            transmission: slot.transmissions,
+        })
+    }
+}
+
+/// What the receiver should do with a received frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RecvOutcome {
+    /// `seq` 0: an unreliable frame; deliver it, nothing to acknowledge.
+    Unreliable,
+    /// A new reliable frame: deliver it (frames are delivered in arrival order, not reordered).
+    Accept,
+    /// Already received: do not deliver again (it is acknowledged again).
+    Duplicate,
+    /// More than `RECEIVE_WINDOW` ahead of `ack.next`: dropped, not recorded.
+    OutOfWindow,
+}
+
+/// Receiver half: which reliable frames arrived, the [`Ack`] describing them, and when it is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RecvWindow {
+    next: u32,
+    mask: u32,
+    ack_due: Option<u64>,
+}
+
+impl Default for RecvWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvWindow {
+    /// Nothing received: `ack = { next: 1, mask: 0 }`.
+    pub const fn new() -> Self {
+        Self {
+            next: 1,
+            mask: 0,
+            ack_due: None,
+        }
+    }
+
+    /// The acknowledgement describing everything received so far.
+    pub fn ack(&self) -> Ack {
+        Ack {
+            next: self.next,
+            mask: self.mask,
+        }
+    }
+
+    /// Classifies a received frame's `seq` and records it. Any reliable `seq` (even a duplicate
+    /// or out-of-window one) makes an acknowledgement due within `ACK_DELAY`.
+    pub fn on_receive(&mut self, seq: u32, now_ms: u64) -> RecvOutcome {
+        if seq == 0 {
+            return RecvOutcome::Unreliable;
+        }
+        if self.ack_due.is_none() {
+            self.ack_due = Some(now_ms.saturating_add(ACK_DELAY_MS));
+        }
+        if seq < self.next {
+            return RecvOutcome::Duplicate;
+        }
+        let off = seq - self.next;
+        if off > RECEIVE_WINDOW {
+            return RecvOutcome::OutOfWindow;
+        }
+        if off == 0 {
+            // In order: advance past it and past every selectively received frame after it.
+            self.next += 1;
+            while self.mask & 1 != 0 {
+                self.mask >>= 1;
+                self.next += 1;
+            }
+            self.mask >>= 1;
+            return RecvOutcome::Accept;
+        }
+        let bit = 1u32 << (off - 1);
+        if self.mask & bit != 0 {
+            return RecvOutcome::Duplicate;
+        }
+        self.mask |= bit;
+        RecvOutcome::Accept
+    }
+
+    /// When the pending acknowledgement must be sent (`None` if none is pending).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.ack_due
+    }
+
+    /// Whether an acknowledgement is pending.
+    pub fn ack_pending(&self) -> bool {
+        self.ack_due.is_some()
+    }
+
+    /// If the acknowledgement is due at `now_ms`, returns it: send an AckOnly frame with it (then
+    /// call [`RecvWindow::on_ack_sent`]).
+    pub fn poll_ack(&self, now_ms: u64) -> Option<Ack> {
+        match self.ack_due {
+            Some(due) if due <= now_ms => Some(self.ack()),
+            _ => None,
+        }
+    }
+
+    /// The current [`Ack`] went out in some frame: nothing is pending any more.
+    pub fn on_ack_sent(&mut self) {
+        self.ack_due = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_covers() {
+        let a = Ack {
+            next: 5,
+            mask: 0b101,
+        };
+        assert!(a.covers(1) && a.covers(4));
+        assert!(!a.covers(5));
+        assert!(a.covers(6) && !a.covers(7) && a.covers(8));
+        assert!(!a.covers(38));
+    }
+
+    #[test]
+    fn wait_bounds() {
+        assert_eq!(retransmit_wait(1, 0), 250);
+        assert_eq!(retransmit_wait(1, u16::MAX), 500);
+        assert_eq!(retransmit_wait(2, u16::MAX), 1000);
+        assert_eq!(retransmit_wait(5, u16::MAX), 8000);
+        assert_eq!(retransmit_wait(6, u16::MAX), 8000);
+        assert_eq!(retransmit_wait(40, 0), 4000);
+    }
+
+    #[test]
+    fn recv_in_order_and_gaps() {
+        let mut r = RecvWindow::new();
+        assert_eq!(r.on_receive(1, 0), RecvOutcome::Accept);
+        assert_eq!(r.ack(), Ack { next: 2, mask: 0 });
+        assert_eq!(r.on_receive(4, 0), RecvOutcome::Accept);
+        assert_eq!(
+            r.ack(),
+            Ack {
+                next: 2,
+                mask: 0b10
+            }
+        );
+        assert_eq!(r.on_receive(2, 0), RecvOutcome::Accept);
+        assert_eq!(
+            r.ack(),
+            Ack {
+                next: 3,
+                mask: 0b1
+            }
+        );
+        assert_eq!(r.on_receive(3, 0), RecvOutcome::Accept);
+        assert_eq!(r.ack(), Ack { next: 5, mask: 0 });
+    }
+
+    #[test]
+    fn send_push_limits() {
+        let mut s: SendWindow<2, 4> = SendWindow::new();
+        assert_eq!(s.push(b"toolong", 0, 0), Err(SendError::TooLarge));
+        assert_eq!(s.push(b"a", 0, 0), Ok(1));
+        assert_eq!(s.push(b"b", 0, 0), Ok(2));
+        assert!(!s.can_send());
+        assert_eq!(s.push(b"c", 0, 0), Err(SendError::WindowFull));
+    }
 }

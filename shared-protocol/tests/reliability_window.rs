@@ -1,0 +1,271 @@
+//! Deterministic tests of the reliability windows (docs/protocol.md section 5) with a fake clock.
+
+use shared_protocol::limits::{ACK_DELAY_MS, MAX_IN_FLIGHT, MAX_TRANSMISSIONS, RECEIVE_WINDOW};
+use shared_protocol::reliability::{
+    Ack, AckError, RecvOutcome, RecvWindow, SendError, SendEvent, SendWindow, retransmit_wait,
+};
+
+type Win = SendWindow<16, 64>;
+
+/// Drives `poll` at each deadline with a fixed jitter and records (time, transmission) pairs
+/// until the peer is declared dead.
+fn run_until_dead(jitter: u16) -> (Vec<(u64, u32)>, u64) {
+    let mut s = Win::new();
+    s.push(b"frame", 0, jitter).unwrap();
+    let mut sends = vec![(0, 1)];
+    loop {
+        let t = s.poll_timeout().expect("a deadline while in flight");
+        // Nothing is due a millisecond early.
+        assert!(s.poll(t - 1, jitter).is_none());
+        match s.poll(t, jitter) {
+            Some(SendEvent::Retransmit {
+                seq,
+                bytes,
+                transmission,
+            }) => {
+                assert_eq!(seq, 1);
+                assert_eq!(bytes, b"frame");
+                sends.push((t, transmission));
+            }
+            Some(SendEvent::PeerDead) => return (sends, t),
+            None => panic!("deadline {t} produced nothing"),
+        }
+    }
+}
+
+#[test]
+fn retransmit_timing_backoff_cap_and_give_up_without_jitter() {
+    let (sends, dead_at) = run_until_dead(u16::MAX); // factor 1.0
+    let times: Vec<u64> = sends.iter().map(|(t, _)| *t).collect();
+    // Waits 500, 1000, 2000, 4000, 8000 (cap), 8000, 8000; then the 8th wait ends in PeerDead.
+    assert_eq!(times, [0, 500, 1500, 3500, 7500, 15500, 23500, 31500]);
+    assert_eq!(sends.len() as u32, MAX_TRANSMISSIONS);
+    assert_eq!(
+        sends.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert_eq!(dead_at, 39_500);
+}
+
+#[test]
+fn minimal_jitter_halves_every_wait() {
+    let (sends, dead_at) = run_until_dead(0); // factor 0.5
+    let times: Vec<u64> = sends.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times, [0, 250, 750, 1750, 3750, 7750, 11750, 15750]);
+    assert_eq!(dead_at, 19_750);
+}
+
+#[test]
+fn jitter_stays_within_half_to_full_rto() {
+    for transmissions in 1..=10u32 {
+        let rto = (500u64 << (transmissions - 1).min(4)).min(8000);
+        let mut x: u32 = 12345;
+        for _ in 0..2000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let w = retransmit_wait(transmissions, (x >> 16) as u16);
+            assert!(w >= rto / 2 && w <= rto, "wait {w} for rto {rto}");
+        }
+    }
+}
+
+#[test]
+fn peer_dead_is_sticky_and_reported_once() {
+    let mut s = Win::new();
+    s.push(b"x", 0, 0).unwrap();
+    let mut now = 0;
+    let mut dead = 0;
+    for _ in 0..20 {
+        now = s.poll_timeout().unwrap_or(now + 1000);
+        while let Some(ev) = s.poll(now, 0) {
+            if ev == SendEvent::PeerDead {
+                dead += 1;
+            }
+        }
+    }
+    assert_eq!(dead, 1);
+    assert!(s.is_dead());
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.push(b"y", now, 0), Err(SendError::PeerDead));
+}
+
+#[test]
+fn ack_stops_retransmission() {
+    let mut s = Win::new();
+    assert_eq!(s.push(b"a", 0, u16::MAX), Ok(1));
+    assert_eq!(s.push(b"b", 100, u16::MAX), Ok(2));
+    assert_eq!(s.poll_timeout(), Some(500));
+    let acked = s.on_ack(Ack { next: 2, mask: 0 }).unwrap();
+    assert_eq!(acked.as_slice(), &[1]);
+    assert_eq!(s.poll_timeout(), Some(600));
+    assert!(s.poll(599, 0).is_none());
+    assert!(matches!(
+        s.poll(600, 0),
+        Some(SendEvent::Retransmit { seq: 2, .. })
+    ));
+    // The same ack again acknowledges nothing new.
+    assert!(s.on_ack(Ack { next: 2, mask: 0 }).unwrap().is_empty());
+    assert_eq!(s.on_ack(Ack { next: 3, mask: 0 }).unwrap().as_slice(), &[2]);
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn selective_ack_retires_only_marked_frames() {
+    let mut s = Win::new();
+    for i in 0..5u32 {
+        assert_eq!(s.push(&[i as u8], 0, u16::MAX), Ok(i + 1));
+    }
+    // 1 received, 2 missing, 3 and 5 received, 4 missing.
+    let acked = s
+        .on_ack(Ack {
+            next: 2,
+            mask: 0b101,
+        })
+        .unwrap();
+    assert_eq!(acked.as_slice(), &[1, 3, 5]);
+    assert_eq!(s.get(2), Some(&[1u8][..]));
+    assert_eq!(s.get(3), None);
+    let mut resent = vec![];
+    while let Some(SendEvent::Retransmit { seq, .. }) = s.poll(500, u16::MAX) {
+        resent.push(seq);
+    }
+    assert_eq!(resent, [2, 4]);
+}
+
+#[test]
+fn acks_for_unsent_frames_are_refused() {
+    let mut s = Win::new();
+    s.push(b"a", 0, 0).unwrap();
+    s.push(b"b", 0, 0).unwrap();
+    assert_eq!(s.on_ack(Ack { next: 4, mask: 0 }), Err(AckError::Unsent));
+    assert_eq!(
+        s.on_ack(Ack {
+            next: 2,
+            mask: 0b10
+        }),
+        Err(AckError::Unsent)
+    );
+    // Bit 0 with next 2 is seq 3: never sent either.
+    assert_eq!(s.on_ack(Ack { next: 2, mask: 1 }), Err(AckError::Unsent));
+    assert_eq!(s.in_flight(), 2);
+    assert_eq!(
+        s.on_ack(Ack { next: 3, mask: 0 }).unwrap().as_slice(),
+        &[1, 2]
+    );
+}
+
+#[test]
+fn in_flight_is_capped_at_max_in_flight() {
+    let mut s: SendWindow<32, 8> = SendWindow::new();
+    for _ in 0..MAX_IN_FLIGHT {
+        s.push(b"x", 0, 0).unwrap();
+    }
+    assert_eq!(s.push(b"x", 0, 0), Err(SendError::WindowFull));
+    s.on_ack(Ack { next: 2, mask: 0 }).unwrap();
+    assert_eq!(s.push(b"x", 0, 0), Ok(MAX_IN_FLIGHT + 1));
+}
+
+#[test]
+fn receiver_duplicates_out_of_order_and_window_edge() {
+    let mut r = RecvWindow::new();
+    assert_eq!(r.ack(), Ack { next: 1, mask: 0 });
+    assert_eq!(r.on_receive(0, 0), RecvOutcome::Unreliable);
+    assert!(!r.ack_pending(), "unreliable frames need no ack");
+    assert_eq!(r.on_receive(3, 0), RecvOutcome::Accept);
+    assert_eq!(r.on_receive(3, 0), RecvOutcome::Duplicate);
+    assert_eq!(r.on_receive(1, 0), RecvOutcome::Accept);
+    assert_eq!(r.on_receive(1, 0), RecvOutcome::Duplicate);
+    assert_eq!(r.ack(), Ack { next: 2, mask: 1 });
+    // Up to RECEIVE_WINDOW ahead of next is accepted, one more is not.
+    assert_eq!(
+        r.on_receive(2 + RECEIVE_WINDOW + 1, 0),
+        RecvOutcome::OutOfWindow
+    );
+    assert_eq!(r.on_receive(2 + RECEIVE_WINDOW, 0), RecvOutcome::Accept);
+    assert_eq!(
+        r.ack(),
+        Ack {
+            next: 2,
+            mask: 1 | (1 << 31)
+        }
+    );
+    assert_eq!(r.on_receive(2, 0), RecvOutcome::Accept);
+    assert_eq!(
+        r.ack(),
+        Ack {
+            next: 4,
+            mask: 1 << 29
+        }
+    );
+}
+
+#[test]
+fn ack_delay_deadline() {
+    let mut r = RecvWindow::new();
+    assert_eq!(r.poll_timeout(), None);
+    r.on_receive(1, 1000);
+    r.on_receive(2, 1030); // does not push the deadline back
+    assert_eq!(r.poll_timeout(), Some(1000 + ACK_DELAY_MS));
+    assert_eq!(r.poll_ack(1049), None);
+    assert_eq!(r.poll_ack(1050), Some(Ack { next: 3, mask: 0 }));
+    r.on_ack_sent();
+    assert_eq!(r.poll_timeout(), None);
+    // A duplicate is acknowledged again.
+    assert_eq!(r.on_receive(2, 2000), RecvOutcome::Duplicate);
+    assert_eq!(r.poll_timeout(), Some(2000 + ACK_DELAY_MS));
+}
+
+/// Both windows over a lossy, reordering in-memory link: every frame is delivered exactly once.
+#[test]
+fn lossy_link_delivers_everything_once() {
+    let mut tx = Win::new();
+    let mut rx = RecvWindow::new();
+    let mut delivered = vec![0u32; 201];
+    let mut to_send = 1u32..=200;
+    let mut link: Vec<(u64, u32)> = vec![]; // (arrival time, seq)
+    let mut rng: u64 = 7;
+    let mut rand = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut now = 0u64;
+    while delivered[1..].iter().any(|&d| d == 0) {
+        assert!(now < 600_000, "stuck");
+        assert!(!tx.is_dead());
+        while tx.can_send() {
+            let Some(i) = to_send.next() else { break };
+            let seq = tx.push(&i.to_le_bytes(), now, rand() as u16).unwrap();
+            assert_eq!(seq, i);
+            if rand() % 4 != 0 {
+                link.push((now + 10 + rand() % 40, seq));
+            }
+        }
+        while let Some(ev) = tx.poll(now, rand() as u16) {
+            if let SendEvent::Retransmit { seq, .. } = ev {
+                if rand() % 4 != 0 {
+                    link.push((now + 10 + rand() % 40, seq));
+                }
+            }
+        }
+        link.retain(|&(at, seq)| {
+            if at <= now {
+                if rx.on_receive(seq, now) == RecvOutcome::Accept {
+                    delivered[seq as usize] += 1;
+                }
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(ack) = rx.poll_ack(now) {
+            rx.on_ack_sent();
+            if rand() % 4 != 0 {
+                tx.on_ack(ack).unwrap();
+            }
+        }
+        now += 5;
+    }
+    assert!(delivered[1..].iter().all(|&d| d == 1));
+}
