@@ -231,7 +231,7 @@ fn lossy_link_delivers_everything_once() {
         rng
     };
     let mut now = 0u64;
-    while delivered[1..].iter().any(|&d| d == 0) {
+    while delivered[1..].contains(&0) {
         assert!(now < 600_000, "stuck");
         assert!(!tx.is_dead());
         while tx.can_send() {
@@ -243,10 +243,10 @@ fn lossy_link_delivers_everything_once() {
             }
         }
         while let Some(ev) = tx.poll(now, rand() as u16) {
-            if let SendEvent::Retransmit { seq, .. } = ev {
-                if rand() % 4 != 0 {
-                    link.push((now + 10 + rand() % 40, seq));
-                }
+            if let SendEvent::Retransmit { seq, .. } = ev
+                && rand() % 4 != 0
+            {
+                link.push((now + 10 + rand() % 40, seq));
             }
         }
         link.retain(|&(at, seq)| {
