@@ -1,1 +1,593 @@
-//! See docs/protocol.md (work in progress).
+//! Outer packet layouts of the binary transport (docs/protocol.md section 2).
+//!
+//! Every datagram / WebSocket binary message is one packet: a version byte, a type byte and a body.
+//! The handshake bodies ([`Hello`], [`Challenge`], [`Login`], [`Reject`]) are cleartext postcard;
+//! a DATA packet is a fixed 14-byte [`DataHeader`] followed by the sealed frame (ciphertext and
+//! tag), which [`crate::session`] opens. This module does no cryptography: it only parses and
+//! emits bytes, and [`Packet::decode`] never panics on any input.
+//!
+//! [`peek_header`] is the first step of every receiver: it tells an unknown version (answer a
+//! HELLO with REJECT `UNSUPPORTED_VERSION`, drop anything else) from an unknown type (drop).
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codes::Code;
+use crate::ids::Address;
+use crate::limits::{
+    DATA_HEADER_LEN, HELLO_MIN_LEN, MAX_MSG_ID, MAX_PACKET, MIN_FRAME, PACKET_HEADER_LEN,
+    PROTOCOL_VERSION, TAG_LEN,
+};
+
+/// The packet type byte (byte 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
+pub enum PacketType {
+    /// Device -> broker: start of a login.
+    Hello = 0x01,
+    /// Broker -> device: stateless cookie and timestamp.
+    Challenge = 0x02,
+    /// Device -> broker: the proof of key possession.
+    Login = 0x03,
+    /// Broker -> device: the login (or version) was refused.
+    Reject = 0x04,
+    /// Either direction: an encrypted frame.
+    Data = 0x10,
+}
+
+impl PacketType {
+    /// The type for a byte, or `None` for an unknown type.
+    pub const fn from_u8(byte: u8) -> Option<PacketType> {
+        match byte {
+            0x01 => Some(PacketType::Hello),
+            0x02 => Some(PacketType::Challenge),
+            0x03 => Some(PacketType::Login),
+            0x04 => Some(PacketType::Reject),
+            0x10 => Some(PacketType::Data),
+            _ => None,
+        }
+    }
+}
+
+/// Why a packet was not accepted. Every variant is "drop the packet"; [`PacketError::code`] is what
+/// a broker puts in a REJECT when it answers at all (only HELLO and LOGIN are ever answered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PacketError {
+    /// Shorter than its fixed part.
+    Truncated,
+    /// Longer than [`MAX_PACKET`].
+    TooLarge,
+    /// A version this crate does not speak; `packet_type` is the raw type byte.
+    UnsupportedVersion {
+        /// The version byte received.
+        version: u8,
+        /// The raw type byte (0x01 = HELLO is answered with REJECT).
+        packet_type: u8,
+    },
+    /// A type byte this version does not define.
+    UnknownType(u8),
+    /// A HELLO shorter than [`HELLO_MIN_LEN`].
+    HelloTooShort,
+    /// A HELLO whose padding is not all zero.
+    BadPadding,
+    /// The postcard body does not decode (bad varint, unknown kind byte, truncated field...).
+    Malformed,
+    /// Bytes left after the body of a CHALLENGE, LOGIN or REJECT.
+    TrailingBytes,
+    /// A field value out of its range (`since_id` above 2^53 - 1).
+    OutOfRange,
+    /// DATA with `session_id` 0.
+    InvalidSessionId,
+    /// DATA with a counter at or above 2^48.
+    CounterOutOfRange,
+}
+
+impl PacketError {
+    /// The code for this error.
+    pub const fn code(self) -> Code {
+        match self {
+            PacketError::TooLarge => Code::TOO_LARGE,
+            PacketError::UnsupportedVersion { .. } => Code::UNSUPPORTED_VERSION,
+            _ => Code::MALFORMED,
+        }
+    }
+}
+
+impl fmt::Display for PacketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PacketError::Truncated => f.write_str("packet truncated"),
+            PacketError::TooLarge => write!(f, "packet larger than {MAX_PACKET} bytes"),
+            PacketError::UnsupportedVersion {
+                version,
+                packet_type,
+            } => write!(f, "unsupported version {version} (type {packet_type:#04x})"),
+            PacketError::UnknownType(t) => write!(f, "unknown packet type {t:#04x}"),
+            PacketError::HelloTooShort => write!(f, "HELLO shorter than {HELLO_MIN_LEN} bytes"),
+            PacketError::BadPadding => f.write_str("HELLO padding not zero"),
+            PacketError::Malformed => f.write_str("malformed packet body"),
+            PacketError::TrailingBytes => f.write_str("trailing bytes after packet body"),
+            PacketError::OutOfRange => f.write_str("packet field out of range"),
+            PacketError::InvalidSessionId => f.write_str("session id 0"),
+            PacketError::CounterOutOfRange => f.write_str("DATA counter at or above 2^48"),
+        }
+    }
+}
+
+impl core::error::Error for PacketError {}
+
+/// Why a packet could not be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum EncodeError {
+    /// The output buffer is too small.
+    BufferTooSmall,
+    /// The packet would exceed [`MAX_PACKET`].
+    TooLarge,
+    /// A field is out of its range (session_id 0, counter >= 2^48, since_id > 2^53 - 1, a sealed
+    /// part shorter than a tag plus the smallest frame).
+    OutOfRange,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EncodeError::BufferTooSmall => "output buffer too small",
+            EncodeError::TooLarge => "packet too large",
+            EncodeError::OutOfRange => "packet field out of range",
+        })
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Reads the version and type bytes and returns the type and the body.
+///
+/// Errors, in this order: [`PacketError::TooLarge`], [`PacketError::Truncated`] (under 2 bytes),
+/// [`PacketError::UnsupportedVersion`], [`PacketError::UnknownType`].
+pub fn peek_header(packet: &[u8]) -> Result<(PacketType, &[u8]), PacketError> {
+    if packet.len() > MAX_PACKET {
+        return Err(PacketError::TooLarge);
+    }
+    let [version, packet_type, body @ ..] = packet else {
+        return Err(PacketError::Truncated);
+    };
+    if *version != PROTOCOL_VERSION {
+        return Err(PacketError::UnsupportedVersion {
+            version: *version,
+            packet_type: *packet_type,
+        });
+    }
+    let t = PacketType::from_u8(*packet_type).ok_or(PacketError::UnknownType(*packet_type))?;
+    Ok((t, body))
+}
+
+/// HELLO body (device -> broker). The packet is padded with zeros to [`HELLO_MIN_LEN`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Hello {
+    /// Who logs in (kind byte, id varint).
+    pub address: Address,
+    /// Fresh random bytes from the device, bound into cookie, proof and session keys.
+    pub client_nonce: [u8; 16],
+}
+
+/// CHALLENGE body (broker -> device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Challenge {
+    /// Broker clock when the challenge was made (milliseconds, u64 varint).
+    pub timestamp_ms: u64,
+    /// Stateless cookie (section 3).
+    pub cookie: [u8; 32],
+}
+
+/// LOGIN body (device -> broker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Login {
+    /// Who logs in; the same as in the HELLO.
+    pub address: Address,
+    /// The HELLO's nonce.
+    pub client_nonce: [u8; 16],
+    /// The CHALLENGE's timestamp.
+    pub timestamp_ms: u64,
+    /// The CHALLENGE's cookie.
+    pub cookie: [u8; 32],
+    /// Highest message id the device already has (0: none); at most 2^53 - 1.
+    pub since_id: u64,
+    /// HMAC proof of the device key (section 3).
+    pub proof: [u8; 32],
+}
+
+/// REJECT body (broker -> device). Unauthenticated: advisory only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Reject {
+    /// Why (section 9).
+    pub code: Code,
+    /// Highest protocol version the broker speaks.
+    pub max_version: u8,
+    /// Suggested wait before the next attempt (0: use the normal back-off).
+    pub retry_after_ms: u32,
+}
+
+/// The fixed 14-byte header of a DATA packet (also the AEAD associated data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DataHeader {
+    /// Session id from WELCOME; never 0.
+    pub session_id: u32,
+    /// Per-direction packet counter; below 2^48.
+    pub counter: u64,
+}
+
+impl DataHeader {
+    /// The 14 header bytes (version, type, session_id LE, counter LE). No range checks.
+    pub fn to_bytes(&self) -> [u8; DATA_HEADER_LEN] {
+        let mut out = [0u8; DATA_HEADER_LEN];
+        out[0] = PROTOCOL_VERSION;
+        out[1] = PacketType::Data as u8;
+        out[2..6].copy_from_slice(&self.session_id.to_le_bytes());
+        out[6..14].copy_from_slice(&self.counter.to_le_bytes());
+        out
+    }
+
+    /// Writes the header into the first 14 bytes of `buf`, checking the field ranges.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<(), EncodeError> {
+        if self.session_id == 0 || self.counter >= crate::limits::COUNTER_LIMIT {
+            return Err(EncodeError::OutOfRange);
+        }
+        let out = buf
+            .get_mut(..DATA_HEADER_LEN)
+            .ok_or(EncodeError::BufferTooSmall)?;
+        out.copy_from_slice(&self.to_bytes());
+        Ok(())
+    }
+
+    /// Parses a whole DATA packet: returns the header and the sealed part (ciphertext || tag).
+    ///
+    /// Checks the version, type, length bounds (the sealed part holds at least a tag and the
+    /// smallest frame), `session_id != 0` and `counter < 2^48`.
+    pub fn parse(packet: &[u8]) -> Result<(DataHeader, &[u8]), PacketError> {
+        match peek_header(packet)? {
+            (PacketType::Data, body) => DataHeader::parse_body(body),
+            (other, _) => Err(PacketError::UnknownType(other as u8)),
+        }
+    }
+
+    fn parse_body(body: &[u8]) -> Result<(DataHeader, &[u8]), PacketError> {
+        let fixed = DATA_HEADER_LEN - PACKET_HEADER_LEN;
+        if body.len() < fixed + TAG_LEN + MIN_FRAME {
+            return Err(PacketError::Truncated);
+        }
+        let (head, sealed) = body.split_at(fixed);
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&head[..4]);
+        let mut counter = [0u8; 8];
+        counter.copy_from_slice(&head[4..12]);
+        let header = DataHeader {
+            session_id: u32::from_le_bytes(id),
+            counter: u64::from_le_bytes(counter),
+        };
+        if header.session_id == 0 {
+            return Err(PacketError::InvalidSessionId);
+        }
+        if header.counter >= crate::limits::COUNTER_LIMIT {
+            return Err(PacketError::CounterOutOfRange);
+        }
+        Ok((header, sealed))
+    }
+}
+
+/// A decoded packet of any type. DATA stays sealed: `sealed` is ciphertext followed by the tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Packet<'a> {
+    /// HELLO.
+    Hello(Hello),
+    /// CHALLENGE.
+    Challenge(Challenge),
+    /// LOGIN.
+    Login(Login),
+    /// REJECT.
+    Reject(Reject),
+    /// DATA, still encrypted.
+    Data {
+        /// The 14-byte header.
+        header: DataHeader,
+        /// Ciphertext followed by the 16-byte tag.
+        sealed: &'a [u8],
+    },
+}
+
+impl<'a> Packet<'a> {
+    /// Decodes one packet. Never panics; every malformed input is a [`PacketError`].
+    pub fn decode(packet: &'a [u8]) -> Result<Packet<'a>, PacketError> {
+        let (t, body) = peek_header(packet)?;
+        match t {
+            PacketType::Hello => {
+                if packet.len() < HELLO_MIN_LEN {
+                    return Err(PacketError::HelloTooShort);
+                }
+                let (hello, padding): (Hello, _) = take(body)?;
+                if padding.iter().any(|&b| b != 0) {
+                    return Err(PacketError::BadPadding);
+                }
+                Ok(Packet::Hello(hello))
+            }
+            PacketType::Challenge => take_all(body).map(Packet::Challenge),
+            PacketType::Login => {
+                let login: Login = take_all(body)?;
+                if login.since_id > MAX_MSG_ID {
+                    return Err(PacketError::OutOfRange);
+                }
+                Ok(Packet::Login(login))
+            }
+            PacketType::Reject => take_all(body).map(Packet::Reject),
+            PacketType::Data => {
+                let (header, sealed) = DataHeader::parse_body(body)?;
+                Ok(Packet::Data { header, sealed })
+            }
+        }
+    }
+
+    /// The packet's type.
+    pub const fn packet_type(&self) -> PacketType {
+        match self {
+            Packet::Hello(_) => PacketType::Hello,
+            Packet::Challenge(_) => PacketType::Challenge,
+            Packet::Login(_) => PacketType::Login,
+            Packet::Reject(_) => PacketType::Reject,
+            Packet::Data { .. } => PacketType::Data,
+        }
+    }
+
+    /// Writes the whole packet (header, body, HELLO padding) into `buf` and returns the written
+    /// part.
+    pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], EncodeError> {
+        let len = match self {
+            Packet::Hello(b) => {
+                let n = put(PacketType::Hello, b, buf)?;
+                let padded = buf
+                    .get_mut(n..HELLO_MIN_LEN)
+                    .ok_or(EncodeError::BufferTooSmall)?;
+                padded.fill(0);
+                HELLO_MIN_LEN.max(n)
+            }
+            Packet::Challenge(b) => put(PacketType::Challenge, b, buf)?,
+            Packet::Login(b) => {
+                if b.since_id > MAX_MSG_ID {
+                    return Err(EncodeError::OutOfRange);
+                }
+                put(PacketType::Login, b, buf)?
+            }
+            Packet::Reject(b) => put(PacketType::Reject, b, buf)?,
+            Packet::Data { header, sealed } => {
+                let len = DATA_HEADER_LEN + sealed.len();
+                if sealed.len() < TAG_LEN + MIN_FRAME {
+                    return Err(EncodeError::OutOfRange);
+                }
+                if len > MAX_PACKET {
+                    return Err(EncodeError::TooLarge);
+                }
+                header.emit(buf)?;
+                buf.get_mut(DATA_HEADER_LEN..len)
+                    .ok_or(EncodeError::BufferTooSmall)?
+                    .copy_from_slice(sealed);
+                len
+            }
+        };
+        Ok(&mut buf[..len])
+    }
+}
+
+macro_rules! packet_codec {
+    ($($ty:ident),*) => {$(
+        impl $ty {
+            /// Writes the whole packet (header and body; HELLO padded) and returns the written part.
+            pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], EncodeError> {
+                Packet::$ty(*self).encode(buf)
+            }
+
+            /// Decodes a whole packet that must be of this type.
+            pub fn decode(packet: &[u8]) -> Result<$ty, PacketError> {
+                match Packet::decode(packet)? {
+                    Packet::$ty(body) => Ok(body),
+                    other => Err(PacketError::UnknownType(other.packet_type() as u8)),
+                }
+            }
+        }
+    )*};
+}
+
+packet_codec!(Hello, Challenge, Login, Reject);
+
+/// Writes header and postcard body; returns the length. Bodies are always far below MAX_PACKET.
+fn put<T: Serialize>(t: PacketType, body: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
+    let [version, packet_type, rest @ ..] = buf else {
+        return Err(EncodeError::BufferTooSmall);
+    };
+    *version = PROTOCOL_VERSION;
+    *packet_type = t as u8;
+    let n = postcard::to_slice(body, rest)
+        .map_err(|_| EncodeError::BufferTooSmall)?
+        .len();
+    Ok(PACKET_HEADER_LEN + n)
+}
+
+fn take<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<(T, &'a [u8]), PacketError> {
+    postcard::take_from_bytes(body).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => PacketError::Truncated,
+        _ => PacketError::Malformed,
+    })
+}
+
+fn take_all<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, PacketError> {
+    match take(body)? {
+        (value, []) => Ok(value),
+        _ => Err(PacketError::TrailingBytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Kind;
+
+    fn hello() -> Hello {
+        Hello {
+            address: Address::device(42),
+            client_nonce: [7; 16],
+        }
+    }
+
+    #[test]
+    fn hello_is_padded_and_round_trips() {
+        let mut buf = [0xAAu8; MAX_PACKET];
+        let bytes = hello().encode(&mut buf).unwrap();
+        assert_eq!(bytes.len(), HELLO_MIN_LEN);
+        assert_eq!(&bytes[..4], &[1, 0x01, 0x00, 42]);
+        assert!(bytes[4 + 16..].iter().all(|&b| b == 0));
+        assert_eq!(Hello::decode(bytes), Ok(hello()));
+    }
+
+    #[test]
+    fn short_or_dirty_hello_is_refused() {
+        let mut buf = [0u8; MAX_PACKET];
+        let n = hello().encode(&mut buf).unwrap().len();
+        assert_eq!(
+            Hello::decode(&buf[..n - 1]),
+            Err(PacketError::HelloTooShort)
+        );
+        buf[n - 1] = 1;
+        assert_eq!(Hello::decode(&buf[..n]), Err(PacketError::BadPadding));
+        buf[n - 1] = 0;
+        // Longer padding is fine.
+        assert_eq!(Hello::decode(&buf[..n + 10]), Ok(hello()));
+        // A phone kind decodes (the broker answers KIND_NOT_ALLOWED), an unknown kind does not.
+        buf[2] = Kind::Phone as u8;
+        assert!(Hello::decode(&buf[..n]).is_ok());
+        buf[2] = 2;
+        assert_eq!(Hello::decode(&buf[..n]), Err(PacketError::Malformed));
+    }
+
+    #[test]
+    fn header_errors() {
+        assert_eq!(peek_header(&[1]), Err(PacketError::Truncated));
+        assert_eq!(
+            peek_header(&[2, 1, 0]),
+            Err(PacketError::UnsupportedVersion {
+                version: 2,
+                packet_type: 1
+            })
+        );
+        assert_eq!(peek_header(&[1, 9]), Err(PacketError::UnknownType(9)));
+        assert_eq!(
+            peek_header(&[1u8; MAX_PACKET + 1]),
+            Err(PacketError::TooLarge)
+        );
+        assert_eq!(
+            PacketError::UnsupportedVersion {
+                version: 2,
+                packet_type: 1
+            }
+            .code(),
+            Code::UNSUPPORTED_VERSION
+        );
+    }
+
+    #[test]
+    fn reject_and_challenge_refuse_trailing_bytes() {
+        let r = Reject {
+            code: Code::SERVER_BUSY,
+            max_version: 1,
+            retry_after_ms: 5000,
+        };
+        let mut buf = [0u8; 64];
+        let n = r.encode(&mut buf).unwrap().len();
+        assert_eq!(&buf[..n], &[1, 4, 33, 1, 0x88, 0x27]);
+        assert_eq!(Reject::decode(&buf[..n]), Ok(r));
+        assert_eq!(
+            Reject::decode(&buf[..n + 1]),
+            Err(PacketError::TrailingBytes)
+        );
+        assert_eq!(Reject::decode(&buf[..n - 1]), Err(PacketError::Truncated));
+        assert_eq!(
+            Challenge::decode(&buf[..n]),
+            Err(PacketError::UnknownType(4))
+        );
+    }
+
+    #[test]
+    fn login_since_id_is_bounded() {
+        let mut login = Login {
+            address: Address::device(1),
+            client_nonce: [1; 16],
+            timestamp_ms: 1,
+            cookie: [2; 32],
+            since_id: MAX_MSG_ID,
+            proof: [3; 32],
+        };
+        let mut buf = [0u8; 200];
+        let n = login.encode(&mut buf).unwrap().len();
+        assert_eq!(Login::decode(&buf[..n]), Ok(login));
+        login.since_id = MAX_MSG_ID + 1;
+        assert_eq!(login.encode(&mut buf), Err(EncodeError::OutOfRange));
+    }
+
+    #[test]
+    fn data_header_layout_and_checks() {
+        let h = DataHeader {
+            session_id: 0x0403_0201,
+            counter: 0x0102,
+        };
+        let mut pkt = [0u8; DATA_HEADER_LEN + TAG_LEN + MIN_FRAME];
+        h.emit(&mut pkt).unwrap();
+        assert_eq!(
+            &pkt[..DATA_HEADER_LEN],
+            &[1, 0x10, 1, 2, 3, 4, 2, 1, 0, 0, 0, 0, 0, 0]
+        );
+        let (parsed, sealed) = DataHeader::parse(&pkt).unwrap();
+        assert_eq!(parsed, h);
+        assert_eq!(sealed.len(), TAG_LEN + MIN_FRAME);
+        assert_eq!(
+            DataHeader::parse(&pkt[..pkt.len() - 1]),
+            Err(PacketError::Truncated)
+        );
+        let zero = DataHeader {
+            session_id: 0,
+            counter: 0,
+        };
+        assert_eq!(zero.emit(&mut pkt), Err(EncodeError::OutOfRange));
+        pkt[2..6].fill(0);
+        assert_eq!(DataHeader::parse(&pkt), Err(PacketError::InvalidSessionId));
+        pkt[2] = 1;
+        pkt[6..14].copy_from_slice(&(1u64 << 48).to_le_bytes());
+        assert_eq!(DataHeader::parse(&pkt), Err(PacketError::CounterOutOfRange));
+        let mut small = [0u8; 10];
+        assert_eq!(h.emit(&mut small), Err(EncodeError::BufferTooSmall));
+    }
+
+    #[test]
+    fn encode_into_small_buffers_fails_cleanly() {
+        let c = Challenge {
+            timestamp_ms: u64::MAX,
+            cookie: [9; 32],
+        };
+        let mut buf = [0u8; 44];
+        assert_eq!(c.encode(&mut buf).unwrap().len(), 44);
+        for n in 0..44 {
+            assert_eq!(
+                c.encode(&mut buf[..n]),
+                Err(EncodeError::BufferTooSmall),
+                "{n}"
+            );
+        }
+        let mut small = [0u8; HELLO_MIN_LEN - 1];
+        assert_eq!(hello().encode(&mut small), Err(EncodeError::BufferTooSmall));
+    }
+}
