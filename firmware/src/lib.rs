@@ -1,2 +1,19 @@
-//! Device SDK for smart plugs (no_std). Work in progress: see issue 4.
+//! Device SDK for smart plugs: `no_std`, no allocation, board-agnostic.
+//!
+//! (Design notes are completed as the pieces land; see docs/firmware.md.)
 #![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub(crate) mod fmt;
+
+pub mod api;
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod plug;
+pub mod queue;
+pub mod rng;
+pub mod stats;
+pub mod time;

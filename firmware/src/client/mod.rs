@@ -1,0 +1,3 @@
+//! The sans-IO device client.
+mod event;
+pub use event::{DisconnectReason, Event};

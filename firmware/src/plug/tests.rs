@@ -1,0 +1,193 @@
+//! Plug application tests against a recording fake of [`DeviceApi`].
+
+use std::string::String;
+use std::vec::Vec;
+
+use shared_protocol::ids::Address;
+
+use super::*;
+use crate::api::OutboxError;
+use crate::queue::{UploadError, UploadId};
+use crate::stats::Stats;
+
+#[derive(Default)]
+struct FakeApi {
+    uploads: Vec<(String, String)>,
+    results: Vec<(u32, u16, String)>,
+    upload_room: Option<usize>,
+    online: bool,
+    stats: Stats,
+}
+
+impl DeviceApi for FakeApi {
+    fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
+        if let Some(room) = self.upload_room.as_mut() {
+            if *room == 0 {
+                return Err(UploadError::QueueFull);
+            }
+            *room -= 1;
+        }
+        self.uploads
+            .push((topic.into(), String::from_utf8(payload.to_vec()).unwrap()));
+        Ok(UploadId(self.uploads.len() as u32))
+    }
+    fn command_result(
+        &mut self,
+        cmd_id: u32,
+        status: u16,
+        payload: &[u8],
+    ) -> Result<(), OutboxError> {
+        self.results
+            .push((cmd_id, status, String::from_utf8(payload.to_vec()).unwrap()));
+        Ok(())
+    }
+    fn request(&mut self, _: &str, _: &[u8]) -> Result<u32, OutboxError> {
+        Ok(1)
+    }
+    fn send(&mut self, _: Address, _: &[u8]) -> Result<(), OutboxError> {
+        Ok(())
+    }
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+    fn is_online(&self) -> bool {
+        self.online
+    }
+}
+
+const CONFIG: PlugConfig = PlugConfig {
+    firmware_version: "1.2.3",
+    meter_interval_ms: 60_000,
+};
+
+fn plug() -> Plug<MemoryRelay, SimulatedMeter> {
+    Plug::new(
+        MemoryRelay::default(),
+        SimulatedMeter::new(10_000),
+        CONFIG,
+        Instant::ZERO,
+    )
+}
+
+fn command(cmd_id: u32, name: &str, payload: &[u8]) -> Event<64> {
+    Event::Command {
+        cmd_id,
+        name: name.try_into().unwrap(),
+        payload: heapless::Vec::from_slice(payload).unwrap(),
+    }
+}
+
+#[test]
+fn relay_set_answers_and_reports_state_once() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    let now = Instant::from_millis(5);
+    p.on_event(&command(7, "relay.set", b"on"), now, &mut api);
+    assert!(p.relay().is_on());
+    assert_eq!(api.results, [(7, STATUS_OK, r#"{"relay":"on"}"#.into())]);
+    assert_eq!(api.uploads, [("relay".into(), r#"{"relay":"on"}"#.into())]);
+    // Setting the same state again answers but reports no change.
+    p.on_event(&command(8, "relay.set", b" on\n"), now, &mut api);
+    assert_eq!(api.results.len(), 2);
+    assert_eq!(api.uploads.len(), 1);
+}
+
+#[test]
+fn toggle_get_and_bad_arguments() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    let now = Instant::ZERO;
+    p.on_event(&command(1, "relay.toggle", b""), now, &mut api);
+    p.on_event(&command(2, "relay.toggle", b""), now, &mut api);
+    p.on_event(&command(3, "relay.get", b""), now, &mut api);
+    p.on_event(&command(4, "relay.set", b"maybe"), now, &mut api);
+    p.on_event(&command(5, "reboot", b""), now, &mut api);
+    let statuses: Vec<(u32, u16)> = api.results.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, STATUS_OK),
+            (2, STATUS_OK),
+            (3, STATUS_OK),
+            (4, STATUS_BAD_ARGUMENT),
+            (5, STATUS_UNKNOWN_COMMAND)
+        ]
+    );
+    assert_eq!(api.results[2].2, r#"{"relay":"off"}"#);
+    let reports: Vec<&str> = api.uploads.iter().map(|u| u.1.as_str()).collect();
+    assert_eq!(reports, [r#"{"relay":"on"}"#, r#"{"relay":"off"}"#]);
+    assert_eq!(p.stats().commands, 5);
+}
+
+#[test]
+fn status_reports_version_uptime_and_connection_stats() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    api.online = true;
+    api.stats.logins = 3;
+    api.stats.retransmits = 9;
+    p.on_event(
+        &command(1, "status", b""),
+        Instant::from_millis(125_000),
+        &mut api,
+    );
+    let text = &api.results[0].2;
+    for part in [
+        r#""fw":"1.2.3""#,
+        r#""uptime_s":125"#,
+        r#""online":true"#,
+        r#""logins":3"#,
+        r#""retransmits":9"#,
+        r#""commands":1"#,
+    ] {
+        assert!(text.contains(part), "{part} missing in {text}");
+    }
+}
+
+#[test]
+fn meter_uploads_follow_the_interval_and_count_skips() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    assert_eq!(p.poll_timeout(), Some(Instant::from_millis(60_000)));
+    p.on_timer(Instant::from_millis(59_999), &mut api);
+    assert!(api.uploads.is_empty());
+    p.on_timer(Instant::from_millis(60_000), &mut api);
+    assert_eq!(api.uploads.len(), 1);
+    assert_eq!(api.uploads[0].0, "power");
+    assert!(api.uploads[0].1.contains(r#""power_mw":0"#));
+    assert_eq!(p.poll_timeout(), Some(Instant::from_millis(120_000)));
+    api.upload_room = Some(0);
+    p.on_timer(Instant::from_millis(120_000), &mut api);
+    assert_eq!(p.stats().readings_skipped, 1);
+    assert_eq!(p.poll_timeout(), Some(Instant::from_millis(180_000)));
+}
+
+#[test]
+fn state_report_after_login_is_retried_when_the_queue_is_full() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    api.upload_room = Some(0);
+    let t0 = Instant::from_millis(10);
+    p.on_event(&Event::<64>::Connected { session_id: 5 }, t0, &mut api);
+    assert!(api.uploads.is_empty());
+    assert_eq!(p.poll_timeout(), Some(t0.plus_millis(STATE_RETRY_MS)));
+    api.upload_room = None;
+    p.on_timer(t0.plus_millis(STATE_RETRY_MS), &mut api);
+    assert_eq!(api.uploads, [("relay".into(), r#"{"relay":"off"}"#.into())]);
+    assert_eq!(p.poll_timeout(), Some(Instant::from_millis(60_000)));
+}
+
+struct BrokenRelay;
+
+impl Relay for BrokenRelay {
+    fn set(&mut self, _: bool) -> Result<(), RelayFault> {
+        Err(RelayFault)
+    }
+    fn is_on(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn relay_fault_is_reported_not_uploaded() {
+    let mut p = Plug::new(BrokenRelay, SimulatedMeter::new(1), CONFIG, Instant::ZERO);
+    let mut api = FakeApi::default();
+    p.on_event(&command(1, "relay.set", b"on"), Instant::ZERO, &mut api);
+    assert_eq!(api.results[0].1, STATUS_HARDWARE_FAULT);
+    assert!(api.uploads.is_empty());
+}

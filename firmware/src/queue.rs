@@ -1,0 +1,208 @@
+//! The at-least-once upload queue.
+//!
+//! An upload stays in the queue from [`UploadQueue::push`] until the broker's `UploadAck` for
+//! its id ([`UploadQueue::ack`]). The queue lives in the client, not in the session, so it survives
+//! disconnects: after every login each entry is sent again with the same `upload_id`
+//! ([`UploadQueue::mark_all_unsent`]), so the broker may see an upload twice but never loses one
+//! the device accepted.
+//!
+//! **Full-queue policy: reject the newest.** When `N` uploads are waiting, [`UploadQueue::push`]
+//! returns [`QueueFull`] and the caller's upload is not taken (the client counts it in
+//! `Stats::uploads_rejected`). Entries already accepted are never dropped, so an accepted upload
+//! is a promise; the application sees back-pressure at once and decides (the plug keeps only its
+//! latest meter reading, for example).
+//!
+//! Upload ids start at a random non-zero value per boot (so ids from before a reboot are unlikely
+//! to collide with new ones at the broker) and increase by one, skipping 0.
+//!
+//! Memory: `N * (P + MAX_TOPIC + 16)` bytes or so.
+
+use heapless::{String, Vec};
+use shared_protocol::limits::MAX_TOPIC;
+
+/// The id of an upload, echoed by the broker's `UploadAck`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct UploadId(pub u32);
+
+/// Why an upload was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum UploadError {
+    /// The queue holds `N` unacknowledged uploads (the reject-newest policy).
+    QueueFull,
+    /// The payload is longer than the queue's `P` (or the protocol's `MAX_PAYLOAD`).
+    PayloadTooLarge,
+    /// The topic is longer than `MAX_TOPIC` bytes.
+    TopicTooLong,
+}
+
+/// The queue is full (see the module docs for the policy).
+pub type QueueFull = UploadError;
+
+impl core::fmt::Display for UploadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            UploadError::QueueFull => "upload queue full",
+            UploadError::PayloadTooLarge => "upload payload too large",
+            UploadError::TopicTooLong => "upload topic too long",
+        })
+    }
+}
+
+/// One queued upload.
+#[derive(Clone, Debug)]
+pub struct Upload<const P: usize> {
+    /// Its id.
+    pub id: UploadId,
+    /// Topic, at most `MAX_TOPIC` bytes.
+    pub topic: String<MAX_TOPIC>,
+    /// Payload, at most `P` bytes.
+    pub payload: Vec<u8, P>,
+    /// Sent in the current session (waiting for `UploadAck`), or still to be sent.
+    sent: bool,
+}
+
+/// A bounded FIFO of uploads waiting for acknowledgement: capacity `N`, payloads up to `P` bytes.
+#[derive(Debug)]
+pub struct UploadQueue<const N: usize, const P: usize> {
+    entries: Vec<Upload<P>, N>,
+    next_id: u32,
+}
+
+impl<const N: usize, const P: usize> UploadQueue<N, P> {
+    /// An empty queue whose first id is `first_id` (0 is replaced by 1).
+    pub fn new(first_id: u32) -> Self {
+        UploadQueue {
+            entries: Vec::new(),
+            next_id: first_id.max(1),
+        }
+    }
+
+    /// Queues an upload and returns its id, or refuses it (see the module docs).
+    pub fn push(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
+        if self.entries.is_full() {
+            return Err(UploadError::QueueFull);
+        }
+        let topic = String::try_from(topic).map_err(|_| UploadError::TopicTooLong)?;
+        let payload = Vec::from_slice(payload).map_err(|_| UploadError::PayloadTooLarge)?;
+        if payload.len() > shared_protocol::limits::MAX_PAYLOAD {
+            return Err(UploadError::PayloadTooLarge);
+        }
+        let id = UploadId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        // Cannot fail: checked `is_full` above.
+        let _ = self.entries.push(Upload {
+            id,
+            topic,
+            payload,
+            sent: false,
+        });
+        Ok(id)
+    }
+
+    /// Removes the upload the broker acknowledged; false if it was not queued (a duplicate ack).
+    pub fn ack(&mut self, id: UploadId) -> bool {
+        match self.entries.iter().position(|u| u.id == id) {
+            Some(index) => {
+                self.entries.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The oldest upload not yet sent in the current session.
+    pub fn next_unsent(&self) -> Option<&Upload<P>> {
+        self.entries.iter().find(|u| !u.sent)
+    }
+
+    /// Marks an upload as sent in the current session.
+    pub fn mark_sent(&mut self, id: UploadId) {
+        if let Some(u) = self.entries.iter_mut().find(|u| u.id == id) {
+            u.sent = true;
+        }
+    }
+
+    /// Marks every upload as not sent (a new session starts); returns how many were sent before.
+    pub fn mark_all_unsent(&mut self) -> usize {
+        let mut was_sent = 0;
+        for u in self.entries.iter_mut() {
+            was_sent += usize::from(u.sent);
+            u.sent = false;
+        }
+        was_sent
+    }
+
+    /// Uploads waiting for acknowledgement.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no upload waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True when [`push`](Self::push) would return [`UploadError::QueueFull`].
+    pub fn is_full(&self) -> bool {
+        self.entries.is_full()
+    }
+
+    /// The queue's capacity `N`.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_rejects_the_newest_and_keeps_the_rest() {
+        let mut q: UploadQueue<2, 8> = UploadQueue::new(10);
+        let a = q.push("t", b"a").unwrap();
+        let b = q.push("t", b"b").unwrap();
+        assert_eq!((a, b), (UploadId(10), UploadId(11)));
+        assert_eq!(q.push("t", b"c"), Err(UploadError::QueueFull));
+        assert_eq!(q.len(), 2);
+        assert!(q.ack(a));
+        assert_eq!(q.push("t", b"c"), Ok(UploadId(12)));
+        assert_eq!(q.next_unsent().unwrap().payload.as_slice(), b"b");
+    }
+
+    #[test]
+    fn size_limits_are_errors() {
+        let mut q: UploadQueue<2, 4> = UploadQueue::new(1);
+        assert_eq!(q.push("t", b"12345"), Err(UploadError::PayloadTooLarge));
+        let long = "x".repeat(MAX_TOPIC + 1);
+        assert_eq!(q.push(&long, b""), Err(UploadError::TopicTooLong));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn sent_marks_reset_for_a_new_session_and_acks_remove() {
+        let mut q: UploadQueue<4, 8> = UploadQueue::new(1);
+        let a = q.push("t", b"a").unwrap();
+        let b = q.push("t", b"b").unwrap();
+        q.mark_sent(a);
+        assert_eq!(q.next_unsent().unwrap().id, b);
+        q.mark_sent(b);
+        assert!(q.next_unsent().is_none());
+        assert_eq!(q.mark_all_unsent(), 2);
+        assert_eq!(q.next_unsent().unwrap().id, a);
+        assert!(q.ack(a));
+        assert!(!q.ack(a), "a duplicate ack changes nothing");
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn ids_skip_zero_when_wrapping() {
+        let mut q: UploadQueue<4, 8> = UploadQueue::new(u32::MAX);
+        assert_eq!(q.push("t", b"").unwrap(), UploadId(u32::MAX));
+        assert_eq!(q.push("t", b"").unwrap(), UploadId(1));
+        let q0: UploadQueue<1, 1> = UploadQueue::new(0);
+        assert_eq!(q0.next_id, 1);
+    }
+}

@@ -1,0 +1,34 @@
+//! Connection statistics, reported by the plug's `status` command.
+
+/// Counters since boot. All saturate instead of wrapping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Stats {
+    /// Logins the broker accepted (WELCOME received).
+    pub logins: u32,
+    /// Connection attempts after the first (each HELLO sent after a failure or disconnect).
+    pub reconnects: u32,
+    /// Logins that failed (REJECT, handshake timeout, transport failure).
+    pub login_failures: u32,
+    /// Reliable frames sent again because no acknowledgement came in time.
+    pub retransmits: u32,
+    /// Uploads the broker acknowledged (UploadAck).
+    pub uploads_acked: u32,
+    /// Uploads refused because the upload queue was full (the queue-full policy).
+    pub uploads_rejected: u32,
+    /// Uploads sent again in a new session after a reconnect.
+    pub uploads_resent: u32,
+    /// Packets handed to the transport.
+    pub tx_packets: u32,
+    /// Packets received from the transport (before any check).
+    pub rx_packets: u32,
+    /// Received packets dropped as malformed, unauthenticated, replayed or unexpected.
+    pub rx_dropped: u32,
+    /// Heartbeats (Ping) sent.
+    pub pings: u32,
+}
+
+/// Adds one to a counter, saturating.
+pub(crate) fn bump(counter: &mut u32) {
+    *counter = counter.saturating_add(1);
+}

@@ -1,1 +1,0 @@
-//! See docs/protocol.md (work in progress).
