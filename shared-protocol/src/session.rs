@@ -14,25 +14,18 @@
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag};
 
+use crate::frame::Frame;
 use crate::keys::{DirectionKey, SessionKeys};
 use crate::replay::{ReplayError, ReplayWindow};
 
-/// Protocol version byte of DATA packets produced here.
-pub const VERSION: u8 = 1;
-/// Packet type byte of DATA packets.
-pub const TYPE_DATA: u8 = 0x10;
-/// DATA header length: version, type, session_id (4), counter (8).
-pub const HEADER_LEN: usize = 14;
-/// Poly1305 tag length.
-pub const TAG_LEN: usize = 16;
-/// Bytes a DATA packet adds around its plaintext.
+use crate::limits::{COUNTER_LIMIT, DATA_HEADER_LEN as HEADER_LEN, MAX_PACKET, MIN_FRAME, TAG_LEN};
+pub use crate::packet::DataHeader;
+use crate::packet::PacketError;
+
+/// Bytes a DATA packet adds around its plaintext (header and tag).
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
-/// Largest packet on the binary transport (`MAX_PACKET`).
-pub const MAX_PACKET: usize = 1200;
 /// Largest plaintext (encoded frame) one DATA packet carries.
 pub const MAX_PLAINTEXT: usize = MAX_PACKET - OVERHEAD;
-/// First counter a sender must not use: the session ends before it (re-login).
-pub const COUNTER_LIMIT: u64 = 1 << 48;
 
 /// Which side of the session this is; selects the send and receive keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,11 +41,11 @@ pub enum Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum SessionError {
-    /// The packet is shorter than header + tag.
+    /// The packet is shorter than header + tag + the smallest frame (`MIN_FRAME`).
     Truncated,
     /// The packet or the plaintext would exceed `MAX_PACKET`.
     TooLong,
-    /// Not a version-1 DATA packet.
+    /// Not a version-1 DATA packet, or its counter is at or above 2^48.
     NotData,
     /// The header's session id is not this session's.
     WrongSession,
@@ -64,7 +57,8 @@ pub enum SessionError {
     CounterExhausted,
     /// The caller's output buffer is too small.
     BufferTooSmall,
-    /// The frame could not be encoded (it does not fit).
+    /// The frame could not be encoded (it does not fit, breaks a limit, or the plaintext is
+    /// shorter than `MIN_FRAME`).
     Encode,
     /// The packet authenticated but its plaintext is not a valid frame.
     Decode,
@@ -91,47 +85,20 @@ impl core::fmt::Display for SessionError {
 #[cfg(feature = "std")]
 impl std::error::Error for SessionError {}
 
-/// The parsed 14-byte DATA header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct DataHeader {
-    /// Session id issued by the broker.
-    pub session_id: u32,
-    /// Per-direction packet counter (the nonce).
-    pub counter: u64,
-}
-
-impl DataHeader {
-    /// Parses the header of a DATA packet (checks version, type and minimum length).
-    pub fn parse(packet: &[u8]) -> Result<Self, SessionError> {
-        if packet.len() < 2 || packet[0] != VERSION || packet[1] != TYPE_DATA {
-            return Err(SessionError::NotData);
-        }
-        if packet.len() < OVERHEAD {
-            return Err(SessionError::Truncated);
-        }
-        let mut sid = [0u8; 4];
-        sid.copy_from_slice(&packet[2..6]);
-        let mut ctr = [0u8; 8];
-        ctr.copy_from_slice(&packet[6..14]);
-        Ok(Self {
-            session_id: u32::from_le_bytes(sid),
-            counter: u64::from_le_bytes(ctr),
+fn parse_header(packet: &[u8]) -> Result<DataHeader, SessionError> {
+    DataHeader::parse(packet)
+        .map(|(h, _)| h)
+        .map_err(|e| match e {
+            PacketError::Truncated => SessionError::Truncated,
+            PacketError::TooLarge => SessionError::TooLong,
+            PacketError::InvalidSessionId => SessionError::WrongSession,
+            _ => SessionError::NotData,
         })
-    }
-
-    /// Writes the header into `out[..HEADER_LEN]`.
-    pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
-        out[0] = VERSION;
-        out[1] = TYPE_DATA;
-        out[2..6].copy_from_slice(&self.session_id.to_le_bytes());
-        out[6..14].copy_from_slice(&self.counter.to_le_bytes());
-    }
 }
 
 /// The session id of a DATA packet, for finding its session (broker side). Unauthenticated.
 pub fn peek_session_id(packet: &[u8]) -> Result<u32, SessionError> {
-    DataHeader::parse(packet).map(|h| h.session_id)
+    parse_header(packet).map(|h| h.session_id)
 }
 
 fn nonce(counter: u64) -> Nonce {
@@ -232,14 +199,17 @@ impl SecureSession {
         if n > room - OVERHEAD {
             return Err(SessionError::TooLong);
         }
+        if n < MIN_FRAME {
+            // Receivers drop DATA packets whose plaintext cannot hold a frame.
+            return Err(SessionError::Encode);
+        }
         let counter = self.send_counter;
-        let mut header = [0u8; HEADER_LEN];
-        DataHeader {
+        let header = DataHeader {
             session_id: self.session_id,
             counter,
-        }
-        .write(&mut header);
-        out[..HEADER_LEN].copy_from_slice(&header);
+        };
+        // Refuses session id 0 (never issued); the counter was checked above.
+        header.emit(out).map_err(|_| SessionError::WrongSession)?;
         let (aad, rest) = out.split_at_mut(HEADER_LEN);
         let (body, tail) = rest.split_at_mut(n);
         let tag = self
@@ -255,7 +225,7 @@ impl SecureSession {
         if packet.len() > MAX_PACKET {
             return Err(SessionError::TooLong);
         }
-        let header = DataHeader::parse(packet)?;
+        let header = parse_header(packet)?;
         if header.session_id != self.session_id {
             return Err(SessionError::WrongSession);
         }
@@ -319,6 +289,25 @@ impl SecureSession {
         Ok(&packet[HEADER_LEN..HEADER_LEN + n])
     }
 
+    /// Encodes `frame` (postcard, limits checked) straight into `out` and seals it; returns the
+    /// packet length.
+    pub fn seal_frame(&mut self, frame: &Frame<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        self.seal_with(out, |room| {
+            frame
+                .encode(room)
+                .map(|b| b.len())
+                .map_err(|_| SessionError::Encode)
+        })
+    }
+
+    /// Opens a DATA packet in place and decodes its frame (borrowing from `packet`). A packet
+    /// that authenticates but does not decode is still recorded in the replay window (it was
+    /// genuinely sent) and reported as [`SessionError::Decode`].
+    pub fn open_frame<'p>(&mut self, packet: &'p mut [u8]) -> Result<Frame<'p>, SessionError> {
+        let plain = self.open_in_place(packet)?;
+        Frame::decode(plain).map_err(|_| SessionError::Decode)
+    }
+
     /// Test and vector helper: sets the next send counter. Counters must never be reused under
     /// one key, so production code has no reason to call this.
     #[doc(hidden)]
@@ -353,7 +342,7 @@ mod tests {
         let n = b.seal(b"world!", &mut pkt).unwrap();
         assert_eq!(d.open_in_place(&mut pkt[..n]).unwrap(), b"world!");
         // A side cannot open its own packets (direction keys differ).
-        let n = d.seal(b"x", &mut pkt).unwrap();
+        let n = d.seal(b"xxxx", &mut pkt).unwrap();
         let mut d2 = d.clone();
         assert_eq!(d2.open(&pkt[..n], &mut out), Err(SessionError::AuthFailed));
         assert_eq!(d.next_send_counter(), 2);
@@ -380,7 +369,7 @@ mod tests {
     fn replay_and_errors() {
         let (mut d, mut b) = pair();
         let mut pkt = [0u8; 64];
-        let n = d.seal(b"a", &mut pkt).unwrap();
+        let n = d.seal(b"aaaa", &mut pkt).unwrap();
         let mut out = [0u8; 64];
         b.open(&pkt[..n], &mut out).unwrap();
         assert_eq!(b.open(&pkt[..n], &mut out), Err(SessionError::Replayed));
@@ -388,7 +377,11 @@ mod tests {
             b.open(&pkt[..OVERHEAD - 1], &mut out),
             Err(SessionError::Truncated)
         );
-        assert_eq!(b.open(&[], &mut out), Err(SessionError::NotData));
+        assert_eq!(b.open(&[], &mut out), Err(SessionError::Truncated));
+        assert_eq!(
+            b.open(&[2, 0x10, 0, 0], &mut out),
+            Err(SessionError::NotData)
+        );
         let mut other = pkt;
         other[2] ^= 1;
         assert_eq!(
@@ -399,13 +392,13 @@ mod tests {
             b.open(&pkt[..n], &mut [0u8; 0]),
             Err(SessionError::Replayed)
         );
-        let n2 = d.seal(b"abc", &mut pkt).unwrap();
+        let n2 = d.seal(b"abcde", &mut pkt).unwrap();
         let mut small = [0u8; 2];
         assert_eq!(
             b.open(&pkt[..n2], &mut small),
             Err(SessionError::BufferTooSmall)
         );
-        assert_eq!(b.open(&pkt[..n2], &mut out).unwrap(), b"abc");
+        assert_eq!(b.open(&pkt[..n2], &mut out).unwrap(), b"abcde");
     }
 
     #[test]
@@ -429,6 +422,7 @@ mod tests {
         assert_eq!(d.seal(&pt, &mut big), Err(SessionError::BufferTooSmall));
         let n = d.seal(&pt[..MAX_PLAINTEXT], &mut big).unwrap();
         assert_eq!(n, MAX_PACKET);
+        assert_eq!(d.seal(b"abc", &mut big), Err(SessionError::Encode));
         assert_eq!(
             d.seal(b"", &mut [0u8; OVERHEAD - 1]),
             Err(SessionError::BufferTooSmall)

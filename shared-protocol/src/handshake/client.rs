@@ -1,0 +1,289 @@
+//! Device side of the handshake: [`ClientHandshake`].
+//!
+//! States: idle -> HELLO sent -> LOGIN sent -> established. The caller sends the bytes this
+//! returns, feeds every received packet to [`ClientHandshake::on_packet`], and calls
+//! [`ClientHandshake::handle_timeout`] at [`ClientHandshake::poll_timeout`] with a fresh nonce:
+//! if no CHALLENGE or WELCOME arrived in time the attempt restarts from HELLO. Attempt `k` waits
+//! `min(1000 * 2^(k-1), 8000)` ms. A REJECT is advisory: it is reported and the handshake goes
+//! idle; the caller backs off and calls [`ClientHandshake::start`] again.
+
+use crate::codes::Code;
+use crate::frame::Body;
+use crate::ids::Address;
+use crate::keys::{DeviceKey, HelloBinding, ProofInput, compute_proof, derive_session_keys};
+use crate::limits::PROTOCOL_VERSION;
+use crate::packet::{Challenge, DataHeader, Hello, Login, Packet, PacketError, Reject};
+use crate::session::{Role, SecureSession};
+
+/// First wait for a CHALLENGE or WELCOME before restarting from HELLO.
+pub const ATTEMPT_TIMEOUT_INITIAL_MS: u64 = 1_000;
+/// Ceiling of the per-attempt wait (it doubles per attempt up to this).
+pub const ATTEMPT_TIMEOUT_MAX_MS: u64 = 8_000;
+
+/// The session parameters from WELCOME.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct WelcomeInfo {
+    /// Session id of every DATA packet from now on.
+    pub session_id: u32,
+    /// Ping after this many idle seconds.
+    pub heartbeat_secs: u16,
+    /// The broker's silence timeout.
+    pub session_timeout_secs: u16,
+    /// Largest payload the broker accepts.
+    pub max_payload: u16,
+    /// Broker clock at WELCOME time (ms since the Unix epoch).
+    pub server_time_ms: u64,
+}
+
+/// A completed handshake.
+#[derive(Debug)]
+pub struct Established {
+    /// The device's side of the session; the WELCOME's counter 0 is already recorded.
+    pub session: SecureSession,
+    /// What the WELCOME said.
+    pub welcome: WelcomeInfo,
+}
+
+/// What a received packet or timeout means for the caller.
+#[derive(Debug)]
+pub enum ClientEvent<'o> {
+    /// Send these bytes (a LOGIN answering a CHALLENGE).
+    Send(&'o [u8]),
+    /// The broker accepted the login.
+    Established(Established),
+    /// The broker refused (advisory, unauthenticated): back off, then [`ClientHandshake::start`].
+    Rejected(Reject),
+    /// Not for this state, not decodable or not authentic: ignored, nothing changed.
+    Ignored,
+}
+
+/// Errors from building packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ClientError {
+    /// The output buffer is too small (HELLO needs 128 bytes).
+    BufferTooSmall,
+    /// The handshake is finished; a new one is needed.
+    Finished,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Idle,
+    HelloSent { nonce: [u8; 16] },
+    LoginSent { nonce: [u8; 16], cookie: [u8; 32] },
+    Done,
+}
+
+/// The device side of the login handshake.
+#[derive(Clone, Debug)]
+pub struct ClientHandshake {
+    address: Address,
+    key: DeviceKey,
+    since_id: u64,
+    state: State,
+    attempt: u32,
+    deadline: Option<u64>,
+}
+
+impl ClientHandshake {
+    /// A handshake for `address` with its device key; `since_id` is the highest message id the
+    /// device already has (0 for none).
+    pub fn new(address: Address, key: DeviceKey, since_id: u64) -> Self {
+        Self {
+            address,
+            key,
+            since_id,
+            state: State::Idle,
+            attempt: 0,
+            deadline: None,
+        }
+    }
+
+    fn hello(&mut self, now_ms: u64, nonce: [u8; 16]) -> Hello {
+        self.attempt = self.attempt.saturating_add(1);
+        let wait =
+            (ATTEMPT_TIMEOUT_INITIAL_MS << (self.attempt - 1).min(8)).min(ATTEMPT_TIMEOUT_MAX_MS);
+        self.deadline = Some(now_ms.saturating_add(wait));
+        self.state = State::HelloSent { nonce };
+        Hello {
+            address: self.address,
+            client_nonce: nonce,
+        }
+    }
+
+    /// Starts (or restarts) with a HELLO carrying the fresh random `nonce`; returns the padded
+    /// HELLO to send.
+    pub fn start<'o>(
+        &mut self,
+        now_ms: u64,
+        nonce: [u8; 16],
+        out: &'o mut [u8],
+    ) -> Result<&'o [u8], ClientError> {
+        if matches!(self.state, State::Done) {
+            return Err(ClientError::Finished);
+        }
+        let hello = self.hello(now_ms, nonce);
+        match hello.encode(out) {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                self.state = State::Idle;
+                self.deadline = None;
+                Err(ClientError::BufferTooSmall)
+            }
+        }
+    }
+
+    /// When [`ClientHandshake::handle_timeout`] must be called (`None` when idle or done).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    /// Whether the handshake completed.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// If the attempt timed out at `now_ms`, restarts with a HELLO using the fresh `nonce` and
+    /// returns it; otherwise returns `Ok(None)`.
+    pub fn handle_timeout<'o>(
+        &mut self,
+        now_ms: u64,
+        nonce: [u8; 16],
+        out: &'o mut [u8],
+    ) -> Result<Option<&'o [u8]>, ClientError> {
+        match self.deadline {
+            Some(d) if d <= now_ms => self.start(now_ms, nonce, out).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Feeds a received packet (mutable: a WELCOME is decrypted in place). A LOGIN to send is
+    /// written into `out`.
+    pub fn on_packet<'o>(
+        &mut self,
+        packet: &mut [u8],
+        out: &'o mut [u8],
+    ) -> Result<ClientEvent<'o>, ClientError> {
+        let decoded = match Packet::decode(packet) {
+            Ok(p) => p,
+            Err(PacketError::UnsupportedVersion { .. }) => {
+                // A REJECT of another version still tells us its max_version; parse it as ours.
+                return Ok(self.foreign_reject(packet));
+            }
+            Err(_) => return Ok(ClientEvent::Ignored),
+        };
+        match (self.state, decoded) {
+            (State::HelloSent { nonce }, Packet::Challenge(ch)) => {
+                self.on_challenge(nonce, ch, out)
+            }
+            (State::HelloSent { .. } | State::LoginSent { .. }, Packet::Reject(r)) => {
+                self.state = State::Idle;
+                self.deadline = None;
+                Ok(ClientEvent::Rejected(r))
+            }
+            (State::LoginSent { nonce, cookie }, Packet::Data { header, .. }) => {
+                Ok(self.on_welcome(nonce, cookie, header, packet))
+            }
+            _ => Ok(ClientEvent::Ignored),
+        }
+    }
+
+    fn foreign_reject<'o>(&mut self, packet: &[u8]) -> ClientEvent<'o> {
+        if !matches!(
+            self.state,
+            State::HelloSent { .. } | State::LoginSent { .. }
+        ) {
+            return ClientEvent::Ignored;
+        }
+        let [_, t, body @ ..] = packet else {
+            return ClientEvent::Ignored;
+        };
+        if *t != crate::packet::PacketType::Reject as u8 {
+            return ClientEvent::Ignored;
+        }
+        match postcard::from_bytes::<Reject>(body) {
+            Ok(r) => {
+                self.state = State::Idle;
+                self.deadline = None;
+                ClientEvent::Rejected(r)
+            }
+            Err(_) => ClientEvent::Ignored,
+        }
+    }
+
+    fn on_challenge<'o>(
+        &mut self,
+        nonce: [u8; 16],
+        ch: Challenge,
+        out: &'o mut [u8],
+    ) -> Result<ClientEvent<'o>, ClientError> {
+        let input = ProofInput {
+            version: PROTOCOL_VERSION,
+            hello: HelloBinding {
+                kind: self.address.kind.as_u8(),
+                id: self.address.id,
+                client_nonce: nonce,
+            },
+            timestamp_ms: ch.timestamp_ms,
+            cookie: ch.cookie,
+            since_id: self.since_id,
+        };
+        let login = Login {
+            address: self.address,
+            client_nonce: nonce,
+            timestamp_ms: ch.timestamp_ms,
+            cookie: ch.cookie,
+            since_id: self.since_id,
+            proof: compute_proof(&self.key, &input).0,
+        };
+        let bytes = login.encode(out).map_err(|_| ClientError::BufferTooSmall)?;
+        self.state = State::LoginSent {
+            nonce,
+            cookie: ch.cookie,
+        };
+        Ok(ClientEvent::Send(bytes))
+    }
+
+    fn on_welcome<'o>(
+        &mut self,
+        nonce: [u8; 16],
+        cookie: [u8; 32],
+        header: DataHeader,
+        packet: &mut [u8],
+    ) -> ClientEvent<'o> {
+        let keys = derive_session_keys(&self.key, self.address.id, &nonce, &cookie);
+        let mut session = SecureSession::new(Role::Device, header.session_id, &keys);
+        let welcome = match session.open_frame(packet) {
+            Ok(frame) => match (frame.seq, frame.body) {
+                (
+                    0,
+                    Body::Welcome {
+                        session_id,
+                        heartbeat_secs,
+                        session_timeout_secs,
+                        max_payload,
+                        server_time_ms,
+                    },
+                ) if session_id == header.session_id && header.counter == 0 => WelcomeInfo {
+                    session_id,
+                    heartbeat_secs,
+                    session_timeout_secs,
+                    max_payload,
+                    server_time_ms,
+                },
+                _ => return ClientEvent::Ignored,
+            },
+            Err(_) => return ClientEvent::Ignored,
+        };
+        self.state = State::Done;
+        self.deadline = None;
+        ClientEvent::Established(Established { session, welcome })
+    }
+
+    /// The reject codes after which retrying the same credentials is pointless.
+    pub fn is_fatal(code: Code) -> bool {
+        !code.is_retryable()
+    }
+}

@@ -1,0 +1,357 @@
+//! The login handshake end to end (docs/protocol.md section 3): the happy path, every rejection
+//! of the check order, timeouts, tampered and replayed DATA, and NAT rebinding.
+
+use shared_protocol::codes::Code;
+use shared_protocol::frame::{Ack, Body, Frame};
+use shared_protocol::handshake::{
+    Acceptor, ClientEvent, ClientHandshake, Established, HelloReply, LoginError, TerminalRecord,
+    WelcomeParams, reject_packet,
+};
+use shared_protocol::ids::{Address, IdProfile};
+use shared_protocol::keys::{CookieSecret, DeviceKey, MasterKey, PeerAddr, derive_device_key};
+use shared_protocol::limits::CHALLENGE_LIFETIME_MS;
+use shared_protocol::packet::Reject;
+use shared_protocol::session::{SecureSession, SessionError};
+
+const MASTER: MasterKey = MasterKey([0x11; 32]);
+const PEER: PeerAddr = PeerAddr::V4([192, 0, 2, 10], 40000);
+const PARAMS: WelcomeParams = WelcomeParams {
+    heartbeat_secs: 30,
+    session_timeout_secs: 90,
+    max_payload: 1024,
+    server_time_ms: 5_000,
+};
+
+fn acceptor() -> Acceptor {
+    Acceptor::new(IdProfile::Plug, CookieSecret([0x22; 32]))
+}
+
+fn record(id: u32, last: Option<u64>) -> Option<TerminalRecord> {
+    Some(TerminalRecord {
+        key: derive_device_key(&MASTER, id),
+        last_login_ms: last,
+    })
+}
+
+/// Runs HELLO -> CHALLENGE -> LOGIN for device `id`; returns the client and the LOGIN bytes.
+fn until_login(id: u32, now: u64) -> (ClientHandshake, Vec<u8>) {
+    let mut client = ClientHandshake::new(Address::device(id), derive_device_key(&MASTER, id), 7);
+    let mut hello = [0u8; 256];
+    let hello = client.start(now, [0x33; 16], &mut hello).unwrap().to_vec();
+    assert_eq!(hello.len(), 128);
+    let mut ch = [0u8; 128];
+    let HelloReply::Challenge(ch) = acceptor().on_hello(&PEER, &hello, now, &mut ch).unwrap()
+    else {
+        panic!("expected a challenge")
+    };
+    assert!(ch.len() < hello.len(), "no amplification");
+    let mut ch = ch.to_vec();
+    let mut out = [0u8; 256];
+    let ClientEvent::Send(login) = client.on_packet(&mut ch, &mut out).unwrap() else {
+        panic!("expected a LOGIN")
+    };
+    (client, login.to_vec())
+}
+
+fn login_at(login: &[u8], peer: &PeerAddr, now: u64, last: Option<u64>) -> Result<(), LoginError> {
+    let mut out = [0u8; 256];
+    acceptor()
+        .on_login(
+            peer,
+            login,
+            now,
+            |a| record(a.id, last),
+            9,
+            &PARAMS,
+            &mut out,
+        )
+        .map(|_| ())
+}
+
+fn establish(id: u32) -> (Established, SecureSession) {
+    let (mut client, login) = until_login(id, 1000);
+    let mut out = [0u8; 256];
+    let acc = acceptor()
+        .on_login(
+            &PEER,
+            &login,
+            1200,
+            |a| record(a.id, None),
+            77,
+            &PARAMS,
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(acc.address, Address::device(id));
+    assert_eq!(acc.since_id, 7);
+    assert_eq!(acc.login_timestamp_ms, 1000);
+    let mut welcome = acc.welcome.to_vec();
+    let mut buf = [0u8; 64];
+    let ClientEvent::Established(est) = client.on_packet(&mut welcome, &mut buf).unwrap() else {
+        panic!("expected established")
+    };
+    assert!(client.is_established());
+    assert_eq!(client.poll_timeout(), None);
+    (est, acc.session)
+}
+
+#[test]
+fn full_handshake_then_data_both_ways() {
+    let (est, mut broker) = establish(4242);
+    assert_eq!(est.welcome.session_id, 77);
+    assert_eq!(est.welcome.heartbeat_secs, 30);
+    assert_eq!(est.welcome.max_payload, 1024);
+    let mut device = est.session;
+    let mut pkt = [0u8; 128];
+    let ping = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Ping);
+    let n = device.seal_frame(&ping, &mut pkt).unwrap();
+    assert_eq!(broker.open_frame(&mut pkt[..n]).unwrap(), ping);
+    let pong = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Pong { server_time_ms: 9 });
+    let n = broker.seal_frame(&pong, &mut pkt).unwrap();
+    // Counter 0 went to the WELCOME; this is 1.
+    assert_eq!(&pkt[6..14], &1u64.to_le_bytes());
+    assert_eq!(device.open_frame(&mut pkt[..n]).unwrap(), pong);
+}
+
+#[test]
+fn replayed_login_is_rejected_with_replay() {
+    let (_, login) = until_login(5, 1000);
+    assert_eq!(login_at(&login, &PEER, 1500, None), Ok(()));
+    // The broker recorded 1000 as the last login time: the same LOGIN again is a replay.
+    assert_eq!(
+        login_at(&login, &PEER, 1600, Some(1000)),
+        Err(LoginError::Replay)
+    );
+    assert_eq!(LoginError::Replay.code(), Some(Code::REPLAY));
+    // A newer login (later challenge) is fine.
+    let (_, newer) = until_login(5, 2000);
+    assert_eq!(login_at(&newer, &PEER, 2100, Some(1000)), Ok(()));
+}
+
+#[test]
+fn login_from_another_address_or_port_is_bad_cookie() {
+    let (_, login) = until_login(5, 1000);
+    let other_ip = PeerAddr::V4([192, 0, 2, 11], 40000);
+    let other_port = PeerAddr::V4([192, 0, 2, 10], 40001);
+    assert_eq!(
+        login_at(&login, &other_ip, 1100, None),
+        Err(LoginError::BadCookie)
+    );
+    assert_eq!(
+        login_at(&login, &other_port, 1100, None),
+        Err(LoginError::BadCookie)
+    );
+}
+
+#[test]
+fn expired_challenge() {
+    let (_, login) = until_login(5, 1000);
+    let limit = 1000 + CHALLENGE_LIFETIME_MS;
+    assert_eq!(login_at(&login, &PEER, limit, None), Ok(()));
+    assert_eq!(
+        login_at(&login, &PEER, limit + 1, None),
+        Err(LoginError::CookieExpired)
+    );
+}
+
+#[test]
+fn wrong_key_is_auth_failed_and_unknown_terminal() {
+    let (_, login) = until_login(5, 1000);
+    let mut out = [0u8; 256];
+    let wrong = |_: Address| {
+        Some(TerminalRecord {
+            key: DeviceKey([0x99; 32]),
+            last_login_ms: None,
+        })
+    };
+    let r = acceptor().on_login(&PEER, &login, 1100, wrong, 1, &PARAMS, &mut out);
+    assert_eq!(r.unwrap_err(), LoginError::AuthFailed);
+    let r = acceptor().on_login(&PEER, &login, 1100, |_| None, 1, &PARAMS, &mut out);
+    assert_eq!(r.unwrap_err(), LoginError::UnknownTerminal);
+}
+
+#[test]
+fn check_order_cookie_before_key_lookup() {
+    // A bad cookie must be reported before the terminal store is consulted.
+    let (_, login) = until_login(5, 1000);
+    let mut out = [0u8; 256];
+    let other = PeerAddr::V6([0xfe; 16], 1);
+    let r = acceptor().on_login(
+        &other,
+        &login,
+        1100,
+        |_| panic!("lookup before cookie check"),
+        1,
+        &PARAMS,
+        &mut out,
+    );
+    assert_eq!(r.unwrap_err(), LoginError::BadCookie);
+    let r = acceptor().on_login(
+        &PEER,
+        &login,
+        1000 + CHALLENGE_LIFETIME_MS + 1,
+        |_| panic!("lookup before expiry check"),
+        1,
+        &PARAMS,
+        &mut out,
+    );
+    assert_eq!(r.unwrap_err(), LoginError::CookieExpired);
+}
+
+#[test]
+fn tampered_login_fields() {
+    let (_, login) = until_login(5, 1000);
+    // Flip a bit of since_id's encoding area (the last 40 bytes hold since_id and proof).
+    let mut t = login.clone();
+    let last = t.len() - 1;
+    t[last] ^= 1; // proof
+    assert_eq!(login_at(&t, &PEER, 1100, None), Err(LoginError::AuthFailed));
+    let mut t = login.clone();
+    t[8] ^= 1; // client nonce -> cookie no longer matches
+    assert_eq!(login_at(&t, &PEER, 1100, None), Err(LoginError::BadCookie));
+}
+
+#[test]
+fn hello_rejections() {
+    let acc = acceptor();
+    let mut out = [0u8; 64];
+    // Phone kind on the binary transport.
+    let mut c = ClientHandshake::new(Address::phone(3), DeviceKey([0; 32]), 0);
+    let mut buf = [0u8; 128];
+    let hello = c.start(0, [1; 16], &mut buf).unwrap().to_vec();
+    match acc.on_hello(&PEER, &hello, 0, &mut out).unwrap() {
+        HelloReply::Reject { code, packet } => {
+            assert_eq!(code, Code::KIND_NOT_ALLOWED);
+            assert_eq!(Reject::decode(packet).unwrap().code, Code::KIND_NOT_ALLOWED);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Id 0.
+    let mut c = ClientHandshake::new(Address::device(0), DeviceKey([0; 32]), 0);
+    let hello = c.start(0, [1; 16], &mut buf).unwrap().to_vec();
+    assert!(matches!(
+        acc.on_hello(&PEER, &hello, 0, &mut out).unwrap(),
+        HelloReply::Reject {
+            code: Code::INVALID_ID,
+            ..
+        }
+    ));
+    // Unknown version: REJECT UNSUPPORTED_VERSION with our max version.
+    let mut v2 = hello.clone();
+    v2[0] = 2;
+    let HelloReply::Reject { code, packet } = acc.on_hello(&PEER, &v2, 0, &mut out).unwrap() else {
+        panic!()
+    };
+    assert_eq!(code, Code::UNSUPPORTED_VERSION);
+    assert_eq!(Reject::decode(packet).unwrap().max_version, 1);
+    // Short HELLO: silence.
+    assert!(acc.on_hello(&PEER, &hello[..100], 0, &mut out).is_err());
+}
+
+#[test]
+fn client_handles_reject_and_timeouts() {
+    let mut client = ClientHandshake::new(Address::device(5), derive_device_key(&MASTER, 5), 0);
+    let mut buf = [0u8; 128];
+    client.start(100, [1; 16], &mut buf).unwrap();
+    assert_eq!(client.poll_timeout(), Some(1100));
+    assert!(
+        client
+            .handle_timeout(1099, [2; 16], &mut buf)
+            .unwrap()
+            .is_none()
+    );
+    let again = client
+        .handle_timeout(1100, [2; 16], &mut buf)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&again[4..20], &[2; 16], "fresh nonce in the new HELLO");
+    assert_eq!(
+        client.poll_timeout(),
+        Some(3100),
+        "second attempt waits twice as long"
+    );
+    let mut rej = reject_packet(Code::SERVER_BUSY, 2000, &mut [0u8; 16])
+        .unwrap()
+        .to_vec();
+    match client.on_packet(&mut rej, &mut buf).unwrap() {
+        ClientEvent::Rejected(r) => {
+            assert_eq!(r.code, Code::SERVER_BUSY);
+            assert_eq!(r.retry_after_ms, 2000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.poll_timeout(), None);
+}
+
+#[test]
+fn client_ignores_forged_welcome_and_keeps_waiting() {
+    let (mut client, login) = until_login(5, 1000);
+    let mut out = [0u8; 256];
+    let acc = acceptor()
+        .on_login(
+            &PEER,
+            &login,
+            1100,
+            |a| record(a.id, None),
+            3,
+            &PARAMS,
+            &mut out,
+        )
+        .unwrap();
+    let mut forged = acc.welcome.to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x80;
+    let mut buf = [0u8; 64];
+    assert!(matches!(
+        client.on_packet(&mut forged, &mut buf).unwrap(),
+        ClientEvent::Ignored
+    ));
+    assert!(!client.is_established());
+    let mut good = acc.welcome.to_vec();
+    assert!(matches!(
+        client.on_packet(&mut good, &mut buf).unwrap(),
+        ClientEvent::Established(_)
+    ));
+}
+
+#[test]
+fn tampered_and_replayed_data_are_dropped() {
+    let (est, mut broker) = establish(9);
+    let mut device = est.session;
+    let frame = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Ping);
+    let mut pkt = [0u8; 64];
+    let n = device.seal_frame(&frame, &mut pkt).unwrap();
+    let original = pkt[..n].to_vec();
+    let mut tampered = original.clone();
+    tampered[n / 2] ^= 4;
+    assert_eq!(
+        broker.open_frame(&mut tampered),
+        Err(SessionError::AuthFailed)
+    );
+    let mut first = original.clone();
+    assert!(broker.open_frame(&mut first).is_ok());
+    let mut replay = original.clone();
+    assert_eq!(broker.open_frame(&mut replay), Err(SessionError::Replayed));
+}
+
+/// Sessions are keyed by session_id: a packet that authenticates is accepted whatever address it
+/// came from, so the broker can move the session to the new address (NAT rebinding).
+#[test]
+fn nat_rebinding_packet_from_new_address_authenticates() {
+    use std::collections::HashMap;
+    let (est, broker_session) = establish(12);
+    let mut device = est.session;
+    // Broker's table: session id -> (session, current peer address).
+    let mut table: HashMap<u32, (SecureSession, PeerAddr)> = HashMap::new();
+    table.insert(broker_session.session_id(), (broker_session, PEER));
+    let new_addr = PeerAddr::V4([198, 51, 100, 7], 61000);
+    let mut pkt = [0u8; 64];
+    let n = device
+        .seal_frame(&Frame::unreliable(Ack::default(), Body::Ping), &mut pkt)
+        .unwrap();
+    let sid = shared_protocol::session::peek_session_id(&pkt[..n]).unwrap();
+    let (session, addr) = table.get_mut(&sid).unwrap();
+    assert!(session.open_frame(&mut pkt[..n]).is_ok());
+    *addr = new_addr; // authenticated and new: move the session
+    assert_eq!(table[&77].1, new_addr);
+}
