@@ -1,0 +1,753 @@
+//! The broker's configuration: one TOML file, typed sections with a default for every key,
+//! environment overrides, and validation that names the file, key and reason.
+//!
+//! Loaded once in `main` ([`Config::load`]) and passed down by value/reference; nothing else in
+//! the crate reads files or the environment for settings. [`DEFAULT_TOML`] is the documented default
+//! file printed by `broker config default`; a test keeps it equal to [`Config::default`].
+//!
+//! Environment overrides: `BROKER__SECTION__KEY=value` (e.g. `BROKER__LIMITS__OUTBOUND_QUEUE=128`,
+//! `BROKER__SECURITY__DEVICE_KEYS__7=<hex>`). The value is read as the type of the key's default:
+//! string keys take the text as is, other keys parse it as a TOML value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::terminal::IdProfile;
+
+/// The documented default configuration (`broker config default`).
+pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "BROKER__";
+
+/// A secret string: never printed by `Debug`/`Display` (shows `Secret(<redacted>)`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret's text; call only where the value is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no value is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(<unset>)")
+        } else {
+            f.write_str("Secret(<redacted>)")
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listening sockets.
+    pub listen: Listen,
+    /// Where durable data lives.
+    pub storage: Storage,
+    /// ID profile.
+    pub identity: Identity,
+    /// Keys, secrets and the API token.
+    pub security: Security,
+    /// Size, connection and rate limits.
+    pub limits: Limits,
+    /// Offline message store.
+    pub offline: Offline,
+    /// Heartbeats and timeouts.
+    pub timeouts: Timeouts,
+    /// Device uploads.
+    pub upload: Upload,
+    /// The app backend that device requests are forwarded to.
+    pub backend: Backend,
+    /// Logging.
+    pub log: Log,
+}
+
+/// `[listen]`: socket addresses (port 0 picks a free port).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// HTTP API.
+    pub http: SocketAddr,
+    /// Device WebSocket (binary frames).
+    pub device_ws: SocketAddr,
+    /// App WebSocket (JSON text frames).
+    pub app_ws: SocketAddr,
+    /// Device UDP.
+    pub udp: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            http: ([127, 0, 0, 1], 8080).into(),
+            device_ws: ([127, 0, 0, 1], 8081).into(),
+            app_ws: ([127, 0, 0, 1], 8082).into(),
+            udp: ([127, 0, 0, 1], 8083).into(),
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// Directory for the embedded store and generated secrets (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            data_dir: PathBuf::from("broker-data"),
+        }
+    }
+}
+
+/// `[identity]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Identity {
+    /// `plug` or `signed` (docs/protocol.md section 1).
+    pub profile: IdProfile,
+}
+
+/// `[security]`: all values are secrets. Empty means "generate at first start into the data dir".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Fleet master key, 64 hex digits; device keys derive from it.
+    pub fleet_master_key: Secret,
+    /// Explicit per-device keys (id -> 64 hex digits); they win over derivation.
+    pub device_keys: BTreeMap<String, Secret>,
+    /// Secret for stateless handshake cookies, 64 hex digits.
+    pub cookie_secret: Secret,
+    /// Secret for app tokens, 64 hex digits.
+    pub token_secret: Secret,
+    /// Bearer token for the HTTP API (at least 16 characters).
+    pub api_token: Secret,
+}
+
+/// What to do when a connection's outbound queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueFullPolicy {
+    /// Drop the event being queued.
+    DropNewest,
+    /// Drop the oldest queued event to make room.
+    DropOldest,
+    /// Kick the session (it reconnects and replays from the store).
+    #[default]
+    Disconnect,
+}
+
+impl QueueFullPolicy {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueFullPolicy::DropNewest => "drop-newest",
+            QueueFullPolicy::DropOldest => "drop-oldest",
+            QueueFullPolicy::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest device packet accepted (UDP datagram or WebSocket binary message), 64..=1200.
+    pub max_device_frame_bytes: u32,
+    /// Largest app WebSocket text message.
+    pub max_app_message_bytes: u32,
+    /// Largest message payload (push, send, upload, command), bytes.
+    pub max_payload_bytes: u32,
+    /// Connections accepted in total (all transports).
+    pub max_connections: u32,
+    /// Connections accepted per client IP.
+    pub max_connections_per_ip: u32,
+    /// Login attempts accepted per client IP per second.
+    pub login_attempts_per_ip_per_sec: u32,
+    /// Outbound events queued per session.
+    pub outbound_queue: u32,
+    /// What happens when that queue is full.
+    pub queue_full_policy: QueueFullPolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_device_frame_bytes: 1200,
+            max_app_message_bytes: 16384,
+            max_payload_bytes: 1024,
+            max_connections: 10000,
+            max_connections_per_ip: 100,
+            login_attempts_per_ip_per_sec: 20,
+            outbound_queue: 64,
+            queue_full_policy: QueueFullPolicy::Disconnect,
+        }
+    }
+}
+
+/// Which message leaves a full offline inbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvictionPolicy {
+    /// The terminal's oldest stored message is evicted.
+    #[default]
+    DropOldest,
+    /// The new message is not stored for that terminal.
+    RejectNew,
+}
+
+/// `[offline]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Offline {
+    /// Default lifetime of a stored message, seconds (a push may ask for less or more).
+    pub ttl_secs: u64,
+    /// Largest TTL a push may ask for, seconds.
+    pub max_ttl_secs: u64,
+    /// Messages kept per terminal.
+    pub max_per_terminal: u32,
+    /// What happens when a terminal's inbox is full.
+    pub eviction: EvictionPolicy,
+    /// How often expired messages are purged, seconds.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for Offline {
+    fn default() -> Self {
+        Offline {
+            ttl_secs: 604800,
+            max_ttl_secs: 2592000,
+            max_per_terminal: 1000,
+            eviction: EvictionPolicy::DropOldest,
+            purge_interval_secs: 60,
+        }
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// A connection must complete login within this, seconds.
+    pub handshake_secs: u64,
+    /// Heartbeat interval announced to devices, seconds.
+    pub heartbeat_secs: u64,
+    /// Silence after which a session is offline, seconds (greater than heartbeat_secs).
+    pub session_secs: u64,
+    /// Default timeout of an HTTP-to-device command, milliseconds.
+    pub command_ms: u64,
+    /// Largest timeout a command request may ask for, milliseconds.
+    pub command_max_ms: u64,
+    /// Time allowed to drain at shutdown, seconds.
+    pub shutdown_drain_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake_secs: 10,
+            heartbeat_secs: 30,
+            session_secs: 90,
+            command_ms: 10000,
+            command_max_ms: 60000,
+            shutdown_drain_secs: 10,
+        }
+    }
+}
+
+/// `[upload]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upload {
+    /// If set (`http://...`), every upload is POSTed there as JSON, in order, at least once.
+    pub webhook_url: String,
+    /// Timeout of one webhook call, milliseconds.
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for Upload {
+    fn default() -> Self {
+        Upload {
+            webhook_url: String::new(),
+            webhook_timeout_ms: 10000,
+        }
+    }
+}
+
+/// `[backend]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backend {
+    /// Base URL (`http://...`) device Request frames are forwarded to (`base + path`); empty = off.
+    pub device_request_url: String,
+    /// Timeout of one forwarded request, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            device_request_url: String::new(),
+            timeout_ms: 10000,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// tracing filter (RUST_LOG syntax); the RUST_LOG variable wins when set.
+    pub filter: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key has a bad value (or is unknown).
+    #[error("{file}: key `{key}`{origin}: {reason}")]
+    Invalid {
+        /// The file (or `<defaults>`).
+        file: String,
+        /// Dotted key path.
+        key: String,
+        /// ` (from BROKER__...)` when the value came from the environment.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads `file` (or the defaults), applies `BROKER__*` variables from `env`, and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let name = file.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+        let text = match file {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                file: name.clone(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Config::from_str_with_env(&name, &text, env)
+    }
+
+    /// Like [`Config::load`] with the file's text given (`name` is used in errors).
+    pub fn from_str_with_env(
+        name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    file: name.to_string(),
+                    message: e.to_string(),
+                })?;
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        let mut from_env: BTreeMap<String, String> = BTreeMap::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                continue;
+            }
+            set_path(&mut table, &defaults, &path, &value);
+            from_env.insert(path.join("."), var);
+        }
+        let origin_of = |key: &str| {
+            from_env
+                .iter()
+                .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+                .map(|(_, v)| format!(" (from {v})"))
+                .unwrap_or_default()
+        };
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Invalid {
+                    file: name.to_string(),
+                    origin: origin_of(&key),
+                    key,
+                    reason: e.into_inner().message().to_string(),
+                }
+            })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file: name.to_string(),
+                origin: origin_of(&key),
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks values that types alone cannot; returns the offending key and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        fn err<T>(key: &str, reason: impl Into<String>) -> Result<T, (String, String)> {
+            Err((key.to_string(), reason.into()))
+        }
+        let s = &self.security;
+        for (key, secret) in [
+            ("security.fleet_master_key", &s.fleet_master_key),
+            ("security.cookie_secret", &s.cookie_secret),
+            ("security.token_secret", &s.token_secret),
+        ] {
+            if !secret.is_empty() && parse_key_hex(secret.expose()).is_none() {
+                return err(key, "must be 64 hex digits (32 bytes) or empty");
+            }
+        }
+        for (id, key) in &s.device_keys {
+            let k = format!("security.device_keys.{id}");
+            match crate::terminal::Address::parse_id(id) {
+                Ok(0) | Err(_) => {
+                    return err(&k, "the key name must be a non-zero 32-bit device id");
+                }
+                Ok(_) => {}
+            }
+            if parse_key_hex(key.expose()).is_none() {
+                return err(&k, "must be 64 hex digits (32 bytes)");
+            }
+        }
+        if !s.api_token.is_empty() && s.api_token.expose().len() < 16 {
+            return err(
+                "security.api_token",
+                "must be at least 16 characters or empty",
+            );
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return err("storage.data_dir", "must not be empty");
+        }
+        let l = &self.limits;
+        if !(64..=1200).contains(&l.max_device_frame_bytes) {
+            return err(
+                "limits.max_device_frame_bytes",
+                "must be within 64..=1200 (protocol MAX_PACKET)",
+            );
+        }
+        for (key, v) in [
+            ("limits.max_app_message_bytes", l.max_app_message_bytes),
+            ("limits.max_payload_bytes", l.max_payload_bytes),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            (
+                "limits.login_attempts_per_ip_per_sec",
+                l.login_attempts_per_ip_per_sec,
+            ),
+            ("limits.outbound_queue", l.outbound_queue),
+            ("offline.max_per_terminal", self.offline.max_per_terminal),
+        ] {
+            if v == 0 {
+                return err(key, "must be greater than 0");
+            }
+        }
+        if l.max_payload_bytes > u32::from(u16::MAX) {
+            return err(
+                "limits.max_payload_bytes",
+                "must fit in 16 bits (WELCOME max_payload)",
+            );
+        }
+        let o = &self.offline;
+        if o.ttl_secs == 0 || o.max_ttl_secs < o.ttl_secs {
+            return err(
+                "offline.ttl_secs",
+                "must be greater than 0 and at most offline.max_ttl_secs",
+            );
+        }
+        if o.purge_interval_secs == 0 {
+            return err("offline.purge_interval_secs", "must be greater than 0");
+        }
+        let t = &self.timeouts;
+        if t.handshake_secs == 0 {
+            return err("timeouts.handshake_secs", "must be greater than 0");
+        }
+        if t.heartbeat_secs == 0 || t.heartbeat_secs > u64::from(u16::MAX) {
+            return err("timeouts.heartbeat_secs", "must be within 1..=65535");
+        }
+        if t.session_secs <= t.heartbeat_secs || t.session_secs > u64::from(u16::MAX) {
+            return err(
+                "timeouts.session_secs",
+                "must be greater than timeouts.heartbeat_secs and at most 65535",
+            );
+        }
+        if t.command_ms == 0 || t.command_ms > t.command_max_ms {
+            return err(
+                "timeouts.command_ms",
+                "must be greater than 0 and at most timeouts.command_max_ms",
+            );
+        }
+        for (key, url) in [
+            ("upload.webhook_url", &self.upload.webhook_url),
+            (
+                "backend.device_request_url",
+                &self.backend.device_request_url,
+            ),
+        ] {
+            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+                return err(key, "must be empty or start with http:// or https://");
+            }
+        }
+        if self.upload.webhook_timeout_ms == 0 {
+            return err("upload.webhook_timeout_ms", "must be greater than 0");
+        }
+        if self.backend.timeout_ms == 0 {
+            return err("backend.timeout_ms", "must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+/// Parses 64 hex digits into a 32-byte key.
+pub fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+/// Sets `path` in `table` to `raw`, typed like the default at that path (strings stay strings).
+fn set_path(table: &mut toml::Table, defaults: &toml::Table, path: &[String], raw: &str) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut t = table;
+    let mut d = Some(defaults);
+    for p in parents {
+        d = d.and_then(|d| d.get(p)).and_then(toml::Value::as_table);
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    let default = d.and_then(|d| d.get(last));
+    let value = match default {
+        Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
+        _ => parse_toml_value(raw).unwrap_or_else(|| toml::Value::String(raw.to_string())),
+    };
+    t.insert(last.clone(), value);
+}
+
+fn parse_toml_value(raw: &str) -> Option<toml::Value> {
+    let t: toml::Table = format!("v = {raw}").parse().ok()?;
+    t.get("v").cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn documented_default_equals_code_default() {
+        let parsed = Config::from_str_with_env("default", DEFAULT_TOML, no_env()).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn every_default_key_is_documented_with_a_comment() {
+        let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+        let mut section = String::new();
+        let mut documented = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if let Some(s) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+                section = s.to_string();
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = line.split('=').next().unwrap().trim();
+            assert!(
+                i > 0 && lines[i - 1].trim_start().starts_with('#'),
+                "key `{section}.{key}` has no comment line above it"
+            );
+            documented.push(format!("{section}.{key}"));
+        }
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, table) in &defaults {
+            for key in table.as_table().unwrap().keys() {
+                let full = format!("{section}.{key}");
+                let has_subtable = defaults[section][key].is_table();
+                if !has_subtable {
+                    assert!(
+                        documented.contains(&full),
+                        "`{full}` missing from default_config.toml"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_value_names_file_key_and_reason() {
+        let e =
+            Config::from_str_with_env("b.toml", "[limits]\noutbound_queue = \"many\"\n", no_env())
+                .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("b.toml: key `limits.outbound_queue`"),
+            "{msg}"
+        );
+        assert!(msg.contains("invalid type"), "{msg}");
+
+        let e = Config::from_str_with_env("b.toml", "[limits]\noutbound_queue = 0\n", no_env())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "b.toml: key `limits.outbound_queue`: must be greater than 0"
+        );
+
+        let e = Config::from_str_with_env(
+            "b.toml",
+            "[limits]\nqueue_full_policy = \"explode\"\n",
+            no_env(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("key `limits.queue_full_policy`"),
+            "{e}"
+        );
+
+        let e = Config::from_str_with_env("b.toml", "[limits]\nmax_conections = 3\n", no_env())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `max_conections`"),
+            "{e}"
+        );
+
+        let e =
+            Config::from_str_with_env("b.toml", "[security]\ncookie_secret = \"abc\"\n", no_env())
+                .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "b.toml: key `security.cookie_secret`: must be 64 hex digits (32 bytes) or empty"
+        );
+        let e = Config::from_str_with_env("b.toml", "[limits\n", no_env()).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }));
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_named_in_errors() {
+        let env = vec![
+            (
+                "BROKER__LIMITS__OUTBOUND_QUEUE".to_string(),
+                "128".to_string(),
+            ),
+            (
+                "BROKER__LISTEN__HTTP".to_string(),
+                "127.0.0.1:9000".to_string(),
+            ),
+            (
+                "BROKER__SECURITY__API_TOKEN".to_string(),
+                "1234567890123456".to_string(),
+            ),
+            (
+                "BROKER__IDENTITY__PROFILE".to_string(),
+                "signed".to_string(),
+            ),
+            (
+                "BROKER__SECURITY__DEVICE_KEYS__7".to_string(),
+                "11".repeat(32),
+            ),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_str_with_env("f.toml", "[limits]\noutbound_queue = 5\n", env).unwrap();
+        assert_eq!(c.limits.outbound_queue, 128);
+        assert_eq!(c.listen.http, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.security.api_token.expose(), "1234567890123456");
+        assert_eq!(c.identity.profile, IdProfile::Signed);
+        assert_eq!(c.security.device_keys["7"].expose(), "11".repeat(32));
+
+        let env = vec![(
+            "BROKER__TIMEOUTS__SESSION_SECS".to_string(),
+            "5".to_string(),
+        )];
+        let e = Config::from_str_with_env("f.toml", "", env).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "f.toml: key `timeouts.session_secs` (from BROKER__TIMEOUTS__SESSION_SECS):"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let mut c = Config::default();
+        c.security.api_token = Secret::new("super-secret-token-value");
+        c.security
+            .device_keys
+            .insert("7".into(), Secret::new("ab".repeat(32)));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("super-secret"), "{dbg}");
+        assert!(!dbg.contains("abab"), "{dbg}");
+        assert!(dbg.contains("Secret(<redacted>)"));
+    }
+
+    #[test]
+    fn load_reports_missing_file() {
+        let e = Config::load(Some(Path::new("/nonexistent/broker.toml")), no_env()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/broker.toml: cannot read"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! Behaviour every store implementation must have: one async suite per trait, written against the
+//! trait object so the embedded store and a future Redis store run the very same checks.
+//! Each suite expects a fresh, empty store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{
+    Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStore, Recipients, StoreError, UploadSpool,
+};
+use crate::config::EvictionPolicy;
+use crate::terminal::{Address, Kind};
+
+fn msg(payload: &'static [u8], expires_at_ms: u64) -> NewMessage {
+    NewMessage {
+        from: Some(Address::phone(9)),
+        payload: Bytes::from_static(payload),
+        expires_at_ms,
+    }
+}
+
+/// The offline store suite; the store must be configured with `cap` per terminal and `eviction`.
+pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: EvictionPolicy) {
+    assert!(cap >= 2, "suite needs a cap of at least 2");
+    let (a, b, c) = (Address::device(1), Address::device(2), Address::phone(3));
+    let far = 1_000_000;
+
+    // Ids are issued increasing; a multi-recipient message is stored once, referenced per terminal.
+    let first = store
+        .append(Recipients::List(vec![a, b, c, a]), msg(b"one", far), 0)
+        .await
+        .unwrap();
+    assert!(first.msg_id >= 1 && first.msg_id <= MAX_MSG_ID);
+    assert_eq!((first.stored_for, first.evicted, first.rejected), (3, 0, 0));
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.messages, stats.references), (1, 3));
+
+    let second = store
+        .append(Recipients::List(vec![a]), msg(b"two", far), 0)
+        .await
+        .unwrap();
+    assert!(second.msg_id > first.msg_id);
+
+    // since: in order, after since_id, limited.
+    let got = store.since(a, 0, 10, 0).await.unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.msg_id).collect::<Vec<_>>(),
+        vec![first.msg_id, second.msg_id]
+    );
+    assert_eq!(got[0].payload, Bytes::from_static(b"one"));
+    assert_eq!(got[0].from, Some(Address::phone(9)));
+    assert_eq!(got[0].expires_at_ms, far);
+    let got = store.since(a, first.msg_id, 10, 0).await.unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.msg_id).collect::<Vec<_>>(),
+        vec![second.msg_id]
+    );
+    assert_eq!(store.since(a, 0, 1, 0).await.unwrap().len(), 1);
+
+    // ack forgets for that terminal only; the body goes with the last reference.
+    assert!(store.ack(b, first.msg_id).await.unwrap());
+    assert!(
+        !store.ack(b, first.msg_id).await.unwrap(),
+        "second ack is a no-op"
+    );
+    assert!(
+        !store.ack(b, second.msg_id).await.unwrap(),
+        "never stored for b"
+    );
+    assert!(store.since(b, 0, 10, 0).await.unwrap().is_empty());
+    assert_eq!(store.since(c, 0, 10, 0).await.unwrap().len(), 1);
+    assert!(store.ack(a, first.msg_id).await.unwrap());
+    assert!(store.ack(c, first.msg_id).await.unwrap());
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.messages, stats.references), (1, 1));
+    assert!(store.ack(a, second.msg_id).await.unwrap());
+    assert_eq!(store.stats().await.unwrap().messages, 0);
+
+    // TTL: expired messages are not replayed and are purged.
+    let short = store
+        .append(Recipients::List(vec![a]), msg(b"short", 100), 0)
+        .await
+        .unwrap();
+    let long = store
+        .append(Recipients::List(vec![a]), msg(b"long", far), 0)
+        .await
+        .unwrap();
+    assert_eq!(store.since(a, 0, 10, 99).await.unwrap().len(), 2);
+    let got = store.since(a, 0, 10, 100).await.unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.msg_id).collect::<Vec<_>>(),
+        vec![long.msg_id]
+    );
+    assert_eq!(store.purge_expired(100).await.unwrap(), 1);
+    assert_eq!(store.purge_expired(100).await.unwrap(), 0);
+    assert!(
+        !store
+            .since(a, 0, 10, 0)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.msg_id == short.msg_id)
+    );
+    assert!(store.ack(a, long.msg_id).await.unwrap());
+    assert_eq!(store.stats().await.unwrap(), Default::default());
+
+    // Per-terminal cap with a counted eviction policy.
+    let mut ids = Vec::new();
+    for _ in 0..cap {
+        ids.push(
+            store
+                .append(Recipients::List(vec![b]), msg(b"fill", far), 0)
+                .await
+                .unwrap()
+                .msg_id,
+        );
+    }
+    let over = store
+        .append(Recipients::List(vec![b, c]), msg(b"over", far), 0)
+        .await
+        .unwrap();
+    let kept: Vec<u64> = store
+        .since(b, 0, 1000, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msg_id)
+        .collect();
+    match eviction {
+        EvictionPolicy::DropOldest => {
+            assert_eq!((over.stored_for, over.evicted, over.rejected), (2, 1, 0));
+            let mut expect = ids[1..].to_vec();
+            expect.push(over.msg_id);
+            assert_eq!(kept, expect);
+        }
+        EvictionPolicy::RejectNew => {
+            assert_eq!((over.stored_for, over.evicted, over.rejected), (1, 0, 1));
+            assert_eq!(kept, ids);
+        }
+    }
+    assert_eq!(store.since(c, 0, 10, 0).await.unwrap().len(), 1);
+
+    // Kind-wide recipients: the terminals remembered at login.
+    let (d1, d2, p1) = (
+        Address::device(100),
+        Address::device(101),
+        Address::phone(100),
+    );
+    for t in [d1, d2, p1, d1] {
+        store.remember(t).await.unwrap();
+    }
+    let devices = store
+        .append(Recipients::Known(Some(Kind::Device)), msg(b"devs", far), 0)
+        .await
+        .unwrap();
+    assert_eq!(devices.stored_for, 2);
+    assert_eq!(
+        store.since(d2, 0, 10, 0).await.unwrap()[0].msg_id,
+        devices.msg_id
+    );
+    assert!(store.since(p1, 0, 10, 0).await.unwrap().is_empty());
+    let phones = store
+        .append(Recipients::Known(Some(Kind::Phone)), msg(b"phones", far), 0)
+        .await
+        .unwrap();
+    assert_eq!(phones.stored_for, 1);
+    let all = store
+        .append(Recipients::Known(None), msg(b"all", far), 0)
+        .await
+        .unwrap();
+    assert_eq!(all.stored_for, 3);
+    let got: Vec<u64> = store
+        .since(p1, 0, 10, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(got, vec![phones.msg_id, all.msg_id]);
+}
+
+/// The upload spool suite.
+pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
+    let d = Address::device(7);
+    assert_eq!(spool.head().await.unwrap(), 0);
+    assert!(spool.read(0, 10).await.unwrap().is_empty());
+    let a = spool
+        .append(d, 1, "power", Bytes::from_static(b"a"), 10)
+        .await
+        .unwrap();
+    let b = spool
+        .append(d, 2, "power", Bytes::from_static(b"b"), 11)
+        .await
+        .unwrap();
+    assert!(!a.duplicate && !b.duplicate);
+    assert!(b.cursor > a.cursor);
+    // A resend of the same upload is recognised; a reused id with other content is new data.
+    let again = spool
+        .append(d, 1, "power", Bytes::from_static(b"a"), 12)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        super::SpoolAppended {
+            cursor: a.cursor,
+            duplicate: true
+        }
+    );
+    let reused = spool
+        .append(d, 1, "power", Bytes::from_static(b"c"), 13)
+        .await
+        .unwrap();
+    assert!(!reused.duplicate && reused.cursor > b.cursor);
+    let other = spool
+        .append(Address::device(8), 1, "power", Bytes::from_static(b"a"), 14)
+        .await
+        .unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(spool.head().await.unwrap(), other.cursor);
+
+    let all = spool.read(0, 100).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].cursor, a.cursor);
+    assert_eq!(
+        (all[0].device, all[0].upload_id, all[0].topic.as_str()),
+        (d, 1, "power")
+    );
+    assert_eq!(all[0].payload, Bytes::from_static(b"a"));
+    assert_eq!(all[0].received_at_ms, 10);
+    let page = spool.read(a.cursor, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.cursor).collect::<Vec<_>>(),
+        vec![b.cursor, reused.cursor]
+    );
+    assert!(spool.read(other.cursor, 10).await.unwrap().is_empty());
+
+    assert_eq!(spool.consumer_cursor("webhook").await.unwrap(), 0);
+    spool
+        .set_consumer_cursor("webhook", b.cursor)
+        .await
+        .unwrap();
+    assert_eq!(spool.consumer_cursor("webhook").await.unwrap(), b.cursor);
+    assert_eq!(spool.consumer_cursor("other").await.unwrap(), 0);
+}
+
+/// The bindings suite.
+pub async fn bindings(b: Arc<dyn Bindings>) {
+    let (p1, p2, d1, d2) = (
+        Address::phone(1),
+        Address::phone(2),
+        Address::device(1),
+        Address::device(2),
+    );
+    assert!(!b.is_bound(p1, d1).await.unwrap());
+    assert!(b.bind(p1, d1).await.unwrap());
+    assert!(
+        !b.bind(p1, d1).await.unwrap(),
+        "second bind reports existing"
+    );
+    assert!(b.bind(p1, d2).await.unwrap());
+    assert!(b.bind(p2, d1).await.unwrap());
+    assert!(b.is_bound(p1, d1).await.unwrap());
+    assert!(!b.is_bound(p2, d2).await.unwrap());
+    assert_eq!(b.devices_of(p1).await.unwrap(), vec![d1, d2]);
+    assert_eq!(b.phones_of(d1).await.unwrap(), vec![p1, p2]);
+    assert!(b.unbind(p1, d1).await.unwrap());
+    assert!(!b.unbind(p1, d1).await.unwrap());
+    assert_eq!(b.devices_of(p1).await.unwrap(), vec![d2]);
+    assert_eq!(b.phones_of(d1).await.unwrap(), vec![p2]);
+}
+
+/// The groups suite.
+pub async fn groups(g: Arc<dyn Groups>) {
+    let (a, b, c) = (Address::device(1), Address::device(2), Address::phone(3));
+    assert_eq!(g.members("kitchen").await.unwrap(), None);
+    g.set("kitchen", &[b, a, a]).await.unwrap();
+    assert_eq!(g.members("kitchen").await.unwrap(), Some(vec![a, b]));
+    assert_eq!(g.update("kitchen", &[c, a], &[b]).await.unwrap(), 2);
+    assert_eq!(g.members("kitchen").await.unwrap(), Some(vec![a, c]));
+    g.set("empty", &[]).await.unwrap();
+    assert_eq!(g.members("empty").await.unwrap(), Some(vec![]));
+    g.set("kitchen", &[b]).await.unwrap();
+    assert_eq!(g.members("kitchen").await.unwrap(), Some(vec![b]));
+    assert_eq!(
+        g.list().await.unwrap(),
+        vec![("empty".to_string(), 0), ("kitchen".to_string(), 1)]
+    );
+    assert!(g.delete("kitchen").await.unwrap());
+    assert!(!g.delete("kitchen").await.unwrap());
+    assert_eq!(g.members("kitchen").await.unwrap(), None);
+    assert!(matches!(
+        g.set("bad name", &[a]).await,
+        Err(StoreError::InvalidGroupName)
+    ));
+    assert!(matches!(
+        g.update("", &[a], &[]).await,
+        Err(StoreError::InvalidGroupName)
+    ));
+}

@@ -1,0 +1,864 @@
+//! The embedded store: every trait of [`crate::store`] on one redb database file
+//! (`<data_dir>/store.redb`).
+//!
+//! Crash safety: each mutating call is one write transaction committed with redb's default
+//! `Durability::Immediate` (fsync) before `Ok` is returned, so a `kill -9` loses nothing that was
+//! acknowledged. redb calls block, so every call runs on tokio's blocking pool.
+//!
+//! Layout (keys are packed addresses, see [`Address::to_key`]):
+//! * `meta`: counters (`next_msg_id`, `upload_head`) and `cursor:<consumer>` positions.
+//! * `messages`: msg id -> record (expiry, reference count, sender, payload): a message is stored once.
+//! * `expiry`: (expires_at, msg id) for purging.
+//! * `inbox`: (terminal, msg id) references; `inbox_count`: terminal -> references (for the cap).
+//!   References whose message expired are dropped lazily (on read, ack or eviction).
+//! * `known`: terminals seen at login (targets of kind-wide pushes).
+//! * `uploads`: cursor -> record; `upload_dedupe`: (device, upload id) -> cursor.
+//! * `bind_pd`/`bind_dp`: bindings both ways; `groups`: (name, member); `group_count`: name -> count.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use super::{
+    Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStats, OfflineStore, Recipients,
+    SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool, valid_group_name,
+};
+use crate::config::EvictionPolicy;
+use crate::terminal::{Address, Kind};
+
+/// File name of the database inside the data directory.
+pub const STORE_FILE: &str = "store.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const EXPIRY: TableDefinition<(u64, u64), ()> = TableDefinition::new("expiry");
+const INBOX: TableDefinition<(u64, u64), ()> = TableDefinition::new("inbox");
+const INBOX_COUNT: TableDefinition<u64, u64> = TableDefinition::new("inbox_count");
+const KNOWN: TableDefinition<u64, ()> = TableDefinition::new("known");
+const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
+const UPLOAD_DEDUPE: TableDefinition<(u64, u32), u64> = TableDefinition::new("upload_dedupe");
+const BIND_PD: TableDefinition<(u64, u64), ()> = TableDefinition::new("bind_pd");
+const BIND_DP: TableDefinition<(u64, u64), ()> = TableDefinition::new("bind_dp");
+const GROUPS: TableDefinition<(&str, u64), ()> = TableDefinition::new("groups");
+const GROUP_COUNT: TableDefinition<&str, u64> = TableDefinition::new("group_count");
+
+macro_rules! backend_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Backend(e.to_string())
+            }
+        }
+    )*};
+}
+backend_errors!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Per-terminal cap of the offline store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfflineLimits {
+    /// References kept per terminal.
+    pub max_per_terminal: u64,
+    /// What to do when a terminal is at the cap.
+    pub eviction: EvictionPolicy,
+}
+
+/// The redb-backed store; implements every store trait.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    limits: OfflineLimits,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `<dir>/store.redb`, creating `dir` if needed.
+    pub fn open(dir: &Path, limits: OfflineLimits) -> Result<Arc<EmbeddedStore>, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(STORE_FILE);
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let txn = db.begin_write()?;
+        txn.open_table(META)?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(EXPIRY)?;
+        txn.open_table(INBOX)?;
+        txn.open_table(INBOX_COUNT)?;
+        txn.open_table(KNOWN)?;
+        txn.open_table(UPLOADS)?;
+        txn.open_table(UPLOAD_DEDUPE)?;
+        txn.open_table(BIND_PD)?;
+        txn.open_table(BIND_DP)?;
+        txn.open_table(GROUPS)?;
+        txn.open_table(GROUP_COUNT)?;
+        txn.commit()?;
+        Ok(Arc::new(EmbeddedStore {
+            db: Arc::new(db),
+            limits,
+        }))
+    }
+
+    /// This store as the router's [`Stores`].
+    pub fn stores(self: &Arc<Self>) -> Stores {
+        Stores {
+            offline: self.clone(),
+            uploads: self.clone(),
+            bindings: self.clone(),
+            groups: self.clone(),
+        }
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, OfflineLimits) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let limits = self.limits;
+        tokio::task::spawn_blocking(move || f(&db, limits))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task: {e}")))?
+    }
+}
+
+// ---- record encodings -------------------------------------------------------------------------
+
+const NO_SENDER: u64 = u64::MAX;
+
+struct MessageRecord {
+    expires_at_ms: u64,
+    refs: u32,
+    from: Option<Address>,
+    payload: Vec<u8>,
+}
+
+impl MessageRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20 + self.payload.len());
+        v.extend_from_slice(&self.expires_at_ms.to_le_bytes());
+        v.extend_from_slice(&self.refs.to_le_bytes());
+        v.extend_from_slice(&self.from.map_or(NO_SENDER, Address::to_key).to_le_bytes());
+        v.extend_from_slice(&self.payload);
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<MessageRecord, StoreError> {
+        let bad = || StoreError::Corrupt("message record".into());
+        if b.len() < 20 {
+            return Err(bad());
+        }
+        let expires_at_ms = u64::from_le_bytes(b[0..8].try_into().map_err(|_| bad())?);
+        let refs = u32::from_le_bytes(b[8..12].try_into().map_err(|_| bad())?);
+        let from_key = u64::from_le_bytes(b[12..20].try_into().map_err(|_| bad())?);
+        let from = if from_key == NO_SENDER {
+            None
+        } else {
+            Some(Address::from_key(from_key).ok_or_else(bad)?)
+        };
+        Ok(MessageRecord {
+            expires_at_ms,
+            refs,
+            from,
+            payload: b[20..].to_vec(),
+        })
+    }
+}
+
+fn encode_upload(
+    device: Address,
+    upload_id: u32,
+    received_at_ms: u64,
+    topic: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(22 + topic.len() + payload.len());
+    v.extend_from_slice(&device.to_key().to_le_bytes());
+    v.extend_from_slice(&upload_id.to_le_bytes());
+    v.extend_from_slice(&received_at_ms.to_le_bytes());
+    v.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    v.extend_from_slice(topic.as_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn decode_upload(cursor: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
+    let bad = || StoreError::Corrupt(format!("upload record {cursor}"));
+    if b.len() < 22 {
+        return Err(bad());
+    }
+    let device = Address::from_key(u64::from_le_bytes(b[0..8].try_into().map_err(|_| bad())?))
+        .ok_or_else(bad)?;
+    let upload_id = u32::from_le_bytes(b[8..12].try_into().map_err(|_| bad())?);
+    let received_at_ms = u64::from_le_bytes(b[12..20].try_into().map_err(|_| bad())?);
+    let tlen = usize::from(u16::from_le_bytes(b[20..22].try_into().map_err(|_| bad())?));
+    let topic = b.get(22..22 + tlen).ok_or_else(bad)?;
+    let topic = std::str::from_utf8(topic).map_err(|_| bad())?.to_string();
+    let payload = Bytes::copy_from_slice(&b[22 + tlen..]);
+    Ok(UploadRecord {
+        cursor,
+        device,
+        upload_id,
+        topic,
+        payload,
+        received_at_ms,
+    })
+}
+
+// ---- offline store ----------------------------------------------------------------------------
+
+/// Drops one reference to message `id`; deletes the message when none remain.
+fn release(txn: &WriteTransaction, id: u64) -> Result<(), StoreError> {
+    let mut messages = txn.open_table(MESSAGES)?;
+    let rec = match messages.get(id)? {
+        Some(g) => MessageRecord::decode(g.value())?,
+        None => return Ok(()),
+    };
+    if rec.refs <= 1 {
+        messages.remove(id)?;
+        txn.open_table(EXPIRY)?.remove((rec.expires_at_ms, id))?;
+    } else {
+        let rec = MessageRecord {
+            refs: rec.refs - 1,
+            ..rec
+        };
+        messages.insert(id, rec.encode().as_slice())?;
+    }
+    Ok(())
+}
+
+/// Removes the reference (terminal, id) if present, fixing the count; returns whether it existed.
+fn drop_ref(txn: &WriteTransaction, terminal: u64, id: u64) -> Result<bool, StoreError> {
+    let existed = txn.open_table(INBOX)?.remove((terminal, id))?.is_some();
+    if existed {
+        let mut counts = txn.open_table(INBOX_COUNT)?;
+        let n = counts.get(terminal)?.map_or(0, |g| g.value());
+        if n <= 1 {
+            counts.remove(terminal)?;
+        } else {
+            counts.insert(terminal, n - 1)?;
+        }
+    }
+    Ok(existed)
+}
+
+fn kind_range(kind: Option<Kind>) -> std::ops::RangeInclusive<u64> {
+    match kind {
+        None => 0..=u64::MAX,
+        Some(k) => {
+            let base = Address { kind: k, id: 0 }.to_key();
+            base..=base | u64::from(u32::MAX)
+        }
+    }
+}
+
+#[async_trait]
+impl OfflineStore for EmbeddedStore {
+    async fn remember(&self, terminal: Address) -> Result<(), StoreError> {
+        self.run(move |db, _| {
+            let key = terminal.to_key();
+            if db.begin_read()?.open_table(KNOWN)?.get(key)?.is_some() {
+                return Ok(());
+            }
+            let txn = db.begin_write()?;
+            txn.open_table(KNOWN)?.insert(key, ())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        recipients: Recipients,
+        msg: NewMessage,
+        _now_ms: u64,
+    ) -> Result<Appended, StoreError> {
+        self.run(move |db, limits| {
+            let txn = db.begin_write()?;
+            let id = {
+                let mut meta = txn.open_table(META)?;
+                let id = meta.get("next_msg_id")?.map_or(1, |g| g.value());
+                if id > MAX_MSG_ID {
+                    return Err(StoreError::IdsExhausted);
+                }
+                meta.insert("next_msg_id", id + 1)?;
+                id
+            };
+            let mut targets: Vec<u64> = match recipients {
+                Recipients::List(list) => list.iter().map(|a| a.to_key()).collect(),
+                Recipients::Known(kind) => {
+                    let known = txn.open_table(KNOWN)?;
+                    let mut v = Vec::new();
+                    for e in known.range(kind_range(kind))? {
+                        v.push(e?.0.value());
+                    }
+                    v
+                }
+            };
+            targets.sort_unstable();
+            targets.dedup();
+            let mut out = Appended {
+                msg_id: id,
+                ..Appended::default()
+            };
+            for t in targets {
+                let mut count = txn
+                    .open_table(INBOX_COUNT)?
+                    .get(t)?
+                    .map_or(0, |g| g.value());
+                if count >= limits.max_per_terminal {
+                    if limits.eviction == EvictionPolicy::RejectNew {
+                        out.rejected += 1;
+                        continue;
+                    }
+                    while count >= limits.max_per_terminal {
+                        let oldest = {
+                            let inbox = txn.open_table(INBOX)?;
+                            let first = inbox.range((t, 0)..=(t, u64::MAX))?.next().transpose()?;
+                            first.map(|(k, _)| k.value().1)
+                        };
+                        let Some(old_id) = oldest else { break };
+                        drop_ref(&txn, t, old_id)?;
+                        release(&txn, old_id)?;
+                        count -= 1;
+                        out.evicted += 1;
+                    }
+                }
+                txn.open_table(INBOX)?.insert((t, id), ())?;
+                txn.open_table(INBOX_COUNT)?.insert(t, count + 1)?;
+                out.stored_for += 1;
+            }
+            if out.stored_for > 0 {
+                let rec = MessageRecord {
+                    expires_at_ms: msg.expires_at_ms,
+                    refs: u32::try_from(out.stored_for).unwrap_or(u32::MAX),
+                    from: msg.from,
+                    payload: msg.payload.to_vec(),
+                };
+                txn.open_table(MESSAGES)?
+                    .insert(id, rec.encode().as_slice())?;
+                txn.open_table(EXPIRY)?
+                    .insert((msg.expires_at_ms, id), ())?;
+            }
+            txn.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn since(
+        &self,
+        terminal: Address,
+        since_id: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.run(move |db, _| {
+            let t = terminal.to_key();
+            let mut out = Vec::new();
+            let mut dangling = Vec::new();
+            {
+                let read = db.begin_read()?;
+                let inbox = read.open_table(INBOX)?;
+                let messages = read.open_table(MESSAGES)?;
+                let start = since_id.saturating_add(1);
+                for e in inbox.range((t, start)..=(t, u64::MAX))? {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let id = e?.0.value().1;
+                    match messages.get(id)? {
+                        Some(g) => {
+                            let rec = MessageRecord::decode(g.value())?;
+                            if rec.expires_at_ms > now_ms {
+                                out.push(StoredMessage {
+                                    msg_id: id,
+                                    from: rec.from,
+                                    payload: Bytes::from(rec.payload),
+                                    expires_at_ms: rec.expires_at_ms,
+                                });
+                            }
+                        }
+                        None => dangling.push(id),
+                    }
+                }
+            }
+            if !dangling.is_empty() {
+                let txn = db.begin_write()?;
+                for id in dangling {
+                    drop_ref(&txn, t, id)?;
+                }
+                txn.commit()?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
+        self.run(move |db, _| {
+            let t = terminal.to_key();
+            if db
+                .begin_read()?
+                .open_table(INBOX)?
+                .get((t, msg_id))?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            let txn = db.begin_write()?;
+            let existed = drop_ref(&txn, t, msg_id)?;
+            if existed {
+                release(&txn, msg_id)?;
+            }
+            txn.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.run(move |db, _| {
+            let mut expired = Vec::new();
+            {
+                let read = db.begin_read()?;
+                for e in read
+                    .open_table(EXPIRY)?
+                    .range((0, 0)..=(now_ms, u64::MAX))?
+                {
+                    expired.push(e?.0.value());
+                }
+            }
+            if expired.is_empty() {
+                return Ok(0);
+            }
+            let txn = db.begin_write()?;
+            {
+                let mut exp = txn.open_table(EXPIRY)?;
+                let mut messages = txn.open_table(MESSAGES)?;
+                for (at, id) in &expired {
+                    exp.remove((*at, *id))?;
+                    messages.remove(*id)?;
+                }
+            }
+            txn.commit()?;
+            Ok(expired.len() as u64)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<OfflineStats, StoreError> {
+        self.run(|db, _| {
+            let read = db.begin_read()?;
+            Ok(OfflineStats {
+                messages: read.open_table(MESSAGES)?.len()?,
+                references: read.open_table(INBOX)?.len()?,
+            })
+        })
+        .await
+    }
+}
+
+// ---- upload spool -----------------------------------------------------------------------------
+
+#[async_trait]
+impl UploadSpool for EmbeddedStore {
+    async fn append(
+        &self,
+        device: Address,
+        upload_id: u32,
+        topic: &str,
+        payload: Bytes,
+        now_ms: u64,
+    ) -> Result<SpoolAppended, StoreError> {
+        let topic = topic.to_string();
+        self.run(move |db, _| {
+            let dev = device.to_key();
+            let txn = db.begin_write()?;
+            if let Some(prev) = txn
+                .open_table(UPLOAD_DEDUPE)?
+                .get((dev, upload_id))?
+                .map(|g| g.value())
+                && let Some(g) = txn.open_table(UPLOADS)?.get(prev)?
+            {
+                let rec = decode_upload(prev, g.value())?;
+                if rec.topic == topic && rec.payload == payload {
+                    return Ok(SpoolAppended {
+                        cursor: prev,
+                        duplicate: true,
+                    });
+                }
+            }
+            let cursor = {
+                let mut meta = txn.open_table(META)?;
+                let c = meta.get("upload_head")?.map_or(0, |g| g.value()) + 1;
+                meta.insert("upload_head", c)?;
+                c
+            };
+            let rec = encode_upload(device, upload_id, now_ms, &topic, &payload);
+            txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
+            txn.open_table(UPLOAD_DEDUPE)?
+                .insert((dev, upload_id), cursor)?;
+            txn.commit()?;
+            Ok(SpoolAppended {
+                cursor,
+                duplicate: false,
+            })
+        })
+        .await
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<UploadRecord>, StoreError> {
+        self.run(move |db, _| {
+            let read = db.begin_read()?;
+            let uploads = read.open_table(UPLOADS)?;
+            let mut out = Vec::new();
+            for e in uploads.range(after.saturating_add(1)..)?.take(limit) {
+                let (k, v) = e?;
+                out.push(decode_upload(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.run(|db, _| {
+            Ok(db
+                .begin_read()?
+                .open_table(META)?
+                .get("upload_head")?
+                .map_or(0, |g| g.value()))
+        })
+        .await
+    }
+
+    async fn consumer_cursor(&self, consumer: &str) -> Result<u64, StoreError> {
+        let key = format!("cursor:{consumer}");
+        self.run(move |db, _| {
+            Ok(db
+                .begin_read()?
+                .open_table(META)?
+                .get(key.as_str())?
+                .map_or(0, |g| g.value()))
+        })
+        .await
+    }
+
+    async fn set_consumer_cursor(&self, consumer: &str, cursor: u64) -> Result<(), StoreError> {
+        let key = format!("cursor:{consumer}");
+        self.run(move |db, _| {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.insert(key.as_str(), cursor)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+// ---- bindings ---------------------------------------------------------------------------------
+
+#[async_trait]
+impl Bindings for EmbeddedStore {
+    async fn bind(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
+        self.run(move |db, _| {
+            let (p, d) = (phone.to_key(), device.to_key());
+            let txn = db.begin_write()?;
+            let new = txn.open_table(BIND_PD)?.insert((p, d), ())?.is_none();
+            txn.open_table(BIND_DP)?.insert((d, p), ())?;
+            txn.commit()?;
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn unbind(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
+        self.run(move |db, _| {
+            let (p, d) = (phone.to_key(), device.to_key());
+            let txn = db.begin_write()?;
+            let existed = txn.open_table(BIND_PD)?.remove((p, d))?.is_some();
+            txn.open_table(BIND_DP)?.remove((d, p))?;
+            txn.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn is_bound(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
+        self.run(move |db, _| {
+            Ok(db
+                .begin_read()?
+                .open_table(BIND_PD)?
+                .get((phone.to_key(), device.to_key()))?
+                .is_some())
+        })
+        .await
+    }
+
+    async fn devices_of(&self, phone: Address) -> Result<Vec<Address>, StoreError> {
+        self.run(move |db, _| pairs(db, BIND_PD, phone.to_key()))
+            .await
+    }
+
+    async fn phones_of(&self, device: Address) -> Result<Vec<Address>, StoreError> {
+        self.run(move |db, _| pairs(db, BIND_DP, device.to_key()))
+            .await
+    }
+}
+
+fn pairs(
+    db: &Database,
+    table: TableDefinition<(u64, u64), ()>,
+    first: u64,
+) -> Result<Vec<Address>, StoreError> {
+    let read = db.begin_read()?;
+    let t = read.open_table(table)?;
+    let mut out = Vec::new();
+    for e in t.range((first, 0)..=(first, u64::MAX))? {
+        let key = e?.0.value().1;
+        out.push(Address::from_key(key).ok_or_else(|| StoreError::Corrupt("binding key".into()))?);
+    }
+    Ok(out)
+}
+
+// ---- groups -----------------------------------------------------------------------------------
+
+fn group_members(
+    txn_table: &impl ReadableTable<(&'static str, u64), ()>,
+    name: &str,
+) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for e in txn_table.range((name, 0)..=(name, u64::MAX))? {
+        out.push(e?.0.value().1);
+    }
+    Ok(out)
+}
+
+fn check_name(name: &str) -> Result<(), StoreError> {
+    if valid_group_name(name) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidGroupName)
+    }
+}
+
+#[async_trait]
+impl Groups for EmbeddedStore {
+    async fn set(&self, name: &str, members: &[Address]) -> Result<(), StoreError> {
+        check_name(name)?;
+        let name = name.to_string();
+        let mut keys: Vec<u64> = members.iter().map(|a| a.to_key()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.run(move |db, _| {
+            let txn = db.begin_write()?;
+            {
+                let mut groups = txn.open_table(GROUPS)?;
+                for old in group_members(&groups, &name)? {
+                    groups.remove((name.as_str(), old))?;
+                }
+                for k in &keys {
+                    groups.insert((name.as_str(), *k), ())?;
+                }
+                txn.open_table(GROUP_COUNT)?
+                    .insert(name.as_str(), keys.len() as u64)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        name: &str,
+        add: &[Address],
+        remove: &[Address],
+    ) -> Result<u64, StoreError> {
+        check_name(name)?;
+        let name = name.to_string();
+        let add: Vec<u64> = add.iter().map(|a| a.to_key()).collect();
+        let remove: Vec<u64> = remove.iter().map(|a| a.to_key()).collect();
+        self.run(move |db, _| {
+            let txn = db.begin_write()?;
+            let count = {
+                let mut groups = txn.open_table(GROUPS)?;
+                let mut counts = txn.open_table(GROUP_COUNT)?;
+                let mut n = counts.get(name.as_str())?.map_or(0, |g| g.value());
+                for k in &add {
+                    if groups.insert((name.as_str(), *k), ())?.is_none() {
+                        n += 1;
+                    }
+                }
+                for k in &remove {
+                    if groups.remove((name.as_str(), *k))?.is_some() {
+                        n -= 1;
+                    }
+                }
+                counts.insert(name.as_str(), n)?;
+                n
+            };
+            txn.commit()?;
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn members(&self, name: &str) -> Result<Option<Vec<Address>>, StoreError> {
+        let name = name.to_string();
+        self.run(move |db, _| {
+            let read = db.begin_read()?;
+            if read.open_table(GROUP_COUNT)?.get(name.as_str())?.is_none() {
+                return Ok(None);
+            }
+            let keys = group_members(&read.open_table(GROUPS)?, &name)?;
+            let out = keys
+                .into_iter()
+                .map(|k| {
+                    Address::from_key(k).ok_or_else(|| StoreError::Corrupt("group member".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(out))
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.run(move |db, _| {
+            let txn = db.begin_write()?;
+            let existed = {
+                let mut groups = txn.open_table(GROUPS)?;
+                for old in group_members(&groups, &name)? {
+                    groups.remove((name.as_str(), old))?;
+                }
+                txn.open_table(GROUP_COUNT)?
+                    .remove(name.as_str())?
+                    .is_some()
+            };
+            txn.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.run(|db, _| {
+            let read = db.begin_read()?;
+            let mut out = Vec::new();
+            for e in read.open_table(GROUP_COUNT)?.iter()? {
+                let (k, v) = e?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+
+    fn open(dir: &Path, cap: u64, eviction: EvictionPolicy) -> Arc<EmbeddedStore> {
+        EmbeddedStore::open(
+            dir,
+            OfflineLimits {
+                max_per_terminal: cap,
+                eviction,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn offline_store_conformance_drop_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::offline_store(
+            open(dir.path(), 3, EvictionPolicy::DropOldest),
+            3,
+            EvictionPolicy::DropOldest,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn offline_store_conformance_reject_new() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::offline_store(
+            open(dir.path(), 3, EvictionPolicy::RejectNew),
+            3,
+            EvictionPolicy::RejectNew,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn upload_spool_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::upload_spool(open(dir.path(), 10, EvictionPolicy::DropOldest)).await;
+    }
+
+    #[tokio::test]
+    async fn bindings_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::bindings(open(dir.path(), 10, EvictionPolicy::DropOldest)).await;
+    }
+
+    #[tokio::test]
+    async fn groups_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::groups(open(dir.path(), 10, EvictionPolicy::DropOldest)).await;
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Address::device(5);
+        {
+            let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+            let msg = NewMessage {
+                from: None,
+                payload: Bytes::from_static(b"x"),
+                expires_at_ms: 1000,
+            };
+            OfflineStore::append(&*s, Recipients::List(vec![a]), msg, 0)
+                .await
+                .unwrap();
+            UploadSpool::append(&*s, a, 1, "t", Bytes::from_static(b"u"), 0)
+                .await
+                .unwrap();
+            s.bind(Address::phone(1), a).await.unwrap();
+        }
+        let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+        assert_eq!(s.since(a, 0, 10, 0).await.unwrap().len(), 1);
+        assert_eq!(
+            s.read(0, 10).await.unwrap()[0].payload,
+            Bytes::from_static(b"u")
+        );
+        assert!(s.is_bound(Address::phone(1), a).await.unwrap());
+        // Ids keep increasing across restarts.
+        let msg = NewMessage {
+            from: None,
+            payload: Bytes::from_static(b"y"),
+            expires_at_ms: 1000,
+        };
+        let second = OfflineStore::append(&*s, Recipients::List(vec![a]), msg, 0)
+            .await
+            .unwrap();
+        assert_eq!(second.msg_id, 2);
+    }
+}

@@ -1,0 +1,232 @@
+//! Durable state behind small traits: the offline message store, the upload spool, phone<->device
+//! bindings and named groups.
+//!
+//! The router talks only to these traits (`Arc<dyn ...>` in [`Stores`]); [`embedded`] implements
+//! them on redb in one file under the data directory (every mutating call commits durably before
+//! it returns `Ok`), and a Redis implementation can be added beside it later. [`conformance`] holds
+//! one generic test suite per trait, run here against the embedded store and reusable against any
+//! other implementation (feature `store-conformance`).
+//!
+//! Time is injected: methods that care about expiry take `now_ms` (Unix milliseconds).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::terminal::{Address, Kind};
+
+#[cfg(any(test, feature = "store-conformance"))]
+pub mod conformance;
+pub mod embedded;
+
+/// Largest message id ever issued (2^53 - 1, exact in JSON numbers).
+pub const MAX_MSG_ID: u64 = (1 << 53) - 1;
+
+/// A storage failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, database error); the operation did not take effect.
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// Stored data could not be decoded.
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+    /// The message id space (2^53 - 1) is exhausted.
+    #[error("message ids exhausted")]
+    IdsExhausted,
+    /// A group name is empty or too long.
+    #[error("invalid group name (1..=128 bytes of [A-Za-z0-9._-])")]
+    InvalidGroupName,
+}
+
+/// Who a stored message is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recipients {
+    /// These terminals (duplicates are ignored).
+    List(Vec<Address>),
+    /// Every terminal the store knows of this kind (`None`: every kind); see [`OfflineStore::remember`].
+    Known(Option<Kind>),
+}
+
+/// A message to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Sender terminal, `None` when pushed by the backend.
+    pub from: Option<Address>,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// Unix time in ms after which the message is gone.
+    pub expires_at_ms: u64,
+}
+
+/// A stored message as replayed to a terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Server-issued id, strictly increasing, at most [`MAX_MSG_ID`].
+    pub msg_id: u64,
+    /// Sender terminal, `None` when pushed by the backend.
+    pub from: Option<Address>,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// Unix time in ms after which the message is gone.
+    pub expires_at_ms: u64,
+}
+
+/// Result of [`OfflineStore::append`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// The id given to the message.
+    pub msg_id: u64,
+    /// Terminals the message is now stored for.
+    pub stored_for: u64,
+    /// Older messages evicted to make room (policy `drop-oldest`).
+    pub evicted: u64,
+    /// Terminals whose full inbox refused the message (policy `reject-new`).
+    pub rejected: u64,
+}
+
+/// Sizes of the offline store (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OfflineStats {
+    /// Stored message bodies (a broadcast counts once).
+    pub messages: u64,
+    /// Per-terminal references to them.
+    pub references: u64,
+}
+
+/// Offline and unacknowledged deliveries, per terminal, with TTL and a per-terminal cap.
+///
+/// A message addressed to many terminals is stored once and referenced per terminal.
+#[async_trait]
+pub trait OfflineStore: Send + Sync + 'static {
+    /// Records that `terminal` exists (done at login), so kind-wide pushes reach it later.
+    async fn remember(&self, terminal: Address) -> Result<(), StoreError>;
+    /// Stores `msg` for `recipients` durably and returns its new id.
+    async fn append(
+        &self,
+        recipients: Recipients,
+        msg: NewMessage,
+        now_ms: u64,
+    ) -> Result<Appended, StoreError>;
+    /// The terminal's unexpired messages with id greater than `since_id`, in id order, at most `limit`.
+    async fn since(
+        &self,
+        terminal: Address,
+        since_id: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Forgets `msg_id` for `terminal`; `Ok(false)` when it was not stored for it.
+    async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError>;
+    /// Deletes messages expired at `now_ms`; returns how many.
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError>;
+    /// Current sizes.
+    async fn stats(&self) -> Result<OfflineStats, StoreError>;
+}
+
+/// One device upload as kept in the spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// Position in the spool (1, 2, 3...).
+    pub cursor: u64,
+    /// The uploading device.
+    pub device: Address,
+    /// The device's upload id.
+    pub upload_id: u32,
+    /// Topic string.
+    pub topic: String,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// Unix ms when it became durable.
+    pub received_at_ms: u64,
+}
+
+/// Result of [`UploadSpool::append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpoolAppended {
+    /// The record's cursor.
+    pub cursor: u64,
+    /// True when an identical upload (same device, upload id, topic and payload) was already
+    /// stored: nothing new was written and `cursor` is the earlier record's.
+    pub duplicate: bool,
+}
+
+/// A durable, append-only log of device uploads, read by cursor.
+#[async_trait]
+pub trait UploadSpool: Send + Sync + 'static {
+    /// Appends durably (returns only after commit).
+    async fn append(
+        &self,
+        device: Address,
+        upload_id: u32,
+        topic: &str,
+        payload: Bytes,
+        now_ms: u64,
+    ) -> Result<SpoolAppended, StoreError>;
+    /// Records with cursor greater than `after`, in order, at most `limit`.
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<UploadRecord>, StoreError>;
+    /// The last cursor issued (0 when empty).
+    async fn head(&self) -> Result<u64, StoreError>;
+    /// A named consumer's persisted position (0 when never saved).
+    async fn consumer_cursor(&self, consumer: &str) -> Result<u64, StoreError>;
+    /// Persists a named consumer's position.
+    async fn set_consumer_cursor(&self, consumer: &str, cursor: u64) -> Result<(), StoreError>;
+}
+
+/// Phone <-> device bindings (a phone may talk only to devices bound to it, and vice versa).
+#[async_trait]
+pub trait Bindings: Send + Sync + 'static {
+    /// Binds; `Ok(false)` when already bound.
+    async fn bind(&self, phone: Address, device: Address) -> Result<bool, StoreError>;
+    /// Unbinds; `Ok(false)` when not bound.
+    async fn unbind(&self, phone: Address, device: Address) -> Result<bool, StoreError>;
+    /// Whether bound.
+    async fn is_bound(&self, phone: Address, device: Address) -> Result<bool, StoreError>;
+    /// Devices bound to `phone`, ordered.
+    async fn devices_of(&self, phone: Address) -> Result<Vec<Address>, StoreError>;
+    /// Phones bound to `device`, ordered.
+    async fn phones_of(&self, device: Address) -> Result<Vec<Address>, StoreError>;
+}
+
+/// Named groups of addresses (push targets).
+#[async_trait]
+pub trait Groups: Send + Sync + 'static {
+    /// Replaces the group's members (creates it); an empty list keeps an empty group.
+    async fn set(&self, name: &str, members: &[Address]) -> Result<(), StoreError>;
+    /// Adds and removes members (creates the group); returns the member count after.
+    async fn update(
+        &self,
+        name: &str,
+        add: &[Address],
+        remove: &[Address],
+    ) -> Result<u64, StoreError>;
+    /// The group's members, ordered; `None` when no such group.
+    async fn members(&self, name: &str) -> Result<Option<Vec<Address>>, StoreError>;
+    /// Deletes the group; `Ok(false)` when it did not exist.
+    async fn delete(&self, name: &str) -> Result<bool, StoreError>;
+    /// All groups with their member counts, ordered by name.
+    async fn list(&self) -> Result<Vec<(String, u64)>, StoreError>;
+}
+
+/// Checks a group name: 1..=128 bytes of `[A-Za-z0-9._-]`.
+pub fn valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The set of stores the router uses.
+#[derive(Clone)]
+pub struct Stores {
+    /// Offline messages.
+    pub offline: Arc<dyn OfflineStore>,
+    /// Upload spool.
+    pub uploads: Arc<dyn UploadSpool>,
+    /// Bindings.
+    pub bindings: Arc<dyn Bindings>,
+    /// Groups.
+    pub groups: Arc<dyn Groups>,
+}
