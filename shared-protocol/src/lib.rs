@@ -26,6 +26,8 @@ pub mod codes;
 pub mod frame;
 pub mod handshake;
 pub mod ids;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod packet;
