@@ -112,6 +112,11 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
         }
     }
 
+    /// The queued upload with this id.
+    pub fn get(&self, id: UploadId) -> Option<&Upload<P>> {
+        self.entries.iter().find(|u| u.id == id)
+    }
+
     /// The oldest upload not yet sent in the current session.
     pub fn next_unsent(&self) -> Option<&Upload<P>> {
         self.entries.iter().find(|u| !u.sent)

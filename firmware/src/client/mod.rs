@@ -1,3 +1,836 @@
-//! The sans-IO device client.
+//! The sans-IO device client: login, heartbeats, reliability, reconnects, uploads.
+//!
+//! [`DeviceClient`] owns no socket and reads no clock. The driver (the async
+//! [`crate::net::Runner`] on boards, a test harness on the host) feeds it
+//! ([`handle_datagram`](DeviceClient::handle_datagram),
+//! [`handle_timeout`](DeviceClient::handle_timeout),
+//! [`transport_failed`](DeviceClient::transport_failed)), drains it
+//! ([`poll_transmit`](DeviceClient::poll_transmit), [`poll_event`](DeviceClient::poll_event))
+//! and sleeps until [`poll_timeout`](DeviceClient::poll_timeout), in the style of quinn-proto.
+//!
+//! ```text
+//!             +-----------+  start / backoff over  +-------------+  WELCOME  +--------+
+//!   new() --> |  Backoff  | ---------------------> | Handshaking | --------> | Online |
+//!             +-----------+                        +-------------+           +--------+
+//!                  ^   REJECT, handshake timeout,        |                        |
+//!                  |   transport failure                 |                        |
+//!                  +-------------------------------------+------------------------+
+//!                      session timeout, retransmit limit, Kick, Goodbye, transport failure
+//!   close(): any state -> Idle (Goodbye sent when online); connect(): Idle -> Handshaking
+//! ```
+//!
+//! * Every failure draws a full-jitter delay ([`crate::backoff`]) and rotates to the next
+//!   endpoint of [`DeviceConfig::endpoints`] (failover). A REJECT's `retry_after_ms` is honoured
+//!   as a minimum. A login resets the backoff.
+//! * Each attempt increments [`DeviceClient::connection_id`]; the driver (re)opens its
+//!   transport to [`DeviceClient::endpoint`] whenever that number changes, and closes it while
+//!   [`DeviceClient::wants_transport`] is false.
+//! * Online, the client sends reliable frames through a `SendWindow` of [`SEND_WINDOW`] frames
+//!   whose stored bytes are only a 5-byte reference to the upload queue or the outbox (the
+//!   payload is stored once), acknowledges received frames within `ACK_DELAY`, sends Ping after
+//!   `heartbeat_secs` without sending, and declares the session dead after
+//!   `session_timeout_secs` without an authenticated packet or after `MAX_TRANSMISSIONS`.
+//! * Uploads ([`crate::queue`]) and outbox entries survive disconnects and are sent again in the
+//!   next session. The since-id ([`since`]) is reported in every LOGIN.
+//! * NAT rebinding needs nothing here: the broker finds the session by its id, whatever the
+//!   source address; the client keeps its session and keeps sending.
+//! * Malformed, unauthenticated or unexpected input is an [`RxError`], counted in
+//!   [`Stats::rx_dropped`], and changes nothing.
+
 mod event;
+mod outbox;
+mod since;
+
 pub use event::{DisconnectReason, Event};
+pub use outbox::OUTBOX;
+pub use since::SINCE_PENDING;
+
+use heapless::{Deque, String, Vec};
+use shared_protocol::codes::Code;
+use shared_protocol::frame::{Body, Frame};
+use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo};
+use shared_protocol::ids::Address;
+use shared_protocol::limits::MAX_PATH;
+use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
+use shared_protocol::session::{SecureSession, SessionError};
+
+use crate::api::{DeviceApi, OutboxError};
+use crate::backoff::Backoff;
+use crate::config::{ClientConfig, DeviceConfig, Endpoint};
+use crate::fmt::{log_debug, log_info, log_warn};
+use crate::queue::{UploadError, UploadId, UploadQueue};
+use crate::rng::Rng;
+use crate::stats::{Stats, bump};
+use crate::time::{Instant, earliest};
+use outbox::{OutKind, Outbox};
+use since::SinceTracker;
+
+/// Reliable frames the device keeps unacknowledged at once (at most the protocol's 16).
+pub const SEND_WINDOW: usize = 4;
+/// Events the client holds for the application; frames that would produce an event while
+/// [`EVENT_FRAME_LIMIT`] are waiting are left unacknowledged (the broker retransmits them).
+pub const EVENT_QUEUE: usize = 8;
+/// Events from received frames allowed to wait at once; the rest of [`EVENT_QUEUE`] is kept for
+/// `Connected` / `Disconnected`.
+pub const EVENT_FRAME_LIMIT: usize = 4;
+/// Buffer for a pending HELLO (128 bytes) or LOGIN (about 110 bytes).
+pub const HANDSHAKE_BUF: usize = 160;
+
+/// Bytes stored per in-flight frame: a tag and a 32-bit id.
+const REF_LEN: usize = 5;
+const REF_UPLOAD: u8 = 1;
+const REF_OUTBOX: u8 = 2;
+
+/// Why a received packet was dropped. None of these changes the client's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RxError {
+    /// No login in progress and no session: nothing expects a packet.
+    NotExpected,
+    /// The handshake ignored it (not for its state, undecodable, or not authentic).
+    HandshakeIgnored,
+    /// The session refused it (malformed, wrong session, replayed, forged).
+    Session(SessionError),
+    /// A frame direction the device never receives (e.g. an Upload) or a frame that breaks the
+    /// reliability rules (an acknowledgement of frames never sent).
+    Unexpected,
+    /// The frame's payload exceeds the client's `P` bytes; it was acknowledged and dropped
+    /// (a Command gets a `TOO_LARGE` result).
+    Oversized,
+    /// The event queue is full: the frame is not acknowledged, the broker will resend it.
+    Busy,
+}
+
+/// The connection state, as the application sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ConnectionState {
+    /// Not connecting ([`DeviceClient::close`] was called).
+    Idle,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// A login is in progress.
+    Handshaking,
+    /// A session is up.
+    Online,
+}
+
+struct Online {
+    session: SecureSession,
+    welcome: WelcomeInfo,
+    send: SendWindow<SEND_WINDOW, REF_LEN>,
+    recv: RecvWindow,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+enum Phase {
+    Idle,
+    Backoff {
+        until: Instant,
+    },
+    Handshaking {
+        handshake: ClientHandshake,
+        deadline: Instant,
+        pending: Option<Vec<u8, HANDSHAKE_BUF>>,
+    },
+    Online(Online),
+}
+
+/// The device client core. `Q`: upload queue capacity; `P`: largest payload (uploads, events,
+/// outbox entries), at most the protocol's `MAX_PAYLOAD`.
+pub struct DeviceClient<'c, R: Rng, const Q: usize, const P: usize> {
+    device: DeviceConfig<'c>,
+    config: ClientConfig,
+    rng: R,
+    phase: Phase,
+    endpoint: usize,
+    connection_id: u32,
+    attempts: u32,
+    backoff: Backoff,
+    uploads: UploadQueue<Q, P>,
+    outbox: Outbox<P>,
+    events: Deque<Event<P>, EVENT_QUEUE>,
+    since: SinceTracker,
+    next_req_id: u32,
+    goodbye_pending: Option<Online>,
+    stats: Stats,
+}
+
+fn payload_copy<const P: usize>(bytes: &[u8]) -> Option<Vec<u8, P>> {
+    Vec::from_slice(bytes).ok()
+}
+
+impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
+    /// A client that connects at the first [`handle_timeout`](Self::handle_timeout) (its
+    /// [`poll_timeout`](Self::poll_timeout) is `now`).
+    pub fn new(device: DeviceConfig<'c>, config: ClientConfig, mut rng: R, now: Instant) -> Self {
+        const { assert!(P <= shared_protocol::limits::MAX_PAYLOAD) };
+        let first_upload_id = rng.next_u32();
+        let since = SinceTracker::new(device.since_id);
+        DeviceClient {
+            device,
+            config,
+            rng,
+            phase: Phase::Backoff { until: now },
+            endpoint: 0,
+            connection_id: 0,
+            attempts: 0,
+            backoff: Backoff::new(config.backoff),
+            uploads: UploadQueue::new(first_upload_id),
+            outbox: Outbox::new(),
+            events: Deque::new(),
+            since,
+            next_req_id: 1,
+            goodbye_pending: None,
+            stats: Stats::default(),
+        }
+    }
+
+    // ----- state queries -------------------------------------------------------------------
+
+    /// The connection state.
+    pub fn state(&self) -> ConnectionState {
+        match self.phase {
+            Phase::Idle => ConnectionState::Idle,
+            Phase::Backoff { .. } => ConnectionState::Backoff,
+            Phase::Handshaking { .. } => ConnectionState::Handshaking,
+            Phase::Online(_) => ConnectionState::Online,
+        }
+    }
+
+    /// The broker's session id while online.
+    pub fn session_id(&self) -> Option<u32> {
+        match &self.phase {
+            Phase::Online(o) => Some(o.welcome.session_id),
+            _ => None,
+        }
+    }
+
+    /// The endpoint of the current (or next) attempt, and its index in the configuration.
+    pub fn endpoint(&self) -> Option<(usize, &Endpoint<'c>)> {
+        self.device
+            .endpoints
+            .get(self.endpoint)
+            .map(|e| (self.endpoint, e))
+    }
+
+    /// Incremented at every connection attempt: the driver reconnects its transport when it
+    /// changes.
+    pub fn connection_id(&self) -> u32 {
+        self.connection_id
+    }
+
+    /// Whether the driver should keep a transport open (logging in or online, or a Goodbye
+    /// still to send).
+    pub fn wants_transport(&self) -> bool {
+        matches!(self.phase, Phase::Handshaking { .. } | Phase::Online(_))
+            || self.goodbye_pending.is_some()
+    }
+
+    /// The highest message id the client will report at its next login.
+    pub fn since_id(&self) -> u64 {
+        self.since.since_id()
+    }
+
+    /// Uploads waiting for acknowledgement.
+    pub fn uploads_pending(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Outbox entries waiting for acknowledgement.
+    pub fn outbox_pending(&self) -> usize {
+        self.outbox.len()
+    }
+
+    // ----- driver entry points ------------------------------------------------------------
+
+    /// When [`handle_timeout`](Self::handle_timeout) (and then
+    /// [`poll_transmit`](Self::poll_transmit)) must run next; `None` when idle.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.goodbye_pending.is_some() {
+            return Some(Instant::ZERO);
+        }
+        match &self.phase {
+            Phase::Idle => None,
+            Phase::Backoff { until } => Some(*until),
+            Phase::Handshaking {
+                handshake,
+                deadline,
+                pending,
+            } => {
+                if pending.is_some() {
+                    return Some(Instant::ZERO);
+                }
+                earliest(
+                    Some(*deadline),
+                    handshake.poll_timeout().map(Instant::from_millis),
+                )
+            }
+            Phase::Online(o) => {
+                let heartbeat = o.last_tx.plus_millis(heartbeat_ms(&o.welcome));
+                let dead = o.last_rx.plus_millis(session_timeout_ms(&o.welcome));
+                let mut t = earliest(Some(heartbeat), Some(dead));
+                t = earliest(t, o.send.poll_timeout().map(Instant::from_millis));
+                t = earliest(t, o.recv.poll_timeout().map(Instant::from_millis));
+                if o.send.can_send()
+                    && (self.outbox.next_unsent().is_some() || self.uploads.next_unsent().is_some())
+                {
+                    t = Some(Instant::ZERO);
+                }
+                t
+            }
+        }
+    }
+
+    /// Advances timers: starts an attempt after the backoff, restarts or abandons a login,
+    /// detects a silent session. Then call [`poll_transmit`](Self::poll_transmit).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Idle => {}
+            Phase::Backoff { until } => {
+                if *until <= now {
+                    self.start_attempt(now);
+                }
+            }
+            Phase::Handshaking {
+                handshake,
+                deadline,
+                pending,
+            } => {
+                if *deadline <= now {
+                    self.fail(DisconnectReason::HandshakeTimeout, now);
+                    return;
+                }
+                let mut nonce = [0u8; 16];
+                self.rng.fill_bytes(&mut nonce);
+                let mut buf = [0u8; HANDSHAKE_BUF];
+                if let Ok(Some(hello)) = handshake.handle_timeout(now.as_millis(), nonce, &mut buf)
+                {
+                    log_debug!("login: HELLO resent");
+                    *pending = Vec::from_slice(hello).ok();
+                }
+            }
+            Phase::Online(o) => {
+                if now.millis_since(o.last_rx) >= session_timeout_ms(&o.welcome) {
+                    self.fail(DisconnectReason::SessionTimeout, now);
+                }
+            }
+        }
+    }
+
+    /// Feeds one received packet (decrypted in place, hence `&mut`).
+    pub fn handle_datagram(&mut self, packet: &mut [u8], now: Instant) -> Result<(), RxError> {
+        bump(&mut self.stats.rx_packets);
+        let result = match &mut self.phase {
+            Phase::Idle | Phase::Backoff { .. } => Err(RxError::NotExpected),
+            Phase::Handshaking { .. } => self.handshake_packet(packet, now),
+            Phase::Online(_) => self.online_packet(packet, now),
+        };
+        if result.is_err() {
+            bump(&mut self.stats.rx_dropped);
+        }
+        result
+    }
+
+    /// The transport failed (connect refused, connection closed): backs off and rotates.
+    pub fn transport_failed(&mut self, now: Instant) {
+        self.goodbye_pending = None;
+        if matches!(self.phase, Phase::Handshaking { .. } | Phase::Online(_)) {
+            self.fail(DisconnectReason::TransportFailed, now);
+        }
+    }
+
+    /// Writes the next packet to send into `buf` (at least `MAX_PACKET` bytes) and returns its
+    /// length; call until `None` after every `handle_*` call.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if let Some(mut o) = self.goodbye_pending.take() {
+            let frame = Frame::unreliable(
+                o.recv.ack(),
+                Body::Goodbye {
+                    reason: Code::NORMAL,
+                },
+            );
+            if let Ok(n) = o.session.seal_frame(&frame, buf) {
+                bump(&mut self.stats.tx_packets);
+                return Some(n);
+            }
+        }
+        match &mut self.phase {
+            Phase::Handshaking { pending, .. } => {
+                let packet = pending.take()?;
+                let out = buf.get_mut(..packet.len())?;
+                out.copy_from_slice(&packet);
+                bump(&mut self.stats.tx_packets);
+                Some(packet.len())
+            }
+            Phase::Online(_) => self.online_transmit(now, buf),
+            Phase::Idle | Phase::Backoff { .. } => None,
+        }
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event<P>> {
+        self.events.pop_front()
+    }
+
+    /// Ends the session (a Goodbye is sent when online) and stops connecting until
+    /// [`connect`](Self::connect).
+    pub fn close(&mut self) {
+        match core::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Online(o) => {
+                self.goodbye_pending = Some(o);
+                self.push_state_event(Event::Disconnected {
+                    reason: DisconnectReason::Closed,
+                });
+            }
+            Phase::Handshaking { .. } => self.push_state_event(Event::Disconnected {
+                reason: DisconnectReason::Closed,
+            }),
+            Phase::Idle | Phase::Backoff { .. } => {}
+        }
+    }
+
+    /// Starts connecting again after [`close`](Self::close) (no effect otherwise).
+    pub fn connect(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Idle) {
+            self.backoff.reset();
+            self.start_attempt(now);
+        }
+    }
+
+    /// Connection statistics.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    // ----- connection lifecycle -----------------------------------------------------------
+
+    fn start_attempt(&mut self, now: Instant) {
+        if self.device.endpoints.is_empty() {
+            log_warn!("no broker endpoint configured");
+            self.phase = Phase::Idle;
+            return;
+        }
+        self.connection_id = self.connection_id.wrapping_add(1);
+        if self.attempts > 0 {
+            bump(&mut self.stats.reconnects);
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        let mut handshake = ClientHandshake::new(
+            Address::device(self.device.device_id),
+            self.device.key.clone(),
+            self.since.since_id(),
+        );
+        let mut nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut nonce);
+        let mut buf = [0u8; HANDSHAKE_BUF];
+        let pending = handshake
+            .start(now.as_millis(), nonce, &mut buf)
+            .ok()
+            .and_then(|hello| Vec::from_slice(hello).ok());
+        log_info!(
+            "login: attempt {} to endpoint {}",
+            self.attempts,
+            self.endpoint
+        );
+        self.phase = Phase::Handshaking {
+            handshake,
+            deadline: now.plus_millis(self.config.handshake_timeout_ms),
+            pending,
+        };
+    }
+
+    fn fail(&mut self, reason: DisconnectReason, now: Instant) {
+        if matches!(self.phase, Phase::Handshaking { .. }) {
+            bump(&mut self.stats.login_failures);
+        }
+        log_warn!("disconnected, endpoint {}", self.endpoint);
+        self.push_state_event(Event::Disconnected { reason });
+        if !self.device.endpoints.is_empty() {
+            self.endpoint = (self.endpoint + 1) % self.device.endpoints.len();
+        }
+        let delay = match reason {
+            // The session's counter space is used up: log in again at once.
+            DisconnectReason::Rekey => 0,
+            DisconnectReason::Rejected { retry_after_ms, .. } => self
+                .backoff
+                .next_delay_ms(&mut self.rng)
+                .max(retry_after_ms),
+            _ => self.backoff.next_delay_ms(&mut self.rng),
+        };
+        self.phase = Phase::Backoff {
+            until: now.plus_millis(u64::from(delay)),
+        };
+    }
+
+    fn push_state_event(&mut self, event: Event<P>) {
+        if self.events.push_back(event).is_err() {
+            log_warn!("event queue full: state event dropped");
+        }
+    }
+
+    fn can_take_frame_event(&self) -> bool {
+        self.events.len() < EVENT_FRAME_LIMIT
+    }
+
+    fn handshake_packet(&mut self, packet: &mut [u8], now: Instant) -> Result<(), RxError> {
+        let Phase::Handshaking {
+            handshake, pending, ..
+        } = &mut self.phase
+        else {
+            return Err(RxError::NotExpected);
+        };
+        let mut out = [0u8; HANDSHAKE_BUF];
+        match handshake.on_packet(packet, &mut out) {
+            Ok(ClientEvent::Send(login)) => {
+                *pending = Vec::from_slice(login).ok();
+                Ok(())
+            }
+            Ok(ClientEvent::Established(established)) => {
+                let welcome = established.welcome;
+                log_info!("online: session {}", welcome.session_id);
+                self.phase = Phase::Online(Online {
+                    session: established.session,
+                    welcome,
+                    send: SendWindow::new(),
+                    recv: RecvWindow::new(),
+                    last_rx: now,
+                    last_tx: now,
+                });
+                bump(&mut self.stats.logins);
+                self.backoff.reset();
+                self.since.new_session();
+                let resent = self.uploads.mark_all_unsent();
+                self.stats.uploads_resent = self
+                    .stats
+                    .uploads_resent
+                    .saturating_add(u32::try_from(resent).unwrap_or(u32::MAX));
+                self.outbox.mark_all_unsent();
+                self.push_state_event(Event::Connected {
+                    session_id: welcome.session_id,
+                });
+                Ok(())
+            }
+            Ok(ClientEvent::Rejected(reject)) => {
+                log_warn!("login rejected: code {}", reject.code.0);
+                self.fail(
+                    DisconnectReason::Rejected {
+                        code: reject.code,
+                        retry_after_ms: reject.retry_after_ms,
+                    },
+                    now,
+                );
+                Ok(())
+            }
+            Ok(ClientEvent::Ignored) | Err(_) => Err(RxError::HandshakeIgnored),
+        }
+    }
+
+    // ----- online ------------------------------------------------------------------------
+
+    fn online_packet(&mut self, packet: &mut [u8], now: Instant) -> Result<(), RxError> {
+        let room_for_event = self.can_take_frame_event();
+        let Phase::Online(o) = &mut self.phase else {
+            return Err(RxError::NotExpected);
+        };
+        let frame = o.session.open_frame(packet).map_err(RxError::Session)?;
+        o.last_rx = now;
+        let mut result = Ok(());
+        match o.send.on_ack(frame.ack) {
+            Ok(acked) => {
+                for seq in acked {
+                    self.outbox.acked(seq);
+                }
+            }
+            Err(_) => result = Err(RxError::Unexpected),
+        }
+        if frame.seq != 0 {
+            // Every reliable body can raise an event: without room it stays unacknowledged and
+            // the broker resends it later.
+            if !room_for_event {
+                return Err(RxError::Busy);
+            }
+            match o.recv.on_receive(frame.seq, now.as_millis()) {
+                RecvOutcome::Accept => {}
+                RecvOutcome::Duplicate | RecvOutcome::OutOfWindow | RecvOutcome::Unreliable => {
+                    return result;
+                }
+            }
+        }
+        let ack_next = o.recv.ack().next;
+        let seq = frame.seq;
+        self.on_body(seq, ack_next, frame.body, now).and(result)
+    }
+
+    fn on_body(
+        &mut self,
+        seq: u32,
+        ack_next: u32,
+        body: Body<'_>,
+        now: Instant,
+    ) -> Result<(), RxError> {
+        match body {
+            Body::Deliver {
+                msg_id,
+                from,
+                payload,
+            } => {
+                let duplicate = self.since.is_duplicate(msg_id);
+                self.since.on_deliver(seq, msg_id, ack_next);
+                if duplicate {
+                    log_debug!("deliver {} already seen", msg_id);
+                    return Ok(());
+                }
+                let payload = payload_copy(payload).ok_or(RxError::Oversized)?;
+                self.push_frame_event(Event::Deliver {
+                    msg_id,
+                    from,
+                    payload,
+                });
+            }
+            Body::Command {
+                cmd_id,
+                name,
+                payload,
+            } => {
+                self.since.advance(ack_next);
+                let Some(payload) = payload_copy(payload) else {
+                    let _ = self.outbox.push(
+                        OutKind::CommandResult {
+                            cmd_id,
+                            status: Code::TOO_LARGE.0,
+                        },
+                        &[],
+                    );
+                    return Err(RxError::Oversized);
+                };
+                // Names are at most MAX_NAME bytes (checked by the frame decoder).
+                let name = String::try_from(name).map_err(|_| RxError::Oversized)?;
+                self.push_frame_event(Event::Command {
+                    cmd_id,
+                    name,
+                    payload,
+                });
+            }
+            Body::Response {
+                req_id,
+                status,
+                payload,
+            } => {
+                self.since.advance(ack_next);
+                let payload = payload_copy(payload).ok_or(RxError::Oversized)?;
+                self.push_frame_event(Event::Response {
+                    req_id,
+                    status,
+                    payload,
+                });
+            }
+            Body::UploadAck { upload_id } => {
+                self.since.advance(ack_next);
+                if self.uploads.ack(UploadId(upload_id)) {
+                    bump(&mut self.stats.uploads_acked);
+                    self.push_frame_event(Event::UploadAcked {
+                        id: UploadId(upload_id),
+                    });
+                }
+            }
+            Body::Presence { who, online } => {
+                self.since.advance(ack_next);
+                self.push_frame_event(Event::Presence { who, online });
+            }
+            Body::Error { code, about_seq } => {
+                self.since.advance(ack_next);
+                log_warn!("broker error {} about frame {}", code.0, about_seq);
+                self.push_frame_event(Event::BrokerError { code, about_seq });
+            }
+            Body::Pong { .. } | Body::AckOnly | Body::Welcome { .. } => {}
+            Body::Kick { reason } => self.fail(DisconnectReason::Kicked { reason }, now),
+            Body::Goodbye { reason } => self.fail(DisconnectReason::Goodbye { reason }, now),
+            Body::Ping
+            | Body::Send { .. }
+            | Body::Upload { .. }
+            | Body::CommandResult { .. }
+            | Body::Request { .. } => return Err(RxError::Unexpected),
+        }
+        Ok(())
+    }
+
+    fn push_frame_event(&mut self, event: Event<P>) {
+        // Room was checked before the frame was accepted.
+        let _ = self.events.push_back(event);
+    }
+
+    fn online_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let jitter = (self.rng.next_u32() >> 16) as u16;
+        let Phase::Online(o) = &mut self.phase else {
+            return None;
+        };
+        let now_ms = now.as_millis();
+        // 1. Retransmissions that are due.
+        let mut retransmit = None;
+        match o.send.poll(now_ms, jitter) {
+            Some(SendEvent::Retransmit { seq, bytes, .. }) => {
+                retransmit = Some((seq, to_ref(bytes)))
+            }
+            Some(SendEvent::PeerDead) => {
+                self.fail(DisconnectReason::RetransmitLimit, now);
+                return None;
+            }
+            None => {}
+        }
+        if let Some((seq, reference)) = retransmit {
+            let body = match reference {
+                Some((REF_UPLOAD, id)) => self.uploads.get(UploadId(id)).map(upload_body),
+                Some((REF_OUTBOX, token)) => self.outbox.get(token).map(|m| m.body()),
+                _ => None,
+            };
+            // An upload whose UploadAck already came needs no resend (its transport ack is on
+            // the way); anything else still queued is sent again with the same seq.
+            if let Some(body) = body {
+                bump(&mut self.stats.retransmits);
+                let frame = Frame {
+                    seq,
+                    ack: o.recv.ack(),
+                    body,
+                };
+                return seal(o, frame, now, buf, &mut self.stats);
+            }
+        }
+        // 2. New reliable frames while the window has room: outbox first, then uploads.
+        if o.send.can_send() {
+            if let Some(m) = self.outbox.next_unsent() {
+                let token = m.token;
+                if let Ok(seq) = o.send.push(&make_ref(REF_OUTBOX, token), now_ms, jitter) {
+                    self.outbox.mark_sent(token, seq);
+                    let body = self.outbox.get(token).map(|m| m.body())?;
+                    let frame = Frame {
+                        seq,
+                        ack: o.recv.ack(),
+                        body,
+                    };
+                    return seal(o, frame, now, buf, &mut self.stats);
+                }
+            } else if let Some(u) = self.uploads.next_unsent() {
+                let id = u.id;
+                if let Ok(seq) = o.send.push(&make_ref(REF_UPLOAD, id.0), now_ms, jitter) {
+                    self.uploads.mark_sent(id);
+                    let body = self.uploads.get(id).map(upload_body)?;
+                    let frame = Frame {
+                        seq,
+                        ack: o.recv.ack(),
+                        body,
+                    };
+                    return seal(o, frame, now, buf, &mut self.stats);
+                }
+            }
+        }
+        // 3. A due acknowledgement with nothing to carry it.
+        if o.recv.poll_ack(now_ms).is_some() {
+            let frame = Frame::unreliable(o.recv.ack(), Body::AckOnly);
+            return seal(o, frame, now, buf, &mut self.stats);
+        }
+        // 4. Heartbeat after heartbeat_secs without sending.
+        if now.millis_since(o.last_tx) >= heartbeat_ms(&o.welcome) {
+            bump(&mut self.stats.pings);
+            let frame = Frame::unreliable(o.recv.ack(), Body::Ping);
+            return seal(o, frame, now, buf, &mut self.stats);
+        }
+        None
+    }
+}
+
+/// Seals `frame` for the session, noting that its acknowledgement went out.
+fn seal(
+    o: &mut Online,
+    frame: Frame<'_>,
+    now: Instant,
+    buf: &mut [u8],
+    stats: &mut Stats,
+) -> Option<usize> {
+    match o.session.seal_frame(&frame, buf) {
+        Ok(n) => {
+            o.recv.on_ack_sent();
+            o.last_tx = now;
+            bump(&mut stats.tx_packets);
+            Some(n)
+        }
+        Err(e) => {
+            log_warn!("cannot seal frame: {}", e);
+            None
+        }
+    }
+}
+
+fn upload_body<const P: usize>(u: &crate::queue::Upload<P>) -> Body<'_> {
+    Body::Upload {
+        upload_id: u.id.0,
+        topic: u.topic.as_str(),
+        payload: u.payload.as_slice(),
+    }
+}
+
+fn make_ref(tag: u8, id: u32) -> [u8; REF_LEN] {
+    let b = id.to_le_bytes();
+    [tag, b[0], b[1], b[2], b[3]]
+}
+
+fn to_ref(bytes: &[u8]) -> Option<(u8, u32)> {
+    match bytes {
+        [tag, a, b, c, d] => Some((*tag, u32::from_le_bytes([*a, *b, *c, *d]))),
+        _ => None,
+    }
+}
+
+fn heartbeat_ms(w: &WelcomeInfo) -> u64 {
+    u64::from(w.heartbeat_secs.max(1)) * 1_000
+}
+
+fn session_timeout_ms(w: &WelcomeInfo) -> u64 {
+    u64::from(w.session_timeout_secs.max(1)) * 1_000
+}
+
+impl<R: Rng, const Q: usize, const P: usize> DeviceApi for DeviceClient<'_, R, Q, P> {
+    fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
+        let result = self.uploads.push(topic, payload);
+        if result == Err(UploadError::QueueFull) {
+            bump(&mut self.stats.uploads_rejected);
+        }
+        result
+    }
+
+    fn command_result(
+        &mut self,
+        cmd_id: u32,
+        status: u16,
+        payload: &[u8],
+    ) -> Result<(), OutboxError> {
+        self.outbox
+            .push(OutKind::CommandResult { cmd_id, status }, payload)
+    }
+
+    fn request(&mut self, path: &str, payload: &[u8]) -> Result<u32, OutboxError> {
+        let path: String<MAX_PATH> =
+            String::try_from(path).map_err(|_| OutboxError::PathTooLong)?;
+        let req_id = self.next_req_id;
+        self.outbox
+            .push(OutKind::Request { req_id, path }, payload)?;
+        self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+        Ok(req_id)
+    }
+
+    fn send(&mut self, to: Address, payload: &[u8]) -> Result<(), OutboxError> {
+        self.outbox.push(OutKind::Send { to }, payload)
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn is_online(&self) -> bool {
+        matches!(self.phase, Phase::Online(_))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! The [`Transport`] trait the runner drives: one protocol packet per datagram or message.
+
+use crate::config::{Endpoint, TransportKind};
+
+/// Why a transport operation failed. Every failure makes the client back off and rotate to the
+/// next endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TransportError {
+    /// This transport cannot reach this kind of endpoint (e.g. a WebSocket endpoint given to
+    /// [`crate::net::UdpTransport`]).
+    Unsupported,
+    /// The socket could not be bound or has no route.
+    NoRoute,
+    /// TCP connect refused, reset or timed out.
+    ConnectFailed,
+    /// The WebSocket opening handshake failed (bad HTTP answer, bad accept key).
+    UpgradeFailed,
+    /// The connection was closed or reset by the peer.
+    Closed,
+    /// The peer sent something that is not a protocol packet (oversized, text, bad framing).
+    Malformed,
+    /// The packet does not fit the transport's buffers.
+    TooLarge,
+}
+
+/// One packet per UDP datagram or WebSocket binary message.
+///
+/// Futures are not `Send`: embassy executors run tasks on one core.
+#[allow(async_fn_in_trait)]
+pub trait Transport {
+    /// Opens a connection to `endpoint`, closing any previous one.
+    async fn connect(&mut self, endpoint: &Endpoint<'_>) -> Result<(), TransportError>;
+    /// Sends one packet.
+    async fn send(&mut self, packet: &[u8]) -> Result<(), TransportError>;
+    /// Waits for one packet and returns its length in `buf`. Must be cancel-safe: the runner
+    /// drops the future when a timer or the application wakes it first.
+    async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError>;
+    /// Closes the connection (no-op when closed).
+    async fn close(&mut self);
+}
+
+/// UDP and WebSocket in one transport: each endpoint's [`TransportKind`] picks the half.
+pub struct DualTransport<U, W> {
+    udp: U,
+    ws: W,
+    use_ws: bool,
+}
+
+impl<U: Transport, W: Transport> DualTransport<U, W> {
+    /// Combines a UDP and a WebSocket transport.
+    pub fn new(udp: U, ws: W) -> Self {
+        DualTransport {
+            udp,
+            ws,
+            use_ws: false,
+        }
+    }
+}
+
+impl<U: Transport, W: Transport> Transport for DualTransport<U, W> {
+    async fn connect(&mut self, endpoint: &Endpoint<'_>) -> Result<(), TransportError> {
+        self.close().await;
+        self.use_ws = matches!(endpoint.transport, TransportKind::WebSocket { .. });
+        if self.use_ws {
+            self.ws.connect(endpoint).await
+        } else {
+            self.udp.connect(endpoint).await
+        }
+    }
+
+    async fn send(&mut self, packet: &[u8]) -> Result<(), TransportError> {
+        if self.use_ws {
+            self.ws.send(packet).await
+        } else {
+            self.udp.send(packet).await
+        }
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        if self.use_ws {
+            self.ws.recv(buf).await
+        } else {
+            self.udp.recv(buf).await
+        }
+    }
+
+    async fn close(&mut self) {
+        if self.use_ws {
+            self.ws.close().await
+        } else {
+            self.udp.close().await
+        }
+    }
+}
