@@ -1,5 +1,7 @@
 //! The broker library (see `run`).
 pub mod config;
+pub mod metrics;
+pub mod router;
 pub mod secrets;
 pub mod store;
 pub mod terminal;

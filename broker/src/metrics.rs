@@ -1,0 +1,261 @@
+//! The metrics facade: one [`Metrics`] value (cheap to clone) owned by the running broker and
+//! passed to the router, the API and the comet, which record through its typed methods.
+//!
+//! It owns its own Prometheus recorder instead of installing a global one, so several brokers can
+//! run in one process (integration tests) and nothing depends on global state. `/metrics` renders
+//! it with [`Metrics::render`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::router::Transport;
+
+static METADATA: Metadata<'static> = Metadata::new("broker", Level::INFO, Some(module_path!()));
+
+/// Latency histogram buckets, seconds (100 us .. 30 s).
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Operations whose latency is measured (`broker_latency_seconds{op=...}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A push: store then fan out to online sessions.
+    Push,
+    /// A device upload made durable.
+    Upload,
+    /// HTTP-to-device command round trip.
+    Command,
+    /// Device-to-HTTP request round trip.
+    DeviceRequest,
+    /// A login (comet: from first packet to accepted).
+    Login,
+    /// Offline replay lookup at login.
+    Replay,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Push => "push",
+            Op::Upload => "upload",
+            Op::Command => "command",
+            Op::DeviceRequest => "device_request",
+            Op::Login => "login",
+            Op::Replay => "replay",
+        }
+    }
+}
+
+/// The broker's metrics (see module docs).
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh, empty set of metrics.
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .expect("static non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        Metrics {
+            recorder: Arc::new(recorder),
+            handle,
+        }
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+            .increment(n);
+    }
+
+    fn gauge_add(&self, name: &'static str, labels: &[(&'static str, &'static str)], d: f64) {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+            .increment(d);
+    }
+
+    fn gauge_set(&self, name: &'static str, v: f64) {
+        self.recorder
+            .register_gauge(&Key::from_name(name), &METADATA)
+            .set(v);
+    }
+
+    /// A connection was accepted (comet).
+    pub fn connection_opened(&self, t: Transport) {
+        self.counter("broker_connections_total", &[("transport", t.as_str())], 1);
+        self.gauge_add("broker_connections", &[("transport", t.as_str())], 1.0);
+    }
+
+    /// A connection closed (comet); pair with [`Metrics::connection_opened`].
+    pub fn connection_closed(&self, t: Transport) {
+        self.gauge_add("broker_connections", &[("transport", t.as_str())], -1.0);
+    }
+
+    /// A login succeeded (router, when a session registers).
+    pub fn login_ok(&self, t: Transport) {
+        self.counter("broker_logins_total", &[("transport", t.as_str())], 1);
+        self.gauge_add("broker_sessions", &[("transport", t.as_str())], 1.0);
+    }
+
+    /// A session ended (router).
+    pub fn session_closed(&self, t: Transport) {
+        self.gauge_add("broker_sessions", &[("transport", t.as_str())], -1.0);
+    }
+
+    /// A login failed; `reason` is a short snake_case code (e.g. `bad_cookie`, `auth_failed`).
+    pub fn login_failed(&self, t: Transport, reason: &'static str) {
+        self.counter(
+            "broker_login_failures_total",
+            &[("transport", t.as_str()), ("reason", reason)],
+            1,
+        );
+    }
+
+    /// `n` deliveries were queued to sessions of transport `t`.
+    pub fn delivered(&self, t: Transport, n: u64) {
+        self.counter("broker_deliveries_total", &[("transport", t.as_str())], n);
+    }
+
+    /// An outbound event was dropped (or the session kicked) because its queue was full.
+    pub fn queue_drop(&self, t: Transport, policy: &'static str) {
+        self.counter(
+            "broker_queue_drops_total",
+            &[("transport", t.as_str()), ("policy", policy)],
+            1,
+        );
+    }
+
+    /// A UDP datagram was received (`inbound = true`) or sent (comet).
+    pub fn udp_datagram(&self, inbound: bool) {
+        let dir = if inbound { "in" } else { "out" };
+        self.counter("broker_udp_datagrams_total", &[("direction", dir)], 1);
+    }
+
+    /// A UDP datagram was dropped unprocessed; `reason` e.g. `too_large`, `malformed`, `unknown_session`.
+    pub fn udp_dropped(&self, reason: &'static str) {
+        self.counter("broker_udp_dropped_total", &[("reason", reason)], 1);
+    }
+
+    /// A limit refused something; `limit` names the config key (e.g. `max_connections_per_ip`).
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.counter("broker_limit_rejections_total", &[("limit", limit)], 1);
+    }
+
+    /// Records the latency of `op`.
+    pub fn latency(&self, op: Op, d: Duration) {
+        let key = Key::from_parts(
+            "broker_latency_seconds",
+            vec![Label::new("op", op.as_str())],
+        );
+        self.recorder
+            .register_histogram(&key, &METADATA)
+            .record(d.as_secs_f64());
+    }
+
+    /// Sets the offline store size gauges.
+    pub fn offline_size(&self, messages: u64, references: u64) {
+        self.gauge_set("broker_offline_messages", messages as f64);
+        self.gauge_set("broker_offline_references", references as f64);
+    }
+
+    /// Counts offline-store cap effects of one append.
+    pub fn offline_capped(&self, evicted: u64, rejected: u64) {
+        if evicted > 0 {
+            self.counter("broker_offline_evicted_total", &[], evicted);
+        }
+        if rejected > 0 {
+            self.counter("broker_offline_rejected_total", &[], rejected);
+        }
+    }
+
+    /// Counts a push by addressing mode.
+    pub fn push(&self, target: &'static str) {
+        self.counter("broker_pushes_total", &[("target", target)], 1);
+    }
+
+    /// Counts a terminal-to-terminal send; `result` e.g. `ok`, `not_bound`.
+    pub fn send(&self, result: &'static str) {
+        self.counter("broker_sends_total", &[("result", result)], 1);
+    }
+
+    /// Counts an upload; `result` is `stored`, `duplicate` or `error`.
+    pub fn upload(&self, result: &'static str) {
+        self.counter("broker_uploads_total", &[("result", result)], 1);
+    }
+
+    /// Counts a command; `result` is `ok`, `not_online`, `timeout`, `queue_full`.
+    pub fn command(&self, result: &'static str) {
+        self.counter("broker_commands_total", &[("result", result)], 1);
+    }
+
+    /// Counts a device request; `result` is `ok`, `backend_error`, `not_configured`, `bad_path`.
+    pub fn device_request(&self, result: &'static str) {
+        self.counter("broker_device_requests_total", &[("result", result)], 1);
+    }
+
+    /// Counts a webhook delivery attempt; `result` is `ok` or `error`.
+    pub fn webhook(&self, result: &'static str) {
+        self.counter("broker_webhook_total", &[("result", result)], 1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labelled_counters_and_histograms() {
+        let m = Metrics::new();
+        m.connection_opened(Transport::Udp);
+        m.login_failed(Transport::DeviceWs, "auth_failed");
+        m.queue_drop(Transport::AppWs, "drop-newest");
+        m.latency(Op::Push, Duration::from_millis(3));
+        let text = m.render();
+        assert!(
+            text.contains("broker_connections_total{transport=\"udp\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "broker_login_failures_total{transport=\"device_ws\",reason=\"auth_failed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "broker_queue_drops_total{transport=\"app_ws\",policy=\"drop-newest\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("broker_latency_seconds_bucket{op=\"push\",le=\"0.005\"} 1"),
+            "{text}"
+        );
+        // Separate instances do not share state.
+        assert!(!Metrics::new().render().contains("broker_connections_total"));
+    }
+}

@@ -1,0 +1,900 @@
+//! The msgbus core, in process: who is online where ([`registry`]), the per-session queues the
+//! comet drains ([`session`]), and the message flows between terminals, the stores and the
+//! backend.
+//!
+//! # Interface for the comet (transports)
+//! 1. After a transport authenticates a terminal it calls [`Router::login`] with the address,
+//!    transport, peer and the since-id the terminal reported. It gets a [`Session`]: under the
+//!    `plug` profile an older session of the same terminal receives `Outbound::Kick { Replaced }`;
+//!    under `signed` all sessions stay and all receive. Stored messages after since-id are
+//!    replayed first by [`Session::next`], in order, then live events.
+//! 2. The comet loops on [`Session::next`] (or batches with [`Session::try_next`]) and turns each
+//!    [`Outbound`] into a wire frame; after `Outbound::Kick` it sends the kick and closes.
+//! 3. Frames from the terminal map to router calls: a transport-level ack of a Deliver ->
+//!    [`Router::ack`]; Send -> [`Router::send`]; Upload -> [`Router::spawn_upload`] (or await
+//!    [`Router::upload`]), whose UploadAck arrives as `Outbound::UploadAck` once durable;
+//!    CommandResult -> [`Router::complete_command`]; Request -> [`Router::spawn_device_request`]
+//!    (answer arrives as `Outbound::Response`).
+//! 4. When the connection ends (close, heartbeat timeout, error) the comet drops the `Session`
+//!    (or awaits [`Session::close`]); bound phones get an offline Presence.
+//!
+//! Delivery is at least once: a push or send is committed to the offline store first, then
+//! offered to online sessions; the terminal's ack removes it; anything unacked is replayed at the
+//! next login after the since-id it reports.
+
+pub mod registry;
+pub mod session;
+mod webhook;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, QueueFullPolicy};
+use crate::metrics::{Metrics, Op};
+use crate::store::{Appended, NewMessage, Recipients, SpoolAppended, StoreError, Stores};
+use crate::terminal::{Address, AddressError, IdProfile, Kind};
+
+pub use registry::OnlineCounts;
+pub use session::{Enqueued, KickReason, Outbound, Session, SessionHandle, Transport};
+
+/// Router settings, taken from [`Config`].
+#[derive(Clone, Debug)]
+pub struct RouterSettings {
+    /// ID profile.
+    pub profile: IdProfile,
+    /// Outbound queue capacity per session.
+    pub outbound_queue: usize,
+    /// Full-queue policy.
+    pub queue_full_policy: QueueFullPolicy,
+    /// Default TTL of stored messages.
+    pub default_ttl: Duration,
+    /// Largest TTL a push may ask for.
+    pub max_ttl: Duration,
+    /// Largest payload accepted.
+    pub max_payload: usize,
+    /// Largest replay at login (the per-terminal cap).
+    pub max_replay: usize,
+    /// Offline purge interval.
+    pub purge_interval: Duration,
+    /// Base URL for device requests (empty: off).
+    pub backend_url: String,
+    /// Device request timeout.
+    pub backend_timeout: Duration,
+    /// Upload webhook (empty: off).
+    pub webhook_url: String,
+    /// Webhook call timeout.
+    pub webhook_timeout: Duration,
+}
+
+impl RouterSettings {
+    /// Settings from the configuration.
+    pub fn from_config(c: &Config) -> RouterSettings {
+        RouterSettings {
+            profile: c.identity.profile,
+            outbound_queue: c.limits.outbound_queue as usize,
+            queue_full_policy: c.limits.queue_full_policy,
+            default_ttl: Duration::from_secs(c.offline.ttl_secs),
+            max_ttl: Duration::from_secs(c.offline.max_ttl_secs),
+            max_payload: c.limits.max_payload_bytes as usize,
+            max_replay: c.offline.max_per_terminal as usize,
+            purge_interval: Duration::from_secs(c.offline.purge_interval_secs),
+            backend_url: c.backend.device_request_url.clone(),
+            backend_timeout: Duration::from_millis(c.backend.timeout_ms),
+            webhook_url: c.upload.webhook_url.clone(),
+            webhook_timeout: Duration::from_millis(c.upload.webhook_timeout_ms),
+        }
+    }
+}
+
+/// What a comet passes to [`Router::login`].
+#[derive(Clone, Copy, Debug)]
+pub struct Login {
+    /// The authenticated terminal.
+    pub address: Address,
+    /// Its transport.
+    pub transport: Transport,
+    /// Its socket address.
+    pub peer: SocketAddr,
+    /// Highest message id the terminal already has (0: none); replay starts after it.
+    pub since_id: u64,
+}
+
+/// Why a login was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The address is invalid under the ID profile.
+    #[error("invalid address: {0}")]
+    Address(#[from] AddressError),
+    /// The store failed (the session was not registered).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Addressing of a push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One terminal.
+    Terminal(Address),
+    /// A list of terminals.
+    List(Vec<Address>),
+    /// A named group.
+    Group(String),
+    /// Every known device.
+    AllDevices,
+    /// Every known phone.
+    AllPhones,
+    /// Every known terminal.
+    Everyone,
+}
+
+impl Target {
+    fn label(&self) -> &'static str {
+        match self {
+            Target::Terminal(_) => "unicast",
+            Target::List(_) => "multicast",
+            Target::Group(_) => "group",
+            Target::AllDevices => "all_devices",
+            Target::AllPhones => "all_phones",
+            Target::Everyone => "everyone",
+        }
+    }
+}
+
+/// Result of a push or send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PushOutcome {
+    /// The message id.
+    pub msg_id: u64,
+    /// Terminals it is stored for (until acked or expired).
+    pub stored_for: u64,
+    /// Online sessions it was queued to now.
+    pub delivered_online: u64,
+    /// Older messages evicted by per-terminal caps.
+    pub evicted: u64,
+    /// Terminals whose full inbox refused it.
+    pub rejected: u64,
+}
+
+/// Why a push or send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The payload exceeds `limits.max_payload_bytes`.
+    #[error("payload of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// An address is invalid under the ID profile.
+    #[error("invalid address {0}: {1}")]
+    Address(Address, AddressError),
+    /// No such group.
+    #[error("no group named `{0}`")]
+    UnknownGroup(String),
+    /// The TTL exceeds `offline.max_ttl_secs` or is zero.
+    #[error("ttl must be within 1..={0} seconds")]
+    BadTtl(u64),
+    /// Terminal-to-terminal send between terminals that are not bound (or of the same kind).
+    #[error("{from} may not send to {to}: not bound")]
+    NotBound {
+        /// Sender.
+        from: Address,
+        /// Recipient.
+        to: Address,
+    },
+    /// The store failed; nothing was stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A device's answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandResult {
+    /// The device's status code.
+    pub status: u16,
+    /// Result payload.
+    pub payload: Bytes,
+}
+
+/// Why a command got no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The device has no session.
+    #[error("device not online")]
+    NotOnline,
+    /// No result within the timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The session's queue refused the command (drop-newest policy) or it was kicked for overflow.
+    #[error("session overloaded")]
+    Overloaded,
+    /// The session ended before the result came.
+    #[error("device disconnected")]
+    Disconnected,
+    /// The payload exceeds the limit or the target is not a device.
+    #[error("invalid command: {0}")]
+    Invalid(String),
+}
+
+/// The backend's answer to a device request (always produced; failures map to status codes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceResponse {
+    /// HTTP status from the backend, or 400 bad path, 502 backend unreachable or answer too large,
+    /// 503 no backend configured, 504 backend timeout.
+    pub status: u16,
+    /// Response body (at most `limits.max_payload_bytes`).
+    pub payload: Bytes,
+}
+
+/// Why an upload was not made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The payload exceeds the limit, or the topic is longer than 255 bytes.
+    #[error("upload too large")]
+    TooLarge,
+    /// The store failed; the device must retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One session's public status.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub session_id: u64,
+    /// Transport.
+    pub transport: Transport,
+    /// Peer socket address.
+    pub peer: SocketAddr,
+    /// Login time, Unix ms.
+    pub since_ms: u64,
+    /// Events waiting in its queue.
+    pub queued: usize,
+}
+
+type PendingTx = oneshot::Sender<Result<CommandResult, CommandError>>;
+
+struct Inner {
+    settings: RouterSettings,
+    registry: registry::Registry,
+    stores: Stores,
+    metrics: Metrics,
+    next_session: AtomicU64,
+    next_cmd: AtomicU32,
+    /// Pending commands: cmd id -> (session id, device, completion). One mutex: commands are
+    /// low-rate and each critical section is a single map operation, never held across `.await`.
+    pending: Mutex<HashMap<u32, (u64, Address, PendingTx)>>,
+    http: reqwest::Client,
+    upload_notify: Notify,
+}
+
+/// The router (cheap to clone; all clones share state).
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Router {
+    /// A router over `stores`, recording into `metrics`.
+    pub fn new(settings: RouterSettings, stores: Stores, metrics: Metrics) -> Router {
+        Router {
+            inner: Arc::new(Inner {
+                settings,
+                registry: registry::Registry::default(),
+                stores,
+                metrics,
+                next_session: AtomicU64::new(1),
+                next_cmd: AtomicU32::new(1),
+                pending: Mutex::new(HashMap::new()),
+                http: reqwest::Client::new(),
+                upload_notify: Notify::new(),
+            }),
+        }
+    }
+
+    /// Starts the background tasks (offline purge and store-size gauges; the upload webhook
+    /// forwarder when configured); they stop when `shutdown` is cancelled.
+    pub fn spawn_background(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let r = self.clone();
+        let sd = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(r.inner.settings.purge_interval);
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match r.inner.stores.offline.purge_expired(now_ms()).await {
+                    Ok(n) if n > 0 => tracing::debug!(purged = n, "offline store purge"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "offline store purge failed"),
+                }
+                r.refresh_store_gauges().await;
+            }
+        }));
+        if !self.inner.settings.webhook_url.is_empty() {
+            tasks.push(tokio::spawn(webhook::run(self.clone(), shutdown)));
+        }
+        tasks
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &RouterSettings {
+        &self.inner.settings
+    }
+
+    /// The stores (the HTTP API reads uploads, bindings and groups directly).
+    pub fn stores(&self) -> &Stores {
+        &self.inner.stores
+    }
+
+    /// The metrics facade.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Online counts.
+    pub fn online_counts(&self) -> OnlineCounts {
+        self.inner.registry.counts()
+    }
+
+    /// A terminal's live sessions, oldest first.
+    pub fn status(&self, address: Address) -> Vec<SessionInfo> {
+        self.inner
+            .registry
+            .get(address)
+            .iter()
+            .map(|h| SessionInfo {
+                session_id: h.id(),
+                transport: h.transport(),
+                peer: h.peer(),
+                since_ms: h
+                    .since()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                queued: h.queued(),
+            })
+            .collect()
+    }
+
+    /// Updates the offline-store size gauges.
+    pub async fn refresh_store_gauges(&self) {
+        if let Ok(s) = self.inner.stores.offline.stats().await {
+            self.inner.metrics.offline_size(s.messages, s.references);
+        }
+    }
+
+    /// Registers an authenticated session (see the module docs). Kicks replaced sessions
+    /// (`plug`), records the terminal for kind-wide pushes, loads the replay after `since_id`,
+    /// and tells bound phones a device came online.
+    pub async fn login(&self, login: Login) -> Result<Session, LoginError> {
+        let started = Instant::now();
+        let s = &self.inner.settings;
+        s.profile.validate(login.address)?;
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let handle = SessionHandle::new(
+            id,
+            login.address,
+            login.transport,
+            login.peer,
+            s.outbound_queue,
+            s.queue_full_policy,
+        );
+        // Register before reading the replay: a message stored meanwhile is then either in the
+        // replay or queued live (the Session skips the duplicate), never missed.
+        let ins = self
+            .inner
+            .registry
+            .insert(handle.clone(), s.profile.multi_session());
+        for old in &ins.replaced {
+            old.kick(KickReason::Replaced);
+            self.fail_pending_of(old.id());
+            self.inner.metrics.session_closed(old.transport());
+        }
+        let stores = &self.inner.stores;
+        let replay = async {
+            stores.offline.remember(login.address).await?;
+            stores
+                .offline
+                .since(login.address, login.since_id, s.max_replay, now_ms())
+                .await
+        }
+        .await;
+        let replay = match replay {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.registry.remove(&handle);
+                return Err(e.into());
+            }
+        };
+        self.inner.metrics.login_ok(login.transport);
+        self.inner.metrics.latency(Op::Replay, started.elapsed());
+        tracing::info!(
+            terminal = %login.address,
+            transport = login.transport.as_str(),
+            peer = %login.peer,
+            session = id,
+            replaced = ins.replaced.len(),
+            replay = replay.len(),
+            "login"
+        );
+        if ins.came_online {
+            self.presence(login.address, true).await;
+        }
+        Ok(Session::new(handle, replay, self.clone()))
+    }
+
+    /// Removes a session; `Some(address)` when its terminal just went offline.
+    pub(crate) fn unregister(&self, h: &SessionHandle) -> Option<Address> {
+        let removed = self.inner.registry.remove(h);
+        self.fail_pending_of(h.id());
+        if removed.is_some() {
+            self.inner.metrics.session_closed(h.transport());
+            tracing::info!(terminal = %h.address(), transport = h.transport().as_str(), session = h.id(), "logout");
+        }
+        removed.and_then(|offline| offline.then_some(h.address()))
+    }
+
+    /// Sends Presence for a device to the sessions of its bound phones.
+    pub(crate) async fn presence(&self, who: Address, online: bool) {
+        if who.kind != Kind::Device {
+            return;
+        }
+        let phones = match self.inner.stores.bindings.phones_of(who).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, terminal = %who, "presence: bindings lookup failed");
+                return;
+            }
+        };
+        for p in phones {
+            for h in self.inner.registry.get(p) {
+                self.offer(&h, Outbound::Presence { who, online });
+            }
+        }
+    }
+
+    /// Offers an event to a session, counting drops.
+    fn offer(&self, h: &SessionHandle, ev: Outbound) -> Enqueued {
+        let is_deliver = matches!(ev, Outbound::Deliver { .. });
+        let r = h.offer(ev);
+        let m = &self.inner.metrics;
+        match r {
+            Enqueued::Queued => {
+                if is_deliver {
+                    m.delivered(h.transport(), 1);
+                }
+            }
+            Enqueued::DroppedOldest => {
+                if is_deliver {
+                    m.delivered(h.transport(), 1);
+                }
+                m.queue_drop(h.transport(), QueueFullPolicy::DropOldest.as_str());
+            }
+            Enqueued::DroppedNewest => {
+                m.queue_drop(h.transport(), QueueFullPolicy::DropNewest.as_str())
+            }
+            Enqueued::Kicked => {
+                m.queue_drop(h.transport(), QueueFullPolicy::Disconnect.as_str());
+                tracing::info!(terminal = %h.address(), session = h.id(), "kicked: outbound queue full");
+            }
+            Enqueued::Closed => {}
+        }
+        r
+    }
+
+    fn expiry(&self, ttl: Option<Duration>) -> Result<u64, PushError> {
+        let s = &self.inner.settings;
+        let ttl = ttl.unwrap_or(s.default_ttl);
+        if ttl.is_zero() || ttl > s.max_ttl {
+            return Err(PushError::BadTtl(s.max_ttl.as_secs()));
+        }
+        Ok(now_ms().saturating_add(ttl.as_millis() as u64))
+    }
+
+    /// Pushes `payload` from the backend (or `from` a terminal) to `target`: stored durably
+    /// first, then queued to online sessions. `ttl` defaults to `offline.ttl_secs`.
+    pub async fn push(
+        &self,
+        target: Target,
+        from: Option<Address>,
+        payload: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<PushOutcome, PushError> {
+        let started = Instant::now();
+        if payload.len() > self.inner.settings.max_payload {
+            return Err(PushError::TooLarge(payload.len()));
+        }
+        let expires_at_ms = self.expiry(ttl)?;
+        let label = target.label();
+        let profile = self.inner.settings.profile;
+        let check = |a: Address| profile.validate(a).map_err(|e| PushError::Address(a, e));
+        let (recipients, kind_wide) = match target {
+            Target::Terminal(a) => {
+                check(a)?;
+                (vec![a], None)
+            }
+            Target::List(list) => {
+                for a in &list {
+                    check(*a)?;
+                }
+                (list, None)
+            }
+            Target::Group(name) => {
+                let members = self.inner.stores.groups.members(&name).await?;
+                (members.ok_or(PushError::UnknownGroup(name))?, None)
+            }
+            Target::AllDevices => (Vec::new(), Some(Some(Kind::Device))),
+            Target::AllPhones => (Vec::new(), Some(Some(Kind::Phone))),
+            Target::Everyone => (Vec::new(), Some(None)),
+        };
+        let stored_recipients = match kind_wide {
+            Some(kind) => Recipients::Known(kind),
+            None => Recipients::List(recipients.clone()),
+        };
+        let msg = NewMessage {
+            from,
+            payload: payload.clone(),
+            expires_at_ms,
+        };
+        let appended: Appended = self
+            .inner
+            .stores
+            .offline
+            .append(stored_recipients, msg, now_ms())
+            .await?;
+        self.inner
+            .metrics
+            .offline_capped(appended.evicted, appended.rejected);
+        let sessions = match kind_wide {
+            Some(kind) => self.inner.registry.all(kind),
+            None => {
+                let mut r = recipients;
+                r.sort_unstable();
+                r.dedup();
+                r.into_iter()
+                    .flat_map(|a| self.inner.registry.get(a))
+                    .collect()
+            }
+        };
+        let mut delivered_online = 0;
+        for h in &sessions {
+            let ev = Outbound::Deliver {
+                msg_id: appended.msg_id,
+                from,
+                payload: payload.clone(),
+            };
+            if matches!(
+                self.offer(h, ev),
+                Enqueued::Queued | Enqueued::DroppedOldest
+            ) {
+                delivered_online += 1;
+            }
+        }
+        self.inner.metrics.push(label);
+        self.inner.metrics.latency(Op::Push, started.elapsed());
+        Ok(PushOutcome {
+            msg_id: appended.msg_id,
+            stored_for: appended.stored_for,
+            delivered_online,
+            evicted: appended.evicted,
+            rejected: appended.rejected,
+        })
+    }
+
+    /// Terminal-to-terminal send (Body::Send): allowed only between a phone and a device bound to
+    /// each other. Stored and delivered like a unicast push with `from` set.
+    pub async fn send(
+        &self,
+        from: Address,
+        to: Address,
+        payload: Bytes,
+    ) -> Result<PushOutcome, PushError> {
+        let (phone, device) = match (from.kind, to.kind) {
+            (Kind::Phone, Kind::Device) => (from, to),
+            (Kind::Device, Kind::Phone) => (to, from),
+            _ => {
+                self.inner.metrics.send("not_bound");
+                return Err(PushError::NotBound { from, to });
+            }
+        };
+        if !self.inner.stores.bindings.is_bound(phone, device).await? {
+            self.inner.metrics.send("not_bound");
+            return Err(PushError::NotBound { from, to });
+        }
+        let r = self
+            .push(Target::Terminal(to), Some(from), payload, None)
+            .await;
+        self.inner
+            .metrics
+            .send(if r.is_ok() { "ok" } else { "error" });
+        r
+    }
+
+    /// The terminal acknowledged `msg_id`: the store forgets it for this terminal.
+    /// `Ok(false)` when it was not stored for it (already acked, expired or evicted).
+    pub async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
+        self.inner.stores.offline.ack(terminal, msg_id).await
+    }
+
+    /// Sends a command to a device's newest session and waits for its CommandResult.
+    pub async fn command(
+        &self,
+        device: Address,
+        name: String,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<CommandResult, CommandError> {
+        let started = Instant::now();
+        if device.kind != Kind::Device {
+            return Err(CommandError::Invalid("commands go to devices".into()));
+        }
+        if payload.len() > self.inner.settings.max_payload || name.len() > 255 {
+            return Err(CommandError::Invalid("payload or name too large".into()));
+        }
+        let Some(h) = self.inner.registry.get(device).pop() else {
+            self.inner.metrics.command("not_online");
+            return Err(CommandError::NotOnline);
+        };
+        let mut cmd_id = self.inner.next_cmd.fetch_add(1, Ordering::Relaxed);
+        if cmd_id == 0 {
+            cmd_id = self.inner.next_cmd.fetch_add(1, Ordering::Relaxed);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(cmd_id, (h.id(), device, tx));
+        let result = match self.offer(
+            &h,
+            Outbound::Command {
+                cmd_id,
+                name,
+                payload,
+            },
+        ) {
+            Enqueued::Queued | Enqueued::DroppedOldest => {
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(CommandError::Disconnected),
+                    Err(_) => Err(CommandError::Timeout),
+                }
+            }
+            Enqueued::Closed => Err(CommandError::Disconnected),
+            Enqueued::DroppedNewest | Enqueued::Kicked => Err(CommandError::Overloaded),
+        };
+        self.lock_pending().remove(&cmd_id);
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Timeout) => "timeout",
+            Err(CommandError::Disconnected) => "disconnected",
+            Err(CommandError::Overloaded) => "overloaded",
+            Err(_) => "error",
+        };
+        self.inner.metrics.command(label);
+        self.inner.metrics.latency(Op::Command, started.elapsed());
+        result
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, Address, PendingTx)>> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail_pending_of(&self, session_id: u64) {
+        let mut p = self.lock_pending();
+        let ids: Vec<u32> = p
+            .iter()
+            .filter(|(_, v)| v.0 == session_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            if let Some((_, _, tx)) = p.remove(&id) {
+                let _ = tx.send(Err(CommandError::Disconnected));
+            }
+        }
+    }
+
+    /// A device answered command `cmd_id` (Body::CommandResult). Returns false when no such
+    /// command is pending for this device (late, duplicate or forged): the comet ignores it.
+    pub fn complete_command(
+        &self,
+        device: Address,
+        cmd_id: u32,
+        status: u16,
+        payload: Bytes,
+    ) -> bool {
+        let mut p = self.lock_pending();
+        match p.get(&cmd_id) {
+            Some((_, d, _)) if *d == device => {}
+            _ => return false,
+        }
+        let (_, _, tx) = p.remove(&cmd_id).expect("checked above");
+        drop(p);
+        tx.send(Ok(CommandResult { status, payload })).is_ok()
+    }
+
+    /// Makes a device upload durable in the spool (deduplicating an identical resend); acknowledge
+    /// it to the device only after `Ok`.
+    pub async fn upload(
+        &self,
+        device: Address,
+        upload_id: u32,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<SpoolAppended, UploadError> {
+        let started = Instant::now();
+        if payload.len() > self.inner.settings.max_payload || topic.len() > 255 {
+            self.inner.metrics.upload("too_large");
+            return Err(UploadError::TooLarge);
+        }
+        let r = self
+            .inner
+            .stores
+            .uploads
+            .append(device, upload_id, topic, payload, now_ms())
+            .await;
+        match &r {
+            Ok(a) => {
+                self.inner
+                    .metrics
+                    .upload(if a.duplicate { "duplicate" } else { "stored" });
+                self.inner.upload_notify.notify_one();
+            }
+            Err(e) => {
+                self.inner.metrics.upload("error");
+                tracing::warn!(terminal = %device, error = %e, "upload not stored");
+            }
+        }
+        self.inner.metrics.latency(Op::Upload, started.elapsed());
+        Ok(r?)
+    }
+
+    /// [`Router::upload`] in a task: `Outbound::UploadAck` is queued to `session` once durable
+    /// (nothing on failure: the device resends). Keeps a comet's receive loop free of store I/O.
+    pub fn spawn_upload(
+        &self,
+        session: &SessionHandle,
+        upload_id: u32,
+        topic: String,
+        payload: Bytes,
+    ) {
+        let r = self.clone();
+        let h = session.clone();
+        tokio::spawn(async move {
+            if r.upload(h.address(), upload_id, &topic, payload)
+                .await
+                .is_ok()
+            {
+                r.offer(&h, Outbound::UploadAck { upload_id });
+            }
+        });
+    }
+
+    /// Forwards a device Request to `backend.device_request_url` + `path` as an HTTP POST
+    /// (body = payload, header `x-plugcloud-device: device:ID`) and returns the answer.
+    pub async fn device_request(
+        &self,
+        device: Address,
+        path: &str,
+        payload: Bytes,
+    ) -> DeviceResponse {
+        let started = Instant::now();
+        let (resp, label) = self.forward(device, path, payload).await;
+        self.inner.metrics.device_request(label);
+        self.inner
+            .metrics
+            .latency(Op::DeviceRequest, started.elapsed());
+        resp
+    }
+
+    async fn forward(
+        &self,
+        device: Address,
+        path: &str,
+        payload: Bytes,
+    ) -> (DeviceResponse, &'static str) {
+        let s = &self.inner.settings;
+        let fail = |status: u16, label| {
+            (
+                DeviceResponse {
+                    status,
+                    payload: Bytes::new(),
+                },
+                label,
+            )
+        };
+        if s.backend_url.is_empty() {
+            return fail(503, "not_configured");
+        }
+        if !path.starts_with('/')
+            || path.contains("..")
+            || path.len() > 255
+            || path.chars().any(char::is_control)
+        {
+            return fail(400, "bad_path");
+        }
+        let url = format!("{}{}", s.backend_url.trim_end_matches('/'), path);
+        let req = self
+            .inner
+            .http
+            .post(url)
+            .header("x-plugcloud-device", device.to_string())
+            .header("content-type", "application/octet-stream")
+            .timeout(s.backend_timeout)
+            .body(payload);
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return fail(504, "backend_timeout"),
+            Err(_) => return fail(502, "backend_error"),
+        };
+        let status = resp.status().as_u16();
+        match resp.bytes().await {
+            Ok(b) if b.len() <= s.max_payload => (DeviceResponse { status, payload: b }, "ok"),
+            Ok(_) => fail(502, "too_large"),
+            Err(e) if e.is_timeout() => fail(504, "backend_timeout"),
+            Err(_) => fail(502, "backend_error"),
+        }
+    }
+
+    /// [`Router::device_request`] in a task: the answer is queued to `session` as
+    /// `Outbound::Response { req_id, .. }`.
+    pub fn spawn_device_request(
+        &self,
+        session: &SessionHandle,
+        req_id: u32,
+        path: String,
+        payload: Bytes,
+    ) {
+        let r = self.clone();
+        let h = session.clone();
+        tokio::spawn(async move {
+            let resp = r.device_request(h.address(), &path, payload).await;
+            r.offer(
+                &h,
+                Outbound::Response {
+                    req_id,
+                    status: resp.status,
+                    payload: resp.payload,
+                },
+            );
+        });
+    }
+
+    /// Kicks every session with `reason` (shutdown drain); returns how many.
+    pub fn kick_all(&self, reason: KickReason) -> usize {
+        self.inner
+            .registry
+            .all(None)
+            .iter()
+            .filter(|h| h.kick(reason))
+            .count()
+    }
+
+    /// Kicks one terminal's sessions.
+    pub fn kick(&self, terminal: Address, reason: KickReason) -> usize {
+        self.inner
+            .registry
+            .get(terminal)
+            .iter()
+            .filter(|h| h.kick(reason))
+            .count()
+    }
+
+    pub(crate) fn upload_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.upload_notify.notified()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,394 @@
+//! The comet-facing session types: what a transport registers for each live login
+//! ([`SessionHandle`]), the events the router sends it ([`Outbound`]) and the receiving end the
+//! transport drains ([`Session`]).
+//!
+//! Each session has one bounded outbound queue (capacity `limits.outbound_queue`). When it is full
+//! the configured [`QueueFullPolicy`] applies and is counted in `broker_queue_drops_total`: the new
+//! event is dropped, the oldest is dropped, or the session is kicked with
+//! [`KickReason::QueueFull`]. Dropped deliveries are not lost: they stay in the offline store
+//! until acknowledged and are replayed at the next login. A kick bypasses the queue (it is
+//! always seen, before any queued event), so a stuck consumer can always be told to go.
+//!
+//! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
+//! `.await`), plus a `tokio::sync::Notify` to wake the single consumer.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::config::QueueFullPolicy;
+use crate::store::StoredMessage;
+use crate::terminal::Address;
+
+use super::Router;
+
+/// The transport a session arrived on (also the `transport` metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Device over WebSocket (binary packets).
+    DeviceWs,
+    /// Device over UDP (binary packets).
+    Udp,
+    /// App over WebSocket (JSON).
+    AppWs,
+}
+
+impl Transport {
+    /// Label used in metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::DeviceWs => "device_ws",
+            Transport::Udp => "udp",
+            Transport::AppWs => "app_ws",
+        }
+    }
+
+    /// All transports (for reporting).
+    pub const ALL: [Transport; 3] = [Transport::DeviceWs, Transport::Udp, Transport::AppWs];
+}
+
+/// Why the broker ends a session. The comet maps it to the protocol's Kick/Goodbye code
+/// (docs/protocol.md section 9) or a WebSocket close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KickReason {
+    /// A newer login for the same terminal replaced this session (`plug` profile).
+    Replaced,
+    /// The outbound queue overflowed under policy `disconnect`; reconnect and replay.
+    QueueFull,
+    /// The broker is shutting down; reconnect later.
+    Shutdown,
+    /// An operator or the API ended the session.
+    Admin,
+}
+
+/// An event for one session; the comet turns it into a wire frame (binary `Body` or JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// A message to deliver (Body::Deliver). The terminal acknowledges it; the comet then calls
+    /// [`Router::ack`]. Ids are strictly increasing per terminal.
+    Deliver {
+        /// Server-issued id (at most 2^53 - 1).
+        msg_id: u64,
+        /// Sending terminal; `None` for a push from the backend.
+        from: Option<Address>,
+        /// Opaque payload (shared between recipients, cheap to clone).
+        payload: Bytes,
+    },
+    /// An HTTP-to-device command (Body::Command); answer with [`Router::complete_command`].
+    Command {
+        /// Id to echo in the CommandResult.
+        cmd_id: u32,
+        /// Command name.
+        name: String,
+        /// Opaque payload.
+        payload: Bytes,
+    },
+    /// The backend's answer to a device Request (Body::Response), from
+    /// [`Router::spawn_device_request`].
+    Response {
+        /// The device's request id.
+        req_id: u32,
+        /// HTTP-like status.
+        status: u16,
+        /// Response body.
+        payload: Bytes,
+    },
+    /// An upload is durable (Body::UploadAck), from [`Router::spawn_upload`].
+    UploadAck {
+        /// The device's upload id.
+        upload_id: u32,
+    },
+    /// A bound terminal went online or offline (Body::Presence).
+    Presence {
+        /// The terminal whose state changed.
+        who: Address,
+        /// Its new state.
+        online: bool,
+    },
+    /// The session must end (Body::Kick, then close). Always the last event a session yields.
+    Kick {
+        /// Why.
+        reason: KickReason,
+    },
+}
+
+/// What happened to an event offered to a session's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued.
+    Queued,
+    /// Queued after dropping the oldest queued event (policy `drop-oldest`).
+    DroppedOldest,
+    /// Not queued (policy `drop-newest`).
+    DroppedNewest,
+    /// Not queued; the session is being kicked (policy `disconnect`).
+    Kicked,
+    /// Not queued; the session is already closed or kicked.
+    Closed,
+}
+
+struct QueueState {
+    buf: VecDeque<Outbound>,
+    kick: Option<KickReason>,
+    closed: bool,
+}
+
+pub(crate) struct SessionInner {
+    id: u64,
+    address: Address,
+    transport: Transport,
+    peer: Mutex<SocketAddr>,
+    since: SystemTime,
+    cap: usize,
+    policy: QueueFullPolicy,
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+/// A live session as the router sees it: identity plus the sending end of its outbound queue.
+/// Cheap to clone. Created by [`Router::login`]; the comet gets it from [`Session::handle`].
+#[derive(Clone)]
+pub struct SessionHandle {
+    inner: Arc<SessionInner>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.inner.id)
+            .field("address", &self.inner.address)
+            .field("transport", &self.inner.transport)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these short locks leaves consistent data; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SessionHandle {
+    pub(crate) fn new(
+        id: u64,
+        address: Address,
+        transport: Transport,
+        peer: SocketAddr,
+        cap: usize,
+        policy: QueueFullPolicy,
+    ) -> SessionHandle {
+        SessionHandle {
+            inner: Arc::new(SessionInner {
+                id,
+                address,
+                transport,
+                peer: Mutex::new(peer),
+                since: SystemTime::now(),
+                cap,
+                policy,
+                state: Mutex::new(QueueState {
+                    buf: VecDeque::new(),
+                    kick: None,
+                    closed: false,
+                }),
+                notify: Notify::new(),
+            }),
+        }
+    }
+
+    /// Unique id of this session within the broker process.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The terminal logged in on this session.
+    pub fn address(&self) -> Address {
+        self.inner.address
+    }
+
+    /// The transport it arrived on.
+    pub fn transport(&self) -> Transport {
+        self.inner.transport
+    }
+
+    /// The peer's current socket address.
+    pub fn peer(&self) -> SocketAddr {
+        *lock(&self.inner.peer)
+    }
+
+    /// Records a new peer address (UDP NAT rebinding, docs/protocol.md section 3).
+    pub fn set_peer(&self, peer: SocketAddr) {
+        *lock(&self.inner.peer) = peer;
+    }
+
+    /// When the session logged in.
+    pub fn since(&self) -> SystemTime {
+        self.inner.since
+    }
+
+    /// Events currently queued.
+    pub fn queued(&self) -> usize {
+        lock(&self.inner.state).buf.len()
+    }
+
+    /// Offers an event, applying the queue-full policy. Kicks go through [`SessionHandle::kick`].
+    pub(crate) fn offer(&self, ev: Outbound) -> Enqueued {
+        let mut st = lock(&self.inner.state);
+        if st.closed || st.kick.is_some() {
+            return Enqueued::Closed;
+        }
+        let outcome = if st.buf.len() < self.inner.cap {
+            st.buf.push_back(ev);
+            Enqueued::Queued
+        } else {
+            match self.inner.policy {
+                QueueFullPolicy::DropNewest => return Enqueued::DroppedNewest,
+                QueueFullPolicy::DropOldest => {
+                    st.buf.pop_front();
+                    st.buf.push_back(ev);
+                    Enqueued::DroppedOldest
+                }
+                QueueFullPolicy::Disconnect => {
+                    st.kick = Some(KickReason::QueueFull);
+                    st.buf.clear();
+                    Enqueued::Kicked
+                }
+            }
+        };
+        drop(st);
+        self.inner.notify.notify_one();
+        outcome
+    }
+
+    /// Ends the session: its [`Session`] yields `Outbound::Kick { reason }` next, then `None`.
+    /// Returns false if it was already closed or kicked.
+    pub fn kick(&self, reason: KickReason) -> bool {
+        let mut st = lock(&self.inner.state);
+        if st.closed || st.kick.is_some() {
+            return false;
+        }
+        st.kick = Some(reason);
+        st.buf.clear();
+        drop(st);
+        self.inner.notify.notify_one();
+        true
+    }
+
+    pub(crate) fn same(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// The comet's end of a logged-in session. Drain it with [`Session::next`] (or
+/// [`Session::try_next`] to batch) and write each event to the wire. Dropping it (or calling
+/// [`Session::close`]) logs the session out: the registry forgets it, pending commands on it
+/// fail, and bound phones get an offline Presence when it was the terminal's last session.
+pub struct Session {
+    handle: SessionHandle,
+    replay: VecDeque<StoredMessage>,
+    replay_max: u64,
+    router: Router,
+    finished: bool,
+}
+
+impl Session {
+    pub(crate) fn new(
+        handle: SessionHandle,
+        replay: Vec<StoredMessage>,
+        router: Router,
+    ) -> Session {
+        let replay_max = replay.last().map_or(0, |m| m.msg_id);
+        Session {
+            handle,
+            replay: replay.into(),
+            replay_max,
+            router,
+            finished: false,
+        }
+    }
+
+    /// The session's handle (identity, peer address).
+    pub fn handle(&self) -> &SessionHandle {
+        &self.handle
+    }
+
+    /// Stored messages still to replay before live events.
+    pub fn replay_pending(&self) -> usize {
+        self.replay.len()
+    }
+
+    /// The next event without waiting: a kick first, then the replay of stored messages
+    /// (after the since-id given at login, in order), then queued events. A live Deliver
+    /// already covered by the replay is skipped, so each message id is yielded once.
+    pub fn try_next(&mut self) -> Option<Outbound> {
+        if self.finished {
+            return None;
+        }
+        let mut st = lock(&self.handle.inner.state);
+        if let Some(reason) = st.kick.take() {
+            st.closed = true;
+            st.buf.clear();
+            self.finished = true;
+            self.replay.clear();
+            return Some(Outbound::Kick { reason });
+        }
+        if let Some(m) = self.replay.pop_front() {
+            return Some(Outbound::Deliver {
+                msg_id: m.msg_id,
+                from: m.from,
+                payload: m.payload,
+            });
+        }
+        while let Some(ev) = st.buf.pop_front() {
+            if let Outbound::Deliver { msg_id, .. } = &ev
+                && *msg_id <= self.replay_max
+            {
+                continue;
+            }
+            return Some(ev);
+        }
+        None
+    }
+
+    /// Waits for the next event (see [`Session::try_next`]); `None` after the Kick was yielded.
+    pub async fn next(&mut self) -> Option<Outbound> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some(ev) = self.try_next() {
+                return Some(ev);
+            }
+            if self.finished {
+                return None;
+            }
+            self.handle.inner.notify.notified().await;
+        }
+    }
+
+    /// Logs out now (same as dropping, but waits for the offline Presence fan-out).
+    pub async fn close(mut self) {
+        self.finished = true;
+        lock(&self.handle.inner.state).closed = true;
+        let router = self.router.clone();
+        if let Some(offline) = router.unregister(&self.handle) {
+            router.presence(offline, false).await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        lock(&self.handle.inner.state).closed = true;
+        if let Some(offline) = self.router.unregister(&self.handle) {
+            let router = self.router.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { router.presence(offline, false).await });
+            }
+        }
+    }
+}

@@ -1,0 +1,705 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::{Config, EvictionPolicy, QueueFullPolicy};
+use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+
+struct Fixture {
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(edit: impl FnOnce(&mut Config)) -> Fixture {
+    let mut c = Config::default();
+    c.limits.outbound_queue = 4;
+    edit(&mut c);
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(
+        dir.path(),
+        OfflineLimits {
+            max_per_terminal: u64::from(c.offline.max_per_terminal),
+            eviction: EvictionPolicy::DropOldest,
+        },
+    )
+    .unwrap();
+    let router = Router::new(
+        RouterSettings::from_config(&c),
+        store.stores(),
+        Metrics::new(),
+    );
+    Fixture { router, _dir: dir }
+}
+
+fn login(a: Address, t: Transport, since_id: u64) -> Login {
+    Login {
+        address: a,
+        transport: t,
+        peer: "127.0.0.1:4000".parse().unwrap(),
+        since_id,
+    }
+}
+
+async fn next(s: &mut Session) -> Outbound {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("event within 5 s")
+        .expect("event")
+}
+
+fn deliver_id(ev: &Outbound) -> u64 {
+    match ev {
+        Outbound::Deliver { msg_id, .. } => *msg_id,
+        other => panic!("expected Deliver, got {other:?}"),
+    }
+}
+
+const D1: Address = Address {
+    kind: Kind::Device,
+    id: 1,
+};
+const P1: Address = Address {
+    kind: Kind::Phone,
+    id: 1,
+};
+
+#[tokio::test]
+async fn plug_profile_newest_login_wins() {
+    let f = fixture(|_| {});
+    let mut old = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let mut new = f
+        .router
+        .login(login(D1, Transport::DeviceWs, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut old).await,
+        Outbound::Kick {
+            reason: KickReason::Replaced
+        }
+    );
+    assert_eq!(old.next().await, None);
+    let sessions = f.router.status(D1);
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].transport, Transport::DeviceWs);
+    f.router
+        .push(Target::Terminal(D1), None, Bytes::from_static(b"hi"), None)
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut new).await, Outbound::Deliver { .. }));
+    drop(old);
+    assert_eq!(
+        f.router.online_counts().devices,
+        1,
+        "dropping the replaced session changes nothing"
+    );
+    drop(new);
+    assert_eq!(f.router.online_counts().devices, 0);
+}
+
+#[tokio::test]
+async fn signed_profile_keeps_all_sessions_and_all_receive() {
+    let f = fixture(|c| c.identity.profile = IdProfile::Signed);
+    let phone = Address::phone(-7i32 as u32);
+    assert!(matches!(
+        f.router
+            .login(login(Address::phone(7), Transport::AppWs, 0))
+            .await,
+        Err(LoginError::Address(AddressError::KindMismatch))
+    ));
+    let mut a = f
+        .router
+        .login(login(phone, Transport::AppWs, 0))
+        .await
+        .unwrap();
+    let mut b = f
+        .router
+        .login(login(phone, Transport::AppWs, 0))
+        .await
+        .unwrap();
+    let out = f
+        .router
+        .push(
+            Target::Terminal(phone),
+            None,
+            Bytes::from_static(b"x"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.delivered_online, 2);
+    assert_eq!(deliver_id(&next(&mut a).await), out.msg_id);
+    assert_eq!(deliver_id(&next(&mut b).await), out.msg_id);
+    assert_eq!(f.router.online_counts().app_ws_sessions, 2);
+    assert_eq!(f.router.online_counts().phones, 1);
+}
+
+#[tokio::test]
+async fn offline_messages_replay_in_order_after_since_id_and_ack_forgets() {
+    let f = fixture(|_| {});
+    let mut ids = Vec::new();
+    for p in [&b"a"[..], b"b", b"c"] {
+        let o = f
+            .router
+            .push(Target::Terminal(D1), None, Bytes::copy_from_slice(p), None)
+            .await
+            .unwrap();
+        assert_eq!((o.stored_for, o.delivered_online), (1, 0));
+        ids.push(o.msg_id);
+    }
+    let mut s = f
+        .router
+        .login(login(D1, Transport::Udp, ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(s.replay_pending(), 2);
+    match next(&mut s).await {
+        Outbound::Deliver {
+            msg_id,
+            from,
+            payload,
+        } => {
+            assert_eq!(
+                (msg_id, from, payload),
+                (ids[1], None, Bytes::from_static(b"b"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(deliver_id(&next(&mut s).await), ids[2]);
+    // A live push arrives after the replay.
+    let live = f
+        .router
+        .push(Target::Terminal(D1), None, Bytes::from_static(b"d"), None)
+        .await
+        .unwrap();
+    assert_eq!(live.delivered_online, 1);
+    assert_eq!(deliver_id(&next(&mut s).await), live.msg_id);
+    assert!(s.try_next().is_none());
+
+    assert!(f.router.ack(D1, ids[1]).await.unwrap());
+    assert!(f.router.ack(D1, live.msg_id).await.unwrap());
+    drop(s);
+    let s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    assert_eq!(s.replay_pending(), 2, "unacked ids[0] and ids[2] remain");
+}
+
+#[tokio::test]
+async fn replay_and_live_queue_never_yield_an_id_twice() {
+    let f = fixture(|_| {});
+    let first = f
+        .router
+        .push(Target::Terminal(D1), None, Bytes::from_static(b"a"), None)
+        .await
+        .unwrap();
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    // Simulate the login race: the same message is also queued live.
+    s.handle().offer(Outbound::Deliver {
+        msg_id: first.msg_id,
+        from: None,
+        payload: Bytes::new(),
+    });
+    assert_eq!(deliver_id(&next(&mut s).await), first.msg_id);
+    assert!(s.try_next().is_none());
+}
+
+#[tokio::test]
+async fn push_addressing_modes() {
+    let f = fixture(|_| {});
+    let (d2, p2) = (Address::device(2), Address::phone(2));
+    let mut sd1 = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let mut sd2 = f
+        .router
+        .login(login(d2, Transport::DeviceWs, 0))
+        .await
+        .unwrap();
+    let mut sp1 = f
+        .router
+        .login(login(P1, Transport::AppWs, 0))
+        .await
+        .unwrap();
+    // p2 is known (logged in once) but offline now.
+    drop(
+        f.router
+            .login(login(p2, Transport::AppWs, 0))
+            .await
+            .unwrap(),
+    );
+
+    let m = f
+        .router
+        .push(
+            Target::List(vec![D1, P1]),
+            None,
+            Bytes::from_static(b"m"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((m.stored_for, m.delivered_online), (2, 2));
+    assert_eq!(deliver_id(&next(&mut sd1).await), m.msg_id);
+    assert_eq!(deliver_id(&next(&mut sp1).await), m.msg_id);
+
+    f.router
+        .stores()
+        .groups
+        .set("kitchen", &[d2, p2])
+        .await
+        .unwrap();
+    let g = f
+        .router
+        .push(
+            Target::Group("kitchen".into()),
+            None,
+            Bytes::from_static(b"g"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((g.stored_for, g.delivered_online), (2, 1));
+    assert_eq!(deliver_id(&next(&mut sd2).await), g.msg_id);
+    assert!(matches!(
+        f.router
+            .push(Target::Group("nope".into()), None, Bytes::new(), None)
+            .await,
+        Err(PushError::UnknownGroup(_))
+    ));
+
+    let all_d = f
+        .router
+        .push(Target::AllDevices, None, Bytes::from_static(b"d"), None)
+        .await
+        .unwrap();
+    assert_eq!((all_d.stored_for, all_d.delivered_online), (2, 2));
+    let all_p = f
+        .router
+        .push(Target::AllPhones, None, Bytes::from_static(b"p"), None)
+        .await
+        .unwrap();
+    assert_eq!((all_p.stored_for, all_p.delivered_online), (2, 1));
+    let all = f
+        .router
+        .push(Target::Everyone, None, Bytes::from_static(b"e"), None)
+        .await
+        .unwrap();
+    assert_eq!((all.stored_for, all.delivered_online), (4, 3));
+    assert_eq!(deliver_id(&next(&mut sd1).await), all_d.msg_id);
+    assert_eq!(deliver_id(&next(&mut sd1).await), all.msg_id);
+    assert_eq!(deliver_id(&next(&mut sp1).await), all_p.msg_id);
+
+    // Offline p2 gets group, all-phones and everyone on login, in order.
+    let s = f
+        .router
+        .login(login(p2, Transport::AppWs, 0))
+        .await
+        .unwrap();
+    assert_eq!(s.replay_pending(), 3);
+
+    // TTL bounds and payload size.
+    assert!(matches!(
+        f.router
+            .push(
+                Target::Terminal(D1),
+                None,
+                Bytes::new(),
+                Some(Duration::ZERO)
+            )
+            .await,
+        Err(PushError::BadTtl(_))
+    ));
+    assert!(matches!(
+        f.router
+            .push(Target::Terminal(D1), None, Bytes::from(vec![0; 5000]), None)
+            .await,
+        Err(PushError::TooLarge(5000))
+    ));
+    assert!(matches!(
+        f.router
+            .push(
+                Target::Terminal(Address::device(0)),
+                None,
+                Bytes::new(),
+                None
+            )
+            .await,
+        Err(PushError::Address(..))
+    ));
+}
+
+async fn fill_queue(f: &Fixture, n: usize) -> Vec<PushOutcome> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            f.router
+                .push(Target::Terminal(D1), None, Bytes::from_static(b"q"), None)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn queue_full_policies_are_applied_and_counted() {
+    let f = fixture(|c| c.limits.queue_full_policy = QueueFullPolicy::DropNewest);
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let pushed = fill_queue(&f, 6).await;
+    assert_eq!(pushed.iter().filter(|p| p.delivered_online == 1).count(), 4);
+    for p in &pushed[..4] {
+        assert_eq!(deliver_id(&next(&mut s).await), p.msg_id);
+    }
+    assert!(s.try_next().is_none());
+    let text = f.router.metrics().render();
+    assert!(
+        text.contains("broker_queue_drops_total{transport=\"udp\",policy=\"drop-newest\"} 2"),
+        "{text}"
+    );
+    // Nothing is lost: the dropped ones are replayed on the next login.
+    drop(s);
+    let s = f
+        .router
+        .login(login(D1, Transport::Udp, pushed[3].msg_id))
+        .await
+        .unwrap();
+    assert_eq!(s.replay_pending(), 2);
+
+    let f = fixture(|c| c.limits.queue_full_policy = QueueFullPolicy::DropOldest);
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let pushed = fill_queue(&f, 6).await;
+    for p in &pushed[2..] {
+        assert_eq!(deliver_id(&next(&mut s).await), p.msg_id);
+    }
+    assert!(
+        f.router
+            .metrics()
+            .render()
+            .contains("policy=\"drop-oldest\"} 2")
+    );
+
+    let f = fixture(|c| c.limits.queue_full_policy = QueueFullPolicy::Disconnect);
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    fill_queue(&f, 5).await;
+    assert_eq!(
+        next(&mut s).await,
+        Outbound::Kick {
+            reason: KickReason::QueueFull
+        }
+    );
+    assert_eq!(s.next().await, None);
+    assert!(
+        f.router
+            .metrics()
+            .render()
+            .contains("policy=\"disconnect\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn send_needs_a_binding_and_presence_reaches_bound_phones() {
+    let f = fixture(|_| {});
+    let mut phone = f
+        .router
+        .login(login(P1, Transport::AppWs, 0))
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.router.send(P1, D1, Bytes::from_static(b"on")).await,
+        Err(PushError::NotBound { .. })
+    ));
+    assert!(matches!(
+        f.router.send(P1, Address::phone(2), Bytes::new()).await,
+        Err(PushError::NotBound { .. })
+    ));
+    f.router.stores().bindings.bind(P1, D1).await.unwrap();
+
+    let mut dev = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    assert_eq!(
+        next(&mut phone).await,
+        Outbound::Presence {
+            who: D1,
+            online: true
+        }
+    );
+
+    let sent = f
+        .router
+        .send(P1, D1, Bytes::from_static(b"on"))
+        .await
+        .unwrap();
+    match next(&mut dev).await {
+        Outbound::Deliver {
+            msg_id,
+            from,
+            payload,
+        } => {
+            assert_eq!(
+                (msg_id, from, payload),
+                (sent.msg_id, Some(P1), Bytes::from_static(b"on"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let back = f
+        .router
+        .send(D1, P1, Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    assert_eq!(deliver_id(&next(&mut phone).await), back.msg_id);
+
+    dev.close().await;
+    assert_eq!(
+        next(&mut phone).await,
+        Outbound::Presence {
+            who: D1,
+            online: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn commands_complete_time_out_and_fail_when_offline() {
+    let f = fixture(|_| {});
+    let r = f.router.clone();
+    assert_eq!(
+        r.command(D1, "on".into(), Bytes::new(), Duration::from_secs(1))
+            .await,
+        Err(CommandError::NotOnline)
+    );
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let call = tokio::spawn({
+        let r = r.clone();
+        async move {
+            r.command(
+                D1,
+                "relay".into(),
+                Bytes::from_static(b"1"),
+                Duration::from_secs(5),
+            )
+            .await
+        }
+    });
+    let Outbound::Command {
+        cmd_id,
+        name,
+        payload,
+    } = next(&mut s).await
+    else {
+        panic!("expected command")
+    };
+    assert_eq!(
+        (name.as_str(), payload),
+        ("relay", Bytes::from_static(b"1"))
+    );
+    assert!(
+        !r.complete_command(Address::device(2), cmd_id, 200, Bytes::new()),
+        "other device cannot answer"
+    );
+    assert!(r.complete_command(D1, cmd_id, 200, Bytes::from_static(b"done")));
+    assert!(
+        !r.complete_command(D1, cmd_id, 200, Bytes::new()),
+        "duplicate is ignored"
+    );
+    assert_eq!(
+        call.await.unwrap(),
+        Ok(CommandResult {
+            status: 200,
+            payload: Bytes::from_static(b"done")
+        })
+    );
+
+    let started = Instant::now();
+    assert_eq!(
+        r.command(D1, "x".into(), Bytes::new(), Duration::from_millis(100))
+            .await,
+        Err(CommandError::Timeout)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+
+    let call = tokio::spawn({
+        let r = r.clone();
+        async move {
+            r.command(D1, "y".into(), Bytes::new(), Duration::from_secs(5))
+                .await
+        }
+    });
+    while s.handle().queued() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(s);
+    assert_eq!(call.await.unwrap(), Err(CommandError::Disconnected));
+}
+
+#[tokio::test]
+async fn uploads_are_durable_before_ack_and_deduplicated() {
+    let f = fixture(|_| {});
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    f.router
+        .spawn_upload(s.handle(), 9, "energy".into(), Bytes::from_static(b"42"));
+    assert_eq!(next(&mut s).await, Outbound::UploadAck { upload_id: 9 });
+    let recs = f.router.stores().uploads.read(0, 10).await.unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        (recs[0].device, recs[0].upload_id, recs[0].topic.as_str()),
+        (D1, 9, "energy")
+    );
+    let again = f
+        .router
+        .upload(D1, 9, "energy", Bytes::from_static(b"42"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert!(matches!(
+        f.router
+            .upload(D1, 10, "energy", Bytes::from(vec![0; 5000]))
+            .await,
+        Err(UploadError::TooLarge)
+    ));
+}
+
+/// Requests seen by the test backend: (path, device header, body).
+type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A tiny HTTP server on 127.0.0.1:0 that records bodies and answers with a fixed status.
+async fn backend(status: u16) -> (String, Seen) {
+    use axum::extract::{Request, State};
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(move |State(seen): State<Seen>, req: Request| async move {
+            let path = req.uri().path().to_string();
+            let dev = req
+                .headers()
+                .get("x-plugcloud-device")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            seen.lock()
+                .unwrap()
+                .push((path.clone(), dev, body.to_vec()));
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                format!("answer:{path}"),
+            )
+        })
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn device_requests_are_forwarded_to_the_backend() {
+    let f = fixture(|_| {});
+    assert_eq!(
+        f.router.device_request(D1, "/x", Bytes::new()).await.status,
+        503
+    );
+
+    let (url, seen) = backend(201).await;
+    let f = fixture(|c| c.backend.device_request_url = url.clone());
+    let resp = f
+        .router
+        .device_request(D1, "/time", Bytes::from_static(b"q"))
+        .await;
+    assert_eq!(
+        resp,
+        DeviceResponse {
+            status: 201,
+            payload: Bytes::from_static(b"answer:/time")
+        }
+    );
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        ("/time".into(), "device:1".into(), b"q".to_vec())
+    );
+    assert_eq!(
+        f.router
+            .device_request(D1, "/../etc", Bytes::new())
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        f.router
+            .device_request(D1, "relative", Bytes::new())
+            .await
+            .status,
+        400
+    );
+
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    f.router
+        .spawn_device_request(s.handle(), 77, "/r".into(), Bytes::new());
+    assert_eq!(
+        next(&mut s).await,
+        Outbound::Response {
+            req_id: 77,
+            status: 201,
+            payload: Bytes::from_static(b"answer:/r")
+        }
+    );
+
+    let f = fixture(|c| c.backend.device_request_url = "http://127.0.0.1:1".into());
+    assert_eq!(
+        f.router.device_request(D1, "/x", Bytes::new()).await.status,
+        502
+    );
+}
+
+#[tokio::test]
+async fn webhook_forwards_uploads_in_order_and_persists_its_cursor() {
+    let (url, seen) = backend(200).await;
+    let f = fixture(|c| c.upload.webhook_url = format!("{url}/hook"));
+    let shutdown = CancellationToken::new();
+    let tasks = f.router.spawn_background(shutdown.clone());
+    for i in 1..=3u32 {
+        f.router
+            .upload(D1, i, "t", Bytes::from(vec![i as u8]))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "webhook did not receive 3 uploads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bodies: Vec<serde_json::Value> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert_eq!(
+        bodies
+            .iter()
+            .map(|b| b["upload_id"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(bodies[0]["device"], "device:1");
+    assert_eq!(bodies[2]["payload_base64"], "Aw==");
+    while f
+        .router
+        .stores()
+        .uploads
+        .consumer_cursor(webhook::CONSUMER)
+        .await
+        .unwrap()
+        < 3
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
