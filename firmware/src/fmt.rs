@@ -1,7 +1,8 @@
 //! Logging macros used inside the crate: `log` on the host, `defmt` on targets, nothing otherwise.
 //!
 //! Arguments must implement both `core::fmt::Display` and `defmt::Format` (integers, `&str`,
-//! `bool`), so every call compiles with either back end. When both features are on (for example
+//! `bool`), so every call compiles with either back end (or none: then the arguments are only
+//! evaluated). When both features are on (for example
 //! `--all-features` on the host), `log` wins so host test binaries link without a defmt logger.
 
 #![allow(unused_macros)]
@@ -12,6 +13,8 @@ macro_rules! log_debug {
         ::log::debug!($($arg)*);
         #[cfg(all(feature = "defmt", not(feature = "log")))]
         ::defmt::debug!($($arg)*);
+        #[cfg(not(any(feature = "log", feature = "defmt")))]
+        let _ = ($($arg)*,);
     }};
 }
 
@@ -21,6 +24,8 @@ macro_rules! log_info {
         ::log::info!($($arg)*);
         #[cfg(all(feature = "defmt", not(feature = "log")))]
         ::defmt::info!($($arg)*);
+        #[cfg(not(any(feature = "log", feature = "defmt")))]
+        let _ = ($($arg)*,);
     }};
 }
 
@@ -30,6 +35,8 @@ macro_rules! log_warn {
         ::log::warn!($($arg)*);
         #[cfg(all(feature = "defmt", not(feature = "log")))]
         ::defmt::warn!($($arg)*);
+        #[cfg(not(any(feature = "log", feature = "defmt")))]
+        let _ = ($($arg)*,);
     }};
 }
 

@@ -12,6 +12,8 @@ pub mod api;
 pub mod backoff;
 pub mod client;
 pub mod config;
+#[cfg(feature = "embassy")]
+pub mod net;
 pub mod plug;
 pub mod queue;
 pub mod rng;

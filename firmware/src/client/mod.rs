@@ -369,6 +369,11 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         }
     }
 
+    /// Whether an event waits for [`poll_event`](Self::poll_event).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<Event<P>> {
         self.events.pop_front()

@@ -24,6 +24,31 @@ pub enum TransportError {
     TooLarge,
 }
 
+impl core::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            TransportError::Unsupported => "endpoint kind not supported by this transport",
+            TransportError::NoRoute => "no route",
+            TransportError::ConnectFailed => "connect failed",
+            TransportError::UpgradeFailed => "websocket upgrade failed",
+            TransportError::Closed => "connection closed",
+            TransportError::Malformed => "malformed message",
+            TransportError::TooLarge => "message too large",
+        })
+    }
+}
+
+/// The embassy-net endpoint for `addr`. IPv6 endpoints need embassy-net's `proto-ipv6`, which
+/// this crate does not enable: they are [`TransportError::Unsupported`].
+pub(crate) fn ip_endpoint(
+    addr: core::net::SocketAddr,
+) -> Result<embassy_net::IpEndpoint, TransportError> {
+    match addr {
+        core::net::SocketAddr::V4(v4) => Ok(v4.into()),
+        core::net::SocketAddr::V6(_) => Err(TransportError::Unsupported),
+    }
+}
+
 /// One packet per UDP datagram or WebSocket binary message.
 ///
 /// Futures are not `Send`: embassy executors run tasks on one core.

@@ -6,7 +6,7 @@
 use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{IpEndpoint, Stack};
 
-use super::transport::{Transport, TransportError};
+use super::transport::{Transport, TransportError, ip_endpoint};
 use crate::config::{Endpoint, PACKET_BUF, TransportKind};
 
 /// Datagrams the socket buffers per direction.
@@ -68,10 +68,9 @@ impl Transport for UdpTransport<'_> {
         if endpoint.transport != TransportKind::Udp {
             return Err(TransportError::Unsupported);
         }
-        self.socket
-            .bind(0)
-            .map_err(|_| TransportError::NoRoute)?;
-        self.remote = Some(endpoint.addr.into());
+        let remote = ip_endpoint(endpoint.addr)?;
+        self.socket.bind(0).map_err(|_| TransportError::NoRoute)?;
+        self.remote = Some(remote);
         Ok(())
     }
 

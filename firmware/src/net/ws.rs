@@ -14,7 +14,7 @@ use embedded_websocket::{
     WebSocketSendMessageType,
 };
 
-use super::transport::{Transport, TransportError};
+use super::transport::{Transport, TransportError, ip_endpoint};
 use crate::config::{Endpoint, PACKET_BUF, TransportKind};
 use crate::rng::{Rng, SplitMix64};
 
@@ -173,7 +173,10 @@ pub(crate) fn ws_frame_len(bytes: &[u8]) -> Option<usize> {
     let b1 = *bytes.get(1)?;
     let masked = b1 & 0x80 != 0;
     let (header, payload) = match b1 & 0x7f {
-        126 => (4, u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]))),
+        126 => (
+            4,
+            u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
+        ),
         127 => {
             let ext: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
             (10, u64::from_be_bytes(ext))
@@ -194,8 +197,9 @@ impl Transport for WsTransport<'_> {
         self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         self.ws = WebSocketClient::new_client(MaskRng(SplitMix64::new(self.seed)));
         self.filled = 0;
+        let remote = ip_endpoint(endpoint.addr)?;
         self.socket
-            .connect(endpoint.addr)
+            .connect(remote)
             .await
             .map_err(|_| TransportError::ConnectFailed)?;
         self.open = true;
@@ -267,10 +271,11 @@ impl Transport for WsTransport<'_> {
 
     async fn close(&mut self) {
         if self.open {
-            if let Ok(len) =
-                self.ws
-                    .close(WebSocketCloseStatusCode::NormalClosure, None, &mut self.tx[..])
-            {
+            if let Ok(len) = self.ws.close(
+                WebSocketCloseStatusCode::NormalClosure,
+                None,
+                &mut self.tx[..],
+            ) {
                 let _ = self.write_all(len).await;
             }
             self.socket.close();

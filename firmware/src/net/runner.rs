@@ -1,0 +1,163 @@
+//! [`Runner`]: the async loop that moves packets between a [`Transport`] and the client core.
+
+use embassy_futures::select::{Either, Either3, select, select3};
+use embassy_sync::blocking_mutex::raw::RawMutex;
+use embassy_time::{Duration, with_timeout};
+
+use super::handle::{ClientResources, DeviceHandle, timer_at};
+use super::now;
+use super::transport::Transport;
+use crate::config::PACKET_BUF;
+use crate::fmt::{log_debug, log_warn};
+use crate::rng::Rng;
+
+/// Longest wait for a transport to connect (TCP + WebSocket upgrade), in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// The runner's packet buffers (2 x `PACKET_BUF` bytes), in memory the caller provides.
+pub struct RunnerBuffers {
+    tx: [u8; PACKET_BUF],
+    rx: [u8; PACKET_BUF],
+}
+
+impl RunnerBuffers {
+    /// Zeroed buffers.
+    pub const fn new() -> Self {
+        RunnerBuffers {
+            tx: [0; PACKET_BUF],
+            rx: [0; PACKET_BUF],
+        }
+    }
+}
+
+impl Default for RunnerBuffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Drives the client: run [`Runner::run`] in its own task.
+pub struct Runner<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize> {
+    res: &'d ClientResources<'c, M, R, Q, P>,
+    transport: T,
+    bufs: &'d mut RunnerBuffers,
+    /// The client's connection id the transport is open for.
+    connected: Option<u32>,
+}
+
+/// Splits the caller's memory into the application's handle and the runner.
+pub fn new<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>(
+    resources: &'d ClientResources<'c, M, R, Q, P>,
+    transport: T,
+    buffers: &'d mut RunnerBuffers,
+) -> (
+    DeviceHandle<'d, 'c, M, R, Q, P>,
+    Runner<'d, 'c, M, R, T, Q, P>,
+) {
+    (
+        DeviceHandle { res: resources },
+        Runner {
+            res: resources,
+            transport,
+            bufs: buffers,
+            connected: None,
+        },
+    )
+}
+
+impl<M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
+    Runner<'_, '_, M, R, T, Q, P>
+{
+    /// Runs the client forever.
+    pub async fn run(&mut self) -> ! {
+        loop {
+            self.sync_transport().await;
+            self.flush().await;
+            if self.res.with(|c| c.has_events()) {
+                self.res.app_wake.signal(());
+            }
+            let deadline = self.res.with(|c| c.poll_timeout());
+            let timer = timer_at(deadline);
+            let wake = self.res.runner_wake.wait();
+            if self.connected.is_some() {
+                let recv = self.transport.recv(&mut self.bufs.rx);
+                match select3(recv, timer, wake).await {
+                    Either3::First(Ok(n)) => {
+                        let packet = &mut self.bufs.rx[..n];
+                        if let Err(_e) = self.res.with(|c| c.handle_datagram(packet, now())) {
+                            log_debug!("packet dropped");
+                        }
+                    }
+                    Either3::First(Err(e)) => {
+                        log_warn!("transport: {}", e);
+                        self.drop_transport().await;
+                    }
+                    Either3::Second(()) => self.res.with(|c| c.handle_timeout(now())),
+                    Either3::Third(()) => {}
+                }
+            } else {
+                match select(timer, wake).await {
+                    Either::First(()) => self.res.with(|c| c.handle_timeout(now())),
+                    Either::Second(()) => {}
+                }
+            }
+        }
+    }
+
+    async fn drop_transport(&mut self) {
+        self.res.with(|c| c.transport_failed(now()));
+        self.transport.close().await;
+        self.connected = None;
+    }
+
+    /// Opens the transport for a new attempt, or closes it when the client wants none.
+    async fn sync_transport(&mut self) {
+        let (wants, id, endpoint) = self.res.with(|c| {
+            (
+                c.wants_transport(),
+                c.connection_id(),
+                c.endpoint().map(|(_, e)| *e),
+            )
+        });
+        match (wants, endpoint) {
+            (true, Some(endpoint)) if self.connected != Some(id) => {
+                self.connected = None;
+                let connect = self.transport.connect(&endpoint);
+                match with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+                    Ok(Ok(())) => self.connected = Some(id),
+                    Ok(Err(e)) => {
+                        log_warn!("connect failed: {}", e);
+                        self.drop_transport().await;
+                    }
+                    Err(_) => {
+                        log_warn!("connect timed out");
+                        self.drop_transport().await;
+                    }
+                }
+            }
+            (false, _) if self.connected.is_some() => {
+                self.transport.close().await;
+                self.connected = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends everything the client has to send.
+    async fn flush(&mut self) {
+        loop {
+            let tx = &mut self.bufs.tx;
+            let Some(n) = self.res.with(|c| c.poll_transmit(now(), tx)) else {
+                return;
+            };
+            if self.connected.is_none() {
+                continue;
+            }
+            if let Err(e) = self.transport.send(&self.bufs.tx[..n]).await {
+                log_warn!("send failed: {}", e);
+                self.drop_transport().await;
+                return;
+            }
+        }
+    }
+}
