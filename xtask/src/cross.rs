@@ -1,6 +1,464 @@
-//! `cargo xtask cross`: placeholder until the cross toolchain set-up lands (owned by the boards work).
+//! `cargo xtask cross`: the pinned cross toolchain, no_std builds for MCU targets, board
+//! crates, and the QEMU smoke test.
+//!
+//! How the pieces fit:
+//! * `scripts/cross-toolchain.sh` extracts Debian's rustc 1.96 and its library source into
+//!   `.cache/cross-toolchain/<version>/` (idempotent) and prints the environment cargo needs.
+//!   rustup's toolchains here lack MCU standard libraries, so every MCU build uses
+//!   `-Zbuild-std` with that compiler.
+//! * [`CrossEnv`] holds that environment; [`CrossEnv::cargo`] gives a `cargo` command with it
+//!   applied in any directory (board crates use it).
+//! * `build` cross-checks `shared-protocol` for every MCU target in [`TARGETS`].
+//! * `boards` builds every crate under `boards/` (each has its own `.cargo/config.toml`).
+//! * `qemu-smoke` boots `boards/qemu-mps2-an386`'s `udp-probe` under QEMU against a UDP echo
+//!   on 127.0.0.1 and checks the round trip and exit status 0.
 
-/// Sets up the cross toolchain and builds the no_std crates for the MCU targets.
-pub fn run(_args: &[String]) -> Result<(), String> {
-    Err("cross builds are not set up yet".into())
+use crate::shell::{cargo, has_program, project_root, run_command, timed};
+use std::io::Read;
+use std::net::UdpSocket;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: cargo xtask cross [command]
+
+commands (default: all):
+  all          setup, build, boards, then qemu-smoke when qemu-system-arm is installed
+  setup        set up the pinned cross toolchain (.cache/cross-toolchain/)
+  env          print the cross environment as shell `export` lines (eval it to use cargo by hand)
+  build        build shared-protocol (no_std, and with defmt) for every MCU target
+  boards       build every board crate under boards/ (release)
+  clippy       clippy, warnings denied, on every board crate
+  qemu-smoke   boot the QEMU board against a UDP echo on 127.0.0.1 (exit status 0 = pass)
+";
+
+/// MCU targets the no_std crates must build for: Cortex-M4F/M7 (the QEMU board and most
+/// plugs), Cortex-M0/M0+ (no atomic compare-and-swap), and RISC-V without atomics (ESP32-C3
+/// class; `imc` has no `a` extension).
+pub const TARGETS: &[&str] = &[
+    "thumbv7em-none-eabihf",
+    "thumbv6m-none-eabi",
+    "riscv32imc-unknown-none-elf",
+];
+
+/// The QEMU virtual board's folder under `boards/`.
+pub const QEMU_BOARD: &str = "qemu-mps2-an386";
+/// The QEMU board's smoke-test binary.
+const QEMU_PROBE_BIN: &str = "udp-probe";
+/// The board's target (from its `.cargo/config.toml`), for the ELF path.
+const QEMU_BOARD_TARGET: &str = "thumbv7em-none-eabihf";
+/// Longest a smoke boot may take before it counts as hung.
+const QEMU_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `cargo xtask cross [command]`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let command = match args {
+        [] => "all",
+        [one] => one.as_str(),
+        _ => return Err(format!("too many arguments\n{USAGE}")),
+    };
+    match command {
+        "all" => {
+            let env = timed("cross: toolchain", CrossEnv::setup)?;
+            timed("cross: shared-protocol for MCU targets", || {
+                build_shared_protocol(&env)
+            })?;
+            timed("cross: board crates", || build_boards(&env))?;
+            if has_program("qemu-system-arm", &["--version"]) {
+                timed("cross: qemu smoke", || smoke(&env))
+            } else {
+                eprintln!(
+                    "cross: qemu-system-arm missing (scripts/install-qemu.sh); smoke skipped"
+                );
+                Ok(())
+            }
+        }
+        "setup" => CrossEnv::setup().map(|_| ()),
+        "env" => {
+            let env = CrossEnv::setup()?;
+            for (key, value) in &env.vars {
+                println!("export {key}='{value}'");
+            }
+            Ok(())
+        }
+        "build" => build_shared_protocol(&CrossEnv::setup()?),
+        "boards" => build_boards(&CrossEnv::setup()?),
+        "clippy" => clippy_boards(&CrossEnv::setup()?),
+        "qemu-smoke" => qemu_smoke(&[]),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown cross command `{other}`\n{USAGE}")),
+    }
+}
+
+/// Runs `cargo xtask qemu-smoke`: toolchain, QEMU (installed if missing and allowed), then the
+/// smoke boot. No arguments.
+pub fn qemu_smoke(args: &[String]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err("qemu-smoke takes no arguments".into());
+    }
+    let env = CrossEnv::setup()?;
+    if !has_program("qemu-system-arm", &["--version"]) {
+        run_command(&mut Command::new(
+            project_root().join("scripts/install-qemu.sh"),
+        ))?;
+    }
+    smoke(&env)
+}
+
+/// The environment that makes cargo use the pinned cross compiler.
+#[derive(Debug, Clone)]
+pub struct CrossEnv {
+    /// Variables to set (`RUSTC`, `LD_LIBRARY_PATH`, `RUSTC_BOOTSTRAP`, ...).
+    vars: Vec<(String, String)>,
+}
+
+impl CrossEnv {
+    /// Sets up the toolchain if needed (instant when already done) and reads its environment.
+    pub fn setup() -> Result<Self, String> {
+        let script = project_root().join("scripts/cross-toolchain.sh");
+        let output = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{} failed ({}); see its message above",
+                script.display(),
+                output.status
+            ));
+        }
+        let stdout = String::from_utf8(output.stdout)
+            .map_err(|_| format!("{} printed non-UTF-8 output", script.display()))?;
+        let env = Self::parse(&stdout)?;
+        for key in ["RUSTC", "LD_LIBRARY_PATH", "RUSTC_BOOTSTRAP"] {
+            if env.get(key).is_none() {
+                return Err(format!("{} did not print {key}", script.display()));
+            }
+        }
+        Ok(env)
+    }
+
+    /// Parses the script's `KEY=VALUE` lines.
+    fn parse(text: &str) -> Result<Self, String> {
+        let vars = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                line.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .ok_or_else(|| format!("unexpected toolchain script output line `{line}`"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { vars })
+    }
+
+    /// The value of one variable.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `cargo` command that runs in `dir` with the cross compiler and `target_dir` as its
+    /// target folder. Callers add the subcommand and arguments (`-Zbuild-std` where the crate's
+    /// own `.cargo/config.toml` does not set it).
+    pub fn cargo(&self, dir: &Path, target_dir: &Path) -> Command {
+        let mut command = cargo();
+        self.apply(&mut command, dir, target_dir);
+        command
+    }
+
+    /// Like [`CrossEnv::cargo`] with `clippy` as the subcommand, run through Debian's
+    /// `cargo-clippy` of the same release (rustup's clippy cannot read the 1.96 library source).
+    /// It finds `clippy-driver` next to itself and runs cargo from `$CARGO`.
+    pub fn cargo_clippy(&self, dir: &Path, target_dir: &Path) -> Result<Command, String> {
+        let prefix = self
+            .get("CROSS_TOOLCHAIN_PREFIX")
+            .ok_or("the toolchain script did not print CROSS_TOOLCHAIN_PREFIX")?;
+        let mut command = Command::new(Path::new(prefix).join("usr/bin/cargo-clippy"));
+        command.arg("clippy");
+        self.apply(&mut command, dir, target_dir);
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            command.env("CARGO", cargo);
+        }
+        Ok(command)
+    }
+
+    fn apply(&self, command: &mut Command, dir: &Path, target_dir: &Path) {
+        command.current_dir(dir).env("CARGO_TARGET_DIR", target_dir);
+        // Flags meant for host builds must not leak into cross builds (they would replace the
+        // board's own rustflags, e.g. its linker scripts).
+        for key in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+            command.env_remove(key);
+        }
+        for (key, value) in &self.vars {
+            command.env(key, value);
+        }
+    }
+}
+
+/// The folder for cross build output: `$CARGO_TARGET_DIR/cross`, else `target/cross`, kept
+/// apart from host builds (different compiler, different standard library).
+pub fn cross_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+        .join("cross")
+}
+
+/// Builds `shared-protocol` without default features, and with `defmt`, for every target.
+fn build_shared_protocol(env: &CrossEnv) -> Result<(), String> {
+    let root = project_root();
+    let target_dir = cross_target_dir();
+    for target in TARGETS {
+        for features in [None, Some("defmt")] {
+            let mut command = env.cargo(&root, &target_dir);
+            command.args([
+                "build",
+                "--release",
+                "-p",
+                "shared-protocol",
+                "--no-default-features",
+                "--target",
+                target,
+                "-Zbuild-std=core",
+            ]);
+            if let Some(features) = features {
+                command.args(["--features", features]);
+            }
+            run_command(&mut command)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every board crate: a folder under `boards/` with a `Cargo.toml`.
+pub fn board_dirs() -> Result<Vec<PathBuf>, String> {
+    let boards = project_root().join("boards");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&boards)
+        .map_err(|e| format!("cannot list {}: {e}", boards.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.join("Cargo.toml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// A board's own target folder (shared with `cargo build` run by hand in the board folder).
+fn board_target_dir(board: &Path) -> PathBuf {
+    board.join("target")
+}
+
+fn build_boards(env: &CrossEnv) -> Result<(), String> {
+    for board in board_dirs()? {
+        let mut command = env.cargo(&board, &board_target_dir(&board));
+        command.args(["build", "--release", "--locked"]);
+        // The probe needs a port to compile; 9 (discard) is a harmless placeholder.
+        if std::env::var_os("PLUG_BROKER_PORT").is_none() {
+            command.env("PLUG_BROKER_PORT", "9");
+        }
+        run_command(&mut command)?;
+    }
+    Ok(())
+}
+
+fn clippy_boards(env: &CrossEnv) -> Result<(), String> {
+    for board in board_dirs()? {
+        let mut command = env.cargo_clippy(&board, &board_target_dir(&board))?;
+        command.args(["--release", "--locked", "--", "-D", "warnings"]);
+        if std::env::var_os("PLUG_BROKER_PORT").is_none() {
+            command.env("PLUG_BROKER_PORT", "9");
+        }
+        run_command(&mut command)?;
+    }
+    Ok(())
+}
+
+/// What the echo side saw.
+struct EchoReport {
+    /// Bytes of the datagram echoed back.
+    len: usize,
+    /// Time from QEMU start to the datagram's arrival.
+    after: Duration,
+}
+
+/// Boots the QEMU probe against a UDP echo on 127.0.0.1 and checks exit status 0.
+fn smoke(env: &CrossEnv) -> Result<(), String> {
+    let board = project_root().join("boards").join(QEMU_BOARD);
+    let target_dir = board_target_dir(&board);
+
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind UDP echo: {e}"))?;
+    let port = socket
+        .local_addr()
+        .map_err(|e| format!("UDP echo address: {e}"))?
+        .port();
+
+    let build_start = Instant::now();
+    let mut build = env.cargo(&board, &target_dir);
+    build
+        .args(["build", "--release", "--locked", "--bin", QEMU_PROBE_BIN])
+        .env("PLUG_BROKER_PORT", port.to_string());
+    run_command(&mut build)?;
+    let build_time = build_start.elapsed();
+
+    let elf = target_dir
+        .join(QEMU_BOARD_TARGET)
+        .join("release")
+        .join(QEMU_PROBE_BIN);
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| format!("UDP echo timeout: {e}"))?;
+
+    let boot_start = Instant::now();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let echo = thread::spawn(move || echo_once(&socket, boot_start, &stop_rx));
+
+    let runner = board.join("run-qemu.sh");
+    eprintln!(
+        "$ {} {} (UDP echo on 127.0.0.1:{port})",
+        runner.display(),
+        elf.display()
+    );
+    let mut child = Command::new(&runner)
+        .arg(&elf)
+        .current_dir(&board)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", runner.display()))?;
+    // Drain the log on a thread so QEMU never blocks on a full pipe.
+    let mut stdout = child.stdout.take().ok_or("QEMU stdout not captured")?;
+    let log_reader = thread::spawn(move || {
+        let mut log = Vec::new();
+        let _ = stdout.read_to_end(&mut log);
+        log
+    });
+
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if boot_start.elapsed() > QEMU_TIMEOUT => {
+                kill_group(child.id());
+                let _ = child.wait();
+                break Err(format!("QEMU still running after {QEMU_TIMEOUT:?}; killed"));
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(e) => break Err(format!("waiting for QEMU: {e}")),
+        }
+    };
+    let boot_time = boot_start.elapsed();
+    let _ = stop_tx.send(());
+    let echoed = echo.join().map_err(|_| "UDP echo thread panicked")?;
+    let log = log_reader.join().unwrap_or_default();
+    print_log(&log);
+
+    let status = status?;
+    let report = echoed?;
+    eprintln!(
+        "qemu-smoke: build {:.1} s, boot to exit {:.2} s, datagram ({} bytes) echoed {:.2} s after start",
+        build_time.as_secs_f32(),
+        boot_time.as_secs_f32(),
+        report.len,
+        report.after.as_secs_f32()
+    );
+    match status.code() {
+        Some(0) => {
+            eprintln!("qemu-smoke: pass (exit status 0)");
+            Ok(())
+        }
+        Some(code) => Err(format!(
+            "the firmware exited with status {code} (see its log above)"
+        )),
+        None => Err(format!("QEMU ended by a signal ({status})")),
+    }
+}
+
+/// Echoes one datagram back to its sender, until `stop` says QEMU has ended.
+fn echo_once(
+    socket: &UdpSocket,
+    start: Instant,
+    stop: &mpsc::Receiver<()>,
+) -> Result<EchoReport, String> {
+    let mut buf = [0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((len, peer)) => {
+                let after = start.elapsed();
+                socket
+                    .send_to(&buf[..len], peer)
+                    .map_err(|e| format!("UDP echo send: {e}"))?;
+                return Ok(EchoReport { len, after });
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.try_recv().is_ok() {
+                    return Err("no datagram reached the UDP echo on 127.0.0.1".into());
+                }
+            }
+            Err(e) => return Err(format!("UDP echo receive: {e}")),
+        }
+    }
+}
+
+/// Prints the board's log: decoded text when `defmt-print` ran in the runner, else a note.
+fn print_log(log: &[u8]) {
+    match std::str::from_utf8(log) {
+        Ok(text) => {
+            for line in text.lines() {
+                eprintln!("  board | {line}");
+            }
+        }
+        Err(_) => eprintln!(
+            "  board | ({} bytes of raw defmt; install defmt-print to decode)",
+            log.len()
+        ),
+    }
+}
+
+/// Ends the runner's process group (the runner and the QEMU it started), by PID.
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{pid}")])
+        .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_toolchain_script_output() {
+        let env = CrossEnv::parse("RUSTC=/p/usr/bin/rustc\nRUSTC_BOOTSTRAP=1\n\n").unwrap();
+        assert_eq!(env.get("RUSTC"), Some("/p/usr/bin/rustc"));
+        assert_eq!(env.get("RUSTC_BOOTSTRAP"), Some("1"));
+        assert_eq!(env.get("LD_LIBRARY_PATH"), None);
+    }
+
+    #[test]
+    fn rejects_lines_without_equals() {
+        assert!(CrossEnv::parse("cross-toolchain: ready").is_err());
+    }
+
+    #[test]
+    fn cross_command_carries_the_environment_and_folder() {
+        let env = CrossEnv::parse("RUSTC=/x/rustc\nRUSTC_BOOTSTRAP=1").unwrap();
+        let command = env.cargo(Path::new("/somewhere"), Path::new("/t"));
+        let envs: Vec<_> = command.get_envs().collect();
+        assert!(envs.contains(&("RUSTC".as_ref(), Some("/x/rustc".as_ref()))));
+        assert!(envs.contains(&("CARGO_TARGET_DIR".as_ref(), Some("/t".as_ref()))));
+        assert!(envs.contains(&("RUSTFLAGS".as_ref(), None)));
+        assert_eq!(command.get_current_dir(), Some(Path::new("/somewhere")));
+    }
 }

@@ -18,6 +18,7 @@ usage: cargo xtask <command> [options]
 commands:
   test [--skip STEP]... [--only STEP]...   run everything CI runs (steps: see `cargo xtask test --list`)
   cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
+  qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
   help                                     this text
 ";
 
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "test" => test::run(rest),
         "cross" => cross::run(rest),
+        "qemu-smoke" => cross::qemu_smoke(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
