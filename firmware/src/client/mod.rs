@@ -31,7 +31,8 @@
 //!   `heartbeat_secs` without sending, and declares the session dead after
 //!   `session_timeout_secs` without an authenticated packet or after `MAX_TRANSMISSIONS`.
 //! * Uploads ([`crate::queue`]) and outbox entries survive disconnects and are sent again in the
-//!   next session. The since-id ([`since`]) is reported in every LOGIN.
+//!   next session. The since-id (committed only past gaps, see [`SINCE_PENDING`]) is reported
+//!   in every LOGIN.
 //! * NAT rebinding needs nothing here: the broker finds the session by its id, whatever the
 //!   source address; the client keeps its session and keeps sending.
 //! * Malformed, unauthenticated or unexpected input is an [`RxError`], counted in

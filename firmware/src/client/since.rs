@@ -11,7 +11,8 @@
 
 use heapless::Vec;
 
-/// Out-of-order Delivers tracked per session; beyond this they are simply not committed (so the
+/// Out-of-order Delivers tracked per session (a Deliver's `msg_id` is committed to the since-id
+/// only once every earlier frame arrived); beyond this they are simply not committed (so the
 /// reported `since_id` stays conservative: more redelivery, never a loss).
 pub const SINCE_PENDING: usize = 8;
 

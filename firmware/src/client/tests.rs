@@ -270,7 +270,10 @@ impl Broker {
     }
 }
 
-type TestClient = DeviceClient<'static, SplitMix64, 4, 64>;
+/// The test client's payload size: room for the plug's largest report.
+const TP: usize = crate::plug::REPORT_MAX;
+
+type TestClient = DeviceClient<'static, SplitMix64, 4, TP>;
 
 /// The client, two brokers, a clock and lossy links.
 struct Net {
@@ -282,7 +285,7 @@ struct Net {
     lose_up: bool,
     /// Drop broker-to-device packets while true.
     lose_down: bool,
-    events: Vec<Event<64>>,
+    events: Vec<Event<TP>>,
     /// (time, connection_id, endpoint index) of each transmitted packet.
     sent: Vec<(Instant, u32, usize)>,
 }
@@ -374,7 +377,7 @@ impl Net {
         self.run_until(until);
     }
 
-    fn take_events(&mut self) -> Vec<Event<64>> {
+    fn take_events(&mut self) -> Vec<Event<TP>> {
         core::mem::take(&mut self.events)
     }
 
@@ -402,14 +405,14 @@ impl Net {
     }
 }
 
-fn connected(events: &[Event<64>]) -> usize {
+fn connected(events: &[Event<TP>]) -> usize {
     events
         .iter()
         .filter(|e| matches!(e, Event::Connected { .. }))
         .count()
 }
 
-fn disconnects(events: &[Event<64>]) -> Vec<DisconnectReason> {
+fn disconnects(events: &[Event<TP>]) -> Vec<DisconnectReason> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -952,7 +955,7 @@ fn oversized_command_gets_too_large_result() {
     let mut net = Net::new();
     net.online();
     net.take_events();
-    let big = [0u8; 65];
+    let big = [0u8; TP + 1];
     net.broker_sends(Body::Command {
         cmd_id: 5,
         name: "x",
@@ -965,4 +968,65 @@ fn oversized_command_gets_too_large_result() {
         status: Code::TOO_LARGE.0,
         payload: vec![]
     }));
+}
+
+#[test]
+fn plug_application_over_the_real_client() {
+    use crate::plug::{MemoryRelay, Plug, PlugConfig, Relay, SimulatedMeter};
+    let mut net = Net::new();
+    let config = PlugConfig {
+        firmware_version: "0.1.0",
+        meter_interval_ms: 60_000,
+    };
+    let mut plug = Plug::new(
+        MemoryRelay::default(),
+        SimulatedMeter::new(5_000),
+        config,
+        net.now,
+    );
+    let step = |net: &mut Net, plug: &mut Plug<MemoryRelay, SimulatedMeter>| {
+        for event in net.take_events() {
+            plug.on_event(&event, net.now, &mut net.client);
+        }
+        net.run_for(0);
+    };
+    net.online();
+    step(&mut net, &mut plug);
+    net.broker_sends(Body::Command {
+        cmd_id: 1,
+        name: "relay.set",
+        payload: b"on",
+    });
+    step(&mut net, &mut plug);
+    assert!(plug.relay().is_on());
+    let got = &net.brokers[0].got;
+    assert!(got.contains(&Got::CommandResult {
+        cmd_id: 1,
+        status: 0,
+        payload: br#"{"relay":"on"}"#.to_vec()
+    }));
+    let topics: Vec<(&str, &[u8])> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Upload { topic, payload, .. } => Some((topic.as_str(), payload.as_slice())),
+            _ => None,
+        })
+        .collect();
+    // The state after login, then the change.
+    assert_eq!(
+        topics,
+        [
+            ("relay", &br#"{"relay":"off"}"#[..]),
+            ("relay", &br#"{"relay":"on"}"#[..])
+        ]
+    );
+    // A minute later a meter reading goes up.
+    plug.on_timer(Instant::from_millis(60_000), &mut net.client);
+    net.run_until(Instant::from_millis(60_000));
+    let last = net.brokers[0].got.iter().rev().find_map(|g| match g {
+        Got::Upload { topic, payload, .. } if topic == "power" => Some(payload.clone()),
+        _ => None,
+    });
+    let last = last.unwrap_or_else(|| panic!("{:?} {:?}", net.brokers[0].got, net.client.stats()));
+    assert!(String::from_utf8(last).unwrap().contains(r#""power_mw":5"#));
 }

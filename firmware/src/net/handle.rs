@@ -153,11 +153,13 @@ pub(crate) fn timer_at(t: Option<Instant>) -> Timer {
     }
 }
 
-/// The plug application's task body: answers commands and runs its timers, forever.
+/// The plug application's task body: answers commands and runs its timers, forever. The
+/// client's `P` must hold the plug's largest report ([`crate::plug::REPORT_MAX`]).
 pub async fn run_plug<M: RawMutex, R: Rng, Rl: Relay, Me: Meter, const Q: usize, const P: usize>(
     mut handle: DeviceHandle<'_, '_, M, R, Q, P>,
     plug: &mut Plug<Rl, Me>,
 ) -> ! {
+    const { assert!(P >= crate::plug::REPORT_MAX) };
     loop {
         match select(handle.next_event(), timer_at(plug.poll_timeout())).await {
             Either::First(event) => plug.on_event(&event, super::now(), &mut handle),

@@ -16,7 +16,8 @@
 //!
 //! Results carry a JSON object. Every relay change is also uploaded on topic `relay`, and so is
 //! the state after each login; readings are uploaded on topic `power` every
-//! `PlugConfig::meter_interval_ms`.
+//! `PlugConfig::meter_interval_ms`. The client's payload size `P` must be at least
+//! [`REPORT_MAX`] (otherwise reports are refused as too large and counted as skipped).
 
 mod meter;
 mod report;
