@@ -7,8 +7,7 @@ use shared_protocol::codes::Code;
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::ids::{Address, Kind};
 use shared_protocol::limits::{
-    HELLO_MIN_LEN, MAX_FRAME, MAX_JSON_MESSAGE, MAX_MSG_ID, MAX_NAME, MAX_PACKET, MAX_PATH,
-    MAX_PAYLOAD, MAX_TOPIC,
+    HELLO_MIN_LEN, MAX_FRAME, MAX_MSG_ID, MAX_NAME, MAX_PACKET, MAX_PATH, MAX_PAYLOAD, MAX_TOPIC,
 };
 use shared_protocol::packet::{Challenge, DataHeader, Hello, Login, Packet, Reject};
 
@@ -266,6 +265,7 @@ mod json {
         AckMsg, Auth, Claims, ClientMessage, Deliver, ErrorMsg, Goodbye, Kick, OkMsg, Pong,
         Presence, Reject, SendMsg, ServerMessage, Welcome, mint, verify,
     };
+    use shared_protocol::limits::MAX_JSON_MESSAGE;
 
     fn client() -> impl Strategy<Value = ClientMessage> {
         prop_oneof![
