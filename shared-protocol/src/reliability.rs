@@ -399,13 +399,7 @@ mod tests {
             }
         );
         assert_eq!(r.on_receive(2, 0), RecvOutcome::Accept);
-        assert_eq!(
-            r.ack(),
-            Ack {
-                next: 3,
-                mask: 0b1
-            }
-        );
+        assert_eq!(r.ack(), Ack { next: 3, mask: 0b1 });
         assert_eq!(r.on_receive(3, 0), RecvOutcome::Accept);
         assert_eq!(r.ack(), Ack { next: 5, mask: 0 });
     }
