@@ -452,11 +452,8 @@ impl Config {
         }
         for (id, key) in &s.device_keys {
             let k = format!("security.device_keys.{id}");
-            match crate::terminal::Address::parse_id(id) {
-                Ok(0) | Err(_) => {
-                    return err(&k, "the key name must be a non-zero 32-bit device id");
-                }
-                Ok(_) => {}
+            if matches!(crate::terminal::parse_id(id), None | Some(0)) {
+                return err(&k, "the key name must be a non-zero 32-bit device id");
             }
             if parse_key_hex(key.expose()).is_none() {
                 return err(&k, "must be 64 hex digits (32 bytes)");

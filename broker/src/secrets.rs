@@ -147,9 +147,9 @@ impl Secrets {
         };
         let mut device_keys = HashMap::new();
         for (id, k) in &security.device_keys {
-            let id = crate::terminal::Address::parse_id(id).map_err(|e| SecretsError::Corrupt {
+            let id = crate::terminal::parse_id(id).ok_or_else(|| SecretsError::Corrupt {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason: format!("device_keys: `{id}` is not a 32-bit id"),
             })?;
             device_keys.insert(id, key(k.expose(), "device_keys")?);
         }

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, QueueFullPolicy};
 use crate::metrics::{Metrics, Op};
 use crate::store::{Appended, NewMessage, Recipients, SpoolAppended, StoreError, Stores};
-use crate::terminal::{Address, AddressError, IdProfile, Kind};
+use crate::terminal::{Address, IdError, IdProfile, Kind};
 
 pub use registry::OnlineCounts;
 pub use session::{Enqueued, KickReason, Outbound, Session, SessionHandle, Transport};
@@ -111,7 +111,7 @@ pub struct Login {
 pub enum LoginError {
     /// The address is invalid under the ID profile.
     #[error("invalid address: {0}")]
-    Address(#[from] AddressError),
+    Address(#[from] IdError),
     /// The store failed (the session was not registered).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -170,7 +170,7 @@ pub enum PushError {
     TooLarge(usize),
     /// An address is invalid under the ID profile.
     #[error("invalid address {0}: {1}")]
-    Address(Address, AddressError),
+    Address(Address, IdError),
     /// No such group.
     #[error("no group named `{0}`")]
     UnknownGroup(String),
@@ -399,7 +399,7 @@ impl Router {
         let ins = self
             .inner
             .registry
-            .insert(handle.clone(), s.profile.multi_session());
+            .insert(handle.clone(), s.profile.allows_concurrent_sessions());
         for old in &ins.replaced {
             old.kick(KickReason::Replaced);
             self.fail_pending_of(old.id());

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::terminal::{Address, Kind};
+use crate::terminal::{Address, AddressKey, Kind};
 
 use super::session::{SessionHandle, Transport};
 

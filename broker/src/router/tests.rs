@@ -108,7 +108,7 @@ async fn signed_profile_keeps_all_sessions_and_all_receive() {
         f.router
             .login(login(Address::phone(7), Transport::AppWs, 0))
             .await,
-        Err(LoginError::Address(AddressError::KindMismatch))
+        Err(LoginError::Address(IdError::KindMismatch))
     ));
     let mut a = f
         .router
@@ -684,7 +684,10 @@ async fn webhook_forwards_uploads_in_order_and_persists_its_cursor() {
             .collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
-    assert_eq!(bodies[0]["device"], "device:1");
+    assert_eq!(
+        bodies[0]["device"],
+        serde_json::json!({"kind": "device", "id": 1})
+    );
     assert_eq!(bodies[2]["payload_base64"], "Aw==");
     while f
         .router

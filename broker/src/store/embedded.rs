@@ -30,7 +30,7 @@ use super::{
     SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool, valid_group_name,
 };
 use crate::config::EvictionPolicy;
-use crate::terminal::{Address, Kind};
+use crate::terminal::{Address, AddressKey, Kind, from_key};
 
 /// File name of the database inside the data directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -160,11 +160,11 @@ impl MessageRecord {
         }
         let expires_at_ms = u64::from_le_bytes(b[0..8].try_into().map_err(|_| bad())?);
         let refs = u32::from_le_bytes(b[8..12].try_into().map_err(|_| bad())?);
-        let from_key = u64::from_le_bytes(b[12..20].try_into().map_err(|_| bad())?);
-        let from = if from_key == NO_SENDER {
+        let sender = u64::from_le_bytes(b[12..20].try_into().map_err(|_| bad())?);
+        let from = if sender == NO_SENDER {
             None
         } else {
-            Some(Address::from_key(from_key).ok_or_else(bad)?)
+            Some(from_key(sender).ok_or_else(bad)?)
         };
         Ok(MessageRecord {
             expires_at_ms,
@@ -197,8 +197,8 @@ fn decode_upload(cursor: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
     if b.len() < 22 {
         return Err(bad());
     }
-    let device = Address::from_key(u64::from_le_bytes(b[0..8].try_into().map_err(|_| bad())?))
-        .ok_or_else(bad)?;
+    let device =
+        from_key(u64::from_le_bytes(b[0..8].try_into().map_err(|_| bad())?)).ok_or_else(bad)?;
     let upload_id = u32::from_le_bytes(b[8..12].try_into().map_err(|_| bad())?);
     let received_at_ms = u64::from_le_bytes(b[12..20].try_into().map_err(|_| bad())?);
     let tlen = usize::from(u16::from_le_bytes(b[20..22].try_into().map_err(|_| bad())?));
@@ -628,7 +628,7 @@ fn pairs(
     let mut out = Vec::new();
     for e in t.range((first, 0)..=(first, u64::MAX))? {
         let key = e?.0.value().1;
-        out.push(Address::from_key(key).ok_or_else(|| StoreError::Corrupt("binding key".into()))?);
+        out.push(from_key(key).ok_or_else(|| StoreError::Corrupt("binding key".into()))?);
     }
     Ok(out)
 }
@@ -726,9 +726,7 @@ impl Groups for EmbeddedStore {
             let keys = group_members(&read.open_table(GROUPS)?, &name)?;
             let out = keys
                 .into_iter()
-                .map(|k| {
-                    Address::from_key(k).ok_or_else(|| StoreError::Corrupt("group member".into()))
-                })
+                .map(|k| from_key(k).ok_or_else(|| StoreError::Corrupt("group member".into())))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(out))
         })
