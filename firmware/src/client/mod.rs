@@ -839,4 +839,4 @@ impl<R: Rng, const Q: usize, const P: usize> DeviceApi for DeviceClient<'_, R, Q
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -23,11 +23,11 @@ use crate::backoff::BackoffConfig;
 use crate::config::Endpoint;
 use crate::rng::SplitMix64;
 
-const DEVICE_ID: u32 = 42;
-const KEY: DeviceKey = DeviceKey([7; 32]);
+pub(crate) const DEVICE_ID: u32 = 42;
+pub(crate) const KEY: DeviceKey = DeviceKey([7; 32]);
 const PEER: PeerAddr = PeerAddr::V4([10, 0, 2, 15], 40_000);
 
-static ENDPOINTS: [Endpoint<'static>; 2] = [
+pub(crate) static ENDPOINTS: [Endpoint<'static>; 2] = [
     Endpoint::udp(core::net::SocketAddr::V4(core::net::SocketAddrV4::new(
         core::net::Ipv4Addr::new(10, 0, 2, 2),
         7000,
@@ -40,7 +40,7 @@ static ENDPOINTS: [Endpoint<'static>; 2] = [
 
 /// What the broker received from the device (owned copies).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Got {
+pub(crate) enum Got {
     Ping,
     AckOnly,
     Goodbye,
@@ -66,7 +66,7 @@ enum Got {
 }
 
 /// One broker endpoint: the real server handshake and session, minimal routing.
-struct Broker {
+pub(crate) struct Broker {
     acceptor: Acceptor,
     key: DeviceKey,
     up: bool,
@@ -74,8 +74,8 @@ struct Broker {
     session: Option<SecureSession>,
     recv: RecvWindow,
     next_seq: u32,
-    got: Vec<Got>,
-    logins: Vec<u64>,
+    pub(crate) got: Vec<Got>,
+    pub(crate) logins: Vec<u64>,
     hellos: Vec<u64>,
     auto_upload_ack: bool,
     /// Stop answering (and acknowledging) data once online, but keep the session.
@@ -85,7 +85,7 @@ struct Broker {
 }
 
 impl Broker {
-    fn new(key: DeviceKey) -> Self {
+    pub(crate) fn new(key: DeviceKey) -> Self {
         Broker {
             acceptor: Acceptor::new(IdProfile::Plug, CookieSecret([3; 32])),
             key,
@@ -109,7 +109,7 @@ impl Broker {
         }
     }
 
-    fn on_packet(&mut self, packet: &[u8], now: u64, replies: &mut VecDeque<Vec<u8>>) {
+    pub(crate) fn on_packet(&mut self, packet: &[u8], now: u64, replies: &mut VecDeque<Vec<u8>>) {
         if !self.up {
             return;
         }
@@ -247,7 +247,7 @@ impl Broker {
         replies.push_back(out[..n].to_vec());
     }
 
-    fn send_reliable(&mut self, body: Body<'_>, replies: &mut VecDeque<Vec<u8>>) -> u32 {
+    pub(crate) fn send_reliable(&mut self, body: Body<'_>, replies: &mut VecDeque<Vec<u8>>) -> u32 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.send_with_seq(seq, body, replies);
@@ -259,7 +259,7 @@ impl Broker {
         self.send(Frame { seq, ack, body }, replies);
     }
 
-    fn uploads(&self) -> Vec<(u32, u32)> {
+    pub(crate) fn uploads(&self) -> Vec<(u32, u32)> {
         self.got
             .iter()
             .filter_map(|g| match g {

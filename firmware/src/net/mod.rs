@@ -24,6 +24,9 @@ mod transport;
 mod udp;
 mod ws;
 
+#[cfg(test)]
+mod tests;
+
 pub use handle::{ClientResources, DeviceHandle, run_plug};
 pub use runner::{Runner, RunnerBuffers, new};
 pub use transport::{DualTransport, Transport, TransportError};

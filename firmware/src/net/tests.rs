@@ -1,0 +1,146 @@
+//! The runner and the handle on the host: a fake embassy clock, an in-memory transport wired to
+//! the test broker of the client tests, and `block_on` instead of an executor.
+
+use core::cell::RefCell;
+use core::future::poll_fn;
+use core::task::Poll;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::vec::Vec;
+
+use embassy_futures::block_on;
+use embassy_futures::select::{Either, select};
+use embassy_futures::yield_now;
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_time::{Duration, MockDriver};
+use shared_protocol::frame::Body;
+
+use super::*;
+use crate::api::DeviceApi;
+use crate::client::tests::{Broker, DEVICE_ID, ENDPOINTS, Got, KEY};
+use crate::client::{DeviceClient, Event};
+use crate::config::{ClientConfig, DeviceConfig, Endpoint};
+use crate::rng::SplitMix64;
+
+/// Packets go straight to the broker; its answers wait in `inbox`.
+struct MemTransport {
+    broker: Rc<RefCell<Broker>>,
+    inbox: Rc<RefCell<VecDeque<Vec<u8>>>>,
+    connects: Rc<RefCell<u32>>,
+    open: bool,
+}
+
+impl Transport for MemTransport {
+    async fn connect(&mut self, _: &Endpoint<'_>) -> Result<(), TransportError> {
+        *self.connects.borrow_mut() += 1;
+        self.open = true;
+        Ok(())
+    }
+    async fn send(&mut self, packet: &[u8]) -> Result<(), TransportError> {
+        let now = embassy_time::Instant::now().as_millis();
+        let mut replies = VecDeque::new();
+        self.broker
+            .borrow_mut()
+            .on_packet(packet, now, &mut replies);
+        self.inbox.borrow_mut().extend(replies);
+        Ok(())
+    }
+    async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        poll_fn(|_| match self.inbox.borrow_mut().pop_front() {
+            Some(p) => {
+                buf[..p.len()].copy_from_slice(&p);
+                Poll::Ready(Ok(p.len()))
+            }
+            // block_on polls again without a waker.
+            None => Poll::Pending,
+        })
+        .await
+    }
+    async fn close(&mut self) {
+        self.open = false;
+    }
+}
+
+/// Polls `cond` (yielding to the runner in between) up to `tries` times.
+async fn until(tries: usize, mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..tries {
+        if cond() {
+            return true;
+        }
+        yield_now().await;
+    }
+    cond()
+}
+
+#[test]
+fn runner_logs_in_moves_uploads_and_commands_and_keeps_the_session_alive() {
+    MockDriver::get().reset();
+    let broker = Rc::new(RefCell::new(Broker::new(KEY)));
+    let inbox = Rc::new(RefCell::new(VecDeque::new()));
+    let connects = Rc::new(RefCell::new(0));
+    let transport = MemTransport {
+        broker: broker.clone(),
+        inbox: inbox.clone(),
+        connects: connects.clone(),
+        open: false,
+    };
+    let device = DeviceConfig {
+        device_id: DEVICE_ID,
+        key: KEY,
+        endpoints: &ENDPOINTS,
+        since_id: 0,
+    };
+    let client: DeviceClient<'_, _, 4, 512> =
+        DeviceClient::new(device, ClientConfig::default(), SplitMix64::new(5), now());
+    let resources: ClientResources<'_, NoopRawMutex, _, 4, 512> = ClientResources::new(client);
+    let mut buffers = RunnerBuffers::new();
+    let (mut handle, mut runner) = new(&resources, transport, &mut buffers);
+
+    let script = async {
+        // Login happens without the clock moving.
+        let event = handle.next_event().await;
+        assert!(matches!(event, Event::Connected { .. }), "{event:?}");
+        assert_eq!(*connects.borrow(), 1);
+
+        // An upload from the application goes out and comes back acknowledged.
+        let id = handle.upload("power", b"{}").unwrap();
+        let event = handle.next_event().await;
+        assert_eq!(event, Event::UploadAcked { id });
+        assert_eq!(broker.borrow().uploads().len(), 1);
+
+        // A command from the broker reaches the application; the result reaches the broker.
+        let mut q = VecDeque::new();
+        broker.borrow_mut().send_reliable(
+            Body::Command {
+                cmd_id: 9,
+                name: "status",
+                payload: b"",
+            },
+            &mut q,
+        );
+        inbox.borrow_mut().extend(q);
+        let Event::Command { cmd_id, name, .. } = handle.next_event().await else {
+            panic!("expected a command");
+        };
+        assert_eq!((cmd_id, name.as_str()), (9, "status"));
+        handle.command_result(9, 0, b"ok").unwrap();
+        assert!(
+            until(1000, || broker
+                .borrow()
+                .got
+                .iter()
+                .any(|g| matches!(g, Got::CommandResult { cmd_id: 9, .. })))
+            .await
+        );
+
+        // Idle for a heartbeat: the runner's timer fires and a Ping goes out.
+        MockDriver::get().advance(Duration::from_secs(31));
+        assert!(until(1000, || broker.borrow().got.contains(&Got::Ping)).await);
+        assert!(handle.is_online());
+        assert_eq!(*connects.borrow(), 1, "no reconnect");
+    };
+    match block_on(select(runner.run(), script)) {
+        Either::First(never) => match never {},
+        Either::Second(()) => {}
+    }
+}
