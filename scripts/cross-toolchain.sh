@@ -85,10 +85,15 @@ for tool in apt-get apt-cache dpkg-deb rustup; do
     command -v "$tool" >/dev/null || { log "ERROR: '$tool' not found (this script expects Debian 12 with rustup)."; exit 1; }
 done
 
+# `apt-cache show pkg=ver` can exit 0 for a missing version: look for a record.
+spec_available() {
+    apt-cache show "$1" 2>/dev/null | grep -q '^Package:'
+}
+
 all_pinned_available() {
     local spec
     while read -r spec; do
-        apt-cache show "$spec" >/dev/null 2>&1 || return 1
+        spec_available "$spec" || return 1
     done < <(pinned_specs)
 }
 
@@ -106,7 +111,7 @@ if ! all_pinned_available; then
         echo "cross-toolchain: ERROR: a pinned package version is no longer available from apt."
         echo "  Missing:"
         while read -r spec; do
-            apt-cache show "$spec" >/dev/null 2>&1 || echo "    $spec"
+            spec_available "$spec" || echo "    $spec"
         done < <(pinned_specs)
         echo "  Available now:"
         for p in "${RUST_PACKAGES[@]}" "$LLVM_PACKAGE"; do
