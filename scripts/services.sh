@@ -139,10 +139,19 @@ port_listening() {
   [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
 }
 
-# stop_pids NAME TIMEOUT PID...: SIGTERM, wait up to TIMEOUT seconds, then SIGKILL what is left.
-# The caller checked that each pid is ours.
+# pid_running PID: alive and not a zombie waiting to be reaped.
+pid_running() {
+  local stat
+  kill -0 "$1" 2>/dev/null || return 1
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [ "${stat%% *}" != Z ]
+}
+
+# stop_pids NAME TIMEOUT PID...: SIGTERM, wait up to TIMEOUT seconds, then SIGKILL what is left
+# and wait for it to go. The caller checked that each pid is ours.
 stop_pids() {
-  local name="$1" timeout="$2" pid deadline left
+  local name="$1" timeout="$2" pid deadline left killed=0
   shift 2
   (($#)) || return 0
   kill -TERM "$@" 2>/dev/null || true
@@ -150,14 +159,18 @@ stop_pids() {
   while :; do
     left=()
     for pid in "$@"; do
-      kill -0 "$pid" 2>/dev/null && left+=("$pid")
+      if pid_running "$pid"; then left+=("$pid"); fi
     done
     ((${#left[@]})) || return 0
     if (($(date +%s) >= deadline)); then
+      if ((killed)); then
+        log "$name: pids ${left[*]} survive SIGKILL"
+        return 1
+      fi
       log "$name: still running after ${timeout} s, sending SIGKILL to ${left[*]}"
       kill -KILL "${left[@]}" 2>/dev/null || true
-      sleep 0.5
-      return 0
+      killed=1
+      deadline=$(($(date +%s) + 5))
     fi
     sleep 0.2
   done
@@ -211,20 +224,23 @@ zk_ready() {
   [[ "$answer" == *$'\nMode: '* || "$answer" == 'Mode: '* ]]
 }
 
-# wait_ready NAME TIMEOUT LOG PROBE PIDFUNC: polls PROBE until it passes; fails early when the
-# process behind PIDFUNC died. Errors name the service and its log file.
+# wait_ready NAME TIMEOUT LOG PROBE PIDFUNC [OUTPUT]: polls PROBE until it passes; fails early
+# when the process behind PIDFUNC died. Errors name the service and its log file (and show the
+# tail of OUTPUT, the captured stdout/stderr, too when given).
 wait_ready() {
-  local name="$1" timeout="$2" logfile="$3" probe="$4" pidfunc="$5" start deadline
+  local name="$1" timeout="$2" logfile="$3" probe="$4" pidfunc="$5" output="${6:-}" start deadline
   start="$(now)"
   deadline=$(($(date +%s) + timeout))
   while ! $probe; do
     if [ -z "$($pidfunc)" ]; then
       show_log "$logfile"
-      die "$name exited while starting; log: $logfile"
+      [ -z "$output" ] || show_log "$output"
+      die "$name exited while starting; log: $logfile${output:+ (output: $output)}"
     fi
     if (($(date +%s) >= deadline)); then
       show_log "$logfile"
-      die "$name not ready after ${timeout} s; log: $logfile (stop what runs with: cargo xtask services down)"
+      [ -z "$output" ] || show_log "$output"
+      die "$name not ready after ${timeout} s; log: $logfile${output:+ (output: $output)} (stop what runs with: cargo xtask services down)"
     fi
     sleep 0.2
   done
@@ -303,11 +319,26 @@ rabbit_launcher_pid() {
     echo "$pid" || true
 }
 
+# rabbit_group_pids N: processes still in node N's process group (the launcher's pid, as it
+# leads its own session) and carrying its environment: finds a VM whose launcher died before
+# the VM wrote rabbit.pid.
+rabbit_group_pids() {
+  local leader pid pgid listing
+  leader="$(read_pid "$(rabbit_dir "$1")/launcher.pid")"
+  [ -n "$leader" ] || return 0
+  listing="$(ps -eo pid=,pgid=)" || return 0
+  while read -r pid pgid; do
+    [ "$pgid" = "$leader" ] && pid_env_has "$pid" "HOME=$(rabbit_dir "$1")" && echo "$pid"
+  done <<<"$listing"
+  return 0
+}
+
 # rabbit_pid N: the main pid of node N (VM if known, else launcher), or nothing.
 rabbit_pid() {
   local pid
   pid="$(rabbit_vm_pid "$1")"
   [ -n "$pid" ] || pid="$(rabbit_launcher_pid "$1")"
+  [ -n "$pid" ] || pid="$(rabbit_group_pids "$1" | head -n1)"
   echo "$pid"
 }
 
@@ -377,13 +408,17 @@ EOF
 # rabbit_stop_pids N: appends node N's pids to the caller's `stop` array. Both are read before
 # anything is signalled because RabbitMQ deletes its pid file while stopping.
 rabbit_stop_pids() {
-  local vm launcher
+  local vm launcher others=() pid
   vm="$(rabbit_vm_pid "$1")"
   launcher="$(rabbit_launcher_pid "$1")"
-  [ -n "$vm$launcher" ] || return 0
-  log "stopping $(rabbit_node "$1") (vm pid ${vm:--}, launcher pid ${launcher:--})"
+  for pid in $(rabbit_group_pids "$1"); do
+    [ "$pid" = "$vm" ] || [ "$pid" = "$launcher" ] || others+=("$pid")
+  done
+  [ -n "$vm$launcher${others[*]}" ] || return 0
+  log "stopping $(rabbit_node "$1") (vm pid ${vm:--}, launcher pid ${launcher:--}${others[*]:+, in its group ${others[*]}})"
   [ -z "$vm" ] || stop+=("$vm")
   [ -z "$launcher" ] || stop+=("$launcher")
+  stop+=("${others[@]}")
 }
 
 # epmd: started by us (bound to 127.0.0.1) only when none runs; its pid is recorded in
@@ -585,7 +620,8 @@ cmd_up() {
     for n in $(seq "$rabbit_nodes"); do
       # shellcheck disable=SC2329 # called indirectly by wait_ready
       eval "probe_rabbit_$n() { rabbit_ready $n; }; pid_rabbit_$n() { rabbit_pid $n; }"
-      wait_ready "$(rabbit_node "$n")" "$RABBIT_TIMEOUT" "$(rabbit_log "$n")" "probe_rabbit_$n" "pid_rabbit_$n"
+      wait_ready "$(rabbit_node "$n")" "$RABBIT_TIMEOUT" "$(rabbit_log "$n")" "probe_rabbit_$n" "pid_rabbit_$n" \
+        "$(rabbit_dir "$n")/stdout.log"
     done
   fi
 
@@ -612,7 +648,7 @@ cmd_down() {
   if ((want_zk)); then zk_stop_pids; fi
   if ((want_redis)); then redis_stop_pids; fi
   if ((${#stop[@]})); then
-    stop_pids services "$STOP_TIMEOUT" "${stop[@]}"
+    stop_pids stop "$STOP_TIMEOUT" "${stop[@]}"
   else
     log "nothing of ours runs"
   fi

@@ -7,6 +7,7 @@
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
 
 mod cross;
+mod services;
 mod shell;
 mod test;
 
@@ -19,6 +20,7 @@ commands:
   test [--skip STEP]... [--only STEP]...   run everything CI runs (steps: see `cargo xtask test --list`)
   cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
   qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
+  services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
 ";
 
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "test" => test::run(rest),
         "cross" => cross::run(rest),
+        "services" => services::run(rest),
         "qemu-smoke" => cross::qemu_smoke(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
