@@ -1,5 +1,7 @@
 //! The broker library (see `run`).
 pub mod config;
+pub mod discovery;
+pub mod keeper;
 pub mod metrics;
 pub mod router;
 pub mod secrets;
