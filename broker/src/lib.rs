@@ -1,4 +1,21 @@
-//! The broker library (see `run`).
+//! The broker: connects smart plugs (devices) and phone apps to the cloud.
+//!
+//! How the pieces fit (each module's docs say more):
+//! * [`config`]: the TOML configuration, loaded once in `main` and passed down.
+//! * [`secrets`]: keys and tokens, generated into the data dir when not configured.
+//! * [`store`]: durable state behind small traits (offline messages, upload spool, bindings,
+//!   groups) with an embedded redb implementation.
+//! * [`router`]: the msgbus core: online registry, per-session bounded queues, push/send/ack,
+//!   replay, commands, uploads, device requests. The transports plug into it.
+//! * [`api`]: the HTTP API (axum) under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
+//! * [`metrics`]: the Prometheus metrics facade every part records through.
+//! * `discovery`, `keeper`: cluster-mode node discovery and the `rmqkeeper` role (issue 5).
+//! * `comet` (transports: device WebSocket/UDP, app WebSocket): started by [`start`] beside the API.
+//!
+//! [`start`] brings a broker up on the configured addresses (port 0 allowed) and returns a
+//! [`Running`] handle with the bound addresses; [`run`] is `start` + wait for `shutdown` + drain.
+
+pub mod api;
 pub mod config;
 pub mod discovery;
 pub mod keeper;
@@ -7,3 +24,158 @@ pub mod router;
 pub mod secrets;
 pub mod store;
 pub mod terminal;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::{KickReason, Router, RouterSettings};
+use crate::secrets::{SECRETS_FILE, Secrets};
+use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Secrets could not be read or generated.
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    /// The store could not be opened.
+    #[error("opening the store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: PathBuf,
+        /// The store error.
+        source: store::StoreError,
+    },
+    /// A listening socket could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A started broker.
+pub struct Running {
+    /// Where the HTTP API listens.
+    pub http: SocketAddr,
+    /// The router (tests and embedders may drive it directly).
+    pub router: Router,
+    /// The secrets in use (tests use the API token and token secret).
+    pub secrets: Secrets,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    drain: Duration,
+}
+
+impl Running {
+    /// Drains and stops: stop accepting, kick every session with `Shutdown` (they reconnect
+    /// later), and wait for the tasks up to `timeouts.shutdown_drain_secs`.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let kicked = self.router.kick_all(KickReason::Shutdown);
+        tracing::info!(sessions = kicked, "shutting down");
+        let all = futures_join(self.tasks);
+        if tokio::time::timeout(self.drain, all).await.is_err() {
+            tracing::warn!("drain deadline passed; exiting with tasks still running");
+        }
+    }
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Starts a broker from `config` and returns once every socket is bound.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let dir = config.storage.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| StartError::Store {
+        dir: dir.clone(),
+        source: store::StoreError::Backend(e.to_string()),
+    })?;
+    let (secrets, generated) = Secrets::resolve(&config.security, &dir)?;
+    if !generated.is_empty() {
+        tracing::info!(
+            file = %dir.join(SECRETS_FILE).display(),
+            keys = ?generated,
+            "generated secrets not set in the config (kept for later starts; the API token is in that file)"
+        );
+    }
+    let limits = OfflineLimits {
+        max_per_terminal: u64::from(config.offline.max_per_terminal),
+        eviction: config.offline.eviction,
+    };
+    let store = EmbeddedStore::open(&dir, limits).map_err(|source| StartError::Store {
+        dir: dir.clone(),
+        source,
+    })?;
+    let metrics = Metrics::new();
+    let router = Router::new(RouterSettings::from_config(config), store.stores(), metrics);
+    let shutdown = CancellationToken::new();
+    let mut tasks = router.spawn_background(shutdown.clone());
+
+    let bind = |what, addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let http_listener = bind("the HTTP API", config.listen.http).await?;
+    let http = http_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "the HTTP API",
+            addr: config.listen.http,
+            source,
+        })?;
+    // The comet (device WebSocket, UDP, app WebSocket) is bound and spawned here, with
+    // `router.clone()`, `&secrets` and `shutdown.clone()`; see src/comet.
+
+    let app = api::app(api::ApiState::new(
+        router.clone(),
+        secrets.api_token.clone(),
+        config,
+    ));
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move { sd.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    }));
+    tracing::info!(
+        http = %http,
+        data_dir = %dir.display(),
+        profile = %config.identity.profile,
+        "broker listening: HTTP API on http://{http}/v1 (bearer token: api_token in {})",
+        dir.join(SECRETS_FILE).display()
+    );
+    Ok(Running {
+        http,
+        router,
+        secrets,
+        shutdown,
+        tasks,
+        drain: Duration::from_secs(config.timeouts.shutdown_drain_secs),
+    })
+}
+
+/// Runs a broker until `shutdown` completes, then drains (see [`Running::stop`]).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let running = start(&config).await?;
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}

@@ -1,6 +1,241 @@
-//! The `broker` binary. Work in progress: see issue 3.
+//! The `broker` binary: parses the command line, loads the configuration once, sets up logging
+//! and hands over to the library (`broker::run`). No logic lives here.
 
-fn main() {
-    eprintln!("broker: not built yet (issue 3)");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use broker::config::{Config, DEFAULT_TOML};
+use broker::secrets::Secrets;
+use broker::terminal::{Address, Kind};
+
+/// Plugcloud broker: serves smart plugs and phone apps. Without a subcommand it runs everything
+/// in one process on embedded defaults.
+#[derive(Parser)]
+#[command(name = "broker", version)]
+struct Cli {
+    /// Configuration file (TOML); every key is optional. See `broker config default`.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Mints an app token with the configured (or generated) token secret.
+    Token {
+        /// Terminal id (unsigned, or negative for the signed profile).
+        #[arg(long, allow_hyphen_values = true)]
+        id: String,
+        /// Terminal kind.
+        #[arg(long, value_enum, default_value_t = KindArg::Phone)]
+        kind: KindArg,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86400)]
+        ttl: u64,
+    },
+    /// Prints a device's key (hex): explicit from the config, else derived from the fleet master key.
+    DeviceKey {
+        /// Device id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Keeps one RabbitMQ node registered in ZooKeeper while it is healthy (docs/discovery.md).
+    Rmqkeeper(broker::keeper::KeeperArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Prints the full default configuration with a comment on every key.
+    Default,
+    /// Loads and validates the configuration, then prints it with secrets redacted.
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Device,
+    Phone,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Rmqkeeper(args)) = cli.command {
+        return rmqkeeper(args);
+    }
+    if let Some(Command::Config {
+        action: ConfigAction::Default,
+    }) = cli.command
+    {
+        print!("{DEFAULT_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("broker: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        None => serve(config),
+        Some(Command::Config {
+            action: ConfigAction::Check,
+        }) => {
+            println!("{config:#?}");
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config {
+            action: ConfigAction::Default,
+        }) => ExitCode::SUCCESS,
+        Some(Command::Token { id, kind, ttl }) => token(&config, &id, kind, ttl),
+        Some(Command::DeviceKey { id }) => device_key(&config, &id),
+        Some(Command::Rmqkeeper(_)) => ExitCode::SUCCESS,
+    }
+}
+
+fn secrets(config: &Config) -> Result<Secrets, ExitCode> {
+    match Secrets::resolve(&config.security, &config.storage.data_dir) {
+        Ok((s, _)) => Ok(s),
+        Err(e) => {
+            eprintln!("broker: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<u32, ExitCode> {
+    match broker::terminal::parse_id(id) {
+        Some(v) if v != 0 => Ok(v),
+        _ => {
+            eprintln!("broker: `{id}` is not a non-zero 32-bit id");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn token(config: &Config, id: &str, kind: KindArg, ttl: u64) -> ExitCode {
+    let id = match parse_id(id) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let kind = match kind {
+        KindArg::Device => Kind::Device,
+        KindArg::Phone => Kind::Phone,
+    };
+    let address = Address { kind, id };
+    if let Err(e) = config.identity.profile.validate(address) {
+        eprintln!(
+            "broker: {address}: {e} (profile {})",
+            config.identity.profile
+        );
+        return ExitCode::from(2);
+    }
+    let s = match secrets(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let exp = broker::router::now_ms() / 1000 + ttl;
+    let claims = shared_protocol::json::Claims { address, exp };
+    println!("{}", shared_protocol::json::mint(&s.token_secret, &claims));
+    ExitCode::SUCCESS
+}
+
+fn device_key(config: &Config, id: &str) -> ExitCode {
+    let id = match parse_id(id) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let s = match secrets(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let key = match s.device_keys.get(&id) {
+        Some(k) => *k,
+        None => {
+            let master = shared_protocol::keys::MasterKey(s.fleet_master_key);
+            shared_protocol::keys::derive_device_key(&master, id).0
+        }
+    };
+    println!("{}", hex::encode(key));
+    ExitCode::SUCCESS
+}
+
+fn init_logs(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("broker: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logs(&config.log.filter);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(c) => return c,
+    };
+    match rt.block_on(broker::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("broker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `broker rmqkeeper`: its own flags, no broker config (logs: RUST_LOG, default info).
+fn rmqkeeper(args: broker::keeper::KeeperArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(broker::keeper::cli(args)),
+        Err(e) => {
+            eprintln!("rmqkeeper: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
 }

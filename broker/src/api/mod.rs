@@ -1,0 +1,276 @@
+//! The HTTP API (axum) for the app backend and operators: JSON under `/v1`, bearer-token auth on
+//! everything except `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Every route is declared once in [`routes`] (method, path, auth, handler); the axum router is
+//! built from that table, and a test checks that the table and `docs/openapi.json` (served at
+//! `/v1/openapi.json`) list exactly the same operations. Handlers live in [`handlers`] and talk
+//! to the [`Router`] and its stores only.
+
+mod handlers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, Secret};
+use crate::router::Router;
+
+/// The OpenAPI 3 document (docs/openapi.json), served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    router: Router,
+    api_token: Arc<Secret>,
+    command_default: Duration,
+    command_max: Duration,
+}
+
+impl ApiState {
+    /// State for `router`, authenticating with `api_token`.
+    pub fn new(router: Router, api_token: Secret, config: &Config) -> ApiState {
+        ApiState {
+            router,
+            api_token: Arc::new(api_token),
+            command_default: Duration::from_millis(config.timeouts.command_ms),
+            command_max: Duration::from_millis(config.timeouts.command_max_ms),
+        }
+    }
+}
+
+/// One API operation.
+pub struct Route {
+    /// HTTP method.
+    pub method: Method,
+    /// Path in axum/OpenAPI template form (`/v1/groups/{name}`).
+    pub path: &'static str,
+    /// Whether the bearer token is required.
+    pub auth: bool,
+    handler: MethodRouter<ApiState>,
+}
+
+fn r(method: Method, path: &'static str, auth: bool, handler: MethodRouter<ApiState>) -> Route {
+    Route {
+        method,
+        path,
+        auth,
+        handler,
+    }
+}
+
+/// The route table (single source of truth for the router and the OpenAPI check).
+pub fn routes() -> Vec<Route> {
+    use handlers as h;
+    vec![
+        r(Method::GET, "/healthz", false, get(h::healthz)),
+        r(Method::GET, "/readyz", false, get(h::readyz)),
+        r(Method::GET, "/metrics", false, get(h::metrics)),
+        r(Method::GET, "/v1/openapi.json", true, get(h::openapi)),
+        r(Method::GET, "/v1/online", true, get(h::online)),
+        r(
+            Method::GET,
+            "/v1/terminals/{kind}/{id}",
+            true,
+            get(h::terminal_status),
+        ),
+        r(
+            Method::GET,
+            "/v1/terminals/{kind}/{id}/messages",
+            true,
+            get(h::stored_messages),
+        ),
+        r(Method::POST, "/v1/push", true, post(h::push)),
+        r(
+            Method::POST,
+            "/v1/devices/{id}/commands",
+            true,
+            post(h::command),
+        ),
+        r(Method::GET, "/v1/uploads", true, get(h::uploads)),
+        r(
+            Method::GET,
+            "/v1/phones/{id}/devices",
+            true,
+            get(h::devices_of),
+        ),
+        r(
+            Method::GET,
+            "/v1/devices/{id}/phones",
+            true,
+            get(h::phones_of),
+        ),
+        r(
+            Method::PUT,
+            "/v1/bindings/{phone}/{device}",
+            true,
+            put(h::bind),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/bindings/{phone}/{device}",
+            true,
+            delete(h::unbind),
+        ),
+        r(Method::GET, "/v1/groups", true, get(h::list_groups)),
+        r(Method::GET, "/v1/groups/{name}", true, get(h::get_group)),
+        r(Method::PUT, "/v1/groups/{name}", true, put(h::set_group)),
+        r(
+            Method::PATCH,
+            "/v1/groups/{name}",
+            true,
+            patch(h::update_group),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/groups/{name}",
+            true,
+            delete(h::delete_group),
+        ),
+    ]
+}
+
+/// The axum application.
+pub fn app(state: ApiState) -> axum::Router {
+    let mut open = axum::Router::new();
+    let mut authed = axum::Router::new();
+    for route in routes() {
+        if route.auth {
+            authed = authed.route(route.path, route.handler);
+        } else {
+            open = open.route(route.path, route.handler);
+        }
+    }
+    let authed = authed.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
+    open.merge(authed)
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.api_token.expose().as_bytes();
+    if !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected)) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// An API error: an HTTP status and a JSON body `{"error": code, "message": text}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// 404: no such resource (or the device is not online, for commands).
+    #[error("{1}")]
+    NotFound(&'static str, String),
+    /// 413: payload too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 503: temporarily unable (overloaded session, store down).
+    #[error("{1}")]
+    Unavailable(&'static str, String),
+    /// 504: the device did not answer in time.
+    #[error("the device did not answer in time")]
+    Timeout,
+    /// 500: an internal failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(code, _) => (StatusCode::NOT_FOUND, code),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Unavailable(code, _) => (StatusCode::SERVICE_UNAVAILABLE, code),
+            ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "api error");
+        }
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::InvalidGroupName => ApiError::BadRequest(e.to_string()),
+            other => ApiError::Unavailable("store_unavailable", other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().unwrap() {
+                if ["parameters", "summary", "description"].contains(&method.as_str()) {
+                    continue;
+                }
+                let open = op
+                    .get("security")
+                    .is_some_and(|s| s.as_array().is_some_and(Vec::is_empty));
+                documented.insert((method.to_uppercase(), path.clone(), !open));
+            }
+        }
+        let served: BTreeSet<(String, String, bool)> = routes()
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string(), r.auth))
+            .collect();
+        let missing: Vec<_> = served.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "(method, path, auth) served but not documented: {missing:?}; documented but not served: {extra:?}"
+        );
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}

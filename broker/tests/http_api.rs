@@ -1,0 +1,374 @@
+//! The HTTP API over real HTTP on 127.0.0.1 against an in-process broker (`broker::start`) with
+//! its embedded store in a temporary directory. Terminals are simulated through the router's
+//! comet-facing interface (`Router::login` / `Session`).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use broker::config::{Config, Secret};
+use broker::router::{Login, Outbound, Transport};
+use broker::terminal::Address;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-api-token-0123456789";
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    let any = "127.0.0.1:0".parse().unwrap();
+    c.listen.http = any;
+    c.listen.device_ws = any;
+    c.listen.app_ws = any;
+    c.listen.udp = any;
+    c.storage.data_dir = dir.to_path_buf();
+    c.security.api_token = Secret::new(TOKEN);
+    c
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(running: &broker::Running) -> Api {
+        Api {
+            base: format!("http://{}", running.http),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, body).await
+    }
+}
+
+fn login(a: Address, since_id: u64) -> Login {
+    Login {
+        address: a,
+        transport: Transport::Udp,
+        peer: "127.0.0.1:9".parse().unwrap(),
+        since_id,
+    }
+}
+
+#[tokio::test]
+async fn health_is_open_and_v1_needs_the_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = broker::start(&config(dir.path())).await.unwrap();
+    let base = format!("http://{}", running.http);
+    let c = reqwest::Client::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            c.get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    let r = c.get(format!("{base}/v1/online")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
+    let r = c
+        .get(format!("{base}/v1/online"))
+        .bearer_auth("wrong-token-xxxxxxxx")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let api = Api::new(&running);
+    let (s, online) = api.get("/v1/online").await;
+    assert_eq!((s, online["devices"].as_u64()), (200, Some(0)));
+    let (s, doc) = api.get("/v1/openapi.json").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        doc,
+        serde_json::from_str::<Value>(broker::api::OPENAPI).unwrap()
+    );
+    let (s, body) = api.get("/v1/nope").await;
+    assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn push_is_stored_readable_and_replayed_then_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = broker::start(&config(dir.path())).await.unwrap();
+    let api = Api::new(&running);
+    let d7 = Address::device(7);
+
+    let (s, out) = api
+        .post("/v1/push", json!({"target": {"terminal": {"kind": "device", "id": 7}}, "text": "hello", "ttl_secs": 60}))
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(
+        (out["stored_for"].as_u64(), out["delivered_online"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let msg_id = out["msg_id"].as_u64().unwrap();
+
+    let (s, stored) = api.get("/v1/terminals/device/7/messages").await;
+    assert_eq!(s, 200);
+    assert_eq!(stored["messages"][0]["msg_id"].as_u64(), Some(msg_id));
+    assert_eq!(stored["messages"][0]["payload"], B64.encode("hello"));
+    assert_eq!(stored["messages"][0]["from"], Value::Null);
+
+    let mut session = running.router.login(login(d7, 0)).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), session.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ev,
+        Outbound::Deliver {
+            msg_id,
+            from: None,
+            payload: bytes::Bytes::from_static(b"hello")
+        }
+    );
+    let (_, status) = api.get("/v1/terminals/device/7").await;
+    assert_eq!(status["online"], true);
+    assert_eq!(status["sessions"][0]["transport"], "udp");
+    assert!(running.router.ack(d7, msg_id).await.unwrap());
+    let (_, stored) = api.get("/v1/terminals/device/7/messages").await;
+    assert_eq!(stored["messages"], json!([]));
+
+    // Bad requests are refused with a JSON error.
+    let (s, e) = api
+        .post("/v1/push", json!({"target": "everyone", "payload": "%%%"}))
+        .await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("bad_request")));
+    let (s, _) = api
+        .post(
+            "/v1/push",
+            json!({"target": "everyone", "text": "x".repeat(2000)}),
+        )
+        .await;
+    assert_eq!(s, 413);
+    let (s, e) = api
+        .post(
+            "/v1/push",
+            json!({"target": {"group": "none"}, "text": "x"}),
+        )
+        .await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("unknown_group")));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn bindings_authorise_terminal_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = broker::start(&config(dir.path())).await.unwrap();
+    let api = Api::new(&running);
+    let (p, d) = (Address::phone(3), Address::device(4));
+    let payload = bytes::Bytes::from_static(b"on");
+
+    assert!(
+        running.router.send(p, d, payload.clone()).await.is_err(),
+        "unbound send is refused"
+    );
+    let (s, b) = api.put("/v1/bindings/3/4", None).await;
+    assert_eq!((s, &b), (200, &json!({"changed": true})));
+    let (_, devs) = api.get("/v1/phones/3/devices").await;
+    assert_eq!(devs, json!({"terminals": [{"kind": "device", "id": 4}]}));
+    let (_, phones) = api.get("/v1/devices/4/phones").await;
+    assert_eq!(phones, json!({"terminals": [{"kind": "phone", "id": 3}]}));
+
+    let sent = running.router.send(p, d, payload.clone()).await.unwrap();
+    assert_eq!(sent.stored_for, 1);
+    let (s, b) = api
+        .call(reqwest::Method::DELETE, "/v1/bindings/3/4", None)
+        .await;
+    assert_eq!((s, &b), (200, &json!({"changed": true})));
+    assert!(
+        running.router.send(p, d, payload).await.is_err(),
+        "refused again after unbinding"
+    );
+    let (s, _) = api.put("/v1/bindings/0/4", None).await;
+    assert_eq!(s, 400);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn device_commands_404_offline_200_answered_504_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = broker::start(&config(dir.path())).await.unwrap();
+    let api = Api::new(&running);
+    let (s, e) = api
+        .post(
+            "/v1/devices/9/commands",
+            json!({"name": "relay", "text": "on"}),
+        )
+        .await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("not_online")));
+
+    let d9 = Address::device(9);
+    let mut session = running.router.login(login(d9, 0)).await.unwrap();
+    let router = running.router.clone();
+    let device = tokio::spawn(async move {
+        // Answer the first command, ignore the second.
+        if let Some(Outbound::Command {
+            cmd_id,
+            name,
+            payload,
+        }) = session.next().await
+        {
+            assert_eq!((name.as_str(), &payload[..]), ("relay", &b"on"[..]));
+            router.complete_command(d9, cmd_id, 200, bytes::Bytes::from_static(b"relay=on"));
+        }
+        session.next().await;
+        session
+    });
+    let (s, r) = api
+        .post(
+            "/v1/devices/9/commands",
+            json!({"name": "relay", "text": "on", "timeout_ms": 5000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r, json!({"status": 200, "payload": B64.encode("relay=on")}));
+    let (s, e) = api
+        .post(
+            "/v1/devices/9/commands",
+            json!({"name": "relay", "timeout_ms": 200}),
+        )
+        .await;
+    assert_eq!((s, e["error"].as_str()), (504, Some("timeout")));
+    let (s, _) = api
+        .post(
+            "/v1/devices/9/commands",
+            json!({"name": "relay", "timeout_ms": 999999}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    drop(device.await.unwrap());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn groups_crud_and_group_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = broker::start(&config(dir.path())).await.unwrap();
+    let api = Api::new(&running);
+    let (s, g) = api
+        .put(
+            "/v1/groups/kitchen",
+            Some(json!({"members": [{"kind": "device", "id": 1}, {"kind": "device", "id": 2}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{g}");
+    assert_eq!(g["members"].as_array().unwrap().len(), 2);
+    let (s, g) = api
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/groups/kitchen",
+            Some(json!({"add": [{"kind": "phone", "id": 5}], "remove": [{"kind": "device", "id": 1}]})),
+        )
+        .await;
+    assert_eq!((s, &g), (200, &json!({"name": "kitchen", "members": 2})));
+    let (_, list) = api.get("/v1/groups").await;
+    assert_eq!(list, json!({"groups": [{"name": "kitchen", "members": 2}]}));
+    let (_, g) = api.get("/v1/groups/kitchen").await;
+    assert_eq!(
+        g["members"],
+        json!([{"kind": "device", "id": 2}, {"kind": "phone", "id": 5}])
+    );
+
+    let (s, out) = api
+        .post(
+            "/v1/push",
+            json!({"target": {"group": "kitchen"}, "text": "dinner"}),
+        )
+        .await;
+    assert_eq!((s, out["stored_for"].as_u64()), (200, Some(2)));
+    let (_, stored) = api.get("/v1/terminals/phone/5/messages").await;
+    assert_eq!(stored["messages"][0]["payload"], B64.encode("dinner"));
+    let (_, stored) = api.get("/v1/terminals/device/1/messages").await;
+    assert_eq!(stored["messages"], json!([]));
+
+    let (s, _) = api
+        .put("/v1/groups/bad%20name", Some(json!({"members": []})))
+        .await;
+    assert_eq!(s, 400);
+    let (_, d) = api
+        .call(reqwest::Method::DELETE, "/v1/groups/kitchen", None)
+        .await;
+    assert_eq!(d, json!({"changed": true}));
+    let (s, _) = api.get("/v1/groups/kitchen").await;
+    assert_eq!(s, 404);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_survive_reopening_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let running = broker::start(&cfg).await.unwrap();
+    let d = Address::device(11);
+    for i in 1..=3u32 {
+        let r = running
+            .router
+            .upload(d, i, "energy", bytes::Bytes::from(format!("wh={i}")))
+            .await
+            .unwrap();
+        assert!(!r.duplicate);
+    }
+    running.stop().await;
+
+    let running = broker::start(&cfg).await.unwrap();
+    let api = Api::new(&running);
+    let (s, page) = api.get("/v1/uploads?after=0&limit=2").await;
+    assert_eq!(s, 200);
+    assert_eq!(page["head"].as_u64(), Some(3));
+    assert_eq!(page["uploads"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        page["uploads"][0]["device"],
+        json!({"kind": "device", "id": 11})
+    );
+    assert_eq!(page["uploads"][0]["topic"], "energy");
+    assert_eq!(page["uploads"][0]["payload"], B64.encode("wh=1"));
+    let next = page["next"].as_u64().unwrap();
+    let (_, page) = api.get(&format!("/v1/uploads?after={next}")).await;
+    assert_eq!(page["uploads"][0]["payload"], B64.encode("wh=3"));
+    assert_eq!(page["uploads"].as_array().unwrap().len(), 1);
+    let (s, _) = api.get("/v1/uploads?limit=0").await;
+    assert_eq!(s, 400);
+    // The metrics endpoint reports what happened.
+    let text = reqwest::get(format!("http://{}/metrics", running.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("broker_offline_messages"), "{text}");
+    running.stop().await;
+}
