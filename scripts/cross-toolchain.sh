@@ -87,7 +87,9 @@ done
 
 # `apt-cache show pkg=ver` can exit 0 for a missing version: look for a record.
 spec_available() {
-    apt-cache show "$1" 2>/dev/null | grep -q '^Package:'
+    # No `grep -q`: it exits at the first match, apt-cache then dies of SIGPIPE and, under
+    # pipefail, the whole pipeline reports failure for a package that is there.
+    apt-cache show "$1" 2>/dev/null | grep "^Package:" >/dev/null
 }
 
 all_pinned_available() {
