@@ -100,6 +100,7 @@ impl ZkDiscovery {
             view_tx,
             status_tx,
             load_rx,
+            written_load: None,
             cancel: cancel.clone(),
         };
         let task = tokio::spawn(worker.run());
@@ -143,6 +144,13 @@ impl Drop for ZkDiscovery {
     }
 }
 
+/// One unit of work in a session.
+enum Step {
+    State(SessionState),
+    Event(zookeeper_client::WatchedEvent),
+    Tick,
+}
+
 /// How one session ended.
 enum SessionEnd {
     Cancelled,
@@ -156,6 +164,8 @@ struct Worker {
     view_tx: watch::Sender<NodeView>,
     status_tx: watch::Sender<ZkStatus>,
     load_rx: watch::Receiver<u32>,
+    /// The load last written to this node's znode in the current session.
+    written_load: Option<u32>,
     cancel: CancellationToken,
 }
 
@@ -299,9 +309,10 @@ impl Worker {
             return Ok(());
         };
         let mut me = me.clone();
-        me.load = *self.load_rx.borrow_and_update();
+        me.load = *self.load_rx.borrow();
         let path = own_path(&self.opts.root, &me);
         let data = serde_json::to_vec(&me).unwrap_or_default();
+        self.written_load = None;
         let how = zk::ensure_ephemeral(client, &path, &data).await?;
         match how {
             zk::Ensured::Replaced(owner) => {
@@ -309,6 +320,7 @@ impl Worker {
             }
             zk::Ensured::Created | zk::Ensured::Updated => info!(%path, "discovery: registered"),
         }
+        self.written_load = Some(me.load);
         self.status_tx.send_modify(|s| s.registered = true);
         Ok(())
     }
@@ -317,15 +329,19 @@ impl Worker {
         let Some(me) = &self.opts.me else {
             return Ok(());
         };
-        if !self.load_rx.has_changed().unwrap_or(false) {
+        let load = *self.load_rx.borrow();
+        if self.written_load == Some(load) {
             return Ok(());
         }
         let mut me = me.clone();
-        me.load = *self.load_rx.borrow_and_update();
+        me.load = load;
         let path = own_path(&self.opts.root, &me);
         let data = serde_json::to_vec(&me).unwrap_or_default();
         match client.set_data(&path, &data, None).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.written_load = Some(load);
+                Ok(())
+            }
             Err(ZkError::NoNode) => self.register(client).await,
             Err(e) => Err(e),
         }
@@ -389,39 +405,62 @@ impl Worker {
         let mut tick = tokio::time::interval(self.opts.load_update);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // Each step's ZooKeeper calls can block while disconnected (the client holds them until
+        // it reconnects), so every step races the state watcher: a state change interrupts it and
+        // is handled next. Interrupted work is not lost: reconnection re-lists everything.
+        let mut next: Option<Step> = None;
         loop {
-            let step = tokio::select! {
-                _ = self.cancel.cancelled() => return SessionEnd::Cancelled,
-                state = states.changed() => match state {
-                    SessionState::Disconnected => {
-                        self.go_stale("connection lost");
-                        Ok(())
-                    }
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        info!("discovery: ZooKeeper connection restored; re-listing");
-                        self.full_sync(client).await
-                    }
-                    dead => return SessionEnd::Lost(dead),
+            let step = match next.take() {
+                Some(s) => s,
+                None => tokio::select! {
+                    _ = self.cancel.cancelled() => return SessionEnd::Cancelled,
+                    state = states.changed() => Step::State(state),
+                    event = watcher.changed() => Step::Event(event),
+                    _ = tick.tick() => Step::Tick,
                 },
-                event = watcher.changed() => {
-                    if event.event_type == EventType::Session {
-                        if zk::is_dead(event.session_state) {
-                            return SessionEnd::Lost(event.session_state);
-                        }
-                        Ok(())
-                    } else {
-                        self.apply_event(client, event.event_type, &event.path).await
-                    }
-                }
-                _ = tick.tick() => self.write_load(client).await,
             };
-            if let Err(e) = step {
+            match &step {
+                Step::State(SessionState::Disconnected) => {
+                    self.go_stale("connection lost");
+                    continue;
+                }
+                Step::State(state) if zk::is_dead(*state) => return SessionEnd::Lost(*state),
+                Step::Event(ev) if ev.event_type == EventType::Session => {
+                    if zk::is_dead(ev.session_state) {
+                        return SessionEnd::Lost(ev.session_state);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let cancel = self.cancel.clone();
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return SessionEnd::Cancelled,
+                state = states.changed() => {
+                    next = Some(Step::State(state));
+                    Ok(())
+                }
+                r = self.run_step(client, step) => r,
+            };
+            if let Err(e) = result {
                 match e {
                     // The state watcher reports the disconnection; keep going.
                     ZkError::ConnectionLoss | ZkError::Timeout => {}
                     e => return self.classify(client, e),
                 }
             }
+        }
+    }
+
+    async fn run_step(&mut self, client: &Client, step: Step) -> Result<(), ZkError> {
+        match step {
+            Step::State(_) => {
+                // SyncConnected / ConnectedReadOnly (possibly coalesced with a Disconnected).
+                info!("discovery: ZooKeeper connection (re)established; re-listing");
+                self.full_sync(client).await
+            }
+            Step::Event(ev) => self.apply_event(client, ev.event_type, &ev.path).await,
+            Step::Tick => self.write_load(client).await,
         }
     }
 
