@@ -103,7 +103,19 @@ fn main() -> ExitCode {
 
 fn secrets(config: &Config) -> Result<Secrets, ExitCode> {
     match Secrets::resolve(&config.security, &config.storage.data_dir) {
-        Ok((s, _)) => Ok(s),
+        Ok((s, generated)) => {
+            if !generated.is_empty() {
+                eprintln!(
+                    "broker: generated {generated:?} into {}",
+                    config
+                        .storage
+                        .data_dir
+                        .join(broker::secrets::SECRETS_FILE)
+                        .display()
+                );
+            }
+            Ok(s)
+        }
         Err(e) => {
             eprintln!("broker: {e}");
             Err(ExitCode::FAILURE)
@@ -172,7 +184,11 @@ fn init_logs(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
