@@ -80,6 +80,8 @@ pub struct Config {
     pub backend: Backend,
     /// Logging.
     pub log: Log,
+    /// Cluster discovery and node lookup (docs/discovery.md).
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 /// `[listen]`: socket addresses (port 0 picks a free port).
@@ -543,6 +545,7 @@ impl Config {
         if self.backend.timeout_ms == 0 {
             return err("backend.timeout_ms", "must be greater than 0");
         }
+        self.discovery.validate()?;
         Ok(())
     }
 }
@@ -736,6 +739,27 @@ mod tests {
         assert!(!dbg.contains("super-secret"), "{dbg}");
         assert!(!dbg.contains("abab"), "{dbg}");
         assert!(dbg.contains("Secret(<redacted>)"));
+    }
+
+    #[test]
+    fn discovery_section_is_validated_with_its_key() {
+        let e =
+            Config::from_str_with_env("c.toml", "[discovery]\nmode = \"zookeeper\"\n", no_env())
+                .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.toml: key `discovery.node_id`: must be set in zookeeper mode"
+        );
+        let c = Config::from_str_with_env(
+            "c.toml",
+            "[discovery]\nmode = \"zookeeper\"\nnode_id = \"comet-a\"\n",
+            vec![(
+                "BROKER__DISCOVERY__ZK_SERVERS".to_string(),
+                "zk1:2181,zk2:2181".to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.discovery.zk_servers, "zk1:2181,zk2:2181");
     }
 
     #[test]
