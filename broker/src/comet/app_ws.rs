@@ -1,0 +1,367 @@
+//! The app WebSocket endpoint: JSON text messages (docs/protocol.md section 7) through
+//! `shared_protocol::json`.
+//!
+//! Per connection (one task): admission against the connection limits, the upgrade, then the
+//! first message must be `auth` with an HS256 token (verified with `security.token_secret`)
+//! within `timeouts.handshake_secs`; tokens are never read from the URL. After `welcome` the
+//! task relays `send` / `ack` / `ping` / `goodbye` to the router and router events as `deliver` /
+//! `presence` / `kick`, answering each `send` with `ok` or `error` carrying its `ref`. Stored
+//! messages after the `since_id` of `auth` are replayed first, in order (the router's
+//! [`Session`] yields them before live events). Silence for `timeouts.session_secs` ends the
+//! session with `kick` `HEARTBEAT_TIMEOUT`. Close codes as in [`convert`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shared_protocol::codes::Code;
+use shared_protocol::json::{
+    self, AckMsg, Auth, ClientMessage, Deliver, ErrorMsg, JsonError, Kick, OkMsg, Pong, Presence,
+    Reject, SendMsg, ServerMessage, Welcome,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+
+use crate::router::{Login, Outbound, Session, Transport};
+
+use super::Context;
+use super::convert::{close_code, kick_code};
+use super::limits::ConnLimit;
+use super::ws::{self, Ws};
+
+const T: Transport = Transport::AppWs;
+
+/// Accepts app WebSocket connections until shutdown.
+pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(ctx.clone(), stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "app_ws accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// How a connection ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the socket failed: nothing more to send.
+    Closed,
+    /// Close with this WebSocket code after the last message was sent.
+    Close(u16),
+}
+
+async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let admitted = ctx.conns.try_acquire(ws::peer_ip(peer));
+    let deadline = Instant::now() + ctx.settings.handshake;
+    let config = ws::config(ctx.settings.max_app_message);
+    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let mut ws = match timeout_at(deadline, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "app_ws upgrade failed");
+            return;
+        }
+        Err(_) => {
+            ctx.router.metrics().login_failed(T, "handshake_timeout");
+            return;
+        }
+    };
+    let guard = match admitted {
+        Ok(g) => g,
+        Err(limit) => {
+            ctx.router.metrics().limit_hit(limit.key());
+            let code = match limit {
+                ConnLimit::Total => Code::SERVER_BUSY,
+                ConnLimit::PerIp => Code::RATE_LIMITED,
+            };
+            let _ = send(&mut ws, &reject(code)).await;
+            ws::close(&mut ws, close_code(code), limit.key()).await;
+            return;
+        }
+    };
+    ctx.router.metrics().connection_opened(T);
+    let end = match authenticate(&ctx, &mut ws, peer, deadline).await {
+        Ok(session) => run(&ctx, &mut ws, session).await,
+        Err(end) => end,
+    };
+    if let End::Close(code) = end {
+        ws::close(&mut ws, code, "").await;
+    }
+    ctx.router.metrics().connection_closed(T);
+    drop(guard);
+}
+
+async fn send(ws: &mut Ws, msg: &ServerMessage) -> Result<(), WsError> {
+    match msg.encode() {
+        Ok(text) => ws.send(Message::Text(text.into())).await,
+        Err(e) => {
+            tracing::warn!(error = %e, kind = msg.type_name(), "app message does not encode");
+            Ok(())
+        }
+    }
+}
+
+fn reject(code: Code) -> ServerMessage {
+    ServerMessage::Reject(Reject {
+        code,
+        reason: code.description().to_owned(),
+    })
+}
+
+fn error(code: Code, reference: Option<u32>, message: &str) -> ServerMessage {
+    let mut message = message.to_owned();
+    message.truncate(shared_protocol::limits::MAX_TEXT);
+    while !message.is_char_boundary(message.len()) {
+        message.pop();
+    }
+    ServerMessage::Error(ErrorMsg {
+        code,
+        reference,
+        message,
+    })
+}
+
+fn ws_error_end(ctx: &Context, e: &WsError) -> Option<Code> {
+    if matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. })) {
+        ctx.router.metrics().limit_hit("max_app_message_bytes");
+        Some(Code::TOO_LARGE)
+    } else {
+        None
+    }
+}
+
+/// Waits for `auth`, verifies the token and registers the session; `reject` ends it.
+async fn authenticate(
+    ctx: &Context,
+    ws: &mut Ws,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<Session, End> {
+    let m = ctx.router.metrics();
+    let fail = |code: Code, label: &'static str| {
+        m.login_failed(T, label);
+        (reject(code), End::Close(close_code(code)))
+    };
+    let (msg, end) = loop {
+        let msg = match timeout_at(deadline, ws.next()).await {
+            Err(_) => break fail(Code::TIMEOUT, "handshake_timeout"),
+            Ok(None) => return Err(End::Closed),
+            Ok(Some(Err(e))) => match ws_error_end(ctx, &e) {
+                Some(code) => break fail(code, "too_large"),
+                None => return Err(End::Closed),
+            },
+            Ok(Some(Ok(msg))) => msg,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                m.login_failed(T, "malformed");
+                let e = error(Code::MALFORMED, None, "binary messages are not used here");
+                break (e, End::Close(close_code(Code::MALFORMED)));
+            }
+            Message::Close(_) => return Err(End::Closed),
+            _ => continue,
+        };
+        let auth: Auth = match ClientMessage::decode(text.as_bytes()) {
+            Ok(ClientMessage::Auth(a)) => a,
+            Ok(_) => break fail(Code::UNEXPECTED, "unexpected"),
+            Err(e) => break fail(e.code(), "malformed"),
+        };
+        let now = crate::router::now_ms();
+        if !ctx.login_rate.allow(ws::peer_ip(peer), now) {
+            m.limit_hit("login_attempts_per_ip_per_sec");
+            break fail(Code::RATE_LIMITED, "rate_limited");
+        }
+        let claims = match json::verify(&ctx.token_secret, &auth.token, now / 1000) {
+            Ok(c) => c,
+            Err(e) => {
+                let label = if e.code() == Code::TOKEN_EXPIRED {
+                    "token_expired"
+                } else {
+                    "bad_token"
+                };
+                break fail(e.code(), label);
+            }
+        };
+        let address = claims.address;
+        if let Err(e) = ctx.router.settings().profile.validate(address) {
+            break fail(e.code(), "invalid_id");
+        }
+        let login = Login {
+            address,
+            transport: T,
+            peer,
+            since_id: auth.since_id,
+        };
+        let session = match ctx.router.login(login).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "app login not registered");
+                break fail(Code::UNAVAILABLE, "unavailable");
+            }
+        };
+        let p = ctx.welcome_params();
+        let welcome = ServerMessage::Welcome(Welcome {
+            address: claims.address,
+            heartbeat_secs: p.heartbeat_secs,
+            session_timeout_secs: p.session_timeout_secs,
+            max_payload: p.max_payload,
+            server_time_ms: p.server_time_ms,
+        });
+        if send(ws, &welcome).await.is_err() {
+            return Err(End::Closed);
+        }
+        return Ok(session);
+    };
+    let _ = send(ws, &msg).await;
+    Err(end)
+}
+
+/// The session loop: socket, outbound queue, silence timer.
+async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
+    let me = session.handle().address();
+    let timeout = Duration::from_millis(ctx.settings.session_timeout_ms());
+    let mut silent_until = Instant::now() + timeout;
+    let end = loop {
+        tokio::select! {
+            msg = ws.next() => {
+                silent_until = Instant::now() + timeout;
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = error(Code::MALFORMED, None, "binary messages are not used here");
+                        let _ = send(ws, &e).await;
+                        break End::Close(close_code(Code::MALFORMED));
+                    }
+                    Some(Ok(Message::Close(_))) | None => break End::Closed,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => match ws_error_end(ctx, &e) {
+                        Some(code) => {
+                            let _ = send(ws, &error(code, None, "message too large")).await;
+                            break End::Close(close_code(code));
+                        }
+                        None => break End::Closed,
+                    },
+                };
+                let reply = match ClientMessage::decode(text.as_bytes()) {
+                    Ok(msg) => match on_message(ctx, &session, msg).await {
+                        Step::Reply(r) => Some(r),
+                        Step::Quiet => None,
+                        Step::Goodbye => break End::Close(1000),
+                    },
+                    Err(e) => Some(decode_error(&e)),
+                };
+                if let Some(r) = reply
+                    && send(ws, &r).await.is_err()
+                {
+                    break End::Closed;
+                }
+            }
+            ev = session.next() => {
+                let msg = match ev {
+                    None => break End::Closed,
+                    Some(Outbound::Kick { reason }) => {
+                        let code = kick_code(reason);
+                        let _ = send(ws, &ServerMessage::Kick(Kick { reason: code })).await;
+                        break End::Close(close_code(code));
+                    }
+                    Some(ev) => match app_message(ev) {
+                        Some(m) => m,
+                        None => continue,
+                    },
+                };
+                if send(ws, &msg).await.is_err() {
+                    break End::Closed;
+                }
+            }
+            _ = tokio::time::sleep_until(silent_until) => {
+                let code = Code::HEARTBEAT_TIMEOUT;
+                let _ = send(ws, &ServerMessage::Kick(Kick { reason: code })).await;
+                break End::Close(close_code(code));
+            }
+        }
+    };
+    tracing::info!(terminal = %me, transport = T.as_str(), ?end, "app session ended");
+    session.close().await;
+    end
+}
+
+fn decode_error(e: &JsonError) -> ServerMessage {
+    error(e.code(), None, &e.to_string())
+}
+
+enum Step {
+    Reply(ServerMessage),
+    Quiet,
+    Goodbye,
+}
+
+async fn on_message(ctx: &Context, session: &Session, msg: ClientMessage) -> Step {
+    let me = session.handle().address();
+    match msg {
+        ClientMessage::Auth(_) => {
+            Step::Reply(error(Code::UNEXPECTED, None, "already authenticated"))
+        }
+        ClientMessage::Ping => Step::Reply(ServerMessage::Pong(Pong {
+            server_time_ms: crate::router::now_ms(),
+        })),
+        ClientMessage::Goodbye(_) => Step::Goodbye,
+        ClientMessage::Ack(AckMsg { msg_id }) => {
+            if let Err(e) = ctx.router.ack(me, msg_id).await {
+                tracing::warn!(terminal = %me, msg_id, error = %e, "ack not stored");
+                return Step::Reply(error(Code::UNAVAILABLE, None, "ack not stored"));
+            }
+            Step::Quiet
+        }
+        ClientMessage::Send(SendMsg {
+            to,
+            payload,
+            reference,
+        }) => {
+            if payload.len() > ctx.router.settings().max_payload {
+                return Step::Reply(error(Code::TOO_LARGE, Some(reference), "payload too large"));
+            }
+            match ctx.router.send(me, to, payload.into()).await {
+                Ok(_) => Step::Reply(ServerMessage::Ok(OkMsg { reference })),
+                Err(e) => {
+                    let code = super::device::push_error_code(&e);
+                    Step::Reply(error(code, Some(reference), &e.to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// A router event as a JSON message (`Kick` is handled by the loop; device-only events such as
+/// commands never reach an app session and are skipped).
+fn app_message(ev: Outbound) -> Option<ServerMessage> {
+    Some(match ev {
+        Outbound::Deliver {
+            msg_id,
+            from,
+            payload,
+        } => ServerMessage::Deliver(Deliver {
+            msg_id,
+            from,
+            payload: payload.to_vec(),
+        }),
+        Outbound::Presence { who, online } => ServerMessage::Presence(Presence { who, online }),
+        Outbound::Command { .. }
+        | Outbound::Response { .. }
+        | Outbound::UploadAck { .. }
+        | Outbound::Kick { .. } => return None,
+    })
+}

@@ -1,0 +1,41 @@
+//! The mapping of session ends to protocol codes and WebSocket close codes.
+//!
+//! WebSocket close codes: a session ended for protocol code `c` closes with `4000 + c` (private
+//! range 4000..=4999), e.g. 4064 for `REPLACED`, 4033 for `SERVER_BUSY`; a normal end closes with
+//! 1000 and an oversized message with 1009 (RFC 6455).
+
+use shared_protocol::codes::Code;
+
+use crate::router::KickReason;
+
+/// The protocol code a router kick is reported with (Kick frame / JSON `kick`).
+pub fn kick_code(reason: KickReason) -> Code {
+    match reason {
+        KickReason::Replaced => Code::REPLACED,
+        KickReason::QueueFull => Code::QUEUE_FULL,
+        KickReason::Shutdown => Code::SHUTDOWN,
+        KickReason::Admin => Code::ADMIN_KICK,
+    }
+}
+
+/// WebSocket close code for a session that ends with protocol `code` (see module docs).
+pub fn close_code(code: Code) -> u16 {
+    if code == Code::NORMAL {
+        1000
+    } else {
+        4000u16.saturating_add(code.0.min(999))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes() {
+        assert_eq!(close_code(Code::NORMAL), 1000);
+        assert_eq!(close_code(Code::REPLACED), 4064);
+        assert_eq!(close_code(kick_code(KickReason::Shutdown)), 4067);
+        assert_eq!(close_code(Code(60000)), 4999);
+    }
+}

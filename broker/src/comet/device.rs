@@ -1,0 +1,198 @@
+//! What device frames mean to the router, and router events as device frames. Shared by the UDP
+//! and device WebSocket endpoints so both transports behave identically.
+//!
+//! Synchronous router calls (command results, spawned uploads and device requests) are made here;
+//! a Send needs the store and the bindings, so it is returned as [`Reaction::Send`] for the
+//! endpoint to run without blocking its socket loop ([`send`]).
+
+use bytes::Bytes;
+use shared_protocol::codes::Code;
+use shared_protocol::frame::{Body, Frame};
+
+use crate::router::{Outbound, PushError, Router, SessionHandle};
+use crate::terminal::Address;
+
+use super::sendwin::Tag;
+
+/// What the endpoint must do after a device frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reaction {
+    /// Nothing more.
+    Nothing,
+    /// Answer a Ping with a Pong.
+    Pong,
+    /// Send an Error frame about device frame `about_seq`.
+    Error {
+        /// The code.
+        code: Code,
+        /// The device frame's seq.
+        about_seq: u32,
+    },
+    /// Run [`send`]; on failure send an Error frame about `about_seq`.
+    Send {
+        /// Recipient.
+        to: Address,
+        /// Payload.
+        payload: Bytes,
+        /// The device frame's seq.
+        about_seq: u32,
+    },
+    /// The device ended the session (Goodbye).
+    Goodbye,
+}
+
+/// Applies one (new, in-window) device frame.
+pub fn on_frame(router: &Router, handle: &SessionHandle, frame: &Frame<'_>) -> Reaction {
+    let me = handle.address();
+    let max_payload = router.settings().max_payload;
+    let about_seq = frame.seq;
+    if frame.body.payload().is_some_and(|p| p.len() > max_payload) {
+        return Reaction::Error {
+            code: Code::TOO_LARGE,
+            about_seq,
+        };
+    }
+    match frame.body {
+        Body::Ping => Reaction::Pong,
+        Body::AckOnly => Reaction::Nothing,
+        Body::Goodbye { .. } => Reaction::Goodbye,
+        Body::Send { to, payload } => match router.settings().profile.validate(to) {
+            Ok(to) => Reaction::Send {
+                to,
+                payload: Bytes::copy_from_slice(payload),
+                about_seq,
+            },
+            Err(e) => Reaction::Error {
+                code: address_code(e),
+                about_seq,
+            },
+        },
+        Body::Upload {
+            upload_id,
+            topic,
+            payload,
+        } => {
+            router.spawn_upload(
+                handle,
+                upload_id,
+                topic.to_owned(),
+                Bytes::copy_from_slice(payload),
+            );
+            Reaction::Nothing
+        }
+        Body::CommandResult {
+            cmd_id,
+            status,
+            payload,
+        } => {
+            // false: late, duplicate or not ours; nothing to tell the device.
+            router.complete_command(me, cmd_id, status, Bytes::copy_from_slice(payload));
+            Reaction::Nothing
+        }
+        Body::Request {
+            req_id,
+            path,
+            payload,
+        } => {
+            router.spawn_device_request(
+                handle,
+                req_id,
+                path.to_owned(),
+                Bytes::copy_from_slice(payload),
+            );
+            Reaction::Nothing
+        }
+        Body::Welcome { .. }
+        | Body::Pong { .. }
+        | Body::Deliver { .. }
+        | Body::UploadAck { .. }
+        | Body::Command { .. }
+        | Body::Response { .. }
+        | Body::Presence { .. }
+        | Body::Kick { .. }
+        | Body::Error { .. } => Reaction::Error {
+            code: Code::UNEXPECTED,
+            about_seq,
+        },
+    }
+}
+
+fn address_code(e: crate::terminal::IdError) -> Code {
+    e.code()
+}
+
+/// Runs a terminal-to-terminal send; `None` on success, else the code to report.
+pub async fn send(router: &Router, from: Address, to: Address, payload: Bytes) -> Option<Code> {
+    match router.send(from, to, payload).await {
+        Ok(_) => None,
+        Err(e) => Some(push_error_code(&e)),
+    }
+}
+
+/// The protocol code for a failed push or send.
+pub fn push_error_code(e: &PushError) -> Code {
+    match e {
+        PushError::TooLarge(_) => Code::TOO_LARGE,
+        PushError::Address(_, e) => address_code(*e),
+        PushError::NotBound { .. } => Code::NOT_AUTHORIZED,
+        PushError::Store(_) => Code::UNAVAILABLE,
+        PushError::UnknownGroup(_) | PushError::BadTtl(_) => Code::INTERNAL,
+    }
+}
+
+/// A router event as a reliable device frame body and the tag its ack reports. `Kick` is not
+/// reliable and is handled by the endpoints (`None` here).
+pub fn outbound_body(ev: &Outbound) -> Option<(Body<'_>, Tag)> {
+    Some(match ev {
+        Outbound::Deliver {
+            msg_id,
+            from,
+            payload,
+        } => (
+            Body::Deliver {
+                msg_id: *msg_id,
+                from: *from,
+                payload,
+            },
+            Tag::Deliver(*msg_id),
+        ),
+        Outbound::Command {
+            cmd_id,
+            name,
+            payload,
+        } => (
+            Body::Command {
+                cmd_id: *cmd_id,
+                name,
+                payload,
+            },
+            Tag::Plain,
+        ),
+        Outbound::Response {
+            req_id,
+            status,
+            payload,
+        } => (
+            Body::Response {
+                req_id: *req_id,
+                status: *status,
+                payload,
+            },
+            Tag::Plain,
+        ),
+        Outbound::UploadAck { upload_id } => (
+            Body::UploadAck {
+                upload_id: *upload_id,
+            },
+            Tag::Plain,
+        ),
+        Outbound::Presence { who, online } => (
+            Body::Presence {
+                who: *who,
+                online: *online,
+            },
+            Tag::Plain,
+        ),
+        Outbound::Kick { .. } => return None,
+    })
+}

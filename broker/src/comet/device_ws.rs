@@ -1,0 +1,385 @@
+//! The device WebSocket endpoint: one binary message = one protocol packet (docs/protocol.md
+//! section 2), byte-for-byte as over UDP.
+//!
+//! Per connection (one task, see the comet module docs): admission against the connection
+//! limits, the WebSocket upgrade and the HELLO / CHALLENGE / LOGIN handshake within
+//! `timeouts.handshake_secs`, then the session loop over the socket, the router's outbound queue
+//! and the [`Link`] timers. Close codes: 1000 after a Goodbye, 1009 for an oversized message,
+//! `4000 + code` when the broker ends the session for protocol `code` (module [`convert`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use shared_protocol::codes::Code;
+use shared_protocol::frame::Body;
+use shared_protocol::handshake::{HelloError, HelloReply, reject_packet};
+use shared_protocol::keys::PeerAddr;
+use shared_protocol::limits::MAX_PACKET;
+use shared_protocol::packet::{PacketType, peek_header};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+
+use crate::router::{Login, Outbound, Session, Transport};
+
+use super::Context;
+use super::convert::{close_code, kick_code};
+use super::device::{self, Reaction};
+use super::limits::ConnGuard;
+use super::link::{Link, Polled};
+use super::logins::{self, LoginOutcome};
+use super::sendwin::Tag;
+use super::ws::{self, Ws};
+
+const T: Transport = Transport::DeviceWs;
+
+/// Accepts device WebSocket connections until shutdown.
+pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(ctx.clone(), stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "device_ws accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// How a connection ended (for the lifecycle log line).
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the socket failed.
+    Closed,
+    /// The device said Goodbye.
+    Goodbye,
+    /// The broker ended it with this code.
+    Code(Code),
+}
+
+async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let admitted = ctx.conns.try_acquire(ws::peer_ip(peer));
+    let deadline = Instant::now() + ctx.settings.handshake;
+    let config = ws::config(ctx.settings.max_device_packet);
+    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let mut ws = match timeout_at(deadline, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "device_ws upgrade failed");
+            return;
+        }
+        Err(_) => {
+            ctx.router.metrics().login_failed(T, "handshake_timeout");
+            return;
+        }
+    };
+    let guard: ConnGuard = match admitted {
+        Ok(g) => g,
+        Err(limit) => {
+            ctx.router.metrics().limit_hit(limit.key());
+            let code = match limit {
+                super::limits::ConnLimit::Total => Code::SERVER_BUSY,
+                super::limits::ConnLimit::PerIp => Code::RATE_LIMITED,
+            };
+            ws::close(&mut ws, close_code(code), limit.key()).await;
+            return;
+        }
+    };
+    ctx.router.metrics().connection_opened(T);
+    let end = match handshake(&ctx, &mut ws, peer, deadline).await {
+        Ok((link, session)) => run(&ctx, &mut ws, link, session).await,
+        Err(end) => end,
+    };
+    match end {
+        End::Closed => {}
+        End::Goodbye => ws::close(&mut ws, 1000, "goodbye").await,
+        End::Code(code) => ws::close(&mut ws, close_code(code), code.description()).await,
+    }
+    tracing::debug!(%peer, ?end, "device_ws connection closed");
+    ctx.router.metrics().connection_closed(T);
+    drop(guard);
+}
+
+async fn send_packet(ws: &mut Ws, packet: Vec<u8>) -> Result<(), WsError> {
+    ws.send(Message::Binary(Bytes::from(packet))).await
+}
+
+/// Runs `seal` on a fresh packet buffer and returns the packet.
+fn packet(seal: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let n = seal(&mut buf)?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn mutable(b: Bytes) -> BytesMut {
+    b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]))
+}
+
+fn ws_error_end(ctx: &Context, e: &WsError) -> End {
+    if matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. })) {
+        ctx.router.metrics().limit_hit("max_device_frame_bytes");
+        End::Code(Code::TOO_LARGE)
+    } else {
+        End::Closed
+    }
+}
+
+/// HELLO / CHALLENGE / LOGIN until a session is registered, REJECT ends the connection.
+async fn handshake(
+    ctx: &Context,
+    ws: &mut Ws,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<(Link, Session), End> {
+    let peer_addr = PeerAddr::from(peer);
+    let m = ctx.router.metrics();
+    loop {
+        let msg = match timeout_at(deadline, ws.next()).await {
+            Err(_) => {
+                m.login_failed(T, "handshake_timeout");
+                return Err(End::Code(Code::TIMEOUT));
+            }
+            Ok(None) => return Err(End::Closed),
+            Ok(Some(Err(e))) => return Err(ws_error_end(ctx, &e)),
+            Ok(Some(Ok(msg))) => msg,
+        };
+        let bytes = match msg {
+            Message::Binary(b) => b,
+            Message::Text(_) => return Err(End::Code(Code::MALFORMED)),
+            Message::Close(_) => return Err(End::Closed),
+            _ => continue,
+        };
+        let now = crate::router::now_ms();
+        let is_hello = bytes.get(1) == Some(&(PacketType::Hello as u8));
+        if is_hello {
+            let mut out = [0u8; MAX_PACKET];
+            match ctx
+                .logins
+                .acceptor()
+                .on_hello(&peer_addr, &bytes, now, &mut out)
+            {
+                Ok(HelloReply::Challenge(p)) => {
+                    send_packet(ws, p.to_vec()).await.map_err(|_| End::Closed)?;
+                }
+                Ok(HelloReply::Reject { code, packet }) => {
+                    m.login_failed(T, "hello_rejected");
+                    let _ = send_packet(ws, packet.to_vec()).await;
+                    return Err(End::Code(code));
+                }
+                Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {}
+            }
+            continue;
+        }
+        if !matches!(peek_header(&bytes), Ok((PacketType::Login, _))) {
+            continue;
+        }
+        if !ctx.login_rate.allow(ws::peer_ip(peer), now) {
+            m.limit_hit("login_attempts_per_ip_per_sec");
+            m.login_failed(T, "rate_limited");
+            let mut out = [0u8; 16];
+            if let Ok(p) = reject_packet(Code::RATE_LIMITED, 1000, &mut out) {
+                let _ = send_packet(ws, p.to_vec()).await;
+            }
+            return Err(End::Code(Code::RATE_LIMITED));
+        }
+        let sid = ctx.session_id();
+        let params = ctx.welcome_params();
+        let mut out = [0u8; MAX_PACKET];
+        let accepted = match ctx
+            .logins
+            .on_login(&peer_addr, &bytes, now, sid, &params, &mut out)
+        {
+            LoginOutcome::Accepted(a) => a,
+            LoginOutcome::Duplicate => continue,
+            LoginOutcome::Refused(e) => match e.code() {
+                None => continue,
+                Some(code) => {
+                    m.login_failed(T, logins::failure_label(e));
+                    let mut rej = [0u8; 16];
+                    if let Ok(p) = reject_packet(code, 0, &mut rej) {
+                        let _ = send_packet(ws, p.to_vec()).await;
+                    }
+                    return Err(End::Code(code));
+                }
+            },
+        };
+        let welcome = accepted.welcome.to_vec();
+        let login = Login {
+            address: accepted.address,
+            transport: T,
+            peer,
+            since_id: accepted.since_id,
+        };
+        let link = Link::new(
+            accepted.session,
+            ctx.settings.session_timeout_ms(),
+            ctx.mono_ms(),
+        );
+        let session = match ctx.router.login(login).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "device_ws login not registered");
+                m.login_failed(T, "unavailable");
+                let mut rej = [0u8; 16];
+                if let Ok(p) = reject_packet(Code::UNAVAILABLE, 1000, &mut rej) {
+                    let _ = send_packet(ws, p.to_vec()).await;
+                }
+                return Err(End::Code(Code::UNAVAILABLE));
+            }
+        };
+        send_packet(ws, welcome).await.map_err(|_| End::Closed)?;
+        return Ok((link, session));
+    }
+}
+
+/// The session loop (see module docs).
+async fn run(ctx: &Context, ws: &mut Ws, mut link: Link, mut session: Session) -> End {
+    let me = session.handle().address();
+    let end = loop {
+        let wake = ctx.instant_at(link.poll_timeout());
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Some(end) = on_packet(ctx, ws, &mut link, &session, mutable(b)).await {
+                        break end;
+                    }
+                }
+                Some(Ok(Message::Text(_))) => break End::Code(Code::MALFORMED),
+                Some(Ok(Message::Close(_))) | None => break End::Closed,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break ws_error_end(ctx, &e),
+            },
+            ev = session.next(), if link.can_send() => match ev {
+                Some(Outbound::Kick { reason }) => {
+                    let code = kick_code(reason);
+                    if let Some(p) = packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok()) {
+                        let _ = send_packet(ws, p).await;
+                    }
+                    break End::Code(code);
+                }
+                Some(ev) => {
+                    if let Some(end) = send_event(ctx, ws, &mut link, &ev).await {
+                        break end;
+                    }
+                }
+                None => break End::Closed,
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                if let Some(end) = run_timers(ctx, ws, &mut link).await {
+                    break end;
+                }
+            }
+        }
+    };
+    tracing::info!(terminal = %me, transport = T.as_str(), ?end, "device session ended");
+    session.close().await;
+    end
+}
+
+async fn send_event(ctx: &Context, ws: &mut Ws, link: &mut Link, ev: &Outbound) -> Option<End> {
+    let (body, tag) = device::outbound_body(ev)?;
+    let now = ctx.mono_ms();
+    match packet(|o| link.seal_reliable(body, tag, now, rand::random(), o).ok()) {
+        Some(p) => send_packet(ws, p).await.err().map(|_| End::Closed),
+        None => {
+            tracing::warn!(event = ?ev, "device_ws: event does not fit a frame, dropped");
+            None
+        }
+    }
+}
+
+async fn run_timers(ctx: &Context, ws: &mut Ws, link: &mut Link) -> Option<End> {
+    loop {
+        let mut buf = vec![0u8; MAX_PACKET];
+        match link.poll(ctx.mono_ms(), rand::random(), &mut buf) {
+            Polled::Send(n) => {
+                buf.truncate(n);
+                if send_packet(ws, buf).await.is_err() {
+                    return Some(End::Closed);
+                }
+            }
+            Polled::Dead(code) => {
+                if let Some(p) =
+                    packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok())
+                {
+                    let _ = send_packet(ws, p).await;
+                }
+                return Some(End::Code(code));
+            }
+            Polled::Idle => return None,
+        }
+    }
+}
+
+async fn on_packet(
+    ctx: &Context,
+    ws: &mut Ws,
+    link: &mut Link,
+    session: &Session,
+    mut buf: BytesMut,
+) -> Option<End> {
+    let handle = session.handle();
+    let me = handle.address();
+    let received = match link.receive(&mut buf, ctx.mono_ms()) {
+        Ok(r) => r,
+        Err(shared_protocol::session::SessionError::Decode) => {
+            let e = Body::Error {
+                code: Code::MALFORMED,
+                about_seq: 0,
+            };
+            return reliable(ctx, ws, link, e).await;
+        }
+        // Not authentic, replayed, another session, or a handshake packet: ignored.
+        Err(_) => return None,
+    };
+    for msg_id in received.delivered {
+        if let Err(e) = ctx.router.ack(me, msg_id).await {
+            tracing::warn!(terminal = %me, msg_id, error = %e, "ack not stored");
+        }
+    }
+    let frame = received.frame?;
+    match device::on_frame(&ctx.router, handle, &frame) {
+        Reaction::Nothing => None,
+        Reaction::Goodbye => Some(End::Goodbye),
+        Reaction::Pong => {
+            let pong = Body::Pong {
+                server_time_ms: crate::router::now_ms(),
+            };
+            let p = packet(|o| link.seal_unreliable(pong, o).ok())?;
+            send_packet(ws, p).await.err().map(|_| End::Closed)
+        }
+        Reaction::Error { code, about_seq } => {
+            reliable(ctx, ws, link, Body::Error { code, about_seq }).await
+        }
+        Reaction::Send {
+            to,
+            payload,
+            about_seq,
+        } => {
+            let code = device::send(&ctx.router, me, to, payload).await?;
+            reliable(ctx, ws, link, Body::Error { code, about_seq }).await
+        }
+    }
+}
+
+/// Sends a broker-originated reliable frame if the window has room (an Error is advisory: it is
+/// dropped when 16 frames are already unacknowledged).
+async fn reliable(ctx: &Context, ws: &mut Ws, link: &mut Link, body: Body<'_>) -> Option<End> {
+    let now = ctx.mono_ms();
+    let p = packet(|o| {
+        link.seal_reliable(body, Tag::Plain, now, rand::random(), o)
+            .ok()
+    })?;
+    send_packet(ws, p).await.err().map(|_| End::Closed)
+}

@@ -1,0 +1,218 @@
+//! Admission limits shared by every comet endpoint: connections in total and per client IP
+//! ([`ConnLimiter`], config `limits.max_connections` / `limits.max_connections_per_ip`) and login
+//! attempts per client IP per second ([`LoginLimiter`], `limits.login_attempts_per_ip_per_sec`).
+//!
+//! Both are sharded by IP (16 `std::sync::Mutex` shards); every critical section is one hash-map
+//! operation and no lock is held across `.await`. A UDP session counts as a connection.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const SHARDS: usize = 16;
+
+/// Which connection limit refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnLimit {
+    /// `limits.max_connections`.
+    Total,
+    /// `limits.max_connections_per_ip`.
+    PerIp,
+}
+
+impl ConnLimit {
+    /// The config key (also the `limit` metric label).
+    pub fn key(self) -> &'static str {
+        match self {
+            ConnLimit::Total => "max_connections",
+            ConnLimit::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+struct Sharded<V> {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<IpAddr, V>>]>,
+}
+
+impl<V> Sharded<V> {
+    fn new() -> Self {
+        Sharded {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, ip: IpAddr) -> MutexGuard<'_, HashMap<IpAddr, V>> {
+        let i = self.hasher.hash_one(ip) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts open connections in total and per IP.
+pub struct ConnLimiter {
+    max_total: u32,
+    max_per_ip: u32,
+    total: AtomicU32,
+    per_ip: Sharded<u32>,
+}
+
+/// An admitted connection; dropping it gives the slot back.
+pub struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl std::fmt::Debug for ConnGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnGuard").field("ip", &self.ip).finish()
+    }
+}
+
+impl ConnLimiter {
+    /// A limiter with the configured maxima.
+    pub fn new(max_total: u32, max_per_ip: u32) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            max_total,
+            max_per_ip,
+            total: AtomicU32::new(0),
+            per_ip: Sharded::new(),
+        })
+    }
+
+    /// Admits a connection from `ip`, or says which limit refuses it.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnLimit> {
+        let admitted = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_total).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return Err(ConnLimit::Total);
+        }
+        let mut shard = self.per_ip.shard(ip);
+        let n = shard.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            if *n == 0 {
+                shard.remove(&ip);
+            }
+            drop(shard);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnLimit::PerIp);
+        }
+        *n += 1;
+        Ok(ConnGuard {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections currently admitted.
+    pub fn open(&self) -> u32 {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut shard = self.limiter.per_ip.shard(self.ip);
+        if let Some(n) = shard.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                shard.remove(&self.ip);
+            }
+        }
+        drop(shard);
+        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Token bucket per IP: `rate` attempts per second, bursts up to `rate`.
+pub struct LoginLimiter {
+    rate: u64,
+    buckets: Sharded<Bucket>,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    /// Milli-tokens (one attempt costs 1000).
+    tokens: u64,
+    last_ms: u64,
+}
+
+/// Buckets per shard above which full buckets are forgotten.
+const PRUNE_ABOVE: usize = 1024;
+
+impl LoginLimiter {
+    /// A limiter allowing `rate` login attempts per IP per second.
+    pub fn new(rate: u32) -> LoginLimiter {
+        LoginLimiter {
+            rate: u64::from(rate.max(1)),
+            buckets: Sharded::new(),
+        }
+    }
+
+    /// Takes one attempt for `ip` at `now_ms`; false when the IP is over its rate.
+    pub fn allow(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let cap = self.rate * 1000;
+        let rate = self.rate;
+        let mut shard = self.buckets.shard(ip);
+        if shard.len() > PRUNE_ABOVE {
+            shard.retain(|_, b| b.tokens + now_ms.saturating_sub(b.last_ms) * rate < cap);
+        }
+        let b = shard.entry(ip).or_insert(Bucket {
+            tokens: cap,
+            last_ms: now_ms,
+        });
+        let refill = now_ms.saturating_sub(b.last_ms).saturating_mul(rate);
+        b.tokens = (b.tokens + refill).min(cap);
+        b.last_ms = b.last_ms.max(now_ms);
+        if b.tokens >= 1000 {
+            b.tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits() {
+        let l = ConnLimiter::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = l.try_acquire(a).unwrap();
+        let _g2 = l.try_acquire(a).unwrap();
+        assert_eq!(l.try_acquire(a).unwrap_err(), ConnLimit::PerIp);
+        let _g3 = l.try_acquire(b).unwrap();
+        assert_eq!(l.try_acquire(b).unwrap_err(), ConnLimit::Total);
+        assert_eq!(l.open(), 3);
+        drop(g1);
+        assert_eq!(l.open(), 2);
+        assert!(l.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn login_bucket_refills() {
+        let l = LoginLimiter::new(2);
+        let ip: IpAddr = "::1".parse().unwrap();
+        assert!(l.allow(ip, 1000));
+        assert!(l.allow(ip, 1000));
+        assert!(!l.allow(ip, 1000));
+        assert!(!l.allow(ip, 1400));
+        assert!(
+            l.allow(ip, 1500),
+            "half a second refills one attempt at 2/s"
+        );
+        assert!(
+            l.allow("10.1.1.1".parse().unwrap(), 1500),
+            "other IPs are independent"
+        );
+    }
+}

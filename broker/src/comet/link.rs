@@ -1,0 +1,372 @@
+//! The broker's side of one established device session, sans-IO: the [`SecureSession`] (seal /
+//! open of DATA packets), the heap-backed send window ([`SendWin`]), the receive window
+//! ([`RecvWindow`]) and the silence timer. The UDP and device WebSocket endpoints drive the same
+//! [`Link`] with bytes and `now_ms`; it never does I/O, never reads a clock and takes its jitter
+//! from the caller.
+//!
+//! Every outgoing frame carries the current [`RecvWindow::ack`], so acknowledgements ride on any
+//! traffic; an AckOnly is sent only when one is due (`ACK_DELAY`) and nothing else went out.
+
+use shared_protocol::codes::Code;
+use shared_protocol::frame::{Body, Frame};
+use shared_protocol::limits::MAX_FRAME;
+use shared_protocol::reliability::{RecvOutcome, RecvWindow};
+use shared_protocol::session::{SecureSession, SessionError};
+
+use super::sendwin::{Due, SendWin, Tag};
+
+/// Why a frame could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The send window is full (or the peer is dead): try again after acks.
+    #[error("send window full")]
+    WindowFull,
+    /// The body breaks a protocol limit or does not encode.
+    #[error("frame does not encode")]
+    Encode,
+    /// The session cannot seal any more (counter exhausted): it must end.
+    #[error("session cannot send: {0}")]
+    Session(SessionError),
+}
+
+/// A received, authenticated packet.
+#[derive(Debug)]
+pub struct Received<'p> {
+    /// The frame to act on; `None` for a duplicate or out-of-window reliable frame (already
+    /// handled, or to be resent by the peer).
+    pub frame: Option<Frame<'p>>,
+    /// Message ids whose Deliver frames this packet acknowledged (ack them to the router).
+    pub delivered: Vec<u64>,
+}
+
+/// What [`Link::poll`] wants done.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// Send the packet of this length from the output buffer, then poll again.
+    Send(usize),
+    /// The session is over for this reason (silence or unacknowledged frames).
+    Dead(Code),
+    /// Nothing due before [`Link::poll_timeout`].
+    Idle,
+}
+
+/// One device session's protocol state (see module docs).
+pub struct Link {
+    session: SecureSession,
+    send: SendWin,
+    recv: RecvWindow,
+    last_rx_ms: u64,
+    timeout_ms: u64,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("session_id", &self.session.session_id())
+            .field("in_flight", &self.send.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A link over an accepted session, silent-timeout `timeout_ms`, created at `now_ms`.
+    pub fn new(session: SecureSession, timeout_ms: u64, now_ms: u64) -> Link {
+        Link {
+            session,
+            send: SendWin::new(),
+            recv: RecvWindow::new(),
+            last_rx_ms: now_ms,
+            timeout_ms,
+        }
+    }
+
+    /// The DATA session id.
+    pub fn session_id(&self) -> u32 {
+        self.session.session_id()
+    }
+
+    /// Whether a reliable frame can be sent now (window not full, peer not dead).
+    pub fn can_send(&self) -> bool {
+        self.send.can_send()
+    }
+
+    /// Opens a DATA packet in place. Errors (forged, replayed, other session, undecodable
+    /// plaintext) change nothing except that an authentic undecodable packet counts as traffic.
+    pub fn receive<'p>(
+        &mut self,
+        packet: &'p mut [u8],
+        now_ms: u64,
+    ) -> Result<Received<'p>, SessionError> {
+        let frame = match self.session.open_frame(packet) {
+            Ok(f) => f,
+            Err(SessionError::Decode) => {
+                self.last_rx_ms = now_ms;
+                return Err(SessionError::Decode);
+            }
+            Err(e) => return Err(e),
+        };
+        self.last_rx_ms = now_ms;
+        let delivered = match self.send.on_ack(frame.ack) {
+            Some(tags) => tags
+                .into_iter()
+                .filter_map(|t| match t {
+                    Tag::Deliver(id) => Some(id),
+                    Tag::Plain => None,
+                })
+                .collect(),
+            // An ack for frames never sent is a peer bug: ignore the ack, keep the body.
+            None => Vec::new(),
+        };
+        let frame = match self.recv.on_receive(frame.seq, now_ms) {
+            RecvOutcome::Unreliable | RecvOutcome::Accept => Some(frame),
+            RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => None,
+        };
+        Ok(Received { frame, delivered })
+    }
+
+    /// Seals an unreliable body (Pong, Kick, Goodbye, AckOnly) into `out`; returns its length.
+    pub fn seal_unreliable(&mut self, body: Body<'_>, out: &mut [u8]) -> Result<usize, LinkError> {
+        let frame = Frame::unreliable(self.recv.ack(), body);
+        let n = self.session.seal_frame(&frame, out).map_err(map_seal)?;
+        self.recv.on_ack_sent();
+        Ok(n)
+    }
+
+    /// Registers a reliable body in the send window and seals its first transmission.
+    pub fn seal_reliable(
+        &mut self,
+        body: Body<'_>,
+        tag: Tag,
+        now_ms: u64,
+        jitter: u16,
+        out: &mut [u8],
+    ) -> Result<usize, LinkError> {
+        if !self.send.can_send() {
+            return Err(LinkError::WindowFull);
+        }
+        if !body.is_reliable() || body.check_limits().is_err() {
+            return Err(LinkError::Encode);
+        }
+        let mut buf = [0u8; MAX_FRAME];
+        let bytes = postcard::to_slice(&body, &mut buf).map_err(|_| LinkError::Encode)?;
+        let stored: Box<[u8]> = (&*bytes).into();
+        let seq = self.send.next_seq();
+        // Seal first so a failure leaves the window untouched.
+        let n = seal_stored(&mut self.session, &self.recv, seq, &stored, out)?;
+        self.recv.on_ack_sent();
+        let pushed = self.send.push(stored, tag, now_ms, jitter);
+        debug_assert_eq!(pushed, Some(seq));
+        Ok(n)
+    }
+
+    /// The next time [`Link::poll`] has something to do.
+    pub fn poll_timeout(&self) -> u64 {
+        let silence = self.last_rx_ms.saturating_add(self.timeout_ms);
+        [self.send.poll_timeout(), self.recv.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .fold(silence, u64::min)
+    }
+
+    /// Runs the timers at `now_ms`: silence timeout, retransmissions, delayed ack. Call until
+    /// it returns [`Polled::Idle`] or [`Polled::Dead`].
+    pub fn poll(&mut self, now_ms: u64, jitter: u16, out: &mut [u8]) -> Polled {
+        if now_ms >= self.last_rx_ms.saturating_add(self.timeout_ms) {
+            return Polled::Dead(Code::HEARTBEAT_TIMEOUT);
+        }
+        match self.send.poll(now_ms, jitter) {
+            Some(Due::Dead) => return Polled::Dead(Code::HEARTBEAT_TIMEOUT),
+            Some(Due::Retransmit { seq, body }) => {
+                return match seal_stored(&mut self.session, &self.recv, seq, body, out) {
+                    Ok(n) => {
+                        self.recv.on_ack_sent();
+                        Polled::Send(n)
+                    }
+                    Err(_) => Polled::Dead(Code::REKEY),
+                };
+            }
+            None => {}
+        }
+        if self.recv.poll_ack(now_ms).is_some() {
+            return match self.seal_unreliable(Body::AckOnly, out) {
+                Ok(n) => Polled::Send(n),
+                Err(_) => Polled::Dead(Code::REKEY),
+            };
+        }
+        Polled::Idle
+    }
+}
+
+fn map_seal(e: SessionError) -> LinkError {
+    match e {
+        SessionError::Encode => LinkError::Encode,
+        other => LinkError::Session(other),
+    }
+}
+
+/// Seals `Frame { seq, ack, body }` where `body` is an already encoded postcard `Body`: the
+/// frame's postcard form is the concatenation of its fields.
+fn seal_stored(
+    session: &mut SecureSession,
+    recv: &RecvWindow,
+    seq: u32,
+    body: &[u8],
+    out: &mut [u8],
+) -> Result<usize, LinkError> {
+    session
+        .seal_with(out, |room| {
+            let head = postcard::to_slice(&(seq, recv.ack()), room)
+                .map_err(|_| SessionError::BufferTooSmall)?
+                .len();
+            let end = head + body.len();
+            room.get_mut(head..end)
+                .ok_or(SessionError::TooLong)?
+                .copy_from_slice(body);
+            Ok(end)
+        })
+        .map_err(map_seal)
+}
+
+#[cfg(test)]
+mod tests {
+    use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeParams};
+    use shared_protocol::ids::{Address, IdProfile};
+    use shared_protocol::keys::{CookieSecret, DeviceKey, PeerAddr};
+    use shared_protocol::limits::MAX_PACKET;
+    use shared_protocol::reliability::Ack;
+
+    use super::*;
+
+    /// A broker link and the device's session, through the real handshake.
+    fn pair() -> (Link, SecureSession) {
+        let key = DeviceKey([7; 32]);
+        let acceptor =
+            shared_protocol::handshake::Acceptor::new(IdProfile::Plug, CookieSecret([1; 32]));
+        let peer = PeerAddr::V4([127, 0, 0, 1], 9);
+        let mut dev = ClientHandshake::new(Address::device(5), key.clone(), 0);
+        let (mut a, mut b, mut c) = ([0u8; MAX_PACKET], [0u8; MAX_PACKET], [0u8; MAX_PACKET]);
+        let hello = dev.start(1000, [3; 16], &mut a).unwrap().to_vec();
+        let ch = match acceptor.on_hello(&peer, &hello, 1000, &mut b).unwrap() {
+            shared_protocol::handshake::HelloReply::Challenge(p) => p.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let mut ch = ch;
+        let login = match dev.on_packet(&mut ch, &mut a).unwrap() {
+            ClientEvent::Send(p) => p.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let params = WelcomeParams {
+            heartbeat_secs: 30,
+            session_timeout_secs: 90,
+            max_payload: 1024,
+            server_time_ms: 0,
+        };
+        let lookup = |_| {
+            Some(shared_protocol::handshake::TerminalRecord {
+                key: key.clone(),
+                last_login_ms: None,
+            })
+        };
+        let acc = acceptor
+            .on_login(&peer, &login, 1001, lookup, 77, &params, &mut c)
+            .unwrap();
+        let mut welcome = acc.welcome.to_vec();
+        let est = match dev.on_packet(&mut welcome, &mut a).unwrap() {
+            ClientEvent::Established(e) => e,
+            other => panic!("{other:?}"),
+        };
+        (Link::new(acc.session, 90_000, 1001), est.session)
+    }
+
+    #[test]
+    fn deliver_is_acked_by_the_device_transport_ack() {
+        let (mut link, mut dev) = pair();
+        let mut out = [0u8; MAX_PACKET];
+        let body = Body::Deliver {
+            msg_id: 42,
+            from: None,
+            payload: b"hi",
+        };
+        let n = link
+            .seal_reliable(body, Tag::Deliver(42), 2000, 0, &mut out)
+            .unwrap();
+        let mut pkt = out[..n].to_vec();
+        let f = dev.open_frame(&mut pkt).unwrap();
+        assert_eq!((f.seq, f.body), (1, body));
+        // The device acknowledges seq 1 in an AckOnly.
+        let ack = Frame::unreliable(Ack { next: 2, mask: 0 }, Body::AckOnly);
+        let n = dev.seal_frame(&ack, &mut out).unwrap();
+        let mut pkt = out[..n].to_vec();
+        let r = link.receive(&mut pkt, 2100).unwrap();
+        assert_eq!(r.delivered, vec![42]);
+        assert_eq!(r.frame.unwrap().body, Body::AckOnly);
+        assert_eq!(link.poll(2100, 0, &mut out), Polled::Idle);
+    }
+
+    #[test]
+    fn retransmits_and_acks_duplicates_once() {
+        let (mut link, mut dev) = pair();
+        let mut out = [0u8; MAX_PACKET];
+        link.seal_reliable(
+            Body::UploadAck { upload_id: 9 },
+            Tag::Plain,
+            0,
+            u16::MAX,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(link.poll_timeout(), 500);
+        let Polled::Send(n) = link.poll(500, 0, &mut out) else {
+            panic!("no retransmission")
+        };
+        let mut pkt = out[..n].to_vec();
+        let f = dev.open_frame(&mut pkt).unwrap();
+        assert_eq!((f.seq, f.body), (1, Body::UploadAck { upload_id: 9 }));
+        // A device Send arrives twice: delivered once, acked within ACK_DELAY.
+        let send = Frame {
+            seq: 1,
+            ack: Ack { next: 1, mask: 0 },
+            body: Body::Send {
+                to: Address::phone(3),
+                payload: b"x",
+            },
+        };
+        for (i, expect) in [(0, true), (1, false)] {
+            let n = dev.seal_frame(&send, &mut out).unwrap();
+            let mut pkt = out[..n].to_vec();
+            let r = link.receive(&mut pkt, 600 + i).unwrap();
+            assert_eq!(r.frame.is_some(), expect);
+        }
+        assert_eq!(link.poll_timeout(), 650);
+        let Polled::Send(n) = link.poll(650, 0, &mut out) else {
+            panic!("no ack")
+        };
+        let mut pkt = out[..n].to_vec();
+        let f = dev.open_frame(&mut pkt).unwrap();
+        assert_eq!((f.body, f.ack), (Body::AckOnly, Ack { next: 2, mask: 0 }));
+    }
+
+    #[test]
+    fn silence_kills_the_session_and_forgeries_change_nothing() {
+        let (mut link, _dev) = pair();
+        let mut out = [0u8; MAX_PACKET];
+        let mut junk = [1u8, 0x10, 77, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]
+            .iter()
+            .copied()
+            .chain([0u8; 40])
+            .collect::<Vec<_>>();
+        assert_eq!(
+            link.receive(&mut junk, 50_000).unwrap_err(),
+            SessionError::AuthFailed
+        );
+        assert_eq!(
+            link.poll_timeout(),
+            1001 + 90_000,
+            "a forgery is not traffic"
+        );
+        assert_eq!(
+            link.poll(91_001, 0, &mut out),
+            Polled::Dead(Code::HEARTBEAT_TIMEOUT)
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The comet: the connection endpoints terminals log in through, speaking docs/protocol.md with
+//! `shared-protocol`, and feeding the router ([`crate::router`]).
+//!
+//! * [`device_ws`]: devices over WebSocket (one binary message = one packet).
+//! * [`udp`]: devices over UDP (one datagram = one packet).
+//! * [`app_ws`]: apps over WebSocket (JSON text messages, HS256 token in the first message).
+//! * Shared pieces: [`link`] (sans-IO session state: seal/open, reliability windows, timers) with
+//!   [`sendwin`] (heap-backed send window), [`device`] (device frames to router calls and router
+//!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table), [`limits`]
+//!   (connection and login-rate limits), [`ws`] (WebSocket config), [`convert`] (type mapping).
+//!
+//! # Concurrency design
+//!
+//! * **WebSocket endpoints: one task per connection owning all of its protocol state** (the
+//!   handshake, then the [`link::Link`] or JSON session). The task `select!`s over three sources:
+//!   the socket, the session's bounded outbound queue from the router ([`crate::router::Session`])
+//!   and the link's next timer. It pulls from the outbound queue only while the reliability
+//!   window has room, so a slow device leaves events in the router's bounded queue, where the
+//!   configured full-queue policy applies and is counted; it never grows memory here and never
+//!   slows other connections.
+//! * **UDP endpoint: one socket task owning a table of sessions keyed by `session_id`**, each a
+//!   small per-session state machine ([`link::Link`] plus the router handle). Datagrams are
+//!   routed by the DATA header's session id, not by address (NAT rebinding moves a session when
+//!   an authenticated, new-in-window packet arrives from another address). Timers live in one
+//!   ordered set of `(deadline, session_id)`; the task sleeps until the first. Each session's
+//!   outbound queue is awaited by a small future in a `FuturesUnordered` polled by the same task
+//!   (no task per session); a session whose window is full is parked and re-armed on acks.
+//!   Handshake packets are answered statelessly (HELLO -> CHALLENGE no larger than the HELLO);
+//!   an accepted LOGIN registers with the router in a spawned task that hands the new session
+//!   back over a channel, so store I/O never blocks the socket loop. Sends and acks that need
+//!   the store run in spawned tasks for the same reason.
+//! * **No lock is held across `.await`.** The only locks in the comet are `std::sync::Mutex`
+//!   shards in [`limits`] and [`logins`], each held for one synchronous map operation (and the
+//!   LOGIN check, which is pure computation). Everything that awaits owns its state outright
+//!   (a connection task, or the UDP socket task), so there is nothing to lock. The router's own
+//!   registry and queues follow the same rule.
+
+pub mod app_ws;
+pub mod convert;
+pub mod device;
+pub mod device_ws;
+pub mod limits;
+pub mod link;
+pub mod logins;
+pub mod sendwin;
+pub mod udp;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shared_protocol::handshake::WelcomeParams;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::router::Router;
+use crate::secrets::Secrets;
+
+use limits::{ConnLimiter, LoginLimiter};
+use logins::Logins;
+
+/// Comet settings taken from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Time from connection (or first HELLO) to completed login (`timeouts.handshake_secs`).
+    pub handshake: Duration,
+    /// Ping interval announced in WELCOME (`timeouts.heartbeat_secs`).
+    pub heartbeat_secs: u16,
+    /// Silence after which a session is offline (`timeouts.session_secs`).
+    pub session_timeout_secs: u16,
+    /// Largest payload announced in WELCOME (`limits.max_payload_bytes`).
+    pub max_payload: u16,
+    /// Largest device packet (`limits.max_device_frame_bytes`).
+    pub max_device_packet: usize,
+    /// Largest app text message (`limits.max_app_message_bytes`, capped by the protocol's 4096).
+    pub max_app_message: usize,
+}
+
+impl Settings {
+    /// Settings from the configuration.
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            handshake: Duration::from_secs(c.timeouts.handshake_secs),
+            heartbeat_secs: u16::try_from(c.timeouts.heartbeat_secs).unwrap_or(u16::MAX),
+            session_timeout_secs: u16::try_from(c.timeouts.session_secs).unwrap_or(u16::MAX),
+            max_payload: u16::try_from(c.limits.max_payload_bytes)
+                .unwrap_or(u16::MAX)
+                .min(shared_protocol::limits::MAX_PAYLOAD as u16),
+            max_device_packet: (c.limits.max_device_frame_bytes as usize)
+                .min(shared_protocol::limits::MAX_PACKET),
+            max_app_message: (c.limits.max_app_message_bytes as usize)
+                .min(shared_protocol::limits::MAX_JSON_MESSAGE),
+        }
+    }
+
+    /// The silence timeout in milliseconds.
+    pub fn session_timeout_ms(&self) -> u64 {
+        u64::from(self.session_timeout_secs) * 1000
+    }
+}
+
+/// Everything the endpoints share (cheap to clone through `Arc`).
+pub struct Context {
+    /// The router.
+    pub router: Router,
+    /// Settings.
+    pub settings: Settings,
+    /// LOGIN acceptance.
+    pub logins: Logins,
+    /// Connection limits (WebSocket connections and UDP sessions).
+    pub conns: Arc<ConnLimiter>,
+    /// Login attempts per IP per second.
+    pub login_rate: LoginLimiter,
+    /// App token secret.
+    pub token_secret: [u8; 32],
+    /// Cancelled at shutdown: endpoints stop accepting.
+    pub shutdown: CancellationToken,
+    epoch: Instant,
+    next_session_id: std::sync::atomic::AtomicU32,
+}
+
+impl Context {
+    /// Builds the shared context.
+    pub fn new(
+        config: &Config,
+        secrets: &Secrets,
+        router: Router,
+        shutdown: CancellationToken,
+    ) -> Arc<Context> {
+        let l = &config.limits;
+        Arc::new(Context {
+            settings: Settings::from_config(config),
+            logins: Logins::new(secrets, config.identity.profile),
+            conns: ConnLimiter::new(l.max_connections, l.max_connections_per_ip),
+            login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
+            token_secret: secrets.token_secret,
+            router,
+            shutdown,
+            epoch: Instant::now(),
+            next_session_id: std::sync::atomic::AtomicU32::new(rand::random::<u32>() | 1),
+        })
+    }
+
+    /// Monotonic milliseconds since the comet started (link timers).
+    pub fn mono_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The instant of monotonic time `ms`.
+    pub fn instant_at(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms))
+    }
+
+    /// A fresh DATA session id (never 0). The UDP endpoint skips ids still in its table.
+    pub fn session_id(&self) -> u32 {
+        loop {
+            let id = self
+                .next_session_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Session parameters for WELCOME (binary and JSON).
+    pub fn welcome_params(&self) -> WelcomeParams {
+        WelcomeParams {
+            heartbeat_secs: self.settings.heartbeat_secs,
+            session_timeout_secs: self.settings.session_timeout_secs,
+            max_payload: self.settings.max_payload,
+            server_time_ms: crate::router::now_ms(),
+        }
+    }
+}
+
+/// The comet's bound sockets.
+pub struct Listeners {
+    /// Device WebSocket.
+    pub device_ws: TcpListener,
+    /// App WebSocket.
+    pub app_ws: TcpListener,
+    /// Device UDP.
+    pub udp: UdpSocket,
+}
+
+/// Where the comet listens (ports resolved when 0 was configured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// Device WebSocket.
+    pub device_ws: SocketAddr,
+    /// App WebSocket.
+    pub app_ws: SocketAddr,
+    /// Device UDP.
+    pub udp: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds the three sockets of `[listen]`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            device_ws: TcpListener::bind(config.listen.device_ws).await?,
+            app_ws: TcpListener::bind(config.listen.app_ws).await?,
+            udp: UdpSocket::bind(config.listen.udp).await?,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn local_addrs(&self) -> std::io::Result<Bound> {
+        Ok(Bound {
+            device_ws: self.device_ws.local_addr()?,
+            app_ws: self.app_ws.local_addr()?,
+            udp: self.udp.local_addr()?,
+        })
+    }
+}
+
+/// Starts the three endpoints on `listeners`; they stop accepting when `ctx.shutdown` is
+/// cancelled (live sessions end when the router kicks them).
+pub fn spawn(ctx: Arc<Context>, listeners: Listeners) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(device_ws::serve(ctx.clone(), listeners.device_ws)),
+        tokio::spawn(app_ws::serve(ctx.clone(), listeners.app_ws)),
+        tokio::spawn(udp::serve(ctx, listeners.udp)),
+    ]
+}

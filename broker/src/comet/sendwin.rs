@@ -1,0 +1,234 @@
+//! The broker's send half of the reliability layer (docs/protocol.md section 5), heap-backed.
+//!
+//! `shared_protocol::reliability::SendWindow` keeps `N x B` bytes inline (16 x 1170 ~ 19 KiB per
+//! session, allocated even when idle), which suits a device but not a broker holding many idle
+//! sessions. This window has the same rules (sequence numbers from 1, at most `MAX_IN_FLIGHT`
+//! unacknowledged, `retransmit_wait` backoff with caller jitter, dead after `MAX_TRANSMISSIONS`,
+//! acks covering unsent frames refused) but keeps each in-flight body in its own allocation, so
+//! an idle session costs only the empty `VecDeque` header. Each frame carries a [`Tag`] that is
+//! handed back when the frame is acknowledged (a Deliver's `msg_id` for the router's ack).
+
+use std::collections::VecDeque;
+
+use shared_protocol::limits::{MAX_IN_FLIGHT, MAX_TRANSMISSIONS};
+use shared_protocol::reliability::{Ack, retransmit_wait};
+
+/// What an acknowledged frame means to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tag {
+    /// Nothing to report.
+    Plain,
+    /// A Deliver of this message id: acknowledge it to the router.
+    Deliver(u64),
+}
+
+#[derive(Debug)]
+struct Slot {
+    seq: u32,
+    transmissions: u32,
+    deadline: u64,
+    tag: Tag,
+    body: Box<[u8]>,
+}
+
+/// What is due now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due<'a> {
+    /// Send frame `seq` again with these body bytes.
+    Retransmit {
+        /// The frame's sequence number.
+        seq: u32,
+        /// The stored postcard `Body`.
+        body: &'a [u8],
+    },
+    /// A frame went unacknowledged `MAX_TRANSMISSIONS` times: the peer is dead.
+    Dead,
+}
+
+/// Heap-backed send window (see module docs).
+#[derive(Debug)]
+pub struct SendWin {
+    next_seq: u32,
+    dead: bool,
+    slots: VecDeque<Slot>,
+}
+
+impl Default for SendWin {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SendWin {
+    /// An empty window; the first frame gets `seq` 1.
+    pub const fn new() -> SendWin {
+        SendWin {
+            next_seq: 1,
+            dead: false,
+            slots: VecDeque::new(),
+        }
+    }
+
+    /// Whether another reliable frame may be sent now.
+    pub fn can_send(&self) -> bool {
+        !self.dead && self.slots.len() < MAX_IN_FLIGHT as usize && self.next_seq != u32::MAX
+    }
+
+    /// Frames in flight.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the peer was declared dead.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// The `seq` the next frame will get.
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+
+    /// Registers a frame sent now; returns its `seq`, or `None` when [`SendWin::can_send`] is
+    /// false.
+    pub fn push(&mut self, body: Box<[u8]>, tag: Tag, now_ms: u64, jitter: u16) -> Option<u32> {
+        if !self.can_send() {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.slots.push_back(Slot {
+            seq,
+            transmissions: 1,
+            deadline: now_ms.saturating_add(retransmit_wait(1, jitter)),
+            tag,
+            body,
+        });
+        Some(seq)
+    }
+
+    /// Applies a peer's ack; returns the tags of newly acknowledged frames in `seq` order, or
+    /// `None` (nothing changed) when it covers frames never sent.
+    pub fn on_ack(&mut self, ack: Ack) -> Option<Vec<Tag>> {
+        if ack.next > self.next_seq {
+            return None;
+        }
+        let sent_above = self.next_seq.saturating_sub(ack.next.saturating_add(1));
+        if sent_above < 32 && ack.mask >> sent_above != 0 {
+            return None;
+        }
+        let mut acked = Vec::new();
+        self.slots.retain(|s| {
+            if ack.covers(s.seq) {
+                acked.push(s.tag);
+                false
+            } else {
+                true
+            }
+        });
+        Some(acked)
+    }
+
+    /// The earliest retransmission deadline.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.dead {
+            return None;
+        }
+        self.slots.iter().map(|s| s.deadline).min()
+    }
+
+    /// The next overdue frame to resend (its next timer uses `jitter`), or [`Due::Dead`].
+    /// Call until `None`.
+    pub fn poll(&mut self, now_ms: u64, jitter: u16) -> Option<Due<'_>> {
+        if self.dead {
+            return None;
+        }
+        let idx = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.deadline <= now_ms)
+            .min_by_key(|(_, s)| (s.deadline, s.seq))
+            .map(|(i, _)| i)?;
+        let slot = &mut self.slots[idx];
+        if slot.transmissions >= MAX_TRANSMISSIONS {
+            self.dead = true;
+            return Some(Due::Dead);
+        }
+        slot.transmissions += 1;
+        slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
+        Some(Due::Retransmit {
+            seq: slot.seq,
+            body: &slot.body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(x: u8) -> Box<[u8]> {
+        vec![x].into_boxed_slice()
+    }
+
+    #[test]
+    fn acks_retire_frames_and_return_tags() {
+        let mut w = SendWin::new();
+        assert_eq!(w.push(b(1), Tag::Deliver(10), 0, 0), Some(1));
+        assert_eq!(w.push(b(2), Tag::Plain, 0, 0), Some(2));
+        assert_eq!(w.push(b(3), Tag::Deliver(11), 0, 0), Some(3));
+        // Frame 3 selectively, then 1 and 2 cumulatively.
+        assert_eq!(
+            w.on_ack(Ack {
+                next: 1,
+                mask: 0b10
+            }),
+            Some(vec![Tag::Deliver(11)])
+        );
+        assert_eq!(
+            w.on_ack(Ack { next: 4, mask: 0 }),
+            Some(vec![Tag::Deliver(10), Tag::Plain])
+        );
+        assert_eq!(w.in_flight(), 0);
+        assert_eq!(
+            w.on_ack(Ack { next: 4, mask: 0 }),
+            Some(vec![]),
+            "duplicate ack is harmless"
+        );
+        assert_eq!(w.on_ack(Ack { next: 9, mask: 0 }), None, "unsent frames");
+        assert_eq!(w.on_ack(Ack { next: 4, mask: 1 }), None, "unsent frame 5");
+    }
+
+    #[test]
+    fn window_caps_in_flight() {
+        let mut w = SendWin::new();
+        for i in 0..MAX_IN_FLIGHT {
+            assert!(w.push(b(0), Tag::Plain, 0, 0).is_some(), "frame {i}");
+        }
+        assert!(!w.can_send());
+        assert_eq!(w.push(b(0), Tag::Plain, 0, 0), None);
+        w.on_ack(Ack { next: 2, mask: 0 }).unwrap();
+        assert!(w.can_send());
+    }
+
+    #[test]
+    fn retransmits_with_backoff_then_dies() {
+        let mut w = SendWin::new();
+        w.push(b(7), Tag::Plain, 0, u16::MAX).unwrap();
+        assert_eq!(w.poll_timeout(), Some(500));
+        assert_eq!(w.poll(499, 0), None);
+        let mut now = 500;
+        for _ in 2..=MAX_TRANSMISSIONS {
+            assert_eq!(
+                w.poll(now, u16::MAX),
+                Some(Due::Retransmit { seq: 1, body: &[7] })
+            );
+            now = w.poll_timeout().unwrap();
+        }
+        assert_eq!(now, 500 + 1000 + 2000 + 4000 + 8000 * 4);
+        assert_eq!(w.poll(now, 0), Some(Due::Dead));
+        assert!(w.is_dead() && !w.can_send());
+        assert_eq!(w.poll(now + 10_000, 0), None);
+    }
+}

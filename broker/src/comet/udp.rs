@@ -1,0 +1,614 @@
+//! The UDP endpoint: one socket, one task (see the comet module docs for the design).
+//!
+//! * Unauthenticated datagrams are handled statelessly by the [`Acceptor`]: a HELLO gets a
+//!   CHALLENGE (never larger than the HELLO) or a REJECT; a LOGIN is checked in spec order and,
+//!   when accepted, registered with the router in a spawned task that hands the session back to
+//!   the socket task ([`Control::LoggedIn`]), which then sends the WELCOME.
+//! * DATA packets find their session by the header's `session_id`. A packet that authenticates
+//!   and is new in the replay window, arriving from another address, moves the session there
+//!   (NAT rebinding, section 3): replies and retransmissions go to the new address and the
+//!   router's [`SessionHandle::set_peer`] is updated.
+//! * Timers: each session's next deadline ([`Link::poll_timeout`]: retransmission, delayed ack or
+//!   silence) is kept in one ordered set of `(deadline_ms, session_id)`; the task sleeps until the
+//!   first. A session silent for `timeouts.session_secs`, or whose frame went unacknowledged
+//!   `MAX_TRANSMISSIONS` times, is ended: the router logs it out and bound phones get an offline
+//!   presence.
+//! * Outbound: each session's router queue is awaited by one future in a `FuturesUnordered`
+//!   that yields `(session_id, Session, event)`; the session is re-armed after the event is
+//!   sealed, or parked while its send window is full (re-armed when acks free room).
+//! * Sends use `try_send_to`: a datagram the kernel cannot take now is dropped like any lost
+//!   datagram (the reliability layer resends), so the loop never waits on the socket.
+//!
+//! Per-session memory: [`UdpSession`] (see the `session_size` test for the figure) plus the
+//! router's handle and one armed queue future; in-flight frames are allocated only while
+//! unacknowledged.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use shared_protocol::codes::Code;
+use shared_protocol::frame::Body;
+use shared_protocol::handshake::{Acceptor, HelloError, HelloReply, reject_packet};
+use shared_protocol::keys::PeerAddr;
+use shared_protocol::limits::MAX_PACKET;
+use shared_protocol::packet::PacketType;
+use shared_protocol::session::{SessionError, peek_session_id};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::router::{KickReason, Login, Outbound, Session, SessionHandle, Transport};
+
+use super::Context;
+use super::convert::kick_code;
+use super::device::{self, Reaction};
+use super::limits::{ConnGuard, ConnLimit};
+use super::link::{Link, Polled};
+use super::logins::{self, LoginOutcome};
+use super::sendwin::Tag;
+
+const T: Transport = Transport::Udp;
+
+/// One UDP session's state in the socket task's table.
+pub struct UdpSession {
+    link: Link,
+    handle: SessionHandle,
+    peer: SocketAddr,
+    /// The deadline under which this session sits in the timer set.
+    timer: u64,
+    /// The router session while its send window is full (otherwise it is inside its armed
+    /// queue future).
+    parked: Option<Box<Session>>,
+    _guard: ConnGuard,
+}
+
+/// Messages from spawned helper tasks to the socket task.
+enum Control {
+    /// A LOGIN was registered with the router: install the session and send the WELCOME.
+    LoggedIn(Box<NewSession>),
+    /// A device Send failed: report it in an Error frame.
+    SendFailed {
+        session_id: u32,
+        handle_id: u64,
+        code: Code,
+        about_seq: u32,
+    },
+}
+
+struct NewSession {
+    session_id: u32,
+    link: Link,
+    session: Session,
+    welcome: Vec<u8>,
+    peer: SocketAddr,
+    guard: ConnGuard,
+}
+
+type QueueFuture = Pin<Box<dyn Future<Output = (u32, Session, Option<Outbound>)> + Send>>;
+
+fn arm(session_id: u32, mut session: Session) -> QueueFuture {
+    Box::pin(async move {
+        let ev = session.next().await;
+        (session_id, session, ev)
+    })
+}
+
+struct Endpoint {
+    ctx: Arc<Context>,
+    socket: Arc<UdpSocket>,
+    sessions: HashMap<u32, UdpSession>,
+    timers: BTreeSet<(u64, u32)>,
+    queues: FuturesUnordered<QueueFuture>,
+    control: mpsc::Sender<Control>,
+}
+
+/// Serves device UDP until shutdown.
+pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
+    let (control, mut control_rx) = mpsc::channel(1024);
+    let socket = Arc::new(socket);
+    let mut ep = Endpoint {
+        ctx: ctx.clone(),
+        socket: socket.clone(),
+        sessions: HashMap::new(),
+        timers: BTreeSet::new(),
+        queues: FuturesUnordered::new(),
+        control,
+    };
+    let mut buf = vec![0u8; MAX_PACKET + 1];
+    loop {
+        let wake = ep.timers.first().map(|(d, _)| ctx.instant_at(*d));
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => ep.on_datagram(&mut buf[..n], from),
+                Err(e) => tracing::debug!(error = %e, "udp recv error"),
+            },
+            Some(c) = control_rx.recv() => ep.on_control(c),
+            Some((sid, session, ev)) = ep.queues.next(), if !ep.queues.is_empty() => {
+                ep.on_outbound(sid, session, ev);
+            }
+            _ = sleep_until_opt(wake), if wake.is_some() => ep.on_timers(),
+        }
+    }
+    let ids: Vec<u32> = ep.sessions.keys().copied().collect();
+    for sid in ids {
+        ep.end(sid, Some(Code::SHUTDOWN));
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+impl Endpoint {
+    fn send(&self, packet: &[u8], to: SocketAddr) {
+        self.ctx.router.metrics().udp_datagram(false);
+        if self.socket.try_send_to(packet, to).is_err() {
+            self.ctx.router.metrics().udp_dropped("send_failed");
+        }
+    }
+
+    fn reject(&self, code: Code, retry_after_ms: u32, to: SocketAddr) {
+        let mut out = [0u8; 16];
+        if let Ok(p) = reject_packet(code, retry_after_ms, &mut out) {
+            self.send(p, to);
+        }
+    }
+
+    fn on_datagram(&mut self, packet: &mut [u8], from: SocketAddr) {
+        let m = self.ctx.router.metrics().clone();
+        m.udp_datagram(true);
+        if packet.len() > self.ctx.settings.max_device_packet {
+            m.udp_dropped("too_large");
+            m.limit_hit("max_device_frame_bytes");
+            return;
+        }
+        match packet.get(1).copied() {
+            Some(t) if t == PacketType::Hello as u8 => self.on_hello(packet, from),
+            Some(t) if t == PacketType::Login as u8 && packet[0] == 1 => {
+                self.on_login(packet, from)
+            }
+            Some(t) if t == PacketType::Data as u8 && packet[0] == 1 => self.on_data(packet, from),
+            _ => m.udp_dropped("malformed"),
+        }
+    }
+
+    fn acceptor(&self) -> &Acceptor {
+        self.ctx.logins.acceptor()
+    }
+
+    fn on_hello(&mut self, packet: &[u8], from: SocketAddr) {
+        let mut out = [0u8; MAX_PACKET];
+        let now = crate::router::now_ms();
+        match self
+            .acceptor()
+            .on_hello(&PeerAddr::from(from), packet, now, &mut out)
+        {
+            Ok(HelloReply::Challenge(p)) => {
+                debug_assert!(p.len() <= packet.len(), "no amplification");
+                self.send(p, from);
+            }
+            Ok(HelloReply::Reject { packet: p, .. }) => {
+                self.ctx.router.metrics().login_failed(T, "hello_rejected");
+                self.send(p, from);
+            }
+            Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {
+                self.ctx.router.metrics().udp_dropped("malformed");
+            }
+        }
+    }
+
+    fn on_login(&mut self, packet: &[u8], from: SocketAddr) {
+        let ctx = self.ctx.clone();
+        let m = ctx.router.metrics();
+        let now = crate::router::now_ms();
+        let ip = super::ws::peer_ip(from);
+        if !ctx.login_rate.allow(ip, now) {
+            m.limit_hit("login_attempts_per_ip_per_sec");
+            m.login_failed(T, "rate_limited");
+            self.reject(Code::RATE_LIMITED, 1000, from);
+            return;
+        }
+        let mut sid = ctx.session_id();
+        while self.sessions.contains_key(&sid) {
+            sid = ctx.session_id();
+        }
+        let params = ctx.welcome_params();
+        let mut out = [0u8; MAX_PACKET];
+        let accepted =
+            match ctx
+                .logins
+                .on_login(&PeerAddr::from(from), packet, now, sid, &params, &mut out)
+            {
+                LoginOutcome::Accepted(a) => a,
+                LoginOutcome::Duplicate => return,
+                LoginOutcome::Refused(e) => {
+                    match e.code() {
+                        Some(code) => {
+                            m.login_failed(T, logins::failure_label(e));
+                            self.reject(code, 0, from);
+                        }
+                        None => m.udp_dropped("malformed"),
+                    }
+                    return;
+                }
+            };
+        let guard = match ctx.conns.try_acquire(ip) {
+            Ok(g) => g,
+            Err(limit) => {
+                m.limit_hit(limit.key());
+                m.login_failed(T, limit.key());
+                let code = match limit {
+                    ConnLimit::Total => Code::SERVER_BUSY,
+                    ConnLimit::PerIp => Code::RATE_LIMITED,
+                };
+                self.reject(code, 1000, from);
+                return;
+            }
+        };
+        let link = Link::new(
+            accepted.session,
+            ctx.settings.session_timeout_ms(),
+            ctx.mono_ms(),
+        );
+        let welcome = accepted.welcome.to_vec();
+        let login = Login {
+            address: accepted.address,
+            transport: T,
+            peer: from,
+            since_id: accepted.since_id,
+        };
+        let control = self.control.clone();
+        let socket = self.socket.clone();
+        tokio::spawn(async move {
+            match ctx.router.login(login).await {
+                Ok(session) => {
+                    let new = Box::new(NewSession {
+                        session_id: sid,
+                        link,
+                        session,
+                        welcome,
+                        peer: from,
+                        guard,
+                    });
+                    // The socket task is gone only at shutdown; the session then just ends.
+                    let _ = control.send(Control::LoggedIn(new)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %from, error = %e, "udp login not registered");
+                    ctx.router.metrics().login_failed(T, "unavailable");
+                    let mut out = [0u8; 16];
+                    if let Ok(p) = reject_packet(Code::UNAVAILABLE, 1000, &mut out) {
+                        let _ = socket.send_to(p, from).await;
+                    }
+                }
+            }
+        });
+    }
+
+    fn on_data(&mut self, packet: &mut [u8], from: SocketAddr) {
+        let m = self.ctx.router.metrics().clone();
+        let Ok(sid) = peek_session_id(packet) else {
+            m.udp_dropped("malformed");
+            return;
+        };
+        let now = self.ctx.mono_ms();
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            m.udp_dropped("unknown_session");
+            return;
+        };
+        let received = match s.link.receive(packet, now) {
+            Ok(r) => r,
+            Err(e) => {
+                m.udp_dropped(match e {
+                    SessionError::Replayed => "replayed",
+                    SessionError::AuthFailed => "auth_failed",
+                    SessionError::Decode => "undecodable",
+                    _ => "malformed",
+                });
+                if e == SessionError::Decode {
+                    let body = Body::Error {
+                        code: Code::MALFORMED,
+                        about_seq: 0,
+                    };
+                    self.reliable(sid, body);
+                    self.schedule(sid);
+                }
+                return;
+            }
+        };
+        if s.peer != from {
+            // NAT rebinding: authentic and new in the window, from a new address.
+            tracing::debug!(terminal = %s.handle.address(), old = %s.peer, new = %from, "udp session moved");
+            s.peer = from;
+            s.handle.set_peer(from);
+        }
+        let me = s.handle.address();
+        if !received.delivered.is_empty() {
+            let router = self.ctx.router.clone();
+            let ids = received.delivered;
+            tokio::spawn(async move {
+                for id in ids {
+                    if let Err(e) = router.ack(me, id).await {
+                        tracing::warn!(terminal = %me, msg_id = id, error = %e, "ack not stored");
+                    }
+                }
+            });
+        }
+        let reaction = match &received.frame {
+            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, frame),
+            None => Reaction::Nothing,
+        };
+        match reaction {
+            Reaction::Nothing => {}
+            Reaction::Goodbye => {
+                self.end(sid, None);
+                return;
+            }
+            Reaction::Pong => {
+                let pong = Body::Pong {
+                    server_time_ms: crate::router::now_ms(),
+                };
+                self.unreliable(sid, pong);
+            }
+            Reaction::Error { code, about_seq } => {
+                self.reliable(sid, Body::Error { code, about_seq })
+            }
+            Reaction::Send {
+                to,
+                payload,
+                about_seq,
+            } => self.spawn_send(sid, to, payload, about_seq),
+        }
+        self.rearm(sid);
+        self.schedule(sid);
+    }
+
+    fn spawn_send(&self, sid: u32, to: crate::terminal::Address, payload: Bytes, about_seq: u32) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let handle_id = s.handle.id();
+        let from = s.handle.address();
+        let router = self.ctx.router.clone();
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            if let Some(code) = device::send(&router, from, to, payload).await {
+                let _ = control
+                    .send(Control::SendFailed {
+                        session_id: sid,
+                        handle_id,
+                        code,
+                        about_seq,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Seals and sends an unreliable frame on session `sid`.
+    fn unreliable(&mut self, sid: u32, body: Body<'_>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut out = [0u8; MAX_PACKET];
+        if let Ok(n) = s.link.seal_unreliable(body, &mut out) {
+            let peer = s.peer;
+            self.send(&out[..n], peer);
+        }
+    }
+
+    /// Seals and sends a broker-originated reliable frame if the window has room.
+    fn reliable(&mut self, sid: u32, body: Body<'_>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut out = [0u8; MAX_PACKET];
+        let now = self.ctx.mono_ms();
+        if let Ok(n) = s
+            .link
+            .seal_reliable(body, Tag::Plain, now, rand::random(), &mut out)
+        {
+            let peer = s.peer;
+            self.send(&out[..n], peer);
+        }
+    }
+
+    /// Puts the session's timer at its link's next deadline.
+    fn schedule(&mut self, sid: u32) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let next = s.link.poll_timeout();
+        if next != s.timer {
+            self.timers.remove(&(s.timer, sid));
+            self.timers.insert((next, sid));
+            s.timer = next;
+        }
+    }
+
+    /// Re-arms a parked session's queue future once its window has room.
+    fn rearm(&mut self, sid: u32) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.link.can_send()
+            && let Some(session) = s.parked.take()
+        {
+            self.queues.push(arm(sid, *session));
+        }
+    }
+
+    /// Ends session `sid`, telling the device with a Kick when `kick` is given.
+    fn end(&mut self, sid: u32, kick: Option<Code>) {
+        if let Some(code) = kick {
+            self.unreliable(sid, Body::Kick { reason: code });
+        }
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.timers.remove(&(s.timer, sid));
+        tracing::info!(
+            terminal = %s.handle.address(),
+            transport = T.as_str(),
+            reason = %kick.unwrap_or(Code::NORMAL),
+            "device session ended"
+        );
+        match s.parked {
+            // Dropping the Session logs it out (registry, pending commands, presence).
+            Some(session) => drop(session),
+            // Its queue future holds the Session: end it so the future completes and drops it.
+            None => {
+                s.handle.kick(KickReason::Admin);
+            }
+        }
+    }
+
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::LoggedIn(new) => {
+                let NewSession {
+                    session_id: sid,
+                    link,
+                    session,
+                    welcome,
+                    peer,
+                    guard,
+                } = *new;
+                if self.sessions.contains_key(&sid) {
+                    // Cannot happen (ids are skipped while in use); never mix two sessions.
+                    return;
+                }
+                let handle = session.handle().clone();
+                self.sessions.insert(
+                    sid,
+                    UdpSession {
+                        link,
+                        handle,
+                        peer,
+                        timer: u64::MAX,
+                        parked: None,
+                        _guard: guard,
+                    },
+                );
+                self.send(&welcome, peer);
+                self.queues.push(arm(sid, session));
+                self.schedule(sid);
+            }
+            Control::SendFailed {
+                session_id,
+                handle_id,
+                code,
+                about_seq,
+            } => {
+                if self
+                    .sessions
+                    .get(&session_id)
+                    .is_some_and(|s| s.handle.id() == handle_id)
+                {
+                    self.reliable(session_id, Body::Error { code, about_seq });
+                    self.schedule(session_id);
+                }
+            }
+        }
+    }
+
+    fn on_outbound(&mut self, sid: u32, session: Session, ev: Option<Outbound>) {
+        let live = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.handle.id() == session.handle().id());
+        if !live {
+            // Ended meanwhile; dropping the Session logs it out.
+            return;
+        }
+        let ev = match ev {
+            None => {
+                self.end(sid, None);
+                return;
+            }
+            Some(Outbound::Kick { reason }) => {
+                drop(session);
+                self.end(sid, Some(kick_code(reason)));
+                return;
+            }
+            Some(ev) => ev,
+        };
+        if let Some((body, tag)) = device::outbound_body(&ev)
+            && let Some(s) = self.sessions.get_mut(&sid)
+        {
+            let mut out = [0u8; MAX_PACKET];
+            let now = self.ctx.mono_ms();
+            match s
+                .link
+                .seal_reliable(body, tag, now, rand::random(), &mut out)
+            {
+                Ok(n) => {
+                    let peer = s.peer;
+                    self.send(&out[..n], peer);
+                }
+                Err(e) => tracing::warn!(event = ?ev, error = %e, "udp: event not sent"),
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            if s.link.can_send() {
+                self.queues.push(arm(sid, session));
+            } else {
+                s.parked = Some(Box::new(session));
+            }
+        }
+        self.schedule(sid);
+    }
+
+    fn on_timers(&mut self) {
+        let now = self.ctx.mono_ms();
+        while let Some(&(deadline, sid)) = self.timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            s.timer = u64::MAX;
+            while let Some(s) = self.sessions.get_mut(&sid) {
+                let mut out = [0u8; MAX_PACKET];
+                match s.link.poll(now, rand::random(), &mut out) {
+                    Polled::Send(n) => {
+                        let peer = s.peer;
+                        self.send(&out[..n], peer);
+                    }
+                    Polled::Dead(code) => {
+                        self.end(sid, Some(code));
+                        break;
+                    }
+                    Polled::Idle => {
+                        self.schedule(sid);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_size() {
+        // The comet's own per-UDP-session state, excluding in-flight frames (heap, only while
+        // unacknowledged); printed for the report, bounded so regressions show.
+        let size = std::mem::size_of::<UdpSession>();
+        println!("UdpSession: {size} bytes");
+        assert!(size <= 320, "UdpSession grew to {size} bytes");
+    }
+}

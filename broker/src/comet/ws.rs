@@ -1,0 +1,50 @@
+//! WebSocket plumbing shared by the device and app endpoints: the explicit tungstenite
+//! configuration (small buffers, size limits), close frames with codes, and admission of an
+//! accepted TCP connection against the connection limits.
+//!
+//! Memory: tungstenite 0.30 allocates its read buffer eagerly (128 KiB by default). Both
+//! endpoints use a read buffer of 0 (the codec then reserves exactly one frame header or one
+//! frame), a write buffer of 0 (each message is written through at once) and a bounded write
+//! buffer, which keeps an idle connection at a few KiB.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+
+use futures_util::SinkExt;
+
+/// A server-side WebSocket over plain TCP.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Upper bound of queued outgoing bytes before writes fail (slow reader protection).
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
+
+/// The tungstenite configuration for messages of at most `max_message` bytes.
+pub fn config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(0)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Sends a close frame with `code` and a short reason, then flushes; errors are ignored (the
+/// peer may already be gone).
+pub async fn close(ws: &mut Ws, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    };
+    let _ = ws.send(Message::Close(Some(frame))).await;
+    let _ = ws.flush().await;
+}
+
+/// The IP of a connection's peer (for limits); IPv4-mapped IPv6 addresses count as IPv4.
+pub fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
+    peer.ip().to_canonical()
+}
