@@ -19,6 +19,7 @@ use crate::terminal::{Address, Kind};
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
 pub mod embedded;
+pub mod redis;
 
 /// Largest message id ever issued (2^53 - 1, exact in JSON numbers).
 pub const MAX_MSG_ID: u64 = (1 << 53) - 1;

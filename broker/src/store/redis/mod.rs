@@ -1,0 +1,20 @@
+//! Cluster-mode state in Redis: the offline store, bindings and groups ([`RedisStore`], the same
+//! traits and semantics as [`super::embedded`]) and the cluster-wide online registry
+//! ([`OnlineRegistry`]).
+//!
+//! Both sit on one [`RedisConn`]: a reconnecting connection to a single Redis (`url`) or to the
+//! master that Redis Sentinel names (`sentinels` + `master_name`). Every multi-key change is one
+//! Lua script or one `MULTI` pipeline, so it is atomic on the server. Keys share a configurable
+//! prefix (several deployments or test runs can share one Redis); the layout is in
+//! `docs/storage.md`. Redis Cluster is not supported (scripts build key names at run time).
+//!
+//! Durability is Redis's: `Ok` means the change is in the master's memory; with `appendonly yes`
+//! and `appendfsync always` it is also on disk, like the embedded store.
+
+mod conn;
+mod offline;
+mod registry;
+
+pub use conn::{RedisConfig, RedisConn, RedisConnError};
+pub use offline::RedisStore;
+pub use registry::{OnlineRegistry, SweepReport};

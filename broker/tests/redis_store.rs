@@ -1,0 +1,396 @@
+//! The Redis store and online registry against the real Redis from `cargo xtask services up`
+//! (feature `services-tests`; run: `cargo test -p broker --features services-tests --test
+//! redis_store`). The offline store, bindings and groups run broker-core's conformance suites,
+//! the same ones the embedded store passes. Every test uses its own key prefix and deletes its
+//! keys at the end. The Sentinel test starts its own `redis-server` and sentinel on free ports.
+#![cfg(feature = "services-tests")]
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use broker::config::EvictionPolicy;
+use broker::store::embedded::OfflineLimits;
+use broker::store::redis::{OnlineRegistry, RedisConfig, RedisConn, RedisStore, SweepReport};
+use broker::store::{MAX_MSG_ID, NewMessage, OfflineStore, Recipients, StoreError, conformance};
+use broker::terminal::Address;
+use bytes::Bytes;
+
+/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
+fn services() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let env: BTreeMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        env.contains_key("REDIS_URL"),
+        "Redis is not running: run `cargo xtask services up` first ({path} has no REDIS_URL)"
+    );
+    env
+}
+
+fn unique_prefix(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test:{name}:{}:{nanos}:{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn connect(name: &str) -> Arc<RedisConn> {
+    let cfg = RedisConfig {
+        url: services()["REDIS_URL"].clone(),
+        key_prefix: unique_prefix(name),
+        ..RedisConfig::default()
+    };
+    Arc::new(RedisConn::connect(&cfg).await.expect("connect to Redis"))
+}
+
+async fn keys(conn: &RedisConn) -> Vec<String> {
+    let mut c = conn.get().await;
+    let mut out: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", conn.prefix()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    out.sort();
+    out
+}
+
+async fn cleanup(conn: &RedisConn) {
+    let ks = keys(conn).await;
+    if !ks.is_empty() {
+        let mut c = conn.get().await;
+        let _: () = redis::cmd("DEL").arg(ks).query_async(&mut c).await.unwrap();
+    }
+}
+
+fn limits(cap: u64, eviction: EvictionPolicy) -> OfflineLimits {
+    OfflineLimits {
+        max_per_terminal: cap,
+        eviction,
+    }
+}
+
+#[tokio::test]
+async fn offline_conformance_drop_oldest() {
+    let conn = connect("drop").await;
+    let store = RedisStore::new(conn.clone(), limits(3, EvictionPolicy::DropOldest));
+    conformance::offline_store(store, 3, EvictionPolicy::DropOldest).await;
+    cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn offline_conformance_reject_new() {
+    let conn = connect("reject").await;
+    let store = RedisStore::new(conn.clone(), limits(3, EvictionPolicy::RejectNew));
+    conformance::offline_store(store, 3, EvictionPolicy::RejectNew).await;
+    cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn bindings_and_groups_conformance() {
+    let conn = connect("relations").await;
+    let store = RedisStore::new(conn.clone(), limits(10, EvictionPolicy::DropOldest));
+    conformance::bindings(store.clone()).await;
+    conformance::groups(store).await;
+    cleanup(&conn).await;
+}
+
+fn msg(payload: &'static [u8]) -> NewMessage {
+    NewMessage {
+        from: None,
+        payload: Bytes::from_static(payload),
+        expires_at_ms: 10_000,
+    }
+}
+
+#[tokio::test]
+async fn broadcast_is_one_hash_referenced_from_each_inbox_and_binary_safe() {
+    let conn = connect("layout").await;
+    let p = conn.prefix().to_string();
+    let store = RedisStore::new(conn.clone(), limits(10, EvictionPolicy::DropOldest));
+    let terminals: Vec<Address> = (1..=50).map(Address::device).collect();
+    for t in &terminals {
+        store.remember(*t).await.unwrap();
+    }
+    let payload: &'static [u8] = b"\x00\xff\r\n{bin}\x00";
+    let a = store
+        .append(Recipients::Known(None), msg(payload), 0)
+        .await
+        .unwrap();
+    assert_eq!(a.stored_for, 50);
+    let ks = keys(&conn).await;
+    let bodies: Vec<&String> = ks
+        .iter()
+        .filter(|k| k.starts_with(&format!("{p}msg:")))
+        .collect();
+    assert_eq!(bodies, vec![&format!("{p}msg:{}", a.msg_id)]);
+    assert_eq!(
+        ks.iter()
+            .filter(|k| k.starts_with(&format!("{p}inbox:")))
+            .count(),
+        50
+    );
+    let got = store.since(terminals[49], 0, 10, 0).await.unwrap();
+    assert_eq!(got[0].payload, Bytes::from_static(payload));
+    assert_eq!(got[0].from, None);
+    // Every terminal's ack releases one reference; the last deletes the body.
+    for t in &terminals {
+        assert!(store.ack(*t, a.msg_id).await.unwrap());
+    }
+    assert!(
+        !keys(&conn)
+            .await
+            .iter()
+            .any(|k| k.starts_with(&format!("{p}msg:")))
+    );
+    cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn ids_stop_at_2_pow_53_minus_1() {
+    let conn = connect("ids").await;
+    let store = RedisStore::new(conn.clone(), limits(10, EvictionPolicy::DropOldest));
+    let mut c = conn.get().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}msgid", conn.prefix()))
+        .arg(MAX_MSG_ID - 2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let t = Address::phone(1);
+    let a = store
+        .append(Recipients::List(vec![t]), msg(b"a"), 0)
+        .await
+        .unwrap();
+    let b = store
+        .append(Recipients::List(vec![t]), msg(b"b"), 0)
+        .await
+        .unwrap();
+    assert_eq!((a.msg_id, b.msg_id), (MAX_MSG_ID - 1, MAX_MSG_ID));
+    let ids: Vec<u64> = store
+        .since(t, MAX_MSG_ID - 2, 10, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(ids, vec![MAX_MSG_ID - 1, MAX_MSG_ID], "exact above 2^52");
+    assert!(matches!(
+        store.append(Recipients::List(vec![t]), msg(b"c"), 0).await,
+        Err(StoreError::IdsExhausted)
+    ));
+    assert!(store.ack(t, MAX_MSG_ID).await.unwrap());
+    cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn since_skips_expired_beyond_one_batch() {
+    // More expired references than one script batch sit before the live one.
+    let conn = connect("batch").await;
+    let store = RedisStore::new(conn.clone(), limits(2000, EvictionPolicy::DropOldest));
+    let t = Address::device(3);
+    for _ in 0..600 {
+        let m = NewMessage {
+            expires_at_ms: 5,
+            ..msg(b"old")
+        };
+        store.append(Recipients::List(vec![t]), m, 0).await.unwrap();
+    }
+    let live = store
+        .append(Recipients::List(vec![t]), msg(b"live"), 0)
+        .await
+        .unwrap();
+    let got = store.since(t, 0, 1, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].msg_id, live.msg_id);
+    assert_eq!(store.purge_expired(10).await.unwrap(), 600);
+    // The next read drops the 600 dangling references.
+    assert_eq!(store.since(t, 0, 10, 10).await.unwrap().len(), 1);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.messages, stats.references), (1, 1));
+    cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn registry_register_lookup_unregister_and_dead_node_sweep() {
+    let conn = connect("registry").await;
+    let reg = OnlineRegistry::new(conn.clone());
+    let (d1, d2, p1) = (Address::device(1), Address::device(2), Address::phone(1));
+    assert!(
+        reg.heartbeat("comet-a", Duration::from_secs(30))
+            .await
+            .is_ok()
+    );
+    assert!(
+        !reg.heartbeat("comet-b", Duration::from_millis(300))
+            .await
+            .unwrap(),
+        "first heartbeat: key was absent"
+    );
+    assert!(
+        reg.heartbeat("comet-b", Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    reg.register(d1, "comet-a", 7).await.unwrap();
+    reg.register(d1, "comet-b", 3).await.unwrap();
+    reg.register(d2, "comet-b", 4).await.unwrap();
+    reg.register(p1, "comet-a", 1).await.unwrap();
+    assert_eq!(
+        reg.lookup(d1).await.unwrap(),
+        vec![("comet-a".to_string(), 7), ("comet-b".to_string(), 3)]
+    );
+    // A re-login on the same node replaces the epoch; a late logout of the old one is ignored.
+    reg.register(p1, "comet-a", 2).await.unwrap();
+    assert!(!reg.unregister(p1, "comet-a", 1).await.unwrap());
+    assert_eq!(
+        reg.lookup(p1).await.unwrap(),
+        vec![("comet-a".to_string(), 2)]
+    );
+    assert!(reg.unregister(p1, "comet-a", 2).await.unwrap());
+    assert!(reg.lookup(p1).await.unwrap().is_empty());
+
+    // comet-b stops heartbeating: a sweep while alive removes nothing, after expiry its entries go.
+    assert_eq!(
+        reg.sweep_dead_nodes().await.unwrap(),
+        SweepReport::default()
+    );
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let report = reg.sweep_dead_nodes().await.unwrap();
+    assert_eq!(
+        report,
+        SweepReport {
+            nodes: vec!["comet-b".into()],
+            entries: 2
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        reg.lookup(d1).await.unwrap(),
+        vec![("comet-a".to_string(), 7)]
+    );
+    assert!(reg.lookup(d2).await.unwrap().is_empty());
+    assert_eq!(
+        reg.sweep_dead_nodes().await.unwrap(),
+        SweepReport::default()
+    );
+    // comet-b comes back: its heartbeat says it was gone, so it re-registers.
+    assert!(
+        !reg.heartbeat("comet-b", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    // Clean shutdown of comet-a clears its entries at once.
+    let cleared = reg.clear_node("comet-a").await.unwrap();
+    assert_eq!(cleared.entries, 1);
+    assert!(reg.lookup(d1).await.unwrap().is_empty());
+    reg.clear_node("comet-b").await.unwrap();
+    assert!(
+        keys(&conn).await.is_empty(),
+        "no leftovers: {:?}",
+        keys(&conn).await
+    );
+}
+
+/// A child process killed (by PID) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ping(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "redis on {port} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sentinel_mode_runs_the_conformance_suite() {
+    services();
+    let dir = tempfile::tempdir().unwrap();
+    let (rport, sport) = (free_port(), free_port());
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &rport.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (package redis-server)"),
+    );
+    wait_ping(rport).await;
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "bind 127.0.0.1\nport {sport}\ndir {}\nsentinel monitor mymaster 127.0.0.1 {rport} 1\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let _sentinel = Proc(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ping(sport).await;
+    let cfg = RedisConfig {
+        url: String::new(),
+        sentinels: vec![format!("redis://127.0.0.1:{sport}/")],
+        master_name: "mymaster".into(),
+        key_prefix: unique_prefix("sentinel"),
+        ..RedisConfig::default()
+    };
+    let conn = Arc::new(RedisConn::connect(&cfg).await.expect("master via sentinel"));
+    let store = RedisStore::new(conn.clone(), limits(3, EvictionPolicy::DropOldest));
+    conformance::offline_store(store.clone(), 3, EvictionPolicy::DropOldest).await;
+    conformance::groups(store).await;
+    // The data really went to the monitored master.
+    let mut direct = redis::Client::open(format!("redis://127.0.0.1:{rport}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let n: u64 = redis::cmd("DBSIZE").query_async(&mut direct).await.unwrap();
+    assert!(n > 0);
+}
