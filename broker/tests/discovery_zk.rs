@@ -225,9 +225,6 @@ async fn registration_is_visible_load_updates_and_removal_updates_the_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_outage_keeps_the_last_view_flagged_stale() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("debug")
-        .try_init();
     let zk = zk_addr();
     let root = unique_root("outage");
     let mut proxy = Proxy::start(&zk).await;
