@@ -1,0 +1,145 @@
+//! Starts the device client and the plug application on a board's embassy-net stack.
+//!
+//! The same wiring as the virtual boards: a [`DeviceClient`] provisioned from
+//! [`Provisioning`], a [`DualTransport`] (UDP and WebSocket endpoints, one client), the SDK's
+//! [`Runner`] in one task and [`run_plug`] over a [`Plug`] in another. All memory is in one
+//! caller-provided [`AppMemory`] (a board keeps it in a `StaticCell`).
+
+use embassy_executor::{SpawnError, Spawner};
+use embassy_net::Stack;
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use firmware::net::{
+    self, ClientResources, DeviceHandle, DualTransport, Runner, RunnerBuffers, UdpBuffers,
+    UdpTransport, WsBuffers, WsTransport, run_plug,
+};
+use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
+use firmware::rng::Rng;
+use firmware::{ClientConfig, DeviceClient, DeviceConfig, Endpoint};
+use shared_protocol::keys::DeviceKey;
+
+use crate::provision::Provisioning;
+use crate::relay::DynRelay;
+
+/// Uploads held until acknowledged (the SDK's `Q`).
+pub const UPLOADS: usize = 8;
+/// Largest payload (the SDK's `P`); holds the plug's largest report.
+pub const PAYLOAD: usize = 512;
+/// Load the simulated meter reports while the relay is on, in milliwatts (these boards have no
+/// metering chip; a plug board implements `firmware::plug::Meter` over its HLW8012/BL0937).
+pub const SIMULATED_LOAD_MW: u32 = 60_000;
+
+/// The client's randomness: the board's hardware RNG behind a `'static` reference.
+pub type AppRng = &'static mut dyn Rng;
+type Transport = DualTransport<UdpTransport<'static>, WsTransport<'static>>;
+type Handle = DeviceHandle<'static, 'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD>;
+type ClientRunner = Runner<'static, 'static, NoopRawMutex, AppRng, Transport, UPLOADS, PAYLOAD>;
+
+/// Everything the client and its transports keep, in one place the board provides.
+pub struct AppMemory {
+    endpoints: heapless::Vec<Endpoint<'static>, 2>,
+    resources: Option<ClientResources<'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD>>,
+    runner: RunnerBuffers,
+    udp: UdpBuffers,
+    ws: WsBuffers,
+}
+
+impl AppMemory {
+    /// Empty memory (const, so a `StaticCell` can hold it without a stack copy).
+    pub const fn new() -> Self {
+        AppMemory {
+            endpoints: heapless::Vec::new(),
+            resources: None,
+            runner: RunnerBuffers::new(),
+            udp: UdpBuffers::new(),
+            ws: WsBuffers::new(),
+        }
+    }
+}
+
+impl Default for AppMemory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why the application did not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum StartError {
+    /// A task could not be spawned (its pool is already in use: `start` ran twice).
+    Spawn,
+}
+
+impl From<SpawnError> for StartError {
+    fn from(_: SpawnError) -> Self {
+        StartError::Spawn
+    }
+}
+
+/// What the plug application reports and how often it meters.
+#[derive(Debug, Clone, Copy)]
+pub struct AppConfig {
+    /// `status` command's firmware version (the board's `CARGO_PKG_VERSION`).
+    pub firmware_version: &'static str,
+    /// Interval of `power` uploads, milliseconds (0 disables them).
+    pub meter_interval_ms: u64,
+}
+
+/// Provisions the client, creates its transports on `stack` and spawns the client runner and
+/// the plug application. Call once the stack is up (`stack.wait_config_up().await`) or before:
+/// the client retries with backoff until the network works.
+pub fn start(
+    spawner: Spawner,
+    stack: Stack<'static>,
+    memory: &'static mut AppMemory,
+    provisioning: &Provisioning,
+    relay: &'static mut dyn Relay,
+    rng: AppRng,
+    config: AppConfig,
+) -> Result<(), StartError> {
+    let AppMemory {
+        endpoints,
+        resources,
+        runner,
+        udp,
+        ws,
+    } = memory;
+    *endpoints = provisioning.endpoints();
+    let endpoints: &'static [Endpoint<'static>] = endpoints;
+    let device = DeviceConfig {
+        device_id: provisioning.device_id,
+        key: DeviceKey(provisioning.key),
+        endpoints,
+        since_id: 0,
+    };
+    let ws_seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
+    let client = DeviceClient::new(device, ClientConfig::default(), rng, net::now());
+    let resources = resources.insert(ClientResources::new(client));
+    let transport = DualTransport::new(
+        UdpTransport::new(stack, udp),
+        WsTransport::new(stack, ws, ws_seed),
+    );
+    let (handle, runner) = net::new(resources, transport, runner);
+    spawner.spawn(client_task(runner)?);
+    let plug = Plug::new(
+        DynRelay(relay),
+        SimulatedMeter::new(SIMULATED_LOAD_MW),
+        PlugConfig {
+            firmware_version: config.firmware_version,
+            meter_interval_ms: config.meter_interval_ms,
+        },
+        net::now(),
+    );
+    spawner.spawn(plug_task(handle, plug)?);
+    Ok(())
+}
+
+#[embassy_executor::task]
+async fn client_task(mut runner: ClientRunner) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::task]
+async fn plug_task(handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>) -> ! {
+    run_plug(handle, &mut plug).await
+}

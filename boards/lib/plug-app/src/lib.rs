@@ -1,0 +1,29 @@
+//! The part of a real board's firmware that sits above the radio or PHY, shared by every board.
+//!
+//! A board crate (`boards/<board>/`) brings up its clocks, its network interface (Ethernet PHY,
+//! Wi-Fi radio) and an embassy-net [`Stack`](embassy_net::Stack); from there on every board runs
+//! the same code, the code the virtual boards run too (the `firmware` SDK and its plug
+//! application):
+//!
+//! ```text
+//!  board main ── clocks, pins, PHY/radio, embassy-net stack, hardware RNG
+//!      │
+//!      ├─ provision::Provisioning   device id, key, brokers: build-time env (checked at compile time)
+//!      ├─ relay::GpioRelay          the relay pin (+ a status LED mirroring it): firmware::plug::Relay
+//!      └─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task
+//!                                   + Plug<Relay, SimulatedMeter> task (firmware::net::run_plug)
+//! ```
+//!
+//! Nothing here touches a register: it builds and its tests run on the host (`cargo test`).
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod app;
+pub mod provision;
+pub mod relay;
+
+pub use app::{AppMemory, StartError, start};
+pub use provision::{ProvisionError, Provisioning};
+pub use relay::GpioRelay;
