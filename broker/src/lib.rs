@@ -16,6 +16,7 @@
 //! [`Running`] handle with the bound addresses; [`run`] is `start` + wait for `shutdown` + drain.
 
 pub mod api;
+pub mod comet;
 pub mod config;
 pub mod discovery;
 pub mod keeper;
@@ -69,6 +70,8 @@ pub enum StartError {
 pub struct Running {
     /// Where the HTTP API listens.
     pub http: SocketAddr,
+    /// Where the comet endpoints listen (device WebSocket, app WebSocket, UDP).
+    pub comet: comet::Bound,
     /// The router (tests and embedders may drive it directly).
     pub router: Router,
     /// The secrets in use (tests use the API token and token secret).
@@ -139,8 +142,30 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             addr: config.listen.http,
             source,
         })?;
-    // The comet (device WebSocket, UDP, app WebSocket) is bound and spawned here, with
-    // `router.clone()`, `&secrets` and `shutdown.clone()`; see src/comet.
+    // The comet: device WebSocket, UDP and app WebSocket endpoints (src/comet).
+    let listeners = comet::Listeners::bind(config)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "the comet (device_ws, app_ws, udp)",
+            addr: config.listen.device_ws,
+            source,
+        })?;
+    let comet_addrs = listeners.local_addrs().map_err(|source| StartError::Bind {
+        what: "the comet (device_ws, app_ws, udp)",
+        addr: config.listen.device_ws,
+        source,
+    })?;
+    let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone());
+    tasks.extend(comet::spawn(comet_ctx, listeners));
+    tracing::info!(
+        device_ws = %comet_addrs.device_ws,
+        app_ws = %comet_addrs.app_ws,
+        udp = %comet_addrs.udp,
+        "comet listening: devices on ws://{} and udp {}, apps on ws://{} (JSON, token in the first message)",
+        comet_addrs.device_ws,
+        comet_addrs.udp,
+        comet_addrs.app_ws
+    );
 
     let app = api::app(api::ApiState::new(
         router.clone(),
@@ -164,6 +189,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     );
     Ok(Running {
         http,
+        comet: comet_addrs,
         router,
         secrets,
         shutdown,

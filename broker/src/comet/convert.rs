@@ -2,7 +2,7 @@
 //!
 //! WebSocket close codes: a session ended for protocol code `c` closes with `4000 + c` (private
 //! range 4000..=4999), e.g. 4064 for `REPLACED`, 4033 for `SERVER_BUSY`; a normal end closes with
-//! 1000 and an oversized message with 1009 (RFC 6455).
+//! 1000 and an oversized message (`TOO_LARGE`) with 1009 (RFC 6455 "message too big").
 
 use shared_protocol::codes::Code;
 
@@ -22,6 +22,8 @@ pub fn kick_code(reason: KickReason) -> Code {
 pub fn close_code(code: Code) -> u16 {
     if code == Code::NORMAL {
         1000
+    } else if code == Code::TOO_LARGE {
+        1009
     } else {
         4000u16.saturating_add(code.0.min(999))
     }
@@ -35,6 +37,7 @@ mod tests {
     fn close_codes() {
         assert_eq!(close_code(Code::NORMAL), 1000);
         assert_eq!(close_code(Code::REPLACED), 4064);
+        assert_eq!(close_code(Code::TOO_LARGE), 1009);
         assert_eq!(close_code(kick_code(KickReason::Shutdown)), 4067);
         assert_eq!(close_code(Code(60000)), 4999);
     }

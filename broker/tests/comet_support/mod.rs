@@ -1,0 +1,449 @@
+//! Test support for the comet integration tests: an in-process broker on 127.0.0.1:0 ports
+//! (`broker::start`), a protocol-speaking device over UDP or WebSocket (the shared-protocol
+//! client handshake, secure session and receive window), an app client speaking raw JSON, and a
+//! small HTTP API client.
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use broker::config::{Config, Secret};
+use broker::terminal::{Address, IdProfile};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use shared_protocol::codes::Code;
+use shared_protocol::frame::{Body, Frame};
+use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo};
+use shared_protocol::keys::{MasterKey, derive_device_key};
+use shared_protocol::limits::MAX_PACKET;
+use shared_protocol::packet::Reject;
+use shared_protocol::reliability::{Ack, RecvOutcome, RecvWindow};
+use shared_protocol::session::SecureSession;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const API_TOKEN: &str = "comet-test-api-token-0123";
+pub const MASTER: [u8; 32] = [0x42; 32];
+pub const TOKEN_SECRET: [u8; 32] = [0x17; 32];
+
+pub struct TestBroker {
+    pub running: broker::Running,
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+pub fn config(dir: &std::path::Path, profile: IdProfile) -> Config {
+    let mut c = Config::default();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    c.listen.http = any;
+    c.listen.device_ws = any;
+    c.listen.app_ws = any;
+    c.listen.udp = any;
+    c.storage.data_dir = dir.to_path_buf();
+    c.identity.profile = profile;
+    c.security.api_token = Secret::new(API_TOKEN);
+    c.security.fleet_master_key = Secret::new(hex::encode(MASTER));
+    c.security.token_secret = Secret::new(hex::encode(TOKEN_SECRET));
+    c
+}
+
+impl TestBroker {
+    pub async fn start(profile: IdProfile) -> TestBroker {
+        Self::start_with(profile, |_| {}).await
+    }
+
+    pub async fn start_with(profile: IdProfile, tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), profile);
+        tweak(&mut c);
+        let running = broker::start(&c).await.unwrap();
+        TestBroker {
+            running,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.running.comet.udp
+    }
+
+    pub fn device_ws(&self) -> String {
+        format!("ws://{}/", self.running.comet.device_ws)
+    }
+
+    pub fn app_ws(&self) -> String {
+        format!("ws://{}/", self.running.comet.app_ws)
+    }
+
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.running.http))
+            .bearer_auth(API_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.api(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.api(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn bind(&self, phone: u32, device: u32) {
+        let (s, b) = self
+            .api(
+                reqwest::Method::PUT,
+                &format!("/v1/bindings/{}/{device}", phone as i32),
+                None,
+            )
+            .await;
+        assert!((200..300).contains(&s), "bind: {s} {b}");
+    }
+
+    pub fn metrics(&self) -> String {
+        self.running.router.metrics().render()
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await;
+    }
+}
+
+/// A frame received by a test device, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Got {
+    Deliver {
+        msg_id: u64,
+        from: Option<Address>,
+        payload: Vec<u8>,
+    },
+    Command {
+        cmd_id: u32,
+        name: String,
+        payload: Vec<u8>,
+    },
+    UploadAck {
+        upload_id: u32,
+    },
+    Response {
+        req_id: u32,
+        status: u16,
+        payload: Vec<u8>,
+    },
+    Presence {
+        who: Address,
+        online: bool,
+    },
+    Kick {
+        reason: Code,
+    },
+    Error {
+        code: Code,
+        about_seq: u32,
+    },
+    Pong,
+    AckOnly,
+    Other(String),
+}
+
+fn owned(body: &Body<'_>) -> Got {
+    match *body {
+        Body::Deliver {
+            msg_id,
+            from,
+            payload,
+        } => Got::Deliver {
+            msg_id,
+            from,
+            payload: payload.to_vec(),
+        },
+        Body::Command {
+            cmd_id,
+            name,
+            payload,
+        } => Got::Command {
+            cmd_id,
+            name: name.to_owned(),
+            payload: payload.to_vec(),
+        },
+        Body::UploadAck { upload_id } => Got::UploadAck { upload_id },
+        Body::Response {
+            req_id,
+            status,
+            payload,
+        } => Got::Response {
+            req_id,
+            status,
+            payload: payload.to_vec(),
+        },
+        Body::Presence { who, online } => Got::Presence { who, online },
+        Body::Kick { reason } => Got::Kick { reason },
+        Body::Error { code, about_seq } => Got::Error { code, about_seq },
+        Body::Pong { .. } => Got::Pong,
+        Body::AckOnly => Got::AckOnly,
+        other => Got::Other(other.name().to_owned()),
+    }
+}
+
+pub type ClientWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A device's packet transport.
+pub enum Wire {
+    Udp {
+        socket: UdpSocket,
+        broker: SocketAddr,
+    },
+    Ws(Box<ClientWs>),
+}
+
+impl Wire {
+    pub async fn udp(broker: SocketAddr) -> Wire {
+        Wire::Udp {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            broker,
+        }
+    }
+
+    pub async fn ws(url: &str) -> Wire {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Wire::Ws(Box::new(ws))
+    }
+
+    pub async fn send(&mut self, packet: &[u8]) {
+        match self {
+            Wire::Udp { socket, broker } => {
+                socket.send_to(packet, *broker).await.unwrap();
+            }
+            Wire::Ws(ws) => {
+                let _ = ws.send(Message::Binary(packet.to_vec().into())).await;
+            }
+        }
+    }
+
+    /// The next packet, or `None` on timeout or when the WebSocket closed.
+    pub async fn recv(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        match self {
+            Wire::Udp { socket, .. } => {
+                let mut buf = vec![0u8; 2048];
+                let (n, _) = tokio::time::timeout(wait, socket.recv_from(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
+                buf.truncate(n);
+                Some(buf)
+            }
+            Wire::Ws(ws) => loop {
+                match tokio::time::timeout(wait, ws.next()).await.ok()?? {
+                    Ok(Message::Binary(b)) => return Some(b.to_vec()),
+                    Ok(Message::Close(_)) | Err(_) => return None,
+                    Ok(_) => continue,
+                }
+            },
+        }
+    }
+
+    /// For WebSockets: waits for the close frame and returns its code.
+    pub async fn close_code(&mut self, wait: Duration) -> Option<u16> {
+        let Wire::Ws(ws) = self else { return None };
+        loop {
+            match tokio::time::timeout(wait, ws.next()).await.ok()?? {
+                Ok(Message::Close(Some(f))) => return Some(f.code.into()),
+                Ok(Message::Close(None)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+pub fn device_key(id: u32) -> shared_protocol::keys::DeviceKey {
+    derive_device_key(&MasterKey(MASTER), id)
+}
+
+/// A logged-in test device.
+pub struct Device {
+    pub wire: Wire,
+    pub session: SecureSession,
+    pub welcome: WelcomeInfo,
+    pub recv: RecvWindow,
+    pub next_seq: u32,
+    /// Acknowledge reliable frames at once (turn off to simulate a device that never acks).
+    pub auto_ack: bool,
+}
+
+/// Runs the client handshake; `Err(reject)` when the broker refused.
+pub async fn login(mut wire: Wire, id: u32, since_id: u64) -> Result<Device, Reject> {
+    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), since_id);
+    let mut out = [0u8; MAX_PACKET];
+    let hello = hs
+        .start(broker::router::now_ms(), rand::random(), &mut out)
+        .unwrap()
+        .to_vec();
+    wire.send(&hello).await;
+    loop {
+        let mut p = wire
+            .recv(Duration::from_secs(5))
+            .await
+            .expect("handshake answer");
+        match hs.on_packet(&mut p, &mut out).unwrap() {
+            ClientEvent::Send(login) => {
+                let login = login.to_vec();
+                wire.send(&login).await;
+            }
+            ClientEvent::Established(e) => {
+                return Ok(Device {
+                    wire,
+                    session: e.session,
+                    welcome: e.welcome,
+                    recv: RecvWindow::new(),
+                    next_seq: 1,
+                    auto_ack: true,
+                });
+            }
+            ClientEvent::Rejected(r) => return Err(r),
+            ClientEvent::Ignored => {}
+        }
+    }
+}
+
+impl Device {
+    pub fn seal(&mut self, body: Body<'_>) -> Vec<u8> {
+        let seq = if body.is_reliable() {
+            self.next_seq += 1;
+            self.next_seq - 1
+        } else {
+            0
+        };
+        let frame = Frame {
+            seq,
+            ack: self.recv.ack(),
+            body,
+        };
+        let mut out = [0u8; MAX_PACKET];
+        let n = self.session.seal_frame(&frame, &mut out).unwrap();
+        out[..n].to_vec()
+    }
+
+    pub async fn send(&mut self, body: Body<'_>) {
+        let p = self.seal(body);
+        self.wire.send(&p).await;
+    }
+
+    pub async fn ack(&mut self) {
+        let ack = Frame::unreliable(self.recv.ack(), Body::AckOnly);
+        let mut out = [0u8; MAX_PACKET];
+        let n = self.session.seal_frame(&ack, &mut out).unwrap();
+        self.recv.on_ack_sent();
+        self.wire.send(&out[..n]).await;
+    }
+
+    /// The next new frame (duplicates are acknowledged and skipped), or `None` on timeout.
+    pub async fn next(&mut self, wait: Duration) -> Option<(u32, Ack, Got)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut p = self.wire.recv(left).await?;
+            let Ok(frame) = self.session.open_frame(&mut p) else {
+                continue;
+            };
+            let (seq, ack, got) = (frame.seq, frame.ack, owned(&frame.body));
+            let outcome = self.recv.on_receive(seq, 0);
+            if seq != 0 && self.auto_ack {
+                self.ack().await;
+            }
+            if matches!(outcome, RecvOutcome::Accept | RecvOutcome::Unreliable) {
+                return Some((seq, ack, got));
+            }
+        }
+    }
+
+    /// The next frame other than AckOnly/Pong.
+    pub async fn next_event(&mut self, wait: Duration) -> Option<Got> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await?.2 {
+                Got::AckOnly | Got::Pong => continue,
+                g => return Some(g),
+            }
+        }
+    }
+}
+
+/// An app over the JSON WebSocket transport, speaking raw JSON as a browser would.
+pub struct App {
+    pub ws: ClientWs,
+}
+
+pub fn app_token(address: Address, exp_offset_secs: i64) -> String {
+    let now = broker::router::now_ms() / 1000;
+    let exp = (now as i64 + exp_offset_secs) as u64;
+    shared_protocol::json::mint(
+        &TOKEN_SECRET,
+        &shared_protocol::json::Claims { address, exp },
+    )
+}
+
+impl App {
+    pub async fn connect(url: &str) -> App {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        App { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message, or `None` on timeout/close.
+    pub async fn recv(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await.ok()?? {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Next message whose `type` is not `presence`.
+    pub async fn recv_skip_presence(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let v = self.recv(wait).await?;
+            if v["type"] != "presence" {
+                return Some(v);
+            }
+        }
+    }
+
+    /// Connects and authenticates; returns the app and the `welcome` (or the `reject`).
+    pub async fn login(url: &str, address: Address, since_id: u64) -> (App, Value) {
+        let mut app = App::connect(url).await;
+        let token = app_token(address, 3600);
+        app.send(serde_json::json!({"type": "auth", "token": token, "since_id": since_id}))
+            .await;
+        let answer = app.recv(Duration::from_secs(5)).await.expect("auth answer");
+        (app, answer)
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);

@@ -1,0 +1,281 @@
+//! Devices over UDP against an in-process broker: login, push delivery and ack, NAT rebinding,
+//! HTTP-to-device commands (success, offline, timeout, with loss), malformed datagrams.
+
+mod comet_support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use broker::terminal::IdProfile;
+use comet_support::*;
+use serde_json::json;
+use shared_protocol::codes::Code;
+use shared_protocol::frame::Body;
+
+#[tokio::test]
+async fn udp_login_push_delivered_and_acked() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut dev = login(Wire::udp(b.udp()).await, 7, 0)
+        .await
+        .expect("login accepted");
+    assert_eq!(dev.welcome.heartbeat_secs, 30);
+    assert_eq!(dev.welcome.max_payload, 1024);
+    let (_, status) = b.get("/v1/terminals/device/7").await;
+    assert_eq!(status["sessions"][0]["transport"], "udp", "{status}");
+
+    let (s, r) = b
+        .post(
+            "/v1/push",
+            json!({"target": {"terminal": {"kind": "device", "id": 7}}, "text": "on"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let msg_id = r["msg_id"].as_u64().unwrap();
+    let got = dev.next_event(WAIT).await.expect("deliver");
+    assert_eq!(
+        got,
+        Got::Deliver {
+            msg_id,
+            from: None,
+            payload: b"on".to_vec()
+        }
+    );
+    // The transport ack (sent by `next`) removes it from the store.
+    let mut stored = json!(null);
+    for _ in 0..50 {
+        stored = b.get("/v1/terminals/device/7/messages").await.1;
+        if stored["messages"].as_array().is_some_and(|m| m.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stored["messages"],
+        json!([]),
+        "acked message forgotten: {stored}"
+    );
+    // Ping gets a Pong.
+    dev.send(Body::Ping).await;
+    assert_eq!(dev.next(WAIT).await.unwrap().2, Got::Pong);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unacked_push_is_retransmitted_then_replayed_after_relogin() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut dev = login(Wire::udp(b.udp()).await, 8, 0).await.unwrap();
+    dev.auto_ack = false;
+    let (_, r) = b
+        .post(
+            "/v1/push",
+            json!({"target": {"terminal": {"kind": "device", "id": 8}}, "text": "a"}),
+        )
+        .await;
+    let id = r["msg_id"].as_u64().unwrap();
+    // Without an ack the broker resends the same frame (same seq) after the RTO.
+    let first = dev.wire.recv(WAIT).await.unwrap();
+    let again = dev
+        .wire
+        .recv(Duration::from_secs(2))
+        .await
+        .expect("retransmission");
+    let (mut a, mut c) = (first, again);
+    let f1 = dev.session.open_frame(&mut a).unwrap();
+    let f2 = dev.session.open_frame(&mut c).unwrap();
+    assert_eq!((f1.seq, f1.body), (f2.seq, f2.body));
+    // A new login (since 0) replays it.
+    drop(dev);
+    let mut dev = login(Wire::udp(b.udp()).await, 8, 0).await.unwrap();
+    let got = dev.next_event(WAIT).await.unwrap();
+    assert!(
+        matches!(got, Got::Deliver { msg_id, .. } if msg_id == id),
+        "{got:?}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn nat_rebinding_moves_the_session() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut dev = login(Wire::udp(b.udp()).await, 21, 0).await.unwrap();
+    // Same session, same keys, from a new socket (a NAT rebinding).
+    let moved = comet_support::Wire::udp(b.udp()).await;
+    let new_addr = match &moved {
+        Wire::Udp { socket, .. } => socket.local_addr().unwrap(),
+        Wire::Ws(_) => unreachable!(),
+    };
+    let old = std::mem::replace(&mut dev.wire, moved);
+    dev.send(Body::Ping).await;
+    assert_eq!(
+        dev.next(WAIT).await.unwrap().2,
+        Got::Pong,
+        "answered at the new address"
+    );
+    let (_, status) = b.get("/v1/terminals/device/21").await;
+    assert_eq!(
+        status["sessions"][0]["peer"],
+        new_addr.to_string(),
+        "{status}"
+    );
+    // Deliveries follow it; the old address gets nothing.
+    b.post(
+        "/v1/push",
+        json!({"target": {"terminal": {"kind": "device", "id": 21}}, "text": "x"}),
+    )
+    .await;
+    assert!(matches!(
+        dev.next_event(WAIT).await,
+        Some(Got::Deliver { .. })
+    ));
+    let mut old = old;
+    assert!(old.recv(Duration::from_millis(300)).await.is_none());
+    // A replayed packet from a third address does not move it.
+    let p = dev.seal(Body::Ping);
+    dev.wire.send(&p).await;
+    assert_eq!(dev.next(WAIT).await.unwrap().2, Got::Pong);
+    old.send(&p).await;
+    assert!(
+        old.recv(Duration::from_millis(300)).await.is_none(),
+        "replay ignored"
+    );
+    let (_, status) = b.get("/v1/terminals/device/21").await;
+    assert_eq!(status["sessions"][0]["peer"], new_addr.to_string());
+    b.stop().await;
+}
+
+/// Answers commands on a UDP device; `drop_first` skips the first Command datagram (loss).
+async fn answer_commands(mut dev: Device, drop_first: bool) -> Device {
+    let mut dropped = !drop_first;
+    loop {
+        let Some(mut p) = dev.wire.recv(WAIT).await else {
+            return dev;
+        };
+        if !dropped {
+            dropped = true;
+            continue;
+        }
+        let Ok(frame) = dev.session.open_frame(&mut p) else {
+            continue;
+        };
+        let (seq, body) = (frame.seq, frame.body);
+        dev.recv.on_receive(seq, 0);
+        if let Body::Command {
+            cmd_id,
+            name,
+            payload,
+        } = body
+        {
+            let answer = format!("{name}:{}", String::from_utf8_lossy(payload));
+            let p = dev.seal(Body::CommandResult {
+                cmd_id,
+                status: 0,
+                payload: answer.as_bytes(),
+            });
+            dev.wire.send(&p).await;
+            return dev;
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_command_round_trip_over_udp_with_loss_offline_and_timeout() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let (s, e) = b
+        .post(
+            "/v1/devices/31/commands",
+            json!({"name": "relay", "text": "on"}),
+        )
+        .await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("not_online")), "{e}");
+
+    let dev = login(Wire::udp(b.udp()).await, 31, 0).await.unwrap();
+    let device = tokio::spawn(answer_commands(dev, true));
+    let (s, r) = b
+        .post(
+            "/v1/devices/31/commands",
+            json!({"name": "relay", "text": "on", "timeout_ms": 5000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r, json!({"status": 0, "payload": B64.encode("relay:on")}));
+    let mut dev = device.await.unwrap();
+
+    // A device that never answers: 504.
+    dev.auto_ack = true;
+    let (s, e) = b
+        .post(
+            "/v1/devices/31/commands",
+            json!({"name": "relay", "timeout_ms": 300}),
+        )
+        .await;
+    assert_eq!((s, e["error"].as_str()), (504, Some("timeout")), "{e}");
+    assert!(matches!(
+        dev.next_event(WAIT).await,
+        Some(Got::Command { .. })
+    ));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_datagrams_change_nothing() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut dev = login(Wire::udp(b.udp()).await, 41, 0).await.unwrap();
+    let sid = dev.welcome.session_id.to_le_bytes();
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![1],
+        vec![9, 1, 0, 0],
+        vec![1, 0x01, 0, 7],    // short HELLO: dropped (no amplification)
+        vec![1, 0x03, 1, 2, 3], // broken LOGIN
+        vec![1, 0x10, 0, 0, 0, 0, 0, 0], // truncated DATA
+        [vec![1, 0x77], vec![0; 40]].concat(), // unknown type
+        vec![0xAB; 1500],       // oversized
+    ];
+    let mut forged = vec![
+        1, 0x10, sid[0], sid[1], sid[2], sid[3], 9, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    forged.extend([0u8; 40]);
+    junk.push(forged);
+    for i in 0..200u32 {
+        let n = (i * 37 % 300) as usize;
+        junk.push((0..n).map(|k| (k as u32 * 7 + i) as u8).collect());
+    }
+    let probe = Wire::udp(b.udp()).await;
+    let Wire::Udp { socket, broker } = &probe else {
+        unreachable!()
+    };
+    for j in &junk {
+        socket.send_to(j, broker).await.unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    let answer = tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await;
+    if let Ok(Ok((n, _))) = answer {
+        // Only REJECTs for recognisable handshake packets may come back, never more bytes.
+        assert!(n <= 16, "unexpected {n}-byte answer");
+    }
+    // The session is unharmed and the broker serves.
+    dev.send(Body::Ping).await;
+    assert_eq!(dev.next(WAIT).await.unwrap().2, Got::Pong);
+    let metrics = b.metrics();
+    assert!(metrics.contains("broker_udp_dropped_total"), "{metrics}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_device_key_gets_auth_failed_reject() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.security
+            .device_keys
+            .insert("55".into(), broker::config::Secret::new("11".repeat(32)));
+    })
+    .await;
+    // Device 55 has an explicit key; the test device derives from the master: AUTH_FAILED.
+    let r = login(Wire::udp(b.udp()).await, 55, 0)
+        .await
+        .err()
+        .expect("rejected");
+    assert_eq!(r.code, Code::AUTH_FAILED);
+    assert!(b.metrics().contains("reason=\"auth_failed\""));
+    b.stop().await;
+}
