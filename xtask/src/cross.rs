@@ -9,7 +9,8 @@
 //! * [`CrossEnv`] holds that environment; [`CrossEnv::cargo`] gives a `cargo` command with it
 //!   applied in any directory (board crates use it).
 //! * `build` cross-checks `shared-protocol` for every MCU target in [`TARGETS`].
-//! * `boards` builds every crate under `boards/` (each has its own `.cargo/config.toml`).
+//! * `boards` builds every crate under `boards/` (each has its own `.cargo/config.toml`) into
+//!   the one shared cross target folder, with placeholder provisioning ([`placeholder_env`]).
 //! * `qemu-smoke` boots `boards/qemu-mps2-an386`'s `udp-probe` under QEMU against a UDP echo
 //!   on 127.0.0.1 and checks the round trip and exit status 0.
 
@@ -252,20 +253,49 @@ pub fn board_dirs() -> Result<Vec<PathBuf>, String> {
     Ok(dirs)
 }
 
-/// A board's own target folder (shared with `cargo build` run by hand in the board folder).
-fn board_target_dir(board: &Path) -> PathBuf {
-    board.join("target")
+/// The target folder of board builds: the one shared cross folder for every board, so `core`
+/// is built once per target and profile rather than once per board (boards with the same
+/// target and flags share it).
+fn board_target_dir(_board: &Path) -> PathBuf {
+    cross_target_dir()
+}
+
+/// Build-time provisioning for builds that only check that firmware compiles and measure it
+/// (`cross boards`, `cross clippy`, `size`): each variable the caller's environment leaves
+/// unset gets a harmless placeholder. Broker addresses are in TEST-NET-1 (192.0.2.0/24, never
+/// routed), the key is all zeros; such a build must never be flashed to a device in use.
+pub fn placeholder_env(command: &mut Command) {
+    const PLACEHOLDERS: &[(&str, &str)] = &[
+        // The QEMU probe's UDP echo port; 9 is discard.
+        ("PLUG_BROKER_PORT", "9"),
+        ("PLUG_DEVICE_ID", "1"),
+        (
+            "PLUG_DEVICE_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        ("PLUG_BROKER_UDP", "192.0.2.1:9"),
+        ("PLUG_BROKER_WS", "192.0.2.1:80"),
+        ("PLUG_WIFI_SSID", "unprovisioned"),
+    ];
+    for (key, value) in PLACEHOLDERS {
+        if std::env::var_os(key).is_none() {
+            command.env(key, value);
+        }
+    }
 }
 
 fn build_boards(env: &CrossEnv) -> Result<(), String> {
     for board in board_dirs()? {
         let mut command = env.cargo(&board, &board_target_dir(&board));
         command.args(["build", "--release", "--locked"]);
-        // The probe needs a port to compile; 9 (discard) is a harmless placeholder.
-        if std::env::var_os("PLUG_BROKER_PORT").is_none() {
-            command.env("PLUG_BROKER_PORT", "9");
-        }
+        placeholder_env(&mut command);
+        let started = Instant::now();
         run_command(&mut command)?;
+        eprintln!(
+            "cross: built {} in {:.0} s",
+            board.display(),
+            started.elapsed().as_secs_f32()
+        );
     }
     Ok(())
 }
@@ -274,9 +304,7 @@ fn clippy_boards(env: &CrossEnv) -> Result<(), String> {
     for board in board_dirs()? {
         let mut command = env.cargo_clippy(&board, &board_target_dir(&board))?;
         command.args(["--release", "--locked", "--", "-D", "warnings"]);
-        if std::env::var_os("PLUG_BROKER_PORT").is_none() {
-            command.env("PLUG_BROKER_PORT", "9");
-        }
+        placeholder_env(&mut command);
         run_command(&mut command)?;
     }
     Ok(())

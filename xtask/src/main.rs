@@ -5,10 +5,12 @@
 //!
 //! * `test`: everything CI runs, in order (see [`test`]).
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
+//! * `size`: flash and RAM per board and for the SDK alone, checked against budgets.
 
 mod cross;
 mod services;
 mod shell;
+mod size;
 mod test;
 
 use std::process::ExitCode;
@@ -20,6 +22,7 @@ commands:
   test [--skip STEP]... [--only STEP]...   run everything CI runs (steps: see `cargo xtask test --list`)
   cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
   qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
+  size                                     flash and RAM of every MCU board, checked against its size-budget.toml
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
 ";
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         "cross" => cross::run(rest),
         "services" => services::run(rest),
         "qemu-smoke" => cross::qemu_smoke(rest),
+        "size" => size::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,170 @@
+//! The plug firmware on an ST Nucleo-F429ZI (STM32F429ZI, Cortex-M4F at 168 MHz).
+//!
+//! Board-specific part only: clocks, pins, the on-board Ethernet (MAC + LAN8742A PHY over RMII,
+//! auto-negotiation by the HAL's generic PHY driver), the hardware RNG and the embassy-net
+//! stack with DHCP. From there on it runs exactly what the virtual boards run, through
+//! `plug_app::start` (the firmware SDK's client over UDP/WebSocket and the plug application).
+//!
+//! Pins (Nucleo-144 user manual UM1974):
+//!
+//! | function | pin | where |
+//! |---|---|---|
+//! | relay (active high) | PF13 | CN10 / Arduino D7 |
+//! | LD2 blue: relay state | PB7 | on board |
+//! | LD1 green: network up (DHCP lease) | PB0 | on board |
+//! | Ethernet RMII | PA1 REF_CLK, PA7 CRS_DV, PC4 RXD0, PC5 RXD1, PG13 TXD0, PB13 TXD1, PG11 TX_EN | on board (solder bridges as shipped) |
+//! | PHY management | PA2 MDIO, PC1 MDC | on board |
+//!
+//! Provisioning (device id, key, brokers) comes from the build environment
+//! (`plug_app::provision`); logs are defmt over RTT (the ST-LINK probe), see docs/flashing.md.
+#![no_std]
+#![no_main]
+
+use defmt::{info, unwrap};
+use embassy_executor::Spawner;
+use embassy_net::StackResources;
+use embassy_stm32::bind_interrupts;
+use embassy_stm32::eth::{self, Ethernet, GenericPhy, PacketQueue, Sma};
+use embassy_stm32::gpio::{Level, Output, Speed};
+use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
+use embassy_stm32::rng::{self, Rng};
+use embassy_stm32::time::Hertz;
+use plug_app::app::{AppConfig, AppMemory};
+use plug_app::relay::{GpioRelay, Polarity};
+use static_cell::StaticCell;
+use {defmt_rtt as _, panic_probe as _};
+
+bind_interrupts!(struct Irqs {
+    ETH => eth::InterruptHandler;
+    HASH_RNG => rng::InterruptHandler<RNG>;
+});
+
+/// The Ethernet driver type (MAC + generic PHY on the SMI bus).
+type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
+
+/// Interval of `power` uploads.
+const METER_INTERVAL_MS: u64 = 60_000;
+/// Sockets the stack holds: DHCP, the UDP transport, the WebSocket transport's TCP socket.
+const SOCKETS: usize = 3;
+
+/// The client's randomness: the STM32 true RNG.
+struct HwRng(Rng<'static, RNG>);
+
+impl firmware::rng::Rng for HwRng {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+}
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, Device>) -> ! {
+    runner.run().await
+}
+
+/// 168 MHz from the ST-LINK's 8 MHz clock (HSE bypass), 48 MHz for the RNG from PLL Q.
+fn clocks() -> embassy_stm32::Config {
+    use embassy_stm32::rcc::*;
+    let mut config = embassy_stm32::Config::default();
+    config.rcc.hse = Some(Hse {
+        freq: Hertz(8_000_000),
+        mode: HseMode::Bypass,
+    });
+    config.rcc.pll_src = PllSource::HSE;
+    config.rcc.pll = Some(Pll {
+        prediv: PllPreDiv::DIV4,
+        mul: PllMul::MUL168,
+        divp: Some(PllPDiv::DIV2),
+        divq: Some(PllQDiv::DIV7),
+        divr: None,
+    });
+    config.rcc.ahb_pre = AHBPrescaler::DIV1;
+    config.rcc.apb1_pre = APBPrescaler::DIV4;
+    config.rcc.apb2_pre = APBPrescaler::DIV2;
+    config.rcc.sys = Sysclk::PLL1_P;
+    config
+}
+
+/// A locally administered unicast MAC derived from the chip's 96-bit unique id.
+fn mac_address() -> [u8; 6] {
+    let uid = embassy_stm32::uid::uid();
+    let mut mac = [0x02, 0, 0, 0, 0, 0];
+    for (i, byte) in uid.iter().enumerate() {
+        mac[1 + i % 5] ^= byte.rotate_left(i as u32 / 5);
+    }
+    mac
+}
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    // Checked at compile time: a missing variable fails the build, naming it.
+    let provisioning = plug_app::provisioning!();
+    let p = embassy_stm32::init(clocks());
+    info!(
+        "nucleo-f429zi: plug firmware {}, device {}",
+        env!("CARGO_PKG_VERSION"),
+        provisioning.device_id
+    );
+
+    static RELAY: StaticCell<GpioRelay<Output<'static>, Output<'static>>> = StaticCell::new();
+    let relay = RELAY.init(GpioRelay::new(
+        Output::new(p.PF13, Level::Low, Speed::Low),
+        Polarity::ActiveHigh,
+        Some((
+            Output::new(p.PB7, Level::Low, Speed::Low),
+            Polarity::ActiveHigh,
+        )),
+    ));
+    let mut net_led = Output::new(p.PB0, Level::Low, Speed::Low);
+
+    static RNG_CELL: StaticCell<HwRng> = StaticCell::new();
+    let rng = RNG_CELL.init(HwRng(Rng::new(p.RNG, Irqs)));
+    let net_seed = rng.0.next_u64();
+
+    static PACKETS: StaticCell<PacketQueue<4, 4>> = StaticCell::new();
+    let device = Ethernet::new(
+        PACKETS.init(PacketQueue::new()),
+        p.ETH,
+        Irqs,
+        p.PA1,
+        p.PA7,
+        p.PC4,
+        p.PC5,
+        p.PG13,
+        p.PB13,
+        p.PG11,
+        mac_address(),
+        p.ETH_SMA,
+        p.PA2,
+        p.PC1,
+    );
+
+    static STACK: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
+    let (stack, runner) = embassy_net::new(
+        device,
+        embassy_net::Config::dhcpv4(Default::default()),
+        STACK.init(StackResources::new()),
+        net_seed,
+    );
+    spawner.spawn(unwrap!(net_task(runner)));
+
+    static APP: StaticCell<AppMemory> = StaticCell::new();
+    unwrap!(plug_app::start(
+        spawner,
+        stack,
+        APP.init(AppMemory::new()),
+        &provisioning,
+        relay,
+        rng,
+        AppConfig {
+            firmware_version: env!("CARGO_PKG_VERSION"),
+            meter_interval_ms: METER_INTERVAL_MS,
+        },
+    ));
+
+    info!("waiting for the Ethernet link and a DHCP lease");
+    stack.wait_config_up().await;
+    if let Some(config) = stack.config_v4() {
+        info!("network up: {}", config.address);
+    }
+    net_led.set_high();
+}

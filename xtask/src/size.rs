@@ -1,0 +1,524 @@
+//! `cargo xtask size`: flash and RAM of every MCU board's firmware, checked against budgets.
+//!
+//! How the pieces fit:
+//! * Every board crate under `boards/` whose `.cargo/config.toml` names a bare-metal target
+//!   (`*-none-*`) is built in release mode with the pinned cross toolchain
+//!   ([`crate::cross::CrossEnv`]) into the one shared cross target folder
+//!   ([`crate::cross::cross_target_dir`]), so `core` is built once per target and profile.
+//!   Builds get placeholder provisioning ([`crate::cross::placeholder_env`]) unless the
+//!   caller's environment provisions them.
+//! * cargo's JSON messages name each linked executable; [`elf_footprint`] reads its section
+//!   headers (no binutils needed) and sums them the way Berkeley `size` does: `text` =
+//!   allocated, read-only sections (code, rodata, vector table, `.boot2`); `data` = allocated,
+//!   writable sections with contents; `bss` = allocated sections without contents
+//!   (`.bss`, `.uninit`). Flash = text + data (data's initial values are stored in flash);
+//!   RAM = data + bss (statics; the stack is not counted, it takes what is left).
+//! * Each board's `size-budget.toml` (`flash = N`, `ram = N`, bytes) limits every binary of
+//!   the board; a missing budget or any binary over it fails the command after the table is
+//!   printed. The QEMU board's `sdk_footprint` binary is the SDK alone (client core and plug
+//!   application, no network stack): its row is the SDK's footprint.
+
+use crate::cross::{CrossEnv, board_dirs, cross_target_dir, placeholder_env};
+use crate::shell::timed;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage: cargo xtask size
+
+Builds every MCU board crate (release), prints flash (text + data) and RAM (data + bss) of each
+binary, and fails when one exceeds its board's size-budget.toml.
+";
+
+/// Budget file in each board's folder.
+const BUDGET_FILE: &str = "size-budget.toml";
+/// The binary whose row is the SDK alone.
+const SDK_BIN: &str = "sdk_footprint";
+
+/// Runs `cargo xtask size`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    match args {
+        [] => {}
+        [help] if matches!(help.as_str(), "help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        _ => return Err(format!("unexpected arguments\n{USAGE}")),
+    }
+    let env = timed("size: toolchain", CrossEnv::setup)?;
+    let target_dir = cross_target_dir();
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for board in board_dirs()? {
+        let name = board_name(&board);
+        let Some(target) = board_target(&board)? else {
+            eprintln!("size: {name}: not a bare-metal board, skipped");
+            continue;
+        };
+        let budget = match read_budget(&board) {
+            Ok(budget) => Some(budget),
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                None
+            }
+        };
+        let started = Instant::now();
+        let executables = build_board(&env, &board, &target_dir)?;
+        let build_secs = started.elapsed().as_secs_f32();
+        for elf in executables {
+            let bytes =
+                std::fs::read(&elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+            let footprint = elf_footprint(&bytes).map_err(|e| format!("{}: {e}", elf.display()))?;
+            let bin = elf
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let verdict = match &budget {
+                Some(budget) => budget.check(&footprint),
+                None => Verdict::NoBudget,
+            };
+            if let Verdict::Over(what) = &verdict {
+                failures.push(format!("{name}/{bin}: {what}"));
+            }
+            rows.push(Row {
+                board: name.clone(),
+                bin,
+                target: target.clone(),
+                footprint,
+                budget,
+                verdict,
+                build_secs,
+            });
+        }
+    }
+    print_table(&rows);
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "size budget check failed:\n  {}",
+            failures.join("\n  ")
+        ))
+    }
+}
+
+/// One binary's line in the report.
+struct Row {
+    board: String,
+    bin: String,
+    target: String,
+    footprint: Footprint,
+    budget: Option<Budget>,
+    verdict: Verdict,
+    /// Wall time of the board's build (cold on a fresh target folder, else incremental).
+    build_secs: f32,
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<16} {:<14} {:<22} {:>9} {:>8} {:>8} {:>10} {:>9} {:>7}  status",
+        "board", "binary", "target", "text", "data", "bss", "flash", "ram", "build"
+    );
+    for row in rows {
+        let f = &row.footprint;
+        let status = match (&row.verdict, &row.budget) {
+            (Verdict::Within, Some(b)) => format!(
+                "ok (flash {:.0} %, ram {:.0} % of budget)",
+                percent(f.flash(), b.flash),
+                percent(f.ram(), b.ram)
+            ),
+            (Verdict::Over(what), _) => format!("OVER: {what}"),
+            _ => "no budget".to_owned(),
+        };
+        println!(
+            "{:<16} {:<14} {:<22} {:>9} {:>8} {:>8} {:>10} {:>9} {:>6.0}s  {status}",
+            row.board,
+            row.bin,
+            row.target,
+            f.text,
+            f.data,
+            f.bss,
+            f.flash(),
+            f.ram(),
+            row.build_secs
+        );
+    }
+    if let Some(sdk) = rows.iter().find(|r| r.bin == SDK_BIN) {
+        println!(
+            "SDK alone (client core + plug app, no network stack; {} {}): flash {} B ({:.1} KiB), static RAM {} B ({:.1} KiB)",
+            sdk.board,
+            sdk.target,
+            sdk.footprint.flash(),
+            sdk.footprint.flash() as f64 / 1024.0,
+            sdk.footprint.ram(),
+            sdk.footprint.ram() as f64 / 1024.0
+        );
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return f64::INFINITY;
+    }
+    part as f64 * 100.0 / whole as f64
+}
+
+fn board_name(board: &Path) -> String {
+    board
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| board.display().to_string())
+}
+
+/// The board's build target from its `.cargo/config.toml`, when it is bare metal.
+fn board_target(board: &Path) -> Result<Option<String>, String> {
+    let config = board.join(".cargo/config.toml");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    Ok(config_target(&text).filter(|t| t.contains("-none")))
+}
+
+/// `target = "..."` of the `[build]` table.
+fn config_target(config: &str) -> Option<String> {
+    let mut in_build = false;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_build = line == "[build]";
+            continue;
+        }
+        if !in_build {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=')
+            && key.trim() == "target"
+        {
+            return Some(value.trim().trim_matches('"').to_owned());
+        }
+    }
+    None
+}
+
+/// Builds the board (release) and returns the executables cargo linked.
+fn build_board(env: &CrossEnv, board: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut command = env.cargo(board, target_dir);
+    command
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    placeholder_env(&mut command);
+    eprintln!("$ (in {}) cargo build --release --locked", board.display());
+    let output = run_capturing(&mut command)?;
+    let executables: Vec<PathBuf> = output
+        .lines()
+        .filter(|line| line.contains("\"reason\":\"compiler-artifact\""))
+        .filter_map(json_executable)
+        .map(PathBuf::from)
+        .collect();
+    if executables.is_empty() {
+        return Err(format!("{}: the build linked no binary", board.display()));
+    }
+    Ok(executables)
+}
+
+fn run_capturing(command: &mut Command) -> Result<String, String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("cargo build failed ({})", output.status));
+    }
+    String::from_utf8(output.stdout).map_err(|_| "cargo printed non-UTF-8 JSON".to_owned())
+}
+
+/// The `"executable"` string of one cargo JSON message (`null` or absent: `None`).
+fn json_executable(line: &str) -> Option<String> {
+    const KEY: &str = "\"executable\":\"";
+    let start = line.find(KEY)? + KEY.len();
+    let mut value = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
+/// Flash and RAM limits of one board, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    flash: u64,
+    ram: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Within,
+    Over(String),
+    NoBudget,
+}
+
+impl Budget {
+    fn check(&self, f: &Footprint) -> Verdict {
+        let mut over = Vec::new();
+        if f.flash() > self.flash {
+            over.push(format!("flash {} > budget {}", f.flash(), self.flash));
+        }
+        if f.ram() > self.ram {
+            over.push(format!("ram {} > budget {}", f.ram(), self.ram));
+        }
+        if over.is_empty() {
+            Verdict::Within
+        } else {
+            Verdict::Over(over.join(", "))
+        }
+    }
+}
+
+fn read_budget(board: &Path) -> Result<Budget, String> {
+    let path = board.join(BUDGET_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read {} ({e}): every MCU board needs one",
+            path.display()
+        )
+    })?;
+    parse_budget(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses `flash = N` and `ram = N` (bytes; `_` separators and `#` comments allowed).
+fn parse_budget(text: &str) -> Result<Budget, String> {
+    let (mut flash, mut ram) = (None, None);
+    for (number, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected `key = bytes`", number + 1))?;
+        let value: u64 = value.trim().replace('_', "").parse().map_err(|_| {
+            format!(
+                "line {}: `{}` is not a byte count",
+                number + 1,
+                value.trim()
+            )
+        })?;
+        match key.trim() {
+            "flash" => flash = Some(value),
+            "ram" => ram = Some(value),
+            other => return Err(format!("line {}: unknown key `{other}`", number + 1)),
+        }
+    }
+    Ok(Budget {
+        flash: flash.ok_or("missing `flash = <bytes>`")?,
+        ram: ram.ok_or("missing `ram = <bytes>`")?,
+    })
+}
+
+/// Berkeley-style sizes of one ELF file, bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Allocated read-only sections: code, read-only data, vector table.
+    pub text: u64,
+    /// Allocated writable sections with contents (initialised statics).
+    pub data: u64,
+    /// Allocated sections without contents (zeroed or uninitialised statics).
+    pub bss: u64,
+}
+
+impl Footprint {
+    /// Bytes stored in flash: text + data's initial values.
+    pub fn flash(&self) -> u64 {
+        self.text + self.data
+    }
+    /// Bytes of RAM taken by statics.
+    pub fn ram(&self) -> u64 {
+        self.data + self.bss
+    }
+}
+
+const SHF_WRITE: u64 = 0x1;
+const SHF_ALLOC: u64 = 0x2;
+const SHT_NOBITS: u32 = 8;
+
+/// Reads the section headers of a little-endian ELF32 or ELF64 file and sums them.
+pub fn elf_footprint(elf: &[u8]) -> Result<Footprint, String> {
+    if elf.len() < 16 || &elf[..4] != b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    if elf[5] != 1 {
+        return Err("not a little-endian ELF file".into());
+    }
+    let wide = match elf[4] {
+        1 => false,
+        2 => true,
+        other => return Err(format!("unknown ELF class {other}")),
+    };
+    let read = |offset: usize, len: usize| -> Result<u64, String> {
+        let bytes = elf
+            .get(offset..offset + len)
+            .ok_or_else(|| format!("ELF truncated at {offset}"))?;
+        let mut value = 0u64;
+        for (i, b) in bytes.iter().enumerate() {
+            value |= u64::from(*b) << (8 * i);
+        }
+        Ok(value)
+    };
+    let word = if wide { 8 } else { 4 };
+    let (shoff, shentsize, shnum) = if wide {
+        (read(0x28, 8)?, read(0x3A, 2)?, read(0x3C, 2)?)
+    } else {
+        (read(0x20, 4)?, read(0x2E, 2)?, read(0x30, 2)?)
+    };
+    let mut footprint = Footprint::default();
+    for index in 0..shnum {
+        let base = usize::try_from(shoff + index * shentsize)
+            .map_err(|_| "section header offset out of range".to_owned())?;
+        let kind = read(base + 4, 4)? as u32;
+        let flags = read(base + 8, word)?;
+        // sh_size follows sh_flags, sh_addr and sh_offset.
+        let size = read(base + 8 + 3 * word, word)?;
+        if flags & SHF_ALLOC == 0 || size == 0 {
+            continue;
+        }
+        if kind == SHT_NOBITS {
+            footprint.bss += size;
+        } else if flags & SHF_WRITE != 0 {
+            footprint.data += size;
+        } else {
+            footprint.text += size;
+        }
+    }
+    Ok(footprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF32 file: a header and the given sections (type, flags, size).
+    fn elf32(sections: &[(u32, u32, u32)]) -> Vec<u8> {
+        let shoff = 52u32;
+        let mut elf = vec![0u8; 52];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 1; // 32-bit
+        elf[5] = 1; // little-endian
+        elf[0x20..0x24].copy_from_slice(&shoff.to_le_bytes());
+        elf[0x2E..0x30].copy_from_slice(&40u16.to_le_bytes());
+        elf[0x30..0x32].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+        for (kind, flags, size) in sections {
+            let mut header = [0u8; 40];
+            header[4..8].copy_from_slice(&kind.to_le_bytes());
+            header[8..12].copy_from_slice(&flags.to_le_bytes());
+            header[20..24].copy_from_slice(&size.to_le_bytes());
+            elf.extend_from_slice(&header);
+        }
+        elf
+    }
+
+    #[test]
+    fn sums_sections_like_berkeley_size() {
+        const PROGBITS: u32 = 1;
+        let alloc = SHF_ALLOC as u32;
+        let write = SHF_WRITE as u32;
+        let exec = 0x4;
+        let elf = elf32(&[
+            (0, 0, 0),                          // null section
+            (PROGBITS, alloc, 0x400),           // .vector_table
+            (PROGBITS, alloc | exec, 10_000),   // .text
+            (PROGBITS, alloc, 2_000),           // .rodata
+            (PROGBITS, alloc | write, 300),     // .data
+            (SHT_NOBITS, alloc | write, 5_000), // .bss
+            (SHT_NOBITS, alloc | write, 24),    // .uninit
+            (PROGBITS, 0, 9_999),               // .defmt / debug info: not loaded
+        ]);
+        let f = elf_footprint(&elf).unwrap();
+        assert_eq!(
+            f,
+            Footprint {
+                text: 13_024,
+                data: 300,
+                bss: 5_024
+            }
+        );
+        assert_eq!(f.flash(), 13_324);
+        assert_eq!(f.ram(), 5_324);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_little_endian_elf() {
+        assert!(elf_footprint(b"not an elf at all").is_err());
+        let mut big_endian = elf32(&[]);
+        big_endian[5] = 2;
+        assert!(elf_footprint(&big_endian).is_err());
+        let mut truncated = elf32(&[(1, SHF_ALLOC as u32, 4)]);
+        truncated.truncate(60);
+        assert!(elf_footprint(&truncated).is_err());
+    }
+
+    #[test]
+    fn parses_budgets_and_checks_them() {
+        let budget = parse_budget("# limits\nflash = 393_216   # 384 KiB\nram = 131072\n").unwrap();
+        assert_eq!(
+            budget,
+            Budget {
+                flash: 393_216,
+                ram: 131_072
+            }
+        );
+        let fits = Footprint {
+            text: 393_000,
+            data: 216,
+            bss: 130_000,
+        };
+        assert_eq!(budget.check(&fits), Verdict::Within);
+        let over = Footprint {
+            text: 393_000,
+            data: 217,
+            bss: 131_000,
+        };
+        assert_eq!(
+            budget.check(&over),
+            Verdict::Over("flash 393217 > budget 393216, ram 131217 > budget 131072".into())
+        );
+        assert!(parse_budget("flash = 1").is_err());
+        assert!(parse_budget("flash = 1\nram = lots").is_err());
+        assert!(parse_budget("flash = 1\nram = 2\nrom = 3").is_err());
+    }
+
+    #[test]
+    fn reads_the_build_target_of_a_board_config() {
+        let config = "[build]\ntarget = \"thumbv6m-none-eabi\"\n\n[target.thumbv6m-none-eabi]\nrunner = \"x\"\n";
+        assert_eq!(config_target(config).as_deref(), Some("thumbv6m-none-eabi"));
+        assert_eq!(config_target("[env]\ntarget = \"x\"\n"), None);
+    }
+
+    #[test]
+    fn extracts_executables_from_cargo_json() {
+        let line = r#"{"reason":"compiler-artifact","target":{"name":"plug"},"executable":"/t/thumbv7em-none-eabihf/release/plug","fresh":true}"#;
+        assert_eq!(
+            json_executable(line).as_deref(),
+            Some("/t/thumbv7em-none-eabihf/release/plug")
+        );
+        let library = r#"{"reason":"compiler-artifact","executable":null}"#;
+        assert_eq!(json_executable(library), None);
+        let escaped = r#"{"executable":"/a \"b\"/c"}"#;
+        assert_eq!(json_executable(escaped).as_deref(), Some("/a \"b\"/c"));
+    }
+}
