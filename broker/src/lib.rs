@@ -25,6 +25,7 @@ pub mod router;
 pub mod secrets;
 pub mod store;
 pub mod terminal;
+pub mod uploads;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,511 @@
+//! The RabbitMQ upload sink and push consumer against the two real RabbitMQ nodes from
+//! `cargo xtask services up` (feature `services-tests`; run: `cargo test -p broker --features
+//! services-tests --test rabbit_uploads -- --nocapture` to see the measured rates).
+//!
+//! Each test declares its own exchange and queues (unique names) and deletes them at the end.
+//! The failover test stops node 1's app with `rabbitmqctl` and starts it again (also on panic).
+#![cfg(feature = "services-tests")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use broker::router::Target;
+use broker::store::UploadSpool;
+use broker::store::embedded::{EmbeddedStore, OfflineLimits};
+use broker::terminal::Address;
+use broker::uploads::{
+    Delivered, PushConsumer, RabbitConfig, RabbitUploadSink, Upload, UploadSink, static_nodes,
+};
+use bytes::Bytes;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
+fn services() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let env: BTreeMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        env.contains_key("RABBITMQ_1_AMQP_URL") && env.contains_key("RABBITMQ_2_AMQP_URL"),
+        "two RabbitMQ nodes are not running: run `cargo xtask services up` first ({path})"
+    );
+    env
+}
+
+fn urls() -> (String, String) {
+    let s = services();
+    (
+        s["RABBITMQ_1_AMQP_URL"].clone(),
+        s["RABBITMQ_2_AMQP_URL"].clone(),
+    )
+}
+
+fn config(name: &str) -> RabbitConfig {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let id = format!(
+        "test.{name}.{}.{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    RabbitConfig {
+        upload_exchange: format!("{id}.uploads"),
+        upload_queue: format!("{id}.uploads"),
+        push_exchange: format!("{id}.pushes"),
+        push_queue: format!("{id}.pushes"),
+        confirm_timeout_ms: 3000,
+        connect_timeout_ms: 2000,
+        retry_interval_ms: 200,
+        ..RabbitConfig::default()
+    }
+}
+
+fn spool(dir: &std::path::Path) -> Arc<dyn UploadSpool> {
+    EmbeddedStore::open(
+        dir,
+        OfflineLimits {
+            max_per_terminal: 10,
+            eviction: broker::config::EvictionPolicy::DropOldest,
+        },
+    )
+    .unwrap()
+}
+
+fn upload(n: u32) -> Upload {
+    Upload {
+        device: Address::device(1000 + n % 7),
+        upload_id: n,
+        topic: if n.is_multiple_of(2) {
+            "power"
+        } else {
+            "state"
+        }
+        .into(),
+        payload: Bytes::from(format!("payload-{n}")),
+        received_at_ms: 1_700_000_000_000 + u64::from(n),
+    }
+}
+
+/// One message read back from a queue.
+#[derive(Debug)]
+struct Got {
+    key: String,
+    routing_key: String,
+    data: Vec<u8>,
+    from_spool: bool,
+    persistent: bool,
+}
+
+fn header_str(h: &FieldTable, k: &str) -> Option<String> {
+    match h.inner().get(k)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads (and acks) everything in `queue` on `url`.
+async fn drain_queue(url: &str, queue: &str) -> Vec<Got> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        let d = m.delivery;
+        let h = d.properties.headers().clone().unwrap_or_default();
+        out.push(Got {
+            key: header_str(&h, "dedup_key").unwrap_or_default(),
+            routing_key: d.routing_key.to_string(),
+            data: d.data.clone(),
+            from_spool: matches!(
+                h.inner().get("x-redelivered-from-spool"),
+                Some(AMQPValue::Boolean(true))
+            ),
+            persistent: *d.properties.delivery_mode() == Some(2),
+        });
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
+
+async fn delete_topology(url: &str, cfg: &RabbitConfig) {
+    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    let ch = conn.create_channel().await.unwrap();
+    for q in [&cfg.upload_queue, &cfg.push_queue] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [&cfg.upload_exchange, &cfg.push_exchange] {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_uploads_are_consumed_exactly_with_headers_and_routing() {
+    let (url1, _) = urls();
+    let cfg = config("exact");
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, nodes) = static_nodes(vec![url1.clone()]);
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()))
+        .await
+        .unwrap();
+
+    // Sequential: each publish waits for its own confirm.
+    let n_seq = 200u32;
+    let t = Instant::now();
+    for n in 0..n_seq {
+        assert_eq!(sink.publish(upload(n)).await.unwrap(), Delivered::Confirmed);
+    }
+    let seq_rate = f64::from(n_seq) / t.elapsed().as_secs_f64();
+    // Concurrent: 64 uploads in flight, confirms pipelined on one channel.
+    let n_conc = 2000u32;
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    for n in n_seq..n_seq + n_conc {
+        let (sink, permit) = (sink.clone(), sem.clone().acquire_owned().await.unwrap());
+        tasks.spawn(async move {
+            let r = sink.publish(upload(n)).await.unwrap();
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.unwrap(), Delivered::Confirmed);
+    }
+    let conc_rate = f64::from(n_conc) / t.elapsed().as_secs_f64();
+    eprintln!(
+        "publish-with-confirm: sequential {seq_rate:.0}/s, 64 in flight {conc_rate:.0}/s (debug build)"
+    );
+    let total = n_seq + n_conc;
+    assert_eq!(sink.stats().confirmed, u64::from(total));
+    assert_eq!(sink.stats().spooled, 0);
+
+    let got = drain_queue(&url1, &cfg.upload_queue).await;
+    assert_eq!(got.len(), total as usize, "exactly the published messages");
+    let keys: BTreeSet<String> = got.iter().map(|g| g.key.clone()).collect();
+    let expect: BTreeSet<String> = (0..total).map(|n| upload(n).dedup_key()).collect();
+    assert_eq!(keys, expect);
+    for g in &got {
+        let n: u32 = g.key.split(':').nth(1).unwrap().parse().unwrap();
+        let u = upload(n);
+        assert_eq!(g.data, u.payload.to_vec());
+        assert_eq!(g.routing_key, format!("upload.{}", u.topic));
+        assert!(g.persistent && !g.from_spool);
+    }
+    sink.shutdown().await;
+    delete_topology(&url1, &cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_spool_while_no_node_is_healthy_then_drain_in_order() {
+    let (url1, _) = urls();
+    let cfg = config("spool");
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    // A node that refuses connections (nothing listens there).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("amqp://guest:guest@{}/%2f", l.local_addr().unwrap())
+    };
+    let (tx, nodes) = static_nodes(vec![dead.clone()]);
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool.clone())
+        .await
+        .unwrap();
+    for n in 0..50 {
+        assert_eq!(sink.publish(upload(n)).await.unwrap(), Delivered::Spooled);
+    }
+    // Nothing healthy at all: still spooled.
+    tx.send(vec![]).unwrap();
+    for n in 50..60 {
+        assert_eq!(sink.publish(upload(n)).await.unwrap(), Delivered::Spooled);
+    }
+    assert!(sink.has_backlog());
+    assert_eq!(spool.head().await.unwrap(), 60);
+
+    // A node comes back: the forwarder drains in order; new uploads queue behind the backlog.
+    let t = Instant::now();
+    tx.send(vec![dead, url1.clone()]).unwrap();
+    wait_until("drain", Duration::from_secs(30), || {
+        sink.stats().forwarded == 60 && !sink.has_backlog()
+    })
+    .await;
+    eprintln!("spool drain: 60 uploads in {:?}", t.elapsed());
+    assert_eq!(
+        spool
+            .consumer_cursor(broker::uploads::publisher::SPOOL_CONSUMER)
+            .await
+            .unwrap(),
+        60,
+        "cursor persisted after confirms"
+    );
+    assert_eq!(
+        sink.publish(upload(60)).await.unwrap(),
+        Delivered::Confirmed
+    );
+
+    let got = drain_queue(&url1, &cfg.upload_queue).await;
+    let order: Vec<String> = got.iter().map(|g| g.key.clone()).collect();
+    let expect: Vec<String> = (0..61).map(|n| upload(n).dedup_key()).collect();
+    assert_eq!(
+        order, expect,
+        "spool published in order, then the direct one"
+    );
+    assert!(got[..60].iter().all(|g| g.from_spool && g.persistent));
+    assert!(!got[60].from_spool);
+    sink.shutdown().await;
+    delete_topology(&url1, &cfg).await;
+}
+
+/// Starts node 1's app again when dropped (also when the test panics).
+struct StartAppOnDrop(String);
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.0, "start_app"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_app_mid_stream_fails_over_without_losing_confirmed_uploads() {
+    let (url1, url2) = urls();
+    let node1 = services()["RABBITMQ_1_NODE"].clone();
+    let cfg = config("failover");
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, nodes) = static_nodes(vec![url1.clone(), url2.clone()]);
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()))
+        .await
+        .unwrap();
+    // Declare the topology on node 2 up front so it is there when the publisher switches.
+    assert_eq!(sink.publish(upload(0)).await.unwrap(), Delivered::Confirmed);
+    assert_eq!(sink.current_node().await.as_deref(), Some(url1.as_str()));
+
+    let acked: Arc<Mutex<Vec<(u32, Delivered)>>> = Arc::default();
+    let publisher = {
+        let (sink, acked) = (sink.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 1..=3000u32 {
+                let (sink, acked) = (sink.clone(), acked.clone());
+                tasks.spawn(async move {
+                    let d = sink.publish(upload(n)).await.unwrap();
+                    acked.lock().unwrap().push((n, d));
+                });
+                if tasks.len() >= 16 {
+                    tasks.join_next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        })
+    };
+    wait_until(
+        "500 uploads before the stop",
+        Duration::from_secs(30),
+        || acked.lock().unwrap().len() >= 500,
+    )
+    .await;
+    let _restart = StartAppOnDrop(node1.clone());
+    let t = Instant::now();
+    let out = Command::new("rabbitmqctl")
+        .args(["-n", &node1, "stop_app"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "stop_app: {out:?}");
+    eprintln!("stop_app took {:?}", t.elapsed());
+    publisher.await.unwrap();
+    let stats = sink.stats();
+    eprintln!("failover run: {stats:?}");
+    assert!(stats.failovers >= 1, "the publisher left node 1");
+    assert_eq!(sink.current_node().await.as_deref(), Some(url2.as_str()));
+    wait_until("spool drained", Duration::from_secs(30), || {
+        !sink.has_backlog()
+    })
+    .await;
+    drop(_restart);
+    let restarted = Instant::now();
+    // Node 1 is back: read both nodes' queues (node 1's durable queue kept its messages).
+    let mut got = Vec::new();
+    loop {
+        match Connection::connect(&url1, ConnectionProperties::default()).await {
+            Ok(c) => {
+                let _ = c.close(200, "probe".into()).await;
+                break;
+            }
+            Err(_) if restarted.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("node 1 did not come back: {e}"),
+        }
+    }
+    got.extend(drain_queue(&url1, &cfg.upload_queue).await);
+    let on1 = got.len();
+    got.extend(drain_queue(&url2, &cfg.upload_queue).await);
+    let keys: BTreeSet<String> = got.iter().map(|g| g.key.clone()).collect();
+    let duplicates = got.len() - keys.len();
+    eprintln!(
+        "after failover: {on1} on node 1, {} on node 2, {duplicates} duplicates dropped by key",
+        got.len() - on1
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 3000);
+    for (n, _) in &acked {
+        assert!(keys.contains(&upload(*n).dedup_key()), "upload {n} lost");
+    }
+    assert!(keys.contains(&upload(0).dedup_key()));
+    assert_eq!(keys.len(), 3001, "nothing unexpected");
+    sink.shutdown().await;
+    delete_topology(&url1, &cfg).await;
+    delete_topology(&url2, &cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_acks_after_callback_and_requeues_on_error() {
+    let (url1, url2) = urls();
+    let cfg = config("push");
+    let seen: Arc<Mutex<Vec<Target>>> = Arc::default();
+    let failures = Arc::new(AtomicU64::new(0));
+    let (_tx, nodes) = static_nodes(vec![url1.clone(), url2.clone()]);
+    let consumer = {
+        let (seen, failures) = (seen.clone(), failures.clone());
+        PushConsumer::start(cfg.clone(), nodes, move |p| {
+            let (seen, failures) = (seen.clone(), failures.clone());
+            async move {
+                // The first delivery of the group push fails once: it must come back.
+                if p.target == Target::Group("kitchen".into())
+                    && failures.fetch_add(1, Ordering::SeqCst) == 0
+                {
+                    return Err("router busy");
+                }
+                seen.lock().unwrap().push(p.target);
+                Ok(())
+            }
+        })
+    };
+    // Wait for the consumers to declare their queues on both nodes, then publish as a backend.
+    let publish = |url: String, body: &'static [u8]| {
+        let cfg = cfg.clone();
+        async move {
+            let conn = Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            // A failed passive declare (queue not there yet) closes the channel: caller retries.
+            ch.queue_declare(
+                cfg.push_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+            ch.basic_publish(
+                cfg.push_exchange.as_str().into(),
+                "backend".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+            let _ = conn.close(200, "done".into()).await;
+            Some(())
+        }
+    };
+    let bodies: [(&String, &'static [u8]); 4] = [
+        (
+            &url1,
+            br#"{"target":{"terminal":{"kind":"device","id":7}},"text":"on"}"#,
+        ),
+        (
+            &url2,
+            br#"{"target":{"group":"kitchen"},"payload":"AAE=","ttl_secs":30}"#,
+        ),
+        (&url2, br#"{"target":"all_phones","text":"hi"}"#),
+        (&url1, b"not json"),
+    ];
+    for (url, body) in bodies {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while publish(url.clone(), body).await.is_none() {
+            assert!(Instant::now() < deadline, "push queue never declared");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    wait_until("three pushes handled", Duration::from_secs(20), || {
+        seen.lock().unwrap().len() == 3 && consumer.counts().2 == 1
+    })
+    .await;
+    let mut targets: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        vec![
+            "AllPhones".to_string(),
+            "Group(\"kitchen\")".into(),
+            format!("{:?}", Target::Terminal(Address::device(7))),
+        ]
+    );
+    assert_eq!(consumer.counts(), (3, 1, 1), "(acked, requeued, rejected)");
+    consumer.shutdown().await;
+    // Nothing left unacknowledged on either node.
+    for url in [&url1, &url2] {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                cfg.push_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(q.message_count(), 0);
+        let _ = conn.close(200, "done".into()).await;
+        delete_topology(url, &cfg).await;
+    }
+}
