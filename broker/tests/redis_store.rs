@@ -394,3 +394,37 @@ async fn sentinel_mode_runs_the_conformance_suite() {
     let n: u64 = redis::cmd("DBSIZE").query_async(&mut direct).await.unwrap();
     assert!(n > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_since_ack_rates() {
+    let conn = connect("rates").await;
+    let store = RedisStore::new(conn.clone(), limits(10_000, EvictionPolicy::DropOldest));
+    let t = Address::device(9);
+    let n = 2000u64;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(
+            store
+                .append(Recipients::List(vec![t]), msg(b"rate"), 0)
+                .await
+                .unwrap()
+                .msg_id,
+        );
+    }
+    let append = n as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let got = store.since(t, 0, 10_000, 0).await.unwrap();
+    let since = started.elapsed();
+    assert_eq!(got.iter().map(|m| m.msg_id).collect::<Vec<_>>(), ids);
+    let started = Instant::now();
+    for id in &ids {
+        assert!(store.ack(t, *id).await.unwrap());
+    }
+    let ack = n as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "redis store (sequential, one connection): append {append:.0}/s, ack {ack:.0}/s, since of {n} in {since:?}"
+    );
+    assert_eq!(store.stats().await.unwrap(), Default::default());
+    cleanup(&conn).await;
+}
