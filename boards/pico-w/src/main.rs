@@ -1,0 +1,173 @@
+//! The plug firmware on a Raspberry Pi Pico W (RP2040, dual Cortex-M0+ at 125 MHz).
+//!
+//! Board-specific part only: the CYW43439 Wi-Fi chip (PIO-driven SPI, firmware blob from the
+//! `cyw43-firmware` crate, WPA2 join with build-time credentials), ROSC random bits and the
+//! embassy-net stack with DHCP. From there on it runs exactly what the virtual boards run,
+//! through `plug_app::start` (the firmware SDK's client over UDP/WebSocket and the plug app).
+//!
+//! Pins:
+//!
+//! | function | pin | where |
+//! |---|---|---|
+//! | relay (active high) | GP15 | header pin 20 |
+//! | status LED: relay state (active high, with a resistor) | GP14 | header pin 19 |
+//! | on-board LED: network up | CYW43 GPIO 0 | on board (driven through the radio) |
+//! | CYW43439 SPI | GP23 power, GP24 data, GP25 chip select, GP29 clock (PIO0 SM0, DMA 0) | on board |
+//!
+//! Provisioning: the device id, key and brokers as for every board (`plug_app::provision`),
+//! plus `PLUG_WIFI_SSID` and `PLUG_WIFI_PASSWORD` (empty or unset: an open network), all at
+//! build time. Logs are defmt over RTT through an SWD probe, see docs/flashing.md.
+#![no_std]
+#![no_main]
+
+use cyw43::JoinOptions;
+use cyw43_pio::{DEFAULT_CLOCK_DIVIDER, PioSpi};
+use defmt::{info, unwrap, warn};
+use embassy_executor::Spawner;
+use embassy_net::StackResources;
+use embassy_rp::bind_interrupts;
+use embassy_rp::clocks::RoscRng;
+use embassy_rp::gpio::{Level, Output};
+use embassy_rp::peripherals::{DMA_CH0, PIO0};
+use embassy_rp::pio::{InterruptHandler, Pio};
+use embassy_time::Timer;
+use plug_app::app::{AppConfig, AppMemory};
+use plug_app::relay::{GpioRelay, Polarity};
+use static_cell::StaticCell;
+use {defmt_rtt as _, panic_probe as _};
+
+bind_interrupts!(struct Irqs {
+    PIO0_IRQ_0 => InterruptHandler<PIO0>;
+});
+
+/// Interval of `power` uploads.
+const METER_INTERVAL_MS: u64 = 60_000;
+/// Sockets the stack holds: DHCP, the UDP transport, the WebSocket transport's TCP socket.
+const SOCKETS: usize = 3;
+/// Wait between two failed Wi-Fi joins.
+const JOIN_RETRY_MS: u64 = 2_000;
+
+/// The Wi-Fi network, from the build environment; a build without an SSID fails here.
+const WIFI_SSID: &str = match option_env!("PLUG_WIFI_SSID") {
+    Some(ssid) if !ssid.is_empty() && ssid.len() <= 32 => ssid,
+    _ => panic!("PLUG_WIFI_SSID must be set (1 to 32 bytes) to build the Pico W firmware"),
+};
+/// The network's WPA2 passphrase; empty joins an open network.
+const WIFI_PASSWORD: &str = match option_env!("PLUG_WIFI_PASSWORD") {
+    Some(password) => password,
+    None => "",
+};
+
+/// The SPI link to the radio.
+type RadioSpi = PioSpi<'static, PIO0, 0, DMA_CH0>;
+
+/// The client's randomness: random bits of the ring oscillator.
+struct HwRng(RoscRng);
+
+impl firmware::rng::Rng for HwRng {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+}
+
+#[embassy_executor::task]
+async fn radio_task(runner: cyw43::Runner<'static, Output<'static>, RadioSpi>) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, cyw43::NetDriver<'static>>) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    // Checked at compile time: a missing variable fails the build, naming it.
+    let provisioning = plug_app::provisioning!();
+    let p = embassy_rp::init(Default::default());
+    info!(
+        "pico-w: plug firmware {}, device {}",
+        env!("CARGO_PKG_VERSION"),
+        provisioning.device_id
+    );
+
+    static RELAY: StaticCell<GpioRelay<Output<'static>, Output<'static>>> = StaticCell::new();
+    let relay = RELAY.init(GpioRelay::new(
+        Output::new(p.PIN_15, Level::Low),
+        Polarity::ActiveHigh,
+        Some((Output::new(p.PIN_14, Level::Low), Polarity::ActiveHigh)),
+    ));
+
+    static RNG_CELL: StaticCell<HwRng> = StaticCell::new();
+    let rng = RNG_CELL.init(HwRng(RoscRng));
+    let net_seed = rng.0.next_u64();
+
+    // The radio: power pin, PIO SPI, firmware upload, then the country matrix (CLM).
+    let pwr = Output::new(p.PIN_23, Level::Low);
+    let cs = Output::new(p.PIN_25, Level::High);
+    let mut pio = Pio::new(p.PIO0, Irqs);
+    let spi = PioSpi::new(
+        &mut pio.common,
+        pio.sm0,
+        DEFAULT_CLOCK_DIVIDER,
+        pio.irq0,
+        cs,
+        p.PIN_24,
+        p.PIN_29,
+        p.DMA_CH0,
+    );
+    static RADIO: StaticCell<cyw43::State> = StaticCell::new();
+    let (device, mut control, radio_runner) = cyw43::new(
+        RADIO.init(cyw43::State::new()),
+        pwr,
+        spi,
+        cyw43_firmware::CYW43_43439A0,
+    )
+    .await;
+    spawner.spawn(unwrap!(radio_task(radio_runner)));
+    control.init(cyw43_firmware::CYW43_43439A0_CLM).await;
+    control
+        .set_power_management(cyw43::PowerManagementMode::PowerSave)
+        .await;
+
+    static STACK: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
+    let (stack, runner) = embassy_net::new(
+        device,
+        embassy_net::Config::dhcpv4(Default::default()),
+        STACK.init(StackResources::new()),
+        net_seed,
+    );
+    spawner.spawn(unwrap!(net_task(runner)));
+
+    static APP: StaticCell<AppMemory> = StaticCell::new();
+    unwrap!(plug_app::start(
+        spawner,
+        stack,
+        APP.init(AppMemory::new()),
+        &provisioning,
+        relay,
+        rng,
+        AppConfig {
+            firmware_version: env!("CARGO_PKG_VERSION"),
+            meter_interval_ms: METER_INTERVAL_MS,
+        },
+    ));
+
+    let options = if WIFI_PASSWORD.is_empty() {
+        JoinOptions::new_open()
+    } else {
+        JoinOptions::new(WIFI_PASSWORD.as_bytes())
+    };
+    info!("joining Wi-Fi network {}", WIFI_SSID);
+    while let Err(e) = control.join(WIFI_SSID, options.clone()).await {
+        warn!("Wi-Fi join failed (status {}); retrying", e.status);
+        Timer::after_millis(JOIN_RETRY_MS).await;
+    }
+    info!("waiting for the link and a DHCP lease");
+    stack.wait_link_up().await;
+    stack.wait_config_up().await;
+    if let Some(config) = stack.config_v4() {
+        info!("network up: {}", config.address);
+    }
+    control.gpio_set(0, true).await;
+}
