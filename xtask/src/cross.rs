@@ -28,7 +28,7 @@ const USAGE: &str = "\
 usage: cargo xtask cross [command]
 
 commands (default: all):
-  all          setup, build, boards, then qemu-smoke when qemu-system-arm is installed
+  all          setup, build, boards, size, then qemu-smoke when qemu-system-arm is installed
   setup        set up the pinned cross toolchain (.cache/cross-toolchain/)
   env          print the cross environment as shell `export` lines (eval it to use cargo by hand)
   build        build shared-protocol (no_std, and with defmt) for every MCU target
@@ -69,6 +69,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 build_shared_protocol(&env)
             })?;
             timed("cross: board crates", || build_boards(&env))?;
+            // Same builds (already fresh): the size table and the budget check.
+            timed("cross: size report", || crate::size::run(&[]))?;
             if has_program("qemu-system-arm", &["--version"]) {
                 timed("cross: qemu smoke", || smoke(&env))
             } else {
