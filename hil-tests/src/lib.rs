@@ -1,1 +1,18 @@
-//! Hardware-in-the-loop test runner. Work in progress: see issue 4.
+//! Hardware-in-the-loop tests: the real plug firmware on a board (virtual in CI, real on a
+//! desk) against a real broker, checked through the broker's HTTP API. See docs/hil.md.
+//!
+//! How the pieces fit:
+//! * [`rig`]: a rig file (`rigs/*.toml`) says which board and how to start it.
+//! * [`run`]: per rig, the network set-up ([`netns`] for the host TAP board), a fresh
+//!   [`broker`] (in-process, port 0), then per transport: boot the board ([`device`]), run the
+//!   [`scenario`] (shared by every rig) over the [`api`] client, stop the board.
+//! * [`junit`]: the results as JUnit XML (`target/hil/junit.xml`).
+
+pub mod api;
+pub mod broker;
+pub mod device;
+pub mod junit;
+pub mod netns;
+pub mod rig;
+pub mod run;
+pub mod scenario;

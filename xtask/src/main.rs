@@ -3,11 +3,12 @@
 //! Each subcommand lives in its own module; this file only parses the command line and
 //! dispatches. Scripts that xtask calls (package installs, toolchain set-up) live in `scripts/`.
 //!
-//! * `test`: everything CI runs, in order (see [`test`]).
+//! * `test`: everything CI runs, in order (see [`mod@test`]).
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
 //! * `size`: flash and RAM per board and for the SDK alone, checked against budgets.
 
 mod cross;
+mod hil;
 mod services;
 mod shell;
 mod size;
@@ -22,6 +23,7 @@ commands:
   test [--skip STEP]... [--only STEP]...   run everything CI runs (steps: see `cargo xtask test --list`)
   cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
   qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
+  hil [--rig qemu|host-tap|NAME]...        plug firmware on virtual (or real) boards against a broker (docs/hil.md)
   size                                     flash and RAM of every MCU board, checked against its size-budget.toml
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         "cross" => cross::run(rest),
         "services" => services::run(rest),
         "qemu-smoke" => cross::qemu_smoke(rest),
+        "hil" => hil::run(rest),
         "size" => size::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

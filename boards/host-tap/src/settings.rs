@@ -1,0 +1,265 @@
+//! Boot settings of the host TAP board, read from the process environment at start-up.
+//!
+//! The same `PLUG_*` names as every other board (`plug-app`'s provisioning, the QEMU board's
+//! boot command line), plus what only this board needs (which TAP device, which static
+//! address). Everything is validated here, before the network comes up, so a bad value ends the
+//! process with a message naming the variable.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `PLUG_DEVICE_ID`, `PLUG_DEVICE_KEY` | identity (decimal id, 64 hex digits) |
+//! | `PLUG_BROKER_UDP`, `PLUG_BROKER_WS` | brokers, `a.b.c.d:port` |
+//! | `PLUG_BROKER_WS_HOST`, `PLUG_BROKER_WS_PATH` | WebSocket `Host` header and path |
+//! | `PLUG_TRANSPORT` | `udp`, `ws` or `both` (default): which of the brokers to use |
+//! | `PLUG_METER_MS` | interval of `power` uploads, ms (default 60000, 0 = off) |
+//! | `PLUG_EXIT_AFTER_S` | exit with status 0 after this many seconds (default: run forever) |
+//! | `PLUG_TAP` | TAP device to open (default `tap0`; it must exist and be up) |
+//! | `PLUG_IP` | the board's address, `a.b.c.d/prefix` (required: the test LAN has no DHCP) |
+//! | `PLUG_GATEWAY` | default gateway, `a.b.c.d` (optional) |
+//! | `PLUG_MAC` | MAC address `aa:bb:cc:dd:ee:ff` (default: locally administered, from the id) |
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use plug_app::Provisioning;
+
+/// Interval of `power` uploads when `PLUG_METER_MS` is not set.
+pub const DEFAULT_METER_MS: u64 = 60_000;
+/// TAP device when `PLUG_TAP` is not set.
+pub const DEFAULT_TAP: &str = "tap0";
+
+/// Everything the board needs to boot.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Identity and brokers (already narrowed to `PLUG_TRANSPORT`).
+    pub provisioning: Provisioning,
+    /// `udp`, `ws` or `both`.
+    pub transport: &'static str,
+    /// Interval of `power` uploads, ms.
+    pub meter_ms: u64,
+    /// Exit after this many seconds.
+    pub exit_after_s: Option<u64>,
+    /// TAP device name.
+    pub tap: String,
+    /// Static address and prefix length.
+    pub ip: (Ipv4Addr, u8),
+    /// Default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Ethernet address.
+    pub mac: [u8; 6],
+}
+
+/// A setting that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError {
+    /// The variable.
+    pub variable: &'static str,
+    /// What is wrong, and the expected format.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.variable, self.reason)
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+fn error(variable: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError {
+        variable,
+        reason: reason.into(),
+    }
+}
+
+impl Settings {
+    /// Reads the settings from `vars` (the process environment in `main`). Strings the client
+    /// keeps (WebSocket host and path) are leaked once: they live as long as the process.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("PLUG_"))
+            .collect();
+        let get = |key: &str| vars.get(key).map(String::as_str);
+        let leak = |key: &str| get(key).map(|v| &*Box::leak(v.to_owned().into_boxed_str()));
+        let number = |key: &'static str| -> Result<Option<u64>, SettingsError> {
+            get(key)
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| error(key, format!("`{v}` is not a number")))
+                })
+                .transpose()
+        };
+
+        let transport = match get("PLUG_TRANSPORT").unwrap_or("both") {
+            "udp" => "udp",
+            "ws" => "ws",
+            "both" => "both",
+            other => {
+                return Err(error(
+                    "PLUG_TRANSPORT",
+                    format!("`{other}`: expected udp, ws or both"),
+                ));
+            }
+        };
+        let udp = if transport == "ws" {
+            None
+        } else {
+            leak("PLUG_BROKER_UDP")
+        };
+        let ws = if transport == "udp" {
+            None
+        } else {
+            leak("PLUG_BROKER_WS")
+        };
+        let provisioning = Provisioning::parse(
+            get("PLUG_DEVICE_ID"),
+            get("PLUG_DEVICE_KEY"),
+            udp,
+            ws,
+            leak("PLUG_BROKER_WS_HOST"),
+            leak("PLUG_BROKER_WS_PATH"),
+        )
+        .map_err(|e| error("PLUG_*", e.message()))?;
+
+        let ip = match get("PLUG_IP") {
+            None => {
+                return Err(error(
+                    "PLUG_IP",
+                    "not set: give the board's address as a.b.c.d/prefix",
+                ));
+            }
+            Some(v) => parse_cidr(v)
+                .ok_or_else(|| error("PLUG_IP", format!("`{v}` is not a.b.c.d/prefix")))?,
+        };
+        let gateway = get("PLUG_GATEWAY")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| error("PLUG_GATEWAY", format!("`{v}` is not a.b.c.d")))
+            })
+            .transpose()?;
+        let mac = match get("PLUG_MAC") {
+            Some(v) => parse_mac(v)
+                .ok_or_else(|| error("PLUG_MAC", format!("`{v}` is not aa:bb:cc:dd:ee:ff")))?,
+            None => {
+                let id = provisioning.device_id.to_be_bytes();
+                // Locally administered, unicast (0x02), unique per device id on the test LAN.
+                [0x02, 0x50, id[0], id[1], id[2], id[3]]
+            }
+        };
+        Ok(Settings {
+            provisioning,
+            transport,
+            meter_ms: number("PLUG_METER_MS")?.unwrap_or(DEFAULT_METER_MS),
+            exit_after_s: number("PLUG_EXIT_AFTER_S")?,
+            tap: get("PLUG_TAP").unwrap_or(DEFAULT_TAP).to_owned(),
+            ip,
+            gateway,
+            mac,
+        })
+    }
+}
+
+/// `a.b.c.d/prefix` with the prefix in `0..=32`.
+pub fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = text.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= 32).then_some((addr.parse().ok()?, prefix))
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn vars(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [
+            ("PLUG_DEVICE_ID", "77"),
+            ("PLUG_DEVICE_KEY", KEY),
+            ("PLUG_BROKER_UDP", "198.51.100.1:7000"),
+            ("PLUG_BROKER_WS", "198.51.100.1:7001"),
+            ("PLUG_IP", "198.51.100.2/24"),
+            ("HOME", "/ignored"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, val) in extra {
+            v.retain(|(key, _)| key != k);
+            v.push((k.to_string(), val.to_string()));
+        }
+        v
+    }
+
+    #[test]
+    fn defaults_use_both_brokers_and_derive_the_mac_from_the_id() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.provisioning.device_id, 77);
+        assert_eq!(s.transport, "both");
+        assert!(s.provisioning.udp.is_some() && s.provisioning.ws.is_some());
+        assert_eq!(s.ip, (Ipv4Addr::new(198, 51, 100, 2), 24));
+        assert_eq!(s.mac, [0x02, 0x50, 0, 0, 0, 77]);
+        assert_eq!(s.tap, DEFAULT_TAP);
+        assert_eq!(s.meter_ms, DEFAULT_METER_MS);
+        assert_eq!(s.exit_after_s, None);
+    }
+
+    #[test]
+    fn transport_narrows_the_brokers() {
+        let s = Settings::from_vars(vars(&[("PLUG_TRANSPORT", "ws")])).unwrap();
+        assert!(s.provisioning.udp.is_none() && s.provisioning.ws.is_some());
+        let s = Settings::from_vars(vars(&[("PLUG_TRANSPORT", "udp")])).unwrap();
+        assert!(s.provisioning.udp.is_some() && s.provisioning.ws.is_none());
+        let e = Settings::from_vars(vars(&[("PLUG_TRANSPORT", "tcp")])).unwrap_err();
+        assert_eq!(e.variable, "PLUG_TRANSPORT");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (key, value) in [
+            ("PLUG_IP", "198.51.100.2"),
+            ("PLUG_IP", "198.51.100.2/33"),
+            ("PLUG_GATEWAY", "nowhere"),
+            ("PLUG_MAC", "02:00:00:00:00"),
+            ("PLUG_METER_MS", "soon"),
+        ] {
+            let e = Settings::from_vars(vars(&[(key, value)])).unwrap_err();
+            assert_eq!(e.variable, key, "{key}={value}");
+        }
+        let e = Settings::from_vars(vars(&[("PLUG_DEVICE_KEY", "abc")])).unwrap_err();
+        assert!(e.reason.contains("PLUG_DEVICE_KEY"), "{e}");
+    }
+
+    #[test]
+    fn parses_mac_and_cidr() {
+        assert_eq!(
+            parse_mac("02:ab:CD:00:01:ff"),
+            Some([2, 0xab, 0xcd, 0, 1, 0xff])
+        );
+        assert_eq!(parse_mac("02:ab:cd:00:01:ff:00"), None);
+        assert_eq!(parse_mac("2:ab:cd:00:01:ff"), None);
+        assert_eq!(
+            parse_cidr("10.0.0.1/8"),
+            Some((Ipv4Addr::new(10, 0, 0, 1), 8))
+        );
+        assert_eq!(parse_cidr("10.0.0.1/x"), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! The broker's HTTP API as the scenario uses it: terminal status, device commands, uploads
+//! with a cursor. Only the fields the scenario checks are decoded.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use shared_protocol::ids::{Address, Kind};
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request could not be made or the body not read.
+    #[error("{what}: {source}")]
+    Http {
+        /// Which call.
+        what: String,
+        /// The client error.
+        source: reqwest::Error,
+    },
+    /// The API answered with an unexpected status.
+    #[error("{what}: HTTP {status}: {body}")]
+    Status {
+        /// Which call.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The response body.
+        body: String,
+    },
+    /// The body is not what the API documents.
+    #[error("{what}: unexpected body: {reason}")]
+    Body {
+        /// Which call.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One session of a terminal (`GET /v1/terminals/device/{id}`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Session {
+    /// `udp`, `device_ws` or `app_ws`.
+    pub transport: String,
+    /// Peer address as the broker sees it.
+    pub peer: String,
+}
+
+/// A terminal's online state.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TerminalStatus {
+    /// Whether it has a session.
+    pub online: bool,
+    /// Its sessions.
+    pub sessions: Vec<Session>,
+}
+
+/// A device's answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandReply {
+    /// Application status (0 = success).
+    pub status: u16,
+    /// Result payload (decoded from base64).
+    pub payload: Vec<u8>,
+}
+
+/// One upload from the spool.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Position in the spool.
+    pub cursor: u64,
+    /// Who sent it.
+    pub device: Address,
+    /// The device's upload id.
+    pub upload_id: u32,
+    /// Topic.
+    pub topic: String,
+    /// Payload (decoded from base64).
+    pub payload: Vec<u8>,
+}
+
+/// A page of uploads.
+#[derive(Debug, Clone)]
+pub struct UploadsPage {
+    /// Uploads after the requested cursor.
+    pub uploads: Vec<Upload>,
+    /// Cursor to ask from next.
+    pub next: u64,
+    /// Newest cursor in the spool.
+    pub head: u64,
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    status: u16,
+    payload: String,
+}
+
+#[derive(Deserialize)]
+struct RawUpload {
+    cursor: u64,
+    device: Address,
+    upload_id: u32,
+    topic: String,
+    payload: String,
+}
+
+#[derive(Deserialize)]
+struct RawPage {
+    uploads: Vec<RawUpload>,
+    next: u64,
+    head: u64,
+}
+
+/// A client of one broker's API.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    /// A client for the API at `base` (`http://host:port`) with bearer `token`.
+    pub fn new(base: String, token: String) -> Api {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .expect("a plain HTTP client always builds");
+        Api {
+            client,
+            base,
+            token,
+        }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+    ) -> Result<T, ApiError> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ApiError::Http {
+                what: what.into(),
+                source,
+            })?;
+        decode(what, response, 200).await
+    }
+
+    /// `GET /v1/terminals/device/{id}`.
+    pub async fn device_status(&self, id: u32) -> Result<TerminalStatus, ApiError> {
+        self.get("device status", &format!("/v1/terminals/device/{id}"))
+            .await
+    }
+
+    /// `POST /v1/devices/{id}/commands` with a text payload; `Ok` only for HTTP 200.
+    pub async fn command(
+        &self,
+        id: u32,
+        name: &str,
+        text: &str,
+        timeout_ms: u64,
+    ) -> Result<CommandReply, ApiError> {
+        let what = format!("command {name}");
+        let body = serde_json::json!({ "name": name, "text": text, "timeout_ms": timeout_ms });
+        let response = self
+            .client
+            .post(format!("{}/v1/devices/{id}/commands", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|source| ApiError::Http {
+                what: what.clone(),
+                source,
+            })?;
+        let raw: RawReply = decode(&what, response, 200).await?;
+        Ok(CommandReply {
+            status: raw.status,
+            payload: base64(&what, &raw.payload)?,
+        })
+    }
+
+    /// `GET /v1/uploads?after={after}&limit={limit}`.
+    pub async fn uploads(&self, after: u64, limit: usize) -> Result<UploadsPage, ApiError> {
+        let raw: RawPage = self
+            .get(
+                "uploads",
+                &format!("/v1/uploads?after={after}&limit={limit}"),
+            )
+            .await?;
+        let mut uploads = Vec::with_capacity(raw.uploads.len());
+        for u in raw.uploads {
+            uploads.push(Upload {
+                cursor: u.cursor,
+                device: u.device,
+                upload_id: u.upload_id,
+                topic: u.topic,
+                payload: base64("uploads", &u.payload)?,
+            });
+        }
+        Ok(UploadsPage {
+            uploads,
+            next: raw.next,
+            head: raw.head,
+        })
+    }
+}
+
+/// Whether `upload` came from device `id`.
+pub fn from_device(upload: &Upload, id: u32) -> bool {
+    upload.device.kind == Kind::Device && upload.device.id == id
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    response: reqwest::Response,
+    expect: u16,
+) -> Result<T, ApiError> {
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|source| ApiError::Http {
+        what: what.into(),
+        source,
+    })?;
+    if status != expect {
+        return Err(ApiError::Status {
+            what: what.into(),
+            status,
+            body,
+        });
+    }
+    serde_json::from_str(&body).map_err(|e| ApiError::Body {
+        what: what.into(),
+        reason: format!("{e}: {body}"),
+    })
+}
+
+fn base64(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(text).map_err(|e| ApiError::Body {
+        what: what.into(),
+        reason: format!("payload is not base64: {e}"),
+    })
+}

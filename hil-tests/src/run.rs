@@ -1,0 +1,252 @@
+//! Runs one rig: sets up its network (nothing for QEMU and real boards, a namespace with a TAP
+//! for the host TAP board), starts a fresh broker where the board can reach it, then for each
+//! transport boots the board, runs the [`scenario`](crate::scenario) and stops the board.
+//! Set-up failures become a failed `set-up` case, so the report always says what happened.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+use crate::api::Api;
+use crate::broker::TestBroker;
+use crate::device::{self, Boot};
+use crate::junit::Suite;
+use crate::netns::{self, Namespace};
+use crate::rig::{Kind, Rig, parse_cidr};
+use crate::scenario::{self, Case, Outcome, Target};
+
+/// Where a run reads and writes.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Project root (rig paths are relative to it).
+    pub root: PathBuf,
+    /// Output folder (`target/hil`): logs, broker data.
+    pub work: PathBuf,
+}
+
+/// Extra time a board may run past its login timeout before it ends itself (a safety net
+/// should the test be killed without stopping it).
+const BOARD_LIFETIME_S: u64 = 180;
+
+/// Addresses of one rig's network.
+struct Net {
+    /// Where the broker's device endpoints bind.
+    device_bind: IpAddr,
+    /// Where its HTTP API binds.
+    api_bind: IpAddr,
+    /// The broker as the board reaches it.
+    advertise: IpAddr,
+}
+
+/// Runs `rig`; one suite per transport (or one failed `set-up` suite).
+pub fn run_rig(rig: &Rig, paths: &Paths) -> Vec<Suite> {
+    let started = Instant::now();
+    let logs = paths.work.join("logs");
+    if let Err(e) = std::fs::create_dir_all(&logs) {
+        return setup_failure(
+            rig,
+            started,
+            format!("cannot create {}: {e}", logs.display()),
+        );
+    }
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    match rig.kind {
+        Kind::Qemu => {
+            let q = rig.qemu.as_ref().expect("checked by Rig::parse");
+            let net = Net {
+                device_bind: lo,
+                api_bind: lo,
+                advertise: IpAddr::V4(q.broker_host),
+            };
+            in_runtime(rig, paths, &logs, &net, started)
+        }
+        Kind::ProbeRs => {
+            let p = rig.probe_rs.as_ref().expect("checked by Rig::parse");
+            match device::probe_attached() {
+                Ok(true) => {}
+                Ok(false) => {
+                    return setup_failure(rig, started, device::DeviceError::NoProbe.to_string());
+                }
+                Err(e) => return setup_failure(rig, started, e.to_string()),
+            }
+            let net = Net {
+                device_bind: p.broker_bind,
+                api_bind: lo,
+                advertise: IpAddr::V4(p.broker_addr),
+            };
+            in_runtime(rig, paths, &logs, &net, started)
+        }
+        Kind::HostTap => {
+            let h = rig.host_tap.as_ref().expect("checked by Rig::parse");
+            let host = IpAddr::V4(parse_cidr(&h.host_ip).expect("checked by Rig::parse").0);
+            for stale in netns::remove_stale() {
+                eprintln!("hil: removed stale network namespace {stale}");
+            }
+            let ns = match Namespace::create(&netns::name_for_this_process(), &h.tap, &h.host_ip) {
+                Ok(ns) => ns,
+                Err(e) => return setup_failure(rig, started, e.to_string()),
+            };
+            let net = Net {
+                device_bind: host,
+                api_bind: lo,
+                advertise: host,
+            };
+            // The namespace is entered by a thread of its own; the guard outlives it and
+            // removes the namespace whatever happened inside.
+            let outcome = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| match ns.enter() {
+                        Ok(()) => in_runtime(rig, paths, &logs, &net, started),
+                        Err(e) => setup_failure(rig, started, e.to_string()),
+                    })
+                    .join()
+            });
+            drop(ns);
+            outcome
+                .unwrap_or_else(|_| setup_failure(rig, started, "the rig's thread panicked".into()))
+        }
+    }
+}
+
+fn in_runtime(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant) -> Vec<Suite> {
+    // Built on the calling thread, so its worker threads share that thread's namespace.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return setup_failure(rig, started, format!("tokio runtime: {e}")),
+    };
+    runtime.block_on(flow(rig, paths, logs, net, started))
+}
+
+async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant) -> Vec<Suite> {
+    let data_dir = paths.work.join("broker").join(&rig.name);
+    let broker =
+        match TestBroker::start(net.device_bind, net.api_bind, net.advertise, &data_dir).await {
+            Ok(b) => b,
+            Err(e) => return setup_failure(rig, started, e.to_string()),
+        };
+    eprintln!(
+        "hil[{}]: broker up in {} ms: API {}, devices at udp {} and ws {}",
+        rig.name,
+        started.elapsed().as_millis(),
+        broker.api_base(),
+        broker.udp(),
+        broker.ws()
+    );
+    let api = Api::new(broker.api_base(), broker.api_token().to_string());
+    let mut suites = Vec::new();
+    for (index, transport) in rig.transports.iter().copied().enumerate() {
+        let suite_started = Instant::now();
+        let name = format!("{}/{}", rig.name, transport.as_str());
+        // One device id per boot: no session of an earlier boot can answer for this one.
+        let device_id = rig.device_id.wrapping_add(index as u32);
+        let cursor = match api.uploads(0, 1).await {
+            Ok(page) => page.head,
+            Err(e) => {
+                suites.push(failed_suite(
+                    &name,
+                    suite_started,
+                    format!("reading the upload cursor: {e}"),
+                ));
+                continue;
+            }
+        };
+        let boot = Boot {
+            device_id,
+            key: broker.device_key(device_id),
+            transport,
+            udp: broker.udp(),
+            ws: broker.ws(),
+            meter_ms: rig.meter_ms,
+            seed: rand::rng().next_u64(),
+            exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
+        };
+        let log_name = format!("{}-{}", rig.name, transport.as_str());
+        let mut board = match device::start(rig, &paths.root, &boot, logs, &log_name) {
+            Ok(d) => d,
+            Err(e) => {
+                suites.push(failed_suite(
+                    &name,
+                    suite_started,
+                    format!("starting the board: {e}"),
+                ));
+                continue;
+            }
+        };
+        let mut gone = || board.exited().map(|s| s.to_string());
+        let cases = scenario::run(
+            Target {
+                api: &api,
+                device_id,
+                transport,
+                login_timeout: Duration::from_secs(rig.login_timeout_s),
+                cursor,
+            },
+            &mut gone,
+        )
+        .await;
+        let system_out = board.stop();
+        let suite = Suite {
+            name,
+            cases,
+            time: suite_started.elapsed(),
+            system_out,
+        };
+        report(&suite);
+        suites.push(suite);
+    }
+    broker.stop().await;
+    suites
+}
+
+/// Prints a suite's result lines to stderr.
+pub fn report(suite: &Suite) {
+    for c in &suite.cases {
+        let (mark, text) = match &c.outcome {
+            Outcome::Pass => ("ok  ", c.detail.as_str()),
+            Outcome::Fail(m) => ("FAIL", m.as_str()),
+            Outcome::Skip(m) => ("skip", m.as_str()),
+        };
+        eprintln!(
+            "hil[{}] {mark} {} ({:.2} s) {text}",
+            suite.name,
+            c.name,
+            c.time.as_secs_f32()
+        );
+    }
+    eprintln!(
+        "hil[{}] total {:.2} s",
+        suite.name,
+        suite.time.as_secs_f32()
+    );
+    if suite.failures() > 0 {
+        for line in suite.system_out.lines() {
+            eprintln!("  board | {line}");
+        }
+    }
+}
+
+fn failed_suite(name: &str, started: Instant, reason: String) -> Suite {
+    let suite = Suite {
+        name: name.to_string(),
+        cases: vec![Case {
+            name: "set-up".into(),
+            outcome: Outcome::Fail(reason),
+            time: started.elapsed(),
+            detail: String::new(),
+        }],
+        time: started.elapsed(),
+        system_out: String::new(),
+    };
+    report(&suite);
+    suite
+}
+
+fn setup_failure(rig: &Rig, started: Instant, reason: String) -> Vec<Suite> {
+    vec![failed_suite(&rig.name, started, reason)]
+}

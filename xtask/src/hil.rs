@@ -1,0 +1,131 @@
+//! `cargo xtask hil`: builds the boards a rig needs and runs the hardware-in-the-loop
+//! scenarios (`hil-tests`), which write `target/hil/junit.xml`. See docs/hil.md.
+//!
+//! * `qemu`: the `plug` firmware is cross-built once into the shared cross target folder (with
+//!   the same placeholder provisioning as `cross boards`, so both reuse one artifact; the real
+//!   provisioning is given at boot on QEMU's command line), QEMU is installed if missing.
+//! * `host-tap`: the host board is built with the host toolchain into `<target>/host-tap`.
+//! * any other rig (real boards, `hil-tests/rigs/<name>.toml`): nothing is built here;
+//!   `hil-tests` builds the firmware with the run's provisioning (the cross environment is
+//!   passed to it) and refuses when no probe is attached.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::cross::{self, CrossEnv, QEMU_BOARD};
+use crate::shell::{cargo, has_program, project_root, run_command};
+
+const USAGE: &str = "\
+usage: cargo xtask hil [--rig NAME]... [--no-build]
+
+  --rig NAME   rig to run: qemu, host-tap, or a file hil-tests/rigs/NAME.toml (repeatable;
+               default: qemu and host-tap)
+  --no-build   use the boards built earlier
+Results: target/hil/junit.xml, board logs in target/hil/logs/.
+";
+
+/// Runs `cargo xtask hil [...]`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut rigs: Vec<String> = Vec::new();
+    let mut build = true;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rig" => rigs.push(
+                args.next()
+                    .ok_or(format!("--rig needs a name\n{USAGE}"))?
+                    .clone(),
+            ),
+            "--no-build" => build = false,
+            "help" | "--help" | "-h" => {
+                eprint!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    if rigs.is_empty() {
+        rigs = vec!["qemu".into(), "host-tap".into()];
+    }
+    let target = target_dir();
+    let started = Instant::now();
+    let mut cross_env: Option<CrossEnv> = None;
+    let mut timings = Vec::new();
+    for rig in &rigs {
+        let step = Instant::now();
+        match rig.as_str() {
+            "qemu" => {
+                let env = cross_env.get_or_insert(CrossEnv::setup()?);
+                if !has_program("qemu-system-arm", &["--version"]) {
+                    run_command(&mut Command::new(
+                        project_root().join("scripts/install-qemu.sh"),
+                    ))?;
+                }
+                if build {
+                    let board = project_root().join("boards").join(QEMU_BOARD);
+                    let mut command = env.cargo(&board, &cross::cross_target_dir());
+                    command.args(["build", "--release", "--locked", "--bin", "plug"]);
+                    cross::placeholder_env(&mut command);
+                    run_command(&mut command)?;
+                }
+            }
+            "host-tap" => {
+                if build {
+                    let mut command = cargo();
+                    command
+                        .current_dir(project_root().join("boards/host-tap"))
+                        .args(["build", "--release", "--locked"])
+                        .env("CARGO_TARGET_DIR", target.join("host-tap"));
+                    run_command(&mut command)?;
+                }
+            }
+            _ => {
+                // A real board: hil-tests builds it with this run's provisioning.
+                cross_env.get_or_insert(CrossEnv::setup()?);
+            }
+        }
+        timings.push(format!(
+            "build {rig}: {:.1} s",
+            step.elapsed().as_secs_f32()
+        ));
+    }
+
+    let step = Instant::now();
+    let mut command = cargo();
+    command.args(["run", "--quiet", "-p", "hil-tests", "--"]);
+    for rig in &rigs {
+        command.args(["--rig", rig]);
+    }
+    command.env("HIL_TARGET_DIR", &target);
+    if let Some(env) = &cross_env
+        && rigs.iter().any(|r| r != "qemu" && r != "host-tap")
+    {
+        // Real-board rigs build firmware from inside hil-tests: give it the cross compiler.
+        for key in ["RUSTC", "LD_LIBRARY_PATH", "RUSTC_BOOTSTRAP"] {
+            if let Some(value) = env.get(key) {
+                command.env(key, value);
+            }
+        }
+    }
+    let result = run_command(&mut command);
+    timings.push(format!(
+        "hil-tests (build + run): {:.1} s",
+        step.elapsed().as_secs_f32()
+    ));
+    eprintln!(
+        "hil: {}; total {:.1} s; report {}",
+        timings.join(", "),
+        started.elapsed().as_secs_f32(),
+        project_root().join("target/hil/junit.xml").display()
+    );
+    result
+}
+
+/// The host cargo target folder (`CARGO_TARGET_DIR`, else `target/`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| project_root().join(dir))
+        .unwrap_or_else(|| project_root().join("target"))
+}
