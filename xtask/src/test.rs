@@ -4,10 +4,14 @@
 //! 1. `deps`: install what a fresh machine lacks (`scripts/bootstrap.sh`, idempotent).
 //! 2. `fmt`: `cargo fmt --check`.
 //! 3. `clippy`: clippy on every target and feature with warnings denied.
-//! 4. `test`: all host tests (unit, integration, property, vector tests).
+//! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
+//!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
+//!    again afterwards, pass or fail.
 //! 5. `doc`: rustdoc with warnings denied (broken links, missing docs).
-//! 6. `cross`: the pinned cross toolchain and the no_std builds for the MCU targets.
-//! 7. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
+//! 6. `cross`: the pinned cross toolchain, the no_std builds for the MCU targets and every board.
+//! 7. `size`: flash and RAM per board against its budget.
+//! 8. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
+//! 9. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
 //!    (`FUZZ_SECONDS`, default 60, per target).
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
@@ -50,6 +54,16 @@ const STEPS: &[Step] = &[
         name: "cross",
         what: "cross toolchain and MCU builds",
         action: cross,
+    },
+    Step {
+        name: "size",
+        what: "board flash/RAM against budgets",
+        action: size,
+    },
+    Step {
+        name: "hil",
+        what: "plug firmware on virtual rigs",
+        action: hil,
     },
     Step {
         name: "fuzz",
@@ -120,7 +134,11 @@ fn clippy() -> Result<(), String> {
 }
 
 fn host_tests() -> Result<(), String> {
-    run_command(cargo().args(["test", "--workspace", "--all-features", "--locked"]))
+    // `--all-features` includes the broker's `services-tests`, which talk to real services.
+    crate::services::run(&["up".into()])?;
+    let tests = run_command(cargo().args(["test", "--workspace", "--all-features", "--locked"]));
+    let down = crate::services::run(&["down".into()]);
+    tests.and(down)
 }
 
 fn doc() -> Result<(), String> {
@@ -133,12 +151,24 @@ fn doc() -> Result<(), String> {
                 "--all-features",
                 "--locked",
             ])
-            .env("RUSTDOCFLAGS", "-D warnings"),
+            // Links to private items are fine in docs that include them.
+            .env(
+                "RUSTDOCFLAGS",
+                "-D warnings -A rustdoc::private_intra_doc_links",
+            ),
     )
 }
 
 fn cross() -> Result<(), String> {
     crate::cross::run(&[])
+}
+
+fn size() -> Result<(), String> {
+    crate::size::run(&[])
+}
+
+fn hil() -> Result<(), String> {
+    crate::hil::run(&[])
 }
 
 fn fuzz() -> Result<(), String> {
