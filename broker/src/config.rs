@@ -82,6 +82,12 @@ pub struct Config {
     pub log: Log,
     /// Cluster discovery and node lookup (docs/discovery.md).
     pub discovery: crate::discovery::DiscoveryConfig,
+    /// Redis for the cluster roles (offline store, bindings, groups, online registry).
+    pub redis: crate::store::redis::RedisConfig,
+    /// RabbitMQ for the cluster roles (uploads, backend pushes).
+    pub rabbitmq: crate::uploads::RabbitConfig,
+    /// Cluster roles: msgbus links, online-registry heartbeats, RabbitMQ discovery.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[listen]`: socket addresses (port 0 picks a free port).
@@ -546,6 +552,37 @@ impl Config {
             return err("backend.timeout_ms", "must be greater than 0");
         }
         self.discovery.validate()?;
+        self.redis.validate().map_err(|e| match e {
+            crate::store::redis::RedisConnError::Config(key, reason) => {
+                (format!("redis.{key}"), reason)
+            }
+            other => ("redis".to_string(), other.to_string()),
+        })?;
+        let r = &self.rabbitmq;
+        for (i, u) in r.urls.iter().enumerate() {
+            if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
+                return err(&format!("rabbitmq.urls[{i}]"), "must be an amqp:// URL");
+            }
+        }
+        for (key, v) in [
+            ("rabbitmq.confirm_timeout_ms", r.confirm_timeout_ms),
+            ("rabbitmq.connect_timeout_ms", r.connect_timeout_ms),
+            ("rabbitmq.retry_interval_ms", r.retry_interval_ms),
+        ] {
+            if v == 0 {
+                return err(key, "must be greater than 0");
+            }
+        }
+        if r.forward_batch == 0 {
+            return err("rabbitmq.forward_batch", "must be greater than 0");
+        }
+        if r.upload_exchange.is_empty() || r.upload_queue.is_empty() {
+            return err(
+                "rabbitmq.upload_exchange",
+                "upload_exchange and upload_queue must be set",
+            );
+        }
+        self.cluster.validate()?;
         Ok(())
     }
 }

@@ -10,12 +10,15 @@
 //! * [`api`]: the HTTP API (axum) under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
 //! * [`metrics`]: the Prometheus metrics facade every part records through.
 //! * `discovery`, `keeper`: cluster-mode node discovery and the `rmqkeeper` role (issue 5).
+//! * [`cluster`]: the `comet` and `msgbus` roles (Redis stores and online registry, ZooKeeper
+//!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
 //! * `comet` (transports: device WebSocket/UDP, app WebSocket): started by [`start`] beside the API.
 //!
 //! [`start`] brings a broker up on the configured addresses (port 0 allowed) and returns a
 //! [`Running`] handle with the bound addresses; [`run`] is `start` + wait for `shutdown` + drain.
 
 pub mod api;
+pub mod cluster;
 pub mod comet;
 pub mod config;
 pub mod discovery;
@@ -102,21 +105,19 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
+/// What a role plugs into the common start path ([`start_with`]): the stores the router uses and
+/// extra HTTP routes (merged without the bearer layer; they authenticate themselves if needed).
+pub struct StartParts {
+    /// The router's stores.
+    pub stores: store::Stores,
+    /// Routes merged into the HTTP API as they are (e.g. the node lookup route).
+    pub extra_routes: axum::Router,
+}
+
 /// Starts a broker from `config` and returns once every socket is bound.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let dir = config.storage.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| StartError::Store {
-        dir: dir.clone(),
-        source: store::StoreError::Backend(e.to_string()),
-    })?;
-    let (secrets, generated) = Secrets::resolve(&config.security, &dir)?;
-    if !generated.is_empty() {
-        tracing::info!(
-            file = %dir.join(SECRETS_FILE).display(),
-            keys = ?generated,
-            "generated secrets not set in the config (kept for later starts; the API token is in that file)"
-        );
-    }
+    create_data_dir(&dir)?;
     let limits = OfflineLimits {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
@@ -125,8 +126,34 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         dir: dir.clone(),
         source,
     })?;
+    let parts = StartParts {
+        stores: store.stores(),
+        extra_routes: axum::Router::new(),
+    };
+    start_with(config, parts).await
+}
+
+fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    std::fs::create_dir_all(dir).map_err(|e| StartError::Store {
+        dir: dir.to_path_buf(),
+        source: store::StoreError::Backend(e.to_string()),
+    })
+}
+
+/// [`start`] with the stores and extra routes chosen by the caller (the cluster roles).
+pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, StartError> {
+    let dir = config.storage.data_dir.clone();
+    create_data_dir(&dir)?;
+    let (secrets, generated) = Secrets::resolve(&config.security, &dir)?;
+    if !generated.is_empty() {
+        tracing::info!(
+            file = %dir.join(SECRETS_FILE).display(),
+            keys = ?generated,
+            "generated secrets not set in the config (kept for later starts; the API token is in that file)"
+        );
+    }
     let metrics = Metrics::new();
-    let router = Router::new(RouterSettings::from_config(config), store.stores(), metrics);
+    let router = Router::new(RouterSettings::from_config(config), parts.stores, metrics);
     let shutdown = CancellationToken::new();
     let mut tasks = router.spawn_background(shutdown.clone());
 
@@ -172,7 +199,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         router.clone(),
         secrets.api_token.clone(),
         config,
-    ));
+    ))
+    .merge(parts.extra_routes);
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(http_listener, app)

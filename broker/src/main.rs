@@ -49,6 +49,12 @@ enum Command {
     },
     /// Keeps one RabbitMQ node registered in ZooKeeper while it is healthy (docs/discovery.md).
     Rmqkeeper(broker::keeper::KeeperArgs),
+    /// Runs a cluster comet node: terminal endpoints over Redis, RabbitMQ and ZooKeeper
+    /// (docs/deployment.md).
+    Comet,
+    /// Runs a cluster msgbus node: backend HTTP API, links to every comet, RabbitMQ pushes
+    /// (docs/deployment.md).
+    Msgbus,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +104,8 @@ fn main() -> ExitCode {
         Some(Command::Token { id, kind, ttl }) => token(&config, &id, kind, ttl),
         Some(Command::DeviceKey { id }) => device_key(&config, &id),
         Some(Command::Rmqkeeper(_)) => ExitCode::SUCCESS,
+        Some(Command::Comet) => serve_role(config, broker::discovery::Role::Comet),
+        Some(Command::Msgbus) => serve_role(config, broker::discovery::Role::Msgbus),
     }
 }
 
@@ -212,6 +220,27 @@ fn serve(config: Config) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("broker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `broker comet` / `broker msgbus`: a cluster role until SIGINT/SIGTERM.
+fn serve_role(config: Config, role: broker::discovery::Role) -> ExitCode {
+    init_logs(&config.log.filter);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(c) => return c,
+    };
+    match rt.block_on(broker::cluster::run(role, config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ broker::cluster::ClusterError::Config(..)) => {
+            eprintln!("broker {}: configuration error: {e}", role.as_str());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("broker {}: {e}", role.as_str());
             ExitCode::FAILURE
         }
     }

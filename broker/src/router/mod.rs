@@ -891,6 +891,57 @@ impl Router {
             .count()
     }
 
+    /// Offers an already stored message to this node's live sessions, without storing it again
+    /// (cluster mode: a message another node stored in the shared offline store). `kind_wide`
+    /// `Some(k)` targets every local session of kind `k` (`None` = every kind) and ignores
+    /// `recipients`. Returns how many sessions it was queued to.
+    pub fn deliver_local(
+        &self,
+        recipients: &[Address],
+        kind_wide: Option<Option<Kind>>,
+        msg_id: u64,
+        from: Option<Address>,
+        payload: Bytes,
+    ) -> u64 {
+        let sessions = match kind_wide {
+            Some(kind) => self.inner.registry.all(kind),
+            None => recipients
+                .iter()
+                .flat_map(|a| self.inner.registry.get(*a))
+                .collect(),
+        };
+        let mut n = 0;
+        for h in &sessions {
+            let ev = Outbound::Deliver {
+                msg_id,
+                from,
+                payload: payload.clone(),
+            };
+            if matches!(
+                self.offer(h, ev),
+                Enqueued::Queued | Enqueued::DroppedOldest
+            ) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Every terminal with at least one live session on this node (cluster mode reconciles the
+    /// shared online registry with it).
+    pub fn online_terminals(&self) -> Vec<Address> {
+        let mut v: Vec<Address> = self
+            .inner
+            .registry
+            .all(None)
+            .iter()
+            .map(|h| h.address())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     pub(crate) fn upload_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.upload_notify.notified()
     }

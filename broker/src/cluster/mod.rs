@@ -1,0 +1,453 @@
+//! Cluster mode: the `comet` and `msgbus` roles (issue 5, docs/deployment.md).
+//!
+//! Both roles reuse the standalone start path ([`crate::start_with`]) with other parts plugged
+//! in; the router itself knows nothing of the cluster.
+//!
+//! * **comet** ([`start_comet`]): terminal endpoints + router over the shared Redis stores
+//!   ([`crate::store::redis`]). Logins are registered in the Redis online registry
+//!   ([`presence`], heartbeat and dead-node sweep); the node registers in discovery (role
+//!   comet, advertised endpoints + link address) and serves `GET /v1/nodes/lookup`. msgbus
+//!   nodes connect to its link listener ([`link::CometLinks`]). A message the comet stores (a
+//!   terminal's send) is handed to one msgbus over a link ([`hooks`]) for the other comets.
+//!   Device uploads go straight to RabbitMQ ([`uploads::SinkSpool`] over
+//!   [`crate::uploads::RabbitUploadSink`], nodes from the rmqkeepers' view): the device's ack
+//!   waits for the publisher confirm or the durable local spool.
+//! * **msgbus** ([`start_msgbus`]): the HTTP API for the backend over the same Redis stores;
+//!   links to every live comet ([`link::LinkManager`]); every stored push is routed to the
+//!   comets holding its recipients, a broadcast once per comet ([`route`]); backend pushes are
+//!   also consumed from RabbitMQ ([`crate::uploads::PushConsumer`]).
+//!
+//! [`frame`] is the link wire format; [`config`] the `[cluster]` section.
+
+pub mod config;
+pub mod frame;
+pub mod hooks;
+pub mod link;
+pub mod presence;
+pub mod route;
+pub mod uploads;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ClusterConfig;
+
+use crate::config::Config;
+use crate::discovery::config::DiscoveryMode;
+use crate::discovery::metrics::DiscoveryMetrics;
+use crate::discovery::zk::ZkSettings;
+use crate::discovery::zk_discovery::ZkOptions;
+use crate::discovery::{
+    Discovery, DiscoveryError, NodeInfo, NodeView, Role, StaticDiscovery, ZkDiscovery,
+};
+use crate::keeper::RabbitView;
+use crate::router::now_ms;
+use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+use crate::store::redis::{OnlineRegistry, RedisConn, RedisConnError, RedisStore};
+use crate::store::{StoreError, Stores};
+use crate::uploads::{
+    NodeList, PushConsumer, RabbitUploadSink, static_nodes, urls_from_rabbit_view,
+};
+use crate::{Running, StartError, StartParts};
+
+/// Why a cluster role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A configuration key is wrong for this role.
+    #[error("key `{0}`: {1}")]
+    Config(String, String),
+    /// Redis could not be reached.
+    #[error(transparent)]
+    Redis(#[from] RedisConnError),
+    /// Discovery could not start.
+    #[error("discovery: {0}")]
+    Discovery(#[from] DiscoveryError),
+    /// A store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The link listener could not be bound.
+    #[error("cannot listen for msgbus links on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The common start path failed.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// A running comet or msgbus node.
+pub struct ClusterNode {
+    /// The role.
+    pub role: Role,
+    /// The node id.
+    pub node_id: String,
+    /// The common part (HTTP API, comet endpoints, router).
+    pub running: Running,
+    /// comet: where the link listener is bound.
+    pub link: Option<SocketAddr>,
+    /// comet: its msgbus links.
+    pub comet_links: Option<Arc<link::CometLinks>>,
+    /// msgbus: its comet links.
+    pub links: Option<Arc<link::LinkManager>>,
+    /// comet: the RabbitMQ upload sink.
+    pub sink: Option<Arc<RabbitUploadSink>>,
+    /// msgbus: the backend push consumer.
+    pub push: Option<PushConsumer>,
+    /// The discovery view this node follows.
+    pub view: watch::Receiver<NodeView>,
+    discovery: Arc<dyn Discovery>,
+    rabbit_view: Option<RabbitView>,
+    _static_rabbit: Option<watch::Sender<Vec<String>>>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ClusterNode {
+    /// Stops: deregisters from discovery first (lookups stop pointing here), then drains like
+    /// the standalone broker, then stops the cluster tasks and RabbitMQ clients.
+    pub async fn stop(self) {
+        self.discovery.shutdown().await;
+        self.running.stop().await;
+        self.cancel.cancel();
+        if let Some(p) = &self.push {
+            p.shutdown().await;
+        }
+        if let Some(s) = &self.sink {
+            s.shutdown().await;
+        }
+        if let Some(v) = &self.rabbit_view {
+            v.shutdown().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Common {
+    store: Arc<RedisStore>,
+    registry: Arc<OnlineRegistry>,
+    node_id: String,
+    cancel: CancellationToken,
+}
+
+async fn common(config: &Config) -> Result<Common, ClusterError> {
+    if config.discovery.mode == DiscoveryMode::None {
+        return Err(ClusterError::Config(
+            "discovery.mode".into(),
+            "cluster roles need `static` or `zookeeper`".into(),
+        ));
+    }
+    let node_id = config.discovery.node_id.clone();
+    if !crate::discovery::valid_node_id(&node_id) {
+        return Err(ClusterError::Config(
+            "discovery.node_id".into(),
+            "must be set for a cluster role".into(),
+        ));
+    }
+    let conn = Arc::new(RedisConn::connect(&config.redis).await?);
+    let limits = OfflineLimits {
+        max_per_terminal: u64::from(config.offline.max_per_terminal),
+        eviction: config.offline.eviction,
+    };
+    Ok(Common {
+        store: RedisStore::new(conn.clone(), limits),
+        registry: Arc::new(OnlineRegistry::new(conn)),
+        node_id,
+        cancel: CancellationToken::new(),
+    })
+}
+
+fn start_discovery(config: &Config, me: NodeInfo) -> Result<Arc<dyn Discovery>, ClusterError> {
+    let d: Arc<dyn Discovery> = match config.discovery.mode {
+        DiscoveryMode::Zookeeper => Arc::new(ZkDiscovery::start(ZkOptions::from_config(
+            &config.discovery,
+            Some(me),
+            DiscoveryMetrics::noop(),
+        ))?),
+        _ => Arc::new(StaticDiscovery::new(config.discovery.static_nodes.clone())?),
+    };
+    Ok(d)
+}
+
+/// Copies the discovery view into the lookup route's relay until `cancel`.
+fn spawn_relay(
+    mut from: watch::Receiver<NodeView>,
+    to: watch::Sender<NodeView>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let v = from.borrow_and_update().clone();
+            to.send_replace(v);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = from.changed() => if r.is_err() { break },
+            }
+        }
+    })
+}
+
+/// The node list, plus what keeps it alive: the keepers' view or the static list's sender.
+type RabbitNodesParts = (
+    NodeList,
+    Option<RabbitView>,
+    Option<watch::Sender<Vec<String>>>,
+);
+
+/// The healthy RabbitMQ nodes: from the rmqkeepers' znodes, or the static `rabbitmq.urls`.
+fn rabbit_nodes(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<RabbitNodesParts, ClusterError> {
+    let r = &config.rabbitmq;
+    if config.cluster.rabbit_root.is_empty() {
+        let (tx, rx) = static_nodes(r.urls.clone());
+        return Ok((rx, None, Some(tx)));
+    }
+    let view = RabbitView::start(
+        ZkSettings {
+            servers: config.discovery.zk_servers.clone(),
+            session_timeout: config.discovery.session_timeout(),
+        },
+        &config.cluster.rabbit_root,
+    )?;
+    let nodes = urls_from_rabbit_view(&view, r.user.clone(), r.password.clone(), cancel.clone());
+    Ok((nodes, Some(view), None))
+}
+
+fn intervals(c: &ClusterConfig) -> presence::Intervals {
+    presence::Intervals {
+        heartbeat: c.heartbeat(),
+        ttl: c.node_ttl(),
+        sweep: Duration::from_millis(c.sweep_interval_ms),
+        reconcile: Duration::from_millis(c.reconcile_ms),
+    }
+}
+
+fn self_info(
+    config: &Config,
+    role: Role,
+    running: &Running,
+    link: Option<SocketAddr>,
+) -> Result<NodeInfo, ClusterError> {
+    let mut listen = config.listen.clone();
+    listen.udp = running.comet.udp;
+    listen.device_ws = running.comet.device_ws;
+    listen.app_ws = running.comet.app_ws;
+    let mut me = config
+        .discovery
+        .self_info(role, &listen)
+        .map_err(|(k, r)| ClusterError::Config(k, r))?;
+    if me.addr.link.is_none()
+        && let Some(l) = link
+    {
+        me.addr.link = Some(l.to_string());
+    }
+    Ok(me)
+}
+
+/// Starts a comet node (see module docs).
+pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
+    let c = common(config).await?;
+    let presence = Arc::new(presence::Presence::new(
+        c.registry.clone(),
+        c.node_id.clone(),
+        now_ms().saturating_mul(1000),
+    ));
+    let comet_links = link::CometLinks::new(c.node_id.clone(), config.cluster.link_queue);
+    let (nodes, rabbit_view, static_rabbit) = rabbit_nodes(config, &c.cancel)?;
+    let limits = OfflineLimits {
+        max_per_terminal: u64::from(config.offline.max_per_terminal),
+        eviction: config.offline.eviction,
+    };
+    let local = EmbeddedStore::open(&config.storage.data_dir.join("upload-spool"), limits)?
+        .stores()
+        .uploads;
+    let sink = RabbitUploadSink::start(config.rabbitmq.clone(), nodes, local.clone()).await?;
+    let stores = Stores {
+        offline: Arc::new(hooks::ClusterOffline::new(
+            c.store.clone(),
+            Some(presence.clone()),
+            comet_links.clone(),
+        )),
+        uploads: Arc::new(uploads::SinkSpool::new(sink.clone(), local)),
+        bindings: c.store.clone(),
+        groups: c.store.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.cluster.link_listen)
+        .await
+        .map_err(|source| ClusterError::Bind {
+            addr: config.cluster.link_listen,
+            source,
+        })?;
+    let link_addr = listener.local_addr().map_err(|source| ClusterError::Bind {
+        addr: config.cluster.link_listen,
+        source,
+    })?;
+    let (view_tx, view_rx) = watch::channel(NodeView::default());
+    let lookup =
+        crate::discovery::route::lookup_router(view_rx, config.discovery.lookup_max as usize);
+    let running = crate::start_with(
+        config,
+        StartParts {
+            stores,
+            extra_routes: lookup,
+        },
+    )
+    .await?;
+    let me = self_info(config, Role::Comet, &running, Some(link_addr))?;
+    let discovery = start_discovery(config, me)?;
+    let view = discovery.view();
+    let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
+    tasks.push(comet_links.serve(listener, running.router.clone(), c.cancel.clone()));
+    let d = discovery.clone();
+    tasks.extend(presence::spawn_loops(
+        presence,
+        c.registry.clone(),
+        Some(running.router.clone()),
+        intervals(&config.cluster),
+        move |n| d.set_load(u32::try_from(n).unwrap_or(u32::MAX)),
+        c.cancel.clone(),
+    ));
+    tracing::info!(node = %c.node_id, link = %link_addr, "comet node up");
+    Ok(ClusterNode {
+        role: Role::Comet,
+        node_id: c.node_id,
+        running,
+        link: Some(link_addr),
+        comet_links: Some(comet_links),
+        links: None,
+        sink: Some(sink),
+        push: None,
+        view,
+        discovery,
+        rabbit_view,
+        _static_rabbit: static_rabbit,
+        cancel: c.cancel,
+        tasks,
+    })
+}
+
+/// Starts a msgbus node (see module docs).
+pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> {
+    let c = common(config).await?;
+    let links = link::LinkManager::new(
+        c.node_id.clone(),
+        config.cluster.link_queue,
+        (
+            Duration::from_millis(config.cluster.reconnect_min_ms),
+            Duration::from_millis(config.cluster.reconnect_max_ms),
+        ),
+    );
+    let route = route::MsgbusRoute::new(links.clone(), c.registry.clone());
+    let limits = OfflineLimits {
+        max_per_terminal: u64::from(config.offline.max_per_terminal),
+        eviction: config.offline.eviction,
+    };
+    let local = EmbeddedStore::open(&config.storage.data_dir, limits)?;
+    let stores = Stores {
+        offline: Arc::new(hooks::ClusterOffline::new(
+            c.store.clone(),
+            None,
+            route.clone(),
+        )),
+        uploads: local.stores().uploads,
+        bindings: c.store.clone(),
+        groups: c.store.clone(),
+    };
+    let (view_tx, view_rx) = watch::channel(NodeView::default());
+    let lookup =
+        crate::discovery::route::lookup_router(view_rx, config.discovery.lookup_max as usize);
+    let running = crate::start_with(
+        config,
+        StartParts {
+            stores,
+            extra_routes: lookup,
+        },
+    )
+    .await?;
+    let me = self_info(config, Role::Msgbus, &running, None)?;
+    let discovery = start_discovery(config, me)?;
+    let view = discovery.view();
+    let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
+    let r = route.clone();
+    tasks.push(links.follow(
+        view.clone(),
+        Arc::new(move |origin, msg| r.spawn_route(Some(origin), msg)),
+        c.cancel.clone(),
+    ));
+    let presence = Arc::new(presence::Presence::new(
+        c.registry.clone(),
+        c.node_id.clone(),
+        now_ms().saturating_mul(1000),
+    ));
+    tasks.extend(presence::spawn_loops(
+        presence,
+        c.registry.clone(),
+        None,
+        intervals(&config.cluster),
+        |_| {},
+        c.cancel.clone(),
+    ));
+    let (nodes, rabbit_view, static_rabbit) = rabbit_nodes(config, &c.cancel)?;
+    let push = if config.rabbitmq.push_exchange.is_empty() {
+        None
+    } else {
+        let router = running.router.clone();
+        Some(PushConsumer::start(
+            config.rabbitmq.clone(),
+            nodes,
+            move |p: crate::uploads::BackendPush| {
+                let router = router.clone();
+                async move {
+                    router
+                        .push(p.target, None, p.payload, p.ttl)
+                        .await
+                        .map(|_| ())
+                }
+            },
+        ))
+    };
+    tracing::info!(node = %c.node_id, "msgbus node up");
+    Ok(ClusterNode {
+        role: Role::Msgbus,
+        node_id: c.node_id,
+        running,
+        link: None,
+        comet_links: None,
+        links: Some(links),
+        sink: None,
+        push,
+        view,
+        discovery,
+        rabbit_view,
+        _static_rabbit: static_rabbit,
+        cancel: c.cancel,
+        tasks,
+    })
+}
+
+/// Runs `role` until `shutdown` completes, then stops it (see [`ClusterNode::stop`]).
+pub async fn run(
+    role: Role,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ClusterError> {
+    let node = match role {
+        Role::Comet => start_comet(&config).await?,
+        Role::Msgbus => start_msgbus(&config).await?,
+    };
+    shutdown.await;
+    node.stop().await;
+    Ok(())
+}

@@ -1,0 +1,592 @@
+//! Cluster mode end to end on the real services from `cargo xtask services up` (feature
+//! `services-tests`): Redis, ZooKeeper and both RabbitMQ nodes, each guarded by a real
+//! `broker rmqkeeper` child process. Two comet and two msgbus nodes run in process on
+//! 127.0.0.1 port 0.
+//!
+//! Run: `cargo test -p broker --features services-tests --test cluster_e2e -- --nocapture`.
+//! Every run uses its own Redis key prefix, znode roots and RabbitMQ exchanges/queues, deleted at
+//! the end. The failover step stops the RabbitMQ node in use with `rabbitmqctl stop_app` and
+//! starts it again (also on panic).
+#![cfg(feature = "services-tests")]
+
+mod comet_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use broker::cluster::{ClusterNode, start_comet, start_msgbus};
+use broker::config::Config;
+use broker::discovery::DiscoveryConfig;
+use broker::discovery::config::DiscoveryMode;
+use broker::discovery::zk::ZkSettings;
+use broker::keeper::RabbitView;
+use broker::terminal::{Address, IdProfile};
+use comet_support::*;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Value, json};
+use shared_protocol::frame::Body;
+
+/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
+fn services() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let env: BTreeMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        env.contains_key("REDIS_URL")
+            && env.contains_key("ZOOKEEPER_ADDR")
+            && env.contains_key("RABBITMQ_2_AMQP_URL"),
+        "services are not running: run `cargo xtask services up` first"
+    );
+    env
+}
+
+/// Check interval of the keepers (the znode must go within two of them).
+const CHECK_MS: u64 = 1000;
+
+/// Names unique to this run.
+struct Run {
+    id: String,
+    env: BTreeMap<String, String>,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            id: format!("e2e{}", broker::router::now_ms()),
+            env: services(),
+        }
+    }
+
+    fn rabbit_root(&self) -> String {
+        format!("/{}-rabbit", self.id)
+    }
+
+    fn config(&self, dir: &std::path::Path, node: &str) -> Config {
+        let mut c = config(dir, IdProfile::Plug);
+        c.discovery = DiscoveryConfig {
+            mode: DiscoveryMode::Zookeeper,
+            zk_servers: self.env["ZOOKEEPER_ADDR"].clone(),
+            root: format!("/{}", self.id),
+            session_timeout_ms: 4000,
+            load_update_secs: 1,
+            node_id: node.into(),
+            ..DiscoveryConfig::default()
+        };
+        c.redis.url = self.env["REDIS_URL"].clone();
+        c.redis.key_prefix = format!("{}:", self.id);
+        c.rabbitmq.upload_exchange = format!("{}.uploads", self.id);
+        c.rabbitmq.upload_queue = format!("{}.uploads", self.id);
+        c.rabbitmq.push_exchange = format!("{}.pushes", self.id);
+        c.rabbitmq.push_queue = format!("{}.msgbus.pushes", self.id);
+        c.rabbitmq.confirm_timeout_ms = 2000;
+        c.rabbitmq.connect_timeout_ms = 1000;
+        c.rabbitmq.retry_interval_ms = 200;
+        c.cluster.link_listen = "127.0.0.1:0".parse().unwrap();
+        c.cluster.heartbeat_ms = 300;
+        c.cluster.node_ttl_ms = 1500;
+        c.cluster.sweep_interval_ms = 500;
+        c.cluster.reconcile_ms = 200;
+        c.cluster.rabbit_root = self.rabbit_root();
+        c
+    }
+
+    fn keeper(&self, n: u8) -> Keeper {
+        let e = &self.env;
+        let amqp = e[&format!("RABBITMQ_{n}_AMQP_ADDR")].clone();
+        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args([
+                "rmqkeeper",
+                "--amqp-url",
+                &format!("amqp://{amqp}/%2f"),
+                "--mgmt-url",
+                &e[&format!("RABBITMQ_{n}_MGMT_URL")],
+                "--mgmt-user",
+                &e[&format!("RABBITMQ_{n}_MGMT_USER")],
+                "--mgmt-password",
+                &e[&format!("RABBITMQ_{n}_MGMT_PASSWORD")],
+                "--zk-servers",
+                &e["ZOOKEEPER_ADDR"],
+                "--root",
+                &self.rabbit_root(),
+                "--check-interval-ms",
+                &CHECK_MS.to_string(),
+                "--session-timeout-ms",
+                "4000",
+            ])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn rmqkeeper");
+        Keeper(child)
+    }
+}
+
+/// A keeper child process, killed (by its PID) when dropped.
+struct Keeper(Child);
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a RabbitMQ node's app again when dropped (also when the test panics).
+struct StartAppOnDrop(Option<String>);
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.take() {
+            let out = Command::new("rabbitmqctl")
+                .args(["-n", &node, "start_app"])
+                .output();
+            eprintln!("start_app {node}: {:?}", out.map(|o| o.status));
+        }
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.elapsed()
+}
+
+async fn api(
+    node: &ClusterNode,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", node.running.http))
+        .bearer_auth(API_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Every Deliver a device gets within `wait` (acked by the test device).
+async fn device_delivers(dev: &mut Device, wait: Duration) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    while let Some(g) = dev
+        .next_event(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if let Got::Deliver {
+            msg_id, payload, ..
+        } = g
+        {
+            out.push((msg_id, payload));
+        }
+    }
+    out
+}
+
+/// Every deliver an app gets within `wait` (acked).
+async fn app_delivers(app: &mut App, wait: Duration) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    while let Some(v) = app
+        .recv_skip_presence(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if v["type"] == "deliver" {
+            app.send(json!({"type": "ack", "msg_id": v["msg_id"]}))
+                .await;
+            let p = B64.decode(v["payload"].as_str().unwrap()).unwrap();
+            out.push((v["msg_id"].as_u64().unwrap(), p));
+        }
+    }
+    out
+}
+
+fn header_str(h: &FieldTable, key: &str) -> Option<String> {
+    match h.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Takes every message from `queue` on `url`; returns their dedup keys.
+async fn drain_keys(url: &str, queue: &str) -> Vec<String> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = ch.basic_get(queue.into(), BasicGetOptions::default()).await {
+        let d = m.delivery;
+        let h = d.properties.headers().clone().unwrap_or_default();
+        out.push(header_str(&h, "dedup_key").unwrap_or_default());
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
+
+async fn cleanup_rabbit(url: &str, c: &Config) {
+    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        let r = &c.rabbitmq;
+        for q in [&r.upload_queue, &r.push_queue] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [&r.upload_exchange, &r.push_exchange] {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "cleanup".into()).await;
+}
+
+async fn upload_n(dev: &mut Device, ids: std::ops::Range<u32>) {
+    for id in ids {
+        dev.send(Body::Upload {
+            upload_id: id,
+            topic: "power",
+            payload: format!("w={id}").as_bytes(),
+        })
+        .await;
+        let t = Instant::now();
+        loop {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "upload {id} not acked"
+            );
+            match dev.next_event(Duration::from_secs(20)).await {
+                Some(Got::UploadAck { upload_id }) if upload_id == id => break,
+                Some(_) => {}
+                None => panic!("upload {id}: no ack"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_comets_two_msgbus_two_rabbits() {
+    let run = Run::new();
+    let _k1 = run.keeper(1);
+    let _k2 = run.keeper(2);
+    let rabbits = RabbitView::start(
+        ZkSettings {
+            servers: run.env["ZOOKEEPER_ADDR"].clone(),
+            session_timeout: Duration::from_secs(4),
+        },
+        &run.rabbit_root(),
+    )
+    .unwrap();
+    let rv = rabbits.watch();
+    wait_until(
+        "both RabbitMQ nodes registered by their keepers",
+        Duration::from_secs(20),
+        || rv.borrow().nodes.len() == 2,
+    )
+    .await;
+
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfg_a = run.config(dirs[0].path(), "comet-a");
+    let comet_a = start_comet(&cfg_a).await.unwrap();
+    let comet_b = start_comet(&run.config(dirs[1].path(), "comet-b"))
+        .await
+        .unwrap();
+    let bus1 = start_msgbus(&run.config(dirs[2].path(), "msgbus-1"))
+        .await
+        .unwrap();
+    let bus2 = start_msgbus(&run.config(dirs[3].path(), "msgbus-2"))
+        .await
+        .unwrap();
+    let t = wait_until(
+        "every msgbus linked to both comets",
+        Duration::from_secs(20),
+        || {
+            [&bus1, &bus2]
+                .iter()
+                .all(|b| b.links.as_ref().unwrap().connected().len() == 2)
+                && [&comet_a, &comet_b]
+                    .iter()
+                    .all(|c| c.comet_links.as_ref().unwrap().connected().len() == 2)
+        },
+    )
+    .await;
+    eprintln!("cluster linked in {t:?}");
+
+    // Node lookup (no token) on any node lists both comets.
+    let (s, v) = api(
+        &bus1,
+        reqwest::Method::GET,
+        "/v1/nodes/lookup?kind=device&id=42",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let ids: BTreeSet<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["comet-a", "comet-b"]));
+
+    // Phone 3 on comet A, plug 42 on comet B, bound through msgbus 1.
+    let (s, v) = api(&bus1, reqwest::Method::PUT, "/v1/bindings/3/42", None).await;
+    assert!((200..300).contains(&s), "{s} {v}");
+    let (mut phone, welcome) = App::login(
+        &format!("ws://{}/", comet_a.running.comet.app_ws),
+        Address::phone(3),
+        0,
+    )
+    .await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let mut plug = login(Wire::udp(comet_b.running.comet.udp).await, 42, 0)
+        .await
+        .unwrap();
+    // Both registered in the shared online registry (msgbus routes by it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 1. The phone sends to the plug across comets, and the plug answers.
+    let t = Instant::now();
+    phone
+        .send(json!({"type": "send", "to": {"kind": "device", "id": 42}, "payload": B64.encode("on"), "ref": 1}))
+        .await;
+    assert_eq!(
+        phone.recv_skip_presence(WAIT).await.unwrap(),
+        json!({"type": "ok", "ref": 1})
+    );
+    match plug.next_event(WAIT).await {
+        Some(Got::Deliver { from, payload, .. }) => {
+            assert_eq!((from, payload), (Some(Address::phone(3)), b"on".to_vec()))
+        }
+        other => panic!("plug got {other:?}"),
+    }
+    eprintln!("phone on comet A -> plug on comet B: {:?}", t.elapsed());
+    plug.send(Body::Send {
+        to: Address::phone(3),
+        payload: b"done",
+    })
+    .await;
+    let got = app_delivers(&mut phone, Duration::from_secs(2)).await;
+    assert_eq!(
+        got.iter().map(|g| g.1.clone()).collect::<Vec<_>>(),
+        vec![b"done".to_vec()]
+    );
+
+    // 2. A backend push (msgbus 2) and a broadcast (msgbus 1): each terminal gets each once.
+    let (s, v) = api(
+        &bus2,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": {"list": [{"kind": "device", "id": 42}, {"kind": "phone", "id": 3}]}, "text": "list"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api(
+        &bus1,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": "everyone", "text": "all"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut on_plug: Vec<Vec<u8>> = device_delivers(&mut plug, Duration::from_secs(2))
+        .await
+        .into_iter()
+        .map(|g| g.1)
+        .collect();
+    let mut on_phone: Vec<Vec<u8>> = app_delivers(&mut phone, Duration::from_secs(1))
+        .await
+        .into_iter()
+        .map(|g| g.1)
+        .collect();
+    on_plug.sort();
+    on_phone.sort();
+    assert_eq!(
+        on_plug,
+        vec![b"all".to_vec(), b"list".to_vec()],
+        "plug on comet B"
+    );
+    assert_eq!(
+        on_phone,
+        vec![b"all".to_vec(), b"list".to_vec()],
+        "phone on comet A"
+    );
+
+    // 3. A backend push published to the RabbitMQ push exchange reaches the plug once.
+    let url2 = run.env["RABBITMQ_2_AMQP_URL"].clone();
+    let url1 = run.env["RABBITMQ_1_AMQP_URL"].clone();
+    {
+        let conn = Connection::connect(&url2, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        // Passive: wait until msgbus declared it.
+        let t = Instant::now();
+        loop {
+            let ch = conn.create_channel().await.unwrap();
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            if ch
+                .exchange_declare(
+                    cfg_a.rabbitmq.push_exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "push exchange never declared"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let body =
+            json!({"target": {"terminal": {"kind": "device", "id": 42}}, "text": "from-rabbit"})
+                .to_string();
+        ch.basic_publish(
+            cfg_a.rabbitmq.push_exchange.as_str().into(),
+            "push".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+    }
+    let got: Vec<Vec<u8>> = device_delivers(&mut plug, Duration::from_secs(3))
+        .await
+        .into_iter()
+        .map(|g| g.1)
+        .collect();
+    assert_eq!(got, vec![b"from-rabbit".to_vec()]);
+
+    // 4. Uploads: acked after the confirm (or durable spool); consumed exactly once by dedup_key.
+    let sink = comet_b.sink.clone().unwrap();
+    upload_n(&mut plug, 1..21).await;
+    let in_use = sink
+        .current_node()
+        .await
+        .expect("connected to a RabbitMQ node");
+    let (node_name, other_url) = if in_use.contains(&run.env["RABBITMQ_1_AMQP_ADDR"]) {
+        (run.env["RABBITMQ_1_NODE"].clone(), url2.clone())
+    } else {
+        (run.env["RABBITMQ_2_NODE"].clone(), url1.clone())
+    };
+    eprintln!("uploads go to {node_name}; stopping its app");
+
+    // 5. stop_app on the node in use: its znode goes within two check intervals, the sink
+    //    switches to the other node, nothing acknowledged is lost.
+    let restart = StartAppOnDrop(Some(node_name.clone()));
+    let t = Instant::now();
+    let out = Command::new("rabbitmqctl")
+        .args(["-n", &node_name, "stop_app"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "stop_app: {out:?}");
+    let stopped = t.elapsed();
+    let gone = wait_until(
+        "the stopped node's znode to go",
+        Duration::from_secs(10),
+        || rv.borrow().nodes.len() == 1,
+    )
+    .await;
+    eprintln!(
+        "stop_app took {stopped:?}; znode gone {gone:?} after it (check interval {CHECK_MS} ms)"
+    );
+    assert!(
+        gone <= Duration::from_millis(2 * CHECK_MS + 500),
+        "znode removed after {gone:?}"
+    );
+    upload_n(&mut plug, 21..41).await;
+    let now = sink.current_node().await;
+    eprintln!(
+        "after failover: stats {:?}, node {:?}",
+        sink.stats(),
+        now.as_deref().map(|u| u.rsplit('@').next().unwrap_or(""))
+    );
+    assert!(
+        now.as_deref()
+            .is_some_and(|u| other_url.ends_with(u.rsplit('@').next().unwrap())),
+        "switched to the other node"
+    );
+    wait_until("upload spool drained", Duration::from_secs(20), || {
+        !sink.has_backlog()
+    })
+    .await;
+    drop(restart);
+    let t = Instant::now();
+    let mut keys = Vec::new();
+    loop {
+        if Connection::connect(&url1, ConnectionProperties::default())
+            .await
+            .is_ok()
+            && Connection::connect(&url2, ConnectionProperties::default())
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "RabbitMQ node did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    keys.extend(drain_keys(&url1, &cfg_a.rabbitmq.upload_queue).await);
+    keys.extend(drain_keys(&url2, &cfg_a.rabbitmq.upload_queue).await);
+    let unique: BTreeSet<String> = keys.iter().cloned().collect();
+    eprintln!(
+        "uploads consumed: {} messages, {} after dedup",
+        keys.len(),
+        unique.len()
+    );
+    let want: BTreeSet<String> = (1..41).map(|i| format!("42:{i}")).collect();
+    assert_eq!(
+        unique, want,
+        "every acknowledged upload exactly once after dedup"
+    );
+
+    for n in [comet_a, comet_b, bus1, bus2] {
+        n.stop().await;
+    }
+    rabbits.shutdown().await;
+    cleanup_rabbit(&url1, &cfg_a).await;
+    cleanup_rabbit(&url2, &cfg_a).await;
+}
