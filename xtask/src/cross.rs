@@ -243,13 +243,19 @@ fn build_shared_protocol(env: &CrossEnv) -> Result<(), String> {
     Ok(())
 }
 
-/// Every board crate: a folder under `boards/` with a `Cargo.toml`.
+/// Every MCU board crate: a folder under `boards/` with a `Cargo.toml` and a cross target.
 pub fn board_dirs() -> Result<Vec<PathBuf>, String> {
     let boards = project_root().join("boards");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&boards)
         .map_err(|e| format!("cannot list {}: {e}", boards.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.join("Cargo.toml").is_file())
+        // Only MCU boards: they name their target in `.cargo/config.toml`. Host boards (the
+        // host TAP board) build with the host toolchain through `cargo xtask hil`.
+        .filter(|path| {
+            std::fs::read_to_string(path.join(".cargo/config.toml"))
+                .is_ok_and(|config| config.lines().any(|l| l.trim_start().starts_with("target")))
+        })
         .collect();
     dirs.sort();
     Ok(dirs)
