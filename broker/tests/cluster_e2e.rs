@@ -590,3 +590,226 @@ async fn two_comets_two_msgbus_two_rabbits() {
     cleanup_rabbit(&url1, &cfg_a).await;
     cleanup_rabbit(&url2, &cfg_a).await;
 }
+
+/// A `broker comet --config F` child process, killed (by its PID) when dropped.
+struct CometProcess(Child);
+
+impl Drop for CometProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Run {
+    /// The TOML config of a comet run as a child process (what docs/deployment.md shows).
+    fn comet_toml(&self, dir: &std::path::Path, node: &str) -> String {
+        let e = &self.env;
+        format!(
+            r#"[listen]
+http = "127.0.0.1:0"
+device_ws = "127.0.0.1:0"
+app_ws = "127.0.0.1:0"
+udp = "127.0.0.1:0"
+
+[storage]
+data_dir = "{dir}"
+
+[security]
+api_token = "{API_TOKEN}"
+fleet_master_key = "{master}"
+token_secret = "{token}"
+
+[discovery]
+mode = "zookeeper"
+zk_servers = "{zk}"
+root = "/{id}"
+session_timeout_ms = 4000
+node_id = "{node}"
+
+[redis]
+url = "{redis}"
+key_prefix = "{id}:"
+
+[rabbitmq]
+urls = ["{r1}", "{r2}"]
+upload_exchange = "{id}.uploads"
+upload_queue = "{id}.uploads"
+push_exchange = ""
+
+[cluster]
+link_listen = "127.0.0.1:0"
+heartbeat_ms = 300
+node_ttl_ms = 1500
+sweep_interval_ms = 500
+reconcile_ms = 200
+rabbit_root = ""
+"#,
+            dir = dir.display(),
+            master = hex::encode(MASTER),
+            token = hex::encode(TOKEN_SECRET),
+            zk = e["ZOOKEEPER_ADDR"],
+            id = self.id,
+            redis = e["REDIS_URL"],
+            r1 = e["RABBITMQ_1_AMQP_URL"],
+            r2 = e["RABBITMQ_2_AMQP_URL"],
+        )
+    }
+
+    fn comet_process(&self, dir: &std::path::Path, node: &str) -> CometProcess {
+        let file = dir.join("comet.toml");
+        std::fs::write(&file, self.comet_toml(dir, node)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(["comet", "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn broker comet");
+        CometProcess(child)
+    }
+}
+
+/// The lookup answer for device `id` from `node`: (comet id, udp endpoint), primary first.
+async fn lookup(node: &ClusterNode, id: u32) -> Vec<(String, String)> {
+    let (s, v) = api(
+        node,
+        reqwest::Method::GET,
+        &format!("/v1/nodes/lookup?kind=device&id={id}"),
+        None,
+    )
+    .await;
+    if s != 200 {
+        return Vec::new();
+    }
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["udp"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_comet_its_devices_reconnect_through_lookup_and_get_what_was_pushed() {
+    let run = Run::new();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut comets = BTreeMap::new();
+    comets.insert("comet-x", run.comet_process(dirs[0].path(), "comet-x"));
+    comets.insert("comet-y", run.comet_process(dirs[1].path(), "comet-y"));
+    let mut cfg = run.config(dirs[2].path(), "msgbus-1");
+    cfg.cluster.rabbit_root = String::new();
+    cfg.rabbitmq.push_exchange = String::new();
+    let bus = start_msgbus(&cfg).await.unwrap();
+    wait_until(
+        "msgbus linked to both comet processes",
+        Duration::from_secs(30),
+        || bus.links.as_ref().unwrap().connected().len() == 2,
+    )
+    .await;
+
+    // Devices 1..=6 connect to the primary comet lookup names; at least one lands on each.
+    let mut devices = Vec::new();
+    for id in 1..=6u32 {
+        let nodes = lookup(&bus, id).await;
+        assert_eq!(nodes.len(), 2, "{nodes:?}");
+        let dev = login(Wire::udp(nodes[0].1.parse().unwrap()).await, id, 0)
+            .await
+            .unwrap();
+        devices.push((id, nodes[0].0.clone(), dev));
+    }
+    let victim = devices[0].1.clone();
+    let survivor = if victim == "comet-x" {
+        "comet-y"
+    } else {
+        "comet-x"
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A push while everyone is online reaches each device once.
+    let all: Vec<Value> = (1..=6)
+        .map(|i| json!({"kind": "device", "id": i}))
+        .collect();
+    let (s, v) = api(
+        &bus,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": {"list": all}, "text": "before"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut since = BTreeMap::new();
+    for (id, _, dev) in devices.iter_mut() {
+        let got = device_delivers(dev, Duration::from_millis(700)).await;
+        assert_eq!(
+            got.iter().map(|g| g.1.clone()).collect::<Vec<_>>(),
+            vec![b"before".to_vec()],
+            "device {id}"
+        );
+        since.insert(*id, got[0].0);
+    }
+
+    // kill -9 the comet holding device 1.
+    let killed_at = Instant::now();
+    drop(comets.remove(victim.as_str()));
+    let (s, v) = api(
+        &bus,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": {"list": all}, "text": "meanwhile"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // Its devices find the other comet through lookup (once ZooKeeper expired the session),
+    // log in with their since-id and get what was pushed meanwhile, once.
+    let mut moved = 0;
+    for (id, node, dev) in devices.iter_mut() {
+        if *node != victim {
+            let got: Vec<Vec<u8>> = device_delivers(dev, Duration::from_millis(500))
+                .await
+                .into_iter()
+                .map(|g| g.1)
+                .collect();
+            assert_eq!(
+                got,
+                vec![b"meanwhile".to_vec()],
+                "device {id} on the survivor"
+            );
+            continue;
+        }
+        let since = since[id];
+        let t = Instant::now();
+        let target = loop {
+            let nodes = lookup(&bus, *id).await;
+            if nodes.len() == 1 {
+                break nodes[0].clone();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "lookup still lists the dead comet"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(target.0, survivor);
+        let mut again = login(Wire::udp(target.1.parse().unwrap()).await, *id, since)
+            .await
+            .unwrap();
+        let got: Vec<Vec<u8>> = device_delivers(&mut again, Duration::from_millis(1500))
+            .await
+            .into_iter()
+            .map(|g| g.1)
+            .collect();
+        assert_eq!(got, vec![b"meanwhile".to_vec()], "device {id} after moving");
+        moved += 1;
+    }
+    eprintln!(
+        "{moved} devices moved from {victim} to {survivor}; last one done {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert!(moved >= 1);
+    bus.stop().await;
+}
