@@ -82,6 +82,8 @@ pub struct Config {
     pub log: Log,
     /// Cluster discovery and node lookup (docs/discovery.md).
     pub discovery: crate::discovery::DiscoveryConfig,
+    /// TLS (wss) for the WebSocket endpoints.
+    pub tls: crate::comet::tls::TlsConfig,
     /// Redis for the cluster roles (offline store, bindings, groups, online registry).
     pub redis: crate::store::redis::RedisConfig,
     /// RabbitMQ for the cluster roles (uploads, backend pushes).
@@ -552,6 +554,7 @@ impl Config {
             return err("backend.timeout_ms", "must be greater than 0");
         }
         self.discovery.validate()?;
+        self.tls.validate()?;
         self.redis.validate().map_err(|e| match e {
             crate::store::redis::RedisConnError::Config(key, reason) => {
                 (format!("redis.{key}"), reason)

@@ -13,11 +13,13 @@
 //! * [`cluster`]: the `comet` and `msgbus` roles (Redis stores and online registry, ZooKeeper
 //!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
 //! * `comet` (transports: device WebSocket/UDP, app WebSocket): started by [`start`] beside the API.
+//! * [`client`]: `broker client device|phone`, a command-line terminal for trying and scripting.
 //!
 //! [`start`] brings a broker up on the configured addresses (port 0 allowed) and returns a
 //! [`Running`] handle with the bound addresses; [`run`] is `start` + wait for `shutdown` + drain.
 
 pub mod api;
+pub mod client;
 pub mod cluster;
 pub mod comet;
 pub mod config;
@@ -58,6 +60,9 @@ pub enum StartError {
         /// The store error.
         source: store::StoreError,
     },
+    /// The `[tls]` certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] comet::tls::TlsError),
     /// A listening socket could not be bound.
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
@@ -144,6 +149,8 @@ fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
 pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, StartError> {
     let dir = config.storage.data_dir.clone();
     create_data_dir(&dir)?;
+    // Before anything is spawned: a bad `[tls]` leaves nothing running.
+    let tls = comet::tls::load(&config.tls)?;
     let (secrets, generated) = Secrets::resolve(&config.security, &dir)?;
     if !generated.is_empty() {
         tracing::info!(
@@ -183,13 +190,14 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
         addr: config.listen.device_ws,
         source,
     })?;
-    let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone());
+    let ws = if tls.is_some() { "wss" } else { "ws" };
+    let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone(), tls);
     tasks.extend(comet::spawn(comet_ctx, listeners));
     tracing::info!(
         device_ws = %comet_addrs.device_ws,
         app_ws = %comet_addrs.app_ws,
         udp = %comet_addrs.udp,
-        "comet listening: devices on ws://{} and udp {}, apps on ws://{} (JSON, token in the first message)",
+        "comet listening: devices on {ws}://{} and udp {}, apps on {ws}://{} (JSON, token in the first message)",
         comet_addrs.device_ws,
         comet_addrs.udp,
         comet_addrs.app_ws

@@ -47,6 +47,8 @@ enum Command {
         #[arg(long)]
         id: String,
     },
+    /// A command-line terminal: log in as a device or a phone, watch deliveries, send from stdin.
+    Client(broker::client::ClientArgs),
     /// Keeps one RabbitMQ node registered in ZooKeeper while it is healthy (docs/discovery.md).
     Rmqkeeper(broker::keeper::KeeperArgs),
     /// Runs a cluster comet node: terminal endpoints over Redis, RabbitMQ and ZooKeeper
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
         }) => ExitCode::SUCCESS,
         Some(Command::Token { id, kind, ttl }) => token(&config, &id, kind, ttl),
         Some(Command::DeviceKey { id }) => device_key(&config, &id),
+        Some(Command::Client(args)) => broker::client::cli(&config, args),
         Some(Command::Rmqkeeper(_)) => ExitCode::SUCCESS,
         Some(Command::Comet) => serve_role(config, broker::discovery::Role::Comet),
         Some(Command::Msgbus) => serve_role(config, broker::discovery::Role::Msgbus),

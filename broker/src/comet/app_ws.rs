@@ -67,7 +67,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let admitted = ctx.conns.try_acquire(ws::peer_ip(peer));
     let deadline = Instant::now() + ctx.settings.handshake;
     let config = ws::config(ctx.settings.max_app_message);
-    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let upgrade = super::tls::upgrade(ctx.tls.as_ref(), stream, config);
     let mut ws = match timeout_at(deadline, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {

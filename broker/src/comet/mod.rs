@@ -43,6 +43,7 @@ pub mod limits;
 pub mod link;
 pub mod logins;
 pub mod sendwin;
+pub mod tls;
 pub mod udp;
 pub mod ws;
 
@@ -116,6 +117,8 @@ pub struct Context {
     pub login_rate: LoginLimiter,
     /// App token secret.
     pub token_secret: [u8; 32],
+    /// TLS for the WebSocket endpoints (`[tls]`; `None`: plain `ws://`).
+    pub tls: Option<tls::Acceptor>,
     /// Cancelled at shutdown: endpoints stop accepting.
     pub shutdown: CancellationToken,
     epoch: Instant,
@@ -123,12 +126,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds the shared context.
+    /// Builds the shared context; `tls` comes from [`tls::load`] (`None`: plain WebSockets).
     pub fn new(
         config: &Config,
         secrets: &Secrets,
         router: Router,
         shutdown: CancellationToken,
+        tls: Option<tls::Acceptor>,
     ) -> Arc<Context> {
         let l = &config.limits;
         Arc::new(Context {
@@ -137,6 +141,7 @@ impl Context {
             conns: ConnLimiter::new(l.max_connections, l.max_connections_per_ip),
             login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
             token_secret: secrets.token_secret,
+            tls,
             router,
             shutdown,
             epoch: Instant::now(),

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,8 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use futures_util::SinkExt;
 
-/// A server-side WebSocket over plain TCP.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A server-side WebSocket over plain TCP or TLS ([`super::tls::Stream`]).
+pub type Ws = WebSocketStream<super::tls::Stream>;
 
 /// Upper bound of queued outgoing bytes before writes fail (slow reader protection).
 const MAX_WRITE_BUFFER: usize = 64 * 1024;

@@ -1,0 +1,371 @@
+//! `broker client device`: a device over UDP or the device WebSocket. The login runs the
+//! shared-protocol [`ClientHandshake`] (HELLO retransmitted with its own backoff until the login
+//! timeout), then one task `select!`s over the socket, stdin lines, the [`Link`] timer and
+//! Ctrl-C. Commands from the broker are answered automatically with a configured status and reply
+//! unless `--manual-commands` is given (then `result <cmd_id> <status> [text]` on stdin answers).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use shared_protocol::codes::Code;
+use shared_protocol::frame::Body;
+use shared_protocol::handshake::{ClientEvent, ClientHandshake};
+use shared_protocol::ids::Address;
+use shared_protocol::keys::DeviceKey;
+use shared_protocol::limits::MAX_PACKET;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::ClientError;
+use super::input::{self, Input, Role};
+use super::link::{Incoming, Link};
+use super::net::{self, ClientWs};
+use super::output::{Event, Printer};
+
+/// Where the device connects.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// UDP to this address.
+    Udp(SocketAddr),
+    /// The device WebSocket at this URL, trusting this CA file for `wss://`.
+    Ws(String, Option<PathBuf>),
+}
+
+/// How commands are answered.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// At once with this status and payload.
+    Auto(u16, Vec<u8>),
+    /// From stdin (`result ...`).
+    Manual,
+}
+
+/// Everything `broker client device` needs.
+pub struct DeviceOptions {
+    /// Device id.
+    pub id: u32,
+    /// Its key.
+    pub key: DeviceKey,
+    /// Where to connect.
+    pub endpoint: Endpoint,
+    /// Highest msg_id already received.
+    pub since_id: u64,
+    /// Command answers.
+    pub answer: Answer,
+    /// Exit after this many deliveries.
+    pub count: Option<u64>,
+    /// Login timeout.
+    pub login_timeout: Duration,
+    /// Output.
+    pub printer: Printer,
+}
+
+enum Wire {
+    Udp(UdpSocket),
+    Ws(Box<ClientWs>),
+}
+
+impl Wire {
+    async fn open(endpoint: &Endpoint) -> Result<Wire, ClientError> {
+        match endpoint {
+            Endpoint::Udp(addr) => {
+                let local: SocketAddr = if addr.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let s = UdpSocket::bind(local).await.map_err(ClientError::io)?;
+                // Connected: an ICMP "port unreachable" surfaces as ConnectionRefused.
+                s.connect(addr).await.map_err(ClientError::io)?;
+                Ok(Wire::Udp(s))
+            }
+            Endpoint::Ws(url, ca) => Ok(Wire::Ws(Box::new(
+                net::connect(url, ca.as_deref(), MAX_PACKET)
+                    .await
+                    .map_err(ClientError::Connect)?,
+            ))),
+        }
+    }
+
+    async fn send(&mut self, packet: &[u8]) -> Result<(), ClientError> {
+        match self {
+            Wire::Udp(s) => s.send(packet).await.map(|_| ()).map_err(ClientError::io),
+            Wire::Ws(ws) => ws
+                .send(Message::Binary(packet.to_vec().into()))
+                .await
+                .map_err(|e| ClientError::Closed(e.to_string())),
+        }
+    }
+
+    /// The next packet; an error when the socket closed or failed.
+    async fn recv(&mut self) -> Result<Vec<u8>, ClientError> {
+        match self {
+            Wire::Udp(s) => {
+                let mut buf = vec![0u8; MAX_PACKET + 1];
+                let n = s.recv(&mut buf).await.map_err(ClientError::io)?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Wire::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
+                    Some(Ok(Message::Close(f))) => {
+                        let why = f.map_or_else(String::new, |f| {
+                            format!("code {} {}", u16::from(f.code), f.reason)
+                        });
+                        return Err(ClientError::Closed(format!("the broker closed ({why})")));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
+                    None => return Err(ClientError::Closed("connection closed".into())),
+                }
+            },
+        }
+    }
+
+    /// Ends a WebSocket with a close handshake (bounded to one second); nothing for UDP.
+    async fn close(&mut self) {
+        if let Wire::Ws(ws) = self {
+            let _ = tokio::time::timeout(Duration::from_secs(1), (**ws).close(None)).await;
+        }
+    }
+
+    fn describe(endpoint: &Endpoint) -> String {
+        match endpoint {
+            Endpoint::Udp(a) => format!("udp {a}"),
+            Endpoint::Ws(u, _) => u.clone(),
+        }
+    }
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + Duration::from_millis(ms.min(1 << 40)))
+    }
+}
+
+async fn login(
+    wire: &mut Wire,
+    o: &DeviceOptions,
+    clock: &Clock,
+) -> Result<(Link, u16), ClientError> {
+    let via = Wire::describe(&o.endpoint);
+    let mut hs = ClientHandshake::new(Address::device(o.id), o.key.clone(), o.since_id);
+    let mut out = [0u8; MAX_PACKET];
+    let hello = hs
+        .start(clock.ms(), rand::random(), &mut out)
+        .map_err(|e| ClientError::Protocol(format!("{e:?}")))?
+        .to_vec();
+    wire.send(&hello).await?;
+    let give_up = tokio::time::Instant::now() + o.login_timeout;
+    loop {
+        let retry = clock.at(hs.poll_timeout().unwrap_or(u64::MAX));
+        tokio::select! {
+            _ = tokio::time::sleep_until(give_up) => {
+                return Err(ClientError::Connect(format!(
+                    "no answer from the broker at {via} within {} s (is it running? right address?)",
+                    o.login_timeout.as_secs()
+                )));
+            }
+            _ = tokio::time::sleep_until(retry) => {
+                if let Ok(Some(p)) = hs.handle_timeout(clock.ms(), rand::random(), &mut out) {
+                    let p = p.to_vec();
+                    wire.send(&p).await?;
+                }
+            }
+            p = wire.recv() => {
+                let mut p = match p {
+                    Ok(p) => p,
+                    Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return Err(ClientError::Connect(format!(
+                            "cannot reach the broker at {via}: connection refused (is it running?)"
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                };
+                match hs.on_packet(&mut p, &mut out) {
+                    Ok(ClientEvent::Send(login)) => {
+                        let login = login.to_vec();
+                        wire.send(&login).await?;
+                    }
+                    Ok(ClientEvent::Established(e)) => {
+                        o.printer.print(&Event::Connected {
+                            address: Address::device(o.id),
+                            via: via.clone(),
+                            heartbeat_secs: e.welcome.heartbeat_secs,
+                        });
+                        let link = Link::new(e.session, e.welcome.heartbeat_secs, clock.ms());
+                        return Ok((link, e.welcome.max_payload));
+                    }
+                    Ok(ClientEvent::Rejected(r)) => {
+                        return Err(ClientError::Rejected {
+                            code: r.code,
+                            hint: reject_hint(r.code),
+                        });
+                    }
+                    Ok(ClientEvent::Ignored) | Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn reject_hint(code: Code) -> String {
+    match code {
+        Code::AUTH_FAILED | Code::UNKNOWN_TERMINAL => {
+            "the device key does not match the broker's: is --data-dir the broker's data \
+             directory, or --key/--master-key right?"
+                .into()
+        }
+        c => c.description().into(),
+    }
+}
+
+/// Says Goodbye (it carries the acknowledgement of everything received) and closes.
+async fn finish(wire: &mut Wire, link: &mut Link, clock: &Clock) -> Result<(), ClientError> {
+    let goodbye = Body::Goodbye {
+        reason: Code::NORMAL,
+    };
+    send_body(wire, link, clock, &goodbye).await?;
+    wire.close().await;
+    Ok(())
+}
+
+/// Sends `body` through the link.
+async fn send_body(
+    wire: &mut Wire,
+    link: &mut Link,
+    clock: &Clock,
+    body: &Body<'_>,
+) -> Result<Option<u32>, ClientError> {
+    let (packets, seq) = link
+        .send(body, clock.ms(), rand::random())
+        .map_err(ClientError::Link)?;
+    for p in packets {
+        wire.send(&p).await?;
+    }
+    Ok(seq)
+}
+
+/// Runs the device until `quit`, Ctrl-C, `--count` deliveries, or a failure.
+pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<(), ClientError> {
+    let clock = Clock(Instant::now());
+    let mut wire = Wire::open(&o.endpoint).await?;
+    let (mut link, max_payload) = login(&mut wire, &o, &clock).await?;
+    let mut delivered = 0u64;
+    let mut next_id = 1u32;
+    let mut stdin_open = true;
+    loop {
+        let due = clock.at(link.next_deadline());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                return finish(&mut wire, &mut link, &clock).await;
+            }
+            _ = tokio::time::sleep_until(due) => {
+                for p in link.poll(clock.ms(), rand::random()).map_err(ClientError::Link)? {
+                    wire.send(&p).await?;
+                }
+            }
+            line = lines.recv(), if stdin_open => {
+                let Some(line) = line else {
+                    stdin_open = false;
+                    continue;
+                };
+                let cmd = match input::parse(&line, Role::Device) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        continue;
+                    }
+                };
+                let payload_len = match &cmd {
+                    Input::Send { payload, .. }
+                    | Input::Upload { payload, .. }
+                    | Input::Request { payload, .. }
+                    | Input::Result { payload, .. } => payload.len(),
+                    _ => 0,
+                };
+                if payload_len > usize::from(max_payload) {
+                    eprintln!("payload of {payload_len} bytes exceeds the broker's limit of {max_payload}");
+                    continue;
+                }
+                let id = next_id;
+                let (what, body) = match &cmd {
+                    Input::Nothing | Input::Ack(_) => continue,
+                    Input::Quit => {
+                        return finish(&mut wire, &mut link, &clock).await;
+                    }
+                    Input::Ping => ("ping", Body::Ping),
+                    Input::Send { to, payload } => ("send", Body::Send { to: *to, payload }),
+                    Input::Upload { topic, payload } => {
+                        ("upload", Body::Upload { upload_id: id, topic, payload })
+                    }
+                    Input::Request { path, payload } => {
+                        ("request", Body::Request { req_id: id, path, payload })
+                    }
+                    Input::Result { cmd_id, status, payload } => (
+                        "result",
+                        Body::CommandResult { cmd_id: *cmd_id, status: *status, payload },
+                    ),
+                };
+                if let Err(e) = body.check_limits() {
+                    eprintln!("cannot send: {e:?}");
+                    continue;
+                }
+                let seq = send_body(&mut wire, &mut link, &clock, &body).await?;
+                let shown = match what {
+                    "upload" | "request" => {
+                        next_id = next_id.wrapping_add(1).max(1);
+                        Some(id)
+                    }
+                    "ping" => None,
+                    _ => seq,
+                };
+                if let Some(id) = shown {
+                    o.printer.print(&Event::Sent { what, id });
+                }
+            }
+            p = wire.recv() => {
+                let mut p = p?;
+                match link.on_packet(&mut p, clock.ms()) {
+                    Incoming::Nothing => {}
+                    Incoming::Command { cmd_id, name, payload } => {
+                        o.printer.print(&Event::Command { cmd_id, name, payload });
+                        if let Answer::Auto(status, reply) = &o.answer {
+                            let body = Body::CommandResult { cmd_id, status: *status, payload: reply };
+                            send_body(&mut wire, &mut link, &clock, &body).await?;
+                            o.printer.print(&Event::Answered {
+                                cmd_id,
+                                status: *status,
+                                payload: reply.clone(),
+                            });
+                        }
+                    }
+                    Incoming::Event(e) => {
+                        o.printer.print(&e);
+                        match e {
+                            Event::Kick { reason } => return Err(ClientError::Kicked(reason)),
+                            Event::Goodbye { .. } => return Ok(()),
+                            Event::Deliver { .. } => {
+                                delivered += 1;
+                                if o.count.is_some_and(|c| delivered >= c) {
+                                    return finish(&mut wire, &mut link, &clock).await;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The device client's session state after login, sans-IO: sealing and opening DATA packets
+//! (`SecureSession`), the reliability windows (`SendWindow` / `RecvWindow` from shared-protocol),
+//! delayed acknowledgements, heartbeats and the liveness check. Time (`now_ms`, monotonic) and
+//! jitter are passed in; the caller does the socket I/O (see [`super::device`]).
+//!
+//! Reliable bodies are stored postcard-encoded in the send window and framed again (fresh `ack`,
+//! new DATA counter) on retransmission. Bodies that find the window full wait in a FIFO queue.
+
+use std::collections::VecDeque;
+
+use shared_protocol::frame::{Body, Frame};
+use shared_protocol::limits::MAX_PACKET;
+use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
+use shared_protocol::session::SecureSession;
+
+use super::output::Event;
+
+/// Reliable frames in flight (the protocol's `MAX_IN_FLIGHT`).
+const WINDOW: usize = 16;
+
+/// The session is over.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// Retransmission gave up on a frame (protocol section 5).
+    #[error("the broker stopped acknowledging (retransmission gave up)")]
+    PeerDead,
+    /// Nothing authentic arrived for three heartbeat intervals (protocol section 6).
+    #[error("no packet from the broker for {0} s")]
+    Silent(u64),
+    /// A body could not be framed (too large for a packet, or the session is exhausted).
+    #[error("cannot send: {0}")]
+    Encode(String),
+}
+
+/// A received frame the caller must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Print it.
+    Event(Event),
+    /// A command: print it and answer it (automatically or from stdin).
+    Command {
+        /// Its id.
+        cmd_id: u32,
+        /// Name.
+        name: String,
+        /// Arguments.
+        payload: Vec<u8>,
+    },
+    /// Nothing for the user (ack, pong, duplicate, unreadable).
+    Nothing,
+}
+
+/// One logged-in device session.
+pub struct Link {
+    session: SecureSession,
+    send: SendWindow<WINDOW, MAX_PACKET>,
+    recv: RecvWindow,
+    waiting: VecDeque<Vec<u8>>,
+    heartbeat_ms: u64,
+    last_sent_ms: u64,
+    last_heard_ms: u64,
+}
+
+impl Link {
+    /// A link for an established `session` with the WELCOME's heartbeat, at `now_ms`.
+    pub fn new(session: SecureSession, heartbeat_secs: u16, now_ms: u64) -> Link {
+        Link {
+            session,
+            send: SendWindow::new(),
+            recv: RecvWindow::new(),
+            waiting: VecDeque::new(),
+            heartbeat_ms: u64::from(heartbeat_secs.max(1)) * 1000,
+            last_sent_ms: now_ms,
+            last_heard_ms: now_ms,
+        }
+    }
+
+    fn seal(&mut self, seq: u32, body: Body<'_>, now_ms: u64) -> Result<Vec<u8>, LinkError> {
+        let frame = Frame {
+            seq,
+            ack: self.recv.ack(),
+            body,
+        };
+        let mut out = vec![0u8; MAX_PACKET];
+        let n = self
+            .session
+            .seal_frame(&frame, &mut out)
+            .map_err(|e| LinkError::Encode(e.to_string()))?;
+        out.truncate(n);
+        self.recv.on_ack_sent();
+        self.last_sent_ms = now_ms;
+        Ok(out)
+    }
+
+    /// Queues `body` (reliable bodies go through the send window) and returns the packets to
+    /// send now. For a reliable body, the returned `u32` is its `seq` when it went out at once.
+    pub fn send(
+        &mut self,
+        body: &Body<'_>,
+        now_ms: u64,
+        jitter: u16,
+    ) -> Result<(Vec<Vec<u8>>, Option<u32>), LinkError> {
+        if !body.is_reliable() {
+            return Ok((vec![self.seal(0, *body, now_ms)?], None));
+        }
+        let bytes = postcard::to_stdvec(body).map_err(|e| LinkError::Encode(e.to_string()))?;
+        if bytes.len() > MAX_PACKET {
+            return Err(LinkError::Encode("body larger than a packet".into()));
+        }
+        self.waiting.push_back(bytes);
+        let before = self.send.next_seq();
+        let out = self.flush_waiting(now_ms, jitter)?;
+        let seq = (self.send.next_seq() > before).then_some(before);
+        Ok((out, seq))
+    }
+
+    fn flush_waiting(&mut self, now_ms: u64, jitter: u16) -> Result<Vec<Vec<u8>>, LinkError> {
+        let mut out = Vec::new();
+        while self.send.can_send() {
+            let Some(bytes) = self.waiting.pop_front() else {
+                break;
+            };
+            let seq = match self.send.push(&bytes, now_ms, jitter) {
+                Ok(seq) => seq,
+                Err(e) => return Err(LinkError::Encode(format!("{e:?}"))),
+            };
+            let body: Body<'_> =
+                postcard::from_bytes(&bytes).map_err(|e| LinkError::Encode(e.to_string()))?;
+            out.push(self.seal(seq, body, now_ms)?);
+        }
+        Ok(out)
+    }
+
+    /// Opens a received packet; anything not authentic or not decodable is ignored.
+    pub fn on_packet(&mut self, packet: &mut [u8], now_ms: u64) -> Incoming {
+        let Ok(frame) = self.session.open_frame(packet) else {
+            return Incoming::Nothing;
+        };
+        self.last_heard_ms = now_ms;
+        // An ack covering never-sent frames is a violation: ignored (protocol section 5).
+        let _ = self.send.on_ack(frame.ack);
+        match self.recv.on_receive(frame.seq, now_ms) {
+            RecvOutcome::Accept | RecvOutcome::Unreliable => {}
+            RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => return Incoming::Nothing,
+        }
+        let event = match frame.body {
+            Body::Deliver {
+                msg_id,
+                from,
+                payload,
+            } => Event::Deliver {
+                msg_id,
+                from,
+                payload: payload.to_vec(),
+            },
+            Body::Command {
+                cmd_id,
+                name,
+                payload,
+            } => {
+                return Incoming::Command {
+                    cmd_id,
+                    name: name.to_string(),
+                    payload: payload.to_vec(),
+                };
+            }
+            Body::UploadAck { upload_id } => Event::UploadAck { upload_id },
+            Body::Response {
+                req_id,
+                status,
+                payload,
+            } => Event::Response {
+                req_id,
+                status,
+                payload: payload.to_vec(),
+            },
+            Body::Presence { who, online } => Event::Presence { who, online },
+            Body::Kick { reason } => Event::Kick { reason },
+            Body::Goodbye { reason } => Event::Goodbye { reason },
+            Body::Error { code, about_seq } => Event::Error {
+                code,
+                about: (about_seq != 0).then_some(about_seq),
+                message: String::new(),
+            },
+            _ => return Incoming::Nothing,
+        };
+        Incoming::Event(event)
+    }
+
+    /// What is due at `now_ms`: retransmissions, frames that waited for window room, a delayed
+    /// acknowledgement, a heartbeat. Fails when the session is dead.
+    pub fn poll(&mut self, now_ms: u64, jitter: u16) -> Result<Vec<Vec<u8>>, LinkError> {
+        let silence = 3 * self.heartbeat_ms;
+        if now_ms.saturating_sub(self.last_heard_ms) >= silence {
+            return Err(LinkError::Silent(silence / 1000));
+        }
+        let mut out = Vec::new();
+        loop {
+            let (seq, bytes) = match self.send.poll(now_ms, jitter) {
+                None => break,
+                Some(SendEvent::PeerDead) => return Err(LinkError::PeerDead),
+                Some(SendEvent::Retransmit { seq, bytes, .. }) => (seq, bytes.to_vec()),
+            };
+            let body: Body<'_> =
+                postcard::from_bytes(&bytes).map_err(|e| LinkError::Encode(e.to_string()))?;
+            out.push(self.seal(seq, body, now_ms)?);
+        }
+        out.extend(self.flush_waiting(now_ms, jitter)?);
+        if out.is_empty() && self.recv.poll_ack(now_ms).is_some() {
+            out.push(self.seal(0, Body::AckOnly, now_ms)?);
+        }
+        if now_ms.saturating_sub(self.last_sent_ms) >= self.heartbeat_ms {
+            out.push(self.seal(0, Body::Ping, now_ms)?);
+        }
+        Ok(out)
+    }
+
+    /// When [`Link::poll`] must run next.
+    pub fn next_deadline(&self) -> u64 {
+        [
+            self.send.poll_timeout(),
+            self.recv.poll_timeout(),
+            Some(self.last_sent_ms + self.heartbeat_ms),
+            Some(self.last_heard_ms + 3 * self.heartbeat_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_protocol::ids::Address;
+    use shared_protocol::keys::{DirectionKey, SessionKeys};
+    use shared_protocol::reliability::Ack;
+    use shared_protocol::session::Role;
+
+    fn pair() -> (Link, SecureSession) {
+        let keys = SessionKeys {
+            d2b: DirectionKey([1; 32]),
+            b2d: DirectionKey([2; 32]),
+        };
+        let device = SecureSession::new(Role::Device, 9, &keys);
+        let broker = SecureSession::new(Role::Broker, 9, &keys);
+        (Link::new(device, 30, 0), broker)
+    }
+
+    fn open(broker: &mut SecureSession, mut p: Vec<u8>) -> (u32, Ack, String) {
+        let f = broker.open_frame(&mut p).unwrap();
+        (f.seq, f.ack, f.body.name().to_string())
+    }
+
+    #[test]
+    fn reliable_send_retransmits_until_acked_then_heartbeats() {
+        let (mut link, mut broker) = pair();
+        let body = Body::Send {
+            to: Address::device(2),
+            payload: b"hi",
+        };
+        let (out, seq) = link.send(&body, 0, 0).unwrap();
+        assert_eq!(seq, Some(1));
+        assert_eq!(open(&mut broker, out[0].clone()).0, 1);
+        // jitter 0: the first wait is 250 ms.
+        assert!(link.poll(249, 0).unwrap().is_empty());
+        let again = link.poll(250, 0).unwrap();
+        assert_eq!(open(&mut broker, again[0].clone()).0, 1);
+        // The broker acknowledges it: no more retransmissions, next is the heartbeat.
+        let ack = Frame::unreliable(Ack { next: 2, mask: 0 }, Body::AckOnly);
+        let mut p = vec![0u8; MAX_PACKET];
+        let n = broker.seal_frame(&ack, &mut p).unwrap();
+        p.truncate(n);
+        assert_eq!(link.on_packet(&mut p, 300), Incoming::Nothing);
+        assert_eq!(link.next_deadline(), 250 + 30_000);
+        let ping = link.poll(30_250, 0).unwrap();
+        assert_eq!(open(&mut broker, ping[0].clone()).2, "Ping");
+    }
+
+    #[test]
+    fn delivery_is_acked_after_delay_and_duplicates_are_not_reported() {
+        let (mut link, mut broker) = pair();
+        let deliver = Frame {
+            seq: 1,
+            ack: Ack { next: 1, mask: 0 },
+            body: Body::Deliver {
+                msg_id: 4,
+                from: None,
+                payload: b"x",
+            },
+        };
+        let seal = |b: &mut SecureSession| {
+            let mut p = vec![0u8; MAX_PACKET];
+            let n = b.seal_frame(&deliver, &mut p).unwrap();
+            p.truncate(n);
+            p
+        };
+        let mut p1 = seal(&mut broker);
+        let mut p2 = seal(&mut broker);
+        assert!(matches!(
+            link.on_packet(&mut p1, 10),
+            Incoming::Event(Event::Deliver { msg_id: 4, .. })
+        ));
+        assert_eq!(link.on_packet(&mut p2, 20), Incoming::Nothing);
+        assert!(link.poll(59, 0).unwrap().is_empty());
+        let ack = link.poll(60, 0).unwrap();
+        let (seq, a, name) = open(&mut broker, ack[0].clone());
+        assert_eq!((seq, a.next, name.as_str()), (0, 2, "AckOnly"));
+    }
+
+    #[test]
+    fn silence_ends_the_session() {
+        let (mut link, _) = pair();
+        assert_eq!(link.poll(90_000, 0), Err(LinkError::Silent(90)));
+    }
+}

@@ -1,0 +1,387 @@
+//! `broker client`: a command-line terminal that acts as a device or a phone, for trying the
+//! broker out, scripting and tests.
+//!
+//! * [`device`]: a device over UDP or the device WebSocket (shared-protocol handshake, secure
+//!   session and reliability through the sans-IO [`link`]).
+//! * [`phone`]: a phone over the app WebSocket (JSON messages and an HS256 token).
+//! * [`input`]: the stdin command language (`send device:42 hello`, `upload power {..}`, ...).
+//! * [`output`]: one line per event, text or JSON (`--json`).
+//! * [`creds`]: device keys and tokens from flags, the config, or the secrets the broker
+//!   generated into its data directory, so `broker client device --id 42` works next to a broker
+//!   started with `cargo run -p broker` in the same directory.
+//! * [`net`]: `ws://` / `wss://` connections (rustls).
+//!
+//! Defaults come from the same configuration as the broker (`--config`, `BROKER__*`): the
+//! `[listen]` addresses (an unspecified bind address becomes 127.0.0.1), `[tls]`, `[security]`,
+//! `storage.data_dir`. Exit status: 0 after `quit`, Ctrl-C, end of session or `--count`
+//! deliveries; 1 when the broker rejects the login, kicks the session or cannot be reached; 2 for
+//! bad arguments.
+
+pub mod creds;
+pub mod device;
+pub mod input;
+pub mod link;
+pub mod net;
+pub mod output;
+pub mod phone;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use shared_protocol::codes::Code;
+use shared_protocol::ids::{Address, Kind};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+
+/// Why the client stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Bad flags or configuration.
+    #[error("{0}")]
+    Usage(String),
+    /// The broker could not be reached or the connection could not be set up.
+    #[error("{0}")]
+    Connect(String),
+    /// The broker refused the login.
+    #[error("login rejected: {code} ({hint})")]
+    Rejected {
+        /// The reject code.
+        code: Code,
+        /// What it means / what to check.
+        hint: String,
+    },
+    /// The broker ended the session.
+    #[error("kicked by the broker: {0} ({desc})", desc = .0.description())]
+    Kicked(Code),
+    /// The connection ended.
+    #[error("{0}")]
+    Closed(String),
+    /// The session died (no acknowledgement or silence).
+    #[error("session lost: {0}")]
+    Link(#[from] link::LinkError),
+    /// Something the protocol code refused.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A socket error.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    fn io(e: std::io::Error) -> ClientError {
+        ClientError::Io(e)
+    }
+}
+
+/// `broker client`: act as a device or a phone.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    #[command(subcommand)]
+    role: RoleArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleArgs {
+    /// Log in as a device (UDP by default, or the device WebSocket with --ws).
+    ///
+    /// Without --key or --master-key the key is derived from the fleet master key in the config,
+    /// or from the one the broker generated into <data dir>/secrets.toml at its first start:
+    /// next to a broker started with `cargo run -p broker` in the same directory,
+    /// `broker client device --id 42` needs nothing else.
+    ///
+    /// Prints deliveries, commands, presence and kicks, one line each; commands are answered
+    /// automatically (--command-status, --command-reply) unless --manual-commands. Reads
+    /// commands from stdin: send <kind:id> <text> | upload <topic> <text> |
+    /// request <path> <text> | result <cmd_id> <status> [text] | ping | quit.
+    Device(DeviceArgs),
+    /// Log in as a phone over the app WebSocket (JSON).
+    ///
+    /// Without --token or --token-secret a 24 h token is minted with the config's token secret or
+    /// the one the broker generated into <data dir>/secrets.toml. Prints deliveries (acknowledged
+    /// at once unless --manual-ack), ok/error answers, presence and kicks. Reads commands from
+    /// stdin: send <kind:id> <text> | ack [msg_id] | ping | quit.
+    Phone(PhoneArgs),
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The broker's data directory, read for generated secrets [default: storage.data_dir of the
+    /// config, i.e. ./broker-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Highest msg_id already received: stored messages after it are replayed (0: all).
+    #[arg(long, default_value_t = 0)]
+    since_id: u64,
+    /// Exit (status 0) after this many deliveries.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Give up logging in after this many seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    login_timeout: u64,
+    /// PEM certificate(s) to trust for wss:// (a CA or the server's self-signed certificate)
+    /// [default: tls.cert_file when [tls] is enabled and the URL is the default, else public roots].
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DeviceArgs {
+    /// Device id.
+    #[arg(long, allow_hyphen_values = true)]
+    id: String,
+    /// The device key, 64 hex digits.
+    #[arg(long, value_name = "HEX", conflicts_with = "master_key")]
+    key: Option<String>,
+    /// The fleet master key (64 hex digits) to derive the device key from.
+    #[arg(long, value_name = "HEX")]
+    master_key: Option<String>,
+    /// Broker UDP address [default: listen.udp of the config, 127.0.0.1:8083].
+    #[arg(long, value_name = "ADDR", conflicts_with = "ws")]
+    udp: Option<SocketAddr>,
+    /// Use the device WebSocket, at URL [default: ws(s)://<listen.device_ws>/].
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    ws: Option<String>,
+    /// Status of automatic command answers.
+    #[arg(long, default_value_t = 0)]
+    command_status: u16,
+    /// Payload (text) of automatic command answers.
+    #[arg(long, default_value = "ok", value_name = "TEXT")]
+    command_reply: String,
+    /// Do not answer commands automatically; answer with `result <cmd_id> <status> [text]`.
+    #[arg(long)]
+    manual_commands: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct PhoneArgs {
+    /// Phone id (negative in the signed profile).
+    #[arg(long, allow_hyphen_values = true)]
+    id: String,
+    /// An app token (from `broker token --id N`).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_secret")]
+    token: Option<String>,
+    /// The token secret (64 hex digits) to mint a token with.
+    #[arg(long, value_name = "HEX")]
+    token_secret: Option<String>,
+    /// App WebSocket URL [default: ws(s)://<listen.app_ws>/].
+    #[arg(long, value_name = "URL")]
+    app_ws: Option<String>,
+    /// Do not acknowledge deliveries automatically; acknowledge with `ack [msg_id]`.
+    #[arg(long)]
+    manual_ack: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// A listen address as a destination: unspecified (0.0.0.0 / ::) becomes loopback.
+fn dial(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// The default WebSocket URL for a listen address, and the CA file to trust for it.
+fn default_url(config: &Config, listen: SocketAddr) -> (String, Option<PathBuf>) {
+    let a = dial(listen);
+    if config.tls.enabled {
+        // The certificate names a host, not an address, most of the time: use localhost.
+        let host = if a.ip().is_loopback() {
+            "localhost".to_string()
+        } else {
+            a.ip().to_string()
+        };
+        let ca = (!config.tls.cert_file.is_empty()).then(|| PathBuf::from(&config.tls.cert_file));
+        (format!("wss://{host}:{}/", a.port()), ca)
+    } else {
+        (format!("ws://{a}/"), None)
+    }
+}
+
+fn parse_id(id: &str, kind: Kind, config: &Config) -> Result<Address, ClientError> {
+    let bits = match crate::terminal::parse_id(id) {
+        Some(v) if v != 0 => v,
+        _ => {
+            return Err(ClientError::Usage(format!(
+                "`{id}` is not a non-zero 32-bit id"
+            )));
+        }
+    };
+    let address = Address { kind, id: bits };
+    config.identity.profile.validate(address).map_err(|e| {
+        ClientError::Usage(format!(
+            "{address}: {e} (profile {})",
+            config.identity.profile
+        ))
+    })?;
+    Ok(address)
+}
+
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
+    match args.role {
+        RoleArgs::Device(a) => {
+            let c = &a.common;
+            let data_dir = c
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| config.storage.data_dir.clone());
+            let address = parse_id(&a.id, Kind::Device, config)?;
+            let key = creds::device_key(
+                config,
+                &data_dir,
+                address.id,
+                a.key.as_deref(),
+                a.master_key.as_deref(),
+            )
+            .map_err(ClientError::Usage)?;
+            let endpoint = match (&a.ws, a.udp) {
+                (Some(url), _) if !url.is_empty() => {
+                    device::Endpoint::Ws(url.clone(), c.ca_file.clone())
+                }
+                (Some(_), _) => {
+                    let (url, ca) = default_url(config, config.listen.device_ws);
+                    device::Endpoint::Ws(url, c.ca_file.clone().or(ca))
+                }
+                (None, Some(addr)) => device::Endpoint::Udp(addr),
+                (None, None) => device::Endpoint::Udp(dial(config.listen.udp)),
+            };
+            let answer = if a.manual_commands {
+                device::Answer::Manual
+            } else {
+                device::Answer::Auto(a.command_status, a.command_reply.clone().into_bytes())
+            };
+            let o = device::DeviceOptions {
+                id: address.id,
+                key,
+                endpoint,
+                since_id: c.since_id,
+                answer,
+                count: c.count,
+                login_timeout: Duration::from_secs(c.login_timeout),
+                printer: output::Printer { json: c.json },
+            };
+            device::run(o, stdin_lines()).await
+        }
+        RoleArgs::Phone(a) => {
+            let c = &a.common;
+            let data_dir = c
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| config.storage.data_dir.clone());
+            let address = parse_id(&a.id, Kind::Phone, config)?;
+            let token = creds::phone_token(
+                config,
+                &data_dir,
+                address,
+                a.token.as_deref(),
+                a.token_secret.as_deref(),
+            )
+            .map_err(ClientError::Usage)?;
+            let (url, ca) = match &a.app_ws {
+                Some(url) => (url.clone(), c.ca_file.clone()),
+                None => {
+                    let (url, ca) = default_url(config, config.listen.app_ws);
+                    (url, c.ca_file.clone().or(ca))
+                }
+            };
+            let o = phone::PhoneOptions {
+                address,
+                token,
+                url,
+                ca_file: ca,
+                since_id: c.since_id,
+                manual_ack: a.manual_ack,
+                count: c.count,
+                login_timeout: Duration::from_secs(c.login_timeout),
+                printer: output::Printer { json: c.json },
+            };
+            phone::run(o, stdin_lines()).await
+        }
+    }
+}
+
+/// Runs `broker client ...` with the loaded configuration; prints failures to stderr.
+pub fn cli(config: &Config, args: ClientArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("broker client: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(config, args));
+    // The stdin reader sits in a blocking read: do not wait for it.
+    rt.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("broker client: {e}");
+            match e {
+                ClientError::Usage(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_config() {
+        let mut c = Config::default();
+        assert_eq!(
+            dial("0.0.0.0:8083".parse().unwrap()),
+            "127.0.0.1:8083".parse().unwrap()
+        );
+        assert_eq!(
+            default_url(&c, c.listen.device_ws),
+            ("ws://127.0.0.1:8081/".into(), None)
+        );
+        c.tls.enabled = true;
+        c.tls.cert_file = "/etc/cert.pem".into();
+        assert_eq!(
+            default_url(&c, c.listen.app_ws),
+            (
+                "wss://localhost:8082/".into(),
+                Some(PathBuf::from("/etc/cert.pem"))
+            )
+        );
+        assert!(matches!(
+            parse_id("0", Kind::Device, &c),
+            Err(ClientError::Usage(_))
+        ));
+        assert_eq!(
+            parse_id("42", Kind::Device, &c).unwrap(),
+            Address::device(42)
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The client's WebSocket connection: `ws://` over TCP or `wss://` over rustls (ring), as a
+//! [`WebSocketStream`] over the comet's [`Stream`] (which holds either). For `wss://` the client
+//! trusts the certificates of `--ca-file` (a CA or a self-signed server certificate), else the
+//! public web roots.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::comet::tls::{Stream, provider, read_certs};
+
+/// A client WebSocket, plain or TLS.
+pub type ClientWs = WebSocketStream<Stream>;
+
+/// The rustls client configuration trusting `ca_file` or the public web roots.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_certs(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Connects to `url` (`ws://` or `wss://`) and completes the WebSocket handshake.
+pub async fn connect(
+    url: &str,
+    ca_file: Option<&Path>,
+    max_message: usize,
+) -> Result<ClientWs, String> {
+    let request = url
+        .into_client_request()
+        .map_err(|e| format!("`{url}`: {e}"))?;
+    let uri = request.uri().clone();
+    let tls = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(format!("`{url}`: the URL must start with ws:// or wss://")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("`{url}`: no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e} (is the broker running?)"))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = if tls {
+        let config = client_config(ca_file)?;
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let s = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {url} failed: {e}"))?;
+        Stream::Tls(Box::new(s.into()))
+    } else {
+        Stream::Plain(tcp)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .map_err(|e| format!("WebSocket handshake with {url} failed: {e}"))?;
+    Ok(ws)
+}

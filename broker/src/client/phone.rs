@@ -1,0 +1,210 @@
+//! `broker client phone`: an app over the app WebSocket (JSON, docs/protocol.md section 7)
+//! through `shared_protocol::json`. It authenticates with a token in the first message, prints
+//! deliveries (acknowledged at once unless `--manual-ack`; then `ack [msg_id]` on stdin), `ok` /
+//! `error` answers to its sends, presence and kicks, and pings when it has sent nothing for the
+//! welcome's heartbeat interval.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shared_protocol::codes::Code;
+use shared_protocol::ids::Address;
+use shared_protocol::json::{AckMsg, Auth, ClientMessage, Goodbye, SendMsg, ServerMessage};
+use shared_protocol::limits::MAX_JSON_MESSAGE;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::ClientError;
+use super::input::{self, Input, Role};
+use super::net::{self, ClientWs};
+use super::output::{Event, Printer};
+
+/// Everything `broker client phone` needs.
+pub struct PhoneOptions {
+    /// Who we are (for the connected line).
+    pub address: Address,
+    /// The app token.
+    pub token: String,
+    /// App WebSocket URL.
+    pub url: String,
+    /// CA file for `wss://`.
+    pub ca_file: Option<PathBuf>,
+    /// Highest msg_id already received.
+    pub since_id: u64,
+    /// Acknowledge deliveries only on `ack` from stdin.
+    pub manual_ack: bool,
+    /// Exit after this many deliveries.
+    pub count: Option<u64>,
+    /// Login timeout.
+    pub login_timeout: Duration,
+    /// Output.
+    pub printer: Printer,
+}
+
+async fn send(ws: &mut ClientWs, msg: &ClientMessage) -> Result<(), ClientError> {
+    let text = msg
+        .encode()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| ClientError::Closed(e.to_string()))
+}
+
+async fn recv(ws: &mut ClientWs) -> Result<ServerMessage, ClientError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => match ServerMessage::decode(t.as_bytes()) {
+                Ok(m) => return Ok(m),
+                // Unknown types from newer brokers are ignored (protocol section 7).
+                Err(e) => tracing::debug!(error = %e, "ignored server message"),
+            },
+            Some(Ok(Message::Close(f))) => {
+                let why = f.map_or_else(String::new, |f| {
+                    format!("code {} {}", u16::from(f.code), f.reason)
+                });
+                return Err(ClientError::Closed(format!("the broker closed ({why})")));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
+            None => return Err(ClientError::Closed("connection closed".into())),
+        }
+    }
+}
+
+async fn quit(ws: &mut ClientWs) -> Result<(), ClientError> {
+    let bye = ClientMessage::Goodbye(Goodbye {
+        reason: Code::NORMAL,
+    });
+    send(ws, &bye).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    Ok(())
+}
+
+/// Runs the phone until `quit`, Ctrl-C, `--count` deliveries, or a failure.
+pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(), ClientError> {
+    let mut ws = net::connect(&o.url, o.ca_file.as_deref(), MAX_JSON_MESSAGE)
+        .await
+        .map_err(ClientError::Connect)?;
+    let auth = ClientMessage::Auth(Auth {
+        token: o.token.clone(),
+        since_id: o.since_id,
+    });
+    send(&mut ws, &auth).await?;
+    let welcome = match tokio::time::timeout(o.login_timeout, recv(&mut ws)).await {
+        Err(_) => {
+            return Err(ClientError::Connect(format!(
+                "no answer to auth from {} within {} s",
+                o.url,
+                o.login_timeout.as_secs()
+            )));
+        }
+        Ok(r) => r?,
+    };
+    let heartbeat = match welcome {
+        ServerMessage::Welcome(w) => {
+            o.printer.print(&Event::Connected {
+                address: w.address,
+                via: o.url.clone(),
+                heartbeat_secs: w.heartbeat_secs,
+            });
+            Duration::from_secs(u64::from(w.heartbeat_secs.max(1)))
+        }
+        ServerMessage::Reject(r) => {
+            return Err(ClientError::Rejected {
+                code: r.code,
+                hint: r.reason,
+            });
+        }
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "expected welcome, got {}",
+                other.type_name()
+            )));
+        }
+    };
+    let mut last_sent = Instant::now();
+    let mut pending: Vec<u64> = Vec::new();
+    let mut delivered = 0u64;
+    let mut next_ref = 1u32;
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return quit(&mut ws).await,
+            _ = tokio::time::sleep_until(last_sent + heartbeat) => {
+                send(&mut ws, &ClientMessage::Ping).await?;
+                last_sent = Instant::now();
+            }
+            line = lines.recv(), if stdin_open => {
+                let Some(line) = line else {
+                    stdin_open = false;
+                    continue;
+                };
+                let msgs = match input::parse(&line, Role::Phone) {
+                    Err(e) => {
+                        eprintln!("{e}");
+                        continue;
+                    }
+                    Ok(Input::Quit) => return quit(&mut ws).await,
+                    Ok(Input::Ping) => vec![ClientMessage::Ping],
+                    Ok(Input::Send { to, payload }) => {
+                        let reference = next_ref;
+                        next_ref = next_ref.wrapping_add(1);
+                        o.printer.print(&Event::Sent { what: "send", id: reference });
+                        vec![ClientMessage::Send(SendMsg { to, payload, reference })]
+                    }
+                    Ok(Input::Ack(Some(msg_id))) => {
+                        pending.retain(|m| *m != msg_id);
+                        vec![ClientMessage::Ack(AckMsg { msg_id })]
+                    }
+                    Ok(Input::Ack(None)) => pending
+                        .drain(..)
+                        .map(|msg_id| ClientMessage::Ack(AckMsg { msg_id }))
+                        .collect(),
+                    Ok(_) => continue,
+                };
+                for m in &msgs {
+                    send(&mut ws, m).await?;
+                }
+                last_sent = Instant::now();
+            }
+            m = recv(&mut ws) => {
+                let event = match m? {
+                    ServerMessage::Deliver(d) => {
+                        if o.manual_ack {
+                            pending.push(d.msg_id);
+                        } else {
+                            send(&mut ws, &ClientMessage::Ack(AckMsg { msg_id: d.msg_id })).await?;
+                            last_sent = Instant::now();
+                        }
+                        delivered += 1;
+                        Event::Deliver { msg_id: d.msg_id, from: d.from, payload: d.payload }
+                    }
+                    ServerMessage::Ok(ok) => Event::Ok { reference: ok.reference },
+                    ServerMessage::Error(e) => Event::Error {
+                        code: e.code,
+                        about: e.reference,
+                        message: e.message,
+                    },
+                    ServerMessage::Presence(p) => Event::Presence { who: p.who, online: p.online },
+                    ServerMessage::Kick(k) => {
+                        o.printer.print(&Event::Kick { reason: k.reason });
+                        return Err(ClientError::Kicked(k.reason));
+                    }
+                    ServerMessage::Goodbye(g) => {
+                        o.printer.print(&Event::Goodbye { reason: g.reason });
+                        return Ok(());
+                    }
+                    ServerMessage::Pong(_) | ServerMessage::Welcome(_) | ServerMessage::Reject(_) => {
+                        continue;
+                    }
+                };
+                o.printer.print(&event);
+                if o.count.is_some_and(|c| delivered >= c) {
+                    return quit(&mut ws).await;
+                }
+            }
+        }
+    }
+}

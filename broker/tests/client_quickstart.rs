@@ -1,0 +1,284 @@
+//! The README quick start, for real: the `broker` binary on 127.0.0.1 ports with a temporary
+//! data directory, `broker client device --id 42` and `broker client phone` as separate
+//! processes reading the secrets the broker generated, a push and a command through the HTTP API
+//! with the generated API token, and a phone-to-device send. Also: a wrong key exits non-zero
+//! with a clear message.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A spawned process whose stdout lines arrive on a channel; killed (by its PID) on drop.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(config: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn broker binary");
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with `{needle}`; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    data: PathBuf,
+    http: String,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    let data = dir.path().join("broker-data");
+    let http = format!("127.0.0.1:{}", free_tcp());
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"{http}\"\ndevice_ws = \"127.0.0.1:{}\"\napp_ws = \"127.0.0.1:{}\"\n\
+             udp = \"127.0.0.1:{}\"\n[storage]\ndata_dir = {data:?}\n",
+            free_tcp(),
+            free_tcp(),
+            free_udp()
+        ),
+    )
+    .unwrap();
+    Setup {
+        _dir: dir,
+        config,
+        data,
+        http: format!("http://{http}"),
+    }
+}
+
+/// The API token the broker generated (what the README tells users to read).
+fn api_token(data: &Path) -> String {
+    let text = std::fs::read_to_string(data.join("secrets.toml")).unwrap();
+    let t: toml::Table = text.parse().unwrap();
+    t["api_token"].as_str().unwrap().to_string()
+}
+
+async fn api(s: &Setup, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", s.http))
+        .bearer_auth(api_token(&s.data));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_command_and_phone_send_reach_the_cli_clients() {
+    let s = setup();
+    let started = Instant::now();
+    let mut broker = Proc::spawn(&s.config, &[]);
+    broker.expect("HTTP API on http://");
+
+    let mut device = Proc::spawn(&s.config, &["client", "device", "--id", "42"]);
+    device.expect("connected as device:42 via udp 127.0.0.1:");
+
+    let (status, body) = api(
+        &s,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": {"terminal": {"kind": "device", "id": 42}}, "text": "hello"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let line = device.expect("deliver #");
+    assert!(line.ends_with("from backend: hello"), "{line}");
+    eprintln!("broker start to delivery: {:?}", started.elapsed());
+
+    let (status, body) = api(
+        &s,
+        reqwest::Method::POST,
+        "/v1/devices/42/commands",
+        Some(json!({"name": "relay", "text": "on"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": 0, "payload": "b2s="}));
+    device.expect("command #");
+    device.expect("answered #");
+
+    // A phone bound to the device sends to it through the app WebSocket.
+    let (status, body) = api(&s, reqwest::Method::PUT, "/v1/bindings/7/42", None).await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    let mut phone = Proc::spawn(&s.config, &["client", "phone", "--id", "7", "--json"]);
+    let connected: Value = serde_json::from_str(&phone.expect("\"connected\"")).unwrap();
+    assert_eq!(connected["address"], json!({"kind": "phone", "id": 7}));
+    phone.say("send device:42 relay on please");
+    let ok: Value = serde_json::from_str(&phone.expect("\"ok\"")).unwrap();
+    assert_eq!(ok["ref"], 1);
+    let line = device.expect("from phone:7");
+    assert!(line.ends_with(": relay on please"), "{line}");
+
+    // The device uploads; the upload is acknowledged once durable and readable via the API.
+    device.say("upload power {\"w\":3}");
+    device.expect("upload #1 durable");
+
+    device.say("quit");
+    assert_eq!(device.wait_exit(), 0);
+    phone.say("quit");
+    assert_eq!(phone.wait_exit(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_or_no_broker_exits_non_zero_with_a_reason() {
+    let s = setup();
+    // No broker yet and no secrets: a clear message, exit 2.
+    let mut early = Proc::spawn(&s.config, &["client", "device", "--id", "42"]);
+    assert_eq!(early.wait_exit(), 2);
+    early.expect("start the broker once");
+    // A key but no broker listening: UDP port unreachable.
+    let key = "11".repeat(32);
+    let mut nobody = Proc::spawn(
+        &s.config,
+        &[
+            "client",
+            "device",
+            "--id",
+            "42",
+            "--key",
+            &key,
+            "--login-timeout",
+            "3",
+        ],
+    );
+    assert_eq!(nobody.wait_exit(), 1);
+    nobody.expect("broker client: ");
+
+    let mut broker = Proc::spawn(&s.config, &[]);
+    broker.expect("HTTP API on http://");
+    let mut wrong = Proc::spawn(
+        &s.config,
+        &["client", "device", "--id", "42", "--key", &key],
+    );
+    assert_eq!(wrong.wait_exit(), 1);
+    wrong.expect("login rejected: AUTH_FAILED");
+
+    let mut bad_token = Proc::spawn(
+        &s.config,
+        &["client", "phone", "--id", "7", "--token", "not-a-token"],
+    );
+    assert_eq!(bad_token.wait_exit(), 1);
+    bad_token.expect("login rejected: BAD_TOKEN");
+
+    // `--count 1` exits 0 after one delivery (over the device WebSocket this time).
+    let mut once = Proc::spawn(
+        &s.config,
+        &["client", "device", "--id", "43", "--ws", "--count", "1"],
+    );
+    once.expect("connected as device:43 via ws://127.0.0.1:");
+    let (status, _) = api(
+        &s,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": {"terminal": {"kind": "device", "id": 43}}, "text": "once"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    once.expect("from backend: once");
+    assert_eq!(once.wait_exit(), 0);
+}
