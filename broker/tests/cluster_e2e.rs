@@ -65,8 +65,26 @@ struct Run {
 impl Run {
     fn new() -> Run {
         Run {
-            id: format!("e2e{}", broker::router::now_ms()),
+            id: format!("e2e{}x{}", broker::router::now_ms(), rand::random::<u16>()),
             env: services(),
+        }
+    }
+
+    /// Deletes this run's Redis keys.
+    async fn clean_redis(&self) {
+        let client = redis::Client::open(self.env["REDIS_URL"].as_str()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.id))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .unwrap();
         }
     }
 
@@ -589,6 +607,7 @@ async fn two_comets_two_msgbus_two_rabbits() {
     rabbits.shutdown().await;
     cleanup_rabbit(&url1, &cfg_a).await;
     cleanup_rabbit(&url2, &cfg_a).await;
+    run.clean_redis().await;
 }
 
 /// A `broker comet --config F` child process, killed (by its PID) when dropped.
@@ -812,4 +831,6 @@ async fn kill_9_of_a_comet_its_devices_reconnect_through_lookup_and_get_what_was
     );
     assert!(moved >= 1);
     bus.stop().await;
+    drop(comets);
+    run.clean_redis().await;
 }
