@@ -8,7 +8,7 @@
 //! `presence` / `kick`, answering each `send` with `ok` or `error` carrying its `ref`. Stored
 //! messages after the `since_id` of `auth` are replayed first, in order (the router's
 //! [`Session`] yields them before live events). Silence for `timeouts.session_secs` ends the
-//! session with `kick` `HEARTBEAT_TIMEOUT`. Close codes as in [`convert`].
+//! session with `kick` `HEARTBEAT_TIMEOUT`. Close codes as in [`convert`](super::convert).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! limits, the WebSocket upgrade and the HELLO / CHALLENGE / LOGIN handshake within
 //! `timeouts.handshake_secs`, then the session loop over the socket, the router's outbound queue
 //! and the [`Link`] timers. Close codes: 1000 after a Goodbye, 1009 for an oversized message,
-//! `4000 + code` when the broker ends the session for protocol `code` (module [`convert`]).
+//! `4000 + code` when the broker ends the session for protocol `code` (module [`convert`](super::convert)).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
