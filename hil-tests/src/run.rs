@@ -1,6 +1,6 @@
 //! Runs one rig: sets up its network (nothing for QEMU and real boards, a namespace with a TAP
 //! for the host TAP board), starts a fresh broker where the board can reach it, then for each
-//! transport boots the board, runs the [`scenario`](crate::scenario) and stops the board.
+//! transport boots the board, runs the scenario (`scenario.rs`) and stops the board.
 //! Set-up failures become a failed `set-up` case, so the report always says what happened.
 
 use std::net::{IpAddr, Ipv4Addr};

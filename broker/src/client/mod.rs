@@ -16,6 +16,9 @@
 //! `storage.data_dir`. Exit status: 0 after `quit`, Ctrl-C, end of session or `--count`
 //! deliveries; 1 when the broker rejects the login, kicks the session or cannot be reached; 2 for
 //! bad arguments.
+// The clap help texts below use `[optional]` and `<placeholder>` as a terminal shows them,
+// not as doc links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 pub mod creds;
 pub mod device;
