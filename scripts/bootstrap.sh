@@ -7,6 +7,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # Debian packages the tests use; each line: package and why.
 packages=(
   qemu-system-arm   # the QEMU mps2-an386 virtual board (real firmware binary, end to end)
+  iproute2          # ip netns / ip tuntap: the HIL host TAP rig's network namespace
 )
 
 missing=()
