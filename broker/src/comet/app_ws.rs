@@ -63,21 +63,13 @@ enum End {
 }
 
 async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let admitted = ctx.conns.try_acquire(ws::peer_ip(peer));
-    let deadline = Instant::now() + ctx.settings.handshake;
-    let config = ws::config(ctx.settings.max_app_message);
-    let upgrade = super::tls::upgrade(ctx.tls.as_ref(), stream, config);
-    let mut ws = match timeout_at(deadline, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "app_ws upgrade failed");
-            return;
-        }
-        Err(_) => {
-            ctx.router.metrics().login_failed(T, "handshake_timeout");
-            return;
-        }
+    let Some(ws::Accepted {
+        mut ws,
+        admitted,
+        deadline,
+    }) = ws::accept(&ctx, stream, peer, ctx.settings.max_app_message, T).await
+    else {
+        return;
     };
     let guard = match admitted {
         Ok(g) => g,

@@ -47,3 +47,47 @@ pub async fn close(ws: &mut Ws, code: u16, reason: &str) {
 pub fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
     peer.ip().to_canonical()
 }
+
+/// What [`accept`] hands a connection task: the upgraded socket, whether the connection limits
+/// admitted it (the task answers a refusal on the socket), and the login deadline.
+pub(super) struct Accepted {
+    /// The upgraded WebSocket (over TLS when configured).
+    pub ws: Ws,
+    /// The connection-limit guard, or the limit that refused it.
+    pub admitted: Result<super::limits::ConnGuard, super::limits::ConnLimit>,
+    /// When the login must be complete (`HANDSHAKE_TIMEOUT` from the connection's start).
+    pub deadline: tokio::time::Instant,
+}
+
+/// The start every WebSocket endpoint shares: count the connection against the limits, then
+/// upgrade (TLS and WebSocket) within the handshake deadline. `None` when the upgrade failed or
+/// timed out (counted as a `handshake_timeout` login failure); the socket is then dropped.
+pub(super) async fn accept(
+    ctx: &super::Context,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    max_message: usize,
+    transport: crate::router::Transport,
+) -> Option<Accepted> {
+    let _ = stream.set_nodelay(true);
+    let admitted = ctx.conns.try_acquire(peer_ip(peer));
+    let deadline = tokio::time::Instant::now() + ctx.settings.handshake;
+    let upgrade = super::tls::upgrade(ctx.tls.as_ref(), stream, config(max_message));
+    match tokio::time::timeout_at(deadline, upgrade).await {
+        Ok(Ok(ws)) => Some(Accepted {
+            ws,
+            admitted,
+            deadline,
+        }),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, transport = transport.as_str(), error = %e, "websocket upgrade failed");
+            None
+        }
+        Err(_) => {
+            ctx.router
+                .metrics()
+                .login_failed(transport, "handshake_timeout");
+            None
+        }
+    }
+}
