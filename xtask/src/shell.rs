@@ -51,10 +51,43 @@ pub fn timed<T>(name: &str, step: impl FnOnce() -> Result<T, String>) -> Result<
     let result = step();
     let elapsed = start.elapsed().as_secs_f32();
     match &result {
-        Ok(_) => eprintln!("<== {name}: ok in {elapsed:.1} s"),
-        Err(e) => eprintln!("<== {name}: FAILED in {elapsed:.1} s: {e}"),
+        Ok(_) => eprintln!("<== {name}: ok in {elapsed:.1} s{}", disk_note()),
+        Err(e) => eprintln!("<== {name}: FAILED in {elapsed:.1} s{}: {e}", disk_note()),
     }
     result
+}
+
+/// ", N MiB free, target/ holds M MiB" for the project's disk, so a CI log shows where space
+/// went (a CI machine once ran out of it); empty when `df`/`du` are missing.
+fn disk_note() -> String {
+    let root = project_root();
+    let free = Command::new("df")
+        .args(["-Pm"])
+        .arg(&root)
+        .output()
+        .ok()
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = text.lines().nth(1)?.to_owned();
+            line.split_whitespace().nth(3).map(String::from)
+        });
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| root.join(dir))
+        .unwrap_or_else(|| root.join("target"));
+    let target = Command::new("du")
+        .args(["-sm"])
+        .arg(target_dir)
+        .output()
+        .ok()
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split_whitespace().next().map(String::from)
+        });
+    match (free, target) {
+        (Some(free), Some(target)) => format!(" ({free} MiB free, target/ {target} MiB)"),
+        (Some(free), None) => format!(" ({free} MiB free)"),
+        _ => String::new(),
+    }
 }
 
 fn describe(command: &Command) -> String {
