@@ -14,6 +14,7 @@
 //!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
 //! * `comet` (transports: device WebSocket/UDP, app WebSocket): started by [`start`] beside the API.
 //! * [`client`]: `broker client device|phone`, a command-line terminal for trying and scripting.
+//! * [`load`]: `broker load`, the load generator (simulated devices; rates, latencies, memory).
 //!
 //! [`start`] brings a broker up on the configured addresses (port 0 allowed) and returns a
 //! [`Running`] handle with the bound addresses; [`run`] is `start` + wait for `shutdown` + drain.
@@ -25,6 +26,7 @@ pub mod comet;
 pub mod config;
 pub mod discovery;
 pub mod keeper;
+pub mod load;
 pub mod metrics;
 pub mod router;
 pub mod secrets;
@@ -110,13 +112,18 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
-/// What a role plugs into the common start path ([`start_with`]): the stores the router uses and
-/// extra HTTP routes (merged without the bearer layer; they authenticate themselves if needed).
+/// What a role plugs into the common start path ([`start_with`]): the stores the router uses,
+/// extra HTTP routes (merged without the bearer layer; they authenticate themselves if needed),
+/// the metrics (shared with the role's own parts) and the API's cluster view.
 pub struct StartParts {
     /// The router's stores.
     pub stores: store::Stores,
     /// Routes merged into the HTTP API as they are (e.g. the node lookup route).
     pub extra_routes: axum::Router,
+    /// The metrics the router, API and comet record to (and `/metrics` renders).
+    pub metrics: Metrics,
+    /// Cluster mode: commands and online status for terminals on other nodes.
+    pub cluster_api: Option<std::sync::Arc<dyn api::ClusterApi>>,
 }
 
 /// Starts a broker from `config` and returns once every socket is bound.
@@ -134,6 +141,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let parts = StartParts {
         stores: store.stores(),
         extra_routes: axum::Router::new(),
+        metrics: Metrics::new(),
+        cluster_api: None,
     };
     start_with(config, parts).await
 }
@@ -159,8 +168,11 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
             "generated secrets not set in the config (kept for later starts; the API token is in that file)"
         );
     }
-    let metrics = Metrics::new();
-    let router = Router::new(RouterSettings::from_config(config), parts.stores, metrics);
+    let router = Router::new(
+        RouterSettings::from_config(config),
+        parts.stores,
+        parts.metrics,
+    );
     let shutdown = CancellationToken::new();
     let mut tasks = router.spawn_background(shutdown.clone());
 
@@ -203,11 +215,10 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
         comet_addrs.app_ws
     );
 
-    let app = api::app(api::ApiState::new(
-        router.clone(),
-        secrets.api_token.clone(),
-        config,
-    ))
+    let app = api::app(
+        api::ApiState::new(router.clone(), secrets.api_token.clone(), config)
+            .with_cluster(parts.cluster_api),
+    )
     .merge(parts.extra_routes);
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {

@@ -49,6 +49,10 @@ enum Command {
     },
     /// A command-line terminal: log in as a device or a phone, watch deliveries, send from stdin.
     Client(broker::client::ClientArgs),
+    /// Load generator: many simulated devices against a running broker; reports login rate,
+    /// acknowledged uploads per second, latency percentiles and, with --broker-pid, memory per
+    /// session.
+    Load(broker::load::LoadArgs),
     /// Keeps one RabbitMQ node registered in ZooKeeper while it is healthy (docs/discovery.md).
     Rmqkeeper(broker::keeper::KeeperArgs),
     /// Runs a cluster comet node: terminal endpoints over Redis, RabbitMQ and ZooKeeper
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Some(Command::Token { id, kind, ttl }) => token(&config, &id, kind, ttl),
         Some(Command::DeviceKey { id }) => device_key(&config, &id),
         Some(Command::Client(args)) => broker::client::cli(&config, args),
+        Some(Command::Load(args)) => broker::load::cli(&config, args),
         Some(Command::Rmqkeeper(_)) => ExitCode::SUCCESS,
         Some(Command::Comet) => serve_role(config, broker::discovery::Role::Comet),
         Some(Command::Msgbus) => serve_role(config, broker::discovery::Role::Msgbus),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
-use shared_protocol::handshake::{ClientEvent, ClientHandshake};
+use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo};
 use shared_protocol::ids::Address;
 use shared_protocol::keys::DeviceKey;
 use shared_protocol::limits::MAX_PACKET;
@@ -63,13 +63,15 @@ pub struct DeviceOptions {
     pub printer: Printer,
 }
 
-enum Wire {
+/// A device's connection to the broker: a connected UDP socket or a device WebSocket.
+pub(crate) enum Wire {
     Udp(UdpSocket),
     Ws(Box<ClientWs>),
 }
 
 impl Wire {
-    async fn open(endpoint: &Endpoint) -> Result<Wire, ClientError> {
+    /// Opens a connection to `endpoint`.
+    pub(crate) async fn open(endpoint: &Endpoint) -> Result<Wire, ClientError> {
         match endpoint {
             Endpoint::Udp(addr) => {
                 let local: SocketAddr = if addr.is_ipv4() {
@@ -90,7 +92,8 @@ impl Wire {
         }
     }
 
-    async fn send(&mut self, packet: &[u8]) -> Result<(), ClientError> {
+    /// Sends one packet.
+    pub(crate) async fn send(&mut self, packet: &[u8]) -> Result<(), ClientError> {
         match self {
             Wire::Udp(s) => s.send(packet).await.map(|_| ()).map_err(ClientError::io),
             Wire::Ws(ws) => ws
@@ -101,7 +104,7 @@ impl Wire {
     }
 
     /// The next packet; an error when the socket closed or failed.
-    async fn recv(&mut self) -> Result<Vec<u8>, ClientError> {
+    pub(crate) async fn recv(&mut self) -> Result<Vec<u8>, ClientError> {
         match self {
             Wire::Udp(s) => {
                 let mut buf = vec![0u8; MAX_PACKET + 1];
@@ -127,13 +130,14 @@ impl Wire {
     }
 
     /// Ends a WebSocket with a close handshake (bounded to one second); nothing for UDP.
-    async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         if let Wire::Ws(ws) = self {
             let _ = tokio::time::timeout(Duration::from_secs(1), (**ws).close(None)).await;
         }
     }
 
-    fn describe(endpoint: &Endpoint) -> String {
+    /// How `endpoint` is named in messages.
+    pub(crate) fn describe(endpoint: &Endpoint) -> String {
         match endpoint {
             Endpoint::Udp(a) => format!("udp {a}"),
             Endpoint::Ws(u, _) => u.clone(),
@@ -141,39 +145,47 @@ impl Wire {
     }
 }
 
-struct Clock(Instant);
+/// Milliseconds since the client started: the time the sans-IO protocol code is given.
+pub(crate) struct Clock(pub(crate) Instant);
 
 impl Clock {
-    fn ms(&self) -> u64 {
+    /// Now, in ms since the start.
+    pub(crate) fn ms(&self) -> u64 {
         self.0.elapsed().as_millis() as u64
     }
 
-    fn at(&self, ms: u64) -> tokio::time::Instant {
+    /// The tokio instant of `ms` since the start.
+    pub(crate) fn at(&self, ms: u64) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.0 + Duration::from_millis(ms.min(1 << 40)))
     }
 }
 
-async fn login(
+/// Logs device `id` in over `wire` (HELLO, CHALLENGE, LOGIN, WELCOME; HELLO retransmitted by the
+/// handshake's own timer), giving up after `timeout`. `via` names the endpoint in errors.
+pub(crate) async fn login(
     wire: &mut Wire,
-    o: &DeviceOptions,
+    via: &str,
+    id: u32,
+    key: &DeviceKey,
+    since_id: u64,
+    timeout: Duration,
     clock: &Clock,
-) -> Result<(Link, u16), ClientError> {
-    let via = Wire::describe(&o.endpoint);
-    let mut hs = ClientHandshake::new(Address::device(o.id), o.key.clone(), o.since_id);
+) -> Result<(Link, WelcomeInfo), ClientError> {
+    let mut hs = ClientHandshake::new(Address::device(id), key.clone(), since_id);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(clock.ms(), rand::random(), &mut out)
         .map_err(|e| ClientError::Protocol(format!("{e:?}")))?
         .to_vec();
     wire.send(&hello).await?;
-    let give_up = tokio::time::Instant::now() + o.login_timeout;
+    let give_up = tokio::time::Instant::now() + timeout;
     loop {
         let retry = clock.at(hs.poll_timeout().unwrap_or(u64::MAX));
         tokio::select! {
             _ = tokio::time::sleep_until(give_up) => {
                 return Err(ClientError::Connect(format!(
                     "no answer from the broker at {via} within {} s (is it running? right address?)",
-                    o.login_timeout.as_secs()
+                    timeout.as_secs()
                 )));
             }
             _ = tokio::time::sleep_until(retry) => {
@@ -198,13 +210,8 @@ async fn login(
                         wire.send(&login).await?;
                     }
                     Ok(ClientEvent::Established(e)) => {
-                        o.printer.print(&Event::Connected {
-                            address: Address::device(o.id),
-                            via: via.clone(),
-                            heartbeat_secs: e.welcome.heartbeat_secs,
-                        });
                         let link = Link::new(e.session, e.welcome.heartbeat_secs, clock.ms());
-                        return Ok((link, e.welcome.max_payload));
+                        return Ok((link, e.welcome));
                     }
                     Ok(ClientEvent::Rejected(r)) => {
                         return Err(ClientError::Rejected {
@@ -231,7 +238,11 @@ fn reject_hint(code: Code) -> String {
 }
 
 /// Says Goodbye (it carries the acknowledgement of everything received) and closes.
-async fn finish(wire: &mut Wire, link: &mut Link, clock: &Clock) -> Result<(), ClientError> {
+pub(crate) async fn finish(
+    wire: &mut Wire,
+    link: &mut Link,
+    clock: &Clock,
+) -> Result<(), ClientError> {
     let goodbye = Body::Goodbye {
         reason: Code::NORMAL,
     };
@@ -241,7 +252,7 @@ async fn finish(wire: &mut Wire, link: &mut Link, clock: &Clock) -> Result<(), C
 }
 
 /// Sends `body` through the link.
-async fn send_body(
+pub(crate) async fn send_body(
     wire: &mut Wire,
     link: &mut Link,
     clock: &Clock,
@@ -260,7 +271,23 @@ async fn send_body(
 pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<(), ClientError> {
     let clock = Clock(Instant::now());
     let mut wire = Wire::open(&o.endpoint).await?;
-    let (mut link, max_payload) = login(&mut wire, &o, &clock).await?;
+    let via = Wire::describe(&o.endpoint);
+    let (mut link, welcome) = login(
+        &mut wire,
+        &via,
+        o.id,
+        &o.key,
+        o.since_id,
+        o.login_timeout,
+        &clock,
+    )
+    .await?;
+    o.printer.print(&Event::Connected {
+        address: Address::device(o.id),
+        via,
+        heartbeat_secs: welcome.heartbeat_secs,
+    });
+    let max_payload = welcome.max_payload;
     let mut delivered = 0u64;
     let mut next_id = 1u32;
     let mut stdin_open = true;

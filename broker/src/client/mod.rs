@@ -187,7 +187,8 @@ struct PhoneArgs {
 }
 
 /// A listen address as a destination: unspecified (0.0.0.0 / ::) becomes loopback.
-fn dial(addr: SocketAddr) -> SocketAddr {
+/// `addr` with an unspecified IP replaced by loopback: where a client on this machine dials.
+pub(crate) fn dial(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
         IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
@@ -196,7 +197,7 @@ fn dial(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The default WebSocket URL for a listen address, and the CA file to trust for it.
-fn default_url(config: &Config, listen: SocketAddr) -> (String, Option<PathBuf>) {
+pub(crate) fn default_url(config: &Config, listen: SocketAddr) -> (String, Option<PathBuf>) {
     let a = dial(listen);
     if config.tls.enabled {
         // The certificate names a host, not an address, most of the time: use localhost.

@@ -1,0 +1,160 @@
+//! One simulated device of a load run: logs in through the same handshake and [`Link`] as
+//! `broker client device`, then uploads on a fixed interval (at most `in_flight` unacknowledged),
+//! answers commands, and stops at the run's deadline after a grace period for the last
+//! acknowledgements. Live counters feed the progress line; the rest comes back as a
+//! [`DeviceOutcome`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shared_protocol::frame::Body;
+use shared_protocol::keys::DeviceKey;
+
+use super::stats::DeviceOutcome;
+use crate::client::ClientError;
+use crate::client::device::{Clock, Endpoint, Wire, finish, login, send_body};
+use crate::client::link::Incoming;
+use crate::client::output::Event;
+
+/// Counters shared by every device of a run, read by the progress line.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Devices whose login finished (either way).
+    pub logins_done: AtomicU64,
+    /// Devices logged in.
+    pub logged_in: AtomicU64,
+    /// Uploads acknowledged.
+    pub acked: AtomicU64,
+}
+
+/// What every device of a run does.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Where to connect.
+    pub endpoint: Endpoint,
+    /// Give up logging in after this long.
+    pub login_timeout: Duration,
+    /// Time between uploads of one device; `None` for no uploads.
+    pub upload_interval: Option<Duration>,
+    /// Upload payload size in bytes.
+    pub payload_len: usize,
+    /// Unacknowledged uploads allowed per device.
+    pub in_flight: usize,
+    /// When uploading stops.
+    pub stop_at: tokio::time::Instant,
+    /// How long to wait for outstanding acknowledgements after `stop_at`.
+    pub grace: Duration,
+}
+
+/// Runs device `id` from `start_at` to the end of the plan.
+pub async fn run(
+    id: u32,
+    key: DeviceKey,
+    plan: Arc<Plan>,
+    start_at: tokio::time::Instant,
+    live: Arc<Live>,
+) -> DeviceOutcome {
+    tokio::time::sleep_until(start_at).await;
+    let mut outcome = DeviceOutcome::default();
+    let clock = Clock(Instant::now());
+    let via = Wire::describe(&plan.endpoint);
+    let logged_in = match Wire::open(&plan.endpoint).await {
+        Ok(mut wire) => login(&mut wire, &via, id, &key, 0, plan.login_timeout, &clock)
+            .await
+            .map(|(link, _)| (wire, link)),
+        Err(e) => Err(e),
+    };
+    live.logins_done.fetch_add(1, Ordering::Relaxed);
+    let (mut wire, mut link) = match logged_in {
+        Ok(v) => v,
+        Err(e) => {
+            outcome.login_failure = Some(failure_reason(&e));
+            return outcome;
+        }
+    };
+    outcome.login = Some(clock.0.elapsed());
+    live.logged_in.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = steady(&mut wire, &mut link, &clock, &plan, &live, &mut outcome).await {
+        outcome.session_lost = Some(failure_reason(&e));
+        return outcome;
+    }
+    let _ = finish(&mut wire, &mut link, &clock).await;
+    outcome
+}
+
+/// The logged-in phase: uploads, acknowledgements, commands, link timers.
+async fn steady(
+    wire: &mut Wire,
+    link: &mut crate::client::link::Link,
+    clock: &Clock,
+    plan: &Plan,
+    live: &Live,
+    outcome: &mut DeviceOutcome,
+) -> Result<(), ClientError> {
+    let payload = vec![b'x'; plan.payload_len];
+    let mut pending: HashMap<u32, Instant> = HashMap::new();
+    let mut next_upload_id = 1u32;
+    // Spread the first upload over one interval so devices do not upload in lockstep.
+    let mut next_upload = plan
+        .upload_interval
+        .map(|every| tokio::time::Instant::now() + every.mul_f64(rand::random::<f64>()));
+    let give_up = plan.stop_at + plan.grace;
+    loop {
+        let uploading = tokio::time::Instant::now() < plan.stop_at;
+        if !uploading && pending.is_empty() {
+            return Ok(());
+        }
+        let upload_due = next_upload.filter(|_| uploading && pending.len() < plan.in_flight);
+        tokio::select! {
+            _ = tokio::time::sleep_until(give_up) => return Ok(()),
+            _ = tokio::time::sleep_until(upload_due.unwrap_or(give_up)), if upload_due.is_some() => {
+                let upload_id = next_upload_id;
+                next_upload_id = next_upload_id.wrapping_add(1).max(1);
+                let body = Body::Upload { upload_id, topic: "load", payload: &payload };
+                send_body(wire, link, clock, &body).await?;
+                pending.insert(upload_id, Instant::now());
+                outcome.uploads_sent += 1;
+                next_upload = plan.upload_interval.map(|every| tokio::time::Instant::now() + every);
+            }
+            _ = tokio::time::sleep_until(clock.at(link.next_deadline())) => {
+                for p in link.poll(clock.ms(), rand::random())? {
+                    wire.send(&p).await?;
+                }
+            }
+            p = wire.recv() => {
+                let mut p = p?;
+                match link.on_packet(&mut p, clock.ms()) {
+                    Incoming::Event(Event::UploadAck { upload_id }) => {
+                        if let Some(sent) = pending.remove(&upload_id) {
+                            outcome.ack_latency.record(sent.elapsed());
+                            outcome.uploads_acked += 1;
+                            live.acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Incoming::Event(Event::Kick { reason }) => {
+                        return Err(ClientError::Kicked(reason));
+                    }
+                    Incoming::Command { cmd_id, .. } => {
+                        let body = Body::CommandResult { cmd_id, status: 0, payload: b"ok" };
+                        send_body(wire, link, clock, &body).await?;
+                        outcome.commands_answered += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// A short reason to group failures by (the full error names addresses and ids).
+fn failure_reason(e: &ClientError) -> String {
+    match e {
+        ClientError::Rejected { code, .. } => format!("rejected: {code}"),
+        ClientError::Kicked(code) => format!("kicked: {code}"),
+        ClientError::Connect(m) if m.starts_with("no answer") => "login timed out".into(),
+        ClientError::Io(io) => format!("socket: {}", io.kind()),
+        other => other.to_string(),
+    }
+}
