@@ -39,17 +39,19 @@
 //!   [`Stats::rx_dropped`], and changes nothing.
 
 mod event;
+mod login;
 mod outbox;
 mod since;
 
 pub use event::{DisconnectReason, Event};
+pub use login::HANDSHAKE_BUF;
 pub use outbox::OUTBOX;
 pub use since::SINCE_PENDING;
 
 use heapless::{Deque, String, Vec};
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Body, Frame};
-use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo};
+use shared_protocol::handshake::{ClientHandshake, WelcomeInfo};
 use shared_protocol::ids::Address;
 use shared_protocol::limits::MAX_PATH;
 use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
@@ -63,6 +65,7 @@ use crate::queue::{UploadError, UploadId, UploadQueue};
 use crate::rng::Rng;
 use crate::stats::{Stats, bump};
 use crate::time::{Instant, earliest};
+use login::{LoginAttempt, LoginStep};
 use outbox::{OutKind, Outbox};
 use since::SinceTracker;
 
@@ -74,8 +77,6 @@ pub const EVENT_QUEUE: usize = 8;
 /// Events from received frames allowed to wait at once; the rest of [`EVENT_QUEUE`] is kept for
 /// `Connected` / `Disconnected`.
 pub const EVENT_FRAME_LIMIT: usize = 4;
-/// Buffer for a pending HELLO (128 bytes) or LOGIN (about 110 bytes).
-pub const HANDSHAKE_BUF: usize = 160;
 
 /// Bytes stored per in-flight frame: a tag and a 32-bit id.
 const REF_LEN: usize = 5;
@@ -125,15 +126,17 @@ struct Online {
     last_tx: Instant,
 }
 
+// One phase lives in the client's static memory at a time and nothing may allocate, so the
+// login attempt's buffers stay inline rather than boxed.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     Idle,
     Backoff {
         until: Instant,
     },
     Handshaking {
-        handshake: ClientHandshake,
+        attempt: LoginAttempt,
         deadline: Instant,
-        pending: Option<Vec<u8, HANDSHAKE_BUF>>,
     },
     Online(Online),
 }
@@ -255,17 +258,13 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         match &self.phase {
             Phase::Idle => None,
             Phase::Backoff { until } => Some(*until),
-            Phase::Handshaking {
-                handshake,
-                deadline,
-                pending,
-            } => {
-                if pending.is_some() {
+            Phase::Handshaking { attempt, deadline } => {
+                if attempt.has_pending() {
                     return Some(Instant::ZERO);
                 }
                 earliest(
                     Some(*deadline),
-                    handshake.poll_timeout().map(Instant::from_millis),
+                    attempt.poll_timeout().map(Instant::from_millis),
                 )
             }
             Phase::Online(o) => {
@@ -294,22 +293,15 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
                     self.start_attempt(now);
                 }
             }
-            Phase::Handshaking {
-                handshake,
-                deadline,
-                pending,
-            } => {
+            Phase::Handshaking { attempt, deadline } => {
                 if *deadline <= now {
                     self.fail(DisconnectReason::HandshakeTimeout, now);
                     return;
                 }
                 let mut nonce = [0u8; 16];
                 self.rng.fill_bytes(&mut nonce);
-                let mut buf = [0u8; HANDSHAKE_BUF];
-                if let Ok(Some(hello)) = handshake.handle_timeout(now.as_millis(), nonce, &mut buf)
-                {
+                if attempt.handle_timeout(now.as_millis(), nonce) {
                     log_debug!("login: HELLO resent");
-                    *pending = Vec::from_slice(hello).ok();
                 }
             }
             Phase::Online(o) => {
@@ -358,8 +350,8 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
             }
         }
         match &mut self.phase {
-            Phase::Handshaking { pending, .. } => {
-                let packet = pending.take()?;
+            Phase::Handshaking { attempt, .. } => {
+                let packet = attempt.take_pending()?;
                 let out = buf.get_mut(..packet.len())?;
                 out.copy_from_slice(&packet);
                 bump(&mut self.stats.tx_packets);
@@ -423,27 +415,22 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
             bump(&mut self.stats.reconnects);
         }
         self.attempts = self.attempts.saturating_add(1);
-        let mut handshake = ClientHandshake::new(
+        let handshake = ClientHandshake::new(
             Address::device(self.device.device_id),
             self.device.key.clone(),
             self.since.since_id(),
         );
         let mut nonce = [0u8; 16];
         self.rng.fill_bytes(&mut nonce);
-        let mut buf = [0u8; HANDSHAKE_BUF];
-        let pending = handshake
-            .start(now.as_millis(), nonce, &mut buf)
-            .ok()
-            .and_then(|hello| Vec::from_slice(hello).ok());
+        let attempt = LoginAttempt::start(handshake, now.as_millis(), nonce);
         log_info!(
             "login: attempt {} to endpoint {}",
             self.attempts,
             self.endpoint
         );
         self.phase = Phase::Handshaking {
-            handshake,
+            attempt,
             deadline: now.plus_millis(self.config.handshake_timeout_ms),
-            pending,
         };
     }
 
@@ -481,19 +468,12 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
     }
 
     fn handshake_packet(&mut self, packet: &mut [u8], now: Instant) -> Result<(), RxError> {
-        let Phase::Handshaking {
-            handshake, pending, ..
-        } = &mut self.phase
-        else {
+        let Phase::Handshaking { attempt, .. } = &mut self.phase else {
             return Err(RxError::NotExpected);
         };
-        let mut out = [0u8; HANDSHAKE_BUF];
-        match handshake.on_packet(packet, &mut out) {
-            Ok(ClientEvent::Send(login)) => {
-                *pending = Vec::from_slice(login).ok();
-                Ok(())
-            }
-            Ok(ClientEvent::Established(established)) => {
+        match attempt.on_packet(packet) {
+            LoginStep::Progress => Ok(()),
+            LoginStep::Established(established) => {
                 let welcome = established.welcome;
                 log_info!("online: session {}", welcome.session_id);
                 self.phase = Phase::Online(Online {
@@ -518,7 +498,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
                 });
                 Ok(())
             }
-            Ok(ClientEvent::Rejected(reject)) => {
+            LoginStep::Rejected(reject) => {
                 log_warn!("login rejected: code {}", reject.code.0);
                 self.fail(
                     DisconnectReason::Rejected {
@@ -529,7 +509,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
                 );
                 Ok(())
             }
-            Ok(ClientEvent::Ignored) | Err(_) => Err(RxError::HandshakeIgnored),
+            LoginStep::Ignored => Err(RxError::HandshakeIgnored),
         }
     }
 

@@ -285,6 +285,9 @@ struct Net {
     lose_up: bool,
     /// Drop broker-to-device packets while true.
     lose_down: bool,
+    /// Hold broker-to-device packets (in `held`) while true: a slow downlink.
+    hold_down: bool,
+    held: VecDeque<Vec<u8>>,
     events: Vec<Event<TP>>,
     /// (time, connection_id, endpoint index) of each transmitted packet.
     sent: Vec<(Instant, u32, usize)>,
@@ -319,6 +322,8 @@ impl Net {
             to_client: VecDeque::new(),
             lose_up: false,
             lose_down: false,
+            hold_down: false,
+            held: VecDeque::new(),
             events: Vec::new(),
             sent: Vec::new(),
         }
@@ -342,7 +347,9 @@ impl Net {
             }
             while let Some(mut p) = self.to_client.pop_front() {
                 moved = true;
-                if !self.lose_down {
+                if self.hold_down {
+                    self.held.push_back(p);
+                } else if !self.lose_down {
                     let _ = self.client.handle_datagram(&mut p, self.now);
                 }
             }
@@ -369,6 +376,13 @@ impl Net {
         }
         self.now = self.now.max(until);
         self.client.handle_timeout(self.now);
+        self.settle();
+    }
+
+    /// Delivers the held downlink packets, oldest first.
+    fn release_held(&mut self) {
+        self.hold_down = false;
+        self.to_client.extend(self.held.drain(..));
         self.settle();
     }
 
@@ -1029,4 +1043,67 @@ fn plug_application_over_the_real_client() {
     });
     let last = last.unwrap_or_else(|| panic!("{:?} {:?}", net.brokers[0].got, net.client.stats()));
     assert!(String::from_utf8(last).unwrap().contains(r#""power_mw":5"#));
+}
+
+/// The host-TAP flake: the first HELLO's CHALLENGE arrives only after the HELLO was resent (a
+/// 1 s delay on the first packet: ARP resolution, TCP connect). The client then holds the
+/// second nonce while the CHALLENGE's cookie was made for the first one; answering it with the
+/// second nonce alone earned REJECT BAD_COOKIE and a backoff.
+#[test]
+fn challenge_to_a_resent_hello_still_logs_in() {
+    let mut net = Net::new();
+    net.hold_down = true;
+    net.run_for(0);
+    net.run_for(1_000);
+    // Two HELLOs with different nonces, both answered, both answers still on the way.
+    assert_eq!(net.brokers[0].hellos, [0, 1_000]);
+    assert_eq!(net.held.len(), 2);
+    net.release_held();
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    let events = net.take_events();
+    assert_eq!(disconnects(&events), []);
+    assert_eq!(connected(&events), 1);
+    let s = net.client.stats();
+    assert_eq!((s.logins, s.login_failures, s.reconnects), (1, 0, 0));
+    assert_eq!(net.brokers[0].logins.len(), 1);
+    // The session works: an upload is acknowledged.
+    let id = net.client.upload("t", b"x").unwrap();
+    net.run_for(0);
+    assert_eq!(net.brokers[0].uploads().len(), 1);
+    assert_eq!(net.take_events(), [Event::UploadAcked { id }]);
+}
+
+/// The same race with the CHALLENGEs arriving in the other order (the first one late).
+#[test]
+fn challenges_in_reverse_order_still_log_in() {
+    let mut net = Net::new();
+    net.hold_down = true;
+    net.run_for(0);
+    net.run_for(1_000);
+    net.held.swap(0, 1);
+    net.release_held();
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    assert_eq!(disconnects(&net.take_events()), []);
+    assert_eq!(net.client.stats().login_failures, 0);
+}
+
+/// After a resend two LOGINs may be out; the attempt fails only when both were refused.
+#[test]
+fn both_logins_refused_after_a_resend_end_the_attempt() {
+    let mut net = Net::with_keys(KEY, DeviceKey([8; 32]));
+    net.hold_down = true;
+    net.run_for(0);
+    net.run_for(1_000);
+    net.release_held();
+    let reasons = disconnects(&net.take_events());
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(matches!(
+        reasons[0],
+        DisconnectReason::Rejected {
+            code: Code::AUTH_FAILED | Code::BAD_COOKIE,
+            ..
+        }
+    ));
+    assert_eq!(net.client.state(), ConnectionState::Backoff);
+    assert_eq!(net.client.stats().login_failures, 1);
 }
