@@ -59,7 +59,11 @@ pub struct DeviceConfig<'a> {
     /// The device's 32-byte key (per-device or derived from the fleet key at the factory).
     pub key: DeviceKey,
     /// Brokers in order of preference; the client rotates to the next one after each failure.
+    /// With a [`lookup`](Self::lookup) these are the fallback tried after the looked-up nodes.
     pub endpoints: &'a [Endpoint<'a>],
+    /// The broker's node lookup (`GET /v1/nodes/lookup`), asked at the start of every failover
+    /// round; `None`: only [`endpoints`](Self::endpoints). See [`crate::lookup`].
+    pub lookup: Option<crate::lookup::LookupConfig<'a>>,
     /// The highest message id already delivered before boot (from flash), or 0.
     pub since_id: u64,
 }
@@ -76,6 +80,8 @@ pub struct ClientConfig {
     pub backoff: BackoffConfig,
     /// Heartbeat interval used until WELCOME says otherwise, in seconds.
     pub default_heartbeat_secs: u16,
+    /// Give up a node lookup (connect, request, answer) after this long, in milliseconds.
+    pub lookup_timeout_ms: u64,
 }
 
 impl Default for ClientConfig {
@@ -85,6 +91,7 @@ impl Default for ClientConfig {
             handshake_resend_ms: 1_000,
             backoff: BackoffConfig::default(),
             default_heartbeat_secs: shared_protocol::limits::DEFAULT_HEARTBEAT_SECS,
+            lookup_timeout_ms: 5_000,
         }
     }
 }

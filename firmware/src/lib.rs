@@ -61,6 +61,7 @@ pub mod api;
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod lookup;
 #[cfg(feature = "embassy")]
 pub mod net;
 pub mod plug;
@@ -70,5 +71,5 @@ pub mod stats;
 pub mod time;
 
 pub use api::DeviceApi;
-pub use client::{ConnectionState, DeviceClient, DisconnectReason, Event};
+pub use client::{ConnectionState, DeviceClient, DisconnectReason, Event, Target};
 pub use config::{ClientConfig, DeviceConfig, Endpoint, TransportKind};

@@ -26,6 +26,10 @@ pub struct Stats {
     pub rx_dropped: u32,
     /// Heartbeats (Ping) sent.
     pub pings: u32,
+    /// Node lookups that returned endpoints.
+    pub lookups: u32,
+    /// Node lookups that failed (the static endpoint list was used instead).
+    pub lookup_failures: u32,
 }
 
 /// Adds one to a counter, saturating.

@@ -47,6 +47,8 @@ pub enum DisconnectReason {
     Rekey,
     /// The application asked to disconnect.
     Closed,
+    /// Nothing to dial: the node lookup failed and no static endpoint is configured.
+    NoEndpoint,
 }
 
 /// Something the application should know or do.

@@ -61,6 +61,7 @@ use crate::api::{DeviceApi, OutboxError};
 use crate::backoff::Backoff;
 use crate::config::{ClientConfig, DeviceConfig, Endpoint};
 use crate::fmt::{log_debug, log_info, log_warn};
+use crate::lookup::{LOOKUP_ENDPOINTS, LookedUp, LookupError, LookupRequest};
 use crate::queue::{UploadError, UploadId, UploadQueue};
 use crate::rng::Rng;
 use crate::stats::{Stats, bump};
@@ -82,6 +83,25 @@ pub const EVENT_FRAME_LIMIT: usize = 4;
 const REF_LEN: usize = 5;
 const REF_UPLOAD: u8 = 1;
 const REF_OUTBOX: u8 = 2;
+
+/// An owned copy of an endpoint ([`DeviceClient::target`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target<'c> {
+    /// One of [`DeviceConfig::endpoints`].
+    Static(Endpoint<'c>),
+    /// From the node lookup's answer.
+    LookedUp(LookedUp),
+}
+
+impl Target<'_> {
+    /// The endpoint to connect to.
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        match self {
+            Target::Static(e) => *e,
+            Target::LookedUp(e) => e.as_endpoint(),
+        }
+    }
+}
 
 /// Why a received packet was dropped. None of these changes the client's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +131,8 @@ pub enum ConnectionState {
     Idle,
     /// Waiting before the next attempt.
     Backoff,
+    /// Asking the node lookup where to connect.
+    LookingUp,
     /// A login is in progress.
     Handshaking,
     /// A session is up.
@@ -134,6 +156,9 @@ enum Phase {
     Backoff {
         until: Instant,
     },
+    LookingUp {
+        deadline: Instant,
+    },
     Handshaking {
         attempt: LoginAttempt,
         deadline: Instant,
@@ -148,7 +173,13 @@ pub struct DeviceClient<'c, R: Rng, const Q: usize, const P: usize> {
     config: ClientConfig,
     rng: R,
     phase: Phase,
+    /// Position in the failover round: looked-up endpoints first, then the static ones.
     endpoint: usize,
+    /// Endpoints of this round's lookup answer.
+    looked_up: Vec<LookedUp, LOOKUP_ENDPOINTS>,
+    /// Whether the next attempt asks the lookup first (a new round).
+    lookup_due: bool,
+    lookup_id: u32,
     connection_id: u32,
     attempts: u32,
     backoff: Backoff,
@@ -172,12 +203,16 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         const { assert!(P <= shared_protocol::limits::MAX_PAYLOAD) };
         let first_upload_id = rng.next_u32();
         let since = SinceTracker::new(device.since_id);
+        let lookup_due = device.lookup.is_some();
         DeviceClient {
             device,
             config,
             rng,
             phase: Phase::Backoff { until: now },
             endpoint: 0,
+            looked_up: Vec::new(),
+            lookup_due,
+            lookup_id: 0,
             connection_id: 0,
             attempts: 0,
             backoff: Backoff::new(config.backoff),
@@ -198,6 +233,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         match self.phase {
             Phase::Idle => ConnectionState::Idle,
             Phase::Backoff { .. } => ConnectionState::Backoff,
+            Phase::LookingUp { .. } => ConnectionState::LookingUp,
             Phase::Handshaking { .. } => ConnectionState::Handshaking,
             Phase::Online(_) => ConnectionState::Online,
         }
@@ -211,12 +247,80 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         }
     }
 
-    /// The endpoint of the current (or next) attempt, and its index in the configuration.
-    pub fn endpoint(&self) -> Option<(usize, &Endpoint<'c>)> {
-        self.device
-            .endpoints
-            .get(self.endpoint)
-            .map(|e| (self.endpoint, e))
+    /// The endpoint of the current (or next) attempt and its position in the failover round
+    /// (looked-up endpoints first, then [`DeviceConfig::endpoints`]; without a lookup answer the
+    /// position is the index in the configuration).
+    pub fn endpoint(&self) -> Option<(usize, Endpoint<'_>)> {
+        let i = self.endpoint;
+        match self.looked_up.get(i) {
+            Some(e) => Some((i, e.as_endpoint())),
+            None => self
+                .device
+                .endpoints
+                .get(i - self.looked_up.len())
+                .map(|e| (i, *e)),
+        }
+    }
+
+    /// An owned copy of the current endpoint, for a driver that connects outside its lock.
+    pub fn target(&self) -> Option<Target<'c>> {
+        let i = self.endpoint;
+        match self.looked_up.get(i) {
+            Some(e) => Some(Target::LookedUp(e.clone())),
+            None => self
+                .device
+                .endpoints
+                .get(i - self.looked_up.len())
+                .map(|e| Target::Static(*e)),
+        }
+    }
+
+    fn round_len(&self) -> usize {
+        self.looked_up.len() + self.device.endpoints.len()
+    }
+
+    /// The node lookup the driver should perform now (while [`ConnectionState::LookingUp`]);
+    /// answer with [`lookup_done`](Self::lookup_done).
+    pub fn lookup_request(&self) -> Option<LookupRequest<'c>> {
+        match (&self.phase, self.device.lookup) {
+            (Phase::LookingUp { .. }, Some(config)) => Some(LookupRequest {
+                id: self.lookup_id,
+                config,
+                device_id: self.device.device_id,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The result of the lookup `id`: the complete HTTP response, or why there is none. The
+    /// client then dials the answer's endpoints followed by the static ones, or only the static
+    /// ones when the lookup failed, starting at once.
+    pub fn lookup_done(&mut self, id: u32, result: Result<&[u8], LookupError>, now: Instant) {
+        let (Phase::LookingUp { .. }, Some(config)) = (&self.phase, self.device.lookup) else {
+            return;
+        };
+        if id != self.lookup_id {
+            return;
+        }
+        self.lookup_due = false;
+        self.endpoint = 0;
+        match result.and_then(|r| crate::lookup::parse_response(r, &config)) {
+            Ok(nodes) => {
+                bump(&mut self.stats.lookups);
+                log_info!(
+                    "lookup: {} endpoints (stale view: {})",
+                    nodes.endpoints.len(),
+                    nodes.stale
+                );
+                self.looked_up = nodes.endpoints;
+            }
+            Err(e) => {
+                bump(&mut self.stats.lookup_failures);
+                log_warn!("lookup failed: {}; using the static endpoints", e);
+                self.looked_up.clear();
+            }
+        }
+        self.start_attempt(now);
     }
 
     /// Incremented at every connection attempt: the driver reconnects its transport when it
@@ -258,6 +362,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         match &self.phase {
             Phase::Idle => None,
             Phase::Backoff { until } => Some(*until),
+            Phase::LookingUp { deadline } => Some(*deadline),
             Phase::Handshaking { attempt, deadline } => {
                 if attempt.has_pending() {
                     return Some(Instant::ZERO);
@@ -293,6 +398,12 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
                     self.start_attempt(now);
                 }
             }
+            Phase::LookingUp { deadline } => {
+                if *deadline <= now {
+                    let id = self.lookup_id;
+                    self.lookup_done(id, Err(LookupError::Timeout), now);
+                }
+            }
             Phase::Handshaking { attempt, deadline } => {
                 if *deadline <= now {
                     self.fail(DisconnectReason::HandshakeTimeout, now);
@@ -316,7 +427,9 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
     pub fn handle_datagram(&mut self, packet: &mut [u8], now: Instant) -> Result<(), RxError> {
         bump(&mut self.stats.rx_packets);
         let result = match &mut self.phase {
-            Phase::Idle | Phase::Backoff { .. } => Err(RxError::NotExpected),
+            Phase::Idle | Phase::Backoff { .. } | Phase::LookingUp { .. } => {
+                Err(RxError::NotExpected)
+            }
             Phase::Handshaking { .. } => self.handshake_packet(packet, now),
             Phase::Online(_) => self.online_packet(packet, now),
         };
@@ -358,7 +471,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
                 Some(packet.len())
             }
             Phase::Online(_) => self.online_transmit(now, buf),
-            Phase::Idle | Phase::Backoff { .. } => None,
+            Phase::Idle | Phase::Backoff { .. } | Phase::LookingUp { .. } => None,
         }
     }
 
@@ -385,7 +498,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
             Phase::Handshaking { .. } => self.push_state_event(Event::Disconnected {
                 reason: DisconnectReason::Closed,
             }),
-            Phase::Idle | Phase::Backoff { .. } => {}
+            Phase::Idle | Phase::Backoff { .. } | Phase::LookingUp { .. } => {}
         }
     }
 
@@ -397,6 +510,11 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         }
     }
 
+    /// The client's timers and limits.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// Connection statistics.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -405,9 +523,21 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
     // ----- connection lifecycle -----------------------------------------------------------
 
     fn start_attempt(&mut self, now: Instant) {
-        if self.device.endpoints.is_empty() {
-            log_warn!("no broker endpoint configured");
-            self.phase = Phase::Idle;
+        if self.lookup_due {
+            self.lookup_id = self.lookup_id.wrapping_add(1);
+            self.phase = Phase::LookingUp {
+                deadline: now.plus_millis(self.config.lookup_timeout_ms),
+            };
+            return;
+        }
+        if self.round_len() == 0 {
+            if self.device.lookup.is_none() {
+                log_warn!("no broker endpoint configured");
+                self.phase = Phase::Idle;
+            } else {
+                // The lookup failed and there is no static list: back off, then ask again.
+                self.fail(DisconnectReason::NoEndpoint, now);
+            }
             return;
         }
         self.connection_id = self.connection_id.wrapping_add(1);
@@ -440,8 +570,15 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
         }
         log_warn!("disconnected, endpoint {}", self.endpoint);
         self.push_state_event(Event::Disconnected { reason });
-        if !self.device.endpoints.is_empty() {
-            self.endpoint = (self.endpoint + 1) % self.device.endpoints.len();
+        // Failover: the next endpoint of the round; after the last one a new round, which
+        // starts with a new lookup when one is configured.
+        self.endpoint += 1;
+        if self.endpoint >= self.round_len() {
+            self.endpoint = 0;
+            if self.device.lookup.is_some() {
+                self.lookup_due = true;
+                self.looked_up.clear();
+            }
         }
         let delay = match reason {
             // The session's counter space is used up: log in again at once.

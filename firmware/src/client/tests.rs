@@ -21,6 +21,7 @@ use shared_protocol::session::SecureSession;
 use super::*;
 use crate::backoff::BackoffConfig;
 use crate::config::Endpoint;
+use crate::lookup::{LookupConfig, LookupError};
 use crate::rng::SplitMix64;
 
 pub(crate) const DEVICE_ID: u32 = 42;
@@ -37,6 +38,35 @@ pub(crate) static ENDPOINTS: [Endpoint<'static>; 2] = [
         7000,
     ))),
 ];
+
+/// UDP addresses of the brokers 2 and 3, only known through the lookup.
+const LOOKED_UP: [&str; 2] = ["10.0.3.1:7000", "10.0.3.2:7000"];
+
+/// Where the test's lookup is served.
+static LOOKUP: LookupConfig<'static> = LookupConfig {
+    addr: core::net::SocketAddr::V4(core::net::SocketAddrV4::new(
+        core::net::Ipv4Addr::new(10, 0, 2, 2),
+        8080,
+    )),
+    host: "10.0.2.2:8080",
+    udp: true,
+    ws: false,
+};
+
+/// A broker's lookup answer listing `udp` addresses in order.
+fn lookup_answer(udp: &[&str]) -> Vec<u8> {
+    let nodes: Vec<String> = udp
+        .iter()
+        .enumerate()
+        .map(|(i, a)| std::format!(r#"{{"id":"c{i}","udp":"{a}","ws":"ws://{a}/"}}"#))
+        .collect();
+    let body = std::format!(r#"{{"nodes":[{}],"stale":false}}"#, nodes.join(","));
+    std::format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// What the broker received from the device (owned copies).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,7 +308,12 @@ type TestClient = DeviceClient<'static, SplitMix64, 4, TP>;
 /// The client, two brokers, a clock and lossy links.
 struct Net {
     client: TestClient,
-    brokers: [Broker; 2],
+    /// Brokers 0 and 1 at the static endpoints, 2 and 3 at [`LOOKED_UP`] addresses.
+    brokers: Vec<Broker>,
+    /// What the node lookup answers (`None`: it never answers).
+    lookup_answer: Option<Result<Vec<u8>, LookupError>>,
+    /// Lookups the client asked for.
+    lookups: usize,
     now: Instant,
     to_client: VecDeque<Vec<u8>>,
     /// Drop device-to-broker packets while true.
@@ -309,15 +344,32 @@ impl Net {
     }
 
     fn with_keys(device: DeviceKey, broker: DeviceKey) -> Self {
+        Self::build(device, broker, &ENDPOINTS, None)
+    }
+
+    /// A client asking [`LOOKUP`] first, with `endpoints` as its static list.
+    fn with_lookup(endpoints: &'static [Endpoint<'static>]) -> Self {
+        Self::build(KEY, KEY, endpoints, Some(LOOKUP))
+    }
+
+    fn build(
+        device: DeviceKey,
+        broker: DeviceKey,
+        endpoints: &'static [Endpoint<'static>],
+        lookup: Option<LookupConfig<'static>>,
+    ) -> Self {
         let config = DeviceConfig {
             device_id: DEVICE_ID,
             key: device,
-            endpoints: &ENDPOINTS,
+            endpoints,
+            lookup,
             since_id: 0,
         };
         Net {
             client: DeviceClient::new(config, client_config(), SplitMix64::new(1), Instant::ZERO),
-            brokers: [Broker::new(broker.clone()), Broker::new(broker)],
+            brokers: (0..4).map(|_| Broker::new(broker.clone())).collect(),
+            lookup_answer: None,
+            lookups: 0,
             now: Instant::ZERO,
             to_client: VecDeque::new(),
             lose_up: false,
@@ -334,13 +386,22 @@ impl Net {
         let mut buf = [0u8; MAX_PACKET];
         for _ in 0..1000 {
             let mut moved = false;
+            if let Some(req) = self.client.lookup_request()
+                && let Some(answer) = &self.lookup_answer
+            {
+                moved = true;
+                self.lookups += 1;
+                let answer = answer.clone();
+                self.client
+                    .lookup_done(req.id, answer.as_deref().map_err(|e| *e), self.now);
+            }
             while let Some(n) = self.client.poll_transmit(self.now, &mut buf) {
                 moved = true;
                 let endpoint = self.client.endpoint().unwrap().0;
                 self.sent
                     .push((self.now, self.client.connection_id(), endpoint));
                 if !self.lose_up {
-                    let i = self.client.endpoint().unwrap().0;
+                    let i = self.broker_index();
                     let now = self.now.as_millis();
                     self.brokers[i].on_packet(&buf[..n], now, &mut self.to_client);
                 }
@@ -379,6 +440,17 @@ impl Net {
         self.settle();
     }
 
+    /// The broker at the current endpoint's address.
+    fn broker_index(&self) -> usize {
+        let addr = self.client.endpoint().unwrap().1.addr;
+        ENDPOINTS
+            .iter()
+            .map(|e| e.addr)
+            .chain(LOOKED_UP.iter().map(|a| a.parse().unwrap()))
+            .position(|a| a == addr)
+            .expect("a known broker address")
+    }
+
     /// Delivers the held downlink packets, oldest first.
     fn release_held(&mut self) {
         self.hold_down = false;
@@ -397,7 +469,7 @@ impl Net {
 
     /// The broker of the current endpoint sends a reliable body now.
     fn broker_sends(&mut self, body: Body<'_>) -> u32 {
-        let i = self.client.endpoint().unwrap().0;
+        let i = self.broker_index();
         let mut q = VecDeque::new();
         let seq = self.brokers[i].send_reliable(body, &mut q);
         self.to_client.extend(q);
@@ -406,7 +478,7 @@ impl Net {
     }
 
     fn broker_sends_frame(&mut self, seq: u32, body: Body<'_>) {
-        let i = self.client.endpoint().unwrap().0;
+        let i = self.broker_index();
         let mut q = VecDeque::new();
         self.brokers[i].send_with_seq(seq, body, &mut q);
         self.to_client.extend(q);
@@ -1106,4 +1178,133 @@ fn both_logins_refused_after_a_resend_end_the_attempt() {
     ));
     assert_eq!(net.client.state(), ConnectionState::Backoff);
     assert_eq!(net.client.stats().login_failures, 1);
+}
+
+// ----- node lookup (policy: docs/firmware.md "Failover and node lookup") --------------------
+
+#[test]
+fn lookup_answer_is_dialled_first() {
+    let mut net = Net::with_lookup(&ENDPOINTS);
+    net.lookup_answer = Some(Ok(lookup_answer(&[LOOKED_UP[0]])));
+    assert_eq!(net.client.state(), ConnectionState::Backoff);
+    net.online();
+    assert_eq!(net.lookups, 1);
+    assert_eq!(net.brokers[2].logins.len(), 1);
+    assert!(net.brokers[0].hellos.is_empty() && net.brokers[1].hellos.is_empty());
+    let s = net.client.stats();
+    assert_eq!((s.lookups, s.lookup_failures, s.login_failures), (1, 0, 0));
+    assert_eq!(
+        net.client.endpoint().unwrap().1.addr,
+        LOOKED_UP[0].parse().unwrap()
+    );
+}
+
+#[test]
+fn lookup_down_falls_back_to_the_static_list_at_once() {
+    let mut net = Net::with_lookup(&ENDPOINTS);
+    net.lookup_answer = Some(Err(LookupError::Connect));
+    net.online();
+    assert_eq!(net.now, Instant::ZERO);
+    assert_eq!(net.brokers[0].logins.len(), 1);
+    let s = net.client.stats();
+    assert_eq!((s.lookups, s.lookup_failures), (0, 1));
+    assert_eq!(disconnects(&net.take_events()), []);
+}
+
+#[test]
+fn silent_lookup_times_out_then_the_static_list() {
+    let mut net = Net::with_lookup(&ENDPOINTS);
+    net.run_for(0);
+    assert_eq!(net.client.state(), ConnectionState::LookingUp);
+    assert!(!net.client.wants_transport());
+    assert!(net.client.lookup_request().is_some());
+    net.run_for(4_999);
+    assert_eq!(net.client.state(), ConnectionState::LookingUp);
+    net.run_for(1);
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    assert_eq!(net.brokers[0].logins.len(), 1);
+    assert_eq!(net.client.stats().lookup_failures, 1);
+    // A late answer to the finished lookup changes nothing.
+    let id = net.client.connection_id();
+    net.client
+        .lookup_done(1, Ok(&lookup_answer(&[LOOKED_UP[1]])), net.now);
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    assert_eq!(net.client.connection_id(), id);
+}
+
+#[test]
+fn dead_looked_up_node_then_the_live_one() {
+    let mut net = Net::with_lookup(&ENDPOINTS);
+    net.brokers[2].up = false;
+    net.lookup_answer = Some(Ok(lookup_answer(&LOOKED_UP)));
+    // Attempt 1 to the dead primary: 10 s, then at most 1 s of backoff, then its fallback.
+    net.run_for(11_000);
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    // Attempt 1 (four HELLOs) went to round position 0, the dead node; attempt 2 to its fallback.
+    let first: Vec<usize> = net.sent.iter().filter(|s| s.1 == 1).map(|s| s.2).collect();
+    assert_eq!(first, [0, 0, 0, 0]);
+    assert_eq!(net.brokers[3].logins.len(), 1);
+    assert!(net.brokers[0].hellos.is_empty());
+    // One lookup for the round.
+    assert_eq!(net.lookups, 1);
+    let events = net.take_events();
+    assert_eq!(disconnects(&events), [DisconnectReason::HandshakeTimeout]);
+    assert_eq!(connected(&events), 1);
+}
+
+#[test]
+fn malformed_lookup_body_falls_back_to_the_static_list() {
+    let mut net = Net::with_lookup(&ENDPOINTS);
+    net.lookup_answer = Some(Ok(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{\"nodes\":".to_vec(),
+    ));
+    net.online();
+    assert_eq!(net.brokers[0].logins.len(), 1);
+    assert_eq!(net.client.stats().lookup_failures, 1);
+    let mut net = Net::with_lookup(&ENDPOINTS);
+    net.lookup_answer = Some(Ok(b"HTTP/1.1 503 Service Unavailable\r\n\r\n".to_vec()));
+    net.online();
+    assert_eq!(net.brokers[0].logins.len(), 1);
+}
+
+#[test]
+fn every_endpoint_failed_starts_a_new_round_with_a_new_lookup() {
+    let mut net = Net::with_lookup(&ENDPOINTS);
+    for b in &mut net.brokers {
+        b.up = false;
+    }
+    net.lookup_answer = Some(Ok(lookup_answer(&LOOKED_UP)));
+    // Round 1: lookup, 2 looked-up + 2 static endpoints (10 s each plus backoffs), then a
+    // second lookup.
+    while net.lookups < 2 {
+        net.run_for(100);
+        assert!(net.now < Instant::from_millis(4 * 10_000 + 15_000 + 100));
+    }
+    // Connections 1-4 went to round positions 0-3: both looked-up nodes, then both static ones.
+    let positions: Vec<(u32, usize)> = net.sent.iter().map(|s| (s.1, s.2)).collect();
+    for (id, pos) in [(1, 0), (2, 1), (3, 2), (4, 3)] {
+        assert!(positions.contains(&(id, pos)), "{positions:?}");
+    }
+    // Round 2 dials the new answer first: the first node, now up, takes the login.
+    net.brokers[2].up = true;
+    net.run_for(1_000);
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    assert_eq!(net.brokers[2].logins.len(), 1);
+}
+
+#[test]
+fn lookup_without_static_endpoints_retries_after_backoff() {
+    let mut net = Net::with_lookup(&[]);
+    net.lookup_answer = Some(Err(LookupError::Status(503)));
+    net.run_for(0);
+    assert_eq!(net.client.state(), ConnectionState::Backoff);
+    assert_eq!(
+        disconnects(&net.take_events()),
+        [DisconnectReason::NoEndpoint]
+    );
+    net.lookup_answer = Some(Ok(lookup_answer(&[LOOKED_UP[1]])));
+    net.run_for(1_000);
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    assert_eq!(net.lookups, 2);
+    assert_eq!(net.brokers[3].logins.len(), 1);
 }

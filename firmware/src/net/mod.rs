@@ -19,6 +19,7 @@
 //! ```
 
 mod handle;
+mod lookup;
 mod runner;
 mod transport;
 mod udp;
@@ -28,6 +29,7 @@ mod ws;
 mod tests;
 
 pub use handle::{ClientResources, DeviceHandle, run_plug};
+pub use lookup::{HttpLookup, LOOKUP_TCP_RX, LookupBuffers};
 pub use runner::{Runner, RunnerBuffers, new};
 pub use transport::{DualTransport, Transport, TransportError};
 pub use udp::{UdpBuffers, UdpTransport};

@@ -5,10 +5,12 @@ use embassy_sync::blocking_mutex::raw::RawMutex;
 use embassy_time::{Duration, with_timeout};
 
 use super::handle::{ClientResources, DeviceHandle, timer_at};
+use super::lookup::HttpLookup;
 use super::now;
 use super::transport::Transport;
 use crate::config::PACKET_BUF;
 use crate::fmt::{log_debug, log_warn};
+use crate::lookup::LookupError;
 use crate::rng::Rng;
 
 /// Longest wait for a transport to connect (TCP + WebSocket upgrade), in milliseconds.
@@ -43,6 +45,8 @@ pub struct Runner<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, con
     bufs: &'d mut RunnerBuffers,
     /// The client's connection id the transport is open for.
     connected: Option<u32>,
+    /// Node lookups (`None`: every lookup the client asks for fails at once).
+    lookup: Option<HttpLookup<'d>>,
 }
 
 /// Splits the caller's memory into the application's handle and the runner.
@@ -61,16 +65,25 @@ pub fn new<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: u
             transport,
             bufs: buffers,
             connected: None,
+            lookup: None,
         },
     )
 }
 
-impl<M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
-    Runner<'_, '_, M, R, T, Q, P>
+impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
+    Runner<'d, '_, M, R, T, Q, P>
 {
+    /// Lets the client ask the broker's node lookup (when its `DeviceConfig::lookup` is set)
+    /// through `lookup`.
+    pub fn with_lookup(mut self, lookup: HttpLookup<'d>) -> Self {
+        self.lookup = Some(lookup);
+        self
+    }
+
     /// Runs the client forever.
     pub async fn run(&mut self) -> ! {
         loop {
+            self.lookup_if_asked().await;
             self.sync_transport().await;
             self.flush().await;
             if self.res.with(|c| c.has_events()) {
@@ -104,6 +117,29 @@ impl<M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
         }
     }
 
+    /// Performs the node lookup the client asks for, within its lookup timeout.
+    async fn lookup_if_asked(&mut self) {
+        let Some(req) = self.res.with(|c| c.lookup_request()) else {
+            return;
+        };
+        if self.connected.is_some() {
+            self.transport.close().await;
+            self.connected = None;
+        }
+        let timeout = self.res.with(|c| c.config().lookup_timeout_ms);
+        let Some(lookup) = self.lookup.as_mut() else {
+            self.res
+                .with(|c| c.lookup_done(req.id, Err(LookupError::NotSupported), now()));
+            return;
+        };
+        let answer = with_timeout(Duration::from_millis(timeout), lookup.fetch(&req)).await;
+        let result = match answer {
+            Ok(r) => r,
+            Err(_) => Err(LookupError::Timeout),
+        };
+        self.res.with(|c| c.lookup_done(req.id, result, now()));
+    }
+
     async fn drop_transport(&mut self) {
         self.res.with(|c| c.transport_failed(now()));
         self.transport.close().await;
@@ -112,16 +148,13 @@ impl<M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
 
     /// Opens the transport for a new attempt, or closes it when the client wants none.
     async fn sync_transport(&mut self) {
-        let (wants, id, endpoint) = self.res.with(|c| {
-            (
-                c.wants_transport(),
-                c.connection_id(),
-                c.endpoint().map(|(_, e)| *e),
-            )
-        });
-        match (wants, endpoint) {
-            (true, Some(endpoint)) if self.connected != Some(id) => {
+        let (wants, id, target) = self
+            .res
+            .with(|c| (c.wants_transport(), c.connection_id(), c.target()));
+        match (wants, target) {
+            (true, Some(target)) if self.connected != Some(id) => {
                 self.connected = None;
+                let endpoint = target.endpoint();
                 let connect = self.transport.connect(&endpoint);
                 match with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
                     Ok(Ok(())) => self.connected = Some(id),

@@ -88,6 +88,7 @@ fn runner_logs_in_moves_uploads_and_commands_and_keeps_the_session_alive() {
         device_id: DEVICE_ID,
         key: KEY,
         endpoints: &ENDPOINTS,
+        lookup: None,
         since_id: 0,
     };
     let client: DeviceClient<'_, _, 4, 512> =

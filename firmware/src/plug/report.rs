@@ -114,6 +114,8 @@ mod tests {
             rx_packets: u32::MAX,
             rx_dropped: u32::MAX,
             pings: u32::MAX,
+            lookups: u32::MAX,
+            lookup_failures: u32::MAX,
         };
         let p = PlugStats {
             commands: u32::MAX,
