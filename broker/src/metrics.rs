@@ -3,7 +3,17 @@
 //!
 //! It owns its own Prometheus recorder instead of installing a global one, so several brokers can
 //! run in one process (integration tests) and nothing depends on global state. `/metrics` renders
-//! it with [`Metrics::render`].
+//! it with [`Metrics::render`]. Parts with their own pre-registered handles (discovery) register
+//! on [`Metrics::recorder`].
+//!
+//! Cluster mode adds (`peer` is the other node's id):
+//! * `broker_link_up{peer}` (gauge): connected links to that node now; with
+//!   `broker_link_transitions_total{peer,state="up"|"down"}`;
+//! * `broker_link_frames_sent_total{peer,frame}` and
+//!   `broker_link_frames_dropped_total{peer,reason="queue_full"|"no_link"}`;
+//! * `broker_presence_writes_total{op}` and `broker_presence_errors_total{op}` for the online
+//!   registry (`op` = `register`, `unregister`, `heartbeat`, `sweep`);
+//! * `broker_cluster_commands_total{result}`: HTTP commands for devices on other nodes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +100,12 @@ impl Metrics {
         self.recorder
             .register_gauge(&Key::from_parts(name, labels), &METADATA)
             .increment(d);
+    }
+
+    fn counter_owned(&self, name: &'static str, labels: Vec<Label>, n: u64) {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+            .increment(n);
     }
 
     fn gauge_set(&self, name: &'static str, v: f64) {
@@ -214,6 +230,70 @@ impl Metrics {
     /// Counts a webhook delivery attempt; `result` is `ok` or `error`.
     pub fn webhook(&self, result: &'static str) {
         self.counter("broker_webhook_total", &[("result", result)], 1);
+    }
+
+    /// The recorder, for parts that pre-register their own handles (e.g. discovery metrics).
+    pub fn recorder(&self) -> &dyn Recorder {
+        self.recorder.as_ref()
+    }
+
+    /// A link to node `peer` came up (`up = true`) or went down.
+    pub fn link_state(&self, peer: &str, up: bool) {
+        let d = if up { 1.0 } else { -1.0 };
+        self.recorder
+            .register_gauge(
+                &Key::from_parts("broker_link_up", vec![Label::new("peer", peer.to_string())]),
+                &METADATA,
+            )
+            .increment(d);
+        let state = if up { "up" } else { "down" };
+        self.counter_owned(
+            "broker_link_transitions_total",
+            vec![
+                Label::new("peer", peer.to_string()),
+                Label::new("state", state),
+            ],
+            1,
+        );
+    }
+
+    /// A frame of kind `frame` (e.g. `deliver`, `stored`, `command`) was written to `peer`.
+    pub fn link_frame_sent(&self, peer: &str, frame: &'static str) {
+        self.counter_owned(
+            "broker_link_frames_sent_total",
+            vec![
+                Label::new("peer", peer.to_string()),
+                Label::new("frame", frame),
+            ],
+            1,
+        );
+    }
+
+    /// A frame for `peer` was dropped; `reason` is `queue_full` or `no_link`.
+    pub fn link_frame_dropped(&self, peer: &str, reason: &'static str) {
+        self.counter_owned(
+            "broker_link_frames_dropped_total",
+            vec![
+                Label::new("peer", peer.to_string()),
+                Label::new("reason", reason),
+            ],
+            1,
+        );
+    }
+
+    /// An online-registry write `op` (`register`, `unregister`, `heartbeat`, `sweep`) was made;
+    /// `ok = false` also counts it as an error.
+    pub fn presence_write(&self, op: &'static str, ok: bool) {
+        self.counter("broker_presence_writes_total", &[("op", op)], 1);
+        if !ok {
+            self.counter("broker_presence_errors_total", &[("op", op)], 1);
+        }
+    }
+
+    /// Counts an HTTP command for a device on another node; `result` as in
+    /// [`Metrics::command`], plus `unreachable` and `store_error`.
+    pub fn cluster_command(&self, result: &'static str) {
+        self.counter("broker_cluster_commands_total", &[("result", result)], 1);
     }
 
     /// The Prometheus text exposition.

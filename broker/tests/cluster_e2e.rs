@@ -9,6 +9,7 @@
 //! starts it again (also on panic).
 #![cfg(feature = "services-tests")]
 
+mod cluster_support;
 mod comet_support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,11 +20,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use broker::cluster::{ClusterNode, start_comet, start_msgbus};
 use broker::config::Config;
-use broker::discovery::DiscoveryConfig;
-use broker::discovery::config::DiscoveryMode;
 use broker::discovery::zk::ZkSettings;
 use broker::keeper::RabbitView;
-use broker::terminal::{Address, IdProfile};
+use broker::terminal::Address;
+use cluster_support::*;
 use comet_support::*;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions,
@@ -33,213 +33,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{Value, json};
 use shared_protocol::frame::Body;
-
-/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
-fn services() -> BTreeMap<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let env: BTreeMap<String, String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert!(
-        env.contains_key("REDIS_URL")
-            && env.contains_key("ZOOKEEPER_ADDR")
-            && env.contains_key("RABBITMQ_2_AMQP_URL"),
-        "services are not running: run `cargo xtask services up` first"
-    );
-    env
-}
-
-/// Check interval of the keepers (the znode must go within two of them).
-const CHECK_MS: u64 = 1000;
-
-/// Names unique to this run.
-struct Run {
-    id: String,
-    env: BTreeMap<String, String>,
-}
-
-impl Run {
-    fn new() -> Run {
-        Run {
-            id: format!("e2e{}x{}", broker::router::now_ms(), rand::random::<u16>()),
-            env: services(),
-        }
-    }
-
-    /// Deletes this run's Redis keys.
-    async fn clean_redis(&self) {
-        let client = redis::Client::open(self.env["REDIS_URL"].as_str()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.id))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-        }
-    }
-
-    fn rabbit_root(&self) -> String {
-        format!("/{}-rabbit", self.id)
-    }
-
-    fn config(&self, dir: &std::path::Path, node: &str) -> Config {
-        let mut c = config(dir, IdProfile::Plug);
-        c.discovery = DiscoveryConfig {
-            mode: DiscoveryMode::Zookeeper,
-            zk_servers: self.env["ZOOKEEPER_ADDR"].clone(),
-            root: format!("/{}", self.id),
-            session_timeout_ms: 4000,
-            load_update_secs: 1,
-            node_id: node.into(),
-            ..DiscoveryConfig::default()
-        };
-        c.redis.url = self.env["REDIS_URL"].clone();
-        c.redis.key_prefix = format!("{}:", self.id);
-        c.rabbitmq.upload_exchange = format!("{}.uploads", self.id);
-        c.rabbitmq.upload_queue = format!("{}.uploads", self.id);
-        c.rabbitmq.push_exchange = format!("{}.pushes", self.id);
-        c.rabbitmq.push_queue = format!("{}.msgbus.pushes", self.id);
-        c.rabbitmq.confirm_timeout_ms = 2000;
-        c.rabbitmq.connect_timeout_ms = 1000;
-        c.rabbitmq.retry_interval_ms = 200;
-        c.cluster.link_listen = "127.0.0.1:0".parse().unwrap();
-        c.cluster.heartbeat_ms = 300;
-        c.cluster.node_ttl_ms = 1500;
-        c.cluster.sweep_interval_ms = 500;
-        c.cluster.reconcile_ms = 200;
-        c.cluster.rabbit_root = self.rabbit_root();
-        c
-    }
-
-    fn keeper(&self, n: u8) -> Keeper {
-        let e = &self.env;
-        let amqp = e[&format!("RABBITMQ_{n}_AMQP_ADDR")].clone();
-        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args([
-                "rmqkeeper",
-                "--amqp-url",
-                &format!("amqp://{amqp}/%2f"),
-                "--mgmt-url",
-                &e[&format!("RABBITMQ_{n}_MGMT_URL")],
-                "--mgmt-user",
-                &e[&format!("RABBITMQ_{n}_MGMT_USER")],
-                "--mgmt-password",
-                &e[&format!("RABBITMQ_{n}_MGMT_PASSWORD")],
-                "--zk-servers",
-                &e["ZOOKEEPER_ADDR"],
-                "--root",
-                &self.rabbit_root(),
-                "--check-interval-ms",
-                &CHECK_MS.to_string(),
-                "--session-timeout-ms",
-                "4000",
-            ])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("spawn rmqkeeper");
-        Keeper(child)
-    }
-}
-
-/// A keeper child process, killed (by its PID) when dropped.
-struct Keeper(Child);
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a RabbitMQ node's app again when dropped (also when the test panics).
-struct StartAppOnDrop(Option<String>);
-
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        if let Some(node) = self.0.take() {
-            let out = Command::new("rabbitmqctl")
-                .args(["-n", &node, "start_app"])
-                .output();
-            eprintln!("start_app {node}: {:?}", out.map(|o| o.status));
-        }
-    }
-}
-
-async fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    t.elapsed()
-}
-
-async fn api(
-    node: &ClusterNode,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("http://{}{path}", node.running.http))
-        .bearer_auth(API_TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-/// Every Deliver a device gets within `wait` (acked by the test device).
-async fn device_delivers(dev: &mut Device, wait: Duration) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + wait;
-    while let Some(g) = dev
-        .next_event(deadline.saturating_duration_since(Instant::now()))
-        .await
-    {
-        if let Got::Deliver {
-            msg_id, payload, ..
-        } = g
-        {
-            out.push((msg_id, payload));
-        }
-    }
-    out
-}
-
-/// Every deliver an app gets within `wait` (acked).
-async fn app_delivers(app: &mut App, wait: Duration) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + wait;
-    while let Some(v) = app
-        .recv_skip_presence(deadline.saturating_duration_since(Instant::now()))
-        .await
-    {
-        if v["type"] == "deliver" {
-            app.send(json!({"type": "ack", "msg_id": v["msg_id"]}))
-                .await;
-            let p = B64.decode(v["payload"].as_str().unwrap()).unwrap();
-            out.push((v["msg_id"].as_u64().unwrap(), p));
-        }
-    }
-    out
-}
 
 fn header_str(h: &FieldTable, key: &str) -> Option<String> {
     match h.inner().get(key)? {
@@ -416,6 +209,79 @@ async fn two_comets_two_msgbus_two_rabbits() {
         got.iter().map(|g| g.1.clone()).collect::<Vec<_>>(),
         vec![b"done".to_vec()]
     );
+
+    // 1b. Online status on any node answers from the cluster-wide registry.
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let (s, v) = api(&comet_a, get.clone(), "/v1/terminals/device/42", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["online"], &v["nodes"], &v["sessions"]),
+        (&json!(true), &json!(["comet-b"]), &json!([])),
+        "plug 42 through comet A: {v}"
+    );
+    let (s, v) = api(&bus1, get.clone(), "/v1/terminals/phone/3", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["online"], &v["nodes"]),
+        (&json!(true), &json!(["comet-a"]))
+    );
+    let (s, v) = api(&comet_b, get.clone(), "/v1/terminals/device/4242", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((&v["online"], &v["nodes"]), (&json!(false), &json!([])));
+
+    // 1c. An HTTP command to comet A's API (through a msgbus) and to msgbus 2's API (straight
+    //     over its link) reaches the plug on comet B; the caller gets the plug's answer.
+    for (via, node) in [
+        ("comet-a", &comet_a),
+        ("msgbus-2", &bus2),
+        ("comet-b", &comet_b),
+    ] {
+        let t = Instant::now();
+        let ((s, v), (name, payload)) = tokio::join!(
+            api(
+                node,
+                post.clone(),
+                "/v1/devices/42/commands",
+                Some(json!({"name": "relay", "text": via, "timeout_ms": 5000})),
+            ),
+            answer_one_command(&mut plug),
+        );
+        assert_eq!((name.as_str(), payload), ("relay", via.as_bytes().to_vec()));
+        assert_eq!(s, 200, "{via}: {v}");
+        assert_eq!(
+            v,
+            json!({"status": 7, "payload": B64.encode(format!("relay:{via}"))}),
+            "{via}"
+        );
+        eprintln!(
+            "HTTP command via {via} -> plug on comet B: {:?}",
+            t.elapsed()
+        );
+    }
+    // Offline anywhere: 404; the plug does not answer: 504 at the caller's timeout.
+    let (s, v) = api(
+        &comet_a,
+        post.clone(),
+        "/v1/devices/4242/commands",
+        Some(json!({"name": "relay"})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("not_online")), "{v}");
+    let t = Instant::now();
+    let (s, v) = api(
+        &comet_a,
+        post.clone(),
+        "/v1/devices/42/commands",
+        Some(json!({"name": "relay", "timeout_ms": 400})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (504, Some("timeout")), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(matches!(
+        plug.next_event(WAIT).await,
+        Some(Got::Command { .. })
+    ));
 
     // 2. A backend push (msgbus 2) and a broadcast (msgbus 1): each terminal gets each once.
     let (s, v) = api(

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, OPENAPI};
+use super::{ApiError, ApiState, OPENAPI, RemoteCommandError};
 use crate::router::{CommandError, PushError, Target};
 use crate::terminal::{Address, Kind, parse_id};
 
@@ -80,7 +80,11 @@ pub(super) async fn online(State(s): State<ApiState>) -> Json<crate::router::Onl
 pub(super) struct TerminalStatus {
     address: Address,
     online: bool,
+    /// This node's sessions of the terminal.
     sessions: Vec<crate::router::SessionInfo>,
+    /// Cluster mode only: every node the online registry names for the terminal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<Vec<String>>,
 }
 
 pub(super) async fn terminal_status(
@@ -92,10 +96,15 @@ pub(super) async fn terminal_status(
         .map_err(|_| ApiError::BadRequest("kind must be device or phone".into()))?;
     let a = address(kind, &id, &s)?;
     let sessions = s.router.status(a);
+    let nodes = match &s.cluster {
+        Some(c) => Some(c.nodes_of(a).await?),
+        None => None,
+    };
     Ok(Json(TerminalStatus {
         address: a,
-        online: !sessions.is_empty(),
+        online: !sessions.is_empty() || nodes.as_ref().is_some_and(|n| !n.is_empty()),
         sessions,
+        nodes,
     }))
 }
 
@@ -249,25 +258,46 @@ pub(super) async fn command(
             s.command_max.as_millis()
         )));
     }
-    match s.router.command(device, b.name, data, timeout).await {
-        Ok(r) => Ok(Json(CommandReply {
-            status: r.status,
-            payload: B64.encode(&r.payload),
-        })),
-        Err(CommandError::NotOnline) => Err(ApiError::NotFound(
+    // A device with a session here is commanded here; otherwise, in cluster mode, wherever the
+    // online registry says it is.
+    let result = match &s.cluster {
+        Some(c) if s.router.status(device).is_empty() => {
+            c.command(device, b.name, data, timeout).await
+        }
+        _ => s
+            .router
+            .command(device, b.name, data, timeout)
+            .await
+            .map_err(RemoteCommandError::from),
+    };
+    let e = match result {
+        Ok(r) => {
+            return Ok(Json(CommandReply {
+                status: r.status,
+                payload: B64.encode(&r.payload),
+            }));
+        }
+        Err(RemoteCommandError::Command(e)) => e,
+        Err(RemoteCommandError::Unreachable(m)) => {
+            return Err(ApiError::Unavailable("node_unreachable", m));
+        }
+        Err(RemoteCommandError::Store(e)) => return Err(e.into()),
+    };
+    match e {
+        CommandError::NotOnline => Err(ApiError::NotFound(
             "not_online",
             format!("{device} is not online"),
         )),
-        Err(CommandError::Timeout) => Err(ApiError::Timeout),
-        Err(CommandError::Overloaded) => Err(ApiError::Unavailable(
+        CommandError::Timeout => Err(ApiError::Timeout),
+        CommandError::Overloaded => Err(ApiError::Unavailable(
             "overloaded",
             "the device's queue is full".into(),
         )),
-        Err(CommandError::Disconnected) => Err(ApiError::Unavailable(
+        CommandError::Disconnected => Err(ApiError::Unavailable(
             "disconnected",
             "the device disconnected before answering".into(),
         )),
-        Err(CommandError::Invalid(m)) => Err(ApiError::BadRequest(m)),
+        CommandError::Invalid(m) => Err(ApiError::BadRequest(m)),
     }
 }
 

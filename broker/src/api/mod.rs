@@ -4,13 +4,16 @@
 //! Every route is declared once in [`routes`] (method, path, auth, handler); the axum router is
 //! built from that table, and a test checks that the table and `docs/openapi.json` (served at
 //! `/v1/openapi.json`) list exactly the same operations. Handlers live in [`handlers`] and talk
-//! to the [`Router`] and its stores only.
+//! to the [`Router`] and its stores only, plus, in cluster mode, a [`ClusterApi`] for what
+//! the local router cannot see: device commands to sessions on other nodes and the cluster-wide
+//! online registry (implemented by `crate::cluster::commands`).
 
 mod handlers;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
@@ -19,10 +22,45 @@ use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Secret};
-use crate::router::Router;
+use crate::router::{CommandError, CommandResult, Router};
+use crate::store::StoreError;
+use crate::terminal::Address;
 
 /// The OpenAPI 3 document (docs/openapi.json), served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// Why a command to a device on another node got no result.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteCommandError {
+    /// The executing node's answer (or `NotOnline` when no node holds the device, `Timeout`
+    /// when no answer came in time).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The node holding the device cannot be reached over the links now.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The online registry could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the API asks the cluster in cluster mode (see module docs). The handlers try the local
+/// router first and ask the cluster only for what it does not hold.
+#[async_trait]
+pub trait ClusterApi: Send + Sync + 'static {
+    /// Sends a command to `device`, held by another node according to the online registry,
+    /// and waits up to `timeout` for its answer.
+    async fn command(
+        &self,
+        device: Address,
+        name: String,
+        payload: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<CommandResult, RemoteCommandError>;
+
+    /// The nodes the cluster-wide online registry names for `terminal`, sorted.
+    async fn nodes_of(&self, terminal: Address) -> Result<Vec<String>, StoreError>;
+}
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -31,6 +69,7 @@ pub struct ApiState {
     api_token: Arc<Secret>,
     command_default: Duration,
     command_max: Duration,
+    cluster: Option<Arc<dyn ClusterApi>>,
 }
 
 impl ApiState {
@@ -41,7 +80,14 @@ impl ApiState {
             api_token: Arc::new(api_token),
             command_default: Duration::from_millis(config.timeouts.command_ms),
             command_max: Duration::from_millis(config.timeouts.command_max_ms),
+            cluster: None,
         }
+    }
+
+    /// Cluster mode: commands and online status also cover the other nodes through `cluster`.
+    pub fn with_cluster(mut self, cluster: Option<Arc<dyn ClusterApi>>) -> ApiState {
+        self.cluster = cluster;
+        self
     }
 }
 

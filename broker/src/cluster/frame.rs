@@ -4,6 +4,9 @@
 //! [`decode`] is sans-IO and never panics: it takes a buffer and returns a frame and how many
 //! bytes it used, `Ok(None)` when more bytes are needed, or an error for an oversized or
 //! undecodable frame (the link is then closed and reconnected).
+//!
+//! New variants are only ever appended to [`Frame`] and [`CommandOutcome`] (postcard encodes
+//! the variant index), so the indexes of existing frames never change.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +48,74 @@ pub enum Frame {
     },
     /// Keepalive (either direction).
     Ping,
+    /// A device command for a session on another node (HTTP API in cluster mode):
+    /// comet -> msgbus (forward to comet `req.to`) or msgbus -> comet (run it locally).
+    Command {
+        /// The request.
+        req: CommandRequest,
+    },
+    /// The answer to the `Command` with the same `id`, sent back on the link it came from.
+    CommandResult {
+        /// The request's id (chosen by the node that sent the request).
+        id: u64,
+        /// What happened.
+        outcome: CommandOutcome,
+    },
+}
+
+impl Frame {
+    /// A short name of the frame's kind (metrics label).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Stored { .. } => "stored",
+            Frame::Deliver { .. } => "deliver",
+            Frame::Ping => "ping",
+            Frame::Command { .. } => "command",
+            Frame::CommandResult { .. } => "command_result",
+        }
+    }
+}
+
+/// A device command carried over a link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// Correlation id, unique among the sender's pending requests on this link.
+    pub id: u64,
+    /// The comet the online registry names for the device.
+    pub to: String,
+    /// The device.
+    pub device: Address,
+    /// Command name (1..=255 bytes; the executing router checks it).
+    pub name: String,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+    /// How long the caller waits for the answer, ms (the executor caps it).
+    pub timeout_ms: u64,
+}
+
+/// The result of a forwarded command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// The device answered.
+    Done {
+        /// The device's status code.
+        status: u16,
+        /// Result payload.
+        payload: Vec<u8>,
+    },
+    /// The executing node holds no session of the device.
+    NotOnline,
+    /// The device did not answer in time.
+    Timeout,
+    /// The device's session queue refused the command.
+    Overloaded,
+    /// The device disconnected before answering.
+    Disconnected,
+    /// The executing router refused the request (name, payload, kind).
+    Invalid(String),
+    /// The forwarding msgbus has no link to the target comet.
+    Unreachable(String),
 }
 
 /// A stored message as carried over a link.
@@ -130,7 +201,32 @@ mod tests {
                 },
             },
             Frame::Ping,
+            command(),
         ];
+        let outcomes = [
+            CommandOutcome::Done {
+                status: 200,
+                payload: b"relay:on".to_vec(),
+            },
+            CommandOutcome::NotOnline,
+            CommandOutcome::Timeout,
+            CommandOutcome::Overloaded,
+            CommandOutcome::Disconnected,
+            CommandOutcome::Invalid("name too long".into()),
+            CommandOutcome::Unreachable("comet-b".into()),
+        ];
+        let frames: Vec<Frame> = frames
+            .into_iter()
+            .chain(
+                outcomes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, outcome)| Frame::CommandResult {
+                        id: u64::MAX - i as u64,
+                        outcome,
+                    }),
+            )
+            .collect();
         let mut wire = Vec::new();
         for f in &frames {
             wire.extend(encode(f).unwrap());
@@ -147,6 +243,69 @@ mod tests {
         }
         assert!(buf.is_empty());
         assert_eq!(got, frames);
+    }
+
+    fn command() -> Frame {
+        Frame::Command {
+            req: CommandRequest {
+                id: 7,
+                to: "comet-b".into(),
+                device: Address::device(42),
+                name: "relay".into(),
+                payload: vec![0, 1, 2, 255],
+                timeout_ms: 5000,
+            },
+        }
+    }
+
+    /// Body bytes of `f` (without the length prefix).
+    fn body(f: &Frame) -> Vec<u8> {
+        encode(f).unwrap()[4..].to_vec()
+    }
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn malformed_command_frames_are_errors_not_panics() {
+        let good = body(&command());
+        // Every truncation of a command body, announced with its truncated length, is an error.
+        for n in 0..good.len() {
+            assert!(
+                matches!(decode(&framed(&good[..n])), Err(FrameError::Body(_))),
+                "truncated to {n}"
+            );
+        }
+        // An unknown frame variant and an unknown outcome variant.
+        assert!(matches!(decode(&framed(&[99])), Err(FrameError::Body(_))));
+        let mut r = body(&Frame::CommandResult {
+            id: 1,
+            outcome: CommandOutcome::Timeout,
+        });
+        *r.last_mut().unwrap() = 77;
+        assert!(matches!(decode(&framed(&r)), Err(FrameError::Body(_))));
+        // A name that is not UTF-8: the name starts after the variant, id and `to`.
+        let mut bad = good.clone();
+        let name_at = 1 + 1 + 1 + "comet-b".len() + 2;
+        assert_eq!(bad[name_at], 5, "length of `relay`");
+        bad[name_at + 1] = 0xff;
+        assert!(matches!(decode(&framed(&bad)), Err(FrameError::Body(_))));
+        // A payload length beyond the body.
+        let mut long = good.clone();
+        let payload_len_at = name_at + 1 + 5;
+        long[payload_len_at] = 100;
+        assert!(matches!(decode(&framed(&long)), Err(FrameError::Body(_))));
+        // Flipping any byte never panics.
+        for i in 0..good.len() {
+            for x in [0u8, 0x7f, 0x80, 0xff] {
+                let mut v = good.clone();
+                v[i] = x;
+                let _ = decode(&framed(&v));
+            }
+        }
     }
 
     #[test]

@@ -4,17 +4,24 @@
 //! a bounded queue that survives reconnects, exponential backoff); comets listen
 //! ([`CometLinks`]). Both sides open with `Hello`. Over a link:
 //! * comet -> msgbus `Stored`: a send stored on the comet, for the other comets;
-//! * msgbus -> comet `Deliver`: a stored message for the comet's local sessions.
+//! * msgbus -> comet `Deliver`: a stored message for the comet's local sessions;
+//! * `Command` / `CommandResult` ([`super::commands`]): an HTTP command for a device on another
+//!   comet. A comet sends it to one msgbus, which forwards it to the target comet and relays
+//!   the result back; a msgbus's own API sends it to the target comet directly. A comet runs
+//!   every `Command` it receives on its router and answers on the same link.
 //!
 //! Queues are bounded: when one is full the frame is dropped and counted. Nothing is lost by
-//! that: every message is in the shared offline store and replayed at the next login.
+//! that: every message is in the shared offline store and replayed at the next login (a dropped
+//! command fails to its HTTP caller). Metrics per peer node: link up/down, frames sent, frames
+//! dropped ([`crate::metrics`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,9 +29,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{self, Dest, Frame, LinkMessage};
+use super::commands::{self, Forward, MAX_FORWARDED_TIMEOUT, Pending};
+use super::frame::{self, CommandOutcome, CommandRequest, Dest, Frame, LinkMessage};
 use super::hooks::StoredSink;
 use crate::discovery::{NodeView, Role};
+use crate::metrics::Metrics;
 use crate::router::Router;
 
 /// Keepalive period on an idle link.
@@ -50,11 +59,14 @@ async fn read_frames(
     }
 }
 
-/// Writes queued frames (and pings when idle) until the queue closes or a write fails.
+/// Writes queued frames (and pings when idle) until the queue closes or a write fails; counts
+/// each frame written for `peer` (the other node's id once known).
 async fn write_frames(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     rx: &mut mpsc::Receiver<Frame>,
     stop: &CancellationToken,
+    peer: &OnceLock<String>,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     loop {
         let f = tokio::select! {
@@ -64,6 +76,7 @@ async fn write_frames(
         };
         let bytes = frame::encode(&f).map_err(|e| e.to_string())?;
         wr.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        metrics.link_frame_sent(peer.get().map_or("unknown", String::as_str), f.name());
     }
 }
 
@@ -89,8 +102,9 @@ fn deliver_local(router: &Router, msg: LinkMessage) -> u64 {
     }
 }
 
-/// The comet side: accepts msgbus links, delivers their `Deliver` frames locally, and sends
-/// `Stored` frames to one connected msgbus (round robin).
+/// The comet side: accepts msgbus links, delivers their `Deliver` frames locally, runs their
+/// `Command` frames, and sends `Stored` and `Command` frames to one connected msgbus (round
+/// robin).
 pub struct CometLinks {
     node: String,
     links: Mutex<BTreeMap<u64, (String, mpsc::Sender<Frame>)>>,
@@ -98,11 +112,13 @@ pub struct CometLinks {
     rr: AtomicUsize,
     queue: usize,
     dropped: AtomicU64,
+    pending: Pending<u64>,
+    metrics: Metrics,
 }
 
 impl CometLinks {
-    /// Links of comet `node`, `queue` frames per link.
-    pub fn new(node: String, queue: usize) -> Arc<CometLinks> {
+    /// Links of comet `node`, `queue` frames per link, recording to `metrics`.
+    pub fn new(node: String, queue: usize, metrics: Metrics) -> Arc<CometLinks> {
         Arc::new(CometLinks {
             node,
             links: Mutex::new(BTreeMap::new()),
@@ -110,7 +126,23 @@ impl CometLinks {
             rr: AtomicUsize::new(0),
             queue,
             dropped: AtomicU64::new(0),
+            pending: Pending::default(),
+            metrics,
         })
+    }
+
+    /// The connected links in round-robin order starting at the next turn.
+    fn rotation(&self) -> Vec<(u64, String, mpsc::Sender<Frame>)> {
+        let mut links: Vec<(u64, String, mpsc::Sender<Frame>)> = self
+            .links()
+            .iter()
+            .map(|(id, (n, t))| (*id, n.clone(), t.clone()))
+            .collect();
+        if !links.is_empty() {
+            let start = self.rr.fetch_add(1, Ordering::Relaxed) % links.len();
+            links.rotate_left(start);
+        }
+        links
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (String, mpsc::Sender<Frame>)>> {
@@ -172,19 +204,36 @@ impl CometLinks {
         let (tx, mut rx) = mpsc::channel(self.queue);
         let stop = cancel.child_token();
         let writer_stop = stop.clone();
+        let name = Arc::new(OnceLock::<String>::new());
+        let (wname, metrics) = (name.clone(), self.metrics.clone());
         let writer = tokio::spawn(async move {
-            let r = write_frames(&mut wr, &mut rx, &writer_stop).await;
+            let r = write_frames(&mut wr, &mut rx, &writer_stop, &wname, &metrics).await;
             writer_stop.cancel();
             r
         });
         let me = self.clone();
         let reader = read_frames(rd, |f| match f {
             Frame::Hello { node, role } => {
-                tracing::info!(%peer, msgbus = %node, ?role, "msgbus link up");
-                me.links().insert(id, (node, tx.clone()));
+                if name.set(node.clone()).is_ok() {
+                    tracing::info!(%peer, msgbus = %node, ?role, "msgbus link up");
+                    me.metrics.link_state(&node, true);
+                    me.links().insert(id, (node, tx.clone()));
+                }
             }
             Frame::Deliver { msg } => {
                 deliver_local(&router, msg);
+            }
+            Frame::Command { req } => {
+                let (router, tx) = (router.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let id = req.id;
+                    let outcome = commands::run_locally(&router, req).await;
+                    // The link may be gone meanwhile: the requester then fails by itself.
+                    let _ = tx.send(Frame::CommandResult { id, outcome }).await;
+                });
+            }
+            Frame::CommandResult { id, outcome } => {
+                me.pending.complete(id, outcome);
             }
             Frame::Stored { .. } | Frame::Ping => {}
         });
@@ -194,30 +243,60 @@ impl CometLinks {
         };
         stop.cancel();
         self.links().remove(&id);
+        if let Some(n) = name.get() {
+            self.metrics.link_state(n, false);
+        }
+        self.pending.fail_via(
+            &id,
+            &CommandOutcome::Unreachable("the msgbus link went down".into()),
+        );
         let _ = writer.await;
         tracing::info!(%peer, result = ?r, "msgbus link down");
     }
 }
 
+#[async_trait]
+impl Forward for CometLinks {
+    /// Sends the request to one connected msgbus, which forwards it to comet `req.to`.
+    async fn forward(&self, mut req: CommandRequest, timeout: Duration) -> CommandOutcome {
+        for (link, msgbus, tx) in self.rotation() {
+            let (id, rx) = self.pending.register(link);
+            req.id = id;
+            // Commands are rare: a clone per attempt keeps the request for the next link.
+            if tx.try_send(Frame::Command { req: req.clone() }).is_ok() {
+                return self.pending.wait(id, rx, timeout).await;
+            }
+            self.pending.forget(id);
+            self.metrics.link_frame_dropped(&msgbus, "queue_full");
+        }
+        CommandOutcome::Unreachable(format!(
+            "no msgbus link can take the command for comet {}",
+            req.to
+        ))
+    }
+}
+
 impl StoredSink for CometLinks {
     fn stored(&self, msg: LinkMessage) {
-        let links: Vec<mpsc::Sender<Frame>> =
-            self.links().values().map(|(_, t)| t.clone()).collect();
+        let links = self.rotation();
         if links.is_empty() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.link_frame_dropped("none", "no_link");
             tracing::warn!(
                 msg_id = msg.msg_id,
                 "no msgbus link: other nodes get this message at their next replay"
             );
             return;
         }
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
         let mut f = Frame::Stored { msg };
-        for i in 0..links.len() {
-            match links[(start + i) % links.len()].try_send(f) {
+        for (_, msgbus, tx) in links {
+            match tx.try_send(f) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(back))
-                | Err(mpsc::error::TrySendError::Closed(back)) => f = back,
+                | Err(mpsc::error::TrySendError::Closed(back)) => {
+                    self.metrics.link_frame_dropped(&msgbus, "queue_full");
+                    f = back
+                }
             }
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -242,11 +321,18 @@ pub struct LinkManager {
     queue: usize,
     backoff: (Duration, Duration),
     dropped: AtomicU64,
+    pending: Pending<String>,
+    metrics: Metrics,
 }
 
 impl LinkManager {
-    /// A manager for msgbus `node`.
-    pub fn new(node: String, queue: usize, backoff: (Duration, Duration)) -> Arc<LinkManager> {
+    /// A manager for msgbus `node`, recording to `metrics`.
+    pub fn new(
+        node: String,
+        queue: usize,
+        backoff: (Duration, Duration),
+        metrics: Metrics,
+    ) -> Arc<LinkManager> {
         Arc::new(LinkManager {
             node,
             peers: Mutex::new(BTreeMap::new()),
@@ -254,7 +340,31 @@ impl LinkManager {
             queue,
             backoff,
             dropped: AtomicU64::new(0),
+            pending: Pending::default(),
+            metrics,
         })
+    }
+
+    fn is_up(&self, comet: &str) -> bool {
+        self.up().get(comet).copied().unwrap_or(false)
+    }
+
+    /// Relays a comet's `Command` to its target comet and the outcome back to `origin`.
+    fn relay_command(self: &Arc<Self>, origin: String, req: CommandRequest) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = req.id;
+            let timeout = Duration::from_millis(req.timeout_ms).min(MAX_FORWARDED_TIMEOUT);
+            let outcome = me.forward(req, timeout).await;
+            let tx = me.peers().get(&origin).map(|p| p.tx.clone());
+            let sent = match tx {
+                Some(tx) => tx.send(Frame::CommandResult { id, outcome }).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                me.metrics.link_frame_dropped(&origin, "no_link");
+            }
+        });
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Peer>> {
@@ -287,11 +397,16 @@ impl LinkManager {
     /// Queues `msg` for comet `node`; false when unknown or its queue is full.
     pub fn deliver(&self, node: &str, msg: LinkMessage) -> bool {
         let tx = self.peers().get(node).map(|p| p.tx.clone());
-        let ok = tx.is_some_and(|tx| tx.try_send(Frame::Deliver { msg }).is_ok());
-        if !ok {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
+        let reason = match tx {
+            None => "no_link",
+            Some(tx) => match tx.try_send(Frame::Deliver { msg }) {
+                Ok(()) => return true,
+                Err(_) => "queue_full",
+            },
+        };
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.metrics.link_frame_dropped(node, reason);
+        false
     }
 
     /// Follows `view`: starts a link task per comet with a link address, stops those that left.
@@ -378,21 +493,32 @@ impl LinkManager {
                     let (rd, mut wr) = stream.into_split();
                     if send_hello(&mut wr, &self.node, Role::Msgbus).await.is_ok() {
                         self.up().insert(comet.clone(), true);
+                        self.metrics.link_state(&comet, true);
                         tracing::info!(%comet, %addr, "link to comet up");
                         let stop = cancel.child_token();
                         let origin = comet.clone();
                         let on = on_stored.clone();
-                        let reader = read_frames(rd, move |f| {
-                            if let Frame::Stored { msg } = f {
-                                on(origin.clone(), msg);
+                        let me = self.clone();
+                        let reader = read_frames(rd, move |f| match f {
+                            Frame::Stored { msg } => on(origin.clone(), msg),
+                            Frame::Command { req } => me.relay_command(origin.clone(), req),
+                            Frame::CommandResult { id, outcome } => {
+                                me.pending.complete(id, outcome);
                             }
+                            Frame::Hello { .. } | Frame::Deliver { .. } | Frame::Ping => {}
                         });
+                        let name = OnceLock::from(comet.clone());
                         let r = tokio::select! {
                             r = reader => r,
-                            r = write_frames(&mut wr, &mut rx, &stop) => r,
+                            r = write_frames(&mut wr, &mut rx, &stop, &name, &self.metrics) => r,
                         };
                         stop.cancel();
                         self.up().insert(comet.clone(), false);
+                        self.metrics.link_state(&comet, false);
+                        self.pending.fail_via(
+                            &comet,
+                            &CommandOutcome::Unreachable(format!("the link to {comet} went down")),
+                        );
                         tracing::info!(%comet, result = ?r, "link to comet down");
                     }
                 }
@@ -405,5 +531,26 @@ impl LinkManager {
             delay = (delay * 2).min(max);
         }
         self.up().remove(&comet);
+    }
+}
+
+#[async_trait]
+impl Forward for LinkManager {
+    /// Sends the request to comet `req.to` over its link (which must be up).
+    async fn forward(&self, mut req: CommandRequest, timeout: Duration) -> CommandOutcome {
+        let tx = self.peers().get(&req.to).map(|p| p.tx.clone());
+        let Some(tx) = tx.filter(|_| self.is_up(&req.to)) else {
+            self.metrics.link_frame_dropped(&req.to, "no_link");
+            return CommandOutcome::Unreachable(format!("no link to comet {}", req.to));
+        };
+        let to = req.to.clone();
+        let (id, rx) = self.pending.register(to.clone());
+        req.id = id;
+        if tx.try_send(Frame::Command { req }).is_err() {
+            self.pending.forget(id);
+            self.metrics.link_frame_dropped(&to, "queue_full");
+            return CommandOutcome::Unreachable(format!("the link queue to comet {to} is full"));
+        }
+        self.pending.wait(id, rx, timeout).await
     }
 }

@@ -17,8 +17,14 @@
 //!   comets holding its recipients, a broadcast once per comet ([`route`]); backend pushes are
 //!   also consumed from RabbitMQ ([`crate::uploads::PushConsumer`]).
 //!
-//! [`frame`] is the link wire format; [`config`] the `[cluster]` section.
+//! Both roles give the HTTP API a [`commands::ClusterCommands`]: a device command sent to any
+//! node's API reaches the device on whichever comet holds it (over the links), and terminal
+//! status answers from the cluster-wide online registry.
+//!
+//! [`frame`] is the link wire format; [`config`] the `[cluster]` section. Links, presence and
+//! discovery record to the node's [`Metrics`] (served at `/metrics`).
 
+pub mod commands;
 pub mod config;
 pub mod frame;
 pub mod hooks;
@@ -47,6 +53,7 @@ use crate::discovery::{
     Discovery, DiscoveryError, NodeInfo, NodeView, Role, StaticDiscovery, ZkDiscovery,
 };
 use crate::keeper::RabbitView;
+use crate::metrics::Metrics;
 use crate::router::now_ms;
 use crate::store::embedded::{EmbeddedStore, OfflineLimits};
 use crate::store::redis::{OnlineRegistry, RedisConn, RedisConnError, RedisStore};
@@ -138,6 +145,7 @@ struct Common {
     registry: Arc<OnlineRegistry>,
     node_id: String,
     cancel: CancellationToken,
+    metrics: Metrics,
 }
 
 async fn common(config: &Config) -> Result<Common, ClusterError> {
@@ -164,15 +172,20 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
         registry: Arc::new(OnlineRegistry::new(conn)),
         node_id,
         cancel: CancellationToken::new(),
+        metrics: Metrics::new(),
     })
 }
 
-fn start_discovery(config: &Config, me: NodeInfo) -> Result<Arc<dyn Discovery>, ClusterError> {
+fn start_discovery(
+    config: &Config,
+    me: NodeInfo,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Discovery>, ClusterError> {
     let d: Arc<dyn Discovery> = match config.discovery.mode {
         DiscoveryMode::Zookeeper => Arc::new(ZkDiscovery::start(ZkOptions::from_config(
             &config.discovery,
             Some(me),
-            DiscoveryMetrics::noop(),
+            DiscoveryMetrics::new(metrics.recorder()),
         ))?),
         _ => Arc::new(StaticDiscovery::new(config.discovery.static_nodes.clone())?),
     };
@@ -263,8 +276,19 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         c.registry.clone(),
         c.node_id.clone(),
         now_ms().saturating_mul(1000),
+        c.metrics.clone(),
     ));
-    let comet_links = link::CometLinks::new(c.node_id.clone(), config.cluster.link_queue);
+    let comet_links = link::CometLinks::new(
+        c.node_id.clone(),
+        config.cluster.link_queue,
+        c.metrics.clone(),
+    );
+    let cluster_api = commands::ClusterCommands::new(
+        c.node_id.clone(),
+        c.registry.clone(),
+        comet_links.clone(),
+        c.metrics.clone(),
+    );
     let (nodes, rabbit_view, static_rabbit) = rabbit_nodes(config, &c.cancel)?;
     let limits = OfflineLimits {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
@@ -302,11 +326,13 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         StartParts {
             stores,
             extra_routes: lookup,
+            metrics: c.metrics.clone(),
+            cluster_api: Some(cluster_api),
         },
     )
     .await?;
     let me = self_info(config, Role::Comet, &running, Some(link_addr))?;
-    let discovery = start_discovery(config, me)?;
+    let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
     let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
     tasks.push(comet_links.serve(listener, running.router.clone(), c.cancel.clone()));
@@ -348,6 +374,13 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
             Duration::from_millis(config.cluster.reconnect_min_ms),
             Duration::from_millis(config.cluster.reconnect_max_ms),
         ),
+        c.metrics.clone(),
+    );
+    let cluster_api = commands::ClusterCommands::new(
+        c.node_id.clone(),
+        c.registry.clone(),
+        links.clone(),
+        c.metrics.clone(),
     );
     let route = route::MsgbusRoute::new(links.clone(), c.registry.clone());
     let limits = OfflineLimits {
@@ -373,11 +406,13 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         StartParts {
             stores,
             extra_routes: lookup,
+            metrics: c.metrics.clone(),
+            cluster_api: Some(cluster_api),
         },
     )
     .await?;
     let me = self_info(config, Role::Msgbus, &running, None)?;
-    let discovery = start_discovery(config, me)?;
+    let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
     let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
     let r = route.clone();
@@ -390,6 +425,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         c.registry.clone(),
         c.node_id.clone(),
         now_ms().saturating_mul(1000),
+        c.metrics.clone(),
     ));
     tasks.extend(presence::spawn_loops(
         presence,

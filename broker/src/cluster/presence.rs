@@ -8,6 +8,9 @@
 //! * [`Presence::heartbeat`] refreshes the node's heartbeat key; when Redis says it had expired
 //!   (this node was presumed dead and swept) every tracked terminal is registered again.
 //! * Every node also runs [`OnlineRegistry::sweep_dead_nodes`] (see [`spawn_loops`]).
+//!
+//! Every registry write is counted in `broker_presence_writes_total{op}` and, when it fails,
+//! `broker_presence_errors_total{op}` ([`crate::metrics::Metrics::presence_write`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::store::StoreError;
 use crate::store::redis::OnlineRegistry;
@@ -28,17 +32,34 @@ pub struct Presence {
     node: String,
     next_epoch: AtomicU64,
     tracked: Mutex<BTreeMap<Address, u64>>,
+    metrics: Metrics,
+}
+
+/// Counts a registry write `op` with its result.
+fn counted<T>(
+    metrics: &Metrics,
+    op: &'static str,
+    r: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    metrics.presence_write(op, r.is_ok());
+    r
 }
 
 impl Presence {
     /// Presence of `node`; epochs start at `epoch_base` (e.g. start time in µs, so a restarted
-    /// node never reuses an epoch of its previous run).
-    pub fn new(registry: Arc<OnlineRegistry>, node: String, epoch_base: u64) -> Presence {
+    /// node never reuses an epoch of its previous run). Registry writes are counted in `metrics`.
+    pub fn new(
+        registry: Arc<OnlineRegistry>,
+        node: String,
+        epoch_base: u64,
+        metrics: Metrics,
+    ) -> Presence {
         Presence {
             registry,
             node,
             next_epoch: AtomicU64::new(epoch_base),
             tracked: Mutex::new(BTreeMap::new()),
+            metrics,
         }
     }
 
@@ -54,7 +75,8 @@ impl Presence {
     /// Registers a login of `terminal` with a new epoch.
     pub async fn login(&self, terminal: Address) -> Result<(), StoreError> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
-        self.registry.register(terminal, &self.node, epoch).await?;
+        let r = self.registry.register(terminal, &self.node, epoch).await;
+        counted(&self.metrics, "register", r)?;
         self.tracked().insert(terminal, epoch);
         Ok(())
     }
@@ -68,7 +90,8 @@ impl Presence {
         let mut removed = 0;
         for (t, epoch) in &tracked {
             if online.binary_search(t).is_err() {
-                self.registry.unregister(*t, &self.node, *epoch).await?;
+                let r = self.registry.unregister(*t, &self.node, *epoch).await;
+                counted(&self.metrics, "unregister", r)?;
                 let mut tr = self.tracked();
                 if tr.get(t) == Some(epoch) {
                     tr.remove(t);
@@ -86,7 +109,8 @@ impl Presence {
 
     /// Refreshes the heartbeat; re-registers everything when it had expired.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), StoreError> {
-        if !self.registry.heartbeat(&self.node, ttl).await? {
+        let r = self.registry.heartbeat(&self.node, ttl).await;
+        if !counted(&self.metrics, "heartbeat", r)? {
             let all = self.tracked().clone();
             if !all.is_empty() {
                 tracing::warn!(
@@ -96,7 +120,8 @@ impl Presence {
                 );
             }
             for (t, epoch) in all {
-                self.registry.register(t, &self.node, epoch).await?;
+                let r = self.registry.register(t, &self.node, epoch).await;
+                counted(&self.metrics, "register", r)?;
             }
         }
         Ok(())
@@ -143,11 +168,13 @@ pub fn spawn_loops(
         }
     }));
     let c = cancel.clone();
+    let metrics = presence.metrics.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.sweep);
         loop {
             tokio::select! { _ = c.cancelled() => break, _ = tick.tick() => {} }
-            match registry.sweep_dead_nodes().await {
+            let r = registry.sweep_dead_nodes().await;
+            match counted(&metrics, "sweep", r) {
                 Ok(r) if !r.nodes.is_empty() => {
                     tracing::info!(nodes = ?r.nodes, entries = r.entries, "swept dead nodes from the online registry");
                 }

@@ -1,0 +1,273 @@
+//! Support for the cluster tests on real services (`cluster_e2e`, `zk_restart`): the services'
+//! env file, a [`Run`] with names unique to one test run (Redis key prefix, znode roots, RabbitMQ
+//! exchanges and queues) and node configs, rmqkeeper child processes, the HTTP API, `/metrics`,
+//! and a test device answering commands.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use broker::cluster::ClusterNode;
+use broker::config::Config;
+use broker::discovery::DiscoveryConfig;
+use broker::discovery::config::DiscoveryMode;
+use broker::terminal::IdProfile;
+use serde_json::{Value, json};
+use shared_protocol::frame::Body;
+
+use crate::comet_support::*;
+
+/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
+pub fn services() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let env: BTreeMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        env.contains_key("REDIS_URL")
+            && env.contains_key("ZOOKEEPER_ADDR")
+            && env.contains_key("RABBITMQ_2_AMQP_URL"),
+        "services are not running: run `cargo xtask services up` first"
+    );
+    env
+}
+
+/// Check interval of the keepers (the znode must go within two of them).
+pub const CHECK_MS: u64 = 1000;
+
+/// Names unique to this run.
+pub struct Run {
+    pub id: String,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Run {
+    pub fn new() -> Run {
+        Run {
+            id: format!("e2e{}x{}", broker::router::now_ms(), rand::random::<u16>()),
+            env: services(),
+        }
+    }
+
+    /// Deletes this run's Redis keys.
+    pub async fn clean_redis(&self) {
+        let client = redis::Client::open(self.env["REDIS_URL"].as_str()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.id))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub fn rabbit_root(&self) -> String {
+        format!("/{}-rabbit", self.id)
+    }
+
+    pub fn config(&self, dir: &std::path::Path, node: &str) -> Config {
+        let mut c = config(dir, IdProfile::Plug);
+        c.discovery = DiscoveryConfig {
+            mode: DiscoveryMode::Zookeeper,
+            zk_servers: self.env["ZOOKEEPER_ADDR"].clone(),
+            root: format!("/{}", self.id),
+            session_timeout_ms: 4000,
+            load_update_secs: 1,
+            node_id: node.into(),
+            ..DiscoveryConfig::default()
+        };
+        c.redis.url = self.env["REDIS_URL"].clone();
+        c.redis.key_prefix = format!("{}:", self.id);
+        c.rabbitmq.upload_exchange = format!("{}.uploads", self.id);
+        c.rabbitmq.upload_queue = format!("{}.uploads", self.id);
+        c.rabbitmq.push_exchange = format!("{}.pushes", self.id);
+        c.rabbitmq.push_queue = format!("{}.msgbus.pushes", self.id);
+        c.rabbitmq.confirm_timeout_ms = 2000;
+        c.rabbitmq.connect_timeout_ms = 1000;
+        c.rabbitmq.retry_interval_ms = 200;
+        c.cluster.link_listen = "127.0.0.1:0".parse().unwrap();
+        c.cluster.heartbeat_ms = 300;
+        c.cluster.node_ttl_ms = 1500;
+        c.cluster.sweep_interval_ms = 500;
+        c.cluster.reconcile_ms = 200;
+        c.cluster.rabbit_root = self.rabbit_root();
+        c
+    }
+
+    pub fn keeper(&self, n: u8) -> Keeper {
+        let e = &self.env;
+        let amqp = e[&format!("RABBITMQ_{n}_AMQP_ADDR")].clone();
+        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args([
+                "rmqkeeper",
+                "--amqp-url",
+                &format!("amqp://{amqp}/%2f"),
+                "--mgmt-url",
+                &e[&format!("RABBITMQ_{n}_MGMT_URL")],
+                "--mgmt-user",
+                &e[&format!("RABBITMQ_{n}_MGMT_USER")],
+                "--mgmt-password",
+                &e[&format!("RABBITMQ_{n}_MGMT_PASSWORD")],
+                "--zk-servers",
+                &e["ZOOKEEPER_ADDR"],
+                "--root",
+                &self.rabbit_root(),
+                "--check-interval-ms",
+                &CHECK_MS.to_string(),
+                "--session-timeout-ms",
+                "4000",
+            ])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn rmqkeeper");
+        Keeper(child)
+    }
+}
+
+/// A keeper child process, killed (by its PID) when dropped.
+pub struct Keeper(pub Child);
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a RabbitMQ node's app again when dropped (also when the test panics).
+pub struct StartAppOnDrop(pub Option<String>);
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.take() {
+            let out = Command::new("rabbitmqctl")
+                .args(["-n", &node, "start_app"])
+                .output();
+            eprintln!("start_app {node}: {:?}", out.map(|o| o.status));
+        }
+    }
+}
+
+pub async fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.elapsed()
+}
+
+pub async fn api(
+    node: &ClusterNode,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", node.running.http))
+        .bearer_auth(API_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Every Deliver a device gets within `wait` (acked by the test device).
+pub async fn device_delivers(dev: &mut Device, wait: Duration) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    while let Some(g) = dev
+        .next_event(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if let Got::Deliver {
+            msg_id, payload, ..
+        } = g
+        {
+            out.push((msg_id, payload));
+        }
+    }
+    out
+}
+
+/// Every deliver an app gets within `wait` (acked).
+pub async fn app_delivers(app: &mut App, wait: Duration) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    while let Some(v) = app
+        .recv_skip_presence(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        if v["type"] == "deliver" {
+            app.send(json!({"type": "ack", "msg_id": v["msg_id"]}))
+                .await;
+            let p = B64.decode(v["payload"].as_str().unwrap()).unwrap();
+            out.push((v["msg_id"].as_u64().unwrap(), p));
+        }
+    }
+    out
+}
+
+/// Waits for one Command on `dev` and answers it with status 7 and `<name>:<payload>`.
+pub async fn answer_one_command(dev: &mut Device) -> (String, Vec<u8>) {
+    loop {
+        match dev.next_event(WAIT).await {
+            Some(Got::Command {
+                cmd_id,
+                name,
+                payload,
+            }) => {
+                let answer = format!("{name}:{}", String::from_utf8_lossy(&payload));
+                dev.send(Body::CommandResult {
+                    cmd_id,
+                    status: 7,
+                    payload: answer.as_bytes(),
+                })
+                .await;
+                return (name, payload);
+            }
+            Some(_) => {}
+            None => panic!("no command reached the device"),
+        }
+    }
+}
+
+/// The `/metrics` text of `node`, read over HTTP like a scraper does.
+pub async fn scrape(node: &ClusterNode) -> String {
+    reqwest::get(format!("http://{}/metrics", node.running.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample `series` (name and labels, exactly as rendered) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
