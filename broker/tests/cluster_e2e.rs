@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use broker::cluster::{ClusterNode, start_comet, start_msgbus};
-use broker::config::Config;
 use broker::discovery::zk::ZkSettings;
 use broker::keeper::RabbitView;
 use broker::terminal::Address;
@@ -27,7 +26,6 @@ use cluster_support::*;
 use comet_support::*;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -57,26 +55,6 @@ async fn drain_keys(url: &str, queue: &str) -> Vec<String> {
     }
     let _ = conn.close(200, "done".into()).await;
     out
-}
-
-async fn cleanup_rabbit(url: &str, c: &Config) {
-    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
-        return;
-    };
-    if let Ok(ch) = conn.create_channel().await {
-        let r = &c.rabbitmq;
-        for q in [&r.upload_queue, &r.push_queue] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for x in [&r.upload_exchange, &r.push_exchange] {
-            let _ = ch
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-    }
-    let _ = conn.close(200, "cleanup".into()).await;
 }
 
 async fn upload_n(dev: &mut Device, ids: std::ops::Range<u32>) {

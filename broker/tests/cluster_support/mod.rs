@@ -15,6 +15,8 @@ use broker::config::Config;
 use broker::discovery::DiscoveryConfig;
 use broker::discovery::config::DiscoveryMode;
 use broker::terminal::IdProfile;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use shared_protocol::frame::Body;
 
@@ -270,4 +272,25 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Deletes the run's RabbitMQ exchanges and queues on the node at `url`.
+pub async fn cleanup_rabbit(url: &str, c: &Config) {
+    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        let r = &c.rabbitmq;
+        for q in [&r.upload_queue, &r.push_queue] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [&r.upload_exchange, &r.push_exchange] {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "cleanup".into()).await;
 }
