@@ -261,6 +261,62 @@ async fn two_comets_two_msgbus_two_rabbits() {
         Some(Got::Command { .. })
     ));
 
+    // 1d. /metrics on each node: links and frames per peer, cluster commands, presence writes
+    //     and discovery.
+    let (a, b, m2) = (
+        scrape(&comet_a).await,
+        scrape(&comet_b).await,
+        scrape(&bus2).await,
+    );
+    for p in ["msgbus-1", "msgbus-2"] {
+        let series = format!(r#"broker_link_up{{peer="{p}"}}"#);
+        assert_eq!(sample(&a, &series), Some(1.0), "{series} in {a}");
+    }
+    let commands_sent: f64 = ["msgbus-1", "msgbus-2"]
+        .iter()
+        .filter_map(|p| {
+            sample(
+                &a,
+                &format!(r#"broker_link_frames_sent_total{{peer="{p}",frame="command"}}"#),
+            )
+        })
+        .sum();
+    assert_eq!(
+        commands_sent, 2.0,
+        "the answered and the timed-out command: {a}"
+    );
+    for (result, n) in [("ok", 1.0), ("timeout", 1.0), ("not_online", 1.0)] {
+        let series = format!(r#"broker_cluster_commands_total{{result="{result}"}}"#);
+        assert_eq!(sample(&a, &series), Some(n), "{series} in {a}");
+    }
+    assert_eq!(
+        sample(&m2, r#"broker_cluster_commands_total{result="ok"}"#),
+        Some(1.0),
+        "{m2}"
+    );
+    assert!(
+        sample(
+            &m2,
+            r#"broker_link_frames_sent_total{peer="comet-b",frame="command"}"#
+        ) >= Some(1.0),
+        "{m2}"
+    );
+    assert!(
+        sample(&b, r#"broker_presence_writes_total{op="register"}"#) >= Some(1.0),
+        "{b}"
+    );
+    assert!(
+        sample(&b, r#"broker_presence_writes_total{op="heartbeat"}"#) >= Some(1.0),
+        "{b}"
+    );
+    assert!(!b.contains("broker_presence_errors_total"), "{b}");
+    assert_eq!(sample(&a, "broker_discovery_healthy"), Some(1.0), "{a}");
+    assert_eq!(
+        sample(&a, r#"broker_discovery_nodes{role="comet"}"#),
+        Some(2.0),
+        "{a}"
+    );
+
     // 2. A backend push (msgbus 2) and a broadcast (msgbus 1): each terminal gets each once.
     let (s, v) = api(
         &bus2,

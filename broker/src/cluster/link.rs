@@ -554,3 +554,184 @@ impl Forward for LinkManager {
         self.pending.wait(id, rx, timeout).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::discovery::{NodeAddr, NodeInfo};
+    use crate::router::RouterSettings;
+    use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+    use crate::terminal::Address;
+
+    fn has(text: &str, series: &str, v: u64) -> bool {
+        text.lines().any(|l| l == format!("{series} {v}"))
+    }
+
+    fn msg() -> LinkMessage {
+        LinkMessage {
+            msg_id: 1,
+            from: None,
+            payload: b"x".to_vec(),
+            dest: Dest::List(vec![Address::device(1)]),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_links_frames_are_dropped_counted_and_commands_unreachable() {
+        let m = Metrics::new();
+        let bus = LinkManager::new(
+            "msgbus-1".into(),
+            4,
+            (Duration::from_millis(10), Duration::from_millis(10)),
+            m.clone(),
+        );
+        assert!(!bus.deliver("comet-x", msg()));
+        let req = CommandRequest {
+            id: 0,
+            to: "comet-x".into(),
+            device: Address::device(1),
+            name: "relay".into(),
+            payload: vec![],
+            timeout_ms: 1000,
+        };
+        let o = bus.forward(req.clone(), Duration::from_secs(1)).await;
+        assert!(matches!(o, CommandOutcome::Unreachable(_)), "{o:?}");
+        let comet = CometLinks::new("comet-a".into(), 4, m.clone());
+        comet.stored(msg());
+        let o = comet.forward(req, Duration::from_secs(1)).await;
+        assert!(matches!(o, CommandOutcome::Unreachable(_)), "{o:?}");
+        let text = m.render();
+        assert!(
+            has(
+                &text,
+                r#"broker_link_frames_dropped_total{peer="comet-x",reason="no_link"}"#,
+                2
+            ),
+            "{text}"
+        );
+        assert!(
+            has(
+                &text,
+                r#"broker_link_frames_dropped_total{peer="none",reason="no_link"}"#,
+                1
+            ),
+            "{text}"
+        );
+        assert_eq!((bus.dropped(), comet.dropped()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_loopback_link_carries_commands_both_ways_and_counts_up_down_and_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(
+            dir.path(),
+            OfflineLimits {
+                max_per_terminal: 10,
+                eviction: Default::default(),
+            },
+        )
+        .unwrap();
+        let (cm, bm) = (Metrics::new(), Metrics::new());
+        let router = Router::new(
+            RouterSettings::from_config(&Config::default()),
+            store.stores(),
+            cm.clone(),
+        );
+        let comet = CometLinks::new("comet-a".into(), 8, cm.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let serve = comet.serve(listener, router, cancel.clone());
+        let bus = LinkManager::new(
+            "msgbus-1".into(),
+            8,
+            (Duration::from_millis(10), Duration::from_millis(50)),
+            bm.clone(),
+        );
+        let (view_tx, view_rx) = watch::channel(NodeView {
+            nodes: vec![NodeInfo {
+                id: "comet-a".into(),
+                role: Role::Comet,
+                addr: NodeAddr {
+                    link: Some(addr.to_string()),
+                    ..NodeAddr::default()
+                },
+                load: 0,
+            }],
+            healthy: true,
+        });
+        let follow = bus.follow(view_rx, Arc::new(|_, _| {}), cancel.clone());
+        let t = std::time::Instant::now();
+        while bus.connected().is_empty() || comet.connected().is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(5), "link never came up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // msgbus -> comet: the comet runs it (the device has no session there) and answers.
+        let req = CommandRequest {
+            id: 0,
+            to: "comet-a".into(),
+            device: Address::device(9),
+            name: "relay".into(),
+            payload: b"on".to_vec(),
+            timeout_ms: 1000,
+        };
+        let o = bus.forward(req.clone(), Duration::from_secs(2)).await;
+        assert_eq!(o, CommandOutcome::NotOnline);
+        // comet -> msgbus -> comet (the same one here): relayed both ways.
+        let o = comet.forward(req, Duration::from_secs(2)).await;
+        assert_eq!(o, CommandOutcome::NotOnline);
+        let (bt, ct) = (bm.render(), cm.render());
+        assert!(has(&bt, r#"broker_link_up{peer="comet-a"}"#, 1), "{bt}");
+        assert!(has(&ct, r#"broker_link_up{peer="msgbus-1"}"#, 1), "{ct}");
+        assert!(
+            has(
+                &bt,
+                r#"broker_link_frames_sent_total{peer="comet-a",frame="command"}"#,
+                2
+            ),
+            "{bt}"
+        );
+        assert!(
+            has(
+                &bt,
+                r#"broker_link_frames_sent_total{peer="comet-a",frame="command_result"}"#,
+                1
+            ),
+            "{bt}"
+        );
+        assert!(
+            has(
+                &ct,
+                r#"broker_link_frames_sent_total{peer="msgbus-1",frame="command_result"}"#,
+                2
+            ),
+            "{ct}"
+        );
+        // The comet leaves the view: the link goes down on both sides.
+        view_tx.send_replace(NodeView {
+            nodes: vec![],
+            healthy: true,
+        });
+        let t = std::time::Instant::now();
+        while !comet.connected().is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(5), "link never went down");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (bt, ct) = (bm.render(), cm.render());
+        assert!(has(&bt, r#"broker_link_up{peer="comet-a"}"#, 0), "{bt}");
+        assert!(has(&ct, r#"broker_link_up{peer="msgbus-1"}"#, 0), "{ct}");
+        assert!(
+            has(
+                &ct,
+                r#"broker_link_transitions_total{peer="msgbus-1",state="down"}"#,
+                1
+            ),
+            "{ct}"
+        );
+        cancel.cancel();
+        let _ = serve.await;
+        let _ = follow.await;
+    }
+}

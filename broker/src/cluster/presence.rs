@@ -197,3 +197,26 @@ pub fn spawn_loops(
     }
     tasks
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_writes_and_errors_are_counted_per_op() {
+        let m = Metrics::new();
+        assert!(counted(&m, "register", Ok(())).is_ok());
+        assert!(counted(&m, "register", Ok(())).is_ok());
+        let e: Result<(), StoreError> = Err(StoreError::Backend("down".into()));
+        assert!(counted(&m, "heartbeat", e).is_err());
+        let text = m.render();
+        for line in [
+            r#"broker_presence_writes_total{op="register"} 2"#,
+            r#"broker_presence_writes_total{op="heartbeat"} 1"#,
+            r#"broker_presence_errors_total{op="heartbeat"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert!(!text.contains(r#"broker_presence_errors_total{op="register"}"#));
+    }
+}
