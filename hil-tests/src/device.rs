@@ -72,12 +72,14 @@ pub struct Boot {
     pub seed: u64,
     /// The board ends itself after this long (a safety net if the test itself is killed).
     pub exit_after_s: u64,
+    /// The node lookup (`PLUG_LOOKUP`), when the boot asks it first.
+    pub lookup: Option<SocketAddr>,
 }
 
 impl Boot {
     /// The provisioning as `PLUG_*` pairs (names and formats shared by every board).
     pub fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut vars = vec![
             ("PLUG_DEVICE_ID", self.device_id.to_string()),
             ("PLUG_DEVICE_KEY", hex::encode(self.key)),
             ("PLUG_BROKER_UDP", self.udp.to_string()),
@@ -86,7 +88,11 @@ impl Boot {
             ("PLUG_METER_MS", self.meter_ms.to_string()),
             ("PLUG_SEED", self.seed.to_string()),
             ("PLUG_EXIT_AFTER_S", self.exit_after_s.to_string()),
-        ]
+        ];
+        if let Some(lookup) = self.lookup {
+            vars.push(("PLUG_LOOKUP", lookup.to_string()));
+        }
+        vars
     }
 
     /// The QEMU boot command line: `KEY=VALUE` words.
@@ -357,8 +363,21 @@ mod tests {
             meter_ms: 1000,
             seed: 9,
             exit_after_s: 300,
+            lookup: None,
         };
         let line = boot.cmdline();
+        assert!(!line.contains("PLUG_LOOKUP"), "{line}");
+        let with_lookup = Boot {
+            lookup: Some("10.0.2.2:8080".parse().unwrap()),
+            ..boot.clone()
+        };
+        assert!(
+            with_lookup
+                .cmdline()
+                .ends_with(" PLUG_LOOKUP=10.0.2.2:8080"),
+            "{}",
+            with_lookup.cmdline()
+        );
         assert!(
             line.starts_with("PLUG_DEVICE_ID=4001 PLUG_DEVICE_KEY=abab"),
             "{line}"

@@ -6,12 +6,14 @@
 //! * [`run`]: per rig, the network set-up ([`netns`] for the host TAP board), a fresh
 //!   [`broker`] (in-process, port 0), then per transport: boot the board ([`device`]), run the
 //!   [`scenario`] (shared by every rig) over the [`api`] client, stop the board.
+//! * [`lookup`]: the node lookup the lookup suites' boards ask (rigs with `lookup = true`).
 //! * [`junit`]: the results as JUnit XML (`target/hil/junit.xml`).
 
 pub mod api;
 pub mod broker;
 pub mod device;
 pub mod junit;
+pub mod lookup;
 pub mod netns;
 pub mod rig;
 pub mod run;

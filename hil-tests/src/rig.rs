@@ -134,6 +134,10 @@ pub struct Rig {
     pub meter_ms: u64,
     /// Boot to login, seconds.
     pub login_timeout_s: u64,
+    /// Also run each transport with a wrong static broker and the node lookup
+    /// (`PLUG_LOOKUP`): the board must log in through the lookup's answer.
+    #[serde(default)]
+    pub lookup: bool,
     /// Present for `kind = "qemu"`.
     pub qemu: Option<QemuRig>,
     /// Present for `kind = "host-tap"`.

@@ -3,7 +3,7 @@
 //! transport boots the board, runs the scenario (`scenario.rs`) and stops the board.
 //! Set-up failures become a failed `set-up` case, so the report always says what happened.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,9 @@ use crate::api::Api;
 use crate::broker::TestBroker;
 use crate::device::{self, Boot};
 use crate::junit::Suite;
+use crate::lookup::LookupServer;
 use crate::netns::{self, Namespace};
-use crate::rig::{Kind, Rig, parse_cidr};
+use crate::rig::{Kind, Rig, Transport, parse_cidr};
 use crate::scenario::{self, Case, Outcome, Target};
 
 /// Where a run reads and writes.
@@ -29,6 +30,9 @@ pub struct Paths {
 /// Extra time a board may run past its login timeout before it ends itself (a safety net
 /// should the test be killed without stopping it).
 const BOARD_LIFETIME_S: u64 = 180;
+
+/// The static broker port of the lookup suites: nothing listens there (TCPMUX, unused).
+const WRONG_PORT: u16 = 1;
 
 /// Addresses of one rig's network.
 struct Net {
@@ -140,9 +144,27 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
     );
     let api = Api::new(broker.api_base(), broker.api_token().to_string());
     let mut suites = Vec::new();
-    for (index, transport) in rig.transports.iter().copied().enumerate() {
+    let lookup = if rig.lookup {
+        match LookupServer::start(net.device_bind, net.advertise, &broker).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                broker.stop().await;
+                return setup_failure(rig, started, format!("lookup server: {e}"));
+            }
+        }
+    } else {
+        None
+    };
+    // Every transport plainly, then (rigs with `lookup = true`) again with a wrong static
+    // broker (a port nothing listens on) and the lookup.
+    let mut boots: Vec<(Transport, bool)> = rig.transports.iter().map(|t| (*t, false)).collect();
+    if lookup.is_some() {
+        boots.extend(rig.transports.iter().map(|t| (*t, true)));
+    }
+    for (index, (transport, via_lookup)) in boots.into_iter().enumerate() {
         let suite_started = Instant::now();
-        let name = format!("{}/{}", rig.name, transport.as_str());
+        let suffix = if via_lookup { "-lookup" } else { "" };
+        let name = format!("{}/{}{suffix}", rig.name, transport.as_str());
         // One device id per boot: no session of an earlier boot can answer for this one.
         let device_id = rig.device_id.wrapping_add(index as u32);
         let cursor = match api.uploads(0, 1).await {
@@ -160,13 +182,25 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
             device_id,
             key: broker.device_key(device_id),
             transport,
-            udp: broker.udp(),
-            ws: broker.ws(),
+            udp: if via_lookup {
+                SocketAddr::new(net.advertise, WRONG_PORT)
+            } else {
+                broker.udp()
+            },
+            ws: if via_lookup {
+                SocketAddr::new(net.advertise, WRONG_PORT)
+            } else {
+                broker.ws()
+            },
+            lookup: lookup
+                .as_ref()
+                .filter(|_| via_lookup)
+                .map(LookupServer::addr),
             meter_ms: rig.meter_ms,
             seed: rand::rng().next_u64(),
             exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
         };
-        let log_name = format!("{}-{}", rig.name, transport.as_str());
+        let log_name = format!("{}-{}{suffix}", rig.name, transport.as_str());
         let mut board = match device::start(rig, &paths.root, &boot, logs, &log_name) {
             Ok(d) => d,
             Err(e) => {
@@ -199,6 +233,9 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
         };
         report(&suite);
         suites.push(suite);
+    }
+    if let Some(l) = lookup {
+        l.stop();
     }
     broker.stop().await;
     suites

@@ -10,6 +10,7 @@
 //! | `PLUG_DEVICE_ID`, `PLUG_DEVICE_KEY` | identity (decimal id, 64 hex digits) |
 //! | `PLUG_BROKER_UDP`, `PLUG_BROKER_WS` | brokers, `a.b.c.d:port` |
 //! | `PLUG_BROKER_WS_HOST`, `PLUG_BROKER_WS_PATH` | WebSocket `Host` header and path |
+//! | `PLUG_LOOKUP` | the broker's HTTP API, `a.b.c.d:port`: ask its node lookup first (optional) |
 //! | `PLUG_TRANSPORT` | `udp`, `ws` or `both` (default): which of the brokers to use |
 //! | `PLUG_METER_MS` | interval of `power` uploads, ms (default 60000, 0 = off) |
 //! | `PLUG_EXIT_AFTER_S` | exit with status 0 after this many seconds (default: run forever) |
@@ -123,7 +124,9 @@ impl Settings {
             leak("PLUG_BROKER_WS_HOST"),
             leak("PLUG_BROKER_WS_PATH"),
         )
-        .map_err(|e| error("PLUG_*", e.message()))?;
+        .map_err(|e| error("PLUG_*", e.message()))?
+        .with_lookup(leak("PLUG_LOOKUP"))
+        .map_err(|e| error("PLUG_LOOKUP", e.message()))?;
 
         let ip = match get("PLUG_IP") {
             None => {

@@ -9,7 +9,8 @@ use embassy_executor::{SpawnError, Spawner};
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use firmware::net::{
-    self, ClientResources, DeviceHandle, DualTransport, Runner, RunnerBuffers, UdpBuffers,
+    self, ClientResources, DeviceHandle, DualTransport, HttpLookup, LookupBuffers, Runner,
+    RunnerBuffers, UdpBuffers,
     UdpTransport, WsBuffers, WsTransport, run_plug,
 };
 use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
@@ -41,6 +42,7 @@ pub struct AppMemory {
     runner: RunnerBuffers,
     udp: UdpBuffers,
     ws: WsBuffers,
+    lookup: LookupBuffers,
 }
 
 impl AppMemory {
@@ -52,6 +54,7 @@ impl AppMemory {
             runner: RunnerBuffers::new(),
             udp: UdpBuffers::new(),
             ws: WsBuffers::new(),
+            lookup: LookupBuffers::new(),
         }
     }
 }
@@ -103,6 +106,7 @@ pub fn start(
         runner,
         udp,
         ws,
+        lookup,
     } = memory;
     *endpoints = provisioning.endpoints();
     let endpoints: &'static [Endpoint<'static>] = endpoints;
@@ -110,6 +114,7 @@ pub fn start(
         device_id: provisioning.device_id,
         key: DeviceKey(provisioning.key),
         endpoints,
+        lookup: provisioning.lookup_config(),
         since_id: 0,
     };
     let ws_seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
@@ -120,6 +125,7 @@ pub fn start(
         WsTransport::new(stack, ws, ws_seed),
     );
     let (handle, runner) = net::new(resources, transport, runner);
+    let runner = runner.with_lookup(HttpLookup::new(stack, lookup));
     spawner.spawn(client_task(runner)?);
     let plug = Plug::new(
         DynRelay(relay),

@@ -11,6 +11,7 @@
 //! | `PLUG_BROKER_WS` | one of the two | `a.b.c.d:port` (tried after the UDP one) |
 //! | `PLUG_BROKER_WS_HOST` | no | `Host` header of the WebSocket upgrade (default: the address) |
 //! | `PLUG_BROKER_WS_PATH` | no | request path (default [`DEFAULT_WS_PATH`]) |
+//! | `PLUG_LOOKUP` | no | `a.b.c.d:port` of the broker's HTTP API: ask its node lookup first (the brokers above are then the fallback) |
 //!
 //! A missing or malformed value stops the build with the variable's name (the parsers are
 //! `const fn`s evaluated in a `const` item); nothing is ever hard-coded in a board or the SDK.
@@ -43,6 +44,8 @@ pub enum ProvisionError {
     BadWsBroker,
     /// `PLUG_BROKER_WS_PATH` does not start with `/`.
     BadWsPath,
+    /// `PLUG_LOOKUP` is not `a.b.c.d:port`.
+    BadLookup,
 }
 
 impl ProvisionError {
@@ -61,6 +64,7 @@ impl ProvisionError {
             Self::BadUdpBroker => "PLUG_BROKER_UDP must be a.b.c.d:port (IPv4, port 1..=65535)",
             Self::BadWsBroker => "PLUG_BROKER_WS must be a.b.c.d:port (IPv4, port 1..=65535)",
             Self::BadWsPath => "PLUG_BROKER_WS_PATH must start with '/'",
+            Self::BadLookup => "PLUG_LOOKUP must be a.b.c.d:port (the broker's HTTP API)",
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Provisioning {
     pub udp: Option<SocketAddrV4>,
     /// WebSocket broker, tried after the UDP one (failover).
     pub ws: Option<WsBroker>,
+    /// The broker's HTTP API for the node lookup, and its text (the `Host` header).
+    pub lookup: Option<(SocketAddrV4, &'static str)>,
 }
 
 impl core::fmt::Debug for Provisioning {
@@ -96,6 +102,7 @@ impl core::fmt::Debug for Provisioning {
             .field("key", &"<redacted>")
             .field("udp", &self.udp)
             .field("ws", &self.ws)
+            .field("lookup", &self.lookup)
             .finish()
     }
 }
@@ -163,7 +170,32 @@ impl Provisioning {
             key,
             udp,
             ws,
+            lookup: None,
         })
+    }
+
+    /// Adds the node lookup from `PLUG_LOOKUP` (`None`: no lookup).
+    pub const fn with_lookup(mut self, lookup: Option<&'static str>) -> Result<Self, ProvisionError> {
+        self.lookup = match lookup {
+            Some(text) => match parse_socket_addr(text.as_bytes()) {
+                Some(addr) => Some((addr, text)),
+                None => return Err(ProvisionError::BadLookup),
+            },
+            None => None,
+        };
+        Ok(self)
+    }
+
+    /// The client's lookup configuration: dial the looked-up nodes over the transports this
+    /// device was provisioned with.
+    pub fn lookup_config(&self) -> Option<firmware::lookup::LookupConfig<'static>> {
+        self.lookup
+            .map(|(addr, host)| firmware::lookup::LookupConfig {
+                addr: SocketAddr::V4(addr),
+                host,
+                udp: self.udp.is_some(),
+                ws: self.ws.is_some(),
+            })
     }
 
     /// Like [`Provisioning::parse`], panicking with the error's message: in a `const` item this
@@ -177,6 +209,14 @@ impl Provisioning {
         ws_path: Option<&'static str>,
     ) -> Self {
         match Self::parse(device_id, key, udp, ws, ws_host, ws_path) {
+            Ok(provisioning) => provisioning,
+            Err(e) => panic!("{}", e.message()),
+        }
+    }
+
+    /// [`Provisioning::with_lookup`], panicking with the error's message (compile time).
+    pub const fn with_lookup_or_panic(self, lookup: Option<&'static str>) -> Self {
+        match self.with_lookup(lookup) {
             Ok(provisioning) => provisioning,
             Err(e) => panic!("{}", e.message()),
         }
@@ -213,7 +253,8 @@ macro_rules! provisioning {
                 option_env!("PLUG_BROKER_WS"),
                 option_env!("PLUG_BROKER_WS_HOST"),
                 option_env!("PLUG_BROKER_WS_PATH"),
-            );
+            )
+            .with_lookup_or_panic(option_env!("PLUG_LOOKUP"));
         PROVISIONING
     }};
 }
@@ -485,5 +526,24 @@ mod tests {
         let text = std::format!("{p:?}");
         assert!(text.contains("<redacted>"));
         assert!(!text.contains("1a1b"));
+    }
+
+    #[test]
+    fn lookup_is_optional_and_checked() {
+        let key = "00".repeat(32);
+        let base =
+            Provisioning::parse(Some("7"), Some(&key), Some("192.0.2.10:7000"), None, None, None)
+                .unwrap();
+        assert_eq!(base.with_lookup(None).unwrap().lookup_config(), None);
+        let p = base.with_lookup(Some("192.0.2.1:8080")).unwrap();
+        let c = p.lookup_config().unwrap();
+        assert_eq!(c.addr, "192.0.2.1:8080".parse().unwrap());
+        assert_eq!(c.host, "192.0.2.1:8080");
+        // Looked-up nodes are dialled over the provisioned transports only.
+        assert!(c.udp && !c.ws);
+        assert_eq!(
+            base.with_lookup(Some("api.example:80")),
+            Err(ProvisionError::BadLookup)
+        );
     }
 }
