@@ -9,8 +9,8 @@
 //! was the intermittent first-login failure on the host TAP rig.
 //!
 //! [`LoginAttempt`] therefore keeps the handshake a resend replaced (`previous`, one level
-//! deep). A CHALLENGE is answered by every handshake still waiting for one, so the LOGIN that
-//! matches the CHALLENGE's HELLO is among them; a WELCOME is opened by whichever handshake's
+//! deep). A CHALLENGE is answered by every handshake still waiting for one, the replaced one
+//! first, so the LOGIN that matches the CHALLENGE's HELLO is among them; a WELCOME is opened by whichever handshake's
 //! LOGIN it accepts. While more than one LOGIN is unanswered, a REJECT (which names no LOGIN)
 //! only retires one of them; the REJECT for the last one ends the attempt as before. The cost
 //! is a second LOGIN (and a `BAD_COOKIE` REJECT for it) only after a resend.
@@ -119,8 +119,11 @@ impl LoginAttempt {
         // Both handshakes see the same bytes: a CHALLENGE is not modified by decoding.
         let mut answered = false;
         let mut out = [0u8; HANDSHAKE_BUF];
-        for which in [true, false] {
-            let handshake = if which {
+        // The replaced handshake answers first: a late CHALLENGE most likely answers the older
+        // HELLO, and a WebSocket broker closes the connection after the first refused LOGIN
+        // (after an accepted one it ignores further handshake packets).
+        for current in [false, true] {
+            let handshake = if current {
                 Some(&mut self.current)
             } else {
                 self.previous.as_mut()

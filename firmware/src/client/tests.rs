@@ -106,6 +106,8 @@ pub(crate) struct Broker {
     next_seq: u32,
     pub(crate) got: Vec<Got>,
     pub(crate) logins: Vec<u64>,
+    /// Outcome of every LOGIN, in arrival order.
+    login_results: Vec<&'static str>,
     hellos: Vec<u64>,
     auto_upload_ack: bool,
     /// Stop answering (and acknowledging) data once online, but keep the session.
@@ -126,6 +128,7 @@ impl Broker {
             next_seq: 1,
             got: Vec::new(),
             logins: Vec::new(),
+            login_results: Vec::new(),
             hellos: Vec::new(),
             auto_upload_ack: true,
             silent: false,
@@ -170,6 +173,7 @@ impl Broker {
                     &mut out,
                 ) {
                     Ok(accepted) => {
+                        self.login_results.push("accepted");
                         self.last_login_ms = Some(accepted.login_timestamp_ms);
                         self.logins.push(accepted.since_id);
                         replies.push_back(accepted.welcome.to_vec());
@@ -178,6 +182,7 @@ impl Broker {
                         self.next_seq = 1;
                     }
                     Err(e) => {
+                        self.login_results.push("refused");
                         if let Some(code) = e.code() {
                             let p = reject_packet(code, 0, &mut out).unwrap();
                             replies.push_back(p.to_vec());
@@ -1138,6 +1143,9 @@ fn challenge_to_a_resent_hello_still_logs_in() {
     let s = net.client.stats();
     assert_eq!((s.logins, s.login_failures, s.reconnects), (1, 0, 0));
     assert_eq!(net.brokers[0].logins.len(), 1);
+    // The matching LOGIN (first nonce) went first: a WebSocket broker closes the connection
+    // after a refused one. The second, refused, LOGIN's REJECT is dropped while online.
+    assert_eq!(net.brokers[0].login_results, ["accepted", "refused"]);
     // The session works: an upload is acknowledged.
     let id = net.client.upload("t", b"x").unwrap();
     net.run_for(0);
