@@ -14,6 +14,7 @@
 //! | `PLUG_DEVICE_ID`, `PLUG_DEVICE_KEY` | identity (decimal id, 64 hex digits) |
 //! | `PLUG_BROKER_UDP`, `PLUG_BROKER_WS` | brokers, `a.b.c.d:port` (from QEMU's user network the host is 10.0.2.2) |
 //! | `PLUG_BROKER_WS_HOST`, `PLUG_BROKER_WS_PATH` | WebSocket `Host` header and path |
+//! | `PLUG_LOOKUP` | the broker's HTTP API `a.b.c.d:port`: ask its node lookup first (optional) |
 //! | `PLUG_TRANSPORT` | `udp`, `ws` or `both` (default): which of the brokers above to use |
 //! | `PLUG_METER_MS` | interval of `power` uploads in ms (default 60000, 0 = off) |
 //! | `PLUG_SEED` | seed of the client's generator (QEMU has no entropy source) |
@@ -125,6 +126,7 @@ fn provisioning(s: &Settings, transport: &str) -> Result<Provisioning, &'static 
         s.get("PLUG_BROKER_WS_HOST", option_env!("PLUG_BROKER_WS_HOST")),
         s.get("PLUG_BROKER_WS_PATH", option_env!("PLUG_BROKER_WS_PATH")),
     )
+    .and_then(|p| p.with_lookup(s.get("PLUG_LOOKUP", option_env!("PLUG_LOOKUP"))))
     .map_err(|e| e.message())
 }
 

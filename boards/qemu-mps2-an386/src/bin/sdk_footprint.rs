@@ -52,6 +52,7 @@ fn main() -> ! {
         device_id: 1,
         key: DeviceKey([0; 32]),
         endpoints,
+        lookup: None,
         since_id: 0,
     };
     let start = Instant::from_millis(0);
