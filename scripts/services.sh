@@ -120,6 +120,18 @@ pid_alive() {
   [[ "$cmdline" == *"$marker"* ]]
 }
 
+# await_exec PID MARKER: waits (up to 5 s) until a process we just forked has exec'd what we
+# started: until then its command line is still this script's, and `pid_alive` would take it for
+# a dead or foreign process (seen with `up --only zookeeper`, which probes at once).
+await_exec() {
+  local i
+  for i in $(seq 50); do
+    kill -0 "$1" 2>/dev/null || return 0
+    pid_alive "$1" "$2" && return 0
+    sleep 0.1
+  done
+}
+
 # pid_env_has PID VAR=VALUE: PID's environment holds exactly that variable.
 pid_env_has() {
   local environ
@@ -502,6 +514,7 @@ EOF
       org.apache.zookeeper.server.quorum.QuorumPeerMain "$zk_dir/zoo.cfg" </dev/null >"$zk_log" 2>&1
   ) &
   echo $! >"$zk_dir/zookeeper.pid"
+  await_exec $! "$zk_dir/zoo.cfg"
 }
 
 # zk_stop_pids: appends the pid to stop to the caller's `stop` array.

@@ -42,34 +42,38 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 const STABLE: Duration = Duration::from_secs(3);
 
 /// Runs `scripts/services.sh CMD --only zookeeper` of the checkout whose services are running
-/// (found through `SERVICES_DIR` in the env file, `<root>/.cache/services`).
-fn services_script(cmd: &str) {
-    let dir = services()
-        .get("SERVICES_DIR")
-        .cloned()
-        .expect("SERVICES_DIR in the services env file");
-    let root = PathBuf::from(dir).join("../..");
+/// (`services_dir` is `SERVICES_DIR` of the env file, `<root>/.cache/services`, read before the
+/// stop: `down` removes the ZooKeeper keys from the env file).
+fn services_script(services_dir: &str, cmd: &str) -> Result<(), String> {
+    let root = PathBuf::from(services_dir).join("../..");
     let out = Command::new("bash")
         .arg(root.join("scripts/services.sh"))
         .args([cmd, "--only", "zookeeper"])
         .current_dir(&root)
         .output()
-        .expect("run scripts/services.sh");
-    assert!(
-        out.status.success(),
-        "services.sh {cmd} --only zookeeper: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| format!("run scripts/services.sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "services.sh {cmd} --only zookeeper: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
-/// Starts ZooKeeper again when dropped while armed (also when the test panics).
-struct ZkBackUp(bool);
+/// Starts ZooKeeper again when dropped while armed (also when the test panics); holds
+/// `SERVICES_DIR`.
+struct ZkBackUp(bool, String);
 
 impl Drop for ZkBackUp {
     fn drop(&mut self) {
         if self.0 {
-            services_script("up");
+            // No panic here: this may run while the test unwinds.
+            if let Err(e) = services_script(&self.1, "up") {
+                eprintln!("starting ZooKeeper again failed: {e}");
+            }
         }
     }
 }
@@ -165,9 +169,10 @@ async fn restarting_zookeeper_every_node_registers_again_and_serving_goes_on() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // ZooKeeper goes down.
-    let mut back_up = ZkBackUp(true);
+    let services_dir = run.env["SERVICES_DIR"].clone();
+    let mut back_up = ZkBackUp(true, services_dir.clone());
     let t = Instant::now();
-    services_script("down");
+    services_script(&services_dir, "down").unwrap();
     let down_at = Instant::now();
     eprintln!("ZooKeeper stopped in {:?}", t.elapsed());
     let t = wait_until(
@@ -224,7 +229,7 @@ async fn restarting_zookeeper_every_node_registers_again_and_serving_goes_on() {
     // ZooKeeper comes back (the script waits until it serves).
     tokio::time::sleep(DOWN_FOR.saturating_sub(down_at.elapsed())).await;
     let t = Instant::now();
-    services_script("up");
+    services_script(&services_dir, "up").unwrap();
     back_up.0 = false;
     eprintln!(
         "ZooKeeper down for {:?}; `up` took {:?}",
