@@ -22,6 +22,10 @@ fn load(config: &std::path::Path, args: &[&str]) -> (i32, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_run_is_clean_and_every_acknowledged_upload_is_durable() {
     let s = setup();
+    // Every simulated device logs in from 127.0.0.1: lift the per-address login rate limit.
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config.push_str("[limits]\nlogin_attempts_per_ip_per_sec = 10000\n");
+    std::fs::write(&s.config, config).unwrap();
     let mut broker = Proc::spawn(&s.config, &[]);
     broker.expect("HTTP API on http://");
     let pid = broker.child.id().to_string();

@@ -1,9 +1,10 @@
 //! The embedded store: every trait of [`crate::store`] on one redb database file
 //! (`<data_dir>/store.redb`).
 //!
-//! Crash safety: each mutating call is one write transaction committed with redb's default
+//! Crash safety: each mutating call runs in a write transaction committed with redb's default
 //! `Durability::Immediate` (fsync) before `Ok` is returned, so a `kill -9` loses nothing that was
-//! acknowledged. redb calls block, so every call runs on tokio's blocking pool.
+//! acknowledged. Writes that arrive together share one transaction and one fsync
+//! ([`GroupCommit`]'s writer thread); reads run on tokio's blocking pool (redb calls block).
 //!
 //! Layout (keys are packed addresses, see [`Address::to_key`]):
 //! * `meta`: counters (`next_msg_id`, `upload_head`) and `cursor:<consumer>` positions.
@@ -25,6 +26,7 @@ use redb::{
     WriteTransaction,
 };
 
+use super::group_commit::GroupCommit;
 use super::{
     Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStats, OfflineStore, Recipients,
     SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool, valid_group_name,
@@ -78,6 +80,7 @@ pub struct OfflineLimits {
 /// The redb-backed store; implements every store trait.
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    writer: GroupCommit,
     limits: OfflineLimits,
 }
 
@@ -103,8 +106,10 @@ impl EmbeddedStore {
         txn.open_table(GROUPS)?;
         txn.open_table(GROUP_COUNT)?;
         txn.commit()?;
+        let db = Arc::new(db);
         Ok(Arc::new(EmbeddedStore {
-            db: Arc::new(db),
+            writer: GroupCommit::start(db.clone())?,
+            db,
             limits,
         }))
     }
@@ -119,6 +124,18 @@ impl EmbeddedStore {
         }
     }
 
+    /// Runs `work` in a write transaction, committed together with concurrent writes (see
+    /// [`GroupCommit`]); returns once it is durable.
+    async fn write<T, F>(&self, mut work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction, OfflineLimits) -> Result<T, StoreError> + Send + 'static,
+    {
+        let limits = self.limits;
+        self.writer.write(move |txn| work(txn, limits)).await
+    }
+
+    /// Runs read-only `f` on tokio's blocking pool (redb calls block).
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -265,14 +282,16 @@ fn kind_range(kind: Option<Kind>) -> std::ops::RangeInclusive<u64> {
 #[async_trait]
 impl OfflineStore for EmbeddedStore {
     async fn remember(&self, terminal: Address) -> Result<(), StoreError> {
-        self.run(move |db, _| {
-            let key = terminal.to_key();
-            if db.begin_read()?.open_table(KNOWN)?.get(key)?.is_some() {
-                return Ok(());
-            }
-            let txn = db.begin_write()?;
+        let key = terminal.to_key();
+        // Most logins are of known terminals: a read answers them without a write.
+        let known = self
+            .run(move |db, _| Ok(db.begin_read()?.open_table(KNOWN)?.get(key)?.is_some()))
+            .await?;
+        if known {
+            return Ok(());
+        }
+        self.write(move |txn, _| {
             txn.open_table(KNOWN)?.insert(key, ())?;
-            txn.commit()?;
             Ok(())
         })
         .await
@@ -284,8 +303,7 @@ impl OfflineStore for EmbeddedStore {
         msg: NewMessage,
         _now_ms: u64,
     ) -> Result<Appended, StoreError> {
-        self.run(move |db, limits| {
-            let txn = db.begin_write()?;
+        self.write(move |txn, limits| {
             let id = {
                 let mut meta = txn.open_table(META)?;
                 let id = meta.get("next_msg_id")?.map_or(1, |g| g.value());
@@ -295,12 +313,12 @@ impl OfflineStore for EmbeddedStore {
                 meta.insert("next_msg_id", id + 1)?;
                 id
             };
-            let mut targets: Vec<u64> = match recipients {
+            let mut targets: Vec<u64> = match &recipients {
                 Recipients::List(list) => list.iter().map(|a| a.to_key()).collect(),
                 Recipients::Known(kind) => {
                     let known = txn.open_table(KNOWN)?;
                     let mut v = Vec::new();
-                    for e in known.range(kind_range(kind))? {
+                    for e in known.range(kind_range(*kind))? {
                         v.push(e?.0.value());
                     }
                     v
@@ -329,8 +347,8 @@ impl OfflineStore for EmbeddedStore {
                             first.map(|(k, _)| k.value().1)
                         };
                         let Some(old_id) = oldest else { break };
-                        drop_ref(&txn, t, old_id)?;
-                        release(&txn, old_id)?;
+                        drop_ref(txn, t, old_id)?;
+                        release(txn, old_id)?;
                         count -= 1;
                         out.evicted += 1;
                     }
@@ -351,7 +369,6 @@ impl OfflineStore for EmbeddedStore {
                 txn.open_table(EXPIRY)?
                     .insert((msg.expires_at_ms, id), ())?;
             }
-            txn.commit()?;
             Ok(out)
         })
         .await
@@ -364,95 +381,104 @@ impl OfflineStore for EmbeddedStore {
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.run(move |db, _| {
-            let t = terminal.to_key();
-            let mut out = Vec::new();
-            let mut dangling = Vec::new();
-            {
-                let read = db.begin_read()?;
-                let inbox = read.open_table(INBOX)?;
-                let messages = read.open_table(MESSAGES)?;
-                let start = since_id.saturating_add(1);
-                for e in inbox.range((t, start)..=(t, u64::MAX))? {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let id = e?.0.value().1;
-                    match messages.get(id)? {
-                        Some(g) => {
-                            let rec = MessageRecord::decode(g.value())?;
-                            if rec.expires_at_ms > now_ms {
-                                out.push(StoredMessage {
-                                    msg_id: id,
-                                    from: rec.from,
-                                    payload: Bytes::from(rec.payload),
-                                    expires_at_ms: rec.expires_at_ms,
-                                });
-                            }
+        let (out, dangling) = self
+            .run(move |db, _| {
+                let t = terminal.to_key();
+                let mut out = Vec::new();
+                let mut dangling = Vec::new();
+                {
+                    let read = db.begin_read()?;
+                    let inbox = read.open_table(INBOX)?;
+                    let messages = read.open_table(MESSAGES)?;
+                    let start = since_id.saturating_add(1);
+                    for e in inbox.range((t, start)..=(t, u64::MAX))? {
+                        if out.len() >= limit {
+                            break;
                         }
-                        None => dangling.push(id),
+                        let id = e?.0.value().1;
+                        match messages.get(id)? {
+                            Some(g) => {
+                                let rec = MessageRecord::decode(g.value())?;
+                                if rec.expires_at_ms > now_ms {
+                                    out.push(StoredMessage {
+                                        msg_id: id,
+                                        from: rec.from,
+                                        payload: Bytes::from(rec.payload),
+                                        expires_at_ms: rec.expires_at_ms,
+                                    });
+                                }
+                            }
+                            None => dangling.push(id),
+                        }
                     }
                 }
-            }
-            if !dangling.is_empty() {
-                let txn = db.begin_write()?;
-                for id in dangling {
-                    drop_ref(&txn, t, id)?;
+                Ok((out, dangling))
+            })
+            .await?;
+        if !dangling.is_empty() {
+            let t = terminal.to_key();
+            self.write(move |txn, _| {
+                for id in &dangling {
+                    drop_ref(txn, t, *id)?;
                 }
-                txn.commit()?;
-            }
-            Ok(out)
-        })
-        .await
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(out)
     }
 
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
-        self.run(move |db, _| {
-            let t = terminal.to_key();
-            if db
-                .begin_read()?
-                .open_table(INBOX)?
-                .get((t, msg_id))?
-                .is_none()
-            {
-                return Ok(false);
-            }
-            let txn = db.begin_write()?;
-            let existed = drop_ref(&txn, t, msg_id)?;
+        let t = terminal.to_key();
+        // A repeated ack finds nothing: a read answers it without a write.
+        let present = self
+            .run(move |db, _| {
+                Ok(db
+                    .begin_read()?
+                    .open_table(INBOX)?
+                    .get((t, msg_id))?
+                    .is_some())
+            })
+            .await?;
+        if !present {
+            return Ok(false);
+        }
+        self.write(move |txn, _| {
+            let existed = drop_ref(txn, t, msg_id)?;
             if existed {
-                release(&txn, msg_id)?;
+                release(txn, msg_id)?;
             }
-            txn.commit()?;
             Ok(existed)
         })
         .await
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
-        self.run(move |db, _| {
-            let mut expired = Vec::new();
-            {
-                let read = db.begin_read()?;
-                for e in read
-                    .open_table(EXPIRY)?
-                    .range((0, 0)..=(now_ms, u64::MAX))?
+        let expired = self
+            .run(move |db, _| {
+                let mut expired = Vec::new();
                 {
-                    expired.push(e?.0.value());
+                    let read = db.begin_read()?;
+                    for e in read
+                        .open_table(EXPIRY)?
+                        .range((0, 0)..=(now_ms, u64::MAX))?
+                    {
+                        expired.push(e?.0.value());
+                    }
                 }
+                Ok(expired)
+            })
+            .await?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |txn, _| {
+            let mut exp = txn.open_table(EXPIRY)?;
+            let mut messages = txn.open_table(MESSAGES)?;
+            for (at, id) in &expired {
+                exp.remove((*at, *id))?;
+                messages.remove(*id)?;
             }
-            if expired.is_empty() {
-                return Ok(0);
-            }
-            let txn = db.begin_write()?;
-            {
-                let mut exp = txn.open_table(EXPIRY)?;
-                let mut messages = txn.open_table(MESSAGES)?;
-                for (at, id) in &expired {
-                    exp.remove((*at, *id))?;
-                    messages.remove(*id)?;
-                }
-            }
-            txn.commit()?;
             Ok(expired.len() as u64)
         })
         .await
@@ -483,9 +509,8 @@ impl UploadSpool for EmbeddedStore {
         now_ms: u64,
     ) -> Result<SpoolAppended, StoreError> {
         let topic = topic.to_string();
-        self.run(move |db, _| {
+        self.write(move |txn, _| {
             let dev = device.to_key();
-            let txn = db.begin_write()?;
             if let Some(prev) = txn
                 .open_table(UPLOAD_DEDUPE)?
                 .get((dev, upload_id))?
@@ -510,7 +535,6 @@ impl UploadSpool for EmbeddedStore {
             txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
             txn.open_table(UPLOAD_DEDUPE)?
                 .insert((dev, upload_id), cursor)?;
-            txn.commit()?;
             Ok(SpoolAppended {
                 cursor,
                 duplicate: false,
@@ -558,10 +582,8 @@ impl UploadSpool for EmbeddedStore {
 
     async fn set_consumer_cursor(&self, consumer: &str, cursor: u64) -> Result<(), StoreError> {
         let key = format!("cursor:{consumer}");
-        self.run(move |db, _| {
-            let txn = db.begin_write()?;
+        self.write(move |txn, _| {
             txn.open_table(META)?.insert(key.as_str(), cursor)?;
-            txn.commit()?;
             Ok(())
         })
         .await
@@ -573,24 +595,20 @@ impl UploadSpool for EmbeddedStore {
 #[async_trait]
 impl Bindings for EmbeddedStore {
     async fn bind(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
-        self.run(move |db, _| {
+        self.write(move |txn, _| {
             let (p, d) = (phone.to_key(), device.to_key());
-            let txn = db.begin_write()?;
             let new = txn.open_table(BIND_PD)?.insert((p, d), ())?.is_none();
             txn.open_table(BIND_DP)?.insert((d, p), ())?;
-            txn.commit()?;
             Ok(new)
         })
         .await
     }
 
     async fn unbind(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
-        self.run(move |db, _| {
+        self.write(move |txn, _| {
             let (p, d) = (phone.to_key(), device.to_key());
-            let txn = db.begin_write()?;
             let existed = txn.open_table(BIND_PD)?.remove((p, d))?.is_some();
             txn.open_table(BIND_DP)?.remove((d, p))?;
-            txn.commit()?;
             Ok(existed)
         })
         .await
@@ -662,8 +680,7 @@ impl Groups for EmbeddedStore {
         let mut keys: Vec<u64> = members.iter().map(|a| a.to_key()).collect();
         keys.sort_unstable();
         keys.dedup();
-        self.run(move |db, _| {
-            let txn = db.begin_write()?;
+        self.write(move |txn, _| {
             {
                 let mut groups = txn.open_table(GROUPS)?;
                 for old in group_members(&groups, &name)? {
@@ -675,7 +692,6 @@ impl Groups for EmbeddedStore {
                 txn.open_table(GROUP_COUNT)?
                     .insert(name.as_str(), keys.len() as u64)?;
             }
-            txn.commit()?;
             Ok(())
         })
         .await
@@ -691,8 +707,7 @@ impl Groups for EmbeddedStore {
         let name = name.to_string();
         let add: Vec<u64> = add.iter().map(|a| a.to_key()).collect();
         let remove: Vec<u64> = remove.iter().map(|a| a.to_key()).collect();
-        self.run(move |db, _| {
-            let txn = db.begin_write()?;
+        self.write(move |txn, _| {
             let count = {
                 let mut groups = txn.open_table(GROUPS)?;
                 let mut counts = txn.open_table(GROUP_COUNT)?;
@@ -710,7 +725,6 @@ impl Groups for EmbeddedStore {
                 counts.insert(name.as_str(), n)?;
                 n
             };
-            txn.commit()?;
             Ok(count)
         })
         .await
@@ -735,8 +749,7 @@ impl Groups for EmbeddedStore {
 
     async fn delete(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.run(move |db, _| {
-            let txn = db.begin_write()?;
+        self.write(move |txn, _| {
             let existed = {
                 let mut groups = txn.open_table(GROUPS)?;
                 for old in group_members(&groups, &name)? {
@@ -746,7 +759,6 @@ impl Groups for EmbeddedStore {
                     .remove(name.as_str())?
                     .is_some()
             };
-            txn.commit()?;
             Ok(existed)
         })
         .await

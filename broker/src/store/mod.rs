@@ -3,7 +3,8 @@
 //!
 //! The router talks only to these traits (`Arc<dyn ...>` in [`Stores`]); [`embedded`] implements
 //! them on redb in one file under the data directory (every mutating call commits durably before
-//! it returns `Ok`), and a Redis implementation can be added beside it later. [`conformance`] holds
+//! it returns `Ok`; concurrent writes share a commit through [`group_commit`]), and [`redis`]
+//! implements them for cluster mode. [`conformance`] holds
 //! one generic test suite per trait, run here against the embedded store and reusable against any
 //! other implementation (feature `store-conformance`).
 //!
@@ -19,6 +20,7 @@ use crate::terminal::{Address, Kind};
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
 pub mod embedded;
+pub mod group_commit;
 pub mod redis;
 
 /// Largest message id ever issued (2^53 - 1, exact in JSON numbers).

@@ -1,0 +1,277 @@
+//! Group commit for the embedded store.
+//!
+//! redb allows one write transaction at a time and each commit is an fsync, so writers that each
+//! commit alone are capped at one fsync per write however many devices upload at once. Here one
+//! writer thread owns the write side: it takes every write request that queued up while the
+//! previous commit ran and applies them, in arrival order, in one transaction with one fsync.
+//! No request is answered before the commit holding it is durable, so "acknowledged means
+//! durable" still holds.
+//!
+//! Atomicity per request: a request that fails rolls the whole batch back (nothing of it was
+//! committed), then the batch is replayed one request per transaction, so the failure affects only
+//! its own request and every other request gets the answer it would have got alone. Requests are
+//! therefore `FnMut`: they may run twice, and only the committed run's result is answered.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use redb::{Database, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+/// Requests committed together at most (bounds the work lost to one failing request).
+pub const MAX_BATCH: usize = 256;
+
+/// A type-erased write request.
+trait Request: Send {
+    /// Applies the request's writes inside `txn`, keeping its result for [`Request::answer`].
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError>;
+    /// Answers the caller: the kept result when `outcome` is `Ok`, else the error.
+    fn answer(self: Box<Self>, outcome: Result<(), StoreError>);
+}
+
+struct Typed<T, F> {
+    work: F,
+    result: Option<T>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Request for Typed<T, F>
+where
+    T: Send,
+    F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        self.result = Some((self.work)(txn)?);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let Typed { result, reply, .. } = *self;
+        let answer = outcome.and_then(|()| {
+            result.ok_or_else(|| StoreError::Backend("write answered before it ran".into()))
+        });
+        // The caller may have gone away (its future was dropped); the write stands either way.
+        let _ = reply.send(answer);
+    }
+}
+
+/// The writer thread and the queue in front of it.
+pub struct GroupCommit {
+    queue: Option<mpsc::Sender<Box<dyn Request>>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl GroupCommit {
+    /// Starts the writer thread for `db`.
+    pub fn start(db: Arc<Database>) -> Result<GroupCommit, StoreError> {
+        let (queue, requests) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(&db, &requests))
+            .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
+        Ok(GroupCommit {
+            queue: Some(queue),
+            writer: Some(writer),
+        })
+    }
+
+    /// Runs `work` in a write transaction and returns its result once that transaction is
+    /// durable. `work` may run more than once (see the module docs); its effects are committed
+    /// exactly once or not at all.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let request = Box::new(Typed {
+            work,
+            result: None,
+            reply,
+        });
+        self.queue
+            .as_ref()
+            .and_then(|q| q.send(request).ok())
+            .ok_or_else(|| StoreError::Backend("the store writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store writer stopped mid-write".into()))?
+    }
+}
+
+impl Drop for GroupCommit {
+    /// Closes the queue and waits for the writer to finish what it holds, so the database file
+    /// is closed when the store is gone (it can be reopened at once).
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn write_loop(db: &Database, requests: &mpsc::Receiver<Box<dyn Request>>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_batch(db, batch);
+    }
+}
+
+/// Commits `batch` in one transaction, or, when a request fails, each request alone.
+fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Request>>) {
+    if batch.len() > 1 {
+        match apply_all(db, &mut batch) {
+            Ok(()) => {
+                for r in batch {
+                    r.answer(Ok(()));
+                }
+                return;
+            }
+            Err(BatchFailure::Commit(e)) => {
+                for r in batch {
+                    r.answer(Err(e.clone()));
+                }
+                return;
+            }
+            // A request failed: nothing was committed; replay one by one.
+            Err(BatchFailure::Request(_)) => {}
+        }
+    }
+    for mut r in batch {
+        let outcome = apply_all(db, std::slice::from_mut(&mut r)).map_err(|f| match f {
+            BatchFailure::Commit(e) | BatchFailure::Request(e) => e,
+        });
+        r.answer(outcome);
+    }
+}
+
+enum BatchFailure {
+    /// A request failed with this error; the transaction was rolled back.
+    Request(StoreError),
+    /// The transaction could not begin or commit.
+    Commit(StoreError),
+}
+
+fn apply_all(db: &Database, batch: &mut [Box<dyn Request>]) -> Result<(), BatchFailure> {
+    let txn = db
+        .begin_write()
+        .map_err(|e| BatchFailure::Commit(e.into()))?;
+    for r in batch.iter_mut() {
+        if let Err(e) = r.apply(&txn) {
+            // Dropping the transaction rolls it back.
+            let _ = txn.abort();
+            return Err(BatchFailure::Request(e));
+        }
+    }
+    txn.commit().map_err(|e| BatchFailure::Commit(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, TableDefinition};
+
+    const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    fn db() -> (tempfile::TempDir, Arc<Database>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        (dir, Arc::new(db))
+    }
+
+    fn read(db: &Database, key: u64) -> Option<u64> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(T).ok()?;
+        table.get(key).unwrap().map(|g| g.value())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_all_committed_and_answered() {
+        let (_dir, db) = db();
+        let group = Arc::new(GroupCommit::start(db.clone()).unwrap());
+        let writes = (0..200u64).map(|k| {
+            let group = group.clone();
+            tokio::spawn(async move {
+                group
+                    .write(move |txn| {
+                        txn.open_table(T)?.insert(k, k * 10)?;
+                        Ok(k)
+                    })
+                    .await
+            })
+        });
+        for (k, w) in writes.enumerate() {
+            assert_eq!(w.await.unwrap().unwrap(), k as u64);
+        }
+        for k in 0..200 {
+            assert_eq!(read(&db, k), Some(k * 10));
+        }
+    }
+
+    #[test]
+    fn a_failing_request_leaves_the_others_of_its_batch_committed() {
+        let (_dir, db) = db();
+        let (queue, requests) = mpsc::channel::<Box<dyn Request>>();
+        let mut answers = Vec::new();
+        for k in 0..3u64 {
+            let (reply, answer) = oneshot::channel();
+            answers.push(answer);
+            let work = move |txn: &WriteTransaction| {
+                txn.open_table(T)?.insert(k, 1)?;
+                if k == 1 {
+                    return Err(StoreError::Corrupt("request 1 fails after writing".into()));
+                }
+                Ok(k)
+            };
+            queue
+                .send(Box::new(Typed {
+                    work,
+                    result: None,
+                    reply,
+                }))
+                .unwrap();
+        }
+        drop(queue);
+        // All three are queued before the writer starts: they form one batch.
+        write_loop(&db, &requests);
+        let answers: Vec<_> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap())
+            .collect();
+        assert_eq!(answers[0].as_ref().ok(), Some(&0));
+        assert!(matches!(answers[1], Err(StoreError::Corrupt(_))));
+        assert_eq!(answers[2].as_ref().ok(), Some(&2));
+        assert_eq!(read(&db, 0), Some(1));
+        assert_eq!(
+            read(&db, 1),
+            None,
+            "the failed request's write was rolled back"
+        );
+        assert_eq!(read(&db, 2), Some(1));
+    }
+
+    #[tokio::test]
+    async fn the_database_can_be_reopened_once_the_writer_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let db = Arc::new(Database::create(&path).unwrap());
+        let group = GroupCommit::start(db.clone()).unwrap();
+        group
+            .write(|txn| Ok(txn.open_table(T)?.insert(7, 7)?.is_none()))
+            .await
+            .unwrap();
+        drop(group);
+        drop(db);
+        let again = Database::create(&path).unwrap();
+        assert_eq!(read(&again, 7), Some(7));
+    }
+}
