@@ -11,6 +11,7 @@
 
 mod cluster_support;
 mod comet_support;
+mod services_env;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};

@@ -14,26 +14,15 @@ use broker::discovery::zk::ZkSettings;
 use broker::keeper::{RabbitNode, RabbitView};
 use zookeeper_client::Client;
 
+mod services_env;
+
+/// The service environment this test needs (see `services_env`).
 fn services() -> BTreeMap<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let env: BTreeMap<String, String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for key in [
+    services_env::require(&[
         "ZOOKEEPER_ADDR",
         "RABBITMQ_2_MGMT_URL",
         "RABBITMQ_2_AMQP_URL",
-    ] {
-        assert!(
-            env.contains_key(key),
-            "services are not running: run `cargo xtask services up` first ({path} has no {key})"
-        );
-    }
-    env
+    ])
 }
 
 fn rabbitmqctl(node: &str, action: &str) {

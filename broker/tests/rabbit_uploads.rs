@@ -27,21 +27,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
+mod services_env;
+
+/// The service environment this test needs (see `services_env`).
 fn services() -> BTreeMap<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let env: BTreeMap<String, String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert!(
-        env.contains_key("RABBITMQ_1_AMQP_URL") && env.contains_key("RABBITMQ_2_AMQP_URL"),
-        "two RabbitMQ nodes are not running: run `cargo xtask services up` first ({path})"
-    );
-    env
+    services_env::require(&["RABBITMQ_1_AMQP_URL", "RABBITMQ_2_AMQP_URL"])
 }
 
 fn urls() -> (String, String) {

@@ -18,21 +18,11 @@ use broker::store::{MAX_MSG_ID, NewMessage, OfflineStore, Recipients, StoreError
 use broker::terminal::Address;
 use bytes::Bytes;
 
-/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
+mod services_env;
+
+/// The service environment this test needs (see `services_env`).
 fn services() -> BTreeMap<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let env: BTreeMap<String, String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert!(
-        env.contains_key("REDIS_URL"),
-        "Redis is not running: run `cargo xtask services up` first ({path} has no REDIS_URL)"
-    );
-    env
+    services_env::require(&["REDIS_URL"])
 }
 
 fn unique_prefix(name: &str) -> String {

@@ -19,6 +19,7 @@
 
 mod cluster_support;
 mod comet_support;
+mod services_env;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -22,23 +22,9 @@ use shared_protocol::frame::Body;
 
 use crate::comet_support::*;
 
-/// KEY=VALUE lines of .cache/services/env; panics with the fix when services are not up.
+/// The service environment this test needs (see `services_env`).
 pub fn services() -> BTreeMap<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/services/env");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let env: BTreeMap<String, String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert!(
-        env.contains_key("REDIS_URL")
-            && env.contains_key("ZOOKEEPER_ADDR")
-            && env.contains_key("RABBITMQ_2_AMQP_URL"),
-        "services are not running: run `cargo xtask services up` first"
-    );
-    env
+    crate::services_env::require(&["REDIS_URL", "ZOOKEEPER_ADDR", "RABBITMQ_2_AMQP_URL"])
 }
 
 /// Check interval of the keepers (the znode must go within two of them).
