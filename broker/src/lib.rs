@@ -203,6 +203,7 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
         source,
     })?;
     let ws = if tls.is_some() { "wss" } else { "ws" };
+    let api_tls = tls.clone().filter(|_| config.tls.api);
     let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone(), tls);
     tasks.extend(comet::spawn(comet_ctx, listeners));
     tracing::info!(
@@ -221,18 +222,25 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     )
     .merge(parts.extra_routes);
     let sd = shutdown.clone();
+    let https = api_tls.is_some();
     tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move { sd.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP API stopped");
+        match api_tls {
+            Some(acceptor) => api::https::serve(http_listener, acceptor, app, sd).await,
+            None => {
+                let serve = axum::serve(http_listener, app)
+                    .with_graceful_shutdown(async move { sd.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP API stopped");
+                }
+            }
         }
     }));
+    let scheme = if https { "https" } else { "http" };
     tracing::info!(
         http = %http,
         data_dir = %dir.display(),
         profile = %config.identity.profile,
-        "broker listening: HTTP API on http://{http}/v1 (bearer token: api_token in {})",
+        "broker listening: HTTP API on {scheme}://{http}/v1 (bearer token: api_token in {})",
         dir.join(SECRETS_FILE).display()
     );
     Ok(Running {

@@ -1,7 +1,8 @@
 //! `[tls]`: the device and app WebSockets over TLS (rustls), with a self-signed certificate made
 //! in the test (rcgen). An app completes the JSON auth over wss:// trusting that certificate, a
-//! device logs in over wss:// with shared-protocol, a plain ws:// client gets nowhere, and bad
-//! certificate paths fail start-up naming the key.
+//! device logs in over wss:// with shared-protocol, a plain ws:// client gets nowhere, bad
+//! certificate paths fail start-up naming the key, and with `api = true` the HTTP API answers over
+//! https:// only.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -198,4 +199,71 @@ async fn bad_certificate_paths_fail_start_up_naming_the_key() {
             .tls
             .enabled
     );
+}
+
+/// One HTTP/1.1 GET over TLS to `addr` (certificate for `localhost`, trusting `ca`); the whole
+/// response as text.
+async fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    ca: &std::path::Path,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = broker::client::net::client_config(Some(ca)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn the_http_api_is_served_over_https_when_asked_and_not_over_plain_http() {
+    let certs = Certs::new();
+    let data = tempfile::tempdir().unwrap();
+    let mut c = config(data.path(), &certs);
+    c.tls.api = true;
+    let running = broker::start(&c).await.unwrap();
+
+    let ok = https_get(
+        running.http,
+        "/v1/online",
+        Some("tls-test-api-token-0123"),
+        &certs.cert(),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("\"devices\""), "the API's own JSON: {ok}");
+    let denied = https_get(running.http, "/v1/online", None, &certs.cert()).await;
+    assert!(
+        denied.starts_with("HTTP/1.1 401"),
+        "bearer auth still applies: {denied}"
+    );
+
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let plain = tokio::time::timeout(
+        WAIT,
+        reqwest::get(format!("http://{}/healthz", running.http)),
+    )
+    .await
+    .unwrap();
+    assert!(plain.is_err(), "plain HTTP must not be served: {plain:?}");
+
+    // Without `[tls] enabled` an HTTPS API is refused at start-up, naming the key.
+    let other = tempfile::tempdir().unwrap();
+    let mut off = config(other.path(), &certs);
+    off.tls.enabled = false;
+    off.tls.api = true;
+    let e = broker::start(&off).await.err().expect("must not start");
+    assert!(e.to_string().starts_with("key `tls.api`:"), "{e}");
 }

@@ -9,6 +9,7 @@
 //! online registry (implemented by `crate::cluster::commands`).
 
 mod handlers;
+pub mod https;
 
 use std::sync::Arc;
 use std::time::Duration;

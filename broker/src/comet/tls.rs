@@ -1,4 +1,5 @@
-//! Optional TLS (wss) for the device and app WebSocket listeners, with rustls (ring provider).
+//! Optional TLS (wss) for the device and app WebSocket listeners, with rustls (ring provider), and
+//! with `api = true` for the HTTP API too (served by `crate::api::https`).
 //!
 //! * [`TlsConfig`] is the `[tls]` config section (`enabled`, `cert_file`, `key_file`, PEM);
 //!   [`TlsConfig::validate`] loads the files once so a bad path or PEM fails start-up (and
@@ -44,6 +45,8 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
+    /// Also serve the HTTP API (`listen.http`) as `https://` with the same certificate.
+    pub api: bool,
 }
 
 impl TlsConfig {
@@ -102,6 +105,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 /// Builds the acceptor from `[tls]`; `Ok(None)` when TLS is disabled.
 pub fn load(cfg: &TlsConfig) -> Result<Option<Acceptor>, TlsError> {
     if !cfg.enabled {
+        if cfg.api {
+            return Err(bad(
+                "tls.api",
+                "needs tls.enabled = true (the API uses the [tls] certificate)",
+            ));
+        }
         return Ok(None);
     }
     if cfg.cert_file.is_empty() {
@@ -192,6 +201,16 @@ mod tests {
     fn disabled_needs_no_files_and_enabled_names_the_key() {
         assert!(load(&TlsConfig::default()).unwrap().is_none());
         let e = TlsConfig {
+            api: true,
+            ..TlsConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            e.0, "tls.api",
+            "an HTTPS API without TLS is a configuration error"
+        );
+        let e = TlsConfig {
             enabled: true,
             ..TlsConfig::default()
         }
@@ -204,6 +223,7 @@ mod tests {
             enabled: true,
             cert_file: missing.clone(),
             key_file: missing.clone(),
+            ..TlsConfig::default()
         }) else {
             panic!("a missing certificate must fail");
         };
@@ -215,6 +235,7 @@ mod tests {
             enabled: true,
             cert_file: not_pem.display().to_string(),
             key_file: missing,
+            ..TlsConfig::default()
         }) else {
             panic!("a file without a certificate must fail");
         };
