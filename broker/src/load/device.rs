@@ -1,7 +1,7 @@
-//! One simulated device of a load run: logs in through the same handshake and [`Link`] as
-//! `broker client device`, then uploads on a fixed interval (at most `in_flight` unacknowledged),
-//! answers commands, and stops at the run's deadline after a grace period for the last
-//! acknowledgements. Live counters feed the progress line; the rest comes back as a
+//! One simulated device of a load run: logs in through the same handshake and
+//! [`Link`](crate::client::link::Link) as `broker client device`, then uploads on a fixed interval
+//! (at most `in_flight` unacknowledged), answers commands, and stops at the run's deadline after a
+//! grace period for the last acknowledgements. Live counters feed the progress line; the rest comes back as a
 //! [`DeviceOutcome`].
 
 use std::collections::HashMap;

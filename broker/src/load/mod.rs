@@ -68,7 +68,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "PID")]
     broker_pid: Option<u32>,
     /// The fleet master key (64 hex digits) the device keys derive from [default: the config's,
-    /// else the one the broker generated into <data dir>/secrets.toml].
+    /// else the one the broker generated into secrets.toml in its data directory].
     #[arg(long, value_name = "HEX")]
     master_key: Option<String>,
     /// The broker's data directory, read for generated secrets [default: storage.data_dir].
