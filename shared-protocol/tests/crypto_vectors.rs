@@ -118,7 +118,37 @@ fn handshake_outputs(i: &Value) -> Value {
     };
     assert_eq!(est.welcome.session_id, sid);
     let keys = derive_session_keys(&key, id, &nonce, &cookie.0);
+    // The WELCOME's plaintext frame, opened as the device does.
+    let mut device = SecureSession::new(Role::Device, sid, &keys);
+    let mut w_copy = welcome.clone();
+    let welcome_frame = device.open_in_place(&mut w_copy).unwrap().to_vec();
+    // The MAC and KDF inputs of section 3.1, spelled out byte by byte.
+    let mut cookie_input = b"plugcloud-cookie-v1".to_vec();
+    cookie_input.extend_from_slice(&t_hello.to_le_bytes());
+    cookie_input.extend_from_slice(&ip.octets());
+    cookie_input.extend_from_slice(&(u64v(&i["peer"]["port"]) as u16).to_le_bytes());
+    cookie_input.push(0);
+    cookie_input.extend_from_slice(&id.to_le_bytes());
+    cookie_input.extend_from_slice(&nonce);
+    let mut proof_input = b"plugcloud-login-v1".to_vec();
+    proof_input.push(1);
+    proof_input.push(0);
+    proof_input.extend_from_slice(&id.to_le_bytes());
+    proof_input.extend_from_slice(&nonce);
+    proof_input.extend_from_slice(&t_hello.to_le_bytes());
+    proof_input.extend_from_slice(&cookie.0);
+    proof_input.extend_from_slice(&u64v(&i["since_id"]).to_le_bytes());
+    let mut hkdf_salt = nonce.to_vec();
+    hkdf_salt.extend_from_slice(&cookie.0);
+    let mut hkdf_info = b"plugcloud-session-v1".to_vec();
+    hkdf_info.extend_from_slice(&id.to_le_bytes());
     json!({
+        "cookie_input": hex::encode(&cookie_input),
+        "proof_input": hex::encode(&proof_input),
+        "proof": hex::encode(&login[login.len() - 32..]),
+        "hkdf_salt": hex::encode(&hkdf_salt),
+        "hkdf_info": hex::encode(&hkdf_info),
+        "welcome_frame": hex::encode(&welcome_frame),
         "device_key": hex::encode(key.as_bytes()),
         "hello": hex::encode(&hello),
         "cookie": hex::encode(cookie.0),
@@ -264,6 +294,138 @@ fn session_vector() {
     let inputs = handshake_inputs();
     let hs = handshake_outputs(&inputs);
     check_or_update("session.json", session_outputs(&inputs, &hs));
+}
+
+/// Recomputes every output of handshake.json from its inputs with the generic primitives
+/// (HMAC-SHA256, HKDF-SHA256, ChaCha20-Poly1305) and the formulas of docs/protocol.md section 3,
+/// without this crate's key schedule or session: the document alone is enough.
+#[test]
+fn handshake_vector_follows_the_spec_formulas() {
+    use chacha20poly1305::aead::inout::InOutBuf;
+    use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Nonce, Tag};
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::Sha256;
+
+    fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        m.update(msg);
+        m.finalize().into_bytes().to_vec()
+    }
+    fn h(v: &Value) -> Vec<u8> {
+        hex::decode(v.as_str().expect("hex")).expect("hex")
+    }
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}handshake.json")).unwrap())
+            .unwrap();
+    let (i, o) = (&doc["inputs"], &doc["outputs"]);
+    let id = u64v(&i["device_id"]) as u32;
+    let nonce = h(&i["client_nonce"]);
+    let t = u64v(&i["hello_time_ms"]);
+    let since = u64v(&i["since_id"]);
+
+    // 3.1 device key.
+    let device_key = hmac(&h(&i["master_key"]), &id.to_le_bytes());
+    assert_eq!(device_key, h(&o["device_key"]));
+
+    // 2.1 HELLO: 01 01, kind 0, id varint, nonce, zero padding to 128.
+    let mut hello = vec![1, 1, 0];
+    varint(u64::from(id), &mut hello);
+    hello.extend_from_slice(&nonce);
+    hello.resize(128, 0);
+    assert_eq!(hello, h(&o["hello"]));
+
+    // 3.1 cookie over the peer's IPv4 bytes and port (LE).
+    let ip: std::net::Ipv4Addr = i["peer"]["ip"].as_str().unwrap().parse().unwrap();
+    let mut ci = b"plugcloud-cookie-v1".to_vec();
+    ci.extend_from_slice(&t.to_le_bytes());
+    ci.extend_from_slice(&ip.octets());
+    ci.extend_from_slice(&(u64v(&i["peer"]["port"]) as u16).to_le_bytes());
+    ci.push(0);
+    ci.extend_from_slice(&id.to_le_bytes());
+    ci.extend_from_slice(&nonce);
+    assert_eq!(ci, h(&o["cookie_input"]));
+    let cookie = hmac(&h(&i["cookie_secret"]), &ci);
+    assert_eq!(cookie, h(&o["cookie"]));
+
+    // 2.1 CHALLENGE: 01 02, timestamp varint, cookie.
+    let mut challenge = vec![1, 2];
+    varint(t, &mut challenge);
+    challenge.extend_from_slice(&cookie);
+    assert_eq!(challenge, h(&o["challenge"]));
+
+    // 3.1 proof, 2.1 LOGIN.
+    let mut pi = b"plugcloud-login-v1".to_vec();
+    pi.extend_from_slice(&[1, 0]);
+    pi.extend_from_slice(&id.to_le_bytes());
+    pi.extend_from_slice(&nonce);
+    pi.extend_from_slice(&t.to_le_bytes());
+    pi.extend_from_slice(&cookie);
+    pi.extend_from_slice(&since.to_le_bytes());
+    assert_eq!(pi, h(&o["proof_input"]));
+    let proof = hmac(&device_key, &pi);
+    assert_eq!(proof, h(&o["proof"]));
+    let mut login = vec![1, 3, 0];
+    varint(u64::from(id), &mut login);
+    login.extend_from_slice(&nonce);
+    varint(t, &mut login);
+    login.extend_from_slice(&cookie);
+    varint(since, &mut login);
+    login.extend_from_slice(&proof);
+    assert_eq!(login, h(&o["login"]));
+
+    // 3.1 session keys.
+    let salt = [nonce.as_slice(), cookie.as_slice()].concat();
+    assert_eq!(salt, h(&o["hkdf_salt"]));
+    let info = [b"plugcloud-session-v1".as_slice(), &id.to_le_bytes()].concat();
+    assert_eq!(info, h(&o["hkdf_info"]));
+    let mut okm = [0u8; 64];
+    hkdf::Hkdf::<Sha256>::new(Some(&salt), &device_key)
+        .expand(&info, &mut okm)
+        .unwrap();
+    assert_eq!(okm[..32], h(&o["session_key_d2b"])[..]);
+    assert_eq!(okm[32..], h(&o["session_key_b2d"])[..]);
+
+    // 3.2 step 5 / 3.3: the WELCOME is DATA counter 0 under key_b2d.
+    let welcome = h(&o["welcome"]);
+    let sid = u64v(&i["session_id"]) as u32;
+    assert_eq!(welcome[..2], [1, 0x10]);
+    assert_eq!(welcome[2..6], sid.to_le_bytes());
+    assert_eq!(welcome[6..14], 0u64.to_le_bytes());
+    let (aad, rest) = welcome.split_at(14);
+    let (ct, tag) = rest.split_at(rest.len() - 16);
+    let mut plain = ct.to_vec();
+    let key: [u8; 32] = okm[32..].try_into().unwrap();
+    let tag: [u8; 16] = tag.try_into().unwrap();
+    ChaCha20Poly1305::new(&chacha20poly1305::Key::from(key))
+        .decrypt_inout_detached(
+            &Nonce::from([0u8; 12]),
+            aad,
+            InOutBuf::from(plain.as_mut_slice()),
+            &Tag::from(tag),
+        )
+        .expect("WELCOME opens with key_b2d");
+    assert_eq!(plain, h(&o["welcome_frame"]));
+    // Frame { seq 0, ack { next 1, mask 0 }, Welcome (variant 0) { session_id, ... } }.
+    let w = &i["welcome"];
+    let mut frame = vec![0, 1, 0, 0];
+    for v in [
+        u64::from(sid),
+        u64v(&w["heartbeat_secs"]),
+        u64v(&w["session_timeout_secs"]),
+        u64v(&w["max_payload"]),
+        u64v(&w["server_time_ms"]),
+    ] {
+        varint(v, &mut frame);
+    }
+    assert_eq!(plain, frame);
 }
 
 #[test]

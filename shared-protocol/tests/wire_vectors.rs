@@ -286,18 +286,20 @@ fn packet_vectors() {
 
 fn frame_cases() -> Vec<(&'static str, Value)> {
     let ack = json!({"next": 3, "mask": 5});
-    let zero = json!({"next": 0, "mask": 0});
+    // A receiver's `next` starts at 1 (section 5): the acknowledgement of a fresh session.
+    let start = json!({"next": 1, "mask": 0});
     let f = |seq: u32, ack: &Value, body: Value| json!({"seq": seq, "ack": ack, "body": body});
     vec![
         (
             "welcome",
             f(
                 0,
-                &zero,
+                &start,
                 json!({"type": "Welcome", "session_id": 0x1234_5678u32, "heartbeat_secs": 30, "session_timeout_secs": 90, "max_payload": 1024, "server_time_ms": 1_767_225_600_000u64}),
             ),
         ),
         ("ping", f(0, &ack, json!({"type": "Ping"}))),
+        ("ping_session_start", f(0, &start, json!({"type": "Ping"}))),
         (
             "pong",
             f(
@@ -326,7 +328,7 @@ fn frame_cases() -> Vec<(&'static str, Value)> {
             "deliver_from_backend_max_id",
             f(
                 1,
-                &zero,
+                &start,
                 json!({"type": "Deliver", "msg_id": (1u64 << 53) - 1, "from": null, "payload": ""}),
             ),
         ),
@@ -398,7 +400,7 @@ fn frame_cases() -> Vec<(&'static str, Value)> {
             "goodbye_normal",
             f(
                 0,
-                &zero,
+                &start,
                 json!({"type": "Goodbye", "reason": Code::NORMAL.0}),
             ),
         ),
