@@ -89,17 +89,28 @@ pub struct Running {
     pub secrets: Secrets,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// Open terminal connections (one per WebSocket connection or UDP session); a connection
+    /// task lets go of its slot only after its last frame (kick, close) is written.
+    conns: std::sync::Arc<comet::limits::ConnLimiter>,
     drain: Duration,
 }
 
 impl Running {
     /// Drains and stops: stop accepting, kick every session with `Shutdown` (they reconnect
-    /// later), and wait for the tasks up to `timeouts.shutdown_drain_secs`.
+    /// later), and wait up to `timeouts.shutdown_drain_secs` for the tasks and for every
+    /// connection to have sent its kick and close (connection tasks are not in `tasks`: without
+    /// this wait the process could exit before they write them).
     pub async fn stop(self) {
         self.shutdown.cancel();
         let kicked = self.router.kick_all(KickReason::Shutdown);
         tracing::info!(sessions = kicked, "shutting down");
-        let all = futures_join(self.tasks);
+        let conns = self.conns;
+        let all = async move {
+            futures_join(self.tasks).await;
+            while conns.open() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
         if tokio::time::timeout(self.drain, all).await.is_err() {
             tracing::warn!("drain deadline passed; exiting with tasks still running");
         }
@@ -205,6 +216,7 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     let ws = if tls.is_some() { "wss" } else { "ws" };
     let api_tls = tls.clone().filter(|_| config.tls.api);
     let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone(), tls);
+    let conns = comet_ctx.conns.clone();
     tasks.extend(comet::spawn(comet_ctx, listeners));
     tracing::info!(
         device_ws = %comet_addrs.device_ws,
@@ -250,6 +262,7 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
         secrets,
         shutdown,
         tasks,
+        conns,
         drain: Duration::from_secs(config.timeouts.shutdown_drain_secs),
     })
 }

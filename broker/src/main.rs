@@ -97,7 +97,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        None => serve(config),
+        None => serve(config, cli.config.as_deref()),
         Some(Command::Config {
             action: ConfigAction::Check,
         }) => {
@@ -217,19 +217,126 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn serve(config: Config) -> ExitCode {
+/// `broker` without a subcommand: start, print the banner, serve until SIGINT/SIGTERM, drain.
+fn serve(config: Config, config_file: Option<&std::path::Path>) -> ExitCode {
     init_logs(&config.log.filter);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(c) => return c,
     };
-    match rt.block_on(broker::run(config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("broker: {e}");
-            ExitCode::FAILURE
-        }
+    rt.block_on(async {
+        let running = match broker::start(&config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("broker: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        print!("{}", banner(&config, config_file, &running));
+        shutdown_signal().await;
+        running.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// The start-up text on stdout: where the broker listens and the exact commands that connect a
+/// device, a phone and an app to it, and push to a device. Never contains a secret.
+fn banner(
+    config: &Config,
+    config_file: Option<&std::path::Path>,
+    running: &broker::Running,
+) -> String {
+    // The same program, with the same `--config` (the clients read their defaults from it).
+    let exe = std::env::args().next().unwrap_or_else(|| "broker".into());
+    let cmd = match config_file {
+        Some(file) => format!(
+            "{} --config {}",
+            shell_word(&exe),
+            shell_word(&file.display().to_string())
+        ),
+        None => shell_word(&exe),
+    };
+    // Where a client on this machine connects: an unspecified bind address becomes 127.0.0.1.
+    let local = |a: std::net::SocketAddr| {
+        let ip = if a.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            a.ip()
+        };
+        std::net::SocketAddr::new(ip, a.port())
+    };
+    let ws = if config.tls.enabled { "wss" } else { "ws" };
+    let http_scheme = if config.tls.enabled && config.tls.api {
+        "https"
+    } else {
+        "http"
+    };
+    let (http, udp) = (local(running.http), local(running.comet.udp));
+    let (device_ws, app_ws) = (local(running.comet.device_ws), local(running.comet.app_ws));
+    // A port-0 address in the config gives the client nothing to connect to: name the bound one.
+    let udp_flag = if config.listen.udp.port() == 0 {
+        format!(" --udp {udp}")
+    } else {
+        String::new()
+    };
+    let ws_flag = if config.listen.device_ws.port() == 0 {
+        format!(" --ws {ws}://{device_ws}/")
+    } else {
+        " --ws".to_string()
+    };
+    let app_flag = if config.listen.app_ws.port() == 0 {
+        format!(" --app-ws {ws}://{app_ws}/")
+    } else {
+        String::new()
+    };
+    let data = config.storage.data_dir.join(broker::secrets::SECRETS_FILE);
+    let api_token = if config.security.api_token.is_empty() {
+        format!("api_token in {}", data.display())
+    } else {
+        "security.api_token of the config".to_string()
+    };
+    let profile = &config.identity.profile;
+    let data_dir = config.storage.data_dir.display();
+    let drain = config.timeouts.shutdown_drain_secs;
+    // Phone ids are negative in the signed profile (the one with concurrent sessions).
+    let phone = if profile.allows_concurrent_sessions() {
+        "-7"
+    } else {
+        "7"
+    };
+    let push = r#"'{"target": {"terminal": {"kind": "device", "id": 42}}, "text": "hello"}'"#;
+    let lines = [
+        format!("broker ready (profile {profile}, data in {data_dir})"),
+        format!("  HTTP API  {http_scheme}://{http}/v1  (bearer token: {api_token})"),
+        format!("  devices   udp {udp} and {ws}://{device_ws}/"),
+        format!(
+            "  apps      {ws}://{app_ws}/  (JSON; first message {{\"type\":\"auth\",\"token\":...}})"
+        ),
+        "connect a client (from another terminal in this directory):".to_string(),
+        format!("  a device over UDP:  {cmd} client device --id 42{udp_flag}"),
+        format!("  a device over WS:   {cmd} client device --id 42{ws_flag}"),
+        format!("  a phone:            {cmd} client phone --id {phone}{app_flag}"),
+        format!("  an app's token:     {cmd} token --id {phone}"),
+        format!("  a device's key:     {cmd} device-key --id 42"),
+        format!(
+            "  push to device 42:  curl -H \"Authorization: Bearer $TOKEN\" \
+             -H 'Content-Type: application/json' -d {push} {http_scheme}://{http}/v1/push"
+        ),
+        format!(
+            "stop with Ctrl-C or SIGTERM (terminals are told to reconnect later; drain up to {drain} s)"
+        ),
+    ];
+    lines.join("\n") + "\n"
+}
+
+/// `word` quoted for a POSIX shell when it holds anything but safe characters.
+fn shell_word(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=@+,".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 

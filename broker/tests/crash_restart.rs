@@ -1,81 +1,84 @@
-//! The real `broker` binary: data acknowledged over HTTP survives `kill -9` and a restart, and
-//! SIGTERM drains and exits cleanly. Listens on 127.0.0.1 port 0 only.
+//! The real `broker` binary: data acknowledged over HTTP (pushes, bindings, groups) and uploads
+//! a device got an UploadAck for (over UDP and over WebSocket, some still in flight at the
+//! kill) survive `kill -9` and a restart; SIGTERM then drains and exits cleanly. Listens on
+//! 127.0.0.1 port 0 only; signals only the PID it started.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod banner_support;
+mod comet_support;
+
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use banner_support::{Started, all_uploads, start, write_config};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use comet_support::{Device, Got, Wire, login};
 use serde_json::{Value, json};
+use shared_protocol::frame::Body;
 
-const TOKEN: &str = "crash-test-api-token-0123";
-
-struct Broker {
-    child: Child,
-    base: String,
-}
-
-fn start(config: &std::path::Path) -> Broker {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start broker");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("HTTP API on http://").nth(1) {
-                let addr = rest.split("/v1").next().unwrap().to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("broker printed its HTTP address");
-    Broker {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
+/// Uploads each device has acknowledged before the burst that the kill interrupts.
+const SETTLED: u32 = 30;
+/// Uploads sent back to back just before the kill.
+const BURST: u32 = 10;
+/// Uploads a device keeps unacknowledged at most while settling (under MAX_IN_FLIGHT).
+const WINDOW: u32 = 8;
 
 async fn call(
-    b: &Broker,
+    b: &Started,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", b.base))
-        .bearer_auth(TOKEN);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
+    b.api().call(method, path, body).await
 }
 
-#[tokio::test]
+fn upload_payload(device: u32, upload_id: u32) -> String {
+    format!("d{device}-u{upload_id}")
+}
+
+async fn send_upload(dev: &mut Device, device: u32, upload_id: u32) {
+    let payload = upload_payload(device, upload_id);
+    dev.send(Body::Upload {
+        upload_id,
+        topic: "meter",
+        payload: payload.as_bytes(),
+    })
+    .await;
+}
+
+/// Uploads 1..=SETTLED with at most WINDOW unacknowledged; returns the acknowledged ids.
+async fn settle_uploads(dev: &mut Device, device: u32) -> BTreeSet<u32> {
+    let mut acked = BTreeSet::new();
+    let mut next = 1;
+    while acked.len() < SETTLED as usize {
+        while next <= SETTLED && next - 1 - (acked.len() as u32) < WINDOW {
+            send_upload(dev, device, next).await;
+            next += 1;
+        }
+        match dev.next_event(comet_support::WAIT).await {
+            Some(Got::UploadAck { upload_id }) => assert!(acked.insert(upload_id)),
+            other => panic!("device {device}: expected an UploadAck, got {other:?}"),
+        }
+    }
+    acked
+}
+
+/// UploadAcks that reach the device within a short while (after the kill: only those the
+/// broker sent before it died).
+async fn late_acks(dev: &mut Device) -> BTreeSet<u32> {
+    let mut acked = BTreeSet::new();
+    while let Some(got) = dev.next_event(Duration::from_millis(300)).await {
+        if let Got::UploadAck { upload_id } = got {
+            acked.insert(upload_id);
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_acknowledged_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.toml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\ndevice_ws = \"127.0.0.1:0\"\napp_ws = \"127.0.0.1:0\"\nudp = \"127.0.0.1:0\"\n\
-             [storage]\ndata_dir = {data:?}\n[security]\napi_token = \"{TOKEN}\"\n"
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "");
 
     let mut b = start(&config);
     let mut ids = Vec::new();
@@ -92,11 +95,61 @@ async fn kill_9_loses_nothing_acknowledged_and_sigterm_drains() {
     let (s, _) = call(&b, reqwest::Method::PUT, "/v1/groups/lab", Some(members)).await;
     assert_eq!(s, 200);
 
-    // SIGKILL right after the last acknowledged write.
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    // Two devices upload: over UDP (61) and over the device WebSocket (62).
+    let mut udp_dev = login(Wire::udp(b.udp).await, 61, 0)
+        .await
+        .expect("udp login");
+    let mut ws_dev = login(Wire::ws(&b.device_ws).await, 62, 0)
+        .await
+        .expect("ws login");
+    let (mut udp_acked, mut ws_acked) = tokio::join!(
+        settle_uploads(&mut udp_dev, 61),
+        settle_uploads(&mut ws_dev, 62)
+    );
+    // A burst in flight, then SIGKILL at once: some of it may be acknowledged, some not.
+    for id in SETTLED + 1..=SETTLED + BURST {
+        send_upload(&mut udp_dev, 61, id).await;
+        send_upload(&mut ws_dev, 62, id).await;
+    }
+    b.kill_9();
+    let (udp_late, ws_late) = tokio::join!(late_acks(&mut udp_dev), late_acks(&mut ws_dev));
+    eprintln!(
+        "burst of {BURST}: {} (udp) and {} (ws) acknowledged before the kill",
+        udp_late.len(),
+        ws_late.len()
+    );
+    udp_acked.extend(udp_late);
+    ws_acked.extend(ws_late);
 
     let mut b = start(&config);
+    // Every acknowledged upload is in the spool, once, with its topic and payload.
+    let uploads = all_uploads(&b.api()).await;
+    for (device, acked) in [(61u32, &udp_acked), (62, &ws_acked)] {
+        let stored: Vec<&Value> = uploads
+            .iter()
+            .filter(|u| u["device"] == json!({"kind": "device", "id": device}))
+            .collect();
+        let ids: Vec<u32> = stored
+            .iter()
+            .map(|u| u["upload_id"].as_u64().unwrap() as u32)
+            .collect();
+        let unique: BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "device {device}: duplicates in {ids:?}"
+        );
+        let missing: Vec<&u32> = acked.difference(&unique).collect();
+        assert!(
+            missing.is_empty(),
+            "device {device}: acknowledged but lost: {missing:?}"
+        );
+        for u in stored {
+            let id = u["upload_id"].as_u64().unwrap() as u32;
+            assert_eq!(u["topic"], "meter");
+            assert_eq!(u["payload"], json!(B64.encode(upload_payload(device, id))));
+        }
+    }
     let (s, stored) = call(
         &b,
         reqwest::Method::GET,
@@ -124,25 +177,8 @@ async fn kill_9_loses_nothing_acknowledged_and_sigterm_drains() {
     let (_, out) = call(&b, reqwest::Method::POST, "/v1/push", Some(body)).await;
     assert!(out["msg_id"].as_u64().unwrap() > *ids.last().unwrap());
 
-    // SIGTERM: graceful drain, exit code 0.
-    let pid = b.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = b.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "broker did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
+    // SIGTERM: graceful drain, exit code 0 (with terminals connected: tests/sigterm_drain.rs).
+    b.sigterm();
+    let (code, _) = b.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 0);
 }
