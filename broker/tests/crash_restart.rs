@@ -29,7 +29,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    b.api().call(method, path, body).await
+    b.call(method, path, body).await
 }
 
 fn upload_payload(device: u32, upload_id: u32) -> String {
@@ -123,7 +123,7 @@ async fn kill_9_loses_nothing_acknowledged_and_sigterm_drains() {
 
     let mut b = start(&config);
     // Every acknowledged upload is in the spool, once, with its topic and payload.
-    let uploads = all_uploads(&b.api()).await;
+    let uploads = all_uploads(&b).await;
     for (device, acked) in [(61u32, &udp_acked), (62, &ws_acked)] {
         let stored: Vec<&Value> = uploads
             .iter()

@@ -60,7 +60,6 @@ async fn sigterm_kicks_every_terminal_refuses_new_ones_keeps_acked_work_and_exit
         &format!("[timeouts]\nshutdown_drain_secs = {DRAIN_SECS}\n"),
     );
     let mut b = start(&config);
-    let api = b.api();
 
     // Three terminals, each doing work the broker acknowledged.
     let mut udp_dev = login(Wire::udp(b.udp).await, 21, 0)
@@ -83,7 +82,7 @@ async fn sigterm_kicks_every_terminal_refuses_new_ones_keeps_acked_work_and_exit
             Some(Got::UploadAck { upload_id: id })
         );
     }
-    let (s, pushed) = api
+    let (s, pushed) = b
         .post(
             "/v1/push",
             json!({"target": {"terminal": {"kind": "phone", "id": 7}}, "text": "unacked"}),
@@ -167,7 +166,7 @@ async fn sigterm_kicks_every_terminal_refuses_new_ones_keeps_acked_work_and_exit
 
     // Restarted on the same data: the acknowledged uploads and the unacknowledged delivery.
     let b = start(&config);
-    let uploads = all_uploads(&b.api()).await;
+    let uploads = all_uploads(&b).await;
     let got: Vec<_> = uploads
         .iter()
         .map(|u| {

@@ -5,14 +5,15 @@
 //! `cli_tools`); they also declare `mod comet_support;`, which this module builds on.
 #![allow(dead_code)] // Each test binary uses its own part.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::comet_support::http_support::ApiClient;
+use serde_json::Value;
+
 use crate::comet_support::{API_TOKEN, MASTER, TOKEN_SECRET};
 
 /// Writes `broker.toml` into `dir`: every listener on 127.0.0.1 port 0, the data directory
@@ -39,13 +40,118 @@ pub fn broker_command() -> Command {
     cmd
 }
 
-/// A running `broker` child process (killed by its PID on drop) and what its banner said.
-pub struct Started {
+/// A child process whose stdout and stderr lines arrive on a channel; killed (by its PID) on
+/// drop.
+pub struct Spawned {
     /// The process.
     pub child: Child,
+    stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
     /// Every output line (stdout and stderr) read so far.
     pub seen: Vec<String>,
+}
+
+impl Spawned {
+    /// Spawns `cmd` with piped stdin, stdout and stderr.
+    pub fn new(mut cmd: Command) -> Spawned {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a child process");
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Spawned {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// `sh -c "exec <script>"` in `dir`: the shell reads the line as a user's would, and the
+    /// PID is the command's own.
+    pub fn shell(script: &str, dir: &Path, env: &[(&str, &str)]) -> Spawned {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("exec {script}"))
+            .current_dir(dir)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Spawned::new(cmd)
+    }
+
+    /// Waits (up to 20 s) for an output line containing `needle`; returns it.
+    pub fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with `{needle}`; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Writes `line` to its stdin.
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits up to `limit` for the exit; its code (`-1` for a signal) and when it came.
+    pub fn wait_exit(&mut self, limit: Duration) -> (i32, Instant) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), Instant::now());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process still running {limit:?} later; output:\n{}",
+                self.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `broker` (see [`Spawned`]) and what its banner said.
+pub struct Started {
+    /// The process.
+    pub proc: Spawned,
     /// The HTTP API base, e.g. `http://127.0.0.1:4321` (no `/v1`).
     pub http: String,
     /// The device UDP endpoint.
@@ -75,47 +181,25 @@ pub fn start(config: &Path) -> Started {
 }
 
 /// Spawns `cmd` (a broker serving) and waits for its banner.
-pub fn start_command(mut cmd: Command) -> Started {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the broker binary");
-    let (tx, lines) = mpsc::channel();
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    let mut b = Started {
-        child,
-        lines,
-        seen: Vec::new(),
-        http: String::new(),
-        udp: "127.0.0.1:0".parse().unwrap(),
-        device_ws: String::new(),
-        app_ws: String::new(),
-        banner: Vec::new(),
-    };
-    let mut banner = vec![b.expect("broker ready")];
+pub fn start_command(cmd: Command) -> Started {
+    let mut proc = Spawned::new(cmd);
+    let mut banner = vec![proc.expect("broker ready")];
     loop {
-        let line = b.expect("");
+        let line = proc.expect("");
         let last = line.starts_with("stop with");
         banner.push(line);
         if last {
             break;
         }
     }
-    b.banner = banner;
+    let mut b = Started {
+        proc,
+        http: String::new(),
+        udp: "127.0.0.1:0".parse().unwrap(),
+        device_ws: String::new(),
+        app_ws: String::new(),
+        banner,
+    };
     b.http = word_after(b.line("HTTP API"), "HTTP API  ")
         .trim_end_matches("/v1")
         .to_string();
@@ -126,37 +210,34 @@ pub fn start_command(mut cmd: Command) -> Started {
     b
 }
 
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Started {
-    /// Waits (up to 20 s) for an output line containing `needle`; returns it.
-    pub fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with `{needle}`; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
+    /// An HTTP API call with the test API token: the status and the JSON body (`Null` when
+    /// the body is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.http))
+            .bearer_auth(API_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
         }
+        let resp = req.send().await.expect("HTTP API call");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// An HTTP API client with the test API token.
-    pub fn api(&self) -> ApiClient {
-        ApiClient::new(self.http.clone(), API_TOKEN)
+    /// `GET path` (see [`Started::call`]).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body (see [`Started::call`]).
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     /// The banner line starting with `prefix`.
@@ -169,7 +250,7 @@ impl Started {
 
     /// Sends SIGTERM to this process (by its PID only).
     pub fn sigterm(&self) {
-        let pid = self.child.id().to_string();
+        let pid = self.proc.child.id().to_string();
         let ok = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
@@ -180,33 +261,23 @@ impl Started {
 
     /// Sends SIGKILL to this process and reaps it.
     pub fn kill_9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.proc.child.kill().unwrap();
+        self.proc.child.wait().unwrap();
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.proc.child.try_wait().unwrap().is_none()
     }
 
-    /// Waits up to `limit` for the exit; its code (`-1` for a signal) and when it came.
+    /// Waits up to `limit` for the exit (see [`Spawned::wait_exit`]).
     pub fn wait_exit(&mut self, limit: Duration) -> (i32, Instant) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), Instant::now());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker still running {limit:?} later"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.proc.wait_exit(limit)
     }
 }
 
 /// `GET /v1/uploads` page by page from the start: every upload in the spool.
-pub async fn all_uploads(api: &ApiClient) -> Vec<serde_json::Value> {
+pub async fn all_uploads(api: &Started) -> Vec<Value> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {

@@ -1,0 +1,279 @@
+//! The provisioning subcommands and the start-up banner of the real `broker` binary (issue 3,
+//! "Operating it"): `broker token` mints what the app WebSocket accepts (expired and garbled
+//! tokens are refused), `broker device-key` prints the key the broker accepts for a device
+//! (derived from the fleet master key, or explicit), `broker config default` prints a file that
+//! parses and serves, the banner's connect commands work when pasted into a shell, and the
+//! README quick start runs as written. Listens on 127.0.0.1 only; kills only what it started.
+
+mod banner_support;
+mod comet_support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use banner_support::{Spawned, Started, broker_command, start, start_command, write_config};
+use broker::terminal::Address;
+use comet_support::{App, MASTER, TOKEN_SECRET, WAIT};
+use serde_json::{Value, json};
+use shared_protocol::json::{Claims, verify};
+use shared_protocol::keys::{MasterKey, derive_device_key};
+
+/// `broker --config <config> <args>` run to completion, with extra environment variables.
+fn run(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = broker_command();
+    cmd.arg("--config").arg(config).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the broker binary")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn now_secs() -> u64 {
+    broker::router::now_ms() / 1000
+}
+
+/// Authenticates on the app WebSocket with `token` as raw JSON; the broker's answer.
+async fn auth(b: &Started, token: &str) -> Value {
+    let mut app = App::connect(&b.app_ws).await;
+    app.send(json!({"type": "auth", "token": token, "since_id": 0}))
+        .await;
+    app.recv(WAIT).await.expect("an answer to auth")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_accepted_by_the_app_websocket_and_expired_or_garbled_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let b = start(&config);
+
+    let out = run(&config, &["token", "--id", "7"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let token = stdout(&out);
+    // Signed with the configured token secret, for phone 7, valid for the default 24 h.
+    let claims = verify(&TOKEN_SECRET, &token, now_secs()).expect("a valid token");
+    assert_eq!(claims.address, Address::phone(7));
+    let ttl = claims.exp - now_secs();
+    assert!((86_390..=86_400).contains(&ttl), "ttl {ttl}");
+    let welcome = auth(&b, &token).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+
+    // `--ttl 0`: expired at once, TOKEN_EXPIRED (21).
+    let expired = stdout(&run(&config, &["token", "--id", "7", "--ttl", "0"], &[]));
+    let r = auth(&b, &expired).await;
+    assert_eq!(
+        (&r["type"], &r["code"]),
+        (&json!("reject"), &json!(21)),
+        "{r}"
+    );
+    // One character of the signature changed: BAD_TOKEN (22).
+    let sig_at = token.rfind('.').unwrap() + 1;
+    let mut garbled = token.clone();
+    let c = if &token[sig_at..=sig_at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    garbled.replace_range(sig_at..=sig_at, c);
+    let r = auth(&b, &garbled).await;
+    assert_eq!(
+        (&r["type"], &r["code"]),
+        (&json!("reject"), &json!(22)),
+        "{r}"
+    );
+    // A token of another broker (another secret): BAD_TOKEN.
+    let other = shared_protocol::json::mint(
+        &[0x99; 32],
+        &Claims {
+            address: Address::phone(7),
+            exp: now_secs() + 3600,
+        },
+    );
+    let r = auth(&b, &other).await;
+    assert_eq!(r["code"], 22, "{r}");
+
+    // Ids the profile refuses never become tokens: exit 2 with the reason.
+    let zero = run(&config, &["token", "--id", "0"], &[]);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("not a non-zero 32-bit id"));
+    let signed = [("BROKER__IDENTITY__PROFILE", "signed")];
+    let positive_phone = run(&config, &["token", "--id", "7"], &signed);
+    assert_eq!(positive_phone.status.code(), Some(2), "{positive_phone:?}");
+    assert!(String::from_utf8_lossy(&positive_phone.stderr).contains("profile signed"));
+    let negative = run(&config, &["token", "--id", "-7"], &signed);
+    assert!(negative.status.success(), "{negative:?}");
+    let claims = verify(&TOKEN_SECRET, &stdout(&negative), now_secs()).unwrap();
+    assert_eq!(claims.address, Address::phone(-7i32 as u32));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_key_prints_the_key_the_broker_accepts_derived_or_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let explicit = "5a".repeat(32);
+    let config = write_config(
+        dir.path(),
+        &format!("[security.device_keys]\n43 = \"{explicit}\"\n"),
+    );
+    // Derived: HMAC(fleet master key, id), as shared-protocol computes it.
+    let derived = stdout(&run(&config, &["device-key", "--id", "42"], &[]));
+    assert_eq!(
+        derived,
+        hex::encode(derive_device_key(&MasterKey(MASTER), 42).0)
+    );
+    // Explicit keys win over derivation.
+    let printed = stdout(&run(&config, &["device-key", "--id", "43"], &[]));
+    assert_eq!(printed, explicit);
+    assert_ne!(
+        printed,
+        hex::encode(derive_device_key(&MasterKey(MASTER), 43).0)
+    );
+
+    // The broker accepts exactly those keys.
+    let b = start(&config);
+    let udp = b.udp.to_string();
+    let client = |id: &str, key: &str| {
+        let mut cmd = broker_command();
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["client", "device", "--id", id, "--key", key, "--udp", &udp]);
+        Spawned::new(cmd)
+    };
+    for (id, key) in [("42", derived.as_str()), ("43", printed.as_str())] {
+        let mut dev = client(id, key);
+        dev.expect(&format!("connected as device:{id} via udp"));
+        dev.say("quit");
+        assert_eq!(dev.wait_exit(Duration::from_secs(10)).0, 0);
+    }
+    let wrong = hex::encode(derive_device_key(&MasterKey(MASTER), 43).0);
+    let mut dev = client("43", &wrong);
+    assert_eq!(dev.wait_exit(Duration::from_secs(10)).0, 1);
+    dev.expect("login rejected: AUTH_FAILED");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_default_prints_a_file_that_parses_and_serves() {
+    let out = broker_command()
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let table: toml::Table = text.parse().expect("the default config is TOML");
+    for section in [
+        "listen", "storage", "security", "identity", "limits", "timeouts",
+    ] {
+        assert!(table.contains_key(section), "no [{section}]");
+    }
+    assert!(
+        text.lines().filter(|l| l.starts_with('#')).count() >= 20,
+        "keys are commented"
+    );
+
+    // The file unchanged, in a fresh directory; only the ports come from the environment.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, &text).unwrap();
+    let ports = [
+        ("BROKER__LISTEN__HTTP", "127.0.0.1:0"),
+        ("BROKER__LISTEN__DEVICE_WS", "127.0.0.1:0"),
+        ("BROKER__LISTEN__APP_WS", "127.0.0.1:0"),
+        ("BROKER__LISTEN__UDP", "127.0.0.1:0"),
+    ];
+    let check = run(&config, &["config", "check"], &ports);
+    assert!(check.status.success(), "{check:?}");
+    let mut cmd = broker_command();
+    cmd.arg("--config").arg(&config).current_dir(dir.path());
+    for (k, v) in ports {
+        cmd.env(k, v);
+    }
+    let mut b = start_command(cmd);
+    assert!(
+        b.line("broker ready").contains("data in broker-data"),
+        "{}",
+        b.banner.join("\n")
+    );
+    let (status, _) = b.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(dir.path().join("broker-data/secrets.toml").is_file());
+    b.sigterm();
+    assert_eq!(b.wait_exit(Duration::from_secs(15)).0, 0);
+}
+
+/// The command a banner line shows after `label` (e.g. `a device over UDP:`).
+fn shown(b: &Started, label: &str) -> String {
+    b.line(label)
+        .trim_start()
+        .strip_prefix(label)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banner_says_where_it_listens_and_its_commands_connect_when_pasted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let b = start(&config);
+    let banner = b.banner.join("\n");
+    // Where it listens (the addresses it bound, not the port-0 ones of the config).
+    for needle in [
+        format!("HTTP API  {}/v1", b.http),
+        format!("devices   udp {} and {}", b.udp, b.device_ws),
+        format!("apps      {}", b.app_ws),
+        "bearer token: security.api_token of the config".to_string(),
+    ] {
+        assert!(banner.contains(&needle), "`{needle}` not in:\n{banner}");
+    }
+    assert!(!banner.contains(comet_support::API_TOKEN), "no secret");
+    assert!(!banner.contains(&hex::encode(MASTER)), "no secret");
+
+    // Each command, pasted into a shell in the same directory, connects.
+    let cwd = dir.path();
+    let mut dev = Spawned::shell(&shown(&b, "a device over UDP:"), cwd, &[]);
+    dev.expect(&format!("connected as device:42 via udp {}", b.udp));
+    // The push line, with TOKEN set as the banner says.
+    let push = shown(&b, "push to device 42:");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(push)
+        .env("TOKEN", comet_support::API_TOKEN)
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("curl printed JSON");
+    assert!(answer["msg_id"].is_u64(), "{answer}");
+    let line = dev.expect("deliver #");
+    assert!(line.ends_with("from backend: hello"), "{line}");
+    dev.say("quit");
+    assert_eq!(dev.wait_exit(Duration::from_secs(10)).0, 0);
+
+    let mut dev = Spawned::shell(&shown(&b, "a device over WS:"), cwd, &[]);
+    dev.expect(&format!("connected as device:42 via {}", b.device_ws));
+    dev.say("quit");
+    assert_eq!(dev.wait_exit(Duration::from_secs(10)).0, 0);
+
+    let mut phone = Spawned::shell(&shown(&b, "a phone:"), cwd, &[]);
+    phone.expect("connected as phone:7");
+    phone.say("quit");
+    assert_eq!(phone.wait_exit(Duration::from_secs(10)).0, 0);
+
+    let mut token = Spawned::shell(&shown(&b, "an app's token:"), cwd, &[]);
+    let minted = token.expect(".");
+    assert_eq!(token.wait_exit(Duration::from_secs(10)).0, 0);
+    let welcome = auth(&b, &minted).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+
+    let mut key = Spawned::shell(&shown(&b, "a device's key:"), cwd, &[]);
+    let printed = key.expect("");
+    assert_eq!(
+        printed,
+        hex::encode(derive_device_key(&MasterKey(MASTER), 42).0)
+    );
+}
