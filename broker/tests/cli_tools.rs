@@ -277,3 +277,118 @@ async fn banner_says_where_it_listens_and_its_commands_connect_when_pasted() {
         hex::encode(derive_device_key(&MasterKey(MASTER), 42).0)
     );
 }
+
+/// The fenced blocks of `lang` in `text`, in order.
+fn blocks(text: &str, lang: &str) -> Vec<String> {
+    let fence = format!("```{lang}\n");
+    text.split(&fence)
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap().to_string())
+        .collect()
+}
+
+/// A free port on 127.0.0.1 (TCP or UDP).
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    } else {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    }
+}
+
+/// README "Quick start", as written: its three terminals' commands run in a fresh directory
+/// through `sh` (`cargo run --release -p broker --` stands for the binary under test, and the
+/// default ports are moved to free ones with `BROKER__LISTEN__*`, so the curl URLs are adjusted
+/// to match), and terminal 2 shows what the README says it shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_quick_start_runs_as_written() {
+    let readme = include_str!("../../README.md");
+    let quick = readme
+        .split("## Quick start")
+        .nth(1)
+        .expect("a Quick start section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let sh = blocks(quick, "sh");
+    let text = blocks(quick, "text");
+    let exe = env!("CARGO_BIN_EXE_broker");
+    let (http, device_ws, app_ws, udp) = (
+        free_port(false),
+        free_port(false),
+        free_port(false),
+        free_port(true),
+    );
+    let adjust = |s: &str| {
+        s.replace("cargo run --release -p broker --", exe)
+            .replace("cargo run --release -p broker", exe)
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
+            .replace("127.0.0.1:8083", &format!("127.0.0.1:{udp}"))
+    };
+    // The block's terminals, split at its `# terminal N` comments.
+    let mut terminals: Vec<String> = Vec::new();
+    for line in sh[0].lines() {
+        if line.starts_with("# terminal") {
+            terminals.push(String::new());
+        } else if let Some(t) = terminals.last_mut() {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    assert_eq!(terminals.len(), 3, "three terminals in:\n{}", sh[0]);
+    let listen = [
+        ("BROKER__LISTEN__HTTP", format!("127.0.0.1:{http}")),
+        (
+            "BROKER__LISTEN__DEVICE_WS",
+            format!("127.0.0.1:{device_ws}"),
+        ),
+        ("BROKER__LISTEN__APP_WS", format!("127.0.0.1:{app_ws}")),
+        ("BROKER__LISTEN__UDP", format!("127.0.0.1:{udp}")),
+    ];
+    let env: Vec<(&str, &str)> = listen.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut broker = Spawned::shell(adjust(&terminals[0]).trim(), dir.path(), &env);
+    broker.expect("broker ready");
+    let mut device = Spawned::shell(adjust(&terminals[1]).trim(), dir.path(), &env);
+    let shows: Vec<String> = adjust(&text[0]).lines().map(str::to_string).collect();
+    assert_eq!(shows.len(), 2, "{shows:?}");
+
+    // Terminal 3: the push block, then the command round trip block, in one shell.
+    let script = format!("{}\n{}", adjust(&terminals[2]), adjust(&sh[1]));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for want in &shows {
+        assert_eq!(&device.expect(want), want);
+    }
+    // The README's comment shows the command's answer.
+    let answer = sh[1]
+        .lines()
+        .find_map(|l| l.strip_prefix("# {"))
+        .map(|l| format!("{{{}", l.split_whitespace().next().unwrap()))
+        .expect("the documented command answer");
+    assert!(printed.ends_with(&answer), "{printed:?} vs {answer}");
+    // "terminal 2 prints `command #1 relay: on` and `answered #1 status 0: ok`".
+    let sentence = quick
+        .split("terminal 2 prints ")
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    let quoted: Vec<&str> = sentence.split('`').skip(1).step_by(2).collect();
+    assert_eq!(quoted.len(), 2, "{sentence}");
+    for want in quoted {
+        device.expect(want);
+    }
+    device.say("quit");
+    assert_eq!(device.wait_exit(Duration::from_secs(10)).0, 0);
+}
