@@ -187,9 +187,10 @@ impl QueueFullPolicy {
 pub struct Limits {
     /// Largest device packet accepted (UDP datagram or WebSocket binary message), 64..=1200.
     pub max_device_frame_bytes: u32,
-    /// Largest app WebSocket text message.
+    /// Largest app WebSocket text message, 256..=4096 (protocol `MAX_JSON_MESSAGE`).
     pub max_app_message_bytes: u32,
-    /// Largest message payload (push, send, upload, command), bytes.
+    /// Largest message payload (push, send, upload, command), bytes, 1..=1024 (protocol
+    /// `MAX_PAYLOAD`).
     pub max_payload_bytes: u32,
     /// Connections accepted in total (all transports).
     pub max_connections: u32,
@@ -207,7 +208,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_device_frame_bytes: 1200,
-            max_app_message_bytes: 16384,
+            max_app_message_bytes: 4096,
             max_payload_bytes: 1024,
             max_connections: 10000,
             max_connections_per_ip: 100,
@@ -485,9 +486,19 @@ impl Config {
                 "must be within 64..=1200 (protocol MAX_PACKET)",
             );
         }
+        if !(256..=4096).contains(&l.max_app_message_bytes) {
+            return err(
+                "limits.max_app_message_bytes",
+                "must be within 256..=4096 (protocol MAX_JSON_MESSAGE)",
+            );
+        }
+        if !(1..=1024).contains(&l.max_payload_bytes) {
+            return err(
+                "limits.max_payload_bytes",
+                "must be within 1..=1024 (protocol MAX_PAYLOAD)",
+            );
+        }
         for (key, v) in [
-            ("limits.max_app_message_bytes", l.max_app_message_bytes),
-            ("limits.max_payload_bytes", l.max_payload_bytes),
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
             (
@@ -500,12 +511,6 @@ impl Config {
             if v == 0 {
                 return err(key, "must be greater than 0");
             }
-        }
-        if l.max_payload_bytes > u32::from(u16::MAX) {
-            return err(
-                "limits.max_payload_bytes",
-                "must fit in 16 bits (WELCOME max_payload)",
-            );
         }
         let o = &self.offline;
         if o.ttl_secs == 0 || o.max_ttl_secs < o.ttl_secs {
@@ -719,6 +724,19 @@ mod tests {
             e.to_string(),
             "b.toml: key `security.cookie_secret`: must be 64 hex digits (32 bytes) or empty"
         );
+        for (text, expected) in [
+            (
+                "[limits]\nmax_app_message_bytes = 16384\n",
+                "b.toml: key `limits.max_app_message_bytes`: must be within 256..=4096 (protocol MAX_JSON_MESSAGE)",
+            ),
+            (
+                "[limits]\nmax_payload_bytes = 2048\n",
+                "b.toml: key `limits.max_payload_bytes`: must be within 1..=1024 (protocol MAX_PAYLOAD)",
+            ),
+        ] {
+            let e = Config::from_str_with_env("b.toml", text, no_env()).unwrap_err();
+            assert_eq!(e.to_string(), expected);
+        }
         let e = Config::from_str_with_env("b.toml", "[limits\n", no_env()).unwrap_err();
         assert!(matches!(e, ConfigError::Syntax { .. }));
     }

@@ -444,7 +444,8 @@ impl Router {
         self.fail_pending_of(h.id());
         if removed.is_some() {
             self.inner.metrics.session_closed(h.transport());
-            tracing::info!(terminal = %h.address(), transport = h.transport().as_str(), session = h.id(), "logout");
+            // The comet logs the lifecycle line (with the reason) at info; this one is detail.
+            tracing::debug!(terminal = %h.address(), transport = h.transport().as_str(), session = h.id(), "logout");
         }
         removed.and_then(|offline| offline.then_some(h.address()))
     }

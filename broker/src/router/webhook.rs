@@ -30,7 +30,10 @@ pub(super) async fn run(router: Router, shutdown: CancellationToken) {
     let timeout = router.settings().webhook_timeout;
     let spool = router.stores().uploads.clone();
     let mut backoff = Duration::from_secs(1);
-    tracing::info!(url = %url, "upload webhook forwarder started");
+    tracing::info!(
+        target_origin = %log_safe_origin(&url),
+        "upload webhook forwarder started"
+    );
     loop {
         let notified = router.upload_notified();
         let cursor = match spool.consumer_cursor(CONSUMER).await {
@@ -82,5 +85,28 @@ pub(super) async fn run(router: Router, shutdown: CancellationToken) {
                 return;
             }
         }
+    }
+}
+
+/// The scheme, host and port of `url` only: the path and query may carry a token, and a URL's
+/// user-info a password, so neither is ever logged.
+fn log_safe_origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "(unparsable url)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_safe_origin;
+
+    #[test]
+    fn the_logged_origin_drops_credentials_path_and_query() {
+        assert_eq!(
+            log_safe_origin("https://user:pw@hooks.example:8443/in/SECRET?token=SECRET"),
+            "https://hooks.example:8443"
+        );
+        assert_eq!(log_safe_origin("not a url"), "(unparsable url)");
     }
 }
