@@ -18,21 +18,23 @@
 //!   window has room, so a slow device leaves events in the router's bounded queue, where the
 //!   configured full-queue policy applies and is counted; it never grows memory here and never
 //!   slows other connections.
-//! * **UDP endpoint: one socket task owning a table of sessions keyed by `session_id`**, each a
-//!   small per-session state machine ([`link::Link`] plus the router handle). Datagrams are
-//!   routed by the DATA header's session id, not by address (NAT rebinding moves a session when
-//!   an authenticated, new-in-window packet arrives from another address). Timers live in one
-//!   ordered set of `(deadline, session_id)`; the task sleeps until the first. Each session's
-//!   outbound queue is awaited by a small future in a `FuturesUnordered` polled by the same task
-//!   (no task per session); a session whose window is full is parked and re-armed on acks.
-//!   Handshake packets are answered statelessly (HELLO -> CHALLENGE no larger than the HELLO);
-//!   an accepted LOGIN registers with the router in a spawned task that hands the new session
-//!   back over a channel, so store I/O never blocks the socket loop. Sends and acks that need
-//!   the store run in spawned tasks for the same reason.
+//! * **UDP endpoint: one receive task and `N` shard tasks, each owning a table of sessions keyed
+//!   by `session_id`** (`N` = the machine's parallelism). The receive task only reads and routes:
+//!   it answers HELLOs statelessly (CHALLENGE no larger than the HELLO), hands a LOGIN to the
+//!   shard its new session id names and a DATA packet to the shard its header's session id
+//!   names, so the AEAD and reliability work of many devices spreads over all cores. Routing is
+//!   by session id, not by address, so NAT rebinding (an authenticated, new-in-window packet
+//!   from another address moves the session) works across shards. Within a shard each session is
+//!   a small state machine ([`link::Link`] plus the router handle); timers live in one ordered
+//!   set of `(deadline, session_id)`; each session's outbound queue is awaited by a small future
+//!   in a `FuturesUnordered` polled by the shard (no task per session); a session whose window
+//!   is full is parked and re-armed on acks. An accepted LOGIN registers with the router in a
+//!   spawned task that hands the new session back over a channel, so store I/O never blocks a
+//!   shard. Sends and acks that need the store run in spawned tasks for the same reason.
 //! * **No lock is held across `.await`.** The only locks in the comet are `std::sync::Mutex`
 //!   shards in [`limits`] and [`logins`], each held for one synchronous map operation (and the
 //!   LOGIN check, which is pure computation). Everything that awaits owns its state outright
-//!   (a connection task, or the UDP socket task), so there is nothing to lock. The router's own
+//!   (a connection task, or a UDP shard), so there is nothing to lock. The router's own
 //!   registry and queues follow the same rule.
 
 pub mod app_ws;
@@ -76,7 +78,7 @@ pub struct Settings {
     pub max_payload: u16,
     /// Largest device packet (`limits.max_device_frame_bytes`).
     pub max_device_packet: usize,
-    /// Largest app text message (`limits.max_app_message_bytes`, capped by the protocol's 4096).
+    /// Largest app text message (`limits.max_app_message_bytes`, validated to at most the protocol's 4096).
     pub max_app_message: usize,
 }
 
@@ -159,7 +161,8 @@ impl Context {
         tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms))
     }
 
-    /// A fresh DATA session id (never 0). The UDP endpoint skips ids still in its table.
+    /// A fresh DATA session id (never 0), handed out in sequence. A UDP shard skips ids still in
+    /// its table.
     pub fn session_id(&self) -> u32 {
         loop {
             let id = self

@@ -1,9 +1,9 @@
-//! The UDP endpoint: one socket, one task (see the comet module docs for the design).
+//! One UDP session shard: a task that owns a table of sessions keyed by `session_id` (see the
+//! parent module for how datagrams reach it).
 //!
-//! * Unauthenticated datagrams are handled statelessly by the [`Acceptor`]: a HELLO gets a
-//!   CHALLENGE (never larger than the HELLO) or a REJECT; a LOGIN is checked in spec order and,
-//!   when accepted, registered with the router in a spawned task that hands the session back to
-//!   the socket task ([`Control::LoggedIn`]), which then sends the WELCOME.
+//! * A LOGIN is checked in spec order and, when accepted, registered with the router in a
+//!   spawned task that hands the session back to this task ([`Control::LoggedIn`]), which then
+//!   sends the WELCOME. Store I/O never blocks the shard's loop.
 //! * DATA packets find their session by the header's `session_id`. A packet that authenticates
 //!   and is new in the replay window, arriving from another address, moves the session there
 //!   (NAT rebinding, section 3): replies and retransmissions go to the new address and the
@@ -34,25 +34,23 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
-use shared_protocol::handshake::{Acceptor, HelloError, HelloReply, reject_packet};
+use shared_protocol::handshake::reject_packet;
 use shared_protocol::keys::PeerAddr;
 use shared_protocol::limits::MAX_PACKET;
-use shared_protocol::packet::PacketType;
-use shared_protocol::session::{SessionError, peek_session_id};
+use shared_protocol::session::SessionError;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::router::{KickReason, Login, Outbound, Session, SessionHandle, Transport};
+use crate::router::{KickReason, Login, Outbound, Session, SessionHandle};
 
-use super::Context;
-use super::convert::kick_code;
-use super::device::{self, Reaction};
-use super::limits::{ConnGuard, ConnLimit};
-use super::link::{Link, Polled};
-use super::logins::{self, LoginOutcome};
-use super::sendwin::Tag;
-
-const T: Transport = Transport::Udp;
+use super::super::Context;
+use super::super::convert::kick_code;
+use super::super::device::{self, Reaction};
+use super::super::limits::{ConnGuard, ConnLimit};
+use super::super::link::{Link, Polled};
+use super::super::logins::{self, LoginOutcome};
+use super::super::sendwin::Tag;
+use super::{Inbound, ShardMap, T};
 
 /// One UDP session's state in the socket task's table.
 pub struct UdpSession {
@@ -101,32 +99,39 @@ fn arm(session_id: u32, mut session: Session) -> QueueFuture {
 struct Endpoint {
     ctx: Arc<Context>,
     socket: Arc<UdpSocket>,
-    sessions: HashMap<u32, UdpSession>,
+    map: ShardMap,
+    /// Boxed: the table then holds a pointer per slot, so its spare capacity (a hash table is
+    /// up to half empty after growing) costs 16 bytes a slot, not a whole session.
+    sessions: HashMap<u32, Box<UdpSession>>,
     timers: BTreeSet<(u64, u32)>,
     queues: FuturesUnordered<QueueFuture>,
     control: mpsc::Sender<Control>,
 }
 
-/// Serves device UDP until shutdown.
-pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
+/// Runs one shard until shutdown: datagrams from `inbox`, its sessions' queues and timers.
+pub(super) async fn run(
+    ctx: Arc<Context>,
+    socket: Arc<UdpSocket>,
+    map: ShardMap,
+    mut inbox: mpsc::Receiver<Inbound>,
+) {
     let (control, mut control_rx) = mpsc::channel(1024);
-    let socket = Arc::new(socket);
     let mut ep = Endpoint {
         ctx: ctx.clone(),
-        socket: socket.clone(),
+        socket,
+        map,
         sessions: HashMap::new(),
         timers: BTreeSet::new(),
         queues: FuturesUnordered::new(),
         control,
     };
-    let mut buf = vec![0u8; MAX_PACKET + 1];
     loop {
         let wake = ep.timers.first().map(|(d, _)| ctx.instant_at(*d));
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => ep.on_datagram(&mut buf[..n], from),
-                Err(e) => tracing::debug!(error = %e, "udp recv error"),
+            Some(inbound) = inbox.recv() => match inbound {
+                Inbound::Login { sid, packet, from } => ep.on_login(sid, &packet, from),
+                Inbound::Data { sid, mut packet, from } => ep.on_data(sid, &mut packet, from),
             },
             Some(c) = control_rx.recv() => ep.on_control(c),
             Some((sid, session, ev)) = ep.queues.next(), if !ep.queues.is_empty() => {
@@ -147,12 +152,17 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Sends one datagram without waiting, counting it (and counting a failure as a drop).
+pub(super) fn send(ctx: &Context, socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
+    ctx.router.metrics().udp_datagram(false);
+    if socket.try_send_to(packet, to).is_err() {
+        ctx.router.metrics().udp_dropped("send_failed");
+    }
+}
+
 impl Endpoint {
     fn send(&self, packet: &[u8], to: SocketAddr) {
-        self.ctx.router.metrics().udp_datagram(false);
-        if self.socket.try_send_to(packet, to).is_err() {
-            self.ctx.router.metrics().udp_dropped("send_failed");
-        }
+        send(&self.ctx, &self.socket, packet, to);
     }
 
     fn reject(&self, code: Code, retry_after_ms: u32, to: SocketAddr) {
@@ -162,63 +172,20 @@ impl Endpoint {
         }
     }
 
-    fn on_datagram(&mut self, packet: &mut [u8], from: SocketAddr) {
-        let m = self.ctx.router.metrics().clone();
-        m.udp_datagram(true);
-        if packet.len() > self.ctx.settings.max_device_packet {
-            m.udp_dropped("too_large");
-            m.limit_hit("max_device_frame_bytes");
-            return;
-        }
-        match packet.get(1).copied() {
-            Some(t) if t == PacketType::Hello as u8 => self.on_hello(packet, from),
-            Some(t) if t == PacketType::Login as u8 && packet[0] == 1 => {
-                self.on_login(packet, from)
-            }
-            Some(t) if t == PacketType::Data as u8 && packet[0] == 1 => self.on_data(packet, from),
-            _ => m.udp_dropped("malformed"),
-        }
-    }
-
-    fn acceptor(&self) -> &Acceptor {
-        self.ctx.logins.acceptor()
-    }
-
-    fn on_hello(&mut self, packet: &[u8], from: SocketAddr) {
-        let mut out = [0u8; MAX_PACKET];
-        let now = crate::router::now_ms();
-        match self
-            .acceptor()
-            .on_hello(&PeerAddr::from(from), packet, now, &mut out)
-        {
-            Ok(HelloReply::Challenge(p)) => {
-                debug_assert!(p.len() <= packet.len(), "no amplification");
-                self.send(p, from);
-            }
-            Ok(HelloReply::Reject { packet: p, .. }) => {
-                self.ctx.router.metrics().login_failed(T, "hello_rejected");
-                self.send(p, from);
-            }
-            Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {
-                self.ctx.router.metrics().udp_dropped("malformed");
-            }
-        }
-    }
-
-    fn on_login(&mut self, packet: &[u8], from: SocketAddr) {
+    /// A LOGIN routed here with proposed session id `sid` (owned by this shard).
+    fn on_login(&mut self, mut sid: u32, packet: &[u8], from: SocketAddr) {
         let ctx = self.ctx.clone();
         let m = ctx.router.metrics();
         let now = crate::router::now_ms();
-        let ip = super::ws::peer_ip(from);
+        let ip = super::super::ws::peer_ip(from);
         if !ctx.login_rate.allow(ip, now) {
             m.limit_hit("login_attempts_per_ip_per_sec");
             m.login_failed(T, "rate_limited");
             self.reject(Code::RATE_LIMITED, 1000, from);
             return;
         }
-        let mut sid = ctx.session_id();
         while self.sessions.contains_key(&sid) {
-            sid = ctx.session_id();
+            sid = self.map.next_in_shard(sid);
         }
         let params = ctx.welcome_params();
         let mut out = [0u8; MAX_PACKET];
@@ -293,12 +260,9 @@ impl Endpoint {
         });
     }
 
-    fn on_data(&mut self, packet: &mut [u8], from: SocketAddr) {
+    /// A DATA packet whose header names session `sid`.
+    fn on_data(&mut self, sid: u32, packet: &mut [u8], from: SocketAddr) {
         let m = self.ctx.router.metrics().clone();
-        let Ok(sid) = peek_session_id(packet) else {
-            m.udp_dropped("malformed");
-            return;
-        };
         let now = self.ctx.mono_ms();
         let Some(s) = self.sessions.get_mut(&sid) else {
             m.udp_dropped("unknown_session");
@@ -489,14 +453,14 @@ impl Endpoint {
                 let handle = session.handle().clone();
                 self.sessions.insert(
                     sid,
-                    UdpSession {
+                    Box::new(UdpSession {
                         link,
                         handle,
                         peer,
                         timer: u64::MAX,
                         parked: None,
                         _guard: guard,
-                    },
+                    }),
                 );
                 self.send(&welcome, peer);
                 self.queues.push(arm(sid, session));
