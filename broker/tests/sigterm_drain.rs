@@ -198,12 +198,30 @@ async fn sigterm_kicks_every_terminal_refuses_new_ones_keeps_acked_work_and_exit
 }
 
 /// The same three terminals when nothing holds the drain: the kicks still reach them before the
-/// process exits (well before the deadline).
+/// process exits (well before the deadline). Connections that never log in (a bare TCP
+/// connection, and WebSockets that upgraded but sent nothing) do not hold the exit up until
+/// their handshake timeout (30 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_nothing_in_flight_still_kicks_everyone_before_exiting() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "[timeouts]\nshutdown_drain_secs = 10\n");
+    let config = write_config(
+        dir.path(),
+        "[timeouts]\nshutdown_drain_secs = 10\nhandshake_secs = 30\n",
+    );
     let mut b = start(&config);
+    let _bare_tcp = tokio::net::TcpStream::connect(
+        b.device_ws
+            .trim_start_matches("ws://")
+            .trim_end_matches('/'),
+    )
+    .await
+    .expect("tcp connect");
+    let (_silent_device, _) = tokio_tungstenite::connect_async(b.device_ws.as_str())
+        .await
+        .expect("device websocket upgrade");
+    let (_silent_app, _) = tokio_tungstenite::connect_async(b.app_ws.as_str())
+        .await
+        .expect("app websocket upgrade");
     let mut udp_dev = login(Wire::udp(b.udp).await, 31, 0)
         .await
         .expect("udp login");

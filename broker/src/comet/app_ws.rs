@@ -21,7 +21,7 @@ use shared_protocol::json::{
     Reject, SendMsg, ServerMessage, Welcome,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
@@ -148,8 +148,14 @@ async fn authenticate(
         (reject(code), End::Close(close_code(code)))
     };
     let (msg, end) = loop {
-        let msg = match timeout_at(deadline, ws.next()).await {
-            Err(_) => break fail(Code::TIMEOUT, "handshake_timeout"),
+        let msg = match ws::next_before(ctx, ws, deadline).await {
+            Err(ws::Interrupted::Shutdown) => {
+                break (
+                    reject(Code::SHUTDOWN),
+                    End::Close(close_code(Code::SHUTDOWN)),
+                );
+            }
+            Err(ws::Interrupted::Timeout) => break fail(Code::TIMEOUT, "handshake_timeout"),
             Ok(None) => return Err(End::Closed),
             Ok(Some(Err(e))) => match ws_error_end(ctx, &e) {
                 Some(code) => break fail(code, "too_large"),

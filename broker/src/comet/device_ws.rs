@@ -19,7 +19,7 @@ use shared_protocol::keys::PeerAddr;
 use shared_protocol::limits::MAX_PACKET;
 use shared_protocol::packet::{PacketType, peek_header};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
@@ -137,8 +137,15 @@ async fn handshake(
     let peer_addr = PeerAddr::from(peer);
     let m = ctx.router.metrics();
     loop {
-        let msg = match timeout_at(deadline, ws.next()).await {
-            Err(_) => {
+        let msg = match ws::next_before(ctx, ws, deadline).await {
+            Err(ws::Interrupted::Shutdown) => {
+                let mut rej = [0u8; 16];
+                if let Ok(p) = reject_packet(Code::SHUTDOWN, 1000, &mut rej) {
+                    let _ = send_packet(ws, p.to_vec()).await;
+                }
+                return Err(End::Code(Code::SHUTDOWN));
+            }
+            Err(ws::Interrupted::Timeout) => {
                 m.login_failed(T, "handshake_timeout");
                 return Err(End::Code(Code::TIMEOUT));
             }
@@ -155,21 +162,16 @@ async fn handshake(
         let now = crate::router::now_ms();
         let is_hello = bytes.get(1) == Some(&(PacketType::Hello as u8));
         if is_hello {
-            let mut out = [0u8; MAX_PACKET];
-            match ctx
-                .logins
-                .acceptor()
-                .on_hello(&peer_addr, &bytes, now, &mut out)
-            {
-                Ok(HelloReply::Challenge(p)) => {
-                    send_packet(ws, p.to_vec()).await.map_err(|_| End::Closed)?;
+            match hello_reply(ctx, &peer_addr, &bytes, now) {
+                Some((reply, None)) => {
+                    send_packet(ws, reply).await.map_err(|_| End::Closed)?;
                 }
-                Ok(HelloReply::Reject { code, packet }) => {
+                Some((reject, Some(code))) => {
                     m.login_failed(T, "hello_rejected");
-                    let _ = send_packet(ws, packet.to_vec()).await;
+                    let _ = send_packet(ws, reject).await;
                     return Err(End::Code(code));
                 }
-                Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {}
+                None => {}
             }
             continue;
         }
@@ -187,7 +189,9 @@ async fn handshake(
         }
         let sid = ctx.session_id();
         let params = ctx.welcome_params();
-        let mut out = [0u8; MAX_PACKET];
+        // On the heap, and only for this step: a buffer here would live in the connection's
+        // future, and so in its memory, for the whole connection.
+        let mut out = vec![0u8; MAX_PACKET];
         let accepted = match ctx
             .logins
             .on_login(&peer_addr, &bytes, now, sid, &params, &mut out)
@@ -232,6 +236,23 @@ async fn handshake(
         };
         send_packet(ws, welcome).await.map_err(|_| End::Closed)?;
         return Ok((link, session));
+    }
+}
+
+/// The answer to a HELLO: a CHALLENGE (`None` code) or a REJECT with its code; `None` when
+/// the HELLO is dropped. Synchronous, so its packet buffer is never part of the connection's
+/// future.
+fn hello_reply(
+    ctx: &Context,
+    peer: &PeerAddr,
+    hello: &[u8],
+    now: u64,
+) -> Option<(Vec<u8>, Option<Code>)> {
+    let mut out = [0u8; MAX_PACKET];
+    match ctx.logins.acceptor().on_hello(peer, hello, now, &mut out) {
+        Ok(HelloReply::Challenge(p)) => Some((p.to_vec(), None)),
+        Ok(HelloReply::Reject { code, packet }) => Some((packet.to_vec(), Some(code))),
+        Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => None,
     }
 }
 

@@ -14,7 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 /// A server-side WebSocket over plain TCP or TLS ([`super::tls::Stream`]).
 pub type Ws = WebSocketStream<super::tls::Stream>;
@@ -73,7 +74,12 @@ pub(super) async fn accept(
     let admitted = ctx.conns.try_acquire(peer_ip(peer));
     let deadline = tokio::time::Instant::now() + ctx.settings.handshake;
     let upgrade = super::tls::upgrade(ctx.tls.as_ref(), stream, config(max_message));
-    match tokio::time::timeout_at(deadline, upgrade).await {
+    let upgraded = tokio::select! {
+        // A connection still upgrading when the broker stops is just dropped.
+        _ = ctx.shutdown.cancelled() => return None,
+        r = tokio::time::timeout_at(deadline, upgrade) => r,
+    };
+    match upgraded {
         Ok(Ok(ws)) => Some(Accepted {
             ws,
             admitted,
@@ -89,5 +95,27 @@ pub(super) async fn accept(
                 .login_failed(transport, "handshake_timeout");
             None
         }
+    }
+}
+
+/// Why [`next_before`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Interrupted {
+    /// The login deadline passed.
+    Timeout,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// The next message before a not-yet-logged-in connection's `deadline`, interrupted by
+/// shutdown so that a connection that never logs in cannot hold up the drain.
+pub(super) async fn next_before(
+    ctx: &super::Context,
+    ws: &mut Ws,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Result<Message, WsError>>, Interrupted> {
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => Err(Interrupted::Shutdown),
+        r = tokio::time::timeout_at(deadline, ws.next()) => r.map_err(|_| Interrupted::Timeout),
     }
 }
