@@ -8,9 +8,13 @@
 //!   `-Zbuild-std` with that compiler.
 //! * [`CrossEnv`] holds that environment; [`CrossEnv::cargo`] gives a `cargo` command with it
 //!   applied in any directory (board crates use it).
-//! * `build` cross-checks `shared-protocol` for every MCU target in [`TARGETS`].
+//! * `build` builds the no_std workspace crates (`shared-protocol`, `firmware`) for the MCU
+//!   targets in [`TARGETS`], with the feature sets of [`NO_STD_BUILDS`] (`firmware` only where
+//!   no board crate builds it).
 //! * `boards` builds every crate under `boards/` (each has its own `.cargo/config.toml`) into
-//!   the one shared cross target folder, with placeholder provisioning ([`placeholder_env`]).
+//!   the one shared cross target folder, with placeholder provisioning ([`placeholder_env`]);
+//!   `clippy` lints each of them (warnings denied) for the target its config names: a board
+//!   crate only builds for its own chip.
 //! * `qemu-smoke` boots `boards/qemu-mps2-an386`'s `udp-probe` under QEMU against a UDP echo
 //!   on 127.0.0.1 and checks the round trip and exit status 0.
 
@@ -28,12 +32,12 @@ const USAGE: &str = "\
 usage: cargo xtask cross [command]
 
 commands (default: all):
-  all          setup, build, boards, size, then qemu-smoke when qemu-system-arm is installed
+  all          setup, build, boards, clippy, size, then qemu-smoke when qemu-system-arm is installed
   setup        set up the pinned cross toolchain (.cache/cross-toolchain/)
   env          print the cross environment as shell `export` lines (eval it to use cargo by hand)
-  build        build shared-protocol (no_std, and with defmt) for every MCU target
+  build        build the no_std crates (shared-protocol; firmware where no board does) per MCU target
   boards       build every board crate under boards/ (release)
-  clippy       clippy, warnings denied, on every board crate
+  clippy       clippy, warnings denied, on every MCU board crate (for its own target)
   qemu-smoke   boot the QEMU board against a UDP echo on 127.0.0.1 (exit status 0 = pass)
 ";
 
@@ -65,10 +69,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     match command {
         "all" => {
             let env = timed("cross: toolchain", CrossEnv::setup)?;
-            timed("cross: shared-protocol for MCU targets", || {
-                build_shared_protocol(&env)
+            timed("cross: no_std crates for MCU targets", || {
+                build_no_std_crates(&env)
             })?;
             timed("cross: board crates", || build_boards(&env))?;
+            timed("cross: clippy on board crates", || clippy_boards(&env))?;
             // Same builds (already fresh): the size table and the budget check.
             timed("cross: size report", || crate::size::run(&[]))?;
             if has_program("qemu-system-arm", &["--version"]) {
@@ -88,7 +93,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        "build" => build_shared_protocol(&CrossEnv::setup()?),
+        "build" => build_no_std_crates(&CrossEnv::setup()?),
         "boards" => build_boards(&CrossEnv::setup()?),
         "clippy" => clippy_boards(&CrossEnv::setup()?),
         "qemu-smoke" => qemu_smoke(&[]),
@@ -217,48 +222,81 @@ pub fn cross_target_dir() -> PathBuf {
         .join("cross")
 }
 
-/// Builds `shared-protocol` without default features, and with `defmt`, for every target.
-fn build_shared_protocol(env: &CrossEnv) -> Result<(), String> {
+/// A no_std workspace crate and how `cross build` builds it for the MCU targets.
+struct NoStdBuild {
+    /// The package name.
+    package: &'static str,
+    /// Feature sets (comma-separated; "" for none), each built with default features off.
+    feature_sets: &'static [&'static str],
+    /// Skip the targets an MCU board crate is built for: every board links this crate (with its
+    /// own features and release profile), so `cross boards` already builds it there and a
+    /// second build here would only cost CI time.
+    skip_board_targets: bool,
+}
+
+/// The no_std workspace crates: `shared-protocol` bare and with `defmt` on every target;
+/// `firmware` with its embassy-net transports, bare and with `defmt` (what the boards
+/// enable), on the targets no board covers (today `riscv32imc`). Building a library needs
+/// no critical-section implementation or time driver: the board that links it brings those.
+const NO_STD_BUILDS: &[NoStdBuild] = &[
+    NoStdBuild {
+        package: "shared-protocol",
+        feature_sets: &["", "defmt"],
+        skip_board_targets: false,
+    },
+    NoStdBuild {
+        package: "firmware",
+        feature_sets: &["embassy", "embassy,defmt"],
+        skip_board_targets: true,
+    },
+];
+
+/// Builds every crate of [`NO_STD_BUILDS`] with each of its feature sets for its targets
+/// (release, default features off).
+fn build_no_std_crates(env: &CrossEnv) -> Result<(), String> {
     let root = project_root();
     let target_dir = cross_target_dir();
+    let mut board_targets = Vec::new();
+    for board in board_dirs()? {
+        board_targets.extend(crate::size::board_target(&board)?);
+    }
     for target in TARGETS {
-        for features in [None, Some("defmt")] {
-            let mut command = env.cargo(&root, &target_dir);
-            command.args([
-                "build",
-                "--release",
-                "-p",
-                "shared-protocol",
-                "--no-default-features",
-                "--target",
-                target,
-                "-Zbuild-std=core",
-            ]);
-            if let Some(features) = features {
-                command.args(["--features", features]);
+        for build in NO_STD_BUILDS {
+            if build.skip_board_targets && board_targets.iter().any(|t| t == target) {
+                eprintln!(
+                    "cross: {} for {target}: built by the board crates",
+                    build.package
+                );
+                continue;
             }
-            run_command(&mut command)?;
+            for features in build.feature_sets {
+                let mut command = env.cargo(&root, &target_dir);
+                command.args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    build.package,
+                    "--no-default-features",
+                    "--target",
+                    target,
+                    "-Zbuild-std=core",
+                ]);
+                if !features.is_empty() {
+                    command.args(["--features", features]);
+                }
+                run_command(&mut command)?;
+            }
         }
     }
     Ok(())
 }
 
-/// Every MCU board crate: a folder under `boards/` with a `Cargo.toml` and a cross target.
+/// Every MCU board crate: a folder under `boards/` with a `Cargo.toml` and a cross target in
+/// its `.cargo/config.toml`. Host boards (the host TAP board) build with the host toolchain
+/// (`cargo xtask test`, `cargo xtask hil`).
 pub fn board_dirs() -> Result<Vec<PathBuf>, String> {
-    let boards = project_root().join("boards");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&boards)
-        .map_err(|e| format!("cannot list {}: {e}", boards.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.join("Cargo.toml").is_file())
-        // Only MCU boards: they name their target in `.cargo/config.toml`. Host boards (the
-        // host TAP board) build with the host toolchain through `cargo xtask hil`.
-        .filter(|path| {
-            std::fs::read_to_string(path.join(".cargo/config.toml"))
-                .is_ok_and(|config| config.lines().any(|l| l.trim_start().starts_with("target")))
-        })
-        .collect();
-    dirs.sort();
-    Ok(dirs)
+    crate::crates::mcu_boards()
 }
 
 /// The target folder of board builds: the one shared cross folder for every board, so `core`
@@ -308,12 +346,20 @@ fn build_boards(env: &CrossEnv) -> Result<(), String> {
     Ok(())
 }
 
+/// Clippy with warnings denied on every MCU board crate, for the one target its config names.
+/// `--release` like the builds, so build scripts and proc macros built for them are reused.
 fn clippy_boards(env: &CrossEnv) -> Result<(), String> {
     for board in board_dirs()? {
         let mut command = env.cargo_clippy(&board, &board_target_dir(&board))?;
         command.args(["--release", "--locked", "--", "-D", "warnings"]);
         placeholder_env(&mut command);
+        let started = Instant::now();
         run_command(&mut command)?;
+        eprintln!(
+            "cross: clippy on {} in {:.0} s",
+            board.display(),
+            started.elapsed().as_secs_f32()
+        );
     }
     Ok(())
 }

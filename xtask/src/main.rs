@@ -1,12 +1,14 @@
 //! `cargo xtask`: the project's single automation entry.
 //!
-//! Each subcommand lives in its own module; this file only parses the command line and
+//! Each subcommand lives in its own module ([`crates`] finds the crates outside the host
+//! workspace for all of them); this file only parses the command line and
 //! dispatches. Scripts that xtask calls (package installs, toolchain set-up) live in `scripts/`.
 //!
 //! * `test`: everything CI runs, in order (see [`mod@test`]).
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
 //! * `size`: flash and RAM per board and for the SDK alone, checked against budgets.
 
+mod crates;
 mod cross;
 mod hil;
 mod services;

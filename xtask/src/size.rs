@@ -172,7 +172,7 @@ fn board_name(board: &Path) -> String {
 }
 
 /// The board's build target from its `.cargo/config.toml`, when it is bare metal.
-fn board_target(board: &Path) -> Result<Option<String>, String> {
+pub fn board_target(board: &Path) -> Result<Option<String>, String> {
     let config = board.join(".cargo/config.toml");
     if !config.is_file() {
         return Ok(None);

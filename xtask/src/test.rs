@@ -2,19 +2,25 @@
 //!
 //! Steps (each can be skipped with `--skip NAME` or selected with `--only NAME`):
 //! 1. `deps`: install what a fresh machine lacks (`scripts/bootstrap.sh`, idempotent).
-//! 2. `fmt`: `cargo fmt --check`.
-//! 3. `clippy`: clippy on every target and feature with warnings denied.
+//! 2. `fmt`: `cargo fmt --check` on the workspace and on every crate outside it (board crates,
+//!    `boards/lib/*`, the fuzz crate; see [`crate::crates`]).
+//! 3. `clippy`: clippy on every target and feature with warnings denied, on the workspace and
+//!    on the host-built crates outside it (`boards/host-tap`, `boards/lib/plug-app`). The MCU
+//!    board crates get theirs from the cross toolchain in step 7.
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
 //!    again afterwards, pass or fail.
-//! 5. `doc`: rustdoc with warnings denied (broken links, missing docs).
-//! 6. `cross`: the pinned cross toolchain, the no_std builds for the MCU targets and every board.
-//! 7. `size`: flash and RAM per board against its budget.
-//! 8. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
-//! 9. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
-//!    (`FUZZ_SECONDS`, default 60, per target).
+//! 5. `boards`: the tests of the host-built crates outside the workspace.
+//! 6. `doc`: rustdoc with warnings denied (broken links, missing docs).
+//! 7. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
+//!    for the three MCU targets, every board built and linted (clippy, warnings denied).
+//! 8. `size`: flash and RAM per board against its budget.
+//! 9. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
+//! 10. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
+//!     (`FUZZ_SECONDS`, default 60, per target).
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
+use std::path::Path;
 use std::process::Command;
 
 /// A named step of the test run.
@@ -32,7 +38,7 @@ const STEPS: &[Step] = &[
     },
     Step {
         name: "fmt",
-        what: "rustfmt check",
+        what: "rustfmt check (workspace and crates outside it)",
         action: fmt,
     },
     Step {
@@ -44,6 +50,11 @@ const STEPS: &[Step] = &[
         name: "test",
         what: "host tests",
         action: host_tests,
+    },
+    Step {
+        name: "boards",
+        what: "tests of host-built crates outside the workspace",
+        action: host_board_tests,
     },
     Step {
         name: "doc",
@@ -117,20 +128,52 @@ fn deps() -> Result<(), String> {
 }
 
 fn fmt() -> Result<(), String> {
-    run_command(cargo().args(["fmt", "--all", "--", "--check"]))
+    run_command(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // Each crate outside the workspace is its own workspace: `cargo fmt` in its folder checks
+    // that crate (the root's rustfmt.toml applies: rustfmt looks for it in parent folders).
+    for dir in crate::crates::outside_workspace()? {
+        run_command(cargo().current_dir(dir).args(["fmt", "--", "--check"]))?;
+    }
+    Ok(())
 }
 
+/// The clippy arguments every host crate gets (after `clippy`): all targets and features,
+/// warnings denied.
+const CLIPPY_ARGS: &[&str] = &[
+    "--all-targets",
+    "--all-features",
+    "--locked",
+    "--",
+    "-D",
+    "warnings",
+];
+
 fn clippy() -> Result<(), String> {
-    run_command(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--all-features",
-        "--locked",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    run_command(cargo().args(["clippy", "--workspace"]).args(CLIPPY_ARGS))?;
+    for dir in crate::crates::host_built()? {
+        run_command(host_cargo(&dir).arg("clippy").args(CLIPPY_ARGS))?;
+    }
+    Ok(())
+}
+
+/// Tests of the host-built crates outside the workspace.
+fn host_board_tests() -> Result<(), String> {
+    for dir in crate::crates::host_built()? {
+        run_command(host_cargo(&dir).args(["test", "--locked"]))?;
+    }
+    Ok(())
+}
+
+/// `cargo` in the folder of a host-built crate outside the workspace, with the workspace's
+/// target folder (`CARGO_TARGET_DIR`, else `target/`) rather than one of its own: one folder
+/// to cache and clean, and dependencies built with the same features are reused.
+fn host_cargo(dir: &Path) -> Command {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| project_root().join(dir))
+        .unwrap_or_else(|| project_root().join("target"));
+    let mut command = cargo();
+    command.current_dir(dir).env("CARGO_TARGET_DIR", target_dir);
+    command
 }
 
 fn host_tests() -> Result<(), String> {

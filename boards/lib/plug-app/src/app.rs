@@ -10,8 +10,7 @@ use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use firmware::net::{
     self, ClientResources, DeviceHandle, DualTransport, HttpLookup, LookupBuffers, Runner,
-    RunnerBuffers, UdpBuffers,
-    UdpTransport, WsBuffers, WsTransport, run_plug,
+    RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport, run_plug,
 };
 use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
 use firmware::rng::Rng;

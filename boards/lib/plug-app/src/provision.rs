@@ -175,7 +175,10 @@ impl Provisioning {
     }
 
     /// Adds the node lookup from `PLUG_LOOKUP` (`None`: no lookup).
-    pub const fn with_lookup(mut self, lookup: Option<&'static str>) -> Result<Self, ProvisionError> {
+    pub const fn with_lookup(
+        mut self,
+        lookup: Option<&'static str>,
+    ) -> Result<Self, ProvisionError> {
         self.lookup = match lookup {
             Some(text) => match parse_socket_addr(text.as_bytes()) {
                 Some(addr) => Some((addr, text)),
@@ -531,9 +534,15 @@ mod tests {
     #[test]
     fn lookup_is_optional_and_checked() {
         let key = "00".repeat(32);
-        let base =
-            Provisioning::parse(Some("7"), Some(&key), Some("192.0.2.10:7000"), None, None, None)
-                .unwrap();
+        let base = Provisioning::parse(
+            Some("7"),
+            Some(&key),
+            Some("192.0.2.10:7000"),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(base.with_lookup(None).unwrap().lookup_config(), None);
         let p = base.with_lookup(Some("192.0.2.1:8080")).unwrap();
         let c = p.lookup_config().unwrap();

@@ -58,7 +58,12 @@ fn main() -> ! {
     let start = Instant::from_millis(0);
     // The seed only has to differ between runs of a real device; this one never connects.
     let rng = SplitMix64::new(core::hint::black_box(0x5eed));
-    let client = CLIENT.init(DeviceClient::new(device, ClientConfig::default(), rng, start));
+    let client = CLIENT.init(DeviceClient::new(
+        device,
+        ClientConfig::default(),
+        rng,
+        start,
+    ));
     let plug = PLUG.init(Plug::new(
         MemoryRelay::default(),
         SimulatedMeter::new(60_000),
