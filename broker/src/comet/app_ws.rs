@@ -67,7 +67,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         mut ws,
         admitted,
         deadline,
-    }) = ws::accept(&ctx, stream, peer, ctx.settings.max_app_message, T).await
+    }) = Box::pin(ws::accept(&ctx, stream, peer, ctx.settings.max_app_message, T)).await
     else {
         return;
     };
@@ -85,7 +85,9 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     ctx.router.metrics().connection_opened(T);
-    let end = match authenticate(&ctx, &mut ws, peer, deadline).await {
+    // Boxed: the upgrade and the login are large futures needed only once, not for the
+    // connection's whole life.
+    let end = match Box::pin(authenticate(&ctx, &mut ws, peer, deadline)).await {
         Ok(session) => run(&ctx, &mut ws, session).await,
         Err(end) => end,
     };

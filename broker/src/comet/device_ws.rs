@@ -71,7 +71,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         mut ws,
         admitted,
         deadline,
-    }) = ws::accept(&ctx, stream, peer, ctx.settings.max_device_packet, T).await
+    }) = Box::pin(ws::accept(&ctx, stream, peer, ctx.settings.max_device_packet, T)).await
     else {
         return;
     };
@@ -88,8 +88,15 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     ctx.router.metrics().connection_opened(T);
-    let end = match handshake(&ctx, &mut ws, peer, deadline).await {
-        Ok((link, session)) => run(&ctx, &mut ws, link, session).await,
+    let end = match Box::pin(handshake(&ctx, &mut ws, peer, deadline)).await {
+        Ok(established) => {
+            let mut established = Box::new(established);
+            let (link, session) = &mut *established;
+            let end = run(&ctx, &mut ws, link, session).await;
+            let (_, session) = *established;
+            session.close().await;
+            end
+        }
         Err(end) => end,
     };
     match end {
@@ -257,14 +264,21 @@ fn hello_reply(
 }
 
 /// The session loop (see module docs).
-async fn run(ctx: &Context, ws: &mut Ws, mut link: Link, mut session: Session) -> End {
+///
+/// Memory: this loop is what an idle connection's task holds for its whole life, so it borrows
+/// the link and session (kept in one heap block by the caller) instead of owning them (an
+/// async fn keeps owned arguments twice), and the per-packet work runs in its own boxed future
+/// rather than reserving its size here. The upgrade and the handshake are boxed by the caller
+/// for the same reason.
+async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session) -> End {
     let me = session.handle().address();
     let end = loop {
         let wake = ctx.instant_at(link.poll_timeout());
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    if let Some(end) = on_packet(ctx, ws, &mut link, &session, mutable(b)).await {
+                    let step = Box::pin(on_packet(ctx, ws, link, session, mutable(b)));
+                    if let Some(end) = step.await {
                         break end;
                     }
                 }
@@ -282,21 +296,20 @@ async fn run(ctx: &Context, ws: &mut Ws, mut link: Link, mut session: Session) -
                     break End::Code(code);
                 }
                 Some(ev) => {
-                    if let Some(end) = send_event(ctx, ws, &mut link, &ev).await {
+                    if let Some(end) = send_event(ctx, ws, link, &ev).await {
                         break end;
                     }
                 }
                 None => break End::Closed,
             },
             _ = tokio::time::sleep_until(wake) => {
-                if let Some(end) = run_timers(ctx, ws, &mut link).await {
+                if let Some(end) = run_timers(ctx, ws, link).await {
                     break end;
                 }
             }
         }
     };
     tracing::info!(terminal = %me, transport = T.as_str(), ?end, "device session ended");
-    session.close().await;
     end
 }
 
