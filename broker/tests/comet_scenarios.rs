@@ -1,0 +1,266 @@
+//! End-to-end scenarios of issue 3's "Done when" that need a real device on each transport:
+//! the heartbeat timeout (a silent device is kicked, goes offline in the API, and its bound phone
+//! hears so), the device-to-HTTP request (a `Request` frame is forwarded to a real HTTP backend
+//! and its answer comes back as a `Response`), and a payload over `limits.max_payload_bytes`
+//! (an `Error TOO_LARGE` about that frame, and the session goes on). Each runs over UDP and
+//! over the device WebSocket, against a broker on 127.0.0.1 port 0.
+
+mod comet_support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use broker::terminal::{Address, IdProfile};
+use comet_support::*;
+use serde_json::json;
+use shared_protocol::codes::Code;
+use shared_protocol::frame::Body;
+
+/// Which device transport a scenario runs over.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Udp,
+    Ws,
+}
+
+async fn wire(b: &TestBroker, t: Transport) -> Wire {
+    match t {
+        Transport::Udp => Wire::udp(b.udp()).await,
+        Transport::Ws => Wire::ws(&b.device_ws()).await,
+    }
+}
+
+async fn online(b: &TestBroker, device: u32) -> bool {
+    let (status, body) = b.get(&format!("/v1/terminals/device/{device}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["online"].as_bool().expect("online is a bool")
+}
+
+#[tokio::test]
+async fn a_silent_device_is_kicked_goes_offline_and_its_phone_hears_it() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.timeouts.heartbeat_secs = 1;
+        c.timeouts.session_secs = 2;
+    })
+    .await;
+    for (device, t) in [(61, Transport::Udp), (62, Transport::Ws)] {
+        b.bind(5, device).await;
+        let (mut phone, welcome) = App::login(&b.app_ws(), Address::phone(5), 0).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let mut dev = login(wire(&b, t).await, device, 0).await.unwrap();
+        let came =
+            json!({"type": "presence", "who": {"kind": "device", "id": device}, "online": true});
+        assert_eq!(phone.recv(WAIT).await.unwrap(), came, "{t:?}");
+        assert!(online(&b, device).await, "{t:?}: online after login");
+
+        // The device says nothing at all from here on; the phone pings to stay online and
+        // waits for the device's offline presence.
+        let gone =
+            json!({"type": "presence", "who": {"kind": "device", "id": device}, "online": false});
+        let started = tokio::time::Instant::now();
+        let phone_side = async {
+            let deadline = started + Duration::from_secs(8);
+            loop {
+                phone.send(json!({"type": "ping"})).await;
+                match phone.recv(Duration::from_millis(400)).await {
+                    Some(m) if m == gone => return Some(started.elapsed()),
+                    Some(m) => assert_eq!(m["type"], "pong", "{t:?}: unexpected {m}"),
+                    None => {}
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return None;
+                }
+            }
+        };
+        let device_side = async {
+            let kick = dev.next_event(Duration::from_secs(8)).await;
+            (kick, started.elapsed())
+        };
+        let (offline_after, (kick, kicked_after)) = tokio::join!(phone_side, device_side);
+        assert_eq!(
+            kick,
+            Some(Got::Kick {
+                reason: Code::HEARTBEAT_TIMEOUT
+            }),
+            "{t:?}"
+        );
+        assert!(
+            kicked_after >= Duration::from_millis(1500),
+            "{t:?}: kicked after only {kicked_after:?} (session_secs = 2)"
+        );
+        let offline_after = offline_after.expect("the phone heard the device go offline");
+        assert!(offline_after >= Duration::from_millis(1500), "{t:?}");
+        if let Transport::Ws = t {
+            assert_eq!(
+                dev.wire.close_code(WAIT).await,
+                Some(4000 + Code::HEARTBEAT_TIMEOUT.0),
+                "WebSocket closes with 4000 + the code"
+            );
+        }
+        assert!(
+            !online(&b, device).await,
+            "{t:?}: offline after the timeout"
+        );
+        phone.send(json!({"type": "goodbye"})).await;
+    }
+    b.stop().await;
+}
+
+/// What the test backend received: (path, device header, body).
+type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A small HTTP backend on 127.0.0.1:0: answers 201 with the body reversed, after 3 s for a
+/// path ending in `/slow`; every request is recorded.
+async fn backend() -> (SocketAddr, Seen) {
+    async fn handle(
+        State(seen): State<Seen>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> (StatusCode, Vec<u8>) {
+        let device = headers
+            .get("x-plugcloud-device")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        seen.lock()
+            .unwrap()
+            .push((uri.path().to_owned(), device, body.to_vec()));
+        if uri.path().ends_with("/slow") {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let mut reply = body.to_vec();
+        reply.reverse();
+        (StatusCode::CREATED, reply)
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_device_request_reaches_the_http_backend_and_its_answer_comes_back() {
+    let (addr, seen) = backend().await;
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.backend.device_request_url = format!("http://{addr}/api");
+        c.backend.timeout_ms = 1000;
+    })
+    .await;
+    for (device, t) in [(71, Transport::Udp), (72, Transport::Ws)] {
+        let mut dev = login(wire(&b, t).await, device, 0).await.unwrap();
+        dev.send(Body::Request {
+            req_id: 9,
+            path: "/echo/state",
+            payload: b"abc",
+        })
+        .await;
+        assert_eq!(
+            dev.next_event(WAIT).await,
+            Some(Got::Response {
+                req_id: 9,
+                status: 201,
+                payload: b"cba".to_vec()
+            }),
+            "{t:?}"
+        );
+        let last = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            last,
+            (
+                "/api/echo/state".to_owned(),
+                Address::device(device).to_string(),
+                b"abc".to_vec()
+            ),
+            "{t:?}"
+        );
+        // A backend slower than backend.timeout_ms: 504 to the device, nothing else breaks.
+        dev.send(Body::Request {
+            req_id: 10,
+            path: "/slow",
+            payload: b"",
+        })
+        .await;
+        assert_eq!(
+            dev.next_event(WAIT).await,
+            Some(Got::Response {
+                req_id: 10,
+                status: 504,
+                payload: Vec::new()
+            }),
+            "{t:?}"
+        );
+        // A path trying to leave the backend's prefix is refused before any HTTP call.
+        let calls = seen.lock().unwrap().len();
+        dev.send(Body::Request {
+            req_id: 11,
+            path: "/../admin",
+            payload: b"",
+        })
+        .await;
+        assert_eq!(
+            dev.next_event(WAIT).await,
+            Some(Got::Response {
+                req_id: 11,
+                status: 400,
+                payload: Vec::new()
+            }),
+            "{t:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), calls, "{t:?}: no call made");
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_payload_over_the_limit_gets_too_large_and_the_session_goes_on() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.limits.max_payload_bytes = 64;
+    })
+    .await;
+    b.bind(6, 81).await;
+    for (device, t) in [(81, Transport::Udp), (82, Transport::Ws)] {
+        let mut dev = login(wire(&b, t).await, device, 0).await.unwrap();
+        let big = [7u8; 65];
+        dev.send(Body::Upload {
+            upload_id: 1,
+            topic: "t",
+            payload: &big,
+        })
+        .await;
+        match dev.next_event(WAIT).await {
+            Some(Got::Error { code, .. }) => assert_eq!(code, Code::TOO_LARGE, "{t:?}"),
+            other => panic!("{t:?}: expected Error TOO_LARGE, got {other:?}"),
+        }
+        // The same session still works: an upload at the limit is acknowledged.
+        dev.send(Body::Upload {
+            upload_id: 2,
+            topic: "t",
+            payload: &big[..64],
+        })
+        .await;
+        assert_eq!(
+            dev.next_event(WAIT).await,
+            Some(Got::UploadAck { upload_id: 2 }),
+            "{t:?}"
+        );
+    }
+    let (status, page) = b.get("/v1/uploads?after=0").await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<u64> = page["uploads"]
+        .as_array()
+        .expect("uploads")
+        .iter()
+        .map(|u| u["upload_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [2, 2], "only the uploads within the limit were stored");
+    b.stop().await;
+}
