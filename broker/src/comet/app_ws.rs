@@ -67,7 +67,14 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         mut ws,
         admitted,
         deadline,
-    }) = Box::pin(ws::accept(&ctx, stream, peer, ctx.settings.max_app_message, T)).await
+    }) = Box::pin(ws::accept(
+        &ctx,
+        stream,
+        peer,
+        ctx.settings.max_app_message,
+        T,
+    ))
+    .await
     else {
         return;
     };

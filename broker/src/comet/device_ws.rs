@@ -71,7 +71,14 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         mut ws,
         admitted,
         deadline,
-    }) = Box::pin(ws::accept(&ctx, stream, peer, ctx.settings.max_device_packet, T)).await
+    }) = Box::pin(ws::accept(
+        &ctx,
+        stream,
+        peer,
+        ctx.settings.max_device_packet,
+        T,
+    ))
+    .await
     else {
         return;
     };
