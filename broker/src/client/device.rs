@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
 use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo};
@@ -112,18 +112,10 @@ impl Wire {
                 buf.truncate(n);
                 Ok(buf)
             }
+            // Text messages are not part of the device protocol: skipped.
             Wire::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
-                    Some(Ok(Message::Close(f))) => {
-                        let why = f.map_or_else(String::new, |f| {
-                            format!("code {} {}", u16::from(f.code), f.reason)
-                        });
-                        return Err(ClientError::Closed(format!("the broker closed ({why})")));
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
-                    None => return Err(ClientError::Closed("connection closed".into())),
+                if let Message::Binary(b) = net::next_message(ws).await? {
+                    return Ok(b.to_vec());
                 }
             },
         }

@@ -1,18 +1,22 @@
 //! The client's WebSocket connection: `ws://` over TCP or `wss://` over rustls (ring), as a
 //! [`WebSocketStream`] over the comet's [`Stream`] (which holds either). For `wss://` the client
 //! trusts the certificates of `--ca-file` (a CA or a self-signed server certificate), else the
-//! public web roots.
+//! public web roots. [`next_message`] reads the next data message and turns a close, a failure
+//! or the end of the stream into [`ClientError::Closed`], for the device and phone clients alike.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::ClientError;
 use crate::comet::tls::{Stream, provider, read_certs};
 
 /// A client WebSocket, plain or TLS.
@@ -84,4 +88,25 @@ pub async fn connect(
         .await
         .map_err(|e| format!("WebSocket handshake with {url} failed: {e}"))?;
     Ok(ws)
+}
+
+/// The next data message (text or binary) from the broker; pings, pongs and raw frames are
+/// skipped. A close frame (its code and reason in the message), a socket error or the end of
+/// the stream is [`ClientError::Closed`]. Cancel-safe: nothing is held between messages, so it
+/// can stand in a `select!` loop.
+pub async fn next_message(ws: &mut ClientWs) -> Result<Message, ClientError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
+            Some(Ok(Message::Close(f))) => {
+                let why = f.map_or_else(String::new, |f| {
+                    format!("code {} {}", u16::from(f.code), f.reason)
+                });
+                return Err(ClientError::Closed(format!("the broker closed ({why})")));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
+            None => return Err(ClientError::Closed("connection closed".into())),
+        }
+    }
 }

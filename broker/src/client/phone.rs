@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use shared_protocol::codes::Code;
 use shared_protocol::ids::Address;
 use shared_protocol::json::{AckMsg, Auth, ClientMessage, Goodbye, SendMsg, ServerMessage};
@@ -54,21 +54,14 @@ async fn send(ws: &mut ClientWs, msg: &ClientMessage) -> Result<(), ClientError>
 
 async fn recv(ws: &mut ClientWs) -> Result<ServerMessage, ClientError> {
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => match ServerMessage::decode(t.as_bytes()) {
-                Ok(m) => return Ok(m),
-                // Unknown types from newer brokers are ignored (protocol section 7).
-                Err(e) => tracing::debug!(error = %e, "ignored server message"),
-            },
-            Some(Ok(Message::Close(f))) => {
-                let why = f.map_or_else(String::new, |f| {
-                    format!("code {} {}", u16::from(f.code), f.reason)
-                });
-                return Err(ClientError::Closed(format!("the broker closed ({why})")));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
-            None => return Err(ClientError::Closed("connection closed".into())),
+        // Binary messages are not part of the app protocol: skipped.
+        let Message::Text(t) = net::next_message(ws).await? else {
+            continue;
+        };
+        match ServerMessage::decode(t.as_bytes()) {
+            Ok(m) => return Ok(m),
+            // Unknown types from newer brokers are ignored (protocol section 7).
+            Err(e) => tracing::debug!(error = %e, "ignored server message"),
         }
     }
 }

@@ -269,6 +269,32 @@ fn self_info(
     Ok(me)
 }
 
+/// The start path both roles share: [`crate::start_with`] over `stores`, with the cluster
+/// command API and the node lookup route (`GET /v1/nodes/lookup`) merged into the HTTP API.
+/// The lookup route answers from the returned sender's view, which [`spawn_relay`] keeps in
+/// step with discovery once the node has registered.
+async fn start_node(
+    config: &Config,
+    stores: Stores,
+    metrics: &Metrics,
+    cluster_api: Arc<commands::ClusterCommands>,
+) -> Result<(Running, watch::Sender<NodeView>), ClusterError> {
+    let (view_tx, view_rx) = watch::channel(NodeView::default());
+    let lookup =
+        crate::discovery::route::lookup_router(view_rx, config.discovery.lookup_max as usize);
+    let running = crate::start_with(
+        config,
+        StartParts {
+            stores,
+            extra_routes: lookup,
+            metrics: metrics.clone(),
+            cluster_api: Some(cluster_api),
+        },
+    )
+    .await?;
+    Ok((running, view_tx))
+}
+
 /// Starts a comet node (see module docs).
 pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
     let c = common(config).await?;
@@ -318,19 +344,7 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         addr: config.cluster.link_listen,
         source,
     })?;
-    let (view_tx, view_rx) = watch::channel(NodeView::default());
-    let lookup =
-        crate::discovery::route::lookup_router(view_rx, config.discovery.lookup_max as usize);
-    let running = crate::start_with(
-        config,
-        StartParts {
-            stores,
-            extra_routes: lookup,
-            metrics: c.metrics.clone(),
-            cluster_api: Some(cluster_api),
-        },
-    )
-    .await?;
+    let (running, view_tx) = start_node(config, stores, &c.metrics, cluster_api).await?;
     let me = self_info(config, Role::Comet, &running, Some(link_addr))?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
@@ -398,19 +412,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         bindings: c.store.clone(),
         groups: c.store.clone(),
     };
-    let (view_tx, view_rx) = watch::channel(NodeView::default());
-    let lookup =
-        crate::discovery::route::lookup_router(view_rx, config.discovery.lookup_max as usize);
-    let running = crate::start_with(
-        config,
-        StartParts {
-            stores,
-            extra_routes: lookup,
-            metrics: c.metrics.clone(),
-            cluster_api: Some(cluster_api),
-        },
-    )
-    .await?;
+    let (running, view_tx) = start_node(config, stores, &c.metrics, cluster_api).await?;
     let me = self_info(config, Role::Msgbus, &running, None)?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
