@@ -1,6 +1,9 @@
 //! The HTTP API over real HTTP on 127.0.0.1 against an in-process broker (`broker::start`) with
 //! its embedded store in a temporary directory. Terminals are simulated through the router's
-//! comet-facing interface (`Router::login` / `Session`).
+//! comet-facing interface (`Router::login` / `Session`). API calls go through the shared
+//! [`http_support::ApiClient`].
+
+mod http_support;
 
 use std::time::Duration;
 
@@ -9,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use broker::config::{Config, Secret};
 use broker::router::{Login, Outbound, Transport};
 use broker::terminal::Address;
+use http_support::ApiClient;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-api-token-0123456789";
@@ -25,47 +29,9 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(running: &broker::Running) -> Api {
-        Api {
-            base: format!("http://{}", running.http),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    async fn put(&self, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call(reqwest::Method::PUT, path, body).await
-    }
+/// An API client with the test token for `running`.
+fn api_client(running: &broker::Running) -> ApiClient {
+    ApiClient::new(format!("http://{}", running.http), TOKEN)
 }
 
 fn login(a: Address, since_id: u64) -> Login {
@@ -78,12 +44,22 @@ fn login(a: Address, since_id: u64) -> Login {
 }
 
 #[tokio::test]
-async fn health_is_open_and_v1_needs_the_bearer_token() {
+async fn health_is_open_and_v1_and_metrics_need_the_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
     let running = broker::start(&config(dir.path())).await.unwrap();
     let base = format!("http://{}", running.http);
     let c = reqwest::Client::new();
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    // Operators' data (metrics name terminals' counts and failure reasons) needs the token too.
+    let r = c.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(format!("{base}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/healthz", "/readyz"] {
         assert_eq!(
             c.get(format!("{base}{path}"))
                 .send()
@@ -105,7 +81,7 @@ async fn health_is_open_and_v1_needs_the_bearer_token() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let api = Api::new(&running);
+    let api = api_client(&running);
     let (s, online) = api.get("/v1/online").await;
     assert_eq!((s, online["devices"].as_u64()), (200, Some(0)));
     let (s, doc) = api.get("/v1/openapi.json").await;
@@ -123,7 +99,7 @@ async fn health_is_open_and_v1_needs_the_bearer_token() {
 async fn push_is_stored_readable_and_replayed_then_acked() {
     let dir = tempfile::tempdir().unwrap();
     let running = broker::start(&config(dir.path())).await.unwrap();
-    let api = Api::new(&running);
+    let api = api_client(&running);
     let d7 = Address::device(7);
 
     let (s, out) = api
@@ -188,7 +164,7 @@ async fn push_is_stored_readable_and_replayed_then_acked() {
 async fn bindings_authorise_terminal_sends() {
     let dir = tempfile::tempdir().unwrap();
     let running = broker::start(&config(dir.path())).await.unwrap();
-    let api = Api::new(&running);
+    let api = api_client(&running);
     let (p, d) = (Address::phone(3), Address::device(4));
     let payload = bytes::Bytes::from_static(b"on");
 
@@ -222,7 +198,7 @@ async fn bindings_authorise_terminal_sends() {
 async fn device_commands_404_offline_200_answered_504_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let running = broker::start(&config(dir.path())).await.unwrap();
-    let api = Api::new(&running);
+    let api = api_client(&running);
     let (s, e) = api
         .post(
             "/v1/devices/9/commands",
@@ -278,7 +254,7 @@ async fn device_commands_404_offline_200_answered_504_timeout() {
 async fn groups_crud_and_group_push() {
     let dir = tempfile::tempdir().unwrap();
     let running = broker::start(&config(dir.path())).await.unwrap();
-    let api = Api::new(&running);
+    let api = api_client(&running);
     let (s, g) = api
         .put(
             "/v1/groups/kitchen",
@@ -345,7 +321,7 @@ async fn uploads_survive_reopening_the_store() {
     running.stop().await;
 
     let running = broker::start(&cfg).await.unwrap();
-    let api = Api::new(&running);
+    let api = api_client(&running);
     let (s, page) = api.get("/v1/uploads?after=0&limit=2").await;
     assert_eq!(s, 200);
     assert_eq!(page["head"].as_u64(), Some(3));
@@ -363,7 +339,10 @@ async fn uploads_survive_reopening_the_store() {
     let (s, _) = api.get("/v1/uploads?limit=0").await;
     assert_eq!(s, 400);
     // The metrics endpoint reports what happened.
-    let text = reqwest::get(format!("http://{}/metrics", running.http))
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/metrics", running.http))
+        .bearer_auth(TOKEN)
+        .send()
         .await
         .unwrap()
         .text()

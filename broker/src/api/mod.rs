@@ -1,5 +1,6 @@
 //! The HTTP API (axum) for the app backend and operators: JSON under `/v1`, bearer-token auth on
-//! everything except `/healthz`, `/readyz` and `/metrics`.
+//! everything except the health probes `/healthz` and `/readyz` (and, on cluster nodes, the
+//! terminals' `/v1/nodes/lookup`, served by `crate::discovery::route`).
 //!
 //! Every route is declared once in [`routes`] (method, path, auth, handler); the axum router is
 //! built from that table, and a test checks that the table and `docs/openapi.json` (served at
@@ -118,7 +119,7 @@ pub fn routes() -> Vec<Route> {
     vec![
         r(Method::GET, "/healthz", false, get(h::healthz)),
         r(Method::GET, "/readyz", false, get(h::readyz)),
-        r(Method::GET, "/metrics", false, get(h::metrics)),
+        r(Method::GET, "/metrics", true, get(h::metrics)),
         r(Method::GET, "/v1/openapi.json", true, get(h::openapi)),
         r(Method::GET, "/v1/online", true, get(h::online)),
         r(
@@ -297,6 +298,7 @@ mod tests {
             serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
         let mut documented = BTreeSet::new();
+        let mut cluster_only = BTreeSet::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().unwrap() {
                 if ["parameters", "summary", "description"].contains(&method.as_str()) {
@@ -305,9 +307,20 @@ mod tests {
                 let open = op
                     .get("security")
                     .is_some_and(|s| s.as_array().is_some_and(Vec::is_empty));
-                documented.insert((method.to_uppercase(), path.clone(), !open));
+                let entry = (method.to_uppercase(), path.clone(), !open);
+                if op["x-cluster-only"].as_bool() == Some(true) {
+                    cluster_only.insert(entry);
+                } else {
+                    documented.insert(entry);
+                }
             }
         }
+        // The cluster roles merge the node lookup into this API (crate::cluster), unauthenticated.
+        let lookup = crate::discovery::route::LOOKUP_PATH.to_string();
+        assert_eq!(
+            cluster_only,
+            BTreeSet::from([("GET".to_string(), lookup, false)])
+        );
         let served: BTreeSet<(String, String, bool)> = routes()
             .iter()
             .map(|r| (r.method.to_string(), r.path.to_string(), r.auth))

@@ -20,6 +20,7 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use shared_protocol::frame::Body;
 
+use crate::comet_support::http_support::ApiClient;
 use crate::comet_support::*;
 
 /// The service environment this test needs (see `services_env`).
@@ -164,19 +165,9 @@ pub async fn api(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("http://{}{path}", node.running.http))
-        .bearer_auth(API_TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    ApiClient::new(format!("http://{}", node.running.http), API_TOKEN)
+        .call(method, path, body)
+        .await
 }
 
 /// Every Deliver a device gets within `wait` (acked by the test device).
@@ -241,7 +232,10 @@ pub async fn answer_one_command(dev: &mut Device) -> (String, Vec<u8>) {
 
 /// The `/metrics` text of `node`, read over HTTP like a scraper does.
 pub async fn scrape(node: &ClusterNode) -> String {
-    reqwest::get(format!("http://{}/metrics", node.running.http))
+    reqwest::Client::new()
+        .get(format!("http://{}/metrics", node.running.http))
+        .bearer_auth(API_TOKEN)
+        .send()
         .await
         .unwrap()
         .text()

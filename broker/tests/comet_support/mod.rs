@@ -1,8 +1,11 @@
 //! Test support for the comet integration tests: an in-process broker on 127.0.0.1:0 ports
 //! (`broker::start`), a protocol-speaking device over UDP or WebSocket (the shared-protocol
-//! client handshake, secure session and receive window), an app client speaking raw JSON, and a
-//! small HTTP API client.
+//! client handshake, secure session and receive window), an app client speaking raw JSON, and
+//! the shared HTTP API client ([`http_support`]).
 #![allow(dead_code, missing_docs)]
+
+#[path = "../http_support/mod.rs"]
+pub mod http_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +26,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use self::http_support::ApiClient;
+
 pub const API_TOKEN: &str = "comet-test-api-token-0123";
 pub const MASTER: [u8; 32] = [0x42; 32];
 pub const TOKEN_SECRET: [u8; 32] = [0x17; 32];
@@ -30,7 +35,7 @@ pub const TOKEN_SECRET: [u8; 32] = [0x17; 32];
 pub struct TestBroker {
     pub running: broker::Running,
     pub dir: tempfile::TempDir,
-    http: reqwest::Client,
+    http: ApiClient,
 }
 
 pub fn config(dir: &std::path::Path, profile: IdProfile) -> Config {
@@ -58,11 +63,8 @@ impl TestBroker {
         let mut c = config(dir.path(), profile);
         tweak(&mut c);
         let running = broker::start(&c).await.unwrap();
-        TestBroker {
-            running,
-            dir,
-            http: reqwest::Client::new(),
-        }
+        let http = ApiClient::new(format!("http://{}", running.http), API_TOKEN);
+        TestBroker { running, dir, http }
     }
 
     pub fn udp(&self) -> SocketAddr {
@@ -83,28 +85,15 @@ impl TestBroker {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("http://{}{path}", self.running.http))
-            .bearer_auth(API_TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.http.call(method, path, body).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        self.api(reqwest::Method::GET, path, None).await
+        self.http.get(path).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.api(reqwest::Method::POST, path, Some(body)).await
+        self.http.post(path, body).await
     }
 
     pub async fn bind(&self, phone: u32, device: u32) {

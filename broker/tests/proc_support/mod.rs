@@ -1,8 +1,12 @@
 //! The `broker` binary as a child process for tests: a temporary config on free 127.0.0.1
 //! ports ([`setup`]), spawned subcommands whose output lines can be awaited ([`Proc`], killed by
 //! its own PID on drop), and the API token the broker generated. Shared by the tests that run
-//! the binary (`client_quickstart`, `load_generator`).
+//! the binary (`client_quickstart`, `load_generator`). API calls go through the shared
+//! [`http_support::ApiClient`].
 #![allow(dead_code)] // Each test binary uses its own part.
+
+#[path = "../http_support/mod.rs"]
+pub mod http_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use self::http_support::ApiClient;
 
 /// How long any wait in these helpers lasts.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -169,20 +175,14 @@ pub fn api_token(data: &Path) -> String {
     t["api_token"].as_str().unwrap().to_string()
 }
 
-/// An HTTP API call with the generated API token: status and JSON body (null when none).
+/// An HTTP API call with the generated API token: status and body (see [`ApiClient::call`]).
 pub async fn api(
     s: &Setup,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", s.http))
-        .bearer_auth(api_token(&s.data));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    ApiClient::new(s.http.clone(), api_token(&s.data))
+        .call(method, path, body)
+        .await
 }
