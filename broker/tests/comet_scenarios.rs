@@ -3,7 +3,9 @@
 //! hears so), the device-to-HTTP request (a `Request` frame is forwarded to a real HTTP backend
 //! and its answer comes back as a `Response`), and a payload over `limits.max_payload_bytes`
 //! (an `Error TOO_LARGE` about that frame, and the session goes on). Each runs over UDP and
-//! over the device WebSocket, against a broker on 127.0.0.1 port 0.
+//! over the device WebSocket, against a broker on 127.0.0.1 port 0. Also push in every
+//! addressing mode to devices (UDP and WebSocket) and phones (JSON) at once, and a push whose
+//! TTL ran out before its device logged in.
 
 mod comet_support;
 
@@ -14,6 +16,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use broker::terminal::{Address, IdProfile};
 use comet_support::*;
 use serde_json::json;
@@ -262,5 +266,132 @@ async fn a_payload_over_the_limit_gets_too_large_and_the_session_goes_on() {
         .map(|u| u["upload_id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, [2, 2], "only the uploads within the limit were stored");
+    b.stop().await;
+}
+
+/// A logged-in terminal of the push test: a device (UDP or WebSocket) or a phone (JSON).
+enum Term {
+    Device(Box<Device>),
+    Phone(Box<App>),
+}
+
+impl Term {
+    /// The payload of the next delivery within `wait` (acknowledged), or `None`.
+    async fn delivery(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        match self {
+            Term::Device(d) => match d.next_event(wait).await? {
+                Got::Deliver { payload, .. } => Some(payload),
+                other => panic!("expected a delivery, got {other:?}"),
+            },
+            Term::Phone(p) => {
+                let m = p.recv_skip_presence(wait).await?;
+                assert_eq!(m["type"], "deliver", "{m}");
+                p.send(json!({"type": "ack", "msg_id": m["msg_id"]})).await;
+                Some(B64.decode(m["payload"].as_str().unwrap()).unwrap())
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn push_reaches_exactly_the_addressed_terminals_in_every_mode() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let (d1, d2, d3) = (91u32, 92u32, 93u32);
+    let (p1, p2) = (15u32, 16u32);
+    let mut terms: Vec<(Address, Term)> = vec![
+        (
+            Address::device(d1),
+            Term::Device(Box::new(
+                login(Wire::udp(b.udp()).await, d1, 0).await.unwrap(),
+            )),
+        ),
+        (
+            Address::device(d2),
+            Term::Device(Box::new(
+                login(Wire::ws(&b.device_ws()).await, d2, 0).await.unwrap(),
+            )),
+        ),
+        (
+            Address::device(d3),
+            Term::Device(Box::new(
+                login(Wire::udp(b.udp()).await, d3, 0).await.unwrap(),
+            )),
+        ),
+    ];
+    for p in [p1, p2] {
+        let (app, welcome) = App::login(&b.app_ws(), Address::phone(p), 0).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        terms.push((Address::phone(p), Term::Phone(Box::new(app))));
+    }
+    let (s, g) = b
+        .api(
+            reqwest::Method::PUT,
+            "/v1/groups/porch",
+            Some(json!({"members": [{"kind": "device", "id": d3}, {"kind": "phone", "id": p2}]})),
+        )
+        .await;
+    assert!((200..300).contains(&s), "{s} {g}");
+
+    let dev = |id: u32| json!({"kind": "device", "id": id});
+    let phone = |id: u32| json!({"kind": "phone", "id": id});
+    let all: Vec<Address> = terms.iter().map(|(a, _)| *a).collect();
+    let cases: Vec<(serde_json::Value, Vec<Address>)> = vec![
+        (json!({"terminal": dev(d2)}), vec![Address::device(d2)]),
+        (
+            json!({"list": [dev(d1), phone(p1)]}),
+            vec![Address::device(d1), Address::phone(p1)],
+        ),
+        (
+            json!({"group": "porch"}),
+            vec![Address::device(d3), Address::phone(p2)],
+        ),
+        (json!("all_devices"), all[..3].to_vec()),
+        (json!("all_phones"), all[3..].to_vec()),
+        (json!("everyone"), all.clone()),
+    ];
+    for (i, (target, expected)) in cases.into_iter().enumerate() {
+        let text = format!("push {i}");
+        let (s, out) = b
+            .post("/v1/push", json!({"target": target, "text": text}))
+            .await;
+        assert_eq!(s, 200, "{target}: {out}");
+        for (address, term) in &mut terms {
+            let wait = if expected.contains(address) {
+                WAIT
+            } else {
+                Duration::from_millis(300)
+            };
+            let got = term.delivery(wait).await;
+            if expected.contains(address) {
+                assert_eq!(
+                    got,
+                    Some(text.clone().into_bytes()),
+                    "{target} -> {address}"
+                );
+            } else {
+                assert_eq!(got, None, "{target} must not reach {address}");
+            }
+        }
+    }
+
+    // TTL: of two pushes stored for an offline device, the one whose TTL ran out is not
+    // delivered when the device logs in; the other is.
+    let offline = 94u32;
+    for (text, ttl) in [("short", 1), ("long", 3600)] {
+        let (s, out) = b
+            .post(
+                "/v1/push",
+                json!({"target": {"terminal": dev(offline)}, "text": text, "ttl_secs": ttl}),
+            )
+            .await;
+        assert_eq!(s, 200, "{out}");
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut late = login(Wire::udp(b.udp()).await, offline, 0).await.unwrap();
+    match late.next_event(WAIT).await {
+        Some(Got::Deliver { payload, .. }) => assert_eq!(payload, b"long"),
+        other => panic!("expected the unexpired push, got {other:?}"),
+    }
+    assert_eq!(late.next_event(Duration::from_millis(500)).await, None);
     b.stop().await;
 }
