@@ -20,6 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use broker::terminal::{Address, IdProfile};
 use comet_support::*;
+use futures_util::SinkExt;
 use serde_json::json;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
@@ -393,5 +394,49 @@ async fn push_reaches_exactly_the_addressed_terminals_in_every_mode() {
         other => panic!("expected the unexpired push, got {other:?}"),
     }
     assert_eq!(late.next_event(Duration::from_millis(500)).await, None);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn total_connection_limit_and_oversized_app_message_each_get_their_code() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.limits.max_connections = 2;
+        c.limits.max_app_message_bytes = 512;
+    })
+    .await;
+    // Two sessions fill the broker (UDP and WebSocket count alike).
+    let mut first = login(Wire::udp(b.udp()).await, 51, 0).await.unwrap();
+    let (mut phone, welcome) = App::login(&b.app_ws(), Address::phone(9), 0).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    // The third is refused: SERVER_BUSY on a WebSocket close and in a UDP REJECT.
+    let mut ws = Wire::ws(&b.device_ws()).await;
+    assert_eq!(ws.close_code(WAIT).await, Some(4000 + Code::SERVER_BUSY.0));
+    let refused = login(Wire::udp(b.udp()).await, 52, 0).await.err();
+    assert_eq!(refused.map(|r| r.code), Some(Code::SERVER_BUSY));
+    assert!(b.metrics().contains("limit=\"max_connections\""));
+    // The admitted ones keep working.
+    first.send(Body::Ping).await;
+    assert_eq!(first.next(WAIT).await.unwrap().2, Got::Pong);
+
+    // An app message over max_app_message_bytes: error TOO_LARGE, then close 1009; only that
+    // connection is affected.
+    let big = format!(
+        "{{\"type\":\"send\",\"to\":{{\"kind\":\"device\",\"id\":51}},\"payload\":\"{}\",\"ref\":1}}",
+        "A".repeat(600)
+    );
+    phone
+        .ws
+        .send(tokio_tungstenite::tungstenite::Message::Text(big.into()))
+        .await
+        .unwrap();
+    let e = phone.recv(WAIT).await.expect("an error before the close");
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_u64()),
+        (Some("error"), Some(u64::from(Code::TOO_LARGE.0))),
+        "{e}"
+    );
+    assert!(b.metrics().contains("limit=\"max_app_message_bytes\""));
+    first.send(Body::Ping).await;
+    assert_eq!(first.next(WAIT).await.unwrap().2, Got::Pong);
     b.stop().await;
 }
