@@ -440,3 +440,61 @@ async fn total_connection_limit_and_oversized_app_message_each_get_their_code() 
     assert_eq!(first.next(WAIT).await.unwrap().2, Got::Pong);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_offline_inbox_evicts_or_rejects_as_configured_and_counts_it() {
+    use broker::config::EvictionPolicy;
+    for (policy, kept, counter) in [
+        (
+            EvictionPolicy::DropOldest,
+            ["two", "three"],
+            "broker_offline_evicted_total",
+        ),
+        (
+            EvictionPolicy::RejectNew,
+            ["one", "two"],
+            "broker_offline_rejected_total",
+        ),
+    ] {
+        let b = TestBroker::start_with(IdProfile::Plug, |c| {
+            c.offline.max_per_terminal = 2;
+            c.offline.eviction = policy;
+        })
+        .await;
+        let mut outcomes = Vec::new();
+        for text in ["one", "two", "three"] {
+            let (s, out) = b
+                .post(
+                    "/v1/push",
+                    json!({"target": {"terminal": {"kind": "device", "id": 44}}, "text": text}),
+                )
+                .await;
+            assert_eq!(s, 200, "{policy:?}: {out}");
+            outcomes.push((out["evicted"].as_u64(), out["rejected"].as_u64()));
+        }
+        let third = outcomes[2];
+        match policy {
+            EvictionPolicy::DropOldest => assert_eq!(third.0, Some(1), "{outcomes:?}"),
+            EvictionPolicy::RejectNew => assert_eq!(third.1, Some(1), "{outcomes:?}"),
+        }
+        let sample = b
+            .metrics()
+            .lines()
+            .find(|l| l.starts_with(counter))
+            .map(str::to_owned);
+        assert_eq!(
+            sample.as_deref().and_then(|l| l.rsplit(' ').next()),
+            Some("1"),
+            "{policy:?}: {sample:?}"
+        );
+        let mut dev = login(Wire::udp(b.udp()).await, 44, 0).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(Got::Deliver { payload, .. }) =
+            dev.next_event(Duration::from_millis(700)).await
+        {
+            got.push(String::from_utf8(payload).unwrap());
+        }
+        assert_eq!(got, kept, "{policy:?}");
+        b.stop().await;
+    }
+}
