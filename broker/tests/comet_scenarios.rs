@@ -267,6 +267,11 @@ async fn a_payload_over_the_limit_gets_too_large_and_the_session_goes_on() {
         .map(|u| u["upload_id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, [2, 2], "only the uploads within the limit were stored");
+    assert!(
+        b.metrics()
+            .contains("broker_limit_rejections_total{limit=\"max_payload_bytes\"} 2"),
+        "both refusals counted"
+    );
     b.stop().await;
 }
 

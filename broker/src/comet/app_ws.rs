@@ -339,6 +339,7 @@ async fn on_message(ctx: &Context, session: &Session, msg: ClientMessage) -> Ste
             reference,
         }) => {
             if payload.len() > ctx.router.settings().max_payload {
+                ctx.router.metrics().limit_hit("max_payload_bytes");
                 return Step::Reply(error(Code::TOO_LARGE, Some(reference), "payload too large"));
             }
             match ctx.router.send(me, to, payload.into()).await {

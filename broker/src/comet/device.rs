@@ -47,6 +47,7 @@ pub fn on_frame(router: &Router, handle: &SessionHandle, frame: &Frame<'_>) -> R
     let max_payload = router.settings().max_payload;
     let about_seq = frame.seq;
     if frame.body.payload().is_some_and(|p| p.len() > max_payload) {
+        router.metrics().limit_hit("max_payload_bytes");
         return Reaction::Error {
             code: Code::TOO_LARGE,
             about_seq,

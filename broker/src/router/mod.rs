@@ -518,6 +518,7 @@ impl Router {
     ) -> Result<PushOutcome, PushError> {
         let started = Instant::now();
         if payload.len() > self.inner.settings.max_payload {
+            self.inner.metrics.limit_hit("max_payload_bytes");
             return Err(PushError::TooLarge(payload.len()));
         }
         let expires_at_ms = self.expiry(ttl)?;
