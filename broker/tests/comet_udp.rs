@@ -144,6 +144,44 @@ async fn nat_rebinding_moves_the_session() {
     b.stop().await;
 }
 
+#[tokio::test]
+async fn a_withheld_older_packet_released_elsewhere_does_not_move_the_session() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut dev = login(Wire::udp(b.udp()).await, 22, 0).await.unwrap();
+    let home = match &dev.wire {
+        Wire::Udp { socket, .. } => socket.local_addr().unwrap(),
+        Wire::Ws(_) => unreachable!(),
+    };
+    // An on-path attacker withholds the device's next packet (an older counter) ...
+    let withheld = dev.seal(Body::Ping);
+    // ... while the device goes on with a newer one from its own address.
+    dev.send(Body::Ping).await;
+    assert_eq!(dev.next(WAIT).await.unwrap().2, Got::Pong);
+    // Released later from another address: authentic and new in the replay window, but older.
+    let mut elsewhere = Wire::udp(b.udp()).await;
+    elsewhere.send(&withheld).await;
+    let pong = elsewhere.recv(Duration::from_millis(300)).await;
+    assert!(pong.is_none(), "nothing is sent to the attacker's address");
+    let (_, status) = b.get("/v1/terminals/device/22").await;
+    assert_eq!(
+        status["sessions"][0]["peer"],
+        home.to_string(),
+        "the session stays at the device's address: {status}"
+    );
+    // The Pong for the withheld Ping went home, and deliveries still do.
+    assert_eq!(dev.next(WAIT).await.unwrap().2, Got::Pong);
+    b.post(
+        "/v1/push",
+        json!({"target": {"terminal": {"kind": "device", "id": 22}}, "text": "y"}),
+    )
+    .await;
+    assert!(matches!(
+        dev.next_event(WAIT).await,
+        Some(Got::Deliver { .. })
+    ));
+    b.stop().await;
+}
+
 /// Answers commands on a UDP device; `drop_first` skips the first Command datagram (loss).
 async fn answer_commands(mut dev: Device, drop_first: bool) -> Device {
     let mut dropped = !drop_first;

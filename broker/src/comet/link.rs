@@ -37,6 +37,11 @@ pub struct Received<'p> {
     pub frame: Option<Frame<'p>>,
     /// Message ids whose Deliver frames this packet acknowledged (ack them to the router).
     pub delivered: Vec<u64>,
+    /// This packet's counter is higher than every counter received before in the session. Only
+    /// such a packet may move a UDP session to a new address (NAT rebinding): an older packet
+    /// that an on-path attacker withheld and releases later from elsewhere authenticates, but
+    /// must not redirect the session.
+    pub newest: bool,
 }
 
 /// What [`Link::poll`] wants done.
@@ -97,6 +102,7 @@ impl Link {
         packet: &'p mut [u8],
         now_ms: u64,
     ) -> Result<Received<'p>, SessionError> {
+        let highest_before = self.session.highest_received();
         let frame = match self.session.open_frame(packet) {
             Ok(f) => f,
             Err(SessionError::Decode) => {
@@ -106,6 +112,7 @@ impl Link {
             Err(e) => return Err(e),
         };
         self.last_rx_ms = now_ms;
+        let newest = self.session.highest_received() > highest_before;
         let delivered = match self.send.on_ack(frame.ack) {
             Some(tags) => tags
                 .into_iter()
@@ -121,7 +128,11 @@ impl Link {
             RecvOutcome::Unreliable | RecvOutcome::Accept => Some(frame),
             RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => None,
         };
-        Ok(Received { frame, delivered })
+        Ok(Received {
+            frame,
+            delivered,
+            newest,
+        })
     }
 
     /// Seals an unreliable body (Pong, Kick, Goodbye, AckOnly) into `out`; returns its length.
@@ -344,6 +355,27 @@ mod tests {
         let mut pkt = out[..n].to_vec();
         let f = dev.open_frame(&mut pkt).unwrap();
         assert_eq!((f.body, f.ack), (Body::AckOnly, Ack { next: 2, mask: 0 }));
+    }
+
+    #[test]
+    fn only_a_counter_newer_than_any_seen_is_newest() {
+        let (mut link, mut dev) = pair();
+        let mut out = [0u8; MAX_PACKET];
+        let ping = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Ping);
+        // The device seals counters 0, 1 and 2; the attacker withholds 1 and releases it late.
+        let mut sealed: Vec<Vec<u8>> = (0..3)
+            .map(|_| {
+                let n = dev.seal_frame(&ping, &mut out).unwrap();
+                out[..n].to_vec()
+            })
+            .collect();
+        let newest = |link: &mut Link, pkt: &mut Vec<u8>| link.receive(pkt, 2000).unwrap().newest;
+        assert!(newest(&mut link, &mut sealed[0]), "first packet");
+        assert!(newest(&mut link, &mut sealed[2]), "counter 2 > 0");
+        assert!(
+            !newest(&mut link, &mut sealed[1]),
+            "counter 1 authenticates and is new in the window, but older than 2"
+        );
     }
 
     #[test]

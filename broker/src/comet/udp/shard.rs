@@ -288,8 +288,10 @@ impl Endpoint {
                 return;
             }
         };
-        if s.peer != from {
-            // NAT rebinding: authentic and new in the window, from a new address.
+        if s.peer != from && received.newest {
+            // NAT rebinding: authentic and newer than any packet seen, from a new address. An
+            // older authentic packet from elsewhere (withheld and released by an on-path
+            // attacker) is processed but does not move the session.
             tracing::debug!(terminal = %s.handle.address(), old = %s.peer, new = %from, "udp session moved");
             s.peer = from;
             s.handle.set_peer(from);
