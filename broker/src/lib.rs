@@ -3,6 +3,7 @@
 //! How the pieces fit (each module's docs say more):
 //! * [`config`]: the TOML configuration, loaded once in `main` and passed down.
 //! * [`secrets`]: keys and tokens, generated into the data dir when not configured.
+//! * [`private_files`]: the data dir's files are kept mode 0600; warns on a world-readable dir.
 //! * [`store`]: durable state behind small traits (offline messages, upload spool, bindings,
 //!   groups) with an embedded redb implementation.
 //! * [`router`]: the msgbus core: online registry, per-session bounded queues, push/send/ack,
@@ -28,6 +29,7 @@ pub mod discovery;
 pub mod keeper;
 pub mod load;
 pub mod metrics;
+pub mod private_files;
 pub mod router;
 pub mod secrets;
 pub mod store;
@@ -169,6 +171,9 @@ fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
 pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, StartError> {
     let dir = config.storage.data_dir.clone();
     create_data_dir(&dir)?;
+    if let Some(warning) = private_files::data_dir_warning(&dir) {
+        tracing::warn!("{warning}");
+    }
     // Before anything is spawned: a bad `[tls]` leaves nothing running.
     let tls = comet::tls::load(&config.tls)?;
     let (secrets, generated) = Secrets::resolve(&config.security, &dir)?;
