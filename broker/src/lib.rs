@@ -10,6 +10,7 @@
 //!   replay, commands, uploads, device requests. The transports plug into it.
 //! * [`api`]: the HTTP API (axum) under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
 //! * [`metrics`]: the Prometheus metrics facade every part records through.
+//! * [`logging`]: the binary's log filter, with caps that keep frame dumps out of the logs.
 //! * `discovery`, `keeper`: cluster-mode node discovery and the `rmqkeeper` role (issue 5).
 //! * [`cluster`]: the `comet` and `msgbus` roles (Redis stores and online registry, ZooKeeper
 //!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
@@ -28,6 +29,7 @@ pub mod config;
 pub mod discovery;
 pub mod keeper;
 pub mod load;
+pub mod logging;
 pub mod metrics;
 pub mod private_files;
 pub mod router;
