@@ -1,9 +1,10 @@
 //! No payload, token or key reaches a log line at any level: the real `broker` binary runs with
 //! `RUST_LOG=trace` (every crate, every level) through a full scenario -- device logins over UDP
 //! and WebSocket, a push, an app login with a minted token and an app message, a device message
-//! to the app, an upload, a command and its result, plus a wrong API token and a garbled app
-//! token -- and its whole stdout and stderr must not contain any of them, as text, base64, hex or
-//! `Debug` byte lists. Listens on 127.0.0.1 only; signals only the PID it started.
+//! to the app, an upload, a command and its result, a device request forwarded to an HTTP back
+//! end and its answer, plus a wrong API token and a garbled app token -- and its whole stdout and
+//! stderr must not contain any of them, as text, base64, hex or `Debug` byte lists. Listens on
+//! 127.0.0.1 only; signals only the PID it started.
 
 mod banner_support;
 mod comet_support;
@@ -34,6 +35,20 @@ const COOKIE_SECRET: [u8; 32] = [
 const UDP_DEVICE: u32 = 42;
 const WS_DEVICE: u32 = 77;
 const PHONE: u32 = 5;
+
+/// An HTTP back end on 127.0.0.1:0 answering 201 with the request body reversed.
+async fn reversing_backend() -> std::net::SocketAddr {
+    async fn handle(body: axum::body::Bytes) -> (axum::http::StatusCode, Vec<u8>) {
+        let mut reply = body.to_vec();
+        reply.reverse();
+        (axum::http::StatusCode::CREATED, reply)
+    }
+    let app = axum::Router::new().fallback(handle);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
 
 /// Every way a secret or payload could show up in a log line.
 fn forms(name: &str, bytes: &[u8]) -> Vec<(String, String)> {
@@ -68,13 +83,17 @@ async fn trace_logs_hold_no_payload_token_or_key() {
     let upload_text = format!("UPLOADPAYLOAD{run}upl");
     let command_text = format!("COMMANDPAYLOAD{run}cmd");
     let result_text = format!("RESULTPAYLOAD{run}res");
+    let request_text = format!("REQUESTPAYLOAD{run}req");
+    let response_text: String = request_text.chars().rev().collect();
     let wrong_api_token = format!("wrong-api-token-{run}");
 
+    let backend = reversing_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
         &format!(
-            "cookie_secret = \"{}\"\ndevice_keys = {{ \"{WS_DEVICE}\" = \"{}\" }}\n",
+            "cookie_secret = \"{}\"\ndevice_keys = {{ \"{WS_DEVICE}\" = \"{}\" }}\n\
+             [backend]\ndevice_request_url = \"http://{backend}/api\"\n",
             hex::encode(COOKIE_SECRET),
             hex::encode(WS_DEVICE_KEY)
         ),
@@ -208,6 +227,23 @@ async fn trace_logs_hold_no_payload_token_or_key() {
         Some(Got::UploadAck { upload_id: 1 })
     );
 
+    // A device request to the back end and its answer.
+    ws_dev
+        .send(Body::Request {
+            req_id: 3,
+            path: "/state",
+            payload: request_text.as_bytes(),
+        })
+        .await;
+    assert_eq!(
+        ws_dev.next_event(WAIT).await,
+        Some(Got::Response {
+            req_id: 3,
+            status: 201,
+            payload: response_text.clone().into_bytes()
+        })
+    );
+
     // A command and its result.
     let http = b.http.clone();
     let command_body = json!({"name": "relay", "text": command_text, "timeout_ms": 5000});
@@ -253,6 +289,8 @@ async fn trace_logs_hold_no_payload_token_or_key() {
         ("upload payload", &upload_text),
         ("command payload", &command_text),
         ("command result", &result_text),
+        ("device request", &request_text),
+        ("back-end answer", &response_text),
         ("API token", &API_TOKEN.to_string()),
         ("wrong API token", &wrong_api_token),
         ("minted app token", &minted),
