@@ -24,10 +24,22 @@ pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "BROKER__";
 
-/// A secret string: never printed by `Debug`/`Display` (shows `Secret(<redacted>)`).
+/// A secret string: never printed by `Debug`/`Display` (shows `Secret(<redacted>)`), overwritten
+/// with zeros when dropped.
+///
+/// `Clone` stays: [`Config`] is cloned into the cluster roles, and the HTTP API keeps its own
+/// copy of the bearer token.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Secret {}
 
 impl Secret {
     /// Wraps a secret value.

@@ -3,12 +3,14 @@
 //! How the pieces fit (each module's docs say more):
 //! * [`config`]: the TOML configuration, loaded once in `main` and passed down.
 //! * [`secrets`]: keys and tokens, generated into the data dir when not configured.
+//! * [`private_files`]: the data dir's files are kept mode 0600; warns on a world-readable dir.
 //! * [`store`]: durable state behind small traits (offline messages, upload spool, bindings,
 //!   groups) with an embedded redb implementation.
 //! * [`router`]: the msgbus core: online registry, per-session bounded queues, push/send/ack,
 //!   replay, commands, uploads, device requests. The transports plug into it.
 //! * [`api`]: the HTTP API (axum) under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
 //! * [`metrics`]: the Prometheus metrics facade every part records through.
+//! * [`logging`]: the binary's log filter, with caps that keep frame dumps out of the logs.
 //! * `discovery`, `keeper`: cluster-mode node discovery and the `rmqkeeper` role (issue 5).
 //! * [`cluster`]: the `comet` and `msgbus` roles (Redis stores and online registry, ZooKeeper
 //!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
@@ -27,7 +29,9 @@ pub mod config;
 pub mod discovery;
 pub mod keeper;
 pub mod load;
+pub mod logging;
 pub mod metrics;
+pub mod private_files;
 pub mod router;
 pub mod secrets;
 pub mod store;
@@ -169,6 +173,9 @@ fn create_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
 pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, StartError> {
     let dir = config.storage.data_dir.clone();
     create_data_dir(&dir)?;
+    if let Some(warning) = private_files::data_dir_warning(&dir) {
+        tracing::warn!("{warning}");
+    }
     // Before anything is spawned: a bad `[tls]` leaves nothing running.
     let tls = comet::tls::load(&config.tls)?;
     let (secrets, generated) = Secrets::resolve(&config.security, &dir)?;

@@ -7,7 +7,8 @@
 //! * [`derive_session_keys`]: the per-direction DATA keys ([`SessionKeys`]) used by
 //!   [`crate::session::SecureSession`].
 //!
-//! Secret types never print their bytes in `Debug` and compare in constant time.
+//! Secret types never print their bytes in `Debug`, compare in constant time and overwrite their
+//! bytes with zeros when dropped (`zeroize`); only those the handshake types must copy are `Clone`.
 
 use core::fmt;
 use core::net::{IpAddr, SocketAddr};
@@ -16,6 +17,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -31,10 +33,14 @@ pub const KEY_LEN: usize = 32;
 /// Length of the device's HELLO nonce.
 pub const NONCE_LEN: usize = 16;
 
+/// Defines a 32-byte secret type: zeroised when dropped, redacted in `Debug` and `defmt`,
+/// compared in constant time. Extra derives (only `Clone`, where a copy is needed) follow the name.
 macro_rules! secret_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident $(, $extra:ident)*) => {
         $(#[$doc])*
-        #[derive(Clone)]
+        ///
+        /// The bytes are overwritten with zeros when the value is dropped.
+        #[derive(Zeroize, ZeroizeOnDrop $(, $extra)*)]
         pub struct $name(pub [u8; KEY_LEN]);
 
         impl $name {
@@ -69,7 +75,9 @@ macro_rules! secret_type {
 
 secret_type!(
     /// A device's 32-byte key: provisioned per device or derived with [`derive_device_key`].
-    DeviceKey
+    // Clone: the handshake's `ClientHandshake` and `TerminalRecord` own a copy and are `Clone`.
+    DeviceKey,
+    Clone
 );
 secret_type!(
     /// The fleet master key from which device keys are derived (broker side and factory only).
@@ -78,7 +86,9 @@ secret_type!(
 secret_type!(
     /// The broker's secret for stateless HELLO cookies; every broker node of a deployment that
     /// may receive a LOGIN for another node's CHALLENGE must share it.
-    CookieSecret
+    // Clone: the handshake's `Acceptor` owns a copy and is `Clone`.
+    CookieSecret,
+    Clone
 );
 secret_type!(
     /// One direction's ChaCha20-Poly1305 key of a session.
@@ -240,7 +250,10 @@ pub fn verify_proof(key: &DeviceKey, input: &ProofInput, proof: &[u8; KEY_LEN]) 
 }
 
 /// The two keys of a session: one per direction, so a (key, nonce) pair is never reused.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Not `Clone`: [`crate::session::SecureSession::new`] borrows it. Each [`DirectionKey`] is
+/// zeroised when the `SessionKeys` is dropped.
+#[derive(PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SessionKeys {
     /// Device-to-broker key (`okm[0..32]`).
@@ -248,6 +261,9 @@ pub struct SessionKeys {
     /// Broker-to-device key (`okm[32..64]`).
     pub b2d: DirectionKey,
 }
+
+// Both fields zeroise themselves on drop.
+impl ZeroizeOnDrop for SessionKeys {}
 
 impl fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -192,7 +192,7 @@ async fn authenticate(
             m.limit_hit("login_attempts_per_ip_per_sec");
             break fail(Code::RATE_LIMITED, "rate_limited");
         }
-        let claims = match json::verify(&ctx.token_secret, &auth.token, now / 1000) {
+        let claims = match json::verify(&*ctx.token_secret, &auth.token, now / 1000) {
             Ok(c) => c,
             Err(e) => {
                 let label = if e.code() == Code::TOKEN_EXPIRED {

@@ -117,8 +117,8 @@ pub struct Context {
     pub conns: Arc<ConnLimiter>,
     /// Login attempts per IP per second.
     pub login_rate: LoginLimiter,
-    /// App token secret.
-    pub token_secret: [u8; 32],
+    /// App token secret (zeroised when the comet stops).
+    pub token_secret: zeroize::Zeroizing<[u8; 32]>,
     /// TLS for the WebSocket endpoints (`[tls]`; `None`: plain `ws://`).
     pub tls: Option<tls::Acceptor>,
     /// Cancelled at shutdown: endpoints stop accepting.
@@ -142,7 +142,7 @@ impl Context {
             logins: Logins::new(secrets, config.identity.profile),
             conns: ConnLimiter::new(l.max_connections, l.max_connections_per_ip),
             login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
-            token_secret: secrets.token_secret,
+            token_secret: zeroize::Zeroizing::new(secrets.token_secret),
             tls,
             router,
             shutdown,

@@ -85,11 +85,15 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) `<dir>/store.redb`, creating `dir` if needed.
+    /// Opens (or creates) `<dir>/store.redb` with mode 0600 (narrowing an existing wider file),
+    /// creating `dir` if needed.
     pub fn open(dir: &Path, limits: OfflineLimits) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         let path = dir.join(STORE_FILE);
+        // Payloads live here: the file is 0600 before redb writes to it, even if it existed wider.
+        crate::private_files::open_private(&path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let db = Database::create(&path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write()?;
@@ -792,6 +796,38 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn store_file_is_0600_even_if_it_existed_wider() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        // A fresh store is created 0600.
+        drop(open(dir.path(), 3, EvictionPolicy::DropOldest));
+        assert_eq!(mode(&path), 0o600);
+        // An existing one left 0644 (copied in, or made by an older version) is narrowed, and
+        // its data is kept.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = open(dir.path(), 3, EvictionPolicy::DropOldest);
+        assert_eq!(mode(&path), 0o600);
+        assert!(
+            Bindings::bind(&*store, Address::phone(1), Address::device(2))
+                .await
+                .unwrap()
+        );
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let store = open(dir.path(), 3, EvictionPolicy::DropOldest);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(
+            Bindings::devices_of(&*store, Address::phone(1))
+                .await
+                .unwrap(),
+            vec![Address::device(2)]
+        );
     }
 
     #[tokio::test]

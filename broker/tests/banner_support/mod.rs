@@ -117,6 +117,23 @@ impl Spawned {
         }
     }
 
+    /// Reads every remaining output line into `seen` until both pipes close (the process exited)
+    /// or `limit` passes; returns all lines seen.
+    pub fn drain_until_closed(&mut self, limit: Duration) -> &[String] {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return &self.seen,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "output still open {limit:?} later; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Writes `line` to its stdin.
     pub fn say(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
