@@ -119,6 +119,7 @@ async fn a_captured_udp_login_is_refused_by_other_brokers_after_restart_and_when
 
     // The same live broker, exact copy: no answer (the WELCOME is on its way).
     assert_eq!(dev.ask(a.udp(), &login, SILENCE).await, None);
+    assert!(a.metrics().contains("reason=\"duplicate\""), "counted");
     // The same challenge with another since_id (another proof): REPLAY.
     let mut other = ClientHandshake::new(Address::device(61), device_key(61), 5);
     other.start(0, nonce, &mut out).unwrap();

@@ -51,7 +51,7 @@ pub enum SessionError {
     Truncated,
     /// The packet or the plaintext would exceed `MAX_PACKET`.
     TooLong,
-    /// Not a version-1 DATA packet, or its counter is at or above 2^48.
+    /// Not a DATA (or WELCOME) packet of this version, or its counter is at or above 2^48.
     NotData,
     /// The header's session id is not this session's.
     WrongSession,

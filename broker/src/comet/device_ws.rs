@@ -211,7 +211,11 @@ async fn handshake(
             .on_login(&peer_addr, &bytes, now, sid, &params, &mut out)
         {
             LoginOutcome::Accepted(a) => a,
-            LoginOutcome::Duplicate => continue,
+            LoginOutcome::Duplicate => {
+                // Unanswered (its WELCOME is on its way), counted.
+                m.login_failed(T, "duplicate");
+                continue;
+            }
             LoginOutcome::NoRandomness => {
                 tracing::error!("the OS random generator failed; login refused");
                 m.login_failed(T, "internal");

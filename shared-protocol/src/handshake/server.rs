@@ -75,7 +75,7 @@ pub enum HelloReply<'o> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum HelloError {
-    /// Not a decodable, padded version-1 HELLO (dropped silently, anti-amplification).
+    /// Not a decodable, padded HELLO of this version (dropped silently, anti-amplification).
     Dropped(PacketError),
     /// The output buffer is too small for the answer.
     BufferTooSmall,

@@ -199,7 +199,8 @@ impl Endpoint {
             {
                 LoginOutcome::Accepted(a) => a,
                 LoginOutcome::Duplicate => {
-                    m.udp_dropped("duplicate_login");
+                    // Unanswered (its WELCOME is on its way), counted.
+                    m.login_failed(T, "duplicate");
                     return;
                 }
                 LoginOutcome::NoRandomness => {
