@@ -161,7 +161,8 @@ pub struct Security {
     pub fleet_master_key: Secret,
     /// Explicit per-device keys (id -> 64 hex digits); they win over derivation.
     pub device_keys: BTreeMap<String, Secret>,
-    /// Secret for stateless handshake cookies, 64 hex digits.
+    /// Ignored (parsed only so older files still load; a warning is logged when set): each
+    /// node draws its own handshake cookie secret at start (docs/protocol.md section 3.1).
     pub cookie_secret: Secret,
     /// Secret for app tokens, 64 hex digits.
     pub token_secret: Secret,
@@ -466,7 +467,6 @@ impl Config {
         let s = &self.security;
         for (key, secret) in [
             ("security.fleet_master_key", &s.fleet_master_key),
-            ("security.cookie_secret", &s.cookie_secret),
             ("security.token_secret", &s.token_secret),
         ] {
             if !secret.is_empty() && parse_key_hex(secret.expose()).is_none() {
@@ -730,11 +730,11 @@ mod tests {
         );
 
         let e =
-            Config::from_str_with_env("b.toml", "[security]\ncookie_secret = \"abc\"\n", no_env())
+            Config::from_str_with_env("b.toml", "[security]\ntoken_secret = \"abc\"\n", no_env())
                 .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "b.toml: key `security.cookie_secret`: must be 64 hex digits (32 bytes) or empty"
+            "b.toml: key `security.token_secret`: must be 64 hex digits (32 bytes) or empty"
         );
         for (text, expected) in [
             (

@@ -179,6 +179,12 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     // Before anything is spawned: a bad `[tls]` leaves nothing running.
     let tls = comet::tls::load(&config.tls)?;
     let (secrets, generated) = Secrets::resolve(&config.security, &dir)?;
+    if !config.security.cookie_secret.is_empty() {
+        tracing::warn!(
+            "security.cookie_secret is ignored: each node draws its own handshake cookie secret at \
+             start and never shares it (docs/configuration.md); remove the key"
+        );
+    }
     if !generated.is_empty() {
         tracing::info!(
             file = %dir.join(SECRETS_FILE).display(),

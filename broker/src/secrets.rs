@@ -5,6 +5,11 @@
 //! An existing `secrets.toml` with a wider mode is narrowed to 0600 when read or rewritten
 //! ([`crate::private_files`]). [`Secrets`] and the intermediate hex texts are overwritten with
 //! zeros when dropped (`zeroize`).
+//!
+//! The handshake cookie secret is not one of them: each node draws its own at start and never
+//! stores it (`comet::logins::node_cookie_secret`, docs/protocol.md section 3.1). A
+//! `cookie_secret` left in an older `secrets.toml` is ignored and dropped when the file is next
+//! rewritten.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,8 +31,6 @@ pub struct Secrets {
     pub fleet_master_key: [u8; 32],
     /// Explicit device keys by id.
     pub device_keys: HashMap<u32, [u8; 32]>,
-    /// Handshake cookie secret.
-    pub cookie_secret: [u8; 32],
     /// App token secret.
     pub token_secret: [u8; 32],
     /// HTTP API bearer token.
@@ -43,7 +46,6 @@ impl fmt::Debug for Secrets {
 impl Drop for Secrets {
     fn drop(&mut self) {
         self.fleet_master_key.zeroize();
-        self.cookie_secret.zeroize();
         self.token_secret.zeroize();
         for key in self.device_keys.values_mut() {
             key.zeroize();
@@ -79,8 +81,6 @@ pub enum SecretsError {
 struct Generated {
     #[serde(default)]
     fleet_master_key: String,
-    #[serde(default)]
-    cookie_secret: String,
     #[serde(default)]
     token_secret: String,
     #[serde(default)]
@@ -136,12 +136,6 @@ impl Secrets {
             "fleet_master_key",
             false,
         );
-        let cookie = pick(
-            &security.cookie_secret,
-            &mut stored.cookie_secret,
-            "cookie_secret",
-            false,
-        );
         let token = pick(
             &security.token_secret,
             &mut stored.token_secret,
@@ -181,7 +175,6 @@ impl Secrets {
             Secrets {
                 fleet_master_key: key(&master, "fleet_master_key")?,
                 device_keys,
-                cookie_secret: key(&cookie, "cookie_secret")?,
                 token_secret: key(&token, "token_secret")?,
                 api_token: Secret::new(api.as_str()),
             },
@@ -227,14 +220,14 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         // A file written 0644 by hand with only some keys: rewritten 0600, also through a stale
         // world-readable temporary file.
-        std::fs::write(&path, format!("cookie_secret = \"{}\"\n", "11".repeat(32))).unwrap();
+        std::fs::write(&path, format!("token_secret = \"{}\"\n", "11".repeat(32))).unwrap();
         chmod(&path, 0o644);
         let tmp = path.with_extension("toml.tmp");
         std::fs::write(&tmp, "stale").unwrap();
         chmod(&tmp, 0o666);
         let (third, generated) = Secrets::resolve(&Security::default(), dir.path()).unwrap();
-        assert_eq!(third.cookie_secret, [0x11; 32]);
-        assert_eq!(generated.len(), 3);
+        assert_eq!(third.token_secret, [0x11; 32]);
+        assert_eq!(generated.len(), 2);
         assert_eq!(mode(&path), 0o600);
         assert!(!tmp.exists());
     }
@@ -243,20 +236,17 @@ mod tests {
     fn generates_once_then_reuses_and_config_wins() {
         let dir = tempfile::tempdir().unwrap();
         let (a, gen_a) = Secrets::resolve(&Security::default(), dir.path()).unwrap();
-        assert_eq!(
-            gen_a,
-            vec![
-                "fleet_master_key",
-                "cookie_secret",
-                "token_secret",
-                "api_token"
-            ]
-        );
+        assert_eq!(gen_a, vec!["fleet_master_key", "token_secret", "api_token"]);
         let (b, gen_b) = Secrets::resolve(&Security::default(), dir.path()).unwrap();
         assert!(gen_b.is_empty());
         assert_eq!(a.fleet_master_key, b.fleet_master_key);
         assert_eq!(a.api_token, b.api_token);
-        assert_ne!(a.cookie_secret, a.token_secret);
+        assert_ne!(a.fleet_master_key, a.token_secret);
+        let stored = std::fs::read_to_string(dir.path().join(SECRETS_FILE)).unwrap();
+        assert!(
+            !stored.contains("cookie_secret"),
+            "the cookie secret is never stored"
+        );
 
         let sec = Security {
             api_token: Secret::new("configured-token-123"),
@@ -268,5 +258,22 @@ mod tests {
         assert_eq!(c.device_keys[&9], [0x22; 32]);
         assert_eq!(c.fleet_master_key, a.fleet_master_key);
         assert_eq!(format!("{c:?}"), "Secrets(<redacted>)");
+    }
+
+    #[test]
+    fn an_older_file_with_a_cookie_secret_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = format!(
+            "fleet_master_key = \"{}\"\ncookie_secret = \"{}\"\ntoken_secret = \"{}\"\napi_token = \"{}\"\n",
+            "11".repeat(32),
+            "22".repeat(32),
+            "33".repeat(32),
+            "44".repeat(24)
+        );
+        std::fs::write(dir.path().join(SECRETS_FILE), old).unwrap();
+        let (s, generated) = Secrets::resolve(&Security::default(), dir.path()).unwrap();
+        assert!(generated.is_empty());
+        assert_eq!(s.fleet_master_key, [0x11; 32]);
+        assert_eq!(s.token_secret, [0x33; 32]);
     }
 }

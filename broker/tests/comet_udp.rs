@@ -262,16 +262,16 @@ async fn malformed_datagrams_change_nothing() {
     let sid = dev.welcome.session_id.to_le_bytes();
     let mut junk: Vec<Vec<u8>> = vec![
         vec![],
-        vec![1],
+        vec![2],
         vec![9, 1, 0, 0],
-        vec![1, 0x01, 0, 7],    // short HELLO: dropped (no amplification)
-        vec![1, 0x03, 1, 2, 3], // broken LOGIN
-        vec![1, 0x10, 0, 0, 0, 0, 0, 0], // truncated DATA
-        [vec![1, 0x77], vec![0; 40]].concat(), // unknown type
+        vec![2, 0x01, 0, 7],    // short HELLO: dropped (no amplification)
+        vec![2, 0x03, 1, 2, 3], // broken LOGIN: REJECT MALFORMED, 5 bytes like the LOGIN
+        vec![2, 0x10, 0, 0, 0, 0, 0, 0], // truncated DATA
+        [vec![2, 0x77], vec![0; 40]].concat(), // unknown type
         vec![0xAB; 1500],       // oversized
     ];
     let mut forged = vec![
-        1, 0x10, sid[0], sid[1], sid[2], sid[3], 9, 0, 0, 0, 0, 0, 0, 0,
+        2, 0x10, sid[0], sid[1], sid[2], sid[3], 9, 0, 0, 0, 0, 0, 0, 0,
     ];
     forged.extend([0u8; 40]);
     junk.push(forged);

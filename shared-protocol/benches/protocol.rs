@@ -9,7 +9,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::handshake::{
-    Acceptor, ClientEvent, ClientHandshake, HelloReply, TerminalRecord, WelcomeParams,
+    Acceptor, ClientEvent, ClientHandshake, HelloReply, SessionGrant, TerminalRecord, WelcomeParams,
 };
 use shared_protocol::ids::{Address, IdProfile};
 use shared_protocol::keys::{CookieSecret, MasterKey, PeerAddr, SessionKeys, derive_device_key};
@@ -137,7 +137,18 @@ fn handshake(c: &mut Criterion) {
                 black_box(acceptor.on_hello(&PEER, &hello, 1000, &mut ch).unwrap());
                 let mut out = [0u8; 256];
                 let accepted = acceptor
-                    .on_login(&PEER, &login, 1100, |a| record(a.id), 77, &PARAMS, &mut out)
+                    .on_login(
+                        &PEER,
+                        &login,
+                        1100,
+                        |a| record(a.id),
+                        SessionGrant {
+                            session_id: 77,
+                            broker_nonce: [0xb0; 16],
+                        },
+                        &PARAMS,
+                        &mut out,
+                    )
                     .unwrap();
                 black_box(accepted.welcome.len());
             },

@@ -116,7 +116,8 @@ code_table! {
     UNKNOWN_TERMINAL = 16, "unknown terminal", false;
     /// The login proof did not verify.
     AUTH_FAILED = 17, "authentication failed", false;
-    /// The LOGIN's cookie does not match its source address, time and HELLO fields.
+    /// The LOGIN's cookie does not match its source address, time and HELLO fields, or another
+    /// node (or the same node before a restart) made it.
     BAD_COOKIE = 18, "bad cookie", true;
     /// The LOGIN's challenge is older than the challenge lifetime.
     COOKIE_EXPIRED = 19, "challenge expired", true;

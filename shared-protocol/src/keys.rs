@@ -26,7 +26,7 @@ pub const COOKIE_LABEL: &[u8] = b"plugcloud-cookie-v1";
 /// Domain-separation label of the login proof HMAC (18 ASCII bytes, no terminator).
 pub const LOGIN_LABEL: &[u8] = b"plugcloud-login-v1";
 /// Prefix of the HKDF `info` of the session key schedule (20 ASCII bytes), followed by the id.
-pub const SESSION_LABEL: &[u8] = b"plugcloud-session-v1";
+pub const SESSION_LABEL: &[u8] = b"plugcloud-session-v2";
 
 /// Length of every key, cookie and proof in this module.
 pub const KEY_LEN: usize = 32;
@@ -271,17 +271,22 @@ impl fmt::Debug for SessionKeys {
     }
 }
 
-/// `okm = HKDF-SHA256(salt = client_nonce || cookie, ikm = device_key,
-/// info = "plugcloud-session-v1" || id (4 LE), L = 64)`; `d2b = okm[0..32]`, `b2d = okm[32..64]`.
+/// `okm = HKDF-SHA256(salt = client_nonce || broker_nonce || cookie, ikm = device_key,
+/// info = "plugcloud-session-v2" || id (4 LE), L = 64)`; `d2b = okm[0..32]`, `b2d = okm[32..64]`.
+///
+/// The broker nonce is fresh per accepted login, so two accepted logins never share keys, even
+/// when the same LOGIN is accepted twice.
 pub fn derive_session_keys(
     key: &DeviceKey,
     id: u32,
     client_nonce: &[u8; NONCE_LEN],
+    broker_nonce: &[u8; NONCE_LEN],
     cookie: &[u8; KEY_LEN],
 ) -> SessionKeys {
-    let mut salt = [0u8; NONCE_LEN + KEY_LEN];
+    let mut salt = [0u8; 2 * NONCE_LEN + KEY_LEN];
     salt[..NONCE_LEN].copy_from_slice(client_nonce);
-    salt[NONCE_LEN..].copy_from_slice(cookie);
+    salt[NONCE_LEN..2 * NONCE_LEN].copy_from_slice(broker_nonce);
+    salt[2 * NONCE_LEN..].copy_from_slice(cookie);
     let hk = Hkdf::<Sha256>::new(Some(&salt), &key.0);
     let mut info = [0u8; 24];
     info[..SESSION_LABEL.len()].copy_from_slice(SESSION_LABEL);
@@ -294,6 +299,7 @@ pub fn derive_session_keys(
     let mut b2d = [0u8; KEY_LEN];
     d2b.copy_from_slice(&okm[..KEY_LEN]);
     b2d.copy_from_slice(&okm[KEY_LEN..]);
+    okm.zeroize();
     SessionKeys {
         d2b: DirectionKey(d2b),
         b2d: DirectionKey(b2d),
@@ -311,7 +317,7 @@ mod tests {
         let key = DeviceKey([0xAB; 32]);
         let s = format!("{key:?}");
         assert_eq!(s, "DeviceKey(<redacted>)");
-        let keys = derive_session_keys(&key, 7, &[1; 16], &[2; 32]);
+        let keys = derive_session_keys(&key, 7, &[1; 16], &[4; 16], &[2; 32]);
         assert!(!format!("{keys:?}").contains("171"));
     }
 
@@ -408,9 +414,19 @@ mod tests {
     #[test]
     fn session_keys_differ_per_direction_and_input() {
         let key = DeviceKey([5; 32]);
-        let k = derive_session_keys(&key, 7, &[1; 16], &[2; 32]);
+        let k = derive_session_keys(&key, 7, &[1; 16], &[4; 16], &[2; 32]);
         assert_ne!(k.d2b, k.b2d);
-        assert_ne!(k, derive_session_keys(&key, 8, &[1; 16], &[2; 32]));
-        assert_ne!(k, derive_session_keys(&key, 7, &[0; 16], &[2; 32]));
+        assert_ne!(
+            k,
+            derive_session_keys(&key, 8, &[1; 16], &[4; 16], &[2; 32])
+        );
+        assert_ne!(
+            k,
+            derive_session_keys(&key, 7, &[0; 16], &[4; 16], &[2; 32])
+        );
+        assert_ne!(
+            k,
+            derive_session_keys(&key, 7, &[1; 16], &[5; 16], &[2; 32])
+        );
     }
 }

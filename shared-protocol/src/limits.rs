@@ -5,7 +5,7 @@
 //! Compile-time assertions at the end check that the largest possible frame fits in one packet.
 
 /// Protocol version spoken by this crate (byte 0 of every packet).
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest packet (UDP datagram / WebSocket binary message), in bytes.
 pub const MAX_PACKET: usize = 1200;
@@ -15,6 +15,14 @@ pub const PACKET_HEADER_LEN: usize = 2;
 pub const HELLO_MIN_LEN: usize = 128;
 /// DATA packet header: version, type, session_id (4), counter (8).
 pub const DATA_HEADER_LEN: usize = 14;
+/// WELCOME packet header: version, type, session_id (4), broker_nonce (16).
+pub const WELCOME_HEADER_LEN: usize = 22;
+/// Length of the broker's per-login random nonce (an input of the session keys).
+pub const BROKER_NONCE_LEN: usize = 16;
+/// Ceiling a device applies to a REJECT's `retry_after_ms` (REJECTs are unauthenticated, so a
+/// forged one must not keep a device offline longer than this): it waits
+/// `min(retry_after_ms, REJECT_RETRY_AFTER_CAP_MS)`.
+pub const REJECT_RETRY_AFTER_CAP_MS: u32 = 300_000;
 /// ChaCha20-Poly1305 authentication tag length.
 pub const TAG_LEN: usize = 16;
 /// Bytes a DATA packet adds around the encoded frame.
@@ -77,3 +85,5 @@ const _: () = assert!(5 + 10 + 1 + 8 + 7 + 2 + MAX_PAYLOAD <= MAX_FRAME);
 const _: () = assert!(MAX_PAYLOAD.div_ceil(3) * 4 + 256 <= MAX_JSON_MESSAGE);
 // A CHALLENGE (2 + u64 varint 10 + 32) is smaller than a HELLO: no amplification.
 const _: () = assert!(PACKET_HEADER_LEN + 10 + 32 < HELLO_MIN_LEN);
+// The WELCOME header is the DATA header with the 8-byte counter replaced by the broker nonce.
+const _: () = assert!(WELCOME_HEADER_LEN == PACKET_HEADER_LEN + 4 + BROKER_NONCE_LEN);

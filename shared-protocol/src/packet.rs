@@ -3,7 +3,9 @@
 //! Every datagram / WebSocket binary message is one packet: a version byte, a type byte and a body.
 //! The handshake bodies ([`Hello`], [`Challenge`], [`Login`], [`Reject`]) are cleartext postcard;
 //! a DATA packet is a fixed 14-byte [`DataHeader`] followed by the sealed frame (ciphertext and
-//! tag), which [`crate::session`] opens. This module does no cryptography: it only parses and
+//! tag), which [`crate::session`] opens. A WELCOME packet is a fixed 22-byte [`WelcomeHeader`]
+//! (session id and the broker's nonce, both key-schedule inputs the device needs before it can
+//! decrypt) followed by the sealed Welcome frame. This module does no cryptography: it only parses and
 //! emits bytes, and [`Packet::decode`] never panics on any input.
 //!
 //! [`peek_header`] is the first step of every receiver: it tells an unknown version (answer a
@@ -16,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::codes::Code;
 use crate::ids::Address;
 use crate::limits::{
-    DATA_HEADER_LEN, HELLO_MIN_LEN, MAX_MSG_ID, MAX_PACKET, MIN_FRAME, PACKET_HEADER_LEN,
-    PROTOCOL_VERSION, TAG_LEN,
+    BROKER_NONCE_LEN, DATA_HEADER_LEN, HELLO_MIN_LEN, MAX_MSG_ID, MAX_PACKET, MIN_FRAME,
+    PACKET_HEADER_LEN, PROTOCOL_VERSION, TAG_LEN, WELCOME_HEADER_LEN,
 };
 
 /// The packet type byte (byte 1).
@@ -33,6 +35,8 @@ pub enum PacketType {
     Login = 0x03,
     /// Broker -> device: the login (or version) was refused.
     Reject = 0x04,
+    /// Broker -> device: the login was accepted (broker nonce in clear, Welcome frame sealed).
+    Welcome = 0x05,
     /// Either direction: an encrypted frame.
     Data = 0x10,
 }
@@ -45,6 +49,7 @@ impl PacketType {
             0x02 => Some(PacketType::Challenge),
             0x03 => Some(PacketType::Login),
             0x04 => Some(PacketType::Reject),
+            0x05 => Some(PacketType::Welcome),
             0x10 => Some(PacketType::Data),
             _ => None,
         }
@@ -79,7 +84,7 @@ pub enum PacketError {
     TrailingBytes,
     /// A field value out of its range (`since_id` above 2^53 - 1).
     OutOfRange,
-    /// DATA with `session_id` 0.
+    /// DATA or WELCOME with `session_id` 0.
     InvalidSessionId,
     /// DATA with a counter at or above 2^48.
     CounterOutOfRange,
@@ -283,6 +288,72 @@ impl DataHeader {
     }
 }
 
+/// The fixed 22-byte header of a WELCOME packet (also its AEAD associated data): version, type,
+/// `session_id` (u32 LE) and the broker's 16-byte nonce, an input of the session keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct WelcomeHeader {
+    /// Session id of the new session; never 0.
+    pub session_id: u32,
+    /// Fresh random bytes from the broker, one value per accepted login.
+    pub broker_nonce: [u8; BROKER_NONCE_LEN],
+}
+
+impl WelcomeHeader {
+    /// The 22 header bytes (version, type, session_id LE, broker nonce). No range checks.
+    pub fn to_bytes(&self) -> [u8; WELCOME_HEADER_LEN] {
+        let mut out = [0u8; WELCOME_HEADER_LEN];
+        out[0] = PROTOCOL_VERSION;
+        out[1] = PacketType::Welcome as u8;
+        out[2..6].copy_from_slice(&self.session_id.to_le_bytes());
+        out[6..].copy_from_slice(&self.broker_nonce);
+        out
+    }
+
+    /// Writes the header into the first 22 bytes of `buf`, refusing `session_id` 0.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<(), EncodeError> {
+        if self.session_id == 0 {
+            return Err(EncodeError::OutOfRange);
+        }
+        let out = buf
+            .get_mut(..WELCOME_HEADER_LEN)
+            .ok_or(EncodeError::BufferTooSmall)?;
+        out.copy_from_slice(&self.to_bytes());
+        Ok(())
+    }
+
+    /// Parses a whole WELCOME packet: returns the header and the sealed part (ciphertext || tag).
+    ///
+    /// Checks the version, type, length (the sealed part holds at least a tag and the smallest
+    /// frame) and `session_id != 0`.
+    pub fn parse(packet: &[u8]) -> Result<(WelcomeHeader, &[u8]), PacketError> {
+        match peek_header(packet)? {
+            (PacketType::Welcome, body) => WelcomeHeader::parse_body(body),
+            (other, _) => Err(PacketError::UnknownType(other as u8)),
+        }
+    }
+
+    fn parse_body(body: &[u8]) -> Result<(WelcomeHeader, &[u8]), PacketError> {
+        let fixed = WELCOME_HEADER_LEN - PACKET_HEADER_LEN;
+        if body.len() < fixed + TAG_LEN + MIN_FRAME {
+            return Err(PacketError::Truncated);
+        }
+        let (head, sealed) = body.split_at(fixed);
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&head[..4]);
+        let mut broker_nonce = [0u8; BROKER_NONCE_LEN];
+        broker_nonce.copy_from_slice(&head[4..]);
+        let header = WelcomeHeader {
+            session_id: u32::from_le_bytes(id),
+            broker_nonce,
+        };
+        if header.session_id == 0 {
+            return Err(PacketError::InvalidSessionId);
+        }
+        Ok((header, sealed))
+    }
+}
+
 /// A decoded packet of any type. DATA stays sealed: `sealed` is ciphertext followed by the tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -295,6 +366,13 @@ pub enum Packet<'a> {
     Login(Login),
     /// REJECT.
     Reject(Reject),
+    /// WELCOME, still encrypted.
+    Welcome {
+        /// The 22-byte header (session id, broker nonce).
+        header: WelcomeHeader,
+        /// Ciphertext followed by the 16-byte tag.
+        sealed: &'a [u8],
+    },
     /// DATA, still encrypted.
     Data {
         /// The 14-byte header.
@@ -328,6 +406,10 @@ impl<'a> Packet<'a> {
                 Ok(Packet::Login(login))
             }
             PacketType::Reject => take_all(body).map(Packet::Reject),
+            PacketType::Welcome => {
+                let (header, sealed) = WelcomeHeader::parse_body(body)?;
+                Ok(Packet::Welcome { header, sealed })
+            }
             PacketType::Data => {
                 let (header, sealed) = DataHeader::parse_body(body)?;
                 Ok(Packet::Data { header, sealed })
@@ -342,6 +424,7 @@ impl<'a> Packet<'a> {
             Packet::Challenge(_) => PacketType::Challenge,
             Packet::Login(_) => PacketType::Login,
             Packet::Reject(_) => PacketType::Reject,
+            Packet::Welcome { .. } => PacketType::Welcome,
             Packet::Data { .. } => PacketType::Data,
         }
     }
@@ -366,6 +449,20 @@ impl<'a> Packet<'a> {
                 put(PacketType::Login, b, buf)?
             }
             Packet::Reject(b) => put(PacketType::Reject, b, buf)?,
+            Packet::Welcome { header, sealed } => {
+                let len = WELCOME_HEADER_LEN + sealed.len();
+                if sealed.len() < TAG_LEN + MIN_FRAME {
+                    return Err(EncodeError::OutOfRange);
+                }
+                if len > MAX_PACKET {
+                    return Err(EncodeError::TooLarge);
+                }
+                header.emit(buf)?;
+                buf.get_mut(WELCOME_HEADER_LEN..len)
+                    .ok_or(EncodeError::BufferTooSmall)?
+                    .copy_from_slice(sealed);
+                len
+            }
             Packet::Data { header, sealed } => {
                 let len = DATA_HEADER_LEN + sealed.len();
                 if sealed.len() < TAG_LEN + MIN_FRAME {
@@ -450,7 +547,7 @@ mod tests {
         let mut buf = [0xAAu8; MAX_PACKET];
         let bytes = hello().encode(&mut buf).unwrap();
         assert_eq!(bytes.len(), HELLO_MIN_LEN);
-        assert_eq!(&bytes[..4], &[1, 0x01, 0x00, 42]);
+        assert_eq!(&bytes[..4], &[2, 0x01, 0x00, 42]);
         assert!(bytes[4 + 16..].iter().all(|&b| b == 0));
         assert_eq!(Hello::decode(bytes), Ok(hello()));
     }
@@ -477,15 +574,15 @@ mod tests {
 
     #[test]
     fn header_errors() {
-        assert_eq!(peek_header(&[1]), Err(PacketError::Truncated));
+        assert_eq!(peek_header(&[2]), Err(PacketError::Truncated));
         assert_eq!(
-            peek_header(&[2, 1, 0]),
+            peek_header(&[1, 1, 0]),
             Err(PacketError::UnsupportedVersion {
-                version: 2,
+                version: 1,
                 packet_type: 1
             })
         );
-        assert_eq!(peek_header(&[1, 9]), Err(PacketError::UnknownType(9)));
+        assert_eq!(peek_header(&[2, 9]), Err(PacketError::UnknownType(9)));
         assert_eq!(
             peek_header(&[1u8; MAX_PACKET + 1]),
             Err(PacketError::TooLarge)
@@ -504,12 +601,12 @@ mod tests {
     fn reject_and_challenge_refuse_trailing_bytes() {
         let r = Reject {
             code: Code::SERVER_BUSY,
-            max_version: 1,
+            max_version: 2,
             retry_after_ms: 5000,
         };
         let mut buf = [0u8; 64];
         let n = r.encode(&mut buf).unwrap().len();
-        assert_eq!(&buf[..n], &[1, 4, 33, 1, 0x88, 0x27]);
+        assert_eq!(&buf[..n], &[2, 4, 33, 2, 0x88, 0x27]);
         assert_eq!(Reject::decode(&buf[..n]), Ok(r));
         assert_eq!(
             Reject::decode(&buf[..n + 1]),
@@ -549,7 +646,7 @@ mod tests {
         h.emit(&mut pkt).unwrap();
         assert_eq!(
             &pkt[..DATA_HEADER_LEN],
-            &[1, 0x10, 1, 2, 3, 4, 2, 1, 0, 0, 0, 0, 0, 0]
+            &[2, 0x10, 1, 2, 3, 4, 2, 1, 0, 0, 0, 0, 0, 0]
         );
         let (parsed, sealed) = DataHeader::parse(&pkt).unwrap();
         assert_eq!(parsed, h);
@@ -589,5 +686,38 @@ mod tests {
         }
         let mut small = [0u8; HELLO_MIN_LEN - 1];
         assert_eq!(hello().encode(&mut small), Err(EncodeError::BufferTooSmall));
+    }
+
+    #[test]
+    fn welcome_header_layout_and_checks() {
+        let h = WelcomeHeader {
+            session_id: 0x0403_0201,
+            broker_nonce: [0xc0; 16],
+        };
+        let mut pkt = [0u8; WELCOME_HEADER_LEN + TAG_LEN + MIN_FRAME];
+        h.emit(&mut pkt).unwrap();
+        assert_eq!(&pkt[..6], &[2, 0x05, 1, 2, 3, 4]);
+        assert_eq!(&pkt[6..WELCOME_HEADER_LEN], &[0xc0; 16]);
+        let (parsed, sealed) = WelcomeHeader::parse(&pkt).unwrap();
+        assert_eq!(parsed, h);
+        assert_eq!(sealed.len(), TAG_LEN + MIN_FRAME);
+        assert_eq!(
+            Packet::decode(&pkt),
+            Ok(Packet::Welcome {
+                header: h,
+                sealed: &[0; TAG_LEN + MIN_FRAME]
+            })
+        );
+        assert_eq!(
+            WelcomeHeader::parse(&pkt[..pkt.len() - 1]),
+            Err(PacketError::Truncated)
+        );
+        pkt[2..6].fill(0);
+        assert_eq!(
+            WelcomeHeader::parse(&pkt),
+            Err(PacketError::InvalidSessionId)
+        );
+        let zero = WelcomeHeader { session_id: 0, ..h };
+        assert_eq!(zero.emit(&mut pkt), Err(EncodeError::OutOfRange));
     }
 }

@@ -8,7 +8,9 @@
 //!   (before decrypting), verify and decrypt, and only then record the counter.
 //!
 //! Frame-level helpers ([`SecureSession::seal_frame`], [`SecureSession::open_frame`]) add the
-//! postcard [`crate::frame::Frame`] codec on top. Sessions are found by `session_id`
+//! postcard [`crate::frame::Frame`] codec on top. The broker's first packet, the WELCOME, is sealed
+//! with counter 0 like a DATA packet but under the WELCOME header (session id and broker nonce,
+//! docs/protocol.md section 3.2): [`SecureSession::seal_welcome`] / [`SecureSession::open_welcome`]. Sessions are found by `session_id`
 //! ([`peek_session_id`]), never by address: a packet that opens is authentic wherever it came from.
 
 use chacha20poly1305::aead::inout::InOutBuf;
@@ -19,9 +21,13 @@ use crate::frame::Frame;
 use crate::keys::{DirectionKey, SessionKeys};
 use crate::replay::{ReplayError, ReplayWindow};
 
-use crate::limits::{COUNTER_LIMIT, DATA_HEADER_LEN as HEADER_LEN, MAX_PACKET, MIN_FRAME, TAG_LEN};
+use crate::limits::{
+    BROKER_NONCE_LEN, COUNTER_LIMIT, DATA_HEADER_LEN as HEADER_LEN, MAX_PACKET, MIN_FRAME, TAG_LEN,
+    WELCOME_HEADER_LEN,
+};
 pub use crate::packet::DataHeader;
 use crate::packet::PacketError;
+use crate::packet::WelcomeHeader;
 
 /// Bytes a DATA packet adds around its plaintext (header and tag).
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
@@ -46,7 +52,7 @@ pub enum SessionError {
     Truncated,
     /// The packet or the plaintext would exceed `MAX_PACKET`.
     TooLong,
-    /// Not a version-1 DATA packet, or its counter is at or above 2^48.
+    /// Not a DATA (or WELCOME) packet of this version, or its counter is at or above 2^48.
     NotData,
     /// The header's session id is not this session's.
     WrongSession,
@@ -63,6 +69,8 @@ pub enum SessionError {
     Encode,
     /// The packet authenticated but its plaintext is not a valid frame.
     Decode,
+    /// A WELCOME can only be the first packet a session sends (counter 0).
+    NotFirstPacket,
 }
 
 impl core::fmt::Display for SessionError {
@@ -78,6 +86,7 @@ impl core::fmt::Display for SessionError {
             SessionError::BufferTooSmall => "output buffer too small",
             SessionError::Encode => "frame does not encode",
             SessionError::Decode => "authenticated plaintext is not a frame",
+            SessionError::NotFirstPacket => "a WELCOME must be the first packet sent",
         };
         f.write_str(s)
     }
@@ -315,6 +324,77 @@ impl SecureSession {
         Frame::decode(plain).map_err(|_| SessionError::Decode)
     }
 
+    /// Seals the WELCOME packet: the 22-byte WELCOME header (`session_id`, `broker_nonce`) as
+    /// associated data, then `frame` encrypted with counter 0. It must be the first packet this
+    /// side sends; afterwards the next DATA packet carries counter 1. Returns the packet length.
+    pub fn seal_welcome(
+        &mut self,
+        broker_nonce: &[u8; BROKER_NONCE_LEN],
+        frame: &Frame<'_>,
+        out: &mut [u8],
+    ) -> Result<usize, SessionError> {
+        if self.send_counter != 0 {
+            return Err(SessionError::NotFirstPacket);
+        }
+        let room = out.len().min(MAX_PACKET);
+        if room < WELCOME_HEADER_LEN + TAG_LEN {
+            return Err(SessionError::BufferTooSmall);
+        }
+        let n = frame
+            .encode(&mut out[WELCOME_HEADER_LEN..room - TAG_LEN])
+            .map_err(|_| SessionError::Encode)?
+            .len();
+        if n < MIN_FRAME {
+            return Err(SessionError::Encode);
+        }
+        let header = WelcomeHeader {
+            session_id: self.session_id,
+            broker_nonce: *broker_nonce,
+        };
+        header.emit(out).map_err(|_| SessionError::WrongSession)?;
+        let (aad, rest) = out.split_at_mut(WELCOME_HEADER_LEN);
+        let (body, tail) = rest.split_at_mut(n);
+        let tag = self
+            .send
+            .encrypt_inout_detached(&nonce(0), aad, InOutBuf::from(body))
+            .map_err(|_| SessionError::TooLong)?;
+        tail[..TAG_LEN].copy_from_slice(&tag);
+        self.send_counter = 1;
+        Ok(WELCOME_HEADER_LEN + n + TAG_LEN)
+    }
+
+    /// Opens a WELCOME packet in place (counter 0, associated data = its 22-byte header) and
+    /// decodes its frame. Same order as [`SecureSession::open`]: length, version/type, session
+    /// id, replay window, tag; only then is counter 0 recorded. Any error changes nothing.
+    pub fn open_welcome<'p>(&mut self, packet: &'p mut [u8]) -> Result<Frame<'p>, SessionError> {
+        if packet.len() > MAX_PACKET {
+            return Err(SessionError::TooLong);
+        }
+        let (header, _) = WelcomeHeader::parse(packet).map_err(|e| match e {
+            PacketError::Truncated => SessionError::Truncated,
+            PacketError::InvalidSessionId => SessionError::WrongSession,
+            _ => SessionError::NotData,
+        })?;
+        if header.session_id != self.session_id {
+            return Err(SessionError::WrongSession);
+        }
+        self.replay.check(0).map_err(|_| SessionError::Replayed)?;
+        let n = packet.len() - WELCOME_HEADER_LEN - TAG_LEN;
+        let (aad, rest) = packet.split_at_mut(WELCOME_HEADER_LEN);
+        let (body, tag) = rest.split_at_mut(n);
+        let tag = Tag::try_from(&tag[..]).map_err(|_| SessionError::Truncated)?;
+        if self
+            .recv
+            .decrypt_inout_detached(&nonce(0), aad, InOutBuf::from(&mut body[..]), &tag)
+            .is_err()
+        {
+            return Err(SessionError::AuthFailed);
+        }
+        self.record(0)?;
+        let plain = &packet[WELCOME_HEADER_LEN..WELCOME_HEADER_LEN + n];
+        Frame::decode(plain).map_err(|_| SessionError::Decode)
+    }
+
     /// Test and vector helper: sets the next send counter. Counters must never be reused under
     /// one key, so production code has no reason to call this.
     #[doc(hidden)]
@@ -329,7 +409,7 @@ mod tests {
     use crate::keys::{DeviceKey, derive_session_keys};
 
     fn pair() -> (SecureSession, SecureSession) {
-        let keys = derive_session_keys(&DeviceKey([7; 32]), 42, &[1; 16], &[2; 32]);
+        let keys = derive_session_keys(&DeviceKey([7; 32]), 42, &[1; 16], &[3; 16], &[2; 32]);
         (
             SecureSession::new(Role::Device, 0x0102_0304, &keys),
             SecureSession::new(Role::Broker, 0x0102_0304, &keys),
@@ -342,7 +422,7 @@ mod tests {
         let mut pkt = [0u8; 64];
         let n = d.seal(b"hello", &mut pkt).unwrap();
         assert_eq!(n, 5 + OVERHEAD);
-        assert_eq!(&pkt[..6], &[1, 0x10, 4, 3, 2, 1]);
+        assert_eq!(&pkt[..6], &[2, 0x10, 4, 3, 2, 1]);
         assert_eq!(&pkt[6..14], &[0; 8]);
         let mut out = [0u8; 64];
         assert_eq!(b.open(&pkt[..n], &mut out).unwrap(), b"hello");
@@ -385,7 +465,7 @@ mod tests {
         );
         assert_eq!(b.open(&[], &mut out), Err(SessionError::Truncated));
         assert_eq!(
-            b.open(&[2, 0x10, 0, 0], &mut out),
+            b.open(&[1, 0x10, 0, 0], &mut out),
             Err(SessionError::NotData)
         );
         let mut other = pkt;
@@ -433,5 +513,40 @@ mod tests {
             d.seal(b"", &mut [0u8; OVERHEAD - 1]),
             Err(SessionError::BufferTooSmall)
         );
+    }
+
+    #[test]
+    fn welcome_uses_counter_zero_and_binds_its_header() {
+        use crate::frame::{Ack, Body};
+        let (mut d, mut b) = pair();
+        let frame = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Ping);
+        let mut pkt = [0u8; 64];
+        let n = b.seal_welcome(&[9; 16], &frame, &mut pkt).unwrap();
+        assert_eq!(n, WELCOME_HEADER_LEN + 4 + TAG_LEN);
+        assert_eq!(&pkt[..6], &[2, 0x05, 4, 3, 2, 1]);
+        assert_eq!(&pkt[6..22], &[9; 16]);
+        // Only as the first packet, and the next DATA packet is counter 1.
+        assert_eq!(
+            b.seal_welcome(&[9; 16], &frame, &mut [0u8; 64]),
+            Err(SessionError::NotFirstPacket)
+        );
+        assert_eq!(b.next_send_counter(), 1);
+        // Any header byte changed (the broker nonce included) fails the tag and changes nothing.
+        for i in 2..WELCOME_HEADER_LEN {
+            let mut bad = pkt;
+            bad[i] ^= 1;
+            assert!(d.open_welcome(&mut bad[..n]).is_err(), "byte {i}");
+        }
+        assert_eq!(d.highest_received(), None);
+        let mut good = pkt;
+        assert_eq!(d.open_welcome(&mut good[..n]).unwrap(), frame);
+        assert_eq!(d.highest_received(), Some(0));
+        // Counter 0 is taken: the same WELCOME again is a replay.
+        let mut again = pkt;
+        assert_eq!(d.open_welcome(&mut again[..n]), Err(SessionError::Replayed));
+        let mut data = [0u8; 64];
+        let m = b.seal(b"next", &mut data).unwrap();
+        assert_eq!(&data[6..14], &1u64.to_le_bytes());
+        assert_eq!(d.open_in_place(&mut data[..m]).unwrap(), b"next");
     }
 }

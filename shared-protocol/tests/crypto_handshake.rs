@@ -4,12 +4,12 @@
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::handshake::{
-    Acceptor, ClientEvent, ClientHandshake, Established, HelloReply, LoginError, TerminalRecord,
-    WelcomeParams, reject_packet,
+    Acceptor, ClientEvent, ClientHandshake, Established, HelloError, HelloReply, LoginError,
+    SessionGrant, TerminalRecord, WelcomeParams, reject_answer, reject_packet, retry_after_capped,
 };
 use shared_protocol::ids::{Address, IdProfile};
 use shared_protocol::keys::{CookieSecret, DeviceKey, MasterKey, PeerAddr, derive_device_key};
-use shared_protocol::limits::CHALLENGE_LIFETIME_MS;
+use shared_protocol::limits::{CHALLENGE_LIFETIME_MS, REJECT_RETRY_AFTER_CAP_MS};
 use shared_protocol::packet::Reject;
 use shared_protocol::session::{SecureSession, SessionError};
 
@@ -21,6 +21,17 @@ const PARAMS: WelcomeParams = WelcomeParams {
     max_payload: 1024,
     server_time_ms: 5_000,
 };
+
+/// A session grant with a broker nonce derived from the session id (tests need distinct nonces,
+/// not random ones).
+fn grant(session_id: u32) -> SessionGrant {
+    let mut broker_nonce = [0xb0; 16];
+    broker_nonce[..4].copy_from_slice(&session_id.to_le_bytes());
+    SessionGrant {
+        session_id,
+        broker_nonce,
+    }
+}
 
 fn acceptor() -> Acceptor {
     Acceptor::new(IdProfile::Plug, CookieSecret([0x22; 32]))
@@ -61,7 +72,7 @@ fn login_at(login: &[u8], peer: &PeerAddr, now: u64, last: Option<u64>) -> Resul
             login,
             now,
             |a| record(a.id, last),
-            9,
+            grant(9),
             &PARAMS,
             &mut out,
         )
@@ -77,7 +88,7 @@ fn establish(id: u32) -> (Established, SecureSession) {
             &login,
             1200,
             |a| record(a.id, None),
-            77,
+            grant(77),
             &PARAMS,
             &mut out,
         )
@@ -164,9 +175,9 @@ fn wrong_key_is_auth_failed_and_unknown_terminal() {
             last_login_ms: None,
         })
     };
-    let r = acceptor().on_login(&PEER, &login, 1100, wrong, 1, &PARAMS, &mut out);
+    let r = acceptor().on_login(&PEER, &login, 1100, wrong, grant(1), &PARAMS, &mut out);
     assert_eq!(r.unwrap_err(), LoginError::AuthFailed);
-    let r = acceptor().on_login(&PEER, &login, 1100, |_| None, 1, &PARAMS, &mut out);
+    let r = acceptor().on_login(&PEER, &login, 1100, |_| None, grant(1), &PARAMS, &mut out);
     assert_eq!(r.unwrap_err(), LoginError::UnknownTerminal);
 }
 
@@ -181,7 +192,7 @@ fn check_order_cookie_before_key_lookup() {
         &login,
         1100,
         |_| panic!("lookup before cookie check"),
-        1,
+        grant(1),
         &PARAMS,
         &mut out,
     );
@@ -191,7 +202,7 @@ fn check_order_cookie_before_key_lookup() {
         &login,
         1000 + CHALLENGE_LIFETIME_MS + 1,
         |_| panic!("lookup before expiry check"),
-        1,
+        grant(1),
         &PARAMS,
         &mut out,
     );
@@ -237,13 +248,13 @@ fn hello_rejections() {
         }
     ));
     // Unknown version: REJECT UNSUPPORTED_VERSION with our max version.
-    let mut v2 = hello.clone();
-    v2[0] = 2;
-    let HelloReply::Reject { code, packet } = acc.on_hello(&PEER, &v2, 0, &mut out).unwrap() else {
+    let mut v1 = hello.clone();
+    v1[0] = 1;
+    let HelloReply::Reject { code, packet } = acc.on_hello(&PEER, &v1, 0, &mut out).unwrap() else {
         panic!()
     };
     assert_eq!(code, Code::UNSUPPORTED_VERSION);
-    assert_eq!(Reject::decode(packet).unwrap().max_version, 1);
+    assert_eq!(Reject::decode(packet).unwrap().max_version, 2);
     // Short HELLO: silence.
     assert!(acc.on_hello(&PEER, &hello[..100], 0, &mut out).is_err());
 }
@@ -293,7 +304,7 @@ fn client_ignores_forged_welcome_and_keeps_waiting() {
             &login,
             1100,
             |a| record(a.id, None),
-            3,
+            grant(3),
             &PARAMS,
             &mut out,
         )
@@ -354,4 +365,156 @@ fn nat_rebinding_packet_from_new_address_authenticates() {
     assert!(session.open_frame(&mut pkt[..n]).is_ok());
     *addr = new_addr; // authenticated and new: move the session
     assert_eq!(table[&77].1, new_addr);
+}
+
+/// The broker's nonce makes every accepted login's keys new: two brokers sharing a cookie secret
+/// (the worst case: one node, or nodes configured alike) that both accept the very same LOGIN
+/// produce different WELCOMEs and different session keys, and the device completes with either.
+#[test]
+fn same_login_accepted_twice_gets_independent_keys() {
+    let (client, login) = until_login(31, 1000);
+    let accept = |session_id: u32, broker_nonce: [u8; 16]| {
+        let mut out = [0u8; 256];
+        let acc = acceptor()
+            .on_login(
+                &PEER,
+                &login,
+                1100,
+                |a| record(a.id, None),
+                SessionGrant {
+                    session_id,
+                    broker_nonce,
+                },
+                &PARAMS,
+                &mut out,
+            )
+            .unwrap();
+        (acc.welcome.to_vec(), acc.session)
+    };
+    // Same session id on both, so only the broker nonce differs.
+    let (welcome_a, mut broker_a) = accept(5, [0xaa; 16]);
+    let (welcome_b, mut broker_b) = accept(5, [0xbb; 16]);
+    assert_eq!(&welcome_a[6..22], &[0xaa; 16], "broker nonce in clear");
+    assert_eq!(&welcome_b[6..22], &[0xbb; 16]);
+    assert_ne!(welcome_a[22..], welcome_b[22..], "different keystream");
+    // The same counter-1 frame sealed by both brokers differs: the keys differ.
+    let pong = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Pong { server_time_ms: 1 });
+    let (mut pa, mut pb) = ([0u8; 64], [0u8; 64]);
+    let na = broker_a.seal_frame(&pong, &mut pa).unwrap();
+    let nb = broker_b.seal_frame(&pong, &mut pb).unwrap();
+    assert_eq!(pa[..14], pb[..14], "same header, same nonce");
+    assert_ne!(pa[14..na], pb[14..nb], "different keys");
+    // The device completes with either WELCOME, and then talks only to that broker.
+    for (welcome, broker, other) in [
+        (&welcome_a, &mut broker_a, &pb[..nb]),
+        (&welcome_b, &mut broker_b, &pa[..na]),
+    ] {
+        let mut c = client.clone();
+        let mut w = welcome.clone();
+        let mut buf = [0u8; 64];
+        let ClientEvent::Established(est) = c.on_packet(&mut w, &mut buf).unwrap() else {
+            panic!("the device accepts either WELCOME")
+        };
+        let mut device = est.session;
+        let mut foreign = other.to_vec();
+        assert_eq!(
+            device.open_frame(&mut foreign),
+            Err(SessionError::AuthFailed),
+            "the other broker's packet does not open"
+        );
+        let mut pkt = [0u8; 64];
+        let n = device.seal_frame(&pong, &mut pkt).unwrap();
+        assert_eq!(broker.open_frame(&mut pkt[..n]).unwrap(), pong);
+    }
+}
+
+/// A WELCOME whose broker nonce was changed in transit neither opens nor moves the device on.
+#[test]
+fn welcome_with_another_broker_nonce_is_ignored() {
+    let (mut client, login) = until_login(32, 1000);
+    let mut out = [0u8; 256];
+    let acc = acceptor()
+        .on_login(
+            &PEER,
+            &login,
+            1100,
+            |a| record(a.id, None),
+            grant(8),
+            &PARAMS,
+            &mut out,
+        )
+        .unwrap();
+    let mut bad = acc.welcome.to_vec();
+    bad[10] ^= 1;
+    let mut buf = [0u8; 64];
+    assert!(matches!(
+        client.on_packet(&mut bad, &mut buf).unwrap(),
+        ClientEvent::Ignored
+    ));
+    let mut good = acc.welcome.to_vec();
+    assert!(matches!(
+        client.on_packet(&mut good, &mut buf).unwrap(),
+        ClientEvent::Established(_)
+    ));
+}
+
+/// Anti-amplification: a HELLO of another version shorter than the REJECT it would get is
+/// dropped; one at least as long gets the REJECT.
+#[test]
+fn unknown_version_hello_is_answered_only_when_not_shorter_than_the_reject() {
+    let acc = acceptor();
+    let mut out = [0u8; 64];
+    let reject_len = reject_packet(Code::UNSUPPORTED_VERSION, 0, &mut [0u8; 16])
+        .unwrap()
+        .len();
+    assert_eq!(reject_len, 5);
+    for len in 2..=8 {
+        let mut pkt = vec![0u8; len];
+        pkt[0] = 1;
+        pkt[1] = 0x01;
+        let r = acc.on_hello(&PEER, &pkt, 0, &mut out);
+        if len < reject_len {
+            assert!(matches!(r, Err(HelloError::Dropped(_))), "{len}: {r:?}");
+        } else {
+            let Ok(HelloReply::Reject { code, packet }) = r else {
+                panic!("{len}: {r:?}")
+            };
+            assert_eq!(code, Code::UNSUPPORTED_VERSION);
+            assert!(packet.len() <= len);
+        }
+    }
+}
+
+/// A truncated LOGIN is MALFORMED when the REJECT is no longer than it, dropped otherwise.
+#[test]
+fn truncated_login_is_malformed_unless_shorter_than_the_reject() {
+    let (_, login) = until_login(5, 1000);
+    for len in 2..login.len() {
+        let r = login_at(&login[..len], &PEER, 1100, None);
+        if len < 5 {
+            assert!(matches!(r, Err(LoginError::Dropped(_))), "{len}: {r:?}");
+        } else {
+            assert_eq!(r, Err(LoginError::Malformed), "{len}");
+            assert_eq!(LoginError::Malformed.code(), Some(Code::MALFORMED));
+        }
+    }
+    let mut out = [0u8; 16];
+    assert!(reject_answer(4, Code::MALFORMED, 0, &mut out).is_none());
+    assert_eq!(
+        reject_answer(5, Code::MALFORMED, 0, &mut out)
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+/// A REJECT's wait is honoured up to REJECT_RETRY_AFTER_CAP_MS only.
+#[test]
+fn reject_wait_is_capped() {
+    assert_eq!(REJECT_RETRY_AFTER_CAP_MS, 300_000);
+    assert_eq!(retry_after_capped(0), 0);
+    assert_eq!(retry_after_capped(5_000), 5_000);
+    assert_eq!(retry_after_capped(300_000), 300_000);
+    assert_eq!(retry_after_capped(300_001), 300_000);
+    assert_eq!(retry_after_capped(u32::MAX), 300_000);
 }

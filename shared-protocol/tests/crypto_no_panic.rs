@@ -2,7 +2,9 @@
 //! never produce an accepted login or an opened packet without the keys.
 
 use proptest::prelude::*;
-use shared_protocol::handshake::{Acceptor, ClientHandshake, TerminalRecord, WelcomeParams};
+use shared_protocol::handshake::{
+    Acceptor, ClientHandshake, SessionGrant, TerminalRecord, WelcomeParams,
+};
 use shared_protocol::ids::{Address, IdProfile};
 use shared_protocol::keys::{CookieSecret, DeviceKey, PeerAddr, derive_session_keys};
 use shared_protocol::session::{Role, SecureSession};
@@ -25,6 +27,17 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A session grant with a broker nonce derived from the session id (tests need distinct nonces,
+/// not random ones).
+fn grant(session_id: u32) -> SessionGrant {
+    let mut broker_nonce = [0xb0; 16];
+    broker_nonce[..4].copy_from_slice(&session_id.to_le_bytes());
+    SessionGrant {
+        session_id,
+        broker_nonce,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -39,7 +52,7 @@ proptest! {
             &data,
             now,
             |_| Some(TerminalRecord { key: DeviceKey([3; 32]), last_login_ms: None }),
-            1,
+            grant(1),
             &PARAMS,
             &mut out,
         );
@@ -48,7 +61,7 @@ proptest! {
 
     #[test]
     fn session_open_never_panics(mut data in bytes()) {
-        let keys = derive_session_keys(&DeviceKey([4; 32]), 1, &[0; 16], &[0; 32]);
+        let keys = derive_session_keys(&DeviceKey([4; 32]), 1, &[0; 16], &[0; 16], &[0; 32]);
         let mut s = SecureSession::new(Role::Broker, 1, &keys);
         let mut out = [0u8; 1400];
         prop_assert!(s.open(&data, &mut out).is_err());

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::handshake::{
-    Acceptor, ClientEvent, ClientHandshake, HelloReply, TerminalRecord, WelcomeParams,
+    Acceptor, ClientEvent, ClientHandshake, HelloReply, SessionGrant, TerminalRecord, WelcomeParams,
 };
 use shared_protocol::ids::{Address, IdProfile};
 use shared_protocol::keys::{
@@ -33,6 +33,7 @@ fn handshake_inputs() -> Value {
         "cookie_secret": hex::encode((0x80u8..0xa0).collect::<Vec<_>>()),
         "device_id": 1234567,
         "client_nonce": "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+        "broker_nonce": "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf",
         "since_id": 42,
         "peer": { "ip": "192.0.2.10", "port": 40000 },
         "hello_time_ms": 1_700_000_000_000u64,
@@ -53,6 +54,7 @@ fn handshake_outputs(i: &Value) -> Value {
     let secret = CookieSecret(arr(&i["cookie_secret"]));
     let id = u64v(&i["device_id"]) as u32;
     let nonce: [u8; 16] = arr(&i["client_nonce"]);
+    let broker_nonce: [u8; 16] = arr(&i["broker_nonce"]);
     let ip: std::net::Ipv4Addr = i["peer"]["ip"].as_str().unwrap().parse().unwrap();
     let peer = PeerAddr::V4(ip.octets(), u64v(&i["peer"]["port"]) as u16);
     let t_hello = u64v(&i["hello_time_ms"]);
@@ -105,7 +107,10 @@ fn handshake_outputs(i: &Value) -> Value {
                     last_login_ms: None,
                 })
             },
-            sid,
+            SessionGrant {
+                session_id: sid,
+                broker_nonce,
+            },
             &params,
             &mut b4,
         )
@@ -117,11 +122,13 @@ fn handshake_outputs(i: &Value) -> Value {
         panic!("established expected")
     };
     assert_eq!(est.welcome.session_id, sid);
-    let keys = derive_session_keys(&key, id, &nonce, &cookie.0);
-    // The WELCOME's plaintext frame, opened as the device does.
+    let keys = derive_session_keys(&key, id, &nonce, &broker_nonce, &cookie.0);
+    // The WELCOME's plaintext frame: the bytes between the 22-byte header and the tag, once
+    // opened as the device does.
     let mut device = SecureSession::new(Role::Device, sid, &keys);
     let mut w_copy = welcome.clone();
-    let welcome_frame = device.open_in_place(&mut w_copy).unwrap().to_vec();
+    device.open_welcome(&mut w_copy).unwrap();
+    let welcome_frame = w_copy[22..w_copy.len() - 16].to_vec();
     // The MAC and KDF inputs of section 3.1, spelled out byte by byte.
     let mut cookie_input = b"plugcloud-cookie-v1".to_vec();
     cookie_input.extend_from_slice(&t_hello.to_le_bytes());
@@ -131,7 +138,7 @@ fn handshake_outputs(i: &Value) -> Value {
     cookie_input.extend_from_slice(&id.to_le_bytes());
     cookie_input.extend_from_slice(&nonce);
     let mut proof_input = b"plugcloud-login-v1".to_vec();
-    proof_input.push(1);
+    proof_input.push(2);
     proof_input.push(0);
     proof_input.extend_from_slice(&id.to_le_bytes());
     proof_input.extend_from_slice(&nonce);
@@ -139,8 +146,9 @@ fn handshake_outputs(i: &Value) -> Value {
     proof_input.extend_from_slice(&cookie.0);
     proof_input.extend_from_slice(&u64v(&i["since_id"]).to_le_bytes());
     let mut hkdf_salt = nonce.to_vec();
+    hkdf_salt.extend_from_slice(&broker_nonce);
     hkdf_salt.extend_from_slice(&cookie.0);
-    let mut hkdf_info = b"plugcloud-session-v1".to_vec();
+    let mut hkdf_info = b"plugcloud-session-v2".to_vec();
     hkdf_info.extend_from_slice(&id.to_le_bytes());
     json!({
         "cookie_input": hex::encode(&cookie_input),
@@ -282,7 +290,7 @@ fn handshake_vector() {
         stored["inputs"].clone()
     };
     let doc = json!({
-        "description": "One complete version-1 login handshake (docs/protocol.md section 3). Packets are hex, complete (version and type bytes included). The device is kind 0 (device), profile plug.",
+        "description": "One complete version-2 login handshake (docs/protocol.md section 3). Packets are hex, complete (version and type bytes included). The device is kind 0 (device), profile plug.",
         "inputs": inputs,
         "outputs": handshake_outputs(&inputs),
     });
@@ -335,8 +343,8 @@ fn handshake_vector_follows_the_spec_formulas() {
     let device_key = hmac(&h(&i["master_key"]), &id.to_le_bytes());
     assert_eq!(device_key, h(&o["device_key"]));
 
-    // 2.1 HELLO: 01 01, kind 0, id varint, nonce, zero padding to 128.
-    let mut hello = vec![1, 1, 0];
+    // 2.1 HELLO: 02 01, kind 0, id varint, nonce, zero padding to 128.
+    let mut hello = vec![2, 1, 0];
     varint(u64::from(id), &mut hello);
     hello.extend_from_slice(&nonce);
     hello.resize(128, 0);
@@ -355,15 +363,15 @@ fn handshake_vector_follows_the_spec_formulas() {
     let cookie = hmac(&h(&i["cookie_secret"]), &ci);
     assert_eq!(cookie, h(&o["cookie"]));
 
-    // 2.1 CHALLENGE: 01 02, timestamp varint, cookie.
-    let mut challenge = vec![1, 2];
+    // 2.1 CHALLENGE: 02 02, timestamp varint, cookie.
+    let mut challenge = vec![2, 2];
     varint(t, &mut challenge);
     challenge.extend_from_slice(&cookie);
     assert_eq!(challenge, h(&o["challenge"]));
 
     // 3.1 proof, 2.1 LOGIN.
     let mut pi = b"plugcloud-login-v1".to_vec();
-    pi.extend_from_slice(&[1, 0]);
+    pi.extend_from_slice(&[2, 0]);
     pi.extend_from_slice(&id.to_le_bytes());
     pi.extend_from_slice(&nonce);
     pi.extend_from_slice(&t.to_le_bytes());
@@ -372,7 +380,7 @@ fn handshake_vector_follows_the_spec_formulas() {
     assert_eq!(pi, h(&o["proof_input"]));
     let proof = hmac(&device_key, &pi);
     assert_eq!(proof, h(&o["proof"]));
-    let mut login = vec![1, 3, 0];
+    let mut login = vec![2, 3, 0];
     varint(u64::from(id), &mut login);
     login.extend_from_slice(&nonce);
     varint(t, &mut login);
@@ -381,10 +389,11 @@ fn handshake_vector_follows_the_spec_formulas() {
     login.extend_from_slice(&proof);
     assert_eq!(login, h(&o["login"]));
 
-    // 3.1 session keys.
-    let salt = [nonce.as_slice(), cookie.as_slice()].concat();
+    // 3.1 session keys: salt = client_nonce || broker_nonce || cookie.
+    let broker_nonce = h(&i["broker_nonce"]);
+    let salt = [nonce.as_slice(), broker_nonce.as_slice(), cookie.as_slice()].concat();
     assert_eq!(salt, h(&o["hkdf_salt"]));
-    let info = [b"plugcloud-session-v1".as_slice(), &id.to_le_bytes()].concat();
+    let info = [b"plugcloud-session-v2".as_slice(), &id.to_le_bytes()].concat();
     assert_eq!(info, h(&o["hkdf_info"]));
     let mut okm = [0u8; 64];
     hkdf::Hkdf::<Sha256>::new(Some(&salt), &device_key)
@@ -393,13 +402,14 @@ fn handshake_vector_follows_the_spec_formulas() {
     assert_eq!(okm[..32], h(&o["session_key_d2b"])[..]);
     assert_eq!(okm[32..], h(&o["session_key_b2d"])[..]);
 
-    // 3.2 step 5 / 3.3: the WELCOME is DATA counter 0 under key_b2d.
+    // 2.1 / 3.2 step 5: the WELCOME packet is 02 05, session_id (4 LE), broker_nonce (16), then
+    // the frame sealed under key_b2d with counter 0 and aad = bytes 0..22.
     let welcome = h(&o["welcome"]);
     let sid = u64v(&i["session_id"]) as u32;
-    assert_eq!(welcome[..2], [1, 0x10]);
+    assert_eq!(welcome[..2], [2, 0x05]);
     assert_eq!(welcome[2..6], sid.to_le_bytes());
-    assert_eq!(welcome[6..14], 0u64.to_le_bytes());
-    let (aad, rest) = welcome.split_at(14);
+    assert_eq!(welcome[6..22], broker_nonce[..]);
+    let (aad, rest) = welcome.split_at(22);
     let (ct, tag) = rest.split_at(rest.len() - 16);
     let mut plain = ct.to_vec();
     let key: [u8; 32] = okm[32..].try_into().unwrap();

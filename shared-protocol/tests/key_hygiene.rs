@@ -31,7 +31,7 @@ fn every_key_type_is_wiped_on_drop() {
     assert_eq!(bytes_after_drop::<_, 32>(MasterKey([0xA5; 32])), [0; 32]);
     assert_eq!(bytes_after_drop::<_, 32>(CookieSecret([0xA5; 32])), [0; 32]);
     assert_eq!(bytes_after_drop::<_, 32>(DirectionKey([0xA5; 32])), [0; 32]);
-    let keys = derive_session_keys(&DeviceKey([7; 32]), 1, &[1; 16], &[2; 32]);
+    let keys = derive_session_keys(&DeviceKey([7; 32]), 1, &[1; 16], &[3; 16], &[2; 32]);
     assert_ne!(keys.d2b.0, [0; 32]);
     assert_eq!(bytes_after_drop::<_, 64>(keys), [0; 64]);
 }
@@ -63,7 +63,7 @@ fn debug_never_shows_key_bytes() {
         MasterKey([0xA5; 32]),
         CookieSecret([0xA5; 32]),
         DirectionKey([0xA5; 32]),
-        derive_session_keys(&DeviceKey([0xA5; 32]), 1, &[1; 16], &[2; 32]),
+        derive_session_keys(&DeviceKey([0xA5; 32]), 1, &[1; 16], &[3; 16], &[2; 32]),
     );
     assert!(!shown.contains("165"), "{shown}");
     assert!(!shown.to_lowercase().contains("a5"), "{shown}");

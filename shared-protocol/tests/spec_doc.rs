@@ -297,6 +297,12 @@ fn limit_constants() -> BTreeMap<&'static str, u64> {
         ("PACKET_HEADER_LEN", PACKET_HEADER_LEN as u64),
         ("HELLO_MIN_LEN", HELLO_MIN_LEN as u64),
         ("DATA_HEADER_LEN", DATA_HEADER_LEN as u64),
+        ("WELCOME_HEADER_LEN", WELCOME_HEADER_LEN as u64),
+        ("BROKER_NONCE_LEN", BROKER_NONCE_LEN as u64),
+        (
+            "REJECT_RETRY_AFTER_CAP_MS",
+            u64::from(REJECT_RETRY_AFTER_CAP_MS),
+        ),
         ("TAG_LEN", TAG_LEN as u64),
         ("DATA_OVERHEAD", DATA_OVERHEAD as u64),
         ("MAX_FRAME", MAX_FRAME as u64),

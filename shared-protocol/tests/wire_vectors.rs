@@ -14,7 +14,7 @@ use shared_protocol::codes::Code;
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::ids::{Address, Kind};
 use shared_protocol::limits::MAX_PACKET;
-use shared_protocol::packet::{Challenge, DataHeader, Hello, Login, Packet, Reject};
+use shared_protocol::packet::{Challenge, DataHeader, Hello, Login, Packet, Reject, WelcomeHeader};
 
 const FRAMES: &str = include_str!("../../docs/vectors/frames.json");
 const PACKETS: &str = include_str!("../../docs/vectors/packets.json");
@@ -191,6 +191,17 @@ fn packet(v: &Value, sealed: &mut Vec<u8>) -> Packet<'static> {
             max_version: u8::try_from(u64_of(v, "max_version")).expect("version"),
             retry_after_ms: u32::try_from(u64_of(v, "retry_after_ms")).expect("retry"),
         }),
+        "WELCOME" => {
+            *sealed = unhex(&v["sealed"]);
+            let sealed: &'static [u8] = Box::leak(sealed.clone().into_boxed_slice());
+            Packet::Welcome {
+                header: WelcomeHeader {
+                    session_id: u32::try_from(u64_of(v, "session_id")).expect("sid"),
+                    broker_nonce: arr(&v["broker_nonce"]),
+                },
+                sealed,
+            }
+        }
         "DATA" => {
             *sealed = unhex(&v["sealed"]);
             // Leak-free 'static: the sealed bytes are compared through `encode` only.
@@ -215,7 +226,10 @@ fn encode_packet(v: &Value) -> String {
 }
 
 fn check_header(doc: &Value) {
-    assert_eq!(doc["version"], 1, "vector file version");
+    assert_eq!(
+        doc["version"], 2,
+        "vector file version (the protocol version)"
+    );
     assert!(doc["description"].as_str().is_some_and(|d| !d.is_empty()));
 }
 
@@ -500,11 +514,15 @@ fn packet_cases() -> Vec<(&'static str, Value)> {
         ),
         (
             "reject_unsupported_version",
-            json!({"type": "REJECT", "code": Code::UNSUPPORTED_VERSION.0, "max_version": 1, "retry_after_ms": 0}),
+            json!({"type": "REJECT", "code": Code::UNSUPPORTED_VERSION.0, "max_version": 2, "retry_after_ms": 0}),
         ),
         (
             "reject_busy",
-            json!({"type": "REJECT", "code": Code::SERVER_BUSY.0, "max_version": 1, "retry_after_ms": 5000}),
+            json!({"type": "REJECT", "code": Code::SERVER_BUSY.0, "max_version": 2, "retry_after_ms": 5000}),
+        ),
+        (
+            "welcome",
+            json!({"type": "WELCOME", "session_id": 0x1234_5678u32, "broker_nonce": "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf", "sealed": "00".repeat(20)}),
         ),
         (
             "data",
@@ -514,41 +532,51 @@ fn packet_cases() -> Vec<(&'static str, Value)> {
 }
 
 fn packet_invalid() -> Vec<(&'static str, String, &'static str)> {
-    let short_hello = format!("0101002a{}", "00".repeat(16 + 107));
-    let dirty_hello = format!("0101002a{}01", "00".repeat(16 + 107));
+    let short_hello = format!("0201002a{}", "00".repeat(16 + 107));
+    let dirty_hello = format!("0201002a{}01", "00".repeat(16 + 107));
     vec![
-        ("too_short", "01".into(), "Truncated"),
+        ("too_short", "02".into(), "Truncated"),
         (
-            "version_2_hello",
-            "0201".into(),
-            "UnsupportedVersion { version: 2, packet_type: 1 }",
+            "version_1_hello",
+            "0101".into(),
+            "UnsupportedVersion { version: 1, packet_type: 1 }",
         ),
-        ("unknown_type", "0105".into(), "UnknownType(5)"),
+        ("unknown_type", "0206".into(), "UnknownType(6)"),
         ("hello_127_bytes", short_hello, "HelloTooShort"),
         ("hello_nonzero_padding", dirty_hello, "BadPadding"),
         (
             "hello_unknown_kind",
-            format!("010102{}", "00".repeat(125)),
+            format!("020102{}", "00".repeat(125)),
             "Malformed",
         ),
         (
             "reject_trailing_byte",
-            "010421010000".into(),
+            "020421020000".into(),
             "TrailingBytes",
         ),
         (
             "data_session_0",
-            format!("011000000000{}", "00".repeat(8 + 20)),
+            format!("021000000000{}", "00".repeat(8 + 20)),
             "InvalidSessionId",
         ),
         (
             "data_counter_2_pow_48",
-            format!("0110010000000000000000000100{}", "00".repeat(20)),
+            format!("0210010000000000000000000100{}", "00".repeat(20)),
             "CounterOutOfRange",
         ),
         (
             "data_too_short",
-            format!("0110010000000000000000000000{}", "00".repeat(19)),
+            format!("0210010000000000000000000000{}", "00".repeat(19)),
+            "Truncated",
+        ),
+        (
+            "welcome_session_0",
+            format!("020500000000{}", "00".repeat(16 + 20)),
+            "InvalidSessionId",
+        ),
+        (
+            "welcome_too_short",
+            format!("020501000000{}", "00".repeat(16 + 19)),
             "Truncated",
         ),
     ]
@@ -570,8 +598,8 @@ fn write_vectors() {
         .map(|(name, hex, error, code)| json!({"name": name, "hex": hex, "error": error, "code": code.0}))
         .collect();
     let doc = json!({
-        "version": 1,
-        "description": "Plugcloud protocol v1 frame vectors (docs/protocol.md section 4). `valid`: a frame's fields and its postcard encoding (hex); an implementation must produce exactly these bytes and decode them to these fields. Payloads are hex, strings UTF-8, codes numbers. `invalid`: bytes a receiver must refuse; `error` is the reference implementation's error and `code` the code of section 9 it maps to.",
+        "version": 2,
+        "description": "Plugcloud protocol v2 frame vectors (docs/protocol.md section 4). `valid`: a frame's fields and its postcard encoding (hex); an implementation must produce exactly these bytes and decode them to these fields. Payloads are hex, strings UTF-8, codes numbers. `invalid`: bytes a receiver must refuse; `error` is the reference implementation's error and `code` the code of section 9 it maps to.",
         "valid": valid,
         "invalid": invalid,
     });
@@ -590,8 +618,8 @@ fn write_vectors() {
         .map(|(name, hex, error)| json!({"name": name, "hex": hex, "error": error}))
         .collect();
     let doc = json!({
-        "version": 1,
-        "description": "Plugcloud protocol v1 packet vectors (docs/protocol.md section 2): whole packets including the version and type bytes. `valid`: fields and encoding (hex); byte strings are hex. HELLO is shown padded to 128 bytes. DATA's `sealed` is opaque here (ciphertext and tag; section 3 vectors cover sealing). `invalid`: bytes a receiver must drop, with the reference implementation's error.",
+        "version": 2,
+        "description": "Plugcloud protocol v2 packet vectors (docs/protocol.md section 2): whole packets including the version and type bytes. `valid`: fields and encoding (hex); byte strings are hex. HELLO is shown padded to 128 bytes. WELCOME's and DATA's `sealed` is opaque here (ciphertext and tag; section 3 vectors cover sealing). `invalid`: bytes a receiver must drop, with the reference implementation's error.",
         "valid": valid,
         "invalid": invalid,
     });

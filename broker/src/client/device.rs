@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
-use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo};
+use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo, retry_after_capped};
 use shared_protocol::ids::Address;
 use shared_protocol::keys::DeviceKey;
 use shared_protocol::limits::MAX_PACKET;
@@ -209,6 +209,8 @@ pub(crate) async fn login(
                         return Err(ClientError::Rejected {
                             code: r.code,
                             hint: reject_hint(r.code),
+                            // Unauthenticated advice: never more than the protocol's cap.
+                            retry_after_ms: retry_after_capped(r.retry_after_ms),
                         });
                     }
                     Ok(ClientEvent::Ignored) | Err(_) => {}
@@ -386,5 +388,49 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_protocol::handshake::reject_packet;
+    use shared_protocol::limits::REJECT_RETRY_AFTER_CAP_MS;
+
+    /// A REJECT asking for an absurd wait (u32::MAX ms, about 50 days) is honoured only up to
+    /// the protocol's cap: REJECTs are unauthenticated.
+    #[tokio::test]
+    async fn a_rejects_wait_is_capped() {
+        let broker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = broker.local_addr().unwrap();
+        let answer = tokio::spawn(async move {
+            let mut buf = [0u8; MAX_PACKET];
+            let (_, from) = broker.recv_from(&mut buf).await.unwrap();
+            let mut out = [0u8; 16];
+            let p = reject_packet(Code::SERVER_BUSY, u32::MAX, &mut out).unwrap();
+            broker.send_to(p, from).await.unwrap();
+        });
+        let mut wire = Wire::open(&Endpoint::Udp(addr)).await.unwrap();
+        let clock = Clock(Instant::now());
+        let key = DeviceKey([1; 32]);
+        let timeout = Duration::from_secs(5);
+        let Err(err) = login(&mut wire, "test", 7, &key, 0, timeout, &clock).await else {
+            panic!("a REJECT must end the login")
+        };
+        answer.await.unwrap();
+        let ClientError::Rejected {
+            code,
+            retry_after_ms,
+            ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(*code, Code::SERVER_BUSY);
+        assert_eq!(*retry_after_ms, REJECT_RETRY_AFTER_CAP_MS);
+        assert!(
+            err.to_string().ends_with("; retry after 300000 ms"),
+            "{err}"
+        );
     }
 }

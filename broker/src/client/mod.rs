@@ -51,12 +51,15 @@ pub enum ClientError {
     #[error("{0}")]
     Connect(String),
     /// The broker refused the login.
-    #[error("login rejected: {code} ({hint})")]
+    #[error("login rejected: {code} ({hint}){wait}", wait = retry_note(*.retry_after_ms))]
     Rejected {
         /// The reject code.
         code: Code,
         /// What it means / what to check.
         hint: String,
+        /// How long to wait before trying again: the REJECT's `retry_after_ms`, capped at
+        /// `REJECT_RETRY_AFTER_CAP_MS` because a REJECT is unauthenticated (0: no advice).
+        retry_after_ms: u32,
     },
     /// The broker ended the session.
     #[error("kicked by the broker: {0} ({desc})", desc = .0.description())]
@@ -184,6 +187,15 @@ struct PhoneArgs {
     manual_ack: bool,
     #[command(flatten)]
     common: Common,
+}
+
+/// The "retry after" part of a rejection message (empty when the broker gave no wait).
+fn retry_note(retry_after_ms: u32) -> String {
+    if retry_after_ms == 0 {
+        String::new()
+    } else {
+        format!("; retry after {retry_after_ms} ms")
+    }
 }
 
 /// A listen address as a destination: unspecified (0.0.0.0 / ::) becomes loopback.

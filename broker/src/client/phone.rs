@@ -108,6 +108,8 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
             return Err(ClientError::Rejected {
                 code: r.code,
                 hint: r.reason,
+                // The JSON `reject` carries no wait.
+                retry_after_ms: 0,
             });
         }
         other => {

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
-use shared_protocol::handshake::{HelloError, HelloReply, reject_packet};
+use shared_protocol::handshake::{HelloError, HelloReply, reject_answer, reject_packet};
 use shared_protocol::keys::PeerAddr;
 use shared_protocol::limits::MAX_PACKET;
 use shared_protocol::packet::{PacketType, peek_header};
@@ -211,13 +211,28 @@ async fn handshake(
             .on_login(&peer_addr, &bytes, now, sid, &params, &mut out)
         {
             LoginOutcome::Accepted(a) => a,
-            LoginOutcome::Duplicate => continue,
+            LoginOutcome::Duplicate => {
+                // Unanswered (its WELCOME is on its way), counted.
+                m.login_failed(T, "duplicate");
+                continue;
+            }
+            LoginOutcome::NoRandomness => {
+                tracing::error!("the OS random generator failed; login refused");
+                m.login_failed(T, "internal");
+                let mut rej = [0u8; 16];
+                if let Some(p) = reject_answer(bytes.len(), Code::INTERNAL, 0, &mut rej) {
+                    let _ = send_packet(ws, p.to_vec()).await;
+                }
+                return Err(End::Code(Code::INTERNAL));
+            }
             LoginOutcome::Refused(e) => match e.code() {
                 None => continue,
                 Some(code) => {
                     m.login_failed(T, logins::failure_label(e));
+                    // Same anti-amplification rule as UDP (section 2): a REJECT longer than
+                    // the LOGIN is not sent; the connection still closes with the code.
                     let mut rej = [0u8; 16];
-                    if let Ok(p) = reject_packet(code, 0, &mut rej) {
+                    if let Some(p) = reject_answer(bytes.len(), code, 0, &mut rej) {
                         let _ = send_packet(ws, p.to_vec()).await;
                     }
                     return Err(End::Code(code));

@@ -279,7 +279,18 @@ mod tests {
             })
         };
         let acc = acceptor
-            .on_login(&peer, &login, 1001, lookup, 77, &params, &mut c)
+            .on_login(
+                &peer,
+                &login,
+                1001,
+                lookup,
+                shared_protocol::handshake::SessionGrant {
+                    session_id: 77,
+                    broker_nonce: [9; 16],
+                },
+                &params,
+                &mut c,
+            )
             .unwrap();
         let mut welcome = acc.welcome.to_vec();
         let est = match dev.on_packet(&mut welcome, &mut a).unwrap() {
@@ -382,11 +393,26 @@ mod tests {
     fn silence_kills_the_session_and_forgeries_change_nothing() {
         let (mut link, _dev) = pair();
         let mut out = [0u8; MAX_PACKET];
-        let mut junk = [1u8, 0x10, 77, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]
-            .iter()
-            .copied()
-            .chain([0u8; 40])
-            .collect::<Vec<_>>();
+        let mut junk = [
+            shared_protocol::limits::PROTOCOL_VERSION,
+            0x10,
+            77,
+            0,
+            0,
+            0,
+            5,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]
+        .iter()
+        .copied()
+        .chain([0u8; 40])
+        .collect::<Vec<_>>();
         assert_eq!(
             link.receive(&mut junk, 50_000).unwrap_err(),
             SessionError::AuthFailed

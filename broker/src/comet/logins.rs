@@ -1,7 +1,13 @@
 //! Device LOGIN acceptance shared by the UDP and device WebSocket endpoints: the stateless
 //! [`Acceptor`], device keys (explicit per-device keys win over derivation from the fleet master
-//! key) and the table of last accepted login timestamps behind the `REPLAY` check
-//! (docs/protocol.md section 3).
+//! key) and the table of last accepted logins behind the `REPLAY` check (docs/protocol.md
+//! section 3).
+//!
+//! Randomness: the cookie secret is this node's own, drawn from the OS CSPRNG when the node starts
+//! ([`node_cookie_secret`]), never stored or shared, so a LOGIN is only accepted by the node (and
+//! the process) that answered its HELLO: a copy sent to another node or after a restart gets
+//! `BAD_COOKIE`, and the per-node table below refuses a copy sent to this live node (`REPLAY`).
+//! Each accepted LOGIN gets a fresh broker nonce from the OS CSPRNG, an input of its session keys.
 //!
 //! The timestamp table is sharded by device id (64 `std::sync::Mutex` shards). The shard lock is
 //! held for the whole synchronous `Acceptor::on_login` call (HMACs, HKDF, one seal: microseconds,
@@ -11,7 +17,11 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use shared_protocol::handshake::{Accepted, Acceptor, LoginError, TerminalRecord, WelcomeParams};
+use rand::TryRngCore;
+use rand::rngs::OsRng;
+use shared_protocol::handshake::{
+    Accepted, Acceptor, LoginError, SessionGrant, TerminalRecord, WelcomeParams,
+};
 use shared_protocol::ids::Address as WireAddress;
 use shared_protocol::keys::{CookieSecret, DeviceKey, MasterKey, PeerAddr, derive_device_key};
 use shared_protocol::packet::Login;
@@ -28,9 +38,26 @@ pub enum LoginOutcome<'o> {
     Accepted(Accepted<'o>),
     /// Refused: send a REJECT with this error's code (if it has one).
     Refused(LoginError),
-    /// A duplicate of the LOGIN accepted last for this device (same challenge timestamp): no
-    /// answer, the first WELCOME is on its way.
+    /// An exact copy of the LOGIN accepted last for this device (same challenge timestamp and
+    /// proof): no answer, the first WELCOME is on its way.
     Duplicate,
+    /// The OS random generator failed to give a broker nonce: answer `INTERNAL`.
+    NoRandomness,
+}
+
+/// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and its
+/// proof (which tells an exact copy from another LOGIN for the same challenge).
+#[derive(Clone, Copy)]
+struct LastLogin {
+    timestamp_ms: u64,
+    proof: [u8; 32],
+}
+
+/// Draws this node's cookie secret from the OS CSPRNG (once, when the node starts).
+pub fn node_cookie_secret() -> Result<CookieSecret, rand::rand_core::OsError> {
+    let mut secret = [0u8; 32];
+    OsRng.try_fill_bytes(&mut secret)?;
+    Ok(CookieSecret(secret))
 }
 
 /// Keys, acceptor and last-login table (see module docs).
@@ -38,14 +65,15 @@ pub struct Logins {
     acceptor: Acceptor,
     master: MasterKey,
     explicit: HashMap<u32, DeviceKey>,
-    last: Box<[Mutex<HashMap<u32, u64>>]>,
+    last: Box<[Mutex<HashMap<u32, LastLogin>>]>,
 }
 
 impl Logins {
-    /// Built from the resolved secrets and the ID profile.
-    pub fn new(secrets: &Secrets, profile: IdProfile) -> Logins {
+    /// Built from the resolved secrets, the ID profile and this node's cookie secret (from
+    /// [`node_cookie_secret`]; tests may pass their own).
+    pub fn new(secrets: &Secrets, profile: IdProfile, cookie_secret: CookieSecret) -> Logins {
         Logins {
-            acceptor: Acceptor::new(profile, CookieSecret(secrets.cookie_secret)),
+            acceptor: Acceptor::new(profile, cookie_secret),
             master: MasterKey(secrets.fleet_master_key),
             explicit: secrets
                 .device_keys
@@ -69,12 +97,13 @@ impl Logins {
             .unwrap_or_else(|| derive_device_key(&self.master, id))
     }
 
-    fn shard(&self, id: u32) -> MutexGuard<'_, HashMap<u32, u64>> {
+    fn shard(&self, id: u32) -> MutexGuard<'_, HashMap<u32, LastLogin>> {
         let i = (id.wrapping_mul(0x9E37_79B9) >> 26) as usize % SHARDS;
         self.last[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Checks a LOGIN (section 3 order) and, when accepted, records its timestamp.
+    /// Checks a LOGIN (section 3 order) and, when accepted, records its timestamp and proof.
+    /// The session keys take a fresh broker nonce from the OS CSPRNG.
     pub fn on_login<'o>(
         &self,
         peer: &PeerAddr,
@@ -84,18 +113,21 @@ impl Logins {
         params: &WelcomeParams,
         out: &'o mut [u8],
     ) -> LoginOutcome<'o> {
+        let mut broker_nonce = [0u8; 16];
+        if OsRng.try_fill_bytes(&mut broker_nonce).is_err() {
+            return LoginOutcome::NoRandomness;
+        }
+        let grant = SessionGrant {
+            session_id,
+            broker_nonce,
+        };
         // The id is only known after decoding; decode once up front to pick the shard (the
         // acceptor decodes again and reports any error in spec order).
         let Ok(login) = Login::decode(packet) else {
-            return match self.acceptor.on_login(
-                peer,
-                packet,
-                now_ms,
-                |_| None,
-                session_id,
-                params,
-                out,
-            ) {
+            return match self
+                .acceptor
+                .on_login(peer, packet, now_ms, |_| None, grant, params, out)
+            {
                 Ok(_) => LoginOutcome::Refused(LoginError::Malformed),
                 Err(e) => LoginOutcome::Refused(e),
             };
@@ -106,18 +138,30 @@ impl Logins {
         let lookup = |a: WireAddress| {
             Some(TerminalRecord {
                 key: self.device_key(a.id),
-                last_login_ms: last,
+                last_login_ms: last.map(|l| l.timestamp_ms),
             })
         };
         match self
             .acceptor
-            .on_login(peer, packet, now_ms, lookup, session_id, params, out)
+            .on_login(peer, packet, now_ms, lookup, grant, params, out)
         {
             Ok(accepted) => {
-                shard.insert(id, accepted.login_timestamp_ms);
+                shard.insert(
+                    id,
+                    LastLogin {
+                        timestamp_ms: accepted.login_timestamp_ms,
+                        proof: login.proof,
+                    },
+                );
                 LoginOutcome::Accepted(accepted)
             }
-            Err(LoginError::Replay) if last == Some(login.timestamp_ms) => LoginOutcome::Duplicate,
+            Err(LoginError::Replay)
+                if last.is_some_and(|l| {
+                    l.timestamp_ms == login.timestamp_ms && l.proof == login.proof
+                }) =>
+            {
+                LoginOutcome::Duplicate
+            }
             Err(e) => LoginOutcome::Refused(e),
         }
     }

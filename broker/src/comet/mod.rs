@@ -139,7 +139,12 @@ impl Context {
         let l = &config.limits;
         Arc::new(Context {
             settings: Settings::from_config(config),
-            logins: Logins::new(secrets, config.identity.profile),
+            logins: Logins::new(
+                secrets,
+                config.identity.profile,
+                // Without the OS random generator this node cannot log anyone in safely.
+                logins::node_cookie_secret().expect("the OS random generator is available"),
+            ),
             conns: ConnLimiter::new(l.max_connections, l.max_connections_per_ip),
             login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
             token_secret: zeroize::Zeroizing::new(secrets.token_secret),

@@ -21,7 +21,8 @@
 //!
 //! * Every failure draws a full-jitter delay ([`crate::backoff`]) and rotates to the next
 //!   endpoint of [`DeviceConfig::endpoints`] (failover). A REJECT's `retry_after_ms` is honoured
-//!   as a minimum. A login resets the backoff.
+//!   as a minimum, up to `REJECT_RETRY_AFTER_CAP_MS` (5 minutes): a REJECT is unauthenticated, so
+//!   a forged one cannot keep the device offline longer. A login resets the backoff.
 //! * Each attempt increments [`DeviceClient::connection_id`]; the driver (re)opens its
 //!   transport to [`DeviceClient::endpoint`] whenever that number changes, and closes it while
 //!   [`DeviceClient::wants_transport`] is false.
@@ -51,7 +52,7 @@ pub use since::SINCE_PENDING;
 use heapless::{Deque, String, Vec};
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Body, Frame};
-use shared_protocol::handshake::{ClientHandshake, WelcomeInfo};
+use shared_protocol::handshake::{ClientHandshake, WelcomeInfo, retry_after_capped};
 use shared_protocol::ids::Address;
 use shared_protocol::limits::MAX_PATH;
 use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
@@ -586,7 +587,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
             DisconnectReason::Rejected { retry_after_ms, .. } => self
                 .backoff
                 .next_delay_ms(&mut self.rng)
-                .max(retry_after_ms),
+                .max(retry_after_capped(retry_after_ms)),
             _ => self.backoff.next_delay_ms(&mut self.rng),
         };
         self.phase = Phase::Backoff {

@@ -9,7 +9,7 @@ use std::vec::Vec;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::handshake::{
-    Acceptor, HelloReply, TerminalRecord, WelcomeParams, reject_packet,
+    Acceptor, HelloReply, SessionGrant, TerminalRecord, WelcomeParams, reject_packet,
 };
 use shared_protocol::ids::{Address, IdProfile};
 use shared_protocol::keys::{CookieSecret, DeviceKey, PeerAddr};
@@ -168,7 +168,11 @@ impl Broker {
                     packet,
                     now,
                     |a| (a == Address::device(DEVICE_ID)).then_some(record),
-                    sid,
+                    SessionGrant {
+                        session_id: sid,
+                        // Distinct per login, as a real broker's random nonce is.
+                        broker_nonce: [sid as u8; 16],
+                    },
                     &self.params,
                     &mut out,
                 ) {
@@ -704,6 +708,27 @@ fn reject_retry_after_is_a_minimum_wait() {
     assert!(net.client.poll_timeout().unwrap() >= net.now.plus_millis(30_000));
 }
 
+/// A (forged) REJECT asking for u32::MAX ms (about 50 days) is honoured only up to
+/// REJECT_RETRY_AFTER_CAP_MS.
+#[test]
+fn reject_retry_after_is_capped() {
+    let mut net = Net::new();
+    net.run_for(0);
+    let mut p = vec![0u8; 64];
+    let reject = reject_packet(Code::SERVER_BUSY, u32::MAX, &mut p)
+        .unwrap()
+        .to_vec();
+    net.client.close();
+    net.run_for(1);
+    net.client.connect(net.now);
+    let _ = net.client.handle_datagram(&mut reject.clone(), net.now);
+    assert_eq!(net.client.state(), ConnectionState::Backoff);
+    let wake = net.client.poll_timeout().unwrap();
+    let cap = u64::from(shared_protocol::limits::REJECT_RETRY_AFTER_CAP_MS);
+    // The test backoff never exceeds 8 s, so the wait is exactly the cap.
+    assert_eq!(wake, net.now.plus_millis(cap));
+}
+
 #[test]
 fn full_upload_queue_rejects_the_newest_and_counts_it() {
     let mut net = Net::new();
@@ -944,11 +969,11 @@ fn malformed_and_forged_packets_are_errors_and_change_nothing() {
     let session = net.client.session_id();
     for mut junk in [
         vec![],
-        vec![1],
-        vec![1, 0x10, 0, 0],
+        vec![2],
+        vec![2, 0x10, 0, 0],
         vec![0xff; 1500],
         vec![
-            1, 0x10, 101, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+            2, 0x10, 101, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
             13, 14, 15, 16, 17, 18, 19, 20,
         ],
     ] {

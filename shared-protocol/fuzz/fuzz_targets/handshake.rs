@@ -3,13 +3,14 @@
 //! The input is a program: each step picks an operation (deliver a genuine or a mutated packet to
 //! the broker or the device, advance the clock, time out, seal, open, replay...). Invariants
 //! checked: nothing panics; a mutated packet never authenticates; an established pair always
-//! exchanges frames in both directions; replays are always refused.
+//! exchanges frames in both directions; replays are always refused. Two acceptors share one cookie
+//! secret (the worst case for a replayed LOGIN) and each draws a fresh broker nonce per LOGIN.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::handshake::{
-    Acceptor, ClientEvent, ClientHandshake, HelloReply, TerminalRecord, WelcomeParams,
+    Acceptor, ClientEvent, ClientHandshake, HelloReply, SessionGrant, TerminalRecord, WelcomeParams,
 };
 use shared_protocol::ids::{Address, IdProfile};
 use shared_protocol::keys::{CookieSecret, DeviceKey, PeerAddr};
@@ -41,7 +42,21 @@ impl Input<'_> {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let key = DeviceKey([7; 32]);
-    let acceptor = Acceptor::new(IdProfile::Plug, CookieSecret([9; 32]));
+    let acceptors = [
+        Acceptor::new(IdProfile::Plug, CookieSecret([9; 32])),
+        Acceptor::new(IdProfile::Plug, CookieSecret([9; 32])),
+    ];
+    // Stand-in for the broker's CSPRNG: a distinct nonce for every LOGIN handled.
+    let mut grants: u32 = 0;
+    let mut grant = |session_id: u32| {
+        grants = grants.wrapping_add(1);
+        let mut broker_nonce = [0x5a; 16];
+        broker_nonce[..4].copy_from_slice(&grants.to_le_bytes());
+        SessionGrant {
+            session_id,
+            broker_nonce,
+        }
+    };
     let peer = PeerAddr::V4([192, 0, 2, 1], 1000);
     let mut client = ClientHandshake::new(Address::device(42), key.clone(), 0);
     let mut now: u64 = 1_000_000;
@@ -64,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
         match op % 10 {
             // Broker handles the pending device packet (HELLO or LOGIN), possibly mutated.
             0 | 1 => {
+                let acceptor = &acceptors[usize::from(input.byte().unwrap_or(0) & 1)];
                 let mut pkt = to_broker.clone();
                 let mutated = op % 10 == 1 && !pkt.is_empty();
                 if mutated {
@@ -84,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
                             last_login_ms: last_login,
                         })
                     },
-                    1 + u32::from(nonce_ctr),
+                    grant(1 + u32::from(nonce_ctr)),
                     &PARAMS,
                     &mut out,
                 );
@@ -124,8 +140,9 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 let n = input.byte().unwrap_or(0) as usize * 5;
                 let mut raw = input.take(n).to_vec();
-                let _ = acceptor.on_hello(&peer, &raw, now, &mut out);
-                let _ = acceptor.on_login(&peer, &raw, now, |_| None, 1, &PARAMS, &mut out);
+                let _ = acceptors[0].on_hello(&peer, &raw, now, &mut out);
+                let _ =
+                    acceptors[1].on_login(&peer, &raw, now, |_| None, grant(1), &PARAMS, &mut out);
                 let mut b = [0u8; 256];
                 let _ = client.on_packet(&mut raw.clone(), &mut b);
                 if let Some(s) = broker.as_mut() {

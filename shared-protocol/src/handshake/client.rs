@@ -12,7 +12,7 @@ use crate::frame::Body;
 use crate::ids::Address;
 use crate::keys::{DeviceKey, HelloBinding, ProofInput, compute_proof, derive_session_keys};
 use crate::limits::PROTOCOL_VERSION;
-use crate::packet::{Challenge, DataHeader, Hello, Login, Packet, PacketError, Reject};
+use crate::packet::{Challenge, Hello, Login, Packet, PacketError, Reject, WelcomeHeader};
 use crate::session::{Role, SecureSession};
 
 /// First wait for a CHALLENGE or WELCOME before restarting from HELLO.
@@ -183,7 +183,7 @@ impl ClientHandshake {
                 self.deadline = None;
                 Ok(ClientEvent::Rejected(r))
             }
-            (State::LoginSent { nonce, cookie }, Packet::Data { header, .. }) => {
+            (State::LoginSent { nonce, cookie }, Packet::Welcome { header, .. }) => {
                 Ok(self.on_welcome(nonce, cookie, header, packet))
             }
             _ => Ok(ClientEvent::Ignored),
@@ -250,12 +250,18 @@ impl ClientHandshake {
         &mut self,
         nonce: [u8; 16],
         cookie: [u8; 32],
-        header: DataHeader,
+        header: WelcomeHeader,
         packet: &mut [u8],
     ) -> ClientEvent<'o> {
-        let keys = derive_session_keys(&self.key, self.address.id, &nonce, &cookie);
+        let keys = derive_session_keys(
+            &self.key,
+            self.address.id,
+            &nonce,
+            &header.broker_nonce,
+            &cookie,
+        );
         let mut session = SecureSession::new(Role::Device, header.session_id, &keys);
-        let welcome = match session.open_frame(packet) {
+        let welcome = match session.open_welcome(packet) {
             Ok(frame) => match (frame.seq, frame.body) {
                 (
                     0,
@@ -266,7 +272,7 @@ impl ClientHandshake {
                         max_payload,
                         server_time_ms,
                     },
-                ) if session_id == header.session_id && header.counter == 0 => WelcomeInfo {
+                ) if session_id == header.session_id => WelcomeInfo {
                     session_id,
                     heartbeat_secs,
                     session_timeout_secs,

@@ -3,6 +3,8 @@
 //! [`Acceptor::on_hello`] answers a HELLO with a CHALLENGE (or a REJECT) and remembers nothing.
 //! [`Acceptor::on_login`] checks a LOGIN in the normative order of docs/protocol.md section 3 and,
 //! on success, returns an [`Accepted`] with the broker's [`SecureSession`] and the sealed WELCOME.
+//! The caller draws the broker nonce (16 bytes from a CSPRNG, fresh per LOGIN) and passes it in a
+//! [`SessionGrant`] with the session id: this crate never draws randomness itself.
 //! The caller supplies the terminal's key and last accepted login time through a lookup closure
 //! that runs only after the cookie and its age are verified, and must then record
 //! `Accepted::login_timestamp_ms` as the terminal's new last login time (atomically with the
@@ -15,12 +17,12 @@ use crate::keys::{
     CookieSecret, DeviceKey, HelloBinding, Mac32, PeerAddr, ProofInput, compute_cookie,
     derive_session_keys, verify_proof,
 };
-use crate::limits::{CHALLENGE_LIFETIME_MS, PROTOCOL_VERSION};
+use crate::limits::{BROKER_NONCE_LEN, CHALLENGE_LIFETIME_MS, PROTOCOL_VERSION};
 use crate::packet::{Challenge, Hello, Login, PacketError, PacketType, peek_header};
 use crate::reliability::RecvWindow;
 use crate::session::{Role, SecureSession, SessionError};
 
-use super::reject_packet;
+use super::{reject_answer, reject_packet};
 
 /// What the caller knows about a terminal: its key and the timestamp of its last accepted LOGIN.
 #[derive(Clone, Debug)]
@@ -45,6 +47,16 @@ pub struct WelcomeParams {
     pub server_time_ms: u64,
 }
 
+/// What the broker contributes to a new session: its id and the broker nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionGrant {
+    /// Session id (non-zero, unique among the broker's live sessions).
+    pub session_id: u32,
+    /// 16 bytes from the broker's CSPRNG, drawn fresh for this LOGIN and never reused: an input
+    /// of the session keys, sent in clear in the WELCOME header.
+    pub broker_nonce: [u8; BROKER_NONCE_LEN],
+}
+
 /// The broker's answer to a HELLO (bytes in the caller's buffer).
 #[derive(Debug, PartialEq, Eq)]
 pub enum HelloReply<'o> {
@@ -63,7 +75,7 @@ pub enum HelloReply<'o> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum HelloError {
-    /// Not a decodable, padded version-1 HELLO (dropped silently, anti-amplification).
+    /// Not a decodable, padded HELLO of this version (dropped silently, anti-amplification).
     Dropped(PacketError),
     /// The output buffer is too small for the answer.
     BufferTooSmall,
@@ -73,7 +85,8 @@ pub enum HelloError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum LoginError {
-    /// Unknown version or type, or truncated: dropped silently.
+    /// Unknown version or type, or truncated shorter than the REJECT it would get: dropped
+    /// silently.
     Dropped(PacketError),
     /// The body does not decode or a field is out of range: `MALFORMED`.
     Malformed,
@@ -127,7 +140,7 @@ pub struct Accepted<'o> {
     pub login_timestamp_ms: u64,
     /// The broker's side of the new session (WELCOME already sealed with counter 0).
     pub session: SecureSession,
-    /// The WELCOME DATA packet to send.
+    /// The WELCOME packet to send.
     pub welcome: &'o [u8],
 }
 
@@ -170,7 +183,9 @@ impl Acceptor {
     }
 
     /// Answers a HELLO from `peer` at `now_ms`: a CHALLENGE, or a REJECT for an unsupported
-    /// version, an invalid id or a phone kind. Short, malformed or badly padded HELLOs get nothing.
+    /// version, an invalid id or a phone kind. Short, malformed or badly padded HELLOs get nothing,
+    /// and neither does a HELLO of another version shorter than the REJECT it would get
+    /// (a broker never answers with more bytes than it received).
     pub fn on_hello<'o>(
         &self,
         peer: &PeerAddr,
@@ -186,10 +201,14 @@ impl Acceptor {
         match peek_header(packet) {
             Ok((PacketType::Hello, _)) => {}
             Ok((_, _)) => return Err(HelloError::Dropped(PacketError::Malformed)),
-            Err(PacketError::UnsupportedVersion { packet_type, .. })
+            Err(e @ PacketError::UnsupportedVersion { packet_type, .. })
                 if packet_type == PacketType::Hello as u8 =>
             {
-                return reject(Code::UNSUPPORTED_VERSION, out);
+                let code = Code::UNSUPPORTED_VERSION;
+                return match reject_answer(packet.len(), code, 0, out) {
+                    Some(p) => Ok(HelloReply::Reject { code, packet: p }),
+                    None => Err(HelloError::Dropped(e)),
+                };
             }
             Err(e) => return Err(HelloError::Dropped(e)),
         }
@@ -216,7 +235,9 @@ impl Acceptor {
 
     /// Checks a LOGIN from `peer` at `now_ms`, in the order of section 3: version and id, cookie,
     /// challenge age, terminal key (`lookup`), proof, then login timestamp against the last one.
-    /// On success seals the WELCOME (session `session_id`, `params`) into `out`.
+    /// On success derives the session keys with `grant.broker_nonce` and seals the WELCOME
+    /// (session `grant.session_id`, `params`) into `out`. A LOGIN whose body does not decode is
+    /// [`LoginError::Malformed`], unless the packet is shorter than that REJECT (then dropped).
     #[allow(clippy::too_many_arguments)]
     pub fn on_login<'o>(
         &self,
@@ -224,7 +245,7 @@ impl Acceptor {
         packet: &[u8],
         now_ms: u64,
         lookup: impl FnOnce(Address) -> Option<TerminalRecord>,
-        session_id: u32,
+        grant: SessionGrant,
         params: &WelcomeParams,
         out: &'o mut [u8],
     ) -> Result<Accepted<'o>, LoginError> {
@@ -235,10 +256,15 @@ impl Acceptor {
         }
         let login = match Login::decode(packet) {
             Ok(l) => l,
-            Err(PacketError::Truncated) => {
-                return Err(LoginError::Dropped(PacketError::Truncated));
+            Err(e) => {
+                let mut probe = [0u8; 16];
+                return Err(
+                    match reject_answer(packet.len(), Code::MALFORMED, 0, &mut probe) {
+                        Some(_) => LoginError::Malformed,
+                        None => LoginError::Dropped(e),
+                    },
+                );
             }
-            Err(_) => return Err(LoginError::Malformed),
         };
         // 1. version (checked above) and id.
         validate(self.profile, login.address)?;
@@ -274,10 +300,12 @@ impl Acceptor {
         {
             return Err(LoginError::Replay);
         }
+        let session_id = grant.session_id;
         let keys = derive_session_keys(
             &record.key,
             login.address.id,
             &login.client_nonce,
+            &grant.broker_nonce,
             &login.cookie,
         );
         let mut session = SecureSession::new(Role::Broker, session_id, &keys);
@@ -293,7 +321,7 @@ impl Acceptor {
             },
         };
         let n = session
-            .seal_frame(&frame, out)
+            .seal_welcome(&grant.broker_nonce, &frame, out)
             .map_err(LoginError::Internal)?;
         Ok(Accepted {
             address: login.address,

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use shared_protocol::handshake::{HelloError, HelloReply};
 use shared_protocol::keys::PeerAddr;
-use shared_protocol::limits::MAX_PACKET;
+use shared_protocol::limits::{MAX_PACKET, PROTOCOL_VERSION};
 use shared_protocol::packet::PacketType;
 use shared_protocol::session::peek_session_id;
 use tokio::net::UdpSocket;
@@ -154,7 +154,7 @@ impl Receiver {
             m.limit_hit("max_device_frame_bytes");
             return;
         }
-        let version_ok = packet.first() == Some(&1);
+        let version_ok = packet.first() == Some(&PROTOCOL_VERSION);
         match packet.get(1).copied() {
             Some(t) if t == PacketType::Hello as u8 => self.on_hello(packet, from),
             Some(t) if t == PacketType::Login as u8 && version_ok => {

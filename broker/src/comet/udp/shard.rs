@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
-use shared_protocol::handshake::reject_packet;
+use shared_protocol::handshake::{reject_answer, reject_packet};
 use shared_protocol::keys::PeerAddr;
 use shared_protocol::limits::MAX_PACKET;
 use shared_protocol::session::SessionError;
@@ -165,10 +165,13 @@ impl Endpoint {
         send(&self.ctx, &self.socket, packet, to);
     }
 
-    fn reject(&self, code: Code, retry_after_ms: u32, to: SocketAddr) {
+    /// Answers a LOGIN of `answered_len` bytes with a REJECT, unless the REJECT would be longer
+    /// (anti-amplification, docs/protocol.md section 2): then the LOGIN is dropped and counted.
+    fn reject(&self, code: Code, retry_after_ms: u32, to: SocketAddr, answered_len: usize) {
         let mut out = [0u8; 16];
-        if let Ok(p) = reject_packet(code, retry_after_ms, &mut out) {
-            self.send(p, to);
+        match reject_answer(answered_len, code, retry_after_ms, &mut out) {
+            Some(p) => self.send(p, to),
+            None => self.ctx.router.metrics().udp_dropped("reject_too_long"),
         }
     }
 
@@ -181,7 +184,7 @@ impl Endpoint {
         if !ctx.login_rate.allow(ip, now) {
             m.limit_hit("login_attempts_per_ip_per_sec");
             m.login_failed(T, "rate_limited");
-            self.reject(Code::RATE_LIMITED, 1000, from);
+            self.reject(Code::RATE_LIMITED, 1000, from, packet.len());
             return;
         }
         while self.sessions.contains_key(&sid) {
@@ -195,12 +198,22 @@ impl Endpoint {
                 .on_login(&PeerAddr::from(from), packet, now, sid, &params, &mut out)
             {
                 LoginOutcome::Accepted(a) => a,
-                LoginOutcome::Duplicate => return,
+                LoginOutcome::Duplicate => {
+                    // Unanswered (its WELCOME is on its way), counted.
+                    m.login_failed(T, "duplicate");
+                    return;
+                }
+                LoginOutcome::NoRandomness => {
+                    tracing::error!("the OS random generator failed; login refused");
+                    m.login_failed(T, "internal");
+                    self.reject(Code::INTERNAL, 0, from, packet.len());
+                    return;
+                }
                 LoginOutcome::Refused(e) => {
                     match e.code() {
                         Some(code) => {
                             m.login_failed(T, logins::failure_label(e));
-                            self.reject(code, 0, from);
+                            self.reject(code, 0, from, packet.len());
                         }
                         None => m.udp_dropped("malformed"),
                     }
@@ -216,7 +229,7 @@ impl Endpoint {
                     ConnLimit::Total => Code::SERVER_BUSY,
                     ConnLimit::PerIp => Code::RATE_LIMITED,
                 };
-                self.reject(code, 1000, from);
+                self.reject(code, 1000, from, packet.len());
                 return;
             }
         };
