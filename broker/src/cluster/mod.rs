@@ -29,6 +29,7 @@ pub mod config;
 pub mod frame;
 pub mod hooks;
 pub mod link;
+pub mod link_auth;
 pub mod presence;
 pub mod route;
 pub mod uploads;
