@@ -203,7 +203,7 @@ fn encode_msg<T: Serialize>(m: &T) -> Vec<u8> {
 
 fn decode_msg<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, AuthError> {
     match postcard::take_from_bytes::<T>(body) {
-        Ok((m, rest)) if rest.is_empty() => Ok(m),
+        Ok((m, [])) => Ok(m),
         _ => Err(AuthError::Malformed),
     }
 }
