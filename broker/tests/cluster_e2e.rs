@@ -539,6 +539,7 @@ zk_servers = "{zk}"
 root = "/{id}"
 session_timeout_ms = 4000
 node_id = "{node}"
+zk_auth = "{zk_auth}"
 
 [redis]
 url = "{redis}"
@@ -551,6 +552,7 @@ upload_queue = "{id}.uploads"
 push_exchange = ""
 
 [cluster]
+link_key = "{link_key}"
 link_listen = "127.0.0.1:0"
 heartbeat_ms = 300
 node_ttl_ms = 1500
@@ -566,6 +568,8 @@ rabbit_root = ""
             redis = e["REDIS_URL"],
             r1 = e["RABBITMQ_1_AMQP_URL"],
             r2 = e["RABBITMQ_2_AMQP_URL"],
+            zk_auth = ZK_AUTH,
+            link_key = LINK_KEY,
         )
     }
 

@@ -514,3 +514,52 @@ pub async fn run(
     node.stop().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_config(env: &[(&str, &str)], toml: &str) -> Config {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>();
+        Config::from_str_with_env("c.toml", toml, env).unwrap()
+    }
+
+    fn refused_key(c: &Config) -> Option<String> {
+        match required_secrets(c) {
+            Ok(_) => None,
+            Err(ClusterError::Config(key, _)) => Some(key),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn cluster_roles_refuse_to_start_without_their_secrets_and_name_the_key() {
+        let zk = "[discovery]\nmode = \"zookeeper\"\nnode_id = \"c1\"\n";
+        let c = cluster_config(&[], zk);
+        assert_eq!(refused_key(&c).as_deref(), Some("cluster.link_key"));
+        let key = "ab".repeat(32);
+        let c = cluster_config(&[("BROKER__CLUSTER__LINK_KEY", &key)], zk);
+        assert_eq!(refused_key(&c).as_deref(), Some("discovery.zk_auth"));
+        let c = cluster_config(
+            &[
+                ("BROKER__CLUSTER__LINK_KEY", &key),
+                ("BROKER__DISCOVERY__ZK_AUTH", "plugcloud:pw"),
+            ],
+            zk,
+        );
+        assert_eq!(refused_key(&c), None);
+        assert!(!format!("{c:?}").contains("plugcloud:pw"), "redacted");
+        assert!(!format!("{c:?}").contains(&key), "redacted");
+        // Static discovery and static RabbitMQ URLs: no ZooKeeper, so no zk_auth needed.
+        let mut c = cluster_config(&[("BROKER__CLUSTER__LINK_KEY", &key)], zk);
+        c.discovery.mode = DiscoveryMode::Static;
+        c.cluster.rabbit_root = String::new();
+        assert_eq!(refused_key(&c), None);
+        // The rmqkeepers' view alone uses ZooKeeper too.
+        c.cluster.rabbit_root = "/rabbitmq".into();
+        assert_eq!(refused_key(&c).as_deref(), Some("discovery.zk_auth"));
+    }
+}

@@ -225,12 +225,6 @@ impl KeeperArgs {
                 ),
             );
         }
-        let Some(zk_auth) = self.zk_auth.as_deref().and_then(ZkAuth::parse) else {
-            return bad(
-                "zk-auth",
-                "required: the ZooKeeper digest credentials user:password (discovery.zk_auth)",
-            );
-        };
         if validate_root(&self.root).is_err() {
             return bad(
                 "root",
@@ -251,6 +245,12 @@ impl KeeperArgs {
         {
             return bad("node-name", format!("`{n}` is not a valid znode name"));
         }
+        let Some(zk_auth) = self.zk_auth.as_deref().and_then(ZkAuth::parse) else {
+            return bad(
+                "zk-auth",
+                "required: the ZooKeeper digest credentials user:password (discovery.zk_auth)",
+            );
+        };
         Ok(KeeperConfig {
             amqp_url,
             amqp_port,
