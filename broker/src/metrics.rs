@@ -13,7 +13,10 @@
 //!   `broker_link_frames_dropped_total{peer,reason="queue_full"|"no_link"}`;
 //! * `broker_presence_writes_total{op}` and `broker_presence_errors_total{op}` for the online
 //!   registry (`op` = `register`, `unregister`, `heartbeat`, `sweep`);
-//! * `broker_cluster_commands_total{result}`: HTTP commands for devices on other nodes.
+//! * `broker_cluster_commands_total{result}`: HTTP commands for devices on other nodes;
+//! * `broker_link_auth_failures_total{reason}`: link connections closed unauthenticated or on
+//!   a sealed frame that does not open (reasons in [`LINK_AUTH_REASONS`], all registered at 0
+//!   when a node's links start).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,19 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use crate::router::Transport;
 
 static METADATA: Metadata<'static> = Metadata::new("broker", Level::INFO, Some(module_path!()));
+
+/// The `reason` labels of `broker_link_auth_failures_total`: handshake `timeout`, connection
+/// `closed` mid-handshake, `malformed` handshake (garbage, an unsealed frame), `bad_proof`
+/// (wrong cluster key), `wrong_peer` (role or node id), `bad_frame` (a sealed frame that does
+/// not open after the handshake).
+pub const LINK_AUTH_REASONS: [&str; 6] = [
+    "timeout",
+    "closed",
+    "malformed",
+    "bad_proof",
+    "wrong_peer",
+    "bad_frame",
+];
 
 /// Latency histogram buckets, seconds (100 us .. 30 s).
 const BUCKETS: &[f64] = &[
@@ -279,6 +295,18 @@ impl Metrics {
             ],
             1,
         );
+    }
+
+    /// Registers every `broker_link_auth_failures_total{reason}` series at 0.
+    pub fn link_auth_registered(&self) {
+        for reason in LINK_AUTH_REASONS {
+            self.counter("broker_link_auth_failures_total", &[("reason", reason)], 0);
+        }
+    }
+
+    /// A link connection was closed for `reason` (one of [`LINK_AUTH_REASONS`]).
+    pub fn link_auth_failure(&self, reason: &'static str) {
+        self.counter("broker_link_auth_failures_total", &[("reason", reason)], 1);
     }
 
     /// An online-registry write `op` (`register`, `unregister`, `heartbeat`, `sweep`) was made;

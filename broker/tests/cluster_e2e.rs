@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use broker::cluster::{ClusterNode, start_comet, start_msgbus};
-use broker::discovery::zk::ZkSettings;
 use broker::keeper::RabbitView;
 use broker::terminal::Address;
 use cluster_support::*;
@@ -86,14 +85,8 @@ async fn two_comets_two_msgbus_two_rabbits() {
     let run = Run::new();
     let _k1 = run.keeper(1);
     let _k2 = run.keeper(2);
-    let rabbits = RabbitView::start(
-        ZkSettings {
-            servers: run.env["ZOOKEEPER_ADDR"].clone(),
-            session_timeout: Duration::from_secs(4),
-        },
-        &run.rabbit_root(),
-    )
-    .unwrap();
+    let rabbits =
+        RabbitView::start(run.zk_settings(Duration::from_secs(4)), &run.rabbit_root()).unwrap();
     let rv = rabbits.watch();
     wait_until(
         "both RabbitMQ nodes registered by their keepers",
@@ -546,6 +539,7 @@ zk_servers = "{zk}"
 root = "/{id}"
 session_timeout_ms = 4000
 node_id = "{node}"
+zk_auth = "{zk_auth}"
 
 [redis]
 url = "{redis}"
@@ -558,6 +552,7 @@ upload_queue = "{id}.uploads"
 push_exchange = ""
 
 [cluster]
+link_key = "{link_key}"
 link_listen = "127.0.0.1:0"
 heartbeat_ms = 300
 node_ttl_ms = 1500
@@ -573,6 +568,8 @@ rabbit_root = ""
             redis = e["REDIS_URL"],
             r1 = e["RABBITMQ_1_AMQP_URL"],
             r2 = e["RABBITMQ_2_AMQP_URL"],
+            zk_auth = ZK_AUTH,
+            link_key = LINK_KEY,
         )
     }
 

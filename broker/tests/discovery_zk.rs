@@ -12,15 +12,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use broker::discovery::metrics::DiscoveryMetrics;
-use broker::discovery::zk::ZkSettings;
+use broker::discovery::zk::{ZkAuth, ZkSettings};
 use broker::discovery::zk_discovery::{ZkOptions, ZkStatus};
 use broker::discovery::{Discovery, NodeAddr, NodeInfo, NodeView, Role, ZkDiscovery};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zookeeper_client::Client;
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
 mod services_env;
+
+/// The digest credentials every discovery in this test uses (`discovery.zk_auth`).
+const ZK_AUTH: &str = "plugcloud-test:zk-test-password";
+
+/// A plain client authenticated as the project (reads the project's znodes).
+async fn authed(zk: &str) -> Client {
+    Client::connector()
+        .with_auth("digest", ZK_AUTH.as_bytes())
+        .connect(zk)
+        .await
+        .unwrap()
+}
 
 /// The service environment this test needs (see `services_env`).
 fn services() -> BTreeMap<String, String> {
@@ -63,6 +75,7 @@ fn start(servers: &str, root: &str, me: Option<NodeInfo>, session: Duration) -> 
         zk: ZkSettings {
             servers: servers.into(),
             session_timeout: session,
+            auth: ZkAuth::parse(ZK_AUTH),
         },
         root: root.into(),
         me,
@@ -175,7 +188,7 @@ async fn registration_is_visible_load_updates_and_removal_updates_the_view() {
     eprintln!("registration visible to another session after {took:?}");
 
     // A plain client sees the ephemeral znode and its JSON.
-    let raw = Client::connect(&zk).await.unwrap();
+    let raw = authed(&zk).await;
     let (data, stat) = raw.get_data(&format!("{root}/comet/a")).await.unwrap();
     assert_ne!(stat.ephemeral_owner, 0, "ephemeral");
     let info: NodeInfo = serde_json::from_slice(&data).unwrap();
@@ -298,7 +311,7 @@ async fn session_expiry_creates_a_new_session_and_registers_again() {
     );
     let second = status.borrow().session.unwrap();
     assert_ne!(first, second);
-    let raw = Client::connect(&zk).await.unwrap();
+    let raw = authed(&zk).await;
     let (_, stat) = raw.get_data(&format!("{root}/comet/x")).await.unwrap();
     assert_eq!(stat.ephemeral_owner, second, "owned by the new session");
     let mut own = d.view();
@@ -308,4 +321,51 @@ async fn session_expiry_creates_a_new_session_and_registers_again() {
     .await;
     d.shutdown().await;
     observer.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_anonymous_client_cannot_read_create_or_change_the_projects_znodes() {
+    let zk = zk_addr();
+    let root = unique_root("acl");
+    let a = start(&zk, &root, Some(comet("a")), Duration::from_secs(6));
+    let mut view = a.view();
+    wait_view(&mut view, Duration::from_secs(10), "a registered", |v| {
+        v.healthy && ids(v) == ["a"]
+    })
+    .await;
+    let node = format!("{root}/comet/a");
+    let anon = Client::connect(&zk).await.unwrap();
+    let fake = serde_json::to_vec(&comet("fake")).unwrap();
+    let open = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    // No fake comet can be registered, under the role directory or the root.
+    for path in [format!("{root}/comet/fake"), format!("{root}/fake")] {
+        let r = anon.create(&path, &fake, &open).await;
+        assert!(matches!(r, Err(ZkError::NoAuth)), "create {path}: {r:?}");
+    }
+    // The real registration can be neither changed nor removed, nor read.
+    let r = anon.set_data(&node, &fake, None).await;
+    assert!(matches!(r, Err(ZkError::NoAuth)), "set_data: {r:?}");
+    let r = anon.delete(&node, None).await;
+    assert!(matches!(r, Err(ZkError::NoAuth)), "delete: {r:?}");
+    let r = anon.get_data(&node).await;
+    assert!(matches!(r, Err(ZkError::NoAuth)), "get_data: {r:?}");
+    let r = anon.list_children(&format!("{root}/comet")).await;
+    assert!(matches!(r, Err(ZkError::NoAuth)), "list_children: {r:?}");
+    // The project's identity holds every permission, as a digest ACL.
+    let raw = authed(&zk).await;
+    for path in [root.clone(), format!("{root}/comet"), node.clone()] {
+        let (acl, _) = raw.get_acl(&path).await.unwrap();
+        assert_eq!(acl.len(), 1, "{path}: {acl:?}");
+        assert_eq!(acl[0].scheme(), "digest", "{path}");
+        assert!(
+            acl[0].id().starts_with("plugcloud-test:"),
+            "{path}: {acl:?}"
+        );
+    }
+    let (data, _) = raw.get_data(&node).await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<NodeInfo>(&data).unwrap(),
+        comet("a")
+    );
+    a.shutdown().await;
 }

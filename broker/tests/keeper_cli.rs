@@ -44,6 +44,10 @@ fn bad_configuration_exits_2_naming_the_flag() {
             &["--amqp-url", good_amqp, "--mgmt-url", "http://127.0.0.1:1"],
             "rmqkeeper: --mgmt-user: missing",
         ),
+        (
+            &["--amqp-url", good_amqp, "--mgmt-url", good_mgmt],
+            "rmqkeeper: --zk-auth: required",
+        ),
     ];
     for (args, want) in cases {
         let (code, stderr) = keeper(args);

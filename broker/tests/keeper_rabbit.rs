@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use broker::discovery::zk::ZkSettings;
+use broker::discovery::zk::{ZkAuth, ZkSettings};
+
+/// The digest credentials of the keeper and the view (`--zk-auth`, `discovery.zk_auth`).
+const ZK_AUTH: &str = "plugcloud-test:zk-test-password";
 use broker::keeper::{RabbitNode, RabbitView};
 use zookeeper_client::Client;
 
@@ -97,6 +100,7 @@ async fn keeper_follows_rabbitmq_health() {
         ZkSettings {
             servers: zk_addr.clone(),
             session_timeout: Duration::from_secs(10),
+            auth: ZkAuth::parse(ZK_AUTH),
         },
         &root,
     )
@@ -112,6 +116,8 @@ async fn keeper_follows_rabbitmq_health() {
             &mgmt,
             "--zk-servers",
             &zk_addr,
+            "--zk-auth",
+            ZK_AUTH,
             "--root",
             &root,
             "--check-interval-ms",
@@ -130,7 +136,11 @@ async fn keeper_follows_rabbitmq_health() {
         keeper: Some(keeper),
     };
 
-    let zk = Client::connect(&zk_addr).await.unwrap();
+    let zk = Client::connector()
+        .with_auth("digest", ZK_AUTH.as_bytes())
+        .connect(&zk_addr)
+        .await
+        .unwrap();
     let path = format!("{root}/{node}");
     let took = wait_znode(&zk, &path, true, Duration::from_secs(15)).await;
     eprintln!("registered {took:?} after start");

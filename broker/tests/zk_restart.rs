@@ -82,7 +82,10 @@ impl Drop for ZkBackUp {
 /// The children of each path with the ephemeral owner (session) of each child, from a fresh
 /// client; `None` while ZooKeeper does not answer.
 async fn znodes(zk: &str, paths: &[String]) -> Option<BTreeSet<(String, i64)>> {
-    let client = tokio::time::timeout(Duration::from_secs(2), Client::connect(zk))
+    let connect = Client::connector()
+        .with_auth("digest", ZK_AUTH.as_bytes())
+        .connect(zk);
+    let client = tokio::time::timeout(Duration::from_secs(2), connect)
         .await
         .ok()?
         .ok()?;

@@ -7,24 +7,31 @@
 //! * Host-built crates: `boards/<board>/` and `boards/lib/<crate>/` without such a target
 //!   (`boards/host-tap`, `boards/lib/plug-app`). Host toolchain: clippy and tests
 //!   (`cargo xtask test`, steps `clippy` and `boards`).
-//! * The fuzz crate `shared-protocol/fuzz` (nightly, libFuzzer): fmt here, runs in the `fuzz` step.
+//! * The fuzz crates `shared-protocol/fuzz` and `broker/fuzz` (nightly, libFuzzer): fmt here, run
+//!   in the `fuzz` step ([`fuzz_crates`]).
 //!
 //! Why they are not workspace members is written in the root `Cargo.toml` and docs/boards.md.
 
 use crate::shell::project_root;
 use std::path::{Path, PathBuf};
 
-/// The fuzz crate, relative to the project root.
-const FUZZ_CRATE: &str = "shared-protocol/fuzz";
+/// The fuzz crates, relative to the project root.
+const FUZZ_CRATES: [&str; 2] = ["shared-protocol/fuzz", "broker/fuzz"];
 
-/// Every crate outside the host workspace: MCU boards, host-built crates, the fuzz crate.
+/// Every crate outside the host workspace: MCU boards, host-built crates, the fuzz crates.
 pub fn outside_workspace() -> Result<Vec<PathBuf>, String> {
     let mut crates = board_folders()?;
-    let fuzz = project_root().join(FUZZ_CRATE);
-    if fuzz.join("Cargo.toml").is_file() {
-        crates.push(fuzz);
-    }
+    crates.extend(fuzz_crates());
     Ok(crates)
+}
+
+/// The fuzz crates present on disk (each a cargo-fuzz project `<crate>/fuzz`).
+pub fn fuzz_crates() -> Vec<PathBuf> {
+    FUZZ_CRATES
+        .iter()
+        .map(|c| project_root().join(c))
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .collect()
 }
 
 /// MCU board crates: a folder under `boards/` whose `.cargo/config.toml` names a target.
@@ -102,9 +109,11 @@ mod tests {
     #[test]
     fn every_crate_outside_the_workspace_is_listed_once() {
         let all = names(&outside_workspace().unwrap());
-        assert!(all.contains(&FUZZ_CRATE.to_owned()), "{all:?}");
+        for fuzz in FUZZ_CRATES {
+            assert!(all.contains(&fuzz.to_owned()), "{all:?}");
+        }
         let mcu = mcu_boards().unwrap().len();
         let host = host_built().unwrap().len();
-        assert_eq!(all.len(), mcu + host + 1, "{all:?}");
+        assert_eq!(all.len(), mcu + host + FUZZ_CRATES.len(), "{all:?}");
     }
 }

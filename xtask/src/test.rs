@@ -225,26 +225,35 @@ fn fuzz() -> Result<(), String> {
         run_command(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let seconds = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "60".into());
-    let fuzz_dir = project_root().join("shared-protocol/fuzz");
-    let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
-        .map_err(|e| format!("cannot list fuzz targets in {}: {e}", fuzz_dir.display()))?
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()?
-                .strip_suffix(".rs")
-                .map(String::from)
-        })
-        .collect();
-    targets.sort();
-    for target in targets {
-        run_command(
-            Command::new("cargo")
-                .current_dir(project_root().join("shared-protocol"))
-                .args(["+nightly", "fuzz", "run", &target, "--"])
-                .arg(format!("-max_total_time={seconds}")),
-        )?;
+    for fuzz_dir in crate::crates::fuzz_crates() {
+        let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
+            .map_err(|e| format!("cannot list fuzz targets in {}: {e}", fuzz_dir.display()))?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| {
+                entry
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".rs")
+                    .map(String::from)
+            })
+            .collect();
+        targets.sort();
+        let owner = fuzz_dir.parent().unwrap_or(&fuzz_dir).to_path_buf();
+        for target in targets {
+            // The working corpus (ignored by git) first, where new inputs are written; then
+            // the committed seeds, when the crate has them.
+            std::fs::create_dir_all(fuzz_dir.join("corpus").join(&target))
+                .map_err(|e| format!("cannot create the corpus of {target}: {e}"))?;
+            let mut run = Command::new("cargo");
+            run.current_dir(&owner)
+                .args(["+nightly", "fuzz", "run", &target])
+                .arg(format!("fuzz/corpus/{target}"));
+            let seeds = fuzz_dir.join("seeds").join(&target);
+            if seeds.is_dir() {
+                run.arg(seeds);
+            }
+            run_command(run.arg("--").arg(format!("-max_total_time={seconds}")))?;
+        }
     }
     Ok(())
 }

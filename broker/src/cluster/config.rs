@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::link_auth::LinkKey;
+use crate::config::Secret;
+
 /// `[cluster]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +36,13 @@ pub struct ClusterConfig {
     /// Znode root the rmqkeepers register healthy RabbitMQ nodes under; empty = use the static
     /// `rabbitmq.urls` instead.
     pub rabbit_root: String,
+    /// The cluster key, 64 hex digits (a secret, the same on every node): links authenticate
+    /// with it and seal every frame under keys derived from it (docs/deployment.md, "Node
+    /// links"). Required by the cluster roles.
+    pub link_key: Secret,
+    /// Commands from one link running at once; above it a command is answered `Overloaded` at
+    /// once and counted in `broker_limit_rejections_total{limit="max_inflight_commands"}`.
+    pub max_inflight_commands: usize,
 }
 
 impl Default for ClusterConfig {
@@ -47,6 +57,8 @@ impl Default for ClusterConfig {
             reconnect_min_ms: 100,
             reconnect_max_ms: 5000,
             rabbit_root: "/rabbitmq".into(),
+            link_key: Secret::default(),
+            max_inflight_commands: 256,
         }
     }
 }
@@ -77,6 +89,12 @@ impl ClusterConfig {
         if self.link_queue == 0 {
             return err("link_queue", "must be greater than 0");
         }
+        if self.max_inflight_commands == 0 {
+            return err("max_inflight_commands", "must be greater than 0");
+        }
+        if !self.link_key.is_empty() && self.parsed_link_key().is_none() {
+            return err("link_key", "must be 64 hex digits (32 bytes) or empty");
+        }
         if !self.rabbit_root.is_empty()
             && crate::discovery::validate_root(&self.rabbit_root).is_err()
         {
@@ -86,6 +104,11 @@ impl ClusterConfig {
             );
         }
         Ok(())
+    }
+
+    /// The cluster key, `None` when unset or malformed.
+    pub fn parsed_link_key(&self) -> Option<LinkKey> {
+        LinkKey::from_hex(self.link_key.expose())
     }
 
     /// Heartbeat period.
@@ -121,5 +144,21 @@ mod tests {
             ..ClusterConfig::default()
         };
         assert_eq!(c.validate().unwrap_err().0, "cluster.link_queue");
+        let c = ClusterConfig {
+            link_key: Secret::new("abc"),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "cluster.link_key");
+        let c = ClusterConfig {
+            link_key: Secret::new("0f".repeat(32)),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.parsed_link_key().is_some());
+        let c = ClusterConfig {
+            max_inflight_commands: 0,
+            ..ClusterConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "cluster.max_inflight_commands");
     }
 }

@@ -1,9 +1,19 @@
-//! Node-to-node link frames: a 4-byte big-endian length, then one [`Frame`] in postcard.
+//! Node-to-node link frames: one [`Frame`] in postcard ([`encode_body`] / [`decode_body`]).
+//! On a link every body is sealed by [`super::link_auth`] (which adds the length prefix, the
+//! counter and the tag); nothing is ever sent unsealed. [`encode`] / [`decode`] are the same
+//! body behind a 4-byte big-endian length, without sealing (tests and tools).
 //! Addresses are the protocol's own [`Address`]/[`Kind`] (shared-protocol serde, varint ids).
 //!
-//! [`decode`] is sans-IO and never panics: it takes a buffer and returns a frame and how many
-//! bytes it used, `Ok(None)` when more bytes are needed, or an error for an oversized or
-//! undecodable frame (the link is then closed and reconnected).
+//! Size: a body is at most [`MAX_FRAME`] (64 KiB). The largest legitimate bodies are a
+//! `Stored`/`Deliver` with a 1024-byte payload (`limits.max_payload_bytes` is at most 1024) and a
+//! list destination: an address takes at most 6 bytes (kind byte, varint id), so a list of
+//! [`MAX_LIST_PER_FRAME`] (8192) addresses is at most 49 KiB. Longer lists (a group push may name
+//! 100 000 members) are split by [`split_for_wire`] into several frames with the same message
+//! id and disjoint recipients, which the receiver handles exactly like one. Commands carry at
+//! most a 255-byte name and a 1024-byte payload. The unit tests check the worst cases fit.
+//!
+//! [`decode`] and [`decode_body`] are sans-IO and never panic: an oversized or undecodable
+//! frame is an error (the link is then closed and reconnected).
 //!
 //! New variants are only ever appended to [`Frame`] and [`CommandOutcome`] (postcard encodes
 //! the variant index), so the indexes of existing frames never change.
@@ -13,8 +23,11 @@ use serde::{Deserialize, Serialize};
 use crate::discovery::Role;
 use crate::terminal::{Address, Kind};
 
-/// Largest encoded frame accepted (a payload is at most `limits.max_payload_bytes`, far below).
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest encoded frame body accepted or sent (module docs say why 64 KiB is enough).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Most addresses one `Stored`/`Deliver` frame carries; [`split_for_wire`] splits longer lists.
+pub const MAX_LIST_PER_FRAME: usize = 8192;
 
 /// Who a stored message is for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +41,8 @@ pub enum Dest {
 /// One frame on a link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// First frame in each direction: who is speaking.
+    /// Not sent any more (the [`super::link_auth`] handshake says who is speaking) and ignored
+    /// when received; kept so the indexes of the other variants never change.
     Hello {
         /// Node id.
         node: String,
@@ -140,14 +154,61 @@ pub enum FrameError {
     /// The body is not a valid frame.
     #[error("frame body: {0}")]
     Body(#[from] postcard::Error),
+    /// Bytes follow a valid frame inside one body.
+    #[error("{0} bytes after the frame")]
+    Trailing(usize),
 }
 
-/// Encodes `f` with its length prefix.
-pub fn encode(f: &Frame) -> Result<Vec<u8>, FrameError> {
+/// Splits a `Stored`/`Deliver` whose list names more than [`MAX_LIST_PER_FRAME`] terminals into
+/// frames of at most that many (same message, disjoint recipients, in order); any other frame
+/// is returned as is.
+pub fn split_for_wire(f: Frame) -> Vec<Frame> {
+    fn parts(msg: LinkMessage, wrap: fn(LinkMessage) -> Frame) -> Vec<Frame> {
+        match msg.dest {
+            Dest::List(list) if list.len() > MAX_LIST_PER_FRAME => list
+                .chunks(MAX_LIST_PER_FRAME)
+                .map(|chunk| {
+                    wrap(LinkMessage {
+                        msg_id: msg.msg_id,
+                        from: msg.from,
+                        payload: msg.payload.clone(),
+                        dest: Dest::List(chunk.to_vec()),
+                    })
+                })
+                .collect(),
+            dest => vec![wrap(LinkMessage { dest, ..msg })],
+        }
+    }
+    match f {
+        Frame::Stored { msg } => parts(msg, |msg| Frame::Stored { msg }),
+        Frame::Deliver { msg } => parts(msg, |msg| Frame::Deliver { msg }),
+        other => vec![other],
+    }
+}
+
+/// Encodes the body of `f` (no length prefix); at most [`MAX_FRAME`] bytes.
+pub fn encode_body(f: &Frame) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_stdvec(f)?;
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
     }
+    Ok(body)
+}
+
+/// Decodes one whole frame body (trailing bytes are an error).
+pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    match postcard::take_from_bytes(body)? {
+        (f, []) => Ok(f),
+        (_, rest) => Err(FrameError::Trailing(rest.len())),
+    }
+}
+
+/// Encodes `f` with its length prefix (unsealed: see module docs).
+pub fn encode(f: &Frame) -> Result<Vec<u8>, FrameError> {
+    let body = encode_body(f)?;
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
@@ -166,7 +227,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     let Some(body) = buf.get(4..4 + len) else {
         return Ok(None);
     };
-    Ok(Some((postcard::from_bytes(body)?, 4 + len)))
+    Ok(Some((decode_body(body)?, 4 + len)))
 }
 
 #[cfg(test)]
@@ -306,6 +367,92 @@ mod tests {
                 let _ = decode(&framed(&v));
             }
         }
+    }
+
+    /// The largest legitimate message: maximal ids, a 1024-byte payload and a full list.
+    fn worst_message(list: usize) -> LinkMessage {
+        LinkMessage {
+            msg_id: u64::MAX,
+            from: Some(Address::phone(u32::MAX)),
+            payload: vec![0xff; 1024],
+            dest: Dest::List((0..list).map(|_| Address::device(u32::MAX)).collect()),
+        }
+    }
+
+    #[test]
+    fn the_largest_legitimate_frames_fit_the_bound() {
+        for f in [
+            Frame::Stored {
+                msg: worst_message(MAX_LIST_PER_FRAME),
+            },
+            Frame::Deliver {
+                msg: worst_message(MAX_LIST_PER_FRAME),
+            },
+        ] {
+            let n = encode_body(&f).unwrap().len();
+            assert!(n <= MAX_FRAME, "{} is {n} bytes", f.name());
+            assert!(n > 8 * 1024 * 6, "the list is really encoded: {n}");
+        }
+        let cmd = Frame::Command {
+            req: CommandRequest {
+                id: u64::MAX,
+                to: "c".repeat(64),
+                device: Address::device(u32::MAX),
+                name: "n".repeat(255),
+                payload: vec![0xff; 1024],
+                timeout_ms: u64::MAX,
+            },
+        };
+        assert!(encode_body(&cmd).unwrap().len() < 2048);
+        let done = Frame::CommandResult {
+            id: u64::MAX,
+            outcome: CommandOutcome::Done {
+                status: u16::MAX,
+                payload: vec![0xff; 1024],
+            },
+        };
+        assert!(encode_body(&done).unwrap().len() < 2048);
+        // A group-sized list does not fit one frame unsplit: that is why it is split.
+        let group = Frame::Deliver {
+            msg: worst_message(100_000),
+        };
+        assert!(matches!(encode_body(&group), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn long_lists_are_split_into_fitting_frames_with_the_same_recipients() {
+        let mut msg = worst_message(0);
+        let all: Vec<Address> = (1..=20_000).map(Address::device).collect();
+        msg.dest = Dest::List(all.clone());
+        let parts = split_for_wire(Frame::Stored { msg });
+        assert_eq!(parts.len(), 3);
+        let mut seen = Vec::new();
+        for p in &parts {
+            assert!(encode_body(p).unwrap().len() <= MAX_FRAME);
+            let Frame::Stored { msg } = p else {
+                panic!("{p:?}")
+            };
+            assert_eq!((msg.msg_id, msg.payload.len()), (u64::MAX, 1024));
+            let Dest::List(l) = &msg.dest else {
+                panic!("{msg:?}")
+            };
+            assert!(l.len() <= MAX_LIST_PER_FRAME);
+            seen.extend_from_slice(l);
+        }
+        assert_eq!(seen, all);
+        // Short lists, broadcasts and other frames pass unchanged.
+        for f in [sample(), command(), Frame::Ping] {
+            assert_eq!(split_for_wire(f.clone()), vec![f]);
+        }
+    }
+
+    #[test]
+    fn bodies_round_trip_and_trailing_bytes_are_errors() {
+        let b = encode_body(&command()).unwrap();
+        assert_eq!(decode_body(&b).unwrap(), command());
+        let mut long = b.clone();
+        long.push(0);
+        assert!(matches!(decode_body(&long), Err(FrameError::Trailing(1))));
     }
 
     #[test]

@@ -1,8 +1,15 @@
-//! Node-to-node links: framed TCP ([`super::frame`]) between msgbus and comet nodes.
+//! Node-to-node links: authenticated, sealed TCP between msgbus and comet nodes.
 //!
 //! msgbus dials every live comet it sees in discovery ([`LinkManager`], one task per comet with
 //! a bounded queue that survives reconnects, exponential backoff); comets listen
-//! ([`CometLinks`]). Both sides open with `Hello`. Over a link:
+//! ([`CometLinks`]). Every connection first runs the [`super::link_auth`] handshake over the
+//! cluster key (msgbus initiates and expects the comet discovery named; the comet expects a
+//! msgbus), bounded by [`LinkSettings::handshake_timeout`]. Until it succeeds nothing read is
+//! acted on; a failure (timeout, garbage, an unsealed frame, a wrong key, a wrong role or node)
+//! closes the connection, is counted in `broker_link_auth_failures_total{reason}` and logged once
+//! at warn with the peer address. After it, every frame ([`super::frame`]) is sealed under the
+//! direction's key; one that does not open closes the link (counted as `reason="bad_frame"`).
+//! Over a link:
 //! * comet -> msgbus `Stored`: a send stored on the comet, for the other comets;
 //! * msgbus -> comet `Deliver`: a stored message for the comet's local sessions;
 //! * `Command` / `CommandResult` ([`super::commands`]): an HTTP command for a device on another
@@ -12,26 +19,32 @@
 //!
 //! Queues are bounded: when one is full the frame is dropped and counted. Nothing is lost by
 //! that: every message is in the shared offline store and replayed at the next login (a dropped
-//! command fails to its HTTP caller). Metrics per peer node: link up/down, frames sent, frames
-//! dropped ([`crate::metrics`]).
+//! command fails to its HTTP caller). Commands received on one link run at most
+//! [`LinkSettings::max_inflight`] at once; more are answered `Overloaded` at once and counted in
+//! `broker_limit_rejections_total{limit="max_inflight_commands"}`. Metrics per peer node: link
+//! up/down, frames sent, frames dropped ([`crate::metrics`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::{self, Forward, MAX_FORWARDED_TIMEOUT, Pending};
 use super::frame::{self, CommandOutcome, CommandRequest, Dest, Frame, LinkMessage};
 use super::hooks::StoredSink;
+use super::link_auth::{
+    AuthError, Established, Expect, Identity, Initiator, LinkKey, NONCE_LEN, Opener, Responder,
+    SealError, Sealer, split_handshake,
+};
 use crate::discovery::{NodeView, Role};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -39,19 +52,165 @@ use crate::router::Router;
 /// Keepalive period on an idle link.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
-/// Reads frames from `rd`, calling `on_frame` for each; returns on EOF or error.
+/// Longest a link handshake may take by default.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What both link sides need besides their node id.
+#[derive(Clone, Debug)]
+pub struct LinkSettings {
+    /// The cluster key.
+    pub key: LinkKey,
+    /// Frames queued per link.
+    pub queue: usize,
+    /// Commands from one link running at once.
+    pub max_inflight: usize,
+    /// Longest the handshake may take before the connection is closed.
+    pub handshake_timeout: Duration,
+}
+
+/// Why a connection closed before it was authenticated.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeFailure {
+    /// The handshake did not finish in time.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The connection closed or failed mid-handshake.
+    #[error("connection closed during the handshake: {0}")]
+    Closed(String),
+    /// The peer is not authenticated.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl HandshakeFailure {
+    fn reason(&self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Closed(_) => "closed",
+            HandshakeFailure::Auth(e) => e.reason(),
+        }
+    }
+}
+
+/// Why an authenticated link's reader stopped.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// A sealed frame did not open (tampered, replayed, reordered, oversized).
+    #[error("sealed frame refused: {0}")]
+    Sealed(#[from] SealError),
+    /// An authentic frame did not decode (a peer bug).
+    #[error("frame: {0}")]
+    Frame(#[from] frame::FrameError),
+    /// The socket failed.
+    #[error("read: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counts and logs (once, at warn) a connection closed before or by a failed authentication.
+fn auth_failed(
+    metrics: &Metrics,
+    peer: &str,
+    reason: &'static str,
+    detail: &dyn std::fmt::Display,
+) {
+    metrics.link_auth_failure(reason);
+    tracing::warn!(%peer, reason, error = %detail, "node link refused: connection closed");
+}
+
+/// Reads the next handshake message body into a vector, buffering extra bytes in `buf`.
+async fn read_handshake_msg<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, HandshakeFailure> {
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some((body, used)) = split_handshake(buf)? {
+            let body = body.to_vec();
+            buf.drain(..used);
+            return Ok(body);
+        }
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| HandshakeFailure::Closed(e.to_string()))?;
+        if n == 0 {
+            return Err(HandshakeFailure::Closed("end of stream".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> Result<(), HandshakeFailure> {
+    s.write_all(bytes)
+        .await
+        .map_err(|e| HandshakeFailure::Closed(e.to_string()))
+}
+
+/// The comet's side of the handshake; bytes read past it stay in `buf`.
+async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    key: LinkKey,
+    me: Identity,
+    buf: &mut Vec<u8>,
+) -> Result<Established, HandshakeFailure> {
+    let expect = Expect {
+        role: Role::Msgbus,
+        node: None,
+    };
+    let responder = Responder::new(key, me, expect, rand::random::<[u8; NONCE_LEN]>());
+    let hello = read_handshake_msg(s, buf).await?;
+    let (reply, wait) = responder.on_hello(&hello)?;
+    write_all(s, &reply).await?;
+    let finish = read_handshake_msg(s, buf).await?;
+    Ok(wait.on_finish(&finish)?)
+}
+
+/// The msgbus's side of the handshake with comet `comet`; bytes read past it stay in `buf`.
+async fn dial_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    key: LinkKey,
+    me: Identity,
+    comet: &str,
+    buf: &mut Vec<u8>,
+) -> Result<Established, HandshakeFailure> {
+    let expect = Expect {
+        role: Role::Comet,
+        node: Some(comet.to_string()),
+    };
+    let (initiator, hello) = Initiator::start(key, me, expect, rand::random::<[u8; NONCE_LEN]>());
+    write_all(s, &hello).await?;
+    let reply = read_handshake_msg(s, buf).await?;
+    let (finish, established) = initiator.on_reply(&reply)?;
+    write_all(s, &finish).await?;
+    Ok(established)
+}
+
+/// Runs `handshake` within `timeout`.
+async fn bounded<F>(timeout: Duration, handshake: F) -> Result<Established, HandshakeFailure>
+where
+    F: std::future::Future<Output = Result<Established, HandshakeFailure>>,
+{
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(r) => r,
+        Err(_) => Err(HandshakeFailure::Timeout),
+    }
+}
+
+/// Opens sealed frames from `rd` (starting with the bytes already in `buf`), calling
+/// `on_frame` for each; returns on EOF or the first error.
 async fn read_frames(
     mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut buf: Vec<u8>,
+    mut opener: Opener,
     mut on_frame: impl FnMut(Frame),
-) -> Result<(), String> {
-    let mut buf = Vec::with_capacity(4096);
+) -> Result<(), ReadError> {
     let mut chunk = [0u8; 8192];
     loop {
-        while let Some((f, used)) = frame::decode(&buf).map_err(|e| e.to_string())? {
+        while let Some((plain, used)) = opener.open(&buf)? {
             buf.drain(..used);
-            on_frame(f);
+            on_frame(frame::decode_body(&plain)?);
         }
-        let n = rd.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = rd.read(&mut chunk).await?;
         if n == 0 {
             return Ok(());
         }
@@ -59,13 +218,15 @@ async fn read_frames(
     }
 }
 
-/// Writes queued frames (and pings when idle) until the queue closes or a write fails; counts
-/// each frame written for `peer` (the other node's id once known).
+/// Seals and writes queued frames (and pings when idle) until the queue closes or a write
+/// fails; a long list is split first ([`frame::split_for_wire`]). Counts each frame written
+/// for `peer`.
 async fn write_frames(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     rx: &mut mpsc::Receiver<Frame>,
+    mut sealer: Sealer,
     stop: &CancellationToken,
-    peer: &OnceLock<String>,
+    peer: &str,
     metrics: &Metrics,
 ) -> Result<(), String> {
     loop {
@@ -74,23 +235,43 @@ async fn write_frames(
             f = rx.recv() => match f { Some(f) => f, None => return Ok(()) },
             _ = tokio::time::sleep(PING_EVERY) => Frame::Ping,
         };
-        let bytes = frame::encode(&f).map_err(|e| e.to_string())?;
-        wr.write_all(&bytes).await.map_err(|e| e.to_string())?;
-        metrics.link_frame_sent(peer.get().map_or("unknown", String::as_str), f.name());
+        for part in frame::split_for_wire(f) {
+            let body = frame::encode_body(&part).map_err(|e| e.to_string())?;
+            let sealed = sealer.seal(&body).map_err(|e| e.to_string())?;
+            wr.write_all(&sealed).await.map_err(|e| e.to_string())?;
+            metrics.link_frame_sent(peer, part.name());
+        }
     }
 }
 
-async fn send_hello(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    node: &str,
-    role: Role,
-) -> Result<(), String> {
-    let hello = frame::encode(&Frame::Hello {
-        node: node.to_string(),
-        role,
-    })
-    .map_err(|e| e.to_string())?;
-    wr.write_all(&hello).await.map_err(|e| e.to_string())
+/// Runs `req` from a link under its in-flight bound: a task holding a permit, or at once an
+/// `Overloaded` answer when every permit is taken (counted). `run` produces the outcome.
+fn bounded_command<F>(
+    inflight: &Arc<Semaphore>,
+    metrics: &Metrics,
+    req: CommandRequest,
+    tx: &mpsc::Sender<Frame>,
+    run: impl FnOnce(CommandRequest) -> F,
+) where
+    F: std::future::Future<Output = CommandOutcome> + Send + 'static,
+{
+    let id = req.id;
+    let Ok(permit) = inflight.clone().try_acquire_owned() else {
+        metrics.limit_hit("max_inflight_commands");
+        let _ = tx.try_send(Frame::CommandResult {
+            id,
+            outcome: CommandOutcome::Overloaded,
+        });
+        return;
+    };
+    let fut = run(req);
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let outcome = fut.await;
+        drop(permit);
+        // The link may be gone meanwhile: the requester then fails by itself.
+        let _ = tx.send(Frame::CommandResult { id, outcome }).await;
+    });
 }
 
 /// Delivers a `Deliver` frame's message to the local router's sessions.
@@ -110,21 +291,23 @@ pub struct CometLinks {
     links: Mutex<BTreeMap<u64, (String, mpsc::Sender<Frame>)>>,
     next: AtomicU64,
     rr: AtomicUsize,
-    queue: usize,
+    settings: LinkSettings,
     dropped: AtomicU64,
     pending: Pending<u64>,
     metrics: Metrics,
 }
 
 impl CometLinks {
-    /// Links of comet `node`, `queue` frames per link, recording to `metrics`.
-    pub fn new(node: String, queue: usize, metrics: Metrics) -> Arc<CometLinks> {
+    /// Links of comet `node` with `settings`, recording to `metrics` (the link auth failure
+    /// counters are registered at once, so they exist at 0).
+    pub fn new(node: String, settings: LinkSettings, metrics: Metrics) -> Arc<CometLinks> {
+        metrics.link_auth_registered();
         Arc::new(CometLinks {
             node,
             links: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
-            queue,
+            settings,
             dropped: AtomicU64::new(0),
             pending: Pending::default(),
             metrics,
@@ -189,69 +372,81 @@ impl CometLinks {
 
     async fn one_link(
         self: Arc<Self>,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         router: Router,
         cancel: CancellationToken,
     ) {
         let _ = stream.set_nodelay(true);
+        let me = Identity {
+            node: self.node.clone(),
+            role: Role::Comet,
+        };
+        let mut buf = Vec::new();
+        let handshake = bounded(
+            self.settings.handshake_timeout,
+            accept_handshake(&mut stream, self.settings.key.clone(), me, &mut buf),
+        );
+        let established = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = handshake => r,
+        };
+        let Established {
+            peer: who,
+            sealer,
+            opener,
+        } = match established {
+            Ok(e) => e,
+            Err(e) => return auth_failed(&self.metrics, &peer.to_string(), e.reason(), &e),
+        };
+        let node = who.node;
         let (rd, mut wr) = stream.into_split();
-        if let Err(e) = send_hello(&mut wr, &self.node, Role::Comet).await {
-            tracing::debug!(%peer, error = %e, "link hello failed");
-            return;
-        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(self.queue);
+        let (tx, mut rx) = mpsc::channel(self.settings.queue);
+        tracing::info!(%peer, msgbus = %node, "msgbus link up (authenticated)");
+        self.metrics.link_state(&node, true);
+        self.links().insert(id, (node.clone(), tx.clone()));
         let stop = cancel.child_token();
         let writer_stop = stop.clone();
-        let name = Arc::new(OnceLock::<String>::new());
-        let (wname, metrics) = (name.clone(), self.metrics.clone());
+        let (wname, metrics) = (node.clone(), self.metrics.clone());
         let writer = tokio::spawn(async move {
-            let r = write_frames(&mut wr, &mut rx, &writer_stop, &wname, &metrics).await;
+            let r = write_frames(&mut wr, &mut rx, sealer, &writer_stop, &wname, &metrics).await;
             writer_stop.cancel();
             r
         });
+        let inflight = Arc::new(Semaphore::new(self.settings.max_inflight));
         let me = self.clone();
-        let reader = read_frames(rd, |f| match f {
-            Frame::Hello { node, role } => {
-                if name.set(node.clone()).is_ok() {
-                    tracing::info!(%peer, msgbus = %node, ?role, "msgbus link up");
-                    me.metrics.link_state(&node, true);
-                    me.links().insert(id, (node, tx.clone()));
-                }
-            }
+        let reader = read_frames(rd, buf, opener, |f| match f {
             Frame::Deliver { msg } => {
                 deliver_local(&router, msg);
             }
             Frame::Command { req } => {
-                let (router, tx) = (router.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let id = req.id;
-                    let outcome = commands::run_locally(&router, req).await;
-                    // The link may be gone meanwhile: the requester then fails by itself.
-                    let _ = tx.send(Frame::CommandResult { id, outcome }).await;
+                let router = router.clone();
+                bounded_command(&inflight, &me.metrics, req, &tx, move |req| async move {
+                    commands::run_locally(&router, req).await
                 });
             }
             Frame::CommandResult { id, outcome } => {
                 me.pending.complete(id, outcome);
             }
-            Frame::Stored { .. } | Frame::Ping => {}
+            Frame::Hello { .. } | Frame::Stored { .. } | Frame::Ping => {}
         });
         let r = tokio::select! {
             r = reader => r,
             _ = stop.cancelled() => Ok(()),
         };
+        if let Err(ReadError::Sealed(e)) = &r {
+            auth_failed(&self.metrics, &peer.to_string(), "bad_frame", e);
+        }
         stop.cancel();
         self.links().remove(&id);
-        if let Some(n) = name.get() {
-            self.metrics.link_state(n, false);
-        }
+        self.metrics.link_state(&node, false);
         self.pending.fail_via(
             &id,
             &CommandOutcome::Unreachable("the msgbus link went down".into()),
         );
         let _ = writer.await;
-        tracing::info!(%peer, result = ?r, "msgbus link down");
+        tracing::info!(%peer, msgbus = %node, result = ?r, "msgbus link down");
     }
 }
 
@@ -318,7 +513,7 @@ pub struct LinkManager {
     node: String,
     peers: Mutex<BTreeMap<String, Peer>>,
     up: Mutex<BTreeMap<String, bool>>,
-    queue: usize,
+    settings: LinkSettings,
     backoff: (Duration, Duration),
     dropped: AtomicU64,
     pending: Pending<String>,
@@ -326,18 +521,20 @@ pub struct LinkManager {
 }
 
 impl LinkManager {
-    /// A manager for msgbus `node`, recording to `metrics`.
+    /// A manager for msgbus `node` with `settings`, reconnecting with `backoff` (min, max),
+    /// recording to `metrics` (the link auth failure counters are registered at once).
     pub fn new(
         node: String,
-        queue: usize,
+        settings: LinkSettings,
         backoff: (Duration, Duration),
         metrics: Metrics,
     ) -> Arc<LinkManager> {
+        metrics.link_auth_registered();
         Arc::new(LinkManager {
             node,
             peers: Mutex::new(BTreeMap::new()),
             up: Mutex::new(BTreeMap::new()),
-            queue,
+            settings,
             backoff,
             dropped: AtomicU64::new(0),
             pending: Pending::default(),
@@ -349,21 +546,18 @@ impl LinkManager {
         self.up().get(comet).copied().unwrap_or(false)
     }
 
-    /// Relays a comet's `Command` to its target comet and the outcome back to `origin`.
-    fn relay_command(self: &Arc<Self>, origin: String, req: CommandRequest) {
+    /// Relays a comet's `Command` (from the link `tx` answers on) to its target comet and the
+    /// outcome back, under the link's in-flight bound.
+    fn relay_command(
+        self: &Arc<Self>,
+        inflight: &Arc<Semaphore>,
+        tx: &mpsc::Sender<Frame>,
+        req: CommandRequest,
+    ) {
         let me = self.clone();
-        tokio::spawn(async move {
-            let id = req.id;
+        bounded_command(inflight, &self.metrics, req, tx, move |req| async move {
             let timeout = Duration::from_millis(req.timeout_ms).min(MAX_FORWARDED_TIMEOUT);
-            let outcome = me.forward(req, timeout).await;
-            let tx = me.peers().get(&origin).map(|p| p.tx.clone());
-            let sent = match tx {
-                Some(tx) => tx.send(Frame::CommandResult { id, outcome }).await.is_ok(),
-                None => false,
-            };
-            if !sent {
-                me.metrics.link_frame_dropped(&origin, "no_link");
-            }
+            me.forward(req, timeout).await
         });
     }
 
@@ -455,7 +649,7 @@ impl LinkManager {
             if peers.contains_key(id) {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(self.queue);
+            let (tx, rx) = mpsc::channel(self.settings.queue);
             let c = cancel.child_token();
             peers.insert(
                 id.clone(),
@@ -488,38 +682,13 @@ impl LinkManager {
             };
             match conn {
                 Ok(stream) => {
-                    delay = min;
-                    let _ = stream.set_nodelay(true);
-                    let (rd, mut wr) = stream.into_split();
-                    if send_hello(&mut wr, &self.node, Role::Msgbus).await.is_ok() {
-                        self.up().insert(comet.clone(), true);
-                        self.metrics.link_state(&comet, true);
-                        tracing::info!(%comet, %addr, "link to comet up");
-                        let stop = cancel.child_token();
-                        let origin = comet.clone();
-                        let on = on_stored.clone();
-                        let me = self.clone();
-                        let reader = read_frames(rd, move |f| match f {
-                            Frame::Stored { msg } => on(origin.clone(), msg),
-                            Frame::Command { req } => me.relay_command(origin.clone(), req),
-                            Frame::CommandResult { id, outcome } => {
-                                me.pending.complete(id, outcome);
-                            }
-                            Frame::Hello { .. } | Frame::Deliver { .. } | Frame::Ping => {}
-                        });
-                        let name = OnceLock::from(comet.clone());
-                        let r = tokio::select! {
-                            r = reader => r,
-                            r = write_frames(&mut wr, &mut rx, &stop, &name, &self.metrics) => r,
-                        };
-                        stop.cancel();
-                        self.up().insert(comet.clone(), false);
-                        self.metrics.link_state(&comet, false);
-                        self.pending.fail_via(
-                            &comet,
-                            &CommandOutcome::Unreachable(format!("the link to {comet} went down")),
-                        );
-                        tracing::info!(%comet, result = ?r, "link to comet down");
+                    // Back off from scratch only after an authenticated link: a comet with
+                    // another key is retried at the slow pace.
+                    if self
+                        .one_link(stream, &comet, &addr, &mut rx, &on_stored, &cancel)
+                        .await
+                    {
+                        delay = min;
                     }
                 }
                 Err(e) => tracing::debug!(%comet, %addr, error = %e, "link connect failed"),
@@ -531,6 +700,79 @@ impl LinkManager {
             delay = (delay * 2).min(max);
         }
         self.up().remove(&comet);
+    }
+}
+
+impl LinkManager {
+    /// One connection to comet `comet` at `addr`: handshake, then frames until it fails.
+    /// Returns whether the handshake succeeded.
+    async fn one_link(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        comet: &str,
+        addr: &str,
+        rx: &mut mpsc::Receiver<Frame>,
+        on_stored: &OnStored,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let _ = stream.set_nodelay(true);
+        let me = Identity {
+            node: self.node.clone(),
+            role: Role::Msgbus,
+        };
+        let mut buf = Vec::new();
+        let handshake = bounded(
+            self.settings.handshake_timeout,
+            dial_handshake(&mut stream, self.settings.key.clone(), me, comet, &mut buf),
+        );
+        let established = tokio::select! {
+            _ = cancel.cancelled() => return false,
+            r = handshake => r,
+        };
+        let Established { sealer, opener, .. } = match established {
+            Ok(e) => e,
+            Err(e) => {
+                auth_failed(&self.metrics, addr, e.reason(), &e);
+                return false;
+            }
+        };
+        let (rd, mut wr) = stream.into_split();
+        self.up().insert(comet.to_string(), true);
+        self.metrics.link_state(comet, true);
+        tracing::info!(%comet, %addr, "link to comet up (authenticated)");
+        let stop = cancel.child_token();
+        let tx = self.peers().get(comet).map(|p| p.tx.clone());
+        let inflight = Arc::new(Semaphore::new(self.settings.max_inflight));
+        let me = self.clone();
+        let reader = read_frames(rd, buf, opener, |f| match f {
+            Frame::Stored { msg } => on_stored(comet.to_string(), msg),
+            Frame::Command { req } => match &tx {
+                Some(tx) => me.relay_command(&inflight, tx, req),
+                None => me.metrics.link_frame_dropped(comet, "no_link"),
+            },
+            Frame::CommandResult { id, outcome } => {
+                me.pending.complete(id, outcome);
+            }
+            Frame::Hello { .. } | Frame::Deliver { .. } | Frame::Ping => {}
+        });
+        let r = tokio::select! {
+            r = reader => {
+                if let Err(ReadError::Sealed(e)) = &r {
+                    auth_failed(&self.metrics, addr, "bad_frame", e);
+                }
+                r.map_err(|e| e.to_string())
+            }
+            r = write_frames(&mut wr, rx, sealer, &stop, comet, &self.metrics) => r,
+        };
+        stop.cancel();
+        self.up().insert(comet.to_string(), false);
+        self.metrics.link_state(comet, false);
+        self.pending.fail_via(
+            &comet.to_string(),
+            &CommandOutcome::Unreachable(format!("the link to {comet} went down")),
+        );
+        tracing::info!(%comet, result = ?r, "link to comet down");
+        true
     }
 }
 
@@ -560,12 +802,30 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::discovery::{NodeAddr, NodeInfo};
-    use crate::router::RouterSettings;
+    use crate::router::{Login, Outbound, RouterSettings, Session, Transport};
     use crate::store::embedded::{EmbeddedStore, OfflineLimits};
     use crate::terminal::Address;
 
+    const DEVICE: Address = Address::device(9);
+
     fn has(text: &str, series: &str, v: u64) -> bool {
         text.lines().any(|l| l == format!("{series} {v}"))
+    }
+
+    fn auth_failures(text: &str, reason: &str) -> u64 {
+        let series = format!(r#"broker_link_auth_failures_total{{reason="{reason}"}} "#);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |v| v.parse().unwrap())
+    }
+
+    fn settings(key: u8) -> LinkSettings {
+        LinkSettings {
+            key: LinkKey::new([key; 32]),
+            queue: 8,
+            max_inflight: 1,
+            handshake_timeout: Duration::from_millis(500),
+        }
     }
 
     fn msg() -> LinkMessage {
@@ -577,27 +837,133 @@ mod tests {
         }
     }
 
+    fn command(timeout_ms: u64) -> CommandRequest {
+        CommandRequest {
+            id: 0,
+            to: "comet-a".into(),
+            device: DEVICE,
+            name: "relay".into(),
+            payload: b"on".to_vec(),
+            timeout_ms,
+        }
+    }
+
+    /// A comet "comet-a" with cluster key `key` serving links, and a router with device
+    /// [`DEVICE`] logged in (its session is returned).
+    struct Comet {
+        links: Arc<CometLinks>,
+        addr: SocketAddr,
+        metrics: Metrics,
+        session: Session,
+        cancel: CancellationToken,
+        serve: JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn comet(key: u8) -> Comet {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(
+            dir.path(),
+            OfflineLimits {
+                max_per_terminal: 10,
+                eviction: Default::default(),
+            },
+        )
+        .unwrap();
+        let metrics = Metrics::new();
+        let router = Router::new(
+            RouterSettings::from_config(&Config::default()),
+            store.stores(),
+            metrics.clone(),
+        );
+        let session = router
+            .login(Login {
+                address: DEVICE,
+                transport: Transport::Udp,
+                peer: "127.0.0.1:4000".parse().unwrap(),
+                since_id: 0,
+            })
+            .await
+            .unwrap();
+        let links = CometLinks::new("comet-a".into(), settings(key), metrics.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let serve = links.serve(listener, router, cancel.clone());
+        Comet {
+            links,
+            addr,
+            metrics,
+            session,
+            cancel,
+            serve,
+            _dir: dir,
+        }
+    }
+
+    /// A msgbus "msgbus-1" with cluster key `key` following a view that holds `comet`.
+    fn msgbus(
+        key: u8,
+        comet: &Comet,
+    ) -> (
+        Arc<LinkManager>,
+        Metrics,
+        watch::Sender<NodeView>,
+        JoinHandle<()>,
+    ) {
+        let m = Metrics::new();
+        let bus = LinkManager::new(
+            "msgbus-1".into(),
+            settings(key),
+            (Duration::from_millis(10), Duration::from_millis(50)),
+            m.clone(),
+        );
+        let (view_tx, view_rx) = watch::channel(NodeView {
+            nodes: vec![NodeInfo {
+                id: "comet-a".into(),
+                role: Role::Comet,
+                addr: NodeAddr {
+                    link: Some(comet.addr.to_string()),
+                    ..NodeAddr::default()
+                },
+                load: 0,
+            }],
+            healthy: true,
+        });
+        let follow = bus.follow(view_rx, Arc::new(|_, _| {}), comet.cancel.clone());
+        (bus, m, view_tx, follow)
+    }
+
+    /// The next event of `s` within `wait`, if any.
+    async fn next_event(s: &mut Session, wait: Duration) -> Option<Outbound> {
+        tokio::time::timeout(wait, s.next()).await.ok().flatten()
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let t = std::time::Instant::now();
+        while !cond() {
+            assert!(t.elapsed() < Duration::from_secs(5), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn without_links_frames_are_dropped_counted_and_commands_unreachable() {
         let m = Metrics::new();
         let bus = LinkManager::new(
             "msgbus-1".into(),
-            4,
+            settings(1),
             (Duration::from_millis(10), Duration::from_millis(10)),
             m.clone(),
         );
         assert!(!bus.deliver("comet-x", msg()));
         let req = CommandRequest {
-            id: 0,
             to: "comet-x".into(),
-            device: Address::device(1),
-            name: "relay".into(),
-            payload: vec![],
-            timeout_ms: 1000,
+            ..command(1000)
         };
         let o = bus.forward(req.clone(), Duration::from_secs(1)).await;
         assert!(matches!(o, CommandOutcome::Unreachable(_)), "{o:?}");
-        let comet = CometLinks::new("comet-a".into(), 4, m.clone());
+        let comet = CometLinks::new("comet-a".into(), settings(1), m.clone());
         comet.stored(msg());
         let o = comet.forward(req, Duration::from_secs(1)).await;
         assert!(matches!(o, CommandOutcome::Unreachable(_)), "{o:?}");
@@ -619,69 +985,40 @@ mod tests {
             "{text}"
         );
         assert_eq!((bus.dropped(), comet.dropped()), (1, 1));
+        // Every auth failure reason exists at 0 before anything happened.
+        for reason in crate::metrics::LINK_AUTH_REASONS {
+            let series = format!(r#"broker_link_auth_failures_total{{reason="{reason}"}}"#);
+            assert!(has(&text, &series, 0), "{series}: {text}");
+        }
     }
 
     #[tokio::test]
-    async fn a_loopback_link_carries_commands_both_ways_and_counts_up_down_and_frames() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(
-            dir.path(),
-            OfflineLimits {
-                max_per_terminal: 10,
-                eviction: Default::default(),
-            },
-        )
-        .unwrap();
-        let (cm, bm) = (Metrics::new(), Metrics::new());
-        let router = Router::new(
-            RouterSettings::from_config(&Config::default()),
-            store.stores(),
-            cm.clone(),
-        );
-        let comet = CometLinks::new("comet-a".into(), 8, cm.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        let serve = comet.serve(listener, router, cancel.clone());
-        let bus = LinkManager::new(
-            "msgbus-1".into(),
-            8,
-            (Duration::from_millis(10), Duration::from_millis(50)),
-            bm.clone(),
-        );
-        let (view_tx, view_rx) = watch::channel(NodeView {
-            nodes: vec![NodeInfo {
-                id: "comet-a".into(),
-                role: Role::Comet,
-                addr: NodeAddr {
-                    link: Some(addr.to_string()),
-                    ..NodeAddr::default()
-                },
-                load: 0,
-            }],
-            healthy: true,
-        });
-        let follow = bus.follow(view_rx, Arc::new(|_, _| {}), cancel.clone());
-        let t = std::time::Instant::now();
-        while bus.connected().is_empty() || comet.connected().is_empty() {
-            assert!(t.elapsed() < Duration::from_secs(5), "link never came up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    async fn an_authenticated_loopback_link_carries_commands_both_ways_and_counts_frames() {
+        let mut c = comet(7).await;
+        let (bus, bm, view_tx, follow) = msgbus(7, &c);
+        until("link up", || {
+            !bus.connected().is_empty() && !c.links.connected().is_empty()
+        })
+        .await;
+        // msgbus -> comet: the comet runs it on its router; the device sees the command.
+        let b = bus.clone();
+        let fwd =
+            tokio::spawn(async move { b.forward(command(300), Duration::from_secs(2)).await });
+        match next_event(&mut c.session, Duration::from_secs(2)).await {
+            Some(Outbound::Command { name, payload, .. }) => {
+                assert_eq!((name.as_str(), &payload[..]), ("relay", &b"on"[..]));
+            }
+            other => panic!("the device got no command: {other:?}"),
         }
-        // msgbus -> comet: the comet runs it (the device has no session there) and answers.
-        let req = CommandRequest {
-            id: 0,
-            to: "comet-a".into(),
-            device: Address::device(9),
-            name: "relay".into(),
-            payload: b"on".to_vec(),
-            timeout_ms: 1000,
-        };
-        let o = bus.forward(req.clone(), Duration::from_secs(2)).await;
-        assert_eq!(o, CommandOutcome::NotOnline);
+        assert_eq!(fwd.await.unwrap(), CommandOutcome::Timeout);
         // comet -> msgbus -> comet (the same one here): relayed both ways.
-        let o = comet.forward(req, Duration::from_secs(2)).await;
+        let req = CommandRequest {
+            device: Address::device(77),
+            ..command(1000)
+        };
+        let o = c.links.forward(req, Duration::from_secs(2)).await;
         assert_eq!(o, CommandOutcome::NotOnline);
-        let (bt, ct) = (bm.render(), cm.render());
+        let (bt, ct) = (bm.render(), c.metrics.render());
         assert!(has(&bt, r#"broker_link_up{peer="comet-a"}"#, 1), "{bt}");
         assert!(has(&ct, r#"broker_link_up{peer="msgbus-1"}"#, 1), "{ct}");
         assert!(
@@ -694,44 +1031,116 @@ mod tests {
         );
         assert!(
             has(
-                &bt,
-                r#"broker_link_frames_sent_total{peer="comet-a",frame="command_result"}"#,
-                1
-            ),
-            "{bt}"
-        );
-        assert!(
-            has(
                 &ct,
                 r#"broker_link_frames_sent_total{peer="msgbus-1",frame="command_result"}"#,
                 2
             ),
             "{ct}"
         );
+        for reason in crate::metrics::LINK_AUTH_REASONS {
+            assert_eq!(auth_failures(&bt, reason) + auth_failures(&ct, reason), 0);
+        }
         // The comet leaves the view: the link goes down on both sides.
         view_tx.send_replace(NodeView {
             nodes: vec![],
             healthy: true,
         });
-        let t = std::time::Instant::now();
-        while !comet.connected().is_empty() {
-            assert!(t.elapsed() < Duration::from_secs(5), "link never went down");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until("link down", || c.links.connected().is_empty()).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (bt, ct) = (bm.render(), cm.render());
-        assert!(has(&bt, r#"broker_link_up{peer="comet-a"}"#, 0), "{bt}");
+        let ct = c.metrics.render();
         assert!(has(&ct, r#"broker_link_up{peer="msgbus-1"}"#, 0), "{ct}");
+        c.cancel.cancel();
+        let _ = c.serve.await;
+        let _ = follow.await;
+    }
+
+    #[tokio::test]
+    async fn an_unauthenticated_old_style_command_is_not_acted_on_and_is_counted() {
+        let mut c = comet(7).await;
+        let mut s = TcpStream::connect(c.addr).await.unwrap();
+        let old = frame::encode(&Frame::Command { req: command(1000) }).unwrap();
+        s.write_all(&old).await.unwrap();
+        // The comet closes the connection without a byte in answer.
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got))
+            .await
+            .expect("the comet closes the connection");
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(
+            next_event(&mut c.session, Duration::from_millis(300)).await,
+            None
+        );
+        until("counted", || {
+            auth_failures(&c.metrics.render(), "malformed") == 1
+        })
+        .await;
+        assert!(c.links.connected().is_empty());
+        // A connection that says nothing is closed at the handshake deadline.
+        let mut quiet = TcpStream::connect(c.addr).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), quiet.read_to_end(&mut got))
+            .await
+            .expect("closed at the deadline");
+        until("timeout counted", || {
+            auth_failures(&c.metrics.render(), "timeout") == 1
+        })
+        .await;
+        c.cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_link_with_the_wrong_cluster_key_is_refused_on_both_sides() {
+        let mut c = comet(7).await;
+        let (bus, bm, _view, _follow) = msgbus(8, &c);
+        until("refused and counted", || {
+            auth_failures(&bm.render(), "bad_proof") >= 1
+                && auth_failures(&c.metrics.render(), "closed") >= 1
+        })
+        .await;
+        assert!(bus.connected().is_empty() && c.links.connected().is_empty());
+        let o = bus.forward(command(300), Duration::from_millis(300)).await;
+        assert!(matches!(o, CommandOutcome::Unreachable(_)), "{o:?}");
+        assert_eq!(
+            next_event(&mut c.session, Duration::from_millis(200)).await,
+            None
+        );
+        c.cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn commands_above_the_inflight_bound_are_answered_overloaded_and_counted() {
+        let mut c = comet(7).await;
+        let (bus, _bm, _view, _follow) = msgbus(7, &c);
+        until("link up", || !c.links.connected().is_empty()).await;
+        // The device never answers: the first command holds the only permit.
+        let b = bus.clone();
+        let first =
+            tokio::spawn(async move { b.forward(command(1000), Duration::from_secs(2)).await });
+        assert!(matches!(
+            next_event(&mut c.session, Duration::from_secs(2)).await,
+            Some(Outbound::Command { .. })
+        ));
+        let o = bus.forward(command(1000), Duration::from_secs(2)).await;
+        assert_eq!(o, CommandOutcome::Overloaded);
+        let ct = c.metrics.render();
         assert!(
             has(
                 &ct,
-                r#"broker_link_transitions_total{peer="msgbus-1",state="down"}"#,
+                r#"broker_limit_rejections_total{limit="max_inflight_commands"}"#,
                 1
             ),
             "{ct}"
         );
-        cancel.cancel();
-        let _ = serve.await;
-        let _ = follow.await;
+        assert_eq!(first.await.unwrap(), CommandOutcome::Timeout);
+        // The permit is back: the next command reaches the device again.
+        let b = bus.clone();
+        let third =
+            tokio::spawn(async move { b.forward(command(200), Duration::from_secs(2)).await });
+        assert!(matches!(
+            next_event(&mut c.session, Duration::from_secs(2)).await,
+            Some(Outbound::Command { .. })
+        ));
+        let _ = third.await;
+        c.cancel.cancel();
     }
 }

@@ -1,4 +1,4 @@
-//! Cluster mode: the `comet` and `msgbus` roles (issue 5, docs/deployment.md).
+//! Cluster mode: the `comet` and `msgbus` roles (docs/deployment.md).
 //!
 //! Both roles reuse the standalone start path ([`crate::start_with`]) with other parts plugged
 //! in; the router itself knows nothing of the cluster.
@@ -21,7 +21,9 @@
 //! node's API reaches the device on whichever comet holds it (over the links), and terminal
 //! status answers from the cluster-wide online registry.
 //!
-//! [`frame`] is the link wire format; [`config`] the `[cluster]` section. Links, presence and
+//! [`frame`] is the link wire format, sealed by [`link_auth`] (authenticated handshake over the
+//! cluster key `cluster.link_key`, which both roles refuse to start without); [`config`] the
+//! `[cluster]` section. Links, presence and
 //! discovery record to the node's [`Metrics`] (served at `/metrics`).
 
 pub mod commands;
@@ -29,6 +31,7 @@ pub mod config;
 pub mod frame;
 pub mod hooks;
 pub mod link;
+pub mod link_auth;
 pub mod presence;
 pub mod route;
 pub mod uploads;
@@ -47,7 +50,6 @@ pub use config::ClusterConfig;
 use crate::config::Config;
 use crate::discovery::config::DiscoveryMode;
 use crate::discovery::metrics::DiscoveryMetrics;
-use crate::discovery::zk::ZkSettings;
 use crate::discovery::zk_discovery::ZkOptions;
 use crate::discovery::{
     Discovery, DiscoveryError, NodeInfo, NodeView, Role, StaticDiscovery, ZkDiscovery,
@@ -144,8 +146,34 @@ struct Common {
     store: Arc<RedisStore>,
     registry: Arc<OnlineRegistry>,
     node_id: String,
+    links: link::LinkSettings,
     cancel: CancellationToken,
     metrics: Metrics,
+}
+
+/// The secrets every cluster node must hold, checked before anything starts: the cluster key
+/// (links) and, when the node uses ZooKeeper, the digest credentials of its znodes.
+fn required_secrets(config: &Config) -> Result<link_auth::LinkKey, ClusterError> {
+    let Some(key) = config.cluster.parsed_link_key() else {
+        return Err(ClusterError::Config(
+            "cluster.link_key".into(),
+            "required by the cluster roles: 64 hex digits, the same on every node (generate \
+             with `openssl rand -hex 32`; or set BROKER__CLUSTER__LINK_KEY)"
+                .into(),
+        ));
+    };
+    let uses_zk =
+        config.discovery.mode == DiscoveryMode::Zookeeper || !config.cluster.rabbit_root.is_empty();
+    if uses_zk && config.discovery.zk_settings().auth.is_none() {
+        return Err(ClusterError::Config(
+            "discovery.zk_auth".into(),
+            "required when a cluster role uses ZooKeeper (discovery.mode = \"zookeeper\" or \
+             cluster.rabbit_root set): user:password, the same on every node (or set \
+             BROKER__DISCOVERY__ZK_AUTH)"
+                .into(),
+        ));
+    }
+    Ok(key)
 }
 
 async fn common(config: &Config) -> Result<Common, ClusterError> {
@@ -162,6 +190,7 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
             "must be set for a cluster role".into(),
         ));
     }
+    let key = required_secrets(config)?;
     let conn = Arc::new(RedisConn::connect(&config.redis).await?);
     let limits = OfflineLimits {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
@@ -171,6 +200,12 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
         store: RedisStore::new(conn.clone(), limits),
         registry: Arc::new(OnlineRegistry::new(conn)),
         node_id,
+        links: link::LinkSettings {
+            key,
+            queue: config.cluster.link_queue,
+            max_inflight: config.cluster.max_inflight_commands,
+            handshake_timeout: link::HANDSHAKE_TIMEOUT,
+        },
         cancel: CancellationToken::new(),
         metrics: Metrics::new(),
     })
@@ -227,13 +262,7 @@ fn rabbit_nodes(
         let (tx, rx) = static_nodes(r.urls.clone());
         return Ok((rx, None, Some(tx)));
     }
-    let view = RabbitView::start(
-        ZkSettings {
-            servers: config.discovery.zk_servers.clone(),
-            session_timeout: config.discovery.session_timeout(),
-        },
-        &config.cluster.rabbit_root,
-    )?;
+    let view = RabbitView::start(config.discovery.zk_settings(), &config.cluster.rabbit_root)?;
     let nodes = urls_from_rabbit_view(&view, r.user.clone(), r.password.clone(), cancel.clone());
     Ok((nodes, Some(view), None))
 }
@@ -304,11 +333,7 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         now_ms().saturating_mul(1000),
         c.metrics.clone(),
     ));
-    let comet_links = link::CometLinks::new(
-        c.node_id.clone(),
-        config.cluster.link_queue,
-        c.metrics.clone(),
-    );
+    let comet_links = link::CometLinks::new(c.node_id.clone(), c.links.clone(), c.metrics.clone());
     let cluster_api = commands::ClusterCommands::new(
         c.node_id.clone(),
         c.registry.clone(),
@@ -383,7 +408,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
     let c = common(config).await?;
     let links = link::LinkManager::new(
         c.node_id.clone(),
-        config.cluster.link_queue,
+        c.links.clone(),
         (
             Duration::from_millis(config.cluster.reconnect_min_ms),
             Duration::from_millis(config.cluster.reconnect_max_ms),
@@ -488,4 +513,53 @@ pub async fn run(
     shutdown.await;
     node.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_config(env: &[(&str, &str)], toml: &str) -> Config {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>();
+        Config::from_str_with_env("c.toml", toml, env).unwrap()
+    }
+
+    fn refused_key(c: &Config) -> Option<String> {
+        match required_secrets(c) {
+            Ok(_) => None,
+            Err(ClusterError::Config(key, _)) => Some(key),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn cluster_roles_refuse_to_start_without_their_secrets_and_name_the_key() {
+        let zk = "[discovery]\nmode = \"zookeeper\"\nnode_id = \"c1\"\n";
+        let c = cluster_config(&[], zk);
+        assert_eq!(refused_key(&c).as_deref(), Some("cluster.link_key"));
+        let key = "ab".repeat(32);
+        let c = cluster_config(&[("BROKER__CLUSTER__LINK_KEY", &key)], zk);
+        assert_eq!(refused_key(&c).as_deref(), Some("discovery.zk_auth"));
+        let c = cluster_config(
+            &[
+                ("BROKER__CLUSTER__LINK_KEY", &key),
+                ("BROKER__DISCOVERY__ZK_AUTH", "plugcloud:pw"),
+            ],
+            zk,
+        );
+        assert_eq!(refused_key(&c), None);
+        assert!(!format!("{c:?}").contains("plugcloud:pw"), "redacted");
+        assert!(!format!("{c:?}").contains(&key), "redacted");
+        // Static discovery and static RabbitMQ URLs: no ZooKeeper, so no zk_auth needed.
+        let mut c = cluster_config(&[("BROKER__CLUSTER__LINK_KEY", &key)], zk);
+        c.discovery.mode = DiscoveryMode::Static;
+        c.cluster.rabbit_root = String::new();
+        assert_eq!(refused_key(&c), None);
+        // The rmqkeepers' view alone uses ZooKeeper too.
+        c.cluster.rabbit_root = "/rabbitmq".into();
+        assert_eq!(refused_key(&c).as_deref(), Some("discovery.zk_auth"));
+    }
 }

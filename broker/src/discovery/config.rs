@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::zk::{ZkAuth, ZkSettings};
 use super::{NodeAddr, NodeInfo, Role, valid_node_id, validate_root};
+use crate::config::Secret;
 
 /// Where the node list comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,10 @@ pub struct DiscoveryConfig {
     pub zk_servers: String,
     /// Znode root; nodes register under `<root>/<role>/<node_id>`.
     pub root: String,
+    /// ZooKeeper digest credentials `user:password` (a secret): added to every session, and the
+    /// only identity allowed to read or change the znodes this node creates. Required by the
+    /// cluster roles whenever they use ZooKeeper (`mode = "zookeeper"` or `cluster.rabbit_root`).
+    pub zk_auth: Secret,
     /// ZooKeeper session timeout asked for, milliseconds (the server clamps it to 2..20 ticks).
     pub session_timeout_ms: u64,
     /// How often this node's load is written to its znode, seconds.
@@ -59,6 +65,7 @@ impl Default for DiscoveryConfig {
             mode: DiscoveryMode::None,
             zk_servers: "127.0.0.1:2181".into(),
             root: "/broker".into(),
+            zk_auth: Secret::default(),
             session_timeout_ms: 10000,
             load_update_secs: 10,
             node_id: String::new(),
@@ -84,6 +91,9 @@ impl DiscoveryConfig {
                 "root",
                 "must be an absolute znode path like /broker (no trailing /, no empty segments)",
             );
+        }
+        if !self.zk_auth.is_empty() && ZkAuth::parse(self.zk_auth.expose()).is_none() {
+            return err("zk_auth", "must be user:password (both non-empty) or empty");
         }
         if !(1000..=600_000).contains(&self.session_timeout_ms) {
             return err("session_timeout_ms", "must be within 1000..=600000");
@@ -153,6 +163,15 @@ impl DiscoveryConfig {
     /// The ZooKeeper session timeout.
     pub fn session_timeout(&self) -> Duration {
         Duration::from_millis(self.session_timeout_ms)
+    }
+
+    /// How to connect to ZooKeeper: servers, session timeout and the `zk_auth` credentials.
+    pub fn zk_settings(&self) -> ZkSettings {
+        ZkSettings {
+            servers: self.zk_servers.clone(),
+            session_timeout: self.session_timeout(),
+            auth: ZkAuth::parse(self.zk_auth.expose()),
+        }
     }
 
     /// The load update period.

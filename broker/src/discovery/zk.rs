@@ -4,10 +4,47 @@
 //!
 //! A [`Client`] whose session expired never recovers: every call fails with `SessionExpired`.
 //! Callers drop it, build a new one with [`connect`] and re-create their ephemeral znodes.
+//!
+//! Access control: with [`ZkSettings::auth`] set, the session adds `digest` auth on connect and
+//! every znode this module creates (directories and ephemerals) carries the ACL
+//! `auth::ALL` ([`Acls::creator_all`]), which ZooKeeper expands to
+//! `digest:<user>:base64(sha1(<user>:<password>))` with all permissions. There is no world
+//! READ: every reader (comet, msgbus, rmqkeeper) authenticates with the same credentials, so an
+//! anonymous client can neither list, read, create under nor change the project's znodes.
+//! Without credentials znodes are world-writable (`world:anyone` ALL); cluster roles refuse to
+//! start that way.
 
+use std::fmt;
 use std::time::Duration;
 
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, SessionState};
+
+/// Digest credentials (`user:password`) of the project's ZooKeeper identity (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkAuth(String);
+
+impl ZkAuth {
+    /// Parses `user:password` (both non-empty); `None` otherwise.
+    pub fn parse(s: &str) -> Option<ZkAuth> {
+        match s.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+                Some(ZkAuth(s.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The digest user (safe to log).
+    pub fn user(&self) -> &str {
+        self.0.split_once(':').map_or("", |(u, _)| u)
+    }
+}
+
+impl fmt::Debug for ZkAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ZkAuth({}:<redacted>)", self.user())
+    }
+}
 
 /// Where and how to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,15 +53,31 @@ pub struct ZkSettings {
     pub servers: String,
     /// Session timeout asked for (the server may clamp it).
     pub session_timeout: Duration,
+    /// Digest credentials added on connect; znodes are then created readable and writable by
+    /// this identity only (module docs). `None`: open ACLs.
+    pub auth: Option<ZkAuth>,
+}
+
+/// The ACL of every znode created by a session with these credentials (module docs).
+fn acls(client_auth: bool) -> Acls<'static> {
+    if client_auth {
+        Acls::creator_all()
+    } else {
+        Acls::anyone_all()
+    }
 }
 
 /// Connects a new session, giving up after one pass over the servers (no endless wait when the
 /// ensemble is down: the caller retries with its own backoff and keeps serving meanwhile).
 pub async fn connect(settings: &ZkSettings) -> Result<Client, ZkError> {
-    let attempt = Client::connector()
+    let mut connector = Client::connector();
+    connector = connector
         .with_session_timeout(settings.session_timeout)
-        .with_fail_eagerly()
-        .connect(&settings.servers);
+        .with_fail_eagerly();
+    if let Some(auth) = &settings.auth {
+        connector = connector.with_auth("digest", auth.0.as_bytes());
+    }
+    let attempt = connector.connect(&settings.servers);
     // fail_eagerly covers refused connections; the timeout covers black-holed servers.
     match tokio::time::timeout(settings.session_timeout + Duration::from_secs(1), attempt).await {
         Ok(r) => r,
@@ -48,10 +101,14 @@ pub fn is_session_error(e: &ZkError) -> bool {
     )
 }
 
-/// `mkdir -p` of persistent directories (open ACL).
-pub async fn mkdir_p(client: &Client, path: &str) -> Result<(), ZkError> {
+/// `mkdir -p` of persistent directories, with the ACL for `settings` (module docs).
+/// Directories that already exist keep their ACL.
+pub async fn mkdir_p(client: &Client, settings: &ZkSettings, path: &str) -> Result<(), ZkError> {
     client
-        .mkdir(path, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+        .mkdir(
+            path,
+            &CreateMode::Persistent.with_acls(acls(settings.auth.is_some())),
+        )
         .await
 }
 
@@ -67,13 +124,15 @@ pub enum Ensured {
     Replaced(i64),
 }
 
-/// Makes `path` an ephemeral znode of this session holding `data` (parent directories are created).
+/// Makes `path` an ephemeral znode of this session holding `data` (parent directories are
+/// created), with the ACL for `settings` (module docs).
 pub async fn ensure_ephemeral(
     client: &Client,
+    settings: &ZkSettings,
     path: &str,
     data: &[u8],
 ) -> Result<Ensured, ZkError> {
-    let opts = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    let opts = CreateMode::Ephemeral.with_acls(acls(settings.auth.is_some()));
     let mut replaced = None;
     for _ in 0..3 {
         match client.create(path, data, &opts).await {
@@ -82,7 +141,7 @@ pub async fn ensure_ephemeral(
                 if let Some((parent, _)) = path.rsplit_once('/')
                     && !parent.is_empty()
                 {
-                    mkdir_p(client, parent).await?;
+                    mkdir_p(client, settings, parent).await?;
                 }
             }
             Err(ZkError::NodeExists) => match client.check_stat(path).await? {
@@ -169,6 +228,18 @@ mod tests {
             b.next_delay();
         }
         assert_eq!(b.next_delay(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn zk_auth_needs_user_and_password_and_is_redacted() {
+        let a = ZkAuth::parse("plugcloud:s3cret").unwrap();
+        assert_eq!(a.user(), "plugcloud");
+        assert_eq!(format!("{a:?}"), "ZkAuth(plugcloud:<redacted>)");
+        for bad in ["", "user", ":pw", "user:"] {
+            assert_eq!(ZkAuth::parse(bad), None, "{bad}");
+        }
+        assert_eq!(acls(true), Acls::creator_all());
+        assert_eq!(acls(false), Acls::anyone_all());
     }
 
     #[test]

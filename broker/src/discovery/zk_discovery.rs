@@ -48,10 +48,7 @@ impl ZkOptions {
         metrics: DiscoveryMetrics,
     ) -> ZkOptions {
         ZkOptions {
-            zk: ZkSettings {
-                servers: cfg.zk_servers.clone(),
-                session_timeout: cfg.session_timeout(),
-            },
+            zk: cfg.zk_settings(),
             root: cfg.root.clone(),
             me,
             load_update: cfg.load_update(),
@@ -313,7 +310,7 @@ impl Worker {
         let path = own_path(&self.opts.root, &me);
         let data = serde_json::to_vec(&me).unwrap_or_default();
         self.written_load = None;
-        let how = zk::ensure_ephemeral(client, &path, &data).await?;
+        let how = zk::ensure_ephemeral(client, &self.opts.zk, &path, &data).await?;
         match how {
             zk::Ensured::Replaced(owner) => {
                 warn!(%path, old_session = format_args!("{owner:#x}"), "discovery: replaced a znode left by another session")
@@ -389,7 +386,12 @@ impl Worker {
         let mut states = client.state_watcher();
         let setup = async {
             for role in Role::ALL {
-                zk::mkdir_p(client, &format!("{}/{}", self.opts.root, role.as_str())).await?;
+                zk::mkdir_p(
+                    client,
+                    &self.opts.zk,
+                    &format!("{}/{}", self.opts.root, role.as_str()),
+                )
+                .await?;
             }
             let watcher = client
                 .watch(&self.opts.root, AddWatchMode::PersistentRecursive)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use crate::discovery::validate_root;
-use crate::discovery::zk::ZkSettings;
+use crate::discovery::zk::{ZkAuth, ZkSettings};
 
 /// Exit code for a configuration error (same as a command-line usage error).
 pub const EXIT_CONFIG: u8 = 2;
@@ -36,6 +36,10 @@ pub struct KeeperArgs {
     /// ZooKeeper connect string.
     #[arg(long, env = "RMQKEEPER_ZK_SERVERS", default_value = "127.0.0.1:2181")]
     pub zk_servers: String,
+    /// ZooKeeper digest credentials `user:password` (the cluster's `discovery.zk_auth`); the
+    /// registration is readable and writable by this identity only.
+    #[arg(long, env = "RMQKEEPER_ZK_AUTH", hide_env_values = true)]
+    pub zk_auth: Option<String>,
     /// Znode root; the node registers as `<root>/<node-name>`.
     #[arg(long, env = "RMQKEEPER_ROOT", default_value = "/rabbitmq")]
     pub root: String,
@@ -241,6 +245,12 @@ impl KeeperArgs {
         {
             return bad("node-name", format!("`{n}` is not a valid znode name"));
         }
+        let Some(zk_auth) = self.zk_auth.as_deref().and_then(ZkAuth::parse) else {
+            return bad(
+                "zk-auth",
+                "required: the ZooKeeper digest credentials user:password (discovery.zk_auth)",
+            );
+        };
         Ok(KeeperConfig {
             amqp_url,
             amqp_port,
@@ -251,6 +261,7 @@ impl KeeperArgs {
             zk: ZkSettings {
                 servers: self.zk_servers.trim().to_string(),
                 session_timeout: Duration::from_millis(self.session_timeout_ms),
+                auth: Some(zk_auth),
             },
             root: self.root.clone(),
             interval: Duration::from_millis(self.check_interval_ms),
@@ -281,6 +292,7 @@ mod tests {
         for (flag, value) in [
             ("--amqp-url", "amqp://guest:secret@127.0.0.1:17001/%2f"),
             ("--mgmt-url", "http://guest:p%40ss@127.0.0.1:17101"),
+            ("--zk-auth", "plugcloud:zk-secret"),
         ] {
             if !extra.contains(&flag) {
                 argv.extend([flag, value]);
@@ -316,6 +328,8 @@ mod tests {
             "amqp://h/",
             "--mgmt-url",
             "http://u@h:1/api-prefix",
+            "--zk-auth",
+            "a:b",
         ])
         .unwrap()
         .args
@@ -357,6 +371,10 @@ mod tests {
                 "rmqkeeper: --check-interval-ms: must be within",
             ),
             (&["--vhost", ""], "rmqkeeper: --vhost: must not be empty"),
+            (
+                &["--zk-auth", "no-password"],
+                "rmqkeeper: --zk-auth: required",
+            ),
             (
                 &["--node-name", "a/b"],
                 "rmqkeeper: --node-name: `a/b` is not a valid znode name",

@@ -217,7 +217,7 @@ async fn reconcile(
                 node: name.to_string(),
             };
             let data = serde_json::to_vec(&data).unwrap_or_default();
-            match zk::ensure_ephemeral(&s.client, path, &data).await? {
+            match zk::ensure_ephemeral(&s.client, &cfg.zk, path, &data).await? {
                 zk::Ensured::Replaced(owner) => {
                     info!(%path, old_session = format_args!("{owner:#x}"), "rmqkeeper: registered (replaced a znode of an older session)")
                 }

@@ -176,11 +176,12 @@ async fn list(client: &Client, root: &str, tx: &watch::Sender<RabbitNodes>) -> R
 
 async fn session(
     client: &Client,
+    settings: &ZkSettings,
     root: &str,
     tx: &watch::Sender<RabbitNodes>,
     cancel: &CancellationToken,
 ) -> Result<(), ZkError> {
-    zk::mkdir_p(client, root).await?;
+    zk::mkdir_p(client, settings, root).await?;
     let mut states = client.state_watcher();
     // Persistent (not recursive) watch on the root: children and data changes of the root only;
     // registrations never change data, so re-listing on each event is enough.
@@ -226,7 +227,7 @@ async fn run(
         match connected {
             Ok(client) => {
                 backoff.reset();
-                match session(&client, &root, &tx, &cancel).await {
+                match session(&client, &zk, &root, &tx, &cancel).await {
                     Ok(()) => return,
                     Err(e) => {
                         warn!(error = %e, "rabbit view: ZooKeeper session ended; reconnecting");

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use broker::cluster::ClusterNode;
-use broker::config::Config;
+use broker::config::{Config, Secret};
 use broker::discovery::DiscoveryConfig;
 use broker::discovery::config::DiscoveryMode;
+use broker::discovery::zk::{ZkAuth, ZkSettings};
 use broker::terminal::IdProfile;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
@@ -30,6 +31,12 @@ pub fn services() -> BTreeMap<String, String> {
 
 /// Check interval of the keepers (the znode must go within two of them).
 pub const CHECK_MS: u64 = 1000;
+
+/// The test cluster's ZooKeeper digest credentials (`discovery.zk_auth`, `--zk-auth`).
+pub const ZK_AUTH: &str = "plugcloud-test:zk-test-password";
+
+/// The test cluster's key (`cluster.link_key`).
+pub const LINK_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
 
 /// Names unique to this run.
 pub struct Run {
@@ -67,6 +74,15 @@ impl Run {
         format!("/{}-rabbit", self.id)
     }
 
+    /// The ZooKeeper settings of this run's nodes (with their digest credentials).
+    pub fn zk_settings(&self, session_timeout: Duration) -> ZkSettings {
+        ZkSettings {
+            servers: self.env["ZOOKEEPER_ADDR"].clone(),
+            session_timeout,
+            auth: ZkAuth::parse(ZK_AUTH),
+        }
+    }
+
     pub fn config(&self, dir: &std::path::Path, node: &str) -> Config {
         let mut c = config(dir, IdProfile::Plug);
         c.discovery = DiscoveryConfig {
@@ -76,8 +92,10 @@ impl Run {
             session_timeout_ms: 4000,
             load_update_secs: 1,
             node_id: node.into(),
+            zk_auth: Secret::new(ZK_AUTH),
             ..DiscoveryConfig::default()
         };
+        c.cluster.link_key = Secret::new(LINK_KEY);
         c.redis.url = self.env["REDIS_URL"].clone();
         c.redis.key_prefix = format!("{}:", self.id);
         c.rabbitmq.upload_exchange = format!("{}.uploads", self.id);
@@ -112,6 +130,8 @@ impl Run {
                 &e[&format!("RABBITMQ_{n}_MGMT_PASSWORD")],
                 "--zk-servers",
                 &e["ZOOKEEPER_ADDR"],
+                "--zk-auth",
+                ZK_AUTH,
                 "--root",
                 &self.rabbit_root(),
                 "--check-interval-ms",

@@ -28,7 +28,8 @@ for n in 1 2; do
     start "rmqkeeper-$n" rmqkeeper \
         --amqp-url "amqp://127.0.0.1:1700$n/%2f" \
         --mgmt-url "http://127.0.0.1:1710$n" --mgmt-user guest --mgmt-password guest \
-        --zk-servers 127.0.0.1:12181 --root /rabbitmq-example --check-interval-ms 2000
+        --zk-servers 127.0.0.1:12181 --zk-auth plugcloud-example:example-zk-password-change-me \
+        --root /rabbitmq-example --check-interval-ms 2000
 done
 for n in msgbus-1 msgbus-2 comet-a comet-b; do
     kind=${n%%-*}
