@@ -11,8 +11,10 @@
 //! 2. The comet loops on [`Session::next`] (or batches with [`Session::try_next`]) and turns each
 //!    [`Outbound`] into a wire frame; after `Outbound::Kick` it sends the kick and closes.
 //! 3. Frames from the terminal map to router calls: a transport-level ack of a Deliver ->
-//!    [`Router::ack`]; Send -> [`Router::send`]; Upload -> [`Router::spawn_upload`] (or await
-//!    [`Router::upload`]), whose UploadAck arrives as `Outbound::UploadAck` once durable;
+//!    [`Router::ack`]; Send -> [`Router::send`]; Upload -> [`Router::upload`], acknowledged with
+//!    `Outbound::UploadAck` (through [`Router::report`]) once durable. A comet awaits a session's
+//!    Sends and Uploads one at a time in the order the terminal sent them (the device endpoints'
+//!    per-session frame worker), so they take effect in that order;
 //!    CommandResult -> [`Router::complete_command`]; Request -> [`Router::spawn_device_request`]
 //!    (answer arrives as `Outbound::Response`).
 //! 4. When the connection ends (close, heartbeat timeout, error) the comet drops the `Session`
@@ -21,7 +23,13 @@
 //! Delivery is at least once: a push or send is committed to the offline store first, then
 //! offered to online sessions; the terminal's ack removes it; anything unacked is replayed at the
 //! next login after the since-id it reports.
+//!
+//! Order: per terminal, message ids are unique and strictly increasing, and each session is
+//! offered them in that order: issuing the id and offering it to the recipients' sessions is one
+//! step per terminal ([`order`]). A session yields its replay (in id order) before live events
+//! and skips a live Deliver the replay already covered.
 
+pub mod order;
 pub mod registry;
 pub mod session;
 mod webhook;
@@ -260,6 +268,7 @@ type PendingTx = oneshot::Sender<Result<CommandResult, CommandError>>;
 struct Inner {
     settings: RouterSettings,
     registry: registry::Registry,
+    order: order::OrderLocks,
     stores: Stores,
     metrics: Metrics,
     next_session: AtomicU64,
@@ -291,6 +300,7 @@ impl Router {
             inner: Arc::new(Inner {
                 settings,
                 registry: registry::Registry::default(),
+                order: order::OrderLocks::default(),
                 stores,
                 metrics,
                 next_session: AtomicU64::new(1),
@@ -469,6 +479,12 @@ impl Router {
         }
     }
 
+    /// Queues an event the comet produced for one of its sessions (an upload's ack, a refusal),
+    /// under the same queue-full policy and counting as every event.
+    pub fn report(&self, h: &SessionHandle, ev: Outbound) -> Enqueued {
+        self.offer(h, ev)
+    }
+
     /// Offers an event to a session, counting drops.
     fn offer(&self, h: &SessionHandle, ev: Outbound) -> Enqueued {
         let is_deliver = matches!(ev, Outbound::Deliver { .. });
@@ -553,6 +569,13 @@ impl Router {
             payload: payload.clone(),
             expires_at_ms,
         };
+        // Issuing the id and offering it is one step per recipient (see [`order`]), so each
+        // session is offered its terminal's ids in increasing order.
+        let _ordered = self
+            .inner
+            .order
+            .lock(kind_wide.is_none().then_some(recipients.as_slice()))
+            .await;
         let appended: Appended = self
             .inner
             .stores
@@ -763,7 +786,8 @@ impl Router {
     }
 
     /// [`Router::upload`] in a task: `Outbound::UploadAck` is queued to `session` once durable
-    /// (nothing on failure: the device resends). Keeps a comet's receive loop free of store I/O.
+    /// (nothing on failure: the device resends). Not ordered with the session's other uploads;
+    /// the device endpoints use their ordered per-session frame worker instead.
     pub fn spawn_upload(
         &self,
         session: &SessionHandle,

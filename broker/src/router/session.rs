@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use shared_protocol::codes::Code;
 use tokio::sync::Notify;
 
 use crate::config::QueueFullPolicy;
@@ -102,6 +103,15 @@ pub enum Outbound {
     UploadAck {
         /// The device's upload id.
         upload_id: u32,
+    },
+    /// A device frame was refused (Body::Error about the frame's `seq`), from the comet's
+    /// per-session frame worker after a failed Send or Upload; queued like every event so it
+    /// comes after the events before it.
+    Error {
+        /// Why.
+        code: Code,
+        /// The device frame's seq.
+        about_seq: u32,
     },
     /// A bound terminal went online or offline (Body::Presence).
     Presence {

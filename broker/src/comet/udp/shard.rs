@@ -29,7 +29,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use shared_protocol::codes::Code;
@@ -50,6 +49,7 @@ use super::super::limits::{ConnGuard, ConnLimit};
 use super::super::link::{Link, Polled};
 use super::super::logins::{self, LoginOutcome};
 use super::super::sendwin::Tag;
+use super::super::worker::FrameWorker;
 use super::{Inbound, ShardMap, T};
 
 /// One UDP session's state in the socket task's table.
@@ -62,6 +62,8 @@ pub struct UdpSession {
     /// The router session while its send window is full (otherwise it is inside its armed
     /// queue future).
     parked: Option<Box<Session>>,
+    /// Applies the session's Sends and Uploads in order.
+    worker: FrameWorker,
     _guard: ConnGuard,
 }
 
@@ -69,13 +71,6 @@ pub struct UdpSession {
 enum Control {
     /// A LOGIN was registered with the router: install the session and send the WELCOME.
     LoggedIn(Box<NewSession>),
-    /// A device Send failed: report it in an Error frame.
-    SendFailed {
-        session_id: u32,
-        handle_id: u64,
-        code: Code,
-        about_seq: u32,
-    },
 }
 
 struct NewSession {
@@ -307,7 +302,7 @@ impl Endpoint {
             });
         }
         let reaction = match &received.frame {
-            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, frame),
+            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, &s.worker, frame),
             None => Reaction::Nothing,
         };
         match reaction {
@@ -325,36 +320,9 @@ impl Endpoint {
             Reaction::Error { code, about_seq } => {
                 self.reliable(sid, Body::Error { code, about_seq })
             }
-            Reaction::Send {
-                to,
-                payload,
-                about_seq,
-            } => self.spawn_send(sid, to, payload, about_seq),
         }
         self.rearm(sid);
         self.schedule(sid);
-    }
-
-    fn spawn_send(&self, sid: u32, to: crate::terminal::Address, payload: Bytes, about_seq: u32) {
-        let Some(s) = self.sessions.get(&sid) else {
-            return;
-        };
-        let handle_id = s.handle.id();
-        let from = s.handle.address();
-        let router = self.ctx.router.clone();
-        let control = self.control.clone();
-        tokio::spawn(async move {
-            if let Some(code) = device::send(&router, from, to, payload).await {
-                let _ = control
-                    .send(Control::SendFailed {
-                        session_id: sid,
-                        handle_id,
-                        code,
-                        about_seq,
-                    })
-                    .await;
-            }
-        });
     }
 
     /// Seals and sends an unreliable frame on session `sid`.
@@ -451,6 +419,7 @@ impl Endpoint {
                     return;
                 }
                 let handle = session.handle().clone();
+                let worker = FrameWorker::spawn(self.ctx.router.clone(), handle.clone());
                 self.sessions.insert(
                     sid,
                     Box::new(UdpSession {
@@ -459,27 +428,13 @@ impl Endpoint {
                         peer,
                         timer: u64::MAX,
                         parked: None,
+                        worker,
                         _guard: guard,
                     }),
                 );
                 self.send(&welcome, peer);
                 self.queues.push(arm(sid, session));
                 self.schedule(sid);
-            }
-            Control::SendFailed {
-                session_id,
-                handle_id,
-                code,
-                about_seq,
-            } => {
-                if self
-                    .sessions
-                    .get(&session_id)
-                    .is_some_and(|s| s.handle.id() == handle_id)
-                {
-                    self.reliable(session_id, Body::Error { code, about_seq });
-                    self.schedule(session_id);
-                }
             }
         }
     }
