@@ -206,3 +206,51 @@ async fn an_offline_phone_gets_a_devices_sends_in_order_at_login() {
     }
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_udp_window_full_of_errors_delays_a_deliver_without_dropping_it() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| c.limits.max_payload_bytes = 64).await;
+    let device = 61u32;
+    let mut dev = login(Wire::udp(b.udp()).await, device, 0).await.unwrap();
+    dev.auto_ack = false;
+    // Sixteen refused frames: their Error answers fill the broker's send window, unacknowledged.
+    let big = [7u8; 65];
+    for i in 0..16u32 {
+        dev.send(Body::Upload {
+            upload_id: i,
+            topic: "t",
+            payload: &big,
+        })
+        .await;
+    }
+    let mut errors = 0;
+    while errors < 16 {
+        match dev.next_event(WAIT).await {
+            Some(Got::Error { .. }) => errors += 1,
+            other => panic!("expected Error, got {other:?}"),
+        }
+    }
+    // A push now finds the window full: it must wait, not vanish.
+    let (s, out) = b
+        .post(
+            "/v1/push",
+            json!({"target": {"terminal": {"kind": "device", "id": device}}, "text": "late"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["delivered_online"], 1, "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The device acknowledges the Errors: the Deliver follows.
+    dev.auto_ack = true;
+    dev.ack().await;
+    match dev.next_event(WAIT).await {
+        Some(Got::Deliver {
+            payload, msg_id, ..
+        }) => {
+            assert_eq!(payload, b"late");
+            assert_eq!(Some(msg_id), out["msg_id"].as_u64());
+        }
+        other => panic!("expected the Deliver, got {other:?}"),
+    }
+    b.stop().await;
+}

@@ -14,8 +14,10 @@
 //!   `MAX_TRANSMISSIONS` times, is ended: the router logs it out and bound phones get an offline
 //!   presence.
 //! * Outbound: each session's router queue is awaited by one future in a `FuturesUnordered`
-//!   that yields `(session_id, Session, event)`; the session is re-armed after the event is
-//!   sealed, or parked while its send window is full (re-armed when acks free room).
+//!   that yields `(session_id, Session, event)`. The event joins the session's [`Outbox`]
+//!   (with the shard's own Error answers), which sends in order while the send window has room;
+//!   the session is re-armed when the outbox is empty and the window has room, or parked
+//!   until acks free room (nothing is dropped because the window was full).
 //! * Sends use `try_send_to`: a datagram the kernel cannot take now is dropped like any lost
 //!   datagram (the reliability layer resends), so the loop never waits on the socket.
 //!
@@ -46,10 +48,10 @@ use super::super::Context;
 use super::super::convert::kick_code;
 use super::super::device::{self, Reaction};
 use super::super::limits::{ConnGuard, ConnLimit};
-use super::super::link::{Link, Polled};
+use super::super::link::{Link, LinkError, Polled};
 use super::super::logins::{self, LoginOutcome};
-use super::super::sendwin::Tag;
 use super::super::worker::FrameWorker;
+use super::outbox::{Offered, Outbox};
 use super::{Inbound, ShardMap, T};
 
 /// One UDP session's state in the socket task's table.
@@ -64,6 +66,8 @@ pub struct UdpSession {
     parked: Option<Box<Session>>,
     /// Applies the session's Sends and Uploads in order.
     worker: FrameWorker,
+    /// Reliable frames waiting for room in the send window.
+    outbox: Outbox,
     _guard: ConnGuard,
 }
 
@@ -273,11 +277,7 @@ impl Endpoint {
                     _ => "malformed",
                 });
                 if e == SessionError::Decode {
-                    let body = Body::Error {
-                        code: Code::MALFORMED,
-                        about_seq: 0,
-                    };
-                    self.reliable(sid, body);
+                    self.error(sid, Code::MALFORMED, 0);
                     self.schedule(sid);
                 }
                 return;
@@ -317,9 +317,7 @@ impl Endpoint {
                 };
                 self.unreliable(sid, pong);
             }
-            Reaction::Error { code, about_seq } => {
-                self.reliable(sid, Body::Error { code, about_seq })
-            }
+            Reaction::Error { code, about_seq } => self.error(sid, code, about_seq),
         }
         self.rearm(sid);
         self.schedule(sid);
@@ -337,19 +335,51 @@ impl Endpoint {
         }
     }
 
-    /// Seals and sends a broker-originated reliable frame if the window has room.
-    fn reliable(&mut self, sid: u32, body: Body<'_>) {
+    /// Queues an Error about device frame `about_seq` behind the session's waiting frames
+    /// (counted as a drop when too many Errors already wait) and sends what the window allows.
+    fn error(&mut self, sid: u32, code: Code, about_seq: u32) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let mut out = [0u8; MAX_PACKET];
+        if !s.outbox.push_error(code, about_seq) {
+            self.ctx.router.metrics().udp_dropped("error_backlog");
+        }
+        self.flush(sid);
+    }
+
+    /// Seals and sends the session's waiting reliable frames while its window has room.
+    fn flush(&mut self, sid: u32) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let now = self.ctx.mono_ms();
-        if let Ok(n) = s
-            .link
-            .seal_reliable(body, Tag::Plain, now, rand::random(), &mut out)
-        {
-            let peer = s.peer;
-            self.send(&out[..n], peer);
+        let (ctx, socket) = (&self.ctx, &self.socket);
+        let UdpSession {
+            link, outbox, peer, ..
+        } = &mut **s;
+        let peer = *peer;
+        let flushed = outbox.flush(|ev| {
+            if !link.can_send() {
+                return Offered::WindowFull;
+            }
+            let Some((body, tag)) = device::outbound_body(ev) else {
+                return Offered::Unsendable;
+            };
+            let mut out = [0u8; MAX_PACKET];
+            match link.seal_reliable(body, tag, now, rand::random(), &mut out) {
+                Ok(n) => {
+                    send(ctx, socket, &out[..n], peer);
+                    Offered::Sent
+                }
+                Err(LinkError::WindowFull) => Offered::WindowFull,
+                Err(e) => {
+                    tracing::warn!(event = ?ev, error = %e, "udp: event cannot be sent, dropped");
+                    Offered::Unsendable
+                }
+            }
+        });
+        for _ in 0..flushed.unsendable {
+            ctx.router.metrics().udp_dropped("unsendable");
         }
     }
 
@@ -366,12 +396,15 @@ impl Endpoint {
         }
     }
 
-    /// Re-arms a parked session's queue future once its window has room.
+    /// Sends waiting frames, then re-arms a parked session's queue future once its window has
+    /// room and nothing waits.
     fn rearm(&mut self, sid: u32) {
+        self.flush(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         if s.link.can_send()
+            && s.outbox.is_empty()
             && let Some(session) = s.parked.take()
         {
             self.queues.push(arm(sid, *session));
@@ -429,6 +462,7 @@ impl Endpoint {
                         timer: u64::MAX,
                         parked: None,
                         worker,
+                        outbox: Outbox::default(),
                         _guard: guard,
                     }),
                 );
@@ -460,24 +494,12 @@ impl Endpoint {
             }
             Some(ev) => ev,
         };
-        if let Some((body, tag)) = device::outbound_body(&ev)
-            && let Some(s) = self.sessions.get_mut(&sid)
-        {
-            let mut out = [0u8; MAX_PACKET];
-            let now = self.ctx.mono_ms();
-            match s
-                .link
-                .seal_reliable(body, tag, now, rand::random(), &mut out)
-            {
-                Ok(n) => {
-                    let peer = s.peer;
-                    self.send(&out[..n], peer);
-                }
-                Err(e) => tracing::warn!(event = ?ev, error = %e, "udp: event not sent"),
-            }
-        }
         if let Some(s) = self.sessions.get_mut(&sid) {
-            if s.link.can_send() {
+            s.outbox.push_event(ev);
+        }
+        self.flush(sid);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            if s.link.can_send() && s.outbox.is_empty() {
                 self.queues.push(arm(sid, session));
             } else {
                 s.parked = Some(Box::new(session));
