@@ -21,8 +21,9 @@
 //!    (or awaits [`Session::close`]); bound phones get an offline Presence.
 //!
 //! Delivery is at least once: a push or send is committed to the offline store first, then
-//! offered to online sessions; the terminal's ack removes it; anything unacked is replayed at the
-//! next login after the since-id it reports.
+//! offered to online sessions; the terminal's ack removes it. At login the since-id the terminal
+//! reports acknowledges every stored id up to it, and everything stored above it is replayed in
+//! order, so no stored message is ever left neither delivered nor removed.
 //!
 //! Order: per terminal, message ids are unique and strictly increasing, and each session is
 //! offered them in that order: issuing the id and offering it to the recipients' sessions is one
@@ -110,7 +111,8 @@ pub struct Login {
     pub transport: Transport,
     /// Its socket address.
     pub peer: SocketAddr,
-    /// Highest message id the terminal already has (0: none); replay starts after it.
+    /// Highest message id the terminal already has (0: none): stored ids up to it are
+    /// acknowledged at login, and the replay is everything stored above it, in order.
     pub since_id: u64,
 }
 
@@ -418,6 +420,14 @@ impl Router {
         let stores = &self.inner.stores;
         let replay = async {
             stores.offline.remember(login.address).await?;
+            // The terminal has everything up to its since-id: those stored ids are acknowledged
+            // now, so none is left behind (never replayed, yet filling the inbox).
+            if login.since_id > 0 {
+                stores
+                    .offline
+                    .ack_through(login.address, login.since_id)
+                    .await?;
+            }
             stores
                 .offline
                 .since(login.address, login.since_id, s.max_replay, now_ms())

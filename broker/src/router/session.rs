@@ -6,8 +6,11 @@
 //! the configured [`QueueFullPolicy`] applies and is counted in `broker_queue_drops_total`: the new
 //! event is dropped, the oldest is dropped, or the session is kicked with
 //! [`KickReason::QueueFull`]. Dropped deliveries are not lost: they stay in the offline store
-//! until acknowledged and are replayed at the next login. A kick bypasses the queue (it is
-//! always seen, before any queued event), so a stuck consumer can always be told to go.
+//! until acknowledged. Nor are they overtaken: a terminal takes the highest id it has seen as
+//! covering everything below (its since-id), so after a Deliver was dropped the session drops its
+//! queued Delivers and re-reads the store above the last id it yielded ([`Session::next`]),
+//! which yields the dropped one before any later one. A kick bypasses the queue (it is always
+//! seen, before any queued event), so a stuck consumer can always be told to go.
 //!
 //! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
 //! `.await`), plus a `tokio::sync::Notify` to wake the single consumer.
@@ -146,6 +149,9 @@ struct QueueState {
     buf: VecDeque<Outbound>,
     kick: Option<KickReason>,
     closed: bool,
+    /// A Deliver was dropped by the full-queue policy: later live Delivers must not overtake it,
+    /// so the session re-reads the store before yielding another Deliver.
+    resync: bool,
 }
 
 pub(crate) struct SessionInner {
@@ -204,6 +210,7 @@ impl SessionHandle {
                     buf: VecDeque::new(),
                     kick: None,
                     closed: false,
+                    resync: false,
                 }),
                 notify: Notify::new(),
             }),
@@ -256,9 +263,18 @@ impl SessionHandle {
             Enqueued::Queued
         } else {
             match self.inner.policy {
-                QueueFullPolicy::DropNewest => return Enqueued::DroppedNewest,
+                QueueFullPolicy::DropNewest => {
+                    if matches!(ev, Outbound::Deliver { .. }) {
+                        st.resync = true;
+                        drop(st);
+                        self.inner.notify.notify_one();
+                    }
+                    return Enqueued::DroppedNewest;
+                }
                 QueueFullPolicy::DropOldest => {
-                    st.buf.pop_front();
+                    if matches!(st.buf.pop_front(), Some(Outbound::Deliver { .. })) {
+                        st.resync = true;
+                    }
                     st.buf.push_back(ev);
                     Enqueued::DroppedOldest
                 }
@@ -300,7 +316,11 @@ impl SessionHandle {
 pub struct Session {
     handle: SessionHandle,
     replay: VecDeque<StoredMessage>,
+    /// Highest id yielded from or waiting in a store read (login replay or resync): a live
+    /// Deliver at or below it is a duplicate.
     replay_max: u64,
+    /// The highest Deliver id yielded (0: none yet); a resync reads the store above it.
+    last_yielded: u64,
     router: Router,
     finished: bool,
 }
@@ -316,6 +336,7 @@ impl Session {
             handle,
             replay: replay.into(),
             replay_max,
+            last_yielded: 0,
             router,
             finished: false,
         }
@@ -333,7 +354,9 @@ impl Session {
 
     /// The next event without waiting: a kick first, then the replay of stored messages
     /// (after the since-id given at login, in order), then queued events. A live Deliver
-    /// already covered by the replay is skipped, so each message id is yielded once.
+    /// already covered by the replay is skipped, so each message id is yielded once, in
+    /// increasing order. After the full-queue policy dropped a Deliver this yields nothing until
+    /// [`Session::next`] has re-read the store (the dropped message must not be overtaken).
     pub fn try_next(&mut self) -> Option<Outbound> {
         if self.finished {
             return None;
@@ -346,7 +369,11 @@ impl Session {
             self.replay.clear();
             return Some(Outbound::Kick { reason });
         }
+        if st.resync {
+            return None;
+        }
         if let Some(m) = self.replay.pop_front() {
+            self.last_yielded = self.last_yielded.max(m.msg_id);
             return Some(Outbound::Deliver {
                 msg_id: m.msg_id,
                 from: m.from,
@@ -354,10 +381,11 @@ impl Session {
             });
         }
         while let Some(ev) = st.buf.pop_front() {
-            if let Outbound::Deliver { msg_id, .. } = &ev
-                && *msg_id <= self.replay_max
-            {
-                continue;
+            if let Outbound::Deliver { msg_id, .. } = &ev {
+                if *msg_id <= self.replay_max {
+                    continue;
+                }
+                self.last_yielded = self.last_yielded.max(*msg_id);
             }
             return Some(ev);
         }
@@ -370,6 +398,9 @@ impl Session {
             if self.finished {
                 return None;
             }
+            if self.take_resync() {
+                self.resync().await;
+            }
             if let Some(ev) = self.try_next() {
                 return Some(ev);
             }
@@ -377,6 +408,47 @@ impl Session {
                 return None;
             }
             self.handle.inner.notify.notified().await;
+        }
+    }
+
+    /// Starts a resync if one is due: drops the queued Delivers (the store has them all).
+    fn take_resync(&mut self) -> bool {
+        let mut st = lock(&self.handle.inner.state);
+        if !st.resync || st.kick.is_some() {
+            return false;
+        }
+        st.resync = false;
+        st.buf.retain(|ev| !matches!(ev, Outbound::Deliver { .. }));
+        true
+    }
+
+    /// Re-reads the terminal's stored messages above the last id yielded into the replay, so
+    /// a Deliver the full-queue policy dropped comes before every later one. A store failure
+    /// ends the session (Kick `QueueFull`): the terminal logs in again and gets the replay then.
+    async fn resync(&mut self) {
+        let router = self.router.clone();
+        let s = router.settings();
+        match router
+            .stores()
+            .offline
+            .since(
+                self.handle.address(),
+                self.last_yielded,
+                s.max_replay,
+                super::now_ms(),
+            )
+            .await
+        {
+            Ok(msgs) => {
+                if let Some(last) = msgs.last() {
+                    self.replay_max = self.replay_max.max(last.msg_id);
+                }
+                self.replay = msgs.into();
+            }
+            Err(e) => {
+                tracing::warn!(terminal = %self.handle.address(), error = %e, "session resync failed");
+                self.handle.kick(KickReason::QueueFull);
+            }
         }
     }
 

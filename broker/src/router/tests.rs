@@ -22,7 +22,7 @@ fn fixture(edit: impl FnOnce(&mut Config)) -> Fixture {
         dir.path(),
         OfflineLimits {
             max_per_terminal: u64::from(c.offline.max_per_terminal),
-            eviction: EvictionPolicy::DropOldest,
+            eviction: c.offline.eviction,
         },
     )
     .unwrap();
@@ -184,7 +184,68 @@ async fn offline_messages_replay_in_order_after_since_id_and_ack_forgets() {
     assert!(f.router.ack(D1, live.msg_id).await.unwrap());
     drop(s);
     let s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
-    assert_eq!(s.replay_pending(), 2, "unacked ids[0] and ids[2] remain");
+    assert_eq!(
+        s.replay_pending(),
+        1,
+        "ids[0] went with the first login's since-id; unacked ids[2] remains"
+    );
+}
+
+/// Stored messages at or below a login's since-id are acknowledged by it, the rest replayed in
+/// order; under either eviction policy a full inbox is freed and nothing is stranded.
+#[tokio::test]
+async fn since_id_acknowledges_what_it_covers_and_strands_nothing() {
+    for eviction in [EvictionPolicy::DropOldest, EvictionPolicy::RejectNew] {
+        let f = fixture(|c| {
+            c.offline.max_per_terminal = 4;
+            c.offline.eviction = eviction;
+        });
+        let mut ids = Vec::new();
+        for i in 0..4u8 {
+            let o = f
+                .router
+                .push(Target::Terminal(P1), None, Bytes::from(vec![i]), None)
+                .await
+                .unwrap();
+            ids.push(o.msg_id);
+        }
+        // The phone got the first two earlier (its since-id) but the acks were lost.
+        let mut s = f
+            .router
+            .login(login(P1, Transport::AppWs, ids[1]))
+            .await
+            .unwrap();
+        assert_eq!(deliver_id(&next(&mut s).await), ids[2], "{eviction:?}");
+        assert_eq!(deliver_id(&next(&mut s).await), ids[3], "{eviction:?}");
+        assert!(s.try_next().is_none());
+        let stats = f.router.stores().offline.stats().await.unwrap();
+        assert_eq!(stats.references, 2, "{eviction:?}: ids[0..2] removed");
+        // The inbox has room again: two more are stored without eviction or refusal.
+        for i in 4..6u8 {
+            let o = f
+                .router
+                .push(Target::Terminal(P1), None, Bytes::from(vec![i]), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                (o.stored_for, o.evicted, o.rejected),
+                (1, 0, 0),
+                "{eviction:?}"
+            );
+            assert_eq!(deliver_id(&next(&mut s).await), o.msg_id);
+            ids.push(o.msg_id);
+        }
+        drop(s);
+        // A login covering everything leaves nothing stored and replays nothing.
+        let s = f
+            .router
+            .login(login(P1, Transport::AppWs, ids[5]))
+            .await
+            .unwrap();
+        assert_eq!(s.replay_pending(), 0);
+        let stats = f.router.stores().offline.stats().await.unwrap();
+        assert_eq!((stats.messages, stats.references), (0, 0), "{eviction:?}");
+    }
 }
 
 #[tokio::test]
@@ -348,7 +409,9 @@ async fn queue_full_policies_are_applied_and_counted() {
     let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
     let pushed = fill_queue(&f, 6).await;
     assert_eq!(pushed.iter().filter(|p| p.delivered_online == 1).count(), 4);
-    for p in &pushed[..4] {
+    // The dropped ones are neither lost nor overtaken: the session re-reads the store and
+    // yields all six in id order (a device would discard an id below one it already saw).
+    for p in &pushed {
         assert_eq!(deliver_id(&next(&mut s).await), p.msg_id);
     }
     assert!(s.try_next().is_none());
@@ -357,21 +420,17 @@ async fn queue_full_policies_are_applied_and_counted() {
         text.contains("broker_queue_drops_total{transport=\"udp\",policy=\"drop-newest\"} 2"),
         "{text}"
     );
-    // Nothing is lost: the dropped ones are replayed on the next login.
-    drop(s);
-    let s = f
-        .router
-        .login(login(D1, Transport::Udp, pushed[3].msg_id))
-        .await
-        .unwrap();
-    assert_eq!(s.replay_pending(), 2);
+    // A live push after the resync follows in order.
+    let later = fill_queue(&f, 1).await;
+    assert_eq!(deliver_id(&next(&mut s).await), later[0].msg_id);
 
     let f = fixture(|c| c.limits.queue_full_policy = QueueFullPolicy::DropOldest);
     let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
     let pushed = fill_queue(&f, 6).await;
-    for p in &pushed[2..] {
+    for p in &pushed {
         assert_eq!(deliver_id(&next(&mut s).await), p.msg_id);
     }
+    assert!(s.try_next().is_none());
     assert!(
         f.router
             .metrics()

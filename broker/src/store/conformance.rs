@@ -141,6 +141,40 @@ pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: Evi
     }
     assert_eq!(store.since(c, 0, 10, 0).await.unwrap().len(), 1);
 
+    // ack_through (a login's since-id): everything at or below it goes, in either policy, so a
+    // full inbox frees up; what is above stays, and other terminals keep their references.
+    let last = *kept.last().unwrap();
+    let below_last = kept[kept.len() - 2];
+    assert_eq!(
+        store.ack_through(b, below_last).await.unwrap(),
+        kept.len() as u64 - 1
+    );
+    let left: Vec<u64> = store
+        .since(b, 0, 1000, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(left, vec![last]);
+    assert_eq!(
+        store.ack_through(b, below_last).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let room = store
+        .append(Recipients::List(vec![b]), msg(b"room", far), 0)
+        .await
+        .unwrap();
+    assert_eq!((room.stored_for, room.evicted, room.rejected), (1, 0, 0));
+    assert_eq!(
+        store.since(c, 0, 10, 0).await.unwrap().len(),
+        1,
+        "c keeps its copy"
+    );
+    assert_eq!(store.ack_through(b, room.msg_id).await.unwrap(), 2);
+    assert!(store.since(b, 0, 10, 0).await.unwrap().is_empty());
+
     // Kind-wide recipients: the terminals remembered at login.
     let (d1, d2, p1) = (
         Address::device(100),

@@ -453,6 +453,39 @@ impl OfflineStore for EmbeddedStore {
         .await
     }
 
+    async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError> {
+        let t = terminal.to_key();
+        // Usually nothing is covered (the terminal acked everything): a read answers it.
+        let any = self
+            .run(move |db, _| {
+                let read = db.begin_read()?;
+                let inbox = read.open_table(INBOX)?;
+                let first = inbox.range((t, 0)..=(t, through_id))?.next().transpose()?;
+                Ok(first.is_some())
+            })
+            .await?;
+        if !any {
+            return Ok(0);
+        }
+        self.write(move |txn, _| {
+            let ids: Vec<u64> = {
+                let inbox = txn.open_table(INBOX)?;
+                let mut v = Vec::new();
+                for e in inbox.range((t, 0)..=(t, through_id))? {
+                    v.push(e?.0.value().1);
+                }
+                v
+            };
+            for id in &ids {
+                if drop_ref(txn, t, *id)? {
+                    release(txn, *id)?;
+                }
+            }
+            Ok(ids.len() as u64)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
         let expired = self
             .run(move |db, _| {

@@ -122,6 +122,9 @@ pub trait OfflineStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Forgets `msg_id` for `terminal`; `Ok(false)` when it was not stored for it.
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError>;
+    /// Forgets every message stored for `terminal` with id at most `through_id` (the terminal
+    /// reported it has them: its since-id); returns how many references were removed.
+    async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError>;
     /// Deletes messages expired at `now_ms`; returns how many.
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError>;
     /// Current sizes.
