@@ -808,6 +808,8 @@ async fn seeded_model_order_and_at_least_once() {
         let mut seen: [Vec<u64>; 3] = Default::default();
         let mut addressed: [Vec<u64>; 3] = Default::default();
 
+        /// Drains up to `max` events as terminal `t` would, checking the order.
+        #[allow(clippy::too_many_arguments)]
         async fn drain(
             f: &Fixture,
             s: &mut Session,
