@@ -9,6 +9,10 @@
 //! refused with `Error QUEUE_FULL` about its `seq` and counted in `broker_sends_total` /
 //! `broker_uploads_total` with `result="queue_full"`; the device may resend it.
 //!
+//! Uploads that wait back to back are made durable together (one store commit for up to 64,
+//! [`crate::store::UploadSpool::append_many`]), in order, so ordering costs a device no upload
+//! throughput.
+//!
 //! Results come back through the session's outbound queue ([`Router::report`]): an Upload's
 //! `UploadAck` once it is durable, an `Error` about a Send's or Upload's `seq` when it was
 //! refused (nothing is sent for a successful Send, nor for an Upload the store failed to keep:
@@ -23,6 +27,7 @@ use shared_protocol::codes::Code;
 use tokio::sync::mpsc;
 
 use crate::router::{Outbound, Router, SessionHandle, UploadError};
+use crate::store::NewUpload;
 use crate::terminal::Address;
 
 use super::device;
@@ -78,34 +83,82 @@ impl FrameWorker {
     }
 }
 
+/// Most Uploads applied together (one store commit).
+const UPLOAD_BATCH: usize = 64;
+
 async fn run(router: Router, session: SessionHandle, mut rx: mpsc::Receiver<Work>) {
     let me = session.address();
-    while let Some(work) = rx.recv().await {
-        let reply = match work {
+    let mut next = None;
+    loop {
+        let work = match next.take() {
+            Some(w) => w,
+            None => match rx.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        match work {
             Work::Send {
                 to,
                 payload,
                 about_seq,
-            } => device::send(&router, me, to, payload)
-                .await
-                .map(|code| Outbound::Error { code, about_seq }),
-            Work::Upload {
+            } => {
+                if let Some(code) = device::send(&router, me, to, payload).await {
+                    router.report(&session, Outbound::Error { code, about_seq });
+                }
+            }
+            Work::Upload { .. } => {
+                // Uploads waiting back to back are stored together, still in order; a Send
+                // behind them waits for them.
+                let mut batch = vec![work];
+                while batch.len() < UPLOAD_BATCH {
+                    match rx.try_recv() {
+                        Ok(w @ Work::Upload { .. }) => batch.push(w),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                upload_batch(&router, &session, batch).await;
+            }
+        }
+    }
+}
+
+async fn upload_batch(router: &Router, session: &SessionHandle, batch: Vec<Work>) {
+    let mut tags = Vec::with_capacity(batch.len());
+    let mut uploads = Vec::with_capacity(batch.len());
+    for w in batch {
+        if let Work::Upload {
+            upload_id,
+            topic,
+            payload,
+            about_seq,
+        } = w
+        {
+            tags.push((upload_id, about_seq));
+            uploads.push(NewUpload {
                 upload_id,
                 topic,
                 payload,
+            });
+        }
+    }
+    let results = router.upload_many(session.address(), uploads).await;
+    for ((upload_id, about_seq), r) in tags.into_iter().zip(results) {
+        let reply = match r {
+            Ok(_) => Some(Outbound::UploadAck { upload_id }),
+            Err(UploadError::TooLarge) => Some(Outbound::Error {
+                code: Code::TOO_LARGE,
                 about_seq,
-            } => match router.upload(me, upload_id, &topic, payload).await {
-                Ok(_) => Some(Outbound::UploadAck { upload_id }),
-                Err(UploadError::TooLarge) => Some(Outbound::Error {
-                    code: Code::TOO_LARGE,
-                    about_seq,
-                }),
-                // Not durable: no ack, the device resends.
-                Err(UploadError::Store(_)) => None,
-            },
+            }),
+            // Not durable: no ack, the device resends.
+            Err(UploadError::Store(_)) => None,
         };
         if let Some(ev) = reply {
-            router.report(&session, ev);
+            router.report(session, ev);
         }
     }
 }

@@ -47,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, QueueFullPolicy};
 use crate::metrics::{Metrics, Op};
-use crate::store::{Appended, NewMessage, Recipients, SpoolAppended, StoreError, Stores};
+use crate::store::{
+    Appended, NewMessage, NewUpload, Recipients, SpoolAppended, StoreError, Stores,
+};
 use crate::terminal::{Address, IdError, IdProfile, Kind};
 
 pub use registry::OnlineCounts;
@@ -793,6 +795,58 @@ impl Router {
         }
         self.inner.metrics.latency(Op::Upload, started.elapsed());
         Ok(r?)
+    }
+
+    /// Several uploads of one device, made durable in this order (see
+    /// [`crate::store::UploadSpool::append_many`]); one result per upload, in order. An upload
+    /// over the limits is refused alone; the others go on.
+    pub async fn upload_many(
+        &self,
+        device: Address,
+        uploads: Vec<NewUpload>,
+    ) -> Vec<Result<SpoolAppended, UploadError>> {
+        let started = Instant::now();
+        let max = self.inner.settings.max_payload;
+        let fits = |u: &NewUpload| u.payload.len() <= max && u.topic.len() <= 255;
+        let flags: Vec<bool> = uploads.iter().map(fits).collect();
+        let valid: Vec<NewUpload> = uploads.into_iter().filter(fits).collect();
+        let mut stored = self
+            .inner
+            .stores
+            .uploads
+            .append_many(device, valid, now_ms())
+            .await
+            .into_iter();
+        let mut out = Vec::with_capacity(flags.len());
+        let mut any_stored = false;
+        for ok in flags {
+            if !ok {
+                self.inner.metrics.upload("too_large");
+                out.push(Err(UploadError::TooLarge));
+                continue;
+            }
+            let r = stored.next().unwrap_or_else(|| {
+                Err(StoreError::Backend("spool returned too few results".into()))
+            });
+            match &r {
+                Ok(a) => {
+                    any_stored = true;
+                    self.inner
+                        .metrics
+                        .upload(if a.duplicate { "duplicate" } else { "stored" });
+                }
+                Err(e) => {
+                    self.inner.metrics.upload("error");
+                    tracing::warn!(terminal = %device, error = %e, "upload not stored");
+                }
+            }
+            out.push(r.map_err(UploadError::from));
+        }
+        if any_stored {
+            self.inner.upload_notify.notify_one();
+        }
+        self.inner.metrics.latency(Op::Upload, started.elapsed());
+        out
     }
 
     /// [`Router::upload`] in a task: `Outbound::UploadAck` is queued to `session` once durable

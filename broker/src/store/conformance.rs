@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStore, Recipients, StoreError, UploadSpool,
+    Bindings, Groups, MAX_MSG_ID, NewMessage, NewUpload, OfflineStore, Recipients, StoreError,
+    UploadSpool,
 };
 use crate::config::EvictionPolicy;
 use crate::terminal::{Address, Kind};
@@ -276,6 +277,35 @@ pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
         .unwrap();
     assert_eq!(spool.consumer_cursor("webhook").await.unwrap(), b.cursor);
     assert_eq!(spool.consumer_cursor("other").await.unwrap(), 0);
+
+    // append_many: in order, one result each, an identical resend inside the batch deduplicated.
+    let up = |id: u32, p: &'static [u8]| NewUpload {
+        upload_id: id,
+        topic: "power".into(),
+        payload: Bytes::from_static(p),
+    };
+    let head = spool.head().await.unwrap();
+    let many = spool
+        .append_many(
+            d,
+            vec![up(50, b"x"), up(51, b"y"), up(50, b"x"), up(52, b"z")],
+            20,
+        )
+        .await;
+    let many: Vec<_> = many.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        many.iter().map(|m| m.duplicate).collect::<Vec<_>>(),
+        vec![false, false, true, false]
+    );
+    assert_eq!(many[2].cursor, many[0].cursor);
+    let ids: Vec<u32> = spool
+        .read(head, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.upload_id)
+        .collect();
+    assert_eq!(ids, vec![50, 51, 52]);
 }
 
 /// The bindings suite.

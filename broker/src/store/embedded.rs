@@ -28,8 +28,9 @@ use redb::{
 
 use super::group_commit::GroupCommit;
 use super::{
-    Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStats, OfflineStore, Recipients,
-    SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool, valid_group_name,
+    Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, NewUpload, OfflineStats, OfflineStore,
+    Recipients, SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool,
+    valid_group_name,
 };
 use crate::config::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, Kind, from_key};
@@ -531,18 +532,17 @@ impl OfflineStore for EmbeddedStore {
 
 // ---- upload spool -----------------------------------------------------------------------------
 
-#[async_trait]
-impl UploadSpool for EmbeddedStore {
-    async fn append(
-        &self,
-        device: Address,
-        upload_id: u32,
-        topic: &str,
-        payload: Bytes,
-        now_ms: u64,
-    ) -> Result<SpoolAppended, StoreError> {
-        let topic = topic.to_string();
-        self.write(move |txn, _| {
+/// Appends one upload inside `txn` (deduplicating an identical resend).
+fn spool_one(
+    txn: &WriteTransaction,
+    device: Address,
+    upload_id: u32,
+    topic: &str,
+    payload: &Bytes,
+    now_ms: u64,
+) -> Result<SpoolAppended, StoreError> {
+    {
+        {
             let dev = device.to_key();
             if let Some(prev) = txn
                 .open_table(UPLOAD_DEDUPE)?
@@ -564,7 +564,7 @@ impl UploadSpool for EmbeddedStore {
                 meta.insert("upload_head", c)?;
                 c
             };
-            let rec = encode_upload(device, upload_id, now_ms, &topic, &payload);
+            let rec = encode_upload(device, upload_id, now_ms, topic, payload);
             txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
             txn.open_table(UPLOAD_DEDUPE)?
                 .insert((dev, upload_id), cursor)?;
@@ -572,8 +572,46 @@ impl UploadSpool for EmbeddedStore {
                 cursor,
                 duplicate: false,
             })
-        })
-        .await
+        }
+    }
+}
+
+#[async_trait]
+impl UploadSpool for EmbeddedStore {
+    async fn append(
+        &self,
+        device: Address,
+        upload_id: u32,
+        topic: &str,
+        payload: Bytes,
+        now_ms: u64,
+    ) -> Result<SpoolAppended, StoreError> {
+        let topic = topic.to_string();
+        self.write(move |txn, _| spool_one(txn, device, upload_id, &topic, &payload, now_ms))
+            .await
+    }
+
+    /// One transaction for all (so one commit, shared with concurrent writes): all are stored, in
+    /// order, or none.
+    async fn append_many(
+        &self,
+        device: Address,
+        uploads: Vec<NewUpload>,
+        now_ms: u64,
+    ) -> Vec<Result<SpoolAppended, StoreError>> {
+        let n = uploads.len();
+        let r = self
+            .write(move |txn, _| {
+                uploads
+                    .iter()
+                    .map(|u| spool_one(txn, device, u.upload_id, &u.topic, &u.payload, now_ms))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await;
+        match r {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<UploadRecord>, StoreError> {
