@@ -7,9 +7,9 @@
 //! event is dropped, the oldest is dropped, or the session is kicked with
 //! [`KickReason::QueueFull`]. Dropped deliveries are not lost: they stay in the offline store
 //! until acknowledged. Nor are they overtaken: a terminal takes the highest id it has seen as
-//! covering everything below (its since-id), so after a Deliver was dropped the session drops its
-//! queued Delivers and re-reads the store above the last id it yielded ([`Session::next`]),
-//! which yields the dropped one before any later one. A kick bypasses the queue (it is always
+//! covering everything below (its since-id), so after a Deliver was dropped the session re-reads
+//! the store above the last id it yielded ([`Session::next`]) and yields from that read first
+//! (queued Delivers it covers are skipped), so the dropped one comes before any later one. A kick bypasses the queue (it is always
 //! seen, before any queued event), so a stuck consumer can always be told to go.
 //!
 //! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
@@ -149,9 +149,10 @@ struct QueueState {
     buf: VecDeque<Outbound>,
     kick: Option<KickReason>,
     closed: bool,
-    /// A Deliver was dropped by the full-queue policy: later live Delivers must not overtake it,
-    /// so the session re-reads the store before yielding another Deliver.
-    resync: bool,
+    /// Delivers dropped by the full-queue policy so far. Later live Delivers must not overtake a
+    /// dropped one, so while this differs from the count the [`Session`] last re-read the store
+    /// for, it yields nothing until it has re-read it.
+    deliver_drops: u64,
 }
 
 pub(crate) struct SessionInner {
@@ -210,7 +211,7 @@ impl SessionHandle {
                     buf: VecDeque::new(),
                     kick: None,
                     closed: false,
-                    resync: false,
+                    deliver_drops: 0,
                 }),
                 notify: Notify::new(),
             }),
@@ -265,7 +266,7 @@ impl SessionHandle {
             match self.inner.policy {
                 QueueFullPolicy::DropNewest => {
                     if matches!(ev, Outbound::Deliver { .. }) {
-                        st.resync = true;
+                        st.deliver_drops += 1;
                         drop(st);
                         self.inner.notify.notify_one();
                     }
@@ -273,7 +274,7 @@ impl SessionHandle {
                 }
                 QueueFullPolicy::DropOldest => {
                     if matches!(st.buf.pop_front(), Some(Outbound::Deliver { .. })) {
-                        st.resync = true;
+                        st.deliver_drops += 1;
                     }
                     st.buf.push_back(ev);
                     Enqueued::DroppedOldest
@@ -321,6 +322,8 @@ pub struct Session {
     replay_max: u64,
     /// The highest Deliver id yielded (0: none yet); a resync reads the store above it.
     last_yielded: u64,
+    /// The queue's Deliver drop count as of the last store read.
+    synced_drops: u64,
     router: Router,
     finished: bool,
 }
@@ -337,6 +340,7 @@ impl Session {
             replay: replay.into(),
             replay_max,
             last_yielded: 0,
+            synced_drops: 0,
             router,
             finished: false,
         }
@@ -369,7 +373,7 @@ impl Session {
             self.replay.clear();
             return Some(Outbound::Kick { reason });
         }
-        if st.resync {
+        if st.deliver_drops != self.synced_drops {
             return None;
         }
         if let Some(m) = self.replay.pop_front() {
@@ -398,8 +402,8 @@ impl Session {
             if self.finished {
                 return None;
             }
-            if self.take_resync() {
-                self.resync().await;
+            if let Some(drops) = self.resync_due() {
+                self.resync(drops).await;
             }
             if let Some(ev) = self.try_next() {
                 return Some(ev);
@@ -411,21 +415,19 @@ impl Session {
         }
     }
 
-    /// Starts a resync if one is due: drops the queued Delivers (the store has them all).
-    fn take_resync(&mut self) -> bool {
-        let mut st = lock(&self.handle.inner.state);
-        if !st.resync || st.kick.is_some() {
-            return false;
-        }
-        st.resync = false;
-        st.buf.retain(|ev| !matches!(ev, Outbound::Deliver { .. }));
-        true
+    /// `Some(drop count)` when Delivers were dropped since the last store read.
+    fn resync_due(&self) -> Option<u64> {
+        let st = lock(&self.handle.inner.state);
+        (st.deliver_drops != self.synced_drops && st.kick.is_none()).then_some(st.deliver_drops)
     }
 
     /// Re-reads the terminal's stored messages above the last id yielded into the replay, so
-    /// a Deliver the full-queue policy dropped comes before every later one. A store failure
-    /// ends the session (Kick `QueueFull`): the terminal logs in again and gets the replay then.
-    async fn resync(&mut self) {
+    /// a Deliver the full-queue policy dropped comes before every later one; queued Delivers the
+    /// read covers are then skipped as duplicates. `drops` is the drop count seen before the
+    /// read (a drop during it triggers another read). Cancellation safe: nothing changes until
+    /// the read is back. A store failure ends the session (Kick `QueueFull`): the terminal logs
+    /// in again and gets the replay then.
+    async fn resync(&mut self, drops: u64) {
         let router = self.router.clone();
         let s = router.settings();
         match router
@@ -444,6 +446,7 @@ impl Session {
                     self.replay_max = self.replay_max.max(last.msg_id);
                 }
                 self.replay = msgs.into();
+                self.synced_drops = drops;
             }
             Err(e) => {
                 tracing::warn!(terminal = %self.handle.address(), error = %e, "session resync failed");

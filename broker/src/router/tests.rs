@@ -248,6 +248,31 @@ async fn since_id_acknowledges_what_it_covers_and_strands_nothing() {
     }
 }
 
+/// A `next` abandoned while it re-reads the store after a dropped Deliver (a transport's
+/// `select!` picked another branch) loses nothing: the next call reads again.
+#[tokio::test]
+async fn an_abandoned_resync_loses_nothing() {
+    let f = fixture(|c| {
+        c.limits.queue_full_policy = QueueFullPolicy::DropNewest;
+        c.limits.outbound_queue = 2;
+    });
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let pushed = fill_queue(&f, 5).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        // Polled once (starting the store read), then dropped (an event it did yield counts).
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::ZERO, s.next()).await {
+            got.push(deliver_id(&ev));
+        }
+    }
+    while got.len() < pushed.len() {
+        got.push(deliver_id(&next(&mut s).await));
+    }
+    let want: Vec<u64> = pushed.iter().map(|p| p.msg_id).collect();
+    assert_eq!(got, want);
+    assert!(s.try_next().is_none());
+}
+
 #[tokio::test]
 async fn replay_and_live_queue_never_yield_an_id_twice() {
     let f = fixture(|_| {});
