@@ -95,6 +95,10 @@ impl OfflineStore for ClusterOffline {
         self.inner.ack(terminal, msg_id).await
     }
 
+    async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError> {
+        self.inner.ack_through(terminal, through_id).await
+    }
+
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
         self.inner.purge_expired(now_ms).await
     }

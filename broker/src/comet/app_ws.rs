@@ -370,6 +370,7 @@ fn app_message(ev: Outbound) -> Option<ServerMessage> {
         Outbound::Command { .. }
         | Outbound::Response { .. }
         | Outbound::UploadAck { .. }
+        | Outbound::Error { .. }
         | Outbound::Kick { .. } => return None,
     })
 }

@@ -1,9 +1,9 @@
 //! What device frames mean to the router, and router events as device frames. Shared by the UDP
 //! and device WebSocket endpoints so both transports behave identically.
 //!
-//! Synchronous router calls (command results, spawned uploads and device requests) are made here;
-//! a Send needs the store and the bindings, so it is returned as [`Reaction::Send`] for the
-//! endpoint to run without blocking its socket loop ([`send`]).
+//! Synchronous router calls (command results, spawned device requests) are made here; Sends and
+//! Uploads need the store, so they go to the session's [`FrameWorker`], which applies them in
+//! the order the device sent them without blocking the endpoint's socket loop.
 
 use bytes::Bytes;
 use shared_protocol::codes::Code;
@@ -13,6 +13,7 @@ use crate::router::{Outbound, PushError, Router, SessionHandle};
 use crate::terminal::Address;
 
 use super::sendwin::Tag;
+use super::worker::{FrameWorker, Work};
 
 /// What the endpoint must do after a device frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,21 +29,17 @@ pub enum Reaction {
         /// The device frame's seq.
         about_seq: u32,
     },
-    /// Run [`send`]; on failure send an Error frame about `about_seq`.
-    Send {
-        /// Recipient.
-        to: Address,
-        /// Payload.
-        payload: Bytes,
-        /// The device frame's seq.
-        about_seq: u32,
-    },
     /// The device ended the session (Goodbye).
     Goodbye,
 }
 
-/// Applies one (new, in-window) device frame.
-pub fn on_frame(router: &Router, handle: &SessionHandle, frame: &Frame<'_>) -> Reaction {
+/// Applies one (new, in-window) device frame; Sends and Uploads are queued to `worker`.
+pub fn on_frame(
+    router: &Router,
+    handle: &SessionHandle,
+    worker: &FrameWorker,
+    frame: &Frame<'_>,
+) -> Reaction {
     let me = handle.address();
     let max_payload = router.settings().max_payload;
     let about_seq = frame.seq;
@@ -58,11 +55,18 @@ pub fn on_frame(router: &Router, handle: &SessionHandle, frame: &Frame<'_>) -> R
         Body::AckOnly => Reaction::Nothing,
         Body::Goodbye { .. } => Reaction::Goodbye,
         Body::Send { to, payload } => match router.settings().profile.validate(to) {
-            Ok(to) => Reaction::Send {
-                to,
-                payload: Bytes::copy_from_slice(payload),
-                about_seq,
-            },
+            Ok(to) => {
+                let work = Work::Send {
+                    to,
+                    payload: Bytes::copy_from_slice(payload),
+                    about_seq,
+                };
+                if worker.submit(work).is_err() {
+                    router.metrics().send("queue_full");
+                    return queue_full(about_seq);
+                }
+                Reaction::Nothing
+            }
             Err(e) => Reaction::Error {
                 code: address_code(e),
                 about_seq,
@@ -73,12 +77,16 @@ pub fn on_frame(router: &Router, handle: &SessionHandle, frame: &Frame<'_>) -> R
             topic,
             payload,
         } => {
-            router.spawn_upload(
-                handle,
+            let work = Work::Upload {
                 upload_id,
-                topic.to_owned(),
-                Bytes::copy_from_slice(payload),
-            );
+                topic: topic.to_owned(),
+                payload: Bytes::copy_from_slice(payload),
+                about_seq,
+            };
+            if worker.submit(work).is_err() {
+                router.metrics().upload("queue_full");
+                return queue_full(about_seq);
+            }
             Reaction::Nothing
         }
         Body::CommandResult {
@@ -115,6 +123,13 @@ pub fn on_frame(router: &Router, handle: &SessionHandle, frame: &Frame<'_>) -> R
             code: Code::UNEXPECTED,
             about_seq,
         },
+    }
+}
+
+fn queue_full(about_seq: u32) -> Reaction {
+    Reaction::Error {
+        code: Code::QUEUE_FULL,
+        about_seq,
     }
 }
 
@@ -184,6 +199,13 @@ pub fn outbound_body(ev: &Outbound) -> Option<(Body<'_>, Tag)> {
         Outbound::UploadAck { upload_id } => (
             Body::UploadAck {
                 upload_id: *upload_id,
+            },
+            Tag::Plain,
+        ),
+        Outbound::Error { code, about_seq } => (
+            Body::Error {
+                code: *code,
+                about_seq: *about_seq,
             },
             Tag::Plain,
         ),

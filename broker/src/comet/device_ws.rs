@@ -32,6 +32,7 @@ use super::limits::ConnGuard;
 use super::link::{Link, Polled};
 use super::logins::{self, LoginOutcome};
 use super::sendwin::Tag;
+use super::worker::FrameWorker;
 use super::ws::{self, Ws};
 
 const T: Transport = Transport::DeviceWs;
@@ -294,12 +295,13 @@ fn hello_reply(
 /// for the same reason.
 async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session) -> End {
     let me = session.handle().address();
+    let worker = FrameWorker::spawn(ctx.router.clone(), session.handle().clone());
     let end = loop {
         let wake = ctx.instant_at(link.poll_timeout());
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    let step = Box::pin(on_packet(ctx, ws, link, session, mutable(b)));
+                    let step = Box::pin(on_packet(ctx, ws, link, session, &worker, mutable(b)));
                     if let Some(end) = step.await {
                         break end;
                     }
@@ -375,6 +377,7 @@ async fn on_packet(
     ws: &mut Ws,
     link: &mut Link,
     session: &Session,
+    worker: &FrameWorker,
     mut buf: BytesMut,
 ) -> Option<End> {
     let handle = session.handle();
@@ -397,7 +400,7 @@ async fn on_packet(
         }
     }
     let frame = received.frame?;
-    match device::on_frame(&ctx.router, handle, &frame) {
+    match device::on_frame(&ctx.router, handle, worker, &frame) {
         Reaction::Nothing => None,
         Reaction::Goodbye => Some(End::Goodbye),
         Reaction::Pong => {
@@ -408,14 +411,6 @@ async fn on_packet(
             send_packet(ws, p).await.err().map(|_| End::Closed)
         }
         Reaction::Error { code, about_seq } => {
-            reliable(ctx, ws, link, Body::Error { code, about_seq }).await
-        }
-        Reaction::Send {
-            to,
-            payload,
-            about_seq,
-        } => {
-            let code = device::send(&ctx.router, me, to, payload).await?;
             reliable(ctx, ws, link, Body::Error { code, about_seq }).await
         }
     }

@@ -30,7 +30,9 @@
 //!   in a `FuturesUnordered` polled by the shard (no task per session); a session whose window
 //!   is full is parked and re-armed on acks. An accepted LOGIN registers with the router in a
 //!   spawned task that hands the new session back over a channel, so store I/O never blocks a
-//!   shard. Sends and acks that need the store run in spawned tasks for the same reason.
+//!   shard. Acks that need the store run in spawned tasks for the same reason; Sends and
+//!   Uploads go to the session's [`worker::FrameWorker`], one ordered queue and task per
+//!   session (both transports), so they are applied in the order the device sent them.
 //! * **No lock is held across `.await`.** The only locks in the comet are `std::sync::Mutex`
 //!   shards in [`limits`] and [`logins`], each held for one synchronous map operation (and the
 //!   LOGIN check, which is pure computation). Everything that awaits owns its state outright
@@ -47,6 +49,7 @@ pub mod logins;
 pub mod sendwin;
 pub mod tls;
 pub mod udp;
+pub mod worker;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -11,17 +11,26 @@
 //! 2. The comet loops on [`Session::next`] (or batches with [`Session::try_next`]) and turns each
 //!    [`Outbound`] into a wire frame; after `Outbound::Kick` it sends the kick and closes.
 //! 3. Frames from the terminal map to router calls: a transport-level ack of a Deliver ->
-//!    [`Router::ack`]; Send -> [`Router::send`]; Upload -> [`Router::spawn_upload`] (or await
-//!    [`Router::upload`]), whose UploadAck arrives as `Outbound::UploadAck` once durable;
+//!    [`Router::ack`]; Send -> [`Router::send`]; Upload -> [`Router::upload`], acknowledged with
+//!    `Outbound::UploadAck` (through [`Router::report`]) once durable. A comet awaits a session's
+//!    Sends and Uploads one at a time in the order the terminal sent them (the device endpoints'
+//!    per-session frame worker), so they take effect in that order;
 //!    CommandResult -> [`Router::complete_command`]; Request -> [`Router::spawn_device_request`]
 //!    (answer arrives as `Outbound::Response`).
 //! 4. When the connection ends (close, heartbeat timeout, error) the comet drops the `Session`
 //!    (or awaits [`Session::close`]); bound phones get an offline Presence.
 //!
 //! Delivery is at least once: a push or send is committed to the offline store first, then
-//! offered to online sessions; the terminal's ack removes it; anything unacked is replayed at the
-//! next login after the since-id it reports.
+//! offered to online sessions; the terminal's ack removes it. At login the since-id the terminal
+//! reports acknowledges every stored id up to it, and everything stored above it is replayed in
+//! order, so no stored message is ever left neither delivered nor removed.
+//!
+//! Order: per terminal, message ids are unique and strictly increasing, and each session is
+//! offered them in that order: issuing the id and offering it to the recipients' sessions is one
+//! step per terminal ([`order`]). A session yields its replay (in id order) before live events
+//! and skips a live Deliver the replay already covered.
 
+pub mod order;
 pub mod registry;
 pub mod session;
 mod webhook;
@@ -38,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, QueueFullPolicy};
 use crate::metrics::{Metrics, Op};
-use crate::store::{Appended, NewMessage, Recipients, SpoolAppended, StoreError, Stores};
+use crate::store::{
+    Appended, NewMessage, NewUpload, Recipients, SpoolAppended, StoreError, Stores,
+};
 use crate::terminal::{Address, IdError, IdProfile, Kind};
 
 pub use registry::OnlineCounts;
@@ -102,7 +113,8 @@ pub struct Login {
     pub transport: Transport,
     /// Its socket address.
     pub peer: SocketAddr,
-    /// Highest message id the terminal already has (0: none); replay starts after it.
+    /// Highest message id the terminal already has (0: none): stored ids up to it are
+    /// acknowledged at login, and the replay is everything stored above it, in order.
     pub since_id: u64,
 }
 
@@ -260,6 +272,7 @@ type PendingTx = oneshot::Sender<Result<CommandResult, CommandError>>;
 struct Inner {
     settings: RouterSettings,
     registry: registry::Registry,
+    order: order::OrderLocks,
     stores: Stores,
     metrics: Metrics,
     next_session: AtomicU64,
@@ -291,6 +304,7 @@ impl Router {
             inner: Arc::new(Inner {
                 settings,
                 registry: registry::Registry::default(),
+                order: order::OrderLocks::default(),
                 stores,
                 metrics,
                 next_session: AtomicU64::new(1),
@@ -408,6 +422,14 @@ impl Router {
         let stores = &self.inner.stores;
         let replay = async {
             stores.offline.remember(login.address).await?;
+            // The terminal has everything up to its since-id: those stored ids are acknowledged
+            // now, so none is left behind (never replayed, yet filling the inbox).
+            if login.since_id > 0 {
+                stores
+                    .offline
+                    .ack_through(login.address, login.since_id)
+                    .await?;
+            }
             stores
                 .offline
                 .since(login.address, login.since_id, s.max_replay, now_ms())
@@ -467,6 +489,12 @@ impl Router {
                 self.offer(&h, Outbound::Presence { who, online });
             }
         }
+    }
+
+    /// Queues an event the comet produced for one of its sessions (an upload's ack, a refusal),
+    /// under the same queue-full policy and counting as every event.
+    pub fn report(&self, h: &SessionHandle, ev: Outbound) -> Enqueued {
+        self.offer(h, ev)
     }
 
     /// Offers an event to a session, counting drops.
@@ -553,6 +581,13 @@ impl Router {
             payload: payload.clone(),
             expires_at_ms,
         };
+        // Issuing the id and offering it is one step per recipient (see [`order`]), so each
+        // session is offered its terminal's ids in increasing order.
+        let _ordered = self
+            .inner
+            .order
+            .lock(kind_wide.is_none().then_some(recipients.as_slice()))
+            .await;
         let appended: Appended = self
             .inner
             .stores
@@ -762,8 +797,61 @@ impl Router {
         Ok(r?)
     }
 
+    /// Several uploads of one device, made durable in this order (see
+    /// [`crate::store::UploadSpool::append_many`]); one result per upload, in order. An upload
+    /// over the limits is refused alone; the others go on.
+    pub async fn upload_many(
+        &self,
+        device: Address,
+        uploads: Vec<NewUpload>,
+    ) -> Vec<Result<SpoolAppended, UploadError>> {
+        let started = Instant::now();
+        let max = self.inner.settings.max_payload;
+        let fits = |u: &NewUpload| u.payload.len() <= max && u.topic.len() <= 255;
+        let flags: Vec<bool> = uploads.iter().map(fits).collect();
+        let valid: Vec<NewUpload> = uploads.into_iter().filter(fits).collect();
+        let mut stored = self
+            .inner
+            .stores
+            .uploads
+            .append_many(device, valid, now_ms())
+            .await
+            .into_iter();
+        let mut out = Vec::with_capacity(flags.len());
+        let mut any_stored = false;
+        for ok in flags {
+            if !ok {
+                self.inner.metrics.upload("too_large");
+                out.push(Err(UploadError::TooLarge));
+                continue;
+            }
+            let r = stored.next().unwrap_or_else(|| {
+                Err(StoreError::Backend("spool returned too few results".into()))
+            });
+            match &r {
+                Ok(a) => {
+                    any_stored = true;
+                    self.inner
+                        .metrics
+                        .upload(if a.duplicate { "duplicate" } else { "stored" });
+                }
+                Err(e) => {
+                    self.inner.metrics.upload("error");
+                    tracing::warn!(terminal = %device, error = %e, "upload not stored");
+                }
+            }
+            out.push(r.map_err(UploadError::from));
+        }
+        if any_stored {
+            self.inner.upload_notify.notify_one();
+        }
+        self.inner.metrics.latency(Op::Upload, started.elapsed());
+        out
+    }
+
     /// [`Router::upload`] in a task: `Outbound::UploadAck` is queued to `session` once durable
-    /// (nothing on failure: the device resends). Keeps a comet's receive loop free of store I/O.
+    /// (nothing on failure: the device resends). Not ordered with the session's other uploads;
+    /// the device endpoints use their ordered per-session frame worker instead.
     pub fn spawn_upload(
         &self,
         session: &SessionHandle,

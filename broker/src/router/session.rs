@@ -6,8 +6,11 @@
 //! the configured [`QueueFullPolicy`] applies and is counted in `broker_queue_drops_total`: the new
 //! event is dropped, the oldest is dropped, or the session is kicked with
 //! [`KickReason::QueueFull`]. Dropped deliveries are not lost: they stay in the offline store
-//! until acknowledged and are replayed at the next login. A kick bypasses the queue (it is
-//! always seen, before any queued event), so a stuck consumer can always be told to go.
+//! until acknowledged. Nor are they overtaken: a terminal takes the highest id it has seen as
+//! covering everything below (its since-id), so after a Deliver was dropped the session re-reads
+//! the store above the last id it yielded ([`Session::next`]) and yields from that read first
+//! (queued Delivers it covers are skipped), so the dropped one comes before any later one. A kick bypasses the queue (it is always
+//! seen, before any queued event), so a stuck consumer can always be told to go.
 //!
 //! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
 //! `.await`), plus a `tokio::sync::Notify` to wake the single consumer.
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use shared_protocol::codes::Code;
 use tokio::sync::Notify;
 
 use crate::config::QueueFullPolicy;
@@ -103,6 +107,15 @@ pub enum Outbound {
         /// The device's upload id.
         upload_id: u32,
     },
+    /// A device frame was refused (Body::Error about the frame's `seq`), from the comet's
+    /// per-session frame worker after a failed Send or Upload; queued like every event so it
+    /// comes after the events before it.
+    Error {
+        /// Why.
+        code: Code,
+        /// The device frame's seq.
+        about_seq: u32,
+    },
     /// A bound terminal went online or offline (Body::Presence).
     Presence {
         /// The terminal whose state changed.
@@ -136,6 +149,10 @@ struct QueueState {
     buf: VecDeque<Outbound>,
     kick: Option<KickReason>,
     closed: bool,
+    /// Delivers dropped by the full-queue policy so far. Later live Delivers must not overtake a
+    /// dropped one, so while this differs from the count the [`Session`] last re-read the store
+    /// for, it yields nothing until it has re-read it.
+    deliver_drops: u64,
 }
 
 pub(crate) struct SessionInner {
@@ -194,6 +211,7 @@ impl SessionHandle {
                     buf: VecDeque::new(),
                     kick: None,
                     closed: false,
+                    deliver_drops: 0,
                 }),
                 notify: Notify::new(),
             }),
@@ -246,9 +264,18 @@ impl SessionHandle {
             Enqueued::Queued
         } else {
             match self.inner.policy {
-                QueueFullPolicy::DropNewest => return Enqueued::DroppedNewest,
+                QueueFullPolicy::DropNewest => {
+                    if matches!(ev, Outbound::Deliver { .. }) {
+                        st.deliver_drops += 1;
+                        drop(st);
+                        self.inner.notify.notify_one();
+                    }
+                    return Enqueued::DroppedNewest;
+                }
                 QueueFullPolicy::DropOldest => {
-                    st.buf.pop_front();
+                    if matches!(st.buf.pop_front(), Some(Outbound::Deliver { .. })) {
+                        st.deliver_drops += 1;
+                    }
                     st.buf.push_back(ev);
                     Enqueued::DroppedOldest
                 }
@@ -290,7 +317,13 @@ impl SessionHandle {
 pub struct Session {
     handle: SessionHandle,
     replay: VecDeque<StoredMessage>,
+    /// Highest id yielded from or waiting in a store read (login replay or resync): a live
+    /// Deliver at or below it is a duplicate.
     replay_max: u64,
+    /// The highest Deliver id yielded (0: none yet); a resync reads the store above it.
+    last_yielded: u64,
+    /// The queue's Deliver drop count as of the last store read.
+    synced_drops: u64,
     router: Router,
     finished: bool,
 }
@@ -306,6 +339,8 @@ impl Session {
             handle,
             replay: replay.into(),
             replay_max,
+            last_yielded: 0,
+            synced_drops: 0,
             router,
             finished: false,
         }
@@ -323,7 +358,9 @@ impl Session {
 
     /// The next event without waiting: a kick first, then the replay of stored messages
     /// (after the since-id given at login, in order), then queued events. A live Deliver
-    /// already covered by the replay is skipped, so each message id is yielded once.
+    /// already covered by the replay is skipped, so each message id is yielded once, in
+    /// increasing order. After the full-queue policy dropped a Deliver this yields nothing until
+    /// [`Session::next`] has re-read the store (the dropped message must not be overtaken).
     pub fn try_next(&mut self) -> Option<Outbound> {
         if self.finished {
             return None;
@@ -336,7 +373,11 @@ impl Session {
             self.replay.clear();
             return Some(Outbound::Kick { reason });
         }
+        if st.deliver_drops != self.synced_drops {
+            return None;
+        }
         if let Some(m) = self.replay.pop_front() {
+            self.last_yielded = self.last_yielded.max(m.msg_id);
             return Some(Outbound::Deliver {
                 msg_id: m.msg_id,
                 from: m.from,
@@ -344,10 +385,11 @@ impl Session {
             });
         }
         while let Some(ev) = st.buf.pop_front() {
-            if let Outbound::Deliver { msg_id, .. } = &ev
-                && *msg_id <= self.replay_max
-            {
-                continue;
+            if let Outbound::Deliver { msg_id, .. } = &ev {
+                if *msg_id <= self.replay_max {
+                    continue;
+                }
+                self.last_yielded = self.last_yielded.max(*msg_id);
             }
             return Some(ev);
         }
@@ -360,6 +402,9 @@ impl Session {
             if self.finished {
                 return None;
             }
+            if let Some(drops) = self.resync_due() {
+                self.resync(drops).await;
+            }
             if let Some(ev) = self.try_next() {
                 return Some(ev);
             }
@@ -367,6 +412,46 @@ impl Session {
                 return None;
             }
             self.handle.inner.notify.notified().await;
+        }
+    }
+
+    /// `Some(drop count)` when Delivers were dropped since the last store read.
+    fn resync_due(&self) -> Option<u64> {
+        let st = lock(&self.handle.inner.state);
+        (st.deliver_drops != self.synced_drops && st.kick.is_none()).then_some(st.deliver_drops)
+    }
+
+    /// Re-reads the terminal's stored messages above the last id yielded into the replay, so
+    /// a Deliver the full-queue policy dropped comes before every later one; queued Delivers the
+    /// read covers are then skipped as duplicates. `drops` is the drop count seen before the
+    /// read (a drop during it triggers another read). Cancellation safe: nothing changes until
+    /// the read is back. A store failure ends the session (Kick `QueueFull`): the terminal logs
+    /// in again and gets the replay then.
+    async fn resync(&mut self, drops: u64) {
+        let router = self.router.clone();
+        let s = router.settings();
+        match router
+            .stores()
+            .offline
+            .since(
+                self.handle.address(),
+                self.last_yielded,
+                s.max_replay,
+                super::now_ms(),
+            )
+            .await
+        {
+            Ok(msgs) => {
+                if let Some(last) = msgs.last() {
+                    self.replay_max = self.replay_max.max(last.msg_id);
+                }
+                self.replay = msgs.into();
+                self.synced_drops = drops;
+            }
+            Err(e) => {
+                tracing::warn!(terminal = %self.handle.address(), error = %e, "session resync failed");
+                self.handle.kick(KickReason::QueueFull);
+            }
         }
     }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStore, Recipients, StoreError, UploadSpool,
+    Bindings, Groups, MAX_MSG_ID, NewMessage, NewUpload, OfflineStore, Recipients, StoreError,
+    UploadSpool,
 };
 use crate::config::EvictionPolicy;
 use crate::terminal::{Address, Kind};
@@ -141,6 +142,40 @@ pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: Evi
     }
     assert_eq!(store.since(c, 0, 10, 0).await.unwrap().len(), 1);
 
+    // ack_through (a login's since-id): everything at or below it goes, in either policy, so a
+    // full inbox frees up; what is above stays, and other terminals keep their references.
+    let last = *kept.last().unwrap();
+    let below_last = kept[kept.len() - 2];
+    assert_eq!(
+        store.ack_through(b, below_last).await.unwrap(),
+        kept.len() as u64 - 1
+    );
+    let left: Vec<u64> = store
+        .since(b, 0, 1000, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(left, vec![last]);
+    assert_eq!(
+        store.ack_through(b, below_last).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let room = store
+        .append(Recipients::List(vec![b]), msg(b"room", far), 0)
+        .await
+        .unwrap();
+    assert_eq!((room.stored_for, room.evicted, room.rejected), (1, 0, 0));
+    assert_eq!(
+        store.since(c, 0, 10, 0).await.unwrap().len(),
+        1,
+        "c keeps its copy"
+    );
+    assert_eq!(store.ack_through(b, room.msg_id).await.unwrap(), 2);
+    assert!(store.since(b, 0, 10, 0).await.unwrap().is_empty());
+
     // Kind-wide recipients: the terminals remembered at login.
     let (d1, d2, p1) = (
         Address::device(100),
@@ -242,6 +277,35 @@ pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
         .unwrap();
     assert_eq!(spool.consumer_cursor("webhook").await.unwrap(), b.cursor);
     assert_eq!(spool.consumer_cursor("other").await.unwrap(), 0);
+
+    // append_many: in order, one result each, an identical resend inside the batch deduplicated.
+    let up = |id: u32, p: &'static [u8]| NewUpload {
+        upload_id: id,
+        topic: "power".into(),
+        payload: Bytes::from_static(p),
+    };
+    let head = spool.head().await.unwrap();
+    let many = spool
+        .append_many(
+            d,
+            vec![up(50, b"x"), up(51, b"y"), up(50, b"x"), up(52, b"z")],
+            20,
+        )
+        .await;
+    let many: Vec<_> = many.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        many.iter().map(|m| m.duplicate).collect::<Vec<_>>(),
+        vec![false, false, true, false]
+    );
+    assert_eq!(many[2].cursor, many[0].cursor);
+    let ids: Vec<u32> = spool
+        .read(head, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.upload_id)
+        .collect();
+    assert_eq!(ids, vec![50, 51, 52]);
 }
 
 /// The bindings suite.

@@ -28,8 +28,9 @@ use redb::{
 
 use super::group_commit::GroupCommit;
 use super::{
-    Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStats, OfflineStore, Recipients,
-    SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool, valid_group_name,
+    Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, NewUpload, OfflineStats, OfflineStore,
+    Recipients, SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool,
+    valid_group_name,
 };
 use crate::config::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, Kind, from_key};
@@ -457,6 +458,39 @@ impl OfflineStore for EmbeddedStore {
         .await
     }
 
+    async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError> {
+        let t = terminal.to_key();
+        // Usually nothing is covered (the terminal acked everything): a read answers it.
+        let any = self
+            .run(move |db, _| {
+                let read = db.begin_read()?;
+                let inbox = read.open_table(INBOX)?;
+                let first = inbox.range((t, 0)..=(t, through_id))?.next().transpose()?;
+                Ok(first.is_some())
+            })
+            .await?;
+        if !any {
+            return Ok(0);
+        }
+        self.write(move |txn, _| {
+            let ids: Vec<u64> = {
+                let inbox = txn.open_table(INBOX)?;
+                let mut v = Vec::new();
+                for e in inbox.range((t, 0)..=(t, through_id))? {
+                    v.push(e?.0.value().1);
+                }
+                v
+            };
+            for id in &ids {
+                if drop_ref(txn, t, *id)? {
+                    release(txn, *id)?;
+                }
+            }
+            Ok(ids.len() as u64)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
         let expired = self
             .run(move |db, _| {
@@ -502,18 +536,17 @@ impl OfflineStore for EmbeddedStore {
 
 // ---- upload spool -----------------------------------------------------------------------------
 
-#[async_trait]
-impl UploadSpool for EmbeddedStore {
-    async fn append(
-        &self,
-        device: Address,
-        upload_id: u32,
-        topic: &str,
-        payload: Bytes,
-        now_ms: u64,
-    ) -> Result<SpoolAppended, StoreError> {
-        let topic = topic.to_string();
-        self.write(move |txn, _| {
+/// Appends one upload inside `txn` (deduplicating an identical resend).
+fn spool_one(
+    txn: &WriteTransaction,
+    device: Address,
+    upload_id: u32,
+    topic: &str,
+    payload: &Bytes,
+    now_ms: u64,
+) -> Result<SpoolAppended, StoreError> {
+    {
+        {
             let dev = device.to_key();
             if let Some(prev) = txn
                 .open_table(UPLOAD_DEDUPE)?
@@ -535,7 +568,7 @@ impl UploadSpool for EmbeddedStore {
                 meta.insert("upload_head", c)?;
                 c
             };
-            let rec = encode_upload(device, upload_id, now_ms, &topic, &payload);
+            let rec = encode_upload(device, upload_id, now_ms, topic, payload);
             txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
             txn.open_table(UPLOAD_DEDUPE)?
                 .insert((dev, upload_id), cursor)?;
@@ -543,8 +576,46 @@ impl UploadSpool for EmbeddedStore {
                 cursor,
                 duplicate: false,
             })
-        })
-        .await
+        }
+    }
+}
+
+#[async_trait]
+impl UploadSpool for EmbeddedStore {
+    async fn append(
+        &self,
+        device: Address,
+        upload_id: u32,
+        topic: &str,
+        payload: Bytes,
+        now_ms: u64,
+    ) -> Result<SpoolAppended, StoreError> {
+        let topic = topic.to_string();
+        self.write(move |txn, _| spool_one(txn, device, upload_id, &topic, &payload, now_ms))
+            .await
+    }
+
+    /// One transaction for all (so one commit, shared with concurrent writes): all are stored, in
+    /// order, or none.
+    async fn append_many(
+        &self,
+        device: Address,
+        uploads: Vec<NewUpload>,
+        now_ms: u64,
+    ) -> Vec<Result<SpoolAppended, StoreError>> {
+        let n = uploads.len();
+        let r = self
+            .write(move |txn, _| {
+                uploads
+                    .iter()
+                    .map(|u| spool_one(txn, device, u.upload_id, &u.topic, &u.payload, now_ms))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await;
+        match r {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<UploadRecord>, StoreError> {

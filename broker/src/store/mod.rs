@@ -122,6 +122,9 @@ pub trait OfflineStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Forgets `msg_id` for `terminal`; `Ok(false)` when it was not stored for it.
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError>;
+    /// Forgets every message stored for `terminal` with id at most `through_id` (the terminal
+    /// reported it has them: its since-id); returns how many references were removed.
+    async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError>;
     /// Deletes messages expired at `now_ms`; returns how many.
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError>;
     /// Current sizes.
@@ -155,9 +158,42 @@ pub struct SpoolAppended {
     pub duplicate: bool,
 }
 
+/// One upload for [`UploadSpool::append_many`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewUpload {
+    /// The device's upload id.
+    pub upload_id: u32,
+    /// Topic string.
+    pub topic: String,
+    /// Opaque payload.
+    pub payload: Bytes,
+}
+
 /// A durable, append-only log of device uploads, read by cursor.
 #[async_trait]
 pub trait UploadSpool: Send + Sync + 'static {
+    /// Appends one device's uploads durably, in this order: an upload is stored only if every
+    /// one before it was. One result per upload, in order. The default appends one at a time
+    /// and fails the rest after the first failure; a store may commit them together.
+    async fn append_many(
+        &self,
+        device: Address,
+        uploads: Vec<NewUpload>,
+        now_ms: u64,
+    ) -> Vec<Result<SpoolAppended, StoreError>> {
+        let mut out = Vec::with_capacity(uploads.len());
+        for u in uploads {
+            let r = match out.last() {
+                Some(Err(e)) => Err(StoreError::clone(e)),
+                _ => {
+                    self.append(device, u.upload_id, &u.topic, u.payload, now_ms)
+                        .await
+                }
+            };
+            out.push(r);
+        }
+        out
+    }
     /// Appends durably (returns only after commit).
     async fn append(
         &self,

@@ -20,6 +20,7 @@
 //!
 //! Per-session memory: see [`shard::UdpSession`] (its `session_size` test prints the figure).
 
+mod outbox;
 mod shard;
 
 pub use shard::UdpSession;

@@ -14,8 +14,10 @@
 //!   `MAX_TRANSMISSIONS` times, is ended: the router logs it out and bound phones get an offline
 //!   presence.
 //! * Outbound: each session's router queue is awaited by one future in a `FuturesUnordered`
-//!   that yields `(session_id, Session, event)`; the session is re-armed after the event is
-//!   sealed, or parked while its send window is full (re-armed when acks free room).
+//!   that yields `(session_id, Session, event)`. The event joins the session's [`Outbox`]
+//!   (with the shard's own Error answers), which sends in order while the send window has room;
+//!   the session is re-armed when the outbox is empty and the window has room, or parked
+//!   until acks free room (nothing is dropped because the window was full).
 //! * Sends use `try_send_to`: a datagram the kernel cannot take now is dropped like any lost
 //!   datagram (the reliability layer resends), so the loop never waits on the socket.
 //!
@@ -29,7 +31,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use shared_protocol::codes::Code;
@@ -47,9 +48,10 @@ use super::super::Context;
 use super::super::convert::kick_code;
 use super::super::device::{self, Reaction};
 use super::super::limits::{ConnGuard, ConnLimit};
-use super::super::link::{Link, Polled};
+use super::super::link::{Link, LinkError, Polled};
 use super::super::logins::{self, LoginOutcome};
-use super::super::sendwin::Tag;
+use super::super::worker::FrameWorker;
+use super::outbox::{Offered, Outbox};
 use super::{Inbound, ShardMap, T};
 
 /// One UDP session's state in the socket task's table.
@@ -62,6 +64,10 @@ pub struct UdpSession {
     /// The router session while its send window is full (otherwise it is inside its armed
     /// queue future).
     parked: Option<Box<Session>>,
+    /// Applies the session's Sends and Uploads in order.
+    worker: FrameWorker,
+    /// Reliable frames waiting for room in the send window.
+    outbox: Outbox,
     _guard: ConnGuard,
 }
 
@@ -69,13 +75,6 @@ pub struct UdpSession {
 enum Control {
     /// A LOGIN was registered with the router: install the session and send the WELCOME.
     LoggedIn(Box<NewSession>),
-    /// A device Send failed: report it in an Error frame.
-    SendFailed {
-        session_id: u32,
-        handle_id: u64,
-        code: Code,
-        about_seq: u32,
-    },
 }
 
 struct NewSession {
@@ -291,11 +290,7 @@ impl Endpoint {
                     _ => "malformed",
                 });
                 if e == SessionError::Decode {
-                    let body = Body::Error {
-                        code: Code::MALFORMED,
-                        about_seq: 0,
-                    };
-                    self.reliable(sid, body);
+                    self.error(sid, Code::MALFORMED, 0);
                     self.schedule(sid);
                 }
                 return;
@@ -322,7 +317,7 @@ impl Endpoint {
             });
         }
         let reaction = match &received.frame {
-            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, frame),
+            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, &s.worker, frame),
             None => Reaction::Nothing,
         };
         match reaction {
@@ -337,39 +332,10 @@ impl Endpoint {
                 };
                 self.unreliable(sid, pong);
             }
-            Reaction::Error { code, about_seq } => {
-                self.reliable(sid, Body::Error { code, about_seq })
-            }
-            Reaction::Send {
-                to,
-                payload,
-                about_seq,
-            } => self.spawn_send(sid, to, payload, about_seq),
+            Reaction::Error { code, about_seq } => self.error(sid, code, about_seq),
         }
         self.rearm(sid);
         self.schedule(sid);
-    }
-
-    fn spawn_send(&self, sid: u32, to: crate::terminal::Address, payload: Bytes, about_seq: u32) {
-        let Some(s) = self.sessions.get(&sid) else {
-            return;
-        };
-        let handle_id = s.handle.id();
-        let from = s.handle.address();
-        let router = self.ctx.router.clone();
-        let control = self.control.clone();
-        tokio::spawn(async move {
-            if let Some(code) = device::send(&router, from, to, payload).await {
-                let _ = control
-                    .send(Control::SendFailed {
-                        session_id: sid,
-                        handle_id,
-                        code,
-                        about_seq,
-                    })
-                    .await;
-            }
-        });
     }
 
     /// Seals and sends an unreliable frame on session `sid`.
@@ -384,19 +350,51 @@ impl Endpoint {
         }
     }
 
-    /// Seals and sends a broker-originated reliable frame if the window has room.
-    fn reliable(&mut self, sid: u32, body: Body<'_>) {
+    /// Queues an Error about device frame `about_seq` behind the session's waiting frames
+    /// (counted as a drop when too many Errors already wait) and sends what the window allows.
+    fn error(&mut self, sid: u32, code: Code, about_seq: u32) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let mut out = [0u8; MAX_PACKET];
+        if !s.outbox.push_error(code, about_seq) {
+            self.ctx.router.metrics().udp_dropped("error_backlog");
+        }
+        self.flush(sid);
+    }
+
+    /// Seals and sends the session's waiting reliable frames while its window has room.
+    fn flush(&mut self, sid: u32) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let now = self.ctx.mono_ms();
-        if let Ok(n) = s
-            .link
-            .seal_reliable(body, Tag::Plain, now, rand::random(), &mut out)
-        {
-            let peer = s.peer;
-            self.send(&out[..n], peer);
+        let (ctx, socket) = (&self.ctx, &self.socket);
+        let UdpSession {
+            link, outbox, peer, ..
+        } = &mut **s;
+        let peer = *peer;
+        let flushed = outbox.flush(|ev| {
+            if !link.can_send() {
+                return Offered::WindowFull;
+            }
+            let Some((body, tag)) = device::outbound_body(ev) else {
+                return Offered::Unsendable;
+            };
+            let mut out = [0u8; MAX_PACKET];
+            match link.seal_reliable(body, tag, now, rand::random(), &mut out) {
+                Ok(n) => {
+                    send(ctx, socket, &out[..n], peer);
+                    Offered::Sent
+                }
+                Err(LinkError::WindowFull) => Offered::WindowFull,
+                Err(e) => {
+                    tracing::warn!(event = ?ev, error = %e, "udp: event cannot be sent, dropped");
+                    Offered::Unsendable
+                }
+            }
+        });
+        for _ in 0..flushed.unsendable {
+            ctx.router.metrics().udp_dropped("unsendable");
         }
     }
 
@@ -413,12 +411,15 @@ impl Endpoint {
         }
     }
 
-    /// Re-arms a parked session's queue future once its window has room.
+    /// Sends waiting frames, then re-arms a parked session's queue future once its window has
+    /// room and nothing waits.
     fn rearm(&mut self, sid: u32) {
+        self.flush(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         if s.link.can_send()
+            && s.outbox.is_empty()
             && let Some(session) = s.parked.take()
         {
             self.queues.push(arm(sid, *session));
@@ -466,6 +467,7 @@ impl Endpoint {
                     return;
                 }
                 let handle = session.handle().clone();
+                let worker = FrameWorker::spawn(self.ctx.router.clone(), handle.clone());
                 self.sessions.insert(
                     sid,
                     Box::new(UdpSession {
@@ -474,27 +476,14 @@ impl Endpoint {
                         peer,
                         timer: u64::MAX,
                         parked: None,
+                        worker,
+                        outbox: Outbox::default(),
                         _guard: guard,
                     }),
                 );
                 self.send(&welcome, peer);
                 self.queues.push(arm(sid, session));
                 self.schedule(sid);
-            }
-            Control::SendFailed {
-                session_id,
-                handle_id,
-                code,
-                about_seq,
-            } => {
-                if self
-                    .sessions
-                    .get(&session_id)
-                    .is_some_and(|s| s.handle.id() == handle_id)
-                {
-                    self.reliable(session_id, Body::Error { code, about_seq });
-                    self.schedule(session_id);
-                }
             }
         }
     }
@@ -520,24 +509,12 @@ impl Endpoint {
             }
             Some(ev) => ev,
         };
-        if let Some((body, tag)) = device::outbound_body(&ev)
-            && let Some(s) = self.sessions.get_mut(&sid)
-        {
-            let mut out = [0u8; MAX_PACKET];
-            let now = self.ctx.mono_ms();
-            match s
-                .link
-                .seal_reliable(body, tag, now, rand::random(), &mut out)
-            {
-                Ok(n) => {
-                    let peer = s.peer;
-                    self.send(&out[..n], peer);
-                }
-                Err(e) => tracing::warn!(event = ?ev, error = %e, "udp: event not sent"),
-            }
-        }
         if let Some(s) = self.sessions.get_mut(&sid) {
-            if s.link.can_send() {
+            s.outbox.push_event(ev);
+        }
+        self.flush(sid);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            if s.link.can_send() && s.outbox.is_empty() {
                 self.queues.push(arm(sid, session));
             } else {
                 s.parked = Some(Box::new(session));

@@ -126,6 +126,20 @@ release(p, ARGV[3])
 return 1
 "#;
 
+/// ARGV: prefix, terminal, through id, batch. Removes up to `batch` references with id at most
+/// `through id`; returns how many.
+const ACK_THROUGH: &str = r#"
+local p = ARGV[1]
+local ib = p .. 'inbox:' .. ARGV[2]
+local ids = redis.call('ZRANGEBYSCORE', ib, '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
+for _, mid in ipairs(ids) do
+  redis.call('ZREM', ib, mid)
+  redis.call('DECR', p .. 'refs')
+  release(p, mid)
+end
+return #ids
+"#;
+
 /// ARGV: prefix, now, batch. Returns how many messages were deleted.
 const PURGE: &str = r#"
 local p = ARGV[1]
@@ -158,6 +172,7 @@ pub struct RedisStore {
     append: Script,
     since: Script,
     ack: Script,
+    ack_through: Script,
     purge: Script,
     group_list: Script,
 }
@@ -172,6 +187,7 @@ impl RedisStore {
             append: with_release(APPEND),
             since: Script::new(SINCE),
             ack: with_release(ACK),
+            ack_through: with_release(ACK_THROUGH),
             purge: Script::new(PURGE),
             group_list: Script::new(GROUP_LIST),
         })
@@ -316,6 +332,26 @@ impl OfflineStore for RedisStore {
             .invoke_async(&mut c)
             .await;
         Ok(self.conn.check(r).await? == 1)
+    }
+
+    async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let mut c = self.conn.get().await;
+            let r: redis::RedisResult<u64> = self
+                .ack_through
+                .arg(self.conn.prefix())
+                .arg(terminal.to_key())
+                .arg(through_id)
+                .arg(BATCH)
+                .invoke_async(&mut c)
+                .await;
+            let n = self.conn.check(r).await?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {

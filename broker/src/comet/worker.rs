@@ -1,0 +1,164 @@
+//! The per-session frame worker: applies a device session's Sends and Uploads one at a time, in
+//! the order the device sent them (its frames' `seq` order as the link delivered them).
+//!
+//! The endpoint's receive path (a UDP shard or a device WebSocket task) must not wait on the
+//! store, so it hands each Send or Upload to this session's [`FrameWorker`] through a bounded
+//! queue of [`WORK_QUEUE`] entries and goes on; one task per session drains the queue in order.
+//! So a device's Sends get `msg_id`s in the order it sent them, and its Uploads reach the spool
+//! (and from there RabbitMQ or the webhook) in that order. When the queue is full the frame is
+//! refused with `Error QUEUE_FULL` about its `seq` and counted in `broker_sends_total` /
+//! `broker_uploads_total` with `result="queue_full"`; the device may resend it.
+//!
+//! Uploads that wait back to back are made durable together (one store commit for up to 64,
+//! [`crate::store::UploadSpool::append_many`]), in order, so ordering costs a device no upload
+//! throughput.
+//!
+//! Results come back through the session's outbound queue ([`Router::report`]): an Upload's
+//! `UploadAck` once it is durable, an `Error` about a Send's or Upload's `seq` when it was
+//! refused (nothing is sent for a successful Send, nor for an Upload the store failed to keep:
+//! the device resends it). Device Requests are not ordered here: they are HTTP calls that run
+//! concurrently, and the order of their effects at the backend is not promised.
+//!
+//! The worker ends when its [`FrameWorker`] is dropped (the session ended), after applying what
+//! was already queued.
+
+use bytes::Bytes;
+use shared_protocol::codes::Code;
+use tokio::sync::mpsc;
+
+use crate::router::{Outbound, Router, SessionHandle, UploadError};
+use crate::store::NewUpload;
+use crate::terminal::Address;
+
+use super::device;
+
+/// Frames one session may have waiting for its worker.
+pub const WORK_QUEUE: usize = 64;
+
+/// A device frame the worker applies.
+#[derive(Debug)]
+pub enum Work {
+    /// A terminal-to-terminal Send.
+    Send {
+        /// Recipient.
+        to: Address,
+        /// Payload.
+        payload: Bytes,
+        /// The device frame's seq.
+        about_seq: u32,
+    },
+    /// An Upload.
+    Upload {
+        /// The device's upload id.
+        upload_id: u32,
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Bytes,
+        /// The device frame's seq.
+        about_seq: u32,
+    },
+}
+
+/// The sending end of one session's ordered frame queue (see module docs).
+#[derive(Debug)]
+pub struct FrameWorker {
+    tx: mpsc::Sender<Work>,
+}
+
+impl FrameWorker {
+    /// Starts the worker task for `session`.
+    pub fn spawn(router: Router, session: SessionHandle) -> FrameWorker {
+        let (tx, rx) = mpsc::channel(WORK_QUEUE);
+        tokio::spawn(run(router, session, rx));
+        FrameWorker { tx }
+    }
+
+    /// Queues `work` behind the session's earlier frames; `Err` (the work back) when the queue
+    /// is full or the worker is gone. Counting the refusal is the caller's job.
+    pub fn submit(&self, work: Work) -> Result<(), Work> {
+        self.tx.try_send(work).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w) => w,
+        })
+    }
+}
+
+/// Most Uploads applied together (one store commit).
+const UPLOAD_BATCH: usize = 64;
+
+async fn run(router: Router, session: SessionHandle, mut rx: mpsc::Receiver<Work>) {
+    let me = session.address();
+    let mut next = None;
+    loop {
+        let work = match next.take() {
+            Some(w) => w,
+            None => match rx.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        match work {
+            Work::Send {
+                to,
+                payload,
+                about_seq,
+            } => {
+                if let Some(code) = device::send(&router, me, to, payload).await {
+                    router.report(&session, Outbound::Error { code, about_seq });
+                }
+            }
+            Work::Upload { .. } => {
+                // Uploads waiting back to back are stored together, still in order; a Send
+                // behind them waits for them.
+                let mut batch = vec![work];
+                while batch.len() < UPLOAD_BATCH {
+                    match rx.try_recv() {
+                        Ok(w @ Work::Upload { .. }) => batch.push(w),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                upload_batch(&router, &session, batch).await;
+            }
+        }
+    }
+}
+
+async fn upload_batch(router: &Router, session: &SessionHandle, batch: Vec<Work>) {
+    let mut tags = Vec::with_capacity(batch.len());
+    let mut uploads = Vec::with_capacity(batch.len());
+    for w in batch {
+        if let Work::Upload {
+            upload_id,
+            topic,
+            payload,
+            about_seq,
+        } = w
+        {
+            tags.push((upload_id, about_seq));
+            uploads.push(NewUpload {
+                upload_id,
+                topic,
+                payload,
+            });
+        }
+    }
+    let results = router.upload_many(session.address(), uploads).await;
+    for ((upload_id, about_seq), r) in tags.into_iter().zip(results) {
+        let reply = match r {
+            Ok(_) => Some(Outbound::UploadAck { upload_id }),
+            Err(UploadError::TooLarge) => Some(Outbound::Error {
+                code: Code::TOO_LARGE,
+                about_seq,
+            }),
+            // Not durable: no ack, the device resends.
+            Err(UploadError::Store(_)) => None,
+        };
+        if let Some(ev) = reply {
+            router.report(session, ev);
+        }
+    }
+}
