@@ -223,7 +223,8 @@ impl Metrics {
         self.counter("broker_pushes_total", &[("target", target)], 1);
     }
 
-    /// Counts a terminal-to-terminal send; `result` e.g. `ok`, `not_bound`.
+    /// Counts a terminal-to-terminal send; `result` is `ok`, `not_bound`, `invalid_address`,
+    /// `error` or `queue_full`.
     pub fn send(&self, result: &'static str) {
         self.counter("broker_sends_total", &[("result", result)], 1);
     }

@@ -206,6 +206,20 @@ async fn device_commands_404_offline_200_answered_504_timeout() {
         )
         .await;
     assert_eq!((s, e["error"].as_str()), (404, Some("not_online")));
+    // A name longer than the wire allows (32 bytes) is refused at once, not sent and timed out.
+    let (s, e) = api
+        .post(
+            "/v1/devices/9/commands",
+            json!({"name": "r".repeat(33), "text": "on"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 32")),
+        "{e}"
+    );
 
     let d9 = Address::device(9);
     let mut session = running.router.login(login(d9, 0)).await.unwrap();

@@ -641,6 +641,17 @@ impl Router {
         to: Address,
         payload: Bytes,
     ) -> Result<PushOutcome, PushError> {
+        // docs/protocol.md section 4, "Which error wins": size, then the address, then the
+        // binding, then the store.
+        if payload.len() > self.inner.settings.max_payload {
+            self.inner.metrics.limit_hit("max_payload_bytes");
+            self.inner.metrics.send("error");
+            return Err(PushError::TooLarge(payload.len()));
+        }
+        if let Err(e) = self.inner.settings.profile.validate(to) {
+            self.inner.metrics.send("invalid_address");
+            return Err(PushError::Address(to, e));
+        }
         let (phone, device) = match (from.kind, to.kind) {
             (Kind::Phone, Kind::Device) => (from, to),
             (Kind::Device, Kind::Phone) => (to, from),
@@ -680,8 +691,17 @@ impl Router {
         if device.kind != Kind::Device {
             return Err(CommandError::Invalid("commands go to devices".into()));
         }
-        if payload.len() > self.inner.settings.max_payload || name.len() > 255 {
-            return Err(CommandError::Invalid("payload or name too large".into()));
+        // The wire's limit (docs/protocol.md section 4): a longer name could never be sent, so
+        // the caller gets 400 now instead of a 504 later.
+        if name.len() > shared_protocol::limits::MAX_NAME {
+            return Err(CommandError::Invalid(format!(
+                "command name is {} bytes, at most {} allowed",
+                name.len(),
+                shared_protocol::limits::MAX_NAME
+            )));
+        }
+        if payload.len() > self.inner.settings.max_payload {
+            return Err(CommandError::Invalid("payload too large".into()));
         }
         let Some(h) = self.inner.registry.get(device).pop() else {
             self.inner.metrics.command("not_online");

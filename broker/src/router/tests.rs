@@ -482,6 +482,41 @@ async fn queue_full_policies_are_applied_and_counted() {
 }
 
 #[tokio::test]
+async fn a_send_to_an_invalid_address_gets_the_validation_code_not_not_authorized() {
+    // docs/protocol.md section 4, "Which error wins": size, address, binding, store.
+    let f = fixture(|_| {});
+    assert!(matches!(
+        f.router.send(P1, Address::device(0), Bytes::new()).await,
+        Err(PushError::Address(_, IdError::InvalidId))
+    ));
+    assert!(matches!(
+        f.router
+            .send(P1, Address::device(0), Bytes::from(vec![0; 5000]))
+            .await,
+        Err(PushError::TooLarge(5000))
+    ));
+    let f = fixture(|c| c.identity.profile = IdProfile::Signed);
+    let phone = Address::phone(-7i32 as u32);
+    // A device address with a phone's (negative) id, to which the phone is not bound either.
+    assert!(matches!(
+        f.router
+            .send(phone, Address::device(-3i32 as u32), Bytes::new())
+            .await,
+        Err(PushError::Address(_, IdError::KindMismatch))
+    ));
+    assert!(matches!(
+        f.router.send(phone, Address::device(3), Bytes::new()).await,
+        Err(PushError::NotBound { .. })
+    ));
+    assert!(
+        f.router
+            .metrics()
+            .render()
+            .contains("result=\"invalid_address\"} 1")
+    );
+}
+
+#[tokio::test]
 async fn send_needs_a_binding_and_presence_reaches_bound_phones() {
     let f = fixture(|_| {});
     let mut phone = f
