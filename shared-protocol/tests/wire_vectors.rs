@@ -295,7 +295,67 @@ fn packet_vectors() {
             case["error"].as_str().unwrap(),
             "{name}"
         );
+        let expected = case["broker_answer"].as_u64().map(|c| Code(c as u16));
+        assert!(
+            case.get("broker_answer").is_some(),
+            "{name}: broker_answer missing"
+        );
+        assert_eq!(
+            broker_answer(&bytes),
+            expected,
+            "{name}: what a broker answers"
+        );
     }
+}
+
+/// What the broker's handshake answers when it receives `bytes`: the code of its REJECT (never
+/// longer than `bytes`), or `None` when it drops them.
+fn broker_answer(bytes: &[u8]) -> Option<Code> {
+    use shared_protocol::handshake::{Acceptor, HelloReply, SessionGrant, WelcomeParams};
+    use shared_protocol::ids::IdProfile;
+    use shared_protocol::keys::{CookieSecret, PeerAddr};
+    let acceptor = Acceptor::new(IdProfile::Plug, CookieSecret([9; 32]));
+    let peer = PeerAddr::V4([192, 0, 2, 1], 4000);
+    let mut out = [0u8; MAX_PACKET];
+    let answer = match bytes.get(1) {
+        Some(0x01) => match acceptor.on_hello(&peer, bytes, 0, &mut out) {
+            Ok(HelloReply::Reject { code, packet }) => Some((code, packet.len())),
+            Ok(HelloReply::Challenge(_)) => panic!("an invalid HELLO was challenged"),
+            Err(_) => None,
+        },
+        Some(0x03) => {
+            let grant = SessionGrant {
+                session_id: 1,
+                broker_nonce: [0; 16],
+            };
+            let params = WelcomeParams {
+                heartbeat_secs: 30,
+                session_timeout_secs: 90,
+                max_payload: 1024,
+                server_time_ms: 0,
+            };
+            let err = acceptor
+                .on_login(&peer, bytes, 0, |_| None, grant, &params, &mut out)
+                .expect_err("an invalid LOGIN was accepted");
+            err.code().map(|c| {
+                let mut reject = [0u8; 16];
+                let n = shared_protocol::handshake::reject_packet(c, 0, &mut reject)
+                    .expect("REJECT fits")
+                    .len();
+                (c, n)
+            })
+        }
+        // A broker answers nothing but HELLO and LOGIN before a session exists.
+        _ => None,
+    };
+    answer.map(|(code, len)| {
+        assert!(
+            len <= bytes.len(),
+            "a {len}-byte REJECT for {} bytes",
+            bytes.len()
+        );
+        code
+    })
 }
 
 fn frame_cases() -> Vec<(&'static str, Value)> {
@@ -531,53 +591,83 @@ fn packet_cases() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn packet_invalid() -> Vec<(&'static str, String, &'static str)> {
+/// Invalid packets: name, hex, the reference decoder's error, and what a broker answers when it
+/// receives the bytes (`None`: nothing, the packet is dropped silently; section 2 and 3.2).
+fn packet_invalid() -> Vec<(&'static str, String, &'static str, Option<Code>)> {
     let short_hello = format!("0201002a{}", "00".repeat(16 + 107));
     let dirty_hello = format!("0201002a{}01", "00".repeat(16 + 107));
     vec![
-        ("too_short", "02".into(), "Truncated"),
+        ("too_short", "02".into(), "Truncated", None),
         (
             "version_1_hello",
             "0101".into(),
             "UnsupportedVersion { version: 1, packet_type: 1 }",
+            // A REJECT (5 bytes) would be longer than these 2: no answer (anti-amplification).
+            None,
         ),
-        ("unknown_type", "0206".into(), "UnknownType(6)"),
-        ("hello_127_bytes", short_hello, "HelloTooShort"),
-        ("hello_nonzero_padding", dirty_hello, "BadPadding"),
+        ("unknown_type", "0206".into(), "UnknownType(6)", None),
+        ("hello_127_bytes", short_hello, "HelloTooShort", None),
+        ("hello_nonzero_padding", dirty_hello, "BadPadding", None),
         (
             "hello_unknown_kind",
             format!("020102{}", "00".repeat(125)),
             "Malformed",
+            None,
         ),
         (
             "reject_trailing_byte",
             "020421020000".into(),
             "TrailingBytes",
+            None,
         ),
         (
             "data_session_0",
             format!("021000000000{}", "00".repeat(8 + 20)),
             "InvalidSessionId",
+            None,
         ),
         (
             "data_counter_2_pow_48",
             format!("0210010000000000000000000100{}", "00".repeat(20)),
             "CounterOutOfRange",
+            None,
         ),
         (
             "data_too_short",
             format!("0210010000000000000000000000{}", "00".repeat(19)),
             "Truncated",
+            None,
         ),
         (
             "welcome_session_0",
             format!("020500000000{}", "00".repeat(16 + 20)),
             "InvalidSessionId",
+            None,
         ),
         (
             "welcome_too_short",
             format!("020501000000{}", "00".repeat(16 + 19)),
             "Truncated",
+            None,
+        ),
+        (
+            "version_1_hello_padded",
+            format!("0101002a{}", "00".repeat(124)),
+            "UnsupportedVersion { version: 1, packet_type: 1 }",
+            Some(Code::UNSUPPORTED_VERSION),
+        ),
+        (
+            "login_truncated",
+            format!("0203002a{}", "00".repeat(16)),
+            "Truncated",
+            Some(Code::MALFORMED),
+        ),
+        (
+            "login_truncated_4_bytes",
+            "0203002a".into(),
+            "Truncated",
+            // MALFORMED's REJECT is 5 bytes: longer than the packet, so no answer.
+            None,
         ),
     ]
 }
@@ -615,11 +705,13 @@ fn write_vectors() {
         .collect();
     let invalid: Vec<Value> = packet_invalid()
         .into_iter()
-        .map(|(name, hex, error)| json!({"name": name, "hex": hex, "error": error}))
+        .map(|(name, hex, error, answer)| {
+            json!({"name": name, "hex": hex, "error": error, "broker_answer": answer.map(|c| c.0)})
+        })
         .collect();
     let doc = json!({
         "version": 2,
-        "description": "Plugcloud protocol v2 packet vectors (docs/protocol.md section 2): whole packets including the version and type bytes. `valid`: fields and encoding (hex); byte strings are hex. HELLO is shown padded to 128 bytes. WELCOME's and DATA's `sealed` is opaque here (ciphertext and tag; section 3 vectors cover sealing). `invalid`: bytes a receiver must drop, with the reference implementation's error.",
+        "description": "Plugcloud protocol v2 packet vectors (docs/protocol.md section 2): whole packets including the version and type bytes. `valid`: fields and encoding (hex); byte strings are hex. HELLO is shown padded to 128 bytes. WELCOME's and DATA's `sealed` is opaque here (ciphertext and tag; section 3 vectors cover sealing). `invalid`: bytes a receiver must refuse, with the reference implementation's error and `broker_answer`: the section 9 code of the REJECT a broker sends when it receives them, or null when it drops them without an answer.",
         "valid": valid,
         "invalid": invalid,
     });
