@@ -80,6 +80,49 @@ async fn upload_n(dev: &mut Device, ids: std::ops::Range<u32>) {
     }
 }
 
+/// Logs device `id` in at comet `a` over raw UDP, then sends the same LOGIN bytes, from the same
+/// socket, to comet `b`: `b` answers REJECT `BAD_COOKIE`.
+async fn login_accepted_at_a_is_refused_at_b(
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    id: u32,
+) {
+    use shared_protocol::codes::Code;
+    use shared_protocol::handshake::{ClientEvent, ClientHandshake};
+    use shared_protocol::limits::MAX_PACKET;
+    use shared_protocol::packet::{PacketType, Reject};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ask = |to: std::net::SocketAddr, packet: Vec<u8>| {
+        let socket = &socket;
+        async move {
+            socket.send_to(&packet, to).await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            buf.truncate(n);
+            buf
+        }
+    };
+    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), 0);
+    let mut out = [0u8; MAX_PACKET];
+    let hello = hs
+        .start(broker::router::now_ms(), rand::random(), &mut out)
+        .unwrap()
+        .to_vec();
+    let mut challenge = ask(a, hello).await;
+    let ClientEvent::Send(login) = hs.on_packet(&mut challenge, &mut out).unwrap() else {
+        panic!("a LOGIN for comet A's CHALLENGE")
+    };
+    let login = login.to_vec();
+    let welcome = ask(a, login.clone()).await;
+    assert_eq!(welcome[1], PacketType::Welcome as u8, "comet A accepts");
+    let answer = ask(b, login).await;
+    let reject = Reject::decode(&answer).expect("a REJECT from comet B");
+    assert_eq!(reject.code, Code::BAD_COOKIE, "comet B refuses the replay");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_comets_two_msgbus_two_rabbits() {
     let run = Run::new();
@@ -154,6 +197,11 @@ async fn two_comets_two_msgbus_two_rabbits() {
         .unwrap();
     // Both registered in the shared online registry (msgbus routes by it).
     tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 0. A LOGIN accepted by comet A and replayed to comet B, from the very same address, is
+    //    refused there: each comet has its own cookie secret (docs/protocol.md section 3.1).
+    login_accepted_at_a_is_refused_at_b(comet_a.running.comet.udp, comet_b.running.comet.udp, 77)
+        .await;
 
     // 1. The phone sends to the plug across comets, and the plug answers.
     let t = Instant::now();
