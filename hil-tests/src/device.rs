@@ -137,13 +137,9 @@ impl Boot {
     }
 }
 
-/// Writes `boot`'s record to `path`.
-fn write_record(boot: &Boot, path: &Path) -> Result<(), DeviceError> {
-    let bytes = boot.record().map_err(|e| DeviceError::Program {
-        program: "provisioning record".into(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(path, bytes).map_err(|source| DeviceError::Log {
+/// Writes `record` (the boot's own, or bytes a test chose) to `path`.
+fn write_record(record: &[u8], path: &Path) -> Result<(), DeviceError> {
+    std::fs::write(path, record).map_err(|source| DeviceError::Log {
         path: path.to_path_buf(),
         source,
     })
@@ -205,6 +201,22 @@ pub fn start(
     logs: &Path,
     name: &str,
 ) -> Result<Device, DeviceError> {
+    let record = boot.record().map_err(|e| DeviceError::Program {
+        program: "provisioning record".into(),
+        reason: e.to_string(),
+    })?;
+    start_with_record(rig, root, boot, &record, logs, name)
+}
+
+/// [`start`] with the given record bytes instead of `boot`'s (a test of bad records).
+pub fn start_with_record(
+    rig: &Rig,
+    root: &Path,
+    boot: &Boot,
+    record_bytes: &[u8],
+    logs: &Path,
+    name: &str,
+) -> Result<Device, DeviceError> {
     let out_path = logs.join(format!("{name}.out"));
     let err_path = logs.join(format!("{name}.stderr"));
     let log_path = logs.join(format!("{name}.log"));
@@ -224,7 +236,7 @@ pub fn start(
             }
             defmt_elf = Some(elf.clone());
             let record = logs.join(format!("{name}.record.bin"));
-            write_record(boot, &record)?;
+            write_record(record_bytes, &record)?;
             spawn(
                 Command::new("qemu-system-arm")
                     .args([
@@ -257,7 +269,7 @@ pub fn start(
                 });
             }
             let record = logs.join(format!("{name}.record.bin"));
-            write_record(boot, &record)?;
+            write_record(record_bytes, &record)?;
             spawn(
                 Command::new(&binary)
                     .envs(boot.run_options())
@@ -301,7 +313,7 @@ pub fn start(
                 });
             }
             let record = logs.join(format!("{name}.record.bin"));
-            write_record(boot, &record)?;
+            write_record(record_bytes, &record)?;
             let status = Command::new("probe-rs")
                 .args(["download", "--chip", &p.chip, "--binary-format", "bin"])
                 .args(["--base-address", &format!("{:#x}", p.record_addr)])

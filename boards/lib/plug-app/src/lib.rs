@@ -29,6 +29,6 @@ pub mod record;
 pub mod relay;
 
 pub use app::{AppMemory, StartError, start};
-pub use provision::{ProvisionError, Provisioning};
+pub use provision::{Provisioning, WsBroker};
 pub use record::{Provisioned, provisioning_from_record};
 pub use relay::GpioRelay;

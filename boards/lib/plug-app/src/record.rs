@@ -7,8 +7,6 @@
 //! transport preference, plus the record's entropy seed for boards without a hardware generator.
 //! A bad or missing record is a [`RecordError`]: the board logs it and stays offline.
 
-use core::net::SocketAddr;
-
 use shared_protocol::provision::Record;
 pub use shared_protocol::provision::{RecordError, TransportPreference};
 
@@ -51,14 +49,6 @@ pub fn provisioning_from_record(region: &'static [u8]) -> Result<Provisioned, Re
         seed: record.seed,
         transport: record.transport,
     })
-}
-
-/// The record's brokers as socket addresses, for a boot log line.
-pub fn describe(p: &Provisioning) -> (Option<SocketAddr>, Option<SocketAddr>) {
-    (
-        p.udp.map(SocketAddr::V4),
-        p.ws.map(|w| SocketAddr::V4(w.addr)),
-    )
 }
 
 #[cfg(test)]
