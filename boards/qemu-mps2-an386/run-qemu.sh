@@ -6,12 +6,23 @@
 # The firmware's semihosting exit code becomes this script's exit status.
 # Extra QEMU arguments: QEMU_EXTRA_ARGS (e.g. "-nic tap,ifname=tap0,script=no,downscript=no,model=lan9118"
 # together with QEMU_NIC=none to replace the user-mode NIC).
+# Provisioning of the `plug` binary: PLUG_RECORD=<record file> (`broker device-key --record`) is
+# loaded at 0x01000000 and PLUG_BOOT=<boot number> into the companion word at 0x01000400; use a
+# new boot number for every boot of one record (QEMU keeps nothing across boots, and the
+# board's nonces derive from the record's seed and this number; docs/boards.md).
 set -euo pipefail
 elf="${1:?usage: run-qemu.sh FIRMWARE.elf}"
 nic=(-nic "${QEMU_NIC:-user,model=lan9118}")
 [[ "${QEMU_NIC:-}" == none ]] && nic=()
 # shellcheck disable=SC2206 # word splitting of the extra arguments is intended
 extra=(${QEMU_EXTRA_ARGS:-})
+if [[ -n "${PLUG_RECORD:-}" ]]; then
+    extra+=(-device "loader,file=${PLUG_RECORD},addr=0x01000000,force-raw=on")
+fi
+if [[ -n "${PLUG_BOOT:-}" ]]; then
+    # "PBOT" (0x544F4250, little-endian) in the low word, the boot number in the high word.
+    extra+=(-device "loader,addr=0x01000400,data=$(( (PLUG_BOOT << 32) | 0x544F4250 )),data-len=8")
+fi
 qemu=(qemu-system-arm -M mps2-an386 -cpu cortex-m4 -display none -monitor none -serial none
       -semihosting-config enable=on,target=native "${nic[@]}" "${extra[@]}" -kernel "$elf")
 if command -v defmt-print >/dev/null && [[ "${DEFMT_RAW:-0}" != 1 ]]; then

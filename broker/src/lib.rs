@@ -15,6 +15,7 @@
 //! * [`cluster`]: the `comet` and `msgbus` roles (Redis stores and online registry, ZooKeeper
 //!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
 //! * `comet` (transports: device WebSocket/UDP, app WebSocket): started by [`start`] beside the API.
+//! * [`provisioning`]: `broker device-key --record`, the device provisioning record writer.
 //! * [`client`]: `broker client device|phone`, a command-line terminal for trying and scripting.
 //! * [`load`]: `broker load`, the load generator (simulated devices; rates, latencies, memory).
 //!
@@ -32,6 +33,7 @@ pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod private_files;
+pub mod provisioning;
 pub mod router;
 pub mod secrets;
 pub mod store;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use broker::config::{Config, DEFAULT_TOML};
 use broker::secrets::Secrets;
 use broker::terminal::{Address, Kind};
+use shared_protocol::provision::TransportPreference;
 
 /// Plugcloud broker: serves smart plugs and phone apps. Without a subcommand it runs everything
 /// in one process on embedded defaults.
@@ -41,11 +42,33 @@ enum Command {
         #[arg(long, default_value_t = 86400)]
         ttl: u64,
     },
-    /// Prints a device's key (hex): explicit from the config, else derived from the fleet master key.
+    /// Prints a device's key (hex): explicit from the config, else derived from the fleet master
+    /// key. With --record, writes the device's provisioning record (docs/flashing.md) instead.
     DeviceKey {
         /// Device id.
         #[arg(long)]
         id: String,
+        /// Write the binary provisioning record to this file (flashed next to the image).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// UDP broker as the device reaches it (with --record).
+        #[arg(long, value_name = "HOST:PORT", requires = "record")]
+        udp: Option<std::net::SocketAddr>,
+        /// WebSocket broker as the device reaches it (with --record).
+        #[arg(long, value_name = "HOST:PORT", requires = "record")]
+        ws: Option<std::net::SocketAddr>,
+        /// `Host` header of the WebSocket upgrade (default: the --ws address).
+        #[arg(long, requires = "ws")]
+        ws_host: Option<String>,
+        /// WebSocket request path (default /device).
+        #[arg(long, requires = "ws")]
+        ws_path: Option<String>,
+        /// The broker's HTTP API, asked for the node to dial first (with --record).
+        #[arg(long, value_name = "HOST:PORT", requires = "record")]
+        lookup: Option<std::net::SocketAddr>,
+        /// Which brokers the device dials (default: both, UDP first).
+        #[arg(long, value_enum, requires = "record")]
+        transport: Option<TransportArg>,
     },
     /// A command-line terminal: log in as a device or a phone, watch deliveries, send from stdin.
     Client(broker::client::ClientArgs),
@@ -69,6 +92,13 @@ enum ConfigAction {
     Default,
     /// Loads and validates the configuration, then prints it with secrets redacted.
     Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Udp,
+    Ws,
+    Both,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,7 +138,33 @@ fn main() -> ExitCode {
             action: ConfigAction::Default,
         }) => ExitCode::SUCCESS,
         Some(Command::Token { id, kind, ttl }) => token(&config, &id, kind, ttl),
-        Some(Command::DeviceKey { id }) => device_key(&config, &id),
+        Some(Command::DeviceKey {
+            id, record: None, ..
+        }) => device_key(&config, &id),
+        Some(Command::DeviceKey {
+            id,
+            record: Some(file),
+            udp,
+            ws,
+            ws_host,
+            ws_path,
+            lookup,
+            transport,
+        }) => {
+            let spec = broker::provisioning::RecordSpec {
+                udp,
+                ws,
+                ws_host,
+                ws_path,
+                lookup,
+                transport: transport.map(|t| match t {
+                    TransportArg::Udp => TransportPreference::Udp,
+                    TransportArg::Ws => TransportPreference::Ws,
+                    TransportArg::Both => TransportPreference::Both,
+                }),
+            };
+            device_record(&config, &id, &spec, &file)
+        }
         Some(Command::Client(args)) => broker::client::cli(&config, args),
         Some(Command::Load(args)) => broker::load::cli(&config, args),
         Some(Command::Rmqkeeper(_)) => ExitCode::SUCCESS,
@@ -185,14 +241,48 @@ fn device_key(config: &Config, id: &str) -> ExitCode {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let key = match s.device_keys.get(&id) {
-        Some(k) => *k,
-        None => {
-            let master = shared_protocol::keys::MasterKey(s.fleet_master_key);
-            shared_protocol::keys::derive_device_key(&master, id).0
+    let key = broker::provisioning::device_key(&s, id);
+    println!("{}", hex::encode(key));
+    ExitCode::SUCCESS
+}
+
+/// `broker device-key --record FILE`: writes device `id`'s provisioning record.
+fn device_record(
+    config: &Config,
+    id: &str,
+    spec: &broker::provisioning::RecordSpec,
+    file: &std::path::Path,
+) -> ExitCode {
+    let id = match parse_id(id) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let s = match secrets(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let key = broker::provisioning::device_key(&s, id);
+    let bytes = match broker::provisioning::record_bytes(
+        id,
+        key,
+        spec,
+        broker::provisioning::fresh_seed(&mut rand::rng()),
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("broker: device {id}: {e}");
+            return ExitCode::from(2);
         }
     };
-    println!("{}", hex::encode(key));
+    if let Err(e) = std::fs::write(file, &bytes) {
+        eprintln!("broker: cannot write {}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "broker: wrote the provisioning record of device {id} ({} bytes) to {}",
+        bytes.len(),
+        file.display()
+    );
     ExitCode::SUCCESS
 }
 

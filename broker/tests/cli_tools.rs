@@ -18,6 +18,7 @@ use comet_support::{App, MASTER, TOKEN_SECRET, WAIT};
 use serde_json::{Value, json};
 use shared_protocol::json::{Claims, verify};
 use shared_protocol::keys::{MasterKey, derive_device_key};
+use shared_protocol::provision::{Record, RecordError, TransportPreference};
 
 /// `broker --config <config> <args>` run to completion, with extra environment variables.
 fn run(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -111,6 +112,90 @@ async fn token_is_accepted_by_the_app_websocket_and_expired_or_garbled_ones_are_
     assert!(negative.status.success(), "{negative:?}");
     let claims = verify(&TOKEN_SECRET, &stdout(&negative), now_secs()).unwrap();
     assert_eq!(claims.address, Address::phone(-7i32 as u32));
+}
+
+#[test]
+fn device_key_record_parses_with_the_firmware_codec_and_a_corrupted_byte_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let file = dir.path().join("record.bin");
+    let out = run(
+        &config,
+        &[
+            "device-key",
+            "--id",
+            "42",
+            "--record",
+            file.to_str().unwrap(),
+            "--udp",
+            "10.0.2.2:7000",
+            "--ws",
+            "10.0.2.2:8080",
+            "--lookup",
+            "10.0.2.2:8081",
+            "--transport",
+            "ws",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(&file).unwrap();
+    // The firmware's parser (plug-app reads records through this same function).
+    let record = Record::parse(&bytes).unwrap();
+    assert_eq!(record.device_id, 42);
+    assert_eq!(record.key, derive_device_key(&MasterKey(MASTER), 42).0);
+    assert_eq!(record.transport, TransportPreference::Ws);
+    assert_eq!(record.udp, Some("10.0.2.2:7000".parse().unwrap()));
+    let ws = record.ws.unwrap();
+    assert_eq!(ws.addr, "10.0.2.2:8080".parse().unwrap());
+    assert_eq!((ws.host, ws.path), ("10.0.2.2:8080", "/device"));
+    assert_eq!(
+        record.lookup.unwrap().addr,
+        "10.0.2.2:8081".parse().unwrap()
+    );
+    // Two records of one device differ in their entropy seed.
+    let second = dir.path().join("second.bin");
+    let out = run(
+        &config,
+        &[
+            "device-key",
+            "--id",
+            "42",
+            "--record",
+            second.to_str().unwrap(),
+            "--udp",
+            "10.0.2.2:7000",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(
+        Record::parse(&std::fs::read(&second).unwrap())
+            .unwrap()
+            .seed,
+        record.seed
+    );
+
+    let mut corrupted = bytes.clone();
+    corrupted[30] ^= 0x01;
+    assert_eq!(Record::parse(&corrupted), Err(RecordError::BadChecksum));
+
+    // No broker: refused, nothing written.
+    let none = dir.path().join("none.bin");
+    let out = run(
+        &config,
+        &[
+            "device-key",
+            "--id",
+            "42",
+            "--record",
+            none.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no broker"));
+    assert!(!none.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,14 @@
 //! Starting and stopping the board of a rig, and collecting its log.
 //!
-//! Every kind gets the same provisioning ([`Boot::vars`], the `PLUG_*` names of the boards):
-//! QEMU on its semihosting command line (read at boot, no rebuild per run), the host TAP board
-//! in its environment, a real board at build time (baked in, then flashed). Boards are stopped
-//! by their PID: SIGTERM, then SIGKILL after a grace period.
+//! Every kind boots one image and gets its provisioning as a record ([`Boot::record`], written by
+//! `broker::provisioning::record_bytes`, the code behind `broker device-key --record`):
+//! QEMU loads it into its record region with `-device loader` (and the boot number into the
+//! companion word: QEMU keeps nothing across boots), the host TAP board reads the file named by
+//! `PLUG_RECORD`, a real board (probe-rs rigs) gets it written into its record flash region with
+//! `probe-rs download` before its image is started. Run options that are not provisioning
+//! (upload interval, lifetime) go on QEMU's command line or the host board's environment
+//! ([`Boot::run_options`]). Boards are stopped by their PID: SIGTERM, then SIGKILL after a
+//! grace period.
 
 use std::fs::File;
 use std::io::Write;
@@ -68,41 +73,76 @@ pub struct Boot {
     pub ws: SocketAddr,
     /// Interval of `power` uploads, ms.
     pub meter_ms: u64,
-    /// Seed for boards without an entropy source.
-    pub seed: u64,
+    /// Boot number for boards that keep nothing across boots (QEMU): grows per boot.
+    pub boot_number: u32,
+    /// The record's secret entropy seed (fresh per device; boots of one device share it).
+    pub record_seed: [u8; 16],
     /// The board ends itself after this long (a safety net if the test itself is killed).
     pub exit_after_s: u64,
     /// The node lookup (`PLUG_LOOKUP`), when the boot asks it first.
     pub lookup: Option<SocketAddr>,
 }
 
+/// Address of the QEMU board's record region (`board_qemu_mps2_an386::record_region`).
+pub const QEMU_RECORD_ADDR: u32 = 0x0100_0000;
+/// Address of its companion word: `"PBOT"` then the boot number, little-endian.
+pub const QEMU_BOOT_WORD_ADDR: u32 = QEMU_RECORD_ADDR + 0x400;
+const QEMU_BOOT_MAGIC: u32 = u32::from_le_bytes(*b"PBOT");
+
 impl Boot {
-    /// The provisioning as `PLUG_*` pairs (names and formats shared by every board).
-    pub fn vars(&self) -> Vec<(&'static str, String)> {
-        let mut vars = vec![
-            ("PLUG_DEVICE_ID", self.device_id.to_string()),
-            ("PLUG_DEVICE_KEY", hex::encode(self.key)),
-            ("PLUG_BROKER_UDP", self.udp.to_string()),
-            ("PLUG_BROKER_WS", self.ws.to_string()),
-            ("PLUG_TRANSPORT", self.transport.as_str().to_string()),
-            ("PLUG_METER_MS", self.meter_ms.to_string()),
-            ("PLUG_SEED", self.seed.to_string()),
-            ("PLUG_EXIT_AFTER_S", self.exit_after_s.to_string()),
-        ];
-        if let Some(lookup) = self.lookup {
-            vars.push(("PLUG_LOOKUP", lookup.to_string()));
-        }
-        vars
+    /// The provisioning record of this boot.
+    pub fn record(&self) -> Result<Vec<u8>, ::broker::provisioning::WriteRecordError> {
+        let spec = ::broker::provisioning::RecordSpec {
+            udp: Some(self.udp),
+            ws: Some(self.ws),
+            lookup: self.lookup,
+            transport: Some(match self.transport {
+                Transport::Udp => shared_protocol::provision::TransportPreference::Udp,
+                Transport::Ws => shared_protocol::provision::TransportPreference::Ws,
+            }),
+            ..Default::default()
+        };
+        ::broker::provisioning::record_bytes(self.device_id, self.key, &spec, self.record_seed)
     }
 
-    /// The QEMU boot command line: `KEY=VALUE` words.
+    /// Run options that are not provisioning, as `PLUG_*` pairs.
+    pub fn run_options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PLUG_METER_MS", self.meter_ms.to_string()),
+            ("PLUG_EXIT_AFTER_S", self.exit_after_s.to_string()),
+        ]
+    }
+
+    /// The QEMU boot command line: `KEY=VALUE` words of the run options.
     pub fn cmdline(&self) -> String {
-        self.vars()
+        self.run_options()
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ")
     }
+
+    /// QEMU arguments loading `record` and this boot's number into the board's record region.
+    pub fn qemu_loader_args(&self, record: &Path) -> Vec<String> {
+        let word = (u64::from(self.boot_number) << 32) | u64::from(QEMU_BOOT_MAGIC);
+        vec![
+            "-device".into(),
+            format!(
+                "loader,file={},addr={QEMU_RECORD_ADDR:#x},force-raw=on",
+                record.display()
+            ),
+            "-device".into(),
+            format!("loader,addr={QEMU_BOOT_WORD_ADDR:#x},data={word:#x},data-len=8"),
+        ]
+    }
+}
+
+/// Writes `record` (the boot's own, or bytes a test chose) to `path`.
+fn write_record(record: &[u8], path: &Path) -> Result<(), DeviceError> {
+    std::fs::write(path, record).map_err(|source| DeviceError::Log {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A started board.
@@ -161,6 +201,22 @@ pub fn start(
     logs: &Path,
     name: &str,
 ) -> Result<Device, DeviceError> {
+    let record = boot.record().map_err(|e| DeviceError::Program {
+        program: "provisioning record".into(),
+        reason: e.to_string(),
+    })?;
+    start_with_record(rig, root, boot, &record, logs, name)
+}
+
+/// [`start`] with the given record bytes instead of `boot`'s (a test of bad records).
+pub fn start_with_record(
+    rig: &Rig,
+    root: &Path,
+    boot: &Boot,
+    record_bytes: &[u8],
+    logs: &Path,
+    name: &str,
+) -> Result<Device, DeviceError> {
     let out_path = logs.join(format!("{name}.out"));
     let err_path = logs.join(format!("{name}.stderr"));
     let log_path = logs.join(format!("{name}.log"));
@@ -179,6 +235,8 @@ pub fn start(
                 });
             }
             defmt_elf = Some(elf.clone());
+            let record = logs.join(format!("{name}.record.bin"));
+            write_record(record_bytes, &record)?;
             spawn(
                 Command::new("qemu-system-arm")
                     .args([
@@ -190,7 +248,9 @@ pub fn start(
                         "-semihosting-config",
                         "enable=on,target=native",
                     ])
-                    .args(["-nic", "user,model=lan9118", "-kernel"])
+                    .args(["-nic", "user,model=lan9118"])
+                    .args(boot.qemu_loader_args(&record))
+                    .arg("-kernel")
                     .arg(&elf)
                     .args(["-append", &boot.cmdline()])
                     .stdin(Stdio::null())
@@ -208,9 +268,12 @@ pub fn start(
                     hint: "build it with `cargo xtask hil --rig host-tap`",
                 });
             }
+            let record = logs.join(format!("{name}.record.bin"));
+            write_record(record_bytes, &record)?;
             spawn(
                 Command::new(&binary)
-                    .envs(boot.vars())
+                    .envs(boot.run_options())
+                    .env("PLUG_RECORD", &record)
                     .env("PLUG_TAP", &h.tap)
                     .env("PLUG_IP", &h.board_ip)
                     .env(
@@ -238,7 +301,6 @@ pub fn start(
             let status = Command::new(program)
                 .args(&args)
                 .current_dir(root.join(&p.board_dir))
-                .envs(boot.vars())
                 .status()
                 .map_err(|e| DeviceError::Program {
                     program: program.clone(),
@@ -248,6 +310,23 @@ pub fn start(
                 return Err(DeviceError::Program {
                     program: p.build.join(" "),
                     reason: format!("build failed ({status})"),
+                });
+            }
+            let record = logs.join(format!("{name}.record.bin"));
+            write_record(record_bytes, &record)?;
+            let status = Command::new("probe-rs")
+                .args(["download", "--chip", &p.chip, "--binary-format", "bin"])
+                .args(["--base-address", &format!("{:#x}", p.record_addr)])
+                .arg(&record)
+                .status()
+                .map_err(|e| DeviceError::Program {
+                    program: "probe-rs download".into(),
+                    reason: e.to_string(),
+                })?;
+            if !status.success() {
+                return Err(DeviceError::Program {
+                    program: "probe-rs download".into(),
+                    reason: format!("writing the provisioning record failed ({status})"),
                 });
             }
             spawn(
@@ -352,45 +431,56 @@ fn decode_defmt(elf: &Path, raw: &Path) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn boot_vars_and_cmdline_carry_the_provisioning() {
-        let boot = Boot {
+    fn boot() -> Boot {
+        Boot {
             device_id: 4001,
             key: [0xab; 32],
             transport: Transport::Ws,
             udp: "10.0.2.2:5000".parse().unwrap(),
             ws: "10.0.2.2:5001".parse().unwrap(),
             meter_ms: 1000,
-            seed: 9,
+            boot_number: 9,
+            record_seed: [4; 16],
             exit_after_s: 300,
             lookup: None,
-        };
-        let line = boot.cmdline();
-        assert!(!line.contains("PLUG_LOOKUP"), "{line}");
-        let with_lookup = Boot {
+        }
+    }
+
+    #[test]
+    fn the_record_carries_the_provisioning_and_the_cmdline_only_run_options() {
+        use shared_protocol::provision::{Record, TransportPreference};
+        let boot = Boot {
             lookup: Some("10.0.2.2:8080".parse().unwrap()),
-            ..boot.clone()
+            ..boot()
         };
-        assert!(
-            with_lookup
-                .cmdline()
-                .ends_with(" PLUG_LOOKUP=10.0.2.2:8080"),
-            "{}",
-            with_lookup.cmdline()
+        let bytes = boot.record().unwrap();
+        let record = Record::parse(&bytes).unwrap();
+        assert_eq!(record.device_id, 4001);
+        assert_eq!(record.key, [0xab; 32]);
+        assert_eq!(record.transport, TransportPreference::Ws);
+        assert_eq!(record.ws.unwrap().addr, "10.0.2.2:5001".parse().unwrap());
+        assert_eq!(
+            record.lookup.unwrap().addr,
+            "10.0.2.2:8080".parse().unwrap()
         );
-        assert!(
-            line.starts_with("PLUG_DEVICE_ID=4001 PLUG_DEVICE_KEY=abab"),
-            "{line}"
+        assert_eq!(record.seed, [4; 16]);
+        let line = boot.cmdline();
+        assert_eq!(line, "PLUG_METER_MS=1000 PLUG_EXIT_AFTER_S=300");
+        assert!(!line.contains("abab") && !line.contains("DEVICE"), "{line}");
+    }
+
+    #[test]
+    fn qemu_loads_the_record_and_the_boot_number() {
+        let args = boot().qemu_loader_args(Path::new("/tmp/r.bin"));
+        assert_eq!(
+            args,
+            [
+                "-device",
+                "loader,file=/tmp/r.bin,addr=0x1000000,force-raw=on",
+                "-device",
+                "loader,addr=0x1000400,data=0x9544f4250,data-len=8",
+            ]
         );
-        assert!(
-            line.contains(" PLUG_BROKER_WS=10.0.2.2:5001 PLUG_TRANSPORT=ws "),
-            "{line}"
-        );
-        assert!(
-            !line.contains('\n') && !line.contains(','),
-            "one QEMU argument: {line}"
-        );
-        assert_eq!(boot.vars().len(), line.split(' ').count());
     }
 
     #[test]

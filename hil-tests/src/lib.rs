@@ -15,6 +15,7 @@ pub mod device;
 pub mod junit;
 pub mod lookup;
 pub mod netns;
+pub mod nonces;
 pub mod rig;
 pub mod run;
 pub mod scenario;

@@ -107,9 +107,11 @@ pub struct ProbeRsRig {
     pub chip: String,
     /// Board crate folder the build runs in (relative to the project root).
     pub board_dir: PathBuf,
-    /// Build command; the run's provisioning is passed as `PLUG_*` environment variables
-    /// (`{target}` allowed in its arguments).
+    /// Build command of the one image of this board type (`{target}` allowed in its arguments).
     pub build: Vec<String>,
+    /// Flash address of the board's provisioning record region (docs/flashing.md); each boot's
+    /// record is written there with `probe-rs download` before the image is started.
+    pub record_addr: u32,
     /// The ELF the build produces (relative to the project root; `{target}` allowed).
     pub elf: String,
     /// Address the broker binds (the board reaches it over the LAN).

@@ -7,14 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
-
 use crate::api::Api;
 use crate::broker::TestBroker;
 use crate::device::{self, Boot};
 use crate::junit::Suite;
 use crate::lookup::LookupServer;
 use crate::netns::{self, Namespace};
+use crate::nonces;
 use crate::rig::{Kind, Rig, Transport, parse_cidr};
 use crate::scenario::{self, Case, Outcome, Target};
 
@@ -197,7 +196,8 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
                 .filter(|_| via_lookup)
                 .map(LookupServer::addr),
             meter_ms: rig.meter_ms,
-            seed: rand::rng().next_u64(),
+            boot_number: index as u32 + 1,
+            record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
             exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
         };
         let log_name = format!("{}-{}{suffix}", rig.name, transport.as_str());
@@ -237,8 +237,49 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
     if let Some(l) = lookup {
         l.stop();
     }
+    if rig.kind == Kind::Qemu {
+        suites.push(nonce_suite(rig, paths, logs, net, &broker).await);
+    }
     broker.stop().await;
     suites
+}
+
+/// The QEMU board's nonces across boots of one device (`nonces.rs`).
+async fn nonce_suite(
+    rig: &Rig,
+    paths: &Paths,
+    logs: &Path,
+    net: &Net,
+    broker: &TestBroker,
+) -> Suite {
+    let started = Instant::now();
+    let (socket, port) = match nonces::sniffer(net.device_bind).await {
+        Ok(s) => s,
+        Err(e) => {
+            return failed_suite(
+                &format!("{}/nonces", rig.name),
+                started,
+                format!("sniffer socket: {e}"),
+            );
+        }
+    };
+    // A device id no other suite of this run uses.
+    let device_id = rig.device_id.wrapping_add(1000);
+    let base = Boot {
+        device_id,
+        key: broker.device_key(device_id),
+        transport: Transport::Udp,
+        udp: SocketAddr::new(net.advertise, port),
+        ws: broker.ws(),
+        lookup: None,
+        meter_ms: rig.meter_ms,
+        boot_number: 1,
+        record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
+        exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
+    };
+    let suite = nonces::run(rig, &paths.root, logs, base, &socket).await;
+    report(&suite);
+    suite
 }
 
 /// Prints a suite's result lines to stderr.

@@ -15,6 +15,7 @@
 //! * [`session`]: the secure session (seal/open of DATA packets).
 //! * [`handshake`]: the client and server login handshakes.
 //! * [`reliability`]: sequence numbers, acknowledgements and retransmission.
+//! * [`provision`]: the device provisioning record kept in flash (not a wire format).
 //! * `json` (feature `json`): the app transport's JSON messages and tokens.
 #![no_std]
 #![cfg_attr(not(feature = "std"), forbid(unsafe_code))]
@@ -31,6 +32,7 @@ pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod packet;
+pub mod provision;
 pub mod reliability;
 pub mod replay;
 pub mod session;

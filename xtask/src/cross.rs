@@ -12,7 +12,7 @@
 //!   targets in [`TARGETS`], with the feature sets of [`NO_STD_BUILDS`] (`firmware` only where
 //!   no board crate builds it).
 //! * `boards` builds every crate under `boards/` (each has its own `.cargo/config.toml`) into
-//!   the one shared cross target folder, with placeholder provisioning ([`placeholder_env`]);
+//!   the one shared cross target folder, with placeholder build settings ([`placeholder_env`]);
 //!   `clippy` lints each of them (warnings denied) for the target its config names: a board
 //!   crate only builds for its own chip.
 //! * `qemu-smoke` boots `boards/qemu-mps2-an386`'s `udp-probe` under QEMU against a UDP echo
@@ -306,21 +306,16 @@ fn board_target_dir(_board: &Path) -> PathBuf {
     cross_target_dir()
 }
 
-/// Build-time provisioning for builds that only check that firmware compiles and measure it
-/// (`cross boards`, `cross clippy`, `size`): each variable the caller's environment leaves
-/// unset gets a harmless placeholder. Broker addresses are in TEST-NET-1 (192.0.2.0/24, never
-/// routed), the key is all zeros; such a build must never be flashed to a device in use.
+/// Build-time settings for builds that only check that firmware compiles and measure it
+/// (`cross boards`, `cross clippy`, `size`, the HIL's QEMU build): each variable the caller's
+/// environment leaves unset gets a harmless placeholder. Device identities are not among them:
+/// boards read a provisioning record at boot (docs/flashing.md), so these builds are the images
+/// that get flashed. What remains is the QEMU probe's echo port and the Pico W's Wi-Fi network
+/// (a site setting; such a build joins no real network).
 pub fn placeholder_env(command: &mut Command) {
     const PLACEHOLDERS: &[(&str, &str)] = &[
         // The QEMU probe's UDP echo port; 9 is discard.
         ("PLUG_BROKER_PORT", "9"),
-        ("PLUG_DEVICE_ID", "1"),
-        (
-            "PLUG_DEVICE_KEY",
-            "0000000000000000000000000000000000000000000000000000000000000000",
-        ),
-        ("PLUG_BROKER_UDP", "192.0.2.1:9"),
-        ("PLUG_BROKER_WS", "192.0.2.1:80"),
         ("PLUG_WIFI_SSID", "unprovisioned"),
     ];
     for (key, value) in PLACEHOLDERS {

@@ -1,13 +1,13 @@
 //! `cargo xtask hil`: builds the boards a rig needs and runs the hardware-in-the-loop
 //! scenarios (`hil-tests`), which write `target/hil/junit.xml`. See docs/hil.md.
 //!
-//! * `qemu`: the `plug` firmware is cross-built once into the shared cross target folder (with
-//!   the same placeholder provisioning as `cross boards`, so both reuse one artifact; the real
-//!   provisioning is given at boot on QEMU's command line), QEMU is installed if missing.
+//! * `qemu`: the `plug` firmware is cross-built once into the shared cross target folder (the
+//!   same image as `cross boards`, so both reuse one artifact; `hil-tests` loads each boot's
+//!   provisioning record with QEMU's `-device loader`), QEMU is installed if missing.
 //! * `host-tap`: the host board is built with the host toolchain into `<target>/host-tap`.
 //! * any other rig (real boards, `hil-tests/rigs/<name>.toml`): nothing is built here;
-//!   `hil-tests` builds the firmware with the run's provisioning (the cross environment is
-//!   passed to it) and refuses when no probe is attached.
+//!   `hil-tests` builds the firmware (the cross environment is passed to it) and refuses when
+//!   no probe is attached.
 
 use std::path::PathBuf;
 use std::process::Command;

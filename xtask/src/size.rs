@@ -5,8 +5,8 @@
 //!   (`*-none-*`) is built in release mode with the pinned cross toolchain
 //!   ([`crate::cross::CrossEnv`]) into the one shared cross target folder
 //!   ([`crate::cross::cross_target_dir`]), so `core` is built once per target and profile.
-//!   Builds get placeholder provisioning ([`crate::cross::placeholder_env`]) unless the
-//!   caller's environment provisions them.
+//!   Builds get placeholder build settings ([`crate::cross::placeholder_env`]; device
+//!   identities come from a record at boot, not from the build).
 //! * cargo's JSON messages name each linked executable; [`elf_footprint`] reads its section
 //!   headers (no binutils needed) and sums them the way Berkeley `size` does: `text` =
 //!   allocated, read-only sections (code, rodata, vector table, `.boot2`); `data` = allocated,

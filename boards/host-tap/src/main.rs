@@ -6,7 +6,8 @@
 //! `embassy-net-tuntap` instead of an Ethernet controller. A process costs a few MiB, so a test
 //! can run many plugs at once (one TAP each, on a bridge in a network namespace).
 //!
-//! Settings come from the environment at start-up ([`settings`]). Exit status: 0 after
+//! Settings come from the environment at start-up, the provisioning from the record file it
+//! names (`PLUG_RECORD`; [`settings`]): one binary for every plug. Exit status: 0 after
 //! `PLUG_EXIT_AFTER_S`, 2 the TAP device could not be opened or the application not started,
 //! 4 bad settings (the message names the variable).
 

@@ -1,17 +1,15 @@
 //! Boot settings of the host TAP board, read from the process environment at start-up.
 //!
-//! The same `PLUG_*` names as every other board (`plug-app`'s provisioning, the QEMU board's
-//! boot command line), plus what only this board needs (which TAP device, which static
-//! address). Everything is validated here, before the network comes up, so a bad value ends the
-//! process with a message naming the variable.
+//! The provisioning (identity, brokers, transport preference) is the same binary record every
+//! board reads (`plug_app::record`, docs/flashing.md); this board reads it from the file named
+//! by `PLUG_RECORD` instead of a flash region. Everything else is a run option of this board
+//! (which TAP device, which static address). Everything is validated here, before the network
+//! comes up, so a bad record or value ends the process with a message naming it; the board
+//! never logs in with it.
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `PLUG_DEVICE_ID`, `PLUG_DEVICE_KEY` | identity (decimal id, 64 hex digits) |
-//! | `PLUG_BROKER_UDP`, `PLUG_BROKER_WS` | brokers, `a.b.c.d:port` |
-//! | `PLUG_BROKER_WS_HOST`, `PLUG_BROKER_WS_PATH` | WebSocket `Host` header and path |
-//! | `PLUG_LOOKUP` | the broker's HTTP API, `a.b.c.d:port`: ask its node lookup first (optional) |
-//! | `PLUG_TRANSPORT` | `udp`, `ws` or `both` (default): which of the brokers to use |
+//! | `PLUG_RECORD` | path of the provisioning record (`broker device-key --record FILE`; required) |
 //! | `PLUG_METER_MS` | interval of `power` uploads, ms (default 60000, 0 = off) |
 //! | `PLUG_EXIT_AFTER_S` | exit with status 0 after this many seconds (default: run forever) |
 //! | `PLUG_TAP` | TAP device to open (default `tap0`; it must exist and be up) |
@@ -23,6 +21,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use plug_app::Provisioning;
+use plug_app::record::TransportPreference;
 
 /// Interval of `power` uploads when `PLUG_METER_MS` is not set.
 pub const DEFAULT_METER_MS: u64 = 60_000;
@@ -75,8 +74,7 @@ fn error(variable: &'static str, reason: impl Into<String>) -> SettingsError {
 }
 
 impl Settings {
-    /// Reads the settings from `vars` (the process environment in `main`). Strings the client
-    /// keeps (WebSocket host and path) are leaked once: they live as long as the process.
+    /// Reads the settings from `vars` (the process environment in `main`) and the record file.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, SettingsError> {
@@ -85,7 +83,6 @@ impl Settings {
             .filter(|(k, _)| k.starts_with("PLUG_"))
             .collect();
         let get = |key: &str| vars.get(key).map(String::as_str);
-        let leak = |key: &str| get(key).map(|v| &*Box::leak(v.to_owned().into_boxed_str()));
         let number = |key: &'static str| -> Result<Option<u64>, SettingsError> {
             get(key)
                 .map(|v| {
@@ -95,38 +92,24 @@ impl Settings {
                 .transpose()
         };
 
-        let transport = match get("PLUG_TRANSPORT").unwrap_or("both") {
-            "udp" => "udp",
-            "ws" => "ws",
-            "both" => "both",
-            other => {
-                return Err(error(
-                    "PLUG_TRANSPORT",
-                    format!("`{other}`: expected udp, ws or both"),
-                ));
-            }
+        let Some(path) = get("PLUG_RECORD") else {
+            return Err(error(
+                "PLUG_RECORD",
+                "not set: give the path of the provisioning record (broker device-key --record FILE)",
+            ));
         };
-        let udp = if transport == "ws" {
-            None
-        } else {
-            leak("PLUG_BROKER_UDP")
+        let bytes = std::fs::read(path)
+            .map_err(|e| error("PLUG_RECORD", format!("cannot read {path}: {e}")))?;
+        // The client keeps the record's strings (WebSocket host and path): they live as long
+        // as the process.
+        let provisioned = plug_app::provisioning_from_record(Box::leak(bytes.into_boxed_slice()))
+            .map_err(|e| error("PLUG_RECORD", format!("{path}: {e}")))?;
+        let provisioning = provisioned.provisioning;
+        let transport = match provisioned.transport {
+            TransportPreference::Udp => "udp",
+            TransportPreference::Ws => "ws",
+            TransportPreference::Both => "both",
         };
-        let ws = if transport == "udp" {
-            None
-        } else {
-            leak("PLUG_BROKER_WS")
-        };
-        let provisioning = Provisioning::parse(
-            get("PLUG_DEVICE_ID"),
-            get("PLUG_DEVICE_KEY"),
-            udp,
-            ws,
-            leak("PLUG_BROKER_WS_HOST"),
-            leak("PLUG_BROKER_WS_PATH"),
-        )
-        .map_err(|e| error("PLUG_*", e.message()))?
-        .with_lookup(leak("PLUG_LOOKUP"))
-        .map_err(|e| error("PLUG_LOOKUP", e.message()))?;
 
         let ip = match get("PLUG_IP") {
             None => {
@@ -190,15 +173,40 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plug_app::record::RecordError;
+    use shared_protocol::provision::{MAX_RECORD_LEN, Record, WsEndpoint};
 
-    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    /// Writes a record with `transport` to a file of its own; its path.
+    fn record_file(name: &str, transport: TransportPreference, corrupt: bool) -> String {
+        let record = Record {
+            device_id: 77,
+            key: [0x11; 32],
+            transport,
+            udp: Some("198.51.100.1:7000".parse().unwrap()),
+            ws: Some(WsEndpoint {
+                addr: "198.51.100.1:7001".parse().unwrap(),
+                host: "198.51.100.1:7001",
+                path: "/device",
+            }),
+            lookup: None,
+            seed: [3; 16],
+        };
+        let mut buf = [0u8; MAX_RECORD_LEN];
+        let len = record.encode(&mut buf).unwrap();
+        if corrupt {
+            buf[20] ^= 1;
+        }
+        let path = std::env::temp_dir().join(format!(
+            "host-tap-settings-{}-{name}.bin",
+            std::process::id()
+        ));
+        std::fs::write(&path, &buf[..len]).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
 
-    fn vars(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn vars(record: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = [
-            ("PLUG_DEVICE_ID", "77"),
-            ("PLUG_DEVICE_KEY", KEY),
-            ("PLUG_BROKER_UDP", "198.51.100.1:7000"),
-            ("PLUG_BROKER_WS", "198.51.100.1:7001"),
+            ("PLUG_RECORD", record),
             ("PLUG_IP", "198.51.100.2/24"),
             ("HOME", "/ignored"),
         ]
@@ -214,8 +222,10 @@ mod tests {
 
     #[test]
     fn defaults_use_both_brokers_and_derive_the_mac_from_the_id() {
-        let s = Settings::from_vars(vars(&[])).unwrap();
+        let record = record_file("both", TransportPreference::Both, false);
+        let s = Settings::from_vars(vars(&record, &[])).unwrap();
         assert_eq!(s.provisioning.device_id, 77);
+        assert_eq!(s.provisioning.key, [0x11; 32]);
         assert_eq!(s.transport, "both");
         assert!(s.provisioning.udp.is_some() && s.provisioning.ws.is_some());
         assert_eq!(s.ip, (Ipv4Addr::new(198, 51, 100, 2), 24));
@@ -226,17 +236,35 @@ mod tests {
     }
 
     #[test]
-    fn transport_narrows_the_brokers() {
-        let s = Settings::from_vars(vars(&[("PLUG_TRANSPORT", "ws")])).unwrap();
+    fn the_record_transport_narrows_the_brokers() {
+        let record = record_file("ws", TransportPreference::Ws, false);
+        let s = Settings::from_vars(vars(&record, &[])).unwrap();
+        assert_eq!(s.transport, "ws");
         assert!(s.provisioning.udp.is_none() && s.provisioning.ws.is_some());
-        let s = Settings::from_vars(vars(&[("PLUG_TRANSPORT", "udp")])).unwrap();
-        assert!(s.provisioning.udp.is_some() && s.provisioning.ws.is_none());
-        let e = Settings::from_vars(vars(&[("PLUG_TRANSPORT", "tcp")])).unwrap_err();
-        assert_eq!(e.variable, "PLUG_TRANSPORT");
+    }
+
+    #[test]
+    fn a_missing_or_bad_record_is_refused_with_its_error() {
+        let e = Settings::from_vars(vars("/nonexistent/record.bin", &[])).unwrap_err();
+        assert_eq!(e.variable, "PLUG_RECORD");
+        let mut no_record = vars("x", &[]);
+        no_record.retain(|(k, _)| k != "PLUG_RECORD");
+        assert_eq!(
+            Settings::from_vars(no_record).unwrap_err().variable,
+            "PLUG_RECORD"
+        );
+        let corrupt = record_file("corrupt", TransportPreference::Both, true);
+        let e = Settings::from_vars(vars(&corrupt, &[])).unwrap_err();
+        assert_eq!(e.variable, "PLUG_RECORD");
+        assert!(
+            e.reason.ends_with(&RecordError::BadChecksum.to_string()),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_name_their_variable() {
+        let record = record_file("bad-values", TransportPreference::Both, false);
         for (key, value) in [
             ("PLUG_IP", "198.51.100.2"),
             ("PLUG_IP", "198.51.100.2/33"),
@@ -244,11 +272,9 @@ mod tests {
             ("PLUG_MAC", "02:00:00:00:00"),
             ("PLUG_METER_MS", "soon"),
         ] {
-            let e = Settings::from_vars(vars(&[(key, value)])).unwrap_err();
+            let e = Settings::from_vars(vars(&record, &[(key, value)])).unwrap_err();
             assert_eq!(e.variable, key, "{key}={value}");
         }
-        let e = Settings::from_vars(vars(&[("PLUG_DEVICE_KEY", "abc")])).unwrap_err();
-        assert!(e.reason.contains("PLUG_DEVICE_KEY"), "{e}");
     }
 
     #[test]

@@ -15,12 +15,16 @@
 //! | Ethernet RMII | PA1 REF_CLK, PA7 CRS_DV, PC4 RXD0, PC5 RXD1, PG13 TXD0, PB13 TXD1, PG11 TX_EN | on board (solder bridges as shipped) |
 //! | PHY management | PA2 MDIO, PC1 MDC | on board |
 //!
-//! Provisioning (device id, key, brokers) comes from the build environment
-//! (`plug_app::provision`); logs are defmt over RTT (the ST-LINK probe), see docs/flashing.md.
+//! Provisioning (device id, key, brokers) is read at boot from the record in the last flash
+//! sector ([`record_region`]), so one image serves every plug; a missing or bad record logs
+//! the error and the board stays offline, LD1 blinking slowly. Logs are defmt over RTT (the
+//! ST-LINK probe), see docs/flashing.md.
 #![no_std]
 #![no_main]
 
-use defmt::{info, unwrap};
+mod record_region;
+
+use defmt::{error, info, unwrap};
 use embassy_executor::Spawner;
 use embassy_net::StackResources;
 use embassy_stm32::bind_interrupts;
@@ -29,6 +33,7 @@ use embassy_stm32::gpio::{Level, Output, Speed};
 use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
 use embassy_stm32::rng::{self, Rng};
 use embassy_stm32::time::Hertz;
+use embassy_time::Timer;
 use plug_app::app::{AppConfig, AppMemory};
 use plug_app::relay::{GpioRelay, Polarity};
 use static_cell::StaticCell;
@@ -96,9 +101,23 @@ fn mac_address() -> [u8; 6] {
 
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
-    // Checked at compile time: a missing variable fails the build, naming it.
-    let provisioning = plug_app::provisioning!();
     let p = embassy_stm32::init(clocks());
+    let mut net_led = Output::new(p.PB0, Level::Low, Speed::Low);
+    let provisioning = match plug_app::provisioning_from_record(record_region::record_region()) {
+        Ok(provisioned) => provisioned.provisioning,
+        Err(e) => {
+            error!(
+                "provisioning record at {=usize:#x} refused: {}; staying offline",
+                record_region::RECORD_ADDR,
+                e
+            );
+            // Safe state: no network, no login; LD1 blinks slowly.
+            loop {
+                net_led.toggle();
+                Timer::after_millis(1000).await;
+            }
+        }
+    };
     info!(
         "nucleo-f429zi: plug firmware {}, device {}",
         env!("CARGO_PKG_VERSION"),
@@ -114,7 +133,6 @@ async fn main(spawner: Spawner) {
             Polarity::ActiveHigh,
         )),
     ));
-    let mut net_led = Output::new(p.PB0, Level::Low, Speed::Low);
 
     static RNG_CELL: StaticCell<HwRng> = StaticCell::new();
     let rng = RNG_CELL.init(HwRng(Rng::new(p.RNG, Irqs)));

@@ -14,15 +14,19 @@
 //! | on-board LED: network up | CYW43 GPIO 0 | on board (driven through the radio) |
 //! | CYW43439 SPI | GP23 power, GP24 data, GP25 chip select, GP29 clock (PIO0 SM0, DMA 0) | on board |
 //!
-//! Provisioning: the device id, key and brokers as for every board (`plug_app::provision`),
-//! plus `PLUG_WIFI_SSID` and `PLUG_WIFI_PASSWORD` (empty or unset: an open network), all at
-//! build time. Logs are defmt over RTT through an SWD probe, see docs/flashing.md.
+//! Provisioning: the device id, key and brokers are read at boot from the record in the last
+//! flash page ([`record_region`]), so one image serves every plug; a missing or bad record
+//! logs the error and the board stays offline (Wi-Fi never powered). The Wi-Fi network is a
+//! site setting given at build time: `PLUG_WIFI_SSID` and `PLUG_WIFI_PASSWORD` (empty or unset:
+//! an open network). Logs are defmt over RTT through an SWD probe, see docs/flashing.md.
 #![no_std]
 #![no_main]
 
+mod record_region;
+
 use cyw43::JoinOptions;
 use cyw43_pio::{DEFAULT_CLOCK_DIVIDER, PioSpi};
-use defmt::{info, unwrap, warn};
+use defmt::{error, info, unwrap, warn};
 use embassy_executor::Spawner;
 use embassy_net::StackResources;
 use embassy_rp::bind_interrupts;
@@ -82,9 +86,21 @@ async fn net_task(mut runner: embassy_net::Runner<'static, cyw43::NetDriver<'sta
 
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
-    // Checked at compile time: a missing variable fails the build, naming it.
-    let provisioning = plug_app::provisioning!();
     let p = embassy_rp::init(Default::default());
+    let provisioning = match plug_app::provisioning_from_record(record_region::record_region()) {
+        Ok(provisioned) => provisioned.provisioning,
+        Err(e) => {
+            error!(
+                "provisioning record at {=usize:#x} refused: {}; staying offline",
+                record_region::RECORD_ADDR,
+                e
+            );
+            // Safe state: the radio stays off, no login.
+            loop {
+                Timer::after_secs(3600).await;
+            }
+        }
+    };
     info!(
         "pico-w: plug firmware {}, device {}",
         env!("CARGO_PKG_VERSION"),

@@ -11,6 +11,8 @@
 //!   once with [`time_driver::start`] before awaiting any timer.
 //! - [`vectors`] binds the hardware exceptions (SysTick, the Ethernet IRQ) to the
 //!   two drivers above. It is the only place that knows the interrupt numbers.
+//! - [`record_region`] is where QEMU's loader puts the provisioning record and the boot
+//!   number (block RAM at `0x0100_0000`).
 //! - [`Board::init`] does all of the above and returns the parts the firmware needs.
 //!
 //! A board binary (see `src/bin/`) creates the embassy-net stack on top of
@@ -23,6 +25,7 @@
 
 pub mod lan9118;
 pub mod panic;
+pub mod record_region;
 pub mod time_driver;
 mod vectors;
 

@@ -8,7 +8,9 @@
 //! ```text
 //!  board main ── clocks, pins, PHY/radio, embassy-net stack, hardware RNG
 //!      │
-//!      ├─ provision::Provisioning   device id, key, brokers: build-time env (checked at compile time)
+//!      ├─ record::provisioning_from_record   device id, key, brokers, seed: the flash record
+//!      │                                     (shared_protocol::provision), read at boot
+//!      ├─ entropy::BootRng          nonces where there is no hardware RNG (record seed + boot number)
 //!      ├─ relay::GpioRelay          the relay pin (+ a status LED mirroring it): firmware::plug::Relay
 //!      └─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task
 //!                                   + Plug<Relay, SimulatedMeter> task (firmware::net::run_plug)
@@ -21,9 +23,12 @@
 extern crate std;
 
 pub mod app;
+pub mod entropy;
 pub mod provision;
+pub mod record;
 pub mod relay;
 
 pub use app::{AppMemory, StartError, start};
-pub use provision::{ProvisionError, Provisioning};
+pub use provision::{Provisioning, WsBroker};
+pub use record::{Provisioned, provisioning_from_record};
 pub use relay::GpioRelay;

@@ -5,62 +5,63 @@
 //! with an address from DHCP. Hardware-in-the-loop tests (`cargo xtask hil`) boot this binary
 //! against a real broker.
 //!
-//! Provisioning is read **at boot** from the semihosting command line (QEMU's `-append`), so
-//! one build serves every test run; a value missing there falls back to the same variable at
-//! build time (`option_env!`), so `PLUG_... cargo run --release --bin plug` works too:
+//! One image serves every plug: the device's identity, brokers and entropy seed come from the
+//! provisioning record QEMU's loader puts in block RAM, and a boot number from its companion
+//! word (`board_qemu_mps2_an386::record_region`; docs/flashing.md). A missing or bad record
+//! logs one line naming the error and the board stays offline: no network, no login.
+//!
+//! QEMU has no entropy source: nonces come from `plug_app::entropy::BootRng`, seeded from the
+//! record's secret seed and the boot number, so they differ on every boot.
+//!
+//! Run options (not provisioning) come from the semihosting command line (QEMU's `-append`),
+//! whitespace-separated `KEY=VALUE` words (others, like the kernel file name QEMU puts first,
+//! are ignored):
 //!
 //! | key | meaning |
 //! |---|---|
-//! | `PLUG_DEVICE_ID`, `PLUG_DEVICE_KEY` | identity (decimal id, 64 hex digits) |
-//! | `PLUG_BROKER_UDP`, `PLUG_BROKER_WS` | brokers, `a.b.c.d:port` (from QEMU's user network the host is 10.0.2.2) |
-//! | `PLUG_BROKER_WS_HOST`, `PLUG_BROKER_WS_PATH` | WebSocket `Host` header and path |
-//! | `PLUG_LOOKUP` | the broker's HTTP API `a.b.c.d:port`: ask its node lookup first (optional) |
-//! | `PLUG_TRANSPORT` | `udp`, `ws` or `both` (default): which of the brokers above to use |
 //! | `PLUG_METER_MS` | interval of `power` uploads in ms (default 60000, 0 = off) |
-//! | `PLUG_SEED` | seed of the client's generator (QEMU has no entropy source) |
-//! | `PLUG_EXIT_AFTER_S` | end QEMU with status 0 after this many seconds (default: run forever) |
+//! | `PLUG_EXIT_AFTER_S` | end QEMU after this many seconds (default: run forever) |
 //!
-//! The command line is whitespace-separated `KEY=VALUE` words (other words, like the kernel
-//! file name QEMU puts first, are ignored). Exit codes: 0 after `PLUG_EXIT_AFTER_S`, 2 board
-//! bring-up failed, 4 bad provisioning (the log names the variable), 101 panic.
+//! Exit codes: 0 after `PLUG_EXIT_AFTER_S`, 2 board bring-up failed, 4 bad record or options
+//! (after `PLUG_EXIT_AFTER_S` when set, idle until then), 101 panic.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
 
 use core::mem::MaybeUninit;
 
-use board_qemu_mps2_an386::{Board, Lan9118, exit};
+use board_qemu_mps2_an386::{Board, Lan9118, exit, record_region};
 use embassy_executor::Spawner;
 use embassy_net::{Runner, StackResources};
 use embassy_time::{Duration, Instant, Timer};
 use firmware::plug::{MemoryRelay, Relay};
-use firmware::rng::{Rng, SplitMix64};
+use firmware::rng::Rng;
+use plug_app::AppMemory;
 use plug_app::app::AppConfig;
-use plug_app::{AppMemory, Provisioning};
+use plug_app::entropy::BootRng;
 use static_cell::StaticCell;
 
 const EXIT_BOARD: i32 = 2;
 const EXIT_CONFIG: i32 = 4;
 
-/// Longest semihosting command line kept (the provisioning words are ~250 bytes).
+/// Longest semihosting command line kept.
 const CMDLINE_MAX: usize = 1024;
 /// Default interval of `power` uploads.
 const DEFAULT_METER_MS: u64 = 60_000;
 
-/// Words of the boot command line, with the build environment as fallback.
+/// Words of the boot command line.
 struct Settings {
     cmdline: &'static str,
 }
 
 impl Settings {
-    /// The value of `key`: from the command line, else the build-time `fallback`.
-    fn get(&self, key: &str, fallback: Option<&'static str>) -> Option<&'static str> {
+    /// The value of `key` on the command line.
+    fn get(&self, key: &str) -> Option<&'static str> {
         self.cmdline
             .split_ascii_whitespace()
             .filter_map(|word| word.split_once('='))
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
-            .or(fallback)
     }
 }
 
@@ -80,54 +81,35 @@ fn read_cmdline() -> &'static str {
     }
 }
 
-/// What the boot settings say beyond the provisioning.
+/// Run options from the command line.
 struct Options {
-    transport: &'static str,
     meter_ms: u64,
-    seed: Option<u64>,
     exit_after_s: Option<u64>,
 }
 
 fn options(s: &Settings) -> Result<Options, &'static str> {
-    let number = |key, fallback| -> Result<Option<u64>, &'static str> {
-        match s.get(key, fallback) {
+    let number = |key| -> Result<Option<u64>, &'static str> {
+        match s.get(key) {
             None => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| key),
         }
     };
-    let transport = s
-        .get("PLUG_TRANSPORT", option_env!("PLUG_TRANSPORT"))
-        .unwrap_or("both");
-    if !matches!(transport, "udp" | "ws" | "both") {
-        return Err("PLUG_TRANSPORT (udp, ws or both)");
-    }
     Ok(Options {
-        transport,
-        meter_ms: number("PLUG_METER_MS", option_env!("PLUG_METER_MS"))?
-            .unwrap_or(DEFAULT_METER_MS),
-        seed: number("PLUG_SEED", option_env!("PLUG_SEED"))?,
-        exit_after_s: number("PLUG_EXIT_AFTER_S", option_env!("PLUG_EXIT_AFTER_S"))?,
+        meter_ms: number("PLUG_METER_MS")?.unwrap_or(DEFAULT_METER_MS),
+        exit_after_s: number("PLUG_EXIT_AFTER_S")?,
     })
 }
 
-fn provisioning(s: &Settings, transport: &str) -> Result<Provisioning, &'static str> {
-    let mut udp = s.get("PLUG_BROKER_UDP", option_env!("PLUG_BROKER_UDP"));
-    let mut ws = s.get("PLUG_BROKER_WS", option_env!("PLUG_BROKER_WS"));
-    match transport {
-        "udp" => ws = None,
-        "ws" => udp = None,
-        _ => {}
+/// The safe state after a bad record or options: no network, no login; ends QEMU with
+/// [`EXIT_CONFIG`] after `exit_after_s` when given.
+async fn stay_offline(exit_after_s: Option<u64>) -> ! {
+    if let Some(secs) = exit_after_s {
+        Timer::after(Duration::from_secs(secs)).await;
+        exit(EXIT_CONFIG);
     }
-    Provisioning::parse(
-        s.get("PLUG_DEVICE_ID", option_env!("PLUG_DEVICE_ID")),
-        s.get("PLUG_DEVICE_KEY", option_env!("PLUG_DEVICE_KEY")),
-        udp,
-        ws,
-        s.get("PLUG_BROKER_WS_HOST", option_env!("PLUG_BROKER_WS_HOST")),
-        s.get("PLUG_BROKER_WS_PATH", option_env!("PLUG_BROKER_WS_PATH")),
-    )
-    .and_then(|p| p.with_lookup(s.get("PLUG_LOOKUP", option_env!("PLUG_LOOKUP"))))
-    .map_err(|e| e.message())
+    loop {
+        Timer::after(Duration::from_secs(3600)).await;
+    }
 }
 
 #[embassy_executor::task]
@@ -140,12 +122,10 @@ async fn main(spawner: Spawner) {
     let settings = Settings {
         cmdline: read_cmdline(),
     };
-    let (opts, prov) = match options(&settings)
-        .and_then(|o| provisioning(&settings, o.transport).map(|p| (o, p)))
-    {
-        Ok(v) => v,
+    let opts = match options(&settings) {
+        Ok(o) => o,
         Err(what) => {
-            defmt::error!("bad provisioning: {=str}", what);
+            defmt::error!("bad option {=str}: expected a decimal number", what);
             exit(EXIT_CONFIG);
         }
     };
@@ -156,16 +136,37 @@ async fn main(spawner: Spawner) {
             exit(EXIT_BOARD);
         }
     };
-    let mac = board.ethernet.mac_address();
-    let mac_seed = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0x91, 0x5e]);
-    // QEMU has no entropy source: the test passes a fresh seed per boot (PLUG_SEED).
-    let seed = opts.seed.unwrap_or(mac_seed) ^ u64::from(prov.device_id);
+    let provisioned = match plug_app::provisioning_from_record(record_region::record_region()) {
+        Ok(p) => p,
+        Err(e) => {
+            defmt::error!(
+                "provisioning record at {=usize:#x} refused: {}; staying offline",
+                record_region::RECORD_ADDR,
+                e
+            );
+            stay_offline(opts.exit_after_s).await
+        }
+    };
+    let Some(boot) = record_region::boot_number() else {
+        defmt::error!(
+            "no boot number at {=usize:#x} (QEMU keeps nothing across boots; nonces could repeat); staying offline",
+            record_region::BOOT_WORD_ADDR
+        );
+        stay_offline(opts.exit_after_s).await
+    };
+    let prov = provisioned.provisioning;
+    // QEMU has no entropy source: everything random derives from the record's secret seed and
+    // this boot's number.
+    let mut boot_rng = BootRng::new(&provisioned.seed, boot);
+    let seed = u64::from(boot_rng.next_u32()) << 32 | u64::from(boot_rng.next_u32());
     defmt::info!(
-        "plug {=u32}: transport {=str}, udp {}, ws {}",
+        "plug {=u32} boot {=u32}: transport {}, udp {}, ws {}, lookup {}",
         prov.device_id,
-        opts.transport,
+        boot,
+        provisioned.transport,
         prov.udp.is_some(),
-        prov.ws.is_some()
+        prov.ws.is_some(),
+        prov.lookup.is_some()
     );
 
     static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
@@ -186,9 +187,9 @@ async fn main(spawner: Spawner) {
     }
 
     static MEMORY: StaticCell<AppMemory> = StaticCell::new();
-    static RNG: StaticCell<SplitMix64> = StaticCell::new();
+    static RNG: StaticCell<BootRng> = StaticCell::new();
     static RELAY: StaticCell<MemoryRelay> = StaticCell::new();
-    let rng: &'static mut dyn Rng = RNG.init(SplitMix64::new(seed.rotate_left(17)));
+    let rng: &'static mut dyn Rng = RNG.init(boot_rng);
     let relay: &'static mut dyn Relay = RELAY.init(MemoryRelay::default());
     let config = AppConfig {
         firmware_version: env!("CARGO_PKG_VERSION"),
