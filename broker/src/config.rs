@@ -90,6 +90,8 @@ pub struct Config {
     pub upload: Upload,
     /// The app backend that device requests are forwarded to.
     pub backend: Backend,
+    /// Connection and request limits of the HTTP API listener.
+    pub api: Api,
     /// Logging.
     pub log: Log,
     /// Cluster discovery and node lookup (docs/discovery.md).
@@ -340,6 +342,31 @@ impl Default for Backend {
     }
 }
 
+/// `[api]`: limits of the HTTP API listener (`listen.http`), held by `crate::api::listener`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// API connections open at once; one more is closed at accept.
+    pub max_connections: u32,
+    /// Time a client has to send a request's whole header (also the keep-alive idle limit).
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's whole body, from the end of its header.
+    pub body_timeout_ms: u64,
+    /// Largest request body, bytes (413 above it).
+    pub max_body_bytes: u32,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            max_connections: 1024,
+            header_read_timeout_ms: 10000,
+            body_timeout_ms: 30000,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -570,6 +597,19 @@ impl Config {
         if self.backend.timeout_ms == 0 {
             return err("backend.timeout_ms", "must be greater than 0");
         }
+        for (key, v) in [
+            ("api.max_connections", u64::from(self.api.max_connections)),
+            (
+                "api.header_read_timeout_ms",
+                self.api.header_read_timeout_ms,
+            ),
+            ("api.body_timeout_ms", self.api.body_timeout_ms),
+            ("api.max_body_bytes", u64::from(self.api.max_body_bytes)),
+        ] {
+            if v == 0 {
+                return err(key, "must be greater than 0");
+            }
+        }
         self.discovery.validate()?;
         self.tls.validate()?;
         self.redis.validate().map_err(|e| match e {
@@ -689,6 +729,20 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn zero_api_limits_are_refused_naming_the_key() {
+        for key in [
+            "max_connections",
+            "header_read_timeout_ms",
+            "body_timeout_ms",
+            "max_body_bytes",
+        ] {
+            let e = Config::from_str_with_env("a.toml", &format!("[api]\n{key} = 0\n"), no_env())
+                .unwrap_err();
+            assert!(e.to_string().contains(&format!("`api.{key}`")), "{e}");
         }
     }
 
