@@ -304,11 +304,36 @@ impl Default for Timeouts {
     }
 }
 
+/// Checks a webhook or backend base URL: empty (off) or a plain `http://` URL with a host and
+/// no query or fragment. `https://` is refused because the broker's HTTP client is built
+/// without a TLS stack: such a URL would fail on every call; put a TLS-terminating proxy on
+/// the path instead.
+fn check_plain_http_url(url: &str) -> Result<(), &'static str> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    if url.starts_with("https://") {
+        return Err(
+            "https:// is not supported (the broker's HTTP client has no TLS); use an \
+                    http:// URL, e.g. a local TLS-terminating proxy",
+        );
+    }
+    if !url.starts_with("http://") {
+        return Err("must be empty or start with http://");
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.host().is_some() && u.query().is_none() && u.fragment().is_none() => Ok(()),
+        Ok(_) => Err("must be an http:// URL with a host and no query or fragment"),
+        Err(_) => Err("is not a valid URL"),
+    }
+}
+
 /// `[upload]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Upload {
-    /// If set (`http://...`), every upload is POSTed there as JSON, in order, at least once.
+    /// If set (`http://...`; `https://` is refused at start-up: no TLS client), every upload is
+    /// POSTed there as JSON, in order, at least once.
     pub webhook_url: String,
     /// Timeout of one webhook call, milliseconds.
     pub webhook_timeout_ms: u64,
@@ -327,7 +352,8 @@ impl Default for Upload {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Backend {
-    /// Base URL (`http://...`) device Request frames are forwarded to (`base + path`); empty = off.
+    /// Base URL (`http://...`; `https://` is refused at start-up: no TLS client) device Request
+    /// frames are forwarded to (`base + path`); empty = off.
     pub device_request_url: String,
     /// Timeout of one forwarded request, milliseconds.
     pub timeout_ms: u64,
@@ -587,8 +613,8 @@ impl Config {
                 &self.backend.device_request_url,
             ),
         ] {
-            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
-                return err(key, "must be empty or start with http:// or https://");
+            if let Err(reason) = check_plain_http_url(url) {
+                return err(key, reason);
             }
         }
         if self.upload.webhook_timeout_ms == 0 {
@@ -729,6 +755,30 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn https_and_malformed_http_urls_are_refused_naming_the_key() {
+        for (section, key) in [("upload", "webhook_url"), ("backend", "device_request_url")] {
+            for (url, reason) in [
+                ("https://backend.example/api", "https:// is not supported"),
+                (
+                    "ftp://backend.example/",
+                    "must be empty or start with http://",
+                ),
+                ("http://", "is not a valid URL"),
+                ("http://h/api?k=1", "no query or fragment"),
+                ("http://h/api#f", "no query or fragment"),
+            ] {
+                let toml = format!("[{section}]\n{key} = \"{url}\"\n");
+                let e = Config::from_str_with_env("u.toml", &toml, no_env()).unwrap_err();
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("`{section}.{key}`")), "{url}: {msg}");
+                assert!(msg.contains(reason), "{url}: {msg}");
+            }
+            let toml = format!("[{section}]\n{key} = \"http://127.0.0.1:8080/api\"\n");
+            assert!(Config::from_str_with_env("u.toml", &toml, no_env()).is_ok());
         }
     }
 
