@@ -217,6 +217,9 @@ pub struct Limits {
     pub outbound_queue: u32,
     /// What happens when that queue is full.
     pub queue_full_policy: QueueFullPolicy,
+    /// Longest a WebSocket write of a live session may wait for the client to read,
+    /// milliseconds; then the connection is dropped and counted.
+    pub ws_write_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -230,6 +233,7 @@ impl Default for Limits {
             login_attempts_per_ip_per_sec: 20,
             outbound_queue: 64,
             queue_full_policy: QueueFullPolicy::Disconnect,
+            ws_write_timeout_ms: 10000,
         }
     }
 }
@@ -624,6 +628,10 @@ impl Config {
             return err("backend.timeout_ms", "must be greater than 0");
         }
         for (key, v) in [
+            (
+                "limits.ws_write_timeout_ms",
+                self.limits.ws_write_timeout_ms,
+            ),
             ("api.max_connections", u64::from(self.api.max_connections)),
             (
                 "api.header_read_timeout_ms",
