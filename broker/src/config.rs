@@ -791,16 +791,17 @@ mod tests {
     }
 
     #[test]
-    fn zero_api_limits_are_refused_naming_the_key() {
-        for key in [
-            "max_connections",
-            "header_read_timeout_ms",
-            "body_timeout_ms",
-            "max_body_bytes",
+    fn zero_api_and_ws_write_limits_are_refused_naming_the_key() {
+        for (section, key) in [
+            ("api", "max_connections"),
+            ("api", "header_read_timeout_ms"),
+            ("api", "body_timeout_ms"),
+            ("api", "max_body_bytes"),
+            ("limits", "ws_write_timeout_ms"),
         ] {
-            let e = Config::from_str_with_env("a.toml", &format!("[api]\n{key} = 0\n"), no_env())
-                .unwrap_err();
-            assert!(e.to_string().contains(&format!("`api.{key}`")), "{e}");
+            let toml = format!("[{section}]\n{key} = 0\n");
+            let e = Config::from_str_with_env("a.toml", &toml, no_env()).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{section}.{key}`")), "{e}");
         }
     }
 
