@@ -90,6 +90,8 @@ pub struct Config {
     pub upload: Upload,
     /// The app backend that device requests are forwarded to.
     pub backend: Backend,
+    /// Connection and request limits of the HTTP API listener.
+    pub api: Api,
     /// Logging.
     pub log: Log,
     /// Cluster discovery and node lookup (docs/discovery.md).
@@ -215,6 +217,9 @@ pub struct Limits {
     pub outbound_queue: u32,
     /// What happens when that queue is full.
     pub queue_full_policy: QueueFullPolicy,
+    /// Longest a WebSocket write of a live session may wait for the client to read,
+    /// milliseconds; then the connection is dropped and counted.
+    pub ws_write_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -228,6 +233,7 @@ impl Default for Limits {
             login_attempts_per_ip_per_sec: 20,
             outbound_queue: 64,
             queue_full_policy: QueueFullPolicy::Disconnect,
+            ws_write_timeout_ms: 10000,
         }
     }
 }
@@ -302,11 +308,36 @@ impl Default for Timeouts {
     }
 }
 
+/// Checks a webhook or backend base URL: empty (off) or a plain `http://` URL with a host and
+/// no query or fragment. `https://` is refused because the broker's HTTP client is built
+/// without a TLS stack: such a URL would fail on every call; put a TLS-terminating proxy on
+/// the path instead.
+fn check_plain_http_url(url: &str) -> Result<(), &'static str> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    if url.starts_with("https://") {
+        return Err(
+            "https:// is not supported (the broker's HTTP client has no TLS); use an \
+                    http:// URL, e.g. a local TLS-terminating proxy",
+        );
+    }
+    if !url.starts_with("http://") {
+        return Err("must be empty or start with http://");
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.host().is_some() && u.query().is_none() && u.fragment().is_none() => Ok(()),
+        Ok(_) => Err("must be an http:// URL with a host and no query or fragment"),
+        Err(_) => Err("is not a valid URL"),
+    }
+}
+
 /// `[upload]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Upload {
-    /// If set (`http://...`), every upload is POSTed there as JSON, in order, at least once.
+    /// If set (`http://...`; `https://` is refused at start-up: no TLS client), every upload is
+    /// POSTed there as JSON, in order, at least once.
     pub webhook_url: String,
     /// Timeout of one webhook call, milliseconds.
     pub webhook_timeout_ms: u64,
@@ -325,7 +356,8 @@ impl Default for Upload {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Backend {
-    /// Base URL (`http://...`) device Request frames are forwarded to (`base + path`); empty = off.
+    /// Base URL (`http://...`; `https://` is refused at start-up: no TLS client) device Request
+    /// frames are forwarded to (`base + path`); empty = off.
     pub device_request_url: String,
     /// Timeout of one forwarded request, milliseconds.
     pub timeout_ms: u64,
@@ -336,6 +368,31 @@ impl Default for Backend {
         Backend {
             device_request_url: String::new(),
             timeout_ms: 10000,
+        }
+    }
+}
+
+/// `[api]`: limits of the HTTP API listener (`listen.http`), held by `crate::api::listener`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// API connections open at once; one more is closed at accept.
+    pub max_connections: u32,
+    /// Time a client has to send a request's whole header (also the keep-alive idle limit).
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's whole body, from the end of its header.
+    pub body_timeout_ms: u64,
+    /// Largest request body, bytes (413 above it).
+    pub max_body_bytes: u32,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            max_connections: 1024,
+            header_read_timeout_ms: 10000,
+            body_timeout_ms: 30000,
+            max_body_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -560,8 +617,8 @@ impl Config {
                 &self.backend.device_request_url,
             ),
         ] {
-            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
-                return err(key, "must be empty or start with http:// or https://");
+            if let Err(reason) = check_plain_http_url(url) {
+                return err(key, reason);
             }
         }
         if self.upload.webhook_timeout_ms == 0 {
@@ -569,6 +626,23 @@ impl Config {
         }
         if self.backend.timeout_ms == 0 {
             return err("backend.timeout_ms", "must be greater than 0");
+        }
+        for (key, v) in [
+            (
+                "limits.ws_write_timeout_ms",
+                self.limits.ws_write_timeout_ms,
+            ),
+            ("api.max_connections", u64::from(self.api.max_connections)),
+            (
+                "api.header_read_timeout_ms",
+                self.api.header_read_timeout_ms,
+            ),
+            ("api.body_timeout_ms", self.api.body_timeout_ms),
+            ("api.max_body_bytes", u64::from(self.api.max_body_bytes)),
+        ] {
+            if v == 0 {
+                return err(key, "must be greater than 0");
+            }
         }
         self.discovery.validate()?;
         self.tls.validate()?;
@@ -689,6 +763,45 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn https_and_malformed_http_urls_are_refused_naming_the_key() {
+        for (section, key) in [("upload", "webhook_url"), ("backend", "device_request_url")] {
+            for (url, reason) in [
+                ("https://backend.example/api", "https:// is not supported"),
+                (
+                    "ftp://backend.example/",
+                    "must be empty or start with http://",
+                ),
+                ("http://", "is not a valid URL"),
+                ("http://h/api?k=1", "no query or fragment"),
+                ("http://h/api#f", "no query or fragment"),
+            ] {
+                let toml = format!("[{section}]\n{key} = \"{url}\"\n");
+                let e = Config::from_str_with_env("u.toml", &toml, no_env()).unwrap_err();
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("`{section}.{key}`")), "{url}: {msg}");
+                assert!(msg.contains(reason), "{url}: {msg}");
+            }
+            let toml = format!("[{section}]\n{key} = \"http://127.0.0.1:8080/api\"\n");
+            assert!(Config::from_str_with_env("u.toml", &toml, no_env()).is_ok());
+        }
+    }
+
+    #[test]
+    fn zero_api_and_ws_write_limits_are_refused_naming_the_key() {
+        for (section, key) in [
+            ("api", "max_connections"),
+            ("api", "header_read_timeout_ms"),
+            ("api", "body_timeout_ms"),
+            ("api", "max_body_bytes"),
+            ("limits", "ws_write_timeout_ms"),
+        ] {
+            let toml = format!("[{section}]\n{key} = 0\n");
+            let e = Config::from_str_with_env("a.toml", &toml, no_env()).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{section}.{key}`")), "{e}");
         }
     }
 

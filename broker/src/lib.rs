@@ -248,20 +248,15 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
             .with_cluster(parts.cluster_api),
     )
     .merge(parts.extra_routes);
-    let sd = shutdown.clone();
     let https = api_tls.is_some();
-    tasks.push(tokio::spawn(async move {
-        match api_tls {
-            Some(acceptor) => api::https::serve(http_listener, acceptor, app, sd).await,
-            None => {
-                let serve = axum::serve(http_listener, app)
-                    .with_graceful_shutdown(async move { sd.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP API stopped");
-                }
-            }
-        }
-    }));
+    tasks.push(tokio::spawn(api::listener::serve(
+        http_listener,
+        api_tls,
+        app,
+        api::listener::ApiLimits::new(&config.api),
+        router.metrics().clone(),
+        shutdown.clone(),
+    )));
     let scheme = if https { "https" } else { "http" };
     tracing::info!(
         http = %http,

@@ -203,23 +203,39 @@ async fn a_device_request_reaches_the_http_backend_and_its_answer_comes_back() {
             }),
             "{t:?}"
         );
-        // A path trying to leave the backend's prefix is refused before any HTTP call.
+        // A path trying to leave the backend's prefix, in any spelling the URL parser or the
+        // backend would turn into another path, is refused before any HTTP call.
         let calls = seen.lock().unwrap().len();
-        dev.send(Body::Request {
-            req_id: 11,
-            path: "/../admin",
-            payload: b"",
-        })
-        .await;
-        assert_eq!(
-            dev.next_event(WAIT).await,
-            Some(Got::Response {
-                req_id: 11,
-                status: 400,
-                payload: Vec::new()
-            }),
-            "{t:?}"
-        );
+        for (req_id, path) in [
+            "/../admin",
+            "/%2e%2e/admin",
+            "/%2E%2E/admin",
+            "/..\\admin",
+            "/x?admin=1",
+            "/x#admin",
+            "//admin",
+            "/./admin",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let req_id = 11 + req_id as u32;
+            dev.send(Body::Request {
+                req_id,
+                path,
+                payload: b"",
+            })
+            .await;
+            assert_eq!(
+                dev.next_event(WAIT).await,
+                Some(Got::Response {
+                    req_id,
+                    status: 400,
+                    payload: Vec::new()
+                }),
+                "{t:?} {path:?}"
+            );
+        }
         assert_eq!(seen.lock().unwrap().len(), calls, "{t:?}: no call made");
     }
     b.stop().await;

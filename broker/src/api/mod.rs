@@ -7,10 +7,11 @@
 //! `/v1/openapi.json`) list exactly the same operations. Handlers live in [`handlers`] and talk
 //! to the [`Router`] and its stores only, plus, in cluster mode, a [`ClusterApi`] for what
 //! the local router cannot see: device commands to sessions on other nodes and the cluster-wide
-//! online registry (implemented by `crate::cluster::commands`).
+//! online registry (implemented by `crate::cluster::commands`). [`listener`] serves the app,
+//! plain or TLS, under the `[api]` connection, header, body and size limits.
 
 mod handlers;
-pub mod https;
+pub mod listener;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,6 +235,9 @@ pub enum ApiError {
     /// 413: payload too large.
     #[error("{0}")]
     TooLarge(String),
+    /// 408: the request body did not arrive in time (`api.body_timeout_ms`).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// 503: temporarily unable (overloaded session, store down).
     #[error("{1}")]
     Unavailable(&'static str, String),
@@ -252,6 +256,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(code, _) => (StatusCode::NOT_FOUND, code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(code, _) => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -99,10 +99,21 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         Err(end) => end,
     };
     if let End::Close(code) = end {
-        ws::close(&mut ws, code, "").await;
+        ws::close_within(&ctx, &mut ws, code, "").await;
     }
     ctx.router.metrics().connection_closed(T);
     drop(guard);
+}
+
+/// [`send`] for a live session: bounded by `limits.ws_write_timeout_ms` ([`ws::send_within`]).
+async fn send_live(ctx: &Context, ws: &mut Ws, msg: &ServerMessage) -> Result<(), WsError> {
+    match msg.encode() {
+        Ok(text) => ws::send_within(ctx, ws, Message::Text(text.into())).await,
+        Err(e) => {
+            tracing::warn!(error = %e, kind = msg.type_name(), "app message does not encode");
+            Ok(())
+        }
+    }
 }
 
 async fn send(ws: &mut Ws, msg: &ServerMessage) -> Result<(), WsError> {
@@ -250,14 +261,14 @@ async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {
                         let e = error(Code::MALFORMED, None, "binary messages are not used here");
-                        let _ = send(ws, &e).await;
+                        let _ = send_live(ctx, ws, &e).await;
                         break End::Close(close_code(Code::MALFORMED));
                     }
                     Some(Ok(Message::Close(_))) | None => break End::Closed,
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => match ws_error_end(ctx, &e) {
                         Some(code) => {
-                            let _ = send(ws, &error(code, None, "message too large")).await;
+                            let _ = send_live(ctx, ws, &error(code, None, "message too large")).await;
                             break End::Close(close_code(code));
                         }
                         None => break End::Closed,
@@ -272,7 +283,7 @@ async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
                     Err(e) => Some(decode_error(&e)),
                 };
                 if let Some(r) = reply
-                    && send(ws, &r).await.is_err()
+                    && send_live(ctx, ws, &r).await.is_err()
                 {
                     break End::Closed;
                 }
@@ -282,7 +293,7 @@ async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
                     None => break End::Closed,
                     Some(Outbound::Kick { reason }) => {
                         let code = kick_code(reason);
-                        let _ = send(ws, &ServerMessage::Kick(Kick { reason: code })).await;
+                        let _ = send_live(ctx, ws, &ServerMessage::Kick(Kick { reason: code })).await;
                         break End::Close(close_code(code));
                     }
                     Some(ev) => match app_message(ev) {
@@ -290,13 +301,13 @@ async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
                         None => continue,
                     },
                 };
-                if send(ws, &msg).await.is_err() {
+                if send_live(ctx, ws, &msg).await.is_err() {
                     break End::Closed;
                 }
             }
             _ = tokio::time::sleep_until(silent_until) => {
                 let code = Code::HEARTBEAT_TIMEOUT;
-                let _ = send(ws, &ServerMessage::Kick(Kick { reason: code })).await;
+                let _ = send_live(ctx, ws, &ServerMessage::Kick(Kick { reason: code })).await;
                 break End::Close(close_code(code));
             }
         }

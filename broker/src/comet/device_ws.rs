@@ -109,8 +109,10 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     };
     match end {
         End::Closed => {}
-        End::Goodbye => ws::close(&mut ws, 1000, "goodbye").await,
-        End::Code(code) => ws::close(&mut ws, close_code(code), code.description()).await,
+        End::Goodbye => ws::close_within(&ctx, &mut ws, 1000, "goodbye").await,
+        End::Code(code) => {
+            ws::close_within(&ctx, &mut ws, close_code(code), code.description()).await
+        }
     }
     tracing::debug!(%peer, ?end, "device_ws connection closed");
     ctx.router.metrics().connection_closed(T);
@@ -119,6 +121,11 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
 
 async fn send_packet(ws: &mut Ws, packet: Vec<u8>) -> Result<(), WsError> {
     ws.send(Message::Binary(Bytes::from(packet))).await
+}
+
+/// [`send_packet`] for a live session: bounded by `limits.ws_write_timeout_ms` ([`ws::send_within`]).
+async fn send_live(ctx: &Context, ws: &mut Ws, packet: Vec<u8>) -> Result<(), WsError> {
+    ws::send_within(ctx, ws, Message::Binary(Bytes::from(packet))).await
 }
 
 /// Runs `seal` on a fresh packet buffer and returns the packet.
@@ -315,7 +322,7 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
                 Some(Outbound::Kick { reason }) => {
                     let code = kick_code(reason);
                     if let Some(p) = packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok()) {
-                        let _ = send_packet(ws, p).await;
+                        let _ = send_live(ctx, ws, p).await;
                     }
                     break End::Code(code);
                 }
@@ -341,7 +348,7 @@ async fn send_event(ctx: &Context, ws: &mut Ws, link: &mut Link, ev: &Outbound) 
     let (body, tag) = device::outbound_body(ev)?;
     let now = ctx.mono_ms();
     match packet(|o| link.seal_reliable(body, tag, now, rand::random(), o).ok()) {
-        Some(p) => send_packet(ws, p).await.err().map(|_| End::Closed),
+        Some(p) => send_live(ctx, ws, p).await.err().map(|_| End::Closed),
         None => {
             tracing::warn!(event = ?ev, "device_ws: event does not fit a frame, dropped");
             None
@@ -355,7 +362,7 @@ async fn run_timers(ctx: &Context, ws: &mut Ws, link: &mut Link) -> Option<End> 
         match link.poll(ctx.mono_ms(), rand::random(), &mut buf) {
             Polled::Send(n) => {
                 buf.truncate(n);
-                if send_packet(ws, buf).await.is_err() {
+                if send_live(ctx, ws, buf).await.is_err() {
                     return Some(End::Closed);
                 }
             }
@@ -363,7 +370,7 @@ async fn run_timers(ctx: &Context, ws: &mut Ws, link: &mut Link) -> Option<End> 
                 if let Some(p) =
                     packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok())
                 {
-                    let _ = send_packet(ws, p).await;
+                    let _ = send_live(ctx, ws, p).await;
                 }
                 return Some(End::Code(code));
             }
@@ -408,7 +415,7 @@ async fn on_packet(
                 server_time_ms: crate::router::now_ms(),
             };
             let p = packet(|o| link.seal_unreliable(pong, o).ok())?;
-            send_packet(ws, p).await.err().map(|_| End::Closed)
+            send_live(ctx, ws, p).await.err().map(|_| End::Closed)
         }
         Reaction::Error { code, about_seq } => {
             reliable(ctx, ws, link, Body::Error { code, about_seq }).await
@@ -424,5 +431,5 @@ async fn reliable(ctx: &Context, ws: &mut Ws, link: &mut Link, body: Body<'_>) -
         link.seal_reliable(body, Tag::Plain, now, rand::random(), o)
             .ok()
     })?;
-    send_packet(ws, p).await.err().map(|_| End::Closed)
+    send_live(ctx, ws, p).await.err().map(|_| End::Closed)
 }

@@ -83,6 +83,8 @@ pub struct Settings {
     pub max_device_packet: usize,
     /// Largest app text message (`limits.max_app_message_bytes`, validated to at most the protocol's 4096).
     pub max_app_message: usize,
+    /// Longest a live session's WebSocket write may wait (`limits.ws_write_timeout_ms`).
+    pub ws_write_timeout: Duration,
 }
 
 impl Settings {
@@ -99,6 +101,7 @@ impl Settings {
                 .min(shared_protocol::limits::MAX_PACKET),
             max_app_message: (c.limits.max_app_message_bytes as usize)
                 .min(shared_protocol::limits::MAX_JSON_MESSAGE),
+            ws_write_timeout: Duration::from_millis(c.limits.ws_write_timeout_ms),
         }
     }
 

@@ -1,5 +1,5 @@
 //! Optional TLS (wss) for the device and app WebSocket listeners, with rustls (ring provider), and
-//! with `api = true` for the HTTP API too (served by `crate::api::https`).
+//! with `api = true` for the HTTP API too (served by `crate::api::listener`).
 //!
 //! * [`TlsConfig`] is the `[tls]` config section (`enabled`, `cert_file`, `key_file`, PEM);
 //!   [`TlsConfig::validate`] loads the files once so a bad path or PEM fails start-up (and

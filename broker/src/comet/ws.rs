@@ -1,6 +1,8 @@
 //! WebSocket plumbing shared by the device and app endpoints: the explicit tungstenite
-//! configuration (small buffers, size limits), close frames with codes, and admission of an
-//! accepted TCP connection against the connection limits.
+//! configuration (small buffers, size limits), close frames with codes, admission of an
+//! accepted TCP connection against the connection limits, and the bounded writes
+//! ([`send_within`], [`close_within`]) that live sessions use so a client that stops reading
+//! is dropped after `limits.ws_write_timeout_ms` instead of pinning its task and slot.
 //!
 //! Memory: tungstenite 0.30 allocates its read buffer eagerly (128 KiB by default). Both
 //! endpoints use a read buffer of 0 (the codec then reserves exactly one frame header or one
@@ -42,6 +44,30 @@ pub async fn close(ws: &mut Ws, code: u16, reason: &str) {
     };
     let _ = ws.send(Message::Close(Some(frame))).await;
     let _ = ws.flush().await;
+}
+
+/// Sends `msg` on a live session's socket, waiting at most `limits.ws_write_timeout_ms` for
+/// the client to make room (a client that stops reading would otherwise pin the connection's
+/// task and slot forever). A timeout is counted as
+/// `broker_limit_rejections_total{limit="ws_write_timeout_ms"}` and fails with an I/O
+/// `TimedOut` error; the caller then drops the connection without a close frame.
+pub(super) async fn send_within(
+    ctx: &super::Context,
+    ws: &mut Ws,
+    msg: Message,
+) -> Result<(), WsError> {
+    match tokio::time::timeout(ctx.settings.ws_write_timeout, ws.send(msg)).await {
+        Ok(r) => r,
+        Err(_) => {
+            ctx.router.metrics().limit_hit("ws_write_timeout_ms");
+            Err(WsError::Io(std::io::ErrorKind::TimedOut.into()))
+        }
+    }
+}
+
+/// [`close`] bounded by `limits.ws_write_timeout_ms`, for the end of a live session.
+pub(super) async fn close_within(ctx: &super::Context, ws: &mut Ws, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(ctx.settings.ws_write_timeout, close(ws, code, reason)).await;
 }
 
 /// The IP of a connection's peer (for limits); IPv4-mapped IPv6 addresses count as IPv4.

@@ -30,6 +30,7 @@
 //! step per terminal ([`order`]). A session yields its replay (in id order) before live events
 //! and skips a live Deliver the replay already covered.
 
+mod backend_path;
 pub mod order;
 pub mod registry;
 pub mod session;
@@ -893,6 +894,8 @@ impl Router {
 
     /// Forwards a device Request to `backend.device_request_url` + `path` as an HTTP POST
     /// (body = payload, header `x-plugcloud-device: device:ID`) and returns the answer.
+    /// A path that could leave the base URL (see [`backend_path`]) gets 400 without any
+    /// HTTP call, counted as `bad_path`.
     pub async fn device_request(
         &self,
         device: Address,
@@ -927,14 +930,13 @@ impl Router {
         if s.backend_url.is_empty() {
             return fail(503, "not_configured");
         }
-        if !path.starts_with('/')
-            || path.contains("..")
-            || path.len() > 255
-            || path.chars().any(char::is_control)
-        {
-            return fail(400, "bad_path");
-        }
-        let url = format!("{}{}", s.backend_url.trim_end_matches('/'), path);
+        let url = match backend_path::backend_url(&s.backend_url, path) {
+            Ok(url) => url,
+            Err(why) => {
+                tracing::debug!(terminal = %device, reason = %why, "device request path refused");
+                return fail(400, "bad_path");
+            }
+        };
         let req = self
             .inner
             .http

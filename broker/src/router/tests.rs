@@ -750,6 +750,28 @@ async fn device_requests_are_forwarded_to_the_backend() {
             .status,
         400
     );
+    // Spellings the URL parser turns into `..` or a query are refused too, before any call.
+    for path in [
+        "/%2e%2e/etc",
+        "/%2E%2e/etc",
+        "/..\\etc",
+        "/x?y=1",
+        "/x#y",
+        "//etc",
+        "/./x",
+    ] {
+        assert_eq!(
+            f.router.device_request(D1, path, Bytes::new()).await.status,
+            400,
+            "{path:?}"
+        );
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "no call for a refused path");
+    let text = f.router.metrics().render();
+    assert!(
+        text.contains("broker_device_requests_total{result=\"bad_path\"} 9"),
+        "{text}"
+    );
 
     let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
     f.router
