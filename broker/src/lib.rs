@@ -11,7 +11,7 @@
 //! * [`api`]: the HTTP API (axum) under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
 //! * [`metrics`]: the Prometheus metrics facade every part records through.
 //! * [`logging`]: the binary's log filter, with caps that keep frame dumps out of the logs.
-//! * `discovery`, `keeper`: cluster-mode node discovery and the `rmqkeeper` role (issue 5).
+//! * `discovery`, `keeper`: cluster-mode node discovery and the `rmqkeeper` role.
 //! * [`cluster`]: the `comet` and `msgbus` roles (Redis stores and online registry, ZooKeeper
 //!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
 //! * `comet` (transports: device WebSocket/UDP, app WebSocket): started by [`start`] beside the API.
