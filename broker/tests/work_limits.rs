@@ -435,3 +435,49 @@ async fn the_webhook_reads_no_response_body() {
     assert_eq!(counter(&m, "broker_webhook_total{result=\"ok\"}"), 3, "{m}");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn over_the_device_websocket_the_same_budget_applies() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.limits.frames_per_sec_per_terminal = 1;
+        c.limits.frame_burst_per_terminal = 5;
+    })
+    .await;
+    let mut dev = login(Wire::ws(&b.device_ws()).await, 45, 0).await.unwrap();
+    // Eight Uploads at once: the burst of five is carried out, the other three are refused.
+    let mut seqs = Vec::new();
+    for upload_id in 1..=8u32 {
+        seqs.push(dev.next_seq);
+        dev.send(Body::Upload {
+            upload_id,
+            topic: "t",
+            payload: b"p",
+        })
+        .await;
+    }
+    let (mut acked, mut limited) = (Vec::new(), Vec::new());
+    while acked.len() + limited.len() < 8 {
+        match dev.next_event(WAIT).await {
+            Some(Got::UploadAck { upload_id }) => acked.push(upload_id),
+            Some(Got::Error {
+                code: Code::RATE_LIMITED,
+                about_seq,
+            }) => limited.push(about_seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    acked.sort();
+    assert_eq!(acked, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        limited,
+        seqs[5..].to_vec(),
+        "the errors name the refused frames"
+    );
+    let m = b.metrics();
+    assert_eq!(
+        counter(&m, "broker_uploads_total{result=\"rate_limited\"}"),
+        3,
+        "{m}"
+    );
+    b.stop().await;
+}
