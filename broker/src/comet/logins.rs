@@ -19,7 +19,8 @@
 //! The timestamp table is sharded by device id (64 `std::sync::Mutex` shards). The shard lock is
 //! held for the whole synchronous `Acceptor::on_login` call (HMACs, HKDF, one seal: microseconds,
 //! no `.await`), so the `REPLAY` comparison and the recording of the new timestamp are atomic even
-//! when two endpoints accept LOGINs for the same device at once.
+//! when two endpoints accept LOGINs for the same device at once. The `admit` gate runs under that lock
+//! and takes the login limiter's shard lock inside it; nothing takes them in the other order.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
