@@ -136,7 +136,7 @@ impl Drop for ConnGuard {
 ///
 /// Memory and time under a flood from many addresses: a shard forgets the buckets that have
 /// refilled (they hold no information) when it grows past its prune mark, and the mark is then
-/// set to twice what was kept (at least [`PRUNE_ABOVE`]). So a sweep over `n` buckets happens
+/// set to twice what was kept (at least 1024). So a sweep over `n` buckets happens
 /// only after at least `n / 2` new addresses were added since the last one: pruning costs O(1)
 /// amortised per attempt, never a scan per attempt.
 pub struct LoginLimiter {
