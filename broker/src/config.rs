@@ -220,6 +220,17 @@ pub struct Limits {
     /// Longest a WebSocket write of a live session may wait for the client to read,
     /// milliseconds; then the connection is dropped and counted.
     pub ws_write_timeout_ms: u64,
+    /// Sends and Uploads one device session may have waiting to be applied; more get
+    /// `Error QUEUE_FULL`.
+    pub max_queued_frames_per_session: u32,
+    /// Device Requests (HTTP calls to the backend) one session may have in flight; more get
+    /// `Error QUEUE_FULL`.
+    pub max_requests_in_flight_per_session: u32,
+    /// Sustained rate of Send, Upload and Request frames a device terminal may send, per
+    /// second; frames over it get `Error RATE_LIMITED`.
+    pub frames_per_sec_per_terminal: u32,
+    /// Burst of such frames allowed above that rate (the token bucket's size).
+    pub frame_burst_per_terminal: u32,
 }
 
 impl Default for Limits {
@@ -234,6 +245,10 @@ impl Default for Limits {
             outbound_queue: 64,
             queue_full_policy: QueueFullPolicy::Disconnect,
             ws_write_timeout_ms: 10000,
+            max_queued_frames_per_session: 64,
+            max_requests_in_flight_per_session: 8,
+            frames_per_sec_per_terminal: 100,
+            frame_burst_per_terminal: 200,
         }
     }
 }
@@ -575,6 +590,22 @@ impl Config {
                 l.login_attempts_per_ip_per_sec,
             ),
             ("limits.outbound_queue", l.outbound_queue),
+            (
+                "limits.max_queued_frames_per_session",
+                l.max_queued_frames_per_session,
+            ),
+            (
+                "limits.max_requests_in_flight_per_session",
+                l.max_requests_in_flight_per_session,
+            ),
+            (
+                "limits.frames_per_sec_per_terminal",
+                l.frames_per_sec_per_terminal,
+            ),
+            (
+                "limits.frame_burst_per_terminal",
+                l.frame_burst_per_terminal,
+            ),
             ("offline.max_per_terminal", self.offline.max_per_terminal),
         ] {
             if v == 0 {

@@ -191,6 +191,20 @@ impl Metrics {
         self.counter("broker_limit_rejections_total", &[("limit", limit)], 1);
     }
 
+    /// Registers at 0 the refusal counters of the per-session work limits (`limits`: their
+    /// config keys) and the `rate_limited` / `queue_full` results of sends, uploads and device
+    /// requests, so they are exported before the first refusal.
+    pub fn work_limits_registered(&self, limits: &[&'static str]) {
+        for limit in limits {
+            self.counter("broker_limit_rejections_total", &[("limit", limit)], 0);
+        }
+        for result in ["rate_limited", "queue_full"] {
+            self.counter("broker_sends_total", &[("result", result)], 0);
+            self.counter("broker_uploads_total", &[("result", result)], 0);
+            self.counter("broker_device_requests_total", &[("result", result)], 0);
+        }
+    }
+
     /// Records the latency of `op`.
     pub fn latency(&self, op: Op, d: Duration) {
         let key = Key::from_parts(
@@ -224,12 +238,13 @@ impl Metrics {
     }
 
     /// Counts a terminal-to-terminal send; `result` is `ok`, `not_bound`, `invalid_address`,
-    /// `error` or `queue_full`.
+    /// `error`, `queue_full` or `rate_limited`.
     pub fn send(&self, result: &'static str) {
         self.counter("broker_sends_total", &[("result", result)], 1);
     }
 
-    /// Counts an upload; `result` is `stored`, `duplicate` or `error`.
+    /// Counts an upload; `result` is `stored`, `duplicate`, `error`, `queue_full` or
+    /// `rate_limited`.
     pub fn upload(&self, result: &'static str) {
         self.counter("broker_uploads_total", &[("result", result)], 1);
     }
@@ -239,7 +254,8 @@ impl Metrics {
         self.counter("broker_commands_total", &[("result", result)], 1);
     }
 
-    /// Counts a device request; `result` is `ok`, `backend_error`, `not_configured`, `bad_path`.
+    /// Counts a device request; `result` is `ok`, `backend_error`, `not_configured`, `bad_path`,
+    /// `too_large`, `queue_full` (too many in flight) or `rate_limited`.
     pub fn device_request(&self, result: &'static str) {
         self.counter("broker_device_requests_total", &[("result", result)], 1);
     }

@@ -4,6 +4,12 @@
 //! Synchronous router calls (command results, spawned device requests) are made here; Sends and
 //! Uploads need the store, so they go to the session's [`FrameWorker`], which applies them in
 //! the order the device sent them without blocking the endpoint's socket loop.
+//!
+//! Every Send, Upload and Request is first charged to the session's budget
+//! ([`super::budget`]): over the rate it gets `Error RATE_LIMITED`, over the queue or the
+//! Requests-in-flight bound `Error QUEUE_FULL`, about its `seq`, and is not carried out. Each
+//! refusal is counted under the config key that refused it
+//! (`broker_limit_rejections_total{limit}`) and under the frame's own counter.
 
 use bytes::Bytes;
 use shared_protocol::codes::Code;
@@ -33,12 +39,33 @@ pub enum Reaction {
     Goodbye,
 }
 
-/// Applies one (new, in-window) device frame; Sends and Uploads are queued to `worker`.
+/// The kind of work frame, for counting refusals.
+#[derive(Clone, Copy)]
+enum WorkKind {
+    Send,
+    Upload,
+    Request,
+}
+
+/// Counts a refused work frame under its own counter with `result`.
+fn count_refused(router: &Router, kind: WorkKind, result: &'static str) {
+    let m = router.metrics();
+    match kind {
+        WorkKind::Send => m.send(result),
+        WorkKind::Upload => m.upload(result),
+        WorkKind::Request => m.device_request(result),
+    }
+}
+
+/// Applies one (new, in-window) device frame; Sends and Uploads are queued to `worker`, and
+/// every work frame is charged to `worker`'s budget at `now_ms` (the endpoint's monotonic
+/// clock).
 pub fn on_frame(
     router: &Router,
     handle: &SessionHandle,
-    worker: &FrameWorker,
+    worker: &mut FrameWorker,
     frame: &Frame<'_>,
+    now_ms: u64,
 ) -> Reaction {
     let me = handle.address();
     let max_payload = router.settings().max_payload;
@@ -47,6 +74,22 @@ pub fn on_frame(
         router.metrics().limit_hit("max_payload_bytes");
         return Reaction::Error {
             code: Code::TOO_LARGE,
+            about_seq,
+        };
+    }
+    let kind = match frame.body {
+        Body::Send { .. } => Some(WorkKind::Send),
+        Body::Upload { .. } => Some(WorkKind::Upload),
+        Body::Request { .. } => Some(WorkKind::Request),
+        _ => None,
+    };
+    if let Some(kind) = kind
+        && !worker.admit(now_ms)
+    {
+        router.metrics().limit_hit("frames_per_sec_per_terminal");
+        count_refused(router, kind, "rate_limited");
+        return Reaction::Error {
+            code: Code::RATE_LIMITED,
             about_seq,
         };
     }
@@ -62,8 +105,7 @@ pub fn on_frame(
                     about_seq,
                 };
                 if worker.submit(work).is_err() {
-                    router.metrics().send("queue_full");
-                    return queue_full(about_seq);
+                    return queue_full(router, WorkKind::Send, about_seq);
                 }
                 Reaction::Nothing
             }
@@ -84,8 +126,7 @@ pub fn on_frame(
                 about_seq,
             };
             if worker.submit(work).is_err() {
-                router.metrics().upload("queue_full");
-                return queue_full(about_seq);
+                return queue_full(router, WorkKind::Upload, about_seq);
             }
             Reaction::Nothing
         }
@@ -103,11 +144,15 @@ pub fn on_frame(
             path,
             payload,
         } => {
+            let Some(slot) = worker.request_slot() else {
+                return queue_full(router, WorkKind::Request, about_seq);
+            };
             router.spawn_device_request(
                 handle,
                 req_id,
                 path.to_owned(),
                 Bytes::copy_from_slice(payload),
+                slot,
             );
             Reaction::Nothing
         }
@@ -126,7 +171,13 @@ pub fn on_frame(
     }
 }
 
-fn queue_full(about_seq: u32) -> Reaction {
+/// Counts a frame refused for a full queue (or Requests in flight) and answers `QUEUE_FULL`.
+fn queue_full(router: &Router, kind: WorkKind, about_seq: u32) -> Reaction {
+    router.metrics().limit_hit(match kind {
+        WorkKind::Send | WorkKind::Upload => "max_queued_frames_per_session",
+        WorkKind::Request => "max_requests_in_flight_per_session",
+    });
+    count_refused(router, kind, "queue_full");
     Reaction::Error {
         code: Code::QUEUE_FULL,
         about_seq,

@@ -200,6 +200,8 @@ async fn handshake(
         if !matches!(peek_header(&bytes), Ok((PacketType::Login, _))) {
             continue;
         }
+        // The TCP connection has already proven the source address, so the login rate is
+        // charged before the LOGIN is checked (UDP charges it once the cookie proves it).
         if !ctx.login_rate.allow(ws::peer_ip(peer), now) {
             m.limit_hit("login_attempts_per_ip_per_sec");
             m.login_failed(T, "rate_limited");
@@ -214,11 +216,14 @@ async fn handshake(
         // On the heap, and only for this step: a buffer here would live in the connection's
         // future, and so in its memory, for the whole connection.
         let mut out = vec![0u8; MAX_PACKET];
+        let admitted = || true;
         let accepted = match ctx
             .logins
-            .on_login(&peer_addr, &bytes, now, sid, &params, &mut out)
+            .on_login(&peer_addr, &bytes, now, sid, &params, admitted, &mut out)
         {
             LoginOutcome::Accepted(a) => a,
+            // Not asked for here (charged above).
+            LoginOutcome::RateLimited => return Err(End::Code(Code::RATE_LIMITED)),
             LoginOutcome::Duplicate => {
                 // Unanswered (its WELCOME is on its way), counted.
                 m.login_failed(T, "duplicate");
@@ -302,13 +307,18 @@ fn hello_reply(
 /// for the same reason.
 async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session) -> End {
     let me = session.handle().address();
-    let worker = FrameWorker::spawn(ctx.router.clone(), session.handle().clone());
+    let mut worker = FrameWorker::spawn(
+        ctx.router.clone(),
+        session.handle().clone(),
+        ctx.settings.work,
+        ctx.mono_ms(),
+    );
     let end = loop {
         let wake = ctx.instant_at(link.poll_timeout());
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    let step = Box::pin(on_packet(ctx, ws, link, session, &worker, mutable(b)));
+                    let step = Box::pin(on_packet(ctx, ws, link, session, &mut worker, mutable(b)));
                     if let Some(end) = step.await {
                         break end;
                     }
@@ -384,7 +394,7 @@ async fn on_packet(
     ws: &mut Ws,
     link: &mut Link,
     session: &Session,
-    worker: &FrameWorker,
+    worker: &mut FrameWorker,
     mut buf: BytesMut,
 ) -> Option<End> {
     let handle = session.handle();
@@ -407,7 +417,7 @@ async fn on_packet(
         }
     }
     let frame = received.frame?;
-    match device::on_frame(&ctx.router, handle, worker, &frame) {
+    match device::on_frame(&ctx.router, handle, worker, &frame, ctx.mono_ms()) {
         Reaction::Nothing => None,
         Reaction::Goodbye => Some(End::Goodbye),
         Reaction::Pong => {

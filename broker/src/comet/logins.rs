@@ -9,10 +9,18 @@
 //! `BAD_COOKIE`, and the per-node table below refuses a copy sent to this live node (`REPLAY`).
 //! Each accepted LOGIN gets a fresh broker nonce from the OS CSPRNG, an input of its session keys.
 //!
+//! Login rate: the per-address allowance (`limits.login_attempts_per_ip_per_sec`) is charged by
+//! the `admit` gate [`Logins::on_login`] takes, which runs only once the LOGIN's cookie and its
+//! age have proven that the sender receives packets at its source address, and before the
+//! proof is checked. So LOGINs with forged source addresses (which cannot carry a valid cookie)
+//! never use up a victim address's allowance, while password-guessing from a real address is
+//! still limited.
+//!
 //! The timestamp table is sharded by device id (64 `std::sync::Mutex` shards). The shard lock is
 //! held for the whole synchronous `Acceptor::on_login` call (HMACs, HKDF, one seal: microseconds,
 //! no `.await`), so the `REPLAY` comparison and the recording of the new timestamp are atomic even
-//! when two endpoints accept LOGINs for the same device at once.
+//! when two endpoints accept LOGINs for the same device at once. The `admit` gate runs under that lock
+//! and takes the login limiter's shard lock inside it; nothing takes them in the other order.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -43,6 +51,9 @@ pub enum LoginOutcome<'o> {
     Duplicate,
     /// The OS random generator failed to give a broker nonce: answer `INTERNAL`.
     NoRandomness,
+    /// The cookie proved the source address, and that address is over its login rate: answer
+    /// `RATE_LIMITED` (nothing else was checked or recorded).
+    RateLimited,
 }
 
 /// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and its
@@ -103,7 +114,10 @@ impl Logins {
     }
 
     /// Checks a LOGIN (section 3 order) and, when accepted, records its timestamp and proof.
-    /// The session keys take a fresh broker nonce from the OS CSPRNG.
+    /// The session keys take a fresh broker nonce from the OS CSPRNG. `admit` charges the
+    /// source address's login rate; it is called only after the cookie check passed (see the
+    /// module docs), and `false` ends the check with [`LoginOutcome::RateLimited`].
+    #[allow(clippy::too_many_arguments)]
     pub fn on_login<'o>(
         &self,
         peer: &PeerAddr,
@@ -111,6 +125,7 @@ impl Logins {
         now_ms: u64,
         session_id: u32,
         params: &WelcomeParams,
+        admit: impl FnOnce() -> bool,
         out: &'o mut [u8],
     ) -> LoginOutcome<'o> {
         let mut broker_nonce = [0u8; 16];
@@ -135,16 +150,26 @@ impl Logins {
         let id = login.address.id;
         let mut shard = self.shard(id);
         let last = shard.get(&id).copied();
+        // The acceptor looks the key up only after the cookie and its age checked out: that is
+        // where the source address is proven and the rate is charged.
+        let mut rate_limited = false;
         let lookup = |a: WireAddress| {
+            if !admit() {
+                rate_limited = true;
+                return None;
+            }
             Some(TerminalRecord {
                 key: self.device_key(a.id),
                 last_login_ms: last.map(|l| l.timestamp_ms),
             })
         };
-        match self
+        let result = self
             .acceptor
-            .on_login(peer, packet, now_ms, lookup, grant, params, out)
-        {
+            .on_login(peer, packet, now_ms, lookup, grant, params, out);
+        if rate_limited {
+            return LoginOutcome::RateLimited;
+        }
+        match result {
             Ok(accepted) => {
                 shard.insert(
                     id,

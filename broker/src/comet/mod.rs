@@ -7,7 +7,7 @@
 //! * Shared pieces: [`link`] (sans-IO session state: seal/open, reliability windows, timers) with
 //!   [`sendwin`] (heap-backed send window), [`device`] (device frames to router calls and router
 //!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table), [`limits`]
-//!   (connection and login-rate limits), [`ws`] (WebSocket config), [`convert`] (type mapping).
+//!   (connection and login-rate limits), [`budget`] (work per device session), [`ws`] (WebSocket config), [`convert`] (type mapping).
 //!
 //! # Concurrency design
 //!
@@ -20,7 +20,8 @@
 //!   slows other connections.
 //! * **UDP endpoint: one receive task and `N` shard tasks, each owning a table of sessions keyed
 //!   by `session_id`** (`N` = the machine's parallelism). The receive task only reads and routes:
-//!   it answers HELLOs statelessly (CHALLENGE no larger than the HELLO), hands a LOGIN to the
+//!   it hands HELLOs to `N` handshake workers that answer them statelessly (CHALLENGE no larger
+//!   than the HELLO; overflow dropped and counted), hands a LOGIN to the
 //!   shard its new session id names and a DATA packet to the shard its header's session id
 //!   names, so the AEAD and reliability work of many devices spreads over all cores. Routing is
 //!   by session id, not by address, so NAT rebinding (an authenticated, new-in-window packet
@@ -40,6 +41,7 @@
 //!   registry and queues follow the same rule.
 
 pub mod app_ws;
+pub mod budget;
 pub mod convert;
 pub mod device;
 pub mod device_ws;
@@ -85,6 +87,8 @@ pub struct Settings {
     pub max_app_message: usize,
     /// Longest a live session's WebSocket write may wait (`limits.ws_write_timeout_ms`).
     pub ws_write_timeout: Duration,
+    /// Work one device session may ask for (queued frames, Requests in flight, frame rate).
+    pub work: budget::WorkLimits,
 }
 
 impl Settings {
@@ -102,6 +106,7 @@ impl Settings {
             max_app_message: (c.limits.max_app_message_bytes as usize)
                 .min(shared_protocol::limits::MAX_JSON_MESSAGE),
             ws_write_timeout: Duration::from_millis(c.limits.ws_write_timeout_ms),
+            work: budget::WorkLimits::from_config(c),
         }
     }
 
@@ -143,6 +148,7 @@ impl Context {
         tls: Option<tls::Acceptor>,
     ) -> Arc<Context> {
         let l = &config.limits;
+        router.metrics().work_limits_registered(&budget::LIMIT_KEYS);
         Arc::new(Context {
             settings: Settings::from_config(config),
             logins: Logins::new(

@@ -3,11 +3,16 @@
 //!
 //! The endpoint's receive path (a UDP shard or a device WebSocket task) must not wait on the
 //! store, so it hands each Send or Upload to this session's [`FrameWorker`] through a bounded
-//! queue of [`WORK_QUEUE`] entries and goes on; one task per session drains the queue in order.
-//! So a device's Sends get `msg_id`s in the order it sent them, and its Uploads reach the spool
-//! (and from there RabbitMQ or the webhook) in that order. When the queue is full the frame is
-//! refused with `Error QUEUE_FULL` about its `seq` and counted in `broker_sends_total` /
-//! `broker_uploads_total` with `result="queue_full"`; the device may resend it.
+//! queue (`limits.max_queued_frames_per_session` entries) and goes on; one task per session
+//! drains the queue in order. So a device's Sends get `msg_id`s in the order it sent them, and
+//! its Uploads reach the spool (and from there RabbitMQ or the webhook) in that order. When the
+//! queue is full the frame is refused with `Error QUEUE_FULL` about its `seq` and counted in
+//! `broker_sends_total` / `broker_uploads_total` with `result="queue_full"`; the device may
+//! resend it.
+//!
+//! The [`FrameWorker`] also holds the session's work budget ([`super::budget`]): the token
+//! bucket every Send, Upload and Request frame is charged to ([`FrameWorker::admit`]) and the
+//! semaphore bounding its Requests in flight ([`FrameWorker::request_slot`]).
 //!
 //! Uploads that wait back to back are made durable together (one store commit for up to 64,
 //! [`crate::store::UploadSpool::append_many`]), in order, so ordering costs a device no upload
@@ -22,18 +27,18 @@
 //! The worker ends when its [`FrameWorker`] is dropped (the session ended), after applying what
 //! was already queued.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use shared_protocol::codes::Code;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::router::{Outbound, Router, SessionHandle, UploadError};
 use crate::store::NewUpload;
 use crate::terminal::Address;
 
+use super::budget::{TokenBucket, WorkLimits};
 use super::device;
-
-/// Frames one session may have waiting for its worker.
-pub const WORK_QUEUE: usize = 64;
 
 /// A device frame the worker applies.
 #[derive(Debug)]
@@ -60,18 +65,44 @@ pub enum Work {
     },
 }
 
-/// The sending end of one session's ordered frame queue (see module docs).
+/// The sending end of one session's ordered frame queue, with the session's work budget (see
+/// module docs).
 #[derive(Debug)]
 pub struct FrameWorker {
     tx: mpsc::Sender<Work>,
+    rate: TokenBucket,
+    requests: Arc<Semaphore>,
 }
 
 impl FrameWorker {
-    /// Starts the worker task for `session`.
-    pub fn spawn(router: Router, session: SessionHandle) -> FrameWorker {
-        let (tx, rx) = mpsc::channel(WORK_QUEUE);
+    /// Starts the worker task for `session` with the budget `limits`; `now_ms` is the
+    /// endpoint's monotonic clock (the one later passed to [`FrameWorker::admit`]).
+    pub fn spawn(
+        router: Router,
+        session: SessionHandle,
+        limits: WorkLimits,
+        now_ms: u64,
+    ) -> FrameWorker {
+        let (tx, rx) = mpsc::channel(limits.queued_frames);
         tokio::spawn(run(router, session, rx));
-        FrameWorker { tx }
+        FrameWorker {
+            tx,
+            rate: TokenBucket::new(limits.frames_per_sec, limits.frame_burst, now_ms),
+            requests: Arc::new(Semaphore::new(limits.requests_in_flight)),
+        }
+    }
+
+    /// Charges one work frame (Send, Upload or Request) to the session's rate at `now_ms`;
+    /// `false` when it is over `limits.frames_per_sec_per_terminal` (the frame must not be
+    /// carried out).
+    pub fn admit(&mut self, now_ms: u64) -> bool {
+        self.rate.try_take(now_ms)
+    }
+
+    /// A slot for one device Request, held until its Response is queued; `None` when
+    /// `limits.max_requests_in_flight_per_session` are already in flight.
+    pub fn request_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.requests.clone().try_acquire_owned().ok()
     }
 
     /// Queues `work` behind the session's earlier frames; `Err` (the work back) when the queue

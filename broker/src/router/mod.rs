@@ -31,6 +31,7 @@
 //! and skips a live Deliver the replay already covered.
 
 mod backend_path;
+pub mod capped_body;
 pub mod order;
 pub mod registry;
 pub mod session;
@@ -951,26 +952,31 @@ impl Router {
             Err(_) => return fail(502, "backend_error"),
         };
         let status = resp.status().as_u16();
-        match resp.bytes().await {
-            Ok(b) if b.len() <= s.max_payload => (DeviceResponse { status, payload: b }, "ok"),
-            Ok(_) => fail(502, "too_large"),
-            Err(e) if e.is_timeout() => fail(504, "backend_timeout"),
-            Err(_) => fail(502, "backend_error"),
+        // Capped while streaming: a huge or endless body is cut off at the payload limit.
+        match capped_body::read_capped(resp, s.max_payload).await {
+            Ok(b) => (DeviceResponse { status, payload: b }, "ok"),
+            Err(capped_body::CappedBodyError::TooLarge) => fail(502, "too_large"),
+            Err(capped_body::CappedBodyError::Timeout) => fail(504, "backend_timeout"),
+            Err(capped_body::CappedBodyError::Failed) => fail(502, "backend_error"),
         }
     }
 
     /// [`Router::device_request`] in a task: the answer is queued to `session` as
-    /// `Outbound::Response { req_id, .. }`.
+    /// `Outbound::Response { req_id, .. }`. `slot` (the session's bound on Requests in flight)
+    /// is held until then.
     pub fn spawn_device_request(
         &self,
         session: &SessionHandle,
         req_id: u32,
         path: String,
         payload: Bytes,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         let r = self.clone();
         let h = session.clone();
         tokio::spawn(async move {
+            // The session's Request slot is given back once the answer is queued.
+            let _slot = slot;
             let resp = r.device_request(h.address(), &path, payload).await;
             r.offer(
                 &h,

@@ -774,8 +774,10 @@ async fn device_requests_are_forwarded_to_the_backend() {
     );
 
     let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let slot = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let permit = slot.clone().try_acquire_owned().unwrap();
     f.router
-        .spawn_device_request(s.handle(), 77, "/r".into(), Bytes::new());
+        .spawn_device_request(s.handle(), 77, "/r".into(), Bytes::new(), permit);
     assert_eq!(
         next(&mut s).await,
         Outbound::Response {
@@ -784,6 +786,14 @@ async fn device_requests_are_forwarded_to_the_backend() {
             payload: Bytes::from_static(b"answer:/r")
         }
     );
+    // The Request's slot is given back once its answer is queued (the task ends just after).
+    for _ in 0..100 {
+        if slot.available_permits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(slot.available_permits(), 1);
 
     let f = fixture(|c| c.backend.device_request_url = "http://127.0.0.1:1".into());
     assert_eq!(

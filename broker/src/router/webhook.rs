@@ -1,6 +1,8 @@
 //! The upload webhook forwarder: reads the spool from a persisted cursor (consumer `webhook`) and
 //! POSTs each record as JSON to `upload.webhook_url`, in order, at least once. The cursor advances
 //! (durably) only after a 2xx answer; failures back off from 1 s to 30 s and retry the same record.
+//! Only the answer's status is used: its body is never read (the connection is dropped with
+//! it), so a back end answering with a huge or endless body costs nothing.
 
 use std::time::Duration;
 

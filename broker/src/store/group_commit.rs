@@ -11,18 +11,27 @@
 //! committed), then the batch is replayed one request per transaction, so the failure affects only
 //! its own request and every other request gets the answer it would have got alone. Requests are
 //! therefore `FnMut`: they may run twice, and only the committed run's result is answered.
+//!
+//! Backpressure: the queue in front of the writer holds at most [`QUEUE_CAPACITY`] requests.
+//! When it is full, [`GroupCommit::write`] waits for a slot (asynchronously: the calling task
+//! yields, no thread blocks) instead of growing the queue, so a flood of writers (device
+//! sessions uploading faster than the disk commits) slows down to the disk's pace and memory
+//! stays bounded. The writer frees slots a batch at a time as it takes requests in.
 
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use redb::{Database, WriteTransaction};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 
 /// Requests committed together at most (bounds the work lost to one failing request).
 pub const MAX_BATCH: usize = 256;
+
+/// Requests waiting for the writer at most (two full batches: one can queue while the
+/// previous commits); more writers wait for a slot.
+pub const QUEUE_CAPACITY: usize = 2 * MAX_BATCH;
 
 /// A type-erased write request.
 trait Request: Send {
@@ -65,12 +74,20 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writer thread for `db`.
+    /// Starts the writer thread for `db` with a queue of [`QUEUE_CAPACITY`].
     pub fn start(db: Arc<Database>) -> Result<GroupCommit, StoreError> {
-        let (queue, requests) = mpsc::channel();
+        Self::start_with_capacity(db, QUEUE_CAPACITY)
+    }
+
+    /// Starts the writer thread for `db` with a queue of `capacity` requests (at least 1).
+    pub fn start_with_capacity(
+        db: Arc<Database>,
+        capacity: usize,
+    ) -> Result<GroupCommit, StoreError> {
+        let (queue, mut requests) = mpsc::channel(capacity.max(1));
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&db, &requests))
+            .spawn(move || write_loop(&db, &mut requests))
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
         Ok(GroupCommit {
             queue: Some(queue),
@@ -78,9 +95,17 @@ impl GroupCommit {
         })
     }
 
+    /// Requests waiting for the writer now (at most the queue's capacity).
+    pub fn queued(&self) -> usize {
+        self.queue
+            .as_ref()
+            .map_or(0, |q| q.max_capacity() - q.capacity())
+    }
+
     /// Runs `work` in a write transaction and returns its result once that transaction is
     /// durable. `work` may run more than once (see the module docs); its effects are committed
-    /// exactly once or not at all.
+    /// exactly once or not at all. Waits for a queue slot while the queue is full; dropping the
+    /// future while it waits queues nothing.
     pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -92,10 +117,12 @@ impl GroupCommit {
             result: None,
             reply,
         });
-        self.queue
-            .as_ref()
-            .and_then(|q| q.send(request).ok())
-            .ok_or_else(|| StoreError::Backend("the store writer has stopped".into()))?;
+        let stopped = || StoreError::Backend("the store writer has stopped".into());
+        let queue = self.queue.as_ref().ok_or_else(stopped)?;
+        queue
+            .send(request as Box<dyn Request>)
+            .await
+            .map_err(|_| stopped())?;
         answer
             .await
             .map_err(|_| StoreError::Backend("the store writer stopped mid-write".into()))?
@@ -113,8 +140,9 @@ impl Drop for GroupCommit {
     }
 }
 
-fn write_loop(db: &Database, requests: &mpsc::Receiver<Box<dyn Request>>) {
-    while let Ok(first) = requests.recv() {
+fn write_loop(db: &Database, requests: &mut mpsc::Receiver<Box<dyn Request>>) {
+    // A plain thread: `blocking_recv` parks it until a request (or the queue's end) arrives.
+    while let Some(first) = requests.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
@@ -220,7 +248,7 @@ mod tests {
     #[test]
     fn a_failing_request_leaves_the_others_of_its_batch_committed() {
         let (_dir, db) = db();
-        let (queue, requests) = mpsc::channel::<Box<dyn Request>>();
+        let (queue, mut requests) = mpsc::channel::<Box<dyn Request>>(8);
         let mut answers = Vec::new();
         for k in 0..3u64 {
             let (reply, answer) = oneshot::channel();
@@ -233,16 +261,16 @@ mod tests {
                 Ok(k)
             };
             queue
-                .send(Box::new(Typed {
+                .try_send(Box::new(Typed {
                     work,
                     result: None,
                     reply,
                 }))
-                .unwrap();
+                .unwrap_or_else(|_| panic!("queue has room"));
         }
         drop(queue);
         // All three are queued before the writer starts: they form one batch.
-        write_loop(&db, &requests);
+        write_loop(&db, &mut requests);
         let answers: Vec<_> = answers
             .into_iter()
             .map(|mut a| a.try_recv().unwrap())
@@ -257,6 +285,62 @@ mod tests {
             "the failed request's write was rolled back"
         );
         assert_eq!(read(&db, 2), Some(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_stays_bounded_under_a_flood_and_every_write_lands() {
+        let (_dir, db) = db();
+        let capacity = 16;
+        let group = Arc::new(GroupCommit::start_with_capacity(db.clone(), capacity).unwrap());
+        // The first write holds the writer until released, as a slow disk would.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let first = {
+            let group = group.clone();
+            tokio::spawn(async move {
+                group
+                    .write(move |txn| {
+                        let _ = held.lock().unwrap().recv();
+                        txn.open_table(T)?.insert(0, 0)?;
+                        Ok(0u64)
+                    })
+                    .await
+            })
+        };
+        // Wait until the writer holds it (the queue is empty again).
+        while group.queued() > 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!first.is_finished());
+        let flood = 2_000u64;
+        let writes: Vec<_> = (1..=flood)
+            .map(|k| {
+                let group = group.clone();
+                tokio::spawn(async move {
+                    group
+                        .write(move |txn| {
+                            txn.open_table(T)?.insert(k, k)?;
+                            Ok(k)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // Every writer has had time to try; the queue holds `capacity`, the rest wait.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(group.queued(), capacity, "the queue is full, not larger");
+        let waiting = writes.iter().filter(|w| !w.is_finished()).count();
+        assert_eq!(waiting, flood as usize, "writers wait for a slot");
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        for (k, w) in (1..=flood).zip(writes) {
+            assert_eq!(w.await.unwrap().unwrap(), k);
+        }
+        assert_eq!(group.queued(), 0);
+        for k in [1, flood / 2, flood] {
+            assert_eq!(read(&db, k), Some(k));
+        }
     }
 
     #[tokio::test]

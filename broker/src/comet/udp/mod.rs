@@ -4,8 +4,12 @@
 //! * The **receive task** ([`serve`]) only reads datagrams and routes them, so it never does the
 //!   per-session work (AEAD, reliability, router calls) that would fill one core:
 //!   - oversized and unknown packets are dropped and counted;
-//!   - a HELLO is answered here, statelessly (a CHALLENGE never larger than the HELLO, or a
-//!     REJECT): no state for unauthenticated peers;
+//!   - a HELLO is handed to one of `N` handshake workers (round robin, each behind a bounded
+//!     inbox of [`HELLO_INBOX`]), which answers it statelessly (a CHALLENGE never larger than
+//!     the HELLO, or a REJECT): no state for unauthenticated peers, and the cookie HMAC is
+//!     not computed on the receive task. When the workers are behind, the HELLO is dropped
+//!     and counted (`hello_busy`), so a HELLO flood costs the receive task one queue attempt
+//!     per datagram and never delays DATA or LOGIN packets;
 //!   - a LOGIN gets a fresh session id and goes to the shard that id names
 //!     ([`ShardMap::shard_of`]);
 //!   - a DATA packet goes to the shard its header's `session_id` names. Routing by session id,
@@ -45,6 +49,9 @@ const T: Transport = Transport::Udp;
 
 /// Datagrams queued per shard before the receive task drops new ones for it.
 const SHARD_INBOX: usize = 1024;
+
+/// HELLOs queued per handshake worker before the receive task drops new ones.
+pub const HELLO_INBOX: usize = 256;
 
 /// Which shard owns a session id: `session_id % count`. Session ids are handed out in sequence,
 /// so logins spread evenly over the shards.
@@ -117,11 +124,18 @@ pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
         shards.spawn(shard::run(ctx.clone(), socket.clone(), map, rx));
         tracing::debug!(shard = index, "udp shard started");
     }
-    let receiver = Receiver {
+    let mut hello_inboxes = Vec::with_capacity(map.count());
+    for _ in 0..map.count() {
+        let (tx, rx) = mpsc::channel(HELLO_INBOX);
+        hello_inboxes.push(tx);
+        shards.spawn(hello_worker(ctx.clone(), socket.clone(), rx));
+    }
+    let mut receiver = Receiver {
         ctx: ctx.clone(),
-        socket: socket.clone(),
         map,
         inboxes,
+        hello_inboxes,
+        next_hello: 0,
     };
     let mut buf = vec![0u8; MAX_PACKET + 1];
     loop {
@@ -133,7 +147,8 @@ pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
             },
         }
     }
-    // The shards see the same cancellation and end their sessions with a Kick (SHUTDOWN).
+    // The shards see the same cancellation and end their sessions with a Kick (SHUTDOWN); the
+    // handshake workers end when their inboxes close.
     drop(receiver);
     while shards.join_next().await.is_some() {}
 }
@@ -141,13 +156,15 @@ pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
 /// The receive task's routing state.
 struct Receiver {
     ctx: Arc<Context>,
-    socket: Arc<UdpSocket>,
     map: ShardMap,
     inboxes: Vec<mpsc::Sender<Inbound>>,
+    /// The handshake workers' inboxes, used in turn.
+    hello_inboxes: Vec<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
+    next_hello: usize,
 }
 
 impl Receiver {
-    fn on_datagram(&self, packet: &[u8], from: SocketAddr) {
+    fn on_datagram(&mut self, packet: &[u8], from: SocketAddr) {
         let m = self.ctx.router.metrics();
         m.udp_datagram(true);
         if packet.len() > self.ctx.settings.max_device_packet {
@@ -182,27 +199,50 @@ impl Receiver {
         }
     }
 
-    fn on_hello(&self, packet: &[u8], from: SocketAddr) {
-        let mut out = [0u8; MAX_PACKET];
-        let now = crate::router::now_ms();
-        let m = self.ctx.router.metrics();
-        match self
-            .ctx
-            .logins
-            .acceptor()
-            .on_hello(&PeerAddr::from(from), packet, now, &mut out)
+    /// Hands a HELLO to the next handshake worker; dropped and counted when it is behind.
+    fn on_hello(&mut self, packet: &[u8], from: SocketAddr) {
+        let i = self.next_hello % self.hello_inboxes.len();
+        self.next_hello = self.next_hello.wrapping_add(1);
+        if self.hello_inboxes[i]
+            .try_send((packet.to_vec(), from))
+            .is_err()
         {
-            Ok(HelloReply::Challenge(p)) => {
-                debug_assert!(p.len() <= packet.len(), "no amplification");
-                shard::send(&self.ctx, &self.socket, p, from);
-            }
-            Ok(HelloReply::Reject { packet: p, .. }) => {
-                m.login_failed(T, "hello_rejected");
-                shard::send(&self.ctx, &self.socket, p, from);
-            }
-            Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {
-                m.udp_dropped("malformed");
-            }
+            self.ctx.router.metrics().udp_dropped("hello_busy");
+        }
+    }
+}
+
+/// A handshake worker: answers the HELLOs in `inbox` until the receive task ends.
+async fn hello_worker(
+    ctx: Arc<Context>,
+    socket: Arc<UdpSocket>,
+    mut inbox: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+) {
+    while let Some((packet, from)) = inbox.recv().await {
+        answer_hello(&ctx, &socket, &packet, from);
+    }
+}
+
+/// Answers one HELLO statelessly: a CHALLENGE (never longer than the HELLO) or a REJECT.
+fn answer_hello(ctx: &Context, socket: &UdpSocket, packet: &[u8], from: SocketAddr) {
+    let mut out = [0u8; MAX_PACKET];
+    let now = crate::router::now_ms();
+    let m = ctx.router.metrics();
+    match ctx
+        .logins
+        .acceptor()
+        .on_hello(&PeerAddr::from(from), packet, now, &mut out)
+    {
+        Ok(HelloReply::Challenge(p)) => {
+            debug_assert!(p.len() <= packet.len(), "no amplification");
+            shard::send(ctx, socket, p, from);
+        }
+        Ok(HelloReply::Reject { packet: p, .. }) => {
+            m.login_failed(T, "hello_rejected");
+            shard::send(ctx, socket, p, from);
+        }
+        Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {
+            m.udp_dropped("malformed");
         }
     }
 }

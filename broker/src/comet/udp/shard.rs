@@ -1,7 +1,9 @@
 //! One UDP session shard: a task that owns a table of sessions keyed by `session_id` (see the
 //! parent module for how datagrams reach it).
 //!
-//! * A LOGIN is checked in spec order and, when accepted, registered with the router in a
+//! * A LOGIN is checked in spec order (the address's login rate is charged once its cookie has
+//!   proven the source address, so forged-source LOGINs cannot use up a victim's allowance)
+//!   and, when accepted, registered with the router in a
 //!   spawned task that hands the session back to this task ([`Control::LoggedIn`]), which then
 //!   sends the WELCOME. Store I/O never blocks the shard's loop.
 //! * DATA packets find their session by the header's `session_id`. A packet that authenticates
@@ -180,45 +182,51 @@ impl Endpoint {
         let m = ctx.router.metrics();
         let now = crate::router::now_ms();
         let ip = super::super::ws::peer_ip(from);
-        if !ctx.login_rate.allow(ip, now) {
-            m.limit_hit("login_attempts_per_ip_per_sec");
-            m.login_failed(T, "rate_limited");
-            self.reject(Code::RATE_LIMITED, 1000, from, packet.len());
-            return;
-        }
         while self.sessions.contains_key(&sid) {
             sid = self.map.next_in_shard(sid);
         }
         let params = ctx.welcome_params();
         let mut out = [0u8; MAX_PACKET];
-        let accepted =
-            match ctx
-                .logins
-                .on_login(&PeerAddr::from(from), packet, now, sid, &params, &mut out)
-            {
-                LoginOutcome::Accepted(a) => a,
-                LoginOutcome::Duplicate => {
-                    // Unanswered (its WELCOME is on its way), counted.
-                    m.login_failed(T, "duplicate");
-                    return;
-                }
-                LoginOutcome::NoRandomness => {
-                    tracing::error!("the OS random generator failed; login refused");
-                    m.login_failed(T, "internal");
-                    self.reject(Code::INTERNAL, 0, from, packet.len());
-                    return;
-                }
-                LoginOutcome::Refused(e) => {
-                    match e.code() {
-                        Some(code) => {
-                            m.login_failed(T, logins::failure_label(e));
-                            self.reject(code, 0, from, packet.len());
-                        }
-                        None => m.udp_dropped("malformed"),
+        // Charged only once the cookie has proven the source address (see `comet::logins`).
+        let admit = || ctx.login_rate.allow(ip, now);
+        let accepted = match ctx.logins.on_login(
+            &PeerAddr::from(from),
+            packet,
+            now,
+            sid,
+            &params,
+            admit,
+            &mut out,
+        ) {
+            LoginOutcome::Accepted(a) => a,
+            LoginOutcome::RateLimited => {
+                m.limit_hit("login_attempts_per_ip_per_sec");
+                m.login_failed(T, "rate_limited");
+                self.reject(Code::RATE_LIMITED, 1000, from, packet.len());
+                return;
+            }
+            LoginOutcome::Duplicate => {
+                // Unanswered (its WELCOME is on its way), counted.
+                m.login_failed(T, "duplicate");
+                return;
+            }
+            LoginOutcome::NoRandomness => {
+                tracing::error!("the OS random generator failed; login refused");
+                m.login_failed(T, "internal");
+                self.reject(Code::INTERNAL, 0, from, packet.len());
+                return;
+            }
+            LoginOutcome::Refused(e) => {
+                match e.code() {
+                    Some(code) => {
+                        m.login_failed(T, logins::failure_label(e));
+                        self.reject(code, 0, from, packet.len());
                     }
-                    return;
+                    None => m.udp_dropped("malformed"),
                 }
-            };
+                return;
+            }
+        };
         let guard = match ctx.conns.try_acquire(ip) {
             Ok(g) => g,
             Err(limit) => {
@@ -317,7 +325,7 @@ impl Endpoint {
             });
         }
         let reaction = match &received.frame {
-            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, &s.worker, frame),
+            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, &mut s.worker, frame, now),
             None => Reaction::Nothing,
         };
         match reaction {
@@ -467,7 +475,12 @@ impl Endpoint {
                     return;
                 }
                 let handle = session.handle().clone();
-                let worker = FrameWorker::spawn(self.ctx.router.clone(), handle.clone());
+                let worker = FrameWorker::spawn(
+                    self.ctx.router.clone(),
+                    handle.clone(),
+                    self.ctx.settings.work,
+                    self.ctx.mono_ms(),
+                );
                 self.sessions.insert(
                     sid,
                     Box::new(UdpSession {
@@ -562,9 +575,10 @@ mod tests {
     #[test]
     fn session_size() {
         // The comet's own per-UDP-session state, excluding in-flight frames (heap, only while
-        // unacknowledged); printed for the report, bounded so regressions show.
+        // unacknowledged); printed for the report, bounded so regressions show. 352 bytes since
+        // the session holds its work budget (token bucket and Request slots, 40 bytes).
         let size = std::mem::size_of::<UdpSession>();
         println!("UdpSession: {size} bytes");
-        assert!(size <= 320, "UdpSession grew to {size} bytes");
+        assert!(size <= 352, "UdpSession grew to {size} bytes");
     }
 }
