@@ -196,8 +196,9 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
+    let metrics = Metrics::new();
     Ok(Common {
-        store: RedisStore::new(conn.clone(), limits),
+        store: RedisStore::with_data_loss_counter(conn.clone(), limits, metrics.store_data_loss()),
         registry: Arc::new(OnlineRegistry::new(conn)),
         node_id,
         links: link::LinkSettings {
@@ -207,7 +208,7 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
             handshake_timeout: link::HANDSHAKE_TIMEOUT,
         },
         cancel: CancellationToken::new(),
-        metrics: Metrics::new(),
+        metrics,
     })
 }
 
