@@ -848,35 +848,164 @@ async fn webhook_forwards_uploads_in_order_and_persists_its_cursor() {
     }
 }
 
-/// A seeded simulation of the router over the embedded store against a reference model: random
-/// pushes (unicast, list, everyone), device-to-phone sends, drains with and without acks,
-/// disconnects and reconnects with the terminal's since-id, under a small outbound queue with a
-/// dropping full-queue policy. After every step each terminal has seen its ids in strictly
-/// increasing order (as a device discards anything at or below its highest id, an overtaken id
-/// would be lost); at the end, after a final reconnect and drain, each terminal has seen exactly
-/// the ids addressed to it (at least once, none lost). Seeds: `ROUTER_MODEL_SEED` or a fixed set;
-/// the failing seed is printed.
+/// Where the model test's broker keeps its state; each [`ModelStore::open`] is a broker (re)start
+/// on the same data.
+enum ModelStore {
+    /// The embedded store in this directory.
+    Embedded(tempfile::TempDir),
+    /// The Redis store on this connection (its own key prefix), uploads in a local spool.
+    #[cfg(feature = "services-tests")]
+    Redis(Arc<crate::store::redis::RedisConn>, tempfile::TempDir),
+}
+
+impl ModelStore {
+    fn name(&self) -> &'static str {
+        match self {
+            ModelStore::Embedded(_) => "embedded",
+            #[cfg(feature = "services-tests")]
+            ModelStore::Redis(..) => "redis",
+        }
+    }
+
+    /// Opens the stores (a broker start).
+    async fn open(&self, c: &Config) -> crate::store::Stores {
+        let limits = OfflineLimits {
+            max_per_terminal: u64::from(c.offline.max_per_terminal),
+            eviction: c.offline.eviction,
+        };
+        match self {
+            ModelStore::Embedded(dir) => open_embedded(dir.path(), limits).await.stores(),
+            #[cfg(feature = "services-tests")]
+            ModelStore::Redis(conn, spool) => {
+                let r = crate::store::redis::RedisStore::new(conn.clone(), limits);
+                crate::store::Stores {
+                    offline: r.clone(),
+                    uploads: open_embedded(spool.path(), limits).await,
+                    bindings: r.clone(),
+                    groups: r,
+                }
+            }
+        }
+    }
+}
+
+/// Opens the embedded store in `dir`, retrying while the previous broker still closes it.
+async fn open_embedded(dir: &std::path::Path, limits: OfflineLimits) -> Arc<EmbeddedStore> {
+    let mut tries = 0;
+    loop {
+        match EmbeddedStore::open(dir, limits) {
+            Ok(s) => return s,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                tracing::debug!(error = %e, "store still open, retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen the store: {e}"),
+        }
+    }
+}
+
+/// The seeded model test's fixed seeds, or `ROUTER_MODEL_SEED` alone.
+fn model_seeds() -> Vec<u64> {
+    match std::env::var("ROUTER_MODEL_SEED") {
+        Ok(s) => vec![s.parse().expect("ROUTER_MODEL_SEED is a u64")],
+        Err(_) => (1..=6).collect(),
+    }
+}
+
 #[tokio::test]
 async fn seeded_model_order_and_at_least_once() {
+    for seed in model_seeds() {
+        let dir = tempfile::tempdir().unwrap();
+        run_router_model(seed, ModelStore::Embedded(dir)).await;
+    }
+}
+
+/// The same model on the Redis store of `cargo xtask services up` (feature `services-tests`).
+#[cfg(feature = "services-tests")]
+#[tokio::test]
+async fn seeded_model_on_the_redis_store() {
+    let env = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.cache/services/env"
+    ))
+    .unwrap_or_default();
+    let url = env
+        .lines()
+        .find_map(|l| l.strip_prefix("REDIS_URL="))
+        .expect("services are not running: run `cargo xtask services up` first")
+        .to_string();
+    for seed in model_seeds() {
+        let cfg = crate::store::redis::RedisConfig {
+            url: url.clone(),
+            key_prefix: format!(
+                "test:router-model:{}:{seed}:{}:",
+                std::process::id(),
+                now_ms()
+            ),
+            ..Default::default()
+        };
+        let conn = Arc::new(crate::store::redis::RedisConn::connect(&cfg).await.unwrap());
+        let spool = tempfile::tempdir().unwrap();
+        run_router_model(seed, ModelStore::Redis(conn.clone(), spool)).await;
+        let mut c = conn.get().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", cfg.key_prefix))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A seeded simulation of the router over `store` against a reference model: random
+/// pushes (unicast, list, everyone), device-to-phone sends, drains with and without acks,
+/// disconnects, reconnects with the terminal's since-id and broker restarts (every session ends,
+/// the store is reopened under a new router), under a small outbound queue with a dropping
+/// full-queue policy. After every step each terminal has seen its ids in strictly increasing
+/// order (as a device discards anything at or below its highest id, an overtaken id would be
+/// lost) and every new id is above every earlier one, restarts included; at the end, after a
+/// final reconnect and drain, each terminal has seen exactly the ids addressed to it (at least
+/// once, none lost). The failing seed is printed (`ROUTER_MODEL_SEED=<seed>` replays it).
+async fn run_router_model(seed: u64, store: ModelStore) {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    let seeds: Vec<u64> = match std::env::var("ROUTER_MODEL_SEED") {
-        Ok(s) => vec![s.parse().expect("ROUTER_MODEL_SEED is a u64")],
-        Err(_) => (1..=6).collect(),
-    };
-    for seed in seeds {
-        println!("router model seed {seed}");
+    {
+        println!("router model seed {seed} ({})", store.name());
         let mut rng = StdRng::seed_from_u64(seed);
         let policy = if rng.random_bool(0.5) {
             QueueFullPolicy::DropNewest
         } else {
             QueueFullPolicy::DropOldest
         };
-        let f = fixture(|c| {
-            c.limits.queue_full_policy = policy;
-            c.limits.outbound_queue = 3;
-        });
+        let mut c = Config::default();
+        c.limits.queue_full_policy = policy;
+        c.limits.outbound_queue = 3;
+        let start = async |store: &ModelStore| Fixture {
+            router: Router::new(
+                RouterSettings::from_config(&c),
+                store.open(&c).await,
+                Metrics::new(),
+            ),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        let mut f = start(&store).await;
+        let mut last_id = 0u64;
+        let mut issued = |id: u64, what: &str| {
+            assert!(
+                id > last_id,
+                "seed {seed} ({}): {what} got id {id} after {last_id}",
+                store.name()
+            );
+            last_id = id;
+        };
         let terms = [D1, Address::device(2), P1];
         f.router.stores().bindings.bind(P1, D1).await.unwrap();
         // Per terminal: live session, highest id seen (its since-id), ids seen, ids addressed.
@@ -922,7 +1051,7 @@ async fn seeded_model_order_and_at_least_once() {
         }
 
         for _step in 0..150 {
-            match rng.random_range(0..10) {
+            match rng.random_range(0..11) {
                 0..=2 => {
                     let i = rng.random_range(0..3);
                     let o = f
@@ -930,6 +1059,7 @@ async fn seeded_model_order_and_at_least_once() {
                         .push(Target::Terminal(terms[i]), None, Bytes::new(), None)
                         .await
                         .unwrap();
+                    issued(o.msg_id, "push");
                     addressed[i].push(o.msg_id);
                 }
                 3 => {
@@ -943,6 +1073,7 @@ async fn seeded_model_order_and_at_least_once() {
                         )
                         .await
                         .unwrap();
+                    issued(o.msg_id, "list push");
                     addressed[0].push(o.msg_id);
                     addressed[2].push(o.msg_id);
                 }
@@ -953,12 +1084,14 @@ async fn seeded_model_order_and_at_least_once() {
                         .push(Target::Everyone, None, Bytes::new(), None)
                         .await
                         .unwrap();
+                    issued(o.msg_id, "push to everyone");
                     for a in &mut addressed {
                         a.push(o.msg_id);
                     }
                 }
                 5 => {
                     let o = f.router.send(D1, P1, Bytes::new()).await.unwrap();
+                    issued(o.msg_id, "send");
                     addressed[2].push(o.msg_id);
                 }
                 6 | 7 => {
@@ -973,12 +1106,20 @@ async fn seeded_model_order_and_at_least_once() {
                     let i = rng.random_range(0..3);
                     sessions[i] = None;
                 }
-                _ => {
+                9 => {
                     let i = rng.random_range(0..3);
                     if sessions[i].is_none() {
                         let l = login(terms[i], Transport::Udp, high[i]);
                         sessions[i] = Some(f.router.login(l).await.unwrap());
                     }
+                }
+                _ => {
+                    // Broker restart: every session ends, the store is reopened.
+                    for s in &mut sessions {
+                        *s = None;
+                    }
+                    drop(f);
+                    f = start(&store).await;
                 }
             }
         }
