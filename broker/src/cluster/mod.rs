@@ -197,8 +197,11 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
         eviction: config.offline.eviction,
     };
     let metrics = Metrics::new();
+    let store = RedisStore::with_data_loss_counter(conn.clone(), limits, metrics.store_data_loss());
+    // Learn the run marker now, so a Redis data loss before the first push is noticed too.
+    store.check_marker().await?;
     Ok(Common {
-        store: RedisStore::with_data_loss_counter(conn.clone(), limits, metrics.store_data_loss()),
+        store,
         registry: Arc::new(OnlineRegistry::new(conn)),
         node_id,
         links: link::LinkSettings {

@@ -867,17 +867,52 @@ impl ModelStore {
         }
     }
 
-    /// Opens the stores (a broker start).
-    async fn open(&self, c: &Config) -> crate::store::Stores {
+    /// Deletes everything the store holds while the broker runs, as a Redis restart without
+    /// persistence would (then waits 5 ms: the outage); `false` for the embedded store, which
+    /// does not lose data.
+    async fn lose_data(&self) -> bool {
+        match self {
+            ModelStore::Embedded(_) => false,
+            #[cfg(feature = "services-tests")]
+            ModelStore::Redis(conn, _) => {
+                let mut c = conn.get().await;
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", conn.prefix()))
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                if !keys.is_empty() {
+                    let _: () = redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                true
+            }
+        }
+    }
+
+    /// Opens the stores (a broker start), counting data losses into `metrics`.
+    async fn open(&self, c: &Config, metrics: &Metrics) -> crate::store::Stores {
         let limits = OfflineLimits {
             max_per_terminal: u64::from(c.offline.max_per_terminal),
             eviction: c.offline.eviction,
         };
         match self {
-            ModelStore::Embedded(dir) => open_embedded(dir.path(), limits).await.stores(),
+            ModelStore::Embedded(dir) => {
+                let _ = metrics;
+                open_embedded(dir.path(), limits).await.stores()
+            }
             #[cfg(feature = "services-tests")]
             ModelStore::Redis(conn, spool) => {
-                let r = crate::store::redis::RedisStore::new(conn.clone(), limits);
+                let r = crate::store::redis::RedisStore::with_data_loss_counter(
+                    conn.clone(),
+                    limits,
+                    metrics.store_data_loss(),
+                );
+                r.check_marker().await.unwrap();
                 crate::store::Stores {
                     offline: r.clone(),
                     uploads: open_embedded(spool.path(), limits).await,
@@ -966,13 +1001,16 @@ async fn seeded_model_on_the_redis_store() {
 
 /// A seeded simulation of the router over `store` against a reference model: random
 /// pushes (unicast, list, everyone), device-to-phone sends, drains with and without acks,
-/// disconnects, reconnects with the terminal's since-id and broker restarts (every session ends,
-/// the store is reopened under a new router), under a small outbound queue with a dropping
+/// disconnects, reconnects with the terminal's since-id, broker restarts (every session ends,
+/// the store is reopened under a new router) and, on Redis, data loss (every key deleted while
+/// the broker runs; bindings are then re-created), under a small outbound queue with a dropping
 /// full-queue policy. After every step each terminal has seen its ids in strictly increasing
 /// order (as a device discards anything at or below its highest id, an overtaken id would be
-/// lost) and every new id is above every earlier one, restarts included; at the end, after a
-/// final reconnect and drain, each terminal has seen exactly the ids addressed to it (at least
-/// once, none lost). The failing seed is printed (`ROUTER_MODEL_SEED=<seed>` replays it).
+/// lost) and every new id is above every earlier one, restarts and data loss included; a loss is
+/// counted in `broker_store_data_loss_total`. At the end, after a final reconnect and drain, each
+/// terminal has seen every id addressed to it after the last loss (at least once, none lost) and
+/// nothing that was not addressed to it. The failing seed is printed (`ROUTER_MODEL_SEED=<seed>`
+/// replays it).
 async fn run_router_model(seed: u64, store: ModelStore) {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -988,13 +1026,16 @@ async fn run_router_model(seed: u64, store: ModelStore) {
         let mut c = Config::default();
         c.limits.queue_full_policy = policy;
         c.limits.outbound_queue = 3;
-        let start = async |store: &ModelStore| Fixture {
-            router: Router::new(
-                RouterSettings::from_config(&c),
-                store.open(&c).await,
-                Metrics::new(),
-            ),
-            _dir: tempfile::tempdir().unwrap(),
+        let start = async |store: &ModelStore| {
+            let metrics = Metrics::new();
+            Fixture {
+                router: Router::new(
+                    RouterSettings::from_config(&c),
+                    store.open(&c, &metrics).await,
+                    metrics,
+                ),
+                _dir: tempfile::tempdir().unwrap(),
+            }
         };
         let mut f = start(&store).await;
         let mut last_id = 0u64;
@@ -1018,6 +1059,11 @@ async fn run_router_model(seed: u64, store: ModelStore) {
         let mut high = [0u64; 3];
         let mut seen: [Vec<u64>; 3] = Default::default();
         let mut addressed: [Vec<u64>; 3] = Default::default();
+        // Ids a terminal may or may not see: addressed before a data loss, or pushed to everyone
+        // while it was not known (not logged in since the loss).
+        let mut may: [Vec<u64>; 3] = Default::default();
+        let mut known = [true; 3];
+        let mut losses_since_start = 0u64;
 
         /// Drains up to `max` events as terminal `t` would, checking the order.
         #[allow(clippy::too_many_arguments)]
@@ -1051,7 +1097,7 @@ async fn run_router_model(seed: u64, store: ModelStore) {
         }
 
         for _step in 0..150 {
-            match rng.random_range(0..11) {
+            match rng.random_range(0..12) {
                 0..=2 => {
                     let i = rng.random_range(0..3);
                     let o = f
@@ -1085,8 +1131,12 @@ async fn run_router_model(seed: u64, store: ModelStore) {
                         .await
                         .unwrap();
                     issued(o.msg_id, "push to everyone");
-                    for a in &mut addressed {
-                        a.push(o.msg_id);
+                    for i in 0..3 {
+                        if known[i] {
+                            addressed[i].push(o.msg_id);
+                        } else {
+                            may[i].push(o.msg_id);
+                        }
                     }
                 }
                 5 => {
@@ -1111,6 +1161,37 @@ async fn run_router_model(seed: u64, store: ModelStore) {
                     if sessions[i].is_none() {
                         let l = login(terms[i], Transport::Udp, high[i]);
                         sessions[i] = Some(f.router.login(l).await.unwrap());
+                        known[i] = true;
+                    }
+                }
+                10 => {
+                    if store.lose_data().await {
+                        for i in 0..3 {
+                            may[i].append(&mut addressed[i]);
+                            known[i] = false;
+                        }
+                        f.router.stores().bindings.bind(P1, D1).await.unwrap();
+                        losses_since_start += 1;
+                        // Noticed (and counted once) by the next store call that checks.
+                        let o = f
+                            .router
+                            .push(Target::Terminal(D1), None, Bytes::new(), None)
+                            .await
+                            .unwrap();
+                        issued(o.msg_id, "push after a data loss");
+                        addressed[0].push(o.msg_id);
+                        let counted = f
+                            .router
+                            .metrics()
+                            .render()
+                            .lines()
+                            .find_map(|l| l.strip_prefix("broker_store_data_loss_total "))
+                            .map(|v| v.trim().to_string());
+                        assert_eq!(
+                            counted,
+                            Some(losses_since_start.to_string()),
+                            "seed {seed}: data loss counted"
+                        );
                     }
                 }
                 _ => {
@@ -1120,6 +1201,7 @@ async fn run_router_model(seed: u64, store: ModelStore) {
                     }
                     drop(f);
                     f = start(&store).await;
+                    losses_since_start = 0;
                 }
             }
         }
@@ -1141,12 +1223,22 @@ async fn run_router_model(seed: u64, store: ModelStore) {
                 seed,
             )
             .await;
-            let mut want = addressed[i].clone();
-            want.sort_unstable();
-            want.dedup();
-            assert_eq!(
-                seen[i], want,
-                "seed {seed} ({policy:?}): {} saw every id once",
+            let missing: Vec<&u64> = addressed[i]
+                .iter()
+                .filter(|id| !seen[i].contains(id))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "seed {seed} ({policy:?}): {} never saw {missing:?}",
+                terms[i]
+            );
+            let unexpected: Vec<&u64> = seen[i]
+                .iter()
+                .filter(|id| !addressed[i].contains(id) && !may[i].contains(id))
+                .collect();
+            assert!(
+                unexpected.is_empty(),
+                "seed {seed} ({policy:?}): {} saw {unexpected:?}, never addressed to it",
                 terms[i]
             );
         }

@@ -1,8 +1,8 @@
 //! Noticing that Redis lost data, and keeping ids above everything issued before it.
 //!
 //! Redis keeps a run marker, `P epoch`: a random value the first broker writes. Every broker
-//! learns it on its first offline-store call and sends the value it knows with each later
-//! `append`, `since` and `remember`; the script ([`CHECK_EPOCH`], run first, in the same atomic
+//! learns it at start (`RedisStore::check_marker`, or else its first offline-store call) and
+//! sends the value it knows with each later `append`, `since` and `remember`; the script ([`CHECK_EPOCH`], run first, in the same atomic
 //! script as the operation) reports:
 //! * `new` / `learned`: this broker did not know a marker yet (it wrote one, or learned the one
 //!   there);

@@ -130,6 +130,11 @@ end
 return out
 "#;
 
+/// ARGV: prefix, known epoch, fresh epoch. Returns {epoch status, epoch}.
+const CHECK_MARKER: &str = r#"
+return check_epoch(ARGV[1], ARGV[2], ARGV[3])
+"#;
+
 /// ARGV: prefix, known epoch, fresh epoch, packed terminal key. Returns {epoch status, epoch}.
 const REMEMBER: &str = r#"
 local e = check_epoch(ARGV[1], ARGV[2], ARGV[3])
@@ -193,6 +198,7 @@ pub struct RedisStore {
     append: Script,
     since: Script,
     remember: Script,
+    check_marker: Script,
     ack: Script,
     ack_through: Script,
     purge: Script,
@@ -223,6 +229,7 @@ impl RedisStore {
             append: with_release(APPEND),
             since: checked(SINCE),
             remember: checked(REMEMBER),
+            check_marker: checked(CHECK_MARKER),
             ack: with_release(ACK),
             ack_through: with_release(ACK_THROUGH),
             purge: Script::new(PURGE),
@@ -232,6 +239,22 @@ impl RedisStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.conn.prefix())
+    }
+
+    /// Learns the run marker (writing it if Redis has none), noticing a loss like the other
+    /// checked calls. A broker calls it at start, so a loss before its first offline-store call
+    /// is noticed too.
+    pub async fn check_marker(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.get().await;
+        let r: redis::RedisResult<(String, String)> = self
+            .check_marker
+            .arg(self.conn.prefix())
+            .arg(self.watch.known())
+            .arg(DataLossWatch::fresh())
+            .invoke_async(&mut c)
+            .await;
+        let (status, epoch) = self.conn.check(r).await?;
+        self.watch.observe(&status, &epoch)
     }
 
     /// How many times this store noticed that Redis lost data (see [`super::data_loss`]).
