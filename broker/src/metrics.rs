@@ -6,6 +6,8 @@
 //! it with [`Metrics::render`]. Parts with their own pre-registered handles (discovery) register
 //! on [`Metrics::recorder`].
 //!
+//! Every broker has `broker_store_data_loss_total` (0 unless the Redis store noticed lost data).
+//!
 //! Cluster mode adds (`peer` is the other node's id):
 //! * `broker_link_up{peer}` (gauge): connected links to that node now; with
 //!   `broker_link_transitions_total{peer,state="up"|"down"}`;
@@ -98,10 +100,21 @@ impl Metrics {
             .expect("static non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();
-        Metrics {
+        let m = Metrics {
             recorder: Arc::new(recorder),
             handle,
-        }
+        };
+        // Exists at 0 from the start, so an alert on it needs no special case.
+        m.store_data_loss().increment(0);
+        m
+    }
+
+    /// The handle of `broker_store_data_loss_total`: times the store noticed it lost data
+    /// (cluster mode: Redis restarted without persistence or failed over to a replica that missed
+    /// writes). Given to the Redis store, which cannot depend on this module.
+    pub fn store_data_loss(&self) -> metrics::Counter {
+        self.recorder
+            .register_counter(&Key::from_name("broker_store_data_loss_total"), &METADATA)
     }
 
     fn counter(&self, name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {

@@ -196,8 +196,12 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
+    let metrics = Metrics::new();
+    let store = RedisStore::with_data_loss_counter(conn.clone(), limits, metrics.store_data_loss());
+    // Learn the run marker now, so a Redis data loss before the first push is noticed too.
+    store.check_marker().await?;
     Ok(Common {
-        store: RedisStore::new(conn.clone(), limits),
+        store,
         registry: Arc::new(OnlineRegistry::new(conn)),
         node_id,
         links: link::LinkSettings {
@@ -207,7 +211,7 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
             handshake_timeout: link::HANDSHAKE_TIMEOUT,
         },
         cancel: CancellationToken::new(),
-        metrics: Metrics::new(),
+        metrics,
     })
 }
 

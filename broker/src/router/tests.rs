@@ -858,35 +858,205 @@ async fn webhook_forwards_uploads_in_order_and_persists_its_cursor() {
     }
 }
 
-/// A seeded simulation of the router over the embedded store against a reference model: random
-/// pushes (unicast, list, everyone), device-to-phone sends, drains with and without acks,
-/// disconnects and reconnects with the terminal's since-id, under a small outbound queue with a
-/// dropping full-queue policy. After every step each terminal has seen its ids in strictly
-/// increasing order (as a device discards anything at or below its highest id, an overtaken id
-/// would be lost); at the end, after a final reconnect and drain, each terminal has seen exactly
-/// the ids addressed to it (at least once, none lost). Seeds: `ROUTER_MODEL_SEED` or a fixed set;
-/// the failing seed is printed.
+/// Where the model test's broker keeps its state; each [`ModelStore::open`] is a broker (re)start
+/// on the same data.
+enum ModelStore {
+    /// The embedded store in this directory.
+    Embedded(tempfile::TempDir),
+    /// The Redis store on this connection (its own key prefix), uploads in a local spool.
+    #[cfg(feature = "services-tests")]
+    Redis(Arc<crate::store::redis::RedisConn>, tempfile::TempDir),
+}
+
+impl ModelStore {
+    fn name(&self) -> &'static str {
+        match self {
+            ModelStore::Embedded(_) => "embedded",
+            #[cfg(feature = "services-tests")]
+            ModelStore::Redis(..) => "redis",
+        }
+    }
+
+    /// Deletes everything the store holds while the broker runs, as a Redis restart without
+    /// persistence would (then waits 5 ms: the outage); `false` for the embedded store, which
+    /// does not lose data.
+    async fn lose_data(&self) -> bool {
+        match self {
+            ModelStore::Embedded(_) => false,
+            #[cfg(feature = "services-tests")]
+            ModelStore::Redis(conn, _) => {
+                let mut c = conn.get().await;
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", conn.prefix()))
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                if !keys.is_empty() {
+                    let _: () = redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                true
+            }
+        }
+    }
+
+    /// Opens the stores (a broker start), counting data losses into `metrics`.
+    async fn open(&self, c: &Config, metrics: &Metrics) -> crate::store::Stores {
+        let limits = OfflineLimits {
+            max_per_terminal: u64::from(c.offline.max_per_terminal),
+            eviction: c.offline.eviction,
+        };
+        match self {
+            ModelStore::Embedded(dir) => {
+                let _ = metrics;
+                open_embedded(dir.path(), limits).await.stores()
+            }
+            #[cfg(feature = "services-tests")]
+            ModelStore::Redis(conn, spool) => {
+                let r = crate::store::redis::RedisStore::with_data_loss_counter(
+                    conn.clone(),
+                    limits,
+                    metrics.store_data_loss(),
+                );
+                r.check_marker().await.unwrap();
+                crate::store::Stores {
+                    offline: r.clone(),
+                    uploads: open_embedded(spool.path(), limits).await,
+                    bindings: r.clone(),
+                    groups: r,
+                }
+            }
+        }
+    }
+}
+
+/// Opens the embedded store in `dir`, retrying while the previous broker still closes it.
+async fn open_embedded(dir: &std::path::Path, limits: OfflineLimits) -> Arc<EmbeddedStore> {
+    let mut tries = 0;
+    loop {
+        match EmbeddedStore::open(dir, limits) {
+            Ok(s) => return s,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                tracing::debug!(error = %e, "store still open, retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen the store: {e}"),
+        }
+    }
+}
+
+/// The seeded model test's fixed seeds, or `ROUTER_MODEL_SEED` alone.
+fn model_seeds() -> Vec<u64> {
+    match std::env::var("ROUTER_MODEL_SEED") {
+        Ok(s) => vec![s.parse().expect("ROUTER_MODEL_SEED is a u64")],
+        Err(_) => (1..=6).collect(),
+    }
+}
+
 #[tokio::test]
 async fn seeded_model_order_and_at_least_once() {
+    for seed in model_seeds() {
+        let dir = tempfile::tempdir().unwrap();
+        run_router_model(seed, ModelStore::Embedded(dir)).await;
+    }
+}
+
+/// The same model on the Redis store of `cargo xtask services up` (feature `services-tests`).
+#[cfg(feature = "services-tests")]
+#[tokio::test]
+async fn seeded_model_on_the_redis_store() {
+    let env = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.cache/services/env"
+    ))
+    .unwrap_or_default();
+    let url = env
+        .lines()
+        .find_map(|l| l.strip_prefix("REDIS_URL="))
+        .expect("services are not running: run `cargo xtask services up` first")
+        .to_string();
+    for seed in model_seeds() {
+        let cfg = crate::store::redis::RedisConfig {
+            url: url.clone(),
+            key_prefix: format!(
+                "test:router-model:{}:{seed}:{}:",
+                std::process::id(),
+                now_ms()
+            ),
+            ..Default::default()
+        };
+        let conn = Arc::new(crate::store::redis::RedisConn::connect(&cfg).await.unwrap());
+        let spool = tempfile::tempdir().unwrap();
+        run_router_model(seed, ModelStore::Redis(conn.clone(), spool)).await;
+        let mut c = conn.get().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", cfg.key_prefix))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A seeded simulation of the router over `store` against a reference model: random
+/// pushes (unicast, list, everyone), device-to-phone sends, drains with and without acks,
+/// disconnects, reconnects with the terminal's since-id, broker restarts (every session ends,
+/// the store is reopened under a new router) and, on Redis, data loss (every key deleted while
+/// the broker runs; bindings are then re-created), under a small outbound queue with a dropping
+/// full-queue policy. After every step each terminal has seen its ids in strictly increasing
+/// order (as a device discards anything at or below its highest id, an overtaken id would be
+/// lost) and every new id is above every earlier one, restarts and data loss included; a loss is
+/// counted in `broker_store_data_loss_total`. At the end, after a final reconnect and drain, each
+/// terminal has seen every id addressed to it after the last loss (at least once, none lost) and
+/// nothing that was not addressed to it. The failing seed is printed (`ROUTER_MODEL_SEED=<seed>`
+/// replays it).
+async fn run_router_model(seed: u64, store: ModelStore) {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    let seeds: Vec<u64> = match std::env::var("ROUTER_MODEL_SEED") {
-        Ok(s) => vec![s.parse().expect("ROUTER_MODEL_SEED is a u64")],
-        Err(_) => (1..=6).collect(),
-    };
-    for seed in seeds {
-        println!("router model seed {seed}");
+    {
+        println!("router model seed {seed} ({})", store.name());
         let mut rng = StdRng::seed_from_u64(seed);
         let policy = if rng.random_bool(0.5) {
             QueueFullPolicy::DropNewest
         } else {
             QueueFullPolicy::DropOldest
         };
-        let f = fixture(|c| {
-            c.limits.queue_full_policy = policy;
-            c.limits.outbound_queue = 3;
-        });
+        let mut c = Config::default();
+        c.limits.queue_full_policy = policy;
+        c.limits.outbound_queue = 3;
+        let start = async |store: &ModelStore| {
+            let metrics = Metrics::new();
+            Fixture {
+                router: Router::new(
+                    RouterSettings::from_config(&c),
+                    store.open(&c, &metrics).await,
+                    metrics,
+                ),
+                _dir: tempfile::tempdir().unwrap(),
+            }
+        };
+        let mut f = start(&store).await;
+        let mut last_id = 0u64;
+        let mut issued = |id: u64, what: &str| {
+            assert!(
+                id > last_id,
+                "seed {seed} ({}): {what} got id {id} after {last_id}",
+                store.name()
+            );
+            last_id = id;
+        };
         let terms = [D1, Address::device(2), P1];
         f.router.stores().bindings.bind(P1, D1).await.unwrap();
         // Per terminal: live session, highest id seen (its since-id), ids seen, ids addressed.
@@ -899,6 +1069,11 @@ async fn seeded_model_order_and_at_least_once() {
         let mut high = [0u64; 3];
         let mut seen: [Vec<u64>; 3] = Default::default();
         let mut addressed: [Vec<u64>; 3] = Default::default();
+        // Ids a terminal may or may not see: addressed before a data loss, or pushed to everyone
+        // while it was not known (not logged in since the loss).
+        let mut may: [Vec<u64>; 3] = Default::default();
+        let mut known = [true; 3];
+        let mut losses_since_start = 0u64;
 
         /// Drains up to `max` events as terminal `t` would, checking the order.
         #[allow(clippy::too_many_arguments)]
@@ -932,7 +1107,7 @@ async fn seeded_model_order_and_at_least_once() {
         }
 
         for _step in 0..150 {
-            match rng.random_range(0..10) {
+            match rng.random_range(0..12) {
                 0..=2 => {
                     let i = rng.random_range(0..3);
                     let o = f
@@ -940,6 +1115,7 @@ async fn seeded_model_order_and_at_least_once() {
                         .push(Target::Terminal(terms[i]), None, Bytes::new(), None)
                         .await
                         .unwrap();
+                    issued(o.msg_id, "push");
                     addressed[i].push(o.msg_id);
                 }
                 3 => {
@@ -953,6 +1129,7 @@ async fn seeded_model_order_and_at_least_once() {
                         )
                         .await
                         .unwrap();
+                    issued(o.msg_id, "list push");
                     addressed[0].push(o.msg_id);
                     addressed[2].push(o.msg_id);
                 }
@@ -963,12 +1140,18 @@ async fn seeded_model_order_and_at_least_once() {
                         .push(Target::Everyone, None, Bytes::new(), None)
                         .await
                         .unwrap();
-                    for a in &mut addressed {
-                        a.push(o.msg_id);
+                    issued(o.msg_id, "push to everyone");
+                    for i in 0..3 {
+                        if known[i] {
+                            addressed[i].push(o.msg_id);
+                        } else {
+                            may[i].push(o.msg_id);
+                        }
                     }
                 }
                 5 => {
                     let o = f.router.send(D1, P1, Bytes::new()).await.unwrap();
+                    issued(o.msg_id, "send");
                     addressed[2].push(o.msg_id);
                 }
                 6 | 7 => {
@@ -983,12 +1166,52 @@ async fn seeded_model_order_and_at_least_once() {
                     let i = rng.random_range(0..3);
                     sessions[i] = None;
                 }
-                _ => {
+                9 => {
                     let i = rng.random_range(0..3);
                     if sessions[i].is_none() {
                         let l = login(terms[i], Transport::Udp, high[i]);
                         sessions[i] = Some(f.router.login(l).await.unwrap());
+                        known[i] = true;
                     }
+                }
+                10 => {
+                    if store.lose_data().await {
+                        for i in 0..3 {
+                            may[i].append(&mut addressed[i]);
+                            known[i] = false;
+                        }
+                        f.router.stores().bindings.bind(P1, D1).await.unwrap();
+                        losses_since_start += 1;
+                        // Noticed (and counted once) by the next store call that checks.
+                        let o = f
+                            .router
+                            .push(Target::Terminal(D1), None, Bytes::new(), None)
+                            .await
+                            .unwrap();
+                        issued(o.msg_id, "push after a data loss");
+                        addressed[0].push(o.msg_id);
+                        let counted = f
+                            .router
+                            .metrics()
+                            .render()
+                            .lines()
+                            .find_map(|l| l.strip_prefix("broker_store_data_loss_total "))
+                            .map(|v| v.trim().to_string());
+                        assert_eq!(
+                            counted,
+                            Some(losses_since_start.to_string()),
+                            "seed {seed}: data loss counted"
+                        );
+                    }
+                }
+                _ => {
+                    // Broker restart: every session ends, the store is reopened.
+                    for s in &mut sessions {
+                        *s = None;
+                    }
+                    drop(f);
+                    f = start(&store).await;
+                    losses_since_start = 0;
                 }
             }
         }
@@ -1010,12 +1233,22 @@ async fn seeded_model_order_and_at_least_once() {
                 seed,
             )
             .await;
-            let mut want = addressed[i].clone();
-            want.sort_unstable();
-            want.dedup();
-            assert_eq!(
-                seen[i], want,
-                "seed {seed} ({policy:?}): {} saw every id once",
+            let missing: Vec<&u64> = addressed[i]
+                .iter()
+                .filter(|id| !seen[i].contains(id))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "seed {seed} ({policy:?}): {} never saw {missing:?}",
+                terms[i]
+            );
+            let unexpected: Vec<&u64> = seen[i]
+                .iter()
+                .filter(|id| !addressed[i].contains(id) && !may[i].contains(id))
+                .collect();
+            assert!(
+                unexpected.is_empty(),
+                "seed {seed} ({policy:?}): {} saw {unexpected:?}, never addressed to it",
                 terms[i]
             );
         }

@@ -21,6 +21,61 @@ fn msg(payload: &'static [u8], expires_at_ms: u64) -> NewMessage {
     }
 }
 
+/// Ids never go back: strictly increasing per terminal across reopening the store (`reopen`
+/// drops nothing itself: the previous store must be dropped by the time it returns one) and while
+/// the injected clock jumps back, and never below the clock floor of [`super::msg_id`].
+pub async fn ids_never_go_back<F, Fut>(mut reopen: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn OfflineStore>>,
+{
+    use super::msg_id::clock_floor;
+    let a = Address::device(77);
+    let t0: u64 = 1_764_000_000_000; // December 2025
+    let hour = 3_600_000;
+    let mut ids = Vec::new();
+    let mut append = async |store: &Arc<dyn OfflineStore>, now_ms: u64| {
+        let id = store
+            .append(Recipients::List(vec![a]), msg(b"id", u64::MAX), now_ms)
+            .await
+            .unwrap()
+            .msg_id;
+        assert!(id <= MAX_MSG_ID);
+        if let Some(last) = ids.last() {
+            assert!(id > *last, "id {id} after {last} (now_ms {now_ms})");
+        }
+        ids.push(id);
+        id
+    };
+    let store = reopen().await;
+    assert!(append(&store, t0).await >= clock_floor(t0));
+    append(&store, t0).await;
+    append(&store, t0 - hour).await;
+    append(&store, 0).await;
+    drop(store);
+    // Reopened while the clock is a day behind.
+    let store = reopen().await;
+    append(&store, t0 - 24 * hour).await;
+    append(&store, t0).await;
+    // The clock moved on: ids follow it.
+    assert!(append(&store, t0 + 10).await >= clock_floor(t0 + 10));
+    drop(store);
+    let store = reopen().await;
+    append(&store, t0 + 10).await;
+    let stored: Vec<u64> = store
+        .since(a, 0, 100, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(stored, ids, "every message kept, in id order");
+    assert_eq!(
+        store.ack_through(a, MAX_MSG_ID).await.unwrap(),
+        ids.len() as u64
+    );
+}
+
 /// The offline store suite; the store must be configured with `cap` per terminal and `eviction`.
 pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: EvictionPolicy) {
     assert!(cap >= 2, "suite needs a cap of at least 2");

@@ -7,7 +7,8 @@
 //! ([`GroupCommit`]'s writer thread); reads run on tokio's blocking pool (redb calls block).
 //!
 //! Layout (keys are packed addresses, see [`Address::to_key`]):
-//! * `meta`: counters (`next_msg_id`, `upload_head`) and `cursor:<consumer>` positions.
+//! * `meta`: counters (`next_msg_id`: one above the last id issued, see [`msg_id`]; `upload_head`)
+//!   and `cursor:<consumer>` positions.
 //! * `messages`: msg id -> record (expiry, reference count, sender, payload): a message is stored once.
 //! * `expiry`: (expires_at, msg id) for purging.
 //! * `inbox`: (terminal, msg id) references; `inbox_count`: terminal -> references (for the cap).
@@ -27,10 +28,10 @@ use redb::{
 };
 
 use super::group_commit::GroupCommit;
+use super::msg_id;
 use super::{
-    Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, NewUpload, OfflineStats, OfflineStore,
-    Recipients, SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool,
-    valid_group_name,
+    Appended, Bindings, Groups, NewMessage, NewUpload, OfflineStats, OfflineStore, Recipients,
+    SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool, valid_group_name,
 };
 use crate::config::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, Kind, from_key};
@@ -306,15 +307,14 @@ impl OfflineStore for EmbeddedStore {
         &self,
         recipients: Recipients,
         msg: NewMessage,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<Appended, StoreError> {
         self.write(move |txn, limits| {
             let id = {
                 let mut meta = txn.open_table(META)?;
-                let id = meta.get("next_msg_id")?.map_or(1, |g| g.value());
-                if id > MAX_MSG_ID {
-                    return Err(StoreError::IdsExhausted);
-                }
+                // `next_msg_id` is one above the last id issued (1 when none was).
+                let next = meta.get("next_msg_id")?.map_or(1, |g| g.value());
+                let id = msg_id::next_id(next.saturating_sub(1), msg_id::clock_floor(now_ms))?;
                 meta.insert("next_msg_id", id + 1)?;
                 id
             };
@@ -939,6 +939,17 @@ mod tests {
     async fn groups_conformance() {
         let dir = tempfile::tempdir().unwrap();
         conformance::groups(open(dir.path(), 10, EvictionPolicy::DropOldest)).await;
+    }
+
+    #[tokio::test]
+    async fn ids_never_go_back_across_reopen_and_clock_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        conformance::ids_never_go_back(|| {
+            let store: Arc<dyn OfflineStore> = open(&path, 100, EvictionPolicy::DropOldest);
+            std::future::ready(store)
+        })
+        .await;
     }
 
     #[tokio::test]

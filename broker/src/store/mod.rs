@@ -8,7 +8,8 @@
 //! one generic test suite per trait, run here against the embedded store and reusable against any
 //! other implementation (feature `store-conformance`).
 //!
-//! Time is injected: methods that care about expiry take `now_ms` (Unix milliseconds).
+//! Time is injected: methods that care about expiry take `now_ms` (Unix milliseconds), and
+//! `append` uses it for the id scheme of [`msg_id`] (ids never go back, also when Redis lost data).
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::terminal::{Address, Kind};
 pub mod conformance;
 pub mod embedded;
 pub mod group_commit;
+pub mod msg_id;
 pub mod redis;
 
 /// Largest message id ever issued (2^53 - 1, exact in JSON numbers).
@@ -105,7 +107,8 @@ pub struct OfflineStats {
 pub trait OfflineStore: Send + Sync + 'static {
     /// Records that `terminal` exists (done at login), so kind-wide pushes reach it later.
     async fn remember(&self, terminal: Address) -> Result<(), StoreError>;
-    /// Stores `msg` for `recipients` durably and returns its new id.
+    /// Stores `msg` for `recipients` durably and returns its new id: above every id this store
+    /// issued before and at least [`msg_id::clock_floor`] of `now_ms` (see [`msg_id`]).
     async fn append(
         &self,
         recipients: Recipients,

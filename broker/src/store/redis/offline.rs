@@ -2,7 +2,10 @@
 //! store's semantics (checked by the shared conformance suite).
 //!
 //! Offline layout (`P` = key prefix, ids and terminal keys in decimal):
-//! * `P msgid`: the id counter (`INCR`, refused past [`MAX_MSG_ID`]).
+//! * `P msgid`: the last id issued; the next is `max(last + 1, floor)`, the floor being the
+//!   clock's and this broker's high-water mark (see [`crate::store::msg_id`] and [`data_loss`]);
+//!   refused past [`MAX_MSG_ID`].
+//! * `P epoch`: the run marker that reveals lost data ([`data_loss`]).
 //! * `P msg:<id>`: hash `exp`, `from` (packed address or empty), `payload`, `refs`: a message is
 //!   stored once however many terminals it is for; the last reference to go deletes it.
 //! * `P exp`: sorted set id by expiry (purging); `P inbox:<terminal>`: sorted set of ids scored by
@@ -13,6 +16,8 @@
 //! are deleted by `purge_expired`; references to deleted messages are dropped lazily (on read,
 //! ack and eviction), as in the embedded store. Ids go through Lua as strings: Lua numbers print
 //! with 14 significant digits, ids reach 16.
+//!
+//! [`data_loss`]: super::data_loss
 
 use std::sync::Arc;
 
@@ -21,6 +26,7 @@ use bytes::Bytes;
 use redis::Script;
 
 use super::conn::RedisConn;
+use super::data_loss::{CHECK_EPOCH, DataLossWatch};
 use crate::config::EvictionPolicy;
 use crate::store::embedded::OfflineLimits;
 use crate::store::{
@@ -40,21 +46,26 @@ local function release(p, mid)
 end
 "#;
 
-/// ARGV: prefix, cap, reject (0/1), max id, expires, from, payload, mode (`list`/`known`), then
-/// terminal keys (list) or the min and max packed key (known). Returns {id, stored, evicted,
-/// rejected}.
+/// ARGV: prefix, known epoch, fresh epoch, cap, reject (0/1), max id, id floor, this broker's
+/// high-water id, expires, from, payload, mode (`list`/`known`), then terminal keys (list) or the
+/// min and max packed key (known). Returns {id, stored, evicted, rejected, epoch status, epoch}.
 const APPEND: &str = r#"
 local p = ARGV[1]
-local cap = tonumber(ARGV[2])
-local reject = ARGV[3] == '1'
+local e = check_epoch(p, ARGV[2], ARGV[3])
+local cap = tonumber(ARGV[4])
+local reject = ARGV[5] == '1'
 local cur = tonumber(redis.call('GET', p .. 'msgid') or '0')
-if cur >= tonumber(ARGV[4]) then return redis.error_reply('IDS_EXHAUSTED') end
-local id = string.format('%d', redis.call('INCR', p .. 'msgid'))
+if cur < tonumber(ARGV[8]) and e[1] ~= 'lost' then e[1] = 'behind' end
+if cur >= tonumber(ARGV[6]) then return redis.error_reply('IDS_EXHAUSTED') end
+local nid = cur + 1
+if tonumber(ARGV[7]) > nid then nid = tonumber(ARGV[7]) end
+local id = string.format("%d", nid)
+redis.call('SET', p .. 'msgid', id)
 local targets = {}
-if ARGV[8] == 'known' then
-  targets = redis.call('ZRANGEBYSCORE', p .. 'known', ARGV[9], ARGV[10])
+if ARGV[12] == 'known' then
+  targets = redis.call('ZRANGEBYSCORE', p .. 'known', ARGV[13], ARGV[14])
 else
-  for i = 9, #ARGV do targets[#targets + 1] = ARGV[i] end
+  for i = 13, #ARGV do targets[#targets + 1] = ARGV[i] end
 end
 local stored, evicted, rejected = 0, 0, 0
 for _, t in ipairs(targets) do
@@ -81,22 +92,24 @@ for _, t in ipairs(targets) do
   end
 end
 if stored > 0 then
-  redis.call('HSET', p .. 'msg:' .. id, 'exp', ARGV[5], 'from', ARGV[6], 'payload', ARGV[7],
+  redis.call('HSET', p .. 'msg:' .. id, 'exp', ARGV[9], 'from', ARGV[10], 'payload', ARGV[11],
     'refs', stored)
-  redis.call('ZADD', p .. 'exp', ARGV[5], id)
+  redis.call('ZADD', p .. 'exp', ARGV[9], id)
 end
-return {id, stored, evicted, rejected}
+return {id, stored, evicted, rejected, e[1], e[2]}
 "#;
 
-/// ARGV: prefix, terminal, since id, limit, now, batch. Returns flat {id, exp, from, payload}*.
+/// ARGV: prefix, known epoch, fresh epoch, terminal, since id, limit, now, batch. Returns
+/// {epoch status, epoch} then flat {id, exp, from, payload}*.
 const SINCE: &str = r#"
 local p = ARGV[1]
-local ib = p .. 'inbox:' .. ARGV[2]
-local limit = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
-local out, count, start = {}, 0, '(' .. ARGV[3]
+local e = check_epoch(p, ARGV[2], ARGV[3])
+local ib = p .. 'inbox:' .. ARGV[4]
+local limit = tonumber(ARGV[6])
+local now = tonumber(ARGV[7])
+local out, count, start = {e[1], e[2]}, 0, '(' .. ARGV[5]
 while count < limit do
-  local ids = redis.call('ZRANGEBYSCORE', ib, start, '+inf', 'LIMIT', 0, ARGV[6])
+  local ids = redis.call('ZRANGEBYSCORE', ib, start, '+inf', 'LIMIT', 0, ARGV[8])
   if #ids == 0 then break end
   for _, mid in ipairs(ids) do
     if count >= limit then break end
@@ -115,6 +128,18 @@ while count < limit do
   start = '(' .. ids[#ids]
 end
 return out
+"#;
+
+/// ARGV: prefix, known epoch, fresh epoch. Returns {epoch status, epoch}.
+const CHECK_MARKER: &str = r#"
+return check_epoch(ARGV[1], ARGV[2], ARGV[3])
+"#;
+
+/// ARGV: prefix, known epoch, fresh epoch, packed terminal key. Returns {epoch status, epoch}.
+const REMEMBER: &str = r#"
+local e = check_epoch(ARGV[1], ARGV[2], ARGV[3])
+redis.call('ZADD', ARGV[1] .. 'known', ARGV[4], ARGV[4])
+return e
 "#;
 
 /// ARGV: prefix, terminal, id. Returns 1 when the reference existed.
@@ -169,8 +194,11 @@ const BATCH: usize = 512;
 pub struct RedisStore {
     conn: Arc<RedisConn>,
     limits: OfflineLimits,
+    watch: DataLossWatch,
     append: Script,
     since: Script,
+    remember: Script,
+    check_marker: Script,
     ack: Script,
     ack_through: Script,
     purge: Script,
@@ -178,14 +206,30 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store on `conn` with the offline cap and eviction policy of `limits`.
+    /// A store on `conn` with the offline cap and eviction policy of `limits`; data losses it
+    /// notices are logged and counted in [`RedisStore::data_losses`] only (a broker uses
+    /// [`RedisStore::with_data_loss_counter`]).
     pub fn new(conn: Arc<RedisConn>, limits: OfflineLimits) -> Arc<RedisStore> {
-        let with_release = |body: &str| Script::new(&format!("{RELEASE}{body}"));
+        RedisStore::with_data_loss_counter(conn, limits, metrics::Counter::noop())
+    }
+
+    /// Like [`RedisStore::new`], also counting each data loss it notices in `data_loss` (the
+    /// broker passes its `broker_store_data_loss_total`).
+    pub fn with_data_loss_counter(
+        conn: Arc<RedisConn>,
+        limits: OfflineLimits,
+        data_loss: metrics::Counter,
+    ) -> Arc<RedisStore> {
+        let with_release = |body: &str| Script::new(&format!("{RELEASE}{CHECK_EPOCH}{body}"));
+        let checked = |body: &str| Script::new(&format!("{CHECK_EPOCH}{body}"));
         Arc::new(RedisStore {
+            watch: DataLossWatch::new(data_loss, conn.prefix()),
             conn,
             limits,
             append: with_release(APPEND),
-            since: Script::new(SINCE),
+            since: checked(SINCE),
+            remember: checked(REMEMBER),
+            check_marker: checked(CHECK_MARKER),
             ack: with_release(ACK),
             ack_through: with_release(ACK_THROUGH),
             purge: Script::new(PURGE),
@@ -195,6 +239,27 @@ impl RedisStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.conn.prefix())
+    }
+
+    /// Learns the run marker (writing it if Redis has none), noticing a loss like the other
+    /// checked calls. A broker calls it at start, so a loss before its first offline-store call
+    /// is noticed too.
+    pub async fn check_marker(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.get().await;
+        let r: redis::RedisResult<(String, String)> = self
+            .check_marker
+            .arg(self.conn.prefix())
+            .arg(self.watch.known())
+            .arg(DataLossWatch::fresh())
+            .invoke_async(&mut c)
+            .await;
+        let (status, epoch) = self.conn.check(r).await?;
+        self.watch.observe(&status, &epoch)
+    }
+
+    /// How many times this store noticed that Redis lost data (see [`super::data_loss`]).
+    pub fn data_losses(&self) -> u64 {
+        self.watch.losses()
     }
 }
 
@@ -226,28 +291,34 @@ fn kind_bounds(kind: Option<Kind>) -> (u64, u64) {
 #[async_trait]
 impl OfflineStore for RedisStore {
     async fn remember(&self, terminal: Address) -> Result<(), StoreError> {
-        let k = terminal.to_key();
         let mut c = self.conn.get().await;
-        let r: redis::RedisResult<()> = redis::cmd("ZADD")
-            .arg(self.key("known"))
-            .arg(k)
-            .arg(k)
-            .query_async(&mut c)
+        let r: redis::RedisResult<(String, String)> = self
+            .remember
+            .arg(self.conn.prefix())
+            .arg(self.watch.known())
+            .arg(DataLossWatch::fresh())
+            .arg(terminal.to_key())
+            .invoke_async(&mut c)
             .await;
-        self.conn.check(r).await
+        let (status, epoch) = self.conn.check(r).await?;
+        self.watch.observe(&status, &epoch)
     }
 
     async fn append(
         &self,
         recipients: Recipients,
         msg: NewMessage,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<Appended, StoreError> {
         let mut inv = self.append.prepare_invoke();
         inv.arg(self.conn.prefix())
+            .arg(self.watch.known())
+            .arg(DataLossWatch::fresh())
             .arg(self.limits.max_per_terminal)
             .arg(u8::from(self.limits.eviction == EvictionPolicy::RejectNew))
             .arg(MAX_MSG_ID)
+            .arg(self.watch.floor(now_ms))
+            .arg(self.watch.high_water())
             .arg(msg.expires_at_ms)
             .arg(msg.from.map_or(String::new(), |a| a.to_key().to_string()))
             .arg(msg.payload.as_ref());
@@ -264,15 +335,19 @@ impl OfflineStore for RedisStore {
             }
         }
         let mut c = self.conn.get().await;
-        let r: redis::RedisResult<(String, u64, u64, u64)> = inv.invoke_async(&mut c).await;
+        let r: redis::RedisResult<(String, u64, u64, u64, String, String)> =
+            inv.invoke_async(&mut c).await;
         if let Err(e) = &r
             && e.to_string().contains("IDS_EXHAUSTED")
         {
             return Err(StoreError::IdsExhausted);
         }
-        let (id, stored_for, evicted, rejected) = self.conn.check(r).await?;
+        let (id, stored_for, evicted, rejected, status, epoch) = self.conn.check(r).await?;
+        let msg_id = parse_u64(id.as_bytes(), "message id")?;
+        self.watch.saw_id(msg_id);
+        self.watch.observe(&status, &epoch)?;
         Ok(Appended {
-            msg_id: parse_u64(id.as_bytes(), "message id")?,
+            msg_id,
             stored_for,
             evicted,
             rejected,
@@ -294,6 +369,8 @@ impl OfflineStore for RedisStore {
         let r: redis::RedisResult<Vec<Vec<u8>>> = self
             .since
             .arg(self.conn.prefix())
+            .arg(self.watch.known())
+            .arg(DataLossWatch::fresh())
             .arg(terminal.to_key())
             .arg(since_id)
             .arg(limit)
@@ -302,10 +379,18 @@ impl OfflineStore for RedisStore {
             .invoke_async(&mut c)
             .await;
         let flat = self.conn.check(r).await?;
-        if flat.len() % 4 != 0 {
+        let [status, epoch, rows @ ..] = flat.as_slice() else {
+            return Err(corrupt("since reply"));
+        };
+        if rows.len() % 4 != 0 {
             return Err(corrupt("since reply"));
         }
-        flat.chunks_exact(4)
+        self.watch.observe(
+            std::str::from_utf8(status).map_err(|_| corrupt("epoch status"))?,
+            std::str::from_utf8(epoch).map_err(|_| corrupt("epoch"))?,
+        )?;
+        let out: Vec<StoredMessage> = rows
+            .chunks_exact(4)
             .map(|row| {
                 let from = if row[2].is_empty() {
                     None
@@ -319,7 +404,11 @@ impl OfflineStore for RedisStore {
                     payload: Bytes::copy_from_slice(&row[3]),
                 })
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        if let Some(last) = out.last() {
+            self.watch.saw_id(last.msg_id);
+        }
+        Ok(out)
     }
 
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
