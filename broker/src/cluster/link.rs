@@ -16,6 +16,8 @@
 //!   comet. A comet sends it to one msgbus, which forwards it to the target comet and relays
 //!   the result back; a msgbus's own API sends it to the target comet directly. A comet runs
 //!   every `Command` it receives on its router and answers on the same link.
+//! * `Replace` ([`super::presence`]): a login on one comet replaced a terminal's session on
+//!   comet `to`; sent like a `Command` (comet -> one msgbus -> comet `to`), never answered.
 //!
 //! Queues are bounded: when one is full the frame is dropped and counted. Nothing is lost by
 //! that: every message is in the shared offline store and replayed at the next login (a dropped
@@ -38,6 +40,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::claims::Notice;
 use super::commands::{self, Forward, MAX_FORWARDED_TIMEOUT, Pending};
 use super::frame::{self, CommandOutcome, CommandRequest, Dest, Frame, LinkMessage};
 use super::hooks::StoredSink;
@@ -45,6 +48,7 @@ use super::link_auth::{
     AuthError, Established, Expect, Identity, Initiator, LinkKey, NONCE_LEN, Opener, Responder,
     SealError, Sealer, split_handshake,
 };
+use super::presence::{Presence, ReplaceSink};
 use crate::discovery::{NodeView, Role};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -342,11 +346,13 @@ impl CometLinks {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Accepts links on `listener` until `cancel`.
+    /// Accepts links on `listener` until `cancel`; `Replace` frames go to `presence` (ignored
+    /// without one).
     pub fn serve(
         self: &Arc<Self>,
         listener: TcpListener,
         router: Router,
+        presence: Option<Arc<Presence>>,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
         let me = self.clone();
@@ -364,8 +370,10 @@ impl CometLinks {
                     },
                 };
                 let me = me.clone();
-                let (router, cancel) = (router.clone(), cancel.clone());
-                tokio::spawn(async move { me.one_link(stream, peer, router, cancel).await });
+                let (router, presence, cancel) = (router.clone(), presence.clone(), cancel.clone());
+                tokio::spawn(
+                    async move { me.one_link(stream, peer, router, presence, cancel).await },
+                );
             }
         })
     }
@@ -375,6 +383,7 @@ impl CometLinks {
         mut stream: TcpStream,
         peer: SocketAddr,
         router: Router,
+        presence: Option<Arc<Presence>>,
         cancel: CancellationToken,
     ) {
         let _ = stream.set_nodelay(true);
@@ -429,6 +438,22 @@ impl CometLinks {
             Frame::CommandResult { id, outcome } => {
                 me.pending.complete(id, outcome);
             }
+            Frame::Replace {
+                to,
+                terminal,
+                generation,
+            } => match &presence {
+                Some(p) if to == me.node => {
+                    p.on_notice(
+                        Notice {
+                            terminal,
+                            generation,
+                        },
+                        "link",
+                    );
+                }
+                _ => tracing::debug!(%to, %terminal, "replace notice not for this comet: ignored"),
+            },
             Frame::Hello { .. } | Frame::Stored { .. } | Frame::Ping => {}
         });
         let r = tokio::select! {
@@ -496,6 +521,31 @@ impl StoredSink for CometLinks {
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("every msgbus link queue is full: message left to replay");
+    }
+}
+
+impl ReplaceSink for CometLinks {
+    /// Sends the notice to one connected msgbus (round robin), which forwards it to comet `to`.
+    /// Without a link or room in any queue it is dropped and counted: the notice also waits in
+    /// `to`'s Redis mailbox.
+    fn replace(&self, to: &str, notice: Notice) {
+        let mut f = Frame::Replace {
+            to: to.to_string(),
+            terminal: notice.terminal,
+            generation: notice.generation,
+        };
+        for (_, msgbus, tx) in self.rotation() {
+            match tx.try_send(f) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(back))
+                | Err(mpsc::error::TrySendError::Closed(back)) => {
+                    self.metrics.link_frame_dropped(&msgbus, "queue_full");
+                    f = back
+                }
+            }
+        }
+        self.metrics.link_frame_dropped("none", "no_link");
+        tracing::debug!(comet = %to, terminal = %notice.terminal, "replace notice left to the mailbox");
     }
 }
 
@@ -586,6 +636,24 @@ impl LinkManager {
     /// Frames dropped on full queues.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Forwards a comet's `Replace` frame to comet `to` (dropped and counted when there is no
+    /// link or no room: the notice also waits in that comet's Redis mailbox).
+    fn forward_replace(&self, f: Frame) {
+        let Frame::Replace { to, .. } = &f else {
+            return;
+        };
+        let to = to.clone();
+        let tx = self.peers().get(&to).map(|p| p.tx.clone());
+        let reason = match tx {
+            None => "no_link",
+            Some(tx) => match tx.try_send(f) {
+                Ok(()) => return,
+                Err(_) => "queue_full",
+            },
+        };
+        self.metrics.link_frame_dropped(&to, reason);
     }
 
     /// Queues `msg` for comet `node`; false when unknown or its queue is full.
@@ -753,6 +821,15 @@ impl LinkManager {
             Frame::CommandResult { id, outcome } => {
                 me.pending.complete(id, outcome);
             }
+            Frame::Replace {
+                to,
+                terminal,
+                generation,
+            } => me.forward_replace(Frame::Replace {
+                to,
+                terminal,
+                generation,
+            }),
             Frame::Hello { .. } | Frame::Deliver { .. } | Frame::Ping => {}
         });
         let r = tokio::select! {
@@ -889,7 +966,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let serve = links.serve(listener, router, cancel.clone());
+        let serve = links.serve(listener, router, None, cancel.clone());
         Comet {
             links,
             addr,
