@@ -326,8 +326,9 @@ impl Metrics {
     }
 
     /// Counts a decision about one of this comet's sessions replaced by a login on another
-    /// comet (`plug` profile): `via` is where the notice came from (`link`, `mailbox`, or
-    /// `login` for a notice deferred until a local login's claim finished), `result` is
+    /// comet (`plug` profile): `via` is where the notice came from (`link`, `mailbox`,
+    /// `login` for a notice deferred until a local login's claim finished, or `restore` when
+    /// this comet was swept as dead and a login elsewhere took the terminal), `result` is
     /// `kicked`, `kept` (the local session is newer, or gone) or `deferred`.
     pub fn cluster_replacement(&self, via: &'static str, result: &'static str) {
         self.counter(

@@ -403,6 +403,15 @@ async fn claims_replace_in_the_plug_profile_keep_every_session_in_the_signed_one
     assert_eq!(claims.take_kicks("comet-b").await.unwrap(), vec![]);
     assert_eq!(claims.take_kicks("comet-a").await.unwrap(), vec![]);
 
+    // comet B, swept as dead meanwhile, may not register its replaced session again; comet A
+    // may register its current one.
+    assert!(!claims.restore(t, "comet-b", g2.generation).await.unwrap());
+    assert!(claims.restore(t, "comet-a", g3.generation).await.unwrap());
+    assert_eq!(
+        registry.lookup(t).await.unwrap(),
+        vec![("comet-a".to_string(), g3.generation)]
+    );
+
     // Redis loses the generation (a restart without persistence): the next one is still newer.
     let client = redis::Client::open(run.env["REDIS_URL"].as_str()).unwrap();
     let mut rc = client.get_multiplexed_async_connection().await.unwrap();

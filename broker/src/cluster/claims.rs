@@ -8,7 +8,8 @@
 //!   [`GEN_KEY_TTL_MS`]; see below why losing it is harmless).
 //! * `P online:<terminal>`: node id -> generation of the session that node holds.
 //! * `P node:<id>:kicks`: the node's replacement mailbox, entries `<terminal>:<generation>`
-//!   (at most [`MAILBOX_MAX`], oldest trimmed), read and emptied by [`SessionClaims::take_kicks`].
+//!   (at most [`MAILBOX_MAX`], oldest trimmed; gone [`MAILBOX_TTL_MS`] after the last notice),
+//!   read and emptied by [`SessionClaims::take_kicks`].
 //!
 //! A claim ([`SessionClaims::claim`]) gets generation `max(last + 1, Redis time in µs)`: strictly
 //! increasing per terminal while the key lives, and still increasing after it expired or Redis
@@ -18,6 +19,10 @@
 //! than the new generation ([`super::presence`]), and the script also drops the same notice in
 //! each node's mailbox, which every comet drains at its heartbeat, so a notice lost with a link
 //! still arrives. Without `single` (the `signed` profile) nothing is replaced.
+//!
+//! A comet whose heartbeat expired was swept (its entries removed, so later claims elsewhere did
+//! not notify it); it registers its sessions again with [`SessionClaims::restore`], which refuses
+//! a session whose generation is no longer the terminal's newest: that session is kicked.
 
 use std::sync::Arc;
 
@@ -33,7 +38,11 @@ pub const GEN_KEY_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most notices one node's mailbox keeps (the oldest go first).
 pub const MAILBOX_MAX: u64 = 10_000;
 
-/// ARGV: prefix, terminal, node, single ('1'/'0'), gen key TTL ms, mailbox max.
+/// A mailbox nobody drained for this long is deleted (its node is gone, or was cut off long
+/// enough to be swept, and then [`SessionClaims::restore`] decides instead): 1 hour.
+pub const MAILBOX_TTL_MS: u64 = 3600 * 1000;
+
+/// ARGV: prefix, terminal, node, single ('1'/'0'), gen key TTL ms, mailbox max, mailbox TTL ms.
 /// Returns {generation, replaced node, its generation, ...}.
 const CLAIM: &str = r#"
 local p, t, node = ARGV[1], ARGV[2], ARGV[3]
@@ -56,6 +65,7 @@ if ARGV[4] == '1' then
       local mk = p .. 'node:' .. other .. ':kicks'
       redis.call('RPUSH', mk, t .. ':' .. gs)
       redis.call('LTRIM', mk, -tonumber(ARGV[6]), -1)
+      redis.call('PEXPIRE', mk, ARGV[7])
       out[#out + 1] = other
       out[#out + 1] = all[i + 1]
     end
@@ -65,6 +75,18 @@ redis.call('HSET', k, node, gs)
 redis.call('SADD', p .. 'node:' .. node .. ':sessions', t)
 redis.call('SADD', p .. 'nodes', node)
 return out
+"#;
+
+/// ARGV: prefix, terminal, node, generation. Registers the entry again only if no newer
+/// generation was handed out (or the generation key expired). Returns 1 when registered.
+const RESTORE: &str = r#"
+local p, t, node = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('GET', p .. 'session_gen:' .. t)
+if cur and cur ~= ARGV[4] then return 0 end
+redis.call('HSET', p .. 'online:' .. t, node, ARGV[4])
+redis.call('SADD', p .. 'node:' .. node .. ':sessions', t)
+redis.call('SADD', p .. 'nodes', node)
+return 1
 "#;
 
 /// ARGV: prefix, node. Returns and empties the node's mailbox.
@@ -97,6 +119,7 @@ pub struct Notice {
 pub struct SessionClaims {
     conn: Arc<RedisConn>,
     claim: Script,
+    restore: Script,
     take: Script,
 }
 
@@ -106,6 +129,7 @@ impl SessionClaims {
         SessionClaims {
             conn,
             claim: Script::new(CLAIM),
+            restore: Script::new(RESTORE),
             take: Script::new(TAKE_KICKS),
         }
     }
@@ -127,9 +151,31 @@ impl SessionClaims {
             .arg(if single { "1" } else { "0" })
             .arg(GEN_KEY_TTL_MS)
             .arg(MAILBOX_MAX)
+            .arg(MAILBOX_TTL_MS)
             .invoke_async(&mut c)
             .await;
         parse_claim(&self.conn.check(r).await?)
+    }
+
+    /// Registers `terminal`'s session `generation` on `node` again (after this node was swept as
+    /// dead), unless a newer generation was handed out meanwhile: `Ok(false)` then, and the
+    /// session must go (a login elsewhere replaced it while this node was cut off).
+    pub async fn restore(
+        &self,
+        terminal: Address,
+        node: &str,
+        generation: u64,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.get().await;
+        let r: redis::RedisResult<u8> = self
+            .restore
+            .arg(self.conn.prefix())
+            .arg(terminal.to_key())
+            .arg(node)
+            .arg(generation.to_string())
+            .invoke_async(&mut c)
+            .await;
+        Ok(self.conn.check(r).await? == 1)
     }
 
     /// Takes every notice waiting in `node`'s mailbox (malformed entries are skipped).

@@ -15,7 +15,8 @@
 //!   is never removed by a late reconcile.
 //! * [`Presence::heartbeat`] refreshes the node's heartbeat key and drains the mailbox; when Redis
 //!   says the key had expired (this node was presumed dead and swept) every held terminal is
-//!   registered again.
+//!   registered again, and in the `plug` profile a session some login elsewhere replaced
+//!   meanwhile is kicked instead ([`SessionClaims::restore`]).
 //! * Every node also runs [`OnlineRegistry::sweep_dead_nodes`] (see [`spawn_loops`]).
 //!
 //! Every registry write is counted in `broker_presence_writes_total{op}` and, when it fails,
@@ -170,7 +171,7 @@ impl Presence {
     }
 
     /// Another comet claimed `notice.terminal`: kicks the local session when it is older.
-    /// `via` labels the metric (`link` or `mailbox`).
+    /// `via` labels the metric (`link`, `mailbox` or `restore`).
     pub fn on_notice(&self, notice: Notice, via: &'static str) -> Verdict {
         let mut gens = self.gens();
         let v = gens.notice(notice.terminal, notice.generation);
@@ -229,8 +230,23 @@ impl Presence {
                 );
             }
             for (t, generation) in all {
-                let r = self.registry.register(t, &self.node, generation).await;
-                counted(&self.metrics, "register", r)?;
+                if !self.single {
+                    let r = self.registry.register(t, &self.node, generation).await;
+                    counted(&self.metrics, "register", r)?;
+                    continue;
+                }
+                let r = self.claims.restore(t, &self.node, generation).await;
+                if !counted(&self.metrics, "register", r)? {
+                    // A login elsewhere took the terminal while this node was swept.
+                    let newer = generation.saturating_add(1);
+                    self.on_notice(
+                        Notice {
+                            terminal: t,
+                            generation: newer,
+                        },
+                        "restore",
+                    );
+                }
             }
         }
         Ok(())
