@@ -52,6 +52,7 @@ use super::presence::{Presence, ReplaceSink};
 use crate::discovery::{NodeView, Role};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::terminal::AddressKey;
 
 /// Keepalive period on an idle link.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -288,8 +289,8 @@ fn deliver_local(router: &Router, msg: LinkMessage) -> u64 {
 }
 
 /// The comet side: accepts msgbus links, delivers their `Deliver` frames locally, runs their
-/// `Command` frames, and sends `Stored` and `Command` frames to one connected msgbus (round
-/// robin).
+/// `Command` frames, and sends `Command` and `Replace` frames to one connected msgbus (round
+/// robin), `Stored` frames to the msgbus their recipient maps to ([`CometLinks::affinity`]).
 pub struct CometLinks {
     node: String,
     links: Mutex<BTreeMap<u64, (String, mpsc::Sender<Frame>)>>,
@@ -329,6 +330,32 @@ impl CometLinks {
             let start = self.rr.fetch_add(1, Ordering::Relaxed) % links.len();
             links.rotate_left(start);
         }
+        links
+    }
+
+    /// The connected links for a stored message: for a list, starting at the one msgbus its
+    /// first recipient maps to (links sorted by msgbus node id), so one terminal's messages all
+    /// take the same msgbus and keep their order; the others follow as fallbacks. A broadcast
+    /// takes [`CometLinks::rotation`].
+    fn affinity(&self, dest: &Dest) -> Vec<(u64, String, mpsc::Sender<Frame>)> {
+        let Dest::List(list) = dest else {
+            return self.rotation();
+        };
+        let Some(first) = list.first() else {
+            return self.rotation();
+        };
+        let mut links: Vec<(u64, String, mpsc::Sender<Frame>)> = self
+            .links()
+            .iter()
+            .map(|(id, (n, t))| (*id, n.clone(), t.clone()))
+            .collect();
+        if links.is_empty() {
+            return links;
+        }
+        links.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+        let h = first.to_key().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let start = (h % links.len() as u64) as usize;
+        links.rotate_left(start);
         links
     }
 
@@ -497,8 +524,10 @@ impl Forward for CometLinks {
 }
 
 impl StoredSink for CometLinks {
+    /// Hands the message to one msgbus: the same one for all messages to one terminal while
+    /// it stays connected ([`CometLinks::affinity`]), so they are routed in order.
     fn stored(&self, msg: LinkMessage) {
-        let links = self.rotation();
+        let links = self.affinity(&msg.dest);
         if links.is_empty() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics.link_frame_dropped("none", "no_link");
@@ -1022,6 +1051,54 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5), "never: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_comet_hands_one_terminals_messages_to_one_msgbus_in_order() {
+        let comet = CometLinks::new("comet-a".into(), settings(1), Metrics::new());
+        let mut rxs = Vec::new();
+        for (id, name) in [(7, "msgbus-2"), (3, "msgbus-1"), (5, "msgbus-3")] {
+            let (tx, rx) = mpsc::channel(64);
+            comet.links().insert(id, (name.to_string(), tx));
+            rxs.push((name, rx));
+        }
+        let to = |id: u32, msg_id: u64| LinkMessage {
+            msg_id,
+            from: Some(Address::phone(1)),
+            payload: vec![],
+            dest: Dest::List(vec![Address::device(id)]),
+        };
+        // Ten devices, five messages each, interleaved.
+        for msg_id in 0..50u64 {
+            comet.stored(to((msg_id % 10) as u32, msg_id));
+        }
+        let mut per_device: BTreeMap<Address, Vec<(&str, u64)>> = BTreeMap::new();
+        let mut used = std::collections::BTreeSet::new();
+        for (name, rx) in &mut rxs {
+            while let Ok(Frame::Stored { msg }) = rx.try_recv() {
+                let Dest::List(l) = &msg.dest else {
+                    panic!("{msg:?}")
+                };
+                per_device
+                    .entry(l[0])
+                    .or_default()
+                    .push((*name, msg.msg_id));
+                used.insert(*name);
+            }
+        }
+        assert_eq!(per_device.len(), 10);
+        for (d, got) in &per_device {
+            assert_eq!(got.len(), 5, "{d}: {got:?}");
+            assert!(
+                got.iter().all(|g| g.0 == got[0].0),
+                "{d}: one msgbus: {got:?}"
+            );
+            assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "{d}: in order");
+        }
+        assert!(
+            used.len() > 1,
+            "terminals spread over the msgbus nodes: {used:?}"
+        );
     }
 
     #[tokio::test]
