@@ -354,6 +354,19 @@ impl Metrics {
         self.counter("broker_cluster_commands_total", &[("result", result)], 1);
     }
 
+    /// Counts a decision about one of this comet's sessions replaced by a login on another
+    /// comet (`plug` profile): `via` is where the notice came from (`link`, `mailbox`,
+    /// `login` for a notice deferred until a local login's claim finished, or `restore` when
+    /// this comet was swept as dead and a login elsewhere took the terminal), `result` is
+    /// `kicked`, `kept` (the local session is newer, or gone) or `deferred`.
+    pub fn cluster_replacement(&self, via: &'static str, result: &'static str) {
+        self.counter(
+            "broker_cluster_replacements_total",
+            &[("via", via), ("result", result)],
+            1,
+        );
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.run_upkeep();

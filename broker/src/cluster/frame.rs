@@ -75,6 +75,17 @@ pub enum Frame {
         /// What happened.
         outcome: CommandOutcome,
     },
+    /// `terminal` logged in on another comet with session generation `generation` (`plug`
+    /// profile): comet -> msgbus (forward to comet `to`), msgbus -> comet `to` (kick its session
+    /// of the terminal if older; see `super::presence`).
+    Replace {
+        /// The comet holding the replaced session.
+        to: String,
+        /// The terminal.
+        terminal: Address,
+        /// The new session's generation.
+        generation: u64,
+    },
 }
 
 impl Frame {
@@ -87,6 +98,7 @@ impl Frame {
             Frame::Ping => "ping",
             Frame::Command { .. } => "command",
             Frame::CommandResult { .. } => "command_result",
+            Frame::Replace { .. } => "replace",
         }
     }
 }
@@ -263,6 +275,11 @@ mod tests {
             },
             Frame::Ping,
             command(),
+            Frame::Replace {
+                to: "comet-a".into(),
+                terminal: Address::device(42),
+                generation: u64::MAX,
+            },
         ];
         let outcomes = [
             CommandOutcome::Done {

@@ -4,7 +4,8 @@
 //! The router stays unaware of the cluster: it stores every push and send through
 //! [`OfflineStore::append`] and calls [`OfflineStore::remember`] at every login. This wrapper
 //! forwards both to the real store, then
-//! * after `remember`: registers the login in the online registry ([`Presence`], comet only);
+//! * after `remember`: claims the login in the online registry ([`Presence::login`], comet
+//!   only; in the `plug` profile this replaces the terminal's sessions on other comets);
 //! * after `append`: hands the stored message to a [`StoredSink`] — on a comet the msgbus link
 //!   (so other comets deliver it), on msgbus the router to the comets holding the recipients.
 //!

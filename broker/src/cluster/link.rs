@@ -16,6 +16,8 @@
 //!   comet. A comet sends it to one msgbus, which forwards it to the target comet and relays
 //!   the result back; a msgbus's own API sends it to the target comet directly. A comet runs
 //!   every `Command` it receives on its router and answers on the same link.
+//! * `Replace` ([`super::presence`]): a login on one comet replaced a terminal's session on
+//!   comet `to`; sent like a `Command` (comet -> one msgbus -> comet `to`), never answered.
 //!
 //! Queues are bounded: when one is full the frame is dropped and counted. Nothing is lost by
 //! that: every message is in the shared offline store and replayed at the next login (a dropped
@@ -38,6 +40,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::claims::Notice;
 use super::commands::{self, Forward, MAX_FORWARDED_TIMEOUT, Pending};
 use super::frame::{self, CommandOutcome, CommandRequest, Dest, Frame, LinkMessage};
 use super::hooks::StoredSink;
@@ -45,9 +48,11 @@ use super::link_auth::{
     AuthError, Established, Expect, Identity, Initiator, LinkKey, NONCE_LEN, Opener, Responder,
     SealError, Sealer, split_handshake,
 };
+use super::presence::{Presence, ReplaceSink};
 use crate::discovery::{NodeView, Role};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::terminal::AddressKey;
 
 /// Keepalive period on an idle link.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -284,8 +289,8 @@ fn deliver_local(router: &Router, msg: LinkMessage) -> u64 {
 }
 
 /// The comet side: accepts msgbus links, delivers their `Deliver` frames locally, runs their
-/// `Command` frames, and sends `Stored` and `Command` frames to one connected msgbus (round
-/// robin).
+/// `Command` frames, and sends `Command` and `Replace` frames to one connected msgbus (round
+/// robin), `Stored` frames to the msgbus their recipient maps to ([`CometLinks::affinity`]).
 pub struct CometLinks {
     node: String,
     links: Mutex<BTreeMap<u64, (String, mpsc::Sender<Frame>)>>,
@@ -328,6 +333,32 @@ impl CometLinks {
         links
     }
 
+    /// The connected links for a stored message: for a list, starting at the one msgbus its
+    /// first recipient maps to (links sorted by msgbus node id), so one terminal's messages all
+    /// take the same msgbus and keep their order; the others follow as fallbacks. A broadcast
+    /// takes [`CometLinks::rotation`].
+    fn affinity(&self, dest: &Dest) -> Vec<(u64, String, mpsc::Sender<Frame>)> {
+        let Dest::List(list) = dest else {
+            return self.rotation();
+        };
+        let Some(first) = list.first() else {
+            return self.rotation();
+        };
+        let mut links: Vec<(u64, String, mpsc::Sender<Frame>)> = self
+            .links()
+            .iter()
+            .map(|(id, (n, t))| (*id, n.clone(), t.clone()))
+            .collect();
+        if links.is_empty() {
+            return links;
+        }
+        links.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+        let h = first.to_key().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let start = (h % links.len() as u64) as usize;
+        links.rotate_left(start);
+        links
+    }
+
     fn links(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (String, mpsc::Sender<Frame>)>> {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -342,11 +373,13 @@ impl CometLinks {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Accepts links on `listener` until `cancel`.
+    /// Accepts links on `listener` until `cancel`; `Replace` frames go to `presence` (ignored
+    /// without one).
     pub fn serve(
         self: &Arc<Self>,
         listener: TcpListener,
         router: Router,
+        presence: Option<Arc<Presence>>,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
         let me = self.clone();
@@ -364,8 +397,10 @@ impl CometLinks {
                     },
                 };
                 let me = me.clone();
-                let (router, cancel) = (router.clone(), cancel.clone());
-                tokio::spawn(async move { me.one_link(stream, peer, router, cancel).await });
+                let (router, presence, cancel) = (router.clone(), presence.clone(), cancel.clone());
+                tokio::spawn(
+                    async move { me.one_link(stream, peer, router, presence, cancel).await },
+                );
             }
         })
     }
@@ -375,6 +410,7 @@ impl CometLinks {
         mut stream: TcpStream,
         peer: SocketAddr,
         router: Router,
+        presence: Option<Arc<Presence>>,
         cancel: CancellationToken,
     ) {
         let _ = stream.set_nodelay(true);
@@ -429,6 +465,22 @@ impl CometLinks {
             Frame::CommandResult { id, outcome } => {
                 me.pending.complete(id, outcome);
             }
+            Frame::Replace {
+                to,
+                terminal,
+                generation,
+            } => match &presence {
+                Some(p) if to == me.node => {
+                    p.on_notice(
+                        Notice {
+                            terminal,
+                            generation,
+                        },
+                        "link",
+                    );
+                }
+                _ => tracing::debug!(%to, %terminal, "replace notice not for this comet: ignored"),
+            },
             Frame::Hello { .. } | Frame::Stored { .. } | Frame::Ping => {}
         });
         let r = tokio::select! {
@@ -472,8 +524,10 @@ impl Forward for CometLinks {
 }
 
 impl StoredSink for CometLinks {
+    /// Hands the message to one msgbus: the same one for all messages to one terminal while
+    /// it stays connected ([`CometLinks::affinity`]), so they are routed in order.
     fn stored(&self, msg: LinkMessage) {
-        let links = self.rotation();
+        let links = self.affinity(&msg.dest);
         if links.is_empty() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics.link_frame_dropped("none", "no_link");
@@ -496,6 +550,31 @@ impl StoredSink for CometLinks {
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("every msgbus link queue is full: message left to replay");
+    }
+}
+
+impl ReplaceSink for CometLinks {
+    /// Sends the notice to one connected msgbus (round robin), which forwards it to comet `to`.
+    /// Without a link or room in any queue it is dropped and counted: the notice also waits in
+    /// `to`'s Redis mailbox.
+    fn replace(&self, to: &str, notice: Notice) {
+        let mut f = Frame::Replace {
+            to: to.to_string(),
+            terminal: notice.terminal,
+            generation: notice.generation,
+        };
+        for (_, msgbus, tx) in self.rotation() {
+            match tx.try_send(f) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(back))
+                | Err(mpsc::error::TrySendError::Closed(back)) => {
+                    self.metrics.link_frame_dropped(&msgbus, "queue_full");
+                    f = back
+                }
+            }
+        }
+        self.metrics.link_frame_dropped("none", "no_link");
+        tracing::debug!(comet = %to, terminal = %notice.terminal, "replace notice left to the mailbox");
     }
 }
 
@@ -586,6 +665,24 @@ impl LinkManager {
     /// Frames dropped on full queues.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Forwards a comet's `Replace` frame to comet `to` (dropped and counted when there is no
+    /// link or no room: the notice also waits in that comet's Redis mailbox).
+    fn forward_replace(&self, f: Frame) {
+        let Frame::Replace { to, .. } = &f else {
+            return;
+        };
+        let to = to.clone();
+        let tx = self.peers().get(&to).map(|p| p.tx.clone());
+        let reason = match tx {
+            None => "no_link",
+            Some(tx) => match tx.try_send(f) {
+                Ok(()) => return,
+                Err(_) => "queue_full",
+            },
+        };
+        self.metrics.link_frame_dropped(&to, reason);
     }
 
     /// Queues `msg` for comet `node`; false when unknown or its queue is full.
@@ -753,6 +850,15 @@ impl LinkManager {
             Frame::CommandResult { id, outcome } => {
                 me.pending.complete(id, outcome);
             }
+            Frame::Replace {
+                to,
+                terminal,
+                generation,
+            } => me.forward_replace(Frame::Replace {
+                to,
+                terminal,
+                generation,
+            }),
             Frame::Hello { .. } | Frame::Deliver { .. } | Frame::Ping => {}
         });
         let r = tokio::select! {
@@ -889,7 +995,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let serve = links.serve(listener, router, cancel.clone());
+        let serve = links.serve(listener, router, None, cancel.clone());
         Comet {
             links,
             addr,
@@ -945,6 +1051,54 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5), "never: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_comet_hands_one_terminals_messages_to_one_msgbus_in_order() {
+        let comet = CometLinks::new("comet-a".into(), settings(1), Metrics::new());
+        let mut rxs = Vec::new();
+        for (id, name) in [(7, "msgbus-2"), (3, "msgbus-1"), (5, "msgbus-3")] {
+            let (tx, rx) = mpsc::channel(64);
+            comet.links().insert(id, (name.to_string(), tx));
+            rxs.push((name, rx));
+        }
+        let to = |id: u32, msg_id: u64| LinkMessage {
+            msg_id,
+            from: Some(Address::phone(1)),
+            payload: vec![],
+            dest: Dest::List(vec![Address::device(id)]),
+        };
+        // Ten devices, five messages each, interleaved.
+        for msg_id in 0..50u64 {
+            comet.stored(to((msg_id % 10) as u32, msg_id));
+        }
+        let mut per_device: BTreeMap<Address, Vec<(&str, u64)>> = BTreeMap::new();
+        let mut used = std::collections::BTreeSet::new();
+        for (name, rx) in &mut rxs {
+            while let Ok(Frame::Stored { msg }) = rx.try_recv() {
+                let Dest::List(l) = &msg.dest else {
+                    panic!("{msg:?}")
+                };
+                per_device
+                    .entry(l[0])
+                    .or_default()
+                    .push((*name, msg.msg_id));
+                used.insert(*name);
+            }
+        }
+        assert_eq!(per_device.len(), 10);
+        for (d, got) in &per_device {
+            assert_eq!(got.len(), 5, "{d}: {got:?}");
+            assert!(
+                got.iter().all(|g| g.0 == got[0].0),
+                "{d}: one msgbus: {got:?}"
+            );
+            assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "{d}: in order");
+        }
+        assert!(
+            used.len() > 1,
+            "terminals spread over the msgbus nodes: {used:?}"
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 //!
 //! * **comet** ([`start_comet`]): terminal endpoints + router over the shared Redis stores
 //!   ([`crate::store::redis`]). Logins are registered in the Redis online registry
-//!   ([`presence`], heartbeat and dead-node sweep); the node registers in discovery (role
+//!   ([`presence`], heartbeat and dead-node sweep) with a per-terminal session generation
+//!   ([`claims`]); in the `plug` profile a login replaces the terminal's session on any other
+//!   comet, which kicks it when it is older ([`generations`]); the node registers in discovery (role
 //!   comet, advertised endpoints + link address) and serves `GET /v1/nodes/lookup`. msgbus
 //!   nodes connect to its link listener ([`link::CometLinks`]). A message the comet stores (a
 //!   terminal's send) is handed to one msgbus over a link ([`hooks`]) for the other comets.
@@ -26,9 +28,11 @@
 //! `[cluster]` section. Links, presence and
 //! discovery record to the node's [`Metrics`] (served at `/metrics`).
 
+pub mod claims;
 pub mod commands;
 pub mod config;
 pub mod frame;
+pub mod generations;
 pub mod hooks;
 pub mod link;
 pub mod link_auth;
@@ -56,7 +60,6 @@ use crate::discovery::{
 };
 use crate::keeper::RabbitView;
 use crate::metrics::Metrics;
-use crate::router::now_ms;
 use crate::store::embedded::{EmbeddedStore, OfflineLimits};
 use crate::store::redis::{OnlineRegistry, RedisConn, RedisConnError, RedisStore};
 use crate::store::{StoreError, Stores};
@@ -145,6 +148,7 @@ impl ClusterNode {
 struct Common {
     store: Arc<RedisStore>,
     registry: Arc<OnlineRegistry>,
+    conn: Arc<RedisConn>,
     node_id: String,
     links: link::LinkSettings,
     cancel: CancellationToken,
@@ -202,7 +206,8 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
     store.check_marker().await?;
     Ok(Common {
         store,
-        registry: Arc::new(OnlineRegistry::new(conn)),
+        registry: Arc::new(OnlineRegistry::new(conn.clone())),
+        conn,
         node_id,
         links: link::LinkSettings {
             key,
@@ -333,8 +338,9 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
     let c = common(config).await?;
     let presence = Arc::new(presence::Presence::new(
         c.registry.clone(),
+        claims::SessionClaims::new(c.conn.clone()),
         c.node_id.clone(),
-        now_ms().saturating_mul(1000),
+        !config.identity.profile.allows_concurrent_sessions(),
         c.metrics.clone(),
     ));
     let comet_links = link::CometLinks::new(c.node_id.clone(), c.links.clone(), c.metrics.clone());
@@ -378,7 +384,13 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
     let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
-    tasks.push(comet_links.serve(listener, running.router.clone(), c.cancel.clone()));
+    presence.attach(running.router.clone(), comet_links.clone());
+    tasks.push(comet_links.serve(
+        listener,
+        running.router.clone(),
+        Some(presence.clone()),
+        c.cancel.clone(),
+    ));
     let d = discovery.clone();
     tasks.extend(presence::spawn_loops(
         presence,
@@ -425,7 +437,13 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         links.clone(),
         c.metrics.clone(),
     );
-    let route = route::MsgbusRoute::new(links.clone(), c.registry.clone());
+    let (route, route_task) = route::MsgbusRoute::start(
+        links.clone(),
+        c.registry.clone(),
+        config.cluster.link_queue,
+        c.metrics.clone(),
+        c.cancel.clone(),
+    );
     let limits = OfflineLimits {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
@@ -445,17 +463,21 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
     let me = self_info(config, Role::Msgbus, &running, None)?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
-    let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
+    let mut tasks = vec![
+        spawn_relay(view.clone(), view_tx, c.cancel.clone()),
+        route_task,
+    ];
     let r = route.clone();
     tasks.push(links.follow(
         view.clone(),
-        Arc::new(move |origin, msg| r.spawn_route(Some(origin), msg)),
+        Arc::new(move |origin, msg| r.enqueue(Some(origin), msg)),
         c.cancel.clone(),
     ));
     let presence = Arc::new(presence::Presence::new(
         c.registry.clone(),
+        claims::SessionClaims::new(c.conn.clone()),
         c.node_id.clone(),
-        now_ms().saturating_mul(1000),
+        !config.identity.profile.allows_concurrent_sessions(),
         c.metrics.clone(),
     ));
     tasks.extend(presence::spawn_loops(

@@ -1,37 +1,63 @@
-//! [`Presence`]: keeps this comet's sessions in the shared Redis [`OnlineRegistry`].
+//! [`Presence`]: keeps this comet's sessions in the shared Redis [`OnlineRegistry`] and holds
+//! one session per terminal cluster-wide in the `plug` profile.
 //!
-//! * A login registers the terminal at once (the offline-store hook calls [`Presence::login`]
-//!   from `remember`, which the router runs at every login) with a fresh epoch.
+//! * A login claims the terminal at once (the offline-store hook calls [`Presence::login`]
+//!   from `remember`, which the router runs at every login, after registering the session
+//!   locally and before reading its replay) with a new session generation from Redis
+//!   ([`SessionClaims::claim`]). In the `plug` profile the claim takes the terminal away from
+//!   every other comet; [`Presence::login`] then sends each of them a replacement notice over the
+//!   node links ([`ReplaceSink`]), and the claim left the same notice in their Redis mailboxes.
+//! * A notice received ([`Presence::on_notice`], from a link or from the mailbox drained at every
+//!   heartbeat) kicks the local session with `REPLACED` only when it is older than the notice's
+//!   generation ([`Generations`] decides, also for a local login still claiming).
 //! * [`Presence::reconcile`] runs every `cluster.reconcile_ms`: terminals no longer online in the
-//!   local router are unregistered with the epoch they were registered with, so a newer login
-//!   (new epoch) is never removed by a late reconcile.
-//! * [`Presence::heartbeat`] refreshes the node's heartbeat key; when Redis says it had expired
-//!   (this node was presumed dead and swept) every tracked terminal is registered again.
+//!   local router are unregistered with the generation they were claimed with, so a newer login
+//!   is never removed by a late reconcile.
+//! * [`Presence::heartbeat`] refreshes the node's heartbeat key and drains the mailbox; when Redis
+//!   says the key had expired (this node was presumed dead and swept) every held terminal is
+//!   registered again, and in the `plug` profile a session some login elsewhere replaced
+//!   meanwhile is kicked instead ([`SessionClaims::restore`]).
 //! * Every node also runs [`OnlineRegistry::sweep_dead_nodes`] (see [`spawn_loops`]).
 //!
 //! Every registry write is counted in `broker_presence_writes_total{op}` and, when it fails,
-//! `broker_presence_errors_total{op}` ([`crate::metrics::Metrics::presence_write`]).
+//! `broker_presence_errors_total{op}` ([`crate::metrics::Metrics::presence_write`]); every
+//! replacement decision in `broker_cluster_replacements_total{via,result}`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::claims::{Notice, SessionClaims};
+use super::generations::{Generations, Verdict};
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{KickReason, Router};
 use crate::store::StoreError;
 use crate::store::redis::OnlineRegistry;
 use crate::terminal::Address;
 
+/// Where replacement notices go: to comet `to`, over the node links. Must not block; a notice
+/// that cannot be sent is still in `to`'s Redis mailbox.
+pub trait ReplaceSink: Send + Sync + 'static {
+    /// Tells comet `to` that `notice.terminal` was claimed with `notice.generation`.
+    fn replace(&self, to: &str, notice: Notice);
+}
+
+/// What a comet attaches once its router runs.
+struct Attached {
+    router: Router,
+    sink: Arc<dyn ReplaceSink>,
+}
+
 /// This node's registrations in the online registry (see module docs).
 pub struct Presence {
     registry: Arc<OnlineRegistry>,
+    claims: SessionClaims,
     node: String,
-    next_epoch: AtomicU64,
-    tracked: Mutex<BTreeMap<Address, u64>>,
+    single: bool,
+    gens: Mutex<Generations>,
+    attached: OnceLock<Attached>,
     metrics: Metrics,
 }
 
@@ -45,26 +71,64 @@ fn counted<T>(
     r
 }
 
+fn label(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Kick => "kicked",
+        Verdict::Keep => "kept",
+        Verdict::Deferred => "deferred",
+    }
+}
+
+/// Finishes a local claim when dropped, also when the login is abandoned mid-claim (so the
+/// terminal never stays "claiming" and every later notice is decided).
+struct Claiming<'a> {
+    presence: &'a Presence,
+    terminal: Address,
+    generation: Option<u64>,
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        let p = self.presence;
+        let mut gens = p.gens();
+        let v = gens.finish(self.terminal, self.generation);
+        if v == Verdict::Kick {
+            p.kick_local(self.terminal);
+            p.metrics.cluster_replacement("login", label(v));
+        }
+    }
+}
+
 impl Presence {
-    /// Presence of `node`; epochs start at `epoch_base` (e.g. start time in µs, so a restarted
-    /// node never reuses an epoch of its previous run). Registry writes are counted in `metrics`.
+    /// Presence of `node`, claiming terminals through `claims`; `single` (the `plug` profile)
+    /// makes a login replace the terminal's sessions on other comets. Registry writes are
+    /// counted in `metrics`.
     pub fn new(
         registry: Arc<OnlineRegistry>,
+        claims: SessionClaims,
         node: String,
-        epoch_base: u64,
+        single: bool,
         metrics: Metrics,
     ) -> Presence {
         Presence {
             registry,
+            claims,
             node,
-            next_epoch: AtomicU64::new(epoch_base),
-            tracked: Mutex::new(BTreeMap::new()),
+            single,
+            gens: Mutex::new(Generations::default()),
+            attached: OnceLock::new(),
             metrics,
         }
     }
 
-    fn tracked(&self) -> std::sync::MutexGuard<'_, BTreeMap<Address, u64>> {
-        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+    /// A comet's router (whose sessions replacement notices kick) and where its own notices
+    /// go. Before this, notices are kept in the Redis mailbox and none is sent.
+    pub fn attach(&self, router: Router, sink: Arc<dyn ReplaceSink>) {
+        let _ = self.attached.set(Attached { router, sink });
+    }
+
+    fn gens(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.gens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The node id.
@@ -72,46 +136,92 @@ impl Presence {
         &self.node
     }
 
-    /// Registers a login of `terminal` with a new epoch.
+    fn kick_local(&self, terminal: Address) {
+        if let Some(a) = self.attached.get() {
+            let n = a.router.kick(terminal, KickReason::Replaced);
+            tracing::info!(%terminal, sessions = n, "replaced by a login on another comet");
+        }
+    }
+
+    /// Claims a login of `terminal` (see module docs) and notifies the comets it replaced.
     pub async fn login(&self, terminal: Address) -> Result<(), StoreError> {
-        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
-        let r = self.registry.register(terminal, &self.node, epoch).await;
-        counted(&self.metrics, "register", r)?;
-        self.tracked().insert(terminal, epoch);
+        self.gens().begin(terminal);
+        let mut claiming = Claiming {
+            presence: self,
+            terminal,
+            generation: None,
+        };
+        let r = self.claims.claim(terminal, &self.node, self.single).await;
+        let claim = counted(&self.metrics, "register", r)?;
+        claiming.generation = Some(claim.generation);
+        drop(claiming);
+        if let Some(a) = self.attached.get() {
+            for (node, old) in &claim.replaced {
+                tracing::debug!(%terminal, comet = %node, old, new = claim.generation, "login replaces a session on another comet");
+                a.sink.replace(
+                    node,
+                    Notice {
+                        terminal,
+                        generation: claim.generation,
+                    },
+                );
+            }
+        }
         Ok(())
     }
 
-    /// Unregisters tracked terminals the router no longer holds; registers online ones that are
-    /// not tracked (a failed registration at login). Returns how many were unregistered.
+    /// Another comet claimed `notice.terminal`: kicks the local session when it is older.
+    /// `via` labels the metric (`link`, `mailbox` or `restore`).
+    pub fn on_notice(&self, notice: Notice, via: &'static str) -> Verdict {
+        let mut gens = self.gens();
+        let v = gens.notice(notice.terminal, notice.generation);
+        if v == Verdict::Kick {
+            self.kick_local(notice.terminal);
+        }
+        drop(gens);
+        self.metrics.cluster_replacement(via, label(v));
+        v
+    }
+
+    /// Unregisters held terminals the router no longer holds. Returns how many.
     pub async fn reconcile(&self, router: &Router) -> Result<usize, StoreError> {
-        // Snapshot tracked before online: anything tracked was already in the router's registry.
-        let tracked = self.tracked().clone();
+        // Snapshot held before online: anything held was already in the router's registry.
+        // A login in progress is not held yet (still claiming), so it is never unregistered.
+        let held = self.gens().held();
         let online = router.online_terminals();
         let mut removed = 0;
-        for (t, epoch) in &tracked {
+        for (t, generation) in &held {
             if online.binary_search(t).is_err() {
-                let r = self.registry.unregister(*t, &self.node, *epoch).await;
+                let r = self.registry.unregister(*t, &self.node, *generation).await;
                 counted(&self.metrics, "unregister", r)?;
-                let mut tr = self.tracked();
-                if tr.get(t) == Some(epoch) {
-                    tr.remove(t);
-                }
+                self.gens().forget(*t, *generation);
                 removed += 1;
-            }
-        }
-        for t in online {
-            if !tracked.contains_key(&t) && !self.tracked().contains_key(&t) {
-                self.login(t).await?;
             }
         }
         Ok(removed)
     }
 
-    /// Refreshes the heartbeat; re-registers everything when it had expired.
+    /// Applies the notices waiting in this node's mailbox (comet only).
+    pub async fn drain_mailbox(&self) -> Result<usize, StoreError> {
+        if self.attached.get().is_none() {
+            return Ok(0);
+        }
+        let r = self.claims.take_kicks(&self.node).await;
+        let notices = counted(&self.metrics, "take_kicks", r)?;
+        for n in &notices {
+            self.on_notice(*n, "mailbox");
+        }
+        Ok(notices.len())
+    }
+
+    /// Refreshes the heartbeat and drains the mailbox; re-registers everything held when the
+    /// heartbeat key had expired.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), StoreError> {
         let r = self.registry.heartbeat(&self.node, ttl).await;
-        if !counted(&self.metrics, "heartbeat", r)? {
-            let all = self.tracked().clone();
+        let alive = counted(&self.metrics, "heartbeat", r)?;
+        self.drain_mailbox().await?;
+        if !alive {
+            let all = self.gens().held();
             if !all.is_empty() {
                 tracing::warn!(
                     node = %self.node,
@@ -119,17 +229,32 @@ impl Presence {
                     "heartbeat key had expired: registering sessions again"
                 );
             }
-            for (t, epoch) in all {
-                let r = self.registry.register(t, &self.node, epoch).await;
-                counted(&self.metrics, "register", r)?;
+            for (t, generation) in all {
+                if !self.single {
+                    let r = self.registry.register(t, &self.node, generation).await;
+                    counted(&self.metrics, "register", r)?;
+                    continue;
+                }
+                let r = self.claims.restore(t, &self.node, generation).await;
+                if !counted(&self.metrics, "register", r)? {
+                    // A login elsewhere took the terminal while this node was swept.
+                    let newer = generation.saturating_add(1);
+                    self.on_notice(
+                        Notice {
+                            terminal: t,
+                            generation: newer,
+                        },
+                        "restore",
+                    );
+                }
             }
         }
         Ok(())
     }
 
-    /// Terminals currently registered by this node.
+    /// Terminals currently held by this node.
     pub fn count(&self) -> usize {
-        self.tracked().len()
+        self.gens().len()
     }
 }
 

@@ -4,13 +4,25 @@
 //! of them, once per comet with just that comet's recipients. A broadcast (`Dest::Kind`) goes
 //! once to every comet with a link; each comet fans out to its own sessions. The comet that
 //! stored a message (`origin`) already delivered it locally and is skipped.
+//!
+//! Order: messages are routed one at a time, in the order they were handed over, by one task
+//! ([`MsgbusRoute::start`]); the router hands a terminal's messages over in `msg_id` order and a
+//! link is FIFO, so each comet receives a terminal's messages from this msgbus in `msg_id`
+//! order. The hand-over queue is bounded (`cluster.link_queue`): a message that finds it full
+//! is not routed live, counted in `broker_link_frames_dropped_total{peer="route",
+//! reason="queue_full"}`, and reaches its recipients by replay.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
 use super::frame::{Dest, LinkMessage};
 use super::hooks::StoredSink;
 use super::link::LinkManager;
+use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::redis::OnlineRegistry;
 use crate::terminal::Address;
@@ -19,12 +31,41 @@ use crate::terminal::Address;
 pub struct MsgbusRoute {
     links: Arc<LinkManager>,
     registry: Arc<OnlineRegistry>,
+    queue: mpsc::Sender<(Option<String>, LinkMessage)>,
+    metrics: Metrics,
 }
 
 impl MsgbusRoute {
-    /// Routing over `links` with lookups in `registry`.
-    pub fn new(links: Arc<LinkManager>, registry: Arc<OnlineRegistry>) -> Arc<MsgbusRoute> {
-        Arc::new(MsgbusRoute { links, registry })
+    /// Routing over `links` with lookups in `registry`, by one task (until `cancel`) taking
+    /// at most `queue` messages waiting.
+    pub fn start(
+        links: Arc<LinkManager>,
+        registry: Arc<OnlineRegistry>,
+        queue: usize,
+        metrics: Metrics,
+        cancel: CancellationToken,
+    ) -> (Arc<MsgbusRoute>, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<(Option<String>, LinkMessage)>(queue.max(1));
+        let me = Arc::new(MsgbusRoute {
+            links,
+            registry,
+            queue: tx,
+            metrics,
+        });
+        let worker = me.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (origin, msg) = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                };
+                let id = msg.msg_id;
+                if let Err(e) = worker.route(origin.as_deref(), msg).await {
+                    tracing::warn!(msg_id = id, error = %e, "routing lookup failed: message left to replay");
+                }
+            }
+        });
+        (me, task)
     }
 
     /// Sends `msg` to the comets holding its recipients, except `origin`. Returns the comets
@@ -68,24 +109,22 @@ impl MsgbusRoute {
         Ok(sent)
     }
 
-    /// [`MsgbusRoute::route`] in a task, logging failures.
-    pub fn spawn_route(self: &Arc<Self>, origin: Option<String>, msg: LinkMessage) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let id = msg.msg_id;
-            if let Err(e) = me.route(origin.as_deref(), msg).await {
-                tracing::warn!(msg_id = id, error = %e, "routing lookup failed: message left to replay");
-            }
-        });
+    /// Queues `msg` (stored by comet `origin`, or here: `None`) for the routing task, behind
+    /// every message queued before it.
+    pub fn enqueue(&self, origin: Option<String>, msg: LinkMessage) {
+        if let Err(e) = self.queue.try_send((origin, msg)) {
+            let (_, msg) = e.into_inner();
+            self.metrics.link_frame_dropped("route", "queue_full");
+            tracing::warn!(
+                msg_id = msg.msg_id,
+                "routing queue full: message left to replay"
+            );
+        }
     }
 }
 
 impl StoredSink for MsgbusRoute {
     fn stored(&self, msg: LinkMessage) {
-        let me = MsgbusRoute {
-            links: self.links.clone(),
-            registry: self.registry.clone(),
-        };
-        Arc::new(me).spawn_route(None, msg);
+        self.enqueue(None, msg);
     }
 }

@@ -471,7 +471,9 @@ impl Router {
             // The comet logs the lifecycle line (with the reason) at info; this one is detail.
             tracing::debug!(terminal = %h.address(), transport = h.transport().as_str(), session = h.id(), "logout");
         }
-        removed.and_then(|offline| offline.then_some(h.address()))
+        // A session replaced by a newer login (on another node: a local replacement is no
+        // longer registered here) is no offline Presence: the terminal is still online.
+        removed.and_then(|offline| (offline && !h.was_replaced()).then_some(h.address()))
     }
 
     /// Sends Presence for a device to the sessions of its bound phones.

@@ -148,6 +148,9 @@ pub enum Enqueued {
 struct QueueState {
     buf: VecDeque<Outbound>,
     kick: Option<KickReason>,
+    /// Kicked with [`KickReason::Replaced`]: the terminal lives on in a newer session (maybe on
+    /// another node), so this one ending is no offline Presence.
+    replaced: bool,
     closed: bool,
     /// Delivers dropped by the full-queue policy so far. Later live Delivers must not overtake a
     /// dropped one, so while this differs from the count the [`Session`] last re-read the store
@@ -210,6 +213,7 @@ impl SessionHandle {
                 state: Mutex::new(QueueState {
                     buf: VecDeque::new(),
                     kick: None,
+                    replaced: false,
                     closed: false,
                     deliver_drops: 0,
                 }),
@@ -299,10 +303,16 @@ impl SessionHandle {
             return false;
         }
         st.kick = Some(reason);
+        st.replaced = reason == KickReason::Replaced;
         st.buf.clear();
         drop(st);
         self.inner.notify.notify_one();
         true
+    }
+
+    /// Whether the session was kicked because a newer login replaced it.
+    pub fn was_replaced(&self) -> bool {
+        lock(&self.inner.state).replaced
     }
 
     pub(crate) fn same(&self, other: &SessionHandle) -> bool {

@@ -579,6 +579,43 @@ async fn send_needs_a_binding_and_presence_reaches_bound_phones() {
 }
 
 #[tokio::test]
+async fn a_session_replaced_by_a_login_elsewhere_ends_without_an_offline_presence() {
+    let f = fixture(|_| {});
+    f.router.stores().bindings.bind(P1, D1).await.unwrap();
+    let mut phone = f
+        .router
+        .login(login(P1, Transport::AppWs, 0))
+        .await
+        .unwrap();
+    for (reason, offline_presence) in [(KickReason::Replaced, false), (KickReason::Admin, true)] {
+        let mut dev = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+        assert_eq!(
+            next(&mut phone).await,
+            Outbound::Presence {
+                who: D1,
+                online: true
+            }
+        );
+        // What cluster mode does when a login on another comet replaces this session.
+        assert_eq!(f.router.kick(D1, reason), 1);
+        assert_eq!(next(&mut dev).await, Outbound::Kick { reason });
+        dev.close().await;
+        let got = tokio::time::timeout(Duration::from_millis(200), phone.next()).await;
+        if offline_presence {
+            assert_eq!(
+                got.expect("an offline Presence"),
+                Some(Outbound::Presence {
+                    who: D1,
+                    online: false
+                })
+            );
+        } else {
+            assert!(got.is_err(), "{reason:?}: {got:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn commands_complete_time_out_and_fail_when_offline() {
     let f = fixture(|_| {});
     let r = f.router.clone();
