@@ -267,7 +267,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        // A command timeout is logged where the device is known (`handlers::command`).
+        if status.is_server_error() && !matches!(self, ApiError::Timeout) {
             tracing::warn!(error = %self, "api error");
         }
         let body = serde_json::json!({ "error": code, "message": self.to_string() });

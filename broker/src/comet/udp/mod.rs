@@ -197,7 +197,7 @@ impl Receiver {
                 shard::send(&self.ctx, &self.socket, p, from);
             }
             Ok(HelloReply::Reject { packet: p, .. }) => {
-                m.login_failed(T, "hello_rejected");
+                self.ctx.login_refused(T, from, None, "hello_rejected");
                 shard::send(&self.ctx, &self.socket, p, from);
             }
             Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {
