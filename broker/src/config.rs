@@ -94,6 +94,8 @@ pub struct Config {
     pub api: Api,
     /// Logging (owned by `crate::logging`).
     pub log: crate::logging::LogConfig,
+    /// The web console (owned by `crate::console`).
+    pub console: crate::console::ConsoleConfig,
     /// Cluster discovery and node lookup (docs/discovery.md).
     pub discovery: crate::discovery::DiscoveryConfig,
     /// TLS (wss) for the WebSocket endpoints.

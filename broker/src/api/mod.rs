@@ -8,7 +8,9 @@
 //! to the [`Router`] and its stores only, plus, in cluster mode, a [`ClusterApi`] for what
 //! the local router cannot see: device commands to sessions on other nodes and the cluster-wide
 //! online registry (implemented by `crate::cluster::commands`). [`listener`] serves the app,
-//! plain or TLS, under the `[api]` connection, header, body and size limits.
+//! plain or TLS, under the `[api]` connection, header, body and size limits. With
+//! `[console] enabled`, [`app`] also mounts the web console (`crate::console`): its page
+//! without, its event stream with the bearer token.
 
 mod handlers;
 pub mod listener;
@@ -73,6 +75,8 @@ pub struct ApiState {
     command_default: Duration,
     command_max: Duration,
     cluster: Option<Arc<dyn ClusterApi>>,
+    console: bool,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl ApiState {
@@ -84,7 +88,15 @@ impl ApiState {
             command_default: Duration::from_millis(config.timeouts.command_ms),
             command_max: Duration::from_millis(config.timeouts.command_max_ms),
             cluster: None,
+            console: config.console.enabled,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Long-lived responses (the console's event stream) end when `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> ApiState {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Cluster mode: commands and online status also cover the other nodes through `cluster`.
@@ -196,6 +208,13 @@ pub fn app(state: ApiState) -> axum::Router {
             open = open.route(route.path, route.handler);
         }
     }
+    if state.console {
+        open = open.merge(crate::console::page_routes());
+        authed = authed.merge(crate::console::data_routes(crate::console::ConsoleState {
+            router: state.router.clone(),
+            shutdown: state.shutdown.clone(),
+        }));
+    }
     let authed = authed.layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_token,
@@ -305,6 +324,7 @@ mod tests {
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
         let mut documented = BTreeSet::new();
         let mut cluster_only = BTreeSet::new();
+        let mut console = BTreeSet::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().unwrap() {
                 if ["parameters", "summary", "description"].contains(&method.as_str()) {
@@ -314,7 +334,9 @@ mod tests {
                     .get("security")
                     .is_some_and(|s| s.as_array().is_some_and(Vec::is_empty));
                 let entry = (method.to_uppercase(), path.clone(), !open);
-                if op["x-cluster-only"].as_bool() == Some(true) {
+                if op["x-console"].as_bool() == Some(true) {
+                    console.insert(entry);
+                } else if op["x-cluster-only"].as_bool() == Some(true) {
                     cluster_only.insert(entry);
                 } else {
                     documented.insert(entry);
@@ -326,6 +348,15 @@ mod tests {
         assert_eq!(
             cluster_only,
             BTreeSet::from([("GET".to_string(), lookup, false)])
+        );
+        // The console's event stream, mounted with `[console] enabled` (crate::console).
+        assert_eq!(
+            console,
+            BTreeSet::from([(
+                "GET".to_string(),
+                crate::console::EVENTS_PATH.to_string(),
+                true
+            )])
         );
         let served: BTreeSet<(String, String, bool)> = routes()
             .iter()
