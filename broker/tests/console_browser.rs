@@ -123,6 +123,10 @@ async fn console_shows_a_device_come_online_run_a_command_and_go_offline() {
         .await
         .unwrap();
     wait_text(&client, "#status", "live stream", |t| t == "live").await;
+    wait_text(&client, "#node", "node", |t| {
+        t == concat!("node: standalone, version ", env!("CARGO_PKG_VERSION"))
+    })
+    .await;
     let url = client.current_url().await.unwrap();
     assert!(!url.as_str().contains(API_TOKEN), "token in the URL: {url}");
     let stored = client

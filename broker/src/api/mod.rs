@@ -213,6 +213,11 @@ pub fn app(state: ApiState) -> axum::Router {
         authed = authed.merge(crate::console::data_routes(crate::console::ConsoleState {
             router: state.router.clone(),
             shutdown: state.shutdown.clone(),
+            node: if state.cluster.is_some() {
+                crate::console::CLUSTER_NODE
+            } else {
+                crate::console::STANDALONE
+            },
         }));
     }
     let authed = authed.layer(axum::middleware::from_fn_with_state(

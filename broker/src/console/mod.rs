@@ -71,7 +71,14 @@ pub struct ConsoleState {
     pub router: Router,
     /// Cancelled at shutdown: open event streams end, so the API listener can drain.
     pub shutdown: CancellationToken,
+    /// What the page calls this node: [`STANDALONE`] or [`CLUSTER_NODE`].
+    pub node: &'static str,
 }
+
+/// The node label of a standalone broker.
+pub const STANDALONE: &str = "standalone";
+/// The node label of a cluster node: the console shows this node's sessions only.
+pub const CLUSTER_NODE: &str = "cluster node (this node's sessions only)";
 
 /// The page and its script (no token: they hold no data).
 pub fn page_routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
@@ -131,7 +138,7 @@ async fn stream(
     let hello = SseEvent::default().event("hello").data(
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "node": "standalone",
+            "node": state.node,
         })
         .to_string(),
     );
