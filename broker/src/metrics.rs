@@ -391,34 +391,61 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// The sum of every series of each counter and gauge family, by family name (read back
-    /// from the exposition, for the web console's charts).
-    pub fn family_sums(&self) -> std::collections::BTreeMap<String, f64> {
-        let mut sums = std::collections::BTreeMap::new();
-        for (name, _, value) in samples(&self.handle.render()) {
-            *sums.entry(name.to_string()).or_insert(0.0) += value;
+    /// The figures the web console draws, from one rendering of the recorder: the sum of
+    /// every series of each family by family name, and `broker_login_failures_total` by
+    /// (transport, reason).
+    pub fn console_figures(&self) -> ConsoleFigures {
+        let text = self.handle.render();
+        ConsoleFigures {
+            sums: family_sums(&text),
+            login_failures: login_failures(&text),
         }
-        sums
+    }
+
+    /// The sum of every series of each family, by family name.
+    pub fn family_sums(&self) -> std::collections::BTreeMap<String, f64> {
+        family_sums(&self.handle.render())
     }
 
     /// `broker_login_failures_total` by (transport, reason).
     pub fn login_failures(&self) -> std::collections::BTreeMap<(String, String), f64> {
-        let mut out = std::collections::BTreeMap::new();
-        for (name, labels, value) in samples(&self.handle.render()) {
-            if name != "broker_login_failures_total" {
-                continue;
-            }
-            let label = |k: &str| {
-                labels
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\""))
-                    .map(|v| v.trim_end_matches('"').to_string())
-                    .unwrap_or_default()
-            };
-            out.insert((label("transport"), label("reason")), value);
-        }
-        out
+        login_failures(&self.handle.render())
     }
+}
+
+/// See [`Metrics::console_figures`].
+#[derive(Clone, Debug, Default)]
+pub struct ConsoleFigures {
+    /// Per-family sums.
+    pub sums: std::collections::BTreeMap<String, f64>,
+    /// `broker_login_failures_total` by (transport, reason).
+    pub login_failures: std::collections::BTreeMap<(String, String), f64>,
+}
+
+fn family_sums(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (name, _, value) in samples(text) {
+        *sums.entry(name.to_string()).or_insert(0.0) += value;
+    }
+    sums
+}
+
+fn login_failures(text: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, labels, value) in samples(text) {
+        if name != "broker_login_failures_total" {
+            continue;
+        }
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        out.insert((label("transport"), label("reason")), value);
+    }
+    out
 }
 
 /// The sample lines of an exposition text: name, label text (without braces) and value. Label

@@ -124,11 +124,11 @@ pub fn read(router: &Router) -> Reading {
             sessions.insert(OnlineSession::new(address, s.transport, s.peer, s.since_ms));
         }
     }
-    let metrics = router.metrics();
+    let figures = router.metrics().console_figures();
     Reading {
         sessions,
-        sums: metrics.family_sums(),
-        refusals: metrics.login_failures(),
+        sums: figures.sums,
+        refusals: figures.login_failures,
     }
 }
 
