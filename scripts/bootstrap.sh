@@ -8,6 +8,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 packages=(
   qemu-system-arm   # the QEMU mps2-an386 virtual board (real firmware binary, end to end)
   iproute2          # ip netns / ip tuntap: the HIL host TAP rig's network namespace
+  chromium          # the headless browser of the web console test (broker/tests/console_browser.rs)
+  chromium-driver   # its WebDriver server (chromedriver), which the test drives
 )
 
 missing=()

@@ -92,8 +92,10 @@ pub struct Config {
     pub backend: Backend,
     /// Connection and request limits of the HTTP API listener.
     pub api: Api,
-    /// Logging.
-    pub log: Log,
+    /// Logging (owned by `crate::logging`).
+    pub log: crate::logging::LogConfig,
+    /// The web console (owned by `crate::console`).
+    pub console: crate::console::ConsoleConfig,
     /// Cluster discovery and node lookup (docs/discovery.md).
     pub discovery: crate::discovery::DiscoveryConfig,
     /// TLS (wss) for the WebSocket endpoints.
@@ -408,22 +410,6 @@ impl Default for Api {
             header_read_timeout_ms: 10000,
             body_timeout_ms: 30000,
             max_body_bytes: 4 * 1024 * 1024,
-        }
-    }
-}
-
-/// `[log]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Log {
-    /// tracing filter (RUST_LOG syntax); the RUST_LOG variable wins when set.
-    pub filter: String,
-}
-
-impl Default for Log {
-    fn default() -> Self {
-        Log {
-            filter: "info".into(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod client;
 pub mod cluster;
 pub mod comet;
 pub mod config;
+pub mod console;
 pub mod discovery;
 pub mod keeper;
 pub mod load;
@@ -245,7 +246,8 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
 
     let app = api::app(
         api::ApiState::new(router.clone(), secrets.api_token.clone(), config)
-            .with_cluster(parts.cluster_api),
+            .with_cluster(parts.cluster_api)
+            .with_shutdown(shutdown.clone()),
     )
     .merge(parts.extra_routes);
     let https = api_tls.is_some();

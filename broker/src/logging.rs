@@ -1,5 +1,14 @@
-//! The log filter of the `broker` binary: `RUST_LOG` when set, else the configured `[log]`
-//! filter, else `info` -- with caps that hold whatever the filter says.
+//! The broker's logs: the `[log]` config section ([`LogConfig`]), the subscriber the `broker`
+//! binary installs ([`subscriber`]: text or JSON lines on stdout), its filter, and the shared
+//! log lines several parts write the same way ([`session_end`], [`refusals`]).
+//!
+//! The filter is `RUST_LOG` when set, else the configured `[log] filter`, else `info` -- with
+//! caps that hold whatever the filter says.
+//!
+//! With `[log] format = "json"` every line is one JSON object with these stable fields:
+//! `timestamp` (RFC 3339, UTC), `level` (`ERROR`..`TRACE`), `target` (the Rust module path),
+//! `message`, and the event's own fields at the top level (`terminal`, `transport`, `peer`,
+//! `reason`, ...). docs/operations.md lists the fields of the lines an operator looks for.
 //!
 //! The caps keep third-party crates from printing what the broker never logs itself: at trace
 //! level `tungstenite` prints every WebSocket frame and message it reads or writes, which holds
@@ -8,7 +17,63 @@
 //! bytes, tokens or keys; `tests/log_redaction.rs` runs the binary at `RUST_LOG=trace` and
 //! checks its output for them.
 
+pub mod refusals;
+pub mod session_end;
+
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+
+/// `[log]`: the log filter and format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter (RUST_LOG syntax); the RUST_LOG variable wins when set.
+    pub filter: String,
+    /// `text` (human-readable lines) or `json` (one JSON object per line).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (see module docs for the fields).
+    Json,
+}
+
+/// The subscriber for `config` writing to stdout: `rust_log` is the `RUST_LOG` value, if set;
+/// `ansi` whether stdout is a terminal (text format only).
+pub fn subscriber(
+    config: &LogConfig,
+    rust_log: Option<&str>,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
+    let filter = filter(rust_log, &config.filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.format {
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
+}
 
 /// Directives added after the user's filter; each replaces any directive for the same target.
 pub const CAPS: &[&str] = &["tungstenite=debug"];

@@ -286,14 +286,14 @@ fn device_record(
     ExitCode::SUCCESS
 }
 
-fn init_logs(default_filter: &str) {
+fn init_logs(config: &broker::logging::LogConfig) {
     let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = broker::logging::filter(rust_log.as_deref(), default_filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .init();
+    let subscriber = broker::logging::subscriber(config, rust_log.as_deref(), ansi);
+    // try_init also routes the `log` records of dependencies into the subscriber.
+    if tracing_subscriber::util::SubscriberInitExt::try_init(subscriber).is_err() {
+        eprintln!("broker: a log subscriber was already installed");
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -308,7 +308,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 /// `broker` without a subcommand: start, print the banner, serve until SIGINT/SIGTERM, drain.
 fn serve(config: Config, config_file: Option<&std::path::Path>) -> ExitCode {
-    init_logs(&config.log.filter);
+    init_logs(&config.log);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(c) => return c,
@@ -431,7 +431,7 @@ fn shell_word(word: &str) -> String {
 
 /// `broker comet` / `broker msgbus`: a cluster role until SIGINT/SIGTERM.
 fn serve_role(config: Config, role: broker::discovery::Role) -> ExitCode {
-    init_logs(&config.log.filter);
+    init_logs(&config.log);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(c) => return c,

@@ -19,6 +19,15 @@
 //! * `broker_link_auth_failures_total{reason}`: link connections closed unauthenticated or on
 //!   a sealed frame that does not open (reasons in [`LINK_AUTH_REASONS`], all registered at 0
 //!   when a node's links start).
+//!
+//! Every family has `# HELP` and `# TYPE` lines: [`catalog`] names each family with its type
+//! and help text, and [`Metrics::new`] registers every series whose labels are known at start
+//! at 0 (so it exists before anything happened), plus `broker_build_info`. [`process`] adds
+//! the standard `process_*` families (memory, CPU, file descriptors) at each render.
+//! docs/operations.md explains each family.
+
+pub mod catalog;
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,13 +109,14 @@ impl Metrics {
             .expect("static non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();
-        let m = Metrics {
+        let metrics = Metrics {
             recorder: Arc::new(recorder),
             handle,
         };
+        metrics.register_catalog();
         // Exists at 0 from the start, so an alert on it needs no special case.
-        m.store_data_loss().increment(0);
-        m
+        metrics.store_data_loss().increment(0);
+        metrics
     }
 
     /// The handle of `broker_store_data_loss_total`: times the store noticed it lost data
@@ -117,15 +127,58 @@ impl Metrics {
             .register_counter(&Key::from_name("broker_store_data_loss_total"), &METADATA)
     }
 
+    /// Describes every catalogued family and registers the series known at start at 0.
+    fn register_catalog(&self) {
+        for family in catalog::FAMILIES {
+            let help = family.help.into();
+            let name = family.name.into();
+            match family.kind {
+                catalog::Kind::Counter => self.recorder.describe_counter(name, None, help),
+                catalog::Kind::Gauge => self.recorder.describe_gauge(name, None, help),
+                catalog::Kind::Histogram => self.recorder.describe_histogram(name, None, help),
+            }
+        }
+        for (name, labels) in catalog::zero_series() {
+            let key = Key::from_parts(name, labels_of(&labels));
+            match catalog::kind_of(name) {
+                Some(catalog::Kind::Gauge) => {
+                    self.recorder.register_gauge(&key, &METADATA).increment(0.0)
+                }
+                _ => self.recorder.register_counter(&key, &METADATA).increment(0),
+            }
+        }
+        for (name, labels) in catalog::zero_histograms() {
+            let key = Key::from_parts(name, labels_of(&labels));
+            drop(self.recorder.register_histogram(&key, &METADATA));
+        }
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let build = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("os", std::env::consts::OS),
+            ("arch", std::env::consts::ARCH),
+            ("profile", profile),
+        ];
+        self.recorder
+            .register_gauge(
+                &Key::from_parts("broker_build_info", labels_of(&build)),
+                &METADATA,
+            )
+            .set(1.0);
+    }
+
     fn counter(&self, name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
-        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+        let labels = labels_of(labels);
         self.recorder
             .register_counter(&Key::from_parts(name, labels), &METADATA)
             .increment(n);
     }
 
     fn gauge_add(&self, name: &'static str, labels: &[(&'static str, &'static str)], d: f64) {
-        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+        let labels = labels_of(labels);
         self.recorder
             .register_gauge(&Key::from_parts(name, labels), &METADATA)
             .increment(d);
@@ -367,11 +420,92 @@ impl Metrics {
         );
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: the recorder's families, then the `process_*` ones.
     pub fn render(&self) -> String {
         self.handle.run_upkeep();
-        self.handle.render()
+        let mut text = self.handle.render();
+        if let Some(sample) = process::Sample::read() {
+            sample.render(&mut text);
+        }
+        text
     }
+}
+
+impl Metrics {
+    /// The figures the web console draws, from one rendering of the recorder: the sum of
+    /// every series of each family by family name, and `broker_login_failures_total` by
+    /// (transport, reason).
+    pub fn console_figures(&self) -> ConsoleFigures {
+        let text = self.handle.render();
+        ConsoleFigures {
+            sums: family_sums(&text),
+            login_failures: login_failures(&text),
+        }
+    }
+
+    /// The sum of every series of each family, by family name.
+    pub fn family_sums(&self) -> std::collections::BTreeMap<String, f64> {
+        family_sums(&self.handle.render())
+    }
+
+    /// `broker_login_failures_total` by (transport, reason).
+    pub fn login_failures(&self) -> std::collections::BTreeMap<(String, String), f64> {
+        login_failures(&self.handle.render())
+    }
+}
+
+/// See [`Metrics::console_figures`].
+#[derive(Clone, Debug, Default)]
+pub struct ConsoleFigures {
+    /// Per-family sums.
+    pub sums: std::collections::BTreeMap<String, f64>,
+    /// `broker_login_failures_total` by (transport, reason).
+    pub login_failures: std::collections::BTreeMap<(String, String), f64>,
+}
+
+fn family_sums(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (name, _, value) in samples(text) {
+        *sums.entry(name.to_string()).or_insert(0.0) += value;
+    }
+    sums
+}
+
+fn login_failures(text: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, labels, value) in samples(text) {
+        if name != "broker_login_failures_total" {
+            continue;
+        }
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        out.insert((label("transport"), label("reason")), value);
+    }
+    out
+}
+
+/// The sample lines of an exposition text: name, label text (without braces) and value. Label
+/// values here are the broker's own fixed words (no commas or quotes in them).
+fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            match series.split_once('{') {
+                Some((name, labels)) => Some((name, labels.trim_end_matches('}'), value)),
+                None => Some((series, "", value)),
+            }
+        })
+}
+
+fn labels_of(labels: &[(&'static str, &'static str)]) -> Vec<Label> {
+    labels.iter().map(|(k, v)| Label::new(*k, *v)).collect()
 }
 
 #[cfg(test)]
@@ -406,7 +540,19 @@ mod tests {
             text.contains("broker_latency_seconds_bucket{op=\"push\",le=\"0.005\"} 1"),
             "{text}"
         );
+        let sums = m.family_sums();
+        assert_eq!(sums["broker_connections_total"], 1.0);
+        assert_eq!(sums["broker_logins_total"], 0.0);
+        let failures = m.login_failures();
+        assert_eq!(
+            failures[&("device_ws".to_string(), "auth_failed".to_string())],
+            1.0
+        );
         // Separate instances do not share state.
-        assert!(!Metrics::new().render().contains("broker_connections_total"));
+        assert!(
+            Metrics::new()
+                .render()
+                .contains("broker_connections_total{transport=\"udp\"} 0\n")
+        );
     }
 }

@@ -434,7 +434,7 @@ async fn total_connection_limit_and_oversized_app_message_each_get_their_code() 
     assert_eq!(ws.close_code(WAIT).await, Some(4000 + Code::SERVER_BUSY.0));
     let refused = login(Wire::udp(b.udp()).await, 52, 0).await.err();
     assert_eq!(refused.map(|r| r.code), Some(Code::SERVER_BUSY));
-    assert!(b.metrics().contains("limit=\"max_connections\""));
+    assert!(b.counted("limit=\"max_connections\""));
     // The admitted ones keep working.
     first.send(Body::Ping).await;
     assert_eq!(first.next(WAIT).await.unwrap().2, Got::Pong);
@@ -456,7 +456,7 @@ async fn total_connection_limit_and_oversized_app_message_each_get_their_code() 
         (Some("error"), Some(u64::from(Code::TOO_LARGE.0))),
         "{e}"
     );
-    assert!(b.metrics().contains("limit=\"max_app_message_bytes\""));
+    assert!(b.counted("limit=\"max_app_message_bytes\""));
     first.send(Body::Ping).await;
     assert_eq!(first.next(WAIT).await.unwrap().2, Got::Pong);
     b.stop().await;

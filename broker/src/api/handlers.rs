@@ -260,6 +260,7 @@ pub(super) async fn command(
     }
     // A device with a session here is commanded here; otherwise, in cluster mode, wherever the
     // online registry says it is.
+    let name = b.name.clone();
     let result = match &s.cluster {
         Some(c) if s.router.status(device).is_empty() => {
             c.command(device, b.name, data, timeout).await
@@ -288,7 +289,16 @@ pub(super) async fn command(
             "not_online",
             format!("{device} is not online"),
         )),
-        CommandError::Timeout => Err(ApiError::Timeout),
+        CommandError::Timeout => {
+            // The one line for this 504 (the generic API error line skips timeouts).
+            tracing::warn!(
+                device = %device,
+                command = %name,
+                timeout_ms = timeout.as_millis() as u64,
+                "command timed out: the device did not answer in time"
+            );
+            Err(ApiError::Timeout)
+        }
         CommandError::Overloaded => Err(ApiError::Unavailable(
             "overloaded",
             "the device's queue is full".into(),

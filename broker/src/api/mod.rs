@@ -8,7 +8,9 @@
 //! to the [`Router`] and its stores only, plus, in cluster mode, a [`ClusterApi`] for what
 //! the local router cannot see: device commands to sessions on other nodes and the cluster-wide
 //! online registry (implemented by `crate::cluster::commands`). [`listener`] serves the app,
-//! plain or TLS, under the `[api]` connection, header, body and size limits.
+//! plain or TLS, under the `[api]` connection, header, body and size limits. With
+//! `[console] enabled`, [`app`] also mounts the web console (`crate::console`): its page
+//! without, its event stream with the bearer token.
 
 mod handlers;
 pub mod listener;
@@ -73,6 +75,8 @@ pub struct ApiState {
     command_default: Duration,
     command_max: Duration,
     cluster: Option<Arc<dyn ClusterApi>>,
+    console: bool,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl ApiState {
@@ -84,7 +88,15 @@ impl ApiState {
             command_default: Duration::from_millis(config.timeouts.command_ms),
             command_max: Duration::from_millis(config.timeouts.command_max_ms),
             cluster: None,
+            console: config.console.enabled,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Long-lived responses (the console's event stream) end when `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> ApiState {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Cluster mode: commands and online status also cover the other nodes through `cluster`.
@@ -196,6 +208,18 @@ pub fn app(state: ApiState) -> axum::Router {
             open = open.route(route.path, route.handler);
         }
     }
+    if state.console {
+        open = open.merge(crate::console::page_routes());
+        authed = authed.merge(crate::console::data_routes(crate::console::ConsoleState {
+            router: state.router.clone(),
+            shutdown: state.shutdown.clone(),
+            node: if state.cluster.is_some() {
+                crate::console::CLUSTER_NODE
+            } else {
+                crate::console::STANDALONE
+            },
+        }));
+    }
     let authed = authed.layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_token,
@@ -267,7 +291,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        // A command timeout is logged where the device is known (`handlers::command`).
+        if status.is_server_error() && !matches!(self, ApiError::Timeout) {
             tracing::warn!(error = %self, "api error");
         }
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
@@ -304,6 +329,7 @@ mod tests {
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
         let mut documented = BTreeSet::new();
         let mut cluster_only = BTreeSet::new();
+        let mut console = BTreeSet::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().unwrap() {
                 if ["parameters", "summary", "description"].contains(&method.as_str()) {
@@ -313,7 +339,9 @@ mod tests {
                     .get("security")
                     .is_some_and(|s| s.as_array().is_some_and(Vec::is_empty));
                 let entry = (method.to_uppercase(), path.clone(), !open);
-                if op["x-cluster-only"].as_bool() == Some(true) {
+                if op["x-console"].as_bool() == Some(true) {
+                    console.insert(entry);
+                } else if op["x-cluster-only"].as_bool() == Some(true) {
                     cluster_only.insert(entry);
                 } else {
                     documented.insert(entry);
@@ -325,6 +353,15 @@ mod tests {
         assert_eq!(
             cluster_only,
             BTreeSet::from([("GET".to_string(), lookup, false)])
+        );
+        // The console's event stream, mounted with `[console] enabled` (crate::console).
+        assert_eq!(
+            console,
+            BTreeSet::from([(
+                "GET".to_string(),
+                crate::console::EVENTS_PATH.to_string(),
+                true
+            )])
         );
         let served: BTreeSet<(String, String, bool)> = routes()
             .iter()

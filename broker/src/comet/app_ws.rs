@@ -25,10 +25,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
+use crate::logging::session_end::SessionEnd;
 use crate::router::{Login, Outbound, Session, Transport};
 
 use super::Context;
-use super::convert::{close_code, kick_code};
+use super::convert::{close_code, code_of_close, kick_code};
 use super::limits::ConnLimit;
 use super::ws::{self, Ws};
 
@@ -164,7 +165,7 @@ async fn authenticate(
 ) -> Result<Session, End> {
     let m = ctx.router.metrics();
     let fail = |code: Code, label: &'static str| {
-        m.login_failed(T, label);
+        ctx.login_refused(T, peer, None, label);
         (reject(code), End::Close(close_code(code)))
     };
     let (msg, end) = loop {
@@ -186,7 +187,7 @@ async fn authenticate(
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                m.login_failed(T, "malformed");
+                ctx.login_refused(T, peer, None, "malformed");
                 let e = error(Code::MALFORMED, None, "binary messages are not used here");
                 break (e, End::Close(close_code(Code::MALFORMED)));
             }
@@ -312,7 +313,13 @@ async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
             }
         }
     };
-    tracing::info!(terminal = %me, transport = T.as_str(), ?end, "app session ended");
+    let reported = match end {
+        End::Closed => SessionEnd::ConnectionClosed,
+        // Only a Goodbye closes with 1000 (NORMAL); every other close is the broker's code.
+        End::Close(1000) => SessionEnd::Terminal(Code::NORMAL),
+        End::Close(close) => SessionEnd::Broker(code_of_close(close)),
+    };
+    crate::logging::session_end::session_ended(&me, T.as_str(), reported);
     session.close().await;
     end
 }

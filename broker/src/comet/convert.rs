@@ -29,9 +29,32 @@ pub fn close_code(code: Code) -> u16 {
     }
 }
 
+/// The protocol code a WebSocket close code stands for: the inverse of [`close_code`] (any
+/// close code outside its range reads as `INTERNAL`).
+pub fn code_of_close(close: u16) -> Code {
+    match close {
+        1000 => Code::NORMAL,
+        1009 => Code::TOO_LARGE,
+        4000..=4999 => Code(close - 4000),
+        _ => Code::INTERNAL,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_codes_read_back() {
+        for code in [
+            Code::NORMAL,
+            Code::TOO_LARGE,
+            Code::SHUTDOWN,
+            Code::HEARTBEAT_TIMEOUT,
+        ] {
+            assert_eq!(code_of_close(close_code(code)), code);
+        }
+    }
 
     #[test]
     fn close_codes() {

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
+use crate::logging::session_end::SessionEnd;
 use crate::router::{Login, Outbound, Session, Transport};
 
 use super::Context;
@@ -114,7 +115,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
             ws::close_within(&ctx, &mut ws, close_code(code), code.description()).await
         }
     }
-    tracing::debug!(%peer, ?end, "device_ws connection closed");
+    tracing::debug!(%peer, reason = %session_end(&end).reason(), "device_ws connection closed");
     ctx.router.metrics().connection_closed(T);
     drop(guard);
 }
@@ -168,7 +169,7 @@ async fn handshake(
                 return Err(End::Code(Code::SHUTDOWN));
             }
             Err(ws::Interrupted::Timeout) => {
-                m.login_failed(T, "handshake_timeout");
+                ctx.login_refused(T, peer, None, "handshake_timeout");
                 return Err(End::Code(Code::TIMEOUT));
             }
             Ok(None) => return Err(End::Closed),
@@ -189,7 +190,7 @@ async fn handshake(
                     send_packet(ws, reply).await.map_err(|_| End::Closed)?;
                 }
                 Some((reject, Some(code))) => {
-                    m.login_failed(T, "hello_rejected");
+                    ctx.login_refused(T, peer, None, "hello_rejected");
                     let _ = send_packet(ws, reject).await;
                     return Err(End::Code(code));
                 }
@@ -204,7 +205,7 @@ async fn handshake(
         // charged before the LOGIN is checked (UDP charges it once the cookie proves it).
         if !ctx.login_rate.allow(ws::peer_ip(peer), now) {
             m.limit_hit("login_attempts_per_ip_per_sec");
-            m.login_failed(T, "rate_limited");
+            ctx.login_refused(T, peer, logins::claimed_terminal(&bytes), "rate_limited");
             let mut out = [0u8; 16];
             if let Ok(p) = reject_packet(Code::RATE_LIMITED, 1000, &mut out) {
                 let _ = send_packet(ws, p.to_vec()).await;
@@ -231,7 +232,7 @@ async fn handshake(
             }
             LoginOutcome::NoRandomness => {
                 tracing::error!("the OS random generator failed; login refused");
-                m.login_failed(T, "internal");
+                ctx.login_refused(T, peer, logins::claimed_terminal(&bytes), "internal");
                 let mut rej = [0u8; 16];
                 if let Some(p) = reject_answer(bytes.len(), Code::INTERNAL, 0, &mut rej) {
                     let _ = send_packet(ws, p.to_vec()).await;
@@ -241,7 +242,12 @@ async fn handshake(
             LoginOutcome::Refused(e) => match e.code() {
                 None => continue,
                 Some(code) => {
-                    m.login_failed(T, logins::failure_label(e));
+                    ctx.login_refused(
+                        T,
+                        peer,
+                        logins::claimed_terminal(&bytes),
+                        logins::failure_label(e),
+                    );
                     // Same anti-amplification rule as UDP (section 2): a REJECT longer than
                     // the LOGIN is not sent; the connection still closes with the code.
                     let mut rej = [0u8; 16];
@@ -268,7 +274,7 @@ async fn handshake(
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "device_ws login not registered");
-                m.login_failed(T, "unavailable");
+                ctx.login_refused(T, peer, logins::claimed_terminal(&bytes), "unavailable");
                 let mut rej = [0u8; 16];
                 if let Ok(p) = reject_packet(Code::UNAVAILABLE, 1000, &mut rej) {
                     let _ = send_packet(ws, p.to_vec()).await;
@@ -350,8 +356,17 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
             }
         }
     };
-    tracing::info!(terminal = %me, transport = T.as_str(), ?end, "device session ended");
+    crate::logging::session_end::session_ended(&me, T.as_str(), session_end(&end));
     end
+}
+
+/// How `end` is reported in the session-end log line.
+fn session_end(end: &End) -> SessionEnd {
+    match end {
+        End::Closed => SessionEnd::ConnectionClosed,
+        End::Goodbye => SessionEnd::Terminal(Code::NORMAL),
+        End::Code(code) => SessionEnd::Broker(*code),
+    }
 }
 
 async fn send_event(ctx: &Context, ws: &mut Ws, link: &mut Link, ev: &Outbound) -> Option<End> {

@@ -193,6 +193,13 @@ impl Logins {
 }
 
 /// The metric label of a refused LOGIN.
+/// The terminal a LOGIN packet names, unverified (for the refusal log line); `None` when the
+/// packet does not decode.
+pub fn claimed_terminal(packet: &[u8]) -> Option<crate::terminal::Address> {
+    Login::decode(packet).ok().map(|l| l.address)
+}
+
+/// The `reason` label of a refused login (`broker_login_failures_total`, refusal log line).
 pub fn failure_label(e: LoginError) -> &'static str {
     match e {
         LoginError::Dropped(_) => "dropped",

@@ -64,8 +64,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::router::Router;
+use crate::router::{Router, Transport};
 use crate::secrets::Secrets;
+use crate::terminal::Address;
 
 use limits::{ConnLimiter, LoginLimiter};
 use logins::Logins;
@@ -128,6 +129,8 @@ pub struct Context {
     pub conns: Arc<ConnLimiter>,
     /// Login attempts per IP per second.
     pub login_rate: LoginLimiter,
+    /// Refused logins in the log, rate-limited ([`Context::login_refused`]).
+    pub refusals: crate::logging::refusals::RefusalLog,
     /// App token secret (zeroised when the comet stops).
     pub token_secret: zeroize::Zeroizing<[u8; 32]>,
     /// TLS for the WebSocket endpoints (`[tls]`; `None`: plain `ws://`).
@@ -159,6 +162,7 @@ impl Context {
             ),
             conns: ConnLimiter::new(l.max_connections, l.max_connections_per_ip),
             login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
+            refusals: crate::logging::refusals::RefusalLog::default(),
             token_secret: zeroize::Zeroizing::new(secrets.token_secret),
             tls,
             router,
@@ -189,6 +193,27 @@ impl Context {
                 return id;
             }
         }
+    }
+
+    /// A login on transport `t` from `peer` was refused for `reason` (the
+    /// `broker_login_failures_total` label): counted, and logged with the `terminal` it named,
+    /// if any (rate-limited: `crate::logging::refusals`).
+    pub fn login_refused(
+        &self,
+        t: Transport,
+        peer: SocketAddr,
+        terminal: Option<Address>,
+        reason: &'static str,
+    ) {
+        self.router.metrics().login_failed(t, reason);
+        let terminal = terminal.as_ref().map(|a| a as &dyn std::fmt::Display);
+        self.refusals.refused(
+            std::time::Instant::now(),
+            t.as_str(),
+            peer,
+            terminal,
+            reason,
+        );
     }
 
     /// Session parameters for WELCOME (binary and JSON).
@@ -249,6 +274,23 @@ pub fn spawn(ctx: Arc<Context>, listeners: Listeners) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(device_ws::serve(ctx.clone(), listeners.device_ws)),
         tokio::spawn(app_ws::serve(ctx.clone(), listeners.app_ws)),
+        tokio::spawn(refusal_summaries(ctx.clone())),
         tokio::spawn(udp::serve(ctx, listeners.udp)),
     ]
+}
+
+/// Writes the summary of refused logins not logged one by one once their interval is over,
+/// even when no refusal follows; ends at shutdown.
+async fn refusal_summaries(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Some(summary) = ctx.refusals.flush(std::time::Instant::now()) {
+                    ctx.refusals.write_summary(&summary);
+                }
+            }
+        }
+    }
 }

@@ -116,9 +116,7 @@ pub(super) async fn accept(
             None
         }
         Err(_) => {
-            ctx.router
-                .metrics()
-                .login_failed(transport, "handshake_timeout");
+            ctx.login_refused(transport, peer, None, "handshake_timeout");
             None
         }
     }

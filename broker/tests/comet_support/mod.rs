@@ -111,6 +111,17 @@ impl TestBroker {
         self.running.router.metrics().render()
     }
 
+    /// Whether some series whose line contains `needle` (a label text such as
+    /// `reason="auth_failed"`) has a value other than 0: series are registered at 0 at start,
+    /// so their mere presence says nothing.
+    pub fn counted(&self, needle: &str) -> bool {
+        self.metrics().lines().any(|l| {
+            !l.starts_with('#')
+                && l.contains(needle)
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+        })
+    }
+
     pub async fn stop(self) {
         self.running.stop().await;
     }

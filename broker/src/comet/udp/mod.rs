@@ -238,7 +238,7 @@ fn answer_hello(ctx: &Context, socket: &UdpSocket, packet: &[u8], from: SocketAd
             shard::send(ctx, socket, p, from);
         }
         Ok(HelloReply::Reject { packet: p, .. }) => {
-            m.login_failed(T, "hello_rejected");
+            ctx.login_refused(T, from, None, "hello_rejected");
             shard::send(ctx, socket, p, from);
         }
         Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => {

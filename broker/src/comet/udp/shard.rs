@@ -44,6 +44,7 @@ use shared_protocol::session::SessionError;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::logging::session_end::SessionEnd;
 use crate::router::{KickReason, Login, Outbound, Session, SessionHandle};
 
 use super::super::Context;
@@ -201,7 +202,7 @@ impl Endpoint {
             LoginOutcome::Accepted(a) => a,
             LoginOutcome::RateLimited => {
                 m.limit_hit("login_attempts_per_ip_per_sec");
-                m.login_failed(T, "rate_limited");
+                ctx.login_refused(T, from, logins::claimed_terminal(packet), "rate_limited");
                 self.reject(Code::RATE_LIMITED, 1000, from, packet.len());
                 return;
             }
@@ -212,14 +213,19 @@ impl Endpoint {
             }
             LoginOutcome::NoRandomness => {
                 tracing::error!("the OS random generator failed; login refused");
-                m.login_failed(T, "internal");
+                ctx.login_refused(T, from, logins::claimed_terminal(packet), "internal");
                 self.reject(Code::INTERNAL, 0, from, packet.len());
                 return;
             }
             LoginOutcome::Refused(e) => {
                 match e.code() {
                     Some(code) => {
-                        m.login_failed(T, logins::failure_label(e));
+                        ctx.login_refused(
+                            T,
+                            from,
+                            logins::claimed_terminal(packet),
+                            logins::failure_label(e),
+                        );
                         self.reject(code, 0, from, packet.len());
                     }
                     None => m.udp_dropped("malformed"),
@@ -231,7 +237,7 @@ impl Endpoint {
             Ok(g) => g,
             Err(limit) => {
                 m.limit_hit(limit.key());
-                m.login_failed(T, limit.key());
+                ctx.login_refused(T, from, Some(accepted.address), limit.key());
                 let code = match limit {
                     ConnLimit::Total => Code::SERVER_BUSY,
                     ConnLimit::PerIp => Code::RATE_LIMITED,
@@ -254,6 +260,7 @@ impl Endpoint {
         };
         let control = self.control.clone();
         let socket = self.socket.clone();
+        let address = login.address;
         tokio::spawn(async move {
             match ctx.router.login(login).await {
                 Ok(session) => {
@@ -270,7 +277,7 @@ impl Endpoint {
                 }
                 Err(e) => {
                     tracing::warn!(peer = %from, error = %e, "udp login not registered");
-                    ctx.router.metrics().login_failed(T, "unavailable");
+                    ctx.login_refused(T, from, Some(address), "unavailable");
                     let mut out = [0u8; 16];
                     if let Ok(p) = reject_packet(Code::UNAVAILABLE, 1000, &mut out) {
                         let _ = socket.send_to(p, from).await;
@@ -443,12 +450,12 @@ impl Endpoint {
             return;
         };
         self.timers.remove(&(s.timer, sid));
-        tracing::info!(
-            terminal = %s.handle.address(),
-            transport = T.as_str(),
-            reason = %kick.unwrap_or(Code::NORMAL),
-            "device session ended"
-        );
+        // Without a kick the device said Goodbye (or its session was already logged out).
+        let end = match kick {
+            Some(code) => SessionEnd::Broker(code),
+            None => SessionEnd::Terminal(Code::NORMAL),
+        };
+        crate::logging::session_end::session_ended(&s.handle.address(), T.as_str(), end);
         match s.parked {
             // Dropping the Session logs it out (registry, pending commands, presence).
             Some(session) => drop(session),

@@ -1,0 +1,170 @@
+//! The web console an operator opens in a browser: one page served by the broker itself at
+//! `/console`, with its script at `/console/app.js`, no external assets (no CDN, no web
+//! fonts: it works on a machine without internet) and no build step.
+//!
+//! The page is static and holds no data. It asks for the API token on a login form, keeps it
+//! in the tab's `sessionStorage` (never in a URL or a cookie) and calls the HTTP API with it
+//! as a bearer token, like any other API client: `GET /v1/console/events` (this module: a
+//! server-sent event stream of sessions coming online and going offline, refused logins and
+//! the figures the charts draw, see [`events`]), and the documented `/v1` endpoints for a
+//! terminal's page (status, stored messages, bindings) and the push, command and bind forms.
+//!
+//! Server-rendered pages would need the token in a cookie; one small hand-written script keeps
+//! the token out of every request the browser makes on its own. The page and the event stream
+//! are served only when `[console] enabled = true` (the default); `crate::api` mounts
+//! [`page_routes`] without and [`data_routes`] behind the bearer token.
+
+pub mod events;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::http::header;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Router;
+use events::{OnlineSession, Reading, Tracker};
+
+/// The page.
+const PAGE: &str = include_str!("page.html");
+/// The page's script.
+const SCRIPT: &str = include_str!("app.js");
+
+/// Path of the page.
+pub const PAGE_PATH: &str = "/console";
+/// Path of the page's script.
+pub const SCRIPT_PATH: &str = "/console/app.js";
+/// Path of the event stream (bearer token).
+pub const EVENTS_PATH: &str = "/v1/console/events";
+
+/// How often the event stream compares the broker's state.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// Only same-origin scripts, styles and connections: nothing is loaded from elsewhere.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
+
+/// `[console]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the web console (`/console` and `/v1/console/events`).
+    pub enabled: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { enabled: true }
+    }
+}
+
+/// What the console's handlers use.
+#[derive(Clone)]
+pub struct ConsoleState {
+    /// The router (sessions and metrics).
+    pub router: Router,
+    /// Cancelled at shutdown: open event streams end, so the API listener can drain.
+    pub shutdown: CancellationToken,
+    /// What the page calls this node: [`STANDALONE`] or [`CLUSTER_NODE`].
+    pub node: &'static str,
+}
+
+/// The node label of a standalone broker.
+pub const STANDALONE: &str = "standalone";
+/// The node label of a cluster node: the console shows this node's sessions only.
+pub const CLUSTER_NODE: &str = "cluster node (this node's sessions only)";
+
+/// The page and its script (no token: they hold no data).
+pub fn page_routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    axum::Router::new()
+        .route(PAGE_PATH, get(page))
+        .route(SCRIPT_PATH, get(script))
+}
+
+/// The event stream (to be mounted behind the bearer token).
+pub fn data_routes<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> axum::Router<S> {
+    axum::Router::new()
+        .route(EVENTS_PATH, get(stream))
+        .with_state(state)
+}
+
+fn static_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    static_asset("text/html; charset=utf-8", PAGE)
+}
+
+async fn script() -> Response {
+    static_asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// Reads the broker's state now.
+pub fn read(router: &Router) -> Reading {
+    let mut sessions = std::collections::BTreeSet::new();
+    for address in router.online_terminals() {
+        for s in router.status(address) {
+            sessions.insert(OnlineSession::new(address, s.transport, s.peer, s.since_ms));
+        }
+    }
+    let figures = router.metrics().console_figures();
+    Reading {
+        sessions,
+        sums: figures.sums,
+        refusals: figures.login_failures,
+    }
+}
+
+async fn stream(
+    axum::extract::State(state): axum::extract::State<ConsoleState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let hello = SseEvent::default().event("hello").data(
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "node": state.node,
+        })
+        .to_string(),
+    );
+    let start = futures_util::stream::iter([Ok(hello)]);
+    let ticks = futures_util::stream::unfold(
+        (state, Tracker::default(), None::<tokio::time::Interval>),
+        |(state, mut tracker, interval)| async move {
+            let mut interval = interval.unwrap_or_else(|| tokio::time::interval(TICK));
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return None,
+                _ = interval.tick() => {}
+            }
+            let events = tracker.step(read(&state.router), crate::router::now_ms());
+            let sse: Vec<Result<SseEvent, Infallible>> = events
+                .into_iter()
+                .map(|e| {
+                    let data = serde_json::to_string(&e).unwrap_or_else(|_| "null".into());
+                    Ok(SseEvent::default().event(e.name()).data(data))
+                })
+                .collect();
+            Some((
+                futures_util::stream::iter(sse),
+                (state, tracker, Some(interval)),
+            ))
+        },
+    );
+    use futures_util::StreamExt;
+    Sse::new(start.chain(ticks.flatten())).keep_alive(KeepAlive::default())
+}
