@@ -6,7 +6,8 @@
 //!
 //! * `test`: everything CI runs, in order (see [`mod@test`]).
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
-//! * `size`: flash and RAM per board and for the SDK alone, checked against budgets.
+//! * `size`: flash and RAM per board and for the SDK alone, checked against budgets, with a
+//!   per-crate and per-symbol breakdown of each binary.
 
 mod crates;
 mod cross;
@@ -14,6 +15,7 @@ mod hil;
 mod services;
 mod shell;
 mod size;
+mod symbols;
 mod test;
 
 use std::process::ExitCode;
@@ -26,7 +28,7 @@ commands:
   cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
   qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
   hil [--rig qemu|host-tap|NAME]...        plug firmware on virtual (or real) boards against a broker (docs/hil.md)
-  size                                     flash and RAM of every MCU board, checked against its size-budget.toml
+  size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
 ";
