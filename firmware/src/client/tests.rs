@@ -312,7 +312,8 @@ impl Broker {
 /// The test client's payload size: room for the plug's largest report.
 const TP: usize = crate::plug::REPORT_MAX;
 
-type TestClient = DeviceClient<'static, SplitMix64, 4, TP>;
+/// The default event queue; an outbox of 4, so one test can hold a result, a request and a send.
+type TestClient = DeviceClient<'static, SplitMix64, 4, TP, { super::EVENT_QUEUE }, 4>;
 
 /// The client, two brokers, a clock and lossy links.
 struct Net {

@@ -8,6 +8,7 @@ use super::handle::{ClientResources, DeviceHandle, timer_at};
 use super::lookup::HttpLookup;
 use super::now;
 use super::transport::Transport;
+use crate::client::{EVENT_QUEUE, OUTBOX};
 use crate::config::PACKET_BUF;
 use crate::fmt::{log_debug, log_warn};
 use crate::lookup::LookupError;
@@ -39,8 +40,18 @@ impl Default for RunnerBuffers {
 }
 
 /// Drives the client: run [`Runner::run`] in its own task.
-pub struct Runner<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize> {
-    res: &'d ClientResources<'c, M, R, Q, P>,
+pub struct Runner<
+    'd,
+    'c,
+    M: RawMutex,
+    R: Rng,
+    T: Transport,
+    const Q: usize,
+    const P: usize,
+    const E: usize = EVENT_QUEUE,
+    const O: usize = OUTBOX,
+> {
+    res: &'d ClientResources<'c, M, R, Q, P, E, O>,
     transport: T,
     bufs: &'d mut RunnerBuffers,
     /// The client's connection id the transport is open for.
@@ -50,13 +61,23 @@ pub struct Runner<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, con
 }
 
 /// Splits the caller's memory into the application's handle and the runner.
-pub fn new<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>(
-    resources: &'d ClientResources<'c, M, R, Q, P>,
+pub fn new<
+    'd,
+    'c,
+    M: RawMutex,
+    R: Rng,
+    T: Transport,
+    const Q: usize,
+    const P: usize,
+    const E: usize,
+    const O: usize,
+>(
+    resources: &'d ClientResources<'c, M, R, Q, P, E, O>,
     transport: T,
     buffers: &'d mut RunnerBuffers,
 ) -> (
-    DeviceHandle<'d, 'c, M, R, Q, P>,
-    Runner<'d, 'c, M, R, T, Q, P>,
+    DeviceHandle<'d, 'c, M, R, Q, P, E, O>,
+    Runner<'d, 'c, M, R, T, Q, P, E, O>,
 ) {
     (
         DeviceHandle { res: resources },
@@ -70,8 +91,16 @@ pub fn new<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: u
     )
 }
 
-impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
-    Runner<'d, '_, M, R, T, Q, P>
+impl<
+    'd,
+    M: RawMutex,
+    R: Rng,
+    T: Transport,
+    const Q: usize,
+    const P: usize,
+    const E: usize,
+    const O: usize,
+> Runner<'d, '_, M, R, T, Q, P, E, O>
 {
     /// Lets the client ask the broker's node lookup (when its `DeviceConfig::lookup` is set)
     /// through `lookup`.
