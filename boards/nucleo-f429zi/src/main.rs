@@ -49,8 +49,8 @@ type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
 
 /// Interval of `power` uploads.
 const METER_INTERVAL_MS: u64 = 60_000;
-/// Sockets the stack holds: DHCP, the UDP transport, the WebSocket transport's TCP socket.
-const SOCKETS: usize = 3;
+/// Sockets the stack holds: the application's (UDP, WebSocket, node lookup) and DHCP's.
+const SOCKETS: usize = plug_app::app::stack_sockets(true);
 
 /// The client's randomness: the STM32 true RNG.
 struct HwRng(Rng<'static, RNG>);

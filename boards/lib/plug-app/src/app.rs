@@ -4,6 +4,10 @@
 //! [`Provisioning`], a [`DualTransport`] (UDP and WebSocket endpoints, one client), the SDK's
 //! [`Runner`] in one task and [`run_plug`] over a [`Plug`] in another. All memory is in one
 //! caller-provided [`AppMemory`] (a board keeps it in a `StaticCell`).
+//!
+//! The client's sizes are chosen here, once for every board ([`UPLOADS`], [`PAYLOAD`],
+//! [`EVENTS`], [`OUTBOX`]), and so is the number of sockets the application holds on the
+//! stack ([`stack_sockets`]), which a board passes to embassy-net's `StackResources`.
 
 use embassy_executor::{SpawnError, Spawner};
 use embassy_net::Stack;
@@ -20,24 +24,47 @@ use shared_protocol::keys::DeviceKey;
 use crate::provision::Provisioning;
 use crate::relay::DynRelay;
 
-/// Uploads held until acknowledged (the SDK's `Q`).
-pub const UPLOADS: usize = 8;
-/// Largest payload (the SDK's `P`); holds the plug's largest report.
-pub const PAYLOAD: usize = 512;
+/// Uploads held until acknowledged (the SDK's `Q`): four meter readings, one every interval,
+/// ride out a reconnect; the plug skips (and counts) readings while the queue is full.
+pub const UPLOADS: usize = 4;
+/// Largest payload (the SDK's `P`): the plug's largest report. Commands and deliveries the plug
+/// receives are far smaller.
+pub const PAYLOAD: usize = firmware::plug::REPORT_MAX;
+/// Events held for the plug application (the SDK's `E`); the plug task drains them at once.
+pub const EVENTS: usize = 4;
+/// Command results held until acknowledged (the SDK's `O`); the plug answers one command at a
+/// time.
+pub const OUTBOX: usize = 2;
+/// Sockets the application holds on the stack at once: the UDP transport's, the WebSocket
+/// transport's TCP socket (both from [`start`] on), and the node lookup's TCP socket while a
+/// lookup runs.
+pub const APP_SOCKETS: usize = 3;
+
+/// The socket count a board gives embassy-net's `StackResources`: the application's
+/// [`APP_SOCKETS`] plus the DHCP client's socket when the board's network config uses DHCP.
+/// Too few and embassy-net panics when the last socket is added.
+pub const fn stack_sockets(dhcp: bool) -> usize {
+    APP_SOCKETS + if dhcp { 1 } else { 0 }
+}
 /// Load the simulated meter reports while the relay is on, in milliwatts (these boards have no
 /// metering chip; a plug board implements `firmware::plug::Meter` over its HLW8012/BL0937).
 pub const SIMULATED_LOAD_MW: u32 = 60_000;
 
 /// The client's randomness: the board's hardware RNG behind a `'static` reference.
 pub type AppRng = &'static mut dyn Rng;
-type Transport = DualTransport<UdpTransport<'static>, WsTransport<'static>>;
-type Handle = DeviceHandle<'static, 'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD>;
-type ClientRunner = Runner<'static, 'static, NoopRawMutex, AppRng, Transport, UPLOADS, PAYLOAD>;
+/// The client's transport: UDP and WebSocket endpoints, one client.
+pub type Transport = DualTransport<UdpTransport<'static>, WsTransport<'static>>;
+type Handle =
+    DeviceHandle<'static, 'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
+type ClientRunner =
+    Runner<'static, 'static, NoopRawMutex, AppRng, Transport, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
+type Client = DeviceClient<'static, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
 
 /// Everything the client and its transports keep, in one place the board provides.
 pub struct AppMemory {
     endpoints: heapless::Vec<Endpoint<'static>, 2>,
-    resources: Option<ClientResources<'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD>>,
+    resources:
+        Option<ClientResources<'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>>,
     runner: RunnerBuffers,
     udp: UdpBuffers,
     ws: WsBuffers,
@@ -117,12 +144,9 @@ pub fn start(
         since_id: 0,
     };
     let ws_seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
-    let client = DeviceClient::new(device, ClientConfig::default(), rng, net::now());
+    let client: Client = DeviceClient::new(device, ClientConfig::default(), rng, net::now());
     let resources = resources.insert(ClientResources::new(client));
-    let transport = DualTransport::new(
-        UdpTransport::new(stack, udp),
-        WsTransport::new(stack, ws, ws_seed),
-    );
+    let transport = transports(stack, udp, ws, ws_seed);
     let (handle, runner) = net::new(resources, transport, runner);
     let runner = runner.with_lookup(HttpLookup::new(stack, lookup));
     spawner.spawn(client_task(runner)?);
@@ -137,6 +161,20 @@ pub fn start(
     );
     spawner.spawn(plug_task(handle, plug)?);
     Ok(())
+}
+
+/// The client's transports on `stack`: the UDP socket and the WebSocket transport's TCP socket,
+/// two of the [`APP_SOCKETS`]. `ws_seed` seeds the WebSocket mask keys.
+pub fn transports(
+    stack: Stack<'static>,
+    udp: &'static mut UdpBuffers,
+    ws: &'static mut WsBuffers,
+    ws_seed: u64,
+) -> Transport {
+    DualTransport::new(
+        UdpTransport::new(stack, udp),
+        WsTransport::new(stack, ws, ws_seed),
+    )
 }
 
 #[embassy_executor::task]

@@ -169,7 +169,9 @@ async fn main(spawner: Spawner) {
         prov.lookup.is_some()
     );
 
-    static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
+    // The application's sockets (UDP, WebSocket, node lookup) and DHCP's.
+    const SOCKETS: usize = plug_app::app::stack_sockets(true);
+    static RESOURCES: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
     let (stack, runner) = embassy_net::new(
         board.ethernet,
         embassy_net::Config::dhcpv4(Default::default()),
