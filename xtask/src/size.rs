@@ -31,6 +31,7 @@ use std::time::Instant;
 
 const USAGE: &str = "\
 usage: cargo xtask size [--top N]
+       cargo xtask size --elf FILE [--top N]   (one linked image, no build, no budget)
 
 Builds every MCU board crate (release), prints flash (text + data) and RAM (data + bss) of each
 binary, then each binary's bytes per crate and its largest symbols (N rows each, default 12),
@@ -47,6 +48,11 @@ const SDK_BIN: &str = "sdk_footprint";
 
 /// Runs `cargo xtask size`.
 pub fn run(args: &[String]) -> Result<(), String> {
+    if let [flag, file, rest @ ..] = args
+        && flag == "--elf"
+    {
+        return report_one(Path::new(file), rest);
+    }
     let top = match args {
         [] => DEFAULT_TOP,
         [help] if matches!(help.as_str(), "help" | "--help" | "-h") => {
@@ -119,6 +125,31 @@ pub fn run(args: &[String]) -> Result<(), String> {
             failures.join("\n  ")
         ))
     }
+}
+
+/// `--elf FILE [--top N]`: the table row and breakdown of one image already linked.
+fn report_one(elf: &Path, rest: &[String]) -> Result<(), String> {
+    let top = match rest {
+        [] => DEFAULT_TOP,
+        [flag, n] if flag == "--top" => n
+            .parse()
+            .map_err(|_| format!("--top takes a number, not `{n}`\n{USAGE}"))?,
+        _ => return Err(format!("unexpected arguments\n{USAGE}")),
+    };
+    let bytes = std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+    let row = Row {
+        board: "-".into(),
+        bin: board_name(elf),
+        target: "-".into(),
+        footprint: elf_footprint(&bytes).map_err(|e| format!("{}: {e}", elf.display()))?,
+        budget: None,
+        verdict: Verdict::NoBudget,
+        build_secs: 0.0,
+        breakdown: elf_symbols(&bytes).map(|symbols| Breakdown::of(&symbols)),
+    };
+    print_table(std::slice::from_ref(&row));
+    print_breakdown(&row, top);
+    Ok(())
 }
 
 /// One binary's line in the report.
