@@ -19,6 +19,7 @@
 //! ```
 
 mod handle;
+mod liveness;
 mod lookup;
 mod runner;
 mod transport;
@@ -29,6 +30,7 @@ mod ws;
 mod tests;
 
 pub use handle::{ClientResources, DeviceHandle, run_plug};
+pub use liveness::{LIVENESS_GRACE_MS, Liveness, MAX_PROMISE_MS};
 pub use lookup::{HttpLookup, LOOKUP_TCP_RX, LookupBuffers};
 pub use runner::{Runner, RunnerBuffers, new};
 pub use transport::{DualTransport, Transport, TransportError};
