@@ -20,6 +20,7 @@ pub const MAX_PROMISE_MS: u64 = 1 << 29;
 
 /// The runner's latest promise. Share one between the runner
 /// ([`Runner::with_liveness`](super::Runner::with_liveness)) and the board's watchdog task.
+#[derive(Debug)]
 pub struct Liveness {
     until_ms: AtomicU32,
     /// A promise is in force (false before the runner starts and while it waits without a
