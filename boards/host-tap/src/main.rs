@@ -103,6 +103,7 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
     let config = AppConfig {
         firmware_version: env!("CARGO_PKG_VERSION"),
         meter_interval_ms: s.meter_ms,
+        liveness: None,
     };
     plug_app::start(
         spawner,

@@ -166,6 +166,8 @@ async fn main(spawner: Spawner) {
         AppConfig {
             firmware_version: env!("CARGO_PKG_VERSION"),
             meter_interval_ms: METER_INTERVAL_MS,
+            // No watchdog driver for this chip yet.
+            liveness: None,
         },
     ));
 

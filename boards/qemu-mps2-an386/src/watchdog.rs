@@ -13,7 +13,9 @@
 //! the marker: [`take_reset_reason`] reads and clears it. A marker left by an earlier QEMU
 //! process cannot exist (block RAM starts zeroed), so a boot without one is a power-on.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use firmware::net::Liveness;
 
 use crate::SYSCLK_HZ;
 use crate::record_region::{RECORD_ADDR, RECORD_REGION_LEN};
@@ -106,48 +108,13 @@ pub fn take_note() -> u32 {
     value
 }
 
-/// Progress of the task whose liveness the watchdog guards: the task calls
-/// [`tick`](Self::tick) whenever it gets something done, [`feed_on_progress`] feeds the
-/// watchdog only while the count moves.
-pub struct Progress(AtomicU32);
-
-impl Progress {
-    /// No progress yet.
-    pub const fn new() -> Self {
-        Progress(AtomicU32::new(0))
-    }
-
-    /// Records progress.
-    pub fn tick(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Feeds `watchdog` every `period_ms` as long as `progress` moved since the last look, and
-/// stops feeding (so the board resets) once it has not moved for `stall_ms`. Run it in a task
-/// of its own; it never returns.
-pub async fn feed_on_progress(
-    mut watchdog: Watchdog,
-    progress: &Progress,
-    period_ms: u64,
-    stall_ms: u64,
-) -> ! {
-    let mut last = progress.0.load(Ordering::Relaxed);
-    let mut last_moved = embassy_time::Instant::now();
+/// Feeds `watchdog` every `period_ms` while `liveness` says the task it watches (the SDK's
+/// runner, see `firmware::net::Liveness`) is within its promise, and stops feeding (so the board
+/// resets) once it is not. Run it in a task of its own; it never returns. A hang of the whole
+/// executor stops this task too, and so is caught the same way.
+pub async fn feed_while_alive(mut watchdog: Watchdog, liveness: &Liveness, period_ms: u64) -> ! {
     loop {
-        let now_count = progress.0.load(Ordering::Relaxed);
-        let now = embassy_time::Instant::now();
-        if now_count != last {
-            last = now_count;
-            last_moved = now;
-        }
-        if now.duration_since(last_moved).as_millis() < stall_ms {
+        if liveness.is_alive(embassy_time::Instant::now().as_millis()) {
             watchdog.feed();
         }
         embassy_time::Timer::after_millis(period_ms).await;

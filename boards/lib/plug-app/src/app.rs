@@ -13,8 +13,8 @@ use embassy_executor::{SpawnError, Spawner};
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use firmware::net::{
-    self, ClientResources, DeviceHandle, DualTransport, HttpLookup, LookupBuffers, Runner,
-    RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport, run_plug,
+    self, ClientResources, DeviceHandle, DualTransport, HttpLookup, Liveness, LookupBuffers,
+    Runner, RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport, run_plug,
 };
 use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
 use firmware::rng::Rng;
@@ -112,6 +112,9 @@ pub struct AppConfig {
     pub firmware_version: &'static str,
     /// Interval of `power` uploads, milliseconds (0 disables them).
     pub meter_interval_ms: u64,
+    /// Where the client runner records how long each wait may last, for the board's watchdog
+    /// task (`None`: a board without a watchdog).
+    pub liveness: Option<&'static Liveness>,
 }
 
 /// Provisions the client, creates its transports on `stack` and spawns the client runner and
@@ -148,7 +151,10 @@ pub fn start(
     let resources = resources.insert(ClientResources::new(client));
     let transport = transports(stack, udp, ws, ws_seed);
     let (handle, runner) = net::new(resources, transport, runner);
-    let runner = runner.with_lookup(HttpLookup::new(stack, lookup));
+    let mut runner = runner.with_lookup(HttpLookup::new(stack, lookup));
+    if let Some(liveness) = config.liveness {
+        runner = runner.with_liveness(liveness);
+    }
     spawner.spawn(client_task(runner)?);
     let plug = Plug::new(
         DynRelay(relay),

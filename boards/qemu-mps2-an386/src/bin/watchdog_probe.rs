@@ -1,42 +1,46 @@
 //! `watchdog-probe`: the board's watchdog and reset-reason test.
 //!
 //! First boot (reset reason power-on): starts the watchdog with a 200 ms timeout, fed by
-//! [`watchdog::feed_on_progress`] while a worker task ticks its [`Progress`] every 20 ms. After
-//! 1 s of that (the watchdog must not fire while fed) the worker hangs: it awaits something
-//! that never comes, the way a network task stuck on a dead peer would, while the executor and
-//! the feeder keep running. The feeder sees no progress, stops feeding, and the watchdog
-//! resets the board. Second boot: the reset reason must be `watchdog` and the note the first
+//! [`watchdog::feed_while_alive`] while a worker task keeps its [`Liveness`] promise (every
+//! 20 ms it promises to be back within 100 ms, as the SDK's runner does before each wait).
+//! After 1 s of that (the watchdog must not fire while fed) the worker hangs: it awaits
+//! something that never comes, the way a network task stuck on a dead peer would, while the
+//! executor and the feeder keep running. Once the promise (plus its grace) has passed, the
+//! feeder stops feeding and the watchdog resets the board. Second boot: the reset reason must be `watchdog` and the note the first
 //! boot left must say it had started the hang; then the probe exits 0.
 //!
 //! Exit codes: 0 pass; 1 the watchdog reset the board while it was fed; 2 the watchdog did
-//! not start; 3 the worker hung but no reset came within 5 s. `cargo xtask qemu-watchdog`
+//! not start; 3 the worker hung but no reset came within 5 s (the grace is 2 s).
+//! `cargo xtask qemu-watchdog`
 //! runs it under QEMU.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
 
-use board_qemu_mps2_an386::watchdog::{self, Progress, ResetReason, Watchdog};
+use board_qemu_mps2_an386::watchdog::{self, ResetReason, Watchdog};
 use board_qemu_mps2_an386::{exit, time_driver};
 use embassy_executor::Spawner;
 use embassy_time::{Duration, Instant, Timer};
+use firmware::net::Liveness;
 
 /// Watchdog timeout.
 const TIMEOUT_MS: u32 = 200;
-/// The feeder's period and how long progress may stall before it stops feeding.
+/// The feeder's period.
 const FEED_PERIOD_MS: u64 = 50;
-const STALL_MS: u64 = 150;
+/// What the worker promises before each of its waits.
+const PROMISE_MS: u64 = 100;
 /// How long the worker makes progress before it hangs.
 const FED_FOR: Duration = Duration::from_secs(1);
 /// Note left before the hang: `"HANG"`.
 const HANGING: u32 = u32::from_le_bytes(*b"HANG");
 
-static PROGRESS: Progress = Progress::new();
+static LIVENESS: Liveness = Liveness::new();
 
 #[embassy_executor::task]
 async fn worker() {
     let start = Instant::now();
     while start.elapsed() < FED_FOR {
-        PROGRESS.tick();
+        LIVENESS.promise(Instant::now().as_millis(), PROMISE_MS);
         Timer::after_millis(20).await;
     }
     defmt::info!(
@@ -49,7 +53,7 @@ async fn worker() {
 
 #[embassy_executor::task]
 async fn feeder(watchdog: Watchdog) {
-    watchdog::feed_on_progress(watchdog, &PROGRESS, FEED_PERIOD_MS, STALL_MS).await
+    watchdog::feed_while_alive(watchdog, &LIVENESS, FEED_PERIOD_MS).await
 }
 
 #[embassy_executor::main]
