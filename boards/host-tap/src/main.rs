@@ -104,6 +104,7 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
         firmware_version: env!("CARGO_PKG_VERSION"),
         meter_interval_ms: s.meter_ms,
         liveness: None,
+        reset_reason: None,
     };
     plug_app::start(
         spawner,

@@ -178,6 +178,7 @@ async fn main(spawner: Spawner) {
             meter_interval_ms: METER_INTERVAL_MS,
             // No watchdog driver for this chip yet.
             liveness: None,
+            reset_reason: None,
         },
     ));
 

@@ -12,6 +12,7 @@
 use embassy_executor::{SpawnError, Spawner};
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use firmware::DeviceApi;
 use firmware::net::{
     self, ClientResources, DeviceHandle, DualTransport, HttpLookup, Liveness, LookupBuffers,
     Runner, RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport, run_plug,
@@ -115,6 +116,26 @@ pub struct AppConfig {
     /// Where the client runner records how long each wait may last, for the board's watchdog
     /// task (`None`: a board without a watchdog).
     pub liveness: Option<&'static Liveness>,
+    /// Why the board started (`power-on`, `watchdog`: a short name without quotes), uploaded
+    /// once as topic [`BOOT_TOPIC`] (`{"reset":"<reason>"}`) when the client first logs in;
+    /// `None`: the board cannot tell.
+    pub reset_reason: Option<&'static str>,
+}
+
+/// Upload topic of the boot report.
+pub const BOOT_TOPIC: &str = "boot";
+
+/// The boot report's payload, `{"reset":"<reason>"}`; a reason that does not fit is cut.
+fn boot_report(reason: &str) -> heapless::Vec<u8, 64> {
+    let mut report = heapless::Vec::new();
+    for part in [&b"{\"reset\":\""[..], reason.as_bytes(), &b"\"}"[..]] {
+        for byte in part {
+            if report.push(*byte).is_err() {
+                break;
+            }
+        }
+    }
+    report
 }
 
 /// Provisions the client, creates its transports on `stack` and spawns the client runner and
@@ -155,6 +176,11 @@ pub fn start(
     if let Some(liveness) = config.liveness {
         runner = runner.with_liveness(liveness);
     }
+    if let Some(reason) = config.reset_reason {
+        let mut api = handle;
+        // The queue is empty at boot: this cannot be refused.
+        let _ = api.upload(BOOT_TOPIC, &boot_report(reason));
+    }
     spawner.spawn(client_task(runner)?);
     let plug = Plug::new(
         DynRelay(relay),
@@ -191,4 +217,23 @@ async fn client_task(mut runner: ClientRunner) -> ! {
 #[embassy_executor::task]
 async fn plug_task(handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>) -> ! {
     run_plug(handle, &mut plug).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boot_report;
+
+    #[test]
+    fn boot_reports_are_small_json_objects() {
+        assert_eq!(
+            boot_report("power-on").as_slice(),
+            br#"{"reset":"power-on"}"#
+        );
+        assert_eq!(
+            boot_report("watchdog").as_slice(),
+            br#"{"reset":"watchdog"}"#
+        );
+        let long = "x".repeat(100);
+        assert_eq!(boot_report(&long).len(), 64, "cut, never over the buffer");
+    }
 }

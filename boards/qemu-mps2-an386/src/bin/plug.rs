@@ -224,6 +224,7 @@ async fn main(spawner: Spawner) {
         firmware_version: env!("CARGO_PKG_VERSION"),
         meter_interval_ms: opts.meter_ms,
         liveness: Some(&LIVENESS),
+        reset_reason: Some(reset.as_str()),
     };
     if let Err(e) = plug_app::start(
         spawner,
