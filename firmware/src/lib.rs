@@ -33,7 +33,8 @@
 //!   results, requests and sends wait in a small outbox until their frame is acknowledged.
 //!   Received Delivers advance the since-id reported at the next login.
 //! * **Embassy shape.** Caller-provided static memory, `new(...) -> (DeviceHandle, Runner)`,
-//!   every buffer a const generic (`Q`, `P`) or a documented constant (below).
+//!   every buffer a const generic (`Q`, `P`, `E`, `O`: the application's choice) or a
+//!   documented constant (below).
 //! * **Logging.** Feature `log` (default, host) or `defmt` (targets); with both, `log` wins.
 //!   Malformed network input is an error value, never a panic.
 //!
@@ -43,8 +44,8 @@
 //! |---|---|---|
 //! | [`config::PACKET_BUF`] | 1200 | one packet (tx, rx buffers of the runner) |
 //! | [`client::SEND_WINDOW`] | 4 | reliable frames in flight (5 bytes stored each) |
-//! | [`client::OUTBOX`] | 4 | command results / requests / sends held (`P` bytes each) |
-//! | [`client::EVENT_QUEUE`] | 8 | events held for the application (`P` bytes each) |
+//! | `O` (const generic, default [`client::OUTBOX`] = 2) | application's choice | command results / requests / sends held (`P` bytes each) |
+//! | `E` (const generic, default [`client::EVENT_QUEUE`] = 4) | application's choice, ≥ 2 | events held for the application (`P` bytes each); half for events from frames |
 //! | [`client::HANDSHAKE_BUF`] | 160 | a pending HELLO or LOGIN |
 //! | `Q` (const generic) | board's choice | uploads held (`P + 64` bytes each) |
 //! | `P` (const generic) | ≤ 1024 | largest payload; the plug needs ≥ [`plug::REPORT_MAX`] (384) |

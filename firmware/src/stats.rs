@@ -30,6 +30,9 @@ pub struct Stats {
     pub lookups: u32,
     /// Node lookups that failed (the static endpoint list was used instead).
     pub lookup_failures: u32,
+    /// `Connected` / `Disconnected` events dropped because the application left the event
+    /// queue full (its `E` is too small for how rarely it drains it).
+    pub events_dropped: u32,
 }
 
 /// Adds one to a counter, saturating.

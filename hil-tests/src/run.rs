@@ -220,6 +220,8 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
                 transport,
                 login_timeout: Duration::from_secs(rig.login_timeout_s),
                 cursor,
+                // Boards with a watchdog report why they started (QEMU's does).
+                reports_reset_reason: rig.kind == crate::rig::Kind::Qemu,
             },
             &mut gone,
         )

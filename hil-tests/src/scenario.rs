@@ -47,7 +47,13 @@ pub struct Target<'a> {
     pub login_timeout: Duration,
     /// Spool cursor taken before the boot: only later uploads count.
     pub cursor: u64,
+    /// The board uploads a `boot` report with its reset reason after each boot; this fresh boot
+    /// must say `power-on`.
+    pub reports_reset_reason: bool,
 }
+
+/// The `boot` upload of a fresh boot.
+const POWER_ON_REPORT: &[u8] = br#"{"reset":"power-on"}"#;
 
 /// Wait for uploads to show up in the spool.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -190,6 +196,7 @@ async fn uploads(t: &Target<'_>) -> StepResult {
     let mut cursor = t.cursor;
     let mut relay_on = None;
     let mut power = None;
+    let mut boot = None;
     let mut seen = 0usize;
     let deadline = Instant::now() + UPLOAD_TIMEOUT;
     loop {
@@ -204,6 +211,7 @@ async fn uploads(t: &Target<'_>) -> StepResult {
                 "relay" if relay_state(&u.payload) == Some(true) => {
                     relay_on = relay_on.or(Some(u.cursor))
                 }
+                "boot" => boot = boot.or(Some(String::from_utf8_lossy(&u.payload).into_owned())),
                 "power" if power_on(&u.payload) => {
                     power = power.or(Some((
                         u.cursor,
@@ -214,20 +222,32 @@ async fn uploads(t: &Target<'_>) -> StepResult {
             }
         }
         cursor = page.next;
-        if let (Some(r), Some((p, payload))) = (&relay_on, &power) {
+        if let Some(report) = &boot
+            && t.reports_reset_reason
+            && report.as_bytes() != POWER_ON_REPORT
+        {
+            return Err(format!(
+                "boot report {report}, expected {}",
+                String::from_utf8_lossy(POWER_ON_REPORT)
+            ));
+        }
+        let boot_done = boot.is_some() || !t.reports_reset_reason;
+        if let (Some(r), Some((p, payload)), true) = (&relay_on, &power, boot_done) {
             return Ok(format!(
-                "{seen} uploads from device {}; relay on at cursor {r}, power at cursor {p}: {payload}",
-                t.device_id
+                "{seen} uploads from device {}; relay on at cursor {r}, power at cursor {p}: {payload}; boot report: {}",
+                t.device_id,
+                boot.as_deref().unwrap_or("none expected")
             ));
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "after {} s: {seen} uploads from device {} since cursor {}; relay on seen: {}, power with relay on seen: {}",
+                "after {} s: {seen} uploads from device {} since cursor {}; relay on seen: {}, power with relay on seen: {}, boot report seen: {}",
                 UPLOAD_TIMEOUT.as_secs(),
                 t.device_id,
                 t.cursor,
                 relay_on.is_some(),
-                power.is_some()
+                power.is_some(),
+                boot.is_some()
             ));
         }
         tokio::time::sleep(POLL).await;

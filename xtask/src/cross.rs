@@ -32,7 +32,8 @@ const USAGE: &str = "\
 usage: cargo xtask cross [command]
 
 commands (default: all):
-  all          setup, build, boards, clippy, size, then qemu-smoke when qemu-system-arm is installed
+  all          setup, build, boards, clippy, size, then qemu-smoke and qemu-watchdog when
+               qemu-system-arm is installed
   setup        set up the pinned cross toolchain (.cache/cross-toolchain/)
   env          print the cross environment as shell `export` lines (eval it to use cargo by hand)
   build        build the no_std crates (shared-protocol; firmware where no board does) per MCU target
@@ -77,7 +78,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             // Same builds (already fresh): the size table and the budget check.
             timed("cross: size report", || crate::size::run(&[]))?;
             if has_program("qemu-system-arm", &["--version"]) {
-                timed("cross: qemu smoke", || smoke(&env))
+                timed("cross: qemu smoke", || smoke(&env))?;
+                timed("cross: qemu watchdog", || crate::qemu_watchdog::run(&[]))
             } else {
                 eprintln!(
                     "cross: qemu-system-arm missing (scripts/install-qemu.sh); smoke skipped"
@@ -490,7 +492,7 @@ fn echo_once(
 }
 
 /// Prints the board's log: decoded text when `defmt-print` ran in the runner, else a note.
-fn print_log(log: &[u8]) {
+pub fn print_log(log: &[u8]) {
     match std::str::from_utf8(log) {
         Ok(text) => {
             for line in text.lines() {
@@ -505,7 +507,7 @@ fn print_log(log: &[u8]) {
 }
 
 /// Ends the runner's process group (the runner and the QEMU it started), by PID.
-fn kill_group(pid: u32) {
+pub fn kill_group(pid: u32) {
     let _ = Command::new("kill")
         .args(["-TERM", "--", &format!("-{pid}")])
         .status();

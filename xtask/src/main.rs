@@ -6,14 +6,17 @@
 //!
 //! * `test`: everything CI runs, in order (see [`mod@test`]).
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
-//! * `size`: flash and RAM per board and for the SDK alone, checked against budgets.
+//! * `size`: flash and RAM per board and for the SDK alone, checked against budgets, with a
+//!   per-crate and per-symbol breakdown of each binary.
 
 mod crates;
 mod cross;
 mod hil;
+mod qemu_watchdog;
 mod services;
 mod shell;
 mod size;
+mod symbols;
 mod test;
 
 use std::process::ExitCode;
@@ -25,8 +28,9 @@ commands:
   test [--skip STEP]... [--only STEP]...   run everything CI runs (steps: see `cargo xtask test --list`)
   cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
   qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
+  qemu-watchdog                            hang a task on the QEMU board: its watchdog must reset it
   hil [--rig qemu|host-tap|NAME]...        plug firmware on virtual (or real) boards against a broker (docs/hil.md)
-  size                                     flash and RAM of every MCU board, checked against its size-budget.toml
+  size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
 ";
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         "cross" => cross::run(rest),
         "services" => services::run(rest),
         "qemu-smoke" => cross::qemu_smoke(rest),
+        "qemu-watchdog" => qemu_watchdog::run(rest),
         "hil" => hil::run(rest),
         "size" => size::run(rest),
         "help" | "--help" | "-h" => {

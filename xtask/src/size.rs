@@ -14,22 +14,32 @@
 //!   (`.bss`, `.uninit`). Flash = text + data (data's initial values are stored in flash);
 //!   RAM = data + bss (statics; the stack is not counted, it takes what is left).
 //! * Each board's `size-budget.toml` (`flash = N`, `ram = N`, bytes) limits every binary of
-//!   the board; a missing budget or any binary over it fails the command after the table is
+//!   the board; `<binary>.flash = N` / `<binary>.ram = N` give one binary a limit of its own
+//!   (the SDK's `sdk_footprint`); a missing budget or any binary over it fails the command after the table is
 //!   printed. The QEMU board's `sdk_footprint` binary is the SDK alone (client core and plug
 //!   application, no network stack): its row is the SDK's footprint.
+//! * After the table, each binary's bytes per crate and its largest symbols
+//!   ([`crate::symbols`], from the ELF symbol table: what `cargo bloat` would show), so a
+//!   budget overrun or a jump in the table names its cause. `--top N` sets how many rows.
 
 use crate::cross::{CrossEnv, board_dirs, cross_target_dir, placeholder_env};
 use crate::shell::timed;
+use crate::symbols::{Breakdown, elf_symbols};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: cargo xtask size
+usage: cargo xtask size [--top N]
+       cargo xtask size --elf FILE [--top N]   (one linked image, no build, no budget)
 
 Builds every MCU board crate (release), prints flash (text + data) and RAM (data + bss) of each
-binary, and fails when one exceeds its board's size-budget.toml.
+binary, then each binary's bytes per crate and its largest symbols (N rows each, default 12),
+and fails when one exceeds its board's size-budget.toml.
 ";
+
+/// Rows per breakdown list unless `--top` says otherwise.
+const DEFAULT_TOP: usize = 12;
 
 /// Budget file in each board's folder.
 const BUDGET_FILE: &str = "size-budget.toml";
@@ -38,14 +48,22 @@ const SDK_BIN: &str = "sdk_footprint";
 
 /// Runs `cargo xtask size`.
 pub fn run(args: &[String]) -> Result<(), String> {
-    match args {
-        [] => {}
+    if let [flag, file, rest @ ..] = args
+        && flag == "--elf"
+    {
+        return report_one(Path::new(file), rest);
+    }
+    let top = match args {
+        [] => DEFAULT_TOP,
         [help] if matches!(help.as_str(), "help" | "--help" | "-h") => {
             print!("{USAGE}");
             return Ok(());
         }
+        [flag, n] if flag == "--top" => n
+            .parse()
+            .map_err(|_| format!("--top takes a number, not `{n}`\n{USAGE}"))?,
         _ => return Err(format!("unexpected arguments\n{USAGE}")),
-    }
+    };
     let env = timed("size: toolchain", CrossEnv::setup)?;
     let target_dir = cross_target_dir();
     let mut rows = Vec::new();
@@ -74,6 +92,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let budget = budget.as_ref().map(|b| b.for_bin(&bin));
             let verdict = match &budget {
                 Some(budget) => budget.check(&footprint),
                 None => Verdict::NoBudget,
@@ -81,6 +100,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             if let Verdict::Over(what) = &verdict {
                 failures.push(format!("{name}/{bin}: {what}"));
             }
+            let breakdown = elf_symbols(&bytes).map(|symbols| Breakdown::of(&symbols));
             rows.push(Row {
                 board: name.clone(),
                 bin,
@@ -89,10 +109,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 budget,
                 verdict,
                 build_secs,
+                breakdown,
             });
         }
     }
     print_table(&rows);
+    for row in &rows {
+        print_breakdown(row, top);
+    }
     if failures.is_empty() {
         Ok(())
     } else {
@@ -101,6 +125,31 @@ pub fn run(args: &[String]) -> Result<(), String> {
             failures.join("\n  ")
         ))
     }
+}
+
+/// `--elf FILE [--top N]`: the table row and breakdown of one image already linked.
+fn report_one(elf: &Path, rest: &[String]) -> Result<(), String> {
+    let top = match rest {
+        [] => DEFAULT_TOP,
+        [flag, n] if flag == "--top" => n
+            .parse()
+            .map_err(|_| format!("--top takes a number, not `{n}`\n{USAGE}"))?,
+        _ => return Err(format!("unexpected arguments\n{USAGE}")),
+    };
+    let bytes = std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+    let row = Row {
+        board: "-".into(),
+        bin: board_name(elf),
+        target: "-".into(),
+        footprint: elf_footprint(&bytes).map_err(|e| format!("{}: {e}", elf.display()))?,
+        budget: None,
+        verdict: Verdict::NoBudget,
+        build_secs: 0.0,
+        breakdown: elf_symbols(&bytes).map(|symbols| Breakdown::of(&symbols)),
+    };
+    print_table(std::slice::from_ref(&row));
+    print_breakdown(&row, top);
+    Ok(())
 }
 
 /// One binary's line in the report.
@@ -113,6 +162,45 @@ struct Row {
     verdict: Verdict,
     /// Wall time of the board's build (cold on a fresh target folder, else incremental).
     build_secs: f32,
+    /// Bytes per crate and largest symbols, or why the symbols could not be read.
+    breakdown: Result<Breakdown, String>,
+}
+
+/// Prints one binary's bytes per crate and its `top` largest symbols.
+fn print_breakdown(row: &Row, top: usize) {
+    println!("\n{}/{} by crate:", row.board, row.bin);
+    let breakdown = match &row.breakdown {
+        Ok(b) => b,
+        Err(e) => {
+            println!("  (no breakdown: {e})");
+            return;
+        }
+    };
+    println!("  {:>9} {:>9}  crate", "flash", "ram");
+    for (name, flash, ram) in breakdown.crates.iter().take(top) {
+        println!("  {flash:>9} {ram:>9}  {name}");
+    }
+    let rest = breakdown.crates.iter().skip(top);
+    let (flash, ram, count) = rest.fold((0, 0, 0), |(f, r, n), c| (f + c.1, r + c.2, n + 1));
+    if count > 0 {
+        println!("  {flash:>9} {ram:>9}  ({count} more crates)");
+    }
+    let (covered_flash, covered_ram) = breakdown.covered();
+    let f = &row.footprint;
+    println!(
+        "  {:>9} {:>9}  (not in any symbol: padding, literal pools, section gaps)",
+        f.flash().saturating_sub(covered_flash),
+        f.ram().saturating_sub(covered_ram)
+    );
+    println!("{}/{} largest symbols:", row.board, row.bin);
+    for s in breakdown.symbols.iter().take(top) {
+        let place = match s.place {
+            crate::symbols::Place::Flash => "flash",
+            crate::symbols::Place::Data => "data",
+            crate::symbols::Place::Bss => "ram",
+        };
+        println!("  {:>9} {place:<5}  {}", s.size, s.name);
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -290,7 +378,28 @@ impl Budget {
     }
 }
 
-fn read_budget(board: &Path) -> Result<Budget, String> {
+/// A board's limits: for every binary, and for some binaries of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Budgets {
+    board: Budget,
+    /// `<binary>.flash` / `<binary>.ram` overrides (either may be absent).
+    per_bin: Vec<(String, Option<u64>, Option<u64>)>,
+}
+
+impl Budgets {
+    /// The limits of binary `bin`: its own where given, else the board's.
+    fn for_bin(&self, bin: &str) -> Budget {
+        match self.per_bin.iter().find(|(name, _, _)| name == bin) {
+            Some((_, flash, ram)) => Budget {
+                flash: flash.unwrap_or(self.board.flash),
+                ram: ram.unwrap_or(self.board.ram),
+            },
+            None => self.board,
+        }
+    }
+}
+
+fn read_budget(board: &Path) -> Result<Budgets, String> {
     let path = board.join(BUDGET_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         format!(
@@ -301,9 +410,11 @@ fn read_budget(board: &Path) -> Result<Budget, String> {
     parse_budget(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Parses `flash = N` and `ram = N` (bytes; `_` separators and `#` comments allowed).
-fn parse_budget(text: &str) -> Result<Budget, String> {
+/// Parses `flash = N` and `ram = N`, and `<binary>.flash = N` / `<binary>.ram = N` (bytes;
+/// `_` separators and `#` comments allowed).
+fn parse_budget(text: &str) -> Result<Budgets, String> {
     let (mut flash, mut ram) = (None, None);
+    let mut per_bin: Vec<(String, Option<u64>, Option<u64>)> = Vec::new();
     for (number, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -319,15 +430,34 @@ fn parse_budget(text: &str) -> Result<Budget, String> {
                 value.trim()
             )
         })?;
-        match key.trim() {
-            "flash" => flash = Some(value),
-            "ram" => ram = Some(value),
-            other => return Err(format!("line {}: unknown key `{other}`", number + 1)),
+        let key = key.trim();
+        match key.rsplit_once('.') {
+            None if key == "flash" => flash = Some(value),
+            None if key == "ram" => ram = Some(value),
+            Some((bin, what @ ("flash" | "ram"))) if !bin.is_empty() => {
+                let index = match per_bin.iter().position(|(name, _, _)| name == bin) {
+                    Some(i) => i,
+                    None => {
+                        per_bin.push((bin.to_owned(), None, None));
+                        per_bin.len() - 1
+                    }
+                };
+                let entry = &mut per_bin[index];
+                if what == "flash" {
+                    entry.1 = Some(value);
+                } else {
+                    entry.2 = Some(value);
+                }
+            }
+            _ => return Err(format!("line {}: unknown key `{key}`", number + 1)),
         }
     }
-    Ok(Budget {
-        flash: flash.ok_or("missing `flash = <bytes>`")?,
-        ram: ram.ok_or("missing `ram = <bytes>`")?,
+    Ok(Budgets {
+        board: Budget {
+            flash: flash.ok_or("missing `flash = <bytes>`")?,
+            ram: ram.ok_or("missing `ram = <bytes>`")?,
+        },
+        per_bin,
     })
 }
 
@@ -474,7 +604,9 @@ mod tests {
 
     #[test]
     fn parses_budgets_and_checks_them() {
-        let budget = parse_budget("# limits\nflash = 393_216   # 384 KiB\nram = 131072\n").unwrap();
+        let budgets =
+            parse_budget("# limits\nflash = 393_216   # 384 KiB\nram = 131072\n").unwrap();
+        let budget = budgets.for_bin("plug");
         assert_eq!(
             budget,
             Budget {
@@ -500,6 +632,46 @@ mod tests {
         assert!(parse_budget("flash = 1").is_err());
         assert!(parse_budget("flash = 1\nram = lots").is_err());
         assert!(parse_budget("flash = 1\nram = 2\nrom = 3").is_err());
+        assert!(parse_budget("flash = 1\nram = 2\nsdk.rom = 3").is_err());
+        assert!(parse_budget("flash = 1\nram = 2\n.ram = 3").is_err());
+    }
+
+    #[test]
+    fn a_binary_may_have_limits_of_its_own() {
+        let budgets =
+            parse_budget("flash = 100_000\nram = 50_000\nsdk.flash = 24_576\nsdk.ram = 8_192\nprobe.ram = 9_000\n")
+                .unwrap();
+        assert_eq!(
+            budgets.for_bin("sdk"),
+            Budget {
+                flash: 24_576,
+                ram: 8_192
+            }
+        );
+        assert_eq!(
+            budgets.for_bin("probe"),
+            Budget {
+                flash: 100_000,
+                ram: 9_000
+            }
+        );
+        assert_eq!(
+            budgets.for_bin("plug"),
+            Budget {
+                flash: 100_000,
+                ram: 50_000
+            }
+        );
+        let over = Footprint {
+            text: 24_577,
+            data: 0,
+            bss: 100,
+        };
+        assert_eq!(
+            budgets.for_bin("sdk").check(&over),
+            Verdict::Over("flash 24577 > budget 24576".into())
+        );
+        assert_eq!(budgets.for_bin("plug").check(&over), Verdict::Within);
     }
 
     #[test]

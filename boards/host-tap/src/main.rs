@@ -77,7 +77,9 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
         dns_servers: Default::default(),
     });
     let seed = u64::from(OsRng.next_u32()) << 32 | u64::from(OsRng.next_u32());
-    static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
+    // The application's sockets (UDP, WebSocket, node lookup); a static address, no DHCP.
+    const SOCKETS: usize = plug_app::app::stack_sockets(false);
+    static RESOURCES: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
     let (stack, runner) =
         embassy_net::new(device, config, RESOURCES.init(StackResources::new()), seed);
     spawner.spawn(net_task(runner).map_err(|_| EXIT_BOARD)?);
@@ -101,6 +103,8 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
     let config = AppConfig {
         firmware_version: env!("CARGO_PKG_VERSION"),
         meter_interval_ms: s.meter_ms,
+        liveness: None,
+        reset_reason: None,
     };
     plug_app::start(
         spawner,

@@ -49,8 +49,8 @@ type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
 
 /// Interval of `power` uploads.
 const METER_INTERVAL_MS: u64 = 60_000;
-/// Sockets the stack holds: DHCP, the UDP transport, the WebSocket transport's TCP socket.
-const SOCKETS: usize = 3;
+/// Sockets the stack holds: the application's (UDP, WebSocket, node lookup) and DHCP's.
+const SOCKETS: usize = plug_app::app::stack_sockets(true);
 
 /// The client's randomness: the STM32 true RNG.
 struct HwRng(Rng<'static, RNG>);
@@ -176,6 +176,9 @@ async fn main(spawner: Spawner) {
         AppConfig {
             firmware_version: env!("CARGO_PKG_VERSION"),
             meter_interval_ms: METER_INTERVAL_MS,
+            // No watchdog driver for this chip yet.
+            liveness: None,
+            reset_reason: None,
         },
     ));
 

@@ -46,8 +46,8 @@ bind_interrupts!(struct Irqs {
 
 /// Interval of `power` uploads.
 const METER_INTERVAL_MS: u64 = 60_000;
-/// Sockets the stack holds: DHCP, the UDP transport, the WebSocket transport's TCP socket.
-const SOCKETS: usize = 3;
+/// Sockets the stack holds: the application's (UDP, WebSocket, node lookup) and DHCP's.
+const SOCKETS: usize = plug_app::app::stack_sockets(true);
 /// Wait between two failed Wi-Fi joins.
 const JOIN_RETRY_MS: u64 = 2_000;
 
@@ -166,6 +166,9 @@ async fn main(spawner: Spawner) {
         AppConfig {
             firmware_version: env!("CARGO_PKG_VERSION"),
             meter_interval_ms: METER_INTERVAL_MS,
+            // No watchdog driver for this chip yet.
+            liveness: None,
+            reset_reason: None,
         },
     ));
 

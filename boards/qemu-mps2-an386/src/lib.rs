@@ -14,6 +14,9 @@
 //! - [`record_region`] is where QEMU's loader puts the provisioning record and the boot
 //!   number (block RAM at `0x0100_0000`).
 //! - [`Board::init`] does all of the above and returns the parts the firmware needs.
+//! - [`watchdog`] is the CMSDK watchdog (fed while a task makes progress; started by the
+//!   binary that wants it) and the reason of the last reset, kept in block RAM across the
+//!   watchdog's reset.
 //!
 //! A board binary (see `src/bin/`) creates the embassy-net stack on top of
 //! [`Board::ethernet`] and runs the firmware's device client; logs go out through
@@ -28,6 +31,7 @@ pub mod panic;
 pub mod record_region;
 pub mod time_driver;
 mod vectors;
+pub mod watchdog;
 
 // defmt frames go to QEMU's stdout over semihosting.
 use defmt_semihosting as _;

@@ -3,18 +3,27 @@
 //!
 //! Without a device (PAC) crate, cortex-m-rt routes every external interrupt to
 //! `DefaultHandler`, which receives the IRQ number; we dispatch from there.
-//! cortex-m-rt requires `DefaultHandler` to be declared `unsafe fn` (defining it
-//! replaces the runtime's default), which is why this module allows `unsafe_code`.
+//! cortex-m-rt requires `DefaultHandler` and `NonMaskableInt` to be declared `unsafe fn`
+//! (defining them replaces the runtime's defaults), which is why this module allows
+//! `unsafe_code`.
 //! No handler here dereferences pointers or touches hardware directly.
 #![allow(unsafe_code)]
 
 use cortex_m_rt::exception;
 
-use crate::{lan9118, time_driver};
+use crate::{lan9118, time_driver, watchdog};
 
 #[exception]
 fn SysTick() {
     time_driver::on_systick();
+}
+
+/// The watchdog's interrupt is wired to the NMI on this machine. (cortex-m-rt requires the
+/// NMI handler to be an `unsafe fn`, like `DefaultHandler`: it can preempt critical sections.
+/// It only writes one word no critical section guards.)
+#[exception]
+unsafe fn NonMaskableInt() {
+    watchdog::on_timeout();
 }
 
 #[exception]

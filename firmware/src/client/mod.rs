@@ -73,12 +73,14 @@ use since::SinceTracker;
 
 /// Reliable frames the device keeps unacknowledged at once (at most the protocol's 16).
 pub const SEND_WINDOW: usize = 4;
-/// Events the client holds for the application; frames that would produce an event while
-/// [`EVENT_FRAME_LIMIT`] are waiting are left unacknowledged (the broker retransmits them).
-pub const EVENT_QUEUE: usize = 8;
-/// Events from received frames allowed to wait at once; the rest of [`EVENT_QUEUE`] is kept for
-/// `Connected` / `Disconnected`.
-pub const EVENT_FRAME_LIMIT: usize = 4;
+/// Events the client holds for the application unless the application chooses (the `E`
+/// parameter of [`DeviceClient`]); frames that would produce an event while half of them
+/// ([`EVENT_FRAME_LIMIT`] by default) are waiting are left unacknowledged (the broker
+/// retransmits them).
+pub const EVENT_QUEUE: usize = 4;
+/// Events from received frames allowed to wait at once with the default [`EVENT_QUEUE`]: half
+/// the queue (`E / 2`); the rest is kept for `Connected` / `Disconnected`.
+pub const EVENT_FRAME_LIMIT: usize = EVENT_QUEUE / 2;
 
 /// Bytes stored per in-flight frame: a tag and a 32-bit id.
 const REF_LEN: usize = 5;
@@ -168,8 +170,18 @@ enum Phase {
 }
 
 /// The device client core. `Q`: upload queue capacity; `P`: largest payload (uploads, events,
-/// outbox entries), at most the protocol's `MAX_PAYLOAD`.
-pub struct DeviceClient<'c, R: Rng, const Q: usize, const P: usize> {
+/// outbox entries), at most the protocol's `MAX_PAYLOAD`; `E`: events held for the application
+/// (at least 2; half of them for events from received frames); `O`: outbox entries (command
+/// results, requests, sends; at least 1). Each is the application's choice: memory grows with
+/// `Q * P`, `E * P` and `O * P` (docs/firmware.md, "Memory").
+pub struct DeviceClient<
+    'c,
+    R: Rng,
+    const Q: usize,
+    const P: usize,
+    const E: usize = EVENT_QUEUE,
+    const O: usize = OUTBOX,
+> {
     device: DeviceConfig<'c>,
     config: ClientConfig,
     rng: R,
@@ -185,8 +197,8 @@ pub struct DeviceClient<'c, R: Rng, const Q: usize, const P: usize> {
     attempts: u32,
     backoff: Backoff,
     uploads: UploadQueue<Q, P>,
-    outbox: Outbox<P>,
-    events: Deque<Event<P>, EVENT_QUEUE>,
+    outbox: Outbox<P, O>,
+    events: Deque<Event<P>, E>,
     since: SinceTracker,
     next_req_id: u32,
     goodbye_pending: Option<Online>,
@@ -197,11 +209,20 @@ fn payload_copy<const P: usize>(bytes: &[u8]) -> Option<Vec<u8, P>> {
     Vec::from_slice(bytes).ok()
 }
 
-impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
+impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
+    DeviceClient<'c, R, Q, P, E, O>
+{
     /// A client that connects at the first [`handle_timeout`](Self::handle_timeout) (its
     /// [`poll_timeout`](Self::poll_timeout) is `now`).
     pub fn new(device: DeviceConfig<'c>, config: ClientConfig, mut rng: R, now: Instant) -> Self {
         const { assert!(P <= shared_protocol::limits::MAX_PAYLOAD) };
+        const {
+            assert!(
+                E >= 2,
+                "the event queue needs room for a frame event and a state event"
+            )
+        };
+        const { assert!(O >= 1, "the outbox needs at least one entry") };
         let first_upload_id = rng.next_u32();
         let since = SinceTracker::new(device.since_id);
         let lookup_due = device.lookup.is_some();
@@ -597,12 +618,13 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
 
     fn push_state_event(&mut self, event: Event<P>) {
         if self.events.push_back(event).is_err() {
+            bump(&mut self.stats.events_dropped);
             log_warn!("event queue full: state event dropped");
         }
     }
 
     fn can_take_frame_event(&self) -> bool {
-        self.events.len() < EVENT_FRAME_LIMIT
+        self.events.len() < E / 2
     }
 
     fn handshake_packet(&mut self, packet: &mut [u8], now: Instant) -> Result<(), RxError> {
@@ -914,7 +936,9 @@ fn session_timeout_ms(w: &WelcomeInfo) -> u64 {
     u64::from(w.session_timeout_secs.max(1)) * 1_000
 }
 
-impl<R: Rng, const Q: usize, const P: usize> DeviceApi for DeviceClient<'_, R, Q, P> {
+impl<R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize> DeviceApi
+    for DeviceClient<'_, R, Q, P, E, O>
+{
     fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
         let result = self.uploads.push(topic, payload);
         if result == Err(UploadError::QueueFull) {

@@ -2,7 +2,8 @@
 //!
 //! Unlike uploads these need only the transport's acknowledgement of their frame; an entry leaves
 //! the outbox when the frame carrying it is acknowledged. Entries not yet acknowledged when a
-//! session ends are sent again in the next one (at least once). Capacity [`OUTBOX`].
+//! session ends are sent again in the next one (at least once). Capacity `O`, the
+//! application's choice ([`OUTBOX`] by default).
 
 use heapless::{String, Vec};
 use shared_protocol::frame::Body;
@@ -11,8 +12,9 @@ use shared_protocol::limits::MAX_PATH;
 
 use crate::api::OutboxError;
 
-/// Outgoing reliable messages (other than uploads) the client holds at once.
-pub const OUTBOX: usize = 4;
+/// Outgoing reliable messages (other than uploads) the client holds at once, unless the
+/// application chooses (the `O` parameter of `DeviceClient`).
+pub const OUTBOX: usize = 2;
 
 /// What an outbox entry carries.
 #[derive(Clone, Debug)]
@@ -54,12 +56,12 @@ impl<const P: usize> OutMsg<P> {
 
 /// The bounded list of outgoing messages.
 #[derive(Debug)]
-pub(crate) struct Outbox<const P: usize> {
-    entries: Vec<OutMsg<P>, OUTBOX>,
+pub(crate) struct Outbox<const P: usize, const O: usize> {
+    entries: Vec<OutMsg<P>, O>,
     next_token: u32,
 }
 
-impl<const P: usize> Outbox<P> {
+impl<const P: usize, const O: usize> Outbox<P, O> {
     pub const fn new() -> Self {
         Outbox {
             entries: Vec::new(),
@@ -114,5 +116,36 @@ impl<const P: usize> Outbox<P> {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_holds_o_entries_and_refuses_the_next() {
+        let mut outbox: Outbox<8, 2> = Outbox::new();
+        let result = || OutKind::CommandResult {
+            cmd_id: 1,
+            status: 0,
+        };
+        assert_eq!(outbox.push(result(), b"a"), Ok(()));
+        assert_eq!(outbox.push(result(), b"b"), Ok(()));
+        assert_eq!(outbox.push(result(), b"c"), Err(OutboxError::Full));
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(
+            outbox.push(result(), b"123456789"),
+            Err(OutboxError::Full),
+            "full is checked first"
+        );
+        outbox.mark_sent(1, 10);
+        outbox.acked(10);
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(
+            outbox.push(result(), b"123456789"),
+            Err(OutboxError::PayloadTooLarge)
+        );
+        assert_eq!(outbox.push(result(), b"c"), Ok(()));
     }
 }

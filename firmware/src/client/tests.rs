@@ -312,7 +312,8 @@ impl Broker {
 /// The test client's payload size: room for the plug's largest report.
 const TP: usize = crate::plug::REPORT_MAX;
 
-type TestClient = DeviceClient<'static, SplitMix64, 4, TP>;
+/// The default event queue; an outbox of 4, so one test can hold a result, a request and a send.
+type TestClient = DeviceClient<'static, SplitMix64, 4, TP, { super::EVENT_QUEUE }, 4>;
 
 /// The client, two brokers, a clock and lossy links.
 struct Net {
@@ -1340,4 +1341,38 @@ fn lookup_without_static_endpoints_retries_after_backoff() {
     assert_eq!(net.client.state(), ConnectionState::Online);
     assert_eq!(net.lookups, 2);
     assert_eq!(net.brokers[3].logins.len(), 1);
+}
+
+#[test]
+fn state_events_the_queue_cannot_hold_are_dropped_and_counted() {
+    let mut net = Net::new();
+    net.online();
+    net.take_events();
+    // The application stops reading; every failed attempt adds a Disconnected.
+    let mut now = net.now;
+    for _ in 0..super::EVENT_QUEUE + 2 {
+        if net.client.state() == ConnectionState::Backoff {
+            let at = net.client.poll_timeout().expect("a backoff deadline");
+            now = Instant::from_millis(at.as_millis().max(now.as_millis()));
+            net.client.handle_timeout(now);
+        }
+        assert!(
+            matches!(
+                net.client.state(),
+                ConnectionState::Handshaking | ConnectionState::Online
+            ),
+            "{:?}",
+            net.client.state()
+        );
+        net.client.transport_failed(now);
+    }
+    assert_eq!(net.client.stats().events_dropped, 2);
+    let events: Vec<_> = core::iter::from_fn(|| net.client.poll_event()).collect();
+    assert_eq!(events.len(), super::EVENT_QUEUE);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, Event::Disconnected { .. })),
+        "{events:?}"
+    );
 }

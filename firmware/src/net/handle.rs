@@ -12,6 +12,7 @@ use shared_protocol::ids::Address;
 
 use crate::api::{DeviceApi, OutboxError};
 use crate::client::{ConnectionState, DeviceClient, Event};
+use crate::client::{EVENT_QUEUE, OUTBOX};
 use crate::plug::{Meter, Plug, Relay};
 use crate::queue::{UploadError, UploadId};
 use crate::rng::Rng;
@@ -21,17 +22,27 @@ use crate::time::Instant;
 /// The client core and the two wake-up signals, in memory the caller provides (a `StaticCell`).
 /// `M` is the mutex kind: `NoopRawMutex` when the runner and the application share one
 /// executor, `CriticalSectionRawMutex` otherwise.
-pub struct ClientResources<'c, M: RawMutex, R: Rng, const Q: usize, const P: usize> {
-    pub(crate) client: Mutex<M, RefCell<DeviceClient<'c, R, Q, P>>>,
+pub struct ClientResources<
+    'c,
+    M: RawMutex,
+    R: Rng,
+    const Q: usize,
+    const P: usize,
+    const E: usize = EVENT_QUEUE,
+    const O: usize = OUTBOX,
+> {
+    pub(crate) client: Mutex<M, RefCell<DeviceClient<'c, R, Q, P, E, O>>>,
     /// The application queued something: the runner should transmit.
     pub(crate) runner_wake: Signal<M, ()>,
     /// The runner produced events: the application should look.
     pub(crate) app_wake: Signal<M, ()>,
 }
 
-impl<'c, M: RawMutex, R: Rng, const Q: usize, const P: usize> ClientResources<'c, M, R, Q, P> {
+impl<'c, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
+    ClientResources<'c, M, R, Q, P, E, O>
+{
     /// Wraps a client core.
-    pub fn new(client: DeviceClient<'c, R, Q, P>) -> Self {
+    pub fn new(client: DeviceClient<'c, R, Q, P, E, O>) -> Self {
         ClientResources {
             client: Mutex::new(RefCell::new(client)),
             runner_wake: Signal::new(),
@@ -40,31 +51,42 @@ impl<'c, M: RawMutex, R: Rng, const Q: usize, const P: usize> ClientResources<'c
     }
 
     /// Runs `f` on the core under the lock (never held across an `.await`).
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut DeviceClient<'c, R, Q, P>) -> T) -> T {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut DeviceClient<'c, R, Q, P, E, O>) -> T) -> T {
         self.client.lock(|cell| f(&mut cell.borrow_mut()))
     }
 }
 
 /// The application's handle: cheap to copy; implements [`DeviceApi`]. One task should consume
 /// events ([`next_event`](Self::next_event)); any task may upload or answer.
-pub struct DeviceHandle<'d, 'c, M: RawMutex, R: Rng, const Q: usize, const P: usize> {
-    pub(crate) res: &'d ClientResources<'c, M, R, Q, P>,
+pub struct DeviceHandle<
+    'd,
+    'c,
+    M: RawMutex,
+    R: Rng,
+    const Q: usize,
+    const P: usize,
+    const E: usize = EVENT_QUEUE,
+    const O: usize = OUTBOX,
+> {
+    pub(crate) res: &'d ClientResources<'c, M, R, Q, P, E, O>,
 }
 
-impl<M: RawMutex, R: Rng, const Q: usize, const P: usize> Clone
-    for DeviceHandle<'_, '_, M, R, Q, P>
+impl<M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize> Clone
+    for DeviceHandle<'_, '_, M, R, Q, P, E, O>
 {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<M: RawMutex, R: Rng, const Q: usize, const P: usize> Copy
-    for DeviceHandle<'_, '_, M, R, Q, P>
+impl<M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize> Copy
+    for DeviceHandle<'_, '_, M, R, Q, P, E, O>
 {
 }
 
-impl<'d, 'c, M: RawMutex, R: Rng, const Q: usize, const P: usize> DeviceHandle<'d, 'c, M, R, Q, P> {
+impl<'d, 'c, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
+    DeviceHandle<'d, 'c, M, R, Q, P, E, O>
+{
     /// Waits for the next event (command, delivery, connection change...).
     pub async fn next_event(&self) -> Event<P> {
         loop {
@@ -108,8 +130,8 @@ impl<'d, 'c, M: RawMutex, R: Rng, const Q: usize, const P: usize> DeviceHandle<'
     }
 }
 
-impl<M: RawMutex, R: Rng, const Q: usize, const P: usize> DeviceApi
-    for DeviceHandle<'_, '_, M, R, Q, P>
+impl<M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize> DeviceApi
+    for DeviceHandle<'_, '_, M, R, Q, P, E, O>
 {
     fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
         let r = self.res.with(|c| c.upload(topic, payload));
@@ -155,8 +177,17 @@ pub(crate) fn timer_at(t: Option<Instant>) -> Timer {
 
 /// The plug application's task body: answers commands and runs its timers, forever. The
 /// client's `P` must hold the plug's largest report ([`crate::plug::REPORT_MAX`]).
-pub async fn run_plug<M: RawMutex, R: Rng, Rl: Relay, Me: Meter, const Q: usize, const P: usize>(
-    mut handle: DeviceHandle<'_, '_, M, R, Q, P>,
+pub async fn run_plug<
+    M: RawMutex,
+    R: Rng,
+    Rl: Relay,
+    Me: Meter,
+    const Q: usize,
+    const P: usize,
+    const E: usize,
+    const O: usize,
+>(
+    mut handle: DeviceHandle<'_, '_, M, R, Q, P, E, O>,
     plug: &mut Plug<Rl, Me>,
 ) -> ! {
     const { assert!(P >= crate::plug::REPORT_MAX) };

@@ -5,9 +5,11 @@ use embassy_sync::blocking_mutex::raw::RawMutex;
 use embassy_time::{Duration, with_timeout};
 
 use super::handle::{ClientResources, DeviceHandle, timer_at};
+use super::liveness::Liveness;
 use super::lookup::HttpLookup;
 use super::now;
 use super::transport::Transport;
+use crate::client::{EVENT_QUEUE, OUTBOX};
 use crate::config::PACKET_BUF;
 use crate::fmt::{log_debug, log_warn};
 use crate::lookup::LookupError;
@@ -15,6 +17,11 @@ use crate::rng::Rng;
 
 /// Longest wait for a transport to connect (TCP + WebSocket upgrade), in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// What the runner promises ([`Liveness`]) for one send: the WebSocket send timeout (a UDP
+/// send only waits for room in the socket's buffer).
+const SEND_PROMISE_MS: u64 = super::ws::WS_SEND_TIMEOUT_MS;
+/// What the runner promises for closing a transport: the WebSocket close timeout.
+const CLOSE_PROMISE_MS: u64 = super::ws::WS_CLOSE_TIMEOUT_MS;
 
 /// The runner's packet buffers (2 x `PACKET_BUF` bytes), in memory the caller provides.
 pub struct RunnerBuffers {
@@ -39,24 +46,46 @@ impl Default for RunnerBuffers {
 }
 
 /// Drives the client: run [`Runner::run`] in its own task.
-pub struct Runner<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize> {
-    res: &'d ClientResources<'c, M, R, Q, P>,
+pub struct Runner<
+    'd,
+    'c,
+    M: RawMutex,
+    R: Rng,
+    T: Transport,
+    const Q: usize,
+    const P: usize,
+    const E: usize = EVENT_QUEUE,
+    const O: usize = OUTBOX,
+> {
+    res: &'d ClientResources<'c, M, R, Q, P, E, O>,
     transport: T,
     bufs: &'d mut RunnerBuffers,
     /// The client's connection id the transport is open for.
     connected: Option<u32>,
     /// Node lookups (`None`: every lookup the client asks for fails at once).
     lookup: Option<HttpLookup<'d>>,
+    /// Where the runner records how long each wait may last (for a watchdog).
+    liveness: Option<&'d Liveness>,
 }
 
 /// Splits the caller's memory into the application's handle and the runner.
-pub fn new<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>(
-    resources: &'d ClientResources<'c, M, R, Q, P>,
+pub fn new<
+    'd,
+    'c,
+    M: RawMutex,
+    R: Rng,
+    T: Transport,
+    const Q: usize,
+    const P: usize,
+    const E: usize,
+    const O: usize,
+>(
+    resources: &'d ClientResources<'c, M, R, Q, P, E, O>,
     transport: T,
     buffers: &'d mut RunnerBuffers,
 ) -> (
-    DeviceHandle<'d, 'c, M, R, Q, P>,
-    Runner<'d, 'c, M, R, T, Q, P>,
+    DeviceHandle<'d, 'c, M, R, Q, P, E, O>,
+    Runner<'d, 'c, M, R, T, Q, P, E, O>,
 ) {
     (
         DeviceHandle { res: resources },
@@ -66,18 +95,53 @@ pub fn new<'d, 'c, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: u
             bufs: buffers,
             connected: None,
             lookup: None,
+            liveness: None,
         },
     )
 }
 
-impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
-    Runner<'d, '_, M, R, T, Q, P>
+impl<
+    'd,
+    M: RawMutex,
+    R: Rng,
+    T: Transport,
+    const Q: usize,
+    const P: usize,
+    const E: usize,
+    const O: usize,
+> Runner<'d, '_, M, R, T, Q, P, E, O>
 {
     /// Lets the client ask the broker's node lookup (when its `DeviceConfig::lookup` is set)
     /// through `lookup`.
     pub fn with_lookup(mut self, lookup: HttpLookup<'d>) -> Self {
         self.lookup = Some(lookup);
         self
+    }
+
+    /// Records, before every wait, how long it may last in `liveness` (see
+    /// [`Liveness`]), so a watchdog fed while it is alive catches a runner that hangs.
+    pub fn with_liveness(mut self, liveness: &'d Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    /// The next wait lasts at most `within_ms`.
+    fn promise(&self, within_ms: u64) {
+        if let Some(l) = self.liveness {
+            l.promise(now().as_millis(), within_ms);
+        }
+    }
+
+    /// The next wait lasts until the client's deadline, or for ever without one.
+    fn promise_until(&self, deadline: Option<crate::time::Instant>) {
+        let Some(l) = self.liveness else {
+            return;
+        };
+        let now_ms = now().as_millis();
+        match deadline {
+            Some(at) => l.promise(now_ms, at.as_millis().saturating_sub(now_ms)),
+            None => l.waiting_without_deadline(),
+        }
     }
 
     /// Runs the client forever.
@@ -90,6 +154,7 @@ impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
                 self.res.app_wake.signal(());
             }
             let deadline = self.res.with(|c| c.poll_timeout());
+            self.promise_until(deadline);
             let timer = timer_at(deadline);
             let wake = self.res.runner_wake.wait();
             if self.connected.is_some() {
@@ -123,10 +188,12 @@ impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
             return;
         };
         if self.connected.is_some() {
+            self.promise(CLOSE_PROMISE_MS);
             self.transport.close().await;
             self.connected = None;
         }
         let timeout = self.res.with(|c| c.config().lookup_timeout_ms);
+        self.promise(timeout);
         let Some(lookup) = self.lookup.as_mut() else {
             self.res
                 .with(|c| c.lookup_done(req.id, Err(LookupError::NotSupported), now()));
@@ -142,6 +209,7 @@ impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
 
     async fn drop_transport(&mut self) {
         self.res.with(|c| c.transport_failed(now()));
+        self.promise(CLOSE_PROMISE_MS);
         self.transport.close().await;
         self.connected = None;
     }
@@ -155,6 +223,7 @@ impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
             (true, Some(target)) if self.connected != Some(id) => {
                 self.connected = None;
                 let endpoint = target.endpoint();
+                self.promise(CONNECT_TIMEOUT_MS);
                 let connect = self.transport.connect(&endpoint);
                 match with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
                     Ok(Ok(())) => self.connected = Some(id),
@@ -169,6 +238,7 @@ impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
                 }
             }
             (false, _) if self.connected.is_some() => {
+                self.promise(CLOSE_PROMISE_MS);
                 self.transport.close().await;
                 self.connected = None;
             }
@@ -186,6 +256,7 @@ impl<'d, M: RawMutex, R: Rng, T: Transport, const Q: usize, const P: usize>
             if self.connected.is_none() {
                 continue;
             }
+            self.promise(SEND_PROMISE_MS);
             if let Err(e) = self.transport.send(&self.bufs.tx[..n]).await {
                 log_warn!("send failed: {}", e);
                 self.drop_transport().await;

@@ -22,6 +22,8 @@ pub enum TransportError {
     Malformed,
     /// The packet does not fit the transport's buffers.
     TooLarge,
+    /// The peer stopped taking bytes: a send did not complete within its timeout.
+    Stalled,
 }
 
 impl core::fmt::Display for TransportError {
@@ -34,6 +36,7 @@ impl core::fmt::Display for TransportError {
             TransportError::Closed => "connection closed",
             TransportError::Malformed => "malformed message",
             TransportError::TooLarge => "message too large",
+            TransportError::Stalled => "peer stalled: send timed out",
         })
     }
 }

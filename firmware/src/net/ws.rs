@@ -6,9 +6,16 @@
 //! [`Transport::recv`] is cancel-safe (all state lives in the transport, none in the future).
 //! Pings are answered with Pongs, text messages are ignored, a Close ends the connection.
 //! Fragmented messages are not used by the broker and count as malformed.
+//!
+//! No path waits on a stalled peer for long: a send (a packet or a Pong) that the peer does
+//! not take within [`WS_SEND_TIMEOUT_MS`] fails with [`TransportError::Stalled`], and the
+//! closing handshake (Close frame, then TCP FIN) gets [`WS_CLOSE_TIMEOUT_MS`] before the socket
+//! is reset. Connecting is bounded by the runner (`CONNECT_TIMEOUT_MS`), receiving by the
+//! client's own timers.
 
 use embassy_net::Stack;
 use embassy_net::tcp::TcpSocket;
+use embassy_time::{Duration, with_timeout};
 use embedded_websocket::{
     WebSocketClient, WebSocketCloseStatusCode, WebSocketOptions, WebSocketReceiveMessageType,
     WebSocketSendMessageType,
@@ -29,6 +36,11 @@ pub const WS_TX_BUF: usize = PACKET_BUF + 512;
 
 /// How long TCP may stay silent before the socket gives up (ms).
 const TCP_TIMEOUT_MS: u64 = 30_000;
+/// Longest one send (a packet or a Pong) may wait for the peer to take its bytes, in ms.
+pub const WS_SEND_TIMEOUT_MS: u64 = 5_000;
+/// Longest the closing handshake (Close frame and FIN) may take before the socket is reset, in
+/// ms.
+pub const WS_CLOSE_TIMEOUT_MS: u64 = 1_000;
 
 /// Socket and framing memory of a [`WsTransport`] (about 7.4 KiB). Provide it from a `StaticCell`.
 pub struct WsBuffers {
@@ -120,6 +132,15 @@ impl<'d> WsTransport<'d> {
             }
         }
         Ok(())
+    }
+
+    /// [`write_all`](Self::write_all) within [`WS_SEND_TIMEOUT_MS`].
+    async fn send_within_timeout(&mut self, len: usize) -> Result<(), TransportError> {
+        let timeout = Duration::from_millis(WS_SEND_TIMEOUT_MS);
+        match with_timeout(timeout, self.write_all(len)).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Stalled),
+        }
     }
 
     async fn fill(&mut self) -> Result<(), TransportError> {
@@ -223,7 +244,7 @@ impl Transport for WsTransport<'_> {
                 &mut self.tx[..],
             )
             .map_err(|_| TransportError::TooLarge)?;
-        self.write_all(len).await
+        self.send_within_timeout(len).await
     }
 
     async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
@@ -258,7 +279,7 @@ impl Transport for WsTransport<'_> {
                             &mut self.tx[..],
                         )
                         .map_err(|_| TransportError::Malformed)?;
-                    self.write_all(len).await?;
+                    self.send_within_timeout(len).await?;
                 }
                 WebSocketReceiveMessageType::CloseMustReply
                 | WebSocketReceiveMessageType::CloseCompleted => {
@@ -271,15 +292,19 @@ impl Transport for WsTransport<'_> {
 
     async fn close(&mut self) {
         if self.open {
-            if let Ok(len) = self.ws.close(
-                WebSocketCloseStatusCode::NormalClosure,
-                None,
-                &mut self.tx[..],
-            ) {
-                let _ = self.write_all(len).await;
-            }
-            self.socket.close();
-            let _ = self.socket.flush().await;
+            let closing = async {
+                if let Ok(len) = self.ws.close(
+                    WebSocketCloseStatusCode::NormalClosure,
+                    None,
+                    &mut self.tx[..],
+                ) {
+                    let _ = self.write_all(len).await;
+                }
+                self.socket.close();
+                let _ = self.socket.flush().await;
+            };
+            // A peer that takes nothing gets a reset instead of a polite close.
+            let _ = with_timeout(Duration::from_millis(WS_CLOSE_TIMEOUT_MS), closing).await;
         }
         self.socket.abort();
         self.open = false;

@@ -116,6 +116,7 @@ mod tests {
             pings: u32::MAX,
             lookups: u32::MAX,
             lookup_failures: u32::MAX,
+            events_dropped: u32::MAX,
         };
         let p = PlugStats {
             commands: u32::MAX,

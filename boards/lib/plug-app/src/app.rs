@@ -4,13 +4,18 @@
 //! [`Provisioning`], a [`DualTransport`] (UDP and WebSocket endpoints, one client), the SDK's
 //! [`Runner`] in one task and [`run_plug`] over a [`Plug`] in another. All memory is in one
 //! caller-provided [`AppMemory`] (a board keeps it in a `StaticCell`).
+//!
+//! The client's sizes are chosen here, once for every board ([`UPLOADS`], [`PAYLOAD`],
+//! [`EVENTS`], [`OUTBOX`]), and so is the number of sockets the application holds on the
+//! stack ([`stack_sockets`]), which a board passes to embassy-net's `StackResources`.
 
 use embassy_executor::{SpawnError, Spawner};
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use firmware::DeviceApi;
 use firmware::net::{
-    self, ClientResources, DeviceHandle, DualTransport, HttpLookup, LookupBuffers, Runner,
-    RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport, run_plug,
+    self, ClientResources, DeviceHandle, DualTransport, HttpLookup, Liveness, LookupBuffers,
+    Runner, RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport, run_plug,
 };
 use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
 use firmware::rng::Rng;
@@ -20,24 +25,47 @@ use shared_protocol::keys::DeviceKey;
 use crate::provision::Provisioning;
 use crate::relay::DynRelay;
 
-/// Uploads held until acknowledged (the SDK's `Q`).
-pub const UPLOADS: usize = 8;
-/// Largest payload (the SDK's `P`); holds the plug's largest report.
-pub const PAYLOAD: usize = 512;
+/// Uploads held until acknowledged (the SDK's `Q`): four meter readings, one every interval,
+/// ride out a reconnect; the plug skips (and counts) readings while the queue is full.
+pub const UPLOADS: usize = 4;
+/// Largest payload (the SDK's `P`): the plug's largest report. Commands and deliveries the plug
+/// receives are far smaller.
+pub const PAYLOAD: usize = firmware::plug::REPORT_MAX;
+/// Events held for the plug application (the SDK's `E`); the plug task drains them at once.
+pub const EVENTS: usize = 4;
+/// Command results held until acknowledged (the SDK's `O`); the plug answers one command at a
+/// time.
+pub const OUTBOX: usize = 2;
+/// Sockets the application holds on the stack at once: the UDP transport's, the WebSocket
+/// transport's TCP socket (both from [`start`] on), and the node lookup's TCP socket while a
+/// lookup runs.
+pub const APP_SOCKETS: usize = 3;
+
+/// The socket count a board gives embassy-net's `StackResources`: the application's
+/// [`APP_SOCKETS`] plus the DHCP client's socket when the board's network config uses DHCP.
+/// Too few and embassy-net panics when the last socket is added.
+pub const fn stack_sockets(dhcp: bool) -> usize {
+    APP_SOCKETS + if dhcp { 1 } else { 0 }
+}
 /// Load the simulated meter reports while the relay is on, in milliwatts (these boards have no
 /// metering chip; a plug board implements `firmware::plug::Meter` over its HLW8012/BL0937).
 pub const SIMULATED_LOAD_MW: u32 = 60_000;
 
 /// The client's randomness: the board's hardware RNG behind a `'static` reference.
 pub type AppRng = &'static mut dyn Rng;
-type Transport = DualTransport<UdpTransport<'static>, WsTransport<'static>>;
-type Handle = DeviceHandle<'static, 'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD>;
-type ClientRunner = Runner<'static, 'static, NoopRawMutex, AppRng, Transport, UPLOADS, PAYLOAD>;
+/// The client's transport: UDP and WebSocket endpoints, one client.
+pub type Transport = DualTransport<UdpTransport<'static>, WsTransport<'static>>;
+type Handle =
+    DeviceHandle<'static, 'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
+type ClientRunner =
+    Runner<'static, 'static, NoopRawMutex, AppRng, Transport, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
+type Client = DeviceClient<'static, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
 
 /// Everything the client and its transports keep, in one place the board provides.
 pub struct AppMemory {
     endpoints: heapless::Vec<Endpoint<'static>, 2>,
-    resources: Option<ClientResources<'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD>>,
+    resources:
+        Option<ClientResources<'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>>,
     runner: RunnerBuffers,
     udp: UdpBuffers,
     ws: WsBuffers,
@@ -85,6 +113,29 @@ pub struct AppConfig {
     pub firmware_version: &'static str,
     /// Interval of `power` uploads, milliseconds (0 disables them).
     pub meter_interval_ms: u64,
+    /// Where the client runner records how long each wait may last, for the board's watchdog
+    /// task (`None`: a board without a watchdog).
+    pub liveness: Option<&'static Liveness>,
+    /// Why the board started (`power-on`, `watchdog`: a short name without quotes), uploaded
+    /// once as topic [`BOOT_TOPIC`] (`{"reset":"<reason>"}`) when the client first logs in;
+    /// `None`: the board cannot tell.
+    pub reset_reason: Option<&'static str>,
+}
+
+/// Upload topic of the boot report.
+pub const BOOT_TOPIC: &str = "boot";
+
+/// The boot report's payload, `{"reset":"<reason>"}`; a reason that does not fit is cut.
+fn boot_report(reason: &str) -> heapless::Vec<u8, 64> {
+    let mut report = heapless::Vec::new();
+    for part in [&b"{\"reset\":\""[..], reason.as_bytes(), &b"\"}"[..]] {
+        for byte in part {
+            if report.push(*byte).is_err() {
+                break;
+            }
+        }
+    }
+    report
 }
 
 /// Provisions the client, creates its transports on `stack` and spawns the client runner and
@@ -117,14 +168,19 @@ pub fn start(
         since_id: 0,
     };
     let ws_seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
-    let client = DeviceClient::new(device, ClientConfig::default(), rng, net::now());
+    let client: Client = DeviceClient::new(device, ClientConfig::default(), rng, net::now());
     let resources = resources.insert(ClientResources::new(client));
-    let transport = DualTransport::new(
-        UdpTransport::new(stack, udp),
-        WsTransport::new(stack, ws, ws_seed),
-    );
+    let transport = transports(stack, udp, ws, ws_seed);
     let (handle, runner) = net::new(resources, transport, runner);
-    let runner = runner.with_lookup(HttpLookup::new(stack, lookup));
+    let mut runner = runner.with_lookup(HttpLookup::new(stack, lookup));
+    if let Some(liveness) = config.liveness {
+        runner = runner.with_liveness(liveness);
+    }
+    if let Some(reason) = config.reset_reason {
+        let mut api = handle;
+        // The queue is empty at boot: this cannot be refused.
+        let _ = api.upload(BOOT_TOPIC, &boot_report(reason));
+    }
     spawner.spawn(client_task(runner)?);
     let plug = Plug::new(
         DynRelay(relay),
@@ -139,6 +195,20 @@ pub fn start(
     Ok(())
 }
 
+/// The client's transports on `stack`: the UDP socket and the WebSocket transport's TCP socket,
+/// two of the [`APP_SOCKETS`]. `ws_seed` seeds the WebSocket mask keys.
+pub fn transports(
+    stack: Stack<'static>,
+    udp: &'static mut UdpBuffers,
+    ws: &'static mut WsBuffers,
+    ws_seed: u64,
+) -> Transport {
+    DualTransport::new(
+        UdpTransport::new(stack, udp),
+        WsTransport::new(stack, ws, ws_seed),
+    )
+}
+
 #[embassy_executor::task]
 async fn client_task(mut runner: ClientRunner) -> ! {
     runner.run().await
@@ -147,4 +217,23 @@ async fn client_task(mut runner: ClientRunner) -> ! {
 #[embassy_executor::task]
 async fn plug_task(handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>) -> ! {
     run_plug(handle, &mut plug).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boot_report;
+
+    #[test]
+    fn boot_reports_are_small_json_objects() {
+        assert_eq!(
+            boot_report("power-on").as_slice(),
+            br#"{"reset":"power-on"}"#
+        );
+        assert_eq!(
+            boot_report("watchdog").as_slice(),
+            br#"{"reset":"watchdog"}"#
+        );
+        let long = "x".repeat(100);
+        assert_eq!(boot_report(&long).len(), 64, "cut, never over the buffer");
+    }
 }

@@ -22,6 +22,10 @@
 //! | `PLUG_METER_MS` | interval of `power` uploads in ms (default 60000, 0 = off) |
 //! | `PLUG_EXIT_AFTER_S` | end QEMU after this many seconds (default: run forever) |
 //!
+//! The board's watchdog starts once the record is accepted ([`WATCHDOG_MS`]) and is fed while
+//! the client runner keeps its `Liveness` promise (`board_qemu_mps2_an386::watchdog`): a hung
+//! network task resets the board. The reset reason of each boot is logged first thing.
+//!
 //! Exit codes: 0 after `PLUG_EXIT_AFTER_S`, 2 board bring-up failed, 4 bad record or options
 //! (after `PLUG_EXIT_AFTER_S` when set, idle until then), 101 panic.
 #![no_std]
@@ -30,10 +34,12 @@
 
 use core::mem::MaybeUninit;
 
+use board_qemu_mps2_an386::watchdog::{self, Watchdog};
 use board_qemu_mps2_an386::{Board, Lan9118, exit, record_region};
 use embassy_executor::Spawner;
 use embassy_net::{Runner, StackResources};
 use embassy_time::{Duration, Instant, Timer};
+use firmware::net::Liveness;
 use firmware::plug::{MemoryRelay, Relay};
 use firmware::rng::Rng;
 use plug_app::AppMemory;
@@ -48,6 +54,13 @@ const EXIT_CONFIG: i32 = 4;
 const CMDLINE_MAX: usize = 1024;
 /// Default interval of `power` uploads.
 const DEFAULT_METER_MS: u64 = 60_000;
+/// Watchdog timeout: the board resets 4-8 s after the feeding stops.
+const WATCHDOG_MS: u32 = 4_000;
+/// How often the watchdog task looks at the runner's promise.
+const FEED_PERIOD_MS: u64 = 500;
+
+/// The client runner's promise, read by the watchdog task.
+static LIVENESS: Liveness = Liveness::new();
 
 /// Words of the boot command line.
 struct Settings {
@@ -117,8 +130,15 @@ async fn net_task(mut runner: Runner<'static, Lan9118>) -> ! {
     runner.run().await
 }
 
+#[embassy_executor::task]
+async fn watchdog_task(watchdog: Watchdog) -> ! {
+    watchdog::feed_while_alive(watchdog, &LIVENESS, FEED_PERIOD_MS).await
+}
+
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
+    let reset = watchdog::take_reset_reason();
+    defmt::info!("reset reason {=str}", reset.as_str());
     let settings = Settings {
         cmdline: read_cmdline(),
     };
@@ -155,6 +175,13 @@ async fn main(spawner: Spawner) {
         stay_offline(opts.exit_after_s).await
     };
     let prov = provisioned.provisioning;
+    match Watchdog::start(WATCHDOG_MS) {
+        Ok(w) => spawner.spawn(watchdog_task(w).expect("watchdog task spawned once")),
+        Err(e) => {
+            defmt::error!("watchdog did not start: {}", e);
+            exit(EXIT_BOARD);
+        }
+    }
     // QEMU has no entropy source: everything random derives from the record's secret seed and
     // this boot's number.
     let mut boot_rng = BootRng::new(&provisioned.seed, boot);
@@ -169,7 +196,9 @@ async fn main(spawner: Spawner) {
         prov.lookup.is_some()
     );
 
-    static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
+    // The application's sockets (UDP, WebSocket, node lookup) and DHCP's.
+    const SOCKETS: usize = plug_app::app::stack_sockets(true);
+    static RESOURCES: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
     let (stack, runner) = embassy_net::new(
         board.ethernet,
         embassy_net::Config::dhcpv4(Default::default()),
@@ -194,6 +223,8 @@ async fn main(spawner: Spawner) {
     let config = AppConfig {
         firmware_version: env!("CARGO_PKG_VERSION"),
         meter_interval_ms: opts.meter_ms,
+        liveness: Some(&LIVENESS),
+        reset_reason: Some(reset.as_str()),
     };
     if let Err(e) = plug_app::start(
         spawner,

@@ -1,7 +1,8 @@
 //! The device SDK's own footprint, for `cargo xtask size`: the sans-IO client core
 //! (`firmware::DeviceClient`: handshake, secure session, reliability, upload queue, backoff)
-//! and the plug application (`firmware::plug::Plug`), with `Q` = 8 uploads of `P` = 512
-//! bytes as the boards use, but **no network stack** (no embassy-net, no transports, no
+//! and the plug application (`firmware::plug::Plug`), with the sizes every board's plug
+//! application chooses (`plug_app::app`: uploads `Q`, payload `P`, events `E`, outbox `O`), but
+//! **no network stack** (no embassy-net, no transports, no
 //! executor): the driver loop below feeds the core by hand.
 //!
 //! The binary also carries what any program on this board carries (cortex-m-rt's vector
@@ -25,17 +26,14 @@ use firmware::plug::{MemoryRelay, Plug, PlugConfig, SimulatedMeter};
 use firmware::rng::SplitMix64;
 use firmware::time::Instant;
 use firmware::{ClientConfig, ConnectionState, DeviceClient, DeviceConfig, Endpoint};
+use plug_app::app::{EVENTS, OUTBOX, PAYLOAD, UPLOADS};
 use shared_protocol::keys::DeviceKey;
 use static_cell::StaticCell;
 
-/// Uploads held (the boards' `Q`).
-const Q: usize = 8;
-/// Largest payload (the boards' `P`).
-const P: usize = 512;
 /// Simulated time the loop covers, milliseconds.
 const RUN_MS: u64 = 120_000;
 
-type Client = DeviceClient<'static, SplitMix64, Q, P>;
+type Client = DeviceClient<'static, SplitMix64, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
 
 static ENDPOINTS: StaticCell<[Endpoint<'static>; 1]> = StaticCell::new();
 static CLIENT: StaticCell<Client> = StaticCell::new();

@@ -1,0 +1,89 @@
+//! `cargo xtask qemu-watchdog`: the QEMU board's watchdog catches a hung task and the next
+//! boot knows why it started.
+//!
+//! Builds `boards/qemu-mps2-an386`'s `watchdog-probe` and boots it under QEMU with no network.
+//! The probe (see its module docs) feeds the board's CMSDK watchdog while a worker task makes
+//! progress, then hangs the worker; the watchdog resets the board (QEMU reboots it in the same
+//! process), and the second boot checks that its reset reason is `watchdog` and that the first
+//! boot had reached the hang. Exit status 0 passes; anything else, or no exit within
+//! [`TIMEOUT`], fails.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cross::{
+    CrossEnv, QEMU_BOARD, cross_target_dir, kill_group, placeholder_env, print_log,
+};
+use crate::shell::{project_root, run_command};
+
+/// The probe binary.
+const PROBE_BIN: &str = "watchdog-probe";
+/// The board's target, for the ELF path.
+const TARGET: &str = "thumbv7em-none-eabihf";
+/// Longest the two boots may take together.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `cargo xtask qemu-watchdog` (no arguments).
+pub fn run(args: &[String]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err("qemu-watchdog takes no arguments".into());
+    }
+    let env = CrossEnv::setup()?;
+    let board = project_root().join("boards").join(QEMU_BOARD);
+    let target_dir = cross_target_dir();
+    let mut build = env.cargo(&board, &target_dir);
+    build.args(["build", "--release", "--locked", "--bin", PROBE_BIN]);
+    placeholder_env(&mut build);
+    run_command(&mut build)?;
+    let elf = target_dir.join(TARGET).join("release").join(PROBE_BIN);
+
+    let runner = board.join("run-qemu.sh");
+    eprintln!("$ QEMU_NIC=none {} {}", runner.display(), elf.display());
+    let started = Instant::now();
+    let mut child = Command::new(&runner)
+        .arg(&elf)
+        .env("QEMU_NIC", "none")
+        .current_dir(&board)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", runner.display()))?;
+    let mut stdout = child.stdout.take().ok_or("QEMU stdout not captured")?;
+    let log_reader = thread::spawn(move || {
+        let mut log = Vec::new();
+        let _ = stdout.read_to_end(&mut log);
+        log
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if started.elapsed() > TIMEOUT => {
+                kill_group(child.id());
+                let _ = child.wait();
+                break Err(format!("QEMU still running after {TIMEOUT:?}; killed"));
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(e) => break Err(format!("waiting for QEMU: {e}")),
+        }
+    };
+    let log = log_reader.join().unwrap_or_default();
+    print_log(&log);
+    let status = status?;
+    eprintln!(
+        "qemu-watchdog: both boots in {:.2} s",
+        started.elapsed().as_secs_f32()
+    );
+    match status.code() {
+        Some(0) => {
+            eprintln!("qemu-watchdog: pass (hang caught, reset reason `watchdog`)");
+            Ok(())
+        }
+        Some(1) => Err("the watchdog reset the board while it was fed".into()),
+        Some(2) => Err("the watchdog did not start".into()),
+        Some(3) => Err("the worker hung but the watchdog did not reset the board".into()),
+        other => Err(format!("watchdog-probe ended with {other:?}")),
+    }
+}
