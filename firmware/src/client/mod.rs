@@ -188,9 +188,21 @@ pub struct DeviceClient<'c, R: Rng, const Q: usize, const P: usize> {
     outbox: Outbox<P>,
     events: Deque<Event<P>, EVENT_QUEUE>,
     since: SinceTracker,
+    /// This boot's upload epoch: drawn once in [`DeviceClient::new`], sent on every login.
+    upload_epoch: u64,
     next_req_id: u32,
     goodbye_pending: Option<Online>,
     stats: Stats,
+}
+
+/// 64 bits from `rng`, drawn again while they are 0 (the protocol forbids epoch 0).
+fn draw_upload_epoch<R: Rng>(rng: &mut R) -> u64 {
+    loop {
+        let epoch = (u64::from(rng.next_u32()) << 32) | u64::from(rng.next_u32());
+        if epoch != 0 {
+            return epoch;
+        }
+    }
 }
 
 fn payload_copy<const P: usize>(bytes: &[u8]) -> Option<Vec<u8, P>> {
@@ -203,6 +215,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
     pub fn new(device: DeviceConfig<'c>, config: ClientConfig, mut rng: R, now: Instant) -> Self {
         const { assert!(P <= shared_protocol::limits::MAX_PAYLOAD) };
         let first_upload_id = rng.next_u32();
+        let upload_epoch = draw_upload_epoch(&mut rng);
         let since = SinceTracker::new(device.since_id);
         let lookup_due = device.lookup.is_some();
         DeviceClient {
@@ -221,6 +234,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
             outbox: Outbox::new(),
             events: Deque::new(),
             since,
+            upload_epoch,
             next_req_id: 1,
             goodbye_pending: None,
             stats: Stats::default(),
@@ -340,6 +354,13 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
     /// The highest message id the client will report at its next login.
     pub fn since_id(&self) -> u64 {
         self.since.since_id()
+    }
+
+    /// This boot's upload epoch (docs/protocol.md section 4, "Upload semantics"): 64 random
+    /// bits, never 0, drawn when the client was created and sent on every login, so an upload
+    /// resent after a reconnect keeps its de-duplication key and a new boot never reuses one.
+    pub fn upload_epoch(&self) -> u64 {
+        self.upload_epoch
     }
 
     /// Uploads waiting for acknowledgement.
@@ -550,6 +571,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize> DeviceClient<'c, R, Q, P> {
             Address::device(self.device.device_id),
             self.device.key.clone(),
             self.since.since_id(),
+            self.upload_epoch,
         );
         let mut nonce = [0u8; 16];
         self.rng.fill_bytes(&mut nonce);
