@@ -105,7 +105,7 @@ async fn login_accepted_at_a_is_refused_at_b(
             buf
         }
     };
-    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), 0);
+    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), 0, 1);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(broker::router::now_ms(), rand::random(), &mut out)
@@ -537,7 +537,10 @@ async fn two_comets_two_msgbus_two_rabbits() {
         keys.len(),
         unique.len()
     );
-    let want: BTreeSet<String> = (1..41).map(|i| format!("42:{i}")).collect();
+    // `plug` logged in with comet_support's UPLOAD_EPOCH (one boot).
+    let want: BTreeSet<String> = (1..41)
+        .map(|i| format!("42:{UPLOAD_EPOCH:016x}:{i}"))
+        .collect();
     assert_eq!(
         unique, want,
         "every acknowledged upload exactly once after dedup"

@@ -260,18 +260,19 @@ async fn malformed_datagrams_change_nothing() {
     let b = TestBroker::start(IdProfile::Plug).await;
     let mut dev = login(Wire::udp(b.udp()).await, 41, 0).await.unwrap();
     let sid = dev.welcome.session_id.to_le_bytes();
+    const V: u8 = shared_protocol::limits::PROTOCOL_VERSION;
     let mut junk: Vec<Vec<u8>> = vec![
         vec![],
-        vec![2],
+        vec![V],
         vec![9, 1, 0, 0],
-        vec![2, 0x01, 0, 7],    // short HELLO: dropped (no amplification)
-        vec![2, 0x03, 1, 2, 3], // broken LOGIN: REJECT MALFORMED, 5 bytes like the LOGIN
-        vec![2, 0x10, 0, 0, 0, 0, 0, 0], // truncated DATA
-        [vec![2, 0x77], vec![0; 40]].concat(), // unknown type
+        vec![V, 0x01, 0, 7],    // short HELLO: dropped (no amplification)
+        vec![V, 0x03, 1, 2, 3], // broken LOGIN: REJECT MALFORMED, 5 bytes like the LOGIN
+        vec![V, 0x10, 0, 0, 0, 0, 0, 0], // truncated DATA
+        [vec![V, 0x77], vec![0; 40]].concat(), // unknown type
         vec![0xAB; 1500],       // oversized
     ];
     let mut forged = vec![
-        2, 0x10, sid[0], sid[1], sid[2], sid[3], 9, 0, 0, 0, 0, 0, 0, 0,
+        V, 0x10, sid[0], sid[1], sid[2], sid[3], 9, 0, 0, 0, 0, 0, 0, 0,
     ];
     forged.extend([0u8; 40]);
     junk.push(forged);

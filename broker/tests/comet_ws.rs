@@ -124,7 +124,8 @@ async fn oversized_and_garbage_messages_close_only_their_connection() {
     let b = TestBroker::start(IdProfile::Plug).await;
     let mut dev = login(Wire::ws(&b.device_ws()).await, 15, 0).await.unwrap();
     // Garbage binary messages are ignored; the session lives on.
-    for junk in [vec![], vec![2, 0x10, 1, 2], vec![0xFF; 100]] {
+    let v = shared_protocol::limits::PROTOCOL_VERSION;
+    for junk in [vec![], vec![v, 0x10, 1, 2], vec![0xFF; 100]] {
         dev.wire.send(&junk).await;
     }
     dev.send(Body::Ping).await;

@@ -40,6 +40,7 @@ fn login(a: Address, since_id: u64) -> Login {
         transport: Transport::Udp,
         peer: "127.0.0.1:9".parse().unwrap(),
         since_id,
+        upload_epoch: 1,
     }
 }
 
@@ -327,7 +328,7 @@ async fn uploads_survive_reopening_the_store() {
     for i in 1..=3u32 {
         let r = running
             .router
-            .upload(d, i, "energy", bytes::Bytes::from(format!("wh={i}")))
+            .upload(d, 0xe1, i, "energy", bytes::Bytes::from(format!("wh={i}")))
             .await
             .unwrap();
         assert!(!r.duplicate);
@@ -345,6 +346,8 @@ async fn uploads_survive_reopening_the_store() {
         json!({"kind": "device", "id": 11})
     );
     assert_eq!(page["uploads"][0]["topic"], "energy");
+    assert_eq!(page["uploads"][0]["upload_epoch"], "00000000000000e1");
+    assert_eq!(page["uploads"][0]["dedup_key"], "11:00000000000000e1:1");
     assert_eq!(page["uploads"][0]["payload"], B64.encode("wh=1"));
     let next = page["next"].as_u64().unwrap();
     let (_, page) = api.get(&format!("/v1/uploads?after={next}")).await;

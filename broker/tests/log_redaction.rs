@@ -123,7 +123,8 @@ async fn trace_logs_hold_no_payload_token_or_key() {
         use shared_protocol::keys::DeviceKey;
         use shared_protocol::limits::MAX_PACKET;
         let mut wire = ws_wire;
-        let mut hs = ClientHandshake::new(Address::device(WS_DEVICE), DeviceKey(WS_DEVICE_KEY), 0);
+        let mut hs =
+            ClientHandshake::new(Address::device(WS_DEVICE), DeviceKey(WS_DEVICE_KEY), 0, 1);
         let mut out = [0u8; MAX_PACKET];
         let hello = hs
             .start(broker::router::now_ms(), rand::random(), &mut out)

@@ -65,7 +65,7 @@ struct Captured {
 
 /// Runs HELLO -> CHALLENGE for device `id` against `broker` and builds the LOGIN (not sent).
 async fn capture_login(dev: &Udp, broker: SocketAddr, id: u32, since_id: u64) -> Captured {
-    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), since_id);
+    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), since_id, 1);
     let mut out = [0u8; MAX_PACKET];
     let nonce: [u8; 16] = rand::random();
     let hello = hs
@@ -121,7 +121,7 @@ async fn a_captured_udp_login_is_refused_by_other_brokers_after_restart_and_when
     assert_eq!(dev.ask(a.udp(), &login, SILENCE).await, None);
     assert!(a.counted("reason=\"duplicate\""), "counted");
     // The same challenge with another since_id (another proof): REPLAY.
-    let mut other = ClientHandshake::new(Address::device(61), device_key(61), 5);
+    let mut other = ClientHandshake::new(Address::device(61), device_key(61), 5, 1);
     other.start(0, nonce, &mut out).unwrap();
     let mut ch = challenge.clone();
     let ClientEvent::Send(login5) = other.on_packet(&mut ch, &mut out).unwrap() else {
@@ -162,7 +162,7 @@ async fn a_login_captured_on_a_device_websocket_is_refused_by_another_broker() {
     let a = TestBroker::start(IdProfile::Plug).await;
     let b = TestBroker::start(IdProfile::Plug).await;
     let mut wire = Wire::ws(&a.device_ws()).await;
-    let mut hs = ClientHandshake::new(Address::device(62), device_key(62), 0);
+    let mut hs = ClientHandshake::new(Address::device(62), device_key(62), 0, 1);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(broker::router::now_ms(), rand::random(), &mut out)
@@ -205,11 +205,11 @@ async fn the_udp_endpoint_never_answers_with_more_bytes_than_it_got() {
         .expect("REJECT");
     assert_eq!(answer.len(), 5);
     assert_eq!(reject_code(&answer), Code::UNSUPPORTED_VERSION);
-    assert_eq!(Reject::decode(&answer).unwrap().max_version, 2);
+    assert_eq!(Reject::decode(&answer).unwrap().max_version, 3);
     // A truncated LOGIN: 4 bytes get nothing, 5 bytes get REJECT MALFORMED.
-    assert_eq!(dev.ask(b.udp(), &[2, 0x03, 0, 0x2a], SILENCE).await, None);
+    assert_eq!(dev.ask(b.udp(), &[3, 0x03, 0, 0x2a], SILENCE).await, None);
     let answer = dev
-        .ask(b.udp(), &[2, 0x03, 0, 0x2a, 0], ANSWER)
+        .ask(b.udp(), &[3, 0x03, 0, 0x2a, 0], ANSWER)
         .await
         .expect("REJECT");
     assert_eq!(answer.len(), 5);

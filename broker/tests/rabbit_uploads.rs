@@ -72,9 +72,11 @@ fn spool(dir: &std::path::Path) -> Arc<dyn UploadSpool> {
     .unwrap()
 }
 
+/// Upload `n`: one of seven devices, in one of five boots (upload epochs), upload id `n`.
 fn upload(n: u32) -> Upload {
     Upload {
         device: Address::device(1000 + n % 7),
+        upload_epoch: 0x8000_0000_0000_0000 | u64::from(n % 5),
         upload_id: n,
         topic: if n.is_multiple_of(2) {
             "power"
@@ -91,6 +93,10 @@ fn upload(n: u32) -> Upload {
 #[derive(Debug)]
 struct Got {
     key: String,
+    /// The `upload_epoch` header.
+    epoch: String,
+    /// The AMQP message id.
+    message_id: String,
     routing_key: String,
     data: Vec<u8>,
     from_spool: bool,
@@ -124,6 +130,13 @@ async fn drain_queue(url: &str, queue: &str) -> Vec<Got> {
         let h = d.properties.headers().clone().unwrap_or_default();
         out.push(Got {
             key: header_str(&h, "dedup_key").unwrap_or_default(),
+            epoch: header_str(&h, "upload_epoch").unwrap_or_default(),
+            message_id: d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
             routing_key: d.routing_key.to_string(),
             data: d.data.clone(),
             from_spool: matches!(
@@ -212,8 +225,10 @@ async fn confirmed_uploads_are_consumed_exactly_with_headers_and_routing() {
     let expect: BTreeSet<String> = (0..total).map(|n| upload(n).dedup_key()).collect();
     assert_eq!(keys, expect);
     for g in &got {
-        let n: u32 = g.key.split(':').nth(1).unwrap().parse().unwrap();
+        let n: u32 = g.key.split(':').nth(2).unwrap().parse().unwrap();
         let u = upload(n);
+        assert_eq!(g.epoch, format!("{:016x}", u.upload_epoch));
+        assert_eq!(g.message_id, g.key);
         assert_eq!(g.data, u.payload.to_vec());
         assert_eq!(g.routing_key, format!("upload.{}", u.topic));
         assert!(g.persistent && !g.from_spool);
@@ -278,7 +293,69 @@ async fn uploads_spool_while_no_node_is_healthy_then_drain_in_order() {
         "spool published in order, then the direct one"
     );
     assert!(got[..60].iter().all(|g| g.from_spool && g.persistent));
+    // The spool kept each upload's epoch: the forwarded headers carry it.
+    for (n, g) in got.iter().enumerate() {
+        assert_eq!(g.epoch, format!("{:016x}", upload(n as u32).upload_epoch));
+    }
     assert!(!got[60].from_spool);
+    sink.shutdown().await;
+    delete_topology(&url1, &cfg).await;
+}
+
+/// A device that restarts reuses its upload ids; its new boot's epoch keeps the keys apart: the
+/// queue holds every genuine reading under its own `dedup_key`
+/// (`<device id>:<epoch hex>:<upload id>`), with the epoch also in the `upload_epoch` header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_of_two_boots_with_the_same_ids_get_distinct_dedup_keys() {
+    let _serial = RABBIT_NODES.lock().await;
+    let (url1, _) = urls();
+    let cfg = config("epochs");
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, nodes) = static_nodes(vec![url1.clone()]);
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()))
+        .await
+        .unwrap();
+    let device = Address::device(4242);
+    let boots = [0x0000_0000_0000_0001_u64, 0xdead_beef_0000_0002];
+    for epoch in boots {
+        for id in 1..=3u32 {
+            let up = Upload {
+                device,
+                upload_epoch: epoch,
+                upload_id: id,
+                topic: "power".into(),
+                payload: Bytes::from(format!("{epoch:x}/{id}")),
+                received_at_ms: 1_700_000_000_000,
+            };
+            assert_eq!(sink.publish(up).await.unwrap(), Delivered::Confirmed);
+        }
+    }
+    let got = drain_queue(&url1, &cfg.upload_queue).await;
+    let keys: Vec<&str> = got.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "4242:0000000000000001:1",
+            "4242:0000000000000001:2",
+            "4242:0000000000000001:3",
+            "4242:deadbeef00000002:1",
+            "4242:deadbeef00000002:2",
+            "4242:deadbeef00000002:3",
+        ]
+    );
+    let epochs: Vec<&str> = got.iter().map(|g| g.epoch.as_str()).collect();
+    assert_eq!(
+        epochs,
+        [
+            "0000000000000001",
+            "0000000000000001",
+            "0000000000000001",
+            "deadbeef00000002",
+            "deadbeef00000002",
+            "deadbeef00000002",
+        ]
+    );
+    assert!(got.iter().all(|g| g.message_id == g.key));
     sink.shutdown().await;
     delete_topology(&url1, &cfg).await;
 }

@@ -42,7 +42,7 @@ async fn app_close_code(app: &mut App) -> Option<u16> {
 /// A new device login over UDP gets no CHALLENGE (and so cannot log in).
 async fn udp_hello_is_unanswered(b: &Started) -> bool {
     let mut wire = Wire::udp(b.udp).await;
-    let mut hs = ClientHandshake::new(Address::device(99), comet_support::device_key(99), 0);
+    let mut hs = ClientHandshake::new(Address::device(99), comet_support::device_key(99), 0, 1);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(broker::router::now_ms(), rand::random(), &mut out)

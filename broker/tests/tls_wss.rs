@@ -119,7 +119,7 @@ async fn app_and_device_log_in_over_wss_and_plain_ws_does_not() {
         .await
         .unwrap();
     let key = derive_device_key(&MasterKey(MASTER), 42);
-    let mut hs = ClientHandshake::new(Address::device(42), key, 0);
+    let mut hs = ClientHandshake::new(Address::device(42), key, 0, 1);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs.start(0, rand::random(), &mut out).unwrap().to_vec();
     ws.send(Message::Binary(hello.into())).await.unwrap();

@@ -73,8 +73,12 @@ pub struct Upload {
     pub cursor: u64,
     /// Who sent it.
     pub device: Address,
+    /// The upload epoch of the boot that sent it.
+    pub upload_epoch: u64,
     /// The device's upload id.
     pub upload_id: u32,
+    /// The key consumers drop duplicates by (`<device id>:<epoch hex>:<upload id>`).
+    pub dedup_key: String,
     /// Topic.
     pub topic: String,
     /// Payload (decoded from base64).
@@ -102,7 +106,9 @@ struct RawReply {
 struct RawUpload {
     cursor: u64,
     device: Address,
+    upload_epoch: String,
     upload_id: u32,
+    dedup_key: String,
     topic: String,
     payload: String,
 }
@@ -201,7 +207,9 @@ impl Api {
             uploads.push(Upload {
                 cursor: u.cursor,
                 device: u.device,
+                upload_epoch: epoch_hex(&u.upload_epoch)?,
                 upload_id: u.upload_id,
+                dedup_key: u.dedup_key,
                 topic: u.topic,
                 payload: base64("uploads", &u.payload)?,
             });
@@ -240,6 +248,18 @@ async fn decode<T: serde::de::DeserializeOwned>(
         what: what.into(),
         reason: format!("{e}: {body}"),
     })
+}
+
+/// An upload epoch as the API writes it: 16 lower-case hex digits.
+fn epoch_hex(text: &str) -> Result<u64, ApiError> {
+    let bad = || ApiError::Body {
+        what: "uploads".into(),
+        reason: format!("upload_epoch {text:?} is not 16 hex digits"),
+    };
+    if text.len() != 16 {
+        return Err(bad());
+    }
+    u64::from_str_radix(text, 16).map_err(|_| bad())
 }
 
 fn base64(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {

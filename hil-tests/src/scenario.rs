@@ -1,8 +1,9 @@
 //! The scenario every rig runs, once per transport, against the broker's HTTP API only (what
 //! an app backend sees): the board logs in over the expected transport, answers `relay.set`
 //! and `relay.get` sent through the API, and its `relay` and `power` uploads are readable from
-//! the upload spool with a cursor. Each step is one JUnit test case; after a failed step the
-//! rest are skipped (they depend on it).
+//! the upload spool with a cursor (all under the boot's one upload epoch, no dedup key twice).
+//! Each step is one JUnit test case; after a failed step the rest are skipped (they depend on
+//! it).
 
 use std::time::{Duration, Instant};
 
@@ -198,6 +199,9 @@ async fn uploads(t: &Target<'_>) -> StepResult {
     let mut power = None;
     let mut boot = None;
     let mut seen = 0usize;
+    // One boot since the cursor: one upload epoch, and no two uploads with one dedup key.
+    let mut epochs = std::collections::BTreeSet::new();
+    let mut keys = std::collections::HashSet::new();
     let deadline = Instant::now() + UPLOAD_TIMEOUT;
     loop {
         let page = t
@@ -207,6 +211,10 @@ async fn uploads(t: &Target<'_>) -> StepResult {
             .map_err(|e| e.to_string())?;
         for u in page.uploads.iter().filter(|u| from_device(u, t.device_id)) {
             seen += 1;
+            epochs.insert(u.upload_epoch);
+            if !keys.insert(u.dedup_key.clone()) {
+                return Err(format!("two uploads with dedup_key {}", u.dedup_key));
+            }
             match u.topic.as_str() {
                 "relay" if relay_state(&u.payload) == Some(true) => {
                     relay_on = relay_on.or(Some(u.cursor))
@@ -233,6 +241,11 @@ async fn uploads(t: &Target<'_>) -> StepResult {
         }
         let boot_done = boot.is_some() || !t.reports_reset_reason;
         if let (Some(r), Some((p, payload)), true) = (&relay_on, &power, boot_done) {
+            if epochs.len() != 1 || epochs.contains(&0) {
+                return Err(format!(
+                    "one boot should upload under one nonzero epoch, saw {epochs:x?}"
+                ));
+            }
             return Ok(format!(
                 "{seen} uploads from device {}; relay on at cursor {r}, power at cursor {p}: {payload}; boot report: {}",
                 t.device_id,

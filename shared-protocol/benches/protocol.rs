@@ -116,6 +116,7 @@ fn handshake(c: &mut Criterion) {
                     Address::device(4242),
                     derive_device_key(&MASTER, 4242),
                     0,
+                    0x5eed,
                 );
                 let mut hello = [0u8; 256];
                 let hello = client.start(1000, [0x33; 16], &mut hello).unwrap().to_vec();

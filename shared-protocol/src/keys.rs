@@ -228,10 +228,13 @@ pub struct ProofInput {
     pub cookie: [u8; KEY_LEN],
     /// The device's since-id (highest delivered message id it has).
     pub since_id: u64,
+    /// The device's upload epoch (per boot; see [`crate::packet::Login::upload_epoch`]).
+    pub upload_epoch: u64,
 }
 
 /// `proof = HMAC-SHA256(device_key, "plugcloud-login-v1" || version (1) || kind (1) || id (4 LE) ||
-/// client_nonce (16) || timestamp_ms (8 LE) || cookie (32) || since_id (8 LE))`.
+/// client_nonce (16) || timestamp_ms (8 LE) || cookie (32) || since_id (8 LE) ||
+/// upload_epoch (8 LE))`.
 pub fn compute_proof(key: &DeviceKey, input: &ProofInput) -> Mac32 {
     let mut mac = hmac(&key.0);
     mac.update(LOGIN_LABEL);
@@ -241,6 +244,7 @@ pub fn compute_proof(key: &DeviceKey, input: &ProofInput) -> Mac32 {
     mac.update(&input.timestamp_ms.to_le_bytes());
     mac.update(&input.cookie);
     mac.update(&input.since_id.to_le_bytes());
+    mac.update(&input.upload_epoch.to_le_bytes());
     finish(mac)
 }
 
@@ -400,6 +404,7 @@ mod tests {
             timestamp_ms: 99,
             cookie: [2; 32],
             since_id: 3,
+            upload_epoch: 9,
         };
         let p = compute_proof(&key, &input);
         assert!(verify_proof(&key, &input, &p.0));
@@ -409,6 +414,11 @@ mod tests {
             ..input
         };
         assert!(!verify_proof(&key, &other, &p.0));
+        let other_epoch = ProofInput {
+            upload_epoch: 10,
+            ..input
+        };
+        assert!(!verify_proof(&key, &other_epoch, &p.0));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Compile-time assertions at the end check that the largest possible frame fits in one packet.
 
 /// Protocol version spoken by this crate (byte 0 of every packet).
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest packet (UDP datagram / WebSocket binary message), in bytes.
 pub const MAX_PACKET: usize = 1200;

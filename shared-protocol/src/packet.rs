@@ -82,7 +82,7 @@ pub enum PacketError {
     Malformed,
     /// Bytes left after the body of a CHALLENGE, LOGIN or REJECT.
     TrailingBytes,
-    /// A field value out of its range (`since_id` above 2^53 - 1).
+    /// A field value out of its range (`since_id` above 2^53 - 1, `upload_epoch` 0).
     OutOfRange,
     /// DATA or WELCOME with `session_id` 0.
     InvalidSessionId,
@@ -132,8 +132,8 @@ pub enum EncodeError {
     BufferTooSmall,
     /// The packet would exceed [`MAX_PACKET`].
     TooLarge,
-    /// A field is out of its range (session_id 0, counter >= 2^48, since_id > 2^53 - 1, a sealed
-    /// part shorter than a tag plus the smallest frame).
+    /// A field is out of its range (session_id 0, counter >= 2^48, since_id > 2^53 - 1,
+    /// upload_epoch 0, a sealed part shorter than a tag plus the smallest frame).
     OutOfRange,
 }
 
@@ -204,8 +204,18 @@ pub struct Login {
     pub cookie: [u8; 32],
     /// Highest message id the device already has (0: none); at most 2^53 - 1.
     pub since_id: u64,
+    /// The device's upload epoch: drawn once per boot, never 0, the same on every login of that
+    /// boot; the broker keys upload de-duplication on (device, epoch, upload id) (section 4).
+    pub upload_epoch: u64,
     /// HMAC proof of the device key (section 3).
     pub proof: [u8; 32],
+}
+
+impl Login {
+    /// Whether `since_id` is at most 2^53 - 1 and `upload_epoch` is not 0.
+    pub const fn fields_in_range(&self) -> bool {
+        self.since_id <= MAX_MSG_ID && self.upload_epoch != 0
+    }
 }
 
 /// REJECT body (broker -> device). Unauthenticated: advisory only.
@@ -400,7 +410,7 @@ impl<'a> Packet<'a> {
             PacketType::Challenge => take_all(body).map(Packet::Challenge),
             PacketType::Login => {
                 let login: Login = take_all(body)?;
-                if login.since_id > MAX_MSG_ID {
+                if !login.fields_in_range() {
                     return Err(PacketError::OutOfRange);
                 }
                 Ok(Packet::Login(login))
@@ -443,7 +453,7 @@ impl<'a> Packet<'a> {
             }
             Packet::Challenge(b) => put(PacketType::Challenge, b, buf)?,
             Packet::Login(b) => {
-                if b.since_id > MAX_MSG_ID {
+                if !b.fields_in_range() {
                     return Err(EncodeError::OutOfRange);
                 }
                 put(PacketType::Login, b, buf)?
@@ -547,7 +557,7 @@ mod tests {
         let mut buf = [0xAAu8; MAX_PACKET];
         let bytes = hello().encode(&mut buf).unwrap();
         assert_eq!(bytes.len(), HELLO_MIN_LEN);
-        assert_eq!(&bytes[..4], &[2, 0x01, 0x00, 42]);
+        assert_eq!(&bytes[..4], &[3, 0x01, 0x00, 42]);
         assert!(bytes[4 + 16..].iter().all(|&b| b == 0));
         assert_eq!(Hello::decode(bytes), Ok(hello()));
     }
@@ -582,7 +592,7 @@ mod tests {
                 packet_type: 1
             })
         );
-        assert_eq!(peek_header(&[2, 9]), Err(PacketError::UnknownType(9)));
+        assert_eq!(peek_header(&[3, 9]), Err(PacketError::UnknownType(9)));
         assert_eq!(
             peek_header(&[1u8; MAX_PACKET + 1]),
             Err(PacketError::TooLarge)
@@ -601,12 +611,12 @@ mod tests {
     fn reject_and_challenge_refuse_trailing_bytes() {
         let r = Reject {
             code: Code::SERVER_BUSY,
-            max_version: 2,
+            max_version: 3,
             retry_after_ms: 5000,
         };
         let mut buf = [0u8; 64];
         let n = r.encode(&mut buf).unwrap().len();
-        assert_eq!(&buf[..n], &[2, 4, 33, 2, 0x88, 0x27]);
+        assert_eq!(&buf[..n], &[3, 4, 33, 3, 0x88, 0x27]);
         assert_eq!(Reject::decode(&buf[..n]), Ok(r));
         assert_eq!(
             Reject::decode(&buf[..n + 1]),
@@ -627,12 +637,39 @@ mod tests {
             timestamp_ms: 1,
             cookie: [2; 32],
             since_id: MAX_MSG_ID,
+            upload_epoch: u64::MAX,
             proof: [3; 32],
         };
         let mut buf = [0u8; 200];
         let n = login.encode(&mut buf).unwrap().len();
         assert_eq!(Login::decode(&buf[..n]), Ok(login));
         login.since_id = MAX_MSG_ID + 1;
+        assert_eq!(login.encode(&mut buf), Err(EncodeError::OutOfRange));
+    }
+
+    #[test]
+    fn login_upload_epoch_zero_is_refused_both_ways() {
+        let mut login = Login {
+            address: Address::device(1),
+            client_nonce: [1; 16],
+            timestamp_ms: 1,
+            cookie: [2; 32],
+            since_id: 5,
+            upload_epoch: 1,
+            proof: [3; 32],
+        };
+        let mut buf = [0u8; 200];
+        let n = login.encode(&mut buf).unwrap().len();
+        // The epoch is the varint right before the 32 proof bytes: 1 -> 0 makes it 0 on the wire.
+        assert_eq!(buf[n - 33], 1);
+        buf[n - 33] = 0;
+        assert_eq!(Login::decode(&buf[..n]), Err(PacketError::OutOfRange));
+        assert_eq!(
+            PacketError::OutOfRange.code(),
+            Code::MALFORMED,
+            "an out-of-range LOGIN is answered MALFORMED"
+        );
+        login.upload_epoch = 0;
         assert_eq!(login.encode(&mut buf), Err(EncodeError::OutOfRange));
     }
 
@@ -646,7 +683,7 @@ mod tests {
         h.emit(&mut pkt).unwrap();
         assert_eq!(
             &pkt[..DATA_HEADER_LEN],
-            &[2, 0x10, 1, 2, 3, 4, 2, 1, 0, 0, 0, 0, 0, 0]
+            &[3, 0x10, 1, 2, 3, 4, 2, 1, 0, 0, 0, 0, 0, 0]
         );
         let (parsed, sealed) = DataHeader::parse(&pkt).unwrap();
         assert_eq!(parsed, h);
@@ -696,7 +733,7 @@ mod tests {
         };
         let mut pkt = [0u8; WELCOME_HEADER_LEN + TAG_LEN + MIN_FRAME];
         h.emit(&mut pkt).unwrap();
-        assert_eq!(&pkt[..6], &[2, 0x05, 1, 2, 3, 4]);
+        assert_eq!(&pkt[..6], &[3, 0x05, 1, 2, 3, 4]);
         assert_eq!(&pkt[6..WELCOME_HEADER_LEN], &[0xc0; 16]);
         let (parsed, sealed) = WelcomeHeader::parse(&pkt).unwrap();
         assert_eq!(parsed, h);

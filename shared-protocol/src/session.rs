@@ -422,7 +422,7 @@ mod tests {
         let mut pkt = [0u8; 64];
         let n = d.seal(b"hello", &mut pkt).unwrap();
         assert_eq!(n, 5 + OVERHEAD);
-        assert_eq!(&pkt[..6], &[2, 0x10, 4, 3, 2, 1]);
+        assert_eq!(&pkt[..6], &[3, 0x10, 4, 3, 2, 1]);
         assert_eq!(&pkt[6..14], &[0; 8]);
         let mut out = [0u8; 64];
         assert_eq!(b.open(&pkt[..n], &mut out).unwrap(), b"hello");
@@ -523,7 +523,7 @@ mod tests {
         let mut pkt = [0u8; 64];
         let n = b.seal_welcome(&[9; 16], &frame, &mut pkt).unwrap();
         assert_eq!(n, WELCOME_HEADER_LEN + 4 + TAG_LEN);
-        assert_eq!(&pkt[..6], &[2, 0x05, 4, 3, 2, 1]);
+        assert_eq!(&pkt[..6], &[3, 0x05, 4, 3, 2, 1]);
         assert_eq!(&pkt[6..22], &[9; 16]);
         // Only as the first packet, and the next DATA packet is counter 1.
         assert_eq!(

@@ -46,7 +46,12 @@ fn record(id: u32, last: Option<u64>) -> Option<TerminalRecord> {
 
 /// Runs HELLO -> CHALLENGE -> LOGIN for device `id`; returns the client and the LOGIN bytes.
 fn until_login(id: u32, now: u64) -> (ClientHandshake, Vec<u8>) {
-    let mut client = ClientHandshake::new(Address::device(id), derive_device_key(&MASTER, id), 7);
+    let mut client = ClientHandshake::new(
+        Address::device(id),
+        derive_device_key(&MASTER, id),
+        7,
+        0xe90c,
+    );
     let mut hello = [0u8; 256];
     let hello = client.start(now, [0x33; 16], &mut hello).unwrap().to_vec();
     assert_eq!(hello.len(), 128);
@@ -227,7 +232,7 @@ fn hello_rejections() {
     let acc = acceptor();
     let mut out = [0u8; 64];
     // Phone kind on the binary transport.
-    let mut c = ClientHandshake::new(Address::phone(3), DeviceKey([0; 32]), 0);
+    let mut c = ClientHandshake::new(Address::phone(3), DeviceKey([0; 32]), 0, 1);
     let mut buf = [0u8; 128];
     let hello = c.start(0, [1; 16], &mut buf).unwrap().to_vec();
     match acc.on_hello(&PEER, &hello, 0, &mut out).unwrap() {
@@ -238,7 +243,7 @@ fn hello_rejections() {
         other => panic!("{other:?}"),
     }
     // Id 0.
-    let mut c = ClientHandshake::new(Address::device(0), DeviceKey([0; 32]), 0);
+    let mut c = ClientHandshake::new(Address::device(0), DeviceKey([0; 32]), 0, 1);
     let hello = c.start(0, [1; 16], &mut buf).unwrap().to_vec();
     assert!(matches!(
         acc.on_hello(&PEER, &hello, 0, &mut out).unwrap(),
@@ -254,14 +259,14 @@ fn hello_rejections() {
         panic!()
     };
     assert_eq!(code, Code::UNSUPPORTED_VERSION);
-    assert_eq!(Reject::decode(packet).unwrap().max_version, 2);
+    assert_eq!(Reject::decode(packet).unwrap().max_version, 3);
     // Short HELLO: silence.
     assert!(acc.on_hello(&PEER, &hello[..100], 0, &mut out).is_err());
 }
 
 #[test]
 fn client_handles_reject_and_timeouts() {
-    let mut client = ClientHandshake::new(Address::device(5), derive_device_key(&MASTER, 5), 0);
+    let mut client = ClientHandshake::new(Address::device(5), derive_device_key(&MASTER, 5), 0, 1);
     let mut buf = [0u8; 128];
     client.start(100, [1; 16], &mut buf).unwrap();
     assert_eq!(client.poll_timeout(), Some(1100));
@@ -517,4 +522,86 @@ fn reject_wait_is_capped() {
     assert_eq!(retry_after_capped(300_000), 300_000);
     assert_eq!(retry_after_capped(300_001), 300_000);
     assert_eq!(retry_after_capped(u32::MAX), 300_000);
+}
+
+/// A version-2 peer meets a version-3 broker: its LOGIN (byte for byte a valid version-2 one) is
+/// `UNSUPPORTED_VERSION` and dropped unanswered; its HELLO gets REJECT `UNSUPPORTED_VERSION`
+/// naming version 3.
+#[test]
+fn version_2_login_and_hello_are_unsupported() {
+    use shared_protocol::packet::{Packet, PacketError};
+    let (_, login) = until_login(5, 1000);
+    let mut v2 = login.clone();
+    v2[0] = 2;
+    let err = Packet::decode(&v2).unwrap_err();
+    assert_eq!(
+        err,
+        PacketError::UnsupportedVersion {
+            version: 2,
+            packet_type: 3
+        }
+    );
+    assert_eq!(err.code(), Code::UNSUPPORTED_VERSION);
+    assert_eq!(
+        login_at(&v2, &PEER, 1100, None),
+        Err(LoginError::Dropped(err))
+    );
+    assert_eq!(LoginError::Dropped(err).code(), None, "no answer");
+    // The same bytes as version 3 are accepted: only the version made the difference.
+    assert_eq!(login_at(&login, &PEER, 1100, None), Ok(()));
+
+    let mut c = ClientHandshake::new(Address::device(5), derive_device_key(&MASTER, 5), 0, 1);
+    let mut buf = [0u8; 128];
+    let mut hello = c.start(0, [1; 16], &mut buf).unwrap().to_vec();
+    hello[0] = 2;
+    let mut out = [0u8; 64];
+    let HelloReply::Reject { code, packet } =
+        acceptor().on_hello(&PEER, &hello, 0, &mut out).unwrap()
+    else {
+        panic!("a version-2 HELLO must get a REJECT")
+    };
+    assert_eq!(code, Code::UNSUPPORTED_VERSION);
+    assert_eq!(packet[0], 3, "the REJECT is of the broker's version");
+    assert_eq!(Reject::decode(packet).unwrap().max_version, 3);
+}
+
+/// The upload epoch is bound by the proof: the LOGIN re-encoded with another epoch fails
+/// `AUTH_FAILED`; the accepted LOGIN reports the device's epoch; a client without an epoch
+/// (0) refuses to start.
+#[test]
+fn upload_epoch_is_authenticated_and_reported() {
+    use shared_protocol::handshake::ClientError;
+    use shared_protocol::packet::Login;
+    let (_, login) = until_login(5, 1000);
+    let decoded = Login::decode(&login).unwrap();
+    assert_eq!(decoded.upload_epoch, 0xe90c, "until_login's epoch");
+    let mut forged = decoded;
+    forged.upload_epoch += 1;
+    let mut buf = [0u8; 256];
+    let forged = forged.encode(&mut buf).unwrap().to_vec();
+    assert_eq!(
+        login_at(&forged, &PEER, 1100, None),
+        Err(LoginError::AuthFailed)
+    );
+    let mut out = [0u8; 256];
+    let acc = acceptor()
+        .on_login(
+            &PEER,
+            &login,
+            1100,
+            |a| record(a.id, None),
+            grant(3),
+            &PARAMS,
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(acc.upload_epoch, 0xe90c);
+
+    let mut c = ClientHandshake::new(Address::device(5), derive_device_key(&MASTER, 5), 0, 0);
+    let mut hello = [0u8; 128];
+    assert_eq!(
+        c.start(0, [1; 16], &mut hello).unwrap_err(),
+        ClientError::InvalidUploadEpoch
+    );
+    assert_eq!(c.poll_timeout(), None, "nothing was started");
 }

@@ -71,7 +71,7 @@ proptest! {
 
     #[test]
     fn client_never_panics(packets in proptest::collection::vec(bytes(), 0..6)) {
-        let mut c = ClientHandshake::new(Address::device(5), DeviceKey([5; 32]), 0);
+        let mut c = ClientHandshake::new(Address::device(5), DeviceKey([5; 32]), 0, 1);
         let mut out = [0u8; 256];
         c.start(0, [6; 16], &mut out).unwrap();
         for mut p in packets {

@@ -35,6 +35,7 @@ fn handshake_inputs() -> Value {
         "client_nonce": "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
         "broker_nonce": "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf",
         "since_id": 42,
+        "upload_epoch": 0x8f3c_5a2e_d1b4_0967u64,
         "peer": { "ip": "192.0.2.10", "port": 40000 },
         "hello_time_ms": 1_700_000_000_000u64,
         "login_time_ms": 1_700_000_001_500u64,
@@ -70,7 +71,12 @@ fn handshake_outputs(i: &Value) -> Value {
 
     let key = derive_device_key(&master, id);
     let acceptor = Acceptor::new(IdProfile::Plug, secret.clone());
-    let mut client = ClientHandshake::new(Address::device(id), key.clone(), u64v(&i["since_id"]));
+    let mut client = ClientHandshake::new(
+        Address::device(id),
+        key.clone(),
+        u64v(&i["since_id"]),
+        u64v(&i["upload_epoch"]),
+    );
     let mut b1 = [0u8; 256];
     let hello = client.start(t_hello, nonce, &mut b1).unwrap().to_vec();
     let mut b2 = [0u8; 256];
@@ -138,13 +144,14 @@ fn handshake_outputs(i: &Value) -> Value {
     cookie_input.extend_from_slice(&id.to_le_bytes());
     cookie_input.extend_from_slice(&nonce);
     let mut proof_input = b"plugcloud-login-v1".to_vec();
-    proof_input.push(2);
+    proof_input.push(3);
     proof_input.push(0);
     proof_input.extend_from_slice(&id.to_le_bytes());
     proof_input.extend_from_slice(&nonce);
     proof_input.extend_from_slice(&t_hello.to_le_bytes());
     proof_input.extend_from_slice(&cookie.0);
     proof_input.extend_from_slice(&u64v(&i["since_id"]).to_le_bytes());
+    proof_input.extend_from_slice(&u64v(&i["upload_epoch"]).to_le_bytes());
     let mut hkdf_salt = nonce.to_vec();
     hkdf_salt.extend_from_slice(&broker_nonce);
     hkdf_salt.extend_from_slice(&cookie.0);
@@ -290,7 +297,7 @@ fn handshake_vector() {
         stored["inputs"].clone()
     };
     let doc = json!({
-        "description": "One complete version-2 login handshake (docs/protocol.md section 3). Packets are hex, complete (version and type bytes included). The device is kind 0 (device), profile plug.",
+        "description": "One complete version-3 login handshake (docs/protocol.md section 3). Packets are hex, complete (version and type bytes included). The device is kind 0 (device), profile plug.",
         "inputs": inputs,
         "outputs": handshake_outputs(&inputs),
     });
@@ -338,13 +345,14 @@ fn handshake_vector_follows_the_spec_formulas() {
     let nonce = h(&i["client_nonce"]);
     let t = u64v(&i["hello_time_ms"]);
     let since = u64v(&i["since_id"]);
+    let epoch = u64v(&i["upload_epoch"]);
 
     // 3.1 device key.
     let device_key = hmac(&h(&i["master_key"]), &id.to_le_bytes());
     assert_eq!(device_key, h(&o["device_key"]));
 
-    // 2.1 HELLO: 02 01, kind 0, id varint, nonce, zero padding to 128.
-    let mut hello = vec![2, 1, 0];
+    // 2.1 HELLO: 03 01, kind 0, id varint, nonce, zero padding to 128.
+    let mut hello = vec![3, 1, 0];
     varint(u64::from(id), &mut hello);
     hello.extend_from_slice(&nonce);
     hello.resize(128, 0);
@@ -363,29 +371,31 @@ fn handshake_vector_follows_the_spec_formulas() {
     let cookie = hmac(&h(&i["cookie_secret"]), &ci);
     assert_eq!(cookie, h(&o["cookie"]));
 
-    // 2.1 CHALLENGE: 02 02, timestamp varint, cookie.
-    let mut challenge = vec![2, 2];
+    // 2.1 CHALLENGE: 03 02, timestamp varint, cookie.
+    let mut challenge = vec![3, 2];
     varint(t, &mut challenge);
     challenge.extend_from_slice(&cookie);
     assert_eq!(challenge, h(&o["challenge"]));
 
     // 3.1 proof, 2.1 LOGIN.
     let mut pi = b"plugcloud-login-v1".to_vec();
-    pi.extend_from_slice(&[2, 0]);
+    pi.extend_from_slice(&[3, 0]);
     pi.extend_from_slice(&id.to_le_bytes());
     pi.extend_from_slice(&nonce);
     pi.extend_from_slice(&t.to_le_bytes());
     pi.extend_from_slice(&cookie);
     pi.extend_from_slice(&since.to_le_bytes());
+    pi.extend_from_slice(&epoch.to_le_bytes());
     assert_eq!(pi, h(&o["proof_input"]));
     let proof = hmac(&device_key, &pi);
     assert_eq!(proof, h(&o["proof"]));
-    let mut login = vec![2, 3, 0];
+    let mut login = vec![3, 3, 0];
     varint(u64::from(id), &mut login);
     login.extend_from_slice(&nonce);
     varint(t, &mut login);
     login.extend_from_slice(&cookie);
     varint(since, &mut login);
+    varint(epoch, &mut login);
     login.extend_from_slice(&proof);
     assert_eq!(login, h(&o["login"]));
 
@@ -402,11 +412,11 @@ fn handshake_vector_follows_the_spec_formulas() {
     assert_eq!(okm[..32], h(&o["session_key_d2b"])[..]);
     assert_eq!(okm[32..], h(&o["session_key_b2d"])[..]);
 
-    // 2.1 / 3.2 step 5: the WELCOME packet is 02 05, session_id (4 LE), broker_nonce (16), then
+    // 2.1 / 3.2 step 5: the WELCOME packet is 03 05, session_id (4 LE), broker_nonce (16), then
     // the frame sealed under key_b2d with counter 0 and aad = bytes 0..22.
     let welcome = h(&o["welcome"]);
     let sid = u64v(&i["session_id"]) as u32;
-    assert_eq!(welcome[..2], [2, 0x05]);
+    assert_eq!(welcome[..2], [3, 0x05]);
     assert_eq!(welcome[2..6], sid.to_le_bytes());
     assert_eq!(welcome[6..22], broker_nonce[..]);
     let (aad, rest) = welcome.split_at(22);

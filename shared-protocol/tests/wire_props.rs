@@ -194,7 +194,8 @@ proptest! {
             0 => Packet::Hello(Hello { address, client_nonce: nonce }),
             1 => Packet::Challenge(Challenge { timestamp_ms: ts, cookie }),
             2 => Packet::Login(Login {
-                address, client_nonce: nonce, timestamp_ms: ts, cookie, since_id, proof: cookie,
+                address, client_nonce: nonce, timestamp_ms: ts, cookie, since_id,
+                upload_epoch: ts | 1, proof: cookie,
             }),
             3 => Packet::Reject(Reject { code: Code(code), max_version: cookie[0], retry_after_ms: n32 }),
             _ => Packet::Data {

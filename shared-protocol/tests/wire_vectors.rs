@@ -184,6 +184,7 @@ fn packet(v: &Value, sealed: &mut Vec<u8>) -> Packet<'static> {
             timestamp_ms: u64_of(v, "timestamp_ms"),
             cookie: arr(&v["cookie"]),
             since_id: u64_of(v, "since_id"),
+            upload_epoch: u64_of(v, "upload_epoch"),
             proof: arr(&v["proof"]),
         }),
         "REJECT" => Packet::Reject(Reject {
@@ -227,7 +228,7 @@ fn encode_packet(v: &Value) -> String {
 
 fn check_header(doc: &Value) {
     assert_eq!(
-        doc["version"], 2,
+        doc["version"], 3,
         "vector file version (the protocol version)"
     );
     assert!(doc["description"].as_str().is_some_and(|d| !d.is_empty()));
@@ -570,15 +571,15 @@ fn packet_cases() -> Vec<(&'static str, Value)> {
         ),
         (
             "login",
-            json!({"type": "LOGIN", "kind": 0, "id": 42, "client_nonce": nonce, "timestamp_ms": 1_767_225_600_000u64, "cookie": cookie, "since_id": 300, "proof": proof}),
+            json!({"type": "LOGIN", "kind": 0, "id": 42, "client_nonce": nonce, "timestamp_ms": 1_767_225_600_000u64, "cookie": cookie, "since_id": 300, "upload_epoch": 0x0123_4567_89ab_cdefu64, "proof": proof}),
         ),
         (
             "reject_unsupported_version",
-            json!({"type": "REJECT", "code": Code::UNSUPPORTED_VERSION.0, "max_version": 2, "retry_after_ms": 0}),
+            json!({"type": "REJECT", "code": Code::UNSUPPORTED_VERSION.0, "max_version": 3, "retry_after_ms": 0}),
         ),
         (
             "reject_busy",
-            json!({"type": "REJECT", "code": Code::SERVER_BUSY.0, "max_version": 2, "retry_after_ms": 5000}),
+            json!({"type": "REJECT", "code": Code::SERVER_BUSY.0, "max_version": 3, "retry_after_ms": 5000}),
         ),
         (
             "welcome",
@@ -591,13 +592,16 @@ fn packet_cases() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Version 2's `login` vector (since_id 300, no upload_epoch).
+const V2_LOGIN_HEX: &str = "0203002a000102030405060708090a0b0c0d0e0f80d0eab6b733c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0ac02a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
+
 /// Invalid packets: name, hex, the reference decoder's error, and what a broker answers when it
 /// receives the bytes (`None`: nothing, the packet is dropped silently; section 2 and 3.2).
 fn packet_invalid() -> Vec<(&'static str, String, &'static str, Option<Code>)> {
-    let short_hello = format!("0201002a{}", "00".repeat(16 + 107));
-    let dirty_hello = format!("0201002a{}01", "00".repeat(16 + 107));
+    let short_hello = format!("0301002a{}", "00".repeat(16 + 107));
+    let dirty_hello = format!("0301002a{}01", "00".repeat(16 + 107));
     vec![
-        ("too_short", "02".into(), "Truncated", None),
+        ("too_short", "03".into(), "Truncated", None),
         (
             "version_1_hello",
             "0101".into(),
@@ -605,48 +609,48 @@ fn packet_invalid() -> Vec<(&'static str, String, &'static str, Option<Code>)> {
             // A REJECT (5 bytes) would be longer than these 2: no answer (anti-amplification).
             None,
         ),
-        ("unknown_type", "0206".into(), "UnknownType(6)", None),
+        ("unknown_type", "0306".into(), "UnknownType(6)", None),
         ("hello_127_bytes", short_hello, "HelloTooShort", None),
         ("hello_nonzero_padding", dirty_hello, "BadPadding", None),
         (
             "hello_unknown_kind",
-            format!("020102{}", "00".repeat(125)),
+            format!("030102{}", "00".repeat(125)),
             "Malformed",
             None,
         ),
         (
             "reject_trailing_byte",
-            "020421020000".into(),
+            "030421030000".into(),
             "TrailingBytes",
             None,
         ),
         (
             "data_session_0",
-            format!("021000000000{}", "00".repeat(8 + 20)),
+            format!("031000000000{}", "00".repeat(8 + 20)),
             "InvalidSessionId",
             None,
         ),
         (
             "data_counter_2_pow_48",
-            format!("0210010000000000000000000100{}", "00".repeat(20)),
+            format!("0310010000000000000000000100{}", "00".repeat(20)),
             "CounterOutOfRange",
             None,
         ),
         (
             "data_too_short",
-            format!("0210010000000000000000000000{}", "00".repeat(19)),
+            format!("0310010000000000000000000000{}", "00".repeat(19)),
             "Truncated",
             None,
         ),
         (
             "welcome_session_0",
-            format!("020500000000{}", "00".repeat(16 + 20)),
+            format!("030500000000{}", "00".repeat(16 + 20)),
             "InvalidSessionId",
             None,
         ),
         (
             "welcome_too_short",
-            format!("020501000000{}", "00".repeat(16 + 19)),
+            format!("030501000000{}", "00".repeat(16 + 19)),
             "Truncated",
             None,
         ),
@@ -658,16 +662,40 @@ fn packet_invalid() -> Vec<(&'static str, String, &'static str, Option<Code>)> {
         ),
         (
             "login_truncated",
-            format!("0203002a{}", "00".repeat(16)),
+            format!("0303002a{}", "00".repeat(16)),
             "Truncated",
             Some(Code::MALFORMED),
         ),
         (
             "login_truncated_4_bytes",
-            "0203002a".into(),
+            "0303002a".into(),
             "Truncated",
             // MALFORMED's REJECT is 5 bytes: longer than the packet, so no answer.
             None,
+        ),
+        (
+            // Version 2's LOGIN vector, byte for byte: a version-3 broker drops it unanswered.
+            "version_2_login",
+            V2_LOGIN_HEX.into(),
+            "UnsupportedVersion { version: 2, packet_type: 3 }",
+            None,
+        ),
+        (
+            "version_2_hello_padded",
+            format!("0201002a{}", "00".repeat(124)),
+            "UnsupportedVersion { version: 2, packet_type: 1 }",
+            Some(Code::UNSUPPORTED_VERSION),
+        ),
+        (
+            // The login vector with upload_epoch 0 (the varint byte before the proof).
+            "login_upload_epoch_0",
+            format!(
+                "0303002a000102030405060708090a0b0c0d0e0f80d0eab6b733{}ac0200{}",
+                "c0".repeat(32),
+                "a5".repeat(32)
+            ),
+            "OutOfRange",
+            Some(Code::MALFORMED),
         ),
     ]
 }
@@ -688,8 +716,8 @@ fn write_vectors() {
         .map(|(name, hex, error, code)| json!({"name": name, "hex": hex, "error": error, "code": code.0}))
         .collect();
     let doc = json!({
-        "version": 2,
-        "description": "Plugcloud protocol v2 frame vectors (docs/protocol.md section 4). `valid`: a frame's fields and its postcard encoding (hex); an implementation must produce exactly these bytes and decode them to these fields. Payloads are hex, strings UTF-8, codes numbers. `invalid`: bytes a receiver must refuse; `error` is the reference implementation's error and `code` the code of section 9 it maps to.",
+        "version": 3,
+        "description": "Plugcloud protocol v3 frame vectors (docs/protocol.md section 4). `valid`: a frame's fields and its postcard encoding (hex); an implementation must produce exactly these bytes and decode them to these fields. Payloads are hex, strings UTF-8, codes numbers. `invalid`: bytes a receiver must refuse; `error` is the reference implementation's error and `code` the code of section 9 it maps to.",
         "valid": valid,
         "invalid": invalid,
     });
@@ -710,8 +738,8 @@ fn write_vectors() {
         })
         .collect();
     let doc = json!({
-        "version": 2,
-        "description": "Plugcloud protocol v2 packet vectors (docs/protocol.md section 2): whole packets including the version and type bytes. `valid`: fields and encoding (hex); byte strings are hex. HELLO is shown padded to 128 bytes. WELCOME's and DATA's `sealed` is opaque here (ciphertext and tag; section 3 vectors cover sealing). `invalid`: bytes a receiver must refuse, with the reference implementation's error and `broker_answer`: the section 9 code of the REJECT a broker sends when it receives them, or null when it drops them without an answer.",
+        "version": 3,
+        "description": "Plugcloud protocol v3 packet vectors (docs/protocol.md section 2): whole packets including the version and type bytes. `valid`: fields and encoding (hex); byte strings are hex. HELLO is shown padded to 128 bytes. WELCOME's and DATA's `sealed` is opaque here (ciphertext and tag; section 3 vectors cover sealing). `invalid`: bytes a receiver must refuse, with the reference implementation's error and `broker_answer`: the section 9 code of the REJECT a broker sends when it receives them, or null when it drops them without an answer.",
         "valid": valid,
         "invalid": invalid,
     });

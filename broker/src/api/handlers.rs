@@ -322,7 +322,10 @@ pub(super) struct UploadsQuery {
 pub(super) struct UploadOut {
     cursor: u64,
     device: Address,
+    /// 16 lower-case hex digits (as in `dedup_key`).
+    upload_epoch: String,
     upload_id: u32,
+    dedup_key: String,
     topic: String,
     payload: String,
     received_at_ms: u64,
@@ -355,7 +358,9 @@ pub(super) async fn uploads(
         .map(|r| UploadOut {
             cursor: r.cursor,
             device: r.device,
+            upload_epoch: format!("{:016x}", r.upload_epoch),
             upload_id: r.upload_id,
+            dedup_key: r.dedup_key(),
             topic: r.topic,
             payload: B64.encode(&r.payload),
             received_at_ms: r.received_at_ms,

@@ -152,6 +152,26 @@ impl Clock {
     }
 }
 
+/// What a device reports in its LOGIN besides its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LoginReport {
+    /// Highest msg_id already received (0: none).
+    pub since_id: u64,
+    /// This run's upload epoch ([`draw_upload_epoch`]): the same on every login of the run.
+    pub upload_epoch: u64,
+}
+
+/// A fresh upload epoch for one run of a device (docs/protocol.md section 4, "Upload
+/// semantics"): 64 random bits, drawn again while 0 (never sent).
+pub(crate) fn draw_upload_epoch() -> u64 {
+    loop {
+        let e: u64 = rand::random();
+        if e != 0 {
+            return e;
+        }
+    }
+}
+
 /// Logs device `id` in over `wire` (HELLO, CHALLENGE, LOGIN, WELCOME; HELLO retransmitted by the
 /// handshake's own timer), giving up after `timeout`. `via` names the endpoint in errors.
 pub(crate) async fn login(
@@ -159,11 +179,16 @@ pub(crate) async fn login(
     via: &str,
     id: u32,
     key: &DeviceKey,
-    since_id: u64,
+    report: LoginReport,
     timeout: Duration,
     clock: &Clock,
 ) -> Result<(Link, WelcomeInfo), ClientError> {
-    let mut hs = ClientHandshake::new(Address::device(id), key.clone(), since_id);
+    let mut hs = ClientHandshake::new(
+        Address::device(id),
+        key.clone(),
+        report.since_id,
+        report.upload_epoch,
+    );
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(clock.ms(), rand::random(), &mut out)
@@ -271,7 +296,10 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
         &via,
         o.id,
         &o.key,
-        o.since_id,
+        LoginReport {
+            since_id: o.since_id,
+            upload_epoch: draw_upload_epoch(),
+        },
         o.login_timeout,
         &clock,
     )
@@ -414,7 +442,11 @@ mod tests {
         let clock = Clock(Instant::now());
         let key = DeviceKey([1; 32]);
         let timeout = Duration::from_secs(5);
-        let Err(err) = login(&mut wire, "test", 7, &key, 0, timeout, &clock).await else {
+        let report = LoginReport {
+            since_id: 0,
+            upload_epoch: 1,
+        };
+        let Err(err) = login(&mut wire, "test", 7, &key, report, timeout, &clock).await else {
             panic!("a REJECT must end the login")
         };
         answer.await.unwrap();

@@ -988,6 +988,7 @@ mod tests {
                 transport: Transport::Udp,
                 peer: "127.0.0.1:4000".parse().unwrap(),
                 since_id: 0,
+                upload_epoch: 1,
             })
             .await
             .unwrap();

@@ -33,6 +33,7 @@ impl UploadSpool for SinkSpool {
     async fn append(
         &self,
         device: Address,
+        upload_epoch: u64,
         upload_id: u32,
         topic: &str,
         payload: Bytes,
@@ -40,6 +41,7 @@ impl UploadSpool for SinkSpool {
     ) -> Result<SpoolAppended, StoreError> {
         let up = Upload {
             device,
+            upload_epoch,
             upload_id,
             topic: topic.to_string(),
             payload,

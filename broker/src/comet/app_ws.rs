@@ -224,6 +224,8 @@ async fn authenticate(
             transport: T,
             peer,
             since_id: auth.since_id,
+            // The JSON transport has no uploads.
+            upload_epoch: 0,
         };
         let session = match ctx.router.login(login).await {
             Ok(s) => s,

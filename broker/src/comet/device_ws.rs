@@ -264,6 +264,7 @@ async fn handshake(
             transport: T,
             peer,
             since_id: accepted.since_id,
+            upload_epoch: accepted.upload_epoch,
         };
         let link = Link::new(
             accepted.session,

@@ -254,7 +254,7 @@ mod tests {
         let acceptor =
             shared_protocol::handshake::Acceptor::new(IdProfile::Plug, CookieSecret([1; 32]));
         let peer = PeerAddr::V4([127, 0, 0, 1], 9);
-        let mut dev = ClientHandshake::new(Address::device(5), key.clone(), 0);
+        let mut dev = ClientHandshake::new(Address::device(5), key.clone(), 0, 1);
         let (mut a, mut b, mut c) = ([0u8; MAX_PACKET], [0u8; MAX_PACKET], [0u8; MAX_PACKET]);
         let hello = dev.start(1000, [3; 16], &mut a).unwrap().to_vec();
         let ch = match acceptor.on_hello(&peer, &hello, 1000, &mut b).unwrap() {

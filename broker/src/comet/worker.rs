@@ -177,7 +177,9 @@ async fn upload_batch(router: &Router, session: &SessionHandle, batch: Vec<Work>
             });
         }
     }
-    let results = router.upload_many(session.address(), uploads).await;
+    let results = router
+        .upload_many(session.address(), session.upload_epoch(), uploads)
+        .await;
     for ((upload_id, about_seq), r) in tags.into_iter().zip(results) {
         let reply = match r {
             Ok(_) => Some(Outbound::UploadAck { upload_id }),

@@ -14,7 +14,9 @@ use shared_protocol::keys::DeviceKey;
 
 use super::stats::DeviceOutcome;
 use crate::client::ClientError;
-use crate::client::device::{Clock, Endpoint, Wire, finish, login, send_body};
+use crate::client::device::{
+    Clock, Endpoint, LoginReport, Wire, draw_upload_epoch, finish, login, send_body,
+};
 use crate::client::link::Incoming;
 use crate::client::output::Event;
 
@@ -61,9 +63,25 @@ pub async fn run(
     let clock = Clock(Instant::now());
     let via = Wire::describe(&plan.endpoint);
     let logged_in = match Wire::open(&plan.endpoint).await {
-        Ok(mut wire) => login(&mut wire, &via, id, &key, 0, plan.login_timeout, &clock)
+        Ok(mut wire) => {
+            // Each simulated device is one boot: its own epoch, so its upload ids starting at 1
+            // never collide with another run's.
+            let report = LoginReport {
+                since_id: 0,
+                upload_epoch: draw_upload_epoch(),
+            };
+            login(
+                &mut wire,
+                &via,
+                id,
+                &key,
+                report,
+                plan.login_timeout,
+                &clock,
+            )
             .await
-            .map(|(link, _)| (wire, link)),
+            .map(|(link, _)| (wire, link))
+        }
         Err(e) => Err(e),
     };
     live.logins_done.fetch_add(1, Ordering::Relaxed);

@@ -118,6 +118,10 @@ pub struct Login {
     /// Highest message id the terminal already has (0: none): stored ids up to it are
     /// acknowledged at login, and the replay is everything stored above it, in order.
     pub since_id: u64,
+    /// The device's upload epoch from its LOGIN (drawn once per boot, never 0); 0 for a
+    /// terminal that cannot upload (a phone on the JSON transport). Every upload of the session
+    /// is stored under it (docs/storage.md).
+    pub upload_epoch: u64,
 }
 
 /// Why a login was refused.
@@ -406,6 +410,7 @@ impl Router {
             id,
             login.address,
             login.transport,
+            login.upload_epoch,
             login.peer,
             s.outbound_queue,
             s.queue_full_policy,
@@ -785,11 +790,13 @@ impl Router {
         tx.send(Ok(CommandResult { status, payload })).is_ok()
     }
 
-    /// Makes a device upload durable in the spool (deduplicating an identical resend); acknowledge
-    /// it to the device only after `Ok`.
+    /// Makes a device upload, sent in the device's boot `upload_epoch`, durable in the spool
+    /// (deduplicating an identical resend of that epoch); acknowledge it to the device only
+    /// after `Ok`.
     pub async fn upload(
         &self,
         device: Address,
+        upload_epoch: u64,
         upload_id: u32,
         topic: &str,
         payload: Bytes,
@@ -803,7 +810,7 @@ impl Router {
             .inner
             .stores
             .uploads
-            .append(device, upload_id, topic, payload, now_ms())
+            .append(device, upload_epoch, upload_id, topic, payload, now_ms())
             .await;
         match &r {
             Ok(a) => {
@@ -821,12 +828,13 @@ impl Router {
         Ok(r?)
     }
 
-    /// Several uploads of one device, made durable in this order (see
-    /// [`crate::store::UploadSpool::append_many`]); one result per upload, in order. An upload
-    /// over the limits is refused alone; the others go on.
+    /// Several uploads of one device session (`upload_epoch` as in [`Router::upload`]), made
+    /// durable in this order (see [`crate::store::UploadSpool::append_many`]); one result per
+    /// upload, in order. An upload over the limits is refused alone; the others go on.
     pub async fn upload_many(
         &self,
         device: Address,
+        upload_epoch: u64,
         uploads: Vec<NewUpload>,
     ) -> Vec<Result<SpoolAppended, UploadError>> {
         let started = Instant::now();
@@ -838,7 +846,7 @@ impl Router {
             .inner
             .stores
             .uploads
-            .append_many(device, valid, now_ms())
+            .append_many(device, upload_epoch, valid, now_ms())
             .await
             .into_iter();
         let mut out = Vec::with_capacity(flags.len());
@@ -886,7 +894,7 @@ impl Router {
         let r = self.clone();
         let h = session.clone();
         tokio::spawn(async move {
-            if r.upload(h.address(), upload_id, &topic, payload)
+            if r.upload(h.address(), h.upload_epoch(), upload_id, &topic, payload)
                 .await
                 .is_ok()
             {

@@ -180,6 +180,7 @@ mod tests {
             id,
             a,
             t,
+            1,
             "127.0.0.1:1".parse().unwrap(),
             4,
             QueueFullPolicy::DropNewest,

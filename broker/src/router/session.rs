@@ -162,6 +162,7 @@ pub(crate) struct SessionInner {
     id: u64,
     address: Address,
     transport: Transport,
+    upload_epoch: u64,
     peer: Mutex<SocketAddr>,
     since: SystemTime,
     cap: usize,
@@ -197,6 +198,7 @@ impl SessionHandle {
         id: u64,
         address: Address,
         transport: Transport,
+        upload_epoch: u64,
         peer: SocketAddr,
         cap: usize,
         policy: QueueFullPolicy,
@@ -206,6 +208,7 @@ impl SessionHandle {
                 id,
                 address,
                 transport,
+                upload_epoch,
                 peer: Mutex::new(peer),
                 since: SystemTime::now(),
                 cap,
@@ -235,6 +238,12 @@ impl SessionHandle {
     /// The transport it arrived on.
     pub fn transport(&self) -> Transport {
         self.inner.transport
+    }
+
+    /// The upload epoch the terminal sent at login (0 for a terminal that does not upload):
+    /// stored with each of this session's uploads, part of their de-duplication key.
+    pub fn upload_epoch(&self) -> u64 {
+        self.inner.upload_epoch
     }
 
     /// The peer's current socket address.

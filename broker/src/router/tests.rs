@@ -40,8 +40,12 @@ fn login(a: Address, t: Transport, since_id: u64) -> Login {
         transport: t,
         peer: "127.0.0.1:4000".parse().unwrap(),
         since_id,
+        upload_epoch: EPOCH,
     }
 }
+
+/// The upload epoch of every session [`login`] opens.
+const EPOCH: u64 = 0x5eed_0001;
 
 async fn next(s: &mut Session) -> Outbound {
     tokio::time::timeout(Duration::from_secs(5), s.next())
@@ -698,18 +702,30 @@ async fn uploads_are_durable_before_ack_and_deduplicated() {
     let recs = f.router.stores().uploads.read(0, 10).await.unwrap();
     assert_eq!(recs.len(), 1);
     assert_eq!(
-        (recs[0].device, recs[0].upload_id, recs[0].topic.as_str()),
-        (D1, 9, "energy")
+        (
+            recs[0].device,
+            recs[0].upload_epoch,
+            recs[0].upload_id,
+            recs[0].topic.as_str()
+        ),
+        (D1, EPOCH, 9, "energy"),
+        "stored under the session's upload epoch"
     );
     let again = f
         .router
-        .upload(D1, 9, "energy", Bytes::from_static(b"42"))
+        .upload(D1, EPOCH, 9, "energy", Bytes::from_static(b"42"))
         .await
         .unwrap();
     assert!(again.duplicate);
+    let next_boot = f
+        .router
+        .upload(D1, EPOCH + 1, 9, "energy", Bytes::from_static(b"42"))
+        .await
+        .unwrap();
+    assert!(!next_boot.duplicate, "another epoch is another upload");
     assert!(matches!(
         f.router
-            .upload(D1, 10, "energy", Bytes::from(vec![0; 5000]))
+            .upload(D1, EPOCH, 10, "energy", Bytes::from(vec![0; 5000]))
             .await,
         Err(UploadError::TooLarge)
     ));
@@ -847,7 +863,7 @@ async fn webhook_forwards_uploads_in_order_and_persists_its_cursor() {
     let tasks = f.router.spawn_background(shutdown.clone());
     for i in 1..=3u32 {
         f.router
-            .upload(D1, i, "t", Bytes::from(vec![i as u8]))
+            .upload(D1, EPOCH, i, "t", Bytes::from(vec![i as u8]))
             .await
             .unwrap();
     }
@@ -877,6 +893,8 @@ async fn webhook_forwards_uploads_in_order_and_persists_its_cursor() {
         serde_json::json!({"kind": "device", "id": 1})
     );
     assert_eq!(bodies[2]["payload_base64"], "Aw==");
+    assert_eq!(bodies[0]["upload_epoch"], "000000005eed0001");
+    assert_eq!(bodies[0]["dedup_key"], "1:000000005eed0001:1");
     while f
         .router
         .stores()

@@ -20,7 +20,9 @@ pub fn body(r: &UploadRecord) -> serde_json::Value {
     serde_json::json!({
         "cursor": r.cursor,
         "device": r.device,
+        "upload_epoch": format!("{:016x}", r.upload_epoch),
         "upload_id": r.upload_id,
+        "dedup_key": r.dedup_key(),
         "topic": r.topic,
         "payload_base64": base64::engine::general_purpose::STANDARD.encode(&r.payload),
         "received_at_ms": r.received_at_ms,

@@ -273,21 +273,23 @@ pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: Evi
 /// The upload spool suite.
 pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
     let d = Address::device(7);
+    // The upload epoch of d's current boot, and of its next one.
+    let (e1, e2) = (0xa1_u64, 0xffff_0000_0000_00b2_u64);
     assert_eq!(spool.head().await.unwrap(), 0);
     assert!(spool.read(0, 10).await.unwrap().is_empty());
     let a = spool
-        .append(d, 1, "power", Bytes::from_static(b"a"), 10)
+        .append(d, e1, 1, "power", Bytes::from_static(b"a"), 10)
         .await
         .unwrap();
     let b = spool
-        .append(d, 2, "power", Bytes::from_static(b"b"), 11)
+        .append(d, e1, 2, "power", Bytes::from_static(b"b"), 11)
         .await
         .unwrap();
     assert!(!a.duplicate && !b.duplicate);
     assert!(b.cursor > a.cursor);
     // A resend of the same upload is recognised; a reused id with other content is new data.
     let again = spool
-        .append(d, 1, "power", Bytes::from_static(b"a"), 12)
+        .append(d, e1, 1, "power", Bytes::from_static(b"a"), 12)
         .await
         .unwrap();
     assert_eq!(
@@ -298,12 +300,19 @@ pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
         }
     );
     let reused = spool
-        .append(d, 1, "power", Bytes::from_static(b"c"), 13)
+        .append(d, e1, 1, "power", Bytes::from_static(b"c"), 13)
         .await
         .unwrap();
     assert!(!reused.duplicate && reused.cursor > b.cursor);
     let other = spool
-        .append(Address::device(8), 1, "power", Bytes::from_static(b"a"), 14)
+        .append(
+            Address::device(8),
+            e1,
+            1,
+            "power",
+            Bytes::from_static(b"a"),
+            14,
+        )
         .await
         .unwrap();
     assert!(!other.duplicate);
@@ -313,9 +322,15 @@ pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
     assert_eq!(all.len(), 4);
     assert_eq!(all[0].cursor, a.cursor);
     assert_eq!(
-        (all[0].device, all[0].upload_id, all[0].topic.as_str()),
-        (d, 1, "power")
+        (
+            all[0].device,
+            all[0].upload_epoch,
+            all[0].upload_id,
+            all[0].topic.as_str()
+        ),
+        (d, e1, 1, "power")
     );
+    assert_eq!(all[0].dedup_key(), "7:00000000000000a1:1");
     assert_eq!(all[0].payload, Bytes::from_static(b"a"));
     assert_eq!(all[0].received_at_ms, 10);
     let page = spool.read(a.cursor, 2).await.unwrap();
@@ -343,6 +358,7 @@ pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
     let many = spool
         .append_many(
             d,
+            e1,
             vec![up(50, b"x"), up(51, b"y"), up(50, b"x"), up(52, b"z")],
             20,
         )
@@ -361,6 +377,42 @@ pub async fn upload_spool(spool: Arc<dyn UploadSpool>) {
         .map(|r| r.upload_id)
         .collect();
     assert_eq!(ids, vec![50, 51, 52]);
+
+    // After a reboot (new epoch) the same ids, even with the same content, are new uploads
+    // with their own keys; a resend within the new epoch is still recognised.
+    let head = spool.head().await.unwrap();
+    let rebooted: Vec<_> = spool
+        .append_many(d, e2, vec![up(50, b"x"), up(51, b"y"), up(50, b"x")], 30)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rebooted.iter().map(|m| m.duplicate).collect::<Vec<_>>(),
+        vec![false, false, true]
+    );
+    assert!(rebooted[0].cursor > many[3].cursor);
+    let after = spool.read(head, 10).await.unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|r| (r.upload_epoch, r.upload_id))
+            .collect::<Vec<_>>(),
+        vec![(e2, 50), (e2, 51)]
+    );
+    assert_eq!(after[0].dedup_key(), "7:ffff0000000000b2:50");
+    let resend_old_epoch = spool
+        .append(d, e1, 50, "power", Bytes::from_static(b"x"), 31)
+        .await
+        .unwrap();
+    assert_eq!(
+        resend_old_epoch,
+        super::SpoolAppended {
+            cursor: many[0].cursor,
+            duplicate: true
+        },
+        "a late resend from the previous boot still finds its record"
+    );
 }
 
 /// The bindings suite.

@@ -14,7 +14,10 @@
 //! * `inbox`: (terminal, msg id) references; `inbox_count`: terminal -> references (for the cap).
 //!   References whose message expired are dropped lazily (on read, ack or eviction).
 //! * `known`: terminals seen at login (targets of kind-wide pushes).
-//! * `uploads`: cursor -> record; `upload_dedupe`: (device, upload id) -> cursor.
+//! * `uploads`: cursor -> record; `upload_epochs`: cursor -> the record's upload epoch (absent,
+//!   read as 0, for records written before epochs were kept); `upload_dedupe_epoch`: (device,
+//!   epoch, upload id) -> cursor. The epoch-less `upload_dedupe` of older files is dropped at open:
+//!   no device of an older protocol version can log in to resend into it.
 //! * `bind_pd`/`bind_dp`: bindings both ways; `groups`: (name, member); `group_count`: name -> count.
 
 use std::path::Path;
@@ -46,7 +49,11 @@ const INBOX: TableDefinition<(u64, u64), ()> = TableDefinition::new("inbox");
 const INBOX_COUNT: TableDefinition<u64, u64> = TableDefinition::new("inbox_count");
 const KNOWN: TableDefinition<u64, ()> = TableDefinition::new("known");
 const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
-const UPLOAD_DEDUPE: TableDefinition<(u64, u32), u64> = TableDefinition::new("upload_dedupe");
+const UPLOAD_EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("upload_epochs");
+const UPLOAD_DEDUPE: TableDefinition<(u64, u64, u32), u64> =
+    TableDefinition::new("upload_dedupe_epoch");
+/// The de-duplication table of files written before upload epochs (key: device, upload id).
+const OLD_UPLOAD_DEDUPE: &str = "upload_dedupe";
 const BIND_PD: TableDefinition<(u64, u64), ()> = TableDefinition::new("bind_pd");
 const BIND_DP: TableDefinition<(u64, u64), ()> = TableDefinition::new("bind_dp");
 const GROUPS: TableDefinition<(&str, u64), ()> = TableDefinition::new("groups");
@@ -106,7 +113,10 @@ impl EmbeddedStore {
         txn.open_table(INBOX_COUNT)?;
         txn.open_table(KNOWN)?;
         txn.open_table(UPLOADS)?;
+        txn.open_table(UPLOAD_EPOCHS)?;
         txn.open_table(UPLOAD_DEDUPE)?;
+        let old: TableDefinition<(u64, u32), u64> = TableDefinition::new(OLD_UPLOAD_DEDUPE);
+        txn.delete_table(old)?;
         txn.open_table(BIND_PD)?;
         txn.open_table(BIND_DP)?;
         txn.open_table(GROUPS)?;
@@ -215,7 +225,7 @@ fn encode_upload(
     v
 }
 
-fn decode_upload(cursor: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
+fn decode_upload(cursor: u64, upload_epoch: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
     let bad = || StoreError::Corrupt(format!("upload record {cursor}"));
     if b.len() < 22 {
         return Err(bad());
@@ -231,6 +241,7 @@ fn decode_upload(cursor: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
     Ok(UploadRecord {
         cursor,
         device,
+        upload_epoch,
         upload_id,
         topic,
         payload,
@@ -536,10 +547,11 @@ impl OfflineStore for EmbeddedStore {
 
 // ---- upload spool -----------------------------------------------------------------------------
 
-/// Appends one upload inside `txn` (deduplicating an identical resend).
+/// Appends one upload inside `txn` (deduplicating an identical resend of the same epoch).
 fn spool_one(
     txn: &WriteTransaction,
     device: Address,
+    upload_epoch: u64,
     upload_id: u32,
     topic: &str,
     payload: &Bytes,
@@ -550,11 +562,11 @@ fn spool_one(
             let dev = device.to_key();
             if let Some(prev) = txn
                 .open_table(UPLOAD_DEDUPE)?
-                .get((dev, upload_id))?
+                .get((dev, upload_epoch, upload_id))?
                 .map(|g| g.value())
                 && let Some(g) = txn.open_table(UPLOADS)?.get(prev)?
             {
-                let rec = decode_upload(prev, g.value())?;
+                let rec = decode_upload(prev, upload_epoch, g.value())?;
                 if rec.topic == topic && rec.payload == payload {
                     return Ok(SpoolAppended {
                         cursor: prev,
@@ -570,8 +582,10 @@ fn spool_one(
             };
             let rec = encode_upload(device, upload_id, now_ms, topic, payload);
             txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
+            txn.open_table(UPLOAD_EPOCHS)?
+                .insert(cursor, upload_epoch)?;
             txn.open_table(UPLOAD_DEDUPE)?
-                .insert((dev, upload_id), cursor)?;
+                .insert((dev, upload_epoch, upload_id), cursor)?;
             Ok(SpoolAppended {
                 cursor,
                 duplicate: false,
@@ -585,14 +599,25 @@ impl UploadSpool for EmbeddedStore {
     async fn append(
         &self,
         device: Address,
+        upload_epoch: u64,
         upload_id: u32,
         topic: &str,
         payload: Bytes,
         now_ms: u64,
     ) -> Result<SpoolAppended, StoreError> {
         let topic = topic.to_string();
-        self.write(move |txn, _| spool_one(txn, device, upload_id, &topic, &payload, now_ms))
-            .await
+        self.write(move |txn, _| {
+            spool_one(
+                txn,
+                device,
+                upload_epoch,
+                upload_id,
+                &topic,
+                &payload,
+                now_ms,
+            )
+        })
+        .await
     }
 
     /// One transaction for all (so one commit, shared with concurrent writes): all are stored, in
@@ -600,6 +625,7 @@ impl UploadSpool for EmbeddedStore {
     async fn append_many(
         &self,
         device: Address,
+        upload_epoch: u64,
         uploads: Vec<NewUpload>,
         now_ms: u64,
     ) -> Vec<Result<SpoolAppended, StoreError>> {
@@ -608,7 +634,10 @@ impl UploadSpool for EmbeddedStore {
             .write(move |txn, _| {
                 uploads
                     .iter()
-                    .map(|u| spool_one(txn, device, u.upload_id, &u.topic, &u.payload, now_ms))
+                    .map(|u| {
+                        let (id, topic) = (u.upload_id, &u.topic);
+                        spool_one(txn, device, upload_epoch, id, topic, &u.payload, now_ms)
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .await;
@@ -622,10 +651,13 @@ impl UploadSpool for EmbeddedStore {
         self.run(move |db, _| {
             let read = db.begin_read()?;
             let uploads = read.open_table(UPLOADS)?;
+            let epochs = read.open_table(UPLOAD_EPOCHS)?;
             let mut out = Vec::new();
             for e in uploads.range(after.saturating_add(1)..)?.take(limit) {
                 let (k, v) = e?;
-                out.push(decode_upload(k.value(), v.value())?);
+                let cursor = k.value();
+                let epoch = epochs.get(cursor)?.map_or(0, |g| g.value());
+                out.push(decode_upload(cursor, epoch, v.value())?);
             }
             Ok(out)
         })
@@ -966,17 +998,16 @@ mod tests {
             OfflineStore::append(&*s, Recipients::List(vec![a]), msg, 0)
                 .await
                 .unwrap();
-            UploadSpool::append(&*s, a, 1, "t", Bytes::from_static(b"u"), 0)
+            UploadSpool::append(&*s, a, 0xe7, 1, "t", Bytes::from_static(b"u"), 0)
                 .await
                 .unwrap();
             s.bind(Address::phone(1), a).await.unwrap();
         }
         let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
         assert_eq!(s.since(a, 0, 10, 0).await.unwrap().len(), 1);
-        assert_eq!(
-            s.read(0, 10).await.unwrap()[0].payload,
-            Bytes::from_static(b"u")
-        );
+        let up = &s.read(0, 10).await.unwrap()[0];
+        assert_eq!(up.payload, Bytes::from_static(b"u"));
+        assert_eq!(up.upload_epoch, 0xe7, "the epoch is durable too");
         assert!(s.is_bound(Address::phone(1), a).await.unwrap());
         // Ids keep increasing across restarts.
         let msg = NewMessage {
@@ -988,5 +1019,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(second.msg_id, 2);
+    }
+
+    /// A file whose spool predates upload epochs (records without one, the epoch-less
+    /// de-duplication table) opens: its records read as epoch 0, the old table is gone, and new
+    /// uploads are de-duplicated by epoch.
+    #[tokio::test]
+    async fn spool_written_without_epochs_opens_and_reads_epoch_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Address::device(5);
+        {
+            let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            let old: TableDefinition<(u64, u32), u64> = TableDefinition::new(OLD_UPLOAD_DEDUPE);
+            txn.open_table(old)
+                .unwrap()
+                .insert((d.to_key(), 1), 1)
+                .unwrap();
+            let rec = encode_upload(d, 1, 10, "t", b"old");
+            txn.open_table(UPLOADS)
+                .unwrap()
+                .insert(1, rec.as_slice())
+                .unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("upload_head", 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+        let recs = s.read(0, 10).await.unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!((recs[0].upload_epoch, recs[0].upload_id), (0, 1));
+        assert_eq!(recs[0].payload, Bytes::from_static(b"old"));
+        let fresh = UploadSpool::append(&*s, d, 0x42, 1, "t", Bytes::from_static(b"old"), 20)
+            .await
+            .unwrap();
+        assert!(!fresh.duplicate, "another epoch: a new upload");
+        assert_eq!(fresh.cursor, 2);
+        let names: Vec<String> =
+            s.db.begin_read()
+                .unwrap()
+                .list_tables()
+                .unwrap()
+                .map(|t| redb::TableHandle::name(&t).to_string())
+                .collect();
+        assert!(!names.iter().any(|n| n == OLD_UPLOAD_DEDUPE), "{names:?}");
     }
 }

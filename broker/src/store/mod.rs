@@ -141,6 +141,9 @@ pub struct UploadRecord {
     pub cursor: u64,
     /// The uploading device.
     pub device: Address,
+    /// The upload epoch of the device's boot that sent it (docs/protocol.md section 4, "Upload
+    /// semantics"); 0 for records stored before the spool kept epochs.
+    pub upload_epoch: u64,
     /// The device's upload id.
     pub upload_id: u32,
     /// Topic string.
@@ -151,13 +154,27 @@ pub struct UploadRecord {
     pub received_at_ms: u64,
 }
 
+impl UploadRecord {
+    /// The consumer-side duplicate key of this upload (see [`upload_dedup_key`]).
+    pub fn dedup_key(&self) -> String {
+        upload_dedup_key(self.device, self.upload_epoch, self.upload_id)
+    }
+}
+
+/// The key a consumer drops duplicate uploads by: `<device id>:<upload epoch, 16 lower-case hex
+/// digits>:<upload id>`. Unique per genuine upload: a device draws a new epoch every boot, and
+/// within a boot its upload ids do not repeat (docs/storage.md).
+pub fn upload_dedup_key(device: Address, upload_epoch: u64, upload_id: u32) -> String {
+    format!("{}:{upload_epoch:016x}:{upload_id}", device.id)
+}
+
 /// Result of [`UploadSpool::append`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpoolAppended {
     /// The record's cursor.
     pub cursor: u64,
-    /// True when an identical upload (same device, upload id, topic and payload) was already
-    /// stored: nothing new was written and `cursor` is the earlier record's.
+    /// True when an identical upload (same device, upload epoch, upload id, topic and payload)
+    /// was already stored: nothing new was written and `cursor` is the earlier record's.
     pub duplicate: bool,
 }
 
@@ -175,12 +192,14 @@ pub struct NewUpload {
 /// A durable, append-only log of device uploads, read by cursor.
 #[async_trait]
 pub trait UploadSpool: Send + Sync + 'static {
-    /// Appends one device's uploads durably, in this order: an upload is stored only if every
-    /// one before it was. One result per upload, in order. The default appends one at a time
-    /// and fails the rest after the first failure; a store may commit them together.
+    /// Appends uploads of one device session (`device`, sent in its boot `upload_epoch`)
+    /// durably, in this order: an upload is stored only if every one before it was. One result
+    /// per upload, in order. The default appends one at a time and fails the rest after the
+    /// first failure; a store may commit them together.
     async fn append_many(
         &self,
         device: Address,
+        upload_epoch: u64,
         uploads: Vec<NewUpload>,
         now_ms: u64,
     ) -> Vec<Result<SpoolAppended, StoreError>> {
@@ -189,18 +208,29 @@ pub trait UploadSpool: Send + Sync + 'static {
             let r = match out.last() {
                 Some(Err(e)) => Err(StoreError::clone(e)),
                 _ => {
-                    self.append(device, u.upload_id, &u.topic, u.payload, now_ms)
-                        .await
+                    self.append(
+                        device,
+                        upload_epoch,
+                        u.upload_id,
+                        &u.topic,
+                        u.payload,
+                        now_ms,
+                    )
+                    .await
                 }
             };
             out.push(r);
         }
         out
     }
-    /// Appends durably (returns only after commit).
+    /// Appends durably (returns only after commit). An upload with the same device, epoch and
+    /// upload id as a stored one, and the same topic and payload, is a resend: not stored again
+    /// ([`SpoolAppended::duplicate`]). The same device and upload id under another epoch is a
+    /// new upload.
     async fn append(
         &self,
         device: Address,
+        upload_epoch: u64,
         upload_id: u32,
         topic: &str,
         payload: Bytes,

@@ -7,7 +7,9 @@
 //! 1. While the spool has a backlog, new uploads join it (keeps order across an outage).
 //! 2. Otherwise publish on the current node's confirm-mode channel: persistent message
 //!    (delivery mode 2) to the durable topic exchange, routing key `<prefix>.<topic>`, headers
-//!    `device_id`, `upload_id`, `topic`, `received_at_ms` and `dedup_key` (`<device id>:<upload id>`).
+//!    `device_id`, `upload_epoch` (16 lower-case hex digits), `upload_id`, `topic`,
+//!    `received_at_ms` and `dedup_key` (`<device id>:<upload epoch hex>:<upload id>`, also the
+//!    message id; see [`crate::store::upload_dedup_key`]).
 //!    A connection or channel error or a confirm timeout drops that node and tries the next
 //!    healthy one once; a nack or a second failure goes to the spool.
 //! 3. The forwarder task publishes the spool in cursor order (header `x-redelivered-from-spool:
@@ -38,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::config::RabbitConfig;
 use super::nodes::{NodeList, connect, redact, rotation};
-use crate::store::{StoreError, UploadSpool};
+use crate::store::{StoreError, UploadSpool, upload_dedup_key};
 use crate::terminal::Address;
 
 /// Name of the forwarder's cursor in the spool.
@@ -49,6 +51,8 @@ pub const SPOOL_CONSUMER: &str = "rabbitmq";
 pub struct Upload {
     /// The uploading device.
     pub device: Address,
+    /// The upload epoch of the device's boot that sent it.
+    pub upload_epoch: u64,
     /// The device's upload id.
     pub upload_id: u32,
     /// Upload topic (the routing key's last part).
@@ -60,9 +64,9 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// The consumer-side duplicate key: `<device id>:<upload id>`.
+    /// The consumer-side duplicate key ([`upload_dedup_key`]).
     pub fn dedup_key(&self) -> String {
-        format!("{}:{}", self.device.id, self.upload_id)
+        upload_dedup_key(self.device, self.upload_epoch, self.upload_id)
     }
 }
 
@@ -238,6 +242,7 @@ impl UploadSink for RabbitUploadSink {
         i.spool
             .append(
                 upload.device,
+                upload.upload_epoch,
                 upload.upload_id,
                 &upload.topic,
                 upload.payload.clone(),
@@ -379,6 +384,11 @@ pub async fn declare_uploads(ch: &Channel, cfg: &RabbitConfig) -> Result<(), lap
 pub fn properties(up: &Upload, from_spool: bool) -> BasicProperties {
     let mut h = FieldTable::default();
     h.insert("device_id".into(), AMQPValue::LongUInt(up.device.id));
+    // As text: AMQP's 64-bit integers are signed, and JSON consumers lose bits above 2^53.
+    h.insert(
+        "upload_epoch".into(),
+        AMQPValue::LongString(LongString::from(format!("{:016x}", up.upload_epoch))),
+    );
     h.insert("upload_id".into(), AMQPValue::LongUInt(up.upload_id));
     h.insert(
         "topic".into(),
@@ -461,6 +471,7 @@ async fn drain(inner: &Inner) -> Result<bool, StoreError> {
         for r in &records {
             let up = Upload {
                 device: r.device,
+                upload_epoch: r.upload_epoch,
                 upload_id: r.upload_id,
                 topic: r.topic.clone(),
                 payload: r.payload.clone(),

@@ -288,9 +288,23 @@ pub struct Device {
     pub auto_ack: bool,
 }
 
-/// Runs the client handshake; `Err(reject)` when the broker refused.
-pub async fn login(mut wire: Wire, id: u32, since_id: u64) -> Result<Device, Reject> {
-    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), since_id);
+/// The upload epoch [`login`] reports: every login through it is the same boot of its device.
+pub const UPLOAD_EPOCH: u64 = 0x00b0_07ed;
+
+/// Runs the client handshake (upload epoch [`UPLOAD_EPOCH`]); `Err(reject)` when the broker
+/// refused.
+pub async fn login(wire: Wire, id: u32, since_id: u64) -> Result<Device, Reject> {
+    login_in_epoch(wire, id, since_id, UPLOAD_EPOCH).await
+}
+
+/// [`login`] reporting `upload_epoch` (a new value models a reboot of the device).
+pub async fn login_in_epoch(
+    mut wire: Wire,
+    id: u32,
+    since_id: u64,
+    upload_epoch: u64,
+) -> Result<Device, Reject> {
+    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), since_id, upload_epoch);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(broker::router::now_ms(), rand::random(), &mut out)

@@ -200,9 +200,21 @@ pub struct DeviceClient<
     outbox: Outbox<P, O>,
     events: Deque<Event<P>, E>,
     since: SinceTracker,
+    /// This boot's upload epoch: drawn once in [`DeviceClient::new`], sent on every login.
+    upload_epoch: u64,
     next_req_id: u32,
     goodbye_pending: Option<Online>,
     stats: Stats,
+}
+
+/// 64 bits from `rng`, drawn again while they are 0 (the protocol forbids epoch 0).
+fn draw_upload_epoch<R: Rng>(rng: &mut R) -> u64 {
+    loop {
+        let epoch = (u64::from(rng.next_u32()) << 32) | u64::from(rng.next_u32());
+        if epoch != 0 {
+            return epoch;
+        }
+    }
 }
 
 fn payload_copy<const P: usize>(bytes: &[u8]) -> Option<Vec<u8, P>> {
@@ -224,6 +236,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
         };
         const { assert!(O >= 1, "the outbox needs at least one entry") };
         let first_upload_id = rng.next_u32();
+        let upload_epoch = draw_upload_epoch(&mut rng);
         let since = SinceTracker::new(device.since_id);
         let lookup_due = device.lookup.is_some();
         DeviceClient {
@@ -242,6 +255,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             outbox: Outbox::new(),
             events: Deque::new(),
             since,
+            upload_epoch,
             next_req_id: 1,
             goodbye_pending: None,
             stats: Stats::default(),
@@ -361,6 +375,13 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
     /// The highest message id the client will report at its next login.
     pub fn since_id(&self) -> u64 {
         self.since.since_id()
+    }
+
+    /// This boot's upload epoch (docs/protocol.md section 4, "Upload semantics"): 64 random
+    /// bits, never 0, drawn when the client was created and sent on every login, so an upload
+    /// resent after a reconnect keeps its de-duplication key and a new boot never reuses one.
+    pub fn upload_epoch(&self) -> u64 {
+        self.upload_epoch
     }
 
     /// Uploads waiting for acknowledgement.
@@ -571,6 +592,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             Address::device(self.device.device_id),
             self.device.key.clone(),
             self.since.since_id(),
+            self.upload_epoch,
         );
         let mut nonce = [0u8; 16];
         self.rng.fill_bytes(&mut nonce);

@@ -106,6 +106,8 @@ pub(crate) struct Broker {
     next_seq: u32,
     pub(crate) got: Vec<Got>,
     pub(crate) logins: Vec<u64>,
+    /// The upload epoch of every accepted LOGIN, in order.
+    pub(crate) epochs: Vec<u64>,
     /// Outcome of every LOGIN, in arrival order.
     login_results: Vec<&'static str>,
     hellos: Vec<u64>,
@@ -128,6 +130,7 @@ impl Broker {
             next_seq: 1,
             got: Vec::new(),
             logins: Vec::new(),
+            epochs: Vec::new(),
             login_results: Vec::new(),
             hellos: Vec::new(),
             auto_upload_ack: true,
@@ -180,6 +183,7 @@ impl Broker {
                         self.login_results.push("accepted");
                         self.last_login_ms = Some(accepted.login_timestamp_ms);
                         self.logins.push(accepted.since_id);
+                        self.epochs.push(accepted.upload_epoch);
                         replies.push_back(accepted.welcome.to_vec());
                         self.session = Some(accepted.session);
                         self.recv = RecvWindow::new();
@@ -754,6 +758,54 @@ fn full_upload_queue_rejects_the_newest_and_counts_it() {
     assert_eq!(got, ids.iter().map(|i| i.0).collect::<Vec<_>>());
 }
 
+/// Every boot draws its own upload epoch from the RNG (64 bits, never 0), so the upload ids a new
+/// boot starts from never collide with an earlier boot's uploads downstream.
+#[test]
+fn each_boot_draws_its_own_nonzero_upload_epoch() {
+    let config = || DeviceConfig {
+        device_id: DEVICE_ID,
+        key: KEY,
+        endpoints: &[],
+        lookup: None,
+        since_id: 0,
+    };
+    let boot = |seed| {
+        DeviceClient::<_, 4, 64>::new(
+            config(),
+            client_config(),
+            SplitMix64::new(seed),
+            Instant::ZERO,
+        )
+        .upload_epoch()
+    };
+    let epochs: std::collections::BTreeSet<u64> = (1..=50).map(boot).collect();
+    assert_eq!(epochs.len(), 50, "50 boots, 50 epochs");
+    assert!(!epochs.contains(&0));
+    // Uses all 64 bits: some epoch has a high half that is not 0.
+    assert!(epochs.iter().any(|e| e >> 32 != 0));
+
+    /// An RNG whose first two draws are 0: the epoch is drawn again.
+    struct ZerosFirst(u32, SplitMix64);
+    impl crate::rng::Rng for ZerosFirst {
+        fn next_u32(&mut self) -> u32 {
+            self.0 += 1;
+            // Draw 1 is the first upload id; draws 2 and 3 would make epoch 0.
+            if (2..=3).contains(&self.0) {
+                0
+            } else {
+                self.1.next_u32()
+            }
+        }
+    }
+    let c = DeviceClient::<_, 4, 64>::new(
+        config(),
+        client_config(),
+        ZerosFirst(0, SplitMix64::new(7)),
+        Instant::ZERO,
+    );
+    assert_ne!(c.upload_epoch(), 0);
+}
+
 #[test]
 fn upload_is_resent_after_reconnect_until_acknowledged() {
     let mut net = Net::new();
@@ -782,6 +834,11 @@ fn upload_is_resent_after_reconnect_until_acknowledged() {
         [(1, id.0)],
         "same upload_id in the new session"
     );
+    // And the same upload epoch: the resend keeps its de-duplication key.
+    let epoch = net.client.upload_epoch();
+    assert_ne!(epoch, 0);
+    assert_eq!(net.brokers[0].epochs, [epoch]);
+    assert_eq!(net.brokers[1].epochs, [epoch]);
     assert_eq!(net.client.stats().uploads_resent, 1);
     assert_eq!(net.client.uploads_pending(), 1);
     net.broker_sends(Body::UploadAck { upload_id: id.0 });
@@ -968,13 +1025,14 @@ fn malformed_and_forged_packets_are_errors_and_change_nothing() {
     let mut net = Net::new();
     net.online();
     let session = net.client.session_id();
+    const V: u8 = shared_protocol::limits::PROTOCOL_VERSION;
     for mut junk in [
         vec![],
-        vec![2],
-        vec![2, 0x10, 0, 0],
+        vec![V],
+        vec![V, 0x10, 0, 0],
         vec![0xff; 1500],
         vec![
-            2, 0x10, 101, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+            V, 0x10, 101, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
             13, 14, 15, 16, 17, 18, 19, 20,
         ],
     ] {

@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let peer = PeerAddr::V4([192, 0, 2, 1], 1000);
-    let mut client = ClientHandshake::new(Address::device(42), key.clone(), 0);
+    let mut client = ClientHandshake::new(Address::device(42), key.clone(), 0, 1);
     let mut now: u64 = 1_000_000;
     let mut nonce_ctr: u8 = 0;
     let mut last_login: Option<u64> = None;

@@ -66,6 +66,8 @@ pub enum ClientError {
     BufferTooSmall,
     /// The handshake is finished; a new one is needed.
     Finished,
+    /// The upload epoch is 0 (it must be drawn at boot: 64 random bits, not 0).
+    InvalidUploadEpoch,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +84,7 @@ pub struct ClientHandshake {
     address: Address,
     key: DeviceKey,
     since_id: u64,
+    upload_epoch: u64,
     state: State,
     attempt: u32,
     deadline: Option<u64>,
@@ -89,12 +92,17 @@ pub struct ClientHandshake {
 
 impl ClientHandshake {
     /// A handshake for `address` with its device key; `since_id` is the highest message id the
-    /// device already has (0 for none).
-    pub fn new(address: Address, key: DeviceKey, since_id: u64) -> Self {
+    /// device already has (0 for none); `upload_epoch` is the value this boot drew once (64
+    /// random bits, not 0) and sends on every login of the boot (docs/protocol.md section 4).
+    ///
+    /// An `upload_epoch` of 0 is refused by [`ClientHandshake::start`] with
+    /// [`ClientError::InvalidUploadEpoch`] (a broker would refuse the LOGIN as `MALFORMED`).
+    pub fn new(address: Address, key: DeviceKey, since_id: u64, upload_epoch: u64) -> Self {
         Self {
             address,
             key,
             since_id,
+            upload_epoch,
             state: State::Idle,
             attempt: 0,
             deadline: None,
@@ -123,6 +131,9 @@ impl ClientHandshake {
     ) -> Result<&'o [u8], ClientError> {
         if matches!(self.state, State::Done) {
             return Err(ClientError::Finished);
+        }
+        if self.upload_epoch == 0 {
+            return Err(ClientError::InvalidUploadEpoch);
         }
         let hello = self.hello(now_ms, nonce);
         match hello.encode(out) {
@@ -229,6 +240,7 @@ impl ClientHandshake {
             timestamp_ms: ch.timestamp_ms,
             cookie: ch.cookie,
             since_id: self.since_id,
+            upload_epoch: self.upload_epoch,
         };
         let login = Login {
             address: self.address,
@@ -236,6 +248,7 @@ impl ClientHandshake {
             timestamp_ms: ch.timestamp_ms,
             cookie: ch.cookie,
             since_id: self.since_id,
+            upload_epoch: self.upload_epoch,
             proof: compute_proof(&self.key, &input).0,
         };
         let bytes = login.encode(out).map_err(|_| ClientError::BufferTooSmall)?;

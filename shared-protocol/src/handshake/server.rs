@@ -136,6 +136,9 @@ pub struct Accepted<'o> {
     pub address: Address,
     /// The device's since-id (highest message id it already has).
     pub since_id: u64,
+    /// The device's upload epoch for this boot (never 0): with the device id and the upload id
+    /// it forms the upload's de-duplication key.
+    pub upload_epoch: u64,
     /// The LOGIN's challenge timestamp: record it as the terminal's last login time.
     pub login_timestamp_ms: u64,
     /// The broker's side of the new session (WELCOME already sealed with counter 0).
@@ -289,6 +292,7 @@ impl Acceptor {
             timestamp_ms: login.timestamp_ms,
             cookie: login.cookie,
             since_id: login.since_id,
+            upload_epoch: login.upload_epoch,
         };
         if !verify_proof(&record.key, &input, &login.proof) {
             return Err(LoginError::AuthFailed);
@@ -326,6 +330,7 @@ impl Acceptor {
         Ok(Accepted {
             address: login.address,
             since_id: login.since_id,
+            upload_epoch: login.upload_epoch,
             login_timestamp_ms: login.timestamp_ms,
             session,
             welcome: &out[..n],

@@ -257,6 +257,7 @@ impl Endpoint {
             transport: T,
             peer: from,
             since_id: accepted.since_id,
+            upload_epoch: accepted.upload_epoch,
         };
         let control = self.control.clone();
         let socket = self.socket.clone();
