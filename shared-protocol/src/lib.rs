@@ -23,6 +23,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod aead;
 pub mod codes;
 pub mod frame;
 pub mod handshake;
