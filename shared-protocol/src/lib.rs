@@ -12,6 +12,8 @@
 //! * [`frame`]: the frames carried inside DATA packets and their codec.
 //! * [`keys`]: device keys (fleet derivation), cookies, proofs and session key schedule.
 //! * [`replay`]: the anti-replay window for counter nonces.
+//! * [`aead`]: the ChaCha20-Poly1305 trait sessions seal and open with, and its two backends
+//!   (portable for firmware; `ring` with feature `fast-aead` for std hosts such as the broker).
 //! * [`session`]: the secure session (seal/open of DATA packets).
 //! * [`handshake`]: the client and server login handshakes.
 //! * [`reliability`]: sequence numbers, acknowledgements and retransmission.
@@ -23,6 +25,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod aead;
 pub mod codes;
 pub mod frame;
 pub mod handshake;

@@ -12,13 +12,13 @@
 //! with counter 0 like a DATA packet but under the WELCOME header (session id and broker nonce,
 //! docs/protocol.md section 3.2): [`SecureSession::seal_welcome`] / [`SecureSession::open_welcome`]. Sessions are found by `session_id`
 //! ([`peek_session_id`]), never by address: a packet that opens is authentic wherever it came from.
+//!
+//! Each direction's cipher is a [`SessionAead`] (see [`crate::aead`]) keyed once in
+//! [`SecureSession::new`], at login, and kept for the life of the session: no packet re-keys it.
 
-use chacha20poly1305::aead::inout::InOutBuf;
-use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag};
-use zeroize::Zeroize;
-
+use crate::aead::{AeadError, NONCE_LEN, PacketAead, SessionAead};
 use crate::frame::Frame;
-use crate::keys::{DirectionKey, SessionKeys};
+use crate::keys::SessionKeys;
 use crate::replay::{ReplayError, ReplayWindow};
 
 use crate::limits::{
@@ -111,18 +111,21 @@ pub fn peek_session_id(packet: &[u8]) -> Result<u32, SessionError> {
     parse_header(packet).map(|h| h.session_id)
 }
 
-fn nonce(counter: u64) -> Nonce {
-    let mut n = [0u8; 12];
+fn nonce(counter: u64) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
     n[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::from(n)
+    n
 }
 
-fn cipher(key: &DirectionKey) -> ChaCha20Poly1305 {
-    let mut copy = chacha20poly1305::Key::from(key.0);
-    let cipher = ChaCha20Poly1305::new(&copy);
-    // The cipher keeps its own copy (wiped on drop); wipe this stack one too.
-    copy.as_mut_slice().zeroize();
-    cipher
+fn tag_of(bytes: &[u8]) -> Result<[u8; TAG_LEN], SessionError> {
+    bytes.try_into().map_err(|_| SessionError::Truncated)
+}
+
+fn seal_error(e: AeadError) -> SessionError {
+    match e {
+        AeadError::TooLong => SessionError::TooLong,
+        AeadError::AuthFailed => SessionError::AuthFailed,
+    }
 }
 
 /// One side of an established session.
@@ -132,8 +135,8 @@ fn cipher(key: &DirectionKey) -> ChaCha20Poly1305 {
 pub struct SecureSession {
     role: Role,
     session_id: u32,
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: SessionAead,
+    recv: SessionAead,
     send_counter: u64,
     replay: ReplayWindow,
 }
@@ -159,8 +162,8 @@ impl SecureSession {
         Self {
             role,
             session_id,
-            send: cipher(send),
-            recv: cipher(recv),
+            send: SessionAead::new(send),
+            recv: SessionAead::new(recv),
             send_counter: 0,
             replay: ReplayWindow::new(),
         }
@@ -230,8 +233,8 @@ impl SecureSession {
         let (body, tail) = rest.split_at_mut(n);
         let tag = self
             .send
-            .encrypt_inout_detached(&nonce(counter), aad, InOutBuf::from(body))
-            .map_err(|_| SessionError::TooLong)?;
+            .seal_in_place(&nonce(counter), aad, body)
+            .map_err(seal_error)?;
         tail[..TAG_LEN].copy_from_slice(&tag);
         self.send_counter += 1;
         Ok(HEADER_LEN + n + TAG_LEN)
@@ -265,12 +268,11 @@ impl SecureSession {
         let header = self.precheck(packet)?;
         let n = packet.len() - OVERHEAD;
         let dst = out.get_mut(..n).ok_or(SessionError::BufferTooSmall)?;
-        let ct = &packet[HEADER_LEN..HEADER_LEN + n];
-        let tag = Tag::try_from(&packet[HEADER_LEN + n..]).map_err(|_| SessionError::Truncated)?;
-        let buf = InOutBuf::new(ct, dst).map_err(|_| SessionError::BufferTooSmall)?;
+        let tag = tag_of(&packet[HEADER_LEN + n..])?;
+        dst.copy_from_slice(&packet[HEADER_LEN..HEADER_LEN + n]);
         if self
             .recv
-            .decrypt_inout_detached(&nonce(header.counter), &packet[..HEADER_LEN], buf, &tag)
+            .open_in_place(&nonce(header.counter), &packet[..HEADER_LEN], dst, &tag)
             .is_err()
         {
             // Don't leave unauthenticated plaintext in the caller's buffer.
@@ -288,15 +290,10 @@ impl SecureSession {
         let n = packet.len() - OVERHEAD;
         let (aad, rest) = packet.split_at_mut(HEADER_LEN);
         let (body, tag) = rest.split_at_mut(n);
-        let tag = Tag::try_from(&tag[..]).map_err(|_| SessionError::Truncated)?;
+        let tag = tag_of(tag)?;
         if self
             .recv
-            .decrypt_inout_detached(
-                &nonce(header.counter),
-                aad,
-                InOutBuf::from(&mut body[..]),
-                &tag,
-            )
+            .open_in_place(&nonce(header.counter), aad, body, &tag)
             .is_err()
         {
             return Err(SessionError::AuthFailed);
@@ -356,8 +353,8 @@ impl SecureSession {
         let (body, tail) = rest.split_at_mut(n);
         let tag = self
             .send
-            .encrypt_inout_detached(&nonce(0), aad, InOutBuf::from(body))
-            .map_err(|_| SessionError::TooLong)?;
+            .seal_in_place(&nonce(0), aad, body)
+            .map_err(seal_error)?;
         tail[..TAG_LEN].copy_from_slice(&tag);
         self.send_counter = 1;
         Ok(WELCOME_HEADER_LEN + n + TAG_LEN)
@@ -382,12 +379,8 @@ impl SecureSession {
         let n = packet.len() - WELCOME_HEADER_LEN - TAG_LEN;
         let (aad, rest) = packet.split_at_mut(WELCOME_HEADER_LEN);
         let (body, tag) = rest.split_at_mut(n);
-        let tag = Tag::try_from(&tag[..]).map_err(|_| SessionError::Truncated)?;
-        if self
-            .recv
-            .decrypt_inout_detached(&nonce(0), aad, InOutBuf::from(&mut body[..]), &tag)
-            .is_err()
-        {
+        let tag = tag_of(tag)?;
+        if self.recv.open_in_place(&nonce(0), aad, body, &tag).is_err() {
             return Err(SessionError::AuthFailed);
         }
         self.record(0)?;

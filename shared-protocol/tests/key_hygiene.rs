@@ -1,5 +1,6 @@
 //! Key material hygiene (docs/protocol.md section 3): every secret key type overwrites its bytes
-//! when dropped, never prints them, and the AEAD ciphers a session holds wipe their keys too.
+//! when dropped, never prints them, and the AEAD ciphers a session holds (either backend) wipe
+//! their keys too.
 //!
 //! The drop tests look at a value's memory after its destructor ran, which takes `unsafe`: the
 //! value lives in a `MaybeUninit` so the bytes stay allocated and readable after the drop.
@@ -34,6 +35,20 @@ fn every_key_type_is_wiped_on_drop() {
     let keys = derive_session_keys(&DeviceKey([7; 32]), 1, &[1; 16], &[3; 16], &[2; 32]);
     assert_ne!(keys.d2b.0, [0; 32]);
     assert_eq!(bytes_after_drop::<_, 64>(keys), [0; 64]);
+}
+
+/// Each AEAD backend's state (what a session holds per direction) is its key, wiped on drop.
+#[test]
+fn aead_backends_wipe_their_key_on_drop() {
+    use shared_protocol::aead::{PacketAead, Portable, SessionAead};
+    assert_eq!(
+        bytes_after_drop::<_, 32>(Portable::new(&DirectionKey([0xA5; 32]))),
+        [0; 32]
+    );
+    assert_eq!(
+        bytes_after_drop::<_, 32>(SessionAead::new(&DirectionKey([0xA5; 32]))),
+        [0; 32]
+    );
 }
 
 #[test]

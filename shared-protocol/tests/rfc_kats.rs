@@ -1,8 +1,9 @@
 //! Published known-answer tests for the three primitives under the protocol (docs/protocol.md
 //! section 3), run against the exact crates and calls the library uses:
 //! * ChaCha20-Poly1305 (RFC 8439): `chacha20poly1305::ChaCha20Poly1305` with
-//!   `encrypt_inout_detached` / `decrypt_inout_detached`, as `session.rs` seals and opens DATA
-//!   packets;
+//!   `encrypt_inout_detached` / `decrypt_inout_detached` directly, and through each
+//!   [`PacketAead`] backend `session.rs` seals and opens DATA packets with (`Portable`, and
+//!   `Ring` with feature `fast-aead`); the two backends must also agree byte for byte;
 //! * HKDF-SHA256 (RFC 5869): `hkdf::Hkdf::<Sha256>` with `new(Some(salt), ikm)` and `expand`, as
 //!   `keys::derive_session_keys` does;
 //! * HMAC-SHA256 (RFC 4231): `hmac::Hmac::<Sha256>` with `new_from_slice`, `update` and `finalize`,
@@ -25,6 +26,7 @@ use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use shared_protocol::aead::{AeadError, PacketAead, Portable};
 use shared_protocol::keys::{DirectionKey, SessionKeys};
 use shared_protocol::session::{Role, SecureSession};
 
@@ -324,4 +326,112 @@ data. The key needs to be hashed before being used by the HMAC algorithm.";
         hex::encode(hmac_sha256(&[0xaa; 131], data)),
         "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"
     );
+}
+
+// ---- RFC 8439 through each AEAD backend ------------------------------------------------------------
+
+/// Runs RFC 8439 section 2.8.2 (seal and open) and appendix A.5 (open, seal back, tampering)
+/// through a `PacketAead` backend, the trait `SecureSession` seals and opens with.
+fn rfc8439_through_backend<A: PacketAead>() {
+    let key: [u8; 32] = core::array::from_fn(|i| 0x80 + i as u8);
+    let cipher = A::new(&DirectionKey(key));
+    let nonce = arr::<12>("07 00 00 00 40 41 42 43 44 45 46 47");
+    let aad = h("50 51 52 53 c0 c1 c2 c3 c4 c5 c6 c7");
+    let mut buf = SUNSCREEN.to_vec();
+    let tag = cipher.seal_in_place(&nonce, &aad, &mut buf).expect("seal");
+    assert_eq!(hex::encode(&buf), hex::encode(h(RFC8439_282_CIPHERTEXT)));
+    assert_eq!(
+        tag,
+        arr::<16>("1a e1 0b 59 4f 09 e2 6a 7e 90 2e cb d0 60 06 91")
+    );
+    cipher
+        .open_in_place(&nonce, &aad, &mut buf, &tag)
+        .expect("open");
+    assert_eq!(buf, SUNSCREEN);
+
+    let cipher = A::new(&DirectionKey(arr::<32>(RFC8439_A5_KEY)));
+    let nonce = arr::<12>("00 00 00 00 01 02 03 04 05 06 07 08");
+    let aad = h("f3 33 88 86 00 00 00 00 00 00 4e 91");
+    let tag = arr::<16>("ee ad 9d 67 89 0c bb 22 39 23 36 fe a1 85 1f 38");
+    let ct = h(RFC8439_A5_CIPHERTEXT);
+    let mut buf = ct.clone();
+    cipher
+        .open_in_place(&nonce, &aad, &mut buf, &tag)
+        .expect("open");
+    assert_eq!(buf, INTERNET_DRAFTS);
+    let mut again = INTERNET_DRAFTS.to_vec();
+    assert_eq!(cipher.seal_in_place(&nonce, &aad, &mut again), Ok(tag));
+    assert_eq!(again, ct);
+    // Tampered ciphertext, AAD or tag: refused, and no plaintext is left in the buffer.
+    for (i, (c, a, t)) in [
+        (100usize, usize::MAX, usize::MAX),
+        (usize::MAX, 11, usize::MAX),
+        (usize::MAX, usize::MAX, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c2 = ct.clone();
+        let mut a2 = aad.clone();
+        let mut t2 = tag;
+        if c != usize::MAX {
+            c2[c] ^= 0x01;
+        }
+        if a != usize::MAX {
+            a2[a] ^= 0x01;
+        }
+        if t != usize::MAX {
+            t2[t] ^= 0x80;
+        }
+        assert_eq!(
+            cipher.open_in_place(&nonce, &a2, &mut c2, &t2),
+            Err(AeadError::AuthFailed),
+            "case {i}"
+        );
+        assert!(
+            !c2.windows(16)
+                .any(|w| INTERNET_DRAFTS.windows(16).any(|p| p == w)),
+            "case {i}: plaintext left behind"
+        );
+    }
+}
+
+#[test]
+fn rfc8439_through_the_portable_backend() {
+    rfc8439_through_backend::<Portable>();
+}
+
+#[cfg(feature = "fast-aead")]
+#[test]
+fn rfc8439_through_the_ring_backend() {
+    rfc8439_through_backend::<shared_protocol::aead::Ring>();
+}
+
+/// The two backends agree byte for byte (ciphertext and tag) at every length up to a full
+/// packet, and each opens the other's output.
+#[cfg(feature = "fast-aead")]
+#[test]
+fn backends_agree_at_every_length() {
+    use shared_protocol::aead::Ring;
+    let key = DirectionKey(core::array::from_fn(|i| (i * 7 + 3) as u8));
+    let (portable, ring) = (Portable::new(&key), Ring::new(&key));
+    let aad = [0x02, 0x10, 4, 3, 2, 1, 9, 0, 0, 0, 0, 0, 0, 0];
+    for len in 0..=shared_protocol::limits::MAX_PACKET {
+        let nonce = {
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&(len as u64).to_le_bytes());
+            n
+        };
+        let plain: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        let ta = portable.seal_in_place(&nonce, &aad, &mut a).expect("seal");
+        let tb = ring.seal_in_place(&nonce, &aad, &mut b).expect("seal");
+        assert_eq!((&a, ta), (&b, tb), "length {len}");
+        ring.open_in_place(&nonce, &aad, &mut a, &ta)
+            .expect("ring opens portable");
+        portable
+            .open_in_place(&nonce, &aad, &mut b, &tb)
+            .expect("portable opens ring");
+        assert_eq!((a, b), (plain.clone(), plain), "length {len}");
+    }
 }
