@@ -11,6 +11,7 @@
 
 mod crates;
 mod cross;
+mod elf;
 mod hil;
 mod qemu_watchdog;
 mod services;

@@ -24,6 +24,9 @@
 
 use crate::cross::{CrossEnv, board_dirs, cross_target_dir, placeholder_env};
 use crate::shell::timed;
+use object::LittleEndian;
+use object::read::elf::{FileHeader, SectionHeader};
+
 use crate::symbols::{Breakdown, elf_symbols};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -483,51 +486,31 @@ impl Footprint {
     }
 }
 
-const SHF_WRITE: u64 = 0x1;
-const SHF_ALLOC: u64 = 0x2;
-const SHT_NOBITS: u32 = 8;
+const SHF_WRITE: u64 = object::elf::SHF_WRITE as u64;
+const SHF_ALLOC: u64 = object::elf::SHF_ALLOC as u64;
+const SHT_NOBITS: u32 = object::elf::SHT_NOBITS;
 
 /// Reads the section headers of a little-endian ELF32 or ELF64 file and sums them.
 pub fn elf_footprint(elf: &[u8]) -> Result<Footprint, String> {
-    if elf.len() < 16 || &elf[..4] != b"\x7fELF" {
-        return Err("not an ELF file".into());
+    use object::elf::{FileHeader32, FileHeader64};
+    match crate::elf::class(elf)? {
+        crate::elf::Class::Elf32 => footprint_of::<FileHeader32<LittleEndian>>(elf),
+        crate::elf::Class::Elf64 => footprint_of::<FileHeader64<LittleEndian>>(elf),
     }
-    if elf[5] != 1 {
-        return Err("not a little-endian ELF file".into());
-    }
-    let wide = match elf[4] {
-        1 => false,
-        2 => true,
-        other => return Err(format!("unknown ELF class {other}")),
-    };
-    let read = |offset: usize, len: usize| -> Result<u64, String> {
-        let bytes = elf
-            .get(offset..offset + len)
-            .ok_or_else(|| format!("ELF truncated at {offset}"))?;
-        let mut value = 0u64;
-        for (i, b) in bytes.iter().enumerate() {
-            value |= u64::from(*b) << (8 * i);
-        }
-        Ok(value)
-    };
-    let word = if wide { 8 } else { 4 };
-    let (shoff, shentsize, shnum) = if wide {
-        (read(0x28, 8)?, read(0x3A, 2)?, read(0x3C, 2)?)
-    } else {
-        (read(0x20, 4)?, read(0x2E, 2)?, read(0x30, 2)?)
-    };
+}
+
+fn footprint_of<H: FileHeader<Endian = LittleEndian>>(elf: &[u8]) -> Result<Footprint, String> {
+    let e = LittleEndian;
+    let header = H::parse(elf).map_err(|e| e.to_string())?;
+    let sections = header.sections(e, elf).map_err(|e| e.to_string())?;
     let mut footprint = Footprint::default();
-    for index in 0..shnum {
-        let base = usize::try_from(shoff + index * shentsize)
-            .map_err(|_| "section header offset out of range".to_owned())?;
-        let kind = read(base + 4, 4)? as u32;
-        let flags = read(base + 8, word)?;
-        // sh_size follows sh_flags, sh_addr and sh_offset.
-        let size = read(base + 8 + 3 * word, word)?;
+    for section in sections.iter() {
+        let flags: u64 = section.sh_flags(e).into();
+        let size: u64 = section.sh_size(e).into();
         if flags & SHF_ALLOC == 0 || size == 0 {
             continue;
         }
-        if kind == SHT_NOBITS {
+        if section.sh_type(e) == SHT_NOBITS {
             footprint.bss += size;
         } else if flags & SHF_WRITE != 0 {
             footprint.data += size;
@@ -549,10 +532,14 @@ mod tests {
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 1; // 32-bit
         elf[5] = 1; // little-endian
+        elf[6] = 1; // EV_CURRENT
         elf[0x20..0x24].copy_from_slice(&shoff.to_le_bytes());
         elf[0x2E..0x30].copy_from_slice(&40u16.to_le_bytes());
-        elf[0x30..0x32].copy_from_slice(&(sections.len() as u16).to_le_bytes());
-        for (kind, flags, size) in sections {
+        // The given sections, then an empty string table for the section names.
+        let count = sections.len() + 1;
+        elf[0x30..0x32].copy_from_slice(&(count as u16).to_le_bytes());
+        elf[0x32..0x34].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+        for (kind, flags, size) in sections.iter().chain([&(3, 0, 0)]) {
             let mut header = [0u8; 40];
             header[4..8].copy_from_slice(&kind.to_le_bytes());
             header[8..12].copy_from_slice(&flags.to_le_bytes());

@@ -16,6 +16,9 @@
 
 use std::collections::BTreeMap;
 
+use object::LittleEndian;
+use object::read::elf::{FileHeader, SectionHeader, Sym};
+
 /// Where a symbol's bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Place {
@@ -56,117 +59,67 @@ pub struct Symbol {
     pub place: Place,
 }
 
-const SHF_WRITE: u64 = 0x1;
-const SHF_ALLOC: u64 = 0x2;
-const SHT_SYMTAB: u32 = 2;
-const SHT_NOBITS: u32 = 8;
+const SHF_WRITE: u64 = object::elf::SHF_WRITE as u64;
+const SHF_ALLOC: u64 = object::elf::SHF_ALLOC as u64;
+#[cfg(test)]
+const SHT_SYMTAB: u32 = object::elf::SHT_SYMTAB;
+const SHT_NOBITS: u32 = object::elf::SHT_NOBITS;
 /// Symbol types kept: objects and functions (sections, files and untyped labels are not).
-const STT_OBJECT: u8 = 1;
-const STT_FUNC: u8 = 2;
-/// Section indexes from here on are reserved (absolute, common, ...).
-const SHN_LORESERVE: u64 = 0xff00;
-
-/// One section header's fields this module needs.
-struct Section {
-    kind: u32,
-    flags: u64,
-    offset: u64,
-    size: u64,
-    link: u64,
-}
+const STT_OBJECT: u8 = object::elf::STT_OBJECT;
+const STT_FUNC: u8 = object::elf::STT_FUNC;
 
 /// Reads the sized function and object symbols of allocated sections of a little-endian
 /// ELF32 or ELF64 file. Aliases (two names at one address and size) are kept once.
 pub fn elf_symbols(elf: &[u8]) -> Result<Vec<Symbol>, String> {
-    if elf.len() < 16 || &elf[..4] != b"\x7fELF" {
-        return Err("not an ELF file".into());
+    match crate::elf::class(elf)? {
+        crate::elf::Class::Elf32 => symbols_of::<object::elf::FileHeader32<LittleEndian>>(elf),
+        crate::elf::Class::Elf64 => symbols_of::<object::elf::FileHeader64<LittleEndian>>(elf),
     }
-    if elf[5] != 1 {
-        return Err("not a little-endian ELF file".into());
-    }
-    let wide = match elf[4] {
-        1 => false,
-        2 => true,
-        other => return Err(format!("unknown ELF class {other}")),
-    };
-    let read = |offset: u64, len: usize| -> Result<u64, String> {
-        let start = usize::try_from(offset).map_err(|_| "offset out of range".to_owned())?;
-        let bytes = elf
-            .get(start..start + len)
-            .ok_or_else(|| format!("ELF truncated at {offset}"))?;
-        Ok(bytes
-            .iter()
-            .enumerate()
-            .fold(0u64, |v, (i, b)| v | u64::from(*b) << (8 * i)))
-    };
-    let word = if wide { 8 } else { 4 };
-    let (shoff, shentsize, shnum) = if wide {
-        (read(0x28, 8)?, read(0x3A, 2)?, read(0x3C, 2)?)
-    } else {
-        (read(0x20, 4)?, read(0x2E, 2)?, read(0x30, 2)?)
-    };
-    let mut sections = Vec::new();
-    for index in 0..shnum {
-        let base = shoff + index * shentsize;
-        let w = word as u64;
-        sections.push(Section {
-            kind: read(base + 4, 4)? as u32,
-            flags: read(base + 8, word)?,
-            offset: read(base + 8 + 2 * w, word)?,
-            size: read(base + 8 + 3 * w, word)?,
-            link: read(base + 8 + 4 * w, 4)?,
-        });
-    }
-    let Some(symtab) = sections.iter().find(|s| s.kind == SHT_SYMTAB) else {
+}
+
+fn symbols_of<H: FileHeader<Endian = LittleEndian>>(elf: &[u8]) -> Result<Vec<Symbol>, String> {
+    let e = LittleEndian;
+    let header = H::parse(elf).map_err(|e| e.to_string())?;
+    let sections = header.sections(e, elf).map_err(|e| e.to_string())?;
+    let table = sections
+        .symbols(e, elf, object::elf::SHT_SYMTAB)
+        .map_err(|e| e.to_string())?;
+    if table.is_empty() {
         return Err("no symbol table (stripped binary?)".into());
-    };
-    let strtab = sections
-        .get(symtab.link as usize)
-        .ok_or("symbol table names no string table")?;
-    let entry = if wide { 24 } else { 16 };
+    }
     let mut seen = std::collections::HashSet::new();
     let mut symbols = Vec::new();
-    for n in 1..symtab.size / entry {
-        let at = symtab.offset + n * entry;
-        let (name_off, value, size, info, shndx) = if wide {
-            (
-                read(at, 4)?,
-                read(at + 8, 8)?,
-                read(at + 16, 8)?,
-                read(at + 4, 1)? as u8,
-                read(at + 6, 2)?,
-            )
-        } else {
-            (
-                read(at, 4)?,
-                read(at + 4, 4)?,
-                read(at + 8, 4)?,
-                read(at + 12, 1)? as u8,
-                read(at + 14, 2)?,
-            )
-        };
-        let kind = info & 0xf;
-        if size == 0 || !(kind == STT_FUNC || kind == STT_OBJECT) || shndx >= SHN_LORESERVE {
+    for sym in table.iter() {
+        let size: u64 = sym.st_size(e).into();
+        let value: u64 = sym.st_value(e).into();
+        let kind = sym.st_type();
+        if size == 0 || !(kind == STT_FUNC || kind == STT_OBJECT) {
             continue;
         }
-        let Some(section) = sections.get(shndx as usize) else {
+        // Undefined, absolute, common and other reserved indexes name no section.
+        let Ok(Some(index)) = table.symbol_section(e, sym, object::SymbolIndex(0)) else {
             continue;
         };
-        if section.flags & SHF_ALLOC == 0 {
+        let Ok(section) = sections.section(index) else {
+            continue;
+        };
+        let flags: u64 = section.sh_flags(e).into();
+        if flags & SHF_ALLOC == 0 {
             continue;
         }
         // Thumb functions have bit 0 set; an alias shares address and size.
         if !seen.insert((value & !1, size)) {
             continue;
         }
-        let place = if section.kind == SHT_NOBITS {
+        let place = if section.sh_type(e) == SHT_NOBITS {
             Place::Bss
-        } else if section.flags & SHF_WRITE != 0 {
+        } else if flags & SHF_WRITE != 0 {
             Place::Data
         } else {
             Place::Flash
         };
-        let raw = c_string(elf, strtab.offset + name_off)?;
+        let raw = table.symbol_name(e, sym).map_err(|e| e.to_string())?;
+        let raw = std::str::from_utf8(raw).map_err(|_| "a symbol name is not UTF-8".to_owned())?;
         symbols.push(Symbol {
             name: demangle(raw),
             size,
@@ -176,20 +129,6 @@ pub fn elf_symbols(elf: &[u8]) -> Result<Vec<Symbol>, String> {
     Ok(symbols)
 }
 
-/// The NUL-terminated string at `offset`.
-fn c_string(elf: &[u8], offset: u64) -> Result<&str, String> {
-    let start = usize::try_from(offset).map_err(|_| "string offset out of range".to_owned())?;
-    let rest = elf
-        .get(start..)
-        .ok_or_else(|| format!("string table truncated at {offset}"))?;
-    let end = rest
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or("unterminated symbol name")?;
-    std::str::from_utf8(&rest[..end]).map_err(|_| "symbol name is not UTF-8".to_owned())
-}
-
-/// The readable name: Rust symbols demangled without their hash, others as they are.
 fn demangle(raw: &str) -> String {
     match rustc_demangle::try_demangle(raw) {
         Ok(name) => format!("{name:#}"),
@@ -291,6 +230,7 @@ mod tests {
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 1;
         elf[5] = 1;
+        elf[6] = 1; // EV_CURRENT
         let symtab_off = elf.len() as u32;
         elf.extend_from_slice(&symtab);
         let strtab_off = elf.len() as u32;
@@ -301,6 +241,8 @@ mod tests {
         elf[0x2E..0x30].copy_from_slice(&40u16.to_le_bytes());
         elf[0x30..0x32].copy_from_slice(&(count as u16).to_le_bytes());
         let strtab_index = (sections.len() + 1) as u32;
+        // Section names come from the same string table (the names do not matter here).
+        elf[0x32..0x34].copy_from_slice(&(strtab_index as u16).to_le_bytes());
         let mut header = |kind: u32, flags: u32, offset: u32, size: u32, link: u32| {
             let mut h = [0u8; 40];
             h[4..8].copy_from_slice(&kind.to_le_bytes());
