@@ -348,6 +348,30 @@ impl Metrics {
     }
 }
 
+/// Backend pushes consumed from RabbitMQ (`crate::uploads::PushConsumer`).
+impl Metrics {
+    /// Registers at 0 every `broker_pushes_consumed_total{result}` and
+    /// `broker_push_rejected_total{reason}` series.
+    pub fn push_consumer_registered(&self, results: &[&'static str], reasons: &[&'static str]) {
+        for result in results {
+            self.counter("broker_pushes_consumed_total", &[("result", result)], 0);
+        }
+        for reason in reasons {
+            self.counter("broker_push_rejected_total", &[("reason", reason)], 0);
+        }
+    }
+
+    /// A consumed push ended as `result` (`acked`, `requeued`, `dead_lettered`).
+    pub fn push_consumed(&self, result: &'static str) {
+        self.counter("broker_pushes_consumed_total", &[("result", result)], 1);
+    }
+
+    /// A poison push was dead-lettered (or dropped) for `reason`.
+    pub fn push_rejected(&self, reason: &'static str) {
+        self.counter("broker_push_rejected_total", &[("reason", reason)], 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

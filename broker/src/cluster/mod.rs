@@ -470,6 +470,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         Some(PushConsumer::start(
             config.rabbitmq.clone(),
             nodes,
+            c.metrics.clone(),
             move |p: crate::uploads::BackendPush| {
                 let router = router.clone();
                 async move {
@@ -477,6 +478,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
                         .push(p.target, None, p.payload, p.ttl)
                         .await
                         .map(|_| ())
+                        .map_err(crate::uploads::PushFailure::from)
                 }
             },
         ))
