@@ -57,7 +57,7 @@ use crate::discovery::{
 use crate::keeper::RabbitView;
 use crate::metrics::Metrics;
 use crate::router::now_ms;
-use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+use crate::store::embedded::{EmbeddedStore, OfflineLimits, SpoolRetention};
 use crate::store::redis::{OnlineRegistry, RedisConn, RedisConnError, RedisStore};
 use crate::store::{StoreError, Stores};
 use crate::uploads::{
@@ -345,9 +345,13 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open(&config.storage.data_dir.join("upload-spool"), limits)?
-        .stores()
-        .uploads;
+    let local = EmbeddedStore::open_with_retention(
+        &config.storage.data_dir.join("upload-spool"),
+        limits,
+        SpoolRetention::from_config(&config.upload),
+    )?
+    .stores()
+    .uploads;
     let sink = RabbitUploadSink::start(config.rabbitmq.clone(), nodes, local.clone()).await?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(
@@ -426,7 +430,11 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open(&config.storage.data_dir, limits)?;
+    let local = EmbeddedStore::open_with_retention(
+        &config.storage.data_dir,
+        limits,
+        SpoolRetention::from_config(&config.upload),
+    )?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(
             c.store.clone(),

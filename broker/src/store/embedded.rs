@@ -13,7 +13,8 @@
 //! * `inbox`: (terminal, msg id) references; `inbox_count`: terminal -> references (for the cap).
 //!   References whose message expired are dropped lazily (on read, ack or eviction).
 //! * `known`: terminals seen at login (targets of kind-wide pushes).
-//! * `uploads`: cursor -> record; `upload_dedupe`: (device, upload id) -> cursor.
+//! * `uploads`: cursor -> record; `upload_dedupe`: (device, upload id) -> cursor. Trimmed and
+//!   capped by [`spool_retention`] (its counters live in `meta`).
 //! * `bind_pd`/`bind_dp`: bindings both ways; `groups`: (name, member); `group_count`: name -> count.
 
 use std::path::Path;
@@ -26,11 +27,15 @@ use redb::{
     WriteTransaction,
 };
 
+pub mod spool_retention;
+
+pub use spool_retention::SpoolRetention;
+
 use super::group_commit::GroupCommit;
 use super::{
     Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, NewUpload, OfflineStats, OfflineStore,
-    Recipients, SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool,
-    valid_group_name,
+    Recipients, SpoolAppended, SpoolStats, StoreError, StoredMessage, Stores, UploadRecord,
+    UploadSpool, valid_group_name,
 };
 use crate::config::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, Kind, from_key};
@@ -83,12 +88,23 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: GroupCommit,
     limits: OfflineLimits,
+    retention: SpoolRetention,
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) `<dir>/store.redb` with mode 0600 (narrowing an existing wider file),
     /// creating `dir` if needed.
     pub fn open(dir: &Path, limits: OfflineLimits) -> Result<Arc<EmbeddedStore>, StoreError> {
+        Self::open_with_retention(dir, limits, SpoolRetention::default())
+    }
+
+    /// [`EmbeddedStore::open`] with the upload spool's retention (see [`spool_retention`];
+    /// `open` keeps every record).
+    pub fn open_with_retention(
+        dir: &Path,
+        limits: OfflineLimits,
+        retention: SpoolRetention,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         let path = dir.join(STORE_FILE);
@@ -110,12 +126,14 @@ impl EmbeddedStore {
         txn.open_table(BIND_DP)?;
         txn.open_table(GROUPS)?;
         txn.open_table(GROUP_COUNT)?;
+        spool_retention::init_bytes(&txn)?;
         txn.commit()?;
         let db = Arc::new(db);
         Ok(Arc::new(EmbeddedStore {
             writer: GroupCommit::start(db.clone())?,
             db,
             limits,
+            retention,
         }))
     }
 
@@ -539,6 +557,7 @@ impl OfflineStore for EmbeddedStore {
 /// Appends one upload inside `txn` (deduplicating an identical resend).
 fn spool_one(
     txn: &WriteTransaction,
+    retention: SpoolRetention,
     device: Address,
     upload_id: u32,
     topic: &str,
@@ -572,6 +591,8 @@ fn spool_one(
             txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
             txn.open_table(UPLOAD_DEDUPE)?
                 .insert((dev, upload_id), cursor)?;
+            spool_retention::trim_consumed(txn, retention)?;
+            spool_retention::enforce_caps(txn, retention, cursor, rec.len() as u64, now_ms)?;
             Ok(SpoolAppended {
                 cursor,
                 duplicate: false,
@@ -591,7 +612,8 @@ impl UploadSpool for EmbeddedStore {
         now_ms: u64,
     ) -> Result<SpoolAppended, StoreError> {
         let topic = topic.to_string();
-        self.write(move |txn, _| spool_one(txn, device, upload_id, &topic, &payload, now_ms))
+        let r = self.retention;
+        self.write(move |txn, _| spool_one(txn, r, device, upload_id, &topic, &payload, now_ms))
             .await
     }
 
@@ -604,11 +626,15 @@ impl UploadSpool for EmbeddedStore {
         now_ms: u64,
     ) -> Vec<Result<SpoolAppended, StoreError>> {
         let n = uploads.len();
+        let retention = self.retention;
         let r = self
             .write(move |txn, _| {
                 uploads
                     .iter()
-                    .map(|u| spool_one(txn, device, u.upload_id, &u.topic, &u.payload, now_ms))
+                    .map(|u| {
+                        let (id, topic, payload) = (u.upload_id, &u.topic, &u.payload);
+                        spool_one(txn, retention, device, id, topic, payload, now_ms)
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .await;
@@ -657,9 +683,30 @@ impl UploadSpool for EmbeddedStore {
 
     async fn set_consumer_cursor(&self, consumer: &str, cursor: u64) -> Result<(), StoreError> {
         let key = format!("cursor:{consumer}");
+        let retention = self.retention;
         self.write(move |txn, _| {
             txn.open_table(META)?.insert(key.as_str(), cursor)?;
+            spool_retention::trim_consumed(txn, retention)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn spool_stats(&self) -> Result<SpoolStats, StoreError> {
+        self.run(|db, _| {
+            let read = db.begin_read()?;
+            let meta = read.open_table(META)?;
+            let get =
+                |k: &str| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |g| g.value())) };
+            let uploads = read.open_table(UPLOADS)?;
+            Ok(SpoolStats {
+                records: uploads.len()?,
+                bytes: get(spool_retention::BYTES_KEY)?,
+                first_cursor: uploads.first()?.map_or(0, |(k, _)| k.value()),
+                trimmed: get(spool_retention::TRIMMED_KEY)?,
+                dropped_age: get(spool_retention::DROPPED_AGE_KEY)?,
+                dropped_size: get(spool_retention::DROPPED_SIZE_KEY)?,
+            })
         })
         .await
     }
