@@ -215,7 +215,8 @@ impl MessageRecord {
     }
 }
 
-fn encode_upload(
+/// Encodes an upload spool record as stored in `uploads` (the inverse of [`decode_upload`]).
+pub fn encode_upload(
     device: Address,
     upload_id: u32,
     received_at_ms: u64,
@@ -232,7 +233,8 @@ fn encode_upload(
     v
 }
 
-fn decode_upload(cursor: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
+/// Decodes a stored upload spool record; bytes that are not one give [`StoreError::Corrupt`].
+pub fn decode_upload(cursor: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
     let bad = || StoreError::Corrupt(format!("upload record {cursor}"));
     if b.len() < 22 {
         return Err(bad());

@@ -14,6 +14,7 @@
 mod conn;
 mod offline;
 mod registry;
+pub mod replies;
 
 pub use conn::{RedisConfig, RedisConn, RedisConnError};
 pub use offline::RedisStore;

@@ -17,7 +17,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use redis::Script;
 
 use super::conn::RedisConn;
@@ -302,24 +301,7 @@ impl OfflineStore for RedisStore {
             .invoke_async(&mut c)
             .await;
         let flat = self.conn.check(r).await?;
-        if flat.len() % 4 != 0 {
-            return Err(corrupt("since reply"));
-        }
-        flat.chunks_exact(4)
-            .map(|row| {
-                let from = if row[2].is_empty() {
-                    None
-                } else {
-                    Some(address(parse_u64(&row[2], "sender")?)?)
-                };
-                Ok(StoredMessage {
-                    msg_id: parse_u64(&row[0], "message id")?,
-                    expires_at_ms: parse_u64(&row[1], "expiry")?,
-                    from,
-                    payload: Bytes::copy_from_slice(&row[3]),
-                })
-            })
-            .collect()
+        super::replies::since_reply(&flat)
     }
 
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
