@@ -176,6 +176,13 @@ pub struct SpoolStats {
     pub dropped_size: u64,
 }
 
+/// How many records a reader positioned at `after` lost to spool retention, given the first
+/// record [`UploadSpool::read`] returned it: records are numbered without gaps, so a first
+/// cursor above `after + 1` means the ones in between were dropped before it read them.
+pub fn retention_gap(after: u64, first: Option<&UploadRecord>) -> u64 {
+    first.map_or(0, |r| r.cursor.saturating_sub(after.saturating_add(1)))
+}
+
 /// One upload for [`UploadSpool::append_many`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewUpload {

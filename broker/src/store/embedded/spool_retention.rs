@@ -312,8 +312,13 @@ mod tests {
         let st = s.spool_stats().await.unwrap();
         assert_eq!((st.records, st.first_cursor), (5, 8));
         assert_eq!((st.dropped_size, st.dropped_age, st.trimmed), (7, 0, 0));
-        // A reader at cursor 2 sees the gap: the next record is 8, not 3.
-        assert_eq!(s.read(2, 1).await.unwrap()[0].cursor, 8);
+        // A reader at cursor 2 sees the gap: the next record is 8, not 3; 5 were lost to it.
+        let next = s.read(2, 1).await.unwrap();
+        assert_eq!(next[0].cursor, 8);
+        assert_eq!(crate::store::retention_gap(2, next.first()), 5);
+        let next = s.read(8, 1).await.unwrap();
+        assert_eq!(crate::store::retention_gap(8, next.first()), 0);
+        assert_eq!(crate::store::retention_gap(12, None), 0);
     }
 
     #[tokio::test]
