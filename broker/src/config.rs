@@ -358,6 +358,14 @@ pub struct Upload {
     pub webhook_url: String,
     /// Timeout of one webhook call, milliseconds.
     pub webhook_timeout_ms: u64,
+    /// Delete spooled uploads every named consumer (webhook, RabbitMQ forwarder) has passed.
+    pub spool_trim_consumed: bool,
+    /// Spooled uploads kept at most; the oldest are dropped (counted) beyond it. 0 = no cap.
+    pub spool_max_records: u64,
+    /// Bytes of spooled uploads kept at most; the oldest are dropped beyond it. 0 = no cap.
+    pub spool_max_bytes: u64,
+    /// Spooled uploads older than this are dropped, seconds. 0 = no cap.
+    pub spool_max_age_secs: u64,
 }
 
 impl Default for Upload {
@@ -365,6 +373,10 @@ impl Default for Upload {
         Upload {
             webhook_url: String::new(),
             webhook_timeout_ms: 10000,
+            spool_trim_consumed: true,
+            spool_max_records: 1_000_000,
+            spool_max_bytes: 1 << 30,
+            spool_max_age_secs: 7 * 24 * 3600,
         }
     }
 }

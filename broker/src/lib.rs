@@ -152,9 +152,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let store = EmbeddedStore::open(&dir, limits).map_err(|source| StartError::Store {
-        dir: dir.clone(),
-        source,
+    let retention = store::embedded::SpoolRetention::from_config(&config.upload);
+    let store = EmbeddedStore::open_with_retention(&dir, limits, retention).map_err(|source| {
+        StartError::Store {
+            dir: dir.clone(),
+            source,
+        }
     })?;
     let parts = StartParts {
         stores: store.stores(),

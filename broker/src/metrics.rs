@@ -508,6 +508,55 @@ fn labels_of(labels: &[(&'static str, &'static str)]) -> Vec<Label> {
     labels.iter().map(|(k, v)| Label::new(*k, *v)).collect()
 }
 
+/// Backend pushes consumed from RabbitMQ (`crate::uploads::PushConsumer`).
+impl Metrics {
+    /// Registers at 0 every `broker_pushes_consumed_total{result}` and
+    /// `broker_push_rejected_total{reason}` series.
+    pub fn push_consumer_registered(&self, results: &[&'static str], reasons: &[&'static str]) {
+        for result in results {
+            self.counter("broker_pushes_consumed_total", &[("result", result)], 0);
+        }
+        for reason in reasons {
+            self.counter("broker_push_rejected_total", &[("reason", reason)], 0);
+        }
+    }
+
+    /// A consumed push ended as `result` (`acked`, `requeued`, `dead_lettered`).
+    pub fn push_consumed(&self, result: &'static str) {
+        self.counter("broker_pushes_consumed_total", &[("result", result)], 1);
+    }
+
+    /// A poison push was dead-lettered (or dropped) for `reason`.
+    pub fn push_rejected(&self, reason: &'static str) {
+        self.counter("broker_push_rejected_total", &[("reason", reason)], 1);
+    }
+}
+
+/// The upload spool's size and retention (refreshed with the store gauges).
+impl Metrics {
+    /// Sets `broker_upload_spool_records` and `broker_upload_spool_bytes`, and the totals
+    /// `broker_upload_spool_trimmed_total` (consumed by every consumer) and
+    /// `broker_upload_spool_dropped_total{reason="age"|"size"}` (dropped unconsumed by a cap).
+    /// The totals are kept by the store, so they survive restarts.
+    pub fn upload_spool(&self, records: u64, bytes: u64, trimmed: u64, dropped: [u64; 2]) {
+        self.gauge_set("broker_upload_spool_records", records as f64);
+        self.gauge_set("broker_upload_spool_bytes", bytes as f64);
+        self.recorder
+            .register_counter(
+                &Key::from_name("broker_upload_spool_trimmed_total"),
+                &METADATA,
+            )
+            .absolute(trimmed);
+        for (reason, n) in [("age", dropped[0]), ("size", dropped[1])] {
+            let key = Key::from_parts(
+                "broker_upload_spool_dropped_total",
+                vec![Label::new("reason", reason)],
+            );
+            self.recorder.register_counter(&key, &METADATA).absolute(n);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

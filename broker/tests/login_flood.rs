@@ -21,7 +21,7 @@ const VICTIM_IP: &str = "127.0.0.7";
 /// A HELLO and a LOGIN for device `id` whose cookie was issued to a socket on 127.0.0.9.
 async fn login_packets_from_elsewhere(broker: SocketAddr, id: u32) -> (Vec<u8>, Vec<u8>) {
     let socket = UdpSocket::bind("127.0.0.9:0").await.unwrap();
-    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), 0);
+    let mut hs = ClientHandshake::new(Address::device(id), device_key(id), 0, 1);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(broker::router::now_ms(), rand::random(), &mut out)

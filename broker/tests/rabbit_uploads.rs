@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use broker::metrics::Metrics;
 use broker::router::Target;
 use broker::store::UploadSpool;
 use broker::store::embedded::{EmbeddedStore, OfflineLimits};
 use broker::terminal::Address;
 use broker::uploads::{
-    Delivered, PushConsumer, RabbitConfig, RabbitUploadSink, Upload, UploadSink, static_nodes,
+    Delivered, PushConsumer, PushFailure, REJECT_REASON_HEADER, RabbitConfig, RabbitUploadSink,
+    Upload, UploadSink, static_nodes,
 };
 use bytes::Bytes;
 use lapin::options::{
@@ -54,6 +56,8 @@ fn config(name: &str) -> RabbitConfig {
         upload_queue: format!("{id}.uploads"),
         push_exchange: format!("{id}.pushes"),
         push_queue: format!("{id}.pushes"),
+        push_dead_letter_exchange: format!("{id}.pushes.dead"),
+        push_dead_letter_queue: format!("{id}.pushes.dead"),
         confirm_timeout_ms: 3000,
         connect_timeout_ms: 2000,
         retry_interval_ms: 200,
@@ -156,12 +160,20 @@ async fn delete_topology(url: &str, cfg: &RabbitConfig) {
         return;
     };
     let ch = conn.create_channel().await.unwrap();
-    for q in [&cfg.upload_queue, &cfg.push_queue] {
+    for q in [
+        &cfg.upload_queue,
+        &cfg.push_queue,
+        &cfg.push_dead_letter_queue,
+    ] {
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    for e in [&cfg.upload_exchange, &cfg.push_exchange] {
+    for e in [
+        &cfg.upload_exchange,
+        &cfg.push_exchange,
+        &cfg.push_dead_letter_exchange,
+    ] {
         let _ = ch
             .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
             .await;
@@ -498,14 +510,14 @@ async fn push_consumer_acks_after_callback_and_requeues_on_error() {
     let (_tx, nodes) = static_nodes(vec![url1.clone(), url2.clone()]);
     let consumer = {
         let (seen, failures) = (seen.clone(), failures.clone());
-        PushConsumer::start(cfg.clone(), nodes, move |p| {
+        PushConsumer::start(cfg.clone(), nodes, Metrics::new(), move |p| {
             let (seen, failures) = (seen.clone(), failures.clone());
             async move {
                 // The first delivery of the group push fails once: it must come back.
                 if p.target == Target::Group("kitchen".into())
                     && failures.fetch_add(1, Ordering::SeqCst) == 0
                 {
-                    return Err("router busy");
+                    return Err(PushFailure::Transient("router busy".into()));
                 }
                 seen.lock().unwrap().push(p.target);
                 Ok(())
@@ -605,4 +617,169 @@ async fn push_consumer_acks_after_callback_and_requeues_on_error() {
         let _ = conn.close(200, "done".into()).await;
         delete_topology(url, &cfg).await;
     }
+}
+
+/// Publishes `body` to the push exchange on `url` as a backend would, once the consumer has
+/// declared the push queue there (retries until then, up to 20 s).
+async fn publish_push(url: &str, cfg: &RabbitConfig, body: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        // A failed passive declare (queue not there yet) closes the channel: retry.
+        let declared = ch
+            .queue_declare(
+                cfg.push_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        if declared {
+            ch.basic_publish(
+                cfg.push_exchange.as_str().into(),
+                "backend".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+            let _ = conn.close(200, "done".into()).await;
+            return;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        assert!(Instant::now() < deadline, "push queue never declared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poison pushes (undecodable, or refused by the router as permanent) are dead-lettered once
+/// with their reason and counted; the valid pushes around them are all delivered; nothing is
+/// left in the push queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_pushes_go_to_the_dead_letter_queue_and_valid_ones_flow() {
+    let _serial = RABBIT_NODES.lock().await;
+    let (url1, _) = urls();
+    let cfg = config("poison");
+    let metrics = Metrics::new();
+    let seen: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let (_tx, nodes) = static_nodes(vec![url1.clone()]);
+    let consumer = {
+        let seen = seen.clone();
+        PushConsumer::start(cfg.clone(), nodes, metrics.clone(), move |p| {
+            let seen = seen.clone();
+            async move {
+                // Stands in for the router: id 0 is an invalid address (a permanent refusal).
+                if p.target == Target::Terminal(Address::device(0)) {
+                    return Err(PushFailure::Permanent {
+                        reason: "bad_address",
+                        detail: "device id 0".into(),
+                    });
+                }
+                seen.lock().unwrap().push(p.payload);
+                Ok(())
+            }
+        })
+    };
+    // The series exist before the first poison message.
+    assert!(
+        metrics
+            .render()
+            .contains("broker_push_rejected_total{reason=\"decode\"} 0"),
+        "{}",
+        metrics.render()
+    );
+    let garbage: [&[u8]; 4] = [
+        b"not json",
+        b"\xff\xfe",
+        br#"{"target":"everyone","payload":"!!"}"#,
+        br#"{"target":{"terminal":{"kind":"device","id":0}},"text":"zero"}"#,
+    ];
+    let valid = 20usize;
+    for i in 0..valid {
+        let body =
+            format!(r#"{{"target":{{"terminal":{{"kind":"device","id":7}}}},"text":"v{i}"}}"#);
+        publish_push(&url1, &cfg, body.as_bytes()).await;
+        if i % 5 == 0 {
+            publish_push(&url1, &cfg, garbage[i / 5]).await;
+        }
+    }
+    wait_until(
+        "valid pushes delivered, poison rejected",
+        Duration::from_secs(20),
+        || seen.lock().unwrap().len() == valid && consumer.counts().2 == garbage.len() as u64,
+    )
+    .await;
+    let got: BTreeSet<Bytes> = seen.lock().unwrap().iter().cloned().collect();
+    let want: BTreeSet<Bytes> = (0..valid).map(|i| Bytes::from(format!("v{i}"))).collect();
+    assert_eq!(got, want, "every valid push delivered once");
+    assert_eq!(
+        consumer.counts(),
+        (valid as u64, 0, garbage.len() as u64),
+        "(acked, requeued, rejected)"
+    );
+    let text = metrics.render();
+    for line in [
+        "broker_pushes_consumed_total{result=\"dead_lettered\"} 4",
+        "broker_pushes_consumed_total{result=\"acked\"} 20",
+        "broker_push_rejected_total{reason=\"decode\"} 3",
+        "broker_push_rejected_total{reason=\"bad_address\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    consumer.shutdown().await;
+
+    // The dead-letter queue holds exactly the poison bodies, each with its reason.
+    let conn = Connection::connect(&url1, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut dead: Vec<(Vec<u8>, Option<String>)> = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            cfg.push_dead_letter_queue.as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+    {
+        let d = m.delivery;
+        let h = d.properties.headers().clone().unwrap_or_default();
+        dead.push((d.data.clone(), header_str(&h, REJECT_REASON_HEADER)));
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    dead.sort();
+    let mut want: Vec<(Vec<u8>, Option<String>)> = garbage
+        .iter()
+        .map(|g| {
+            let reason = if g.starts_with(br#"{"target":{"terminal"#) {
+                "bad_address"
+            } else {
+                "decode"
+            };
+            (g.to_vec(), Some(reason.to_string()))
+        })
+        .collect();
+    want.sort();
+    assert_eq!(dead, want);
+    let q = ch
+        .queue_declare(
+            cfg.push_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0, "nothing left in the push queue");
+    let _ = conn.close(200, "done".into()).await;
+    delete_topology(&url1, &cfg).await;
 }

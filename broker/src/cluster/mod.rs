@@ -60,7 +60,7 @@ use crate::discovery::{
 };
 use crate::keeper::RabbitView;
 use crate::metrics::Metrics;
-use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+use crate::store::embedded::{EmbeddedStore, OfflineLimits, SpoolRetention};
 use crate::store::redis::{OnlineRegistry, RedisConn, RedisConnError, RedisStore};
 use crate::store::{StoreError, Stores};
 use crate::uploads::{
@@ -355,9 +355,13 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open(&config.storage.data_dir.join("upload-spool"), limits)?
-        .stores()
-        .uploads;
+    let local = EmbeddedStore::open_with_retention(
+        &config.storage.data_dir.join("upload-spool"),
+        limits,
+        SpoolRetention::from_config(&config.upload),
+    )?
+    .stores()
+    .uploads;
     let sink = RabbitUploadSink::start(config.rabbitmq.clone(), nodes, local.clone()).await?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(
@@ -448,7 +452,11 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open(&config.storage.data_dir, limits)?;
+    let local = EmbeddedStore::open_with_retention(
+        &config.storage.data_dir,
+        limits,
+        SpoolRetention::from_config(&config.upload),
+    )?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(
             c.store.clone(),
@@ -496,6 +504,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         Some(PushConsumer::start(
             config.rabbitmq.clone(),
             nodes,
+            c.metrics.clone(),
             move |p: crate::uploads::BackendPush| {
                 let router = router.clone();
                 async move {
@@ -503,6 +512,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
                         .push(p.target, None, p.payload, p.ttl)
                         .await
                         .map(|_| ())
+                        .map_err(crate::uploads::PushFailure::from)
                 }
             },
         ))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::store::{SpoolAppended, StoreError, UploadRecord, UploadSpool};
+use crate::store::{SpoolAppended, SpoolStats, StoreError, UploadRecord, UploadSpool};
 use crate::terminal::Address;
 use crate::uploads::{RabbitUploadSink, Upload, UploadSink};
 
@@ -71,5 +71,9 @@ impl UploadSpool for SinkSpool {
 
     async fn set_consumer_cursor(&self, consumer: &str, cursor: u64) -> Result<(), StoreError> {
         self.local.set_consumer_cursor(consumer, cursor).await
+    }
+
+    async fn spool_stats(&self) -> Result<SpoolStats, StoreError> {
+        self.local.spool_stats().await
     }
 }

@@ -119,6 +119,42 @@ pub const FAMILIES: &[Family] = &[
         "Times the store noticed it had lost data (cluster: Redis restarted without persistence or failed over to a replica that missed writes).",
     ),
     f(
+        "broker_pushes_consumed_total",
+        Counter,
+        Always,
+        "Backend pushes consumed from RabbitMQ, by result (acked, requeued, dead_lettered).",
+    ),
+    f(
+        "broker_push_rejected_total",
+        Counter,
+        Always,
+        "Poison backend pushes dead-lettered (or dropped), by reason.",
+    ),
+    f(
+        "broker_upload_spool_records",
+        Gauge,
+        Always,
+        "Records in the upload spool now.",
+    ),
+    f(
+        "broker_upload_spool_bytes",
+        Gauge,
+        Always,
+        "Bytes of stored records in the upload spool now.",
+    ),
+    f(
+        "broker_upload_spool_trimmed_total",
+        Counter,
+        Always,
+        "Spool records deleted after every consumer had them.",
+    ),
+    f(
+        "broker_upload_spool_dropped_total",
+        Counter,
+        Always,
+        "Spool records dropped by a retention cap before every consumer had them, by reason (age, size).",
+    ),
+    f(
         "broker_queue_drops_total",
         Counter,
         Always,

@@ -391,10 +391,18 @@ impl Router {
             .collect()
     }
 
-    /// Updates the offline-store size gauges.
+    /// Updates the offline-store and upload-spool size gauges (and the spool's retention totals).
     pub async fn refresh_store_gauges(&self) {
         if let Ok(s) = self.inner.stores.offline.stats().await {
             self.inner.metrics.offline_size(s.messages, s.references);
+        }
+        if let Ok(s) = self.inner.stores.uploads.spool_stats().await {
+            self.inner.metrics.upload_spool(
+                s.records,
+                s.bytes,
+                s.trimmed,
+                [s.dropped_age, s.dropped_size],
+            );
         }
     }
 

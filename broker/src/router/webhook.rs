@@ -48,6 +48,14 @@ pub(super) async fn run(router: Router, shutdown: CancellationToken) {
             }
         };
         let batch = spool.read(cursor, 100).await.unwrap_or_default();
+        let lost = crate::store::retention_gap(cursor, batch.first());
+        if lost > 0 {
+            tracing::warn!(
+                after = cursor,
+                lost,
+                "webhook: uploads dropped by spool retention before they were delivered"
+            );
+        }
         if batch.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -18,6 +18,7 @@
 //!   read as 0, for records written before epochs were kept); `upload_dedupe_epoch`: (device,
 //!   epoch, upload id) -> cursor. The epoch-less `upload_dedupe` of older files is dropped at open:
 //!   no device of an older protocol version can log in to resend into it.
+//!   The spool is trimmed and capped by [`spool_retention`] (its counters live in `meta`).
 //! * `bind_pd`/`bind_dp`: bindings both ways; `groups`: (name, member); `group_count`: name -> count.
 
 use std::path::Path;
@@ -30,11 +31,16 @@ use redb::{
     WriteTransaction,
 };
 
+pub mod spool_retention;
+
+pub use spool_retention::SpoolRetention;
+
 use super::group_commit::GroupCommit;
 use super::msg_id;
 use super::{
     Appended, Bindings, Groups, NewMessage, NewUpload, OfflineStats, OfflineStore, Recipients,
-    SpoolAppended, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool, valid_group_name,
+    SpoolAppended, SpoolStats, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool,
+    valid_group_name,
 };
 use crate::config::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, Kind, from_key};
@@ -91,12 +97,23 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: GroupCommit,
     limits: OfflineLimits,
+    retention: SpoolRetention,
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) `<dir>/store.redb` with mode 0600 (narrowing an existing wider file),
     /// creating `dir` if needed.
     pub fn open(dir: &Path, limits: OfflineLimits) -> Result<Arc<EmbeddedStore>, StoreError> {
+        Self::open_with_retention(dir, limits, SpoolRetention::default())
+    }
+
+    /// [`EmbeddedStore::open`] with the upload spool's retention (see [`spool_retention`];
+    /// `open` keeps every record).
+    pub fn open_with_retention(
+        dir: &Path,
+        limits: OfflineLimits,
+        retention: SpoolRetention,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         let path = dir.join(STORE_FILE);
@@ -121,12 +138,14 @@ impl EmbeddedStore {
         txn.open_table(BIND_DP)?;
         txn.open_table(GROUPS)?;
         txn.open_table(GROUP_COUNT)?;
+        spool_retention::init_bytes(&txn)?;
         txn.commit()?;
         let db = Arc::new(db);
         Ok(Arc::new(EmbeddedStore {
             writer: GroupCommit::start(db.clone())?,
             db,
             limits,
+            retention,
         }))
     }
 
@@ -208,7 +227,8 @@ impl MessageRecord {
     }
 }
 
-fn encode_upload(
+/// Encodes an upload spool record as stored in `uploads` (the inverse of [`decode_upload`]).
+pub fn encode_upload(
     device: Address,
     upload_id: u32,
     received_at_ms: u64,
@@ -225,7 +245,9 @@ fn encode_upload(
     v
 }
 
-fn decode_upload(cursor: u64, upload_epoch: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
+/// Decodes a stored upload spool record (its epoch is kept apart, in `upload_epochs`); bytes
+/// that are not one give [`StoreError::Corrupt`].
+pub fn decode_upload(cursor: u64, upload_epoch: u64, b: &[u8]) -> Result<UploadRecord, StoreError> {
     let bad = || StoreError::Corrupt(format!("upload record {cursor}"));
     if b.len() < 22 {
         return Err(bad());
@@ -550,6 +572,7 @@ impl OfflineStore for EmbeddedStore {
 /// Appends one upload inside `txn` (deduplicating an identical resend of the same epoch).
 fn spool_one(
     txn: &WriteTransaction,
+    retention: SpoolRetention,
     device: Address,
     upload_epoch: u64,
     upload_id: u32,
@@ -586,6 +609,8 @@ fn spool_one(
                 .insert(cursor, upload_epoch)?;
             txn.open_table(UPLOAD_DEDUPE)?
                 .insert((dev, upload_epoch, upload_id), cursor)?;
+            spool_retention::trim_consumed(txn, retention)?;
+            spool_retention::enforce_caps(txn, retention, cursor, rec.len() as u64, now_ms)?;
             Ok(SpoolAppended {
                 cursor,
                 duplicate: false,
@@ -606,9 +631,11 @@ impl UploadSpool for EmbeddedStore {
         now_ms: u64,
     ) -> Result<SpoolAppended, StoreError> {
         let topic = topic.to_string();
+        let r = self.retention;
         self.write(move |txn, _| {
             spool_one(
                 txn,
+                r,
                 device,
                 upload_epoch,
                 upload_id,
@@ -630,13 +657,23 @@ impl UploadSpool for EmbeddedStore {
         now_ms: u64,
     ) -> Vec<Result<SpoolAppended, StoreError>> {
         let n = uploads.len();
+        let retention = self.retention;
         let r = self
             .write(move |txn, _| {
                 uploads
                     .iter()
                     .map(|u| {
-                        let (id, topic) = (u.upload_id, &u.topic);
-                        spool_one(txn, device, upload_epoch, id, topic, &u.payload, now_ms)
+                        let (id, topic, payload) = (u.upload_id, &u.topic, &u.payload);
+                        spool_one(
+                            txn,
+                            retention,
+                            device,
+                            upload_epoch,
+                            id,
+                            topic,
+                            payload,
+                            now_ms,
+                        )
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -689,9 +726,30 @@ impl UploadSpool for EmbeddedStore {
 
     async fn set_consumer_cursor(&self, consumer: &str, cursor: u64) -> Result<(), StoreError> {
         let key = format!("cursor:{consumer}");
+        let retention = self.retention;
         self.write(move |txn, _| {
             txn.open_table(META)?.insert(key.as_str(), cursor)?;
+            spool_retention::trim_consumed(txn, retention)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn spool_stats(&self) -> Result<SpoolStats, StoreError> {
+        self.run(|db, _| {
+            let read = db.begin_read()?;
+            let meta = read.open_table(META)?;
+            let get =
+                |k: &str| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |g| g.value())) };
+            let uploads = read.open_table(UPLOADS)?;
+            Ok(SpoolStats {
+                records: uploads.len()?,
+                bytes: get(spool_retention::BYTES_KEY)?,
+                first_cursor: uploads.first()?.map_or(0, |(k, _)| k.value()),
+                trimmed: get(spool_retention::TRIMMED_KEY)?,
+                dropped_age: get(spool_retention::DROPPED_AGE_KEY)?,
+                dropped_size: get(spool_retention::DROPPED_SIZE_KEY)?,
+            })
         })
         .await
     }

@@ -178,6 +178,31 @@ pub struct SpoolAppended {
     pub duplicate: bool,
 }
 
+/// Size and retention counters of an upload spool ([`UploadSpool::spool_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Records kept.
+    pub records: u64,
+    /// Bytes of the kept records (as stored).
+    pub bytes: u64,
+    /// Cursor of the oldest kept record (0 when empty): a reader positioned before
+    /// `first_cursor - 1` lost records to retention.
+    pub first_cursor: u64,
+    /// Records every named consumer had passed, deleted (ever).
+    pub trimmed: u64,
+    /// Records dropped unconsumed because they were older than the age cap (ever).
+    pub dropped_age: u64,
+    /// Records dropped unconsumed because of the record or byte cap (ever).
+    pub dropped_size: u64,
+}
+
+/// How many records a reader positioned at `after` lost to spool retention, given the first
+/// record [`UploadSpool::read`] returned it: records are numbered without gaps, so a first
+/// cursor above `after + 1` means the ones in between were dropped before it read them.
+pub fn retention_gap(after: u64, first: Option<&UploadRecord>) -> u64 {
+    first.map_or(0, |r| r.cursor.saturating_sub(after.saturating_add(1)))
+}
+
 /// One upload for [`UploadSpool::append_many`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewUpload {
@@ -244,6 +269,8 @@ pub trait UploadSpool: Send + Sync + 'static {
     async fn consumer_cursor(&self, consumer: &str) -> Result<u64, StoreError>;
     /// Persists a named consumer's position.
     async fn set_consumer_cursor(&self, consumer: &str, cursor: u64) -> Result<(), StoreError>;
+    /// Size and retention counters.
+    async fn spool_stats(&self) -> Result<SpoolStats, StoreError>;
 }
 
 /// Phone <-> device bindings (a phone may talk only to devices bound to it, and vice versa).

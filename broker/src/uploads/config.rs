@@ -32,6 +32,14 @@ pub struct RabbitConfig {
     pub push_queue: String,
     /// Unacknowledged pushes in flight per node.
     pub push_prefetch: u16,
+    /// Durable fanout exchange poison pushes are republished to, with the reason as a header
+    /// (empty: rejected without requeue, dropped).
+    pub push_dead_letter_exchange: String,
+    /// Durable queue bound to `push_dead_letter_exchange` (declared by the consumer).
+    pub push_dead_letter_queue: String,
+    /// Longest pause before requeueing a push that failed transiently, ms (the pause starts at
+    /// 100 ms and doubles with each consecutive failure).
+    pub push_retry_max_ms: u64,
 }
 
 impl Default for RabbitConfig {
@@ -50,6 +58,9 @@ impl Default for RabbitConfig {
             push_exchange: "pushes".into(),
             push_queue: "msgbus.pushes".into(),
             push_prefetch: 32,
+            push_dead_letter_exchange: "pushes.dead".into(),
+            push_dead_letter_queue: "msgbus.pushes.dead".into(),
+            push_retry_max_ms: 5000,
         }
     }
 }

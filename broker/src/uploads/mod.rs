@@ -7,7 +7,8 @@
 //! * [`publisher`]: an upload is acknowledged to the device only after a publisher confirm, or
 //!   after it is durable in a spool that a forwarder publishes from later, in order.
 //! * [`push`]: consumes backend pushes (JSON, see `docs/storage.md`) from every healthy node and
-//!   acks each only after the callback (the router's push) succeeded.
+//!   acks each only after the callback (the router's push) succeeded; poison messages go to a
+//!   dead-letter exchange, transient failures are requeued with back-off.
 //!
 //! RabbitMQ nodes are independent (not clustered): the publisher uses one node at a time and
 //! fails over; a consumer of uploads must read the queue on every node and drop duplicates by the
@@ -21,4 +22,7 @@ pub mod push;
 pub use config::RabbitConfig;
 pub use nodes::{NodeList, static_nodes, urls_from_rabbit_view};
 pub use publisher::{Delivered, RabbitUploadSink, SinkStats, Upload, UploadSink, UploadSinkError};
-pub use push::{BackendPush, PushConsumer, PushDecodeError, decode_push};
+pub use push::{
+    BackendPush, PUSH_REJECT_REASONS, PUSH_RESULTS, PushConsumer, PushDecodeError, PushFailure,
+    REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, decode_push,
+};

@@ -453,6 +453,14 @@ async fn drain(inner: &Inner) -> Result<bool, StoreError> {
     loop {
         let cursor = inner.spool.consumer_cursor(SPOOL_CONSUMER).await?;
         let records = inner.spool.read(cursor, batch).await?;
+        let lost = crate::store::retention_gap(cursor, records.first());
+        if lost > 0 {
+            warn!(
+                after = cursor,
+                lost,
+                "spool forwarder: uploads dropped by spool retention before they were published"
+            );
+        }
         if records.is_empty() {
             inner.backlog.store(false, Ordering::SeqCst);
             // An upload spooled between the read and the flag still has its wake-up pending.

@@ -19,6 +19,7 @@ mod conn;
 mod data_loss;
 mod offline;
 mod registry;
+pub mod replies;
 
 pub use conn::{RedisConfig, RedisConn, RedisConnError};
 pub use offline::RedisStore;

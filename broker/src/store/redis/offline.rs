@@ -22,7 +22,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use redis::Script;
 
 use super::conn::RedisConn;
@@ -382,29 +381,11 @@ impl OfflineStore for RedisStore {
         let [status, epoch, rows @ ..] = flat.as_slice() else {
             return Err(corrupt("since reply"));
         };
-        if rows.len() % 4 != 0 {
-            return Err(corrupt("since reply"));
-        }
         self.watch.observe(
             std::str::from_utf8(status).map_err(|_| corrupt("epoch status"))?,
             std::str::from_utf8(epoch).map_err(|_| corrupt("epoch"))?,
         )?;
-        let out: Vec<StoredMessage> = rows
-            .chunks_exact(4)
-            .map(|row| {
-                let from = if row[2].is_empty() {
-                    None
-                } else {
-                    Some(address(parse_u64(&row[2], "sender")?)?)
-                };
-                Ok(StoredMessage {
-                    msg_id: parse_u64(&row[0], "message id")?,
-                    expires_at_ms: parse_u64(&row[1], "expiry")?,
-                    from,
-                    payload: Bytes::copy_from_slice(&row[3]),
-                })
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let out = super::replies::since_reply(rows)?;
         if let Some(last) = out.last() {
             self.watch.saw_id(last.msg_id);
         }
