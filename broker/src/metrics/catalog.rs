@@ -121,13 +121,13 @@ pub const FAMILIES: &[Family] = &[
     f(
         "broker_pushes_consumed_total",
         Counter,
-        Always,
+        Cluster,
         "Backend pushes consumed from RabbitMQ, by result (acked, requeued, dead_lettered).",
     ),
     f(
         "broker_push_rejected_total",
         Counter,
-        Always,
+        Cluster,
         "Poison backend pushes dead-lettered (or dropped), by reason.",
     ),
     f(
