@@ -569,54 +569,55 @@ impl OfflineStore for EmbeddedStore {
 
 // ---- upload spool -----------------------------------------------------------------------------
 
-/// Appends one upload inside `txn` (deduplicating an identical resend of the same epoch).
+/// Appends one upload of `device`'s boot `upload_epoch` inside `txn` (deduplicating an identical
+/// resend of the same epoch), then applies the spool's retention.
 fn spool_one(
     txn: &WriteTransaction,
     retention: SpoolRetention,
     device: Address,
     upload_epoch: u64,
-    upload_id: u32,
-    topic: &str,
-    payload: &Bytes,
+    upload: &NewUpload,
     now_ms: u64,
 ) -> Result<SpoolAppended, StoreError> {
+    let NewUpload {
+        upload_id,
+        topic,
+        payload,
+    } = upload;
+    let upload_id = *upload_id;
+    let dev = device.to_key();
+    if let Some(prev) = txn
+        .open_table(UPLOAD_DEDUPE)?
+        .get((dev, upload_epoch, upload_id))?
+        .map(|g| g.value())
+        && let Some(g) = txn.open_table(UPLOADS)?.get(prev)?
     {
-        {
-            let dev = device.to_key();
-            if let Some(prev) = txn
-                .open_table(UPLOAD_DEDUPE)?
-                .get((dev, upload_epoch, upload_id))?
-                .map(|g| g.value())
-                && let Some(g) = txn.open_table(UPLOADS)?.get(prev)?
-            {
-                let rec = decode_upload(prev, upload_epoch, g.value())?;
-                if rec.topic == topic && rec.payload == payload {
-                    return Ok(SpoolAppended {
-                        cursor: prev,
-                        duplicate: true,
-                    });
-                }
-            }
-            let cursor = {
-                let mut meta = txn.open_table(META)?;
-                let c = meta.get("upload_head")?.map_or(0, |g| g.value()) + 1;
-                meta.insert("upload_head", c)?;
-                c
-            };
-            let rec = encode_upload(device, upload_id, now_ms, topic, payload);
-            txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
-            txn.open_table(UPLOAD_EPOCHS)?
-                .insert(cursor, upload_epoch)?;
-            txn.open_table(UPLOAD_DEDUPE)?
-                .insert((dev, upload_epoch, upload_id), cursor)?;
-            spool_retention::trim_consumed(txn, retention)?;
-            spool_retention::enforce_caps(txn, retention, cursor, rec.len() as u64, now_ms)?;
-            Ok(SpoolAppended {
-                cursor,
-                duplicate: false,
-            })
+        let rec = decode_upload(prev, upload_epoch, g.value())?;
+        if rec.topic == *topic && rec.payload == payload {
+            return Ok(SpoolAppended {
+                cursor: prev,
+                duplicate: true,
+            });
         }
     }
+    let cursor = {
+        let mut meta = txn.open_table(META)?;
+        let c = meta.get("upload_head")?.map_or(0, |g| g.value()) + 1;
+        meta.insert("upload_head", c)?;
+        c
+    };
+    let rec = encode_upload(device, upload_id, now_ms, topic, payload);
+    txn.open_table(UPLOADS)?.insert(cursor, rec.as_slice())?;
+    txn.open_table(UPLOAD_EPOCHS)?
+        .insert(cursor, upload_epoch)?;
+    txn.open_table(UPLOAD_DEDUPE)?
+        .insert((dev, upload_epoch, upload_id), cursor)?;
+    spool_retention::trim_consumed(txn, retention)?;
+    spool_retention::enforce_caps(txn, retention, cursor, rec.len() as u64, now_ms)?;
+    Ok(SpoolAppended {
+        cursor,
+        duplicate: false,
+    })
 }
 
 #[async_trait]
@@ -630,21 +631,14 @@ impl UploadSpool for EmbeddedStore {
         payload: Bytes,
         now_ms: u64,
     ) -> Result<SpoolAppended, StoreError> {
-        let topic = topic.to_string();
+        let upload = NewUpload {
+            upload_id,
+            topic: topic.to_string(),
+            payload,
+        };
         let r = self.retention;
-        self.write(move |txn, _| {
-            spool_one(
-                txn,
-                r,
-                device,
-                upload_epoch,
-                upload_id,
-                &topic,
-                &payload,
-                now_ms,
-            )
-        })
-        .await
+        self.write(move |txn, _| spool_one(txn, r, device, upload_epoch, &upload, now_ms))
+            .await
     }
 
     /// One transaction for all (so one commit, shared with concurrent writes): all are stored, in
@@ -662,19 +656,7 @@ impl UploadSpool for EmbeddedStore {
             .write(move |txn, _| {
                 uploads
                     .iter()
-                    .map(|u| {
-                        let (id, topic, payload) = (u.upload_id, &u.topic, &u.payload);
-                        spool_one(
-                            txn,
-                            retention,
-                            device,
-                            upload_epoch,
-                            id,
-                            topic,
-                            payload,
-                            now_ms,
-                        )
-                    })
+                    .map(|u| spool_one(txn, retention, device, upload_epoch, u, now_ms))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await;
