@@ -174,29 +174,7 @@ pub struct Security {
     pub api_token: Secret,
 }
 
-/// What to do when a connection's outbound queue is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QueueFullPolicy {
-    /// Drop the event being queued.
-    DropNewest,
-    /// Drop the oldest queued event to make room.
-    DropOldest,
-    /// Kick the session (it reconnects and replays from the store).
-    #[default]
-    Disconnect,
-}
-
-impl QueueFullPolicy {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueFullPolicy::DropNewest => "drop-newest",
-            QueueFullPolicy::DropOldest => "drop-oldest",
-            QueueFullPolicy::Disconnect => "disconnect",
-        }
-    }
-}
+pub use crate::terminal::QueueFullPolicy;
 
 /// `[limits]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

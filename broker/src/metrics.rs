@@ -35,7 +35,7 @@ use std::time::Duration;
 use metrics::{Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::router::Transport;
+use crate::terminal::Transport;
 
 static METADATA: Metadata<'static> = Metadata::new("broker", Level::INFO, Some(module_path!()));
 

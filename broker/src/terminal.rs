@@ -2,6 +2,11 @@
 //! (`shared_protocol::ids`: [`Address`], [`Kind`], [`IdProfile`], [`IdError`]; JSON form
 //! `{"kind":"device","id":7}`); this module adds the broker-side conveniences: a packed `u64`
 //! store key ([`AddressKey`], [`from_key`]) and id parsing for URL paths ([`parse_id`]).
+//!
+//! It also holds the words several layers share, so that lower layers (metrics, stores) need not
+//! import them from the layers above: the [`Transport`] a session arrived on and the
+//! [`QueueFullPolicy`] of an outbound queue (re-exported by `router` and `config`, which own
+//! their use).
 
 pub use shared_protocol::ids::{Address, IdError, IdProfile, Kind};
 
@@ -57,5 +62,55 @@ mod tests {
         assert_eq!(parse_id("4294967289"), Some(-7i32 as u32));
         assert_eq!(parse_id("x"), None);
         assert_eq!(parse_id("4294967296"), None);
+    }
+}
+
+/// The transport a session arrived on (also the `transport` metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Device over WebSocket (binary packets).
+    DeviceWs,
+    /// Device over UDP (binary packets).
+    Udp,
+    /// App over WebSocket (JSON).
+    AppWs,
+}
+
+impl Transport {
+    /// Label used in metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::DeviceWs => "device_ws",
+            Transport::Udp => "udp",
+            Transport::AppWs => "app_ws",
+        }
+    }
+
+    /// All transports (for reporting).
+    pub const ALL: [Transport; 3] = [Transport::DeviceWs, Transport::Udp, Transport::AppWs];
+}
+
+/// What to do when a connection's outbound queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueFullPolicy {
+    /// Drop the event being queued.
+    DropNewest,
+    /// Drop the oldest queued event to make room.
+    DropOldest,
+    /// Kick the session (it reconnects and replays from the store).
+    #[default]
+    Disconnect,
+}
+
+impl QueueFullPolicy {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueFullPolicy::DropNewest => "drop-newest",
+            QueueFullPolicy::DropOldest => "drop-oldest",
+            QueueFullPolicy::Disconnect => "disconnect",
+        }
     }
 }

@@ -8,8 +8,8 @@
 //! marked [`Scope::Cluster`] exist only on cluster nodes and are registered by the cluster code
 //! when it starts (their `peer` labels are not known before).
 
-use crate::config::QueueFullPolicy;
-use crate::router::Transport;
+use crate::terminal::QueueFullPolicy;
+use crate::terminal::Transport;
 
 /// The Prometheus type of a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,31 +30,7 @@ use crate::terminal::Address;
 
 use super::Router;
 
-/// The transport a session arrived on (also the `transport` metric label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Transport {
-    /// Device over WebSocket (binary packets).
-    DeviceWs,
-    /// Device over UDP (binary packets).
-    Udp,
-    /// App over WebSocket (JSON).
-    AppWs,
-}
-
-impl Transport {
-    /// Label used in metrics and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::DeviceWs => "device_ws",
-            Transport::Udp => "udp",
-            Transport::AppWs => "app_ws",
-        }
-    }
-
-    /// All transports (for reporting).
-    pub const ALL: [Transport; 3] = [Transport::DeviceWs, Transport::Udp, Transport::AppWs];
-}
+pub use crate::terminal::Transport;
 
 /// Why the broker ends a session. The comet maps it to the protocol's Kick/Goodbye code
 /// (docs/protocol.md section 9) or a WebSocket close code.
