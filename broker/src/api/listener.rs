@@ -6,7 +6,7 @@
 //! * a request header must arrive within `api.header_read_timeout_ms` (hyper's header timeout,
 //!   driven by a tokio timer), which also ends idle keep-alive connections;
 //! * a request body must arrive within `api.body_timeout_ms` (408) and be at most
-//!   `api.max_body_bytes` (413): [`buffer_body`] reads it whole before any handler runs.
+//!   `api.max_body_bytes` (413): `buffer_body` reads it whole before any handler runs.
 //!
 //! Each refusal is counted as `broker_limit_rejections_total{limit="api.<key>"}`. TLS
 //! connections first complete a rustls handshake within [`HANDSHAKE_TIMEOUT`]. On shutdown the

@@ -4,7 +4,7 @@
 //!
 //! Every route is declared once in [`routes`] (method, path, auth, handler); the axum router is
 //! built from that table, and a test checks that the table and `docs/openapi.json` (served at
-//! `/v1/openapi.json`) list exactly the same operations. Handlers live in [`handlers`] and talk
+//! `/v1/openapi.json`) list exactly the same operations. Handlers live in `handlers` and talk
 //! to the [`Router`] and its stores only, plus, in cluster mode, a [`ClusterApi`] for what
 //! the local router cannot see: device commands to sessions on other nodes and the cluster-wide
 //! online registry (implemented by `crate::cluster::commands`). [`listener`] serves the app,

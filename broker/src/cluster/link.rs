@@ -290,7 +290,7 @@ fn deliver_local(router: &Router, msg: LinkMessage) -> u64 {
 
 /// The comet side: accepts msgbus links, delivers their `Deliver` frames locally, runs their
 /// `Command` frames, and sends `Command` and `Replace` frames to one connected msgbus (round
-/// robin), `Stored` frames to the msgbus their recipient maps to ([`CometLinks::affinity`]).
+/// robin), `Stored` frames to the msgbus their recipient maps to (`CometLinks::affinity`).
 pub struct CometLinks {
     node: String,
     links: Mutex<BTreeMap<u64, (String, mpsc::Sender<Frame>)>>,
@@ -525,7 +525,7 @@ impl Forward for CometLinks {
 
 impl StoredSink for CometLinks {
     /// Hands the message to one msgbus: the same one for all messages to one terminal while
-    /// it stays connected ([`CometLinks::affinity`]), so they are routed in order.
+    /// it stays connected (`CometLinks::affinity`), so they are routed in order.
     fn stored(&self, msg: LinkMessage) {
         let links = self.affinity(&msg.dest);
         if links.is_empty() {

@@ -187,7 +187,7 @@ fn split(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, usize> {
     Ok(buf.get(4..4 + len).map(|body| (body, 4 + len)))
 }
 
-/// Splits the first handshake message body off `buf` (see [`split`]).
+/// Splits the first handshake message body off `buf` (see `split`).
 pub fn split_handshake(buf: &[u8]) -> Result<Option<(&[u8], usize)>, AuthError> {
     split(buf, MAX_HANDSHAKE).map_err(AuthError::TooLarge)
 }

@@ -1,7 +1,7 @@
 //! WebSocket plumbing shared by the device and app endpoints: the explicit tungstenite
 //! configuration (small buffers, size limits), close frames with codes, admission of an
 //! accepted TCP connection against the connection limits, and the bounded writes
-//! ([`send_within`], [`close_within`]) that live sessions use so a client that stops reading
+//! (`send_within`, `close_within`) that live sessions use so a client that stops reading
 //! is dropped after `limits.ws_write_timeout_ms` instead of pinning its task and slot.
 //!
 //! Memory: tungstenite 0.30 allocates its read buffer eagerly (128 KiB by default). Both

@@ -913,7 +913,7 @@ impl Router {
 
     /// Forwards a device Request to `backend.device_request_url` + `path` as an HTTP POST
     /// (body = payload, header `x-plugcloud-device: device:ID`) and returns the answer.
-    /// A path that could leave the base URL (see [`backend_path`]) gets 400 without any
+    /// A path that could leave the base URL (see `backend_path`) gets 400 without any
     /// HTTP call, counted as `bad_path`.
     pub async fn device_request(
         &self,

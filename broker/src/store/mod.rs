@@ -4,7 +4,7 @@
 //! The router talks only to these traits (`Arc<dyn ...>` in [`Stores`]); [`embedded`] implements
 //! them on redb in one file under the data directory (every mutating call commits durably before
 //! it returns `Ok`; concurrent writes share a commit through [`group_commit`]), and [`redis`]
-//! implements them for cluster mode. [`conformance`] holds
+//! implements them for cluster mode. `conformance` holds
 //! one generic test suite per trait, run here against the embedded store and reusable against any
 //! other implementation (feature `store-conformance`).
 //!

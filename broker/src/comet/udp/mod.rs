@@ -15,7 +15,7 @@
 //!   - a DATA packet goes to the shard its header's `session_id` names. Routing by session id,
 //!     not by address, is what lets a session follow a NAT rebinding (section 3 of the spec):
 //!     the packet from the new address still reaches the shard that owns the session.
-//! * Each **shard** ([`shard`]) owns its sessions outright (no locks): their links, timers and
+//! * Each **shard** (`shard`) owns its sessions outright (no locks): their links, timers and
 //!   outbound queues. Shards share the socket for sending (`try_send_to` on a shared socket is
 //!   safe from any task).
 //! * A shard's inbox is bounded; when a shard cannot keep up, the receive task drops the

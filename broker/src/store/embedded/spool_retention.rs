@@ -2,19 +2,19 @@
 //! forever while a consumer (the webhook, the RabbitMQ forwarder) is down for days.
 //!
 //! Two rules, both applied inside the write transaction that appends or moves a cursor:
-//! * **Consumed records are trimmed** ([`trim_consumed`]): a record whose cursor every named
+//! * **Consumed records are trimmed** (`trim_consumed`): a record whose cursor every named
 //!   consumer (`cursor:<name>` in `meta`) has passed is deleted with its dedupe entry, at most
 //!   [`TRIM_BATCH`] per transaction (the rest goes with the next write). With no named consumer
 //!   nothing is trimmed this way; a consumer counts from its first saved position on. Optional
 //!   ([`SpoolRetention::trim_consumed`]) because readers of the HTTP `/uploads` page are not
 //!   named consumers.
-//! * **Caps** ([`enforce_caps`]): after an append, the oldest records are dropped while the spool
+//! * **Caps** (`enforce_caps`): after an append, the oldest records are dropped while the spool
 //!   holds more than `max_records`, more than `max_bytes` of records, or records older than
 //!   `max_age_secs` (against the injected `now_ms`). The record just appended is never dropped.
 //!   Each drop is counted in `meta` (`upload_dropped_age`, `upload_dropped_size`) and shows in
 //!   [`SpoolStats`](crate::store::SpoolStats).
 //!
-//! A reader whose cursor fell behind retention sees the gap: [`SpoolStats::first_cursor`]
+//! A reader whose cursor fell behind retention sees the gap: `SpoolStats::first_cursor`
 //! (crate::store::SpoolStats) is past its position and the next record's cursor is not
 //! `after + 1`.
 
@@ -23,7 +23,7 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use super::{META, UPLOAD_DEDUPE, UPLOAD_EPOCHS, UPLOADS};
 use crate::store::StoreError;
 
-/// Records deleted by [`trim_consumed`] in one transaction at most (bounds the commit).
+/// Records deleted by `trim_consumed` in one transaction at most (bounds the commit).
 pub const TRIM_BATCH: usize = 1024;
 
 /// `meta` key: total bytes of the records in `uploads`.

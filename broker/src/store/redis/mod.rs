@@ -9,7 +9,7 @@
 //! `docs/storage.md`. Redis Cluster is not supported (scripts build key names at run time).
 //!
 //! Lost data (a restart without persistence, a failover to a replica that missed writes) is
-//! noticed through a run marker and the id counter ([`data_loss`]), logged and counted; ids stay
+//! noticed through a run marker and the id counter (`data_loss`), logged and counted; ids stay
 //! above everything issued before (see [`crate::store::msg_id`]).
 //!
 //! Durability is Redis's: `Ok` means the change is in the master's memory; with `appendonly yes`

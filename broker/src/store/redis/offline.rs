@@ -256,7 +256,7 @@ impl RedisStore {
         self.watch.observe(&status, &epoch)
     }
 
-    /// How many times this store noticed that Redis lost data (see [`super::data_loss`]).
+    /// How many times this store noticed that Redis lost data (see `super::data_loss`).
     pub fn data_losses(&self) -> u64 {
         self.watch.losses()
     }
