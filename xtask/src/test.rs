@@ -17,7 +17,7 @@
 //! 8. `size`: flash and RAM per board against its budget.
 //! 9. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
 //! 10. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
-//!     (`FUZZ_SECONDS`, default 60, per target).
+//!     (`FUZZ_SECONDS`, default 40, per target; set it higher for a long run).
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
 use std::path::Path;
@@ -224,7 +224,7 @@ fn fuzz() -> Result<(), String> {
     if !has_program("rustup", &["run", "nightly", "cargo", "fuzz", "--version"]) {
         run_command(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    let seconds = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "60".into());
+    let seconds = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "40".into());
     for fuzz_dir in crate::crates::fuzz_crates() {
         let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
             .map_err(|e| format!("cannot list fuzz targets in {}: {e}", fuzz_dir.display()))?

@@ -30,7 +30,7 @@ fn pair() -> (Link, SecureSession) {
     let key = DeviceKey([7; 32]);
     let acceptor = Acceptor::new(IdProfile::Plug, CookieSecret([1; 32]));
     let peer = PeerAddr::V4([127, 0, 0, 1], 9);
-    let mut dev = ClientHandshake::new(Address::device(5), key.clone(), 0);
+    let mut dev = ClientHandshake::new(Address::device(5), key.clone(), 0, 1);
     let (mut a, mut b, mut c) = ([0u8; MAX_PACKET], [0u8; MAX_PACKET], [0u8; MAX_PACKET]);
     let hello = dev.start(1000, [3; 16], &mut a).unwrap().to_vec();
     let mut challenge = match acceptor.on_hello(&peer, &hello, 1000, &mut b).unwrap() {
