@@ -354,9 +354,29 @@ impl Inner {
 
 /// Declares the durable upload exchange and queue and binds them (`<prefix>.#`).
 pub async fn declare_uploads(ch: &Channel, cfg: &RabbitConfig) -> Result<(), lapin::Error> {
-    ch.exchange_declare(
-        cfg.upload_exchange.as_str().into(),
+    let binding = format!("{}.#", cfg.upload_routing_prefix);
+    declare_bound(
+        ch,
+        &cfg.upload_exchange,
         ExchangeKind::Topic,
+        &cfg.upload_queue,
+        &binding,
+    )
+    .await
+}
+
+/// Declares a durable exchange of `kind` and a durable queue, and binds the queue to it with
+/// `binding_key` (every exchange/queue pair the broker uses is declared this way).
+pub async fn declare_bound(
+    ch: &Channel,
+    exchange: &str,
+    kind: ExchangeKind,
+    queue: &str,
+    binding_key: &str,
+) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        exchange.into(),
+        kind,
         ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -365,15 +385,15 @@ pub async fn declare_uploads(ch: &Channel, cfg: &RabbitConfig) -> Result<(), lap
     )
     .await?;
     ch.queue_declare(
-        cfg.upload_queue.as_str().into(),
+        queue.into(),
         QueueDeclareOptions::durable(),
         FieldTable::default(),
     )
     .await?;
     ch.queue_bind(
-        cfg.upload_queue.as_str().into(),
-        cfg.upload_exchange.as_str().into(),
-        format!("{}.#", cfg.upload_routing_prefix).into(),
+        queue.into(),
+        exchange.into(),
+        binding_key.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )

@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, ExchangeKind};
@@ -45,6 +45,7 @@ use tracing::{info, warn};
 
 use super::config::RabbitConfig;
 use super::nodes::{NodeList, connect, redact};
+use super::publisher::declare_bound;
 use crate::metrics::Metrics;
 use crate::router::{PushError, Target};
 use crate::store::StoreError;
@@ -502,53 +503,21 @@ async fn dead_letter(
 /// the durable dead-letter exchange (fanout) with its durable queue.
 pub async fn declare_pushes(ch: &Channel, cfg: &RabbitConfig) -> Result<(), lapin::Error> {
     if !cfg.push_dead_letter_exchange.is_empty() {
-        ch.exchange_declare(
-            cfg.push_dead_letter_exchange.as_str().into(),
+        declare_bound(
+            ch,
+            &cfg.push_dead_letter_exchange,
             ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-        ch.queue_declare(
-            cfg.push_dead_letter_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-        ch.queue_bind(
-            cfg.push_dead_letter_queue.as_str().into(),
-            cfg.push_dead_letter_exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
+            &cfg.push_dead_letter_queue,
+            "",
         )
         .await?;
     }
-    ch.exchange_declare(
-        cfg.push_exchange.as_str().into(),
+    declare_bound(
+        ch,
+        &cfg.push_exchange,
         ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        cfg.push_queue.as_str().into(),
-        QueueDeclareOptions::durable(),
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        cfg.push_queue.as_str().into(),
-        cfg.push_exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
+        &cfg.push_queue,
+        "#",
     )
     .await
 }
