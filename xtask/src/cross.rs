@@ -406,37 +406,14 @@ fn smoke(env: &CrossEnv) -> Result<(), String> {
         runner.display(),
         elf.display()
     );
-    let mut child = Command::new(&runner)
-        .arg(&elf)
-        .current_dir(&board)
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", runner.display()))?;
-    // Drain the log on a thread so QEMU never blocks on a full pipe.
-    let mut stdout = child.stdout.take().ok_or("QEMU stdout not captured")?;
-    let log_reader = thread::spawn(move || {
-        let mut log = Vec::new();
-        let _ = stdout.read_to_end(&mut log);
-        log
-    });
-
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if boot_start.elapsed() > QEMU_TIMEOUT => {
-                kill_group(child.id());
-                let _ = child.wait();
-                break Err(format!("QEMU still running after {QEMU_TIMEOUT:?}; killed"));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(50)),
-            Err(e) => break Err(format!("waiting for QEMU: {e}")),
-        }
-    };
+    let (status, log) = run_qemu(
+        Command::new(&runner).arg(&elf).current_dir(&board),
+        boot_start,
+        QEMU_TIMEOUT,
+    );
     let boot_time = boot_start.elapsed();
     let _ = stop_tx.send(());
     let echoed = echo.join().map_err(|_| "UDP echo thread panicked")?;
-    let log = log_reader.join().unwrap_or_default();
     print_log(&log);
 
     let status = status?;
@@ -489,6 +466,41 @@ fn echo_once(
             Err(e) => return Err(format!("UDP echo receive: {e}")),
         }
     }
+}
+
+/// Runs a QEMU runner `command` in its own process group with its log captured (drained on a
+/// thread so QEMU never blocks on a full pipe), killing the group once `timeout` has passed
+/// since `started`. Returns how it ended and the log.
+pub fn run_qemu(
+    command: &mut Command,
+    started: Instant,
+    timeout: Duration,
+) -> (Result<std::process::ExitStatus, String>, Vec<u8>) {
+    let mut child = match command.process_group(0).stdout(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => return (Err(format!("cannot start QEMU: {e}")), Vec::new()),
+    };
+    let Some(mut stdout) = child.stdout.take() else {
+        return (Err("QEMU stdout not captured".into()), Vec::new());
+    };
+    let log_reader = thread::spawn(move || {
+        let mut log = Vec::new();
+        let _ = stdout.read_to_end(&mut log);
+        log
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if started.elapsed() > timeout => {
+                kill_group(child.id());
+                let _ = child.wait();
+                break Err(format!("QEMU still running after {timeout:?}; killed"));
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(e) => break Err(format!("waiting for QEMU: {e}")),
+        }
+    };
+    (status, log_reader.join().unwrap_or_default())
 }
 
 /// Prints the board's log: decoded text when `defmt-print` ran in the runner, else a note.

@@ -8,15 +8,10 @@
 //! boot had reached the hang. Exit status 0 passes; anything else, or no exit within
 //! [`TIMEOUT`], fails.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt as _;
-use std::process::{Command, Stdio};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cross::{
-    CrossEnv, QEMU_BOARD, cross_target_dir, kill_group, placeholder_env, print_log,
-};
+use crate::cross::{CrossEnv, QEMU_BOARD, cross_target_dir, placeholder_env, print_log, run_qemu};
 use crate::shell::{project_root, run_command};
 
 /// The probe binary.
@@ -43,33 +38,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let runner = board.join("run-qemu.sh");
     eprintln!("$ QEMU_NIC=none {} {}", runner.display(), elf.display());
     let started = Instant::now();
-    let mut child = Command::new(&runner)
-        .arg(&elf)
-        .env("QEMU_NIC", "none")
-        .current_dir(&board)
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", runner.display()))?;
-    let mut stdout = child.stdout.take().ok_or("QEMU stdout not captured")?;
-    let log_reader = thread::spawn(move || {
-        let mut log = Vec::new();
-        let _ = stdout.read_to_end(&mut log);
-        log
-    });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if started.elapsed() > TIMEOUT => {
-                kill_group(child.id());
-                let _ = child.wait();
-                break Err(format!("QEMU still running after {TIMEOUT:?}; killed"));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(50)),
-            Err(e) => break Err(format!("waiting for QEMU: {e}")),
-        }
-    };
-    let log = log_reader.join().unwrap_or_default();
+    let (status, log) = run_qemu(
+        Command::new(&runner)
+            .arg(&elf)
+            .env("QEMU_NIC", "none")
+            .current_dir(&board),
+        started,
+        TIMEOUT,
+    );
     print_log(&log);
     let status = status?;
     eprintln!(
