@@ -142,6 +142,8 @@ pub struct StartParts {
     pub metrics: Metrics,
     /// Cluster mode: commands and online status for terminals on other nodes.
     pub cluster_api: Option<std::sync::Arc<dyn api::ClusterApi>>,
+    /// Cluster mode: the discovery view the console's node table lists.
+    pub cluster_nodes: Option<console::nodes::ClusterNodes>,
 }
 
 /// Starts a broker from `config` and returns once every socket is bound.
@@ -164,6 +166,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         extra_routes: axum::Router::new(),
         metrics: Metrics::new(),
         cluster_api: None,
+        cluster_nodes: None,
     };
     start_with(config, parts).await
 }
@@ -250,6 +253,7 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     let app = api::app(
         api::ApiState::new(router.clone(), secrets.api_token.clone(), config)
             .with_cluster(parts.cluster_api)
+            .with_cluster_nodes(parts.cluster_nodes)
             .with_shutdown(shutdown.clone()),
     )
     .merge(parts.extra_routes);

@@ -182,6 +182,40 @@ async fn two_comets_two_msgbus_two_rabbits() {
         .collect();
     assert_eq!(ids, BTreeSet::from(["comet-a", "comet-b"]));
 
+    // The console's node table (token) on a msgbus lists every node in discovery, itself marked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let (s, v) = api(&bus1, reqwest::Method::GET, "/v1/console/nodes", None).await;
+        assert_eq!(s, 200, "{v}");
+        let rows: BTreeSet<(String, String, bool)> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_str().unwrap().to_string(),
+                    n["role"].as_str().unwrap().to_string(),
+                    n["this_node"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        if rows.len() == 4 || Instant::now() > deadline {
+            assert_eq!(v["healthy"], true, "{v}");
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let row = |id: &str, role: &str, me: bool| (id.to_string(), role.to_string(), me);
+    assert_eq!(
+        rows,
+        BTreeSet::from([
+            row("comet-a", "comet", false),
+            row("comet-b", "comet", false),
+            row("msgbus-1", "msgbus", true),
+            row("msgbus-2", "msgbus", false),
+        ])
+    );
+
     // Phone 3 on comet A, plug 42 on comet B, bound through msgbus 1.
     let (s, v) = api(&bus1, reqwest::Method::PUT, "/v1/bindings/3/42", None).await;
     assert!((200..300).contains(&s), "{s} {v}");

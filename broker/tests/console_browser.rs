@@ -81,7 +81,17 @@ async fn screenshot(client: &Client, name: &str) {
 
 /// Waits up to 10 s until the text of `css` satisfies `pred`; returns it.
 async fn wait_text(client: &Client, css: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_text_within(client, css, what, Duration::from_secs(10), pred).await
+}
+
+async fn wait_text_within(
+    client: &Client,
+    css: &str,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + limit;
     loop {
         let text = match client.find(Locator::Css(css)).await {
             Ok(e) => e.text().await.unwrap_or_default(),
@@ -151,6 +161,20 @@ async fn console_shows_a_device_come_online_run_a_command_and_go_offline() {
     wait_text(&client, "#events", "online event", |t| {
         t.contains(&format!("device:{DEVICE} online"))
     })
+    .await;
+    // The node table: a standalone broker is one node, loaded with the device's session (the
+    // page refreshes it every 5 s).
+    wait_text(&client, "#nodes tr.node td:nth-child(1)", "node row", |t| {
+        t == "standalone (this node)"
+    })
+    .await;
+    wait_text_within(
+        &client,
+        "#nodes tr.node td:nth-child(3)",
+        "node load",
+        Duration::from_secs(15),
+        |t| t == "1",
+    )
     .await;
     screenshot(&client, "3-device-online").await;
 

@@ -76,6 +76,7 @@ pub struct ApiState {
     command_max: Duration,
     cluster: Option<Arc<dyn ClusterApi>>,
     console: bool,
+    cluster_nodes: Option<crate::console::nodes::ClusterNodes>,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -89,6 +90,7 @@ impl ApiState {
             command_max: Duration::from_millis(config.timeouts.command_max_ms),
             cluster: None,
             console: config.console.enabled,
+            cluster_nodes: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -96,6 +98,15 @@ impl ApiState {
     /// Long-lived responses (the console's event stream) end when `shutdown` is cancelled.
     pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> ApiState {
         self.shutdown = shutdown;
+        self
+    }
+
+    /// Cluster mode: the console's node table lists the nodes of this discovery view.
+    pub fn with_cluster_nodes(
+        mut self,
+        nodes: Option<crate::console::nodes::ClusterNodes>,
+    ) -> ApiState {
+        self.cluster_nodes = nodes;
         self
     }
 
@@ -218,6 +229,7 @@ pub fn app(state: ApiState) -> axum::Router {
             } else {
                 crate::console::STANDALONE
             },
+            cluster_nodes: state.cluster_nodes.clone(),
         }));
     }
     let authed = authed.layer(axum::middleware::from_fn_with_state(
@@ -354,14 +366,22 @@ mod tests {
             cluster_only,
             BTreeSet::from([("GET".to_string(), lookup, false)])
         );
-        // The console's event stream, mounted with `[console] enabled` (crate::console).
+        // The console's event stream and node table, mounted with `[console] enabled`
+        // (crate::console).
         assert_eq!(
             console,
-            BTreeSet::from([(
-                "GET".to_string(),
-                crate::console::EVENTS_PATH.to_string(),
-                true
-            )])
+            BTreeSet::from([
+                (
+                    "GET".to_string(),
+                    crate::console::EVENTS_PATH.to_string(),
+                    true
+                ),
+                (
+                    "GET".to_string(),
+                    crate::console::NODES_PATH.to_string(),
+                    true
+                ),
+            ])
         );
         let served: BTreeSet<(String, String, bool)> = routes()
             .iter()

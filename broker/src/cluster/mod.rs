@@ -310,14 +310,20 @@ fn self_info(
 /// The start path both roles share: [`crate::start_with`] over `stores`, with the cluster
 /// command API and the node lookup route (`GET /v1/nodes/lookup`) merged into the HTTP API.
 /// The lookup route answers from the returned sender's view, which [`spawn_relay`] keeps in
-/// step with discovery once the node has registered.
+/// step with discovery once the node has registered; the console's node table (node `me`)
+/// reads the same view.
 async fn start_node(
     config: &Config,
+    me: &str,
     stores: Stores,
     metrics: &Metrics,
     cluster_api: Arc<commands::ClusterCommands>,
 ) -> Result<(Running, watch::Sender<NodeView>), ClusterError> {
     let (view_tx, view_rx) = watch::channel(NodeView::default());
+    let cluster_nodes = crate::console::nodes::ClusterNodes {
+        me: me.to_string(),
+        view: view_rx.clone(),
+    };
     let lookup =
         crate::discovery::route::lookup_router(view_rx, config.discovery.lookup_max as usize);
     let running = crate::start_with(
@@ -327,6 +333,7 @@ async fn start_node(
             extra_routes: lookup,
             metrics: metrics.clone(),
             cluster_api: Some(cluster_api),
+            cluster_nodes: Some(cluster_nodes),
         },
     )
     .await?;
@@ -383,7 +390,8 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         addr: config.cluster.link_listen,
         source,
     })?;
-    let (running, view_tx) = start_node(config, stores, &c.metrics, cluster_api).await?;
+    let (running, view_tx) =
+        start_node(config, &c.node_id, stores, &c.metrics, cluster_api).await?;
     let me = self_info(config, Role::Comet, &running, Some(link_addr))?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
@@ -467,7 +475,8 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         bindings: c.store.clone(),
         groups: c.store.clone(),
     };
-    let (running, view_tx) = start_node(config, stores, &c.metrics, cluster_api).await?;
+    let (running, view_tx) =
+        start_node(config, &c.node_id, stores, &c.metrics, cluster_api).await?;
     let me = self_info(config, Role::Msgbus, &running, None)?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();

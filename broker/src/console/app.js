@@ -10,6 +10,8 @@ let token = sessionStorage.getItem(TOKEN_KEY);
 const online = new Map(); // key -> session
 const stats = [];
 let streamAbort = null;
+let nodesTimer = null;
+const NODES_EVERY_MS = 5000;
 
 function api(method, path, body) {
   const init = { method, headers: { Authorization: "Bearer " + token } };
@@ -37,6 +39,7 @@ function logout(message) {
   token = null;
   if (streamAbort) { streamAbort.abort(); streamAbort = null; }
   online.clear();
+  if (nodesTimer) { clearInterval(nodesTimer); nodesTimer = null; }
   show(false);
   $("login-error").textContent = message || "";
 }
@@ -52,6 +55,31 @@ async function login(candidate) {
   $("login-error").textContent = "";
   show(true);
   stream();
+  refreshNodes();
+  if (nodesTimer) clearInterval(nodesTimer);
+  nodesTimer = setInterval(refreshNodes, NODES_EVERY_MS);
+}
+
+// --- nodes: standalone is one node; a cluster node lists every node in its discovery view ---
+
+async function refreshNodes() {
+  const r = await api("GET", "/v1/console/nodes");
+  if (r.status !== 200 || !r.data) return;
+  $("nodes-stale").textContent = r.data.healthy ? "" : "(discovery unreachable: last known view)";
+  const body = $("nodes");
+  body.replaceChildren();
+  for (const n of r.data.nodes) {
+    const tr = document.createElement("tr");
+    tr.className = "node";
+    tr.dataset.node = n.id;
+    const name = n.this_node ? n.id + " (this node)" : n.id;
+    for (const v of [name, n.role, String(n.load), n.endpoints.join(" ")]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
 }
 
 // --- live events: server-sent events read through fetch (so the token stays in a header) ---
@@ -265,5 +293,9 @@ $("search").addEventListener("input", renderTerminals);
 $("command-form").addEventListener("submit", sendCommand);
 $("push-form").addEventListener("submit", push);
 $("bind-form").addEventListener("submit", bind);
+$("open-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  openTerminal($("open-kind").value, $("open-id").value.trim());
+});
 
 if (token) login(token); else show(false);

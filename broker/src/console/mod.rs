@@ -6,7 +6,8 @@
 //! in the tab's `sessionStorage` (never in a URL or a cookie) and calls the HTTP API with it
 //! as a bearer token, like any other API client: `GET /v1/console/events` (this module: a
 //! server-sent event stream of sessions coming online and going offline, refused logins and
-//! the figures the charts draw, see [`events`]), and the documented `/v1` endpoints for a
+//! the figures the charts draw, see [`events`]), `GET /v1/console/nodes` (the node table, see
+//! [`nodes`]), and the documented `/v1` endpoints for a
 //! terminal's page (status, stored messages, bindings) and the push, command and bind forms.
 //!
 //! Server-rendered pages would need the token in a cookie; one small hand-written script keeps
@@ -15,6 +16,7 @@
 //! [`page_routes`] without and [`data_routes`] behind the bearer token.
 
 pub mod events;
+pub mod nodes;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -41,6 +43,8 @@ pub const PAGE_PATH: &str = "/console";
 pub const SCRIPT_PATH: &str = "/console/app.js";
 /// Path of the event stream (bearer token).
 pub const EVENTS_PATH: &str = "/v1/console/events";
+/// Path of the node table (bearer token).
+pub const NODES_PATH: &str = "/v1/console/nodes";
 
 /// How often the event stream compares the broker's state.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -73,6 +77,8 @@ pub struct ConsoleState {
     pub shutdown: CancellationToken,
     /// What the page calls this node: [`STANDALONE`] or [`CLUSTER_NODE`].
     pub node: &'static str,
+    /// Cluster mode: the discovery view the node table lists (`None`: standalone).
+    pub cluster_nodes: Option<nodes::ClusterNodes>,
 }
 
 /// The node label of a standalone broker.
@@ -91,6 +97,7 @@ pub fn page_routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
 pub fn data_routes<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> axum::Router<S> {
     axum::Router::new()
         .route(EVENTS_PATH, get(stream))
+        .route(NODES_PATH, get(node_table))
         .with_state(state)
 }
 
@@ -114,6 +121,17 @@ async fn page() -> Response {
 
 async fn script() -> Response {
     static_asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn node_table(
+    axum::extract::State(state): axum::extract::State<ConsoleState>,
+) -> axum::Json<nodes::NodeTable> {
+    let c = state.router.online_counts();
+    let sessions = (c.device_ws_sessions + c.udp_sessions + c.app_ws_sessions) as usize;
+    axum::Json(match &state.cluster_nodes {
+        None => nodes::standalone(sessions),
+        Some(cluster) => nodes::rows(&cluster.view.borrow(), &cluster.me, sessions),
+    })
 }
 
 /// Reads the broker's state now.
