@@ -437,7 +437,80 @@ pub enum ConfigError {
     },
 }
 
+/// Every configuration key that holds a secret, as `section.key` (`security.device_keys` is a
+/// table of them). [`Config::to_redacted_toml`] hides their values; the `Secret` type hides them
+/// from `Debug`.
+pub const SECRET_KEYS: &[&str] = &[
+    "security.fleet_master_key",
+    "security.device_keys",
+    "security.cookie_secret",
+    "security.token_secret",
+    "security.api_token",
+    "discovery.zk_auth",
+    "cluster.link_key",
+    "rabbitmq.password",
+    "redis.master_password",
+];
+
+/// What a redacted secret shows instead of its value.
+pub const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its user-info part (`scheme://user:password@host`) replaced by
+/// [`REDACTED`]; any other text unchanged.
+pub fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:{REDACTED}{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+fn redact_value(v: &mut toml::Value) {
+    match v {
+        toml::Value::String(s) if !s.is_empty() => *s = REDACTED.to_string(),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| redact_value(v)),
+        toml::Value::Array(a) => a.iter_mut().for_each(redact_value),
+        _ => {}
+    }
+}
+
+fn redact_urls(v: &mut toml::Value) {
+    match v {
+        toml::Value::String(s) => *s = redact_url_password(s),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| redact_urls(v)),
+        toml::Value::Array(a) => a.iter_mut().for_each(redact_urls),
+        _ => {}
+    }
+}
+
 impl Config {
+    /// The configuration as TOML (what `broker config check` prints), with every secret in
+    /// [`SECRET_KEYS`] and every password inside a URL replaced by [`REDACTED`]; an unset
+    /// secret stays an empty string, so the output shows which are set.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut doc = toml::Value::try_from(self).expect("the configuration serialises to TOML");
+        redact_urls(&mut doc);
+        for key in SECRET_KEYS {
+            let (section, name) = key.split_once('.').expect("section.key");
+            if let Some(v) = doc.get_mut(section).and_then(|s| s.get_mut(name)) {
+                redact_value(v);
+            }
+        }
+        toml::to_string_pretty(&doc).expect("a TOML value renders")
+    }
+
     /// Loads `file` (or the defaults), applies `BROKER__*` variables from `env`, and validates.
     pub fn load(
         file: Option<&Path>,
@@ -721,6 +794,83 @@ fn set_path(table: &mut toml::Table, defaults: &toml::Table, path: &[String], ra
 fn parse_toml_value(raw: &str) -> Option<toml::Value> {
     let t: toml::Table = format!("v = {raw}").parse().ok()?;
     t.get("v").cloned()
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_inside_urls_are_hidden_and_the_rest_kept() {
+        assert_eq!(
+            redact_url_password("redis://app:hunter2@10.0.0.5:6379/0"),
+            "redis://app:<redacted>@10.0.0.5:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("amqp://guest:p%40ss@h:5672/%2f"),
+            "amqp://guest:<redacted>@h:5672/%2f"
+        );
+        assert_eq!(
+            redact_url_password("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        // A user without a password, and an `@` after the authority, are left alone.
+        assert_eq!(redact_url_password("redis://app@h:1"), "redis://app@h:1");
+        assert_eq!(redact_url_password("http://h:1/a@b:c"), "http://h:1/a@b:c");
+        assert_eq!(redact_url_password("plain text"), "plain text");
+    }
+
+    #[test]
+    fn check_output_is_toml_without_any_secret_and_loads_back() {
+        let toml_in = r#"
+            [security]
+            fleet_master_key = "aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11aa11"
+            token_secret = "bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22"
+            api_token = "sentinel-api-token"
+            [security.device_keys]
+            "7" = "cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33"
+            [discovery]
+            zk_auth = "zkuser:sentinel-zk"
+            [cluster]
+            link_key = "dd44dd44dd44dd44dd44dd44dd44dd44dd44dd44dd44dd44dd44dd44dd44dd44"
+            [rabbitmq]
+            urls = ["amqp://guest:sentinel-amqp@127.0.0.1:5672/%2f"]
+            password = "sentinel-rabbit"
+            [redis]
+            url = "redis://app:sentinel-redis@127.0.0.1:6379/0"
+            master_password = "sentinel-master"
+        "#;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, toml_in).unwrap();
+        let c = Config::load(Some(&file), Vec::<(String, String)>::new()).unwrap();
+        let out = c.to_redacted_toml();
+        for secret in [
+            "aa11",
+            "bb22",
+            "cc33",
+            "dd44",
+            "sentinel-api-token",
+            "sentinel-zk",
+            "sentinel-amqp",
+            "sentinel-rabbit",
+            "sentinel-redis",
+            "sentinel-master",
+        ] {
+            assert!(!out.contains(secret), "{secret} printed:\n{out}");
+        }
+        assert!(out.contains("[security]"), "{out}");
+        assert!(
+            out.contains("redis://app:<redacted>@127.0.0.1:6379/0"),
+            "{out}"
+        );
+        // The printed TOML is a valid configuration again (secrets aside).
+        let back: Config = toml::from_str(&out).expect("check output parses as a config");
+        assert_eq!(back.listen, c.listen);
+        assert_eq!(back.limits, c.limits);
+        assert_eq!(back.security.api_token.expose(), REDACTED);
+        assert!(back.security.cookie_secret.is_empty(), "unset stays empty");
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! [`Running`] handle with the bound addresses; [`run`] is `start` + wait for `shutdown` + drain.
 
 pub mod api;
+pub mod cli_output;
 pub mod client;
 pub mod cluster;
 pub mod comet;

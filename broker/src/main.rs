@@ -17,7 +17,7 @@ use shared_protocol::provision::TransportPreference;
 #[command(name = "broker", version)]
 struct Cli {
     /// Configuration file (TOML); every key is optional. See `broker config default`.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(short = 'c', long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -116,8 +116,7 @@ fn main() -> ExitCode {
         action: ConfigAction::Default,
     }) = cli.command
     {
-        print!("{DEFAULT_TOML}");
-        return ExitCode::SUCCESS;
+        return emit(DEFAULT_TOML);
     }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -130,10 +129,7 @@ fn main() -> ExitCode {
         None => serve(config, cli.config.as_deref()),
         Some(Command::Config {
             action: ConfigAction::Check,
-        }) => {
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
+        }) => emit(&config.to_redacted_toml()),
         Some(Command::Config {
             action: ConfigAction::Default,
         }) => ExitCode::SUCCESS,
@@ -173,26 +169,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn secrets(config: &Config) -> Result<Secrets, ExitCode> {
-    match Secrets::resolve(&config.security, &config.storage.data_dir) {
-        Ok((s, generated)) => {
-            if !generated.is_empty() {
-                eprintln!(
-                    "broker: generated {generated:?} into {}",
-                    config
-                        .storage
-                        .data_dir
-                        .join(broker::secrets::SECRETS_FILE)
-                        .display()
-                );
-            }
-            Ok(s)
-        }
+/// Prints `text` on stdout; a closed pipe ends quietly (`broker::cli_output`).
+fn emit(text: &str) -> ExitCode {
+    match broker::cli_output::print(text) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("broker: {e}");
-            Err(ExitCode::FAILURE)
+            eprintln!("broker: cannot write to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// The secrets of the broker `config` describes. Never generates any: a token or key made from
+/// secrets the broker does not have would be refused by it.
+fn secrets(config: &Config) -> Result<Secrets, ExitCode> {
+    Secrets::existing(&config.security, &config.storage.data_dir).map_err(|e| {
+        eprintln!("broker: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn parse_id(id: &str) -> Result<u32, ExitCode> {
@@ -228,8 +222,10 @@ fn token(config: &Config, id: &str, kind: KindArg, ttl: u64) -> ExitCode {
     };
     let exp = broker::router::now_ms() / 1000 + ttl;
     let claims = shared_protocol::json::Claims { address, exp };
-    println!("{}", shared_protocol::json::mint(&s.token_secret, &claims));
-    ExitCode::SUCCESS
+    emit(&format!(
+        "{}\n",
+        shared_protocol::json::mint(&s.token_secret, &claims)
+    ))
 }
 
 fn device_key(config: &Config, id: &str) -> ExitCode {
@@ -242,8 +238,7 @@ fn device_key(config: &Config, id: &str) -> ExitCode {
         Err(c) => return c,
     };
     let key = broker::provisioning::device_key(&s, id);
-    println!("{}", hex::encode(key));
-    ExitCode::SUCCESS
+    emit(&format!("{}\n", hex::encode(key)))
 }
 
 /// `broker device-key --record FILE`: writes device `id`'s provisioning record.
@@ -322,7 +317,8 @@ fn serve(config: Config, config_file: Option<&std::path::Path>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        print!("{}", banner(&config, config_file, &running));
+        // A closed stdout (`broker | head`) must not stop the broker.
+        let _ = broker::cli_output::print(&banner(&config, config_file, &running));
         shutdown_signal().await;
         running.stop().await;
         ExitCode::SUCCESS
@@ -454,7 +450,12 @@ fn serve_role(config: Config, role: broker::discovery::Role) -> ExitCode {
 fn rmqkeeper(args: broker::keeper::KeeperArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .init();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

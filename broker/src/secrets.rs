@@ -67,6 +67,18 @@ pub enum SecretsError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Keys are neither configured nor in the secrets file (and were not to be generated: see
+    /// [`Secrets::existing`]).
+    #[error(
+        "no broker secrets here: {keys:?} neither set in [security] nor found in {path} (run \
+         where the broker runs, or pass its --config; a broker generates them at its first start)"
+    )]
+    Missing {
+        /// The file looked in.
+        path: PathBuf,
+        /// The keys missing.
+        keys: Vec<&'static str>,
+    },
     /// The secrets file is corrupt.
     #[error("{path}: {reason}")]
     Corrupt {
@@ -93,6 +105,22 @@ impl Secrets {
     pub fn resolve(
         security: &Security,
         data_dir: &Path,
+    ) -> Result<(Secrets, Vec<&'static str>), SecretsError> {
+        Self::load(security, data_dir, true)
+    }
+
+    /// The secrets of an existing broker: like [`Secrets::resolve`], but a key neither
+    /// configured nor stored is [`SecretsError::Missing`] instead of generated, and nothing is
+    /// written. Tools that mint tokens or print device keys use this, so they never hand out a
+    /// credential made from secrets the broker does not have.
+    pub fn existing(security: &Security, data_dir: &Path) -> Result<Secrets, SecretsError> {
+        Self::load(security, data_dir, false).map(|(s, _)| s)
+    }
+
+    fn load(
+        security: &Security,
+        data_dir: &Path,
+        generate: bool,
     ) -> Result<(Secrets, Vec<&'static str>), SecretsError> {
         let path = data_dir.join(SECRETS_FILE);
         let io = |source| SecretsError::Io {
@@ -148,6 +176,12 @@ impl Secrets {
             "api_token",
             true,
         );
+        if !generate && !generated.is_empty() {
+            return Err(SecretsError::Missing {
+                path: path.clone(),
+                keys: generated,
+            });
+        }
         if !generated.is_empty() {
             std::fs::create_dir_all(data_dir).map_err(io)?;
             let body = Zeroizing::new(toml::to_string(&stored).expect("plain strings serialise"));
@@ -258,6 +292,33 @@ mod tests {
         assert_eq!(c.device_keys[&9], [0x22; 32]);
         assert_eq!(c.fleet_master_key, a.fleet_master_key);
         assert_eq!(format!("{c:?}"), "Secrets(<redacted>)");
+    }
+
+    #[test]
+    fn existing_refuses_to_invent_secrets_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        match Secrets::existing(&Security::default(), dir.path()) {
+            Err(SecretsError::Missing { keys, .. }) => {
+                assert_eq!(keys, vec!["fleet_master_key", "token_secret", "api_token"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.path().join(SECRETS_FILE).exists());
+        // Once the broker generated them, the tools read the very same secrets.
+        let (broker, _) = Secrets::resolve(&Security::default(), dir.path()).unwrap();
+        let tool = Secrets::existing(&Security::default(), dir.path()).unwrap();
+        assert_eq!(tool.token_secret, broker.token_secret);
+        assert_eq!(tool.fleet_master_key, broker.fleet_master_key);
+        // Configured keys need no file at all.
+        let configured = Security {
+            fleet_master_key: Secret::new("33".repeat(32)),
+            token_secret: Secret::new("44".repeat(32)),
+            api_token: Secret::new("configured-token-123"),
+            ..Security::default()
+        };
+        let empty = tempfile::tempdir().unwrap();
+        let s = Secrets::existing(&configured, empty.path()).unwrap();
+        assert_eq!(s.token_secret, [0x44; 32]);
     }
 
     #[test]

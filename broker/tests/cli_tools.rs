@@ -1,9 +1,11 @@
-//! The provisioning subcommands and the start-up banner of the real `broker` binary (issue 3,
-//! "Operating it"): `broker token` mints what the app WebSocket accepts (expired and garbled
+//! The provisioning subcommands and the start-up banner of the real `broker` binary:
+//! `broker token` mints what the app WebSocket accepts (expired and garbled
 //! tokens are refused), `broker device-key` prints the key the broker accepts for a device
 //! (derived from the fleet master key, or explicit), `broker config default` prints a file that
-//! parses and serves, the banner's connect commands work when pasted into a shell, and the
-//! README quick start runs as written. Listens on 127.0.0.1 only; kills only what it started.
+//! parses and serves, the banner's connect commands work when pasted into a shell, the
+//! README quick start runs as written, the tools refuse to invent secrets, and `config check`
+//! prints TOML without secrets and ends quietly on a closed pipe. Listens on 127.0.0.1 only;
+//! kills only what it started.
 
 mod banner_support;
 mod comet_support;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use banner_support::{Spawned, Started, broker_command, start, start_command, write_config};
 use broker::terminal::Address;
-use comet_support::{App, MASTER, TOKEN_SECRET, WAIT};
+use comet_support::{API_TOKEN, App, MASTER, TOKEN_SECRET, WAIT};
 use serde_json::{Value, json};
 use shared_protocol::json::{Claims, verify};
 use shared_protocol::keys::{MasterKey, derive_device_key};
@@ -489,4 +491,77 @@ async fn readme_quick_start_runs_as_written() {
     }
     device.say("quit");
     assert_eq!(device.wait_exit(Duration::from_secs(10)).0, 0);
+}
+
+#[test]
+fn token_and_device_key_refuse_to_invent_secrets_the_broker_does_not_have() {
+    // A directory no broker ever ran in, and a config that sets no secret.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    let data = dir.path().join("data");
+    std::fs::write(&config, format!("[storage]\ndata_dir = {data:?}\n")).unwrap();
+    for args in [
+        &["token", "--id", "5"][..],
+        &["device-key", "--id", "5"][..],
+    ] {
+        let out = run(&config, args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a credential");
+        assert!(err.contains("no broker secrets here"), "{args:?}: {err}");
+        assert!(
+            !data.join(broker::secrets::SECRETS_FILE).exists(),
+            "{args:?} generated secrets"
+        );
+    }
+}
+
+#[test]
+fn config_check_prints_toml_without_secrets_and_a_closed_pipe_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[redis]\nurl = \"redis://app:sentinel-redis-pw@127.0.0.1:6379/0\"\n\
+         [rabbitmq]\npassword = \"sentinel-rabbit-pw\"\n",
+    );
+    // The short flag works like --config.
+    let out = broker_command()
+        .arg("-c")
+        .arg(&config)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in [
+        API_TOKEN,
+        &hex::encode(MASTER),
+        &hex::encode(TOKEN_SECRET),
+        "sentinel-redis-pw",
+        "sentinel-rabbit-pw",
+    ] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    let parsed: toml::Value = toml::from_str(&text).expect("config check prints TOML");
+    assert_eq!(parsed["security"]["api_token"].as_str(), Some("<redacted>"));
+    assert_eq!(
+        parsed["redis"]["url"].as_str(),
+        Some("redis://app:<redacted>@127.0.0.1:6379/0")
+    );
+
+    // `broker config check | head -1`, made deterministic: stdout is a pipe whose reader is
+    // already gone, so the first write fails with EPIPE. No panic, no backtrace, exit 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = broker_command()
+        .arg("-c")
+        .arg(&config)
+        .args(["config", "check"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "stderr on a closed pipe: {err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
 }

@@ -1,4 +1,4 @@
-//! End-to-end scenarios of issue 3's "Done when" that need a real device on each transport:
+//! End-to-end scenarios that need a real device on each transport:
 //! the heartbeat timeout (a silent device is kicked, goes offline in the API, and its bound phone
 //! hears so), the device-to-HTTP request (a `Request` frame is forwarded to a real HTTP backend
 //! and its answer comes back as a `Response`), and a payload over `limits.max_payload_bytes`

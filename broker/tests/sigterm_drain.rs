@@ -1,5 +1,4 @@
-//! SIGTERM drain of the real `broker` binary with terminals connected (issue 3, "SIGTERM
-//! drains"): a device over UDP, a device over WebSocket and a phone over the app WebSocket are
+//! SIGTERM drain of the real `broker` binary with terminals connected: a device over UDP, a device over WebSocket and a phone over the app WebSocket are
 //! each told to reconnect later (Kick / JSON kick `SHUTDOWN`, WebSocket close 4067), new
 //! connections are refused once the signal arrived, what was acknowledged before it (uploads
 //! with an UploadAck, a delivery the phone never acknowledged) is served after a restart, and

@@ -1,5 +1,4 @@
-//! Restarting ZooKeeper under a running cluster (issue 5: "restarting ZooKeeper: every node
-//! re-registers"), on the real services from `cargo xtask services up` (feature
+//! Restarting ZooKeeper under a running cluster (every node re-registers), on the real services from `cargo xtask services up` (feature
 //! `services-tests`).
 //!
 //! Run: `cargo test -p broker --features services-tests --test zk_restart -- --nocapture`.
