@@ -596,7 +596,7 @@ impl Config {
         }
         for (id, key) in &s.device_keys {
             let k = format!("security.device_keys.{id}");
-            if matches!(crate::terminal::parse_id(id), None | Some(0)) {
+            if matches!(crate::terminal::parse_id_bits(id), None | Some(0)) {
                 return err(&k, "the key name must be a non-zero 32-bit device id");
             }
             if parse_key_hex(key.expose()).is_none() {

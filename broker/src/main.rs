@@ -189,18 +189,19 @@ fn secrets(config: &Config) -> Result<Secrets, ExitCode> {
     })
 }
 
-fn parse_id(id: &str) -> Result<u32, ExitCode> {
-    match broker::terminal::parse_id(id) {
+fn parse_id(config: &Config, id: &str) -> Result<u32, ExitCode> {
+    let profile = config.identity.profile;
+    match broker::terminal::parse_id(profile, id) {
         Some(v) if v != 0 => Ok(v),
         _ => {
-            eprintln!("broker: `{id}` is not a non-zero 32-bit id");
+            eprintln!("broker: `{id}` is not a non-zero 32-bit id of profile {profile}");
             Err(ExitCode::from(2))
         }
     }
 }
 
 fn token(config: &Config, id: &str, kind: KindArg, ttl: u64) -> ExitCode {
-    let id = match parse_id(id) {
+    let id = match parse_id(config, id) {
         Ok(v) => v,
         Err(c) => return c,
     };
@@ -229,7 +230,7 @@ fn token(config: &Config, id: &str, kind: KindArg, ttl: u64) -> ExitCode {
 }
 
 fn device_key(config: &Config, id: &str) -> ExitCode {
-    let id = match parse_id(id) {
+    let id = match parse_id(config, id) {
         Ok(v) => v,
         Err(c) => return c,
     };
@@ -248,7 +249,7 @@ fn device_record(
     spec: &broker::provisioning::RecordSpec,
     file: &std::path::Path,
 ) -> ExitCode {
-    let id = match parse_id(id) {
+    let id = match parse_id(config, id) {
         Ok(v) => v,
         Err(c) => return c,
     };

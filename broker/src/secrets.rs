@@ -199,7 +199,7 @@ impl Secrets {
         };
         let mut device_keys = HashMap::new();
         for (id, k) in &security.device_keys {
-            let id = crate::terminal::parse_id(id).ok_or_else(|| SecretsError::Corrupt {
+            let id = crate::terminal::parse_id_bits(id).ok_or_else(|| SecretsError::Corrupt {
                 path: path.clone(),
                 reason: format!("device_keys: `{id}` is not a 32-bit id"),
             })?;

@@ -1,7 +1,8 @@
 //! Terminal addresses as the broker handles them. The types are the protocol's own
 //! (`shared_protocol::ids`: [`Address`], [`Kind`], [`IdProfile`], [`IdError`]; JSON form
 //! `{"kind":"device","id":7}`); this module adds the broker-side conveniences: a packed `u64`
-//! store key ([`AddressKey`], [`from_key`]) and id parsing for URL paths ([`parse_id`]).
+//! store key ([`AddressKey`], [`from_key`]) and id parsing for URL paths and command lines
+//! ([`parse_id`], by the profile's rules).
 //!
 //! It also holds the words several layers share, so that lower layers (metrics, stores) need not
 //! import them from the layers above: the [`Transport`] a session arrived on and the
@@ -31,11 +32,24 @@ pub fn from_key(key: u64) -> Option<Address> {
     })
 }
 
-/// Parses an id written unsigned (`4294967289`) or signed (`-7`, two's-complement bits).
-pub fn parse_id(s: &str) -> Option<u32> {
+/// Parses an id written unsigned (`4294967289`) or signed (`-7`, two's-complement bits),
+/// whatever the profile: for keys of configuration tables, where the profile does not change
+/// which terminal is meant. Ids from users (API paths, queries, command lines) go through
+/// [`parse_id`].
+pub fn parse_id_bits(s: &str) -> Option<u32> {
     s.parse::<u32>()
         .ok()
         .or_else(|| s.parse::<i32>().ok().map(|v| v as u32))
+}
+
+/// Parses an id as `profile` writes ids: `plug` ids are unsigned decimal (`-1` is refused
+/// rather than read as 4294967295); `signed` ids are two's-complement, written signed (`-7`)
+/// or as the same bits unsigned.
+pub fn parse_id(profile: IdProfile, s: &str) -> Option<u32> {
+    match profile {
+        IdProfile::Plug => s.parse::<u32>().ok(),
+        IdProfile::Signed => parse_id_bits(s),
+    }
 }
 
 #[cfg(test)]
@@ -57,11 +71,18 @@ mod tests {
 
     #[test]
     fn ids_parse_signed_or_unsigned() {
-        assert_eq!(parse_id("7"), Some(7));
-        assert_eq!(parse_id("-7"), Some(-7i32 as u32));
-        assert_eq!(parse_id("4294967289"), Some(-7i32 as u32));
-        assert_eq!(parse_id("x"), None);
-        assert_eq!(parse_id("4294967296"), None);
+        assert_eq!(parse_id_bits("7"), Some(7));
+        assert_eq!(parse_id_bits("-7"), Some(-7i32 as u32));
+        assert_eq!(parse_id_bits("4294967289"), Some(-7i32 as u32));
+        // The plug profile writes ids unsigned only: `-1` is not 4294967295 there.
+        assert_eq!(parse_id(IdProfile::Plug, "-1"), None);
+        assert_eq!(parse_id(IdProfile::Plug, "4294967295"), Some(u32::MAX));
+        assert_eq!(parse_id(IdProfile::Plug, "+7"), Some(7));
+        assert_eq!(parse_id(IdProfile::Signed, "-1"), Some(u32::MAX));
+        assert_eq!(parse_id(IdProfile::Signed, "7"), Some(7));
+        assert_eq!(parse_id(IdProfile::Plug, "x"), None);
+        assert_eq!(parse_id_bits("x"), None);
+        assert_eq!(parse_id_bits("4294967296"), None);
     }
 }
 

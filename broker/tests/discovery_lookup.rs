@@ -30,7 +30,12 @@ async fn lookup_route_follows_the_live_view() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
-        axum::serve(listener, lookup_router(rx, 2)).await.unwrap();
+        axum::serve(
+            listener,
+            lookup_router(rx, 2, broker::terminal::IdProfile::Plug),
+        )
+        .await
+        .unwrap();
     });
     let http = reqwest::Client::new();
     let get = |q: &str| {

@@ -192,6 +192,14 @@ async fn bindings_authorise_terminal_sends() {
     );
     let (s, _) = api.put("/v1/bindings/0/4", None).await;
     assert_eq!(s, 400);
+    // The plug profile writes ids unsigned: `-1` is refused, not read as phone 4294967295, and
+    // nothing is bound.
+    let (s, b) = api.put("/v1/bindings/-1/42", None).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"], "bad_request", "{b}");
+    let (s, b) = api.get("/v1/devices/42/phones").await;
+    assert_eq!(s, 200, "{b}");
+    assert!(!b.to_string().contains("4294967295"), "{b}");
     running.stop().await;
 }
 

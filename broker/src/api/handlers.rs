@@ -19,8 +19,8 @@ use crate::terminal::{Address, Kind, parse_id};
 type ApiResult<T> = Result<T, ApiError>;
 
 fn address(kind: Kind, id: &str, state: &ApiState) -> ApiResult<Address> {
-    let id =
-        parse_id(id).ok_or_else(|| ApiError::BadRequest(format!("`{id}` is not a 32-bit id")))?;
+    let id = parse_id(state.router.settings().profile, id)
+        .ok_or_else(|| ApiError::BadRequest(format!("`{id}` is not a 32-bit id")))?;
     let a = Address { kind, id };
     state
         .router

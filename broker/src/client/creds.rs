@@ -64,7 +64,7 @@ pub fn device_key(
     }
     let sec = &config.security;
     for (k, v) in &sec.device_keys {
-        if crate::terminal::parse_id(k) == Some(id) {
+        if crate::terminal::parse_id_bits(k) == Some(id) {
             return Ok(DeviceKey(hex_key(
                 v.expose(),
                 &format!("security.device_keys.{k}"),

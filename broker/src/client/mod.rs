@@ -226,7 +226,7 @@ pub(crate) fn default_url(config: &Config, listen: SocketAddr) -> (String, Optio
 }
 
 fn parse_id(id: &str, kind: Kind, config: &Config) -> Result<Address, ClientError> {
-    let bits = match crate::terminal::parse_id(id) {
+    let bits = match crate::terminal::parse_id(config.identity.profile, id) {
         Some(v) if v != 0 => v,
         _ => {
             return Err(ClientError::Usage(format!(

@@ -324,8 +324,11 @@ async fn start_node(
         me: me.to_string(),
         view: view_rx.clone(),
     };
-    let lookup =
-        crate::discovery::route::lookup_router(view_rx, config.discovery.lookup_max as usize);
+    let lookup = crate::discovery::route::lookup_router(
+        view_rx,
+        config.discovery.lookup_max as usize,
+        config.identity.profile,
+    );
     let running = crate::start_with(
         config,
         StartParts {

@@ -9,7 +9,8 @@
 //! - `400 {"error":"bad_request","message":"..."}` for a missing or bad `kind`/`id`;
 //! - `503 {"error":"no_nodes","message":"..."}` when no live comet serves that kind.
 //!
-//! Wiring: `api_router.merge(discovery::route::lookup_router(discovery.view(), lookup_max))`.
+//! Wiring: `api_router.merge(discovery::route::lookup_router(discovery.view(), lookup_max,
+//! profile))`.
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{NodeView, lookup};
-use crate::terminal::{Address, Kind, parse_id};
+use crate::terminal::{Address, IdProfile, Kind, parse_id};
 
 /// The route's path.
 pub const LOOKUP_PATH: &str = "/v1/nodes/lookup";
@@ -63,15 +64,18 @@ pub struct LookupQuery {
 struct LookupState {
     view: watch::Receiver<NodeView>,
     max: usize,
+    profile: IdProfile,
 }
 
-/// A router fragment serving [`LOOKUP_PATH`] from `view`, answering at most `max` nodes.
-pub fn lookup_router(view: watch::Receiver<NodeView>, max: usize) -> Router {
+/// A router fragment serving [`LOOKUP_PATH`] from `view`, answering at most `max` nodes; ids
+/// are read by `profile`'s rules.
+pub fn lookup_router(view: watch::Receiver<NodeView>, max: usize, profile: IdProfile) -> Router {
     Router::new()
         .route(LOOKUP_PATH, get(lookup_handler))
         .with_state(LookupState {
             view,
             max: max.max(1),
+            profile,
         })
 }
 
@@ -89,6 +93,7 @@ pub fn answer(
     view: &NodeView,
     q: &LookupQuery,
     max: usize,
+    profile: IdProfile,
 ) -> Result<LookupResponse, (StatusCode, &'static str, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, "bad_request", m);
     let kind = match q.kind.as_deref() {
@@ -98,7 +103,8 @@ pub fn answer(
         None => return Err(bad("missing query parameter `kind`".into())),
     };
     let id = match q.id.as_deref() {
-        Some(s) => parse_id(s).ok_or_else(|| bad(format!("id `{s}`: not a 32-bit id")))?,
+        Some(s) => parse_id(profile, s)
+            .ok_or_else(|| bad(format!("id `{s}`: not a 32-bit id of profile {profile}")))?,
         None => return Err(bad("missing query parameter `id`".into())),
     };
     let terminal = Address { kind, id };
@@ -126,7 +132,7 @@ pub fn answer(
 
 async fn lookup_handler(State(s): State<LookupState>, Query(q): Query<LookupQuery>) -> Response {
     let view = s.view.borrow().clone();
-    match answer(&view, &q, s.max) {
+    match answer(&view, &q, s.max, s.profile) {
         Ok(body) => ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response(),
         Err((status, code, message)) => error(status, code, message),
     }
@@ -155,6 +161,8 @@ mod tests {
         }
     }
 
+    const PLUG: IdProfile = IdProfile::Plug;
+
     fn q(kind: Option<&str>, id: Option<&str>) -> LookupQuery {
         LookupQuery {
             kind: kind.map(Into::into),
@@ -165,7 +173,7 @@ mod tests {
     #[test]
     fn answers_primary_first_with_public_endpoints_only() {
         let v = view();
-        let r = answer(&v, &q(Some("device"), Some("42")), 2).unwrap();
+        let r = answer(&v, &q(Some("device"), Some("42")), 2, PLUG).unwrap();
         let want: Vec<&str> = lookup::lookup(&v, Address::device(42), 2)
             .iter()
             .map(|n| n.id.as_str())
@@ -176,11 +184,20 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(!json.contains("7000"), "link address leaked: {json}");
         assert!(json.contains(r#""udp":""#), "{json}");
-        // Signed and unsigned spellings of one id agree.
+        // In the signed profile, signed and unsigned spellings of one id agree; the plug
+        // profile writes ids unsigned only.
         assert_eq!(
-            answer(&v, &q(Some("device"), Some("-7")), 3).unwrap(),
-            answer(&v, &q(Some("device"), Some("4294967289")), 3).unwrap()
+            answer(&v, &q(Some("device"), Some("-7")), 3, IdProfile::Signed).unwrap(),
+            answer(
+                &v,
+                &q(Some("device"), Some("4294967289")),
+                3,
+                IdProfile::Signed
+            )
+            .unwrap()
         );
+        let e = answer(&v, &q(Some("device"), Some("-7")), 3, PLUG).unwrap_err();
+        assert_eq!(e.0, StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -192,16 +209,16 @@ mod tests {
             (Some("toaster"), Some("1")),
             (Some("device"), Some("x")),
         ] {
-            let e = answer(&v, &q(kind, id), 3).unwrap_err();
+            let e = answer(&v, &q(kind, id), 3, PLUG).unwrap_err();
             assert_eq!(e.0, StatusCode::BAD_REQUEST, "{kind:?} {id:?}");
         }
         // No comet serves phones here.
-        let e = answer(&v, &q(Some("phone"), Some("1")), 3).unwrap_err();
+        let e = answer(&v, &q(Some("phone"), Some("1")), 3, PLUG).unwrap_err();
         assert_eq!((e.0, e.1), (StatusCode::SERVICE_UNAVAILABLE, "no_nodes"));
         let mut stale = v.clone();
         stale.healthy = false;
         assert!(
-            answer(&stale, &q(Some("device"), Some("1")), 3)
+            answer(&stale, &q(Some("device"), Some("1")), 3, PLUG)
                 .unwrap()
                 .stale
         );
