@@ -376,3 +376,86 @@ async fn uploads_survive_reopening_the_store() {
     assert!(text.contains("broker_offline_messages"), "{text}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn requests_refused_before_a_handler_get_the_documented_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = broker::start(&config(dir.path())).await.unwrap();
+    let base = format!("http://{}", running.http);
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, ctype: Option<&str>, body: &str| {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .body(body.to_string());
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        req.send()
+    };
+    let cases = [
+        // (method, path, content type, body, status, error code)
+        (
+            reqwest::Method::POST,
+            "/v1/push",
+            Some("application/json"),
+            "{not json",
+            400,
+            "bad_request",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/push",
+            Some("application/json"),
+            "{}",
+            400,
+            "bad_request",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/push",
+            Some("text/plain"),
+            "{}",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/push",
+            None,
+            "{}",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/push",
+            None,
+            "",
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, ctype, body, status, code) in cases {
+        let what = format!("{method} {path} {ctype:?} {body:?}");
+        let resp = send(method, path, ctype, body).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let headers = resp.headers().clone();
+        assert_eq!(
+            headers.get("content-type").map(|v| v.to_str().unwrap()),
+            Some("application/json"),
+            "{what}"
+        );
+        if status == 405 {
+            assert!(headers.contains_key("allow"), "{what}: Allow kept");
+        }
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], code, "{what}: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
+        assert_eq!(v.as_object().unwrap().len(), 2, "{what}: {v}");
+    }
+    running.stop().await;
+}

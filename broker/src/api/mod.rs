@@ -239,6 +239,52 @@ pub fn app(state: ApiState) -> axum::Router {
     open.merge(authed)
         .fallback(handlers::not_found)
         .with_state(state)
+        .layer(axum::middleware::map_response(framework_rejection_as_json))
+}
+
+/// Longest text of a framework rejection kept as the error message.
+const REJECTION_TEXT_MAX: usize = 1024;
+
+/// Gives the rejections axum answers by itself, before any handler runs, the documented error
+/// shape `{"error", "message"}` every handler error has: a body that is not JSON or misses a
+/// field (400 `bad_request`; axum's 422 is folded into it), a wrong content type (415
+/// `unsupported_media_type`), a method the path does not serve (405 `method_not_allowed`, its
+/// `Allow` header kept). Responses that are already JSON, and successes, pass unchanged.
+async fn framework_rejection_as_json(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, REJECTION_TEXT_MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (status, code) = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        StatusCode::METHOD_NOT_ALLOWED => (status, "method_not_allowed"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (status, "unsupported_media_type"),
+        StatusCode::PAYLOAD_TOO_LARGE => (status, "too_large"),
+        StatusCode::NOT_FOUND => (status, "not_found"),
+        s if s.is_server_error() => (s, "internal"),
+        s => (s, "bad_request"),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.status = status;
+    let json = axum::Json(serde_json::json!({ "error": code, "message": message }));
+    (parts, json).into_response()
 }
 
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
