@@ -59,6 +59,15 @@ async fn phone_sends_to_its_bound_device_and_sees_presence() {
         (e["type"].as_str(), e["code"].as_u64(), e["ref"].as_u64()),
         (Some("error"), Some(23), Some(8))
     );
+    // Device 0: INVALID_ID (4), not NOT_AUTHORIZED: the address is checked before the binding.
+    app.send(json!({"type": "send", "to": {"kind": "device", "id": 0}, "payload": "", "ref": 9}))
+        .await;
+    let e = app.recv(WAIT).await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_u64(), e["ref"].as_u64()),
+        (Some("error"), Some(4), Some(9)),
+        "{e}"
+    );
     // Malformed JSON: error MALFORMED, ref null, session goes on.
     app.ws
         .send(tokio_tungstenite::tungstenite::Message::Text(
@@ -169,5 +178,14 @@ async fn auth_must_come_first_and_tokens_are_checked() {
     for p in [&mut p1, &mut p2] {
         assert_eq!(p.recv(WAIT).await.unwrap()["type"], "deliver");
     }
+    // A send to a device with a phone's sign: KIND_MISMATCH (5), not NOT_AUTHORIZED.
+    p1.send(json!({"type": "send", "to": {"kind": "device", "id": -9}, "payload": "", "ref": 3}))
+        .await;
+    let e = p1.recv(WAIT).await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_u64(), e["ref"].as_u64()),
+        (Some("error"), Some(5), Some(3)),
+        "{e}"
+    );
     b.stop().await;
 }
