@@ -268,12 +268,18 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
         shutdown.clone(),
     )));
     let scheme = if https { "https" } else { "http" };
+    // Where the token really is: the config when it sets one (as every cluster node's does),
+    // else the file the broker generated it into.
+    let token_at = if config.security.api_token.is_empty() {
+        format!("api_token in {}", dir.join(SECRETS_FILE).display())
+    } else {
+        "security.api_token of the config".to_string()
+    };
     tracing::info!(
         http = %http,
         data_dir = %dir.display(),
         profile = %config.identity.profile,
-        "broker listening: HTTP API on {scheme}://{http}/v1 (bearer token: api_token in {})",
-        dir.join(SECRETS_FILE).display()
+        "broker listening: HTTP API on {scheme}://{http}/v1 (bearer token: {token_at})"
     );
     Ok(Running {
         http,

@@ -72,6 +72,20 @@ async fn json_logs_carry_refusals_timeouts_and_session_ends() {
     cmd.arg("--config").arg(&config);
     let mut b = start_command(cmd);
 
+    // The start-up line says where the API token really is: this config sets it, so it is not
+    // in a secrets.toml (which was never written).
+    let listening = wait_for(&mut b, Duration::from_secs(5), "listening line", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("broker listening"))
+    });
+    let text = listening["message"].as_str().unwrap();
+    assert!(
+        text.contains("bearer token: security.api_token of the config"),
+        "{text}"
+    );
+    assert!(!text.contains("secrets.toml"), "{text}");
+
     // A login naming a terminal, refused: the line names it and its peer.
     let wire = Wire::udp(b.udp).await;
     assert!(login(wire, WRONG_KEY_DEVICE, 0).await.is_err());
