@@ -202,6 +202,15 @@ impl Report {
         }
     }
 
+    /// Whether the broker refused logins or frames with RATE_LIMITED: its default `[limits]`
+    /// protect it from exactly the load a load test offers.
+    pub fn rate_limited(&self) -> bool {
+        self.login_failures
+            .keys()
+            .chain(self.sessions_lost.keys())
+            .any(|why| why.contains("RATE_LIMITED"))
+    }
+
     /// True when every device logged in, no session was lost and every upload was acknowledged.
     pub fn clean(&self) -> bool {
         self.logged_in == self.devices
@@ -209,6 +218,12 @@ impl Report {
             && self.uploads_acked == self.uploads_sent
     }
 }
+
+/// What to do about RATE_LIMITED refusals in a load test.
+pub const RATE_LIMIT_HINT: &str = "hint: RATE_LIMITED is the broker's [limits] at work \
+    (login_attempts_per_ip_per_sec, max_connections_per_ip, frames_per_sec_per_terminal): all \
+    simulated devices share one address, so raise them in the broker's config for a load test \
+    (docs/performance.md, \"Running a load test\")";
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -219,6 +234,9 @@ impl fmt::Display for Report {
         )?;
         for (why, n) in &self.login_failures {
             writeln!(f, "  login failed x{n}: {why}")?;
+        }
+        if self.rate_limited() {
+            writeln!(f, "  {RATE_LIMIT_HINT}")?;
         }
         if let Some(l) = &self.login_latency {
             writeln!(f, "login latency: {l}")?;
@@ -321,6 +339,19 @@ mod tests {
         );
         let text = r.to_string();
         assert!(text.contains("login failed x1: timeout"), "{text}");
+        assert!(!text.contains("hint:"), "{text}");
+        // Refused by the broker's limits: the report says which keys to raise.
+        let limited = DeviceOutcome {
+            login_failure: Some(format!(
+                "rejected: {}",
+                shared_protocol::codes::Code::RATE_LIMITED
+            )),
+            ..DeviceOutcome::default()
+        };
+        let limited = Report::new(vec![limited], ms(500), ms(2000), ms(2500), None);
+        assert!(limited.rate_limited());
+        let hint = limited.to_string();
+        assert!(hint.contains("login_attempts_per_ip_per_sec"), "{hint}");
         assert!(text.contains("~2.0 KiB per session"), "{text}");
     }
 
