@@ -232,6 +232,19 @@ async fn two_comets_two_msgbus_two_rabbits() {
     // Both registered in the shared online registry (msgbus routes by it).
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // `/v1/online` on a msgbus: its own counts are labelled as this node's (it holds no
+    // session), and the cluster part counts what each comet holds.
+    let (s, v) = api(&bus1, reqwest::Method::GET, "/v1/online", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["scope"].as_str(), v["devices"].as_u64()),
+        (Some("node"), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["cluster"]["terminals_by_node"]["comet-a"], 1, "{v}");
+    assert_eq!(v["cluster"]["terminals_by_node"]["comet-b"], 1, "{v}");
+    assert_eq!(v["cluster"]["terminals"], 2, "{v}");
+
     // 0. A LOGIN accepted by comet A and replayed to comet B, from the very same address, is
     //    refused there: each comet has its own cookie secret (docs/protocol.md section 3.1).
     login_accepted_at_a_is_refused_at_b(comet_a.running.comet.udp, comet_b.running.comet.udp, 77)

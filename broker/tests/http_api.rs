@@ -85,6 +85,8 @@ async fn health_is_open_and_v1_and_metrics_need_the_bearer_token() {
     let api = api_client(&running);
     let (s, online) = api.get("/v1/online").await;
     assert_eq!((s, online["devices"].as_u64()), (200, Some(0)));
+    assert_eq!(online["scope"], "standalone", "{online}");
+    assert!(online.get("cluster").is_none(), "{online}");
     let (s, doc) = api.get("/v1/openapi.json").await;
     assert_eq!(s, 200);
     assert_eq!(

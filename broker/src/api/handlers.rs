@@ -72,8 +72,44 @@ pub(super) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-pub(super) async fn online(State(s): State<ApiState>) -> Json<crate::router::OnlineCounts> {
-    Json(s.router.online_counts())
+/// `GET /v1/online`: this node's counts, labelled with their scope, and in cluster mode the
+/// terminals every node holds (from the cluster-wide online registry).
+#[derive(Serialize)]
+pub(super) struct Online {
+    #[serde(flatten)]
+    this_node: crate::router::OnlineCounts,
+    /// `standalone` (the counts are the whole broker's) or `node` (this cluster node's only).
+    scope: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterOnline>,
+}
+
+#[derive(Serialize)]
+pub(super) struct ClusterOnline {
+    /// Terminals registered per node id.
+    terminals_by_node: std::collections::BTreeMap<String, u64>,
+    /// Their sum (a terminal online on two nodes at once counts twice).
+    terminals: u64,
+}
+
+pub(super) async fn online(State(s): State<ApiState>) -> ApiResult<Json<Online>> {
+    let this_node = s.router.online_counts();
+    let Some(cluster) = &s.cluster else {
+        return Ok(Json(Online {
+            this_node,
+            scope: "standalone",
+            cluster: None,
+        }));
+    };
+    let terminals_by_node = cluster.terminals_by_node().await?;
+    Ok(Json(Online {
+        this_node,
+        scope: "node",
+        cluster: Some(ClusterOnline {
+            terminals: terminals_by_node.values().sum(),
+            terminals_by_node,
+        }),
+    }))
 }
 
 #[derive(Serialize)]

@@ -65,6 +65,11 @@ pub trait ClusterApi: Send + Sync + 'static {
 
     /// The nodes the cluster-wide online registry names for `terminal`, sorted.
     async fn nodes_of(&self, terminal: Address) -> Result<Vec<String>, StoreError>;
+
+    /// How many terminals each node holds, from the cluster-wide online registry.
+    async fn terminals_by_node(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
 }
 
 /// Shared state of the handlers.

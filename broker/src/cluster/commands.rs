@@ -263,6 +263,12 @@ impl ClusterApi for ClusterCommands {
             .map(|(n, _)| n)
             .collect())
     }
+
+    async fn terminals_by_node(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        self.registry.terminals_by_node().await
+    }
 }
 
 #[cfg(test)]

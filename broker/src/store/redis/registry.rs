@@ -65,6 +65,17 @@ table.insert(removed, 1, entries)
 return removed
 "#;
 
+/// ARGV: prefix. Returns {node, terminals, node, terminals, ...} for every registered node.
+const TERMINALS_BY_NODE: &str = r#"
+local p = ARGV[1]
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
+  out[#out + 1] = node
+  out[#out + 1] = redis.call('SCARD', p .. 'node:' .. node .. ':sessions')
+end
+return out
+"#;
+
 /// What a sweep removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -160,6 +171,19 @@ impl OnlineRegistry {
             .collect::<Result<Vec<_>, _>>()?;
         out.sort();
         Ok(out)
+    }
+
+    /// How many terminals each registered node holds (`P node:<id>:sessions` of every node in
+    /// `P nodes`), by node id. Read in one script, so the counts are one consistent instant.
+    pub async fn terminals_by_node(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let mut c = self.conn.get().await;
+        let r: redis::RedisResult<Vec<(String, u64)>> = Script::new(TERMINALS_BY_NODE)
+            .arg(self.conn.prefix())
+            .invoke_async(&mut c)
+            .await;
+        Ok(self.conn.check(r).await?.into_iter().collect())
     }
 
     /// Refreshes `node`'s heartbeat key for `ttl`; `Ok(false)` when it had expired (the node
