@@ -125,3 +125,59 @@ async fn wrong_key_or_no_broker_exits_non_zero_with_a_reason() {
     once.expect("from backend: once");
     assert_eq!(once.wait_exit(), 0);
 }
+
+/// SIGTERM to the broker (by its PID), as an operator's restart does.
+fn terminate(p: &Proc) {
+    let pid = p.child.id().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_client_comes_back_after_a_shutdown_kick_unless_told_to_exit() {
+    let s = setup();
+    let mut broker = Proc::spawn(&s.config, &[]);
+    broker.expect("HTTP API on http://");
+    let mut device = Proc::spawn(&s.config, &["client", "device", "--id", "42"]);
+    device.expect("connected as device:42 via udp 127.0.0.1:");
+    let mut quitter = Proc::spawn(
+        &s.config,
+        &["client", "device", "--id", "43", "--ws", "--exit-on-kick"],
+    );
+    quitter.expect("connected as device:43 via ws://");
+    device.say("upload power 1");
+    device.expect("upload #1 durable");
+
+    // The broker restarts: it kicks every session with SHUTDOWN.
+    terminate(&broker);
+    assert_eq!(broker.wait_exit(), 0);
+    device.expect("kicked: SHUTDOWN");
+    let line = device.expect("reconnecting in ");
+    assert!(line.contains("SHUTDOWN"), "{line}");
+    quitter.expect("kicked: SHUTDOWN");
+    assert_eq!(quitter.wait_exit(), 1, "--exit-on-kick exits");
+
+    // Back up on the same ports: the device logs in again by itself (pauses double while the
+    // broker is down) and gets what is pushed, and its upload ids go on (same boot, no reuse).
+    let mut broker = Proc::spawn(&s.config, &[]);
+    broker.expect("HTTP API on http://");
+    device.expect("connected as device:42 via udp 127.0.0.1:");
+    let (status, body) = api(
+        &s,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": {"terminal": {"kind": "device", "id": 42}}, "text": "back"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    device.expect("from backend: back");
+    device.say("upload power 2");
+    device.expect("upload #2 durable");
+    device.say("quit");
+    assert_eq!(device.wait_exit(), 0);
+    drop(broker);
+}

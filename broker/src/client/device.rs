@@ -19,11 +19,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::ClientError;
 use super::input::{self, Input, Role};
 use super::link::{Incoming, Link};
 use super::net::{self, ClientWs};
 use super::output::{Event, Printer};
+use super::{ClientError, Reconnect};
 
 /// Where the device connects.
 #[derive(Clone, Debug)]
@@ -61,6 +61,8 @@ pub struct DeviceOptions {
     pub login_timeout: Duration,
     /// Output.
     pub printer: Printer,
+    /// Log in again after a session ends in a way to come back from (see [`run`]).
+    pub reconnect: bool,
 }
 
 /// A device's connection to the broker: a connected UDP socket or a device WebSocket.
@@ -286,8 +288,63 @@ pub(crate) async fn send_body(
     Ok(seq)
 }
 
-/// Runs the device until `quit`, Ctrl-C, `--count` deliveries, or a failure.
+/// What carries over from one session of a run to the next: the run's upload epoch and upload
+/// ids (a resent upload keeps its key), the highest message id received (the next login's
+/// since-id), the deliveries counted for `--count`, and whether stdin is still open.
+struct Progress {
+    upload_epoch: u64,
+    since_id: u64,
+    delivered: u64,
+    next_id: u32,
+    stdin_open: bool,
+}
+
+/// Runs the device until `quit`, Ctrl-C, `--count` deliveries, or a failure it does not come
+/// back from. After a session that logged in ends in a way the broker or the network says to
+/// come back from ([`ClientError::comes_back`]: a SHUTDOWN kick, a lost connection), it logs in
+/// again after a pause ([`Reconnect`]), as a device does, unless `reconnect` is off.
 pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<(), ClientError> {
+    let mut progress = Progress {
+        upload_epoch: draw_upload_epoch(),
+        since_id: o.since_id,
+        delivered: 0,
+        next_id: 1,
+        stdin_open: true,
+    };
+    let mut reconnect = Reconnect::default();
+    let mut logins = 0u64;
+    loop {
+        let before = logins;
+        let err = match session(&o, &mut lines, &mut progress, &mut logins).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !(o.reconnect && logins > 0 && err.comes_back()) {
+            return Err(err);
+        }
+        if logins > before {
+            // That session had logged in: the pauses start small again.
+            reconnect.logged_in();
+        }
+        let pause = reconnect.pause(&err);
+        o.printer.print(&Event::Reconnecting {
+            why: err.to_string(),
+            after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+        });
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One session: connect, log in, then serve until it ends.
+async fn session(
+    o: &DeviceOptions,
+    lines: &mut mpsc::Receiver<String>,
+    prog: &mut Progress,
+    logins: &mut u64,
+) -> Result<(), ClientError> {
     let clock = Clock(Instant::now());
     let mut wire = Wire::open(&o.endpoint).await?;
     let via = Wire::describe(&o.endpoint);
@@ -297,22 +354,20 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
         o.id,
         &o.key,
         LoginReport {
-            since_id: o.since_id,
-            upload_epoch: draw_upload_epoch(),
+            since_id: prog.since_id,
+            upload_epoch: prog.upload_epoch,
         },
         o.login_timeout,
         &clock,
     )
     .await?;
+    *logins += 1;
     o.printer.print(&Event::Connected {
         address: Address::device(o.id),
         via,
         heartbeat_secs: welcome.heartbeat_secs,
     });
     let max_payload = welcome.max_payload;
-    let mut delivered = 0u64;
-    let mut next_id = 1u32;
-    let mut stdin_open = true;
     loop {
         let due = clock.at(link.next_deadline());
         tokio::select! {
@@ -324,9 +379,9 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
                     wire.send(&p).await?;
                 }
             }
-            line = lines.recv(), if stdin_open => {
+            line = lines.recv(), if prog.stdin_open => {
                 let Some(line) = line else {
-                    stdin_open = false;
+                    prog.stdin_open = false;
                     continue;
                 };
                 let cmd = match input::parse(&line, Role::Device) {
@@ -347,7 +402,7 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
                     eprintln!("payload of {payload_len} bytes exceeds the broker's limit of {max_payload}");
                     continue;
                 }
-                let id = next_id;
+                let id = prog.next_id;
                 let (what, body) = match &cmd {
                     Input::Nothing | Input::Ack(_) => continue,
                     Input::Quit => {
@@ -373,7 +428,7 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
                 let seq = send_body(&mut wire, &mut link, &clock, &body).await?;
                 let shown = match what {
                     "upload" | "request" => {
-                        next_id = next_id.wrapping_add(1).max(1);
+                        prog.next_id = prog.next_id.wrapping_add(1).max(1);
                         Some(id)
                     }
                     "ping" => None,
@@ -404,9 +459,10 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
                         match e {
                             Event::Kick { reason } => return Err(ClientError::Kicked(reason)),
                             Event::Goodbye { .. } => return Ok(()),
-                            Event::Deliver { .. } => {
-                                delivered += 1;
-                                if o.count.is_some_and(|c| delivered >= c) {
+                            Event::Deliver { msg_id, .. } => {
+                                prog.since_id = prog.since_id.max(msg_id);
+                                prog.delivered += 1;
+                                if o.count.is_some_and(|c| prog.delivered >= c) {
                                     return finish(&mut wire, &mut link, &clock).await;
                                 }
                             }

@@ -82,6 +82,62 @@ impl ClientError {
     fn io(e: std::io::Error) -> ClientError {
         ClientError::Io(e)
     }
+
+    /// Whether a client that was logged in should log in again after this end: the broker
+    /// asked it to come back (a kick or refusal with a retryable code: SHUTDOWN,
+    /// HEARTBEAT_TIMEOUT, SERVER_BUSY, ...), or the connection or session was lost. Never after
+    /// REPLACED (another session of the terminal is live), an operator's kick, bad credentials
+    /// or a usage error.
+    pub fn comes_back(&self) -> bool {
+        match self {
+            ClientError::Kicked(code) | ClientError::Rejected { code, .. } => code.is_retryable(),
+            ClientError::Connect(_)
+            | ClientError::Closed(_)
+            | ClientError::Link(_)
+            | ClientError::Io(_) => true,
+            ClientError::Usage(_) | ClientError::Protocol(_) => false,
+        }
+    }
+}
+
+/// Pauses between logins after a session ended: doubling from [`RECONNECT_MIN`] up to
+/// [`RECONNECT_MAX`], reset once a login succeeds.
+#[derive(Clone, Copy, Debug)]
+pub struct Reconnect {
+    next: Duration,
+}
+
+/// The first pause.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// The longest pause.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            next: RECONNECT_MIN,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The pause before the next attempt (at least the broker's `retry_after_ms` advice).
+    pub fn pause(&mut self, e: &ClientError) -> Duration {
+        let advice = match e {
+            ClientError::Rejected { retry_after_ms, .. } => {
+                Duration::from_millis(u64::from(*retry_after_ms))
+            }
+            _ => Duration::ZERO,
+        };
+        let pause = self.next.max(advice);
+        self.next = (self.next * 2).min(RECONNECT_MAX);
+        pause
+    }
+
+    /// A login succeeded: the next pause starts small again.
+    pub fn logged_in(&mut self) {
+        self.next = RECONNECT_MIN;
+    }
 }
 
 /// `broker client`: act as a device or a phone.
@@ -132,6 +188,11 @@ struct Common {
     /// Give up logging in after this many seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     login_timeout: u64,
+    /// Exit (status 1) when the broker ends the session, instead of logging in again after a
+    /// pause as a device would (the default after a SHUTDOWN kick, a heartbeat timeout or a
+    /// lost connection; never after REPLACED or an operator's kick).
+    #[arg(long)]
+    exit_on_kick: bool,
     /// PEM certificate(s) to trust for wss:// (a CA or the server's self-signed certificate)
     /// [default: tls.cert_file when [tls] is enabled and the URL is the default, else public roots].
     #[arg(long, value_name = "FILE")]
@@ -299,6 +360,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 count: c.count,
                 login_timeout: Duration::from_secs(c.login_timeout),
                 printer: output::Printer { json: c.json },
+                reconnect: !c.exit_on_kick,
             };
             device::run(o, stdin_lines()).await
         }

@@ -98,6 +98,14 @@ pub enum Event {
         /// Why.
         reason: Code,
     },
+    /// The session ended in a way the broker or the network says to come back from: the client
+    /// logs in again after a pause (not with `--exit-on-kick`).
+    Reconnecting {
+        /// Why the session ended.
+        why: String,
+        /// Pause before the next attempt, ms.
+        after_ms: u64,
+    },
 }
 
 fn text(p: &[u8]) -> Option<&str> {
@@ -173,6 +181,9 @@ impl Event {
             Event::Sent { what, id } => format!("sent {what} #{id}"),
             Event::Kick { reason } => format!("kicked: {reason} ({})", reason.description()),
             Event::Goodbye { reason } => format!("goodbye: {reason}"),
+            Event::Reconnecting { why, after_ms } => {
+                format!("reconnecting in {after_ms} ms: {why}")
+            }
         }
     }
 
@@ -244,6 +255,9 @@ impl Event {
             }
             Event::Goodbye { reason } => {
                 json!({"event": "goodbye", "code": reason.0, "name": reason.to_string()})
+            }
+            Event::Reconnecting { why, after_ms } => {
+                json!({"event": "reconnecting", "why": why, "after_ms": after_ms})
             }
         }
     }
