@@ -9,7 +9,7 @@
 //! their loss only causes a redelivery the terminal drops, so they commit lazily, without an
 //! fsync (`offline` module docs say exactly what a crash loses).
 //!
-//! The offline store ([`offline`](self) module) keeps an in-memory [`delivery_index`] of every
+//! The offline store (module `offline`) keeps an in-memory [`delivery_index`] of every
 //! terminal's pending deliveries, loaded at open, so logins and acks that cover nothing touch no
 //! table.
 //!
