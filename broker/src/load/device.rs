@@ -29,6 +29,10 @@ pub struct Live {
     pub logged_in: AtomicU64,
     /// Uploads acknowledged.
     pub acked: AtomicU64,
+    /// Delivers received (pushed messages; the link acknowledges each).
+    pub delivered: AtomicU64,
+    /// Unix ms of the last Deliver received (0: none yet).
+    pub last_delivery_unix_ms: AtomicU64,
 }
 
 /// What every device of a run does.
@@ -153,6 +157,11 @@ async fn steady(
                     }
                     Incoming::Event(Event::Kick { reason }) => {
                         return Err(ClientError::Kicked(reason));
+                    }
+                    Incoming::Event(Event::Deliver { .. }) => {
+                        live.delivered.fetch_add(1, Ordering::Relaxed);
+                        live.last_delivery_unix_ms
+                            .fetch_max(crate::router::now_ms(), Ordering::Relaxed);
                     }
                     Incoming::Command { cmd_id, .. } => {
                         let body = Body::CommandResult { cmd_id, status: 0, payload: b"ok" };

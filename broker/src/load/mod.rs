@@ -189,10 +189,12 @@ async fn run(prepared: Prepared, args: &LoadArgs) -> Report {
             connected_kib = Some(args.broker_pid.map(rss));
         }
         eprintln!(
-            "[{:>4.0} s] logged in {}/{devices}, uploads acknowledged {}",
+            "[{:>4.0} s] logged in {}/{devices}, uploads acknowledged {}, deliveries {} (last at {} Unix ms)",
             started.elapsed().as_secs_f64(),
             live.logged_in.load(Ordering::Relaxed),
-            live.acked.load(Ordering::Relaxed)
+            live.acked.load(Ordering::Relaxed),
+            live.delivered.load(Ordering::Relaxed),
+            live.last_delivery_unix_ms.load(Ordering::Relaxed)
         );
         if tasks.iter().all(|t| t.is_finished()) {
             break started.elapsed();

@@ -21,7 +21,9 @@
 //!    (or awaits [`Session::close`]); bound phones get an offline Presence.
 //!
 //! Delivery is at least once: a push or send is committed to the offline store first, then
-//! offered to online sessions; the terminal's ack removes it. At login the since-id the terminal
+//! offered to online sessions; the terminal's ack removes it, and every id below it (deliveries
+//! are in id order, so the terminal has them; an ack may be lost in a crash, which only causes a
+//! redelivery the terminal drops). At login the since-id the terminal
 //! reports acknowledges every stored id up to it, and everything stored above it is replayed in
 //! order, so no stored message is ever left neither delivered nor removed.
 //!
@@ -690,8 +692,9 @@ impl Router {
         r
     }
 
-    /// The terminal acknowledged `msg_id`: the store forgets it for this terminal.
-    /// `Ok(false)` when it was not stored for it (already acked, expired or evicted).
+    /// The terminal acknowledged `msg_id`: the store forgets it, and may forget every id below it,
+    /// for this terminal (see [`crate::store::OfflineStore::ack`]). `Ok(false)` when nothing was
+    /// left to forget (already acked, expired or evicted).
     pub async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
         self.inner.stores.offline.ack(terminal, msg_id).await
     }

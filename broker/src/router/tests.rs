@@ -142,7 +142,7 @@ async fn signed_profile_keeps_all_sessions_and_all_receive() {
 }
 
 #[tokio::test]
-async fn offline_messages_replay_in_order_after_since_id_and_ack_forgets() {
+async fn offline_messages_replay_in_order_after_since_id_and_an_ack_covers_all_below() {
     let f = fixture(|_| {});
     let mut ids = Vec::new();
     for p in [&b"a"[..], b"b", b"c"] {
@@ -185,14 +185,19 @@ async fn offline_messages_replay_in_order_after_since_id_and_ack_forgets() {
     assert!(s.try_next().is_none());
 
     assert!(f.router.ack(D1, ids[1]).await.unwrap());
-    assert!(f.router.ack(D1, live.msg_id).await.unwrap());
     drop(s);
     let s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
     assert_eq!(
         s.replay_pending(),
-        1,
-        "ids[0] went with the first login's since-id; unacked ids[2] remains"
+        2,
+        "ids[0] went with the first login's since-id, ids[1] with its ack; ids[2] and the live one remain"
     );
+    drop(s);
+    // Deliveries are in id order, so an ack covers every id below it (docs/protocol.md section 4).
+    assert!(f.router.ack(D1, live.msg_id).await.unwrap());
+    assert!(!f.router.ack(D1, ids[2]).await.unwrap(), "already covered");
+    let s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    assert_eq!(s.replay_pending(), 0);
 }
 
 /// Stored messages at or below a login's since-id are acknowledged by it, the rest replayed in
@@ -1065,7 +1070,7 @@ async fn seeded_model_on_the_redis_store() {
 }
 
 /// A seeded simulation of the router over `store` against a reference model: random
-/// pushes (unicast, list, everyone), device-to-phone sends, drains with and without acks,
+/// pushes (unicast, list, broadcasts to everyone or every device), device-to-phone sends, drains with and without acks,
 /// disconnects, reconnects with the terminal's since-id, broker restarts (every session ends,
 /// the store is reopened under a new router) and, on Redis, data loss (every key deleted while
 /// the broker runs; bindings are then re-created), under a small outbound queue with a dropping
@@ -1189,14 +1194,24 @@ async fn run_router_model(seed: u64, store: ModelStore) {
                     addressed[2].push(o.msg_id);
                 }
                 4 => {
-                    // Everyone known (all three logged in at the start).
+                    // A broadcast to everyone or to every device: one record in the embedded
+                    // store, for the terminals known (all three logged in at the start).
+                    let devices_only = rng.random_bool(0.5);
+                    let target = if devices_only {
+                        Target::AllDevices
+                    } else {
+                        Target::Everyone
+                    };
                     let o = f
                         .router
-                        .push(Target::Everyone, None, Bytes::new(), None)
+                        .push(target, None, Bytes::new(), None)
                         .await
                         .unwrap();
-                    issued(o.msg_id, "push to everyone");
+                    issued(o.msg_id, "broadcast");
                     for i in 0..3 {
+                        if devices_only && terms[i].kind != Kind::Device {
+                            continue;
+                        }
                         if known[i] {
                             addressed[i].push(o.msg_id);
                         } else {

@@ -268,6 +268,128 @@ pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: Evi
         .map(|m| m.msg_id)
         .collect();
     assert_eq!(got, vec![phones.msg_id, all.msg_id]);
+
+    broadcasts_and_cursors(&store, cap, eviction, [d1, d2]).await;
+}
+
+/// Kind-wide pushes next to messages addressed by name, caps and expiry; `devices` are the
+/// two devices remembered so far (the only known devices).
+async fn broadcasts_and_cursors(
+    store: &Arc<dyn OfflineStore>,
+    cap: u64,
+    eviction: EvictionPolicy,
+    devices: [Address; 2],
+) {
+    let far = 1_000_000;
+    let ids = |v: Vec<super::StoredMessage>| v.iter().map(|m| m.msg_id).collect::<Vec<u64>>();
+    let to_devices = Recipients::Known(Some(Kind::Device));
+    // A terminal remembered after a broadcast does not get it; it gets the ones after, merged
+    // with its own messages in id order.
+    let late = Address::device(102);
+    store.remember(late).await.unwrap();
+    assert!(store.since(late, 0, 10, 0).await.unwrap().is_empty());
+    let own1 = store
+        .append(Recipients::List(vec![late]), msg(b"own1", far), 0)
+        .await
+        .unwrap();
+    let bc = store
+        .append(to_devices.clone(), msg(b"bc", far), 0)
+        .await
+        .unwrap();
+    assert_eq!(bc.stored_for, 3);
+    let own2 = store
+        .append(Recipients::List(vec![late]), msg(b"own2", far), 0)
+        .await
+        .unwrap();
+    let got = store.since(late, 0, 10, 0).await.unwrap();
+    assert_eq!(ids(got.clone()), vec![own1.msg_id, bc.msg_id, own2.msg_id]);
+    assert_eq!(got[1].payload, Bytes::from_static(b"bc"));
+    assert_eq!(
+        ids(store.since(late, own1.msg_id, 10, 0).await.unwrap()),
+        vec![bc.msg_id, own2.msg_id]
+    );
+    // The since-id covers a broadcast like any message: acknowledged for this terminal only.
+    assert_eq!(store.ack_through(late, bc.msg_id).await.unwrap(), 2);
+    assert_eq!(
+        ids(store.since(late, 0, 10, 0).await.unwrap()),
+        vec![own2.msg_id]
+    );
+    assert_eq!(
+        ids(store.since(devices[0], 0, 10, 0).await.unwrap()).last(),
+        Some(&bc.msg_id)
+    );
+    assert!(store.ack(devices[1], bc.msg_id).await.unwrap());
+    assert!(
+        !store.ack(devices[1], bc.msg_id).await.unwrap(),
+        "a second ack is a no-op"
+    );
+
+    // Every known device empty, then each at the cap with broadcasts.
+    let all_devices = [devices[0], devices[1], late];
+    for d in all_devices {
+        store.ack_through(d, MAX_MSG_ID).await.unwrap();
+        assert!(
+            store.since(d, 0, 10, 0).await.unwrap().is_empty(),
+            "{d} empty"
+        );
+    }
+    let mut filled = Vec::new();
+    for _ in 0..cap {
+        let f = store
+            .append(to_devices.clone(), msg(b"fill", far), 0)
+            .await
+            .unwrap();
+        assert_eq!((f.stored_for, f.evicted, f.rejected), (3, 0, 0));
+        filled.push(f.msg_id);
+    }
+    let over = store
+        .append(to_devices.clone(), msg(b"over", far), 0)
+        .await
+        .unwrap();
+    match eviction {
+        EvictionPolicy::DropOldest => {
+            assert_eq!((over.stored_for, over.evicted, over.rejected), (3, 3, 0));
+            let mut expect = filled[1..].to_vec();
+            expect.push(over.msg_id);
+            for d in all_devices {
+                assert_eq!(ids(store.since(d, 0, 100, 0).await.unwrap()), expect, "{d}");
+            }
+        }
+        EvictionPolicy::RejectNew => {
+            assert_eq!((over.stored_for, over.evicted, over.rejected), (0, 0, 3));
+            // One device makes room; the next broadcast is stored for it alone.
+            assert_eq!(store.ack_through(late, filled[0]).await.unwrap(), 1);
+            let next = store
+                .append(to_devices.clone(), msg(b"next", far), 0)
+                .await
+                .unwrap();
+            assert_eq!((next.stored_for, next.evicted, next.rejected), (1, 0, 2));
+            let mut expect = filled[1..].to_vec();
+            expect.push(next.msg_id);
+            assert_eq!(ids(store.since(late, 0, 100, 0).await.unwrap()), expect);
+            assert_eq!(
+                ids(store.since(devices[0], 0, 100, 0).await.unwrap()),
+                filled
+            );
+        }
+    }
+
+    // An expired broadcast is not replayed and is purged.
+    for d in all_devices {
+        store.ack_through(d, MAX_MSG_ID).await.unwrap();
+    }
+    let short = store
+        .append(to_devices.clone(), msg(b"short", 200), 0)
+        .await
+        .unwrap();
+    assert_eq!(short.stored_for, 3);
+    assert_eq!(
+        ids(store.since(late, 0, 10, 199).await.unwrap()),
+        vec![short.msg_id]
+    );
+    assert!(store.since(late, 0, 10, 200).await.unwrap().is_empty());
+    assert_eq!(store.purge_expired(200).await.unwrap(), 1);
+    assert!(store.since(late, 0, 10, 0).await.unwrap().is_empty());
 }
 
 /// The upload spool suite.

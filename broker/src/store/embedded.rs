@@ -5,15 +5,28 @@
 //! `Durability::Immediate` (fsync) before `Ok` is returned, so a `kill -9` loses nothing that was
 //! acknowledged. Writes that arrive together share one transaction and one fsync
 //! ([`GroupCommit`]'s writer thread); reads run on tokio's blocking pool (redb calls block).
+//! The one exception is the offline store's acknowledgement cursors and first-login records:
+//! their loss only causes a redelivery the terminal drops, so they commit lazily, without an
+//! fsync (`offline` module docs say exactly what a crash loses).
+//!
+//! The offline store (module `offline`) keeps an in-memory [`delivery_index`] of every
+//! terminal's pending deliveries, loaded at open, so logins and acks that cover nothing touch no
+//! table.
 //!
 //! Layout (keys are packed addresses, see [`Address::to_key`]):
-//! * `meta`: counters (`next_msg_id`: one above the last id issued, see [`msg_id`]; `upload_head`)
-//!   and `cursor:<consumer>` positions.
-//! * `messages`: msg id -> record (expiry, reference count, sender, payload): a message is stored once.
+//! * `meta`: counters (`next_msg_id`: one above the last id issued, see [`super::msg_id`];
+//!   `upload_head`) and `cursor:<consumer>` positions.
+//! * `messages`: msg id -> record (expiry, inbox reference count, sender, payload): a message is
+//!   stored once.
 //! * `expiry`: (expires_at, msg id) for purging.
-//! * `inbox`: (terminal, msg id) references; `inbox_count`: terminal -> references (for the cap).
-//!   References whose message expired are dropped lazily (on read, ack or eviction).
-//! * `known`: terminals seen at login (targets of kind-wide pushes).
+//! * `inbox`: (terminal, msg id) references of messages addressed by name, all above the
+//!   terminal's cursor.
+//! * `broadcasts`: msg id -> class (0: every kind, else the kind's number plus one) of each
+//!   kind-wide push: one record per broadcast; its body lives until it expires.
+//! * `broadcast_skips`: (msg id, terminal) for a broadcast a full inbox refused (`reject-new`).
+//! * `known_since`: terminal -> the last id issued when it was first remembered at login; the
+//!   broadcasts of its class above it are for it.
+//! * `cursors`: terminal -> the id it acknowledged through (everything at or below is done).
 //! * `uploads`: cursor -> record; `upload_epochs`: cursor -> the record's upload epoch (absent,
 //!   read as 0, for records written before epochs were kept); `upload_dedupe_epoch`: (device,
 //!   epoch, upload id) -> cursor. The epoch-less `upload_dedupe` of older files is dropped at open:
@@ -23,6 +36,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,19 +45,20 @@ use redb::{
     WriteTransaction,
 };
 
+pub mod delivery_index;
+mod offline;
 pub mod spool_retention;
 
 pub use spool_retention::SpoolRetention;
 
-use super::group_commit::GroupCommit;
-use super::msg_id;
+use super::group_commit::{self, GroupCommit};
 use super::{
-    Appended, Bindings, Groups, NewMessage, NewUpload, OfflineStats, OfflineStore, Recipients,
-    SpoolAppended, SpoolStats, StoreError, StoredMessage, Stores, UploadRecord, UploadSpool,
-    valid_group_name,
+    Bindings, Groups, NewUpload, SpoolAppended, SpoolStats, StoreError, Stores, UploadRecord,
+    UploadSpool, valid_group_name,
 };
 use crate::config::EvictionPolicy;
-use crate::terminal::{Address, AddressKey, Kind, from_key};
+use crate::terminal::{Address, AddressKey, from_key};
+use offline::SharedIndex;
 
 /// File name of the database inside the data directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -52,8 +67,14 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const EXPIRY: TableDefinition<(u64, u64), ()> = TableDefinition::new("expiry");
 const INBOX: TableDefinition<(u64, u64), ()> = TableDefinition::new("inbox");
-const INBOX_COUNT: TableDefinition<u64, u64> = TableDefinition::new("inbox_count");
-const KNOWN: TableDefinition<u64, ()> = TableDefinition::new("known");
+/// Per-terminal reference counts of files written before the delivery index (dropped at open).
+const OLD_INBOX_COUNT: &str = "inbox_count";
+/// Remembered terminals of files written before broadcast records (moved to `known_since`).
+const OLD_KNOWN: TableDefinition<u64, ()> = TableDefinition::new("known");
+const KNOWN_SINCE: TableDefinition<u64, u64> = TableDefinition::new("known_since");
+const CURSORS: TableDefinition<u64, u64> = TableDefinition::new("cursors");
+const BROADCASTS: TableDefinition<u64, u8> = TableDefinition::new("broadcasts");
+const SKIPPED: TableDefinition<(u64, u64), ()> = TableDefinition::new("broadcast_skips");
 const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
 const UPLOAD_EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("upload_epochs");
 const UPLOAD_DEDUPE: TableDefinition<(u64, u64, u32), u64> =
@@ -92,10 +113,31 @@ pub struct OfflineLimits {
     pub eviction: EvictionPolicy,
 }
 
+/// How many times the store went to the database since it was opened (see
+/// [`EmbeddedStore::ops`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreOps {
+    /// Read transactions.
+    pub reads: u64,
+    /// Durable writes (each committed with an fsync, possibly shared with others).
+    pub durable_writes: u64,
+    /// Lazy writes (committed without waiting for an fsync).
+    pub lazy_writes: u64,
+}
+
+#[derive(Default)]
+struct OpCounters {
+    reads: AtomicU64,
+    durable_writes: AtomicU64,
+    lazy_writes: AtomicU64,
+}
+
 /// The redb-backed store; implements every store trait.
 pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: GroupCommit,
+    index: SharedIndex,
+    ops: OpCounters,
     limits: OfflineLimits,
     retention: SpoolRetention,
 }
@@ -114,6 +156,17 @@ impl EmbeddedStore {
         limits: OfflineLimits,
         retention: SpoolRetention,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
+        Self::open_inner(dir, limits, retention, group_commit::LAZY_WINDOW)
+    }
+
+    /// [`EmbeddedStore::open_with_retention`] with lazy writes made durable within `lazy_window`
+    /// (see [`GroupCommit::write_lazy`]).
+    fn open_inner(
+        dir: &Path,
+        limits: OfflineLimits,
+        retention: SpoolRetention,
+        lazy_window: std::time::Duration,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         let path = dir.join(STORE_FILE);
@@ -127,8 +180,20 @@ impl EmbeddedStore {
         txn.open_table(MESSAGES)?;
         txn.open_table(EXPIRY)?;
         txn.open_table(INBOX)?;
-        txn.open_table(INBOX_COUNT)?;
-        txn.open_table(KNOWN)?;
+        let old_counts: TableDefinition<u64, u64> = TableDefinition::new(OLD_INBOX_COUNT);
+        txn.delete_table(old_counts)?;
+        {
+            let mut known = txn.open_table(KNOWN_SINCE)?;
+            let old = txn.open_table(OLD_KNOWN)?;
+            for e in old.iter()? {
+                // Terminals known before broadcast records: every broadcast record is newer.
+                known.insert(e?.0.value(), 0)?;
+            }
+        }
+        txn.delete_table(OLD_KNOWN)?;
+        txn.open_table(CURSORS)?;
+        txn.open_table(BROADCASTS)?;
+        txn.open_table(SKIPPED)?;
         txn.open_table(UPLOADS)?;
         txn.open_table(UPLOAD_EPOCHS)?;
         txn.open_table(UPLOAD_DEDUPE)?;
@@ -141,8 +206,25 @@ impl EmbeddedStore {
         spool_retention::init_bytes(&txn)?;
         txn.commit()?;
         let db = Arc::new(db);
+        let index: SharedIndex = Arc::new(std::sync::Mutex::new(offline::load_index(&db)?));
+        let reload = {
+            let (db, index) = (db.clone(), index.clone());
+            move || match offline::load_index(&db) {
+                Ok(fresh) => *offline::lock(&index) = fresh,
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery index not reloaded after a rollback")
+                }
+            }
+        };
         Ok(Arc::new(EmbeddedStore {
-            writer: GroupCommit::start(db.clone())?,
+            writer: GroupCommit::start_with(
+                db.clone(),
+                group_commit::QUEUE_CAPACITY,
+                lazy_window,
+                Box::new(reload),
+            )?,
+            index,
+            ops: OpCounters::default(),
             db,
             limits,
             retention,
@@ -159,6 +241,16 @@ impl EmbeddedStore {
         }
     }
 
+    /// How many reads and writes the store made since it was opened (the login and ack paths
+    /// are meant to make none when there is nothing to do).
+    pub fn ops(&self) -> StoreOps {
+        StoreOps {
+            reads: self.ops.reads.load(Ordering::Relaxed),
+            durable_writes: self.ops.durable_writes.load(Ordering::Relaxed),
+            lazy_writes: self.ops.lazy_writes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Runs `work` in a write transaction, committed together with concurrent writes (see
     /// [`GroupCommit`]); returns once it is durable.
     async fn write<T, F>(&self, mut work: F) -> Result<T, StoreError>
@@ -166,8 +258,19 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnMut(&WriteTransaction, OfflineLimits) -> Result<T, StoreError> + Send + 'static,
     {
+        self.ops.durable_writes.fetch_add(1, Ordering::Relaxed);
         let limits = self.limits;
         self.writer.write(move |txn| work(txn, limits)).await
+    }
+
+    /// [`EmbeddedStore::write`] for a write a crash may undo ([`GroupCommit::write_lazy`]).
+    async fn write_lazy<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.ops.lazy_writes.fetch_add(1, Ordering::Relaxed);
+        self.writer.write_lazy(work).await
     }
 
     /// Runs read-only `f` on tokio's blocking pool (redb calls block).
@@ -176,6 +279,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database, OfflineLimits) -> Result<T, StoreError> + Send + 'static,
     {
+        self.ops.reads.fetch_add(1, Ordering::Relaxed);
         let db = self.db.clone();
         let limits = self.limits;
         tokio::task::spawn_blocking(move || f(&db, limits))
@@ -185,47 +289,6 @@ impl EmbeddedStore {
 }
 
 // ---- record encodings -------------------------------------------------------------------------
-
-const NO_SENDER: u64 = u64::MAX;
-
-struct MessageRecord {
-    expires_at_ms: u64,
-    refs: u32,
-    from: Option<Address>,
-    payload: Vec<u8>,
-}
-
-impl MessageRecord {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(20 + self.payload.len());
-        v.extend_from_slice(&self.expires_at_ms.to_le_bytes());
-        v.extend_from_slice(&self.refs.to_le_bytes());
-        v.extend_from_slice(&self.from.map_or(NO_SENDER, Address::to_key).to_le_bytes());
-        v.extend_from_slice(&self.payload);
-        v
-    }
-
-    fn decode(b: &[u8]) -> Result<MessageRecord, StoreError> {
-        let bad = || StoreError::Corrupt("message record".into());
-        if b.len() < 20 {
-            return Err(bad());
-        }
-        let expires_at_ms = u64::from_le_bytes(b[0..8].try_into().map_err(|_| bad())?);
-        let refs = u32::from_le_bytes(b[8..12].try_into().map_err(|_| bad())?);
-        let sender = u64::from_le_bytes(b[12..20].try_into().map_err(|_| bad())?);
-        let from = if sender == NO_SENDER {
-            None
-        } else {
-            Some(from_key(sender).ok_or_else(bad)?)
-        };
-        Ok(MessageRecord {
-            expires_at_ms,
-            refs,
-            from,
-            payload: b[20..].to_vec(),
-        })
-    }
-}
 
 /// Encodes an upload spool record as stored in `uploads` (the inverse of [`decode_upload`]).
 pub fn encode_upload(
@@ -269,302 +332,6 @@ pub fn decode_upload(cursor: u64, upload_epoch: u64, b: &[u8]) -> Result<UploadR
         payload,
         received_at_ms,
     })
-}
-
-// ---- offline store ----------------------------------------------------------------------------
-
-/// Drops one reference to message `id`; deletes the message when none remain.
-fn release(txn: &WriteTransaction, id: u64) -> Result<(), StoreError> {
-    let mut messages = txn.open_table(MESSAGES)?;
-    let rec = match messages.get(id)? {
-        Some(g) => MessageRecord::decode(g.value())?,
-        None => return Ok(()),
-    };
-    if rec.refs <= 1 {
-        messages.remove(id)?;
-        txn.open_table(EXPIRY)?.remove((rec.expires_at_ms, id))?;
-    } else {
-        let rec = MessageRecord {
-            refs: rec.refs - 1,
-            ..rec
-        };
-        messages.insert(id, rec.encode().as_slice())?;
-    }
-    Ok(())
-}
-
-/// Removes the reference (terminal, id) if present, fixing the count; returns whether it existed.
-fn drop_ref(txn: &WriteTransaction, terminal: u64, id: u64) -> Result<bool, StoreError> {
-    let existed = txn.open_table(INBOX)?.remove((terminal, id))?.is_some();
-    if existed {
-        let mut counts = txn.open_table(INBOX_COUNT)?;
-        let n = counts.get(terminal)?.map_or(0, |g| g.value());
-        if n <= 1 {
-            counts.remove(terminal)?;
-        } else {
-            counts.insert(terminal, n - 1)?;
-        }
-    }
-    Ok(existed)
-}
-
-fn kind_range(kind: Option<Kind>) -> std::ops::RangeInclusive<u64> {
-    match kind {
-        None => 0..=u64::MAX,
-        Some(k) => {
-            let base = Address { kind: k, id: 0 }.to_key();
-            base..=base | u64::from(u32::MAX)
-        }
-    }
-}
-
-#[async_trait]
-impl OfflineStore for EmbeddedStore {
-    async fn remember(&self, terminal: Address) -> Result<(), StoreError> {
-        let key = terminal.to_key();
-        // Most logins are of known terminals: a read answers them without a write.
-        let known = self
-            .run(move |db, _| Ok(db.begin_read()?.open_table(KNOWN)?.get(key)?.is_some()))
-            .await?;
-        if known {
-            return Ok(());
-        }
-        self.write(move |txn, _| {
-            txn.open_table(KNOWN)?.insert(key, ())?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn append(
-        &self,
-        recipients: Recipients,
-        msg: NewMessage,
-        now_ms: u64,
-    ) -> Result<Appended, StoreError> {
-        self.write(move |txn, limits| {
-            let id = {
-                let mut meta = txn.open_table(META)?;
-                // `next_msg_id` is one above the last id issued (1 when none was).
-                let next = meta.get("next_msg_id")?.map_or(1, |g| g.value());
-                let id = msg_id::next_id(next.saturating_sub(1), msg_id::clock_floor(now_ms))?;
-                meta.insert("next_msg_id", id + 1)?;
-                id
-            };
-            let mut targets: Vec<u64> = match &recipients {
-                Recipients::List(list) => list.iter().map(|a| a.to_key()).collect(),
-                Recipients::Known(kind) => {
-                    let known = txn.open_table(KNOWN)?;
-                    let mut v = Vec::new();
-                    for e in known.range(kind_range(*kind))? {
-                        v.push(e?.0.value());
-                    }
-                    v
-                }
-            };
-            targets.sort_unstable();
-            targets.dedup();
-            let mut out = Appended {
-                msg_id: id,
-                ..Appended::default()
-            };
-            for t in targets {
-                let mut count = txn
-                    .open_table(INBOX_COUNT)?
-                    .get(t)?
-                    .map_or(0, |g| g.value());
-                if count >= limits.max_per_terminal {
-                    if limits.eviction == EvictionPolicy::RejectNew {
-                        out.rejected += 1;
-                        continue;
-                    }
-                    while count >= limits.max_per_terminal {
-                        let oldest = {
-                            let inbox = txn.open_table(INBOX)?;
-                            let first = inbox.range((t, 0)..=(t, u64::MAX))?.next().transpose()?;
-                            first.map(|(k, _)| k.value().1)
-                        };
-                        let Some(old_id) = oldest else { break };
-                        drop_ref(txn, t, old_id)?;
-                        release(txn, old_id)?;
-                        count -= 1;
-                        out.evicted += 1;
-                    }
-                }
-                txn.open_table(INBOX)?.insert((t, id), ())?;
-                txn.open_table(INBOX_COUNT)?.insert(t, count + 1)?;
-                out.stored_for += 1;
-            }
-            if out.stored_for > 0 {
-                let rec = MessageRecord {
-                    expires_at_ms: msg.expires_at_ms,
-                    refs: u32::try_from(out.stored_for).unwrap_or(u32::MAX),
-                    from: msg.from,
-                    payload: msg.payload.to_vec(),
-                };
-                txn.open_table(MESSAGES)?
-                    .insert(id, rec.encode().as_slice())?;
-                txn.open_table(EXPIRY)?
-                    .insert((msg.expires_at_ms, id), ())?;
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn since(
-        &self,
-        terminal: Address,
-        since_id: u64,
-        limit: usize,
-        now_ms: u64,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        let (out, dangling) = self
-            .run(move |db, _| {
-                let t = terminal.to_key();
-                let mut out = Vec::new();
-                let mut dangling = Vec::new();
-                {
-                    let read = db.begin_read()?;
-                    let inbox = read.open_table(INBOX)?;
-                    let messages = read.open_table(MESSAGES)?;
-                    let start = since_id.saturating_add(1);
-                    for e in inbox.range((t, start)..=(t, u64::MAX))? {
-                        if out.len() >= limit {
-                            break;
-                        }
-                        let id = e?.0.value().1;
-                        match messages.get(id)? {
-                            Some(g) => {
-                                let rec = MessageRecord::decode(g.value())?;
-                                if rec.expires_at_ms > now_ms {
-                                    out.push(StoredMessage {
-                                        msg_id: id,
-                                        from: rec.from,
-                                        payload: Bytes::from(rec.payload),
-                                        expires_at_ms: rec.expires_at_ms,
-                                    });
-                                }
-                            }
-                            None => dangling.push(id),
-                        }
-                    }
-                }
-                Ok((out, dangling))
-            })
-            .await?;
-        if !dangling.is_empty() {
-            let t = terminal.to_key();
-            self.write(move |txn, _| {
-                for id in &dangling {
-                    drop_ref(txn, t, *id)?;
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(out)
-    }
-
-    async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
-        let t = terminal.to_key();
-        // A repeated ack finds nothing: a read answers it without a write.
-        let present = self
-            .run(move |db, _| {
-                Ok(db
-                    .begin_read()?
-                    .open_table(INBOX)?
-                    .get((t, msg_id))?
-                    .is_some())
-            })
-            .await?;
-        if !present {
-            return Ok(false);
-        }
-        self.write(move |txn, _| {
-            let existed = drop_ref(txn, t, msg_id)?;
-            if existed {
-                release(txn, msg_id)?;
-            }
-            Ok(existed)
-        })
-        .await
-    }
-
-    async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError> {
-        let t = terminal.to_key();
-        // Usually nothing is covered (the terminal acked everything): a read answers it.
-        let any = self
-            .run(move |db, _| {
-                let read = db.begin_read()?;
-                let inbox = read.open_table(INBOX)?;
-                let first = inbox.range((t, 0)..=(t, through_id))?.next().transpose()?;
-                Ok(first.is_some())
-            })
-            .await?;
-        if !any {
-            return Ok(0);
-        }
-        self.write(move |txn, _| {
-            let ids: Vec<u64> = {
-                let inbox = txn.open_table(INBOX)?;
-                let mut v = Vec::new();
-                for e in inbox.range((t, 0)..=(t, through_id))? {
-                    v.push(e?.0.value().1);
-                }
-                v
-            };
-            for id in &ids {
-                if drop_ref(txn, t, *id)? {
-                    release(txn, *id)?;
-                }
-            }
-            Ok(ids.len() as u64)
-        })
-        .await
-    }
-
-    async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let expired = self
-            .run(move |db, _| {
-                let mut expired = Vec::new();
-                {
-                    let read = db.begin_read()?;
-                    for e in read
-                        .open_table(EXPIRY)?
-                        .range((0, 0)..=(now_ms, u64::MAX))?
-                    {
-                        expired.push(e?.0.value());
-                    }
-                }
-                Ok(expired)
-            })
-            .await?;
-        if expired.is_empty() {
-            return Ok(0);
-        }
-        self.write(move |txn, _| {
-            let mut exp = txn.open_table(EXPIRY)?;
-            let mut messages = txn.open_table(MESSAGES)?;
-            for (at, id) in &expired {
-                exp.remove((*at, *id))?;
-                messages.remove(*id)?;
-            }
-            Ok(expired.len() as u64)
-        })
-        .await
-    }
-
-    async fn stats(&self) -> Result<OfflineStats, StoreError> {
-        self.run(|db, _| {
-            let read = db.begin_read()?;
-            Ok(OfflineStats {
-                messages: read.open_table(MESSAGES)?.len()?,
-                references: read.open_table(INBOX)?.len()?,
-            })
-        })
-        .await
-    }
 }
 
 // ---- upload spool -----------------------------------------------------------------------------
@@ -929,6 +696,7 @@ impl Groups for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::store::conformance;
+    use crate::store::{NewMessage, OfflineStore, Recipients};
 
     fn open(dir: &Path, cap: u64, eviction: EvictionPolicy) -> Arc<EmbeddedStore> {
         EmbeddedStore::open(
@@ -1022,6 +790,187 @@ mod tests {
             std::future::ready(store)
         })
         .await;
+    }
+
+    /// What the crash child of
+    /// [`a_crash_loses_only_lazy_acks_and_their_messages_come_back`] does before it exits
+    /// without closing the store, in the directory named by `CRASH_DIR`.
+    async fn crash_child(dir: &Path, then_durable: bool) {
+        let limits = OfflineLimits {
+            max_per_terminal: 10,
+            eviction: EvictionPolicy::DropOldest,
+        };
+        let s = EmbeddedStore::open_inner(
+            dir,
+            limits,
+            SpoolRetention::default(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let a = Address::device(5);
+        let msg = |p: &'static [u8]| NewMessage {
+            from: None,
+            payload: Bytes::from_static(p),
+            expires_at_ms: u64::MAX,
+        };
+        let first = OfflineStore::append(&*s, Recipients::List(vec![a]), msg(b"1"), 0)
+            .await
+            .unwrap();
+        OfflineStore::append(&*s, Recipients::List(vec![a]), msg(b"2"), 0)
+            .await
+            .unwrap();
+        assert!(s.ack(a, first.msg_id).await.unwrap());
+        assert_eq!(s.since(a, 0, 10, 0).await.unwrap().len(), 1);
+        if then_durable {
+            s.bind(Address::phone(1), a).await.unwrap();
+        }
+        // A crash: the process ends with the store open (no clean close, no final commit).
+        std::process::exit(0);
+    }
+
+    /// An acknowledgement commits without an fsync: a crash right after it loses it, and the
+    /// acknowledged message is replayed after the restart (a redelivery the terminal drops as a
+    /// duplicate); any durable write after the ack persists it. Runs the crash in a child
+    /// process (this test binary, re-run on this test alone).
+    #[test]
+    fn a_crash_loses_only_lazy_acks_and_their_messages_come_back() {
+        const NAME: &str =
+            "store::embedded::tests::a_crash_loses_only_lazy_acks_and_their_messages_come_back";
+        if let Ok(dir) = std::env::var("CRASH_DIR") {
+            let then_durable = std::env::var("CRASH_THEN_DURABLE").is_ok();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(crash_child(Path::new(&dir), then_durable));
+            unreachable!("the crash child exits");
+        }
+        for then_durable in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child
+                .args(["--exact", NAME, "--test-threads=1"])
+                .env("CRASH_DIR", dir.path());
+            if then_durable {
+                child.env("CRASH_THEN_DURABLE", "1");
+            }
+            let status = child.status().unwrap();
+            assert!(status.success(), "crash child: {status}");
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+                let left: Vec<Bytes> = s
+                    .since(Address::device(5), 0, 10, 0)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|m| m.payload)
+                    .collect();
+                if then_durable {
+                    assert_eq!(left, vec![Bytes::from_static(b"2")], "the ack persisted");
+                } else {
+                    assert_eq!(
+                        left,
+                        vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")],
+                        "the ack was lost: its message comes back"
+                    );
+                }
+            });
+        }
+    }
+
+    /// A file written before broadcast records (terminals in `known`, counts in `inbox_count`)
+    /// opens: its terminals are remembered (a broadcast reaches them) and its inboxes kept.
+    #[tokio::test]
+    async fn a_file_from_before_broadcast_records_opens_with_its_terminals_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Address::device(5);
+        {
+            let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(OLD_KNOWN)
+                .unwrap()
+                .insert(d.to_key(), ())
+                .unwrap();
+            let counts: TableDefinition<u64, u64> = TableDefinition::new(OLD_INBOX_COUNT);
+            txn.open_table(counts)
+                .unwrap()
+                .insert(d.to_key(), 0)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+        let msg = NewMessage {
+            from: None,
+            payload: Bytes::from_static(b"all"),
+            expires_at_ms: u64::MAX,
+        };
+        let bc = OfflineStore::append(&*s, Recipients::Known(None), msg, 0)
+            .await
+            .unwrap();
+        assert_eq!(bc.stored_for, 1);
+        assert_eq!(s.since(d, 0, 10, 0).await.unwrap()[0].msg_id, bc.msg_id);
+    }
+
+    /// A broadcast to many terminals is one durable write; their acks are lazy and an ack that
+    /// covers nothing touches nothing; a known terminal's login with nothing pending reads
+    /// nothing and writes nothing.
+    #[tokio::test]
+    async fn a_broadcast_is_one_write_and_empty_logins_and_repeated_acks_cost_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+        let devices: Vec<Address> = (1..=500).map(Address::device).collect();
+        for d in &devices {
+            s.remember(*d).await.unwrap();
+        }
+        let before = s.ops();
+        assert_eq!(before.lazy_writes, 500, "a first login is one lazy write");
+        assert_eq!(before.reads, 0);
+        let msg = NewMessage {
+            from: None,
+            payload: Bytes::from_static(b"all"),
+            expires_at_ms: u64::MAX,
+        };
+        let bc = OfflineStore::append(
+            &*s,
+            Recipients::Known(Some(crate::terminal::Kind::Device)),
+            msg,
+            0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(bc.stored_for, 500);
+        let after = s.ops();
+        assert_eq!(
+            (after.durable_writes - before.durable_writes, after.reads),
+            (1, 0)
+        );
+        let rows = |table: TableDefinition<(u64, u64), ()>| {
+            s.db.begin_read()
+                .unwrap()
+                .open_table(table)
+                .unwrap()
+                .len()
+                .unwrap()
+        };
+        assert_eq!(rows(INBOX), 0, "no per-terminal reference");
+        for d in &devices {
+            assert!(s.ack(*d, bc.msg_id).await.unwrap());
+        }
+        let acked = s.ops();
+        assert_eq!(acked.lazy_writes - after.lazy_writes, 500);
+        assert_eq!(
+            acked.durable_writes, after.durable_writes,
+            "acks wait for no fsync"
+        );
+        // Nothing left to do: repeated acks, logins (remember, since-id, replay) cost nothing.
+        for d in &devices {
+            assert!(!s.ack(*d, bc.msg_id).await.unwrap());
+            s.remember(*d).await.unwrap();
+            assert_eq!(s.ack_through(*d, bc.msg_id).await.unwrap(), 0);
+            assert!(s.since(*d, bc.msg_id, 10, 0).await.unwrap().is_empty());
+        }
+        assert_eq!(s.ops(), acked);
     }
 
     #[tokio::test]

@@ -17,11 +17,24 @@
 //! yields, no thread blocks) instead of growing the queue, so a flood of writers (device
 //! sessions uploading faster than the disk commits) slows down to the disk's pace and memory
 //! stays bounded. The writer frees slots a batch at a time as it takes requests in.
+//!
+//! Lazy writes: [`GroupCommit::write_lazy`] is for writes whose loss in a crash costs only a
+//! redelivery (a terminal's acknowledgement cursor, a first login's record): a batch made only of
+//! lazy writes commits without an fsync (redb's `Durability::None`), unless the last durable
+//! commit is older than the lazy window ([`LAZY_WINDOW`] by default), so a crash loses at most the
+//! lazy writes of that window. Any durable commit persists every lazy one before it: a durable
+//! write that depends on a lazy one (a broadcast that counts a first login) never outlives it.
+//!
+//! Rollback hook: a request may keep state outside the database in step with its writes (the
+//! embedded store's delivery index); [`GroupCommit::start_with`] takes a hook the writer calls
+//! after every rolled-back transaction, before anything else runs, so that state can be reloaded
+//! from what is committed.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use redb::{Database, WriteTransaction};
+use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
@@ -33,18 +46,27 @@ pub const MAX_BATCH: usize = 256;
 /// previous commits); more writers wait for a slot.
 pub const QUEUE_CAPACITY: usize = 2 * MAX_BATCH;
 
+/// Lazy writes are made durable at the latest this long after the last durable commit.
+pub const LAZY_WINDOW: Duration = Duration::from_secs(1);
+
+/// Called by the writer after every rolled-back transaction (see the module docs).
+pub type RollbackHook = Box<dyn Fn() + Send + 'static>;
+
 /// A type-erased write request.
 trait Request: Send {
     /// Applies the request's writes inside `txn`, keeping its result for [`Request::answer`].
     fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError>;
     /// Answers the caller: the kept result when `outcome` is `Ok`, else the error.
     fn answer(self: Box<Self>, outcome: Result<(), StoreError>);
+    /// Whether the caller needs the write durable before its answer.
+    fn durable(&self) -> bool;
 }
 
 struct Typed<T, F> {
     work: F,
     result: Option<T>,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    durable: bool,
 }
 
 impl<T, F> Request for Typed<T, F>
@@ -65,6 +87,10 @@ where
         // The caller may have gone away (its future was dropped); the write stands either way.
         let _ = reply.send(answer);
     }
+
+    fn durable(&self) -> bool {
+        self.durable
+    }
 }
 
 /// The writer thread and the queue in front of it.
@@ -84,10 +110,30 @@ impl GroupCommit {
         db: Arc<Database>,
         capacity: usize,
     ) -> Result<GroupCommit, StoreError> {
+        Self::start_with(db, capacity, LAZY_WINDOW, Box::new(|| {}))
+    }
+
+    /// Starts the writer thread for `db` with a queue of `capacity` requests (at least 1), lazy
+    /// writes made durable within `lazy_window`, and `on_rollback` called after every
+    /// rolled-back transaction (see the module docs).
+    pub fn start_with(
+        db: Arc<Database>,
+        capacity: usize,
+        lazy_window: Duration,
+        on_rollback: RollbackHook,
+    ) -> Result<GroupCommit, StoreError> {
         let (queue, mut requests) = mpsc::channel(capacity.max(1));
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&db, &mut requests))
+            .spawn(move || {
+                let mut w = Writer {
+                    db: &db,
+                    lazy_window,
+                    last_durable: Instant::now(),
+                    on_rollback,
+                };
+                w.run(&mut requests)
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
         Ok(GroupCommit {
             queue: Some(queue),
@@ -111,11 +157,31 @@ impl GroupCommit {
         T: Send + 'static,
         F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(work, true).await
+    }
+
+    /// [`GroupCommit::write`] for a write whose loss in a crash is harmless (see the module
+    /// docs): answered once committed, which may be without an fsync; a crash within the lazy
+    /// window may undo it.
+    pub async fn write_lazy<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(work, false).await
+    }
+
+    async fn submit<T, F>(&self, work: F, durable: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let request = Box::new(Typed {
             work,
             result: None,
             reply,
+            durable,
         });
         let stopped = || StoreError::Backend("the store writer has stopped".into());
         let queue = self.queue.as_ref().ok_or_else(stopped)?;
@@ -140,45 +206,90 @@ impl Drop for GroupCommit {
     }
 }
 
-fn write_loop(db: &Database, requests: &mut mpsc::Receiver<Box<dyn Request>>) {
-    // A plain thread: `blocking_recv` parks it until a request (or the queue's end) arrives.
-    while let Some(first) = requests.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        commit_batch(db, batch);
-    }
+/// The writer thread's state.
+struct Writer<'a> {
+    db: &'a Database,
+    lazy_window: Duration,
+    last_durable: Instant,
+    on_rollback: RollbackHook,
 }
 
-/// Commits `batch` in one transaction, or, when a request fails, each request alone.
-fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Request>>) {
-    if batch.len() > 1 {
-        match apply_all(db, &mut batch) {
-            Ok(()) => {
-                for r in batch {
-                    r.answer(Ok(()));
+impl Writer<'_> {
+    fn run(&mut self, requests: &mut mpsc::Receiver<Box<dyn Request>>) {
+        // A plain thread: `blocking_recv` parks it until a request (or the queue's end) arrives.
+        while let Some(first) = requests.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
-                return;
             }
-            Err(BatchFailure::Commit(e)) => {
-                for r in batch {
-                    r.answer(Err(e.clone()));
-                }
-                return;
-            }
-            // A request failed: nothing was committed; replay one by one.
-            Err(BatchFailure::Request(_)) => {}
+            self.commit_batch(batch);
         }
     }
-    for mut r in batch {
-        let outcome = apply_all(db, std::slice::from_mut(&mut r)).map_err(|f| match f {
-            BatchFailure::Commit(e) | BatchFailure::Request(e) => e,
-        });
-        r.answer(outcome);
+
+    /// Commits `batch` in one transaction, or, when a request fails, each request alone.
+    fn commit_batch(&mut self, mut batch: Vec<Box<dyn Request>>) {
+        if batch.len() > 1 {
+            match self.apply_all(&mut batch) {
+                Ok(()) => {
+                    for r in batch {
+                        r.answer(Ok(()));
+                    }
+                    return;
+                }
+                Err(BatchFailure::Commit(e)) => {
+                    for r in batch {
+                        r.answer(Err(e.clone()));
+                    }
+                    return;
+                }
+                // A request failed: nothing was committed; replay one by one.
+                Err(BatchFailure::Request(_)) => {}
+            }
+        }
+        for mut r in batch {
+            let outcome = self
+                .apply_all(std::slice::from_mut(&mut r))
+                .map_err(|f| match f {
+                    BatchFailure::Commit(e) | BatchFailure::Request(e) => e,
+                });
+            r.answer(outcome);
+        }
+    }
+
+    fn apply_all(&mut self, batch: &mut [Box<dyn Request>]) -> Result<(), BatchFailure> {
+        let r = self.try_apply_all(batch);
+        if r.is_err() {
+            (self.on_rollback)();
+        }
+        r
+    }
+
+    fn try_apply_all(&mut self, batch: &mut [Box<dyn Request>]) -> Result<(), BatchFailure> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| BatchFailure::Commit(e.into()))?;
+        let durable =
+            batch.iter().any(|r| r.durable()) || self.last_durable.elapsed() >= self.lazy_window;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| BatchFailure::Commit(StoreError::Backend(e.to_string())))?;
+        }
+        for r in batch.iter_mut() {
+            if let Err(e) = r.apply(&txn) {
+                // Dropping the transaction rolls it back.
+                let _ = txn.abort();
+                return Err(BatchFailure::Request(e));
+            }
+        }
+        txn.commit().map_err(|e| BatchFailure::Commit(e.into()))?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        Ok(())
     }
 }
 
@@ -187,20 +298,6 @@ enum BatchFailure {
     Request(StoreError),
     /// The transaction could not begin or commit.
     Commit(StoreError),
-}
-
-fn apply_all(db: &Database, batch: &mut [Box<dyn Request>]) -> Result<(), BatchFailure> {
-    let txn = db
-        .begin_write()
-        .map_err(|e| BatchFailure::Commit(e.into()))?;
-    for r in batch.iter_mut() {
-        if let Err(e) = r.apply(&txn) {
-            // Dropping the transaction rolls it back.
-            let _ = txn.abort();
-            return Err(BatchFailure::Request(e));
-        }
-    }
-    txn.commit().map_err(|e| BatchFailure::Commit(e.into()))
 }
 
 #[cfg(test)]
@@ -265,12 +362,25 @@ mod tests {
                     work,
                     result: None,
                     reply,
+                    durable: true,
                 }))
                 .unwrap_or_else(|_| panic!("queue has room"));
         }
         drop(queue);
         // All three are queued before the writer starts: they form one batch.
-        write_loop(&db, &mut requests);
+        let rollbacks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = rollbacks.clone();
+        Writer {
+            db: &db,
+            lazy_window: LAZY_WINDOW,
+            last_durable: Instant::now(),
+            on_rollback: Box::new(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        }
+        .run(&mut requests);
+        // The batch rolled back, then request 1's own transaction did: the hook ran for each.
+        assert_eq!(rollbacks.load(std::sync::atomic::Ordering::SeqCst), 2);
         let answers: Vec<_> = answers
             .into_iter()
             .map(|mut a| a.try_recv().unwrap())
@@ -341,6 +451,31 @@ mod tests {
         for k in [1, flood / 2, flood] {
             assert_eq!(read(&db, k), Some(k));
         }
+    }
+
+    #[tokio::test]
+    async fn lazy_writes_are_committed_and_visible_and_persist_with_a_later_durable_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let db = Arc::new(Database::create(&path).unwrap());
+        let group = GroupCommit::start(db.clone()).unwrap();
+        group
+            .write_lazy(|txn| Ok(txn.open_table(T)?.insert(1, 1)?.is_none()))
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&db, 1),
+            Some(1),
+            "a lazy write is visible once answered"
+        );
+        group
+            .write(|txn| Ok(txn.open_table(T)?.insert(2, 2)?.is_none()))
+            .await
+            .unwrap();
+        drop(group);
+        drop(db);
+        let again = Database::create(&path).unwrap();
+        assert_eq!((read(&again, 1), read(&again, 2)), (Some(1), Some(2)));
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //!
 //! The router talks only to these traits (`Arc<dyn ...>` in [`Stores`]); [`embedded`] implements
 //! them on redb in one file under the data directory (every mutating call commits durably before
-//! it returns `Ok`; concurrent writes share a commit through [`group_commit`]), and [`redis`]
+//! it returns `Ok`, except acknowledgements, whose loss only causes a redelivery; concurrent
+//! writes share a commit through [`group_commit`]), and [`redis`]
 //! implements them for cluster mode. `conformance` holds
 //! one generic test suite per trait, run here against the embedded store and reusable against any
 //! other implementation (feature `store-conformance`).
@@ -96,16 +97,21 @@ pub struct Appended {
 pub struct OfflineStats {
     /// Stored message bodies (a broadcast counts once).
     pub messages: u64,
-    /// Per-terminal references to them.
+    /// Pending deliveries: one per terminal a stored message is pending for.
     pub references: u64,
 }
 
 /// Offline and unacknowledged deliveries, per terminal, with TTL and a per-terminal cap.
 ///
-/// A message addressed to many terminals is stored once and referenced per terminal.
+/// A message addressed to many terminals is stored once. A terminal's stored messages are
+/// handed out in id order, and a terminal keeps the highest id it has seen (docs/protocol.md
+/// section 4), so an acknowledgement of id `n` means it has every id up to `n`: a store may
+/// forget all of them then (the embedded store keeps one cursor per terminal), and must forget
+/// `n`.
 #[async_trait]
 pub trait OfflineStore: Send + Sync + 'static {
-    /// Records that `terminal` exists (done at login), so kind-wide pushes reach it later.
+    /// Records that `terminal` exists (done at login), so kind-wide pushes issued after this
+    /// reach it.
     async fn remember(&self, terminal: Address) -> Result<(), StoreError>;
     /// Stores `msg` for `recipients` durably and returns its new id: above every id this store
     /// issued before and at least [`msg_id::clock_floor`] of `now_ms` (see [`msg_id`]).
@@ -123,10 +129,14 @@ pub trait OfflineStore: Send + Sync + 'static {
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<StoredMessage>, StoreError>;
-    /// Forgets `msg_id` for `terminal`; `Ok(false)` when it was not stored for it.
+    /// The terminal acknowledged `msg_id`: forgets it for `terminal`, and may forget every
+    /// message stored for it below (see the trait docs); `Ok(false)` when nothing was forgotten
+    /// (already acknowledged, expired, evicted or never stored for it). May commit without an
+    /// fsync: a crash may undo it, which only causes a redelivery.
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError>;
     /// Forgets every message stored for `terminal` with id at most `through_id` (the terminal
-    /// reported it has them: its since-id); returns how many references were removed.
+    /// reported it has them: its since-id); returns how many pending deliveries were removed.
+    /// May commit without an fsync, like [`OfflineStore::ack`].
     async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError>;
     /// Deletes messages expired at `now_ms`; returns how many.
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError>;

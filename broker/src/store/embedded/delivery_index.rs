@@ -1,0 +1,359 @@
+//! The embedded offline store's in-memory view of every terminal's pending deliveries, loaded
+//! from the database at open and kept in step with it by the store's writes.
+//!
+//! A terminal's pending stream is its own inbox (messages addressed to it by name: unicast,
+//! lists, groups, sends) merged, in id order, with the broadcasts of its class (pushes to every
+//! known terminal of its kind, or of every kind) issued after it was first remembered, minus the
+//! broadcasts a full inbox refused for it (`reject-new`). What it has acknowledged is one number,
+//! its cursor: deliveries arrive in id order, so a terminal that acknowledges id `n` has every
+//! id at or below `n` (the same rule as the since-id at login), and nothing at or below the
+//! cursor is pending. A broadcast is therefore one record, not one reference per terminal.
+//!
+//! The index answers the hot paths without touching the database: whether a login has anything
+//! to replay above its since-id, whether an ack covers anything, a terminal's pending count for
+//! the per-terminal cap, and which terminals a broadcast is for. It holds no bodies.
+//!
+//! Sans-IO: the store applies each change to the database and to this index inside the same
+//! write transaction; when a transaction rolls back, the store reloads the index from the
+//! database (see [`super::super::group_commit`]).
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::terminal::Kind;
+
+/// The broadcast class of a kind-wide push: 0 for every kind, else the kind's number plus one.
+pub fn class_of(kind: Option<Kind>) -> u8 {
+    kind.map_or(0, |k| k.as_u8() + 1)
+}
+
+/// The broadcast class of the kind a packed terminal key belongs to.
+fn kind_class_of_key(key: u64) -> u8 {
+    u8::try_from(key >> 32).unwrap_or(u8::MAX).saturating_add(1)
+}
+
+/// What the index keeps per terminal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TerminalState {
+    /// Remembered at login: the last id issued then; broadcasts above it are for this terminal.
+    /// `None`: never remembered (it only gets messages addressed to it by name).
+    pub known_since: Option<u64>,
+    /// Acknowledged through this id (0: nothing yet).
+    pub cursor: u64,
+    /// Ids addressed to it by name, all above `cursor`.
+    pub inbox: BTreeSet<u64>,
+    /// Broadcast ids refused for it by a full inbox (`reject-new`), all above its broadcast floor.
+    pub skipped: BTreeSet<u64>,
+}
+
+impl TerminalState {
+    /// Broadcasts with an id above this are pending (unless skipped); `None`: no broadcasts.
+    fn broadcast_floor(&self) -> Option<u64> {
+        self.known_since.map(|k| k.max(self.cursor))
+    }
+}
+
+/// What advancing a cursor covered ([`DeliveryIndex::advance_cursor`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Covered {
+    /// Inbox ids now acknowledged (their references go).
+    pub inbox: Vec<u64>,
+    /// Skip marks now below the cursor (their records go).
+    pub skipped: Vec<u64>,
+    /// Pending deliveries acknowledged, inbox and broadcasts together.
+    pub pending: u64,
+}
+
+/// Every terminal's pending deliveries (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryIndex {
+    terminals: HashMap<u64, TerminalState>,
+    /// Unexpired broadcast ids per class, ascending.
+    broadcasts: HashMap<u8, Vec<u64>>,
+    /// The last message id issued.
+    last_id: u64,
+}
+
+impl DeliveryIndex {
+    /// The last message id issued (0: none).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Records that `id` was issued.
+    pub fn issued(&mut self, id: u64) {
+        self.last_id = self.last_id.max(id);
+    }
+
+    /// A terminal's state, if it has any.
+    pub fn terminal(&self, key: u64) -> Option<&TerminalState> {
+        self.terminals.get(&key)
+    }
+
+    /// Whether the terminal was remembered.
+    pub fn is_known(&self, key: u64) -> bool {
+        self.terminals
+            .get(&key)
+            .is_some_and(|t| t.known_since.is_some())
+    }
+
+    /// Remembers a terminal with broadcasts above `since` (no-op when already known).
+    pub fn remember(&mut self, key: u64, since: u64) {
+        let t = self.terminals.entry(key).or_default();
+        t.known_since.get_or_insert(since);
+    }
+
+    /// Loads a persisted cursor.
+    pub fn set_cursor(&mut self, key: u64, cursor: u64) {
+        self.terminals.entry(key).or_default().cursor = cursor;
+    }
+
+    /// Adds inbox id `id` for the terminal.
+    pub fn add_inbox(&mut self, key: u64, id: u64) {
+        self.terminals.entry(key).or_default().inbox.insert(id);
+    }
+
+    /// Removes inbox id `id` of the terminal; whether it was there.
+    pub fn remove_inbox(&mut self, key: u64, id: u64) -> bool {
+        self.terminals
+            .get_mut(&key)
+            .is_some_and(|t| t.inbox.remove(&id))
+    }
+
+    /// Adds broadcast `id` of `class` (ids are added in increasing order).
+    pub fn add_broadcast(&mut self, class: u8, id: u64) {
+        let v = self.broadcasts.entry(class).or_default();
+        match v.last() {
+            Some(last) if *last >= id => {
+                let at = v.partition_point(|x| *x < id);
+                if v.get(at) != Some(&id) {
+                    v.insert(at, id);
+                }
+            }
+            _ => v.push(id),
+        }
+    }
+
+    /// Marks broadcast `id` as refused for the terminal.
+    pub fn skip(&mut self, key: u64, id: u64) {
+        self.terminals.entry(key).or_default().skipped.insert(id);
+    }
+
+    /// Removes broadcast `id` of `class` (it expired) and every skip mark of it.
+    pub fn remove_broadcast(&mut self, class: u8, id: u64) {
+        if let Some(v) = self.broadcasts.get_mut(&class)
+            && let Ok(at) = v.binary_search(&id)
+        {
+            v.remove(at);
+        }
+        for t in self.terminals.values_mut() {
+            t.skipped.remove(&id);
+        }
+    }
+
+    /// Removes expired inbox ids from every terminal; returns the (terminal, id) pairs removed.
+    pub fn remove_inbox_ids(&mut self, ids: &BTreeSet<u64>) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if ids.is_empty() {
+            return out;
+        }
+        for (key, t) in &mut self.terminals {
+            for id in ids {
+                if t.inbox.remove(id) {
+                    out.push((*key, *id));
+                }
+            }
+        }
+        out
+    }
+
+    /// The two broadcast lists a terminal of this key reads (every kind, its kind).
+    fn lists_of(&self, key: u64) -> [&[u64]; 2] {
+        let get = |c: u8| self.broadcasts.get(&c).map_or(&[][..], Vec::as_slice);
+        [get(0), get(kind_class_of_key(key))]
+    }
+
+    /// The terminal's pending ids above `above`, in id order, at most `limit`.
+    pub fn pending(&self, key: u64, above: u64, limit: usize) -> Vec<u64> {
+        let Some(t) = self.terminals.get(&key) else {
+            return Vec::new();
+        };
+        let mut out: Vec<u64> = t
+            .inbox
+            .range(above.saturating_add(1)..)
+            .take(limit)
+            .copied()
+            .collect();
+        if let Some(floor) = t.broadcast_floor() {
+            let from = floor.max(above);
+            for list in self.lists_of(key) {
+                let start = list.partition_point(|x| *x <= from);
+                out.extend(
+                    list[start..]
+                        .iter()
+                        .filter(|id| !t.skipped.contains(id))
+                        .take(limit),
+                );
+            }
+        }
+        out.sort_unstable();
+        out.truncate(limit);
+        out
+    }
+
+    /// How many deliveries are pending for the terminal (the per-terminal cap counts these).
+    pub fn pending_count(&self, key: u64) -> u64 {
+        let Some(t) = self.terminals.get(&key) else {
+            return 0;
+        };
+        let mut n = t.inbox.len() as u64;
+        if let Some(floor) = t.broadcast_floor() {
+            for list in self.lists_of(key) {
+                n += (list.len() - list.partition_point(|x| *x <= floor)) as u64;
+            }
+            n = n.saturating_sub(t.skipped.len() as u64);
+        }
+        n
+    }
+
+    /// Whether anything at or below `through` is pending for the terminal.
+    pub fn has_pending_through(&self, key: u64, through: u64) -> bool {
+        self.pending(key, 0, 1)
+            .first()
+            .is_some_and(|id| *id <= through)
+    }
+
+    /// The terminal acknowledged everything through `through` (capped at the last id issued:
+    /// a since-id from the future must not hide later messages): moves its cursor and returns
+    /// what that covered. Nothing changes when nothing pending is covered.
+    pub fn advance_cursor(&mut self, key: u64, through: u64) -> Covered {
+        let through = through.min(self.last_id);
+        let before = self.pending_count(key);
+        let Some(t) = self.terminals.get(&key) else {
+            return Covered::default();
+        };
+        if through <= t.cursor || !self.has_pending_through(key, through) {
+            return Covered::default();
+        }
+        let t = self.terminals.get_mut(&key).expect("checked above");
+        let inbox: Vec<u64> = t.inbox.range(..=through).copied().collect();
+        let skipped: Vec<u64> = t.skipped.range(..=through).copied().collect();
+        for id in &inbox {
+            t.inbox.remove(id);
+        }
+        for id in &skipped {
+            t.skipped.remove(id);
+        }
+        t.cursor = through;
+        let after = self.pending_count(key);
+        Covered {
+            inbox,
+            skipped,
+            pending: before - after,
+        }
+    }
+
+    /// The remembered terminals a broadcast of `class` is for (every kind for class 0).
+    pub fn known_in(&self, class: u8) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .terminals
+            .iter()
+            .filter(|(k, t)| {
+                t.known_since.is_some() && (class == 0 || kind_class_of_key(**k) == class)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Pending deliveries over every terminal (a broadcast counts once per terminal).
+    pub fn total_pending(&self) -> u64 {
+        self.terminals.keys().map(|k| self.pending_count(*k)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::terminal::{Address, AddressKey};
+
+    fn dev(id: u32) -> u64 {
+        Address::device(id).to_key()
+    }
+
+    fn phone(id: u32) -> u64 {
+        Address::phone(id).to_key()
+    }
+
+    #[test]
+    fn a_terminal_sees_its_inbox_and_its_classes_broadcasts_after_it_was_remembered() {
+        let mut ix = DeliveryIndex::default();
+        let dc = class_of(Some(Kind::Device));
+        ix.issued(10);
+        ix.add_broadcast(dc, 10); // before anyone was remembered
+        ix.remember(dev(1), 10);
+        ix.remember(phone(1), 10);
+        ix.issued(11);
+        ix.add_inbox(dev(1), 11);
+        ix.issued(12);
+        ix.add_broadcast(dc, 12);
+        ix.issued(13);
+        ix.add_broadcast(class_of(None), 13);
+        ix.issued(14);
+        ix.add_broadcast(class_of(Some(Kind::Phone)), 14);
+        assert_eq!(ix.pending(dev(1), 0, 10), vec![11, 12, 13]);
+        assert_eq!(ix.pending(phone(1), 0, 10), vec![13, 14]);
+        assert_eq!(ix.pending(dev(1), 11, 10), vec![12, 13]);
+        assert_eq!(ix.pending(dev(1), 0, 2), vec![11, 12]);
+        assert_eq!(ix.pending_count(dev(1)), 3);
+        // A terminal never remembered gets only its inbox.
+        ix.add_inbox(dev(2), 14);
+        assert_eq!(ix.pending(dev(2), 0, 10), vec![14]);
+        assert_eq!(ix.known_in(dc), vec![dev(1)]);
+        assert_eq!(ix.known_in(0), {
+            let mut v = vec![dev(1), phone(1)];
+            v.sort_unstable();
+            v
+        });
+    }
+
+    #[test]
+    fn the_cursor_covers_everything_at_or_below_it_and_skips_are_not_pending() {
+        let mut ix = DeliveryIndex::default();
+        let dc = class_of(Some(Kind::Device));
+        ix.remember(dev(1), 0);
+        for id in 1..=6 {
+            ix.issued(id);
+            if id % 2 == 0 {
+                ix.add_broadcast(dc, id);
+            } else {
+                ix.add_inbox(dev(1), id);
+            }
+        }
+        ix.skip(dev(1), 4);
+        assert_eq!(ix.pending(dev(1), 0, 10), vec![1, 2, 3, 5, 6]);
+        assert_eq!(ix.pending_count(dev(1)), 5);
+        assert!(!ix.has_pending_through(dev(1), 0));
+        assert!(ix.has_pending_through(dev(1), 1));
+        let c = ix.advance_cursor(dev(1), 4);
+        assert_eq!((c.inbox, c.skipped, c.pending), (vec![1, 3], vec![4], 3));
+        assert_eq!(ix.pending(dev(1), 0, 10), vec![5, 6]);
+        assert_eq!(
+            ix.advance_cursor(dev(1), 4),
+            Covered::default(),
+            "idempotent"
+        );
+        // A cursor from the future stops at the last id issued.
+        let c = ix.advance_cursor(dev(1), u64::MAX);
+        assert_eq!(c.pending, 2);
+        assert_eq!(ix.terminal(dev(1)).unwrap().cursor, 6);
+        ix.issued(7);
+        ix.add_broadcast(dc, 7);
+        assert_eq!(ix.pending(dev(1), 0, 10), vec![7]);
+        // An expired broadcast leaves every list and every skip mark.
+        ix.skip(dev(1), 7);
+        ix.remove_broadcast(dc, 7);
+        assert_eq!(ix.pending_count(dev(1)), 0);
+        assert!(ix.terminal(dev(1)).unwrap().skipped.is_empty());
+    }
+}
