@@ -142,6 +142,9 @@ pub struct StartParts {
     pub metrics: Metrics,
     /// Cluster mode: commands and online status for terminals on other nodes.
     pub cluster_api: Option<std::sync::Arc<dyn api::ClusterApi>>,
+    /// Offer a stored message to local sessions at once ([`router::RouterSettings`]); a cluster
+    /// comet offers from its delivery-notice stream instead.
+    pub offer_on_store: bool,
 }
 
 /// Starts a broker from `config` and returns once every socket is bound.
@@ -164,6 +167,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         extra_routes: axum::Router::new(),
         metrics: Metrics::new(),
         cluster_api: None,
+        offer_on_store: true,
     };
     start_with(config, parts).await
 }
@@ -198,11 +202,11 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
             "generated secrets not set in the config (kept for later starts; the API token is in that file)"
         );
     }
-    let router = Router::new(
-        RouterSettings::from_config(config),
-        parts.stores,
-        parts.metrics,
-    );
+    let settings = RouterSettings {
+        offer_on_store: parts.offer_on_store,
+        ..RouterSettings::from_config(config)
+    };
+    let router = Router::new(settings, parts.stores, parts.metrics);
     let shutdown = CancellationToken::new();
     let mut tasks = router.spawn_background(shutdown.clone());
 
