@@ -2,7 +2,7 @@
 //!
 //! The append script (`super::offline`) issues a message's id and, in the same atomic script,
 //! appends a *delivery notice* to the stream of every comet that should offer it live
-//! ([`NOTIFY_COMETS`]): for a list of terminals, each comet the online registry
+//! (`NOTIFY_COMETS`): for a list of terminals, each comet the online registry
 //! (`P online:<terminal>`) names for a recipient, with just that comet's recipients; for a
 //! kind-wide push, every comet in `P comets`, once (the comet fans out to its own sessions).
 //! Redis runs scripts one at a time, so a comet's stream holds its notices in `msg_id` order,
