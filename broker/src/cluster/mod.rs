@@ -480,7 +480,9 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         bindings: c.store.clone(),
         groups: c.store.clone(),
     };
-    let (running, view_tx) = start_node(config, stores, &c.metrics, cluster_api, false).await?;
+    // Terminals belong on comets; one that logs in on a msgbus anyway (not in the online
+    // registry, no delivery notices) keeps getting this node's own pushes live, as before.
+    let (running, view_tx) = start_node(config, stores, &c.metrics, cluster_api, true).await?;
     let me = self_info(config, Role::Msgbus, &running, None)?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
