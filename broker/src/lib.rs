@@ -145,6 +145,9 @@ pub struct StartParts {
     pub cluster_api: Option<std::sync::Arc<dyn api::ClusterApi>>,
     /// Cluster mode: the discovery view the console's node table lists.
     pub cluster_nodes: Option<console::nodes::ClusterNodes>,
+    /// Offer a stored message to local sessions at once ([`router::RouterSettings`]); a cluster
+    /// comet offers from its delivery-notice stream instead.
+    pub offer_on_store: bool,
 }
 
 /// Starts a broker from `config` and returns once every socket is bound.
@@ -168,6 +171,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics: Metrics::new(),
         cluster_api: None,
         cluster_nodes: None,
+        offer_on_store: true,
     };
     start_with(config, parts).await
 }
@@ -202,11 +206,11 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
             "generated secrets not set in the config (kept for later starts; the API token is in that file)"
         );
     }
-    let router = Router::new(
-        RouterSettings::from_config(config),
-        parts.stores,
-        parts.metrics,
-    );
+    let settings = RouterSettings {
+        offer_on_store: parts.offer_on_store,
+        ..RouterSettings::from_config(config)
+    };
+    let router = Router::new(settings, parts.stores, parts.metrics);
     let shutdown = CancellationToken::new();
     let mut tasks = router.spawn_background(shutdown.clone());
 

@@ -18,7 +18,10 @@
 //! * `broker_cluster_commands_total{result}`: HTTP commands for devices on other nodes;
 //! * `broker_link_auth_failures_total{reason}`: link connections closed unauthenticated or on
 //!   a sealed frame that does not open (reasons in [`LINK_AUTH_REASONS`], all registered at 0
-//!   when a node's links start).
+//!   when a node's links start);
+//! * on a comet, `broker_delivery_stream_gaps_total{reason}` (reasons in
+//!   [`DELIVERY_GAP_REASONS`]) and `broker_delivery_stream_missed_total`: its delivery-notice
+//!   stream had a gap and its sessions re-read the store ([`crate::cluster::delivery`]).
 //!
 //! Every family has `# HELP` and `# TYPE` lines: [`catalog`] names each family with its type
 //! and help text, and [`Metrics::new`] registers every series whose labels are known at start
@@ -38,6 +41,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use crate::terminal::Transport;
 
 static METADATA: Metadata<'static> = Metadata::new("broker", Level::INFO, Some(module_path!()));
+
+/// Why a comet's delivery stream had a gap: `trimmed` (notices trimmed before it read them),
+/// `lost` (the stream was deleted or lost with Redis's data), `swept` (the comet was declared
+/// dead and left out of kind-wide notices).
+pub const DELIVERY_GAP_REASONS: [&str; 3] = ["trimmed", "lost", "swept"];
 
 /// The `reason` labels of `broker_link_auth_failures_total`: handshake `timeout`, connection
 /// `closed` mid-handshake, `malformed` handshake (garbage, an unsealed frame), `bad_proof`
@@ -378,6 +386,29 @@ impl Metrics {
             ],
             1,
         );
+    }
+
+    /// Registers the delivery-stream series at 0 (a comet's [`crate::cluster::delivery`]).
+    pub fn delivery_stream_registered(&self) {
+        for reason in DELIVERY_GAP_REASONS {
+            self.counter(
+                "broker_delivery_stream_gaps_total",
+                &[("reason", reason)],
+                0,
+            );
+        }
+        self.counter("broker_delivery_stream_missed_total", &[], 0);
+    }
+
+    /// A comet's delivery stream had a gap (`reason` in [`DELIVERY_GAP_REASONS`]); `missed`
+    /// notices were trimmed before it read them.
+    pub fn delivery_stream_gap(&self, reason: &'static str, missed: u64) {
+        self.counter(
+            "broker_delivery_stream_gaps_total",
+            &[("reason", reason)],
+            1,
+        );
+        self.counter("broker_delivery_stream_missed_total", &[], missed);
     }
 
     /// Registers every `broker_link_auth_failures_total{reason}` series at 0.

@@ -418,3 +418,108 @@ async fn append_since_ack_rates() {
     assert_eq!(store.stats().await.unwrap(), Default::default());
     cleanup(&conn).await;
 }
+
+/// Delivery notices (`comet_stream`): the append script notifies each comet holding a
+/// recipient, in id order, with that comet's recipients; a broadcast once per comet; a reader
+/// learns of trimmed notices, a lost stream and a sweep.
+#[tokio::test]
+async fn delivery_notices_follow_the_online_registry_in_id_order_and_gaps_are_reported() {
+    use broker::store::redis::{CometStream, NoticeDest};
+    const MAXLEN: u64 = 3;
+    let conn = connect("notices").await;
+    let store = RedisStore::for_cluster(
+        conn.clone(),
+        limits(100, EvictionPolicy::DropOldest),
+        metrics::Counter::noop(),
+        MAXLEN,
+    );
+    let registry = OnlineRegistry::new(conn.clone());
+    let (dev, phone) = (Address::device(1), Address::phone(2));
+    store.remember(dev).await.unwrap();
+    store.remember(phone).await.unwrap();
+    registry.register(dev, "c1", 1).await.unwrap();
+    registry.register(phone, "c2", 1).await.unwrap();
+    let block = Duration::from_millis(50);
+    let (s1, mut p1) = CometStream::open(conn.clone(), "c1").await.unwrap();
+    let (s2, mut p2) = CometStream::open(conn.clone(), "c2").await.unwrap();
+
+    let both = Recipients::List(vec![dev, phone]);
+    let a = store.append(both, msg(b"a"), 1_000).await.unwrap().msg_id;
+    let b = store
+        .append(Recipients::Known(None), msg(b"b"), 1_000)
+        .await
+        .unwrap()
+        .msg_id;
+    let r1 = s1.read(&mut p1, block, 100).await.unwrap();
+    let r2 = s2.read(&mut p2, block, 100).await.unwrap();
+    assert!(!r1.gap() && !r2.gap(), "{r1:?} {r2:?}");
+    let seen = |r: &broker::store::redis::Batch| {
+        r.notices
+            .iter()
+            .map(|n| (n.msg_id, n.to.clone(), n.payload.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seen(&r1),
+        vec![
+            (
+                a,
+                NoticeDest::Terminals(vec![dev]),
+                Bytes::from_static(b"a")
+            ),
+            (b, NoticeDest::Kind(None), Bytes::from_static(b"b")),
+        ]
+    );
+    assert_eq!(
+        seen(&r2),
+        vec![
+            (
+                a,
+                NoticeDest::Terminals(vec![phone]),
+                Bytes::from_static(b"a")
+            ),
+            (b, NoticeDest::Kind(None), Bytes::from_static(b"b")),
+        ]
+    );
+    // Nothing new: an idle read returns nothing and no gap.
+    let idle = s1.read(&mut p1, block, 100).await.unwrap();
+    assert!(idle.notices.is_empty() && !idle.gap(), "{idle:?}");
+
+    // Five more for the device: the stream keeps MAXLEN, the reader learns 2 were trimmed, and
+    // the store still has all five.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let m = store.append(Recipients::List(vec![dev]), msg(b"x"), 1_000);
+        ids.push(m.await.unwrap().msg_id);
+    }
+    let r = s1.read(&mut p1, block, 100).await.unwrap();
+    assert_eq!(r.missed, 2, "{r:?}");
+    assert!(!r.restarted && !r.rejoined);
+    let got: Vec<u64> = r.notices.iter().map(|n| n.msg_id).collect();
+    assert_eq!(got, ids[2..].to_vec(), "the newest {MAXLEN}, in order");
+    let stored = store.since(dev, a, 100, 1_000).await.unwrap();
+    assert_eq!(stored.len(), 6, "b and the five are stored");
+
+    // The stream is lost (deleted with its counter): the next notice restarts the numbering.
+    let mut c = conn.get().await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}cstream:c1", conn.prefix()))
+        .arg(format!("{}cstream:c1:n", conn.prefix()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let next = store.append(Recipients::List(vec![dev]), msg(b"y"), 1_000);
+    let next = next.await.unwrap().msg_id;
+    let r = s1.read(&mut p1, block, 100).await.unwrap();
+    assert!(r.restarted, "{r:?}");
+    assert_eq!(
+        r.notices.iter().map(|n| n.msg_id).collect::<Vec<_>>(),
+        vec![next]
+    );
+
+    // The sweep removes c2 and its stream: its next idle read rejoins and reports the loss.
+    registry.clear_node("c2").await.unwrap();
+    let r = s2.read(&mut p2, block, 100).await.unwrap();
+    assert!(r.rejoined && r.restarted && r.gap(), "{r:?}");
+    cleanup(&conn).await;
+}

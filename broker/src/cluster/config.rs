@@ -43,6 +43,10 @@ pub struct ClusterConfig {
     /// Commands from one link running at once; above it a command is answered `Overloaded` at
     /// once and counted in `broker_limit_rejections_total{limit="max_inflight_commands"}`.
     pub max_inflight_commands: usize,
+    /// Entries kept in each comet's delivery-notice stream in Redis (docs/deployment.md,
+    /// "Delivery order"): a comet that falls further behind counts the gap and its sessions
+    /// re-read the store. At least 1.
+    pub stream_maxlen: u64,
 }
 
 impl Default for ClusterConfig {
@@ -59,6 +63,7 @@ impl Default for ClusterConfig {
             rabbit_root: "/rabbitmq".into(),
             link_key: Secret::default(),
             max_inflight_commands: 256,
+            stream_maxlen: 100_000,
         }
     }
 }
@@ -75,6 +80,7 @@ impl ClusterConfig {
             ("sweep_interval_ms", self.sweep_interval_ms),
             ("reconcile_ms", self.reconcile_ms),
             ("reconnect_min_ms", self.reconnect_min_ms),
+            ("stream_maxlen", self.stream_maxlen),
         ] {
             if v == 0 {
                 return err(key, "must be greater than 0");

@@ -1,52 +1,35 @@
-//! [`ClusterOffline`]: the shared (Redis) offline store wrapped so the cluster sees what the
-//! router stores.
+//! [`ClusterOffline`]: the shared (Redis) offline store wrapped so the cluster sees the logins
+//! the router records.
 //!
-//! The router stays unaware of the cluster: it stores every push and send through
-//! [`OfflineStore::append`] and calls [`OfflineStore::remember`] at every login. This wrapper
-//! forwards both to the real store, then
-//! * after `remember`: claims the login in the online registry ([`Presence::login`], comet
-//!   only; in the `plug` profile this replaces the terminal's sessions on other comets);
-//! * after `append`: hands the stored message to a [`StoredSink`] — on a comet the msgbus link
-//!   (so other comets deliver it), on msgbus the router to the comets holding the recipients.
+//! The router stays unaware of the cluster: it calls [`OfflineStore::remember`] at every login.
+//! This wrapper forwards it to the real store, then claims the login in the online registry
+//! ([`Presence::login`], comet only; in the `plug` profile this replaces the terminal's sessions
+//! on other comets), before the router reads the replay: a message stored after the claim gets a
+//! delivery notice for this comet, one stored before it is in the replay.
 //!
-//! A failed hand-over loses nothing: the message is stored and replayed at the next login.
+//! Stored messages need no hand-over: the append script itself notifies the comets that hold a
+//! recipient ([`super::delivery`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::frame::{Dest, LinkMessage};
 use super::presence::Presence;
 use crate::store::{
     Appended, NewMessage, OfflineStats, OfflineStore, Recipients, StoreError, StoredMessage,
 };
 use crate::terminal::Address;
 
-/// Where stored messages go for cross-node delivery.
-pub trait StoredSink: Send + Sync + 'static {
-    /// A message was stored; deliver it to sessions on other nodes. Must not block.
-    fn stored(&self, msg: LinkMessage);
-}
-
 /// The offline store with cluster hooks (see module docs).
 pub struct ClusterOffline {
     inner: Arc<dyn OfflineStore>,
     presence: Option<Arc<Presence>>,
-    sink: Arc<dyn StoredSink>,
 }
 
 impl ClusterOffline {
-    /// Wraps `inner`.
-    pub fn new(
-        inner: Arc<dyn OfflineStore>,
-        presence: Option<Arc<Presence>>,
-        sink: Arc<dyn StoredSink>,
-    ) -> ClusterOffline {
-        ClusterOffline {
-            inner,
-            presence,
-            sink,
-        }
+    /// Wraps `inner`; logins are claimed through `presence` (comet) or not at all (msgbus).
+    pub fn new(inner: Arc<dyn OfflineStore>, presence: Option<Arc<Presence>>) -> ClusterOffline {
+        ClusterOffline { inner, presence }
     }
 }
 
@@ -66,20 +49,7 @@ impl OfflineStore for ClusterOffline {
         msg: NewMessage,
         now_ms: u64,
     ) -> Result<Appended, StoreError> {
-        let dest = match &recipients {
-            Recipients::List(l) => Dest::List(l.clone()),
-            Recipients::Known(k) => Dest::Kind(*k),
-        };
-        let from = msg.from;
-        let payload = msg.payload.to_vec();
-        let appended = self.inner.append(recipients, msg, now_ms).await?;
-        self.sink.stored(LinkMessage {
-            msg_id: appended.msg_id,
-            from,
-            payload,
-            dest,
-        });
-        Ok(appended)
+        self.inner.append(recipients, msg, now_ms).await
     }
 
     async fn since(

@@ -10,8 +10,10 @@
 //! at warn with the peer address. After it, every frame ([`super::frame`]) is sealed under the
 //! direction's key; one that does not open closes the link (counted as `reason="bad_frame"`).
 //! Over a link:
-//! * comet -> msgbus `Stored`: a send stored on the comet, for the other comets;
-//! * msgbus -> comet `Deliver`: a stored message for the comet's local sessions;
+//! * `Stored` (comet -> msgbus) and `Deliver` (msgbus -> comet) carried stored messages before
+//!   comets read them from their delivery-notice streams ([`super::delivery`]); they stay in
+//!   the wire format, and a node that receives one ignores it and counts it in
+//!   `broker_link_frames_dropped_total{reason="superseded"}`;
 //! * `Command` / `CommandResult` ([`super::commands`]): an HTTP command for a device on another
 //!   comet. A comet sends it to one msgbus, which forwards it to the target comet and relays
 //!   the result back; a msgbus's own API sends it to the target comet directly. A comet runs
@@ -33,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -42,8 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims::Notice;
 use super::commands::{self, Forward, MAX_FORWARDED_TIMEOUT, Pending};
-use super::frame::{self, CommandOutcome, CommandRequest, Dest, Frame, LinkMessage};
-use super::hooks::StoredSink;
+use super::frame::{self, CommandOutcome, CommandRequest, Frame, LinkMessage};
 use super::link_auth::{
     AuthError, Established, Expect, Identity, Initiator, LinkKey, NONCE_LEN, Opener, Responder,
     SealError, Sealer, split_handshake,
@@ -52,7 +52,6 @@ use super::presence::{Presence, ReplaceSink};
 use crate::discovery::{NodeView, Role};
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::terminal::AddressKey;
 
 /// Keepalive period on an idle link.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -279,18 +278,8 @@ fn bounded_command<F>(
     });
 }
 
-/// Delivers a `Deliver` frame's message to the local router's sessions.
-fn deliver_local(router: &Router, msg: LinkMessage) -> u64 {
-    let payload = Bytes::from(msg.payload);
-    match msg.dest {
-        Dest::List(list) => router.deliver_local(&list, None, msg.msg_id, msg.from, payload),
-        Dest::Kind(k) => router.deliver_local(&[], Some(k), msg.msg_id, msg.from, payload),
-    }
-}
-
-/// The comet side: accepts msgbus links, delivers their `Deliver` frames locally, runs their
-/// `Command` frames, and sends `Command` and `Replace` frames to one connected msgbus (round
-/// robin), `Stored` frames to the msgbus their recipient maps to (`CometLinks::affinity`).
+/// The comet side: accepts msgbus links, runs their `Command` frames, and sends `Command` and
+/// `Replace` frames to one connected msgbus (round robin).
 pub struct CometLinks {
     node: String,
     links: Mutex<BTreeMap<u64, (String, mpsc::Sender<Frame>)>>,
@@ -330,32 +319,6 @@ impl CometLinks {
             let start = self.rr.fetch_add(1, Ordering::Relaxed) % links.len();
             links.rotate_left(start);
         }
-        links
-    }
-
-    /// The connected links for a stored message: for a list, starting at the one msgbus its
-    /// first recipient maps to (links sorted by msgbus node id), so one terminal's messages all
-    /// take the same msgbus and keep their order; the others follow as fallbacks. A broadcast
-    /// takes [`CometLinks::rotation`].
-    fn affinity(&self, dest: &Dest) -> Vec<(u64, String, mpsc::Sender<Frame>)> {
-        let Dest::List(list) = dest else {
-            return self.rotation();
-        };
-        let Some(first) = list.first() else {
-            return self.rotation();
-        };
-        let mut links: Vec<(u64, String, mpsc::Sender<Frame>)> = self
-            .links()
-            .iter()
-            .map(|(id, (n, t))| (*id, n.clone(), t.clone()))
-            .collect();
-        if links.is_empty() {
-            return links;
-        }
-        links.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
-        let h = first.to_key().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        let start = (h % links.len() as u64) as usize;
-        links.rotate_left(start);
         links
     }
 
@@ -454,7 +417,10 @@ impl CometLinks {
         let me = self.clone();
         let reader = read_frames(rd, buf, opener, |f| match f {
             Frame::Deliver { msg } => {
-                deliver_local(&router, msg);
+                // Stored messages reach this comet through its delivery-notice stream (in
+                // order); a msgbus of an older version still routing them is ignored.
+                me.metrics.link_frame_dropped(&node, "superseded");
+                tracing::debug!(msgbus = %node, msg_id = msg.msg_id, "link Deliver ignored: delivery notices carry stored messages");
             }
             Frame::Command { req } => {
                 let router = router.clone();
@@ -523,36 +489,6 @@ impl Forward for CometLinks {
     }
 }
 
-impl StoredSink for CometLinks {
-    /// Hands the message to one msgbus: the same one for all messages to one terminal while
-    /// it stays connected (`CometLinks::affinity`), so they are routed in order.
-    fn stored(&self, msg: LinkMessage) {
-        let links = self.affinity(&msg.dest);
-        if links.is_empty() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.metrics.link_frame_dropped("none", "no_link");
-            tracing::warn!(
-                msg_id = msg.msg_id,
-                "no msgbus link: other nodes get this message at their next replay"
-            );
-            return;
-        }
-        let mut f = Frame::Stored { msg };
-        for (_, msgbus, tx) in links {
-            match tx.try_send(f) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(back))
-                | Err(mpsc::error::TrySendError::Closed(back)) => {
-                    self.metrics.link_frame_dropped(&msgbus, "queue_full");
-                    f = back
-                }
-            }
-        }
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("every msgbus link queue is full: message left to replay");
-    }
-}
-
 impl ReplaceSink for CometLinks {
     /// Sends the notice to one connected msgbus (round robin), which forwards it to comet `to`.
     /// Without a link or room in any queue it is dropped and counted: the notice also waits in
@@ -573,6 +509,7 @@ impl ReplaceSink for CometLinks {
                 }
             }
         }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
         self.metrics.link_frame_dropped("none", "no_link");
         tracing::debug!(comet = %to, terminal = %notice.terminal, "replace notice left to the mailbox");
     }
@@ -905,6 +842,7 @@ impl Forward for LinkManager {
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::Dest;
     use super::*;
     use crate::config::Config;
     use crate::discovery::{NodeAddr, NodeInfo};
@@ -1055,54 +993,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_comet_hands_one_terminals_messages_to_one_msgbus_in_order() {
-        let comet = CometLinks::new("comet-a".into(), settings(1), Metrics::new());
-        let mut rxs = Vec::new();
-        for (id, name) in [(7, "msgbus-2"), (3, "msgbus-1"), (5, "msgbus-3")] {
-            let (tx, rx) = mpsc::channel(64);
-            comet.links().insert(id, (name.to_string(), tx));
-            rxs.push((name, rx));
-        }
-        let to = |id: u32, msg_id: u64| LinkMessage {
-            msg_id,
-            from: Some(Address::phone(1)),
-            payload: vec![],
-            dest: Dest::List(vec![Address::device(id)]),
-        };
-        // Ten devices, five messages each, interleaved.
-        for msg_id in 0..50u64 {
-            comet.stored(to((msg_id % 10) as u32, msg_id));
-        }
-        let mut per_device: BTreeMap<Address, Vec<(&str, u64)>> = BTreeMap::new();
-        let mut used = std::collections::BTreeSet::new();
-        for (name, rx) in &mut rxs {
-            while let Ok(Frame::Stored { msg }) = rx.try_recv() {
-                let Dest::List(l) = &msg.dest else {
-                    panic!("{msg:?}")
-                };
-                per_device
-                    .entry(l[0])
-                    .or_default()
-                    .push((*name, msg.msg_id));
-                used.insert(*name);
-            }
-        }
-        assert_eq!(per_device.len(), 10);
-        for (d, got) in &per_device {
-            assert_eq!(got.len(), 5, "{d}: {got:?}");
-            assert!(
-                got.iter().all(|g| g.0 == got[0].0),
-                "{d}: one msgbus: {got:?}"
-            );
-            assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "{d}: in order");
-        }
-        assert!(
-            used.len() > 1,
-            "terminals spread over the msgbus nodes: {used:?}"
-        );
-    }
-
-    #[tokio::test]
     async fn without_links_frames_are_dropped_counted_and_commands_unreachable() {
         let m = Metrics::new();
         let bus = LinkManager::new(
@@ -1119,7 +1009,13 @@ mod tests {
         let o = bus.forward(req.clone(), Duration::from_secs(1)).await;
         assert!(matches!(o, CommandOutcome::Unreachable(_)), "{o:?}");
         let comet = CometLinks::new("comet-a".into(), settings(1), m.clone());
-        comet.stored(msg());
+        comet.replace(
+            "comet-b",
+            Notice {
+                terminal: Address::device(1),
+                generation: 2,
+            },
+        );
         let o = comet.forward(req, Duration::from_secs(1)).await;
         assert!(matches!(o, CommandOutcome::Unreachable(_)), "{o:?}");
         let text = m.render();

@@ -9,14 +9,16 @@
 //!   ([`claims`]); in the `plug` profile a login replaces the terminal's session on any other
 //!   comet, which kicks it when it is older ([`generations`]); the node registers in discovery (role
 //!   comet, advertised endpoints + link address) and serves `GET /v1/nodes/lookup`. msgbus
-//!   nodes connect to its link listener ([`link::CometLinks`]). A message the comet stores (a
-//!   terminal's send) is handed to one msgbus over a link ([`hooks`]) for the other comets.
+//!   nodes connect to its link listener ([`link::CometLinks`]). The comet offers stored
+//!   messages to its sessions only from its delivery-notice stream in Redis ([`delivery`]): the
+//!   script that issues a message's id notifies every comet holding a recipient, so each comet
+//!   sees one order whichever node stored the message.
 //!   Device uploads go straight to RabbitMQ ([`uploads::SinkSpool`] over
 //!   [`crate::uploads::RabbitUploadSink`], nodes from the rmqkeepers' view): the device's ack
 //!   waits for the publisher confirm or the durable local spool.
-//! * **msgbus** ([`start_msgbus`]): the HTTP API for the backend over the same Redis stores;
-//!   links to every live comet ([`link::LinkManager`]); every stored push is routed to the
-//!   comets holding its recipients, a broadcast once per comet ([`route`]); backend pushes are
+//! * **msgbus** ([`start_msgbus`]): the HTTP API for the backend over the same Redis stores
+//!   (a push it stores reaches the comets through their delivery-notice streams); links to every
+//!   live comet ([`link::LinkManager`]) for commands and replace notices; backend pushes are
 //!   also consumed from RabbitMQ ([`crate::uploads::PushConsumer`]).
 //!
 //! Both roles give the HTTP API a [`commands::ClusterCommands`]: a device command sent to any
@@ -31,13 +33,13 @@
 pub mod claims;
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod frame;
 pub mod generations;
 pub mod hooks;
 pub mod link;
 pub mod link_auth;
 pub mod presence;
-pub mod route;
 pub mod uploads;
 
 use std::future::Future;
@@ -114,6 +116,8 @@ pub struct ClusterNode {
     pub sink: Option<Arc<RabbitUploadSink>>,
     /// msgbus: the backend push consumer.
     pub push: Option<PushConsumer>,
+    /// comet: pauses its delivery-notice reader ([`delivery::FollowerHold`]).
+    pub delivery_hold: Option<delivery::FollowerHold>,
     /// The discovery view this node follows.
     pub view: watch::Receiver<NodeView>,
     discovery: Arc<dyn Discovery>,
@@ -201,7 +205,12 @@ async fn common(config: &Config) -> Result<Common, ClusterError> {
         eviction: config.offline.eviction,
     };
     let metrics = Metrics::new();
-    let store = RedisStore::with_data_loss_counter(conn.clone(), limits, metrics.store_data_loss());
+    let store = RedisStore::for_cluster(
+        conn.clone(),
+        limits,
+        metrics.store_data_loss(),
+        config.cluster.stream_maxlen,
+    );
     // Learn the run marker now, so a Redis data loss before the first push is noticed too.
     store.check_marker().await?;
     Ok(Common {
@@ -318,6 +327,7 @@ async fn start_node(
     stores: Stores,
     metrics: &Metrics,
     cluster_api: Arc<commands::ClusterCommands>,
+    offer_on_store: bool,
 ) -> Result<(Running, watch::Sender<NodeView>), ClusterError> {
     let (view_tx, view_rx) = watch::channel(NodeView::default());
     let cluster_nodes = crate::console::nodes::ClusterNodes {
@@ -337,6 +347,7 @@ async fn start_node(
             metrics: metrics.clone(),
             cluster_api: Some(cluster_api),
             cluster_nodes: Some(cluster_nodes),
+            offer_on_store,
         },
     )
     .await?;
@@ -377,7 +388,6 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         offline: Arc::new(hooks::ClusterOffline::new(
             c.store.clone(),
             Some(presence.clone()),
-            comet_links.clone(),
         )),
         uploads: Arc::new(uploads::SinkSpool::new(sink.clone(), local)),
         bindings: c.store.clone(),
@@ -393,12 +403,25 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         addr: config.cluster.link_listen,
         source,
     })?;
+    // The stream's end is taken before the comet accepts logins: a login's replay then covers
+    // every message notified before it, the stream every one after it.
+    let (stream, pos, block) = delivery::open(&config.redis, &c.node_id).await?;
     let (running, view_tx) =
-        start_node(config, &c.node_id, stores, &c.metrics, cluster_api).await?;
+        start_node(config, &c.node_id, stores, &c.metrics, cluster_api, false).await?;
+    let (follower, delivery_hold) = delivery::DeliveryFollower::new(
+        stream,
+        pos,
+        running.router.clone(),
+        c.metrics.clone(),
+        block,
+    );
     let me = self_info(config, Role::Comet, &running, Some(link_addr))?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
-    let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
+    let mut tasks = vec![
+        spawn_relay(view.clone(), view_tx, c.cancel.clone()),
+        follower.spawn(c.cancel.clone()),
+    ];
     presence.attach(running.router.clone(), comet_links.clone());
     tasks.push(comet_links.serve(
         listener,
@@ -425,6 +448,7 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         links: None,
         sink: Some(sink),
         push: None,
+        delivery_hold: Some(delivery_hold),
         view,
         discovery,
         rabbit_view,
@@ -452,13 +476,6 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         links.clone(),
         c.metrics.clone(),
     );
-    let (route, route_task) = route::MsgbusRoute::start(
-        links.clone(),
-        c.registry.clone(),
-        config.cluster.link_queue,
-        c.metrics.clone(),
-        c.cancel.clone(),
-    );
     let limits = OfflineLimits {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
@@ -469,28 +486,28 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         SpoolRetention::from_config(&config.upload),
     )?;
     let stores = Stores {
-        offline: Arc::new(hooks::ClusterOffline::new(
-            c.store.clone(),
-            None,
-            route.clone(),
-        )),
+        offline: Arc::new(hooks::ClusterOffline::new(c.store.clone(), None)),
         uploads: local.stores().uploads,
         bindings: c.store.clone(),
         groups: c.store.clone(),
     };
+    // Terminals belong on comets; one that logs in on a msgbus anyway (not in the online
+    // registry, no delivery notices) keeps getting this node's own pushes live, as before.
     let (running, view_tx) =
-        start_node(config, &c.node_id, stores, &c.metrics, cluster_api).await?;
+        start_node(config, &c.node_id, stores, &c.metrics, cluster_api, true).await?;
     let me = self_info(config, Role::Msgbus, &running, None)?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
-    let mut tasks = vec![
-        spawn_relay(view.clone(), view_tx, c.cancel.clone()),
-        route_task,
-    ];
-    let r = route.clone();
+    let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
+    let m = c.metrics.clone();
+    // A comet of an older version still hands over what it stored: the delivery notices
+    // already carry it, so it is ignored (and counted).
     tasks.push(links.follow(
         view.clone(),
-        Arc::new(move |origin, msg| r.enqueue(Some(origin), msg)),
+        Arc::new(move |origin, msg| {
+            m.link_frame_dropped(&origin, "superseded");
+            tracing::debug!(comet = %origin, msg_id = msg.msg_id, "link Stored ignored: delivery notices carry stored messages");
+        }),
         c.cancel.clone(),
     ));
     let presence = Arc::new(presence::Presence::new(
@@ -539,6 +556,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         links: Some(links),
         sink: None,
         push,
+        delivery_hold: None,
         view,
         discovery,
         rabbit_view,

@@ -215,7 +215,7 @@ impl Presence {
     }
 
     /// Refreshes the heartbeat and drains the mailbox; re-registers everything held when the
-    /// heartbeat key had expired.
+    /// heartbeat key had expired, then lets the local sessions re-read the store.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), StoreError> {
         let r = self.registry.heartbeat(&self.node, ttl).await;
         let alive = counted(&self.metrics, "heartbeat", r)?;
@@ -247,6 +247,11 @@ impl Presence {
                         "restore",
                     );
                 }
+            }
+            // A sweep may have left this comet out of delivery notices until now: its sessions
+            // re-read the store, so a message stored meanwhile is not missed live.
+            if let Some(a) = self.attached.get() {
+                a.router.resync_sessions();
             }
         }
         Ok(())

@@ -269,6 +269,18 @@ pub const FAMILIES: &[Family] = &[
         "Frames for a peer node dropped, by reason (queue_full, no_link).",
     ),
     f(
+        "broker_delivery_stream_gaps_total",
+        Counter,
+        Cluster,
+        "Times a comet's delivery-notice stream had a gap and its sessions re-read the store, by reason (trimmed, lost, swept).",
+    ),
+    f(
+        "broker_delivery_stream_missed_total",
+        Counter,
+        Cluster,
+        "Delivery notices trimmed from a comet's stream before it read them (the messages are replayed from the store).",
+    ),
+    f(
         "broker_link_auth_failures_total",
         Counter,
         Cluster,

@@ -86,6 +86,10 @@ pub struct RouterSettings {
     pub webhook_url: String,
     /// Webhook call timeout.
     pub webhook_timeout: Duration,
+    /// Offer a stored message to this node's live sessions right after storing it (standalone).
+    /// A cluster comet turns it off: it offers every message from its delivery-notice stream
+    /// instead, the one order all nodes' messages share ([`Router::deliver_local`]).
+    pub offer_on_store: bool,
 }
 
 impl RouterSettings {
@@ -104,6 +108,7 @@ impl RouterSettings {
             backend_timeout: Duration::from_millis(c.backend.timeout_ms),
             webhook_url: c.upload.webhook_url.clone(),
             webhook_timeout: Duration::from_millis(c.upload.webhook_timeout_ms),
+            offer_on_store: true,
         }
     }
 }
@@ -617,6 +622,7 @@ impl Router {
             .metrics
             .offline_capped(appended.evicted, appended.rejected);
         let sessions = match kind_wide {
+            _ if !self.inner.settings.offer_on_store => Vec::new(),
             Some(kind) => self.inner.registry.all(kind),
             None => {
                 let mut r = recipients;
@@ -1064,6 +1070,17 @@ impl Router {
             }
         }
         n
+    }
+
+    /// Makes every live session on this node re-read its terminal's stored messages above the
+    /// last id it yielded before yielding anything newer (cluster mode: the comet may have
+    /// missed delivery notices). Returns how many sessions were asked.
+    pub fn resync_sessions(&self) -> usize {
+        let all = self.inner.registry.all(None);
+        for h in &all {
+            h.request_resync();
+        }
+        all.len()
     }
 
     /// Every terminal with at least one live session on this node (cluster mode reconciles the

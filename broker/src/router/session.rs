@@ -280,6 +280,15 @@ impl SessionHandle {
         outcome
     }
 
+    /// Deliveries may have been missed (outside this session's queue): like a dropped Deliver,
+    /// the [`Session`] re-reads the store above the last id it yielded before yielding more.
+    pub(crate) fn request_resync(&self) {
+        let mut st = lock(&self.inner.state);
+        st.deliver_drops += 1;
+        drop(st);
+        self.inner.notify.notify_one();
+    }
+
     /// Ends the session: its [`Session`] yields `Outbound::Kick { reason }` next, then `None`.
     /// Returns false if it was already closed or kicked.
     pub fn kick(&self, reason: KickReason) -> bool {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::Script;
 
+use super::comet_stream::{NOTIFY_COMETS, kind_label};
 use super::conn::RedisConn;
 use super::data_loss::{CHECK_EPOCH, DataLossWatch};
 use crate::config::EvictionPolicy;
@@ -46,8 +47,10 @@ end
 "#;
 
 /// ARGV: prefix, known epoch, fresh epoch, cap, reject (0/1), max id, id floor, this broker's
-/// high-water id, expires, from, payload, mode (`list`/`known`), then terminal keys (list) or the
-/// min and max packed key (known). Returns {id, stored, evicted, rejected, epoch status, epoch}.
+/// high-water id, expires, from, payload, mode (`list`/`known`), comet stream length (0: no
+/// delivery notices), kind-wide notice label, then terminal keys (list) or the min and max packed
+/// key (known). Returns {id, stored, evicted, rejected, epoch status, epoch}. The delivery notices
+/// for the comets go out in the same script (`notify_comets`, [`super::comet_stream`]).
 const APPEND: &str = r#"
 local p = ARGV[1]
 local e = check_epoch(p, ARGV[2], ARGV[3])
@@ -61,10 +64,11 @@ if tonumber(ARGV[7]) > nid then nid = tonumber(ARGV[7]) end
 local id = string.format("%d", nid)
 redis.call('SET', p .. 'msgid', id)
 local targets = {}
-if ARGV[12] == 'known' then
-  targets = redis.call('ZRANGEBYSCORE', p .. 'known', ARGV[13], ARGV[14])
+local known = ARGV[12] == 'known'
+if known then
+  targets = redis.call('ZRANGEBYSCORE', p .. 'known', ARGV[15], ARGV[16])
 else
-  for i = 13, #ARGV do targets[#targets + 1] = ARGV[i] end
+  for i = 15, #ARGV do targets[#targets + 1] = ARGV[i] end
 end
 local stored, evicted, rejected = 0, 0, 0
 for _, t in ipairs(targets) do
@@ -95,6 +99,7 @@ if stored > 0 then
     'refs', stored)
   redis.call('ZADD', p .. 'exp', ARGV[9], id)
 end
+notify_comets(p, id, ARGV[10], ARGV[11], ARGV[13], ARGV[14], targets, known)
 return {id, stored, evicted, rejected, e[1], e[2]}
 "#;
 
@@ -193,6 +198,8 @@ const BATCH: usize = 512;
 pub struct RedisStore {
     conn: Arc<RedisConn>,
     limits: OfflineLimits,
+    /// Length of each comet's delivery-notice stream; 0: no notices (not a cluster).
+    stream_maxlen: u64,
     watch: DataLossWatch,
     append: Script,
     since: Script,
@@ -219,13 +226,26 @@ impl RedisStore {
         limits: OfflineLimits,
         data_loss: metrics::Counter,
     ) -> Arc<RedisStore> {
+        RedisStore::for_cluster(conn, limits, data_loss, 0)
+    }
+
+    /// Like [`RedisStore::with_data_loss_counter`], also appending a delivery notice for every
+    /// comet that holds a recipient to that comet's stream, trimmed to `stream_maxlen` entries
+    /// (see [`super::comet_stream`]; 0 appends none).
+    pub fn for_cluster(
+        conn: Arc<RedisConn>,
+        limits: OfflineLimits,
+        data_loss: metrics::Counter,
+        stream_maxlen: u64,
+    ) -> Arc<RedisStore> {
         let with_release = |body: &str| Script::new(&format!("{RELEASE}{CHECK_EPOCH}{body}"));
         let checked = |body: &str| Script::new(&format!("{CHECK_EPOCH}{body}"));
         Arc::new(RedisStore {
             watch: DataLossWatch::new(data_loss, conn.prefix()),
             conn,
             limits,
-            append: with_release(APPEND),
+            stream_maxlen,
+            append: Script::new(&format!("{RELEASE}{CHECK_EPOCH}{NOTIFY_COMETS}{APPEND}")),
             since: checked(SINCE),
             remember: checked(REMEMBER),
             check_marker: checked(CHECK_MARKER),
@@ -326,11 +346,18 @@ impl OfflineStore for RedisStore {
                 let mut keys: Vec<u64> = list.iter().map(|a| a.to_key()).collect();
                 keys.sort_unstable();
                 keys.dedup();
-                inv.arg("list").arg(keys);
+                inv.arg("list")
+                    .arg(self.stream_maxlen)
+                    .arg(kind_label(None))
+                    .arg(keys);
             }
             Recipients::Known(kind) => {
                 let (lo, hi) = kind_bounds(kind);
-                inv.arg("known").arg(lo).arg(hi);
+                inv.arg("known")
+                    .arg(self.stream_maxlen)
+                    .arg(kind_label(kind))
+                    .arg(lo)
+                    .arg(hi);
             }
         }
         let mut c = self.conn.get().await;

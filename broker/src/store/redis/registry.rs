@@ -9,6 +9,9 @@
 //! * `P node:<id>:alive`: the node's heartbeat key, set with a TTL by [`OnlineRegistry::heartbeat`].
 //! * `P nodes`: every node that registered or heartbeated.
 //!
+//! * `P comets` and `P cstream:<id>`: the node's delivery-notice stream
+//!   ([`super::comet_stream`]), removed with the node's entries by a sweep.
+//!
 //! A node calls `register` at login and `unregister` at logout or session timeout (with the
 //! epoch, so a late logout of an old session never removes a newer one). Any node may call
 //! [`OnlineRegistry::sweep_dead_nodes`] periodically: nodes whose heartbeat key expired lose all
@@ -58,6 +61,8 @@ for _, node in ipairs(nodes) do
     end
     redis.call('DEL', sk, p .. 'node:' .. node .. ':alive')
     redis.call('SREM', p .. 'nodes', node)
+    redis.call('SREM', p .. 'comets', node)
+    redis.call('DEL', p .. 'cstream:' .. node, p .. 'cstream:' .. node .. ':n')
     removed[#removed + 1] = node
   end
 end
