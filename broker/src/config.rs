@@ -139,12 +139,16 @@ impl Default for Listen {
 pub struct Storage {
     /// Directory for the embedded store and generated secrets (created if missing).
     pub data_dir: PathBuf,
+    /// Write requests that may wait for the embedded store's writer; more writers (device
+    /// sessions, the API) wait for a slot (`broker_store_writer_waits_total`).
+    pub writer_queue: u32,
 }
 
 impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("broker-data"),
+            writer_queue: 512,
         }
     }
 }
@@ -561,6 +565,7 @@ impl Config {
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("storage.writer_queue", self.storage.writer_queue),
             (
                 "limits.login_attempts_per_ip_per_sec",
                 l.login_attempts_per_ip_per_sec,

@@ -534,6 +534,19 @@ impl Metrics {
 
 /// The upload spool's size and retention (refreshed with the store gauges).
 impl Metrics {
+    /// Sets `broker_store_writer_queue` (write requests waiting for the embedded store's
+    /// writer now) and `broker_store_writer_waits_total` (writes that found that queue full
+    /// and waited; kept by the store).
+    pub fn store_writer(&self, queued: u64, waits: u64) {
+        self.gauge_set("broker_store_writer_queue", queued as f64);
+        self.recorder
+            .register_counter(
+                &Key::from_name("broker_store_writer_waits_total"),
+                &METADATA,
+            )
+            .absolute(waits);
+    }
+
     /// Sets `broker_upload_spool_records` and `broker_upload_spool_bytes`, and the totals
     /// `broker_upload_spool_trimmed_total` (consumed by every consumer) and
     /// `broker_upload_spool_dropped_total{reason="age"|"size"}` (dropped unconsumed by a cap).

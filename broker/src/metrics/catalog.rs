@@ -83,6 +83,18 @@ pub const FAMILIES: &[Family] = &[
         "Connections accepted, by transport.",
     ),
     f(
+        "broker_store_writer_queue",
+        Gauge,
+        Always,
+        "Write requests waiting for the embedded store's writer (bounded by storage.writer_queue).",
+    ),
+    f(
+        "broker_store_writer_waits_total",
+        Counter,
+        Always,
+        "Writes that found the embedded store writer's queue full and waited for a slot.",
+    ),
+    f(
         "broker_connections",
         Gauge,
         Always,
@@ -436,6 +448,8 @@ pub fn zero_series() -> Vec<Series> {
     s.extend(one("broker_udp_dropped_total", "reason", UDP_DROP_REASONS));
     s.extend(one("broker_limit_rejections_total", "limit", LIMITS));
     for name in [
+        "broker_store_writer_queue",
+        "broker_store_writer_waits_total",
         "broker_offline_messages",
         "broker_offline_references",
         "broker_offline_evicted_total",

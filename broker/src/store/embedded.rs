@@ -114,6 +114,17 @@ impl EmbeddedStore {
         limits: OfflineLimits,
         retention: SpoolRetention,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
+        Self::open_with_writer_queue(dir, limits, retention, super::group_commit::QUEUE_CAPACITY)
+    }
+
+    /// [`EmbeddedStore::open_with_retention`] with the writer's queue bounded to
+    /// `writer_queue` requests (`storage.writer_queue`; see [`GroupCommit`]).
+    pub fn open_with_writer_queue(
+        dir: &Path,
+        limits: OfflineLimits,
+        retention: SpoolRetention,
+        writer_queue: usize,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         let path = dir.join(STORE_FILE);
@@ -142,7 +153,7 @@ impl EmbeddedStore {
         txn.commit()?;
         let db = Arc::new(db);
         Ok(Arc::new(EmbeddedStore {
-            writer: GroupCommit::start(db.clone())?,
+            writer: GroupCommit::start_with_capacity(db.clone(), writer_queue)?,
             db,
             limits,
             retention,
@@ -561,9 +572,15 @@ impl OfflineStore for EmbeddedStore {
             Ok(OfflineStats {
                 messages: read.open_table(MESSAGES)?.len()?,
                 references: read.open_table(INBOX)?.len()?,
+                ..OfflineStats::default()
             })
         })
         .await
+        .map(|s| OfflineStats {
+            writer_queued: self.writer.queued() as u64,
+            writer_waits: self.writer.waits(),
+            ..s
+        })
     }
 }
 

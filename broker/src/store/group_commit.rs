@@ -16,9 +16,12 @@
 //! When it is full, [`GroupCommit::write`] waits for a slot (asynchronously: the calling task
 //! yields, no thread blocks) instead of growing the queue, so a flood of writers (device
 //! sessions uploading faster than the disk commits) slows down to the disk's pace and memory
-//! stays bounded. The writer frees slots a batch at a time as it takes requests in.
+//! stays bounded. The writer frees slots a batch at a time as it takes requests in. The bound
+//! is `storage.writer_queue`; [`GroupCommit::queued`] and [`GroupCommit::waits`] feed the
+//! `broker_store_writer_queue` gauge and the `broker_store_writer_waits_total` counter.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use redb::{Database, WriteTransaction};
@@ -71,6 +74,8 @@ where
 pub struct GroupCommit {
     queue: Option<mpsc::Sender<Box<dyn Request>>>,
     writer: Option<JoinHandle<()>>,
+    /// Writes that found the queue full and waited for a slot.
+    waits: AtomicU64,
 }
 
 impl GroupCommit {
@@ -92,6 +97,7 @@ impl GroupCommit {
         Ok(GroupCommit {
             queue: Some(queue),
             writer: Some(writer),
+            waits: AtomicU64::new(0),
         })
     }
 
@@ -100,6 +106,11 @@ impl GroupCommit {
         self.queue
             .as_ref()
             .map_or(0, |q| q.max_capacity() - q.capacity())
+    }
+
+    /// Writes so far that found the queue full and waited for a slot.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     /// Runs `work` in a write transaction and returns its result once that transaction is
@@ -119,10 +130,14 @@ impl GroupCommit {
         });
         let stopped = || StoreError::Backend("the store writer has stopped".into());
         let queue = self.queue.as_ref().ok_or_else(stopped)?;
-        queue
-            .send(request as Box<dyn Request>)
-            .await
-            .map_err(|_| stopped())?;
+        match queue.try_send(request as Box<dyn Request>) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                queue.send(request).await.map_err(|_| stopped())?;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+        }
         answer
             .await
             .map_err(|_| StoreError::Backend("the store writer stopped mid-write".into()))?
@@ -332,6 +347,11 @@ mod tests {
         assert_eq!(group.queued(), capacity, "the queue is full, not larger");
         let waiting = writes.iter().filter(|w| !w.is_finished()).count();
         assert_eq!(waiting, flood as usize, "writers wait for a slot");
+        assert_eq!(
+            group.waits(),
+            flood - capacity as u64,
+            "every writer that found the queue full is counted once"
+        );
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), 0);
         for (k, w) in (1..=flood).zip(writes) {
