@@ -252,6 +252,22 @@ impl Metrics {
         self.counter("broker_udp_dropped_total", &[("reason", reason)], 1);
     }
 
+    /// A WebSocket client on transport `t` broke the framing rules and was closed with 1002 or
+    /// 1007 (`comet::ws`).
+    pub fn ws_protocol_error(&self, t: Transport) {
+        self.counter(
+            "broker_ws_protocol_errors_total",
+            &[("transport", t.as_str())],
+            1,
+        );
+    }
+
+    /// A connection's PROXY protocol header was refused (`comet::proxy`); `reason` is
+    /// `untrusted`, `malformed` or `missing`.
+    pub fn proxy_refused(&self, reason: &'static str) {
+        self.counter("broker_proxy_refusals_total", &[("reason", reason)], 1);
+    }
+
     /// A limit refused something; `limit` names the config key (e.g. `max_connections_per_ip`).
     pub fn limit_hit(&self, limit: &'static str) {
         self.counter("broker_limit_rejections_total", &[("limit", limit)], 1);
