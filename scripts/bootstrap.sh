@@ -10,6 +10,7 @@ packages=(
   iproute2          # ip netns / ip tuntap: the HIL host TAP rig's network namespace
   chromium          # the headless browser of the web console test (broker/tests/console_browser.rs)
   chromium-driver   # its WebDriver server (chromedriver), which the test drives
+  python3-venv      # the private venv kosoku (the Autobahn WebSocket cases) is installed into
 )
 
 missing=()
@@ -22,6 +23,15 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# kosoku (pinned), the Autobahn WebSocket conformance cases run by broker/tests/ws_autobahn.rs,
+# in a private venv under .cache/ (the Autobahn testsuite itself is Python 2 only).
+venv="$here/../.cache/autobahn-venv"
+if ! [ -x "$venv/bin/kosoku" ] || ! "$venv/bin/pip" show kosoku 2>/dev/null | grep -qx 'Version: 0.1.0'; then
+  echo "bootstrap: installing kosoku into .cache/autobahn-venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'kosoku==0.1.0'
 fi
 
 # Pinned cross toolchain for the MCU targets (private prefix under .cache/).

@@ -106,6 +106,10 @@ pub struct Config {
     pub rabbitmq: crate::uploads::RabbitConfig,
     /// Cluster roles: msgbus links, online-registry heartbeats, RabbitMQ discovery.
     pub cluster: crate::cluster::ClusterConfig,
+    /// PROXY protocol v2 on the WebSocket listeners (client addresses behind a load balancer).
+    pub proxy_protocol: crate::comet::proxy::ProxyConfig,
+    /// Test-only endpoints (the WebSocket conformance echo), all off by default.
+    pub conformance: crate::comet::echo::ConformanceConfig,
 }
 
 /// `[listen]`: socket addresses (port 0 picks a free port).
@@ -139,12 +143,16 @@ impl Default for Listen {
 pub struct Storage {
     /// Directory for the embedded store and generated secrets (created if missing).
     pub data_dir: PathBuf,
+    /// Write requests that may wait for the embedded store's writer; more writers (device
+    /// sessions, the API) wait for a slot (`broker_store_writer_waits_total`).
+    pub writer_queue: u32,
 }
 
 impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("broker-data"),
+            writer_queue: 512,
         }
     }
 }
@@ -191,6 +199,10 @@ pub struct Limits {
     pub max_connections: u32,
     /// Connections accepted per client IP.
     pub max_connections_per_ip: u32,
+    /// Refused WebSocket connections answered with a close code at once; further refused
+    /// connections are closed without an answer (so a flood holds at most
+    /// `max_connections + max_pending_refusals` sockets).
+    pub max_pending_refusals: u32,
     /// Login attempts accepted per client IP per second.
     pub login_attempts_per_ip_per_sec: u32,
     /// Outbound events queued per session.
@@ -221,6 +233,7 @@ impl Default for Limits {
             max_payload_bytes: 1024,
             max_connections: 10000,
             max_connections_per_ip: 100,
+            max_pending_refusals: 64,
             login_attempts_per_ip_per_sec: 20,
             outbound_queue: 64,
             queue_full_policy: QueueFullPolicy::Disconnect,
@@ -634,6 +647,8 @@ impl Config {
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.max_pending_refusals", l.max_pending_refusals),
+            ("storage.writer_queue", self.storage.writer_queue),
             (
                 "limits.login_attempts_per_ip_per_sec",
                 l.login_attempts_per_ip_per_sec,
@@ -757,6 +772,8 @@ impl Config {
             );
         }
         self.cluster.validate()?;
+        self.conformance.ws_echo()?;
+        self.proxy_protocol.load()?;
         Ok(())
     }
 }

@@ -159,12 +159,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         eviction: config.offline.eviction,
     };
     let retention = store::embedded::SpoolRetention::from_config(&config.upload);
-    let store = EmbeddedStore::open_with_retention(&dir, limits, retention).map_err(|source| {
-        StartError::Store {
+    let writer_queue = config.storage.writer_queue as usize;
+    let store = EmbeddedStore::open_with_writer_queue(&dir, limits, retention, writer_queue)
+        .map_err(|source| StartError::Store {
             dir: dir.clone(),
             source,
-        }
-    })?;
+        })?;
     let parts = StartParts {
         stores: store.stores(),
         extra_routes: axum::Router::new(),

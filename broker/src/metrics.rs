@@ -260,6 +260,22 @@ impl Metrics {
         self.counter("broker_udp_dropped_total", &[("reason", reason)], 1);
     }
 
+    /// A WebSocket client on transport `t` broke the framing rules and was closed with 1002 or
+    /// 1007 (`comet::ws`).
+    pub fn ws_protocol_error(&self, t: Transport) {
+        self.counter(
+            "broker_ws_protocol_errors_total",
+            &[("transport", t.as_str())],
+            1,
+        );
+    }
+
+    /// A connection's PROXY protocol header was refused (`comet::proxy`); `reason` is
+    /// `untrusted`, `malformed` or `missing`.
+    pub fn proxy_refused(&self, reason: &'static str) {
+        self.counter("broker_proxy_refusals_total", &[("reason", reason)], 1);
+    }
+
     /// A limit refused something; `limit` names the config key (e.g. `max_connections_per_ip`).
     pub fn limit_hit(&self, limit: &'static str) {
         self.counter("broker_limit_rejections_total", &[("limit", limit)], 1);
@@ -565,6 +581,19 @@ impl Metrics {
 
 /// The upload spool's size and retention (refreshed with the store gauges).
 impl Metrics {
+    /// Sets `broker_store_writer_queue` (write requests waiting for the embedded store's
+    /// writer now) and `broker_store_writer_waits_total` (writes that found that queue full
+    /// and waited; kept by the store).
+    pub fn store_writer(&self, queued: u64, waits: u64) {
+        self.gauge_set("broker_store_writer_queue", queued as f64);
+        self.recorder
+            .register_counter(
+                &Key::from_name("broker_store_writer_waits_total"),
+                &METADATA,
+            )
+            .absolute(waits);
+    }
+
     /// Sets `broker_upload_spool_records` and `broker_upload_spool_bytes`, and the totals
     /// `broker_upload_spool_trimmed_total` (consumed by every consumer) and
     /// `broker_upload_spool_dropped_total{reason="age"|"size"}` (dropped unconsumed by a cap).

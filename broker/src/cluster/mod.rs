@@ -376,10 +376,11 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open_with_retention(
+    let local = EmbeddedStore::open_with_writer_queue(
         &config.storage.data_dir.join("upload-spool"),
         limits,
         SpoolRetention::from_config(&config.upload),
+        config.storage.writer_queue as usize,
     )?
     .stores()
     .uploads;
@@ -480,10 +481,11 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open_with_retention(
+    let local = EmbeddedStore::open_with_writer_queue(
         &config.storage.data_dir,
         limits,
         SpoolRetention::from_config(&config.upload),
+        config.storage.writer_queue as usize,
     )?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(c.store.clone(), None)),

@@ -65,6 +65,7 @@ enum End {
 
 async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let Some(ws::Accepted {
+        peer,
         mut ws,
         admitted,
         deadline,
@@ -81,14 +82,19 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     };
     let guard = match admitted {
         Ok(g) => g,
-        Err(limit) => {
-            ctx.router.metrics().limit_hit(limit.key());
+        Err(refused) => {
+            let limit = refused.limit;
             let code = match limit {
                 ConnLimit::Total => Code::SERVER_BUSY,
                 ConnLimit::PerIp => Code::RATE_LIMITED,
             };
-            let _ = send(&mut ws, &reject(code)).await;
-            ws::close(&mut ws, close_code(code), limit.key()).await;
+            // Bounded by the refusal's short deadline: a refused client that does not read
+            // must not hold its refusal slot.
+            let answer = async {
+                let _ = send(&mut ws, &reject(code)).await;
+                ws::close(&mut ws, close_code(code), limit.key()).await;
+            };
+            let _ = tokio::time::timeout_at(deadline, answer).await;
             return;
         }
     };
@@ -147,12 +153,18 @@ fn error(code: Code, reference: Option<u32>, message: &str) -> ServerMessage {
     })
 }
 
-fn ws_error_end(ctx: &Context, e: &WsError) -> Option<Code> {
+/// What a read error means for the session: an oversized message is answered with an `error`
+/// and close 1009 (`Some`); a framing violation is closed at once with its RFC 6455 code
+/// (`Err`, counted); anything else means the peer went away (`None`).
+fn ws_error_end(ctx: &Context, e: &WsError) -> Result<Option<Code>, End> {
     if matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. })) {
         ctx.router.metrics().limit_hit("max_app_message_bytes");
-        Some(Code::TOO_LARGE)
+        Ok(Some(Code::TOO_LARGE))
+    } else if let Some(code) = ws::violation_close_code(e) {
+        ctx.router.metrics().ws_protocol_error(T);
+        Err(End::Close(code))
     } else {
-        None
+        Ok(None)
     }
 }
 
@@ -179,8 +191,12 @@ async fn authenticate(
             Err(ws::Interrupted::Timeout) => break fail(Code::TIMEOUT, "handshake_timeout"),
             Ok(None) => return Err(End::Closed),
             Ok(Some(Err(e))) => match ws_error_end(ctx, &e) {
-                Some(code) => break fail(code, "too_large"),
-                None => return Err(End::Closed),
+                Ok(Some(code)) => break fail(code, "too_large"),
+                Ok(None) => return Err(End::Closed),
+                Err(end) => {
+                    ctx.login_refused(T, peer, None, "malformed");
+                    return Err(end);
+                }
             },
             Ok(Some(Ok(msg))) => msg,
         };
@@ -270,11 +286,12 @@ async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
                     Some(Ok(Message::Close(_))) | None => break End::Closed,
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => match ws_error_end(ctx, &e) {
-                        Some(code) => {
+                        Ok(Some(code)) => {
                             let _ = send_live(ctx, ws, &error(code, None, "message too large")).await;
                             break End::Close(close_code(code));
                         }
-                        None => break End::Closed,
+                        Ok(None) => break End::Closed,
+                        Err(end) => break end,
                     },
                 };
                 let reply = match ClientMessage::decode(text.as_bytes()) {

@@ -66,10 +66,14 @@ enum End {
     Goodbye,
     /// The broker ended it with this code.
     Code(Code),
+    /// The client broke the WebSocket framing rules: closed with this RFC 6455 code
+    /// ([`ws::violation_close_code`]).
+    Violation(u16),
 }
 
 async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let Some(ws::Accepted {
+        peer,
         mut ws,
         admitted,
         deadline,
@@ -86,13 +90,19 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     };
     let guard: ConnGuard = match admitted {
         Ok(g) => g,
-        Err(limit) => {
-            ctx.router.metrics().limit_hit(limit.key());
+        Err(refused) => {
+            let limit = refused.limit;
             let code = match limit {
                 super::limits::ConnLimit::Total => Code::SERVER_BUSY,
                 super::limits::ConnLimit::PerIp => Code::RATE_LIMITED,
             };
-            ws::close(&mut ws, close_code(code), limit.key()).await;
+            // Bounded by the refusal's short deadline: a refused client that does not read
+            // must not hold its refusal slot.
+            let _ = tokio::time::timeout_at(
+                deadline,
+                ws::close(&mut ws, close_code(code), limit.key()),
+            )
+            .await;
             return;
         }
     };
@@ -114,6 +124,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         End::Code(code) => {
             ws::close_within(&ctx, &mut ws, close_code(code), code.description()).await
         }
+        End::Violation(code) => ws::close_within(&ctx, &mut ws, code, "protocol error").await,
     }
     tracing::debug!(%peer, reason = %session_end(&end).reason(), "device_ws connection closed");
     ctx.router.metrics().connection_closed(T);
@@ -145,6 +156,9 @@ fn ws_error_end(ctx: &Context, e: &WsError) -> End {
     if matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. })) {
         ctx.router.metrics().limit_hit("max_device_frame_bytes");
         End::Code(Code::TOO_LARGE)
+    } else if let Some(code) = ws::violation_close_code(e) {
+        ctx.router.metrics().ws_protocol_error(T);
+        End::Violation(code)
     } else {
         End::Closed
     }
@@ -367,6 +381,7 @@ fn session_end(end: &End) -> SessionEnd {
         End::Closed => SessionEnd::ConnectionClosed,
         End::Goodbye => SessionEnd::Terminal(Code::NORMAL),
         End::Code(code) => SessionEnd::Broker(*code),
+        End::Violation(_) => SessionEnd::Broker(Code::MALFORMED),
     }
 }
 

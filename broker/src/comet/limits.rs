@@ -2,6 +2,12 @@
 //! ([`ConnLimiter`], config `limits.max_connections` / `limits.max_connections_per_ip`) and login
 //! attempts per client IP per second ([`LoginLimiter`], `limits.login_attempts_per_ip_per_sec`).
 //!
+//! A refused WebSocket connection is answered (a close frame with the refusing limit) only while
+//! fewer than `limits.max_pending_refusals` other refusals are being answered
+//! ([`ConnLimiter::try_refusal`]); beyond that it is closed at once without an answer. So a
+//! connection flood holds at most `max_connections + max_pending_refusals` sockets, whatever
+//! its rate: file descriptors are never exhausted by connections the broker refuses.
+//!
 //! Both are sharded by IP (16 `std::sync::Mutex` shards); every critical section is one hash-map
 //! operation (or an amortised prune, see [`LoginLimiter`]) and no lock is held across
 //! `.await`. A UDP session counts as a connection.
@@ -58,8 +64,28 @@ impl<V> Sharded<V> {
 pub struct ConnLimiter {
     max_total: u32,
     max_per_ip: u32,
+    max_refusing: u32,
     total: AtomicU32,
+    refusing: AtomicU32,
     per_ip: Sharded<u32>,
+}
+
+/// A refused connection being answered; dropping it frees the slot
+/// ([`ConnLimiter::try_refusal`]).
+pub struct RefusalGuard {
+    limiter: Arc<ConnLimiter>,
+}
+
+impl std::fmt::Debug for RefusalGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalGuard")
+    }
+}
+
+impl Drop for RefusalGuard {
+    fn drop(&mut self) {
+        self.limiter.refusing.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// An admitted connection; dropping it gives the slot back.
@@ -75,12 +101,15 @@ impl std::fmt::Debug for ConnGuard {
 }
 
 impl ConnLimiter {
-    /// A limiter with the configured maxima.
-    pub fn new(max_total: u32, max_per_ip: u32) -> Arc<ConnLimiter> {
+    /// A limiter with the configured maxima: connections in total, per IP, and refused
+    /// connections answered at once.
+    pub fn new(max_total: u32, max_per_ip: u32, max_refusing: u32) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
             max_total,
             max_per_ip,
+            max_refusing,
             total: AtomicU32::new(0),
+            refusing: AtomicU32::new(0),
             per_ip: Sharded::new(),
         })
     }
@@ -115,6 +144,19 @@ impl ConnLimiter {
     /// Connections currently admitted.
     pub fn open(&self) -> u32 {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// A slot to answer one refused connection, or `None` when `max_pending_refusals` are
+    /// being answered already (the connection is then closed without an answer).
+    pub fn try_refusal(self: &Arc<Self>) -> Option<RefusalGuard> {
+        self.refusing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_refusing).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| RefusalGuard {
+                limiter: self.clone(),
+            })
     }
 }
 
@@ -219,7 +261,7 @@ mod tests {
 
     #[test]
     fn connection_limits() {
-        let l = ConnLimiter::new(3, 2);
+        let l = ConnLimiter::new(3, 2, 1);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let g1 = l.try_acquire(a).unwrap();
@@ -231,6 +273,16 @@ mod tests {
         drop(g1);
         assert_eq!(l.open(), 2);
         assert!(l.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn refusals_answered_at_once_are_capped() {
+        let l = ConnLimiter::new(1, 1, 2);
+        let r1 = l.try_refusal().expect("first slot");
+        let _r2 = l.try_refusal().expect("second slot");
+        assert!(l.try_refusal().is_none(), "a third refusal is not answered");
+        drop(r1);
+        assert!(l.try_refusal().is_some(), "a freed slot is reused");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!   [`sendwin`] (heap-backed send window), [`device`] (device frames to router calls and router
 //!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table), [`limits`]
 //!   (connection and login-rate limits), [`budget`] (work per device session), [`ws`] (WebSocket config), [`convert`] (type mapping).
+//! * [`proxy`]: PROXY protocol v2 on the WebSocket listeners (client addresses behind a load
+//!   balancer).
+//! * [`echo`]: a WebSocket echo endpoint over the same stack, for conformance tests only (off
+//!   unless `[conformance] ws_echo_listen` is set).
 //!
 //! # Concurrency design
 //!
@@ -45,9 +49,11 @@ pub mod budget;
 pub mod convert;
 pub mod device;
 pub mod device_ws;
+pub mod echo;
 pub mod limits;
 pub mod link;
 pub mod logins;
+pub mod proxy;
 pub mod sendwin;
 pub mod tls;
 pub mod udp;
@@ -135,6 +141,8 @@ pub struct Context {
     pub token_secret: zeroize::Zeroizing<[u8; 32]>,
     /// TLS for the WebSocket endpoints (`[tls]`; `None`: plain `ws://`).
     pub tls: Option<tls::Acceptor>,
+    /// PROXY protocol v2 on the WebSocket endpoints (`[proxy_protocol]`; `None`: off).
+    pub proxy: Option<proxy::Proxy>,
     /// Cancelled at shutdown: endpoints stop accepting.
     pub shutdown: CancellationToken,
     epoch: Instant,
@@ -160,11 +168,17 @@ impl Context {
                 // Without the OS random generator this node cannot log anyone in safely.
                 logins::node_cookie_secret().expect("the OS random generator is available"),
             ),
-            conns: ConnLimiter::new(l.max_connections, l.max_connections_per_ip),
+            conns: ConnLimiter::new(
+                l.max_connections,
+                l.max_connections_per_ip,
+                l.max_pending_refusals,
+            ),
             login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
             refusals: crate::logging::refusals::RefusalLog::default(),
             token_secret: zeroize::Zeroizing::new(secrets.token_secret),
             tls,
+            // Validated with the rest of the configuration at load.
+            proxy: config.proxy_protocol.load().ok().flatten(),
             router,
             shutdown,
             epoch: Instant::now(),
@@ -235,6 +249,8 @@ pub struct Listeners {
     pub app_ws: TcpListener,
     /// Device UDP.
     pub udp: UdpSocket,
+    /// The conformance echo endpoint (`[conformance] ws_echo_listen`; `None`: off).
+    pub ws_echo: Option<TcpListener>,
 }
 
 /// Where the comet listens (ports resolved when 0 was configured).
@@ -246,15 +262,29 @@ pub struct Bound {
     pub app_ws: SocketAddr,
     /// Device UDP.
     pub udp: SocketAddr,
+    /// The conformance echo endpoint, when on.
+    pub ws_echo: Option<SocketAddr>,
 }
 
 impl Listeners {
-    /// Binds the three sockets of `[listen]`.
+    /// Binds the three sockets of `[listen]` (and the conformance echo endpoint when
+    /// configured; the config check has refused any address but loopback).
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let ws_echo = match config.conformance.ws_echo() {
+            Ok(Some(addr)) => Some(TcpListener::bind(addr).await?),
+            Ok(None) => None,
+            Err((key, reason)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{key}: {reason}"),
+                ));
+            }
+        };
         Ok(Listeners {
             device_ws: TcpListener::bind(config.listen.device_ws).await?,
             app_ws: TcpListener::bind(config.listen.app_ws).await?,
             udp: UdpSocket::bind(config.listen.udp).await?,
+            ws_echo,
         })
     }
 
@@ -264,6 +294,11 @@ impl Listeners {
             device_ws: self.device_ws.local_addr()?,
             app_ws: self.app_ws.local_addr()?,
             udp: self.udp.local_addr()?,
+            ws_echo: self
+                .ws_echo
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
         })
     }
 }
@@ -271,12 +306,21 @@ impl Listeners {
 /// Starts the three endpoints on `listeners`; they stop accepting when `ctx.shutdown` is
 /// cancelled (live sessions end when the router kicks them).
 pub fn spawn(ctx: Arc<Context>, listeners: Listeners) -> Vec<JoinHandle<()>> {
-    vec![
+    let mut tasks = Vec::new();
+    if let Some(echo) = listeners.ws_echo {
+        tracing::warn!(
+            addr = ?echo.local_addr().ok(),
+            "conformance WebSocket echo endpoint is on ([conformance] ws_echo_listen): for tests only"
+        );
+        tasks.push(tokio::spawn(echo::serve(ctx.clone(), echo)));
+    }
+    tasks.extend([
         tokio::spawn(device_ws::serve(ctx.clone(), listeners.device_ws)),
         tokio::spawn(app_ws::serve(ctx.clone(), listeners.app_ws)),
         tokio::spawn(refusal_summaries(ctx.clone())),
         tokio::spawn(udp::serve(ctx, listeners.udp)),
-    ]
+    ]);
+    tasks
 }
 
 /// Writes the summary of refused logins not logged one by one once their interval is over,

@@ -190,7 +190,40 @@ pub async fn upgrade(
         None => Stream::Plain(tcp),
         Some(acceptor) => Stream::Tls(Box::new(acceptor.accept(tcp).await?.into())),
     };
-    tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+    tokio_tungstenite::accept_hdr_async_with_config(stream, refuse_large_heads, Some(config)).await
+}
+
+/// Largest upgrade request head accepted (request target plus header names and values); a
+/// larger one is answered `431 Request Header Fields Too Large` and not upgraded. Heads over
+/// 64 KiB or with more than 124 headers never parse (the WebSocket library stops reading
+/// there) and the connection is closed without an answer.
+pub const MAX_UPGRADE_HEAD_BYTES: usize = 8 * 1024;
+
+/// The upgrade callback: refuses a request head over [`MAX_UPGRADE_HEAD_BYTES`] with 431.
+/// The response offers no extension, so `permessage-deflate` is never negotiated.
+#[allow(clippy::result_large_err)] // the callback type is the WebSocket library's
+fn refuse_large_heads(
+    request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    response: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    let head: usize = request.uri().to_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum::<usize>();
+    if head > MAX_UPGRADE_HEAD_BYTES {
+        let mut refusal = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+            Some("request header fields too large".to_owned()),
+        );
+        *refusal.status_mut() =
+            tokio_tungstenite::tungstenite::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return Err(refusal);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

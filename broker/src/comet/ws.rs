@@ -18,11 +18,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 
 /// A server-side WebSocket over plain TCP or TLS ([`super::tls::Stream`]).
 pub type Ws = WebSocketStream<super::tls::Stream>;
 
-/// Upper bound of queued outgoing bytes before writes fail (slow reader protection).
+/// Upper bound of queued outgoing bytes before writes fail (slow reader protection), for
+/// messages up to this size; a larger `max_message` raises it to one message and its header.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
 /// The tungstenite configuration for messages of at most `max_message` bytes.
@@ -30,7 +32,7 @@ pub fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(0)
         .write_buffer_size(0)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER.max(max_message + 14))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
@@ -70,35 +72,126 @@ pub(super) async fn close_within(ctx: &super::Context, ws: &mut Ws, code: u16, r
     let _ = tokio::time::timeout(ctx.settings.ws_write_timeout, close(ws, code, reason)).await;
 }
 
+/// The close code RFC 6455 prescribes for a read error that is the client's fault: 1002
+/// (protocol error) for a frame that breaks the framing rules, among them a compressed frame
+/// (reserved bit 1 set) when no extension was negotiated (the endpoints never accept
+/// `permessage-deflate`), and 1007 for a text message that is not UTF-8. `None` for a peer
+/// that just went away, and for an oversized message, which each endpoint answers with 1009
+/// itself.
+pub(super) fn violation_close_code(e: &WsError) -> Option<u16> {
+    match e {
+        WsError::Utf8(_) => Some(1007),
+        WsError::Protocol(
+            ProtocolError::NonZeroReservedBits
+            | ProtocolError::UnmaskedFrameFromClient
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::InvalidCloseSequence,
+        ) => Some(1002),
+        _ => None,
+    }
+}
+
 /// The IP of a connection's peer (for limits); IPv4-mapped IPv6 addresses count as IPv4.
 pub fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
     peer.ip().to_canonical()
 }
 
+/// A connection refused by a limit, with the slot that lets the task answer it
+/// ([`super::limits::ConnLimiter::try_refusal`]).
+#[derive(Debug)]
+pub(super) struct Refused {
+    /// The limit that refused the connection.
+    pub limit: super::limits::ConnLimit,
+    /// Held while the refusal is answered.
+    _slot: super::limits::RefusalGuard,
+}
+
+/// Longest a refused connection may take to upgrade before it is dropped unanswered (a refusal
+/// slot is held meanwhile, so it is short whatever `timeouts.handshake_secs` is).
+const REFUSAL_UPGRADE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest a trusted balancer may take to send its PROXY header (it sends it at once); the
+/// connection is not yet counted against the limits meanwhile.
+const PROXY_HEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What [`accept`] hands a connection task: the upgraded socket, whether the connection limits
 /// admitted it (the task answers a refusal on the socket), and the login deadline.
 pub(super) struct Accepted {
+    /// The client's address: the TCP peer, or the source a trusted load balancer's PROXY
+    /// header named ([`super::proxy`]). Limits and log lines use it.
+    pub peer: SocketAddr,
     /// The upgraded WebSocket (over TLS when configured).
     pub ws: Ws,
-    /// The connection-limit guard, or the limit that refused it.
-    pub admitted: Result<super::limits::ConnGuard, super::limits::ConnLimit>,
+    /// The connection-limit guard, or the refusal to answer. The refusal is already counted
+    /// (`broker_limit_rejections_total{limit}`).
+    pub admitted: Result<super::limits::ConnGuard, Refused>,
     /// When the login must be complete (`HANDSHAKE_TIMEOUT` from the connection's start).
     pub deadline: tokio::time::Instant,
 }
 
-/// The start every WebSocket endpoint shares: count the connection against the limits, then
+/// The start every WebSocket endpoint shares: take the client's address from a PROXY header
+/// when configured ([`super::proxy`]; a refused header closes the connection), count the
+/// connection against the limits, then
 /// upgrade (TLS and WebSocket) within the handshake deadline. `None` when the upgrade failed or
 /// timed out (counted as a `handshake_timeout` login failure); the socket is then dropped.
+///
+/// A refused connection is counted under its limit's key; it is upgraded (within
+/// [`REFUSAL_UPGRADE`]) so the task can answer with a close code only if a refusal slot is free,
+/// otherwise it is dropped at once and also counted under `max_pending_refusals`.
 pub(super) async fn accept(
     ctx: &super::Context,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    mut stream: tokio::net::TcpStream,
+    tcp_peer: SocketAddr,
     max_message: usize,
     transport: crate::router::Transport,
 ) -> Option<Accepted> {
     let _ = stream.set_nodelay(true);
-    let admitted = ctx.conns.try_acquire(peer_ip(peer));
-    let deadline = tokio::time::Instant::now() + ctx.settings.handshake;
+    let mut deadline = tokio::time::Instant::now() + ctx.settings.handshake;
+    let proxy_refused = |refusal: super::proxy::Refusal| {
+        tracing::debug!(peer = %tcp_peer, transport = transport.as_str(), reason = refusal.as_str(), "PROXY header refused");
+        ctx.router.metrics().proxy_refused(refusal.as_str());
+    };
+    // A trusted balancer's header comes first and names the client the limits count.
+    let trusted = ctx.proxy.as_ref().filter(|p| p.trusts(tcp_peer));
+    let peer = match trusted {
+        None => tcp_peer,
+        Some(proxy) => {
+            let header_by = deadline.min(tokio::time::Instant::now() + PROXY_HEADER_WAIT);
+            match proxy.read_client(&mut stream, tcp_peer, header_by).await {
+                Ok(client) => client,
+                Err(refusal) => {
+                    proxy_refused(refusal);
+                    return None;
+                }
+            }
+        }
+    };
+    let admitted = match ctx.conns.try_acquire(peer_ip(peer)) {
+        Ok(guard) => Ok(guard),
+        Err(limit) => {
+            ctx.router.metrics().limit_hit(limit.key());
+            let Some(slot) = ctx.conns.try_refusal() else {
+                ctx.router.metrics().limit_hit("max_pending_refusals");
+                return None;
+            };
+            deadline = deadline.min(tokio::time::Instant::now() + REFUSAL_UPGRADE);
+            Err(Refused { limit, _slot: slot })
+        }
+    };
+    // Anyone else may not name an address (checked once the limits hold the connection).
+    if ctx.proxy.is_some()
+        && trusted.is_none()
+        && super::proxy::Proxy::starts_with_header(&stream, deadline).await
+    {
+        proxy_refused(super::proxy::Refusal::Untrusted);
+        return None;
+    }
     let upgrade = super::tls::upgrade(ctx.tls.as_ref(), stream, config(max_message));
     let upgraded = tokio::select! {
         // A connection still upgrading when the broker stops is just dropped.
@@ -107,18 +200,25 @@ pub(super) async fn accept(
     };
     match upgraded {
         Ok(Ok(ws)) => Some(Accepted {
+            peer,
             ws,
             admitted,
             deadline,
         }),
         Ok(Err(e)) => {
             tracing::debug!(%peer, transport = transport.as_str(), error = %e, "websocket upgrade failed");
+            if admitted.is_ok() {
+                // A head over the size limits, not a WebSocket upgrade, or a peer gone.
+                ctx.login_refused(transport, peer, None, "bad_upgrade");
+            }
             None
         }
-        Err(_) => {
+        Err(_) if admitted.is_ok() => {
             ctx.login_refused(transport, peer, None, "handshake_timeout");
             None
         }
+        // A refused connection that is slow to upgrade was counted under its limit already.
+        Err(_) => None,
     }
 }
 

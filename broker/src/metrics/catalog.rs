@@ -83,6 +83,30 @@ pub const FAMILIES: &[Family] = &[
         "Connections accepted, by transport.",
     ),
     f(
+        "broker_ws_protocol_errors_total",
+        Counter,
+        Always,
+        "WebSocket connections closed with 1002 or 1007 for breaking RFC 6455 framing (compressed frames without a negotiated extension, bad opcodes, fragmented control frames, invalid UTF-8), by transport.",
+    ),
+    f(
+        "broker_proxy_refusals_total",
+        Counter,
+        Always,
+        "Connections closed for their PROXY protocol header (reason: untrusted peer, malformed, missing).",
+    ),
+    f(
+        "broker_store_writer_queue",
+        Gauge,
+        Always,
+        "Write requests waiting for the embedded store's writer (bounded by storage.writer_queue).",
+    ),
+    f(
+        "broker_store_writer_waits_total",
+        Counter,
+        Always,
+        "Writes that found the embedded store writer's queue full and waited for a slot.",
+    ),
+    f(
         "broker_connections",
         Gauge,
         Always,
@@ -347,6 +371,7 @@ pub const LOGIN_FAILURE_REASONS: &[&str] = &[
     "auth_failed",
     "bad_cookie",
     "bad_token",
+    "bad_upgrade",
     "cookie_expired",
     "dropped",
     "duplicate",
@@ -397,6 +422,7 @@ pub const LIMITS: &[&str] = &[
     "max_device_frame_bytes",
     "max_inflight_commands",
     "max_payload_bytes",
+    "max_pending_refusals",
     "ws_write_timeout_ms",
 ];
 
@@ -447,7 +473,19 @@ pub fn zero_series() -> Vec<Series> {
     ));
     s.extend(one("broker_udp_dropped_total", "reason", UDP_DROP_REASONS));
     s.extend(one("broker_limit_rejections_total", "limit", LIMITS));
+    s.extend(one(
+        "broker_proxy_refusals_total",
+        "reason",
+        &["untrusted", "malformed", "missing"],
+    ));
+    s.extend(one(
+        "broker_ws_protocol_errors_total",
+        "transport",
+        &[Transport::DeviceWs.as_str(), Transport::AppWs.as_str()],
+    ));
     for name in [
+        "broker_store_writer_queue",
+        "broker_store_writer_waits_total",
         "broker_offline_messages",
         "broker_offline_references",
         "broker_offline_evicted_total",

@@ -402,6 +402,9 @@ impl Router {
     pub async fn refresh_store_gauges(&self) {
         if let Ok(s) = self.inner.stores.offline.stats().await {
             self.inner.metrics.offline_size(s.messages, s.references);
+            self.inner
+                .metrics
+                .store_writer(s.writer_queued, s.writer_waits);
         }
         if let Ok(s) = self.inner.stores.uploads.spool_stats().await {
             self.inner.metrics.upload_spool(

@@ -156,15 +156,33 @@ impl EmbeddedStore {
         limits: OfflineLimits,
         retention: SpoolRetention,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
-        Self::open_inner(dir, limits, retention, group_commit::LAZY_WINDOW)
+        Self::open_with_writer_queue(dir, limits, retention, group_commit::QUEUE_CAPACITY)
     }
 
-    /// [`EmbeddedStore::open_with_retention`] with lazy writes made durable within `lazy_window`
-    /// (see [`GroupCommit::write_lazy`]).
+    /// [`EmbeddedStore::open_with_retention`] with the writer's queue bounded to
+    /// `writer_queue` requests (`storage.writer_queue`; see [`GroupCommit`]).
+    pub fn open_with_writer_queue(
+        dir: &Path,
+        limits: OfflineLimits,
+        retention: SpoolRetention,
+        writer_queue: usize,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
+        Self::open_inner(
+            dir,
+            limits,
+            retention,
+            writer_queue,
+            group_commit::LAZY_WINDOW,
+        )
+    }
+
+    /// [`EmbeddedStore::open_with_writer_queue`] with lazy writes made durable within
+    /// `lazy_window` (see [`GroupCommit::write_lazy`]).
     fn open_inner(
         dir: &Path,
         limits: OfflineLimits,
         retention: SpoolRetention,
+        writer_queue: usize,
         lazy_window: std::time::Duration,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
@@ -219,7 +237,7 @@ impl EmbeddedStore {
         Ok(Arc::new(EmbeddedStore {
             writer: GroupCommit::start_with(
                 db.clone(),
-                group_commit::QUEUE_CAPACITY,
+                writer_queue,
                 lazy_window,
                 Box::new(reload),
             )?,
@@ -804,6 +822,7 @@ mod tests {
             dir,
             limits,
             SpoolRetention::default(),
+            group_commit::QUEUE_CAPACITY,
             std::time::Duration::from_secs(3600),
         )
         .unwrap();

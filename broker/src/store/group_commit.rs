@@ -25,12 +25,17 @@
 //! lazy writes of that window. Any durable commit persists every lazy one before it: a durable
 //! write that depends on a lazy one (a broadcast that counts a first login) never outlives it.
 //!
+//! The queue's bound is `storage.writer_queue`; [`GroupCommit::queued`] and
+//! [`GroupCommit::waits`] feed the `broker_store_writer_queue` gauge and the
+//! `broker_store_writer_waits_total` counter.
+//!
 //! Rollback hook: a request may keep state outside the database in step with its writes (the
 //! embedded store's delivery index); [`GroupCommit::start_with`] takes a hook the writer calls
 //! after every rolled-back transaction, before anything else runs, so that state can be reloaded
 //! from what is committed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -97,6 +102,8 @@ where
 pub struct GroupCommit {
     queue: Option<mpsc::Sender<Box<dyn Request>>>,
     writer: Option<JoinHandle<()>>,
+    /// Writes that found the queue full and waited for a slot.
+    waits: AtomicU64,
 }
 
 impl GroupCommit {
@@ -138,6 +145,7 @@ impl GroupCommit {
         Ok(GroupCommit {
             queue: Some(queue),
             writer: Some(writer),
+            waits: AtomicU64::new(0),
         })
     }
 
@@ -146,6 +154,11 @@ impl GroupCommit {
         self.queue
             .as_ref()
             .map_or(0, |q| q.max_capacity() - q.capacity())
+    }
+
+    /// Writes so far that found the queue full and waited for a slot.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     /// Runs `work` in a write transaction and returns its result once that transaction is
@@ -185,10 +198,14 @@ impl GroupCommit {
         });
         let stopped = || StoreError::Backend("the store writer has stopped".into());
         let queue = self.queue.as_ref().ok_or_else(stopped)?;
-        queue
-            .send(request as Box<dyn Request>)
-            .await
-            .map_err(|_| stopped())?;
+        match queue.try_send(request as Box<dyn Request>) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                queue.send(request).await.map_err(|_| stopped())?;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+        }
         answer
             .await
             .map_err(|_| StoreError::Backend("the store writer stopped mid-write".into()))?
@@ -442,6 +459,11 @@ mod tests {
         assert_eq!(group.queued(), capacity, "the queue is full, not larger");
         let waiting = writes.iter().filter(|w| !w.is_finished()).count();
         assert_eq!(waiting, flood as usize, "writers wait for a slot");
+        assert_eq!(
+            group.waits(),
+            flood - capacity as u64,
+            "every writer that found the queue full is counted once"
+        );
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), 0);
         for (k, w) in (1..=flood).zip(writes) {

@@ -99,6 +99,10 @@ pub struct OfflineStats {
     pub messages: u64,
     /// Pending deliveries: one per terminal a stored message is pending for.
     pub references: u64,
+    /// Write requests waiting for the embedded store's writer now (0 for stores without one).
+    pub writer_queued: u64,
+    /// Writes so far that found the writer's queue full and waited (`storage.writer_queue`).
+    pub writer_waits: u64,
 }
 
 /// Offline and unacknowledged deliveries, per terminal, with TTL and a per-terminal cap.

@@ -457,6 +457,8 @@ impl OfflineStore for EmbeddedStore {
         Ok(OfflineStats {
             messages,
             references,
+            writer_queued: self.writer.queued() as u64,
+            writer_waits: self.writer.waits(),
         })
     }
 }

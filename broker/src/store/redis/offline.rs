@@ -481,6 +481,7 @@ impl OfflineStore for RedisStore {
         Ok(OfflineStats {
             messages,
             references: u64::try_from(refs.unwrap_or(0)).map_err(|_| corrupt("refs counter"))?,
+            ..OfflineStats::default()
         })
     }
 }
