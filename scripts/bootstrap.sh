@@ -10,6 +10,7 @@ packages=(
   iproute2          # ip netns / ip tuntap: the HIL host TAP rig's network namespace
   chromium          # the headless browser of the web console test (broker/tests/console_browser.rs)
   chromium-driver   # its WebDriver server (chromedriver), which the test drives
+  mosquitto         # the MQTT broker `cargo xtask bench` measures ours against, side by side
 )
 
 missing=()
