@@ -11,6 +11,7 @@ packages=(
   chromium          # the headless browser of the web console test (broker/tests/console_browser.rs)
   chromium-driver   # its WebDriver server (chromedriver), which the test drives
   python3-venv      # the private venv kosoku (the Autobahn WebSocket cases) is installed into
+  mosquitto         # the MQTT broker `cargo xtask bench` measures ours against, side by side
 )
 
 missing=()

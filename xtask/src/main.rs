@@ -6,9 +6,17 @@
 //!
 //! * `test`: everything CI runs, in order (see [`mod@test`]).
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
+//! * `bench`: our broker side by side with Mosquitto, each in a network namespace (see
+//!   [`mod@bench`]).
 //! * `size`: flash and RAM per board and for the SDK alone, checked against budgets, with a
 //!   per-crate and per-symbol breakdown of each binary.
 
+mod bench;
+mod bench_fanout;
+mod bench_idle;
+mod bench_ns;
+mod bench_report;
+mod bench_servers;
 mod crates;
 mod cross;
 mod elf;
@@ -31,6 +39,7 @@ commands:
   qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
   qemu-watchdog                            hang a task on the QEMU board: its watchdog must reset it
   hil [--rig qemu|host-tap|NAME]...        plug firmware on virtual (or real) boards against a broker (docs/hil.md)
+  bench [--quick] [--only NAME] [--out DIR]  our broker side by side with Mosquitto (docs/performance.md)
   size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
@@ -50,6 +59,7 @@ fn main() -> ExitCode {
         "qemu-watchdog" => qemu_watchdog::run(rest),
         "hil" => hil::run(rest),
         "size" => size::run(rest),
+        "bench" => bench::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

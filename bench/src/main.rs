@@ -1,0 +1,66 @@
+//! `bench-load`: the load clients of `cargo xtask bench`. The harness starts each server (our
+//! broker, Mosquitto) in a network namespace of its own and runs this binary in the same
+//! namespace, several processes when a count exceeds what one process may hold open.
+//!
+//! * [`idle`]: opens N idle connections of one [`idle::Kind`], prints one JSON status line when
+//!   every attempt has finished, and holds them until its standard input closes.
+//! * [`fanout`]: terminals that time a broadcast's deliveries, and the sender of it.
+//! * [`tally`]: the counters and failure reasons the status line is made from.
+//! * [`ours`]: our device (WebSocket or UDP, through `broker load`'s simulated device) and app
+//!   WebSocket clients.
+//! * [`mqtt`]: an MQTT 3.1.1 client over TCP or WebSocket, packets by rumqttc's codec.
+
+mod fanout;
+mod idle;
+mod mqtt;
+mod ours;
+mod tally;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load clients for `cargo xtask bench` (docs/performance.md, "Side by side with Mosquitto").
+#[derive(Parser)]
+#[command(name = "bench-load")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open idle connections, report, and hold them until stdin closes.
+    Idle(idle::IdleArgs),
+    /// Open terminals that receive a broadcast; report when all of it arrived or stdin closes.
+    Fanout(fanout::FanoutArgs),
+    /// Send the broadcast (ten 64-byte messages by default).
+    Publish(fanout::PublishArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench-load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Idle(args) => runtime.block_on(idle::run(args)),
+        Command::Fanout(args) => runtime.block_on(fanout::run(args)),
+        Command::Publish(args) => runtime.block_on(fanout::publish(args)),
+    };
+    match result {
+        Ok(()) => {
+            // Held connections are dropped with the process, not one by one.
+            runtime.shutdown_background();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! An MQTT 3.1.1 client for the benchmark, over TCP or over WebSocket (binary messages,
+//! subprotocol `mqtt`, as Mosquitto's `websockets` listener expects). Packets are encoded and
+//! decoded by rumqttc's codec (`rumqttc::mqttbytes::v4`); this module only frames them on the
+//! socket and says what an idle client does: CONNECT with keep-alive off, wait for a CONNACK
+//! that accepts, then read until the server closes.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::ConnectReturnCode;
+use rumqttc::mqttbytes::Error as CodecError;
+use rumqttc::mqttbytes::v4::{Connect, Packet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::tally::Tally;
+
+/// Largest packet read or written (the benchmark's payloads are 64 bytes).
+const MAX_PACKET: usize = 64 * 1024;
+
+/// One MQTT connection and what has been read from it but not decoded yet.
+pub struct Conn {
+    socket: Socket,
+    read: BytesMut,
+}
+
+enum Socket {
+    Tcp(TcpStream),
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+impl Conn {
+    /// Connects over TCP, or over WebSocket when `websocket`, and completes the MQTT CONNECT as
+    /// `client_id` (clean session, keep-alive off).
+    pub async fn connect(
+        websocket: bool,
+        addr: SocketAddr,
+        client_id: &str,
+    ) -> Result<Conn, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {}", e.kind()))?;
+        let _ = tcp.set_nodelay(true);
+        let socket = if websocket {
+            let mut request = format!("ws://{addr}/mqtt")
+                .into_client_request()
+                .map_err(|e| e.to_string())?;
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                "mqtt".parse().map_err(|_| "header")?,
+            );
+            // Small buffers: the default 128 KiB read buffer per connection would make a
+            // client process of 15,000 connections take 2 GiB.
+            let config = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0);
+            let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+                .await
+                .map_err(|e| format!("websocket handshake: {e}"))?;
+            Socket::Ws(Box::new(ws))
+        } else {
+            Socket::Tcp(tcp)
+        };
+        let mut conn = Conn {
+            socket,
+            read: BytesMut::with_capacity(256),
+        };
+        let mut connect = Connect::new(client_id);
+        connect.keep_alive = 0;
+        conn.send(&Packet::Connect(connect)).await?;
+        match conn.recv().await? {
+            Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => Ok(conn),
+            Packet::ConnAck(ack) => Err(format!("connack refused: {:?}", ack.code)),
+            other => Err(format!("expected connack, got {other:?}")),
+        }
+    }
+
+    /// Sends one packet.
+    pub async fn send(&mut self, packet: &Packet) -> Result<(), String> {
+        let mut out = BytesMut::with_capacity(packet.size() + 5);
+        packet
+            .write(&mut out, MAX_PACKET)
+            .map_err(|e| format!("encode: {e}"))?;
+        match &mut self.socket {
+            Socket::Tcp(s) => s
+                .write_all(&out)
+                .await
+                .map_err(|e| format!("write: {}", e.kind())),
+            Socket::Ws(ws) => ws
+                .send(Message::Binary(out.freeze()))
+                .await
+                .map_err(|e| format!("write: {e}")),
+        }
+    }
+
+    /// The next packet; an error when the socket ends or a packet does not decode.
+    pub async fn recv(&mut self) -> Result<Packet, String> {
+        loop {
+            match Packet::read(&mut self.read, MAX_PACKET) {
+                Ok(p) => return Ok(p),
+                Err(CodecError::InsufficientBytes(_)) => {}
+                Err(e) => return Err(format!("decode: {e}")),
+            }
+            match &mut self.socket {
+                Socket::Tcp(s) => {
+                    let n = s
+                        .read_buf(&mut self.read)
+                        .await
+                        .map_err(|e| format!("read: {}", e.kind()))?;
+                    if n == 0 {
+                        return Err("closed".into());
+                    }
+                }
+                Socket::Ws(ws) => match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => self.read.extend_from_slice(&b),
+                    Some(Ok(Message::Close(_))) | None => return Err("closed".into()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(format!("read: {e}")),
+                },
+            }
+        }
+    }
+}
+
+/// Starts one idle MQTT client per id (client id `bench-<id>`), the i-th at `at(i)`.
+pub fn spawn_idle(
+    websocket: bool,
+    addr: SocketAddr,
+    ids: Range<u32>,
+    timeout: Duration,
+    at: impl Fn(u32) -> Instant,
+    tally: &Arc<Tally>,
+) {
+    let first = ids.start;
+    for id in ids {
+        let tally = tally.clone();
+        let start_at = at(id - first);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start_at).await;
+            let client_id = format!("bench-{id}");
+            match tokio::time::timeout(timeout, Conn::connect(websocket, addr, &client_id)).await {
+                Ok(Ok(mut conn)) => {
+                    tally.up();
+                    let reason = loop {
+                        if let Err(e) = conn.recv().await {
+                            break e;
+                        }
+                    };
+                    tally.lost(&reason);
+                }
+                Ok(Err(reason)) => tally.failed(&reason),
+                Err(_) => tally.failed("mqtt connect timed out"),
+            }
+        });
+    }
+}

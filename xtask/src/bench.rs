@@ -1,0 +1,259 @@
+//! `cargo xtask bench [--quick] [--only NAME] [--out DIR]`: our broker side by side with
+//! Mosquitto, in the same run, each server alone in a network namespace of its own with its
+//! load clients (docs/performance.md, "Side by side with Mosquitto").
+//!
+//! * [`bench_servers`](crate::bench_servers): the two servers, their generated configs.
+//! * [`bench_ns`](crate::bench_ns): namespaces, processes stopped by PID, `/proc` readings.
+//! * [`bench_idle`](crate::bench_idle): scenario `idle-memory`.
+//! * [`bench_fanout`](crate::bench_fanout): scenario `fanout`.
+//! * [`bench_report`](crate::bench_report): ratios, JSON, markdown, SVG, floors.
+//!
+//! The load clients are the `bench-load` binary (the `bench/` crate), built here in release
+//! mode with the broker. A full run writes its results under `bench/results/`; `--quick`
+//! (1k connections, for CI) writes under `target/bench/` and fails when a ratio to Mosquitto
+//! falls below `bench/floors.json`. Needs root (namespaces) and `mosquitto`
+//! (`scripts/bootstrap.sh` installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::shell::{cargo, project_root, run_command};
+use crate::{bench_fanout, bench_idle, bench_report};
+
+/// Scenarios, in the order they run.
+const SCENARIOS: [&str; 2] = ["idle-memory", "fanout"];
+
+#[derive(Debug)]
+struct Options {
+    quick: bool,
+    only: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        only: Vec::new(),
+        out: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--only" => {
+                let name = it.next().ok_or("--only needs a scenario name")?;
+                if !SCENARIOS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "unknown scenario `{name}`; scenarios: {}",
+                        SCENARIOS.join(", ")
+                    ));
+                }
+                o.only.push(name.clone());
+            }
+            "--out" => o.out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
+            other => {
+                return Err(format!(
+                    "unknown option `{other}`; usage: cargo xtask bench [--quick] [--only {}] [--out DIR]",
+                    SCENARIOS.join("|")
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Runs `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    check_prerequisites()?;
+    run_command(cargo().args(["build", "--release", "-p", "broker", "-p", "bench-load"]))?;
+    let bin = target_dir().join("release");
+    let (broker, load) = (bin.join("broker"), bin.join("bench-load"));
+    let wanted = |s: &str| o.only.is_empty() || o.only.iter().any(|n| n == s);
+
+    let load_start = load_average();
+    let mut doc = json!({
+        "quick": o.quick,
+        "date": utc_now(),
+        "machine": machine(),
+        "mosquitto": mosquitto_version(),
+    });
+    if wanted("idle-memory") {
+        let counts: &[u32] = if o.quick { &[1000] } else { &[5000, 15000] };
+        let rows = bench_idle::run(&broker, &load, counts)?;
+        let ratios = bench_report::idle_ratios(&rows);
+        doc["idle_memory"] = json!({ "rows": rows, "ratios": ratios });
+    }
+    if wanted("fanout") {
+        let counts: &[u32] = if o.quick {
+            &[1000]
+        } else {
+            &[1000, 5000, 10000]
+        };
+        let rows = bench_fanout::run(&broker, &load, counts)?;
+        let ratios = bench_report::fanout_ratios(&rows);
+        doc["fanout"] = json!({ "rows": rows, "ratios": ratios });
+    }
+    doc["load_average"] = json!({ "start": load_start, "end": load_average() });
+
+    let floors_file = project_root().join("bench/floors.json");
+    let floors: Value = serde_json::from_str(
+        &std::fs::read_to_string(&floors_file)
+            .map_err(|e| format!("cannot read {}: {e}", floors_file.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", floors_file.display()))?;
+    let ratios = doc["idle_memory"]["ratios"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let failures = if wanted("idle-memory") {
+        bench_report::below_floors(&ratios, &floors)
+    } else {
+        Vec::new()
+    };
+    if wanted("idle-memory") {
+        // Absent when no floor was checked, so the report does not claim they were met.
+        doc["floor_failures"] = json!(failures);
+    }
+
+    let out = o.out.clone().unwrap_or_else(|| {
+        if o.quick {
+            target_dir().join("bench")
+        } else {
+            project_root().join("bench/results")
+        }
+    });
+    write_results(&out, &doc)?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "below the floors of bench/floors.json:\n  {}",
+            failures.join("\n  ")
+        ))
+    }
+}
+
+fn write_results(out: &Path, doc: &Value) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let stem = format!(
+        "{}-{}",
+        doc["date"]
+            .as_str()
+            .unwrap_or("run")
+            .replace([':', '-'], ""),
+        if doc["quick"] == true {
+            "quick"
+        } else {
+            "full"
+        }
+    );
+    let write = |name: String, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+        Ok::<(), String>(())
+    };
+    let json = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())?;
+    write(format!("{stem}.json"), json + "\n")?;
+    write(format!("{stem}.md"), bench_report::markdown(doc))?;
+    if let Some(rows) = doc["idle_memory"]["rows"].as_array() {
+        write(
+            format!("{stem}-idle-memory.svg"),
+            bench_report::memory_svg(rows),
+        )?;
+    }
+    if let Some(rows) = doc["fanout"]["rows"].as_array() {
+        write(format!("{stem}-fanout.svg"), bench_report::fanout_svg(rows))?;
+    }
+    Ok(())
+}
+
+fn check_prerequisites() -> Result<(), String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().next() == Some("0"))
+        });
+    if uid != Some(true) {
+        return Err("bench needs root: it creates network namespaces (`ip netns add`)".into());
+    }
+    if !Path::new("/usr/sbin/mosquitto").exists() {
+        return Err("mosquitto is not installed: run scripts/bootstrap.sh".into());
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| project_root().join(d))
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
+fn utc_now() -> String {
+    output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "unknown".into())
+}
+
+fn mosquitto_version() -> String {
+    output("/usr/sbin/mosquitto", &["-h"])
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// "<CPU model>, <n> cores, <memory> GiB".
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+/// The 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    // mosquitto -h exits 3 after printing its usage: the text is what is wanted.
+    let out = Command::new(program).args(args).output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = parse(&args(&["--quick", "--only", "idle-memory"])).unwrap();
+        assert!(o.quick);
+        assert_eq!(o.only, ["idle-memory"]);
+        assert!(
+            parse(&args(&["--only", "nope"]))
+                .unwrap_err()
+                .contains("idle-memory")
+        );
+        assert!(parse(&args(&["--only"])).is_err());
+        assert!(parse(&args(&["--fast"])).is_err());
+    }
+}

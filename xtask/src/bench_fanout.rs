@@ -1,0 +1,204 @@
+//! Scenario `fanout`: one broadcast of ten 64-byte messages to every terminal. For each
+//! terminal count and each variant (ours: apps on the app WebSocket, `POST /v1/push` to
+//! `all_phones`; Mosquitto: MQTT/TCP subscribers to one topic at QoS 0 and QoS 1, with the
+//! default config and with `allow_duplicate_messages true`), a fresh server in its own
+//! namespace, `bench-load fanout` processes holding the terminals, and one `bench-load
+//! publish`. Figures: deliveries per second (from the first send to the last delivery), the
+//! time to the first and to the last delivery, and the server's CPU time per delivery.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::bench_idle::PER_CLIENT_PROCESS;
+use crate::bench_ns::{self, Pipes, Spawned};
+use crate::bench_servers::{self, MosquittoTuning, Product, Server, port};
+
+/// Messages in the broadcast.
+const MESSAGES: u32 = 10;
+/// Terminals connected per second.
+const RATE: u32 = 1000;
+
+/// One way of broadcasting.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    /// Its name in results.
+    pub name: &'static str,
+    product: Product,
+    qos: u8,
+    tuning: MosquittoTuning,
+}
+
+/// Every variant, ours first.
+pub const VARIANTS: [Variant; 5] = [
+    Variant {
+        name: "plugcloud app-ws push",
+        product: Product::Ours,
+        qos: 0,
+        tuning: MosquittoTuning {
+            allow_duplicate_messages: false,
+        },
+    },
+    Variant {
+        name: "mosquitto qos0",
+        product: Product::Mosquitto,
+        qos: 0,
+        tuning: MosquittoTuning {
+            allow_duplicate_messages: false,
+        },
+    },
+    Variant {
+        name: "mosquitto qos0 allow_duplicate_messages",
+        product: Product::Mosquitto,
+        qos: 0,
+        tuning: MosquittoTuning {
+            allow_duplicate_messages: true,
+        },
+    },
+    Variant {
+        name: "mosquitto qos1",
+        product: Product::Mosquitto,
+        qos: 1,
+        tuning: MosquittoTuning {
+            allow_duplicate_messages: false,
+        },
+    },
+    Variant {
+        name: "mosquitto qos1 allow_duplicate_messages",
+        product: Product::Mosquitto,
+        qos: 1,
+        tuning: MosquittoTuning {
+            allow_duplicate_messages: true,
+        },
+    },
+];
+
+/// Runs every variant at every count; one JSON row each.
+pub fn run(broker: &Path, load: &Path, counts: &[u32]) -> Result<Vec<Value>, String> {
+    let mut rows = Vec::new();
+    for &count in counts {
+        for v in VARIANTS {
+            eprintln!("bench fanout: {} to {count}", v.name);
+            let row = measure(broker, load, v, count)?;
+            eprintln!("  {row}");
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn measure(broker: &Path, load: &Path, v: Variant, count: u32) -> Result<Value, String> {
+    let server = Server::start(v.product, broker, v.tuning)?;
+    let pid = server.pid();
+    let processes = count.div_ceil(PER_CLIENT_PROCESS);
+    let rate = RATE / processes;
+    let mut receivers = Vec::new();
+    let mut first_id = 1;
+    while first_id <= count {
+        let n = PER_CLIENT_PROCESS.min(count - first_id + 1);
+        receivers.push(receiver(&server, load, v, first_id, n, rate)?);
+        first_id += n;
+    }
+    let wait = Duration::from_secs(u64::from(count / RATE) + 60);
+    let (mut up, mut failed) = (0, 0);
+    for r in &mut receivers {
+        let status = parse(&r.read_line(wait)?)?;
+        up += status["up"].as_u64().unwrap_or(0);
+        failed += status["failed"].as_u64().unwrap_or(0);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_before = bench_ns::cpu_ticks(pid)?;
+    let mut publisher = publisher(&server, load, v)?;
+    let sent = parse(&publisher.read_line(Duration::from_secs(120))?)?;
+    publisher.wait_or_stop(Duration::from_secs(5));
+    let (mut deliveries, mut expected) = (0, 0);
+    let (mut first_us, mut last_us) = (u64::MAX, 0);
+    for r in &mut receivers {
+        let line = match r.read_line(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                // Not everything arrived: the receiver reports what did.
+                r.close_stdin();
+                r.read_line(Duration::from_secs(10))?
+            }
+        };
+        let got = parse(&line)?;
+        deliveries += got["deliveries"].as_u64().unwrap_or(0);
+        expected += got["expected"].as_u64().unwrap_or(0);
+        first_us = first_us.min(got["first_us"].as_u64().unwrap_or(u64::MAX));
+        last_us = last_us.max(got["last_us"].as_u64().unwrap_or(0));
+    }
+    let cpu_after = bench_ns::cpu_ticks(pid)?;
+    for r in &mut receivers {
+        r.wait_or_stop(Duration::from_secs(10));
+    }
+    drop(server);
+    let start_us = sent["start_us"].as_u64().unwrap_or(0);
+    if deliveries == 0 || last_us <= start_us {
+        return Err(format!("{} to {count}: nothing delivered", v.name));
+    }
+    let span_s = (last_us - start_us) as f64 / 1e6;
+    let cpu_us = (cpu_after - cpu_before) as f64 * 1e6 / bench_ns::ticks_per_sec() as f64;
+    let round1 = |x: f64| (x * 10.0).round() / 10.0;
+    Ok(json!({
+        "server": v.product.name(),
+        "variant": v.name,
+        "terminals": count,
+        "up": up,
+        "failed": failed,
+        "messages": MESSAGES,
+        "deliveries": deliveries,
+        "expected": expected,
+        "deliveries_per_sec": (deliveries as f64 / span_s).round(),
+        "first_ms": round1(first_us.saturating_sub(start_us) as f64 / 1e3),
+        "last_ms": round1(span_s * 1e3),
+        "server_cpu_us_per_delivery": (cpu_us / deliveries as f64 * 100.0).round() / 100.0,
+    }))
+}
+
+fn parse(line: &str) -> Result<Value, String> {
+    serde_json::from_str(line.trim()).map_err(|e| format!("bench-load said `{}`: {e}", line.trim()))
+}
+
+fn receiver(
+    server: &Server,
+    load: &Path,
+    v: Variant,
+    first_id: u32,
+    n: u32,
+    rate: u32,
+) -> Result<Spawned, String> {
+    let (kind, port) = match v.product {
+        Product::Ours => ("app-ws", port::APP_WS),
+        Product::Mosquitto => ("mqtt-tcp", port::MQTT),
+    };
+    let args = [
+        "fanout".to_string(),
+        format!("--kind={kind}"),
+        format!("--count={n}"),
+        format!("--first-id={first_id}"),
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--rate={rate}"),
+        format!("--token-secret={}", bench_servers::TOKEN_SECRET),
+        format!("--qos={}", v.qos),
+        format!("--messages={MESSAGES}"),
+    ];
+    server.namespace().spawn(load, &args, Pipes::Client)
+}
+
+fn publisher(server: &Server, load: &Path, v: Variant) -> Result<Spawned, String> {
+    let (to, port) = match v.product {
+        Product::Ours => ("ours", port::HTTP),
+        Product::Mosquitto => ("mqtt", port::MQTT),
+    };
+    let args = [
+        "publish".to_string(),
+        format!("--to={to}"),
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--api-token={}", bench_servers::API_TOKEN),
+        format!("--qos={}", v.qos),
+        format!("--messages={MESSAGES}"),
+    ];
+    server.namespace().spawn(load, &args, Pipes::Client)
+}

@@ -1,0 +1,171 @@
+//! Scenario `idle-memory`: resident memory per idle connection. For each transport and count,
+//! a fresh server in its own namespace; its RSS is read once it listens, `bench-load idle`
+//! processes (at most [`PER_CLIENT_PROCESS`] connections each) open the connections at a fixed
+//! rate, and when every one has reported, after a short settle, RSS is read again:
+//! (after - before) / connections up. The server's CPU time over the same span, per connection,
+//! is the cost of accepting and logging one in (our login; an MQTT CONNECT).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::bench_ns::{self, Pipes, Spawned};
+use crate::bench_servers::{self, MosquittoTuning, Product, Server, port};
+
+/// Connections one load-client process opens (below the 20,000 files one process may hold).
+pub const PER_CLIENT_PROCESS: u32 = 10_000;
+/// Connections started per second (below the rate where logins queue behind each other here).
+const RATE: u32 = 1000;
+/// Pause between the last connection reported up and the second RSS reading.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// One kind of connection, as `bench-load idle --kind` names it.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    /// `bench-load`'s name for it, also its name in results.
+    pub kind: &'static str,
+    /// The server that speaks it.
+    pub product: Product,
+    /// Its port in the namespace.
+    pub port: u16,
+}
+
+/// Every transport measured, ours first.
+pub const TRANSPORTS: [Transport; 5] = [
+    Transport {
+        kind: "device-ws",
+        product: Product::Ours,
+        port: port::DEVICE_WS,
+    },
+    Transport {
+        kind: "app-ws",
+        product: Product::Ours,
+        port: port::APP_WS,
+    },
+    Transport {
+        kind: "device-udp",
+        product: Product::Ours,
+        port: port::UDP,
+    },
+    Transport {
+        kind: "mqtt-tcp",
+        product: Product::Mosquitto,
+        port: port::MQTT,
+    },
+    Transport {
+        kind: "mqtt-ws",
+        product: Product::Mosquitto,
+        port: port::MQTT_WS,
+    },
+];
+
+/// Measures every transport at every count; one JSON row per (transport, count).
+pub fn run(broker: &Path, load: &Path, counts: &[u32]) -> Result<Vec<Value>, String> {
+    let mut rows = Vec::new();
+    for &count in counts {
+        for t in TRANSPORTS {
+            eprintln!("bench idle-memory: {} x {count}", t.kind);
+            let row = measure(broker, load, t, count)?;
+            eprintln!("  {row}");
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn measure(broker: &Path, load: &Path, t: Transport, count: u32) -> Result<Value, String> {
+    let server = Server::start(t.product, broker, MosquittoTuning::default())?;
+    let pid = server.pid();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_before = bench_ns::rss_kib(pid)?;
+    let cpu_before = bench_ns::cpu_ticks(pid)?;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    let mut first_id = 1;
+    // The processes share the rate.
+    let rate = RATE / count.div_ceil(PER_CLIENT_PROCESS);
+    while first_id <= count {
+        let n = PER_CLIENT_PROCESS.min(count - first_id + 1);
+        clients.push(start_client(&server, load, t, first_id, n, rate)?);
+        first_id += n;
+    }
+    // Each process reports once all of its attempts finished.
+    let wait = Duration::from_secs(u64::from(count / RATE) + 60);
+    let mut up = 0;
+    let mut failed = 0;
+    let mut reasons = serde_json::Map::new();
+    for c in &mut clients {
+        let line = c.read_line(wait)?;
+        let status: Value = serde_json::from_str(line.trim())
+            .map_err(|e| format!("bench-load said `{}`: {e}", line.trim()))?;
+        up += status["up"].as_u64().unwrap_or(0);
+        failed += status["failed"].as_u64().unwrap_or(0);
+        if let Some(r) = status["reasons"].as_object() {
+            for (k, v) in r {
+                let sum =
+                    reasons.get(k).and_then(Value::as_u64).unwrap_or(0) + v.as_u64().unwrap_or(0);
+                reasons.insert(k.clone(), json!(sum));
+            }
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let cpu_after = bench_ns::cpu_ticks(pid)?;
+    std::thread::sleep(SETTLE);
+    let rss_after = bench_ns::rss_kib(pid)?;
+    for c in &mut clients {
+        c.wait_or_stop(Duration::from_secs(10));
+    }
+    drop(server);
+    if up == 0 {
+        return Err(format!("{}: no connection came up ({reasons:?})", t.kind));
+    }
+    let bytes_per_conn = (rss_after.saturating_sub(rss_before) * 1024) as f64 / up as f64;
+    let cpu_us_per_conn =
+        (cpu_after - cpu_before) as f64 * 1e6 / bench_ns::ticks_per_sec() as f64 / up as f64;
+    Ok(json!({
+        "server": t.product.name(),
+        "transport": t.kind,
+        "connections": count,
+        "client_processes": clients.len(),
+        "up": up,
+        "failed": failed,
+        "reasons": reasons,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "bytes_per_connection": bytes_per_conn.round(),
+        "server_cpu_us_per_connection": (cpu_us_per_conn * 10.0).round() / 10.0,
+        "connect_secs": (connect_secs * 10.0).round() / 10.0,
+    }))
+}
+
+fn start_client(
+    server: &Server,
+    load: &Path,
+    t: Transport,
+    first_id: u32,
+    n: u32,
+    rate: u32,
+) -> Result<Spawned, String> {
+    let args: Vec<String> = [
+        "idle",
+        "--kind",
+        t.kind,
+        "--count",
+        &n.to_string(),
+        "--first-id",
+        &first_id.to_string(),
+        "--addr",
+        &format!("127.0.0.1:{}", t.port),
+        "--rate",
+        &rate.to_string(),
+        "--master-key",
+        bench_servers::MASTER_KEY,
+        "--token-secret",
+        bench_servers::TOKEN_SECRET,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    server.namespace().spawn(load, &args, Pipes::Client)
+}
