@@ -683,33 +683,66 @@ impl Fleet<'_> {
 }
 
 /// One boot's uploads in spool order: one epoch, each dedup key once, upload ids strictly
-/// increasing by one.
+/// increasing by one. On failure it says how many ids are missing between the first and the
+/// last, and how many come after a higher one (out of order), with the first example of each.
 pub fn check_order(uploads: &[Upload]) -> Result<(), String> {
+    let (Some(first), Some(_)) = (uploads.first(), uploads.last()) else {
+        return Err("no uploads in the spool".into());
+    };
     let mut keys = std::collections::HashSet::new();
-    for pair in uploads.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        if a.upload_epoch != b.upload_epoch {
+    for u in uploads {
+        if u.upload_epoch != first.upload_epoch {
             return Err(format!(
                 "two upload epochs in one boot: {:x} and {:x}",
-                a.upload_epoch, b.upload_epoch
+                first.upload_epoch, u.upload_epoch
             ));
         }
-        if b.upload_id != a.upload_id.wrapping_add(1) {
-            return Err(format!(
-                "upload id {} follows {} in the spool (cursor {} after {}): a gap or out of order",
-                b.upload_id, a.upload_id, b.cursor, a.cursor
-            ));
-        }
-    }
-    for u in uploads {
         if !keys.insert(u.dedup_key.as_str()) {
             return Err(format!("dedup key {} twice in the spool", u.dedup_key));
         }
     }
-    if uploads.is_empty() {
-        return Err("no uploads in the spool".into());
+    // Ids relative to the first: they start at a random value and wrap, skipping 0.
+    let offsets: Vec<u32> = uploads
+        .iter()
+        .map(|u| {
+            let off = u.upload_id.wrapping_sub(first.upload_id);
+            if u.upload_id < first.upload_id {
+                off.wrapping_sub(1)
+            } else {
+                off
+            }
+        })
+        .collect();
+    let mut late = Vec::new();
+    let mut highest = 0;
+    for (u, off) in uploads.iter().zip(&offsets) {
+        if *off < highest {
+            late.push(u);
+        }
+        highest = highest.max(*off);
     }
-    Ok(())
+    let present: std::collections::HashSet<u32> = offsets.iter().copied().collect();
+    let missing: Vec<u32> = (0..=highest).filter(|o| !present.contains(o)).collect();
+    if missing.is_empty() && late.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if let Some(m) = missing.first() {
+        problems.push(format!(
+            "{} upload ids missing (first: {})",
+            missing.len(),
+            first.upload_id.wrapping_add(*m)
+        ));
+    }
+    if let Some(u) = late.first() {
+        problems.push(format!(
+            "{} uploads after a higher id in the spool (first: id {} at cursor {})",
+            late.len(),
+            u.upload_id,
+            u.cursor
+        ));
+    }
+    Err(problems.join(", "))
 }
 
 #[cfg(test)]
@@ -746,9 +779,21 @@ mod tests {
         let ok = [upload(1, 1, "a"), upload(2, 2, "b"), upload(3, 3, "c")];
         assert!(check_order(&ok).is_ok());
         let gap = [upload(1, 1, "a"), upload(2, 3, "c")];
-        assert!(check_order(&gap).unwrap_err().contains("gap"));
-        let swapped = [upload(1, 2, "b"), upload(2, 1, "a")];
-        assert!(check_order(&swapped).is_err());
+        assert_eq!(
+            check_order(&gap).unwrap_err(),
+            "1 upload ids missing (first: 2)"
+        );
+        let swapped = [upload(1, 1, "a"), upload(2, 3, "c"), upload(3, 2, "b")];
+        assert_eq!(
+            check_order(&swapped).unwrap_err(),
+            "1 uploads after a higher id in the spool (first: id 2 at cursor 3)"
+        );
+        let wrapping = [
+            upload(1, u32::MAX, "a"),
+            upload(2, 0, "b"),
+            upload(3, 1, "c"),
+        ];
+        assert!(check_order(&wrapping).is_ok());
         let repeated = [upload(1, 1, "a"), upload(2, 2, "a")];
         assert!(check_order(&repeated).unwrap_err().contains("twice"));
         assert!(check_order(&[]).is_err());
