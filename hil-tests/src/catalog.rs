@@ -42,6 +42,14 @@ pub const SCENARIOS: &[Known] = &[
                     reading in the spool exactly once, upload ids gap-free and in order per \
                     device, none skipped or refused by the board",
     },
+    Known {
+        name: "nat-rebinding",
+        fleet: true,
+        criterion: "a board uploading every 200 ms; its UDP path moves to a new source port \
+                    mid-session (a flushed NAT mapping): the broker shows the session at the new \
+                    address, 7 commands answer, the board logged in once and never reconnected, \
+                    its uploads are gap-free and in order",
+    },
 ];
 
 /// The scenario called `name`.

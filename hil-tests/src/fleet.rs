@@ -21,7 +21,7 @@ use crate::junit::Suite;
 use crate::netns::Namespace;
 use crate::rig::{Kind, Rig, Transport};
 use crate::run::{BOARD_LIFETIME_S, Paths, failed_suite, report};
-use crate::scenario::{Case, Outcome};
+use crate::scenario::{COMMAND_TIMEOUT_MS, Case, Outcome};
 
 /// What the fleet scenarios run on.
 pub struct Context<'a> {
@@ -165,6 +165,7 @@ pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
             "boot-online" => fleet.boot_online().await,
             "http-under-loss" => fleet.http_under_loss().await,
             "uploads-under-trouble" => fleet.uploads_under_trouble().await,
+            "nat-rebinding" => fleet.nat_rebinding().await,
             other => (
                 vec![failed_case(
                     "set-up",
@@ -482,6 +483,127 @@ impl Fleet<'_> {
             logs.push_str(&self.stop_all(vec![board]));
         }
         (cases, logs)
+    }
+
+    /// `nat-rebinding`: a board uploading every 200 ms answers commands; its relay then sends
+    /// from a new source port (a NAT whose mapping was flushed). The session must go on: the
+    /// broker shows it at the new address, commands keep answering, the board logged in once
+    /// and never reconnected, and its uploads are in the spool gap-free and in order.
+    async fn nat_rebinding(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.kind == Kind::HostTap && s.index == 1)
+            .or_else(|| self.slots.iter().position(|s| s.kind == Kind::HostTap))
+        else {
+            return (
+                vec![failed_case("set-up", "no host TAP board".into())],
+                String::new(),
+            );
+        };
+        let label = self.slots[slot].label.clone();
+        let cursor = match self.api.uploads(0, 1).await {
+            Ok(p) => p.head,
+            Err(e) => return (vec![failed_case("set-up", e.to_string())], String::new()),
+        };
+        let board = match self.boot(slot, 200, "nat-rebinding") {
+            Ok(b) => b,
+            Err(e) => return (vec![failed_case("set-up", e)], String::new()),
+        };
+        let result = self.rebinding_steps(slot, board.device_id, cursor).await;
+        let logs = self.stop_all(vec![board]);
+        (
+            vec![case(
+                format!("{label}: session survives a NAT rebinding"),
+                started,
+                result,
+            )],
+            logs,
+        )
+    }
+
+    async fn rebinding_steps(&self, slot: usize, id: u32, cursor: u64) -> Result<String, String> {
+        let limit = Duration::from_secs(self.ctx.rig.login_timeout_s);
+        self.online(id, limit).await?;
+        let peer = |status: crate::api::TerminalStatus| {
+            status
+                .sessions
+                .iter()
+                .find(|s| s.transport == "udp")
+                .map(|s| s.peer.clone())
+        };
+        let before = peer(
+            self.api
+                .device_status(id)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+        .ok_or("no UDP session before the rebinding")?;
+        for want in ["on", "off"] {
+            self.expect_relay(id, want).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.slots[slot]
+            .relay
+            .rebind()
+            .await
+            .map_err(|e| format!("rebinding the relay: {e}"))?;
+        for want in ["on", "off", "on", "off", "on"] {
+            self.expect_relay(id, want).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = peer(
+            self.api
+                .device_status(id)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+        .ok_or("no UDP session after the rebinding")?;
+        if after == before {
+            return Err(format!("the broker still shows the session at {before}"));
+        }
+        let reply = self
+            .api
+            .command(id, "status", "", LOSSY_COMMAND_TIMEOUT_MS)
+            .await
+            .map_err(|e| format!("status command: {e}"))?;
+        let status: Value =
+            serde_json::from_slice(&reply.payload).map_err(|e| format!("status payload: {e}"))?;
+        let logins = status.get("logins").and_then(Value::as_u64);
+        let reconnects = status.get("reconnects").and_then(Value::as_u64);
+        if logins != Some(1) || reconnects != Some(0) {
+            return Err(format!(
+                "the board logged in again: logins {logins:?}, reconnects {reconnects:?} (status {status})"
+            ));
+        }
+        let uploads = self.all_uploads(cursor, id).await?;
+        check_order(&uploads)?;
+        Ok(format!(
+            "session moved from {before} to {after}; 7 commands answered; 1 login, 0 reconnects; {} uploads gap-free in order",
+            uploads.len()
+        ))
+    }
+
+    async fn expect_relay(&self, id: u32, want: &str) -> Result<(), String> {
+        let reply = self
+            .api
+            .command(id, "relay.set", want, COMMAND_TIMEOUT_MS)
+            .await
+            .map_err(|e| format!("relay.set {want}: {e}"))?;
+        let state: Option<Value> = serde_json::from_slice(&reply.payload).ok();
+        let got = state
+            .as_ref()
+            .and_then(|v| v.get("relay"))
+            .and_then(Value::as_str);
+        if reply.status != 0 || got != Some(want) {
+            return Err(format!(
+                "relay.set {want}: status {}, payload {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.payload)
+            ));
+        }
+        Ok(())
     }
 
     async fn lossy_commands(&self, id: u32) -> Result<String, String> {
