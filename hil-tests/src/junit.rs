@@ -151,6 +151,13 @@ pub fn summary(suites: &[Suite], elapsed: Duration, run_dir: &std::path::Path) -
         elapsed.as_secs_f32(),
         run_dir.display()
     );
+    if suites.iter().any(|s| s.failures() > 0) {
+        let _ = writeln!(
+            x,
+            "the brokers' log: {}",
+            run_dir.join("broker.log").display()
+        );
+    }
     for s in suites.iter().filter(|s| s.failures() > 0) {
         let _ = writeln!(x, "\n== FAILED: {} ==", s.name);
         for c in &s.cases {

@@ -140,6 +140,21 @@ fn net_up(rig: &Rig, teardown: &Teardown) -> ExitCode {
     }
 }
 
+/// Sends the in-process brokers' log (`RUST_LOG`, else `info`) to `<run dir>/broker.log`.
+fn broker_log(run_dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(run_dir).map_err(|e| e.to_string())?;
+    let path = run_dir.join("broker.log");
+    let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(broker::logging::filter(rust_log.as_deref(), "info"))
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
@@ -196,6 +211,10 @@ fn main() -> ExitCode {
         only: args.scenarios,
     };
     eprintln!("hil: run directory {}", paths.work.display());
+    match broker_log(&paths.work) {
+        Ok(path) => eprintln!("hil: broker log {}", path.display()),
+        Err(e) => eprintln!("hil-tests: no broker log: {e}"),
+    }
     let started = Instant::now();
     let mut suites: Vec<Suite> = Vec::new();
     for rig in &rigs {
