@@ -50,6 +50,13 @@ pub const SCENARIOS: &[Known] = &[
                     address, 7 commands answer, the board logged in once and never reconnected, \
                     its uploads are gap-free and in order",
     },
+    Known {
+        name: "wrong-key",
+        fleet: true,
+        criterion: "a board provisioned with another device's key: no session appears in 12 s, \
+                    its log reports `login rejected: code 17` (AUTH_FAILED), at most 9 login \
+                    attempts (it backs off)",
+    },
 ];
 
 /// The scenario called `name`.

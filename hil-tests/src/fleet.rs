@@ -53,6 +53,11 @@ pub const LOSS_PCT: f64 = 20.0;
 pub const UPLOAD_BOARDS: u32 = 4;
 /// Meter interval in `uploads-under-trouble` (10 readings/s).
 pub const UPLOAD_METER_MS: u64 = 100;
+/// How long `wrong-key` watches the board.
+pub const WRONG_KEY_WATCH: Duration = Duration::from_secs(12);
+/// Most login attempts `wrong-key` accepts in [`WRONG_KEY_WATCH`] (full-jitter back-off from
+/// 1 s makes about 5; retrying every second would make 12).
+pub const WRONG_KEY_MAX_ATTEMPTS: usize = 9;
 /// Broker heartbeat interval in the fleet (short, so a lost shutdown kick costs seconds).
 pub const HEARTBEAT_SECS: u64 = 2;
 /// Command timeout asked of the broker under loss (retransmissions back off up to 8 s).
@@ -166,6 +171,7 @@ pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
             "http-under-loss" => fleet.http_under_loss().await,
             "uploads-under-trouble" => fleet.uploads_under_trouble().await,
             "nat-rebinding" => fleet.nat_rebinding().await,
+            "wrong-key" => fleet.wrong_key().await,
             other => (
                 vec![failed_case(
                     "set-up",
@@ -228,12 +234,28 @@ pub fn percentile(sorted: &[u128], p: f64) -> u128 {
 
 impl Fleet<'_> {
     fn boot(&mut self, slot: usize, meter_ms: u64, scenario: &str) -> Result<Running, String> {
+        self.boot_with_key(slot, meter_ms, scenario, false)
+    }
+
+    /// [`Fleet::boot`]; with `wrong_key` the record holds the key of another device id.
+    fn boot_with_key(
+        &mut self,
+        slot: usize,
+        meter_ms: u64,
+        scenario: &str,
+        wrong_key: bool,
+    ) -> Result<Running, String> {
         let s = &self.slots[slot];
         let device_id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
+        let key_id = if wrong_key {
+            device_id ^ 0x00ff_0000
+        } else {
+            device_id
+        };
         let boot = Boot {
             device_id,
-            key: self.broker.device_key(device_id),
+            key: self.broker.device_key(key_id),
             transport: Transport::Udp,
             udp: s.relay_addr,
             ws: SocketAddr::new(s.relay_addr.ip(), self.broker.ws().port()),
@@ -583,6 +605,69 @@ impl Fleet<'_> {
             "session moved from {before} to {after}; 7 commands answered; 1 login, 0 reconnects; {} uploads gap-free in order",
             uploads.len()
         ))
+    }
+
+    /// `wrong-key`: a board provisioned with a key that is not its own (the fleet key's key
+    /// for another id). For [`WRONG_KEY_WATCH`]: no session of its id appears; then its log must
+    /// report the refusal with `AUTH_FAILED` (17), and show at most [`WRONG_KEY_MAX_ATTEMPTS`]
+    /// login attempts (it backs off or gives up instead of hammering the broker).
+    async fn wrong_key(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.kind == Kind::HostTap && s.index == 2)
+            .or_else(|| self.slots.iter().position(|s| s.kind == Kind::HostTap))
+        else {
+            return (
+                vec![failed_case("set-up", "no host TAP board".into())],
+                String::new(),
+            );
+        };
+        let label = self.slots[slot].label.clone();
+        let board = match self.boot_with_key(slot, 0, "wrong-key", true) {
+            Ok(b) => b,
+            Err(e) => return (vec![failed_case("set-up", e)], String::new()),
+        };
+        let id = board.device_id;
+        let deadline = Instant::now() + WRONG_KEY_WATCH;
+        let mut session = None;
+        while Instant::now() < deadline && session.is_none() {
+            if let Ok(s) = self.api.device_status(id).await
+                && !s.sessions.is_empty()
+            {
+                session = Some(format!("{:?}", s.sessions));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = board.device.stop();
+        let attempts = log.matches("login: attempt").count();
+        let refused = log.contains("login rejected: code 17");
+        let result = match (session, refused) {
+            (Some(s), _) => Err(format!("device {id} got a session with a wrong key: {s}")),
+            (None, false) => Err(format!(
+                "the board's log does not report `login rejected: code 17` (AUTH_FAILED) within {} s",
+                WRONG_KEY_WATCH.as_secs()
+            )),
+            (None, true) if attempts > WRONG_KEY_MAX_ATTEMPTS => Err(format!(
+                "{attempts} login attempts in {} s: no back-off",
+                WRONG_KEY_WATCH.as_secs()
+            )),
+            (None, true) => Ok(format!(
+                "no session in {} s; refused with AUTH_FAILED (17); {attempts} login attempts",
+                WRONG_KEY_WATCH.as_secs()
+            )),
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        (
+            vec![case(
+                format!("{label}: a wrong key is refused"),
+                started,
+                result,
+            )],
+            format!("--- {label} (device {id}) ---\n{tail}\n"),
+        )
     }
 
     async fn expect_relay(&self, id: u32, want: &str) -> Result<(), String> {
