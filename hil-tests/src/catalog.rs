@@ -25,14 +25,15 @@ pub const SCENARIOS: &[Known] = &[
     Known {
         name: "boot-online",
         fleet: true,
-        criterion: "every host TAP board online within 2 s of its TAP link coming up, the QEMU \
-                    board within 2 s of QEMU starting",
+        criterion: "every host TAP board online within 2 s of its TAP being plugged into the \
+                    bridge, the QEMU board within 2 s of QEMU starting",
     },
     Known {
         name: "http-under-loss",
         fleet: true,
-        criterion: "20% loss each way on one board's UDP path: every one of 20 relay commands \
-                    through the HTTP API returns the device's result; p50/p95 recorded",
+        criterion: "20% loss each way on the UDP path of tap0's board and of the QEMU board: \
+                    every one of 20 relay commands through the HTTP API returns the device's \
+                    result; p50/p95 recorded",
     },
     Known {
         name: "uploads-under-trouble",
