@@ -1,6 +1,8 @@
 //! The broker under test: the real `broker` library started in-process on fresh state, with a
 //! fresh fleet master key and API token per run, on the addresses a rig asks for (port 0, so
 //! runs never collide). Devices get their key from [`TestBroker::device_key`].
+//! [`TestBroker::restart`] stops it and starts it again on the same ports, data and secrets (a
+//! broker restart in the middle of a scenario).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -30,10 +32,16 @@ pub enum BrokerError {
 
 /// A running broker and what a test needs to talk to it.
 pub struct TestBroker {
-    running: broker::Running,
+    running: Option<broker::Running>,
     master: [u8; 32],
     api_token: String,
     advertise: IpAddr,
+    data_dir: PathBuf,
+    /// The addresses it listens on (ports fixed after the first start): HTTP, device WS, app
+    /// WS, UDP.
+    bound: [SocketAddr; 4],
+    /// Extra `[timeouts]` lines.
+    extra: String,
 }
 
 impl TestBroker {
@@ -45,6 +53,19 @@ impl TestBroker {
         api_bind: IpAddr,
         advertise: IpAddr,
         data_dir: &Path,
+    ) -> Result<TestBroker, BrokerError> {
+        TestBroker::start_with(device_bind, api_bind, advertise, data_dir, None).await
+    }
+
+    /// [`TestBroker::start`] with heartbeats every `heartbeat_secs` (sessions offline after
+    /// 2.5 intervals of silence) instead of the broker's default; the fleet scenarios use short
+    /// ones so a board whose shutdown kick was lost notices within seconds.
+    pub async fn start_with(
+        device_bind: IpAddr,
+        api_bind: IpAddr,
+        advertise: IpAddr,
+        data_dir: &Path,
+        heartbeat_secs: Option<u64>,
     ) -> Result<TestBroker, BrokerError> {
         if data_dir.exists() {
             std::fs::remove_dir_all(data_dir).map_err(|source| BrokerError::DataDir {
@@ -58,21 +79,74 @@ impl TestBroker {
         let mut token = [0u8; 24];
         rng.fill_bytes(&mut token);
         let api_token = hex::encode(token);
-        let toml = config_toml(device_bind, api_bind, data_dir, &master, &api_token);
-        let config = Config::from_str_with_env("hil-broker.toml", &toml, Vec::new())
-            .map_err(|e| BrokerError::Config(e.to_string()))?;
-        let running = broker::start(&config).await?;
+        let any = [
+            SocketAddr::new(api_bind, 0),
+            SocketAddr::new(device_bind, 0),
+            SocketAddr::new(api_bind, 0),
+            SocketAddr::new(device_bind, 0),
+        ];
+        let extra = heartbeat_secs
+            .map(|h| format!("heartbeat_secs = {h}\nsession_secs = {}\n", h * 5 / 2 + 1))
+            .unwrap_or_default();
+        let running = start_on(any, data_dir, &master, &api_token, &extra).await?;
+        let bound = [
+            running.http,
+            running.comet.device_ws,
+            running.comet.app_ws,
+            running.comet.udp,
+        ];
         Ok(TestBroker {
-            running,
+            running: Some(running),
             master,
             api_token,
             advertise,
+            data_dir: data_dir.to_path_buf(),
+            bound,
+            extra,
         })
+    }
+
+    fn running(&self) -> &broker::Running {
+        self.running
+            .as_ref()
+            .expect("a TestBroker is running between its methods")
+    }
+
+    /// Stops the broker (drain, as on SIGTERM) and starts it again on the same ports, data
+    /// folder and secrets. Returns how long it was away.
+    pub async fn restart(&mut self) -> Result<std::time::Duration, BrokerError> {
+        let started = std::time::Instant::now();
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+        // The ports were just released; the kernel may still hold them for a moment.
+        let mut tries = 0;
+        let running = loop {
+            match start_on(
+                self.bound,
+                &self.data_dir,
+                &self.master,
+                &self.api_token,
+                &self.extra,
+            )
+            .await
+            {
+                Ok(r) => break r,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("hil: broker restart: {e}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.running = Some(running);
+        Ok(started.elapsed())
     }
 
     /// Base URL of the HTTP API (`http://a.b.c.d:port`).
     pub fn api_base(&self) -> String {
-        format!("http://{}", self.running.http)
+        format!("http://{}", self.running().http)
     }
 
     /// The API's bearer token.
@@ -82,12 +156,22 @@ impl TestBroker {
 
     /// The UDP endpoint as devices reach it.
     pub fn udp(&self) -> SocketAddr {
-        SocketAddr::new(self.advertise, self.running.comet.udp.port())
+        SocketAddr::new(self.advertise, self.running().comet.udp.port())
     }
 
     /// The device WebSocket endpoint as devices reach it.
     pub fn ws(&self) -> SocketAddr {
-        SocketAddr::new(self.advertise, self.running.comet.device_ws.port())
+        SocketAddr::new(self.advertise, self.running().comet.device_ws.port())
+    }
+
+    /// The UDP endpoint as bound (where a relay in front of it forwards to).
+    pub fn udp_bound(&self) -> SocketAddr {
+        let udp = self.running().comet.udp;
+        if udp.ip().is_unspecified() {
+            SocketAddr::new(self.advertise, udp.port())
+        } else {
+            udp
+        }
     }
 
     /// The key the broker expects from device `id` (derived from this run's fleet master key).
@@ -96,14 +180,29 @@ impl TestBroker {
     }
 
     /// Drains and stops the broker.
-    pub async fn stop(self) {
-        self.running.stop().await;
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
     }
 }
 
+async fn start_on(
+    addrs: [SocketAddr; 4],
+    data_dir: &Path,
+    master: &[u8; 32],
+    api_token: &str,
+    extra: &str,
+) -> Result<broker::Running, BrokerError> {
+    let toml = config_toml(addrs, data_dir, master, api_token) + extra;
+    let config = Config::from_str_with_env("hil-broker.toml", &toml, Vec::new())
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
+    Ok(broker::start(&config).await?)
+}
+
+/// `addrs`: HTTP, device WebSocket, app WebSocket, UDP.
 fn config_toml(
-    device_bind: IpAddr,
-    api_bind: IpAddr,
+    addrs: [SocketAddr; 4],
     data_dir: &Path,
     master: &[u8; 32],
     api_token: &str,
@@ -118,10 +217,10 @@ fn config_toml(
          [storage]\ndata_dir = \"{data_dir}\"\n\
          [security]\nfleet_master_key = \"{master}\"\napi_token = \"{api_token}\"\n\
          [timeouts]\nshutdown_drain_secs = 2\n",
-        http = SocketAddr::new(api_bind, 0),
-        dev_ws = SocketAddr::new(device_bind, 0),
-        app_ws = SocketAddr::new(api_bind, 0),
-        udp = SocketAddr::new(device_bind, 0),
+        http = addrs[0],
+        dev_ws = addrs[1],
+        app_ws = addrs[2],
+        udp = addrs[3],
         master = hex::encode(master),
     )
 }
@@ -135,8 +234,7 @@ mod tests {
     fn generated_config_is_accepted_by_the_broker() {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let text = config_toml(
-            lo,
-            lo,
+            [SocketAddr::new(lo, 0); 4],
             Path::new("/tmp/x \"y\""),
             &[7; 32],
             "0123456789abcdef0123",

@@ -21,6 +21,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::rig::{Kind, Rig, Transport, resolve, target_dir};
+use crate::teardown::Teardown;
 
 /// Why a board could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,8 @@ pub struct Boot {
     pub exit_after_s: u64,
     /// The node lookup (`PLUG_LOOKUP`), when the boot asks it first.
     pub lookup: Option<SocketAddr>,
+    /// Which host TAP board of the rig (its TAP and address); 0 for other kinds.
+    pub board: u32,
 }
 
 /// Address of the QEMU board's record region (`board_qemu_mps2_an386::record_region`).
@@ -155,6 +158,8 @@ pub struct Device {
     defmt_elf: Option<PathBuf>,
     log_path: PathBuf,
     started: Instant,
+    /// Unregistered from when the board is stopped.
+    teardown: Option<Teardown>,
 }
 
 fn create(path: &Path) -> Result<File, DeviceError> {
@@ -201,15 +206,39 @@ pub fn start(
     logs: &Path,
     name: &str,
 ) -> Result<Device, DeviceError> {
+    start_as(rig.kind, rig, root, boot, logs, name)
+}
+
+/// [`start`] for a board of `kind` (a host TAP rig's fleet also has a QEMU board).
+pub fn start_as(
+    kind: Kind,
+    rig: &Rig,
+    root: &Path,
+    boot: &Boot,
+    logs: &Path,
+    name: &str,
+) -> Result<Device, DeviceError> {
     let record = boot.record().map_err(|e| DeviceError::Program {
         program: "provisioning record".into(),
         reason: e.to_string(),
     })?;
-    start_with_record(rig, root, boot, &record, logs, name)
+    start_with_record_as(kind, rig, root, boot, &record, logs, name)
 }
 
 /// [`start`] with the given record bytes instead of `boot`'s (a test of bad records).
 pub fn start_with_record(
+    rig: &Rig,
+    root: &Path,
+    boot: &Boot,
+    record_bytes: &[u8],
+    logs: &Path,
+    name: &str,
+) -> Result<Device, DeviceError> {
+    start_with_record_as(rig.kind, rig, root, boot, record_bytes, logs, name)
+}
+
+fn start_with_record_as(
+    kind: Kind,
     rig: &Rig,
     root: &Path,
     boot: &Boot,
@@ -223,9 +252,12 @@ pub fn start_with_record(
     let (stdout, stderr) = (create(&out_path)?, create(&err_path)?);
     let mut defmt_elf = None;
     let target = target_dir(root);
-    let child = match rig.kind {
+    let child = match kind {
         Kind::Qemu => {
-            let q = rig.qemu.as_ref().expect("checked by Rig::parse");
+            let q = rig.qemu.as_ref().ok_or(DeviceError::Program {
+                program: "qemu-system-arm".into(),
+                reason: format!("rig {} has no [qemu] table", rig.name),
+            })?;
             let elf = resolve(root, &target, &q.elf);
             if !elf.is_file() {
                 return Err(DeviceError::Missing {
@@ -259,7 +291,14 @@ pub fn start_with_record(
             )?
         }
         Kind::HostTap => {
-            let h = rig.host_tap.as_ref().expect("checked by Rig::parse");
+            let h = rig.host_tap.as_ref().ok_or(DeviceError::Program {
+                program: "host-tap-plug".into(),
+                reason: format!("rig {} has no [host_tap] table", rig.name),
+            })?;
+            let ip = h.board_cidr(boot.board).ok_or(DeviceError::Program {
+                program: "host-tap-plug".into(),
+                reason: format!("board {} is past the rig's subnet", boot.board),
+            })?;
             let binary = resolve(root, &target, &h.binary);
             if !binary.is_file() {
                 return Err(DeviceError::Missing {
@@ -274,8 +313,8 @@ pub fn start_with_record(
                 Command::new(&binary)
                     .envs(boot.run_options())
                     .env("PLUG_RECORD", &record)
-                    .env("PLUG_TAP", &h.tap)
-                    .env("PLUG_IP", &h.board_ip)
+                    .env("PLUG_TAP", h.tap(boot.board))
+                    .env("PLUG_IP", ip)
                     .env(
                         "RUST_LOG",
                         std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -286,7 +325,10 @@ pub fn start_with_record(
             )?
         }
         Kind::ProbeRs => {
-            let p = rig.probe_rs.as_ref().expect("checked by Rig::parse");
+            let p = rig.probe_rs.as_ref().ok_or(DeviceError::Program {
+                program: "probe-rs".into(),
+                reason: format!("rig {} has no [probe_rs] table", rig.name),
+            })?;
             if !probe_attached()? {
                 return Err(DeviceError::NoProbe);
             }
@@ -346,10 +388,25 @@ pub fn start_with_record(
         defmt_elf,
         log_path,
         started: Instant::now(),
+        teardown: None,
     })
 }
 
 impl Device {
+    /// Registers the board's process with `teardown` (killed on Ctrl-C) until it is stopped.
+    pub fn watched(mut self, teardown: &Teardown) -> Device {
+        if let Some(child) = &self.child {
+            teardown.add_pid(child.id());
+            self.teardown = Some(teardown.clone());
+        }
+        self
+    }
+
+    /// When the board was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The exit status if the board has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child
@@ -381,6 +438,14 @@ impl Device {
         let Some(mut child) = self.child.take() else {
             return "already stopped".into();
         };
+        let status = Self::end(&mut child);
+        if let Some(t) = self.teardown.take() {
+            t.remove_pid(child.id());
+        }
+        status
+    }
+
+    fn end(child: &mut Child) -> String {
         if let Ok(Some(status)) = child.try_wait() {
             return format!("by itself ({status})");
         }
@@ -443,6 +508,7 @@ mod tests {
             record_seed: [4; 16],
             exit_after_s: 300,
             lookup: None,
+            board: 0,
         }
     }
 

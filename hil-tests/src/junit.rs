@@ -117,6 +117,68 @@ pub fn render(suites: &[Suite]) -> String {
     x
 }
 
+/// Lines of a failing suite's logs shown in the summary.
+pub const SUMMARY_LOG_LINES: usize = 60;
+
+/// The readable summary: one line per case, a total, and for every suite with a failure its
+/// failure messages and the last [`SUMMARY_LOG_LINES`] lines of its logs.
+pub fn summary(suites: &[Suite], elapsed: Duration, run_dir: &std::path::Path) -> String {
+    let mut x = String::from("== HIL summary ==\n");
+    for s in suites {
+        for c in &s.cases {
+            let (mark, text) = match &c.outcome {
+                Outcome::Pass => ("ok  ", c.detail.as_str()),
+                Outcome::Fail(m) => ("FAIL", m.as_str()),
+                Outcome::Skip(m) => ("skip", m.as_str()),
+            };
+            let _ = writeln!(
+                x,
+                "{mark} {} :: {} ({:.2} s) {text}",
+                s.name,
+                c.name,
+                c.time.as_secs_f32()
+            );
+        }
+    }
+    let cases: usize = suites.iter().map(|s| s.cases.len()).sum();
+    let failures: usize = suites.iter().map(Suite::failures).sum();
+    let skipped: usize = suites.iter().map(Suite::skipped).sum();
+    let _ = writeln!(
+        x,
+        "{} suites, {cases} cases: {} passed, {failures} failed, {skipped} skipped in {:.1} s; logs and report in {}",
+        suites.len(),
+        cases - failures - skipped,
+        elapsed.as_secs_f32(),
+        run_dir.display()
+    );
+    if suites.iter().any(|s| s.failures() > 0) {
+        let _ = writeln!(
+            x,
+            "the brokers' log: {}",
+            run_dir.join("broker.log").display()
+        );
+    }
+    for s in suites.iter().filter(|s| s.failures() > 0) {
+        let _ = writeln!(x, "\n== FAILED: {} ==", s.name);
+        for c in &s.cases {
+            if let Outcome::Fail(m) = &c.outcome {
+                let _ = writeln!(x, "  {}: {m}", c.name);
+            }
+        }
+        let lines: Vec<&str> = s.system_out.lines().collect();
+        let _ = writeln!(
+            x,
+            "  -- logs (last {} of {} lines) --",
+            SUMMARY_LOG_LINES.min(lines.len()),
+            lines.len()
+        );
+        for l in &lines[lines.len().saturating_sub(SUMMARY_LOG_LINES)..] {
+            let _ = writeln!(x, "  | {l}");
+        }
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +213,15 @@ mod tests {
         assert!(xml.contains("<skipped message=\"after failed\"/>"));
         assert!(xml.contains("<system-out>log?line</system-out>"));
         assert!(xml.contains("name=\"logs in\" time=\"1.500\"/>"));
+        let text = summary(&suites, Duration::from_secs(4), std::path::Path::new("/r"));
+        assert!(text.contains("FAIL qemu/udp :: relay <set>"), "{text}");
+        assert!(
+            text.contains("3 cases: 1 passed, 1 failed, 1 skipped"),
+            "{text}"
+        );
+        assert!(
+            text.contains("== FAILED: qemu/udp ==") && text.contains("  | log\u{1}line"),
+            "{text}"
+        );
     }
 }

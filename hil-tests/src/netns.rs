@@ -1,7 +1,8 @@
-//! The host TAP rig's private network: a network namespace with a TAP device in it, created
-//! by the test and removed when the [`Namespace`] guard drops (also when the scenario fails or
-//! panics). Namespaces of earlier runs that were killed before cleaning up are removed by
-//! [`remove_stale`] (their names carry the creating process's PID).
+//! The host TAP rig's private network: a network namespace with a bridge (the broker's address
+//! on it) and one TAP device per board enslaved to it, created by the test and removed when the
+//! [`Namespace`] guard drops (also when the scenario fails or panics; on Ctrl-C the
+//! [`crate::teardown`] watcher removes it). Namespaces of earlier runs that were killed before
+//! cleaning up are removed by [`remove_stale`] (their names carry the creating process's PID).
 //!
 //! The thread that runs the rig calls [`Namespace::enter`]: every socket it (and the runtime
 //! threads and child processes it starts) opens from then on lives in the namespace, so the
@@ -65,19 +66,52 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Creates namespace `name` with loopback up and TAP `tap` addressed `host_cidr`
-    /// (`a.b.c.d/prefix`, the kernel's side; the board process attaches to the TAP).
-    pub fn create(name: &str, tap: &str, host_cidr: &str) -> Result<Namespace, NetError> {
+    /// Creates namespace `name` with loopback up, bridge `bridge` addressed `host_cidr`
+    /// (`a.b.c.d/prefix`, the kernel's side) and the TAPs `taps` on it, all up (each board
+    /// process attaches to its TAP).
+    pub fn create(
+        name: &str,
+        bridge: &str,
+        host_cidr: &str,
+        taps: &[String],
+    ) -> Result<Namespace, NetError> {
         ip(&["netns", "add", name])?;
         // From here on the guard removes the namespace, whatever fails next.
         let ns = Namespace {
             name: name.to_string(),
         };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
-        ip(&["-n", name, "tuntap", "add", "dev", tap, "mode", "tap"])?;
-        ip(&["-n", name, "addr", "add", host_cidr, "dev", tap])?;
-        ip(&["-n", name, "link", "set", tap, "up"])?;
+        ip(&["-n", name, "link", "add", bridge, "type", "bridge"])?;
+        ip(&["-n", name, "addr", "add", host_cidr, "dev", bridge])?;
+        ip(&["-n", name, "link", "set", bridge, "up"])?;
+        for tap in taps {
+            ip(&["-n", name, "tuntap", "add", "dev", tap, "mode", "tap"])?;
+            ip(&["-n", name, "link", "set", tap, "master", bridge])?;
+            ns.set_link(tap, true)?;
+        }
         Ok(ns)
+    }
+
+    /// Brings link `dev` of the namespace up or down (a board's network coming up or going
+    /// away).
+    pub fn set_link(&self, dev: &str, up: bool) -> Result<(), NetError> {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.name, "link", "set", dev, state]).map(|_| ())
+    }
+
+    /// Plugs TAP `tap` into bridge `bridge` or unplugs it (its link stays up, so the board
+    /// process writing to it sees no error; its frames just reach nobody while unplugged).
+    pub fn plug(&self, tap: &str, bridge: &str, plugged: bool) -> Result<(), NetError> {
+        if plugged {
+            ip(&["-n", &self.name, "link", "set", tap, "master", bridge]).map(|_| ())
+        } else {
+            ip(&["-n", &self.name, "link", "set", tap, "nomaster"]).map(|_| ())
+        }
+    }
+
+    /// `ip -n <name> -brief link` of the namespace (names and states of its links).
+    pub fn links(&self) -> Result<String, NetError> {
+        ip(&["-n", &self.name, "-brief", "link"])
     }
 
     /// The namespace's name.
@@ -101,7 +135,7 @@ impl Namespace {
 impl Drop for Namespace {
     fn drop(&mut self) {
         // Deleting the namespace removes its TAP and addresses with it.
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
+        if let Err(e) = delete(&self.name) {
             eprintln!("hil: could not remove network namespace {}: {e}", self.name);
         }
     }
@@ -110,6 +144,16 @@ impl Drop for Namespace {
 /// The namespace name for this process.
 pub fn name_for_this_process() -> String {
     format!("{PREFIX}{}", std::process::id())
+}
+
+/// Deletes namespace `name` (what the guard's drop and the Ctrl-C watcher do).
+pub fn delete(name: &str) -> Result<(), NetError> {
+    ip(&["netns", "del", name]).map(|_| ())
+}
+
+/// Whether namespace `name` exists.
+pub fn exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
 }
 
 /// Removes `hil-<pid>` namespaces whose process is gone (a run killed before cleaning up).
@@ -146,5 +190,32 @@ mod tests {
         let list = "hil-12 (id: 3)\nhil-99\nother-5\nhil-x\nhil-7 (id: 1)\n";
         let stale = stale_names(list, |pid| pid == 99);
         assert_eq!(stale, ["hil-12", "hil-7"]);
+    }
+
+    /// Needs CAP_NET_ADMIN (the host TAP rigs do too).
+    #[test]
+    fn the_guard_builds_the_bridge_and_taps_and_its_drop_removes_everything() {
+        let name = format!("{PREFIX}{}-unit", std::process::id());
+        let taps = vec!["tap0".to_string(), "tap1".to_string(), "tap2".to_string()];
+        let ns = Namespace::create(&name, "br0", "198.51.100.1/24", &taps)
+            .expect("creating a namespace needs CAP_NET_ADMIN and iproute2");
+        let links = ns.links().unwrap();
+        for dev in ["br0", "tap0", "tap1", "tap2"] {
+            assert!(links.contains(dev), "{dev} missing in {links}");
+        }
+        let masters = ip(&["-n", &name, "-brief", "link", "show", "master", "br0"]).unwrap();
+        assert_eq!(masters.lines().count(), 3, "{masters}");
+        ns.set_link("tap1", false).unwrap();
+        let down = ip(&["-n", &name, "link", "show", "tap1"]).unwrap();
+        assert!(!down.contains(",UP"), "{down}");
+        ns.plug("tap2", "br0", false).unwrap();
+        let masters = ip(&["-n", &name, "-brief", "link", "show", "master", "br0"]).unwrap();
+        assert_eq!(masters.lines().count(), 2, "{masters}");
+        ns.plug("tap2", "br0", true).unwrap();
+        let masters = ip(&["-n", &name, "-brief", "link", "show", "master", "br0"]).unwrap();
+        assert_eq!(masters.lines().count(), 3, "{masters}");
+        assert!(exists(&name));
+        drop(ns);
+        assert!(!exists(&name), "the namespace outlived its guard");
     }
 }

@@ -85,18 +85,50 @@ pub struct QemuRig {
     pub broker_host: Ipv4Addr,
 }
 
-/// `[host_tap]`: the std board on a TAP device in a network namespace.
+/// `[host_tap]`: std boards, each on a TAP device, the TAPs on one bridge in a network namespace
+/// of the rig's own.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostTapRig {
     /// The board binary (relative to the project root; `{target}` allowed).
     pub binary: String,
-    /// TAP device created in the namespace.
-    pub tap: String,
-    /// Kernel side of the TAP (`a.b.c.d/prefix`), where the broker listens.
+    /// TAP name prefix: board `i` is on TAP `<prefix><i>` (`tap0`, `tap1`, ...).
+    pub tap_prefix: String,
+    /// How many host TAP boards the rig has (default 1).
+    #[serde(default = "one")]
+    pub boards: u32,
+    /// The bridge the TAPs are enslaved to (default `br0`).
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// The bridge's address (`a.b.c.d/prefix`), where the broker listens.
     pub host_ip: String,
-    /// The board's static address (`a.b.c.d/prefix`).
+    /// Board 0's static address (`a.b.c.d/prefix`); board `i` gets the `i`-th next address.
     pub board_ip: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_bridge() -> String {
+    "br0".into()
+}
+
+impl HostTapRig {
+    /// Board `index`'s TAP device.
+    pub fn tap(&self, index: u32) -> String {
+        format!("{}{index}", self.tap_prefix)
+    }
+
+    /// Board `index`'s address (`a.b.c.d/prefix`), `None` past the subnet.
+    pub fn board_cidr(&self, index: u32) -> Option<String> {
+        let (first, prefix) = parse_cidr(&self.board_ip)?;
+        let addr = u32::from(first).checked_add(index)?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        // Stay inside the subnet and below its broadcast address.
+        (addr & mask == u32::from(first) & mask && addr | mask != u32::MAX)
+            .then(|| format!("{}/{prefix}", Ipv4Addr::from(addr)))
+    }
 }
 
 /// `[probe_rs]`: a real board behind a debug probe.
@@ -140,12 +172,28 @@ pub struct Rig {
     /// (`PLUG_LOOKUP`): the board must log in through the lookup's answer.
     #[serde(default)]
     pub lookup: bool,
-    /// Present for `kind = "qemu"`.
+    /// Scenarios the rig runs (names from `hil-tests list`; default: `basic`, the per-transport
+    /// scenario). Fleet scenarios need `kind = "host-tap"`.
+    #[serde(default = "default_scenarios")]
+    pub scenarios: Vec<String>,
+    /// Length of the `uploads-under-trouble` run, seconds (default 60, the full form).
+    #[serde(default = "default_upload_run_s")]
+    pub upload_run_s: u64,
+    /// Present for `kind = "qemu"`; with `kind = "host-tap"` it adds one QEMU board to the fleet
+    /// (in the rig's namespace, on QEMU's user-mode network).
     pub qemu: Option<QemuRig>,
     /// Present for `kind = "host-tap"`.
     pub host_tap: Option<HostTapRig>,
     /// Present for `kind = "probe-rs"`.
     pub probe_rs: Option<ProbeRsRig>,
+}
+
+fn default_scenarios() -> Vec<String> {
+    vec!["basic".into()]
+}
+
+fn default_upload_run_s() -> u64 {
+    60
 }
 
 impl Rig {
@@ -186,6 +234,38 @@ impl Rig {
                     )));
                 }
             }
+            if h.boards == 0 {
+                return Err(invalid("host_tap.boards must be at least 1".into()));
+            }
+            if h.board_cidr(h.boards - 1).is_none() {
+                return Err(invalid(format!(
+                    "host_tap.boards = {} does not fit the subnet of board_ip {}",
+                    h.boards, h.board_ip
+                )));
+            }
+            let host = parse_cidr(&h.host_ip).map(|(a, _)| a);
+            if (0..h.boards)
+                .any(|i| h.board_cidr(i).and_then(|c| parse_cidr(&c)).map(|(a, _)| a) == host)
+            {
+                return Err(invalid(
+                    "host_tap.host_ip is one of the boards' addresses".into(),
+                ));
+            }
+        }
+        for name in &rig.scenarios {
+            let Some(known) = crate::catalog::find(name) else {
+                return Err(invalid(format!(
+                    "unknown scenario `{name}` (see `hil-tests list`)"
+                )));
+            };
+            if known.fleet && rig.kind != Kind::HostTap {
+                return Err(invalid(format!(
+                    "scenario `{name}` needs a host-tap rig (a namespace with a bridge)"
+                )));
+            }
+        }
+        if rig.upload_run_s == 0 {
+            return Err(invalid("upload_run_s must be > 0".into()));
         }
         Ok(rig)
     }
@@ -243,7 +323,19 @@ mod tests {
         assert_eq!(qemu.qemu.unwrap().broker_host, Ipv4Addr::new(10, 0, 2, 2));
         let tap = Rig::load(&rigs_dir(), "host-tap").unwrap();
         assert_eq!(tap.kind, Kind::HostTap);
-        assert_eq!(tap.host_tap.unwrap().tap, "tap0");
+        assert_eq!(tap.host_tap.as_ref().unwrap().tap(0), "tap0");
+        assert_eq!(tap.scenarios, ["basic"]);
+        let ci = Rig::load(&rigs_dir(), "ci").unwrap();
+        let h = ci.host_tap.as_ref().unwrap();
+        assert_eq!((h.boards, h.bridge.as_str()), (16, "br0"));
+        assert_eq!(h.board_cidr(15).unwrap(), "198.51.100.17/24");
+        assert!(ci.qemu.is_some());
+        assert_eq!(ci.upload_run_s, 20);
+        assert!(
+            ci.scenarios
+                .iter()
+                .all(|s| crate::catalog::find(s).is_some())
+        );
         let nucleo = Rig::load(&rigs_dir(), "nucleo-f429zi").unwrap();
         assert_eq!(nucleo.kind, Kind::ProbeRs);
         assert_eq!(nucleo.probe_rs.unwrap().chip, "STM32F429ZITx");
@@ -283,7 +375,7 @@ mod tests {
     #[test]
     fn checks_addresses_and_values() {
         let text = "name = \"t\"\nkind = \"host-tap\"\ndevice_id = 1\ntransports = [\"ws\"]\nmeter_ms = 1000\n\
-                    login_timeout_s = 5\n[host_tap]\nbinary = \"b\"\ntap = \"tap0\"\nhost_ip = \"198.51.100.1\"\n\
+                    login_timeout_s = 5\n[host_tap]\nbinary = \"b\"\ntap_prefix = \"tap\"\nhost_ip = \"198.51.100.1\"\n\
                     board_ip = \"198.51.100.2/24\"\n";
         let e = Rig::parse(Path::new("t.toml"), text).unwrap_err();
         assert!(e.to_string().contains("host_tap.host_ip"), "{e}");
@@ -299,5 +391,33 @@ mod tests {
             Some((Ipv4Addr::new(198, 51, 100, 1), 24))
         );
         assert_eq!(parse_cidr("198.51.100.1/40"), None);
+    }
+
+    #[test]
+    fn fleets_fit_their_subnet_and_name_known_scenarios() {
+        let base = "name = \"t\"\nkind = \"host-tap\"\ndevice_id = 1\ntransports = [\"udp\"]\nmeter_ms = 1000\n\
+                    login_timeout_s = 5\n[host_tap]\nbinary = \"b\"\ntap_prefix = \"tap\"\nhost_ip = \"198.51.100.1/24\"\n";
+        let parse = |extra: &str| Rig::parse(Path::new("t.toml"), &format!("{base}{extra}"));
+        let rig = parse("board_ip = \"198.51.100.250/24\"\nboards = 5\n").unwrap();
+        assert_eq!(
+            rig.host_tap.unwrap().board_cidr(4).unwrap(),
+            "198.51.100.254/24"
+        );
+        let e = parse("board_ip = \"198.51.100.250/24\"\nboards = 6\n").unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        let e = parse("board_ip = \"198.51.100.1/24\"\n").unwrap_err();
+        assert!(e.to_string().contains("host_ip is one of"), "{e}");
+        let e = parse("board_ip = \"198.51.100.2/24\"\nboards = 0\n").unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let text = format!("{base}board_ip = \"198.51.100.2/24\"\n").replace(
+            "login_timeout_s = 5",
+            "login_timeout_s = 5\nscenarios = [\"no-such\"]",
+        );
+        let e = Rig::parse(Path::new("t.toml"), &text).unwrap_err();
+        assert!(e.to_string().contains("unknown scenario `no-such`"), "{e}");
+        let qemu = "name = \"q\"\nkind = \"qemu\"\ndevice_id = 1\ntransports = [\"udp\"]\nmeter_ms = 1000\n\
+                    login_timeout_s = 5\nscenarios = [\"boot-online\"]\n[qemu]\nelf = \"e\"\nmachine = \"m\"\ncpu = \"c\"\nbroker_host = \"10.0.2.2\"\n";
+        let e = Rig::parse(Path::new("q.toml"), qemu).unwrap_err();
+        assert!(e.to_string().contains("needs a host-tap rig"), "{e}");
     }
 }

@@ -10,25 +10,31 @@ use std::time::{Duration, Instant};
 use crate::api::Api;
 use crate::broker::TestBroker;
 use crate::device::{self, Boot};
+use crate::fleet;
 use crate::junit::Suite;
 use crate::lookup::LookupServer;
 use crate::netns::{self, Namespace};
 use crate::nonces;
 use crate::rig::{Kind, Rig, Transport, parse_cidr};
 use crate::scenario::{self, Case, Outcome, Target};
+use crate::teardown::Teardown;
 
 /// Where a run reads and writes.
 #[derive(Debug, Clone)]
 pub struct Paths {
     /// Project root (rig paths are relative to it).
     pub root: PathBuf,
-    /// Output folder (`target/hil`): logs, broker data.
+    /// Output folder (this run's directory under `target/hil/runs/`): logs, broker data.
     pub work: PathBuf,
+    /// Registry of what a Ctrl-C must tear down.
+    pub teardown: Teardown,
+    /// Scenarios asked for on the command line (empty: each rig's own list).
+    pub only: Vec<String>,
 }
 
 /// Extra time a board may run past its login timeout before it ends itself (a safety net
 /// should the test be killed without stopping it).
-const BOARD_LIFETIME_S: u64 = 180;
+pub const BOARD_LIFETIME_S: u64 = 180;
 
 /// The static broker port of the lookup suites: nothing listens there (TCPMUX, unused).
 const WRONG_PORT: u16 = 1;
@@ -43,8 +49,24 @@ struct Net {
     advertise: IpAddr,
 }
 
-/// Runs `rig`; one suite per transport (or one failed `set-up` suite).
+/// The scenarios of `rig` this run runs: the rig's own list, or when `only` is given those of
+/// `only` the rig can run (fleet scenarios need a host TAP rig), in catalogue order.
+pub fn selected(rig: &Rig, only: &[String]) -> Vec<String> {
+    if only.is_empty() {
+        return rig.scenarios.clone();
+    }
+    crate::catalog::SCENARIOS
+        .iter()
+        .filter(|k| only.iter().any(|o| o == k.name))
+        .filter(|k| !k.fleet || rig.kind == Kind::HostTap)
+        .map(|k| k.name.to_string())
+        .collect()
+}
+
+/// Runs `rig`'s selected scenarios: `basic` gives one suite per transport, each fleet
+/// scenario one suite (or one failed `set-up` suite).
 pub fn run_rig(rig: &Rig, paths: &Paths) -> Vec<Suite> {
+    let scenarios = selected(rig, &paths.only);
     let started = Instant::now();
     let logs = paths.work.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
@@ -63,7 +85,7 @@ pub fn run_rig(rig: &Rig, paths: &Paths) -> Vec<Suite> {
                 api_bind: lo,
                 advertise: IpAddr::V4(q.broker_host),
             };
-            in_runtime(rig, paths, &logs, &net, started)
+            in_runtime(rig, paths, &logs, &net, started, &scenarios, None)
         }
         Kind::ProbeRs => {
             let p = rig.probe_rs.as_ref().expect("checked by Rig::parse");
@@ -79,7 +101,7 @@ pub fn run_rig(rig: &Rig, paths: &Paths) -> Vec<Suite> {
                 api_bind: lo,
                 advertise: IpAddr::V4(p.broker_addr),
             };
-            in_runtime(rig, paths, &logs, &net, started)
+            in_runtime(rig, paths, &logs, &net, started, &scenarios, None)
         }
         Kind::HostTap => {
             let h = rig.host_tap.as_ref().expect("checked by Rig::parse");
@@ -87,12 +109,28 @@ pub fn run_rig(rig: &Rig, paths: &Paths) -> Vec<Suite> {
             for stale in netns::remove_stale() {
                 eprintln!("hil: removed stale network namespace {stale}");
             }
-            let ns = match Namespace::create(&netns::name_for_this_process(), &h.tap, &h.host_ip) {
+            let taps: Vec<String> = (0..h.boards).map(|i| h.tap(i)).collect();
+            let ns_name = netns::name_for_this_process();
+            paths.teardown.add_namespace(&ns_name);
+            let ns = match Namespace::create(&ns_name, &h.bridge, &h.host_ip, &taps) {
                 Ok(ns) => ns,
-                Err(e) => return setup_failure(rig, started, e.to_string()),
+                Err(e) => {
+                    paths.teardown.remove_namespace(&ns_name);
+                    return setup_failure(rig, started, e.to_string());
+                }
             };
+            eprintln!(
+                "hil[{}]: namespace {ns_name}: bridge {} at {}, {} TAP(s)",
+                rig.name,
+                h.bridge,
+                h.host_ip,
+                taps.len()
+            );
+            // The namespace is the rig's own: the broker may listen on every address in it
+            // (the QEMU board reaches it through QEMU's user network, i.e. the namespace's
+            // loopback; the host TAP boards through the bridge).
             let net = Net {
-                device_bind: host,
+                device_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 api_bind: lo,
                 advertise: host,
             };
@@ -101,19 +139,30 @@ pub fn run_rig(rig: &Rig, paths: &Paths) -> Vec<Suite> {
             let outcome = std::thread::scope(|scope| {
                 scope
                     .spawn(|| match ns.enter() {
-                        Ok(()) => in_runtime(rig, paths, &logs, &net, started),
+                        Ok(()) => {
+                            in_runtime(rig, paths, &logs, &net, started, &scenarios, Some(&ns))
+                        }
                         Err(e) => setup_failure(rig, started, e.to_string()),
                     })
                     .join()
             });
             drop(ns);
+            paths.teardown.remove_namespace(&ns_name);
             outcome
                 .unwrap_or_else(|_| setup_failure(rig, started, "the rig's thread panicked".into()))
         }
     }
 }
 
-fn in_runtime(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant) -> Vec<Suite> {
+fn in_runtime(
+    rig: &Rig,
+    paths: &Paths,
+    logs: &Path,
+    net: &Net,
+    started: Instant,
+    scenarios: &[String],
+    ns: Option<&Namespace>,
+) -> Vec<Suite> {
     // Built on the calling thread, so its worker threads share that thread's namespace.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -123,7 +172,28 @@ fn in_runtime(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
         Ok(rt) => rt,
         Err(e) => return setup_failure(rig, started, format!("tokio runtime: {e}")),
     };
-    runtime.block_on(flow(rig, paths, logs, net, started))
+    runtime.block_on(async {
+        let mut suites = Vec::new();
+        if scenarios.iter().any(|s| s == "basic") {
+            suites.extend(flow(rig, paths, logs, net, started).await);
+        }
+        let fleet: Vec<&String> = scenarios.iter().filter(|s| *s != "basic").collect();
+        if let (Some(ns), false) = (ns, fleet.is_empty()) {
+            let qemu_host = rig.qemu.as_ref().map(|q| IpAddr::V4(q.broker_host));
+            let ctx = fleet::Context {
+                rig,
+                paths,
+                logs,
+                ns,
+                bind: net.device_bind,
+                api_bind: net.api_bind,
+                advertise: net.advertise,
+                qemu_host,
+            };
+            suites.extend(fleet::run(&ctx, &fleet).await);
+        }
+        suites
+    })
 }
 
 async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant) -> Vec<Suite> {
@@ -199,10 +269,11 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
             boot_number: index as u32 + 1,
             record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
             exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
+            board: 0,
         };
         let log_name = format!("{}-{}{suffix}", rig.name, transport.as_str());
         let mut board = match device::start(rig, &paths.root, &boot, logs, &log_name) {
-            Ok(d) => d,
+            Ok(d) => d.watched(&paths.teardown),
             Err(e) => {
                 suites.push(failed_suite(
                     &name,
@@ -278,6 +349,7 @@ async fn nonce_suite(
         boot_number: 1,
         record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
         exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
+        board: 0,
     };
     let suite = nonces::run(rig, &paths.root, logs, base, &socket).await;
     report(&suite);
@@ -311,7 +383,8 @@ pub fn report(suite: &Suite) {
     }
 }
 
-fn failed_suite(name: &str, started: Instant, reason: String) -> Suite {
+/// A suite that is one failed `set-up` case.
+pub fn failed_suite(name: &str, started: Instant, reason: String) -> Suite {
     let suite = Suite {
         name: name.to_string(),
         cases: vec![Case {

@@ -5,6 +5,8 @@
 //!   same image as `cross boards`, so both reuse one artifact; `hil-tests` loads each boot's
 //!   provisioning record with QEMU's `-device loader`), QEMU is installed if missing.
 //! * `host-tap`: the host board is built with the host toolchain into `<target>/host-tap`.
+//! * `ci`: the fleet rig (16 host TAP boards and a QEMU board in one namespace): both of the
+//!   above.
 //! * any other rig (real boards, `hil-tests/rigs/<name>.toml`): nothing is built here;
 //!   `hil-tests` builds the firmware (the cross environment is passed to it) and refuses when
 //!   no probe is attached.
@@ -17,21 +19,38 @@ use crate::cross::{self, CrossEnv, QEMU_BOARD};
 use crate::shell::{cargo, has_program, project_root, run_command};
 
 const USAGE: &str = "\
-usage: cargo xtask hil [--rig NAME]... [--no-build]
+usage: cargo xtask hil [list] [--rig NAME]... [--scenario S]... [--no-build]
 
-  --rig NAME   rig to run: qemu, host-tap, or a file hil-tests/rigs/NAME.toml (repeatable;
-               default: qemu and host-tap)
-  --no-build   use the boards built earlier
-Results: target/hil/junit.xml, board logs in target/hil/logs/.
+  list           rigs and scenarios (with their pass criteria)
+  --rig NAME     rig to run: qemu, host-tap, ci, or a file hil-tests/rigs/NAME.toml
+                 (repeatable; default: qemu, host-tap and ci)
+  --scenario S   only these scenarios of the rigs (repeatable; default: each rig's list)
+  --no-build     use the boards built earlier
+Results: target/hil/summary.txt and junit.xml; everything of a run (board and broker logs,
+report) in target/hil/runs/<time>-<rigs>/.
 ";
+
+/// The rigs `cargo xtask hil` runs by default (the CI step).
+pub const CI_RIGS: [&str; 3] = ["qemu", "host-tap", "ci"];
 
 /// Runs `cargo xtask hil [...]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut rigs: Vec<String> = Vec::new();
+    let mut scenarios: Vec<String> = Vec::new();
     let mut build = true;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "list" => {
+                let mut command = cargo();
+                command.args(["run", "--quiet", "-p", "hil-tests", "--", "list"]);
+                return run_command(&mut command);
+            }
+            "--scenario" => scenarios.push(
+                args.next()
+                    .ok_or(format!("--scenario needs a name\n{USAGE}"))?
+                    .clone(),
+            ),
             "--rig" => rigs.push(
                 args.next()
                     .ok_or(format!("--rig needs a name\n{USAGE}"))?
@@ -46,15 +65,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     }
     if rigs.is_empty() {
-        rigs = vec!["qemu".into(), "host-tap".into()];
+        rigs = CI_RIGS.iter().map(|r| r.to_string()).collect();
+    }
+    // What each rig needs built: `ci` is both virtual boards.
+    let mut builds: Vec<&str> = Vec::new();
+    for rig in &rigs {
+        let needs: Vec<&str> = match rig.as_str() {
+            "ci" => vec!["qemu", "host-tap"],
+            other => vec![other],
+        };
+        for n in needs {
+            if !builds.contains(&n) {
+                builds.push(n);
+            }
+        }
     }
     let target = target_dir();
     let started = Instant::now();
     let mut cross_env: Option<CrossEnv> = None;
     let mut timings = Vec::new();
-    for rig in &rigs {
+    for rig in &builds {
         let step = Instant::now();
-        match rig.as_str() {
+        match *rig {
             "qemu" => {
                 let env = cross_env.get_or_insert(CrossEnv::setup()?);
                 if !has_program("qemu-system-arm", &["--version"]) {
@@ -93,13 +125,16 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     let step = Instant::now();
     let mut command = cargo();
-    command.args(["run", "--quiet", "-p", "hil-tests", "--"]);
+    command.args(["run", "--quiet", "-p", "hil-tests", "--", "run"]);
     for rig in &rigs {
         command.args(["--rig", rig]);
     }
+    for s in &scenarios {
+        command.args(["--scenario", s]);
+    }
     command.env("HIL_TARGET_DIR", &target);
     if let Some(env) = &cross_env
-        && rigs.iter().any(|r| r != "qemu" && r != "host-tap")
+        && rigs.iter().any(|r| !CI_RIGS.contains(&r.as_str()))
     {
         // Real-board rigs build firmware from inside hil-tests: give it the cross compiler.
         for key in ["RUSTC", "LD_LIBRARY_PATH", "RUSTC_BOOTSTRAP"] {
@@ -114,9 +149,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         step.elapsed().as_secs_f32()
     ));
     eprintln!(
-        "hil: {}; total {:.1} s; report {}",
+        "hil: {}; total {:.1} s; summary {}, report {}",
         timings.join(", "),
         started.elapsed().as_secs_f32(),
+        project_root().join("target/hil/summary.txt").display(),
         project_root().join("target/hil/junit.xml").display()
     );
     result

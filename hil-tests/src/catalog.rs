@@ -1,0 +1,80 @@
+//! The scenarios `hil-tests` knows, by name, with their pass criteria: what `hil-tests list`
+//! prints and what rig files and `--scenario` are checked against. The code of each lives in
+//! [`crate::scenario`] (`basic`, every rig) or [`crate::fleet`] (rigs with a namespace and a
+//! bridge: `kind = "host-tap"`).
+
+/// One scenario of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Its name (rig files, `--scenario`, JUnit suite names).
+    pub name: &'static str,
+    /// Whether it needs the fleet network (a host TAP rig's namespace and bridge).
+    pub fleet: bool,
+    /// When it passes.
+    pub criterion: &'static str,
+}
+
+/// Every scenario, in the order a rig runs them.
+pub const SCENARIOS: &[Known] = &[
+    Known {
+        name: "basic",
+        fleet: false,
+        criterion: "per transport: login, relay.set/relay.get through the API, relay and power \
+                    uploads readable (plus the lookup and nonce suites where the rig asks)",
+    },
+    Known {
+        name: "boot-online",
+        fleet: true,
+        criterion: "every host TAP board online within 2 s of its TAP being plugged into the \
+                    bridge, the QEMU board within 2 s of QEMU starting",
+    },
+    Known {
+        name: "http-under-loss",
+        fleet: true,
+        criterion: "20% loss each way on the UDP path of tap0's board and of the QEMU board: \
+                    every one of 20 relay commands through the HTTP API returns the device's \
+                    result; p50/p95 recorded",
+    },
+    Known {
+        name: "uploads-under-trouble",
+        fleet: true,
+        criterion: "power readings every 100 ms for upload_run_s on 4 boards with 20% loss, \
+                    delay with jitter and reordering, the broker restarted in the middle: every \
+                    reading in the spool exactly once, upload ids gap-free and in order per \
+                    device, none skipped or refused by the board",
+    },
+    Known {
+        name: "nat-rebinding",
+        fleet: true,
+        criterion: "a board uploading every 200 ms; its UDP path moves to a new source port \
+                    mid-session (a flushed NAT mapping): the broker shows the session at the new \
+                    address, 7 commands answer, the board logged in once and never reconnected, \
+                    its uploads are gap-free and in order",
+    },
+    Known {
+        name: "wrong-key",
+        fleet: true,
+        criterion: "a board provisioned with another device's key: no session appears in 12 s, \
+                    its log reports `login rejected: code 17` (AUTH_FAILED), at most 9 login \
+                    attempts (it backs off)",
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Known> {
+    SCENARIOS.iter().find(|k| k.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        for k in SCENARIOS {
+            assert_eq!(find(k.name), Some(k));
+            assert_eq!(SCENARIOS.iter().filter(|o| o.name == k.name).count(), 1);
+        }
+        assert_eq!(find("no-such"), None);
+    }
+}

@@ -1,0 +1,1008 @@
+//! The fleet scenarios: many boards on the rig's own network namespace (the host TAP boards on a
+//! bridge, plus the rig's QEMU board on QEMU's user network inside the same namespace), each
+//! board's UDP path through its own impairment relay ([`crate::impair`]), one broker.
+//!
+//! [`run`] starts the broker and one relay per board, then runs each scenario asked for; every
+//! scenario boots the boards it needs with fresh device ids and stops them again, so scenarios
+//! do not depend on each other. Pass criteria are in the step functions and in
+//! [`crate::catalog`]; each scenario is one JUnit suite, one case per board or step.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::api::{Api, Upload, from_device};
+use crate::broker::TestBroker;
+use crate::device::{self, Boot, Device};
+use crate::impair::{Profile, Relay};
+use crate::junit::Suite;
+use crate::netns::Namespace;
+use crate::rig::{Kind, Rig, Transport};
+use crate::run::{BOARD_LIFETIME_S, Paths, failed_suite, report};
+use crate::scenario::{COMMAND_TIMEOUT_MS, Case, Outcome};
+
+/// What the fleet scenarios run on.
+pub struct Context<'a> {
+    /// The rig.
+    pub rig: &'a Rig,
+    /// Where to read and write.
+    pub paths: &'a Paths,
+    /// Board logs.
+    pub logs: &'a Path,
+    /// The rig's namespace (TAP links go up and down in it).
+    pub ns: &'a Namespace,
+    /// Where the broker's device endpoints and the relays bind.
+    pub bind: IpAddr,
+    /// Where the broker's HTTP API binds.
+    pub api_bind: IpAddr,
+    /// The broker (and relays) as the host TAP boards reach them.
+    pub advertise: IpAddr,
+    /// The broker as the QEMU board reaches it, when the rig has one.
+    pub qemu_host: Option<IpAddr>,
+}
+
+/// Boot to online, the criterion of `boot-online`.
+pub const BOOT_ONLINE_LIMIT: Duration = Duration::from_secs(2);
+/// Commands sent by `http-under-loss`.
+pub const LOSSY_COMMANDS: usize = 20;
+/// Loss on each direction in `http-under-loss` and `uploads-under-trouble`, percent.
+pub const LOSS_PCT: f64 = 20.0;
+/// Boards uploading in `uploads-under-trouble`.
+pub const UPLOAD_BOARDS: u32 = 4;
+/// Meter interval in `uploads-under-trouble` (10 readings/s).
+pub const UPLOAD_METER_MS: u64 = 100;
+/// How long `wrong-key` watches the board.
+pub const WRONG_KEY_WATCH: Duration = Duration::from_secs(12);
+/// Most login attempts `wrong-key` accepts in [`WRONG_KEY_WATCH`] (full-jitter back-off from
+/// 1 s makes about 5; retrying every second would make 12).
+pub const WRONG_KEY_MAX_ATTEMPTS: usize = 9;
+/// Broker heartbeat interval in the fleet (short, so a lost shutdown kick costs seconds).
+pub const HEARTBEAT_SECS: u64 = 2;
+/// Command timeout asked of the broker under loss (retransmissions back off up to 8 s).
+const LOSSY_COMMAND_TIMEOUT_MS: u64 = 30_000;
+const POLL: Duration = Duration::from_millis(50);
+
+/// One board slot of the fleet.
+struct Slot {
+    /// `tap3`, `qemu`.
+    label: String,
+    kind: Kind,
+    /// Host TAP board index (0 for QEMU).
+    index: u32,
+    relay: Relay,
+    /// The relay as this board reaches it.
+    relay_addr: SocketAddr,
+}
+
+struct Fleet<'a> {
+    ctx: &'a Context<'a>,
+    broker: TestBroker,
+    api: Api,
+    slots: Vec<Slot>,
+    next_id: u32,
+}
+
+/// A booted board.
+struct Running {
+    slot: usize,
+    device_id: u32,
+    device: Device,
+}
+
+/// Runs the fleet scenarios `names` (one suite each).
+pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
+    let started = Instant::now();
+    let data_dir = ctx
+        .paths
+        .work
+        .join("broker")
+        .join(format!("{}-fleet", ctx.rig.name));
+    let broker = match TestBroker::start_with(
+        ctx.bind,
+        ctx.api_bind,
+        ctx.advertise,
+        &data_dir,
+        Some(HEARTBEAT_SECS),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            return vec![failed_suite(
+                &format!("{}/fleet", ctx.rig.name),
+                started,
+                e.to_string(),
+            )];
+        }
+    };
+    let api = Api::new(broker.api_base(), broker.api_token().to_string());
+    let mut slots = Vec::new();
+    let boards = ctx.rig.host_tap.as_ref().map_or(0, |h| h.boards);
+    let mut wanted: Vec<(String, Kind, u32, IpAddr)> = (0..boards)
+        .map(|i| (format!("tap{i}"), Kind::HostTap, i, ctx.advertise))
+        .collect();
+    if let Some(host) = ctx.qemu_host {
+        wanted.push(("qemu".into(), Kind::Qemu, 0, host));
+    }
+    for (label, kind, index, reach) in wanted {
+        match Relay::start(SocketAddr::new(ctx.bind, 0), broker.udp_bound()).await {
+            Ok(relay) => {
+                let port = relay.local_addr().map(|a| a.port()).unwrap_or(0);
+                slots.push(Slot {
+                    label,
+                    kind,
+                    index,
+                    relay,
+                    relay_addr: SocketAddr::new(reach, port),
+                });
+            }
+            Err(e) => {
+                broker.stop().await;
+                return vec![failed_suite(
+                    &format!("{}/fleet", ctx.rig.name),
+                    started,
+                    format!("relay for {label}: {e}"),
+                )];
+            }
+        }
+    }
+    eprintln!(
+        "hil[{}]: fleet broker up, API {}, {} board slots with relays, in {} ms",
+        ctx.rig.name,
+        broker.api_base(),
+        slots.len(),
+        started.elapsed().as_millis()
+    );
+    let mut fleet = Fleet {
+        ctx,
+        broker,
+        api,
+        slots,
+        next_id: ctx.rig.device_id.wrapping_add(10_000),
+    };
+    let mut suites = Vec::new();
+    for name in names {
+        let started = Instant::now();
+        eprintln!("hil[{}/{name}]: start", ctx.rig.name);
+        let (cases, logs) = match name.as_str() {
+            "boot-online" => fleet.boot_online().await,
+            "http-under-loss" => fleet.http_under_loss().await,
+            "uploads-under-trouble" => fleet.uploads_under_trouble().await,
+            "nat-rebinding" => fleet.nat_rebinding().await,
+            "wrong-key" => fleet.wrong_key().await,
+            other => (
+                vec![failed_case(
+                    "set-up",
+                    format!("no fleet scenario `{other}`"),
+                )],
+                String::new(),
+            ),
+        };
+        let suite = Suite {
+            name: format!("{}/{name}", ctx.rig.name),
+            cases,
+            time: started.elapsed(),
+            system_out: logs,
+        };
+        report(&suite);
+        suites.push(suite);
+    }
+    fleet.broker.stop().await;
+    suites
+}
+
+fn failed_case(name: &str, reason: String) -> Case {
+    Case {
+        name: name.into(),
+        outcome: Outcome::Fail(reason),
+        time: Duration::ZERO,
+        detail: String::new(),
+    }
+}
+
+fn case(name: String, started: Instant, result: Result<String, String>) -> Case {
+    let (outcome, detail) = match result {
+        Ok(d) => (Outcome::Pass, d),
+        Err(e) => (Outcome::Fail(e), String::new()),
+    };
+    eprintln!(
+        "hil   {} {name}",
+        if outcome == Outcome::Pass {
+            "ok  "
+        } else {
+            "FAIL"
+        }
+    );
+    Case {
+        name,
+        outcome,
+        time: started.elapsed(),
+        detail,
+    }
+}
+
+/// The value at `p` (`[q0.5, q0.95]`) of sorted `ms`.
+pub fn percentile(sorted: &[u128], p: f64) -> u128 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+impl Fleet<'_> {
+    fn boot(&mut self, slot: usize, meter_ms: u64, scenario: &str) -> Result<Running, String> {
+        self.boot_with_key(slot, meter_ms, scenario, false)
+    }
+
+    /// [`Fleet::boot`]; with `wrong_key` the record holds the key of another device id.
+    fn boot_with_key(
+        &mut self,
+        slot: usize,
+        meter_ms: u64,
+        scenario: &str,
+        wrong_key: bool,
+    ) -> Result<Running, String> {
+        let s = &self.slots[slot];
+        let device_id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let key_id = if wrong_key {
+            device_id ^ 0x00ff_0000
+        } else {
+            device_id
+        };
+        let boot = Boot {
+            device_id,
+            key: self.broker.device_key(key_id),
+            transport: Transport::Udp,
+            udp: s.relay_addr,
+            ws: SocketAddr::new(s.relay_addr.ip(), self.broker.ws().port()),
+            lookup: None,
+            meter_ms,
+            boot_number: device_id,
+            record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
+            exit_after_s: self.ctx.rig.login_timeout_s
+                + BOARD_LIFETIME_S
+                + self.ctx.rig.upload_run_s,
+            board: s.index,
+        };
+        let name = format!("{}-{scenario}-{}", self.ctx.rig.name, s.label);
+        let device = device::start_as(
+            s.kind,
+            self.ctx.rig,
+            &self.ctx.paths.root,
+            &boot,
+            self.ctx.logs,
+            &name,
+        )
+        .map_err(|e| format!("starting {}: {e}", s.label))?
+        .watched(&self.ctx.paths.teardown);
+        Ok(Running {
+            slot,
+            device_id,
+            device,
+        })
+    }
+
+    /// Stops boards; their logs (tail) for the suite's output.
+    fn stop_all(&self, boards: Vec<Running>) -> String {
+        let mut out = String::new();
+        for b in boards {
+            let label = self.slots[b.slot].label.clone();
+            let log = b.device.stop();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            out.push_str(&format!("--- {label} (device {}) ---\n", b.device_id));
+            for l in tail {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Waits until `id` has a UDP session; returns when (or why not).
+    async fn online(&self, id: u32, limit: Duration) -> Result<Instant, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.api.device_status(id).await {
+                Ok(s) if s.sessions.iter().any(|s| s.transport == "udp") => {
+                    return Ok(Instant::now());
+                }
+                Ok(_) => {}
+                Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "device {id} not online within {} s",
+                    limit.as_secs_f32()
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// When each of `ids` got a UDP session: all are polled every round, so each board's time
+    /// is its own (within one round of polls).
+    async fn online_all(&self, ids: &[u32], limit: Duration) -> Vec<Result<Instant, String>> {
+        let deadline = Instant::now() + limit;
+        let mut results: Vec<Option<Result<Instant, String>>> = vec![None; ids.len()];
+        while results.iter().any(Option::is_none) {
+            for (id, slot) in ids.iter().zip(results.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                if let Ok(s) = self.api.device_status(*id).await
+                    && s.sessions.iter().any(|s| s.transport == "udp")
+                {
+                    *slot = Some(Ok(Instant::now()));
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| {
+                r.unwrap_or_else(|| {
+                    Err(format!(
+                        "device {id} not online within {} s",
+                        limit.as_secs()
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Plugs host TAP board `index`'s TAP into the rig's bridge or unplugs it.
+    fn plug(&self, index: u32, plugged: bool) -> Result<(), crate::netns::NetError> {
+        let Some(h) = self.ctx.rig.host_tap.as_ref() else {
+            return Ok(());
+        };
+        self.ctx.ns.plug(&h.tap(index), &h.bridge, plugged)
+    }
+
+    /// `boot-online`: every host TAP board boots with its TAP unplugged from the bridge (link
+    /// up, so the board's writes succeed, but nobody hears it); the TAPs are plugged in
+    /// together and each board must be online within [`BOOT_ONLINE_LIMIT`] of that; the QEMU
+    /// board within the limit of QEMU starting. (Not link down: the host TAP board ends with a
+    /// panic when a write to its TAP fails with EIO, as on a downed link.)
+    async fn boot_online(&mut self) -> (Vec<Case>, String) {
+        let mut cases = Vec::new();
+        let mut boards = Vec::new();
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if s.kind == Kind::HostTap
+                && let Err(e) = self.plug(s.index, false)
+            {
+                cases.push(failed_case("set-up", e.to_string()));
+                return (cases, String::new());
+            }
+        }
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].kind == Kind::Qemu {
+                continue;
+            }
+            match self.boot(slot, self.ctx.rig.meter_ms, "boot-online") {
+                Ok(b) => boards.push(b),
+                Err(e) => cases.push(failed_case("set-up", e)),
+            }
+        }
+        // Let the processes open their TAPs before the network comes up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut up_at = Vec::new();
+        for b in &boards {
+            if let Err(e) = self.plug(self.slots[b.slot].index, true) {
+                cases.push(failed_case("set-up", e.to_string()));
+            }
+            up_at.push(Instant::now());
+        }
+        if let Some(slot) = self.slots.iter().position(|s| s.kind == Kind::Qemu) {
+            match self.boot(slot, self.ctx.rig.meter_ms, "boot-online") {
+                Ok(b) => {
+                    up_at.push(b.device.started());
+                    boards.push(b);
+                }
+                Err(e) => cases.push(failed_case("set-up", e)),
+            }
+        }
+        let limit = Duration::from_secs(self.ctx.rig.login_timeout_s);
+        let ids: Vec<u32> = boards.iter().map(|b| b.device_id).collect();
+        let results = self.online_all(&ids, limit).await;
+        let mut all = Vec::new();
+        for ((b, result), t0) in boards.iter().zip(results).zip(up_at) {
+            let label = &self.slots[b.slot].label;
+            let what = if self.slots[b.slot].kind == Kind::Qemu {
+                "QEMU start"
+            } else {
+                "plug-in"
+            };
+            let r = result.and_then(|at| {
+                let took = at.duration_since(t0);
+                all.push(took);
+                if took <= BOOT_ONLINE_LIMIT {
+                    Ok(format!(
+                        "device {} online {} ms after {what}",
+                        b.device_id,
+                        took.as_millis()
+                    ))
+                } else {
+                    Err(format!(
+                        "device {} online {} ms after {what}, over the {} ms limit",
+                        b.device_id,
+                        took.as_millis(),
+                        BOOT_ONLINE_LIMIT.as_millis()
+                    ))
+                }
+            });
+            cases.push(case(format!("{label} online within 2 s"), t0, r));
+        }
+        all.sort();
+        eprintln!(
+            "hil[{}/boot-online]: {} boards, slowest {} ms",
+            self.ctx.rig.name,
+            all.len(),
+            all.last().map_or(0, |d| d.as_millis())
+        );
+        let logs = self.stop_all(boards);
+        (cases, logs)
+    }
+
+    /// `http-under-loss`: on one host TAP board (and the QEMU board if the rig has one),
+    /// [`LOSS_PCT`] loss each way; [`LOSSY_COMMANDS`] relay commands through the API must each
+    /// return the device's result with the relay in the state asked for.
+    async fn http_under_loss(&mut self) -> (Vec<Case>, String) {
+        let mut cases = Vec::new();
+        let mut logs = String::new();
+        let targets: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| (s.kind == Kind::HostTap && s.index == 0) || s.kind == Kind::Qemu)
+            .map(|(i, _)| i)
+            .collect();
+        for slot in targets {
+            let started = Instant::now();
+            let label = self.slots[slot].label.clone();
+            let board = match self.boot(slot, 0, "http-under-loss") {
+                Ok(b) => b,
+                Err(e) => {
+                    cases.push(failed_case(&format!("{label} set-up"), e));
+                    continue;
+                }
+            };
+            let limit = Duration::from_secs(self.ctx.rig.login_timeout_s);
+            let online = self
+                .online(board.device_id, limit)
+                .await
+                .map(|_| String::new());
+            if let Err(e) = online {
+                cases.push(case(format!("{label} online"), started, Err(e)));
+                logs.push_str(&self.stop_all(vec![board]));
+                continue;
+            }
+            let relay = &self.slots[slot].relay;
+            relay.set_profile(Profile::loss(LOSS_PCT));
+            let result = self.lossy_commands(board.device_id).await.map(|d| {
+                format!(
+                    "{d}; relay to broker: {}; to board: {}",
+                    relay.to_broker().summary(),
+                    relay.to_board().summary()
+                )
+            });
+            relay.set_profile(Profile::default());
+            cases.push(case(
+                format!("{label}: {LOSSY_COMMANDS} commands at {LOSS_PCT}% loss"),
+                started,
+                result,
+            ));
+            logs.push_str(&self.stop_all(vec![board]));
+        }
+        (cases, logs)
+    }
+
+    /// `nat-rebinding`: a board uploading every 200 ms answers commands; its relay then sends
+    /// from a new source port (a NAT whose mapping was flushed). The session must go on: the
+    /// broker shows it at the new address, commands keep answering, the board logged in once
+    /// and never reconnected, and its uploads are in the spool gap-free and in order.
+    async fn nat_rebinding(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.kind == Kind::HostTap && s.index == 1)
+            .or_else(|| self.slots.iter().position(|s| s.kind == Kind::HostTap))
+        else {
+            return (
+                vec![failed_case("set-up", "no host TAP board".into())],
+                String::new(),
+            );
+        };
+        let label = self.slots[slot].label.clone();
+        let cursor = match self.api.uploads(0, 1).await {
+            Ok(p) => p.head,
+            Err(e) => return (vec![failed_case("set-up", e.to_string())], String::new()),
+        };
+        let board = match self.boot(slot, 200, "nat-rebinding") {
+            Ok(b) => b,
+            Err(e) => return (vec![failed_case("set-up", e)], String::new()),
+        };
+        let result = self.rebinding_steps(slot, board.device_id, cursor).await;
+        let logs = self.stop_all(vec![board]);
+        (
+            vec![case(
+                format!("{label}: session survives a NAT rebinding"),
+                started,
+                result,
+            )],
+            logs,
+        )
+    }
+
+    async fn rebinding_steps(&self, slot: usize, id: u32, cursor: u64) -> Result<String, String> {
+        let limit = Duration::from_secs(self.ctx.rig.login_timeout_s);
+        self.online(id, limit).await?;
+        let peer = |status: crate::api::TerminalStatus| {
+            status
+                .sessions
+                .iter()
+                .find(|s| s.transport == "udp")
+                .map(|s| s.peer.clone())
+        };
+        let before = peer(
+            self.api
+                .device_status(id)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+        .ok_or("no UDP session before the rebinding")?;
+        for want in ["on", "off"] {
+            self.expect_relay(id, want).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.slots[slot]
+            .relay
+            .rebind()
+            .await
+            .map_err(|e| format!("rebinding the relay: {e}"))?;
+        for want in ["on", "off", "on", "off", "on"] {
+            self.expect_relay(id, want).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = peer(
+            self.api
+                .device_status(id)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+        .ok_or("no UDP session after the rebinding")?;
+        if after == before {
+            return Err(format!("the broker still shows the session at {before}"));
+        }
+        let reply = self
+            .api
+            .command(id, "status", "", LOSSY_COMMAND_TIMEOUT_MS)
+            .await
+            .map_err(|e| format!("status command: {e}"))?;
+        let status: Value =
+            serde_json::from_slice(&reply.payload).map_err(|e| format!("status payload: {e}"))?;
+        let logins = status.get("logins").and_then(Value::as_u64);
+        let reconnects = status.get("reconnects").and_then(Value::as_u64);
+        if logins != Some(1) || reconnects != Some(0) {
+            return Err(format!(
+                "the board logged in again: logins {logins:?}, reconnects {reconnects:?} (status {status})"
+            ));
+        }
+        let uploads = self.all_uploads(cursor, id).await?;
+        check_order(&uploads)?;
+        Ok(format!(
+            "session moved from {before} to {after}; 7 commands answered; 1 login, 0 reconnects; {} uploads gap-free in order",
+            uploads.len()
+        ))
+    }
+
+    /// `wrong-key`: a board provisioned with a key that is not its own (the fleet key's key
+    /// for another id). For [`WRONG_KEY_WATCH`]: no session of its id appears; then its log must
+    /// report the refusal with `AUTH_FAILED` (17), and show at most [`WRONG_KEY_MAX_ATTEMPTS`]
+    /// login attempts (it backs off or gives up instead of hammering the broker).
+    async fn wrong_key(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.kind == Kind::HostTap && s.index == 2)
+            .or_else(|| self.slots.iter().position(|s| s.kind == Kind::HostTap))
+        else {
+            return (
+                vec![failed_case("set-up", "no host TAP board".into())],
+                String::new(),
+            );
+        };
+        let label = self.slots[slot].label.clone();
+        let board = match self.boot_with_key(slot, 0, "wrong-key", true) {
+            Ok(b) => b,
+            Err(e) => return (vec![failed_case("set-up", e)], String::new()),
+        };
+        let id = board.device_id;
+        let deadline = Instant::now() + WRONG_KEY_WATCH;
+        let mut session = None;
+        while Instant::now() < deadline && session.is_none() {
+            if let Ok(s) = self.api.device_status(id).await
+                && !s.sessions.is_empty()
+            {
+                session = Some(format!("{:?}", s.sessions));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = board.device.stop();
+        let attempts = log.matches("login: attempt").count();
+        let refused = log.contains("login rejected: code 17");
+        let result = match (session, refused) {
+            (Some(s), _) => Err(format!("device {id} got a session with a wrong key: {s}")),
+            (None, false) => Err(format!(
+                "the board's log does not report `login rejected: code 17` (AUTH_FAILED) within {} s",
+                WRONG_KEY_WATCH.as_secs()
+            )),
+            (None, true) if attempts > WRONG_KEY_MAX_ATTEMPTS => Err(format!(
+                "{attempts} login attempts in {} s: no back-off",
+                WRONG_KEY_WATCH.as_secs()
+            )),
+            (None, true) => Ok(format!(
+                "no session in {} s; refused with AUTH_FAILED (17); {attempts} login attempts",
+                WRONG_KEY_WATCH.as_secs()
+            )),
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        (
+            vec![case(
+                format!("{label}: a wrong key is refused"),
+                started,
+                result,
+            )],
+            format!("--- {label} (device {id}) ---\n{tail}\n"),
+        )
+    }
+
+    async fn expect_relay(&self, id: u32, want: &str) -> Result<(), String> {
+        let reply = self
+            .api
+            .command(id, "relay.set", want, COMMAND_TIMEOUT_MS)
+            .await
+            .map_err(|e| format!("relay.set {want}: {e}"))?;
+        let state: Option<Value> = serde_json::from_slice(&reply.payload).ok();
+        let got = state
+            .as_ref()
+            .and_then(|v| v.get("relay"))
+            .and_then(Value::as_str);
+        if reply.status != 0 || got != Some(want) {
+            return Err(format!(
+                "relay.set {want}: status {}, payload {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.payload)
+            ));
+        }
+        Ok(())
+    }
+
+    async fn lossy_commands(&self, id: u32) -> Result<String, String> {
+        let mut took = Vec::new();
+        for i in 0..LOSSY_COMMANDS {
+            let want = if i % 2 == 0 { "on" } else { "off" };
+            let started = Instant::now();
+            let reply = self
+                .api
+                .command(id, "relay.set", want, LOSSY_COMMAND_TIMEOUT_MS)
+                .await
+                .map_err(|e| format!("command {} of {LOSSY_COMMANDS}: {e}", i + 1))?;
+            took.push(started.elapsed().as_millis());
+            let shown = String::from_utf8_lossy(&reply.payload).into_owned();
+            let state: Option<Value> = serde_json::from_slice(&reply.payload).ok();
+            let got = state
+                .as_ref()
+                .and_then(|v| v.get("relay"))
+                .and_then(Value::as_str);
+            if reply.status != 0 || got != Some(want) {
+                return Err(format!(
+                    "command {} (relay.set {want}): status {}, payload {shown}",
+                    i + 1,
+                    reply.status
+                ));
+            }
+        }
+        took.sort();
+        Ok(format!(
+            "{LOSSY_COMMANDS} of {LOSSY_COMMANDS} answered; round trip p50 {} ms, p95 {} ms, max {} ms",
+            percentile(&took, 0.5),
+            percentile(&took, 0.95),
+            took.last().copied().unwrap_or(0)
+        ))
+    }
+
+    /// `uploads-under-trouble`: [`UPLOAD_BOARDS`] boards read their meter every
+    /// [`UPLOAD_METER_MS`] for `upload_run_s` seconds over paths with loss, delay, jitter and
+    /// reordering, and the broker restarts halfway. Then, per board: the board skipped and had
+    /// refused no upload (its `status` counters), and the spool holds each of its uploads once
+    /// (one dedup key each), their upload ids gap-free and in spool order, at least as many as
+    /// the board saw acknowledged, and at least 80% of the readings the run should produce.
+    async fn uploads_under_trouble(&mut self) -> (Vec<Case>, String) {
+        let mut cases = Vec::new();
+        let cursor = match self.api.uploads(0, 1).await {
+            Ok(p) => p.head,
+            Err(e) => return (vec![failed_case("set-up", e.to_string())], String::new()),
+        };
+        let slots: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind == Kind::HostTap)
+            .map(|(i, _)| i)
+            .take(UPLOAD_BOARDS as usize)
+            .collect();
+        let mut boards = Vec::new();
+        for slot in slots {
+            match self.boot(slot, UPLOAD_METER_MS, "uploads") {
+                Ok(b) => boards.push(b),
+                Err(e) => cases.push(failed_case("set-up", e)),
+            }
+        }
+        let limit = Duration::from_secs(self.ctx.rig.login_timeout_s);
+        for b in &boards {
+            if let Err(e) = self.online(b.device_id, limit).await {
+                cases.push(failed_case("online", e));
+                let logs = self.stop_all(boards);
+                return (cases, logs);
+            }
+        }
+        let trouble = Profile {
+            loss_pct: LOSS_PCT,
+            delay_ms: 20,
+            jitter_ms: 15,
+            reorder_pct: 25.0,
+            duplicate_pct: 0.0,
+        };
+        for b in &boards {
+            self.slots[b.slot].relay.set_profile(trouble);
+        }
+        let run = Duration::from_secs(self.ctx.rig.upload_run_s);
+        let run_started = Instant::now();
+        tokio::time::sleep(run / 2).await;
+        let restart = match self.broker.restart().await {
+            Ok(away) => format!("broker restarted (away {} ms)", away.as_millis()),
+            Err(e) => {
+                cases.push(failed_case("broker restart", e.to_string()));
+                let logs = self.stop_all(boards);
+                return (cases, logs);
+            }
+        };
+        eprintln!(
+            "hil[{}/uploads-under-trouble]: {restart}",
+            self.ctx.rig.name
+        );
+        tokio::time::sleep(run.saturating_sub(run_started.elapsed())).await;
+        for b in &boards {
+            self.slots[b.slot].relay.set_profile(Profile::default());
+        }
+        let expected = (run.as_millis() / u128::from(UPLOAD_METER_MS)) as usize;
+        for b in &boards {
+            let started = Instant::now();
+            let label = self.slots[b.slot].label.clone();
+            let result = self
+                .check_uploads(b.device_id, cursor, expected, limit)
+                .await;
+            let relay = &self.slots[b.slot].relay;
+            let result = result.map(|d| {
+                format!(
+                    "{d}; {restart}; relay to broker: {}; to board: {}",
+                    relay.to_broker().summary(),
+                    relay.to_board().summary()
+                )
+            });
+            cases.push(case(
+                format!("{label}: every reading once, in order"),
+                started,
+                result,
+            ));
+        }
+        let logs = self.stop_all(boards);
+        (cases, logs)
+    }
+
+    async fn check_uploads(
+        &self,
+        id: u32,
+        cursor: u64,
+        expected: usize,
+        limit: Duration,
+    ) -> Result<String, String> {
+        self.online(id, limit).await?;
+        let reply = self
+            .api
+            .command(id, "status", "", LOSSY_COMMAND_TIMEOUT_MS)
+            .await
+            .map_err(|e| format!("status command: {e}"))?;
+        let status: Value =
+            serde_json::from_slice(&reply.payload).map_err(|e| format!("status payload: {e}"))?;
+        let count = |k: &str| status.get(k).and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let (acked, rejected, skipped) = (
+            count("uploads_acked"),
+            count("uploads_rejected"),
+            count("readings_skipped"),
+        );
+        let mut problems = Vec::new();
+        if skipped != 0 || rejected != 0 {
+            problems.push(format!(
+                "the board skipped {skipped} readings, its upload queue refused {rejected} uploads"
+            ));
+        }
+        let uploads = self.all_uploads(cursor, id).await?;
+        if let Err(e) = check_order(&uploads) {
+            problems.push(e);
+        }
+        let power = uploads.iter().filter(|u| u.topic == "power").count();
+        if (uploads.len() as u64) < acked {
+            problems.push(format!(
+                "the spool holds {} uploads of device {id}, the board saw {acked} acknowledged",
+                uploads.len()
+            ));
+        }
+        if power * 5 < expected * 4 {
+            problems.push(format!(
+                "{power} readings in the spool, the run should produce {expected}"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(format!("{} (board status {status})", problems.join("; ")));
+        }
+        Ok(format!(
+            "{} uploads ({power} readings, {expected} expected) once each, ids {}..={} gap-free in order; board: {acked} acked, {} resent, {} retransmits, {} reconnects",
+            uploads.len(),
+            uploads.first().map_or(0, |u| u.upload_id),
+            uploads.last().map_or(0, |u| u.upload_id),
+            status.get("uploads_resent").unwrap_or(&Value::Null),
+            status.get("retransmits").unwrap_or(&Value::Null),
+            status.get("reconnects").unwrap_or(&Value::Null),
+        ))
+    }
+
+    async fn all_uploads(&self, mut cursor: u64, id: u32) -> Result<Vec<Upload>, String> {
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .api
+                .uploads(cursor, 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            let read = page.uploads.len();
+            out.extend(page.uploads.into_iter().filter(|u| from_device(u, id)));
+            if read == 0 || page.next >= page.head {
+                return Ok(out);
+            }
+            cursor = page.next;
+        }
+    }
+}
+
+/// One boot's uploads in spool order: one epoch, each dedup key once, upload ids strictly
+/// increasing by one. On failure it says how many ids are missing between the first and the
+/// last, and how many come after a higher one (out of order), with the first example of each.
+pub fn check_order(uploads: &[Upload]) -> Result<(), String> {
+    let (Some(first), Some(_)) = (uploads.first(), uploads.last()) else {
+        return Err("no uploads in the spool".into());
+    };
+    let mut keys = std::collections::HashSet::new();
+    for u in uploads {
+        if u.upload_epoch != first.upload_epoch {
+            return Err(format!(
+                "two upload epochs in one boot: {:x} and {:x}",
+                first.upload_epoch, u.upload_epoch
+            ));
+        }
+        if !keys.insert(u.dedup_key.as_str()) {
+            return Err(format!("dedup key {} twice in the spool", u.dedup_key));
+        }
+    }
+    // Ids relative to the first: they start at a random value and wrap, skipping 0.
+    let offsets: Vec<u32> = uploads
+        .iter()
+        .map(|u| {
+            let off = u.upload_id.wrapping_sub(first.upload_id);
+            if u.upload_id < first.upload_id {
+                off.wrapping_sub(1)
+            } else {
+                off
+            }
+        })
+        .collect();
+    let mut late = Vec::new();
+    let mut highest = 0;
+    for (u, off) in uploads.iter().zip(&offsets) {
+        if *off < highest {
+            late.push(u);
+        }
+        highest = highest.max(*off);
+    }
+    let present: std::collections::HashSet<u32> = offsets.iter().copied().collect();
+    let missing: Vec<u32> = (0..=highest).filter(|o| !present.contains(o)).collect();
+    if missing.is_empty() && late.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if let Some(m) = missing.first() {
+        problems.push(format!(
+            "{} upload ids missing (first: {})",
+            missing.len(),
+            first.upload_id.wrapping_add(*m)
+        ));
+    }
+    if let Some(u) = late.first() {
+        problems.push(format!(
+            "{} uploads after a higher id in the spool (first: id {} at cursor {})",
+            late.len(),
+            u.upload_id,
+            u.cursor
+        ));
+    }
+    Err(problems.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_protocol::ids::{Address, Kind as IdKind};
+
+    fn upload(cursor: u64, id: u32, key: &str) -> Upload {
+        Upload {
+            cursor,
+            device: Address {
+                kind: IdKind::Device,
+                id: 5,
+            },
+            upload_epoch: 9,
+            upload_id: id,
+            dedup_key: key.into(),
+            topic: "power".into(),
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u128> = (1..=20).collect();
+        assert_eq!(percentile(&v, 0.5), 10);
+        assert_eq!(percentile(&v, 0.95), 19);
+        assert_eq!(percentile(&[7], 0.95), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn order_check_refuses_gaps_swaps_and_repeats() {
+        let ok = [upload(1, 1, "a"), upload(2, 2, "b"), upload(3, 3, "c")];
+        assert!(check_order(&ok).is_ok());
+        let gap = [upload(1, 1, "a"), upload(2, 3, "c")];
+        assert_eq!(
+            check_order(&gap).unwrap_err(),
+            "1 upload ids missing (first: 2)"
+        );
+        let swapped = [upload(1, 1, "a"), upload(2, 3, "c"), upload(3, 2, "b")];
+        assert_eq!(
+            check_order(&swapped).unwrap_err(),
+            "1 uploads after a higher id in the spool (first: id 2 at cursor 3)"
+        );
+        let wrapping = [
+            upload(1, u32::MAX, "a"),
+            upload(2, 0, "b"),
+            upload(3, 1, "c"),
+        ];
+        assert!(check_order(&wrapping).is_ok());
+        let repeated = [upload(1, 1, "a"), upload(2, 2, "a")];
+        assert!(check_order(&repeated).unwrap_err().contains("twice"));
+        assert!(check_order(&[]).is_err());
+    }
+}
