@@ -4,9 +4,11 @@
 //! Builds `boards/qemu-mps2-an386`'s `watchdog-probe` and boots it under QEMU with no network.
 //! The probe (see its module docs) feeds the board's CMSDK watchdog while a worker task makes
 //! progress, then hangs the worker; the watchdog resets the board (QEMU reboots it in the same
-//! process), and the second boot checks that its reset reason is `watchdog` and that the first
-//! boot had reached the hang. Exit status 0 passes; anything else, or no exit within
-//! [`TIMEOUT`], fails.
+//! process), and the second boot checks that its reset reason is `watchdog`, that the first
+//! boot had reached the hang, and that it draws another upload epoch than the first boot did
+//! (the loader writes the same boot number again on the reset; the board's reset count must
+//! make the difference). Exit status 0 passes; anything else, or no exit within [`TIMEOUT`],
+//! fails.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -54,12 +56,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     match status.code() {
         Some(0) => {
-            eprintln!("qemu-watchdog: pass (hang caught, reset reason `watchdog`)");
+            eprintln!(
+                "qemu-watchdog: pass (hang caught, reset reason `watchdog`, new upload epoch after the reset)"
+            );
             Ok(())
         }
         Some(1) => Err("the watchdog reset the board while it was fed".into()),
         Some(2) => Err("the watchdog did not start".into()),
         Some(3) => Err("the worker hung but the watchdog did not reset the board".into()),
+        Some(4) => Err(
+            "the boot after the watchdog reset drew the same upload epoch as the boot before it"
+                .into(),
+        ),
         other => Err(format!("watchdog-probe ended with {other:?}")),
     }
 }

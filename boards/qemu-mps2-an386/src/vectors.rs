@@ -3,15 +3,25 @@
 //!
 //! Without a device (PAC) crate, cortex-m-rt routes every external interrupt to
 //! `DefaultHandler`, which receives the IRQ number; we dispatch from there.
-//! cortex-m-rt requires `DefaultHandler` and `NonMaskableInt` to be declared `unsafe fn`
-//! (defining them replaces the runtime's defaults), which is why this module allows
+//! cortex-m-rt requires `DefaultHandler`, `NonMaskableInt` and `HardFault` to be declared
+//! `unsafe fn` (defining them replaces the runtime's defaults), which is why this module allows
 //! `unsafe_code`.
 //! No handler here dereferences pointers or touches hardware directly.
 #![allow(unsafe_code)]
 
-use cortex_m_rt::exception;
+use cortex_m_rt::{ExceptionFrame, exception};
 
-use crate::{lan9118, time_driver, watchdog};
+use crate::{lan9118, panic, time_driver, watchdog};
+
+/// A fault, or a panic: release builds abort on panic (`-Cpanic=immediate-abort` in
+/// `.cargo/config.toml`), which executes an undefined instruction that ends here. Logs the
+/// faulting address (`addr2line -e <elf> <pc>` names the file and line) and ends QEMU with
+/// [`panic::PANIC_EXIT_CODE`], as a panic did before.
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    defmt::error!("hard fault or panic at pc {=u32:#x}", frame.pc());
+    crate::exit(panic::PANIC_EXIT_CODE)
+}
 
 #[exception]
 fn SysTick() {

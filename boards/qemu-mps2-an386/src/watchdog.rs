@@ -12,6 +12,10 @@
 //! and the loader's data but leaves RAM that nothing loads untouched, so the next boot finds
 //! the marker: [`take_reset_reason`] reads and clears it. A marker left by an earlier QEMU
 //! process cannot exist (block RAM starts zeroed), so a boot without one is a power-on.
+//!
+//! The same untouched block RAM holds the count of resets since power-on ([`count_boot`],
+//! folded into the boot generator's seed, since the loader's boot number does not change on a
+//! reset) and a few words one boot can leave for the next ([`leave_notes`], [`take_notes`]).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -86,26 +90,60 @@ pub(crate) fn on_timeout() {
     unsafe { (REASON_ADDR as *mut u32).write_volatile(WATCHDOG_MARKER) };
 }
 
-/// A word the program leaves for its next boot (what it was doing, for example), kept like the
-/// reason marker; [`take_note`] reads and clears it.
-const NOTE_ADDR: usize = REASON_ADDR + 4;
+/// Marks a valid reset count (`"RSTC"`), so zeroed block RAM reads as no reset yet.
+const RESETS_MAGIC: u32 = u32::from_le_bytes(*b"RSTC");
+/// The reset count: [`RESETS_MAGIC`], then the count (the two words after the reason marker).
+const RESETS_ADDR: usize = REASON_ADDR + 4;
 
-/// Leaves `value` for the next boot (see [`take_note`]).
+/// Counts this boot and returns how many resets came before it since QEMU started the machine:
+/// 0 on a power-on, then 1, 2, ... after each reset (the watchdog's or any other) that keeps
+/// block RAM. QEMU's loader writes the same boot number again on every reset, so a board without
+/// a random source folds this count into its boot generator to get a fresh stream after a
+/// reset. Call exactly once per boot, early in `main`. The count wraps after 2^32 resets.
 #[allow(unsafe_code)]
-pub fn leave_note(value: u32) {
-    // SAFETY: as in `take_reset_reason` (the word after the marker, also block RAM).
-    unsafe { (NOTE_ADDR as *mut u32).write_volatile(value) };
+pub fn count_boot() -> u32 {
+    let words = RESETS_ADDR as *mut u32;
+    // SAFETY: as in `take_reset_reason` (two words of block RAM after the reason marker, 4-byte
+    // aligned, touched only here).
+    let (magic, count) = unsafe { (words.read_volatile(), words.add(1).read_volatile()) };
+    let resets = if magic == RESETS_MAGIC { count } else { 0 };
+    // SAFETY: as above.
+    unsafe {
+        words.write_volatile(RESETS_MAGIC);
+        words.add(1).write_volatile(resets.wrapping_add(1));
+    }
+    resets
 }
 
-/// The word an earlier boot left with [`leave_note`] (0: none); clears it.
+/// Words a program can leave for its next boot (what it was doing, for example).
+pub const NOTE_WORDS: usize = 4;
+/// Where the notes live, kept like the reason marker (after the reset count).
+const NOTES_ADDR: usize = RESETS_ADDR + 8;
+
+/// Leaves `notes` for the next boot (see [`take_notes`]).
 #[allow(unsafe_code)]
-pub fn take_note() -> u32 {
-    let note = NOTE_ADDR as *mut u32;
-    // SAFETY: as in `leave_note`.
-    let value = unsafe { note.read_volatile() };
-    // SAFETY: as in `leave_note`.
-    unsafe { note.write_volatile(0) };
-    value
+pub fn leave_notes(notes: [u32; NOTE_WORDS]) {
+    let words = NOTES_ADDR as *mut u32;
+    for (i, value) in notes.into_iter().enumerate() {
+        // SAFETY: as in `take_reset_reason` (NOTE_WORDS words of block RAM after the reset
+        // count, 4-byte aligned, touched only by this pair of functions).
+        unsafe { words.add(i).write_volatile(value) };
+    }
+}
+
+/// The words an earlier boot left with [`leave_notes`] (zeros: none); clears them.
+#[allow(unsafe_code)]
+pub fn take_notes() -> [u32; NOTE_WORDS] {
+    let words = NOTES_ADDR as *mut u32;
+    let mut notes = [0; NOTE_WORDS];
+    for (i, note) in notes.iter_mut().enumerate() {
+        // SAFETY: as in `leave_notes`.
+        unsafe {
+            *note = words.add(i).read_volatile();
+            words.add(i).write_volatile(0);
+        }
+    }
+    notes
 }
 
 /// Feeds `watchdog` every `period_ms` while `liveness` says the task it watches (the SDK's

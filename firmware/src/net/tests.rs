@@ -61,6 +61,15 @@ impl Transport for MemTransport {
     }
 }
 
+/// The mock clock is one global for the whole test process: tests that move it hold this lock,
+/// so they do not move each other's time.
+pub(crate) fn mock_clock() -> std::sync::MutexGuard<'static, ()> {
+    static MOCK_CLOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MOCK_CLOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Polls `cond` (yielding to the runner in between) up to `tries` times.
 async fn until(tries: usize, mut cond: impl FnMut() -> bool) -> bool {
     for _ in 0..tries {
@@ -74,6 +83,7 @@ async fn until(tries: usize, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn runner_logs_in_moves_uploads_and_commands_and_keeps_the_session_alive() {
+    let _clock = mock_clock();
     MockDriver::get().reset();
     let broker = Rc::new(RefCell::new(Broker::new(KEY)));
     let inbox = Rc::new(RefCell::new(VecDeque::new()));

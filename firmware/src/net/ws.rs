@@ -12,9 +12,13 @@
 //! closing handshake (Close frame, then TCP FIN) gets [`WS_CLOSE_TIMEOUT_MS`] before the socket
 //! is reset. Connecting is bounded by the runner (`CONNECT_TIMEOUT_MS`), receiving by the
 //! client's own timers.
+//!
+//! The bytes travel over a [`WsStream`]: an embassy-net [`TcpSocket`] on a device
+//! ([`WsTransport::new`]), a scripted fake in the tests, which is how the two timeouts are tested
+//! against a peer that stops reading.
 
-use embassy_net::Stack;
 use embassy_net::tcp::TcpSocket;
+use embassy_net::{IpEndpoint, Stack};
 use embassy_time::{Duration, with_timeout};
 use embedded_websocket::{
     WebSocketClient, WebSocketCloseStatusCode, WebSocketOptions, WebSocketReceiveMessageType,
@@ -68,6 +72,54 @@ impl Default for WsBuffers {
     }
 }
 
+/// The reliable byte stream a [`WsTransport`] frames its messages on (TCP).
+#[allow(async_fn_in_trait)]
+pub trait WsStream {
+    /// Opens the connection to `remote` ([`TransportError::ConnectFailed`] when refused or
+    /// unreachable).
+    async fn connect(&mut self, remote: IpEndpoint) -> Result<(), TransportError>;
+    /// Hands some of `bytes` to the stream; how many it took (0: closed). Waits while the peer
+    /// takes nothing.
+    async fn write(&mut self, bytes: &[u8]) -> Result<usize, TransportError>;
+    /// Reads what has arrived into `buf`; how many bytes (0: end of stream).
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, TransportError>;
+    /// Starts the polite close (TCP FIN after the queued bytes).
+    fn close(&mut self);
+    /// Waits until every queued byte was acknowledged by the peer.
+    async fn flush(&mut self) -> Result<(), TransportError>;
+    /// Drops the connection at once (TCP RST), whatever is queued.
+    fn abort(&mut self);
+}
+
+impl WsStream for TcpSocket<'_> {
+    async fn connect(&mut self, remote: IpEndpoint) -> Result<(), TransportError> {
+        TcpSocket::connect(self, remote)
+            .await
+            .map_err(|_| TransportError::ConnectFailed)
+    }
+    async fn write(&mut self, bytes: &[u8]) -> Result<usize, TransportError> {
+        TcpSocket::write(self, bytes)
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        TcpSocket::read(self, buf)
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+    fn close(&mut self) {
+        TcpSocket::close(self)
+    }
+    async fn flush(&mut self) -> Result<(), TransportError> {
+        TcpSocket::flush(self)
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+    fn abort(&mut self) {
+        TcpSocket::abort(self)
+    }
+}
+
 /// `rand_core` view of the SDK's generator (mask keys and the handshake key).
 struct MaskRng(SplitMix64);
 
@@ -87,9 +139,9 @@ impl rand_core::RngCore for MaskRng {
     }
 }
 
-/// The WebSocket transport.
-pub struct WsTransport<'d> {
-    socket: TcpSocket<'d>,
+/// The WebSocket transport, over an embassy-net TCP socket unless `S` says otherwise.
+pub struct WsTransport<'d, S: WsStream = TcpSocket<'d>> {
+    socket: S,
     ws: WebSocketClient<MaskRng>,
     rx: &'d mut [u8; WS_RX_BUF],
     tx: &'d mut [u8; WS_TX_BUF],
@@ -110,6 +162,19 @@ impl<'d> WsTransport<'d> {
         } = buffers;
         let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
         socket.set_timeout(Some(embassy_time::Duration::from_millis(TCP_TIMEOUT_MS)));
+        WsTransport::with_stream(socket, rx, tx, seed)
+    }
+}
+
+impl<'d, S: WsStream> WsTransport<'d, S> {
+    /// A transport over `socket` with frame buffers `rx` and `tx`; `seed` as in
+    /// [`WsTransport::new`].
+    pub fn with_stream(
+        socket: S,
+        rx: &'d mut [u8; WS_RX_BUF],
+        tx: &'d mut [u8; WS_TX_BUF],
+        seed: u64,
+    ) -> Self {
         let mut rng = SplitMix64::new(seed);
         let seed = rng.next_u64();
         WsTransport {
@@ -208,7 +273,7 @@ pub(crate) fn ws_frame_len(bytes: &[u8]) -> Option<usize> {
     Some(usize::try_from(payload).map_or(usize::MAX, |p| p.saturating_add(header)))
 }
 
-impl Transport for WsTransport<'_> {
+impl<S: WsStream> Transport for WsTransport<'_, S> {
     async fn connect(&mut self, endpoint: &Endpoint<'_>) -> Result<(), TransportError> {
         self.close().await;
         let TransportKind::WebSocket { host, path } = endpoint.transport else {
@@ -219,10 +284,7 @@ impl Transport for WsTransport<'_> {
         self.ws = WebSocketClient::new_client(MaskRng(SplitMix64::new(self.seed)));
         self.filled = 0;
         let remote = ip_endpoint(endpoint.addr)?;
-        self.socket
-            .connect(remote)
-            .await
-            .map_err(|_| TransportError::ConnectFailed)?;
+        self.socket.connect(remote).await?;
         self.open = true;
         if let Err(e) = self.upgrade(host, path).await {
             self.close().await;
@@ -314,7 +376,166 @@ impl Transport for WsTransport<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::ws_frame_len;
+    use core::future::{Future, pending};
+    use core::pin::{Pin, pin};
+    use core::task::{Context, Poll, Waker};
+
+    use embassy_time::MockDriver;
+
+    use super::*;
+    use crate::net::tests::mock_clock;
+
+    /// A peer that takes the first `accept` bytes written and then stops reading: later writes
+    /// and (unless it takes everything) flushes wait forever, and nothing ever arrives.
+    struct StallingPeer {
+        accept: usize,
+        taken: usize,
+        fin_sent: bool,
+        aborted: bool,
+    }
+
+    impl StallingPeer {
+        fn taking(accept: usize) -> Self {
+            StallingPeer {
+                accept,
+                taken: 0,
+                fin_sent: false,
+                aborted: false,
+            }
+        }
+    }
+
+    impl WsStream for StallingPeer {
+        async fn connect(&mut self, _: IpEndpoint) -> Result<(), TransportError> {
+            Ok(())
+        }
+        async fn write(&mut self, bytes: &[u8]) -> Result<usize, TransportError> {
+            let room = self.accept - self.taken;
+            if room == 0 {
+                return pending().await;
+            }
+            let n = bytes.len().min(room);
+            self.taken += n;
+            Ok(n)
+        }
+        async fn read(&mut self, _: &mut [u8]) -> Result<usize, TransportError> {
+            pending().await
+        }
+        fn close(&mut self) {
+            self.fin_sent = true;
+        }
+        async fn flush(&mut self) -> Result<(), TransportError> {
+            if self.accept == usize::MAX {
+                Ok(())
+            } else {
+                pending().await
+            }
+        }
+        fn abort(&mut self) {
+            self.aborted = true;
+        }
+    }
+
+    fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn advance_ms(ms: u64) {
+        MockDriver::get().advance(Duration::from_millis(ms));
+    }
+
+    /// An open transport over `peer`: the opening handshake is done in memory against
+    /// embedded-websocket's server side, so the peer sees only what comes after it.
+    fn open<'d>(
+        peer: StallingPeer,
+        rx: &'d mut [u8; WS_RX_BUF],
+        tx: &'d mut [u8; WS_TX_BUF],
+    ) -> WsTransport<'d, StallingPeer> {
+        let mut ws = WsTransport::with_stream(peer, rx, tx, 1);
+        let options = WebSocketOptions {
+            path: "/ws",
+            host: "broker",
+            origin: "",
+            sub_protocols: None,
+            additional_headers: None,
+        };
+        let mut request = [0u8; 512];
+        let (_, key) = ws.ws.client_connect(&options, &mut request).unwrap();
+        let mut answer = [0u8; 512];
+        let len = embedded_websocket::WebSocketServer::new_server()
+            .server_accept(&key, None, &mut answer)
+            .unwrap();
+        ws.ws.client_accept(&key, &answer[..len]).unwrap();
+        ws.open = true;
+        ws
+    }
+
+    #[test]
+    fn a_send_the_peer_stops_taking_fails_as_stalled_after_the_send_timeout() {
+        let _clock = mock_clock();
+        let (mut rx, mut tx) = ([0; WS_RX_BUF], [0; WS_TX_BUF]);
+        let mut ws = open(StallingPeer::taking(100), &mut rx, &mut tx);
+        let packet = [7u8; 600];
+        {
+            let mut send = pin!(ws.send(&packet));
+            assert!(poll_once(send.as_mut()).is_pending());
+            advance_ms(4_999);
+            assert!(poll_once(send.as_mut()).is_pending(), "still within 5 s");
+            advance_ms(1);
+            assert_eq!(
+                poll_once(send.as_mut()),
+                Poll::Ready(Err(TransportError::Stalled))
+            );
+        }
+        assert_eq!(
+            ws.socket.taken, 100,
+            "the peer took 100 bytes, then nothing"
+        );
+    }
+
+    #[test]
+    fn a_send_the_peer_takes_completes_without_waiting() {
+        let _clock = mock_clock();
+        let (mut rx, mut tx) = ([0; WS_RX_BUF], [0; WS_TX_BUF]);
+        let mut ws = open(StallingPeer::taking(usize::MAX), &mut rx, &mut tx);
+        let packet = [7u8; 600];
+        assert_eq!(poll_once(pin!(ws.send(&packet))), Poll::Ready(Ok(())));
+        assert_eq!(ws.socket.taken, 600 + 4 + 4, "packet, header, mask key");
+    }
+
+    #[test]
+    fn a_close_the_peer_never_takes_resets_the_connection_after_the_close_timeout() {
+        let _clock = mock_clock();
+        let (mut rx, mut tx) = ([0; WS_RX_BUF], [0; WS_TX_BUF]);
+        let mut ws = open(StallingPeer::taking(0), &mut rx, &mut tx);
+        {
+            let mut close = pin!(ws.close());
+            assert!(poll_once(close.as_mut()).is_pending());
+            advance_ms(999);
+            assert!(poll_once(close.as_mut()).is_pending(), "still within 1 s");
+            advance_ms(1);
+            assert_eq!(poll_once(close.as_mut()), Poll::Ready(()));
+        }
+        assert!(ws.socket.aborted, "reset instead of the polite close");
+        assert!(
+            !ws.socket.fin_sent,
+            "the Close frame never went out, so no FIN either"
+        );
+        assert!(!ws.open);
+    }
+
+    #[test]
+    fn a_close_the_peer_acknowledges_ends_without_waiting() {
+        let _clock = mock_clock();
+        let (mut rx, mut tx) = ([0; WS_RX_BUF], [0; WS_TX_BUF]);
+        let mut ws = open(StallingPeer::taking(usize::MAX), &mut rx, &mut tx);
+        assert_eq!(poll_once(pin!(ws.close())), Poll::Ready(()));
+        assert!(
+            ws.socket.fin_sent && ws.socket.taken > 0,
+            "Close frame, then FIN"
+        );
+        assert!(!ws.open);
+    }
 
     #[test]
     fn frame_lengths() {

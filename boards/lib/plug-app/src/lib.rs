@@ -10,7 +10,7 @@
 //!      │
 //!      ├─ record::provisioning_from_record   device id, key, brokers, seed: the flash record
 //!      │                                     (shared_protocol::provision), read at boot
-//!      ├─ entropy::BootRng          nonces where there is no hardware RNG (record seed + boot number)
+//!      ├─ entropy::BootRng          nonces where there is no hardware RNG (record seed + boot number + resets)
 //!      ├─ relay::GpioRelay          the relay pin (+ a status LED mirroring it): firmware::plug::Relay
 //!      └─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task
 //!                                   + Plug<Relay, SimulatedMeter> task (firmware::net::run_plug)

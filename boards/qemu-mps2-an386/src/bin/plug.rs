@@ -10,8 +10,10 @@
 //! word (`board_qemu_mps2_an386::record_region`; docs/flashing.md). A missing or bad record
 //! logs one line naming the error and the board stays offline: no network, no login.
 //!
-//! QEMU has no entropy source: nonces come from `plug_app::entropy::BootRng`, seeded from the
-//! record's secret seed and the boot number, so they differ on every boot.
+//! QEMU has no entropy source: nonces and the upload epoch come from
+//! `plug_app::entropy::BootRng`, seeded from the record's secret seed, the boot number and the
+//! count of resets since power-on (`watchdog::count_boot`: the loader writes the same boot
+//! number again on a watchdog reset), so they differ on every boot.
 //!
 //! Run options (not provisioning) come from the semihosting command line (QEMU's `-append`),
 //! whitespace-separated `KEY=VALUE` words (others, like the kernel file name QEMU puts first,
@@ -138,7 +140,12 @@ async fn watchdog_task(watchdog: Watchdog) -> ! {
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let reset = watchdog::take_reset_reason();
-    defmt::info!("reset reason {=str}", reset.as_str());
+    let resets = watchdog::count_boot();
+    defmt::info!(
+        "reset reason {=str}, {=u32} resets since power-on",
+        reset.as_str(),
+        resets
+    );
     let settings = Settings {
         cmdline: read_cmdline(),
     };
@@ -182,9 +189,9 @@ async fn main(spawner: Spawner) {
             exit(EXIT_BOARD);
         }
     }
-    // QEMU has no entropy source: everything random derives from the record's secret seed and
-    // this boot's number.
-    let mut boot_rng = BootRng::new(&provisioned.seed, boot);
+    // QEMU has no entropy source: everything random derives from the record's secret seed,
+    // this boot's number and the resets since its power-on.
+    let mut boot_rng = BootRng::new(&provisioned.seed, boot, resets);
     let seed = u64::from(boot_rng.next_u32()) << 32 | u64::from(boot_rng.next_u32());
     defmt::info!(
         "plug {=u32} boot {=u32}: transport {}, udp {}, ws {}, lookup {}",
