@@ -42,7 +42,9 @@ impl LookupServer {
             nodes: vec![node],
             healthy: true,
         });
-        let router = broker::discovery::route::lookup_router(rx, 3);
+        // The HIL broker runs the default `plug` profile.
+        let router =
+            broker::discovery::route::lookup_router(rx, 3, broker::terminal::IdProfile::Plug);
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, 0)).await?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {
