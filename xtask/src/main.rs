@@ -8,6 +8,8 @@
 //! * `cross`: set up the pinned cross toolchain and build the no_std crates for MCU targets.
 //! * `size`: flash and RAM per board and for the SDK alone, checked against budgets, with a
 //!   per-crate and per-symbol breakdown of each binary.
+//! * `soak`: a long broker run under churning device load, judged on RSS, fds and errors
+//!   ([`soak`], [`soak_report`]).
 
 mod crates;
 mod cross;
@@ -17,6 +19,8 @@ mod qemu_watchdog;
 mod services;
 mod shell;
 mod size;
+mod soak;
+mod soak_report;
 mod symbols;
 mod test;
 
@@ -32,6 +36,7 @@ commands:
   qemu-watchdog                            hang a task on the QEMU board: its watchdog must reset it
   hil [--rig qemu|host-tap|NAME]...        plug firmware on virtual (or real) boards against a broker (docs/hil.md)
   size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
+  soak [--minutes N] [--connections N]    the broker under churning device load: RSS and fds flat, errors not growing (docs/soak/)
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
 ";
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         "qemu-watchdog" => qemu_watchdog::run(rest),
         "hil" => hil::run(rest),
         "size" => size::run(rest),
+        "soak" => soak::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
