@@ -10,6 +10,8 @@
 //!   [`mod@bench`]).
 //! * `size`: flash and RAM per board and for the SDK alone, checked against budgets, with a
 //!   per-crate and per-symbol breakdown of each binary.
+//! * `soak`: a long broker run under churning device load, judged on RSS, fds and errors
+//!   ([`soak`], [`soak_report`]).
 
 mod bench;
 mod bench_fanout;
@@ -25,6 +27,8 @@ mod qemu_watchdog;
 mod services;
 mod shell;
 mod size;
+mod soak;
+mod soak_report;
 mod symbols;
 mod test;
 
@@ -41,6 +45,7 @@ commands:
   hil [--rig qemu|host-tap|NAME]...        plug firmware on virtual (or real) boards against a broker (docs/hil.md)
   bench [--quick] [--only NAME] [--out DIR]  our broker side by side with Mosquitto (docs/performance.md)
   size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
+  soak [--minutes N] [--connections N]    the broker under churning device load: RSS and fds flat, errors not growing (docs/soak/)
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
 ";
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         "hil" => hil::run(rest),
         "size" => size::run(rest),
         "bench" => bench::run(rest),
+        "soak" => soak::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

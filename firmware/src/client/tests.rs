@@ -1434,3 +1434,89 @@ fn state_events_the_queue_cannot_hold_are_dropped_and_counted() {
         "{events:?}"
     );
 }
+
+/// A device cut off from every broker (no packet either way) for 10 minutes while its
+/// application uploads once a second. Pass criteria: the queue never holds more than its `N`
+/// (4 here) uploads; every upload beyond them is refused with `QueueFull` and counted in
+/// `uploads_rejected` (596 of 600); after the network returns the client logs in again and the
+/// 4 kept uploads reach the broker once each, in the order accepted, after the one acknowledged
+/// before the cut; nothing refused ever reaches the broker. Time is simulated, so the 10 minutes
+/// take milliseconds.
+#[test]
+fn ten_minutes_cut_off_at_one_upload_a_second_keeps_the_queue_bounded_and_the_kept_uploads_in_order()
+ {
+    const CUT_SECS: u32 = 600;
+    let mut net = Net::new();
+    net.online();
+    let before = net.client.upload("meter", b"0").unwrap();
+    net.run_for(0);
+    assert_eq!(
+        net.client.uploads_pending(),
+        0,
+        "acknowledged before the cut"
+    );
+
+    net.lose_up = true;
+    net.lose_down = true;
+    let mut kept = Vec::new();
+    let mut refused = 0u32;
+    for s in 1..=CUT_SECS {
+        match net.client.upload("meter", std::format!("{s}").as_bytes()) {
+            Ok(id) => kept.push((id.0, s)),
+            Err(UploadError::QueueFull) => refused += 1,
+            Err(e) => panic!("upload {s}: {e:?}"),
+        }
+        assert!(
+            net.client.uploads_pending() <= 4,
+            "queue over its bound at {s} s"
+        );
+        net.run_for(1_000);
+    }
+    assert_ne!(
+        net.client.state(),
+        ConnectionState::Online,
+        "the cut was noticed"
+    );
+    assert_eq!(kept.len(), 4);
+    assert_eq!(refused, CUT_SECS - 4);
+    assert_eq!(net.client.stats().uploads_rejected, CUT_SECS - 4);
+
+    // The network returns. The application reads each event as it comes (the test client lets
+    // only EVENT_FRAME_LIMIT frame events wait, and this simulated broker never retransmits),
+    // so packets to the device are handed over one at a time.
+    net.lose_up = false;
+    net.lose_down = false;
+    net.hold_down = true;
+    for _ in 0..300 {
+        net.run_for(100);
+        while let Some(mut p) = net.held.pop_front() {
+            let _ = net.client.handle_datagram(&mut p, net.now);
+            net.settle();
+        }
+    }
+    assert_eq!(
+        net.client.state(),
+        ConnectionState::Online,
+        "back after the cut"
+    );
+    assert_eq!(
+        net.client.uploads_pending(),
+        0,
+        "every kept upload acknowledged"
+    );
+    let arrived: Vec<(u32, Vec<u8>)> = net
+        .brokers
+        .iter()
+        .flat_map(|b| b.got.iter())
+        .filter_map(|g| match g {
+            Got::Upload { id, payload, .. } => Some((*id, payload.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut want = vec![(before.0, b"0".to_vec())];
+    want.extend(
+        kept.iter()
+            .map(|(id, s)| (*id, std::format!("{s}").into_bytes())),
+    );
+    assert_eq!(arrived, want, "once each, in order, nothing refused");
+}
