@@ -10,7 +10,7 @@ pub fn print(text: &str) -> std::io::Result<()> {
     write_to(&mut std::io::stdout().lock(), text)
 }
 
-/// [`print`] into any writer (tests use a writer that behaves like a closed pipe).
+/// [`print()`] into any writer (tests use a writer that behaves like a closed pipe).
 pub fn write_to(out: &mut impl Write, text: &str) -> std::io::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),

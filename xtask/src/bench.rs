@@ -4,9 +4,9 @@
 //!
 //! * [`bench_servers`](crate::bench_servers): the two servers, their generated configs.
 //! * [`bench_ns`](crate::bench_ns): namespaces, processes stopped by PID, `/proc` readings.
-//! * [`bench_idle`](crate::bench_idle): scenario `idle-memory`.
-//! * [`bench_fanout`](crate::bench_fanout): scenario `fanout`.
-//! * [`bench_report`](crate::bench_report): ratios, JSON, markdown, SVG, floors.
+//! * [`bench_idle`]: scenario `idle-memory`.
+//! * [`bench_fanout`]: scenario `fanout`.
+//! * [`bench_report`]: ratios, JSON, markdown, SVG, floors.
 //!
 //! The load clients are the `bench-load` binary (the `bench/` crate), built here in release
 //! mode with the broker. A full run writes its results under `bench/results/`; `--quick`
@@ -204,7 +204,7 @@ fn mosquitto_version() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// "<CPU model>, <n> cores, <memory> GiB".
+/// `"<CPU model>, <n> cores, <memory> GiB"`.
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
