@@ -613,67 +613,9 @@ impl Drop for CometProcess {
 }
 
 impl Run {
-    /// The TOML config of a comet run as a child process (what docs/deployment.md shows).
-    fn comet_toml(&self, dir: &std::path::Path, node: &str) -> String {
-        let e = &self.env;
-        format!(
-            r#"[listen]
-http = "127.0.0.1:0"
-device_ws = "127.0.0.1:0"
-app_ws = "127.0.0.1:0"
-udp = "127.0.0.1:0"
-
-[storage]
-data_dir = "{dir}"
-
-[security]
-api_token = "{API_TOKEN}"
-fleet_master_key = "{master}"
-token_secret = "{token}"
-
-[discovery]
-mode = "zookeeper"
-zk_servers = "{zk}"
-root = "/{id}"
-session_timeout_ms = 4000
-node_id = "{node}"
-zk_auth = "{zk_auth}"
-
-[redis]
-url = "{redis}"
-key_prefix = "{id}:"
-
-[rabbitmq]
-urls = ["{r1}", "{r2}"]
-upload_exchange = "{id}.uploads"
-upload_queue = "{id}.uploads"
-push_exchange = ""
-
-[cluster]
-link_key = "{link_key}"
-link_listen = "127.0.0.1:0"
-heartbeat_ms = 300
-node_ttl_ms = 1500
-sweep_interval_ms = 500
-reconcile_ms = 200
-rabbit_root = ""
-"#,
-            dir = dir.display(),
-            master = hex::encode(MASTER),
-            token = hex::encode(TOKEN_SECRET),
-            zk = e["ZOOKEEPER_ADDR"],
-            id = self.id,
-            redis = e["REDIS_URL"],
-            r1 = e["RABBITMQ_1_AMQP_URL"],
-            r2 = e["RABBITMQ_2_AMQP_URL"],
-            zk_auth = ZK_AUTH,
-            link_key = LINK_KEY,
-        )
-    }
-
     fn comet_process(&self, dir: &std::path::Path, node: &str) -> CometProcess {
         let file = dir.join("comet.toml");
-        std::fs::write(&file, self.comet_toml(dir, node)).unwrap();
+        std::fs::write(&file, self.comet_toml(dir, node, Duration::from_secs(4))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .args(["comet", "--config"])
             .arg(&file)

@@ -55,7 +55,7 @@ struct CometProc {
 impl CometProc {
     fn spawn(run: &Run, dir: &Path, node: &str) -> CometProc {
         let file = dir.join("comet.toml");
-        std::fs::write(&file, comet_toml(run, dir, node)).unwrap();
+        std::fs::write(&file, run.comet_toml(dir, node, SESSION_TIMEOUT)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .args(["comet", "--config"])
             .arg(&file)
@@ -83,63 +83,6 @@ impl Drop for CometProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The config file of comet `node` (the keys docs/deployment.md describes).
-fn comet_toml(run: &Run, dir: &Path, node: &str) -> String {
-    let e = &run.env;
-    format!(
-        r#"[listen]
-http = "127.0.0.1:0"
-device_ws = "127.0.0.1:0"
-app_ws = "127.0.0.1:0"
-udp = "127.0.0.1:0"
-
-[storage]
-data_dir = "{dir}"
-
-[security]
-api_token = "{API_TOKEN}"
-fleet_master_key = "{master}"
-token_secret = "{token}"
-
-[discovery]
-mode = "zookeeper"
-zk_servers = "{zk}"
-root = "/{id}"
-session_timeout_ms = {timeout}
-node_id = "{node}"
-zk_auth = "{ZK_AUTH}"
-
-[redis]
-url = "{redis}"
-key_prefix = "{id}:"
-
-[rabbitmq]
-urls = ["{r1}", "{r2}"]
-upload_exchange = "{id}.uploads"
-upload_queue = "{id}.uploads"
-push_exchange = ""
-
-[cluster]
-link_key = "{LINK_KEY}"
-link_listen = "127.0.0.1:0"
-heartbeat_ms = 300
-node_ttl_ms = 1500
-sweep_interval_ms = 500
-reconcile_ms = 200
-rabbit_root = ""
-"#,
-        dir = dir.display(),
-        master = hex::encode(MASTER),
-        token = hex::encode(TOKEN_SECRET),
-        zk = e["ZOOKEEPER_ADDR"],
-        id = run.id,
-        timeout = SESSION_TIMEOUT.as_millis(),
-        redis = e["REDIS_URL"],
-        r1 = e["RABBITMQ_1_AMQP_URL"],
-        r2 = e["RABBITMQ_2_AMQP_URL"],
-    )
 }
 
 /// The lookup answer for device `id`: (comet id, UDP endpoint), primary first.

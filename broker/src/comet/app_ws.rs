@@ -37,21 +37,7 @@ const T: Transport = Transport::AppWs;
 
 /// Accepts app WebSocket connections until shutdown.
 pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(ctx.clone(), stream, peer));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "app_ws accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    ws::serve_with(ctx, listener, "app_ws", connection).await;
 }
 
 /// How a connection ends.

@@ -40,21 +40,7 @@ const T: Transport = Transport::DeviceWs;
 
 /// Accepts device WebSocket connections until shutdown.
 pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(ctx.clone(), stream, peer));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "device_ws accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+    ws::serve_with(ctx, listener, "device_ws", connection).await;
 }
 
 /// How a connection ended (for the lifecycle log line).

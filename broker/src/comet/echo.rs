@@ -51,21 +51,7 @@ impl ConformanceConfig {
 
 /// Accepts echo connections until shutdown.
 pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(ctx.clone(), stream, peer));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "ws echo accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+    ws::serve_with(ctx, listener, "ws_echo", connection).await;
 }
 
 async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {

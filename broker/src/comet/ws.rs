@@ -2,7 +2,8 @@
 //! configuration (small buffers, size limits), close frames with codes, admission of an
 //! accepted TCP connection against the connection limits, and the bounded writes
 //! (`send_within`, `close_within`) that live sessions use so a client that stops reading
-//! is dropped after `limits.ws_write_timeout_ms` instead of pinning its task and slot.
+//! is dropped after `limits.ws_write_timeout_ms` instead of pinning its task and slot, and the
+//! accept loop every WebSocket listener runs ([`serve_with`]).
 //!
 //! Memory: tungstenite 0.30 allocates its read buffer eagerly (128 KiB by default). Both
 //! endpoints use a read buffer of 0 (the codec then reserves exactly one frame header or one
@@ -100,6 +101,35 @@ pub(super) fn violation_close_code(e: &WsError) -> Option<u16> {
 /// The IP of a connection's peer (for limits); IPv4-mapped IPv6 addresses count as IPv4.
 pub fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
     peer.ip().to_canonical()
+}
+
+/// Accepts connections on `listener` until shutdown, running `connection` for each in a task
+/// of its own; an accept error is logged (naming the listener `what`) and retried after a short
+/// pause, so a file-descriptor shortage does not spin.
+pub(super) async fn serve_with<F, Fut>(
+    ctx: std::sync::Arc<super::Context>,
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    connection: F,
+) where
+    F: Fn(std::sync::Arc<super::Context>, tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(ctx.clone(), stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 /// A connection refused by a limit, with the slot that lets the task answer it

@@ -83,6 +83,71 @@ impl Run {
         }
     }
 
+    /// The TOML config of a comet run as a child process (the keys docs/deployment.md
+    /// shows), with a ZooKeeper session of `session_timeout`.
+    pub fn comet_toml(
+        &self,
+        dir: &std::path::Path,
+        node: &str,
+        session_timeout: Duration,
+    ) -> String {
+        let e = &self.env;
+        format!(
+            r#"[listen]
+http = "127.0.0.1:0"
+device_ws = "127.0.0.1:0"
+app_ws = "127.0.0.1:0"
+udp = "127.0.0.1:0"
+
+[storage]
+data_dir = "{dir}"
+
+[security]
+api_token = "{API_TOKEN}"
+fleet_master_key = "{master}"
+token_secret = "{token}"
+
+[discovery]
+mode = "zookeeper"
+zk_servers = "{zk}"
+root = "/{id}"
+session_timeout_ms = {timeout}
+node_id = "{node}"
+zk_auth = "{zk_auth}"
+
+[redis]
+url = "{redis}"
+key_prefix = "{id}:"
+
+[rabbitmq]
+urls = ["{r1}", "{r2}"]
+upload_exchange = "{id}.uploads"
+upload_queue = "{id}.uploads"
+push_exchange = ""
+
+[cluster]
+link_key = "{link_key}"
+link_listen = "127.0.0.1:0"
+heartbeat_ms = 300
+node_ttl_ms = 1500
+sweep_interval_ms = 500
+reconcile_ms = 200
+rabbit_root = ""
+"#,
+            dir = dir.display(),
+            master = hex::encode(MASTER),
+            token = hex::encode(TOKEN_SECRET),
+            zk = e["ZOOKEEPER_ADDR"],
+            id = self.id,
+            redis = e["REDIS_URL"],
+            r1 = e["RABBITMQ_1_AMQP_URL"],
+            r2 = e["RABBITMQ_2_AMQP_URL"],
+            zk_auth = ZK_AUTH,
+            timeout = session_timeout.as_millis(),
+            link_key = LINK_KEY,
+        )
+    }
+
     pub fn config(&self, dir: &std::path::Path, node: &str) -> Config {
         let mut c = config(dir, IdProfile::Plug);
         c.discovery = DiscoveryConfig {
