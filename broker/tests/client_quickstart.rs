@@ -138,7 +138,7 @@ fn terminate(p: &Proc) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_client_comes_back_after_a_shutdown_kick_unless_told_to_exit() {
+async fn clients_come_back_after_a_shutdown_kick_unless_told_to_exit() {
     let s = setup();
     let mut broker = Proc::spawn(&s.config, &[]);
     broker.expect("HTTP API on http://");
@@ -149,6 +149,8 @@ async fn a_device_client_comes_back_after_a_shutdown_kick_unless_told_to_exit() 
         &["client", "device", "--id", "43", "--ws", "--exit-on-kick"],
     );
     quitter.expect("connected as device:43 via ws://");
+    let mut phone = Proc::spawn(&s.config, &["client", "phone", "--id", "7"]);
+    phone.expect("connected as phone:7 via ws://");
     device.say("upload power 1");
     device.expect("upload #1 durable");
 
@@ -160,6 +162,8 @@ async fn a_device_client_comes_back_after_a_shutdown_kick_unless_told_to_exit() 
     assert!(line.contains("SHUTDOWN"), "{line}");
     quitter.expect("kicked: SHUTDOWN");
     assert_eq!(quitter.wait_exit(), 1, "--exit-on-kick exits");
+    phone.expect("kicked: SHUTDOWN");
+    phone.expect("reconnecting in ");
 
     // Back up on the same ports: the device logs in again by itself (pauses double while the
     // broker is down) and gets what is pushed, and its upload ids go on (same boot, no reuse).
@@ -179,5 +183,18 @@ async fn a_device_client_comes_back_after_a_shutdown_kick_unless_told_to_exit() 
     device.expect("upload #2 durable");
     device.say("quit");
     assert_eq!(device.wait_exit(), 0);
+    // The phone is back too and gets its push.
+    phone.expect("connected as phone:7 via ws://");
+    let (status, body) = api(
+        &s,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": {"terminal": {"kind": "phone", "id": 7}}, "text": "hi phone"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    phone.expect("from backend: hi phone");
+    phone.say("quit");
+    assert_eq!(phone.wait_exit(), 0);
     drop(broker);
 }

@@ -396,6 +396,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 count: c.count,
                 login_timeout: Duration::from_secs(c.login_timeout),
                 printer: output::Printer { json: c.json },
+                reconnect: !c.exit_on_kick,
             };
             phone::run(o, stdin_lines()).await
         }

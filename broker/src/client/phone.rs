@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::ClientError;
 use super::input::{self, Input, Role};
 use super::net::{self, ClientWs};
 use super::output::{Event, Printer};
+use super::{ClientError, Reconnect};
 
 /// Everything `broker client phone` needs.
 pub struct PhoneOptions {
@@ -41,6 +41,8 @@ pub struct PhoneOptions {
     pub login_timeout: Duration,
     /// Output.
     pub printer: Printer,
+    /// Log in again after a session ends in a way to come back from (see [`run`]).
+    pub reconnect: bool,
 }
 
 async fn send(ws: &mut ClientWs, msg: &ClientMessage) -> Result<(), ClientError> {
@@ -75,14 +77,67 @@ async fn quit(ws: &mut ClientWs) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Runs the phone until `quit`, Ctrl-C, `--count` deliveries, or a failure.
+/// What carries over from one session of a run to the next: the next login's since-id (the
+/// highest id acknowledged automatically; unchanged with `--manual-ack`, so what was not
+/// acknowledged comes again), the deliveries counted for `--count`, the next send reference,
+/// and whether stdin is still open.
+struct Progress {
+    since_id: u64,
+    delivered: u64,
+    next_ref: u32,
+    stdin_open: bool,
+}
+
+/// Runs the phone until `quit`, Ctrl-C, `--count` deliveries, or a failure it does not come
+/// back from. After a session that logged in ends in a way to come back from
+/// ([`ClientError::comes_back`]: a SHUTDOWN kick, a lost connection) it logs in again after a
+/// pause ([`Reconnect`]), as an app does, unless `reconnect` is off.
 pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(), ClientError> {
+    let mut progress = Progress {
+        since_id: o.since_id,
+        delivered: 0,
+        next_ref: 1,
+        stdin_open: true,
+    };
+    let mut reconnect = Reconnect::default();
+    let mut logins = 0u64;
+    loop {
+        let before = logins;
+        let err = match session(&o, &mut lines, &mut progress, &mut logins).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !(o.reconnect && logins > 0 && err.comes_back()) {
+            return Err(err);
+        }
+        if logins > before {
+            reconnect.logged_in();
+        }
+        let pause = reconnect.pause(&err);
+        o.printer.print(&Event::Reconnecting {
+            why: err.to_string(),
+            after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+        });
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One session: connect, authenticate, then serve until it ends.
+async fn session(
+    o: &PhoneOptions,
+    lines: &mut mpsc::Receiver<String>,
+    prog: &mut Progress,
+    logins: &mut u64,
+) -> Result<(), ClientError> {
     let mut ws = net::connect(&o.url, o.ca_file.as_deref(), MAX_JSON_MESSAGE)
         .await
         .map_err(ClientError::Connect)?;
     let auth = ClientMessage::Auth(Auth {
         token: o.token.clone(),
-        since_id: o.since_id,
+        since_id: prog.since_id,
     });
     send(&mut ws, &auth).await?;
     let welcome = match tokio::time::timeout(o.login_timeout, recv(&mut ws)).await {
@@ -97,6 +152,7 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
     };
     let heartbeat = match welcome {
         ServerMessage::Welcome(w) => {
+            *logins += 1;
             o.printer.print(&Event::Connected {
                 address: w.address,
                 via: o.url.clone(),
@@ -121,9 +177,6 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
     };
     let mut last_sent = Instant::now();
     let mut pending: Vec<u64> = Vec::new();
-    let mut delivered = 0u64;
-    let mut next_ref = 1u32;
-    let mut stdin_open = true;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return quit(&mut ws).await,
@@ -131,9 +184,9 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
                 send(&mut ws, &ClientMessage::Ping).await?;
                 last_sent = Instant::now();
             }
-            line = lines.recv(), if stdin_open => {
+            line = lines.recv(), if prog.stdin_open => {
                 let Some(line) = line else {
-                    stdin_open = false;
+                    prog.stdin_open = false;
                     continue;
                 };
                 let msgs = match input::parse(&line, Role::Phone) {
@@ -144,8 +197,8 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
                     Ok(Input::Quit) => return quit(&mut ws).await,
                     Ok(Input::Ping) => vec![ClientMessage::Ping],
                     Ok(Input::Send { to, payload }) => {
-                        let reference = next_ref;
-                        next_ref = next_ref.wrapping_add(1);
+                        let reference = prog.next_ref;
+                        prog.next_ref = prog.next_ref.wrapping_add(1);
                         o.printer.print(&Event::Sent { what: "send", id: reference });
                         vec![ClientMessage::Send(SendMsg { to, payload, reference })]
                     }
@@ -172,8 +225,9 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
                         } else {
                             send(&mut ws, &ClientMessage::Ack(AckMsg { msg_id: d.msg_id })).await?;
                             last_sent = Instant::now();
+                            prog.since_id = prog.since_id.max(d.msg_id);
                         }
-                        delivered += 1;
+                        prog.delivered += 1;
                         Event::Deliver { msg_id: d.msg_id, from: d.from, payload: d.payload }
                     }
                     ServerMessage::Ok(ok) => Event::Ok { reference: ok.reference },
@@ -196,7 +250,7 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
                     }
                 };
                 o.printer.print(&event);
-                if o.count.is_some_and(|c| delivered >= c) {
+                if o.count.is_some_and(|c| prog.delivered >= c) {
                     return quit(&mut ws).await;
                 }
             }
