@@ -311,29 +311,15 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
         next_id: 1,
         stdin_open: true,
     };
-    let mut reconnect = Reconnect::default();
-    let mut logins = 0u64;
+    let mut again = Reconnect::default();
     loop {
-        let before = logins;
-        let err = match session(&o, &mut lines, &mut progress, &mut logins).await {
+        let mut logged_in = false;
+        let err = match session(&o, &mut lines, &mut progress, &mut logged_in).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if !(o.reconnect && logins > 0 && err.comes_back()) {
-            return Err(err);
-        }
-        if logins > before {
-            // That session had logged in: the pauses start small again.
-            reconnect.logged_in();
-        }
-        let pause = reconnect.pause(&err);
-        o.printer.print(&Event::Reconnecting {
-            why: err.to_string(),
-            after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-        });
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = tokio::time::sleep(pause) => {}
+        if !again.after(err, logged_in, o.reconnect, &o.printer).await? {
+            return Ok(());
         }
     }
 }
@@ -343,7 +329,7 @@ async fn session(
     o: &DeviceOptions,
     lines: &mut mpsc::Receiver<String>,
     prog: &mut Progress,
-    logins: &mut u64,
+    logged_in: &mut bool,
 ) -> Result<(), ClientError> {
     let clock = Clock(Instant::now());
     let mut wire = Wire::open(&o.endpoint).await?;
@@ -361,7 +347,7 @@ async fn session(
         &clock,
     )
     .await?;
-    *logins += 1;
+    *logged_in = true;
     o.printer.print(&Event::Connected {
         address: Address::device(o.id),
         via,

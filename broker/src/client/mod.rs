@@ -100,11 +100,14 @@ impl ClientError {
     }
 }
 
-/// Pauses between logins after a session ended: doubling from [`RECONNECT_MIN`] up to
-/// [`RECONNECT_MAX`], reset once a login succeeds.
+/// Whether and when a client logs in again after a session ended (device and phone alike):
+/// only after some login succeeded, only for an end to come back from
+/// ([`ClientError::comes_back`]), and after a pause doubling from [`RECONNECT_MIN`] up to
+/// [`RECONNECT_MAX`], reset by every successful login.
 #[derive(Clone, Copy, Debug)]
 pub struct Reconnect {
     next: Duration,
+    logged_in_once: bool,
 }
 
 /// The first pause.
@@ -116,6 +119,7 @@ impl Default for Reconnect {
     fn default() -> Self {
         Reconnect {
             next: RECONNECT_MIN,
+            logged_in_once: false,
         }
     }
 }
@@ -137,6 +141,35 @@ impl Reconnect {
     /// A login succeeded: the next pause starts small again.
     pub fn logged_in(&mut self) {
         self.next = RECONNECT_MIN;
+        self.logged_in_once = true;
+    }
+
+    /// A session ended with `err` (`logged_in`: it had logged in). `Ok(true)`: log in again,
+    /// the pause (announced on `printer`) is over; `Ok(false)`: Ctrl-C during the pause, a clean
+    /// end; `Err(err)`: give up (reconnecting is off (`enabled`), no login ever succeeded, or
+    /// the end is not one to come back from).
+    pub(crate) async fn after(
+        &mut self,
+        err: ClientError,
+        logged_in: bool,
+        enabled: bool,
+        printer: &output::Printer,
+    ) -> Result<bool, ClientError> {
+        if logged_in {
+            self.logged_in();
+        }
+        if !(enabled && self.logged_in_once && err.comes_back()) {
+            return Err(err);
+        }
+        let pause = self.pause(&err);
+        printer.print(&output::Event::Reconnecting {
+            why: err.to_string(),
+            after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+        });
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ok(false),
+            _ = tokio::time::sleep(pause) => Ok(true),
+        }
     }
 }
 

@@ -99,28 +99,15 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
         next_ref: 1,
         stdin_open: true,
     };
-    let mut reconnect = Reconnect::default();
-    let mut logins = 0u64;
+    let mut again = Reconnect::default();
     loop {
-        let before = logins;
-        let err = match session(&o, &mut lines, &mut progress, &mut logins).await {
+        let mut logged_in = false;
+        let err = match session(&o, &mut lines, &mut progress, &mut logged_in).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if !(o.reconnect && logins > 0 && err.comes_back()) {
-            return Err(err);
-        }
-        if logins > before {
-            reconnect.logged_in();
-        }
-        let pause = reconnect.pause(&err);
-        o.printer.print(&Event::Reconnecting {
-            why: err.to_string(),
-            after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-        });
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = tokio::time::sleep(pause) => {}
+        if !again.after(err, logged_in, o.reconnect, &o.printer).await? {
+            return Ok(());
         }
     }
 }
@@ -130,7 +117,7 @@ async fn session(
     o: &PhoneOptions,
     lines: &mut mpsc::Receiver<String>,
     prog: &mut Progress,
-    logins: &mut u64,
+    logged_in: &mut bool,
 ) -> Result<(), ClientError> {
     let mut ws = net::connect(&o.url, o.ca_file.as_deref(), MAX_JSON_MESSAGE)
         .await
@@ -152,7 +139,7 @@ async fn session(
     };
     let heartbeat = match welcome {
         ServerMessage::Welcome(w) => {
-            *logins += 1;
+            *logged_in = true;
             o.printer.print(&Event::Connected {
                 address: w.address,
                 via: o.url.clone(),
