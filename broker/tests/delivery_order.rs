@@ -254,3 +254,103 @@ async fn a_udp_window_full_of_errors_delays_a_deliver_without_dropping_it() {
     }
     b.stop().await;
 }
+
+/// Reliable frames reordered on the way (seq 3, 5, 2, 4, 1): the broker holds the early ones and
+/// carries the Uploads out in `seq` order (docs/protocol.md section 5), on UDP and WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_that_arrive_out_of_order_are_stored_in_seq_order() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut spool_seen = 0usize;
+    for (device, on_udp) in [(91u32, true), (92u32, false)] {
+        let wire = if on_udp {
+            Wire::udp(b.udp()).await
+        } else {
+            Wire::ws(&b.device_ws()).await
+        };
+        let mut dev = login(wire, device, 0).await.unwrap();
+        let upload_ids: Vec<u32> = (2000..2005).collect();
+        let sealed: Vec<Vec<u8>> = upload_ids
+            .iter()
+            .map(|id| {
+                dev.seal(Body::Upload {
+                    upload_id: *id,
+                    topic: "t",
+                    payload: b"x",
+                })
+            })
+            .collect();
+        for i in [2usize, 4, 1, 3, 0] {
+            dev.wire.send(&sealed[i]).await;
+        }
+        let mut acked = Vec::new();
+        while acked.len() < upload_ids.len() {
+            match dev.next_event(WAIT).await {
+                Some(Got::UploadAck { upload_id }) => acked.push(upload_id),
+                other => panic!("expected UploadAck, got {other:?}"),
+            }
+        }
+        let (status, page) = b.get(&format!("/v1/uploads?after={spool_seen}")).await;
+        assert_eq!(status, 200, "{page}");
+        let in_spool: Vec<u32> = page["uploads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["device"]["id"] == device)
+            .map(|u| u["upload_id"].as_u64().unwrap() as u32)
+            .collect();
+        spool_seen += page["uploads"].as_array().unwrap().len();
+        assert_eq!(in_spool, upload_ids, "device {device}: spool order");
+        assert_eq!(acked, upload_ids, "device {device}: UploadAck order");
+    }
+    b.stop().await;
+}
+
+/// Two Delivers; the device never gets the first and holds the second, acknowledging it only
+/// selectively, then its session ends. Held is not delivered: neither message may count as
+/// acknowledged, and the next login replays both, in order (docs/protocol.md sections 4 and 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deliver_acknowledged_only_selectively_is_replayed_after_the_session_ends() {
+    use shared_protocol::frame::Frame;
+    use shared_protocol::reliability::Ack;
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let device = 95u32;
+    let mut dev = login(Wire::udp(b.udp()).await, device, 0).await.unwrap();
+    let mut ids = Vec::new();
+    for text in ["first", "second"] {
+        let body = json!({"target": {"terminal": {"kind": "device", "id": device}}, "text": text});
+        let (status, out) = b.post("/v1/push", body).await;
+        assert_eq!(status, 200, "{out}");
+        ids.push(out["msg_id"].as_u64().unwrap());
+    }
+    // Read both Deliver frames raw, acknowledging nothing yet.
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 {
+        let mut p = dev.wire.recv(WAIT).await.expect("a Deliver");
+        let frame = dev.session.open_frame(&mut p).unwrap();
+        if let Body::Deliver { .. } = frame.body {
+            seqs.push(frame.seq);
+        }
+    }
+    assert_eq!(seqs, vec![1, 2]);
+    // Frame 1 "lost", frame 2 held: ack { next: 1, mask: 0b1 }.
+    let held = Frame::unreliable(Ack { next: 1, mask: 1 }, Body::AckOnly);
+    let mut out = [0u8; shared_protocol::limits::MAX_PACKET];
+    let n = dev.session.seal_frame(&held, &mut out).unwrap();
+    dev.wire.send(&out[..n]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The session ends (the device says Goodbye) before frame 1 is resent.
+    let bye = Frame::unreliable(
+        Ack { next: 1, mask: 1 },
+        Body::Goodbye {
+            reason: shared_protocol::codes::Code::SHUTDOWN,
+        },
+    );
+    let n = dev.session.seal_frame(&bye, &mut out).unwrap();
+    dev.wire.send(&out[..n]).await;
+    drop(dev);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new login with since_id 0 gets both, in order.
+    let mut dev = login(Wire::udp(b.udp()).await, device, 0).await.unwrap();
+    assert_eq!(device_ids(&mut dev, 2).await, ids);
+    b.stop().await;
+}

@@ -139,14 +139,7 @@ async fn trace_logs_hold_no_payload_token_or_key() {
                     wire.send(&l).await;
                 }
                 ClientEvent::Established(e) => {
-                    break comet_support::Device {
-                        wire,
-                        session: e.session,
-                        welcome: e.welcome,
-                        recv: shared_protocol::reliability::RecvWindow::new(),
-                        next_seq: 1,
-                        auto_ack: true,
-                    };
+                    break comet_support::Device::established(wire, e.session, e.welcome);
                 }
                 ClientEvent::Rejected(r) => panic!("WebSocket login rejected: {r:?}"),
                 ClientEvent::Ignored => {}

@@ -22,7 +22,7 @@
 #![no_std]
 #![cfg_attr(not(feature = "std"), forbid(unsafe_code))]
 
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod aead;

@@ -5,8 +5,14 @@
 //! * [`SendWindow`]: numbers reliable frames (1, 2, 3...), keeps the bytes of up to `N`
 //!   unacknowledged frames in inline storage, retires them on [`Ack`]s, and says when to resend
 //!   ([`SendWindow::poll`], [`SendWindow::poll_timeout`]) or that the peer is dead.
-//! * [`RecvWindow`]: classifies received sequence numbers (new, duplicate, out of window), keeps
-//!   the [`Ack`] to send and the deadline by which to send it (`ACK_DELAY`).
+//! * [`RecvWindow`]: classifies received sequence numbers (in order, early, duplicate, out of
+//!   window), keeps the [`Ack`] to send and the deadline by which to send it (`ACK_DELAY`).
+//!   Reliable frames are delivered in `seq` order: a frame that arrives ahead of a gap is
+//!   [`RecvOutcome::Early`]; the caller either keeps it and records it with
+//!   [`RecvWindow::hold`] (it is then acknowledged, and released by the in-order frame that fills
+//!   the gap: [`RecvOutcome::InOrder`]'s `released`), or drops it unrecorded and the sender
+//!   resends it. Where the held frames live is the caller's choice (the broker allocates on
+//!   demand; a device keeps a few fixed slots).
 //!
 //! Time is `now_ms: u64` from the caller; the jitter is a random `u16` from the caller per
 //! scheduled wait: `wait = rto/2 + (rto/2) * jitter / 65535`, i.e. a factor in [0.5, 1.0].
@@ -186,9 +192,9 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             .map(|s| s.bytes.as_slice())
     }
 
-    /// Applies a received acknowledgement; returns the sequence numbers it newly acknowledged.
-    /// An ack covering never-sent frames is refused and changes nothing.
-    pub fn on_ack(&mut self, ack: Ack) -> Result<Vec<u32, N>, AckError> {
+    /// Applies an acknowledgement received at `now_ms`; returns the sequence numbers it newly
+    /// acknowledged. An ack covering never-sent frames is refused and changes nothing.
+    pub fn on_ack(&mut self, ack: Ack, now_ms: u64) -> Result<Vec<u32, N>, AckError> {
         if ack.next > self.next_seq {
             return Err(AckError::Unsent);
         }
@@ -197,6 +203,7 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
         if sent_above < 32 && ack.mask >> sent_above != 0 {
             return Err(AckError::Unsent);
         }
+        let oldest_before = self.oldest();
         let mut acked = Vec::new();
         self.slots.retain(|s| {
             if ack.covers(s.seq) {
@@ -208,7 +215,30 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             }
         });
         sort_small(&mut acked);
+        self.restart_new_oldest(oldest_before, now_ms);
         Ok(acked)
+    }
+
+    /// The sequence number of the oldest unacknowledged frame.
+    fn oldest(&self) -> Option<u32> {
+        self.slots.iter().map(|s| s.seq).min()
+    }
+
+    /// A frame that just became the oldest unacknowledged one (docs/protocol.md section 5)
+    /// counts its transmissions from 1 again and is due at most `RTO_INITIAL_MS` after `now_ms`:
+    /// only the oldest frame's transmissions can declare the peer dead, because a receiver that
+    /// holds few early frames drops later ones until the gap before them fills, and those drops
+    /// say nothing about the peer; and a frame dropped that way is resent soon, not after the
+    /// long backoff it built up meanwhile.
+    fn restart_new_oldest(&mut self, oldest_before: Option<u32>, now_ms: u64) {
+        let oldest = self.oldest();
+        if oldest == oldest_before {
+            return;
+        }
+        if let Some(slot) = self.slots.iter_mut().find(|s| Some(s.seq) == oldest) {
+            slot.transmissions = 1;
+            slot.deadline = slot.deadline.min(now_ms.saturating_add(RTO_INITIAL_MS));
+        }
     }
 
     /// The earliest retransmission deadline (`None` with nothing in flight or once dead).
@@ -237,13 +267,14 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             .filter(|(_, s)| s.deadline <= now_ms)
             .min_by_key(|(_, s)| (s.deadline, s.seq))
             .map(|(i, _)| i)?;
-        if self.slots[idx].transmissions >= MAX_TRANSMISSIONS {
+        let is_oldest = self.oldest() == Some(self.slots[idx].seq);
+        if is_oldest && self.slots[idx].transmissions >= MAX_TRANSMISSIONS {
             self.dead = true;
             self.dead_reported = true;
             return Some(SendEvent::PeerDead);
         }
         let slot = &mut self.slots[idx];
-        slot.transmissions += 1;
+        slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
         slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
         Some(SendEvent::Retransmit {
             seq: slot.seq,
@@ -259,9 +290,17 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
 pub enum RecvOutcome {
     /// `seq` 0: an unreliable frame; deliver it, nothing to acknowledge.
     Unreliable,
-    /// A new reliable frame: deliver it (frames are delivered in arrival order, not reordered).
-    Accept,
-    /// Already received: do not deliver again (it is acknowledged again).
+    /// The frame every earlier one preceded (`seq == ack.next` before it): recorded. Deliver it
+    /// now, then the `released` frames held after it, `seq + 1 ..= seq + released`, in that order.
+    InOrder {
+        /// How many held frames directly follow this one and are now deliverable.
+        released: u32,
+    },
+    /// A new frame ahead of a gap (`next < seq <= next + RECEIVE_WINDOW`): not recorded yet.
+    /// Keep it and call [`RecvWindow::hold`] (it is then acknowledged and later released in
+    /// order), or drop it: it stays unacknowledged and the sender resends it.
+    Early,
+    /// Already received (delivered or held): do not deliver again (it is acknowledged again).
     Duplicate,
     /// More than `RECEIVE_WINDOW` ahead of `ack.next`: dropped, not recorded.
     OutOfWindow,
@@ -273,8 +312,14 @@ pub enum RecvOutcome {
 pub struct RecvWindow {
     next: u32,
     mask: u32,
-    ack_due: Option<u64>,
+    /// When the pending acknowledgement is due; [`NO_ACK_DUE`] when none is pending (a plain
+    /// `u64` rather than an `Option` keeps the window at 16 bytes, which a broker holding many
+    /// sessions notices).
+    ack_due: u64,
 }
+
+/// [`RecvWindow::ack_due`]'s value while no acknowledgement is pending.
+const NO_ACK_DUE: u64 = u64::MAX;
 
 impl Default for RecvWindow {
     fn default() -> Self {
@@ -288,7 +333,7 @@ impl RecvWindow {
         Self {
             next: 1,
             mask: 0,
-            ack_due: None,
+            ack_due: NO_ACK_DUE,
         }
     }
 
@@ -306,8 +351,9 @@ impl RecvWindow {
         if seq == 0 {
             return RecvOutcome::Unreliable;
         }
-        if self.ack_due.is_none() {
-            self.ack_due = Some(now_ms.saturating_add(ACK_DELAY_MS));
+        if self.ack_due == NO_ACK_DUE {
+            // At worst one millisecond early, never "none" by accident.
+            self.ack_due = now_ms.saturating_add(ACK_DELAY_MS).min(NO_ACK_DUE - 1);
         }
         if seq < self.next {
             return RecvOutcome::Duplicate;
@@ -317,37 +363,57 @@ impl RecvWindow {
             return RecvOutcome::OutOfWindow;
         }
         if off == 0 {
-            // In order: advance past it and past every selectively received frame after it.
+            // In order: advance past it and past every held frame directly after it.
             self.next += 1;
+            let mut released = 0;
             while self.mask & 1 != 0 {
                 self.mask >>= 1;
                 self.next += 1;
+                released += 1;
             }
             self.mask >>= 1;
-            return RecvOutcome::Accept;
+            return RecvOutcome::InOrder { released };
         }
-        let bit = 1u32 << (off - 1);
-        if self.mask & bit != 0 {
+        if self.mask & Self::bit(off) != 0 {
             return RecvOutcome::Duplicate;
         }
-        self.mask |= bit;
-        RecvOutcome::Accept
+        RecvOutcome::Early
+    }
+
+    /// Records an [`RecvOutcome::Early`] frame the caller keeps: it is acknowledged from now on
+    /// and released by the in-order frame that fills the gap before it. Returns `false` (and
+    /// records nothing) for a `seq` that is not early: in order, already received or outside
+    /// the window.
+    pub fn hold(&mut self, seq: u32) -> bool {
+        let Some(off) = seq.checked_sub(self.next) else {
+            return false;
+        };
+        if off == 0 || off > RECEIVE_WINDOW || self.mask & Self::bit(off) != 0 {
+            return false;
+        }
+        self.mask |= Self::bit(off);
+        true
+    }
+
+    /// The mask bit of the frame `off` (1..=32) above `next`.
+    fn bit(off: u32) -> u32 {
+        1u32 << (off - 1)
     }
 
     /// When the pending acknowledgement must be sent (`None` if none is pending).
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.ack_due
+        (self.ack_due != NO_ACK_DUE).then_some(self.ack_due)
     }
 
     /// Whether an acknowledgement is pending.
     pub fn ack_pending(&self) -> bool {
-        self.ack_due.is_some()
+        self.ack_due != NO_ACK_DUE
     }
 
     /// If the acknowledgement is due at `now_ms`, returns it: send an AckOnly frame with it (then
     /// call [`RecvWindow::on_ack_sent`]).
     pub fn poll_ack(&self, now_ms: u64) -> Option<Ack> {
-        match self.ack_due {
+        match self.poll_timeout() {
             Some(due) if due <= now_ms => Some(self.ack()),
             _ => None,
         }
@@ -355,7 +421,7 @@ impl RecvWindow {
 
     /// The current [`Ack`] went out in some frame: nothing is pending any more.
     pub fn on_ack_sent(&mut self) {
-        self.ack_due = None;
+        self.ack_due = NO_ACK_DUE;
     }
 }
 
@@ -390,6 +456,57 @@ mod tests {
         }
     }
 
+    /// A receiver that keeps at most `room` early frames (`None`: unbounded).
+    fn deliver_all(arrivals: &[u32], room: Option<usize>) -> (::std::vec::Vec<u32>, RecvWindow) {
+        let mut r = RecvWindow::new();
+        let mut held = ::std::collections::BTreeSet::new();
+        let mut delivered = ::std::vec::Vec::new();
+        for &seq in arrivals {
+            match r.on_receive(seq, 0) {
+                RecvOutcome::InOrder { released } => {
+                    delivered.push(seq);
+                    for next in seq + 1..=seq + released {
+                        assert!(held.remove(&next), "released {next} was never held");
+                        delivered.push(next);
+                    }
+                }
+                RecvOutcome::Early if room.is_none_or(|k| held.len() < k) => {
+                    assert!(r.hold(seq));
+                    held.insert(seq);
+                }
+                RecvOutcome::Early | RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => {}
+                RecvOutcome::Unreliable => unreachable!("only reliable seqs are sent"),
+            }
+            // The ack covers exactly what was delivered or held.
+            let ack = r.ack();
+            for s in 1..=64 {
+                let known = delivered.contains(&s) || held.contains(&s);
+                assert_eq!(ack.covers(s), known, "seq {s} after {seq}: {ack:?}");
+            }
+        }
+        (delivered, r)
+    }
+
+    proptest::proptest! {
+        /// Whatever the arrival order, duplication and loss, and however few frames the
+        /// receiver can hold, it delivers 1, 2, 3... with no gap and no repeat; once every
+        /// frame has been sent again in order (the sender's retransmissions), all of them.
+        #[test]
+        fn delivery_is_in_seq_order_whatever_arrives(
+            n in 1u32..=40,
+            noise in proptest::collection::vec(1u32..=48, 0..120),
+            room in proptest::option::of(0usize..=3),
+        ) {
+            let mut arrivals = noise.clone();
+            arrivals.extend(1..=n);
+            let (delivered, r) = deliver_all(&arrivals, room);
+            let expected: ::std::vec::Vec<u32> = (1..=delivered.len() as u32).collect();
+            proptest::prop_assert_eq!(&delivered, &expected);
+            proptest::prop_assert!(delivered.len() as u32 >= n);
+            proptest::prop_assert_eq!(r.ack().next, delivered.len() as u32 + 1);
+        }
+    }
+
     #[test]
     fn ack_covers() {
         let a = Ack {
@@ -413,11 +530,14 @@ mod tests {
     }
 
     #[test]
-    fn recv_in_order_and_gaps() {
+    fn recv_holds_early_frames_and_releases_them_in_order() {
         let mut r = RecvWindow::new();
-        assert_eq!(r.on_receive(1, 0), RecvOutcome::Accept);
+        assert_eq!(r.on_receive(1, 0), RecvOutcome::InOrder { released: 0 });
         assert_eq!(r.ack(), Ack { next: 2, mask: 0 });
-        assert_eq!(r.on_receive(4, 0), RecvOutcome::Accept);
+        assert_eq!(r.on_receive(4, 0), RecvOutcome::Early);
+        // Not recorded until held.
+        assert_eq!(r.ack(), Ack { next: 2, mask: 0 });
+        assert!(r.hold(4));
         assert_eq!(
             r.ack(),
             Ack {
@@ -425,10 +545,34 @@ mod tests {
                 mask: 0b10
             }
         );
-        assert_eq!(r.on_receive(2, 0), RecvOutcome::Accept);
+        assert_eq!(r.on_receive(4, 0), RecvOutcome::Duplicate);
+        assert_eq!(r.on_receive(2, 0), RecvOutcome::InOrder { released: 0 });
         assert_eq!(r.ack(), Ack { next: 3, mask: 0b1 });
-        assert_eq!(r.on_receive(3, 0), RecvOutcome::Accept);
+        assert_eq!(r.on_receive(3, 0), RecvOutcome::InOrder { released: 1 });
         assert_eq!(r.ack(), Ack { next: 5, mask: 0 });
+    }
+
+    #[test]
+    fn an_early_frame_not_held_stays_unacknowledged_and_counts_again() {
+        let mut r = RecvWindow::new();
+        assert_eq!(r.on_receive(3, 0), RecvOutcome::Early);
+        assert_eq!(r.on_receive(3, 0), RecvOutcome::Early);
+        assert_eq!(r.ack(), Ack { next: 1, mask: 0 });
+        assert_eq!(r.on_receive(1, 0), RecvOutcome::InOrder { released: 0 });
+        assert_eq!(r.on_receive(2, 0), RecvOutcome::InOrder { released: 0 });
+        assert_eq!(r.on_receive(3, 0), RecvOutcome::InOrder { released: 0 });
+    }
+
+    #[test]
+    fn hold_refuses_what_is_not_early() {
+        let mut r = RecvWindow::new();
+        assert!(!r.hold(1), "in order is delivered, not held");
+        assert!(!r.hold(0));
+        assert!(!r.hold(1 + 1 + RECEIVE_WINDOW), "outside the window");
+        assert!(r.hold(1 + RECEIVE_WINDOW));
+        assert!(!r.hold(1 + RECEIVE_WINDOW), "already held");
+        assert_eq!(r.on_receive(1, 0), RecvOutcome::InOrder { released: 0 });
+        assert!(!r.hold(1), "already delivered");
     }
 
     #[test]

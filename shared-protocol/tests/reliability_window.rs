@@ -94,7 +94,7 @@ fn ack_stops_retransmission() {
     assert_eq!(s.push(b"a", 0, u16::MAX), Ok(1));
     assert_eq!(s.push(b"b", 100, u16::MAX), Ok(2));
     assert_eq!(s.poll_timeout(), Some(500));
-    let acked = s.on_ack(Ack { next: 2, mask: 0 }).unwrap();
+    let acked = s.on_ack(Ack { next: 2, mask: 0 }, 100).unwrap();
     assert_eq!(acked.as_slice(), &[1]);
     assert_eq!(s.poll_timeout(), Some(600));
     assert!(s.poll(599, 0).is_none());
@@ -103,8 +103,11 @@ fn ack_stops_retransmission() {
         Some(SendEvent::Retransmit { seq: 2, .. })
     ));
     // The same ack again acknowledges nothing new.
-    assert!(s.on_ack(Ack { next: 2, mask: 0 }).unwrap().is_empty());
-    assert_eq!(s.on_ack(Ack { next: 3, mask: 0 }).unwrap().as_slice(), &[2]);
+    assert!(s.on_ack(Ack { next: 2, mask: 0 }, 0).unwrap().is_empty());
+    assert_eq!(
+        s.on_ack(Ack { next: 3, mask: 0 }, 0).unwrap().as_slice(),
+        &[2]
+    );
     assert_eq!(s.in_flight(), 0);
     assert_eq!(s.poll_timeout(), None);
 }
@@ -117,10 +120,13 @@ fn selective_ack_retires_only_marked_frames() {
     }
     // 1 received, 2 missing, 3 and 5 received, 4 missing.
     let acked = s
-        .on_ack(Ack {
-            next: 2,
-            mask: 0b101,
-        })
+        .on_ack(
+            Ack {
+                next: 2,
+                mask: 0b101,
+            },
+            0,
+        )
         .unwrap();
     assert_eq!(acked.as_slice(), &[1, 3, 5]);
     assert_eq!(s.get(2), Some(&[1u8][..]));
@@ -137,19 +143,22 @@ fn acks_for_unsent_frames_are_refused() {
     let mut s = Win::new();
     s.push(b"a", 0, 0).unwrap();
     s.push(b"b", 0, 0).unwrap();
-    assert_eq!(s.on_ack(Ack { next: 4, mask: 0 }), Err(AckError::Unsent));
+    assert_eq!(s.on_ack(Ack { next: 4, mask: 0 }, 0), Err(AckError::Unsent));
     assert_eq!(
-        s.on_ack(Ack {
-            next: 2,
-            mask: 0b10
-        }),
+        s.on_ack(
+            Ack {
+                next: 2,
+                mask: 0b10
+            },
+            0
+        ),
         Err(AckError::Unsent)
     );
     // Bit 0 with next 2 is seq 3: never sent either.
-    assert_eq!(s.on_ack(Ack { next: 2, mask: 1 }), Err(AckError::Unsent));
+    assert_eq!(s.on_ack(Ack { next: 2, mask: 1 }, 0), Err(AckError::Unsent));
     assert_eq!(s.in_flight(), 2);
     assert_eq!(
-        s.on_ack(Ack { next: 3, mask: 0 }).unwrap().as_slice(),
+        s.on_ack(Ack { next: 3, mask: 0 }, 0).unwrap().as_slice(),
         &[1, 2]
     );
 }
@@ -161,7 +170,7 @@ fn in_flight_is_capped_at_max_in_flight() {
         s.push(b"x", 0, 0).unwrap();
     }
     assert_eq!(s.push(b"x", 0, 0), Err(SendError::WindowFull));
-    s.on_ack(Ack { next: 2, mask: 0 }).unwrap();
+    s.on_ack(Ack { next: 2, mask: 0 }, 0).unwrap();
     assert_eq!(s.push(b"x", 0, 0), Ok(MAX_IN_FLIGHT + 1));
 }
 
@@ -171,9 +180,10 @@ fn receiver_duplicates_out_of_order_and_window_edge() {
     assert_eq!(r.ack(), Ack { next: 1, mask: 0 });
     assert_eq!(r.on_receive(0, 0), RecvOutcome::Unreliable);
     assert!(!r.ack_pending(), "unreliable frames need no ack");
-    assert_eq!(r.on_receive(3, 0), RecvOutcome::Accept);
+    assert_eq!(r.on_receive(3, 0), RecvOutcome::Early);
+    assert!(r.hold(3));
     assert_eq!(r.on_receive(3, 0), RecvOutcome::Duplicate);
-    assert_eq!(r.on_receive(1, 0), RecvOutcome::Accept);
+    assert_eq!(r.on_receive(1, 0), RecvOutcome::InOrder { released: 0 });
     assert_eq!(r.on_receive(1, 0), RecvOutcome::Duplicate);
     assert_eq!(r.ack(), Ack { next: 2, mask: 1 });
     // Up to RECEIVE_WINDOW ahead of next is accepted, one more is not.
@@ -181,7 +191,8 @@ fn receiver_duplicates_out_of_order_and_window_edge() {
         r.on_receive(2 + RECEIVE_WINDOW + 1, 0),
         RecvOutcome::OutOfWindow
     );
-    assert_eq!(r.on_receive(2 + RECEIVE_WINDOW, 0), RecvOutcome::Accept);
+    assert_eq!(r.on_receive(2 + RECEIVE_WINDOW, 0), RecvOutcome::Early);
+    assert!(r.hold(2 + RECEIVE_WINDOW));
     assert_eq!(
         r.ack(),
         Ack {
@@ -189,7 +200,7 @@ fn receiver_duplicates_out_of_order_and_window_edge() {
             mask: 1 | (1 << 31)
         }
     );
-    assert_eq!(r.on_receive(2, 0), RecvOutcome::Accept);
+    assert_eq!(r.on_receive(2, 0), RecvOutcome::InOrder { released: 1 });
     assert_eq!(
         r.ack(),
         Ack {
@@ -215,15 +226,18 @@ fn ack_delay_deadline() {
     assert_eq!(r.poll_timeout(), Some(2000 + ACK_DELAY_MS));
 }
 
-/// Both windows over a lossy, reordering in-memory link: every frame is delivered exactly once.
-#[test]
-fn lossy_link_delivers_everything_once() {
+/// Both windows over an in-memory link that loses a quarter of the frames and of the acks and
+/// reorders the rest (10-50 ms delays), with a receiver that can hold `room` early frames
+/// (`None`: as many as the window allows): every frame is delivered exactly once, in `seq` order,
+/// and the sender never gives up. Returns how long the 200 frames took (ms).
+fn lossy_link(room: Option<usize>, seed: u64) -> u64 {
     let mut tx = Win::new();
     let mut rx = RecvWindow::new();
-    let mut delivered = vec![0u32; 201];
+    let mut held: Vec<u32> = vec![];
+    let mut delivered: Vec<u32> = vec![];
     let mut to_send = 1u32..=200;
     let mut link: Vec<(u64, u32)> = vec![]; // (arrival time, seq)
-    let mut rng: u64 = 7;
+    let mut rng: u64 = seed;
     let mut rand = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -231,9 +245,12 @@ fn lossy_link_delivers_everything_once() {
         rng
     };
     let mut now = 0u64;
-    while delivered[1..].contains(&0) {
-        assert!(now < 600_000, "stuck");
-        assert!(!tx.is_dead());
+    while delivered.len() < 200 {
+        assert!(now < 600_000, "stuck with room {room:?}");
+        assert!(
+            !tx.is_dead(),
+            "sender gave up with room {room:?} at {now} ms"
+        );
         while tx.can_send() {
             let Some(i) = to_send.next() else { break };
             let seq = tx.push(&i.to_le_bytes(), now, rand() as u16).unwrap();
@@ -250,22 +267,113 @@ fn lossy_link_delivers_everything_once() {
             }
         }
         link.retain(|&(at, seq)| {
-            if at <= now {
-                if rx.on_receive(seq, now) == RecvOutcome::Accept {
-                    delivered[seq as usize] += 1;
-                }
-                false
-            } else {
-                true
+            if at > now {
+                return true;
             }
+            match rx.on_receive(seq, now) {
+                RecvOutcome::InOrder { released } => {
+                    delivered.push(seq);
+                    for next in seq + 1..=seq + released {
+                        let at = held.iter().position(|&h| h == next).expect("held");
+                        delivered.push(held.swap_remove(at));
+                    }
+                }
+                RecvOutcome::Early if room.is_none_or(|k| held.len() < k) => {
+                    assert!(rx.hold(seq));
+                    held.push(seq);
+                }
+                _ => {}
+            }
+            false
         });
         if let Some(ack) = rx.poll_ack(now) {
             rx.on_ack_sent();
             if rand() % 4 != 0 {
-                tx.on_ack(ack).unwrap();
+                tx.on_ack(ack, now).unwrap();
             }
         }
         now += 5;
     }
-    assert!(delivered[1..].iter().all(|&d| d == 1));
+    assert_eq!(delivered, (1..=200).collect::<Vec<u32>>(), "room {room:?}");
+    now
+}
+
+#[test]
+fn lossy_link_delivers_everything_once_in_order() {
+    for seed in [7, 11, 13, 1234, 99_991] {
+        let unbounded = lossy_link(None, seed);
+        let two = lossy_link(Some(2), seed);
+        let one = lossy_link(Some(1), seed);
+        let none = lossy_link(Some(0), seed);
+        println!(
+            "seed {seed}: unbounded {unbounded} ms, 2 held {two} ms, 1 held {one} ms, none held {none} ms"
+        );
+    }
+}
+
+/// Only the oldest unacknowledged frame can declare the peer dead; the frame that becomes the
+/// oldest counts from 1 again and is due within `RTO_INITIAL_MS` of the ack that made it oldest.
+#[test]
+fn only_the_oldest_frame_declares_the_peer_dead() {
+    let mut s = Win::new();
+    assert_eq!(s.push(b"a", 0, u16::MAX), Ok(1));
+    assert_eq!(s.push(b"b", 0, u16::MAX), Ok(2));
+    // The receiver holds nothing early: neither frame is acknowledged for a long time, and
+    // frame 2 (not the oldest) reaches its 8th transmission first when frame 1's timer is late.
+    let mut now = 0;
+    let mut dead = false;
+    while now < 200_000 && !dead {
+        while let Some(ev) = s.poll(now, u16::MAX) {
+            if ev == SendEvent::PeerDead {
+                dead = true;
+                break;
+            }
+        }
+        now += 100;
+    }
+    assert!(
+        dead,
+        "an unacknowledged oldest frame still ends the session"
+    );
+    // Same start, but frame 1 is acknowledged after 60 s: frame 2, sent 8+ times meanwhile, is
+    // not dead; it becomes the oldest, counts from 1 and is due within 500 ms.
+    let mut s = Win::new();
+    s.push(b"a", 0, u16::MAX).unwrap();
+    s.push(b"b", 0, u16::MAX).unwrap();
+    let mut now = 0;
+    while now < 30_000 {
+        while let Some(ev) = s.poll(now, u16::MAX) {
+            assert_ne!(ev, SendEvent::PeerDead);
+        }
+        now += 100;
+    }
+    s.on_ack(Ack { next: 1, mask: 0b1 }, now).unwrap(); // frame 2 held by the receiver
+    assert_eq!(s.in_flight(), 1);
+    let mut s = Win::new();
+    s.push(b"a", 0, u16::MAX).unwrap();
+    s.push(b"b", 0, u16::MAX).unwrap();
+    let mut now = 0;
+    let mut sends_of_2 = 0;
+    while now < 38_000 {
+        while let Some(ev) = s.poll(now, u16::MAX) {
+            if let SendEvent::Retransmit { seq: 2, .. } = ev {
+                sends_of_2 += 1;
+            }
+        }
+        now += 100;
+    }
+    assert!(sends_of_2 >= 6, "frame 2 was resent {sends_of_2} times");
+    s.on_ack(Ack { next: 2, mask: 0 }, now).unwrap();
+    assert!(s.poll_timeout().unwrap() <= now + 500);
+    // Eight more transmissions are allowed before it, now the oldest, ends the session.
+    let mut transmissions = 1;
+    loop {
+        let due = s.poll_timeout().unwrap();
+        match s.poll(due, u16::MAX) {
+            Some(SendEvent::Retransmit { seq: 2, .. }) => transmissions += 1,
+            Some(SendEvent::PeerDead) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(transmissions, 8);
 }

@@ -426,7 +426,8 @@ async fn session(
             }
             p = wire.recv() => {
                 let mut p = p?;
-                match link.on_packet(&mut p, clock.ms()) {
+                for incoming in link.on_packet(&mut p, clock.ms()) {
+                match incoming {
                     Incoming::Nothing => {}
                     Incoming::Command { cmd_id, name, payload } => {
                         o.printer.print(&Event::Command { cmd_id, name, payload });
@@ -455,6 +456,7 @@ async fn session(
                             _ => {}
                         }
                     }
+                }
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! Reliable bodies are stored postcard-encoded in the send window and framed again (fresh `ack`,
 //! new DATA counter) on retransmission. Bodies that find the window full wait in a FIFO queue.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use shared_protocol::frame::{Body, Frame};
 use shared_protocol::limits::MAX_PACKET;
@@ -50,11 +50,59 @@ pub enum Incoming {
     Nothing,
 }
 
+/// What a received body means to the user.
+fn incoming(body: Body<'_>) -> Incoming {
+    let event = match body {
+        Body::Deliver {
+            msg_id,
+            from,
+            payload,
+        } => Event::Deliver {
+            msg_id,
+            from,
+            payload: payload.to_vec(),
+        },
+        Body::Command {
+            cmd_id,
+            name,
+            payload,
+        } => {
+            return Incoming::Command {
+                cmd_id,
+                name: name.to_string(),
+                payload: payload.to_vec(),
+            };
+        }
+        Body::UploadAck { upload_id } => Event::UploadAck { upload_id },
+        Body::Response {
+            req_id,
+            status,
+            payload,
+        } => Event::Response {
+            req_id,
+            status,
+            payload: payload.to_vec(),
+        },
+        Body::Presence { who, online } => Event::Presence { who, online },
+        Body::Kick { reason } => Event::Kick { reason },
+        Body::Goodbye { reason } => Event::Goodbye { reason },
+        Body::Error { code, about_seq } => Event::Error {
+            code,
+            about: (about_seq != 0).then_some(about_seq),
+            message: String::new(),
+        },
+        _ => return Incoming::Nothing,
+    };
+    Incoming::Event(event)
+}
+
 /// One logged-in device session.
 pub struct Link {
     session: SecureSession,
     send: SendWindow<WINDOW, MAX_PACKET>,
     recv: RecvWindow,
+    /// Frames received ahead of a gap (encoded), by `seq`, until the gap fills.
+    held: BTreeMap<u32, Vec<u8>>,
     waiting: VecDeque<Vec<u8>>,
     heartbeat_ms: u64,
     last_sent_ms: u64,
@@ -68,6 +116,7 @@ impl Link {
             session,
             send: SendWindow::new(),
             recv: RecvWindow::new(),
+            held: BTreeMap::new(),
             waiting: VecDeque::new(),
             heartbeat_ms: u64::from(heartbeat_secs.max(1)) * 1000,
             last_sent_ms: now_ms,
@@ -131,60 +180,40 @@ impl Link {
         Ok(out)
     }
 
-    /// Opens a received packet; anything not authentic or not decodable is ignored.
-    pub fn on_packet(&mut self, packet: &mut [u8], now_ms: u64) -> Incoming {
+    /// Opens a received packet and returns what it means to the user, in `seq` order (a frame
+    /// that fills a gap comes with the frames held behind it; a frame ahead of a gap is held and
+    /// yields nothing yet). Anything not authentic or not decodable is ignored.
+    pub fn on_packet(&mut self, packet: &mut [u8], now_ms: u64) -> Vec<Incoming> {
         let Ok(frame) = self.session.open_frame(packet) else {
-            return Incoming::Nothing;
+            return Vec::new();
         };
         self.last_heard_ms = now_ms;
         // An ack covering never-sent frames is a violation: ignored (protocol section 5).
-        let _ = self.send.on_ack(frame.ack);
+        let _ = self.send.on_ack(frame.ack, now_ms);
+        let mut bodies = Vec::new();
         match self.recv.on_receive(frame.seq, now_ms) {
-            RecvOutcome::Accept | RecvOutcome::Unreliable => {}
-            RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => return Incoming::Nothing,
-        }
-        let event = match frame.body {
-            Body::Deliver {
-                msg_id,
-                from,
-                payload,
-            } => Event::Deliver {
-                msg_id,
-                from,
-                payload: payload.to_vec(),
-            },
-            Body::Command {
-                cmd_id,
-                name,
-                payload,
-            } => {
-                return Incoming::Command {
-                    cmd_id,
-                    name: name.to_string(),
-                    payload: payload.to_vec(),
-                };
+            RecvOutcome::Unreliable => bodies.push(incoming(frame.body)),
+            RecvOutcome::InOrder { released } => {
+                bodies.push(incoming(frame.body));
+                for seq in frame.seq + 1..=frame.seq + released {
+                    let held = self.held.remove(&seq).unwrap_or_default();
+                    if let Ok(f) = Frame::decode(&held) {
+                        bodies.push(incoming(f.body));
+                    }
+                }
             }
-            Body::UploadAck { upload_id } => Event::UploadAck { upload_id },
-            Body::Response {
-                req_id,
-                status,
-                payload,
-            } => Event::Response {
-                req_id,
-                status,
-                payload: payload.to_vec(),
-            },
-            Body::Presence { who, online } => Event::Presence { who, online },
-            Body::Kick { reason } => Event::Kick { reason },
-            Body::Goodbye { reason } => Event::Goodbye { reason },
-            Body::Error { code, about_seq } => Event::Error {
-                code,
-                about: (about_seq != 0).then_some(about_seq),
-                message: String::new(),
-            },
-            _ => return Incoming::Nothing,
-        };
-        Incoming::Event(event)
+            RecvOutcome::Early => {
+                let mut buf = vec![0u8; MAX_PACKET];
+                if let Ok(bytes) = frame.encode(&mut buf)
+                    && self.recv.hold(frame.seq)
+                {
+                    self.held.insert(frame.seq, bytes.to_vec());
+                }
+            }
+            RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => {}
+        }
+        bodies.retain(|b| *b != Incoming::Nothing);
+        bodies
     }
 
     /// What is due at `now_ms`: retransmissions, frames that waited for window room, a delayed
@@ -272,7 +301,7 @@ mod tests {
         let mut p = vec![0u8; MAX_PACKET];
         let n = broker.seal_frame(&ack, &mut p).unwrap();
         p.truncate(n);
-        assert_eq!(link.on_packet(&mut p, 300), Incoming::Nothing);
+        assert!(link.on_packet(&mut p, 300).is_empty());
         assert_eq!(link.next_deadline(), 250 + 30_000);
         let ping = link.poll(30_250, 0).unwrap();
         assert_eq!(open(&mut broker, ping[0].clone()).2, "Ping");
@@ -299,10 +328,10 @@ mod tests {
         let mut p1 = seal(&mut broker);
         let mut p2 = seal(&mut broker);
         assert!(matches!(
-            link.on_packet(&mut p1, 10),
-            Incoming::Event(Event::Deliver { msg_id: 4, .. })
+            link.on_packet(&mut p1, 10).as_slice(),
+            [Incoming::Event(Event::Deliver { msg_id: 4, .. })]
         ));
-        assert_eq!(link.on_packet(&mut p2, 20), Incoming::Nothing);
+        assert!(link.on_packet(&mut p2, 20).is_empty());
         assert!(link.poll(59, 0).unwrap().is_empty());
         let ack = link.poll(60, 0).unwrap();
         let (seq, a, name) = open(&mut broker, ack[0].clone());

@@ -428,13 +428,27 @@ async fn on_packet(
         // Not authentic, replayed, another session, or a handshake packet: ignored.
         Err(_) => return None,
     };
-    for msg_id in received.delivered {
+    for &msg_id in &received.delivered {
         if let Err(e) = ctx.router.ack(me, msg_id).await {
             tracing::warn!(terminal = %me, msg_id, error = %e, "ack not stored");
         }
     }
-    let frame = received.frame?;
-    match device::on_frame(&ctx.router, handle, worker, &frame, ctx.mono_ms()) {
+    // Reliable frames come in `seq` order: the one just received, then any it released.
+    let reactions: Vec<Reaction> = received
+        .frames()
+        .map(|frame| device::on_frame(&ctx.router, handle, worker, &frame, ctx.mono_ms()))
+        .collect();
+    for reaction in reactions {
+        if let Some(end) = react(ctx, ws, link, reaction).await {
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Carries out what the session must do about one device frame.
+async fn react(ctx: &Context, ws: &mut Ws, link: &mut Link, reaction: Reaction) -> Option<End> {
+    match reaction {
         Reaction::Nothing => None,
         Reaction::Goodbye => Some(End::Goodbye),
         Reaction::Pong => {

@@ -6,6 +6,19 @@
 //!
 //! Every outgoing frame carries the current [`RecvWindow::ack`], so acknowledgements ride on any
 //! traffic; an AckOnly is sent only when one is due (`ACK_DELAY`) and nothing else went out.
+//!
+//! Reliable frames are handed to the caller in `seq` order (docs/protocol.md section 5): a frame
+//! that arrives ahead of a gap is held here (encoded; at most `RECEIVE_WINDOW` frames) and handed
+//! over, as [`Received::released`], with the frame that fills the gap.
+//!
+//! A Deliver is reported acknowledged ([`Received::delivered`]) only once the device's `ack.next`
+//! passes its `seq`: a selective acknowledgement means the device holds it, not that it
+//! delivered it, and the router's ack of a `msg_id` covers every lower id too, so reporting it
+//! early would let a session that dies before the gap fills take the gap's messages with it.
+//! Both kinds of gap state live in one [`Gaps`] box, allocated only while a gap is open, so an
+//! in-order session pays one pointer for them.
+
+use std::collections::BTreeMap;
 
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Body, Frame};
@@ -32,9 +45,12 @@ pub enum LinkError {
 /// A received, authenticated packet.
 #[derive(Debug)]
 pub struct Received<'p> {
-    /// The frame to act on; `None` for a duplicate or out-of-window reliable frame (already
-    /// handled, or to be resent by the peer).
+    /// The frame to act on now; `None` for a duplicate or out-of-window reliable frame (already
+    /// handled, or to be resent by the peer) and for a frame held until the gap before it fills.
     pub frame: Option<Frame<'p>>,
+    /// Held frames that `frame` made deliverable: act on them after it, in this order
+    /// ([`Received::frames`] yields both).
+    pub released: Vec<Box<[u8]>>,
     /// Message ids whose Deliver frames this packet acknowledged (ack them to the router).
     pub delivered: Vec<u64>,
     /// This packet's counter is higher than every counter received before in the session. Only
@@ -42,6 +58,18 @@ pub struct Received<'p> {
     /// that an on-path attacker withheld and releases later from elsewhere authenticates, but
     /// must not redirect the session.
     pub newest: bool,
+}
+
+impl Received<'_> {
+    /// The frames to act on, in `seq` order: [`Received::frame`], then the released ones.
+    pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
+        let released = self
+            .released
+            .iter()
+            // Each was decoded once before it was held and encoded by this module.
+            .filter_map(|bytes| Frame::decode(bytes).ok());
+        self.frame.into_iter().chain(released)
+    }
 }
 
 /// What [`Link::poll`] wants done.
@@ -55,11 +83,28 @@ pub enum Polled {
     Idle,
 }
 
+/// What a session keeps while a gap is open in either direction (see module docs).
+#[derive(Debug, Default)]
+struct Gaps {
+    /// Device frames received ahead of a gap (encoded), by `seq`.
+    frames: BTreeMap<u32, Box<[u8]>>,
+    /// Delivers the device acknowledged selectively: `(seq, msg_id)`, in `seq` order.
+    delivers: Vec<(u32, u64)>,
+}
+
+impl Gaps {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.delivers.is_empty()
+    }
+}
+
 /// One device session's protocol state (see module docs).
 pub struct Link {
     session: SecureSession,
     send: SendWin,
     recv: RecvWindow,
+    /// Held frames and selectively acknowledged Delivers; `None` while there is no gap.
+    gaps: Option<Box<Gaps>>,
     last_rx_ms: u64,
     timeout_ms: u64,
 }
@@ -80,6 +125,7 @@ impl Link {
             session,
             send: SendWin::new(),
             recv: RecvWindow::new(),
+            gaps: None,
             last_rx_ms: now_ms,
             timeout_ms,
         }
@@ -113,26 +159,79 @@ impl Link {
         };
         self.last_rx_ms = now_ms;
         let newest = self.session.highest_received() > highest_before;
-        let delivered = match self.send.on_ack(frame.ack) {
-            Some(tags) => tags
-                .into_iter()
-                .filter_map(|t| match t {
-                    Tag::Deliver(id) => Some(id),
-                    Tag::Plain => None,
-                })
-                .collect(),
+        let delivered = match self.send.on_ack(frame.ack, now_ms) {
+            Some(acked) => self.delivered(&acked, frame.ack.next),
             // An ack for frames never sent is a peer bug: ignore the ack, keep the body.
             None => Vec::new(),
         };
+        let mut released = Vec::new();
         let frame = match self.recv.on_receive(frame.seq, now_ms) {
-            RecvOutcome::Unreliable | RecvOutcome::Accept => Some(frame),
+            RecvOutcome::Unreliable => Some(frame),
+            RecvOutcome::InOrder { released: n } => {
+                let gaps = self.gaps.get_or_insert_default();
+                for seq in frame.seq + 1..=frame.seq + n {
+                    released.extend(gaps.frames.remove(&seq));
+                }
+                Some(frame)
+            }
+            RecvOutcome::Early => {
+                self.hold(&frame);
+                None
+            }
             RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => None,
         };
+        if self.gaps.as_ref().is_some_and(|g| g.is_empty()) {
+            self.gaps = None;
+        }
         Ok(Received {
             frame,
+            released,
             delivered,
             newest,
         })
+    }
+
+    /// The message ids of Delivers now acknowledged cumulatively (`seq < ack_next`), in order:
+    /// those among `acked` and those acknowledged selectively before; the other Delivers in
+    /// `acked` wait in [`Gaps::delivers`].
+    fn delivered(&mut self, acked: &[(u32, Tag)], ack_next: u32) -> Vec<u64> {
+        let mut delivered = Vec::new();
+        if let Some(gaps) = self.gaps.as_deref_mut() {
+            gaps.delivers.retain(|&(seq, id)| {
+                let done = seq < ack_next;
+                if done {
+                    delivered.push((seq, id));
+                }
+                !done
+            });
+        }
+        for &(seq, tag) in acked {
+            let Tag::Deliver(id) = tag else { continue };
+            if seq < ack_next {
+                delivered.push((seq, id));
+            } else {
+                self.gaps.get_or_insert_default().delivers.push((seq, id));
+            }
+        }
+        delivered.sort_unstable();
+        delivered.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Keeps an early frame until the gap before it fills. A frame that does not encode again
+    /// (it decoded, so it always does) is left unrecorded: the peer resends it.
+    fn hold(&mut self, frame: &Frame<'_>) {
+        let mut buf = [0u8; MAX_FRAME];
+        if let Ok(bytes) = frame.encode(&mut buf)
+            && self.recv.hold(frame.seq)
+        {
+            let gaps = self.gaps.get_or_insert_default();
+            gaps.frames.insert(frame.seq, (&*bytes).into());
+        }
+    }
+
+    /// Frames held until a gap fills (for metrics and tests).
+    pub fn held(&self) -> usize {
+        self.gaps.as_ref().map_or(0, |g| g.frames.len())
     }
 
     /// Seals an unreliable body (Pong, Kick, Goodbye, AckOnly) into `out`; returns its length.
@@ -366,6 +465,96 @@ mod tests {
         let mut pkt = out[..n].to_vec();
         let f = dev.open_frame(&mut pkt).unwrap();
         assert_eq!((f.body, f.ack), (Body::AckOnly, Ack { next: 2, mask: 0 }));
+    }
+
+    #[test]
+    fn a_selectively_acked_deliver_is_reported_only_once_the_gap_before_it_closes() {
+        let (mut link, mut dev) = pair();
+        let mut out = [0u8; MAX_PACKET];
+        for id in [10u64, 11] {
+            let body = Body::Deliver {
+                msg_id: id,
+                from: None,
+                payload: b"x",
+            };
+            link.seal_reliable(body, Tag::Deliver(id), 0, 0, &mut out)
+                .unwrap();
+        }
+        let mut ack = |ack: Ack, now: u64| {
+            let f = Frame::unreliable(ack, Body::AckOnly);
+            let n = dev.seal_frame(&f, &mut out).unwrap();
+            let mut pkt = out[..n].to_vec();
+            link.receive(&mut pkt, now).unwrap().delivered
+        };
+        // Frame 2 (msg 11) held by the device, frame 1 missing: nothing is delivered yet.
+        assert!(ack(Ack { next: 1, mask: 1 }, 10).is_empty());
+        // Frame 1 arrives: both are delivered, in order.
+        assert_eq!(ack(Ack { next: 3, mask: 0 }, 20), vec![10, 11]);
+        assert!(ack(Ack { next: 3, mask: 0 }, 30).is_empty());
+    }
+
+    #[test]
+    fn frames_ahead_of_a_gap_are_held_and_released_in_seq_order() {
+        let (mut link, mut dev) = pair();
+        let mut out = [0u8; MAX_PACKET];
+        let upload = |seq: u32, id: u32| Frame {
+            seq,
+            ack: Ack { next: 1, mask: 0 },
+            body: Body::Upload {
+                upload_id: id,
+                topic: "power",
+                payload: b"1",
+            },
+        };
+        fn receive(
+            link: &mut Link,
+            dev: &mut SecureSession,
+            frame: Frame<'_>,
+            now: u64,
+        ) -> Vec<u32> {
+            let mut out = [0u8; MAX_PACKET];
+            let n = dev.seal_frame(&frame, &mut out).unwrap();
+            let mut pkt = out[..n].to_vec();
+            let r = link.receive(&mut pkt, now).unwrap();
+            r.frames()
+                .map(|f| match f.body {
+                    Body::Upload { upload_id, .. } => upload_id,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        }
+        assert!(
+            receive(&mut link, &mut dev, upload(3, 1003), 10).is_empty(),
+            "held"
+        );
+        assert!(
+            receive(&mut link, &mut dev, upload(2, 1002), 11).is_empty(),
+            "held"
+        );
+        assert!(
+            receive(&mut link, &mut dev, upload(3, 1003), 12).is_empty(),
+            "duplicate of a held frame"
+        );
+        assert_eq!(link.held(), 2);
+        assert_eq!(
+            receive(&mut link, &mut dev, upload(1, 1001), 13),
+            vec![1001, 1002, 1003]
+        );
+        assert_eq!(link.held(), 0);
+        assert!(
+            receive(&mut link, &mut dev, upload(2, 1002), 14).is_empty(),
+            "duplicate"
+        );
+        assert_eq!(
+            receive(&mut link, &mut dev, upload(4, 1004), 15),
+            vec![1004]
+        );
+        let Polled::Send(n) = link.poll(100, 0, &mut out) else {
+            panic!("no ack")
+        };
+        let mut pkt = out[..n].to_vec();
+        let f = dev.open_frame(&mut pkt).unwrap();
+        assert_eq!(f.ack, Ack { next: 5, mask: 0 });
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! acks covering unsent frames refused) but keeps each in-flight body in its own allocation, so
 //! an idle session costs only the empty `VecDeque` header. Each frame carries a [`Tag`] that is
 //! handed back when the frame is acknowledged (a Deliver's `msg_id` for the router's ack).
+//! Tags come back with their `seq`, selectively acknowledged frames included: the caller decides
+//! what a selective acknowledgement means (for a Deliver: held by the device, not delivered yet,
+//! see [`crate::comet::link`]).
 
 use std::collections::VecDeque;
 
-use shared_protocol::limits::{MAX_IN_FLIGHT, MAX_TRANSMISSIONS};
+use shared_protocol::limits::{MAX_IN_FLIGHT, MAX_TRANSMISSIONS, RTO_INITIAL_MS};
 use shared_protocol::reliability::{Ack, retransmit_wait};
 
 /// What an acknowledged frame means to the broker.
@@ -107,9 +110,9 @@ impl SendWin {
         Some(seq)
     }
 
-    /// Applies a peer's ack; returns the tags of newly acknowledged frames in `seq` order, or
-    /// `None` (nothing changed) when it covers frames never sent.
-    pub fn on_ack(&mut self, ack: Ack) -> Option<Vec<Tag>> {
+    /// Applies a peer's ack received at `now_ms`; returns the newly acknowledged frames' `seq`
+    /// and tag, in `seq` order, or `None` (nothing changed) when it covers frames never sent.
+    pub fn on_ack(&mut self, ack: Ack, now_ms: u64) -> Option<Vec<(u32, Tag)>> {
         if ack.next > self.next_seq {
             return None;
         }
@@ -117,15 +120,24 @@ impl SendWin {
         if sent_above < 32 && ack.mask >> sent_above != 0 {
             return None;
         }
+        let oldest_before = self.slots.front().map(|s| s.seq);
         let mut acked = Vec::new();
         self.slots.retain(|s| {
             if ack.covers(s.seq) {
-                acked.push(s.tag);
+                acked.push((s.seq, s.tag));
                 false
             } else {
                 true
             }
         });
+        if self.slots.front().map(|s| s.seq) != oldest_before
+            && let Some(oldest) = self.slots.front_mut()
+        {
+            // The new oldest frame counts from 1 again and is due soon (docs/protocol.md
+            // section 5): the receiver may have dropped it while the gap before it was open.
+            oldest.transmissions = 1;
+            oldest.deadline = oldest.deadline.min(now_ms.saturating_add(RTO_INITIAL_MS));
+        }
         Some(acked)
     }
 
@@ -150,12 +162,14 @@ impl SendWin {
             .filter(|(_, s)| s.deadline <= now_ms)
             .min_by_key(|(_, s)| (s.deadline, s.seq))
             .map(|(i, _)| i)?;
+        // Only the oldest frame can declare the peer dead (docs/protocol.md section 5); the
+        // slots are in `seq` order, so it is the first.
         let slot = &mut self.slots[idx];
-        if slot.transmissions >= MAX_TRANSMISSIONS {
+        if idx == 0 && slot.transmissions >= MAX_TRANSMISSIONS {
             self.dead = true;
             return Some(Due::Dead);
         }
-        slot.transmissions += 1;
+        slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
         slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
         Some(Due::Retransmit {
             seq: slot.seq,
@@ -180,24 +194,33 @@ mod tests {
         assert_eq!(w.push(b(3), Tag::Deliver(11), 0, 0), Some(3));
         // Frame 3 selectively, then 1 and 2 cumulatively.
         assert_eq!(
-            w.on_ack(Ack {
-                next: 1,
-                mask: 0b10
-            }),
-            Some(vec![Tag::Deliver(11)])
+            w.on_ack(
+                Ack {
+                    next: 1,
+                    mask: 0b10
+                },
+                0
+            ),
+            Some(vec![(3, Tag::Deliver(11))])
         );
+        assert_eq!(w.in_flight(), 2);
         assert_eq!(
-            w.on_ack(Ack { next: 4, mask: 0 }),
-            Some(vec![Tag::Deliver(10), Tag::Plain])
+            w.on_ack(Ack { next: 4, mask: 0 }, 0),
+            Some(vec![(1, Tag::Deliver(10)), (2, Tag::Plain)])
         );
         assert_eq!(w.in_flight(), 0);
         assert_eq!(
-            w.on_ack(Ack { next: 4, mask: 0 }),
+            w.on_ack(Ack { next: 4, mask: 0 }, 0),
             Some(vec![]),
             "duplicate ack is harmless"
         );
-        assert_eq!(w.on_ack(Ack { next: 9, mask: 0 }), None, "unsent frames");
-        assert_eq!(w.on_ack(Ack { next: 4, mask: 1 }), None, "unsent frame 5");
+
+        assert_eq!(w.on_ack(Ack { next: 9, mask: 0 }, 0), None, "unsent frames");
+        assert_eq!(
+            w.on_ack(Ack { next: 4, mask: 1 }, 0),
+            None,
+            "unsent frame 5"
+        );
     }
 
     #[test]
@@ -208,7 +231,7 @@ mod tests {
         }
         assert!(!w.can_send());
         assert_eq!(w.push(b(0), Tag::Plain, 0, 0), None);
-        w.on_ack(Ack { next: 2, mask: 0 }).unwrap();
+        w.on_ack(Ack { next: 2, mask: 0 }, 0).unwrap();
         assert!(w.can_send());
     }
 
@@ -230,5 +253,42 @@ mod tests {
         assert_eq!(w.poll(now, 0), Some(Due::Dead));
         assert!(w.is_dead() && !w.can_send());
         assert_eq!(w.poll(now + 10_000, 0), None);
+    }
+
+    #[test]
+    fn only_the_oldest_frame_ends_the_session_and_the_next_oldest_restarts() {
+        let mut w = SendWin::new();
+        w.push(b(1), Tag::Plain, 0, u16::MAX).unwrap();
+        w.push(b(2), Tag::Plain, 0, u16::MAX).unwrap();
+        let mut now = 0;
+        let mut resends_of_2 = 0;
+        // 38 s: frame 2 (not the oldest) is resent past its 8th transmission without ending it.
+        while now < 38_000 {
+            while let Some(due) = w.poll(now, u16::MAX) {
+                match due {
+                    Due::Retransmit { seq: 2, .. } => resends_of_2 += 1,
+                    Due::Retransmit { .. } => {}
+                    Due::Dead => panic!("dead at {now} ms"),
+                }
+            }
+            now += 100;
+        }
+        assert!(resends_of_2 >= 6);
+        // Frame 1 is acknowledged: frame 2 is the oldest, due within 500 ms, 8 transmissions left.
+        assert_eq!(
+            w.on_ack(Ack { next: 2, mask: 0 }, now),
+            Some(vec![(1, Tag::Plain)])
+        );
+        assert!(w.poll_timeout().unwrap() <= now + 500);
+        let mut transmissions = 1;
+        loop {
+            let due = w.poll_timeout().unwrap();
+            match w.poll(due, u16::MAX) {
+                Some(Due::Retransmit { seq: 2, .. }) => transmissions += 1,
+                Some(Due::Dead) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(transmissions, MAX_TRANSMISSIONS);
     }
 }

@@ -147,7 +147,8 @@ async fn steady(
             }
             p = wire.recv() => {
                 let mut p = p?;
-                match link.on_packet(&mut p, clock.ms()) {
+                for incoming in link.on_packet(&mut p, clock.ms()) {
+                match incoming {
                     Incoming::Event(Event::UploadAck { upload_id }) => {
                         if let Some(sent) = pending.remove(&upload_id) {
                             outcome.ack_latency.record(sent.elapsed());
@@ -169,6 +170,7 @@ async fn steady(
                         outcome.commands_answered += 1;
                     }
                     _ => {}
+                }
                 }
             }
         }

@@ -283,9 +283,28 @@ pub struct Device {
     pub session: SecureSession,
     pub welcome: WelcomeInfo,
     pub recv: RecvWindow,
+    /// Frames received ahead of a gap, by seq, and frames released in order but not yet read.
+    held: std::collections::BTreeMap<u32, (Ack, Got)>,
+    ready: std::collections::VecDeque<(u32, Ack, Got)>,
     pub next_seq: u32,
     /// Acknowledge reliable frames at once (turn off to simulate a device that never acks).
     pub auto_ack: bool,
+}
+
+impl Device {
+    /// A device whose login just completed on `wire`.
+    pub fn established(wire: Wire, session: SecureSession, welcome: WelcomeInfo) -> Device {
+        Device {
+            wire,
+            session,
+            welcome,
+            recv: RecvWindow::new(),
+            held: Default::default(),
+            ready: Default::default(),
+            next_seq: 1,
+            auto_ack: true,
+        }
+    }
 }
 
 /// The upload epoch [`login`] reports: every login through it is the same boot of its device.
@@ -322,14 +341,7 @@ pub async fn login_in_epoch(
                 wire.send(&login).await;
             }
             ClientEvent::Established(e) => {
-                return Ok(Device {
-                    wire,
-                    session: e.session,
-                    welcome: e.welcome,
-                    recv: RecvWindow::new(),
-                    next_seq: 1,
-                    auto_ack: true,
-                });
+                return Ok(Device::established(wire, e.session, e.welcome));
             }
             ClientEvent::Rejected(r) => return Err(r),
             ClientEvent::Ignored => {}
@@ -368,22 +380,38 @@ impl Device {
         self.wire.send(&out[..n]).await;
     }
 
-    /// The next new frame (duplicates are acknowledged and skipped), or `None` on timeout.
+    /// The next new frame in `seq` order (duplicates are acknowledged and skipped; a frame
+    /// ahead of a gap is held until the gap fills, as docs/protocol.md section 5 says), or
+    /// `None` on timeout.
     pub async fn next(&mut self, wait: Duration) -> Option<(u32, Ack, Got)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            if let Some(ready) = self.ready.pop_front() {
+                return Some(ready);
+            }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let mut p = self.wire.recv(left).await?;
             let Ok(frame) = self.session.open_frame(&mut p) else {
                 continue;
             };
             let (seq, ack, got) = (frame.seq, frame.ack, owned(&frame.body));
-            let outcome = self.recv.on_receive(seq, 0);
+            match self.recv.on_receive(seq, 0) {
+                RecvOutcome::Unreliable => self.ready.push_back((seq, ack, got)),
+                RecvOutcome::InOrder { released } => {
+                    self.ready.push_back((seq, ack, got));
+                    for s in seq + 1..=seq + released {
+                        let (a, g) = self.held.remove(&s).expect("released frames were held");
+                        self.ready.push_back((s, a, g));
+                    }
+                }
+                RecvOutcome::Early => {
+                    self.recv.hold(seq);
+                    self.held.insert(seq, (ack, got));
+                }
+                RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => {}
+            }
             if seq != 0 && self.auto_ack {
                 self.ack().await;
-            }
-            if matches!(outcome, RecvOutcome::Accept | RecvOutcome::Unreliable) {
-                return Some((seq, ack, got));
             }
         }
     }

@@ -32,8 +32,9 @@
 //!   `heartbeat_secs` without sending, and declares the session dead after
 //!   `session_timeout_secs` without an authenticated packet or after `MAX_TRANSMISSIONS`.
 //! * Uploads ([`crate::queue`]) and outbox entries survive disconnects and are sent again in the
-//!   next session. The since-id (committed only past gaps, see [`SINCE_PENDING`]) is reported
-//!   in every LOGIN.
+//!   next session. Received reliable frames are taken in `seq` order only (one ahead of a gap
+//!   is left unacknowledged for the broker to resend), so the since-id reported in every LOGIN
+//!   is simply the highest `msg_id` taken.
 //! * NAT rebinding needs nothing here: the broker finds the session by its id, whatever the
 //!   source address; the client keeps its session and keeps sending.
 //! * Malformed, unauthenticated or unexpected input is an [`RxError`], counted in
@@ -47,7 +48,6 @@ mod since;
 pub use event::{DisconnectReason, Event};
 pub use login::HANDSHAKE_BUF;
 pub use outbox::OUTBOX;
-pub use since::SINCE_PENDING;
 
 use heapless::{Deque, String, Vec};
 use shared_protocol::codes::Code;
@@ -124,6 +124,9 @@ pub enum RxError {
     Oversized,
     /// The event queue is full: the frame is not acknowledged, the broker will resend it.
     Busy,
+    /// A reliable frame arrived before an earlier one: it is not acknowledged (the client
+    /// holds no early frames) and the broker resends it after the gap has filled.
+    AheadOfGap,
 }
 
 /// The connection state, as the application sees it.
@@ -668,7 +671,6 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 });
                 bump(&mut self.stats.logins);
                 self.backoff.reset();
-                self.since.new_session();
                 let resent = self.uploads.mark_all_unsent();
                 self.stats.uploads_resent = self
                     .stats
@@ -705,7 +707,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
         let frame = o.session.open_frame(packet).map_err(RxError::Session)?;
         o.last_rx = now;
         let mut result = Ok(());
-        match o.send.on_ack(frame.ack) {
+        match o.send.on_ack(frame.ack, now.as_millis()) {
             Ok(acked) => {
                 for seq in acked {
                     self.outbox.acked(seq);
@@ -719,25 +721,21 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             if !room_for_event {
                 return Err(RxError::Busy);
             }
+            // Frames are taken in `seq` order and none is held (docs/protocol.md section 5
+            // allows a receiver to hold no early frame): one ahead of a gap stays
+            // unacknowledged and the broker resends it once the gap has filled.
             match o.recv.on_receive(frame.seq, now.as_millis()) {
-                RecvOutcome::Accept => {}
+                RecvOutcome::InOrder { .. } => {}
+                RecvOutcome::Early => return Err(RxError::AheadOfGap),
                 RecvOutcome::Duplicate | RecvOutcome::OutOfWindow | RecvOutcome::Unreliable => {
                     return result;
                 }
             }
         }
-        let ack_next = o.recv.ack().next;
-        let seq = frame.seq;
-        self.on_body(seq, ack_next, frame.body, now).and(result)
+        self.on_body(frame.body, now).and(result)
     }
 
-    fn on_body(
-        &mut self,
-        seq: u32,
-        ack_next: u32,
-        body: Body<'_>,
-        now: Instant,
-    ) -> Result<(), RxError> {
+    fn on_body(&mut self, body: Body<'_>, now: Instant) -> Result<(), RxError> {
         match body {
             Body::Deliver {
                 msg_id,
@@ -745,7 +743,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 payload,
             } => {
                 let duplicate = self.since.is_duplicate(msg_id);
-                self.since.on_deliver(seq, msg_id, ack_next);
+                self.since.on_deliver(msg_id);
                 if duplicate {
                     log_debug!("deliver {} already seen", msg_id);
                     return Ok(());
@@ -762,7 +760,6 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 name,
                 payload,
             } => {
-                self.since.advance(ack_next);
                 let Some(payload) = payload_copy(payload) else {
                     let _ = self.outbox.push(
                         OutKind::CommandResult {
@@ -786,7 +783,6 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 status,
                 payload,
             } => {
-                self.since.advance(ack_next);
                 let payload = payload_copy(payload).ok_or(RxError::Oversized)?;
                 self.push_frame_event(Event::Response {
                     req_id,
@@ -795,7 +791,6 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 });
             }
             Body::UploadAck { upload_id } => {
-                self.since.advance(ack_next);
                 if self.uploads.ack(UploadId(upload_id)) {
                     bump(&mut self.stats.uploads_acked);
                     self.push_frame_event(Event::UploadAcked {
@@ -804,11 +799,9 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 }
             }
             Body::Presence { who, online } => {
-                self.since.advance(ack_next);
                 self.push_frame_event(Event::Presence { who, online });
             }
             Body::Error { code, about_seq } => {
-                self.since.advance(ack_next);
                 log_warn!("broker error {} about frame {}", code.0, about_seq);
                 self.push_frame_event(Event::BrokerError { code, about_seq });
             }

@@ -214,7 +214,11 @@ impl Broker {
         let Ok(frame) = session.open_frame(&mut copy) else {
             return;
         };
-        if frame.seq != 0 && self.recv.on_receive(frame.seq, now) != RecvOutcome::Accept {
+        // This broker holds no early frames (the smallest receiver section 5 allows): a frame
+        // ahead of a gap is dropped unrecorded and the device resends it.
+        if frame.seq != 0
+            && self.recv.on_receive(frame.seq, now) != (RecvOutcome::InOrder { released: 0 })
+        {
             let ack = self.recv.ack();
             self.send(Frame::unreliable(ack, Body::AckOnly), replies);
             return;
@@ -895,34 +899,45 @@ fn reconnect_reports_since_id_and_drops_redelivered_messages() {
     assert_eq!(ids, [10]);
 }
 
+/// Frames are taken in `seq` order: a Deliver that overtakes an earlier one is not taken (no
+/// event, no acknowledgement, counted as dropped) until the broker resends it after the gap.
 #[test]
-fn since_id_is_not_committed_past_a_gap() {
+fn a_frame_ahead_of_a_gap_is_left_for_the_broker_to_resend() {
     let mut net = Net::new();
     net.online();
+    net.take_events();
+    let deliver = |msg_id| Body::Deliver {
+        msg_id,
+        from: None,
+        payload: b"",
+    };
     // Frame 1 (msg 5) is lost, frame 2 (msg 6) arrives.
+    let dropped_before = net.client.stats().rx_dropped;
     let mut q = VecDeque::new();
     net.brokers[0].next_seq = 2;
-    net.brokers[0].send_with_seq(
-        2,
-        Body::Deliver {
-            msg_id: 6,
-            from: None,
-            payload: b"",
-        },
-        &mut q,
-    );
+    net.brokers[0].send_with_seq(2, deliver(6), &mut q);
     net.to_client.extend(q);
     net.settle();
     assert_eq!(net.client.since_id(), 0);
-    net.broker_sends_frame(
-        1,
-        Body::Deliver {
-            msg_id: 5,
-            from: None,
-            payload: b"",
-        },
-    );
+    assert!(net.take_events().is_empty(), "msg 6 must wait for msg 5");
+    assert_eq!(net.client.stats().rx_dropped, dropped_before + 1);
+    net.broker_sends_frame(1, deliver(5));
+    assert_eq!(net.client.since_id(), 5);
+    // The broker resends frame 2.
+    let mut q = VecDeque::new();
+    net.brokers[0].send_with_seq(2, deliver(6), &mut q);
+    net.to_client.extend(q);
+    net.settle();
     assert_eq!(net.client.since_id(), 6);
+    let ids: Vec<u64> = net
+        .take_events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Deliver { msg_id, .. } => Some(*msg_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![5, 6]);
 }
 
 #[test]

@@ -148,12 +148,12 @@ mod tests {
         // Another Error meanwhile queues behind it.
         assert!(outbox.push_error(Code::TOO_LARGE, 99));
         // The device acknowledges one frame: the Deliver goes first, the Error waits.
-        win.on_ack(Ack { next: 2, mask: 0 }).unwrap();
+        win.on_ack(Ack { next: 2, mask: 0 }, 0).unwrap();
         let f = outbox.flush(offer_to(&mut win, &mut sent));
         assert_eq!(f.sent, 1);
         assert_eq!(sent.last(), Some(&deliver));
         assert_eq!(outbox.len(), 1);
-        win.on_ack(Ack { next: 3, mask: 0 }).unwrap();
+        win.on_ack(Ack { next: 3, mask: 0 }, 0).unwrap();
         outbox.flush(offer_to(&mut win, &mut sent));
         assert!(outbox.is_empty());
         assert_eq!(

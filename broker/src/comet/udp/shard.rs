@@ -296,7 +296,7 @@ impl Endpoint {
             m.udp_dropped("unknown_session");
             return;
         };
-        let received = match s.link.receive(packet, now) {
+        let mut received = match s.link.receive(packet, now) {
             Ok(r) => r,
             Err(e) => {
                 m.udp_dropped(match e {
@@ -323,7 +323,7 @@ impl Endpoint {
         let me = s.handle.address();
         if !received.delivered.is_empty() {
             let router = self.ctx.router.clone();
-            let ids = received.delivered;
+            let ids = std::mem::take(&mut received.delivered);
             tokio::spawn(async move {
                 for id in ids {
                     if let Err(e) = router.ack(me, id).await {
@@ -332,23 +332,26 @@ impl Endpoint {
                 }
             });
         }
-        let reaction = match &received.frame {
-            Some(frame) => device::on_frame(&self.ctx.router, &s.handle, &mut s.worker, frame, now),
-            None => Reaction::Nothing,
-        };
-        match reaction {
-            Reaction::Nothing => {}
-            Reaction::Goodbye => {
-                self.end(sid, None);
-                return;
+        // Reliable frames come in `seq` order: the one just received, then any it released.
+        let reactions: Vec<Reaction> = received
+            .frames()
+            .map(|frame| device::on_frame(&self.ctx.router, &s.handle, &mut s.worker, &frame, now))
+            .collect();
+        for reaction in reactions {
+            match reaction {
+                Reaction::Nothing => {}
+                Reaction::Goodbye => {
+                    self.end(sid, None);
+                    return;
+                }
+                Reaction::Pong => {
+                    let pong = Body::Pong {
+                        server_time_ms: crate::router::now_ms(),
+                    };
+                    self.unreliable(sid, pong);
+                }
+                Reaction::Error { code, about_seq } => self.error(sid, code, about_seq),
             }
-            Reaction::Pong => {
-                let pong = Body::Pong {
-                    server_time_ms: crate::router::now_ms(),
-                };
-                self.unreliable(sid, pong);
-            }
-            Reaction::Error { code, about_seq } => self.error(sid, code, about_seq),
         }
         self.rearm(sid);
         self.schedule(sid);
