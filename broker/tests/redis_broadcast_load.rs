@@ -205,6 +205,30 @@ async fn broadcast_to_100k_known_terminals() {
     store.remember(t).await.unwrap();
     assert!(store.since(t, got[2], 10, 0).await.unwrap().is_empty());
     let login = at.elapsed();
+
+    // Every terminal but that one full: under a cap of BROADCASTS, the next broadcast evicts the
+    // oldest pending broadcast of each, one by one (the slow path).
+    let full = RedisStore::new(
+        redis.conn().await,
+        OfflineLimits {
+            max_per_terminal: BROADCASTS as u64,
+            eviction: EvictionPolicy::DropOldest,
+        },
+    );
+    let at = Instant::now();
+    let a = full
+        .append(Recipients::Known(Some(Kind::Device)), msg(b"over"), 0)
+        .await
+        .unwrap();
+    let full_took = at.elapsed();
+    assert_eq!(
+        (a.stored_for, a.evicted),
+        (u64::from(TERMINALS), u64::from(TERMINALS) - 1)
+    );
+    eprintln!(
+        "broadcast to {TERMINALS} devices of which {} are full (drop-oldest): {full_took:?}",
+        TERMINALS - 1
+    );
     eprintln!(
         "broadcast to {TERMINALS} known devices on Redis: push took {took:?}; other writes: \
          {} timed, median {median:?}, longest {stall:?}; Redis memory +{} bytes for {BROADCASTS} \

@@ -33,8 +33,8 @@
 ///   in `out.evicted`.
 /// * `floor_of(p, t)`, `inbox_changed(p, t, delta)`, `remember(p, t)`: the floor (false: never
 ///   remembered), the inbox size index, and remembering a terminal.
-/// * `full_candidates(p, kind_class, cap)`: the terminals of a kind that may be full (see
-///   [`APPEND`]).
+/// * `make_room_for_kind(p, kind_class, cap, reject, out, refused)`: [`APPEND`]'s cap for a
+///   broadcast, on the terminals of a kind that may be full only.
 /// * `since_rows(...)`: the replay shared by [`SINCE`] and [`LOGIN`].
 pub(super) const HELPERS: &str = r#"
 local function release(p, mid)
@@ -154,35 +154,88 @@ local function remember(p, t)
   redis.call('ZADD', p .. 'floors:' .. kclass(t), 'NX', redis.call('GET', p .. 'msgid') or '0', t)
 end
 
-local function full_candidates(p, kc, cap)
+local function merged_broadcasts(p, kc)
+  local lists = {redis.call('ZRANGE', p .. 'bc:0', 0, -1), redis.call('ZRANGE', p .. 'bc:' .. kc, 0, -1)}
+  local nums, strs = {}, {}
+  local i, j = 1, 1
+  local a, b = lists[1], lists[2]
+  while i <= #a or j <= #b do
+    local take
+    if i > #a then take = b[j]; j = j + 1
+    elseif j > #b then take = a[i]; i = i + 1
+    elseif tonumber(a[i]) < tonumber(b[j]) then take = a[i]; i = i + 1
+    else take = b[j]; j = j + 1 end
+    nums[#nums + 1] = tonumber(take)
+    strs[#strs + 1] = take
+  end
+  return nums, strs
+end
+
+local function first_above(nums, f)
+  local lo, hi = 1, #nums + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if nums[mid] > f then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+
+local function make_room_for_kind(p, kc, cap, reject, out, refused)
   local bcs = {p .. 'bc:0', p .. 'bc:' .. kc}
   local btotal = redis.call('ZCARD', bcs[1]) + redis.call('ZCARD', bcs[2])
-  local cands, seen = {}, {}
-  local function add(t)
-    if not seen[t] then
-      seen[t] = true
-      cands[#cands + 1] = t
-    end
+  local seen = {}
+  local fk = p .. 'floors:' .. kc
+  local function slow(t)
+    if seen[t] then return end
+    seen[t] = true
+    local f = floor_of(p, t)
+    if f and not make_room(p, t, f, cap, reject, out) then refused[#refused + 1] = t end
   end
   local amin = cap - btotal
   if amin < 1 then amin = 1 end
-  for _, t in ipairs(redis.call('ZRANGEBYSCORE', p .. 'ibn:' .. kc, amin, '+inf')) do add(t) end
-  if btotal >= cap then
-    local newest = {}
-    for _, k in ipairs(bcs) do
-      for _, id in ipairs(redis.call('ZREVRANGE', k, 0, cap - 1)) do
-        newest[#newest + 1] = tonumber(id)
-      end
-    end
-    table.sort(newest, function(a, b) return a > b end)
-    local threshold = string.format('%d', newest[cap])
-    for _, t in ipairs(redis.call('ZRANGEBYSCORE', p .. 'floors:' .. kc, '-inf', '(' .. threshold)) do
-      add(t)
+  for _, t in ipairs(redis.call('ZRANGEBYSCORE', p .. 'ibn:' .. kc, amin, '+inf')) do slow(t) end
+  if btotal < cap then return end
+  local nums, strs = merged_broadcasts(p, kc)
+  local threshold = strs[#strs - cap + 1]
+  local inboxed = {}
+  for _, t in ipairs(redis.call('ZRANGE', p .. 'ibn:' .. kc, 0, -1)) do inboxed[t] = true end
+  local skips = {}
+  local sk = redis.call('HGETALL', p .. 'skipn')
+  for i = 1, #sk, 2 do
+    if tonumber(sk[i + 1]) > 0 then skips[sk[i]] = true end
+  end
+  local moves = {}
+  local function flush()
+    if #moves > 0 then
+      redis.call('ZADD', fk, 'XX', unpack(moves))
+      moves = {}
     end
   end
-  return cands
+  local rows = redis.call('ZRANGEBYSCORE', fk, '-inf', '(' .. threshold, 'WITHSCORES')
+  for i = 1, #rows, 2 do
+    local t, f = rows[i], rows[i + 1]
+    if seen[t] or inboxed[t] or skips[t] then
+      slow(t)
+    else
+      -- Only broadcasts pending, at least `cap` of them: the floor passes the oldest ones.
+      local at = first_above(nums, tonumber(f))
+      local above = #nums - at + 1
+      if above >= cap then
+        if reject then
+          out.rejected = out.rejected + 1
+          refused[#refused + 1] = t
+        else
+          local k = above - cap + 1
+          out.evicted = out.evicted + k
+          moves[#moves + 1] = strs[at + k - 1]
+          moves[#moves + 1] = t
+          if #moves >= 1000 then flush() end
+        end
+      end
+    end
+  end
+  flush()
 end
-
 local function since_rows(p, t, since, limit, now, batch, out)
   local ib = p .. 'inbox:' .. t
   local floor = floor_of(p, t)
@@ -243,10 +296,12 @@ end
 /// delivery notices for the comets go out in the same script (`notify_comets`,
 /// [`super::comet_stream`]).
 ///
-/// A broadcast visits only the terminals that may be full (`full_candidates`): those whose inbox
-/// alone is within the number of stored broadcasts of the cap (`P ibn:<class>`), and those
+/// A broadcast visits only the terminals that may be full (`make_room_for_kind`): those whose
+/// inbox alone is within the number of stored broadcasts of the cap (`P ibn:<class>`), and those
 /// whose floor is below the cap-th newest broadcast. Every other known terminal of the kind
-/// takes it without being read or written.
+/// takes it without being read or written. A full terminal with only broadcasts pending (no
+/// inbox, no skip marks) is handled in bulk: its floor passes its oldest broadcasts (one
+/// `ZADD` per 500 terminals), or it is refused.
 pub(super) const APPEND: &str = r#"
 local p = ARGV[1]
 local e = check_epoch(p, ARGV[2], ARGV[3])
@@ -272,16 +327,9 @@ if known then
   local refused = {}
   for i = 16, #ARGV do
     local kc = ARGV[i]
-    local total = redis.call('ZCARD', p .. 'floors:' .. kc)
-    local kept = total
-    for _, t in ipairs(full_candidates(p, kc, cap)) do
-      local f = floor_of(p, t)
-      if f and not make_room(p, t, f, cap, reject, out) then
-        refused[#refused + 1] = t
-        kept = kept - 1
-      end
-    end
-    stored = stored + kept
+    local before = #refused
+    make_room_for_kind(p, kc, cap, reject, out, refused)
+    stored = stored + redis.call('ZCARD', p .. 'floors:' .. kc) - (#refused - before)
   end
   if stored > 0 then
     redis.call('HSET', p .. 'msg:' .. id, 'exp', ARGV[9], 'from', ARGV[10], 'payload', ARGV[11],
