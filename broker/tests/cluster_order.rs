@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use broker::cluster::{ClusterNode, start_comet, start_msgbus};
+use broker::cluster::ClusterNode;
 use broker::config::Config;
 use broker::terminal::Address;
 use cluster_support::*;
@@ -50,86 +50,35 @@ struct Cluster {
 
 impl Cluster {
     async fn start(tweak: impl Fn(&mut Config)) -> Cluster {
-        let run = Run::new();
-        let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-        let cfg = |i: usize, node: &str| {
-            let mut c = run.config(dirs[i].path(), node);
-            c.cluster.rabbit_root = String::new();
-            c.rabbitmq.push_exchange = String::new();
-            c.rabbitmq.urls = vec![
-                run.env["RABBITMQ_1_AMQP_URL"].clone(),
-                run.env["RABBITMQ_2_AMQP_URL"].clone(),
-            ];
-            tweak(&mut c);
-            c
-        };
-        let a = start_comet(&cfg(0, "comet-a")).await.unwrap();
-        let b = start_comet(&cfg(1, "comet-b")).await.unwrap();
-        let bus1 = start_msgbus(&cfg(2, "msgbus-1")).await.unwrap();
-        let bus2 = start_msgbus(&cfg(3, "msgbus-2")).await.unwrap();
-        wait_until(
-            "both msgbus nodes linked to both comets",
-            Duration::from_secs(20),
-            || {
-                [&bus1, &bus2]
-                    .iter()
-                    .all(|m| m.links.as_ref().unwrap().connected().len() == 2)
-            },
-        )
-        .await;
+        let n = Nodes::start(&["comet-a", "comet-b"], &["msgbus-1", "msgbus-2"], tweak).await;
+        let [a, b]: [ClusterNode; 2] = n.comets.try_into().ok().expect("two comets");
         Cluster {
-            run,
+            run: n.run,
             a,
             b,
-            buses: [bus1, bus2],
-            _dirs: dirs,
+            buses: n.buses.try_into().ok().expect("two msgbus nodes"),
+            _dirs: n.dirs,
         }
     }
 
     async fn stop(self) {
         let [bus1, bus2] = self.buses;
-        for n in [self.a, self.b, bus1, bus2] {
-            n.stop().await;
-        }
-        self.run.clean_redis().await;
+        stop_all(&self.run, [self.a, self.b, bus1, bus2]).await;
     }
 
     /// Pushes `text` to the device and the phone through msgbus `bus`; the id when answered 200.
     async fn push(&self, bus: usize, text: &str) -> Option<u64> {
-        let (s, v) = api(
-            &self.buses[bus],
-            reqwest::Method::POST,
-            "/v1/push",
-            Some(json!({"target": {"list": [
-                {"kind": "device", "id": DEV},
-                {"kind": "phone", "id": PHONE},
-            ]}, "text": text})),
-        )
-        .await;
-        (s == 200).then(|| v["msg_id"].as_u64().unwrap())
+        let to = json!({"list": [
+            {"kind": "device", "id": DEV},
+            {"kind": "phone", "id": PHONE},
+        ]});
+        push_text(&self.buses[bus], to, text).await
     }
 
     /// The comets the online registry names for `who` (asked through msgbus 1).
     async fn nodes_of(&self, who: &str, id: u32) -> Vec<String> {
-        let (s, v) = api(
-            &self.buses[0],
-            reqwest::Method::GET,
-            &format!("/v1/terminals/{who}/{id}"),
-            None,
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
-        v["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_str().unwrap().to_string())
-            .collect()
+        registered_nodes(&self.buses[0], who, id).await
     }
-}
-
-fn strictly_increasing(ids: &[u64]) -> bool {
-    ids.windows(2).all(|w| w[0] < w[1])
 }
 
 /// What one session saw: (msg_id, payload) in arrival order.

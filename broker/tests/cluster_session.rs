@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use broker::cluster::ClusterNode;
 use broker::cluster::claims::{Notice, SessionClaims};
-use broker::cluster::{ClusterNode, start_comet, start_msgbus};
 use broker::store::redis::{OnlineRegistry, RedisConn};
 use broker::terminal::Address;
 use cluster_support::*;
@@ -34,64 +34,25 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
-        let run = Run::new();
-        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let cfg = |i: usize, node: &str| {
-            let mut c = run.config(dirs[i].path(), node);
-            c.cluster.rabbit_root = String::new();
-            c.rabbitmq.push_exchange = String::new();
-            c.rabbitmq.urls = vec![
-                run.env["RABBITMQ_1_AMQP_URL"].clone(),
-                run.env["RABBITMQ_2_AMQP_URL"].clone(),
-            ];
-            c
-        };
-        let a = start_comet(&cfg(0, "comet-a")).await.unwrap();
-        let b = start_comet(&cfg(1, "comet-b")).await.unwrap();
-        let bus = start_msgbus(&cfg(2, "msgbus-1")).await.unwrap();
-        wait_until(
-            "the msgbus linked to both comets",
-            Duration::from_secs(20),
-            || {
-                bus.links.as_ref().unwrap().connected().len() == 2
-                    && [&a, &b]
-                        .iter()
-                        .all(|c| c.comet_links.as_ref().unwrap().connected().len() == 1)
-            },
-        )
-        .await;
+        let n = Nodes::start(&["comet-a", "comet-b"], &["msgbus-1"], |_| {}).await;
+        let [a, b]: [ClusterNode; 2] = n.comets.try_into().ok().expect("two comets");
+        let [bus]: [ClusterNode; 1] = n.buses.try_into().ok().expect("one msgbus");
         Cluster {
-            run,
+            run: n.run,
             a,
             b,
             bus,
-            _dirs: dirs,
+            _dirs: n.dirs,
         }
     }
 
     async fn stop(self) {
-        for n in [self.a, self.b, self.bus] {
-            n.stop().await;
-        }
-        self.run.clean_redis().await;
+        stop_all(&self.run, [self.a, self.b, self.bus]).await;
     }
 
     /// The comets the online registry names for device `id` (asked through the msgbus).
     async fn nodes_of(&self, id: u32) -> Vec<String> {
-        let (s, v) = api(
-            &self.bus,
-            reqwest::Method::GET,
-            &format!("/v1/terminals/device/{id}"),
-            None,
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
-        v["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_str().unwrap().to_string())
-            .collect()
+        registered_nodes(&self.bus, "device", id).await
     }
 
     /// Live local sessions of device `id` on (comet A, comet B).
@@ -105,14 +66,12 @@ impl Cluster {
 
     /// Pushes `text` to device `id` through the msgbus; the msg_id when answered 200.
     async fn push(&self, id: u32, text: &str) -> Option<u64> {
-        let (s, v) = api(
+        push_text(
             &self.bus,
-            reqwest::Method::POST,
-            "/v1/push",
-            Some(json!({"target": {"terminal": {"kind": "device", "id": id}}, "text": text})),
+            json!({"terminal": {"kind": "device", "id": id}}),
+            text,
         )
-        .await;
-        (s == 200).then(|| v["msg_id"].as_u64().unwrap())
+        .await
     }
 }
 
@@ -127,10 +86,6 @@ async fn until_kick(dev: &mut Device) -> (Code, Vec<u64>) {
             None => panic!("no Kick within {WAIT:?} (delivered before: {ids:?})"),
         }
     }
-}
-
-fn strictly_increasing(ids: &[u64]) -> bool {
-    ids.windows(2).all(|w| w[0] < w[1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

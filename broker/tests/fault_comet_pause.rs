@@ -110,30 +110,13 @@ async fn lookup(bus: &ClusterNode, id: u32) -> Vec<(String, String)> {
 
 /// The comets the online registry names for device `id`.
 async fn registered(bus: &ClusterNode, id: u32) -> Vec<String> {
-    let (s, v) = api(
-        bus,
-        reqwest::Method::GET,
-        &format!("/v1/terminals/device/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    v["nodes"]
-        .as_array()
-        .map(|a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
+    registered_nodes(bus, "device", id).await
 }
 
 async fn push(bus: &ClusterNode, id: u32, text: &str) -> u64 {
-    let (s, v) = api(
-        bus,
-        reqwest::Method::POST,
-        "/v1/push",
-        Some(json!({"target": {"terminal": {"kind": "device", "id": id}}, "text": text})),
-    )
-    .await;
-    assert_eq!(s, 200, "push: {v}");
-    v["msg_id"].as_u64().unwrap()
+    push_text(bus, json!({"terminal": {"kind": "device", "id": id}}), text)
+        .await
+        .expect("push answered 200")
 }
 
 fn in_view(bus: &ClusterNode, comet: &str) -> bool {
@@ -171,16 +154,9 @@ async fn a_comet_frozen_past_its_zookeeper_session_gets_no_routes_and_re_registe
     for (i, name) in ["comet-x", "comet-y"].into_iter().enumerate() {
         comets.insert(name, CometProc::spawn(&run, dirs[i].path(), name));
     }
-    let mut cfg = run.config(dirs[2].path(), "msgbus-1");
-    cfg.cluster.rabbit_root = String::new();
-    cfg.rabbitmq.push_exchange = String::new();
+    let cfg = run.node_config(dirs[2].path(), "msgbus-1");
     let bus = start_msgbus(&cfg).await.unwrap();
-    wait_until(
-        "msgbus linked to both comet processes",
-        Duration::from_secs(30),
-        || bus.links.as_ref().unwrap().connected().len() == 2,
-    )
-    .await;
+    wait_linked(&[&bus], 2, Duration::from_secs(30)).await;
 
     // The device logs in to the comet lookup names first; that comet is the one frozen.
     let nodes = lookup(&bus, MOVER).await;

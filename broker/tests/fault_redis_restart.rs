@@ -15,8 +15,10 @@
 //! * with `appendonly yes` + `appendfsync always`: every push answered 200, before, across or
 //!   after the crash, is delivered exactly once, in `msg_id` order, and no data loss is counted;
 //! * without persistence: the pushes answered 200 before the crash are gone (Redis lost them),
-//!   the loss is counted once in `broker_store_data_loss_total`, and every push answered 200
-//!   after the restart is delivered exactly once with an id above all earlier ones.
+//!   the loss is counted once in `broker_store_data_loss_total`, the push that finds it out (or
+//!   the few in flight with it) is answered 503 `{"error": "store_data_lost"}` instead of 200, and
+//!   every push answered 200 after the restart is delivered exactly once with an id above all
+//!   earlier ones.
 #![cfg(feature = "services-tests")]
 
 mod cluster_support;
@@ -201,10 +203,6 @@ async fn drain(dev: &mut Device, quiet: Duration) -> Vec<u64> {
     ids
 }
 
-fn strictly_increasing(v: &[u64]) -> bool {
-    v.windows(2).all(|w| w[0] < w[1])
-}
-
 async fn count_ok_since(log: &Mutex<Vec<Answer>>, since: Instant) -> usize {
     log.lock()
         .await
@@ -219,17 +217,11 @@ async fn pushes_across_a_redis_crash(persistence: Persistence) {
     let mut redis = OwnRedis::start(persistence).await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let cfg = |i: usize, node: &str| {
-        let mut c = run.config(dirs[i].path(), node);
+        let mut c = run.node_config(dirs[i].path(), node);
         c.redis.url = redis.url();
         c.redis.connect_timeout_ms = REDIS_TIMEOUT_MS;
         c.redis.response_timeout_ms = REDIS_TIMEOUT_MS;
         c.offline.max_per_terminal = 100_000;
-        c.cluster.rabbit_root = String::new();
-        c.rabbitmq.push_exchange = String::new();
-        c.rabbitmq.urls = vec![
-            run.env["RABBITMQ_1_AMQP_URL"].clone(),
-            run.env["RABBITMQ_2_AMQP_URL"].clone(),
-        ];
         c
     };
     let comet_cfg = cfg(0, "comet-a");
@@ -293,6 +285,38 @@ async fn pushes_across_a_redis_crash(persistence: Persistence) {
         .filter(|a| a.status != 200 && a.status != 503)
         .collect();
     assert!(other.is_empty(), "answers other than 200/503: {other:?}");
+    // After the restart, the first answers that are not `store_unavailable` (the connection
+    // coming back) say whether Redis lost what it had acknowledged: one of the first few (the
+    // pushes in flight together) must.
+    let mut after_restart: Vec<&Answer> = log
+        .iter()
+        .filter(|a| a.done >= restarting)
+        .filter(|a| a.body["error"].as_str() != Some("store_unavailable"))
+        .collect();
+    after_restart.sort_by_key(|a| a.done);
+    let data_lost = log
+        .iter()
+        .filter(|a| a.body["error"].as_str() == Some("store_data_lost"))
+        .count();
+    match persistence {
+        Persistence::AppendFsyncAlways => assert_eq!(data_lost, 0, "nothing was lost"),
+        Persistence::None => {
+            let first: Vec<_> = after_restart
+                .iter()
+                .take(PUSHERS)
+                .map(|a| (a.status, a.body["error"].as_str()))
+                .collect();
+            assert!(
+                first.contains(&(503, Some("store_data_lost"))),
+                "the first pushes after the loss report it: {first:?}"
+            );
+            // One per loss, plus at most the pushes in flight with it.
+            assert!(
+                (1..=PUSHERS).contains(&data_lost),
+                "{data_lost} store_data_lost answers"
+            );
+        }
+    }
     let before: Vec<u64> = log
         .iter()
         .filter(|a| a.done < down)
@@ -306,7 +330,8 @@ async fn pushes_across_a_redis_crash(persistence: Persistence) {
     let acked: BTreeSet<u64> = log.iter().filter_map(Answer::msg_id).collect();
     eprintln!(
         "{persistence:?}: {} pushes, {} answered 200 ({} before the crash, {} after the restart); \
-         {} refused during the outage, slowest refusal {:?}; first error body: {}",
+         {} refused during the outage, slowest refusal {:?}; {data_lost} store_data_lost; \
+         first error body: {}",
         log.len(),
         acked.len(),
         before.len(),

@@ -85,6 +85,12 @@ async fn append_to(store: &RedisStore, t: Address, now: u64) -> Result<u64, Stor
         .map(|a| a.msg_id)
 }
 
+/// The append reported lost data (and stored nothing).
+#[track_caller]
+fn assert_lost(r: Result<u64, StoreError>) {
+    assert!(matches!(r, Err(StoreError::DataLost(_))), "{r:?}");
+}
+
 /// A `redis-server` of the test's own, without persistence, killed (by PID) on drop.
 struct OwnRedis {
     child: Child,
@@ -198,6 +204,9 @@ async fn flushall_is_noticed_once_per_broker_and_no_id_is_handed_out_twice() {
     redis.cli(&["FLUSHALL"]);
     // Worst case: the clock also went back an hour, so only the broker's own high-water mark
     // keeps the id above the earlier ones.
+    // The append that notices the loss stores nothing and says so (the push API answers 503
+    // `store_data_lost`); the retry is stored.
+    assert_lost(append_to(&store, d, t0 - 3_600_000).await);
     let after = append_to(&store, d, t0 - 3_600_000).await.unwrap();
     assert!(after > *before.last().unwrap(), "{after} after {before:?}");
     assert_eq!((store.data_losses(), loss_metric(&metrics)), (1, 1));
@@ -218,6 +227,7 @@ async fn flushall_is_noticed_once_per_broker_and_no_id_is_handed_out_twice() {
     assert_eq!((store.data_losses(), loss_metric(&metrics)), (1, 1));
     // The other broker notices it on its next call (the marker changed), once.
     assert_eq!(other.data_losses(), 0);
+    assert_lost(append_to(&other, p, t0).await);
     let from_other = append_to(&other, p, t0).await.unwrap();
     assert!(from_other > next);
     other.since(p, 0, 10, t0).await.unwrap();
@@ -256,7 +266,12 @@ async fn restart_without_persistence_is_noticed_and_ids_stay_above() {
     };
     assert!(first > *ids.last().unwrap(), "{first} after {ids:?}");
     assert_eq!(fresh.data_losses(), 0);
-    // The broker that ran before notices (the marker it knew is gone) and goes on above.
+    // The broker that ran before notices at a login (the marker it knew is gone); its next
+    // push reports the loss instead of being answered as if nothing happened, the retry goes on
+    // above.
+    store.login(d, 0, 10, now_ms()).await.unwrap();
+    assert_eq!(store.data_losses(), 1);
+    assert_lost(append_to(&store, d, now_ms()).await);
     let after = append_to(&store, d, now_ms()).await.unwrap();
     assert!(after > first);
     assert_eq!(store.data_losses(), 1);
@@ -284,6 +299,7 @@ async fn a_counter_behind_the_broker_is_a_loss_too() {
         .query_async(&mut c)
         .await
         .unwrap();
+    assert_lost(append_to(&store, d, t0 - 60_000).await);
     let after = append_to(&store, d, t0 - 60_000).await.unwrap();
     assert!(after > b, "{after} after {b}");
     assert_eq!(store.data_losses(), 1);

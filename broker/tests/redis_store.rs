@@ -107,7 +107,7 @@ fn msg(payload: &'static [u8]) -> NewMessage {
 }
 
 #[tokio::test]
-async fn broadcast_is_one_hash_referenced_from_each_inbox_and_binary_safe() {
+async fn broadcast_is_one_hash_and_one_class_entry_and_binary_safe() {
     let conn = connect("layout").await;
     let p = conn.prefix().to_string();
     let store = RedisStore::new(conn.clone(), limits(10, EvictionPolicy::DropOldest));
@@ -115,36 +115,43 @@ async fn broadcast_is_one_hash_referenced_from_each_inbox_and_binary_safe() {
     for t in &terminals {
         store.remember(*t).await.unwrap();
     }
+    let before = keys(&conn).await;
     let payload: &'static [u8] = b"\x00\xff\r\n{bin}\x00";
     let a = store
         .append(Recipients::Known(None), msg(payload), 0)
         .await
         .unwrap();
     assert_eq!(a.stored_for, 50);
+    // One body, one entry in the class list (`bc:0`: every kind) and the expiry index, and the
+    // id counter (the first message): nothing per terminal.
     let ks = keys(&conn).await;
-    let bodies: Vec<&String> = ks
-        .iter()
-        .filter(|k| k.starts_with(&format!("{p}msg:")))
-        .collect();
-    assert_eq!(bodies, vec![&format!("{p}msg:{}", a.msg_id)]);
+    let added: Vec<&String> = ks.iter().filter(|k| !before.contains(k)).collect();
     assert_eq!(
-        ks.iter()
-            .filter(|k| k.starts_with(&format!("{p}inbox:")))
-            .count(),
-        50
+        added,
+        vec![
+            &format!("{p}bc:0"),
+            &format!("{p}exp"),
+            &format!("{p}msg:{}", a.msg_id),
+            &format!("{p}msgid"),
+        ],
+        "keys added by the first broadcast"
     );
+    assert!(!ks.iter().any(|k| k.starts_with(&format!("{p}inbox:"))));
     let got = store.since(terminals[49], 0, 10, 0).await.unwrap();
     assert_eq!(got[0].payload, Bytes::from_static(payload));
     assert_eq!(got[0].from, None);
-    // Every terminal's ack releases one reference; the last deletes the body.
+    // Every terminal's ack moves its own floor; the body stays for the others until it expires.
     for t in &terminals {
         assert!(store.ack(*t, a.msg_id).await.unwrap());
+        assert!(store.since(*t, 0, 10, 0).await.unwrap().is_empty());
     }
+    assert!(ks.contains(&format!("{p}msg:{}", a.msg_id)));
+    assert_eq!(store.purge_expired(10_000).await.unwrap(), 1);
     assert!(
         !keys(&conn)
             .await
             .iter()
-            .any(|k| k.starts_with(&format!("{p}msg:")))
+            .any(|k| k.starts_with(&format!("{p}msg:")) || k.starts_with(&format!("{p}bc:")))
     );
     cleanup(&conn).await;
 }

@@ -374,6 +374,9 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::InvalidGroupName => ApiError::BadRequest(e.to_string()),
+            crate::store::StoreError::DataLost(_) => {
+                ApiError::Unavailable("store_data_lost", e.to_string())
+            }
             other => ApiError::Unavailable("store_unavailable", other.to_string()),
         }
     }

@@ -62,6 +62,21 @@ impl OfflineStore for ClusterOffline {
         self.inner.since(terminal, since_id, limit, now_ms).await
     }
 
+    async fn login(
+        &self,
+        terminal: Address,
+        since_id: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        // Claimed before the store's one login script reads the replay: a message stored after
+        // the claim gets a delivery notice for this comet, one stored before is in the replay.
+        if let Some(p) = &self.presence {
+            p.login(terminal).await?;
+        }
+        self.inner.login(terminal, since_id, limit, now_ms).await
+    }
+
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
         self.inner.ack(terminal, msg_id).await
     }

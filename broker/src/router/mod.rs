@@ -445,22 +445,12 @@ impl Router {
             self.inner.metrics.session_closed(old.transport());
         }
         let stores = &self.inner.stores;
-        let replay = async {
-            stores.offline.remember(login.address).await?;
-            // The terminal has everything up to its since-id: those stored ids are acknowledged
-            // now, so none is left behind (never replayed, yet filling the inbox).
-            if login.since_id > 0 {
-                stores
-                    .offline
-                    .ack_through(login.address, login.since_id)
-                    .await?;
-            }
-            stores
-                .offline
-                .since(login.address, login.since_id, s.max_replay, now_ms())
-                .await
-        }
-        .await;
+        // Remembers the terminal, acknowledges everything up to its since-id (so no stored id
+        // is left behind, never replayed yet filling the inbox) and reads the replay.
+        let replay = stores
+            .offline
+            .login(login.address, login.since_id, s.max_replay, now_ms())
+            .await;
         let replay = match replay {
             Ok(r) => r,
             Err(e) => {

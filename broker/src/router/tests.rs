@@ -1252,7 +1252,19 @@ async fn run_router_model(seed: u64, store: ModelStore) {
                         }
                         f.router.stores().bindings.bind(P1, D1).await.unwrap();
                         losses_since_start += 1;
-                        // Noticed (and counted once) by the next store call that checks.
+                        // Noticed (and counted once) by the next store call that checks; the
+                        // push that notices it stores nothing and says so, its retry is stored.
+                        let refused = f
+                            .router
+                            .push(Target::Terminal(D1), None, Bytes::new(), None)
+                            .await;
+                        assert!(
+                            matches!(
+                                refused,
+                                Err(PushError::Store(crate::store::StoreError::DataLost(_)))
+                            ),
+                            "seed {seed}: the first push after a loss reports it: {refused:?}"
+                        );
                         let o = f
                             .router
                             .push(Target::Terminal(D1), None, Bytes::new(), None)

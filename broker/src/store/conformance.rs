@@ -390,6 +390,39 @@ async fn broadcasts_and_cursors(
     assert!(store.since(late, 0, 10, 200).await.unwrap().is_empty());
     assert_eq!(store.purge_expired(200).await.unwrap(), 1);
     assert!(store.since(late, 0, 10, 0).await.unwrap().is_empty());
+
+    // The cap counts broadcasts and the inbox together: a message addressed by name to a
+    // terminal full of broadcasts evicts the oldest broadcast, or is refused.
+    let mut filled = Vec::new();
+    for _ in 0..cap {
+        let f = store
+            .append(to_devices.clone(), msg(b"fill", far), 0)
+            .await
+            .unwrap();
+        filled.push(f.msg_id);
+    }
+    let own = store
+        .append(Recipients::List(vec![late]), msg(b"own", far), 0)
+        .await
+        .unwrap();
+    let got = ids(store.since(late, 0, 100, 0).await.unwrap());
+    match eviction {
+        EvictionPolicy::DropOldest => {
+            assert_eq!((own.stored_for, own.evicted, own.rejected), (1, 1, 0));
+            let mut expect = filled[1..].to_vec();
+            expect.push(own.msg_id);
+            assert_eq!(got, expect);
+        }
+        EvictionPolicy::RejectNew => {
+            assert_eq!((own.stored_for, own.evicted, own.rejected), (0, 0, 1));
+            assert_eq!(got, filled);
+        }
+    }
+    assert_eq!(
+        ids(store.since(devices[0], 0, 100, 0).await.unwrap()),
+        filled,
+        "the other terminals keep theirs"
+    );
 }
 
 /// The upload spool suite.

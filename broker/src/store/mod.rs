@@ -41,6 +41,14 @@ pub enum StoreError {
     /// The message id space (2^53 - 1) is exhausted.
     #[error("message ids exhausted")]
     IdsExhausted,
+    /// The store noticed that it lost data it had acknowledged (Redis restarted without
+    /// persistence, or failed over to a replica that missed writes): messages stored before may
+    /// be gone. The call that reports it changed nothing; a retry is stored as usual.
+    #[error(
+        "the store lost acknowledged data ({0}): messages stored before may be gone; nothing was \
+         stored, retry"
+    )]
+    DataLost(&'static str),
     /// A group name is empty or too long.
     #[error("invalid group name (1..=128 bytes of [A-Za-z0-9._-])")]
     InvalidGroupName,
@@ -133,6 +141,22 @@ pub trait OfflineStore: Send + Sync + 'static {
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// A login's store work: [`OfflineStore::remember`], then [`OfflineStore::ack_through`] of
+    /// `since_id` (when above 0: the terminal has everything up to it), then
+    /// [`OfflineStore::since`]. A store may do the three in one round trip (Redis does).
+    async fn login(
+        &self,
+        terminal: Address,
+        since_id: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.remember(terminal).await?;
+        if since_id > 0 {
+            self.ack_through(terminal, since_id).await?;
+        }
+        self.since(terminal, since_id, limit, now_ms).await
+    }
     /// The terminal acknowledged `msg_id`: forgets it for `terminal`, and may forget every
     /// message stored for it below (see the trait docs); `Ok(false)` when nothing was forgotten
     /// (already acknowledged, expired, evicted or never stored for it). May commit without an

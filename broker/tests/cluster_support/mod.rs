@@ -1,7 +1,9 @@
-//! Support for the cluster tests on real services (`cluster_e2e`, `zk_restart`): the services'
+//! Support for the cluster tests on real services (`cluster_e2e`, `cluster_order`,
+//! `cluster_session`, `fault_comet_pause`, `fault_redis_restart`, `zk_restart`): the services'
 //! env file, a [`Run`] with names unique to one test run (Redis key prefix, znode roots, RabbitMQ
-//! exchanges and queues) and node configs, rmqkeeper child processes, the HTTP API, `/metrics`,
-//! and a test device answering commands.
+//! exchanges and queues) and node configs, [`Nodes`] (in-process comets and msgbus nodes
+//! started and linked), rmqkeeper child processes, the HTTP API, `/metrics`, and a test device
+//! answering commands.
 #![allow(dead_code, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use broker::cluster::ClusterNode;
+use broker::cluster::{ClusterNode, start_comet, start_msgbus};
 use broker::config::{Config, Secret};
 use broker::discovery::DiscoveryConfig;
 use broker::discovery::config::DiscoveryMode;
@@ -179,6 +181,20 @@ rabbit_root = ""
         c
     }
 
+    /// [`Run::config`] for a node that finds RabbitMQ by static URLs (both nodes of the
+    /// services) instead of rmqkeeper discovery, with no push consumer: what the cluster tests
+    /// that are not about RabbitMQ run on.
+    pub fn node_config(&self, dir: &std::path::Path, node: &str) -> Config {
+        let mut c = self.config(dir, node);
+        c.cluster.rabbit_root = String::new();
+        c.rabbitmq.push_exchange = String::new();
+        c.rabbitmq.urls = vec![
+            self.env["RABBITMQ_1_AMQP_URL"].clone(),
+            self.env["RABBITMQ_2_AMQP_URL"].clone(),
+        ];
+        c
+    }
+
     pub fn keeper(&self, n: u8) -> Keeper {
         let e = &self.env;
         let amqp = e[&format!("RABBITMQ_{n}_AMQP_ADDR")].clone();
@@ -209,6 +225,113 @@ rabbit_root = ""
             .expect("spawn rmqkeeper");
         Keeper(child)
     }
+}
+
+/// In-process comets and msgbus nodes of one [`Run`], each on [`Run::node_config`] (changed by
+/// the test's `tweak`) in its own data directory, started in the order given and linked.
+pub struct Nodes {
+    pub run: Run,
+    pub comets: Vec<ClusterNode>,
+    pub buses: Vec<ClusterNode>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+impl Nodes {
+    /// Starts the comets `comets`, then the msgbus nodes `buses`, and waits (20 s at most) until
+    /// every msgbus is linked to every comet and every comet to every msgbus.
+    pub async fn start(comets: &[&str], buses: &[&str], tweak: impl Fn(&mut Config)) -> Nodes {
+        let run = Run::new();
+        let mut dirs = Vec::new();
+        let mut cfg = |node: &str| {
+            dirs.push(tempfile::tempdir().unwrap());
+            let mut c = run.node_config(dirs.last().unwrap().path(), node);
+            tweak(&mut c);
+            c
+        };
+        let mut started_comets = Vec::new();
+        for node in comets {
+            started_comets.push(start_comet(&cfg(node)).await.unwrap());
+        }
+        let mut started_buses = Vec::new();
+        for node in buses {
+            started_buses.push(start_msgbus(&cfg(node)).await.unwrap());
+        }
+        let bus_refs: Vec<&ClusterNode> = started_buses.iter().collect();
+        wait_linked(&bus_refs, comets.len(), Duration::from_secs(20)).await;
+        wait_until(
+            "every comet linked to every msgbus",
+            Duration::from_secs(20),
+            || {
+                started_comets
+                    .iter()
+                    .all(|c| c.comet_links.as_ref().unwrap().connected().len() == buses.len())
+            },
+        )
+        .await;
+        Nodes {
+            run,
+            comets: started_comets,
+            buses: started_buses,
+            dirs,
+        }
+    }
+
+    /// Stops every node and deletes the run's Redis keys.
+    pub async fn stop(self) {
+        stop_all(&self.run, self.comets.into_iter().chain(self.buses)).await;
+    }
+}
+
+/// Waits until each of `buses` is linked to `comets` comets (in process or child processes).
+pub async fn wait_linked(buses: &[&ClusterNode], comets: usize, limit: Duration) {
+    wait_until("every msgbus linked to every comet", limit, || {
+        buses
+            .iter()
+            .all(|m| m.links.as_ref().unwrap().connected().len() == comets)
+    })
+    .await;
+}
+
+/// Stops `nodes` and deletes the run's Redis keys.
+pub async fn stop_all(run: &Run, nodes: impl IntoIterator<Item = ClusterNode>) {
+    for n in nodes {
+        n.stop().await;
+    }
+    run.clean_redis().await;
+}
+
+/// Pushes `text` to `target` (the push API's target object) through `node`; the msg_id when
+/// answered 200.
+pub async fn push_text(node: &ClusterNode, target: Value, text: &str) -> Option<u64> {
+    let (s, v) = api(
+        node,
+        reqwest::Method::POST,
+        "/v1/push",
+        Some(json!({"target": target, "text": text})),
+    )
+    .await;
+    (s == 200).then(|| v["msg_id"].as_u64().unwrap())
+}
+
+/// The comets the online registry names for terminal `kind`/`id`, asked through `node`.
+pub async fn registered_nodes(node: &ClusterNode, kind: &str, id: u32) -> Vec<String> {
+    let (s, v) = api(
+        node,
+        reqwest::Method::GET,
+        &format!("/v1/terminals/{kind}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["nodes"]
+        .as_array()
+        .map(|a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether `ids` strictly increase (the order every session must see).
+pub fn strictly_increasing(ids: &[u64]) -> bool {
+    ids.windows(2).all(|w| w[0] < w[1])
 }
 
 /// A keeper child process, killed (by its PID) when dropped.

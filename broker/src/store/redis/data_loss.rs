@@ -20,7 +20,7 @@
 //! forgot.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::store::msg_id::clock_floor;
 use crate::store::{MAX_MSG_ID, StoreError};
@@ -58,6 +58,8 @@ pub(super) struct DataLossWatch {
     high_water: AtomicU64,
     /// Losses noticed.
     losses: AtomicU64,
+    /// A loss was noticed and no append has reported it to its caller yet.
+    unreported: AtomicBool,
     /// The metric handle counting them (`broker_store_data_loss_total`).
     counter: metrics::Counter,
     /// Key prefix, for the log line.
@@ -71,6 +73,7 @@ impl DataLossWatch {
             known: Mutex::new(String::new()),
             high_water: AtomicU64::new(0),
             losses: AtomicU64::new(0),
+            unreported: AtomicBool::new(false),
             counter,
             prefix: prefix.to_string(),
         }
@@ -140,8 +143,21 @@ impl DataLossWatch {
         }
     }
 
+    /// `Err(DataLost)` once per noticed loss: the append that gets it stores nothing and tells
+    /// its caller (the push API answers an error instead of 200), later ones go through.
+    pub(super) fn take_unreported(&self) -> Result<(), StoreError> {
+        if self.unreported.swap(false, Ordering::Relaxed) {
+            Err(StoreError::DataLost(
+                "redis restarted without persistence, was flushed or failed over",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     fn lost(&self, cause: LossCause) {
         self.losses.fetch_add(1, Ordering::Relaxed);
+        self.unreported.store(true, Ordering::Relaxed);
         self.counter.increment(1);
         tracing::warn!(
             prefix = %self.prefix,
@@ -176,9 +192,13 @@ mod tests {
         w.observe("ok", "aa").unwrap();
         assert_eq!(w.losses(), 0);
         // Two calls in flight both see the re-created marker: one loss.
+        assert!(w.take_unreported().is_ok(), "nothing to report yet");
         w.observe("lost", "cc").unwrap();
         w.observe("lost", "cc").unwrap();
         assert_eq!((w.losses(), w.known()), (1, "cc".to_string()));
+        // Reported to one caller, once.
+        assert!(matches!(w.take_unreported(), Err(StoreError::DataLost(_))));
+        assert!(w.take_unreported().is_ok());
         w.observe("behind", "cc").unwrap();
         assert_eq!(w.losses(), 2);
         assert!(matches!(

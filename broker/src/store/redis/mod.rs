@@ -13,8 +13,9 @@
 //! `docs/storage.md`. Redis Cluster is not supported (scripts build key names at run time).
 //!
 //! Lost data (a restart without persistence, a failover to a replica that missed writes) is
-//! noticed through a run marker and the id counter (`data_loss`), logged and counted; ids stay
-//! above everything issued before (see [`crate::store::msg_id`]).
+//! noticed through a run marker and the id counter (`data_loss`), logged and counted, and the
+//! next push fails with [`crate::store::StoreError::DataLost`] instead of being answered as if
+//! nothing happened; ids stay above everything issued before (see [`crate::store::msg_id`]).
 //!
 //! Durability is Redis's: `Ok` means the change is in the master's memory; with `appendonly yes`
 //! and `appendfsync always` it is also on disk, like the embedded store.
@@ -23,6 +24,7 @@ pub mod comet_stream;
 mod conn;
 mod data_loss;
 mod offline;
+mod offline_lua;
 mod registry;
 pub mod replies;
 

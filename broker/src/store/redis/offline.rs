@@ -1,21 +1,29 @@
 //! [`RedisStore`]: [`OfflineStore`], [`Bindings`] and [`Groups`] on Redis, with the embedded
 //! store's semantics (checked by the shared conformance suite).
 //!
-//! Offline layout (`P` = key prefix, ids and terminal keys in decimal):
+//! Offline layout (`P` = key prefix, ids and terminal keys in decimal; the scripts and the model
+//! of pending deliveries, inbox plus broadcasts above a per-terminal floor, are in
+//! [`offline_lua`](super::offline_lua)):
 //! * `P msgid`: the last id issued; the next is `max(last + 1, floor)`, the floor being the
 //!   clock's and this broker's high-water mark (see [`crate::store::msg_id`] and [`data_loss`]);
 //!   refused past [`MAX_MSG_ID`].
 //! * `P epoch`: the run marker that reveals lost data ([`data_loss`]).
-//! * `P msg:<id>`: hash `exp`, `from` (packed address or empty), `payload`, `refs`: a message is
-//!   stored once however many terminals it is for; the last reference to go deletes it.
+//! * `P msg:<id>`: hash `exp`, `from` (packed address or empty), `payload`, `refs` (inbox
+//!   references; the last to go deletes it) and, for a broadcast, `bc` (its class).
 //! * `P exp`: sorted set id by expiry (purging); `P inbox:<terminal>`: sorted set of ids scored by
-//!   id (gopush style); `P refs`: total references (stats); `P known`: terminals seen at login,
-//!   scored by packed key so a kind is one score range.
+//!   id; `P refs`: total inbox references (stats).
+//! * `P bc:<class>`: broadcast ids of a class (0: every kind, else kind + 1);
+//!   `P floors:<kind + 1>`: the terminals seen at login, scored by their broadcast floor;
+//!   `P ibn:<kind + 1>`: inbox sizes; `P skip:<terminal>`, `P skipn`, `P bcskip:<id>`:
+//!   broadcasts a full inbox refused (`reject-new`).
+//!
+//! Round trips: every call is one script; a login ([`OfflineStore::login`]) is one script for
+//! remember, the since-id's acknowledgement and the replay; an ack is one script that moves the
+//! terminal's floor and removes the inbox references it covers.
 //!
 //! Expired messages are never replayed (`since` checks `exp` against the injected `now_ms`) and
-//! are deleted by `purge_expired`; references to deleted messages are dropped lazily (on read,
-//! ack and eviction), as in the embedded store. Ids go through Lua as strings: Lua numbers print
-//! with 14 significant digits, ids reach 16.
+//! are deleted by `purge_expired`; inbox references to deleted bodies are dropped lazily (on
+//! read, ack and eviction), as in the embedded store.
 //!
 //! [`data_loss`]: super::data_loss
 
@@ -27,6 +35,9 @@ use redis::Script;
 use super::comet_stream::{NOTIFY_COMETS, kind_label};
 use super::conn::RedisConn;
 use super::data_loss::{CHECK_EPOCH, DataLossWatch};
+use super::offline_lua::{
+    ACK_THROUGH, APPEND, CHECK_MARKER, GROUP_LIST, HELPERS, LOGIN, PURGE, REMEMBER, SINCE,
+};
 use crate::config::EvictionPolicy;
 use crate::store::embedded::OfflineLimits;
 use crate::store::{
@@ -34,162 +45,6 @@ use crate::store::{
     StoreError, StoredMessage, valid_group_name,
 };
 use crate::terminal::{Address, AddressKey, Kind, from_key};
-
-/// Shared Lua helper: drop one reference to message `mid` (deleting it with the last one).
-const RELEASE: &str = r#"
-local function release(p, mid)
-  local mk = p .. 'msg:' .. mid
-  if redis.call('EXISTS', mk) == 1 and redis.call('HINCRBY', mk, 'refs', -1) <= 0 then
-    redis.call('DEL', mk)
-    redis.call('ZREM', p .. 'exp', mid)
-  end
-end
-"#;
-
-/// ARGV: prefix, known epoch, fresh epoch, cap, reject (0/1), max id, id floor, this broker's
-/// high-water id, expires, from, payload, mode (`list`/`known`), comet stream length (0: no
-/// delivery notices), kind-wide notice label, then terminal keys (list) or the min and max packed
-/// key (known). Returns {id, stored, evicted, rejected, epoch status, epoch}. The delivery notices
-/// for the comets go out in the same script (`notify_comets`, [`super::comet_stream`]).
-const APPEND: &str = r#"
-local p = ARGV[1]
-local e = check_epoch(p, ARGV[2], ARGV[3])
-local cap = tonumber(ARGV[4])
-local reject = ARGV[5] == '1'
-local cur = tonumber(redis.call('GET', p .. 'msgid') or '0')
-if cur < tonumber(ARGV[8]) and e[1] ~= 'lost' then e[1] = 'behind' end
-if cur >= tonumber(ARGV[6]) then return redis.error_reply('IDS_EXHAUSTED') end
-local nid = cur + 1
-if tonumber(ARGV[7]) > nid then nid = tonumber(ARGV[7]) end
-local id = string.format("%d", nid)
-redis.call('SET', p .. 'msgid', id)
-local targets = {}
-local known = ARGV[12] == 'known'
-if known then
-  targets = redis.call('ZRANGEBYSCORE', p .. 'known', ARGV[15], ARGV[16])
-else
-  for i = 15, #ARGV do targets[#targets + 1] = ARGV[i] end
-end
-local stored, evicted, rejected = 0, 0, 0
-for _, t in ipairs(targets) do
-  local ib = p .. 'inbox:' .. t
-  local n = redis.call('ZCARD', ib)
-  local skip = false
-  if n >= cap then
-    if reject then
-      rejected = rejected + 1
-      skip = true
-    else
-      local old = redis.call('ZPOPMIN', ib, n - cap + 1)
-      for i = 1, #old, 2 do
-        redis.call('DECR', p .. 'refs')
-        release(p, old[i])
-        evicted = evicted + 1
-      end
-    end
-  end
-  if not skip then
-    redis.call('ZADD', ib, id, id)
-    redis.call('INCR', p .. 'refs')
-    stored = stored + 1
-  end
-end
-if stored > 0 then
-  redis.call('HSET', p .. 'msg:' .. id, 'exp', ARGV[9], 'from', ARGV[10], 'payload', ARGV[11],
-    'refs', stored)
-  redis.call('ZADD', p .. 'exp', ARGV[9], id)
-end
-notify_comets(p, id, ARGV[10], ARGV[11], ARGV[13], ARGV[14], targets, known)
-return {id, stored, evicted, rejected, e[1], e[2]}
-"#;
-
-/// ARGV: prefix, known epoch, fresh epoch, terminal, since id, limit, now, batch. Returns
-/// {epoch status, epoch} then flat {id, exp, from, payload}*.
-const SINCE: &str = r#"
-local p = ARGV[1]
-local e = check_epoch(p, ARGV[2], ARGV[3])
-local ib = p .. 'inbox:' .. ARGV[4]
-local limit = tonumber(ARGV[6])
-local now = tonumber(ARGV[7])
-local out, count, start = {e[1], e[2]}, 0, '(' .. ARGV[5]
-while count < limit do
-  local ids = redis.call('ZRANGEBYSCORE', ib, start, '+inf', 'LIMIT', 0, ARGV[8])
-  if #ids == 0 then break end
-  for _, mid in ipairs(ids) do
-    if count >= limit then break end
-    local m = redis.call('HMGET', p .. 'msg:' .. mid, 'exp', 'from', 'payload')
-    if not m[1] then
-      redis.call('ZREM', ib, mid)
-      redis.call('DECR', p .. 'refs')
-    elseif tonumber(m[1]) > now then
-      out[#out + 1] = mid
-      out[#out + 1] = m[1]
-      out[#out + 1] = m[2]
-      out[#out + 1] = m[3]
-      count = count + 1
-    end
-  end
-  start = '(' .. ids[#ids]
-end
-return out
-"#;
-
-/// ARGV: prefix, known epoch, fresh epoch. Returns {epoch status, epoch}.
-const CHECK_MARKER: &str = r#"
-return check_epoch(ARGV[1], ARGV[2], ARGV[3])
-"#;
-
-/// ARGV: prefix, known epoch, fresh epoch, packed terminal key. Returns {epoch status, epoch}.
-const REMEMBER: &str = r#"
-local e = check_epoch(ARGV[1], ARGV[2], ARGV[3])
-redis.call('ZADD', ARGV[1] .. 'known', ARGV[4], ARGV[4])
-return e
-"#;
-
-/// ARGV: prefix, terminal, id. Returns 1 when the reference existed.
-const ACK: &str = r#"
-local p = ARGV[1]
-if redis.call('ZREM', p .. 'inbox:' .. ARGV[2], ARGV[3]) == 0 then return 0 end
-redis.call('DECR', p .. 'refs')
-release(p, ARGV[3])
-return 1
-"#;
-
-/// ARGV: prefix, terminal, through id, batch. Removes up to `batch` references with id at most
-/// `through id`; returns how many.
-const ACK_THROUGH: &str = r#"
-local p = ARGV[1]
-local ib = p .. 'inbox:' .. ARGV[2]
-local ids = redis.call('ZRANGEBYSCORE', ib, '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
-for _, mid in ipairs(ids) do
-  redis.call('ZREM', ib, mid)
-  redis.call('DECR', p .. 'refs')
-  release(p, mid)
-end
-return #ids
-"#;
-
-/// ARGV: prefix, now, batch. Returns how many messages were deleted.
-const PURGE: &str = r#"
-local p = ARGV[1]
-local ids = redis.call('ZRANGEBYSCORE', p .. 'exp', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
-for _, mid in ipairs(ids) do
-  redis.call('DEL', p .. 'msg:' .. mid)
-  redis.call('ZREM', p .. 'exp', mid)
-end
-return #ids
-"#;
-
-/// ARGV: prefix. Returns flat {name, count}* ordered by name.
-const GROUP_LIST: &str = r#"
-local p = ARGV[1]
-local out = {}
-for _, name in ipairs(redis.call('ZRANGE', p .. 'groups', 0, -1)) do
-  out[#out + 1] = name
-  out[#out + 1] = redis.call('ZCARD', p .. 'group:' .. name)
-end
-return out
-"#;
 
 /// Rows per script step when scanning inboxes or purging.
 const BATCH: usize = 512;
@@ -203,9 +58,9 @@ pub struct RedisStore {
     watch: DataLossWatch,
     append: Script,
     since: Script,
+    login: Script,
     remember: Script,
     check_marker: Script,
-    ack: Script,
     ack_through: Script,
     purge: Script,
     group_list: Script,
@@ -238,19 +93,18 @@ impl RedisStore {
         data_loss: metrics::Counter,
         stream_maxlen: u64,
     ) -> Arc<RedisStore> {
-        let with_release = |body: &str| Script::new(&format!("{RELEASE}{CHECK_EPOCH}{body}"));
-        let checked = |body: &str| Script::new(&format!("{CHECK_EPOCH}{body}"));
+        let checked = |body: &str| Script::new(&format!("{HELPERS}{CHECK_EPOCH}{body}"));
         Arc::new(RedisStore {
             watch: DataLossWatch::new(data_loss, conn.prefix()),
             conn,
             limits,
             stream_maxlen,
-            append: Script::new(&format!("{RELEASE}{CHECK_EPOCH}{NOTIFY_COMETS}{APPEND}")),
+            append: Script::new(&format!("{HELPERS}{CHECK_EPOCH}{NOTIFY_COMETS}{APPEND}")),
             since: checked(SINCE),
+            login: checked(LOGIN),
             remember: checked(REMEMBER),
-            check_marker: checked(CHECK_MARKER),
-            ack: with_release(ACK),
-            ack_through: with_release(ACK_THROUGH),
+            check_marker: Script::new(&format!("{CHECK_EPOCH}{CHECK_MARKER}")),
+            ack_through: checked(ACK_THROUGH),
             purge: Script::new(PURGE),
             group_list: Script::new(GROUP_LIST),
         })
@@ -297,13 +151,47 @@ fn address(key: u64) -> Result<Address, StoreError> {
     from_key(key).ok_or_else(|| corrupt("terminal key"))
 }
 
-fn kind_bounds(kind: Option<Kind>) -> (u64, u64) {
-    match kind {
-        None => (0, u64::MAX >> 1),
-        Some(k) => {
-            let base = Address { kind: k, id: 0 }.to_key();
-            (base, base | u64::from(u32::MAX))
+/// The broadcast class of a kind-wide push (0: every kind, else the kind's number plus one).
+fn broadcast_class(kind: Option<Kind>) -> u8 {
+    kind.map_or(0, |k| k.as_u8() + 1)
+}
+
+impl RedisStore {
+    /// Runs a replay script ([`SINCE`] or [`LOGIN`], same arguments and reply).
+    async fn replay(
+        &self,
+        script: &Script,
+        terminal: Address,
+        since_id: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = limit.min(1 << 30);
+        let mut c = self.conn.get().await;
+        let r: redis::RedisResult<Vec<Vec<u8>>> = script
+            .arg(self.conn.prefix())
+            .arg(self.watch.known())
+            .arg(DataLossWatch::fresh())
+            .arg(terminal.to_key())
+            .arg(since_id.min(MAX_MSG_ID))
+            .arg(limit)
+            .arg(now_ms)
+            .arg(BATCH.min(limit.saturating_mul(2)).max(1))
+            .invoke_async(&mut c)
+            .await;
+        let flat = self.conn.check(r).await?;
+        let [status, epoch, rows @ ..] = flat.as_slice() else {
+            return Err(corrupt("since reply"));
+        };
+        self.watch.observe(
+            std::str::from_utf8(status).map_err(|_| corrupt("epoch status"))?,
+            std::str::from_utf8(epoch).map_err(|_| corrupt("epoch"))?,
+        )?;
+        let out = super::replies::since_reply(rows)?;
+        if let Some(last) = out.last() {
+            self.watch.saw_id(last.msg_id);
         }
+        Ok(out)
     }
 }
 
@@ -329,6 +217,8 @@ impl OfflineStore for RedisStore {
         msg: NewMessage,
         now_ms: u64,
     ) -> Result<Appended, StoreError> {
+        // A loss a login noticed first is still reported to the next pusher.
+        self.watch.take_unreported()?;
         let mut inv = self.append.prepare_invoke();
         inv.arg(self.conn.prefix())
             .arg(self.watch.known())
@@ -352,12 +242,18 @@ impl OfflineStore for RedisStore {
                     .arg(keys);
             }
             Recipients::Known(kind) => {
-                let (lo, hi) = kind_bounds(kind);
+                // Kind classes as strings: a `Vec<u8>` argument would go as one byte string.
+                let reached: Vec<String> = match kind {
+                    Some(k) => vec![broadcast_class(Some(k)).to_string()],
+                    None => [Kind::Device, Kind::Phone]
+                        .map(|k| broadcast_class(Some(k)).to_string())
+                        .to_vec(),
+                };
                 inv.arg("known")
                     .arg(self.stream_maxlen)
                     .arg(kind_label(kind))
-                    .arg(lo)
-                    .arg(hi);
+                    .arg(broadcast_class(kind))
+                    .arg(reached);
             }
         }
         let mut c = self.conn.get().await;
@@ -372,6 +268,13 @@ impl OfflineStore for RedisStore {
         let msg_id = parse_u64(id.as_bytes(), "message id")?;
         self.watch.saw_id(msg_id);
         self.watch.observe(&status, &epoch)?;
+        if status == "lost" || status == "behind" {
+            // The script stored nothing when it found the loss: the pusher hears of it now.
+            return self
+                .watch
+                .take_unreported()
+                .and(Err(StoreError::DataLost("redis lost data")));
+        }
         Ok(Appended {
             msg_id,
             stored_for,
@@ -390,65 +293,35 @@ impl OfflineStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let limit = limit.min(1 << 30);
-        let mut c = self.conn.get().await;
-        let r: redis::RedisResult<Vec<Vec<u8>>> = self
-            .since
-            .arg(self.conn.prefix())
-            .arg(self.watch.known())
-            .arg(DataLossWatch::fresh())
-            .arg(terminal.to_key())
-            .arg(since_id)
-            .arg(limit)
-            .arg(now_ms)
-            .arg(BATCH.min(limit.saturating_mul(2)))
-            .invoke_async(&mut c)
-            .await;
-        let flat = self.conn.check(r).await?;
-        let [status, epoch, rows @ ..] = flat.as_slice() else {
-            return Err(corrupt("since reply"));
-        };
-        self.watch.observe(
-            std::str::from_utf8(status).map_err(|_| corrupt("epoch status"))?,
-            std::str::from_utf8(epoch).map_err(|_| corrupt("epoch"))?,
-        )?;
-        let out = super::replies::since_reply(rows)?;
-        if let Some(last) = out.last() {
-            self.watch.saw_id(last.msg_id);
-        }
-        Ok(out)
+        self.replay(&self.since, terminal, since_id, limit, now_ms)
+            .await
+    }
+
+    async fn login(
+        &self,
+        terminal: Address,
+        since_id: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.replay(&self.login, terminal, since_id, limit, now_ms)
+            .await
     }
 
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
-        let mut c = self.conn.get().await;
-        let r: redis::RedisResult<u8> = self
-            .ack
-            .arg(self.conn.prefix())
-            .arg(terminal.to_key())
-            .arg(msg_id)
-            .invoke_async(&mut c)
-            .await;
-        Ok(self.conn.check(r).await? == 1)
+        Ok(self.ack_through(terminal, msg_id).await? > 0)
     }
 
     async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let mut c = self.conn.get().await;
-            let r: redis::RedisResult<u64> = self
-                .ack_through
-                .arg(self.conn.prefix())
-                .arg(terminal.to_key())
-                .arg(through_id)
-                .arg(BATCH)
-                .invoke_async(&mut c)
-                .await;
-            let n = self.conn.check(r).await?;
-            total += n;
-            if n < BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        let mut c = self.conn.get().await;
+        let r: redis::RedisResult<u64> = self
+            .ack_through
+            .arg(self.conn.prefix())
+            .arg(terminal.to_key())
+            .arg(through_id.min(MAX_MSG_ID))
+            .invoke_async(&mut c)
+            .await;
+        self.conn.check(r).await
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
