@@ -106,6 +106,8 @@ pub struct Config {
     pub rabbitmq: crate::uploads::RabbitConfig,
     /// Cluster roles: msgbus links, online-registry heartbeats, RabbitMQ discovery.
     pub cluster: crate::cluster::ClusterConfig,
+    /// `broker rmqkeeper`: the guarded RabbitMQ node and the health/metrics listener.
+    pub rmqkeeper: crate::keeper::config::KeeperSection,
     /// PROXY protocol v2 on the WebSocket listeners (client addresses behind a load balancer).
     pub proxy_protocol: crate::comet::proxy::ProxyConfig,
     /// Test-only endpoints (the WebSocket conformance echo), all off by default.
@@ -463,6 +465,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "cluster.link_key",
     "rabbitmq.password",
     "redis.master_password",
+    "rmqkeeper.mgmt_password",
 ];
 
 /// What a redacted secret shows instead of its value.

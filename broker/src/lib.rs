@@ -17,6 +17,7 @@
 //! * `comet` (transports: device WebSocket/UDP, app WebSocket): started by [`start`] beside the API.
 //! * [`provisioning`]: `broker device-key --record`, the device provisioning record writer.
 //! * [`client`]: `broker client device|phone`, a command-line terminal for trying and scripting.
+//! * [`cluster_status`]: `broker cluster status`, one view of every node and service of a cluster.
 //! * [`load`]: `broker load`, the load generator (simulated devices; rates, latencies, memory).
 //!
 //! [`start`] brings a broker up on the configured addresses (port 0 allowed) and returns a
@@ -26,6 +27,7 @@ pub mod api;
 pub mod cli_output;
 pub mod client;
 pub mod cluster;
+pub mod cluster_status;
 pub mod comet;
 pub mod config;
 pub mod console;

@@ -76,6 +76,11 @@ enum Command {
     /// acknowledged uploads per second, latency percentiles and, with --broker-pid, memory per
     /// session.
     Load(broker::load::LoadArgs),
+    /// Looks at a whole cluster (the config file every node shares).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Keeps one RabbitMQ node registered in ZooKeeper while it is healthy (docs/discovery.md).
     Rmqkeeper(broker::keeper::KeeperArgs),
     /// Runs a cluster comet node: terminal endpoints over Redis, RabbitMQ and ZooKeeper
@@ -94,6 +99,13 @@ enum ConfigAction {
     Check,
 }
 
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Every comet, msgbus and RabbitMQ node from ZooKeeper with its load and health, and
+    /// Redis reachability; exits 1 when anything is unhealthy (docs/operations.md).
+    Status(broker::cluster_status::StatusArgs),
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum TransportArg {
     Udp,
@@ -109,9 +121,6 @@ enum KindArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Rmqkeeper(args)) = cli.command {
-        return rmqkeeper(args);
-    }
     if let Some(Command::Config {
         action: ConfigAction::Default,
     }) = cli.command
@@ -163,7 +172,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Client(args)) => broker::client::cli(&config, args),
         Some(Command::Load(args)) => broker::load::cli(&config, args),
-        Some(Command::Rmqkeeper(_)) => ExitCode::SUCCESS,
+        Some(Command::Cluster {
+            action: ClusterAction::Status(args),
+        }) => broker::cluster_status::cli(&config, args),
+        Some(Command::Rmqkeeper(args)) => rmqkeeper(args, &config),
         Some(Command::Comet) => serve_role(config, broker::discovery::Role::Comet),
         Some(Command::Msgbus) => serve_role(config, broker::discovery::Role::Msgbus),
     }
@@ -447,21 +459,15 @@ fn serve_role(config: Config, role: broker::discovery::Role) -> ExitCode {
     }
 }
 
-/// `broker rmqkeeper`: its own flags, no broker config (logs: RUST_LOG, default info).
-fn rmqkeeper(args: broker::keeper::KeeperArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: log files and journald get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .init();
+/// `broker rmqkeeper`: the config file's `[rmqkeeper]` (with `[discovery]`), flags overriding
+/// it; logs as the other roles (`[log]`, RUST_LOG; colour only on a terminal).
+fn rmqkeeper(args: broker::keeper::KeeperArgs, config: &Config) -> ExitCode {
+    init_logs(&config.log);
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(broker::keeper::cli(args)),
+        Ok(rt) => rt.block_on(broker::keeper::cli(args, config)),
         Err(e) => {
             eprintln!("rmqkeeper: cannot start the runtime: {e}");
             ExitCode::FAILURE

@@ -121,6 +121,17 @@ async fn json_logs_carry_refusals_timeouts_and_session_ends() {
         .filter(|v| v["message"] == "login refused")
         .count();
     assert_eq!(one_by_one, 20, "one line per refusal up to the budget");
+    // A refused app login names the terminal its token claims, like a device login does.
+    let app_refusal = lines
+        .iter()
+        .find(|v| v["message"] == "login refused" && v["transport"] == "app_ws")
+        .expect("an app refusal line");
+    assert_eq!(
+        app_refusal["terminal"],
+        format!("phone:{PHONE}"),
+        "{app_refusal}"
+    );
+    assert_eq!(app_refusal["reason"], "bad_token", "{app_refusal}");
     // 1 UDP refusal + 40 app refusals = 41; 20 written, 21 summarised.
     assert_eq!(summary["suppressed"], 21, "{summary}");
     // Per reason (`bad_token`, and `rate_limited` once the 20 logins per second per address

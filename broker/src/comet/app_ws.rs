@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
 use crate::logging::session_end::SessionEnd;
 use crate::router::{Login, Outbound, Session, Transport};
+use crate::terminal::Address;
 
 use super::Context;
 use super::convert::{close_code, code_of_close, kick_code};
@@ -162,10 +163,12 @@ async fn authenticate(
     deadline: Instant,
 ) -> Result<Session, End> {
     let m = ctx.router.metrics();
-    let fail = |code: Code, label: &'static str| {
-        ctx.login_refused(T, peer, None, label);
+    // `terminal`: the one the login named, if it got that far (for the log line).
+    let refuse = |code: Code, label: &'static str, terminal: Option<Address>| {
+        ctx.login_refused(T, peer, terminal, label);
         (reject(code), End::Close(close_code(code)))
     };
+    let fail = |code: Code, label: &'static str| refuse(code, label, None);
     let (msg, end) = loop {
         let msg = match ws::next_before(ctx, ws, deadline).await {
             Err(ws::Interrupted::Shutdown) => {
@@ -201,10 +204,12 @@ async fn authenticate(
             Ok(_) => break fail(Code::UNEXPECTED, "unexpected"),
             Err(e) => break fail(e.code(), "malformed"),
         };
+        // Unverified: names the terminal in the log of a refusal, decides nothing.
+        let claimed = json::claimed_address(&auth.token);
         let now = crate::router::now_ms();
         if !ctx.login_rate.allow(ws::peer_ip(peer), now) {
             m.limit_hit("login_attempts_per_ip_per_sec");
-            break fail(Code::RATE_LIMITED, "rate_limited");
+            break refuse(Code::RATE_LIMITED, "rate_limited", claimed);
         }
         let claims = match json::verify(&*ctx.token_secret, &auth.token, now / 1000) {
             Ok(c) => c,
@@ -214,12 +219,12 @@ async fn authenticate(
                 } else {
                     "bad_token"
                 };
-                break fail(e.code(), label);
+                break refuse(e.code(), label, claimed);
             }
         };
         let address = claims.address;
         if let Err(e) = ctx.router.settings().profile.validate(address) {
-            break fail(e.code(), "invalid_id");
+            break refuse(e.code(), "invalid_id", Some(address));
         }
         let login = Login {
             address,
@@ -233,7 +238,7 @@ async fn authenticate(
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "app login not registered");
-                break fail(Code::UNAVAILABLE, "unavailable");
+                break refuse(Code::UNAVAILABLE, "unavailable", Some(address));
             }
         };
         let p = ctx.welcome_params();

@@ -179,6 +179,28 @@ pub async fn delete_own(client: &Client, path: &str) -> Result<bool, ZkError> {
     }
 }
 
+/// The children of `dir` with their data, as `(name, data)`: empty when `dir` does not exist;
+/// a child deleted between the listing and its read is left out.
+pub async fn children_with_data(
+    client: &Client,
+    dir: &str,
+) -> Result<Vec<(String, Vec<u8>)>, ZkError> {
+    let children = match client.list_children(dir).await {
+        Ok(c) => c,
+        Err(ZkError::NoNode) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::with_capacity(children.len());
+    for name in children {
+        match client.get_data(&format!("{dir}/{name}")).await {
+            Ok((data, _)) => out.push((name, data)),
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// Exponential retry delay: `base * 2^attempt`, capped.
 #[derive(Clone, Debug)]
 pub struct Backoff {

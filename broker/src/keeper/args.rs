@@ -1,13 +1,18 @@
-//! `broker rmqkeeper` flags and their validation into a [`KeeperConfig`].
+//! `broker rmqkeeper` settings: the `[rmqkeeper]` section of the shared config file
+//! ([`super::config::KeeperSection`]) with `[discovery]` and `cluster.rabbit_root`, overridden by
+//! flags, merged and validated into a [`KeeperConfig`].
 //!
-//! Every flag also reads an `RMQKEEPER_*` environment variable. A bad value is a
-//! [`KeeperConfigError`] whose message names the flag (`rmqkeeper: --mgmt-url: invalid URL ...`);
-//! the binary prints it and exits with [`EXIT_CONFIG`].
+//! Every flag also reads an `RMQKEEPER_*` environment variable; a flag wins over the file. A bad
+//! value is a [`KeeperConfigError`] whose message names where it came from, the flag
+//! (`rmqkeeper: --mgmt-url: invalid URL ...`) or the file's key
+//! (`rmqkeeper: rmqkeeper.mgmt_url: ...`); the binary prints it and exits with [`EXIT_CONFIG`].
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::config::Config;
 use crate::discovery::validate_root;
 use crate::discovery::zk::{ZkAuth, ZkSettings};
 
@@ -15,51 +20,59 @@ use crate::discovery::zk::{ZkAuth, ZkSettings};
 pub const EXIT_CONFIG: u8 = 2;
 
 /// `broker rmqkeeper`: keeps one RabbitMQ node registered in ZooKeeper while it is healthy.
-#[derive(Clone, Debug, clap::Args)]
+/// Every flag overrides the same key of the config file's `[rmqkeeper]` section.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct KeeperArgs {
     /// AMQP URL of the guarded node as publishers should dial it (`amqp://host:port/vhost`);
-    /// credentials in it are not published.
+    /// credentials in it are not published. [rmqkeeper.amqp_url]
     #[arg(long, env = "RMQKEEPER_AMQP_URL")]
-    pub amqp_url: String,
-    /// Management API base URL (`http://user:password@host:15672`).
+    pub amqp_url: Option<String>,
+    /// Management API base URL (`http://user:password@host:15672`). [rmqkeeper.mgmt_url]
     #[arg(long, env = "RMQKEEPER_MGMT_URL")]
-    pub mgmt_url: String,
-    /// Management API user (overrides the URL's).
+    pub mgmt_url: Option<String>,
+    /// Management API user (overrides the URL's). [rmqkeeper.mgmt_user]
     #[arg(long, env = "RMQKEEPER_MGMT_USER")]
     pub mgmt_user: Option<String>,
-    /// Management API password (overrides the URL's).
+    /// Management API password (overrides the URL's). [rmqkeeper.mgmt_password]
     #[arg(long, env = "RMQKEEPER_MGMT_PASSWORD", hide_env_values = true)]
     pub mgmt_password: Option<String>,
-    /// Virtual host whose aliveness is checked.
-    #[arg(long, env = "RMQKEEPER_VHOST", default_value = "/")]
-    pub vhost: String,
-    /// ZooKeeper connect string.
-    #[arg(long, env = "RMQKEEPER_ZK_SERVERS", default_value = "127.0.0.1:2181")]
-    pub zk_servers: String,
-    /// ZooKeeper digest credentials `user:password` (the cluster's `discovery.zk_auth`); the
-    /// registration is readable and writable by this identity only.
+    /// Virtual host whose aliveness is checked (default `/`). [rmqkeeper.vhost]
+    #[arg(long, env = "RMQKEEPER_VHOST")]
+    pub vhost: Option<String>,
+    /// ZooKeeper connect string. [discovery.zk_servers]
+    #[arg(long, env = "RMQKEEPER_ZK_SERVERS")]
+    pub zk_servers: Option<String>,
+    /// ZooKeeper digest credentials `user:password`; the registration is readable and writable
+    /// by this identity only. [discovery.zk_auth]
     #[arg(long, env = "RMQKEEPER_ZK_AUTH", hide_env_values = true)]
     pub zk_auth: Option<String>,
-    /// Znode root; the node registers as `<root>/<node-name>`.
-    #[arg(long, env = "RMQKEEPER_ROOT", default_value = "/rabbitmq")]
-    pub root: String,
-    /// Health check interval, milliseconds.
-    #[arg(long, env = "RMQKEEPER_CHECK_INTERVAL_MS", default_value_t = 5000)]
-    pub check_interval_ms: u64,
-    /// ZooKeeper session timeout, milliseconds.
-    #[arg(long, env = "RMQKEEPER_SESSION_TIMEOUT_MS", default_value_t = 10000)]
-    pub session_timeout_ms: u64,
+    /// Znode root; the node registers as `<root>/<node-name>`. [rmqkeeper.root, else
+    /// cluster.rabbit_root]
+    #[arg(long, env = "RMQKEEPER_ROOT")]
+    pub root: Option<String>,
+    /// Health check interval, milliseconds (default 5000). [rmqkeeper.check_interval_ms]
+    #[arg(long, env = "RMQKEEPER_CHECK_INTERVAL_MS")]
+    pub check_interval_ms: Option<u64>,
+    /// ZooKeeper session timeout, milliseconds. [rmqkeeper.session_timeout_ms, else
+    /// discovery.session_timeout_ms]
+    #[arg(long, env = "RMQKEEPER_SESSION_TIMEOUT_MS")]
+    pub session_timeout_ms: Option<u64>,
     /// Znode name; default: the node name the management API reports (`rabbit@host`).
+    /// [rmqkeeper.node_name]
     #[arg(long, env = "RMQKEEPER_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Where `/healthz` and `/metrics` are served (`host:port`, e.g. 127.0.0.1:9102; empty:
+    /// not served). [rmqkeeper.listen]
+    #[arg(long, env = "RMQKEEPER_LISTEN")]
+    pub listen: Option<String>,
 }
 
-/// A configuration error, naming the flag.
+/// A configuration error, naming the flag or the config key the value came from.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("rmqkeeper: --{flag}: {reason}")]
+#[error("rmqkeeper: {setting}: {reason}")]
 pub struct KeeperConfigError {
-    /// The flag (without dashes).
-    pub flag: &'static str,
+    /// `--flag` or `section.key`.
+    pub setting: String,
     /// What is wrong.
     pub reason: String,
 }
@@ -87,11 +100,42 @@ pub struct KeeperConfig {
     pub interval: Duration,
     /// Fixed znode name, if given.
     pub node_name: Option<String>,
+    /// Where `/healthz` and `/metrics` are served, if anywhere.
+    pub listen: Option<SocketAddr>,
 }
 
-fn bad<T>(flag: &'static str, reason: impl Into<String>) -> Result<T, KeeperConfigError> {
+/// A value and the setting it came from (`--flag` or `section.key`), for error messages.
+struct Setting<T> {
+    value: T,
+    name: String,
+}
+
+/// The flag's value, else the file's when set (`Some`), else `default`; named after its source.
+fn pick<T>(flag: Option<T>, flag_name: &str, file: Option<(T, &str)>, default: T) -> Setting<T> {
+    match (flag, file) {
+        (Some(value), _) => Setting {
+            value,
+            name: format!("--{flag_name}"),
+        },
+        (None, Some((value, key))) => Setting {
+            value,
+            name: key.to_string(),
+        },
+        (None, None) => Setting {
+            value: default,
+            name: format!("--{flag_name}"),
+        },
+    }
+}
+
+/// `Some((value, key))` when the file's string is set.
+fn set<'a>(value: &'a str, key: &'a str) -> Option<(String, &'a str)> {
+    (!value.is_empty()).then(|| (value.to_string(), key))
+}
+
+fn bad<T>(setting: &str, reason: impl Into<String>) -> Result<T, KeeperConfigError> {
     Err(KeeperConfigError {
-        flag,
+        setting: setting.to_string(),
         reason: reason.into(),
     })
 }
@@ -132,26 +176,47 @@ fn valid_znode_name(name: &str) -> bool {
 }
 
 impl KeeperArgs {
-    /// Validates the flags.
-    pub fn validate(&self) -> Result<KeeperConfig, KeeperConfigError> {
-        let mut amqp_url = match Url::parse(&self.amqp_url) {
+    /// Merges the flags over `config` (its `[rmqkeeper]`, `[discovery]` and
+    /// `cluster.rabbit_root`) and validates the result.
+    pub fn resolve(&self, config: &Config) -> Result<KeeperConfig, KeeperConfigError> {
+        let file = &config.rmqkeeper;
+        let disc = &config.discovery;
+        let amqp = pick(
+            self.amqp_url.clone(),
+            "amqp-url",
+            set(&file.amqp_url, "rmqkeeper.amqp_url"),
+            String::new(),
+        );
+        let mgmt = pick(
+            self.mgmt_url.clone(),
+            "mgmt-url",
+            set(&file.mgmt_url, "rmqkeeper.mgmt_url"),
+            String::new(),
+        );
+        if amqp.value.is_empty() {
+            return bad(
+                &amqp.name,
+                "missing: give --amqp-url or rmqkeeper.amqp_url in the config file",
+            );
+        }
+        if mgmt.value.is_empty() {
+            return bad(
+                &mgmt.name,
+                "missing: give --mgmt-url or rmqkeeper.mgmt_url in the config file",
+            );
+        }
+        let mut amqp_url = match Url::parse(&amqp.value) {
             Ok(u) => u,
-            Err(e) => return bad("amqp-url", format!("invalid URL `{}`: {e}", self.amqp_url)),
+            Err(e) => return bad(&amqp.name, format!("invalid URL `{}`: {e}", amqp.value)),
         };
         if amqp_url.scheme() != "amqp" && amqp_url.scheme() != "amqps" {
             return bad(
-                "amqp-url",
-                format!(
-                    "invalid URL `{}`: scheme must be amqp or amqps",
-                    self.amqp_url
-                ),
+                &amqp.name,
+                format!("invalid URL `{}`: scheme must be amqp or amqps", amqp.value),
             );
         }
         if amqp_url.host_str().is_none_or(str::is_empty) {
-            return bad(
-                "amqp-url",
-                format!("invalid URL `{}`: no host", self.amqp_url),
-            );
+            return bad(&amqp.name, format!("invalid URL `{}`: no host", amqp.value));
         }
         let amqp_port = amqp_url.port().unwrap_or(if amqp_url.scheme() == "amqps" {
             5671
@@ -160,112 +225,181 @@ impl KeeperArgs {
         });
         strip_credentials(&mut amqp_url);
 
-        let mut mgmt_url = match Url::parse(&self.mgmt_url) {
+        let mut mgmt_url = match Url::parse(&mgmt.value) {
             Ok(u) => u,
-            Err(e) => return bad("mgmt-url", format!("invalid URL `{}`: {e}", self.mgmt_url)),
+            Err(e) => return bad(&mgmt.name, format!("invalid URL `{}`: {e}", mgmt.value)),
         };
         if mgmt_url.scheme() != "http" && mgmt_url.scheme() != "https" {
             return bad(
-                "mgmt-url",
-                format!(
-                    "invalid URL `{}`: scheme must be http or https",
-                    self.mgmt_url
-                ),
+                &mgmt.name,
+                format!("invalid URL `{}`: scheme must be http or https", mgmt.value),
             );
         }
         if mgmt_url.host_str().is_none_or(str::is_empty) {
-            return bad(
-                "mgmt-url",
-                format!("invalid URL `{}`: no host", self.mgmt_url),
-            );
+            return bad(&mgmt.name, format!("invalid URL `{}`: no host", mgmt.value));
         }
         if mgmt_url.query().is_some() || mgmt_url.fragment().is_some() {
             return bad(
-                "mgmt-url",
-                format!(
-                    "invalid URL `{}`: no query or fragment allowed",
-                    self.mgmt_url
-                ),
+                &mgmt.name,
+                format!("invalid URL `{}`: no query or fragment allowed", mgmt.value),
             );
         }
         let url_user = decode(mgmt_url.username());
-        let url_password = mgmt_url.password().map(decode);
+        let url_password = mgmt_url.password().map(decode).unwrap_or_default();
         strip_credentials(&mut mgmt_url);
         if !mgmt_url.path().ends_with('/') {
             let p = format!("{}/", mgmt_url.path());
             mgmt_url.set_path(&p);
         }
-        let mgmt_user = self.mgmt_user.clone().unwrap_or(url_user);
-        let mgmt_password = self
-            .mgmt_password
-            .clone()
-            .or(url_password)
-            .unwrap_or_default();
-        if mgmt_user.is_empty() {
+        let mgmt_user = pick(
+            self.mgmt_user.clone(),
+            "mgmt-user",
+            set(&file.mgmt_user, "rmqkeeper.mgmt_user"),
+            url_user,
+        );
+        let mgmt_password = pick(
+            self.mgmt_password.clone(),
+            "mgmt-password",
+            set(file.mgmt_password.expose(), "rmqkeeper.mgmt_password"),
+            url_password,
+        );
+        if mgmt_user.value.is_empty() {
             return bad(
-                "mgmt-user",
-                "missing: give it in --mgmt-url (http://user:password@host:port) or --mgmt-user",
+                "--mgmt-user",
+                "missing: give it in --mgmt-url (http://user:password@host:port), --mgmt-user or \
+                 rmqkeeper.mgmt_user",
             );
         }
-        if self.vhost.is_empty() {
-            return bad("vhost", "must not be empty (the default vhost is `/`)");
+        let vhost = pick(
+            self.vhost.clone(),
+            "vhost",
+            Some((file.vhost.clone(), "rmqkeeper.vhost")),
+            "/".into(),
+        );
+        if vhost.value.is_empty() {
+            return bad(&vhost.name, "must not be empty (the default vhost is `/`)");
         }
-        if self.zk_servers.trim().is_empty()
-            || self.zk_servers.split(',').any(|s| {
+        let zk_servers = pick(
+            self.zk_servers.clone(),
+            "zk-servers",
+            Some((disc.zk_servers.clone(), "discovery.zk_servers")),
+            String::new(),
+        );
+        if zk_servers.value.trim().is_empty()
+            || zk_servers.value.split(',').any(|s| {
                 s.trim()
                     .rsplit_once(':')
                     .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             })
         {
             return bad(
-                "zk-servers",
+                &zk_servers.name,
                 format!(
                     "invalid connect string `{}`: expected host:port[,host:port...]",
-                    self.zk_servers
+                    zk_servers.value
                 ),
             );
         }
-        if validate_root(&self.root).is_err() {
+        let default_root = if config.cluster.rabbit_root.is_empty() {
+            "/rabbitmq".to_string()
+        } else {
+            config.cluster.rabbit_root.clone()
+        };
+        let root = pick(
+            self.root.clone(),
+            "root",
+            set(&file.root, "rmqkeeper.root"),
+            default_root,
+        );
+        if validate_root(&root.value).is_err() {
             return bad(
-                "root",
+                &root.name,
                 format!(
                     "invalid znode path `{}`: must start with / and not end with /",
-                    self.root
+                    root.value
                 ),
             );
         }
-        if !(100..=3_600_000).contains(&self.check_interval_ms) {
-            return bad("check-interval-ms", "must be within 100..=3600000");
+        let interval = pick(
+            self.check_interval_ms,
+            "check-interval-ms",
+            Some((file.check_interval_ms, "rmqkeeper.check_interval_ms")),
+            5000,
+        );
+        if !(100..=3_600_000).contains(&interval.value) {
+            return bad(&interval.name, "must be within 100..=3600000");
         }
-        if !(1000..=600_000).contains(&self.session_timeout_ms) {
-            return bad("session-timeout-ms", "must be within 1000..=600000");
+        let session = pick(
+            self.session_timeout_ms,
+            "session-timeout-ms",
+            match file.session_timeout_ms {
+                0 => Some((disc.session_timeout_ms, "discovery.session_timeout_ms")),
+                ms => Some((ms, "rmqkeeper.session_timeout_ms")),
+            },
+            10_000,
+        );
+        if !(1000..=600_000).contains(&session.value) {
+            return bad(&session.name, "must be within 1000..=600000");
         }
-        if let Some(n) = &self.node_name
-            && !valid_znode_name(n)
-        {
-            return bad("node-name", format!("`{n}` is not a valid znode name"));
-        }
-        let Some(zk_auth) = self.zk_auth.as_deref().and_then(ZkAuth::parse) else {
+        let node_name = pick(
+            self.node_name.clone(),
+            "node-name",
+            set(&file.node_name, "rmqkeeper.node_name"),
+            String::new(),
+        );
+        if !node_name.value.is_empty() && !valid_znode_name(&node_name.value) {
             return bad(
-                "zk-auth",
-                "required: the ZooKeeper digest credentials user:password (discovery.zk_auth)",
+                &node_name.name,
+                format!("`{}` is not a valid znode name", node_name.value),
             );
+        }
+        let zk_auth = pick(
+            self.zk_auth.clone(),
+            "zk-auth",
+            set(disc.zk_auth.expose(), "discovery.zk_auth"),
+            String::new(),
+        );
+        let Some(zk_auth) = ZkAuth::parse(&zk_auth.value) else {
+            return bad(
+                &zk_auth.name,
+                "required: the ZooKeeper digest credentials user:password (--zk-auth or \
+                 discovery.zk_auth)",
+            );
+        };
+        let listen = pick(
+            self.listen.clone(),
+            "listen",
+            Some((file.listen.clone(), "rmqkeeper.listen")),
+            String::new(),
+        );
+        let listen_addr = match listen.value.trim() {
+            "" => None,
+            a => match a.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    return bad(
+                        &listen.name,
+                        format!("`{a}` is not host:port with a numeric IP (or empty: off)"),
+                    );
+                }
+            },
         };
         Ok(KeeperConfig {
             amqp_url,
             amqp_port,
             mgmt_url,
-            mgmt_user,
-            mgmt_password,
-            vhost: self.vhost.clone(),
+            mgmt_user: mgmt_user.value,
+            mgmt_password: mgmt_password.value,
+            vhost: vhost.value,
             zk: ZkSettings {
-                servers: self.zk_servers.trim().to_string(),
-                session_timeout: Duration::from_millis(self.session_timeout_ms),
+                servers: zk_servers.value.trim().to_string(),
+                session_timeout: Duration::from_millis(session.value),
                 auth: Some(zk_auth),
             },
-            root: self.root.clone(),
-            interval: Duration::from_millis(self.check_interval_ms),
-            node_name: self.node_name.clone(),
+            root: root.value,
+            interval: Duration::from_millis(interval.value),
+            node_name: Some(node_name.value).filter(|n| !n.is_empty()),
+            listen: listen_addr,
         })
     }
 }
@@ -304,7 +438,7 @@ mod tests {
 
     #[test]
     fn good_flags_validate_and_credentials_are_split_off() {
-        let c = parse(&[]).validate().unwrap();
+        let c = parse(&[]).resolve(&Config::default()).unwrap();
         assert_eq!(c.amqp_url.as_str(), "amqp://127.0.0.1:17001/%2f");
         assert_eq!(c.amqp_port, 17001);
         assert_eq!(c.mgmt_url.as_str(), "http://127.0.0.1:17101/");
@@ -316,7 +450,7 @@ mod tests {
         assert_eq!(c.root, "/rabbitmq");
         assert_eq!(c.interval, Duration::from_secs(5));
         let c = parse(&["--mgmt-user", "ops", "--mgmt-password", "x"])
-            .validate()
+            .resolve(&Config::default())
             .unwrap();
         assert_eq!(
             (c.mgmt_user.as_str(), c.mgmt_password.as_str()),
@@ -333,7 +467,7 @@ mod tests {
         ])
         .unwrap()
         .args
-        .validate()
+        .resolve(&Config::default())
         .unwrap();
         assert_eq!(c.amqp_port, 5672);
         assert_eq!(c.mgmt_url.as_str(), "http://h:1/api-prefix/");
@@ -381,8 +515,91 @@ mod tests {
             ),
         ];
         for (extra, want) in cases {
-            let msg = parse(extra).validate().unwrap_err().to_string();
+            let msg = parse(extra)
+                .resolve(&Config::default())
+                .unwrap_err()
+                .to_string();
             assert!(msg.starts_with(want), "{extra:?}: {msg}");
+        }
+    }
+
+    fn file_config() -> Config {
+        let mut c = Config::default();
+        c.discovery.zk_servers = "zk1:2181,zk2:2181".into();
+        c.discovery.zk_auth = crate::config::Secret::new("plugcloud:from-file");
+        c.cluster.rabbit_root = "/mq".into();
+        c.rmqkeeper.amqp_url = "amqp://mq1:5672/%2f".into();
+        c.rmqkeeper.mgmt_url = "http://mq1:15672".into();
+        c.rmqkeeper.mgmt_user = "ops".into();
+        c.rmqkeeper.mgmt_password = crate::config::Secret::new("pw");
+        c.rmqkeeper.listen = "127.0.0.1:9200".into();
+        c
+    }
+
+    #[test]
+    fn the_shared_config_file_alone_is_enough_and_flags_override_it() {
+        let none = Cli::try_parse_from(["k"]).unwrap().args;
+        let c = none.resolve(&file_config()).unwrap();
+        assert_eq!(c.amqp_url.as_str(), "amqp://mq1:5672/%2f");
+        assert_eq!(
+            (c.mgmt_user.as_str(), c.mgmt_password.as_str()),
+            ("ops", "pw")
+        );
+        assert_eq!(c.zk.servers, "zk1:2181,zk2:2181");
+        assert_eq!(c.zk.auth.as_ref().map(|a| a.user()), Some("plugcloud"));
+        // The root follows cluster.rabbit_root, where the comets and msgbus nodes look.
+        assert_eq!(c.root, "/mq");
+        assert_eq!(c.zk.session_timeout, Duration::from_secs(10));
+        assert_eq!(c.listen, Some("127.0.0.1:9200".parse().unwrap()));
+
+        let flags = Cli::try_parse_from([
+            "k",
+            "--amqp-url",
+            "amqp://mq9:1/%2f",
+            "--root",
+            "/other",
+            "--listen",
+            "",
+        ])
+        .unwrap()
+        .args;
+        let c = flags.resolve(&file_config()).unwrap();
+        assert_eq!(c.amqp_url.as_str(), "amqp://mq9:1/%2f");
+        assert_eq!(c.root, "/other");
+        assert_eq!(c.listen, None);
+    }
+
+    #[test]
+    fn a_bad_file_value_names_its_key() {
+        let none = Cli::try_parse_from(["k"]).unwrap().args;
+        type Tweak = fn(&mut Config);
+        let cases: &[(Tweak, &str)] = &[
+            (
+                |c| c.rmqkeeper.mgmt_url = "ftp://h/".into(),
+                "rmqkeeper: rmqkeeper.mgmt_url: invalid URL `ftp://h/`: scheme",
+            ),
+            (
+                |c| c.rmqkeeper.amqp_url = String::new(),
+                "rmqkeeper: --amqp-url: missing",
+            ),
+            (
+                |c| c.rmqkeeper.listen = "localhost:1".into(),
+                "rmqkeeper: rmqkeeper.listen: `localhost:1` is not host:port",
+            ),
+            (
+                |c| c.rmqkeeper.check_interval_ms = 1,
+                "rmqkeeper: rmqkeeper.check_interval_ms: must be within",
+            ),
+            (
+                |c| c.discovery.zk_auth = crate::config::Secret::default(),
+                "rmqkeeper: --zk-auth: required",
+            ),
+        ];
+        for (tweak, want) in cases {
+            let mut c = file_config();
+            tweak(&mut c);
+            let msg = none.resolve(&c).unwrap_err().to_string();
+            assert!(msg.starts_with(want), "{msg}");
         }
     }
 

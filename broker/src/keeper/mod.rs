@@ -1,17 +1,21 @@
 //! rmqkeeper (`broker rmqkeeper`): keeps one RabbitMQ node registered in ZooKeeper while it is
 //! healthy, and [`RabbitView`], the reader publishers use to find healthy nodes.
 //!
-//! How the pieces fit: [`args`] turns flags into a validated [`KeeperConfig`] (errors name the
-//! flag, exit code 2); [`health`] asks the management API (aliveness, alarms, port listener);
-//! [`machine`] decides register/unregister and which transitions to log; [`run`] is the loop that
-//! ties them to a ZooKeeper session ([`crate::discovery::zk`]): every interval it checks health,
-//! then makes `<root>/<node-name>` (ephemeral, data [`RabbitNode`] JSON) exist exactly while the
-//! node is healthy. A dead session (expired or closed) is replaced at once and the znode created
-//! again. Every transition is one log line.
+//! How the pieces fit: [`config`] is the `[rmqkeeper]` section of the config file every role
+//! shares; [`args`] merges the flags over it into a validated [`KeeperConfig`] (errors name the
+//! flag or the key, exit code 2); [`health`] asks the management API (aliveness, alarms, port
+//! listener); [`machine`] decides register/unregister and which transitions to log; [`run`] is
+//! the loop that ties them to a ZooKeeper session ([`crate::discovery::zk`]): every interval it
+//! checks health, then makes `<root>/<node-name>` (ephemeral, data [`RabbitNode`] JSON) exist
+//! exactly while the node is healthy. A dead session (expired or closed) is replaced at once and
+//! the znode created again. Every transition is one log line, and is recorded in [`status`]'s
+//! metrics and state, served on `rmqkeeper.listen` as `/metrics` and `/healthz`.
 
 pub mod args;
+pub mod config;
 pub mod health;
 pub mod machine;
+pub mod status;
 pub mod view;
 
 use std::process::ExitCode;
@@ -33,12 +37,21 @@ pub enum KeeperError {
     /// The HTTP client could not be built.
     #[error("rmqkeeper: HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The health and metrics listener could not be bound.
+    #[error("rmqkeeper: cannot listen on {addr} (rmqkeeper.listen / --listen): {source}")]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
-/// Entry point for `broker rmqkeeper` (tracing must already be initialised): validates the
-/// flags (exit 2 with a message naming the flag), then runs until SIGINT/SIGTERM (exit 0).
-pub async fn cli(args: KeeperArgs) -> ExitCode {
-    let cfg = match args.validate() {
+/// Entry point for `broker rmqkeeper` (tracing must already be initialised): merges the flags
+/// over `config` (exit 2 with a message naming the flag or key), then runs until SIGINT/SIGTERM
+/// (exit 0).
+pub async fn cli(args: KeeperArgs, config: &crate::config::Config) -> ExitCode {
+    let cfg = match args.resolve(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -84,6 +97,13 @@ struct Session {
 /// Runs the keeper until `cancel`; on cancel deletes the znode and closes the session.
 pub async fn run(cfg: KeeperConfig, cancel: CancellationToken) -> Result<(), KeeperError> {
     let mgmt = Management::new(&cfg)?;
+    let telemetry = status::Telemetry::new();
+    if let Some(addr) = cfg.listen {
+        let bound = status::serve(addr, &telemetry, cancel.child_token())
+            .await
+            .map_err(|source| KeeperError::Listen { addr, source })?;
+        info!("rmqkeeper: health on http://{bound}/healthz, metrics on http://{bound}/metrics");
+    }
     let mut node_name = cfg.node_name.clone();
     let mut tracker = HealthTracker::default();
     let mut session: Option<Session> = None;
@@ -106,12 +126,14 @@ pub async fn run(cfg: KeeperConfig, cancel: CancellationToken) -> Result<(), Kee
                     continue;
                 }
                 if let Some(s) = session.take() {
+                    telemetry.session_lost();
                     warn!(session = %s.client.session_id(), ?state, registered = s.registered, "rmqkeeper: ZooKeeper session lost; creating a new one");
                 }
             }
         }
 
         let health = mgmt.check().await;
+        telemetry.checked(&health);
         let name = match &node_name {
             Some(n) => n.clone(),
             None if health.is_healthy() => match mgmt.node_name().await {
@@ -135,6 +157,7 @@ pub async fn run(cfg: KeeperConfig, cancel: CancellationToken) -> Result<(), Kee
                 continue;
             }
         };
+        telemetry.node(&name);
         let path = format!("{}/{}", cfg.root, name);
         if let Some(line) = tracker.observe(&health) {
             if health.is_healthy() {
@@ -148,6 +171,7 @@ pub async fn run(cfg: KeeperConfig, cancel: CancellationToken) -> Result<(), Kee
             match zk::connect(&cfg.zk).await {
                 Ok(client) => {
                     info!(session = %client.session_id(), "rmqkeeper: ZooKeeper session established");
+                    telemetry.session_established();
                     zk_down_logged = false;
                     let states = client.state_watcher();
                     session = Some(Session {
@@ -166,9 +190,10 @@ pub async fn run(cfg: KeeperConfig, cancel: CancellationToken) -> Result<(), Kee
             }
         }
         let Some(s) = session.as_mut() else { continue };
-        if let Err(e) = reconcile(s, &cfg, &name, &path, &health).await {
+        if let Err(e) = reconcile(s, &cfg, &name, &path, &health, &telemetry).await {
             if zk::is_session_error(&e) || zk::is_dead(s.client.state()) {
                 warn!(session = %s.client.session_id(), error = %e, "rmqkeeper: ZooKeeper session lost; creating a new one");
+                telemetry.session_lost();
                 session = None;
                 tick.reset_immediately();
             } else {
@@ -187,6 +212,7 @@ pub async fn run(cfg: KeeperConfig, cancel: CancellationToken) -> Result<(), Kee
             }
         }
     }
+    telemetry.session_lost();
     info!("rmqkeeper: stopped");
     Ok(())
 }
@@ -197,6 +223,7 @@ async fn reconcile(
     name: &str,
     path: &str,
     health: &Health,
+    telemetry: &status::Telemetry,
 ) -> Result<(), zookeeper_client::Error> {
     // Someone may have deleted the znode (or it belongs to an old session): check while healthy.
     if s.registered && health.is_healthy() {
@@ -207,6 +234,7 @@ async fn reconcile(
         if !ours {
             warn!(%path, "rmqkeeper: znode disappeared; registering again");
             s.registered = false;
+            telemetry.registration_lost();
         }
     }
     match decide(health.is_healthy(), s.registered) {
@@ -224,10 +252,12 @@ async fn reconcile(
                 _ => info!(%path, "rmqkeeper: registered"),
             }
             s.registered = true;
+            telemetry.registration(true);
         }
         Action::Unregister => {
             zk::delete_own(&s.client, path).await?;
             s.registered = false;
+            telemetry.registration(false);
             info!(%path, "rmqkeeper: removed (unhealthy)");
         }
         Action::Nothing => {}

@@ -140,20 +140,7 @@ fn set_stale(tx: &watch::Sender<RabbitNodes>, why: &str) {
 }
 
 async fn list(client: &Client, root: &str, tx: &watch::Sender<RabbitNodes>) -> Result<(), ZkError> {
-    let children = match client.list_children(root).await {
-        Ok(c) => c,
-        Err(ZkError::NoNode) => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let mut entries = Vec::new();
-    for name in children {
-        match client.get_data(&format!("{root}/{name}")).await {
-            Ok((data, _)) => entries.push((name, data)),
-            Err(ZkError::NoNode) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let (nodes, bad) = parse_listing(entries);
+    let (nodes, bad) = parse_listing(zk::children_with_data(client, root).await?);
     for (name, why) in bad {
         warn!(znode = %format!("{root}/{name}"), "rabbit view: ignoring znode: {why}");
     }

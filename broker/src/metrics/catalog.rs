@@ -40,6 +40,8 @@ pub enum Scope {
     Always,
     /// Cluster nodes only: registered by the cluster code.
     Cluster,
+    /// `broker rmqkeeper` only: its own `/metrics` ([`KEEPER_FAMILIES`]).
+    Keeper,
 }
 
 /// One metric family.
@@ -66,6 +68,53 @@ const fn f(name: &'static str, kind: Kind, scope: Scope, help: &'static str) -> 
 
 use Kind::{Counter, Gauge, Histogram};
 use Scope::{Always, Cluster};
+
+/// Every family `broker rmqkeeper` exports on its own `/metrics` (`crate::keeper::status`),
+/// all registered when it starts, beside the `process_*` families.
+pub const KEEPER_FAMILIES: &[Family] = &[
+    f(
+        "rmqkeeper_build_info",
+        Gauge,
+        Scope::Keeper,
+        "Always 1; labels carry the keeper's version.",
+    ),
+    f(
+        "rmqkeeper_rabbit_healthy",
+        Gauge,
+        Scope::Keeper,
+        "1 while the guarded RabbitMQ node passed its last health check (aliveness, alarms, port listener), else 0.",
+    ),
+    f(
+        "rmqkeeper_registered",
+        Gauge,
+        Scope::Keeper,
+        "1 while the node's znode exists in the keeper's ZooKeeper session (publishers may use the node), else 0.",
+    ),
+    f(
+        "rmqkeeper_zk_connected",
+        Gauge,
+        Scope::Keeper,
+        "1 while the keeper holds a ZooKeeper session, else 0.",
+    ),
+    f(
+        "rmqkeeper_checks_total",
+        Counter,
+        Scope::Keeper,
+        "Health checks run, by result: healthy, or the check that failed first (aliveness, alarms, port-listener).",
+    ),
+    f(
+        "rmqkeeper_registrations_total",
+        Counter,
+        Scope::Keeper,
+        "Registration changes: to=registered (znode created) or to=unregistered (removed while the node is unhealthy).",
+    ),
+    f(
+        "rmqkeeper_zk_sessions_total",
+        Counter,
+        Scope::Keeper,
+        "ZooKeeper sessions established (one at start, one more per lost session re-created).",
+    ),
+];
 
 /// Every family the broker's recorder exports (the `process_*` families are rendered by
 /// [`super::process`] and listed in [`super::process::FAMILIES`]).

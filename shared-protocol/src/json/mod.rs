@@ -20,4 +20,4 @@ pub use messages::{
     AckMsg, Auth, ClientMessage, Deliver, ErrorMsg, Goodbye, JsonError, Kick, OkMsg, Pong,
     Presence, Reject, SendMsg, ServerMessage, Welcome,
 };
-pub use token::{Claims, TokenError, mint, verify};
+pub use token::{Claims, TokenError, claimed_address, mint, verify};

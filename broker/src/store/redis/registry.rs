@@ -206,6 +206,17 @@ impl OnlineRegistry {
         Ok(self.conn.check(r).await? == 1)
     }
 
+    /// Whether `node`'s heartbeat key exists now (a read; nothing is refreshed). `false` means
+    /// the node has not heartbeated for `cluster.node_ttl_ms`: the next sweep removes its entries.
+    pub async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.get().await;
+        let r: redis::RedisResult<bool> = redis::cmd("EXISTS")
+            .arg(self.key(&format!("node:{node}:alive")))
+            .query_async(&mut c)
+            .await;
+        self.conn.check(r).await
+    }
+
     /// Removes every entry of nodes whose heartbeat key expired.
     pub async fn sweep_dead_nodes(&self) -> Result<SweepReport, StoreError> {
         self.run_sweep("").await
