@@ -177,6 +177,7 @@ pub struct Hello {
     /// Who logs in (kind byte, id varint).
     pub address: Address,
     /// Fresh random bytes from the device, bound into cookie, proof and session keys.
+    #[serde(deserialize_with = "fixed_bytes")]
     pub client_nonce: [u8; 16],
 }
 
@@ -187,6 +188,7 @@ pub struct Challenge {
     /// Broker clock when the challenge was made (milliseconds, u64 varint).
     pub timestamp_ms: u64,
     /// Stateless cookie (section 3).
+    #[serde(deserialize_with = "fixed_bytes")]
     pub cookie: [u8; 32],
 }
 
@@ -197,10 +199,12 @@ pub struct Login {
     /// Who logs in; the same as in the HELLO.
     pub address: Address,
     /// The HELLO's nonce.
+    #[serde(deserialize_with = "fixed_bytes")]
     pub client_nonce: [u8; 16],
     /// The CHALLENGE's timestamp.
     pub timestamp_ms: u64,
     /// The CHALLENGE's cookie.
+    #[serde(deserialize_with = "fixed_bytes")]
     pub cookie: [u8; 32],
     /// Highest message id the device already has (0: none); at most 2^53 - 1.
     pub since_id: u64,
@@ -208,6 +212,7 @@ pub struct Login {
     /// boot; the broker keys upload de-duplication on (device, epoch, upload id) (section 4).
     pub upload_epoch: u64,
     /// HMAC proof of the device key (section 3).
+    #[serde(deserialize_with = "fixed_bytes")]
     pub proof: [u8; 32],
 }
 
@@ -397,25 +402,10 @@ impl<'a> Packet<'a> {
     pub fn decode(packet: &'a [u8]) -> Result<Packet<'a>, PacketError> {
         let (t, body) = peek_header(packet)?;
         match t {
-            PacketType::Hello => {
-                if packet.len() < HELLO_MIN_LEN {
-                    return Err(PacketError::HelloTooShort);
-                }
-                let (hello, padding): (Hello, _) = take(body)?;
-                if padding.iter().any(|&b| b != 0) {
-                    return Err(PacketError::BadPadding);
-                }
-                Ok(Packet::Hello(hello))
-            }
-            PacketType::Challenge => take_all(body).map(Packet::Challenge),
-            PacketType::Login => {
-                let login: Login = take_all(body)?;
-                if !login.fields_in_range() {
-                    return Err(PacketError::OutOfRange);
-                }
-                Ok(Packet::Login(login))
-            }
-            PacketType::Reject => take_all(body).map(Packet::Reject),
+            PacketType::Hello => Hello::from_body(packet, body).map(Packet::Hello),
+            PacketType::Challenge => Challenge::from_body(packet, body).map(Packet::Challenge),
+            PacketType::Login => Login::from_body(packet, body).map(Packet::Login),
+            PacketType::Reject => Reject::from_body(packet, body).map(Packet::Reject),
             PacketType::Welcome => {
                 let (header, sealed) = WelcomeHeader::parse_body(body)?;
                 Ok(Packet::Welcome { header, sealed })
@@ -443,22 +433,10 @@ impl<'a> Packet<'a> {
     /// part.
     pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], EncodeError> {
         let len = match self {
-            Packet::Hello(b) => {
-                let n = put(PacketType::Hello, b, buf)?;
-                let padded = buf
-                    .get_mut(n..HELLO_MIN_LEN)
-                    .ok_or(EncodeError::BufferTooSmall)?;
-                padded.fill(0);
-                HELLO_MIN_LEN.max(n)
-            }
-            Packet::Challenge(b) => put(PacketType::Challenge, b, buf)?,
-            Packet::Login(b) => {
-                if !b.fields_in_range() {
-                    return Err(EncodeError::OutOfRange);
-                }
-                put(PacketType::Login, b, buf)?
-            }
-            Packet::Reject(b) => put(PacketType::Reject, b, buf)?,
+            Packet::Hello(b) => b.put(buf)?,
+            Packet::Challenge(b) => b.put(buf)?,
+            Packet::Login(b) => b.put(buf)?,
+            Packet::Reject(b) => b.put(buf)?,
             Packet::Welcome { header, sealed } => {
                 let len = WELCOME_HEADER_LEN + sealed.len();
                 if sealed.len() < TAG_LEN + MIN_FRAME {
@@ -492,19 +470,92 @@ impl<'a> Packet<'a> {
     }
 }
 
+/// What each handshake body adds to the plain postcard codec: its packet type, and the checks
+/// and padding of section 2. Each type encodes and decodes on its own, so a program that only
+/// sends LOGIN and reads CHALLENGE links only those two codecs (the device), not every type's.
+trait HandshakeBody: Sized + Serialize + for<'de> Deserialize<'de> {
+    /// The type byte.
+    const TYPE: PacketType;
+
+    /// Writes header and body into `buf` (with any padding); returns the length.
+    fn put(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        put(Self::TYPE, self, buf)
+    }
+
+    /// Decodes the body of a whole `packet` whose header said [`Self::TYPE`].
+    fn from_body(_packet: &[u8], body: &[u8]) -> Result<Self, PacketError> {
+        take_all(body)
+    }
+}
+
+impl HandshakeBody for Hello {
+    const TYPE: PacketType = PacketType::Hello;
+
+    fn put(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let n = put(Self::TYPE, self, buf)?;
+        let padded = buf
+            .get_mut(n..HELLO_MIN_LEN)
+            .ok_or(EncodeError::BufferTooSmall)?;
+        padded.fill(0);
+        Ok(HELLO_MIN_LEN.max(n))
+    }
+
+    fn from_body(packet: &[u8], body: &[u8]) -> Result<Self, PacketError> {
+        if packet.len() < HELLO_MIN_LEN {
+            return Err(PacketError::HelloTooShort);
+        }
+        let (hello, padding): (Hello, _) = take(body)?;
+        if padding.iter().any(|&b| b != 0) {
+            return Err(PacketError::BadPadding);
+        }
+        Ok(hello)
+    }
+}
+
+impl HandshakeBody for Challenge {
+    const TYPE: PacketType = PacketType::Challenge;
+}
+
+impl HandshakeBody for Login {
+    const TYPE: PacketType = PacketType::Login;
+
+    fn put(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        if !self.fields_in_range() {
+            return Err(EncodeError::OutOfRange);
+        }
+        put(Self::TYPE, self, buf)
+    }
+
+    fn from_body(_packet: &[u8], body: &[u8]) -> Result<Self, PacketError> {
+        let login: Login = take_all(body)?;
+        if !login.fields_in_range() {
+            return Err(PacketError::OutOfRange);
+        }
+        Ok(login)
+    }
+}
+
+impl HandshakeBody for Reject {
+    const TYPE: PacketType = PacketType::Reject;
+}
+
 macro_rules! packet_codec {
     ($($ty:ident),*) => {$(
         impl $ty {
             /// Writes the whole packet (header and body; HELLO padded) and returns the written part.
             pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], EncodeError> {
-                Packet::$ty(*self).encode(buf)
+                let len = self.put(buf)?;
+                Ok(&mut buf[..len])
             }
 
-            /// Decodes a whole packet that must be of this type.
+            /// Decodes a whole packet that must be of this type; a packet of another type is
+            /// [`PacketError::UnknownType`] with its type byte, whatever its body.
             pub fn decode(packet: &[u8]) -> Result<$ty, PacketError> {
-                match Packet::decode(packet)? {
-                    Packet::$ty(body) => Ok(body),
-                    other => Err(PacketError::UnknownType(other.packet_type() as u8)),
+                match peek_header(packet)? {
+                    (t, body) if t == <$ty as HandshakeBody>::TYPE => {
+                        <$ty as HandshakeBody>::from_body(packet, body)
+                    }
+                    (other, _) => Err(PacketError::UnknownType(other as u8)),
                 }
             }
         }
@@ -524,6 +575,38 @@ fn put<T: Serialize>(t: PacketType, body: &T, buf: &mut [u8]) -> Result<usize, E
         .map_err(|_| EncodeError::BufferTooSmall)?
         .len();
     Ok(PACKET_HEADER_LEN + n)
+}
+
+/// Deserialises a fixed-size byte field (`[u8; N]`, postcard: the N bytes as they are) with one
+/// loop shared by every size. serde's own array impl unrolls one element read per byte for each
+/// N, which cost a device over 1 KiB of flash for the 16- and 32-byte fields; the bytes on the
+/// wire are the same.
+fn fixed_bytes<'de, D: serde::Deserializer<'de>, const N: usize>(
+    deserializer: D,
+) -> Result<[u8; N], D::Error> {
+    let mut out = [0u8; N];
+    deserializer.deserialize_tuple(N, FillBytes(&mut out))?;
+    Ok(out)
+}
+
+/// Fills its slice from a sequence of exactly its length (see [`fixed_bytes`]).
+struct FillBytes<'a>(&'a mut [u8]);
+
+impl<'de> serde::de::Visitor<'de> for FillBytes<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a fixed number of bytes")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for (i, byte) in self.0.iter_mut().enumerate() {
+            *byte = seq
+                .next_element()?
+                .ok_or_else(|| serde::de::Error::invalid_length(i, &"a fixed number of bytes"))?;
+        }
+        Ok(())
+    }
 }
 
 fn take<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<(T, &'a [u8]), PacketError> {
@@ -756,5 +839,44 @@ mod tests {
         );
         let zero = WelcomeHeader { session_id: 0, ..h };
         assert_eq!(zero.emit(&mut pkt), Err(EncodeError::OutOfRange));
+    }
+
+    #[test]
+    fn fixed_size_byte_fields_keep_their_wire_bytes() {
+        let login = Login {
+            address: Address::device(7),
+            client_nonce: core::array::from_fn(|i| i as u8),
+            timestamp_ms: 300,
+            cookie: core::array::from_fn(|i| 0x80 + i as u8),
+            since_id: 5,
+            upload_epoch: 9,
+            proof: core::array::from_fn(|i| 0xff - i as u8),
+        };
+        let mut buf = [0u8; MAX_PACKET];
+        let n = login.encode(&mut buf).unwrap().len();
+        // Header, kind + id, then the 16 nonce bytes as they are (no length prefix).
+        assert_eq!(&buf[..4], &[3, 0x03, 0x00, 7]);
+        assert_eq!(&buf[4..20], &login.client_nonce);
+        assert_eq!(Login::decode(&buf[..n]), Ok(login));
+        // Cut inside the proof: truncated, never a partly filled array.
+        assert_eq!(Login::decode(&buf[..n - 5]), Err(PacketError::Truncated));
+    }
+
+    #[test]
+    fn a_packet_of_another_type_is_unknown_type_whatever_its_body() {
+        // A truncated CHALLENGE asked for as a REJECT or a LOGIN.
+        let truncated_challenge = [3, 0x02, 0x01];
+        assert_eq!(
+            Reject::decode(&truncated_challenge),
+            Err(PacketError::UnknownType(0x02))
+        );
+        assert_eq!(
+            Login::decode(&truncated_challenge),
+            Err(PacketError::UnknownType(0x02))
+        );
+        assert_eq!(
+            Challenge::decode(&truncated_challenge),
+            Err(PacketError::Truncated)
+        );
     }
 }

@@ -19,9 +19,16 @@
 //! sector ([`record_region`]), so one image serves every plug; a missing or bad record logs
 //! the error and the board stays offline, LD1 blinking slowly. Logs are defmt over RTT (the
 //! ST-LINK probe), see docs/flashing.md.
+//!
+//! Recovery: once the record is accepted the independent watchdog runs ([`WATCHDOG_MS`]) and
+//! is fed while the SDK's runner keeps its `Liveness` promise (`plug_app::watchdog`), so a hung
+//! network task resets the board. Faults and panics reset it too ([`fault`]). The reason of each
+//! boot (`plug_app::reset::ResetReason`) is logged first thing and uploaded once as the boot
+//! report.
 #![no_std]
 #![no_main]
 
+mod fault;
 mod record_region;
 
 use defmt::{error, info, unwrap};
@@ -30,12 +37,15 @@ use embassy_net::StackResources;
 use embassy_stm32::bind_interrupts;
 use embassy_stm32::eth::{self, Ethernet, GenericPhy, PacketQueue, Sma};
 use embassy_stm32::gpio::{Level, Output, Speed};
-use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
+use embassy_stm32::peripherals::{ETH, ETH_SMA, IWDG, RNG};
 use embassy_stm32::rng::{self, Rng};
 use embassy_stm32::time::Hertz;
+use embassy_stm32::wdg::IndependentWatchdog;
 use embassy_time::Timer;
+use firmware::net::Liveness;
 use plug_app::app::{AppConfig, AppMemory};
 use plug_app::relay::{GpioRelay, Polarity};
+use plug_app::watchdog::{Feed, feed_while_alive};
 use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
 
@@ -51,6 +61,29 @@ type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
 const METER_INTERVAL_MS: u64 = 60_000;
 /// Sockets the stack holds: the application's (UDP, WebSocket, node lookup) and DHCP's.
 const SOCKETS: usize = plug_app::app::stack_sockets(true);
+
+/// Watchdog timeout: the board resets this long after the feeding stops (the IWDG runs on the
+/// 32 kHz LSI, which may be off by some percent).
+const WATCHDOG_MS: u32 = 8_000;
+/// How often the watchdog task looks at the runner's promise.
+const FEED_PERIOD_MS: u64 = 1_000;
+
+/// The client runner's promise, read by the watchdog task.
+static LIVENESS: Liveness = Liveness::new();
+
+/// The independent watchdog, fed through `plug_app::watchdog`.
+struct Iwdg(IndependentWatchdog<'static, IWDG>);
+
+impl Feed for Iwdg {
+    fn feed(&mut self) {
+        self.0.pet();
+    }
+}
+
+#[embassy_executor::task]
+async fn watchdog_task(watchdog: Iwdg) -> ! {
+    feed_while_alive(watchdog, &LIVENESS, FEED_PERIOD_MS).await
+}
 
 /// The client's randomness: the STM32 true RNG.
 struct HwRng(Rng<'static, RNG>);
@@ -102,6 +135,8 @@ fn mac_address() -> [u8; 6] {
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let p = embassy_stm32::init(clocks());
+    let reset = fault::take_reset_reason();
+    info!("reset reason {=str}", reset.as_str());
     let mut net_led = Output::new(p.PB0, Level::Low, Speed::Low);
     let provisioning = match plug_app::provisioning_from_record(record_region::record_region()) {
         Ok(provisioned) => provisioned.provisioning,
@@ -123,6 +158,10 @@ async fn main(spawner: Spawner) {
         env!("CARGO_PKG_VERSION"),
         provisioning.device_id
     );
+
+    let mut watchdog = IndependentWatchdog::new(p.IWDG, WATCHDOG_MS * 1_000);
+    watchdog.unleash();
+    spawner.spawn(unwrap!(watchdog_task(Iwdg(watchdog))));
 
     static RELAY: StaticCell<GpioRelay<Output<'static>, Output<'static>>> = StaticCell::new();
     let relay = RELAY.init(GpioRelay::new(
@@ -176,9 +215,8 @@ async fn main(spawner: Spawner) {
         AppConfig {
             firmware_version: env!("CARGO_PKG_VERSION"),
             meter_interval_ms: METER_INTERVAL_MS,
-            // No watchdog driver for this chip yet.
-            liveness: None,
-            reset_reason: None,
+            liveness: Some(&LIVENESS),
+            reset_reason: Some(reset.as_str()),
         },
     ));
 

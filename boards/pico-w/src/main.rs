@@ -19,9 +19,17 @@
 //! logs the error and the board stays offline (Wi-Fi never powered). The Wi-Fi network is a
 //! site setting given at build time: `PLUG_WIFI_SSID` and `PLUG_WIFI_PASSWORD` (empty or unset:
 //! an open network). Logs are defmt over RTT through an SWD probe, see docs/flashing.md.
+//!
+//! Recovery: once the record is accepted the watchdog runs ([`WATCHDOG_MS`]) and is fed while
+//! the SDK's runner keeps its `Liveness` promise (`plug_app::watchdog`), so a hung network task
+//! resets the board. Faults and panics reset it too ([`fault`]). The reason of each boot
+//! (`plug_app::reset::ResetReason`) is logged first thing and uploaded once as the boot report.
+//! A lost Wi-Fi link (access point gone, out of range) is joined again with the SDK's full-jitter
+//! backoff ([`JOIN_BACKOFF`]); the client meanwhile reconnects on its own once the link is back.
 #![no_std]
 #![no_main]
 
+mod fault;
 mod record_region;
 
 use cyw43::JoinOptions;
@@ -34,9 +42,13 @@ use embassy_rp::clocks::RoscRng;
 use embassy_rp::gpio::{Level, Output};
 use embassy_rp::peripherals::{DMA_CH0, PIO0};
 use embassy_rp::pio::{InterruptHandler, Pio};
-use embassy_time::Timer;
+use embassy_rp::watchdog::Watchdog;
+use embassy_time::{Duration, Timer};
+use firmware::backoff::{Backoff, BackoffConfig};
+use firmware::net::Liveness;
 use plug_app::app::{AppConfig, AppMemory};
 use plug_app::relay::{GpioRelay, Polarity};
+use plug_app::watchdog::{Feed, feed_while_alive};
 use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
 
@@ -48,8 +60,19 @@ bind_interrupts!(struct Irqs {
 const METER_INTERVAL_MS: u64 = 60_000;
 /// Sockets the stack holds: the application's (UDP, WebSocket, node lookup) and DHCP's.
 const SOCKETS: usize = plug_app::app::stack_sockets(true);
-/// Wait between two failed Wi-Fi joins.
-const JOIN_RETRY_MS: u64 = 2_000;
+/// Delays between Wi-Fi joins: after the `n`-th failure in a row, uniform in
+/// `0..=min(60 s, 2 s * 2^n)`; a join that succeeds starts over.
+const JOIN_BACKOFF: BackoffConfig = BackoffConfig {
+    base_ms: 2_000,
+    cap_ms: 60_000,
+};
+/// Watchdog timeout (the RP2040's counter holds at most about 8.3 s).
+const WATCHDOG_MS: u64 = 8_000;
+/// How often the watchdog task looks at the runner's promise.
+const FEED_PERIOD_MS: u64 = 1_000;
+
+/// The client runner's promise, read by the watchdog task.
+static LIVENESS: Liveness = Liveness::new();
 
 /// The Wi-Fi network, from the build environment; a build without an SSID fails here.
 const WIFI_SSID: &str = match option_env!("PLUG_WIFI_SSID") {
@@ -74,6 +97,20 @@ impl firmware::rng::Rng for HwRng {
     }
 }
 
+/// The RP2040 watchdog, fed through `plug_app::watchdog`.
+struct Wdt(Watchdog);
+
+impl Feed for Wdt {
+    fn feed(&mut self) {
+        self.0.feed();
+    }
+}
+
+#[embassy_executor::task]
+async fn watchdog_task(watchdog: Wdt) -> ! {
+    feed_while_alive(watchdog, &LIVENESS, FEED_PERIOD_MS).await
+}
+
 #[embassy_executor::task]
 async fn radio_task(runner: cyw43::Runner<'static, Output<'static>, RadioSpi>) -> ! {
     runner.run().await
@@ -87,6 +124,8 @@ async fn net_task(mut runner: embassy_net::Runner<'static, cyw43::NetDriver<'sta
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let p = embassy_rp::init(Default::default());
+    let reset = fault::take_reset_reason();
+    info!("reset reason {=str}", reset.as_str());
     let provisioning = match plug_app::provisioning_from_record(record_region::record_region()) {
         Ok(provisioned) => provisioned.provisioning,
         Err(e) => {
@@ -106,6 +145,10 @@ async fn main(spawner: Spawner) {
         env!("CARGO_PKG_VERSION"),
         provisioning.device_id
     );
+
+    let mut watchdog = Watchdog::new(p.WATCHDOG);
+    watchdog.start(Duration::from_millis(WATCHDOG_MS));
+    spawner.spawn(unwrap!(watchdog_task(Wdt(watchdog))));
 
     static RELAY: StaticCell<GpioRelay<Output<'static>, Output<'static>>> = StaticCell::new();
     let relay = RELAY.init(GpioRelay::new(
@@ -166,9 +209,8 @@ async fn main(spawner: Spawner) {
         AppConfig {
             firmware_version: env!("CARGO_PKG_VERSION"),
             meter_interval_ms: METER_INTERVAL_MS,
-            // No watchdog driver for this chip yet.
-            liveness: None,
-            reset_reason: None,
+            liveness: Some(&LIVENESS),
+            reset_reason: Some(reset.as_str()),
         },
     ));
 
@@ -177,16 +219,35 @@ async fn main(spawner: Spawner) {
     } else {
         JoinOptions::new(WIFI_PASSWORD.as_bytes())
     };
-    info!("joining Wi-Fi network {}", WIFI_SSID);
-    while let Err(e) = control.join(WIFI_SSID, options.clone()).await {
-        warn!("Wi-Fi join failed (status {}); retrying", e.status);
-        Timer::after_millis(JOIN_RETRY_MS).await;
+    let mut jitter = HwRng(RoscRng);
+    let mut backoff = Backoff::new(JOIN_BACKOFF);
+    let mut first = true;
+    loop {
+        info!("joining Wi-Fi network {}", WIFI_SSID);
+        if let Err(e) = control.join(WIFI_SSID, options.clone()).await {
+            let delay = backoff.next_delay_ms(&mut jitter);
+            warn!(
+                "Wi-Fi join failed (status {}, {} in a row); next try in {} ms",
+                e.status,
+                backoff.failures(),
+                delay
+            );
+            Timer::after_millis(u64::from(delay)).await;
+            continue;
+        }
+        backoff.reset();
+        stack.wait_link_up().await;
+        if first {
+            info!("waiting for a DHCP lease");
+            stack.wait_config_up().await;
+            if let Some(config) = stack.config_v4() {
+                info!("network up: {}", config.address);
+            }
+            first = false;
+        }
+        control.gpio_set(0, true).await;
+        stack.wait_link_down().await;
+        warn!("Wi-Fi link lost; joining again");
+        control.gpio_set(0, false).await;
     }
-    info!("waiting for the link and a DHCP lease");
-    stack.wait_link_up().await;
-    stack.wait_config_up().await;
-    if let Some(config) = stack.config_v4() {
-        info!("network up: {}", config.address);
-    }
-    control.gpio_set(0, true).await;
 }

@@ -12,7 +12,9 @@ use crate::frame::Body;
 use crate::ids::Address;
 use crate::keys::{DeviceKey, HelloBinding, ProofInput, compute_proof, derive_session_keys};
 use crate::limits::PROTOCOL_VERSION;
-use crate::packet::{Challenge, Hello, Login, Packet, PacketError, Reject, WelcomeHeader};
+use crate::packet::{
+    Challenge, Hello, Login, PacketError, PacketType, Reject, WelcomeHeader, peek_header,
+};
 use crate::session::{Role, SecureSession};
 
 /// First wait for a CHALLENGE or WELCOME before restarting from HELLO.
@@ -177,25 +179,38 @@ impl ClientHandshake {
         packet: &mut [u8],
         out: &'o mut [u8],
     ) -> Result<ClientEvent<'o>, ClientError> {
-        let decoded = match Packet::decode(packet) {
-            Ok(p) => p,
+        let packet_type = match peek_header(packet) {
+            Ok((t, _)) => t,
             Err(PacketError::UnsupportedVersion { .. }) => {
                 // A REJECT of another version still tells us its max_version; parse it as ours.
                 return Ok(self.foreign_reject(packet));
             }
             Err(_) => return Ok(ClientEvent::Ignored),
         };
-        match (self.state, decoded) {
-            (State::HelloSent { nonce }, Packet::Challenge(ch)) => {
-                self.on_challenge(nonce, ch, out)
+        // Only what a broker sends is decoded, and only in the state that expects it: a device
+        // links no HELLO or LOGIN decoder. Anything malformed is ignored.
+        match (self.state, packet_type) {
+            (State::HelloSent { nonce }, PacketType::Challenge) => {
+                match Challenge::decode(packet) {
+                    Ok(ch) => self.on_challenge(nonce, ch, out),
+                    Err(_) => Ok(ClientEvent::Ignored),
+                }
             }
-            (State::HelloSent { .. } | State::LoginSent { .. }, Packet::Reject(r)) => {
-                self.state = State::Idle;
-                self.deadline = None;
-                Ok(ClientEvent::Rejected(r))
+            (State::HelloSent { .. } | State::LoginSent { .. }, PacketType::Reject) => {
+                match Reject::decode(packet) {
+                    Ok(r) => {
+                        self.state = State::Idle;
+                        self.deadline = None;
+                        Ok(ClientEvent::Rejected(r))
+                    }
+                    Err(_) => Ok(ClientEvent::Ignored),
+                }
             }
-            (State::LoginSent { nonce, cookie }, Packet::Welcome { header, .. }) => {
-                Ok(self.on_welcome(nonce, cookie, header, packet))
+            (State::LoginSent { nonce, cookie }, PacketType::Welcome) => {
+                match WelcomeHeader::parse(packet) {
+                    Ok((header, _)) => Ok(self.on_welcome(nonce, cookie, header, packet)),
+                    Err(_) => Ok(ClientEvent::Ignored),
+                }
             }
             _ => Ok(ClientEvent::Ignored),
         }

@@ -12,8 +12,12 @@
 //!      │                                     (shared_protocol::provision), read at boot
 //!      ├─ entropy::BootRng          nonces where there is no hardware RNG (record seed + boot number + resets)
 //!      ├─ relay::GpioRelay          the relay pin (+ a status LED mirroring it): firmware::plug::Relay
-//!      └─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task
-//!                                   + Plug<Relay, SimulatedMeter> task (firmware::net::run_plug)
+//!      ├─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task
+//!      │                            + Plug<Relay, SimulatedMeter> task (firmware::net::run_plug)
+//!      ├─ watchdog::feed_while_alive  the chip's watchdog, fed while the runner keeps its
+//!      │                              Liveness promise
+//!      └─ reset::ResetReason        why the chip started (decoded from its registers), uploaded
+//!                                   once as the boot report
 //! ```
 //!
 //! Nothing here touches a register: it builds and its tests run on the host (`cargo test`).
@@ -27,6 +31,8 @@ pub mod entropy;
 pub mod provision;
 pub mod record;
 pub mod relay;
+pub mod reset;
+pub mod watchdog;
 
 pub use app::{AppMemory, StartError, start};
 pub use provision::{Provisioning, WsBroker};
