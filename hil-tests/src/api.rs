@@ -194,6 +194,24 @@ impl Api {
         })
     }
 
+    /// `PUT /v1/bindings/{phone}/{device}`: binds phone `phone` to device `device` (so each
+    /// may send to the other); `Ok` only for HTTP 200.
+    pub async fn bind(&self, phone: u32, device: u32) -> Result<(), ApiError> {
+        let what = "bind";
+        let response = self
+            .client
+            .put(format!("{}/v1/bindings/{phone}/{device}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ApiError::Http {
+                what: what.into(),
+                source,
+            })?;
+        let _: serde_json::Value = decode(what, response, 200).await?;
+        Ok(())
+    }
+
     /// `GET /v1/uploads?after={after}&limit={limit}`.
     pub async fn uploads(&self, after: u64, limit: usize) -> Result<UploadsPage, ApiError> {
         let raw: RawPage = self

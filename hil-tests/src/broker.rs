@@ -33,8 +33,7 @@ pub enum BrokerError {
 /// A running broker and what a test needs to talk to it.
 pub struct TestBroker {
     running: Option<broker::Running>,
-    master: [u8; 32],
-    api_token: String,
+    keys: Keys,
     advertise: IpAddr,
     data_dir: PathBuf,
     /// The addresses it listens on (ports fixed after the first start): HTTP, device WS, app
@@ -79,6 +78,13 @@ impl TestBroker {
         let mut token = [0u8; 24];
         rng.fill_bytes(&mut token);
         let api_token = hex::encode(token);
+        let mut token_secret = [0u8; 32];
+        rng.fill_bytes(&mut token_secret);
+        let keys = Keys {
+            master,
+            api_token,
+            token_secret,
+        };
         let any = [
             SocketAddr::new(api_bind, 0),
             SocketAddr::new(device_bind, 0),
@@ -88,7 +94,7 @@ impl TestBroker {
         let extra = heartbeat_secs
             .map(|h| format!("heartbeat_secs = {h}\nsession_secs = {}\n", h * 5 / 2 + 1))
             .unwrap_or_default();
-        let running = start_on(any, data_dir, &master, &api_token, &extra).await?;
+        let running = start_on(any, data_dir, &keys, &extra).await?;
         let bound = [
             running.http,
             running.comet.device_ws,
@@ -97,8 +103,7 @@ impl TestBroker {
         ];
         Ok(TestBroker {
             running: Some(running),
-            master,
-            api_token,
+            keys,
             advertise,
             data_dir: data_dir.to_path_buf(),
             bound,
@@ -122,15 +127,7 @@ impl TestBroker {
         // The ports were just released; the kernel may still hold them for a moment.
         let mut tries = 0;
         let running = loop {
-            match start_on(
-                self.bound,
-                &self.data_dir,
-                &self.master,
-                &self.api_token,
-                &self.extra,
-            )
-            .await
-            {
+            match start_on(self.bound, &self.data_dir, &self.keys, &self.extra).await {
                 Ok(r) => break r,
                 Err(e) if tries < 50 => {
                     tries += 1;
@@ -144,6 +141,29 @@ impl TestBroker {
         Ok(started.elapsed())
     }
 
+    /// The app WebSocket endpoint as bound (`ws://a.b.c.d:port/`; phones run next to the test).
+    pub fn app_ws_url(&self) -> String {
+        let app = self.running().comet.app_ws;
+        let app = if app.ip().is_unspecified() {
+            SocketAddr::new(self.advertise, app.port())
+        } else {
+            app
+        };
+        format!("ws://{app}/")
+    }
+
+    /// An app token for phone `id`, valid for a day (signed with this run's token secret).
+    pub fn phone_token(&self, id: u32) -> String {
+        let claims = shared_protocol::json::Claims {
+            address: shared_protocol::ids::Address {
+                kind: shared_protocol::ids::Kind::Phone,
+                id,
+            },
+            exp: broker::router::now_ms() / 1000 + 86_400,
+        };
+        shared_protocol::json::mint(&self.keys.token_secret, &claims)
+    }
+
     /// Base URL of the HTTP API (`http://a.b.c.d:port`).
     pub fn api_base(&self) -> String {
         format!("http://{}", self.running().http)
@@ -151,7 +171,7 @@ impl TestBroker {
 
     /// The API's bearer token.
     pub fn api_token(&self) -> &str {
-        &self.api_token
+        &self.keys.api_token
     }
 
     /// The UDP endpoint as devices reach it.
@@ -176,7 +196,7 @@ impl TestBroker {
 
     /// The key the broker expects from device `id` (derived from this run's fleet master key).
     pub fn device_key(&self, id: u32) -> [u8; 32] {
-        derive_device_key(&MasterKey(self.master), id).0
+        derive_device_key(&MasterKey(self.keys.master), id).0
     }
 
     /// Drains and stops the broker.
@@ -187,26 +207,27 @@ impl TestBroker {
     }
 }
 
+/// The secrets of one test broker (fresh per run, kept over restarts).
+struct Keys {
+    master: [u8; 32],
+    api_token: String,
+    token_secret: [u8; 32],
+}
+
 async fn start_on(
     addrs: [SocketAddr; 4],
     data_dir: &Path,
-    master: &[u8; 32],
-    api_token: &str,
+    keys: &Keys,
     extra: &str,
 ) -> Result<broker::Running, BrokerError> {
-    let toml = config_toml(addrs, data_dir, master, api_token) + extra;
+    let toml = config_toml(addrs, data_dir, keys) + extra;
     let config = Config::from_str_with_env("hil-broker.toml", &toml, Vec::new())
         .map_err(|e| BrokerError::Config(e.to_string()))?;
     Ok(broker::start(&config).await?)
 }
 
 /// `addrs`: HTTP, device WebSocket, app WebSocket, UDP.
-fn config_toml(
-    addrs: [SocketAddr; 4],
-    data_dir: &Path,
-    master: &[u8; 32],
-    api_token: &str,
-) -> String {
+fn config_toml(addrs: [SocketAddr; 4], data_dir: &Path, keys: &Keys) -> String {
     let data_dir = data_dir
         .display()
         .to_string()
@@ -216,12 +237,15 @@ fn config_toml(
         "[listen]\nhttp = \"{http}\"\ndevice_ws = \"{dev_ws}\"\napp_ws = \"{app_ws}\"\nudp = \"{udp}\"\n\
          [storage]\ndata_dir = \"{data_dir}\"\n\
          [security]\nfleet_master_key = \"{master}\"\napi_token = \"{api_token}\"\n\
+         token_secret = \"{token_secret}\"\n\
          [timeouts]\nshutdown_drain_secs = 2\n",
         http = addrs[0],
         dev_ws = addrs[1],
         app_ws = addrs[2],
         udp = addrs[3],
-        master = hex::encode(master),
+        master = hex::encode(keys.master),
+        api_token = keys.api_token,
+        token_secret = hex::encode(keys.token_secret),
     )
 }
 
@@ -236,8 +260,11 @@ mod tests {
         let text = config_toml(
             [SocketAddr::new(lo, 0); 4],
             Path::new("/tmp/x \"y\""),
-            &[7; 32],
-            "0123456789abcdef0123",
+            &Keys {
+                master: [7; 32],
+                api_token: "0123456789abcdef0123".into(),
+                token_secret: [9; 32],
+            },
         );
         let config = Config::from_str_with_env("t.toml", &text, Vec::new()).unwrap();
         assert_eq!(config.listen.udp, SocketAddr::new(lo, 0));
@@ -245,6 +272,10 @@ mod tests {
         assert_eq!(
             config.security.fleet_master_key.expose(),
             hex::encode([7u8; 32])
+        );
+        assert_eq!(
+            config.security.token_secret.expose(),
+            hex::encode([9u8; 32])
         );
     }
 }

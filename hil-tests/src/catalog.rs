@@ -58,6 +58,29 @@ pub const SCENARIOS: &[Known] = &[
                     its log reports `login rejected: code 17` (AUTH_FAILED), at most 9 login \
                     attempts (it backs off)",
     },
+    Known {
+        name: "phone-to-plug",
+        fleet: true,
+        criterion: "on tap3's board and the QEMU board: a bound phone on the app WebSocket sends \
+                    `relay.set on`, `off`, `on`; after each it receives the device's state \
+                    event (`{\"relay\":...}` from that device) within 5 s, and the device's \
+                    relay uploads end with on, off, on",
+    },
+    Known {
+        name: "link-flap",
+        fleet: true,
+        criterion: "tap4's board, uploading every 200 ms, has its TAP link set down for 3 s and \
+                    up again: it is still running, answers 3 relay commands afterwards, and its \
+                    log shows the outage counted (`link back after N failed attempts`, N >= 1)",
+    },
+    Known {
+        name: "silent-device",
+        fleet: true,
+        criterion: "tap5's board online, a bound phone logged in; the board's TAP is unplugged \
+                    from the bridge (network cut): within 8 s (the 6 s session timeout plus a \
+                    heartbeat) the phone gets the device's offline presence event and the API \
+                    lists no session of the device",
+    },
 ];
 
 /// The scenario called `name`.

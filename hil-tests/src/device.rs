@@ -148,14 +148,151 @@ fn write_record(record: &[u8], path: &Path) -> Result<(), DeviceError> {
     })
 }
 
+/// One command of a real-board boot, as it is run and as `--dry-run` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The folder it runs in (else the current one).
+    pub dir: Option<PathBuf>,
+}
+
+impl Planned {
+    fn new(program: &str, args: &[&str]) -> Planned {
+        Planned {
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            dir: None,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
+    }
+
+    /// Runs it to the end; `failed` names the step when it exits non-zero.
+    fn status(&self, failed: &str) -> Result<(), DeviceError> {
+        let status = self.command().status().map_err(|e| DeviceError::Program {
+            program: self.program.clone(),
+            reason: e.to_string(),
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(DeviceError::Program {
+                program: self.to_string(),
+                reason: format!("{failed} ({status})"),
+            })
+        }
+    }
+}
+
+/// A shell line: `(cd DIR && PROGRAM ARGS...)`, arguments quoted when they need it.
+impl std::fmt::Display for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quote = |a: &str| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+{}@".contains(c))
+            {
+                a.to_string()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        };
+        let line = std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(" ");
+        match &self.dir {
+            Some(dir) => write!(f, "(cd {} && {line})", quote(&dir.display().to_string())),
+            None => f.write_str(&line),
+        }
+    }
+}
+
+/// What a real board's boot runs, in order: build the one image, write the boot's record into
+/// the record region, then flash the image, reset and stream its RTT (defmt) logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRsPlan {
+    /// The rig's build command, in its board folder (`{target}` replaced).
+    pub build: Planned,
+    /// `probe-rs download` of the record file at the rig's `record_addr`.
+    pub write_record: Planned,
+    /// `probe-rs run`: flashes the ELF, resets, and prints the defmt logs it decodes from the
+    /// ELF's defmt table over RTT until it is stopped.
+    pub run: Planned,
+}
+
+impl ProbeRsPlan {
+    /// The plan for rig table `p` with the project at `root`, cargo's target folder `target`,
+    /// and this boot's record file `record`.
+    pub fn new(
+        p: &crate::rig::ProbeRsRig,
+        root: &Path,
+        target: &Path,
+        record: &Path,
+    ) -> Result<ProbeRsPlan, DeviceError> {
+        let (program, args) = p.build.split_first().ok_or(DeviceError::Program {
+            program: "build".into(),
+            reason: "probe_rs.build is empty".into(),
+        })?;
+        let target_text = target.display().to_string();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{target}", &target_text))
+            .collect();
+        let build = Planned {
+            program: program.clone(),
+            args,
+            dir: Some(root.join(&p.board_dir)),
+        };
+        let address = format!("{:#x}", p.record_addr);
+        let record = record.display().to_string();
+        let write_record = Planned::new(
+            "probe-rs",
+            &[
+                "download",
+                "--chip",
+                &p.chip,
+                "--binary-format",
+                "bin",
+                "--base-address",
+                &address,
+                &record,
+            ],
+        );
+        let elf = resolve(root, target, &p.elf).display().to_string();
+        let run = Planned::new("probe-rs", &["run", "--chip", &p.chip, &elf]);
+        Ok(ProbeRsPlan {
+            build,
+            write_record,
+            run,
+        })
+    }
+
+    /// The three commands in the order they run.
+    pub fn steps(&self) -> [&Planned; 3] {
+        [&self.build, &self.write_record, &self.run]
+    }
+}
+
 /// A started board.
 pub struct Device {
     child: Option<Child>,
     /// Raw output (defmt frames for QEMU, text otherwise).
     out_path: PathBuf,
     err_path: PathBuf,
-    /// ELF to decode defmt frames with (QEMU).
-    defmt_elf: Option<PathBuf>,
+    /// ELF to decode defmt frames with (QEMU), and the decoder built for the harness.
+    defmt_elf: Option<(PathBuf, PathBuf)>,
     log_path: PathBuf,
     started: Instant,
     /// Unregistered from when the board is stopped.
@@ -266,7 +403,7 @@ fn start_with_record_as(
                     hint: "build it with `cargo xtask hil --rig qemu`",
                 });
             }
-            defmt_elf = Some(elf.clone());
+            defmt_elf = Some((elf.clone(), defmt_log_binary(&target)));
             let record = logs.join(format!("{name}.record.bin"));
             write_record(record_bytes, &record)?;
             spawn(
@@ -332,49 +469,15 @@ fn start_with_record_as(
             if !probe_attached()? {
                 return Err(DeviceError::NoProbe);
             }
-            let (program, args) = p.build.split_first().ok_or(DeviceError::Program {
-                program: "build".into(),
-                reason: "probe_rs.build is empty".into(),
-            })?;
-            let args: Vec<String> = args
-                .iter()
-                .map(|a| a.replace("{target}", &target.display().to_string()))
-                .collect();
-            let status = Command::new(program)
-                .args(&args)
-                .current_dir(root.join(&p.board_dir))
-                .status()
-                .map_err(|e| DeviceError::Program {
-                    program: program.clone(),
-                    reason: e.to_string(),
-                })?;
-            if !status.success() {
-                return Err(DeviceError::Program {
-                    program: p.build.join(" "),
-                    reason: format!("build failed ({status})"),
-                });
-            }
             let record = logs.join(format!("{name}.record.bin"));
+            let plan = ProbeRsPlan::new(p, root, &target, &record)?;
+            plan.build.status("build failed")?;
             write_record(record_bytes, &record)?;
-            let status = Command::new("probe-rs")
-                .args(["download", "--chip", &p.chip, "--binary-format", "bin"])
-                .args(["--base-address", &format!("{:#x}", p.record_addr)])
-                .arg(&record)
-                .status()
-                .map_err(|e| DeviceError::Program {
-                    program: "probe-rs download".into(),
-                    reason: e.to_string(),
-                })?;
-            if !status.success() {
-                return Err(DeviceError::Program {
-                    program: "probe-rs download".into(),
-                    reason: format!("writing the provisioning record failed ({status})"),
-                });
-            }
+            plan.write_record
+                .status("writing the provisioning record failed")?;
             spawn(
-                Command::new("probe-rs")
-                    .args(["run", "--chip", &p.chip])
-                    .arg(resolve(root, &target, &p.elf))
+                plan.run
+                    .command()
                     .stdin(Stdio::null())
                     .stdout(stdout)
                     .stderr(stderr),
@@ -414,13 +517,13 @@ impl Device {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Stops the board (by PID) and returns its log as text (defmt decoded with `defmt-print`
-    /// when it is installed), also written to `<name>.log`.
+    /// Stops the board (by PID) and returns its log as text (defmt decoded, see
+    /// [`decode_defmt`]), also written to `<name>.log`.
     pub fn stop(mut self) -> String {
         let status = self.terminate();
         let uptime = self.started.elapsed();
         let mut text = match &self.defmt_elf {
-            Some(elf) => decode_defmt(elf, &self.out_path),
+            Some((elf, decoder)) => decode_defmt(decoder, elf, &self.out_path),
             None => std::fs::read_to_string(&self.out_path).unwrap_or_default(),
         };
         text.push_str(&std::fs::read_to_string(&self.err_path).unwrap_or_default());
@@ -471,25 +574,40 @@ impl Drop for Device {
     }
 }
 
-/// Decodes raw defmt frames with `defmt-print` (if installed), else says how many bytes.
-fn decode_defmt(elf: &Path, raw: &Path) -> String {
+/// The harness's defmt decoder (`hil-tests/defmt-log`, built by `cargo xtask hil` into
+/// `<target>/defmt-log`).
+pub fn defmt_log_binary(target: &Path) -> PathBuf {
+    target.join("defmt-log/release/defmt-log")
+}
+
+/// Decodes the raw defmt frames in `raw` with the defmt table of `elf`: with the harness's own
+/// decoder `decoder` (the defmt-decoder crate), else with `defmt-print` if it is installed;
+/// else says how many raw bytes there are and how to get a decoder.
+pub fn decode_defmt(decoder: &Path, elf: &Path, raw: &Path) -> String {
     let bytes = std::fs::metadata(raw).map(|m| m.len()).unwrap_or(0);
-    let decoded = File::open(raw).ok().and_then(|input| {
-        Command::new("defmt-print")
-            .arg("-e")
-            .arg(elf)
+    let run = |program: &Path, args: &[&std::ffi::OsStr]| {
+        let input = File::open(raw).ok()?;
+        let out = Command::new(program)
+            .args(args)
             .stdin(input)
             .stderr(Stdio::null())
             .output()
-            .ok()
-    });
-    match decoded {
-        Some(out) if !out.stdout.is_empty() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        _ => format!(
-            "[hil] {bytes} bytes of raw defmt in {} (install defmt-print to decode: cargo install defmt-print --locked)\n",
-            raw.display()
-        ),
-    }
+            .ok()?;
+        (out.status.success() && !out.stdout.is_empty())
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let decoded = decoder
+        .is_file()
+        .then(|| run(decoder, &[elf.as_os_str()]))
+        .flatten()
+        .or_else(|| run(Path::new("defmt-print"), &["-e".as_ref(), elf.as_os_str()]));
+    decoded.unwrap_or_else(|| {
+        format!(
+            "[hil] {bytes} bytes of raw defmt in {} (no decoder: build {} with `cargo xtask hil --rig qemu`)\n",
+            raw.display(),
+            decoder.display()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -5,13 +5,16 @@
 //! [`run`] starts the broker and one relay per board, then runs each scenario asked for; every
 //! scenario boots the boards it needs with fresh device ids and stops them again, so scenarios
 //! do not depend on each other. Pass criteria are in the step functions and in
-//! [`crate::catalog`]; each scenario is one JUnit suite, one case per board or step.
+//! [`crate::catalog`]; each scenario is one JUnit suite, one case per board or step. The
+//! scenarios with an app (`phone-to-plug`, `silent-device`) use a [`crate::phone::Phone`] on
+//! the broker's app WebSocket.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use shared_protocol::ids::{Address, Kind as IdKind};
 
 use crate::api::{Api, Upload, from_device};
 use crate::broker::TestBroker;
@@ -19,6 +22,7 @@ use crate::device::{self, Boot, Device};
 use crate::impair::{Profile, Relay};
 use crate::junit::Suite;
 use crate::netns::Namespace;
+use crate::phone::Phone;
 use crate::rig::{Kind, Rig, Transport};
 use crate::run::{BOARD_LIFETIME_S, Paths, failed_suite, report};
 use crate::scenario::{COMMAND_TIMEOUT_MS, Case, Outcome};
@@ -58,6 +62,16 @@ pub const WRONG_KEY_WATCH: Duration = Duration::from_secs(12);
 /// Most login attempts `wrong-key` accepts in [`WRONG_KEY_WATCH`] (full-jitter back-off from
 /// 1 s makes about 5; retrying every second would make 12).
 pub const WRONG_KEY_MAX_ATTEMPTS: usize = 9;
+/// The relay states a phone asks for in `phone-to-plug`, in order.
+pub const PHONE_SEQUENCE: [&str; 3] = ["on", "off", "on"];
+/// How long `phone-to-plug` waits for each answer (login, `ok`, state event, upload).
+pub const PHONE_WAIT: Duration = Duration::from_secs(5);
+/// How long `link-flap` keeps the board's TAP link down (under the fleet's 6 s session
+/// timeout, so the session may survive it).
+pub const LINK_DOWN: Duration = Duration::from_secs(3);
+/// The window `silent-device` allows from the network cut to the offline mark: the fleet's
+/// session timeout (`session_secs` = 6 s with 2 s heartbeats) plus one heartbeat interval.
+pub const OFFLINE_WINDOW: Duration = Duration::from_secs(8);
 /// Broker heartbeat interval in the fleet (short, so a lost shutdown kick costs seconds).
 pub const HEARTBEAT_SECS: u64 = 2;
 /// Command timeout asked of the broker under loss (retransmissions back off up to 8 s).
@@ -172,6 +186,9 @@ pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
             "uploads-under-trouble" => fleet.uploads_under_trouble().await,
             "nat-rebinding" => fleet.nat_rebinding().await,
             "wrong-key" => fleet.wrong_key().await,
+            "phone-to-plug" => fleet.phone_to_plug().await,
+            "link-flap" => fleet.link_flap().await,
+            "silent-device" => fleet.silent_device().await,
             other => (
                 vec![failed_case(
                     "set-up",
@@ -232,6 +249,23 @@ pub fn percentile(sorted: &[u128], p: f64) -> u128 {
     sorted[rank - 1]
 }
 
+/// The `relay` field of a plug's JSON report (`{"relay":"on"}` -> `on`).
+pub fn relay_state(report: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(report).ok()?;
+    v.get("relay")?.as_str().map(str::to_string)
+}
+
+/// The last 30 lines of a board's log under a `--- label (device id) ---` heading.
+fn log_tail(label: &str, id: u32, log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = format!("--- {label} (device {id}) ---\n");
+    for l in &lines[lines.len().saturating_sub(30)..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
 impl Fleet<'_> {
     fn boot(&mut self, slot: usize, meter_ms: u64, scenario: &str) -> Result<Running, String> {
         self.boot_with_key(slot, meter_ms, scenario, false)
@@ -290,17 +324,48 @@ impl Fleet<'_> {
     fn stop_all(&self, boards: Vec<Running>) -> String {
         let mut out = String::new();
         for b in boards {
-            let label = self.slots[b.slot].label.clone();
+            let label = &self.slots[b.slot].label;
             let log = b.device.stop();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(30)..];
-            out.push_str(&format!("--- {label} (device {}) ---\n", b.device_id));
-            for l in tail {
-                out.push_str(l);
-                out.push('\n');
-            }
+            out.push_str(&log_tail(label, b.device_id, &log));
         }
         out
+    }
+
+    /// A phone bound to device `id`, logged in on the app WebSocket; its id with it (phones
+    /// and devices are different kinds, so the phone takes the device's number).
+    async fn bound_phone(&self, id: u32) -> Result<(u32, Phone), String> {
+        let phone_id = id;
+        self.api
+            .bind(phone_id, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let phone = Phone::login(
+            &self.broker.app_ws_url(),
+            &self.broker.phone_token(phone_id),
+            PHONE_WAIT,
+        )
+        .await
+        .map_err(|e| format!("phone {phone_id}: {e}"))?;
+        Ok((phone_id, phone))
+    }
+
+    /// The slot of host TAP board `index`, else of the first host TAP board.
+    fn host_tap_slot(&self, index: u32) -> Result<usize, Case> {
+        self.slots
+            .iter()
+            .position(|s| s.kind == Kind::HostTap && s.index == index)
+            .or_else(|| self.slots.iter().position(|s| s.kind == Kind::HostTap))
+            .ok_or_else(|| failed_case("set-up", "no host TAP board".into()))
+    }
+
+    /// The board's `status` command answer (its counters, docs/firmware.md).
+    async fn board_status(&self, id: u32) -> Result<Value, String> {
+        let reply = self
+            .api
+            .command(id, "status", "", LOSSY_COMMAND_TIMEOUT_MS)
+            .await
+            .map_err(|e| format!("status command: {e}"))?;
+        serde_json::from_slice(&reply.payload).map_err(|e| format!("status payload: {e}"))
     }
 
     /// Waits until `id` has a UDP session; returns when (or why not).
@@ -513,16 +578,9 @@ impl Fleet<'_> {
     /// and never reconnected, and its uploads are in the spool gap-free and in order.
     async fn nat_rebinding(&mut self) -> (Vec<Case>, String) {
         let started = Instant::now();
-        let Some(slot) = self
-            .slots
-            .iter()
-            .position(|s| s.kind == Kind::HostTap && s.index == 1)
-            .or_else(|| self.slots.iter().position(|s| s.kind == Kind::HostTap))
-        else {
-            return (
-                vec![failed_case("set-up", "no host TAP board".into())],
-                String::new(),
-            );
+        let slot = match self.host_tap_slot(1) {
+            Ok(slot) => slot,
+            Err(e) => return (vec![e], String::new()),
         };
         let label = self.slots[slot].label.clone();
         let cursor = match self.api.uploads(0, 1).await {
@@ -585,13 +643,7 @@ impl Fleet<'_> {
         if after == before {
             return Err(format!("the broker still shows the session at {before}"));
         }
-        let reply = self
-            .api
-            .command(id, "status", "", LOSSY_COMMAND_TIMEOUT_MS)
-            .await
-            .map_err(|e| format!("status command: {e}"))?;
-        let status: Value =
-            serde_json::from_slice(&reply.payload).map_err(|e| format!("status payload: {e}"))?;
+        let status = self.board_status(id).await?;
         let logins = status.get("logins").and_then(Value::as_u64);
         let reconnects = status.get("reconnects").and_then(Value::as_u64);
         if logins != Some(1) || reconnects != Some(0) {
@@ -613,16 +665,9 @@ impl Fleet<'_> {
     /// login attempts (it backs off or gives up instead of hammering the broker).
     async fn wrong_key(&mut self) -> (Vec<Case>, String) {
         let started = Instant::now();
-        let Some(slot) = self
-            .slots
-            .iter()
-            .position(|s| s.kind == Kind::HostTap && s.index == 2)
-            .or_else(|| self.slots.iter().position(|s| s.kind == Kind::HostTap))
-        else {
-            return (
-                vec![failed_case("set-up", "no host TAP board".into())],
-                String::new(),
-            );
+        let slot = match self.host_tap_slot(2) {
+            Ok(slot) => slot,
+            Err(e) => return (vec![e], String::new()),
         };
         let label = self.slots[slot].label.clone();
         let board = match self.boot_with_key(slot, 0, "wrong-key", true) {
@@ -658,16 +703,271 @@ impl Fleet<'_> {
                 WRONG_KEY_WATCH.as_secs()
             )),
         };
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
         (
             vec![case(
                 format!("{label}: a wrong key is refused"),
                 started,
                 result,
             )],
-            format!("--- {label} (device {id}) ---\n{tail}\n"),
+            log_tail(&label, id, &log),
         )
+    }
+
+    /// `phone-to-plug`: on tap3's board and the QEMU board, a phone bound to the device (app
+    /// WebSocket, JSON) sends `relay.set on`, `off`, `on`; after each the phone must receive
+    /// the device's state event (a message from that device with the state asked for) within
+    /// [`PHONE_WAIT`], and the device's `relay` uploads must end with the same three states.
+    async fn phone_to_plug(&mut self) -> (Vec<Case>, String) {
+        let mut cases = Vec::new();
+        let mut logs = String::new();
+        let mut targets = Vec::new();
+        match self.host_tap_slot(3) {
+            Ok(slot) => targets.push(slot),
+            Err(e) => cases.push(e),
+        }
+        targets.extend(self.slots.iter().position(|s| s.kind == Kind::Qemu));
+        for slot in targets {
+            let started = Instant::now();
+            let label = self.slots[slot].label.clone();
+            let cursor = match self.api.uploads(0, 1).await {
+                Ok(p) => p.head,
+                Err(e) => {
+                    cases.push(failed_case(&format!("{label} set-up"), e.to_string()));
+                    continue;
+                }
+            };
+            let board = match self.boot(slot, 0, "phone-to-plug") {
+                Ok(b) => b,
+                Err(e) => {
+                    cases.push(failed_case(&format!("{label} set-up"), e));
+                    continue;
+                }
+            };
+            let result = self.phone_steps(board.device_id, cursor).await;
+            cases.push(case(
+                format!("{label}: a phone switches the relay and gets the state"),
+                started,
+                result,
+            ));
+            logs.push_str(&self.stop_all(vec![board]));
+        }
+        (cases, logs)
+    }
+
+    async fn phone_steps(&self, id: u32, cursor: u64) -> Result<String, String> {
+        self.online(id, Duration::from_secs(self.ctx.rig.login_timeout_s))
+            .await?;
+        let (phone_id, mut phone) = self.bound_phone(id).await?;
+        let device = Address {
+            kind: IdKind::Device,
+            id,
+        };
+        let mut took = Vec::new();
+        for want in PHONE_SEQUENCE {
+            let sent = Instant::now();
+            let command = format!("relay.set {want}");
+            phone
+                .send(device, command.as_bytes(), PHONE_WAIT)
+                .await
+                .map_err(|e| format!("`{command}`: {e}"))?;
+            let event = phone
+                .next_delivery(PHONE_WAIT)
+                .await
+                .map_err(|e| format!("state event after `{command}`: {e}"))?;
+            let state = relay_state(&event.payload);
+            if event.from != Some(device) || state.as_deref() != Some(want) {
+                return Err(format!(
+                    "after `{command}` the phone got {} from {:?}, expected {{\"relay\":\"{want}\"}} from device {id}",
+                    String::from_utf8_lossy(&event.payload),
+                    event.from
+                ));
+            }
+            took.push(sent.elapsed().as_millis());
+        }
+        phone.close().await;
+        let reports = self.relay_reports_end_with(id, cursor).await?;
+        Ok(format!(
+            "phone {phone_id} got each state event {took:?} ms after its command; the device's relay uploads: {reports:?}"
+        ))
+    }
+
+    /// Waits up to [`PHONE_WAIT`] for device `id`'s `relay` uploads after `cursor` to end with
+    /// [`PHONE_SEQUENCE`]; returns them all.
+    async fn relay_reports_end_with(&self, id: u32, cursor: u64) -> Result<Vec<String>, String> {
+        let deadline = Instant::now() + PHONE_WAIT;
+        loop {
+            let states: Vec<String> = self
+                .all_uploads(cursor, id)
+                .await?
+                .iter()
+                .filter(|u| u.topic == "relay")
+                .filter_map(|u| relay_state(&u.payload))
+                .collect();
+            if states.ends_with(&PHONE_SEQUENCE.map(String::from)) {
+                return Ok(states);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the device's relay uploads are {states:?}, expected them to end with {PHONE_SEQUENCE:?}"
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// `link-flap`: tap4's board, uploading every 200 ms, answers a command; its TAP link is
+    /// set down for [`LINK_DOWN`] (every write of the board then fails with EIO) and up again.
+    /// The board must still be running, answer 3 commands afterwards, and its log must show
+    /// the outage counted and ended (`link back after N failed attempts`, N >= 1).
+    async fn link_flap(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let slot = match self.host_tap_slot(4) {
+            Ok(slot) => slot,
+            Err(e) => return (vec![e], String::new()),
+        };
+        let label = self.slots[slot].label.clone();
+        let mut board = match self.boot(slot, 200, "link-flap") {
+            Ok(b) => b,
+            Err(e) => return (vec![failed_case("set-up", e)], String::new()),
+        };
+        let result = self.flap_steps(slot, &mut board).await;
+        let id = board.device_id;
+        let log = board.device.stop();
+        let result = result.and_then(|detail| {
+            let counted = log
+                .lines()
+                .filter_map(|l| l.split("link back after ").nth(1))
+                .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+                .collect::<Vec<_>>();
+            match counted.iter().max() {
+                Some(n) if *n >= 1 => Ok(format!(
+                    "{detail}; the board's log: link back after {counted:?} failed attempts"
+                )),
+                _ => Err(format!(
+                    "{detail}; but the board's log has no `link back after N failed attempts` line (the outage was not seen or not counted)"
+                )),
+            }
+        });
+        (
+            vec![case(
+                format!("{label}: the board rides out its link going down"),
+                started,
+                result,
+            )],
+            log_tail(&label, id, &log),
+        )
+    }
+
+    async fn flap_steps(&self, slot: usize, board: &mut Running) -> Result<String, String> {
+        let id = board.device_id;
+        self.online(id, Duration::from_secs(self.ctx.rig.login_timeout_s))
+            .await?;
+        self.expect_relay(id, "on").await?;
+        let tap = self
+            .ctx
+            .rig
+            .host_tap
+            .as_ref()
+            .map(|h| h.tap(self.slots[slot].index))
+            .ok_or("no [host_tap] table")?;
+        self.ctx
+            .ns
+            .set_link(&tap, false)
+            .map_err(|e| format!("link down: {e}"))?;
+        tokio::time::sleep(LINK_DOWN).await;
+        self.ctx
+            .ns
+            .set_link(&tap, true)
+            .map_err(|e| format!("link up: {e}"))?;
+        let up = Instant::now();
+        if let Some(status) = board.device.exited() {
+            return Err(format!("the board ended while its link was down: {status}"));
+        }
+        for want in ["off", "on", "off"] {
+            self.expect_relay(id, want).await?;
+        }
+        let answered = up.elapsed();
+        if let Some(status) = board.device.exited() {
+            return Err(format!("the board ended after the flap: {status}"));
+        }
+        let status = self.board_status(id).await?;
+        Ok(format!(
+            "link down {} s; 3 commands answered {} ms after the link came back; board logins {}, reconnects {}",
+            LINK_DOWN.as_secs(),
+            answered.as_millis(),
+            status.get("logins").unwrap_or(&Value::Null),
+            status.get("reconnects").unwrap_or(&Value::Null)
+        ))
+    }
+
+    /// `silent-device`: tap5's board is online with a bound phone logged in; its TAP is
+    /// unplugged from the bridge (the network is cut, the board keeps running). Within
+    /// [`OFFLINE_WINDOW`] the API must show no session of the device and the phone must get
+    /// the presence event saying the device is offline.
+    async fn silent_device(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let slot = match self.host_tap_slot(5) {
+            Ok(slot) => slot,
+            Err(e) => return (vec![e], String::new()),
+        };
+        let label = self.slots[slot].label.clone();
+        let board = match self.boot(slot, 0, "silent-device") {
+            Ok(b) => b,
+            Err(e) => return (vec![failed_case("set-up", e)], String::new()),
+        };
+        let index = self.slots[slot].index;
+        let result = self.silent_steps(index, board.device_id).await;
+        if let Err(e) = self.plug(index, true) {
+            eprintln!("hil: plugging {label} back in: {e}");
+        }
+        let logs = self.stop_all(vec![board]);
+        (
+            vec![case(
+                format!("{label}: a silent device is marked offline and its phone told"),
+                started,
+                result,
+            )],
+            logs,
+        )
+    }
+
+    async fn silent_steps(&self, index: u32, id: u32) -> Result<String, String> {
+        self.online(id, Duration::from_secs(self.ctx.rig.login_timeout_s))
+            .await?;
+        let (phone_id, mut phone) = self.bound_phone(id).await?;
+        self.plug(index, false)
+            .map_err(|e| format!("cutting the network: {e}"))?;
+        let cut = Instant::now();
+        let device = Address {
+            kind: IdKind::Device,
+            id,
+        };
+        let told = phone
+            .presence_of(device, false, OFFLINE_WINDOW)
+            .await
+            .map_err(|e| format!("phone {phone_id}: offline event: {e}"))?;
+        let told_after = cut.elapsed();
+        phone.close().await;
+        let status = self
+            .api
+            .device_status(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let offline_after = cut.elapsed();
+        if !status.sessions.is_empty() {
+            return Err(format!(
+                "the phone was told {} ms after the cut, but the API still lists {:?}",
+                told_after.as_millis(),
+                status.sessions
+            ));
+        }
+        Ok(format!(
+            "offline event {:?} at the phone {} ms after the cut (window {} ms); no session in the API at {} ms",
+            told,
+            told_after.as_millis(),
+            OFFLINE_WINDOW.as_millis(),
+            offline_after.as_millis()
+        ))
     }
 
     async fn expect_relay(&self, id: u32, want: &str) -> Result<(), String> {
@@ -676,12 +976,7 @@ impl Fleet<'_> {
             .command(id, "relay.set", want, COMMAND_TIMEOUT_MS)
             .await
             .map_err(|e| format!("relay.set {want}: {e}"))?;
-        let state: Option<Value> = serde_json::from_slice(&reply.payload).ok();
-        let got = state
-            .as_ref()
-            .and_then(|v| v.get("relay"))
-            .and_then(Value::as_str);
-        if reply.status != 0 || got != Some(want) {
+        if reply.status != 0 || relay_state(&reply.payload).as_deref() != Some(want) {
             return Err(format!(
                 "relay.set {want}: status {}, payload {}",
                 reply.status,
@@ -703,12 +998,7 @@ impl Fleet<'_> {
                 .map_err(|e| format!("command {} of {LOSSY_COMMANDS}: {e}", i + 1))?;
             took.push(started.elapsed().as_millis());
             let shown = String::from_utf8_lossy(&reply.payload).into_owned();
-            let state: Option<Value> = serde_json::from_slice(&reply.payload).ok();
-            let got = state
-                .as_ref()
-                .and_then(|v| v.get("relay"))
-                .and_then(Value::as_str);
-            if reply.status != 0 || got != Some(want) {
+            if reply.status != 0 || relay_state(&reply.payload).as_deref() != Some(want) {
                 return Err(format!(
                     "command {} (relay.set {want}): status {}, payload {shown}",
                     i + 1,
@@ -822,13 +1112,7 @@ impl Fleet<'_> {
         limit: Duration,
     ) -> Result<String, String> {
         self.online(id, limit).await?;
-        let reply = self
-            .api
-            .command(id, "status", "", LOSSY_COMMAND_TIMEOUT_MS)
-            .await
-            .map_err(|e| format!("status command: {e}"))?;
-        let status: Value =
-            serde_json::from_slice(&reply.payload).map_err(|e| format!("status payload: {e}"))?;
+        let status = self.board_status(id).await?;
         let count = |k: &str| status.get(k).and_then(Value::as_u64).unwrap_or(u64::MAX);
         let (acked, rejected, skipped) = (
             count("uploads_acked"),

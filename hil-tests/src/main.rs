@@ -3,26 +3,28 @@
 //!
 //! ```text
 //! hil-tests list
-//! hil-tests run --rig NAME|FILE [--rig ...] [--scenario S]... [--root DIR]
+//! hil-tests run --rig NAME|FILE [--rig ...] [--scenario S]... [--root DIR] [--dry-run]
 //! hil-tests net-up --rig NAME|FILE     (the rig's network only, until Ctrl-C; for the teardown test)
 //! ```
 //! `hil-tests --rig R` (no subcommand) is `run`. Each run writes a directory
 //! `<root>/target/hil/runs/<unix seconds>-<rigs>/` (board logs, broker data, `junit.xml`,
-//! `summary.txt`) and copies the report and summary to `<root>/target/hil/`.
+//! `summary.txt`) and copies the report and summary to `<root>/target/hil/`. With `--dry-run`
+//! (real-board rigs only) it prints the commands a run would execute for each boot (build,
+//! write the record, flash and run with probe-rs) and runs nothing.
 //! Exit status: 0 all passed, 1 a case failed, 2 bad arguments or rig file, 130 interrupted.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use hil_tests::catalog;
 use hil_tests::junit::{self, Suite};
 use hil_tests::netns::{self, Namespace};
 use hil_tests::rig::Rig;
 use hil_tests::run::{Paths, run_rig, selected};
 use hil_tests::teardown::Teardown;
+use hil_tests::{catalog, dry_run};
 
-const USAGE: &str = "usage: hil-tests list | run --rig R [--rig R]... [--scenario S]... [--root DIR] | net-up --rig R";
+const USAGE: &str = "usage: hil-tests list | run --rig R [--rig R]... [--scenario S]... [--root DIR] [--dry-run] | net-up --rig R";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -37,6 +39,8 @@ struct Args {
     rigs: Vec<String>,
     scenarios: Vec<String>,
     root: PathBuf,
+    /// Print a real-board rig's commands instead of running them.
+    dry_run: bool,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -58,6 +62,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         rigs: Vec::new(),
         scenarios: Vec::new(),
         root: Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        dry_run: false,
     };
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
@@ -71,6 +76,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 parsed.scenarios.push(s);
             }
             "--root" => parsed.root = PathBuf::from(value("--root")?),
+            "--dry-run" => parsed.dry_run = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -178,6 +184,26 @@ fn main() -> ExitCode {
             }
         }
     }
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let names: Vec<&str> = rigs.iter().map(|r| r.name.as_str()).collect();
+    let hil = root.join("target/hil");
+    let work = hil
+        .join("runs")
+        .join(format!("{stamp}-{}", names.join("+")));
+    if args.dry_run {
+        for rig in &rigs {
+            match dry_run::plan(rig, &root, &work.join("logs")) {
+                Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                Err(e) => {
+                    eprintln!("hil-tests: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let teardown = match Teardown::install() {
         Ok(t) => t,
         Err(e) => {
@@ -197,15 +223,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let names: Vec<&str> = rigs.iter().map(|r| r.name.as_str()).collect();
-    let hil = root.join("target/hil");
     let paths = Paths {
-        work: hil
-            .join("runs")
-            .join(format!("{stamp}-{}", names.join("+"))),
+        work,
         root,
         teardown,
         only: args.scenarios,
@@ -274,5 +293,11 @@ mod tests {
         assert!(args(&["net-up"]).is_err());
         assert!(args(&["--rig"]).is_err());
         assert!(args(&["--fast"]).is_err());
+        assert!(
+            args(&["run", "--rig", "nucleo-f429zi", "--dry-run"])
+                .unwrap()
+                .dry_run
+        );
+        assert!(!args(&["run", "--rig", "qemu"]).unwrap().dry_run);
     }
 }

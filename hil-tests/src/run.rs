@@ -284,7 +284,7 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
             }
         };
         let mut gone = || board.exited().map(|s| s.to_string());
-        let cases = scenario::run(
+        let mut cases = scenario::run(
             Target {
                 api: &api,
                 device_id,
@@ -298,6 +298,10 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
         )
         .await;
         let system_out = board.stop();
+        let logged_in = cases.first().is_some_and(|c| c.outcome == Outcome::Pass);
+        if rig.kind == Kind::Qemu && logged_in {
+            cases.push(decoded_log_case(&system_out));
+        }
         let suite = Suite {
             name,
             cases,
@@ -315,6 +319,30 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
     }
     broker.stop().await;
     suites
+}
+
+/// The line the firmware logs when its login is welcomed (`firmware/src/client`).
+pub const ONLINE_LOG_LINE: &str = "online: session ";
+
+/// `board log decoded`: a QEMU board that logged in wrote its log as defmt frames; the log the
+/// harness keeps must be their text, decoded with the ELF's defmt table (`defmt-log`), which
+/// is shown by the firmware's login line in it.
+pub fn decoded_log_case(log: &str) -> Case {
+    let frames = log.lines().filter(|l| l.contains(ONLINE_LOG_LINE)).count();
+    let outcome = if frames > 0 {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(format!(
+            "the board logged in but its log has no `{ONLINE_LOG_LINE}` line: defmt not decoded ({})",
+            log.lines().next().unwrap_or("empty log")
+        ))
+    };
+    Case {
+        name: "board log decoded (defmt)".into(),
+        outcome,
+        time: Duration::ZERO,
+        detail: format!("{} lines decoded", log.lines().count()),
+    }
 }
 
 /// The QEMU board's nonces across boots of one device (`nonces.rs`).

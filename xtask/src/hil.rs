@@ -3,7 +3,9 @@
 //!
 //! * `qemu`: the `plug` firmware is cross-built once into the shared cross target folder (the
 //!   same image as `cross boards`, so both reuse one artifact; `hil-tests` loads each boot's
-//!   provisioning record with QEMU's `-device loader`), QEMU is installed if missing.
+//!   provisioning record with QEMU's `-device loader`), QEMU is installed if missing, and
+//!   `hil-tests/defmt-log` (the decoder of the board's defmt log) is built into
+//!   `<target>/defmt-log`.
 //! * `host-tap`: the host board is built with the host toolchain into `<target>/host-tap`.
 //! * `ci`: the fleet rig (16 host TAP boards and a QEMU board in one namespace): both of the
 //!   above.
@@ -19,13 +21,14 @@ use crate::cross::{self, CrossEnv, QEMU_BOARD};
 use crate::shell::{cargo, has_program, project_root, run_command};
 
 const USAGE: &str = "\
-usage: cargo xtask hil [list] [--rig NAME]... [--scenario S]... [--no-build]
+usage: cargo xtask hil [list] [--rig NAME]... [--scenario S]... [--no-build] [--dry-run]
 
   list           rigs and scenarios (with their pass criteria)
   --rig NAME     rig to run: qemu, host-tap, ci, or a file hil-tests/rigs/NAME.toml
                  (repeatable; default: qemu, host-tap and ci)
   --scenario S   only these scenarios of the rigs (repeatable; default: each rig's list)
   --no-build     use the boards built earlier
+  --dry-run      real-board rigs: print the build and probe-rs commands of each boot, run nothing
 Results: target/hil/summary.txt and junit.xml; everything of a run (board and broker logs,
 report) in target/hil/runs/<time>-<rigs>/.
 ";
@@ -38,6 +41,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut rigs: Vec<String> = Vec::new();
     let mut scenarios: Vec<String> = Vec::new();
     let mut build = true;
+    let mut dry_run = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -57,6 +61,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     .clone(),
             ),
             "--no-build" => build = false,
+            "--dry-run" => dry_run = true,
             "help" | "--help" | "-h" => {
                 eprint!("{USAGE}");
                 return Ok(());
@@ -66,6 +71,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     if rigs.is_empty() {
         rigs = CI_RIGS.iter().map(|r| r.to_string()).collect();
+    }
+    if dry_run {
+        // Real-board rigs only: hil-tests prints their commands; nothing is built or run.
+        let mut command = cargo();
+        command.args([
+            "run",
+            "--quiet",
+            "-p",
+            "hil-tests",
+            "--",
+            "run",
+            "--dry-run",
+        ]);
+        for rig in &rigs {
+            command.args(["--rig", rig]);
+        }
+        return run_command(&mut command);
     }
     // What each rig needs built: `ci` is both virtual boards.
     let mut builds: Vec<&str> = Vec::new();
@@ -95,6 +117,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     ))?;
                 }
                 if build {
+                    // The harness's defmt decoder for the QEMU board's log (its own workspace:
+                    // hil-tests/defmt-log/Cargo.toml says why).
+                    let mut command = cargo();
+                    command
+                        .current_dir(project_root().join("hil-tests/defmt-log"))
+                        .args(["build", "--release", "--locked"])
+                        .env("CARGO_TARGET_DIR", target.join("defmt-log"));
+                    run_command(&mut command)?;
                     let board = project_root().join("boards").join(QEMU_BOARD);
                     let mut command = env.cargo(&board, &cross::cross_target_dir());
                     command.args(["build", "--release", "--locked", "--bin", "plug"]);

@@ -4,7 +4,9 @@
 //! UDP + WebSocket transport, the plug application, a simulated meter and an in-memory relay);
 //! only the bottom differs: embassy's std executor, embassy-time's std clock, and
 //! `embassy-net-tuntap` instead of an Ethernet controller. A process costs a few MiB, so a test
-//! can run many plugs at once (one TAP each, on a bridge in a network namespace).
+//! can run many plugs at once (one TAP each, on a bridge in a network namespace). The TAP is
+//! driven by [`tap`], which rides out a link that goes down (retries with back-off, counted)
+//! instead of panicking.
 //!
 //! Settings come from the environment at start-up, the provisioning from the record file it
 //! names (`PLUG_RECORD`; [`settings`]): one binary for every plug. Exit status: 0 after
@@ -12,12 +14,12 @@
 //! 4 bad settings (the message names the variable).
 
 mod settings;
+mod tap;
 
 use std::process::ExitCode;
 
 use embassy_executor::Spawner;
 use embassy_net::{Ipv4Cidr, Runner, StackResources, StaticConfigV4};
-use embassy_net_tuntap::TunTapDevice;
 use embassy_time::{Duration, Timer};
 use firmware::plug::{MemoryRelay, Relay};
 use firmware::rng::Rng;
@@ -26,6 +28,7 @@ use plug_app::app::AppConfig;
 use static_cell::StaticCell;
 
 use crate::settings::Settings;
+use crate::tap::TapDevice;
 
 const EXIT_BOARD: u8 = 2;
 const EXIT_CONFIG: u8 = 4;
@@ -45,7 +48,7 @@ impl Rng for OsRng {
 }
 
 #[embassy_executor::task]
-async fn net_task(mut runner: Runner<'static, TunTapDevice>) -> ! {
+async fn net_task(mut runner: Runner<'static, TapDevice>) -> ! {
     runner.run().await
 }
 
@@ -62,7 +65,7 @@ async fn board_main(spawner: Spawner, settings: Settings) {
 }
 
 async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
-    let mut device = TunTapDevice::new(&s.tap).map_err(|e| {
+    let device = TapDevice::open(&s.tap, s.mac).map_err(|e| {
         log::error!(
             "cannot open TAP device {}: {e} (create it first: ip tuntap add {} mode tap)",
             s.tap,
@@ -70,7 +73,6 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
         );
         EXIT_BOARD
     })?;
-    device.set_hardware_address(s.mac);
     let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
         address: Ipv4Cidr::new(s.ip.0, s.ip.1),
         gateway: s.gateway,

@@ -14,6 +14,13 @@
 //! * `meter.read`: the meter's current reading.
 //! * `status`: firmware version, uptime, relay, connection statistics.
 //!
+//! A phone runs the same commands by sending the plug a message (through the broker; the phone
+//! must be bound to the plug): the payload is the command name, optionally a space and its
+//! argument (`relay.set on`, `relay.toggle`, `relay.get`). The plug answers the phone with a
+//! message holding the result's JSON object (`{"relay":"on"}`, or `{"error":...}`); a relay
+//! change is also uploaded as below. Messages from devices or the back end are not commands
+//! and are ignored.
+//!
 //! Results carry a JSON object. Every relay change is also uploaded on topic `relay`, and so is
 //! the state after each login; readings are uploaded on topic `power` every
 //! `PlugConfig::meter_interval_ms`. The client's payload size `P` must be at least
@@ -24,6 +31,8 @@ mod report;
 
 pub use meter::{Meter, Reading, SimulatedMeter};
 pub use report::{REPORT_MAX, Report};
+
+use shared_protocol::ids::{Address, Kind};
 
 use crate::api::DeviceApi;
 use crate::client::Event;
@@ -97,6 +106,7 @@ pub struct PlugStats {
     /// the next reading still carries the total.
     pub readings_skipped: u32,
     /// Command results that could not be queued (outbox full); the broker times the command out.
+    /// Answers to a phone's command message that could not be queued count here too.
     pub results_dropped: u32,
 }
 
@@ -161,6 +171,11 @@ impl<R: Relay, M: Meter> Plug<R, M> {
                 name,
                 payload,
             } => self.on_command(*cmd_id, name, payload, now, api),
+            Event::Deliver {
+                from: Some(from),
+                payload,
+                ..
+            } if from.kind == Kind::Phone => self.on_phone_message(*from, payload, now, api),
             _ => {}
         }
     }
@@ -198,9 +213,54 @@ impl<R: Relay, M: Meter> Plug<R, M> {
         now: Instant,
         api: &mut impl DeviceApi,
     ) {
-        crate::stats::bump(&mut self.stats.commands);
         log_info!("command {} id {}", name, cmd_id);
-        let (status, report) = match name {
+        let (status, report) = self.execute(name, payload, now, api);
+        if api
+            .command_result(cmd_id, status, report.as_bytes())
+            .is_err()
+        {
+            crate::stats::bump(&mut self.stats.results_dropped);
+        }
+        // A state change is reported right away (after the result, which the caller waits for).
+        self.on_timer(now, api);
+    }
+
+    /// A phone's message: `<command> [argument]`, run like a command; the result's JSON goes
+    /// back to the phone as a message.
+    fn on_phone_message(
+        &mut self,
+        from: Address,
+        message: &[u8],
+        now: Instant,
+        api: &mut impl DeviceApi,
+    ) {
+        let (name, argument) = split_command(message);
+        let (_, report) = match core::str::from_utf8(name) {
+            Ok(name) => {
+                log_info!("command {} from phone {}", name, from.id);
+                self.execute(name, argument, now, api)
+            }
+            Err(_) => {
+                crate::stats::bump(&mut self.stats.commands);
+                (STATUS_BAD_ARGUMENT, Report::error("command name not UTF-8"))
+            }
+        };
+        if api.send(from, report.as_bytes()).is_err() {
+            crate::stats::bump(&mut self.stats.results_dropped);
+        }
+        self.on_timer(now, api);
+    }
+
+    /// Runs command `name` with `payload`: the result status and report.
+    fn execute(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        now: Instant,
+        api: &mut impl DeviceApi,
+    ) -> (u16, Report) {
+        crate::stats::bump(&mut self.stats.commands);
+        match name {
             "relay.set" => match parse_on_off(payload) {
                 Some(on) => self.switch(on, now),
                 None => (STATUS_BAD_ARGUMENT, Report::error("expected on or off")),
@@ -224,15 +284,7 @@ impl<R: Relay, M: Meter> Plug<R, M> {
                 (STATUS_OK, report)
             }
             _ => (STATUS_UNKNOWN_COMMAND, Report::error("unknown command")),
-        };
-        if api
-            .command_result(cmd_id, status, report.as_bytes())
-            .is_err()
-        {
-            crate::stats::bump(&mut self.stats.results_dropped);
         }
-        // A state change is reported right away (after the result, which the caller waits for).
-        self.on_timer(now, api);
     }
 
     fn switch(&mut self, on: bool, now: Instant) -> (u16, Report) {
@@ -246,6 +298,16 @@ impl<R: Relay, M: Meter> Plug<R, M> {
             }
             Err(RelayFault) => (STATUS_HARDWARE_FAULT, Report::error("relay fault")),
         }
+    }
+}
+
+/// A phone's command message split at its first space: the name and the argument (empty
+/// when there is none), both without surrounding ASCII whitespace.
+fn split_command(message: &[u8]) -> (&[u8], &[u8]) {
+    let message = message.trim_ascii();
+    match message.iter().position(|b| *b == b' ') {
+        Some(i) => (&message[..i], message[i + 1..].trim_ascii()),
+        None => (message, &[]),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::string::String;
 use std::vec::Vec;
 
-use shared_protocol::ids::Address;
+use shared_protocol::ids::{Address, Kind};
 
 use super::*;
 use crate::api::OutboxError;
@@ -14,6 +14,9 @@ use crate::stats::Stats;
 struct FakeApi {
     uploads: Vec<(String, String)>,
     results: Vec<(u32, u16, String)>,
+    sent: Vec<(Address, String)>,
+    /// Sends refused as if the outbox were full.
+    outbox_full: bool,
     upload_room: Option<usize>,
     online: bool,
     stats: Stats,
@@ -44,7 +47,12 @@ impl DeviceApi for FakeApi {
     fn request(&mut self, _: &str, _: &[u8]) -> Result<u32, OutboxError> {
         Ok(1)
     }
-    fn send(&mut self, _: Address, _: &[u8]) -> Result<(), OutboxError> {
+    fn send(&mut self, to: Address, payload: &[u8]) -> Result<(), OutboxError> {
+        if self.outbox_full {
+            return Err(OutboxError::Full);
+        }
+        self.sent
+            .push((to, String::from_utf8(payload.to_vec()).unwrap()));
         Ok(())
     }
     fn stats(&self) -> Stats {
@@ -190,4 +198,86 @@ fn relay_fault_is_reported_not_uploaded() {
     p.on_event(&command(1, "relay.set", b"on"), Instant::ZERO, &mut api);
     assert_eq!(api.results[0].1, STATUS_HARDWARE_FAULT);
     assert!(api.uploads.is_empty());
+}
+
+fn message(from: Option<Address>, payload: &[u8]) -> Event<64> {
+    Event::Deliver {
+        msg_id: 1,
+        from,
+        payload: heapless::Vec::from_slice(payload).unwrap(),
+    }
+}
+
+const PHONE: Address = Address {
+    kind: Kind::Phone,
+    id: 9,
+};
+
+#[test]
+fn a_phone_message_runs_the_command_and_the_phone_gets_the_state() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    let now = Instant::from_millis(3);
+    p.on_event(&message(Some(PHONE), b"relay.set on"), now, &mut api);
+    assert!(p.relay().is_on());
+    assert_eq!(api.sent, [(PHONE, r#"{"relay":"on"}"#.into())]);
+    // The change is reported like one made by a back-end command; no command result is sent.
+    assert_eq!(api.uploads, [("relay".into(), r#"{"relay":"on"}"#.into())]);
+    assert!(api.results.is_empty());
+    p.on_event(&message(Some(PHONE), b" relay.toggle\n"), now, &mut api);
+    p.on_event(&message(Some(PHONE), b"relay.get"), now, &mut api);
+    assert!(!p.relay().is_on());
+    assert_eq!(api.sent[1].1, r#"{"relay":"off"}"#);
+    assert_eq!(api.sent[2].1, r#"{"relay":"off"}"#);
+    assert_eq!(p.stats().commands, 3);
+}
+
+#[test]
+fn a_bad_phone_message_is_answered_with_an_error_and_changes_nothing() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    let now = Instant::ZERO;
+    p.on_event(&message(Some(PHONE), b"relay.set maybe"), now, &mut api);
+    p.on_event(&message(Some(PHONE), b"reboot"), now, &mut api);
+    p.on_event(&message(Some(PHONE), b"\xff on"), now, &mut api);
+    assert!(!p.relay().is_on());
+    assert!(api.uploads.is_empty());
+    let answers: Vec<&str> = api.sent.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(
+        answers,
+        [
+            r#"{"error":"expected on or off"}"#,
+            r#"{"error":"unknown command"}"#,
+            r#"{"error":"command name not UTF-8"}"#
+        ]
+    );
+}
+
+#[test]
+fn messages_from_devices_or_the_back_end_are_not_commands() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    let device = Address {
+        kind: Kind::Device,
+        id: 4,
+    };
+    p.on_event(
+        &message(Some(device), b"relay.set on"),
+        Instant::ZERO,
+        &mut api,
+    );
+    p.on_event(&message(None, b"relay.set on"), Instant::ZERO, &mut api);
+    assert!(!p.relay().is_on());
+    assert!(api.sent.is_empty() && api.uploads.is_empty());
+    assert_eq!(p.stats().commands, 0);
+}
+
+#[test]
+fn an_answer_the_outbox_refuses_is_counted() {
+    let (mut p, mut api) = (plug(), FakeApi::default());
+    api.outbox_full = true;
+    p.on_event(
+        &message(Some(PHONE), b"relay.set on"),
+        Instant::ZERO,
+        &mut api,
+    );
+    assert!(p.relay().is_on());
+    assert_eq!(p.stats().results_dropped, 1);
 }
