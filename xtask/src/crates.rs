@@ -9,6 +9,9 @@
 //!   (`cargo xtask test`, steps `clippy` and `boards`).
 //! * The fuzz crates `shared-protocol/fuzz` and `broker/fuzz` (nightly, libFuzzer): fmt here, run
 //!   in the `fuzz` step ([`fuzz_crates`]).
+//! * Tool crates kept out of the workspace for their dependencies' features (`hil-tests/defmt-log`:
+//!   `defmt-decoder` turns on serde_json's `arbitrary_precision`, which would change JSON number
+//!   parsing for the broker): fmt here, built by the step that runs them (`cargo xtask hil`).
 //!
 //! Why they are not workspace members is written in the root `Cargo.toml` and docs/boards.md.
 
@@ -18,10 +21,20 @@ use std::path::{Path, PathBuf};
 /// The fuzz crates, relative to the project root.
 const FUZZ_CRATES: [&str; 2] = ["shared-protocol/fuzz", "broker/fuzz"];
 
-/// Every crate outside the host workspace: MCU boards, host-built crates, the fuzz crates.
+/// Tool crates outside the workspace, relative to the project root (see module docs).
+const TOOL_CRATES: [&str; 1] = ["hil-tests/defmt-log"];
+
+/// Every crate outside the host workspace: MCU boards, host-built crates, the fuzz crates, the
+/// tool crates.
 pub fn outside_workspace() -> Result<Vec<PathBuf>, String> {
     let mut crates = board_folders()?;
     crates.extend(fuzz_crates());
+    crates.extend(
+        TOOL_CRATES
+            .iter()
+            .map(|c| project_root().join(c))
+            .filter(|dir| dir.join("Cargo.toml").is_file()),
+    );
     Ok(crates)
 }
 
