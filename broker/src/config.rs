@@ -112,6 +112,8 @@ pub struct Config {
     pub proxy_protocol: crate::comet::proxy::ProxyConfig,
     /// Test-only endpoints (the WebSocket conformance echo), all off by default.
     pub conformance: crate::comet::echo::ConformanceConfig,
+    /// The device UDP socket's kernel buffers.
+    pub udp: crate::comet::udp::UdpConfig,
 }
 
 /// `[listen]`: socket addresses (port 0 picks a free port).
@@ -777,6 +779,7 @@ impl Config {
         self.cluster.validate()?;
         self.conformance.ws_echo()?;
         self.proxy_protocol.load()?;
+        self.udp.validate()?;
         Ok(())
     }
 }

@@ -260,6 +260,33 @@ impl Metrics {
         self.counter("broker_udp_dropped_total", &[("reason", reason)], 1);
     }
 
+    /// `n` UDP datagrams were received (`inbound = true`) or sent in one batch (comet).
+    pub fn udp_datagrams(&self, inbound: bool, n: u64) {
+        let dir = if inbound { "in" } else { "out" };
+        self.counter("broker_udp_datagrams_total", &[("direction", dir)], n);
+    }
+
+    /// `n` UDP datagrams were dropped unprocessed for `reason` (see [`Metrics::udp_dropped`]).
+    pub fn udp_dropped_n(&self, reason: &'static str, n: u64) {
+        self.counter("broker_udp_dropped_total", &[("reason", reason)], n);
+    }
+
+    /// The kernel dropped `n` datagrams for the device UDP socket (its receive buffer was full).
+    pub fn udp_kernel_drops(&self, n: u64) {
+        self.counter("broker_udp_kernel_drops_total", &[], n);
+    }
+
+    /// The kernel gave the device UDP socket's `direction` (`receive` or `send`) buffer `bytes`.
+    pub fn udp_socket_buffer(&self, direction: &'static str, bytes: usize) {
+        let labels = labels_of(&[("direction", direction)]);
+        self.recorder
+            .register_gauge(
+                &Key::from_parts("broker_udp_socket_buffer_bytes", labels),
+                &METADATA,
+            )
+            .set(bytes as f64);
+    }
+
     /// A WebSocket client on transport `t` broke the framing rules and was closed with 1002 or
     /// 1007 (`comet::ws`).
     pub fn ws_protocol_error(&self, t: Transport) {

@@ -428,7 +428,7 @@ async fn session(
                 let mut p = p?;
                 for incoming in link.on_packet(&mut p, clock.ms()) {
                 match incoming {
-                    Incoming::Nothing => {}
+                    Incoming::Nothing | Incoming::Pong => {}
                     Incoming::Command { cmd_id, name, payload } => {
                         o.printer.print(&Event::Command { cmd_id, name, payload });
                         if let Answer::Auto(status, reply) = &o.answer {

@@ -46,7 +46,9 @@ pub enum Incoming {
         /// Arguments.
         payload: Vec<u8>,
     },
-    /// Nothing for the user (ack, pong, duplicate, unreadable).
+    /// The answer to a Ping (the load generator's Ping flood counts them).
+    Pong,
+    /// Nothing for the user (ack, duplicate, unreadable).
     Nothing,
 }
 
@@ -83,6 +85,7 @@ fn incoming(body: Body<'_>) -> Incoming {
             status,
             payload: payload.to_vec(),
         },
+        Body::Pong { .. } => return Incoming::Pong,
         Body::Presence { who, online } => Event::Presence { who, online },
         Body::Kick { reason } => Event::Kick { reason },
         Body::Goodbye { reason } => Event::Goodbye { reason },

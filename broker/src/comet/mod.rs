@@ -96,6 +96,8 @@ pub struct Settings {
     pub ws_write_timeout: Duration,
     /// Work one device session may ask for (queued frames, Requests in flight, frame rate).
     pub work: budget::WorkLimits,
+    /// The device UDP socket's kernel buffers (`[udp]`).
+    pub udp: udp::UdpConfig,
 }
 
 impl Settings {
@@ -114,6 +116,7 @@ impl Settings {
                 .min(shared_protocol::limits::MAX_JSON_MESSAGE),
             ws_write_timeout: Duration::from_millis(c.limits.ws_write_timeout_ms),
             work: budget::WorkLimits::from_config(c),
+            udp: c.udp,
         }
     }
 

@@ -33,7 +33,13 @@ pub struct Live {
     pub delivered: AtomicU64,
     /// Unix ms of the last Deliver received (0: none yet).
     pub last_delivery_unix_ms: AtomicU64,
+    /// Pongs received (Ping flood).
+    pub pongs: AtomicU64,
 }
+
+/// In a Ping flood, a device that heard nothing for this long takes its unanswered Pings as
+/// lost and sends new ones.
+pub const PING_LOSS_MS: u64 = 200;
 
 /// What every device of a run does.
 #[derive(Clone, Debug)]
@@ -61,6 +67,18 @@ pub async fn run(
     plan: Arc<Plan>,
     start_at: tokio::time::Instant,
     live: Arc<Live>,
+) -> DeviceOutcome {
+    run_pinging(id, key, plan, start_at, live, 0).await
+}
+
+/// [`run`], keeping `pings_in_flight` Pings unanswered during the steady phase (0: none).
+pub async fn run_pinging(
+    id: u32,
+    key: DeviceKey,
+    plan: Arc<Plan>,
+    start_at: tokio::time::Instant,
+    live: Arc<Live>,
+    pings_in_flight: usize,
 ) -> DeviceOutcome {
     tokio::time::sleep_until(start_at).await;
     let mut outcome = DeviceOutcome::default();
@@ -98,7 +116,16 @@ pub async fn run(
     };
     outcome.login = Some(clock.0.elapsed());
     live.logged_in.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = steady(&mut wire, &mut link, &clock, &plan, &live, &mut outcome).await {
+    let steady = steady(
+        &mut wire,
+        &mut link,
+        &clock,
+        &plan,
+        pings_in_flight,
+        &live,
+        &mut outcome,
+    );
+    if let Err(e) = steady.await {
         outcome.session_lost = Some(failure_reason(&e));
         return outcome;
     }
@@ -112,6 +139,7 @@ async fn steady(
     link: &mut crate::client::link::Link,
     clock: &Clock,
     plan: &Plan,
+    pings_in_flight: usize,
     live: &Live,
     outcome: &mut DeviceOutcome,
 ) -> Result<(), ClientError> {
@@ -123,14 +151,26 @@ async fn steady(
         .upload_interval
         .map(|every| tokio::time::Instant::now() + every.mul_f64(rand::random::<f64>()));
     let give_up = plan.stop_at + plan.grace;
+    // Ping flood: Pings sent and not yet answered, and when the last packet came.
+    let mut pings_out = 0usize;
+    let mut heard_at = tokio::time::Instant::now();
     loop {
         let uploading = tokio::time::Instant::now() < plan.stop_at;
         if !uploading && pending.is_empty() {
             return Ok(());
         }
+        while uploading && pings_out < pings_in_flight {
+            send_body(wire, link, clock, &Body::Ping).await?;
+            pings_out += 1;
+        }
+        let ping_loss = heard_at + Duration::from_millis(PING_LOSS_MS);
         let upload_due = next_upload.filter(|_| uploading && pending.len() < plan.in_flight);
         tokio::select! {
             _ = tokio::time::sleep_until(give_up) => return Ok(()),
+            _ = tokio::time::sleep_until(ping_loss), if pings_out > 0 => {
+                pings_out = 0;
+                heard_at = tokio::time::Instant::now();
+            }
             _ = tokio::time::sleep_until(upload_due.unwrap_or(give_up)), if upload_due.is_some() => {
                 let upload_id = next_upload_id;
                 next_upload_id = next_upload_id.wrapping_add(1).max(1);
@@ -147,8 +187,13 @@ async fn steady(
             }
             p = wire.recv() => {
                 let mut p = p?;
+                heard_at = tokio::time::Instant::now();
                 for incoming in link.on_packet(&mut p, clock.ms()) {
                 match incoming {
+                    Incoming::Pong if pings_out > 0 => {
+                        pings_out -= 1;
+                        live.pongs.fetch_add(1, Ordering::Relaxed);
+                    }
                     Incoming::Event(Event::UploadAck { upload_id }) => {
                         if let Some(sent) = pending.remove(&upload_id) {
                             outcome.ack_latency.record(sent.elapsed());

@@ -12,6 +12,11 @@
 //! acknowledgements get a grace period, and every device says Goodbye. Exit status 0 when the run
 //! was clean (every device logged in, no session lost, every upload acknowledged), 1 otherwise,
 //! 2 for bad arguments.
+//!
+//! With `--pings-in-flight N` the steady phase is a Ping flood instead of uploads: each device
+//! keeps N Pings unanswered (a Pong, or a pause of [`device::PING_LOSS_MS`] without one, frees
+//! the slots), and the report gives Pongs per second and, with `--broker-pid`, Pongs per second
+//! of broker CPU time between the end of the ramp and the end of the steady phase.
 
 pub mod device;
 pub mod stats;
@@ -29,7 +34,7 @@ use crate::client::device::Endpoint;
 use crate::client::{self, creds};
 use crate::config::Config;
 use device::{Live, Plan};
-use stats::{MemorySamples, Report};
+use stats::{MemorySamples, PingFlood, Report};
 
 /// `broker load`: simulated devices against a running broker.
 #[derive(Args, Debug)]
@@ -74,6 +79,11 @@ pub struct LoadArgs {
     /// The broker's data directory, read for generated secrets [default: storage.data_dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Ping flood instead of uploads: Pings each device keeps unanswered during the steady
+    /// phase (0: off). The report gives Pongs/s and, with --broker-pid, Pongs per broker
+    /// core-second.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pings_in_flight: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -173,12 +183,24 @@ async fn run(prepared: Prepared, args: &LoadArgs) -> Report {
         .enumerate()
         .map(|(i, (id, key))| {
             let at = start + ramp.mul_f64(i as f64 / devices as f64);
-            tokio::spawn(device::run(id, key, plan.clone(), at, live.clone()))
+            let pings = args.pings_in_flight;
+            tokio::spawn(device::run_pinging(
+                id,
+                key,
+                plan.clone(),
+                at,
+                live.clone(),
+                pings,
+            ))
         })
         .collect();
 
     let started = Instant::now();
     let mut connected_kib = None;
+    // Pongs and broker CPU ticks when everyone is logged in, then at the end of the steady phase.
+    let cpu = |pid: u32| cpu_ticks(Path::new(&format!("/proc/{pid}/stat")));
+    let mut flood_start: Option<(Instant, u64, Option<u64>)> = None;
+    let mut flood_end: Option<(Instant, u64, Option<u64>)> = None;
     let mut ramp_took = ramp;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let finished = loop {
@@ -187,12 +209,19 @@ async fn run(prepared: Prepared, args: &LoadArgs) -> Report {
         if connected_kib.is_none() && done == devices {
             ramp_took = started.elapsed();
             connected_kib = Some(args.broker_pid.map(rss));
+            let pongs = live.pongs.load(Ordering::Relaxed);
+            flood_start = Some((Instant::now(), pongs, args.broker_pid.and_then(cpu)));
+        }
+        if flood_end.is_none() && tokio::time::Instant::now() >= plan.stop_at {
+            let pongs = live.pongs.load(Ordering::Relaxed);
+            flood_end = Some((Instant::now(), pongs, args.broker_pid.and_then(cpu)));
         }
         eprintln!(
-            "[{:>4.0} s] logged in {}/{devices}, uploads acknowledged {}, deliveries {} (last at {} Unix ms)",
+            "[{:>4.0} s] logged in {}/{devices}, uploads acknowledged {}, pongs {}, deliveries {} (last at {} Unix ms)",
             started.elapsed().as_secs_f64(),
             live.logged_in.load(Ordering::Relaxed),
             live.acked.load(Ordering::Relaxed),
+            live.pongs.load(Ordering::Relaxed),
             live.delivered.load(Ordering::Relaxed),
             live.last_delivery_unix_ms.load(Ordering::Relaxed)
         );
@@ -215,7 +244,31 @@ async fn run(prepared: Prepared, args: &LoadArgs) -> Report {
     };
     // Uploads were measured from the first login to the end of the steady phase.
     let window = plan.stop_at.saturating_duration_since(start);
-    Report::new(outcomes, ramp_took, window, finished, memory)
+    let mut report = Report::new(outcomes, ramp_took, window, finished, memory);
+    if args.pings_in_flight > 0
+        && let (Some((t0, p0, c0)), Some((t1, p1, c1))) = (flood_start, flood_end)
+    {
+        report.pings = Some(PingFlood::new(
+            p1.saturating_sub(p0),
+            t1.duration_since(t0),
+            c0.zip(c1).map(|(a, b)| b.saturating_sub(a)),
+        ));
+    }
+    report
+}
+
+/// User plus system CPU time of the process whose `/proc/<pid>/stat` this is, in clock ticks.
+fn cpu_ticks(stat: &Path) -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string(stat).ok()?)
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // After the command name (which may hold spaces and parentheses): the state is the first
+    // field, utime the 12th and stime the 13th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// `VmRSS` of a `/proc/<pid>/status` file, in KiB.
@@ -242,6 +295,14 @@ mod tests {
         let status = "Name:\tbroker\nVmPeak:\t  99999 kB\nVmRSS:\t   20480 kB\nThreads:\t3\n";
         assert_eq!(parse_vm_rss(status), Some(20480));
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_user_plus_system_time_even_with_odd_command_names() {
+        let stat = "4242 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 1";
+        assert_eq!(parse_cpu_ticks(stat), Some(175));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
+        assert!(cpu_ticks(Path::new("/proc/self/stat")).is_some());
     }
 
     #[test]

@@ -143,6 +143,43 @@ pub struct Report {
     pub memory: Option<MemorySamples>,
     /// Resident bytes per session (from `memory`).
     pub bytes_per_session: Option<u64>,
+    /// The Ping flood's figures (`--pings-in-flight`).
+    pub pings: Option<PingFlood>,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
+pub const TICKS_PER_SEC: f64 = 100.0;
+
+/// What a Ping flood measured over the steady phase.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PingFlood {
+    /// Pongs received.
+    pub pongs: u64,
+    /// Seconds measured over.
+    pub secs: f64,
+    /// Pongs per second.
+    pub pongs_per_sec: f64,
+    /// Broker CPU seconds (user + system) over the same time, when its PID was given.
+    pub broker_cpu_secs: Option<f64>,
+    /// Pongs per second of broker CPU time.
+    pub pongs_per_broker_core_sec: Option<f64>,
+}
+
+impl PingFlood {
+    /// Figures from `pongs` received over `took`, while the broker used `broker_ticks`.
+    pub fn new(pongs: u64, took: Duration, broker_ticks: Option<u64>) -> PingFlood {
+        let secs = took.as_secs_f64();
+        let broker_cpu_secs = broker_ticks.map(|t| t as f64 / TICKS_PER_SEC);
+        PingFlood {
+            pongs,
+            secs,
+            pongs_per_sec: if secs > 0.0 { pongs as f64 / secs } else { 0.0 },
+            broker_cpu_secs,
+            pongs_per_broker_core_sec: broker_cpu_secs
+                .filter(|c| *c > 0.0)
+                .map(|c| pongs as f64 / c),
+        }
+    }
 }
 
 impl Report {
@@ -199,6 +236,7 @@ impl Report {
             elapsed_secs: elapsed.as_secs_f64(),
             bytes_per_session: memory.and_then(|m| m.per_session_bytes(logged_in)),
             memory,
+            pings: None,
         }
     }
 
@@ -248,6 +286,20 @@ impl fmt::Display for Report {
         )?;
         if let Some(l) = &self.ack_latency {
             writeln!(f, "upload ack latency: {l}")?;
+        }
+        if let Some(p) = &self.pings {
+            write!(
+                f,
+                "pings: {} pongs in {:.1} s ({:.0}/s)",
+                p.pongs, p.secs, p.pongs_per_sec
+            )?;
+            match (p.broker_cpu_secs, p.pongs_per_broker_core_sec) {
+                (Some(c), Some(r)) => writeln!(
+                    f,
+                    "; broker CPU {c:.2} s, {r:.0} pongs per broker core-second"
+                )?,
+                _ => writeln!(f)?,
+            }
         }
         if self.commands_answered > 0 {
             writeln!(f, "commands answered: {}", self.commands_answered)?;

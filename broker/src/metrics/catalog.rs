@@ -246,6 +246,18 @@ pub const FAMILIES: &[Family] = &[
         "UDP datagrams dropped unprocessed, by reason.",
     ),
     f(
+        "broker_udp_kernel_drops_total",
+        Counter,
+        Always,
+        "UDP datagrams the kernel dropped before the broker read them (receive buffer full), as SO_RXQ_OVFL reports.",
+    ),
+    f(
+        "broker_udp_socket_buffer_bytes",
+        Gauge,
+        Always,
+        "Size the kernel gave the device UDP socket's buffers (direction=receive|send), as it reports them (twice the usable size).",
+    ),
+    f(
         "broker_limit_rejections_total",
         Counter,
         Always,
@@ -521,6 +533,12 @@ pub fn zero_series() -> Vec<Series> {
         &["in", "out"],
     ));
     s.extend(one("broker_udp_dropped_total", "reason", UDP_DROP_REASONS));
+    s.push(("broker_udp_kernel_drops_total", vec![]));
+    s.extend(one(
+        "broker_udp_socket_buffer_bytes",
+        "direction",
+        &["receive", "send"],
+    ));
     s.extend(one("broker_limit_rejections_total", "limit", LIMITS));
     s.extend(one(
         "broker_proxy_refusals_total",

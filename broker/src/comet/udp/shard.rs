@@ -20,8 +20,10 @@
 //!   (with the shard's own Error answers), which sends in order while the send window has room;
 //!   the session is re-armed when the outbox is empty and the window has room, or parked
 //!   until acks free room (nothing is dropped because the window was full).
-//! * Sends use `try_send_to`: a datagram the kernel cannot take now is dropped like any lost
-//!   datagram (the reliability layer resends), so the loop never waits on the socket.
+//! * Sends are collected during one turn of the loop (a whole inbound batch, a timer sweep) and
+//!   handed to the kernel together at its end ([`super::batch::SendBatch`], `sendmmsg`), never
+//!   waiting: a datagram the kernel cannot take now is dropped and counted like any lost
+//!   datagram (the reliability layer resends).
 //!
 //! Per-session memory: [`UdpSession`] (see the `session_size` test for the figure) plus the
 //! router's handle and one armed queue future; in-flight frames are allocated only while
@@ -54,8 +56,9 @@ use super::super::limits::{ConnGuard, ConnLimit};
 use super::super::link::{Link, LinkError, Polled};
 use super::super::logins::{self, LoginOutcome};
 use super::super::worker::FrameWorker;
+use super::batch::SendBatch;
 use super::outbox::{Offered, Outbox};
-use super::{Inbound, ShardMap, T};
+use super::{Kind, ShardBatch, ShardMap, T, flush_out};
 
 /// One UDP session's state in the socket task's table.
 pub struct UdpSession {
@@ -108,6 +111,8 @@ struct Endpoint {
     timers: BTreeSet<(u64, u32)>,
     queues: FuturesUnordered<QueueFuture>,
     control: mpsc::Sender<Control>,
+    /// Datagrams produced by this turn of the loop, sent together at its end.
+    out: SendBatch,
 }
 
 /// Runs one shard until shutdown: datagrams from `inbox`, its sessions' queues and timers.
@@ -115,7 +120,7 @@ pub(super) async fn run(
     ctx: Arc<Context>,
     socket: Arc<UdpSocket>,
     map: ShardMap,
-    mut inbox: mpsc::Receiver<Inbound>,
+    mut inbox: mpsc::Receiver<ShardBatch>,
 ) {
     let (control, mut control_rx) = mpsc::channel(1024);
     let mut ep = Endpoint {
@@ -126,26 +131,26 @@ pub(super) async fn run(
         timers: BTreeSet::new(),
         queues: FuturesUnordered::new(),
         control,
+        out: SendBatch::default(),
     };
     loop {
         let wake = ep.timers.first().map(|(d, _)| ctx.instant_at(*d));
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            Some(inbound) = inbox.recv() => match inbound {
-                Inbound::Login { sid, packet, from } => ep.on_login(sid, &packet, from),
-                Inbound::Data { sid, mut packet, from } => ep.on_data(sid, &mut packet, from),
-            },
+            Some(batch) = inbox.recv() => ep.on_batch(batch),
             Some(c) = control_rx.recv() => ep.on_control(c),
             Some((sid, session, ev)) = ep.queues.next(), if !ep.queues.is_empty() => {
                 ep.on_outbound(sid, session, ev);
             }
             _ = sleep_until_opt(wake), if wake.is_some() => ep.on_timers(),
         }
+        ep.flush_out();
     }
     let ids: Vec<u32> = ep.sessions.keys().copied().collect();
     for sid in ids {
         ep.end(sid, Some(Code::SHUTDOWN));
     }
+    ep.flush_out();
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -154,22 +159,33 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Sends one datagram without waiting, counting it (and counting a failure as a drop).
-pub(super) fn send(ctx: &Context, socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
-    ctx.router.metrics().udp_datagram(false);
-    if socket.try_send_to(packet, to).is_err() {
-        ctx.router.metrics().udp_dropped("send_failed");
-    }
-}
-
 impl Endpoint {
-    fn send(&self, packet: &[u8], to: SocketAddr) {
-        send(&self.ctx, &self.socket, packet, to);
+    /// Queues one datagram for the end of this turn.
+    fn send(&mut self, packet: &[u8], to: SocketAddr) {
+        self.out.push(packet, to);
+    }
+
+    /// Hands this turn's datagrams to the kernel.
+    fn flush_out(&mut self) {
+        flush_out(&self.ctx, &self.socket, &mut self.out);
+    }
+
+    /// The LOGIN and DATA packets of one read, in arrival order.
+    fn on_batch(&mut self, mut batch: ShardBatch) {
+        let mut start = 0;
+        for item in &batch.items {
+            let packet = &mut batch.bytes[start..item.end];
+            start = item.end;
+            match item.kind {
+                Kind::Login => self.on_login(item.sid, packet, item.from),
+                Kind::Data => self.on_data(item.sid, packet, item.from),
+            }
+        }
     }
 
     /// Answers a LOGIN of `answered_len` bytes with a REJECT, unless the REJECT would be longer
     /// (anti-amplification, docs/protocol.md section 2): then the LOGIN is dropped and counted.
-    fn reject(&self, code: Code, retry_after_ms: u32, to: SocketAddr, answered_len: usize) {
+    fn reject(&mut self, code: Code, retry_after_ms: u32, to: SocketAddr, answered_len: usize) {
         let mut out = [0u8; 16];
         match reject_answer(answered_len, code, retry_after_ms, &mut out) {
             Some(p) => self.send(p, to),
@@ -387,7 +403,7 @@ impl Endpoint {
             return;
         };
         let now = self.ctx.mono_ms();
-        let (ctx, socket) = (&self.ctx, &self.socket);
+        let (ctx, out_q) = (&self.ctx, &mut self.out);
         let UdpSession {
             link, outbox, peer, ..
         } = &mut **s;
@@ -402,7 +418,7 @@ impl Endpoint {
             let mut out = [0u8; MAX_PACKET];
             match link.seal_reliable(body, tag, now, rand::random(), &mut out) {
                 Ok(n) => {
-                    send(ctx, socket, &out[..n], peer);
+                    out_q.push(&out[..n], peer);
                     Offered::Sent
                 }
                 Err(LinkError::WindowFull) => Offered::WindowFull,
