@@ -19,6 +19,9 @@
 //! Every refusal is counted in `broker_proxy_refusals_total{reason}` (`untrusted`,
 //! `malformed`, `missing`) and logged at debug level with the peer. Parsing is done by the
 //! `ppp` crate; this module only reads the bytes the header announces.
+//!
+//! For UDP, where a balancer prefixes every datagram with its own header, [`split_datagram`]
+//! is the same parse on one datagram; the UDP receive path does not call it yet.
 
 use std::net::{IpAddr, SocketAddr};
 
