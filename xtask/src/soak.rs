@@ -16,7 +16,10 @@
 //!   process reported);
 //! * [`crate::soak_report`] judges the samples (flat within 5% after warm-up, no growth in
 //!   errors) and renders the result: `<out>/<stamp>-<minutes>min-<connections>conn.md` and
-//!   `.svg` (default out: `docs/soak/`). Exit status 0 only when the run passed.
+//!   `.svg` (default out: `docs/soak/`). Exit status 0 only when the run passed; a run whose
+//!   steady client saw the broker fall behind the offered uploads fails too
+//!   ([`soak_report::kept_up`]), since its memory then holds a backlog;
+//! * [`quick`] is the 90 s form `cargo xtask test` runs as its `soak` step.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -26,23 +29,33 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::shell::{cargo, project_root, run_command};
-use crate::soak_report::{self, FLAT_WITHIN_PERCENT, Sample, Verdict};
+use crate::soak_report::{
+    self, FLAT_WITHIN_PERCENT, KEPT_UP_P99_MS, KEPT_UP_PERCENT, Sample, Verdict,
+};
 
 const USAGE: &str = "\
 usage: cargo xtask soak [--minutes N] [--connections N] [--upload-interval MS]
-                        [--warmup-minutes N] [--release] [--out DIR]
+                        [--warmup-minutes N] [--spool-max-records N] [--release]
+                        [--out DIR]
 
   --minutes N          length of the steady run (default 30)
   --connections N      simulated device connections, 1% of them churned per minute (default 10000)
   --upload-interval MS time between two uploads of one device (default 30000)
   --warmup-minutes N   samples before this are not judged (default: a fifth of the run, at least 0.5)
+  --spool-max-records N the broker's upload.spool_max_records (default 20000): reached within
+                       the warm-up, so the store file is no longer growing when judged
   --release            build and run the broker in release mode (default: debug)
   --out DIR            where the result files go (default docs/soak)
-Pass: RSS and open fds drift at most 5% over the measured window, errors do not grow.
+Pass: RSS and open fds drift at most 5% over the measured window, errors do not grow, and
+the broker keeps up (95% of the offered uploads/s acknowledged, ack p99 at most 5 s).
 ";
 
 /// First device id of the steady population; churn batches use ids above it.
 const STEADY_FIRST_ID: u32 = 100_000;
+/// The soak broker's default `upload.spool_max_records`: small enough that retention starts
+/// trimming (and the store file stops growing) within the warm-up of a run at the default
+/// rates, so the measured window sees a store of constant size.
+const SPOOL_MAX_RECORDS: u64 = 20_000;
 /// Seconds between churn batches.
 const CHURN_EVERY_SECS: u64 = 60;
 /// Seconds into the run the first churn batch starts (so a short run churns too).
@@ -57,6 +70,7 @@ struct Options {
     connections: u32,
     upload_interval_ms: u64,
     warmup_minutes: Option<f64>,
+    spool_max_records: u64,
     release: bool,
     out: PathBuf,
 }
@@ -67,6 +81,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         connections: 10_000,
         upload_interval_ms: 30_000,
         warmup_minutes: None,
+        spool_max_records: SPOOL_MAX_RECORDS,
         release: false,
         out: project_root().join("docs/soak"),
     };
@@ -88,6 +103,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--connections" => o.connections = number(arg, value(arg)?)? as u32,
             "--upload-interval" => o.upload_interval_ms = number(arg, value(arg)?)? as u64,
             "--warmup-minutes" => o.warmup_minutes = Some(number(arg, value(arg)?)?),
+            "--spool-max-records" => o.spool_max_records = number(arg, value(arg)?)? as u64,
             "--release" => o.release = true,
             "--out" => o.out = PathBuf::from(value(arg)?),
             "help" | "--help" | "-h" => return Err(USAGE.to_string()),
@@ -110,6 +126,30 @@ impl Options {
     }
 }
 
+/// The arguments of the quick soak that `cargo xtask test` runs as its `soak` step: 90 s
+/// (30 s warm-up) with 1,000 connections uploading every 10 s and a spool cap of 2,000
+/// records (reached within the warm-up), results in `target/soak-quick/`.
+pub const QUICK: &[&str] = &[
+    "--minutes",
+    "1.5",
+    "--connections",
+    "1000",
+    "--upload-interval",
+    "10000",
+    "--warmup-minutes",
+    "0.5",
+    "--spool-max-records",
+    "2000",
+];
+
+/// The quick soak ([`QUICK`]), its result files under `target/soak-quick/`.
+pub fn quick() -> Result<(), String> {
+    let mut args: Vec<String> = QUICK.iter().map(|a| a.to_string()).collect();
+    args.push("--out".into());
+    args.push(target_dir().join("soak-quick").display().to_string());
+    run(&args)
+}
+
 /// Runs `cargo xtask soak [...]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
@@ -117,7 +157,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let work = target_dir().join("soak");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
-    let config = write_config(&work, o.connections)?;
+    let config = write_config(&work, o.connections, o.spool_max_records)?;
     let log_path = work.join("broker.log");
     let mut broker = Running::start(
         Command::new(&binary).arg("--config").arg(&config),
@@ -227,7 +267,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     drop(broker);
 
-    let verdict = soak_report::judge(&samples, o.warmup_secs());
+    let mut verdict = soak_report::judge(&samples, o.warmup_secs());
+    let keeping_up = steady_rates(&steady_json, steady, o.upload_interval_ms);
+    if let Some(why) = soak_report::kept_up(keeping_up.0, keeping_up.1, keeping_up.2) {
+        verdict.failures.push(why);
+    }
     let stamp = stamp();
     let name = format!(
         "{}-{}min-{}conn",
@@ -259,6 +303,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         steady_errors,
         churn: (batch_no, churned, client_errors),
         svg_name: &svg_name,
+        keeping_up,
     };
     write(&o.out.join(format!("{name}.md")), &summary.markdown())?;
     eprintln!(
@@ -364,13 +409,13 @@ fn free_port(udp: bool) -> Result<u16, String> {
 
 /// The soak's broker config: free ports, its own data directory, limits sized for
 /// `connections` from one address, and a spool cap so retention trims during the run.
-fn write_config(work: &Path, connections: u32) -> Result<PathBuf, String> {
+fn write_config(work: &Path, connections: u32, spool_max_records: u64) -> Result<PathBuf, String> {
     let limit = connections + connections / 10 + 100;
     let text = format!(
         "[listen]\nhttp = \"127.0.0.1:{}\"\ndevice_ws = \"127.0.0.1:{}\"\napp_ws = \"127.0.0.1:{}\"\n\
          udp = \"127.0.0.1:{}\"\n[storage]\ndata_dir = {:?}\n[limits]\nmax_connections = {limit}\n\
          max_connections_per_ip = {limit}\nlogin_attempts_per_ip_per_sec = 100000\n\
-         [upload]\nspool_max_records = 100000\n",
+         [upload]\nspool_max_records = {spool_max_records}\n",
         free_port(false)?,
         free_port(false)?,
         free_port(false)?,
@@ -438,6 +483,20 @@ fn last_json_line(path: &Path) -> Option<String> {
         .rev()
         .find(|l| l.starts_with("{\"devices\":"))
         .map(str::to_owned)
+}
+
+/// The steady client's offered and acknowledged uploads per second and its acknowledgement
+/// p99 (ms), from its report (zeros for a missing report, which already counts as a failure).
+fn steady_rates(report: &str, devices: u32, upload_interval_ms: u64) -> (f64, f64, f64) {
+    let offered = f64::from(devices) * 1000.0 / upload_interval_ms as f64;
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(report) else {
+        return (offered, 0.0, 0.0);
+    };
+    (
+        offered,
+        v["acked_per_sec"].as_f64().unwrap_or(0.0),
+        v["ack_latency"]["p99_ms"].as_f64().unwrap_or(0.0),
+    )
 }
 
 /// Failures a finished `broker load` reported (failed logins, lost sessions, unacknowledged
@@ -514,6 +573,8 @@ struct Summary<'a> {
     steady_errors: u64,
     churn: (u32, u64, u64),
     svg_name: &'a str,
+    /// Offered and acknowledged uploads/s of the steady client, and its ack p99 in ms.
+    keeping_up: (f64, f64, f64),
 }
 
 impl Summary<'_> {
@@ -522,9 +583,10 @@ impl Summary<'_> {
         let passed = v.passed() && self.steady_errors == 0;
         let mut s = format!(
             "# Soak run {stamp}: {result}\n\n\
-             `cargo xtask soak --minutes {min} --connections {conn} --upload-interval {ui}{rel}`\n\n\
+             `cargo xtask soak --minutes {min} --connections {conn} --upload-interval {ui} \
+             --warmup-minutes {warmup} --spool-max-records {spool}{rel}`\n\n\
              * Machine: {machine}; load average {l0} at the start, {l1} at the end (shared machine).\n\
-             * Broker: standalone, embedded store, {build} build; clients: `broker load` over UDP on 127.0.0.1.\n\
+             * Broker: standalone, embedded store, {build} build{arena}; clients: `broker load` over UDP on 127.0.0.1.\n\
              * Traffic: {steady} steady connections, one upload per {ui} ms each; {batches} churn batches \
                of {batch} devices ({churned} logins), one per minute, each ending after about {life} s.\n\
              * Warm-up (not judged): {warm:.1} min; {measured} samples judged.\n\n\
@@ -533,6 +595,8 @@ impl Summary<'_> {
              | RSS, KiB | {r0:.0} | {r1:.0} | {rp:+.2}% | {rmin} | {rmax} | ±{FLAT_WITHIN_PERCENT}% |\n\
              | open fds | {f0:.0} | {f1:.0} | {fp:+.2}% | {fmin} | {fmax} | ±{FLAT_WITHIN_PERCENT}% |\n\
              | errors (broker WARN/ERROR lines + client failures) | {e0} in the first half | {e1} in the second half | | | | no growth |\n\n\
+             Kept up: {up1:.1} of {up0:.1} offered uploads/s acknowledged (at least {KEPT_UP_PERCENT}% needed), \
+             ack p99 {up2:.0} ms (at most {KEPT_UP_P99_MS} ms).\n\n\
              Churn clients reported {cerr} failures; the steady client {serr}.\n\n\
              ![RSS and open fds over time]({svg})\n\n",
             stamp = self.stamp,
@@ -540,11 +604,16 @@ impl Summary<'_> {
             min = o.minutes,
             conn = o.connections,
             ui = o.upload_interval_ms,
+            warmup = o.warmup_secs() / 60.0,
+            spool = o.spool_max_records,
             rel = if o.release { " --release" } else { "" },
             machine = self.machine,
             l0 = self.load.0,
             l1 = self.load.1,
             build = if o.release { "release" } else { "debug" },
+            arena = std::env::var("MALLOC_ARENA_MAX")
+                .map(|n| format!(", glibc malloc with MALLOC_ARENA_MAX={n}"))
+                .unwrap_or_default(),
             steady = o.connections - o.churn_batch(),
             batches = self.churn.0,
             batch = o.churn_batch(),
@@ -567,6 +636,9 @@ impl Summary<'_> {
             cerr = self.churn.2,
             serr = self.steady_errors,
             svg = self.svg_name,
+            up0 = self.keeping_up.0,
+            up1 = self.keeping_up.1,
+            up2 = self.keeping_up.2,
         );
         if !passed {
             s.push_str("Failures:\n\n");
@@ -608,9 +680,20 @@ mod tests {
         assert_eq!(o.warmup_secs(), 360.0);
         let o = parse(&args("--minutes 1 --connections 500")).unwrap();
         assert_eq!((o.churn_batch(), o.warmup_secs()), (5, 30.0));
+        assert_eq!(o.spool_max_records, 20_000);
+        let quick: Vec<String> = QUICK.iter().map(|a| a.to_string()).collect();
+        let q = parse(&quick).unwrap();
+        assert_eq!((q.spool_max_records, q.warmup_secs()), (2_000, 30.0));
         assert!(parse(&args("--minutes 0")).is_err());
         assert!(parse(&args("--connections 50")).is_err());
         assert!(parse(&args("--bogus")).is_err());
+    }
+
+    #[test]
+    fn the_steady_rates_come_from_the_load_report() {
+        let report = r#"{"devices":100,"acked_per_sec":9.5,"ack_latency":{"p99_ms":420.5}}"#;
+        assert_eq!(steady_rates(report, 100, 10_000), (10.0, 9.5, 420.5));
+        assert_eq!(steady_rates("", 100, 10_000), (10.0, 0.0, 0.0));
     }
 
     #[test]

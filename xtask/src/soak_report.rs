@@ -144,6 +144,32 @@ pub fn judge(samples: &[Sample], warmup_secs: f64) -> Verdict {
     }
 }
 
+/// Smallest share of the offered upload rate the steady client must see acknowledged, percent.
+pub const KEPT_UP_PERCENT: f64 = 95.0;
+
+/// Largest 99th percentile of the steady client's upload acknowledgement latency, ms.
+pub const KEPT_UP_P99_MS: f64 = 5_000.0;
+
+/// Whether the broker kept up with the offered load (`None`) or why not. A broker that does
+/// not keep up queues the excess (uploads waiting for the store writer, held by the client's
+/// in-flight window), so its resident memory measures that backlog, not leaks: such a run is
+/// a failure that says to lower the rate, whatever its RSS did.
+pub fn kept_up(offered_per_sec: f64, acked_per_sec: f64, ack_p99_ms: f64) -> Option<String> {
+    let share = if offered_per_sec > 0.0 {
+        acked_per_sec / offered_per_sec * 100.0
+    } else {
+        100.0
+    };
+    (share < KEPT_UP_PERCENT || ack_p99_ms > KEPT_UP_P99_MS).then(|| {
+        format!(
+            "the broker did not keep up: {acked_per_sec:.0} uploads/s acknowledged of \
+             {offered_per_sec:.0} offered ({share:.0}%, at least {KEPT_UP_PERCENT}% needed), ack \
+             p99 {ack_p99_ms:.0} ms (at most {KEPT_UP_P99_MS} ms); its memory then holds a backlog, \
+             so lower the rate (--connections, --upload-interval)"
+        )
+    })
+}
+
 /// One panel of the plot: label, top edge, the value plotted, line colour.
 type Panel = (&'static str, f64, fn(&Sample) -> f64, &'static str);
 
@@ -247,6 +273,16 @@ mod tests {
                 errors: errors(i),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_broker_that_falls_behind_fails_the_run() {
+        assert_eq!(kept_up(165.0, 164.0, 900.0), None);
+        // The committed 25-minute run before the fix: acked nearly all, but seconds late.
+        assert!(kept_up(330.0, 326.3, 14_939.6).is_some());
+        // Falling behind the rate with a short tail.
+        assert!(kept_up(330.0, 267.9, 1_000.0).is_some());
+        assert_eq!(kept_up(0.0, 0.0, 0.0), None);
     }
 
     #[test]

@@ -10,13 +10,16 @@
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
 //!    again afterwards, pass or fail.
-//! 5. `boards`: the tests of the host-built crates outside the workspace.
-//! 6. `doc`: rustdoc with warnings denied (broken links, missing docs).
-//! 7. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
+//! 5. `soak`: the quick soak ([`crate::soak::quick`]): 90 s of a standalone broker under
+//!    device churn and uploads, failing if its memory or open files grow after a 30 s warm-up,
+//!    its errors grow, or it falls behind the offered load (docs/soak/README.md).
+//! 6. `boards`: the tests of the host-built crates outside the workspace.
+//! 7. `doc`: rustdoc with warnings denied (broken links, missing docs).
+//! 8. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
 //!    for the three MCU targets, every board built and linted (clippy, warnings denied).
-//! 8. `size`: flash and RAM per board against its budget.
-//! 9. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
-//! 10. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
+//! 9. `size`: flash and RAM per board against its budget.
+//! 10. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
+//! 11. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
 //!     (`FUZZ_SECONDS`, default 40, per target; set it higher for a long run).
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
@@ -50,6 +53,11 @@ const STEPS: &[Step] = &[
         name: "test",
         what: "host tests",
         action: host_tests,
+    },
+    Step {
+        name: "soak",
+        what: "quick soak: 90 s of churn and uploads, RSS and fds flat",
+        action: crate::soak::quick,
     },
     Step {
         name: "boards",

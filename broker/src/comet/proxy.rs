@@ -19,6 +19,9 @@
 //! Every refusal is counted in `broker_proxy_refusals_total{reason}` (`untrusted`,
 //! `malformed`, `missing`) and logged at debug level with the peer. Parsing is done by the
 //! `ppp` crate; this module only reads the bytes the header announces.
+//!
+//! For UDP, where a balancer prefixes every datagram with its own header, [`split_datagram`]
+//! is the same parse on one datagram; the UDP receive path does not call it yet.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -161,6 +164,22 @@ pub fn client_of(header: &[u8], peer: SocketAddr) -> Result<SocketAddr, Refusal>
     })
 }
 
+/// A datagram from a trusted balancer split into the client address its PROXY v2 header names
+/// and the payload after the header (sans-IO, for a UDP receive path, where every datagram
+/// carries its own header). `Missing` when the datagram does not start with the signature,
+/// `Malformed` when the header is cut short, longer than [`MAX_HEADER`] or does not parse.
+pub fn split_datagram(datagram: &[u8], peer: SocketAddr) -> Result<(SocketAddr, &[u8]), Refusal> {
+    if datagram.len() < 16 || datagram[..12] != SIGNATURE {
+        return Err(Refusal::Missing);
+    }
+    let len = 16 + usize::from(u16::from_be_bytes([datagram[14], datagram[15]]));
+    if len > MAX_HEADER || len > datagram.len() {
+        return Err(Refusal::Malformed);
+    }
+    let (header, payload) = datagram.split_at(len);
+    Ok((client_of(header, peer)?, payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +221,39 @@ mod tests {
         for h in [bad_version, short, b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
             assert_eq!(client_of(&h, peer), Err(Refusal::Malformed));
         }
+    }
+
+    #[test]
+    fn a_datagram_splits_into_its_client_and_payload() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let src: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let dst: SocketAddr = "10.0.0.2:8082".parse().unwrap();
+        let mut datagram = Builder::with_addresses(
+            Version::Two | Command::Proxy,
+            Protocol::Datagram,
+            (src, dst),
+        )
+        .build()
+        .unwrap();
+        let header_len = datagram.len();
+        datagram.extend_from_slice(b"sealed frame");
+        assert_eq!(
+            split_datagram(&datagram, peer),
+            Ok((src, &b"sealed frame"[..]))
+        );
+        assert_eq!(
+            split_datagram(b"sealed frame without a header", peer),
+            Err(Refusal::Missing)
+        );
+        assert_eq!(
+            split_datagram(&datagram[..header_len - 1], peer),
+            Err(Refusal::Malformed),
+            "cut short"
+        );
+        let mut too_long = datagram.clone();
+        too_long[14..16].copy_from_slice(&(MAX_HEADER as u16).to_be_bytes());
+        too_long.resize(MAX_HEADER + 32, 0);
+        assert_eq!(split_datagram(&too_long, peer), Err(Refusal::Malformed));
     }
 
     #[test]
