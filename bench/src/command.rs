@@ -157,7 +157,7 @@ impl Requester {
             }),
             Target::Mqtt => {
                 let mut conn = Conn::connect(false, args.addr, "bench-requester").await?;
-                let mut sub = Subscribe::new(&mqtt::reply_topic("+"), QoS::AtMostOnce);
+                let mut sub = Subscribe::new(mqtt::reply_topic("+"), QoS::AtMostOnce);
                 sub.pkid = 1;
                 conn.send(&Packet::Subscribe(sub)).await?;
                 match conn.recv().await? {

@@ -207,7 +207,7 @@ pub fn spawn_responders(
             tokio::time::sleep_until(start_at).await;
             let subscribed = async {
                 let mut conn = Conn::connect(false, addr, &format!("bench-{id}")).await?;
-                let mut sub = Subscribe::new(&request_topic(&id.to_string()), QoS::AtMostOnce);
+                let mut sub = Subscribe::new(request_topic(&id.to_string()), QoS::AtMostOnce);
                 sub.pkid = 1;
                 conn.send(&Packet::Subscribe(sub)).await?;
                 match conn.recv().await? {
