@@ -87,7 +87,9 @@ impl Latencies {
             return None;
         }
         self.us.sort_unstable();
-        let rank = (p / 100.0 * self.us.len() as f64).ceil() as usize;
+        // Less a hair, so that a rank that is whole on paper (99.9% of 1,000 = 999) is not
+        // pushed up by one by the float error in `p / 100`.
+        let rank = (p / 100.0 * self.us.len() as f64 - 1e-9).ceil() as usize;
         Some(self.us[rank.clamp(1, self.us.len()) - 1])
     }
 }
