@@ -6,8 +6,10 @@
 //! Receivers print one status line when every connection attempt finished (as `idle` does),
 //! then a result line once every terminal that is up got every message, or when standard input
 //! closes (the harness gave up waiting): `{"deliveries":..,"first_us":..,"last_us":..}`.
-//! Our terminals are apps on the app WebSocket (each delivery acknowledged, as an app must);
-//! MQTT terminals subscribe to one topic at QoS 0 or 1 (QoS 1 deliveries get a PUBACK).
+//! Our terminals are apps on the app WebSocket (each delivery acknowledged, as an app must) or
+//! devices on the device WebSocket (`broker load`'s simulated devices, whose link acknowledges
+//! each Deliver; they count deliveries and stamp the last one in ms, so the first delivery is
+//! when a 1 ms poll first sees one and the payload is not checked); MQTT terminals subscribe to one topic at QoS 0 or 1 (QoS 1 deliveries get a PUBACK).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub const PAYLOAD: usize = 64;
 pub enum Receiver {
     /// Our apps on the app WebSocket (a push to `all_phones`).
     AppWs,
+    /// Our devices on the device WebSocket (a push to `all_devices`).
+    DeviceWs,
     /// MQTT/TCP subscribers.
     MqttTcp,
 }
@@ -63,6 +67,9 @@ pub struct FanoutArgs {
     /// App token secret (64 hex digits) for `app-ws`.
     #[arg(long, value_name = "HEX")]
     token_secret: Option<String>,
+    /// Fleet master key (64 hex digits) for `device-ws`.
+    #[arg(long, value_name = "HEX")]
+    master_key: Option<String>,
     /// MQTT subscription QoS (0 or 1).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
@@ -95,6 +102,9 @@ pub struct PublishArgs {
     /// Our API bearer token.
     #[arg(long, value_name = "TOKEN")]
     api_token: Option<String>,
+    /// Our push target: `all_phones` or `all_devices`.
+    #[arg(long, default_value = "all_phones", value_name = "TARGET")]
+    target: String,
     /// MQTT PUBLISH QoS (0 or 1).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
@@ -182,13 +192,16 @@ pub async fn run(args: FanoutArgs) -> Result<(), String> {
     let timeout = Duration::from_secs(args.timeout);
     let start = Instant::now();
     let ramp = Duration::from_secs_f64(f64::from(args.count) / f64::from(args.rate));
+    if args.kind == Receiver::DeviceWs {
+        return run_devices(args, tally, timeout, start, ramp).await;
+    }
     let secret = match args.kind {
         Receiver::AppWs => Some(
             args.token_secret
                 .clone()
                 .ok_or("app-ws needs --token-secret")?,
         ),
-        Receiver::MqttTcp => None,
+        Receiver::MqttTcp | Receiver::DeviceWs => None,
     };
     for i in 0..args.count {
         let id = args.first_id + i;
@@ -200,6 +213,7 @@ pub async fn run(args: FanoutArgs) -> Result<(), String> {
             let reason = match kind {
                 Receiver::AppWs => app_terminal(addr, id, secret, timeout, &tally, &recorder).await,
                 Receiver::MqttTcp => mqtt_terminal(addr, id, qos, timeout, &tally, &recorder).await,
+                Receiver::DeviceWs => Ok(()),
             };
             if let Err((up, reason)) = reason {
                 if up {
@@ -216,28 +230,85 @@ pub async fn run(args: FanoutArgs) -> Result<(), String> {
     }
     println!("{}", tally.json());
     let expected = tally.json()["up"].as_u64().unwrap_or(0) * u64::from(args.messages);
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 256];
     let all_in = async {
         while recorder.deliveries() < expected {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let stdin_closed = async {
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
     tokio::select! {
         _ = all_in => {}
-        _ = stdin_closed => {}
+        _ = stdin_closed() => {}
     }
     let mut result = recorder.json();
     result["expected"] = expected.into();
     result["lost"] = tally.json()["lost"].clone();
     println!("{result}");
+    Ok(())
+}
+
+/// Returns when standard input closes (the harness gave up waiting).
+async fn stdin_closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// `bench-load fanout --kind device-ws`: simulated devices count their deliveries; a 1 ms poll
+/// stamps the first one.
+async fn run_devices(
+    args: FanoutArgs,
+    tally: Arc<Tally>,
+    timeout: Duration,
+    start: Instant,
+    ramp: Duration,
+) -> Result<(), String> {
+    let count = args.count;
+    let devices = ours::spawn_devices(
+        true,
+        args.addr,
+        args.master_key.as_deref(),
+        args.first_id..args.first_id + count,
+        timeout,
+        move |i| start + ramp.mul_f64(f64::from(i) / f64::from(count)),
+        &tally,
+    )?;
+    let deadline = start + ramp + timeout + Duration::from_secs(5);
+    while tally.finished() + devices.logged_in() < u64::from(count) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tally.add_up(devices.logged_in());
+    println!("{}", tally.json());
+    let expected = devices.logged_in() * u64::from(args.messages);
+    let mut first_us = u64::MAX;
+    let all_in = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while devices.delivered() < expected {
+            tick.tick().await;
+            if first_us == u64::MAX && devices.delivered() > 0 {
+                first_us = now_us();
+            }
+        }
+    };
+    tokio::select! {
+        _ = all_in => {}
+        _ = stdin_closed() => {}
+    }
+    let last_ms = devices.last_delivery_unix_ms();
+    println!(
+        "{}",
+        serde_json::json!({
+            "deliveries": devices.delivered(),
+            "unknown": 0,
+            "first_us": if devices.delivered() > 0 { first_us.min(last_ms * 1000) } else { u64::MAX },
+            "last_us": last_ms * 1000,
+            "expected": expected,
+            "lost": tally.json()["lost"],
+        })
+    );
     Ok(())
 }
 
@@ -328,7 +399,7 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
             let url = format!("http://{}/v1/push", args.addr);
             for i in 0..args.messages {
                 let body = serde_json::json!({
-                    "target": "all_phones",
+                    "target": args.target,
                     "payload": base64::engine::general_purpose::STANDARD.encode(payload(i, start_us)),
                 });
                 let r = client

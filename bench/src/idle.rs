@@ -1,7 +1,8 @@
 //! `bench-load idle`: opens `--count` idle connections of one kind at `--rate` per second,
 //! prints one JSON status line on stdout when every attempt has finished (or the wait ran out),
 //! and holds what is up until standard input closes; the process then exits, dropping them all.
-//! Ours log in and then answer heartbeats; MQTT clients connect with keep-alive off.
+//! Ours log in and then answer heartbeats (and commands); MQTT clients connect with keep-alive
+//! off, and responders answer requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,9 @@ pub enum Kind {
     MqttTcp,
     /// MQTT 3.1.1 over WebSocket (subprotocol `mqtt`), connected.
     MqttWs,
+    /// MQTT 3.1.1 over TCP, subscribed to its request topic and answering each request on its
+    /// reply topic (the MQTT side of the command round trip, see `bench-load request`).
+    MqttResponder,
 }
 
 /// Arguments of `bench-load idle`.
@@ -104,6 +108,10 @@ pub async fn run(args: IdleArgs) -> Result<(), String> {
                 at,
                 &tally,
             );
+            None
+        }
+        Kind::MqttResponder => {
+            mqtt::spawn_responders(args.addr, ids, timeout, at, &tally);
             None
         }
     };

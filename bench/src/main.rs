@@ -5,16 +5,22 @@
 //! * [`idle`]: opens N idle connections of one [`idle::Kind`], prints one JSON status line when
 //!   every attempt has finished, and holds them until its standard input closes.
 //! * [`fanout`]: terminals that time a broadcast's deliveries, and the sender of it.
+//! * [`command`]: the requester of the command round trip (our API command; MQTT
+//!   request/reply), timing each request.
+//! * [`uploads`]: clients uploading back to back (our devices; MQTT QoS 1 publishers with a
+//!   persistent-session subscriber), counting what was acknowledged in a window.
 //! * [`tally`]: the counters and failure reasons the status line is made from.
 //! * [`ours`]: our device (WebSocket or UDP, through `broker load`'s simulated device) and app
 //!   WebSocket clients.
 //! * [`mqtt`]: an MQTT 3.1.1 client over TCP or WebSocket, packets by rumqttc's codec.
 
+mod command;
 mod fanout;
 mod idle;
 mod mqtt;
 mod ours;
 mod tally;
+mod uploads;
 
 use std::process::ExitCode;
 
@@ -36,6 +42,10 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// Send the broadcast (ten 64-byte messages by default).
     Publish(fanout::PublishArgs),
+    /// Send requests one at a time to idle terminals and report the latency percentiles.
+    Request(command::RequestArgs),
+    /// Upload back to back for a window and report the acknowledged uploads per second.
+    Uploads(uploads::UploadsArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +61,8 @@ fn main() -> ExitCode {
         Command::Idle(args) => runtime.block_on(idle::run(args)),
         Command::Fanout(args) => runtime.block_on(fanout::run(args)),
         Command::Publish(args) => runtime.block_on(fanout::publish(args)),
+        Command::Request(args) => runtime.block_on(command::run(args)),
+        Command::Uploads(args) => runtime.block_on(uploads::run(args)),
     };
     match result {
         Ok(()) => {

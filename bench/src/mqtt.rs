@@ -2,7 +2,9 @@
 //! subprotocol `mqtt`, as Mosquitto's `websockets` listener expects). Packets are encoded and
 //! decoded by rumqttc's codec (`rumqttc::mqttbytes::v4`); this module only frames them on the
 //! socket and says what an idle client does: CONNECT with keep-alive off, wait for a CONNACK
-//! that accepts, then read until the server closes.
+//! that accepts, then read until the server closes. A responder (the MQTT side of the command
+//! round trip) also subscribes to its request topic and answers every request on its reply
+//! topic.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -13,7 +15,8 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::ConnectReturnCode;
 use rumqttc::mqttbytes::Error as CodecError;
-use rumqttc::mqttbytes::v4::{Connect, Packet};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{Connect, Packet, Publish, Subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -46,6 +49,17 @@ impl Conn {
         addr: SocketAddr,
         client_id: &str,
     ) -> Result<Conn, String> {
+        Conn::connect_session(websocket, addr, client_id, true).await
+    }
+
+    /// [`Conn::connect`] with the clean-session flag given: `false` asks the server to keep the
+    /// session (subscriptions, QoS 1 messages queued for it) across connections.
+    pub async fn connect_session(
+        websocket: bool,
+        addr: SocketAddr,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Result<Conn, String> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {}", e.kind()))?;
@@ -76,6 +90,7 @@ impl Conn {
         };
         let mut connect = Connect::new(client_id);
         connect.keep_alive = 0;
+        connect.clean_session = clean_session;
         conn.send(&Packet::Connect(connect)).await?;
         match conn.recv().await? {
             Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => Ok(conn),
@@ -160,6 +175,67 @@ pub fn spawn_idle(
                 Ok(Err(reason)) => tally.failed(&reason),
                 Err(_) => tally.failed("mqtt connect timed out"),
             }
+        });
+    }
+}
+
+/// The topic terminal `id` receives requests on (`+` for every terminal).
+pub fn request_topic(id: &str) -> String {
+    format!("bench/req/{id}")
+}
+
+/// The topic terminal `id` answers requests on (`+` for every terminal).
+pub fn reply_topic(id: &str) -> String {
+    format!("bench/reply/{id}")
+}
+
+/// Starts one responder per id (client id `bench-<id>`), the i-th at `at(i)`: an MQTT/TCP client
+/// subscribed to `request_topic(id)` at QoS 0 that publishes each request's payload back on
+/// `reply_topic(id)`. It counts as up once its SUBACK arrived.
+pub fn spawn_responders(
+    addr: SocketAddr,
+    ids: Range<u32>,
+    timeout: Duration,
+    at: impl Fn(u32) -> Instant,
+    tally: &Arc<Tally>,
+) {
+    let first = ids.start;
+    for id in ids {
+        let tally = tally.clone();
+        let start_at = at(id - first);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start_at).await;
+            let subscribed = async {
+                let mut conn = Conn::connect(false, addr, &format!("bench-{id}")).await?;
+                let mut sub = Subscribe::new(request_topic(&id.to_string()), QoS::AtMostOnce);
+                sub.pkid = 1;
+                conn.send(&Packet::Subscribe(sub)).await?;
+                match conn.recv().await? {
+                    Packet::SubAck(_) => Ok(conn),
+                    other => Err(format!("expected suback, got {other:?}")),
+                }
+            };
+            let mut conn = match tokio::time::timeout(timeout, subscribed).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(reason)) => return tally.failed(&reason),
+                Err(_) => return tally.failed("mqtt subscribe timed out"),
+            };
+            tally.up();
+            let reply = reply_topic(&id.to_string());
+            let reason = loop {
+                let answered = match conn.recv().await {
+                    Ok(Packet::Publish(p)) => {
+                        let answer = Publish::new(&reply, QoS::AtMostOnce, p.payload);
+                        conn.send(&Packet::Publish(answer)).await
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = answered {
+                    break e;
+                }
+            };
+            tally.lost(&reason);
         });
     }
 }

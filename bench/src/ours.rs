@@ -33,6 +33,33 @@ impl Devices {
     pub fn logged_in(&self) -> u64 {
         self.live.logged_in.load(Ordering::Relaxed)
     }
+
+    /// Delivers received so far, by every device of the process (each acknowledged by its link).
+    pub fn delivered(&self) -> u64 {
+        self.live.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Uploads acknowledged so far (an UploadAck says the upload is durable).
+    pub fn acked(&self) -> u64 {
+        self.live.acked.load(Ordering::Relaxed)
+    }
+
+    /// Unix time in ms of the last Deliver received (0: none yet).
+    pub fn last_delivery_unix_ms(&self) -> u64 {
+        self.live.last_delivery_unix_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// What logged-in devices upload: back to back, at most `in_flight` unacknowledged, until
+/// `stop_at` (then they wait for the last acknowledgements and log out).
+#[derive(Clone, Copy, Debug)]
+pub struct Uploading {
+    /// Upload payload bytes.
+    pub payload_len: usize,
+    /// Unacknowledged uploads per device.
+    pub in_flight: usize,
+    /// When uploading stops.
+    pub stop_at: Instant,
 }
 
 /// Starts one simulated device per id, the i-th at `at(i)`; each logs in and stays idle
@@ -46,6 +73,30 @@ pub fn spawn_devices(
     at: impl Fn(u32) -> Instant,
     tally: &Arc<Tally>,
 ) -> Result<Devices, String> {
+    spawn_uploading_devices(
+        websocket,
+        addr,
+        master_key,
+        ids,
+        login_timeout,
+        at,
+        tally,
+        None,
+    )
+}
+
+/// [`spawn_devices`], the devices uploading as `uploading` says once logged in.
+#[allow(clippy::too_many_arguments)] // the arguments of `spawn_devices`, plus one
+pub fn spawn_uploading_devices(
+    websocket: bool,
+    addr: SocketAddr,
+    master_key: Option<&str>,
+    ids: Range<u32>,
+    login_timeout: Duration,
+    at: impl Fn(u32) -> Instant,
+    tally: &Arc<Tally>,
+    uploading: Option<Uploading>,
+) -> Result<Devices, String> {
     let master = master_key.ok_or("device kinds need --master-key")?;
     let config = Config::default();
     let endpoint = if websocket {
@@ -53,15 +104,27 @@ pub fn spawn_devices(
     } else {
         Endpoint::Udp(addr)
     };
-    let plan = Arc::new(Plan {
-        endpoint,
-        login_timeout,
-        upload_interval: None,
-        payload_len: 0,
-        in_flight: 1,
-        // Idle until the process exits.
-        stop_at: Instant::now() + Duration::from_secs(7 * 86_400),
-        grace: Duration::ZERO,
+    let plan = Arc::new(match uploading {
+        None => Plan {
+            endpoint,
+            login_timeout,
+            upload_interval: None,
+            payload_len: 0,
+            in_flight: 1,
+            // Idle until the process exits.
+            stop_at: Instant::now() + Duration::from_secs(7 * 86_400),
+            grace: Duration::ZERO,
+        },
+        Some(u) => Plan {
+            endpoint,
+            login_timeout,
+            // Back to back: the next upload as soon as the window has room.
+            upload_interval: Some(Duration::ZERO),
+            payload_len: u.payload_len,
+            in_flight: u.in_flight,
+            stop_at: u.stop_at,
+            grace: Duration::from_secs(10),
+        },
     });
     let live = Arc::new(Live::default());
     let first = ids.start;

@@ -6,10 +6,13 @@
 //! * [`bench_ns`](crate::bench_ns): namespaces, processes stopped by PID, `/proc` readings.
 //! * [`bench_idle`]: scenario `idle-memory`.
 //! * [`bench_fanout`]: scenario `fanout`.
+//! * [`bench_command`]: scenario `command`.
+//! * [`bench_uploads`]: scenario `uploads`.
+//! * [`bench_login`]: scenario `login-storm`.
 //! * [`bench_report`]: ratios, JSON, markdown, SVG, floors.
 //!
 //! The load clients are the `bench-load` binary (the `bench/` crate), built here in release
-//! mode with the broker. A full run writes its results under `bench/results/`; `--quick`
+//! mode with the broker (`--no-build`: use the binaries already in `target/release`). A full run writes its results under `bench/results/`; `--quick`
 //! (1k connections, for CI) writes under `target/bench/` and fails when a ratio to Mosquitto
 //! falls below `bench/floors.json`. Needs root (namespaces) and `mosquitto`
 //! (`scripts/bootstrap.sh` installs it).
@@ -20,14 +23,15 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::shell::{cargo, project_root, run_command};
-use crate::{bench_fanout, bench_idle, bench_report};
+use crate::{bench_command, bench_fanout, bench_idle, bench_login, bench_report, bench_uploads};
 
 /// Scenarios, in the order they run.
-const SCENARIOS: [&str; 2] = ["idle-memory", "fanout"];
+const SCENARIOS: [&str; 5] = ["idle-memory", "fanout", "command", "uploads", "login-storm"];
 
 #[derive(Debug)]
 struct Options {
     quick: bool,
+    no_build: bool,
     only: Vec<String>,
     out: Option<PathBuf>,
 }
@@ -35,6 +39,7 @@ struct Options {
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         quick: false,
+        no_build: false,
         only: Vec::new(),
         out: None,
     };
@@ -42,6 +47,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--no-build" => o.no_build = true,
             "--only" => {
                 let name = it.next().ok_or("--only needs a scenario name")?;
                 if !SCENARIOS.contains(&name.as_str()) {
@@ -55,7 +61,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--out" => o.out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
             other => {
                 return Err(format!(
-                    "unknown option `{other}`; usage: cargo xtask bench [--quick] [--only {}] [--out DIR]",
+                    "unknown option `{other}`; usage: cargo xtask bench [--quick] [--no-build] [--only {}] [--out DIR]",
                     SCENARIOS.join("|")
                 ));
             }
@@ -68,7 +74,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     check_prerequisites()?;
-    run_command(cargo().args(["build", "--release", "-p", "broker", "-p", "bench-load"]))?;
+    if !o.no_build {
+        run_command(cargo().args(["build", "--release", "-p", "broker", "-p", "bench-load"]))?;
+    }
     let bin = target_dir().join("release");
     let (broker, load) = (bin.join("broker"), bin.join("bench-load"));
     let wanted = |s: &str| o.only.is_empty() || o.only.iter().any(|n| n == s);
@@ -96,6 +104,31 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let ratios = bench_report::fanout_ratios(&rows);
         doc["fanout"] = json!({ "rows": rows, "ratios": ratios });
     }
+    if wanted("command") {
+        let (counts, samples): (&[u32], u32) = if o.quick {
+            (&[1000], 2000)
+        } else {
+            (&[10000], 10000)
+        };
+        let rows = bench_command::run(&broker, &load, counts, samples)?;
+        let ratios = bench_report::command_ratios(&rows);
+        doc["command"] = json!({ "rows": rows, "ratios": ratios });
+    }
+    if wanted("uploads") {
+        let rows = bench_uploads::run(&broker, &load, if o.quick { 5 } else { 20 })?;
+        let ratios = bench_report::uploads_ratios(&rows);
+        doc["uploads"] = json!({ "rows": rows, "ratios": ratios });
+    }
+    if wanted("login-storm") {
+        let (count, rates): (u32, &[u32]) = if o.quick {
+            (2000, &[5000])
+        } else {
+            (10000, &[2000, 5000, 10000])
+        };
+        let rows = bench_login::run(&broker, &load, count, rates)?;
+        let ratios = bench_report::login_ratios(&rows);
+        doc["login_storm"] = json!({ "rows": rows, "ratios": ratios });
+    }
     doc["load_average"] = json!({ "start": load_start, "end": load_average() });
 
     let floors_file = project_root().join("bench/floors.json");
@@ -104,16 +137,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("cannot read {}: {e}", floors_file.display()))?,
     )
     .map_err(|e| format!("{}: {e}", floors_file.display()))?;
-    let ratios = doc["idle_memory"]["ratios"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let failures = if wanted("idle-memory") {
-        bench_report::below_floors(&ratios, &floors)
-    } else {
-        Vec::new()
-    };
-    if wanted("idle-memory") {
+    let mut failures = Vec::new();
+    let mut checked = false;
+    for (scenario, key, metric, count_field) in bench_report::FLOORED {
+        if !wanted(scenario) {
+            continue;
+        }
+        checked = true;
+        let ratios = doc[key]["ratios"].as_array().cloned().unwrap_or_default();
+        for line in bench_report::below_floors(&ratios, &floors[scenario], metric, count_field) {
+            failures.push(format!("{scenario}: {line}"));
+        }
+    }
+    if checked {
         // Absent when no floor was checked, so the report does not claim they were met.
         doc["floor_failures"] = json!(failures);
     }
@@ -167,6 +203,24 @@ fn write_results(out: &Path, doc: &Value) -> Result<(), String> {
     }
     if let Some(rows) = doc["fanout"]["rows"].as_array() {
         write(format!("{stem}-fanout.svg"), bench_report::fanout_svg(rows))?;
+    }
+    if let Some(rows) = doc["command"]["rows"].as_array() {
+        write(
+            format!("{stem}-command.svg"),
+            bench_report::command_svg(rows),
+        )?;
+    }
+    if let Some(rows) = doc["uploads"]["rows"].as_array() {
+        write(
+            format!("{stem}-uploads.svg"),
+            bench_report::uploads_svg(rows),
+        )?;
+    }
+    if let Some(rows) = doc["login_storm"]["rows"].as_array() {
+        write(
+            format!("{stem}-login-storm.svg"),
+            bench_report::login_svg(rows),
+        )?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Scenario `fanout`: one broadcast of ten 64-byte messages to every terminal. For each
 //! terminal count and each variant (ours: apps on the app WebSocket, `POST /v1/push` to
-//! `all_phones`; Mosquitto: MQTT/TCP subscribers to one topic at QoS 0 and QoS 1, with the
+//! `all_phones`, and devices on the device WebSocket, `POST /v1/push` to `all_devices`; Mosquitto: MQTT/TCP subscribers to one topic at QoS 0 and QoS 1, with the
 //! default config and with `allow_duplicate_messages true`), a fresh server in its own
 //! namespace, `bench-load fanout` processes holding the terminals, and one `bench-load
 //! publish`. Figures: deliveries per second (from the first send to the last delivery), the
@@ -26,15 +26,30 @@ pub struct Variant {
     /// Its name in results.
     pub name: &'static str,
     product: Product,
+    /// `bench-load fanout --kind` of the terminals, and the port they connect to.
+    kind: &'static str,
+    port: u16,
     qos: u8,
     tuning: MosquittoTuning,
 }
 
 /// Every variant, ours first.
-pub const VARIANTS: [Variant; 5] = [
+pub const VARIANTS: [Variant; 6] = [
     Variant {
         name: "plugcloud app-ws push",
         product: Product::Ours,
+        kind: "app-ws",
+        port: port::APP_WS,
+        qos: 0,
+        tuning: MosquittoTuning {
+            allow_duplicate_messages: false,
+        },
+    },
+    Variant {
+        name: "plugcloud device-ws push",
+        product: Product::Ours,
+        kind: "device-ws",
+        port: port::DEVICE_WS,
         qos: 0,
         tuning: MosquittoTuning {
             allow_duplicate_messages: false,
@@ -43,6 +58,8 @@ pub const VARIANTS: [Variant; 5] = [
     Variant {
         name: "mosquitto qos0",
         product: Product::Mosquitto,
+        kind: "mqtt-tcp",
+        port: port::MQTT,
         qos: 0,
         tuning: MosquittoTuning {
             allow_duplicate_messages: false,
@@ -51,6 +68,8 @@ pub const VARIANTS: [Variant; 5] = [
     Variant {
         name: "mosquitto qos0 allow_duplicate_messages",
         product: Product::Mosquitto,
+        kind: "mqtt-tcp",
+        port: port::MQTT,
         qos: 0,
         tuning: MosquittoTuning {
             allow_duplicate_messages: true,
@@ -59,6 +78,8 @@ pub const VARIANTS: [Variant; 5] = [
     Variant {
         name: "mosquitto qos1",
         product: Product::Mosquitto,
+        kind: "mqtt-tcp",
+        port: port::MQTT,
         qos: 1,
         tuning: MosquittoTuning {
             allow_duplicate_messages: false,
@@ -67,6 +88,8 @@ pub const VARIANTS: [Variant; 5] = [
     Variant {
         name: "mosquitto qos1 allow_duplicate_messages",
         product: Product::Mosquitto,
+        kind: "mqtt-tcp",
+        port: port::MQTT,
         qos: 1,
         tuning: MosquittoTuning {
             allow_duplicate_messages: true,
@@ -144,6 +167,7 @@ fn measure(broker: &Path, load: &Path, v: Variant, count: u32) -> Result<Value, 
     Ok(json!({
         "server": v.product.name(),
         "variant": v.name,
+        "transport": v.kind,
         "terminals": count,
         "up": up,
         "failed": failed,
@@ -169,18 +193,15 @@ fn receiver(
     n: u32,
     rate: u32,
 ) -> Result<Spawned, String> {
-    let (kind, port) = match v.product {
-        Product::Ours => ("app-ws", port::APP_WS),
-        Product::Mosquitto => ("mqtt-tcp", port::MQTT),
-    };
     let args = [
         "fanout".to_string(),
-        format!("--kind={kind}"),
+        format!("--kind={}", v.kind),
         format!("--count={n}"),
         format!("--first-id={first_id}"),
-        format!("--addr=127.0.0.1:{port}"),
+        format!("--addr=127.0.0.1:{}", v.port),
         format!("--rate={rate}"),
         format!("--token-secret={}", bench_servers::TOKEN_SECRET),
+        format!("--master-key={}", bench_servers::MASTER_KEY),
         format!("--qos={}", v.qos),
         format!("--messages={MESSAGES}"),
     ];
@@ -197,6 +218,14 @@ fn publisher(server: &Server, load: &Path, v: Variant) -> Result<Spawned, String
         format!("--to={to}"),
         format!("--addr=127.0.0.1:{port}"),
         format!("--api-token={}", bench_servers::API_TOKEN),
+        format!(
+            "--target={}",
+            if v.kind == "device-ws" {
+                "all_devices"
+            } else {
+                "all_phones"
+            }
+        ),
         format!("--qos={}", v.qos),
         format!("--messages={MESSAGES}"),
     ];

@@ -75,6 +75,19 @@ pub fn run(broker: &Path, load: &Path, counts: &[u32]) -> Result<Vec<Value>, Str
 }
 
 fn measure(broker: &Path, load: &Path, t: Transport, count: u32) -> Result<Value, String> {
+    measure_at(broker, load, t, count, RATE)
+}
+
+/// One measurement: `count` connections of `t` opened at `rate` per second on a fresh server
+/// (also the login storm's, at higher rates). The row's `connect_secs` runs from the first
+/// client process started to the last one reporting every attempt finished.
+pub fn measure_at(
+    broker: &Path,
+    load: &Path,
+    t: Transport,
+    count: u32,
+    rate: u32,
+) -> Result<Value, String> {
     let server = Server::start(t.product, broker, MosquittoTuning::default())?;
     let pid = server.pid();
     std::thread::sleep(Duration::from_secs(1));
@@ -84,14 +97,21 @@ fn measure(broker: &Path, load: &Path, t: Transport, count: u32) -> Result<Value
     let mut clients = Vec::new();
     let mut first_id = 1;
     // The processes share the rate.
-    let rate = RATE / count.div_ceil(PER_CLIENT_PROCESS);
+    let per_process_rate = (rate / count.div_ceil(PER_CLIENT_PROCESS)).max(1);
     while first_id <= count {
         let n = PER_CLIENT_PROCESS.min(count - first_id + 1);
-        clients.push(start_client(&server, load, t, first_id, n, rate)?);
+        clients.push(start_client(
+            &server,
+            load,
+            t,
+            first_id,
+            n,
+            per_process_rate,
+        )?);
         first_id += n;
     }
     // Each process reports once all of its attempts finished.
-    let wait = Duration::from_secs(u64::from(count / RATE) + 60);
+    let wait = Duration::from_secs(u64::from(count / rate) + 60);
     let mut up = 0;
     let mut failed = 0;
     let mut reasons = serde_json::Map::new();
@@ -135,7 +155,7 @@ fn measure(broker: &Path, load: &Path, t: Transport, count: u32) -> Result<Value
         "rss_after_kib": rss_after,
         "bytes_per_connection": bytes_per_conn.round(),
         "server_cpu_us_per_connection": (cpu_us_per_conn * 10.0).round() / 10.0,
-        "connect_secs": (connect_secs * 10.0).round() / 10.0,
+        "connect_secs": (connect_secs * 1000.0).round() / 1000.0,
     }))
 }
 

@@ -56,12 +56,27 @@ pub fn idle_ratios(rows: &[Value]) -> Vec<Value> {
     out
 }
 
-/// Checks each idle-memory ratio of the run against `floors` (`{"idle-memory": {pair: min}}`):
-/// one line per ratio below its floor; empty when the run passes.
-pub fn below_floors(ratios: &[Value], floors: &Value) -> Vec<String> {
+/// What a floor of `bench/floors.json` bounds in each scenario: the scenario's name (the key in
+/// the floors file), its key in the results document, the ratio checked, and the field of a
+/// ratio row that says at what count it was measured.
+pub const FLOORED: [(&str, &str, &str, &str); 3] = [
+    ("idle-memory", "idle_memory", "memory", "connections"),
+    ("fanout", "fanout", "deliveries_per_sec", "terminals"),
+    ("command", "command", "p50", "terminals"),
+];
+
+/// Checks the `metric` ratio of each row of `ratios` against `floors` (`{pair: min}`, one
+/// scenario's object of `bench/floors.json`): one line per ratio below its floor or floor not
+/// measured; empty when the run passes.
+pub fn below_floors(
+    ratios: &[Value],
+    floors: &Value,
+    metric: &str,
+    count_field: &str,
+) -> Vec<String> {
     let mut failures = Vec::new();
-    let Some(mins) = floors["idle-memory"].as_object() else {
-        return vec!["bench/floors.json has no \"idle-memory\" object".into()];
+    let Some(mins) = floors.as_object() else {
+        return vec!["bench/floors.json has no object for this scenario".into()];
     };
     for (pair, min) in mins {
         let Some(min) = min.as_f64() else {
@@ -76,11 +91,11 @@ pub fn below_floors(ratios: &[Value], floors: &Value) -> Vec<String> {
             failures.push(format!("{pair}: not measured in this run"));
         }
         for r in measured {
-            let got = r["memory"].as_f64().unwrap_or(0.0);
+            let got = r[metric].as_f64().unwrap_or(0.0);
             if got < min {
                 failures.push(format!(
-                    "{pair} at {} connections: memory ratio {got} below the floor {min}",
-                    r["connections"]
+                    "{pair} at {} {count_field}: {metric} ratio {got} below the floor {min}",
+                    r[count_field]
                 ));
             }
         }
@@ -138,6 +153,9 @@ pub fn markdown(doc: &Value) -> String {
         }
     }
     fanout_markdown(&mut md, doc);
+    command_markdown(&mut md, doc);
+    uploads_markdown(&mut md, doc);
+    login_markdown(&mut md, doc);
     if let Some(f) = doc["floor_failures"].as_array() {
         let _ = writeln!(
             md,
@@ -302,6 +320,12 @@ pub fn fanout_ratios(rows: &[Value]) -> Vec<Value> {
                 }
             };
             out.push(json!({
+                "pair": format!(
+                    "{}/{}",
+                    ours["transport"].as_str().unwrap_or("?"),
+                    theirs["variant"].as_str().unwrap_or("?")
+                ),
+                "ours": ours["variant"],
                 "against": theirs["variant"],
                 "terminals": ours["terminals"],
                 "deliveries_per_sec": div(&ours["deliveries_per_sec"], &theirs["deliveries_per_sec"]),
@@ -338,11 +362,12 @@ fn fanout_markdown(md: &mut String, doc: &Value) {
         md.push_str(
             "\n### Ratios, ours against each Mosquitto variant (higher is better for us)\n\n",
         );
-        md.push_str("| against | terminals | deliveries/s (ours/theirs) | time to last (theirs/ours) | CPU per delivery (theirs/ours) |\n|---|---|---|---|---|\n");
+        md.push_str("| ours | against | terminals | deliveries/s (ours/theirs) | time to last (theirs/ours) | CPU per delivery (theirs/ours) |\n|---|---|---|---|---|---|\n");
         for r in ratios {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
+                r["ours"].as_str().unwrap_or("?"),
                 r["against"].as_str().unwrap_or("?"),
                 r["terminals"],
                 r["deliveries_per_sec"],
@@ -353,9 +378,358 @@ fn fanout_markdown(md: &mut String, doc: &Value) {
     }
 }
 
+/// The MQTT variant the command round trip of ours is compared with.
+const COMMAND_PEER: &str = "mqtt-responder";
+
+/// Ratios of the command rows: each of our transports against MQTT request/reply at the same
+/// terminal count, Mosquitto / ours for p50, p99, p99.9 and CPU per request (higher is better
+/// for us). The pair is named `<our transport>/mqtt-responder`.
+pub fn command_ratios(rows: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for ours in rows.iter().filter(|r| r["server"] == "plugcloud") {
+        let Some(theirs) = rows
+            .iter()
+            .find(|r| r["transport"] == COMMAND_PEER && r["terminals"] == ours["terminals"])
+        else {
+            continue;
+        };
+        let div = |key: &str| {
+            let (a, b) = (
+                theirs[key].as_f64().unwrap_or(0.0),
+                ours[key].as_f64().unwrap_or(0.0),
+            );
+            if b > 0.0 {
+                (a / b * 1000.0).round() / 1000.0
+            } else {
+                f64::INFINITY
+            }
+        };
+        out.push(json!({
+            "pair": format!("{}/{COMMAND_PEER}", ours["transport"].as_str().unwrap_or("?")),
+            "terminals": ours["terminals"],
+            "p50": div("p50_us"),
+            "p99": div("p99_us"),
+            "p999": div("p999_us"),
+            "cpu": div("server_cpu_us_per_request"),
+        }));
+    }
+    out
+}
+
+/// The command round-trip part of the markdown.
+fn command_markdown(md: &mut String, doc: &Value) {
+    if let Some(rows) = doc["command"]["rows"].as_array() {
+        md.push_str(
+            "\n## Command round trip to one of N idle terminals (one request at a time)\n\n",
+        );
+        md.push_str("| variant | terminals | up | answered / sent | p50 (µs) | p99 (µs) | p99.9 (µs) | max (µs) | server CPU per request (µs) |\n|---|---|---|---|---|---|---|---|---|\n");
+        for r in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+                r["variant"].as_str().unwrap_or("?"),
+                r["terminals"],
+                r["up"],
+                r["ok"],
+                r["samples"],
+                r["p50_us"],
+                r["p99_us"],
+                r["p999_us"],
+                r["max_us"],
+                r["server_cpu_us_per_request"],
+            );
+        }
+    }
+    if let Some(ratios) = doc["command"]["ratios"].as_array() {
+        md.push_str("\n### Ratios, Mosquitto request/reply / ours (higher is better for us)\n\n");
+        md.push_str("| pair | terminals | p50 | p99 | p99.9 | CPU per request |\n|---|---|---|---|---|---|\n");
+        for r in ratios {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                r["pair"].as_str().unwrap_or("?"),
+                r["terminals"],
+                r["p50"],
+                r["p99"],
+                r["p999"],
+                r["cpu"],
+            );
+        }
+    }
+}
+
+/// The command plot: round-trip percentiles in µs, one group per variant and terminal count,
+/// one bar per percentile.
+pub fn command_svg(rows: &[Value]) -> String {
+    let mut bars = Vec::new();
+    for r in rows {
+        let group = format!(
+            "{} x{}",
+            r["variant"]
+                .as_str()
+                .unwrap_or("?")
+                .replace("plugcloud ", "")
+                .replace("mosquitto ", "mqtt "),
+            r["terminals"]
+        );
+        for (series, key) in [("p50", "p50_us"), ("p99", "p99_us"), ("p99.9", "p999_us")] {
+            bars.push(Bar {
+                group: group.clone(),
+                series: series.into(),
+                value: r[key].as_f64().unwrap_or(0.0),
+            });
+        }
+    }
+    bar_chart(
+        "Command round trip to one of N idle terminals, µs (lower is better)",
+        &bars,
+    )
+}
+
+/// Ratios of the uploads rows: each of our transports against Mosquitto's QoS 1 publishes
+/// (acknowledged per second ours / theirs; CPU per upload theirs / ours). The pair is named
+/// `<our transport>/mqtt-tcp`.
+pub fn uploads_ratios(rows: &[Value]) -> Vec<Value> {
+    let Some(theirs) = rows.iter().find(|r| r["server"] == "mosquitto") else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter(|r| r["server"] == "plugcloud")
+        .map(|ours| {
+            json!({
+                "pair": format!(
+                    "{}/{}",
+                    ours["transport"].as_str().unwrap_or("?"),
+                    theirs["transport"].as_str().unwrap_or("?")
+                ),
+                "publishers": ours["publishers"],
+                "per_sec": div(&ours["per_sec"], &theirs["per_sec"]),
+                "cpu": div(
+                    &theirs["server_cpu_us_per_upload"],
+                    &ours["server_cpu_us_per_upload"]
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Ratios of the login-storm rows: each of our transports against MQTT CONNECT at the same
+/// offered rate (completed per second ours / theirs; CPU per login theirs / ours).
+pub fn login_ratios(rows: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for ours in rows.iter().filter(|r| r["server"] == "plugcloud") {
+        let Some(theirs) = rows.iter().find(|r| {
+            r["server"] == "mosquitto" && r["offered_per_sec"] == ours["offered_per_sec"]
+        }) else {
+            continue;
+        };
+        out.push(json!({
+            "pair": format!(
+                "{}/{}",
+                ours["transport"].as_str().unwrap_or("?"),
+                theirs["transport"].as_str().unwrap_or("?")
+            ),
+            "offered_per_sec": ours["offered_per_sec"],
+            "completed_per_sec": div(&ours["completed_per_sec"], &theirs["completed_per_sec"]),
+            "cpu": div(&theirs["server_cpu_us_per_login"], &ours["server_cpu_us_per_login"]),
+        }));
+    }
+    out
+}
+
+/// `a / b` to two decimals; infinite (JSON null) when `b` is not positive.
+fn div(a: &Value, b: &Value) -> f64 {
+    let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+    if b > 0.0 {
+        (a / b * 100.0).round() / 100.0
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// The uploads part of the markdown.
+fn uploads_markdown(md: &mut String, doc: &Value) {
+    if let Some(rows) = doc["uploads"]["rows"].as_array() {
+        md.push_str(
+            "\n## Durable uploads: 64-byte uploads back to back, acknowledged per second\n\n",
+        );
+        md.push_str("| variant | clients up | in flight each | seconds | acknowledged/s | received by the subscriber | server CPU per upload (µs) |\n|---|---|---|---|---|---|---|\n");
+        for r in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r["variant"].as_str().unwrap_or("?"),
+                r["up"],
+                r["in_flight"],
+                r["seconds"],
+                r["per_sec"],
+                r["received"],
+                r["server_cpu_us_per_upload"],
+            );
+        }
+    }
+    ratio_table(md, doc, "uploads", &["publishers", "per_sec", "cpu"]);
+}
+
+/// The login-storm part of the markdown.
+fn login_markdown(md: &mut String, doc: &Value) {
+    if let Some(rows) = doc["login_storm"]["rows"].as_array() {
+        md.push_str("\n## Login storm: logins offered at a fixed rate\n\n");
+        md.push_str("| server | transport | attempted | offered/s | up | failed | completed/s | failures by reason | server CPU per login (µs) |\n|---|---|---|---|---|---|---|---|---|\n");
+        for r in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r["server"].as_str().unwrap_or("?"),
+                r["transport"].as_str().unwrap_or("?"),
+                r["attempted"],
+                r["offered_per_sec"],
+                r["up"],
+                r["failed"],
+                r["completed_per_sec"],
+                r["reasons"].to_string().replace('|', "/"),
+                r["server_cpu_us_per_login"],
+            );
+        }
+    }
+    ratio_table(
+        md,
+        doc,
+        "login_storm",
+        &["offered_per_sec", "completed_per_sec", "cpu"],
+    );
+}
+
+/// The ratios of `doc[key]` as a table of `pair` and `columns`.
+fn ratio_table(md: &mut String, doc: &Value, key: &str, columns: &[&str]) {
+    let Some(ratios) = doc[key]["ratios"].as_array() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "\n### Ratios (higher is better for us)\n\n| pair | {} |\n|---|{}",
+        columns.join(" | "),
+        "---|".repeat(columns.len())
+    );
+    for r in ratios {
+        let cells: Vec<String> = columns.iter().map(|c| r[*c].to_string()).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} |",
+            r["pair"].as_str().unwrap_or("?"),
+            cells.join(" | ")
+        );
+    }
+}
+
+/// The uploads plot: acknowledged uploads per second, one bar per variant.
+pub fn uploads_svg(rows: &[Value]) -> String {
+    let bars: Vec<Bar> = rows
+        .iter()
+        .map(|r| Bar {
+            group: r["variant"].as_str().unwrap_or("?").to_string(),
+            series: format!("{} clients", r["publishers"]),
+            value: r["per_sec"].as_f64().unwrap_or(0.0),
+        })
+        .collect();
+    bar_chart(
+        "64-byte uploads acknowledged per second (higher is better)",
+        &bars,
+    )
+}
+
+/// The login-storm plot: logins completed per second, one group per transport, one bar per
+/// offered rate.
+pub fn login_svg(rows: &[Value]) -> String {
+    let bars: Vec<Bar> = rows
+        .iter()
+        .map(|r| Bar {
+            group: format!(
+                "{} ({})",
+                r["transport"].as_str().unwrap_or("?"),
+                r["server"].as_str().unwrap_or("?")
+            ),
+            series: format!("{}/s offered", r["offered_per_sec"]),
+            value: r["completed_per_sec"].as_f64().unwrap_or(0.0),
+        })
+        .collect();
+    bar_chart(
+        "Login storm: logins completed per second (higher is better)",
+        &bars,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_and_login_ratios_compare_ours_with_mosquitto() {
+        let up = |server: &str, transport: &str, rate: f64, cpu: f64| {
+            json!({"server": server, "transport": transport, "publishers": 100,
+                   "per_sec": rate, "server_cpu_us_per_upload": cpu})
+        };
+        let rows = vec![
+            up("plugcloud", "device-ws", 5000.0, 40.0),
+            up("mosquitto", "mqtt-tcp", 20000.0, 10.0),
+        ];
+        let r = uploads_ratios(&rows);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0]["pair"], "device-ws/mqtt-tcp");
+        assert_eq!(r[0]["per_sec"], 0.25);
+        assert_eq!(r[0]["cpu"], 0.25);
+        assert!(
+            uploads_ratios(&rows[..1]).is_empty(),
+            "no Mosquitto row: no ratio"
+        );
+
+        let login = |server: &str, transport: &str, offered: u64, done: f64| {
+            json!({"server": server, "transport": transport, "offered_per_sec": offered,
+                   "completed_per_sec": done, "server_cpu_us_per_login": 100.0})
+        };
+        let rows = vec![
+            login("plugcloud", "device-udp", 2000, 1000.0),
+            login("mosquitto", "mqtt-tcp", 2000, 2000.0),
+            login("plugcloud", "device-udp", 5000, 1000.0),
+        ];
+        let r = login_ratios(&rows);
+        assert_eq!(r.len(), 1, "no Mosquitto row at 5000/s");
+        assert_eq!(r[0]["completed_per_sec"], 0.5);
+        assert_eq!(r[0]["cpu"], 1.0);
+        let md = markdown(&json!({"login_storm": {"rows": rows, "ratios": r}}));
+        assert!(
+            md.contains("| device-udp/mqtt-tcp | 2000 | 0.5 | 1.0 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn command_ratios_compare_each_transport_with_mqtt_request_reply() {
+        let r = |server: &str, transport: &str, n: u64, p99: f64| {
+            json!({"server": server, "transport": transport, "terminals": n, "p50_us": 100.0,
+                   "p99_us": p99, "p999_us": 0.0, "server_cpu_us_per_request": 20.0})
+        };
+        let rows = vec![
+            r("plugcloud", "device-ws", 1000, 400.0),
+            r("plugcloud", "device-udp", 1000, 800.0),
+            r("mosquitto", "mqtt-responder", 1000, 200.0),
+            r("plugcloud", "device-ws", 5000, 400.0),
+        ];
+        let ratios = command_ratios(&rows);
+        assert_eq!(ratios.len(), 2, "no Mosquitto row at 5,000: no ratio there");
+        assert_eq!(ratios[0]["pair"], "device-ws/mqtt-responder");
+        assert_eq!(ratios[0]["p99"], 0.5);
+        assert_eq!(ratios[1]["p99"], 0.25);
+        assert_eq!(ratios[0]["p50"], 1.0);
+        assert!(
+            ratios[0]["p999"].is_null(),
+            "nothing to divide by: no ratio"
+        );
+        let floors = json!({"device-ws/mqtt-responder": 0.4, "device-udp/mqtt-responder": 0.4});
+        let failed = below_floors(&ratios, &floors, "p99", "terminals");
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].starts_with("device-udp/mqtt-responder at 1000 terminals"));
+    }
 
     #[test]
     fn fanout_ratios_compare_ours_with_each_variant_at_the_same_count() {
@@ -399,13 +773,14 @@ mod tests {
     #[test]
     fn a_ratio_below_its_floor_fails_and_a_missing_one_too() {
         let ratios = vec![json!({"pair": "device-ws/mqtt-ws", "connections": 1000, "memory": 1.5})];
-        let ok = json!({"idle-memory": {"device-ws/mqtt-ws": 1.2}});
-        assert!(below_floors(&ratios, &ok).is_empty());
-        let high = json!({"idle-memory": {"device-ws/mqtt-ws": 1.6}});
-        assert_eq!(below_floors(&ratios, &high).len(), 1);
-        let missing = json!({"idle-memory": {"app-ws/mqtt-ws": 1.0}});
-        assert!(below_floors(&ratios, &missing)[0].contains("not measured"));
-        assert_eq!(below_floors(&ratios, &json!({})).len(), 1);
+        let check = |floors: Value| below_floors(&ratios, &floors, "memory", "connections");
+        assert!(check(json!({"device-ws/mqtt-ws": 1.2})).is_empty());
+        let high = check(json!({"device-ws/mqtt-ws": 1.6}));
+        assert_eq!(high.len(), 1);
+        assert!(high[0].contains("memory ratio 1.5 below the floor 1.6"));
+        assert!(check(json!({"app-ws/mqtt-ws": 1.0}))[0].contains("not measured"));
+        assert_eq!(check(Value::Null).len(), 1);
+        assert_eq!(check(json!({"device-ws/mqtt-ws": "x"})).len(), 1);
     }
 
     #[test]

@@ -14,11 +14,14 @@
 //!   ([`soak`], [`soak_report`]).
 
 mod bench;
+mod bench_command;
 mod bench_fanout;
 mod bench_idle;
+mod bench_login;
 mod bench_ns;
 mod bench_report;
 mod bench_servers;
+mod bench_uploads;
 mod crates;
 mod cross;
 mod elf;

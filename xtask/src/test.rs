@@ -19,7 +19,10 @@
 //!    for the three MCU targets, every board built and linted (clippy, warnings denied).
 //! 9. `size`: flash and RAM per board against its budget.
 //! 10. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
-//! 11. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
+//! 11. `bench`: `cargo xtask bench --quick`, our broker side by side with Mosquitto at 1,000
+//!     connections, failing below the ratio floors of `bench/floors.json` (needs root and
+//!     `mosquitto`, which `deps` installs; see [`crate::bench`]).
+//! 12. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
 //!     (`FUZZ_SECONDS`, default 40, per target; set it higher for a long run).
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
@@ -83,6 +86,11 @@ const STEPS: &[Step] = &[
         name: "hil",
         what: "plug firmware on virtual rigs",
         action: hil,
+    },
+    Step {
+        name: "bench",
+        what: "side-by-side quick benchmark against floors",
+        action: bench,
     },
     Step {
         name: "fuzz",
@@ -220,6 +228,10 @@ fn size() -> Result<(), String> {
 
 fn hil() -> Result<(), String> {
     crate::hil::run(&[])
+}
+
+fn bench() -> Result<(), String> {
+    crate::bench::run(&["--quick".to_string()])
 }
 
 fn fuzz() -> Result<(), String> {
