@@ -122,11 +122,12 @@ mod tests {
     #[test]
     fn every_crate_outside_the_workspace_is_listed_once() {
         let all = names(&outside_workspace().unwrap());
-        for fuzz in FUZZ_CRATES {
-            assert!(all.contains(&fuzz.to_owned()), "{all:?}");
+        for listed in FUZZ_CRATES.iter().chain(&TOOL_CRATES) {
+            assert!(all.contains(&(*listed).to_owned()), "{all:?}");
         }
         let mcu = mcu_boards().unwrap().len();
         let host = host_built().unwrap().len();
-        assert_eq!(all.len(), mcu + host + FUZZ_CRATES.len(), "{all:?}");
+        let expected = mcu + host + FUZZ_CRATES.len() + TOOL_CRATES.len();
+        assert_eq!(all.len(), expected, "{all:?}");
     }
 }
