@@ -32,9 +32,10 @@
 //!   `heartbeat_secs` without sending, and declares the session dead after
 //!   `session_timeout_secs` without an authenticated packet or after `MAX_TRANSMISSIONS`.
 //! * Uploads ([`crate::queue`]) and outbox entries survive disconnects and are sent again in the
-//!   next session. Received reliable frames are taken in `seq` order only (one ahead of a gap
-//!   is left unacknowledged for the broker to resend), so the since-id reported in every LOGIN
-//!   is simply the highest `msg_id` taken.
+//!   next session. Received reliable frames are taken in `seq` order only (an early UploadAck
+//!   is held, [`HELD_UPLOAD_ACKS`]; any other early frame is left unacknowledged for the
+//!   broker to resend), so the since-id reported in every LOGIN is simply the highest `msg_id`
+//!   taken.
 //! * NAT rebinding needs nothing here: the broker finds the session by its id, whatever the
 //!   source address; the client keeps its session and keeps sending.
 //! * Malformed, unauthenticated or unexpected input is an [`RxError`], counted in
@@ -82,6 +83,10 @@ pub const EVENT_QUEUE: usize = 4;
 /// the queue (`E / 2`); the rest is kept for `Connected` / `Disconnected`.
 pub const EVENT_FRAME_LIMIT: usize = EVENT_QUEUE / 2;
 
+/// UploadAcks the client holds when they arrive ahead of a gap (8 bytes each); other early
+/// frames are left for the broker to resend (docs/protocol.md section 5).
+pub const HELD_UPLOAD_ACKS: usize = 8;
+
 /// Bytes stored per in-flight frame: a tag and a 32-bit id.
 const REF_LEN: usize = 5;
 const REF_UPLOAD: u8 = 1;
@@ -124,8 +129,9 @@ pub enum RxError {
     Oversized,
     /// The event queue is full: the frame is not acknowledged, the broker will resend it.
     Busy,
-    /// A reliable frame arrived before an earlier one: it is not acknowledged (the client
-    /// holds no early frames) and the broker resends it after the gap has filled.
+    /// A reliable frame arrived before an earlier one and is not held (the client holds only
+    /// up to [`HELD_UPLOAD_ACKS`] early UploadAcks): it is not acknowledged and the broker
+    /// resends it after the gap has filled.
     AheadOfGap,
 }
 
@@ -150,6 +156,8 @@ struct Online {
     welcome: WelcomeInfo,
     send: SendWindow<SEND_WINDOW, REF_LEN>,
     recv: RecvWindow,
+    /// UploadAcks that arrived ahead of a gap: `(seq, upload_id)`.
+    held_acks: Vec<(u32, u32), HELD_UPLOAD_ACKS>,
     last_rx: Instant,
     last_tx: Instant,
 }
@@ -666,6 +674,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                     welcome,
                     send: SendWindow::new(),
                     recv: RecvWindow::new(),
+                    held_acks: Vec::new(),
                     last_rx: now,
                     last_tx: now,
                 });
@@ -721,18 +730,59 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             if !room_for_event {
                 return Err(RxError::Busy);
             }
-            // Frames are taken in `seq` order and none is held (docs/protocol.md section 5
-            // allows a receiver to hold no early frame): one ahead of a gap stays
-            // unacknowledged and the broker resends it once the gap has filled.
-            match o.recv.on_receive(frame.seq, now.as_millis()) {
-                RecvOutcome::InOrder { .. } => {}
-                RecvOutcome::Early => return Err(RxError::AheadOfGap),
+            // Frames are taken in `seq` order (docs/protocol.md section 5). Of the frames that
+            // arrive ahead of a gap only UploadAcks are held (a few bytes each, and the one
+            // frame a busy uploader gets many of); any other stays unacknowledged and the
+            // broker resends it once the gap has filled.
+            let released = match o.recv.on_receive(frame.seq, now.as_millis()) {
+                RecvOutcome::InOrder { released } => released,
+                RecvOutcome::Early => {
+                    return match frame.body {
+                        Body::UploadAck { upload_id }
+                            if !o.held_acks.is_full() && o.recv.hold(frame.seq) =>
+                        {
+                            // Room was checked just above.
+                            let _ = o.held_acks.push((frame.seq, upload_id));
+                            result
+                        }
+                        _ => Err(RxError::AheadOfGap),
+                    };
+                }
                 RecvOutcome::Duplicate | RecvOutcome::OutOfWindow | RecvOutcome::Unreliable => {
                     return result;
                 }
+            };
+            let mut acks: Vec<u32, HELD_UPLOAD_ACKS> = Vec::new();
+            for seq in frame.seq + 1..=frame.seq + released {
+                // Only UploadAcks are held, so every released frame is one of them.
+                if let Some(at) = o.held_acks.iter().position(|&(s, _)| s == seq) {
+                    let _ = acks.push(o.held_acks.swap_remove(at).1);
+                }
             }
+            let result = self.on_body(frame.body, now).and(result);
+            for upload_id in acks {
+                self.upload_acked(upload_id);
+            }
+            return result;
         }
         self.on_body(frame.body, now).and(result)
+    }
+
+    /// The broker stored upload `upload_id`: it leaves the queue, and the application hears of
+    /// it (an event dropped for lack of room is counted; the queue is what matters).
+    fn upload_acked(&mut self, upload_id: u32) {
+        if self.uploads.ack(UploadId(upload_id)) {
+            bump(&mut self.stats.uploads_acked);
+            if self
+                .events
+                .push_back(Event::UploadAcked {
+                    id: UploadId(upload_id),
+                })
+                .is_err()
+            {
+                bump(&mut self.stats.events_dropped);
+            }
+        }
     }
 
     fn on_body(&mut self, body: Body<'_>, now: Instant) -> Result<(), RxError> {
@@ -790,14 +840,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                     payload,
                 });
             }
-            Body::UploadAck { upload_id } => {
-                if self.uploads.ack(UploadId(upload_id)) {
-                    bump(&mut self.stats.uploads_acked);
-                    self.push_frame_event(Event::UploadAcked {
-                        id: UploadId(upload_id),
-                    });
-                }
-            }
+            Body::UploadAck { upload_id } => self.upload_acked(upload_id),
             Body::Presence { who, online } => {
                 self.push_frame_event(Event::Presence { who, online });
             }

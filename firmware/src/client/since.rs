@@ -1,9 +1,9 @@
 //! Since-id tracking: the highest message id the device may report at login.
 //!
 //! The broker resends, after a login, the stored messages above the reported `since_id`. The
-//! client takes reliable frames only in `seq` order (docs/protocol.md section 5; it holds no
-//! early frame), and the broker sends Delivers in `msg_id` order, so a Deliver the client takes
-//! has every message below it already: its `msg_id` can be committed at once.
+//! client takes reliable frames only in `seq` order (docs/protocol.md section 5; an early
+//! Deliver is never held), and the broker sends Delivers in `msg_id` order, so a Deliver the
+//! client takes has every message below it already: its `msg_id` can be committed at once.
 //!
 //! Delivers with `msg_id <= since_id` are known duplicates (redelivered after a reconnect):
 //! acknowledged, but not given to the application again.

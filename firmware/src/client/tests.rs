@@ -1535,3 +1535,42 @@ fn ten_minutes_cut_off_at_one_upload_a_second_keeps_the_queue_bounded_and_the_ke
     );
     assert_eq!(arrived, want, "once each, in order, nothing refused");
 }
+
+/// An UploadAck that arrives ahead of a gap is held (acknowledged at once, no resend needed)
+/// and applied right after the frame that fills the gap; a Deliver ahead of a gap is not.
+#[test]
+fn an_early_upload_ack_is_held_and_applied_after_the_gap() {
+    let mut net = Net::new();
+    net.brokers[0].auto_upload_ack = false;
+    net.online();
+    net.take_events();
+    let a = net.client.upload("power", b"1").unwrap();
+    let b = net.client.upload("power", b"2").unwrap();
+    net.run_for(0);
+    assert_eq!(net.client.uploads_pending(), 2);
+    let dropped_before = net.client.stats().rx_dropped;
+    // The broker's frame 1 (UploadAck a) is lost; frame 2 (UploadAck b) arrives first.
+    let mut q = VecDeque::new();
+    net.brokers[0].next_seq = 2;
+    net.brokers[0].send_with_seq(2, Body::UploadAck { upload_id: b.0 }, &mut q);
+    net.to_client.extend(q);
+    net.settle();
+    assert_eq!(
+        net.client.stats().rx_dropped,
+        dropped_before,
+        "held, not dropped"
+    );
+    assert_eq!(
+        net.client.uploads_pending(),
+        2,
+        "not applied before the gap fills"
+    );
+    assert!(net.take_events().is_empty());
+    net.broker_sends_frame(1, Body::UploadAck { upload_id: a.0 });
+    assert_eq!(net.client.uploads_pending(), 0);
+    assert_eq!(
+        net.take_events(),
+        [Event::UploadAcked { id: a }, Event::UploadAcked { id: b }]
+    );
+    assert_eq!(net.client.stats().rx_dropped, dropped_before);
+}
