@@ -23,7 +23,8 @@
 //!     connections, failing below the ratio floors of `bench/floors.json` (needs root and
 //!     `mosquitto`, which `deps` installs; see [`crate::bench`]).
 //! 12. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
-//!     (`FUZZ_SECONDS`, default 40, per target; set it higher for a long run).
+//!     (`FUZZ_SECONDS`, default 20, per target, to keep CI within its time budget; a long run:
+//!     `FUZZ_SECONDS=600 cargo xtask test --only fuzz`).
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
 use std::path::Path;
@@ -244,7 +245,7 @@ fn fuzz() -> Result<(), String> {
     if !has_program("rustup", &["run", "nightly", "cargo", "fuzz", "--version"]) {
         run_command(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    let seconds = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "40".into());
+    let seconds = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "20".into());
     for fuzz_dir in crate::crates::fuzz_crates() {
         let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
             .map_err(|e| format!("cannot list fuzz targets in {}: {e}", fuzz_dir.display()))?
