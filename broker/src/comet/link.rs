@@ -168,9 +168,11 @@ impl Link {
         let frame = match self.recv.on_receive(frame.seq, now_ms) {
             RecvOutcome::Unreliable => Some(frame),
             RecvOutcome::InOrder { released: n } => {
-                let gaps = self.gaps.get_or_insert_default();
-                for seq in frame.seq + 1..=frame.seq + n {
-                    released.extend(gaps.frames.remove(&seq));
+                // Only a frame that filled a gap releases any (then `gaps` exists).
+                if let Some(gaps) = self.gaps.as_deref_mut() {
+                    for seq in frame.seq + 1..=frame.seq + n {
+                        released.extend(gaps.frames.remove(&seq));
+                    }
                 }
                 Some(frame)
             }
