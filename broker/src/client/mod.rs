@@ -144,6 +144,27 @@ impl Reconnect {
         self.logged_in_once = true;
     }
 
+    /// Runs `session` until it ends cleanly, or ends in a way not to come back from, or
+    /// Ctrl-C interrupts a pause: the device's and the phone's outer loop. `session` sets its
+    /// `&mut bool` once it has logged in; between sessions, [`Reconnect::after`] decides.
+    pub(crate) async fn serve(
+        enabled: bool,
+        printer: &output::Printer,
+        mut session: impl AsyncFnMut(&mut bool) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let mut again = Reconnect::default();
+        loop {
+            let mut logged_in = false;
+            let err = match session(&mut logged_in).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !again.after(err, logged_in, enabled, printer).await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// A session ended with `err` (`logged_in`: it had logged in). `Ok(true)`: log in again,
     /// the pause (announced on `printer`) is over; `Ok(false)`: Ctrl-C during the pause, a clean
     /// end; `Err(err)`: give up (reconnecting is off (`enabled`), no login ever succeeded, or

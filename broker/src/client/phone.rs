@@ -99,17 +99,10 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
         next_ref: 1,
         stdin_open: true,
     };
-    let mut again = Reconnect::default();
-    loop {
-        let mut logged_in = false;
-        let err = match session(&o, &mut lines, &mut progress, &mut logged_in).await {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if !again.after(err, logged_in, o.reconnect, &o.printer).await? {
-            return Ok(());
-        }
-    }
+    Reconnect::serve(o.reconnect, &o.printer, async |logged_in: &mut bool| {
+        session(&o, &mut lines, &mut progress, logged_in).await
+    })
+    .await
 }
 
 /// One session: connect, authenticate, then serve until it ends.
