@@ -28,6 +28,33 @@ async fn device_ids(dev: &mut Device, n: usize) -> Vec<u64> {
     ids
 }
 
+/// The upload ids of the next `n` UploadAcks a device receives (presence events skipped).
+async fn upload_acks(dev: &mut Device, n: usize) -> Vec<u32> {
+    let mut acked = Vec::new();
+    while acked.len() < n {
+        match dev.next_event(WAIT).await {
+            Some(Got::UploadAck { upload_id }) => acked.push(upload_id),
+            Some(Got::Presence { .. }) => {}
+            other => panic!("expected UploadAck, got {other:?}"),
+        }
+    }
+    acked
+}
+
+/// `device`'s upload ids in the spool after cursor `seen`, in spool order; moves `seen` past
+/// the page read.
+async fn spool_upload_ids(b: &TestBroker, seen: &mut usize, device: u32) -> Vec<u32> {
+    let (status, page) = b.get(&format!("/v1/uploads?after={seen}")).await;
+    assert_eq!(status, 200, "{page}");
+    let uploads = page["uploads"].as_array().unwrap();
+    *seen += uploads.len();
+    uploads
+        .iter()
+        .filter(|u| u["device"]["id"] == device)
+        .map(|u| u["upload_id"].as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// The `(msg_id, payload)` of the next `n` `deliver`s a phone receives (it acks each).
 async fn phone_delivers(app: &mut App, n: usize) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
@@ -145,24 +172,8 @@ async fn back_to_back_sends_and_uploads_keep_the_device_order() {
             })
             .await;
         }
-        let mut acked = Vec::new();
-        while acked.len() < upload_ids.len() {
-            match dev.next_event(WAIT).await {
-                Some(Got::UploadAck { upload_id }) => acked.push(upload_id),
-                Some(Got::Presence { .. }) => {}
-                other => panic!("expected UploadAck, got {other:?}"),
-            }
-        }
-        let (status, page) = b.get(&format!("/v1/uploads?after={spool_seen}")).await;
-        assert_eq!(status, 200, "{page}");
-        let in_spool: Vec<u32> = page["uploads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|u| u["device"]["id"] == device)
-            .map(|u| u["upload_id"].as_u64().unwrap() as u32)
-            .collect();
-        spool_seen += page["uploads"].as_array().unwrap().len();
+        let acked = upload_acks(&mut dev, upload_ids.len()).await;
+        let in_spool = spool_upload_ids(&b, &mut spool_seen, device).await;
         assert_eq!(in_spool, upload_ids, "device {device}: spool order");
         assert_eq!(acked, upload_ids, "device {device}: UploadAck order");
     }
@@ -282,23 +293,8 @@ async fn uploads_that_arrive_out_of_order_are_stored_in_seq_order() {
         for i in [2usize, 4, 1, 3, 0] {
             dev.wire.send(&sealed[i]).await;
         }
-        let mut acked = Vec::new();
-        while acked.len() < upload_ids.len() {
-            match dev.next_event(WAIT).await {
-                Some(Got::UploadAck { upload_id }) => acked.push(upload_id),
-                other => panic!("expected UploadAck, got {other:?}"),
-            }
-        }
-        let (status, page) = b.get(&format!("/v1/uploads?after={spool_seen}")).await;
-        assert_eq!(status, 200, "{page}");
-        let in_spool: Vec<u32> = page["uploads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|u| u["device"]["id"] == device)
-            .map(|u| u["upload_id"].as_u64().unwrap() as u32)
-            .collect();
-        spool_seen += page["uploads"].as_array().unwrap().len();
+        let acked = upload_acks(&mut dev, upload_ids.len()).await;
+        let in_spool = spool_upload_ids(&b, &mut spool_seen, device).await;
         assert_eq!(in_spool, upload_ids, "device {device}: spool order");
         assert_eq!(acked, upload_ids, "device {device}: UploadAck order");
     }
