@@ -86,7 +86,7 @@ fn measure(
     let wait = Duration::from_secs(u64::from(count / RATE) + 60);
     let (mut up, mut failed) = (0, 0);
     for t in &mut terminals {
-        let status = parse(&t.read_line(wait)?)?;
+        let status = bench_ns::load_status(&t.read_line(wait)?)?;
         up += status["up"].as_u64().unwrap_or(0);
         failed += status["failed"].as_u64().unwrap_or(0);
     }
@@ -97,7 +97,9 @@ fn measure(
     let cpu_before = bench_ns::cpu_ticks(pid)?;
     let mut requester = requester(&server, load, v, count, samples)?;
     // Generous: a busy machine, and every request may wait up to its own timeout.
-    let result = parse(&requester.read_line(Duration::from_secs(u64::from(samples) / 10 + 120))?)?;
+    let result = bench_ns::load_status(
+        &requester.read_line(Duration::from_secs(u64::from(samples) / 10 + 120))?,
+    )?;
     let cpu_after = bench_ns::cpu_ticks(pid)?;
     requester.wait_or_stop(Duration::from_secs(5));
     for t in &mut terminals {
@@ -129,10 +131,6 @@ fn measure(
         "max_us": result["max_us"],
         "server_cpu_us_per_request": (cpu_us / ok as f64 * 10.0).round() / 10.0,
     }))
-}
-
-fn parse(line: &str) -> Result<Value, String> {
-    serde_json::from_str(line.trim()).map_err(|e| format!("bench-load said `{}`: {e}", line.trim()))
 }
 
 fn terminal(

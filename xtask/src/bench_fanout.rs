@@ -126,14 +126,14 @@ fn measure(broker: &Path, load: &Path, v: Variant, count: u32) -> Result<Value, 
     let wait = Duration::from_secs(u64::from(count / RATE) + 60);
     let (mut up, mut failed) = (0, 0);
     for r in &mut receivers {
-        let status = parse(&r.read_line(wait)?)?;
+        let status = bench_ns::load_status(&r.read_line(wait)?)?;
         up += status["up"].as_u64().unwrap_or(0);
         failed += status["failed"].as_u64().unwrap_or(0);
     }
     std::thread::sleep(Duration::from_secs(1));
     let cpu_before = bench_ns::cpu_ticks(pid)?;
     let mut publisher = publisher(&server, load, v)?;
-    let sent = parse(&publisher.read_line(Duration::from_secs(120))?)?;
+    let sent = bench_ns::load_status(&publisher.read_line(Duration::from_secs(120))?)?;
     publisher.wait_or_stop(Duration::from_secs(5));
     let (mut deliveries, mut expected) = (0, 0);
     let (mut first_us, mut last_us) = (u64::MAX, 0);
@@ -146,7 +146,7 @@ fn measure(broker: &Path, load: &Path, v: Variant, count: u32) -> Result<Value, 
                 r.read_line(Duration::from_secs(10))?
             }
         };
-        let got = parse(&line)?;
+        let got = bench_ns::load_status(&line)?;
         deliveries += got["deliveries"].as_u64().unwrap_or(0);
         expected += got["expected"].as_u64().unwrap_or(0);
         first_us = first_us.min(got["first_us"].as_u64().unwrap_or(u64::MAX));
@@ -179,10 +179,6 @@ fn measure(broker: &Path, load: &Path, v: Variant, count: u32) -> Result<Value, 
         "last_ms": round1(span_s * 1e3),
         "server_cpu_us_per_delivery": (cpu_us / deliveries as f64 * 100.0).round() / 100.0,
     }))
-}
-
-fn parse(line: &str) -> Result<Value, String> {
-    serde_json::from_str(line.trim()).map_err(|e| format!("bench-load said `{}`: {e}", line.trim()))
 }
 
 fn receiver(

@@ -117,8 +117,7 @@ pub fn measure_at(
     let mut reasons = serde_json::Map::new();
     for c in &mut clients {
         let line = c.read_line(wait)?;
-        let status: Value = serde_json::from_str(line.trim())
-            .map_err(|e| format!("bench-load said `{}`: {e}", line.trim()))?;
+        let status = bench_ns::load_status(&line)?;
         up += status["up"].as_u64().unwrap_or(0);
         failed += status["failed"].as_u64().unwrap_or(0);
         if let Some(r) = status["reasons"].as_object() {

@@ -101,6 +101,11 @@ pub enum Pipes<'a> {
     Client,
 }
 
+/// One JSON status line of `bench-load`, or an error quoting what it said instead.
+pub fn load_status(line: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(line.trim()).map_err(|e| format!("bench-load said `{}`: {e}", line.trim()))
+}
+
 /// A process the harness started; stopped by its PID on drop if still running.
 pub struct Spawned {
     child: Child,

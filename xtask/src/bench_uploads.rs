@@ -84,8 +84,7 @@ fn measure(broker: &Path, load: &Path, v: Variant, seconds: u64) -> Result<Value
     let cpu_after = bench_ns::cpu_ticks(pid)?;
     client.wait_or_stop(Duration::from_secs(5));
     drop(server);
-    let result: Value = serde_json::from_str(line.trim())
-        .map_err(|e| format!("bench-load said `{}`: {e}", line.trim()))?;
+    let result = bench_ns::load_status(&line)?;
     let acked = result["acked"].as_u64().unwrap_or(0);
     if acked == 0 {
         return Err(format!("{}: nothing acknowledged: {result}", v.name));
