@@ -148,16 +148,25 @@ impl Api {
         path: &str,
     ) -> Result<T, ApiError> {
         let response = self
-            .client
-            .get(format!("{}{path}", self.base))
+            .send(what, self.client.get(format!("{}{path}", self.base)))
+            .await?;
+        decode(what, response, 200).await
+    }
+
+    /// Sends `request` with the API token; a transport failure names `what` was asked.
+    async fn send(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
+        request
             .bearer_auth(&self.token)
             .send()
             .await
             .map_err(|source| ApiError::Http {
                 what: what.into(),
                 source,
-            })?;
-        decode(what, response, 200).await
+            })
     }
 
     /// `GET /v1/terminals/device/{id}`.
@@ -176,17 +185,8 @@ impl Api {
     ) -> Result<CommandReply, ApiError> {
         let what = format!("command {name}");
         let body = serde_json::json!({ "name": name, "text": text, "timeout_ms": timeout_ms });
-        let response = self
-            .client
-            .post(format!("{}/v1/devices/{id}/commands", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|source| ApiError::Http {
-                what: what.clone(),
-                source,
-            })?;
+        let url = format!("{}/v1/devices/{id}/commands", self.base);
+        let response = self.send(&what, self.client.post(url).json(&body)).await?;
         let raw: RawReply = decode(&what, response, 200).await?;
         Ok(CommandReply {
             status: raw.status,
@@ -198,16 +198,8 @@ impl Api {
     /// may send to the other); `Ok` only for HTTP 200.
     pub async fn bind(&self, phone: u32, device: u32) -> Result<(), ApiError> {
         let what = "bind";
-        let response = self
-            .client
-            .put(format!("{}/v1/bindings/{phone}/{device}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|source| ApiError::Http {
-                what: what.into(),
-                source,
-            })?;
+        let url = format!("{}/v1/bindings/{phone}/{device}", self.base);
+        let response = self.send(what, self.client.put(url)).await?;
         let _: serde_json::Value = decode(what, response, 200).await?;
         Ok(())
     }
