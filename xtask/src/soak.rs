@@ -163,7 +163,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Command::new(&binary).arg("--config").arg(&config),
         &log_path,
     )?;
-    wait_for_line(&log_path, "HTTP API on", Duration::from_secs(60))?;
+    wait_for_start(&mut broker, &log_path, Duration::from_secs(120))?;
     let pid = broker.0.id();
     let machine = machine();
     let load_at_start = load_average();
@@ -398,28 +398,33 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| project_root().join("target"))
 }
 
-fn free_port(udp: bool) -> Result<u16, String> {
-    let port = if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
-    };
-    port.map(|a| a.port()).map_err(|e| e.to_string())
+/// Three free TCP ports and one free UDP port on 127.0.0.1, all distinct: every socket
+/// stays bound until all four are known, so the kernel cannot hand out one port twice.
+fn free_ports() -> Result<([u16; 3], u16), String> {
+    let tcp: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("pick a free TCP port: {e}"))?;
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .map_err(|e| format!("pick a free UDP port: {e}"))?;
+    let mut ports = [0u16; 3];
+    for (port, listener) in ports.iter_mut().zip(&tcp) {
+        *port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    }
+    let udp_port = udp.local_addr().map_err(|e| e.to_string())?.port();
+    Ok((ports, udp_port))
 }
 
 /// The soak's broker config: free ports, its own data directory, limits sized for
 /// `connections` from one address, and a spool cap so retention trims during the run.
 fn write_config(work: &Path, connections: u32, spool_max_records: u64) -> Result<PathBuf, String> {
     let limit = connections + connections / 10 + 100;
+    let ([http, device_ws, app_ws], udp) = free_ports()?;
     let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:{}\"\ndevice_ws = \"127.0.0.1:{}\"\napp_ws = \"127.0.0.1:{}\"\n\
-         udp = \"127.0.0.1:{}\"\n[storage]\ndata_dir = {:?}\n[limits]\nmax_connections = {limit}\n\
+        "[listen]\nhttp = \"127.0.0.1:{http}\"\ndevice_ws = \"127.0.0.1:{device_ws}\"\n\
+         app_ws = \"127.0.0.1:{app_ws}\"\nudp = \"127.0.0.1:{udp}\"\n[storage]\ndata_dir = {:?}\n[limits]\nmax_connections = {limit}\n\
          max_connections_per_ip = {limit}\nlogin_attempts_per_ip_per_sec = 100000\n\
          [upload]\nspool_max_records = {spool_max_records}\n",
-        free_port(false)?,
-        free_port(false)?,
-        free_port(false)?,
-        free_port(true)?,
         work.join("data"),
     );
     // Owner-only, as operators are told to keep it (the broker warns otherwise).
@@ -436,18 +441,34 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
-fn wait_for_line(path: &Path, needle: &str, limit: Duration) -> Result<(), String> {
+/// Waits until the broker's log says its HTTP API listens. A broker that exits first, or
+/// stays silent past `limit`, fails the soak with the end of its log in the message.
+fn wait_for_start(broker: &mut Running, log: &Path, limit: Duration) -> Result<(), String> {
+    const NEEDLE: &str = "HTTP API on";
     let t = Instant::now();
-    while t.elapsed() < limit {
-        if fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(NEEDLE) {
             return Ok(());
         }
-        thread::sleep(Duration::from_millis(200));
+        let problem = match broker.0.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => format!("the broker exited ({status}) before its HTTP API listened"),
+            None if t.elapsed() >= limit => {
+                format!("no `{NEEDLE}` in the broker's log within {limit:?}")
+            }
+            None => {
+                thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "{problem}; the last lines of {}:\n{}",
+            log.display(),
+            tail.join("\n")
+        ));
     }
-    Err(format!(
-        "no `{needle}` in {} within {limit:?}",
-        path.display()
-    ))
 }
 
 fn rss_kib(pid: u32) -> Result<u64, String> {
