@@ -174,7 +174,7 @@ async fn run(prepared: Prepared, args: &LoadArgs) -> Report {
         payload_len: args.payload,
         in_flight: args.in_flight,
         stop_at: start + ramp + Duration::from_secs(args.duration),
-        grace: Duration::from_secs(3),
+        grace: ack_grace(),
     });
     let live = Arc::new(Live::default());
     let tasks: Vec<_> = prepared
@@ -284,6 +284,18 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// How long the last uploads may wait for their acknowledgements once uploading stops: the
+/// protocol's whole retransmission schedule (every wait at its longest, up to
+/// `MAX_TRANSMISSIONS`), after which the link has either delivered the frame or ended the
+/// session. Anything shorter reports a frame as unacknowledged while its retransmission is
+/// still due (two lost datagrams already take 1.5 s). The run ends as soon as nothing is pending.
+fn ack_grace() -> Duration {
+    let schedule: u64 = (1..=shared_protocol::limits::MAX_TRANSMISSIONS)
+        .map(|n| shared_protocol::reliability::retransmit_wait(n, u16::MAX))
+        .sum();
+    Duration::from_millis(schedule + 1_000)
 }
 
 #[cfg(test)]
