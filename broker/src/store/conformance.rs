@@ -240,6 +240,7 @@ pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: Evi
     for t in [d1, d2, p1, d1] {
         store.remember(t).await.unwrap();
     }
+    let pending_before = store.stats().await.unwrap().references;
     let devices = store
         .append(Recipients::Known(Some(Kind::Device)), msg(b"devs", far), 0)
         .await
@@ -268,6 +269,15 @@ pub async fn offline_store(store: Arc<dyn OfflineStore>, cap: u64, eviction: Evi
         .map(|m| m.msg_id)
         .collect();
     assert_eq!(got, vec![phones.msg_id, all.msg_id]);
+    // Each broadcast is one body, pending once per terminal it is for: 2 + 1 + 3.
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.references, pending_before + 6);
+    store.ack_through(p1, all.msg_id).await.unwrap();
+    assert_eq!(
+        store.stats().await.unwrap().references,
+        pending_before + 4,
+        "the phone's two broadcasts are acknowledged"
+    );
 
     broadcasts_and_cursors(&store, cap, eviction, [d1, d2]).await;
 }

@@ -11,7 +11,7 @@
 //! * `P msg:<id>`: hash `exp`, `from` (packed address or empty), `payload`, `refs` (inbox
 //!   references; the last to go deletes it) and, for a broadcast, `bc` (its class).
 //! * `P exp`: sorted set id by expiry (purging); `P inbox:<terminal>`: sorted set of ids scored by
-//!   id; `P refs`: total inbox references (stats).
+//!   id; `P refs`: total inbox references (stats add the broadcasts pending per terminal).
 //! * `P bc:<class>`: broadcast ids of a class (0: every kind, else kind + 1);
 //!   `P floors:<kind + 1>`: the terminals seen at login, scored by their broadcast floor;
 //!   `P ibn:<kind + 1>`: inbox sizes; `P skip:<terminal>`, `P skipn`, `P bcskip:<id>`:
@@ -36,7 +36,7 @@ use super::comet_stream::{NOTIFY_COMETS, kind_label};
 use super::conn::RedisConn;
 use super::data_loss::{CHECK_EPOCH, DataLossWatch};
 use super::offline_lua::{
-    ACK_THROUGH, APPEND, CHECK_MARKER, GROUP_LIST, HELPERS, LOGIN, PURGE, REMEMBER, SINCE,
+    ACK_THROUGH, APPEND, CHECK_MARKER, GROUP_LIST, HELPERS, LOGIN, PURGE, REMEMBER, SINCE, STATS,
 };
 use crate::config::EvictionPolicy;
 use crate::store::embedded::OfflineLimits;
@@ -63,6 +63,7 @@ pub struct RedisStore {
     check_marker: Script,
     ack_through: Script,
     purge: Script,
+    stats: Script,
     group_list: Script,
 }
 
@@ -106,6 +107,7 @@ impl RedisStore {
             check_marker: Script::new(&format!("{CHECK_EPOCH}{CHECK_MARKER}")),
             ack_through: checked(ACK_THROUGH),
             purge: Script::new(PURGE),
+            stats: Script::new(STATS),
             group_list: Script::new(GROUP_LIST),
         })
     }
@@ -345,15 +347,16 @@ impl OfflineStore for RedisStore {
 
     async fn stats(&self) -> Result<OfflineStats, StoreError> {
         let mut c = self.conn.get().await;
-        let r: redis::RedisResult<(u64, Option<i64>)> = redis::pipe()
-            .zcard(self.key("exp"))
-            .get(self.key("refs"))
-            .query_async(&mut c)
-            .await;
-        let (messages, refs) = self.conn.check(r).await?;
+        let mut call = self.stats.prepare_invoke();
+        call.arg(self.conn.prefix());
+        for kind in [Kind::Device, Kind::Phone] {
+            call.arg(kind as u8 + 1);
+        }
+        let r: redis::RedisResult<(u64, i64)> = call.invoke_async(&mut c).await;
+        let (messages, pending) = self.conn.check(r).await?;
         Ok(OfflineStats {
             messages,
-            references: u64::try_from(refs.unwrap_or(0)).map_err(|_| corrupt("refs counter"))?,
+            references: u64::try_from(pending).map_err(|_| corrupt("pending deliveries"))?,
             ..OfflineStats::default()
         })
     }

@@ -426,6 +426,32 @@ end
 return #ids
 "#;
 
+/// ARGV: prefix, then the broadcast classes of every kind (`kind + 1` each). Returns
+/// {stored bodies, pending deliveries}: the inbox references plus, for every live broadcast,
+/// the terminals of its class whose floor is below it, less those whose full inbox refused it.
+/// The work is one count per live broadcast and class, not one per terminal.
+pub(super) const STATS: &str = r#"
+local p = ARGV[1]
+local kinds = {}
+for i = 2, #ARGV do kinds[#kinds + 1] = ARGV[i] end
+local pending = tonumber(redis.call('GET', p .. 'refs') or '0')
+local function below(class, id)
+  return redis.call('ZCOUNT', p .. 'floors:' .. class, '-inf', '(' .. id)
+end
+for _, class in ipairs({'0', unpack(kinds)}) do
+  for _, id in ipairs(redis.call('ZRANGE', p .. 'bc:' .. class, 0, -1)) do
+    local n = 0
+    if class == '0' then
+      for _, k in ipairs(kinds) do n = n + below(k, id) end
+    else
+      n = below(class, id)
+    end
+    pending = pending + n - redis.call('SCARD', p .. 'bcskip:' .. id)
+  end
+end
+return {redis.call('ZCARD', p .. 'exp'), pending}
+"#;
+
 /// ARGV: prefix. Returns flat {name, count}* ordered by name.
 pub(super) const GROUP_LIST: &str = r#"
 local p = ARGV[1]
