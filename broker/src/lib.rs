@@ -75,6 +75,9 @@ pub enum StartError {
     /// The `[tls]` certificate or key could not be used.
     #[error(transparent)]
     Tls(#[from] comet::tls::TlsError),
+    /// The OS random generator failed, so the comet's login cookies cannot be keyed.
+    #[error("the OS random generator failed (needed for login cookies): {0}")]
+    Random(#[from] rand::rand_core::OsError),
     /// A listening socket could not be bound.
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
@@ -249,7 +252,7 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     })?;
     let ws = if tls.is_some() { "wss" } else { "ws" };
     let api_tls = tls.clone().filter(|_| config.tls.api);
-    let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone(), tls);
+    let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone(), tls)?;
     let conns = comet_ctx.conns.clone();
     tasks.extend(comet::spawn(comet_ctx, listeners));
     tracing::info!(

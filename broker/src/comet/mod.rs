@@ -154,23 +154,21 @@ pub struct Context {
 
 impl Context {
     /// Builds the shared context; `tls` comes from [`tls::load`] (`None`: plain WebSockets).
+    /// Fails only when the OS random generator cannot seed this node's cookie secret: without
+    /// it the node cannot log anyone in safely.
     pub fn new(
         config: &Config,
         secrets: &Secrets,
         router: Router,
         shutdown: CancellationToken,
         tls: Option<tls::Acceptor>,
-    ) -> Arc<Context> {
+    ) -> Result<Arc<Context>, rand::rand_core::OsError> {
         let l = &config.limits;
+        let cookie_secret = logins::node_cookie_secret()?;
         router.metrics().work_limits_registered(&budget::LIMIT_KEYS);
-        Arc::new(Context {
+        Ok(Arc::new(Context {
             settings: Settings::from_config(config),
-            logins: Logins::new(
-                secrets,
-                config.identity.profile,
-                // Without the OS random generator this node cannot log anyone in safely.
-                logins::node_cookie_secret().expect("the OS random generator is available"),
-            ),
+            logins: Logins::new(secrets, config.identity.profile, cookie_secret),
             conns: ConnLimiter::new(
                 l.max_connections,
                 l.max_connections_per_ip,
@@ -186,7 +184,7 @@ impl Context {
             shutdown,
             epoch: Instant::now(),
             next_session_id: std::sync::atomic::AtomicU32::new(rand::random::<u32>() | 1),
-        })
+        }))
     }
 
     /// Monotonic milliseconds since the comet started (link timers).
