@@ -250,16 +250,7 @@ impl Default for Limits {
     }
 }
 
-/// Which message leaves a full offline inbox.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EvictionPolicy {
-    /// The terminal's oldest stored message is evicted.
-    #[default]
-    DropOldest,
-    /// The new message is not stored for that terminal.
-    RejectNew,
-}
+pub use crate::terminal::EvictionPolicy;
 
 /// `[offline]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -361,6 +352,19 @@ pub struct Upload {
     pub spool_max_bytes: u64,
     /// Spooled uploads older than this are dropped, seconds. 0 = no cap.
     pub spool_max_age_secs: u64,
+}
+
+impl Upload {
+    /// The spool's retention limits from this section (the store never reads the
+    /// configuration).
+    pub fn spool_retention(&self) -> crate::store::embedded::SpoolRetention {
+        crate::store::embedded::SpoolRetention {
+            max_records: self.spool_max_records,
+            max_bytes: self.spool_max_bytes,
+            max_age_secs: self.spool_max_age_secs,
+            trim_consumed: self.spool_trim_consumed,
+        }
+    }
 }
 
 impl Default for Upload {
@@ -514,6 +518,27 @@ fn redact_urls(v: &mut toml::Value) {
 }
 
 impl Config {
+    /// The router's settings from `[identity]`, `[limits]`, `[offline]`, `[backend]` and
+    /// `[upload]` (the router itself never reads the configuration).
+    pub fn router_settings(&self) -> crate::router::RouterSettings {
+        use std::time::Duration;
+        crate::router::RouterSettings {
+            profile: self.identity.profile,
+            outbound_queue: self.limits.outbound_queue as usize,
+            queue_full_policy: self.limits.queue_full_policy,
+            default_ttl: Duration::from_secs(self.offline.ttl_secs),
+            max_ttl: Duration::from_secs(self.offline.max_ttl_secs),
+            max_payload: self.limits.max_payload_bytes as usize,
+            max_replay: self.offline.max_per_terminal as usize,
+            purge_interval: Duration::from_secs(self.offline.purge_interval_secs),
+            backend_url: self.backend.device_request_url.clone(),
+            backend_timeout: Duration::from_millis(self.backend.timeout_ms),
+            webhook_url: self.upload.webhook_url.clone(),
+            webhook_timeout: Duration::from_millis(self.upload.webhook_timeout_ms),
+            offer_on_store: true,
+        }
+    }
+
     /// The configuration as TOML (what `broker config check` prints), with every secret in
     /// [`SECRET_KEYS`] and every password inside a URL replaced by [`REDACTED`]; an unset
     /// secret stays an empty string, so the output shows which are set.

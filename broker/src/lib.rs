@@ -163,7 +163,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let retention = store::embedded::SpoolRetention::from_config(&config.upload);
+    let retention = config.upload.spool_retention();
     let writer_queue = config.storage.writer_queue as usize;
     let store = EmbeddedStore::open_with_writer_queue(&dir, limits, retention, writer_queue)
         .map_err(|source| StartError::Store {
@@ -213,7 +213,7 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     }
     let settings = RouterSettings {
         offer_on_store: parts.offer_on_store,
-        ..RouterSettings::from_config(config)
+        ..config.router_settings()
     };
     let router = Router::new(settings, parts.stores, parts.metrics);
     let shutdown = CancellationToken::new();

@@ -7,7 +7,8 @@
 //! It also holds the words several layers share, so that lower layers (metrics, stores) need not
 //! import them from the layers above: the [`Transport`] a session arrived on and the
 //! [`QueueFullPolicy`] of an outbound queue (re-exported by `router` and `config`, which own
-//! their use).
+//! their use), and the [`EvictionPolicy`] of a full offline inbox (the stores apply it; `config`
+//! re-exports it for the `[offline]` section).
 
 pub use shared_protocol::ids::{Address, IdError, IdProfile, Kind};
 
@@ -134,4 +135,15 @@ impl QueueFullPolicy {
             QueueFullPolicy::Disconnect => "disconnect",
         }
     }
+}
+
+/// Which message leaves a full offline inbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvictionPolicy {
+    /// The terminal's oldest stored message is evicted.
+    #[default]
+    DropOldest,
+    /// The new message is not stored for that terminal.
+    RejectNew,
 }

@@ -846,7 +846,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::discovery::{NodeAddr, NodeInfo};
-    use crate::router::{Login, Outbound, RouterSettings, Session, Transport};
+    use crate::router::{Login, Outbound, Session, Transport};
     use crate::store::embedded::{EmbeddedStore, OfflineLimits};
     use crate::terminal::Address;
 
@@ -916,7 +916,7 @@ mod tests {
         .unwrap();
         let metrics = Metrics::new();
         let router = Router::new(
-            RouterSettings::from_config(&Config::default()),
+            Config::default().router_settings(),
             store.stores(),
             metrics.clone(),
         );

@@ -62,7 +62,7 @@ use crate::discovery::{
 };
 use crate::keeper::RabbitView;
 use crate::metrics::Metrics;
-use crate::store::embedded::{EmbeddedStore, OfflineLimits, SpoolRetention};
+use crate::store::embedded::{EmbeddedStore, OfflineLimits};
 use crate::store::redis::{OnlineRegistry, RedisConn, RedisConnError, RedisStore};
 use crate::store::{StoreError, Stores};
 use crate::uploads::{
@@ -379,7 +379,7 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
     let local = EmbeddedStore::open_with_writer_queue(
         &config.storage.data_dir.join("upload-spool"),
         limits,
-        SpoolRetention::from_config(&config.upload),
+        config.upload.spool_retention(),
         config.storage.writer_queue as usize,
     )?
     .stores()
@@ -484,7 +484,7 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
     let local = EmbeddedStore::open_with_writer_queue(
         &config.storage.data_dir,
         limits,
-        SpoolRetention::from_config(&config.upload),
+        config.upload.spool_retention(),
         config.storage.writer_queue as usize,
     )?;
     let stores = Stores {

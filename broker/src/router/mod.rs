@@ -49,17 +49,17 @@ use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, QueueFullPolicy};
 use crate::metrics::{Metrics, Op};
 use crate::store::{
     Appended, NewMessage, NewUpload, Recipients, SpoolAppended, StoreError, Stores,
 };
+use crate::terminal::QueueFullPolicy;
 use crate::terminal::{Address, IdError, IdProfile, Kind};
 
 pub use registry::OnlineCounts;
 pub use session::{Enqueued, KickReason, Outbound, Session, SessionHandle, Transport};
 
-/// Router settings, taken from [`Config`].
+/// Router settings (the broker builds them from its configuration: `Config::router_settings`).
 #[derive(Clone, Debug)]
 pub struct RouterSettings {
     /// ID profile.
@@ -90,27 +90,6 @@ pub struct RouterSettings {
     /// A cluster comet turns it off: it offers every message from its delivery-notice stream
     /// instead, the one order all nodes' messages share ([`Router::deliver_local`]).
     pub offer_on_store: bool,
-}
-
-impl RouterSettings {
-    /// Settings from the configuration.
-    pub fn from_config(c: &Config) -> RouterSettings {
-        RouterSettings {
-            profile: c.identity.profile,
-            outbound_queue: c.limits.outbound_queue as usize,
-            queue_full_policy: c.limits.queue_full_policy,
-            default_ttl: Duration::from_secs(c.offline.ttl_secs),
-            max_ttl: Duration::from_secs(c.offline.max_ttl_secs),
-            max_payload: c.limits.max_payload_bytes as usize,
-            max_replay: c.offline.max_per_terminal as usize,
-            purge_interval: Duration::from_secs(c.offline.purge_interval_secs),
-            backend_url: c.backend.device_request_url.clone(),
-            backend_timeout: Duration::from_millis(c.backend.timeout_ms),
-            webhook_url: c.upload.webhook_url.clone(),
-            webhook_timeout: Duration::from_millis(c.upload.webhook_timeout_ms),
-            offer_on_store: true,
-        }
-    }
 }
 
 /// What a comet passes to [`Router::login`].

@@ -173,7 +173,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::QueueFullPolicy;
+    use crate::terminal::QueueFullPolicy;
 
     fn h(id: u64, a: Address, t: Transport) -> SessionHandle {
         SessionHandle::new(

@@ -24,9 +24,9 @@ use bytes::Bytes;
 use shared_protocol::codes::Code;
 use tokio::sync::Notify;
 
-use crate::config::QueueFullPolicy;
 use crate::store::StoredMessage;
 use crate::terminal::Address;
+use crate::terminal::QueueFullPolicy;
 
 use super::Router;
 

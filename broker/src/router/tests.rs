@@ -26,11 +26,7 @@ fn fixture(edit: impl FnOnce(&mut Config)) -> Fixture {
         },
     )
     .unwrap();
-    let router = Router::new(
-        RouterSettings::from_config(&c),
-        store.stores(),
-        Metrics::new(),
-    );
+    let router = Router::new(c.router_settings(), store.stores(), Metrics::new());
     Fixture { router, _dir: dir }
 }
 
@@ -1099,11 +1095,7 @@ async fn run_router_model(seed: u64, store: ModelStore) {
         let start = async |store: &ModelStore| {
             let metrics = Metrics::new();
             Fixture {
-                router: Router::new(
-                    RouterSettings::from_config(&c),
-                    store.open(&c, &metrics).await,
-                    metrics,
-                ),
+                router: Router::new(c.router_settings(), store.open(&c, &metrics).await, metrics),
                 _dir: tempfile::tempdir().unwrap(),
             }
         };

@@ -10,7 +10,7 @@ use super::{
     Bindings, Groups, MAX_MSG_ID, NewMessage, NewUpload, OfflineStore, Recipients, StoreError,
     UploadSpool,
 };
-use crate::config::EvictionPolicy;
+use crate::terminal::EvictionPolicy;
 use crate::terminal::{Address, Kind};
 
 fn msg(payload: &'static [u8], expires_at_ms: u64) -> NewMessage {

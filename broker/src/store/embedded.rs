@@ -56,7 +56,7 @@ use super::{
     Bindings, Groups, NewUpload, SpoolAppended, SpoolStats, StoreError, Stores, UploadRecord,
     UploadSpool, valid_group_name,
 };
-use crate::config::EvictionPolicy;
+use crate::terminal::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, from_key};
 use offline::SharedIndex;
 

@@ -32,10 +32,10 @@ use super::{
     BROADCASTS, CURSORS, EXPIRY, EmbeddedStore, INBOX, KNOWN_SINCE, MESSAGES, META, OfflineLimits,
     SKIPPED,
 };
-use crate::config::EvictionPolicy;
 use crate::store::{
     Appended, NewMessage, OfflineStats, OfflineStore, Recipients, StoreError, StoredMessage, msg_id,
 };
+use crate::terminal::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, from_key};
 
 /// The index behind its lock (never held across `.await`).

@@ -48,18 +48,6 @@ pub struct SpoolRetention {
     pub trim_consumed: bool,
 }
 
-impl SpoolRetention {
-    /// The retention set by the `[upload]` section.
-    pub fn from_config(c: &crate::config::Upload) -> SpoolRetention {
-        SpoolRetention {
-            max_records: c.spool_max_records,
-            max_bytes: c.spool_max_bytes,
-            max_age_secs: c.spool_max_age_secs,
-            trim_consumed: c.spool_trim_consumed,
-        }
-    }
-}
-
 /// Why an unconsumed record was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DropReason {
@@ -222,10 +210,10 @@ mod tests {
     use bytes::Bytes;
 
     use super::SpoolRetention;
-    use crate::config::EvictionPolicy;
     use crate::store::embedded::{EmbeddedStore, OfflineLimits};
     use crate::store::{SpoolStats, UploadSpool};
     use crate::terminal::Address;
+    use crate::terminal::EvictionPolicy;
 
     fn open(dir: &std::path::Path, r: SpoolRetention) -> Arc<EmbeddedStore> {
         let limits = OfflineLimits {

@@ -38,12 +38,12 @@ use super::data_loss::{CHECK_EPOCH, DataLossWatch};
 use super::offline_lua::{
     ACK_THROUGH, APPEND, CHECK_MARKER, GROUP_LIST, HELPERS, LOGIN, PURGE, REMEMBER, SINCE, STATS,
 };
-use crate::config::EvictionPolicy;
 use crate::store::embedded::OfflineLimits;
 use crate::store::{
     Appended, Bindings, Groups, MAX_MSG_ID, NewMessage, OfflineStats, OfflineStore, Recipients,
     StoreError, StoredMessage, valid_group_name,
 };
+use crate::terminal::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, Kind, from_key};
 
 /// Rows per script step when scanning inboxes or purging.
