@@ -62,6 +62,7 @@ pub mod api;
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod divide;
 pub mod lookup;
 #[cfg(feature = "embassy")]
 pub mod net;
