@@ -505,7 +505,12 @@ impl<'a> Frame<'a> {
             return Err(DecodeError::TooLarge);
         }
         let mut r = Reader::new(bytes);
-        let frame = Frame::read(&mut r)?;
+        let frame = Frame::read(&mut r).map_err(|e| match e {
+            WireError::Truncated => DecodeError::Truncated,
+            WireError::Malformed => DecodeError::Malformed,
+            WireError::BadUtf8 => DecodeError::BadUtf8,
+            WireError::UnknownVariant(index) => DecodeError::UnknownBody(index),
+        })?;
         if !r.is_empty() {
             return Err(DecodeError::TrailingBytes);
         }
@@ -514,8 +519,9 @@ impl<'a> Frame<'a> {
     }
 
     /// Reads the fields in wire order; the first field that fails decides the error, as with
-    /// the serde derive through postcard.
-    fn read(r: &mut Reader<'a>) -> Result<Frame<'a>, DecodeError> {
+    /// the serde derive through postcard. (Errors stay [`WireError`]s until [`Frame::decode`]
+    /// converts the one that happened: one conversion instead of one per field.)
+    fn read(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
         let seq = r.u32()?;
         let ack = Ack {
             next: r.u32()?,
@@ -603,7 +609,7 @@ impl<'a> Frame<'a> {
                 code: Code(r.u16()?),
                 about_seq: r.u32()?,
             },
-            unknown => return Err(DecodeError::UnknownBody(unknown)),
+            unknown => return Err(WireError::UnknownVariant(unknown)),
         };
         Ok(Frame { seq, ack, body })
     }
@@ -615,24 +621,14 @@ fn write_address(w: &mut Writer<'_>, address: Address) -> Result<(), BufferFull>
     w.varint(address.id.into())
 }
 
-/// Reads what [`write_address`] writes; another kind index is [`DecodeError::Malformed`].
-fn read_address(r: &mut Reader<'_>) -> Result<Address, DecodeError> {
+/// Reads what [`write_address`] writes; another kind index is malformed.
+fn read_address(r: &mut Reader<'_>) -> Result<Address, WireError> {
     let kind = match r.u32()? {
         0 => Kind::Device,
         1 => Kind::Phone,
-        _ => return Err(DecodeError::Malformed),
+        _ => return Err(WireError::Malformed),
     };
     Ok(Address { kind, id: r.u32()? })
-}
-
-impl From<WireError> for DecodeError {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::Truncated => DecodeError::Truncated,
-            WireError::Malformed => DecodeError::Malformed,
-            WireError::BadUtf8 => DecodeError::BadUtf8,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -703,7 +703,9 @@ impl<'de> serde::de::Visitor<'de> for FillBytes<'_> {
 fn packet_error(e: WireError) -> PacketError {
     match e {
         WireError::Truncated => PacketError::Truncated,
-        WireError::Malformed | WireError::BadUtf8 => PacketError::Malformed,
+        WireError::Malformed | WireError::BadUtf8 | WireError::UnknownVariant(_) => {
+            PacketError::Malformed
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) enum WireError {
     Malformed,
     /// A string field is not UTF-8.
     BadUtf8,
+    /// An enum's variant index this version does not know (the index).
+    UnknownVariant(u32),
 }
 
 /// Reads postcard fields from the front of a byte slice.
