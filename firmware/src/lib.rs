@@ -11,7 +11,8 @@
 //!  board main ──> DeviceConfig (id, key, endpoints: build-time env or flash)
 //!      │
 //!      ├─ client::DeviceClient  sans-IO core: Backoff -> Handshaking -> Online -> Backoff ...
-//!      │     uses backoff (full jitter), queue (uploads), stats, rng (injected), time (injected)
+//!      │     uses backoff (full jitter), queue (uploads), stats, rng (injected), time (injected),
+//!      │     divide (u64 by u32 without the compiler's 64-bit division routine: less flash)
 //!      │
 //!      ├─ net (feature `embassy`): Runner drives the core over a Transport
 //!      │     (UdpTransport | WsTransport | DualTransport on embassy-net sockets);
@@ -62,6 +63,7 @@ pub mod api;
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod divide;
 pub mod lookup;
 #[cfg(feature = "embassy")]
 pub mod net;

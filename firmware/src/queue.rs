@@ -105,7 +105,16 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
     pub fn ack(&mut self, id: UploadId) -> bool {
         match self.entries.iter().position(|u| u.id == id) {
             Some(index) => {
-                self.entries.remove(index);
+                // The last entry takes the slot: no shifting; [`UploadQueue::next_unsent`] finds
+                // the oldest by id. Swapping two distinct entries (not `swap_remove`, whose
+                // possibly overlapping copy is a `memmove`) keeps the SDK free of `memmove`
+                // (0.7 KiB of flash).
+                let last = self.entries.len() - 1;
+                if index < last {
+                    let (front, back) = self.entries.split_at_mut(last);
+                    core::mem::swap(&mut front[index], &mut back[0]);
+                }
+                self.entries.pop();
                 true
             }
             None => false,
@@ -119,7 +128,12 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
 
     /// The oldest upload not yet sent in the current session.
     pub fn next_unsent(&self) -> Option<&Upload<P>> {
-        self.entries.iter().find(|u| !u.sent)
+        // Ids grow by one per push (wrapping, skipping 0), so the oldest entry is the one whose
+        // id lies furthest behind the next id; at most N ids are alive, so this never wraps.
+        self.entries
+            .iter()
+            .filter(|u| !u.sent)
+            .max_by_key(|u| self.next_id.wrapping_sub(u.id.0))
     }
 
     /// Marks an upload as sent in the current session.
@@ -199,6 +213,29 @@ mod tests {
         assert_eq!(q.next_unsent().unwrap().id, a);
         assert!(q.ack(a));
         assert!(!q.ack(a), "a duplicate ack changes nothing");
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn uploads_go_out_oldest_first_whatever_was_acked() {
+        // Ids wrap from u32::MAX to 1 in the middle of the queue.
+        let mut q: UploadQueue<4, 8> = UploadQueue::new(u32::MAX - 1);
+        let ids: std::vec::Vec<UploadId> = (0..4).map(|i| q.push("t", &[i]).unwrap()).collect();
+        assert!(q.ack(ids[1]));
+        let mut order = std::vec::Vec::new();
+        while let Some(u) = q.next_unsent() {
+            order.push(u.payload[0]);
+            let id = u.id;
+            q.mark_sent(id);
+        }
+        assert_eq!(order, [0, 2, 3], "oldest first, the acked one gone");
+        assert_eq!(q.mark_all_unsent(), 3);
+        assert!(q.ack(ids[0]));
+        let e = q.push("t", &[4]).unwrap();
+        assert_eq!(q.next_unsent().unwrap().id, ids[2]);
+        assert!(q.ack(ids[2]));
+        assert!(q.ack(ids[3]));
+        assert_eq!(q.next_unsent().unwrap().id, e);
         assert_eq!(q.len(), 1);
     }
 

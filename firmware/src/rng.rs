@@ -26,7 +26,11 @@ pub trait Rng {
             return self.next_u32();
         }
         let wide = (u64::from(self.next_u32()) << 32) | u64::from(self.next_u32());
-        (wide % (u64::from(max) + 1)) as u32
+        // max < u32::MAX here, so max + 1 is a non-zero u32.
+        match core::num::NonZeroU32::new(max + 1) {
+            Some(range) => crate::divide::div_rem(wide, range).1,
+            None => self.next_u32(),
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Frames carried inside DATA packets (docs/protocol.md section 4).
 //!
-//! A [`Frame`] is `seq`, an [`Ack`] and a [`Body`]; on the wire it is plain postcard. Payloads
+//! A [`Frame`] is `seq`, an [`Ack`] and a [`Body`]; on the wire it is plain postcard, read and
+//! written field by field through [`crate::wire`] (the serde derives stay for hosts and give
+//! the same bytes; the hand-written codec keeps a device's flash small). Payloads
 //! and strings borrow from the decoded buffer (zero copy). The codec enforces, on both encode and
 //! decode, the size limits of section 8 ([`MAX_FRAME`], [`MAX_PAYLOAD`], [`MAX_TOPIC`],
 //! [`MAX_PATH`], [`MAX_NAME`]), `msg_id <= 2^53 - 1`, and the reliability rule that reliable
@@ -16,9 +18,10 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::Code;
-use crate::ids::Address;
+use crate::ids::{Address, Kind};
 use crate::limits::{MAX_FRAME, MAX_MSG_ID, MAX_NAME, MAX_PATH, MAX_PAYLOAD, MAX_TOPIC};
 pub use crate::reliability::Ack;
+use crate::wire::{BufferFull, Reader, WireError, Writer};
 
 /// Number of body variants in this version (variant indexes `0..BODY_VARIANTS`).
 pub const BODY_VARIANTS: u32 = 16;
@@ -401,11 +404,98 @@ impl<'a> Frame<'a> {
     pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], EncodeError> {
         self.check()?;
         let len = buf.len();
-        let limited = &mut buf[..len.min(MAX_FRAME)];
-        match postcard::to_slice(self, limited) {
-            Ok(bytes) => Ok(bytes),
-            Err(_) if len >= MAX_FRAME => Err(EncodeError::TooLarge),
-            Err(_) => Err(EncodeError::BufferTooSmall),
+        let mut w = Writer::new(&mut buf[..len.min(MAX_FRAME)]);
+        match self.write(&mut w) {
+            Ok(()) => Ok(w.finish()),
+            Err(BufferFull) if len >= MAX_FRAME => Err(EncodeError::TooLarge),
+            Err(BufferFull) => Err(EncodeError::BufferTooSmall),
+        }
+    }
+
+    /// Writes the fields in wire order (the same bytes as the serde derive through postcard).
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), BufferFull> {
+        w.varint(self.seq.into())?;
+        w.varint(self.ack.next.into())?;
+        w.varint(self.ack.mask.into())?;
+        w.varint(self.body.index().into())?;
+        match self.body {
+            Body::Welcome {
+                session_id,
+                heartbeat_secs,
+                session_timeout_secs,
+                max_payload,
+                server_time_ms,
+            } => {
+                w.varint(session_id.into())?;
+                w.varint(heartbeat_secs.into())?;
+                w.varint(session_timeout_secs.into())?;
+                w.varint(max_payload.into())?;
+                w.varint(server_time_ms)
+            }
+            Body::Ping | Body::AckOnly => Ok(()),
+            Body::Pong { server_time_ms } => w.varint(server_time_ms),
+            Body::Deliver {
+                msg_id,
+                from,
+                payload,
+            } => {
+                w.varint(msg_id)?;
+                match from {
+                    None => w.bool(false)?,
+                    Some(address) => {
+                        w.bool(true)?;
+                        write_address(w, address)?;
+                    }
+                }
+                w.bytes(payload)
+            }
+            Body::Send { to, payload } => {
+                write_address(w, to)?;
+                w.bytes(payload)
+            }
+            Body::Upload {
+                upload_id: id,
+                topic: text,
+                payload,
+            }
+            | Body::Command {
+                cmd_id: id,
+                name: text,
+                payload,
+            }
+            | Body::Request {
+                req_id: id,
+                path: text,
+                payload,
+            } => {
+                w.varint(id.into())?;
+                w.bytes(text.as_bytes())?;
+                w.bytes(payload)
+            }
+            Body::UploadAck { upload_id } => w.varint(upload_id.into()),
+            Body::CommandResult {
+                cmd_id: id,
+                status,
+                payload,
+            }
+            | Body::Response {
+                req_id: id,
+                status,
+                payload,
+            } => {
+                w.varint(id.into())?;
+                w.varint(status.into())?;
+                w.bytes(payload)
+            }
+            Body::Presence { who, online } => {
+                write_address(w, who)?;
+                w.bool(online)
+            }
+            Body::Kick { reason: code } | Body::Goodbye { reason: code } => w.varint(code.0.into()),
+            Body::Error { code, about_seq } => {
+                w.varint(code.0.into())?;
+                w.varint(about_seq.into())
+            }
         }
     }
 
@@ -414,34 +504,131 @@ impl<'a> Frame<'a> {
         if bytes.len() > MAX_FRAME {
             return Err(DecodeError::TooLarge);
         }
-        let (frame, rest) =
-            postcard::take_from_bytes::<Frame<'a>>(bytes).map_err(|e| classify(bytes, e))?;
-        if !rest.is_empty() {
+        let mut r = Reader::new(bytes);
+        let frame = Frame::read(&mut r).map_err(|e| match e {
+            WireError::Truncated => DecodeError::Truncated,
+            WireError::Malformed => DecodeError::Malformed,
+            WireError::BadUtf8 => DecodeError::BadUtf8,
+            WireError::UnknownVariant(index) => DecodeError::UnknownBody(index),
+        })?;
+        if !r.is_empty() {
             return Err(DecodeError::TrailingBytes);
         }
         frame.check()?;
         Ok(frame)
     }
-}
 
-/// Turns a postcard error into a [`DecodeError`], telling an unknown variant index apart.
-fn classify(bytes: &[u8], e: postcard::Error) -> DecodeError {
-    use postcard::Error as P;
-    match e {
-        P::DeserializeUnexpectedEnd => DecodeError::Truncated,
-        P::DeserializeBadUtf8 => DecodeError::BadUtf8,
-        _ => match body_index(bytes) {
-            Some(i) if i >= BODY_VARIANTS => DecodeError::UnknownBody(i),
-            _ => DecodeError::Malformed,
-        },
+    /// Reads the fields in wire order; the first field that fails decides the error, as with
+    /// the serde derive through postcard. (Errors stay [`WireError`]s until [`Frame::decode`]
+    /// converts the one that happened: one conversion instead of one per field.)
+    fn read(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+        let seq = r.u32()?;
+        let ack = Ack {
+            next: r.u32()?,
+            mask: r.u32()?,
+        };
+        // Variants with the same field types share one read (a device links one copy).
+        let body = match r.u32()? {
+            0 => Body::Welcome {
+                session_id: r.u32()?,
+                heartbeat_secs: r.u16()?,
+                session_timeout_secs: r.u16()?,
+                max_payload: r.u16()?,
+                server_time_ms: r.u64()?,
+            },
+            1 => Body::Ping,
+            2 => Body::Pong {
+                server_time_ms: r.u64()?,
+            },
+            3 => Body::AckOnly,
+            4 => Body::Deliver {
+                msg_id: r.u64()?,
+                from: if r.bool()? {
+                    Some(read_address(r)?)
+                } else {
+                    None
+                },
+                payload: r.bytes()?,
+            },
+            5 => Body::Send {
+                to: read_address(r)?,
+                payload: r.bytes()?,
+            },
+            index @ (6 | 8 | 10) => {
+                let (id, text, payload) = (r.u32()?, r.str()?, r.bytes()?);
+                match index {
+                    6 => Body::Upload {
+                        upload_id: id,
+                        topic: text,
+                        payload,
+                    },
+                    8 => Body::Command {
+                        cmd_id: id,
+                        name: text,
+                        payload,
+                    },
+                    _ => Body::Request {
+                        req_id: id,
+                        path: text,
+                        payload,
+                    },
+                }
+            }
+            7 => Body::UploadAck {
+                upload_id: r.u32()?,
+            },
+            index @ (9 | 11) => {
+                let (id, status, payload) = (r.u32()?, r.u16()?, r.bytes()?);
+                if index == 9 {
+                    Body::CommandResult {
+                        cmd_id: id,
+                        status,
+                        payload,
+                    }
+                } else {
+                    Body::Response {
+                        req_id: id,
+                        status,
+                        payload,
+                    }
+                }
+            }
+            12 => Body::Presence {
+                who: read_address(r)?,
+                online: r.bool()?,
+            },
+            index @ (13 | 14) => {
+                let reason = Code(r.u16()?);
+                if index == 13 {
+                    Body::Kick { reason }
+                } else {
+                    Body::Goodbye { reason }
+                }
+            }
+            15 => Body::Error {
+                code: Code(r.u16()?),
+                about_seq: r.u32()?,
+            },
+            unknown => return Err(WireError::UnknownVariant(unknown)),
+        };
+        Ok(Frame { seq, ack, body })
     }
 }
 
-/// The body variant index of a frame whose `seq` and `ack` decode, if any.
-fn body_index(bytes: &[u8]) -> Option<u32> {
-    let ((_seq, _ack), rest) = postcard::take_from_bytes::<(u32, Ack)>(bytes).ok()?;
-    let (index, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
-    Some(index)
+/// An [`Address`]: the kind as a variant index (a `u32` varint, `0` or `1`), then the id.
+fn write_address(w: &mut Writer<'_>, address: Address) -> Result<(), BufferFull> {
+    w.varint(address.kind as u64)?;
+    w.varint(address.id.into())
+}
+
+/// Reads what [`write_address`] writes; another kind index is malformed.
+fn read_address(r: &mut Reader<'_>) -> Result<Address, WireError> {
+    let kind = match r.u32()? {
+        0 => Kind::Device,
+        1 => Kind::Phone,
+        _ => return Err(WireError::Malformed),
+    };
+    Ok(Address { kind, id: r.u32()? })
 }
 
 #[cfg(test)]

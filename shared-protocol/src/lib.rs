@@ -10,6 +10,8 @@
 //! * [`limits`]: sizes and timeouts peers can rely on.
 //! * [`packet`]: the outer packet layouts (handshake packets, DATA header).
 //! * [`frame`]: the frames carried inside DATA packets and their codec.
+//! * `wire` (private): the postcard primitives (varints, tags, strings) the frame codec reads
+//!   and writes by hand.
 //! * [`keys`]: device keys (fleet derivation), cookies, proofs and session key schedule.
 //! * [`replay`]: the anti-replay window for counter nonces.
 //! * [`aead`]: the ChaCha20-Poly1305 trait sessions seal and open with, and its two backends
@@ -39,3 +41,4 @@ pub mod provision;
 pub mod reliability;
 pub mod replay;
 pub mod session;
+mod wire;

@@ -1,7 +1,8 @@
 //! Outer packet layouts of the binary transport (docs/protocol.md section 2).
 //!
 //! Every datagram / WebSocket binary message is one packet: a version byte, a type byte and a body.
-//! The handshake bodies ([`Hello`], [`Challenge`], [`Login`], [`Reject`]) are cleartext postcard;
+//! The handshake bodies ([`Hello`], [`Challenge`], [`Login`], [`Reject`]) are cleartext postcard
+//! (read and written field by field through [`crate::wire`]; the serde derives give the same bytes);
 //! a DATA packet is a fixed 14-byte [`DataHeader`] followed by the sealed frame (ciphertext and
 //! tag), which [`crate::session`] opens. A WELCOME packet is a fixed 22-byte [`WelcomeHeader`]
 //! (session id and the broker's nonce, both key-schedule inputs the device needs before it can
@@ -16,11 +17,12 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::Code;
-use crate::ids::Address;
+use crate::ids::{Address, Kind};
 use crate::limits::{
     BROKER_NONCE_LEN, DATA_HEADER_LEN, HELLO_MIN_LEN, MAX_MSG_ID, MAX_PACKET, MIN_FRAME,
     PACKET_HEADER_LEN, PROTOCOL_VERSION, TAG_LEN, WELCOME_HEADER_LEN,
 };
+use crate::wire::{BufferFull, Reader, WireError, Writer};
 
 /// The packet type byte (byte 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -470,16 +472,24 @@ impl<'a> Packet<'a> {
     }
 }
 
-/// What each handshake body adds to the plain postcard codec: its packet type, and the checks
-/// and padding of section 2. Each type encodes and decodes on its own, so a program that only
-/// sends LOGIN and reads CHALLENGE links only those two codecs (the device), not every type's.
-trait HandshakeBody: Sized + Serialize + for<'de> Deserialize<'de> {
+/// What each handshake body adds to the plain postcard codec: its packet type, its fields in
+/// wire order (read and written through [`crate::wire`], the same bytes as the serde derives),
+/// and the checks and padding of section 2. Each type encodes and decodes on its own, so a
+/// program that only sends LOGIN and reads CHALLENGE links only those two codecs (the device),
+/// not every type's.
+trait HandshakeBody: Sized {
     /// The type byte.
     const TYPE: PacketType;
 
+    /// Writes the body's fields.
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), BufferFull>;
+
+    /// Reads the body's fields; the first field that fails decides the error.
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError>;
+
     /// Writes header and body into `buf` (with any padding); returns the length.
     fn put(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        put(Self::TYPE, self, buf)
+        put(Self::TYPE, buf, |w| self.write(w))
     }
 
     /// Decodes the body of a whole `packet` whose header said [`Self::TYPE`].
@@ -491,8 +501,20 @@ trait HandshakeBody: Sized + Serialize + for<'de> Deserialize<'de> {
 impl HandshakeBody for Hello {
     const TYPE: PacketType = PacketType::Hello;
 
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), BufferFull> {
+        write_address(w, self.address)?;
+        w.raw(&self.client_nonce)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Hello {
+            address: read_address(r)?,
+            client_nonce: r.array()?,
+        })
+    }
+
     fn put(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        let n = put(Self::TYPE, self, buf)?;
+        let n = put(Self::TYPE, buf, |w| self.write(w))?;
         let padded = buf
             .get_mut(n..HELLO_MIN_LEN)
             .ok_or(EncodeError::BufferTooSmall)?;
@@ -504,8 +526,9 @@ impl HandshakeBody for Hello {
         if packet.len() < HELLO_MIN_LEN {
             return Err(PacketError::HelloTooShort);
         }
-        let (hello, padding): (Hello, _) = take(body)?;
-        if padding.iter().any(|&b| b != 0) {
+        let mut r = Reader::new(body);
+        let hello = Hello::read(&mut r).map_err(packet_error)?;
+        if r.rest().iter().any(|&b| b != 0) {
             return Err(PacketError::BadPadding);
         }
         Ok(hello)
@@ -514,16 +537,50 @@ impl HandshakeBody for Hello {
 
 impl HandshakeBody for Challenge {
     const TYPE: PacketType = PacketType::Challenge;
+
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), BufferFull> {
+        w.varint(self.timestamp_ms)?;
+        w.raw(&self.cookie)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Challenge {
+            timestamp_ms: r.u64()?,
+            cookie: r.array()?,
+        })
+    }
 }
 
 impl HandshakeBody for Login {
     const TYPE: PacketType = PacketType::Login;
 
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), BufferFull> {
+        write_address(w, self.address)?;
+        w.raw(&self.client_nonce)?;
+        w.varint(self.timestamp_ms)?;
+        w.raw(&self.cookie)?;
+        w.varint(self.since_id)?;
+        w.varint(self.upload_epoch)?;
+        w.raw(&self.proof)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Login {
+            address: read_address(r)?,
+            client_nonce: r.array()?,
+            timestamp_ms: r.u64()?,
+            cookie: r.array()?,
+            since_id: r.u64()?,
+            upload_epoch: r.u64()?,
+            proof: r.array()?,
+        })
+    }
+
     fn put(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         if !self.fields_in_range() {
             return Err(EncodeError::OutOfRange);
         }
-        put(Self::TYPE, self, buf)
+        put(Self::TYPE, buf, |w| self.write(w))
     }
 
     fn from_body(_packet: &[u8], body: &[u8]) -> Result<Self, PacketError> {
@@ -537,6 +594,20 @@ impl HandshakeBody for Login {
 
 impl HandshakeBody for Reject {
     const TYPE: PacketType = PacketType::Reject;
+
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), BufferFull> {
+        w.varint(self.code.0.into())?;
+        w.byte(self.max_version)?;
+        w.varint(self.retry_after_ms.into())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Reject {
+            code: Code(r.u16()?),
+            max_version: r.byte()?,
+            retry_after_ms: r.u32()?,
+        })
+    }
 }
 
 macro_rules! packet_codec {
@@ -564,23 +635,41 @@ macro_rules! packet_codec {
 
 packet_codec!(Hello, Challenge, Login, Reject);
 
-/// Writes header and postcard body; returns the length. Bodies are always far below MAX_PACKET.
-fn put<T: Serialize>(t: PacketType, body: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
+/// Writes header and body (by `body`); returns the length. Bodies are always far below
+/// MAX_PACKET.
+fn put(
+    t: PacketType,
+    buf: &mut [u8],
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), BufferFull>,
+) -> Result<usize, EncodeError> {
     let [version, packet_type, rest @ ..] = buf else {
         return Err(EncodeError::BufferTooSmall);
     };
     *version = PROTOCOL_VERSION;
     *packet_type = t as u8;
-    let n = postcard::to_slice(body, rest)
-        .map_err(|_| EncodeError::BufferTooSmall)?
-        .len();
-    Ok(PACKET_HEADER_LEN + n)
+    let mut w = Writer::new(rest);
+    body(&mut w).map_err(|BufferFull| EncodeError::BufferTooSmall)?;
+    Ok(PACKET_HEADER_LEN + w.finish().len())
+}
+
+/// An [`Address`] as postcard writes it: the kind's variant index (a `u32` varint), the id.
+fn write_address(w: &mut Writer<'_>, address: Address) -> Result<(), BufferFull> {
+    w.varint(address.kind as u64)?;
+    w.varint(address.id.into())
+}
+
+/// Reads what [`write_address`] writes; another kind index is [`WireError::Malformed`].
+fn read_address(r: &mut Reader<'_>) -> Result<Address, WireError> {
+    let kind = match r.u32()? {
+        0 => Kind::Device,
+        1 => Kind::Phone,
+        _ => return Err(WireError::Malformed),
+    };
+    Ok(Address { kind, id: r.u32()? })
 }
 
 /// Deserialises a fixed-size byte field (`[u8; N]`, postcard: the N bytes as they are) with one
-/// loop shared by every size. serde's own array impl unrolls one element read per byte for each
-/// N, which cost a device over 1 KiB of flash for the 16- and 32-byte fields; the bytes on the
-/// wire are the same.
+/// loop shared by every size, for hosts that decode these bodies through serde.
 fn fixed_bytes<'de, D: serde::Deserializer<'de>, const N: usize>(
     deserializer: D,
 ) -> Result<[u8; N], D::Error> {
@@ -609,17 +698,25 @@ impl<'de> serde::de::Visitor<'de> for FillBytes<'_> {
     }
 }
 
-fn take<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<(T, &'a [u8]), PacketError> {
-    postcard::take_from_bytes(body).map_err(|e| match e {
-        postcard::Error::DeserializeUnexpectedEnd => PacketError::Truncated,
-        _ => PacketError::Malformed,
-    })
+/// A body's read error as the packet error the codec reports (a string field cannot occur in
+/// a handshake body, so a UTF-8 error is malformed input too).
+fn packet_error(e: WireError) -> PacketError {
+    match e {
+        WireError::Truncated => PacketError::Truncated,
+        WireError::Malformed | WireError::BadUtf8 | WireError::UnknownVariant(_) => {
+            PacketError::Malformed
+        }
+    }
 }
 
-fn take_all<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, PacketError> {
-    match take(body)? {
-        (value, []) => Ok(value),
-        _ => Err(PacketError::TrailingBytes),
+/// Reads a whole body: bytes after its last field are [`PacketError::TrailingBytes`].
+fn take_all<T: HandshakeBody>(body: &[u8]) -> Result<T, PacketError> {
+    let mut r = Reader::new(body);
+    let value = T::read(&mut r).map_err(packet_error)?;
+    if r.is_empty() {
+        Ok(value)
+    } else {
+        Err(PacketError::TrailingBytes)
     }
 }
 

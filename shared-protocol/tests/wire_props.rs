@@ -394,3 +394,157 @@ mod json {
         }
     }
 }
+
+/// The frame and handshake codecs are written by hand (`wire` module) to keep a device's flash
+/// small; the types keep their serde derives. These properties hold the two to the same bytes
+/// on encode and to the same result, value or error, on decode of valid and mutated input, with
+/// postcard through the derives as the reference.
+mod same_as_postcard {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+    use shared_protocol::frame::DecodeError;
+    use shared_protocol::packet::PacketError;
+
+    /// What `Frame::decode` returned when it decoded through the serde derive.
+    fn reference_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(DecodeError::TooLarge);
+        }
+        let (frame, rest) = postcard::take_from_bytes::<Frame<'_>>(bytes).map_err(|e| match e {
+            postcard::Error::DeserializeUnexpectedEnd => DecodeError::Truncated,
+            postcard::Error::DeserializeBadUtf8 => DecodeError::BadUtf8,
+            _ => {
+                let index = postcard::take_from_bytes::<(u32, Ack)>(bytes)
+                    .ok()
+                    .and_then(|(_, rest)| postcard::take_from_bytes::<u32>(rest).ok());
+                match index {
+                    Some((i, _)) if i >= 16 => DecodeError::UnknownBody(i),
+                    _ => DecodeError::Malformed,
+                }
+            }
+        })?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        frame.check()?;
+        Ok(frame)
+    }
+
+    /// What a handshake body's `decode` returned when it decoded through the serde derive
+    /// (`packet` has a valid header of the body's type).
+    fn reference_body<T: for<'de> Deserialize<'de>>(
+        packet: &[u8],
+        padded: bool,
+    ) -> Result<T, PacketError> {
+        if padded && packet.len() < HELLO_MIN_LEN {
+            return Err(PacketError::HelloTooShort);
+        }
+        let (value, rest) = postcard::take_from_bytes::<T>(&packet[2..]).map_err(|e| match e {
+            postcard::Error::DeserializeUnexpectedEnd => PacketError::Truncated,
+            _ => PacketError::Malformed,
+        })?;
+        match (padded, rest.iter().all(|&b| b == 0)) {
+            (_, true) if rest.is_empty() => Ok(value),
+            (true, true) => Ok(value),
+            (true, false) => Err(PacketError::BadPadding),
+            (false, _) => Err(PacketError::TrailingBytes),
+        }
+    }
+
+    /// The header and postcard body the serde derive writes.
+    fn reference_packet<T: Serialize>(t: u8, body: &T) -> Vec<u8> {
+        let mut out = vec![shared_protocol::limits::PROTOCOL_VERSION, t];
+        let mut buf = [0u8; MAX_PACKET];
+        out.extend_from_slice(postcard::to_slice(body, &mut buf).unwrap());
+        out
+    }
+
+    /// A packet with one body byte changed and cut after the header or later.
+    fn mutate_body(mut bytes: Vec<u8>, at: usize, byte: u8, cut: usize) -> Vec<u8> {
+        let i = 2 + at % (bytes.len() - 2);
+        bytes[i] = byte;
+        bytes.truncate(2 + cut % (bytes.len() - 1));
+        bytes
+    }
+
+    /// `bytes` with byte `at` set to `byte`, cut to at most `cut` + 1 bytes.
+    fn mutate(mut bytes: Vec<u8>, at: usize, byte: u8, cut: usize) -> Vec<u8> {
+        let i = at % bytes.len();
+        bytes[i] = byte;
+        bytes.truncate(1 + cut % bytes.len());
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn frames_encode_to_the_derives_bytes(parts in parts()) {
+            let frame = parts.frame();
+            let mut buf = [0u8; MAX_PACKET];
+            let bytes = frame.encode(&mut buf).unwrap();
+            let mut theirs = [0u8; MAX_PACKET];
+            prop_assert_eq!(&bytes[..], &postcard::to_slice(&frame, &mut theirs).unwrap()[..]);
+        }
+
+        #[test]
+        fn frames_decode_like_the_derive(
+            parts in parts(), at in any::<usize>(), byte in any::<u8>(), cut in any::<usize>(),
+        ) {
+            let mut buf = [0u8; MAX_PACKET];
+            let valid = parts.frame().encode(&mut buf).unwrap().to_vec();
+            prop_assert_eq!(Frame::decode(&valid), reference_frame(&valid));
+            let mutated = mutate(valid, at, byte, cut);
+            prop_assert_eq!(Frame::decode(&mutated), reference_frame(&mutated));
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_like_the_derive(
+            head in proptest::collection::vec(0u8..20, 0..6),
+            tail in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            // Small leading bytes reach the body decoders instead of failing on `seq`.
+            let bytes = [head, tail].concat();
+            prop_assert_eq!(Frame::decode(&bytes), reference_frame(&bytes));
+        }
+
+        #[test]
+        fn handshake_bodies_match_the_derive(
+            (_, address, nonce, ts, cookie, since_id, code, n32, _) in packet_strategy(),
+            at in any::<usize>(), byte in any::<u8>(), cut in any::<usize>(),
+        ) {
+            let mut buf = [0u8; MAX_PACKET];
+            let hello = Hello { address, client_nonce: nonce };
+            let ours = hello.encode(&mut buf).unwrap().to_vec();
+            let theirs = reference_packet(0x01, &hello);
+            prop_assert_eq!(&ours[..theirs.len()], &theirs[..]);
+            prop_assert!(ours[theirs.len()..].iter().all(|&b| b == 0));
+            let bytes = mutate_body(ours, at, byte, cut);
+            prop_assert_eq!(Hello::decode(&bytes), reference_body::<Hello>(&bytes, true));
+
+            let challenge = Challenge { timestamp_ms: ts, cookie };
+            let ours = challenge.encode(&mut buf).unwrap().to_vec();
+            prop_assert_eq!(&ours, &reference_packet(0x02, &challenge));
+            let bytes = mutate_body(ours, at, byte, cut);
+            prop_assert_eq!(Challenge::decode(&bytes), reference_body::<Challenge>(&bytes, false));
+
+            let login = Login {
+                address, client_nonce: nonce, timestamp_ms: ts, cookie, since_id,
+                upload_epoch: ts | 1, proof: cookie,
+            };
+            let ours = login.encode(&mut buf).unwrap().to_vec();
+            prop_assert_eq!(&ours, &reference_packet(0x03, &login));
+            let bytes = mutate_body(ours, at, byte, cut);
+            let expected = reference_body::<Login>(&bytes, false).and_then(|l| {
+                if l.fields_in_range() { Ok(l) } else { Err(PacketError::OutOfRange) }
+            });
+            prop_assert_eq!(Login::decode(&bytes), expected);
+
+            let reject = Reject { code: Code(code), max_version: cookie[0], retry_after_ms: n32 };
+            let ours = reject.encode(&mut buf).unwrap().to_vec();
+            prop_assert_eq!(&ours, &reference_packet(0x04, &reject));
+            let bytes = mutate_body(ours, at, byte, cut);
+            prop_assert_eq!(Reject::decode(&bytes), reference_body::<Reject>(&bytes, false));
+        }
+    }
+}

@@ -1,8 +1,10 @@
 //! Exception and interrupt bindings: the one place that maps the board's
 //! interrupt numbers to driver code.
 //!
-//! Without a device (PAC) crate, cortex-m-rt routes every external interrupt to
-//! `DefaultHandler`, which receives the IRQ number; we dispatch from there.
+//! Without a device (PAC) crate, every external interrupt goes to `DefaultHandler`, which
+//! receives the IRQ number; we dispatch from there. The vector holds the machine's 32 external
+//! interrupts ([`__INTERRUPTS`]; cortex-m-rt's generic one, without its `device` feature, has
+//! 240 entries, 832 B of flash more).
 //! cortex-m-rt requires `DefaultHandler`, `NonMaskableInt` and `HardFault` to be declared
 //! `unsafe fn` (defining them replaces the runtime's defaults), which is why this module allows
 //! `unsafe_code`.
@@ -22,6 +24,21 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     defmt::error!("hard fault or panic at pc {=u32:#x}", frame.pc());
     crate::exit(panic::PANIC_EXIT_CODE)
 }
+
+/// External interrupts of QEMU's mps2-an386 (its NVIC has 32; the LAN9118 is number 13).
+const EXTERNAL_INTERRUPTS: usize = 32;
+
+/// The external part of the vector table (cortex-m-rt's `device` feature expects the board
+/// to provide it): every entry is cortex-m-rt's `DefaultHandler` trampoline, which passes the
+/// IRQ number to [`DefaultHandler`] below.
+#[unsafe(link_section = ".vector_table.interrupts")]
+#[unsafe(no_mangle)]
+pub static __INTERRUPTS: [unsafe extern "C" fn(); EXTERNAL_INTERRUPTS] = {
+    unsafe extern "C" {
+        fn DefaultHandler();
+    }
+    [DefaultHandler; EXTERNAL_INTERRUPTS]
+};
 
 #[exception]
 fn SysTick() {

@@ -1,5 +1,8 @@
 //! Power metering: the [`Meter`] trait boards implement, and [`SimulatedMeter`] for virtual boards.
 
+use core::num::NonZeroU32;
+
+use crate::divide::{div_rem, nonzero};
 use crate::time::Instant;
 
 /// One meter reading.
@@ -49,7 +52,8 @@ impl Meter for SimulatedMeter {
     fn read(&mut self, now: Instant, relay_on: bool) -> Reading {
         let power_mw = if relay_on {
             // Up to 2 % ripple, a pure function of time so tests are reproducible.
-            let ripple = (now.as_millis() / 1_000 % 5) as u32 * (self.load_mw / 250);
+            let seconds = div_rem(now.as_millis(), const { nonzero(1_000) }).0;
+            let ripple = div_rem(seconds, const { nonzero(5) }).1 * (self.load_mw / 250);
             self.load_mw.saturating_add(ripple)
         } else {
             0
@@ -61,12 +65,13 @@ impl Meter for SimulatedMeter {
                 .saturating_add(u64::from(previous_mw).saturating_mul(elapsed));
         }
         self.last = Some((now, power_mw));
-        let current_ma = (u64::from(power_mw) * 1_000 / u64::from(self.voltage_mv.max(1))) as u32;
+        let voltage = NonZeroU32::new(self.voltage_mv).unwrap_or(const { nonzero(1) });
+        let current_ma = div_rem(u64::from(power_mw) * 1_000, voltage).0 as u32;
         Reading {
             power_mw,
             voltage_mv: self.voltage_mv,
             current_ma,
-            energy_mwh: self.energy_mw_ms / 3_600_000,
+            energy_mwh: div_rem(self.energy_mw_ms, const { nonzero(3_600_000) }).0,
         }
     }
 }

@@ -36,6 +36,7 @@ use shared_protocol::ids::{Address, Kind};
 
 use crate::api::DeviceApi;
 use crate::client::Event;
+use crate::divide::{div_rem, nonzero};
 use crate::fmt::{log_info, log_warn};
 use crate::time::Instant;
 
@@ -272,7 +273,7 @@ impl<R: Relay, M: Meter> Plug<R, M> {
                 (STATUS_OK, Report::reading(&reading, self.relay.is_on()))
             }
             "status" => {
-                let uptime_s = now.millis_since(self.boot) / 1_000;
+                let uptime_s = div_rem(now.millis_since(self.boot), const { nonzero(1_000) }).0;
                 let report = Report::status(
                     self.config.firmware_version,
                     uptime_s,

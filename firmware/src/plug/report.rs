@@ -5,6 +5,7 @@
 use heapless::String;
 
 use super::{PlugStats, Reading};
+use crate::divide::{div_rem, nonzero};
 use crate::stats::Stats;
 
 /// Longest report, in bytes (the `status` result is the largest).
@@ -43,8 +44,9 @@ impl Text {
         let mut start = digits.len();
         loop {
             start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
+            let (quotient, digit) = div_rem(n, const { nonzero(10) });
+            digits[start] = b'0' + digit as u8;
+            n = quotient;
             if n == 0 {
                 break;
             }
