@@ -8,8 +8,8 @@
 //!   [`sendwin`] (heap-backed send window), [`device`] (device frames to router calls and router
 //!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table), [`limits`]
 //!   (connection and login-rate limits), [`budget`] (work per device session), [`ws`] (WebSocket config), [`convert`] (type mapping).
-//! * [`proxy`]: PROXY protocol v2 on the WebSocket listeners (client addresses behind a load
-//!   balancer).
+//! * [`proxy`]: PROXY protocol v2 on the WebSocket listeners and the HTTP API (client
+//!   addresses behind a load balancer).
 //! * [`echo`]: a WebSocket echo endpoint over the same stack, for conformance tests only (off
 //!   unless `[conformance] ws_echo_listen` is set).
 //!
@@ -144,7 +144,8 @@ pub struct Context {
     pub token_secret: zeroize::Zeroizing<[u8; 32]>,
     /// TLS for the WebSocket endpoints (`[tls]`; `None`: plain `ws://`).
     pub tls: Option<tls::Acceptor>,
-    /// PROXY protocol v2 on the WebSocket endpoints (`[proxy_protocol]`; `None`: off).
+    /// PROXY protocol v2 (`[proxy_protocol]`; `None`: off; [`proxy::Proxy::on`] says which
+    /// endpoints take headers).
     pub proxy: Option<proxy::Proxy>,
     /// Cancelled at shutdown: endpoints stop accepting.
     pub shutdown: CancellationToken,

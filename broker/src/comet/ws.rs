@@ -166,8 +166,8 @@ pub(super) struct Accepted {
 }
 
 /// The start every WebSocket endpoint shares: take the client's address from a PROXY header
-/// when configured ([`super::proxy`]; a refused header closes the connection), count the
-/// connection against the limits, then
+/// when `proxy_protocol.listeners` names this endpoint ([`super::proxy`]; a refused header
+/// closes the connection), count the connection against the limits, then
 /// upgrade (TLS and WebSocket) within the handshake deadline. `None` when the upgrade failed or
 /// timed out (counted as a `handshake_timeout` login failure); the socket is then dropped.
 ///
@@ -187,8 +187,15 @@ pub(super) async fn accept(
         tracing::debug!(peer = %tcp_peer, transport = transport.as_str(), reason = refusal.as_str(), "PROXY header refused");
         ctx.router.metrics().proxy_refused(refusal.as_str());
     };
+    // The PROXY protocol settings when this listener takes headers.
+    let proxy = ctx.proxy.as_ref().and_then(|p| {
+        p.on(match transport {
+            crate::router::Transport::AppWs => super::proxy::Listener::AppWs,
+            _ => super::proxy::Listener::DeviceWs,
+        })
+    });
     // A trusted balancer's header comes first and names the client the limits count.
-    let trusted = ctx.proxy.as_ref().filter(|p| p.trusts(tcp_peer));
+    let trusted = proxy.filter(|p| p.trusts(tcp_peer));
     let peer = match trusted {
         None => tcp_peer,
         Some(proxy) => {
@@ -215,7 +222,7 @@ pub(super) async fn accept(
         }
     };
     // Anyone else may not name an address (checked once the limits hold the connection).
-    if ctx.proxy.is_some()
+    if proxy.is_some()
         && trusted.is_none()
         && super::proxy::Proxy::starts_with_header(&stream, deadline).await
     {
