@@ -158,16 +158,27 @@ pub(super) struct Accepted {
     pub peer: SocketAddr,
     /// The upgraded WebSocket (over TLS when configured).
     pub ws: Ws,
-    /// The connection-limit guard, or the refusal to answer. The refusal is already counted
-    /// (`broker_limit_rejections_total{limit}`).
-    pub admitted: Result<super::limits::ConnGuard, Refused>,
+    /// The admitted connection's guards, or the refusal to answer. The refusal is already
+    /// counted (`broker_limit_rejections_total{limit}`).
+    pub admitted: Result<Admitted, Refused>,
     /// When the login must be complete (`HANDSHAKE_TIMEOUT` from the connection's start).
     pub deadline: tokio::time::Instant,
 }
 
+/// What an admitted connection holds: its connection-limit slot for its whole life, and its
+/// place among the pending handshakes ([`super::pending`]) until its login is done.
+pub(super) struct Admitted {
+    /// Counted against `limits.max_connections` and `max_connections_per_ip` while held.
+    pub conn: super::limits::ConnGuard,
+    /// Until the login is done: the login ends when it is evicted while waiting for a message
+    /// ([`next_before`]), and is dropped after.
+    pub pending: super::pending::PendingGuard,
+}
+
 /// The start every WebSocket endpoint shares: take the client's address from a PROXY header
 /// when `proxy_protocol.listeners` names this endpoint ([`super::proxy`]; a refused header
-/// closes the connection), count the connection against the limits, then
+/// closes the connection), count the
+/// connection against the limits, then
 /// upgrade (TLS and WebSocket) within the handshake deadline. `None` when the upgrade failed or
 /// timed out (counted as a `handshake_timeout` login failure); the socket is then dropped.
 ///
@@ -210,7 +221,13 @@ pub(super) async fn accept(
         }
     };
     let admitted = match ctx.conns.try_acquire(peer_ip(peer)) {
-        Ok(guard) => Ok(guard),
+        Ok(conn) => {
+            let (pending, evicted_another) = ctx.pending.admit(peer_ip(peer));
+            if evicted_another {
+                ctx.router.metrics().limit_hit("max_pending_handshakes");
+            }
+            Ok(Admitted { conn, pending })
+        }
         Err(limit) => {
             ctx.router.metrics().limit_hit(limit.key());
             let Some(slot) = ctx.conns.try_refusal() else {
@@ -233,15 +250,27 @@ pub(super) async fn accept(
     let upgraded = tokio::select! {
         // A connection still upgrading when the broker stops is just dropped.
         _ = ctx.shutdown.cancelled() => return None,
+        // One still upgrading when newer ones need its place too (counted at eviction).
+        _ = async {
+            match &admitted {
+                Ok(a) => a.pending.evicted().await,
+                Err(_) => std::future::pending().await,
+            }
+        } => return None,
         r = tokio::time::timeout_at(deadline, upgrade) => r,
     };
     match upgraded {
-        Ok(Ok(ws)) => Some(Accepted {
-            peer,
-            ws,
-            admitted,
-            deadline,
-        }),
+        Ok(Ok(ws)) => {
+            if let Ok(a) = &admitted {
+                a.pending.spoke();
+            }
+            Some(Accepted {
+                peer,
+                ws,
+                admitted,
+                deadline,
+            })
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, transport = transport.as_str(), error = %e, "websocket upgrade failed");
             if admitted.is_ok() {
@@ -266,17 +295,24 @@ pub(super) enum Interrupted {
     Timeout,
     /// The broker is shutting down.
     Shutdown,
+    /// Newer connections needed this one's place among the pending handshakes (already
+    /// counted, [`super::pending`]).
+    Evicted,
 }
 
 /// The next message before a not-yet-logged-in connection's `deadline`, interrupted by
-/// shutdown so that a connection that never logs in cannot hold up the drain.
+/// shutdown so that a connection that never logs in cannot hold up the drain, and by the
+/// connection's eviction from the pending handshakes (only here, between messages, so a login
+/// is never cut off half-way).
 pub(super) async fn next_before(
     ctx: &super::Context,
     ws: &mut Ws,
     deadline: tokio::time::Instant,
+    pending: &super::pending::PendingGuard,
 ) -> Result<Option<Result<Message, WsError>>, Interrupted> {
     tokio::select! {
         _ = ctx.shutdown.cancelled() => Err(Interrupted::Shutdown),
+        _ = pending.evicted() => Err(Interrupted::Evicted),
         r = tokio::time::timeout_at(deadline, ws.next()) => r.map_err(|_| Interrupted::Timeout),
     }
 }
