@@ -207,6 +207,10 @@ pub struct Limits {
     /// connections are closed without an answer (so a flood holds at most
     /// `max_connections + max_pending_refusals` sockets).
     pub max_pending_refusals: u32,
+    /// WebSocket connections in their handshake (upgrade and login) at once; one more closes
+    /// another, silent ones first (`comet::pending`), so connections that never log in cannot
+    /// fill `max_connections` (when it is below that).
+    pub max_pending_handshakes: u32,
     /// Login attempts accepted per client IP per second.
     pub login_attempts_per_ip_per_sec: u32,
     /// Outbound events queued per session.
@@ -238,6 +242,7 @@ impl Default for Limits {
             max_connections: 10000,
             max_connections_per_ip: 100,
             max_pending_refusals: 64,
+            max_pending_handshakes: 1000,
             login_attempts_per_ip_per_sec: 20,
             outbound_queue: 64,
             queue_full_policy: QueueFullPolicy::Disconnect,
@@ -678,6 +683,7 @@ impl Config {
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
             ("limits.max_pending_refusals", l.max_pending_refusals),
+            ("limits.max_pending_handshakes", l.max_pending_handshakes),
             ("storage.writer_queue", self.storage.writer_queue),
             (
                 "limits.login_attempts_per_ip_per_sec",

@@ -273,9 +273,17 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     )
     .merge(parts.extra_routes);
     let https = api_tls.is_some();
+    // Validated with the rest of the configuration at load.
+    let api_proxy = config
+        .proxy_protocol
+        .load()
+        .ok()
+        .flatten()
+        .and_then(|p| p.on(comet::proxy::Listener::Http).cloned());
     tasks.push(tokio::spawn(api::listener::serve(
         http_listener,
         api_tls,
+        api_proxy,
         app,
         api::listener::ApiLimits::new(&config.api),
         router.metrics().clone(),

@@ -13,6 +13,7 @@ mod comet_support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use broker::comet::proxy::Listener;
 use broker::terminal::{Address, IdProfile};
 use comet_support::*;
 use ppp::v2::{Builder, Command, Protocol, Version};
@@ -77,7 +78,7 @@ const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_apply_to_the_address_a_trusted_balancer_names_and_strangers_cannot_name_one() {
     let b = TestBroker::start_with(IdProfile::Plug, |c| {
-        c.proxy_protocol.enabled = true;
+        c.proxy_protocol.listeners = vec![Listener::DeviceWs, Listener::AppWs];
         c.proxy_protocol.trusted = vec!["127.0.0.1".to_owned()];
         c.limits.max_connections_per_ip = 2;
     })

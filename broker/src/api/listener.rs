@@ -8,8 +8,12 @@
 //! * a request body must arrive within `api.body_timeout_ms` (408) and be at most
 //!   `api.max_body_bytes` (413): `buffer_body` reads it whole before any handler runs.
 //!
-//! Each refusal is counted as `broker_limit_rejections_total{limit="api.<key>"}`. TLS
-//! connections first complete a rustls handshake within [`HANDSHAKE_TIMEOUT`]. On shutdown the
+//! Each refusal is counted as `broker_limit_rejections_total{limit="api.<key>"}`. With
+//! `"http"` in `proxy_protocol.listeners`, an admitted connection's client address is read
+//! from its PROXY protocol header first ([`crate::comet::proxy`]; within
+//! [`PROXY_HEADER_WAIT`]; a refused header closes the connection, counted in
+//! `broker_proxy_refusals_total{reason}`), and the log lines name that address. TLS
+//! connections then complete a rustls handshake within [`HANDSHAKE_TIMEOUT`]. On shutdown the
 //! listening socket is closed, every open connection finishes its current request and closes
 //! (like `axum::serve`'s graceful shutdown), and [`serve`] returns once they are all gone.
 
@@ -31,12 +35,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::ApiError;
+use crate::comet::proxy::Proxy;
 use crate::comet::tls::Acceptor;
 use crate::config;
 use crate::metrics::Metrics;
 
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a trusted balancer may take to send its PROXY header (it sends it at once), and a
+/// direct client its first byte before it is looked at for one (then it is served as usual,
+/// under the header read timeout).
+pub const PROXY_HEADER_WAIT: Duration = Duration::from_secs(1);
 
 /// The `[api]` limits, as the listener uses them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,11 +73,13 @@ impl ApiLimits {
     }
 }
 
-/// Serves `app` on `listener` (over TLS when `tls` is set) with `limits` until `shutdown` is
-/// cancelled, then waits for the open connections to finish.
+/// Serves `app` on `listener` (over TLS when `tls` is set, reading PROXY headers when `proxy`
+/// is set) with `limits` until `shutdown` is cancelled, then waits for the open connections
+/// to finish.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Acceptor>,
+    proxy: Option<Proxy>,
     app: axum::Router,
     limits: ApiLimits,
     metrics: Metrics,
@@ -76,7 +88,7 @@ pub async fn serve(
     let app = with_body_limits(app, limits, metrics.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (mut tcp, tcp_peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -90,7 +102,7 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.limit_hit("api.max_connections");
-            tracing::debug!(%peer, "HTTP API: connection refused, api.max_connections reached");
+            tracing::debug!(peer = %tcp_peer, "HTTP API: connection refused, api.max_connections reached");
             drop(tcp);
             continue;
         };
@@ -98,8 +110,23 @@ pub async fn serve(
         let app = app.clone();
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
+        let proxy = proxy.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let peer = match proxy {
+                None => tcp_peer,
+                Some(proxy) => {
+                    let by = tokio::time::Instant::now() + PROXY_HEADER_WAIT;
+                    match proxy.client_address(&mut tcp, tcp_peer, by).await {
+                        Ok(client) => client,
+                        Err(refusal) => {
+                            metrics.proxy_refused(refusal.as_str());
+                            tracing::debug!(peer = %tcp_peer, reason = refusal.as_str(), "HTTP API: PROXY header refused");
+                            return;
+                        }
+                    }
+                }
+            };
             let Some(acceptor) = tls else {
                 return serve_connection(tcp, app, limits, &metrics, &shutdown, peer).await;
             };

@@ -67,8 +67,11 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     else {
         return;
     };
-    let guard = match admitted {
-        Ok(g) => g,
+    let ws::Admitted {
+        conn: guard,
+        pending,
+    } = match admitted {
+        Ok(a) => a,
         Err(refused) => {
             let limit = refused.limit;
             let code = match limit {
@@ -88,7 +91,9 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     ctx.router.metrics().connection_opened(T);
     // Boxed: the upgrade and the login are large futures needed only once, not for the
     // connection's whole life.
-    let end = match Box::pin(authenticate(&ctx, &mut ws, peer, deadline)).await {
+    let logged_in = Box::pin(authenticate(&ctx, &mut ws, peer, deadline, &pending)).await;
+    drop(pending);
+    let end = match logged_in {
         Ok(session) => run(&ctx, &mut ws, session).await,
         Err(end) => end,
     };
@@ -161,6 +166,7 @@ async fn authenticate(
     ws: &mut Ws,
     peer: SocketAddr,
     deadline: Instant,
+    pending: &super::pending::PendingGuard,
 ) -> Result<Session, End> {
     let m = ctx.router.metrics();
     // `terminal`: the one the login named, if it got that far (for the log line).
@@ -170,7 +176,14 @@ async fn authenticate(
     };
     let fail = |code: Code, label: &'static str| refuse(code, label, None);
     let (msg, end) = loop {
-        let msg = match ws::next_before(ctx, ws, deadline).await {
+        let msg = match ws::next_before(ctx, ws, deadline, pending).await {
+            // Newer connections needed its place (counted then).
+            Err(ws::Interrupted::Evicted) => {
+                break (
+                    reject(Code::SERVER_BUSY),
+                    End::Close(close_code(Code::SERVER_BUSY)),
+                );
+            }
             Err(ws::Interrupted::Shutdown) => {
                 break (
                     reject(Code::SHUTDOWN),

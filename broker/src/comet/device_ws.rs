@@ -29,7 +29,6 @@ use crate::router::{Login, Outbound, Session, Transport};
 use super::Context;
 use super::convert::{close_code, kick_code};
 use super::device::{self, Reaction};
-use super::limits::ConnGuard;
 use super::link::{Link, Polled};
 use super::logins::{self, LoginOutcome};
 use super::sendwin::Tag;
@@ -74,8 +73,11 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     else {
         return;
     };
-    let guard: ConnGuard = match admitted {
-        Ok(g) => g,
+    let ws::Admitted {
+        conn: guard,
+        pending,
+    } = match admitted {
+        Ok(a) => a,
         Err(refused) => {
             let limit = refused.limit;
             let code = match limit {
@@ -93,7 +95,9 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     ctx.router.metrics().connection_opened(T);
-    let end = match Box::pin(handshake(&ctx, &mut ws, peer, deadline)).await {
+    let logged_in = Box::pin(handshake(&ctx, &mut ws, peer, deadline, &pending)).await;
+    drop(pending);
+    let end = match logged_in {
         Ok(established) => {
             let mut established = Box::new(established);
             let (link, session) = &mut *established;
@@ -156,11 +160,14 @@ async fn handshake(
     ws: &mut Ws,
     peer: SocketAddr,
     deadline: Instant,
+    pending: &super::pending::PendingGuard,
 ) -> Result<(Link, Session), End> {
     let peer_addr = PeerAddr::from(peer);
     let m = ctx.router.metrics();
     loop {
-        let msg = match ws::next_before(ctx, ws, deadline).await {
+        let msg = match ws::next_before(ctx, ws, deadline, pending).await {
+            // Newer connections needed its place (counted then).
+            Err(ws::Interrupted::Evicted) => return Err(End::Code(Code::SERVER_BUSY)),
             Err(ws::Interrupted::Shutdown) => {
                 let mut rej = [0u8; 16];
                 if let Ok(p) = reject_packet(Code::SHUTDOWN, 1000, &mut rej) {

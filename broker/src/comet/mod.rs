@@ -8,8 +8,10 @@
 //!   [`sendwin`] (heap-backed send window), [`device`] (device frames to router calls and router
 //!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table), [`limits`]
 //!   (connection and login-rate limits), [`budget`] (work per device session), [`ws`] (WebSocket config), [`convert`] (type mapping).
-//! * [`proxy`]: PROXY protocol v2 on the WebSocket listeners (client addresses behind a load
-//!   balancer).
+//! * [`pending`]: the cap on WebSocket connections still in their handshake (silent ones
+//!   closed first), so connections that never log in cannot fill `limits.max_connections`.
+//! * [`proxy`]: PROXY protocol v2 on the WebSocket listeners and the HTTP API (client
+//!   addresses behind a load balancer).
 //! * [`echo`]: a WebSocket echo endpoint over the same stack, for conformance tests only (off
 //!   unless `[conformance] ws_echo_listen` is set).
 //!
@@ -53,6 +55,7 @@ pub mod echo;
 pub mod limits;
 pub mod link;
 pub mod logins;
+pub mod pending;
 pub mod proxy;
 pub mod sendwin;
 pub mod tls;
@@ -138,13 +141,16 @@ pub struct Context {
     pub conns: Arc<ConnLimiter>,
     /// Login attempts per IP per second.
     pub login_rate: LoginLimiter,
+    /// WebSocket connections still in their handshake (`limits.max_pending_handshakes`).
+    pub pending: pending::Pending,
     /// Refused logins in the log, rate-limited ([`Context::login_refused`]).
     pub refusals: crate::logging::refusals::RefusalLog,
     /// App token secret (zeroised when the comet stops).
     pub token_secret: zeroize::Zeroizing<[u8; 32]>,
     /// TLS for the WebSocket endpoints (`[tls]`; `None`: plain `ws://`).
     pub tls: Option<tls::Acceptor>,
-    /// PROXY protocol v2 on the WebSocket endpoints (`[proxy_protocol]`; `None`: off).
+    /// PROXY protocol v2 (`[proxy_protocol]`; `None`: off; [`proxy::Proxy::on`] says which
+    /// endpoints take headers).
     pub proxy: Option<proxy::Proxy>,
     /// Cancelled at shutdown: endpoints stop accepting.
     pub shutdown: CancellationToken,
@@ -175,6 +181,7 @@ impl Context {
                 l.max_pending_refusals,
             ),
             login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
+            pending: pending::Pending::new(l.max_pending_handshakes),
             refusals: crate::logging::refusals::RefusalLog::default(),
             token_secret: zeroize::Zeroizing::new(secrets.token_secret),
             tls,

@@ -1,27 +1,32 @@
-//! PROXY protocol version 2 on the comet's WebSocket listeners (device and app), for brokers
-//! behind a TCP load balancer: the balancer prefixes each connection with a binary header
-//! naming the client's address, and the per-address connection limits, the login rate and the
-//! log lines then use that address instead of the balancer's.
+//! PROXY protocol version 2 on the broker's TCP listeners (HTTP API, device and app
+//! WebSockets), for brokers behind a TCP load balancer: the balancer prefixes each connection
+//! with a binary header naming the client's address, and the per-address connection limits,
+//! the login rate and the log lines then use that address instead of the balancer's.
 //!
-//! Off unless `[proxy_protocol] enabled = true`. Then, per accepted connection (in
-//! `ws::accept`):
+//! Off unless `[proxy_protocol] listeners` names the listener ([`Listener`]). Then, per
+//! connection accepted on that listener (in `ws::accept` and the HTTP API's accept loop):
 //!
 //! * from a peer in `proxy_protocol.trusted`: the header must come first, within 1 s
 //!   ([`Proxy::read_client`], before the connection limits, which then use its address); a
 //!   `PROXY` command with an IPv4 or IPv6 source gives the client's
 //!   address, a `LOCAL` command (the balancer's own health check) or another address family
 //!   keeps the peer's. A missing, malformed or over-long header closes the connection;
-//! * from any other peer: counted against the limits under its own address and served as a
-//!   direct client, but a connection that starts like a PROXY v2 header
-//!   ([`Proxy::starts_with_header`]) is closed, so nobody can choose the address they are
-//!   counted under.
+//! * from any other peer: served as a direct client under its own address, but a connection
+//!   that starts like a PROXY v2 header ([`Proxy::starts_with_header`]) is closed, so nobody
+//!   can choose the address they are counted under.
+//!
+//! [`Proxy::client_address`] is both steps in one call, for a listener that has nothing to do
+//! between them (the HTTP API); the WebSocket listeners count the connection against the
+//! limits between the two.
 //!
 //! Every refusal is counted in `broker_proxy_refusals_total{reason}` (`untrusted`,
 //! `malformed`, `missing`) and logged at debug level with the peer. Parsing is done by the
 //! `ppp` crate; this module only reads the bytes the header announces.
 //!
 //! For UDP, where a balancer prefixes every datagram with its own header, [`split_datagram`]
-//! is the same parse on one datagram; the UDP receive path does not call it yet.
+//! is the same parse on one datagram; the UDP listener does not take headers yet (its replies
+//! would have to go to the balancer while limits use the client, which its sessions do not
+//! keep apart), so `udp` is not a [`Listener`].
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -29,14 +34,27 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+/// A listener that can take PROXY protocol headers (the names in `proxy_protocol.listeners`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Listener {
+    /// The HTTP API (`listen.http`).
+    Http,
+    /// The device WebSocket (`listen.device_ws`).
+    DeviceWs,
+    /// The app WebSocket (`listen.app_ws`).
+    AppWs,
+}
+
 /// `[proxy_protocol]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// Expect a PROXY protocol v2 header from the trusted peers on the device and app
-    /// WebSocket listeners.
-    pub enabled: bool,
-    /// IP addresses of the load balancers whose headers are believed (required when enabled).
+    /// The listeners that expect a PROXY protocol v2 header from the trusted peers (empty:
+    /// off everywhere).
+    pub listeners: Vec<Listener>,
+    /// IP addresses of the load balancers whose headers are believed (required when any
+    /// listener is named).
     pub trusted: Vec<String>,
 }
 
@@ -55,16 +73,20 @@ impl ProxyConfig {
                 }
             }
         }
-        if !self.enabled {
+        if self.listeners.is_empty() {
             return Ok(None);
         }
         if trusted.is_empty() {
             return Err((
                 "proxy_protocol.trusted".to_owned(),
-                "must list at least one address when proxy_protocol.enabled is true".to_owned(),
+                "must list at least one address when proxy_protocol.listeners names a listener"
+                    .to_owned(),
             ));
         }
-        Ok(Some(Proxy { trusted }))
+        Ok(Some(Proxy {
+            trusted,
+            listeners: self.listeners.clone(),
+        }))
     }
 }
 
@@ -103,9 +125,15 @@ impl Refusal {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Proxy {
     trusted: Vec<IpAddr>,
+    listeners: Vec<Listener>,
 }
 
 impl Proxy {
+    /// This configuration if `listener` takes headers, else `None` (a direct listener).
+    pub fn on(&self, listener: Listener) -> Option<&Proxy> {
+        self.listeners.contains(&listener).then_some(self)
+    }
+
     /// Whether `peer` is a trusted balancer.
     pub fn trusts(&self, peer: SocketAddr) -> bool {
         self.trusted.contains(&peer.ip().to_canonical())
@@ -146,6 +174,27 @@ impl Proxy {
             tokio::time::timeout_at(deadline, stream.peek(&mut first)).await,
             Ok(Ok(1)) if first[0] == SIGNATURE[0]
         )
+    }
+}
+
+impl Proxy {
+    /// The client's address on a connection just accepted from `peer`: the one a trusted
+    /// peer's header names ([`Proxy::read_client`]), or `peer` itself for anyone else, whose
+    /// connection must not start like a header ([`Proxy::starts_with_header`], else
+    /// `Untrusted`). Waits at most until `deadline`.
+    pub async fn client_address(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<SocketAddr, Refusal> {
+        if self.trusts(peer) {
+            self.read_client(stream, peer, deadline).await
+        } else if Proxy::starts_with_header(stream, deadline).await {
+            Err(Refusal::Untrusted)
+        } else {
+            Ok(peer)
+        }
     }
 }
 
@@ -261,7 +310,7 @@ mod tests {
         assert_eq!(ProxyConfig::default().load(), Ok(None));
         let on = |trusted: &[&str]| {
             ProxyConfig {
-                enabled: true,
+                listeners: vec![Listener::Http, Listener::AppWs],
                 trusted: trusted.iter().map(|s| s.to_string()).collect(),
             }
             .load()
@@ -278,5 +327,24 @@ mod tests {
             "mapped IPv4 is IPv4"
         );
         assert!(!p.trusts("10.0.0.3:1".parse().unwrap()));
+        assert!(p.on(Listener::Http).is_some() && p.on(Listener::AppWs).is_some());
+        assert!(
+            p.on(Listener::DeviceWs).is_none(),
+            "only the listeners named"
+        );
+    }
+
+    #[test]
+    fn listeners_are_named_in_the_config_and_udp_is_not_one() {
+        let parse = |toml: &str| toml::from_str::<ProxyConfig>(toml);
+        let c = parse(r#"listeners = ["http", "device_ws", "app_ws"]"#).unwrap();
+        assert_eq!(
+            c.listeners,
+            [Listener::Http, Listener::DeviceWs, Listener::AppWs]
+        );
+        let e = parse(r#"listeners = ["udp"]"#).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `udp`"), "{e}");
+        let e = parse("enabled = true").unwrap_err().to_string();
+        assert!(e.contains("unknown field `enabled`"), "{e}");
     }
 }

@@ -158,15 +158,26 @@ pub(super) struct Accepted {
     pub peer: SocketAddr,
     /// The upgraded WebSocket (over TLS when configured).
     pub ws: Ws,
-    /// The connection-limit guard, or the refusal to answer. The refusal is already counted
-    /// (`broker_limit_rejections_total{limit}`).
-    pub admitted: Result<super::limits::ConnGuard, Refused>,
+    /// The admitted connection's guards, or the refusal to answer. The refusal is already
+    /// counted (`broker_limit_rejections_total{limit}`).
+    pub admitted: Result<Admitted, Refused>,
     /// When the login must be complete (`HANDSHAKE_TIMEOUT` from the connection's start).
     pub deadline: tokio::time::Instant,
 }
 
+/// What an admitted connection holds: its connection-limit slot for its whole life, and its
+/// place among the pending handshakes ([`super::pending`]) until its login is done.
+pub(super) struct Admitted {
+    /// Counted against `limits.max_connections` and `max_connections_per_ip` while held.
+    pub conn: super::limits::ConnGuard,
+    /// Until the login is done: the login ends when it is evicted while waiting for a message
+    /// ([`next_before`]), and is dropped after.
+    pub pending: super::pending::PendingGuard,
+}
+
 /// The start every WebSocket endpoint shares: take the client's address from a PROXY header
-/// when configured ([`super::proxy`]; a refused header closes the connection), count the
+/// when `proxy_protocol.listeners` names this endpoint ([`super::proxy`]; a refused header
+/// closes the connection), count the
 /// connection against the limits, then
 /// upgrade (TLS and WebSocket) within the handshake deadline. `None` when the upgrade failed or
 /// timed out (counted as a `handshake_timeout` login failure); the socket is then dropped.
@@ -187,8 +198,15 @@ pub(super) async fn accept(
         tracing::debug!(peer = %tcp_peer, transport = transport.as_str(), reason = refusal.as_str(), "PROXY header refused");
         ctx.router.metrics().proxy_refused(refusal.as_str());
     };
+    // The PROXY protocol settings when this listener takes headers.
+    let proxy = ctx.proxy.as_ref().and_then(|p| {
+        p.on(match transport {
+            crate::router::Transport::AppWs => super::proxy::Listener::AppWs,
+            _ => super::proxy::Listener::DeviceWs,
+        })
+    });
     // A trusted balancer's header comes first and names the client the limits count.
-    let trusted = ctx.proxy.as_ref().filter(|p| p.trusts(tcp_peer));
+    let trusted = proxy.filter(|p| p.trusts(tcp_peer));
     let peer = match trusted {
         None => tcp_peer,
         Some(proxy) => {
@@ -203,7 +221,13 @@ pub(super) async fn accept(
         }
     };
     let admitted = match ctx.conns.try_acquire(peer_ip(peer)) {
-        Ok(guard) => Ok(guard),
+        Ok(conn) => {
+            let (pending, evicted_another) = ctx.pending.admit(peer_ip(peer));
+            if evicted_another {
+                ctx.router.metrics().limit_hit("max_pending_handshakes");
+            }
+            Ok(Admitted { conn, pending })
+        }
         Err(limit) => {
             ctx.router.metrics().limit_hit(limit.key());
             let Some(slot) = ctx.conns.try_refusal() else {
@@ -215,7 +239,7 @@ pub(super) async fn accept(
         }
     };
     // Anyone else may not name an address (checked once the limits hold the connection).
-    if ctx.proxy.is_some()
+    if proxy.is_some()
         && trusted.is_none()
         && super::proxy::Proxy::starts_with_header(&stream, deadline).await
     {
@@ -226,15 +250,27 @@ pub(super) async fn accept(
     let upgraded = tokio::select! {
         // A connection still upgrading when the broker stops is just dropped.
         _ = ctx.shutdown.cancelled() => return None,
+        // One still upgrading when newer ones need its place too (counted at eviction).
+        _ = async {
+            match &admitted {
+                Ok(a) => a.pending.evicted().await,
+                Err(_) => std::future::pending().await,
+            }
+        } => return None,
         r = tokio::time::timeout_at(deadline, upgrade) => r,
     };
     match upgraded {
-        Ok(Ok(ws)) => Some(Accepted {
-            peer,
-            ws,
-            admitted,
-            deadline,
-        }),
+        Ok(Ok(ws)) => {
+            if let Ok(a) = &admitted {
+                a.pending.spoke();
+            }
+            Some(Accepted {
+                peer,
+                ws,
+                admitted,
+                deadline,
+            })
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, transport = transport.as_str(), error = %e, "websocket upgrade failed");
             if admitted.is_ok() {
@@ -259,17 +295,24 @@ pub(super) enum Interrupted {
     Timeout,
     /// The broker is shutting down.
     Shutdown,
+    /// Newer connections needed this one's place among the pending handshakes (already
+    /// counted, [`super::pending`]).
+    Evicted,
 }
 
 /// The next message before a not-yet-logged-in connection's `deadline`, interrupted by
-/// shutdown so that a connection that never logs in cannot hold up the drain.
+/// shutdown so that a connection that never logs in cannot hold up the drain, and by the
+/// connection's eviction from the pending handshakes (only here, between messages, so a login
+/// is never cut off half-way).
 pub(super) async fn next_before(
     ctx: &super::Context,
     ws: &mut Ws,
     deadline: tokio::time::Instant,
+    pending: &super::pending::PendingGuard,
 ) -> Result<Option<Result<Message, WsError>>, Interrupted> {
     tokio::select! {
         _ = ctx.shutdown.cancelled() => Err(Interrupted::Shutdown),
+        _ = pending.evicted() => Err(Interrupted::Evicted),
         r = tokio::time::timeout_at(deadline, ws.next()) => r.map_err(|_| Interrupted::Timeout),
     }
 }

@@ -483,6 +483,7 @@ pub const LIMITS: &[&str] = &[
     "max_device_frame_bytes",
     "max_inflight_commands",
     "max_payload_bytes",
+    "max_pending_handshakes",
     "max_pending_refusals",
     "ws_write_timeout_ms",
 ];
