@@ -204,6 +204,20 @@ impl Api {
         Ok(())
     }
 
+    /// `POST /v1/push` of `text` to one terminal (`kind` `"device"` or `"phone"`, `id` its 32
+    /// id bits); `Ok` only for HTTP 200.
+    pub async fn push_text(&self, kind: &str, id: u32, text: &str) -> Result<(), ApiError> {
+        let what = "push";
+        let body = serde_json::json!({
+            "target": { "terminal": { "kind": kind, "id": id } },
+            "text": text,
+        });
+        let url = format!("{}/v1/push", self.base);
+        let response = self.send(what, self.client.post(url).json(&body)).await?;
+        let _: serde_json::Value = decode(what, response, 200).await?;
+        Ok(())
+    }
+
     /// `GET /v1/uploads?after={after}&limit={limit}`.
     pub async fn uploads(&self, after: u64, limit: usize) -> Result<UploadsPage, ApiError> {
         let raw: RawPage = self

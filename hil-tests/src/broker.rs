@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use broker::config::Config;
 use rand::RngCore;
+use shared_protocol::ids::IdProfile;
 use shared_protocol::keys::{MasterKey, derive_device_key};
 
 /// Why the broker did not start.
@@ -39,7 +40,7 @@ pub struct TestBroker {
     /// The addresses it listens on (ports fixed after the first start): HTTP, device WS, app
     /// WS, UDP.
     bound: [SocketAddr; 4],
-    /// Extra `[timeouts]` lines.
+    /// Config lines after the generated `[timeouts]` table (heartbeats, then `[identity]`).
     extra: String,
 }
 
@@ -66,6 +67,27 @@ impl TestBroker {
         data_dir: &Path,
         heartbeat_secs: Option<u64>,
     ) -> Result<TestBroker, BrokerError> {
+        TestBroker::start_with_profile(
+            device_bind,
+            api_bind,
+            advertise,
+            data_dir,
+            heartbeat_secs,
+            IdProfile::Plug,
+        )
+        .await
+    }
+
+    /// [`TestBroker::start_with`] under ID profile `profile` (docs/configuration.md
+    /// `[identity]`; the broker's default is `plug`).
+    pub async fn start_with_profile(
+        device_bind: IpAddr,
+        api_bind: IpAddr,
+        advertise: IpAddr,
+        data_dir: &Path,
+        heartbeat_secs: Option<u64>,
+        profile: IdProfile,
+    ) -> Result<TestBroker, BrokerError> {
         if data_dir.exists() {
             std::fs::remove_dir_all(data_dir).map_err(|source| BrokerError::DataDir {
                 dir: data_dir.to_path_buf(),
@@ -91,9 +113,13 @@ impl TestBroker {
             SocketAddr::new(api_bind, 0),
             SocketAddr::new(device_bind, 0),
         ];
-        let extra = heartbeat_secs
+        let mut extra = heartbeat_secs
             .map(|h| format!("heartbeat_secs = {h}\nsession_secs = {}\n", h * 5 / 2 + 1))
             .unwrap_or_default();
+        // After the `[timeouts]` lines above, so it opens its own table.
+        if profile == IdProfile::Signed {
+            extra.push_str("[identity]\nprofile = \"signed\"\n");
+        }
         let running = start_on(any, data_dir, &keys, &extra).await?;
         let bound = [
             running.http,

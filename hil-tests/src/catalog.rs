@@ -25,8 +25,8 @@ pub const SCENARIOS: &[Known] = &[
     Known {
         name: "boot-online",
         fleet: true,
-        criterion: "every host TAP board online within 2 s of its TAP being plugged into the \
-                    bridge, the QEMU board within 2 s of QEMU starting",
+        criterion: "every host TAP board, booted with its TAP link down, online within 2 s of \
+                    the link coming up, the QEMU board within 2 s of QEMU starting",
     },
     Known {
         name: "http-under-loss",
@@ -80,6 +80,24 @@ pub const SCENARIOS: &[Known] = &[
                     from the bridge (network cut): within 8 s (the 6 s session timeout plus a \
                     heartbeat) the phone gets the device's offline presence event and the API \
                     lists no session of the device",
+    },
+    Known {
+        name: "broker-away",
+        fleet: true,
+        criterion: "tap6's board online, a bound phone logged in; the broker out of the board's \
+                    reach for 30 s (its relay drops everything) while the phone pushes relay.set \
+                    on, off, on, off: after the outage the board logs in again, the phone gets \
+                    the device's answers in push order and the relay uploads end with them; \
+                    every reconnect delay in the board's log is within its backoff ceiling \
+                    (1 s doubling, 60 s cap, +150 ms) and not all at the ceiling (jitter)",
+    },
+    Known {
+        name: "id-profiles",
+        fleet: true,
+        criterion: "phones only. plug profile (the fleet broker): a second login with a phone's \
+                    id kicks the first with reason REPLACED within 5 s and a push to the id \
+                    reaches the second; signed profile (a second broker): two phones logged in \
+                    with one negative id both receive a push to it within 5 s, neither kicked",
     },
 ];
 

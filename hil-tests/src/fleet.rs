@@ -14,7 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shared_protocol::ids::{Address, Kind as IdKind};
+use shared_protocol::codes::Code;
+use shared_protocol::ids::{Address, IdProfile, Kind as IdKind};
 
 use crate::api::{Api, Upload, from_device};
 use crate::broker::TestBroker;
@@ -72,6 +73,13 @@ pub const LINK_DOWN: Duration = Duration::from_secs(3);
 /// The window `silent-device` allows from the network cut to the offline mark: the fleet's
 /// session timeout (`session_secs` = 6 s with 2 s heartbeats) plus one heartbeat interval.
 pub const OFFLINE_WINDOW: Duration = Duration::from_secs(8);
+/// How long `broker-away` keeps the broker out of the board's reach.
+pub const AWAY: Duration = Duration::from_secs(30);
+/// When in the outage the phone of `broker-away` pushes its messages (after the broker's 6 s
+/// session timeout has marked the device offline).
+pub const AWAY_PUSH_AT: Duration = Duration::from_secs(10);
+/// The relay states the phone pushes in `broker-away` while the broker is away, in order.
+pub const AWAY_PUSHES: [&str; 4] = ["on", "off", "on", "off"];
 /// Broker heartbeat interval in the fleet (short, so a lost shutdown kick costs seconds).
 pub const HEARTBEAT_SECS: u64 = 2;
 /// Command timeout asked of the broker under loss (retransmissions back off up to 8 s).
@@ -189,6 +197,8 @@ pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
             "phone-to-plug" => fleet.phone_to_plug().await,
             "link-flap" => fleet.link_flap().await,
             "silent-device" => fleet.silent_device().await,
+            "broker-away" => fleet.broker_away().await,
+            "id-profiles" => fleet.id_profiles().await,
             other => (
                 vec![failed_case(
                     "set-up",
@@ -425,6 +435,14 @@ impl Fleet<'_> {
             .collect()
     }
 
+    /// Sets host TAP board `index`'s TAP link up or down (down: the board's writes fail).
+    fn set_link(&self, index: u32, up: bool) -> Result<(), crate::netns::NetError> {
+        let Some(h) = self.ctx.rig.host_tap.as_ref() else {
+            return Ok(());
+        };
+        self.ctx.ns.set_link(&h.tap(index), up)
+    }
+
     /// Plugs host TAP board `index`'s TAP into the rig's bridge or unplugs it.
     fn plug(&self, index: u32, plugged: bool) -> Result<(), crate::netns::NetError> {
         let Some(h) = self.ctx.rig.host_tap.as_ref() else {
@@ -433,18 +451,17 @@ impl Fleet<'_> {
         self.ctx.ns.plug(&h.tap(index), &h.bridge, plugged)
     }
 
-    /// `boot-online`: every host TAP board boots with its TAP unplugged from the bridge (link
-    /// up, so the board's writes succeed, but nobody hears it); the TAPs are plugged in
-    /// together and each board must be online within [`BOOT_ONLINE_LIMIT`] of that; the QEMU
-    /// board within the limit of QEMU starting. (Not link down: the host TAP board ends with a
-    /// panic when a write to its TAP fails with EIO, as on a downed link.)
+    /// `boot-online`: every host TAP board boots with its TAP link down (every write fails
+    /// with EIO, which the board rides out with back-off, `boards/host-tap/src/tap.rs`); the
+    /// links are set up together and each board must be online within [`BOOT_ONLINE_LIMIT`]
+    /// of its link coming up; the QEMU board within the limit of QEMU starting.
     async fn boot_online(&mut self) -> (Vec<Case>, String) {
         let mut cases = Vec::new();
         let mut boards = Vec::new();
         for slot in 0..self.slots.len() {
             let s = &self.slots[slot];
             if s.kind == Kind::HostTap
-                && let Err(e) = self.plug(s.index, false)
+                && let Err(e) = self.set_link(s.index, false)
             {
                 cases.push(failed_case("set-up", e.to_string()));
                 return (cases, String::new());
@@ -459,11 +476,12 @@ impl Fleet<'_> {
                 Err(e) => cases.push(failed_case("set-up", e)),
             }
         }
-        // Let the processes open their TAPs before the network comes up.
+        // Let the processes open their TAPs (and fail their first writes) before the network
+        // comes up.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut up_at = Vec::new();
         for b in &boards {
-            if let Err(e) = self.plug(self.slots[b.slot].index, true) {
+            if let Err(e) = self.set_link(self.slots[b.slot].index, true) {
                 cases.push(failed_case("set-up", e.to_string()));
             }
             up_at.push(Instant::now());
@@ -486,7 +504,7 @@ impl Fleet<'_> {
             let what = if self.slots[b.slot].kind == Kind::Qemu {
                 "QEMU start"
             } else {
-                "plug-in"
+                "link up"
             };
             let r = result.and_then(|at| {
                 let took = at.duration_since(t0);
@@ -785,15 +803,22 @@ impl Fleet<'_> {
             took.push(sent.elapsed().as_millis());
         }
         phone.close().await;
-        let reports = self.relay_reports_end_with(id, cursor).await?;
+        let reports = self
+            .relay_reports_end_with(id, cursor, &PHONE_SEQUENCE)
+            .await?;
         Ok(format!(
             "phone {phone_id} got each state event {took:?} ms after its command; the device's relay uploads: {reports:?}"
         ))
     }
 
     /// Waits up to [`PHONE_WAIT`] for device `id`'s `relay` uploads after `cursor` to end with
-    /// [`PHONE_SEQUENCE`]; returns them all.
-    async fn relay_reports_end_with(&self, id: u32, cursor: u64) -> Result<Vec<String>, String> {
+    /// `sequence`; returns them all.
+    async fn relay_reports_end_with(
+        &self,
+        id: u32,
+        cursor: u64,
+        sequence: &[&str],
+    ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + PHONE_WAIT;
         loop {
             let states: Vec<String> = self
@@ -803,12 +828,12 @@ impl Fleet<'_> {
                 .filter(|u| u.topic == "relay")
                 .filter_map(|u| relay_state(&u.payload))
                 .collect();
-            if states.ends_with(&PHONE_SEQUENCE.map(String::from)) {
+            if states.ends_with(&sequence.iter().map(|s| s.to_string()).collect::<Vec<_>>()) {
                 return Ok(states);
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "the device's relay uploads are {states:?}, expected them to end with {PHONE_SEQUENCE:?}"
+                    "the device's relay uploads are {states:?}, expected them to end with {sequence:?}"
                 ));
             }
             tokio::time::sleep(POLL).await;
@@ -967,6 +992,204 @@ impl Fleet<'_> {
             told_after.as_millis(),
             OFFLINE_WINDOW.as_millis(),
             offline_after.as_millis()
+        ))
+    }
+
+    /// `broker-away`: tap6's board is online with a bound phone logged in; for [`AWAY`] the
+    /// broker is out of the board's reach (its relay drops every datagram both ways; the
+    /// broker itself keeps running, so its API and the phone stay up). [`AWAY_PUSH_AT`] into
+    /// the outage the phone pushes [`AWAY_PUSHES`] (`relay.set` messages, each answered `ok`:
+    /// stored for the offline device). After the outage the board must log in again, the
+    /// phone must receive the device's answers in push order and the device's `relay` uploads
+    /// must end with the same states; the board's log must show every reconnect delay within
+    /// its backoff ceiling, with jitter ([`crate::backoff_log`]).
+    async fn broker_away(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let slot = match self.host_tap_slot(6) {
+            Ok(slot) => slot,
+            Err(e) => return (vec![e], String::new()),
+        };
+        let label = self.slots[slot].label.clone();
+        let cursor = match self.api.uploads(0, 1).await {
+            Ok(p) => p.head,
+            Err(e) => return (vec![failed_case("set-up", e.to_string())], String::new()),
+        };
+        let board = match self.boot(slot, 0, "broker-away") {
+            Ok(b) => b,
+            Err(e) => return (vec![failed_case("set-up", e)], String::new()),
+        };
+        let id = board.device_id;
+        let pushed = self.away_steps(slot, id, cursor).await;
+        self.slots[slot].relay.set_profile(Profile::default());
+        let log = board.device.stop();
+        let delivered = case(
+            format!("{label}: pushes made while the broker was away arrive after, in order"),
+            started,
+            pushed,
+        );
+        let delays = crate::backoff_log::reconnect_delays(&log);
+        let backoff = case(
+            format!("{label}: reconnect delays follow the backoff with jitter"),
+            started,
+            crate::backoff_log::check_backoff(&delays, crate::backoff_log::SDK_DEFAULT),
+        );
+        (vec![delivered, backoff], log_tail(&label, id, &log))
+    }
+
+    async fn away_steps(&self, slot: usize, id: u32, cursor: u64) -> Result<String, String> {
+        let limit = Duration::from_secs(self.ctx.rig.login_timeout_s);
+        self.online(id, limit).await?;
+        let (phone_id, mut phone) = self.bound_phone(id).await?;
+        let device = Address {
+            kind: IdKind::Device,
+            id,
+        };
+        let relay = &self.slots[slot].relay;
+        relay.set_profile(Profile::loss(100.0));
+        let away_from = Instant::now();
+        phone
+            .idle(AWAY_PUSH_AT)
+            .await
+            .map_err(|e| format!("phone {phone_id} while the broker is away: {e}"))?;
+        for want in AWAY_PUSHES {
+            let command = format!("relay.set {want}");
+            phone
+                .send(device, command.as_bytes(), PHONE_WAIT)
+                .await
+                .map_err(|e| format!("pushing `{command}` while the broker is away: {e}"))?;
+        }
+        phone
+            .idle(AWAY.saturating_sub(away_from.elapsed()))
+            .await
+            .map_err(|e| format!("phone {phone_id} while the broker is away: {e}"))?;
+        relay.set_profile(Profile::default());
+        let back = Instant::now();
+        let online = self.online(id, limit).await?;
+        // The pushes arrived, each once and in order, when the device's relay uploads end
+        // with the states pushed (the plug reports every change).
+        let reports = self
+            .relay_reports_end_with(id, cursor, &AWAY_PUSHES)
+            .await?;
+        let arrived = back.elapsed();
+        // The device answers each push to the phone; those answers that reach it must be in
+        // push order (the plug holds OUTBOX results at once, so a burst may lose some).
+        let mut answers = Vec::new();
+        while answers.len() < AWAY_PUSHES.len() {
+            let Ok(event) = phone.next_delivery(PHONE_WAIT).await else {
+                break;
+            };
+            answers.push(relay_state(&event.payload).unwrap_or_default());
+        }
+        phone.close().await;
+        let mut pushed = AWAY_PUSHES.iter();
+        if !answers.iter().all(|a| pushed.any(|p| p == a)) {
+            return Err(format!(
+                "the phone's answers {answers:?} are not in push order {AWAY_PUSHES:?}"
+            ));
+        }
+        let status = self.board_status(id).await?;
+        Ok(format!(
+            "away {} ms; online again {} ms after the outage ended; the pushes' relay states in the uploads {} ms after it: {reports:?}; phone {phone_id} got {} of {} answers {answers:?}; board reconnects {}; relay to board: {}",
+            AWAY.as_millis(),
+            online.duration_since(back).as_millis(),
+            arrived.as_millis(),
+            answers.len(),
+            AWAY_PUSHES.len(),
+            status.get("reconnects").unwrap_or(&Value::Null),
+            relay.to_board().summary()
+        ))
+    }
+
+    /// `id-profiles`, on phones only (the ID profile decides how logins of one terminal id
+    /// coexist; boards play no part). Plug profile (the fleet broker): a phone logs in, a
+    /// second login with the same id kicks the first with reason `REPLACED` within
+    /// [`PHONE_WAIT`], and a push to that id reaches the second. Signed profile (a second
+    /// broker with `[identity] profile = "signed"`, started and stopped here): two phones log
+    /// in with one negative id; a push to that id reaches both, and neither is kicked.
+    async fn id_profiles(&mut self) -> (Vec<Case>, String) {
+        let started = Instant::now();
+        let plug_id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let plug = self
+            .second_login_kicks(&self.broker, &self.api, plug_id)
+            .await;
+        let mut cases = vec![case(
+            "plug profile: a second login kicks the first with its reason".into(),
+            started,
+            plug,
+        )];
+        let started = Instant::now();
+        let signed_id = (-i64::from(self.next_id)) as u32;
+        self.next_id = self.next_id.wrapping_add(1);
+        let data_dir = self
+            .ctx
+            .paths
+            .work
+            .join("broker")
+            .join(format!("{}-signed", self.ctx.rig.name));
+        let signed = match TestBroker::start_with_profile(
+            self.ctx.bind,
+            self.ctx.api_bind,
+            self.ctx.advertise,
+            &data_dir,
+            Some(HEARTBEAT_SECS),
+            IdProfile::Signed,
+        )
+        .await
+        {
+            Ok(broker) => {
+                let api = Api::new(broker.api_base(), broker.api_token().to_string());
+                let result = two_logins_both_receive(&broker, &api, signed_id).await;
+                broker.stop().await;
+                result
+            }
+            Err(e) => Err(format!("signed-profile broker: {e}")),
+        };
+        cases.push(case(
+            "signed profile: two phones with one id both receive events".into(),
+            started,
+            signed,
+        ));
+        (cases, String::new())
+    }
+
+    async fn second_login_kicks(
+        &self,
+        broker: &TestBroker,
+        api: &Api,
+        id: u32,
+    ) -> Result<String, String> {
+        let token = broker.phone_token(id);
+        let url = broker.app_ws_url();
+        let mut first = Phone::login(&url, &token, PHONE_WAIT)
+            .await
+            .map_err(|e| format!("first login of phone {id}: {e}"))?;
+        let mut second = Phone::login(&url, &token, PHONE_WAIT)
+            .await
+            .map_err(|e| format!("second login of phone {id}: {e}"))?;
+        let reason = first
+            .kicked(PHONE_WAIT)
+            .await
+            .map_err(|e| format!("the first phone {id} was not kicked: {e}"))?;
+        if reason != Code::REPLACED {
+            return Err(format!(
+                "the first phone was kicked with code {}, expected REPLACED ({})",
+                reason.0,
+                Code::REPLACED.0
+            ));
+        }
+        api.push_text("phone", id, "after the second login")
+            .await
+            .map_err(|e| e.to_string())?;
+        let got = second
+            .next_delivery(PHONE_WAIT)
+            .await
+            .map_err(|e| format!("push to the second phone: {e}"))?;
+        second.close().await;
+        Ok(format!(
+            "phone {id}: first session kicked with code {} (REPLACED); the second received {:?}",
+            reason.0,
+            String::from_utf8_lossy(&got.payload)
         ))
     }
 
@@ -1171,6 +1394,44 @@ impl Fleet<'_> {
             cursor = page.next;
         }
     }
+}
+
+/// Two phones log in to `broker` with one id (`id`, negative under the signed profile); a
+/// push to that id must reach both within [`PHONE_WAIT`], and neither may be kicked meanwhile
+/// (a kick ends that phone's reads with an error).
+async fn two_logins_both_receive(
+    broker: &TestBroker,
+    api: &Api,
+    id: u32,
+) -> Result<String, String> {
+    let token = broker.phone_token(id);
+    let url = broker.app_ws_url();
+    let shown = id as i32;
+    let mut phones = Vec::new();
+    for n in 1..=2 {
+        phones.push(
+            Phone::login(&url, &token, PHONE_WAIT)
+                .await
+                .map_err(|e| format!("login {n} of phone {shown}: {e}"))?,
+        );
+    }
+    api.push_text("phone", id, "to every session")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    for (n, phone) in phones.iter_mut().enumerate() {
+        let d = phone
+            .next_delivery(PHONE_WAIT)
+            .await
+            .map_err(|e| format!("session {} of phone {shown}: {e}", n + 1))?;
+        got.push(String::from_utf8_lossy(&d.payload).into_owned());
+    }
+    for phone in phones {
+        phone.close().await;
+    }
+    Ok(format!(
+        "phone {shown}: both sessions received the push ({got:?}); neither was kicked"
+    ))
 }
 
 /// One boot's uploads in spool order: one epoch, each dedup key once, upload ids strictly

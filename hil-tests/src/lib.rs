@@ -14,9 +14,12 @@
 //!   TAP per board, QEMU's board beside them), each board's UDP path through an [`impair`]
 //!   relay whose loss, delay, jitter, reordering and duplication a scenario changes as it runs.
 //! * [`phone`]: an app on the broker's app WebSocket (the phone-to-plug scenario).
+//! * [`backoff_log`]: reconnect delays read from a board's log, checked against its backoff
+//!   (the broker-away scenario).
 //! * [`teardown`]: what a Ctrl-C must remove (namespaces, board processes).
 
 pub mod api;
+pub mod backoff_log;
 pub mod broker;
 pub mod catalog;
 pub mod device;

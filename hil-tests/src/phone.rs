@@ -183,6 +183,34 @@ impl Phone {
         }
     }
 
+    /// Keeps the session alive for `time` (pings as an idle app does; deliveries are kept for
+    /// [`Phone::next_delivery`], presence events ignored).
+    pub async fn idle(&mut self, time: Duration) -> Result<(), PhoneError> {
+        let deadline = tokio::time::Instant::now() + time;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read("nothing (idle)", left).await {
+                Err(PhoneError::Timeout { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(ServerMessage::Deliver(d)) => self.early.push_back(d),
+                Ok(other) => self.unexpected(other)?,
+            }
+        }
+    }
+
+    /// Waits at most `limit` for the broker to kick this phone; returns the kick's reason.
+    pub async fn kicked(&mut self, limit: Duration) -> Result<Code, PhoneError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read("kick", left).await? {
+                ServerMessage::Kick(k) => return Ok(k.reason),
+                ServerMessage::Deliver(d) => self.early.push_back(d),
+                other => self.unexpected(other)?,
+            }
+        }
+    }
+
     /// Says goodbye and closes the connection.
     pub async fn close(mut self) {
         let bye = ClientMessage::Goodbye(Goodbye {

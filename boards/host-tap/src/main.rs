@@ -124,7 +124,10 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Millisecond timestamps: the HIL suite measures reconnect delays from them (docs/hil.md).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let settings = match Settings::from_vars(std::env::vars()) {
         Ok(s) => s,
         Err(e) => {
