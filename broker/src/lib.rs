@@ -161,12 +161,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         eviction: config.offline.eviction,
     };
     let retention = store::embedded::SpoolRetention::from_config(&config.upload);
-    let writer_queue = config.storage.writer_queue as usize;
-    let store = EmbeddedStore::open_with_writer_queue(&dir, limits, retention, writer_queue)
-        .map_err(|source| StartError::Store {
+    let tuning = store::embedded::StoreTuning::from_config(&config.storage);
+    let store = EmbeddedStore::open_tuned(&dir, limits, retention, tuning).map_err(|source| {
+        StartError::Store {
             dir: dir.clone(),
             source,
-        })?;
+        }
+    })?;
     let parts = StartParts {
         stores: store.stores(),
         extra_routes: axum::Router::new(),

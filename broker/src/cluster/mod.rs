@@ -62,7 +62,7 @@ use crate::discovery::{
 };
 use crate::keeper::RabbitView;
 use crate::metrics::Metrics;
-use crate::store::embedded::{EmbeddedStore, OfflineLimits, SpoolRetention};
+use crate::store::embedded::{EmbeddedStore, OfflineLimits, SpoolRetention, StoreTuning};
 use crate::store::redis::{OnlineRegistry, RedisConn, RedisConnError, RedisStore};
 use crate::store::{StoreError, Stores};
 use crate::uploads::{
@@ -376,11 +376,11 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open_with_writer_queue(
+    let local = EmbeddedStore::open_tuned(
         &config.storage.data_dir.join("upload-spool"),
         limits,
         SpoolRetention::from_config(&config.upload),
-        config.storage.writer_queue as usize,
+        StoreTuning::from_config(&config.storage),
     )?
     .stores()
     .uploads;
@@ -481,11 +481,11 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open_with_writer_queue(
+    let local = EmbeddedStore::open_tuned(
         &config.storage.data_dir,
         limits,
         SpoolRetention::from_config(&config.upload),
-        config.storage.writer_queue as usize,
+        StoreTuning::from_config(&config.storage),
     )?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(c.store.clone(), None)),
