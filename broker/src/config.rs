@@ -150,6 +150,26 @@ pub struct Storage {
     /// Write requests that may wait for the embedded store's writer; more writers (device
     /// sessions, the API) wait for a slot (`broker_store_writer_waits_total`).
     pub writer_queue: u32,
+    /// Memory for the embedded store's page cache, in bytes (at least [`MIN_STORE_CACHE_BYTES`]).
+    /// The cache fills up to the store file's size and then stays there, so the broker's memory
+    /// grows after start by up to the smaller of the two (docs/storage.md).
+    pub cache_bytes: u64,
+}
+
+/// The smallest `storage.cache_bytes` accepted: below one MiB the store rereads its index pages
+/// from the file on most lookups.
+pub const MIN_STORE_CACHE_BYTES: u64 = 1 << 20;
+
+impl Storage {
+    /// The embedded store's tuning from this section (the store never reads the configuration).
+    /// `cache_bytes` was checked at load to fit a `usize`; a value that does not (only possible
+    /// on a 32-bit target) is capped at `usize::MAX`.
+    pub fn store_tuning(&self) -> crate::store::embedded::StoreTuning {
+        crate::store::embedded::StoreTuning {
+            writer_queue: self.writer_queue as usize,
+            cache_bytes: usize::try_from(self.cache_bytes).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 impl Default for Storage {
@@ -157,6 +177,8 @@ impl Default for Storage {
         Storage {
             data_dir: PathBuf::from("broker-data"),
             writer_queue: 512,
+            // The store library's own default, so an unset key changes nothing.
+            cache_bytes: 1 << 30,
         }
     }
 }
@@ -660,6 +682,15 @@ impl Config {
         if self.storage.data_dir.as_os_str().is_empty() {
             return err("storage.data_dir", "must not be empty");
         }
+        let cache = self.storage.cache_bytes;
+        if cache < MIN_STORE_CACHE_BYTES || usize::try_from(cache).is_err() {
+            return err(
+                "storage.cache_bytes",
+                format!(
+                    "must be at least {MIN_STORE_CACHE_BYTES} (1 MiB) and fit this machine's memory"
+                ),
+            );
+        }
         let l = &self.limits;
         if !(64..=1200).contains(&l.max_device_frame_bytes) {
             return err(
@@ -936,6 +967,14 @@ mod tests {
     }
 
     #[test]
+    fn the_stores_defaults_are_the_storage_sections_defaults() {
+        assert_eq!(
+            Storage::default().store_tuning(),
+            crate::store::embedded::StoreTuning::default()
+        );
+    }
+
+    #[test]
     fn documented_default_equals_code_default() {
         let parsed = Config::from_str_with_env("default", DEFAULT_TOML, no_env()).unwrap();
         assert_eq!(parsed, Config::default());
@@ -999,6 +1038,19 @@ mod tests {
             let toml = format!("[{section}]\n{key} = \"http://127.0.0.1:8080/api\"\n");
             assert!(Config::from_str_with_env("u.toml", &toml, no_env()).is_ok());
         }
+    }
+
+    #[test]
+    fn a_store_cache_under_one_mib_is_refused_naming_the_key_and_one_mib_is_taken() {
+        for bad in [0, MIN_STORE_CACHE_BYTES - 1] {
+            let toml = format!("[storage]\ncache_bytes = {bad}\n");
+            let e = Config::from_str_with_env("a.toml", &toml, no_env()).unwrap_err();
+            assert!(e.to_string().contains("`storage.cache_bytes`"), "{e}");
+        }
+        let toml = format!("[storage]\ncache_bytes = {MIN_STORE_CACHE_BYTES}\n");
+        let c = Config::from_str_with_env("a.toml", &toml, no_env()).unwrap();
+        assert_eq!(c.storage.cache_bytes, MIN_STORE_CACHE_BYTES);
+        assert_eq!(Config::default().storage.cache_bytes, 1 << 30);
     }
 
     #[test]

@@ -164,12 +164,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         eviction: config.offline.eviction,
     };
     let retention = config.upload.spool_retention();
-    let writer_queue = config.storage.writer_queue as usize;
-    let store = EmbeddedStore::open_with_writer_queue(&dir, limits, retention, writer_queue)
-        .map_err(|source| StartError::Store {
+    let tuning = config.storage.store_tuning();
+    let store = EmbeddedStore::open_tuned(&dir, limits, retention, tuning).map_err(|source| {
+        StartError::Store {
             dir: dir.clone(),
             source,
-        })?;
+        }
+    })?;
     let parts = StartParts {
         stores: store.stores(),
         extra_routes: axum::Router::new(),

@@ -5,7 +5,7 @@
 //! How the pieces fit:
 //! * the broker binary is built (`--release` optional) and started on free 127.0.0.1 ports with
 //!   a config of its own in `target/soak/` (limits lifted for one client address, the upload
-//!   spool capped so retention runs);
+//!   spool capped so retention runs, the store's page cache sized by `--store-cache-mib`);
 //! * the client side is `broker load`: one process keeps 99% of the connections for the whole
 //!   run, uploading every `--upload-interval` ms; every minute a churn batch of 1% of the
 //!   connections logs in, uploads and says goodbye about 50 s later (so 1% of the connections
@@ -35,8 +35,8 @@ use crate::soak_report::{
 
 const USAGE: &str = "\
 usage: cargo xtask soak [--minutes N] [--connections N] [--upload-interval MS]
-                        [--warmup-minutes N] [--spool-max-records N] [--release]
-                        [--out DIR]
+                        [--warmup-minutes N] [--spool-max-records N]
+                        [--store-cache-mib N] [--release] [--out DIR]
 
   --minutes N          length of the steady run (default 30)
   --connections N      simulated device connections, 1% of them churned per minute (default 10000)
@@ -44,6 +44,8 @@ usage: cargo xtask soak [--minutes N] [--connections N] [--upload-interval MS]
   --warmup-minutes N   samples before this are not judged (default: a fifth of the run, at least 0.5)
   --spool-max-records N the broker's upload.spool_max_records (default 20000): reached within
                        the warm-up, so the store file is no longer growing when judged
+  --store-cache-mib N  the broker's storage.cache_bytes in MiB (default 2): smaller than the
+                       store file, so the page cache is full within the warm-up
   --release            build and run the broker in release mode (default: debug)
   --out DIR            where the result files go (default docs/soak)
 Pass: RSS and open fds drift at most 5% over the measured window, errors do not grow, and
@@ -56,6 +58,11 @@ const STEADY_FIRST_ID: u32 = 100_000;
 /// trimming (and the store file stops growing) within the warm-up of a run at the default
 /// rates, so the measured window sees a store of constant size.
 const SPOOL_MAX_RECORDS: u64 = 20_000;
+/// The soak broker's default `storage.cache_bytes`, in MiB: below the size the store file
+/// reaches at the spool cap (about 6 MiB at 20,000 records), so the page cache is full within
+/// the warm-up. With the broker's default (1 GiB) the cache grows with every page read until
+/// it holds the whole file, which a run shows as growth of up to the file's size.
+const STORE_CACHE_MIB: u64 = 2;
 /// Seconds between churn batches.
 const CHURN_EVERY_SECS: u64 = 60;
 /// Seconds into the run the first churn batch starts (so a short run churns too).
@@ -71,6 +78,7 @@ struct Options {
     upload_interval_ms: u64,
     warmup_minutes: Option<f64>,
     spool_max_records: u64,
+    store_cache_mib: u64,
     release: bool,
     out: PathBuf,
 }
@@ -82,6 +90,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         upload_interval_ms: 30_000,
         warmup_minutes: None,
         spool_max_records: SPOOL_MAX_RECORDS,
+        store_cache_mib: STORE_CACHE_MIB,
         release: false,
         out: project_root().join("docs/soak"),
     };
@@ -104,6 +113,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--upload-interval" => o.upload_interval_ms = number(arg, value(arg)?)? as u64,
             "--warmup-minutes" => o.warmup_minutes = Some(number(arg, value(arg)?)?),
             "--spool-max-records" => o.spool_max_records = number(arg, value(arg)?)? as u64,
+            "--store-cache-mib" => o.store_cache_mib = number(arg, value(arg)?)?.ceil() as u64,
             "--release" => o.release = true,
             "--out" => o.out = PathBuf::from(value(arg)?),
             "help" | "--help" | "-h" => return Err(USAGE.to_string()),
@@ -157,7 +167,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let work = target_dir().join("soak");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
-    let config = write_config(&work, o.connections, o.spool_max_records)?;
+    let config = write_config(&work, &o)?;
     let log_path = work.join("broker.log");
     let mut broker = Running::start(
         Command::new(&binary).arg("--config").arg(&config),
@@ -415,14 +425,17 @@ fn free_ports() -> Result<([u16; 3], u16), String> {
     Ok((ports, udp_port))
 }
 
-/// The soak's broker config: free ports, its own data directory, limits sized for
-/// `connections` from one address, and a spool cap so retention trims during the run.
-fn write_config(work: &Path, connections: u32, spool_max_records: u64) -> Result<PathBuf, String> {
-    let limit = connections + connections / 10 + 100;
+/// The soak's broker config: free ports, its own data directory and store cache size, limits
+/// sized for the connections from one address, and a spool cap so retention trims during the
+/// run.
+fn write_config(work: &Path, o: &Options) -> Result<PathBuf, String> {
+    let limit = o.connections + o.connections / 10 + 100;
+    let (spool_max_records, cache_bytes) = (o.spool_max_records, o.store_cache_mib << 20);
     let ([http, device_ws, app_ws], udp) = free_ports()?;
     let text = format!(
         "[listen]\nhttp = \"127.0.0.1:{http}\"\ndevice_ws = \"127.0.0.1:{device_ws}\"\n\
-         app_ws = \"127.0.0.1:{app_ws}\"\nudp = \"127.0.0.1:{udp}\"\n[storage]\ndata_dir = {:?}\n[limits]\nmax_connections = {limit}\n\
+         app_ws = \"127.0.0.1:{app_ws}\"\nudp = \"127.0.0.1:{udp}\"\n[storage]\ndata_dir = {:?}\n\
+         cache_bytes = {cache_bytes}\n[limits]\nmax_connections = {limit}\n\
          max_connections_per_ip = {limit}\nlogin_attempts_per_ip_per_sec = 100000\n\
          [upload]\nspool_max_records = {spool_max_records}\n",
         work.join("data"),
@@ -605,7 +618,7 @@ impl Summary<'_> {
         let mut s = format!(
             "# Soak run {stamp}: {result}\n\n\
              `cargo xtask soak --minutes {min} --connections {conn} --upload-interval {ui} \
-             --warmup-minutes {warmup} --spool-max-records {spool}{rel}`\n\n\
+             --warmup-minutes {warmup} --spool-max-records {spool} --store-cache-mib {cache}{rel}`\n\n\
              * Machine: {machine}; load average {l0} at the start, {l1} at the end (shared machine).\n\
              * Broker: standalone, embedded store, {build} build{arena}; clients: `broker load` over UDP on 127.0.0.1.\n\
              * Traffic: {steady} steady connections, one upload per {ui} ms each; {batches} churn batches \
@@ -627,6 +640,7 @@ impl Summary<'_> {
             ui = o.upload_interval_ms,
             warmup = o.warmup_secs() / 60.0,
             spool = o.spool_max_records,
+            cache = o.store_cache_mib,
             rel = if o.release { " --release" } else { "" },
             machine = self.machine,
             l0 = self.load.0,
@@ -701,7 +715,10 @@ mod tests {
         assert_eq!(o.warmup_secs(), 360.0);
         let o = parse(&args("--minutes 1 --connections 500")).unwrap();
         assert_eq!((o.churn_batch(), o.warmup_secs()), (5, 30.0));
-        assert_eq!(o.spool_max_records, 20_000);
+        assert_eq!((o.spool_max_records, o.store_cache_mib), (20_000, 2));
+        let o = parse(&args("--store-cache-mib 16")).unwrap();
+        assert_eq!(o.store_cache_mib, 16);
+        assert!(parse(&args("--store-cache-mib 0")).is_err());
         let quick: Vec<String> = QUICK.iter().map(|a| a.to_string()).collect();
         let q = parse(&quick).unwrap();
         assert_eq!((q.spool_max_records, q.warmup_secs()), (2_000, 30.0));

@@ -376,11 +376,11 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open_with_writer_queue(
+    let local = EmbeddedStore::open_tuned(
         &config.storage.data_dir.join("upload-spool"),
         limits,
         config.upload.spool_retention(),
-        config.storage.writer_queue as usize,
+        config.storage.store_tuning(),
     )?
     .stores()
     .uploads;
@@ -481,11 +481,11 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
         max_per_terminal: u64::from(config.offline.max_per_terminal),
         eviction: config.offline.eviction,
     };
-    let local = EmbeddedStore::open_with_writer_queue(
+    let local = EmbeddedStore::open_tuned(
         &config.storage.data_dir,
         limits,
         config.upload.spool_retention(),
-        config.storage.writer_queue as usize,
+        config.storage.store_tuning(),
     )?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(c.store.clone(), None)),

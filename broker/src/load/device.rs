@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
 use shared_protocol::keys::DeviceKey;
 
@@ -92,17 +93,16 @@ pub async fn run_pinging(
                 since_id: 0,
                 upload_epoch: draw_upload_epoch(),
             };
-            login(
-                &mut wire,
-                &via,
-                id,
-                &key,
-                report,
-                plan.login_timeout,
-                &clock,
-            )
-            .await
-            .map(|(link, _)| (wire, link))
+            let give_up = tokio::time::Instant::now() + plan.login_timeout;
+            loop {
+                let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+                match login(&mut wire, &via, id, &key, report, left, &clock).await {
+                    Err(e) if answered_a_stale_challenge(&e) && !left.is_zero() => {
+                        outcome.login_retries += 1;
+                    }
+                    done => break done.map(|(link, _)| (wire, link)),
+                }
+            }
         }
         Err(e) => Err(e),
     };
@@ -222,6 +222,21 @@ async fn steady(
     }
 }
 
+/// Whether a login was refused because it answered a CHALLENGE meant for an earlier HELLO.
+///
+/// A HELLO unanswered for a second is sent again with a fresh nonce (docs/protocol.md section
+/// 3.2, step 6); when the broker's CHALLENGE to the first HELLO arrives after that, the LOGIN
+/// pairs the new nonce with the old cookie and is refused `BAD_COOKIE` (or `COOKIE_EXPIRED`
+/// when it arrives very late). A REJECT is advisory and the device SDK starts again after one,
+/// so a load device does the same at once, within its login timeout, and counts the retry.
+fn answered_a_stale_challenge(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Rejected { code, .. }
+            if *code == Code::BAD_COOKIE || *code == Code::COOKIE_EXPIRED
+    )
+}
+
 /// A short reason to group failures by (the full error names addresses and ids).
 fn failure_reason(e: &ClientError) -> String {
     match e {
@@ -230,5 +245,29 @@ fn failure_reason(e: &ClientError) -> String {
         ClientError::Connect(m) if m.starts_with("no answer") => "login timed out".into(),
         ClientError::Io(io) => format!("socket: {}", io.kind()),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: Code) -> ClientError {
+        ClientError::Rejected {
+            code,
+            hint: String::new(),
+            retry_after_ms: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_refused_stale_challenge_is_retried() {
+        assert!(answered_a_stale_challenge(&rejected(Code::BAD_COOKIE)));
+        assert!(answered_a_stale_challenge(&rejected(Code::COOKIE_EXPIRED)));
+        assert!(!answered_a_stale_challenge(&rejected(Code::AUTH_FAILED)));
+        assert!(!answered_a_stale_challenge(&rejected(Code::RATE_LIMITED)));
+        assert!(!answered_a_stale_challenge(&ClientError::Connect(
+            "no answer".into()
+        )));
     }
 }

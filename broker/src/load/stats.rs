@@ -82,6 +82,9 @@ pub struct DeviceOutcome {
     pub login: Option<Duration>,
     /// Why it could not log in.
     pub login_failure: Option<String>,
+    /// Logins started again after a REJECT for a stale CHALLENGE (`BAD_COOKIE` or
+    /// `COOKIE_EXPIRED`: the broker answered an earlier HELLO of this device late).
+    pub login_retries: u64,
     /// Uploads sent (first transmissions).
     pub uploads_sent: u64,
     /// Uploads the broker acknowledged (durable).
@@ -121,6 +124,9 @@ pub struct Report {
     pub logged_in: u64,
     /// Login failures by reason.
     pub login_failures: BTreeMap<String, u64>,
+    /// Logins started again after a REJECT for a stale CHALLENGE (each device retries within
+    /// its login timeout; see [`DeviceOutcome::login_retries`]).
+    pub login_retries: u64,
     /// Achieved login rate over the ramp, per second.
     pub logins_per_sec: f64,
     /// Login latency.
@@ -197,8 +203,9 @@ impl Report {
         let mut acks = Latencies::default();
         let mut login_failures = BTreeMap::new();
         let mut sessions_lost = BTreeMap::new();
-        let (mut sent, mut acked, mut answered) = (0, 0, 0);
+        let (mut sent, mut acked, mut answered, mut retries) = (0, 0, 0, 0);
         for o in outcomes {
+            retries += o.login_retries;
             if let Some(l) = o.login {
                 logins.record(l);
             }
@@ -225,6 +232,7 @@ impl Report {
             devices,
             logged_in,
             login_failures,
+            login_retries: retries,
             logins_per_sec: per_sec(logged_in, ramp),
             login_latency: logins.summary(),
             uploads_sent: sent,
@@ -272,6 +280,13 @@ impl fmt::Display for Report {
         )?;
         for (why, n) in &self.login_failures {
             writeln!(f, "  login failed x{n}: {why}")?;
+        }
+        if self.login_retries > 0 {
+            writeln!(
+                f,
+                "  logins started again after a late CHALLENGE was refused: {}",
+                self.login_retries
+            )?;
         }
         if self.rate_limited() {
             writeln!(f, "  {RATE_LIMIT_HINT}")?;
@@ -363,6 +378,7 @@ mod tests {
         acks.record(ms(4));
         let ok = DeviceOutcome {
             login: Some(ms(1)),
+            login_retries: 2,
             uploads_sent: 3,
             uploads_acked: 2,
             ack_latency: acks,
@@ -381,6 +397,7 @@ mod tests {
         assert_eq!((r.devices, r.logged_in), (2, 1));
         assert_eq!(r.logins_per_sec, 2.0);
         assert_eq!(r.login_failures.get("timeout"), Some(&1));
+        assert_eq!(r.login_retries, 2);
         assert_eq!((r.uploads_sent, r.uploads_acked), (3, 2));
         assert_eq!(r.acked_per_sec, 1.0);
         assert_eq!(r.ack_latency.as_ref().unwrap().max_ms, 4.0);
@@ -391,6 +408,10 @@ mod tests {
         );
         let text = r.to_string();
         assert!(text.contains("login failed x1: timeout"), "{text}");
+        assert!(
+            text.contains("after a late CHALLENGE was refused: 2"),
+            "{text}"
+        );
         assert!(!text.contains("hint:"), "{text}");
         // Refused by the broker's limits: the report says which keys to raise.
         let limited = DeviceOutcome {

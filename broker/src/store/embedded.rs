@@ -132,6 +132,27 @@ struct OpCounters {
     lazy_writes: AtomicU64,
 }
 
+/// How much memory the embedded store may hold: the writer's queue and the page cache
+/// (`storage.writer_queue` and `storage.cache_bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreTuning {
+    /// Write requests that may wait for the writer (see [`GroupCommit`]).
+    pub writer_queue: usize,
+    /// Bytes of redb's page cache (a tenth of it for pages being written). The cache fills up
+    /// to the store file's size and stays there.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreTuning {
+    /// 512 queued writes and redb's own 1 GiB cache (the `[storage]` section's defaults).
+    fn default() -> Self {
+        StoreTuning {
+            writer_queue: 512,
+            cache_bytes: 1 << 30,
+        }
+    }
+}
+
 /// The redb-backed store; implements every store trait.
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -156,33 +177,27 @@ impl EmbeddedStore {
         limits: OfflineLimits,
         retention: SpoolRetention,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
-        Self::open_with_writer_queue(dir, limits, retention, group_commit::QUEUE_CAPACITY)
+        Self::open_tuned(dir, limits, retention, StoreTuning::default())
     }
 
-    /// [`EmbeddedStore::open_with_retention`] with the writer's queue bounded to
-    /// `writer_queue` requests (`storage.writer_queue`; see [`GroupCommit`]).
-    pub fn open_with_writer_queue(
+    /// [`EmbeddedStore::open_with_retention`] with the writer's queue and the page cache sized
+    /// by `tuning` (the `[storage]` keys; see [`StoreTuning`]).
+    pub fn open_tuned(
         dir: &Path,
         limits: OfflineLimits,
         retention: SpoolRetention,
-        writer_queue: usize,
+        tuning: StoreTuning,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
-        Self::open_inner(
-            dir,
-            limits,
-            retention,
-            writer_queue,
-            group_commit::LAZY_WINDOW,
-        )
+        Self::open_inner(dir, limits, retention, tuning, group_commit::LAZY_WINDOW)
     }
 
-    /// [`EmbeddedStore::open_with_writer_queue`] with lazy writes made durable within
-    /// `lazy_window` (see [`GroupCommit::write_lazy`]).
+    /// [`EmbeddedStore::open_tuned`] with lazy writes made durable within `lazy_window` (see
+    /// [`GroupCommit::write_lazy`]).
     fn open_inner(
         dir: &Path,
         limits: OfflineLimits,
         retention: SpoolRetention,
-        writer_queue: usize,
+        tuning: StoreTuning,
         lazy_window: std::time::Duration,
     ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
@@ -191,7 +206,9 @@ impl EmbeddedStore {
         // Payloads live here: the file is 0600 before redb writes to it, even if it existed wider.
         crate::private_files::open_private(&path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(tuning.cache_bytes)
+            .create(&path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write()?;
         txn.open_table(META)?;
@@ -237,7 +254,7 @@ impl EmbeddedStore {
         Ok(Arc::new(EmbeddedStore {
             writer: GroupCommit::start_with(
                 db.clone(),
-                writer_queue,
+                tuning.writer_queue,
                 lazy_window,
                 Box::new(reload),
             )?,
@@ -822,7 +839,7 @@ mod tests {
             dir,
             limits,
             SpoolRetention::default(),
-            group_commit::QUEUE_CAPACITY,
+            StoreTuning::default(),
             std::time::Duration::from_secs(3600),
         )
         .unwrap();

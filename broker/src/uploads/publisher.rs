@@ -11,14 +11,17 @@
 //!    `received_at_ms` and `dedup_key` (`<device id>:<upload epoch hex>:<upload id>`, also the
 //!    message id; see [`crate::store::upload_dedup_key`]).
 //!    A connection or channel error or a confirm timeout drops that node and tries the next
-//!    healthy one once; a nack or a second failure goes to the spool.
+//!    healthy one once (header `x-republished: true`, see [`PublishCopy`]); a nack or a second
+//!    failure goes to the spool.
 //! 3. The forwarder task publishes the spool in cursor order (header `x-redelivered-from-spool:
 //!    true`), a batch at a time, and persists its cursor (consumer [`SPOOL_CONSUMER`]) only up to
 //!    the last contiguously confirmed record.
 //!
-//! An upload whose confirm was lost may be published twice (once direct, once from the spool):
-//! consumers drop duplicates by `dedup_key`. The spool given here must be dedicated to this sink
-//! (e.g. its own [`crate::store::embedded::EmbeddedStore`]): every record in it gets published.
+//! An upload whose confirm was lost may be published more than once (direct, retried on the next
+//! node, from the spool); every copy after the first carries `x-republished` or
+//! `x-redelivered-from-spool`, and consumers drop duplicates by `dedup_key`. The spool given
+//! here must be dedicated to this sink (e.g. its own [`crate::store::embedded::EmbeddedStore`]):
+//! every record in it gets published.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -224,7 +227,13 @@ impl UploadSink for RabbitUploadSink {
         let i = &self.inner;
         if !i.backlog.load(Ordering::SeqCst) {
             for attempt in 0..2 {
-                match i.publish_confirmed(&upload, false).await {
+                // The second try follows a failure whose message may have reached a node anyway.
+                let copy = if attempt == 0 {
+                    PublishCopy::First
+                } else {
+                    PublishCopy::AfterLostConfirm
+                };
+                match i.publish_confirmed(&upload, copy).await {
                     Ok(()) => {
                         i.confirmed.fetch_add(1, Ordering::Relaxed);
                         return Ok(Delivered::Confirmed);
@@ -329,11 +338,11 @@ impl Inner {
         }
     }
 
-    async fn publish_confirmed(&self, up: &Upload, from_spool: bool) -> Result<(), PubError> {
+    async fn publish_confirmed(&self, up: &Upload, copy: PublishCopy) -> Result<(), PubError> {
         let link = self.link().await?;
         let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
         let r = tokio::time::timeout(timeout, async {
-            let confirm = send(&link.channel, &self.cfg, up, from_spool).await?;
+            let confirm = send(&link.channel, &self.cfg, up, copy).await?;
             confirm.await
         })
         .await;
@@ -400,8 +409,21 @@ pub async fn declare_bound(
     .await
 }
 
+/// Which publish of an upload a message is, so a copy that may duplicate an earlier one says so
+/// in a header (consumers still drop duplicates by `dedup_key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishCopy {
+    /// The first publish, on the direct path: no extra header.
+    First,
+    /// The direct retry on the next node after a publish whose confirm never came (its message
+    /// may have reached the first node anyway): header `x-republished: true`.
+    AfterLostConfirm,
+    /// Published by the spool forwarder: header `x-redelivered-from-spool: true`.
+    FromSpool,
+}
+
 /// The AMQP properties of an upload message (see module docs for the headers).
-pub fn properties(up: &Upload, from_spool: bool) -> BasicProperties {
+pub fn properties(up: &Upload, copy: PublishCopy) -> BasicProperties {
     let mut h = FieldTable::default();
     h.insert("device_id".into(), AMQPValue::LongUInt(up.device.id));
     // As text: AMQP's 64-bit integers are signed, and JSON consumers lose bits above 2^53.
@@ -422,8 +444,14 @@ pub fn properties(up: &Upload, from_spool: bool) -> BasicProperties {
         "dedup_key".into(),
         AMQPValue::LongString(LongString::from(up.dedup_key())),
     );
-    if from_spool {
-        h.insert("x-redelivered-from-spool".into(), AMQPValue::Boolean(true));
+    match copy {
+        PublishCopy::First => {}
+        PublishCopy::AfterLostConfirm => {
+            h.insert("x-republished".into(), AMQPValue::Boolean(true));
+        }
+        PublishCopy::FromSpool => {
+            h.insert("x-redelivered-from-spool".into(), AMQPValue::Boolean(true));
+        }
     }
     BasicProperties::default()
         .with_delivery_mode(2)
@@ -437,14 +465,14 @@ async fn send(
     ch: &Channel,
     cfg: &RabbitConfig,
     up: &Upload,
-    from_spool: bool,
+    copy: PublishCopy,
 ) -> Result<lapin::PublisherConfirm, lapin::Error> {
     ch.basic_publish(
         cfg.upload_exchange.as_str().into(),
         format!("{}.{}", cfg.upload_routing_prefix, up.topic).into(),
         BasicPublishOptions::default(),
         &up.payload,
-        properties(up, from_spool),
+        properties(up, copy),
     )
     .await
 }
@@ -505,7 +533,7 @@ async fn drain(inner: &Inner) -> Result<bool, StoreError> {
                 payload: r.payload.clone(),
                 received_at_ms: r.received_at_ms,
             };
-            match send(&link.channel, &inner.cfg, &up, true).await {
+            match send(&link.channel, &inner.cfg, &up, PublishCopy::FromSpool).await {
                 Ok(c) => pending.push((r.cursor, c)),
                 Err(_) => break,
             }
