@@ -204,6 +204,11 @@ impl Metrics {
             .set(v);
     }
 
+    /// A console event stream fell behind the router's live feed and lost `n` events.
+    pub fn console_events_lost(&self, n: u64) {
+        self.counter("broker_console_events_lost_total", &[], n);
+    }
+
     /// A connection was accepted (comet).
     pub fn connection_opened(&self, t: Transport) {
         self.counter("broker_connections_total", &[("transport", t.as_str())], 1);

@@ -1,8 +1,9 @@
 //! The web console in a real headless browser: Debian's chromium, driven over WebDriver by
 //! its chromedriver (installed by scripts/bootstrap.sh), against an in-process broker on
 //! 127.0.0.1. The test loads `/console`, logs in with the API token (kept in
-//! `sessionStorage`, never in the URL), sees a device come online, sends it a relay command
-//! from the form and sees the device's result, then sees the device go offline. Screenshots
+//! `sessionStorage`, never in the URL), sees a device come online, sees a push to it and a
+//! login with a wrong key appear in the live event stream, sends it a relay command from the
+//! form and sees the device's result, then sees the device go offline. Screenshots
 //! of each step are saved under `target/tmp/console/`. A second test checks the HTTP side:
 //! the event stream needs the token, and `[console] enabled = false` serves neither.
 //! chromedriver is started on a free port and stopped by its own PID.
@@ -12,12 +13,17 @@ mod comet_support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use broker::terminal::IdProfile;
+use broker::terminal::{Address, IdProfile};
 use comet_support::{API_TOKEN, Got, TestBroker, Wire, login};
 use fantoccini::{Client, ClientBuilder, Locator};
 use shared_protocol::frame::Body;
+use shared_protocol::handshake::{ClientEvent, ClientHandshake};
+use shared_protocol::keys::{MasterKey, derive_device_key};
+use shared_protocol::limits::MAX_PACKET;
 
 const DEVICE: u32 = 77;
+/// A device that logs in with a key the broker does not hold.
+const IMPOSTOR: u32 = 78;
 const TOKEN_KEY: &str = "plugcloud.console.token";
 
 /// chromedriver, killed by its PID on drop.
@@ -108,6 +114,30 @@ async fn wait_text_within(
     }
 }
 
+/// A device handshake for `id` with a key derived from another fleet's master key: the
+/// broker refuses it (`auth_failed`).
+async fn login_with_a_wrong_key(mut wire: Wire, id: u32) {
+    let key = derive_device_key(&MasterKey([0x5a; 32]), id);
+    let mut hs = ClientHandshake::new(Address::device(id), key, 0, 1);
+    let mut out = [0u8; MAX_PACKET];
+    let hello = hs
+        .start(broker::router::now_ms(), rand::random(), &mut out)
+        .unwrap()
+        .to_vec();
+    wire.send(&hello).await;
+    while let Some(mut p) = wire.recv(Duration::from_secs(5)).await {
+        match hs.on_packet(&mut p, &mut out) {
+            Ok(ClientEvent::Send(login)) => {
+                let login = login.to_vec();
+                wire.send(&login).await;
+            }
+            Ok(ClientEvent::Rejected(_)) => return,
+            Ok(ClientEvent::Established(_)) => panic!("a wrong key was accepted"),
+            Ok(ClientEvent::Ignored) | Err(_) => {}
+        }
+    }
+}
+
 async fn fill(client: &Client, css: &str, value: &str) {
     let e = client.find(Locator::Css(css)).await.unwrap();
     e.clear().await.unwrap();
@@ -177,6 +207,43 @@ async fn console_shows_a_device_come_online_run_a_command_and_go_offline() {
     )
     .await;
     screenshot(&client, "3-device-online").await;
+
+    // A push to it shows up in the live stream as a delivery from the backend, and a login
+    // with a wrong key as a refusal naming the terminal and the reason.
+    let (status, pushed) = b
+        .post(
+            "/v1/push",
+            serde_json::json!({
+                "target": { "terminal": { "kind": "device", "id": DEVICE } },
+                "text": "hello console",
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{pushed}");
+    match dev.next_event(Duration::from_secs(5)).await {
+        Some(Got::Deliver { payload, .. }) => assert_eq!(payload, b"hello console"),
+        other => panic!("expected the push, got {other:?}"),
+    }
+    let delivered = wait_text(&client, "#events", "delivery event", |t| {
+        t.contains(&format!(
+            "from backend queued to device:{DEVICE} (device_ws)"
+        ))
+    })
+    .await;
+    let msg_id = pushed["msg_id"].as_u64().expect("the push's message id");
+    assert!(
+        delivered.contains(&format!("message #{msg_id} ")),
+        "{delivered}"
+    );
+    login_with_a_wrong_key(Wire::ws(&b.device_ws()).await, IMPOSTOR).await;
+    let refused = wait_text(&client, "#events", "refusal event", |t| {
+        t.contains(&format!(
+            "login as device:{IMPOSTOR} refused over device_ws"
+        ))
+    })
+    .await;
+    assert!(refused.contains(": auth_failed"), "{refused}");
+    screenshot(&client, "3b-live-delivery-and-refusal").await;
 
     // Its page, then a relay command from the form; the device answers.
     client

@@ -10,6 +10,8 @@
 //!   [`mod@bench`]).
 //! * `size`: flash and RAM per board and for the SDK alone, checked against budgets, with a
 //!   per-crate and per-symbol breakdown of each binary.
+//! * `docs-check`: README.md and docs/ against the code: links, configuration keys, command
+//!   lines and the outputs they show ([`docs_check`]).
 //! * `soak`: a long broker run under churning device load, judged on RSS, fds and errors
 //!   ([`soak`], [`soak_report`]).
 
@@ -24,6 +26,7 @@ mod bench_servers;
 mod bench_uploads;
 mod crates;
 mod cross;
+mod docs_check;
 mod elf;
 mod hil;
 mod qemu_watchdog;
@@ -49,6 +52,7 @@ commands:
   bench [--quick] [--only NAME] [--out DIR]  our broker side by side with Mosquitto (docs/performance.md)
   size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
   soak [--minutes N] [--connections N]    the broker under churning device load: RSS and fds flat, errors not growing (docs/soak/)
+  docs-check                               README.md and docs/ against the code: links, config keys, commands, shown outputs
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text
 ";
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         "size" => size::run(rest),
         "bench" => bench::run(rest),
         "soak" => soak::run(rest),
+        "docs-check" => docs_check::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

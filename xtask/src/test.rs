@@ -6,23 +6,26 @@
 //!    `boards/lib/*`, the fuzz crate; see [`crate::crates`]).
 //! 3. `clippy`: clippy on every target and feature with warnings denied, on the workspace and
 //!    on the host-built crates outside it (`boards/host-tap`, `boards/lib/plug-app`). The MCU
-//!    board crates get theirs from the cross toolchain in step 7.
+//!    board crates get theirs from the cross toolchain in step 9.
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
 //!    again afterwards, pass or fail.
-//! 5. `soak`: the quick soak ([`crate::soak::quick`]): 90 s of a standalone broker under
+//! 5. `docs`: `cargo xtask docs-check` ([`crate::docs_check`]): README.md and docs/ against the
+//!    code (links, configuration keys, command lines and the outputs the docs show); under a
+//!    minute once the broker is built.
+//! 6. `soak`: the quick soak ([`crate::soak::quick`]): 90 s of a standalone broker under
 //!    device churn and uploads, failing if its memory or open files grow after a 30 s warm-up,
 //!    its errors grow, or it falls behind the offered load (docs/soak/README.md).
-//! 6. `boards`: the tests of the host-built crates outside the workspace.
-//! 7. `doc`: rustdoc with warnings denied (broken links, missing docs).
-//! 8. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
+//! 7. `boards`: the tests of the host-built crates outside the workspace.
+//! 8. `doc`: rustdoc with warnings denied (broken links, missing docs).
+//! 9. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
 //!    for the three MCU targets, every board built and linted (clippy, warnings denied).
-//! 9. `size`: flash and RAM per board against its budget.
-//! 10. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
-//! 11. `bench`: `cargo xtask bench --quick`, our broker side by side with Mosquitto at 1,000
+//! 10. `size`: flash and RAM per board against its budget.
+//! 11. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
+//! 12. `bench`: `cargo xtask bench --quick`, our broker side by side with Mosquitto at 1,000
 //!     connections, failing below the ratio floors of `bench/floors.json` (needs root and
 //!     `mosquitto`, which `deps` installs; see [`crate::bench`]).
-//! 12. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
+//! 13. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
 //!     (`FUZZ_SECONDS`, default 20, per target, to keep CI within its time budget; a long run:
 //!     `FUZZ_SECONDS=600 cargo xtask test --only fuzz`).
 
@@ -57,6 +60,11 @@ const STEPS: &[Step] = &[
         name: "test",
         what: "host tests",
         action: host_tests,
+    },
+    Step {
+        name: "docs",
+        what: "docs-check: links, config keys, command lines and shown outputs of README.md and docs/",
+        action: docs_check,
     },
     Step {
         name: "soak",
@@ -217,6 +225,10 @@ fn doc() -> Result<(), String> {
                 "-D warnings -A rustdoc::private_intra_doc_links",
             ),
     )
+}
+
+fn docs_check() -> Result<(), String> {
+    crate::docs_check::run(&[])
 }
 
 fn cross() -> Result<(), String> {

@@ -218,8 +218,8 @@ impl Context {
     }
 
     /// A login on transport `t` from `peer` was refused for `reason` (the
-    /// `broker_login_failures_total` label): counted, and logged with the `terminal` it named,
-    /// if any (rate-limited: `crate::logging::refusals`).
+    /// `broker_login_failures_total` label): counted, published on the router's live feed, and
+    /// logged with the `terminal` it named, if any (rate-limited: `crate::logging::refusals`).
     pub fn login_refused(
         &self,
         t: Transport,
@@ -228,6 +228,7 @@ impl Context {
         reason: &'static str,
     ) {
         self.router.metrics().login_failed(t, reason);
+        self.router.live().refused(t, peer, terminal, reason);
         let terminal = terminal.as_ref().map(|a| a as &dyn std::fmt::Display);
         self.refusals.refused(
             std::time::Instant::now(),

@@ -147,7 +147,13 @@ function onEvent(name, d) {
     logEvent("offline", d.terminal + " offline (" + d.transport + ")");
     renderTerminals();
   } else if (name === "refused") {
-    logEvent("refused", d.count + " login(s) refused over " + d.transport + ": " + d.reason);
+    logEvent("refused", "login " + (d.terminal ? "as " + d.terminal + " " : "") + "refused over " +
+      d.transport + " from " + d.peer + ": " + d.reason);
+  } else if (name === "delivered") {
+    logEvent("delivered", "message #" + d.msg_id + " from " + (d.from || "backend") + " queued to " +
+      d.terminal + " (" + d.transport + ")");
+  } else if (name === "lagged") {
+    logEvent("refused", d.count + " event(s) missed: the stream fell behind");
   } else if (name === "stats") {
     stats.push(d);
     if (stats.length > HISTORY) stats.shift();

@@ -1,77 +1,30 @@
-//! The console's live events, computed by comparing two readings of the broker's own state
-//! (sans-IO: [`Tracker::step`] takes the readings and returns the events; the SSE loop in
-//! `super` takes the readings on a timer).
+//! The console's event stream, as data (sans-IO: the SSE handler in `super` feeds it the
+//! router's live events, a snapshot of the sessions and the figures it reads on a timer, and
+//! sends what comes out).
 //!
-//! * `online` / `offline`: a session appeared or went away (per terminal and transport);
-//! * `refused`: logins refused since the last reading, per transport and reason (from
-//!   `broker_login_failures_total`);
+//! * `online` / `offline` / `refused` / `delivered`: the router's live events
+//!   ([`crate::router::live`]) as they happen, each the event's JSON; a stream starts with one
+//!   `online` per session already live ([`snapshot`]);
+//! * `lagged`: the stream fell behind and lost `count` events (also counted in
+//!   `broker_console_events_lost_total`);
 //! * `stats`: the counters the charts draw (sessions now, connections, logins, refusals,
-//!   deliveries and commands so far); the page turns successive readings into rates.
+//!   deliveries and commands so far), once per tick; the page turns successive readings into
+//!   rates.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::router::Transport;
-use crate::terminal::Address;
+use crate::router::live::{LiveEvent, SessionView};
 
-/// One live session as the console lists it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct OnlineSession {
-    /// `device:42`, `phone:5`.
-    pub terminal: String,
-    /// `device` or `phone`.
-    pub kind: &'static str,
-    /// The terminal's id.
-    pub id: String,
-    /// `udp`, `device_ws` or `app_ws`.
-    pub transport: &'static str,
-    /// The peer's address.
-    pub peer: String,
-    /// Login time, Unix ms.
-    pub since_ms: u64,
-}
-
-impl OnlineSession {
-    /// The session of `address` over `transport` from `peer` since `since_ms`.
-    pub fn new(address: Address, transport: Transport, peer: SocketAddr, since_ms: u64) -> Self {
-        OnlineSession {
-            terminal: address.to_string(),
-            kind: address.kind.as_str(),
-            id: address.id.to_string(),
-            transport: transport.as_str(),
-            peer: peer.to_string(),
-            since_ms,
-        }
-    }
-}
-
-/// One reading of the broker's state.
-#[derive(Clone, Debug, Default)]
-pub struct Reading {
-    /// Every live session.
-    pub sessions: BTreeSet<OnlineSession>,
-    /// Per-family sums of the counters the charts use (`Metrics::family_sums`).
-    pub sums: BTreeMap<String, f64>,
-    /// `broker_login_failures_total` per (transport, reason).
-    pub refusals: BTreeMap<(String, String), f64>,
-}
-
-/// A console event (the SSE `event` name is [`Event::name`], the data its JSON).
+/// One console event: the SSE `event` name is [`Event::name`], the data its JSON.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Event {
-    /// A session appeared.
-    Online(OnlineSession),
-    /// A session went away.
-    Offline(OnlineSession),
-    /// Logins refused since the last reading.
-    Refused {
-        /// The transport.
-        transport: String,
-        /// The refusal reason (metric label).
-        reason: String,
+    /// A router event, as it happened.
+    Live(LiveEvent),
+    /// The stream lost `count` events (it fell more than the feed's capacity behind).
+    Lagged {
         /// How many.
         count: u64,
     },
@@ -83,9 +36,8 @@ impl Event {
     /// The SSE event name.
     pub fn name(&self) -> &'static str {
         match self {
-            Event::Online(_) => "online",
-            Event::Offline(_) => "offline",
-            Event::Refused { .. } => "refused",
+            Event::Live(e) => e.name(),
+            Event::Lagged { .. } => "lagged",
             Event::Stats(_) => "stats",
         }
     }
@@ -100,64 +52,34 @@ pub const STATS: &[(&str, &str)] = &[
     ("broker_commands_total", "commands_total"),
 ];
 
-/// Remembers the previous reading (the first reading is compared with an empty one, so every
-/// session then online is announced).
-#[derive(Debug, Default)]
-pub struct Tracker {
-    last: Option<Reading>,
+/// The events that open a stream: one `online` per session live now.
+pub fn snapshot(sessions: BTreeSet<SessionView>) -> Vec<Event> {
+    sessions
+        .into_iter()
+        .map(|s| Event::Live(LiveEvent::Online(s)))
+        .collect()
 }
 
-impl Tracker {
-    /// The events from the last reading to `now`, given the time `t_ms` (Unix ms).
-    pub fn step(&mut self, now: Reading, t_ms: u64) -> Vec<Event> {
-        let mut events = Vec::new();
-        let empty = Reading::default();
-        let last = self.last.as_ref().unwrap_or(&empty);
-        for s in now.sessions.difference(&last.sessions) {
-            events.push(Event::Online(s.clone()));
-        }
-        for s in last.sessions.difference(&now.sessions) {
-            events.push(Event::Offline(s.clone()));
-        }
-        if self.last.is_some() {
-            for ((transport, reason), n) in &now.refusals {
-                let before = last
-                    .refusals
-                    .get(&(transport.clone(), reason.clone()))
-                    .copied()
-                    .unwrap_or(0.0);
-                if *n > before {
-                    events.push(Event::Refused {
-                        transport: transport.clone(),
-                        reason: reason.clone(),
-                        count: (*n - before) as u64,
-                    });
-                }
-            }
-        }
-        let mut stats: BTreeMap<String, f64> = STATS
-            .iter()
-            .map(|(family, short)| {
-                (
-                    short.to_string(),
-                    now.sums.get(*family).copied().unwrap_or(0.0),
-                )
-            })
-            .collect();
-        stats.insert("sessions".into(), now.sessions.len() as f64);
-        stats.insert("t_ms".into(), t_ms as f64);
-        events.push(Event::Stats(stats));
-        self.last = Some(now);
-        events
-    }
+/// The `stats` event for `sessions` live sessions, the family sums `sums`
+/// (`Metrics::console_figures`) and the time `t_ms` (Unix ms).
+pub fn stats(sessions: usize, sums: &BTreeMap<String, f64>, t_ms: u64) -> Event {
+    let mut stats: BTreeMap<String, f64> = STATS
+        .iter()
+        .map(|(family, short)| (short.to_string(), sums.get(*family).copied().unwrap_or(0.0)))
+        .collect();
+    stats.insert("sessions".into(), sessions as f64);
+    stats.insert("t_ms".into(), t_ms as f64);
+    Event::Stats(stats)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::Transport;
+    use crate::terminal::Address;
 
-    fn session(id: u32) -> OnlineSession {
-        OnlineSession::new(
+    fn view(id: u32) -> SessionView {
+        SessionView::new(
             Address::device(id),
             Transport::Udp,
             "127.0.0.1:9".parse().unwrap(),
@@ -166,37 +88,34 @@ mod tests {
     }
 
     #[test]
-    fn announces_changes_refusals_and_stats() {
-        let mut t = Tracker::default();
-        let first = Reading {
-            sessions: [session(1)].into(),
-            refusals: [(("udp".into(), "auth_failed".into()), 2.0)].into(),
-            ..Reading::default()
-        };
-        let ev = t.step(first, 10);
-        assert_eq!(ev[0], Event::Online(session(1)));
-        assert_eq!(ev.len(), 2, "online and stats only: {ev:?}");
-        let second = Reading {
-            sessions: [session(2)].into(),
-            refusals: [(("udp".into(), "auth_failed".into()), 5.0)].into(),
-            sums: [("broker_logins_total".to_string(), 7.0)].into(),
-        };
-        let ev = t.step(second, 20);
-        assert_eq!(ev[0], Event::Online(session(2)));
-        assert_eq!(ev[1], Event::Offline(session(1)));
+    fn a_stream_opens_with_every_live_session_and_names_each_event() {
+        let ev = snapshot([view(2), view(1)].into());
         assert_eq!(
-            ev[2],
-            Event::Refused {
-                transport: "udp".into(),
-                reason: "auth_failed".into(),
-                count: 3
-            }
+            ev,
+            [
+                Event::Live(LiveEvent::Online(view(1))),
+                Event::Live(LiveEvent::Online(view(2)))
+            ]
         );
-        let Event::Stats(stats) = &ev[3] else {
+        assert_eq!(ev[0].name(), "online");
+        assert_eq!(Event::Lagged { count: 3 }.name(), "lagged");
+        assert_eq!(
+            serde_json::to_value(Event::Lagged { count: 3 }).unwrap(),
+            serde_json::json!({ "count": 3 })
+        );
+    }
+
+    #[test]
+    fn stats_carry_the_chart_families_under_short_names() {
+        let sums = [("broker_logins_total".to_string(), 7.0)].into();
+        let ev = stats(1, &sums, 20);
+        let Event::Stats(s) = &ev else {
             panic!("{ev:?}")
         };
-        assert_eq!(stats["logins_total"], 7.0);
-        assert_eq!(stats["sessions"], 1.0);
-        assert_eq!(ev[3].name(), "stats");
+        assert_eq!(s["logins_total"], 7.0);
+        assert_eq!(s["refused_total"], 0.0);
+        assert_eq!(s["sessions"], 1.0);
+        assert_eq!(s["t_ms"], 20.0);
+        assert_eq!(ev.name(), "stats");
     }
 }

@@ -5,8 +5,9 @@
 //! The page is static and holds no data. It asks for the API token on a login form, keeps it
 //! in the tab's `sessionStorage` (never in a URL or a cookie) and calls the HTTP API with it
 //! as a bearer token, like any other API client: `GET /v1/console/events` (this module: a
-//! server-sent event stream of sessions coming online and going offline, refused logins and
-//! the figures the charts draw, see [`events`]), `GET /v1/console/nodes` (the node table, see
+//! server-sent event stream of the router's live events as they happen, sessions coming online
+//! and going offline, refused logins with their reason and deliveries, fed by
+//! [`crate::router::live`], plus the figures the charts draw; see [`events`]), `GET /v1/console/nodes` (the node table, see
 //! [`nodes`]), and the documented `/v1` endpoints for a
 //! terminal's page (status, stored messages, bindings) and the push, command and bind forms.
 //!
@@ -29,8 +30,14 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeSet;
+
+use tokio::sync::broadcast;
+
 use crate::router::Router;
-use events::{OnlineSession, Reading, Tracker};
+use crate::router::live::{LiveEvent, SessionView};
+use crate::router::now_ms;
+use events::Event;
 
 /// The page.
 const PAGE: &str = include_str!("page.html");
@@ -46,8 +53,8 @@ pub const EVENTS_PATH: &str = "/v1/console/events";
 /// Path of the node table (bearer token).
 pub const NODES_PATH: &str = "/v1/console/nodes";
 
-/// How often the event stream compares the broker's state.
-pub const TICK: Duration = Duration::from_millis(500);
+/// How often the event stream sends the chart figures (`stats`).
+pub const STATS_EVERY: Duration = Duration::from_millis(500);
 
 /// Only same-origin scripts, styles and connections: nothing is loaded from elsewhere.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
@@ -134,19 +141,52 @@ async fn node_table(
     })
 }
 
-/// Reads the broker's state now.
-pub fn read(router: &Router) -> Reading {
-    let mut sessions = std::collections::BTreeSet::new();
+/// Every session live now, as the console lists them.
+pub fn sessions(router: &Router) -> BTreeSet<SessionView> {
+    let mut sessions = BTreeSet::new();
     for address in router.online_terminals() {
         for s in router.status(address) {
-            sessions.insert(OnlineSession::new(address, s.transport, s.peer, s.since_ms));
+            sessions.insert(SessionView::new(address, s.transport, s.peer, s.since_ms));
         }
     }
-    let figures = router.metrics().console_figures();
-    Reading {
-        sessions,
-        sums: figures.sums,
-        refusals: figures.login_failures,
+    sessions
+}
+
+/// An SSE event carrying `event`.
+fn sse(event: &Event) -> Result<SseEvent, Infallible> {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "null".into());
+    Ok(SseEvent::default().event(event.name()).data(data))
+}
+
+/// What the stream loop carries from one step to the next.
+struct StreamState {
+    state: ConsoleState,
+    live: broadcast::Receiver<LiveEvent>,
+    stats: tokio::time::Interval,
+}
+
+impl StreamState {
+    /// The next events to send: a live event as soon as the router publishes one, the lost
+    /// count when this stream fell behind, the chart figures every [`STATS_EVERY`]; `None` at
+    /// shutdown or when the router is gone.
+    async fn next(&mut self) -> Option<Event> {
+        tokio::select! {
+            _ = self.state.shutdown.cancelled() => None,
+            received = self.live.recv() => match received {
+                Ok(event) => Some(Event::Live(event)),
+                Err(broadcast::error::RecvError::Lagged(count)) => {
+                    self.state.router.metrics().console_events_lost(count);
+                    Some(Event::Lagged { count })
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            _ = self.stats.tick() => {
+                let router = &self.state.router;
+                let c = router.online_counts();
+                let live = (c.device_ws_sessions + c.udp_sessions + c.app_ws_sessions) as usize;
+                Some(events::stats(live, &router.metrics().console_figures().sums, now_ms()))
+            }
+        }
     }
 }
 
@@ -160,29 +200,21 @@ async fn stream(
         })
         .to_string(),
     );
-    let start = futures_util::stream::iter([Ok(hello)]);
-    let ticks = futures_util::stream::unfold(
-        (state, Tracker::default(), None::<tokio::time::Interval>),
-        |(state, mut tracker, interval)| async move {
-            let mut interval = interval.unwrap_or_else(|| tokio::time::interval(TICK));
-            tokio::select! {
-                _ = state.shutdown.cancelled() => return None,
-                _ = interval.tick() => {}
-            }
-            let events = tracker.step(read(&state.router), crate::router::now_ms());
-            let sse: Vec<Result<SseEvent, Infallible>> = events
-                .into_iter()
-                .map(|e| {
-                    let data = serde_json::to_string(&e).unwrap_or_else(|_| "null".into());
-                    Ok(SseEvent::default().event(e.name()).data(data))
-                })
-                .collect();
-            Some((
-                futures_util::stream::iter(sse),
-                (state, tracker, Some(interval)),
-            ))
-        },
-    );
+    // Subscribe before taking the snapshot: a session that logs in between is announced
+    // twice (the page keys sessions, so it is listed once), never missed.
+    let live = state.router.live().subscribe();
+    let opening: Vec<Result<SseEvent, Infallible>> = std::iter::once(Ok(hello))
+        .chain(events::snapshot(sessions(&state.router)).iter().map(sse))
+        .collect();
+    let looping = StreamState {
+        state,
+        live,
+        stats: tokio::time::interval(STATS_EVERY),
+    };
+    let following = futures_util::stream::unfold(looping, |mut looping| async move {
+        let event = looping.next().await?;
+        Some((sse(&event), looping))
+    });
     use futures_util::StreamExt;
-    Sse::new(start.chain(ticks.flatten())).keep_alive(KeepAlive::default())
+    Sse::new(futures_util::stream::iter(opening).chain(following)).keep_alive(KeepAlive::default())
 }

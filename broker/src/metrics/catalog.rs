@@ -186,6 +186,12 @@ pub const FAMILIES: &[Family] = &[
         "Messages queued to sessions, by transport.",
     ),
     f(
+        "broker_console_events_lost_total",
+        Counter,
+        Always,
+        "Live events a console event stream lost because it fell behind the router's feed.",
+    ),
+    f(
         "broker_store_data_loss_total",
         Counter,
         Always,
@@ -551,6 +557,7 @@ pub fn zero_series() -> Vec<Series> {
         "transport",
         &[Transport::DeviceWs.as_str(), Transport::AppWs.as_str()],
     ));
+    s.push(("broker_console_events_lost_total", vec![]));
     for name in [
         "broker_store_writer_queue",
         "broker_store_writer_waits_total",

@@ -20,6 +20,9 @@
 //! 4. When the connection ends (close, heartbeat timeout, error) the comet drops the `Session`
 //!    (or awaits [`Session::close`]); bound phones get an offline Presence.
 //!
+//! Watchers (the web console) follow logins, logouts, refused logins and deliveries as they
+//! happen through [`Router::live`] ([`live`]).
+//!
 //! Delivery is at least once: a push or send is committed to the offline store first, then
 //! offered to online sessions; the terminal's ack removes it, and every id below it (deliveries
 //! are in id order, so the terminal has them; an ack may be lost in a crash, which only causes a
@@ -34,6 +37,7 @@
 
 mod backend_path;
 pub mod capped_body;
+pub mod live;
 pub mod order;
 pub mod registry;
 pub mod session;
@@ -274,12 +278,19 @@ struct Inner {
     pending: Mutex<HashMap<u32, (u64, Address, PendingTx)>>,
     http: reqwest::Client,
     upload_notify: Notify,
+    live: live::LiveFeed,
 }
 
 /// The router (cheap to clone; all clones share state).
 #[derive(Clone)]
 pub struct Router {
     inner: Arc<Inner>,
+}
+
+/// `t` as Unix milliseconds (0 before 1970).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Current Unix time in milliseconds.
@@ -304,6 +315,7 @@ impl Router {
                 pending: Mutex::new(HashMap::new()),
                 http: reqwest::Client::new(),
                 upload_notify: Notify::new(),
+                live: live::LiveFeed::default(),
             }),
         }
     }
@@ -395,6 +407,11 @@ impl Router {
         }
     }
 
+    /// The live feed of session events (logins, logouts, refused logins, deliveries).
+    pub fn live(&self) -> &live::LiveFeed {
+        &self.inner.live
+    }
+
     /// Registers an authenticated session (see the module docs). Kicks replaced sessions
     /// (`plug`), records the terminal for kind-wide pushes, loads the replay after `since_id`,
     /// and tells bound phones a device came online.
@@ -448,6 +465,14 @@ impl Router {
             replay = replay.len(),
             "login"
         );
+        self.inner.live.publish(|| {
+            live::LiveEvent::Online(live::SessionView::new(
+                login.address,
+                login.transport,
+                login.peer,
+                unix_ms(handle.since()),
+            ))
+        });
         if ins.came_online {
             self.presence(login.address, true).await;
         }
@@ -462,6 +487,14 @@ impl Router {
             self.inner.metrics.session_closed(h.transport());
             // The comet logs the lifecycle line (with the reason) at info; this one is detail.
             tracing::debug!(terminal = %h.address(), transport = h.transport().as_str(), session = h.id(), "logout");
+            self.inner.live.publish(|| {
+                live::LiveEvent::Offline(live::SessionView::new(
+                    h.address(),
+                    h.transport(),
+                    h.peer(),
+                    unix_ms(h.since()),
+                ))
+            });
         }
         // A session replaced by a newer login (on another node: a local replacement is no
         // longer registered here) is no offline Presence: the terminal is still online.
@@ -495,8 +528,20 @@ impl Router {
 
     /// Offers an event to a session, counting drops.
     fn offer(&self, h: &SessionHandle, ev: Outbound) -> Enqueued {
-        let is_deliver = matches!(ev, Outbound::Deliver { .. });
+        let delivered = match &ev {
+            Outbound::Deliver { msg_id, from, .. } => Some((*msg_id, *from)),
+            _ => None,
+        };
+        let is_deliver = delivered.is_some();
         let r = h.offer(ev);
+        if let (Some((msg_id, from)), Enqueued::Queued | Enqueued::DroppedOldest) = (delivered, r) {
+            self.inner.live.publish(|| live::LiveEvent::Delivered {
+                terminal: h.address().to_string(),
+                transport: h.transport().as_str(),
+                msg_id,
+                from: from.map(|a| a.to_string()),
+            });
+        }
         let m = &self.inner.metrics;
         match r {
             Enqueued::Queued => {
