@@ -4,8 +4,9 @@
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Ack, Body, Frame};
 use shared_protocol::handshake::{
-    Acceptor, ClientEvent, ClientHandshake, Established, HelloError, HelloReply, LoginError,
-    SessionGrant, TerminalRecord, WelcomeParams, reject_answer, reject_packet, retry_after_capped,
+    Acceptor, Carrier, ClientError, ClientEvent, ClientHandshake, Established, HelloError,
+    HelloReply, LoginError, SessionGrant, TerminalRecord, WelcomeParams, reject_answer,
+    reject_packet, retry_after_capped,
 };
 use shared_protocol::ids::{Address, IdProfile};
 use shared_protocol::keys::{CookieSecret, DeviceKey, MasterKey, PeerAddr, derive_device_key};
@@ -262,6 +263,59 @@ fn hello_rejections() {
     assert_eq!(Reject::decode(packet).unwrap().max_version, 3);
     // Short HELLO: silence.
     assert!(acc.on_hello(&PEER, &hello[..100], 0, &mut out).is_err());
+}
+
+/// On a reliable carrier (WebSocket) a silent attempt never resends HELLO with a new nonce, so a
+/// CHALLENGE that arrives late, however late, is answered with the nonce it was made for and the
+/// LOGIN is accepted (docs/protocol.md section 3.2, step 6). On a datagram carrier the same
+/// timeline resends and the late CHALLENGE earns `BAD_COOKIE`.
+#[test]
+fn a_reliable_handshake_never_resends_hello_and_a_late_challenge_still_logs_in() {
+    let key = derive_device_key(&MASTER, 5);
+    let late_ms = 9_000; // the CHALLENGE arrives after what would have been three resends
+    for carrier in [Carrier::Reliable, Carrier::Datagram] {
+        let mut client =
+            ClientHandshake::new(Address::device(5), key.clone(), 0, 1).with_carrier(carrier);
+        let mut buf = [0u8; 256];
+        let hello = client.start(0, [1; 16], &mut buf).unwrap().to_vec();
+        let mut resent = 0;
+        for now in (0..=late_ms).step_by(50) {
+            let nonce = [(now / 50 % 250 + 2) as u8; 16];
+            if client
+                .handle_timeout(now, nonce, &mut buf)
+                .unwrap()
+                .is_some()
+            {
+                resent += 1;
+            }
+        }
+        let mut ch = [0u8; 128];
+        let HelloReply::Challenge(ch) = acceptor().on_hello(&PEER, &hello, 500, &mut ch).unwrap()
+        else {
+            panic!("expected a challenge")
+        };
+        let mut ch = ch.to_vec();
+        let ClientEvent::Send(login) = client.on_packet(&mut ch, &mut buf).unwrap() else {
+            panic!("expected a LOGIN")
+        };
+        let verdict = login_at(login, &PEER, late_ms, None);
+        match carrier {
+            Carrier::Reliable => {
+                assert_eq!(resent, 0, "no HELLO resent on a reliable carrier");
+                assert_eq!(client.poll_timeout(), None);
+                assert_eq!(verdict, Ok(()), "the late CHALLENGE still logs in");
+                assert_eq!(
+                    client.start(late_ms, [9; 16], &mut [0u8; 256]),
+                    Err(ClientError::HelloAlreadySent),
+                    "a second HELLO on the same connection is refused"
+                );
+            }
+            Carrier::Datagram => {
+                assert_eq!(resent, 3, "HELLOs resent at 1, 3 and 7 s");
+                assert_eq!(verdict, Err(LoginError::BadCookie));
+            }
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `broker client device`: a device over UDP or the device WebSocket. The login runs the
-//! shared-protocol [`ClientHandshake`] (HELLO retransmitted with its own backoff until the login
-//! timeout), then one task `select!`s over the socket, stdin lines, the [`Link`] timer and
+//! shared-protocol [`ClientHandshake`] (over UDP the HELLO is retransmitted with its own backoff
+//! until the login timeout; over WebSocket it is sent once), then one task `select!`s over the socket, stdin lines, the [`Link`] timer and
 //! Ctrl-C. Commands from the broker are answered automatically with a configured status and reply
 //! unless `--manual-commands` is given (then `result <cmd_id> <status> [text]` on stdin answers).
 
@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
-use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeInfo, retry_after_capped};
+use shared_protocol::handshake::{
+    Carrier, ClientEvent, ClientHandshake, WelcomeInfo, retry_after_capped,
+};
 use shared_protocol::ids::Address;
 use shared_protocol::keys::DeviceKey;
 use shared_protocol::limits::MAX_PACKET;
@@ -174,8 +176,9 @@ pub(crate) fn draw_upload_epoch() -> u64 {
     }
 }
 
-/// Logs device `id` in over `wire` (HELLO, CHALLENGE, LOGIN, WELCOME; HELLO retransmitted by the
-/// handshake's own timer), giving up after `timeout`. `via` names the endpoint in errors.
+/// Logs device `id` in over `wire` (HELLO, CHALLENGE, LOGIN, WELCOME; over UDP the HELLO is
+/// retransmitted by the handshake's own timer, over WebSocket it is sent once), giving up after
+/// `timeout`. `via` names the endpoint in errors.
 pub(crate) async fn login(
     wire: &mut Wire,
     via: &str,
@@ -185,12 +188,19 @@ pub(crate) async fn login(
     timeout: Duration,
     clock: &Clock,
 ) -> Result<(Link, WelcomeInfo), ClientError> {
+    // WebSocket loses nothing: one HELLO per connection, never resent with a new nonce
+    // (docs/protocol.md section 3.2, step 6); `timeout` bounds the wait instead.
+    let carrier = match wire {
+        Wire::Udp(_) => Carrier::Datagram,
+        Wire::Ws(_) => Carrier::Reliable,
+    };
     let mut hs = ClientHandshake::new(
         Address::device(id),
         key.clone(),
         report.since_id,
         report.upload_epoch,
-    );
+    )
+    .with_carrier(carrier);
     let mut out = [0u8; MAX_PACKET];
     let hello = hs
         .start(clock.ms(), rand::random(), &mut out)

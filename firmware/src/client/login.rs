@@ -1,9 +1,10 @@
 //! One login attempt over shared-protocol's [`ClientHandshake`], robust to answers of a HELLO
 //! that was already resent.
 //!
-//! The protocol (docs/protocol.md 3.2, step 6) restarts a silent attempt with a HELLO carrying
-//! a **new** `client_nonce`, and a CHALLENGE does not say which HELLO it answers. When the first
-//! HELLO's answer is late (the first packet of a boot waits for ARP, a TCP connect eats into the
+//! Over UDP the protocol (docs/protocol.md 3.2, step 6) restarts a silent attempt with a HELLO
+//! carrying a **new** `client_nonce` (over WebSocket the handshake is [`Carrier::Reliable`] and
+//! never resends, so `previous` stays empty there), and a CHALLENGE does not say which HELLO it
+//! answers. When the first HELLO's answer is late (the first packet of a boot waits for ARP, a TCP connect eats into the
 //! 1 s wait, a slow link), the CHALLENGE made for nonce 1 reaches a device that now holds
 //! nonce 2; a LOGIN with nonce 2 and that cookie earns REJECT `BAD_COOKIE` and a backoff. This
 //! was the intermittent first-login failure on the host TAP rig.
@@ -16,6 +17,8 @@
 //! is a second LOGIN (and a `BAD_COOKIE` REJECT for it) only after a resend.
 
 use heapless::{Deque, Vec};
+#[cfg(doc)]
+use shared_protocol::handshake::Carrier;
 use shared_protocol::handshake::{ClientEvent, ClientHandshake, Established};
 use shared_protocol::packet::{PacketType, Reject};
 

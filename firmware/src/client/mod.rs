@@ -53,7 +53,7 @@ pub use outbox::OUTBOX;
 use heapless::{Deque, String, Vec};
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Body, Frame};
-use shared_protocol::handshake::{ClientHandshake, WelcomeInfo, retry_after_capped};
+use shared_protocol::handshake::{Carrier, ClientHandshake, WelcomeInfo, retry_after_capped};
 use shared_protocol::ids::Address;
 use shared_protocol::limits::MAX_PATH;
 use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
@@ -61,7 +61,7 @@ use shared_protocol::session::{SecureSession, SessionError};
 
 use crate::api::{DeviceApi, OutboxError};
 use crate::backoff::Backoff;
-use crate::config::{ClientConfig, DeviceConfig, Endpoint};
+use crate::config::{ClientConfig, DeviceConfig, Endpoint, TransportKind};
 use crate::fmt::{log_debug, log_info, log_warn};
 use crate::lookup::{LOOKUP_ENDPOINTS, LookedUp, LookupError, LookupRequest};
 use crate::queue::{UploadError, UploadId, UploadQueue};
@@ -599,12 +599,21 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             bump(&mut self.stats.reconnects);
         }
         self.attempts = self.attempts.saturating_add(1);
+        // WebSocket loses nothing: one HELLO per connection, never resent with a new nonce
+        // (docs/protocol.md section 3.2, step 6); `handshake_timeout_ms` bounds the wait.
+        let carrier = match self.endpoint() {
+            Some((_, e)) if matches!(e.transport, TransportKind::WebSocket { .. }) => {
+                Carrier::Reliable
+            }
+            _ => Carrier::Datagram,
+        };
         let handshake = ClientHandshake::new(
             Address::device(self.device.device_id),
             self.device.key.clone(),
             self.since.since_id(),
             self.upload_epoch,
-        );
+        )
+        .with_carrier(carrier);
         let mut nonce = [0u8; 16];
         self.rng.fill_bytes(&mut nonce);
         let attempt = LoginAttempt::start(handshake, now.as_millis(), nonce);

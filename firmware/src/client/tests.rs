@@ -662,6 +662,43 @@ fn hello_is_resent_inside_one_attempt() {
     assert!(net.sent.iter().all(|&(_, id, e)| id == 1 && e == 0));
 }
 
+/// Two WebSocket endpoints (the test network carries their packets like datagrams).
+static WS_ENDPOINTS: [Endpoint<'static>; 2] = [
+    Endpoint::websocket(ENDPOINTS[0].addr, "broker", "/device"),
+    Endpoint::websocket(ENDPOINTS[1].addr, "broker", "/device"),
+];
+
+/// Over WebSocket nothing is lost, so the HELLO is never resent with a new nonce
+/// (docs/protocol.md section 3.2, step 6): one HELLO per connection, and the attempt ends at the
+/// handshake timeout.
+#[test]
+fn hello_is_not_resent_over_websocket() {
+    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None);
+    net.brokers[0].up = false;
+    net.run_for(9_999);
+    assert_eq!(net.sent.len(), 1, "one HELLO in attempt 1");
+    net.run_for(1);
+    assert_eq!(
+        disconnects(&net.take_events()),
+        [DisconnectReason::HandshakeTimeout]
+    );
+}
+
+/// A CHALLENGE that comes late over WebSocket is answered with the nonce it was made for.
+#[test]
+fn a_late_challenge_over_websocket_logs_in_with_one_login() {
+    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None);
+    net.hold_down = true;
+    net.run_for(0);
+    net.run_for(5_000);
+    assert_eq!(net.brokers[0].hellos, [0], "no second HELLO");
+    net.release_held();
+    assert_eq!(net.client.state(), ConnectionState::Online);
+    assert_eq!(net.brokers[0].login_results, ["accepted"]);
+    let s = net.client.stats();
+    assert_eq!((s.logins, s.login_failures), (1, 0));
+}
+
 #[test]
 fn failover_to_the_second_endpoint() {
     let mut net = Net::new();

@@ -2,10 +2,22 @@
 //!
 //! States: idle -> HELLO sent -> LOGIN sent -> established. The caller sends the bytes this
 //! returns, feeds every received packet to [`ClientHandshake::on_packet`], and calls
-//! [`ClientHandshake::handle_timeout`] at [`ClientHandshake::poll_timeout`] with a fresh nonce:
-//! if no CHALLENGE or WELCOME arrived in time the attempt restarts from HELLO. Attempt `k` waits
-//! `min(1000 * 2^(k-1), 8000)` ms. A REJECT is advisory: it is reported and the handshake goes
-//! idle; the caller backs off and calls [`ClientHandshake::start`] again.
+//! [`ClientHandshake::handle_timeout`] at [`ClientHandshake::poll_timeout`] with a fresh nonce.
+//!
+//! The resend policy depends on the [`Carrier`] (docs/protocol.md section 3.2, step 6):
+//! * [`Carrier::Datagram`] (UDP, the default): if no CHALLENGE or WELCOME arrived in time the
+//!   attempt restarts from HELLO with the new nonce. Attempt `k` waits `min(1000 * 2^(k-1), 8000)`
+//!   ms.
+//! * [`Carrier::Reliable`] (WebSocket): nothing is lost, so a late answer is only late. One HELLO
+//!   is sent per handshake, never resent: [`ClientHandshake::poll_timeout`] stays `None` and a
+//!   second [`ClientHandshake::start`] is refused with [`ClientError::HelloAlreadySent`]. The
+//!   caller bounds the wait by the connection's `HANDSHAKE_TIMEOUT` and, when it expires, starts
+//!   over on a new connection with a new handshake. (A resend with a new nonce made the late
+//!   CHALLENGE of the first HELLO get a LOGIN with the second nonce, refused as `BAD_COOKIE`.)
+//!
+//! A REJECT is advisory: it is reported and the handshake goes idle; the caller backs off and
+//! calls [`ClientHandshake::start`] again (on a reliable carrier, on a new connection with a new
+//! handshake, because the broker closes the connection after a REJECT).
 
 use crate::codes::Code;
 use crate::frame::Body;
@@ -21,6 +33,18 @@ use crate::session::{Role, SecureSession};
 pub const ATTEMPT_TIMEOUT_INITIAL_MS: u64 = 1_000;
 /// Ceiling of the per-attempt wait (it doubles per attempt up to this).
 pub const ATTEMPT_TIMEOUT_MAX_MS: u64 = 8_000;
+
+/// How the handshake's packets are carried; decides whether a silent attempt resends HELLO.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Carrier {
+    /// Packets may be lost (UDP): a silent attempt restarts with a HELLO carrying a new nonce.
+    #[default]
+    Datagram,
+    /// Packets are delivered in order or the connection fails (WebSocket): one HELLO per
+    /// handshake, never resent.
+    Reliable,
+}
 
 /// The session parameters from WELCOME.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +94,9 @@ pub enum ClientError {
     Finished,
     /// The upload epoch is 0 (it must be drawn at boot: 64 random bits, not 0).
     InvalidUploadEpoch,
+    /// On a [`Carrier::Reliable`] handshake a HELLO was already sent: a second one (with a new
+    /// nonce) would race the first one's CHALLENGE. Open a new connection with a new handshake.
+    HelloAlreadySent,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +115,7 @@ pub struct ClientHandshake {
     since_id: u64,
     upload_epoch: u64,
     state: State,
+    carrier: Carrier,
     attempt: u32,
     deadline: Option<u64>,
 }
@@ -106,16 +134,30 @@ impl ClientHandshake {
             since_id,
             upload_epoch,
             state: State::Idle,
+            carrier: Carrier::Datagram,
             attempt: 0,
             deadline: None,
         }
     }
 
+    /// The same handshake over `carrier` (the default is [`Carrier::Datagram`]); set it before
+    /// [`ClientHandshake::start`].
+    pub fn with_carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
     fn hello(&mut self, now_ms: u64, nonce: [u8; 16]) -> Hello {
         self.attempt = self.attempt.saturating_add(1);
-        let wait =
-            (ATTEMPT_TIMEOUT_INITIAL_MS << (self.attempt - 1).min(8)).min(ATTEMPT_TIMEOUT_MAX_MS);
-        self.deadline = Some(now_ms.saturating_add(wait));
+        self.deadline = match self.carrier {
+            Carrier::Datagram => {
+                let wait = (ATTEMPT_TIMEOUT_INITIAL_MS << (self.attempt - 1).min(8))
+                    .min(ATTEMPT_TIMEOUT_MAX_MS);
+                Some(now_ms.saturating_add(wait))
+            }
+            // Nothing to resend: the caller's connection timeout bounds the wait.
+            Carrier::Reliable => None,
+        };
         self.state = State::HelloSent { nonce };
         Hello {
             address: self.address,
@@ -123,8 +165,9 @@ impl ClientHandshake {
         }
     }
 
-    /// Starts (or restarts) with a HELLO carrying the fresh random `nonce`; returns the padded
-    /// HELLO to send.
+    /// Starts (or, on [`Carrier::Datagram`], restarts) with a HELLO carrying the fresh random
+    /// `nonce`; returns the padded HELLO to send. On [`Carrier::Reliable`] only the first call
+    /// sends a HELLO; later ones are refused with [`ClientError::HelloAlreadySent`].
     pub fn start<'o>(
         &mut self,
         now_ms: u64,
@@ -137,10 +180,15 @@ impl ClientHandshake {
         if self.upload_epoch == 0 {
             return Err(ClientError::InvalidUploadEpoch);
         }
+        if self.carrier == Carrier::Reliable && self.attempt > 0 {
+            return Err(ClientError::HelloAlreadySent);
+        }
         let hello = self.hello(now_ms, nonce);
         match hello.encode(out) {
             Ok(p) => Ok(p),
             Err(_) => {
+                // Nothing was sent: this attempt does not count.
+                self.attempt = self.attempt.saturating_sub(1);
                 self.state = State::Idle;
                 self.deadline = None;
                 Err(ClientError::BufferTooSmall)
@@ -148,7 +196,8 @@ impl ClientHandshake {
         }
     }
 
-    /// When [`ClientHandshake::handle_timeout`] must be called (`None` when idle or done).
+    /// When [`ClientHandshake::handle_timeout`] must be called (`None` when idle or done, and
+    /// always on [`Carrier::Reliable`], which never resends).
     pub fn poll_timeout(&self) -> Option<u64> {
         self.deadline
     }

@@ -21,7 +21,7 @@
 pub mod client;
 pub mod server;
 
-pub use client::{ClientError, ClientEvent, ClientHandshake, Established, WelcomeInfo};
+pub use client::{Carrier, ClientError, ClientEvent, ClientHandshake, Established, WelcomeInfo};
 pub use server::{
     Accepted, Acceptor, HelloError, HelloReply, LoginError, SessionGrant, TerminalRecord,
     WelcomeParams,
