@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--quick] [--only NAME] [--out DIR]`: our broker side by side with
+//! `cargo xtask bench [--quick] [--only NAME] [--out DIR] [--terminals N] [--variant NAME]`:
+//! our broker side by side with
 //! Mosquitto, in the same run, each server alone in a network namespace of its own with its
 //! load clients (docs/performance.md, "Side by side with Mosquitto").
 //!
@@ -34,6 +35,11 @@ struct Options {
     no_build: bool,
     only: Vec<String>,
     out: Option<PathBuf>,
+    /// `fanout` terminal counts instead of the default ones (`--terminals N`, repeatable).
+    terminals: Vec<u32>,
+    /// Only the `fanout` variants whose name contains one of these (`--variant NAME`,
+    /// repeatable); a filtered run is not checked against the fan-out floors.
+    variants: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -42,6 +48,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         no_build: false,
         only: Vec::new(),
         out: None,
+        terminals: Vec::new(),
+        variants: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -59,9 +67,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.only.push(name.clone());
             }
             "--out" => o.out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
+            "--terminals" => {
+                let n = it.next().ok_or("--terminals needs a count")?;
+                o.terminals.push(
+                    n.parse()
+                        .map_err(|_| format!("--terminals: `{n}` is not a count"))?,
+                );
+            }
+            "--variant" => o
+                .variants
+                .push(it.next().ok_or("--variant needs a name")?.clone()),
             other => {
                 return Err(format!(
-                    "unknown option `{other}`; usage: cargo xtask bench [--quick] [--no-build] [--only {}] [--out DIR]",
+                    "unknown option `{other}`; usage: cargo xtask bench [--quick] [--no-build] [--only {}] [--out DIR] [--terminals N] [--variant NAME]",
                     SCENARIOS.join("|")
                 ));
             }
@@ -95,12 +113,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
         doc["idle_memory"] = json!({ "rows": rows, "ratios": ratios });
     }
     if wanted("fanout") {
-        let counts: &[u32] = if o.quick {
+        let counts: &[u32] = if !o.terminals.is_empty() {
+            &o.terminals
+        } else if o.quick {
             &[1000]
         } else {
             &[1000, 5000, 10000]
         };
-        let rows = bench_fanout::run(&broker, &load, counts)?;
+        let rows = bench_fanout::run(&broker, &load, counts, &o.variants)?;
         let ratios = bench_report::fanout_ratios(&rows);
         doc["fanout"] = json!({ "rows": rows, "ratios": ratios });
     }
@@ -140,7 +160,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut failures = Vec::new();
     let mut checked = false;
     for (scenario, key, metric, count_field) in bench_report::FLOORED {
-        if !wanted(scenario) {
+        if !wanted(scenario) || (scenario == "fanout" && !o.variants.is_empty()) {
             continue;
         }
         checked = true;
@@ -309,5 +329,23 @@ mod tests {
         );
         assert!(parse(&args(&["--only"])).is_err());
         assert!(parse(&args(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn fanout_can_be_narrowed_to_some_counts_and_variants() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = parse(&args(&[
+            "--terminals",
+            "10000",
+            "--variant",
+            "device-ws",
+            "--variant",
+            "qos0",
+        ]))
+        .unwrap();
+        assert_eq!(o.terminals, [10000]);
+        assert_eq!(o.variants, ["device-ws", "qos0"]);
+        assert!(parse(&args(&["--terminals", "many"])).is_err());
+        assert!(parse(&args(&["--variant"])).is_err());
     }
 }
