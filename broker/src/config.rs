@@ -10,7 +10,6 @@
 //! string keys take the text as is, other keys parse it as a TOML value.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -24,49 +23,7 @@ pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "BROKER__";
 
-/// A secret string: never printed by `Debug`/`Display` (shows `Secret(<redacted>)`), overwritten
-/// with zeros when dropped.
-///
-/// `Clone` stays: [`Config`] is cloned into the cluster roles, and the HTTP API keeps its own
-/// copy of the bearer token.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
-impl zeroize::ZeroizeOnDrop for Secret {}
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret's text; call only where the value is used, never to log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether no value is configured.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("Secret(<unset>)")
-        } else {
-            f.write_str("Secret(<redacted>)")
-        }
-    }
-}
+pub use crate::secret::Secret;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -191,22 +148,7 @@ pub struct Identity {
     pub profile: IdProfile,
 }
 
-/// `[security]`: all values are secrets. Empty means "generate at first start into the data dir".
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Security {
-    /// Fleet master key, 64 hex digits; device keys derive from it.
-    pub fleet_master_key: Secret,
-    /// Explicit per-device keys (id -> 64 hex digits); they win over derivation.
-    pub device_keys: BTreeMap<String, Secret>,
-    /// Ignored (parsed only so older files still load; a warning is logged when set): each
-    /// node draws its own handshake cookie secret at start (docs/protocol.md section 3.1).
-    pub cookie_secret: Secret,
-    /// Secret for app tokens, 64 hex digits.
-    pub token_secret: Secret,
-    /// Bearer token for the HTTP API (at least 16 characters).
-    pub api_token: Secret,
-}
+pub use crate::secrets::Security;
 
 pub use crate::terminal::QueueFullPolicy;
 
@@ -846,12 +788,7 @@ impl Config {
     }
 }
 
-/// Parses 64 hex digits into a 32-byte key.
-pub fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s.trim(), &mut out).ok()?;
-    Some(out)
-}
+pub use crate::secrets::parse_key_hex;
 
 /// Sets `path` in `table` to `raw`, typed like the default at that path (strings stay strings).
 fn set_path(table: &mut toml::Table, defaults: &toml::Table, path: &[String], raw: &str) {

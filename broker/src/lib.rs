@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod private_files;
 pub mod provisioning;
 pub mod router;
+pub mod secret;
 pub mod secrets;
 pub mod store;
 pub mod terminal;

@@ -11,7 +11,7 @@
 //! `cookie_secret` left in an older `secrets.toml` is ignored and dropped when the file is next
 //! rewritten.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +19,32 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::config::{Secret, Security, parse_key_hex};
 use crate::private_files::{open_private, restrict_to_owner};
+use crate::secret::Secret;
+
+/// `[security]`: all values are secrets. Empty means "generate at first start into the data dir".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Fleet master key, 64 hex digits; device keys derive from it.
+    pub fleet_master_key: Secret,
+    /// Explicit per-device keys (id -> 64 hex digits); they win over derivation.
+    pub device_keys: BTreeMap<String, Secret>,
+    /// Ignored (parsed only so older files still load; a warning is logged when set): each
+    /// node draws its own handshake cookie secret at start (docs/protocol.md section 3.1).
+    pub cookie_secret: Secret,
+    /// Secret for app tokens, 64 hex digits.
+    pub token_secret: Secret,
+    /// Bearer token for the HTTP API (at least 16 characters).
+    pub api_token: Secret,
+}
+
+/// Parses 64 hex digits into a 32-byte key.
+pub fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out).ok()?;
+    Some(out)
+}
 
 /// File name of generated secrets inside the data directory.
 pub const SECRETS_FILE: &str = "secrets.toml";

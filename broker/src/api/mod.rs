@@ -26,8 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::router::{CommandError, CommandResult, Router};
+use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::terminal::Address;
 

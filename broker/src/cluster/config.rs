@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::link_auth::LinkKey;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// `[cluster]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -300,10 +300,11 @@ fn self_info(
     running: &Running,
     link: Option<SocketAddr>,
 ) -> Result<NodeInfo, ClusterError> {
-    let mut listen = config.listen.clone();
-    listen.udp = running.comet.udp;
-    listen.device_ws = running.comet.device_ws;
-    listen.app_ws = running.comet.app_ws;
+    let listen = crate::discovery::Endpoints {
+        udp: running.comet.udp,
+        device_ws: running.comet.device_ws,
+        app_ws: running.comet.app_ws,
+    };
     let mut me = config
         .discovery
         .self_info(role, &listen)

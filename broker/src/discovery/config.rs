@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::zk::{ZkAuth, ZkSettings};
 use super::{NodeAddr, NodeInfo, Role, valid_node_id, validate_root};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Where the node list comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,14 +179,10 @@ impl DiscoveryConfig {
         Duration::from_secs(self.load_update_secs)
     }
 
-    /// What this node advertises: the `advertise_*` keys, or for a comet its listen addresses
+    /// What this node advertises: the `advertise_*` keys, or for a comet its listening [`Endpoints`]
     /// (`udp`, `device_ws`, `app_ws`) where those are empty. Fails when a listen address is a
     /// wildcard (0.0.0.0 / ::) and no advertised address replaces it: nobody could dial it.
-    pub fn self_info(
-        &self,
-        role: Role,
-        listen: &crate::config::Listen,
-    ) -> Result<NodeInfo, (String, String)> {
+    pub fn self_info(&self, role: Role, listen: &Endpoints) -> Result<NodeInfo, (String, String)> {
         if !valid_node_id(&self.node_id) {
             return err(
                 "node_id",
@@ -233,6 +229,18 @@ impl DiscoveryConfig {
             load: 0,
         })
     }
+}
+
+/// The terminal-facing addresses a comet listens on, which it advertises unless the
+/// `advertise_*` keys say otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Device UDP.
+    pub udp: SocketAddr,
+    /// Device WebSocket.
+    pub device_ws: SocketAddr,
+    /// App WebSocket.
+    pub app_ws: SocketAddr,
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -321,7 +329,11 @@ mod tests {
             node_id: "c1".into(),
             ..DiscoveryConfig::default()
         };
-        let mut listen = crate::config::Listen::default();
+        let mut listen = Endpoints {
+            udp: ([127, 0, 0, 1], 8083).into(),
+            device_ws: ([127, 0, 0, 1], 8081).into(),
+            app_ws: ([127, 0, 0, 1], 8082).into(),
+        };
         let me = c.self_info(Role::Comet, &listen).unwrap();
         assert_eq!(me.addr.udp.as_deref(), Some("127.0.0.1:8083"));
         assert_eq!(me.addr.ws.as_deref(), Some("ws://127.0.0.1:8081/"));

@@ -25,7 +25,7 @@ pub mod zk_discovery;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use config::DiscoveryConfig;
+pub use config::{DiscoveryConfig, Endpoints};
 pub use static_list::StaticDiscovery;
 pub use zk_discovery::ZkDiscovery;
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// `[rmqkeeper]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
