@@ -197,6 +197,18 @@ pub struct Limits {
     pub frame_burst_per_terminal: u32,
 }
 
+impl Limits {
+    /// The per-session work limits (validated non-zero at load; at least 1 regardless).
+    pub fn work_limits(&self) -> crate::comet::budget::WorkLimits {
+        crate::comet::budget::WorkLimits {
+            queued_frames: (self.max_queued_frames_per_session as usize).max(1),
+            requests_in_flight: (self.max_requests_in_flight_per_session as usize).max(1),
+            frames_per_sec: self.frames_per_sec_per_terminal,
+            frame_burst: self.frame_burst_per_terminal,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -505,6 +517,37 @@ impl Config {
             webhook_url: self.upload.webhook_url.clone(),
             webhook_timeout: Duration::from_millis(self.upload.webhook_timeout_ms),
             offer_on_store: true,
+        }
+    }
+
+    /// The comet's settings from `[identity]`, `[timeouts]`, `[limits]`, `[udp]` and
+    /// `[proxy_protocol]` (the comet itself never reads the configuration). The proxy section
+    /// was validated at load.
+    pub fn comet_settings(&self) -> crate::comet::Settings {
+        use shared_protocol::limits::{MAX_JSON_MESSAGE, MAX_PACKET, MAX_PAYLOAD};
+        use std::time::Duration;
+        let l = &self.limits;
+        crate::comet::Settings {
+            profile: self.identity.profile,
+            admission: crate::comet::Admission {
+                max_connections: l.max_connections,
+                max_connections_per_ip: l.max_connections_per_ip,
+                max_pending_refusals: l.max_pending_refusals,
+                max_pending_handshakes: l.max_pending_handshakes,
+                login_attempts_per_ip_per_sec: l.login_attempts_per_ip_per_sec,
+            },
+            proxy: self.proxy_protocol.load().ok().flatten(),
+            handshake: Duration::from_secs(self.timeouts.handshake_secs),
+            heartbeat_secs: u16::try_from(self.timeouts.heartbeat_secs).unwrap_or(u16::MAX),
+            session_timeout_secs: u16::try_from(self.timeouts.session_secs).unwrap_or(u16::MAX),
+            max_payload: u16::try_from(l.max_payload_bytes)
+                .unwrap_or(u16::MAX)
+                .min(MAX_PAYLOAD as u16),
+            max_device_packet: (l.max_device_frame_bytes as usize).min(MAX_PACKET),
+            max_app_message: (l.max_app_message_bytes as usize).min(MAX_JSON_MESSAGE),
+            ws_write_timeout: Duration::from_millis(l.ws_write_timeout_ms),
+            work: l.work_limits(),
+            udp: self.udp,
         }
     }
 

@@ -240,7 +240,11 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
             source,
         })?;
     // The comet: device WebSocket, UDP and app WebSocket endpoints (src/comet).
-    let listeners = comet::Listeners::bind(config)
+    let ws_echo = config.conformance.ws_echo().map_err(|(key, reason)| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{key}: {reason}"))
+    });
+    let l = &config.listen;
+    let listeners = async { comet::Listeners::bind(l.device_ws, l.app_ws, l.udp, ws_echo?).await }
         .await
         .map_err(|source| StartError::Bind {
             what: "the comet (device_ws, app_ws, udp)",
@@ -254,7 +258,13 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     })?;
     let ws = if tls.is_some() { "wss" } else { "ws" };
     let api_tls = tls.clone().filter(|_| config.tls.api);
-    let comet_ctx = comet::Context::new(config, &secrets, router.clone(), shutdown.clone(), tls)?;
+    let comet_ctx = comet::Context::new(
+        config.comet_settings(),
+        &secrets,
+        router.clone(),
+        shutdown.clone(),
+        tls,
+    )?;
     let conns = comet_ctx.conns.clone();
     tasks.extend(comet::spawn(comet_ctx, listeners));
     tracing::info!(

@@ -8,8 +8,6 @@
 //! A device terminal has one live session at a time (a new login replaces the old one), so the
 //! session's bucket is the terminal's rate.
 
-use crate::config::Config;
-
 /// The per-session work limits from `[limits]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkLimits {
@@ -21,19 +19,6 @@ pub struct WorkLimits {
     pub frames_per_sec: u32,
     /// Work frames allowed in a burst (`frame_burst_per_terminal`).
     pub frame_burst: u32,
-}
-
-impl WorkLimits {
-    /// The limits in `c` (validated non-zero by the config loader).
-    pub fn from_config(c: &Config) -> WorkLimits {
-        let l = &c.limits;
-        WorkLimits {
-            queued_frames: (l.max_queued_frames_per_session as usize).max(1),
-            requests_in_flight: (l.max_requests_in_flight_per_session as usize).max(1),
-            frames_per_sec: l.frames_per_sec_per_terminal,
-            frame_burst: l.frame_burst_per_terminal,
-        }
-    }
 }
 
 /// The config keys of these limits, which are also their `limit` metric labels.

@@ -72,17 +72,24 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::router::{Router, Transport};
 use crate::secrets::Secrets;
-use crate::terminal::Address;
+use crate::terminal::{Address, IdProfile};
 
 use limits::{ConnLimiter, LoginLimiter};
 use logins::Logins;
 
-/// Comet settings taken from the configuration.
+/// Comet settings; the broker builds them from its configuration (`Config::comet_settings`),
+/// which the comet never reads itself.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The ID profile: which ids log in and how many sessions one id may hold.
+    pub profile: IdProfile,
+    /// How many connections and logins are admitted (`[limits]`).
+    pub admission: Admission,
+    /// PROXY protocol v2 (`[proxy_protocol]`; `None`: off; [`proxy::Proxy::on`] says which
+    /// endpoints take headers).
+    pub proxy: Option<proxy::Proxy>,
     /// Time from connection (or first HELLO) to completed login (`timeouts.handshake_secs`).
     pub handshake: Duration,
     /// Ping interval announced in WELCOME (`timeouts.heartbeat_secs`).
@@ -104,25 +111,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings from the configuration.
-    pub fn from_config(c: &Config) -> Settings {
-        Settings {
-            handshake: Duration::from_secs(c.timeouts.handshake_secs),
-            heartbeat_secs: u16::try_from(c.timeouts.heartbeat_secs).unwrap_or(u16::MAX),
-            session_timeout_secs: u16::try_from(c.timeouts.session_secs).unwrap_or(u16::MAX),
-            max_payload: u16::try_from(c.limits.max_payload_bytes)
-                .unwrap_or(u16::MAX)
-                .min(shared_protocol::limits::MAX_PAYLOAD as u16),
-            max_device_packet: (c.limits.max_device_frame_bytes as usize)
-                .min(shared_protocol::limits::MAX_PACKET),
-            max_app_message: (c.limits.max_app_message_bytes as usize)
-                .min(shared_protocol::limits::MAX_JSON_MESSAGE),
-            ws_write_timeout: Duration::from_millis(c.limits.ws_write_timeout_ms),
-            work: budget::WorkLimits::from_config(c),
-            udp: c.udp,
-        }
-    }
-
     /// The silence timeout in milliseconds.
     pub fn session_timeout_ms(&self) -> u64 {
         u64::from(self.session_timeout_secs) * 1000
@@ -149,13 +137,25 @@ pub struct Context {
     pub token_secret: zeroize::Zeroizing<[u8; 32]>,
     /// TLS for the WebSocket endpoints (`[tls]`; `None`: plain `ws://`).
     pub tls: Option<tls::Acceptor>,
-    /// PROXY protocol v2 (`[proxy_protocol]`; `None`: off; [`proxy::Proxy::on`] says which
-    /// endpoints take headers).
-    pub proxy: Option<proxy::Proxy>,
     /// Cancelled at shutdown: endpoints stop accepting.
     pub shutdown: CancellationToken,
     epoch: Instant,
     next_session_id: std::sync::atomic::AtomicU32,
+}
+
+/// Connection and login admission limits (`[limits]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Connections accepted in total (`max_connections`).
+    pub max_connections: u32,
+    /// Connections accepted per client IP (`max_connections_per_ip`).
+    pub max_connections_per_ip: u32,
+    /// Refused connections answered with a close code at once (`max_pending_refusals`).
+    pub max_pending_refusals: u32,
+    /// WebSocket connections still logging in at once (`max_pending_handshakes`).
+    pub max_pending_handshakes: u32,
+    /// Login attempts per client IP per second (`login_attempts_per_ip_per_sec`).
+    pub login_attempts_per_ip_per_sec: u32,
 }
 
 impl Context {
@@ -163,30 +163,28 @@ impl Context {
     /// Fails only when the OS random generator cannot seed this node's cookie secret: without
     /// it the node cannot log anyone in safely.
     pub fn new(
-        config: &Config,
+        settings: Settings,
         secrets: &Secrets,
         router: Router,
         shutdown: CancellationToken,
         tls: Option<tls::Acceptor>,
     ) -> Result<Arc<Context>, rand::rand_core::OsError> {
-        let l = &config.limits;
+        let a = settings.admission;
         let cookie_secret = logins::node_cookie_secret()?;
         router.metrics().work_limits_registered(&budget::LIMIT_KEYS);
         Ok(Arc::new(Context {
-            settings: Settings::from_config(config),
-            logins: Logins::new(secrets, config.identity.profile, cookie_secret),
+            logins: Logins::new(secrets, settings.profile, cookie_secret),
             conns: ConnLimiter::new(
-                l.max_connections,
-                l.max_connections_per_ip,
-                l.max_pending_refusals,
+                a.max_connections,
+                a.max_connections_per_ip,
+                a.max_pending_refusals,
             ),
-            login_rate: LoginLimiter::new(l.login_attempts_per_ip_per_sec),
-            pending: pending::Pending::new(l.max_pending_handshakes),
+            login_rate: LoginLimiter::new(a.login_attempts_per_ip_per_sec),
+            pending: pending::Pending::new(a.max_pending_handshakes),
             refusals: crate::logging::refusals::RefusalLog::default(),
             token_secret: zeroize::Zeroizing::new(secrets.token_secret),
             tls,
-            // Validated with the rest of the configuration at load.
-            proxy: config.proxy_protocol.load().ok().flatten(),
+            settings,
             router,
             shutdown,
             epoch: Instant::now(),
@@ -276,23 +274,22 @@ pub struct Bound {
 }
 
 impl Listeners {
-    /// Binds the three sockets of `[listen]` (and the conformance echo endpoint when
-    /// configured; the config check has refused any address but loopback).
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let ws_echo = match config.conformance.ws_echo() {
-            Ok(Some(addr)) => Some(TcpListener::bind(addr).await?),
-            Ok(None) => None,
-            Err((key, reason)) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{key}: {reason}"),
-                ));
-            }
+    /// Binds the three terminal sockets (`[listen]`) and the conformance echo endpoint when
+    /// one is given (the config check has refused any address but loopback).
+    pub async fn bind(
+        device_ws: SocketAddr,
+        app_ws: SocketAddr,
+        udp: SocketAddr,
+        ws_echo: Option<SocketAddr>,
+    ) -> std::io::Result<Listeners> {
+        let ws_echo = match ws_echo {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
         };
         Ok(Listeners {
-            device_ws: TcpListener::bind(config.listen.device_ws).await?,
-            app_ws: TcpListener::bind(config.listen.app_ws).await?,
-            udp: UdpSocket::bind(config.listen.udp).await?,
+            device_ws: TcpListener::bind(device_ws).await?,
+            app_ws: TcpListener::bind(app_ws).await?,
+            udp: UdpSocket::bind(udp).await?,
             ws_echo,
         })
     }

@@ -199,7 +199,7 @@ pub(super) async fn accept(
         ctx.router.metrics().proxy_refused(refusal.as_str());
     };
     // The PROXY protocol settings when this listener takes headers.
-    let proxy = ctx.proxy.as_ref().and_then(|p| {
+    let proxy = ctx.settings.proxy.as_ref().and_then(|p| {
         p.on(match transport {
             crate::router::Transport::AppWs => super::proxy::Listener::AppWs,
             _ => super::proxy::Listener::DeviceWs,
