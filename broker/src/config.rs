@@ -48,7 +48,7 @@ pub struct Config {
     /// The app backend that device requests are forwarded to.
     pub backend: Backend,
     /// Connection and request limits of the HTTP API listener.
-    pub api: Api,
+    pub api: ApiConfig,
     /// Logging (owned by `crate::logging`).
     pub log: crate::logging::LogConfig,
     /// The web console (owned by `crate::console`).
@@ -381,30 +381,7 @@ impl Default for Backend {
     }
 }
 
-/// `[api]`: limits of the HTTP API listener (`listen.http`), held by `crate::api::listener`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Api {
-    /// API connections open at once; one more is closed at accept.
-    pub max_connections: u32,
-    /// Time a client has to send a request's whole header (also the keep-alive idle limit).
-    pub header_read_timeout_ms: u64,
-    /// Time a client has to send a request's whole body, from the end of its header.
-    pub body_timeout_ms: u64,
-    /// Largest request body, bytes (413 above it).
-    pub max_body_bytes: u32,
-}
-
-impl Default for Api {
-    fn default() -> Self {
-        Api {
-            max_connections: 1024,
-            header_read_timeout_ms: 10000,
-            body_timeout_ms: 30000,
-            max_body_bytes: 4 * 1024 * 1024,
-        }
-    }
-}
+pub use crate::api::listener::ApiConfig;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -517,6 +494,17 @@ impl Config {
             webhook_url: self.upload.webhook_url.clone(),
             webhook_timeout: Duration::from_millis(self.upload.webhook_timeout_ms),
             offer_on_store: true,
+        }
+    }
+
+    /// The HTTP API's settings from `[timeouts]` and `[console]` (the API never reads the
+    /// configuration itself).
+    pub fn api_settings(&self) -> crate::api::ApiSettings {
+        use std::time::Duration;
+        crate::api::ApiSettings {
+            command_default: Duration::from_millis(self.timeouts.command_ms),
+            command_max: Duration::from_millis(self.timeouts.command_max_ms),
+            console: self.console.enabled,
         }
     }
 

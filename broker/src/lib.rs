@@ -278,10 +278,14 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     );
 
     let app = api::app(
-        api::ApiState::new(router.clone(), secrets.api_token.clone(), config)
-            .with_cluster(parts.cluster_api)
-            .with_cluster_nodes(parts.cluster_nodes)
-            .with_shutdown(shutdown.clone()),
+        api::ApiState::new(
+            router.clone(),
+            secrets.api_token.clone(),
+            config.api_settings(),
+        )
+        .with_cluster(parts.cluster_api)
+        .with_cluster_nodes(parts.cluster_nodes)
+        .with_shutdown(shutdown.clone()),
     )
     .merge(parts.extra_routes);
     let https = api_tls.is_some();

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 const TOKEN: &str = "test-api-token-0123456789";
 
-fn config(dir: &std::path::Path, api: impl FnOnce(&mut broker::config::Api)) -> Config {
+fn config(dir: &std::path::Path, api: impl FnOnce(&mut broker::config::ApiConfig)) -> Config {
     let mut c = Config::default();
     let any = "127.0.0.1:0".parse().unwrap();
     c.listen.http = any;

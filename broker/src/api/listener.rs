@@ -17,6 +17,7 @@
 //! listening socket is closed, every open connection finishes its current request and closes
 //! (like `axum::serve`'s graceful shutdown), and [`serve`] returns once they are all gone.
 
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 use super::ApiError;
 use crate::comet::proxy::Proxy;
 use crate::comet::tls::Acceptor;
-use crate::config;
 use crate::metrics::Metrics;
 
 /// Time a client has to complete the TLS handshake.
@@ -63,12 +63,37 @@ pub struct ApiLimits {
 
 impl ApiLimits {
     /// The limits of the `[api]` section (validated when the config was loaded).
-    pub fn new(c: &config::Api) -> ApiLimits {
+    pub fn new(c: &ApiConfig) -> ApiLimits {
         ApiLimits {
             max_connections: c.max_connections,
             header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
             body_timeout: Duration::from_millis(c.body_timeout_ms),
             max_body_bytes: c.max_body_bytes as usize,
+        }
+    }
+}
+
+/// `[api]`: limits of the HTTP API listener (`listen.http`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// API connections open at once; one more is closed at accept.
+    pub max_connections: u32,
+    /// Time a client has to send a request's whole header (also the keep-alive idle limit).
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's whole body, from the end of its header.
+    pub body_timeout_ms: u64,
+    /// Largest request body, bytes (413 above it).
+    pub max_body_bytes: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_connections: 1024,
+            header_read_timeout_ms: 10000,
+            body_timeout_ms: 30000,
+            max_body_bytes: 4 * 1024 * 1024,
         }
     }
 }

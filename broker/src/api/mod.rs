@@ -26,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
 use crate::router::{CommandError, CommandResult, Router};
 use crate::secret::Secret;
 use crate::store::StoreError;
@@ -73,6 +72,18 @@ pub trait ClusterApi: Send + Sync + 'static {
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
 }
 
+/// The API's settings; the broker builds them from its configuration (`Config::api_settings`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// How long a device command waits for its result unless the caller asks otherwise
+    /// (`timeouts.command_ms`).
+    pub command_default: Duration,
+    /// The longest wait a caller may ask for (`timeouts.command_max_ms`).
+    pub command_max: Duration,
+    /// Whether the web console is served (`console.enabled`).
+    pub console: bool,
+}
+
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct ApiState {
@@ -88,14 +99,14 @@ pub struct ApiState {
 
 impl ApiState {
     /// State for `router`, authenticating with `api_token`.
-    pub fn new(router: Router, api_token: Secret, config: &Config) -> ApiState {
+    pub fn new(router: Router, api_token: Secret, settings: ApiSettings) -> ApiState {
         ApiState {
             router,
             api_token: Arc::new(api_token),
-            command_default: Duration::from_millis(config.timeouts.command_ms),
-            command_max: Duration::from_millis(config.timeouts.command_max_ms),
+            command_default: settings.command_default,
+            command_max: settings.command_max,
             cluster: None,
-            console: config.console.enabled,
+            console: settings.console,
             cluster_nodes: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
         }
