@@ -497,6 +497,16 @@ impl Config {
         }
     }
 
+    /// What `broker rmqkeeper` reads from the file: `[rmqkeeper]`, `[discovery]` and
+    /// `cluster.rabbit_root`.
+    pub fn keeper_sources(&self) -> crate::keeper::args::KeeperSources<'_> {
+        crate::keeper::args::KeeperSources {
+            keeper: &self.rmqkeeper,
+            discovery: &self.discovery,
+            rabbit_root: &self.cluster.rabbit_root,
+        }
+    }
+
     /// The HTTP API's settings from `[timeouts]` and `[console]` (the API never reads the
     /// configuration itself).
     pub fn api_settings(&self) -> crate::api::ApiSettings {

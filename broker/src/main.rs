@@ -467,7 +467,7 @@ fn rmqkeeper(args: broker::keeper::KeeperArgs, config: &Config) -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(broker::keeper::cli(args, config)),
+        Ok(rt) => rt.block_on(broker::keeper::cli(args, config.keeper_sources())),
         Err(e) => {
             eprintln!("rmqkeeper: cannot start the runtime: {e}");
             ExitCode::FAILURE

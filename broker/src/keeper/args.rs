@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use crate::config::Config;
+use super::config::KeeperSection;
+use crate::discovery::DiscoveryConfig;
 use crate::discovery::validate_root;
 use crate::discovery::zk::{ZkAuth, ZkSettings};
 
@@ -175,12 +176,23 @@ fn valid_znode_name(name: &str) -> bool {
         && !name.chars().any(char::is_control)
 }
 
+/// What the keeper reads from the config file: its `[rmqkeeper]` section, `[discovery]`
+/// (ZooKeeper) and `cluster.rabbit_root`; the broker builds it (`Config::keeper_sources`).
+#[derive(Clone, Copy, Debug)]
+pub struct KeeperSources<'a> {
+    /// `[rmqkeeper]`.
+    pub keeper: &'a KeeperSection,
+    /// `[discovery]`.
+    pub discovery: &'a DiscoveryConfig,
+    /// `cluster.rabbit_root` (empty: `/rabbitmq`).
+    pub rabbit_root: &'a str,
+}
+
 impl KeeperArgs {
-    /// Merges the flags over `config` (its `[rmqkeeper]`, `[discovery]` and
-    /// `cluster.rabbit_root`) and validates the result.
-    pub fn resolve(&self, config: &Config) -> Result<KeeperConfig, KeeperConfigError> {
-        let file = &config.rmqkeeper;
-        let disc = &config.discovery;
+    /// Merges the flags over the config file's `sources` and validates the result.
+    pub fn resolve(&self, sources: KeeperSources<'_>) -> Result<KeeperConfig, KeeperConfigError> {
+        let file = sources.keeper;
+        let disc = sources.discovery;
         let amqp = pick(
             self.amqp_url.clone(),
             "amqp-url",
@@ -300,10 +312,10 @@ impl KeeperArgs {
                 ),
             );
         }
-        let default_root = if config.cluster.rabbit_root.is_empty() {
+        let default_root = if sources.rabbit_root.is_empty() {
             "/rabbitmq".to_string()
         } else {
-            config.cluster.rabbit_root.clone()
+            sources.rabbit_root.to_string()
         };
         let root = pick(
             self.root.clone(),
@@ -414,6 +426,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::config::Config;
 
     #[derive(Parser)]
     struct Cli {
@@ -438,7 +451,9 @@ mod tests {
 
     #[test]
     fn good_flags_validate_and_credentials_are_split_off() {
-        let c = parse(&[]).resolve(&Config::default()).unwrap();
+        let c = parse(&[])
+            .resolve(Config::default().keeper_sources())
+            .unwrap();
         assert_eq!(c.amqp_url.as_str(), "amqp://127.0.0.1:17001/%2f");
         assert_eq!(c.amqp_port, 17001);
         assert_eq!(c.mgmt_url.as_str(), "http://127.0.0.1:17101/");
@@ -450,7 +465,7 @@ mod tests {
         assert_eq!(c.root, "/rabbitmq");
         assert_eq!(c.interval, Duration::from_secs(5));
         let c = parse(&["--mgmt-user", "ops", "--mgmt-password", "x"])
-            .resolve(&Config::default())
+            .resolve(Config::default().keeper_sources())
             .unwrap();
         assert_eq!(
             (c.mgmt_user.as_str(), c.mgmt_password.as_str()),
@@ -467,7 +482,7 @@ mod tests {
         ])
         .unwrap()
         .args
-        .resolve(&Config::default())
+        .resolve(Config::default().keeper_sources())
         .unwrap();
         assert_eq!(c.amqp_port, 5672);
         assert_eq!(c.mgmt_url.as_str(), "http://h:1/api-prefix/");
@@ -516,7 +531,7 @@ mod tests {
         ];
         for (extra, want) in cases {
             let msg = parse(extra)
-                .resolve(&Config::default())
+                .resolve(Config::default().keeper_sources())
                 .unwrap_err()
                 .to_string();
             assert!(msg.starts_with(want), "{extra:?}: {msg}");
@@ -539,7 +554,7 @@ mod tests {
     #[test]
     fn the_shared_config_file_alone_is_enough_and_flags_override_it() {
         let none = Cli::try_parse_from(["k"]).unwrap().args;
-        let c = none.resolve(&file_config()).unwrap();
+        let c = none.resolve(file_config().keeper_sources()).unwrap();
         assert_eq!(c.amqp_url.as_str(), "amqp://mq1:5672/%2f");
         assert_eq!(
             (c.mgmt_user.as_str(), c.mgmt_password.as_str()),
@@ -563,7 +578,7 @@ mod tests {
         ])
         .unwrap()
         .args;
-        let c = flags.resolve(&file_config()).unwrap();
+        let c = flags.resolve(file_config().keeper_sources()).unwrap();
         assert_eq!(c.amqp_url.as_str(), "amqp://mq9:1/%2f");
         assert_eq!(c.root, "/other");
         assert_eq!(c.listen, None);
@@ -598,7 +613,7 @@ mod tests {
         for (tweak, want) in cases {
             let mut c = file_config();
             tweak(&mut c);
-            let msg = none.resolve(&c).unwrap_err().to_string();
+            let msg = none.resolve(c.keeper_sources()).unwrap_err().to_string();
             assert!(msg.starts_with(want), "{msg}");
         }
     }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use zookeeper_client::Client;
 
-pub use args::{EXIT_CONFIG, KeeperArgs, KeeperConfig, KeeperConfigError};
+pub use args::{EXIT_CONFIG, KeeperArgs, KeeperConfig, KeeperConfigError, KeeperSources};
 pub use view::{RabbitNode, RabbitNodes, RabbitView};
 
 use crate::discovery::zk;
@@ -48,10 +48,10 @@ pub enum KeeperError {
 }
 
 /// Entry point for `broker rmqkeeper` (tracing must already be initialised): merges the flags
-/// over `config` (exit 2 with a message naming the flag or key), then runs until SIGINT/SIGTERM
+/// over the config file's `sources` (exit 2 with a message naming the flag or key), then runs until SIGINT/SIGTERM
 /// (exit 0).
-pub async fn cli(args: KeeperArgs, config: &crate::config::Config) -> ExitCode {
-    let cfg = match args.resolve(config) {
+pub async fn cli(args: KeeperArgs, sources: args::KeeperSources<'_>) -> ExitCode {
+    let cfg = match args.resolve(sources) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
