@@ -38,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod private_files;
 pub mod provisioning;
+pub mod roles;
 pub mod router;
 pub mod secret;
 pub mod secrets;

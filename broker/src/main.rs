@@ -445,7 +445,7 @@ fn serve_role(config: Config, role: broker::discovery::Role) -> ExitCode {
         Ok(rt) => rt,
         Err(c) => return c,
     };
-    match rt.block_on(broker::cluster::run(role, config, shutdown_signal())) {
+    match rt.block_on(broker::roles::run(role, config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ broker::cluster::ClusterError::Config(..)) => {
             eprintln!("broker {}: configuration error: {e}", role.as_str());

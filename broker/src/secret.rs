@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// A secret string: never printed by `Debug`/`Display` (shows `Secret(<redacted>)`), overwritten
 /// with zeros when dropped.
 ///
-/// `Clone` stays: [`Config`] is cloned into the cluster roles, and the HTTP API keeps its own
+/// `Clone` stays: [`Config`](crate::config::Config) is cloned into the cluster roles, and the HTTP API keeps its own
 /// copy of the bearer token.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]

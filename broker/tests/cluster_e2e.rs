@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use broker::cluster::{ClusterNode, start_comet, start_msgbus};
+use broker::cluster::ClusterNode;
 use broker::keeper::RabbitView;
+use broker::roles::{start_comet, start_msgbus};
 use broker::terminal::Address;
 use cluster_support::*;
 use comet_support::*;

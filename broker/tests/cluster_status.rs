@@ -17,9 +17,9 @@ mod services_env;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use broker::cluster::{start_comet, start_msgbus};
 use broker::cluster_status::{Report, gather};
 use broker::config::Config;
+use broker::roles::{start_comet, start_msgbus};
 use cluster_support::*;
 use comet_support::*;
 

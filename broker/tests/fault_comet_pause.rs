@@ -29,8 +29,9 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use broker::cluster::{ClusterNode, start_msgbus};
+use broker::cluster::ClusterNode;
 use broker::discovery::Role;
+use broker::roles::start_msgbus;
 use cluster_support::*;
 use comet_support::*;
 use serde_json::json;

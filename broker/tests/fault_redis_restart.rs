@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use broker::cluster::{start_comet, start_msgbus};
+use broker::roles::{start_comet, start_msgbus};
 use cluster_support::*;
 use comet_support::*;
 use serde_json::{Value, json};

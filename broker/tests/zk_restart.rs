@@ -25,8 +25,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use broker::cluster::{ClusterNode, start_comet, start_msgbus};
+use broker::cluster::ClusterNode;
 use broker::discovery::Role;
+use broker::roles::{start_comet, start_msgbus};
 use cluster_support::*;
 use comet_support::*;
 use serde_json::json;

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use broker::cluster::{ClusterNode, start_comet, start_msgbus};
+use broker::cluster::ClusterNode;
 use broker::config::{Config, Secret};
 use broker::discovery::DiscoveryConfig;
 use broker::discovery::config::DiscoveryMode;
 use broker::discovery::zk::{ZkAuth, ZkSettings};
+use broker::roles::{start_comet, start_msgbus};
 use broker::terminal::IdProfile;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
