@@ -34,13 +34,16 @@ use broker::uploads::{
     Delivered, RabbitConfig, RabbitUploadSink, Upload, UploadSink, static_nodes,
 };
 use bytes::Bytes;
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod rabbit_support;
 mod services_env;
+
+use rabbit_support::{delete_topology, wait_until};
 
 /// How long the partition lasts: longer than the confirm timeout below, so publishes in flight
 /// when it starts time out and spool.
@@ -188,40 +191,6 @@ async fn drain_queue(url: &str, queue: &str) -> Vec<Got> {
     }
     let _ = conn.close(200, "done".into()).await;
     out
-}
-
-async fn delete_topology(url: &str, cfg: &RabbitConfig) {
-    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
-        return;
-    };
-    let ch = conn.create_channel().await.unwrap();
-    for q in [
-        &cfg.upload_queue,
-        &cfg.push_queue,
-        &cfg.push_dead_letter_queue,
-    ] {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in [
-        &cfg.upload_exchange,
-        &cfg.push_exchange,
-        &cfg.push_dead_letter_exchange,
-    ] {
-        let _ = ch
-            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = conn.close(200, "done".into()).await;
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,14 +22,14 @@ use broker::uploads::{
     Upload, UploadSink, static_nodes,
 };
 use bytes::Bytes;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
+mod rabbit_support;
 mod services_env;
+
+use rabbit_support::{delete_topology, wait_until};
 
 /// The service environment this test needs (see `services_env`).
 fn services() -> BTreeMap<String, String> {
@@ -153,40 +153,6 @@ async fn drain_queue(url: &str, queue: &str) -> Vec<Got> {
     }
     let _ = conn.close(200, "done".into()).await;
     out
-}
-
-async fn delete_topology(url: &str, cfg: &RabbitConfig) {
-    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
-        return;
-    };
-    let ch = conn.create_channel().await.unwrap();
-    for q in [
-        &cfg.upload_queue,
-        &cfg.push_queue,
-        &cfg.push_dead_letter_queue,
-    ] {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in [
-        &cfg.upload_exchange,
-        &cfg.push_exchange,
-        &cfg.push_dead_letter_exchange,
-    ] {
-        let _ = ch
-            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = conn.close(200, "done".into()).await;
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
