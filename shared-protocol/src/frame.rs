@@ -18,10 +18,10 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::Code;
-use crate::ids::{Address, Kind};
+use crate::ids::Address;
 use crate::limits::{MAX_FRAME, MAX_MSG_ID, MAX_NAME, MAX_PATH, MAX_PAYLOAD, MAX_TOPIC};
 pub use crate::reliability::Ack;
-use crate::wire::{BufferFull, Reader, WireError, Writer};
+use crate::wire::{BufferFull, Reader, WireError, Writer, read_address, write_address};
 
 /// Number of body variants in this version (variant indexes `0..BODY_VARIANTS`).
 pub const BODY_VARIANTS: u32 = 16;
@@ -613,22 +613,6 @@ impl<'a> Frame<'a> {
         };
         Ok(Frame { seq, ack, body })
     }
-}
-
-/// An [`Address`]: the kind as a variant index (a `u32` varint, `0` or `1`), then the id.
-fn write_address(w: &mut Writer<'_>, address: Address) -> Result<(), BufferFull> {
-    w.varint(address.kind as u64)?;
-    w.varint(address.id.into())
-}
-
-/// Reads what [`write_address`] writes; another kind index is malformed.
-fn read_address(r: &mut Reader<'_>) -> Result<Address, WireError> {
-    let kind = match r.u32()? {
-        0 => Kind::Device,
-        1 => Kind::Phone,
-        _ => return Err(WireError::Malformed),
-    };
-    Ok(Address { kind, id: r.u32()? })
 }
 
 #[cfg(test)]

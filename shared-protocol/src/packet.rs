@@ -17,12 +17,12 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::Code;
-use crate::ids::{Address, Kind};
+use crate::ids::Address;
 use crate::limits::{
     BROKER_NONCE_LEN, DATA_HEADER_LEN, HELLO_MIN_LEN, MAX_MSG_ID, MAX_PACKET, MIN_FRAME,
     PACKET_HEADER_LEN, PROTOCOL_VERSION, TAG_LEN, WELCOME_HEADER_LEN,
 };
-use crate::wire::{BufferFull, Reader, WireError, Writer};
+use crate::wire::{BufferFull, Reader, WireError, Writer, read_address, write_address};
 
 /// The packet type byte (byte 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -650,22 +650,6 @@ fn put(
     let mut w = Writer::new(rest);
     body(&mut w).map_err(|BufferFull| EncodeError::BufferTooSmall)?;
     Ok(PACKET_HEADER_LEN + w.finish().len())
-}
-
-/// An [`Address`] as postcard writes it: the kind's variant index (a `u32` varint), the id.
-fn write_address(w: &mut Writer<'_>, address: Address) -> Result<(), BufferFull> {
-    w.varint(address.kind as u64)?;
-    w.varint(address.id.into())
-}
-
-/// Reads what [`write_address`] writes; another kind index is [`WireError::Malformed`].
-fn read_address(r: &mut Reader<'_>) -> Result<Address, WireError> {
-    let kind = match r.u32()? {
-        0 => Kind::Device,
-        1 => Kind::Phone,
-        _ => return Err(WireError::Malformed),
-    };
-    Ok(Address { kind, id: r.u32()? })
 }
 
 /// Deserialises a fixed-size byte field (`[u8; N]`, postcard: the N bytes as they are) with one

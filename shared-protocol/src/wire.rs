@@ -15,6 +15,8 @@
 //! encodings within that length are accepted, as postcard does. Lengths are `usize` varints,
 //! as in postcard (so their width follows the platform's pointer width).
 
+use crate::ids::{Address, Kind};
+
 /// Why bytes could not be read (mapped to the caller's own error type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WireError {
@@ -201,6 +203,23 @@ impl<'a> Writer<'a> {
         self.len = end;
         Ok(())
     }
+}
+
+/// An [`Address`] as postcard writes it (frames and handshake bodies alike): the kind's variant
+/// index (a `u32` varint, `0` or `1`), then the id.
+pub(crate) fn write_address(w: &mut Writer<'_>, address: Address) -> Result<(), BufferFull> {
+    w.varint(address.kind as u64)?;
+    w.varint(address.id.into())
+}
+
+/// Reads what [`write_address`] writes; another kind index is [`WireError::Malformed`].
+pub(crate) fn read_address(r: &mut Reader<'_>) -> Result<Address, WireError> {
+    let kind = match r.u32()? {
+        0 => Kind::Device,
+        1 => Kind::Phone,
+        _ => return Err(WireError::Malformed),
+    };
+    Ok(Address { kind, id: r.u32()? })
 }
 
 #[cfg(test)]
