@@ -541,10 +541,20 @@ async fn push_consumer_acks_after_callback_and_requeues_on_error() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    wait_until("three pushes handled", Duration::from_secs(20), || {
-        seen.lock().unwrap().len() == 3 && consumer.counts().2 == 1
-    })
-    .await;
+    // Three handled and the poison one rejected; on a timeout the message says what arrived
+    // and how the consumer counted it (acked, requeued, rejected).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(seen.lock().unwrap().len() == 3 && consumer.counts().2 == 1) {
+        assert!(
+            Instant::now() < deadline,
+            "three pushes handled and one rejected within 30 s: seen {:?}, counts {:?}, \
+             transient failures {}",
+            seen.lock().unwrap(),
+            consumer.counts(),
+            failures.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut targets: Vec<String> = seen
         .lock()
         .unwrap()
