@@ -34,16 +34,13 @@ use broker::uploads::{
     Delivered, RabbitConfig, RabbitUploadSink, Upload, UploadSink, static_nodes,
 };
 use bytes::Bytes;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
-use lapin::types::AMQPValue;
-use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod rabbit_support;
 mod services_env;
 
-use rabbit_support::{delete_topology, wait_until};
+use rabbit_support::{delete_topology, header_str, header_true, headers, message_id, wait_until};
 
 /// How long the partition lasts: longer than the confirm timeout below, so publishes in flight
 /// when it starts time out and spool.
@@ -159,38 +156,19 @@ struct Got {
     marked: bool,
 }
 
+/// Reads (and acks) everything in `queue` on `url`.
 async fn drain_queue(url: &str, queue: &str) -> Vec<Got> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-    {
-        let d = m.delivery;
-        let h = d.properties.headers().clone().unwrap_or_default();
-        out.push(Got {
-            key: match h.inner().get("dedup_key") {
-                Some(AMQPValue::LongString(s)) => s.to_string(),
-                _ => String::new(),
-            },
-            message_id: d
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.to_string())
-                .unwrap_or_default(),
+    rabbit_support::drain_queue(url, queue, |d| {
+        let h = headers(d);
+        Got {
+            key: header_str(&h, "dedup_key").unwrap_or_default(),
+            message_id: message_id(d),
             marked: ["x-redelivered-from-spool", "x-republished"]
                 .iter()
-                .any(|k| matches!(h.inner().get(*k), Some(AMQPValue::Boolean(true)))),
-        });
-        d.acker.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
-    out
+                .any(|k| header_true(&h, k)),
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

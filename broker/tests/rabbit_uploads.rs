@@ -23,13 +23,13 @@ use broker::uploads::{
 };
 use bytes::Bytes;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 mod rabbit_support;
 mod services_env;
 
-use rabbit_support::{delete_topology, wait_until};
+use rabbit_support::{delete_topology, header_str, header_true, headers, message_id, wait_until};
 
 /// The service environment this test needs (see `services_env`).
 fn services() -> BTreeMap<String, String> {
@@ -107,52 +107,25 @@ struct Got {
     persistent: bool,
 }
 
-fn header_str(h: &FieldTable, k: &str) -> Option<String> {
-    match h.inner().get(k)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-/// Reads (and acks) everything in `queue` on `url`.
 /// Serialises this file's tests: one of them stops a RabbitMQ node (`stop_app`), which resets
 /// the connections of any test running beside it on that node.
 static RABBIT_NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Reads (and acks) everything in `queue` on `url`.
 async fn drain_queue(url: &str, queue: &str) -> Vec<Got> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-    {
-        let d = m.delivery;
-        let h = d.properties.headers().clone().unwrap_or_default();
-        out.push(Got {
+    rabbit_support::drain_queue(url, queue, |d| {
+        let h = headers(d);
+        Got {
             key: header_str(&h, "dedup_key").unwrap_or_default(),
             epoch: header_str(&h, "upload_epoch").unwrap_or_default(),
-            message_id: d
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.to_string())
-                .unwrap_or_default(),
+            message_id: message_id(d),
             routing_key: d.routing_key.to_string(),
             data: d.data.clone(),
-            from_spool: matches!(
-                h.inner().get("x-redelivered-from-spool"),
-                Some(AMQPValue::Boolean(true))
-            ),
+            from_spool: header_true(&h, "x-redelivered-from-spool"),
             persistent: *d.properties.delivery_mode() == Some(2),
-        });
-        d.acker.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
-    out
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

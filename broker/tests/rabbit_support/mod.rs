@@ -1,12 +1,69 @@
-//! What the RabbitMQ upload tests share (`rabbit_uploads`, `fault_rabbit_partition`): removing
-//! a test's exchanges and queues, and waiting for a condition with a deadline.
+//! What the RabbitMQ upload tests share (`rabbit_uploads`, `fault_rabbit_partition`): reading a
+//! queue back, removing a test's exchanges and queues, and waiting for a condition with a
+//! deadline.
 #![allow(dead_code)] // Each test binary uses its own part.
 
 use std::time::{Duration, Instant};
 
 use broker::uploads::RabbitConfig;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
+
+/// Reads (and acks) everything in `queue` on `url`, each message as `read` makes it.
+pub async fn drain_queue<T>(
+    url: &str,
+    queue: &str,
+    mut read: impl FnMut(&Delivery) -> T,
+) -> Vec<T> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        out.push(read(&m.delivery));
+        m.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
+
+/// A message's headers (empty when it has none).
+pub fn headers(d: &Delivery) -> FieldTable {
+    d.properties.headers().clone().unwrap_or_default()
+}
+
+/// A string header's value.
+pub fn header_str(h: &FieldTable, k: &str) -> Option<String> {
+    match h.inner().get(k)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether a boolean header is set to true.
+pub fn header_true(h: &FieldTable, k: &str) -> bool {
+    matches!(h.inner().get(k), Some(AMQPValue::Boolean(true)))
+}
+
+/// The AMQP message id (empty when unset).
+pub fn message_id(d: &Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default()
+}
 
 /// Deletes the queues and exchanges `cfg` names on the node at `url` (a node that cannot be
 /// reached is left alone).
