@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bench_idle::PER_CLIENT_PROCESS;
+use crate::bench_idle::{spawn_clients, wait_up};
 use crate::bench_ns::{self, Pipes, Spawned};
 use crate::bench_servers::{self, MosquittoTuning, Product, Server, port};
 
@@ -74,22 +74,11 @@ fn measure(
 ) -> Result<Value, String> {
     let server = Server::start(v.product, broker, MosquittoTuning::default())?;
     let pid = server.pid();
-    let processes = count.div_ceil(PER_CLIENT_PROCESS);
-    let rate = RATE / processes;
-    let mut terminals = Vec::new();
-    let mut first_id = 1;
-    while first_id <= count {
-        let n = PER_CLIENT_PROCESS.min(count - first_id + 1);
-        terminals.push(terminal(&server, load, v, first_id, n, rate)?);
-        first_id += n;
-    }
+    let mut terminals = spawn_clients(count, RATE, |first_id, n, rate| {
+        terminal(&server, load, v, first_id, n, rate)
+    })?;
     let wait = Duration::from_secs(u64::from(count / RATE) + 60);
-    let (mut up, mut failed) = (0, 0);
-    for t in &mut terminals {
-        let status = bench_ns::load_status(&t.read_line(wait)?)?;
-        up += status["up"].as_u64().unwrap_or(0);
-        failed += status["failed"].as_u64().unwrap_or(0);
-    }
+    let (up, failed) = wait_up(&mut terminals, wait)?;
     if up == 0 {
         return Err(format!("{} among {count}: no terminal came up", v.name));
     }

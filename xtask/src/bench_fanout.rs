@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bench_idle::PER_CLIENT_PROCESS;
+use crate::bench_idle::{spawn_clients, wait_up};
 use crate::bench_ns::{self, Pipes, Spawned};
 use crate::bench_servers::{self, MosquittoTuning, Product, Server, port};
 
@@ -124,22 +124,11 @@ pub fn run(
 fn measure(broker: &Path, load: &Path, v: Variant, count: u32) -> Result<Value, String> {
     let server = Server::start(v.product, broker, v.tuning)?;
     let pid = server.pid();
-    let processes = count.div_ceil(PER_CLIENT_PROCESS);
-    let rate = RATE / processes;
-    let mut receivers = Vec::new();
-    let mut first_id = 1;
-    while first_id <= count {
-        let n = PER_CLIENT_PROCESS.min(count - first_id + 1);
-        receivers.push(receiver(&server, load, v, first_id, n, rate)?);
-        first_id += n;
-    }
+    let mut receivers = spawn_clients(count, RATE, |first_id, n, rate| {
+        receiver(&server, load, v, first_id, n, rate)
+    })?;
     let wait = Duration::from_secs(u64::from(count / RATE) + 60);
-    let (mut up, mut failed) = (0, 0);
-    for r in &mut receivers {
-        let status = bench_ns::load_status(&r.read_line(wait)?)?;
-        up += status["up"].as_u64().unwrap_or(0);
-        failed += status["failed"].as_u64().unwrap_or(0);
-    }
+    let (up, failed) = wait_up(&mut receivers, wait)?;
     std::thread::sleep(Duration::from_secs(1));
     let cpu_before = bench_ns::cpu_ticks(pid)?;
     let mut publisher = publisher(&server, load, v)?;

@@ -15,6 +15,35 @@ use crate::bench_servers::{self, MosquittoTuning, Product, Server, port};
 
 /// Connections one load-client process opens (below the 20,000 files one process may hold).
 pub const PER_CLIENT_PROCESS: u32 = 10_000;
+
+/// Starts the load-client processes for terminals `1..=count`, at most [`PER_CLIENT_PROCESS`]
+/// each, sharing `rate` logins per second: `spawn(first_id, n, per_process_rate)` starts one.
+pub fn spawn_clients(
+    count: u32,
+    rate: u32,
+    mut spawn: impl FnMut(u32, u32, u32) -> Result<bench_ns::Spawned, String>,
+) -> Result<Vec<bench_ns::Spawned>, String> {
+    let per_process_rate = (rate / count.div_ceil(PER_CLIENT_PROCESS)).max(1);
+    let mut clients = Vec::new();
+    let mut first_id = 1;
+    while first_id <= count {
+        let n = PER_CLIENT_PROCESS.min(count - first_id + 1);
+        clients.push(spawn(first_id, n, per_process_rate)?);
+        first_id += n;
+    }
+    Ok(clients)
+}
+
+/// Waits up to `wait` for each client's status line; the terminals up and failed, summed.
+pub fn wait_up(clients: &mut [bench_ns::Spawned], wait: Duration) -> Result<(u64, u64), String> {
+    let (mut up, mut failed) = (0, 0);
+    for c in clients {
+        let status = bench_ns::load_status(&c.read_line(wait)?)?;
+        up += status["up"].as_u64().unwrap_or(0);
+        failed += status["failed"].as_u64().unwrap_or(0);
+    }
+    Ok((up, failed))
+}
 /// Connections started per second (below the rate where logins queue behind each other here).
 const RATE: u32 = 1000;
 /// Pause between the last connection reported up and the second RSS reading.
@@ -94,22 +123,9 @@ pub fn measure_at(
     let rss_before = bench_ns::rss_kib(pid)?;
     let cpu_before = bench_ns::cpu_ticks(pid)?;
     let started = Instant::now();
-    let mut clients = Vec::new();
-    let mut first_id = 1;
-    // The processes share the rate.
-    let per_process_rate = (rate / count.div_ceil(PER_CLIENT_PROCESS)).max(1);
-    while first_id <= count {
-        let n = PER_CLIENT_PROCESS.min(count - first_id + 1);
-        clients.push(start_client(
-            &server,
-            load,
-            t,
-            first_id,
-            n,
-            per_process_rate,
-        )?);
-        first_id += n;
-    }
+    let mut clients = spawn_clients(count, rate, |first_id, n, per_process_rate| {
+        start_client(&server, load, t, first_id, n, per_process_rate)
+    })?;
     // Each process reports once all of its attempts finished.
     let wait = Duration::from_secs(u64::from(count / rate) + 60);
     let mut up = 0;
