@@ -8,10 +8,11 @@
 //! RabbitMQ of `cargo xtask services up`, under names unique to the run. Every client is a
 //! `broker client device --ws --lookup http://<msgbus>` child process printing JSON lines.
 //!
-//! 1. **A comet dies.** A client for a device the lookup places on comet A connects to A.
-//!    A is killed (SIGKILL). The client is online on comet B within [`MOVE_WITHIN`] (A is
-//!    still listed until its ZooKeeper session expires: the client passes to the next comet
-//!    the lookup names), and a push reaches it there.
+//! 1. **A comet dies.** A client for a device the lookup places on comet A connects to A, and
+//!    so does a `broker client phone --lookup` placed on A. A is killed (SIGKILL). Both are
+//!    online on comet B within [`MOVE_WITHIN`] (A is still listed until its ZooKeeper session
+//!    expires: the clients pass to the next comet the lookup names), and a push reaches each
+//!    there.
 //! 2. **Rolling restart.** A is started again; once it is back in the lookup, a new client for
 //!    a device placed on A connects to A (it takes new terminals). A is drained (SIGTERM, as
 //!    `systemctl stop` does): it exits 0, and its client, kicked with SHUTDOWN, is online on
@@ -44,10 +45,15 @@ const BACK_WITHIN: Duration = Duration::from_secs(30);
 
 /// The lookup answer for device `id`: (comet id, device WebSocket URL), primary first.
 async fn lookup(bus: &ClusterNode, id: u32) -> Vec<(String, String)> {
+    lookup_of(bus, "device", id, "ws").await
+}
+
+/// The lookup answer for terminal `kind`/`id`: (comet id, endpoint `field`), primary first.
+async fn lookup_of(bus: &ClusterNode, kind: &str, id: u32, field: &str) -> Vec<(String, String)> {
     let (s, v) = api(
         bus,
         reqwest::Method::GET,
-        &format!("/v1/nodes/lookup?kind=device&id={id}"),
+        &format!("/v1/nodes/lookup?kind={kind}&id={id}"),
         None,
     )
     .await;
@@ -61,7 +67,7 @@ async fn lookup(bus: &ClusterNode, id: u32) -> Vec<(String, String)> {
         .map(|n| {
             (
                 n["id"].as_str().unwrap().to_string(),
-                n["ws"].as_str().unwrap_or_default().to_string(),
+                n[field].as_str().unwrap_or_default().to_string(),
             )
         })
         .collect()
@@ -83,15 +89,27 @@ where
     }
 }
 
-/// A device id, above `after`, that the lookup places on `comet` first (both comets listed).
+/// A device id, above `after`, that the lookup places on `comet` first (both comets listed),
+/// and that comet's device WebSocket URL.
 async fn device_on(bus: &ClusterNode, comet: &str, after: u32) -> (u32, String) {
+    terminal_on(bus, "device", "ws", comet, after).await
+}
+
+/// A `kind` id above `after` placed on `comet` first, and that comet's endpoint `field`.
+async fn terminal_on(
+    bus: &ClusterNode,
+    kind: &str,
+    field: &str,
+    comet: &str,
+    after: u32,
+) -> (u32, String) {
     for id in after + 1..after + 500 {
-        let nodes = lookup(bus, id).await;
+        let nodes = lookup_of(bus, kind, id, field).await;
         if nodes.len() == 2 && nodes[0].0 == comet {
             return (id, nodes[0].1.clone());
         }
     }
-    panic!("no device id after {after} placed on {comet}");
+    panic!("no {kind} id after {after} placed on {comet}");
 }
 
 /// Starts `broker client device --id <id> --ws --lookup <bus> --json` with `config` (the
@@ -107,6 +125,19 @@ fn client(config: &Path, bus: &ClusterNode, id: u32) -> Proc {
     )
 }
 
+/// Starts `broker client phone --id <id> --lookup <bus> --json` with `config` (its token is
+/// minted with the file's token secret).
+fn phone_client(config: &Path, bus: &ClusterNode, id: u32) -> Proc {
+    let lookup = format!("http://{}", bus.running.http);
+    let id = id.to_string();
+    Proc::spawn(
+        config,
+        &[
+            "client", "phone", "--id", &id, "--lookup", &lookup, "--json",
+        ],
+    )
+}
+
 /// The next JSON line of `p` whose `event` is `event` (blocking this worker thread only).
 fn next_event(p: &mut Proc, event: &str) -> Value {
     let needle = format!("\"event\":\"{event}\"");
@@ -116,7 +147,12 @@ fn next_event(p: &mut Proc, event: &str) -> Value {
 
 /// Pushes `text` to device `id` through `bus` and waits for the client to print it.
 async fn push_reaches(bus: &ClusterNode, p: &mut Proc, id: u32, text: &str) {
-    let msg_id = push_text(bus, json!({"terminal": {"kind": "device", "id": id}}), text)
+    push_to(bus, p, "device", id, text).await;
+}
+
+/// Pushes `text` to terminal `kind`/`id` through `bus` and waits for the client to print it.
+async fn push_to(bus: &ClusterNode, p: &mut Proc, kind: &str, id: u32, text: &str) {
+    let msg_id = push_text(bus, json!({"terminal": {"kind": kind, "id": id}}), text)
         .await
         .expect("push answered 200");
     let got = next_event(p, "deliver");
@@ -144,6 +180,12 @@ async fn clients_follow_the_lookup_when_a_comet_dies_or_is_drained_and_it_rejoin
     let on = next_event(&mut c1, "connected");
     assert_eq!(on["via"].as_str(), Some(a_ws.as_str()), "{on}");
     push_reaches(&bus, &mut c1, first, "on a").await;
+    // A phone placed on A too, over the app WebSocket.
+    let (phone, a_app) = terminal_on(&bus, "phone", "app_ws", "comet-a", 0).await;
+    let b_app = lookup_of(&bus, "phone", phone, "app_ws").await[1].1.clone();
+    let mut p1 = phone_client(&config, &bus, phone);
+    let on = next_event(&mut p1, "connected");
+    assert_eq!(on["via"].as_str(), Some(a_app.as_str()), "{on}");
     comet_a.child.kill().unwrap();
     comet_a.child.wait().unwrap();
     let killed = Instant::now();
@@ -155,6 +197,14 @@ async fn clients_follow_the_lookup_when_a_comet_dies_or_is_drained_and_it_rejoin
         "online on B {moved_after_kill:?} after the kill"
     );
     push_reaches(&bus, &mut c1, first, "on b after the kill").await;
+    let on = next_event(&mut p1, "connected");
+    let phone_moved = killed.elapsed();
+    assert_eq!(on["via"].as_str(), Some(b_app.as_str()), "{on}");
+    assert!(
+        phone_moved < MOVE_WITHIN,
+        "phone on B {phone_moved:?} after the kill"
+    );
+    push_to(&bus, &mut p1, "phone", phone, "phone on b").await;
 
     // 2. Rolling restart: A comes back and takes new terminals...
     let ((), gone) = eventually("A out of the lookup", SESSION_TIMEOUT * 4, || async {
@@ -206,11 +256,11 @@ async fn clients_follow_the_lookup_when_a_comet_dies_or_is_drained_and_it_rejoin
     push_reaches(&bus, &mut c3, third, "new on a after the upgrade").await;
 
     eprintln!(
-        "client online on B {moved_after_kill:?} after A's SIGKILL; A out of the lookup \
+        "client online on B {moved_after_kill:?} (phone {phone_moved:?}) after A's SIGKILL; A out of the lookup \
          {gone:?} later; restarted A back in the lookup in {back:?}; client online on B \
          {moved_after_drain:?} after A's SIGTERM; A rejoined {rejoined:?} after its restart"
     );
-    drop((c1, c2, c3));
+    drop((c1, p1, c2, c3));
     bus.stop().await;
     run.clean_redis().await;
 }
