@@ -356,11 +356,13 @@ impl Inner {
         let spool = &self.spool;
         let waiting = async {
             let cursor = spool.consumer_cursor(SPOOL_CONSUMER).await?;
-            let head = spool.head().await?;
             let first = spool.read(cursor, 1).await?;
+            // Read after the first record: the spool only grows, so the head is not below it.
+            let head = spool.head().await?;
             Ok::<_, StoreError>(first.first().map(|r| {
                 let age_ms = unix_ms().saturating_sub(r.received_at_ms);
-                (head + 1 - r.cursor, Duration::from_millis(age_ms))
+                let records = (head + 1).saturating_sub(r.cursor);
+                (records, Duration::from_millis(age_ms))
             }))
         };
         match waiting.await {
