@@ -21,7 +21,11 @@
 //!   when a node's links start);
 //! * on a comet, `broker_delivery_stream_gaps_total{reason}` (reasons in
 //!   [`DELIVERY_GAP_REASONS`]) and `broker_delivery_stream_missed_total`: its delivery-notice
-//!   stream had a gap and its sessions re-read the store ([`crate::cluster::delivery`]).
+//!   stream had a gap and its sessions re-read the store ([`crate::cluster::delivery`]);
+//! * [`upload_path`]: on a comet the RabbitMQ publisher and its spool
+//!   (`broker_rabbitmq_*`, `broker_upload_spool_backlog`,
+//!   `broker_upload_spool_oldest_age_seconds`), and on every node its Redis health
+//!   (`broker_redis_*`).
 //!
 //! Every family has `# HELP` and `# TYPE` lines: [`catalog`] names each family with its type
 //! and help text, and [`Metrics::new`] registers every series whose labels are known at start
@@ -31,6 +35,7 @@
 
 pub mod catalog;
 pub mod process;
+pub mod upload_path;
 
 use std::sync::Arc;
 use std::time::Duration;

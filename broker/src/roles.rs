@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{
     ClusterConfig, ClusterError, ClusterNode, claims, commands, delivery, hooks, link, link_auth,
-    presence, uploads,
+    presence, redis_health, uploads,
 };
 use crate::config::Config;
 use crate::discovery::config::DiscoveryMode;
@@ -146,6 +146,17 @@ fn spawn_relay(
     })
 }
 
+/// The node's Redis health probe ([`redis_health`]), bounded by `redis.response_timeout_ms`.
+fn spawn_redis_health(config: &Config, c: &Common) -> JoinHandle<()> {
+    redis_health::spawn(
+        c.conn.clone(),
+        c.metrics.clone(),
+        redis_health::PROBE_EVERY,
+        Duration::from_millis(config.redis.response_timeout_ms),
+        c.cancel.clone(),
+    )
+}
+
 /// The node list, plus what keeps it alive: the keepers' view or the static list's sender.
 type RabbitNodesParts = (
     NodeList,
@@ -268,7 +279,13 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
     )?
     .stores()
     .uploads;
-    let sink = RabbitUploadSink::start(config.rabbitmq.clone(), nodes, local.clone()).await?;
+    let sink = RabbitUploadSink::start(
+        config.rabbitmq.clone(),
+        nodes,
+        local.clone(),
+        c.metrics.clone(),
+    )
+    .await?;
     let stores = Stores {
         offline: Arc::new(hooks::ClusterOffline::new(
             c.store.clone(),
@@ -305,6 +322,7 @@ pub async fn start_comet(config: &Config) -> Result<ClusterNode, ClusterError> {
     let view = discovery.view();
     let mut tasks = vec![
         spawn_relay(view.clone(), view_tx, c.cancel.clone()),
+        spawn_redis_health(config, &c),
         follower.spawn(c.cancel.clone()),
     ];
     presence.attach(running.router.clone(), comet_links.clone());
@@ -384,7 +402,10 @@ pub async fn start_msgbus(config: &Config) -> Result<ClusterNode, ClusterError> 
     let me = self_info(config, Role::Msgbus, &running, None)?;
     let discovery = start_discovery(config, me, &c.metrics)?;
     let view = discovery.view();
-    let mut tasks = vec![spawn_relay(view.clone(), view_tx, c.cancel.clone())];
+    let mut tasks = vec![
+        spawn_relay(view.clone(), view_tx, c.cancel.clone()),
+        spawn_redis_health(config, &c),
+    ];
     let m = c.metrics.clone();
     // A comet of an older version still hands over what it stored: the delivery notices
     // already carry it, so it is ignored (and counted).

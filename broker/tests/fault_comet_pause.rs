@@ -25,8 +25,6 @@ mod comet_support;
 mod services_env;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use broker::cluster::ClusterNode;
@@ -47,44 +45,6 @@ const BACK_WITHIN: Duration = Duration::from_secs(15);
 const MOVER: u32 = 21;
 /// A device that logs in to the comet after it resumed.
 const NEWCOMER: u32 = 22;
-
-/// A `broker comet` child process; killed (by its PID) on drop.
-struct CometProc {
-    child: Child,
-}
-
-impl CometProc {
-    fn spawn(run: &Run, dir: &Path, node: &str) -> CometProc {
-        let file = dir.join("comet.toml");
-        std::fs::write(&file, run.comet_toml(dir, node, SESSION_TIMEOUT)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["comet", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("spawn broker comet");
-        CometProc { child }
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to this child's PID only.
-    fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{signal} {}", self.child.id());
-    }
-}
-
-impl Drop for CometProc {
-    fn drop(&mut self) {
-        // A stopped process still dies of SIGKILL.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The lookup answer for device `id`: (comet id, UDP endpoint), primary first.
 async fn lookup(bus: &ClusterNode, id: u32) -> Vec<(String, String)> {
@@ -153,7 +113,10 @@ async fn a_comet_frozen_past_its_zookeeper_session_gets_no_routes_and_re_registe
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut comets = BTreeMap::new();
     for (i, name) in ["comet-x", "comet-y"].into_iter().enumerate() {
-        comets.insert(name, CometProc::spawn(&run, dirs[i].path(), name));
+        comets.insert(
+            name,
+            CometProc::spawn(&run, dirs[i].path(), name, SESSION_TIMEOUT),
+        );
     }
     let cfg = run.node_config(dirs[2].path(), "msgbus-1");
     let bus = start_msgbus(&cfg).await.unwrap();

@@ -4,10 +4,8 @@
 //! fault_rabbit_partition -- --nocapture` to see the figures).
 //!
 //! The partition is a blackhole in a TCP relay that this test puts between the publisher and
-//! node 1 ([`Blackhole`]): while it is on, the relay stops moving bytes either way and holds new
-//! connections without reaching the node, so sockets stay open and every publish and confirm
-//! goes unanswered, as when packets are dropped on the path; nothing is refused or reset. When it
-//! is lifted, held bytes flow again. The shared services are never stopped or reconfigured.
+//! node 1 ([`Blackhole`], in `rabbit_support`). The shared services are never stopped or
+//! reconfigured.
 //!
 //! Pass criteria, checked below:
 //! * zero confirmed uploads lost: every upload `publish` answered for (`Confirmed` or
@@ -27,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use broker::metrics::Metrics;
 use broker::store::UploadSpool;
 use broker::store::embedded::{EmbeddedStore, OfflineLimits};
 use broker::terminal::Address;
@@ -34,91 +33,19 @@ use broker::uploads::{
     Delivered, RabbitConfig, RabbitUploadSink, Upload, UploadSink, static_nodes,
 };
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 mod rabbit_support;
 mod services_env;
 
+use rabbit_support::blackhole::{Blackhole, host_port};
 use rabbit_support::{delete_topology, header_str, header_true, headers, message_id, wait_until};
 
 /// How long the partition lasts: longer than the confirm timeout below, so publishes in flight
 /// when it starts time out and spool.
 const PARTITION: Duration = Duration::from_secs(8);
 
-/// A TCP relay to `upstream` that can be switched to drop nothing and deliver nothing.
-struct Blackhole {
-    addr: std::net::SocketAddr,
-    on: Arc<AtomicBool>,
-}
-
-impl Blackhole {
-    async fn start(upstream: String) -> Blackhole {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let on = Arc::new(AtomicBool::new(false));
-        let flag = on.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (flag, upstream) = (flag.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    // A connection opened during the partition reaches the node after the heal.
-                    wait_while(&flag).await;
-                    let Ok(server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::spawn(relay(cr, sw, flag.clone()));
-                    relay(sr, cw, flag).await;
-                });
-            }
-        });
-        Blackhole { addr, on }
-    }
-
-    fn set(&self, on: bool) {
-        self.on.store(on, Ordering::SeqCst);
-    }
-}
-
-async fn wait_while(flag: &AtomicBool) {
-    while flag.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Copies `from` to `to`, reading nothing while the blackhole is on (the bytes wait in the
-/// kernel's buffers, as they would behind a cut link), until either side closes.
-async fn relay(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    flag: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        wait_while(&flag).await;
-        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await {
-            Err(_) => continue,
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
-        };
-        // Bytes read just before the cut still go out: they were on the wire already.
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 fn node1_url() -> String {
     services_env::require(&["RABBITMQ_1_AMQP_URL"])["RABBITMQ_1_AMQP_URL"].clone()
-}
-
-/// `host:port` of an `amqp://user:pass@host:port/vhost` URL.
-fn host_port(url: &str) -> String {
-    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
-    after_at.split('/').next().unwrap().to_string()
 }
 
 fn config() -> RabbitConfig {
@@ -188,7 +115,7 @@ async fn a_partition_from_rabbitmq_loses_no_confirmed_upload_and_the_spool_drain
     )
     .unwrap();
     let (_tx, nodes) = static_nodes(vec![relayed]);
-    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool.clone())
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool.clone(), Metrics::new())
         .await
         .unwrap();
 

@@ -18,7 +18,11 @@
 //!   the loss is counted once in `broker_store_data_loss_total`, the push that finds it out (or
 //!   the few in flight with it) is answered 503 `{"error": "store_data_lost"}` instead of 200, and
 //!   every push answered 200 after the restart is delivered exactly once with an id above all
-//!   earlier ones.
+//!   earlier ones;
+//! * each node's Redis health probe follows the outage: `broker_redis_up` is 1 before the crash,
+//!   0 with failed probes counted in `broker_redis_errors_total` and
+//!   `broker_redis_last_error_timestamp_seconds` set by the end of it, and 1 again after the
+//!   restart.
 #![cfg(feature = "services-tests")]
 
 mod cluster_support;
@@ -32,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use broker::metrics::upload_path::REDIS_ERROR_KINDS;
 use broker::roles::{start_comet, start_msgbus};
 use cluster_support::*;
 use comet_support::*;
@@ -243,9 +248,27 @@ async fn pushes_across_a_redis_crash(persistence: Persistence) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    for node in [&comet, &bus] {
+        wait_redis_up(node, 1.0, "before the crash").await;
+    }
     redis.crash();
     let down = Instant::now();
     tokio::time::sleep(OUTAGE).await;
+    for node in [&comet, &bus] {
+        let text = scrape(node).await;
+        assert_eq!(
+            sample(&text, "broker_redis_up"),
+            Some(0.0),
+            "during the outage"
+        );
+        let errors: f64 = REDIS_ERROR_KINDS
+            .iter()
+            .filter_map(|k| sample(&text, &format!("broker_redis_errors_total{{kind=\"{k}\"}}")))
+            .sum();
+        assert!(errors >= 1.0, "failed probes counted: {errors}");
+        let last = sample(&text, "broker_redis_last_error_timestamp_seconds").unwrap();
+        assert!(last > 1.7e9, "last error time set: {last}");
+    }
     let restarting = Instant::now();
     redis.spawn().await;
     while count_ok_since(&log, restarting).await < AFTER_RESTART {
@@ -254,6 +277,9 @@ async fn pushes_across_a_redis_crash(persistence: Persistence) {
             "pushes not answered 200 again within 30 s of the restart"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for node in [&comet, &bus] {
+        wait_redis_up(node, 1.0, "after the restart").await;
     }
     stop.store(true, Ordering::SeqCst);
     for p in pushers {
@@ -376,6 +402,23 @@ async fn pushes_across_a_redis_crash(persistence: Persistence) {
     comet.stop().await;
     cleanup_rabbit(&run.env["RABBITMQ_1_AMQP_URL"], &comet_cfg).await;
     drop(redis);
+}
+
+/// Waits (5 s at most) for `node`'s `broker_redis_up` to read `want`.
+async fn wait_redis_up(node: &broker::cluster::ClusterNode, want: f64, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let up = sample(&scrape(node).await, "broker_redis_up");
+        if up == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: broker_redis_up {up:?} {when}, want {want}",
+            node.node_id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,9 @@
 //!   its job), `rabbit_healthy: false`, failed `aliveness` checks counted, nothing registered;
 //! * a keeper without ZooKeeper answers 503.
 //!
-//! Nothing on the RabbitMQ node is changed; the keepers are stopped by their PIDs.
+//! The healthy keeper's output goes to a file, as under a service manager: it has log lines and
+//! no ANSI colour codes. Nothing on the RabbitMQ node is changed; the keepers are stopped by
+//! their PIDs.
 #![cfg(feature = "services-tests")]
 
 use std::collections::BTreeMap;
@@ -46,14 +48,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn keeper(file: &std::path::Path, extra: &[&str]) -> Child {
+/// A keeper on `file` with `extra` flags; with `log`, its output goes to that file at level
+/// info (as under a service manager that writes a log file), else nowhere.
+fn keeper(file: &std::path::Path, extra: &[&str], log: Option<&std::path::Path>) -> Child {
+    let (level, out) = match log {
+        Some(path) => ("info", Stdio::from(std::fs::File::create(path).unwrap())),
+        None => ("warn", Stdio::null()),
+    };
     Command::new(env!("CARGO_BIN_EXE_broker"))
         .arg("-c")
         .arg(file)
         .arg("rmqkeeper")
         .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", level)
+        .stdout(out)
         .spawn()
         .expect("spawn broker rmqkeeper")
 }
@@ -138,8 +146,9 @@ listen = "127.0.0.1:{healthy_port}"
     let no_zk_listen = format!("127.0.0.1:{no_zk_port}");
     let no_vhost = format!("{run}-no-such-vhost");
     let sick_name = format!("{run}-sick");
+    let log = dir.path().join("rmqkeeper.log");
     let _keepers = Keepers(vec![
-        keeper(&file, &[]),
+        keeper(&file, &[], Some(&log)),
         // A fixed node name: without one, a node never seen healthy has no name to register
         // under, and the keeper opens no session (503) until it has.
         keeper(
@@ -152,10 +161,12 @@ listen = "127.0.0.1:{healthy_port}"
                 "--listen",
                 &sick_listen,
             ],
+            None,
         ),
         keeper(
             &file,
             &["--zk-servers", "127.0.0.1:1", "--listen", &no_zk_listen],
+            None,
         ),
     ]);
 
@@ -198,6 +209,16 @@ listen = "127.0.0.1:{healthy_port}"
     assert_eq!(sample(&text, "rmqkeeper_registered"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "rmqkeeper_rabbit_healthy"), Some(1.0));
     assert_eq!(sample(&text, "rmqkeeper_zk_connected"), Some(1.0));
+    // Its log file has lines and no ANSI colour codes (colour only on a terminal).
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !logged.trim().is_empty(),
+        "the keeper logged nothing at info"
+    );
+    assert!(
+        !logged.contains('\x1b'),
+        "ANSI escape codes in the keeper's log file:\n{logged}"
+    );
     assert_eq!(sample(&text, "rmqkeeper_zk_sessions_total"), Some(1.0));
     assert_eq!(
         sample(&text, r#"rmqkeeper_registrations_total{to="registered"}"#),

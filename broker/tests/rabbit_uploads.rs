@@ -135,7 +135,7 @@ async fn confirmed_uploads_are_consumed_exactly_with_headers_and_routing() {
     let cfg = config("exact");
     let dir = tempfile::tempdir().unwrap();
     let (_tx, nodes) = static_nodes(vec![url1.clone()]);
-    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()))
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()), Metrics::new())
         .await
         .unwrap();
 
@@ -201,7 +201,7 @@ async fn uploads_spool_while_no_node_is_healthy_then_drain_in_order() {
         format!("amqp://guest:guest@{}/%2f", l.local_addr().unwrap())
     };
     let (tx, nodes) = static_nodes(vec![dead.clone()]);
-    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool.clone())
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool.clone(), Metrics::new())
         .await
         .unwrap();
     for n in 0..50 {
@@ -263,7 +263,7 @@ async fn uploads_of_two_boots_with_the_same_ids_get_distinct_dedup_keys() {
     let cfg = config("epochs");
     let dir = tempfile::tempdir().unwrap();
     let (_tx, nodes) = static_nodes(vec![url1.clone()]);
-    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()))
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()), Metrics::new())
         .await
         .unwrap();
     let device = Address::device(4242);
@@ -330,7 +330,7 @@ async fn stop_app_mid_stream_fails_over_without_losing_confirmed_uploads() {
     let cfg = config("failover");
     let dir = tempfile::tempdir().unwrap();
     let (_tx, nodes) = static_nodes(vec![url1.clone(), url2.clone()]);
-    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()))
+    let sink = RabbitUploadSink::start(cfg.clone(), nodes, spool(dir.path()), Metrics::new())
         .await
         .unwrap();
     // Declare the topology on node 2 up front so it is there when the publisher switches.

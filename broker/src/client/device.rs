@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::input::{self, Input, Role};
 use super::link::{Incoming, Link};
+use super::lookup::{Lookup, Want};
 use super::net::{self, ClientWs};
 use super::output::{Event, Printer};
 use super::{ClientError, Reconnect};
@@ -34,6 +35,46 @@ pub enum Endpoint {
     Udp(SocketAddr),
     /// The device WebSocket at this URL, trusting this CA file for `wss://`.
     Ws(String, Option<PathBuf>),
+    /// Asked of a cluster's node lookup before every login ([`super::lookup`]): its UDP
+    /// addresses, or its device WebSocket URLs (`ws`) trusting `ca` for `wss://`.
+    Lookup {
+        /// The node lookup.
+        lookup: Lookup,
+        /// Use the device WebSocket instead of UDP.
+        ws: bool,
+        /// CA file for `wss://`.
+        ca: Option<PathBuf>,
+    },
+}
+
+impl Endpoint {
+    /// The endpoints to try for the next login, in order: this one, or what the lookup
+    /// answers for device `id` now.
+    async fn resolve(&self, id: u32) -> Result<Vec<Endpoint>, ClientError> {
+        let Endpoint::Lookup { lookup, ws, ca } = self else {
+            return Ok(vec![self.clone()]);
+        };
+        let want = if *ws { Want::DeviceWs } else { Want::Udp };
+        let mut out = Vec::new();
+        for found in lookup.candidates(Address::device(id), want).await? {
+            if *ws {
+                out.push(Endpoint::Ws(found, ca.clone()));
+            } else {
+                let addr = tokio::net::lookup_host(found.as_str())
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        ClientError::Connect(format!(
+                            "lookup {}: UDP address `{found}` does not resolve",
+                            lookup.url()
+                        ))
+                    })?;
+                out.push(Endpoint::Udp(addr));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// How commands are answered.
@@ -93,6 +134,10 @@ impl Wire {
                     .await
                     .map_err(ClientError::Connect)?,
             ))),
+            Endpoint::Lookup { lookup, .. } => Err(ClientError::Usage(format!(
+                "resolve {} before opening a connection",
+                lookup.url()
+            ))),
         }
     }
 
@@ -137,6 +182,7 @@ impl Wire {
         match endpoint {
             Endpoint::Udp(a) => format!("udp {a}"),
             Endpoint::Ws(u, _) => u.clone(),
+            Endpoint::Lookup { lookup, .. } => format!("lookup {}", lookup.url()),
         }
     }
 }
@@ -327,6 +373,45 @@ pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<
     .await
 }
 
+/// Connects and logs in to the first endpoint that takes the login, in the order
+/// [`Endpoint::resolve`] gives (one endpoint unless a lookup names several): an endpoint that
+/// fails in a way to come back from ([`ClientError::comes_back`]: refused, silent, SHUTDOWN)
+/// passes to the next; the last one's error is returned.
+async fn first_login(
+    o: &DeviceOptions,
+    report: LoginReport,
+    clock: &Clock,
+) -> Result<(Wire, String, Link, WelcomeInfo), ClientError> {
+    let candidates = o.endpoint.resolve(o.id).await?;
+    let mut last = None;
+    for endpoint in &candidates {
+        let via = Wire::describe(endpoint);
+        let attempt = async {
+            let mut wire = Wire::open(endpoint).await?;
+            let (link, welcome) = login(
+                &mut wire,
+                &via,
+                o.id,
+                &o.key,
+                report,
+                o.login_timeout,
+                clock,
+            )
+            .await?;
+            Ok::<_, ClientError>((wire, link, welcome))
+        };
+        match attempt.await {
+            Ok((wire, link, welcome)) => return Ok((wire, via, link, welcome)),
+            Err(e) if e.comes_back() => {
+                tracing::debug!(%via, error = %e, "login failed; trying the next endpoint");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Connect("no endpoint to connect to".into())))
+}
+
 /// One session: connect, log in, then serve until it ends.
 async fn session(
     o: &DeviceOptions,
@@ -335,21 +420,11 @@ async fn session(
     logged_in: &mut bool,
 ) -> Result<(), ClientError> {
     let clock = Clock(Instant::now());
-    let mut wire = Wire::open(&o.endpoint).await?;
-    let via = Wire::describe(&o.endpoint);
-    let (mut link, welcome) = login(
-        &mut wire,
-        &via,
-        o.id,
-        &o.key,
-        LoginReport {
-            since_id: prog.since_id,
-            upload_epoch: prog.upload_epoch,
-        },
-        o.login_timeout,
-        &clock,
-    )
-    .await?;
+    let report = LoginReport {
+        since_id: prog.since_id,
+        upload_epoch: prog.upload_epoch,
+    };
+    let (mut wire, via, mut link, welcome) = first_login(o, report, &clock).await?;
     *logged_in = true;
     o.printer.print(&Event::Connected {
         address: Address::device(o.id),

@@ -10,6 +10,8 @@
 //!   generated into its data directory, so `broker client device --id 42` works next to a broker
 //!   started with `cargo run -p broker` in the same directory.
 //! * [`net`]: `ws://` / `wss://` connections (rustls).
+//! * [`lookup`]: `--lookup URL`, a cluster's node lookup asked for a comet before every login,
+//!   so the client follows the cluster when its comet dies or sends SHUTDOWN.
 //!
 //! Defaults come from the same configuration as the broker (`--config`, `BROKER__*`): the
 //! `[listen]` addresses (an unspecified bind address becomes 127.0.0.1), `[tls]`, `[security]`,
@@ -24,6 +26,7 @@ pub mod creds;
 pub mod device;
 pub mod input;
 pub mod link;
+pub mod lookup;
 pub mod net;
 pub mod output;
 pub mod phone;
@@ -247,6 +250,12 @@ struct Common {
     /// lost connection; never after REPLACED or an operator's kick).
     #[arg(long)]
     exit_on_kick: bool,
+    /// A cluster's node lookup: the HTTP API of any comet or msgbus (`http://host:port`) or
+    /// the full `.../v1/nodes/lookup` URL. Asked for a comet before every login (primary
+    /// first, then the fallbacks), so the client follows the cluster when its comet dies or
+    /// sends SHUTDOWN. Not with --udp, a --ws URL or --app-ws.
+    #[arg(long, value_name = "URL")]
+    lookup: Option<String>,
     /// PEM certificate(s) to trust for wss:// (a CA or the server's self-signed certificate)
     /// [default: tls.cert_file when [tls] is enabled and the URL is the default, else public roots].
     #[arg(long, value_name = "FILE")]
@@ -389,16 +398,30 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.master_key.as_deref(),
             )
             .map_err(ClientError::Usage)?;
-            let endpoint = match (&a.ws, a.udp) {
-                (Some(url), _) if !url.is_empty() => {
+            let lookup = c.lookup.as_deref().map(lookup::Lookup::new).transpose()?;
+            let explicit = a.udp.is_some() || a.ws.as_ref().is_some_and(|u| !u.is_empty());
+            let endpoint = match (lookup, &a.ws, a.udp) {
+                (Some(_), _, _) if explicit => {
+                    return Err(ClientError::Usage(
+                        "--lookup picks the comet: give --ws without a URL (or nothing, for UDP), \
+                         not --udp or a --ws URL"
+                            .into(),
+                    ));
+                }
+                (Some(lookup), ws, _) => device::Endpoint::Lookup {
+                    lookup,
+                    ws: ws.is_some(),
+                    ca: c.ca_file.clone(),
+                },
+                (None, Some(url), _) if !url.is_empty() => {
                     device::Endpoint::Ws(url.clone(), c.ca_file.clone())
                 }
-                (Some(_), _) => {
+                (None, Some(_), _) => {
                     let (url, ca) = default_url(config, config.listen.device_ws);
                     device::Endpoint::Ws(url, c.ca_file.clone().or(ca))
                 }
-                (None, Some(addr)) => device::Endpoint::Udp(addr),
-                (None, None) => device::Endpoint::Udp(dial(config.listen.udp)),
+                (None, None, Some(addr)) => device::Endpoint::Udp(addr),
+                (None, None, None) => device::Endpoint::Udp(dial(config.listen.udp)),
             };
             let answer = if a.manual_commands {
                 device::Answer::Manual
@@ -433,6 +456,12 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.token_secret.as_deref(),
             )
             .map_err(ClientError::Usage)?;
+            let lookup = c.lookup.as_deref().map(lookup::Lookup::new).transpose()?;
+            if lookup.is_some() && a.app_ws.is_some() {
+                return Err(ClientError::Usage(
+                    "--lookup picks the comet: not with --app-ws".into(),
+                ));
+            }
             let (url, ca) = match &a.app_ws {
                 Some(url) => (url.clone(), c.ca_file.clone()),
                 None => {
@@ -444,6 +473,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 address,
                 token,
                 url,
+                lookup,
                 ca_file: ca,
                 since_id: c.since_id,
                 manual_ack: a.manual_ack,

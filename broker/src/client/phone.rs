@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::input::{self, Input, Role};
+use super::lookup::{Lookup, Want};
 use super::net::{self, ClientWs};
 use super::output::{Event, Printer};
 use super::{ClientError, Reconnect};
@@ -27,8 +28,10 @@ pub struct PhoneOptions {
     pub address: Address,
     /// The app token.
     pub token: String,
-    /// App WebSocket URL.
+    /// App WebSocket URL (unused with `lookup`).
     pub url: String,
+    /// The cluster's node lookup, asked for the URL before every login instead of `url`.
+    pub lookup: Option<Lookup>,
     /// CA file for `wss://`.
     pub ca_file: Option<PathBuf>,
     /// Highest msg_id already received.
@@ -105,6 +108,80 @@ pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(
     .await
 }
 
+/// The app WebSocket URLs to try for the next login, in order: `--app-ws` (or the config's),
+/// or what the lookup answers now.
+async fn candidates(o: &PhoneOptions) -> Result<Vec<String>, ClientError> {
+    match &o.lookup {
+        Some(l) => l.candidates(o.address, Want::AppWs).await,
+        None => Ok(vec![o.url.clone()]),
+    }
+}
+
+/// Connects and authenticates at the first URL that takes the login (see
+/// [`candidates`]); a URL that fails in a way to come back from ([`ClientError::comes_back`])
+/// passes to the next, and the last one's error is returned. Prints the connected line and
+/// answers the socket and the heartbeat interval.
+async fn first_login(o: &PhoneOptions, since_id: u64) -> Result<(ClientWs, Duration), ClientError> {
+    let mut last = None;
+    for url in candidates(o).await? {
+        match authenticate(o, &url, since_id).await {
+            Ok((ws, heartbeat_secs, address)) => {
+                o.printer.print(&Event::Connected {
+                    address,
+                    via: url,
+                    heartbeat_secs,
+                });
+                let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.max(1)));
+                return Ok((ws, heartbeat));
+            }
+            Err(e) if e.comes_back() => {
+                tracing::debug!(%url, error = %e, "login failed; trying the next endpoint");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Connect("no endpoint to connect to".into())))
+}
+
+/// Connects to `url` and authenticates: the socket, the welcome's heartbeat and address.
+async fn authenticate(
+    o: &PhoneOptions,
+    url: &str,
+    since_id: u64,
+) -> Result<(ClientWs, u16, Address), ClientError> {
+    let mut ws = net::connect(url, o.ca_file.as_deref(), MAX_JSON_MESSAGE)
+        .await
+        .map_err(ClientError::Connect)?;
+    let auth = ClientMessage::Auth(Auth {
+        token: o.token.clone(),
+        since_id,
+    });
+    send(&mut ws, &auth).await?;
+    let welcome = match tokio::time::timeout(o.login_timeout, recv(&mut ws)).await {
+        Err(_) => {
+            return Err(ClientError::Connect(format!(
+                "no answer to auth from {url} within {} s",
+                o.login_timeout.as_secs()
+            )));
+        }
+        Ok(r) => r?,
+    };
+    match welcome {
+        ServerMessage::Welcome(w) => Ok((ws, w.heartbeat_secs, w.address)),
+        ServerMessage::Reject(r) => Err(ClientError::Rejected {
+            code: r.code,
+            hint: r.reason,
+            // The JSON `reject` carries no wait.
+            retry_after_ms: 0,
+        }),
+        other => Err(ClientError::Protocol(format!(
+            "expected welcome, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
 /// One session: connect, authenticate, then serve until it ends.
 async fn session(
     o: &PhoneOptions,
@@ -112,49 +189,8 @@ async fn session(
     prog: &mut Progress,
     logged_in: &mut bool,
 ) -> Result<(), ClientError> {
-    let mut ws = net::connect(&o.url, o.ca_file.as_deref(), MAX_JSON_MESSAGE)
-        .await
-        .map_err(ClientError::Connect)?;
-    let auth = ClientMessage::Auth(Auth {
-        token: o.token.clone(),
-        since_id: prog.since_id,
-    });
-    send(&mut ws, &auth).await?;
-    let welcome = match tokio::time::timeout(o.login_timeout, recv(&mut ws)).await {
-        Err(_) => {
-            return Err(ClientError::Connect(format!(
-                "no answer to auth from {} within {} s",
-                o.url,
-                o.login_timeout.as_secs()
-            )));
-        }
-        Ok(r) => r?,
-    };
-    let heartbeat = match welcome {
-        ServerMessage::Welcome(w) => {
-            *logged_in = true;
-            o.printer.print(&Event::Connected {
-                address: w.address,
-                via: o.url.clone(),
-                heartbeat_secs: w.heartbeat_secs,
-            });
-            Duration::from_secs(u64::from(w.heartbeat_secs.max(1)))
-        }
-        ServerMessage::Reject(r) => {
-            return Err(ClientError::Rejected {
-                code: r.code,
-                hint: r.reason,
-                // The JSON `reject` carries no wait.
-                retry_after_ms: 0,
-            });
-        }
-        other => {
-            return Err(ClientError::Protocol(format!(
-                "expected welcome, got {}",
-                other.type_name()
-            )));
-        }
-    };
+    let (mut ws, heartbeat) = first_login(o, prog.since_id).await?;
+    *logged_in = true;
     let mut last_sent = Instant::now();
     let mut pending: Vec<u64> = Vec::new();
     loop {

@@ -28,7 +28,8 @@
 //! [`frame`] is the link wire format, sealed by [`link_auth`] (authenticated handshake over the
 //! cluster key `cluster.link_key`, which both roles refuse to start without); [`config`] the
 //! `[cluster]` section. Links, presence and
-//! discovery record to the node's [`Metrics`](crate::metrics::Metrics) (served at `/metrics`).
+//! discovery record to the node's [`Metrics`](crate::metrics::Metrics) (served at `/metrics`), and
+//! [`redis_health`] probes the node's Redis connection for it.
 
 pub mod claims;
 pub mod commands;
@@ -40,6 +41,7 @@ pub mod hooks;
 pub mod link;
 pub mod link_auth;
 pub mod presence;
+pub mod redis_health;
 pub mod uploads;
 
 use std::net::SocketAddr;

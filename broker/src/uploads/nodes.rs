@@ -72,6 +72,14 @@ pub async fn connect(url: &str, timeout: Duration, name: &str) -> Result<Connect
     }
 }
 
+/// The node's `host:port` in `url` (the metrics' `node` label): no scheme, credentials or
+/// vhost.
+pub fn node_label(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
 /// `url` without its password, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -92,6 +100,16 @@ mod tests {
         assert_eq!(rotation(&urls, Some("c")), vec!["a", "b", "c"]);
         assert_eq!(rotation(&urls, Some("gone")), vec!["a", "b", "c"]);
         assert!(rotation(&[], Some("a")).is_empty());
+    }
+
+    #[test]
+    fn node_label_is_host_and_port() {
+        assert_eq!(
+            node_label("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "127.0.0.1:5672"
+        );
+        assert_eq!(node_label("amqp://rabbit-2:5672"), "rabbit-2:5672");
+        assert_eq!(node_label("h:1"), "h:1");
     }
 
     #[test]

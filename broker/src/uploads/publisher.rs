@@ -17,6 +17,13 @@
 //!    true`), a batch at a time, and persists its cursor (consumer [`SPOOL_CONSUMER`]) only up to
 //!    the last contiguously confirmed record.
 //!
+//! Metrics ([`crate::metrics::upload_path`]): every node switch counts in
+//! `broker_rabbitmq_failovers_total`, `broker_rabbitmq_node_in_use{node}` is 1 for the node in
+//! use, `broker_rabbitmq_confirms_pending` counts publishes awaiting their confirm, and
+//! `broker_upload_spool_backlog` / `broker_upload_spool_oldest_age_seconds` are set after every
+//! spooled upload and every forwarder pass (at least every `retry_interval_ms` while a backlog
+//! waits, or each `confirm_timeout_ms` while a node takes connections but not messages).
+//!
 //! An upload whose confirm was lost may be published more than once (direct, retried on the next
 //! node, from the spool); every copy after the first carries `x-republished` or
 //! `x-redelivered-from-spool`, and consumers drop duplicates by `dedup_key`. The spool given
@@ -42,7 +49,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::config::RabbitConfig;
-use super::nodes::{NodeList, connect, redact, rotation};
+use super::nodes::{NodeList, connect, node_label, redact, rotation};
+use crate::metrics::Metrics;
 use crate::store::{StoreError, UploadSpool, upload_dedup_key};
 use crate::terminal::Address;
 
@@ -140,6 +148,8 @@ struct Inner {
     spooled: AtomicU64,
     forwarded: AtomicU64,
     failovers: AtomicU64,
+    confirms_pending: AtomicU64,
+    metrics: Metrics,
 }
 
 /// The RabbitMQ upload sink (see module docs). Dropping it stops the forwarder.
@@ -152,13 +162,17 @@ pub struct RabbitUploadSink {
 impl RabbitUploadSink {
     /// Starts the sink and its spool forwarder on the current runtime. `nodes` is the healthy
     /// node list; `spool` is this sink's own durable spool (a backlog from an earlier run is
-    /// forwarded first).
+    /// forwarded first). Its figures are recorded on `metrics` (see module docs), registered
+    /// at 0 here.
     pub async fn start(
         cfg: RabbitConfig,
         nodes: NodeList,
         spool: Arc<dyn UploadSpool>,
+        metrics: Metrics,
     ) -> Result<Arc<RabbitUploadSink>, StoreError> {
         let backlog = spool.head().await? > spool.consumer_cursor(SPOOL_CONSUMER).await?;
+        let known: Vec<String> = nodes.borrow().iter().map(|u| node_label(u)).collect();
+        metrics.upload_sink_registered(&known);
         let inner = Arc::new(Inner {
             cfg,
             nodes,
@@ -171,7 +185,10 @@ impl RabbitUploadSink {
             spooled: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
+            confirms_pending: AtomicU64::new(0),
+            metrics,
         });
+        inner.report_backlog().await;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(forward(inner.clone(), cancel.clone()));
         Ok(Arc::new(RabbitUploadSink {
@@ -260,6 +277,7 @@ impl UploadSink for RabbitUploadSink {
             .await?;
         i.spooled.fetch_add(1, Ordering::Relaxed);
         i.backlog.store(true, Ordering::SeqCst);
+        i.report_backlog().await;
         i.wake.notify_one();
         Ok(Delivered::Spooled)
     }
@@ -276,18 +294,14 @@ impl Inner {
                 return Ok(l.clone());
             }
             info!(node = %redact(&l.url), "upload publisher: leaving node (closed or no longer healthy)");
-            self.failovers.fetch_add(1, Ordering::Relaxed);
-            if let Some(old) = guard.take() {
-                tokio::spawn(async move {
-                    let _ = old.conn.close(200, "failover".into()).await;
-                });
-            }
+            self.leave(&mut guard);
         }
         let last = self.last_url.lock().ok().and_then(|l| l.clone());
         for url in rotation(&urls, last.as_deref()) {
             match self.open(&url).await {
                 Ok(link) => {
                     info!(node = %redact(&url), "upload publisher: connected");
+                    self.metrics.rabbit_node_in_use(&node_label(&url), true);
                     if let Ok(mut l) = self.last_url.lock() {
                         *l = Some(url);
                     }
@@ -309,12 +323,52 @@ impl Inner {
     async fn drop_link(&self, url: &str) {
         let mut guard = self.link.lock().await;
         if guard.as_ref().is_some_and(|l| l.url == url) {
-            self.failovers.fetch_add(1, Ordering::Relaxed);
-            if let Some(old) = guard.take() {
-                tokio::spawn(async move {
-                    let _ = old.conn.close(200, "failover".into()).await;
-                });
-            }
+            self.leave(&mut guard);
+        }
+    }
+
+    /// Closes the current link (in the background) and counts the node switch.
+    fn leave(&self, link: &mut Option<Link>) {
+        let Some(old) = link.take() else { return };
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rabbit_failover();
+        self.metrics
+            .rabbit_node_in_use(&node_label(&old.url), false);
+        tokio::spawn(async move {
+            let _ = old.conn.close(200, "failover".into()).await;
+        });
+    }
+
+    /// Counts `n` publishes as waiting for their confirm until the returned guard lets them go
+    /// (also when the waiting future is dropped).
+    fn awaiting_confirms(&self, n: u64) -> Awaiting<'_> {
+        let now = self.confirms_pending.fetch_add(n, Ordering::Relaxed) + n;
+        self.metrics.rabbit_confirms_pending(now);
+        Awaiting {
+            inner: self,
+            left: n,
+        }
+    }
+
+    /// Sets the backlog gauges from the spool: the uploads after the forwarder's cursor and the
+    /// age of the first of them. A spool read error leaves them as they were.
+    async fn report_backlog(&self) {
+        let spool = &self.spool;
+        let waiting = async {
+            let cursor = spool.consumer_cursor(SPOOL_CONSUMER).await?;
+            let first = spool.read(cursor, 1).await?;
+            // Read after the first record: the spool only grows, so the head is not below it.
+            let head = spool.head().await?;
+            Ok::<_, StoreError>(first.first().map(|r| {
+                let age_ms = unix_ms().saturating_sub(r.received_at_ms);
+                let records = (head + 1).saturating_sub(r.cursor);
+                (records, Duration::from_millis(age_ms))
+            }))
+        };
+        match waiting.await {
+            Ok(Some((records, age))) => self.metrics.upload_spool_backlog(records, age),
+            Ok(None) => self.metrics.upload_spool_backlog(0, Duration::ZERO),
+            Err(e) => debug!(error = %e, "upload spool: backlog not measured"),
         }
     }
 
@@ -341,11 +395,13 @@ impl Inner {
     async fn publish_confirmed(&self, up: &Upload, copy: PublishCopy) -> Result<(), PubError> {
         let link = self.link().await?;
         let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
+        let awaiting = self.awaiting_confirms(1);
         let r = tokio::time::timeout(timeout, async {
             let confirm = send(&link.channel, &self.cfg, up, copy).await?;
             confirm.await
         })
         .await;
+        drop(awaiting);
         match r {
             Ok(Ok(Confirmation::Ack(_))) => Ok(()),
             Ok(Ok(_)) => Err(PubError::Nack),
@@ -358,6 +414,28 @@ impl Inner {
                 Err(PubError::Link("confirm timed out".into()))
             }
         }
+    }
+}
+
+/// Publishes counted in `broker_rabbitmq_confirms_pending` until answered or dropped.
+struct Awaiting<'a> {
+    inner: &'a Inner,
+    left: u64,
+}
+
+impl Awaiting<'_> {
+    /// `n` of them got their answer (or gave up waiting).
+    fn answered(&mut self, n: u64) {
+        let n = n.min(self.left);
+        self.left -= n;
+        let now = self.inner.confirms_pending.fetch_sub(n, Ordering::Relaxed) - n;
+        self.inner.metrics.rabbit_confirms_pending(now);
+    }
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        self.answered(self.left);
     }
 }
 
@@ -477,6 +555,13 @@ async fn send(
     .await
 }
 
+/// Now, Unix ms (the clock uploads are stamped with).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The spool forwarder: publishes spooled uploads in order, advancing the cursor after confirms.
 async fn forward(inner: Arc<Inner>, cancel: CancellationToken) {
     let retry = Duration::from_millis(inner.cfg.retry_interval_ms);
@@ -486,6 +571,7 @@ async fn forward(inner: Arc<Inner>, cancel: CancellationToken) {
             Ok(false) => debug!("upload spool: backlog remains; retrying later"),
             Err(e) => warn!(error = %e, "upload spool: read failed"),
         }
+        inner.report_backlog().await;
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = inner.wake.notified() => {}
@@ -540,8 +626,11 @@ async fn drain(inner: &Inner) -> Result<bool, StoreError> {
         }
         let mut done = cursor;
         let mut failed = pending.len() < records.len();
+        let mut awaiting = inner.awaiting_confirms(pending.len() as u64);
         for (c, confirm) in pending {
-            match tokio::time::timeout(timeout, confirm).await {
+            let answer = tokio::time::timeout(timeout, confirm).await;
+            awaiting.answered(1);
+            match answer {
                 Ok(Ok(Confirmation::Ack(_))) if !failed => {
                     done = c;
                     inner.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -554,6 +643,7 @@ async fn drain(inner: &Inner) -> Result<bool, StoreError> {
                 .spool
                 .set_consumer_cursor(SPOOL_CONSUMER, done)
                 .await?;
+            inner.report_backlog().await;
         }
         if failed {
             inner.drop_link(&link.url).await;

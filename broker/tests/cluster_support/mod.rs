@@ -1,8 +1,9 @@
 //! Support for the cluster tests on real services (`cluster_e2e`, `cluster_order`,
-//! `cluster_session`, `fault_comet_pause`, `fault_redis_restart`, `zk_restart`): the services'
-//! env file, a [`Run`] with names unique to one test run (Redis key prefix, znode roots, RabbitMQ
-//! exchanges and queues) and node configs, [`Nodes`] (in-process comets and msgbus nodes
-//! started and linked), rmqkeeper child processes, the HTTP API, `/metrics`, and a test device
+//! `cluster_session`, `fault_comet_pause`, `fault_redis_restart`, `zk_restart`,
+//! `cluster_client_lookup`): the services' env file, a [`Run`] with names unique to one test run
+//! (Redis key prefix, znode roots, RabbitMQ exchanges and queues) and node configs, [`Nodes`]
+//! (in-process comets and msgbus nodes started and linked), comet ([`CometProc`]) and
+//! rmqkeeper child processes, the HTTP API, `/metrics`, and a test device
 //! answering commands.
 #![allow(dead_code, missing_docs)]
 
@@ -333,6 +334,51 @@ pub async fn registered_nodes(node: &ClusterNode, kind: &str, id: u32) -> Vec<St
 /// Whether `ids` strictly increase (the order every session must see).
 pub fn strictly_increasing(ids: &[u64]) -> bool {
     ids.windows(2).all(|w| w[0] < w[1])
+}
+
+/// A `broker comet --config F` child process on [`Run::comet_toml`] (written into its data
+/// directory); signalled only by its own PID, and killed (SIGKILL) on drop.
+pub struct CometProc {
+    pub child: Child,
+}
+
+impl CometProc {
+    /// Starts comet `node` of `run` in `dir` with a ZooKeeper session of `session_timeout`.
+    pub fn spawn(
+        run: &Run,
+        dir: &std::path::Path,
+        node: &str,
+        session_timeout: Duration,
+    ) -> CometProc {
+        let file = dir.join("comet.toml");
+        std::fs::write(&file, run.comet_toml(dir, node, session_timeout)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(["comet", "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn broker comet");
+        CometProc { child }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`) to this child's PID only.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} {}", self.child.id());
+    }
+}
+
+impl Drop for CometProc {
+    fn drop(&mut self) {
+        // A stopped process still dies of SIGKILL.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A keeper child process, killed (by its PID) when dropped.

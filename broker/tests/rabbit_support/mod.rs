@@ -1,7 +1,10 @@
-//! What the RabbitMQ upload tests share (`rabbit_uploads`, `fault_rabbit_partition`): reading a
-//! queue back, removing a test's exchanges and queues, and waiting for a condition with a
-//! deadline.
+//! What the RabbitMQ upload tests share (`rabbit_uploads`, `fault_rabbit_partition`,
+//! `upload_path_metrics`): reading a queue back, removing a test's exchanges and queues,
+//! waiting for a condition with a deadline, and a relay that can cut a node off
+//! ([`blackhole`]).
 #![allow(dead_code)] // Each test binary uses its own part.
+
+pub mod blackhole;
 
 use std::time::{Duration, Instant};
 
