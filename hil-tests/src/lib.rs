@@ -17,6 +17,7 @@
 //! * [`backoff_log`]: reconnect delays read from a board's log, checked against its backoff
 //!   (the broker-away scenario).
 //! * [`teardown`]: what a Ctrl-C must remove (namespaces, board processes).
+//! * [`host_forward`]: the host's services reachable from inside a rig's namespace.
 
 pub mod api;
 pub mod backoff_log;
@@ -25,6 +26,7 @@ pub mod catalog;
 pub mod device;
 pub mod dry_run;
 pub mod fleet;
+pub mod host_forward;
 pub mod impair;
 pub mod junit;
 pub mod lookup;
