@@ -17,7 +17,8 @@
 //! * [`backoff_log`]: reconnect delays read from a board's log, checked against its backoff
 //!   (the broker-away scenario).
 //! * [`teardown`]: what a Ctrl-C must remove (namespaces, board processes).
-//! * [`host_forward`]: the host's services reachable from inside a rig's namespace.
+//! * [`failover`]: the cluster scenario (two comets and a msgbus as child processes on the
+//!   services, reached from the rig's namespace through [`host_forward`]).
 
 pub mod api;
 pub mod backoff_log;
@@ -25,6 +26,7 @@ pub mod broker;
 pub mod catalog;
 pub mod device;
 pub mod dry_run;
+pub mod failover;
 pub mod fleet;
 pub mod host_forward;
 pub mod impair;
