@@ -99,6 +99,16 @@ pub const SCENARIOS: &[Known] = &[
                     reaches the second; signed profile (a second broker): two phones logged in \
                     with one negative id both receive a push to it within 5 s, neither kicked",
     },
+    Known {
+        name: "cluster-failover",
+        fleet: true,
+        criterion: "a cluster (2 comets, a msgbus) on the services; a board whose node lookup \
+                    names one comet is online on comet-a, a bound phone on comet-b; its \
+                    relay.set reaches the device and the state event comes back; comet-a is \
+                    killed (SIGKILL): within 25 s the device is online on comet-b after a new \
+                    lookup, and the phone's next relay.set reaches it and its state event comes \
+                    back",
+    },
 ];
 
 /// The scenario called `name`.

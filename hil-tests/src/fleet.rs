@@ -199,6 +199,7 @@ pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
             "silent-device" => fleet.silent_device().await,
             "broker-away" => fleet.broker_away().await,
             "id-profiles" => fleet.id_profiles().await,
+            "cluster-failover" => crate::failover::run(ctx).await,
             other => (
                 vec![failed_case(
                     "set-up",

@@ -17,6 +17,8 @@
 //! * [`backoff_log`]: reconnect delays read from a board's log, checked against its backoff
 //!   (the broker-away scenario).
 //! * [`teardown`]: what a Ctrl-C must remove (namespaces, board processes).
+//! * [`failover`]: the cluster scenario (two comets and a msgbus as child processes on the
+//!   services, reached from the rig's namespace through [`host_forward`]).
 
 pub mod api;
 pub mod backoff_log;
@@ -24,7 +26,9 @@ pub mod broker;
 pub mod catalog;
 pub mod device;
 pub mod dry_run;
+pub mod failover;
 pub mod fleet;
+pub mod host_forward;
 pub mod impair;
 pub mod junit;
 pub mod lookup;

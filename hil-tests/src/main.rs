@@ -5,6 +5,7 @@
 //! hil-tests list
 //! hil-tests run --rig NAME|FILE [--rig ...] [--scenario S]... [--root DIR] [--dry-run]
 //! hil-tests net-up --rig NAME|FILE     (the rig's network only, until Ctrl-C; for the teardown test)
+//! hil-tests cluster-node comet|msgbus CONFIG   (one node of the cluster scenario; started by it)
 //! ```
 //! `hil-tests --rig R` (no subcommand) is `run`. Each run writes a directory
 //! `<root>/target/hil/runs/<unix seconds>-<rigs>/` (board logs, broker data, `junit.xml`,
@@ -162,7 +163,11 @@ fn broker_log(run_dir: &Path) -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some(hil_tests::failover::NODE_COMMAND) {
+        return hil_tests::failover::node_main(&argv[1..]);
+    }
+    let args = match parse_args(argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("hil-tests: {e}\n{USAGE}");

@@ -9,6 +9,9 @@
 //! * `host-tap`: the host board is built with the host toolchain into `<target>/host-tap`.
 //! * `ci`: the fleet rig (16 host TAP boards and a QEMU board in one namespace): both of the
 //!   above.
+//!   Its `cluster-failover` scenario runs a cluster on Redis, ZooKeeper and RabbitMQ: when they
+//!   do not answer, `cargo xtask services up` starts them for the run and `down` stops them
+//!   after it; services already running are used and left running.
 //! * any other rig (real boards, `hil-tests/rigs/<name>.toml`): nothing is built here;
 //!   `hil-tests` builds the firmware (the cross environment is passed to it) and refuses when
 //!   no probe is attached.
@@ -173,7 +176,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
         }
     }
+    let started_services = needs_services(&rigs, &scenarios) && !services_answer();
+    if started_services {
+        crate::services::run(&["up".into(), "--rabbit-nodes".into(), "1".into()])?;
+    }
     let result = run_command(&mut command);
+    if started_services {
+        // Stops only what that `up` started (the script stops the PIDs it recorded).
+        let down = crate::services::run(&["down".into()]);
+        if let Err(e) = down {
+            eprintln!("hil: stopping the services: {e}");
+        }
+    }
     timings.push(format!(
         "hil-tests (build + run): {:.1} s",
         step.elapsed().as_secs_f32()
@@ -188,10 +202,48 @@ pub fn run(args: &[String]) -> Result<(), String> {
     result
 }
 
+/// The scenario of the `ci` rig that runs on the services (a broker cluster).
+const SERVICES_SCENARIO: &str = "cluster-failover";
+
+/// Whether the run includes [`SERVICES_SCENARIO`]: the `ci` rig, with every scenario of its
+/// list or that one asked for.
+fn needs_services(rigs: &[String], scenarios: &[String]) -> bool {
+    rigs.iter().any(|r| r == "ci")
+        && (scenarios.is_empty() || scenarios.iter().any(|s| s == SERVICES_SCENARIO))
+}
+
+/// Whether Redis, ZooKeeper and RabbitMQ node 1 answer on their ports (docs/services.md).
+fn services_answer() -> bool {
+    [16379u16, 12181, 17001, 17101].iter().all(|port| {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+            std::time::Duration::from_secs(1),
+        )
+        .is_ok()
+    })
+}
+
 /// The host cargo target folder (`CARGO_TARGET_DIR`, else `target/`).
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|dir| project_root().join(dir))
         .unwrap_or_else(|| project_root().join("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_runs_with_the_cluster_scenario_need_the_services() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(needs_services(&v(&["qemu", "ci"]), &[]));
+        assert!(needs_services(
+            &v(&["ci"]),
+            &v(&["boot-online", SERVICES_SCENARIO])
+        ));
+        assert!(!needs_services(&v(&["ci"]), &v(&["boot-online"])));
+        assert!(!needs_services(&v(&["qemu", "host-tap"]), &[]));
+    }
 }
