@@ -36,7 +36,7 @@ use crate::soak_report::{
 const USAGE: &str = "\
 usage: cargo xtask soak [--minutes N] [--connections N] [--upload-interval MS]
                         [--warmup-minutes N] [--spool-max-records N]
-                        [--store-cache-mib N] [--release] [--out DIR]
+                        [--store-cache-mib N] [--release] [--binary PATH] [--out DIR]
 
   --minutes N          length of the steady run (default 30)
   --connections N      simulated device connections, 1% of them churned per minute (default 10000)
@@ -47,6 +47,8 @@ usage: cargo xtask soak [--minutes N] [--connections N] [--upload-interval MS]
   --store-cache-mib N  the broker's storage.cache_bytes in MiB (default 2): smaller than the
                        store file, so the page cache is full within the warm-up
   --release            build and run the broker in release mode (default: debug)
+  --binary PATH        run this broker binary instead of building one (say which build it is
+                       with --release or not: the result file reports it)
   --out DIR            where the result files go (default docs/soak)
 Pass: RSS and open fds drift at most 5% over the measured window, errors do not grow, and
 the broker keeps up (95% of the offered uploads/s acknowledged, ack p99 at most 5 s).
@@ -80,6 +82,7 @@ struct Options {
     spool_max_records: u64,
     store_cache_mib: u64,
     release: bool,
+    binary: Option<PathBuf>,
     out: PathBuf,
 }
 
@@ -92,6 +95,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         spool_max_records: SPOOL_MAX_RECORDS,
         store_cache_mib: STORE_CACHE_MIB,
         release: false,
+        binary: None,
         out: project_root().join("docs/soak"),
     };
     let mut it = args.iter();
@@ -115,6 +119,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--spool-max-records" => o.spool_max_records = number(arg, value(arg)?)? as u64,
             "--store-cache-mib" => o.store_cache_mib = number(arg, value(arg)?)?.ceil() as u64,
             "--release" => o.release = true,
+            "--binary" => o.binary = Some(PathBuf::from(value(arg)?)),
             "--out" => o.out = PathBuf::from(value(arg)?),
             "help" | "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -163,7 +168,10 @@ pub fn quick() -> Result<(), String> {
 /// Runs `cargo xtask soak [...]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
-    let binary = build(o.release)?;
+    let binary = match &o.binary {
+        Some(path) => path.clone(),
+        None => build(o.release)?,
+    };
     let work = target_dir().join("soak");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
@@ -618,7 +626,7 @@ impl Summary<'_> {
         let mut s = format!(
             "# Soak run {stamp}: {result}\n\n\
              `cargo xtask soak --minutes {min} --connections {conn} --upload-interval {ui} \
-             --warmup-minutes {warmup} --spool-max-records {spool} --store-cache-mib {cache}{rel}`\n\n\
+             --warmup-minutes {warmup} --spool-max-records {spool} --store-cache-mib {cache}{rel}{bin}`\n\n\
              * Machine: {machine}; load average {l0} at the start, {l1} at the end (shared machine).\n\
              * Broker: standalone, embedded store, {build} build{arena}; clients: `broker load` over UDP on 127.0.0.1.\n\
              * Traffic: {steady} steady connections, one upload per {ui} ms each; {batches} churn batches \
@@ -642,6 +650,11 @@ impl Summary<'_> {
             spool = o.spool_max_records,
             cache = o.store_cache_mib,
             rel = if o.release { " --release" } else { "" },
+            bin = o
+                .binary
+                .as_ref()
+                .map(|b| format!(" --binary {}", b.display()))
+                .unwrap_or_default(),
             machine = self.machine,
             l0 = self.load.0,
             l1 = self.load.1,
@@ -725,6 +738,11 @@ mod tests {
         assert!(parse(&args("--minutes 0")).is_err());
         assert!(parse(&args("--connections 50")).is_err());
         assert!(parse(&args("--bogus")).is_err());
+        let o = parse(&args("--release --binary target/release/broker")).unwrap();
+        assert_eq!(
+            (o.release, o.binary),
+            (true, Some(PathBuf::from("target/release/broker")))
+        );
     }
 
     #[test]

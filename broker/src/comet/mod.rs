@@ -7,7 +7,9 @@
 //! * Shared pieces: [`link`] (sans-IO session state: seal/open, reliability windows, timers) with
 //!   [`sendwin`] (heap-backed send window), [`device`] (device frames to router calls and router
 //!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table), [`limits`]
-//!   (connection and login-rate limits), [`budget`] (work per device session), [`ws`] (WebSocket config), [`convert`] (type mapping).
+//!   (connection and login-rate limits), [`budget`] (work per device session), [`worker`] with
+//!   [`frame_queue`] (each device session's Sends and Uploads, applied in order), [`ws`]
+//!   (WebSocket config), [`convert`] (type mapping).
 //! * [`pending`]: the cap on WebSocket connections still in their handshake (silent ones
 //!   closed first), so connections that never log in cannot fill `limits.max_connections`.
 //! * [`proxy`]: PROXY protocol v2 on the WebSocket listeners and the HTTP API (client
@@ -42,7 +44,8 @@
 //!   session (both transports), so they are applied in the order the device sent them.
 //! * **No lock is held across `.await`.** The only locks in the comet are `std::sync::Mutex`
 //!   shards in [`limits`] and [`logins`], each held for one synchronous map operation (and the
-//!   LOGIN check, which is pure computation). Everything that awaits owns its state outright
+//!   LOGIN check, which is pure computation), and each session's [`frame_queue`], held for one
+//!   push or pop. Everything that awaits owns its state outright
 //!   (a connection task, or a UDP shard), so there is nothing to lock. The router's own
 //!   registry and queues follow the same rule.
 
@@ -52,6 +55,7 @@ pub mod convert;
 pub mod device;
 pub mod device_ws;
 pub mod echo;
+mod frame_queue;
 pub mod limits;
 pub mod link;
 pub mod logins;

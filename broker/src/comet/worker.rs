@@ -4,11 +4,12 @@
 //! The endpoint's receive path (a UDP shard or a device WebSocket task) must not wait on the
 //! store, so it hands each Send or Upload to this session's [`FrameWorker`] through a bounded
 //! queue (`limits.max_queued_frames_per_session` entries) and goes on; one task per session
-//! drains the queue in order. So a device's Sends get `msg_id`s in the order it sent them, and
-//! its Uploads reach the spool (and from there RabbitMQ or the webhook) in that order. When the
-//! queue is full the frame is refused with `Error QUEUE_FULL` about its `seq` and counted in
-//! `broker_sends_total` / `broker_uploads_total` with `result="queue_full"`; the device may
-//! resend it.
+//! drains the queue in order ([`super::frame_queue`], whose memory follows the frames waiting in
+//! it, not the number that went through). So a device's Sends get `msg_id`s in the order it
+//! sent them, and its Uploads reach the spool (and from there RabbitMQ or the webhook) in that
+//! order. When the queue is full the frame is refused with `Error QUEUE_FULL` about its `seq`
+//! and counted in `broker_sends_total` / `broker_uploads_total` with `result="queue_full"`; the
+//! device may resend it.
 //!
 //! The [`FrameWorker`] also holds the session's work budget ([`super::budget`]): the token
 //! bucket every Send, Upload and Request frame is charged to ([`FrameWorker::admit`]) and the
@@ -31,7 +32,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shared_protocol::codes::Code;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::router::{Outbound, Router, SessionHandle, UploadError};
 use crate::store::NewUpload;
@@ -39,6 +40,7 @@ use crate::terminal::Address;
 
 use super::budget::{TokenBucket, WorkLimits};
 use super::device;
+use super::frame_queue;
 
 /// A device frame the worker applies.
 #[derive(Debug)]
@@ -69,7 +71,7 @@ pub enum Work {
 /// module docs).
 #[derive(Debug)]
 pub struct FrameWorker {
-    tx: mpsc::Sender<Work>,
+    tx: frame_queue::Sender<Work>,
     rate: TokenBucket,
     requests: Arc<Semaphore>,
 }
@@ -83,7 +85,7 @@ impl FrameWorker {
         limits: WorkLimits,
         now_ms: u64,
     ) -> FrameWorker {
-        let (tx, rx) = mpsc::channel(limits.queued_frames);
+        let (tx, rx) = frame_queue::bounded(limits.queued_frames);
         tokio::spawn(run(router, session, rx));
         FrameWorker {
             tx,
@@ -108,16 +110,14 @@ impl FrameWorker {
     /// Queues `work` behind the session's earlier frames; `Err` (the work back) when the queue
     /// is full or the worker is gone. Counting the refusal is the caller's job.
     pub fn submit(&self, work: Work) -> Result<(), Work> {
-        self.tx.try_send(work).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w) => w,
-        })
+        self.tx.try_send(work)
     }
 }
 
 /// Most Uploads applied together (one store commit).
 const UPLOAD_BATCH: usize = 64;
 
-async fn run(router: Router, session: SessionHandle, mut rx: mpsc::Receiver<Work>) {
+async fn run(router: Router, session: SessionHandle, mut rx: frame_queue::Receiver<Work>) {
     let me = session.address();
     let mut next = None;
     loop {
@@ -144,12 +144,12 @@ async fn run(router: Router, session: SessionHandle, mut rx: mpsc::Receiver<Work
                 let mut batch = vec![work];
                 while batch.len() < UPLOAD_BATCH {
                     match rx.try_recv() {
-                        Ok(w @ Work::Upload { .. }) => batch.push(w),
-                        Ok(other) => {
+                        Some(w @ Work::Upload { .. }) => batch.push(w),
+                        Some(other) => {
                             next = Some(other);
                             break;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 upload_batch(&router, &session, batch).await;
