@@ -84,7 +84,9 @@ pub struct FanoutArgs {
 /// Who sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Sender {
-    /// `POST /v1/push` with target `all_phones`, one after the other.
+    /// `POST /v1/push` to the target: every push sent at once, each on its own connection,
+    /// then every answer awaited (as the MQTT QoS 1 publisher sends every PUBLISH back to back,
+    /// then awaits the PUBACKs).
     Ours,
     /// MQTT PUBLISH to the topic, back to back.
     Mqtt,
@@ -397,22 +399,21 @@ pub async fn publish(args: PublishArgs) -> Result<(), String> {
             let token = args.api_token.ok_or("--to ours needs --api-token")?;
             let client = reqwest::Client::new();
             let url = format!("http://{}/v1/push", args.addr);
-            for i in 0..args.messages {
+            let pushes = (0..args.messages).map(|i| {
                 let body = serde_json::json!({
                     "target": args.target,
                     "payload": base64::engine::general_purpose::STANDARD.encode(payload(i, start_us)),
                 });
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| format!("push {i}: {e}"))?;
-                if !r.status().is_success() {
-                    return Err(format!("push {i}: {}", r.status()));
+                let request = client.post(&url).bearer_auth(&token).json(&body).send();
+                async move {
+                    let r = request.await.map_err(|e| format!("push {i}: {e}"))?;
+                    if !r.status().is_success() {
+                        return Err(format!("push {i}: {}", r.status()));
+                    }
+                    Ok(())
                 }
-            }
+            });
+            futures_util::future::try_join_all(pushes).await?;
         }
         Sender::Mqtt => {
             let mut conn = Conn::connect(false, args.addr, "bench-publisher").await?;

@@ -351,7 +351,7 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
                     break End::Code(code);
                 }
                 Some(ev) => {
-                    if let Some(end) = send_event(ctx, ws, link, &ev).await {
+                    if let Some(end) = send_burst(ctx, ws, link, session, ev).await {
                         break end;
                     }
                 }
@@ -378,16 +378,56 @@ fn session_end(end: &End) -> SessionEnd {
     }
 }
 
-async fn send_event(ctx: &Context, ws: &mut Ws, link: &mut Link, ev: &Outbound) -> Option<End> {
-    let (body, tag) = device::outbound_body(ev)?;
-    let now = ctx.mono_ms();
-    match packet(|o| link.seal_reliable(body, tag, now, rand::random(), o).ok()) {
-        Some(p) => send_live(ctx, ws, p).await.err().map(|_| End::Closed),
-        None => {
-            tracing::warn!(event = ?ev, "device_ws: event does not fit a frame, dropped");
-            None
+/// Sends `first` and every event the session has queued behind it while the send window has
+/// room, sealed one after the other and written with one flush (one system call for a burst,
+/// such as the queued deliveries of a broadcast, instead of one per event). A Kick among them is
+/// sent last and ends the session.
+async fn send_burst(
+    ctx: &Context,
+    ws: &mut Ws,
+    link: &mut Link,
+    session: &mut Session,
+    first: Outbound,
+) -> Option<End> {
+    let mut packets = Vec::new();
+    let mut end = None;
+    let mut next = Some(first);
+    while let Some(ev) = next.take() {
+        if let Outbound::Kick { reason } = ev {
+            let code = kick_code(reason);
+            packets.extend(sealed(|o| {
+                link.seal_unreliable(Body::Kick { reason: code }, o).ok()
+            }));
+            end = Some(End::Code(code));
+            break;
+        }
+        packets.extend(seal_event(ctx, link, &ev));
+        if link.can_send() {
+            next = session.try_next();
         }
     }
+    let written = ws::send_all_within(ctx, ws, packets.into_iter().map(Message::Binary)).await;
+    // A kick ends the session whether or not it could be written.
+    end.or_else(|| written.err().map(|_| End::Closed))
+}
+
+/// Seals one event as a reliable frame; `None` (logged) when it does not fit a frame.
+fn seal_event(ctx: &Context, link: &mut Link, ev: &Outbound) -> Option<Bytes> {
+    let (body, tag) = device::outbound_body(ev)?;
+    let now = ctx.mono_ms();
+    let p = sealed(|o| link.seal_reliable(body, tag, now, rand::random(), o).ok());
+    if p.is_none() {
+        tracing::warn!(event = ?ev, "device_ws: event does not fit a frame, dropped");
+    }
+    p
+}
+
+/// Runs `seal` on a scratch buffer and returns the packet in an allocation of its own size
+/// (the scratch buffer lives on this synchronous call's stack, never in the session's future).
+fn sealed(seal: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Bytes> {
+    let mut scratch = [0u8; MAX_PACKET];
+    let n = seal(&mut scratch)?;
+    Some(Bytes::copy_from_slice(&scratch[..n]))
 }
 
 async fn run_timers(ctx: &Context, ws: &mut Ws, link: &mut Link) -> Option<End> {
@@ -435,10 +475,12 @@ async fn on_packet(
         // Not authentic, replayed, another session, or a handshake packet: ignored.
         Err(_) => return None,
     };
-    for &msg_id in &received.delivered {
-        if let Err(e) = ctx.router.ack(me, msg_id).await {
-            tracing::warn!(terminal = %me, msg_id, error = %e, "ack not stored");
-        }
+    // Deliveries reach a terminal in id order, and an ack covers every id at or below it
+    // (docs/protocol.md): the highest id this packet acknowledged stands for all of them.
+    if let Some(&msg_id) = received.delivered.iter().max()
+        && let Err(e) = ctx.router.ack(me, msg_id).await
+    {
+        tracing::warn!(terminal = %me, msg_id, error = %e, "ack not stored");
     }
     // Reliable frames come in `seq` order: the one just received, then any it released.
     let reactions: Vec<Reaction> = received

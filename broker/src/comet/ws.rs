@@ -7,8 +7,11 @@
 //!
 //! Memory: tungstenite 0.30 allocates its read buffer eagerly (128 KiB by default). Both
 //! endpoints use a read buffer of 0 (the codec then reserves exactly one frame header or one
-//! frame), a write buffer of 0 (each message is written through at once) and a bounded write
-//! buffer, which keeps an idle connection at a few KiB.
+//! frame) and a bounded write buffer, which keeps an idle connection at a few KiB. Its write
+//! buffer is allocated only when something is written: [`send_within`] writes a message through
+//! at once, [`send_all_within`] queues a burst of messages (up to [`WRITE_BATCH`] bytes at a
+//! time) and writes them with one system call; the buffer then keeps the capacity of the largest
+//! burst, at most about [`WRITE_BATCH`] plus one message.
 
 use std::net::SocketAddr;
 
@@ -28,11 +31,15 @@ pub type Ws = WebSocketStream<super::tls::Stream>;
 /// messages up to this size; a larger `max_message` raises it to one message and its header.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
+/// Bytes of a burst queued before they are written out ([`send_all_within`]): sixteen
+/// deliveries with small payloads (the send window) go out in one write.
+pub const WRITE_BATCH: usize = 4 * 1024;
+
 /// The tungstenite configuration for messages of at most `max_message` bytes.
 pub fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(0)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BATCH)
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(max_message + 14))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
@@ -60,6 +67,28 @@ pub(super) async fn send_within(
     msg: Message,
 ) -> Result<(), WsError> {
     match tokio::time::timeout(ctx.settings.ws_write_timeout, ws.send(msg)).await {
+        Ok(r) => r,
+        Err(_) => {
+            ctx.router.metrics().limit_hit("ws_write_timeout_ms");
+            Err(WsError::Io(std::io::ErrorKind::TimedOut.into()))
+        }
+    }
+}
+
+/// [`send_within`] for several messages: each is queued, then one flush writes them all (one
+/// system call while they fit [`WRITE_BATCH`]), within one `limits.ws_write_timeout_ms`.
+pub(super) async fn send_all_within(
+    ctx: &super::Context,
+    ws: &mut Ws,
+    msgs: impl IntoIterator<Item = Message>,
+) -> Result<(), WsError> {
+    let write = async {
+        for msg in msgs {
+            ws.feed(msg).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(ctx.settings.ws_write_timeout, write).await {
         Ok(r) => r,
         Err(_) => {
             ctx.router.metrics().limit_hit("ws_write_timeout_ms");

@@ -263,6 +263,56 @@ pub struct SessionInfo {
     pub queued: usize,
 }
 
+/// Deliveries queued and queue drops per transport, counted over a batch of offers and recorded
+/// in the metrics once ([`OfferCounts::record`]).
+#[derive(Default)]
+struct OfferCounts {
+    /// Deliveries queued, per [`Transport::ALL`] index.
+    delivered: [u64; Transport::ALL.len()],
+    /// Queue drops, per [`Transport::ALL`] index and policy (drop-oldest, drop-newest,
+    /// disconnect).
+    drops: [[u64; 3]; Transport::ALL.len()],
+}
+
+impl OfferCounts {
+    const POLICIES: [QueueFullPolicy; 3] = [
+        QueueFullPolicy::DropOldest,
+        QueueFullPolicy::DropNewest,
+        QueueFullPolicy::Disconnect,
+    ];
+
+    /// Counts one offer's outcome on `t`.
+    fn add(&mut self, t: Transport, r: Enqueued, is_deliver: bool) {
+        let at = Transport::ALL.iter().position(|x| *x == t).unwrap_or(0);
+        let policy = match r {
+            Enqueued::Queued | Enqueued::Closed => None,
+            Enqueued::DroppedOldest => Some(0),
+            Enqueued::DroppedNewest => Some(1),
+            Enqueued::Kicked => Some(2),
+        };
+        if is_deliver && matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
+            self.delivered[at] += 1;
+        }
+        if let Some(p) = policy {
+            self.drops[at][p] += 1;
+        }
+    }
+
+    /// Adds the counts to the metrics (nothing for a zero count).
+    fn record(&self, m: &Metrics) {
+        for (at, t) in Transport::ALL.into_iter().enumerate() {
+            if self.delivered[at] > 0 {
+                m.delivered(t, self.delivered[at]);
+            }
+            for (p, policy) in Self::POLICIES.into_iter().enumerate() {
+                for _ in 0..self.drops[at][p] {
+                    m.queue_drop(t, policy.as_str());
+                }
+            }
+        }
+    }
+}
+
 type PendingTx = oneshot::Sender<Result<CommandResult, CommandError>>;
 
 struct Inner {
@@ -528,11 +578,46 @@ impl Router {
 
     /// Offers an event to a session, counting drops.
     fn offer(&self, h: &SessionHandle, ev: Outbound) -> Enqueued {
+        let mut counts = OfferCounts::default();
+        let r = self.offer_counted(h, ev, &mut counts);
+        counts.record(&self.inner.metrics);
+        r
+    }
+
+    /// Offers a message to every one of `sessions`; returns how many queued it. The metrics
+    /// are recorded once for the whole batch, not once per session.
+    fn offer_all(
+        &self,
+        sessions: &[SessionHandle],
+        msg_id: u64,
+        from: Option<Address>,
+        payload: &Bytes,
+    ) -> u64 {
+        let mut counts = OfferCounts::default();
+        let mut queued = 0;
+        for h in sessions {
+            let ev = Outbound::Deliver {
+                msg_id,
+                from,
+                payload: payload.clone(),
+            };
+            if matches!(
+                self.offer_counted(h, ev, &mut counts),
+                Enqueued::Queued | Enqueued::DroppedOldest
+            ) {
+                queued += 1;
+            }
+        }
+        counts.record(&self.inner.metrics);
+        queued
+    }
+
+    /// [`Router::offer`], adding to `counts` instead of recording the metrics.
+    fn offer_counted(&self, h: &SessionHandle, ev: Outbound, counts: &mut OfferCounts) -> Enqueued {
         let delivered = match &ev {
             Outbound::Deliver { msg_id, from, .. } => Some((*msg_id, *from)),
             _ => None,
         };
-        let is_deliver = delivered.is_some();
         let r = h.offer(ev);
         if let (Some((msg_id, from)), Enqueued::Queued | Enqueued::DroppedOldest) = (delivered, r) {
             self.inner.live.publish(|| live::LiveEvent::Delivered {
@@ -542,27 +627,9 @@ impl Router {
                 from: from.map(|a| a.to_string()),
             });
         }
-        let m = &self.inner.metrics;
-        match r {
-            Enqueued::Queued => {
-                if is_deliver {
-                    m.delivered(h.transport(), 1);
-                }
-            }
-            Enqueued::DroppedOldest => {
-                if is_deliver {
-                    m.delivered(h.transport(), 1);
-                }
-                m.queue_drop(h.transport(), QueueFullPolicy::DropOldest.as_str());
-            }
-            Enqueued::DroppedNewest => {
-                m.queue_drop(h.transport(), QueueFullPolicy::DropNewest.as_str())
-            }
-            Enqueued::Kicked => {
-                m.queue_drop(h.transport(), QueueFullPolicy::Disconnect.as_str());
-                tracing::info!(terminal = %h.address(), session = h.id(), "kicked: outbound queue full");
-            }
-            Enqueued::Closed => {}
+        counts.add(h.transport(), r, delivered.is_some());
+        if r == Enqueued::Kicked {
+            tracing::info!(terminal = %h.address(), session = h.id(), "kicked: outbound queue full");
         }
         r
     }
@@ -650,20 +717,7 @@ impl Router {
                     .collect()
             }
         };
-        let mut delivered_online = 0;
-        for h in &sessions {
-            let ev = Outbound::Deliver {
-                msg_id: appended.msg_id,
-                from,
-                payload: payload.clone(),
-            };
-            if matches!(
-                self.offer(h, ev),
-                Enqueued::Queued | Enqueued::DroppedOldest
-            ) {
-                delivered_online += 1;
-            }
-        }
+        let delivered_online = self.offer_all(&sessions, appended.msg_id, from, &payload);
         self.inner.metrics.push(label);
         self.inner.metrics.latency(Op::Push, started.elapsed());
         Ok(PushOutcome {
@@ -1072,21 +1126,7 @@ impl Router {
                 .flat_map(|a| self.inner.registry.get(*a))
                 .collect(),
         };
-        let mut n = 0;
-        for h in &sessions {
-            let ev = Outbound::Deliver {
-                msg_id,
-                from,
-                payload: payload.clone(),
-            };
-            if matches!(
-                self.offer(h, ev),
-                Enqueued::Queued | Enqueued::DroppedOldest
-            ) {
-                n += 1;
-            }
-        }
-        n
+        self.offer_all(&sessions, msg_id, from, &payload)
     }
 
     /// Makes every live session on this node re-read its terminal's stored messages above the

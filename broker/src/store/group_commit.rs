@@ -33,6 +33,14 @@
 //! embedded store's delivery index); [`GroupCommit::start_with`] takes a hook the writer calls
 //! after every rolled-back transaction, before anything else runs, so that state can be reloaded
 //! from what is committed.
+//!
+//! Batch hook: state that changes in memory first and is written later (the embedded store's
+//! acknowledgement cursors) is written by a hook the writer runs at the start of every
+//! transaction ([`Hooks::before_batch`]), so any commit, lazy or durable, carries every such
+//! change made before it. Nobody waits for it: [`GroupCommit::nudge`] only makes sure a
+//! transaction comes soon (it queues an empty lazy write unless the queue already holds
+//! requests). When the queue closes the writer runs the hook once more in a durable commit, so
+//! a clean shutdown keeps those changes and every lazy write.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +64,27 @@ pub const LAZY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Called by the writer after every rolled-back transaction (see the module docs).
 pub type RollbackHook = Box<dyn Fn() + Send + 'static>;
+
+/// Called by the writer at the start of every transaction, before its requests (see the module
+/// docs); an error fails the transaction like a failing request.
+pub type BatchHook = Box<dyn FnMut(&WriteTransaction) -> Result<(), StoreError> + Send + 'static>;
+
+/// What the writer calls besides the requests (see the module docs).
+pub struct Hooks {
+    /// After every rolled-back transaction.
+    pub on_rollback: RollbackHook,
+    /// At the start of every transaction.
+    pub before_batch: BatchHook,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            on_rollback: Box::new(|| {}),
+            before_batch: Box::new(|_: &WriteTransaction| Ok(())),
+        }
+    }
+}
 
 /// A type-erased write request.
 trait Request: Send {
@@ -117,17 +146,16 @@ impl GroupCommit {
         db: Arc<Database>,
         capacity: usize,
     ) -> Result<GroupCommit, StoreError> {
-        Self::start_with(db, capacity, LAZY_WINDOW, Box::new(|| {}))
+        Self::start_with(db, capacity, LAZY_WINDOW, Hooks::default())
     }
 
     /// Starts the writer thread for `db` with a queue of `capacity` requests (at least 1), lazy
-    /// writes made durable within `lazy_window`, and `on_rollback` called after every
-    /// rolled-back transaction (see the module docs).
+    /// writes made durable within `lazy_window`, and `hooks` (see the module docs).
     pub fn start_with(
         db: Arc<Database>,
         capacity: usize,
         lazy_window: Duration,
-        on_rollback: RollbackHook,
+        hooks: Hooks,
     ) -> Result<GroupCommit, StoreError> {
         let (queue, mut requests) = mpsc::channel(capacity.max(1));
         let writer = std::thread::Builder::new()
@@ -137,9 +165,10 @@ impl GroupCommit {
                     db: &db,
                     lazy_window,
                     last_durable: Instant::now(),
-                    on_rollback,
+                    hooks,
                 };
-                w.run(&mut requests)
+                w.run(&mut requests);
+                w.close();
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
         Ok(GroupCommit {
@@ -182,6 +211,28 @@ impl GroupCommit {
         F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         self.submit(work, false).await
+    }
+
+    /// Makes sure a transaction starts soon, so the batch hook runs (see the module docs):
+    /// queues an empty lazy write nobody waits for, unless requests are already queued (one of
+    /// them starts the next transaction). Never waits.
+    pub fn nudge(&self) {
+        let Some(queue) = self.queue.as_ref() else {
+            return;
+        };
+        if queue.capacity() < queue.max_capacity() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let empty = Box::new(Typed {
+            work: |_: &WriteTransaction| Ok::<(), StoreError>(()),
+            result: None,
+            reply,
+            durable: false,
+        });
+        // Full: requests are queued, one of them starts the next transaction. Closed: the
+        // writer's final commit runs the hook.
+        let _ = queue.try_send(empty as Box<dyn Request>);
     }
 
     async fn submit<T, F>(&self, work: F, durable: bool) -> Result<T, StoreError>
@@ -228,7 +279,7 @@ struct Writer<'a> {
     db: &'a Database,
     lazy_window: Duration,
     last_durable: Instant,
-    on_rollback: RollbackHook,
+    hooks: Hooks,
 }
 
 impl Writer<'_> {
@@ -279,9 +330,26 @@ impl Writer<'_> {
     fn apply_all(&mut self, batch: &mut [Box<dyn Request>]) -> Result<(), BatchFailure> {
         let r = self.try_apply_all(batch);
         if r.is_err() {
-            (self.on_rollback)();
+            (self.hooks.on_rollback)();
         }
         r
+    }
+
+    /// The queue closed: runs the batch hook once more in a durable commit (see the module docs).
+    fn close(&mut self) {
+        let committed = self
+            .db
+            .begin_write()
+            .map_err(StoreError::from)
+            .and_then(|txn| {
+                (self.hooks.before_batch)(&txn)?;
+                txn.commit()?;
+                Ok(())
+            });
+        if let Err(e) = committed {
+            (self.hooks.on_rollback)();
+            tracing::warn!(error = %e, "store writer: the final commit failed");
+        }
     }
 
     fn try_apply_all(&mut self, batch: &mut [Box<dyn Request>]) -> Result<(), BatchFailure> {
@@ -294,6 +362,10 @@ impl Writer<'_> {
         if !durable {
             txn.set_durability(Durability::None)
                 .map_err(|e| BatchFailure::Commit(StoreError::Backend(e.to_string())))?;
+        }
+        if let Err(e) = (self.hooks.before_batch)(&txn) {
+            let _ = txn.abort();
+            return Err(BatchFailure::Request(e));
         }
         for r in batch.iter_mut() {
             if let Err(e) = r.apply(&txn) {
@@ -391,9 +463,12 @@ mod tests {
             db: &db,
             lazy_window: LAZY_WINDOW,
             last_durable: Instant::now(),
-            on_rollback: Box::new(move || {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }),
+            hooks: Hooks {
+                on_rollback: Box::new(move || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }),
+                ..Hooks::default()
+            },
         }
         .run(&mut requests);
         // The batch rolled back, then request 1's own transaction did: the hook ran for each.
@@ -514,5 +589,54 @@ mod tests {
         drop(db);
         let again = Database::create(&path).unwrap();
         assert_eq!(read(&again, 7), Some(7));
+    }
+
+    #[tokio::test]
+    async fn the_batch_hook_runs_in_every_transaction_and_in_a_final_durable_commit() {
+        use std::sync::Mutex;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let db = Arc::new(Database::create(&path).unwrap());
+        // What the hook writes next, as the embedded store's unsaved acks: taken once.
+        let next: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let hooks = Hooks {
+            on_rollback: Box::new(|| {}),
+            before_batch: {
+                let next = next.clone();
+                Box::new(move |txn: &WriteTransaction| -> Result<(), StoreError> {
+                    let keys = std::mem::take(&mut *next.lock().unwrap());
+                    let mut t = txn.open_table(T)?;
+                    for k in keys {
+                        t.insert(k, k)?;
+                    }
+                    Ok(())
+                })
+            },
+        };
+        let group =
+            GroupCommit::start_with(db.clone(), QUEUE_CAPACITY, Duration::from_secs(3600), hooks)
+                .unwrap();
+        next.lock().unwrap().push(1);
+        group
+            .write_lazy(|txn| Ok(txn.open_table(T)?.insert(2, 2)?.is_none()))
+            .await
+            .unwrap();
+        assert_eq!(read(&db, 1), Some(1), "written with the next transaction");
+        next.lock().unwrap().push(3);
+        group.nudge();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read(&db, 3).is_none() {
+            assert!(Instant::now() < deadline, "a nudge starts a transaction");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Left for the final commit when the writer stops: it is durable.
+        next.lock().unwrap().push(4);
+        drop(group);
+        drop(db);
+        let again = Database::create(&path).unwrap();
+        assert_eq!(
+            [1, 2, 3, 4].map(|k| read(&again, k)),
+            [Some(1), Some(2), Some(3), Some(4)]
+        );
     }
 }

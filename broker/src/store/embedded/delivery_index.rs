@@ -15,7 +15,10 @@
 //!
 //! Sans-IO: the store applies each change to the database and to this index inside the same
 //! write transaction; when a transaction rolls back, the store reloads the index from the
-//! database (see [`super::super::group_commit`]).
+//! database (see [`super::super::group_commit`]). The one exception is an acknowledgement
+//! ([`DeliveryIndex::acknowledge`]): it moves the cursor here at once and is kept as unsaved
+//! until the store's writer takes it ([`DeliveryIndex::take_unsaved`]) into its next
+//! transaction, so an ack costs no database round trip and many acks share one commit.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -71,6 +74,19 @@ pub struct DeliveryIndex {
     broadcasts: HashMap<u8, Vec<u64>>,
     /// The last message id issued.
     last_id: u64,
+    /// Cursor moves made by [`DeliveryIndex::acknowledge`] and not yet taken to be written.
+    unsaved: HashMap<u64, Covered>,
+}
+
+/// One terminal's acknowledgements to write ([`DeliveryIndex::take_unsaved`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsavedAck {
+    /// The terminal's key.
+    pub key: u64,
+    /// Its cursor now.
+    pub cursor: u64,
+    /// Everything its acknowledgements covered since the last take.
+    pub covered: Covered,
 }
 
 impl DeliveryIndex {
@@ -252,6 +268,37 @@ impl DeliveryIndex {
         }
     }
 
+    /// An acknowledgement through `through` ([`DeliveryIndex::advance_cursor`]) kept as unsaved
+    /// until [`DeliveryIndex::take_unsaved`]. Returns how many pending deliveries it covered and
+    /// whether it is the first unsaved one since the last take (the caller then makes sure a
+    /// write comes).
+    pub fn acknowledge(&mut self, key: u64, through: u64) -> (u64, bool) {
+        let covered = self.advance_cursor(key, through);
+        if covered.pending == 0 {
+            return (0, false);
+        }
+        let first = self.unsaved.is_empty();
+        let pending = covered.pending;
+        let kept = self.unsaved.entry(key).or_default();
+        kept.inbox.extend(covered.inbox);
+        kept.skipped.extend(covered.skipped);
+        kept.pending += pending;
+        (pending, first)
+    }
+
+    /// Takes every unsaved acknowledgement, with each terminal's cursor now, to be written.
+    pub fn take_unsaved(&mut self) -> Vec<UnsavedAck> {
+        let unsaved = std::mem::take(&mut self.unsaved);
+        unsaved
+            .into_iter()
+            .map(|(key, covered)| UnsavedAck {
+                key,
+                cursor: self.terminals.get(&key).map_or(0, |t| t.cursor),
+                covered,
+            })
+            .collect()
+    }
+
     /// The remembered terminals a broadcast of `class` is for (every kind for class 0).
     pub fn known_in(&self, class: u8) -> Vec<u64> {
         let mut v: Vec<u64> = self
@@ -355,5 +402,70 @@ mod tests {
         ix.remove_broadcast(dc, 7);
         assert_eq!(ix.pending_count(dev(1)), 0);
         assert!(ix.terminal(dev(1)).unwrap().skipped.is_empty());
+    }
+
+    #[test]
+    fn acknowledgements_merge_per_terminal_until_taken_and_only_the_first_asks_for_a_write() {
+        let mut ix = DeliveryIndex::default();
+        let dc = class_of(Some(Kind::Device));
+        ix.remember(dev(1), 0);
+        ix.remember(dev(2), 0);
+        for id in 1..=4 {
+            ix.issued(id);
+            if id % 2 == 0 {
+                ix.add_broadcast(dc, id);
+            } else {
+                ix.add_inbox(dev(1), id);
+            }
+        }
+        assert_eq!(
+            ix.acknowledge(dev(1), 2),
+            (2, true),
+            "inbox 1 and broadcast 2"
+        );
+        assert_eq!(
+            ix.acknowledge(dev(1), 2),
+            (0, false),
+            "covers nothing: not kept"
+        );
+        assert_eq!(ix.acknowledge(dev(2), 4), (2, false), "not the first");
+        assert_eq!(ix.acknowledge(dev(1), 4), (2, false));
+        assert_eq!(
+            ix.pending(dev(1), 0, 10),
+            Vec::<u64>::new(),
+            "moved at once"
+        );
+        let mut taken = ix.take_unsaved();
+        taken.sort_by_key(|u| u.key);
+        let mut want = vec![
+            UnsavedAck {
+                key: dev(1),
+                cursor: 4,
+                covered: Covered {
+                    inbox: vec![1, 3],
+                    skipped: vec![],
+                    pending: 4,
+                },
+            },
+            UnsavedAck {
+                key: dev(2),
+                cursor: 4,
+                covered: Covered {
+                    inbox: vec![],
+                    skipped: vec![],
+                    pending: 2,
+                },
+            },
+        ];
+        want.sort_by_key(|u| u.key);
+        assert_eq!(taken, want);
+        assert!(ix.take_unsaved().is_empty());
+        ix.issued(5);
+        ix.add_broadcast(dc, 5);
+        assert_eq!(
+            ix.acknowledge(dev(2), 5),
+            (1, true),
+            "first again after a take"
+        );
     }
 }

@@ -8,26 +8,30 @@
 //!   record, plus per-terminal records only for terminals whose inbox is full (an eviction moves
 //!   a cursor, a refusal writes a skip mark);
 //! * an acknowledgement, or the since-id at login: nothing when it covers nothing pending
-//!   (answered from the index), else one lazy commit (no fsync, see
-//!   [`GroupCommit::write_lazy`](super::GroupCommit::write_lazy)) moving the terminal's cursor and
-//!   dropping the inbox references it covers;
+//!   (answered from the index), else one in-memory cursor move ([`DeliveryIndex::acknowledge`]);
+//!   the writer's next transaction, lazy or durable, writes every cursor moved since its last
+//!   one and drops the inbox references they cover ([`write_unsaved_acks`], the writer's batch
+//!   hook, see [`GroupCommit`](super::GroupCommit)). An ack waits for no commit, and ten thousand
+//!   acks of a broadcast share a handful of commits;
 //! * a login: `remember` is answered from the index for a known terminal, else one lazy commit;
 //!   the replay reads the database only when the index has something pending above the since-id.
 //!
-//! What a crash loses: lazy commits of the last lazy window (at most about one second). A lost
+//! What a crash loses: acknowledgements not yet taken by a commit, and lazy commits of the last
+//! lazy window (at most about one second). A lost
 //! cursor move means the covered messages are replayed at the next login, and the terminal drops
 //! them as duplicates (they are at or below its high-water mark); a lost first `remember` means no
 //! broadcast counted the terminal yet (any durable broadcast commit after it persists it too).
 //! Nothing acknowledged to a pusher is lost: appends are durable before they return.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::delivery_index::{DeliveryIndex, class_of};
+use super::delivery_index::{DeliveryIndex, UnsavedAck, class_of};
 use super::{
     BROADCASTS, CURSORS, EXPIRY, EmbeddedStore, INBOX, KNOWN_SINCE, MESSAGES, META, OfflineLimits,
     SKIPPED,
@@ -169,6 +173,43 @@ fn ack_through_in(
     let cursor = ix.terminal(terminal).map_or(0, |t| t.cursor);
     txn.open_table(CURSORS)?.insert(terminal, cursor)?;
     Ok(covered.pending)
+}
+
+/// Writes the acknowledgements the index keeps unsaved ([`DeliveryIndex::take_unsaved`]) inside
+/// `txn`: each terminal's cursor, and the inbox references and skip marks they covered. The
+/// store's writer runs it at the start of every transaction; the index is locked only to take
+/// them. When the transaction rolls back, the index is reloaded from the database, so a lost
+/// write only means a redelivery.
+pub(super) fn write_unsaved_acks(
+    txn: &WriteTransaction,
+    index: &SharedIndex,
+) -> Result<(), StoreError> {
+    let unsaved = lock(index).take_unsaved();
+    if unsaved.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut inbox = txn.open_table(INBOX)?;
+        for u in &unsaved {
+            for id in &u.covered.inbox {
+                inbox.remove((u.key, *id))?;
+            }
+        }
+    }
+    for UnsavedAck { covered, .. } in &unsaved {
+        for id in &covered.inbox {
+            release(txn, *id)?;
+        }
+    }
+    let mut skipped = txn.open_table(SKIPPED)?;
+    let mut cursors = txn.open_table(CURSORS)?;
+    for u in &unsaved {
+        for id in &u.covered.skipped {
+            skipped.remove((*id, u.key))?;
+        }
+        cursors.insert(u.key, u.cursor)?;
+    }
+    Ok(())
 }
 
 /// Makes room for one more delivery to `terminal` under `limits`: `Ok(false)` when its full
@@ -333,15 +374,15 @@ impl EmbeddedStore {
         lock(&self.index)
     }
 
-    /// Moves a terminal's cursor lazily when that covers anything pending (see the module docs).
-    async fn ack_through_lazily(&self, terminal: Address, through: u64) -> Result<u64, StoreError> {
-        let key = terminal.to_key();
-        if !self.index().has_pending_through(key, through) {
-            return Ok(0);
+    /// Moves a terminal's cursor in memory when that covers anything pending; the writer's next
+    /// transaction writes it (see the module docs). Returns what it covered.
+    fn ack_through_lazily(&self, terminal: Address, through: u64) -> u64 {
+        let (covered, first) = self.index().acknowledge(terminal.to_key(), through);
+        if first {
+            self.ops.lazy_writes.fetch_add(1, Ordering::Relaxed);
+            self.writer.nudge();
         }
-        let index = self.index.clone();
-        self.write_lazy(move |txn| ack_through_in(txn, &mut lock(&index), key, through))
-            .await
+        covered
     }
 }
 
@@ -420,11 +461,11 @@ impl OfflineStore for EmbeddedStore {
     }
 
     async fn ack(&self, terminal: Address, msg_id: u64) -> Result<bool, StoreError> {
-        Ok(self.ack_through_lazily(terminal, msg_id).await? > 0)
+        Ok(self.ack_through_lazily(terminal, msg_id) > 0)
     }
 
     async fn ack_through(&self, terminal: Address, through_id: u64) -> Result<u64, StoreError> {
-        self.ack_through_lazily(terminal, through_id).await
+        Ok(self.ack_through_lazily(terminal, through_id))
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
@@ -450,6 +491,8 @@ impl OfflineStore for EmbeddedStore {
     }
 
     async fn stats(&self) -> Result<OfflineStats, StoreError> {
+        // Acknowledged bodies go when the acks are written: count after that.
+        self.sync_acks().await?;
         let references = self.index().total_pending();
         let messages = self
             .run(|db, _| Ok(db.begin_read()?.open_table(MESSAGES)?.len()?))
