@@ -610,6 +610,15 @@ impl HandshakeBody for Reject {
     }
 }
 
+impl Reject {
+    /// Reads the fields of a REJECT body this version knows and ignores any bytes after them:
+    /// a REJECT of another protocol version may carry more (docs/protocol.md section 2, version
+    /// handling). `None` when a known field is missing or malformed.
+    pub(crate) fn read_known_fields(body: &[u8]) -> Option<Reject> {
+        Reject::read(&mut Reader::new(body)).ok()
+    }
+}
+
 macro_rules! packet_codec {
     ($($ty:ident),*) => {$(
         impl $ty {

@@ -353,6 +353,46 @@ fn client_handles_reject_and_timeouts() {
     assert_eq!(client.poll_timeout(), None);
 }
 
+/// A REJECT of another protocol version is still a refusal: the client reads the fields it
+/// knows (any later ones are ignored) and stops waiting; one too short for those fields is
+/// ignored and the client keeps waiting.
+#[test]
+fn client_reads_a_reject_of_another_version() {
+    let start = || {
+        let mut client =
+            ClientHandshake::new(Address::device(5), derive_device_key(&MASTER, 5), 0, 1);
+        client.start(100, [1; 16], &mut [0u8; 128]).unwrap();
+        client
+    };
+    let ours = reject_packet(Code::UNSUPPORTED_VERSION, 700, &mut [0u8; 16])
+        .unwrap()
+        .to_vec();
+    let mut buf = [0u8; 128];
+
+    let mut newer = ours.clone();
+    newer[0] = 4;
+    newer.push(0x2a);
+    let mut client = start();
+    match client.on_packet(&mut newer, &mut buf).unwrap() {
+        ClientEvent::Rejected(r) => {
+            assert_eq!(r.code, Code::UNSUPPORTED_VERSION);
+            assert_eq!(r.max_version, 3);
+            assert_eq!(r.retry_after_ms, 700);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.poll_timeout(), None, "no longer waiting");
+
+    let mut cut = ours[..ours.len() - 1].to_vec();
+    cut[0] = 4;
+    let mut client = start();
+    assert!(matches!(
+        client.on_packet(&mut cut, &mut buf).unwrap(),
+        ClientEvent::Ignored
+    ));
+    assert_eq!(client.poll_timeout(), Some(1100), "still waiting");
+}
+
 #[test]
 fn client_ignores_forged_welcome_and_keeps_waiting() {
     let (mut client, login) = until_login(5, 1000);

@@ -133,8 +133,7 @@ impl LoginAttempt {
             };
             let Some(handshake) = handshake else { continue };
             if let Ok(ClientEvent::Send(login)) = handshake.on_packet(packet, &mut out) {
-                let login: Vec<u8, HANDSHAKE_BUF> = Vec::from_slice(login).unwrap_or_default();
-                self.queue(&login);
+                self.queue(login);
                 self.logins_out = self.logins_out.saturating_add(1);
                 answered = true;
             }

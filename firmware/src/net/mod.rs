@@ -34,8 +34,10 @@ pub use liveness::{LIVENESS_GRACE_MS, Liveness, MAX_PROMISE_MS};
 pub use lookup::{HttpLookup, LOOKUP_TCP_RX, LookupBuffers};
 pub use runner::{Runner, RunnerBuffers, new};
 pub use transport::{DualTransport, Transport, TransportError};
-pub use udp::{UdpBuffers, UdpTransport};
-pub use ws::{WS_CLOSE_TIMEOUT_MS, WS_FRAME_OVERHEAD, WS_SEND_TIMEOUT_MS, WsBuffers, WsTransport};
+pub use udp::{UDP_QUEUE, UdpBuffers, UdpTransport};
+pub use ws::{
+    WS_CLOSE_TIMEOUT_MS, WS_FRAME_OVERHEAD, WS_SEND_TIMEOUT_MS, WS_TCP_BUF, WsBuffers, WsTransport,
+};
 
 /// The current time on embassy's clock, as the core's [`Instant`](crate::time::Instant).
 pub fn now() -> crate::time::Instant {

@@ -155,3 +155,22 @@ fn runner_logs_in_moves_uploads_and_commands_and_keeps_the_session_alive() {
         Either::Second(()) => {}
     }
 }
+
+/// The transports' socket memory is the application's: each UDP datagram fewer and each TCP
+/// byte fewer come off the buffers' size (the defaults are what `plug-app` takes).
+#[test]
+fn socket_memory_is_the_applications_choice() {
+    use crate::config::PACKET_BUF;
+    use core::mem::size_of;
+    let per_datagram = size_of::<UdpBuffers<2>>() - size_of::<UdpBuffers<1>>();
+    assert!(per_datagram >= 2 * PACKET_BUF, "a datagram each way");
+    assert_eq!(
+        size_of::<UdpBuffers>(),
+        size_of::<UdpBuffers<1>>() + (UDP_QUEUE - 1) * per_datagram
+    );
+    const SMALL_TCP: usize = PACKET_BUF + WS_FRAME_OVERHEAD;
+    assert_eq!(
+        size_of::<WsBuffers>() - size_of::<WsBuffers<SMALL_TCP>>(),
+        2 * (WS_TCP_BUF - SMALL_TCP)
+    );
+}

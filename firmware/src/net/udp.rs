@@ -9,31 +9,40 @@ use embassy_net::{IpEndpoint, Stack};
 use super::transport::{Transport, TransportError, ip_endpoint};
 use crate::config::{Endpoint, PACKET_BUF, TransportKind};
 
-/// Datagrams the socket buffers per direction.
+/// Datagrams the socket buffers per direction unless the application chooses (the `N` of
+/// [`UdpBuffers`]).
 pub const UDP_QUEUE: usize = 4;
 
-/// Socket memory of a [`UdpTransport`]: `UDP_QUEUE` packets of `PACKET_BUF` bytes each way
-/// (about 9.7 KiB). Provide it from a `StaticCell`.
-pub struct UdpBuffers {
-    rx_meta: [PacketMetadata; UDP_QUEUE],
-    rx: [u8; UDP_QUEUE * PACKET_BUF],
-    tx_meta: [PacketMetadata; UDP_QUEUE],
-    tx: [u8; UDP_QUEUE * PACKET_BUF],
+/// Socket memory of a [`UdpTransport`]: `N` packets of `PACKET_BUF` bytes each way (with the
+/// default [`UDP_QUEUE`], about 9.7 KiB; each datagram fewer saves about 2.4 KiB). `N` is the
+/// application's choice, at least 1: datagrams that arrive while `N` wait are dropped by the
+/// stack and resent by the protocol. Provide it from a `StaticCell`.
+pub struct UdpBuffers<const N: usize = UDP_QUEUE> {
+    rx_meta: [PacketMetadata; N],
+    rx: [[u8; PACKET_BUF]; N],
+    tx_meta: [PacketMetadata; N],
+    tx: [[u8; PACKET_BUF]; N],
 }
 
-impl UdpBuffers {
+impl<const N: usize> UdpBuffers<N> {
     /// Zeroed buffers.
     pub const fn new() -> Self {
+        const {
+            assert!(
+                N >= 1,
+                "the UDP socket needs room for one datagram each way"
+            )
+        };
         UdpBuffers {
-            rx_meta: [PacketMetadata::EMPTY; UDP_QUEUE],
-            rx: [0; UDP_QUEUE * PACKET_BUF],
-            tx_meta: [PacketMetadata::EMPTY; UDP_QUEUE],
-            tx: [0; UDP_QUEUE * PACKET_BUF],
+            rx_meta: [PacketMetadata::EMPTY; N],
+            rx: [[0; PACKET_BUF]; N],
+            tx_meta: [PacketMetadata::EMPTY; N],
+            tx: [[0; PACKET_BUF]; N],
         }
     }
 }
 
-impl Default for UdpBuffers {
+impl<const N: usize> Default for UdpBuffers<N> {
     fn default() -> Self {
         Self::new()
     }
@@ -46,14 +55,14 @@ pub struct UdpTransport<'d> {
 }
 
 impl<'d> UdpTransport<'d> {
-    /// A transport over `stack` using `buffers`.
-    pub fn new(stack: Stack<'d>, buffers: &'d mut UdpBuffers) -> Self {
+    /// A transport over `stack` using `buffers` (any queue length `N`).
+    pub fn new<const N: usize>(stack: Stack<'d>, buffers: &'d mut UdpBuffers<N>) -> Self {
         let socket = UdpSocket::new(
             stack,
             &mut buffers.rx_meta,
-            &mut buffers.rx,
+            buffers.rx.as_flattened_mut(),
             &mut buffers.tx_meta,
-            &mut buffers.tx,
+            buffers.tx.as_flattened_mut(),
         );
         UdpTransport {
             socket,

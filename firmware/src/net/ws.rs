@@ -31,7 +31,7 @@ use crate::rng::{Rng, SplitMix64};
 
 /// Largest WebSocket header around one packet: 2 bytes, 2 of extended length, 4 of mask.
 pub const WS_FRAME_OVERHEAD: usize = 8;
-/// TCP socket buffer per direction.
+/// TCP socket buffer per direction unless the application chooses (the `T` of [`WsBuffers`]).
 pub const WS_TCP_BUF: usize = 2048;
 /// Frame receive buffer: one whole frame (or the HTTP upgrade answer) plus slack.
 pub const WS_RX_BUF: usize = PACKET_BUF + 512;
@@ -46,27 +46,38 @@ pub const WS_SEND_TIMEOUT_MS: u64 = 5_000;
 /// ms.
 pub const WS_CLOSE_TIMEOUT_MS: u64 = 1_000;
 
-/// Socket and framing memory of a [`WsTransport`] (about 7.4 KiB). Provide it from a `StaticCell`.
-pub struct WsBuffers {
-    tcp_rx: [u8; WS_TCP_BUF],
-    tcp_tx: [u8; WS_TCP_BUF],
+/// Socket and framing memory of a [`WsTransport`]: TCP buffers of `T` bytes each way (the
+/// application's choice; with the default [`WS_TCP_BUF`] about 7.4 KiB in all) and one frame
+/// buffer each way ([`WS_RX_BUF`], [`WS_TX_BUF`]: a whole packet, fixed). A smaller `T` keeps
+/// fewer bytes in flight, never a smaller packet; `T` is at least one packet with its WebSocket
+/// header (`PACKET_BUF + WS_FRAME_OVERHEAD`), so a packet goes out in one write and fits one
+/// receive window. Provide it from a `StaticCell`.
+pub struct WsBuffers<const T: usize = WS_TCP_BUF> {
+    tcp_rx: [u8; T],
+    tcp_tx: [u8; T],
     rx: [u8; WS_RX_BUF],
     tx: [u8; WS_TX_BUF],
 }
 
-impl WsBuffers {
+impl<const T: usize> WsBuffers<T> {
     /// Zeroed buffers.
     pub const fn new() -> Self {
+        const {
+            assert!(
+                T >= PACKET_BUF + WS_FRAME_OVERHEAD,
+                "the TCP buffers must hold one framed packet"
+            )
+        };
         WsBuffers {
-            tcp_rx: [0; WS_TCP_BUF],
-            tcp_tx: [0; WS_TCP_BUF],
+            tcp_rx: [0; T],
+            tcp_tx: [0; T],
             rx: [0; WS_RX_BUF],
             tx: [0; WS_TX_BUF],
         }
     }
 }
 
-impl Default for WsBuffers {
+impl<const T: usize> Default for WsBuffers<T> {
     fn default() -> Self {
         Self::new()
     }
@@ -153,7 +164,7 @@ pub struct WsTransport<'d, S: WsStream = TcpSocket<'d>> {
 impl<'d> WsTransport<'d> {
     /// A transport over `stack` using `buffers`; `seed` seeds the mask-key generator (use the
     /// board's RNG).
-    pub fn new(stack: Stack<'d>, buffers: &'d mut WsBuffers, seed: u64) -> Self {
+    pub fn new<const T: usize>(stack: Stack<'d>, buffers: &'d mut WsBuffers<T>, seed: u64) -> Self {
         let WsBuffers {
             tcp_rx,
             tcp_tx,

@@ -278,13 +278,13 @@ impl ClientHandshake {
         if *t != crate::packet::PacketType::Reject as u8 {
             return ClientEvent::Ignored;
         }
-        match postcard::from_bytes::<Reject>(body) {
-            Ok(r) => {
+        match Reject::read_known_fields(body) {
+            Some(r) => {
                 self.state = State::Idle;
                 self.deadline = None;
                 ClientEvent::Rejected(r)
             }
-            Err(_) => ClientEvent::Ignored,
+            None => ClientEvent::Ignored,
         }
     }
 
