@@ -55,7 +55,7 @@ use shared_protocol::codes::Code;
 use shared_protocol::frame::{Body, Frame};
 use shared_protocol::handshake::{Carrier, ClientHandshake, WelcomeInfo, retry_after_capped};
 use shared_protocol::ids::Address;
-use shared_protocol::limits::MAX_PATH;
+use shared_protocol::limits::{MAX_IN_FLIGHT, MAX_PATH};
 use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
 use shared_protocol::session::{SecureSession, SessionError};
 
@@ -83,9 +83,11 @@ pub const EVENT_QUEUE: usize = 4;
 /// the queue (`E / 2`); the rest is kept for `Connected` / `Disconnected`.
 pub const EVENT_FRAME_LIMIT: usize = EVENT_QUEUE / 2;
 
-/// UploadAcks the client holds when they arrive ahead of a gap (8 bytes each); other early
-/// frames are left for the broker to resend (docs/protocol.md section 5).
-pub const HELD_UPLOAD_ACKS: usize = 8;
+/// UploadAcks the client holds when they arrive ahead of a gap (8 bytes each): as many as the
+/// broker may have in flight (`MAX_IN_FLIGHT`), so no early UploadAck is ever dropped for want
+/// of room and left to its sender's backed-off resend timer. Other early frames are left for the
+/// broker to resend (docs/protocol.md section 5).
+pub const HELD_UPLOAD_ACKS: usize = MAX_IN_FLIGHT as usize;
 
 /// Bytes stored per in-flight frame: a tag and a 32-bit id.
 const REF_LEN: usize = 5;
@@ -734,9 +736,13 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             Err(_) => result = Err(RxError::Unexpected),
         }
         if frame.seq != 0 {
-            // Every reliable body can raise an event: without room it stays unacknowledged and
-            // the broker resends it later.
-            if !room_for_event {
+            // Every reliable body but an UploadAck needs room for its event: without room it
+            // stays unacknowledged and the broker resends it later. An UploadAck is always
+            // taken: what it changes is the upload queue (its `UploadAcked` event is only a
+            // notice, dropped and counted in `events_dropped` when there is no room), and a
+            // busy uploader gets one every reading, so refusing them while the application is
+            // behind would stall the queue on the broker's backed-off resends.
+            if !room_for_event && !matches!(frame.body, Body::UploadAck { .. }) {
                 return Err(RxError::Busy);
             }
             // Frames are taken in `seq` order (docs/protocol.md section 5). Of the frames that
@@ -782,12 +788,15 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
     fn upload_acked(&mut self, upload_id: u32) {
         if self.uploads.ack(UploadId(upload_id)) {
             bump(&mut self.stats.uploads_acked);
-            if self
-                .events
-                .push_back(Event::UploadAcked {
-                    id: UploadId(upload_id),
-                })
-                .is_err()
+            // Only within the frame events' half of the queue, so the notice never takes the
+            // room kept for `Connected` / `Disconnected`.
+            if !self.can_take_frame_event()
+                || self
+                    .events
+                    .push_back(Event::UploadAcked {
+                        id: UploadId(upload_id),
+                    })
+                    .is_err()
             {
                 bump(&mut self.stats.events_dropped);
             }
