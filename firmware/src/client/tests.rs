@@ -1612,12 +1612,13 @@ fn an_early_upload_ack_is_held_and_applied_after_the_gap() {
     assert_eq!(net.client.stats().rx_dropped, dropped_before);
 }
 
-/// A whole broker window of UploadAcks behind one lost frame is held: the broker may have
-/// `MAX_IN_FLIGHT` frames unacknowledged, and every early one the client drops would wait for
-/// its own backed-off resend (docs/protocol.md section 5, "Receiver").
+/// A whole receive window of UploadAcks behind one lost frame is held: the broker retires each
+/// held frame from its send window when the device's `ack.mask` covers it and sends the next,
+/// so up to `RECEIVE_WINDOW - 1` may arrive early, and every one the client dropped would wait
+/// for its own backed-off resend (docs/protocol.md section 5, "Receiver").
 #[test]
-fn a_full_broker_window_of_early_upload_acks_is_held() {
-    use shared_protocol::limits::MAX_IN_FLIGHT;
+fn a_full_receive_window_of_early_upload_acks_is_held() {
+    use shared_protocol::limits::RECEIVE_WINDOW;
     let mut net = Net::new();
     net.brokers[0].auto_upload_ack = false;
     net.online();
@@ -1627,10 +1628,10 @@ fn a_full_broker_window_of_early_upload_acks_is_held() {
         .collect();
     net.run_for(0);
     let dropped_before = net.client.stats().rx_dropped;
-    // Frame 1 (the first upload's UploadAck) is lost; frames 2..=MAX_IN_FLIGHT arrive early:
+    // Frame 1 (the first upload's UploadAck) is lost; frames 2..=RECEIVE_WINDOW arrive early:
     // the other three uploads' acks, then acks of ids this client never used (held all the
     // same: the client holds by frame, not by id).
-    for seq in 2..=MAX_IN_FLIGHT {
+    for seq in 2..=RECEIVE_WINDOW {
         let upload_id = ids
             .get(seq as usize - 1)
             .copied()
@@ -1640,7 +1641,7 @@ fn a_full_broker_window_of_early_upload_acks_is_held() {
     assert_eq!(
         net.client.stats().rx_dropped,
         dropped_before,
-        "every early UploadAck of the broker's window held, none dropped"
+        "every early UploadAck of the receive window held, none dropped"
     );
     assert_eq!(
         net.client.uploads_pending(),
