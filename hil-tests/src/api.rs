@@ -218,6 +218,16 @@ impl Api {
         Ok(())
     }
 
+    /// `POST /v1/push` of `text` to every device (target `all_devices`); the broker's answer
+    /// (`msg_id`, `stored_for`, `delivered_online`, ...) for HTTP 200.
+    pub async fn push_all_devices(&self, text: &str) -> Result<serde_json::Value, ApiError> {
+        let what = "push to all devices";
+        let body = serde_json::json!({ "target": "all_devices", "text": text });
+        let url = format!("{}/v1/push", self.base);
+        let response = self.send(what, self.client.post(url).json(&body)).await?;
+        decode(what, response, 200).await
+    }
+
     /// `GET /v1/uploads?after={after}&limit={limit}`.
     pub async fn uploads(&self, after: u64, limit: usize) -> Result<UploadsPage, ApiError> {
         let raw: RawPage = self

@@ -109,6 +109,16 @@ pub const SCENARIOS: &[Known] = &[
                     lookup, and the phone's next relay.set reaches it and its state event comes \
                     back",
     },
+    Known {
+        name: "fleet",
+        fleet: true,
+        criterion: "every host TAP board and the QEMU board online together; one push to \
+                    all devices: each board logs that message's delivery within 15 s, and 2 s \
+                    later exactly one delivery and no repeat; then half of the host TAP boards \
+                    restarted on the second image (same device): each logs in and its status \
+                    reports the new version (`+next`), with no delivery again; every other \
+                    board answers status with the old version",
+    },
 ];
 
 /// The scenario called `name`.

@@ -355,11 +355,25 @@ pub fn start_as(
     logs: &Path,
     name: &str,
 ) -> Result<Device, DeviceError> {
+    start_image(kind, rig, root, boot, logs, name, None)
+}
+
+/// [`start_as`]; a host TAP board runs `binary` (relative to the project root, `{target}`
+/// allowed) instead of the rig's `[host_tap] binary` when given (another firmware image).
+pub fn start_image(
+    kind: Kind,
+    rig: &Rig,
+    root: &Path,
+    boot: &Boot,
+    logs: &Path,
+    name: &str,
+    binary: Option<&str>,
+) -> Result<Device, DeviceError> {
     let record = boot.record().map_err(|e| DeviceError::Program {
         program: "provisioning record".into(),
         reason: e.to_string(),
     })?;
-    start_with_record_as(kind, rig, root, boot, &record, logs, name)
+    start_with_record_as(kind, rig, root, boot, &record, logs, name, binary)
 }
 
 /// [`start`] with the given record bytes instead of `boot`'s (a test of bad records).
@@ -371,9 +385,10 @@ pub fn start_with_record(
     logs: &Path,
     name: &str,
 ) -> Result<Device, DeviceError> {
-    start_with_record_as(rig.kind, rig, root, boot, record_bytes, logs, name)
+    start_with_record_as(rig.kind, rig, root, boot, record_bytes, logs, name, None)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_with_record_as(
     kind: Kind,
     rig: &Rig,
@@ -382,6 +397,7 @@ fn start_with_record_as(
     record_bytes: &[u8],
     logs: &Path,
     name: &str,
+    binary: Option<&str>,
 ) -> Result<Device, DeviceError> {
     let out_path = logs.join(format!("{name}.out"));
     let err_path = logs.join(format!("{name}.stderr"));
@@ -436,7 +452,7 @@ fn start_with_record_as(
                 program: "host-tap-plug".into(),
                 reason: format!("board {} is past the rig's subnet", boot.board),
             })?;
-            let binary = resolve(root, &target, &h.binary);
+            let binary = resolve(root, &target, binary.unwrap_or(&h.binary));
             if !binary.is_file() {
                 return Err(DeviceError::Missing {
                     what: "board binary",
@@ -520,6 +536,22 @@ impl Device {
     /// Stops the board (by PID) and returns its log as text (defmt decoded, see
     /// [`decode_defmt`]), also written to `<name>.log`.
     pub fn stop(mut self) -> String {
+        self.stop_in_place()
+    }
+
+    /// The board's log so far, as [`Device::stop`] returns it, without stopping the board.
+    pub fn log_so_far(&self) -> String {
+        let mut text = match &self.defmt_elf {
+            Some((elf, decoder)) => decode_defmt(decoder, elf, &self.out_path),
+            None => std::fs::read_to_string(&self.out_path).unwrap_or_default(),
+        };
+        text.push_str(&std::fs::read_to_string(&self.err_path).unwrap_or_default());
+        text
+    }
+
+    /// [`Device::stop`] for a board kept in place (its slot is given a new [`Device`] next);
+    /// once stopped, dropping it does nothing.
+    pub fn stop_in_place(&mut self) -> String {
         let status = self.terminate();
         let uptime = self.started.elapsed();
         let mut text = match &self.defmt_elf {

@@ -7,7 +7,8 @@
 //! do not depend on each other. Pass criteria are in the step functions and in
 //! [`crate::catalog`]; each scenario is one JUnit suite, one case per board or step. The
 //! scenarios with an app (`phone-to-plug`, `silent-device`) use a [`crate::phone::Phone`] on
-//! the broker's app WebSocket.
+//! the broker's app WebSocket. `fleet` (every board at once, a broadcast, a roll-out of a
+//! second firmware image to half of them) is in [`broadcast`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -27,6 +28,10 @@ use crate::phone::Phone;
 use crate::rig::{Kind, Rig, Transport};
 use crate::run::{BOARD_LIFETIME_S, Paths, failed_suite, report};
 use crate::scenario::{COMMAND_TIMEOUT_MS, Case, Outcome};
+
+mod broadcast;
+
+pub use broadcast::{BROADCAST_SETTLE, BROADCAST_WAIT, DeliveryLog, delivery_log};
 
 /// What the fleet scenarios run on.
 pub struct Context<'a> {
@@ -111,6 +116,8 @@ struct Running {
     slot: usize,
     device_id: u32,
     device: Device,
+    /// What it was booted with (a roll-out boots the same device again).
+    boot: Boot,
 }
 
 /// Runs the fleet scenarios `names` (one suite each).
@@ -200,6 +207,7 @@ pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
             "broker-away" => fleet.broker_away().await,
             "id-profiles" => fleet.id_profiles().await,
             "cluster-failover" => crate::failover::run(ctx).await,
+            "fleet" => fleet.fleet_broadcast().await,
             other => (
                 vec![failed_case(
                     "set-up",
@@ -313,22 +321,37 @@ impl Fleet<'_> {
                 + self.ctx.rig.upload_run_s,
             board: s.index,
         };
-        let name = format!("{}-{scenario}-{}", self.ctx.rig.name, s.label);
-        let device = device::start_as(
-            s.kind,
-            self.ctx.rig,
-            &self.ctx.paths.root,
-            &boot,
-            self.ctx.logs,
-            &name,
-        )
-        .map_err(|e| format!("starting {}: {e}", s.label))?
-        .watched(&self.ctx.paths.teardown);
+        let device = self.start_boot(slot, &boot, scenario, None)?;
         Ok(Running {
             slot,
             device_id,
             device,
+            boot,
         })
+    }
+
+    /// Starts the board of `slot` with `boot` (on the rig's image, or on host TAP image
+    /// `binary`); its logs are `<rig>-<scenario>-<label>.*`.
+    fn start_boot(
+        &self,
+        slot: usize,
+        boot: &Boot,
+        scenario: &str,
+        binary: Option<&str>,
+    ) -> Result<Device, String> {
+        let s = &self.slots[slot];
+        let name = format!("{}-{scenario}-{}", self.ctx.rig.name, s.label);
+        Ok(device::start_image(
+            s.kind,
+            self.ctx.rig,
+            &self.ctx.paths.root,
+            boot,
+            self.ctx.logs,
+            &name,
+            binary,
+        )
+        .map_err(|e| format!("starting {}: {e}", s.label))?
+        .watched(&self.ctx.paths.teardown))
     }
 
     /// Stops boards; their logs (tail) for the suite's output.

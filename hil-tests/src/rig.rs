@@ -104,6 +104,11 @@ pub struct HostTapRig {
     pub host_ip: String,
     /// Board 0's static address (`a.b.c.d/prefix`); board `i` gets the `i`-th next address.
     pub board_ip: String,
+    /// The second firmware image the `fleet` scenario rolls out to half of the boards (the
+    /// board built with feature `next-image`; `{target}` allowed). `None`: that scenario fails
+    /// at set-up.
+    #[serde(default)]
+    pub next_binary: Option<String>,
 }
 
 fn one() -> u32 {

@@ -6,7 +6,8 @@
 //!   provisioning record with QEMU's `-device loader`), QEMU is installed if missing, and
 //!   `hil-tests/defmt-log` (the decoder of the board's defmt log) is built into
 //!   `<target>/defmt-log`.
-//! * `host-tap`: the host board is built with the host toolchain into `<target>/host-tap`.
+//! * `host-tap`: the host board is built with the host toolchain into `<target>/host-tap`, and
+//!   its second image for the roll-out test (feature `next-image`) as `host-tap-plug-next`.
 //! * `ci`: the fleet rig (16 host TAP boards and a QEMU board in one namespace): both of the
 //!   above.
 //!   Its `cluster-failover` scenario runs a cluster on Redis, ZooKeeper and RabbitMQ: when they
@@ -137,12 +138,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
             "host-tap" => {
                 if build {
-                    let mut command = cargo();
-                    command
-                        .current_dir(project_root().join("boards/host-tap"))
-                        .args(["build", "--release", "--locked"])
-                        .env("CARGO_TARGET_DIR", target.join("host-tap"));
-                    run_command(&mut command)?;
+                    build_host_tap(&target)?;
                 }
             }
             _ => {
@@ -221,6 +217,30 @@ fn services_answer() -> bool {
         )
         .is_ok()
     })
+}
+
+/// Builds the host TAP board into `<target>/host-tap`: first the roll-out test's second image
+/// (feature `next-image`, kept as `host-tap-plug-next`), then the board itself. Both share one
+/// target folder, so the second build only compiles the board crate again.
+fn build_host_tap(target: &std::path::Path) -> Result<(), String> {
+    let dir = target.join("host-tap");
+    let build = |features: &[&str]| {
+        let mut command = cargo();
+        command
+            .current_dir(project_root().join("boards/host-tap"))
+            .args(["build", "--release", "--locked"])
+            .args(features)
+            .env("CARGO_TARGET_DIR", &dir);
+        run_command(&mut command)
+    };
+    build(&["--features", "next-image"])?;
+    let release = dir.join("release");
+    std::fs::copy(
+        release.join("host-tap-plug"),
+        release.join("host-tap-plug-next"),
+    )
+    .map_err(|e| format!("copying the next-image board binary: {e}"))?;
+    build(&[])
 }
 
 /// The host cargo target folder (`CARGO_TARGET_DIR`, else `target/`).

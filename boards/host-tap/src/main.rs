@@ -30,6 +30,15 @@ use static_cell::StaticCell;
 use crate::settings::Settings;
 use crate::tap::TapDevice;
 
+/// The firmware version the `status` command reports and the start-up line logs: the package
+/// version, or with feature `next-image` that version plus `+next` (a second image for
+/// roll-out tests: `cargo xtask hil` builds both).
+#[cfg(not(feature = "next-image"))]
+pub const FIRMWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// See the other definition: the roll-out test's second image.
+#[cfg(feature = "next-image")]
+pub const FIRMWARE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+next");
+
 const EXIT_BOARD: u8 = 2;
 const EXIT_CONFIG: u8 = 4;
 
@@ -87,8 +96,9 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
     spawner.spawn(net_task(runner).map_err(|_| EXIT_BOARD)?);
     stack.wait_config_up().await;
     log::info!(
-        "plug {} on {} as {}/{}: transport {}, udp {:?}, ws {:?}",
+        "plug {} firmware {} on {} as {}/{}: transport {}, udp {:?}, ws {:?}",
         s.provisioning.device_id,
+        FIRMWARE_VERSION,
         s.tap,
         s.ip.0,
         s.ip.1,
@@ -103,7 +113,7 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
     let rng: &'static mut dyn Rng = RNG.init(OsRng);
     let relay: &'static mut dyn Relay = RELAY.init(MemoryRelay::default());
     let config = AppConfig {
-        firmware_version: env!("CARGO_PKG_VERSION"),
+        firmware_version: FIRMWARE_VERSION,
         meter_interval_ms: s.meter_ms,
         liveness: None,
         reset_reason: None,

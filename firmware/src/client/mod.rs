@@ -55,7 +55,7 @@ use shared_protocol::codes::Code;
 use shared_protocol::frame::{Body, Frame};
 use shared_protocol::handshake::{Carrier, ClientHandshake, WelcomeInfo, retry_after_capped};
 use shared_protocol::ids::Address;
-use shared_protocol::limits::MAX_PATH;
+use shared_protocol::limits::{MAX_PATH, RECEIVE_WINDOW};
 use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
 use shared_protocol::session::{SecureSession, SessionError};
 
@@ -83,9 +83,18 @@ pub const EVENT_QUEUE: usize = 4;
 /// the queue (`E / 2`); the rest is kept for `Connected` / `Disconnected`.
 pub const EVENT_FRAME_LIMIT: usize = EVENT_QUEUE / 2;
 
-/// UploadAcks the client holds when they arrive ahead of a gap (8 bytes each); other early
-/// frames are left for the broker to resend (docs/protocol.md section 5).
-pub const HELD_UPLOAD_ACKS: usize = 8;
+/// UploadAcks the client holds when they arrive ahead of a gap (4 bytes each, an upload id in
+/// the slot of its `seq`): the whole receive window (`RECEIVE_WINDOW`). The broker retires a
+/// held frame when the device's `ack.mask` covers it and sends the next, so behind one missing
+/// frame up to `RECEIVE_WINDOW - 1` may arrive; none is dropped for want of room and left to its
+/// sender's backed-off resend timer. Other early frames are left for the broker to resend
+/// (docs/protocol.md section 5).
+pub const HELD_UPLOAD_ACKS: usize = RECEIVE_WINDOW as usize;
+
+/// The slot of held frame `seq` in `Online::held_acks`.
+fn held_slot(seq: u32) -> usize {
+    (seq % RECEIVE_WINDOW) as usize
+}
 
 /// Bytes stored per in-flight frame: a tag and a 32-bit id.
 const REF_LEN: usize = 5;
@@ -157,7 +166,10 @@ struct Online {
     send: SendWindow<SEND_WINDOW, REF_LEN>,
     recv: RecvWindow,
     /// UploadAcks that arrived ahead of a gap: `(seq, upload_id)`.
-    held_acks: Vec<(u32, u32), HELD_UPLOAD_ACKS>,
+    /// the upload id of held frame `seq` at `seq % RECEIVE_WINDOW` (held frames lie within
+    /// one window above `recv`'s `next`, so their slots differ; `recv`'s mask says which are
+    /// held).
+    held_acks: [u32; HELD_UPLOAD_ACKS],
     last_rx: Instant,
     last_tx: Instant,
 }
@@ -683,7 +695,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                     welcome,
                     send: SendWindow::new(),
                     recv: RecvWindow::new(),
-                    held_acks: Vec::new(),
+                    held_acks: [0; HELD_UPLOAD_ACKS],
                     last_rx: now,
                     last_tx: now,
                 });
@@ -734,9 +746,13 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             Err(_) => result = Err(RxError::Unexpected),
         }
         if frame.seq != 0 {
-            // Every reliable body can raise an event: without room it stays unacknowledged and
-            // the broker resends it later.
-            if !room_for_event {
+            // Every reliable body but an UploadAck needs room for its event: without room it
+            // stays unacknowledged and the broker resends it later. An UploadAck is always
+            // taken: what it changes is the upload queue (its `UploadAcked` event is only a
+            // notice, dropped and counted in `events_dropped` when there is no room), and a
+            // busy uploader gets one every reading, so refusing them while the application is
+            // behind would stall the queue on the broker's backed-off resends.
+            if !room_for_event && !matches!(frame.body, Body::UploadAck { .. }) {
                 return Err(RxError::Busy);
             }
             // Frames are taken in `seq` order (docs/protocol.md section 5). Of the frames that
@@ -747,11 +763,9 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 RecvOutcome::InOrder { released } => released,
                 RecvOutcome::Early => {
                     return match frame.body {
-                        Body::UploadAck { upload_id }
-                            if !o.held_acks.is_full() && o.recv.hold(frame.seq) =>
-                        {
-                            // Room was checked just above.
-                            let _ = o.held_acks.push((frame.seq, upload_id));
+                        Body::UploadAck { upload_id } if o.recv.hold(frame.seq) => {
+                            // Its slot is free: held frames lie within one window.
+                            o.held_acks[held_slot(frame.seq)] = upload_id;
                             result
                         }
                         _ => Err(RxError::AheadOfGap),
@@ -764,9 +778,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             let mut acks: Vec<u32, HELD_UPLOAD_ACKS> = Vec::new();
             for seq in frame.seq + 1..=frame.seq + released {
                 // Only UploadAcks are held, so every released frame is one of them.
-                if let Some(at) = o.held_acks.iter().position(|&(s, _)| s == seq) {
-                    let _ = acks.push(o.held_acks.swap_remove(at).1);
-                }
+                let _ = acks.push(o.held_acks[held_slot(seq)]);
             }
             let result = self.on_body(frame.body, now).and(result);
             for upload_id in acks {
@@ -782,12 +794,15 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
     fn upload_acked(&mut self, upload_id: u32) {
         if self.uploads.ack(UploadId(upload_id)) {
             bump(&mut self.stats.uploads_acked);
-            if self
-                .events
-                .push_back(Event::UploadAcked {
-                    id: UploadId(upload_id),
-                })
-                .is_err()
+            // Only within the frame events' half of the queue, so the notice never takes the
+            // room kept for `Connected` / `Disconnected`.
+            if !self.can_take_frame_event()
+                || self
+                    .events
+                    .push_back(Event::UploadAcked {
+                        id: UploadId(upload_id),
+                    })
+                    .is_err()
             {
                 bump(&mut self.stats.events_dropped);
             }

@@ -1611,3 +1611,72 @@ fn an_early_upload_ack_is_held_and_applied_after_the_gap() {
     );
     assert_eq!(net.client.stats().rx_dropped, dropped_before);
 }
+
+/// A whole receive window of UploadAcks behind one lost frame is held: the broker retires each
+/// held frame from its send window when the device's `ack.mask` covers it and sends the next,
+/// so up to `RECEIVE_WINDOW - 1` may arrive early, and every one the client dropped would wait
+/// for its own backed-off resend (docs/protocol.md section 5, "Receiver").
+#[test]
+fn a_full_receive_window_of_early_upload_acks_is_held() {
+    use shared_protocol::limits::RECEIVE_WINDOW;
+    let mut net = Net::new();
+    net.brokers[0].auto_upload_ack = false;
+    net.online();
+    net.take_events();
+    let ids: Vec<u32> = (0..4)
+        .map(|i| net.client.upload("power", &[b'0' + i]).unwrap().0)
+        .collect();
+    net.run_for(0);
+    let dropped_before = net.client.stats().rx_dropped;
+    // Frame 1 (the first upload's UploadAck) is lost; frames 2..=RECEIVE_WINDOW arrive early:
+    // the other three uploads' acks, then acks of ids this client never used (held all the
+    // same: the client holds by frame, not by id).
+    for seq in 2..=RECEIVE_WINDOW {
+        let upload_id = ids
+            .get(seq as usize - 1)
+            .copied()
+            .unwrap_or(1_000_000 + seq);
+        net.broker_sends_frame(seq, Body::UploadAck { upload_id });
+    }
+    assert_eq!(
+        net.client.stats().rx_dropped,
+        dropped_before,
+        "every early UploadAck of the receive window held, none dropped"
+    );
+    assert_eq!(
+        net.client.uploads_pending(),
+        4,
+        "nothing applied before the gap"
+    );
+    net.broker_sends_frame(1, Body::UploadAck { upload_id: ids[0] });
+    assert_eq!(net.client.uploads_pending(), 0, "all four applied in order");
+    assert_eq!(net.client.stats().uploads_acked, 4);
+}
+
+/// UploadAcks are taken while the application leaves its events waiting: their event is only
+/// a notice, so a busy uploader's queue is not stalled by a slow event reader (each refused
+/// frame would wait for the broker's backed-off resend).
+#[test]
+fn upload_acks_are_taken_while_the_event_queue_is_full() {
+    let mut net = Net::new();
+    net.brokers[0].auto_upload_ack = false;
+    net.online();
+    net.take_events();
+    let ids: Vec<u32> = (0..4)
+        .map(|i| net.client.upload("power", &[b'0' + i]).unwrap().0)
+        .collect();
+    net.run_for(0);
+    let dropped_before = net.client.stats().rx_dropped;
+    // Nobody drains the events: after two UploadAcked events the queue has no room for
+    // events from frames (`EVENT_FRAME_LIMIT`).
+    for (seq, id) in (1..).zip(&ids) {
+        net.broker_sends_frame(seq, Body::UploadAck { upload_id: *id });
+    }
+    assert_eq!(net.client.uploads_pending(), 0, "every UploadAck taken");
+    assert_eq!(
+        net.client.stats().rx_dropped,
+        dropped_before,
+        "none refused"
+    );
+    assert_eq!(net.client.stats().uploads_acked, 4);
+}

@@ -6,28 +6,42 @@
 //! caller-provided [`AppMemory`] (a board keeps it in a `StaticCell`).
 //!
 //! The client's sizes are chosen here, once for every board ([`UPLOADS`], [`PAYLOAD`],
-//! [`EVENTS`], [`OUTBOX`]), and so is the number of sockets the application holds on the
+//! [`EVENTS`], [`OUTBOX`]; a board with memory to spare turns on `deep-upload-queue`), and so is the number of sockets the application holds on the
 //! stack ([`stack_sockets`]), which a board passes to embassy-net's `StackResources`.
 
 use embassy_executor::{SpawnError, Spawner};
+use embassy_futures::select::{Either, select};
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_time::Timer;
 use firmware::DeviceApi;
+use firmware::Event;
 use firmware::net::{
     self, ClientResources, DeviceHandle, DualTransport, HttpLookup, Liveness, LookupBuffers,
-    Runner, RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport, run_plug,
+    Runner, RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport,
 };
 use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
 use firmware::rng::Rng;
 use firmware::{ClientConfig, DeviceClient, DeviceConfig, Endpoint};
 use shared_protocol::keys::DeviceKey;
 
+use crate::deliveries::Deliveries;
 use crate::provision::Provisioning;
 use crate::relay::DynRelay;
 
 /// Uploads held until acknowledged (the SDK's `Q`): four meter readings, one every interval,
-/// ride out a reconnect; the plug skips (and counts) readings while the queue is full.
+/// ride out a reconnect; the plug skips (and counts) readings while the queue is full. About
+/// 470 bytes each, the largest part of the SDK's static RAM on a microcontroller.
+#[cfg(not(feature = "deep-upload-queue"))]
 pub const UPLOADS: usize = 4;
+/// Uploads held until acknowledged (the SDK's `Q`) on a board with memory to spare (feature
+/// `deep-upload-queue`, the host TAP board: about 30 KiB): 6.4 s of readings at 10 a second,
+/// enough to ride out a broker restart and the backed-off resends of a frame lost several times
+/// in a row (20% loss). Not more than the broker's per-session outbound queue
+/// (`limits.outbound_queue`, 64 by default): every queued upload may be answered at once, and
+/// answers beyond the send window wait in that queue (a full one ends the session).
+#[cfg(feature = "deep-upload-queue")]
+pub const UPLOADS: usize = 64;
 /// Largest payload (the SDK's `P`): the plug's largest report. Commands and deliveries the plug
 /// receives are far smaller.
 pub const PAYLOAD: usize = firmware::plug::REPORT_MAX;
@@ -214,9 +228,37 @@ async fn client_task(mut runner: ClientRunner) -> ! {
     runner.run().await
 }
 
+/// The plug application's loop (`firmware::net::run_plug`'s, plus the delivery count): client
+/// events and the plug's own timer, forever. Every Deliver is counted and logged
+/// ([`Deliveries`]) before the plug sees it.
 #[embassy_executor::task]
-async fn plug_task(handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>) -> ! {
-    run_plug(handle, &mut plug).await
+async fn plug_task(mut handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>) -> ! {
+    const { assert!(PAYLOAD >= firmware::plug::REPORT_MAX) };
+    let mut deliveries = Deliveries::new();
+    loop {
+        let due = plug.poll_timeout().map_or(embassy_time::Instant::MAX, |t| {
+            embassy_time::Instant::from_millis(t.as_millis())
+        });
+        match select(handle.next_event(), Timer::at(due)).await {
+            Either::First(event) => {
+                if let Event::Deliver {
+                    msg_id, payload, ..
+                } = &event
+                {
+                    let c = deliveries.on_deliver(*msg_id);
+                    log_info!(
+                        "delivery {}: msg_id {}, {} bytes (repeats let through: {})",
+                        c.received,
+                        msg_id,
+                        payload.len(),
+                        c.repeats
+                    );
+                }
+                plug.on_event(&event, net::now(), &mut handle);
+            }
+            Either::Second(()) => plug.on_timer(net::now(), &mut handle),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //!      ├─ entropy::BootRng          nonces where there is no hardware RNG (record seed + boot number + resets)
 //!      ├─ relay::GpioRelay          the relay pin (+ a status LED mirroring it): firmware::plug::Relay
 //!      ├─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task
-//!      │                            + Plug<Relay, SimulatedMeter> task (firmware::net::run_plug)
+//!      │                            + Plug<Relay, SimulatedMeter> task (deliveries counted and
+//!      │                            logged: deliveries::Deliveries)
 //!      ├─ watchdog::feed_while_alive  the chip's watchdog, fed while the runner keeps its
 //!      │                              Liveness promise
 //!      └─ reset::ResetReason        why the chip started (decoded from its registers), uploaded
@@ -26,7 +27,11 @@
 #[cfg(test)]
 extern crate std;
 
+#[macro_use]
+mod fmt;
+
 pub mod app;
+pub mod deliveries;
 pub mod entropy;
 pub mod provision;
 pub mod record;
