@@ -35,13 +35,15 @@
 //!   by session id, not by address, so NAT rebinding (an authenticated, new-in-window packet
 //!   from another address moves the session) works across shards. Within a shard each session is
 //!   a small state machine ([`link::Link`] plus the router handle); timers live in one ordered
-//!   set of `(deadline, session_id)`; each session's outbound queue is awaited by a small future
-//!   in a `FuturesUnordered` polled by the shard (no task per session); a session whose window
-//!   is full is parked and re-armed on acks. An accepted LOGIN registers with the router in a
+//!   set of `(deadline, session_id)`; no future or task waits on a session's outbound queue:
+//!   the router pushes the session id to the shard's ready list when it queues an event, and
+//!   the shard pulls events while the session's window has room (again on acks). An accepted
+//!   LOGIN registers with the router in a
 //!   spawned task that hands the new session back over a channel, so store I/O never blocks a
 //!   shard. Acks that need the store run in spawned tasks for the same reason; Sends and
 //!   Uploads go to the session's [`worker::FrameWorker`], one ordered queue and task per
-//!   session (both transports), so they are applied in the order the device sent them.
+//!   session (both transports, created by the first Send or Upload), so they are applied in
+//!   the order the device sent them.
 //! * **No lock is held across `.await`.** The only locks in the comet are `std::sync::Mutex`
 //!   shards in [`limits`] and [`logins`], each held for one synchronous map operation (and the
 //!   LOGIN check, which is pure computation), and each session's [`frame_queue`], held for one

@@ -130,6 +130,11 @@ impl SendWin {
                 true
             }
         });
+        if self.slots.is_empty() {
+            // Nothing in flight: an idle session keeps no slot buffer (docs/performance.md,
+            // "Memory per session"); the next send allocates it again.
+            self.slots = VecDeque::new();
+        }
         if self.slots.front().map(|s| s.seq) != oldest_before
             && let Some(oldest) = self.slots.front_mut()
         {
@@ -209,11 +214,13 @@ mod tests {
             Some(vec![(1, Tag::Deliver(10)), (2, Tag::Plain)])
         );
         assert_eq!(w.in_flight(), 0);
+        assert_eq!(w.slots.capacity(), 0, "an idle window keeps no buffer");
         assert_eq!(
             w.on_ack(Ack { next: 4, mask: 0 }, 0),
             Some(vec![]),
             "duplicate ack is harmless"
         );
+        assert_eq!(w.push(b(4), Tag::Plain, 0, 0), Some(4), "and sends again");
 
         assert_eq!(w.on_ack(Ack { next: 9, mask: 0 }, 0), None, "unsent frames");
         assert_eq!(

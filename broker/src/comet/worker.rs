@@ -27,6 +27,13 @@
 //!
 //! The worker ends when its [`FrameWorker`] is dropped (the session ended), after applying what
 //! was already queued.
+//!
+//! Memory: an idle session must stay small (docs/performance.md, "Memory per session"), and a
+//! queue with its task costs a few KiB (tokio's channel allocates its first block of slots up
+//! front). So [`FrameWorker::spawn`] only records what the task needs: the queue and its task
+//! are created by the first Send or Upload ([`FrameWorker::submit`]), and the Request semaphore
+//! by the first Request ([`FrameWorker::request_slot`]). A session that only pings and receives
+//! never has either; the order and bounds above are the same once they exist.
 
 use std::sync::Arc;
 
@@ -68,30 +75,56 @@ pub enum Work {
 }
 
 /// The sending end of one session's ordered frame queue, with the session's work budget (see
-/// module docs).
-#[derive(Debug)]
+/// module docs). The queue, its task and the Request semaphore are created on first use.
 pub struct FrameWorker {
-    tx: frame_queue::Sender<Work>,
+    /// The queue to the worker task; `None` until the first Send or Upload.
+    tx: Option<frame_queue::Sender<Work>>,
+    /// What the task is started with.
+    router: Router,
+    session: SessionHandle,
+    /// `limits.queued_frames`, the queue's bound once it exists.
+    queued_frames: u32,
+    /// `limits.requests_in_flight`, the semaphore's permits once it exists.
+    requests_in_flight: u32,
     rate: TokenBucket,
-    requests: Arc<Semaphore>,
+    /// Bounds the Requests in flight; `None` until the first Request.
+    requests: Option<Arc<Semaphore>>,
+}
+
+impl std::fmt::Debug for FrameWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameWorker")
+            .field("session", &self.session)
+            .field("started", &self.started())
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FrameWorker {
-    /// Starts the worker task for `session` with the budget `limits`; `now_ms` is the
-    /// endpoint's monotonic clock (the one later passed to [`FrameWorker::admit`]).
+    /// The worker of `session` with the budget `limits`; `now_ms` is the endpoint's monotonic
+    /// clock (the one later passed to [`FrameWorker::admit`]). Its task starts with the first
+    /// [`FrameWorker::submit`] (see module docs).
     pub fn spawn(
         router: Router,
         session: SessionHandle,
         limits: WorkLimits,
         now_ms: u64,
     ) -> FrameWorker {
-        let (tx, rx) = frame_queue::bounded(limits.queued_frames);
-        tokio::spawn(run(router, session, rx));
         FrameWorker {
-            tx,
+            tx: None,
+            router,
+            session,
+            queued_frames: u32::try_from(limits.queued_frames).unwrap_or(u32::MAX),
+            requests_in_flight: u32::try_from(limits.requests_in_flight).unwrap_or(u32::MAX),
             rate: TokenBucket::new(limits.frames_per_sec, limits.frame_burst, now_ms),
-            requests: Arc::new(Semaphore::new(limits.requests_in_flight)),
+            requests: None,
         }
+    }
+
+    /// Whether the queue and its task exist (a Send or Upload was submitted).
+    pub fn started(&self) -> bool {
+        self.tx.is_some()
     }
 
     /// Charges one work frame (Send, Upload or Request) to the session's rate at `now_ms`;
@@ -103,14 +136,25 @@ impl FrameWorker {
 
     /// A slot for one device Request, held until its Response is queued; `None` when
     /// `limits.max_requests_in_flight_per_session` are already in flight.
-    pub fn request_slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.requests.clone().try_acquire_owned().ok()
+    pub fn request_slot(&mut self) -> Option<OwnedSemaphorePermit> {
+        let limit = self.requests_in_flight as usize;
+        self.requests
+            .get_or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone()
+            .try_acquire_owned()
+            .ok()
     }
 
-    /// Queues `work` behind the session's earlier frames; `Err` (the work back) when the queue
-    /// is full or the worker is gone. Counting the refusal is the caller's job.
-    pub fn submit(&self, work: Work) -> Result<(), Work> {
-        self.tx.try_send(work)
+    /// Queues `work` behind the session's earlier frames, starting the queue and its task on
+    /// first use; `Err` (the work back) when the queue is full or the worker is gone. Counting
+    /// the refusal is the caller's job.
+    pub fn submit(&mut self, work: Work) -> Result<(), Work> {
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, rx) = frame_queue::bounded(self.queued_frames as usize);
+            tokio::spawn(run(self.router.clone(), self.session.clone(), rx));
+            tx
+        });
+        tx.try_send(work)
     }
 }
 
@@ -193,5 +237,76 @@ async fn upload_batch(router: &Router, session: &SessionHandle, batch: Vec<Work>
         if let Some(ev) = reply {
             router.report(session, ev);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::router::{Login, Transport};
+    use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+
+    #[tokio::test]
+    async fn the_queue_and_its_task_start_with_the_first_send_or_upload() {
+        let c = Config::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(
+            dir.path(),
+            OfflineLimits {
+                max_per_terminal: u64::from(c.offline.max_per_terminal),
+                eviction: c.offline.eviction,
+            },
+        )
+        .unwrap();
+        let router = Router::new(c.router_settings(), store.stores(), Metrics::new());
+        let session = router
+            .login(Login {
+                address: Address::device(1),
+                transport: Transport::Udp,
+                peer: "127.0.0.1:4000".parse().unwrap(),
+                since_id: 0,
+                upload_epoch: 1,
+            })
+            .await
+            .unwrap();
+        let limits = WorkLimits {
+            queued_frames: 2,
+            requests_in_flight: 1,
+            frames_per_sec: 100,
+            frame_burst: 100,
+        };
+        let mut worker = FrameWorker::spawn(router, session.handle().clone(), limits, 0);
+        assert!(
+            !worker.started(),
+            "an idle session has no queue and no task"
+        );
+
+        // The Request semaphore appears with the first Request and still bounds them.
+        let slot = worker
+            .request_slot()
+            .expect("one Request in flight allowed");
+        assert!(
+            worker.request_slot().is_none(),
+            "a second is over the bound"
+        );
+        drop(slot);
+        assert!(worker.request_slot().is_some(), "the slot came back");
+        assert!(!worker.started(), "Requests do not start the queue");
+
+        let send = |about_seq| Work::Send {
+            to: Address::device(2),
+            payload: Bytes::from_static(b"x"),
+            about_seq,
+        };
+        worker.submit(send(1)).expect("queued");
+        assert!(worker.started());
+        // The queue keeps its bound once started: the test's one-thread runtime runs the task
+        // only when the test awaits, so the first Send still waits and one more fits.
+        let accepted = (2..10)
+            .filter(|&seq| worker.submit(send(seq)).is_ok())
+            .count();
+        assert_eq!(accepted, 1, "a bound of 2 frames waiting");
     }
 }

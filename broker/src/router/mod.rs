@@ -61,7 +61,7 @@ use crate::terminal::QueueFullPolicy;
 use crate::terminal::{Address, IdError, IdProfile, Kind};
 
 pub use registry::OnlineCounts;
-pub use session::{Enqueued, KickReason, Outbound, Session, SessionHandle, Transport};
+pub use session::{Enqueued, KickReason, Outbound, ReadyList, Session, SessionHandle, Transport};
 
 /// Router settings (the broker builds them from its configuration: `Config::router_settings`).
 #[derive(Clone, Debug)]

@@ -94,7 +94,8 @@ impl Registry {
         let addr = h.address();
         let t = h.transport();
         let mut shard = self.shard(addr);
-        let list = shard.entry(addr).or_default();
+        // Room for one: most terminals have one session (a `Vec` would reserve four).
+        let list = shard.entry(addr).or_insert_with(|| Vec::with_capacity(1));
         let came_online = list.is_empty();
         let replaced = if multi {
             Vec::new()

@@ -14,10 +14,16 @@
 //!
 //! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
 //! `.await`), plus a `tokio::sync::Notify` to wake the single consumer.
+//!
+//! A consumer that serves many sessions from one task (a UDP shard) does not await each
+//! session: it gives each session's handle a token and a shared [`ReadyList`]
+//! ([`SessionHandle::wake_into`]), drains the sessions whose tokens show up there with
+//! [`Session::try_next`], and hands a session to [`Session::next`] only when a store read is
+//! due ([`Session::needs_store_read`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -134,6 +140,38 @@ struct QueueState {
     deliver_drops: u64,
 }
 
+/// Where sessions served by one task report that they have something to yield: the task
+/// drains the tokens ([`ReadyList::take`]) after [`ReadyList::wait`] returns. A token may show up
+/// more than once and after its session ended; draining an idle session is harmless.
+#[derive(Debug, Default)]
+pub struct ReadyList {
+    tokens: Mutex<Vec<u32>>,
+    notify: Notify,
+}
+
+impl ReadyList {
+    /// An empty list.
+    pub fn new() -> ReadyList {
+        ReadyList::default()
+    }
+
+    fn push(&self, token: u32) {
+        lock(&self.tokens).push(token);
+        self.notify.notify_one();
+    }
+
+    /// Waits until a token was pushed since the last wait returned (at once if one was).
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Moves the tokens pushed so far into `into` (cleared first), oldest first.
+    pub fn take(&self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(&mut *lock(&self.tokens), into);
+    }
+}
+
 pub(crate) struct SessionInner {
     id: u64,
     address: Address,
@@ -145,6 +183,8 @@ pub(crate) struct SessionInner {
     policy: QueueFullPolicy,
     state: Mutex<QueueState>,
     notify: Notify,
+    /// The list and token a many-session consumer is woken through, once it set them.
+    wake: OnceLock<(Arc<ReadyList>, u32)>,
 }
 
 /// A live session as the router sees it: identity plus the sending end of its outbound queue.
@@ -197,6 +237,7 @@ impl SessionHandle {
                     deliver_drops: 0,
                 }),
                 notify: Notify::new(),
+                wake: OnceLock::new(),
             }),
         }
     }
@@ -257,7 +298,7 @@ impl SessionHandle {
                     if matches!(ev, Outbound::Deliver { .. }) {
                         st.deliver_drops += 1;
                         drop(st);
-                        self.inner.notify.notify_one();
+                        self.wake();
                     }
                     return Enqueued::DroppedNewest;
                 }
@@ -276,7 +317,7 @@ impl SessionHandle {
             }
         };
         drop(st);
-        self.inner.notify.notify_one();
+        self.wake();
         outcome
     }
 
@@ -286,7 +327,7 @@ impl SessionHandle {
         let mut st = lock(&self.inner.state);
         st.deliver_drops += 1;
         drop(st);
-        self.inner.notify.notify_one();
+        self.wake();
     }
 
     /// Ends the session: its [`Session`] yields `Outbound::Kick { reason }` next, then `None`.
@@ -300,7 +341,7 @@ impl SessionHandle {
         st.replaced = reason == KickReason::Replaced;
         st.buf.clear();
         drop(st);
-        self.inner.notify.notify_one();
+        self.wake();
         true
     }
 
@@ -311,6 +352,22 @@ impl SessionHandle {
 
     pub(crate) fn same(&self, other: &SessionHandle) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// From now on, whenever this session gets something to yield, `token` is pushed to
+    /// `list` (besides waking [`Session::next`]). Events queued before the call push nothing:
+    /// the consumer drains the session once after setting it. Returns false (and changes
+    /// nothing) when a list was already set.
+    pub fn wake_into(&self, list: Arc<ReadyList>, token: u32) -> bool {
+        self.inner.wake.set((list, token)).is_ok()
+    }
+
+    /// Wakes the session's consumer: [`Session::next`] and the [`ReadyList`], if one is set.
+    fn wake(&self) {
+        self.inner.notify.notify_one();
+        if let Some((list, token)) = self.inner.wake.get() {
+            list.push(*token);
+        }
     }
 }
 
@@ -381,6 +438,10 @@ impl Session {
             return None;
         }
         if let Some(m) = self.replay.pop_front() {
+            if self.replay.is_empty() {
+                // The store read's buffer is not kept for the session's idle life.
+                self.replay = VecDeque::new();
+            }
             self.last_yielded = self.last_yielded.max(m.msg_id);
             return Some(Outbound::Deliver {
                 msg_id: m.msg_id,
@@ -417,6 +478,12 @@ impl Session {
             }
             self.handle.inner.notify.notified().await;
         }
+    }
+
+    /// Whether [`Session::try_next`] yields nothing until [`Session::next`] has re-read the
+    /// store (a Deliver was dropped by the full-queue policy; see [`Session::try_next`]).
+    pub fn needs_store_read(&self) -> bool {
+        !self.finished && self.resync_due().is_some()
     }
 
     /// `Some(drop count)` when Delivers were dropped since the last store read.
@@ -479,5 +546,56 @@ impl Drop for Session {
                 rt.spawn(async move { router.presence(offline, false).await });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> SessionHandle {
+        SessionHandle::new(
+            1,
+            Address::device(1),
+            Transport::Udp,
+            1,
+            "127.0.0.1:4000".parse().unwrap(),
+            4,
+            QueueFullPolicy::DropNewest,
+        )
+    }
+
+    fn taken(list: &ReadyList) -> Vec<u32> {
+        let mut ids = Vec::new();
+        list.take(&mut ids);
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_session_reports_to_its_ready_list_whenever_it_gets_something() {
+        let list = Arc::new(ReadyList::new());
+        let h = handle();
+        assert_eq!(
+            h.offer(Outbound::UploadAck { upload_id: 1 }),
+            Enqueued::Queued
+        );
+        assert!(h.wake_into(list.clone(), 7));
+        assert!(
+            taken(&list).is_empty(),
+            "events queued before are not reported"
+        );
+
+        h.offer(Outbound::UploadAck { upload_id: 2 });
+        h.request_resync();
+        assert!(h.kick(KickReason::Admin));
+        assert_eq!(taken(&list), [7, 7, 7], "an event, a resync and a kick");
+        tokio::time::timeout(std::time::Duration::from_secs(1), list.wait())
+            .await
+            .expect("the consumer is woken");
+
+        let other = Arc::new(ReadyList::new());
+        assert!(!h.wake_into(other, 8), "set once");
+        assert!(!h.kick(KickReason::Admin));
+        assert!(taken(&list).is_empty(), "nothing happened");
     }
 }

@@ -92,6 +92,10 @@ impl Outbox {
             }
             self.waiting.pop_front();
         }
+        if self.waiting.is_empty() {
+            // An idle session keeps no buffer (docs/performance.md, "Memory per session").
+            self.waiting = VecDeque::new();
+        }
         out
     }
 }
@@ -156,6 +160,11 @@ mod tests {
         win.on_ack(Ack { next: 3, mask: 0 }, 0).unwrap();
         outbox.flush(offer_to(&mut win, &mut sent));
         assert!(outbox.is_empty());
+        assert_eq!(
+            outbox.waiting.capacity(),
+            0,
+            "an empty outbox keeps no buffer"
+        );
         assert_eq!(
             sent.last(),
             Some(&Outbound::Error {

@@ -15,28 +15,28 @@
 //!   first. A session silent for `timeouts.session_secs`, or whose frame went unacknowledged
 //!   `MAX_TRANSMISSIONS` times, is ended: the router logs it out and bound phones get an offline
 //!   presence.
-//! * Outbound: each session's router queue is awaited by one future in a `FuturesUnordered`
-//!   that yields `(session_id, Session, event)`. The event joins the session's [`Outbox`]
-//!   (with the shard's own Error answers), which sends in order while the send window has room;
-//!   the session is re-armed when the outbox is empty and the window has room, or parked
-//!   until acks free room (nothing is dropped because the window was full).
+//! * Outbound: no future or task per session. Each session's router handle pushes the session
+//!   id to the shard's [`ReadyList`] when it queues an event ([`SessionHandle::wake_into`]);
+//!   the shard then pulls events with [`Session::try_next`] into the session's [`Outbox`]
+//!   (with the shard's own Error answers), which sends in order while the send window has
+//!   room. It pulls only while the outbox is empty and the window has room; otherwise the
+//!   events wait in the router's bounded queue until acks free room and the shard pulls again
+//!   (nothing is dropped because the window was full). The rare store read after the
+//!   full-queue policy dropped a Deliver ([`Session::needs_store_read`]) runs in a spawned
+//!   task that takes the router session along and hands it back ([`Control::Read`]).
 //! * Sends are collected during one turn of the loop (a whole inbound batch, a timer sweep) and
 //!   handed to the kernel together at its end ([`super::batch::SendBatch`], `sendmmsg`), never
 //!   waiting: a datagram the kernel cannot take now is dropped and counted like any lost
 //!   datagram (the reliability layer resends).
 //!
-//! Per-session memory: [`UdpSession`] (see the `session_size` test for the figure) plus the
-//! router's handle and one armed queue future; in-flight frames are allocated only while
-//! unacknowledged.
+//! Per-session memory: one boxed [`UdpSession`] (see the `session_size` test for the figure,
+//! and docs/performance.md, "Memory per session") plus the router's handle and registry entry;
+//! in-flight frames, held frames and the frame worker's queue exist only while in use.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
 use shared_protocol::handshake::{reject_answer, reject_packet};
@@ -47,7 +47,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::logging::session_end::SessionEnd;
-use crate::router::{KickReason, Login, Outbound, Session, SessionHandle};
+use crate::router::{KickReason, Login, Outbound, ReadyList, Session, SessionHandle};
 
 use super::super::Context;
 use super::super::convert::kick_code;
@@ -67,9 +67,8 @@ pub struct UdpSession {
     peer: SocketAddr,
     /// The deadline under which this session sits in the timer set.
     timer: u64,
-    /// The router session while its send window is full (otherwise it is inside its armed
-    /// queue future).
-    parked: Option<Box<Session>>,
+    /// The router session; `None` while a spawned task re-reads the store for it.
+    session: Option<Session>,
     /// Applies the session's Sends and Uploads in order.
     worker: FrameWorker,
     /// Reliable frames waiting for room in the send window.
@@ -81,6 +80,9 @@ pub struct UdpSession {
 enum Control {
     /// A LOGIN was registered with the router: install the session and send the WELCOME.
     LoggedIn(Box<NewSession>),
+    /// A store read for session `.0` is done: the router session and the event it yielded
+    /// (`None`: it ended).
+    Read(u32, Box<(Session, Option<Outbound>)>),
 }
 
 struct NewSession {
@@ -92,15 +94,6 @@ struct NewSession {
     guard: ConnGuard,
 }
 
-type QueueFuture = Pin<Box<dyn Future<Output = (u32, Session, Option<Outbound>)> + Send>>;
-
-fn arm(session_id: u32, mut session: Session) -> QueueFuture {
-    Box::pin(async move {
-        let ev = session.next().await;
-        (session_id, session, ev)
-    })
-}
-
 struct Endpoint {
     ctx: Arc<Context>,
     socket: Arc<UdpSocket>,
@@ -109,7 +102,10 @@ struct Endpoint {
     /// up to half empty after growing) costs 16 bytes a slot, not a whole session.
     sessions: HashMap<u32, Box<UdpSession>>,
     timers: BTreeSet<(u64, u32)>,
-    queues: FuturesUnordered<QueueFuture>,
+    /// Ids of sessions whose router queue got something (see module docs).
+    ready: Arc<ReadyList>,
+    /// The ids taken from `ready` in this turn (kept to reuse its allocation).
+    ready_ids: Vec<u32>,
     control: mpsc::Sender<Control>,
     /// Datagrams produced by this turn of the loop, sent together at its end.
     out: SendBatch,
@@ -129,19 +125,19 @@ pub(super) async fn run(
         map,
         sessions: HashMap::new(),
         timers: BTreeSet::new(),
-        queues: FuturesUnordered::new(),
+        ready: Arc::new(ReadyList::new()),
+        ready_ids: Vec::new(),
         control,
         out: SendBatch::default(),
     };
+    let ready = ep.ready.clone();
     loop {
         let wake = ep.timers.first().map(|(d, _)| ctx.instant_at(*d));
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             Some(batch) = inbox.recv() => ep.on_batch(batch),
             Some(c) = control_rx.recv() => ep.on_control(c),
-            Some((sid, session, ev)) = ep.queues.next(), if !ep.queues.is_empty() => {
-                ep.on_outbound(sid, session, ev);
-            }
+            () = ready.wait() => ep.on_ready(),
             _ = sleep_until_opt(wake), if wake.is_some() => ep.on_timers(),
         }
         ep.flush_out();
@@ -369,7 +365,7 @@ impl Endpoint {
                 Reaction::Error { code, about_seq } => self.error(sid, code, about_seq),
             }
         }
-        self.rearm(sid);
+        self.pull(sid);
         self.schedule(sid);
     }
 
@@ -446,19 +442,59 @@ impl Endpoint {
         }
     }
 
-    /// Sends waiting frames, then re-arms a parked session's queue future once its window has
-    /// room and nothing waits.
-    fn rearm(&mut self, sid: u32) {
-        self.flush(sid);
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if s.link.can_send()
-            && s.outbox.is_empty()
-            && let Some(session) = s.parked.take()
-        {
-            self.queues.push(arm(sid, *session));
+    /// Sends waiting frames, then pulls the session's router events into its outbox while the
+    /// outbox is empty and the window has room (see module docs).
+    fn pull(&mut self, sid: u32) {
+        loop {
+            self.flush(sid);
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            if !s.link.can_send() || !s.outbox.is_empty() {
+                // Acks free room; the shard pulls again then.
+                return;
+            }
+            let Some(session) = s.session.as_mut() else {
+                // A store read is under way; its result comes back as `Control::Read`.
+                return;
+            };
+            if session.needs_store_read() {
+                let Some(mut session) = s.session.take() else {
+                    return;
+                };
+                let control = self.control.clone();
+                tokio::spawn(async move {
+                    let ev = session.next().await;
+                    // The shard is gone only at shutdown; dropping the session logs it out.
+                    let _ = control
+                        .send(Control::Read(sid, Box::new((session, ev))))
+                        .await;
+                });
+                return;
+            }
+            match session.try_next() {
+                None => return,
+                Some(Outbound::Kick { reason }) => {
+                    self.end(sid, Some(kick_code(reason)));
+                    return;
+                }
+                Some(ev) => s.outbox.push_event(ev),
+            }
         }
+    }
+
+    /// Pulls every session whose router queue got something since the last turn.
+    fn on_ready(&mut self) {
+        let mut ids = std::mem::take(&mut self.ready_ids);
+        self.ready.take(&mut ids);
+        ids.sort_unstable();
+        ids.dedup();
+        for &sid in &ids {
+            self.pull(sid);
+            // What it sent needs a retransmission deadline.
+            self.schedule(sid);
+        }
+        self.ready_ids = ids;
     }
 
     /// Ends session `sid`, telling the device with a Kick when `kick` is given.
@@ -476,14 +512,13 @@ impl Endpoint {
             None => SessionEnd::Terminal(Code::NORMAL),
         };
         crate::logging::session_end::session_ended(&s.handle.address(), T.as_str(), end);
-        match s.parked {
-            // Dropping the Session logs it out (registry, pending commands, presence).
-            Some(session) => drop(session),
-            // Its queue future holds the Session: end it so the future completes and drops it.
-            None => {
-                s.handle.kick(KickReason::Admin);
-            }
+        if s.session.is_none() {
+            // A store-read task holds the Session: end it so the task hands it back, and the
+            // shard, finding no session under this id, drops it.
+            s.handle.kick(KickReason::Admin);
         }
+        // Dropping the Session logs it out (registry, pending commands, presence).
+        drop(s);
     }
 
     fn on_control(&mut self, c: Control) {
@@ -502,6 +537,7 @@ impl Endpoint {
                     return;
                 }
                 let handle = session.handle().clone();
+                handle.wake_into(self.ready.clone(), sid);
                 let worker = FrameWorker::spawn(
                     self.ctx.router.clone(),
                     handle.clone(),
@@ -515,51 +551,50 @@ impl Endpoint {
                         handle,
                         peer,
                         timer: u64::MAX,
-                        parked: None,
+                        session: Some(session),
                         worker,
                         outbox: Outbox::default(),
                         _guard: guard,
                     }),
                 );
                 self.send(&welcome, peer);
-                self.queues.push(arm(sid, session));
+                // Events queued before `wake_into` (the login's replay) push no id.
+                self.pull(sid);
                 self.schedule(sid);
+            }
+            Control::Read(sid, read) => {
+                let (session, ev) = *read;
+                self.on_read(sid, session, ev);
             }
         }
     }
 
-    fn on_outbound(&mut self, sid: u32, session: Session, ev: Option<Outbound>) {
+    /// A store-read task handed session `sid`'s router session back with the event it yielded.
+    fn on_read(&mut self, sid: u32, session: Session, ev: Option<Outbound>) {
         let live = self
             .sessions
             .get(&sid)
-            .is_some_and(|s| s.handle.id() == session.handle().id());
+            .is_some_and(|s| s.session.is_none() && s.handle.id() == session.handle().id());
         if !live {
             // Ended meanwhile; dropping the Session logs it out.
             return;
         }
-        let ev = match ev {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.session = Some(session);
+        match ev {
             None => {
                 self.end(sid, None);
                 return;
             }
             Some(Outbound::Kick { reason }) => {
-                drop(session);
                 self.end(sid, Some(kick_code(reason)));
                 return;
             }
-            Some(ev) => ev,
-        };
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.outbox.push_event(ev);
+            Some(ev) => s.outbox.push_event(ev),
         }
-        self.flush(sid);
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            if s.link.can_send() && s.outbox.is_empty() {
-                self.queues.push(arm(sid, session));
-            } else {
-                s.parked = Some(Box::new(session));
-            }
-        }
+        self.pull(sid);
         self.schedule(sid);
     }
 
@@ -601,11 +636,22 @@ mod tests {
 
     #[test]
     fn session_size() {
-        // The comet's own per-UDP-session state, excluding in-flight frames (heap, only while
-        // unacknowledged); printed for the report, bounded so regressions show. 352 bytes since
-        // the session holds its work budget (token bucket and Request slots, 40 bytes).
-        let size = std::mem::size_of::<UdpSession>();
-        println!("UdpSession: {size} bytes");
-        assert!(size <= 352, "UdpSession grew to {size} bytes");
+        // The comet's own per-UDP-session state (one heap block), excluding in-flight frames,
+        // held frames and the frame worker's queue (heap, only while in use); printed for the
+        // report (docs/performance.md, "Memory per session"), bounded so regressions show.
+        use std::mem::size_of;
+        let size = size_of::<UdpSession>();
+        println!(
+            "UdpSession: {size} bytes: link {}, router session {}, frame worker {}, outbox {}, \
+             peer {}, connection guard {}, handle and timer {}",
+            size_of::<Link>(),
+            size_of::<Option<Session>>(),
+            size_of::<FrameWorker>(),
+            size_of::<Outbox>(),
+            size_of::<SocketAddr>(),
+            size_of::<ConnGuard>(),
+            size_of::<SessionHandle>() + size_of::<u64>(),
+        );
+        assert!(size <= 448, "UdpSession grew to {size} bytes");
     }
 }
