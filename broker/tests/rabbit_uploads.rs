@@ -52,16 +52,10 @@ fn config(name: &str) -> RabbitConfig {
         N.fetch_add(1, Ordering::Relaxed)
     );
     RabbitConfig {
-        upload_exchange: format!("{id}.uploads"),
-        upload_queue: format!("{id}.uploads"),
-        push_exchange: format!("{id}.pushes"),
-        push_queue: format!("{id}.pushes"),
-        push_dead_letter_exchange: format!("{id}.pushes.dead"),
-        push_dead_letter_queue: format!("{id}.pushes.dead"),
         confirm_timeout_ms: 3000,
         connect_timeout_ms: 2000,
         retry_interval_ms: 200,
-        ..RabbitConfig::default()
+        ..rabbit_support::topology(&id)
     }
 }
 

@@ -38,16 +38,10 @@ const CUT_SETTLES: Duration = Duration::from_millis(200);
 fn config() -> RabbitConfig {
     let id = format!("test.upload-metrics.{}", std::process::id());
     RabbitConfig {
-        upload_exchange: format!("{id}.uploads"),
-        upload_queue: format!("{id}.uploads"),
-        push_exchange: format!("{id}.pushes"),
-        push_queue: format!("{id}.pushes"),
-        push_dead_letter_exchange: format!("{id}.pushes.dead"),
-        push_dead_letter_queue: format!("{id}.pushes.dead"),
         confirm_timeout_ms: 1500,
         connect_timeout_ms: 1000,
         retry_interval_ms: 200,
-        ..RabbitConfig::default()
+        ..rabbit_support::topology(&id)
     }
 }
 

@@ -42,16 +42,10 @@ pub const PARTITION: Duration = Duration::from_secs(8);
 pub fn config(test: &str) -> RabbitConfig {
     let id = format!("test.{test}.{}", std::process::id());
     RabbitConfig {
-        upload_exchange: format!("{id}.uploads"),
-        upload_queue: format!("{id}.uploads"),
-        push_exchange: format!("{id}.pushes"),
-        push_queue: format!("{id}.pushes"),
-        push_dead_letter_exchange: format!("{id}.pushes.dead"),
-        push_dead_letter_queue: format!("{id}.pushes.dead"),
         confirm_timeout_ms: 2000,
         connect_timeout_ms: 2000,
         retry_interval_ms: 200,
-        ..RabbitConfig::default()
+        ..crate::rabbit_support::topology(&id)
     }
 }
 

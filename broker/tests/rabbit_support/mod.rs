@@ -41,6 +41,20 @@ pub async fn drain_queue<T>(
     out
 }
 
+/// A test's own exchanges and queues, all named after `id` (so runs never share them), with the
+/// rest of the settings at their defaults; each test sets its own timeouts on top.
+pub fn topology(id: &str) -> RabbitConfig {
+    RabbitConfig {
+        upload_exchange: format!("{id}.uploads"),
+        upload_queue: format!("{id}.uploads"),
+        push_exchange: format!("{id}.pushes"),
+        push_queue: format!("{id}.pushes"),
+        push_dead_letter_exchange: format!("{id}.pushes.dead"),
+        push_dead_letter_queue: format!("{id}.pushes.dead"),
+        ..RabbitConfig::default()
+    }
+}
+
 /// A message's headers (empty when it has none).
 pub fn headers(d: &Delivery) -> FieldTable {
     d.properties.headers().clone().unwrap_or_default()
