@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use broker::cluster::ClusterNode;
 use broker::roles::start_msgbus;
-use cluster_support::{CometProc, Run, api, push_text, wait_linked};
+use cluster_support::{CometProc, Run, lookup_of, push_text, wait_linked};
 use proc_support::Proc;
 use serde_json::{Value, json};
 
@@ -46,31 +46,6 @@ const BACK_WITHIN: Duration = Duration::from_secs(30);
 /// The lookup answer for device `id`: (comet id, device WebSocket URL), primary first.
 async fn lookup(bus: &ClusterNode, id: u32) -> Vec<(String, String)> {
     lookup_of(bus, "device", id, "ws").await
-}
-
-/// The lookup answer for terminal `kind`/`id`: (comet id, endpoint `field`), primary first.
-async fn lookup_of(bus: &ClusterNode, kind: &str, id: u32, field: &str) -> Vec<(String, String)> {
-    let (s, v) = api(
-        bus,
-        reqwest::Method::GET,
-        &format!("/v1/nodes/lookup?kind={kind}&id={id}"),
-        None,
-    )
-    .await;
-    if s != 200 {
-        return Vec::new();
-    }
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_string(),
-                n[field].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Polls `probe` every 100 ms until it answers `Some`; panics naming `what` after `limit`.

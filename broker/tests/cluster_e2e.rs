@@ -629,27 +629,7 @@ impl Run {
 
 /// The lookup answer for device `id` from `node`: (comet id, udp endpoint), primary first.
 async fn lookup(node: &ClusterNode, id: u32) -> Vec<(String, String)> {
-    let (s, v) = api(
-        node,
-        reqwest::Method::GET,
-        &format!("/v1/nodes/lookup?kind=device&id={id}"),
-        None,
-    )
-    .await;
-    if s != 200 {
-        return Vec::new();
-    }
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_string(),
-                n["udp"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    lookup_of(node, "device", id, "udp").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -529,3 +529,34 @@ pub async fn cleanup_rabbit(url: &str, c: &Config) {
     }
     let _ = conn.close(200, "cleanup".into()).await;
 }
+
+/// The node lookup's answer (from `bus`, a msgbus) for terminal `kind`/`id`: (comet id,
+/// endpoint `field`), primary first; empty when the lookup does not answer 200.
+pub async fn lookup_of(
+    bus: &ClusterNode,
+    kind: &str,
+    id: u32,
+    field: &str,
+) -> Vec<(String, String)> {
+    let (s, v) = api(
+        bus,
+        reqwest::Method::GET,
+        &format!("/v1/nodes/lookup?kind={kind}&id={id}"),
+        None,
+    )
+    .await;
+    if s != 200 {
+        return Vec::new();
+    }
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n[field].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
