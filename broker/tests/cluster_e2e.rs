@@ -14,7 +14,7 @@ mod comet_support;
 mod services_env;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -603,30 +603,6 @@ async fn two_comets_two_msgbus_two_rabbits() {
     run.clean_redis().await;
 }
 
-/// A `broker comet --config F` child process, killed (by its PID) when dropped.
-struct CometProcess(Child);
-
-impl Drop for CometProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Run {
-    fn comet_process(&self, dir: &std::path::Path, node: &str) -> CometProcess {
-        let file = dir.join("comet.toml");
-        std::fs::write(&file, self.comet_toml(dir, node, Duration::from_secs(4))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["comet", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("spawn broker comet");
-        CometProcess(child)
-    }
-}
-
 /// The lookup answer for device `id` from `node`: (comet id, udp endpoint), primary first.
 async fn lookup(node: &ClusterNode, id: u32) -> Vec<(String, String)> {
     lookup_of(node, "device", id, "udp").await
@@ -637,8 +613,14 @@ async fn kill_9_of_a_comet_its_devices_reconnect_through_lookup_and_get_what_was
     let run = Run::new();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut comets = BTreeMap::new();
-    comets.insert("comet-x", run.comet_process(dirs[0].path(), "comet-x"));
-    comets.insert("comet-y", run.comet_process(dirs[1].path(), "comet-y"));
+    comets.insert(
+        "comet-x",
+        CometProc::spawn(&run, dirs[0].path(), "comet-x", Duration::from_secs(4)),
+    );
+    comets.insert(
+        "comet-y",
+        CometProc::spawn(&run, dirs[1].path(), "comet-y", Duration::from_secs(4)),
+    );
     let mut cfg = run.config(dirs[2].path(), "msgbus-1");
     cfg.cluster.rabbit_root = String::new();
     cfg.rabbitmq.push_exchange = String::new();
