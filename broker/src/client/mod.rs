@@ -9,7 +9,8 @@
 //! * [`creds`]: device keys and tokens from flags, the config, or the secrets the broker
 //!   generated into its data directory, so `broker client device --id 42` works next to a broker
 //!   started with `cargo run -p broker` in the same directory.
-//! * [`net`]: `ws://` / `wss://` connections (rustls).
+//! * [`net`]: TCP and TLS (rustls) connections: `ws://` / `wss://`, and the lookup's
+//!   `http://` / `https://`.
 //! * [`lookup`]: `--lookup URL`, a cluster's node lookup asked for a comet before every login,
 //!   so the client follows the cluster when its comet dies or sends SHUTDOWN.
 //!
@@ -284,13 +285,14 @@ struct Common {
     /// lost connection; never after REPLACED or an operator's kick).
     #[arg(long)]
     exit_on_kick: bool,
-    /// A cluster's node lookup: the HTTP API of any comet or msgbus (`http://host:port`) or
-    /// the full `.../v1/nodes/lookup` URL. Asked for a comet before every login (primary
+    /// A cluster's node lookup: the HTTP API of any comet or msgbus (`http://host:port`, or
+    /// `https://` trusting --ca-file) or the full `.../v1/nodes/lookup` URL. Asked for a comet before every login (primary
     /// first, then the fallbacks), so the client follows the cluster when its comet dies or
     /// sends SHUTDOWN. Not with --udp, a --ws URL or --app-ws.
     #[arg(long, value_name = "URL")]
     lookup: Option<String>,
-    /// PEM certificate(s) to trust for wss:// (a CA or the server's self-signed certificate)
+    /// PEM certificate(s) to trust for wss:// and an https:// --lookup (a CA or the server's
+    /// self-signed certificate)
     /// [default: tls.cert_file when [tls] is enabled and the URL is the default, else public roots].
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
@@ -438,7 +440,12 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.master_key.as_deref(),
             )
             .map_err(ClientError::Usage)?;
-            let lookup = c.lookup.as_deref().map(lookup::Lookup::new).transpose()?;
+            let lookup = c
+                .lookup
+                .as_deref()
+                .map(lookup::Lookup::new)
+                .transpose()?
+                .map(|l| l.with_ca_file(c.ca_file.clone()));
             let explicit = a.udp.is_some() || a.ws.as_ref().is_some_and(|u| !u.is_empty());
             let endpoint = match (lookup, &a.ws, a.udp) {
                 (Some(_), _, _) if explicit => {
@@ -497,7 +504,12 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.token_secret.as_deref(),
             )
             .map_err(ClientError::Usage)?;
-            let lookup = c.lookup.as_deref().map(lookup::Lookup::new).transpose()?;
+            let lookup = c
+                .lookup
+                .as_deref()
+                .map(lookup::Lookup::new)
+                .transpose()?
+                .map(|l| l.with_ca_file(c.ca_file.clone()));
             if lookup.is_some() && a.app_ws.is_some() {
                 return Err(ClientError::Usage(
                     "--lookup picks the comet: not with --app-ws".into(),
