@@ -18,6 +18,12 @@
 //!    `systemctl stop` does): it exits 0, and its client, kicked with SHUTDOWN, is online on
 //!    B within [`MOVE_WITHIN`] and gets a push there. A is started again (the "upgrade") and
 //!    rejoins: a third new client placed on A connects to A and gets a push.
+//! 3. **The same over UDP**, where no connection drops: a `broker client device --lookup`
+//!    (UDP, its default `--probe-after-ms` of 2 s) placed on A is online on B within
+//!    [`UDP_MOVE_WITHIN`] after A is killed (its probe Ping draws A's ICMP "port unreachable")
+//!    and after A is drained (SIGTERM, SHUTDOWN kick), and gets a push there each time. A
+//!    control client on A with the probe off (`--probe-after-ms 0`) has not noticed A's death
+//!    within that bound.
 #![cfg(feature = "services-tests")]
 
 mod cluster_support;
@@ -40,6 +46,9 @@ use serde_json::{Value, json};
 const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 /// How soon after its comet died or was drained a client must be online on the other one.
 const MOVE_WITHIN: Duration = Duration::from_secs(10);
+/// How soon after its comet was killed or drained a UDP client must be online on the other
+/// one: the probe's quiet spell (2 s) and the longest first reconnect pause (0.5 s), with room.
+const UDP_MOVE_WITHIN: Duration = Duration::from_secs(5);
 /// How long a restarted comet may take to be back in the lookup.
 const BACK_WITHIN: Duration = Duration::from_secs(30);
 
@@ -98,6 +107,18 @@ fn client(config: &Path, bus: &ClusterNode, id: u32) -> Proc {
             "client", "device", "--id", &id, "--ws", "--lookup", &lookup, "--json",
         ],
     )
+}
+
+/// Starts `broker client device --id <id> --lookup <bus> --json` (UDP) with `config`, and
+/// `extra` flags.
+fn udp_client(config: &Path, bus: &ClusterNode, id: u32, extra: &[&str]) -> Proc {
+    let lookup = format!("http://{}", bus.running.http);
+    let id = id.to_string();
+    let mut args = vec![
+        "client", "device", "--id", &id, "--lookup", &lookup, "--json",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(config, &args)
 }
 
 /// Starts `broker client phone --id <id> --lookup <bus> --json` with `config` (its token is
@@ -236,6 +257,104 @@ async fn clients_follow_the_lookup_when_a_comet_dies_or_is_drained_and_it_rejoin
          {moved_after_drain:?} after A's SIGTERM; A rejoined {rejoined:?} after its restart"
     );
     drop((c1, p1, c2, c3));
+    bus.stop().await;
+    run.clean_redis().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_udp_client_moves_through_the_lookup_within_5_s_when_its_comet_is_killed_or_drained() {
+    let run = Run::new();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a_dir, b_dir) = (dirs[0].path(), dirs[1].path());
+    let mut comet_a = CometProc::spawn(&run, a_dir, "comet-a", SESSION_TIMEOUT);
+    let _comet_b = CometProc::spawn(&run, b_dir, "comet-b", SESSION_TIMEOUT);
+    let bus = start_msgbus(&run.node_config(dirs[2].path(), "msgbus-1"))
+        .await
+        .unwrap();
+    wait_linked(&[&bus], 2, Duration::from_secs(30)).await;
+    let config = a_dir.join("comet.toml");
+    let udp_of = |nodes: &[(String, String)], i: usize| format!("udp {}", nodes[i].1);
+
+    // Killed: the device is idle (nothing to send) when A dies; its probe finds out.
+    let (first, _) = terminal_on(&bus, "device", "udp", "comet-a", 0).await;
+    let nodes = lookup_of(&bus, "device", first, "udp").await;
+    let mut c1 = udp_client(&config, &bus, first, &[]);
+    let on = next_event(&mut c1, "connected");
+    assert_eq!(on["via"].as_str(), Some(udp_of(&nodes, 0).as_str()), "{on}");
+    push_reaches(&bus, &mut c1, first, "on a").await;
+    // The control: a client on A without the probe (`--probe-after-ms 0`) notices only at its
+    // next heartbeat, 30 s after its login, so it must still be silent when c1 has moved.
+    let (control, _) = terminal_on(&bus, "device", "udp", "comet-a", first).await;
+    let mut c0 = udp_client(&config, &bus, control, &["--probe-after-ms", "0"]);
+    let on = next_event(&mut c0, "connected");
+    assert_eq!(on["via"].as_str(), Some(udp_of(&nodes, 0).as_str()), "{on}");
+    // Idle: the delivery's acknowledgement (50 ms later) is out, nothing else is due to A.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    comet_a.child.kill().unwrap();
+    comet_a.child.wait().unwrap();
+    let killed = Instant::now();
+    let why = next_event(&mut c1, "reconnecting");
+    let noticed_kill = killed.elapsed();
+    let why = why["why"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains(&udp_of(&nodes, 0)) && why.contains("unreachable"),
+        "the move names the dead comet and why: {why}"
+    );
+    let on = next_event(&mut c1, "connected");
+    let moved_after_kill = killed.elapsed();
+    assert_eq!(on["via"].as_str(), Some(udp_of(&nodes, 1).as_str()), "{on}");
+    assert!(
+        moved_after_kill < UDP_MOVE_WITHIN,
+        "UDP client online on B {moved_after_kill:?} after the kill"
+    );
+    push_reaches(&bus, &mut c1, first, "on b after the kill").await;
+    let left = UDP_MOVE_WITHIN.saturating_sub(killed.elapsed());
+    let control_moved = tokio::task::block_in_place(|| c0.first_within("reconnecting", left));
+    assert_eq!(
+        control_moved, None,
+        "without the probe the client cannot notice within {UDP_MOVE_WITHIN:?}"
+    );
+    drop(c0);
+
+    // Drained: A comes back, a new UDP client lands on it, A gets SIGTERM.
+    eventually("A out of the lookup", SESSION_TIMEOUT * 4, || async {
+        (lookup(&bus, first).await.len() == 1).then_some(())
+    })
+    .await;
+    let comet_a = CometProc::spawn(&run, a_dir, "comet-a", SESSION_TIMEOUT);
+    eventually("A back in the lookup", BACK_WITHIN, || async {
+        (lookup(&bus, first).await.len() == 2).then_some(())
+    })
+    .await;
+    wait_linked(&[&bus], 2, Duration::from_secs(30)).await;
+    let (second, _) = terminal_on(&bus, "device", "udp", "comet-a", control).await;
+    let nodes = lookup_of(&bus, "device", second, "udp").await;
+    let mut c2 = udp_client(&config, &bus, second, &[]);
+    let on = next_event(&mut c2, "connected");
+    assert_eq!(on["via"].as_str(), Some(udp_of(&nodes, 0).as_str()), "{on}");
+    push_reaches(&bus, &mut c2, second, "new on a").await;
+    comet_a.signal("TERM");
+    let drained = Instant::now();
+    let why = next_event(&mut c2, "reconnecting");
+    let why = why["why"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains(&udp_of(&nodes, 0)) && why.contains("SHUTDOWN"),
+        "{why}"
+    );
+    let on = next_event(&mut c2, "connected");
+    let moved_after_drain = drained.elapsed();
+    assert_eq!(on["via"].as_str(), Some(udp_of(&nodes, 1).as_str()), "{on}");
+    assert!(
+        moved_after_drain < UDP_MOVE_WITHIN,
+        "UDP client online on B {moved_after_drain:?} after the drain"
+    );
+    push_reaches(&bus, &mut c2, second, "on b after the drain").await;
+
+    eprintln!(
+        "UDP client: noticed A's SIGKILL after {noticed_kill:?}, online on B {moved_after_kill:?} \
+         after it; online on B {moved_after_drain:?} after A's SIGTERM"
+    );
+    drop((c1, c2, comet_a));
     bus.stop().await;
     run.clean_redis().await;
 }

@@ -3,6 +3,21 @@
 //! until the login timeout; over WebSocket it is sent once), then one task `select!`s over the socket, stdin lines, the [`Link`] timer and
 //! Ctrl-C. Commands from the broker are answered automatically with a configured status and reply
 //! unless `--manual-commands` is given (then `result <cmd_id> <status> [text]` on stdin answers).
+//!
+//! How a logged-in device notices that its comet is gone, and moves (with `--lookup`, to the
+//! comet the lookup names next; after a pause with jitter, [`Reconnect`]):
+//! * **Kicked** with a retryable code (`SHUTDOWN` when the comet is drained): at once.
+//! * **Refused** (UDP): the socket is connected, so the kernel reports the ICMP "port
+//!   unreachable" of a comet that died (its host still up) as a refused packet on the next send
+//!   or receive: as soon as the device sends anything, at the latest the probe's Ping.
+//! * **Unanswered**: the [`Probe`] Pings after `--probe-after-ms` (2 s) of silence and ends the
+//!   session after 3 unanswered Pings 1 s apart (5 s of silence in all): a comet that hangs or a
+//!   host that drops packets. A reliable frame whose retransmission gives up
+//!   ([`super::link::LinkError::PeerDead`]) and the protocol's three heartbeats of silence also end it.
+//! * **Closed** (WebSocket): the TCP connection is reset or closed: at once.
+//!
+//! The session's end is printed with the endpoint and the reason ([`ClientError::Ended`]) in the
+//! `reconnecting` line, then the next `connected` line names the comet it moved to.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::input::{self, Input, Role};
-use super::link::{Incoming, Link};
+use super::link::{Incoming, Link, Probe};
 use super::lookup::{Lookup, Want};
 use super::net::{self, ClientWs};
 use super::output::{Event, Printer};
@@ -106,6 +121,8 @@ pub struct DeviceOptions {
     pub printer: Printer,
     /// Log in again after a session ends in a way to come back from (see [`run`]).
     pub reconnect: bool,
+    /// The quick liveness check of every session (none: only the protocol's rules).
+    pub probe: Option<Probe>,
 }
 
 /// A device's connection to the broker: a connected UDP socket or a device WebSocket.
@@ -425,18 +442,37 @@ async fn session(
         upload_epoch: prog.upload_epoch,
     };
     let (mut wire, via, mut link, welcome) = first_login(o, report, &clock).await?;
+    if let Some(probe) = o.probe {
+        link = link.with_probe(probe);
+    }
     *logged_in = true;
     o.printer.print(&Event::Connected {
         address: Address::device(o.id),
-        via,
+        via: via.clone(),
         heartbeat_secs: welcome.heartbeat_secs,
     });
     let max_payload = welcome.max_payload;
+    logged_in_session(o, lines, prog, &mut wire, &mut link, max_payload, &clock)
+        .await
+        .map_err(|e| e.ended_at(&via))
+}
+
+/// The logged-in part of [`session`]: serves the socket, stdin and the link's timers until the
+/// session ends.
+async fn logged_in_session(
+    o: &DeviceOptions,
+    lines: &mut mpsc::Receiver<String>,
+    prog: &mut Progress,
+    wire: &mut Wire,
+    link: &mut Link,
+    max_payload: u16,
+    clock: &Clock,
+) -> Result<(), ClientError> {
     loop {
         let due = clock.at(link.next_deadline());
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {
-                return finish(&mut wire, &mut link, &clock).await;
+                return finish(wire, link, clock).await;
             }
             _ = tokio::time::sleep_until(due) => {
                 for p in link.poll(clock.ms(), rand::random()).map_err(ClientError::Link)? {
@@ -470,7 +506,7 @@ async fn session(
                 let (what, body) = match &cmd {
                     Input::Nothing | Input::Ack(_) => continue,
                     Input::Quit => {
-                        return finish(&mut wire, &mut link, &clock).await;
+                        return finish(wire, link, clock).await;
                     }
                     Input::Ping => ("ping", Body::Ping),
                     Input::Send { to, payload } => ("send", Body::Send { to: *to, payload }),
@@ -489,7 +525,7 @@ async fn session(
                     eprintln!("cannot send: {e:?}");
                     continue;
                 }
-                let seq = send_body(&mut wire, &mut link, &clock, &body).await?;
+                let seq = send_body(wire, link, clock, &body).await?;
                 let shown = match what {
                     "upload" | "request" => {
                         prog.next_id = prog.next_id.wrapping_add(1).max(1);
@@ -511,7 +547,7 @@ async fn session(
                         o.printer.print(&Event::Command { cmd_id, name, payload });
                         if let Answer::Auto(status, reply) = &o.answer {
                             let body = Body::CommandResult { cmd_id, status: *status, payload: reply };
-                            send_body(&mut wire, &mut link, &clock, &body).await?;
+                            send_body(wire, link, clock, &body).await?;
                             o.printer.print(&Event::Answered {
                                 cmd_id,
                                 status: *status,
@@ -528,7 +564,7 @@ async fn session(
                                 prog.since_id = prog.since_id.max(msg_id);
                                 prog.delivered += 1;
                                 if o.count.is_some_and(|c| prog.delivered >= c) {
-                                    return finish(&mut wire, &mut link, &clock).await;
+                                    return finish(wire, link, clock).await;
                                 }
                             }
                             _ => {}

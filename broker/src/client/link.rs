@@ -5,6 +5,13 @@
 //!
 //! Reliable bodies are stored postcard-encoded in the send window and framed again (fresh `ack`,
 //! new DATA counter) on retransmission. Bodies that find the window full wait in a FIFO queue.
+//!
+//! Besides the protocol's own liveness rules (section 6: three heartbeats of silence, or a
+//! retransmission giving up), a link may carry a [`Probe`]: after a short quiet spell it Pings
+//! the broker and declares the session dead when a few Pings in a row go unanswered. That is how
+//! `broker client device` notices a comet that died while the device had nothing to send in
+//! seconds rather than the 90 s of the heartbeat rule; over UDP the probe's Ping also makes the
+//! kernel report an ICMP "port unreachable" from a dead comet (see [`super::device`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -30,6 +37,64 @@ pub enum LinkError {
     /// A body could not be framed (too large for a packet, or the session is exhausted).
     #[error("cannot send: {0}")]
     Encode(String),
+    /// The [`Probe`] got no answer: `pings` Pings in a row, over `silent_ms` of silence.
+    #[error("the broker answered none of {pings} probe Pings ({silent_ms} ms without a packet)")]
+    ProbeUnanswered {
+        /// Pings sent without an answer.
+        pings: u32,
+        /// How long nothing authentic was heard from the broker.
+        silent_ms: u64,
+    },
+}
+
+/// The client's quick liveness check (see module docs): when nothing authentic has been heard
+/// from the broker for `quiet_ms`, send a Ping; while unanswered, Ping again every
+/// `answer_within_ms`; after `pings` unanswered Pings and one more `answer_within_ms`, the
+/// session is dead ([`LinkError::ProbeUnanswered`]). Any authentic packet (the Pong or anything
+/// else) answers it. A broker that stopped answering is so noticed within
+/// `quiet_ms + pings * answer_within_ms` of the last packet heard from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// Silence from the broker before the first Ping, ms.
+    pub quiet_ms: u64,
+    /// How long each Ping may wait for an answer, ms.
+    pub answer_within_ms: u64,
+    /// Unanswered Pings that end the session (at least 1).
+    pub pings: u32,
+}
+
+impl Probe {
+    /// The `broker client device` default quiet spell, ms (its `--probe-after-ms`).
+    pub const DEFAULT_QUIET_MS: u64 = 2_000;
+    /// How long each probe Ping may wait for an answer, ms: a round trip and the broker's
+    /// 50 ms acknowledgement delay, many times over.
+    pub const ANSWER_WITHIN_MS: u64 = 1_000;
+    /// Unanswered probe Pings that end a session.
+    pub const PINGS: u32 = 3;
+
+    /// A probe after `quiet_ms` of silence with the default answer wait and count.
+    pub fn after(quiet_ms: u64) -> Probe {
+        Probe {
+            quiet_ms,
+            answer_within_ms: Probe::ANSWER_WITHIN_MS,
+            pings: Probe::PINGS,
+        }
+    }
+
+    /// The longest silence before the probe ends the session, ms.
+    pub fn gives_up_after_ms(&self) -> u64 {
+        self.quiet_ms + u64::from(self.pings.max(1)) * self.answer_within_ms
+    }
+}
+
+/// Where a [`Probe`] stands.
+#[derive(Clone, Copy, Debug)]
+struct Probing {
+    probe: Probe,
+    /// Pings sent since the broker was last heard.
+    unanswered: u32,
+    /// When the last of them was sent.
+    last_ping_ms: u64,
 }
 
 /// A received frame the caller must act on.
@@ -110,6 +175,7 @@ pub struct Link {
     heartbeat_ms: u64,
     last_sent_ms: u64,
     last_heard_ms: u64,
+    probing: Option<Probing>,
 }
 
 impl Link {
@@ -124,7 +190,18 @@ impl Link {
             heartbeat_ms: u64::from(heartbeat_secs.max(1)) * 1000,
             last_sent_ms: now_ms,
             last_heard_ms: now_ms,
+            probing: None,
         }
+    }
+
+    /// This link with a [`Probe`] (none by default: only the protocol's liveness rules).
+    pub fn with_probe(mut self, probe: Probe) -> Link {
+        self.probing = Some(Probing {
+            probe,
+            unanswered: 0,
+            last_ping_ms: 0,
+        });
+        self
     }
 
     fn seal(&mut self, seq: u32, body: Body<'_>, now_ms: u64) -> Result<Vec<u8>, LinkError> {
@@ -191,6 +268,9 @@ impl Link {
             return Vec::new();
         };
         self.last_heard_ms = now_ms;
+        if let Some(p) = &mut self.probing {
+            p.unanswered = 0;
+        }
         // An ack covering never-sent frames is a violation: ignored (protocol section 5).
         let _ = self.send.on_ack(frame.ack, now_ms);
         let mut bodies = Vec::new();
@@ -227,6 +307,9 @@ impl Link {
             return Err(LinkError::Silent(silence / 1000));
         }
         let mut out = Vec::new();
+        if self.probe_due(now_ms)? {
+            out.push(self.seal(0, Body::Ping, now_ms)?);
+        }
         loop {
             let (seq, bytes) = match self.send.poll(now_ms, jitter) {
                 None => break,
@@ -247,6 +330,40 @@ impl Link {
         Ok(out)
     }
 
+    /// Whether the [`Probe`] sends a Ping at `now_ms` (and counts it); its verdict when the
+    /// last Ping's wait is over unanswered.
+    fn probe_due(&mut self, now_ms: u64) -> Result<bool, LinkError> {
+        let heard = self.last_heard_ms;
+        let Some(p) = &mut self.probing else {
+            return Ok(false);
+        };
+        if now_ms.saturating_sub(heard) < p.probe.quiet_ms {
+            return Ok(false);
+        }
+        if p.unanswered > 0 && now_ms.saturating_sub(p.last_ping_ms) < p.probe.answer_within_ms {
+            return Ok(false);
+        }
+        if p.unanswered >= p.probe.pings.max(1) {
+            return Err(LinkError::ProbeUnanswered {
+                pings: p.unanswered,
+                silent_ms: now_ms.saturating_sub(heard),
+            });
+        }
+        p.unanswered += 1;
+        p.last_ping_ms = now_ms;
+        Ok(true)
+    }
+
+    /// When the [`Probe`] acts next, if there is one.
+    fn probe_deadline(&self) -> Option<u64> {
+        let p = self.probing.as_ref()?;
+        Some(if p.unanswered == 0 {
+            self.last_heard_ms + p.probe.quiet_ms
+        } else {
+            p.last_ping_ms + p.probe.answer_within_ms
+        })
+    }
+
     /// When [`Link::poll`] must run next.
     pub fn next_deadline(&self) -> u64 {
         [
@@ -254,6 +371,7 @@ impl Link {
             self.recv.poll_timeout(),
             Some(self.last_sent_ms + self.heartbeat_ms),
             Some(self.last_heard_ms + 3 * self.heartbeat_ms),
+            self.probe_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -339,6 +457,62 @@ mod tests {
         let ack = link.poll(60, 0).unwrap();
         let (seq, a, name) = open(&mut broker, ack[0].clone());
         assert_eq!((seq, a.next, name.as_str()), (0, 2, "AckOnly"));
+    }
+
+    /// Seals an unreliable Pong from the broker, as its answer to a Ping.
+    fn pong(broker: &mut SecureSession) -> Vec<u8> {
+        let f = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Pong { server_time_ms: 1 });
+        let mut p = vec![0u8; MAX_PACKET];
+        let n = broker.seal_frame(&f, &mut p).unwrap();
+        p.truncate(n);
+        p
+    }
+
+    #[test]
+    fn an_idle_link_with_a_probe_pings_after_the_quiet_spell_and_an_answer_resets_it() {
+        let (link, mut broker) = pair();
+        let mut link = link.with_probe(Probe::after(2_000));
+        assert_eq!(link.next_deadline(), 2_000);
+        assert!(link.poll(1_999, 0).unwrap().is_empty());
+        let ping = link.poll(2_000, 0).unwrap();
+        assert_eq!(ping.len(), 1);
+        assert_eq!(open(&mut broker, ping[0].clone()).2, "Ping");
+        // Waiting for the answer: the next Ping is due a second later, not before.
+        assert_eq!(link.next_deadline(), 3_000);
+        assert!(link.poll(2_999, 0).unwrap().is_empty());
+        // The Pong answers it: quiet again until two seconds after it.
+        let mut p = pong(&mut broker);
+        assert!(matches!(
+            link.on_packet(&mut p, 2_100).as_slice(),
+            [Incoming::Pong]
+        ));
+        assert_eq!(link.next_deadline(), 4_100);
+        assert!(link.poll(4_099, 0).unwrap().is_empty());
+        assert_eq!(link.poll(4_100, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_probe_unanswered_three_times_ends_the_session_within_its_bound() {
+        let (link, mut broker) = pair();
+        let probe = Probe::after(2_000);
+        let mut link = link.with_probe(probe);
+        for at in [2_000, 3_000, 4_000] {
+            let ping = link.poll(at, 0).unwrap();
+            assert_eq!(open(&mut broker, ping[0].clone()).2, "Ping", "at {at}");
+        }
+        assert!(link.poll(4_999, 0).unwrap().is_empty());
+        assert_eq!(link.next_deadline(), probe.gives_up_after_ms());
+        assert_eq!(
+            link.poll(5_000, 0),
+            Err(LinkError::ProbeUnanswered {
+                pings: 3,
+                silent_ms: 5_000
+            })
+        );
+        // Without a probe, the same silence is only the protocol's: 90 s.
+        let (mut plain, _) = pair();
+        assert!(plain.poll(5_000, 0).unwrap().is_empty());
+        assert_eq!(plain.next_deadline(), 30_000);
     }
 
     #[test]

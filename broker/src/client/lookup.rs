@@ -6,13 +6,22 @@
 //! [`Lookup::candidates`] answers the endpoints to try in order (primary first, then the
 //! fallbacks); the device and phone sessions try each until one logs in, so a comet that is
 //! gone but still listed (its ZooKeeper session not yet expired) costs one refused connection.
+//!
+//! The lookup is one HTTP/1.1 `GET` (hyper's client connection) over [`net::open`]'s stream:
+//! plain TCP for `http://`, or rustls for `https://` (a node with `[tls] api = true`, or a
+//! TLS proxy in front of the lookup), trusting `--ca-file` or else the public web roots, as
+//! `wss://` does.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 
 use crate::discovery::route::{LOOKUP_PATH, LookupResponse};
 use crate::terminal::{Address, Kind};
 
-use super::ClientError;
+use super::{ClientError, net};
 
 /// How long one lookup request may take.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +41,7 @@ pub enum Want {
 #[derive(Clone, Debug)]
 pub struct Lookup {
     url: String,
+    ca_file: Option<PathBuf>,
 }
 
 impl Lookup {
@@ -49,7 +59,14 @@ impl Lookup {
         } else {
             format!("{trimmed}{LOOKUP_PATH}")
         };
-        Ok(Lookup { url })
+        Ok(Lookup { url, ca_file: None })
+    }
+
+    /// Trusts the certificates of `ca_file` (a CA or a self-signed server certificate) for an
+    /// `https://` lookup, instead of the public web roots.
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Lookup {
+        self.ca_file = ca_file;
+        self
     }
 
     /// The lookup URL asked.
@@ -66,20 +83,15 @@ impl Lookup {
             Kind::Phone => "phone",
         };
         let fail = |why: String| ClientError::Connect(format!("lookup {}: {why}", self.url));
-        let client = reqwest::Client::builder()
-            .timeout(LOOKUP_TIMEOUT)
-            .build()
-            .map_err(|e| fail(e.to_string()))?;
         // Both values are plain words and digits: nothing to escape.
-        let resp = client
-            .get(format!("{}?kind={kind}&id={}", self.url, who.id))
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| fail(e.to_string()))?;
-        if !status.is_success() {
-            return Err(fail(format!("{status}: {body}")));
+        let url = format!("{}?kind={kind}&id={}", self.url, who.id);
+        let (status, body) =
+            tokio::time::timeout(LOOKUP_TIMEOUT, get(&url, self.ca_file.as_deref()))
+                .await
+                .map_err(|_| fail(format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs())))?
+                .map_err(fail)?;
+        if !(200..300).contains(&status) {
+            return Err(fail(format!("HTTP {status}: {body}")));
         }
         let answer: LookupResponse =
             serde_json::from_str(&body).map_err(|e| fail(format!("{e}: {body}")))?;
@@ -89,6 +101,50 @@ impl Lookup {
         }
         Ok(found)
     }
+}
+
+/// `GET url` (`http://` or `https://`, trusting `ca_file` or else the public web roots for
+/// `https://`) over one HTTP/1.1 connection: the status and the body, as text.
+async fn get(url: &str, ca_file: Option<&Path>) -> Result<(u16, String), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(format!(
+                "`{url}`: the URL must start with http:// or https://"
+            ));
+        }
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}`: no host"))?
+        .as_str();
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let stream = net::open(url, host, port, tls.then_some(ca_file)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    // The connection's task ends with the answer, when `sender` is dropped.
+    tokio::spawn(connection);
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = hyper::Request::get(target)
+        .header(hyper::header::HOST, authority)
+        .body(String::new())
+        .map_err(|e| e.to_string())?;
+    let answer = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = answer.status().as_u16();
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The `want` endpoints named in `answer`, in its order.
@@ -139,5 +195,92 @@ mod tests {
         assert_eq!(endpoints(&answer, Want::Udp), vec!["h:2", "h:1"]);
         assert_eq!(endpoints(&answer, Want::DeviceWs), vec!["ws://h:3/"]);
         assert!(endpoints(&answer, Want::AppWs).is_empty());
+    }
+
+    /// A one-route HTTPS server on 127.0.0.1 with a self-signed certificate for `localhost`:
+    /// every request line it reads goes to the channel, and each request is answered with a
+    /// lookup naming one comet. Returns its port, the certificate file and the request lines.
+    async fn https_lookup_server(
+        dir: &Path,
+    ) -> (u16, PathBuf, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let acceptor = crate::comet::tls::load(&crate::comet::tls::TlsConfig {
+            enabled: true,
+            cert_file: cert.display().to_string(),
+            key_file: key.display().to_string(),
+            api: false,
+        })
+        .unwrap()
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = serde_json::to_string(&LookupResponse {
+            nodes: vec![LookupNode {
+                id: "comet-a".into(),
+                udp: Some("127.0.0.1:9".into()),
+                ws: None,
+                app_ws: None,
+            }],
+            stale: false,
+        })
+        .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                // A client that does not trust the certificate ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                tx.send(head.lines().next().unwrap().to_string()).unwrap();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                tls.write_all(reply.as_bytes()).await.unwrap();
+                let _ = tls.shutdown().await;
+            }
+        });
+        (port, cert, rx)
+    }
+
+    #[tokio::test]
+    async fn an_https_lookup_trusts_the_ca_file_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, cert, mut asked) = https_lookup_server(dir.path()).await;
+        let base = format!("https://localhost:{port}");
+        let trusting = Lookup::new(&base).unwrap().with_ca_file(Some(cert));
+        let found = trusting
+            .candidates(Address::device(42), Want::Udp)
+            .await
+            .unwrap();
+        assert_eq!(found, vec!["127.0.0.1:9"]);
+        assert_eq!(
+            asked.recv().await.unwrap(),
+            "GET /v1/nodes/lookup?kind=device&id=42 HTTP/1.1"
+        );
+        // Without the certificate (public roots only) the handshake fails, and says so.
+        let Err(ClientError::Connect(why)) = Lookup::new(&base)
+            .unwrap()
+            .candidates(Address::device(42), Want::Udp)
+            .await
+        else {
+            panic!("an untrusted certificate must fail the lookup")
+        };
+        assert!(why.contains("TLS handshake"), "{why}");
+        assert!(asked.try_recv().is_err(), "no request went over it");
     }
 }

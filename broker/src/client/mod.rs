@@ -9,7 +9,8 @@
 //! * [`creds`]: device keys and tokens from flags, the config, or the secrets the broker
 //!   generated into its data directory, so `broker client device --id 42` works next to a broker
 //!   started with `cargo run -p broker` in the same directory.
-//! * [`net`]: `ws://` / `wss://` connections (rustls).
+//! * [`net`]: TCP and TLS (rustls) connections: `ws://` / `wss://`, and the lookup's
+//!   `http://` / `https://`.
 //! * [`lookup`]: `--lookup URL`, a cluster's node lookup asked for a comet before every login,
 //!   so the client follows the cluster when its comet dies or sends SHUTDOWN.
 //!
@@ -79,11 +80,39 @@ pub enum ClientError {
     /// A socket error.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+    /// A logged-in session at `via` ended with `cause`: what the client prints when it moves.
+    #[error("session at {via} ended: {cause}")]
+    Ended {
+        /// Where the session was (`udp 127.0.0.1:8083`, `ws://...`).
+        via: String,
+        /// Why it ended.
+        cause: Box<ClientError>,
+    },
 }
 
 impl ClientError {
     fn io(e: std::io::Error) -> ClientError {
         ClientError::Io(e)
+    }
+
+    /// `self`, which ended a logged-in session at `via`, named with `via`. A connected UDP
+    /// socket reports an ICMP "port unreachable" from the peer as a refused connection: said
+    /// in words, since nothing listens at `via` any more (the comet died or its host dropped it).
+    pub(crate) fn ended_at(self, via: &str) -> ClientError {
+        let cause = match self {
+            ClientError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                ClientError::Closed(
+                    "unreachable: a packet was refused (ICMP port unreachable), \
+                     nothing listens there any more"
+                        .into(),
+                )
+            }
+            e => e,
+        };
+        ClientError::Ended {
+            via: via.to_string(),
+            cause: Box::new(cause),
+        }
     }
 
     /// Whether a client that was logged in should log in again after this end: the broker
@@ -99,14 +128,16 @@ impl ClientError {
             | ClientError::Link(_)
             | ClientError::Io(_) => true,
             ClientError::Usage(_) | ClientError::Protocol(_) => false,
+            ClientError::Ended { cause, .. } => cause.comes_back(),
         }
     }
 }
 
 /// Whether and when a client logs in again after a session ended (device and phone alike):
 /// only after some login succeeded, only for an end to come back from
-/// ([`ClientError::comes_back`]), and after a pause doubling from [`RECONNECT_MIN`] up to
-/// [`RECONNECT_MAX`], reset by every successful login.
+/// ([`ClientError::comes_back`]), and after a pause: a step doubling from [`RECONNECT_MIN`] up
+/// to [`RECONNECT_MAX`] (reset by every successful login), of which a random half to all is
+/// waited (jitter, so the clients of a comet that died do not all log in at the same instant).
 #[derive(Clone, Copy, Debug)]
 pub struct Reconnect {
     next: Duration,
@@ -128,15 +159,19 @@ impl Default for Reconnect {
 }
 
 impl Reconnect {
-    /// The pause before the next attempt (at least the broker's `retry_after_ms` advice).
-    pub fn pause(&mut self, e: &ClientError) -> Duration {
+    /// The pause before the next attempt: between half the current step and all of it, as
+    /// `jitter` (uniformly random in practice) goes from 0 to `u16::MAX`, and at least the
+    /// broker's `retry_after_ms` advice.
+    pub fn pause(&mut self, e: &ClientError, jitter: u16) -> Duration {
         let advice = match e {
             ClientError::Rejected { retry_after_ms, .. } => {
                 Duration::from_millis(u64::from(*retry_after_ms))
             }
             _ => Duration::ZERO,
         };
-        let pause = self.next.max(advice);
+        let half = self.next / 2;
+        let jittered = half + half.mul_f64(f64::from(jitter) / f64::from(u16::MAX));
+        let pause = jittered.max(advice);
         self.next = (self.next * 2).min(RECONNECT_MAX);
         pause
     }
@@ -185,7 +220,7 @@ impl Reconnect {
         if !(enabled && self.logged_in_once && err.comes_back()) {
             return Err(err);
         }
-        let pause = self.pause(&err);
+        let pause = self.pause(&err, rand::random());
         printer.print(&output::Event::Reconnecting {
             why: err.to_string(),
             after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
@@ -250,13 +285,14 @@ struct Common {
     /// lost connection; never after REPLACED or an operator's kick).
     #[arg(long)]
     exit_on_kick: bool,
-    /// A cluster's node lookup: the HTTP API of any comet or msgbus (`http://host:port`) or
-    /// the full `.../v1/nodes/lookup` URL. Asked for a comet before every login (primary
+    /// A cluster's node lookup: the HTTP API of any comet or msgbus (`http://host:port`, or
+    /// `https://` trusting --ca-file) or the full `.../v1/nodes/lookup` URL. Asked for a comet before every login (primary
     /// first, then the fallbacks), so the client follows the cluster when its comet dies or
     /// sends SHUTDOWN. Not with --udp, a --ws URL or --app-ws.
     #[arg(long, value_name = "URL")]
     lookup: Option<String>,
-    /// PEM certificate(s) to trust for wss:// (a CA or the server's self-signed certificate)
+    /// PEM certificate(s) to trust for wss:// and an https:// --lookup (a CA or the server's
+    /// self-signed certificate)
     /// [default: tls.cert_file when [tls] is enabled and the URL is the default, else public roots].
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
@@ -288,6 +324,12 @@ struct DeviceArgs {
     /// Do not answer commands automatically; answer with `result <cmd_id> <status> [text]`.
     #[arg(long)]
     manual_commands: bool,
+    /// Ping the broker after this many ms without a packet from it, and count the session lost
+    /// when 3 Pings in a row, 1 s apart, go unanswered (0: only the protocol's heartbeat, which
+    /// notices a dead broker after 3 heartbeats, 90 s by default). Over UDP the Ping also brings
+    /// back the "port unreachable" of a comet that is gone.
+    #[arg(long, default_value_t = link::Probe::DEFAULT_QUIET_MS, value_name = "MS")]
+    probe_after_ms: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -398,7 +440,12 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.master_key.as_deref(),
             )
             .map_err(ClientError::Usage)?;
-            let lookup = c.lookup.as_deref().map(lookup::Lookup::new).transpose()?;
+            let lookup = c
+                .lookup
+                .as_deref()
+                .map(lookup::Lookup::new)
+                .transpose()?
+                .map(|l| l.with_ca_file(c.ca_file.clone()));
             let explicit = a.udp.is_some() || a.ws.as_ref().is_some_and(|u| !u.is_empty());
             let endpoint = match (lookup, &a.ws, a.udp) {
                 (Some(_), _, _) if explicit => {
@@ -438,6 +485,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 login_timeout: Duration::from_secs(c.login_timeout),
                 printer: output::Printer { json: c.json },
                 reconnect: !c.exit_on_kick,
+                probe: (a.probe_after_ms > 0).then(|| link::Probe::after(a.probe_after_ms)),
             };
             device::run(o, stdin_lines()).await
         }
@@ -456,7 +504,12 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.token_secret.as_deref(),
             )
             .map_err(ClientError::Usage)?;
-            let lookup = c.lookup.as_deref().map(lookup::Lookup::new).transpose()?;
+            let lookup = c
+                .lookup
+                .as_deref()
+                .map(lookup::Lookup::new)
+                .transpose()?
+                .map(|l| l.with_ca_file(c.ca_file.clone()));
             if lookup.is_some() && a.app_ws.is_some() {
                 return Err(ClientError::Usage(
                     "--lookup picks the comet: not with --app-ws".into(),
@@ -517,6 +570,46 @@ pub fn cli(config: &Config, args: ClientArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_pauses_double_with_jitter_between_half_and_all_of_the_step() {
+        let lost = ClientError::Closed("gone".into());
+        let mut r = Reconnect::default();
+        assert_eq!(r.pause(&lost, 0), Duration::from_millis(250));
+        assert_eq!(r.pause(&lost, u16::MAX), Duration::from_millis(1000));
+        let third = r.pause(&lost, u16::MAX / 2);
+        assert!(
+            (Duration::from_millis(1490)..=Duration::from_millis(1510)).contains(&third),
+            "{third:?}"
+        );
+        for _ in 0..10 {
+            r.pause(&lost, u16::MAX);
+        }
+        assert_eq!(r.pause(&lost, u16::MAX), RECONNECT_MAX);
+        // A login resets the step; a REJECT's advice is a floor.
+        r.logged_in();
+        let busy = ClientError::Rejected {
+            code: Code::SERVER_BUSY,
+            hint: String::new(),
+            retry_after_ms: 5_000,
+        };
+        assert_eq!(r.pause(&busy, 0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_refused_packet_ends_a_session_as_unreachable_and_the_client_comes_back() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = ClientError::Io(refused).ended_at("udp 127.0.0.1:9");
+        assert!(e.comes_back());
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("session at udp 127.0.0.1:9 ended: unreachable"),
+            "{shown}"
+        );
+        // The cause decides: an operator's kick is not come back from.
+        let kicked = ClientError::Kicked(Code::ADMIN_KICK).ended_at("udp 127.0.0.1:9");
+        assert!(!kicked.comes_back());
+    }
 
     #[test]
     fn defaults_follow_the_config() {

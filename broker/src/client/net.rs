@@ -1,4 +1,6 @@
-//! The client's WebSocket connection: `ws://` over TCP or `wss://` over rustls (ring), as a
+//! The client's connections: [`open`] gives TCP or TLS over TCP (rustls, ring), which the
+//! node lookup's HTTP request runs over and which carries the WebSocket: `ws://` over TCP or
+//! `wss://` over rustls, as a
 //! [`WebSocketStream`] over the comet's [`Stream`] (which holds either). For `wss://` the client
 //! trusts the certificates of `--ca-file` (a CA or a self-signed server certificate), else the
 //! public web roots. [`next_message`] reads the next data message and turns a close, a failure
@@ -42,6 +44,35 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
         .with_no_client_auth())
 }
 
+/// Opens a TCP connection to `host:port` (an IPv6 host may keep its brackets) and, when `tls`
+/// is `Some(ca_file)`, a TLS session over it trusting `ca_file` or else the public web roots,
+/// for the server name `host`; `url` names the destination in errors. Used for the WebSockets
+/// and the node lookup alike.
+pub async fn open(
+    url: &str,
+    host: &str,
+    port: u16,
+    tls: Option<Option<&Path>>,
+) -> Result<Stream, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e} (is the broker running?)"))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(ca_file) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let config = client_config(ca_file)?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let s = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {url} failed: {e}"))?;
+    Ok(Stream::Tls(Box::new(s.into())))
+}
+
 /// Connects to `url` (`ws://` or `wss://`) and completes the WebSocket handshake.
 pub async fn connect(
     url: &str,
@@ -57,30 +88,9 @@ pub async fn connect(
         Some("wss") => true,
         _ => return Err(format!("`{url}`: the URL must start with ws:// or wss://")),
     };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("`{url}`: no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let host = uri.host().ok_or_else(|| format!("`{url}`: no host"))?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect to {url}: {e} (is the broker running?)"))?;
-    let _ = tcp.set_nodelay(true);
-    let stream = if tls {
-        let config = client_config(ca_file)?;
-        let name = ServerName::try_from(host.clone())
-            .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let s = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake with {url} failed: {e}"))?;
-        Stream::Tls(Box::new(s.into()))
-    } else {
-        Stream::Plain(tcp)
-    };
+    let stream = open(url, host, port, tls.then_some(ca_file)).await?;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));

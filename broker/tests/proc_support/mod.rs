@@ -105,6 +105,20 @@ impl Proc {
         }
     }
 
+    /// The first line containing `needle` printed within `wait`, or `None` (the lines read
+    /// meanwhile are kept in [`Proc::seen`]): for what must not happen in a window.
+    pub fn first_within(&mut self, needle: &str, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+    }
+
     /// Writes `line` to its stdin.
     pub fn say(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
