@@ -31,12 +31,15 @@
 //! order, so no stored message is ever left neither delivered nor removed.
 //!
 //! Order: per terminal, message ids are unique and strictly increasing, and each session is
-//! offered them in that order: issuing the id and offering it to the recipients' sessions is one
-//! step per terminal ([`order`]). A session yields its replay (in id order) before live events
+//! offered them in that order: issuing the id and handing the message to the offer is one step
+//! per terminal ([`order`]), and the offer is first in, first out (`fanout`: a broadcast is
+//! offered by a fan-out task after the push answered; a push to named terminals is offered in
+//! the push call unless broadcasts are still queued, then behind them). A session yields its replay (in id order) before live events
 //! and skips a live Deliver the replay already covered.
 
 mod backend_path;
 pub mod capped_body;
+mod fanout;
 pub mod live;
 pub mod order;
 pub mod registry;
@@ -46,7 +49,7 @@ mod webhook;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -162,7 +165,10 @@ pub struct PushOutcome {
     pub msg_id: u64,
     /// Terminals it is stored for (until acked or expired).
     pub stored_for: u64,
-    /// Online sessions it was queued to now.
+    /// Online sessions it is offered to: for a push to named terminals, those it was queued to
+    /// (or, while a broadcast is still being offered, those it will be offered to after it);
+    /// for a kind-wide push, the sessions of that kind online when it was stored (the offer runs
+    /// after the answer, off the push call).
     pub delivered_online: u64,
     /// Older messages evicted by per-terminal caps.
     pub evicted: u64,
@@ -319,6 +325,7 @@ struct Inner {
     settings: RouterSettings,
     registry: registry::Registry,
     order: order::OrderLocks,
+    fanout: fanout::FanOut,
     stores: Stores,
     metrics: Metrics,
     next_session: AtomicU64,
@@ -358,6 +365,7 @@ impl Router {
                 settings,
                 registry: registry::Registry::default(),
                 order: order::OrderLocks::default(),
+                fanout: fanout::FanOut::default(),
                 stores,
                 metrics,
                 next_session: AtomicU64::new(1),
@@ -619,7 +627,26 @@ impl Router {
             _ => None,
         };
         let r = h.offer(ev);
-        if let (Some((msg_id, from)), Enqueued::Queued | Enqueued::DroppedOldest) = (delivered, r) {
+        match delivered {
+            Some((msg_id, from)) => self.count_deliver(h, msg_id, from, r, counts),
+            None => {
+                counts.add(h.transport(), r, false);
+                self.log_kick(h, r);
+            }
+        }
+        r
+    }
+
+    /// Counts (and shows to watchers) the outcome `r` of offering Deliver `msg_id` to `h`.
+    fn count_deliver(
+        &self,
+        h: &SessionHandle,
+        msg_id: u64,
+        from: Option<Address>,
+        r: Enqueued,
+        counts: &mut OfferCounts,
+    ) {
+        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
             self.inner.live.publish(|| live::LiveEvent::Delivered {
                 terminal: h.address().to_string(),
                 transport: h.transport().as_str(),
@@ -627,11 +654,91 @@ impl Router {
                 from: from.map(|a| a.to_string()),
             });
         }
-        counts.add(h.transport(), r, delivered.is_some());
+        counts.add(h.transport(), r, true);
+        self.log_kick(h, r);
+    }
+
+    /// Logs a session kicked by the full-queue policy.
+    fn log_kick(&self, h: &SessionHandle, r: Enqueued) {
         if r == Enqueued::Kicked {
             tracing::info!(terminal = %h.address(), session = h.id(), "kicked: outbound queue full");
         }
-        r
+    }
+
+    /// Offers a stored message to its sessions (see [`fanout`]): at once when it names its
+    /// terminals and no broadcast is waiting, otherwise through the fan-out queue. The caller
+    /// holds the message's order stripes. Returns [`PushOutcome::delivered_online`].
+    fn offer_stored(&self, job: fanout::Job) -> u64 {
+        let mut st = self.inner.fanout.lock();
+        if let (true, fanout::Targets::Sessions(sessions)) = (st.idle(), &job.targets) {
+            // Under the queue lock, so no drain can start in between and be overtaken.
+            return self.offer_all(sessions, job.msg_id, job.from, &job.payload);
+        }
+        let online = match &job.targets {
+            fanout::Targets::Kind(kind) => self.inner.registry.session_count(*kind),
+            fanout::Targets::Sessions(sessions) => sessions.len() as u64,
+        };
+        if st.enqueue(job) {
+            tokio::spawn(Router::drain_fanout(Arc::downgrade(&self.inner)));
+        }
+        online
+    }
+
+    /// The drain task: offers the queued jobs in order until the queue is empty. It holds the
+    /// router only while it offers (a weak reference across its yields), so a router dropped
+    /// meanwhile (a shutdown) is not kept alive; its messages are in the store.
+    async fn drain_fanout(router: Weak<Inner>) {
+        let mut jobs = Vec::new();
+        let mut chunk = Vec::new();
+        loop {
+            let Some(inner) = router.upgrade() else {
+                return;
+            };
+            if !inner.fanout.lock().take(&mut jobs) {
+                return;
+            }
+            drop(inner);
+            let mut rest = jobs.as_slice();
+            while !rest.is_empty() {
+                let (run, after) = rest.split_at(fanout::run_len(rest));
+                let kind = match &run[0].targets {
+                    fanout::Targets::Kind(kind) => *kind,
+                    fanout::Targets::Sessions(sessions) => {
+                        let Some(inner) = router.upgrade() else {
+                            return;
+                        };
+                        let j = &run[0];
+                        Router { inner }.offer_all(sessions, j.msg_id, j.from, &j.payload);
+                        rest = after;
+                        continue;
+                    }
+                };
+                for shard in 0..registry::SHARDS {
+                    let Some(inner) = router.upgrade() else {
+                        return;
+                    };
+                    inner.registry.shard_sessions(shard, kind, &mut chunk);
+                    Router { inner }.offer_run(&chunk, run);
+                    chunk.clear();
+                    tokio::task::yield_now().await;
+                }
+                rest = after;
+            }
+            jobs.clear();
+        }
+    }
+
+    /// Offers every message of `run` (kind-wide jobs, in id order) to each of `sessions`, all
+    /// of a session's at once, recording the metrics once.
+    fn offer_run(&self, sessions: &[SessionHandle], run: &[fanout::Job]) {
+        let mut counts = OfferCounts::default();
+        for h in sessions {
+            h.offer_delivers(
+                run.iter().map(|j| (j.msg_id, j.from, &j.payload)),
+                |msg_id, from, r| self.count_deliver(h, msg_id, from, r, &mut counts),
+            );
+        }
+        counts.record(&self.inner.metrics);
     }
 
     fn expiry(&self, ttl: Option<Duration>) -> Result<u64, PushError> {
@@ -705,19 +812,29 @@ impl Router {
         self.inner
             .metrics
             .offline_capped(appended.evicted, appended.rejected);
-        let sessions = match kind_wide {
-            _ if !self.inner.settings.offer_on_store => Vec::new(),
-            Some(kind) => self.inner.registry.all(kind),
-            None => {
-                let mut r = recipients;
-                r.sort_unstable();
-                r.dedup();
-                r.into_iter()
-                    .flat_map(|a| self.inner.registry.get(a))
-                    .collect()
-            }
+        let delivered_online = if !self.inner.settings.offer_on_store {
+            0
+        } else {
+            let targets = match kind_wide {
+                Some(kind) => fanout::Targets::Kind(kind),
+                None => {
+                    let mut r = recipients;
+                    r.sort_unstable();
+                    r.dedup();
+                    fanout::Targets::Sessions(
+                        r.into_iter()
+                            .flat_map(|a| self.inner.registry.get(a))
+                            .collect(),
+                    )
+                }
+            };
+            self.offer_stored(fanout::Job {
+                targets,
+                msg_id: appended.msg_id,
+                from,
+                payload,
+            })
         };
-        let delivered_online = self.offer_all(&sessions, appended.msg_id, from, &payload);
         self.inner.metrics.push(label);
         self.inner.metrics.latency(Op::Push, started.elapsed());
         Ok(PushOutcome {

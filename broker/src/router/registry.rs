@@ -158,6 +158,37 @@ impl Registry {
         out
     }
 
+    /// Appends to `out` the sessions of terminals of `kind` (`None`: all) in shard `shard`
+    /// (`0..SHARDS`), holding only that shard's lock: a fan-out walks the registry this way, one
+    /// shard at a time, yielding between shards.
+    pub fn shard_sessions(&self, shard: usize, kind: Option<Kind>, out: &mut Vec<SessionHandle>) {
+        let s = self.shards[shard % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (a, list) in s.iter() {
+            if kind.is_none_or(|k| a.kind == k) {
+                out.extend(list.iter().cloned());
+            }
+        }
+    }
+
+    /// Sessions online now of terminals of `kind` (`None`: all), from the counters (no scan).
+    /// Devices log in over device WebSocket and UDP, phones over app WebSocket.
+    pub fn session_count(&self, kind: Option<Kind>) -> u64 {
+        let get = |t: Transport| {
+            self.per_transport[transport_index(t)]
+                .load(Ordering::Relaxed)
+                .max(0) as u64
+        };
+        let devices = get(Transport::DeviceWs) + get(Transport::Udp);
+        let phones = get(Transport::AppWs);
+        match kind {
+            Some(Kind::Device) => devices,
+            Some(Kind::Phone) => phones,
+            None => devices + phones,
+        }
+    }
+
     /// Current counts.
     pub fn counts(&self) -> OnlineCounts {
         let get = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;

@@ -286,39 +286,72 @@ impl SessionHandle {
     /// Offers an event, applying the queue-full policy. Kicks go through [`SessionHandle::kick`].
     pub(crate) fn offer(&self, ev: Outbound) -> Enqueued {
         let mut st = lock(&self.inner.state);
-        if st.closed || st.kick.is_some() {
-            return Enqueued::Closed;
-        }
-        let outcome = if st.buf.len() < self.inner.cap {
-            st.buf.push_back(ev);
-            Enqueued::Queued
-        } else {
-            match self.inner.policy {
-                QueueFullPolicy::DropNewest => {
-                    if matches!(ev, Outbound::Deliver { .. }) {
-                        st.deliver_drops += 1;
-                        drop(st);
-                        self.wake();
-                    }
-                    return Enqueued::DroppedNewest;
-                }
-                QueueFullPolicy::DropOldest => {
-                    if matches!(st.buf.pop_front(), Some(Outbound::Deliver { .. })) {
-                        st.deliver_drops += 1;
-                    }
-                    st.buf.push_back(ev);
-                    Enqueued::DroppedOldest
-                }
-                QueueFullPolicy::Disconnect => {
-                    st.kick = Some(KickReason::QueueFull);
-                    st.buf.clear();
-                    Enqueued::Kicked
-                }
-            }
-        };
+        let (outcome, wake) = self.offer_locked(&mut st, ev);
         drop(st);
-        self.wake();
+        if wake {
+            self.wake();
+        }
         outcome
+    }
+
+    /// Offers several messages as Delivers, in the given (increasing id) order, under one lock,
+    /// and wakes the consumer once, so it finds them all queued (one wake-up and, on a WebSocket,
+    /// one write for the lot). Each gets exactly what [`SessionHandle::offer`] would have given
+    /// it, reported through `outcome(msg_id, from, result)`.
+    pub(crate) fn offer_delivers<'a>(
+        &self,
+        messages: impl IntoIterator<Item = (u64, Option<Address>, &'a Bytes)>,
+        mut outcome: impl FnMut(u64, Option<Address>, Enqueued),
+    ) {
+        let mut st = lock(&self.inner.state);
+        let mut wake = false;
+        for (msg_id, from, payload) in messages {
+            let ev = Outbound::Deliver {
+                msg_id,
+                from,
+                payload: payload.clone(),
+            };
+            let (r, w) = self.offer_locked(&mut st, ev);
+            wake |= w;
+            outcome(msg_id, from, r);
+        }
+        drop(st);
+        if wake {
+            self.wake();
+        }
+    }
+
+    /// [`SessionHandle::offer`] with the queue already locked; also says whether the consumer
+    /// must be woken.
+    fn offer_locked(&self, st: &mut QueueState, ev: Outbound) -> (Enqueued, bool) {
+        if st.closed || st.kick.is_some() {
+            return (Enqueued::Closed, false);
+        }
+        if st.buf.len() < self.inner.cap {
+            st.buf.push_back(ev);
+            return (Enqueued::Queued, true);
+        }
+        match self.inner.policy {
+            QueueFullPolicy::DropNewest => {
+                let is_deliver = matches!(ev, Outbound::Deliver { .. });
+                if is_deliver {
+                    st.deliver_drops += 1;
+                }
+                (Enqueued::DroppedNewest, is_deliver)
+            }
+            QueueFullPolicy::DropOldest => {
+                if matches!(st.buf.pop_front(), Some(Outbound::Deliver { .. })) {
+                    st.deliver_drops += 1;
+                }
+                st.buf.push_back(ev);
+                (Enqueued::DroppedOldest, true)
+            }
+            QueueFullPolicy::Disconnect => {
+                st.kick = Some(KickReason::QueueFull);
+                st.buf.clear();
+                (Enqueued::Kicked, true)
+            }
+        }
     }
 
     /// Deliveries may have been missed (outside this session's queue): like a dropped Deliver,
@@ -597,5 +630,23 @@ mod tests {
         assert!(!h.wake_into(other, 8), "set once");
         assert!(!h.kick(KickReason::Admin));
         assert!(taken(&list).is_empty(), "nothing happened");
+    }
+
+    #[test]
+    fn offering_several_delivers_applies_the_policy_to_each_and_wakes_once() {
+        let list = Arc::new(ReadyList::new());
+        let h = handle();
+        assert!(h.wake_into(list.clone(), 3));
+        let payload = Bytes::from_static(b"x");
+        let mut outcomes = Vec::new();
+        // Capacity 4, drop-newest: four are queued, the fifth and sixth dropped (and counted).
+        h.offer_delivers((1..=6).map(|id| (id, None, &payload)), |id, _, r| {
+            outcomes.push((id, r))
+        });
+        use Enqueued::{DroppedNewest as Dn, Queued as Q};
+        assert_eq!(outcomes, [(1, Q), (2, Q), (3, Q), (4, Q), (5, Dn), (6, Dn)]);
+        assert_eq!(taken(&list), [3], "one wake-up for the lot");
+        assert_eq!(h.queued(), 4);
+        assert_eq!(lock(&h.inner.state).deliver_drops, 2);
     }
 }

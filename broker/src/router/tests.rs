@@ -1328,3 +1328,59 @@ async fn run_router_model(seed: u64, store: ModelStore) {
         }
     }
 }
+
+/// A broadcast is offered by the fan-out task after the push answered (the push call does not
+/// walk the sessions), and pushes that follow, broadcast or unicast, reach each session in id
+/// order; once the queue is idle a unicast is offered inside the push call again.
+#[tokio::test]
+async fn a_broadcast_is_offered_after_the_answer_and_later_pushes_keep_the_order() {
+    let f = fixture(|c| c.limits.outbound_queue = 16);
+    let mut sessions = Vec::new();
+    for id in 1..=40 {
+        let s = f
+            .router
+            .login(login(Address::device(id), Transport::DeviceWs, 0))
+            .await
+            .unwrap();
+        sessions.push(s);
+    }
+    let a = f
+        .router
+        .push(Target::AllDevices, None, Bytes::from_static(b"a"), None)
+        .await
+        .unwrap();
+    assert_eq!(a.delivered_online, 40, "the sessions online when stored");
+    // The push answered without offering: this runtime has one thread and nothing yielded to
+    // the fan-out task since it was queued.
+    assert!(sessions.iter().all(|s| s.handle().queued() == 0));
+    let b = f
+        .router
+        .push(Target::AllDevices, None, Bytes::from_static(b"b"), None)
+        .await
+        .unwrap();
+    let u = f
+        .router
+        .push(Target::Terminal(D1), None, Bytes::from_static(b"u"), None)
+        .await
+        .unwrap();
+    assert!(a.msg_id < b.msg_id && b.msg_id < u.msg_id);
+    for want in [a.msg_id, b.msg_id, u.msg_id] {
+        assert_eq!(deliver_id(&next(&mut sessions[0]).await), want);
+    }
+    for s in &mut sessions[1..] {
+        assert_eq!(deliver_id(&next(s).await), a.msg_id);
+        assert_eq!(deliver_id(&next(s).await), b.msg_id);
+        assert!(s.try_next().is_none());
+    }
+    // Idle again: a unicast is offered inside the push call.
+    let later = f
+        .router
+        .push(Target::Terminal(D1), None, Bytes::from_static(b"v"), None)
+        .await
+        .unwrap();
+    assert_eq!(later.delivered_online, 1);
+    assert_eq!(
+        sessions[0].try_next().map(|e| deliver_id(&e)),
+        Some(later.msg_id)
+    );
+}
