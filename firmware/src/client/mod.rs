@@ -530,11 +530,9 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
         }
         match &mut self.phase {
             Phase::Handshaking { attempt, .. } => {
-                let packet = attempt.take_pending()?;
-                let out = buf.get_mut(..packet.len())?;
-                out.copy_from_slice(&packet);
+                let len = attempt.pop_pending(buf)?;
                 bump(&mut self.stats.tx_packets);
-                Some(packet.len())
+                Some(len)
             }
             Phase::Online(_) => self.online_transmit(now, buf),
             Phase::Idle | Phase::Backoff { .. } | Phase::LookingUp { .. } => None,
