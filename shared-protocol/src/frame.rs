@@ -202,6 +202,20 @@ impl Body<'_> {
         }
     }
 
+    /// Whether a device sends this body (`d->b` and `both` in the section 4 table).
+    pub const fn is_sent_by_device(&self) -> bool {
+        matches!(
+            self,
+            Body::Ping
+                | Body::AckOnly
+                | Body::Send { .. }
+                | Body::Upload { .. }
+                | Body::CommandResult { .. }
+                | Body::Request { .. }
+                | Body::Goodbye { .. }
+        )
+    }
+
     /// Whether the body travels reliably (numbered, acknowledged, retransmitted).
     pub const fn is_reliable(&self) -> bool {
         !matches!(
@@ -312,6 +326,9 @@ pub enum EncodeError {
     /// The encoding would exceed [`MAX_FRAME`] (cannot happen within the field limits; kept for
     /// defence in depth).
     TooLarge,
+    /// A body the encoding side never sends (a broker-sent body given to
+    /// [`Frame::encode_from_device`]); the variant index.
+    WrongDirection(u32),
 }
 
 impl fmt::Display for EncodeError {
@@ -320,6 +337,7 @@ impl fmt::Display for EncodeError {
             EncodeError::Limit(e) => write!(f, "frame not encodable: {e}"),
             EncodeError::BufferTooSmall => f.write_str("output buffer too small"),
             EncodeError::TooLarge => write!(f, "frame larger than {MAX_FRAME} bytes"),
+            EncodeError::WrongDirection(i) => write!(f, "body variant {i} is not sent this way"),
         }
     }
 }
@@ -350,6 +368,9 @@ pub enum DecodeError {
     TrailingBytes,
     /// A field breaks a limit.
     Limit(LimitError),
+    /// A body variant the decoding side never receives (a device-sent body given to
+    /// [`Frame::decode_from_broker`]); the variant index.
+    WrongDirection(u32),
 }
 
 impl DecodeError {
@@ -374,6 +395,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadUtf8 => f.write_str("string not UTF-8"),
             DecodeError::TrailingBytes => f.write_str("trailing bytes after frame"),
             DecodeError::Limit(e) => write!(f, "frame breaks a limit: {e}"),
+            DecodeError::WrongDirection(i) => write!(f, "body variant {i} is not sent this way"),
         }
     }
 }
@@ -400,12 +422,32 @@ impl<'a> Frame<'a> {
         self.body.check_limits()
     }
 
-    /// Encodes into `buf` and returns the written bytes (at most [`MAX_FRAME`]).
+    /// Encodes into `buf` and returns the written bytes (at most [`MAX_FRAME`]), any body
+    /// variant.
     pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], EncodeError> {
+        self.encode_bodies::<false>(buf)
+    }
+
+    /// Encodes a frame a device sends to a broker: the same bytes as [`Frame::encode`] for
+    /// every body a device sends (`d->b` and `both` in the section 4 table), and
+    /// [`EncodeError::WrongDirection`] (nothing written) for a body only a broker sends. A
+    /// device encodes with this one, so it links only the writers of the bodies it sends.
+    pub fn encode_from_device<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], EncodeError> {
+        self.encode_bodies::<true>(buf)
+    }
+
+    /// [`Frame::encode`] (`FROM_DEVICE` false) or [`Frame::encode_from_device`] (true).
+    fn encode_bodies<'b, const FROM_DEVICE: bool>(
+        &self,
+        buf: &'b mut [u8],
+    ) -> Result<&'b mut [u8], EncodeError> {
+        if FROM_DEVICE && !self.body.is_sent_by_device() {
+            return Err(EncodeError::WrongDirection(self.body.index()));
+        }
         self.check()?;
         let len = buf.len();
         let mut w = Writer::new(&mut buf[..len.min(MAX_FRAME)]);
-        match self.write(&mut w) {
+        match self.write::<FROM_DEVICE>(&mut w) {
             Ok(()) => Ok(w.finish()),
             Err(BufferFull) if len >= MAX_FRAME => Err(EncodeError::TooLarge),
             Err(BufferFull) => Err(EncodeError::BufferTooSmall),
@@ -413,7 +455,9 @@ impl<'a> Frame<'a> {
     }
 
     /// Writes the fields in wire order (the same bytes as the serde derive through postcard).
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), BufferFull> {
+    /// With `FROM_DEVICE` the writers of the bodies only a broker sends are left out: the
+    /// caller refused those bodies before writing anything.
+    fn write<const FROM_DEVICE: bool>(&self, w: &mut Writer<'_>) -> Result<(), BufferFull> {
         w.varint(self.seq.into())?;
         w.varint(self.ack.next.into())?;
         w.varint(self.ack.mask.into())?;
@@ -425,7 +469,7 @@ impl<'a> Frame<'a> {
                 session_timeout_secs,
                 max_payload,
                 server_time_ms,
-            } => {
+            } if !FROM_DEVICE => {
                 w.varint(session_id.into())?;
                 w.varint(heartbeat_secs.into())?;
                 w.varint(session_timeout_secs.into())?;
@@ -433,12 +477,12 @@ impl<'a> Frame<'a> {
                 w.varint(server_time_ms)
             }
             Body::Ping | Body::AckOnly => Ok(()),
-            Body::Pong { server_time_ms } => w.varint(server_time_ms),
+            Body::Pong { server_time_ms } if !FROM_DEVICE => w.varint(server_time_ms),
             Body::Deliver {
                 msg_id,
                 from,
                 payload,
-            } => {
+            } if !FROM_DEVICE => {
                 w.varint(msg_id)?;
                 match from {
                     None => w.bool(false)?,
@@ -472,7 +516,7 @@ impl<'a> Frame<'a> {
                 w.bytes(text.as_bytes())?;
                 w.bytes(payload)
             }
-            Body::UploadAck { upload_id } => w.varint(upload_id.into()),
+            Body::UploadAck { upload_id } if !FROM_DEVICE => w.varint(upload_id.into()),
             Body::CommandResult {
                 cmd_id: id,
                 status,
@@ -487,28 +531,51 @@ impl<'a> Frame<'a> {
                 w.varint(status.into())?;
                 w.bytes(payload)
             }
-            Body::Presence { who, online } => {
+            Body::Presence { who, online } if !FROM_DEVICE => {
                 write_address(w, who)?;
                 w.bool(online)
             }
-            Body::Kick { reason: code } | Body::Goodbye { reason: code } => w.varint(code.0.into()),
-            Body::Error { code, about_seq } => {
+            Body::Goodbye { reason: code } => w.varint(code.0.into()),
+            Body::Kick { reason: code } if !FROM_DEVICE => w.varint(code.0.into()),
+            Body::Error { code, about_seq } if !FROM_DEVICE => {
                 w.varint(code.0.into())?;
                 w.varint(about_seq.into())
             }
+            // Only with `FROM_DEVICE`, for a body `encode_from_device` refused before writing.
+            _ => Ok(()),
         }
     }
 
-    /// Decodes one frame from exactly `bytes` (no trailing bytes). Never panics.
+    /// Decodes one frame from exactly `bytes` (no trailing bytes), any body variant. Never
+    /// panics.
     pub fn decode(bytes: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
+        Frame::decode_bodies::<false>(bytes)
+    }
+
+    /// Decodes one frame a broker sent to a device: the same result as [`Frame::decode`] for
+    /// every body the broker sends (`b->d` and `both` in the section 4 table), and
+    /// [`DecodeError::WrongDirection`] for a body only a device sends (Ping, Send, Upload,
+    /// CommandResult, Request), known from its variant index before any of its fields is
+    /// read. A device decodes with this one, so it links only the readers of the bodies it
+    /// receives. Never panics.
+    pub fn decode_from_broker(bytes: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
+        Frame::decode_bodies::<true>(bytes)
+    }
+
+    /// [`Frame::decode`] (`FROM_BROKER` false) or [`Frame::decode_from_broker`] (true).
+    fn decode_bodies<const FROM_BROKER: bool>(bytes: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
         if bytes.len() > MAX_FRAME {
             return Err(DecodeError::TooLarge);
         }
         let mut r = Reader::new(bytes);
-        let frame = Frame::read(&mut r).map_err(|e| match e {
+        let frame = Frame::read::<FROM_BROKER>(&mut r).map_err(|e| match e {
             WireError::Truncated => DecodeError::Truncated,
             WireError::Malformed => DecodeError::Malformed,
             WireError::BadUtf8 => DecodeError::BadUtf8,
+            // Only `decode_from_broker` leaves a known index unread.
+            WireError::UnknownVariant(index) if index < BODY_VARIANTS => {
+                DecodeError::WrongDirection(index)
+            }
             WireError::UnknownVariant(index) => DecodeError::UnknownBody(index),
         })?;
         if !r.is_empty() {
@@ -520,8 +587,10 @@ impl<'a> Frame<'a> {
 
     /// Reads the fields in wire order; the first field that fails decides the error, as with
     /// the serde derive through postcard. (Errors stay [`WireError`]s until [`Frame::decode`]
-    /// converts the one that happened: one conversion instead of one per field.)
-    fn read(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    /// converts the one that happened: one conversion instead of one per field.) With
+    /// `FROM_BROKER` a body only a device sends is not read: its known index comes back as
+    /// [`WireError::UnknownVariant`], and no reader of its fields is linked.
+    fn read<const FROM_BROKER: bool>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
         let seq = r.u32()?;
         let ack = Ack {
             next: r.u32()?,
@@ -536,7 +605,7 @@ impl<'a> Frame<'a> {
                 max_payload: r.u16()?,
                 server_time_ms: r.u64()?,
             },
-            1 => Body::Ping,
+            1 if !FROM_BROKER => Body::Ping,
             2 => Body::Pong {
                 server_time_ms: r.u64()?,
             },
@@ -550,11 +619,11 @@ impl<'a> Frame<'a> {
                 },
                 payload: r.bytes()?,
             },
-            5 => Body::Send {
+            5 if !FROM_BROKER => Body::Send {
                 to: read_address(r)?,
                 payload: r.bytes()?,
             },
-            index @ (6 | 8 | 10) => {
+            index @ (6 | 8 | 10) if !FROM_BROKER || index == 8 => {
                 let (id, text, payload) = (r.u32()?, r.str()?, r.bytes()?);
                 match index {
                     6 => Body::Upload {
@@ -577,7 +646,7 @@ impl<'a> Frame<'a> {
             7 => Body::UploadAck {
                 upload_id: r.u32()?,
             },
-            index @ (9 | 11) => {
+            index @ (9 | 11) if !FROM_BROKER || index == 11 => {
                 let (id, status, payload) = (r.u32()?, r.u16()?, r.bytes()?);
                 if index == 9 {
                     Body::CommandResult {
@@ -622,6 +691,140 @@ mod tests {
 
     fn enc<'b>(frame: &Frame<'_>, buf: &'b mut [u8]) -> &'b [u8] {
         frame.encode(buf).unwrap()
+    }
+
+    /// One body of every variant, in index order.
+    fn every_body() -> [Body<'static>; BODY_VARIANTS as usize] {
+        let who = Address::device(9);
+        [
+            Body::Welcome {
+                session_id: 1,
+                heartbeat_secs: 30,
+                session_timeout_secs: 90,
+                max_payload: 512,
+                server_time_ms: 7,
+            },
+            Body::Ping,
+            Body::Pong { server_time_ms: 7 },
+            Body::AckOnly,
+            Body::Deliver {
+                msg_id: 3,
+                from: Some(who),
+                payload: b"d",
+            },
+            Body::Send {
+                to: who,
+                payload: b"s",
+            },
+            Body::Upload {
+                upload_id: 4,
+                topic: "t",
+                payload: b"u",
+            },
+            Body::UploadAck { upload_id: 4 },
+            Body::Command {
+                cmd_id: 5,
+                name: "n",
+                payload: b"c",
+            },
+            Body::CommandResult {
+                cmd_id: 5,
+                status: 0,
+                payload: b"r",
+            },
+            Body::Request {
+                req_id: 6,
+                path: "p",
+                payload: b"q",
+            },
+            Body::Response {
+                req_id: 6,
+                status: 200,
+                payload: b"a",
+            },
+            Body::Presence { who, online: true },
+            Body::Kick {
+                reason: Code::NORMAL,
+            },
+            Body::Goodbye {
+                reason: Code::NORMAL,
+            },
+            Body::Error {
+                code: Code::MALFORMED,
+                about_seq: 2,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_device_encodes_what_a_device_sends_and_writes_nothing_else() {
+        for body in every_body() {
+            let frame = Frame {
+                seq: u32::from(body.is_reliable()),
+                ack: Ack { next: 2, mask: 1 },
+                body,
+            };
+            let mut full = [0u8; 64];
+            let full = frame.encode(&mut full).unwrap();
+            let mut device = [0xAAu8; 64];
+            let result = frame.encode_from_device(&mut device).map(|b| b.len());
+            if body.is_sent_by_device() {
+                assert_eq!(result, Ok(full.len()), "{}", body.name());
+                assert_eq!(&device[..full.len()], &full[..], "{}", body.name());
+            } else {
+                assert_eq!(result, Err(EncodeError::WrongDirection(body.index())));
+                assert_eq!(device, [0xAA; 64], "{}: nothing written", body.name());
+            }
+        }
+    }
+
+    #[test]
+    fn a_device_decodes_what_a_broker_sends_and_refuses_the_rest_by_index() {
+        // The `d->b` rows of the section 4 table.
+        const DEVICE_SENT: [u32; 5] = [1, 5, 6, 9, 10];
+        for (index, body) in every_body().into_iter().enumerate() {
+            assert_eq!(body.index(), index as u32);
+            let seq = u32::from(body.is_reliable());
+            let frame = Frame {
+                seq,
+                ack: Ack { next: 2, mask: 1 },
+                body,
+            };
+            let mut buf = [0u8; 64];
+            let bytes = frame.encode(&mut buf).unwrap();
+            assert_eq!(Frame::decode(bytes), Ok(frame));
+            if DEVICE_SENT.contains(&body.index()) {
+                assert_eq!(
+                    Frame::decode_from_broker(bytes),
+                    Err(DecodeError::WrongDirection(body.index())),
+                    "{}",
+                    body.name()
+                );
+                // Refused from the index alone: the fields are never read, so the frame cut
+                // right after its index (seq, ack and index are one byte each here) is
+                // refused the same way.
+                assert_eq!(
+                    Frame::decode_from_broker(&bytes[..4]),
+                    Err(DecodeError::WrongDirection(body.index()))
+                );
+            } else {
+                assert_eq!(
+                    Frame::decode_from_broker(bytes),
+                    Ok(frame),
+                    "{}",
+                    body.name()
+                );
+            }
+        }
+        // Unknown indexes stay unknown, and every other error is decode's.
+        assert_eq!(
+            Frame::decode_from_broker(&[0, 0, 0, 16]),
+            Err(DecodeError::UnknownBody(16))
+        );
+        assert_eq!(
+            Frame::decode_from_broker(&[0, 0, 0]),
+            Err(DecodeError::Truncated)
+        );
     }
 
     #[test]

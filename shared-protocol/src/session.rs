@@ -313,12 +313,41 @@ impl SecureSession {
         })
     }
 
+    /// A device's [`SecureSession::seal_frame`]: the frame is encoded with
+    /// [`Frame::encode_from_device`], so a body only a broker sends is [`SessionError::Encode`]
+    /// (nothing sealed, no counter used) and a device links only the writers of the bodies it
+    /// sends.
+    pub fn seal_frame_from_device(
+        &mut self,
+        frame: &Frame<'_>,
+        out: &mut [u8],
+    ) -> Result<usize, SessionError> {
+        self.seal_with(out, |room| {
+            frame
+                .encode_from_device(room)
+                .map(|b| b.len())
+                .map_err(|_| SessionError::Encode)
+        })
+    }
+
     /// Opens a DATA packet in place and decodes its frame (borrowing from `packet`). A packet
     /// that authenticates but does not decode is still recorded in the replay window (it was
     /// genuinely sent) and reported as [`SessionError::Decode`].
     pub fn open_frame<'p>(&mut self, packet: &'p mut [u8]) -> Result<Frame<'p>, SessionError> {
         let plain = self.open_in_place(packet)?;
         Frame::decode(plain).map_err(|_| SessionError::Decode)
+    }
+
+    /// A device's [`SecureSession::open_frame`]: the frame is decoded with
+    /// [`Frame::decode_from_broker`], so a body only a device sends is
+    /// [`SessionError::Decode`] (recorded in the replay window like any other undecodable
+    /// frame) and a device links only the readers of the bodies a broker sends.
+    pub fn open_frame_from_broker<'p>(
+        &mut self,
+        packet: &'p mut [u8],
+    ) -> Result<Frame<'p>, SessionError> {
+        let plain = self.open_in_place(packet)?;
+        Frame::decode_from_broker(plain).map_err(|_| SessionError::Decode)
     }
 
     /// Seals the WELCOME packet: the 22-byte WELCOME header (`session_id`, `broker_nonce`) as
@@ -385,7 +414,8 @@ impl SecureSession {
         }
         self.record(0)?;
         let plain = &packet[WELCOME_HEADER_LEN..WELCOME_HEADER_LEN + n];
-        Frame::decode(plain).map_err(|_| SessionError::Decode)
+        // Only a device opens a WELCOME: it carries a body a broker sends.
+        Frame::decode_from_broker(plain).map_err(|_| SessionError::Decode)
     }
 
     /// Test and vector helper: sets the next send counter. Counters must never be reused under
@@ -512,7 +542,8 @@ mod tests {
     fn welcome_uses_counter_zero_and_binds_its_header() {
         use crate::frame::{Ack, Body};
         let (mut d, mut b) = pair();
-        let frame = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::Ping);
+        // A body a broker sends: only a device opens a WELCOME.
+        let frame = Frame::unreliable(Ack { next: 1, mask: 0 }, Body::AckOnly);
         let mut pkt = [0u8; 64];
         let n = b.seal_welcome(&[9; 16], &frame, &mut pkt).unwrap();
         assert_eq!(n, WELCOME_HEADER_LEN + 4 + TAG_LEN);

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use shared_protocol::codes::Code;
-use shared_protocol::frame::{Ack, Body, Frame};
+use shared_protocol::frame::{Ack, Body, DecodeError, Frame};
 use shared_protocol::ids::{Address, Kind};
 use shared_protocol::limits::{
     HELLO_MIN_LEN, MAX_FRAME, MAX_MSG_ID, MAX_NAME, MAX_PACKET, MAX_PATH, MAX_PAYLOAD, MAX_TOPIC,
@@ -218,6 +218,36 @@ proptest! {
             let mut buf = [0u8; MAX_PACKET];
             let again = frame.encode(&mut buf).expect("accepted frames re-encode");
             prop_assert_eq!(Frame::decode(again), Ok(frame));
+        }
+    }
+
+    /// A device's decoder agrees with the full one on every frame a broker sends, and refuses
+    /// a device-sent body by its index alone (so any bytes after that index are not read).
+    #[test]
+    fn the_device_decoder_is_the_full_one_restricted_to_broker_bodies(
+        parts in parts(), at in any::<usize>(), byte in any::<u8>(), cut in any::<usize>(),
+    ) {
+        let mut buf = [0u8; MAX_PACKET];
+        let valid = parts.frame().encode(&mut buf).unwrap().to_vec();
+        let mut mutated = valid.clone();
+        let i = at % mutated.len();
+        mutated[i] = byte;
+        mutated.truncate(1 + cut % mutated.len());
+        for bytes in [valid, mutated] {
+            let full = Frame::decode(&bytes);
+            let device = Frame::decode_from_broker(&bytes);
+            let device_sent = |index: u32| matches!(index, 1 | 5 | 6 | 9 | 10);
+            match (full, device) {
+                (Ok(frame), device) if device_sent(frame.body.index()) => {
+                    prop_assert_eq!(device, Err(DecodeError::WrongDirection(frame.body.index())));
+                }
+                (full, Err(DecodeError::WrongDirection(index))) => {
+                    prop_assert!(device_sent(index));
+                    // The full decoder failed inside that body's fields.
+                    prop_assert!(full.is_err());
+                }
+                (full, device) => prop_assert_eq!(device, full),
+            }
         }
     }
 

@@ -16,7 +16,7 @@
 //! only retires one of them; the REJECT for the last one ends the attempt as before. The cost
 //! is a second LOGIN (and a `BAD_COOKIE` REJECT for it) only after a resend.
 
-use heapless::{Deque, Vec};
+use heapless::Vec;
 #[cfg(doc)]
 use shared_protocol::handshake::Carrier;
 use shared_protocol::handshake::{ClientEvent, ClientHandshake, Established};
@@ -43,47 +43,95 @@ pub(crate) enum LoginStep {
     Ignored,
 }
 
+/// Packets waiting to be sent, in order, each written straight into its own slot by the
+/// handshake that makes it (no copy between making and sending but the one into the caller's
+/// buffer).
+struct Pending {
+    slots: [[u8; HANDSHAKE_BUF]; PENDING],
+    lens: [u8; PENDING],
+    /// Slots in use, from slot 0.
+    count: usize,
+}
+
+impl Pending {
+    const fn new() -> Self {
+        Pending {
+            slots: [[0; HANDSHAKE_BUF]; PENDING],
+            lens: [0; PENDING],
+            count: 0,
+        }
+    }
+
+    /// Lets `make` write a packet into the next free slot and keeps it if `make` returns its
+    /// length. With every slot in use nothing is made: at most [`PENDING`] packets are made
+    /// between two drains.
+    fn push(&mut self, make: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        let Some(slot) = self.slots.get_mut(self.count) else {
+            return false;
+        };
+        match make(slot) {
+            Some(len) if len <= HANDSHAKE_BUF => {
+                // HANDSHAKE_BUF fits in a u8.
+                self.lens[self.count] = len as u8;
+                self.count += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies the oldest packet into `out` and returns its length (`None` when none waits or
+    /// `out` is too small; the packet then stays).
+    fn pop_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        if self.count == 0 {
+            return None;
+        }
+        let len = usize::from(self.lens[0]);
+        out.get_mut(..len)?.copy_from_slice(&self.slots[0][..len]);
+        // Move the rest up (one slot at most: a copy, no rotate or memmove linked).
+        for i in 1..self.count {
+            self.slots[i - 1] = self.slots[i];
+            self.lens[i - 1] = self.lens[i];
+        }
+        self.count -= 1;
+        Some(len)
+    }
+}
+
 /// One login attempt: the current handshake, the one its last resend replaced, and what to send.
 pub(crate) struct LoginAttempt {
     current: ClientHandshake,
     previous: Option<ClientHandshake>,
-    pending: Deque<Vec<u8, HANDSHAKE_BUF>, PENDING>,
+    pending: Pending,
     /// LOGINs sent in this attempt and not yet answered by a REJECT.
     logins_out: u8,
 }
 
 impl LoginAttempt {
-    /// Starts with a HELLO using `nonce` (queued for [`Self::take_pending`]).
-    pub(crate) fn start(mut handshake: ClientHandshake, now_ms: u64, nonce: [u8; 16]) -> Self {
+    /// Starts with a HELLO using `nonce` (queued for [`Self::pop_pending`]).
+    pub(crate) fn start(handshake: ClientHandshake, now_ms: u64, nonce: [u8; 16]) -> Self {
         let mut attempt = LoginAttempt {
-            current: handshake.clone(),
+            current: handshake,
             previous: None,
-            pending: Deque::new(),
+            pending: Pending::new(),
             logins_out: 0,
         };
-        let mut buf = [0u8; HANDSHAKE_BUF];
-        if let Ok(hello) = handshake.start(now_ms, nonce, &mut buf) {
-            attempt.queue(hello);
-        }
-        attempt.current = handshake;
+        let current = &mut attempt.current;
+        attempt
+            .pending
+            .push(|out| current.start(now_ms, nonce, out).ok().map(<[u8]>::len));
         attempt
     }
 
-    fn queue(&mut self, packet: &[u8]) {
-        if let Ok(p) = Vec::from_slice(packet) {
-            // At most PENDING packets are produced between two drains.
-            let _ = self.pending.push_back(p);
-        }
-    }
-
-    /// Whether a packet waits for [`Self::take_pending`].
+    /// Whether a packet waits for [`Self::pop_pending`].
     pub(crate) fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.pending.count > 0
     }
 
-    /// The next packet to send.
-    pub(crate) fn take_pending(&mut self) -> Option<Vec<u8, HANDSHAKE_BUF>> {
-        self.pending.pop_front()
+    /// Copies the next packet to send into `out` and returns its length (`None` when none
+    /// waits or `out` is too small for it).
+    pub(crate) fn pop_pending(&mut self, out: &mut [u8]) -> Option<usize> {
+        self.pending.pop_into(out)
     }
 
     /// When [`Self::handle_timeout`] must run (the current handshake's resend time).
@@ -98,15 +146,17 @@ impl LoginAttempt {
             return false;
         }
         let replaced = self.current.clone();
-        let mut buf = [0u8; HANDSHAKE_BUF];
-        match self.current.handle_timeout(now_ms, nonce, &mut buf) {
-            Ok(Some(hello)) => {
-                self.previous = Some(replaced);
-                self.queue(hello);
-                true
-            }
-            _ => false,
+        let current = &mut self.current;
+        let queued = self
+            .pending
+            .push(|out| match current.handle_timeout(now_ms, nonce, out) {
+                Ok(Some(hello)) => Some(hello.len()),
+                _ => None,
+            });
+        if queued {
+            self.previous = Some(replaced);
         }
+        queued
     }
 
     /// Feeds one received packet (decrypted in place when it is the WELCOME).
@@ -121,7 +171,6 @@ impl LoginAttempt {
     fn on_challenge(&mut self, packet: &mut [u8]) -> LoginStep {
         // Both handshakes see the same bytes: a CHALLENGE is not modified by decoding.
         let mut answered = false;
-        let mut out = [0u8; HANDSHAKE_BUF];
         // The replaced handshake answers first: a late CHALLENGE most likely answers the older
         // HELLO, and a WebSocket broker closes the connection after the first refused LOGIN
         // (after an accepted one it ignores further handshake packets).
@@ -132,8 +181,14 @@ impl LoginAttempt {
                 self.previous.as_mut()
             };
             let Some(handshake) = handshake else { continue };
-            if let Ok(ClientEvent::Send(login)) = handshake.on_packet(packet, &mut out) {
-                self.queue(login);
+            let packet = &mut *packet;
+            if self
+                .pending
+                .push(|out| match handshake.on_packet(packet, out) {
+                    Ok(ClientEvent::Send(login)) => Some(login.len()),
+                    _ => None,
+                })
+            {
                 self.logins_out = self.logins_out.saturating_add(1);
                 answered = true;
             }
@@ -151,14 +206,10 @@ impl LoginAttempt {
             self.logins_out -= 1;
             return LoginStep::Progress;
         }
-        let mut out = [0u8; HANDSHAKE_BUF];
-        match self.current.on_packet(packet, &mut out) {
+        // A REJECT makes nothing to send: no output buffer.
+        match self.current.on_packet(packet, &mut []) {
             Ok(ClientEvent::Rejected(r)) => LoginStep::Rejected(r),
-            _ => match self
-                .previous
-                .as_mut()
-                .map(|p| p.on_packet(packet, &mut out))
-            {
+            _ => match self.previous.as_mut().map(|p| p.on_packet(packet, &mut [])) {
                 Some(Ok(ClientEvent::Rejected(r))) => LoginStep::Rejected(r),
                 _ => LoginStep::Ignored,
             },
@@ -166,17 +217,17 @@ impl LoginAttempt {
     }
 
     fn on_other(&mut self, packet: &mut [u8]) -> LoginStep {
-        let mut out = [0u8; HANDSHAKE_BUF];
-        // The previous handshake gets the bytes as received (a WELCOME is small).
+        // Neither a WELCOME nor anything else but a CHALLENGE makes a packet to send: no output
+        // buffer. The previous handshake gets the bytes as received (a WELCOME is small).
         let copy: Option<Vec<u8, WELCOME_MAX>> = match self.previous {
             Some(_) => Vec::from_slice(packet).ok(),
             None => None,
         };
-        if let Ok(ClientEvent::Established(e)) = self.current.on_packet(packet, &mut out) {
+        if let Ok(ClientEvent::Established(e)) = self.current.on_packet(packet, &mut []) {
             return LoginStep::Established(e);
         }
         if let (Some(previous), Some(mut copy)) = (self.previous.as_mut(), copy)
-            && let Ok(ClientEvent::Established(e)) = previous.on_packet(&mut copy, &mut out)
+            && let Ok(ClientEvent::Established(e)) = previous.on_packet(&mut copy, &mut [])
         {
             return LoginStep::Established(e);
         }

@@ -523,18 +523,16 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                     reason: Code::NORMAL,
                 },
             );
-            if let Ok(n) = o.session.seal_frame(&frame, buf) {
+            if let Ok(n) = o.session.seal_frame_from_device(&frame, buf) {
                 bump(&mut self.stats.tx_packets);
                 return Some(n);
             }
         }
         match &mut self.phase {
             Phase::Handshaking { attempt, .. } => {
-                let packet = attempt.take_pending()?;
-                let out = buf.get_mut(..packet.len())?;
-                out.copy_from_slice(&packet);
+                let len = attempt.pop_pending(buf)?;
                 bump(&mut self.stats.tx_packets);
-                Some(packet.len())
+                Some(len)
             }
             Phase::Online(_) => self.online_transmit(now, buf),
             Phase::Idle | Phase::Backoff { .. } | Phase::LookingUp { .. } => None,
@@ -734,7 +732,10 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
         let Phase::Online(o) = &mut self.phase else {
             return Err(RxError::NotExpected);
         };
-        let frame = o.session.open_frame(packet).map_err(RxError::Session)?;
+        let frame = o
+            .session
+            .open_frame_from_broker(packet)
+            .map_err(RxError::Session)?;
         o.last_rx = now;
         let mut result = Ok(());
         match o.send.on_ack(frame.ack, now.as_millis()) {
@@ -976,7 +977,7 @@ fn seal(
     buf: &mut [u8],
     stats: &mut Stats,
 ) -> Option<usize> {
-    match o.session.seal_frame(&frame, buf) {
+    match o.session.seal_frame_from_device(&frame, buf) {
         Ok(n) => {
             o.recv.on_ack_sent();
             o.last_tx = now;

@@ -1099,6 +1099,49 @@ fn malformed_and_forged_packets_are_errors_and_change_nothing() {
 }
 
 #[test]
+fn a_body_only_a_device_sends_is_dropped_unread_and_unacknowledged() {
+    let mut net = Net::new();
+    net.online();
+    let mut q = VecDeque::new();
+    // A reliable Upload (seq 1) and an unreliable Ping, as a broker never sends them.
+    net.brokers[0].send_with_seq(
+        1,
+        Body::Upload {
+            upload_id: 1,
+            topic: "t",
+            payload: b"x",
+        },
+        &mut q,
+    );
+    net.brokers[0].send_with_seq(0, Body::Ping, &mut q);
+    let dropped = net.client.stats().rx_dropped;
+    for mut packet in q.drain(..) {
+        assert!(matches!(
+            net.client.handle_datagram(&mut packet, net.now),
+            Err(RxError::Session(SessionError::Decode))
+        ));
+    }
+    assert_eq!(net.client.stats().rx_dropped, dropped + 2);
+    // seq 1 was not taken: a Deliver with seq 1 is delivered.
+    net.brokers[0].send_with_seq(
+        1,
+        Body::Deliver {
+            msg_id: 1,
+            from: None,
+            payload: b"d",
+        },
+        &mut q,
+    );
+    let mut packet = q.pop_front().unwrap();
+    assert!(net.client.handle_datagram(&mut packet, net.now).is_ok());
+    let mut delivered = false;
+    while let Some(event) = net.client.poll_event() {
+        delivered |= matches!(event, Event::Deliver { msg_id: 1, .. });
+    }
+    assert!(delivered);
+}
+
+#[test]
 fn replayed_packet_is_dropped() {
     let mut net = Net::new();
     net.online();
