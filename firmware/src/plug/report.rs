@@ -96,8 +96,23 @@ impl Report {
 
     /// A meter reading and the relay state.
     pub fn reading(r: &Reading, relay_on: bool) -> Report {
-        Text::new()
-            .str("{\"power_mw\":")
+        Self::reading_text(r, relay_on).str("}").done()
+    }
+
+    /// A periodic meter reading (topic `power`): [`Report::reading`] plus `"n"`, the reading's
+    /// number since boot (1, 2, 3...; a reading the full upload queue refused keeps its number,
+    /// so the gaps in the numbers that arrive are exactly the readings skipped).
+    pub fn numbered_reading(r: &Reading, relay_on: bool, n: u32) -> Report {
+        Self::reading_text(r, relay_on)
+            .str(",\"n\":")
+            .num(n.into())
+            .str("}")
+            .done()
+    }
+
+    fn reading_text(r: &Reading, relay_on: bool) -> Text {
+        let mut t = Text::new();
+        t.str("{\"power_mw\":")
             .num(r.power_mw.into())
             .str(",\"voltage_mv\":")
             .num(r.voltage_mv.into())
@@ -107,8 +122,8 @@ impl Report {
             .num(r.energy_mwh)
             .str(",\"relay\":\"")
             .str(on_off(relay_on))
-            .str("\"}")
-            .done()
+            .str("\"");
+        t
     }
 
     /// The `status` command's result.
@@ -175,11 +190,13 @@ mod tests {
             lookups: u32::MAX,
             lookup_failures: u32::MAX,
             events_dropped: u32::MAX,
+            deliveries_suppressed: u32::MAX,
         };
         let p = PlugStats {
             commands: u32::MAX,
             readings_skipped: u32::MAX,
             results_dropped: u32::MAX,
+            readings: u32::MAX,
         };
         let r = Report::status("255.255.255-rc.255", u64::MAX, true, false, &max, &p);
         assert!(r.as_str().ends_with('}'), "truncated: {}", r.as_str());
@@ -190,6 +207,11 @@ mod tests {
             energy_mwh: u64::MAX,
         };
         assert!(Report::reading(&reading, true).as_str().ends_with('}'));
+        assert!(
+            Report::numbered_reading(&reading, true, u32::MAX)
+                .as_str()
+                .ends_with(r#","n":4294967295}"#)
+        );
     }
 
     #[test]
@@ -211,6 +233,7 @@ mod tests {
             commands: 11,
             readings_skipped: 12,
             results_dropped: 0,
+            readings: 0,
         };
         assert_eq!(
             Report::status("1.0", 0, true, false, &c, &p).as_str(),
