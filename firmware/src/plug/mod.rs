@@ -202,8 +202,7 @@ impl<R: Relay, M: Meter> Plug<R, M> {
             self.next_reading = Some(now.plus_millis(self.config.meter_interval_ms));
             let reading = self.meter.read(now, self.relay.is_on());
             crate::stats::bump(&mut self.stats.readings);
-            let report =
-                Report::numbered_reading(&reading, self.relay.is_on(), self.stats.readings);
+            let report = Report::reading(&reading, self.relay.is_on(), Some(self.stats.readings));
             if api.upload(TOPIC_POWER, report.as_bytes()).is_err() {
                 crate::stats::bump(&mut self.stats.readings_skipped);
             }
@@ -274,7 +273,10 @@ impl<R: Relay, M: Meter> Plug<R, M> {
             "relay.get" => (STATUS_OK, Report::relay(self.relay.is_on())),
             "meter.read" => {
                 let reading = self.meter.read(now, self.relay.is_on());
-                (STATUS_OK, Report::reading(&reading, self.relay.is_on()))
+                (
+                    STATUS_OK,
+                    Report::reading(&reading, self.relay.is_on(), None),
+                )
             }
             "status" => {
                 let uptime_s = div_rem(now.millis_since(self.boot), const { nonzero(1_000) }).0;

@@ -94,23 +94,10 @@ impl Report {
             .done()
     }
 
-    /// A meter reading and the relay state.
-    pub fn reading(r: &Reading, relay_on: bool) -> Report {
-        Self::reading_text(r, relay_on).str("}").done()
-    }
-
-    /// A periodic meter reading (topic `power`): [`Report::reading`] plus `"n"`, the reading's
-    /// number since boot (1, 2, 3...; a reading the full upload queue refused keeps its number,
-    /// so the gaps in the numbers that arrive are exactly the readings skipped).
-    pub fn numbered_reading(r: &Reading, relay_on: bool, n: u32) -> Report {
-        Self::reading_text(r, relay_on)
-            .str(",\"n\":")
-            .num(n.into())
-            .str("}")
-            .done()
-    }
-
-    fn reading_text(r: &Reading, relay_on: bool) -> Text {
+    /// A meter reading and the relay state; a periodic reading (topic `power`) also carries
+    /// `"n"`, its number since boot (1, 2, 3...; a reading the full upload queue refused keeps
+    /// its number, so the gaps in the numbers that arrive are exactly the readings skipped).
+    pub fn reading(r: &Reading, relay_on: bool, n: Option<u32>) -> Report {
         let mut t = Text::new();
         t.str("{\"power_mw\":")
             .num(r.power_mw.into())
@@ -123,7 +110,10 @@ impl Report {
             .str(",\"relay\":\"")
             .str(on_off(relay_on))
             .str("\"");
-        t
+        if let Some(n) = n {
+            t.str(",\"n\":").num(n.into());
+        }
+        t.str("}").done()
     }
 
     /// The `status` command's result.
@@ -206,9 +196,13 @@ mod tests {
             current_ma: u32::MAX,
             energy_mwh: u64::MAX,
         };
-        assert!(Report::reading(&reading, true).as_str().ends_with('}'));
         assert!(
-            Report::numbered_reading(&reading, true, u32::MAX)
+            Report::reading(&reading, true, None)
+                .as_str()
+                .ends_with('}')
+        );
+        assert!(
+            Report::reading(&reading, true, Some(u32::MAX))
                 .as_str()
                 .ends_with(r#","n":4294967295}"#)
         );
@@ -275,7 +269,7 @@ mod tests {
             energy_mwh: 4,
         };
         assert_eq!(
-            Report::reading(&r, false).as_str(),
+            Report::reading(&r, false, None).as_str(),
             r#"{"power_mw":1,"voltage_mv":2,"current_ma":3,"energy_mwh":4,"relay":"off"}"#
         );
     }
