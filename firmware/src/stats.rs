@@ -33,6 +33,11 @@ pub struct Stats {
     /// `Connected` / `Disconnected` events dropped because the application left the event
     /// queue full (its `E` is too small for how rarely it drains it).
     pub events_dropped: u32,
+    /// Delivers the client took again and did not pass on, because it had already taken them:
+    /// a resent frame it had already received (its acknowledgement was lost) or, after a
+    /// reconnect, a `msg_id` at or below the highest one taken. Repeats the application never
+    /// sees; the broker is working as specified when this grows under loss.
+    pub deliveries_suppressed: u32,
 }
 
 /// Adds one to a counter, saturating.

@@ -44,6 +44,15 @@ pub const SCENARIOS: &[Known] = &[
                     device, none skipped or refused by the board",
     },
     Known {
+        name: "cut-off",
+        fleet: true,
+        criterion: "tap8's board uploading once a second is cut off the network (its TAP \
+                    unplugged) for cut_off_s, then plugged back in: online again within 90 s, \
+                    its drop counter (readings_skipped) above 0 when the cut outlasts its \
+                    64-upload queue and steady once it is back, and its numbered readings in the \
+                    spool once each, in order, with kept + dropped = taken (the highest number)",
+    },
+    Known {
         name: "nat-rebinding",
         fleet: true,
         criterion: "a board uploading every 200 ms; its UDP path moves to a new source port \
@@ -114,7 +123,8 @@ pub const SCENARIOS: &[Known] = &[
         fleet: true,
         criterion: "every host TAP board and the QEMU board online together; one push to \
                     all devices: each board logs that message's delivery within 15 s, and 2 s \
-                    later exactly one delivery and no repeat; then half of the host TAP boards \
+                    later exactly one delivery and no repeat, which its `deliveries` command confirms \
+                    (with the repeats the SDK suppressed, reported); then half of the host TAP boards \
                     restarted on the second image (same device): each logs in and its status \
                     reports the new version (`+next`), with no delivery again; every other \
                     board answers status with the old version",

@@ -30,8 +30,10 @@ use crate::run::{BOARD_LIFETIME_S, Paths, failed_suite, report};
 use crate::scenario::{COMMAND_TIMEOUT_MS, Case, Outcome};
 
 mod broadcast;
+mod cut_off;
 
 pub use broadcast::{BROADCAST_SETTLE, BROADCAST_WAIT, DeliveryLog, delivery_log};
+pub use cut_off::{CUT_OFF_BOARD, CUT_OFF_METER_MS, HOST_TAP_QUEUE, Numbered, numbered_readings};
 
 /// What the fleet scenarios run on.
 pub struct Context<'a> {
@@ -208,6 +210,7 @@ pub async fn run(ctx: &Context<'_>, names: &[&String]) -> Vec<Suite> {
             "id-profiles" => fleet.id_profiles().await,
             "cluster-failover" => crate::failover::run(ctx).await,
             "fleet" => fleet.fleet_broadcast().await,
+            "cut-off" => fleet.cut_off().await,
             other => (
                 vec![failed_case(
                     "set-up",
@@ -318,7 +321,8 @@ impl Fleet<'_> {
             record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
             exit_after_s: self.ctx.rig.login_timeout_s
                 + BOARD_LIFETIME_S
-                + self.ctx.rig.upload_run_s,
+                + self.ctx.rig.upload_run_s
+                + self.ctx.rig.cut_off_s,
             board: s.index,
         };
         let device = self.start_boot(slot, &boot, scenario, None)?;

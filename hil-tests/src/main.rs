@@ -25,7 +25,7 @@ use hil_tests::run::{Paths, run_rig, selected};
 use hil_tests::teardown::Teardown;
 use hil_tests::{catalog, dry_run};
 
-const USAGE: &str = "usage: hil-tests list | run --rig R [--rig R]... [--scenario S]... [--root DIR] [--dry-run] | net-up --rig R";
+const USAGE: &str = "usage: hil-tests list | run --rig R [--rig R]... [--scenario S]... [--root DIR] [--dry-run] [--upload-run-s N] [--cut-off-s N] | net-up --rig R";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -42,6 +42,10 @@ struct Args {
     root: PathBuf,
     /// Print a real-board rig's commands instead of running them.
     dry_run: bool,
+    /// Overrides every rig's `upload_run_s` (`--upload-run-s`: the full 60 s form).
+    upload_run_s: Option<u64>,
+    /// Overrides every rig's `cut_off_s` (`--cut-off-s`: e.g. the 10-minute form).
+    cut_off_s: Option<u64>,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -64,6 +68,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         scenarios: Vec::new(),
         root: Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
         dry_run: false,
+        upload_run_s: None,
+        cut_off_s: None,
     };
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
@@ -78,6 +84,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--root" => parsed.root = PathBuf::from(value("--root")?),
             "--dry-run" => parsed.dry_run = true,
+            "--upload-run-s" => parsed.upload_run_s = Some(seconds(&value("--upload-run-s")?)?),
+            "--cut-off-s" => parsed.cut_off_s = Some(seconds(&value("--cut-off-s")?)?),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -88,6 +96,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         parsed.rigs.push("qemu".into());
     }
     Ok(parsed)
+}
+
+/// A positive number of seconds.
+fn seconds(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 fn list(rigs_dir: &Path) -> ExitCode {
@@ -182,7 +198,11 @@ fn main() -> ExitCode {
     let mut rigs = Vec::new();
     for name in &args.rigs {
         match Rig::load(&rigs_dir, name) {
-            Ok(rig) => rigs.push(rig),
+            Ok(mut rig) => {
+                rig.upload_run_s = args.upload_run_s.unwrap_or(rig.upload_run_s);
+                rig.cut_off_s = args.cut_off_s.unwrap_or(rig.cut_off_s);
+                rigs.push(rig)
+            }
             Err(e) => {
                 eprintln!("hil-tests: {e}");
                 return ExitCode::from(2);

@@ -184,6 +184,10 @@ pub struct Rig {
     /// Length of the `uploads-under-trouble` run, seconds (default 60, the full form).
     #[serde(default = "default_upload_run_s")]
     pub upload_run_s: u64,
+    /// How long `cut-off` keeps the board off the network, seconds (default 600, the full
+    /// form: 10 minutes).
+    #[serde(default = "default_cut_off_s")]
+    pub cut_off_s: u64,
     /// Present for `kind = "qemu"`; with `kind = "host-tap"` it adds one QEMU board to the fleet
     /// (in the rig's namespace, on QEMU's user-mode network).
     pub qemu: Option<QemuRig>,
@@ -199,6 +203,10 @@ fn default_scenarios() -> Vec<String> {
 
 fn default_upload_run_s() -> u64 {
     60
+}
+
+fn default_cut_off_s() -> u64 {
+    600
 }
 
 impl Rig {
@@ -272,6 +280,9 @@ impl Rig {
         if rig.upload_run_s == 0 {
             return Err(invalid("upload_run_s must be > 0".into()));
         }
+        if rig.cut_off_s == 0 {
+            return Err(invalid("cut_off_s must be > 0".into()));
+        }
         Ok(rig)
     }
 
@@ -335,7 +346,7 @@ mod tests {
         assert_eq!((h.boards, h.bridge.as_str()), (16, "br0"));
         assert_eq!(h.board_cidr(15).unwrap(), "198.51.100.17/24");
         assert!(ci.qemu.is_some());
-        assert_eq!(ci.upload_run_s, 20);
+        assert_eq!((ci.upload_run_s, ci.cut_off_s), (20, 90));
         assert!(
             ci.scenarios
                 .iter()

@@ -14,6 +14,11 @@
 //!   resends it. Where the held frames live is the caller's choice (the broker allocates on
 //!   demand; a device keeps a few fixed slots).
 //!
+//! While the peer keeps acknowledging, no frame waits out a long backed-off timer: an ack that
+//! retires frames brings every other frame's resend to at most `RTO_INITIAL_MS` after it
+//! ([`live_peer_deadline`]; such a resend does not count towards giving up). The backoff is for
+//! a silent peer.
+//!
 //! Time is `now_ms: u64` from the caller; the jitter is a random `u16` from the caller per
 //! scheduled wait: `wait = rto/2 + (rto/2) * jitter / 65535`, i.e. a factor in [0.5, 1.0].
 //! What the stored bytes are is the caller's choice (typically the postcard `Body`, so a resend is
@@ -84,7 +89,8 @@ pub enum AckError {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum SendEvent<'a> {
     /// Send this frame again (same `seq`, fresh `ack`, new DATA packet). `transmission` counts
-    /// sends including this one (2..=8).
+    /// sends including this one (2..=8); a resend brought forward by a live peer
+    /// ([`live_peer_deadline`]) is not counted and repeats the count of the one before.
     Retransmit {
         /// Sequence number of the frame.
         seq: u32,
@@ -103,7 +109,25 @@ struct Slot<const B: usize> {
     seq: u32,
     transmissions: u32,
     deadline: u64,
+    /// The deadline was brought forward by an acknowledgement ([`live_peer_deadline`]): the
+    /// resend it triggers does not count as a transmission.
+    brought_forward: bool,
     bytes: Vec<u8, B>,
+}
+
+/// The resend deadline of a frame still unacknowledged when an acknowledgement that retired
+/// other frames arrives at `now_ms` (docs/protocol.md section 5, "Live peer"): at most
+/// `RTO_INITIAL_MS` after it, and whether that brought it forward. The peer just proved it
+/// hears this sender, so the frame was most likely lost on its own, not in a dead or congested
+/// path, and waiting out a backed-off timer (up to `RTO_MAX_MS`) would stall every frame the
+/// receiver delivers after it.
+pub fn live_peer_deadline(deadline: u64, now_ms: u64) -> (u64, bool) {
+    let cap = now_ms.saturating_add(RTO_INITIAL_MS);
+    if deadline > cap {
+        (cap, true)
+    } else {
+        (deadline, false)
+    }
 }
 
 /// Sender half: sequence numbers, in-flight storage for `N` frames of at most `B` bytes each,
@@ -175,6 +199,7 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             seq,
             transmissions: 1,
             deadline: now_ms.saturating_add(retransmit_wait(1, jitter)),
+            brought_forward: false,
             bytes: stored,
         };
         if self.slots.push(slot).is_err() {
@@ -216,6 +241,13 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
         });
         sort_small(&mut acked);
         self.restart_new_oldest(oldest_before, now_ms);
+        if !acked.is_empty() {
+            for slot in self.slots.iter_mut() {
+                let (deadline, forward) = live_peer_deadline(slot.deadline, now_ms);
+                slot.deadline = deadline;
+                slot.brought_forward |= forward;
+            }
+        }
         Ok(acked)
     }
 
@@ -268,13 +300,18 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             .min_by_key(|(_, s)| (s.deadline, s.seq))
             .map(|(i, _)| i)?;
         let is_oldest = self.oldest() == Some(self.slots[idx].seq);
-        if is_oldest && self.slots[idx].transmissions >= MAX_TRANSMISSIONS {
+        let slot = &mut self.slots[idx];
+        // A resend brought forward by a live peer's acknowledgement keeps the frame's count
+        // and its backoff step: only waits that ran their full course count towards giving up.
+        let counted = !core::mem::take(&mut slot.brought_forward);
+        if counted && is_oldest && slot.transmissions >= MAX_TRANSMISSIONS {
             self.dead = true;
             self.dead_reported = true;
             return Some(SendEvent::PeerDead);
         }
-        let slot = &mut self.slots[idx];
-        slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
+        if counted {
+            slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
+        }
         slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
         Some(SendEvent::Retransmit {
             seq: slot.seq,

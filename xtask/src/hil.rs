@@ -26,6 +26,7 @@ use crate::shell::{cargo, has_program, project_root, run_command};
 
 const USAGE: &str = "\
 usage: cargo xtask hil [list] [--rig NAME]... [--scenario S]... [--no-build] [--dry-run]
+                       [--upload-run-s N] [--cut-off-s N]
 
   list           rigs and scenarios (with their pass criteria)
   --rig NAME     rig to run: qemu, host-tap, ci, or a file hil-tests/rigs/NAME.toml
@@ -33,6 +34,8 @@ usage: cargo xtask hil [list] [--rig NAME]... [--scenario S]... [--no-build] [--
   --scenario S   only these scenarios of the rigs (repeatable; default: each rig's list)
   --no-build     use the boards built earlier
   --dry-run      real-board rigs: print the build and probe-rs commands of each boot, run nothing
+  --upload-run-s N  length of uploads-under-trouble (the ci rig's quick form is 20 s; 60 is the full one)
+  --cut-off-s N  how long cut-off keeps its board off the network (ci rig: 90 s; 600 is the full form)
 Results: target/hil/summary.txt and junit.xml; everything of a run (board and broker logs,
 report) in target/hil/runs/<time>-<rigs>/.
 ";
@@ -46,6 +49,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut scenarios: Vec<String> = Vec::new();
     let mut build = true;
     let mut dry_run = false;
+    // Rig overrides handed to hil-tests as they are.
+    let mut overrides: Vec<String> = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -65,6 +70,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     .clone(),
             ),
             "--no-build" => build = false,
+            "--upload-run-s" | "--cut-off-s" => {
+                let value = args
+                    .next()
+                    .ok_or(format!("{arg} needs a number of seconds\n{USAGE}"))?;
+                overrides.extend([arg.clone(), value.clone()]);
+            }
             "--dry-run" => dry_run = true,
             "help" | "--help" | "-h" => {
                 eprint!("{USAGE}");
@@ -161,6 +172,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for s in &scenarios {
         command.args(["--scenario", s]);
     }
+    command.args(&overrides);
     command.env("HIL_TARGET_DIR", &target);
     if let Some(env) = &cross_env
         && rigs.iter().any(|r| !CI_RIGS.contains(&r.as_str()))

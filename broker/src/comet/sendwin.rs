@@ -3,7 +3,8 @@
 //! `shared_protocol::reliability::SendWindow` keeps `N x B` bytes inline (16 x 1170 ~ 19 KiB per
 //! session, allocated even when idle), which suits a device but not a broker holding many idle
 //! sessions. This window has the same rules (sequence numbers from 1, at most `MAX_IN_FLIGHT`
-//! unacknowledged, `retransmit_wait` backoff with caller jitter, dead after `MAX_TRANSMISSIONS`,
+//! unacknowledged, `retransmit_wait` backoff with caller jitter, resends brought forward by a
+//! live peer's acks (`live_peer_deadline`, not counted), dead after `MAX_TRANSMISSIONS`,
 //! acks covering unsent frames refused) but keeps each in-flight body in its own allocation, so
 //! an idle session costs only the empty `VecDeque` header. Each frame carries a [`Tag`] that is
 //! handed back when the frame is acknowledged (a Deliver's `msg_id` for the router's ack).
@@ -14,7 +15,7 @@
 use std::collections::VecDeque;
 
 use shared_protocol::limits::{MAX_IN_FLIGHT, MAX_TRANSMISSIONS, RTO_INITIAL_MS};
-use shared_protocol::reliability::{Ack, retransmit_wait};
+use shared_protocol::reliability::{Ack, live_peer_deadline, retransmit_wait};
 
 /// What an acknowledged frame means to the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ struct Slot {
     seq: u32,
     transmissions: u32,
     deadline: u64,
+    /// Brought forward by a live peer's ack: its resend is not counted.
+    brought_forward: bool,
     tag: Tag,
     body: Box<[u8]>,
 }
@@ -104,6 +107,7 @@ impl SendWin {
             seq,
             transmissions: 1,
             deadline: now_ms.saturating_add(retransmit_wait(1, jitter)),
+            brought_forward: false,
             tag,
             body,
         });
@@ -143,6 +147,14 @@ impl SendWin {
             oldest.transmissions = 1;
             oldest.deadline = oldest.deadline.min(now_ms.saturating_add(RTO_INITIAL_MS));
         }
+        if !acked.is_empty() {
+            // A live peer (docs/protocol.md section 5): nothing waits out a long backoff.
+            for slot in self.slots.iter_mut() {
+                let (deadline, forward) = live_peer_deadline(slot.deadline, now_ms);
+                slot.deadline = deadline;
+                slot.brought_forward |= forward;
+            }
+        }
         Some(acked)
     }
 
@@ -169,12 +181,16 @@ impl SendWin {
             .map(|(i, _)| i)?;
         // Only the oldest frame can declare the peer dead (docs/protocol.md section 5); the
         // slots are in `seq` order, so it is the first.
+        // A resend brought forward by a live peer's ack is not counted (section 5, "Live peer").
         let slot = &mut self.slots[idx];
-        if idx == 0 && slot.transmissions >= MAX_TRANSMISSIONS {
+        let counted = !std::mem::take(&mut slot.brought_forward);
+        if counted && idx == 0 && slot.transmissions >= MAX_TRANSMISSIONS {
             self.dead = true;
             return Some(Due::Dead);
         }
-        slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
+        if counted {
+            slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
+        }
         slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
         Some(Due::Retransmit {
             seq: slot.seq,
@@ -260,6 +276,34 @@ mod tests {
         assert_eq!(w.poll(now, 0), Some(Due::Dead));
         assert!(w.is_dead() && !w.can_send());
         assert_eq!(w.poll(now + 10_000, 0), None);
+    }
+
+    #[test]
+    fn a_live_peers_ack_brings_resends_forward_without_counting_them() {
+        let mut w = SendWin::new();
+        w.push(b(1), Tag::Plain, 0, u16::MAX).unwrap();
+        // Frame 1 at its last counted transmission: the next full wait ends the session.
+        let mut now = 0;
+        for _ in 2..=MAX_TRANSMISSIONS {
+            now = w.poll_timeout().unwrap();
+            assert!(matches!(
+                w.poll(now, u16::MAX),
+                Some(Due::Retransmit { seq: 1, .. })
+            ));
+        }
+        assert_eq!(w.poll_timeout(), Some(now + 8_000));
+        // The peer holds frame 2: frame 1 is due 500 ms later, and that resend is not counted.
+        w.push(b(2), Tag::Plain, now, u16::MAX).unwrap();
+        w.on_ack(Ack { next: 1, mask: 1 }, now + 10).unwrap();
+        assert_eq!(w.poll_timeout(), Some(now + 510));
+        now += 510;
+        assert_eq!(
+            w.poll(now, u16::MAX),
+            Some(Due::Retransmit { seq: 1, body: &[1] })
+        );
+        assert_eq!(w.poll_timeout(), Some(now + 8_000), "its own step again");
+        now += 8_000;
+        assert_eq!(w.poll(now, u16::MAX), Some(Due::Dead));
     }
 
     #[test]

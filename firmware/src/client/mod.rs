@@ -772,9 +772,13 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                         _ => Err(RxError::AheadOfGap),
                     };
                 }
-                RecvOutcome::Duplicate | RecvOutcome::OutOfWindow | RecvOutcome::Unreliable => {
+                RecvOutcome::Duplicate => {
+                    if matches!(frame.body, Body::Deliver { .. }) {
+                        bump(&mut self.stats.deliveries_suppressed);
+                    }
                     return result;
                 }
+                RecvOutcome::OutOfWindow | RecvOutcome::Unreliable => return result,
             };
             let mut acks: Vec<u32, HELD_UPLOAD_ACKS> = Vec::new();
             for seq in frame.seq + 1..=frame.seq + released {
@@ -820,6 +824,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 let duplicate = self.since.is_duplicate(msg_id);
                 self.since.on_deliver(msg_id);
                 if duplicate {
+                    bump(&mut self.stats.deliveries_suppressed);
                     log_debug!("deliver {} already seen", msg_id);
                     return Ok(());
                 }

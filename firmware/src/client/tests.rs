@@ -908,6 +908,24 @@ fn reconnect_reports_since_id_and_drops_redelivered_messages() {
         matches!(&events[1], Event::Deliver { msg_id: 9, from: Some(a), payload } if *a == Address::phone(3) && payload.as_slice() == b"b")
     );
     assert_eq!(net.client.since_id(), 9);
+    // Frame 2 again (as if its acknowledgement had been lost): not passed on, and counted.
+    let mut q = VecDeque::new();
+    net.brokers[0].send_with_seq(
+        2,
+        Body::Deliver {
+            msg_id: 9,
+            from: None,
+            payload: b"b",
+        },
+        &mut q,
+    );
+    net.to_client.extend(q);
+    net.settle();
+    assert!(
+        net.take_events().is_empty(),
+        "a repeated frame is not passed on"
+    );
+    assert_eq!(net.client.stats().deliveries_suppressed, 1);
     // Session dies silently; the client notices at the session timeout and logs in again.
     net.brokers[0].silent = true;
     net.run_for(90_000 + 10_000);
@@ -934,6 +952,11 @@ fn reconnect_reports_since_id_and_drops_redelivered_messages() {
         })
         .collect();
     assert_eq!(ids, [10]);
+    assert_eq!(
+        net.client.stats().deliveries_suppressed,
+        2,
+        "the redelivered msg_id 9 is counted too"
+    );
 }
 
 /// Frames are taken in `seq` order: a Deliver that overtakes an earlier one is not taken (no

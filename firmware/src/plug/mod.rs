@@ -109,6 +109,8 @@ pub struct PlugStats {
     /// Command results that could not be queued (outbox full); the broker times the command out.
     /// Answers to a phone's command message that could not be queued count here too.
     pub results_dropped: u32,
+    /// Periodic meter readings taken (uploaded or skipped); the number of the last one.
+    pub readings: u32,
 }
 
 /// The plug application state.
@@ -199,7 +201,8 @@ impl<R: Relay, M: Meter> Plug<R, M> {
             // Catch up without bursts: the next reading is one interval from now.
             self.next_reading = Some(now.plus_millis(self.config.meter_interval_ms));
             let reading = self.meter.read(now, self.relay.is_on());
-            let report = Report::reading(&reading, self.relay.is_on());
+            crate::stats::bump(&mut self.stats.readings);
+            let report = Report::reading(&reading, self.relay.is_on(), Some(self.stats.readings));
             if api.upload(TOPIC_POWER, report.as_bytes()).is_err() {
                 crate::stats::bump(&mut self.stats.readings_skipped);
             }
@@ -270,7 +273,10 @@ impl<R: Relay, M: Meter> Plug<R, M> {
             "relay.get" => (STATUS_OK, Report::relay(self.relay.is_on())),
             "meter.read" => {
                 let reading = self.meter.read(now, self.relay.is_on());
-                (STATUS_OK, Report::reading(&reading, self.relay.is_on()))
+                (
+                    STATUS_OK,
+                    Report::reading(&reading, self.relay.is_on(), None),
+                )
             }
             "status" => {
                 let uptime_s = div_rem(now.millis_since(self.boot), const { nonzero(1_000) }).0;

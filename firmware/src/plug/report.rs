@@ -94,10 +94,12 @@ impl Report {
             .done()
     }
 
-    /// A meter reading and the relay state.
-    pub fn reading(r: &Reading, relay_on: bool) -> Report {
-        Text::new()
-            .str("{\"power_mw\":")
+    /// A meter reading and the relay state; a periodic reading (topic `power`) also carries
+    /// `"n"`, its number since boot (1, 2, 3...; a reading the full upload queue refused keeps
+    /// its number, so the gaps in the numbers that arrive are exactly the readings skipped).
+    pub fn reading(r: &Reading, relay_on: bool, n: Option<u32>) -> Report {
+        let mut t = Text::new();
+        t.str("{\"power_mw\":")
             .num(r.power_mw.into())
             .str(",\"voltage_mv\":")
             .num(r.voltage_mv.into())
@@ -107,8 +109,11 @@ impl Report {
             .num(r.energy_mwh)
             .str(",\"relay\":\"")
             .str(on_off(relay_on))
-            .str("\"}")
-            .done()
+            .str("\"");
+        if let Some(n) = n {
+            t.str(",\"n\":").num(n.into());
+        }
+        t.str("}").done()
     }
 
     /// The `status` command's result.
@@ -175,11 +180,13 @@ mod tests {
             lookups: u32::MAX,
             lookup_failures: u32::MAX,
             events_dropped: u32::MAX,
+            deliveries_suppressed: u32::MAX,
         };
         let p = PlugStats {
             commands: u32::MAX,
             readings_skipped: u32::MAX,
             results_dropped: u32::MAX,
+            readings: u32::MAX,
         };
         let r = Report::status("255.255.255-rc.255", u64::MAX, true, false, &max, &p);
         assert!(r.as_str().ends_with('}'), "truncated: {}", r.as_str());
@@ -189,7 +196,16 @@ mod tests {
             current_ma: u32::MAX,
             energy_mwh: u64::MAX,
         };
-        assert!(Report::reading(&reading, true).as_str().ends_with('}'));
+        assert!(
+            Report::reading(&reading, true, None)
+                .as_str()
+                .ends_with('}')
+        );
+        assert!(
+            Report::reading(&reading, true, Some(u32::MAX))
+                .as_str()
+                .ends_with(r#","n":4294967295}"#)
+        );
     }
 
     #[test]
@@ -211,6 +227,7 @@ mod tests {
             commands: 11,
             readings_skipped: 12,
             results_dropped: 0,
+            readings: 0,
         };
         assert_eq!(
             Report::status("1.0", 0, true, false, &c, &p).as_str(),
@@ -252,7 +269,7 @@ mod tests {
             energy_mwh: 4,
         };
         assert_eq!(
-            Report::reading(&r, false).as_str(),
+            Report::reading(&r, false, None).as_str(),
             r#"{"power_mw":1,"voltage_mv":2,"current_ma":3,"energy_mwh":4,"relay":"off"}"#
         );
     }

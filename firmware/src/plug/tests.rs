@@ -160,10 +160,22 @@ fn meter_uploads_follow_the_interval_and_count_skips() {
     assert_eq!(api.uploads[0].0, "power");
     assert!(api.uploads[0].1.contains(r#""power_mw":0"#));
     assert_eq!(p.poll_timeout(), Some(Instant::from_millis(120_000)));
+    assert!(api.uploads[0].1.ends_with(r#","n":1}"#), "numbered from 1");
     api.upload_room = Some(0);
     p.on_timer(Instant::from_millis(120_000), &mut api);
     assert_eq!(p.stats().readings_skipped, 1);
     assert_eq!(p.poll_timeout(), Some(Instant::from_millis(180_000)));
+    // The skipped reading kept its number: the next one uploaded is 3, so the gap in the
+    // numbers is the skipped reading (taken = uploaded + skipped).
+    api.upload_room = None;
+    p.on_timer(Instant::from_millis(180_000), &mut api);
+    assert_eq!(api.uploads.len(), 2);
+    assert!(
+        api.uploads[1].1.ends_with(r#","n":3}"#),
+        "{}",
+        api.uploads[1].1
+    );
+    assert_eq!(p.stats().readings, 3);
 }
 
 #[test]

@@ -167,10 +167,12 @@ impl Fleet<'_> {
                     "deliveries logged {:?} (want exactly [{msg_id}]), repeats let through {}",
                     log.msg_ids, log.repeats
                 )),
-                Some(t) => Ok(format!(
-                    "msg_id {msg_id} once, {} ms after the push; no repeat",
-                    t.as_millis()
-                )),
+                Some(t) => self.delivery_counts(b.device_id).await.map(|counts| {
+                    format!(
+                        "msg_id {msg_id} once, {} ms after the push; no repeat; {counts}",
+                        t.as_millis()
+                    )
+                }),
             };
             cases.push(case(
                 format!("{label}: the broadcast once"),
@@ -250,6 +252,28 @@ impl Fleet<'_> {
     /// The old image's session may still be listed for a moment (a stopped board says no
     /// goodbye; the new login replaces it), so a `status` that fails before the deadline is
     /// asked again.
+    /// The board's own delivery counts (command `deliveries`, answered by the plug application,
+    /// `boards/lib/plug-app/src/deliveries.rs`): it must have received exactly one Deliver
+    /// and let no repeat through; the repeats the SDK suppressed itself are reported.
+    async fn delivery_counts(&self, id: u32) -> Result<String, String> {
+        let reply = self
+            .api
+            .command(id, "deliveries", "", COMMAND_TIMEOUT_MS)
+            .await
+            .map_err(|e| format!("deliveries command: {e}"))?;
+        let counts: Value = serde_json::from_slice(&reply.payload)
+            .map_err(|e| format!("deliveries payload: {e}"))?;
+        let count = |k: &str| counts.get(k).and_then(Value::as_u64);
+        match (count("received"), count("repeats"), count("suppressed")) {
+            (Some(1), Some(0), Some(suppressed)) => Ok(format!(
+                "the board counts 1 received, 0 repeats, {suppressed} repeats suppressed by the SDK"
+            )),
+            _ => Err(format!(
+                "the board's delivery counts are {counts} (want 1 received and 0 repeats)"
+            )),
+        }
+    }
+
     async fn new_image_steps(&self, b: &Running, limit: Duration) -> Result<String, String> {
         let deadline = b.device.started() + limit;
         let mut failures = Vec::new();

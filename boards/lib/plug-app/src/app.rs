@@ -230,7 +230,8 @@ async fn client_task(mut runner: ClientRunner) -> ! {
 
 /// The plug application's loop (`firmware::net::run_plug`'s, plus the delivery count): client
 /// events and the plug's own timer, forever. Every Deliver is counted and logged
-/// ([`Deliveries`]) before the plug sees it.
+/// ([`Deliveries`]) before the plug sees it; the command `deliveries` is answered here with
+/// the counts and the SDK's suppressed repeats.
 #[embassy_executor::task]
 async fn plug_task(mut handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>) -> ! {
     const { assert!(PAYLOAD >= firmware::plug::REPORT_MAX) };
@@ -241,6 +242,22 @@ async fn plug_task(mut handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>)
         });
         match select(handle.next_event(), Timer::at(due)).await {
             Either::First(event) => {
+                // The delivery counts (with the SDK's suppressed repeats) are the application's
+                // own command, answered here; the plug never sees it.
+                if let Event::Command { cmd_id, name, .. } = &event
+                    && name.as_str() == crate::deliveries::COMMAND
+                {
+                    let suppressed = handle.stats().deliveries_suppressed;
+                    let report = deliveries.counted().report(suppressed);
+                    if handle
+                        .command_result(*cmd_id, firmware::plug::STATUS_OK, &report)
+                        .is_err()
+                    {
+                        // The broker times the command out; nothing else to undo.
+                        log_info!("deliveries: result not queued (outbox full)");
+                    }
+                    continue;
+                }
                 if let Event::Deliver {
                     msg_id, payload, ..
                 } = &event

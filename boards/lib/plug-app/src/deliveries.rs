@@ -10,6 +10,14 @@
 //! ```text
 //! delivery 1: msg_id 7, 14 bytes (repeats let through: 0)
 //! ```
+//!
+//! The repeats the SDK suppresses itself (`firmware::Stats::deliveries_suppressed`) are counted
+//! by the SDK, not here: they never reach the application. The plug task answers the command
+//! [`COMMAND`] with all three counts ([`Counted::report`]), so a test can read them too.
+
+/// The command the plug task answers with [`Counted::report`] (the plug itself does not know
+/// it).
+pub const COMMAND: &str = "deliveries";
 
 /// The two counts of [`Deliveries`] after one Deliver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,6 +26,40 @@ pub struct Counted {
     pub received: u32,
     /// Delivers received since boot whose `msg_id` was not above the highest earlier one.
     pub repeats: u32,
+}
+
+impl Counted {
+    /// The [`COMMAND`] answer: `{"received":R,"repeats":P,"suppressed":S}`, with `suppressed`
+    /// the SDK's count of Delivers it took again and did not pass on.
+    pub fn report(&self, suppressed: u32) -> heapless::Vec<u8, 80> {
+        let mut out = heapless::Vec::new();
+        for (key, value) in [
+            ("{\"received\":", self.received),
+            (",\"repeats\":", self.repeats),
+            (",\"suppressed\":", suppressed),
+        ] {
+            let _ = out.extend_from_slice(key.as_bytes());
+            push_decimal(&mut out, value);
+        }
+        let _ = out.push(b'}');
+        out
+    }
+}
+
+/// Appends `n` in decimal (no `core::fmt`: its machinery costs flash on a microcontroller).
+fn push_decimal<const N: usize>(out: &mut heapless::Vec<u8, N>, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let _ = out.extend_from_slice(&digits[i..]);
 }
 
 /// Delivery counters since boot (they saturate instead of wrapping).
@@ -62,6 +104,26 @@ impl Deliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_holds_all_three_counts_and_fits_the_largest() {
+        let c = Counted {
+            received: 3,
+            repeats: 0,
+        };
+        assert_eq!(
+            c.report(12).as_slice(),
+            br#"{"received":3,"repeats":0,"suppressed":12}"#
+        );
+        let max = Counted {
+            received: u32::MAX,
+            repeats: u32::MAX,
+        };
+        assert_eq!(
+            max.report(u32::MAX).as_slice(),
+            br#"{"received":4294967295,"repeats":4294967295,"suppressed":4294967295}"#
+        );
+    }
 
     #[test]
     fn new_ids_count_as_received_repeats_separately() {
