@@ -462,3 +462,46 @@ async fn a_session_whose_queue_overflowed_gets_every_message_in_order_after_a_st
     assert_eq!(got, pushed, "every message once, in order");
     b.stop().await;
 }
+
+/// A session's timer entry only moves earlier (broker/src/comet/udp/shard.rs): a device that
+/// keeps talking past its first silence deadline is woken there, found alive and not kicked;
+/// once it falls silent it is kicked with HEARTBEAT_TIMEOUT one session timeout after its last
+/// packet, neither before nor much after.
+#[tokio::test]
+async fn a_device_that_talked_past_its_first_deadline_is_kicked_only_after_its_own_silence() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.timeouts.heartbeat_secs = 1;
+        c.timeouts.session_secs = 2;
+    })
+    .await;
+    let mut dev = login(Wire::udp(b.udp()).await, 52, 0).await.unwrap();
+    // A Ping every 250 ms or more, 14 of them: well past the 2 s deadline the login set.
+    for i in 0..14 {
+        dev.send(Body::Ping).await;
+        let got = dev.next(Duration::from_secs(2)).await;
+        assert_eq!(
+            got.map(|g| g.2),
+            Some(Got::Pong),
+            "ping {i}: answered, not kicked"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let silent_since = tokio::time::Instant::now();
+    let kick = dev.next_event(Duration::from_secs(6)).await;
+    let after = silent_since.elapsed();
+    assert_eq!(
+        kick,
+        Some(Got::Kick {
+            reason: Code::HEARTBEAT_TIMEOUT
+        })
+    );
+    assert!(
+        after >= Duration::from_millis(1500),
+        "kicked {after:?} after the last ping (session_secs = 2)"
+    );
+    assert!(
+        after <= Duration::from_secs(4),
+        "kicked as late as {after:?} after the last ping"
+    );
+    b.stop().await;
+}
