@@ -259,6 +259,12 @@ impl Metrics {
         );
     }
 
+    /// A CHALLENGE was stamped by a saturated challenge-clock slot (comet; see
+    /// `comet::challenge_clock`).
+    pub fn challenge_clock_saturated(&self) {
+        self.counter("broker_challenge_clock_saturated_total", &[], 1);
+    }
+
     /// A UDP datagram was received (`inbound = true`) or sent (comet).
     pub fn udp_datagram(&self, inbound: bool) {
         let dir = if inbound { "in" } else { "out" };

@@ -61,6 +61,9 @@ pub const MAX_TRANSMISSIONS: u32 = 8;
 
 /// How long a CHALLENGE's timestamp is accepted in a LOGIN.
 pub const CHALLENGE_LIFETIME_MS: u64 = 30_000;
+/// How far a broker's challenge clock may stamp a CHALLENGE ahead of its wall clock (to give
+/// one terminal a new timestamp for every HELLO, docs/protocol.md section 3.2 step 2).
+pub const CHALLENGE_CLOCK_MAX_LEAD_MS: u64 = 1_000;
 /// Time allowed from connection (or first HELLO) to a completed login (WELCOME / JSON welcome).
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default `heartbeat_secs` announced in WELCOME.

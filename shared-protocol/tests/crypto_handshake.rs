@@ -699,3 +699,63 @@ fn upload_epoch_is_authenticated_and_reported() {
     );
     assert_eq!(c.poll_timeout(), None, "nothing was started");
 }
+
+#[test]
+fn a_stamped_challenge_carries_the_callers_timestamp_and_a_reject_never_asks_for_one() {
+    let acc = acceptor();
+    let id = 5150;
+    let mut client =
+        ClientHandshake::new(Address::device(id), derive_device_key(&MASTER, id), 0, 0x77);
+    let mut buf = [0u8; 128];
+    let hello = client.start(1000, [0x44; 16], &mut buf).unwrap().to_vec();
+    let mut out = [0u8; 128];
+    let mut asked = None;
+    let HelloReply::Challenge(ch) = acc
+        .on_hello_stamped(
+            &PEER,
+            &hello,
+            |a| {
+                asked = Some(a);
+                1_003
+            },
+            &mut out,
+        )
+        .unwrap()
+    else {
+        panic!("expected a challenge")
+    };
+    assert_eq!(asked, Some(Address::device(id)));
+    let mut ch = ch.to_vec();
+    let mut lbuf = [0u8; 256];
+    let ClientEvent::Send(login) = client.on_packet(&mut ch, &mut lbuf).unwrap() else {
+        panic!("expected a LOGIN")
+    };
+    // The cookie was computed over the stamped time: the LOGIN passes at a wall clock 3 ms
+    // behind it, and its recorded timestamp is the stamp.
+    let mut wbuf = [0u8; 256];
+    let accepted = acc
+        .on_login(
+            &PEER,
+            login,
+            1000,
+            |a| record(a.id, Some(1_002)),
+            grant(3),
+            &PARAMS,
+            &mut wbuf,
+        )
+        .unwrap();
+    assert_eq!(accepted.login_timestamp_ms, 1_003);
+
+    // A phone's HELLO is refused before any timestamp is asked for.
+    let mut phone = ClientHandshake::new(Address::phone(3), DeviceKey([0; 32]), 0, 1);
+    let hello = phone.start(0, [1; 16], &mut buf).unwrap().to_vec();
+    let reply = acc
+        .on_hello_stamped(
+            &PEER,
+            &hello,
+            |_| panic!("stamp asked for a REJECT"),
+            &mut out,
+        )
+        .unwrap();
+    assert!(matches!(reply, HelloReply::Reject { .. }));
+}

@@ -305,7 +305,11 @@ fn hello_reply(
     now: u64,
 ) -> Option<(Vec<u8>, Option<Code>)> {
     let mut out = [0u8; MAX_PACKET];
-    match ctx.logins.acceptor().on_hello(peer, hello, now, &mut out) {
+    let answer = ctx.logins.on_hello(peer, hello, now, &mut out);
+    if answer.clock_saturated {
+        ctx.router.metrics().challenge_clock_saturated();
+    }
+    match answer.reply {
         Ok(HelloReply::Challenge(p)) => Some((p.to_vec(), None)),
         Ok(HelloReply::Reject { code, packet }) => Some((packet.to_vec(), Some(code))),
         Err(HelloError::Dropped(_) | HelloError::BufferTooSmall) => None,

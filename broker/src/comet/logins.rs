@@ -1,7 +1,14 @@
 //! Device LOGIN acceptance shared by the UDP and device WebSocket endpoints: the stateless
 //! [`Acceptor`], device keys (explicit per-device keys win over derivation from the fleet master
-//! key) and the table of last accepted logins behind the `REPLAY` check (docs/protocol.md
-//! section 3).
+//! key), the node's [`ChallengeClock`] that stamps every CHALLENGE, and the table of last
+//! accepted logins behind the `REPLAY` check (docs/protocol.md section 3).
+//!
+//! The clock and the table work together: a LOGIN must carry a challenge timestamp strictly
+//! greater than the last one accepted for its terminal, and the clock never stamps two
+//! CHALLENGEs of one terminal alike, so logins of one device in the same millisecond are each
+//! accepted (when answered in the order their CHALLENGEs were issued) while a copy of an
+//! accepted LOGIN is still refused. Both are per node, which is enough: a LOGIN is only accepted
+//! by the node whose cookie secret made its cookie.
 //!
 //! Randomness: the cookie secret is this node's own, drawn from the OS CSPRNG when the node starts
 //! ([`node_cookie_secret`]), never stored or shared, so a LOGIN is only accepted by the node (and
@@ -28,12 +35,14 @@ use std::sync::{Mutex, MutexGuard};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use shared_protocol::handshake::{
-    Accepted, Acceptor, LoginError, SessionGrant, TerminalRecord, WelcomeParams,
+    Accepted, Acceptor, HelloError, HelloReply, LoginError, SessionGrant, TerminalRecord,
+    WelcomeParams,
 };
 use shared_protocol::ids::Address as WireAddress;
 use shared_protocol::keys::{CookieSecret, DeviceKey, MasterKey, PeerAddr, derive_device_key};
 use shared_protocol::packet::Login;
 
+use super::challenge_clock::ChallengeClock;
 use crate::secrets::Secrets;
 use crate::terminal::IdProfile;
 
@@ -56,6 +65,16 @@ pub enum LoginOutcome<'o> {
     RateLimited,
 }
 
+/// The answer to a HELLO (see [`Logins::on_hello`]).
+#[derive(Debug)]
+pub struct HelloAnswer<'o> {
+    /// The CHALLENGE or REJECT to send, or why the HELLO gets no answer.
+    pub reply: Result<HelloReply<'o>, HelloError>,
+    /// The CHALLENGE's timestamp came from a saturated slot of the challenge clock (it may
+    /// repeat one this terminal already had): count it.
+    pub clock_saturated: bool,
+}
+
 /// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and its
 /// proof (which tells an exact copy from another LOGIN for the same challenge).
 #[derive(Clone, Copy)]
@@ -71,9 +90,10 @@ pub fn node_cookie_secret() -> Result<CookieSecret, rand::rand_core::OsError> {
     Ok(CookieSecret(secret))
 }
 
-/// Keys, acceptor and last-login table (see module docs).
+/// Keys, acceptor, challenge clock and last-login table (see module docs).
 pub struct Logins {
     acceptor: Acceptor,
+    clock: ChallengeClock,
     master: MasterKey,
     explicit: HashMap<u32, DeviceKey>,
     last: Box<[Mutex<HashMap<u32, LastLogin>>]>,
@@ -85,6 +105,7 @@ impl Logins {
     pub fn new(secrets: &Secrets, profile: IdProfile, cookie_secret: CookieSecret) -> Logins {
         Logins {
             acceptor: Acceptor::new(profile, cookie_secret),
+            clock: ChallengeClock::new(),
             master: MasterKey(secrets.fleet_master_key),
             explicit: secrets
                 .device_keys
@@ -95,9 +116,32 @@ impl Logins {
         }
     }
 
-    /// The stateless acceptor (for HELLOs).
-    pub fn acceptor(&self) -> &Acceptor {
-        &self.acceptor
+    /// Answers a HELLO received at wall-clock time `now_ms`: a CHALLENGE stamped by the node's
+    /// challenge clock (never the same timestamp twice for one terminal, see
+    /// [`ChallengeClock`]), or a REJECT, or nothing. Keeps no state for the HELLO beyond the
+    /// clock's slot.
+    pub fn on_hello<'o>(
+        &self,
+        peer: &PeerAddr,
+        packet: &[u8],
+        now_ms: u64,
+        out: &'o mut [u8],
+    ) -> HelloAnswer<'o> {
+        let mut clock_saturated = false;
+        let reply = self.acceptor.on_hello_stamped(
+            peer,
+            packet,
+            |a| {
+                let stamp = self.clock.stamp(a.id, now_ms);
+                clock_saturated = stamp.saturated;
+                stamp.timestamp_ms
+            },
+            out,
+        );
+        HelloAnswer {
+            reply,
+            clock_saturated,
+        }
     }
 
     /// The key of device `id`.
@@ -213,5 +257,131 @@ pub fn failure_label(e: LoginError) -> &'static str {
         LoginError::AuthFailed => "auth_failed",
         LoginError::Replay => "replay",
         LoginError::Internal(_) => "internal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared_protocol::handshake::{ClientEvent, ClientHandshake};
+    use shared_protocol::ids::Address;
+    use shared_protocol::limits::{CHALLENGE_LIFETIME_MS, MAX_PACKET};
+
+    use super::*;
+    use crate::secret::Secret;
+
+    const PEER: PeerAddr = PeerAddr::V4([127, 0, 0, 1], 4000);
+    const PARAMS: WelcomeParams = WelcomeParams {
+        heartbeat_secs: 30,
+        session_timeout_secs: 90,
+        max_payload: 1024,
+        server_time_ms: 0,
+    };
+
+    fn logins() -> Logins {
+        let secrets = Secrets {
+            fleet_master_key: [0x5a; 32],
+            device_keys: HashMap::new(),
+            token_secret: [0; 32],
+            api_token: Secret::new("t"),
+        };
+        Logins::new(&secrets, IdProfile::Plug, CookieSecret([0x42; 32]))
+    }
+
+    /// HELLO -> CHALLENGE for device `id` at `now`: the device (waiting for its CHALLENGE) and
+    /// the CHALLENGE bytes.
+    fn challenge(logins: &Logins, id: u32, nonce: u8, now: u64) -> (ClientHandshake, Vec<u8>) {
+        let mut dev = ClientHandshake::new(Address::device(id), logins.device_key(id), 0, 1);
+        let mut buf = [0u8; MAX_PACKET];
+        let hello = dev.start(now, [nonce; 16], &mut buf).unwrap().to_vec();
+        let mut out = [0u8; MAX_PACKET];
+        let answer = logins.on_hello(&PEER, &hello, now, &mut out);
+        assert!(!answer.clock_saturated);
+        match answer.reply {
+            Ok(HelloReply::Challenge(p)) => (dev, p.to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The device's LOGIN answering `challenge`.
+    fn login_for(dev: &mut ClientHandshake, challenge: &[u8]) -> Vec<u8> {
+        let mut ch = challenge.to_vec();
+        let mut out = [0u8; MAX_PACKET];
+        match dev.on_packet(&mut ch, &mut out).unwrap() {
+            ClientEvent::Send(p) => p.to_vec(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What `logins` makes of `login` at `now`: the accepted timestamp, or the outcome's name.
+    fn outcome(logins: &Logins, login: &[u8], now: u64) -> Result<u64, String> {
+        let mut out = [0u8; MAX_PACKET];
+        match logins.on_login(&PEER, login, now, 1, &PARAMS, || true, &mut out) {
+            LoginOutcome::Accepted(a) => Ok(a.login_timestamp_ms),
+            LoginOutcome::Refused(e) => Err(format!("{e:?}")),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn many_challenges_in_one_millisecond_each_log_in_and_a_used_proof_stays_refused() {
+        let logins = logins();
+        let now = 1_700_000_000_000;
+        // Twenty HELLOs of one device answered in one (injected) millisecond.
+        let mut pending: Vec<_> = (0..20u8).map(|i| challenge(&logins, 77, i, now)).collect();
+        let mut accepted = Vec::new();
+        let mut used = Vec::new();
+        for (dev, ch) in &mut pending {
+            let login = login_for(dev, ch);
+            // Each LOGIN is accepted, still in the same millisecond.
+            accepted.push(outcome(&logins, &login, now).unwrap());
+            used.push(login);
+        }
+        assert_eq!(accepted, (now..now + 20).collect::<Vec<_>>());
+        // A copy of any earlier accepted LOGIN is REPLAY; a copy of the last one is the
+        // retransmission the broker does not answer.
+        for login in &used[..19] {
+            assert_eq!(outcome(&logins, login, now), Err("Replay".into()));
+        }
+        assert_eq!(outcome(&logins, &used[19], now), Err("Duplicate".into()));
+        // A challenge answered after a newer one was accepted is REPLAY: strictly newer only.
+        let (mut a, ch_a) = challenge(&logins, 77, 100, now);
+        let (mut b, ch_b) = challenge(&logins, 77, 101, now);
+        let (la, lb) = (login_for(&mut a, &ch_a), login_for(&mut b, &ch_b));
+        assert_eq!(outcome(&logins, &lb, now), Ok(now + 21));
+        assert_eq!(outcome(&logins, &la, now), Err("Replay".into()));
+    }
+
+    #[test]
+    fn a_challenge_stamped_ahead_of_the_wall_clock_keeps_its_full_lifetime() {
+        let logins = logins();
+        let now = 5_000_000;
+        for i in 0..10u8 {
+            challenge(&logins, 9, i, now);
+        }
+        // Ten milliseconds ahead of the wall clock.
+        let (mut dev, ch) = challenge(&logins, 9, 10, now);
+        let login = login_for(&mut dev, &ch);
+        let stamped = now + 10;
+        // The age check counts from the stamped time: still good CHALLENGE_LIFETIME after it,
+        // expired one millisecond later.
+        let late = stamped + CHALLENGE_LIFETIME_MS;
+        assert_eq!(
+            outcome(&logins, &login, late + 1),
+            Err("CookieExpired".into())
+        );
+        assert_eq!(outcome(&logins, &login, late), Ok(stamped));
+    }
+
+    #[test]
+    fn other_devices_keep_the_wall_clock_while_one_logs_in_repeatedly() {
+        let logins = logins();
+        let now = 8_000;
+        for i in 0..5u8 {
+            let (mut dev, ch) = challenge(&logins, 21, i, now);
+            let login = login_for(&mut dev, &ch);
+            assert_eq!(outcome(&logins, &login, now), Ok(now + u64::from(i)));
+        }
+        let (mut dev, ch) = challenge(&logins, 22, 0, now);
+        assert_eq!(outcome(&logins, &login_for(&mut dev, &ch), now), Ok(now));
     }
 }

@@ -6,7 +6,8 @@
 //! * [`app_ws`]: apps over WebSocket (JSON text messages, HS256 token in the first message).
 //! * Shared pieces: [`link`] (sans-IO session state: seal/open, reliability windows, timers) with
 //!   [`sendwin`] (heap-backed send window), [`device`] (device frames to router calls and router
-//!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table), [`limits`]
+//!   events to frames), [`logins`] (LOGIN acceptance, device keys, replay table) with
+//!   [`challenge_clock`] (CHALLENGE timestamps never repeated for one terminal), [`limits`]
 //!   (connection and login-rate limits), [`budget`] (work per device session), [`worker`] with
 //!   [`frame_queue`] (each device session's Sends and Uploads, applied in order), [`ws`]
 //!   (WebSocket config), [`convert`] (type mapping).
@@ -53,6 +54,7 @@
 
 pub mod app_ws;
 pub mod budget;
+pub mod challenge_clock;
 pub mod convert;
 pub mod device;
 pub mod device_ws;

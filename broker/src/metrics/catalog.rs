@@ -180,6 +180,12 @@ pub const FAMILIES: &[Family] = &[
         "Logins refused, by transport and reason.",
     ),
     f(
+        "broker_challenge_clock_saturated_total",
+        Counter,
+        Always,
+        "CHALLENGEs stamped by a challenge-clock slot already a second ahead of the wall clock (a HELLO flood naming the terminals of one slot).",
+    ),
+    f(
         "broker_deliveries_total",
         Counter,
         Always,
@@ -589,6 +595,7 @@ pub fn zero_series() -> Vec<Series> {
     ));
     s.extend(one("broker_udp_dropped_total", "reason", UDP_DROP_REASONS));
     s.push(("broker_udp_kernel_drops_total", vec![]));
+    s.push(("broker_challenge_clock_saturated_total", vec![]));
     s.extend(one(
         "broker_udp_socket_buffer_bytes",
         "direction",

@@ -188,12 +188,28 @@ impl Acceptor {
     /// Answers a HELLO from `peer` at `now_ms`: a CHALLENGE, or a REJECT for an unsupported
     /// version, an invalid id or a phone kind. Short, malformed or badly padded HELLOs get nothing,
     /// and neither does a HELLO of another version shorter than the REJECT it would get
-    /// (a broker never answers with more bytes than it received).
+    /// (a broker never answers with more bytes than it received). The CHALLENGE carries
+    /// `now_ms`; a broker that can answer two HELLOs of one terminal in the same millisecond
+    /// uses [`Acceptor::on_hello_stamped`] instead (docs/protocol.md section 3.2, step 2).
     pub fn on_hello<'o>(
         &self,
         peer: &PeerAddr,
         packet: &[u8],
         now_ms: u64,
+        out: &'o mut [u8],
+    ) -> Result<HelloReply<'o>, HelloError> {
+        self.on_hello_stamped(peer, packet, |_| now_ms, out)
+    }
+
+    /// [`Acceptor::on_hello`] with the CHALLENGE's `timestamp_ms` chosen by the caller:
+    /// `stamp` runs only when the answer is a CHALLENGE, with the terminal the HELLO names, and
+    /// returns the timestamp to put in it (the broker's challenge clock, which never gives one
+    /// terminal the same timestamp twice). HELLOs answered with a REJECT or dropped never call it.
+    pub fn on_hello_stamped<'o>(
+        &self,
+        peer: &PeerAddr,
+        packet: &[u8],
+        stamp: impl FnOnce(Address) -> u64,
         out: &'o mut [u8],
     ) -> Result<HelloReply<'o>, HelloError> {
         let reject = |code: Code, out: &'o mut [u8]| {
@@ -221,14 +237,15 @@ impl Acceptor {
             let code = e.code().unwrap_or(Code::MALFORMED);
             return reject(code, out);
         }
+        let timestamp_ms = stamp(hello.address);
         let cookie = compute_cookie(
             &self.secret,
-            now_ms,
+            timestamp_ms,
             peer,
             &binding(hello.address, hello.client_nonce),
         );
         Challenge {
-            timestamp_ms: now_ms,
+            timestamp_ms,
             cookie: cookie.0,
         }
         .encode(out)

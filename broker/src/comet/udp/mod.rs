@@ -353,11 +353,13 @@ fn answer_hello(ctx: &Context, out_q: &mut SendBatch, packet: &[u8], from: Socke
     let mut out = [0u8; MAX_PACKET];
     let now = crate::router::now_ms();
     let m = ctx.router.metrics();
-    match ctx
+    let answer = ctx
         .logins
-        .acceptor()
-        .on_hello(&PeerAddr::from(from), packet, now, &mut out)
-    {
+        .on_hello(&PeerAddr::from(from), packet, now, &mut out);
+    if answer.clock_saturated {
+        m.challenge_clock_saturated();
+    }
+    match answer.reply {
         Ok(HelloReply::Challenge(p)) => {
             debug_assert!(p.len() <= packet.len(), "no amplification");
             out_q.push(p, from);
