@@ -50,23 +50,46 @@ enum End {
     Close(u16),
 }
 
-async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
-    let Some(ws::Accepted {
+/// What a logged-in connection keeps until it ends, in one heap block of its exact size: the
+/// socket and the router session. The connection's task then holds only this block's address
+/// and the small future of [`run`] (docs/performance.md, "Memory per session").
+struct Live {
+    ws: Ws,
+    session: Session,
+    /// Counted against the connection limits until the connection is closed ([`finish`]).
+    guard: super::limits::ConnGuard,
+}
+
+/// One connection's task. Memory: the upgrade and the login run in a boxed future freed once
+/// they are done ([`open`]), and the end in another ([`finish`]), so for the connection's life
+/// the task holds only the [`Live`] block's address, `ctx` and the session loop.
+fn connection(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send {
+    let opening = Box::pin(open(ctx.clone(), stream, peer));
+    async move {
+        let Some(mut live) = opening.await else {
+            return;
+        };
+        let end = {
+            let Live { ws, session, .. } = &mut *live;
+            run(&ctx, ws, session).await
+        };
+        Box::pin(finish(&ctx, live, end)).await;
+    }
+}
+
+/// Admission, the upgrade and `auth`: the logged-in connection, or `None` once a connection
+/// that did not log in has been answered and closed.
+async fn open(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Option<Box<Live>> {
+    let ws::Accepted {
         peer,
         mut ws,
         admitted,
         deadline,
-    }) = Box::pin(ws::accept(
-        &ctx,
-        stream,
-        peer,
-        ctx.settings.max_app_message,
-        T,
-    ))
-    .await
-    else {
-        return;
-    };
+    } = ws::accept(&ctx, stream, peer, ctx.settings.max_app_message, T).await?;
     let ws::Admitted {
         conn: guard,
         pending,
@@ -85,23 +108,40 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                 ws::close(&mut ws, close_code(code), limit.key()).await;
             };
             let _ = tokio::time::timeout_at(deadline, answer).await;
-            return;
+            return None;
         }
     };
     ctx.router.metrics().connection_opened(T);
-    // Boxed: the upgrade and the login are large futures needed only once, not for the
-    // connection's whole life.
-    let logged_in = Box::pin(authenticate(&ctx, &mut ws, peer, deadline, &pending)).await;
+    let logged_in = authenticate(&ctx, &mut ws, peer, deadline, &pending).await;
     drop(pending);
-    let end = match logged_in {
-        Ok(session) => run(&ctx, &mut ws, session).await,
-        Err(end) => end,
-    };
+    match logged_in {
+        Ok(session) => Some(Box::new(Live { ws, session, guard })),
+        Err(end) => {
+            close(&ctx, &mut ws, end).await;
+            drop(guard);
+            None
+        }
+    }
+}
+
+/// The end of a logged-in connection: the router session is closed, then the socket.
+async fn finish(ctx: &Context, live: Box<Live>, end: End) {
+    let Live {
+        mut ws,
+        session,
+        guard,
+    } = *live;
+    session.close().await;
+    close(ctx, &mut ws, end).await;
+    drop(guard);
+}
+
+/// Closes the socket as `end` says and counts the connection closed.
+async fn close(ctx: &Context, ws: &mut Ws, end: End) {
     if let End::Close(code) = end {
-        ws::close_within(&ctx, &mut ws, code, "").await;
+        ws::close_within(ctx, ws, code, "").await;
     }
     ctx.router.metrics().connection_closed(T);
-    drop(guard);
 }
 
 /// [`send`] for a live session: bounded by `limits.ws_write_timeout_ms` ([`ws::send_within`]).
@@ -271,69 +311,42 @@ async fn authenticate(
     Err(end)
 }
 
+/// What woke the session loop.
+enum Woke {
+    /// The socket: a message, a read error, or its end (`None`).
+    Socket(Option<Result<Message, WsError>>),
+    /// The router: an event for the terminal, or the session's end (`None`).
+    Event(Option<Outbound>),
+    /// The client was silent for `timeouts.session_secs`.
+    Silent,
+}
+
 /// The session loop: socket, outbound queue, silence timer.
-async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
+///
+/// Memory: this loop is what an idle connection's task holds for its whole life, so it borrows
+/// the session (kept in the [`Live`] block by the caller) instead of owning it. While idle it
+/// holds only the three waits; what it does when one of them wakes runs in a boxed future of
+/// its own ([`on_wake`]), allocated for that step only.
+async fn run(ctx: &Context, ws: &mut Ws, session: &mut Session) -> End {
     let me = session.handle().address();
     let timeout = Duration::from_millis(ctx.settings.session_timeout_ms());
     let mut silent_until = Instant::now() + timeout;
     let end = loop {
-        tokio::select! {
-            msg = ws.next() => {
+        // The waits are dropped before the step runs, and what woke the loop moves into the
+        // step, so none of them takes room in this future while the step runs.
+        let step = {
+            let woke = tokio::select! {
+                msg = ws.next() => Woke::Socket(msg),
+                ev = session.next() => Woke::Event(ev),
+                _ = tokio::time::sleep_until(silent_until) => Woke::Silent,
+            };
+            if matches!(woke, Woke::Socket(_)) {
                 silent_until = Instant::now() + timeout;
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        let e = error(Code::MALFORMED, None, "binary messages are not used here");
-                        let _ = send_live(ctx, ws, &e).await;
-                        break End::Close(close_code(Code::MALFORMED));
-                    }
-                    Some(Ok(Message::Close(_))) | None => break End::Closed,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => match ws_error_end(ctx, &e) {
-                        Ok(Some(code)) => {
-                            let _ = send_live(ctx, ws, &error(code, None, "message too large")).await;
-                            break End::Close(close_code(code));
-                        }
-                        Ok(None) => break End::Closed,
-                        Err(end) => break end,
-                    },
-                };
-                let reply = match ClientMessage::decode(text.as_bytes()) {
-                    Ok(msg) => match on_message(ctx, &session, msg).await {
-                        Step::Reply(r) => Some(r),
-                        Step::Quiet => None,
-                        Step::Goodbye => break End::Close(1000),
-                    },
-                    Err(e) => Some(decode_error(&e)),
-                };
-                if let Some(r) = reply
-                    && send_live(ctx, ws, &r).await.is_err()
-                {
-                    break End::Closed;
-                }
             }
-            ev = session.next() => {
-                let msg = match ev {
-                    None => break End::Closed,
-                    Some(Outbound::Kick { reason }) => {
-                        let code = kick_code(reason);
-                        let _ = send_live(ctx, ws, &ServerMessage::Kick(Kick { reason: code })).await;
-                        break End::Close(close_code(code));
-                    }
-                    Some(ev) => match app_message(ev) {
-                        Some(m) => m,
-                        None => continue,
-                    },
-                };
-                if send_live(ctx, ws, &msg).await.is_err() {
-                    break End::Closed;
-                }
-            }
-            _ = tokio::time::sleep_until(silent_until) => {
-                let code = Code::HEARTBEAT_TIMEOUT;
-                let _ = send_live(ctx, ws, &ServerMessage::Kick(Kick { reason: code })).await;
-                break End::Close(close_code(code));
-            }
+            Box::pin(on_wake(ctx, ws, session, woke))
+        };
+        if let Some(end) = step.await {
+            break end;
         }
     };
     let reported = match end {
@@ -343,8 +356,65 @@ async fn run(ctx: &Context, ws: &mut Ws, mut session: Session) -> End {
         End::Close(close) => SessionEnd::Broker(code_of_close(close)),
     };
     crate::logging::session_end::session_ended(&me, T.as_str(), reported);
-    session.close().await;
     end
+}
+
+/// One step of the session loop: what `woke` asks for. `Some` ends the session.
+async fn on_wake(ctx: &Context, ws: &mut Ws, session: &Session, woke: Woke) -> Option<End> {
+    match woke {
+        Woke::Socket(msg) => {
+            let text = match msg {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Binary(_))) => {
+                    let e = error(Code::MALFORMED, None, "binary messages are not used here");
+                    let _ = send_live(ctx, ws, &e).await;
+                    return Some(End::Close(close_code(Code::MALFORMED)));
+                }
+                Some(Ok(Message::Close(_))) | None => return Some(End::Closed),
+                Some(Ok(_)) => return None,
+                Some(Err(e)) => {
+                    return match ws_error_end(ctx, &e) {
+                        Ok(Some(code)) => {
+                            let _ =
+                                send_live(ctx, ws, &error(code, None, "message too large")).await;
+                            Some(End::Close(close_code(code)))
+                        }
+                        Ok(None) => Some(End::Closed),
+                        Err(end) => Some(end),
+                    };
+                }
+            };
+            let reply = match ClientMessage::decode(text.as_bytes()) {
+                Ok(msg) => match on_message(ctx, session, msg).await {
+                    Step::Reply(r) => Some(r),
+                    Step::Quiet => None,
+                    Step::Goodbye => return Some(End::Close(1000)),
+                },
+                Err(e) => Some(decode_error(&e)),
+            };
+            match reply {
+                Some(r) if send_live(ctx, ws, &r).await.is_err() => Some(End::Closed),
+                _ => None,
+            }
+        }
+        Woke::Event(ev) => {
+            let msg = match ev {
+                None => return Some(End::Closed),
+                Some(Outbound::Kick { reason }) => {
+                    let code = kick_code(reason);
+                    let _ = send_live(ctx, ws, &ServerMessage::Kick(Kick { reason: code })).await;
+                    return Some(End::Close(close_code(code)));
+                }
+                Some(ev) => app_message(ev)?,
+            };
+            send_live(ctx, ws, &msg).await.err().map(|_| End::Closed)
+        }
+        Woke::Silent => {
+            let code = Code::HEARTBEAT_TIMEOUT;
+            let _ = send_live(ctx, ws, &ServerMessage::Kick(Kick { reason: code })).await;
+            Some(End::Close(close_code(code)))
+        }
+    }
 }
 
 fn decode_error(e: &JsonError) -> ServerMessage {

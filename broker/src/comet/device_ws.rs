@@ -56,23 +56,49 @@ enum End {
     Violation(u16),
 }
 
-async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
-    let Some(ws::Accepted {
+/// What a logged-in connection keeps until it ends, in one heap block of its exact size: the
+/// socket, the link and the router session. The connection's task then holds only this block's
+/// address and the small future of [`run`] (docs/performance.md, "Memory per session").
+struct Live {
+    ws: Ws,
+    link: Link,
+    session: Session,
+    /// Counted against the connection limits until the connection is closed ([`finish`]).
+    guard: super::limits::ConnGuard,
+}
+
+/// One connection's task. Memory: the upgrade and the login run in a boxed future freed once
+/// they are done ([`open`]), and the end in another ([`finish`]), so for the connection's life
+/// the task holds only the [`Live`] block's address, `ctx` and the session loop.
+fn connection(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send {
+    let opening = Box::pin(open(ctx.clone(), stream, peer));
+    async move {
+        let Some(mut live) = opening.await else {
+            return;
+        };
+        let end = {
+            let Live {
+                ws, link, session, ..
+            } = &mut *live;
+            run(&ctx, ws, link, session).await
+        };
+        Box::pin(finish(&ctx, live, end)).await;
+    }
+}
+
+/// Admission, the upgrade and the handshake: the logged-in connection, or `None` once a
+/// connection that did not log in has been answered and closed.
+async fn open(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Option<Box<Live>> {
+    let ws::Accepted {
         peer,
         mut ws,
         admitted,
         deadline,
-    }) = Box::pin(ws::accept(
-        &ctx,
-        stream,
-        peer,
-        ctx.settings.max_device_packet,
-        T,
-    ))
-    .await
-    else {
-        return;
-    };
+    } = ws::accept(&ctx, stream, peer, ctx.settings.max_device_packet, T).await?;
     let ws::Admitted {
         conn: guard,
         pending,
@@ -91,34 +117,52 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                 ws::close(&mut ws, close_code(code), limit.key()),
             )
             .await;
-            return;
+            return None;
         }
     };
     ctx.router.metrics().connection_opened(T);
-    let logged_in = Box::pin(handshake(&ctx, &mut ws, peer, deadline, &pending)).await;
+    let logged_in = handshake(&ctx, &mut ws, peer, deadline, &pending).await;
     drop(pending);
-    let end = match logged_in {
-        Ok(established) => {
-            let mut established = Box::new(established);
-            let (link, session) = &mut *established;
-            let end = run(&ctx, &mut ws, link, session).await;
-            let (_, session) = *established;
-            session.close().await;
-            end
+    match logged_in {
+        Ok((link, session)) => Some(Box::new(Live {
+            ws,
+            link,
+            session,
+            guard,
+        })),
+        Err(end) => {
+            close(&ctx, &mut ws, peer, &end).await;
+            drop(guard);
+            None
         }
-        Err(end) => end,
-    };
+    }
+}
+
+/// The end of a logged-in connection: the router session is closed, then the socket.
+async fn finish(ctx: &Context, live: Box<Live>, end: End) {
+    let Live {
+        mut ws,
+        session,
+        guard,
+        ..
+    } = *live;
+    // The client's address as the session knows it (the one the login came from).
+    let peer = session.handle().peer();
+    session.close().await;
+    close(ctx, &mut ws, peer, &end).await;
+    drop(guard);
+}
+
+/// Closes the socket as `end` says, logs it and counts the connection closed.
+async fn close(ctx: &Context, ws: &mut Ws, peer: SocketAddr, end: &End) {
     match end {
         End::Closed => {}
-        End::Goodbye => ws::close_within(&ctx, &mut ws, 1000, "goodbye").await,
-        End::Code(code) => {
-            ws::close_within(&ctx, &mut ws, close_code(code), code.description()).await
-        }
-        End::Violation(code) => ws::close_within(&ctx, &mut ws, code, "protocol error").await,
+        End::Goodbye => ws::close_within(ctx, ws, 1000, "goodbye").await,
+        End::Code(code) => ws::close_within(ctx, ws, close_code(*code), code.description()).await,
+        End::Violation(code) => ws::close_within(ctx, ws, *code, "protocol error").await,
     }
-    tracing::debug!(%peer, reason = %session_end(&end).reason(), "device_ws connection closed");
+    tracing::debug!(%peer, reason = %session_end(end).reason(), "device_ws connection closed");
     ctx.router.metrics().connection_closed(T);
-    drop(guard);
 }
 
 async fn send_packet(ws: &mut Ws, packet: Vec<u8>) -> Result<(), WsError> {
@@ -316,13 +360,24 @@ fn hello_reply(
     }
 }
 
+/// What woke the session loop.
+enum Woke {
+    /// The socket: a message, a read error, or its end (`None`).
+    Socket(Option<Result<Message, WsError>>),
+    /// The router: an event for the terminal, or the session's end (`None`).
+    Event(Option<Outbound>),
+    /// The link's next timer is due.
+    Timer,
+}
+
 /// The session loop (see module docs).
 ///
 /// Memory: this loop is what an idle connection's task holds for its whole life, so it borrows
-/// the link and session (kept in one heap block by the caller) instead of owning them (an
-/// async fn keeps owned arguments twice), and the per-packet work runs in its own boxed future
-/// rather than reserving its size here. The upgrade and the handshake are boxed by the caller
-/// for the same reason.
+/// the link and session (kept in the [`Live`] block by the caller) instead of owning them (an
+/// async fn keeps owned arguments twice). While idle it holds only the frame worker and the
+/// three waits (socket, router queue, timer); what it does when one of them wakes runs in a
+/// boxed future of its own ([`on_wake`]), allocated for that step only, rather than reserving
+/// the largest step's size here for the connection's whole life.
 async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session) -> End {
     let me = session.handle().address();
     let mut worker = FrameWorker::spawn(
@@ -333,43 +388,58 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
     );
     let end = loop {
         let wake = ctx.instant_at(link.poll_timeout());
-        tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    let step = Box::pin(on_packet(ctx, ws, link, session, &mut worker, mutable(b)));
-                    if let Some(end) = step.await {
-                        break end;
-                    }
-                }
-                Some(Ok(Message::Text(_))) => break End::Code(Code::MALFORMED),
-                Some(Ok(Message::Close(_))) | None => break End::Closed,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break ws_error_end(ctx, &e),
-            },
-            ev = session.next(), if link.can_send() => match ev {
-                Some(Outbound::Kick { reason }) => {
-                    let code = kick_code(reason);
-                    if let Some(p) = packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok()) {
-                        let _ = send_live(ctx, ws, p).await;
-                    }
-                    break End::Code(code);
-                }
-                Some(ev) => {
-                    if let Some(end) = send_burst(ctx, ws, link, session, ev).await {
-                        break end;
-                    }
-                }
-                None => break End::Closed,
-            },
-            _ = tokio::time::sleep_until(wake) => {
-                if let Some(end) = run_timers(ctx, ws, link).await {
-                    break end;
-                }
-            }
+        // The waits are dropped before the step runs, and what woke the loop moves into the
+        // step, so none of them takes room in this future while the step runs.
+        let step = {
+            let woke = tokio::select! {
+                msg = ws.next() => Woke::Socket(msg),
+                ev = session.next(), if link.can_send() => Woke::Event(ev),
+                _ = tokio::time::sleep_until(wake) => Woke::Timer,
+            };
+            Box::pin(on_wake(ctx, ws, link, session, &mut worker, woke))
+        };
+        if let Some(end) = step.await {
+            break end;
         }
     };
     crate::logging::session_end::session_ended(&me, T.as_str(), session_end(&end));
     end
+}
+
+/// One step of the session loop: what `woke` asks for. `Some` ends the session.
+async fn on_wake(
+    ctx: &Context,
+    ws: &mut Ws,
+    link: &mut Link,
+    session: &mut Session,
+    worker: &mut FrameWorker,
+    woke: Woke,
+) -> Option<End> {
+    match woke {
+        Woke::Socket(msg) => match msg {
+            Some(Ok(Message::Binary(b))) => {
+                on_packet(ctx, ws, link, session, worker, mutable(b)).await
+            }
+            Some(Ok(Message::Text(_))) => Some(End::Code(Code::MALFORMED)),
+            Some(Ok(Message::Close(_))) | None => Some(End::Closed),
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(ws_error_end(ctx, &e)),
+        },
+        Woke::Event(ev) => match ev {
+            Some(Outbound::Kick { reason }) => {
+                let code = kick_code(reason);
+                if let Some(p) =
+                    packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok())
+                {
+                    let _ = send_live(ctx, ws, p).await;
+                }
+                Some(End::Code(code))
+            }
+            Some(ev) => send_burst(ctx, ws, link, session, ev).await,
+            None => Some(End::Closed),
+        },
+        Woke::Timer => run_timers(ctx, ws, link).await,
+    }
 }
 
 /// How `end` is reported in the session-end log line.
