@@ -9,63 +9,14 @@
 //! holds at most [`BOUND`] bytes of heap. Allocator overhead and fragmentation come on top; the
 //! release bench (`cargo xtask bench --only idle-memory`) measures those in resident memory.
 //!
-//! Counting takes `unsafe`: a global allocator implements the unsafe `GlobalAlloc` trait. Each
-//! method forwards its arguments to the system allocator unchanged.
-#![allow(unsafe_code)]
+//! The counting allocator is `heap_support`'s.
 
 mod comet_support;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::Duration;
+mod heap_support;
 
 use broker::terminal::IdProfile;
 use comet_support::*;
-
-/// The system allocator, counting the bytes held.
-struct Counting;
-
-static HELD: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call goes to `System` with the caller's arguments unchanged; the counter is
-// only arithmetic on the sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged (see the impl).
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged (see the impl).
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged (see the impl).
-        unsafe { System.dealloc(ptr, layout) };
-        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged (see the impl).
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            HELD.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
+use heap_support::{Counting, settled_heap};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -103,21 +54,6 @@ async fn log_in(b: &TestBroker, ids: std::ops::RangeInclusive<u32>) {
     }
 }
 
-/// The heap held once the broker has finished what the logins started (login tasks, the
-/// WELCOMEs): two readings 200 ms apart that agree within a byte per session, or the last one.
-async fn settled_heap() -> isize {
-    let mut last = HELD.load(Ordering::Relaxed);
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = HELD.load(Ordering::Relaxed);
-        if (now - last).abs() <= MEASURED as isize {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_udp_session_holds_at_most_1280_bytes_of_heap() {
     let b = TestBroker::start_with(IdProfile::Plug, |c| {
@@ -127,9 +63,9 @@ async fn an_idle_udp_session_holds_at_most_1280_bytes_of_heap() {
     })
     .await;
     log_in(&b, 1..=WARM_UP).await;
-    let before = settled_heap().await;
+    let before = settled_heap(MEASURED as isize).await;
     log_in(&b, WARM_UP + 1..=WARM_UP + MEASURED).await;
-    let after = settled_heap().await;
+    let after = settled_heap(MEASURED as isize).await;
 
     let online = b.running.router.online_counts();
     assert_eq!(

@@ -15,77 +15,16 @@
 //! [`APP_BOUND`]. Allocator overhead and the kernel's socket buffers come on top; the release
 //! bench (`cargo xtask bench --only idle-memory`) measures resident memory.
 //!
-//! Counting takes `unsafe`: a global allocator implements the unsafe `GlobalAlloc` trait. Each
-//! method forwards its arguments to the system allocator unchanged.
-#![allow(unsafe_code)]
+//! The counting allocator is `heap_support`'s.
 
 mod comet_support;
+mod heap_support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::Duration;
 
 use broker::terminal::{Address, IdProfile};
 use comet_support::*;
-
-/// The system allocator, counting the bytes held by every thread but the clients'.
-struct Counting;
-
-static HELD: AtomicIsize = AtomicIsize::new(0);
-
-thread_local! {
-    /// Set on the clients' threads: their allocations are not the broker's.
-    static CLIENT_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the calling thread's allocations count (any thread but a client's).
-fn counted() -> bool {
-    !CLIENT_THREAD.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: every call goes to `System` with the caller's arguments unchanged; the counter is
-// only arithmetic on the sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged (see the impl).
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() && counted() {
-            HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged (see the impl).
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() && counted() {
-            HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged (see the impl).
-        unsafe { System.dealloc(ptr, layout) };
-        if counted() {
-            HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged (see the impl).
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() && counted() {
-            HELD.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
+use heap_support::{Counting, settled_heap};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -137,10 +76,10 @@ impl Clients {
     fn start(kind: Kind, url: String) -> Clients {
         let (requests, mut incoming) = tokio::sync::mpsc::channel::<Request>(1);
         let thread = std::thread::spawn(move || {
-            CLIENT_THREAD.set(true);
+            heap_support::not_counted_here();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .on_thread_start(|| CLIENT_THREAD.set(true))
+                .on_thread_start(heap_support::not_counted_here)
                 .build()
                 .expect("client runtime");
             rt.block_on(async move {
@@ -211,21 +150,6 @@ impl Drop for Clients {
     }
 }
 
-/// The heap held once the broker has finished what the logins started (login tasks, the
-/// WELCOMEs): two readings 200 ms apart that agree within a byte per session, or the last one.
-async fn settled_heap() -> isize {
-    let mut last = HELD.load(Ordering::Relaxed);
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = HELD.load(Ordering::Relaxed);
-        if (now - last).abs() <= MEASURED as isize {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
 /// Heap bytes per idle session of `kind`, over [`MEASURED`] sessions after [`WARM_UP`].
 async fn heap_per_session(kind: Kind) -> isize {
     let b = TestBroker::start_with(IdProfile::Plug, |c| {
@@ -240,9 +164,9 @@ async fn heap_per_session(kind: Kind) -> isize {
     };
     let clients = Clients::start(kind, url);
     clients.log_in(1..=WARM_UP).await;
-    let before = settled_heap().await;
+    let before = settled_heap(MEASURED as isize).await;
     clients.log_in(WARM_UP + 1..=WARM_UP + MEASURED).await;
-    let after = settled_heap().await;
+    let after = settled_heap(MEASURED as isize).await;
 
     let online = b.running.router.online_counts();
     let up = match kind {
