@@ -355,6 +355,19 @@ struct PhoneArgs {
     common: Common,
 }
 
+impl Common {
+    /// The node lookup `--lookup` names, trusting `--ca-file` for an `https://` one; `None`
+    /// without `--lookup`.
+    fn lookup(&self) -> Result<Option<lookup::Lookup>, ClientError> {
+        Ok(self
+            .lookup
+            .as_deref()
+            .map(lookup::Lookup::new)
+            .transpose()?
+            .map(|l| l.with_ca_file(self.ca_file.clone())))
+    }
+}
+
 /// The "retry after" part of a rejection message (empty when the broker gave no wait).
 fn retry_note(retry_after_ms: u32) -> String {
     if retry_after_ms == 0 {
@@ -440,12 +453,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.master_key.as_deref(),
             )
             .map_err(ClientError::Usage)?;
-            let lookup = c
-                .lookup
-                .as_deref()
-                .map(lookup::Lookup::new)
-                .transpose()?
-                .map(|l| l.with_ca_file(c.ca_file.clone()));
+            let lookup = c.lookup()?;
             let explicit = a.udp.is_some() || a.ws.as_ref().is_some_and(|u| !u.is_empty());
             let endpoint = match (lookup, &a.ws, a.udp) {
                 (Some(_), _, _) if explicit => {
@@ -504,12 +512,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 a.token_secret.as_deref(),
             )
             .map_err(ClientError::Usage)?;
-            let lookup = c
-                .lookup
-                .as_deref()
-                .map(lookup::Lookup::new)
-                .transpose()?
-                .map(|l| l.with_ca_file(c.ca_file.clone()));
+            let lookup = c.lookup()?;
             if lookup.is_some() && a.app_ws.is_some() {
                 return Err(ClientError::Usage(
                     "--lookup picks the comet: not with --app-ws".into(),
