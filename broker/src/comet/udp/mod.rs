@@ -126,7 +126,7 @@ pub(super) struct Item {
 }
 
 /// The LOGIN and DATA packets of one read for one shard, their bytes back to back (two
-/// allocations per shard per read, sized from the previous read's, not one per datagram).
+/// allocations per shard per read, not one per datagram).
 #[derive(Debug, Default)]
 pub(super) struct ShardBatch {
     /// The packets' bytes.
@@ -270,13 +270,7 @@ impl Receiver {
             if pending.items.is_empty() {
                 continue;
             }
-            // The next read's part starts with the room this one needed: one allocation each,
-            // not a run of reallocations while it fills.
-            let room = ShardBatch {
-                bytes: Vec::with_capacity(pending.bytes.capacity()),
-                items: Vec::with_capacity(pending.items.capacity()),
-            };
-            let batch = std::mem::replace(pending, room);
+            let batch = std::mem::take(pending);
             let n = batch.items.len() as u64;
             if self.inboxes[shard].try_send(batch).is_err() {
                 self.ctx.router.metrics().udp_dropped_n("shard_busy", n);

@@ -10,12 +10,9 @@
 //!   and is new in the replay window, arriving from another address, moves the session there
 //!   (NAT rebinding, section 3): replies and retransmissions go to the new address and the
 //!   router's [`SessionHandle::set_peer`] is updated.
-//! * Timers: each session sits once in one ordered set of `(deadline_ms, session_id)`, at or
-//!   before its link's next deadline ([`Link::poll_timeout`]: retransmission, delayed ack or
-//!   silence); the task sleeps until the first. An entry only ever moves earlier: traffic pushes
-//!   the silence deadline later on every packet, and re-filing the entry each time cost two tree
-//!   operations per datagram, so a session whose deadline moved later is woken at the old time
-//!   instead, finds nothing due and is filed again at its real deadline. A session silent for `timeouts.session_secs`, or whose frame went unacknowledged
+//! * Timers: each session's next deadline ([`Link::poll_timeout`]: retransmission, delayed ack or
+//!   silence) is kept in one ordered set of `(deadline_ms, session_id)`; the task sleeps until the
+//!   first. A session silent for `timeouts.session_secs`, or whose frame went unacknowledged
 //!   `MAX_TRANSMISSIONS` times, is ended: the router logs it out and bound phones get an offline
 //!   presence.
 //! * Outbound: no future or task per session. Each session's router handle pushes the session
@@ -37,7 +34,6 @@
 //! in-flight frames, held frames and the frame worker's queue exist only while in use.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -104,7 +100,7 @@ struct Endpoint {
     map: ShardMap,
     /// Boxed: the table then holds a pointer per slot, so its spare capacity (a hash table is
     /// up to half empty after growing) costs 16 bytes a slot, not a whole session.
-    sessions: HashMap<u32, Box<UdpSession>, SessionIdHasher>,
+    sessions: HashMap<u32, Box<UdpSession>>,
     timers: BTreeSet<(u64, u32)>,
     /// Ids of sessions whose router queue got something (see module docs).
     ready: Arc<ReadyList>,
@@ -113,22 +109,6 @@ struct Endpoint {
     control: mpsc::Sender<Control>,
     /// Datagrams produced by this turn of the loop, sent together at its end.
     out: SendBatch,
-    /// The reactions to one DATA packet's frames (kept to reuse its allocation).
-    reactions: Vec<Reaction>,
-}
-
-/// The session table's hasher: foldhash's fast hash, seeded per table. The keys are session
-/// ids this shard chose itself (a peer cannot pick which ids are inserted), so the table needs
-/// no hash-flooding resistance, and a DATA packet looks its session up several times.
-#[derive(Clone, Default)]
-struct SessionIdHasher(foldhash::fast::RandomState);
-
-impl BuildHasher for SessionIdHasher {
-    type Hasher = foldhash::fast::FoldHasher<'static>;
-
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
-    }
 }
 
 /// Runs one shard until shutdown: datagrams from `inbox`, its sessions' queues and timers.
@@ -143,13 +123,12 @@ pub(super) async fn run(
         ctx: ctx.clone(),
         socket,
         map,
-        sessions: HashMap::default(),
+        sessions: HashMap::new(),
         timers: BTreeSet::new(),
         ready: Arc::new(ReadyList::new()),
         ready_ids: Vec::new(),
         control,
         out: SendBatch::default(),
-        reactions: Vec::new(),
     };
     let ready = ep.ready.clone();
     loop {
@@ -323,15 +302,16 @@ impl Endpoint {
 
     /// A DATA packet whose header names session `sid`.
     fn on_data(&mut self, sid: u32, packet: &mut [u8], from: SocketAddr) {
+        let m = self.ctx.router.metrics().clone();
         let now = self.ctx.mono_ms();
         let Some(s) = self.sessions.get_mut(&sid) else {
-            self.ctx.router.metrics().udp_dropped("unknown_session");
+            m.udp_dropped("unknown_session");
             return;
         };
         let mut received = match s.link.receive(packet, now) {
             Ok(r) => r,
             Err(e) => {
-                self.ctx.router.metrics().udp_dropped(match e {
+                m.udp_dropped(match e {
                     SessionError::Replayed => "replayed",
                     SessionError::AuthFailed => "auth_failed",
                     SessionError::Decode => "undecodable",
@@ -365,12 +345,11 @@ impl Endpoint {
             });
         }
         // Reliable frames come in `seq` order: the one just received, then any it released.
-        let mut reactions = std::mem::take(&mut self.reactions);
-        reactions.clear();
-        reactions.extend(received.frames().map(|frame| {
-            device::on_frame(&self.ctx.router, &s.handle, &mut s.worker, &frame, now)
-        }));
-        for reaction in reactions.drain(..) {
+        let reactions: Vec<Reaction> = received
+            .frames()
+            .map(|frame| device::on_frame(&self.ctx.router, &s.handle, &mut s.worker, &frame, now))
+            .collect();
+        for reaction in reactions {
             match reaction {
                 Reaction::Nothing => {}
                 Reaction::Goodbye => {
@@ -386,7 +365,6 @@ impl Endpoint {
                 Reaction::Error { code, about_seq } => self.error(sid, code, about_seq),
             }
         }
-        self.reactions = reactions;
         self.pull(sid);
         self.schedule(sid);
     }
@@ -451,14 +429,13 @@ impl Endpoint {
         }
     }
 
-    /// Moves the session's timer entry earlier when its link's next deadline is earlier; a
-    /// later deadline leaves it (see module docs: the early wake-up files it again).
+    /// Puts the session's timer at its link's next deadline.
     fn schedule(&mut self, sid: u32) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         let next = s.link.poll_timeout();
-        if next < s.timer {
+        if next != s.timer {
             self.timers.remove(&(s.timer, sid));
             self.timers.insert((next, sid));
             s.timer = next;
