@@ -250,6 +250,16 @@ impl Metrics {
         self.counter("broker_deliveries_total", &[("transport", t.as_str())], n);
     }
 
+    /// A device session of transport `t` sent a reliable frame again because its wait ran out
+    /// (UDP only: a WebSocket session never resends within the session).
+    pub fn device_resend(&self, t: Transport) {
+        self.counter(
+            "broker_device_resends_total",
+            &[("transport", t.as_str())],
+            1,
+        );
+    }
+
     /// An outbound event was dropped (or the session kicked) because its queue was full.
     pub fn queue_drop(&self, t: Transport, policy: &'static str) {
         self.counter(

@@ -174,3 +174,72 @@ async fn connection_and_login_rate_limits() {
     );
     b.stop().await;
 }
+
+/// The value of the labelled series `series` (its whole name and labels).
+fn metric(b: &TestBroker, series: &str) -> f64 {
+    b.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not exported:\n{}", b.metrics()))
+}
+
+/// Every Deliver frame (by `seq`) that reaches `dev` within `wait`, duplicates included.
+async fn deliver_frames(dev: &mut Device, wait: Duration) -> Vec<u32> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut seqs = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(mut p) = dev.wire.recv(left).await else {
+            return seqs;
+        };
+        if let Ok(f) = dev.session.open_frame(&mut p)
+            && matches!(f.body, Body::Deliver { .. })
+        {
+            dev.recv.on_receive(f.seq, 0);
+            seqs.push(f.seq);
+        }
+    }
+}
+
+/// Over WebSocket the broker never sends a Deliver twice within a session (docs/protocol.md
+/// section 5, "Reliable transport"): a device that acknowledges 2.5 s late (five times
+/// `RTO_INITIAL`) receives each Deliver once, and the late ack retires them. Over UDP the same
+/// device receives resends, counted in `broker_device_resends_total{transport="udp"}`.
+#[tokio::test]
+async fn a_late_ack_over_websocket_gets_no_duplicate_deliver() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    for (id, ws) in [(31u32, true), (32, false)] {
+        let wire = if ws {
+            Wire::ws(&b.device_ws()).await
+        } else {
+            Wire::udp(b.udp()).await
+        };
+        let mut dev = login(wire, id, 0).await.unwrap();
+        dev.auto_ack = false;
+        for text in ["a", "b", "c"] {
+            b.post(
+                "/v1/push",
+                json!({"target": {"terminal": {"kind": "device", "id": id}}, "text": text}),
+            )
+            .await;
+        }
+        let frames = deliver_frames(&mut dev, Duration::from_millis(2_500)).await;
+        if ws {
+            assert_eq!(frames, [1, 2, 3], "each Deliver once over WebSocket");
+        } else {
+            assert!(frames.len() > 3, "UDP resends: {frames:?}");
+        }
+        // The late acknowledgement retires them: nothing more comes.
+        dev.ack().await;
+        let after = deliver_frames(&mut dev, Duration::from_millis(1_500)).await;
+        if ws {
+            assert!(after.is_empty(), "after the ack: {after:?}");
+        }
+    }
+    assert_eq!(
+        metric(&b, "broker_device_resends_total{transport=\"device_ws\"}"),
+        0.0
+    );
+    assert!(metric(&b, "broker_device_resends_total{transport=\"udp\"}") >= 1.0);
+    b.stop().await;
+}

@@ -19,6 +19,12 @@
 //! ([`live_peer_deadline`]; such a resend does not count towards giving up). The backoff is for
 //! a silent peer.
 //!
+//! Over a transport that loses nothing ([`Carrier::Reliable`], set with
+//! [`SendWindow::with_carrier`]) the same backoff timers run, but a wait that ends only counts
+//! the transmission it would have sent: [`SendWindow::poll`] never reports a resend, only
+//! [`SendEvent::PeerDead`], when the oldest frame's eighth wait runs out, as a datagram sender
+//! gives up. The live-peer rule, which only hurries resends, does not apply there.
+//!
 //! Time is `now_ms: u64` from the caller; the jitter is a random `u16` from the caller per
 //! scheduled wait: `wait = rto/2 + (rto/2) * jitter / 65535`, i.e. a factor in [0.5, 1.0].
 //! What the stored bytes are is the caller's choice (typically the postcard `Body`, so a resend is
@@ -27,6 +33,7 @@
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
+use crate::handshake::Carrier;
 use crate::limits::{
     ACK_DELAY_MS, MAX_IN_FLIGHT, MAX_TRANSMISSIONS, RECEIVE_WINDOW, RTO_INITIAL_MS, RTO_MAX_MS,
 };
@@ -138,6 +145,9 @@ pub struct SendWindow<const N: usize, const B: usize> {
     slots: Vec<Slot<B>, N>,
     dead: bool,
     dead_reported: bool,
+    /// Whether a wait that ends sends the frame again ([`Carrier::Datagram`]) or only counts
+    /// it ([`Carrier::Reliable`]).
+    resend: bool,
 }
 
 impl<const N: usize, const B: usize> Default for SendWindow<N, B> {
@@ -154,7 +164,16 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             slots: Vec::new(),
             dead: false,
             dead_reported: false,
+            resend: true,
         }
+    }
+
+    /// The same window for frames carried over `carrier` (the default is
+    /// [`Carrier::Datagram`]). Over [`Carrier::Reliable`] nothing is resent within the session
+    /// (docs/protocol.md section 5, "Reliable transport"): the timers only find a dead peer.
+    pub const fn with_carrier(mut self, carrier: Carrier) -> Self {
+        self.resend = matches!(carrier, Carrier::Datagram);
+        self
     }
 
     fn capacity() -> usize {
@@ -241,7 +260,8 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
         });
         sort_small(&mut acked);
         self.restart_new_oldest(oldest_before, now_ms);
-        if !acked.is_empty() {
+        // "Live peer" hurries resends; over a reliable carrier there is nothing to resend.
+        if self.resend && !acked.is_empty() {
             for slot in self.slots.iter_mut() {
                 let (deadline, forward) = live_peer_deadline(slot.deadline, now_ms);
                 slot.deadline = deadline;
@@ -283,7 +303,8 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
 
     /// What is due at `now_ms`: the earliest overdue frame to resend (its next timer uses
     /// `jitter`), or `PeerDead` when an overdue frame was already sent `MAX_TRANSMISSIONS` times.
-    /// Call repeatedly until `None`.
+    /// Call repeatedly until `None`. Over [`Carrier::Reliable`] every overdue wait is counted
+    /// here as if its frame had been sent again, and only `PeerDead` is ever returned.
     pub fn poll(&mut self, now_ms: u64, jitter: u16) -> Option<SendEvent<'_>> {
         if self.dead {
             if self.dead_reported {
@@ -292,27 +313,33 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             self.dead_reported = true;
             return Some(SendEvent::PeerDead);
         }
-        let idx = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.deadline <= now_ms)
-            .min_by_key(|(_, s)| (s.deadline, s.seq))
-            .map(|(i, _)| i)?;
-        let is_oldest = self.oldest() == Some(self.slots[idx].seq);
-        let slot = &mut self.slots[idx];
-        // A resend brought forward by a live peer's acknowledgement keeps the frame's count
-        // and its backoff step: only waits that ran their full course count towards giving up.
-        let counted = !core::mem::take(&mut slot.brought_forward);
-        if counted && is_oldest && slot.transmissions >= MAX_TRANSMISSIONS {
-            self.dead = true;
-            self.dead_reported = true;
-            return Some(SendEvent::PeerDead);
-        }
-        if counted {
-            slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
-        }
-        slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
+        let idx = loop {
+            let idx = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.deadline <= now_ms)
+                .min_by_key(|(_, s)| (s.deadline, s.seq))
+                .map(|(i, _)| i)?;
+            let is_oldest = self.oldest() == Some(self.slots[idx].seq);
+            let slot = &mut self.slots[idx];
+            // A resend brought forward by a live peer's acknowledgement keeps the frame's count
+            // and its backoff step: only waits that ran their full course count towards giving up.
+            let counted = !core::mem::take(&mut slot.brought_forward);
+            if counted && is_oldest && slot.transmissions >= MAX_TRANSMISSIONS {
+                self.dead = true;
+                self.dead_reported = true;
+                return Some(SendEvent::PeerDead);
+            }
+            if counted {
+                slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
+            }
+            slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
+            if self.resend {
+                break idx;
+            }
+        };
+        let slot = &self.slots[idx];
         Some(SendEvent::Retransmit {
             seq: slot.seq,
             bytes: slot.bytes.as_slice(),

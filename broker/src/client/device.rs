@@ -302,7 +302,10 @@ pub(crate) async fn login(
                         wire.send(&login).await?;
                     }
                     Ok(ClientEvent::Established(e)) => {
-                        let link = Link::new(e.session, e.welcome.heartbeat_secs, clock.ms());
+                        // Over WebSocket nothing is resent within the session either
+                        // (docs/protocol.md section 5, "Reliable transport").
+                        let link = Link::new(e.session, e.welcome.heartbeat_secs, clock.ms())
+                            .with_carrier(carrier);
                         return Ok((link, e.welcome));
                     }
                     Ok(ClientEvent::Rejected(r)) => {

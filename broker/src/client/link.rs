@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use shared_protocol::frame::{Body, Frame};
+use shared_protocol::handshake::Carrier;
 use shared_protocol::limits::MAX_PACKET;
 use shared_protocol::reliability::{RecvOutcome, RecvWindow, SendEvent, SendWindow};
 use shared_protocol::session::SecureSession;
@@ -192,6 +193,15 @@ impl Link {
             last_heard_ms: now_ms,
             probing: None,
         }
+    }
+
+    /// This link over `carrier` (the default is [`Carrier::Datagram`]): over
+    /// [`Carrier::Reliable`] (WebSocket) a frame is never sent again within the session, the
+    /// send window's timers only find a dead peer (docs/protocol.md section 5, "Reliable
+    /// transport").
+    pub fn with_carrier(mut self, carrier: Carrier) -> Link {
+        self.send = std::mem::take(&mut self.send).with_carrier(carrier);
+        self
     }
 
     /// This link with a [`Probe`] (none by default: only the protocol's liveness rules).
@@ -401,6 +411,24 @@ mod tests {
     fn open(broker: &mut SecureSession, mut p: Vec<u8>) -> (u32, Ack, String) {
         let f = broker.open_frame(&mut p).unwrap();
         (f.seq, f.ack, f.body.name().to_string())
+    }
+
+    #[test]
+    fn over_websocket_a_send_goes_out_once_and_the_session_dies_on_time() {
+        let (link, mut broker) = pair();
+        let mut link = link.with_carrier(Carrier::Reliable);
+        let body = Body::Send {
+            to: Address::device(2),
+            payload: b"hi",
+        };
+        let (out, seq) = link.send(&body, 0, 0).unwrap();
+        assert_eq!((out.len(), seq), (1, Some(1)));
+        assert_eq!(open(&mut broker, out[0].clone()).0, 1);
+        // jitter 0: a datagram sender would resend at 250, 750, ... and give up at 19 750 ms.
+        for now in (10..19_750).step_by(10) {
+            assert!(link.poll(now, 0).unwrap().is_empty(), "sent at {now} ms");
+        }
+        assert!(matches!(link.poll(19_750, 0), Err(LinkError::PeerDead)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use shared_protocol::codes::Code;
 use shared_protocol::frame::Body;
-use shared_protocol::handshake::{HelloError, HelloReply, reject_answer, reject_packet};
+use shared_protocol::handshake::{Carrier, HelloError, HelloReply, reject_answer, reject_packet};
 use shared_protocol::keys::PeerAddr;
 use shared_protocol::limits::MAX_PACKET;
 use shared_protocol::packet::{PacketType, peek_header};
@@ -317,11 +317,14 @@ async fn handshake(
             since_id: accepted.since_id,
             upload_epoch: accepted.upload_epoch,
         };
+        // TCP loses nothing: the send window never resends within the session
+        // (docs/protocol.md section 5, "Reliable transport").
         let link = Link::new(
             accepted.session,
             ctx.settings.session_timeout_ms(),
             ctx.mono_ms(),
-        );
+        )
+        .with_carrier(Carrier::Reliable);
         let session = match ctx.router.login(login).await {
             Ok(s) => s,
             Err(e) => {
@@ -507,8 +510,13 @@ fn sealed(seal: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Bytes> {
 async fn run_timers(ctx: &Context, ws: &mut Ws, link: &mut Link) -> Option<End> {
     loop {
         let mut buf = vec![0u8; MAX_PACKET];
-        match link.poll(ctx.mono_ms(), rand::random(), &mut buf) {
-            Polled::Send(n) => {
+        let polled = link.poll(ctx.mono_ms(), rand::random(), &mut buf);
+        match polled {
+            Polled::Send(n) | Polled::Resend(n) => {
+                // A WebSocket link never resends; were one to, it would be counted.
+                if matches!(polled, Polled::Resend(_)) {
+                    ctx.router.metrics().device_resend(T);
+                }
                 buf.truncate(n);
                 if send_live(ctx, ws, buf).await.is_err() {
                     return Some(End::Closed);

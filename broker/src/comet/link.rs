@@ -4,6 +4,11 @@
 //! [`Link`] with bytes and `now_ms`; it never does I/O, never reads a clock and takes its jitter
 //! from the caller.
 //!
+//! Over WebSocket the link is made [`Link::with_carrier`] `Carrier::Reliable`: its send window
+//! never resends a frame within the session, its timers only find a dead peer (docs/protocol.md
+//! section 5, "Reliable transport"). A resend over UDP is reported as [`Polled::Resend`] so the
+//! endpoint can count it.
+//!
 //! Every outgoing frame carries the current [`RecvWindow::ack`], so acknowledgements ride on any
 //! traffic; an AckOnly is sent only when one is due (`ACK_DELAY`) and nothing else went out.
 //!
@@ -22,6 +27,7 @@ use std::collections::BTreeMap;
 
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Body, Frame};
+use shared_protocol::handshake::Carrier;
 use shared_protocol::limits::MAX_FRAME;
 use shared_protocol::reliability::{RecvOutcome, RecvWindow};
 use shared_protocol::session::{SecureSession, SessionError};
@@ -77,6 +83,8 @@ impl Received<'_> {
 pub enum Polled {
     /// Send the packet of this length from the output buffer, then poll again.
     Send(usize),
+    /// The same, for a reliable frame sent again after its wait ran out (count it as a resend).
+    Resend(usize),
     /// The session is over for this reason (silence or unacknowledged frames).
     Dead(Code),
     /// Nothing due before [`Link::poll_timeout`].
@@ -129,6 +137,13 @@ impl Link {
             last_rx_ms: now_ms,
             timeout_ms,
         }
+    }
+
+    /// The same link for a session carried over `carrier` (the default is
+    /// [`Carrier::Datagram`]); see the module docs.
+    pub fn with_carrier(mut self, carrier: Carrier) -> Link {
+        self.send = std::mem::take(&mut self.send).with_carrier(carrier);
+        self
     }
 
     /// The DATA session id.
@@ -292,7 +307,7 @@ impl Link {
                 return match seal_stored(&mut self.session, &self.recv, seq, body, out) {
                     Ok(n) => {
                         self.recv.on_ack_sent();
-                        Polled::Send(n)
+                        Polled::Resend(n)
                     }
                     Err(_) => Polled::Dead(Code::REKEY),
                 };
@@ -427,6 +442,36 @@ mod tests {
     }
 
     #[test]
+    fn a_reliable_carrier_link_never_resends_and_gives_up_at_the_same_time() {
+        let (link, _dev) = pair();
+        let mut link = link.with_carrier(Carrier::Reliable);
+        let mut out = [0u8; MAX_PACKET];
+        link.seal_reliable(
+            Body::UploadAck { upload_id: 9 },
+            Tag::Plain,
+            2_000,
+            u16::MAX,
+            &mut out,
+        )
+        .unwrap();
+        // The silence timer is 90 s from 1 001 ms; without jitter the send window gives up
+        // 39.5 s after the first send, exactly as over UDP, having sent nothing more.
+        let mut now;
+        loop {
+            now = link.poll_timeout();
+            match link.poll(now, u16::MAX, &mut out) {
+                Polled::Idle => {}
+                Polled::Dead(code) => {
+                    assert_eq!(code, Code::HEARTBEAT_TIMEOUT);
+                    break;
+                }
+                other => panic!("{other:?} at {now} ms"),
+            }
+        }
+        assert_eq!(now, 2_000 + 39_500);
+    }
+
+    #[test]
     fn retransmits_and_acks_duplicates_once() {
         let (mut link, mut dev) = pair();
         let mut out = [0u8; MAX_PACKET];
@@ -439,7 +484,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(link.poll_timeout(), 500);
-        let Polled::Send(n) = link.poll(500, 0, &mut out) else {
+        let Polled::Resend(n) = link.poll(500, 0, &mut out) else {
             panic!("no retransmission")
         };
         let mut pkt = out[..n].to_vec();

@@ -11,9 +11,16 @@
 //! Tags come back with their `seq`, selectively acknowledged frames included: the caller decides
 //! what a selective acknowledgement means (for a Deliver: held by the device, not delivered yet,
 //! see [`crate::comet::link`]).
+//!
+//! Over a transport that loses nothing (WebSocket: [`SendWin::with_carrier`] with
+//! [`Carrier::Reliable`]) the backoff timers run the same but send nothing: a wait that ends
+//! counts the transmission a datagram sender would make, so the window gives up on the oldest
+//! frame after the same eight waits and never resends a frame within the session; the live-peer
+//! rule, which only hurries resends, is off (docs/protocol.md section 5, "Reliable transport").
 
 use std::collections::VecDeque;
 
+use shared_protocol::handshake::Carrier;
 use shared_protocol::limits::{MAX_IN_FLIGHT, MAX_TRANSMISSIONS, RTO_INITIAL_MS};
 use shared_protocol::reliability::{Ack, live_peer_deadline, retransmit_wait};
 
@@ -56,6 +63,8 @@ pub enum Due<'a> {
 pub struct SendWin {
     next_seq: u32,
     dead: bool,
+    /// Whether a wait that ends sends the frame again (datagram) or only counts it (stream).
+    resend: bool,
     slots: VecDeque<Slot>,
 }
 
@@ -71,8 +80,16 @@ impl SendWin {
         SendWin {
             next_seq: 1,
             dead: false,
+            resend: true,
             slots: VecDeque::new(),
         }
+    }
+
+    /// The same window for frames carried over `carrier` (the default is
+    /// [`Carrier::Datagram`]): over [`Carrier::Reliable`] nothing is resent (module docs).
+    pub const fn with_carrier(mut self, carrier: Carrier) -> SendWin {
+        self.resend = matches!(carrier, Carrier::Datagram);
+        self
     }
 
     /// Whether another reliable frame may be sent now.
@@ -147,8 +164,9 @@ impl SendWin {
             oldest.transmissions = 1;
             oldest.deadline = oldest.deadline.min(now_ms.saturating_add(RTO_INITIAL_MS));
         }
-        if !acked.is_empty() {
-            // A live peer (docs/protocol.md section 5): nothing waits out a long backoff.
+        if self.resend && !acked.is_empty() {
+            // A live peer (docs/protocol.md section 5): nothing waits out a long backoff. Over
+            // a reliable carrier there is nothing to resend, so nothing to hurry.
             for slot in self.slots.iter_mut() {
                 let (deadline, forward) = live_peer_deadline(slot.deadline, now_ms);
                 slot.deadline = deadline;
@@ -167,31 +185,39 @@ impl SendWin {
     }
 
     /// The next overdue frame to resend (its next timer uses `jitter`), or [`Due::Dead`].
-    /// Call until `None`.
+    /// Call until `None`. Over [`Carrier::Reliable`] every overdue wait is only counted here,
+    /// and nothing but [`Due::Dead`] is returned.
     pub fn poll(&mut self, now_ms: u64, jitter: u16) -> Option<Due<'_>> {
         if self.dead {
             return None;
         }
-        let idx = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.deadline <= now_ms)
-            .min_by_key(|(_, s)| (s.deadline, s.seq))
-            .map(|(i, _)| i)?;
-        // Only the oldest frame can declare the peer dead (docs/protocol.md section 5); the
-        // slots are in `seq` order, so it is the first.
-        // A resend brought forward by a live peer's ack is not counted (section 5, "Live peer").
-        let slot = &mut self.slots[idx];
-        let counted = !std::mem::take(&mut slot.brought_forward);
-        if counted && idx == 0 && slot.transmissions >= MAX_TRANSMISSIONS {
-            self.dead = true;
-            return Some(Due::Dead);
-        }
-        if counted {
-            slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
-        }
-        slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
+        let idx = loop {
+            let idx = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.deadline <= now_ms)
+                .min_by_key(|(_, s)| (s.deadline, s.seq))
+                .map(|(i, _)| i)?;
+            // Only the oldest frame can declare the peer dead (docs/protocol.md section 5); the
+            // slots are in `seq` order, so it is the first.
+            // A resend brought forward by a live peer's ack is not counted (section 5, "Live
+            // peer").
+            let slot = &mut self.slots[idx];
+            let counted = !std::mem::take(&mut slot.brought_forward);
+            if counted && idx == 0 && slot.transmissions >= MAX_TRANSMISSIONS {
+                self.dead = true;
+                return Some(Due::Dead);
+            }
+            if counted {
+                slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
+            }
+            slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
+            if self.resend {
+                break idx;
+            }
+        };
+        let slot = &self.slots[idx];
         Some(Due::Retransmit {
             seq: slot.seq,
             body: &slot.body,
@@ -341,5 +367,48 @@ mod tests {
             }
         }
         assert_eq!(transmissions, MAX_TRANSMISSIONS);
+    }
+
+    #[test]
+    fn a_stream_window_never_resends_and_dies_with_the_datagram_one() {
+        let mut udp = SendWin::new();
+        let mut ws = SendWin::new().with_carrier(Carrier::Reliable);
+        udp.push(b(1), Tag::Deliver(1), 0, 0).unwrap();
+        ws.push(b(1), Tag::Deliver(1), 0, 0).unwrap();
+        let mut udp_resends = 0;
+        for now in 1..=40_000 {
+            let u = udp.poll(now, 0);
+            let w = ws.poll(now, 0);
+            if matches!(u, Some(Due::Retransmit { .. })) {
+                udp_resends += 1;
+            }
+            assert!(
+                !matches!(w, Some(Due::Retransmit { .. })),
+                "resent at {now} ms"
+            );
+            assert_eq!(u == Some(Due::Dead), w == Some(Due::Dead), "at {now} ms");
+            if w == Some(Due::Dead) {
+                assert_eq!(now, 19_750);
+                break;
+            }
+        }
+        assert_eq!(udp_resends, MAX_TRANSMISSIONS - 1);
+        assert!(ws.is_dead());
+    }
+
+    #[test]
+    fn a_stream_window_does_not_hurry_a_frame_the_peer_skipped() {
+        let mut udp = SendWin::new();
+        let mut ws = SendWin::new().with_carrier(Carrier::Reliable);
+        for w in [&mut udp, &mut ws] {
+            w.push(b(1), Tag::Plain, 0, u16::MAX).unwrap();
+            assert!(w.poll(500, u16::MAX).is_none() || w.resend);
+            w.push(b(2), Tag::Plain, 500, u16::MAX).unwrap();
+            w.on_ack(Ack { next: 1, mask: 1 }, 600).unwrap();
+        }
+        // Frame 1's second wait ends at 1 500 ms; over UDP the selective ack brought its
+        // (uncounted) resend forward to 1 100 ms, over a stream there is nothing to hurry.
+        assert_eq!(udp.poll_timeout(), Some(1_100));
+        assert_eq!(ws.poll_timeout(), Some(1_500));
     }
 }

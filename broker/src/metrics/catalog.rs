@@ -192,6 +192,12 @@ pub const FAMILIES: &[Family] = &[
         "Messages queued to sessions, by transport.",
     ),
     f(
+        "broker_device_resends_total",
+        Counter,
+        Always,
+        "Reliable frames a device session sent again because no acknowledgement came in time, by transport (udp; device_ws stays 0: a WebSocket session never resends within the session).",
+    ),
+    f(
         "broker_console_events_lost_total",
         Counter,
         Always,
@@ -588,6 +594,11 @@ pub fn zero_series() -> Vec<Series> {
             ));
         }
     }
+    s.extend(one(
+        "broker_device_resends_total",
+        "transport",
+        &[Transport::Udp.as_str(), Transport::DeviceWs.as_str()],
+    ));
     s.extend(one(
         "broker_udp_datagrams_total",
         "direction",

@@ -539,6 +539,17 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
         }
     }
 
+    /// Whether the driver should leave received packets in the transport for now: online over
+    /// WebSocket while the events from received frames fill their half of the queue. The broker
+    /// never resends over WebSocket, so a frame refused for want of room would be lost to the
+    /// session; left unread, it waits in the connection (TCP flow control) until the
+    /// application takes an event. Over UDP such a frame is refused and resent.
+    pub fn input_paused(&self) -> bool {
+        matches!(self.phase, Phase::Online(_))
+            && self.carrier() == Carrier::Reliable
+            && !self.can_take_frame_event()
+    }
+
     /// Whether an event waits for [`poll_event`](Self::poll_event).
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
@@ -611,12 +622,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
         self.attempts = self.attempts.saturating_add(1);
         // WebSocket loses nothing: one HELLO per connection, never resent with a new nonce
         // (docs/protocol.md section 3.2, step 6); `handshake_timeout_ms` bounds the wait.
-        let carrier = match self.endpoint() {
-            Some((_, e)) if matches!(e.transport, TransportKind::WebSocket { .. }) => {
-                Carrier::Reliable
-            }
-            _ => Carrier::Datagram,
-        };
+        let carrier = self.carrier();
         let handshake = ClientHandshake::new(
             Address::device(self.device.device_id),
             self.device.key.clone(),
@@ -636,6 +642,16 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             attempt,
             deadline: now.plus_millis(self.config.handshake_timeout_ms),
         };
+    }
+
+    /// How the current endpoint carries packets: WebSocket loses nothing.
+    fn carrier(&self) -> Carrier {
+        match self.endpoint() {
+            Some((_, e)) if matches!(e.transport, TransportKind::WebSocket { .. }) => {
+                Carrier::Reliable
+            }
+            _ => Carrier::Datagram,
+        }
     }
 
     fn fail(&mut self, reason: DisconnectReason, now: Instant) {
@@ -691,7 +707,9 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 self.phase = Phase::Online(Online {
                     session: established.session,
                     welcome,
-                    send: SendWindow::new(),
+                    // Over WebSocket nothing is resent within the session (docs/protocol.md
+                    // section 5, "Reliable transport").
+                    send: SendWindow::new().with_carrier(self.carrier()),
                     recv: RecvWindow::new(),
                     held_acks: [0; HELD_UPLOAD_ACKS],
                     last_rx: now,

@@ -663,7 +663,7 @@ fn hello_is_resent_inside_one_attempt() {
 }
 
 /// Two WebSocket endpoints (the test network carries their packets like datagrams).
-static WS_ENDPOINTS: [Endpoint<'static>; 2] = [
+pub(crate) static WS_ENDPOINTS: [Endpoint<'static>; 2] = [
     Endpoint::websocket(ENDPOINTS[0].addr, "broker", "/device"),
     Endpoint::websocket(ENDPOINTS[1].addr, "broker", "/device"),
 ];
@@ -682,6 +682,85 @@ fn hello_is_not_resent_over_websocket() {
         disconnects(&net.take_events()),
         [DisconnectReason::HandshakeTimeout]
     );
+}
+
+/// Over WebSocket nothing is resent within the session (docs/protocol.md section 5, "Reliable
+/// transport"): an upload whose acknowledgement is 20 s late goes out once, and the late
+/// acknowledgement still retires it. Over UDP the same upload is resent.
+#[test]
+fn over_websocket_a_late_acknowledgement_gets_no_resend() {
+    for (endpoints, resends) in [(&WS_ENDPOINTS, false), (&ENDPOINTS, true)] {
+        let mut net = Net::build(KEY, KEY, endpoints, None);
+        net.online();
+        net.hold_down = true;
+        let sent_before = net.sent.len();
+        net.client.upload("t", b"x").unwrap();
+        net.run_for(19_000);
+        let sent = net.sent.len() - sent_before;
+        let s = net.client.stats();
+        if resends {
+            assert!(sent > 1 && s.retransmits > 0, "UDP: {sent} packets");
+        } else {
+            assert_eq!(
+                (sent, s.retransmits),
+                (1, 0),
+                "WebSocket: one packet, no resend"
+            );
+        }
+        net.release_held();
+        assert_eq!(net.client.uploads_pending(), 0);
+        assert_eq!(net.client.state(), ConnectionState::Online);
+    }
+}
+
+/// A broker that never acknowledges ends a WebSocket session when the send window gives up,
+/// as over UDP (at most 39.5 s after the first send), with nothing resent meanwhile.
+#[test]
+fn over_websocket_an_unacknowledged_frame_still_ends_the_session() {
+    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None);
+    net.online();
+    net.take_events();
+    net.brokers[0].silent = true;
+    net.client.upload("t", b"x").unwrap();
+    net.run_for(19_700);
+    assert!(
+        disconnects(&net.take_events()).is_empty(),
+        "not before 19.75 s"
+    );
+    net.run_for(39_500 - 19_700);
+    assert_eq!(
+        disconnects(&net.take_events()),
+        [DisconnectReason::RetransmitLimit]
+    );
+    assert_eq!(net.client.stats().retransmits, 0);
+}
+
+/// Over WebSocket a frame refused for want of event room would never come back within the
+/// session, so the driver stops reading instead while the application is behind.
+#[test]
+fn over_websocket_a_full_event_queue_pauses_input() {
+    for (endpoints, pauses) in [(&WS_ENDPOINTS, true), (&ENDPOINTS, false)] {
+        let mut net = Net::build(KEY, KEY, endpoints, None);
+        net.online();
+        assert!(!net.client.input_paused());
+        let mut q = VecDeque::new();
+        for n in 0..EVENT_FRAME_LIMIT as u64 {
+            net.brokers[0].send_reliable(
+                Body::Deliver {
+                    msg_id: n + 1,
+                    from: None,
+                    payload: b"",
+                },
+                &mut q,
+            );
+        }
+        for mut p in q {
+            assert_eq!(net.client.handle_datagram(&mut p, net.now), Ok(()));
+        }
+        assert_eq!(net.client.input_paused(), pauses);
+        assert!(net.client.poll_event().is_some());
+        assert!(!net.client.input_paused(), "room again");
+    }
 }
 
 /// A CHALLENGE that comes late over WebSocket is answered with the nonce it was made for.

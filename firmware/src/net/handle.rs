@@ -91,7 +91,8 @@ impl<'d, 'c, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize
     pub async fn next_event(&self) -> Event<P> {
         loop {
             if let Some(event) = self.res.with(|c| c.poll_event()) {
-                return event;
+                // The runner may have stopped reading for want of event room.
+                return self.wake_runner(event);
             }
             self.res.app_wake.wait().await;
         }
@@ -99,7 +100,7 @@ impl<'d, 'c, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize
 
     /// The next event if one is waiting.
     pub fn try_event(&self) -> Option<Event<P>> {
-        self.res.with(|c| c.poll_event())
+        self.wake_runner(self.res.with(|c| c.poll_event()))
     }
 
     /// The connection state.

@@ -157,7 +157,9 @@ impl<
             self.promise_until(deadline);
             let timer = timer_at(deadline);
             let wake = self.res.runner_wake.wait();
-            if self.connected.is_some() {
+            // Over WebSocket, unread packets wait in the connection while the application is
+            // behind (`DeviceClient::input_paused`); taking an event wakes the runner.
+            if self.connected.is_some() && !self.res.with(|c| c.input_paused()) {
                 let recv = self.transport.recv(&mut self.bufs.rx);
                 match select3(recv, timer, wake).await {
                     Either3::First(Ok(n)) => {

@@ -17,7 +17,7 @@ use shared_protocol::frame::Body;
 
 use super::*;
 use crate::api::DeviceApi;
-use crate::client::tests::{Broker, DEVICE_ID, ENDPOINTS, Got, KEY};
+use crate::client::tests::{Broker, DEVICE_ID, ENDPOINTS, Got, KEY, WS_ENDPOINTS};
 use crate::client::{DeviceClient, Event};
 use crate::config::{ClientConfig, DeviceConfig, Endpoint};
 use crate::rng::SplitMix64;
@@ -149,6 +149,78 @@ fn runner_logs_in_moves_uploads_and_commands_and_keeps_the_session_alive() {
         assert!(until(1000, || broker.borrow().got.contains(&Got::Ping)).await);
         assert!(handle.is_online());
         assert_eq!(*connects.borrow(), 1, "no reconnect");
+    };
+    match block_on(select(runner.run(), script)) {
+        Either::First(never) => match never {},
+        Either::Second(()) => {}
+    }
+}
+
+/// Over WebSocket the broker never resends within a session, so while the application has not
+/// taken its events the runner leaves the broker's packets unread (in the connection) instead of
+/// refusing them, and reads on as soon as an event is taken: every Deliver arrives, none refused.
+#[test]
+fn over_websocket_the_runner_stops_reading_while_the_application_is_behind() {
+    let _clock = mock_clock();
+    MockDriver::get().reset();
+    let broker = Rc::new(RefCell::new(Broker::new(KEY)));
+    let inbox = Rc::new(RefCell::new(VecDeque::new()));
+    let transport = MemTransport {
+        broker: broker.clone(),
+        inbox: inbox.clone(),
+        connects: Rc::new(RefCell::new(0)),
+        open: false,
+    };
+    let device = DeviceConfig {
+        device_id: DEVICE_ID,
+        key: KEY,
+        endpoints: &WS_ENDPOINTS,
+        lookup: None,
+        since_id: 0,
+    };
+    let client: DeviceClient<'_, _, 4, 512> =
+        DeviceClient::new(device, ClientConfig::default(), SplitMix64::new(5), now());
+    let resources: ClientResources<'_, NoopRawMutex, _, 4, 512> = ClientResources::new(client);
+    let mut buffers = RunnerBuffers::new();
+    let (handle, mut runner) = new(&resources, transport, &mut buffers);
+
+    let script = async {
+        let event = handle.next_event().await;
+        assert!(matches!(event, Event::Connected { .. }), "{event:?}");
+        let mut q = VecDeque::new();
+        for msg_id in 1..=4 {
+            broker.borrow_mut().send_reliable(
+                Body::Deliver {
+                    msg_id,
+                    from: None,
+                    payload: b"",
+                },
+                &mut q,
+            );
+        }
+        inbox.borrow_mut().extend(q);
+        // The default event queue (4) takes two frame events; the other two packets stay unread.
+        assert!(until(1000, || inbox.borrow().len() == 2).await);
+        for _ in 0..100 {
+            yield_now().await;
+        }
+        assert_eq!(
+            inbox.borrow().len(),
+            2,
+            "paused while the application is behind"
+        );
+        for expected in 1..=4 {
+            let Event::Deliver { msg_id, .. } = handle.next_event().await else {
+                panic!("expected Deliver {expected}");
+            };
+            assert_eq!(msg_id, expected);
+        }
+        assert!(inbox.borrow().is_empty());
+        assert_eq!(
+            resources.with(|c| c.stats().rx_dropped),
+            0,
+            "nothing refused"
+        );
     };
     match block_on(select(runner.run(), script)) {
         Either::First(never) => match never {},

@@ -612,7 +612,10 @@ impl Endpoint {
             while let Some(s) = self.sessions.get_mut(&sid) {
                 let mut out = [0u8; MAX_PACKET];
                 match s.link.poll(now, rand::random(), &mut out) {
-                    Polled::Send(n) => {
+                    polled @ (Polled::Send(n) | Polled::Resend(n)) => {
+                        if matches!(polled, Polled::Resend(_)) {
+                            self.ctx.router.metrics().device_resend(T);
+                        }
                         let peer = s.peer;
                         self.send(&out[..n], peer);
                     }
