@@ -462,3 +462,47 @@ async fn a_session_whose_queue_overflowed_gets_every_message_in_order_after_a_st
     assert_eq!(got, pushed, "every message once, in order");
     b.stop().await;
 }
+
+/// At shutdown a UDP session's Kick `SHUTDOWN` goes out three times, 100 ms apart, each in a
+/// DATA packet with a fresh counter (docs/protocol.md section 6, "Shutdown"): a device whose
+/// first copy is lost (this one drops it) still learns of the shutdown at once, not at its
+/// liveness timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_loses_the_first_shutdown_kick_still_gets_one() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut dev = login(Wire::udp(b.udp()).await, 71, 0)
+        .await
+        .expect("login accepted");
+    let stop = tokio::spawn(b.stop());
+    let mut kicks = Vec::new();
+    let started = std::time::Instant::now();
+    while let Some(mut p) = dev.wire.recv(Duration::from_secs(2)).await {
+        // Opening goes through the session's replay window: a repeated counter fails here.
+        let Ok(frame) = dev.session.open_frame(&mut p) else {
+            continue;
+        };
+        if let Body::Kick { reason } = frame.body {
+            kicks.push((reason, started.elapsed()));
+        }
+    }
+    stop.await.unwrap();
+    let Some(((first, _), later)) = kicks.split_first() else {
+        panic!("no Kick at all");
+    };
+    // The first copy is the one this device loses.
+    assert_eq!(*first, Code::SHUTDOWN);
+    let (reason, at) = later.first().expect("a Kick after the lost first copy");
+    assert_eq!(*reason, Code::SHUTDOWN);
+    assert!(
+        *at < Duration::from_secs(1),
+        "the second copy came {at:?} after the stop"
+    );
+    assert_eq!(
+        kicks.len() as u64,
+        broker::comet::udp::SHUTDOWN_KICK_COPIES,
+        "{kicks:?}"
+    );
+    // Spaced out (a burst would be lost to the same moment of trouble), by about 100 ms.
+    let gap = kicks[2].1 - kicks[0].1;
+    assert!(gap >= Duration::from_millis(150), "copies {kicks:?}");
+}

@@ -3,6 +3,7 @@
 
 use shared_protocol::codes::Code;
 use shared_protocol::frame::{Ack, Body, Frame};
+use shared_protocol::handshake::client::attempt_wait_ms;
 use shared_protocol::handshake::{
     Acceptor, Carrier, ClientError, ClientEvent, ClientHandshake, Established, HelloError,
     HelloReply, LoginError, SessionGrant, TerminalRecord, WelcomeParams, reject_answer,
@@ -272,7 +273,7 @@ fn hello_rejections() {
 #[test]
 fn a_reliable_handshake_never_resends_hello_and_a_late_challenge_still_logs_in() {
     let key = derive_device_key(&MASTER, 5);
-    let late_ms = 9_000; // the CHALLENGE arrives after what would have been three resends
+    let late_ms = 9_000; // the CHALLENGE arrives after what would have been five resends
     for carrier in [Carrier::Reliable, Carrier::Datagram] {
         let mut client =
             ClientHandshake::new(Address::device(5), key.clone(), 0, 1).with_carrier(carrier);
@@ -311,7 +312,7 @@ fn a_reliable_handshake_never_resends_hello_and_a_late_challenge_still_logs_in()
                 );
             }
             Carrier::Datagram => {
-                assert_eq!(resent, 3, "HELLOs resent at 1, 3 and 7 s");
+                assert_eq!(resent, 5, "HELLOs resent at about 1, 2, 3, 4 and 6 s");
                 assert_eq!(verdict, Err(LoginError::BadCookie));
             }
         }
@@ -335,10 +336,11 @@ fn client_handles_reject_and_timeouts() {
         .unwrap()
         .unwrap();
     assert_eq!(&again[4..20], &[2; 16], "fresh nonce in the new HELLO");
+    // Nonce byte 15 is 2: jitter (2 * 250) >> 8 = 1 ms on top of the flat 1 s.
     assert_eq!(
         client.poll_timeout(),
-        Some(3100),
-        "second attempt waits twice as long"
+        Some(2101),
+        "the second attempt waits 1 s again (no doubling yet), plus its jitter"
     );
     let mut rej = reject_packet(Code::SERVER_BUSY, 2000, &mut [0u8; 16])
         .unwrap()
@@ -351,6 +353,50 @@ fn client_handles_reject_and_timeouts() {
         other => panic!("{other:?}"),
     }
     assert_eq!(client.poll_timeout(), None);
+}
+
+/// UDP attempts wait 1 s for the first four, then 2, 4, 8 s (capped), each plus a jitter below
+/// 250 ms from the attempt's nonce (docs/protocol.md section 3.2, step 6); driven here through
+/// the handshake with injected time, every HELLO going unanswered.
+#[test]
+fn udp_attempts_wait_one_second_four_times_then_double_to_eight() {
+    let mut client = ClientHandshake::new(Address::device(5), derive_device_key(&MASTER, 5), 0, 1);
+    let mut buf = [0u8; 128];
+    let mut now = 0;
+    let mut waits = Vec::new();
+    // Nonce byte 15 is the jitter source: 0, 255, 128, ... gives jitter 0, 249, 125, ...
+    let jitter_bytes = [0u8, 255, 128, 0, 0, 255, 0, 0, 0];
+    client.start(now, [jitter_bytes[0]; 16], &mut buf).unwrap();
+    for &b in &jitter_bytes[1..] {
+        let due = client
+            .poll_timeout()
+            .expect("a UDP attempt always has a deadline");
+        assert!(
+            client
+                .handle_timeout(due - 1, [b; 16], &mut buf)
+                .unwrap()
+                .is_none()
+        );
+        waits.push(due - now);
+        now = due;
+        let hello = client
+            .handle_timeout(now, [b; 16], &mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(hello[19], b, "the resent HELLO carries the fresh nonce");
+    }
+    waits.push(client.poll_timeout().unwrap() - now);
+    assert_eq!(
+        waits,
+        [1000, 1249, 1125, 1000, 2000, 4249, 8000, 8000, 8000]
+    );
+    for k in 1..=4 {
+        for j in [0u8, 255] {
+            let w = attempt_wait_ms(k, j);
+            assert!((1000..1250).contains(&w), "attempt {k}: {w}");
+        }
+    }
+    assert_eq!(attempt_wait_ms(u32::MAX, 255), 8249, "capped, no overflow");
 }
 
 /// A REJECT of another protocol version is still a refusal: the client reads the fields it

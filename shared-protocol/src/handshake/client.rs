@@ -6,8 +6,11 @@
 //!
 //! The resend policy depends on the [`Carrier`] (docs/protocol.md section 3.2, step 6):
 //! * [`Carrier::Datagram`] (UDP, the default): if no CHALLENGE or WELCOME arrived in time the
-//!   attempt restarts from HELLO with the new nonce. Attempt `k` waits `min(1000 * 2^(k-1), 8000)`
-//!   ms.
+//!   attempt restarts from HELLO with the new nonce. Attempt `k` waits [`attempt_wait_ms`]: 1 s
+//!   for the first [`ATTEMPT_TIMEOUT_FLAT_ATTEMPTS`] attempts, then doubling to 8 s, each plus a
+//!   jitter below 250 ms taken from the attempt's fresh nonce. Not doubling at once is what lets
+//!   a lossy link log in quickly: at 20% loss each way an attempt (two round trips) fails about
+//!   three times in five, and waiting 1, 2, 4 s made such a login take 7 s or more.
 //! * [`Carrier::Reliable`] (WebSocket): nothing is lost, so a late answer is only late. One HELLO
 //!   is sent per handshake, never resent: [`ClientHandshake::poll_timeout`] stays `None` and a
 //!   second [`ClientHandshake::start`] is refused with [`ClientError::HelloAlreadySent`]. The
@@ -29,10 +32,37 @@ use crate::packet::{
 };
 use crate::session::{Role, SecureSession};
 
-/// First wait for a CHALLENGE or WELCOME before restarting from HELLO.
+/// Wait for a CHALLENGE or WELCOME before restarting from HELLO, for each of the first
+/// [`ATTEMPT_TIMEOUT_FLAT_ATTEMPTS`] attempts (plus jitter).
 pub const ATTEMPT_TIMEOUT_INITIAL_MS: u64 = 1_000;
-/// Ceiling of the per-attempt wait (it doubles per attempt up to this).
+/// Attempts that wait [`ATTEMPT_TIMEOUT_INITIAL_MS`]; the wait doubles from the next one on.
+pub const ATTEMPT_TIMEOUT_FLAT_ATTEMPTS: u32 = 4;
+/// Ceiling of the per-attempt wait before jitter (it doubles per attempt up to this).
 pub const ATTEMPT_TIMEOUT_MAX_MS: u64 = 8_000;
+/// Every attempt's wait is lengthened by a jitter below this, so devices that lost their
+/// session together (a broker restart) do not resend in step.
+pub const ATTEMPT_TIMEOUT_JITTER_MS: u64 = 250;
+
+/// How long UDP attempt `attempt` (1, 2, ...) waits for the CHALLENGE and the WELCOME
+/// (docs/protocol.md section 3.2, step 6): [`ATTEMPT_TIMEOUT_INITIAL_MS`] for the first
+/// [`ATTEMPT_TIMEOUT_FLAT_ATTEMPTS`] attempts, then twice the previous wait up to
+/// [`ATTEMPT_TIMEOUT_MAX_MS`] (2, 4, 8, 8, ... s), plus `jitter * ATTEMPT_TIMEOUT_JITTER_MS / 256`
+/// ms. The handshake takes `jitter` from the attempt's fresh random nonce (its last byte), so
+/// it needs no second random draw.
+pub const fn attempt_wait_ms(attempt: u32, jitter: u8) -> u64 {
+    let doublings = attempt.saturating_sub(ATTEMPT_TIMEOUT_FLAT_ATTEMPTS);
+    let base = if doublings >= 4 {
+        ATTEMPT_TIMEOUT_MAX_MS
+    } else {
+        let w = ATTEMPT_TIMEOUT_INITIAL_MS << doublings;
+        if w < ATTEMPT_TIMEOUT_MAX_MS {
+            w
+        } else {
+            ATTEMPT_TIMEOUT_MAX_MS
+        }
+    };
+    base + ((jitter as u64 * ATTEMPT_TIMEOUT_JITTER_MS) >> 8)
+}
 
 /// How the handshake's packets are carried; decides whether a silent attempt resends HELLO.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,8 +181,7 @@ impl ClientHandshake {
         self.attempt = self.attempt.saturating_add(1);
         self.deadline = match self.carrier {
             Carrier::Datagram => {
-                let wait = (ATTEMPT_TIMEOUT_INITIAL_MS << (self.attempt - 1).min(8))
-                    .min(ATTEMPT_TIMEOUT_MAX_MS);
+                let wait = attempt_wait_ms(self.attempt, nonce[15]);
                 Some(now_ms.saturating_add(wait))
             }
             // Nothing to resend: the caller's connection timeout bounds the wait.

@@ -33,10 +33,12 @@
 
 pub mod batch;
 mod config;
+mod kick_copies;
 mod outbox;
 mod shard;
 
 pub use config::UdpConfig;
+pub use kick_copies::{SHUTDOWN_KICK_COPIES, SHUTDOWN_KICK_SPACING_MS};
 pub use shard::UdpSession;
 
 use std::net::SocketAddr;
@@ -237,8 +239,9 @@ pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
             }
         }
     }
-    // The shards see the same cancellation and end their sessions with a Kick (SHUTDOWN); the
-    // handshake workers end when their inboxes close.
+    // The shards see the same cancellation and end their sessions with a Kick (SHUTDOWN, sent
+    // three times 100 ms apart: `kick_copies`); the handshake workers end when their inboxes
+    // close.
     drop(receiver);
     while shards.join_next().await.is_some() {}
 }

@@ -24,6 +24,9 @@
 //!   (nothing is dropped because the window was full). The rare store read after the
 //!   full-queue policy dropped a Deliver ([`Session::needs_store_read`]) runs in a spawned
 //!   task that takes the router session along and hands it back ([`Control::Read`]).
+//! * Shutdown: every session is ended with Kick `SHUTDOWN`, sent [`SHUTDOWN_KICK_COPIES`] times
+//!   [`SHUTDOWN_KICK_SPACING_MS`] apart ([`super::kick_copies`]); the shard's task ends once the
+//!   last copy is out (200 ms after the shutdown began).
 //! * Sends are collected during one turn of the loop (a whole inbound batch, a timer sweep) and
 //!   handed to the kernel together at its end ([`super::batch::SendBatch`], `sendmmsg`), never
 //!   waiting: a datagram the kernel cannot take now is dropped and counted like any lost
@@ -57,6 +60,7 @@ use super::super::link::{Link, LinkError, Polled};
 use super::super::logins::{self, LoginOutcome};
 use super::super::worker::FrameWorker;
 use super::batch::SendBatch;
+use super::kick_copies::{KickCopies, SHUTDOWN_KICK_COPIES, SHUTDOWN_KICK_SPACING_MS};
 use super::outbox::{Offered, Outbox};
 use super::{Kind, ShardBatch, ShardMap, T, flush_out};
 
@@ -109,6 +113,8 @@ struct Endpoint {
     control: mpsc::Sender<Control>,
     /// Datagrams produced by this turn of the loop, sent together at its end.
     out: SendBatch,
+    /// Later copies of the shutdown Kicks sent (see [`super::kick_copies`]).
+    kick_copies: KickCopies,
 }
 
 /// Runs one shard until shutdown: datagrams from `inbox`, its sessions' queues and timers.
@@ -129,10 +135,16 @@ pub(super) async fn run(
         ready_ids: Vec::new(),
         control,
         out: SendBatch::default(),
+        kick_copies: KickCopies::default(),
     };
     let ready = ep.ready.clone();
     loop {
-        let wake = ep.timers.first().map(|(d, _)| ctx.instant_at(*d));
+        let first_timer = ep.timers.first().map(|(d, _)| *d);
+        let wake = match (first_timer, ep.kick_copies.next_due()) {
+            (Some(t), Some(k)) => Some(t.min(k)),
+            (t, k) => t.or(k),
+        }
+        .map(|d| ctx.instant_at(d));
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             Some(batch) = inbox.recv() => ep.on_batch(batch),
@@ -147,6 +159,12 @@ pub(super) async fn run(
         ep.end(sid, Some(Code::SHUTDOWN));
     }
     ep.flush_out();
+    // The later Kick copies (of these sessions, and of any a router kick ended just before).
+    while let Some(due) = ep.kick_copies.next_due() {
+        tokio::time::sleep_until(ctx.instant_at(due)).await;
+        ep.kick_copies.take_due(ctx.mono_ms(), &mut ep.out);
+        ep.flush_out();
+    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -497,10 +515,14 @@ impl Endpoint {
         self.ready_ids = ids;
     }
 
-    /// Ends session `sid`, telling the device with a Kick when `kick` is given.
+    /// Ends session `sid`, telling the device with a Kick when `kick` is given (a `SHUTDOWN`
+    /// Kick [`SHUTDOWN_KICK_COPIES`] times).
     fn end(&mut self, sid: u32, kick: Option<Code>) {
         if let Some(code) = kick {
             self.unreliable(sid, Body::Kick { reason: code });
+            if code == Code::SHUTDOWN {
+                self.keep_kick_copies(sid, code);
+            }
         }
         let Some(s) = self.sessions.remove(&sid) else {
             return;
@@ -519,6 +541,25 @@ impl Endpoint {
         }
         // Dropping the Session logs it out (registry, pending commands, presence).
         drop(s);
+    }
+
+    /// Seals the later copies of session `sid`'s Kick, each with a fresh DATA counter, and
+    /// keeps them until their time.
+    fn keep_kick_copies(&mut self, sid: u32, code: Code) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let now = self.ctx.mono_ms();
+        let mut out = [0u8; MAX_PACKET];
+        for copy in 1..SHUTDOWN_KICK_COPIES {
+            if let Ok(n) = s
+                .link
+                .seal_unreliable(Body::Kick { reason: code }, &mut out)
+            {
+                let due = now + copy * SHUTDOWN_KICK_SPACING_MS;
+                self.kick_copies.push(due, s.peer, &out[..n]);
+            }
+        }
     }
 
     fn on_control(&mut self, c: Control) {
@@ -600,6 +641,7 @@ impl Endpoint {
 
     fn on_timers(&mut self) {
         let now = self.ctx.mono_ms();
+        self.kick_copies.take_due(now, &mut self.out);
         while let Some(&(deadline, sid)) = self.timers.first() {
             if deadline > now {
                 break;
