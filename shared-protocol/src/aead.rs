@@ -211,7 +211,7 @@ mod tests {
     /// sealed bytes exactly as they were.
     #[test]
     fn portable_failed_open_keeps_the_input() {
-        assert!(Portable::FAILED_OPEN_KEEPS_INPUT);
+        const { assert!(Portable::FAILED_OPEN_KEEPS_INPUT) };
         let key = DirectionKey([9; 32]);
         let aead = Portable::new(&key);
         let nonce = [3; NONCE_LEN];
@@ -220,7 +220,9 @@ mod tests {
         let mut bad_tag = tag;
         bad_tag[0] ^= 1;
         let other = Portable::new(&DirectionKey([8; 32]));
-        let attempts: [(&Portable, [u8; NONCE_LEN], &[u8], [u8; TAG_LEN]); 4] = [
+        /// A cipher, nonce, associated data and tag to open the sealed bytes with.
+        type Attempt<'a> = (&'a Portable, [u8; NONCE_LEN], &'a [u8], [u8; TAG_LEN]);
+        let attempts: [Attempt; 4] = [
             (&aead, nonce, b"aad", bad_tag),
             (&other, nonce, b"aad", tag),
             (&aead, [4; NONCE_LEN], b"aad", tag),
