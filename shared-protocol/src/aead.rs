@@ -65,8 +65,13 @@ pub trait PacketAead: Sized {
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], AeadError>;
 
+    /// Whether [`PacketAead::open_in_place`] leaves `buf` exactly as it was when the tag fails,
+    /// so a caller may offer the same bytes to another key without keeping a copy.
+    const FAILED_OPEN_KEEPS_INPUT: bool;
+
     /// Verifies `tag` and decrypts `buf` in place. On [`AeadError::AuthFailed`] `buf` holds no
-    /// plaintext: it is left as it was or zeroed, depending on the backend.
+    /// plaintext: it is left as it was or zeroed, depending on the backend
+    /// ([`PacketAead::FAILED_OPEN_KEEPS_INPUT`]).
     fn open_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -81,6 +86,9 @@ pub trait PacketAead: Sized {
 pub struct Portable(ChaCha20Poly1305);
 
 impl PacketAead for Portable {
+    // The tag is checked before the keystream touches the buffer (a test holds this).
+    const FAILED_OPEN_KEEPS_INPUT: bool = true;
+
     fn new(key: &DirectionKey) -> Self {
         let mut copy = chacha20poly1305::Key::from(key.0);
         let cipher = ChaCha20Poly1305::new(&copy);
@@ -136,6 +144,9 @@ impl Ring {
 
 #[cfg(feature = "fast-aead")]
 impl PacketAead for Ring {
+    // ring zeroes what it decrypted when the tag fails.
+    const FAILED_OPEN_KEEPS_INPUT: bool = false;
+
     fn new(key: &DirectionKey) -> Self {
         Self(zeroize::Zeroizing::new(key.0))
     }
@@ -194,5 +205,39 @@ mod tests {
     fn backend_state_is_the_bare_key() {
         assert_eq!(core::mem::size_of::<Portable>(), 32);
         assert_eq!(core::mem::size_of::<SessionAead>(), 32);
+    }
+
+    /// `Portable` promises `FAILED_OPEN_KEEPS_INPUT`: a wrong tag, key, nonce or AAD leaves the
+    /// sealed bytes exactly as they were.
+    #[test]
+    fn portable_failed_open_keeps_the_input() {
+        const { assert!(Portable::FAILED_OPEN_KEEPS_INPUT) };
+        let key = DirectionKey([9; 32]);
+        let aead = Portable::new(&key);
+        let nonce = [3; NONCE_LEN];
+        let mut sealed = [0x5Au8; 48];
+        let tag = aead.seal_in_place(&nonce, b"aad", &mut sealed).unwrap();
+        let mut bad_tag = tag;
+        bad_tag[0] ^= 1;
+        let other = Portable::new(&DirectionKey([8; 32]));
+        /// A cipher, nonce, associated data and tag to open the sealed bytes with.
+        type Attempt<'a> = (&'a Portable, [u8; NONCE_LEN], &'a [u8], [u8; TAG_LEN]);
+        let attempts: [Attempt; 4] = [
+            (&aead, nonce, b"aad", bad_tag),
+            (&other, nonce, b"aad", tag),
+            (&aead, [4; NONCE_LEN], b"aad", tag),
+            (&aead, nonce, b"aaD", tag),
+        ];
+        for (cipher, n, aad, t) in attempts {
+            let mut buf = sealed;
+            assert_eq!(
+                cipher.open_in_place(&n, aad, &mut buf, &t),
+                Err(AeadError::AuthFailed)
+            );
+            assert_eq!(buf, sealed);
+        }
+        let mut buf = sealed;
+        aead.open_in_place(&nonce, b"aad", &mut buf, &tag).unwrap();
+        assert_eq!(buf, [0x5A; 48]);
     }
 }

@@ -17,6 +17,7 @@
 //! is a second LOGIN (and a `BAD_COOKIE` REJECT for it) only after a resend.
 
 use heapless::Vec;
+use shared_protocol::aead::{PacketAead, SessionAead};
 #[cfg(doc)]
 use shared_protocol::handshake::Carrier;
 use shared_protocol::handshake::{ClientEvent, ClientHandshake, Established};
@@ -218,7 +219,23 @@ impl LoginAttempt {
 
     fn on_other(&mut self, packet: &mut [u8]) -> LoginStep {
         // Neither a WELCOME nor anything else but a CHALLENGE makes a packet to send: no output
-        // buffer. The previous handshake gets the bytes as received (a WELCOME is small).
+        // buffer.
+        if <SessionAead as PacketAead>::FAILED_OPEN_KEEPS_INPUT {
+            // A WELCOME the current handshake cannot open is left as received (the backend's
+            // promise), so the previous handshake gets the same bytes without a copy. One the
+            // current handshake opened is under its keys, which the previous one cannot open.
+            if let Ok(ClientEvent::Established(e)) = self.current.on_packet(packet, &mut []) {
+                return LoginStep::Established(e);
+            }
+            if let Some(previous) = self.previous.as_mut()
+                && let Ok(ClientEvent::Established(e)) = previous.on_packet(packet, &mut [])
+            {
+                return LoginStep::Established(e);
+            }
+            return LoginStep::Ignored;
+        }
+        // A backend that zeroes a packet it failed to open: the previous handshake gets a copy
+        // of the bytes as received (a WELCOME is small).
         let copy: Option<Vec<u8, WELCOME_MAX>> = match self.previous {
             Some(_) => Vec::from_slice(packet).ok(),
             None => None,

@@ -134,26 +134,44 @@ impl Report {
             .str(on_off(relay_on))
             .str("\",\"online\":")
             .bool(online);
-        let counters: [(&str, u32); 12] = [
-            ("logins", c.logins),
-            ("reconnects", c.reconnects),
-            ("login_failures", c.login_failures),
-            ("retransmits", c.retransmits),
-            ("uploads_acked", c.uploads_acked),
-            ("uploads_rejected", c.uploads_rejected),
-            ("uploads_resent", c.uploads_resent),
-            ("tx", c.tx_packets),
-            ("rx", c.rx_packets),
-            ("rx_dropped", c.rx_dropped),
-            ("commands", p.commands),
-            ("readings_skipped", p.readings_skipped),
+        let values = [
+            c.logins,
+            c.reconnects,
+            c.login_failures,
+            c.retransmits,
+            c.uploads_acked,
+            c.uploads_rejected,
+            c.uploads_resent,
+            c.tx_packets,
+            c.rx_packets,
+            c.rx_dropped,
+            p.commands,
+            p.readings_skipped,
         ];
-        for (name, value) in counters {
-            t.str(",\"").str(name).str("\":").num(value.into());
+        for (key, value) in STATUS_COUNTERS.iter().zip(values) {
+            t.str(key).num(value.into());
         }
         t.str("}").done()
     }
 }
+
+/// The `status` report's counter keys, each with the separator before it, in the order of the
+/// values [`Report::status`] lists: one table in flash instead of a name and a value per
+/// counter built on the stack.
+static STATUS_COUNTERS: [&str; 12] = [
+    ",\"logins\":",
+    ",\"reconnects\":",
+    ",\"login_failures\":",
+    ",\"retransmits\":",
+    ",\"uploads_acked\":",
+    ",\"uploads_rejected\":",
+    ",\"uploads_resent\":",
+    ",\"tx\":",
+    ",\"rx\":",
+    ",\"rx_dropped\":",
+    ",\"commands\":",
+    ",\"readings_skipped\":",
+];
 
 fn on_off(on: bool) -> &'static str {
     if on { "on" } else { "off" }
