@@ -21,7 +21,7 @@ use heap_support::{Counting, settled_heap};
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Heap bytes an idle UDP session may hold: 941-967 B measured when this bound was set
+/// Heap bytes an idle UDP session may hold: 941-971 B measured when this bound was set
 /// (1,189 B before the shard's session, the router's handle and the registry entry shrank),
 /// with room for the noise of hash tables growing. About 350 B of it is the terminal's, not
 /// the session's: the store's delivery index and the login table's row (docs/performance.md).
