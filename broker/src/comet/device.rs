@@ -57,13 +57,28 @@ fn count_refused(router: &Router, kind: WorkKind, result: &'static str) {
     }
 }
 
+/// Where an endpoint keeps a session's [`FrameWorker`]. [`on_frame`] asks for the worker only
+/// for a work frame (Send, Upload, Request), so an endpoint may create it then and keep none
+/// while the session only pings and receives (the UDP shard does; a device WebSocket passes its
+/// worker itself).
+pub trait WorkerSlot {
+    /// The session's worker, created now if there is none yet.
+    fn worker(&mut self) -> &mut FrameWorker;
+}
+
+impl WorkerSlot for FrameWorker {
+    fn worker(&mut self) -> &mut FrameWorker {
+        self
+    }
+}
+
 /// Applies one (new, in-window) device frame; Sends and Uploads are queued to `worker`, and
 /// every work frame is charged to `worker`'s budget at `now_ms` (the endpoint's monotonic
-/// clock).
+/// clock). Frames that are not work never ask `worker` for the worker.
 pub fn on_frame(
     router: &Router,
     handle: &SessionHandle,
-    worker: &mut FrameWorker,
+    worker: &mut impl WorkerSlot,
     frame: &Frame<'_>,
     now_ms: u64,
 ) -> Reaction {
@@ -84,7 +99,7 @@ pub fn on_frame(
         _ => None,
     };
     if let Some(kind) = kind
-        && !worker.admit(now_ms)
+        && !worker.worker().admit(now_ms)
     {
         router.metrics().limit_hit("frames_per_sec_per_terminal");
         count_refused(router, kind, "rate_limited");
@@ -104,7 +119,7 @@ pub fn on_frame(
                     payload: Bytes::copy_from_slice(payload),
                     about_seq,
                 };
-                if worker.submit(work).is_err() {
+                if worker.worker().submit(work).is_err() {
                     return queue_full(router, WorkKind::Send, about_seq);
                 }
                 Reaction::Nothing
@@ -125,7 +140,7 @@ pub fn on_frame(
                 payload: Bytes::copy_from_slice(payload),
                 about_seq,
             };
-            if worker.submit(work).is_err() {
+            if worker.worker().submit(work).is_err() {
                 return queue_full(router, WorkKind::Upload, about_seq);
             }
             Reaction::Nothing
@@ -144,7 +159,7 @@ pub fn on_frame(
             path,
             payload,
         } => {
-            let Some(slot) = worker.request_slot() else {
+            let Some(slot) = worker.worker().request_slot() else {
                 return queue_full(router, WorkKind::Request, about_seq);
             };
             router.spawn_device_request(

@@ -65,7 +65,13 @@ pub struct SendWin {
     dead: bool,
     /// Whether a wait that ends sends the frame again (datagram) or only counts it (stream).
     resend: bool,
-    slots: VecDeque<Slot>,
+    /// The frames in flight, in `seq` order; `None` (one null pointer, no buffer) while none
+    /// is, as in an idle session (docs/performance.md, "Memory per session").
+    #[allow(
+        clippy::box_collection,
+        reason = "idle, it is one null pointer, not an empty collection"
+    )]
+    slots: Option<Box<VecDeque<Slot>>>,
 }
 
 impl Default for SendWin {
@@ -81,7 +87,7 @@ impl SendWin {
             next_seq: 1,
             dead: false,
             resend: true,
-            slots: VecDeque::new(),
+            slots: None,
         }
     }
 
@@ -94,12 +100,12 @@ impl SendWin {
 
     /// Whether another reliable frame may be sent now.
     pub fn can_send(&self) -> bool {
-        !self.dead && self.slots.len() < MAX_IN_FLIGHT as usize && self.next_seq != u32::MAX
+        !self.dead && self.in_flight() < MAX_IN_FLIGHT as usize && self.next_seq != u32::MAX
     }
 
     /// Frames in flight.
     pub fn in_flight(&self) -> usize {
-        self.slots.len()
+        self.slots.as_ref().map_or(0, |s| s.len())
     }
 
     /// Whether the peer was declared dead.
@@ -120,7 +126,7 @@ impl SendWin {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.slots.push_back(Slot {
+        self.slots.get_or_insert_default().push_back(Slot {
             seq,
             transmissions: 1,
             deadline: now_ms.saturating_add(retransmit_wait(1, jitter)),
@@ -141,9 +147,12 @@ impl SendWin {
         if sent_above < 32 && ack.mask >> sent_above != 0 {
             return None;
         }
-        let oldest_before = self.slots.front().map(|s| s.seq);
+        let Some(slots) = self.slots.as_deref_mut() else {
+            return Some(Vec::new());
+        };
+        let oldest_before = slots.front().map(|s| s.seq);
         let mut acked = Vec::new();
-        self.slots.retain(|s| {
+        slots.retain(|s| {
             if ack.covers(s.seq) {
                 acked.push((s.seq, s.tag));
                 false
@@ -151,13 +160,8 @@ impl SendWin {
                 true
             }
         });
-        if self.slots.is_empty() {
-            // Nothing in flight: an idle session keeps no slot buffer (docs/performance.md,
-            // "Memory per session"); the next send allocates it again.
-            self.slots = VecDeque::new();
-        }
-        if self.slots.front().map(|s| s.seq) != oldest_before
-            && let Some(oldest) = self.slots.front_mut()
+        if slots.front().map(|s| s.seq) != oldest_before
+            && let Some(oldest) = slots.front_mut()
         {
             // The new oldest frame counts from 1 again and is due soon (docs/protocol.md
             // section 5): the receiver may have dropped it while the gap before it was open.
@@ -167,11 +171,16 @@ impl SendWin {
         if self.resend && !acked.is_empty() {
             // A live peer (docs/protocol.md section 5): nothing waits out a long backoff. Over
             // a reliable carrier there is nothing to resend, so nothing to hurry.
-            for slot in self.slots.iter_mut() {
+            for slot in slots.iter_mut() {
                 let (deadline, forward) = live_peer_deadline(slot.deadline, now_ms);
                 slot.deadline = deadline;
                 slot.brought_forward |= forward;
             }
+        }
+        if slots.is_empty() {
+            // Nothing in flight: an idle session keeps no slot buffer (docs/performance.md,
+            // "Memory per session"); the next send allocates it again.
+            self.slots = None;
         }
         Some(acked)
     }
@@ -181,7 +190,7 @@ impl SendWin {
         if self.dead {
             return None;
         }
-        self.slots.iter().map(|s| s.deadline).min()
+        self.slots.as_ref()?.iter().map(|s| s.deadline).min()
     }
 
     /// The next overdue frame to resend (its next timer uses `jitter`), or [`Due::Dead`].
@@ -191,9 +200,10 @@ impl SendWin {
         if self.dead {
             return None;
         }
+        let resend = self.resend;
+        let slots = self.slots.as_deref_mut()?;
         let idx = loop {
-            let idx = self
-                .slots
+            let idx = slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.deadline <= now_ms)
@@ -203,7 +213,7 @@ impl SendWin {
             // slots are in `seq` order, so it is the first.
             // A resend brought forward by a live peer's ack is not counted (section 5, "Live
             // peer").
-            let slot = &mut self.slots[idx];
+            let slot = &mut slots[idx];
             let counted = !std::mem::take(&mut slot.brought_forward);
             if counted && idx == 0 && slot.transmissions >= MAX_TRANSMISSIONS {
                 self.dead = true;
@@ -213,11 +223,11 @@ impl SendWin {
                 slot.transmissions = (slot.transmissions + 1).min(MAX_TRANSMISSIONS);
             }
             slot.deadline = now_ms.saturating_add(retransmit_wait(slot.transmissions, jitter));
-            if self.resend {
+            if resend {
                 break idx;
             }
         };
-        let slot = &self.slots[idx];
+        let slot = &slots[idx];
         Some(Due::Retransmit {
             seq: slot.seq,
             body: &slot.body,
@@ -256,7 +266,7 @@ mod tests {
             Some(vec![(1, Tag::Deliver(10)), (2, Tag::Plain)])
         );
         assert_eq!(w.in_flight(), 0);
-        assert_eq!(w.slots.capacity(), 0, "an idle window keeps no buffer");
+        assert!(w.slots.is_none(), "an idle window keeps no buffer");
         assert_eq!(
             w.on_ack(Ack { next: 4, mask: 0 }, 0),
             Some(vec![]),

@@ -1,7 +1,7 @@
 //! The online registry: which sessions are live for which terminal.
 //!
 //! Lock choice: the registry is split into [`SHARDS`] shards, each a `std::sync::Mutex` over a
-//! `HashMap<Address, Vec<SessionHandle>>`; a terminal always maps to the same shard (a
+//! `HashMap<Address, Sessions>` (a terminal's one session inline, or a `Vec` of several); a terminal always maps to the same shard (a
 //! multiplicative hash of its packed address). Logins, logouts and unicast lookups on different
 //! terminals therefore rarely touch the same lock, and each critical section is a hash-map
 //! operation that never awaits (mini-redis `db.rs` reasoning: a std mutex is cheaper than an async
@@ -11,6 +11,7 @@
 //! then pay a channel hop through a single task per shard for no gain in this workload.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -21,7 +22,55 @@ use super::session::{SessionHandle, Transport};
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
 
-type Shard = HashMap<Address, Vec<SessionHandle>>;
+type Shard = HashMap<Address, Sessions>;
+
+/// A terminal's live sessions, never empty (an entry goes when its last session does). Most
+/// terminals have one, kept inline: no allocation besides the table's slot.
+enum Sessions {
+    One(SessionHandle),
+    Many(Vec<SessionHandle>),
+}
+
+impl Sessions {
+    fn as_slice(&self) -> &[SessionHandle] {
+        match self {
+            Sessions::One(h) => std::slice::from_ref(h),
+            Sessions::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, h: SessionHandle) {
+        match self {
+            Sessions::Many(v) => v.push(h),
+            Sessions::One(first) => *self = Sessions::Many(vec![first.clone(), h]),
+        }
+    }
+
+    fn into_vec(self) -> Vec<SessionHandle> {
+        match self {
+            Sessions::One(h) => vec![h],
+            Sessions::Many(v) => v,
+        }
+    }
+
+    /// Removes `h`: `Some(true)` when no session is left, `None` when `h` was not here.
+    fn remove(&mut self, h: &SessionHandle) -> Option<bool> {
+        match self {
+            Sessions::One(only) => only.same(h).then_some(true),
+            Sessions::Many(v) => {
+                let pos = v.iter().position(|s| s.same(h))?;
+                v.swap_remove(pos);
+                let left = v.len();
+                if left == 1
+                    && let Some(only) = v.pop()
+                {
+                    *self = Sessions::One(only);
+                }
+                Some(left == 0)
+            }
+        }
+    }
+}
 
 /// Online counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -94,15 +143,20 @@ impl Registry {
         let addr = h.address();
         let t = h.transport();
         let mut shard = self.shard(addr);
-        // Room for one: most terminals have one session (a `Vec` would reserve four).
-        let list = shard.entry(addr).or_insert_with(|| Vec::with_capacity(1));
-        let came_online = list.is_empty();
-        let replaced = if multi {
-            Vec::new()
-        } else {
-            std::mem::take(list)
+        let (replaced, came_online) = match shard.entry(addr) {
+            Entry::Vacant(e) => {
+                e.insert(Sessions::One(h));
+                (Vec::new(), true)
+            }
+            Entry::Occupied(mut e) if multi => {
+                e.get_mut().push(h);
+                (Vec::new(), false)
+            }
+            Entry::Occupied(mut e) => {
+                let old = std::mem::replace(e.get_mut(), Sessions::One(h));
+                (old.into_vec(), false)
+            }
         };
-        list.push(h);
         drop(shard);
         for r in &replaced {
             self.per_transport[transport_index(r.transport())].fetch_sub(1, Ordering::Relaxed);
@@ -122,10 +176,7 @@ impl Registry {
     pub fn remove(&self, h: &SessionHandle) -> Option<bool> {
         let addr = h.address();
         let mut shard = self.shard(addr);
-        let list = shard.get_mut(&addr)?;
-        let pos = list.iter().position(|s| s.same(h))?;
-        list.swap_remove(pos);
-        let offline = list.is_empty();
+        let offline = shard.get_mut(&addr)?.remove(h)?;
         if offline {
             shard.remove(&addr);
         }
@@ -139,7 +190,11 @@ impl Registry {
 
     /// The terminal's sessions, oldest first.
     pub fn get(&self, a: Address) -> Vec<SessionHandle> {
-        let mut v = self.shard(a).get(&a).cloned().unwrap_or_default();
+        let mut v = self
+            .shard(a)
+            .get(&a)
+            .map(|list| list.as_slice().to_vec())
+            .unwrap_or_default();
         v.sort_by_key(SessionHandle::id);
         v
     }
@@ -151,7 +206,7 @@ impl Registry {
             let s = s.lock().unwrap_or_else(|e| e.into_inner());
             for (a, list) in s.iter() {
                 if kind.is_none_or(|k| a.kind == k) {
-                    out.extend(list.iter().cloned());
+                    out.extend(list.as_slice().iter().cloned());
                 }
             }
         }
@@ -167,7 +222,7 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner());
         for (a, list) in s.iter() {
             if kind.is_none_or(|k| a.kind == k) {
-                out.extend(list.iter().cloned());
+                out.extend(list.as_slice().iter().cloned());
             }
         }
     }

@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shared_protocol::codes::Code;
@@ -129,6 +129,8 @@ pub enum Enqueued {
 
 struct QueueState {
     buf: VecDeque<Outbound>,
+    /// The peer's current address (behind the queue's lock: one lock less per session).
+    peer: SocketAddr,
     kick: Option<KickReason>,
     /// Kicked with [`KickReason::Replaced`]: the terminal lives on in a newer session (maybe on
     /// another node), so this one ending is no offline Presence.
@@ -172,14 +174,16 @@ impl ReadyList {
     }
 }
 
+/// Kept once per live session, so laid out small (docs/performance.md, "Memory per session").
 pub(crate) struct SessionInner {
     id: u64,
     address: Address,
     transport: Transport,
     upload_epoch: u64,
-    peer: Mutex<SocketAddr>,
-    since: SystemTime,
-    cap: usize,
+    /// Login time, milliseconds since the Unix epoch.
+    since_ms: u64,
+    /// The queue's capacity (`limits.outbound_queue`).
+    cap: u32,
     policy: QueueFullPolicy,
     state: Mutex<QueueState>,
     notify: Notify,
@@ -225,12 +229,14 @@ impl SessionHandle {
                 address,
                 transport,
                 upload_epoch,
-                peer: Mutex::new(peer),
-                since: SystemTime::now(),
-                cap,
+                since_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                cap: u32::try_from(cap).unwrap_or(u32::MAX),
                 policy,
                 state: Mutex::new(QueueState {
                     buf: VecDeque::new(),
+                    peer,
                     kick: None,
                     replaced: false,
                     closed: false,
@@ -265,17 +271,17 @@ impl SessionHandle {
 
     /// The peer's current socket address.
     pub fn peer(&self) -> SocketAddr {
-        *lock(&self.inner.peer)
+        lock(&self.inner.state).peer
     }
 
     /// Records a new peer address (UDP NAT rebinding, docs/protocol.md section 3).
     pub fn set_peer(&self, peer: SocketAddr) {
-        *lock(&self.inner.peer) = peer;
+        lock(&self.inner.state).peer = peer;
     }
 
     /// When the session logged in.
     pub fn since(&self) -> SystemTime {
-        self.inner.since
+        UNIX_EPOCH + Duration::from_millis(self.inner.since_ms)
     }
 
     /// Events currently queued.
@@ -327,7 +333,7 @@ impl SessionHandle {
         if st.closed || st.kick.is_some() {
             return (Enqueued::Closed, false);
         }
-        if st.buf.len() < self.inner.cap {
+        if st.buf.len() < self.inner.cap as usize {
             st.buf.push_back(ev);
             return (Enqueued::Queued, true);
         }
@@ -410,7 +416,12 @@ impl SessionHandle {
 /// fail, and bound phones get an offline Presence when it was the terminal's last session.
 pub struct Session {
     handle: SessionHandle,
-    replay: VecDeque<StoredMessage>,
+    /// `None` (one null pointer) once yielded, as in an idle session.
+    #[allow(
+        clippy::box_collection,
+        reason = "idle, it is one null pointer, not an empty collection"
+    )]
+    replay: Option<Box<VecDeque<StoredMessage>>>,
     /// Highest id yielded from or waiting in a store read (login replay or resync): a live
     /// Deliver at or below it is a duplicate.
     replay_max: u64,
@@ -431,7 +442,7 @@ impl Session {
         let replay_max = replay.last().map_or(0, |m| m.msg_id);
         Session {
             handle,
-            replay: replay.into(),
+            replay: boxed_replay(replay),
             replay_max,
             last_yielded: 0,
             synced_drops: 0,
@@ -447,7 +458,7 @@ impl Session {
 
     /// Stored messages still to replay before live events.
     pub fn replay_pending(&self) -> usize {
-        self.replay.len()
+        self.replay.as_ref().map_or(0, |r| r.len())
     }
 
     /// The next event without waiting: a kick first, then the replay of stored messages
@@ -464,16 +475,16 @@ impl Session {
             st.closed = true;
             st.buf.clear();
             self.finished = true;
-            self.replay.clear();
+            self.replay = None;
             return Some(Outbound::Kick { reason });
         }
         if st.deliver_drops != self.synced_drops {
             return None;
         }
-        if let Some(m) = self.replay.pop_front() {
-            if self.replay.is_empty() {
+        if let Some(m) = self.replay.as_mut().and_then(|r| r.pop_front()) {
+            if self.replay.as_ref().is_some_and(|r| r.is_empty()) {
                 // The store read's buffer is not kept for the session's idle life.
-                self.replay = VecDeque::new();
+                self.replay = None;
             }
             self.last_yielded = self.last_yielded.max(m.msg_id);
             return Some(Outbound::Deliver {
@@ -549,7 +560,7 @@ impl Session {
                 if let Some(last) = msgs.last() {
                     self.replay_max = self.replay_max.max(last.msg_id);
                 }
-                self.replay = msgs.into();
+                self.replay = boxed_replay(msgs);
                 self.synced_drops = drops;
             }
             Err(e) => {
@@ -568,6 +579,15 @@ impl Session {
             router.presence(offline, false).await;
         }
     }
+}
+
+/// A store read's messages as [`Session`] keeps them: `None` when there are none.
+#[allow(
+    clippy::box_collection,
+    reason = "idle, it is one null pointer, not an empty collection"
+)]
+fn boxed_replay(msgs: Vec<StoredMessage>) -> Option<Box<VecDeque<StoredMessage>>> {
+    (!msgs.is_empty()).then(|| Box::new(msgs.into()))
 }
 
 impl Drop for Session {
@@ -630,6 +650,20 @@ mod tests {
         assert!(!h.wake_into(other, 8), "set once");
         assert!(!h.kick(KickReason::Admin));
         assert!(taken(&list).is_empty(), "nothing happened");
+    }
+
+    #[test]
+    fn session_inner_size() {
+        // Every live session holds one of these (behind its handle's `Arc`); printed for
+        // docs/performance.md ("Memory per session"), bounded so growth shows.
+        let size = std::mem::size_of::<SessionInner>();
+        println!(
+            "SessionInner: {size} bytes: queue state {}, wake-up {}, notify {}",
+            std::mem::size_of::<Mutex<QueueState>>(),
+            std::mem::size_of::<OnceLock<(Arc<ReadyList>, u32)>>(),
+            std::mem::size_of::<Notify>(),
+        );
+        assert!(size <= 184, "SessionInner grew to {size} bytes");
     }
 
     #[test]

@@ -34,10 +34,15 @@ pub enum Offered {
     Unsendable,
 }
 
-/// Frames waiting for the send window (see module docs).
+/// Frames waiting for the send window (see module docs). Boxed and only while something
+/// waits: an idle session's outbox is one null pointer.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    waiting: VecDeque<Outbound>,
+    #[allow(
+        clippy::box_collection,
+        reason = "idle, it is one null pointer, not an empty collection"
+    )]
+    waiting: Option<Box<VecDeque<Outbound>>>,
 }
 
 /// Result of one [`Outbox::flush`].
@@ -52,49 +57,52 @@ pub struct Flushed {
 impl Outbox {
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
+        self.waiting.as_ref().is_none_or(|w| w.is_empty())
     }
 
     /// Frames waiting.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.waiting.len()
+        self.waiting.as_ref().map_or(0, |w| w.len())
     }
 
     /// Queues a router event; never refused (the shard pulls one only when the outbox is empty).
     pub fn push_event(&mut self, ev: Outbound) {
-        self.waiting.push_back(ev);
+        self.waiting.get_or_insert_default().push_back(ev);
     }
 
     /// Queues the shard's own `Error` about a device frame; `false` (not queued, the caller
     /// counts the drop) when [`MAX_WAITING_ERRORS`] already wait.
     pub fn push_error(&mut self, code: Code, about_seq: u32) -> bool {
-        let errors = self
-            .waiting
+        let waiting = self.waiting.get_or_insert_default();
+        let errors = waiting
             .iter()
             .filter(|e| matches!(e, Outbound::Error { .. }))
             .count();
         if errors >= MAX_WAITING_ERRORS {
             return false;
         }
-        self.waiting.push_back(Outbound::Error { code, about_seq });
+        waiting.push_back(Outbound::Error { code, about_seq });
         true
     }
 
     /// Offers waiting frames to `offer` in order until the window is full or none is left.
     pub fn flush(&mut self, mut offer: impl FnMut(&Outbound) -> Offered) -> Flushed {
         let mut out = Flushed::default();
-        while let Some(ev) = self.waiting.front() {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return out;
+        };
+        while let Some(ev) = waiting.front() {
             match offer(ev) {
                 Offered::Sent => out.sent += 1,
                 Offered::Unsendable => out.unsendable += 1,
                 Offered::WindowFull => break,
             }
-            self.waiting.pop_front();
+            waiting.pop_front();
         }
-        if self.waiting.is_empty() {
+        if waiting.is_empty() {
             // An idle session keeps no buffer (docs/performance.md, "Memory per session").
-            self.waiting = VecDeque::new();
+            self.waiting = None;
         }
         out
     }
@@ -160,11 +168,7 @@ mod tests {
         win.on_ack(Ack { next: 3, mask: 0 }, 0).unwrap();
         outbox.flush(offer_to(&mut win, &mut sent));
         assert!(outbox.is_empty());
-        assert_eq!(
-            outbox.waiting.capacity(),
-            0,
-            "an empty outbox keeps no buffer"
-        );
+        assert!(outbox.waiting.is_none(), "an empty outbox keeps no buffer");
         assert_eq!(
             sent.last(),
             Some(&Outbound::Error {

@@ -34,7 +34,8 @@
 //!
 //! Per-session memory: one boxed [`UdpSession`] (see the `session_size` test for the figure,
 //! and docs/performance.md, "Memory per session") plus the router's handle and registry entry;
-//! in-flight frames, held frames and the frame worker's queue exist only while in use.
+//! in-flight frames, held frames, waiting frames and the frame worker (created by the first
+//! Send, Upload or Request) exist only while in use.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -64,17 +65,18 @@ use super::kick_copies::{KickCopies, SHUTDOWN_KICK_COPIES, SHUTDOWN_KICK_SPACING
 use super::outbox::{Offered, Outbox};
 use super::{Kind, ShardBatch, ShardMap, T, flush_out};
 
-/// One UDP session's state in the socket task's table.
+/// One UDP session's state in the socket task's table. The peer's address is the router
+/// handle's ([`SessionHandle::peer`]), not a copy here.
 pub struct UdpSession {
     link: Link,
     handle: SessionHandle,
-    peer: SocketAddr,
     /// The deadline under which this session sits in the timer set.
     timer: u64,
     /// The router session; `None` while a spawned task re-reads the store for it.
     session: Option<Session>,
-    /// Applies the session's Sends and Uploads in order.
-    worker: FrameWorker,
+    /// Applies the session's Sends and Uploads in order; `None` until its first work frame
+    /// (Send, Upload, Request), so a session that only pings and receives keeps no worker.
+    worker: Option<Box<FrameWorker>>,
     /// Reliable frames waiting for room in the send window.
     outbox: Outbox,
     _guard: ConnGuard,
@@ -87,6 +89,29 @@ enum Control {
     /// A store read for session `.0` is done: the router session and the event it yielded
     /// (`None`: it ended).
     Read(u32, Box<(Session, Option<Outbound>)>),
+}
+
+/// A session's frame worker as [`device::on_frame`] asks for it: created by the first work
+/// frame. Its budget starts full then, as it would have been had it been created at login (a
+/// full bucket stays full until a frame is charged to it).
+struct LazyWorker<'a> {
+    slot: &'a mut Option<Box<FrameWorker>>,
+    ctx: &'a Context,
+    handle: &'a SessionHandle,
+    now: u64,
+}
+
+impl device::WorkerSlot for LazyWorker<'_> {
+    fn worker(&mut self) -> &mut FrameWorker {
+        self.slot.get_or_insert_with(|| {
+            Box::new(FrameWorker::spawn(
+                self.ctx.router.clone(),
+                self.handle.clone(),
+                self.ctx.settings.work,
+                self.now,
+            ))
+        })
+    }
 }
 
 struct NewSession {
@@ -342,13 +367,15 @@ impl Endpoint {
                 return;
             }
         };
-        if s.peer != from && received.newest {
-            // NAT rebinding: authentic and newer than any packet seen, from a new address. An
-            // older authentic packet from elsewhere (withheld and released by an on-path
-            // attacker) is processed but does not move the session.
-            tracing::debug!(terminal = %s.handle.address(), old = %s.peer, new = %from, "udp session moved");
-            s.peer = from;
-            s.handle.set_peer(from);
+        if received.newest {
+            let old = s.handle.peer();
+            if old != from {
+                // NAT rebinding: authentic and newer than any packet seen, from a new address.
+                // An older authentic packet from elsewhere (withheld and released by an on-path
+                // attacker) is processed but does not move the session.
+                tracing::debug!(terminal = %s.handle.address(), %old, new = %from, "udp session moved");
+                s.handle.set_peer(from);
+            }
         }
         let me = s.handle.address();
         if !received.delivered.is_empty() {
@@ -363,9 +390,16 @@ impl Endpoint {
             });
         }
         // Reliable frames come in `seq` order: the one just received, then any it released.
+        let s = &mut **s;
+        let mut worker = LazyWorker {
+            slot: &mut s.worker,
+            ctx: &self.ctx,
+            handle: &s.handle,
+            now,
+        };
         let reactions: Vec<Reaction> = received
             .frames()
-            .map(|frame| device::on_frame(&self.ctx.router, &s.handle, &mut s.worker, &frame, now))
+            .map(|frame| device::on_frame(&self.ctx.router, &s.handle, &mut worker, &frame, now))
             .collect();
         for reaction in reactions {
             match reaction {
@@ -394,7 +428,7 @@ impl Endpoint {
         };
         let mut out = [0u8; MAX_PACKET];
         if let Ok(n) = s.link.seal_unreliable(body, &mut out) {
-            let peer = s.peer;
+            let peer = s.handle.peer();
             self.send(&out[..n], peer);
         }
     }
@@ -419,9 +453,15 @@ impl Endpoint {
         let now = self.ctx.mono_ms();
         let (ctx, out_q) = (&self.ctx, &mut self.out);
         let UdpSession {
-            link, outbox, peer, ..
+            link,
+            outbox,
+            handle,
+            ..
         } = &mut **s;
-        let peer = *peer;
+        if outbox.is_empty() {
+            return;
+        }
+        let peer = handle.peer();
         let flushed = outbox.flush(|ev| {
             if !link.can_send() {
                 return Offered::WindowFull;
@@ -557,7 +597,7 @@ impl Endpoint {
                 .seal_unreliable(Body::Kick { reason: code }, &mut out)
             {
                 let due = now + copy * SHUTDOWN_KICK_SPACING_MS;
-                self.kick_copies.push(due, s.peer, &out[..n]);
+                self.kick_copies.push(due, s.handle.peer(), &out[..n]);
             }
         }
     }
@@ -579,21 +619,14 @@ impl Endpoint {
                 }
                 let handle = session.handle().clone();
                 handle.wake_into(self.ready.clone(), sid);
-                let worker = FrameWorker::spawn(
-                    self.ctx.router.clone(),
-                    handle.clone(),
-                    self.ctx.settings.work,
-                    self.ctx.mono_ms(),
-                );
                 self.sessions.insert(
                     sid,
                     Box::new(UdpSession {
                         link,
                         handle,
-                        peer,
                         timer: u64::MAX,
                         session: Some(session),
-                        worker,
+                        worker: None,
                         outbox: Outbox::default(),
                         _guard: guard,
                     }),
@@ -658,7 +691,7 @@ impl Endpoint {
                         if matches!(polled, Polled::Resend(_)) {
                             self.ctx.router.metrics().device_resend(T);
                         }
-                        let peer = s.peer;
+                        let peer = s.handle.peer();
                         self.send(&out[..n], peer);
                     }
                     Polled::Dead(code) => {
@@ -688,15 +721,14 @@ mod tests {
         let size = size_of::<UdpSession>();
         println!(
             "UdpSession: {size} bytes: link {}, router session {}, frame worker {}, outbox {}, \
-             peer {}, connection guard {}, handle and timer {}",
+             connection guard {}, handle and timer {}",
             size_of::<Link>(),
             size_of::<Option<Session>>(),
-            size_of::<FrameWorker>(),
+            size_of::<Option<Box<FrameWorker>>>(),
             size_of::<Outbox>(),
-            size_of::<SocketAddr>(),
             size_of::<ConnGuard>(),
             size_of::<SessionHandle>() + size_of::<u64>(),
         );
-        assert!(size <= 448, "UdpSession grew to {size} bytes");
+        assert!(size <= 280, "UdpSession grew to {size} bytes");
     }
 }
