@@ -165,8 +165,10 @@ async fn heap_per_session(kind: Kind) -> isize {
     let clients = Clients::start(kind, url);
     clients.log_in(1..=WARM_UP).await;
     let before = settled_heap(MEASURED as isize).await;
+    let blocks_before = heap_support::by_size();
     clients.log_in(WARM_UP + 1..=WARM_UP + MEASURED).await;
     let after = settled_heap(MEASURED as isize).await;
+    let blocks_after = heap_support::by_size();
 
     let online = b.running.router.online_counts();
     let up = match kind {
@@ -187,6 +189,16 @@ async fn heap_per_session(kind: Kind) -> isize {
         "heap per idle {kind:?} WebSocket session: {per_session} B ({} B over {MEASURED} sessions)",
         after - before
     );
+    // Where the bytes go: the block sizes held per session (most of a block per session).
+    for (size, blocks, bytes) in
+        heap_support::held_by_size(&blocks_before, &blocks_after, MEASURED as isize / 2)
+    {
+        println!(
+            "  {size:>5} B x {:.2} per session = {:>5} B",
+            blocks as f64 / f64::from(MEASURED),
+            bytes / MEASURED as isize
+        );
+    }
     drop(clients);
     b.stop().await;
     per_session
