@@ -14,7 +14,10 @@
 //! or payload. [`Bounded::at_message_boundary`] then says when every byte read belongs to a
 //! whole frame and no fragmented message is half-way, the moment at which the library's state
 //! can be dropped without losing anything. Bounding costs a few more reads per frame, so it is
-//! on from the upgrade until the login and off after ([`Bounded::stop_bounding`]).
+//! on from the upgrade until the login and off after ([`Bounded::stop_bounding`]). The
+//! conformance echo endpoint ([`super::echo`]) has no login and stays bounded, so the Autobahn
+//! cases run every framing case (fragments, control frames between them, every length form)
+//! through [`Bounded`].
 //!
 //! The upgrade's HTTP head is read before bounding starts: a client that sends frames before
 //! the upgrade's answer (RFC 6455 section 4.1 forbids it) is not followed, and
