@@ -115,7 +115,12 @@ async fn open(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Option<
     let logged_in = authenticate(&ctx, &mut ws, peer, deadline, &pending).await;
     drop(pending);
     match logged_in {
-        Ok(session) => Some(Box::new(Live { ws, session, guard })),
+        Ok(session) => Some(Box::new(Live {
+            // Without the buffers the login left in the WebSocket library.
+            ws: ws::compact(ws, ctx.settings.max_app_message).await,
+            session,
+            guard,
+        })),
         Err(end) => {
             close(&ctx, &mut ws, end).await;
             drop(guard);

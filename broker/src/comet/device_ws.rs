@@ -125,7 +125,8 @@ async fn open(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Option<
     drop(pending);
     match logged_in {
         Ok((link, session)) => Some(Box::new(Live {
-            ws,
+            // Without the buffers the login left (about 270 B of an idle session).
+            ws: ws::compact(ws, ctx.settings.max_device_packet).await,
             link,
             session,
             guard,

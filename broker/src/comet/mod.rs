@@ -60,6 +60,7 @@ pub mod device;
 pub mod device_ws;
 pub mod echo;
 mod frame_queue;
+pub mod frame_reads;
 pub mod limits;
 pub mod link;
 pub mod logins;

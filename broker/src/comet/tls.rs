@@ -179,7 +179,8 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The TLS handshake (when `tls` is set), then the server WebSocket upgrade with `config`.
+/// The TLS handshake (when `tls` is set), then the server WebSocket upgrade with `config`; the
+/// socket's reads then stop at frame ends ([`super::frame_reads`]) until [`super::ws::compact`].
 /// A TLS failure is reported as a WebSocket I/O error.
 pub async fn upgrade(
     tls: Option<&Acceptor>,
@@ -190,7 +191,16 @@ pub async fn upgrade(
         None => Stream::Plain(tcp),
         Some(acceptor) => Stream::Tls(Box::new(acceptor.accept(tcp).await?.into())),
     };
-    tokio_tungstenite::accept_hdr_async_with_config(stream, refuse_large_heads, Some(config)).await
+    let mut ws = tokio_tungstenite::accept_hdr_async_with_config(
+        super::frame_reads::Bounded::new(stream),
+        refuse_large_heads,
+        Some(config),
+    )
+    .await?;
+    // From the first frame on, reads stop at frame ends until the login is done
+    // ([`super::ws::compact`]).
+    ws.get_mut().start_bounding();
+    Ok(ws)
 }
 
 /// Largest upgrade request head accepted (request target plus header names and values); a

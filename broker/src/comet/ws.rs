@@ -5,7 +5,9 @@
 //! is dropped after `limits.ws_write_timeout_ms` instead of pinning its task and slot, and the
 //! accept loop every WebSocket listener runs ([`serve_with`]).
 //!
-//! Memory: tungstenite 0.30 allocates its read buffer eagerly (128 KiB by default). Both
+//! Memory: once a session is logged in, [`compact`] gives back the buffers its login left in the
+//! WebSocket library, so an idle session holds neither a read nor a write buffer.
+//! tungstenite 0.30 allocates its read buffer eagerly (128 KiB by default). Both
 //! endpoints use a read buffer of 0 (the codec then reserves exactly one frame header or one
 //! frame) and a bounded write buffer, which keeps an idle connection at a few KiB. Its write
 //! buffer is allocated only when something is written: [`send_within`] writes a message through
@@ -18,14 +20,15 @@ use std::net::SocketAddr;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 
-/// A server-side WebSocket over plain TCP or TLS ([`super::tls::Stream`]).
-pub type Ws = WebSocketStream<super::tls::Stream>;
+/// A server-side WebSocket over plain TCP or TLS ([`super::tls::Stream`]), whose reads stop at
+/// frame ends until the login is done ([`super::frame_reads`], [`compact`]).
+pub type Ws = WebSocketStream<super::frame_reads::Bounded<super::tls::Stream>>;
 
 /// Upper bound of queued outgoing bytes before writes fail (slow reader protection), for
 /// messages up to this size; a larger `max_message` raises it to one message and its header.
@@ -43,6 +46,24 @@ pub fn config(max_message: usize) -> WebSocketConfig {
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(max_message + 14))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
+}
+
+/// The WebSocket of a connection that just logged in, without the read and write buffers
+/// the upgrade and the login left behind (about 270 B an idle session would otherwise keep:
+/// the library keeps both at the capacity of the largest frame so far). The library's state
+/// is dropped and the socket wrapped anew with the same configuration, which is safe because
+/// reads stopped at frame ends until now: every byte read was handed over in a message
+/// ([`super::frame_reads`]). When that is not known (a fragmented message half-way) the
+/// WebSocket is kept as it is. Reads are no longer bounded after this, either way. Call it
+/// only once everything sent was flushed (`send`, not `feed`).
+pub async fn compact(mut ws: Ws, max_message: usize) -> Ws {
+    if !ws.get_ref().at_message_boundary() {
+        ws.get_mut().stop_bounding();
+        return ws;
+    }
+    let mut io = ws.into_inner();
+    io.stop_bounding();
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(config(max_message))).await
 }
 
 /// Sends a close frame with `code` and a short reason, then flushes; errors are ignored (the

@@ -19,6 +19,13 @@ pub struct Counting;
 
 static HELD: AtomicIsize = AtomicIsize::new(0);
 
+/// Allocations up to this size are counted per exact size ([`by_size`]); larger ones share
+/// the last slot.
+const SIZES: usize = 8192;
+
+/// Live allocations of the counted threads, per size in bytes (the last slot: larger ones).
+static BY_SIZE: [AtomicIsize; SIZES + 1] = [const { AtomicIsize::new(0) }; SIZES + 1];
+
 thread_local! {
     /// Set on threads whose allocations are not counted (a test's clients).
     static NOT_COUNTED: Cell<bool> = const { Cell::new(false) };
@@ -55,9 +62,42 @@ pub async fn settled_heap(tolerance: isize) -> isize {
     last
 }
 
+/// Live allocations of the counted threads now, per size: slot `n` holds the number of
+/// blocks of `n` bytes (the last slot, of any larger size). Two readings' difference shows
+/// which allocations a set of sessions holds ([`held_by_size`]).
+pub fn by_size() -> Vec<isize> {
+    BY_SIZE.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+}
+
+/// The blocks held at `after` and not at `before` ([`by_size`] readings), as
+/// `(size, blocks, bytes)`, largest share of bytes first; sizes whose count changed by less
+/// than `min_blocks` are left out (the noise of tables and pools).
+pub fn held_by_size(
+    before: &[isize],
+    after: &[isize],
+    min_blocks: isize,
+) -> Vec<(usize, isize, isize)> {
+    let mut held: Vec<(usize, isize, isize)> = before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(size, (b, a))| (size, a - b, (a - b) * size as isize))
+        .filter(|&(_, blocks, _)| blocks.abs() >= min_blocks)
+        .collect();
+    held.sort_by_key(|&(_, _, bytes)| -bytes.abs());
+    held
+}
+
 fn add(bytes: isize) {
     if counted() {
         HELD.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Counts one block of `size` bytes taken (`blocks` 1) or given back (-1).
+fn count_block(size: usize, blocks: isize) {
+    if counted() {
+        BY_SIZE[size.min(SIZES)].fetch_add(blocks, Ordering::Relaxed);
     }
 }
 
@@ -69,6 +109,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             add(layout.size() as isize);
+            count_block(layout.size(), 1);
         }
         p
     }
@@ -78,6 +119,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             add(layout.size() as isize);
+            count_block(layout.size(), 1);
         }
         p
     }
@@ -86,6 +128,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded unchanged (see the impl).
         unsafe { System.dealloc(ptr, layout) };
         add(-(layout.size() as isize));
+        count_block(layout.size(), -1);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -93,6 +136,8 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             add(new_size as isize - layout.size() as isize);
+            count_block(layout.size(), -1);
+            count_block(new_size, 1);
         }
         p
     }

@@ -1,0 +1,364 @@
+//! Reads that stop at WebSocket frame boundaries, so a logged-in connection can give back the
+//! WebSocket library's buffers.
+//!
+//! The WebSocket library keeps a read buffer and a write buffer for a connection's whole life,
+//! with the capacity of the largest frame read and written so far (the login's). An idle
+//! session needs neither, but the library only gives them back when its state is dropped and
+//! the socket wrapped anew ([`super::ws::compact`]); that is safe only when the library holds no
+//! byte it has read but not yet handed over, which it may when one read takes the end of one
+//! frame and the start of the next.
+//!
+//! [`Bounded`] wraps a connection's stream and, while bounding is on, never lets one read cross
+//! the end of a client frame: it follows the frames' headers as their bytes pass
+//! ([`FrameBounds`], sans-IO) and shortens each read to what is left of the current header part
+//! or payload. [`Bounded::at_message_boundary`] then says when every byte read belongs to a
+//! whole frame and no fragmented message is half-way, the moment at which the library's state
+//! can be dropped without losing anything. Bounding costs a few more reads per frame, so it is
+//! on from the upgrade until the login and off after ([`Bounded::stop_bounding`]). The
+//! conformance echo endpoint ([`super::echo`]) has no login and stays bounded, so the Autobahn
+//! cases run every framing case (fragments, control frames between them, every length form)
+//! through [`Bounded`].
+//!
+//! The upgrade's HTTP head is read before bounding starts: a client that sends frames before
+//! the upgrade's answer (RFC 6455 section 4.1 forbids it) is not followed, and
+//! [`super::ws::compact`] may then drop what it sent early (its connection then fails its
+//! framing checks and is closed).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Where the next byte from the client falls in its frames (RFC 6455 section 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameBounds {
+    /// Not following the frames (reads are not shortened).
+    Off,
+    /// At the first header byte (FIN, opcode) of a frame; `in_message` when a fragmented data
+    /// message is half-way (the last data frame had FIN clear).
+    Start {
+        /// A fragmented message is half-way.
+        in_message: bool,
+    },
+    /// At the second header byte (mask bit, 7-bit length).
+    Length {
+        /// The frame's FIN bit.
+        fin: bool,
+        /// The frame is a control frame (opcode 8 and up).
+        control: bool,
+        /// A fragmented message was half-way before this frame.
+        in_message: bool,
+    },
+    /// In the header's extended length and masking key: `left` bytes to go, `len` the
+    /// payload length read so far.
+    Header {
+        /// Header bytes still to come.
+        left: u8,
+        /// Extended-length bytes among them (the first `ext` of `left`).
+        ext: u8,
+        /// The payload length (complete once `ext` is 0).
+        len: u64,
+        /// The message is half-way once this frame is done.
+        in_message: bool,
+    },
+    /// In the payload: `left` bytes to go.
+    Payload {
+        /// Payload bytes still to come.
+        left: u64,
+        /// The message is half-way once this frame is done.
+        in_message: bool,
+    },
+}
+
+impl FrameBounds {
+    /// Following frames from the first byte of one.
+    pub fn start() -> FrameBounds {
+        FrameBounds::Start { in_message: false }
+    }
+
+    /// Most bytes the next read may take without crossing the current frame's end (the
+    /// header's first two bytes say how long the rest of it is); `None` when off.
+    pub fn allowed(&self) -> Option<u64> {
+        match *self {
+            FrameBounds::Off => None,
+            // The first two bytes are always the header's.
+            FrameBounds::Start { .. } => Some(2),
+            FrameBounds::Length { .. } => Some(1),
+            FrameBounds::Header { left, .. } => Some(u64::from(left)),
+            FrameBounds::Payload { left, .. } => Some(left),
+        }
+    }
+
+    /// Whether every byte seen belongs to a whole frame and no fragmented message is half-way.
+    pub fn at_message_boundary(&self) -> bool {
+        matches!(self, FrameBounds::Start { in_message: false })
+    }
+
+    /// Follows `bytes`, read from the client in order.
+    pub fn follow(&mut self, mut bytes: &[u8]) {
+        while let Some((&b, rest)) = bytes.split_first() {
+            *self = match *self {
+                FrameBounds::Off => return,
+                FrameBounds::Start { in_message } => FrameBounds::Length {
+                    fin: b & 0x80 != 0,
+                    control: b & 0x08 != 0,
+                    in_message,
+                },
+                FrameBounds::Length {
+                    fin,
+                    control,
+                    in_message,
+                } => {
+                    // A control frame may come in the middle of a fragmented message and
+                    // leaves it half-way; a data frame's FIN says whether it ends the message.
+                    let in_message = if control { in_message } else { !fin };
+                    let mask = if b & 0x80 != 0 { 4 } else { 0 };
+                    let (ext, len) = match b & 0x7f {
+                        126 => (2, 0),
+                        127 => (8, 0),
+                        n => (0, u64::from(n)),
+                    };
+                    FrameBounds::Header {
+                        left: ext + mask,
+                        ext,
+                        len,
+                        in_message,
+                    }
+                    .settled()
+                }
+                FrameBounds::Header {
+                    left,
+                    ext,
+                    len,
+                    in_message,
+                } => {
+                    let len = if ext > 0 {
+                        len << 8 | u64::from(b)
+                    } else {
+                        len
+                    };
+                    FrameBounds::Header {
+                        left: left - 1,
+                        ext: ext.saturating_sub(1),
+                        len,
+                        in_message,
+                    }
+                    .settled()
+                }
+                FrameBounds::Payload { left, in_message } => {
+                    // The rest of this payload in one step.
+                    let take = (bytes.len() as u64).min(left);
+                    bytes = &bytes[take as usize..];
+                    *self = FrameBounds::Payload {
+                        left: left - take,
+                        in_message,
+                    }
+                    .settled();
+                    continue;
+                }
+            };
+            bytes = rest;
+        }
+    }
+
+    /// The state once a header or payload with nothing left is done.
+    fn settled(self) -> FrameBounds {
+        match self {
+            FrameBounds::Header {
+                left: 0,
+                len,
+                in_message,
+                ..
+            } => FrameBounds::Payload {
+                left: len,
+                in_message,
+            }
+            .settled(),
+            FrameBounds::Payload {
+                left: 0,
+                in_message,
+            } => FrameBounds::Start { in_message },
+            other => other,
+        }
+    }
+}
+
+/// A stream whose reads stop at client frame boundaries while bounding is on (module docs).
+#[derive(Debug)]
+pub struct Bounded<S> {
+    io: S,
+    bounds: FrameBounds,
+}
+
+impl<S> Bounded<S> {
+    /// `io`, not bounded yet (the upgrade's HTTP head is read first).
+    pub fn new(io: S) -> Bounded<S> {
+        Bounded {
+            io,
+            bounds: FrameBounds::Off,
+        }
+    }
+
+    /// Starts bounding reads, from the first byte of a frame.
+    pub fn start_bounding(&mut self) {
+        self.bounds = FrameBounds::start();
+    }
+
+    /// Stops bounding reads.
+    pub fn stop_bounding(&mut self) {
+        self.bounds = FrameBounds::Off;
+    }
+
+    /// Whether bounding is on and every byte read belongs to a whole frame, with no fragmented
+    /// message half-way.
+    pub fn at_message_boundary(&self) -> bool {
+        self.bounds.at_message_boundary()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let Some(allowed) = me.bounds.allowed() else {
+            return Pin::new(&mut me.io).poll_read(cx, buf);
+        };
+        let limit = usize::try_from(allowed)
+            .unwrap_or(usize::MAX)
+            .min(buf.remaining());
+        let n = {
+            let mut part = ReadBuf::new(buf.initialize_unfilled_to(limit));
+            match Pin::new(&mut me.io).poll_read(cx, &mut part) {
+                Poll::Ready(Ok(())) => part.filled().len(),
+                other => return other,
+            }
+        };
+        let start = buf.filled().len();
+        buf.advance(n);
+        me.bounds.follow(&buf.filled()[start..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Bounded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame: FIN as given, `opcode`, `payload`.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 65536 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Feeds `bytes` as reads of at most what `allowed` says, checking that no read crosses
+    /// a frame's end; returns the state after each whole frame of `frames`.
+    fn follow_all(frames: &[Vec<u8>]) -> Vec<FrameBounds> {
+        let mut b = FrameBounds::start();
+        let mut after = Vec::new();
+        for f in frames {
+            let mut rest = &f[..];
+            while !rest.is_empty() {
+                let n = (b.allowed().unwrap() as usize).min(rest.len()).min(7);
+                assert!(n > 0, "a read is always allowed a byte");
+                b.follow(&rest[..n]);
+                rest = &rest[n..];
+                if !rest.is_empty() {
+                    assert!(!b.at_message_boundary(), "mid-frame is no boundary");
+                }
+            }
+            assert!(
+                matches!(b, FrameBounds::Start { .. }),
+                "a frame's last byte ends it: {b:?}"
+            );
+            after.push(b);
+        }
+        after
+    }
+
+    #[test]
+    fn reads_stop_at_each_frame_end_for_every_length_form() {
+        let frames = [
+            frame(true, 2, &[7; 5]),
+            frame(true, 2, &[]),
+            frame(true, 2, &[7; 300]),
+            frame(true, 2, &[7; 70_000]),
+        ];
+        for b in follow_all(&frames) {
+            assert!(b.at_message_boundary());
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_is_no_boundary_until_its_last_frame_even_across_a_ping() {
+        let frames = [
+            frame(false, 2, &[1; 10]),
+            frame(true, 9, b"ping"),
+            frame(false, 0, &[1; 10]),
+            frame(true, 0, &[1; 3]),
+        ];
+        let boundary: Vec<bool> = follow_all(&frames)
+            .iter()
+            .map(FrameBounds::at_message_boundary)
+            .collect();
+        assert_eq!(boundary, [false, false, false, true]);
+    }
+
+    #[test]
+    fn one_read_never_reaches_into_the_next_frame() {
+        let mut bytes = frame(true, 2, &[9; 20]);
+        bytes.extend(frame(true, 2, &[8; 4]));
+        let mut b = FrameBounds::start();
+        let mut read = 0;
+        // Each read takes all it is allowed, as a read of a full socket would.
+        while read < 26 {
+            let n = b.allowed().unwrap() as usize;
+            b.follow(&bytes[read..read + n]);
+            read += n;
+        }
+        assert_eq!(read, 26, "the reads end exactly at the first frame's end");
+        assert!(b.at_message_boundary());
+    }
+
+    #[test]
+    fn off_never_shortens_and_is_no_boundary() {
+        let mut b = FrameBounds::Off;
+        b.follow(&frame(true, 2, b"x"));
+        assert_eq!(b.allowed(), None);
+        assert!(!b.at_message_boundary());
+    }
+}
