@@ -125,6 +125,9 @@ pub async fn serve(
                 }
             },
         };
+        // An answer is one small write the caller waits for: send it at once, not after the
+        // previous segment's acknowledgement (Nagle), which a delayed ACK can hold back.
+        let _ = tcp.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.limit_hit("api.max_connections");
             tracing::debug!(peer = %tcp_peer, "HTTP API: connection refused, api.max_connections reached");

@@ -13,7 +13,8 @@
 //!
 //! The offline store (module `offline`) keeps an in-memory [`delivery_index`] of every
 //! terminal's pending deliveries, loaded at open, so logins and acks that cover nothing touch no
-//! table.
+//! table; the bindings keep a count of each device's phones in memory ([`bound_devices`]), so
+//! the presence lookup of a login or logout of an unbound device touches none either.
 //!
 //! Layout (keys are packed addresses, see [`Address::to_key`]):
 //! * `meta`: counters (`next_msg_id`: one above the last id issued, see [`super::msg_id`];
@@ -47,6 +48,7 @@ use redb::{
     WriteTransaction,
 };
 
+mod bound_devices;
 pub mod delivery_index;
 mod offline;
 pub mod spool_retention;
@@ -60,6 +62,7 @@ use super::{
 };
 use crate::terminal::EvictionPolicy;
 use crate::terminal::{Address, AddressKey, from_key};
+use bound_devices::BoundDevices;
 use offline::SharedIndex;
 
 /// File name of the database inside the data directory.
@@ -161,6 +164,8 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: GroupCommit,
     index: SharedIndex,
+    /// Which devices have a phone bound, so logins of unbound devices read nothing.
+    bound: BoundDevices,
     ops: OpCounters,
     limits: OfflineLimits,
     retention: SpoolRetention,
@@ -245,6 +250,7 @@ impl EmbeddedStore {
         txn.commit()?;
         let db = Arc::new(db);
         let index: SharedIndex = Arc::new(std::sync::Mutex::new(offline::load_index(&db)?));
+        let bound = BoundDevices::load(&db)?;
         let reload = {
             let (db, index) = (db.clone(), index.clone());
             move || match offline::load_index(&db) {
@@ -270,6 +276,7 @@ impl EmbeddedStore {
                 },
             )?,
             index,
+            bound,
             ops: OpCounters::default(),
             db,
             limits,
@@ -561,23 +568,35 @@ impl UploadSpool for EmbeddedStore {
 #[async_trait]
 impl Bindings for EmbeddedStore {
     async fn bind(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
-        self.write(move |txn, _| {
-            let (p, d) = (phone.to_key(), device.to_key());
-            let new = txn.open_table(BIND_PD)?.insert((p, d), ())?.is_none();
-            txn.open_table(BIND_DP)?.insert((d, p), ())?;
-            Ok(new)
-        })
-        .await
+        // Counted before the write, so a login meanwhile reads the table (see `bound_devices`).
+        self.bound.count_up(device.to_key());
+        let r = self
+            .write(move |txn, _| {
+                let (p, d) = (phone.to_key(), device.to_key());
+                let new = txn.open_table(BIND_PD)?.insert((p, d), ())?.is_none();
+                txn.open_table(BIND_DP)?.insert((d, p), ())?;
+                Ok(new)
+            })
+            .await;
+        if !matches!(r, Ok(true)) {
+            self.bound.count_down(device.to_key());
+        }
+        r
     }
 
     async fn unbind(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
-        self.write(move |txn, _| {
-            let (p, d) = (phone.to_key(), device.to_key());
-            let existed = txn.open_table(BIND_PD)?.remove((p, d))?.is_some();
-            txn.open_table(BIND_DP)?.remove((d, p))?;
-            Ok(existed)
-        })
-        .await
+        let r = self
+            .write(move |txn, _| {
+                let (p, d) = (phone.to_key(), device.to_key());
+                let existed = txn.open_table(BIND_PD)?.remove((p, d))?.is_some();
+                txn.open_table(BIND_DP)?.remove((d, p))?;
+                Ok(existed)
+            })
+            .await;
+        if matches!(r, Ok(true)) {
+            self.bound.count_down(device.to_key());
+        }
+        r
     }
 
     async fn is_bound(&self, phone: Address, device: Address) -> Result<bool, StoreError> {
@@ -597,6 +616,10 @@ impl Bindings for EmbeddedStore {
     }
 
     async fn phones_of(&self, device: Address) -> Result<Vec<Address>, StoreError> {
+        // Asked at every login and logout: a device with no binding reads nothing.
+        if !self.bound.may_have(device.to_key()) {
+            return Ok(Vec::new());
+        }
         self.run(move |db, _| pairs(db, BIND_DP, device.to_key()))
             .await
     }
@@ -1030,6 +1053,42 @@ mod tests {
             assert!(s.since(*d, bc.msg_id, 10, 0).await.unwrap().is_empty());
         }
         assert_eq!(s.ops(), acked);
+    }
+
+    /// The router asks for a device's phones at every login and logout: an unbound device's
+    /// answer reads nothing, a bound one's reads the table, before and after a reopen, and an
+    /// unbind or a repeated bind leaves the count right.
+    #[tokio::test]
+    async fn phones_of_an_unbound_device_reads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, p2, d) = (Address::phone(1), Address::phone(2), Address::device(9));
+        {
+            let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+            assert!(s.phones_of(d).await.unwrap().is_empty());
+            assert_eq!(s.ops().reads, 0, "no read for an unbound device");
+            assert!(s.bind(p1, d).await.unwrap());
+            assert!(
+                !s.bind(p1, d).await.unwrap(),
+                "a repeated bind adds nothing"
+            );
+            assert!(s.bind(p2, d).await.unwrap());
+            assert_eq!(s.phones_of(d).await.unwrap(), vec![p1, p2]);
+            assert_eq!(s.ops().reads, 1);
+            assert!(s.unbind(p1, d).await.unwrap());
+            assert_eq!(s.phones_of(d).await.unwrap(), vec![p2]);
+            assert_eq!(s.ops().reads, 2);
+        }
+        let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+        assert_eq!(
+            s.phones_of(d).await.unwrap(),
+            vec![p2],
+            "counted again at open"
+        );
+        assert_eq!(s.ops().reads, 1);
+        assert!(s.unbind(p2, d).await.unwrap());
+        assert!(!s.unbind(p2, d).await.unwrap());
+        assert!(s.phones_of(d).await.unwrap().is_empty());
+        assert_eq!(s.ops().reads, 1, "no binding left: no read");
     }
 
     #[tokio::test]
