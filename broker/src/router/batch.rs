@@ -31,6 +31,10 @@ use tokio::sync::oneshot;
 use crate::store::{Appended, StoreError};
 use crate::terminal::{Address, Kind};
 
+/// What a kind-wide push gets back: what was stored and how many sessions it was offered to,
+/// or its own store error.
+pub(crate) type Outcome = Result<(Appended, u64), StoreError>;
+
 /// One kind-wide push waiting for the runner.
 pub(crate) struct Pending {
     /// The kind it targets (`None`: every kind).
@@ -42,7 +46,7 @@ pub(crate) struct Pending {
     /// When it expires (Unix ms).
     pub expires_at_ms: u64,
     /// Where its outcome goes: what was stored and how many sessions it was offered to.
-    pub reply: oneshot::Sender<Result<(Appended, u64), StoreError>>,
+    pub reply: oneshot::Sender<Outcome>,
 }
 
 /// The queue state: the waiting pushes and whether a runner is at work.
@@ -105,12 +109,7 @@ pub(crate) fn in_id_order(results: &[Result<Appended, StoreError>]) -> Vec<usize
 mod tests {
     use super::*;
 
-    fn pending(
-        kind: Option<Kind>,
-    ) -> (
-        Pending,
-        oneshot::Receiver<Result<(Appended, u64), StoreError>>,
-    ) {
+    fn pending(kind: Option<Kind>) -> (Pending, oneshot::Receiver<Outcome>) {
         let (reply, rx) = oneshot::channel();
         let p = Pending {
             kind,
