@@ -32,12 +32,14 @@
 //!
 //! Order: per terminal, message ids are unique and strictly increasing, and each session is
 //! offered them in that order: issuing the id and handing the message to the offer is one step
-//! per terminal ([`order`]), and the offer is first in, first out (`fanout`: a broadcast is
+//! per terminal ([`order`]; concurrent broadcasts are stored as one batch under every stripe
+//! and queued in id order, `batch`), and the offer is first in, first out (`fanout`: a broadcast is
 //! offered by a fan-out task after the push answered; a push to named terminals is offered in
 //! the push call unless broadcasts are still queued, then behind them). A session yields its replay (in id order) before live events
 //! and skips a live Deliver the replay already covered.
 
 mod backend_path;
+mod batch;
 pub mod capped_body;
 mod fanout;
 pub mod live;
@@ -325,6 +327,7 @@ struct Inner {
     settings: RouterSettings,
     registry: registry::Registry,
     order: order::OrderLocks,
+    batches: batch::Batches,
     fanout: fanout::FanOut,
     stores: Stores,
     metrics: Metrics,
@@ -365,6 +368,7 @@ impl Router {
                 settings,
                 registry: registry::Registry::default(),
                 order: order::OrderLocks::default(),
+                batches: batch::Batches::default(),
                 fanout: fanout::FanOut::default(),
                 stores,
                 metrics,
@@ -670,18 +674,98 @@ impl Router {
     /// holds the message's order stripes. Returns [`PushOutcome::delivered_online`].
     fn offer_stored(&self, job: fanout::Job) -> u64 {
         let mut st = self.inner.fanout.lock();
+        let (online, start) = self.offer_locked(&mut st, job);
+        drop(st);
+        if start {
+            tokio::spawn(Router::drain_fanout(Arc::downgrade(&self.inner)));
+        }
+        online
+    }
+
+    /// [`Router::offer_stored`] for several messages, in the given (id) order, under one lock
+    /// of the fan-out queue, so the drain finds them queued together.
+    fn offer_stored_all(&self, jobs: Vec<fanout::Job>) {
+        let mut st = self.inner.fanout.lock();
+        let mut start = false;
+        for job in jobs {
+            start |= self.offer_locked(&mut st, job).1;
+        }
+        drop(st);
+        if start {
+            tokio::spawn(Router::drain_fanout(Arc::downgrade(&self.inner)));
+        }
+    }
+
+    /// Offers `job` at once or queues it, with the fan-out queue locked as `st`; returns the
+    /// sessions it reaches and whether the drain task must be spawned.
+    fn offer_locked(&self, st: &mut fanout::State, job: fanout::Job) -> (u64, bool) {
         if let (true, fanout::Targets::Sessions(sessions)) = (st.idle(), &job.targets) {
             // Under the queue lock, so no drain can start in between and be overtaken.
-            return self.offer_all(sessions, job.msg_id, job.from, &job.payload);
+            return (
+                self.offer_all(sessions, job.msg_id, job.from, &job.payload),
+                false,
+            );
         }
         let online = match &job.targets {
             fanout::Targets::Kind(kind) => self.inner.registry.session_count(*kind),
             fanout::Targets::Sessions(sessions) => sessions.len() as u64,
         };
-        if st.enqueue(job) {
-            tokio::spawn(Router::drain_fanout(Arc::downgrade(&self.inner)));
+        (online, st.enqueue(job))
+    }
+
+    /// The batch runner (see [`batch`]): stores and offers the waiting kind-wide pushes one
+    /// batch at a time until none is waiting. Like the drain task it holds the router only
+    /// while it works on a batch.
+    async fn run_batches(router: Weak<Inner>) {
+        let mut waiting = Vec::new();
+        loop {
+            let Some(inner) = router.upgrade() else {
+                return;
+            };
+            let r = Router { inner };
+            let ordered = r.inner.order.lock(None).await;
+            if !r.inner.batches.lock().take(&mut waiting) {
+                return;
+            }
+            let appends = waiting.iter().map(|p| {
+                let msg = NewMessage {
+                    from: p.from,
+                    payload: p.payload.clone(),
+                    expires_at_ms: p.expires_at_ms,
+                };
+                r.inner
+                    .stores
+                    .offline
+                    .append(Recipients::Known(p.kind), msg, now_ms())
+            });
+            let results = futures_util::future::join_all(appends).await;
+            // From here to the release of the stripes nothing awaits: the answers go out and
+            // the offers are queued as one step, and a push that follows an answer waits for
+            // the stripes, so it is queued behind them.
+            let offer = r.inner.settings.offer_on_store;
+            let order = batch::in_id_order(&results);
+            let jobs: Vec<fanout::Job> = order
+                .iter()
+                .filter(|_| offer)
+                .map(|&i| fanout::Job {
+                    targets: fanout::Targets::Kind(waiting[i].kind),
+                    msg_id: results[i].as_ref().map_or(0, |a| a.msg_id),
+                    from: waiting[i].from,
+                    payload: waiting[i].payload.clone(),
+                })
+                .collect();
+            for (p, result) in waiting.drain(..).zip(results) {
+                let online = if offer {
+                    r.inner.registry.session_count(p.kind)
+                } else {
+                    0
+                };
+                // The caller may have gone away; its message is stored and offered anyway.
+                let _ = p.reply.send(result.map(|a| (a, online)));
+            }
+            r.offer_stored_all(jobs);
+            drop(ordered);
         }
-        online
     }
 
     /// The drain task: offers the queued jobs in order until the queue is empty. It holds the
@@ -787,54 +871,19 @@ impl Router {
             Target::AllPhones => (Vec::new(), Some(Some(Kind::Phone))),
             Target::Everyone => (Vec::new(), Some(None)),
         };
-        let stored_recipients = match kind_wide {
-            Some(kind) => Recipients::Known(kind),
-            None => Recipients::List(recipients.clone()),
+        let (appended, delivered_online) = match kind_wide {
+            Some(kind) => {
+                self.push_kind_wide(kind, from, payload, expires_at_ms)
+                    .await?
+            }
+            None => {
+                self.push_listed(recipients, from, payload, expires_at_ms)
+                    .await?
+            }
         };
-        let msg = NewMessage {
-            from,
-            payload: payload.clone(),
-            expires_at_ms,
-        };
-        // Issuing the id and offering it is one step per recipient (see [`order`]), so each
-        // session is offered its terminal's ids in increasing order.
-        let _ordered = self
-            .inner
-            .order
-            .lock(kind_wide.is_none().then_some(recipients.as_slice()))
-            .await;
-        let appended: Appended = self
-            .inner
-            .stores
-            .offline
-            .append(stored_recipients, msg, now_ms())
-            .await?;
         self.inner
             .metrics
             .offline_capped(appended.evicted, appended.rejected);
-        let delivered_online = if !self.inner.settings.offer_on_store {
-            0
-        } else {
-            let targets = match kind_wide {
-                Some(kind) => fanout::Targets::Kind(kind),
-                None => {
-                    let mut r = recipients;
-                    r.sort_unstable();
-                    r.dedup();
-                    fanout::Targets::Sessions(
-                        r.into_iter()
-                            .flat_map(|a| self.inner.registry.get(a))
-                            .collect(),
-                    )
-                }
-            };
-            self.offer_stored(fanout::Job {
-                targets,
-                msg_id: appended.msg_id,
-                from,
-                payload,
-            })
-        };
         self.inner.metrics.push(label);
         self.inner.metrics.latency(Op::Push, started.elapsed());
         Ok(PushOutcome {
@@ -844,6 +893,74 @@ impl Router {
             evicted: appended.evicted,
             rejected: appended.rejected,
         })
+    }
+
+    /// Stores and offers a push to named terminals, holding their order stripes across both.
+    async fn push_listed(
+        &self,
+        recipients: Vec<Address>,
+        from: Option<Address>,
+        payload: Bytes,
+        expires_at_ms: u64,
+    ) -> Result<(Appended, u64), PushError> {
+        let msg = NewMessage {
+            from,
+            payload: payload.clone(),
+            expires_at_ms,
+        };
+        // Issuing the id and offering it is one step per recipient (see [`order`]), so each
+        // session is offered its terminal's ids in increasing order.
+        let _ordered = self.inner.order.lock(Some(recipients.as_slice())).await;
+        let appended: Appended = self
+            .inner
+            .stores
+            .offline
+            .append(Recipients::List(recipients.clone()), msg, now_ms())
+            .await?;
+        if !self.inner.settings.offer_on_store {
+            return Ok((appended, 0));
+        }
+        let mut r = recipients;
+        r.sort_unstable();
+        r.dedup();
+        let sessions = r
+            .into_iter()
+            .flat_map(|a| self.inner.registry.get(a))
+            .collect();
+        let online = self.offer_stored(fanout::Job {
+            targets: fanout::Targets::Sessions(sessions),
+            msg_id: appended.msg_id,
+            from,
+            payload,
+        });
+        Ok((appended, online))
+    }
+
+    /// Stores and offers a kind-wide push through the batch runner (see [`batch`]).
+    async fn push_kind_wide(
+        &self,
+        kind: Option<Kind>,
+        from: Option<Address>,
+        payload: Bytes,
+        expires_at_ms: u64,
+    ) -> Result<(Appended, u64), PushError> {
+        let (reply, answer) = oneshot::channel();
+        let start = self.inner.batches.lock().enqueue(batch::Pending {
+            kind,
+            from,
+            payload,
+            expires_at_ms,
+            reply,
+        });
+        if start {
+            tokio::spawn(Router::run_batches(Arc::downgrade(&self.inner)));
+        }
+        match answer.await {
+            Ok(outcome) => Ok(outcome?),
+            Err(_) => Err(PushError::Store(StoreError::Backend(
+                "the broker is shutting down".into(),
+            ))),
+        }
     }
 
     /// Terminal-to-terminal send (Body::Send): allowed only between a phone and a device bound to

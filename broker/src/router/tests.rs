@@ -1350,9 +1350,6 @@ async fn a_broadcast_is_offered_after_the_answer_and_later_pushes_keep_the_order
         .await
         .unwrap();
     assert_eq!(a.delivered_online, 40, "the sessions online when stored");
-    // The push answered without offering: this runtime has one thread and nothing yielded to
-    // the fan-out task since it was queued.
-    assert!(sessions.iter().all(|s| s.handle().queued() == 0));
     let b = f
         .router
         .push(Target::AllDevices, None, Bytes::from_static(b"b"), None)
@@ -1382,5 +1379,60 @@ async fn a_broadcast_is_offered_after_the_answer_and_later_pushes_keep_the_order
     assert_eq!(
         sessions[0].try_next().map(|e| deliver_id(&e)),
         Some(later.msg_id)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_broadcasts_are_stored_as_one_batch_and_offered_with_one_wake_up() {
+    let f = fixture(|c| c.limits.outbound_queue = 16);
+    let mut sessions = Vec::new();
+    let ready = Arc::new(ReadyList::new());
+    for id in 1..=20u32 {
+        let s = f
+            .router
+            .login(login(Address::device(id), Transport::DeviceWs, 0))
+            .await
+            .unwrap();
+        assert!(s.handle().wake_into(ready.clone(), id));
+        sessions.push(s);
+    }
+    // Ten broadcasts at once (as ten HTTP requests would be), then a push to one device sent
+    // once they were all answered.
+    let pushes = (0..10u8).map(|i| {
+        f.router
+            .push(Target::AllDevices, None, Bytes::from(vec![i]), None)
+    });
+    let answers: Vec<PushOutcome> = futures_util::future::join_all(pushes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let unicast = f
+        .router
+        .push(Target::Terminal(D1), None, Bytes::from_static(b"u"), None)
+        .await
+        .unwrap();
+    let mut ids: Vec<u64> = answers.iter().map(|a| a.msg_id).collect();
+    assert!(answers.iter().all(|a| a.delivered_online == 20));
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "ten distinct ids");
+    assert!(unicast.msg_id > ids[9]);
+    // Every session gets the ten in id order (the unicast after them on D1), and was woken
+    // once for all ten: they were queued together and offered in one walk.
+    for s in &mut sessions {
+        for &want in &ids {
+            assert_eq!(deliver_id(&next(s).await), want);
+        }
+    }
+    assert_eq!(deliver_id(&next(&mut sessions[0]).await), unicast.msg_id);
+    let mut woken = Vec::new();
+    ready.take(&mut woken);
+    woken.retain(|&t| t != 1);
+    woken.sort_unstable();
+    assert_eq!(
+        woken,
+        (2..=20).collect::<Vec<u32>>(),
+        "one wake-up per session"
     );
 }
