@@ -313,16 +313,20 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
             self.dead_reported = true;
             return Some(SendEvent::PeerDead);
         }
+        // Nothing leaves the window here, so the oldest frame stays the same.
+        let oldest = self.oldest();
         let idx = loop {
-            let idx = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.deadline <= now_ms)
-                .min_by_key(|(_, s)| (s.deadline, s.seq))
-                .map(|(i, _)| i)?;
-            let is_oldest = self.oldest() == Some(self.slots[idx].seq);
+            // The overdue frame with the earliest (deadline, seq).
+            let mut due: Option<(u64, u32, usize)> = None;
+            for (i, s) in self.slots.iter().enumerate() {
+                if s.deadline <= now_ms && due.is_none_or(|(d, q, _)| (s.deadline, s.seq) < (d, q))
+                {
+                    due = Some((s.deadline, s.seq, i));
+                }
+            }
+            let (_, _, idx) = due?;
             let slot = &mut self.slots[idx];
+            let is_oldest = oldest == Some(slot.seq);
             // A resend brought forward by a live peer's acknowledgement keeps the frame's count
             // and its backoff step: only waits that ran their full course count towards giving up.
             let counted = !core::mem::take(&mut slot.brought_forward);
