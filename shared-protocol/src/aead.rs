@@ -193,7 +193,7 @@ impl Compact {
         let mut block = [0u8; 64];
         for (counter, chunk) in (1u32..).zip(buf.chunks_mut(64)) {
             chacha20_block(&self.0.0, counter, nonce, &mut block);
-            for (byte, key) in chunk.iter_mut().zip(block) {
+            for (byte, key) in chunk.iter_mut().zip(block.iter()) {
                 *byte ^= key;
             }
         }
