@@ -130,10 +130,15 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
     pub fn next_unsent(&self) -> Option<&Upload<P>> {
         // Ids grow by one per push (wrapping, skipping 0), so the oldest entry is the one whose
         // id lies furthest behind the next id; at most N ids are alive, so this never wraps.
-        self.entries
-            .iter()
-            .filter(|u| !u.sent)
-            .max_by_key(|u| self.next_id.wrapping_sub(u.id.0))
+        // A plain loop: `max_by_key` over the filtered entries was a fold of closures.
+        let mut oldest: Option<(u32, &Upload<P>)> = None;
+        for u in self.entries.iter().filter(|u| !u.sent) {
+            let behind = self.next_id.wrapping_sub(u.id.0);
+            if oldest.is_none_or(|(b, _)| behind > b) {
+                oldest = Some((behind, u));
+            }
+        }
+        oldest.map(|(_, u)| u)
     }
 
     /// Marks an upload as sent in the current session.

@@ -14,8 +14,9 @@
 //!   and writes by hand.
 //! * [`keys`]: device keys (fleet derivation), cookies, proofs and session key schedule.
 //! * [`replay`]: the anti-replay window for counter nonces.
-//! * [`aead`]: the ChaCha20-Poly1305 trait sessions seal and open with, and its two backends
-//!   (portable for firmware; `ring` with feature `fast-aead` for std hosts such as the broker).
+//! * [`aead`]: the ChaCha20-Poly1305 trait sessions seal and open with, and its backends (a
+//!   compact one for firmware, the RustCrypto crate it is tested against, and `ring` with feature
+//!   `fast-aead` for std hosts such as the broker).
 //! * [`session`]: the secure session (seal/open of DATA packets).
 //! * [`handshake`]: the client and server login handshakes.
 //! * [`reliability`]: sequence numbers, acknowledgements and retransmission.

@@ -40,9 +40,13 @@ fn every_key_type_is_wiped_on_drop() {
 /// Each AEAD backend's state (what a session holds per direction) is its key, wiped on drop.
 #[test]
 fn aead_backends_wipe_their_key_on_drop() {
-    use shared_protocol::aead::{PacketAead, Portable, SessionAead};
+    use shared_protocol::aead::{Compact, PacketAead, Portable, SessionAead};
     assert_eq!(
         bytes_after_drop::<_, 32>(Portable::new(&DirectionKey([0xA5; 32]))),
+        [0; 32]
+    );
+    assert_eq!(
+        bytes_after_drop::<_, 32>(Compact::new(&DirectionKey([0xA5; 32]))),
         [0; 32]
     );
     assert_eq!(
@@ -66,8 +70,10 @@ fn key_types_and_session_ciphers_promise_zeroize_on_drop() {
     zeroizes_on_drop::<CookieSecret>();
     zeroizes_on_drop::<DirectionKey>();
     zeroizes_on_drop::<SessionKeys>();
-    // What `SecureSession` holds: needs chacha20poly1305's `zeroize` feature.
+    // What `SecureSession` holds: needs chacha20poly1305's `zeroize` feature (`Portable`),
+    // or the wiped `DirectionKey` inside (`Compact`).
     zeroizes_on_drop::<ChaCha20Poly1305>();
+    zeroizes_on_drop::<shared_protocol::aead::Compact>();
 }
 
 #[test]

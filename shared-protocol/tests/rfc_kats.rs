@@ -2,8 +2,8 @@
 //! section 3), run against the exact crates and calls the library uses:
 //! * ChaCha20-Poly1305 (RFC 8439): `chacha20poly1305::ChaCha20Poly1305` with
 //!   `encrypt_inout_detached` / `decrypt_inout_detached` directly, and through each
-//!   [`PacketAead`] backend `session.rs` seals and opens DATA packets with (`Portable`, and
-//!   `Ring` with feature `fast-aead`); the two backends must also agree byte for byte;
+//!   [`PacketAead`] backend `session.rs` may seal and open DATA packets with (`Portable`,
+//!   `Compact`, and `Ring` with feature `fast-aead`); the backends must also agree byte for byte;
 //! * HKDF-SHA256 (RFC 5869): `hkdf::Hkdf::<Sha256>` with `new(Some(salt), ikm)` and `expand`, as
 //!   `keys::derive_session_keys` does;
 //! * HMAC-SHA256 (RFC 4231): `hmac::Hmac::<Sha256>` with `new_from_slice`, `update` and `finalize`,
@@ -26,7 +26,7 @@ use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use shared_protocol::aead::{AeadError, PacketAead, Portable};
+use shared_protocol::aead::{AeadError, Compact, PacketAead, Portable};
 use shared_protocol::keys::{DirectionKey, SessionKeys};
 use shared_protocol::session::{Role, SecureSession};
 
@@ -399,6 +399,37 @@ fn rfc8439_through_backend<A: PacketAead>() {
 #[test]
 fn rfc8439_through_the_portable_backend() {
     rfc8439_through_backend::<Portable>();
+}
+
+#[test]
+fn rfc8439_through_the_compact_backend() {
+    rfc8439_through_backend::<Compact>();
+}
+
+/// The compact backend (hand-written ChaCha20) and the portable one (RustCrypto's
+/// `chacha20poly1305`) agree byte for byte (ciphertext and tag) at every length up to a full
+/// packet, across block boundaries and with associated data of every length up to 40 bytes,
+/// and each opens the other's output.
+#[test]
+fn compact_and_portable_backends_agree_at_every_length() {
+    for len in 0..=shared_protocol::limits::MAX_PACKET {
+        let key = DirectionKey(core::array::from_fn(|i| (i * 7 + len * 13) as u8));
+        let (portable, compact) = (Portable::new(&key), Compact::new(&key));
+        let nonce: [u8; 12] = core::array::from_fn(|i| (i * 29 + len) as u8);
+        let aad: Vec<u8> = (0..len % 41).map(|i| (i * 3 + len) as u8).collect();
+        let plain: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        let ta = portable.seal_in_place(&nonce, &aad, &mut a).expect("seal");
+        let tb = compact.seal_in_place(&nonce, &aad, &mut b).expect("seal");
+        assert_eq!((&a, ta), (&b, tb), "length {len}");
+        compact
+            .open_in_place(&nonce, &aad, &mut a, &ta)
+            .expect("compact opens portable");
+        portable
+            .open_in_place(&nonce, &aad, &mut b, &tb)
+            .expect("portable opens compact");
+        assert_eq!((a, b), (plain.clone(), plain), "length {len}");
+    }
 }
 
 #[cfg(feature = "fast-aead")]
