@@ -246,7 +246,7 @@ fuzz_target!(|data: &[u8]| {
                     polls += 1;
                     assert!(polls < 1000, "poll does not settle");
                     match broker.link.poll(now, jitter, &mut out) {
-                        Polled::Send(n) => dev.take(&out[..n], now),
+                        Polled::Send(n) | Polled::Resend(n) => dev.take(&out[..n], now),
                         Polled::Dead(_) => {
                             broker.dead = true;
                             break;
