@@ -12,6 +12,12 @@ use rand::RngCore;
 use shared_protocol::ids::IdProfile;
 use shared_protocol::keys::{MasterKey, derive_device_key};
 
+/// Each session's outbound queue on a test broker (`limits.outbound_queue`, default 64): the
+/// host TAP board's upload queue (`plug_app::app::UPLOADS`, 256 with `deep-upload-queue`) may be
+/// answered all at once after a reconnect, and answers beyond the send window wait in this
+/// queue, so it must hold at least as many (a full one ends the session).
+pub const OUTBOUND_QUEUE: u32 = 256;
+
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -116,7 +122,8 @@ impl TestBroker {
         let mut extra = heartbeat_secs
             .map(|h| format!("heartbeat_secs = {h}\nsession_secs = {}\n", h * 5 / 2 + 1))
             .unwrap_or_default();
-        // After the `[timeouts]` lines above, so it opens its own table.
+        // After the `[timeouts]` lines above, so each opens its own table.
+        extra.push_str(&format!("[limits]\noutbound_queue = {OUTBOUND_QUEUE}\n"));
         if profile == IdProfile::Signed {
             extra.push_str("[identity]\nprofile = \"signed\"\n");
         }

@@ -46,10 +46,10 @@ pub const SCENARIOS: &[Known] = &[
     Known {
         name: "cut-off",
         fleet: true,
-        criterion: "tap8's board uploading once a second is cut off the network (its TAP \
+        criterion: "tap8's board uploading four times a second is cut off the network (its TAP \
                     unplugged) for cut_off_s, then plugged back in: online again within 90 s, \
                     its drop counter (readings_skipped) above 0 when the cut outlasts its \
-                    64-upload queue and steady once it is back, and its numbered readings in the \
+                    256-upload queue and steady once it is back, and its numbered readings in the \
                     spool once each, in order, with kept + dropped = taken (the highest number)",
     },
     Known {

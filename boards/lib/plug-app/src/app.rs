@@ -35,13 +35,14 @@ use crate::relay::DynRelay;
 #[cfg(not(feature = "deep-upload-queue"))]
 pub const UPLOADS: usize = 4;
 /// Uploads held until acknowledged (the SDK's `Q`) on a board with memory to spare (feature
-/// `deep-upload-queue`, the host TAP board: about 30 KiB): 6.4 s of readings at 10 a second,
-/// enough to ride out a broker restart and the backed-off resends of a frame lost several times
-/// in a row (20% loss). Not more than the broker's per-session outbound queue
-/// (`limits.outbound_queue`, 64 by default): every queued upload may be answered at once, and
-/// answers beyond the send window wait in that queue (a full one ends the session).
+/// `deep-upload-queue`, the host TAP board: about 120 KiB): 25.6 s of readings at 10 a second,
+/// enough to ride out a broker restart with a login that needs up to twelve HELLOs (two login
+/// attempts) at 20% loss (docs/hil.md, `uploads-under-trouble`). Not more than the broker's per-session outbound
+/// queue (`limits.outbound_queue`: 64 by default, 256 on the HIL brokers): every queued upload
+/// may be answered at once, and answers beyond the send window wait in that queue (a full one
+/// ends the session).
 #[cfg(feature = "deep-upload-queue")]
-pub const UPLOADS: usize = 64;
+pub const UPLOADS: usize = 256;
 /// Largest payload (the SDK's `P`): the plug's largest report. Commands and deliveries the plug
 /// receives are far smaller.
 pub const PAYLOAD: usize = firmware::plug::REPORT_MAX;
