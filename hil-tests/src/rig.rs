@@ -346,7 +346,7 @@ mod tests {
         assert_eq!((h.boards, h.bridge.as_str()), (16, "br0"));
         assert_eq!(h.board_cidr(15).unwrap(), "198.51.100.17/24");
         assert!(ci.qemu.is_some());
-        assert_eq!((ci.upload_run_s, ci.cut_off_s), (20, 90));
+        assert_eq!((ci.upload_run_s, ci.cut_off_s), (60, 90));
         assert!(
             ci.scenarios
                 .iter()
