@@ -22,14 +22,13 @@
 //! the stripes are held from the first id issued to the last offer queued, and the offers are
 //! queued in id order ([`in_id_order`]).
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
-
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::store::{Appended, StoreError};
 use crate::terminal::{Address, Kind};
+
+use super::runner_queue::RunnerQueue;
 
 /// What a kind-wide push gets back: what was stored and how many sessions it was offered to,
 /// or its own store error.
@@ -49,48 +48,8 @@ pub(crate) struct Pending {
     pub reply: oneshot::Sender<Outcome>,
 }
 
-/// The queue state: the waiting pushes and whether a runner is at work.
-#[derive(Default)]
-pub(crate) struct State {
-    waiting: VecDeque<Pending>,
-    /// A runner task exists (it ends only after finding the queue empty).
-    busy: bool,
-}
-
-impl State {
-    /// Queues `p`; true when the caller must spawn the runner (none was at work).
-    pub fn enqueue(&mut self, p: Pending) -> bool {
-        self.waiting.push_back(p);
-        let start = !self.busy;
-        self.busy = true;
-        start
-    }
-
-    /// Moves every waiting push into `into` (arrival order); false, and the queue marked idle,
-    /// when there was none and the runner must end.
-    pub fn take(&mut self, into: &mut Vec<Pending>) -> bool {
-        if self.waiting.is_empty() {
-            self.busy = false;
-            return false;
-        }
-        into.extend(self.waiting.drain(..));
-        true
-    }
-}
-
 /// The batch queue (see module docs).
-#[derive(Default)]
-pub(crate) struct Batches {
-    state: Mutex<State>,
-}
-
-impl Batches {
-    /// Locks the queue state (held only for one queue operation).
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        // Single-step updates leave the state consistent after a panic: keep serving.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub(crate) type Batches = RunnerQueue<Pending>;
 
 /// The positions of the stored messages among `results` (one per push of a batch, in batch
 /// order), sorted by their message id: the order their offers must be queued in. A store may
@@ -109,56 +68,11 @@ pub(crate) fn in_id_order(results: &[Result<Appended, StoreError>]) -> Vec<usize
 mod tests {
     use super::*;
 
-    fn pending(kind: Option<Kind>) -> (Pending, oneshot::Receiver<Outcome>) {
-        let (reply, rx) = oneshot::channel();
-        let p = Pending {
-            kind,
-            from: None,
-            payload: Bytes::from_static(b"x"),
-            expires_at_ms: 0,
-            reply,
-        };
-        (p, rx)
-    }
-
     fn appended(msg_id: u64) -> Result<Appended, StoreError> {
         Ok(Appended {
             msg_id,
             ..Appended::default()
         })
-    }
-
-    #[test]
-    fn one_runner_from_the_first_push_until_a_take_finds_none() {
-        let mut st = State::default();
-        let (a, _ra) = pending(Some(Kind::Device));
-        let (b, _rb) = pending(None);
-        assert!(st.enqueue(a), "idle: the first push starts the runner");
-        assert!(!st.enqueue(b), "a runner is already at work");
-        let mut got = Vec::new();
-        assert!(st.take(&mut got));
-        assert_eq!(
-            got.iter().map(|p| p.kind).collect::<Vec<_>>(),
-            [Some(Kind::Device), None],
-            "arrival order"
-        );
-        let (c, _rc) = pending(Some(Kind::Phone));
-        assert!(
-            !st.enqueue(c),
-            "still busy while the runner works on its batch"
-        );
-        got.clear();
-        assert!(
-            st.take(&mut got),
-            "the push that came meanwhile is the next batch"
-        );
-        assert_eq!(got.len(), 1);
-        assert!(!st.take(&mut got), "empty: the runner ends");
-        let (d, _rd) = pending(None);
-        assert!(
-            st.enqueue(d),
-            "idle again: the next push starts a new runner"
-        );
     }
 
     #[test]

@@ -20,13 +20,11 @@
 //! one that logs in before gets it twice and skips the duplicate. A session that ended meanwhile
 //! gets it from the store at its next login.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
-
 use bytes::Bytes;
 
 use crate::terminal::{Address, Kind};
 
+use super::runner_queue::{RunnerQueue, RunnerState};
 use super::session::SessionHandle;
 
 /// Who a queued message is offered to.
@@ -59,53 +57,13 @@ impl Job {
     }
 }
 
-/// The queue state, behind one mutex held only for a queue operation or a small inline offer.
-#[derive(Default)]
-pub(crate) struct State {
-    jobs: VecDeque<Job>,
-    /// A drain task runs (it owns the jobs it took out; later ones must wait for it).
-    busy: bool,
-}
+/// The fan-out queue's state: the queued jobs and whether a drain task runs (it owns the jobs
+/// it took out; later ones must wait for it). `idle`: a push may offer at once.
+pub(crate) type State = RunnerState<Job>;
 
-impl State {
-    /// Whether a push may offer at once: nothing queued, nothing being drained.
-    pub fn idle(&self) -> bool {
-        !self.busy && self.jobs.is_empty()
-    }
-
-    /// Queues `job`; true when the caller must spawn the drain task (it was idle).
-    pub fn enqueue(&mut self, job: Job) -> bool {
-        self.jobs.push_back(job);
-        let start = !self.busy;
-        self.busy = true;
-        start
-    }
-
-    /// Moves every queued job into `into` for the drain task; false (and the queue marked idle)
-    /// when there was none, and the drain task must end.
-    pub fn take(&mut self, into: &mut Vec<Job>) -> bool {
-        if self.jobs.is_empty() {
-            self.busy = false;
-            return false;
-        }
-        into.extend(self.jobs.drain(..));
-        true
-    }
-}
-
-/// The fan-out queue (see module docs).
-#[derive(Default)]
-pub(crate) struct FanOut {
-    state: Mutex<State>,
-}
-
-impl FanOut {
-    /// Locks the queue state.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is consistent after any panic (single field updates): keep serving.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The fan-out queue (see module docs), behind one mutex held only for a queue operation or a
+/// small inline offer.
+pub(crate) type FanOut = RunnerQueue<Job>;
 
 /// The length of the run of jobs at the start of `jobs` that can be walked together: kind-wide
 /// jobs of the same kind (1 for a job to named sessions).

@@ -45,6 +45,7 @@ mod fanout;
 pub mod live;
 pub mod order;
 pub mod registry;
+mod runner_queue;
 pub mod session;
 mod webhook;
 
