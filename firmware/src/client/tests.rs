@@ -755,6 +755,21 @@ fn over_websocket_an_unacknowledged_frame_still_ends_the_session() {
     assert_eq!(net.client.stats().retransmits, 0);
 }
 
+/// The first broker sends `count` empty Delivers (`msg_id` 1 to `count`) as reliable frames;
+/// the device's replies go to `replies`.
+fn send_empty_delivers(net: &mut Net, count: u64, replies: &mut VecDeque<Vec<u8>>) {
+    for msg_id in 1..=count {
+        net.brokers[0].send_reliable(
+            Body::Deliver {
+                msg_id,
+                from: None,
+                payload: b"",
+            },
+            replies,
+        );
+    }
+}
+
 /// Over WebSocket a frame refused for want of event room would never come back within the
 /// session, so the driver stops reading instead while the application is behind.
 #[test]
@@ -764,16 +779,7 @@ fn over_websocket_a_full_event_queue_pauses_input() {
         net.online();
         assert!(!net.client.input_paused());
         let mut q = VecDeque::new();
-        for n in 0..EVENT_FRAME_LIMIT as u64 {
-            net.brokers[0].send_reliable(
-                Body::Deliver {
-                    msg_id: n + 1,
-                    from: None,
-                    payload: b"",
-                },
-                &mut q,
-            );
-        }
+        send_empty_delivers(&mut net, EVENT_FRAME_LIMIT as u64, &mut q);
         for mut p in q {
             assert_eq!(net.client.handle_datagram(&mut p, net.now), Ok(()));
         }
@@ -1171,16 +1177,7 @@ fn full_event_queue_leaves_frames_unacknowledged() {
     net.online();
     // Stop draining events: fill the frame-event quota.
     let mut q = VecDeque::new();
-    for n in 0..EVENT_FRAME_LIMIT as u64 + 1 {
-        net.brokers[0].send_reliable(
-            Body::Deliver {
-                msg_id: n + 1,
-                from: None,
-                payload: b"",
-            },
-            &mut q,
-        );
-    }
+    send_empty_delivers(&mut net, EVENT_FRAME_LIMIT as u64 + 1, &mut q);
     let mut results = Vec::new();
     // Connected is still queued (taken by online()), so fill via the raw client.
     for mut p in q {

@@ -81,6 +81,20 @@ async fn until(tries: usize, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// The tests' device client (test key, no lookup, 4 uploads of 512 bytes) on `endpoints`.
+fn test_client(
+    endpoints: &'static [Endpoint<'static>],
+) -> DeviceClient<'static, SplitMix64, 4, 512> {
+    let device = DeviceConfig {
+        device_id: DEVICE_ID,
+        key: KEY,
+        endpoints,
+        lookup: None,
+        since_id: 0,
+    };
+    DeviceClient::new(device, ClientConfig::default(), SplitMix64::new(5), now())
+}
+
 #[test]
 fn runner_logs_in_moves_uploads_and_commands_and_keeps_the_session_alive() {
     let _clock = mock_clock();
@@ -94,15 +108,7 @@ fn runner_logs_in_moves_uploads_and_commands_and_keeps_the_session_alive() {
         connects: connects.clone(),
         open: false,
     };
-    let device = DeviceConfig {
-        device_id: DEVICE_ID,
-        key: KEY,
-        endpoints: &ENDPOINTS,
-        lookup: None,
-        since_id: 0,
-    };
-    let client: DeviceClient<'_, _, 4, 512> =
-        DeviceClient::new(device, ClientConfig::default(), SplitMix64::new(5), now());
+    let client = test_client(&ENDPOINTS);
     let resources: ClientResources<'_, NoopRawMutex, _, 4, 512> = ClientResources::new(client);
     let mut buffers = RunnerBuffers::new();
     let (mut handle, mut runner) = new(&resources, transport, &mut buffers);
@@ -171,15 +177,7 @@ fn over_websocket_the_runner_stops_reading_while_the_application_is_behind() {
         connects: Rc::new(RefCell::new(0)),
         open: false,
     };
-    let device = DeviceConfig {
-        device_id: DEVICE_ID,
-        key: KEY,
-        endpoints: &WS_ENDPOINTS,
-        lookup: None,
-        since_id: 0,
-    };
-    let client: DeviceClient<'_, _, 4, 512> =
-        DeviceClient::new(device, ClientConfig::default(), SplitMix64::new(5), now());
+    let client = test_client(&WS_ENDPOINTS);
     let resources: ClientResources<'_, NoopRawMutex, _, 4, 512> = ClientResources::new(client);
     let mut buffers = RunnerBuffers::new();
     let (handle, mut runner) = new(&resources, transport, &mut buffers);
