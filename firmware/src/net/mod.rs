@@ -15,13 +15,15 @@
 //!                 Mutex<RefCell<DeviceClient>>  select(transport.recv, Timer::at(poll_timeout),
 //!                                                      app signal) -> handle_* / poll_transmit
 //!                                                   │
-//!                                        Transport: UdpTransport | WsTransport | DualTransport
+//!                                        Transport: UdpTransport | WsTransport | DualTransport,
+//!                                          or opened per endpoint kind by SharedSockets
 //! ```
 
 mod handle;
 mod liveness;
 mod lookup;
 mod runner;
+mod shared;
 mod transport;
 mod udp;
 mod ws;
@@ -33,7 +35,8 @@ pub use handle::{ClientResources, DeviceHandle, run_plug};
 pub use liveness::{LIVENESS_GRACE_MS, Liveness, MAX_PROMISE_MS};
 pub use lookup::{HttpLookup, LOOKUP_TCP_RX, LookupBuffers};
 pub use runner::{Runner, RunnerBuffers, new};
-pub use transport::{DualTransport, Transport, TransportError};
+pub use shared::{SharedSockets, SharedTransport, SocketMemory};
+pub use transport::{DualTransport, SocketKind, Sockets, Transport, TransportError};
 pub use udp::{UDP_QUEUE, UdpBuffers, UdpTransport};
 pub use ws::{
     WS_CLOSE_TIMEOUT_MS, WS_FRAME_OVERHEAD, WS_SEND_TIMEOUT_MS, WS_TCP_BUF, WsBuffers, WsTransport,

@@ -8,7 +8,7 @@ use super::handle::{ClientResources, DeviceHandle, timer_at};
 use super::liveness::Liveness;
 use super::lookup::HttpLookup;
 use super::now;
-use super::transport::Transport;
+use super::transport::{SocketKind, Sockets, Transport};
 use crate::client::{EVENT_QUEUE, OUTBOX};
 use crate::config::PACKET_BUF;
 use crate::fmt::{log_debug, log_warn};
@@ -46,19 +46,38 @@ impl Default for RunnerBuffers {
 }
 
 /// Drives the client: run [`Runner::run`] in its own task.
+///
+/// `S` gives the runner its transport: one [`Transport`] for every endpoint, or
+/// [`SharedSockets`](super::SharedSockets), which opens the socket an endpoint's kind needs
+/// in memory the UDP and WebSocket transports take turns with.
 pub struct Runner<
     'd,
     'c,
     M: RawMutex,
     R: Rng,
-    T: Transport,
+    S: Sockets,
     const Q: usize,
     const P: usize,
     const E: usize = EVENT_QUEUE,
     const O: usize = OUTBOX,
 > {
+    core: Core<'d, 'c, M, R, Q, P, E, O>,
+    sockets: S,
+}
+
+/// Everything the runner keeps but the sockets: the loop's state, borrowed apart from the
+/// transport it runs on.
+struct Core<
+    'd,
+    'c,
+    M: RawMutex,
+    R: Rng,
+    const Q: usize,
+    const P: usize,
+    const E: usize,
+    const O: usize,
+> {
     res: &'d ClientResources<'c, M, R, Q, P, E, O>,
-    transport: T,
     bufs: &'d mut RunnerBuffers,
     /// The client's connection id the transport is open for.
     connected: Option<u32>,
@@ -74,28 +93,30 @@ pub fn new<
     'c,
     M: RawMutex,
     R: Rng,
-    T: Transport,
+    S: Sockets,
     const Q: usize,
     const P: usize,
     const E: usize,
     const O: usize,
 >(
     resources: &'d ClientResources<'c, M, R, Q, P, E, O>,
-    transport: T,
+    sockets: S,
     buffers: &'d mut RunnerBuffers,
 ) -> (
     DeviceHandle<'d, 'c, M, R, Q, P, E, O>,
-    Runner<'d, 'c, M, R, T, Q, P, E, O>,
+    Runner<'d, 'c, M, R, S, Q, P, E, O>,
 ) {
     (
         DeviceHandle { res: resources },
         Runner {
-            res: resources,
-            transport,
-            bufs: buffers,
-            connected: None,
-            lookup: None,
-            liveness: None,
+            core: Core {
+                res: resources,
+                bufs: buffers,
+                connected: None,
+                lookup: None,
+                liveness: None,
+            },
+            sockets,
         },
     )
 }
@@ -104,27 +125,41 @@ impl<
     'd,
     M: RawMutex,
     R: Rng,
-    T: Transport,
+    S: Sockets,
     const Q: usize,
     const P: usize,
     const E: usize,
     const O: usize,
-> Runner<'d, '_, M, R, T, Q, P, E, O>
+> Runner<'d, '_, M, R, S, Q, P, E, O>
 {
     /// Lets the client ask the broker's node lookup (when its `DeviceConfig::lookup` is set)
     /// through `lookup`.
     pub fn with_lookup(mut self, lookup: HttpLookup<'d>) -> Self {
-        self.lookup = Some(lookup);
+        self.core.lookup = Some(lookup);
         self
     }
 
     /// Records, before every wait, how long it may last in `liveness` (see
     /// [`Liveness`]), so a watchdog fed while it is alive catches a runner that hangs.
     pub fn with_liveness(mut self, liveness: &'d Liveness) -> Self {
-        self.liveness = Some(liveness);
+        self.core.liveness = Some(liveness);
         self
     }
 
+    /// Runs the client forever: on the transport for the kind of endpoint the client aims at,
+    /// opened again from the sockets each time that kind changes.
+    pub async fn run(&mut self) -> ! {
+        let mut kind = self.core.wanted_kind().unwrap_or(SocketKind::Udp);
+        loop {
+            let mut transport = self.sockets.open(kind);
+            kind = self.core.run_on(&mut transport, kind).await;
+        }
+    }
+}
+
+impl<'d, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
+    Core<'d, '_, M, R, Q, P, E, O>
+{
     /// The next wait lasts at most `within_ms`.
     fn promise(&self, within_ms: u64) {
         if let Some(l) = self.liveness {
@@ -144,12 +179,27 @@ impl<
         }
     }
 
-    /// Runs the client forever.
-    pub async fn run(&mut self) -> ! {
+    /// The kind of socket the client's current endpoint needs (`None`: no endpoint chosen).
+    fn wanted_kind(&self) -> Option<SocketKind> {
+        self.res
+            .with(|c| c.target().map(|t| SocketKind::of(&t.endpoint().transport)))
+    }
+
+    /// Runs the client on `transport`, opened for endpoints of `kind`, until the client aims at
+    /// an endpoint of another kind: then closes the transport and returns that kind.
+    async fn run_on<T: Transport>(&mut self, transport: &mut T, kind: SocketKind) -> SocketKind {
         loop {
-            self.lookup_if_asked().await;
-            self.sync_transport().await;
-            self.flush().await;
+            self.lookup_if_asked(transport).await;
+            if let Some(wanted) = self.wanted_kind().filter(|wanted| *wanted != kind) {
+                if self.connected.is_some() {
+                    self.promise(CLOSE_PROMISE_MS);
+                    transport.close().await;
+                    self.connected = None;
+                }
+                return wanted;
+            }
+            self.sync_transport(transport).await;
+            self.flush(transport).await;
             if self.res.with(|c| c.has_events()) {
                 self.res.app_wake.signal(());
             }
@@ -160,7 +210,7 @@ impl<
             // Over WebSocket, unread packets wait in the connection while the application is
             // behind (`DeviceClient::input_paused`); taking an event wakes the runner.
             if self.connected.is_some() && !self.res.with(|c| c.input_paused()) {
-                let recv = self.transport.recv(&mut self.bufs.rx);
+                let recv = transport.recv(&mut self.bufs.rx);
                 match select3(recv, timer, wake).await {
                     Either3::First(Ok(n)) => {
                         let packet = &mut self.bufs.rx[..n];
@@ -170,7 +220,7 @@ impl<
                     }
                     Either3::First(Err(e)) => {
                         log_warn!("transport: {}", e);
-                        self.drop_transport().await;
+                        self.drop_transport(transport).await;
                     }
                     Either3::Second(()) => self.res.with(|c| c.handle_timeout(now())),
                     Either3::Third(()) => {}
@@ -185,13 +235,13 @@ impl<
     }
 
     /// Performs the node lookup the client asks for, within its lookup timeout.
-    async fn lookup_if_asked(&mut self) {
+    async fn lookup_if_asked<T: Transport>(&mut self, transport: &mut T) {
         let Some(req) = self.res.with(|c| c.lookup_request()) else {
             return;
         };
         if self.connected.is_some() {
             self.promise(CLOSE_PROMISE_MS);
-            self.transport.close().await;
+            transport.close().await;
             self.connected = None;
         }
         let timeout = self.res.with(|c| c.config().lookup_timeout_ms);
@@ -209,15 +259,15 @@ impl<
         self.res.with(|c| c.lookup_done(req.id, result, now()));
     }
 
-    async fn drop_transport(&mut self) {
+    async fn drop_transport<T: Transport>(&mut self, transport: &mut T) {
         self.res.with(|c| c.transport_failed(now()));
         self.promise(CLOSE_PROMISE_MS);
-        self.transport.close().await;
+        transport.close().await;
         self.connected = None;
     }
 
     /// Opens the transport for a new attempt, or closes it when the client wants none.
-    async fn sync_transport(&mut self) {
+    async fn sync_transport<T: Transport>(&mut self, transport: &mut T) {
         let (wants, id, target) = self
             .res
             .with(|c| (c.wants_transport(), c.connection_id(), c.target()));
@@ -226,22 +276,22 @@ impl<
                 self.connected = None;
                 let endpoint = target.endpoint();
                 self.promise(CONNECT_TIMEOUT_MS);
-                let connect = self.transport.connect(&endpoint);
+                let connect = transport.connect(&endpoint);
                 match with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
                     Ok(Ok(())) => self.connected = Some(id),
                     Ok(Err(e)) => {
                         log_warn!("connect failed: {}", e);
-                        self.drop_transport().await;
+                        self.drop_transport(transport).await;
                     }
                     Err(_) => {
                         log_warn!("connect timed out");
-                        self.drop_transport().await;
+                        self.drop_transport(transport).await;
                     }
                 }
             }
             (false, _) if self.connected.is_some() => {
                 self.promise(CLOSE_PROMISE_MS);
-                self.transport.close().await;
+                transport.close().await;
                 self.connected = None;
             }
             _ => {}
@@ -249,7 +299,7 @@ impl<
     }
 
     /// Sends everything the client has to send.
-    async fn flush(&mut self) {
+    async fn flush<T: Transport>(&mut self, transport: &mut T) {
         loop {
             let tx = &mut self.bufs.tx;
             let Some(n) = self.res.with(|c| c.poll_transmit(now(), tx)) else {
@@ -259,9 +309,9 @@ impl<
                 continue;
             }
             self.promise(SEND_PROMISE_MS);
-            if let Err(e) = self.transport.send(&self.bufs.tx[..n]).await {
+            if let Err(e) = transport.send(&self.bufs.tx[..n]).await {
                 log_warn!("send failed: {}", e);
-                self.drop_transport().await;
+                self.drop_transport(transport).await;
                 return;
             }
         }

@@ -243,4 +243,128 @@ fn socket_memory_is_the_applications_choice() {
         size_of::<WsBuffers>() - size_of::<WsBuffers<SMALL_TCP>>(),
         2 * (WS_TCP_BUF - SMALL_TCP)
     );
+    // Shared sockets: the UDP transport's memory alone, which also holds a WebSocket whose TCP
+    // buffers are at least the separate transport's default.
+    assert_eq!(size_of::<SocketMemory>(), size_of::<UdpBuffers>());
+    const { assert!(SocketMemory::<UDP_QUEUE>::WS_TCP_BUF >= WS_TCP_BUF) };
+    assert_eq!(
+        SocketMemory::<3>::WS_TCP_BUF,
+        3 * PACKET_BUF - (PACKET_BUF + 512)
+    );
+    const {
+        assert!(
+            SocketMemory::<3>::WS_TCP_BUF >= SMALL_TCP,
+            "the smallest still holds a packet"
+        )
+    };
+}
+
+/// A UDP endpoint first, a WebSocket endpoint second.
+static MIXED_ENDPOINTS: [Endpoint<'static>; 2] = [ENDPOINTS[0], WS_ENDPOINTS[1]];
+
+/// Sockets that record which kind the runner opens; the UDP transport never connects.
+struct KindSockets {
+    broker: Rc<RefCell<Broker>>,
+    inbox: Rc<RefCell<VecDeque<Vec<u8>>>>,
+    opened: Rc<RefCell<Vec<SocketKind>>>,
+}
+
+/// The transport a [`KindSockets`] opened: a [`MemTransport`] that refuses to connect over UDP
+/// and to endpoints of the other kind.
+struct KindTransport {
+    kind: SocketKind,
+    inner: MemTransport,
+}
+
+impl Sockets for KindSockets {
+    type Transport<'a> = KindTransport;
+    fn open(&mut self, kind: SocketKind) -> KindTransport {
+        self.opened.borrow_mut().push(kind);
+        KindTransport {
+            kind,
+            inner: MemTransport {
+                broker: self.broker.clone(),
+                inbox: self.inbox.clone(),
+                connects: Rc::new(RefCell::new(0)),
+                open: false,
+            },
+        }
+    }
+}
+
+impl Transport for KindTransport {
+    async fn connect(&mut self, endpoint: &Endpoint<'_>) -> Result<(), TransportError> {
+        if SocketKind::of(&endpoint.transport) != self.kind {
+            return Err(TransportError::Unsupported);
+        }
+        if self.kind == SocketKind::Udp {
+            return Err(TransportError::NoRoute);
+        }
+        self.inner.connect(endpoint).await
+    }
+    async fn send(&mut self, packet: &[u8]) -> Result<(), TransportError> {
+        self.inner.send(packet).await
+    }
+    async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        self.inner.recv(buf).await
+    }
+    async fn close(&mut self) {
+        self.inner.close().await
+    }
+}
+
+/// With one socket memory for both transports (`SharedSockets`), the runner opens the transport
+/// the current endpoint's kind needs: UDP for the first endpoint, and, when that one fails and
+/// the client moves on to the WebSocket endpoint, a WebSocket transport it logs in over.
+#[test]
+fn the_runner_opens_the_transport_each_endpoints_kind_needs() {
+    let _clock = mock_clock();
+    MockDriver::get().reset();
+    let opened = Rc::new(RefCell::new(Vec::new()));
+    let sockets = KindSockets {
+        broker: Rc::new(RefCell::new(Broker::new(KEY))),
+        inbox: Rc::new(RefCell::new(VecDeque::new())),
+        opened: opened.clone(),
+    };
+    let client = test_client(&MIXED_ENDPOINTS);
+    let resources: ClientResources<'_, NoopRawMutex, _, 4, 512> = ClientResources::new(client);
+    let mut buffers = RunnerBuffers::new();
+    let (handle, mut runner) = new(&resources, sockets, &mut buffers);
+
+    let script = async {
+        let login = async {
+            loop {
+                if let Event::Connected { .. } = handle.next_event().await {
+                    return;
+                }
+            }
+        };
+        // The UDP endpoint fails at once; the client backs off before the next endpoint.
+        let clock = async {
+            for _ in 0..600 {
+                for _ in 0..10 {
+                    yield_now().await;
+                }
+                MockDriver::get().advance(Duration::from_millis(100));
+            }
+        };
+        if let Either::Second(()) = select(login, clock).await {
+            panic!("no login within a minute; opened {:?}", opened.borrow());
+        }
+        assert_eq!(
+            *opened.borrow(),
+            [SocketKind::Udp, SocketKind::WebSocket],
+            "UDP for the first endpoint, then the WebSocket transport for the second"
+        );
+        let on_second = resources.with(|c| c.target().map(|t| t.endpoint() == MIXED_ENDPOINTS[1]));
+        assert_eq!(
+            on_second,
+            Some(true),
+            "logged in over the WebSocket endpoint"
+        );
+    };
+    match block_on(select(runner.run(), script)) {
+        Either::First(never) => match never {},
+        Either::Second(()) => {}
+    }
 }

@@ -68,6 +68,65 @@ pub trait Transport {
     async fn close(&mut self);
 }
 
+impl<T: Transport + ?Sized> Transport for &mut T {
+    async fn connect(&mut self, endpoint: &Endpoint<'_>) -> Result<(), TransportError> {
+        (**self).connect(endpoint).await
+    }
+    async fn send(&mut self, packet: &[u8]) -> Result<(), TransportError> {
+        (**self).send(packet).await
+    }
+    async fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        (**self).recv(buf).await
+    }
+    async fn close(&mut self) {
+        (**self).close().await
+    }
+}
+
+/// The kind of socket an endpoint needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SocketKind {
+    /// A UDP socket ([`TransportKind::Udp`]).
+    Udp,
+    /// A TCP socket carrying a WebSocket ([`TransportKind::WebSocket`]).
+    WebSocket,
+}
+
+impl SocketKind {
+    /// The kind of socket `transport` runs on.
+    pub fn of(transport: &TransportKind<'_>) -> Self {
+        match transport {
+            TransportKind::Udp => SocketKind::Udp,
+            TransportKind::WebSocket { .. } => SocketKind::WebSocket,
+        }
+    }
+}
+
+/// Where the runner gets its transport: opened for one kind of endpoint at a time, and opened
+/// again (the previous one dropped first) when the client moves to an endpoint of another
+/// kind. Every [`Transport`] is one, serving every kind itself;
+/// [`SharedSockets`](super::SharedSockets) opens the UDP or the WebSocket transport in one
+/// memory they take turns with.
+pub trait Sockets {
+    /// The transport [`open`](Self::open) gives, borrowing the sockets while it lives.
+    type Transport<'a>: Transport
+    where
+        Self: 'a;
+    /// A transport for endpoints of `kind`, closed (the runner connects it).
+    fn open(&mut self, kind: SocketKind) -> Self::Transport<'_>;
+}
+
+impl<T: Transport> Sockets for T {
+    type Transport<'a>
+        = &'a mut T
+    where
+        T: 'a;
+    fn open(&mut self, _kind: SocketKind) -> &mut T {
+        self
+    }
+}
+
 /// UDP and WebSocket in one transport: each endpoint's [`TransportKind`] picks the half.
 pub struct DualTransport<U, W> {
     udp: U,

@@ -57,15 +57,26 @@ pub struct UdpTransport<'d> {
 impl<'d> UdpTransport<'d> {
     /// A transport over `stack` using `buffers` (any queue length `N`).
     pub fn new<const N: usize>(stack: Stack<'d>, buffers: &'d mut UdpBuffers<N>) -> Self {
-        let socket = UdpSocket::new(
+        Self::from_parts(
             stack,
             &mut buffers.rx_meta,
             buffers.rx.as_flattened_mut(),
             &mut buffers.tx_meta,
             buffers.tx.as_flattened_mut(),
-        );
+        )
+    }
+
+    /// A transport over `stack` whose socket queues datagrams in `rx`/`tx` (one metadata slot
+    /// per datagram in `rx_meta`/`tx_meta`).
+    pub(crate) fn from_parts(
+        stack: Stack<'d>,
+        rx_meta: &'d mut [PacketMetadata],
+        rx: &'d mut [u8],
+        tx_meta: &'d mut [PacketMetadata],
+        tx: &'d mut [u8],
+    ) -> Self {
         UdpTransport {
-            socket,
+            socket: UdpSocket::new(stack, rx_meta, rx, tx_meta, tx),
             remote: None,
         }
     }

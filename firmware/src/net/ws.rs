@@ -171,6 +171,19 @@ impl<'d> WsTransport<'d> {
             rx,
             tx,
         } = buffers;
+        Self::from_parts(stack, tcp_rx, tcp_tx, rx, tx, seed)
+    }
+
+    /// A transport over `stack` whose TCP socket buffers in `tcp_rx`/`tcp_tx` (each at least
+    /// one framed packet) and frames in `rx`/`tx`; `seed` as in [`WsTransport::new`].
+    pub(crate) fn from_parts(
+        stack: Stack<'d>,
+        tcp_rx: &'d mut [u8],
+        tcp_tx: &'d mut [u8],
+        rx: &'d mut [u8; WS_RX_BUF],
+        tx: &'d mut [u8; WS_TX_BUF],
+        seed: u64,
+    ) -> Self {
         let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
         socket.set_timeout(Some(embassy_time::Duration::from_millis(TCP_TIMEOUT_MS)));
         WsTransport::with_stream(socket, rx, tx, seed)

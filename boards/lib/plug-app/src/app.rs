@@ -1,7 +1,8 @@
 //! Starts the device client and the plug application on a board's embassy-net stack.
 //!
 //! The same wiring as the virtual boards: a [`DeviceClient`] provisioned from
-//! [`Provisioning`], a [`DualTransport`] (UDP and WebSocket endpoints, one client), the SDK's
+//! [`Provisioning`], [`SharedSockets`] (UDP and WebSocket endpoints, one client, one socket
+//! memory the two transports take turns with), the SDK's
 //! [`Runner`] in one task and [`run_plug`] over a [`Plug`] in another. All memory is in one
 //! caller-provided [`AppMemory`] (a board keeps it in a `StaticCell`).
 //!
@@ -17,8 +18,8 @@ use embassy_time::Timer;
 use firmware::DeviceApi;
 use firmware::Event;
 use firmware::net::{
-    self, ClientResources, DeviceHandle, DualTransport, HttpLookup, Liveness, LookupBuffers,
-    Runner, RunnerBuffers, UdpBuffers, UdpTransport, WsBuffers, WsTransport,
+    self, ClientResources, DeviceHandle, HttpLookup, Liveness, LookupBuffers, SharedSockets,
+    Runner, RunnerBuffers, SocketMemory,
 };
 use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
 use firmware::rng::Rng;
@@ -51,10 +52,10 @@ pub const EVENTS: usize = 4;
 /// Command results held until acknowledged (the SDK's `O`); the plug answers one command at a
 /// time.
 pub const OUTBOX: usize = 2;
-/// Sockets the application holds on the stack at once: the UDP transport's, the WebSocket
-/// transport's TCP socket (both from [`start`] on), and the node lookup's TCP socket while a
-/// lookup runs.
-pub const APP_SOCKETS: usize = 3;
+/// Sockets the application holds on the stack at once: the transport's (UDP or the
+/// WebSocket's TCP socket, one at a time: [`SharedSockets`]) and the node lookup's TCP socket
+/// while a lookup runs.
+pub const APP_SOCKETS: usize = 2;
 
 /// The socket count a board gives embassy-net's `StackResources`: the application's
 /// [`APP_SOCKETS`] plus the DHCP client's socket when the board's network config uses DHCP.
@@ -68,8 +69,8 @@ pub const SIMULATED_LOAD_MW: u32 = 60_000;
 
 /// The client's randomness: the board's hardware RNG behind a `'static` reference.
 pub type AppRng = &'static mut dyn Rng;
-/// The client's transport: UDP and WebSocket endpoints, one client.
-pub type Transport = DualTransport<UdpTransport<'static>, WsTransport<'static>>;
+/// The client's transports: UDP and WebSocket endpoints, one client, one socket memory.
+pub type Transport = SharedSockets<'static>;
 type Handle =
     DeviceHandle<'static, 'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>;
 type ClientRunner =
@@ -82,8 +83,7 @@ pub struct AppMemory {
     resources:
         Option<ClientResources<'static, NoopRawMutex, AppRng, UPLOADS, PAYLOAD, EVENTS, OUTBOX>>,
     runner: RunnerBuffers,
-    udp: UdpBuffers,
-    ws: WsBuffers,
+    sockets: SocketMemory,
     lookup: LookupBuffers,
 }
 
@@ -94,8 +94,7 @@ impl AppMemory {
             endpoints: heapless::Vec::new(),
             resources: None,
             runner: RunnerBuffers::new(),
-            udp: UdpBuffers::new(),
-            ws: WsBuffers::new(),
+            sockets: SocketMemory::new(),
             lookup: LookupBuffers::new(),
         }
     }
@@ -169,8 +168,7 @@ pub fn start(
         endpoints,
         resources,
         runner,
-        udp,
-        ws,
+        sockets,
         lookup,
     } = memory;
     *endpoints = provisioning.endpoints();
@@ -185,7 +183,7 @@ pub fn start(
     let ws_seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
     let client: Client = DeviceClient::new(device, ClientConfig::default(), rng, net::now());
     let resources = resources.insert(ClientResources::new(client));
-    let transport = transports(stack, udp, ws, ws_seed);
+    let transport = transports(stack, sockets, ws_seed);
     let (handle, runner) = net::new(resources, transport, runner);
     let mut runner = runner.with_lookup(HttpLookup::new(stack, lookup));
     if let Some(liveness) = config.liveness {
@@ -210,18 +208,15 @@ pub fn start(
     Ok(())
 }
 
-/// The client's transports on `stack`: the UDP socket and the WebSocket transport's TCP socket,
-/// two of the [`APP_SOCKETS`]. `ws_seed` seeds the WebSocket mask keys.
+/// The client's transports on `stack`, in `memory`: the UDP socket or the WebSocket
+/// transport's TCP socket, whichever the current endpoint needs (one of the [`APP_SOCKETS`]).
+/// `ws_seed` seeds the WebSocket mask keys.
 pub fn transports(
     stack: Stack<'static>,
-    udp: &'static mut UdpBuffers,
-    ws: &'static mut WsBuffers,
+    memory: &'static mut SocketMemory,
     ws_seed: u64,
 ) -> Transport {
-    DualTransport::new(
-        UdpTransport::new(stack, udp),
-        WsTransport::new(stack, ws, ws_seed),
-    )
+    SharedSockets::new(stack, memory, ws_seed)
 }
 
 #[embassy_executor::task]
