@@ -171,9 +171,10 @@ pub struct Limits {
     /// connections are closed without an answer (so a flood holds at most
     /// `max_connections + max_pending_refusals` sockets).
     pub max_pending_refusals: u32,
-    /// WebSocket connections in their handshake (upgrade and login) at once; one more closes
-    /// another, silent ones first (`comet::pending`), so connections that never log in cannot
-    /// fill `max_connections` (when it is below that).
+    /// WebSocket connections in their handshake (upgrade and login) the broker waits on at
+    /// once; one more closes another, silent ones first, never one whose bytes wait unread
+    /// (`comet::pending`), so connections that never log in cannot fill `max_connections`
+    /// (when it is below that).
     pub max_pending_handshakes: u32,
     /// Login attempts accepted per client IP per second.
     pub login_attempts_per_ip_per_sec: u32,

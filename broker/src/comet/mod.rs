@@ -282,6 +282,25 @@ pub struct Bound {
     pub ws_echo: Option<SocketAddr>,
 }
 
+/// Connections the kernel completes and queues for a WebSocket listener while the broker has not
+/// accepted them yet (the kernel caps it at `net.core.somaxconn`, 4096 by default). The
+/// standard library's 128 is too few for a login storm: when a fleet reconnects at once, the
+/// connections past it are dropped by the kernel and their clients wait a second or more for
+/// their SYN to be sent again.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` (address reuse on, as the standard library sets it) with a queue of
+/// [`LISTEN_BACKLOG`] connections.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Listeners {
     /// Binds the three terminal sockets (`[listen]`) and the conformance echo endpoint when
     /// one is given (the config check has refused any address but loopback).
@@ -292,12 +311,12 @@ impl Listeners {
         ws_echo: Option<SocketAddr>,
     ) -> std::io::Result<Listeners> {
         let ws_echo = match ws_echo {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(listen(addr)?),
             None => None,
         };
         Ok(Listeners {
-            device_ws: TcpListener::bind(device_ws).await?,
-            app_ws: TcpListener::bind(app_ws).await?,
+            device_ws: listen(device_ws)?,
+            app_ws: listen(app_ws)?,
             udp: UdpSocket::bind(udp).await?,
             ws_echo,
         })

@@ -272,7 +272,10 @@ pub(super) async fn accept(
     };
     let admitted = match ctx.conns.try_acquire(peer_ip(peer)) {
         Ok(conn) => {
-            let (pending, evicted_another) = ctx.pending.admit(peer_ip(peer));
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let (pending, evicted_another) =
+                ctx.pending
+                    .admit(peer_ip(peer), fd, std::time::Instant::now());
             if evicted_another {
                 ctx.router.metrics().limit_hit("max_pending_handshakes");
             }
@@ -296,7 +299,17 @@ pub(super) async fn accept(
         proxy_refused(super::proxy::Refusal::Untrusted);
         return None;
     }
-    let upgrade = super::tls::upgrade(ctx.tls.as_ref(), stream, config(max_message));
+    let upgrade = async {
+        // The client's first bytes have arrived: from here on the broker serves it, and it is
+        // no longer silent among the pending handshakes (`super::pending`).
+        // (A peek, which leaves the bytes for the upgrade: readiness alone can be a false
+        // positive on a fresh socket.)
+        let _ = stream.peek(&mut [0u8; 1]).await;
+        if let Ok(a) = &admitted {
+            a.pending.spoke(std::time::Instant::now());
+        }
+        super::tls::upgrade(ctx.tls.as_ref(), stream, config(max_message)).await
+    };
     let upgraded = tokio::select! {
         // A connection still upgrading when the broker stops is just dropped.
         _ = ctx.shutdown.cancelled() => return None,
@@ -312,7 +325,7 @@ pub(super) async fn accept(
     match upgraded {
         Ok(Ok(ws)) => {
             if let Ok(a) = &admitted {
-                a.pending.spoke();
+                a.pending.waiting(std::time::Instant::now());
             }
             Some(Accepted {
                 peer,
@@ -360,6 +373,7 @@ pub(super) async fn next_before(
     deadline: tokio::time::Instant,
     pending: &super::pending::PendingGuard,
 ) -> Result<Option<Result<Message, WsError>>, Interrupted> {
+    pending.waiting(std::time::Instant::now());
     tokio::select! {
         _ = ctx.shutdown.cancelled() => Err(Interrupted::Shutdown),
         _ = pending.evicted() => Err(Interrupted::Evicted),
