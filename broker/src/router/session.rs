@@ -13,7 +13,8 @@
 //! seen, before any queued event), so a stuck consumer can always be told to go.
 //!
 //! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
-//! `.await`), plus a `tokio::sync::Notify` to wake the single consumer.
+//! `.await`), plus a `tokio::sync::Notify` to wake the single consumer. The `VecDeque` is boxed
+//! and exists only while events are queued: an idle session keeps a null pointer.
 //!
 //! A consumer that serves many sessions from one task (a UDP shard) does not await each
 //! session: it gives each session's handle a token and a shared [`ReadyList`]
@@ -127,8 +128,43 @@ pub enum Enqueued {
     Closed,
 }
 
+/// A session's queued events: one null pointer while empty (an idle session's case), not an
+/// empty `VecDeque`'s 32 B; the buffer is given back once the consumer has taken everything.
+#[derive(Default)]
+struct Events(
+    #[allow(
+        clippy::box_collection,
+        reason = "idle, it is one null pointer, not an empty collection"
+    )]
+    Option<Box<VecDeque<Outbound>>>,
+);
+
+impl Events {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn push_back(&mut self, ev: Outbound) {
+        self.0.get_or_insert_with(Box::default).push_back(ev);
+    }
+
+    /// The oldest event; the buffer goes with the last one.
+    fn pop_front(&mut self) -> Option<Outbound> {
+        let q = self.0.as_mut()?;
+        let ev = q.pop_front();
+        if q.is_empty() {
+            self.0 = None;
+        }
+        ev
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 struct QueueState {
-    buf: VecDeque<Outbound>,
+    buf: Events,
     /// The peer's current address (behind the queue's lock: one lock less per session).
     peer: SocketAddr,
     kick: Option<KickReason>,
@@ -235,7 +271,7 @@ impl SessionHandle {
                 cap: u32::try_from(cap).unwrap_or(u32::MAX),
                 policy,
                 state: Mutex::new(QueueState {
-                    buf: VecDeque::new(),
+                    buf: Events::default(),
                     peer,
                     kick: None,
                     replaced: false,
@@ -663,7 +699,7 @@ mod tests {
             std::mem::size_of::<OnceLock<(Arc<ReadyList>, u32)>>(),
             std::mem::size_of::<Notify>(),
         );
-        assert!(size <= 184, "SessionInner grew to {size} bytes");
+        assert!(size <= 160, "SessionInner grew to {size} bytes");
     }
 
     #[test]
