@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -176,6 +176,11 @@ struct QueueState {
     /// dropped one, so while this differs from the count the [`Session`] last re-read the store
     /// for, it yields nothing until it has re-read it.
     deliver_drops: u64,
+    /// The list a many-session consumer is woken through, once it set one (with `token`); here,
+    /// behind the queue's lock, rather than in a `OnceLock` of its own (16 B less a session).
+    ready: Option<Arc<ReadyList>>,
+    /// The session's token in `ready`.
+    token: u32,
 }
 
 /// Where sessions served by one task report that they have something to yield: the task
@@ -223,8 +228,6 @@ pub(crate) struct SessionInner {
     policy: QueueFullPolicy,
     state: Mutex<QueueState>,
     notify: Notify,
-    /// The list and token a many-session consumer is woken through, once it set them.
-    wake: OnceLock<(Arc<ReadyList>, u32)>,
 }
 
 /// A live session as the router sees it: identity plus the sending end of its outbound queue.
@@ -277,9 +280,10 @@ impl SessionHandle {
                     replaced: false,
                     closed: false,
                     deliver_drops: 0,
+                    ready: None,
+                    token: 0,
                 }),
                 notify: Notify::new(),
-                wake: OnceLock::new(),
             }),
         }
     }
@@ -329,9 +333,8 @@ impl SessionHandle {
     pub(crate) fn offer(&self, ev: Outbound) -> Enqueued {
         let mut st = lock(&self.inner.state);
         let (outcome, wake) = self.offer_locked(&mut st, ev);
-        drop(st);
         if wake {
-            self.wake();
+            self.wake(st);
         }
         outcome
     }
@@ -357,9 +360,8 @@ impl SessionHandle {
             wake |= w;
             outcome(msg_id, from, r);
         }
-        drop(st);
         if wake {
-            self.wake();
+            self.wake(st);
         }
     }
 
@@ -401,8 +403,7 @@ impl SessionHandle {
     pub(crate) fn request_resync(&self) {
         let mut st = lock(&self.inner.state);
         st.deliver_drops += 1;
-        drop(st);
-        self.wake();
+        self.wake(st);
     }
 
     /// Ends the session: its [`Session`] yields `Outbound::Kick { reason }` next, then `None`.
@@ -415,8 +416,7 @@ impl SessionHandle {
         st.kick = Some(reason);
         st.replaced = reason == KickReason::Replaced;
         st.buf.clear();
-        drop(st);
-        self.wake();
+        self.wake(st);
         true
     }
 
@@ -434,15 +434,24 @@ impl SessionHandle {
     /// the consumer drains the session once after setting it. Returns false (and changes
     /// nothing) when a list was already set.
     pub fn wake_into(&self, list: Arc<ReadyList>, token: u32) -> bool {
-        self.inner.wake.set((list, token)).is_ok()
+        let mut st = lock(&self.inner.state);
+        if st.ready.is_some() {
+            return false;
+        }
+        st.ready = Some(list);
+        st.token = token;
+        true
     }
 
-    /// Wakes the session's consumer: [`Session::next`] and the [`ReadyList`], if one is set.
-    fn wake(&self) {
-        self.inner.notify.notify_one();
-        if let Some((list, token)) = self.inner.wake.get() {
-            list.push(*token);
+    /// Wakes the session's consumer: the [`ReadyList`], if one is set (its token is pushed
+    /// before `st`, the queue's lock, is released; the list's lock is only ever taken inside
+    /// it, never the other way round), then [`Session::next`].
+    fn wake(&self, st: MutexGuard<'_, QueueState>) {
+        if let Some(list) = &st.ready {
+            list.push(st.token);
         }
+        drop(st);
+        self.inner.notify.notify_one();
     }
 }
 
@@ -694,12 +703,11 @@ mod tests {
         // docs/performance.md ("Memory per session"), bounded so growth shows.
         let size = std::mem::size_of::<SessionInner>();
         println!(
-            "SessionInner: {size} bytes: queue state {}, wake-up {}, notify {}",
+            "SessionInner: {size} bytes: queue state {}, notify {}",
             std::mem::size_of::<Mutex<QueueState>>(),
-            std::mem::size_of::<OnceLock<(Arc<ReadyList>, u32)>>(),
             std::mem::size_of::<Notify>(),
         );
-        assert!(size <= 160, "SessionInner grew to {size} bytes");
+        assert!(size <= 144, "SessionInner grew to {size} bytes");
     }
 
     #[test]
