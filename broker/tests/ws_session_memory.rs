@@ -30,10 +30,10 @@ use heap_support::{Counting, settled_heap};
 static ALLOCATOR: Counting = Counting;
 
 /// Heap bytes an idle device WebSocket session may hold, the 2 KiB target (docs/performance.md,
-/// "Memory per session"): 1,993-1,995 B measured when this bound was set (debug build; 2,303 B before
-/// the store's delivery index, the frame worker's place in the task, the login table's row, the
-/// router's handle and the registry entry shrank), so about 55 B of room for the noise of hash
-/// tables growing.
+/// "Memory per session"): 1,993-1,995 B measured when this bound was set (debug build; 2,303 B
+/// before the store's delivery index, the frame worker's place in the task, the login table's
+/// row, the router's handle and the registry entry shrank), so about 55 B of room for the noise
+/// of hash tables growing.
 const DEVICE_BOUND: isize = 2048;
 
 /// Heap bytes an idle app WebSocket session may hold (under the 2.5 KiB target): 1,789-1,791 B
