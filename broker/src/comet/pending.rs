@@ -9,10 +9,11 @@
 //! arriving when the cap is reached closes another (counted as
 //! `broker_limit_rejections_total{limit="max_pending_handshakes"}`):
 //!
-//! * the oldest of those still **silent**, whose client has sent nothing yet (a client sends
-//!   its upgrade request as soon as it is connected), preferring, among the [`LOOK_AT`] oldest
-//!   silent ones, the oldest whose address has another silent connection (so a flood of
-//!   several connections per address takes its own places before a lone client's);
+//! * the oldest of those still **silent**, whose client has sent nothing for [`SILENT_GRACE`]
+//!   or more (a client sends its upgrade request as soon as it is connected), preferring, among
+//!   the [`LOOK_AT`] oldest silent ones, the oldest whose address has another silent connection
+//!   (so a flood of several connections per address takes its own places before a lone
+//!   client's);
 //! * only when none of those can go, the oldest of those that have **spoken**
 //!   ([`PendingGuard::spoke`]) and have then kept the broker waiting for their next message
 //!   (the rest of the upgrade request, the HELLO, the LOGIN) for [`ANSWER_GRACE`] or more.
@@ -30,7 +31,9 @@
 //! its turn to be read. Closing those would throw away prompt clients' logins and make them all
 //! retry. When none of the [`LOOK_AT`] oldest silent connections and the [`LOOK_AT`] oldest
 //! that spoke can be closed, the newcomer is admitted over the cap, and the cap holds again as
-//! the broker catches up.
+//! the broker catches up. Since the table may then reach `limits.max_connections`, a newcomer
+//! that limit refuses also closes one that can go ([`Pending::make_room`]), so that connections
+//! that never speak cannot keep the others out once their grace is over.
 //!
 //! `ws::accept` admits each connection the connection limits admitted ([`Pending::admit`]),
 //! marks it [`PendingGuard::spoke`] when its first bytes arrive, and ends it if
@@ -77,6 +80,11 @@ pub const LOOK_AT: usize = 8;
 /// How many times [`LOOK_AT`] silent connections are looked at for one to close, while those
 /// looked at turn out to have spoken.
 const SILENT_ROUNDS: usize = 4;
+
+/// How long a connection may stay silent after it was admitted before it may be closed for
+/// room: a client sends its upgrade request as soon as it is connected, so this covers a busy
+/// client between its connect and its write.
+pub const SILENT_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a connection that spoke may wait for its client's next message before it may be
 /// closed for room: the time a prompt client takes to compute and send its answer, with room
@@ -146,6 +154,10 @@ impl Open {
             let mut waiting = Vec::new();
             let mut spoken = Vec::new();
             for (id, (ip, entry)) in self.silent.iter().take(LOOK_AT) {
+                if now.duration_since(entry.waiting_since) < SILENT_GRACE {
+                    // Just connected, its request may be on its way; the rest are younger.
+                    break;
+                }
                 if unread(entry.fd) {
                     spoken.push(*id);
                 } else {
@@ -237,6 +249,20 @@ impl Pending {
         (guard, evicted)
     }
 
+    /// Closes one connection the broker is waiting on, if one can go (see the module docs), to
+    /// make room for a newcomer the connection limits refused at `now`; `true` when one was
+    /// signalled, for the caller to count.
+    pub fn make_room(&self, now: Instant) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        match open.victim(&self.unread, now) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Connections in their handshake now.
     pub fn len(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -305,9 +331,28 @@ mod tests {
         *START.get_or_init(Instant::now)
     }
 
-    /// When those that spoke at [`start`] have waited out their grace.
-    fn past_grace() -> Instant {
-        start() + ANSWER_GRACE
+    /// A time after every earlier one of this test by [`SILENT_GRACE`], and after the grace of
+    /// those that spoke at [`start`]: each connection admitted before may go.
+    fn later() -> Instant {
+        thread_local!(static STEP: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+        let step = STEP.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        start() + ANSWER_GRACE + SILENT_GRACE * step
+    }
+
+    #[test]
+    fn a_just_connected_client_gets_its_grace_and_a_refused_newcomer_makes_room() {
+        let p = Pending::new(1);
+        let t = start();
+        let (quiet, _) = p.admit(A, NO_SOCKET, t);
+        let (_next, evicted) = p.admit(B, NO_SOCKET, t + SILENT_GRACE / 2);
+        assert!(!evicted, "its request may still be on its way");
+        assert!(!p.make_room(t + SILENT_GRACE / 2));
+        assert!(p.make_room(t + SILENT_GRACE), "silent for its whole grace");
+        assert!(quiet.token.is_cancelled());
+        assert_eq!(p.len(), 1);
     }
 
     #[test]
@@ -340,7 +385,7 @@ mod tests {
         assert!(!answered.token.is_cancelled());
         // The broker answered again: the grace starts over.
         answered.waiting(just_before);
-        let (_later, evicted) = p.admit(B, NO_SOCKET, t + ANSWER_GRACE);
+        let (_later, evicted) = p.admit(B, NO_SOCKET, t + ANSWER_GRACE + SILENT_GRACE);
         assert!(evicted, "the silent newcomer goes first");
         assert!(!answered.token.is_cancelled());
         let (_last, evicted) = p.admit(B, NO_SOCKET, just_before + ANSWER_GRACE);
@@ -374,6 +419,7 @@ mod tests {
         // The broker reads the first's request and answers it; a grace later its client has
         // sent nothing more, so it goes to make room. The others' bytes still wait unread: they
         // stay, and the newcomer comes in over the cap.
+        first.spoke(t);
         unread.lock().unwrap().remove(&10);
         first.waiting(t);
         let (_fourth, evicted) = p.admit(B, 13, t + ANSWER_GRACE);
@@ -390,18 +436,18 @@ mod tests {
     #[test]
     fn the_oldest_handshake_makes_room_and_finished_ones_free_theirs() {
         let p = Pending::new(2);
-        let (first, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (first, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(!evicted);
-        let (second, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (second, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(!evicted);
-        let (third, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (third, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(evicted, "the cap was reached");
         assert!(first.token.is_cancelled(), "the oldest is told to close");
         assert!(!second.token.is_cancelled() && !third.token.is_cancelled());
         assert_eq!(p.len(), 2);
         // A finished login frees its place: the next one evicts nobody.
         drop(third);
-        let (_fourth, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (_fourth, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(!evicted);
         assert!(!second.token.is_cancelled());
         // The evicted guard's drop removes nothing of the others.
@@ -414,16 +460,16 @@ mod tests {
     #[test]
     fn silent_connections_make_room_before_those_that_spoke() {
         let p = Pending::new(3);
-        let (oldest, _) = p.admit(A, NO_SOCKET, past_grace());
+        let (oldest, _) = p.admit(A, NO_SOCKET, later());
         oldest.spoke(start());
-        let (silent, _) = p.admit(A, NO_SOCKET, past_grace());
-        let (newer, _) = p.admit(A, NO_SOCKET, past_grace());
+        let (silent, _) = p.admit(A, NO_SOCKET, later());
+        let (newer, _) = p.admit(A, NO_SOCKET, later());
         newer.spoke(start());
-        let (next, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (next, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(evicted);
         assert!(silent.token.is_cancelled(), "the silent one goes first");
         assert!(!oldest.token.is_cancelled() && !newer.token.is_cancelled());
-        let (_last, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (_last, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(evicted);
         assert!(
             next.token.is_cancelled(),
@@ -432,7 +478,7 @@ mod tests {
         assert!(!oldest.token.is_cancelled() && !newer.token.is_cancelled());
         // With no silent one left (the newest spoke), the oldest that spoke goes.
         _last.spoke(start());
-        let (_again, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (_again, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(evicted);
         assert!(oldest.token.is_cancelled());
         assert!(!newer.token.is_cancelled());
@@ -442,10 +488,10 @@ mod tests {
     #[test]
     fn a_lone_client_keeps_its_place_while_an_address_with_several_gives_one_up() {
         let p = Pending::new(3);
-        let (lone, _) = p.admit(B, NO_SOCKET, past_grace());
-        let (flood1, _) = p.admit(A, NO_SOCKET, past_grace());
-        let (flood2, _) = p.admit(A, NO_SOCKET, past_grace());
-        let (flood3, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (lone, _) = p.admit(B, NO_SOCKET, later());
+        let (flood1, _) = p.admit(A, NO_SOCKET, later());
+        let (flood2, _) = p.admit(A, NO_SOCKET, later());
+        let (flood3, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(evicted);
         assert!(
             !lone.token.is_cancelled(),
@@ -460,13 +506,13 @@ mod tests {
         let (_c, _) = p.admit(
             std::net::Ipv4Addr::new(192, 0, 2, 3).into(),
             NO_SOCKET,
-            past_grace(),
+            later(),
         );
         assert_eq!(p.len(), 3);
         let (_d, evicted) = p.admit(
             std::net::Ipv4Addr::new(192, 0, 2, 4).into(),
             NO_SOCKET,
-            past_grace(),
+            later(),
         );
         assert!(evicted);
         assert!(lone.token.is_cancelled());
@@ -476,9 +522,9 @@ mod tests {
     #[tokio::test]
     async fn an_evicted_guard_wakes_its_waiter() {
         let p = Pending::new(1);
-        let (old, _) = p.admit(A, NO_SOCKET, past_grace());
+        let (old, _) = p.admit(A, NO_SOCKET, later());
         let waiter = tokio::spawn(async move { old.evicted().await });
-        let (_new, evicted) = p.admit(A, NO_SOCKET, past_grace());
+        let (_new, evicted) = p.admit(A, NO_SOCKET, later());
         assert!(evicted);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await

@@ -283,6 +283,11 @@ pub(super) async fn accept(
         }
         Err(limit) => {
             ctx.router.metrics().limit_hit(limit.key());
+            if limit == super::limits::ConnLimit::Total
+                && ctx.pending.make_room(std::time::Instant::now())
+            {
+                ctx.router.metrics().limit_hit("max_pending_handshakes");
+            }
             let Some(slot) = ctx.conns.try_refusal() else {
                 ctx.router.metrics().limit_hit("max_pending_refusals");
                 return None;
