@@ -223,11 +223,12 @@ impl Pending {
     /// looks at, none is closed and the newcomer is admitted over the cap.
     pub fn admit(&self, ip: IpAddr, fd: RawFd, now: Instant) -> (PendingGuard, bool) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // One out for the one in, however far over the cap a storm took the table: the rest
+        // drains as logins finish, without closing a crowd of them at once.
         let mut evicted = false;
-        while open.len() >= self.cap {
-            let Some(token) = open.victim(&self.unread, now) else {
-                break;
-            };
+        if open.len() >= self.cap
+            && let Some(token) = open.victim(&self.unread, now)
+        {
             token.cancel();
             evicted = true;
         }
@@ -385,10 +386,14 @@ mod tests {
         assert!(!answered.token.is_cancelled());
         // The broker answered again: the grace starts over.
         answered.waiting(just_before);
-        let (_later, evicted) = p.admit(B, NO_SOCKET, t + ANSWER_GRACE + SILENT_GRACE);
+        let (later, evicted) = p.admit(B, NO_SOCKET, t + ANSWER_GRACE + SILENT_GRACE);
         assert!(evicted, "the silent newcomer goes first");
         assert!(!answered.token.is_cancelled());
+        // One out per one in: the silent one first, then the one that kept the broker waiting.
         let (_last, evicted) = p.admit(B, NO_SOCKET, just_before + ANSWER_GRACE);
+        assert!(evicted);
+        assert!(later.token.is_cancelled() && !answered.token.is_cancelled());
+        let (_final, evicted) = p.admit(B, NO_SOCKET, just_before + ANSWER_GRACE);
         assert!(evicted);
         assert!(
             answered.token.is_cancelled(),
