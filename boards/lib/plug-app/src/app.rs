@@ -18,8 +18,8 @@ use embassy_time::Timer;
 use firmware::DeviceApi;
 use firmware::Event;
 use firmware::net::{
-    self, ClientResources, DeviceHandle, HttpLookup, Liveness, LookupBuffers, SharedSockets,
-    Runner, RunnerBuffers, SocketMemory,
+    self, ClientResources, DeviceHandle, HttpLookup, Liveness, LookupBuffers, Runner,
+    RunnerBuffers, SharedSockets, SocketMemory,
 };
 use firmware::plug::{Plug, PlugConfig, Relay, SimulatedMeter};
 use firmware::rng::Rng;
