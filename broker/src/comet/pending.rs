@@ -32,8 +32,9 @@
 //! retry. When none of the [`LOOK_AT`] oldest silent connections and the [`LOOK_AT`] oldest
 //! that spoke can be closed, the newcomer is admitted over the cap, and the cap holds again as
 //! the broker catches up. Since the table may then reach `limits.max_connections`, a newcomer
-//! that limit refuses also closes one that can go ([`Pending::make_room`]), so that connections
-//! that never speak cannot keep the others out once their grace is over.
+//! that limit refuses while the table is at or over its cap also closes one that can go
+//! ([`Pending::make_room`]), so that connections that never speak cannot keep the others out
+//! once their grace is over.
 //!
 //! `ws::accept` admits each connection the connection limits admitted ([`Pending::admit`]),
 //! marks it [`PendingGuard::spoke`] when its first bytes arrive, and ends it if
@@ -251,10 +252,15 @@ impl Pending {
     }
 
     /// Closes one connection the broker is waiting on, if one can go (see the module docs), to
-    /// make room for a newcomer the connection limits refused at `now`; `true` when one was
-    /// signalled, for the caller to count.
+    /// make room for a newcomer the connection limits refused at `now`, when the table is at or
+    /// over its cap (below it, the connections in their handshake are not what fills the
+    /// limit); `true` when one was signalled, for the caller to count.
     pub fn make_room(&self, now: Instant) -> bool {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.len() < self.cap {
+            // The cap is not what let the table fill: the connection limit holds on its own.
+            return false;
+        }
         match open.victim(&self.unread, now) {
             Some(token) => {
                 token.cancel();
@@ -352,6 +358,12 @@ mod tests {
         assert!(!evicted, "its request may still be on its way");
         assert!(!p.make_room(t + SILENT_GRACE / 2));
         assert!(p.make_room(t + SILENT_GRACE), "silent for its whole grace");
+        let roomy = Pending::new(5);
+        let (_alone, _) = roomy.admit(A, NO_SOCKET, t);
+        assert!(
+            !roomy.make_room(t + SILENT_GRACE),
+            "below the cap the connection limit holds on its own"
+        );
         assert!(quiet.token.is_cancelled());
         assert_eq!(p.len(), 1);
     }
