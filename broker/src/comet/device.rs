@@ -59,8 +59,7 @@ fn count_refused(router: &Router, kind: WorkKind, result: &'static str) {
 
 /// Where an endpoint keeps a session's [`FrameWorker`]. [`on_frame`] asks for the worker only
 /// for a work frame (Send, Upload, Request), so an endpoint may create it then and keep none
-/// while the session only pings and receives (the UDP shard does; a device WebSocket passes its
-/// worker itself).
+/// while the session only pings and receives (both do, with [`LazyWorker`]).
 pub trait WorkerSlot {
     /// The session's worker, created now if there is none yet.
     fn worker(&mut self) -> &mut FrameWorker;
@@ -69,6 +68,48 @@ pub trait WorkerSlot {
 impl WorkerSlot for FrameWorker {
     fn worker(&mut self) -> &mut FrameWorker {
         self
+    }
+}
+
+/// A session's frame worker kept as one null pointer until the first work frame asks for it
+/// (UDP shard and device WebSocket): an idle session then holds 8 bytes, not the worker's 72.
+/// Its budget starts full when it is created, as it would have been had it been created at
+/// login (a full bucket stays full until a frame is charged to it).
+pub struct LazyWorker<'a> {
+    slot: &'a mut Option<Box<FrameWorker>>,
+    ctx: &'a super::Context,
+    handle: &'a SessionHandle,
+    now_ms: u64,
+}
+
+impl<'a> LazyWorker<'a> {
+    /// The worker in `slot`, created there for `handle` on first use with the budget of
+    /// `ctx`'s settings at `now_ms` (the endpoint's monotonic clock).
+    pub fn new(
+        slot: &'a mut Option<Box<FrameWorker>>,
+        ctx: &'a super::Context,
+        handle: &'a SessionHandle,
+        now_ms: u64,
+    ) -> LazyWorker<'a> {
+        LazyWorker {
+            slot,
+            ctx,
+            handle,
+            now_ms,
+        }
+    }
+}
+
+impl WorkerSlot for LazyWorker<'_> {
+    fn worker(&mut self) -> &mut FrameWorker {
+        self.slot.get_or_insert_with(|| {
+            Box::new(FrameWorker::spawn(
+                self.ctx.router.clone(),
+                self.handle.clone(),
+                self.ctx.settings.work,
+                self.now_ms,
+            ))
+        })
     }
 }
 

@@ -378,18 +378,14 @@ enum Woke {
 ///
 /// Memory: this loop is what an idle connection's task holds for its whole life, so it borrows
 /// the link and session (kept in the [`Live`] block by the caller) instead of owning them (an
-/// async fn keeps owned arguments twice). While idle it holds only the frame worker and the
-/// three waits (socket, router queue, timer); what it does when one of them wakes runs in a
+/// async fn keeps owned arguments twice). While idle it holds only the frame worker's pointer
+/// (null until the first work frame) and the three waits (socket, router queue, timer); what it does when one of them wakes runs in a
 /// boxed future of its own ([`on_wake`]), allocated for that step only, rather than reserving
 /// the largest step's size here for the connection's whole life.
 async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session) -> End {
     let me = session.handle().address();
-    let mut worker = FrameWorker::spawn(
-        ctx.router.clone(),
-        session.handle().clone(),
-        ctx.settings.work,
-        ctx.mono_ms(),
-    );
+    // Created by the first work frame (Send, Upload, Request): one null pointer while idle.
+    let mut worker: Option<Box<FrameWorker>> = None;
     let end = loop {
         let wake = ctx.instant_at(link.poll_timeout());
         // The waits are dropped before the step runs, and what woke the loop moves into the
@@ -416,7 +412,7 @@ async fn on_wake(
     ws: &mut Ws,
     link: &mut Link,
     session: &mut Session,
-    worker: &mut FrameWorker,
+    worker: &mut Option<Box<FrameWorker>>,
     woke: Woke,
 ) -> Option<End> {
     match woke {
@@ -541,7 +537,7 @@ async fn on_packet(
     ws: &mut Ws,
     link: &mut Link,
     session: &Session,
-    worker: &mut FrameWorker,
+    worker: &mut Option<Box<FrameWorker>>,
     mut buf: BytesMut,
 ) -> Option<End> {
     let handle = session.handle();
@@ -566,9 +562,10 @@ async fn on_packet(
         tracing::warn!(terminal = %me, msg_id, error = %e, "ack not stored");
     }
     // Reliable frames come in `seq` order: the one just received, then any it released.
+    let mut worker = device::LazyWorker::new(worker, ctx, handle, ctx.mono_ms());
     let reactions: Vec<Reaction> = received
         .frames()
-        .map(|frame| device::on_frame(&ctx.router, handle, worker, &frame, ctx.mono_ms()))
+        .map(|frame| device::on_frame(&ctx.router, handle, &mut worker, &frame, ctx.mono_ms()))
         .collect();
     for reaction in reactions {
         if let Some(end) = react(ctx, ws, link, reaction).await {

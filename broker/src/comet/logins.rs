@@ -75,12 +75,44 @@ pub struct HelloAnswer<'o> {
     pub clock_saturated: bool,
 }
 
-/// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and its
-/// proof (which tells an exact copy from another LOGIN for the same challenge).
+/// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and the
+/// first [`PROOF_KEPT`] bytes of its proof (which tell an exact copy from another LOGIN for the
+/// same challenge). Kept for every device that logged in on this node, so laid out small: with
+/// its key, one 24 B slot of the table (docs/performance.md, "Memory per session").
+///
+/// Only the proof's first 12 bytes are kept: the comparison is made only for a LOGIN whose
+/// proof was verified (the acceptor checks the proof before the `REPLAY` bound), so two LOGINs
+/// that differ only past those 96 bits would both have to be valid proofs made with the
+/// device's key for the same challenge timestamp, a 2^-96 chance.
 #[derive(Clone, Copy)]
 struct LastLogin {
-    timestamp_ms: u64,
-    proof: [u8; 32],
+    /// The challenge timestamp, little-endian (bytes, not a `u64`: no padding in the slot).
+    timestamp_ms: [u8; 8],
+    /// The proof's first [`PROOF_KEPT`] bytes.
+    proof: [u8; PROOF_KEPT],
+}
+
+/// How many bytes of an accepted LOGIN's proof [`LastLogin`] keeps.
+const PROOF_KEPT: usize = 12;
+
+impl LastLogin {
+    fn new(timestamp_ms: u64, proof: &[u8; 32]) -> LastLogin {
+        let mut kept = [0u8; PROOF_KEPT];
+        kept.copy_from_slice(&proof[..PROOF_KEPT]);
+        LastLogin {
+            timestamp_ms: timestamp_ms.to_le_bytes(),
+            proof: kept,
+        }
+    }
+
+    fn timestamp_ms(&self) -> u64 {
+        u64::from_le_bytes(self.timestamp_ms)
+    }
+
+    /// Whether a LOGIN with this timestamp and proof is a copy of this one.
+    fn is_copy(&self, timestamp_ms: u64, proof: &[u8; 32]) -> bool {
+        self.timestamp_ms() == timestamp_ms && self.proof[..] == proof[..PROOF_KEPT]
+    }
 }
 
 /// Draws this node's cookie secret from the OS CSPRNG (once, when the node starts).
@@ -204,7 +236,7 @@ impl Logins {
             }
             Some(TerminalRecord {
                 key: self.device_key(a.id),
-                last_login_ms: last.map(|l| l.timestamp_ms),
+                last_login_ms: last.map(|l| l.timestamp_ms()),
             })
         };
         let result = self
@@ -217,17 +249,12 @@ impl Logins {
             Ok(accepted) => {
                 shard.insert(
                     id,
-                    LastLogin {
-                        timestamp_ms: accepted.login_timestamp_ms,
-                        proof: login.proof,
-                    },
+                    LastLogin::new(accepted.login_timestamp_ms, &login.proof),
                 );
                 LoginOutcome::Accepted(accepted)
             }
             Err(LoginError::Replay)
-                if last.is_some_and(|l| {
-                    l.timestamp_ms == login.timestamp_ms && l.proof == login.proof
-                }) =>
+                if last.is_some_and(|l| l.is_copy(login.timestamp_ms, &login.proof)) =>
             {
                 LoginOutcome::Duplicate
             }
@@ -349,6 +376,20 @@ mod tests {
         let (la, lb) = (login_for(&mut a, &ch_a), login_for(&mut b, &ch_b));
         assert_eq!(outcome(&logins, &lb, now), Ok(now + 21));
         assert_eq!(outcome(&logins, &la, now), Err("Replay".into()));
+    }
+
+    #[test]
+    fn a_device_s_last_login_is_one_24_byte_slot() {
+        // Every device that logged in on this node holds one slot (id and last login).
+        assert_eq!(std::mem::size_of::<(u32, LastLogin)>(), 24);
+        let proof = std::array::from_fn::<u8, 32, _>(|i| i as u8);
+        let l = LastLogin::new(1_700_000_000_123, &proof);
+        assert_eq!(l.timestamp_ms(), 1_700_000_000_123);
+        assert!(l.is_copy(1_700_000_000_123, &proof));
+        assert!(!l.is_copy(1_700_000_000_124, &proof));
+        let mut other = proof;
+        other[PROOF_KEPT - 1] ^= 1;
+        assert!(!l.is_copy(1_700_000_000_123, &other));
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! seen, before any queued event), so a stuck consumer can always be told to go.
 //!
 //! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
-//! `.await`), plus a `tokio::sync::Notify` to wake the single consumer.
+//! `.await`), plus a `tokio::sync::Notify` to wake the single consumer. The `VecDeque` is boxed
+//! and exists only while events are queued: an idle session keeps a null pointer.
 //!
 //! A consumer that serves many sessions from one task (a UDP shard) does not await each
 //! session: it gives each session's handle a token and a shared [`ReadyList`]
@@ -23,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -127,8 +128,43 @@ pub enum Enqueued {
     Closed,
 }
 
+/// A session's queued events: one null pointer while empty (an idle session's case), not an
+/// empty `VecDeque`'s 32 B; the buffer is given back once the consumer has taken everything.
+#[derive(Default)]
+struct Events(
+    #[allow(
+        clippy::box_collection,
+        reason = "idle, it is one null pointer, not an empty collection"
+    )]
+    Option<Box<VecDeque<Outbound>>>,
+);
+
+impl Events {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn push_back(&mut self, ev: Outbound) {
+        self.0.get_or_insert_with(Box::default).push_back(ev);
+    }
+
+    /// The oldest event; the buffer goes with the last one.
+    fn pop_front(&mut self) -> Option<Outbound> {
+        let q = self.0.as_mut()?;
+        let ev = q.pop_front();
+        if q.is_empty() {
+            self.0 = None;
+        }
+        ev
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 struct QueueState {
-    buf: VecDeque<Outbound>,
+    buf: Events,
     /// The peer's current address (behind the queue's lock: one lock less per session).
     peer: SocketAddr,
     kick: Option<KickReason>,
@@ -140,6 +176,11 @@ struct QueueState {
     /// dropped one, so while this differs from the count the [`Session`] last re-read the store
     /// for, it yields nothing until it has re-read it.
     deliver_drops: u64,
+    /// The list a many-session consumer is woken through, once it set one (with `token`); here,
+    /// behind the queue's lock, rather than in a `OnceLock` of its own (16 B less a session).
+    ready: Option<Arc<ReadyList>>,
+    /// The session's token in `ready`.
+    token: u32,
 }
 
 /// Where sessions served by one task report that they have something to yield: the task
@@ -187,8 +228,6 @@ pub(crate) struct SessionInner {
     policy: QueueFullPolicy,
     state: Mutex<QueueState>,
     notify: Notify,
-    /// The list and token a many-session consumer is woken through, once it set them.
-    wake: OnceLock<(Arc<ReadyList>, u32)>,
 }
 
 /// A live session as the router sees it: identity plus the sending end of its outbound queue.
@@ -235,15 +274,16 @@ impl SessionHandle {
                 cap: u32::try_from(cap).unwrap_or(u32::MAX),
                 policy,
                 state: Mutex::new(QueueState {
-                    buf: VecDeque::new(),
+                    buf: Events::default(),
                     peer,
                     kick: None,
                     replaced: false,
                     closed: false,
                     deliver_drops: 0,
+                    ready: None,
+                    token: 0,
                 }),
                 notify: Notify::new(),
-                wake: OnceLock::new(),
             }),
         }
     }
@@ -293,9 +333,8 @@ impl SessionHandle {
     pub(crate) fn offer(&self, ev: Outbound) -> Enqueued {
         let mut st = lock(&self.inner.state);
         let (outcome, wake) = self.offer_locked(&mut st, ev);
-        drop(st);
         if wake {
-            self.wake();
+            self.wake(st);
         }
         outcome
     }
@@ -321,9 +360,8 @@ impl SessionHandle {
             wake |= w;
             outcome(msg_id, from, r);
         }
-        drop(st);
         if wake {
-            self.wake();
+            self.wake(st);
         }
     }
 
@@ -365,8 +403,7 @@ impl SessionHandle {
     pub(crate) fn request_resync(&self) {
         let mut st = lock(&self.inner.state);
         st.deliver_drops += 1;
-        drop(st);
-        self.wake();
+        self.wake(st);
     }
 
     /// Ends the session: its [`Session`] yields `Outbound::Kick { reason }` next, then `None`.
@@ -379,8 +416,7 @@ impl SessionHandle {
         st.kick = Some(reason);
         st.replaced = reason == KickReason::Replaced;
         st.buf.clear();
-        drop(st);
-        self.wake();
+        self.wake(st);
         true
     }
 
@@ -398,15 +434,24 @@ impl SessionHandle {
     /// the consumer drains the session once after setting it. Returns false (and changes
     /// nothing) when a list was already set.
     pub fn wake_into(&self, list: Arc<ReadyList>, token: u32) -> bool {
-        self.inner.wake.set((list, token)).is_ok()
+        let mut st = lock(&self.inner.state);
+        if st.ready.is_some() {
+            return false;
+        }
+        st.ready = Some(list);
+        st.token = token;
+        true
     }
 
-    /// Wakes the session's consumer: [`Session::next`] and the [`ReadyList`], if one is set.
-    fn wake(&self) {
-        self.inner.notify.notify_one();
-        if let Some((list, token)) = self.inner.wake.get() {
-            list.push(*token);
+    /// Wakes the session's consumer: the [`ReadyList`], if one is set (its token is pushed
+    /// before `st`, the queue's lock, is released; the list's lock is only ever taken inside
+    /// it, never the other way round), then [`Session::next`].
+    fn wake(&self, st: MutexGuard<'_, QueueState>) {
+        if let Some(list) = &st.ready {
+            list.push(st.token);
         }
+        drop(st);
+        self.inner.notify.notify_one();
     }
 }
 
@@ -658,12 +703,11 @@ mod tests {
         // docs/performance.md ("Memory per session"), bounded so growth shows.
         let size = std::mem::size_of::<SessionInner>();
         println!(
-            "SessionInner: {size} bytes: queue state {}, wake-up {}, notify {}",
+            "SessionInner: {size} bytes: queue state {}, notify {}",
             std::mem::size_of::<Mutex<QueueState>>(),
-            std::mem::size_of::<OnceLock<(Arc<ReadyList>, u32)>>(),
             std::mem::size_of::<Notify>(),
         );
-        assert!(size <= 184, "SessionInner grew to {size} bytes");
+        assert!(size <= 144, "SessionInner grew to {size} bytes");
     }
 
     #[test]

@@ -91,29 +91,6 @@ enum Control {
     Read(u32, Box<(Session, Option<Outbound>)>),
 }
 
-/// A session's frame worker as [`device::on_frame`] asks for it: created by the first work
-/// frame. Its budget starts full then, as it would have been had it been created at login (a
-/// full bucket stays full until a frame is charged to it).
-struct LazyWorker<'a> {
-    slot: &'a mut Option<Box<FrameWorker>>,
-    ctx: &'a Context,
-    handle: &'a SessionHandle,
-    now: u64,
-}
-
-impl device::WorkerSlot for LazyWorker<'_> {
-    fn worker(&mut self) -> &mut FrameWorker {
-        self.slot.get_or_insert_with(|| {
-            Box::new(FrameWorker::spawn(
-                self.ctx.router.clone(),
-                self.handle.clone(),
-                self.ctx.settings.work,
-                self.now,
-            ))
-        })
-    }
-}
-
 struct NewSession {
     session_id: u32,
     link: Link,
@@ -391,12 +368,7 @@ impl Endpoint {
         }
         // Reliable frames come in `seq` order: the one just received, then any it released.
         let s = &mut **s;
-        let mut worker = LazyWorker {
-            slot: &mut s.worker,
-            ctx: &self.ctx,
-            handle: &s.handle,
-            now,
-        };
+        let mut worker = device::LazyWorker::new(&mut s.worker, &self.ctx, &s.handle, now);
         let reactions: Vec<Reaction> = received
             .frames()
             .map(|frame| device::on_frame(&self.ctx.router, &s.handle, &mut worker, &frame, now))

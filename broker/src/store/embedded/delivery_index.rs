@@ -34,24 +34,92 @@ fn kind_class_of_key(key: u64) -> u8 {
     u8::try_from(key >> 32).unwrap_or(u8::MAX).saturating_add(1)
 }
 
-/// What the index keeps per terminal.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the index keeps per terminal: one hash-table slot of 32 bytes with the key, for every
+/// terminal the store knows (docs/performance.md, "Memory per session"). The inbox and the skip
+/// marks are empty for most terminals most of the time, so they live in a block of their own
+/// that exists only while one of them is not empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TerminalState {
     /// Remembered at login: the last id issued then; broadcasts above it are for this terminal.
-    /// `None`: never remembered (it only gets messages addressed to it by name).
-    pub known_since: Option<u64>,
+    /// [`NOT_KNOWN`]: never remembered (it only gets messages addressed to it by name).
+    known_since: u64,
     /// Acknowledged through this id (0: nothing yet).
-    pub cursor: u64,
+    cursor: u64,
+    /// The inbox and skip marks; `None` while both are empty.
+    rare: Option<Box<Rare>>,
+}
+
+/// [`TerminalState::known_since`] of a terminal never remembered. A remembered terminal's
+/// value is capped one below it, which changes nothing: ids stop at `MAX_MSG_ID` (2^53 - 1), so
+/// no broadcast id lies above either.
+const NOT_KNOWN: u64 = u64::MAX;
+
+/// The parts of a terminal's state that are usually empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Rare {
     /// Ids addressed to it by name, all above `cursor`.
-    pub inbox: BTreeSet<u64>,
+    inbox: BTreeSet<u64>,
     /// Broadcast ids refused for it by a full inbox (`reject-new`), all above its broadcast floor.
-    pub skipped: BTreeSet<u64>,
+    skipped: BTreeSet<u64>,
+}
+
+/// What [`TerminalState::inbox`] and [`TerminalState::skipped`] show while there is no [`Rare`].
+static EMPTY: BTreeSet<u64> = BTreeSet::new();
+
+impl Default for TerminalState {
+    fn default() -> Self {
+        TerminalState {
+            known_since: NOT_KNOWN,
+            cursor: 0,
+            rare: None,
+        }
+    }
 }
 
 impl TerminalState {
+    /// Remembered at login: the last id issued then (capped at `u64::MAX - 1`); broadcasts above
+    /// it are for this terminal. `None`: never remembered (it only gets messages addressed to
+    /// it by name).
+    pub fn known_since(&self) -> Option<u64> {
+        (self.known_since != NOT_KNOWN).then_some(self.known_since)
+    }
+
+    /// Acknowledged through this id (0: nothing yet).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Ids addressed to it by name, all above the cursor.
+    pub fn inbox(&self) -> &BTreeSet<u64> {
+        self.rare.as_ref().map_or(&EMPTY, |r| &r.inbox)
+    }
+
+    /// Broadcast ids refused for it by a full inbox (`reject-new`), all above its broadcast floor.
+    pub fn skipped(&self) -> &BTreeSet<u64> {
+        self.rare.as_ref().map_or(&EMPTY, |r| &r.skipped)
+    }
+
     /// Broadcasts with an id above this are pending (unless skipped); `None`: no broadcasts.
     fn broadcast_floor(&self) -> Option<u64> {
-        self.known_since.map(|k| k.max(self.cursor))
+        self.known_since().map(|k| k.max(self.cursor))
+    }
+
+    /// The inbox and skip marks, made if there were none.
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Runs `change` on the inbox and skip marks if there are any, then frees their block if
+    /// both are empty; returns what `change` returned (`R::default()` when there were none).
+    fn change_rare<R: Default>(&mut self, change: impl FnOnce(&mut Rare) -> R) -> R {
+        let Some(rare) = self.rare.as_mut() else {
+            return R::default();
+        };
+        let r = change(rare);
+        if rare.inbox.is_empty() && rare.skipped.is_empty() {
+            self.rare = None;
+        }
+        r
     }
 }
 
@@ -109,13 +177,15 @@ impl DeliveryIndex {
     pub fn is_known(&self, key: u64) -> bool {
         self.terminals
             .get(&key)
-            .is_some_and(|t| t.known_since.is_some())
+            .is_some_and(|t| t.known_since != NOT_KNOWN)
     }
 
     /// Remembers a terminal with broadcasts above `since` (no-op when already known).
     pub fn remember(&mut self, key: u64, since: u64) {
         let t = self.terminals.entry(key).or_default();
-        t.known_since.get_or_insert(since);
+        if t.known_since == NOT_KNOWN {
+            t.known_since = since.min(NOT_KNOWN - 1);
+        }
     }
 
     /// Loads a persisted cursor.
@@ -125,14 +195,19 @@ impl DeliveryIndex {
 
     /// Adds inbox id `id` for the terminal.
     pub fn add_inbox(&mut self, key: u64, id: u64) {
-        self.terminals.entry(key).or_default().inbox.insert(id);
+        self.terminals
+            .entry(key)
+            .or_default()
+            .rare_mut()
+            .inbox
+            .insert(id);
     }
 
     /// Removes inbox id `id` of the terminal; whether it was there.
     pub fn remove_inbox(&mut self, key: u64, id: u64) -> bool {
         self.terminals
             .get_mut(&key)
-            .is_some_and(|t| t.inbox.remove(&id))
+            .is_some_and(|t| t.change_rare(|r| r.inbox.remove(&id)))
     }
 
     /// Adds broadcast `id` of `class` (ids are added in increasing order).
@@ -151,7 +226,12 @@ impl DeliveryIndex {
 
     /// Marks broadcast `id` as refused for the terminal.
     pub fn skip(&mut self, key: u64, id: u64) {
-        self.terminals.entry(key).or_default().skipped.insert(id);
+        self.terminals
+            .entry(key)
+            .or_default()
+            .rare_mut()
+            .skipped
+            .insert(id);
     }
 
     /// Removes broadcast `id` of `class` (it expired) and every skip mark of it.
@@ -162,7 +242,7 @@ impl DeliveryIndex {
             v.remove(at);
         }
         for t in self.terminals.values_mut() {
-            t.skipped.remove(&id);
+            t.change_rare(|r| r.skipped.remove(&id));
         }
     }
 
@@ -173,11 +253,13 @@ impl DeliveryIndex {
             return out;
         }
         for (key, t) in &mut self.terminals {
-            for id in ids {
-                if t.inbox.remove(id) {
-                    out.push((*key, *id));
+            t.change_rare(|r| {
+                for id in ids {
+                    if r.inbox.remove(id) {
+                        out.push((*key, *id));
+                    }
                 }
-            }
+            });
         }
         out
     }
@@ -194,7 +276,7 @@ impl DeliveryIndex {
             return Vec::new();
         };
         let mut out: Vec<u64> = t
-            .inbox
+            .inbox()
             .range(above.saturating_add(1)..)
             .take(limit)
             .copied()
@@ -206,7 +288,7 @@ impl DeliveryIndex {
                 out.extend(
                     list[start..]
                         .iter()
-                        .filter(|id| !t.skipped.contains(id))
+                        .filter(|id| !t.skipped().contains(id))
                         .take(limit),
                 );
             }
@@ -221,12 +303,12 @@ impl DeliveryIndex {
         let Some(t) = self.terminals.get(&key) else {
             return 0;
         };
-        let mut n = t.inbox.len() as u64;
+        let mut n = t.inbox().len() as u64;
         if let Some(floor) = t.broadcast_floor() {
             for list in self.lists_of(key) {
                 n += (list.len() - list.partition_point(|x| *x <= floor)) as u64;
             }
-            n = n.saturating_sub(t.skipped.len() as u64);
+            n = n.saturating_sub(t.skipped().len() as u64);
         }
         n
     }
@@ -251,14 +333,17 @@ impl DeliveryIndex {
             return Covered::default();
         }
         let t = self.terminals.get_mut(&key).expect("checked above");
-        let inbox: Vec<u64> = t.inbox.range(..=through).copied().collect();
-        let skipped: Vec<u64> = t.skipped.range(..=through).copied().collect();
-        for id in &inbox {
-            t.inbox.remove(id);
-        }
-        for id in &skipped {
-            t.skipped.remove(id);
-        }
+        let (inbox, skipped) = t.change_rare(|r| {
+            let inbox: Vec<u64> = r.inbox.range(..=through).copied().collect();
+            let skipped: Vec<u64> = r.skipped.range(..=through).copied().collect();
+            for id in &inbox {
+                r.inbox.remove(id);
+            }
+            for id in &skipped {
+                r.skipped.remove(id);
+            }
+            (inbox, skipped)
+        });
         t.cursor = through;
         let after = self.pending_count(key);
         Covered {
@@ -305,7 +390,7 @@ impl DeliveryIndex {
             .terminals
             .iter()
             .filter(|(k, t)| {
-                t.known_since.is_some() && (class == 0 || kind_class_of_key(**k) == class)
+                t.known_since != NOT_KNOWN && (class == 0 || kind_class_of_key(**k) == class)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -393,7 +478,7 @@ mod tests {
         // A cursor from the future stops at the last id issued.
         let c = ix.advance_cursor(dev(1), u64::MAX);
         assert_eq!(c.pending, 2);
-        assert_eq!(ix.terminal(dev(1)).unwrap().cursor, 6);
+        assert_eq!(ix.terminal(dev(1)).unwrap().cursor(), 6);
         ix.issued(7);
         ix.add_broadcast(dc, 7);
         assert_eq!(ix.pending(dev(1), 0, 10), vec![7]);
@@ -401,7 +486,51 @@ mod tests {
         ix.skip(dev(1), 7);
         ix.remove_broadcast(dc, 7);
         assert_eq!(ix.pending_count(dev(1)), 0);
-        assert!(ix.terminal(dev(1)).unwrap().skipped.is_empty());
+        assert!(ix.terminal(dev(1)).unwrap().skipped().is_empty());
+    }
+
+    #[test]
+    fn a_terminal_is_one_32_byte_slot_and_its_inbox_block_goes_once_empty() {
+        // Every terminal the store knows holds one slot (key and state) in the index's table.
+        assert_eq!(std::mem::size_of::<(u64, TerminalState)>(), 32);
+        let mut ix = DeliveryIndex::default();
+        let dc = class_of(Some(Kind::Device));
+        ix.remember(dev(1), 0);
+        assert!(
+            ix.terminal(dev(1)).unwrap().rare.is_none(),
+            "nothing pending"
+        );
+        ix.issued(1);
+        ix.add_inbox(dev(1), 1);
+        ix.issued(2);
+        ix.add_broadcast(dc, 2);
+        ix.skip(dev(1), 2);
+        assert!(ix.remove_inbox(dev(1), 1));
+        assert!(
+            ix.terminal(dev(1)).unwrap().rare.is_some(),
+            "a skip mark left"
+        );
+        ix.remove_broadcast(dc, 2);
+        assert!(
+            ix.terminal(dev(1)).unwrap().rare.is_none(),
+            "both empty again"
+        );
+        ix.issued(3);
+        ix.add_inbox(dev(1), 3);
+        assert_eq!(ix.advance_cursor(dev(1), 3).inbox, vec![3]);
+        assert!(ix.terminal(dev(1)).unwrap().rare.is_none(), "acknowledged");
+        // Remembered at the largest possible id: still remembered, nothing above it pending.
+        ix.remember(dev(2), u64::MAX);
+        assert!(ix.is_known(dev(2)));
+        assert_eq!(
+            ix.terminal(dev(2)).unwrap().known_since(),
+            Some(u64::MAX - 1)
+        );
+        assert_eq!(ix.pending_count(dev(2)), 0);
+        assert_eq!(ix.terminal(dev(3)).map(TerminalState::known_since), None);
+        ix.set_cursor(dev(3), 5);
+        assert!(!ix.is_known(dev(3)));
+        assert_eq!(ix.terminal(dev(3)).unwrap().known_since(), None);
     }
 
     #[test]

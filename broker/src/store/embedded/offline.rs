@@ -170,7 +170,7 @@ fn ack_through_in(
     for id in &covered.skipped {
         skipped.remove((*id, terminal))?;
     }
-    let cursor = ix.terminal(terminal).map_or(0, |t| t.cursor);
+    let cursor = ix.terminal(terminal).map_or(0, |t| t.cursor());
     txn.open_table(CURSORS)?.insert(terminal, cursor)?;
     Ok(covered.pending)
 }
