@@ -328,17 +328,12 @@ pub(super) async fn accept(
         r = tokio::time::timeout_at(deadline, upgrade) => r,
     };
     match upgraded {
-        Ok(Ok(ws)) => {
-            if let Ok(a) = &admitted {
-                a.pending.waiting(std::time::Instant::now());
-            }
-            Some(Accepted {
-                peer,
-                ws,
-                admitted,
-                deadline,
-            })
-        }
+        Ok(Ok(ws)) => Some(Accepted {
+            peer,
+            ws,
+            admitted,
+            deadline,
+        }),
         Ok(Err(e)) => {
             tracing::debug!(%peer, transport = transport.as_str(), error = %e, "websocket upgrade failed");
             if admitted.is_ok() {

@@ -191,11 +191,7 @@ impl<'d, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, co
         loop {
             self.lookup_if_asked(transport).await;
             if let Some(wanted) = self.wanted_kind().filter(|wanted| *wanted != kind) {
-                if self.connected.is_some() {
-                    self.promise(CLOSE_PROMISE_MS);
-                    transport.close().await;
-                    self.connected = None;
-                }
+                self.close_if_open(transport).await;
                 return wanted;
             }
             self.sync_transport(transport).await;
@@ -239,11 +235,7 @@ impl<'d, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, co
         let Some(req) = self.res.with(|c| c.lookup_request()) else {
             return;
         };
-        if self.connected.is_some() {
-            self.promise(CLOSE_PROMISE_MS);
-            transport.close().await;
-            self.connected = None;
-        }
+        self.close_if_open(transport).await;
         let timeout = self.res.with(|c| c.config().lookup_timeout_ms);
         self.promise(timeout);
         let Some(lookup) = self.lookup.as_mut() else {
@@ -261,9 +253,21 @@ impl<'d, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, co
 
     async fn drop_transport<T: Transport>(&mut self, transport: &mut T) {
         self.res.with(|c| c.transport_failed(now()));
+        self.close(transport).await;
+    }
+
+    /// Closes `transport` (within the close promise); nothing is open afterwards.
+    async fn close<T: Transport>(&mut self, transport: &mut T) {
         self.promise(CLOSE_PROMISE_MS);
         transport.close().await;
         self.connected = None;
+    }
+
+    /// [`close`](Self::close) when a connection is open.
+    async fn close_if_open<T: Transport>(&mut self, transport: &mut T) {
+        if self.connected.is_some() {
+            self.close(transport).await;
+        }
     }
 
     /// Opens the transport for a new attempt, or closes it when the client wants none.
@@ -289,11 +293,7 @@ impl<'d, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, co
                     }
                 }
             }
-            (false, _) if self.connected.is_some() => {
-                self.promise(CLOSE_PROMISE_MS);
-                transport.close().await;
-                self.connected = None;
-            }
+            (false, _) => self.close_if_open(transport).await,
             _ => {}
         }
     }
