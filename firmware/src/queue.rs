@@ -59,8 +59,9 @@ pub struct Upload<const P: usize> {
     pub topic: String<MAX_TOPIC>,
     /// Payload, at most `P` bytes.
     pub payload: Vec<u8, P>,
-    /// Sent in the current session (waiting for `UploadAck`), or still to be sent.
-    sent: bool,
+    /// The `seq` of the frame that carried it in the current session (waiting for
+    /// `UploadAck`), or 0: still to be sent (frame seqs start at 1).
+    sent_seq: u32,
 }
 
 /// A bounded FIFO of uploads waiting for acknowledgement: capacity `N`, payloads up to `P` bytes.
@@ -96,7 +97,7 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
             id,
             topic,
             payload,
-            sent: false,
+            sent_seq: 0,
         });
         Ok(id)
     }
@@ -132,7 +133,7 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
         // id lies furthest behind the next id; at most N ids are alive, so this never wraps.
         // A plain loop: `max_by_key` over the filtered entries was a fold of closures.
         let mut oldest: Option<(u32, &Upload<P>)> = None;
-        for u in self.entries.iter().filter(|u| !u.sent) {
+        for u in self.entries.iter().filter(|u| u.sent_seq == 0) {
             let behind = self.next_id.wrapping_sub(u.id.0);
             if oldest.is_none_or(|(b, _)| behind > b) {
                 oldest = Some((behind, u));
@@ -141,10 +142,26 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
         oldest.map(|(_, u)| u)
     }
 
-    /// Marks an upload as sent in the current session.
-    pub fn mark_sent(&mut self, id: UploadId) {
+    /// Marks an upload as sent in the current session, in the frame numbered `seq` (not 0).
+    pub fn mark_sent(&mut self, id: UploadId, seq: u32) {
         if let Some(u) = self.entries.iter_mut().find(|u| u.id == id) {
-            u.sent = true;
+            u.sent_seq = seq;
+        }
+    }
+
+    /// Marks the upload carried by frame `seq` as not sent, to go again in this session (the
+    /// broker refused that frame without storing it); false if no queued upload went in it.
+    pub fn mark_unsent(&mut self, seq: u32) -> bool {
+        match self
+            .entries
+            .iter_mut()
+            .find(|u| u.sent_seq == seq && seq != 0)
+        {
+            Some(u) => {
+                u.sent_seq = 0;
+                true
+            }
+            None => false,
         }
     }
 
@@ -152,8 +169,8 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
     pub fn mark_all_unsent(&mut self) -> usize {
         let mut was_sent = 0;
         for u in self.entries.iter_mut() {
-            was_sent += usize::from(u.sent);
-            u.sent = false;
+            was_sent += usize::from(u.sent_seq != 0);
+            u.sent_seq = 0;
         }
         was_sent
     }
@@ -210,15 +227,32 @@ mod tests {
         let mut q: UploadQueue<4, 8> = UploadQueue::new(1);
         let a = q.push("t", b"a").unwrap();
         let b = q.push("t", b"b").unwrap();
-        q.mark_sent(a);
+        q.mark_sent(a, 1);
         assert_eq!(q.next_unsent().unwrap().id, b);
-        q.mark_sent(b);
+        q.mark_sent(b, 2);
         assert!(q.next_unsent().is_none());
         assert_eq!(q.mark_all_unsent(), 2);
         assert_eq!(q.next_unsent().unwrap().id, a);
         assert!(q.ack(a));
         assert!(!q.ack(a), "a duplicate ack changes nothing");
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn an_upload_refused_in_its_frame_goes_again_before_newer_ones() {
+        let mut q: UploadQueue<4, 8> = UploadQueue::new(1);
+        let a = q.push("t", b"a").unwrap();
+        let b = q.push("t", b"b").unwrap();
+        let c = q.push("t", b"c").unwrap();
+        q.mark_sent(a, 5);
+        q.mark_sent(b, 6);
+        assert!(!q.mark_unsent(0), "seq 0 names no frame");
+        assert!(!q.mark_unsent(9), "no upload went in frame 9");
+        assert_eq!(q.next_unsent().unwrap().id, c);
+        assert!(q.mark_unsent(6));
+        assert_eq!(q.next_unsent().unwrap().id, b, "older than c");
+        assert!(!q.mark_unsent(6), "already unsent");
+        assert_eq!(q.mark_all_unsent(), 1, "only a was still sent");
     }
 
     #[test]
@@ -231,7 +265,7 @@ mod tests {
         while let Some(u) = q.next_unsent() {
             order.push(u.payload[0]);
             let id = u.id;
-            q.mark_sent(id);
+            q.mark_sent(id, order.len() as u32);
         }
         assert_eq!(order, [0, 2, 3], "oldest first, the acked one gone");
         assert_eq!(q.mark_all_unsent(), 3);

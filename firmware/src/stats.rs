@@ -16,7 +16,8 @@ pub struct Stats {
     pub uploads_acked: u32,
     /// Uploads refused because the upload queue was full (the queue-full policy).
     pub uploads_rejected: u32,
-    /// Uploads sent again in a new session after a reconnect.
+    /// Uploads sent again: in a new session after a reconnect, or in the same session after the
+    /// broker refused them for load (a retryable `Error` about their frame).
     pub uploads_resent: u32,
     /// Packets handed to the transport.
     pub tx_packets: u32,

@@ -51,7 +51,7 @@ pub use login::HANDSHAKE_BUF;
 pub use outbox::OUTBOX;
 
 use heapless::{Deque, String, Vec};
-use shared_protocol::codes::Code;
+use shared_protocol::codes::{Class, Code};
 use shared_protocol::frame::{Body, Frame};
 use shared_protocol::handshake::{Carrier, ClientHandshake, WelcomeInfo, retry_after_capped};
 use shared_protocol::ids::Address;
@@ -95,6 +95,12 @@ pub const HELD_UPLOAD_ACKS: usize = RECEIVE_WINDOW as usize;
 fn held_slot(seq: u32) -> usize {
     (seq % RECEIVE_WINDOW) as usize
 }
+
+/// How long the client sends no new reliable frame after the broker refused an upload for load
+/// (a code of the load class, 32 to 47: `RATE_LIMITED`, `QUEUE_FULL`, `UNAVAILABLE`...): the broker's per-terminal frame budget
+/// refills within a second (`limits.frames_per_sec_per_terminal`). The refused upload goes first
+/// after the pause.
+pub const REFUSED_UPLOAD_PAUSE_MS: u64 = 1_000;
 
 /// Bytes stored per in-flight frame: a tag and a 32-bit id.
 const REF_LEN: usize = 5;
@@ -172,6 +178,8 @@ struct Online {
     held_acks: [u32; HELD_UPLOAD_ACKS],
     last_rx: Instant,
     last_tx: Instant,
+    /// No new reliable frame goes out before this: the broker refused one for load.
+    paused_until: Instant,
 }
 
 // One phase lives in the client's static memory at a time and nothing may allocate, so the
@@ -447,7 +455,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 if o.send.can_send()
                     && (self.outbox.next_unsent().is_some() || self.uploads.next_unsent().is_some())
                 {
-                    t = Some(Instant::ZERO);
+                    t = earliest(t, Some(o.paused_until));
                 }
                 t
             }
@@ -714,6 +722,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                     held_acks: [0; HELD_UPLOAD_ACKS],
                     last_rx: now,
                     last_tx: now,
+                    paused_until: now,
                 });
                 bump(&mut self.stats.logins);
                 self.backoff.reset();
@@ -894,6 +903,15 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             }
             Body::Error { code, about_seq } => {
                 log_warn!("broker error {} about frame {}", code.0, about_seq);
+                // An upload the broker refused for load was not stored and gets no UploadAck:
+                // it goes again, first, after a pause (docs/protocol.md, "Upload semantics").
+                if code.class() == Class::Load
+                    && self.uploads.mark_unsent(about_seq)
+                    && let Phase::Online(o) = &mut self.phase
+                {
+                    bump(&mut self.stats.uploads_resent);
+                    o.paused_until = now.plus_millis(REFUSED_UPLOAD_PAUSE_MS);
+                }
                 self.push_frame_event(Event::BrokerError { code, about_seq });
             }
             Body::Pong { .. } | Body::AckOnly | Body::Welcome { .. } => {}
@@ -949,8 +967,9 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 return seal(o, frame, now, buf, &mut self.stats);
             }
         }
-        // 2. New reliable frames while the window has room: outbox first, then uploads.
-        if o.send.can_send() {
+        // 2. New reliable frames while the window has room and no refusal pauses them: outbox
+        // first, then uploads.
+        if o.send.can_send() && o.paused_until <= now {
             if let Some(m) = self.outbox.next_unsent() {
                 let token = m.token;
                 if let Ok(seq) = o.send.push(&make_ref(REF_OUTBOX, token), now_ms, jitter) {
@@ -966,7 +985,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             } else if let Some(u) = self.uploads.next_unsent() {
                 let id = u.id;
                 if let Ok(seq) = o.send.push(&make_ref(REF_UPLOAD, id.0), now_ms, jitter) {
-                    self.uploads.mark_sent(id);
+                    self.uploads.mark_sent(id, seq);
                     let body = self.uploads.get(id).map(upload_body)?;
                     let frame = Frame {
                         seq,

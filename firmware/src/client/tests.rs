@@ -112,6 +112,10 @@ pub(crate) struct Broker {
     login_results: Vec<&'static str>,
     hellos: Vec<u64>,
     auto_upload_ack: bool,
+    /// Refuse this many of the next uploads with `Error RATE_LIMITED` (not stored).
+    refuse_uploads: usize,
+    /// Upload ids refused, in order.
+    refused: Vec<u32>,
     /// Stop answering (and acknowledging) data once online, but keep the session.
     silent: bool,
     params: WelcomeParams,
@@ -134,6 +138,8 @@ impl Broker {
             login_results: Vec::new(),
             hellos: Vec::new(),
             auto_upload_ack: true,
+            refuse_uploads: 0,
+            refused: Vec::new(),
             silent: false,
             params: WelcomeParams {
                 heartbeat_secs: 30,
@@ -224,6 +230,19 @@ impl Broker {
             return;
         }
         let seq = frame.seq;
+        if let Body::Upload { upload_id, .. } = frame.body
+            && self.refuse_uploads > 0
+        {
+            self.refuse_uploads -= 1;
+            self.refused.push(upload_id);
+            let error = Body::Error {
+                code: Code::RATE_LIMITED,
+                about_seq: seq,
+            };
+            self.send_reliable(error, replies);
+            self.recv.on_ack_sent();
+            return;
+        }
         let got = match frame.body {
             Body::Ping => {
                 let ack = self.recv.ack();
@@ -950,6 +969,64 @@ fn each_boot_draws_its_own_nonzero_upload_epoch() {
         Instant::ZERO,
     );
     assert_ne!(c.upload_epoch(), 0);
+}
+
+#[test]
+fn uploads_refused_for_load_go_again_first_after_a_pause() {
+    let mut net = Net::new();
+    net.online();
+    net.take_events();
+    net.brokers[0].refuse_uploads = 2;
+    let ids: Vec<UploadId> = (0..3)
+        .map(|i| net.client.upload("t", &[i]).unwrap())
+        .collect();
+    net.run_for(0);
+    assert_eq!(net.brokers[0].refused, [ids[0].0, ids[1].0]);
+    assert_eq!(net.brokers[0].uploads(), [(3, ids[2].0)]);
+    let errors: Vec<(Code, u32)> = net
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BrokerError { code, about_seq } => Some((code, about_seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors, [(Code::RATE_LIMITED, 1), (Code::RATE_LIMITED, 2)]);
+    assert_eq!(
+        net.client.uploads_pending(),
+        2,
+        "refused uploads stay queued"
+    );
+    // Nothing new goes out during the pause...
+    net.run_for(super::REFUSED_UPLOAD_PAUSE_MS - 1);
+    assert_eq!(net.brokers[0].uploads().len(), 1);
+    // ...then the refused ones, oldest first, in the same session.
+    net.run_for(1);
+    assert_eq!(
+        net.brokers[0].uploads(),
+        [(3, ids[2].0), (4, ids[0].0), (5, ids[1].0)]
+    );
+    assert_eq!(net.brokers[0].logins.len(), 1, "no new login");
+    assert_eq!(net.client.uploads_pending(), 0);
+    assert_eq!(net.client.stats().uploads_resent, 2);
+}
+
+#[test]
+fn a_non_retryable_error_about_an_upload_does_not_resend_it_in_the_session() {
+    let mut net = Net::new();
+    net.brokers[0].auto_upload_ack = false;
+    net.online();
+    let id = net.client.upload("t", b"x").unwrap();
+    net.run_for(0);
+    assert_eq!(net.brokers[0].uploads(), [(1, id.0)]);
+    net.broker_sends(Body::Error {
+        code: Code::TOO_LARGE,
+        about_seq: 1,
+    });
+    net.run_for(5_000);
+    assert_eq!(net.brokers[0].uploads(), [(1, id.0)], "sent once");
+    assert_eq!(net.client.uploads_pending(), 1, "kept for the next session");
+    assert_eq!(net.client.stats().uploads_resent, 0);
 }
 
 #[test]
