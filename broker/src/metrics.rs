@@ -386,8 +386,8 @@ impl Metrics {
         self.counter("broker_sends_total", &[("result", result)], 1);
     }
 
-    /// Counts an upload; `result` is `stored`, `duplicate`, `error`, `queue_full` or
-    /// `rate_limited`.
+    /// Counts an upload; `result` is `stored`, `duplicate`, `error`, `queue_full`,
+    /// `rate_limited` or `after_refused` (held back behind a refused one, `comet::worker`).
     pub fn upload(&self, result: &'static str) {
         self.counter("broker_uploads_total", &[("result", result)], 1);
     }

@@ -476,7 +476,82 @@ async fn over_the_device_websocket_the_same_budget_applies() {
     let m = b.metrics();
     assert_eq!(
         counter(&m, "broker_uploads_total{result=\"rate_limited\"}"),
-        3,
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "broker_uploads_total{result=\"after_refused\"}"),
+        2,
+        "the two behind the refused one are held back, not charged to the rate: {m}"
+    );
+    b.stop().await;
+}
+
+/// A device that resends its refused uploads oldest first gets all of them stored in order,
+/// although the rate refused one in the middle of a window of frames in flight.
+#[tokio::test]
+async fn uploads_behind_a_refused_one_wait_for_it_and_keep_their_order() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.limits.frames_per_sec_per_terminal = 10;
+        c.limits.frame_burst_per_terminal = 3;
+    })
+    .await;
+    let mut dev = login(Wire::udp(b.udp()).await, 46, 0).await.unwrap();
+    let upload = |upload_id| Body::Upload {
+        upload_id,
+        topic: "t",
+        payload: b"p",
+    };
+    // A window of five: the burst takes 1-3, the rate refuses 4, and 5 must not overtake it.
+    for upload_id in 1..=5u32 {
+        dev.send(upload(upload_id)).await;
+    }
+    let mut stored = Vec::new();
+    let mut refused = 0;
+    while stored.len() + refused < 5 {
+        match dev.next_event(WAIT).await {
+            Some(Got::UploadAck { upload_id }) => stored.push(upload_id),
+            Some(Got::Error {
+                code: Code::RATE_LIMITED,
+                ..
+            }) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((stored.as_slice(), refused), (&[1, 2, 3][..], 2));
+    // After the budget refilled, 5 alone is still held back: 4 has not come again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dev.send(upload(5)).await;
+    assert!(
+        matches!(
+            dev.next_event(WAIT).await,
+            Some(Got::Error {
+                code: Code::RATE_LIMITED,
+                ..
+            })
+        ),
+        "5 overtook the refused 4"
+    );
+    // Resent oldest first, both are stored, in order.
+    dev.send(upload(4)).await;
+    dev.send(upload(5)).await;
+    for expected in [4, 5] {
+        assert_eq!(
+            dev.next_event(WAIT).await,
+            Some(Got::UploadAck {
+                upload_id: expected
+            })
+        );
+    }
+    let m = b.metrics();
+    assert_eq!(
+        counter(&m, "broker_uploads_total{result=\"stored\"}"),
+        5,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "broker_uploads_total{result=\"after_refused\"}"),
+        2,
         "{m}"
     );
     b.stop().await;

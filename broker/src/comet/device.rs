@@ -9,7 +9,10 @@
 //! ([`super::budget`]): over the rate it gets `Error RATE_LIMITED`, over the queue or the
 //! Requests-in-flight bound `Error QUEUE_FULL`, about its `seq`, and is not carried out. Each
 //! refusal is counted under the config key that refused it
-//! (`broker_limit_rejections_total{limit}`) and under the frame's own counter.
+//! (`broker_limit_rejections_total{limit}`) and under the frame's own counter. An Upload
+//! refused so also holds back the session's later Uploads until it comes again (the worker's
+//! upload gate, [`super::worker`]); those are refused with the same code and counted with
+//! `result="after_refused"`.
 
 use bytes::Bytes;
 use shared_protocol::codes::Code;
@@ -139,11 +142,22 @@ pub fn on_frame(
         Body::Request { .. } => Some(WorkKind::Request),
         _ => None,
     };
+    if let Body::Upload { upload_id, .. } = frame.body
+        && let Some(code) = worker.worker().upload_held(upload_id, now_ms)
+    {
+        count_refused(router, WorkKind::Upload, "after_refused");
+        return Reaction::Error { code, about_seq };
+    }
     if let Some(kind) = kind
         && !worker.worker().admit(now_ms)
     {
         router.metrics().limit_hit("frames_per_sec_per_terminal");
         count_refused(router, kind, "rate_limited");
+        if let Body::Upload { upload_id, .. } = frame.body {
+            worker
+                .worker()
+                .upload_refused(upload_id, Code::RATE_LIMITED, now_ms);
+        }
         return Reaction::Error {
             code: Code::RATE_LIMITED,
             about_seq,
@@ -182,6 +196,9 @@ pub fn on_frame(
                 about_seq,
             };
             if worker.worker().submit(work).is_err() {
+                worker
+                    .worker()
+                    .upload_refused(upload_id, Code::QUEUE_FULL, now_ms);
                 return queue_full(router, WorkKind::Upload, about_seq);
             }
             Reaction::Nothing

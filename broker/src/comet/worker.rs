@@ -15,6 +15,14 @@
 //! bucket every Send, Upload and Request frame is charged to ([`FrameWorker::admit`]) and the
 //! semaphore bounding its Requests in flight ([`FrameWorker::request_slot`]).
 //!
+//! **Order under refusal.** An Upload refused for load at admission (`RATE_LIMITED` over the
+//! rate, `QUEUE_FULL` over the queue) closes the session's *upload gate* on its `upload_id`
+//! ([`FrameWorker::upload_refused`]): every later Upload of the session is refused with the same
+//! code, without being charged to the rate ([`FrameWorker::upload_held`]), until an Upload with
+//! the refused id comes again or [`UPLOAD_GATE_MS`] pass. A device that resends refused uploads
+//! oldest first (docs/protocol.md section 4, "Upload semantics") so has them stored in the order
+//! it took them, even when the rate refused one in the middle of a window of frames in flight.
+//!
 //! Uploads that wait back to back are made durable together (one store commit for up to 64,
 //! [`crate::store::UploadSpool::append_many`]), in order, so ordering costs a device no upload
 //! throughput.
@@ -89,6 +97,21 @@ pub struct FrameWorker {
     rate: TokenBucket,
     /// Bounds the Requests in flight; `None` until the first Request.
     requests: Option<Arc<Semaphore>>,
+    /// The upload gate (module docs): the refused upload id, the code it got, and when.
+    upload_gate: Option<UploadGate>,
+}
+
+/// How long the upload gate stays closed at most when the refused upload does not come back (a
+/// device that keeps refused uploads for its next login, or dropped them): its later uploads are
+/// then taken again, out of order with the refused one, rather than refused for the session.
+pub const UPLOAD_GATE_MS: u64 = 10_000;
+
+/// An Upload refused for load, which later Uploads of the session must not overtake.
+#[derive(Debug, Clone, Copy)]
+struct UploadGate {
+    upload_id: u32,
+    code: Code,
+    since_ms: u64,
 }
 
 impl std::fmt::Debug for FrameWorker {
@@ -119,6 +142,7 @@ impl FrameWorker {
             requests_in_flight: u32::try_from(limits.requests_in_flight).unwrap_or(u32::MAX),
             rate: TokenBucket::new(limits.frames_per_sec, limits.frame_burst, now_ms),
             requests: None,
+            upload_gate: None,
         }
     }
 
@@ -132,6 +156,30 @@ impl FrameWorker {
     /// carried out).
     pub fn admit(&mut self, now_ms: u64) -> bool {
         self.rate.try_take(now_ms)
+    }
+
+    /// The code to refuse Upload `upload_id` with at `now_ms` because an earlier Upload of the
+    /// session was refused for load and has not come back (the upload gate, module docs);
+    /// `None` when it may go on to admission. The refused upload's own resend opens the gate.
+    pub fn upload_held(&mut self, upload_id: u32, now_ms: u64) -> Option<Code> {
+        let gate = self.upload_gate?;
+        if gate.upload_id == upload_id || now_ms.saturating_sub(gate.since_ms) >= UPLOAD_GATE_MS {
+            self.upload_gate = None;
+            return None;
+        }
+        Some(gate.code)
+    }
+
+    /// Upload `upload_id` was refused with `code` at admission at `now_ms`: closes the upload
+    /// gate on it, unless an older refused upload already holds it.
+    pub fn upload_refused(&mut self, upload_id: u32, code: Code, now_ms: u64) {
+        if self.upload_gate.is_none() {
+            self.upload_gate = Some(UploadGate {
+                upload_id,
+                code,
+                since_ms: now_ms,
+            });
+        }
     }
 
     /// A slot for one device Request, held until its Response is queued; `None` when
@@ -247,6 +295,67 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::router::{Login, Transport};
     use crate::store::embedded::{EmbeddedStore, OfflineLimits};
+
+    /// A worker for device 1 on a fresh embedded store, with `limits`.
+    async fn worker(limits: WorkLimits) -> (FrameWorker, tempfile::TempDir) {
+        let c = Config::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(
+            dir.path(),
+            OfflineLimits {
+                max_per_terminal: u64::from(c.offline.max_per_terminal),
+                eviction: c.offline.eviction,
+            },
+        )
+        .unwrap();
+        let router = Router::new(c.router_settings(), store.stores(), Metrics::new());
+        let session = router
+            .login(Login {
+                address: Address::device(1),
+                transport: Transport::Udp,
+                peer: "127.0.0.1:4000".parse().unwrap(),
+                since_id: 0,
+                upload_epoch: 1,
+            })
+            .await
+            .unwrap();
+        let worker = FrameWorker::spawn(router, session.handle().clone(), limits, 0);
+        (worker, dir)
+    }
+
+    #[tokio::test]
+    async fn a_refused_upload_holds_back_later_ones_until_it_comes_again_or_the_gate_expires() {
+        let limits = WorkLimits {
+            queued_frames: 8,
+            requests_in_flight: 1,
+            frames_per_sec: 100,
+            frame_burst: 100,
+        };
+        let (mut w, _dir) = worker(limits).await;
+        assert_eq!(w.upload_held(7, 0), None, "no gate before a refusal");
+        w.upload_refused(7, Code::RATE_LIMITED, 1_000);
+        w.upload_refused(8, Code::QUEUE_FULL, 1_001);
+        assert_eq!(
+            w.upload_held(8, 1_002),
+            Some(Code::RATE_LIMITED),
+            "the oldest refusal holds the gate, with its code"
+        );
+        assert_eq!(w.upload_held(9, 1_003), Some(Code::RATE_LIMITED));
+        assert_eq!(w.upload_held(7, 2_000), None, "the refused one opens it");
+        assert_eq!(w.upload_held(8, 2_001), None, "and it stays open");
+
+        w.upload_refused(20, Code::QUEUE_FULL, 5_000);
+        assert_eq!(
+            w.upload_held(21, 5_000 + UPLOAD_GATE_MS - 1),
+            Some(Code::QUEUE_FULL)
+        );
+        assert_eq!(
+            w.upload_held(21, 5_000 + UPLOAD_GATE_MS),
+            None,
+            "a refused upload that never comes back holds the rest for at most the gate time"
+        );
+        assert_eq!(w.upload_held(22, 5_000 + UPLOAD_GATE_MS + 1), None);
+    }
 
     #[tokio::test]
     async fn the_queue_and_its_task_start_with_the_first_send_or_upload() {

@@ -654,7 +654,14 @@ pub fn zero_series() -> Vec<Series> {
     s.extend(one(
         "broker_uploads_total",
         "result",
-        &["stored", "duplicate", "error", "too_large", "queue_full"],
+        &[
+            "stored",
+            "duplicate",
+            "error",
+            "too_large",
+            "queue_full",
+            "after_refused",
+        ],
     ));
     s.extend(one(
         "broker_commands_total",
