@@ -6,7 +6,7 @@
 
 use shared_protocol::ids::Address;
 
-use crate::queue::{UploadError, UploadId};
+use crate::queue::{FullPolicy, UploadError, UploadId};
 use crate::stats::Stats;
 
 /// Why an outgoing reliable message (command result, request, send) was not taken.
@@ -33,8 +33,20 @@ impl core::fmt::Display for OutboxError {
 
 /// The application's side of the device client.
 pub trait DeviceApi {
-    /// Queues an upload (at-least-once; survives disconnects) and returns its id.
-    fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError>;
+    /// Queues an upload (at-least-once; survives disconnects) and returns its id; when the
+    /// queue is full, `when_full` decides whether the new upload is refused or the oldest queued
+    /// one dropped for it ([`crate::queue`], counted in [`Stats`]).
+    fn upload_with(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        when_full: FullPolicy,
+    ) -> Result<UploadId, UploadError>;
+    /// Queues an upload as [`upload_with`](Self::upload_with) does, refusing it when the queue is
+    /// full ([`FullPolicy::KeepOldest`]: what was accepted is a promise).
+    fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
+        self.upload_with(topic, payload, FullPolicy::KeepOldest)
+    }
     /// Answers a command.
     fn command_result(
         &mut self,

@@ -6,11 +6,20 @@
 //! ([`UploadQueue::mark_all_unsent`]), so the broker may see an upload twice but never loses one
 //! the device accepted.
 //!
-//! **Full-queue policy: reject the newest.** When `N` uploads are waiting, [`UploadQueue::push`]
-//! returns [`QueueFull`] and the caller's upload is not taken (the client counts it in
-//! `Stats::uploads_rejected`). Entries already accepted are never dropped, so an accepted upload
-//! is a promise; the application sees back-pressure at once and decides (the plug keeps only its
-//! latest meter reading, for example).
+//! **When the queue is full, the application's [`FullPolicy`] decides**, per upload
+//! (`DeviceApi::upload_with`; `DeviceApi::upload` keeps the oldest). A policy the application
+//! never asks for is not linked into its image:
+//! * [`FullPolicy::KeepOldest`] (the default): [`UploadQueue::push`] returns [`QueueFull`] and
+//!   the caller's upload is not taken (the client counts it in `Stats::uploads_rejected`).
+//!   Entries already accepted are never dropped, so an accepted upload is a promise; the
+//!   application sees back-pressure at once and decides (the plug keeps only its latest meter
+//!   reading, for example).
+//! * [`FullPolicy::KeepNewest`]: the oldest queued upload is dropped to make room (counted in
+//!   `Stats::uploads_evicted`), for an application whose latest readings matter most. An upload
+//!   dropped while its frame was in flight may still be stored by the broker; its UploadAck then
+//!   finds nothing to remove.
+//!
+//! Either way a new upload that is itself invalid (too long) changes nothing.
 //!
 //! Upload ids start at a random non-zero value per boot (so ids from before a reboot are unlikely
 //! to collide with new ones at the broker) and increase by one, skipping 0.
@@ -50,6 +59,17 @@ impl core::fmt::Display for UploadError {
     }
 }
 
+/// What a full upload queue does with a new upload (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FullPolicy {
+    /// Refuse the new upload ([`UploadError::QueueFull`]); keep what was accepted.
+    #[default]
+    KeepOldest,
+    /// Drop the oldest queued upload to take the new one.
+    KeepNewest,
+}
+
 /// One queued upload.
 #[derive(Clone, Debug)]
 pub struct Upload<const P: usize> {
@@ -80,15 +100,34 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
         }
     }
 
-    /// Queues an upload and returns its id, or refuses it (see the module docs).
+    /// Queues an upload and returns its id, or refuses it; a full queue refuses it
+    /// ([`FullPolicy::KeepOldest`]).
     pub fn push(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
-        if self.entries.is_full() {
-            return Err(UploadError::QueueFull);
-        }
+        self.push_with(topic, payload, FullPolicy::KeepOldest)
+            .map(|(id, _)| id)
+    }
+
+    /// Queues an upload and returns its id and, when the queue was full and `policy` is
+    /// [`FullPolicy::KeepNewest`], the id of the oldest upload dropped for it (module docs).
+    pub fn push_with(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        policy: FullPolicy,
+    ) -> Result<(UploadId, Option<UploadId>), UploadError> {
         let topic = String::try_from(topic).map_err(|_| UploadError::TopicTooLong)?;
         let payload = Vec::from_slice(payload).map_err(|_| UploadError::PayloadTooLarge)?;
         if payload.len() > shared_protocol::limits::MAX_PAYLOAD {
             return Err(UploadError::PayloadTooLarge);
+        }
+        let mut dropped = None;
+        if self.entries.is_full() {
+            if policy == FullPolicy::KeepOldest {
+                return Err(UploadError::QueueFull);
+            }
+            let oldest = self.oldest(false).ok_or(UploadError::QueueFull)?;
+            dropped = Some(self.entries[oldest].id);
+            self.remove(oldest);
         }
         let id = UploadId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1).max(1);
@@ -99,27 +138,48 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
             payload,
             sent_seq: 0,
         });
-        Ok(id)
+        Ok((id, dropped))
     }
 
     /// Removes the upload the broker acknowledged; false if it was not queued (a duplicate ack).
     pub fn ack(&mut self, id: UploadId) -> bool {
         match self.entries.iter().position(|u| u.id == id) {
             Some(index) => {
-                // The last entry takes the slot: no shifting; [`UploadQueue::next_unsent`] finds
-                // the oldest by id. Swapping two distinct entries (not `swap_remove`, whose
-                // possibly overlapping copy is a `memmove`) keeps the SDK free of `memmove`
-                // (0.7 KiB of flash).
-                let last = self.entries.len() - 1;
-                if index < last {
-                    let (front, back) = self.entries.split_at_mut(last);
-                    core::mem::swap(&mut front[index], &mut back[0]);
-                }
-                self.entries.pop();
+                self.remove(index);
                 true
             }
             None => false,
         }
+    }
+
+    /// Removes entry `index`: the last entry takes its slot, no shifting ([`Self::oldest`] finds
+    /// the oldest by id). Swapping two distinct entries (not `swap_remove`, whose possibly
+    /// overlapping copy is a `memmove`) keeps the SDK free of `memmove` (0.7 KiB of flash).
+    fn remove(&mut self, index: usize) {
+        let last = self.entries.len() - 1;
+        if index < last {
+            let (front, back) = self.entries.split_at_mut(last);
+            core::mem::swap(&mut front[index], &mut back[0]);
+        }
+        self.entries.pop();
+    }
+
+    /// The index of the oldest entry, or of the oldest not sent in this session.
+    fn oldest(&self, unsent_only: bool) -> Option<usize> {
+        // Ids grow by one per push (wrapping, skipping 0), so the oldest entry is the one whose
+        // id lies furthest behind the next id; at most N ids are alive, so this never wraps.
+        // A plain loop: `max_by_key` over the filtered entries was a fold of closures.
+        let mut oldest: Option<(u32, usize)> = None;
+        for (i, u) in self.entries.iter().enumerate() {
+            if unsent_only && u.sent_seq != 0 {
+                continue;
+            }
+            let behind = self.next_id.wrapping_sub(u.id.0);
+            if oldest.is_none_or(|(b, _)| behind > b) {
+                oldest = Some((behind, i));
+            }
+        }
+        oldest.map(|(_, i)| i)
     }
 
     /// The queued upload with this id.
@@ -129,17 +189,7 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
 
     /// The oldest upload not yet sent in the current session.
     pub fn next_unsent(&self) -> Option<&Upload<P>> {
-        // Ids grow by one per push (wrapping, skipping 0), so the oldest entry is the one whose
-        // id lies furthest behind the next id; at most N ids are alive, so this never wraps.
-        // A plain loop: `max_by_key` over the filtered entries was a fold of closures.
-        let mut oldest: Option<(u32, &Upload<P>)> = None;
-        for u in self.entries.iter().filter(|u| u.sent_seq == 0) {
-            let behind = self.next_id.wrapping_sub(u.id.0);
-            if oldest.is_none_or(|(b, _)| behind > b) {
-                oldest = Some((behind, u));
-            }
-        }
-        oldest.map(|(_, u)| u)
+        self.oldest(true).map(|i| &self.entries[i])
     }
 
     /// Marks an upload as sent in the current session, in the frame numbered `seq` (not 0).
@@ -211,6 +261,45 @@ mod tests {
         assert!(q.ack(a));
         assert_eq!(q.push("t", b"c"), Ok(UploadId(12)));
         assert_eq!(q.next_unsent().unwrap().payload.as_slice(), b"b");
+    }
+
+    #[test]
+    fn keep_newest_drops_the_oldest_for_a_valid_upload_only() {
+        let mut q: UploadQueue<3, 4> = UploadQueue::new(u32::MAX - 1);
+        let ids: std::vec::Vec<UploadId> = (0..3).map(|i| q.push("t", &[i]).unwrap()).collect();
+        // The oldest by age, not by slot: ack the first, then the wrap makes id 1 newest.
+        assert!(q.ack(ids[0]));
+        let d = q.push("t", &[3]).unwrap();
+        q.mark_sent(ids[1], 7);
+        assert_eq!(
+            q.push_with("t", b"12345", FullPolicy::KeepNewest),
+            Err(UploadError::PayloadTooLarge),
+            "an invalid upload drops nothing"
+        );
+        assert_eq!(q.len(), 3);
+        assert_eq!(
+            q.push_with("t", &[4], FullPolicy::KeepNewest),
+            Ok((UploadId(3), Some(ids[1]))),
+            "the oldest goes, in flight or not"
+        );
+        assert!(q.get(ids[1]).is_none());
+        assert_eq!(
+            q.push_with("t", &[5], FullPolicy::KeepNewest).unwrap().1,
+            Some(ids[2])
+        );
+        let kept: std::vec::Vec<u8> = core::iter::from_fn(|| {
+            let u = q.next_unsent()?;
+            let (id, byte) = (u.id, u.payload[0]);
+            q.mark_sent(id, 1);
+            Some(byte)
+        })
+        .collect();
+        assert_eq!(kept, [3, 4, 5], "the newest three, oldest first");
+        assert_eq!(d, UploadId(2));
+        assert_eq!(
+            q.push_with("t", &[6], FullPolicy::KeepOldest),
+            Err(UploadError::QueueFull)
+        );
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub struct Stats {
     pub retransmits: u32,
     /// Uploads the broker acknowledged (UploadAck).
     pub uploads_acked: u32,
-    /// Uploads refused because the upload queue was full (the queue-full policy).
+    /// Uploads refused because the upload queue was full (`FullPolicy::KeepOldest`).
     pub uploads_rejected: u32,
+    /// Queued uploads dropped to make room for a newer one (`FullPolicy::KeepNewest`).
+    pub uploads_evicted: u32,
     /// Uploads sent again: in a new session after a reconnect, or in the same session after the
     /// broker refused them for load (a retryable `Error` about their frame).
     pub uploads_resent: u32,

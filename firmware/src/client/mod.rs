@@ -64,7 +64,7 @@ use crate::backoff::Backoff;
 use crate::config::{ClientConfig, DeviceConfig, Endpoint, TransportKind};
 use crate::fmt::{log_debug, log_info, log_warn};
 use crate::lookup::{LOOKUP_ENDPOINTS, LookedUp, LookupError, LookupRequest};
-use crate::queue::{UploadError, UploadId, UploadQueue};
+use crate::queue::{FullPolicy, UploadError, UploadId, UploadQueue};
 use crate::rng::Rng;
 use crate::stats::{Stats, bump};
 use crate::time::{Instant, earliest};
@@ -1064,12 +1064,19 @@ fn session_timeout_ms(w: &WelcomeInfo) -> u64 {
 impl<R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize> DeviceApi
     for DeviceClient<'_, R, Q, P, E, O>
 {
-    fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
-        let result = self.uploads.push(topic, payload);
-        if result == Err(UploadError::QueueFull) {
-            bump(&mut self.stats.uploads_rejected);
+    fn upload_with(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        when_full: FullPolicy,
+    ) -> Result<UploadId, UploadError> {
+        let result = self.uploads.push_with(topic, payload, when_full);
+        match result {
+            Err(UploadError::QueueFull) => bump(&mut self.stats.uploads_rejected),
+            Ok((_, Some(_))) => bump(&mut self.stats.uploads_evicted),
+            _ => {}
         }
-        result
+        result.map(|(id, _)| id)
     }
 
     fn command_result(

@@ -22,6 +22,7 @@ use super::*;
 use crate::backoff::BackoffConfig;
 use crate::config::Endpoint;
 use crate::lookup::{LookupConfig, LookupError};
+use crate::queue::FullPolicy;
 use crate::rng::SplitMix64;
 
 pub(crate) const DEVICE_ID: u32 = 42;
@@ -381,12 +382,12 @@ impl Net {
     }
 
     fn with_keys(device: DeviceKey, broker: DeviceKey) -> Self {
-        Self::build(device, broker, &ENDPOINTS, None)
+        Self::build(device, broker, &ENDPOINTS, None, client_config())
     }
 
     /// A client asking [`LOOKUP`] first, with `endpoints` as its static list.
     fn with_lookup(endpoints: &'static [Endpoint<'static>]) -> Self {
-        Self::build(KEY, KEY, endpoints, Some(LOOKUP))
+        Self::build(KEY, KEY, endpoints, Some(LOOKUP), client_config())
     }
 
     fn build(
@@ -394,6 +395,7 @@ impl Net {
         broker: DeviceKey,
         endpoints: &'static [Endpoint<'static>],
         lookup: Option<LookupConfig<'static>>,
+        client: ClientConfig,
     ) -> Self {
         let config = DeviceConfig {
             device_id: DEVICE_ID,
@@ -403,7 +405,7 @@ impl Net {
             since_id: 0,
         };
         Net {
-            client: DeviceClient::new(config, client_config(), SplitMix64::new(1), Instant::ZERO),
+            client: DeviceClient::new(config, client, SplitMix64::new(1), Instant::ZERO),
             brokers: (0..4).map(|_| Broker::new(broker.clone())).collect(),
             lookup_answer: None,
             lookups: 0,
@@ -712,7 +714,7 @@ pub(crate) static WS_ENDPOINTS: [Endpoint<'static>; 2] = [
 /// handshake timeout.
 #[test]
 fn hello_is_not_resent_over_websocket() {
-    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None);
+    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None, client_config());
     net.brokers[0].up = false;
     net.run_for(9_999);
     assert_eq!(net.sent.len(), 1, "one HELLO in attempt 1");
@@ -729,7 +731,7 @@ fn hello_is_not_resent_over_websocket() {
 #[test]
 fn over_websocket_a_late_acknowledgement_gets_no_resend() {
     for (endpoints, resends) in [(&WS_ENDPOINTS, false), (&ENDPOINTS, true)] {
-        let mut net = Net::build(KEY, KEY, endpoints, None);
+        let mut net = Net::build(KEY, KEY, endpoints, None, client_config());
         net.online();
         net.hold_down = true;
         let sent_before = net.sent.len();
@@ -756,7 +758,7 @@ fn over_websocket_a_late_acknowledgement_gets_no_resend() {
 /// as over UDP (at most 39.5 s after the first send), with nothing resent meanwhile.
 #[test]
 fn over_websocket_an_unacknowledged_frame_still_ends_the_session() {
-    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None);
+    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None, client_config());
     net.online();
     net.take_events();
     net.brokers[0].silent = true;
@@ -794,7 +796,7 @@ fn send_empty_delivers(net: &mut Net, count: u64, replies: &mut VecDeque<Vec<u8>
 #[test]
 fn over_websocket_a_full_event_queue_pauses_input() {
     for (endpoints, pauses) in [(&WS_ENDPOINTS, true), (&ENDPOINTS, false)] {
-        let mut net = Net::build(KEY, KEY, endpoints, None);
+        let mut net = Net::build(KEY, KEY, endpoints, None, client_config());
         net.online();
         assert!(!net.client.input_paused());
         let mut q = VecDeque::new();
@@ -811,7 +813,7 @@ fn over_websocket_a_full_event_queue_pauses_input() {
 /// A CHALLENGE that comes late over WebSocket is answered with the nonce it was made for.
 #[test]
 fn a_late_challenge_over_websocket_logs_in_with_one_login() {
-    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None);
+    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None, client_config());
     net.hold_down = true;
     net.run_for(0);
     net.run_for(5_000);
@@ -921,6 +923,37 @@ fn full_upload_queue_rejects_the_newest_and_counts_it() {
         .map(|u| u.1)
         .collect();
     assert_eq!(got, ids.iter().map(|i| i.0).collect::<Vec<_>>());
+}
+
+#[test]
+fn keep_newest_drops_the_oldest_upload_and_counts_it() {
+    let mut net = Net::new();
+    net.brokers[0].up = false;
+    net.brokers[1].up = false;
+    let ids: Vec<_> = (0..6)
+        .map(|i| {
+            net.client
+                .upload_with("t", &[i], FullPolicy::KeepNewest)
+                .unwrap()
+        })
+        .collect();
+    let s = net.client.stats();
+    assert_eq!((s.uploads_evicted, s.uploads_rejected), (2, 0));
+    assert_eq!(net.client.uploads_pending(), 4);
+    net.brokers[0].up = true;
+    net.brokers[1].up = true;
+    net.run_for(20_000);
+    let got: Vec<u32> = net
+        .brokers
+        .iter()
+        .flat_map(|b| b.uploads())
+        .map(|u| u.1)
+        .collect();
+    assert_eq!(
+        got,
+        ids[2..].iter().map(|i| i.0).collect::<Vec<_>>(),
+        "the newest four, in order"
+    );
 }
 
 /// Every boot draws its own upload epoch from the RNG (64 bits, never 0), so the upload ids a new

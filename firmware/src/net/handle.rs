@@ -14,7 +14,7 @@ use crate::api::{DeviceApi, OutboxError};
 use crate::client::{ConnectionState, DeviceClient, Event};
 use crate::client::{EVENT_QUEUE, OUTBOX};
 use crate::plug::{Meter, Plug, Relay};
-use crate::queue::{UploadError, UploadId};
+use crate::queue::{FullPolicy, UploadError, UploadId};
 use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::time::Instant;
@@ -134,8 +134,13 @@ impl<'d, 'c, M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize
 impl<M: RawMutex, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize> DeviceApi
     for DeviceHandle<'_, '_, M, R, Q, P, E, O>
 {
-    fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
-        let r = self.res.with(|c| c.upload(topic, payload));
+    fn upload_with(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        when_full: FullPolicy,
+    ) -> Result<UploadId, UploadError> {
+        let r = self.res.with(|c| c.upload_with(topic, payload, when_full));
         self.wake_runner(r)
     }
 

@@ -190,6 +190,7 @@ mod tests {
             retransmits: u32::MAX,
             uploads_acked: u32::MAX,
             uploads_rejected: u32::MAX,
+            uploads_evicted: u32::MAX,
             uploads_resent: u32::MAX,
             tx_packets: u32::MAX,
             rx_packets: u32::MAX,

@@ -7,7 +7,7 @@ use shared_protocol::ids::{Address, Kind};
 
 use super::*;
 use crate::api::OutboxError;
-use crate::queue::{UploadError, UploadId};
+use crate::queue::{FullPolicy, UploadError, UploadId};
 use crate::stats::Stats;
 
 #[derive(Default)]
@@ -23,7 +23,17 @@ struct FakeApi {
 }
 
 impl DeviceApi for FakeApi {
-    fn upload(&mut self, topic: &str, payload: &[u8]) -> Result<UploadId, UploadError> {
+    fn upload_with(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        when_full: FullPolicy,
+    ) -> Result<UploadId, UploadError> {
+        assert_eq!(
+            when_full,
+            FullPolicy::KeepOldest,
+            "the plug keeps the oldest"
+        );
         if let Some(room) = self.upload_room.as_mut() {
             if *room == 0 {
                 return Err(UploadError::QueueFull);
