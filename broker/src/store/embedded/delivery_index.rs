@@ -144,6 +144,9 @@ pub struct DeliveryIndex {
     last_id: u64,
     /// Cursor moves made by [`DeliveryIndex::acknowledge`] and not yet taken to be written.
     unsaved: HashMap<u64, Covered>,
+    /// Terminals remembered by [`DeliveryIndex::remember_unsaved`] and not yet taken to be
+    /// written.
+    unsaved_known: Vec<u64>,
 }
 
 /// One terminal's acknowledgements to write ([`DeliveryIndex::take_unsaved`]).
@@ -185,6 +188,40 @@ impl DeliveryIndex {
         let t = self.terminals.entry(key).or_default();
         if t.known_since == NOT_KNOWN {
             t.known_since = since.min(NOT_KNOWN - 1);
+        }
+    }
+
+    /// Remembers a terminal at its first login with broadcasts above the last id issued, kept
+    /// as unsaved until [`DeliveryIndex::take_unsaved_known`] (nothing changes when it is
+    /// already known). Returns whether it is the first unsaved one since the last take (the
+    /// caller then makes sure a write comes).
+    pub fn remember_unsaved(&mut self, key: u64) -> bool {
+        if self.is_known(key) {
+            return false;
+        }
+        self.remember(key, self.last_id);
+        let first = self.unsaved_known.is_empty();
+        self.unsaved_known.push(key);
+        first
+    }
+
+    /// Takes every unsaved first login, as (terminal, known since), to be written.
+    pub fn take_unsaved_known(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.unsaved_known)
+            .into_iter()
+            .filter_map(|key| self.terminals.get(&key).map(|t| (key, t.known_since)))
+            .collect()
+    }
+
+    /// Carries into `fresh` (this index reloaded from the database after a rollback) every
+    /// terminal remembered here and not there, as unsaved: a first login whose record was in
+    /// the rolled-back transaction, or not written yet, is written by the next one.
+    pub fn carry_known_into(&self, fresh: &mut DeliveryIndex) {
+        for (&key, t) in &self.terminals {
+            if t.known_since != NOT_KNOWN && !fresh.is_known(key) {
+                fresh.remember(key, t.known_since);
+                fresh.unsaved_known.push(key);
+            }
         }
     }
 

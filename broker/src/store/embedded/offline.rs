@@ -10,18 +10,24 @@
 //! * an acknowledgement, or the since-id at login: nothing when it covers nothing pending
 //!   (answered from the index), else one in-memory cursor move ([`DeliveryIndex::acknowledge`]);
 //!   the writer's next transaction, lazy or durable, writes every cursor moved since its last
-//!   one and drops the inbox references they cover ([`write_unsaved_acks`], the writer's batch
+//!   one and drops the inbox references they cover ([`write_unsaved`], the writer's batch
 //!   hook, see [`GroupCommit`](super::GroupCommit)). An ack waits for no commit, and ten thousand
 //!   acks of a broadcast share a handful of commits;
-//! * a login: `remember` is answered from the index for a known terminal, else one lazy commit;
-//!   the replay reads the database only when the index has something pending above the since-id.
+//! * a login: `remember` is answered from the index for a known terminal; a first login is
+//!   remembered in the index at once and its record written by the writer's next transaction
+//!   ([`write_unsaved`] again), so a login waits for no commit and first logins arriving together
+//!   share one; the replay reads the database only when the index has something pending above
+//!   the since-id.
 //!
 //! What a crash loses: acknowledgements not yet taken by a commit, and lazy commits of the last
 //! lazy window (at most about one second). A lost
 //! cursor move means the covered messages are replayed at the next login, and the terminal drops
 //! them as duplicates (they are at or below its high-water mark); a lost first `remember` means no
 //! broadcast counted the terminal yet (any durable broadcast commit after it persists it too).
-//! Nothing acknowledged to a pusher is lost: appends are durable before they return.
+//! Nothing acknowledged to a pusher is lost: appends are durable before they return. A rolled-back
+//! transaction reloads the index from the database and carries the first logins not in it
+//! over as unsaved ([`DeliveryIndex::carry_known_into`]), so a login the broker answered stays
+//! counted by later broadcasts.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -175,16 +181,24 @@ fn ack_through_in(
     Ok(covered.pending)
 }
 
-/// Writes the acknowledgements the index keeps unsaved ([`DeliveryIndex::take_unsaved`]) inside
-/// `txn`: each terminal's cursor, and the inbox references and skip marks they covered. The
-/// store's writer runs it at the start of every transaction; the index is locked only to take
-/// them. When the transaction rolls back, the index is reloaded from the database, so a lost
-/// write only means a redelivery.
-pub(super) fn write_unsaved_acks(
-    txn: &WriteTransaction,
-    index: &SharedIndex,
-) -> Result<(), StoreError> {
-    let unsaved = lock(index).take_unsaved();
+/// Writes what the index keeps unsaved inside `txn`: first logins' `known_since` records
+/// ([`DeliveryIndex::take_unsaved_known`]) and acknowledgements
+/// ([`DeliveryIndex::take_unsaved`]: each terminal's cursor, and the inbox references and skip
+/// marks they covered). The store's writer runs it at the start of every transaction; the index
+/// is locked only to take them. When the transaction rolls back, the index is reloaded from the
+/// database (first logins carried over, see the module docs), so a lost acknowledgement only
+/// means a redelivery.
+pub(super) fn write_unsaved(txn: &WriteTransaction, index: &SharedIndex) -> Result<(), StoreError> {
+    let (unsaved, known) = {
+        let mut ix = lock(index);
+        (ix.take_unsaved(), ix.take_unsaved_known())
+    };
+    if !known.is_empty() {
+        let mut table = txn.open_table(KNOWN_SINCE)?;
+        for (key, since) in known {
+            table.insert(key, since)?;
+        }
+    }
     if unsaved.is_empty() {
         return Ok(());
     }
@@ -389,23 +403,16 @@ impl EmbeddedStore {
 #[async_trait]
 impl OfflineStore for EmbeddedStore {
     async fn remember(&self, terminal: Address) -> Result<(), StoreError> {
-        let key = terminal.to_key();
-        // Most logins are of known terminals: the index answers them.
-        if self.index().is_known(key) {
-            return Ok(());
+        // Most logins are of known terminals: the index answers them. A first login is
+        // remembered in the index at once and written by the writer's next transaction, lazy or
+        // durable (the batch hook): nobody waits for it, and any durable write after it (a
+        // broadcast that counts it) carries it.
+        let first = self.index().remember_unsaved(terminal.to_key());
+        if first {
+            self.ops.lazy_writes.fetch_add(1, Ordering::Relaxed);
+            self.writer.nudge();
         }
-        let index = self.index.clone();
-        self.write_lazy(move |txn| {
-            let mut ix = lock(&index);
-            if ix.is_known(key) {
-                return Ok(());
-            }
-            let since = ix.last_id();
-            txn.open_table(KNOWN_SINCE)?.insert(key, since)?;
-            ix.remember(key, since);
-            Ok(())
-        })
-        .await
+        Ok(())
     }
 
     async fn append(
