@@ -16,7 +16,8 @@
 //!   `clippy` lints each of them (warnings denied) for the target its config names: a board
 //!   crate only builds for its own chip.
 //! * `qemu-smoke` boots `boards/qemu-mps2-an386`'s `udp-probe` under QEMU against a UDP echo
-//!   on 127.0.0.1 and checks the round trip and exit status 0.
+//!   on 127.0.0.1 and checks the round trip and exit status 0; `all` then runs the board's
+//!   other QEMU tests, [`crate::qemu_watchdog`] and [`crate::qemu_clock`].
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
 use std::io::Read;
@@ -32,8 +33,8 @@ const USAGE: &str = "\
 usage: cargo xtask cross [command]
 
 commands (default: all):
-  all          setup, build, boards, clippy, size, then qemu-smoke and qemu-watchdog when
-               qemu-system-arm is installed
+  all          setup, build, boards, clippy, size, then qemu-smoke, qemu-watchdog and
+               qemu-clock when qemu-system-arm is installed
   setup        set up the pinned cross toolchain (.cache/cross-toolchain/)
   env          print the cross environment as shell `export` lines (eval it to use cargo by hand)
   build        build the no_std crates (shared-protocol; firmware where no board does) per MCU target
@@ -79,7 +80,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             timed("cross: size report", || crate::size::run(&[]))?;
             if has_program("qemu-system-arm", &["--version"]) {
                 timed("cross: qemu smoke", || smoke(&env))?;
-                timed("cross: qemu watchdog", || crate::qemu_watchdog::run(&[]))
+                timed("cross: qemu watchdog", || crate::qemu_watchdog::run(&[]))?;
+                timed("cross: qemu clock", || crate::qemu_clock::run(&[]))
             } else {
                 eprintln!(
                     "cross: qemu-system-arm missing (scripts/install-qemu.sh); smoke skipped"
