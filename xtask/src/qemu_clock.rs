@@ -67,6 +67,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     run_command(&mut build)?;
     let elf = target_dir.join(TARGET).join("release").join(PROBE_BIN);
+    // The runner decodes the board's log with it; built now, not inside the boot's timeout.
+    crate::cross::build_defmt_log()?;
 
     let threads = thread::available_parallelism().map_or(2, |n| n.get()) * LOAD_PER_CORE;
     let runner = board.join("run-qemu.sh");
