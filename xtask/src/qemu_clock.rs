@@ -12,8 +12,9 @@
 //!   monotonic clock as it arrives; it stops after [`SPAN`] of host time (a slow board clock
 //!   would otherwise take minutes to write its 12 s).
 //! * [`judge`] compares the board's elapsed time with the host's between the first and the
-//!   last line: the board must not go back (the probe crosses the counter's 32-bit wrap) and
-//!   must stay within [`TOLERANCE`] of the host over at least [`MIN_SPAN`].
+//!   last line: the board must not go back and must stay within [`TOLERANCE`] of the host over
+//!   at least [`MIN_SPAN`]. The lines must also straddle the counter's 32-bit wrap
+//!   ([`crosses_wrap`]), which the probe puts 3 s after boot.
 //!
 //! `--systick-clock` builds the probe with the board's `systick-clock` feature, the driver
 //! that counted SysTick interrupts: the run is expected to fail, which shows the test can.
@@ -93,6 +94,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "counter clock"
     };
     match judge(&run.samples) {
+        Ok(_) if !systick && !crosses_wrap(&run.samples) => Err(format!(
+            "the clock lines do not cross the counter's wrap at {WRAP_MS} ms, which the probe \
+             sets 3 s after boot: the wrap handling went untested"
+        )),
         Ok(report) => {
             eprintln!(
                 "qemu-clock: pass: {clock}: {report}, host loaded with {threads} spinning threads"
@@ -103,6 +108,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "{clock}: {e} (host loaded with {threads} spinning threads)"
         )),
     }
+}
+
+/// Where the board's counter clock wraps: 2^32 cycles at 25 MHz, in whole milliseconds.
+const WRAP_MS: u64 = (1 << 32) / 25_000;
+
+/// True when the lines straddle the counter's wrap (the first before it, the last after).
+fn crosses_wrap(samples: &[Sample]) -> bool {
+    matches!(
+        (samples.first(), samples.last()),
+        (Some(first), Some(last)) if first.board_ms < WRAP_MS && last.board_ms > WRAP_MS
+    )
 }
 
 /// Busy threads that keep the host's cores loaded until dropped.
@@ -391,6 +407,14 @@ mod tests {
                 to: 3_000
             })
         );
+    }
+
+    #[test]
+    fn the_wrap_is_crossed_only_by_lines_on_both_sides_of_it() {
+        assert_eq!(WRAP_MS, 171_798);
+        assert!(crosses_wrap(&samples(&[(0, 168_800), (12_000, 180_800)])));
+        assert!(!crosses_wrap(&samples(&[(0, 0), (12_000, 12_000)])));
+        assert!(!crosses_wrap(&samples(&[(0, 172_000), (12_000, 184_000)])));
     }
 
     #[test]

@@ -82,7 +82,7 @@ async fn main(_spawner: Spawner) {
     let mut next = Instant::now();
     for _ in 0..SAMPLES {
         let mut buf = [0; 40];
-        // A failed write loses one sample; the host notices missing lines.
+        // A failed write loses one sample; the host compares the first and the last it got.
         let _ = stderr.write_all(line(Instant::now().as_millis(), &mut buf));
         next += PERIOD;
         compute_until(next - PERIOD / 2);
