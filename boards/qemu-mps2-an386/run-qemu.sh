@@ -3,7 +3,7 @@
 # LAN9118 on QEMU's user-mode network (guest 10.0.2.15, host loopback = 10.0.2.2).
 # defmt logs arrive on QEMU's stdout over semihosting and are decoded as they come, one line per
 # log and its source location, by the project's own decoder (hil-tests/defmt-log, the one the HIL
-# harness uses), built here with cargo on first use (about a minute) into the project's
+# harness uses), built here with cargo on first use (1-2 minutes) into the project's
 # target/defmt-log; nothing needs installing. DEFMT_RAW=1 writes the raw frames instead.
 # The firmware's semihosting exit code becomes this script's exit status.
 # Extra QEMU arguments: QEMU_EXTRA_ARGS (e.g. "-nic tap,ifname=tap0,script=no,downscript=no,model=lan9118"
@@ -46,6 +46,8 @@ build_decoder() {
 if [[ "${DEFMT_RAW:-0}" == 1 ]]; then
     exec "${qemu[@]}"
 fi
+[[ -x "$decoder" ]] ||
+    echo "run-qemu.sh: building the defmt decoder (hil-tests/defmt-log; first run only, 1-2 min)" >&2
 if ! build_decoder; then
     echo "run-qemu.sh: cannot build the defmt decoder (above); writing raw defmt frames" >&2
     exec "${qemu[@]}"

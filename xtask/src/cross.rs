@@ -474,7 +474,7 @@ fn echo_once(
 /// Builds the defmt decoder `hil-tests/defmt-log` (its own workspace: its Cargo.toml says why)
 /// into `<target>/defmt-log` with the host toolchain. The QEMU board's runner
 /// (`run-qemu.sh`) builds the same crate into the same folder before it pipes QEMU's output
-/// through it; building it here first keeps that build, about a minute when cold, out of the
+/// through it; building it here first keeps that build, 1-2 minutes when cold, out of the
 /// boot timeouts of the QEMU tests.
 pub fn build_defmt_log() -> Result<(), String> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
