@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Cargo runner for this board: boots an ELF on QEMU's mps2-an386 with its
 # LAN9118 on QEMU's user-mode network (guest 10.0.2.15, host loopback = 10.0.2.2).
-# defmt logs arrive on QEMU's stdout over semihosting; when `defmt-print` is
-# installed they are decoded, otherwise the raw frames are written as they come.
+# defmt logs arrive on QEMU's stdout over semihosting and are decoded as they come, one line per
+# log and its source location, by the project's own decoder (hil-tests/defmt-log, the one the HIL
+# harness uses), built here with cargo on first use (1-2 minutes) into the project's
+# target/defmt-log; nothing needs installing. DEFMT_RAW=1 writes the raw frames instead.
 # The firmware's semihosting exit code becomes this script's exit status.
 # Extra QEMU arguments: QEMU_EXTRA_ARGS (e.g. "-nic tap,ifname=tap0,script=no,downscript=no,model=lan9118"
 # together with QEMU_NIC=none to replace the user-mode NIC).
@@ -25,13 +27,34 @@ if [[ -n "${PLUG_BOOT:-}" ]]; then
 fi
 qemu=(qemu-system-arm -M mps2-an386 -cpu cortex-m4 -display none -monitor none -serial none
       -semihosting-config enable=on,target=native "${nic[@]}" "${extra[@]}" -kernel "$elf")
-if command -v defmt-print >/dev/null && [[ "${DEFMT_RAW:-0}" != 1 ]]; then
-    set +e
-    "${qemu[@]}" | defmt-print -e "$elf"
-    status=("${PIPESTATUS[@]}")
-    # The firmware's verdict is QEMU's status; a decoder failure only matters if QEMU passed.
-    [[ "${status[0]}" -ne 0 ]] && exit "${status[0]}"
-    exit "${status[1]}"
-else
+# The decoder is a host tool: build it with the project's host toolchain (rust-toolchain.toml),
+# not the cross compiler `cargo xtask cross env` exports for the board, and from its own folder
+# so the board's .cargo/config.toml (target, build-std) does not apply. Same folder and
+# toolchain as `cargo xtask hil`, so either build serves both.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+decoder_dir="$root/hil-tests/defmt-log"
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
+decoder_target="$target_dir/defmt-log"
+decoder="$decoder_target/release/defmt-log"
+build_decoder() {
+    (cd "$decoder_dir" &&
+        env -u RUSTC -u RUSTC_BOOTSTRAP -u RUSTC_WRAPPER -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+            -u CARGO_BUILD_TARGET -u LD_LIBRARY_PATH CARGO_TARGET_DIR="$decoder_target" \
+            cargo build --quiet --release --locked >&2)
+}
+if [[ "${DEFMT_RAW:-0}" == 1 ]]; then
     exec "${qemu[@]}"
 fi
+[[ -x "$decoder" ]] ||
+    echo "run-qemu.sh: building the defmt decoder (hil-tests/defmt-log; first run only, 1-2 min)" >&2
+if ! build_decoder; then
+    echo "run-qemu.sh: cannot build the defmt decoder (above); writing raw defmt frames" >&2
+    exec "${qemu[@]}"
+fi
+set +e
+"${qemu[@]}" | "$decoder" --locations "$elf"
+status=("${PIPESTATUS[@]}")
+# The firmware's verdict is QEMU's status; a decoder failure only matters if QEMU passed.
+[[ "${status[0]}" -ne 0 ]] && exit "${status[0]}"
+exit "${status[1]}"

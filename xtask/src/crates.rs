@@ -11,7 +11,9 @@
 //!   in the `fuzz` step ([`fuzz_crates`]).
 //! * Tool crates kept out of the workspace for their dependencies' features (`hil-tests/defmt-log`:
 //!   `defmt-decoder` turns on serde_json's `arbitrary_precision`, which would change JSON number
-//!   parsing for the broker): fmt here, built by the step that runs them (`cargo xtask hil`).
+//!   parsing for the broker): fmt here, clippy and tests in `cargo xtask test` (steps `clippy`
+//!   and `boards`, [`tool_crates`]), built by the steps that run them (`cargo xtask hil`, the
+//!   QEMU tests).
 //!
 //! Why they are not workspace members is written in the root `Cargo.toml` and docs/boards.md.
 
@@ -36,6 +38,24 @@ pub fn outside_workspace() -> Result<Vec<PathBuf>, String> {
             .filter(|dir| dir.join("Cargo.toml").is_file()),
     );
     Ok(crates)
+}
+
+/// The tool crates present on disk (see module docs), each with the target folder its builds
+/// use: `<target>/<crate folder name>` (`target/defmt-log`, where `cargo xtask hil` and the QEMU
+/// board's runner build the decoder), so its lint and test runs reuse those builds.
+pub fn tool_crates() -> Vec<(PathBuf, PathBuf)> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| project_root().join(dir))
+        .unwrap_or_else(|| project_root().join("target"));
+    TOOL_CRATES
+        .iter()
+        .map(|c| project_root().join(c))
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_owned();
+            Some((dir.clone(), target.join(name)))
+        })
+        .collect()
 }
 
 /// The fuzz crates present on disk (each a cargo-fuzz project `<crate>/fuzz`).

@@ -16,7 +16,8 @@
 //!   `clippy` lints each of them (warnings denied) for the target its config names: a board
 //!   crate only builds for its own chip.
 //! * `qemu-smoke` boots `boards/qemu-mps2-an386`'s `udp-probe` under QEMU against a UDP echo
-//!   on 127.0.0.1 and checks the round trip and exit status 0.
+//!   on 127.0.0.1 and checks the round trip and exit status 0; `all` then runs the board's
+//!   other QEMU tests, [`crate::qemu_watchdog`] and [`crate::qemu_clock`].
 
 use crate::shell::{cargo, has_program, project_root, run_command, timed};
 use std::io::Read;
@@ -32,8 +33,8 @@ const USAGE: &str = "\
 usage: cargo xtask cross [command]
 
 commands (default: all):
-  all          setup, build, boards, clippy, size, then qemu-smoke and qemu-watchdog when
-               qemu-system-arm is installed
+  all          setup, build, boards, clippy, size, then qemu-smoke, qemu-watchdog and
+               qemu-clock when qemu-system-arm is installed
   setup        set up the pinned cross toolchain (.cache/cross-toolchain/)
   env          print the cross environment as shell `export` lines (eval it to use cargo by hand)
   build        build the no_std crates (shared-protocol; firmware where no board does) per MCU target
@@ -79,7 +80,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             timed("cross: size report", || crate::size::run(&[]))?;
             if has_program("qemu-system-arm", &["--version"]) {
                 timed("cross: qemu smoke", || smoke(&env))?;
-                timed("cross: qemu watchdog", || crate::qemu_watchdog::run(&[]))
+                timed("cross: qemu watchdog", || crate::qemu_watchdog::run(&[]))?;
+                timed("cross: qemu clock", || crate::qemu_clock::run(&[]))
             } else {
                 eprintln!(
                     "cross: qemu-system-arm missing (scripts/install-qemu.sh); smoke skipped"
@@ -386,6 +388,7 @@ fn smoke(env: &CrossEnv) -> Result<(), String> {
         .args(["build", "--release", "--locked", "--bin", QEMU_PROBE_BIN])
         .env("PLUG_BROKER_PORT", port.to_string());
     run_command(&mut build)?;
+    build_defmt_log()?;
     let build_time = build_start.elapsed();
 
     let elf = target_dir
@@ -468,6 +471,23 @@ fn echo_once(
     }
 }
 
+/// Builds the defmt decoder `hil-tests/defmt-log` (its own workspace: its Cargo.toml says why)
+/// into `<target>/defmt-log` with the host toolchain. The QEMU board's runner
+/// (`run-qemu.sh`) builds the same crate into the same folder before it pipes QEMU's output
+/// through it; building it here first keeps that build, 1-2 minutes when cold, out of the
+/// boot timeouts of the QEMU tests.
+pub fn build_defmt_log() -> Result<(), String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| project_root().join(dir))
+        .unwrap_or_else(|| project_root().join("target"));
+    let mut command = cargo();
+    command
+        .current_dir(project_root().join("hil-tests/defmt-log"))
+        .args(["build", "--release", "--locked"])
+        .env("CARGO_TARGET_DIR", target.join("defmt-log"));
+    run_command(&mut command)
+}
+
 /// Runs a QEMU runner `command` in its own process group with its log captured (drained on a
 /// thread so QEMU never blocks on a full pipe), killing the group once `timeout` has passed
 /// since `started`. Returns how it ended and the log.
@@ -503,7 +523,8 @@ pub fn run_qemu(
     (status, log_reader.join().unwrap_or_default())
 }
 
-/// Prints the board's log: decoded text when `defmt-print` ran in the runner, else a note.
+/// Prints the board's log: decoded text (the runner pipes it through `defmt-log`), or a note
+/// when it came raw (`DEFMT_RAW=1`, or the decoder did not build).
 pub fn print_log(log: &[u8]) {
     match std::str::from_utf8(log) {
         Ok(text) => {
@@ -512,7 +533,7 @@ pub fn print_log(log: &[u8]) {
             }
         }
         Err(_) => eprintln!(
-            "  board | ({} bytes of raw defmt; install defmt-print to decode)",
+            "  board | ({} bytes of raw defmt; the runner's decoder did not run)",
             log.len()
         ),
     }

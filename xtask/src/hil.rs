@@ -132,14 +132,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     ))?;
                 }
                 if build {
-                    // The harness's defmt decoder for the QEMU board's log (its own workspace:
-                    // hil-tests/defmt-log/Cargo.toml says why).
-                    let mut command = cargo();
-                    command
-                        .current_dir(project_root().join("hil-tests/defmt-log"))
-                        .args(["build", "--release", "--locked"])
-                        .env("CARGO_TARGET_DIR", target.join("defmt-log"));
-                    run_command(&mut command)?;
+                    // The harness's defmt decoder for the QEMU board's log.
+                    cross::build_defmt_log()?;
                     let board = project_root().join("boards").join(QEMU_BOARD);
                     let mut command = env.cargo(&board, &cross::cross_target_dir());
                     command.args(["build", "--release", "--locked", "--bin", "plug"]);

@@ -29,6 +29,7 @@ mod cross;
 mod docs_check;
 mod elf;
 mod hil;
+mod qemu_clock;
 mod qemu_watchdog;
 mod services;
 mod shell;
@@ -48,6 +49,7 @@ commands:
   cross [...]                              set up the pinned cross toolchain and cross-build no_std crates
   qemu-smoke                               boot the QEMU board against a UDP echo on 127.0.0.1
   qemu-watchdog                            hang a task on the QEMU board: its watchdog must reset it
+  qemu-clock [--systick-clock]             the QEMU board's clock against the host's, host loaded (within 2 %)
   hil [--rig qemu|host-tap|NAME]...        plug firmware on virtual (or real) boards against a broker (docs/hil.md)
   bench [--quick] [--only NAME] [--out DIR]  our broker side by side with Mosquitto (docs/performance.md)
   size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         "services" => services::run(rest),
         "qemu-smoke" => cross::qemu_smoke(rest),
         "qemu-watchdog" => qemu_watchdog::run(rest),
+        "qemu-clock" => qemu_clock::run(rest),
         "hil" => hil::run(rest),
         "size" => size::run(rest),
         "bench" => bench::run(rest),

@@ -36,6 +36,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     placeholder_env(&mut build);
     run_command(&mut build)?;
     let elf = target_dir.join(TARGET).join("release").join(PROBE_BIN);
+    // The runner decodes the board's log with it; built now, not inside the boot's timeout.
+    crate::cross::build_defmt_log()?;
 
     let runner = board.join("run-qemu.sh");
     eprintln!("$ QEMU_NIC=none {} {}", runner.display(), elf.display());

@@ -5,7 +5,8 @@
 //! 2. `fmt`: `cargo fmt --check` on the workspace and on every crate outside it (board crates,
 //!    `boards/lib/*`, the fuzz crate; see [`crate::crates`]).
 //! 3. `clippy`: clippy on every target and feature with warnings denied, on the workspace and
-//!    on the host-built crates outside it (`boards/host-tap`, `boards/lib/plug-app`). The MCU
+//!    on the host-built crates outside it (`boards/host-tap`, `boards/lib/plug-app`,
+//!    `hil-tests/defmt-log`). The MCU
 //!    board crates get theirs from the cross toolchain in step 9.
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
@@ -16,7 +17,8 @@
 //! 6. `soak`: the quick soak ([`crate::soak::quick`]): 90 s of a standalone broker under
 //!    device churn and uploads, failing if its memory or open files grow after a 30 s warm-up,
 //!    its errors grow, or it falls behind the offered load (docs/soak/README.md).
-//! 7. `boards`: the tests of the host-built crates outside the workspace.
+//! 7. `boards`: the tests of the host-built crates outside the workspace (with
+//!    `hil-tests/defmt-log`'s streaming decoder on a recorded board log).
 //! 8. `doc`: rustdoc with warnings denied (broken links, missing docs).
 //! 9. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
 //!    for the three MCU targets, every board built and linted (clippy, warnings denied).
@@ -73,7 +75,7 @@ const STEPS: &[Step] = &[
     },
     Step {
         name: "boards",
-        what: "tests of host-built crates outside the workspace",
+        what: "tests of host-built crates and tools outside the workspace",
         action: host_board_tests,
     },
     Step {
@@ -178,15 +180,28 @@ fn clippy() -> Result<(), String> {
     for dir in crate::crates::host_built()? {
         run_command(host_cargo(&dir).arg("clippy").args(CLIPPY_ARGS))?;
     }
+    for (dir, target) in crate::crates::tool_crates() {
+        run_command(tool_cargo(&dir, &target).arg("clippy").args(CLIPPY_ARGS))?;
+    }
     Ok(())
 }
 
-/// Tests of the host-built crates outside the workspace.
+/// Tests of the host-built crates and tool crates outside the workspace.
 fn host_board_tests() -> Result<(), String> {
     for dir in crate::crates::host_built()? {
         run_command(host_cargo(&dir).args(["test", "--locked"]))?;
     }
+    for (dir, target) in crate::crates::tool_crates() {
+        run_command(tool_cargo(&dir, &target).args(["test", "--locked"]))?;
+    }
     Ok(())
+}
+
+/// `cargo` in the folder of a tool crate, with the target folder its other builds use.
+fn tool_cargo(dir: &Path, target: &Path) -> Command {
+    let mut command = cargo();
+    command.current_dir(dir).env("CARGO_TARGET_DIR", target);
+    command
 }
 
 /// `cargo` in the folder of a host-built crate outside the workspace, with the workspace's

@@ -7,8 +7,9 @@
 //! How the pieces fit:
 //! - [`lan9118`] is an [`embassy_net_driver::Driver`] for the LAN9118 Ethernet
 //!   controller at `0x4020_0000` (IRQ 13). Hand it to `embassy_net::new`.
-//! - [`time_driver`] is the embassy time driver, ticking from SysTick; start it
-//!   once with [`time_driver::start`] before awaiting any timer.
+//! - [`time_driver`] is the embassy time driver: its clock is the FPGA's free-running
+//!   counter, SysTick wakes the timers; start it once with [`time_driver::start`] before
+//!   awaiting any timer.
 //! - [`vectors`] binds the hardware exceptions (SysTick, the Ethernet IRQ) to the
 //!   two drivers above. It is the only place that knows the interrupt numbers.
 //! - [`record_region`] is where QEMU's loader puts the provisioning record and the boot
@@ -40,7 +41,7 @@ defmt::timestamp!("{=u64:ms}", embassy_time::Instant::now().as_millis());
 
 pub use lan9118::Lan9118;
 
-/// Core clock of the mps2-an386 FPGA image (SYSCLK), which SysTick counts.
+/// Core clock of the mps2-an386 FPGA image (SYSCLK), which SysTick and the FPGA's counter count.
 pub const SYSCLK_HZ: u32 = 25_000_000;
 
 /// What can go wrong while bringing the board up.

@@ -1,98 +1,65 @@
-//! `defmt-log ELF < RAW > TEXT`: decodes a board's raw defmt output (what the QEMU board
-//! writes through semihosting) into one text line per log frame, with the defmt table of the
-//! board's ELF. `hil-tests` runs it for each board log it keeps (docs/hil.md).
+//! `defmt-log [--locations] ELF < RAW > TEXT`: decodes a board's raw defmt output (what the QEMU
+//! board writes through semihosting) into one text line per log frame, with the defmt table of
+//! the board's ELF, as the output arrives: each frame is printed once its last byte has been
+//! read, so it can sit at the end of a pipe from a running board. `--locations` adds a
+//! `└─ module @ file:line` line after each frame, from the ELF's debug information.
+//!
+//! `hil-tests` runs it for each board log it keeps (docs/hil.md); the QEMU board's cargo runner
+//! (`boards/qemu-mps2-an386/run-qemu.sh`) pipes QEMU's output through it with `--locations`.
+//! The decoding itself is the library's ([`defmt_log::Decoder`]).
 //!
 //! Frames that do not decode are skipped and counted (rzCOBS framing lets the decoder find the
 //! next frame); the count, and any undecoded bytes left at the end, are reported on a last
 //! `[defmt-log]` line. Exit status: 0 decoded, 1 the ELF cannot be read or has no defmt table,
-//! 2 bad arguments.
+//! or stdin cannot be read, 2 bad arguments.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
-use defmt_decoder::{DecodeError, Table};
+use defmt_log::Elf;
 
-/// What decoding one stream gave.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Decoded {
-    /// One line per frame.
-    lines: Vec<String>,
-    /// Frames skipped because they did not decode.
-    malformed: usize,
-    /// The stream ended inside a frame (the board was stopped while logging).
-    truncated: bool,
-}
-
-/// Decodes `raw` with `table`.
-fn decode(table: &Table, raw: &[u8]) -> Decoded {
-    let mut out = Decoded::default();
-    let mut stream = table.new_stream_decoder();
-    stream.received(raw);
-    let recover = table.encoding().can_recover();
-    loop {
-        match stream.decode() {
-            Ok(frame) => out.lines.push(frame.display(false).to_string()),
-            Err(DecodeError::UnexpectedEof) => {
-                // rzCOBS frames end with a zero byte: anything after the last one is cut off.
-                out.truncated = recover && raw.last().is_some_and(|b| *b != 0);
-                return out;
-            }
-            Err(DecodeError::Malformed) => {
-                out.malformed += 1;
-                if !recover {
-                    return out;
-                }
-            }
-        }
-    }
-}
+const USAGE: &str = "usage: defmt-log [--locations] ELF < RAW > TEXT";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [elf] = args.as_slice() else {
-        eprintln!("usage: defmt-log ELF < RAW > TEXT");
-        return ExitCode::from(2);
+    let (locations, elf) = match args.as_slice() {
+        [flag, elf] if flag == "--locations" => (true, elf),
+        [elf] if !elf.starts_with("--") => (false, elf),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    let bytes = match std::fs::read(elf) {
-        Ok(b) => b,
+    let elf = match Elf::load(Path::new(elf), locations) {
+        Ok(elf) => elf,
         Err(e) => {
-            eprintln!("defmt-log: {elf}: {e}");
+            eprintln!("defmt-log: {e}");
             return ExitCode::from(1);
         }
     };
-    let table = match Table::parse(&bytes) {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            eprintln!("defmt-log: {elf} has no defmt table");
-            return ExitCode::from(1);
-        }
-        Err(e) => {
-            eprintln!("defmt-log: {elf}: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let mut raw = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut raw) {
-        eprintln!("defmt-log: reading stdin: {e}");
-        return ExitCode::from(1);
-    }
-    let decoded = decode(&table, &raw);
+    let mut decoder = elf.decoder();
+    let mut stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
-    for line in &decoded.lines {
-        let _ = writeln!(stdout, "{line}");
-    }
-    if decoded.malformed > 0 || decoded.truncated {
-        let _ = writeln!(
-            stdout,
-            "[defmt-log] {} frames decoded, {} malformed frames skipped{}",
-            decoded.lines.len(),
-            decoded.malformed,
-            if decoded.truncated {
-                ", the last frame cut off"
-            } else {
-                ""
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("defmt-log: reading stdin: {e}");
+                return ExitCode::from(1);
             }
-        );
+        };
+        for line in decoder.feed(&buf[..n]) {
+            let _ = writeln!(stdout, "{line}");
+        }
+        // Lines out as soon as their frame is complete, not when a buffer fills.
+        let _ = stdout.flush();
+    }
+    if let Some(note) = decoder.finish().note() {
+        let _ = writeln!(stdout, "{note}");
     }
     ExitCode::SUCCESS
 }
