@@ -117,6 +117,8 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
         meter_interval_ms: s.meter_ms,
         liveness: None,
         reset_reason: None,
+        since_id: 0,
+        since_feed: None,
     };
     plug_app::start(
         spawner,
