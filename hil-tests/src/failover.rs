@@ -675,6 +675,7 @@ impl Cluster {
         id: u32,
         limit: Duration,
         board: &mut Device,
+        flash: None,
         mut phone: Option<&mut Phone>,
     ) -> Result<Duration, String> {
         #[derive(Deserialize)]
