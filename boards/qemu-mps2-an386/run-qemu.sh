@@ -12,6 +12,10 @@
 # loaded at 0x01000000 and PLUG_BOOT=<boot number> into the companion word at 0x01000400; use a
 # new boot number for every boot of one record (QEMU keeps nothing across boots, and the
 # board's nonces derive from the record's seed and this number; docs/boards.md).
+# Persistence: PLUG_FLASH=<host file> is the board's emulated flash (created erased when missing)
+# where the `plug` binary counts its own boots and keeps its since_id across QEMU restarts;
+# then PLUG_BOOT is optional (when given, the boot number is at least PLUG_BOOT). Delete the
+# file to wipe it. PLUG_CMDLINE adds run options (`KEY=VALUE` words, e.g. PLUG_EXIT_AFTER_S=30).
 set -euo pipefail
 elf="${1:?usage: run-qemu.sh FIRMWARE.elf}"
 nic=(-nic "${QEMU_NIC:-user,model=lan9118}")
@@ -24,6 +28,13 @@ fi
 if [[ -n "${PLUG_BOOT:-}" ]]; then
     # "PBOT" (0x544F4250, little-endian) in the low word, the boot number in the high word.
     extra+=(-device "loader,addr=0x01000400,data=$(( (PLUG_BOOT << 32) | 0x544F4250 )),data-len=8")
+fi
+cmdline="${PLUG_CMDLINE:-}"
+if [[ -n "${PLUG_FLASH:-}" ]]; then
+    cmdline="PLUG_FLASH=${PLUG_FLASH} ${cmdline}"
+fi
+if [[ -n "${cmdline// /}" ]]; then
+    extra+=(-append "$cmdline")
 fi
 qemu=(qemu-system-arm -M mps2-an386 -cpu cortex-m4 -display none -monitor none -serial none
       -semihosting-config enable=on,target=native "${nic[@]}" "${extra[@]}" -kernel "$elf")

@@ -84,7 +84,15 @@ pub struct Boot {
     pub lookup: Option<SocketAddr>,
     /// Which host TAP board of the rig (its TAP and address); 0 for other kinds.
     pub board: u32,
+    /// The QEMU board's emulated flash file (`PLUG_FLASH`): it counts its own boots there and
+    /// keeps its since_id (stored at most [`SINCE_PERIOD_MS`] after it grew); `None`: nothing
+    /// kept.
+    pub flash: Option<PathBuf>,
 }
+
+/// Since-id period and gap asked of a board with a flash file (`PLUG_SINCE_PERIOD_MS`,
+/// `PLUG_SINCE_GAP_MS`): short, so a test need not wait minutes.
+pub const SINCE_PERIOD_MS: u64 = 1_000;
 
 /// Address of the QEMU board's record region (`board_qemu_mps2_an386::record_region`).
 pub const QEMU_RECORD_ADDR: u32 = 0x0100_0000;
@@ -110,10 +118,16 @@ impl Boot {
 
     /// Run options that are not provisioning, as `PLUG_*` pairs.
     pub fn run_options(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut options = vec![
             ("PLUG_METER_MS", self.meter_ms.to_string()),
             ("PLUG_EXIT_AFTER_S", self.exit_after_s.to_string()),
-        ]
+        ];
+        if let Some(flash) = &self.flash {
+            options.push(("PLUG_FLASH", flash.display().to_string()));
+            options.push(("PLUG_SINCE_PERIOD_MS", SINCE_PERIOD_MS.to_string()));
+            options.push(("PLUG_SINCE_GAP_MS", (SINCE_PERIOD_MS / 2).to_string()));
+        }
+        options
     }
 
     /// The QEMU boot command line: `KEY=VALUE` words of the run options.
@@ -659,6 +673,7 @@ mod tests {
             exit_after_s: 300,
             lookup: None,
             board: 0,
+            flash: None,
         }
     }
 

@@ -648,6 +648,7 @@ impl Cluster {
             record_seed: broker::provisioning::fresh_seed(&mut rand::rng()),
             exit_after_s: ctx.rig.login_timeout_s + BOARD_LIFETIME_S,
             board,
+            flash: None,
         };
         let name = format!("{}-cluster-failover-tap{board}", ctx.rig.name);
         self.board_out = ["out", "stderr"]

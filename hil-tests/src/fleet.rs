@@ -324,6 +324,7 @@ impl Fleet<'_> {
                 + self.ctx.rig.upload_run_s
                 + self.ctx.rig.cut_off_s,
             board: s.index,
+            flash: None,
         };
         let device = self.start_boot(slot, &boot, scenario, None)?;
         Ok(Running {

@@ -34,6 +34,7 @@ pub mod junit;
 pub mod lookup;
 pub mod netns;
 pub mod nonces;
+pub mod persist;
 pub mod phone;
 pub mod rig;
 pub mod run;

@@ -270,6 +270,7 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
             record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
             exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
             board: 0,
+            flash: None,
         };
         let log_name = format!("{}-{}{suffix}", rig.name, transport.as_str());
         let mut board = match device::start(rig, &paths.root, &boot, logs, &log_name) {
@@ -316,6 +317,7 @@ async fn flow(rig: &Rig, paths: &Paths, logs: &Path, net: &Net, started: Instant
     }
     if rig.kind == Kind::Qemu {
         suites.push(nonce_suite(rig, paths, logs, net, &broker).await);
+        suites.push(persist_suite(rig, paths, logs, &api, &broker).await);
     }
     broker.stop().await;
     suites
@@ -378,8 +380,39 @@ async fn nonce_suite(
         record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
         exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S,
         board: 0,
+        flash: None,
     };
     let suite = nonces::run(rig, &paths.root, logs, base, &socket).await;
+    report(&suite);
+    suite
+}
+
+/// The QEMU board's boot counter and since_id across two boots of one flash file
+/// (`persist.rs`).
+async fn persist_suite(
+    rig: &Rig,
+    paths: &Paths,
+    logs: &Path,
+    api: &Api,
+    broker: &TestBroker,
+) -> Suite {
+    // A device id no other suite of this run uses.
+    let device_id = rig.device_id.wrapping_add(2000);
+    let base = Boot {
+        device_id,
+        key: broker.device_key(device_id),
+        transport: Transport::Udp,
+        udp: broker.udp(),
+        ws: broker.ws(),
+        lookup: None,
+        meter_ms: 0,
+        boot_number: 1,
+        record_seed: ::broker::provisioning::fresh_seed(&mut rand::rng()),
+        exit_after_s: rig.login_timeout_s + BOARD_LIFETIME_S + 30,
+        board: 0,
+        flash: None,
+    };
+    let suite = crate::persist::run(rig, &paths.root, logs, api, base).await;
     report(&suite);
     suite
 }

@@ -13,6 +13,7 @@
 //! `PLUG_EXIT_AFTER_S`, 2 the TAP device could not be opened or the application not started,
 //! 4 bad settings (the message names the variable).
 
+mod flash_file;
 mod settings;
 mod tap;
 
@@ -25,8 +26,10 @@ use firmware::plug::{MemoryRelay, Relay};
 use firmware::rng::Rng;
 use plug_app::AppMemory;
 use plug_app::app::AppConfig;
+use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
 use static_cell::StaticCell;
 
+use crate::flash_file::FileFlash;
 use crate::settings::Settings;
 use crate::tap::TapDevice;
 
@@ -56,6 +59,23 @@ impl Rng for OsRng {
     }
 }
 
+/// The plug task's since_id and session ends, read by the persistence task.
+static SINCE: SinceFeed = SinceFeed::new();
+
+#[embassy_executor::task]
+async fn persist_task(store: &'static mut Store<FileFlash>, policy: SincePolicy) -> ! {
+    persist::keep_since(store, &SINCE, policy).await
+}
+
+/// Counts this boot in the `PLUG_FLASH` file and reads the stored since_id.
+async fn begin_boot(path: &std::path::Path) -> Result<(Store<FileFlash>, u64), String> {
+    let flash = FileFlash::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut store = Store::new(flash, 0..flash_file::SIZE as u32).map_err(|e| e.to_string())?;
+    let p = store.begin_boot(0).await.map_err(|e| e.to_string())?;
+    log::info!("persist: boot {}, since_id {}", p.boot, p.since_id);
+    Ok((store, p.since_id))
+}
+
 #[embassy_executor::task]
 async fn net_task(mut runner: Runner<'static, TapDevice>) -> ! {
     runner.run().await
@@ -74,6 +94,17 @@ async fn board_main(spawner: Spawner, settings: Settings) {
 }
 
 async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
+    // Nonces come from the kernel here: an unusable area only costs the since_id.
+    let (store, since_id) = match &s.flash {
+        Some(path) => match begin_boot(path).await {
+            Ok((store, since_id)) => (Some(store), since_id),
+            Err(e) => {
+                log::error!("persistent area unusable: {e}; since_id starts at 0");
+                (None, 0)
+            }
+        },
+        None => (None, 0),
+    };
     let device = TapDevice::open(&s.tap, s.mac).map_err(|e| {
         log::error!(
             "cannot open TAP device {}: {e} (create it first: ip tuntap add {} mode tap)",
@@ -117,6 +148,8 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
         meter_interval_ms: s.meter_ms,
         liveness: None,
         reset_reason: None,
+        since_id,
+        since_feed: store.is_some().then_some(&SINCE),
     };
     plug_app::start(
         spawner,
@@ -130,7 +163,18 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
     .map_err(|e| {
         log::error!("application did not start: {e:?}");
         EXIT_BOARD
-    })
+    })?;
+    if let Some(store) = store {
+        static STORE: StaticCell<Store<FileFlash>> = StaticCell::new();
+        let policy = SincePolicy::new(
+            since_id,
+            embassy_time::Instant::now().as_millis(),
+            persist::PERIOD_MS,
+            persist::GAP_MS,
+        );
+        spawner.spawn(persist_task(STORE.init(store), policy).map_err(|_| EXIT_BOARD)?);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -16,6 +16,7 @@
 //! | `PLUG_IP` | the board's address, `a.b.c.d/prefix` (required: the test LAN has no DHCP) |
 //! | `PLUG_GATEWAY` | default gateway, `a.b.c.d` (optional) |
 //! | `PLUG_MAC` | MAC address `aa:bb:cc:dd:ee:ff` (default: locally administered, from the id) |
+//! | `PLUG_FLASH` | file of the emulated flash keeping the boot counter and since_id (optional; created erased) |
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -47,6 +48,8 @@ pub struct Settings {
     pub gateway: Option<Ipv4Addr>,
     /// Ethernet address.
     pub mac: [u8; 6],
+    /// The persistent area's file (`crate::flash_file`), if any.
+    pub flash: Option<std::path::PathBuf>,
 }
 
 /// A setting that is missing or malformed.
@@ -145,6 +148,7 @@ impl Settings {
             ip,
             gateway,
             mac,
+            flash: get("PLUG_FLASH").map(std::path::PathBuf::from),
         })
     }
 }

@@ -20,6 +20,11 @@
 //! the error and the board stays offline, LD1 blinking slowly. Logs are defmt over RTT (the
 //! ST-LINK probe), see docs/flashing.md.
 //!
+//! Persistence: the boot counter and the client's since_id live in flash sectors 21-22
+//! ([`PERSIST_AREA`], `plug_app::persist`): the boot is counted before the network starts,
+//! the stored since_id is reported at the first login, and a grown since_id is written at most
+//! every 10 minutes (1 minute after a session ended) by a task of its own.
+//!
 //! Recovery: once the record is accepted the independent watchdog runs ([`WATCHDOG_MS`]) and
 //! is fed while the SDK's runner keeps its `Liveness` promise (`plug_app::watchdog`), so a hung
 //! network task resets the board. Faults and panics reset it too ([`fault`]). The reason of each
@@ -36,6 +41,7 @@ use embassy_executor::Spawner;
 use embassy_net::StackResources;
 use embassy_stm32::bind_interrupts;
 use embassy_stm32::eth::{self, Ethernet, GenericPhy, PacketQueue, Sma};
+use embassy_stm32::flash::{self, Async, Flash};
 use embassy_stm32::gpio::{Level, Output, Speed};
 use embassy_stm32::peripherals::{ETH, ETH_SMA, IWDG, RNG};
 use embassy_stm32::rng::{self, Rng};
@@ -44,6 +50,7 @@ use embassy_stm32::wdg::IndependentWatchdog;
 use embassy_time::Timer;
 use firmware::net::Liveness;
 use plug_app::app::{AppConfig, AppMemory};
+use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
 use plug_app::relay::{GpioRelay, Polarity};
 use plug_app::watchdog::{Feed, feed_while_alive};
 use static_cell::StaticCell;
@@ -52,7 +59,22 @@ use {defmt_rtt as _, panic_probe as _};
 bind_interrupts!(struct Irqs {
     ETH => eth::InterruptHandler;
     HASH_RNG => rng::InterruptHandler<RNG>;
+    FLASH => flash::InterruptHandler;
 });
+
+/// The persistent area (boot counter, since_id; `plug_app::persist`): flash sectors 21 and 22
+/// (2 x 128 KiB at `0x081A_0000`), offsets from the flash base. Both are in bank 2, the image
+/// in bank 1 (memory.x ends it before them), so the CPU keeps running from bank 1 while a
+/// sector of bank 2 is erased (1-2 s) and the async driver lets the network task run.
+const PERSIST_AREA: core::ops::Range<u32> = 0x1A_0000..0x1E_0000;
+
+/// The plug task's since_id and session ends, read by the persistence task.
+static SINCE: SinceFeed = SinceFeed::new();
+
+#[embassy_executor::task]
+async fn persist_task(store: &'static mut Store<Flash<'static, Async>>, policy: SincePolicy) -> ! {
+    persist::keep_since(store, &SINCE, policy).await
+}
 
 /// The Ethernet driver type (MAC + generic PHY on the SMI bus).
 type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
@@ -159,6 +181,25 @@ async fn main(spawner: Spawner) {
         provisioning.device_id
     );
 
+    // Count this boot and read since_id before the network starts. This board draws its
+    // nonces from the hardware RNG, so a failing area is logged and the plug goes on with
+    // since_id 0 (at worst it receives stored messages again).
+    let mut store = Store::new(Flash::new(p.FLASH, Irqs), PERSIST_AREA);
+    let persisted = match &mut store {
+        Ok(store) => store.begin_boot(0).await,
+        Err(e) => Err(*e),
+    };
+    let (since_id, store) = match (persisted, store) {
+        (Ok(p), Ok(store)) => {
+            info!("persist: boot {=u32}, since_id {=u64}", p.boot, p.since_id);
+            (p.since_id, Some(store))
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            error!("persistent area unusable: {}; since_id starts at 0", e);
+            (0, None)
+        }
+    };
+
     let mut watchdog = IndependentWatchdog::new(p.IWDG, WATCHDOG_MS * 1_000);
     watchdog.unleash();
     spawner.spawn(unwrap!(watchdog_task(Iwdg(watchdog))));
@@ -217,8 +258,20 @@ async fn main(spawner: Spawner) {
             meter_interval_ms: METER_INTERVAL_MS,
             liveness: Some(&LIVENESS),
             reset_reason: Some(reset.as_str()),
+            since_id,
+            since_feed: store.is_some().then_some(&SINCE),
         },
     ));
+    if let Some(store) = store {
+        static STORE: StaticCell<Store<Flash<'static, Async>>> = StaticCell::new();
+        let policy = SincePolicy::new(
+            since_id,
+            embassy_time::Instant::now().as_millis(),
+            persist::PERIOD_MS,
+            persist::GAP_MS,
+        );
+        spawner.spawn(unwrap!(persist_task(STORE.init(store), policy)));
+    }
 
     info!("waiting for the Ethernet link and a DHCP lease");
     stack.wait_config_up().await;

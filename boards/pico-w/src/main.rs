@@ -26,6 +26,11 @@
 //! (`plug_app::reset::ResetReason`) is logged first thing and uploaded once as the boot report.
 //! A lost Wi-Fi link (access point gone, out of range) is joined again with the SDK's full-jitter
 //! backoff ([`JOIN_BACKOFF`]); the client meanwhile reconnects on its own once the link is back.
+//!
+//! Persistence: the boot counter and the client's since_id live in the four flash sectors
+//! before the record's ([`PERSIST_AREA`], `plug_app::persist`): the boot is counted before the
+//! radio starts, the stored since_id is reported at the first login, and a grown since_id is
+//! written at most every 10 minutes (1 minute after a session ended) by a task of its own.
 #![no_std]
 #![no_main]
 
@@ -39,18 +44,40 @@ use embassy_executor::Spawner;
 use embassy_net::StackResources;
 use embassy_rp::bind_interrupts;
 use embassy_rp::clocks::RoscRng;
+use embassy_rp::flash::{Async, Flash};
 use embassy_rp::gpio::{Level, Output};
-use embassy_rp::peripherals::{DMA_CH0, PIO0};
+use embassy_rp::peripherals::{DMA_CH0, FLASH, PIO0};
 use embassy_rp::pio::{InterruptHandler, Pio};
 use embassy_rp::watchdog::Watchdog;
 use embassy_time::{Duration, Timer};
 use firmware::backoff::{Backoff, BackoffConfig};
 use firmware::net::Liveness;
 use plug_app::app::{AppConfig, AppMemory};
+use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
 use plug_app::relay::{GpioRelay, Polarity};
 use plug_app::watchdog::{Feed, feed_while_alive};
 use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
+
+/// Bytes of the Pico W's QSPI flash (W25Q16JV).
+const FLASH_SIZE: usize = 2 * 1024 * 1024;
+/// The persistent area (boot counter, since_id; `plug_app::persist`): the four 4 KiB sectors
+/// before the record's (`0x101F_B000..0x101F_F000`), offsets from the flash base; memory.x
+/// ends the image before them.
+const PERSIST_AREA: core::ops::Range<u32> = 0x1F_B000..0x1F_F000;
+/// The flash driver the area is kept with.
+type BoardFlash = Flash<'static, FLASH, Async, FLASH_SIZE>;
+
+/// The plug task's since_id and session ends, read by the persistence task.
+static SINCE: SinceFeed = SinceFeed::new();
+
+/// Writes since_id now and then. Erasing a 4 KiB sector stalls the whole chip (execute-in-place
+/// is off while the flash works) for about 45 ms (400 ms at most, W25Q16JV datasheet), once per
+/// about 230 writes.
+#[embassy_executor::task]
+async fn persist_task(store: &'static mut Store<BoardFlash>, policy: SincePolicy) -> ! {
+    persist::keep_since(store, &SINCE, policy).await
+}
 
 bind_interrupts!(struct Irqs {
     PIO0_IRQ_0 => InterruptHandler<PIO0>;
@@ -148,6 +175,25 @@ async fn main(spawner: Spawner) {
 
     let mut watchdog = Watchdog::new(p.WATCHDOG);
     watchdog.start(Duration::from_millis(WATCHDOG_MS));
+
+    // Count this boot and read since_id before the network starts. This board draws its
+    // nonces from the ring oscillator, so a failing area is logged and the plug goes on with
+    // since_id 0 (at worst it receives stored messages again).
+    let mut store = Store::new(BoardFlash::new(p.FLASH, p.DMA_CH1), PERSIST_AREA);
+    let persisted = match &mut store {
+        Ok(store) => store.begin_boot(0).await,
+        Err(e) => Err(*e),
+    };
+    let (since_id, store) = match (persisted, store) {
+        (Ok(p), Ok(store)) => {
+            info!("persist: boot {=u32}, since_id {=u64}", p.boot, p.since_id);
+            (p.since_id, Some(store))
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            error!("persistent area unusable: {}; since_id starts at 0", e);
+            (0, None)
+        }
+    };
     spawner.spawn(unwrap!(watchdog_task(Wdt(watchdog))));
 
     static RELAY: StaticCell<GpioRelay<Output<'static>, Output<'static>>> = StaticCell::new();
@@ -211,8 +257,20 @@ async fn main(spawner: Spawner) {
             meter_interval_ms: METER_INTERVAL_MS,
             liveness: Some(&LIVENESS),
             reset_reason: Some(reset.as_str()),
+            since_id,
+            since_feed: store.is_some().then_some(&SINCE),
         },
     ));
+    if let Some(store) = store {
+        static STORE: StaticCell<Store<BoardFlash>> = StaticCell::new();
+        let policy = SincePolicy::new(
+            since_id,
+            embassy_time::Instant::now().as_millis(),
+            persist::PERIOD_MS,
+            persist::GAP_MS,
+        );
+        spawner.spawn(unwrap!(persist_task(STORE.init(store), policy)));
+    }
 
     let options = if WIFI_PASSWORD.is_empty() {
         JoinOptions::new_open()

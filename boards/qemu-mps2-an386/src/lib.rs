@@ -14,6 +14,8 @@
 //!   two drivers above. It is the only place that knows the interrupt numbers.
 //! - [`record_region`] is where QEMU's loader puts the provisioning record and the boot
 //!   number (block RAM at `0x0100_0000`).
+//! - [`flash_file`] is an emulated NOR flash in a host file (semihosting), where the `plug`
+//!   binary keeps its boot counter and since_id across QEMU restarts (`plug_app::persist`).
 //! - [`Board::init`] does all of the above and returns the parts the firmware needs.
 //! - [`watchdog`] is the CMSDK watchdog (fed while a task makes progress; started by the
 //!   binary that wants it) and the reason of the last reset, kept in block RAM across the
@@ -27,6 +29,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod flash_file;
 pub mod lan9118;
 pub mod panic;
 pub mod record_region;

@@ -8,10 +8,12 @@
 //! - the boot number at [`BOOT_WORD_ADDR`], the record region's companion word:
 //!   `-device loader,addr=0x01000400,data=<(boot << 32) | 0x544F4250>,data-len=8`.
 //!
-//! Nothing on this machine persists across boots (no flash, no pflash drive), so the board
-//! cannot count its own boots: whoever starts QEMU passes a boot number that grows by one per
-//! boot (the HIL harness does, `run-qemu.sh` takes `PLUG_BOOT`). Without it the board does not
-//! log in, because its nonces could repeat those of an earlier boot.
+//! Nothing on this machine persists across boots (no flash, no pflash drive), so unless it is
+//! given an emulated flash file (`PLUG_FLASH`, [`crate::flash_file`]: then the `plug` binary
+//! counts its own boots there, at least this number when one is given), whoever starts QEMU
+//! passes a boot number that grows by one per boot (the HIL harness does, `run-qemu.sh` takes
+//! `PLUG_BOOT`). With neither the board does not log in, because its nonces could repeat
+//! those of an earlier boot.
 
 /// Address of the provisioning record (block RAM, outside every `memory.x` region).
 pub const RECORD_ADDR: usize = 0x0100_0000;

@@ -27,6 +27,7 @@ use firmware::{ClientConfig, DeviceClient, DeviceConfig, Endpoint};
 use shared_protocol::keys::DeviceKey;
 
 use crate::deliveries::Deliveries;
+use crate::persist::SinceFeed;
 use crate::provision::Provisioning;
 use crate::relay::DynRelay;
 
@@ -134,6 +135,12 @@ pub struct AppConfig {
     /// once as topic [`BOOT_TOPIC`] (`{"reset":"<reason>"}`) when the client first logs in;
     /// `None`: the board cannot tell.
     pub reset_reason: Option<&'static str>,
+    /// The highest message id taken before this boot (`persist::Store::begin_boot`; 0: none),
+    /// reported at the first login so the broker resends only newer messages.
+    pub since_id: u64,
+    /// Where the plug task notes every message taken and every session end, for the board's
+    /// persistence task (`persist::keep_since`); `None`: the board keeps nothing.
+    pub since_feed: Option<&'static SinceFeed>,
 }
 
 /// Upload topic of the boot report.
@@ -178,7 +185,7 @@ pub fn start(
         key: DeviceKey(provisioning.key),
         endpoints,
         lookup: provisioning.lookup_config(),
-        since_id: 0,
+        since_id: config.since_id,
     };
     let ws_seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
     let client: Client = DeviceClient::new(device, ClientConfig::default(), rng, net::now());
@@ -204,7 +211,10 @@ pub fn start(
         },
         net::now(),
     );
-    spawner.spawn(plug_task(handle, plug)?);
+    if let Some(feed) = config.since_feed {
+        feed.start_at(config.since_id);
+    }
+    spawner.spawn(plug_task(handle, plug, config.since_feed)?);
     Ok(())
 }
 
@@ -226,10 +236,14 @@ async fn client_task(mut runner: ClientRunner) -> ! {
 
 /// The plug application's loop (`firmware::net::run_plug`'s, plus the delivery count): client
 /// events and the plug's own timer, forever. Every Deliver is counted and logged
-/// ([`Deliveries`]) before the plug sees it; the command `deliveries` is answered here with
+/// ([`Deliveries`]) and noted in the board's [`SinceFeed`] before the plug sees it; the command `deliveries` is answered here with
 /// the counts and the SDK's suppressed repeats.
 #[embassy_executor::task]
-async fn plug_task(mut handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>) -> ! {
+async fn plug_task(
+    mut handle: Handle,
+    mut plug: Plug<DynRelay, SimulatedMeter>,
+    since_feed: Option<&'static SinceFeed>,
+) -> ! {
     const { assert!(PAYLOAD >= firmware::plug::REPORT_MAX) };
     let mut deliveries = Deliveries::new();
     loop {
@@ -258,6 +272,9 @@ async fn plug_task(mut handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>)
                     msg_id, payload, ..
                 } = &event
                 {
+                    if let Some(feed) = since_feed {
+                        feed.delivered(*msg_id);
+                    }
                     let c = deliveries.on_deliver(*msg_id);
                     log_info!(
                         "delivery {}: msg_id {}, {} bytes (repeats let through: {})",
@@ -266,6 +283,9 @@ async fn plug_task(mut handle: Handle, mut plug: Plug<DynRelay, SimulatedMeter>)
                         payload.len(),
                         c.repeats
                     );
+                }
+                if let (Event::Disconnected { .. }, Some(feed)) = (&event, since_feed) {
+                    feed.session_ended();
                 }
                 plug.on_event(&event, net::now(), &mut handle);
             }

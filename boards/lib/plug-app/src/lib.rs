@@ -10,6 +10,9 @@
 //!      │
 //!      ├─ record::provisioning_from_record   device id, key, brokers, seed: the flash record
 //!      │                                     (shared_protocol::provision), read at boot
+//!      ├─ persist::Store            boot counter + since_id in a wear-levelled flash area:
+//!      │                            next boot number written before the first login;
+//!      │                            persist::keep_since stores since_id now and then
 //!      ├─ entropy::BootRng          nonces where there is no hardware RNG (record seed + boot number + resets)
 //!      ├─ relay::GpioRelay          the relay pin (+ a status LED mirroring it): firmware::plug::Relay
 //!      ├─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task
@@ -33,6 +36,7 @@ mod fmt;
 pub mod app;
 pub mod deliveries;
 pub mod entropy;
+pub mod persist;
 pub mod provision;
 pub mod record;
 pub mod relay;

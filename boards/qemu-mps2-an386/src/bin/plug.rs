@@ -23,6 +23,13 @@
 //! |---|---|
 //! | `PLUG_METER_MS` | interval of `power` uploads in ms (default 60000, 0 = off) |
 //! | `PLUG_EXIT_AFTER_S` | end QEMU after this many seconds (default: run forever) |
+//! | `PLUG_FLASH` | host file of the emulated flash that keeps the boot counter and since_id (`board_qemu_mps2_an386::flash_file`; created erased when missing) |
+//! | `PLUG_SINCE_PERIOD_MS` | longest wait before a grown since_id is stored (default 600000) |
+//! | `PLUG_SINCE_GAP_MS` | shortest time between two since_id writes (default 60000) |
+//!
+//! Boot number: with `PLUG_FLASH`, the stored counter plus one (at least the loader's number
+//! when one is given), written back before the network starts (`plug_app::persist`); without
+//! it, the loader's number alone. The since_id stored there is reported at the first login.
 //!
 //! The board's watchdog starts once the record is accepted ([`WATCHDOG_MS`]) and is fed while
 //! the client runner keeps its `Liveness` promise (`board_qemu_mps2_an386::watchdog`): a hung
@@ -36,6 +43,7 @@
 
 use core::mem::MaybeUninit;
 
+use board_qemu_mps2_an386::flash_file::{self, FileFlash};
 use board_qemu_mps2_an386::watchdog::{self, Watchdog};
 use board_qemu_mps2_an386::{Board, Lan9118, exit, record_region};
 use embassy_executor::Spawner;
@@ -47,6 +55,7 @@ use firmware::rng::Rng;
 use plug_app::AppMemory;
 use plug_app::app::AppConfig;
 use plug_app::entropy::BootRng;
+use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
 use static_cell::StaticCell;
 
 const EXIT_BOARD: i32 = 2;
@@ -63,6 +72,8 @@ const FEED_PERIOD_MS: u64 = 500;
 
 /// The client runner's promise, read by the watchdog task.
 static LIVENESS: Liveness = Liveness::new();
+/// The plug task's since_id and session ends, read by the persistence task.
+static SINCE: SinceFeed = SinceFeed::new();
 
 /// Words of the boot command line.
 struct Settings {
@@ -100,6 +111,9 @@ fn read_cmdline() -> &'static str {
 struct Options {
     meter_ms: u64,
     exit_after_s: Option<u64>,
+    flash: Option<&'static str>,
+    since_period_ms: u64,
+    since_gap_ms: u64,
 }
 
 fn options(s: &Settings) -> Result<Options, &'static str> {
@@ -112,6 +126,9 @@ fn options(s: &Settings) -> Result<Options, &'static str> {
     Ok(Options {
         meter_ms: number("PLUG_METER_MS")?.unwrap_or(DEFAULT_METER_MS),
         exit_after_s: number("PLUG_EXIT_AFTER_S")?,
+        flash: s.get("PLUG_FLASH"),
+        since_period_ms: number("PLUG_SINCE_PERIOD_MS")?.unwrap_or(persist::PERIOD_MS),
+        since_gap_ms: number("PLUG_SINCE_GAP_MS")?.unwrap_or(persist::GAP_MS),
     })
 }
 
@@ -130,6 +147,32 @@ async fn stay_offline(exit_after_s: Option<u64>) -> ! {
 #[embassy_executor::task]
 async fn net_task(mut runner: Runner<'static, Lan9118>) -> ! {
     runner.run().await
+}
+
+#[embassy_executor::task]
+async fn persist_task(store: &'static mut Store<FileFlash>, policy: SincePolicy) -> ! {
+    persist::keep_since(store, &SINCE, policy).await
+}
+
+/// Opens the emulated flash at `path` and starts a boot there: the boot number (at least
+/// `at_least`) is stored before it is returned.
+async fn begin_boot(
+    path: &str,
+    at_least: u32,
+) -> Result<(Store<FileFlash>, persist::Persisted), &'static str> {
+    let flash = FileFlash::open(path).map_err(|e| {
+        defmt::error!("flash file {=str}: {}", path, e);
+        "flash file"
+    })?;
+    let mut store = Store::new(flash, 0..flash_file::SIZE as u32).map_err(|e| {
+        defmt::error!("persistent area: {}", e);
+        "persistent area"
+    })?;
+    let p = store.begin_boot(at_least).await.map_err(|e| {
+        defmt::error!("persistent area: {}", e);
+        "persistent area"
+    })?;
+    Ok((store, p))
 }
 
 #[embassy_executor::task]
@@ -174,12 +217,34 @@ async fn main(spawner: Spawner) {
             stay_offline(opts.exit_after_s).await
         }
     };
-    let Some(boot) = record_region::boot_number() else {
-        defmt::error!(
-            "no boot number at {=usize:#x} (QEMU keeps nothing across boots; nonces could repeat); staying offline",
-            record_region::BOOT_WORD_ADDR
-        );
-        stay_offline(opts.exit_after_s).await
+    let loader_boot = record_region::boot_number();
+    let (boot, since_id, store) = match (opts.flash, loader_boot) {
+        (Some(path), at_least) => match begin_boot(path, at_least.unwrap_or(0)).await {
+            Ok((store, p)) => {
+                defmt::info!(
+                    "persist: boot {=u32}, since_id {=u64} (flash file {=str})",
+                    p.boot,
+                    p.since_id,
+                    path
+                );
+                (p.boot, p.since_id, Some(store))
+            }
+            Err(what) => {
+                defmt::error!(
+                    "no boot number: {=str} failed (nonces could repeat); staying offline",
+                    what
+                );
+                stay_offline(opts.exit_after_s).await
+            }
+        },
+        (None, Some(boot)) => (boot, 0, None),
+        (None, None) => {
+            defmt::error!(
+                "no boot number at {=usize:#x} and no PLUG_FLASH (QEMU keeps nothing across boots; nonces could repeat); staying offline",
+                record_region::BOOT_WORD_ADDR
+            );
+            stay_offline(opts.exit_after_s).await
+        }
     };
     let prov = provisioned.provisioning;
     match Watchdog::start(WATCHDOG_MS) {
@@ -232,6 +297,8 @@ async fn main(spawner: Spawner) {
         meter_interval_ms: opts.meter_ms,
         liveness: Some(&LIVENESS),
         reset_reason: Some(reset.as_str()),
+        since_id,
+        since_feed: store.is_some().then_some(&SINCE),
     };
     if let Err(e) = plug_app::start(
         spawner,
@@ -244,6 +311,16 @@ async fn main(spawner: Spawner) {
     ) {
         defmt::error!("application did not start: {}", e);
         exit(EXIT_BOARD);
+    }
+    if let Some(store) = store {
+        static STORE: StaticCell<Store<FileFlash>> = StaticCell::new();
+        let policy = SincePolicy::new(
+            since_id,
+            Instant::now().as_millis(),
+            opts.since_period_ms,
+            opts.since_gap_ms,
+        );
+        spawner.spawn(persist_task(STORE.init(store), policy).expect("persist task spawned once"));
     }
     if let Some(secs) = opts.exit_after_s {
         Timer::after(Duration::from_secs(secs)).await;
