@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | relay (active high) | PF13 | CN10 / Arduino D7 |
 //! | LD2 blue: relay state | PB7 | on board |
-//! | LD1 green: network up (DHCP lease) | PB0 | on board |
+//! | LD1 green: network up (DHCP lease; off while the link is down) | PB0 | on board |
 //! | Ethernet RMII | PA1 REF_CLK, PA7 CRS_DV, PC4 RXD0, PC5 RXD1, PG13 TXD0, PB13 TXD1, PG11 TX_EN | on board (solder bridges as shipped) |
 //! | PHY management | PA2 MDIO, PC1 MDC | on board |
 //!
@@ -36,7 +36,7 @@
 mod fault;
 mod record_region;
 
-use defmt::{error, info, unwrap};
+use defmt::{error, info, unwrap, warn};
 use embassy_executor::Spawner;
 use embassy_net::StackResources;
 use embassy_stm32::bind_interrupts;
@@ -279,4 +279,19 @@ async fn main(spawner: Spawner) {
         info!("network up: {}", config.address);
     }
     net_led.set_high();
+    // A lost link (cable pulled, switch down) is logged and shown on LD1. embassy-net keeps
+    // polling the PHY and asks for a new DHCP lease when the link returns; meanwhile the
+    // client's connections fail and it retries with its full-jitter backoff.
+    loop {
+        stack.wait_link_down().await;
+        warn!("Ethernet link lost; waiting for it to come back");
+        net_led.set_low();
+        stack.wait_link_up().await;
+        info!("Ethernet link back; waiting for a DHCP lease");
+        stack.wait_config_up().await;
+        if let Some(config) = stack.config_v4() {
+            info!("network up again: {}", config.address);
+        }
+        net_led.set_high();
+    }
 }
