@@ -6,8 +6,8 @@
 //! instead of from nothing. libFuzzer writes what it finds into the first corpus folder it is
 //! given, so both runs give it a scratch folder first (`<crate>/target/new-corpus/<target>/`,
 //! ignored by git) and the committed one second: a run never changes the working tree. `--merge`
-//! then adds to the committed corpus only the new inputs that reach new coverage, and minimises
-//! it (`cargo fuzz cmin`), so it stays small (docs/deployment.md, "Fuzzing").
+//! then rebuilds the committed corpus as a smallest set of inputs (old and new) keeping every
+//! code edge reached, so it grows in coverage, not in files (docs/fuzzing.md).
 
 use crate::shell::{cargo, has_program, run_command};
 use std::path::PathBuf;
@@ -58,19 +58,41 @@ impl Target {
         )
     }
 
-    /// Adds the scratch inputs that reach new coverage to the committed corpus, minimises it
-    /// and empties the scratch folder.
+    /// Rebuilds the committed corpus as a smallest set of inputs, from it and the scratch
+    /// folder, that keeps every code edge either reached (libFuzzer's `-set_cover_merge=1` with
+    /// `-use_counters=0`: edges, not hit counts; `cargo fuzz cmin` keeps several times more
+    /// files, one per hit-count feature), then empties the scratch folder. The previous corpus
+    /// waits under `target/` until the merge succeeded.
     fn merge(&self) -> Result<(), String> {
         let (scratch, committed) = (self.scratch(), self.committed());
-        run_command(
+        let previous = self
+            .crate_dir
+            .join("target")
+            .join("previous-corpus")
+            .join(&self.name);
+        let _ = std::fs::remove_dir_all(&previous);
+        std::fs::create_dir_all(previous.parent().unwrap_or(&previous))
+            .and_then(|()| std::fs::rename(&committed, &previous))
+            .and_then(|()| std::fs::create_dir_all(&committed))
+            .map_err(|e| format!("cannot set {} aside: {e}", committed.display()))?;
+        let merged = run_command(
             self.cargo_fuzz("run")
                 .arg(&committed)
+                .arg(&previous)
                 .arg(&scratch)
-                .args(["--", "-merge=1"]),
-        )?;
-        run_command(self.cargo_fuzz("cmin").arg(&committed))?;
-        std::fs::remove_dir_all(&scratch)
-            .map_err(|e| format!("cannot empty {}: {e}", scratch.display()))
+                .args(["--", "-set_cover_merge=1", "-use_counters=0"]),
+        );
+        if let Err(e) = merged {
+            // Put the previous corpus back rather than leave a half-merged one.
+            let _ = std::fs::remove_dir_all(&committed);
+            let _ = std::fs::rename(&previous, &committed);
+            return Err(e);
+        }
+        for dir in [&previous, &scratch] {
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 }
 
