@@ -10,7 +10,7 @@
 //! * the split does not matter: the same bytes delivered in the fuzzer's chunks and delivered
 //!   all at once give the same results, packet for packet, and the same bytes written back;
 //! * a returned packet fits the receive buffer;
-//! * with generated well-formed frames after a valid upgrade answer (first byte bit 1 set): the
+//! * with generated well-formed frames after a valid upgrade answer (first byte bits 0 and 1): the
 //!   packets returned are exactly the Binary messages sent, in order, up to the first error, and
 //!   when no error comes every Binary message that fits a packet was returned. A transport that
 //!   loses its framing (reads the next message as part of the previous one) fails here.
