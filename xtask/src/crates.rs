@@ -7,8 +7,8 @@
 //! * Host-built crates: `boards/<board>/` and `boards/lib/<crate>/` without such a target
 //!   (`boards/host-tap`, `boards/lib/plug-app`). Host toolchain: clippy and tests
 //!   (`cargo xtask test`, steps `clippy` and `boards`).
-//! * The fuzz crates `shared-protocol/fuzz` and `broker/fuzz` (nightly, libFuzzer): fmt here, run
-//!   in the `fuzz` step ([`fuzz_crates`]).
+//! * The fuzz crates `shared-protocol/fuzz`, `broker/fuzz` and `firmware/fuzz` (nightly,
+//!   libFuzzer): fmt here, run in the `fuzz` step and by `cargo xtask fuzz` ([`fuzz_crates`]).
 //! * Tool crates kept out of the workspace for their dependencies' features (`hil-tests/defmt-log`:
 //!   `defmt-decoder` turns on serde_json's `arbitrary_precision`, which would change JSON number
 //!   parsing for the broker): fmt here, clippy and tests in `cargo xtask test` (steps `clippy`
@@ -21,7 +21,7 @@ use crate::shell::project_root;
 use std::path::{Path, PathBuf};
 
 /// The fuzz crates, relative to the project root.
-const FUZZ_CRATES: [&str; 2] = ["shared-protocol/fuzz", "broker/fuzz"];
+const FUZZ_CRATES: [&str; 3] = ["shared-protocol/fuzz", "broker/fuzz", "firmware/fuzz"];
 
 /// Tool crates outside the workspace, relative to the project root (see module docs).
 const TOOL_CRATES: [&str; 1] = ["hil-tests/defmt-log"];

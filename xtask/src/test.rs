@@ -27,11 +27,12 @@
 //! 12. `bench`: `cargo xtask bench --quick`, our broker side by side with Mosquitto at 1,000
 //!     connections, failing below the ratio floors of `bench/floors.json` (needs root and
 //!     `mosquitto`, which `deps` installs; see [`crate::bench`]).
-//! 13. `fuzz`: a short run of every fuzz target, when the nightly toolchain is present
-//!     (`FUZZ_SECONDS`, default 20, per target, to keep CI within its time budget; a long run:
-//!     `FUZZ_SECONDS=600 cargo xtask test --only fuzz`).
+//! 13. `fuzz`: a short run of every fuzz target from its committed corpus, when the nightly
+//!     toolchain is present (`FUZZ_SECONDS`, default 20, per target, to keep CI within its time
+//!     budget; new finds go to an ignored scratch folder; a long run that can merge them back:
+//!     `cargo xtask fuzz`, see [`crate::fuzz`]).
 
-use crate::shell::{cargo, has_program, project_root, run_command, timed};
+use crate::shell::{cargo, project_root, run_command, timed};
 use std::path::Path;
 use std::process::Command;
 
@@ -263,45 +264,5 @@ fn bench() -> Result<(), String> {
 }
 
 fn fuzz() -> Result<(), String> {
-    // `rustup run` rather than `cargo +nightly`: under `cargo run` the PATH may point at the
-    // pinned toolchain's own cargo, which does not understand `+toolchain`.
-    if !has_program("rustup", &["run", "nightly", "cargo", "--version"]) {
-        eprintln!("skipped: no nightly toolchain on this machine");
-        return Ok(());
-    }
-    if !has_program("rustup", &["run", "nightly", "cargo", "fuzz", "--version"]) {
-        run_command(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
-    }
-    let seconds = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "20".into());
-    for fuzz_dir in crate::crates::fuzz_crates() {
-        let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
-            .map_err(|e| format!("cannot list fuzz targets in {}: {e}", fuzz_dir.display()))?
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| {
-                entry
-                    .file_name()
-                    .to_str()?
-                    .strip_suffix(".rs")
-                    .map(String::from)
-            })
-            .collect();
-        targets.sort();
-        let owner = fuzz_dir.parent().unwrap_or(&fuzz_dir).to_path_buf();
-        for target in targets {
-            // The working corpus (ignored by git) first, where new inputs are written; then
-            // the committed seeds, when the crate has them.
-            std::fs::create_dir_all(fuzz_dir.join("corpus").join(&target))
-                .map_err(|e| format!("cannot create the corpus of {target}: {e}"))?;
-            let mut run = Command::new("cargo");
-            run.current_dir(&owner)
-                .args(["+nightly", "fuzz", "run", &target])
-                .arg(format!("fuzz/corpus/{target}"));
-            let seeds = fuzz_dir.join("seeds").join(&target);
-            if seeds.is_dir() {
-                run.arg(seeds);
-            }
-            run_command(run.arg("--").arg(format!("-max_total_time={seconds}")))?;
-        }
-    }
-    Ok(())
+    crate::fuzz::ci()
 }

@@ -126,7 +126,10 @@ impl Target<'_> {
     }
 }
 
-/// Why a received packet was dropped. None of these changes the client's state.
+/// Why a received packet was dropped, or taken in part. None of these changes the client's
+/// state, but [`RxError::Unexpected`] for an acknowledgement of frames never sent: that
+/// acknowledgement is ignored and the rest of the frame is still taken, so a Kick or Goodbye
+/// carrying one still ends the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum RxError {

@@ -1960,3 +1960,28 @@ fn upload_acks_are_taken_while_the_event_queue_is_full() {
     );
     assert_eq!(net.client.stats().uploads_acked, 4);
 }
+
+#[test]
+fn a_goodbye_acknowledging_unsent_frames_is_reported_unexpected_and_still_ends_the_session() {
+    // Found by the `client_datagram` fuzz target: RxError's documentation said no error changes
+    // the client's state, but an acknowledgement of frames never sent is reported as
+    // `Unexpected` while the rest of the frame is still taken.
+    let mut net = Net::new();
+    net.online();
+    let mut q = VecDeque::new();
+    net.brokers[0].send(
+        Frame::unreliable(
+            Ack { next: 7, mask: 0 },
+            Body::Goodbye {
+                reason: Code::NORMAL,
+            },
+        ),
+        &mut q,
+    );
+    let mut packet = q.pop_front().unwrap();
+    assert_eq!(
+        net.client.handle_datagram(&mut packet, net.now),
+        Err(RxError::Unexpected)
+    );
+    assert_eq!(net.client.state(), ConnectionState::Backoff);
+}

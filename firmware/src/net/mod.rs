@@ -39,7 +39,8 @@ pub use shared::{SharedSockets, SharedTransport, SocketMemory};
 pub use transport::{DualTransport, SocketKind, Sockets, Transport, TransportError};
 pub use udp::{UDP_QUEUE, UdpBuffers, UdpTransport};
 pub use ws::{
-    WS_CLOSE_TIMEOUT_MS, WS_FRAME_OVERHEAD, WS_SEND_TIMEOUT_MS, WS_TCP_BUF, WsBuffers, WsTransport,
+    WS_CLOSE_TIMEOUT_MS, WS_FRAME_OVERHEAD, WS_SEND_TIMEOUT_MS, WS_TCP_BUF, WsBuffers, WsStream,
+    WsTransport,
 };
 
 /// The current time on embassy's clock, as the core's [`Instant`](crate::time::Instant).

@@ -5,7 +5,8 @@
 //! receive side accumulates TCP bytes until one whole frame is buffered, then decodes it, so
 //! [`Transport::recv`] is cancel-safe (all state lives in the transport, none in the future).
 //! Pings are answered with Pongs, text messages are ignored, a Close ends the connection.
-//! Fragmented messages are not used by the broker and count as malformed.
+//! Fragmented messages are not used by the broker and count as malformed, as does a message of
+//! any type whose payload does not fit the caller's buffer.
 //!
 //! No path waits on a stalled peer for long: a send (a packet or a Pong) that the peer does
 //! not take within [`WS_SEND_TIMEOUT_MS`] fails with [`TransportError::Stalled`], and the
@@ -349,11 +350,14 @@ impl<S: WsStream> Transport for WsTransport<'_, S> {
             let read = self.ws.read(&self.rx[..frame_len], buf);
             self.consume(frame_len);
             let read = read.map_err(|_| TransportError::Malformed)?;
+            // A message not read whole, of any type (fragmented, or longer than `buf`), leaves
+            // embedded-websocket expecting the rest of its payload: the next frame would be read
+            // as that rest, so such a message ends the connection rather than being skipped.
+            if !read.end_of_message {
+                return Err(TransportError::Malformed);
+            }
             match read.message_type {
-                WebSocketReceiveMessageType::Binary if read.end_of_message => {
-                    return Ok(read.len_to);
-                }
-                WebSocketReceiveMessageType::Binary => return Err(TransportError::Malformed),
+                WebSocketReceiveMessageType::Binary => return Ok(read.len_to),
                 WebSocketReceiveMessageType::Text | WebSocketReceiveMessageType::Pong => {}
                 WebSocketReceiveMessageType::Ping => {
                     let len = self
@@ -470,11 +474,11 @@ mod tests {
 
     /// An open transport over `peer`: the opening handshake is done in memory against
     /// embedded-websocket's server side, so the peer sees only what comes after it.
-    fn open<'d>(
-        peer: StallingPeer,
+    fn open<'d, S: WsStream>(
+        peer: S,
         rx: &'d mut [u8; WS_RX_BUF],
         tx: &'d mut [u8; WS_TX_BUF],
-    ) -> WsTransport<'d, StallingPeer> {
+    ) -> WsTransport<'d, S> {
         let mut ws = WsTransport::with_stream(peer, rx, tx, 1);
         let options = WebSocketOptions {
             path: "/ws",
@@ -559,6 +563,74 @@ mod tests {
             "Close frame, then FIN"
         );
         assert!(!ws.open);
+    }
+
+    /// A peer that sends `incoming` (after the opening handshake) and takes every write.
+    struct ScriptedPeer {
+        incoming: std::vec::Vec<u8>,
+        pos: usize,
+    }
+
+    impl WsStream for ScriptedPeer {
+        async fn connect(&mut self, _: IpEndpoint) -> Result<(), TransportError> {
+            Ok(())
+        }
+        async fn write(&mut self, bytes: &[u8]) -> Result<usize, TransportError> {
+            Ok(bytes.len())
+        }
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+            let n = (self.incoming.len() - self.pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.incoming[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+        fn close(&mut self) {}
+        async fn flush(&mut self) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn abort(&mut self) {}
+    }
+
+    /// An unmasked server frame, FIN set.
+    fn server_frame(opcode: u8, payload: &[u8]) -> std::vec::Vec<u8> {
+        let mut frame = std::vec![0x80 | opcode];
+        if payload.len() < 126 {
+            frame.push(payload.len() as u8);
+        } else {
+            frame.push(126);
+            frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn a_text_message_longer_than_a_packet_ends_the_connection_instead_of_eating_the_next() {
+        // Found by the `ws_recv` fuzz target: a 1,306-byte Text message fits the frame buffer
+        // but not the packet buffer, so embedded-websocket read it in part and took the next
+        // Binary message (a packet) as the rest of the text; the packet was lost silently.
+        let _clock = mock_clock();
+        let mut incoming = server_frame(0x1, &[b'x'; PACKET_BUF + 106]);
+        incoming.extend(server_frame(0x2, b"no"));
+        let (mut rx, mut tx) = ([0; WS_RX_BUF], [0; WS_TX_BUF]);
+        let mut ws = open(ScriptedPeer { incoming, pos: 0 }, &mut rx, &mut tx);
+        let mut buf = [0u8; PACKET_BUF];
+        assert_eq!(
+            poll_once(pin!(ws.recv(&mut buf))),
+            Poll::Ready(Err(TransportError::Malformed))
+        );
+    }
+
+    #[test]
+    fn a_short_text_message_is_skipped_and_the_packet_after_it_returned() {
+        let _clock = mock_clock();
+        let mut incoming = server_frame(0x1, b"hello");
+        incoming.extend(server_frame(0x2, b"packet"));
+        let (mut rx, mut tx) = ([0; WS_RX_BUF], [0; WS_TX_BUF]);
+        let mut ws = open(ScriptedPeer { incoming, pos: 0 }, &mut rx, &mut tx);
+        let mut buf = [0u8; PACKET_BUF];
+        assert_eq!(poll_once(pin!(ws.recv(&mut buf))), Poll::Ready(Ok(6)));
+        assert_eq!(&buf[..6], b"packet");
     }
 
     #[test]
