@@ -28,7 +28,7 @@
 //!     connections, failing below the ratio floors of `bench/floors.json` (needs root and
 //!     `mosquitto`, which `deps` installs; see [`crate::bench`]).
 //! 13. `fuzz`: a short run of every fuzz target from its committed corpus, when the nightly
-//!     toolchain is present (`FUZZ_SECONDS`, default 20, per target, to keep CI within its time
+//!     toolchain is present (`FUZZ_SECONDS`, default 5, per target, to keep CI within its time
 //!     budget; new finds go to an ignored scratch folder; a long run that can merge them back:
 //!     `cargo xtask fuzz`, see [`crate::fuzz`]).
 
