@@ -359,34 +359,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_and_its_task_start_with_the_first_send_or_upload() {
-        let c = Config::default();
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(
-            dir.path(),
-            OfflineLimits {
-                max_per_terminal: u64::from(c.offline.max_per_terminal),
-                eviction: c.offline.eviction,
-            },
-        )
-        .unwrap();
-        let router = Router::new(c.router_settings(), store.stores(), Metrics::new());
-        let session = router
-            .login(Login {
-                address: Address::device(1),
-                transport: Transport::Udp,
-                peer: "127.0.0.1:4000".parse().unwrap(),
-                since_id: 0,
-                upload_epoch: 1,
-            })
-            .await
-            .unwrap();
         let limits = WorkLimits {
             queued_frames: 2,
             requests_in_flight: 1,
             frames_per_sec: 100,
             frame_burst: 100,
         };
-        let mut worker = FrameWorker::spawn(router, session.handle().clone(), limits, 0);
+        let (mut worker, _dir) = worker(limits).await;
         assert!(
             !worker.started(),
             "an idle session has no queue and no task"
