@@ -11,12 +11,8 @@ use embedded_storage_async::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
 
-/// Sector (erase unit).
-pub const ERASE_SIZE: usize = 4096;
-/// Program unit.
-pub const WRITE_SIZE: usize = 4;
-/// Bytes in the file: four sectors.
-pub const SIZE: usize = ERASE_SIZE * 4;
+pub use plug_app::emulated_nor::{ERASE_SIZE, SIZE, WRITE_SIZE};
+use plug_app::emulated_nor::{RuleBroken, check_access, check_write};
 
 /// Why an emulated flash operation failed.
 #[derive(Debug)]
@@ -38,6 +34,16 @@ impl std::fmt::Display for FlashError {
             FlashError::NotAligned => f.write_str("unaligned access"),
             FlashError::OutOfBounds => f.write_str("out of bounds"),
             FlashError::NotNor => f.write_str("a write would set bits"),
+        }
+    }
+}
+
+impl From<RuleBroken> for FlashError {
+    fn from(broken: RuleBroken) -> Self {
+        match broken {
+            RuleBroken::NotAligned => FlashError::NotAligned,
+            RuleBroken::OutOfBounds => FlashError::OutOfBounds,
+            RuleBroken::SetsBits => FlashError::NotNor,
         }
     }
 }
@@ -77,15 +83,9 @@ impl FileFlash {
         Ok(FileFlash { file })
     }
 
+    /// The file offset of a rule-abiding access ([`check_access`]).
     fn check(offset: u32, len: usize, align: usize) -> Result<u64, FlashError> {
-        let start = offset as usize;
-        if start.checked_add(len).is_none_or(|end| end > SIZE) {
-            return Err(FlashError::OutOfBounds);
-        }
-        if !start.is_multiple_of(align) || !len.is_multiple_of(align) {
-            return Err(FlashError::NotAligned);
-        }
-        Ok(start as u64)
+        Ok(check_access(offset, len, align)? as u64)
     }
 
     fn read_at(&mut self, at: u64, bytes: &mut [u8]) -> Result<(), FlashError> {
@@ -138,9 +138,7 @@ impl NorFlash for FileFlash {
         let at = Self::check(offset, bytes.len(), WRITE_SIZE)?;
         let mut old = vec![0; bytes.len()];
         self.read_at(at, &mut old)?;
-        if old.iter().zip(bytes).any(|(o, n)| n & !o != 0) {
-            return Err(FlashError::NotNor);
-        }
+        check_write(&old, bytes)?;
         self.write_at(at, bytes)
     }
 }

@@ -70,8 +70,9 @@ async fn persist_task(store: &'static mut Store<FileFlash>, policy: SincePolicy)
 /// Counts this boot in the `PLUG_FLASH` file and reads the stored since_id.
 async fn begin_boot(path: &std::path::Path) -> Result<(Store<FileFlash>, u64), String> {
     let flash = FileFlash::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut store = Store::new(flash, 0..flash_file::SIZE as u32).map_err(|e| e.to_string())?;
-    let p = store.begin_boot(0).await.map_err(|e| e.to_string())?;
+    let (store, p) = Store::open_and_begin_boot(flash, 0..flash_file::SIZE as u32, 0)
+        .await
+        .map_err(|e| e.to_string())?;
     log::info!("persist: boot {}, since_id {}", p.boot, p.since_id);
     Ok((store, p.since_id))
 }

@@ -184,21 +184,17 @@ async fn main(spawner: Spawner) {
     // Count this boot and read since_id before the network starts. This board draws its
     // nonces from the hardware RNG, so a failing area is logged and the plug goes on with
     // since_id 0 (at worst it receives stored messages again).
-    let mut store = Store::new(Flash::new(p.FLASH, Irqs), PERSIST_AREA);
-    let persisted = match &mut store {
-        Ok(store) => store.begin_boot(0).await,
-        Err(e) => Err(*e),
-    };
-    let (since_id, store) = match (persisted, store) {
-        (Ok(p), Ok(store)) => {
-            info!("persist: boot {=u32}, since_id {=u64}", p.boot, p.since_id);
-            (p.since_id, Some(store))
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            error!("persistent area unusable: {}; since_id starts at 0", e);
-            (0, None)
-        }
-    };
+    let (since_id, store) =
+        match Store::open_and_begin_boot(Flash::new(p.FLASH, Irqs), PERSIST_AREA, 0).await {
+            Ok((store, p)) => {
+                info!("persist: boot {=u32}, since_id {=u64}", p.boot, p.since_id);
+                (p.since_id, Some(store))
+            }
+            Err(e) => {
+                error!("persistent area unusable: {}; since_id starts at 0", e);
+                (0, None)
+            }
+        };
 
     let mut watchdog = IndependentWatchdog::new(p.IWDG, WATCHDOG_MS * 1_000);
     watchdog.unleash();

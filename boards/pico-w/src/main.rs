@@ -179,17 +179,18 @@ async fn main(spawner: Spawner) {
     // Count this boot and read since_id before the network starts. This board draws its
     // nonces from the ring oscillator, so a failing area is logged and the plug goes on with
     // since_id 0 (at worst it receives stored messages again).
-    let mut store = Store::new(BoardFlash::new(p.FLASH, p.DMA_CH1), PERSIST_AREA);
-    let persisted = match &mut store {
-        Ok(store) => store.begin_boot(0).await,
-        Err(e) => Err(*e),
-    };
-    let (since_id, store) = match (persisted, store) {
-        (Ok(p), Ok(store)) => {
+    let (since_id, store) = match Store::open_and_begin_boot(
+        BoardFlash::new(p.FLASH, p.DMA_CH1),
+        PERSIST_AREA,
+        0,
+    )
+    .await
+    {
+        Ok((store, p)) => {
             info!("persist: boot {=u32}, since_id {=u64}", p.boot, p.since_id);
             (p.since_id, Some(store))
         }
-        (Err(e), _) | (_, Err(e)) => {
+        Err(e) => {
             error!("persistent area unusable: {}; since_id starts at 0", e);
             (0, None)
         }

@@ -20,14 +20,10 @@ use embedded_storage_async::nor_flash::{
 use semihosting::fs::File;
 use semihosting::io::{Read, Seek, SeekFrom, Write};
 
-/// Sector (erase unit): 4 KiB, like the RP2040's QSPI flash.
-pub const ERASE_SIZE: usize = 4096;
-/// Program unit: a 32-bit word, like the STM32F4's internal flash at 2.7-3.6 V.
-pub const WRITE_SIZE: usize = 4;
-/// Sectors in the file.
-pub const SECTORS: usize = 4;
-/// Bytes in the file: [`SECTORS`] sectors.
-pub const SIZE: usize = ERASE_SIZE * SECTORS;
+// Sectors of 4 KiB like the RP2040's QSPI flash, 32-bit program words like the STM32F4's
+// internal flash at 2.7-3.6 V.
+pub use plug_app::emulated_nor::{ERASE_SIZE, SECTORS, SIZE, WRITE_SIZE};
+use plug_app::emulated_nor::{RuleBroken, check_access, check_write};
 /// Longest path accepted (bytes, without the terminating NUL).
 pub const PATH_MAX: usize = 255;
 
@@ -44,6 +40,16 @@ pub enum FlashError {
     OutOfBounds,
     /// A write would turn a 0 bit into 1 (only an erase can).
     NotNor,
+}
+
+impl From<RuleBroken> for FlashError {
+    fn from(broken: RuleBroken) -> Self {
+        match broken {
+            RuleBroken::NotAligned => FlashError::NotAligned,
+            RuleBroken::OutOfBounds => FlashError::OutOfBounds,
+            RuleBroken::SetsBits => FlashError::NotNor,
+        }
+    }
 }
 
 impl NorFlashError for FlashError {
@@ -109,15 +115,9 @@ impl FileFlash {
             .map_err(|_| FlashError::Io)
     }
 
+    /// The file offset of a rule-abiding access ([`check_access`]).
     fn check(offset: u32, len: usize, align: usize) -> Result<usize, FlashError> {
-        let offset = offset as usize;
-        if offset.checked_add(len).is_none_or(|end| end > SIZE) {
-            return Err(FlashError::OutOfBounds);
-        }
-        if !offset.is_multiple_of(align) || !len.is_multiple_of(align) {
-            return Err(FlashError::NotAligned);
-        }
-        Ok(offset)
+        Ok(check_access(offset, len, align)?)
     }
 }
 
@@ -165,9 +165,7 @@ impl NorFlash for FileFlash {
             let old = &mut old[..chunk.len()];
             self.seek(at)?;
             self.file.read_exact(old).map_err(|_| FlashError::Io)?;
-            if old.iter().zip(chunk).any(|(o, n)| n & !o != 0) {
-                return Err(FlashError::NotNor);
-            }
+            check_write(old, chunk)?;
         }
         self.seek(start)?;
         self.file.write_all(bytes).map_err(|_| FlashError::Io)

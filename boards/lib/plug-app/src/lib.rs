@@ -35,6 +35,7 @@ mod fmt;
 
 pub mod app;
 pub mod deliveries;
+pub mod emulated_nor;
 pub mod entropy;
 pub mod persist;
 pub mod provision;

@@ -177,6 +177,18 @@ impl<F: NorFlash> Store<F> {
         })
     }
 
+    /// Opens the area `range` of `flash` ([`Store::new`]) and starts a boot there
+    /// ([`Store::begin_boot`]): what a board's `main` does before its network starts.
+    pub async fn open_and_begin_boot(
+        flash: F,
+        range: Range<u32>,
+        at_least: u32,
+    ) -> Result<(Self, Persisted), PersistError> {
+        let mut store = Self::new(flash, range)?;
+        let persisted = store.begin_boot(at_least).await?;
+        Ok((store, persisted))
+    }
+
     /// Stores `since_id` (one record of 20 bytes with a 4-byte flash word).
     pub async fn store_since(&mut self, since_id: u64) -> Result<(), PersistError> {
         self.map

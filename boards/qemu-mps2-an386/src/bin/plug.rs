@@ -164,15 +164,12 @@ async fn begin_boot(
         defmt::error!("flash file {=str}: {}", path, e);
         "flash file"
     })?;
-    let mut store = Store::new(flash, 0..flash_file::SIZE as u32).map_err(|e| {
-        defmt::error!("persistent area: {}", e);
-        "persistent area"
-    })?;
-    let p = store.begin_boot(at_least).await.map_err(|e| {
-        defmt::error!("persistent area: {}", e);
-        "persistent area"
-    })?;
-    Ok((store, p))
+    Store::open_and_begin_boot(flash, 0..flash_file::SIZE as u32, at_least)
+        .await
+        .map_err(|e| {
+            defmt::error!("persistent area: {}", e);
+            "persistent area"
+        })
 }
 
 #[embassy_executor::task]
