@@ -6,6 +6,8 @@
 //! Receivers print one status line when every connection attempt finished (as `idle` does),
 //! then a result line once every terminal that is up got every message, or when standard input
 //! closes (the harness gave up waiting): `{"deliveries":..,"first_us":..,"last_us":..}`.
+//! They keep their connections open until standard input closes, so that acknowledgements
+//! still on their way reach the server before the harness reads its CPU time.
 //! Our terminals are apps on the app WebSocket (each delivery acknowledged, as an app must) or
 //! devices on the device WebSocket (`broker load`'s simulated devices, whose link acknowledges
 //! each Deliver; they count deliveries and stamp the last one in ms, so the first delivery is
@@ -245,11 +247,12 @@ pub async fn run(args: FanoutArgs) -> Result<(), String> {
     result["expected"] = expected.into();
     result["lost"] = tally.json()["lost"].clone();
     println!("{result}");
+    stdin_closed().await;
     Ok(())
 }
 
-/// Returns when standard input closes (the harness gave up waiting).
-async fn stdin_closed() {
+/// Returns when standard input closes (the harness gave up waiting, or is done).
+pub async fn stdin_closed() {
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 256];
     while let Ok(n) = stdin.read(&mut buf).await {
@@ -311,6 +314,9 @@ async fn run_devices(
             "lost": tally.json()["lost"],
         })
     );
+    // The devices acknowledge within `ACK_DELAY_MS` of a Deliver: they stay connected until
+    // the harness has read the server's CPU time, so that time includes the acknowledgements.
+    stdin_closed().await;
     Ok(())
 }
 

@@ -9,6 +9,8 @@
 //!   request/reply), timing each request.
 //! * [`uploads`]: clients uploading back to back (our devices; MQTT QoS 1 publishers with a
 //!   persistent-session subscriber), counting what was acknowledged in a window.
+//! * [`pings`]: the UDP frame rate: devices flooding the broker with Pings, and plain
+//!   datagrams against an echo server with the broker's batched I/O.
 //! * [`tally`]: the counters and failure reasons the status line is made from.
 //! * [`ours`]: our device (WebSocket or UDP, through `broker load`'s simulated device) and app
 //!   WebSocket clients.
@@ -19,6 +21,7 @@ mod fanout;
 mod idle;
 mod mqtt;
 mod ours;
+mod pings;
 mod tally;
 mod uploads;
 
@@ -46,6 +49,18 @@ enum Command {
     Request(command::RequestArgs),
     /// Upload back to back for a window and report the acknowledged uploads per second.
     Uploads(uploads::UploadsArgs),
+    /// Keep Pings (or plain datagrams) unanswered over UDP and count the answers in a window.
+    Pings(pings::PingsArgs),
+    /// Return every UDP datagram to its sender (the machine's limit for `pings --kind raw-udp`).
+    UdpEcho(pings::EchoArgs),
+}
+
+/// The echo server's runtime: one thread, so its CPU time is one core's work at most.
+fn echo_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -63,6 +78,8 @@ fn main() -> ExitCode {
         Command::Publish(args) => runtime.block_on(fanout::publish(args)),
         Command::Request(args) => runtime.block_on(command::run(args)),
         Command::Uploads(args) => runtime.block_on(uploads::run(args)),
+        Command::Pings(args) => runtime.block_on(pings::run(args)),
+        Command::UdpEcho(args) => echo_runtime().and_then(|rt| rt.block_on(pings::echo(args))),
     };
     match result {
         Ok(()) => {

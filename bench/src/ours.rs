@@ -48,6 +48,16 @@ impl Devices {
     pub fn last_delivery_unix_ms(&self) -> u64 {
         self.live.last_delivery_unix_ms.load(Ordering::Relaxed)
     }
+
+    /// Uploads the broker refused so far (an `Error` about the upload; not resent).
+    pub fn refused(&self) -> u64 {
+        self.live.uploads_refused.load(Ordering::Relaxed)
+    }
+
+    /// Pongs received so far (see [`spawn_pinging_devices`]).
+    pub fn pongs(&self) -> u64 {
+        self.live.pongs.load(Ordering::Relaxed)
+    }
 }
 
 /// What logged-in devices upload: back to back, at most `in_flight` unacknowledged, until
@@ -98,7 +108,6 @@ pub fn spawn_uploading_devices(
     uploading: Option<Uploading>,
 ) -> Result<Devices, String> {
     let master = master_key.ok_or("device kinds need --master-key")?;
-    let config = Config::default();
     let endpoint = if websocket {
         Endpoint::Ws(format!("ws://{addr}/"), None)
     } else {
@@ -126,6 +135,46 @@ pub fn spawn_uploading_devices(
             grace: Duration::from_secs(10),
         },
     });
+    spawn_with(plan, master, ids, at, tally, 0)
+}
+
+/// [`spawn_devices`] over UDP, each device keeping `in_flight` Pings unanswered once logged in
+/// (a Pong, or a silence of `broker load`'s `PING_LOSS_MS`, frees one), until the process
+/// exits.
+pub fn spawn_pinging_devices(
+    addr: SocketAddr,
+    master_key: Option<&str>,
+    ids: Range<u32>,
+    login_timeout: Duration,
+    at: impl Fn(u32) -> Instant,
+    tally: &Arc<Tally>,
+    in_flight: usize,
+) -> Result<Devices, String> {
+    let master = master_key.ok_or("device kinds need --master-key")?;
+    let plan = Arc::new(Plan {
+        endpoint: Endpoint::Udp(addr),
+        login_timeout,
+        upload_interval: None,
+        payload_len: 0,
+        in_flight: 1,
+        // Pinging until the process exits.
+        stop_at: Instant::now() + Duration::from_secs(7 * 86_400),
+        grace: Duration::ZERO,
+    });
+    spawn_with(plan, master, ids, at, tally, in_flight)
+}
+
+/// Starts one device per id of `ids` on `plan`, the i-th at `at(i)`, each keeping
+/// `pings_in_flight` Pings unanswered; failures and lost sessions are counted in `tally`.
+fn spawn_with(
+    plan: Arc<Plan>,
+    master: &str,
+    ids: Range<u32>,
+    at: impl Fn(u32) -> Instant,
+    tally: &Arc<Tally>,
+    pings_in_flight: usize,
+) -> Result<Devices, String> {
+    let config = Config::default();
     let live = Arc::new(Live::default());
     let first = ids.start;
     for id in ids {
@@ -133,7 +182,7 @@ pub fn spawn_uploading_devices(
         let (plan, live, tally) = (plan.clone(), live.clone(), tally.clone());
         let start_at = at(id - first);
         tokio::spawn(async move {
-            let outcome = device::run(id, key, plan, start_at, live).await;
+            let outcome = device::run_pinging(id, key, plan, start_at, live, pings_in_flight).await;
             if let Some(reason) = outcome.login_failure {
                 tally.failed(&reason);
             } else if let Some(reason) = outcome.session_lost {

@@ -1,7 +1,8 @@
 //! `bench-load uploads`: durable uploads per second. `--publishers` clients log in (or
 //! connect), then each sends back to back with at most `--in-flight` unacknowledged for
 //! `--seconds`; the result line counts what was acknowledged in that window:
-//! `{"up":..,"failed":..,"reasons":{..},"acked":..,"seconds":..,"per_sec":..,"received":..}`.
+//! `{"up":..,"failed":..,"reasons":{..},"acked":..,"seconds":..,"per_sec":..,"received":..,
+//! "refused":..}` (`refused`: our uploads the broker refused with an `Error`, none for MQTT).
 //!
 //! * Ours: `broker load`'s simulated devices on the device WebSocket or UDP sending Upload
 //!   frames; an UploadAck says the upload is durable (stored, synced) on the broker.
@@ -71,13 +72,14 @@ pub async fn run(args: UploadsArgs) -> Result<(), String> {
     let tally = Arc::new(Tally::default());
     let timeout = Duration::from_secs(args.timeout);
     let window = Duration::from_secs(args.seconds);
-    let (acked, received) = match args.kind {
+    let (acked, received, refused) = match args.kind {
         Uploader::DeviceWs | Uploader::DeviceUdp => {
-            (ours_uploads(&args, &tally, timeout, window).await?, None)
+            let (a, refused) = ours_uploads(&args, &tally, timeout, window).await?;
+            (a, None, Some(refused))
         }
         Uploader::MqttTcp => {
             let (a, r) = mqtt_uploads(&args, &tally, timeout, window).await?;
-            (a, Some(r))
+            (a, Some(r), None)
         }
     };
     let status = tally.json();
@@ -91,19 +93,20 @@ pub async fn run(args: UploadsArgs) -> Result<(), String> {
             "seconds": args.seconds,
             "per_sec": (acked as f64 / window.as_secs_f64()).round(),
             "received": received,
+            "refused": refused,
         })
     );
     Ok(())
 }
 
 /// Our devices: log in (at most `timeout`), upload until the window ends; the acknowledgements
-/// counted from the window's start to its end.
+/// and the refusals (an `Error` about an upload) counted from the window's start to its end.
 async fn ours_uploads(
     args: &UploadsArgs,
     tally: &Arc<Tally>,
     timeout: Duration,
     window: Duration,
-) -> Result<u64, String> {
+) -> Result<(u64, u64), String> {
     let start = Instant::now();
     // Logins spread over 100 ms; the window opens once every login finished.
     let login_phase = timeout + Duration::from_secs(1);
@@ -128,9 +131,9 @@ async fn ours_uploads(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tally.add_up(devices.logged_in());
-    let before = devices.acked();
+    let (acked, refused) = (devices.acked(), devices.refused());
     tokio::time::sleep(window).await;
-    Ok(devices.acked() - before)
+    Ok((devices.acked() - acked, devices.refused() - refused))
 }
 
 /// MQTT: the persistent subscriber first, then the publishers; PUBACKs and the subscriber's

@@ -10,6 +10,7 @@
 //! * [`bench_command`]: scenario `command`.
 //! * [`bench_uploads`]: scenario `uploads`.
 //! * [`bench_login`]: scenario `login-storm`.
+//! * [`bench_udp`]: scenario `udp-frames` (against the machine's own limit, not Mosquitto).
 //! * [`bench_report`]: ratios, JSON, markdown, SVG, floors.
 //!
 //! The load clients are the `bench-load` binary (the `bench/` crate), built here in release
@@ -24,10 +25,19 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::shell::{cargo, project_root, run_command};
-use crate::{bench_command, bench_fanout, bench_idle, bench_login, bench_report, bench_uploads};
+use crate::{
+    bench_command, bench_fanout, bench_idle, bench_login, bench_report, bench_udp, bench_uploads,
+};
 
 /// Scenarios, in the order they run.
-const SCENARIOS: [&str; 5] = ["idle-memory", "fanout", "command", "uploads", "login-storm"];
+const SCENARIOS: [&str; 6] = [
+    "idle-memory",
+    "fanout",
+    "command",
+    "uploads",
+    "login-storm",
+    "udp-frames",
+];
 
 #[derive(Debug)]
 struct Options {
@@ -149,6 +159,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let ratios = bench_report::login_ratios(&rows);
         doc["login_storm"] = json!({ "rows": rows, "ratios": ratios });
     }
+    if wanted("udp-frames") {
+        let rows = bench_udp::run(&broker, &load, if o.quick { 3 } else { 10 })?;
+        let ratios = bench_udp::ratios(&rows);
+        doc["udp_frames"] = json!({ "rows": rows, "ratios": ratios });
+    }
     doc["load_average"] = json!({ "start": load_start, "end": load_average() });
 
     let floors_file = project_root().join("bench/floors.json");
@@ -214,7 +229,10 @@ fn write_results(out: &Path, doc: &Value) -> Result<(), String> {
     };
     let json = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())?;
     write(format!("{stem}.json"), json + "\n")?;
-    write(format!("{stem}.md"), bench_report::markdown(doc))?;
+    write(
+        format!("{stem}.md"),
+        bench_report::markdown(doc, &[bench_udp::markdown]),
+    )?;
     if let Some(rows) = doc["idle_memory"]["rows"].as_array() {
         write(
             format!("{stem}-idle-memory.svg"),
@@ -241,6 +259,9 @@ fn write_results(out: &Path, doc: &Value) -> Result<(), String> {
             format!("{stem}-login-storm.svg"),
             bench_report::login_svg(rows),
         )?;
+    }
+    if let Some(rows) = doc["udp_frames"]["rows"].as_array() {
+        write(format!("{stem}-udp-frames.svg"), bench_udp::svg(rows))?;
     }
     Ok(())
 }

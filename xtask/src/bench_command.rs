@@ -152,6 +152,7 @@ fn requester(
     let (to, port) = match v.product {
         Product::Ours => ("ours", port::HTTP),
         Product::Mosquitto => ("mqtt", port::MQTT),
+        Product::UdpEcho => return Err("the UDP echo server takes no requests".into()),
     };
     let args = [
         "request".to_string(),

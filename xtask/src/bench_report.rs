@@ -103,8 +103,12 @@ pub fn below_floors(
     failures
 }
 
-/// The run's markdown: context, then the idle-memory table and its ratios.
-pub fn markdown(doc: &Value) -> String {
+/// A scenario's part of the markdown, written by the scenario's own module.
+pub type Section = fn(&mut String, &Value);
+
+/// The run's markdown: context, the idle-memory, fan-out, command, uploads and login-storm
+/// tables with their ratios, then `more` (other scenarios' parts), then the floors.
+pub fn markdown(doc: &Value, more: &[Section]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -156,6 +160,9 @@ pub fn markdown(doc: &Value) -> String {
     command_markdown(&mut md, doc);
     uploads_markdown(&mut md, doc);
     login_markdown(&mut md, doc);
+    for section in more {
+        section(&mut md, doc);
+    }
     if let Some(f) = doc["floor_failures"].as_array() {
         let _ = writeln!(
             md,
@@ -553,16 +560,17 @@ fn uploads_markdown(md: &mut String, doc: &Value) {
         md.push_str(
             "\n## Durable uploads: 64-byte uploads back to back, acknowledged per second\n\n",
         );
-        md.push_str("| variant | clients up | in flight each | seconds | acknowledged/s | received by the subscriber | server CPU per upload (µs) |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("| variant | clients up | in flight each | seconds | acknowledged/s | refused | received by the subscriber | server CPU per upload (µs) |\n|---|---|---|---|---|---|---|---|\n");
         for r in rows {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 r["variant"].as_str().unwrap_or("?"),
                 r["up"],
                 r["in_flight"],
                 r["seconds"],
                 r["per_sec"],
+                r["refused"],
                 r["received"],
                 r["server_cpu_us_per_upload"],
             );
@@ -601,7 +609,7 @@ fn login_markdown(md: &mut String, doc: &Value) {
 }
 
 /// The ratios of `doc[key]` as a table of `pair` and `columns`.
-fn ratio_table(md: &mut String, doc: &Value, key: &str, columns: &[&str]) {
+pub fn ratio_table(md: &mut String, doc: &Value, key: &str, columns: &[&str]) {
     let Some(ratios) = doc[key]["ratios"].as_array() else {
         return;
     };
@@ -696,7 +704,7 @@ mod tests {
         assert_eq!(r.len(), 1, "no Mosquitto row at 5000/s");
         assert_eq!(r[0]["completed_per_sec"], 0.5);
         assert_eq!(r[0]["cpu"], 1.0);
-        let md = markdown(&json!({"login_storm": {"rows": rows, "ratios": r}}));
+        let md = markdown(&json!({"login_storm": {"rows": rows, "ratios": r}}), &[]);
         assert!(
             md.contains("| device-udp/mqtt-tcp | 2000 | 0.5 | 1.0 |"),
             "{md}"

@@ -1,6 +1,7 @@
 //! The servers `cargo xtask bench` measures, each started alone in a fresh [`Namespace`]:
 //! our broker on embedded defaults (a temporary data directory and a generated bench config:
-//! per-address limits lifted, since every client comes from 127.0.0.1) and Mosquitto with a
+//! per-address limits lifted, since every client comes from 127.0.0.1, and the per-terminal
+//! frame rate, since a bench device uploads back to back, far above what a plug sends) and Mosquitto with a
 //! generated config (an MQTT/TCP and an MQTT/WebSocket listener, anonymous, no persistence).
 //! A [`Server`] owns its namespace, process and temporary directory, and removes all three.
 
@@ -16,6 +17,9 @@ pub enum Product {
     Ours,
     /// Mosquitto (Debian's package).
     Mosquitto,
+    /// `bench-load udp-echo`: every UDP datagram back to its sender with the broker's batched
+    /// I/O and no protocol work (the machine's limit in scenario `udp-frames`).
+    UdpEcho,
 }
 
 impl Product {
@@ -24,6 +28,7 @@ impl Product {
         match self {
             Product::Ours => "plugcloud",
             Product::Mosquitto => "mosquitto",
+            Product::UdpEcho => "udp-echo",
         }
     }
 }
@@ -43,7 +48,7 @@ pub mod port {
     pub const DEVICE_WS: u16 = 8081;
     /// Our app WebSocket.
     pub const APP_WS: u16 = 8082;
-    /// Our device UDP.
+    /// Our device UDP (and the UDP echo server's).
     pub const UDP: u16 = 8083;
     /// Mosquitto MQTT/TCP.
     pub const MQTT: u16 = 1883;
@@ -68,11 +73,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `product` (our `broker` binary at `broker`) in a new namespace and waits until it
-    /// listens.
+    /// Starts `product` in a new namespace and waits until it listens. `binary` is the program
+    /// for ours (the `broker` binary) and for [`Product::UdpEcho`] (the `bench-load` binary);
+    /// Mosquitto is Debian's.
     pub fn start(
         product: Product,
-        broker: &Path,
+        binary: &Path,
         tuning: MosquittoTuning,
     ) -> Result<Server, String> {
         let dir = std::env::temp_dir().join(format!(
@@ -90,11 +96,20 @@ impl Server {
                 let config = dir.join("bench.toml");
                 write(&config, &ours_config(&dir.join("data")))?;
                 namespace.spawn(
-                    broker,
+                    binary,
                     &["--config".into(), config.display().to_string()],
                     Pipes::Server(&log),
                 )
             }
+            Product::UdpEcho => namespace.spawn(
+                binary,
+                &[
+                    "udp-echo".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", port::UDP),
+                ],
+                Pipes::Server(&log),
+            ),
             Product::Mosquitto => {
                 let config = dir.join("mosquitto.conf");
                 write(&config, &mosquitto_config(tuning))?;
@@ -120,6 +135,7 @@ impl Server {
         let (tcp, udp): (&[u16], &[u16]) = match product {
             Product::Ours => (&[port::HTTP, port::DEVICE_WS, port::APP_WS], &[port::UDP]),
             Product::Mosquitto => (&[port::MQTT, port::MQTT_WS], &[]),
+            Product::UdpEcho => (&[], &[port::UDP]),
         };
         bench_ns::wait_listening(server.pid(), tcp, udp, Duration::from_secs(30))
             .map_err(|e| format!("{e}; its log: {}", server.log_tail()))?;
@@ -174,6 +190,8 @@ api_token = "{API_TOKEN}"
 max_connections = 100000
 max_connections_per_ip = 100000
 login_attempts_per_ip_per_sec = 1000000
+frames_per_sec_per_terminal = 1000000
+frame_burst_per_terminal = 1000000
 [timeouts]
 shutdown_drain_secs = 1
 [log]

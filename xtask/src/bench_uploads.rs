@@ -103,6 +103,7 @@ fn measure(broker: &Path, load: &Path, v: Variant, seconds: u64) -> Result<Value
         "acked": acked,
         "per_sec": result["per_sec"],
         "received": result["received"],
+        "refused": result["refused"],
         "server_cpu_us_per_upload": (cpu_us / acked as f64 * 10.0).round() / 10.0,
     }))
 }

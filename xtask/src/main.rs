@@ -25,6 +25,7 @@ mod bench_login;
 mod bench_ns;
 mod bench_report;
 mod bench_servers;
+mod bench_udp;
 mod bench_uploads;
 mod crates;
 mod cross;

@@ -36,6 +36,8 @@ pub struct Live {
     pub last_delivery_unix_ms: AtomicU64,
     /// Pongs received (Ping flood).
     pub pongs: AtomicU64,
+    /// Uploads the broker refused with an `Error`.
+    pub uploads_refused: AtomicU64,
 }
 
 /// In a Ping flood, a device that heard nothing for this long takes its unanswered Pings as
@@ -145,6 +147,8 @@ async fn steady(
 ) -> Result<(), ClientError> {
     let payload = vec![b'x'; plan.payload_len];
     let mut pending: HashMap<u32, Instant> = HashMap::new();
+    // The frame seq of each pending upload, so that an `Error` about it frees its slot.
+    let mut upload_of_seq: HashMap<u32, u32> = HashMap::new();
     let mut next_upload_id = 1u32;
     // Spread the first upload over one interval so devices do not upload in lockstep.
     let mut next_upload = plan
@@ -175,7 +179,9 @@ async fn steady(
                 let upload_id = next_upload_id;
                 next_upload_id = next_upload_id.wrapping_add(1).max(1);
                 let body = Body::Upload { upload_id, topic: "load", payload: &payload };
-                send_body(wire, link, clock, &body).await?;
+                if let Some(seq) = send_body(wire, link, clock, &body).await? {
+                    upload_of_seq.insert(seq, upload_id);
+                }
                 pending.insert(upload_id, Instant::now());
                 outcome.uploads_sent += 1;
                 next_upload = plan.upload_interval.map(|every| tokio::time::Instant::now() + every);
@@ -194,7 +200,17 @@ async fn steady(
                         pings_out -= 1;
                         live.pongs.fetch_add(1, Ordering::Relaxed);
                     }
+                    Incoming::Event(Event::Error { code, about: Some(seq), .. }) => {
+                        // A refused upload is not resent (the SDK resends one refused for
+                        // load; a load test reports the refusal instead).
+                        if let Some(upload_id) = upload_of_seq.remove(&seq) {
+                            pending.remove(&upload_id);
+                            *outcome.uploads_refused.entry(code.to_string()).or_insert(0) += 1;
+                            live.uploads_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     Incoming::Event(Event::UploadAck { upload_id }) => {
+                        upload_of_seq.retain(|_, id| *id != upload_id);
                         if let Some(sent) = pending.remove(&upload_id) {
                             outcome.ack_latency.record(sent.elapsed());
                             outcome.uploads_acked += 1;

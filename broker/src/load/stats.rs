@@ -89,6 +89,8 @@ pub struct DeviceOutcome {
     pub uploads_sent: u64,
     /// Uploads the broker acknowledged (durable).
     pub uploads_acked: u64,
+    /// Uploads the broker refused with an `Error` (not resent), by code.
+    pub uploads_refused: BTreeMap<String, u64>,
     /// Upload sent to UploadAck received, per acknowledged upload.
     pub ack_latency: Latencies,
     /// Commands from the broker that were answered.
@@ -135,6 +137,8 @@ pub struct Report {
     pub uploads_sent: u64,
     /// Uploads acknowledged.
     pub uploads_acked: u64,
+    /// Uploads refused with an `Error`, by code (e.g. `RATE_LIMITED`).
+    pub uploads_refused: BTreeMap<String, u64>,
     /// Acknowledged uploads per second over the measured window.
     pub acked_per_sec: f64,
     /// Upload acknowledgement latency.
@@ -203,6 +207,7 @@ impl Report {
         let mut acks = Latencies::default();
         let mut login_failures = BTreeMap::new();
         let mut sessions_lost = BTreeMap::new();
+        let mut refused = BTreeMap::new();
         let (mut sent, mut acked, mut answered, mut retries) = (0, 0, 0, 0);
         for o in outcomes {
             retries += o.login_retries;
@@ -217,6 +222,9 @@ impl Report {
             }
             sent += o.uploads_sent;
             acked += o.uploads_acked;
+            for (code, n) in o.uploads_refused {
+                *refused.entry(code).or_insert(0) += n;
+            }
             answered += o.commands_answered;
             acks.merge(o.ack_latency);
         }
@@ -237,6 +245,7 @@ impl Report {
             login_latency: logins.summary(),
             uploads_sent: sent,
             uploads_acked: acked,
+            uploads_refused: refused,
             acked_per_sec: per_sec(acked, window),
             ack_latency: acks.summary(),
             commands_answered: answered,
@@ -254,6 +263,7 @@ impl Report {
         self.login_failures
             .keys()
             .chain(self.sessions_lost.keys())
+            .chain(self.uploads_refused.keys())
             .any(|why| why.contains("RATE_LIMITED"))
     }
 
@@ -299,6 +309,9 @@ impl fmt::Display for Report {
             "uploads: {} sent, {} acknowledged ({:.0}/s)",
             self.uploads_sent, self.uploads_acked, self.acked_per_sec
         )?;
+        for (code, n) in &self.uploads_refused {
+            writeln!(f, "  upload refused x{n}: {code}")?;
+        }
         if let Some(l) = &self.ack_latency {
             writeln!(f, "upload ack latency: {l}")?;
         }
@@ -369,6 +382,31 @@ mod tests {
         let s = l.summary().unwrap();
         assert_eq!((s.p50_ms, s.p99_ms, s.max_ms), (1.5, 1.5, 1.5));
         assert_eq!(Latencies::default().summary(), None);
+    }
+
+    #[test]
+    fn refused_uploads_are_summed_by_code_shown_and_hint_at_the_rate_limit() {
+        let one = |code: &str, n: u64| DeviceOutcome {
+            login: Some(ms(1)),
+            uploads_sent: n,
+            uploads_refused: [(code.to_string(), n)].into(),
+            ..DeviceOutcome::default()
+        };
+        let outcomes = vec![
+            one("RATE_LIMITED", 2),
+            one("RATE_LIMITED", 3),
+            one("QUEUE_FULL", 1),
+        ];
+        let r = Report::new(outcomes, ms(500), ms(2000), ms(2500), None);
+        assert_eq!(r.uploads_refused.get("RATE_LIMITED"), Some(&5));
+        assert_eq!(r.uploads_refused.get("QUEUE_FULL"), Some(&1));
+        assert!(
+            r.rate_limited(),
+            "a RATE_LIMITED refusal points at [limits]"
+        );
+        assert!(!r.clean(), "refused uploads were not acknowledged");
+        let text = r.to_string();
+        assert!(text.contains("upload refused x5: RATE_LIMITED"), "{text}");
     }
 
     #[test]
