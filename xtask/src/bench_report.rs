@@ -59,10 +59,11 @@ pub fn idle_ratios(rows: &[Value]) -> Vec<Value> {
 /// What a floor of `bench/floors.json` bounds in each scenario: the scenario's name (the key in
 /// the floors file), its key in the results document, the ratio checked, and the field of a
 /// ratio row that says at what count it was measured.
-pub const FLOORED: [(&str, &str, &str, &str); 3] = [
+pub const FLOORED: [(&str, &str, &str, &str); 4] = [
     ("idle-memory", "idle_memory", "memory", "connections"),
     ("fanout", "fanout", "deliveries_per_sec", "terminals"),
     ("command", "command", "p50", "terminals"),
+    ("udp-frames", "udp_frames", "per_core_sec", "devices"),
 ];
 
 /// Checks the `metric` ratio of each row of `ratios` against `floors` (`{pair: min}`, one

@@ -24,6 +24,9 @@ use crate::comet::tls::{Stream, provider, read_certs};
 /// A client WebSocket, plain or TLS.
 pub type ClientWs = WebSocketStream<Stream>;
 
+/// The WebSocket library's read buffer on a client connection (see [`connect`]).
+const CLIENT_READ_BUFFER: usize = 4096;
+
 /// The rustls client configuration trusting `ca_file` or the public web roots.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
@@ -91,7 +94,10 @@ pub async fn connect(
     let host = uri.host().ok_or_else(|| format!("`{url}`: no host"))?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let stream = open(url, host, port, tls.then_some(ca_file)).await?;
+    // tungstenite zeroes its whole read buffer's free room before every read (128 KiB by
+    // default): 4 KiB holds a burst of packets and costs a small part of that.
     let config = WebSocketConfig::default()
+        .read_buffer_size(CLIENT_READ_BUFFER)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))

@@ -19,12 +19,20 @@
 //! cases run every framing case (fragments, control frames between them, every length form)
 //! through [`Bounded`].
 //!
+//! [`Bounded`] also reads ahead: the library is configured with no read buffer of its own (an
+//! idle session keeps none), so it asks for at most 14 bytes at a time, and each such read
+//! would be a system call of its own (three or four for a 40-byte acknowledgement). A read
+//! that small takes up to [`READ_AHEAD`] bytes from the socket instead (up to the end of the
+//! current header part or payload while bounding, so the bound holds) and keeps what the
+//! library did not take in a buffer that exists only until the library has taken it all.
+//!
 //! The upgrade's HTTP head is read before bounding starts: a client that sends frames before
 //! the upgrade's answer (RFC 6455 section 4.1 forbids it) is not followed, and
 //! [`super::ws::compact`] may then drop what it sent early (its connection then fails its
 //! framing checks and is closed).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -184,11 +192,25 @@ impl FrameBounds {
     }
 }
 
-/// A stream whose reads stop at client frame boundaries while bounding is on (module docs).
+/// Most bytes one read takes from the socket for the library's small reads (module docs).
+pub const READ_AHEAD: usize = 4096;
+
+/// A stream whose reads stop at client frame boundaries while bounding is on, and that reads
+/// ahead of the library's small reads (module docs).
 #[derive(Debug)]
 pub struct Bounded<S> {
     io: S,
     bounds: FrameBounds,
+    /// Bytes read from the socket and not yet handed to the library; `None` (one null
+    /// pointer) while there are none, as in an idle session.
+    ahead: Option<Box<Ahead>>,
+}
+
+/// Bytes read ahead: `bytes[taken..]` are still to be handed over.
+#[derive(Debug)]
+struct Ahead {
+    bytes: Box<[u8]>,
+    taken: usize,
 }
 
 impl<S> Bounded<S> {
@@ -197,6 +219,7 @@ impl<S> Bounded<S> {
         Bounded {
             io,
             bounds: FrameBounds::Off,
+            ahead: None,
         }
     }
 
@@ -213,7 +236,7 @@ impl<S> Bounded<S> {
     /// Whether bounding is on and every byte read belongs to a whole frame, with no fragmented
     /// message half-way.
     pub fn at_message_boundary(&self) -> bool {
-        self.bounds.at_message_boundary()
+        self.bounds.at_message_boundary() && self.ahead.is_none()
     }
 }
 
@@ -224,21 +247,50 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        let Some(allowed) = me.bounds.allowed() else {
-            return Pin::new(&mut me.io).poll_read(cx, buf);
-        };
-        let limit = usize::try_from(allowed)
-            .unwrap_or(usize::MAX)
-            .min(buf.remaining());
-        let n = {
-            let mut part = ReadBuf::new(buf.initialize_unfilled_to(limit));
-            match Pin::new(&mut me.io).poll_read(cx, &mut part) {
-                Poll::Ready(Ok(())) => part.filled().len(),
-                other => return other,
-            }
-        };
         let start = buf.filled().len();
-        buf.advance(n);
+        if let Some(ahead) = me.ahead.as_mut() {
+            // Bytes read earlier: never past a bound, since they were read within one.
+            let n = (ahead.bytes.len() - ahead.taken).min(buf.remaining());
+            buf.put_slice(&ahead.bytes[ahead.taken..ahead.taken + n]);
+            ahead.taken += n;
+            if ahead.taken == ahead.bytes.len() {
+                me.ahead = None;
+            }
+        } else {
+            // What this read may take from the socket: up to the bound while bounding.
+            let limit = me
+                .bounds
+                .allowed()
+                .map_or(usize::MAX, |a| usize::try_from(a).unwrap_or(usize::MAX));
+            if buf.remaining() >= limit.min(READ_AHEAD) {
+                let limit = limit.min(buf.remaining());
+                let n = {
+                    let mut part = ReadBuf::new(buf.initialize_unfilled_to(limit));
+                    match Pin::new(&mut me.io).poll_read(cx, &mut part) {
+                        Poll::Ready(Ok(())) => part.filled().len(),
+                        other => return other,
+                    }
+                };
+                buf.advance(n);
+            } else {
+                let mut stack = [MaybeUninit::<u8>::uninit(); READ_AHEAD];
+                let want = limit.min(READ_AHEAD);
+                let mut part = ReadBuf::uninit(&mut stack[..want]);
+                match Pin::new(&mut me.io).poll_read(cx, &mut part) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return other,
+                }
+                let read = part.filled();
+                let n = read.len().min(buf.remaining());
+                buf.put_slice(&read[..n]);
+                if n < read.len() {
+                    me.ahead = Some(Box::new(Ahead {
+                        bytes: read[n..].into(),
+                        taken: 0,
+                    }));
+                }
+            }
+        }
         me.bounds.follow(&buf.filled()[start..]);
         Poll::Ready(Ok(()))
     }
@@ -352,6 +404,87 @@ mod tests {
         }
         assert_eq!(read, 26, "the reads end exactly at the first frame's end");
         assert!(b.at_message_boundary());
+    }
+
+    /// A socket holding `bytes`, handing out at most what each read asks for and counting
+    /// the reads (system calls, on a real socket).
+    struct Socket {
+        bytes: Vec<u8>,
+        at: usize,
+        reads: usize,
+    }
+
+    impl AsyncRead for Socket {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut TaskContext<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let me = self.get_mut();
+            me.reads += 1;
+            let n = (me.bytes.len() - me.at).min(buf.remaining());
+            buf.put_slice(&me.bytes[me.at..me.at + n]);
+            me.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads everything through `b` in reads of at most 14 bytes (what the WebSocket library
+    /// asks for with no read buffer of its own); the bytes, in order.
+    async fn read_in_small_reads(b: &mut Bounded<Socket>, total: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        while got.len() < total {
+            let mut chunk = [0u8; 14];
+            let n = b.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the socket still holds bytes");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn small_reads_take_the_socket_in_few_reads_and_lose_no_byte() {
+        let mut bytes = Vec::new();
+        for i in 0..10u8 {
+            bytes.extend(frame(true, 2, &[i; 40]));
+        }
+        let total = bytes.len();
+        let socket = Socket {
+            bytes: bytes.clone(),
+            at: 0,
+            reads: 0,
+        };
+        let mut b = Bounded::new(socket);
+        assert_eq!(read_in_small_reads(&mut b, total).await, bytes);
+        assert_eq!(
+            b.io.reads, 1,
+            "{total} bytes in 14-byte reads: one read of the socket"
+        );
+        assert!(b.ahead.is_none(), "nothing is kept once handed over");
+    }
+
+    #[tokio::test]
+    async fn reading_ahead_while_bounding_never_crosses_a_frame_end() {
+        let first = frame(true, 2, &[7; 40]);
+        let mut bytes = first.clone();
+        bytes.extend(frame(true, 2, &[8; 40]));
+        let socket = Socket {
+            bytes: bytes.clone(),
+            at: 0,
+            reads: 0,
+        };
+        let mut b = Bounded::new(socket);
+        b.start_bounding();
+        assert_eq!(read_in_small_reads(&mut b, first.len()).await, first);
+        assert_eq!(
+            b.io.at,
+            first.len(),
+            "no byte of the next frame left the socket"
+        );
+        assert!(b.at_message_boundary());
+        // The header's two parts, then the payload: three reads, not one per 14 bytes.
+        assert_eq!(b.io.reads, 3);
     }
 
     #[test]
