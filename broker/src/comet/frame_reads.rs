@@ -247,6 +247,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        if buf.remaining() == 0 {
+            // Nothing to read into: no read of the socket (a read ahead would be kept and the
+            // caller could take the empty answer for the end of the stream).
+            return Poll::Ready(Ok(()));
+        }
         let start = buf.filled().len();
         if let Some(ahead) = me.ahead.as_mut() {
             // Bytes read earlier: never past a bound, since they were read within one.
@@ -485,6 +490,20 @@ mod tests {
         assert!(b.at_message_boundary());
         // The header's two parts, then the payload: three reads, not one per 14 bytes.
         assert_eq!(b.io.reads, 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_into_no_room_leaves_the_socket_alone() {
+        use tokio::io::AsyncReadExt;
+        let socket = Socket {
+            bytes: frame(true, 2, b"x"),
+            at: 0,
+            reads: 0,
+        };
+        let mut b = Bounded::new(socket);
+        assert_eq!(b.read(&mut []).await.unwrap(), 0);
+        assert_eq!((b.io.reads, b.io.at), (0, 0));
+        assert!(b.ahead.is_none());
     }
 
     #[test]
