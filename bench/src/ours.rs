@@ -114,16 +114,7 @@ pub fn spawn_uploading_devices(
         Endpoint::Udp(addr)
     };
     let plan = Arc::new(match uploading {
-        None => Plan {
-            endpoint,
-            login_timeout,
-            upload_interval: None,
-            payload_len: 0,
-            in_flight: 1,
-            // Idle until the process exits.
-            stop_at: Instant::now() + Duration::from_secs(7 * 86_400),
-            grace: Duration::ZERO,
-        },
+        None => no_upload_plan(endpoint, login_timeout),
         Some(u) => Plan {
             endpoint,
             login_timeout,
@@ -151,17 +142,22 @@ pub fn spawn_pinging_devices(
     in_flight: usize,
 ) -> Result<Devices, String> {
     let master = master_key.ok_or("device kinds need --master-key")?;
-    let plan = Arc::new(Plan {
-        endpoint: Endpoint::Udp(addr),
+    let plan = Arc::new(no_upload_plan(Endpoint::Udp(addr), login_timeout));
+    spawn_with(plan, master, ids, at, tally, in_flight)
+}
+
+/// A plan with no uploads whose steady phase (heartbeats, and Pings when asked) lasts until the
+/// process exits.
+fn no_upload_plan(endpoint: Endpoint, login_timeout: Duration) -> Plan {
+    Plan {
+        endpoint,
         login_timeout,
         upload_interval: None,
         payload_len: 0,
         in_flight: 1,
-        // Pinging until the process exits.
         stop_at: Instant::now() + Duration::from_secs(7 * 86_400),
         grace: Duration::ZERO,
-    });
-    spawn_with(plan, master, ids, at, tally, in_flight)
+    }
 }
 
 /// Starts one device per id of `ids` on `plan`, the i-th at `at(i)`, each keeping

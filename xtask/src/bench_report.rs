@@ -546,7 +546,7 @@ pub fn login_ratios(rows: &[Value]) -> Vec<Value> {
 }
 
 /// `a / b` to two decimals; infinite (JSON null) when `b` is not positive.
-fn div(a: &Value, b: &Value) -> f64 {
+pub fn div(a: &Value, b: &Value) -> f64 {
     let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
     if b > 0.0 {
         (a / b * 100.0).round() / 100.0

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::bench_ns::{self, Pipes};
-use crate::bench_report::{Bar, bar_chart, ratio_table};
+use crate::bench_report::{Bar, bar_chart, div, ratio_table};
 use crate::bench_servers::{self, MosquittoTuning, Product, Server, port};
 
 /// Devices (or plain sockets) flooding the server.
@@ -110,14 +110,6 @@ pub fn ratios(rows: &[Value]) -> Vec<Value> {
     let find = |t: &str| rows.iter().find(|r| r["transport"] == t);
     let (Some(ours), Some(echo)) = (find("device-udp"), find("raw-udp")) else {
         return Vec::new();
-    };
-    let div = |a: &Value, b: &Value| {
-        let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-        if b > 0.0 {
-            (a / b * 100.0).round() / 100.0
-        } else {
-            f64::INFINITY
-        }
     };
     vec![json!({
         "pair": "device-udp/udp-echo",
