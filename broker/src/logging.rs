@@ -2,8 +2,8 @@
 //! binary installs ([`subscriber`]: text or JSON lines on stdout), its filter, and the shared
 //! log lines several parts write the same way ([`session_end`], [`refusals`]).
 //!
-//! The filter is `RUST_LOG` when set, else the configured `[log] filter`, else `info` -- with
-//! caps that hold whatever the filter says.
+//! The filter is `RUST_LOG` when set and not empty, else the configured `[log] filter`, else
+//! `info` -- with caps that hold whatever the filter says.
 //!
 //! With `[log] format = "json"` every line is one JSON object with these stable fields:
 //! `timestamp` (RFC 3339, UTC), `level` (`ERROR`..`TRACE`), `target` (the Rust module path),
@@ -13,7 +13,10 @@
 //! The caps keep third-party crates from printing what the broker never logs itself: at trace
 //! level `tungstenite` prints every WebSocket frame and message it reads or writes, which holds
 //! app tokens (the app's `auth` message) and payloads. So it is capped at `debug` (handshake
-//! results and close frames only). The broker's own logs carry lengths and ids, never payload
+//! results and close frames only). A cap only ever lowers a crate's level: under a filter that
+//! shows nothing below `debug` (`info`, `warn`, ...) it is left out, since adding
+//! `tungstenite=debug` there would print a debug line for every WebSocket handshake while the
+//! rest of the broker is quiet. The broker's own logs carry lengths and ids, never payload
 //! bytes, tokens or keys; `tests/log_redaction.rs` runs the binary at `RUST_LOG=trace` and
 //! checks its output for them.
 
@@ -22,12 +25,13 @@ pub mod session_end;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 /// `[log]`: the log filter and format.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// tracing filter (RUST_LOG syntax); the RUST_LOG variable wins when set.
+    /// tracing filter (RUST_LOG syntax); the RUST_LOG variable wins when set and not empty.
     pub filter: String,
     /// `text` (human-readable lines) or `json` (one JSON object per line).
     pub format: LogFormat,
@@ -78,13 +82,22 @@ pub fn subscriber(
 /// Directives added after the user's filter; each replaces any directive for the same target.
 pub const CAPS: &[&str] = &["tungstenite=debug"];
 
-/// The filter from `rust_log` (the `RUST_LOG` value, if set and valid), else `configured`, else
-/// `info`, with [`CAPS`] applied.
+/// The filter from `rust_log` (the `RUST_LOG` value, if set, not empty and valid), else
+/// `configured`, else `info`, with [`CAPS`] applied when it shows anything at `trace` level
+/// (the caps are all `debug`, so under a quieter filter they could only raise a crate's level).
 pub fn filter(rust_log: Option<&str>, configured: &str) -> EnvFilter {
     let base = rust_log
+        .filter(|v| !v.trim().is_empty())
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(configured).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // `None`: the filter cannot tell (field filters), so the caps apply.
+    if base
+        .max_level_hint()
+        .is_some_and(|most| most <= LevelFilter::DEBUG)
+    {
+        return base;
+    }
     CAPS.iter().fold(base, |f, cap| match cap.parse() {
         Ok(directive) => f.add_directive(directive),
         Err(_) => unreachable!("CAPS are valid directives"),
@@ -104,6 +117,52 @@ mod tests {
         }
     }
 
+    /// Whether `filter` lets a `tungstenite` event at `level` through (the level must be a
+    /// constant in `enabled!`, hence the match).
+    fn shows_tungstenite(filter: EnvFilter, level: tracing::Level) -> bool {
+        use tracing::Level;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, || match level {
+            Level::TRACE => tracing::enabled!(target: "tungstenite", Level::TRACE),
+            Level::DEBUG => tracing::enabled!(target: "tungstenite", Level::DEBUG),
+            Level::INFO => tracing::enabled!(target: "tungstenite", Level::INFO),
+            Level::WARN => tracing::enabled!(target: "tungstenite", Level::WARN),
+            _ => tracing::enabled!(target: "tungstenite", Level::ERROR),
+        })
+    }
+
+    #[test]
+    fn a_cap_never_raises_a_crate_above_the_filter() {
+        use tracing::Level;
+        // A quiet filter keeps tungstenite quiet: no debug line per WebSocket handshake.
+        for quiet in ["warn", "info", "error"] {
+            assert!(
+                !shows_tungstenite(filter(None, quiet), Level::DEBUG),
+                "{quiet}"
+            );
+            assert!(
+                !shows_tungstenite(filter(Some(quiet), "trace"), Level::DEBUG),
+                "{quiet}"
+            );
+        }
+        assert!(shows_tungstenite(filter(None, "info"), Level::INFO));
+        // At debug it shows debug, and at trace it is held at debug.
+        assert!(shows_tungstenite(filter(None, "debug"), Level::DEBUG));
+        assert!(shows_tungstenite(
+            filter(Some("trace"), "info"),
+            Level::DEBUG
+        ));
+        assert!(!shows_tungstenite(
+            filter(Some("trace"), "info"),
+            Level::TRACE
+        ));
+        assert!(!shows_tungstenite(
+            filter(Some("tungstenite=trace"), "info"),
+            Level::TRACE
+        ));
+    }
+
     #[test]
     fn rust_log_wins_then_config_then_info() {
         let directives = |f: EnvFilter| -> Vec<String> {
@@ -111,17 +170,18 @@ mod tests {
             d.sort();
             d
         };
-        assert_eq!(
-            directives(filter(Some("warn"), "debug")),
-            ["tungstenite=debug", "warn"]
-        );
-        assert_eq!(
-            directives(filter(None, "debug")),
-            ["debug", "tungstenite=debug"]
-        );
+        assert_eq!(directives(filter(Some("warn"), "debug")), ["warn"]);
+        assert_eq!(directives(filter(None, "debug")), ["debug"]);
+        // Set but empty is not set.
+        assert_eq!(directives(filter(Some(""), "warn")), ["warn"]);
+        assert_eq!(directives(filter(Some("  "), "warn")), ["warn"]);
         assert_eq!(
             directives(filter(Some("=bad=="), "not a filter ==")),
-            ["info", "tungstenite=debug"]
+            ["info"]
+        );
+        assert_eq!(
+            directives(filter(Some("trace"), "info")),
+            ["trace", "tungstenite=debug"]
         );
     }
 }
