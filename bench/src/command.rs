@@ -4,8 +4,9 @@
 //! moment its answer is read. The result line gives the latency percentiles:
 //! `{"ok":..,"failed":..,"reasons":{..},"p50_us":..,"p99_us":..,"p999_us":..,"max_us":..}`.
 //!
-//! * Ours: `POST /v1/devices/{id}/commands` on the HTTP API (one kept-alive connection); the
-//!   device, a simulated one of `broker load` logged in over the device WebSocket or UDP,
+//! * Ours: `POST /v1/devices/{id}/commands` on the HTTP API over one kept-alive HTTP/1.1
+//!   connection (hyper's client connection, `TCP_NODELAY` set, as lean as the MQTT requester's
+//!   raw client: no pool, no redirect or proxy layers); the device, a simulated one of `broker load` logged in over the device WebSocket or UDP,
 //!   answers with `CommandResult` and the API answers the request with it.
 //! * MQTT: request/reply over Mosquitto at QoS 0. Every idle terminal (`bench-load idle --kind
 //!   mqtt-responder`) subscribes to `bench/req/<id>` and answers each request on
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::{Args, ValueEnum};
+use http_body_util::BodyExt as _;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Packet, Publish, Subscribe};
 
@@ -139,9 +141,8 @@ pub async fn run(args: RequestArgs) -> Result<(), String> {
 /// One requester: an HTTP client of our API or an MQTT client of Mosquitto.
 enum Requester {
     Ours {
-        client: reqwest::Client,
-        base: String,
-        token: String,
+        sender: hyper::client::conn::http1::SendRequest<String>,
+        authorization: String,
     },
     Mqtt(Box<Conn>),
 }
@@ -149,14 +150,28 @@ enum Requester {
 impl Requester {
     async fn connect(args: &RequestArgs) -> Result<Requester, String> {
         match args.to {
-            Target::Ours => Ok(Requester::Ours {
-                client: reqwest::Client::new(),
-                base: format!("http://{}", args.addr),
-                token: args
+            Target::Ours => {
+                let token = args
                     .api_token
-                    .clone()
-                    .ok_or("--to ours needs --api-token")?,
-            }),
+                    .as_deref()
+                    .ok_or("--to ours needs --api-token")?;
+                let stream = tokio::net::TcpStream::connect(args.addr)
+                    .await
+                    .map_err(|e| format!("connect {}: {e}", args.addr))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("HTTP handshake: {e}"))?;
+                // Runs until the requester ends and drops `sender`.
+                tokio::spawn(connection);
+                Ok(Requester::Ours {
+                    sender,
+                    authorization: format!("Bearer {token}"),
+                })
+            }
             Target::Mqtt => {
                 let mut conn = Conn::connect(false, args.addr, "bench-requester").await?;
                 let mut sub = Subscribe::new(mqtt::reply_topic("+"), QoS::AtMostOnce);
@@ -175,24 +190,34 @@ impl Requester {
         let payload = seq.to_le_bytes();
         match self {
             Requester::Ours {
-                client,
-                base,
-                token,
+                sender,
+                authorization,
             } => {
                 let body = serde_json::json!({
                     "name": "bench",
                     "payload": base64::engine::general_purpose::STANDARD.encode(payload),
-                });
-                let r = client
-                    .post(format!("{base}/v1/devices/{id}/commands"))
-                    .bearer_auth(&*token)
-                    .json(&body)
-                    .send()
+                })
+                .to_string();
+                let request = hyper::Request::post(format!("/v1/devices/{id}/commands"))
+                    .header(hyper::header::HOST, "bench")
+                    .header(hyper::header::AUTHORIZATION, authorization.as_str())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .map_err(|e| format!("request: {e}"))?;
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| format!("connection: {e}"))?;
+                let r = sender
+                    .send_request(request)
                     .await
                     .map_err(|e| format!("send: {e}"))?;
                 let status = r.status();
                 // The whole answer is part of the round trip.
-                r.bytes().await.map_err(|e| format!("read: {e}"))?;
+                r.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
                 if status.is_success() {
                     Ok(())
                 } else {
