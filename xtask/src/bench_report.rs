@@ -126,36 +126,37 @@ pub fn markdown(doc: &Value, more: &[Section]) -> String {
         doc["mosquitto"].as_str().unwrap_or("?"),
     );
     if let Some(rows) = doc["idle_memory"]["rows"].as_array() {
-        md.push_str("## Idle memory per connection (server RSS delta / connections up)\n\n");
-        md.push_str("| server | transport | connections | up | failed | client processes | B per connection | server CPU per connection (µs) |\n|---|---|---|---|---|---|---|---|\n");
-        for r in rows {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                r["server"].as_str().unwrap_or("?"),
-                r["transport"].as_str().unwrap_or("?"),
-                r["connections"],
-                r["up"],
-                r["failed"],
-                r["client_processes"],
-                r["bytes_per_connection"],
-                r["server_cpu_us_per_connection"],
-            );
-        }
+        table(
+            &mut md,
+            "## Idle memory per connection (server RSS delta / connections up)\n\n",
+            &[
+                ("server", Cell::Text("server")),
+                ("transport", Cell::Text("transport")),
+                ("connections", Cell::Value("connections")),
+                ("up", Cell::Value("up")),
+                ("failed", Cell::Value("failed")),
+                ("client processes", Cell::Value("client_processes")),
+                ("B per connection", Cell::Value("bytes_per_connection")),
+                (
+                    "server CPU per connection (µs)",
+                    Cell::Value("server_cpu_us_per_connection"),
+                ),
+            ],
+            rows,
+        );
     }
     if let Some(ratios) = doc["idle_memory"]["ratios"].as_array() {
-        md.push_str("\n### Ratios, Mosquitto / ours (higher is better for us)\n\n");
-        md.push_str("| pair | connections | memory | CPU per connection |\n|---|---|---|---|\n");
-        for r in ratios {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                r["pair"].as_str().unwrap_or("?"),
-                r["connections"],
-                r["memory"],
-                r["cpu"],
-            );
-        }
+        table(
+            &mut md,
+            "\n### Ratios, Mosquitto / ours (higher is better for us)\n\n",
+            &[
+                ("pair", Cell::Text("pair")),
+                ("connections", Cell::Value("connections")),
+                ("memory", Cell::Value("memory")),
+                ("CPU per connection", Cell::Value("cpu")),
+            ],
+            ratios,
+        );
     }
     fanout_markdown(&mut md, doc);
     command_markdown(&mut md, doc);
@@ -348,41 +349,42 @@ pub fn fanout_ratios(rows: &[Value]) -> Vec<Value> {
 /// The fan-out part of the markdown.
 fn fanout_markdown(md: &mut String, doc: &Value) {
     if let Some(rows) = doc["fanout"]["rows"].as_array() {
-        md.push_str("\n## Broadcast fan-out: ten 64-byte messages to every terminal\n\n");
-        md.push_str("| variant | terminals | up | deliveries / expected | deliveries/s | first (ms) | last (ms) | server CPU per delivery (µs) |\n|---|---|---|---|---|---|---|---|\n");
-        for r in rows {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} / {} | {} | {} | {} | {} |",
-                r["variant"].as_str().unwrap_or("?"),
-                r["terminals"],
-                r["up"],
-                r["deliveries"],
-                r["expected"],
-                r["deliveries_per_sec"],
-                r["first_ms"],
-                r["last_ms"],
-                r["server_cpu_us_per_delivery"],
-            );
-        }
+        table(
+            md,
+            "\n## Broadcast fan-out: ten 64-byte messages to every terminal\n\n",
+            &[
+                ("variant", Cell::Text("variant")),
+                ("terminals", Cell::Value("terminals")),
+                ("up", Cell::Value("up")),
+                ("deliveries / expected", Cell::Of("deliveries", "expected")),
+                ("deliveries/s", Cell::Value("deliveries_per_sec")),
+                ("first (ms)", Cell::Value("first_ms")),
+                ("last (ms)", Cell::Value("last_ms")),
+                (
+                    "server CPU per delivery (µs)",
+                    Cell::Value("server_cpu_us_per_delivery"),
+                ),
+            ],
+            rows,
+        );
     }
     if let Some(ratios) = doc["fanout"]["ratios"].as_array() {
-        md.push_str(
+        table(
+            md,
             "\n### Ratios, ours against each Mosquitto variant (higher is better for us)\n\n",
+            &[
+                ("ours", Cell::Text("ours")),
+                ("against", Cell::Text("against")),
+                ("terminals", Cell::Value("terminals")),
+                (
+                    "deliveries/s (ours/theirs)",
+                    Cell::Value("deliveries_per_sec"),
+                ),
+                ("time to last (theirs/ours)", Cell::Value("last_ms")),
+                ("CPU per delivery (theirs/ours)", Cell::Value("cpu")),
+            ],
+            ratios,
         );
-        md.push_str("| ours | against | terminals | deliveries/s (ours/theirs) | time to last (theirs/ours) | CPU per delivery (theirs/ours) |\n|---|---|---|---|---|---|\n");
-        for r in ratios {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} |",
-                r["ours"].as_str().unwrap_or("?"),
-                r["against"].as_str().unwrap_or("?"),
-                r["terminals"],
-                r["deliveries_per_sec"],
-                r["last_ms"],
-                r["cpu"],
-            );
-        }
     }
 }
 
@@ -427,42 +429,40 @@ pub fn command_ratios(rows: &[Value]) -> Vec<Value> {
 /// The command round-trip part of the markdown.
 fn command_markdown(md: &mut String, doc: &Value) {
     if let Some(rows) = doc["command"]["rows"].as_array() {
-        md.push_str(
+        table(
+            md,
             "\n## Command round trip to one of N idle terminals (one request at a time)\n\n",
+            &[
+                ("variant", Cell::Text("variant")),
+                ("terminals", Cell::Value("terminals")),
+                ("up", Cell::Value("up")),
+                ("answered / sent", Cell::Of("ok", "samples")),
+                ("p50 (µs)", Cell::Value("p50_us")),
+                ("p99 (µs)", Cell::Value("p99_us")),
+                ("p99.9 (µs)", Cell::Value("p999_us")),
+                ("max (µs)", Cell::Value("max_us")),
+                (
+                    "server CPU per request (µs)",
+                    Cell::Value("server_cpu_us_per_request"),
+                ),
+            ],
+            rows,
         );
-        md.push_str("| variant | terminals | up | answered / sent | p50 (µs) | p99 (µs) | p99.9 (µs) | max (µs) | server CPU per request (µs) |\n|---|---|---|---|---|---|---|---|---|\n");
-        for r in rows {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
-                r["variant"].as_str().unwrap_or("?"),
-                r["terminals"],
-                r["up"],
-                r["ok"],
-                r["samples"],
-                r["p50_us"],
-                r["p99_us"],
-                r["p999_us"],
-                r["max_us"],
-                r["server_cpu_us_per_request"],
-            );
-        }
     }
     if let Some(ratios) = doc["command"]["ratios"].as_array() {
-        md.push_str("\n### Ratios, Mosquitto request/reply / ours (higher is better for us)\n\n");
-        md.push_str("| pair | terminals | p50 | p99 | p99.9 | CPU per request |\n|---|---|---|---|---|---|\n");
-        for r in ratios {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} |",
-                r["pair"].as_str().unwrap_or("?"),
-                r["terminals"],
-                r["p50"],
-                r["p99"],
-                r["p999"],
-                r["cpu"],
-            );
-        }
+        table(
+            md,
+            "\n### Ratios, Mosquitto request/reply / ours (higher is better for us)\n\n",
+            &[
+                ("pair", Cell::Text("pair")),
+                ("terminals", Cell::Value("terminals")),
+                ("p50", Cell::Value("p50")),
+                ("p99", Cell::Value("p99")),
+                ("p99.9", Cell::Value("p999")),
+                ("CPU per request", Cell::Value("cpu")),
+            ],
+            ratios,
+        );
     }
 }
 
@@ -557,77 +557,121 @@ pub fn div(a: &Value, b: &Value) -> f64 {
 
 /// The uploads part of the markdown.
 fn uploads_markdown(md: &mut String, doc: &Value) {
-    if let Some(rows) = doc["uploads"]["rows"].as_array() {
-        md.push_str(
-            "\n## Durable uploads: 64-byte uploads back to back, acknowledged per second\n\n",
-        );
-        md.push_str("| variant | clients up | in flight each | seconds | acknowledged/s | refused | received by the subscriber | server CPU per upload (µs) |\n|---|---|---|---|---|---|---|---|\n");
-        for r in rows {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                r["variant"].as_str().unwrap_or("?"),
-                r["up"],
-                r["in_flight"],
-                r["seconds"],
-                r["per_sec"],
-                r["refused"],
-                r["received"],
-                r["server_cpu_us_per_upload"],
-            );
-        }
-    }
-    ratio_table(md, doc, "uploads", &["publishers", "per_sec", "cpu"]);
+    scenario_tables(
+        md,
+        doc,
+        "uploads",
+        "\n## Durable uploads: 64-byte uploads back to back, acknowledged per second\n\n",
+        &[
+            ("variant", Cell::Text("variant")),
+            ("clients up", Cell::Value("up")),
+            ("in flight each", Cell::Value("in_flight")),
+            ("seconds", Cell::Value("seconds")),
+            ("acknowledged/s", Cell::Value("per_sec")),
+            ("refused", Cell::Value("refused")),
+            ("received by the subscriber", Cell::Value("received")),
+            (
+                "server CPU per upload (µs)",
+                Cell::Value("server_cpu_us_per_upload"),
+            ),
+        ],
+        &["publishers", "per_sec", "cpu"],
+    );
 }
 
 /// The login-storm part of the markdown.
 fn login_markdown(md: &mut String, doc: &Value) {
-    if let Some(rows) = doc["login_storm"]["rows"].as_array() {
-        md.push_str("\n## Login storm: logins offered at a fixed rate\n\n");
-        md.push_str("| server | transport | attempted | offered/s | up | failed | completed/s | failures by reason | server CPU per login (µs) |\n|---|---|---|---|---|---|---|---|---|\n");
-        for r in rows {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r["server"].as_str().unwrap_or("?"),
-                r["transport"].as_str().unwrap_or("?"),
-                r["attempted"],
-                r["offered_per_sec"],
-                r["up"],
-                r["failed"],
-                r["completed_per_sec"],
-                r["reasons"].to_string().replace('|', "/"),
-                r["server_cpu_us_per_login"],
-            );
-        }
-    }
-    ratio_table(
+    scenario_tables(
         md,
         doc,
         "login_storm",
+        "\n## Login storm: logins offered at a fixed rate\n\n",
+        &[
+            ("server", Cell::Text("server")),
+            ("transport", Cell::Text("transport")),
+            ("attempted", Cell::Value("attempted")),
+            ("offered/s", Cell::Value("offered_per_sec")),
+            ("up", Cell::Value("up")),
+            ("failed", Cell::Value("failed")),
+            ("completed/s", Cell::Value("completed_per_sec")),
+            ("failures by reason", Cell::Escaped("reasons")),
+            (
+                "server CPU per login (µs)",
+                Cell::Value("server_cpu_us_per_login"),
+            ),
+        ],
         &["offered_per_sec", "completed_per_sec", "cpu"],
     );
 }
 
-/// The ratios of `doc[key]` as a table of `pair` and `columns`.
-pub fn ratio_table(md: &mut String, doc: &Value, key: &str, columns: &[&str]) {
+/// The ratios of `doc[key]` as a table of `pair` and `columns` (each titled by its key).
+pub fn ratio_table(md: &mut String, doc: &Value, key: &str, columns: &[&'static str]) {
     let Some(ratios) = doc[key]["ratios"].as_array() else {
         return;
     };
+    let mut all = vec![("pair", Cell::Text("pair"))];
+    all.extend(columns.iter().map(|c| (*c, Cell::Value(c))));
+    table(
+        md,
+        "\n### Ratios (higher is better for us)\n\n",
+        &all,
+        ratios,
+    );
+}
+
+/// The tables of scenario `key`: its rows under `heading`, one column per `(title, cell)`,
+/// then its ratios ([`ratio_table`] with `ratio_columns`).
+pub fn scenario_tables(
+    md: &mut String,
+    doc: &Value,
+    key: &str,
+    heading: &str,
+    columns: &[(&str, Cell)],
+    ratio_columns: &[&'static str],
+) {
+    if let Some(rows) = doc[key]["rows"].as_array() {
+        table(md, heading, columns, rows);
+    }
+    ratio_table(md, doc, key, ratio_columns);
+}
+
+/// How one cell of a results table shows its row's fields.
+#[derive(Clone, Copy, Debug)]
+pub enum Cell {
+    /// A string field, `?` when it is missing.
+    Text(&'static str),
+    /// Any field as its JSON (a number as stored, `null` when missing).
+    Value(&'static str),
+    /// Two fields as `a / b` (e.g. answered / sent).
+    Of(&'static str, &'static str),
+    /// Any field as its JSON with `|` replaced by `/`, so that it cannot end the cell.
+    Escaped(&'static str),
+}
+
+impl Cell {
+    fn show(self, row: &Value) -> String {
+        match self {
+            Cell::Text(k) => row[k].as_str().unwrap_or("?").to_string(),
+            Cell::Value(k) => row[k].to_string(),
+            Cell::Of(a, b) => format!("{} / {}", row[a], row[b]),
+            Cell::Escaped(k) => row[k].to_string().replace('|', "/"),
+        }
+    }
+}
+
+/// Appends `heading`, then a markdown table of `rows` with one column per `(title, cell)`.
+pub fn table(md: &mut String, heading: &str, columns: &[(&str, Cell)], rows: &[Value]) {
+    md.push_str(heading);
+    let titles: Vec<&str> = columns.iter().map(|(title, _)| *title).collect();
     let _ = writeln!(
         md,
-        "\n### Ratios (higher is better for us)\n\n| pair | {} |\n|---|{}",
-        columns.join(" | "),
+        "| {} |\n|{}",
+        titles.join(" | "),
         "---|".repeat(columns.len())
     );
-    for r in ratios {
-        let cells: Vec<String> = columns.iter().map(|c| r[*c].to_string()).collect();
-        let _ = writeln!(
-            md,
-            "| {} | {} |",
-            r["pair"].as_str().unwrap_or("?"),
-            cells.join(" | ")
-        );
+    for r in rows {
+        let cells: Vec<String> = columns.iter().map(|(_, cell)| cell.show(r)).collect();
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
     }
 }
 
@@ -806,5 +850,27 @@ mod tests {
         );
         assert!(svg.contains("device-ws (s), 1000 connections: 3000"));
         assert!(svg.ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn a_table_shows_each_kind_of_cell() {
+        let mut md = String::new();
+        let rows = [json!({"name": "a", "n": 2.5, "ok": 3, "of": 4, "why": {"x|y": 1}})];
+        table(
+            &mut md,
+            "## T\n\n",
+            &[
+                ("name", Cell::Text("name")),
+                ("missing", Cell::Text("nope")),
+                ("n", Cell::Value("n")),
+                ("ok / of", Cell::Of("ok", "of")),
+                ("why", Cell::Escaped("why")),
+            ],
+            &rows,
+        );
+        assert_eq!(
+            md,
+            "## T\n\n| name | missing | n | ok / of | why |\n|---|---|---|---|---|\n| a | ? | 2.5 | 3 / 4 | {\"x/y\":1} |\n"
+        );
     }
 }

@@ -13,14 +13,13 @@
 //! (`/proc/PID/stat`) over it, and answers per server core-second. The ratio is ours / the echo
 //! server's answers per core-second: the share of the bare I/O rate the protocol leaves.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::bench_ns::{self, Pipes};
-use crate::bench_report::{Bar, bar_chart, div, ratio_table};
+use crate::bench_report::{Bar, Cell, bar_chart, div, scenario_tables};
 use crate::bench_servers::{self, MosquittoTuning, Product, Server, port};
 
 /// Devices (or plain sockets) flooding the server.
@@ -121,28 +120,24 @@ pub fn ratios(rows: &[Value]) -> Vec<Value> {
 
 /// The `udp-frames` part of the markdown.
 pub fn markdown(md: &mut String, doc: &Value) {
-    if let Some(rows) = doc["udp_frames"]["rows"].as_array() {
-        md.push_str("\n## UDP frames: request/answer exchanges per server core-second\n\n");
-        md.push_str("| server | kind | up | in flight each | seconds | answers/s | server CPU (s) | answers per server core-second |\n|---|---|---|---|---|---|---|---|\n");
-        for r in rows {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                r["server"].as_str().unwrap_or("?"),
-                r["transport"].as_str().unwrap_or("?"),
-                r["up"],
-                r["in_flight"],
-                r["seconds"],
-                r["per_sec"],
-                r["server_cpu_s"],
-                r["per_core_sec"],
-            );
-        }
-    }
-    ratio_table(
+    scenario_tables(
         md,
         doc,
         "udp_frames",
+        "\n## UDP frames: request/answer exchanges per server core-second\n\n",
+        &[
+            ("server", Cell::Text("server")),
+            ("kind", Cell::Text("transport")),
+            ("up", Cell::Value("up")),
+            ("in flight each", Cell::Value("in_flight")),
+            ("seconds", Cell::Value("seconds")),
+            ("answers/s", Cell::Value("per_sec")),
+            ("server CPU (s)", Cell::Value("server_cpu_s")),
+            (
+                "answers per server core-second",
+                Cell::Value("per_core_sec"),
+            ),
+        ],
         &["devices", "per_core_sec", "per_sec"],
     );
 }
