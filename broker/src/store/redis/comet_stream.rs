@@ -181,46 +181,51 @@ impl CometStream {
 
     /// Waits up to `block` for notices after `pos` (at most `count`), advancing `pos` past
     /// what it returns. With nothing new it re-joins `P comets` and checks the stream's counter,
-    /// so a deleted stream or a sweep is noticed within one `block`.
+    /// so a deleted stream or a sweep is noticed within one `block`; a stream found deleted and
+    /// created again is read from its start in the same call (its first entries may have ids
+    /// at or below the old position, when they were added in the same millisecond).
     pub async fn read(
         &self,
         pos: &mut StreamPos,
         block: Duration,
         count: usize,
     ) -> Result<Batch, StoreError> {
+        let entries = self.entries_after(pos, Some(block), count).await?;
+        if !entries.is_empty() {
+            let mut batch = Batch::default();
+            take(entries, pos, &mut batch);
+            return Ok(batch);
+        }
+        let mut batch = self.idle(pos).await?;
+        if batch.restarted {
+            let entries = self.entries_after(pos, None, count).await?;
+            take(entries, pos, &mut batch);
+        }
+        Ok(batch)
+    }
+
+    /// Up to `count` entries after `pos.entry`, waiting up to `block` for the first (`None`:
+    /// not at all).
+    async fn entries_after(
+        &self,
+        pos: &StreamPos,
+        block: Option<Duration>,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut c = self.conn.get().await;
-        let r: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(count.max(1))
-            .arg("BLOCK")
-            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1))
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count.max(1));
+        if let Some(block) = block {
+            cmd.arg("BLOCK")
+                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        let r: redis::RedisResult<redis::Value> = cmd
             .arg("STREAMS")
             .arg(&self.key)
             .arg(&pos.entry)
             .query_async(&mut c)
             .await;
-        let entries =
-            xread_entries(self.conn.check(r).await?).ok_or_else(|| corrupt("XREAD reply"))?;
-        if entries.is_empty() {
-            return self.idle(pos).await;
-        }
-        let mut batch = Batch::default();
-        for (entry_id, fields) in entries {
-            pos.entry = entry_id;
-            let Some((number, notice)) = parse_entry(fields) else {
-                // Unreadable: counted as missed, its message is replayed from the store.
-                batch.missed += 1;
-                continue;
-            };
-            if number <= pos.number {
-                batch.restarted = true;
-            } else {
-                batch.missed += number - pos.number - 1;
-            }
-            pos.number = number;
-            batch.notices.push(notice);
-        }
-        Ok(batch)
+        xread_entries(self.conn.check(r).await?).ok_or_else(|| corrupt("XREAD reply"))
     }
 
     async fn idle(&self, pos: &mut StreamPos) -> Result<Batch, StoreError> {
@@ -251,6 +256,26 @@ impl CometStream {
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("redis {what}"))
+}
+
+/// Adds `entries` to `batch` in order, advancing `pos` past each: a number not above the last
+/// one read means the stream started again, a jump counts the notices trimmed between.
+fn take(entries: Vec<Entry>, pos: &mut StreamPos, batch: &mut Batch) {
+    for (entry_id, fields) in entries {
+        pos.entry = entry_id;
+        let Some((number, notice)) = parse_entry(fields) else {
+            // Unreadable: counted as missed, its message is replayed from the store.
+            batch.missed += 1;
+            continue;
+        };
+        if number <= pos.number {
+            batch.restarted = true;
+        } else {
+            batch.missed += number - pos.number - 1;
+        }
+        pos.number = number;
+        batch.notices.push(notice);
+    }
 }
 
 /// A stream entry: its id and its fields.
