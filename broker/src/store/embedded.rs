@@ -1103,6 +1103,43 @@ mod tests {
         assert!(offline::lock(&s.index).is_known(d.to_key()));
     }
 
+    /// The first logins of a storm ask the writer for one transaction between them, not one
+    /// each: the first asks for it `FIRST_LOGIN_GATHER` later, the others find it asked for,
+    /// and that one transaction writes every record.
+    #[tokio::test(start_paused = true)]
+    async fn first_logins_in_a_burst_share_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
+        let devices: Vec<Address> = (1..=200).map(Address::device).collect();
+        for d in &devices {
+            s.remember(*d).await.unwrap();
+        }
+        let written = |s: &EmbeddedStore| {
+            let txn = s.db.begin_read().unwrap();
+            let table = txn.open_table(KNOWN_SINCE).unwrap();
+            devices
+                .iter()
+                .filter(|d| table.get(d.to_key()).unwrap().is_some())
+                .count()
+        };
+        assert_eq!(s.ops().lazy_writes, 1, "one transaction asked for");
+        // Real time passes (the writer thread would commit a transaction asked for at once),
+        // the paused clock does not: the gathering time is not over.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(written(&s), 0, "none written before the gathering time");
+        // The paused clock jumps past the nudge (whose task runs then); the writer is a
+        // thread of its own, waited for in real time below.
+        tokio::time::sleep(2 * offline::FIRST_LOGIN_GATHER).await;
+        for _ in 0..500 {
+            if written(&s) == devices.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(written(&s), devices.len(), "the one transaction wrote all");
+        assert_eq!(s.ops().lazy_writes, 1);
+    }
+
     /// The router asks for a device's phones at every login and logout: an unbound device's
     /// answer reads nothing, a bound one's reads the table, before and after a reopen, and an
     /// unbind or a repeated bind leaves the count right.

@@ -217,22 +217,31 @@ impl GroupCommit {
     /// queues an empty lazy write nobody waits for, unless requests are already queued (one of
     /// them starts the next transaction). Never waits.
     pub fn nudge(&self) {
+        if let Some(queue) = self.queue.as_ref() {
+            nudge_queue(queue);
+        }
+    }
+
+    /// [`GroupCommit::nudge`] `delay` from now, from a task of its own; never waits. What the
+    /// batch hook writes then gathers for `delay` instead of starting a transaction each time
+    /// the writer frees up: the first logins of a login storm share one transaction per
+    /// `delay`. The task holds the queue weakly, so a store dropped meanwhile is not kept open
+    /// (and its writer's final commit runs the hook). Outside a runtime it nudges at once.
+    pub fn nudge_after(&self, delay: Duration) {
         let Some(queue) = self.queue.as_ref() else {
             return;
         };
-        if queue.capacity() < queue.max_capacity() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            nudge_queue(queue);
             return;
-        }
-        let (reply, _) = oneshot::channel();
-        let empty = Box::new(Typed {
-            work: |_: &WriteTransaction| Ok::<(), StoreError>(()),
-            result: None,
-            reply,
-            durable: false,
+        };
+        let queue = queue.downgrade();
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(queue) = queue.upgrade() {
+                nudge_queue(&queue);
+            }
         });
-        // Full: requests are queued, one of them starts the next transaction. Closed: the
-        // writer's final commit runs the hook.
-        let _ = queue.try_send(empty as Box<dyn Request>);
     }
 
     async fn submit<T, F>(&self, work: F, durable: bool) -> Result<T, StoreError>
@@ -261,6 +270,23 @@ impl GroupCommit {
             .await
             .map_err(|_| StoreError::Backend("the store writer stopped mid-write".into()))?
     }
+}
+
+/// Queues an empty lazy write on `queue` unless requests are already queued (see
+/// [`GroupCommit::nudge`]). Full: one of the queued requests starts the next transaction.
+/// Closed: the writer's final commit runs the hook.
+fn nudge_queue(queue: &mpsc::Sender<Box<dyn Request>>) {
+    if queue.capacity() < queue.max_capacity() {
+        return;
+    }
+    let (reply, _) = oneshot::channel();
+    let empty = Box::new(Typed {
+        work: |_: &WriteTransaction| Ok::<(), StoreError>(()),
+        result: None,
+        reply,
+        durable: false,
+    });
+    let _ = queue.try_send(empty as Box<dyn Request>);
 }
 
 impl Drop for GroupCommit {

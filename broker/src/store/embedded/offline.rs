@@ -14,9 +14,9 @@
 //!   hook, see [`GroupCommit`](super::GroupCommit)). An ack waits for no commit, and ten thousand
 //!   acks of a broadcast share a handful of commits;
 //! * a login: `remember` is answered from the index for a known terminal; a first login is
-//!   remembered in the index at once and its record written by the writer's next transaction
-//!   ([`write_unsaved`] again), so a login waits for no commit and first logins arriving together
-//!   share one; the replay reads the database only when the index has something pending above
+//!   remembered in the index at once and its record written by a transaction the writer is
+//!   asked for [`FIRST_LOGIN_GATHER`] later, or by any transaction before that ([`write_unsaved`]
+//!   again), so a login waits for no commit and the first logins of a storm share one; the replay reads the database only when the index has something pending above
 //!   the since-id.
 //!
 //! What a crash loses: acknowledgements not yet taken by a commit, and lazy commits of the last
@@ -57,6 +57,12 @@ pub(super) fn lock(index: &SharedIndex) -> MutexGuard<'_, DeliveryIndex> {
 }
 
 const NO_SENDER: u64 = u64::MAX;
+
+/// How long a first login's record waits for others before it asks for a transaction of its
+/// own: in a login storm the writer then commits first logins a few times a second instead of
+/// back to back. A crash loses nothing more by it (see the module docs: a lost first `remember`
+/// costs nothing, and any durable commit meanwhile carries it).
+pub(super) const FIRST_LOGIN_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A stored body. `refs` counts inbox references; a broadcast body has none and lives until it
 /// expires.
@@ -406,11 +412,12 @@ impl OfflineStore for EmbeddedStore {
         // Most logins are of known terminals: the index answers them. A first login is
         // remembered in the index at once and written by the writer's next transaction, lazy or
         // durable (the batch hook): nobody waits for it, and any durable write after it (a
-        // broadcast that counts it) carries it.
+        // broadcast that counts it) carries it. That transaction is asked for
+        // `FIRST_LOGIN_GATHER` later, so the first logins of a storm share it.
         let first = self.index().remember_unsaved(terminal.to_key());
         if first {
             self.ops.lazy_writes.fetch_add(1, Ordering::Relaxed);
-            self.writer.nudge();
+            self.writer.nudge_after(FIRST_LOGIN_GATHER);
         }
         Ok(())
     }
