@@ -775,6 +775,15 @@ mod tests {
     use crate::store::conformance;
     use crate::store::{NewMessage, OfflineStore, Recipients};
 
+    /// Devices `1..=n`, each remembered (its first login) in `s`.
+    async fn first_logins(s: &EmbeddedStore, n: u32) -> Vec<Address> {
+        let devices: Vec<Address> = (1..=n).map(Address::device).collect();
+        for d in &devices {
+            s.remember(*d).await.unwrap();
+        }
+        devices
+    }
+
     fn open(dir: &Path, cap: u64, eviction: EvictionPolicy) -> Arc<EmbeddedStore> {
         EmbeddedStore::open(
             dir,
@@ -997,10 +1006,7 @@ mod tests {
     async fn a_broadcast_is_one_write_and_empty_logins_and_repeated_acks_cost_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
-        let devices: Vec<Address> = (1..=500).map(Address::device).collect();
-        for d in &devices {
-            s.remember(*d).await.unwrap();
-        }
+        let devices = first_logins(&s, 500).await;
         let before = s.ops();
         assert!(
             (1..=500).contains(&before.lazy_writes),
@@ -1110,10 +1116,7 @@ mod tests {
     async fn first_logins_in_a_burst_share_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
-        let devices: Vec<Address> = (1..=200).map(Address::device).collect();
-        for d in &devices {
-            s.remember(*d).await.unwrap();
-        }
+        let devices = first_logins(&s, 200).await;
         let written = |s: &EmbeddedStore| {
             let txn = s.db.begin_read().unwrap();
             let table = txn.open_table(KNOWN_SINCE).unwrap();

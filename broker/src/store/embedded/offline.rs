@@ -16,8 +16,8 @@
 //! * a login: `remember` is answered from the index for a known terminal; a first login is
 //!   remembered in the index at once and its record written by a transaction the writer is
 //!   asked for [`FIRST_LOGIN_GATHER`] later, or by any transaction before that ([`write_unsaved`]
-//!   again), so a login waits for no commit and the first logins of a storm share one; the replay reads the database only when the index has something pending above
-//!   the since-id.
+//!   again), so a login waits for no commit and the first logins of a storm share one; the
+//!   replay reads the database only when the index has something pending above the since-id.
 //!
 //! What a crash loses: acknowledgements not yet taken by a commit, and lazy commits of the last
 //! lazy window (at most about one second). A lost

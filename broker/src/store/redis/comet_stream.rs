@@ -190,17 +190,16 @@ impl CometStream {
         block: Duration,
         count: usize,
     ) -> Result<Batch, StoreError> {
-        let entries = self.entries_after(pos, Some(block), count).await?;
-        if !entries.is_empty() {
-            let mut batch = Batch::default();
-            take(entries, pos, &mut batch);
-            return Ok(batch);
+        let mut entries = self.entries_after(pos, Some(block), count).await?;
+        let mut batch = Batch::default();
+        if entries.is_empty() {
+            batch = self.idle(pos).await?;
+            if !batch.restarted {
+                return Ok(batch);
+            }
+            entries = self.entries_after(pos, None, count).await?;
         }
-        let mut batch = self.idle(pos).await?;
-        if batch.restarted {
-            let entries = self.entries_after(pos, None, count).await?;
-            take(entries, pos, &mut batch);
-        }
+        take(entries, pos, &mut batch);
         Ok(batch)
     }
 
