@@ -11,6 +11,7 @@
 
 mod cluster_support;
 mod comet_support;
+mod rabbit_support;
 mod services_env;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,11 +26,9 @@ use broker::roles::{start_comet, start_msgbus};
 use broker::terminal::Address;
 use cluster_support::*;
 use comet_support::*;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use shared_protocol::frame::Body;
 
@@ -451,52 +450,18 @@ async fn two_comets_two_msgbus_two_rabbits() {
     let url2 = run.env["RABBITMQ_2_AMQP_URL"].clone();
     let url1 = run.env["RABBITMQ_1_AMQP_URL"].clone();
     {
-        let conn = Connection::connect(&url2, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        // Passive: wait until msgbus declared it.
-        let t = Instant::now();
-        loop {
-            let ch = conn.create_channel().await.unwrap();
-            let passive = ExchangeDeclareOptions {
-                passive: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            if ch
-                .exchange_declare(
-                    cfg_a.rabbitmq.push_exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    passive,
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "push exchange never declared"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let body =
             json!({"target": {"terminal": {"kind": "device", "id": 42}}, "text": "from-rabbit"})
                 .to_string();
-        ch.basic_publish(
-            cfg_a.rabbitmq.push_exchange.as_str().into(),
-            "push".into(),
-            BasicPublishOptions::default(),
+        // Once msgbus has declared and bound its push queue on this node.
+        rabbit_support::publish_when_routed(
+            &url2,
+            &cfg_a.rabbitmq.push_exchange,
+            "push",
             body.as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
+            Duration::from_secs(10),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-        let _ = conn.close(200, "done".into()).await;
+        .await;
     }
     let got: Vec<Vec<u8>> = device_delivers(&mut plug, Duration::from_secs(3))
         .await

@@ -22,14 +22,16 @@ use broker::uploads::{
     Upload, UploadSink, static_nodes,
 };
 use bytes::Bytes;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 
 mod rabbit_support;
 mod services_env;
 
-use rabbit_support::{delete_topology, header_str, header_true, headers, message_id, wait_until};
+use rabbit_support::{
+    delete_topology, header_str, header_true, headers, message_id, publish_when_routed, wait_until,
+};
 
 /// The service environment this test needs (see `services_env`).
 fn services() -> BTreeMap<String, String> {
@@ -457,38 +459,7 @@ async fn push_consumer_acks_after_callback_and_requeues_on_error() {
             }
         })
     };
-    // Wait for the consumers to declare their queues on both nodes, then publish as a backend.
-    let publish = |url: String, body: &'static [u8]| {
-        let cfg = cfg.clone();
-        async move {
-            let conn = Connection::connect(&url, ConnectionProperties::default())
-                .await
-                .unwrap();
-            let ch = conn.create_channel().await.unwrap();
-            // A failed passive declare (queue not there yet) closes the channel: caller retries.
-            ch.queue_declare(
-                cfg.push_queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
-            ch.basic_publish(
-                cfg.push_exchange.as_str().into(),
-                "backend".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
-            let _ = conn.close(200, "done".into()).await;
-            Some(())
-        }
-    };
+    // Published as a backend would, once the consumers' queues are bound on both nodes.
     let bodies: [(&String, &'static [u8]); 4] = [
         (
             &url1,
@@ -502,11 +473,7 @@ async fn push_consumer_acks_after_callback_and_requeues_on_error() {
         (&url1, b"not json"),
     ];
     for (url, body) in bodies {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while publish(url.clone(), body).await.is_none() {
-            assert!(Instant::now() < deadline, "push queue never declared");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        publish_push(url, &cfg, body).await;
     }
     // Three handled and the poison one rejected; on a timeout the message says what arrived
     // and how the consumer counted it (acked, requeued, rejected).
@@ -563,43 +530,16 @@ async fn push_consumer_acks_after_callback_and_requeues_on_error() {
 }
 
 /// Publishes `body` to the push exchange on `url` as a backend would, once the consumer has
-/// declared the push queue there (retries until then, up to 20 s).
+/// bound the push queue there (retries until then, up to 20 s).
 async fn publish_push(url: &str, cfg: &RabbitConfig, body: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        // A failed passive declare (queue not there yet) closes the channel: retry.
-        let declared = ch
-            .queue_declare(
-                cfg.push_queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_ok();
-        if declared {
-            ch.basic_publish(
-                cfg.push_exchange.as_str().into(),
-                "backend".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
-            let _ = conn.close(200, "done".into()).await;
-            return;
-        }
-        let _ = conn.close(200, "done".into()).await;
-        assert!(Instant::now() < deadline, "push queue never declared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_when_routed(
+        url,
+        &cfg.push_exchange,
+        "backend",
+        body,
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 /// Poison pushes (undecodable, or refused by the router as permanent) are dead-lettered once

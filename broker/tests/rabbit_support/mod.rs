@@ -1,7 +1,7 @@
 //! What the RabbitMQ upload tests share (`rabbit_uploads`, `fault_rabbit_partition`,
 //! `upload_path_metrics`): reading a queue back, removing a test's exchanges and queues,
-//! waiting for a condition with a deadline, and a relay that can cut a node off
-//! ([`blackhole`]).
+//! waiting for a condition with a deadline, publishing as a backend once a queue is bound
+//! ([`publish_when_routed`]), and a relay that can cut a node off ([`blackhole`]).
 #![allow(dead_code)] // Each test binary uses its own part.
 
 pub mod blackhole;
@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use broker::uploads::RabbitConfig;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 /// Reads (and acks) everything in `queue` on `url`, each message as `read` makes it.
 pub async fn drain_queue<T>(
@@ -116,5 +119,61 @@ pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bo
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes `body` (persistent) to `exchange` on `url` with `routing_key`, as a backend would,
+/// once some queue is bound to take it: the publish is mandatory and confirmed, and a message
+/// the node returns as unroutable (the consumer has not declared or bound its queue yet) is
+/// published again every 50 ms, up to `timeout`.
+///
+/// A passive queue declare is not enough: a consumer declares its queue before it binds it, and
+/// a message published in between is dropped by the node.
+pub async fn publish_when_routed(
+    url: &str,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    loop {
+        // A publish to an exchange that does not exist yet closes the channel: a new one each try.
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                mandatory,
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await;
+        let routed = match confirm {
+            Ok(confirm) => match confirm.await {
+                Ok(confirmation) => confirmation.is_ack() && confirmation.take_message().is_none(),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if routed {
+            let _ = conn.close(200, "done".into()).await;
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing bound to take a message from {exchange} on {url} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
