@@ -117,7 +117,7 @@ async fn open(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Option<
     match logged_in {
         Ok(session) => Some(Box::new(Live {
             // Without the buffers the login left in the WebSocket library.
-            ws: ws::compact(ws, ctx.settings.max_app_message).await,
+            ws: ws::compact(ws, ctx.settings.max_app_message),
             session,
             guard,
         })),

@@ -126,7 +126,7 @@ async fn open(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Option<
     match logged_in {
         Ok((link, session)) => Some(Box::new(Live {
             // Without the buffers the login left (about 270 B of an idle session).
-            ws: ws::compact(ws, ctx.settings.max_device_packet).await,
+            ws: ws::compact(ws, ctx.settings.max_device_packet),
             link,
             session,
             guard,

@@ -71,6 +71,7 @@ pub mod tls;
 pub mod udp;
 pub mod worker;
 pub mod ws;
+pub mod ws_stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

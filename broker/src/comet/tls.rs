@@ -191,10 +191,10 @@ pub async fn upgrade(
         None => Stream::Plain(tcp),
         Some(acceptor) => Stream::Tls(Box::new(acceptor.accept(tcp).await?.into())),
     };
-    let mut ws = tokio_tungstenite::accept_hdr_async_with_config(
+    let mut ws = super::ws_stream::accept(
         super::frame_reads::Bounded::new(stream),
         refuse_large_heads,
-        Some(config),
+        config,
     )
     .await?;
     // From the first frame on, reads stop at frame ends until the login is done

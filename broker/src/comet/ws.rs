@@ -17,7 +17,6 @@
 
 use std::net::SocketAddr;
 
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -28,7 +27,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 
 /// A server-side WebSocket over plain TCP or TLS ([`super::tls::Stream`]), whose reads stop at
 /// frame ends until the login is done ([`super::frame_reads`], [`compact`]).
-pub type Ws = WebSocketStream<super::frame_reads::Bounded<super::tls::Stream>>;
+pub type Ws = super::ws_stream::WsStream<super::frame_reads::Bounded<super::tls::Stream>>;
 
 /// Upper bound of queued outgoing bytes before writes fail (slow reader protection), for
 /// messages up to this size; a larger `max_message` raises it to one message and its header.
@@ -56,14 +55,14 @@ pub fn config(max_message: usize) -> WebSocketConfig {
 /// ([`super::frame_reads`]). When that is not known (a fragmented message half-way) the
 /// WebSocket is kept as it is. Reads are no longer bounded after this, either way. Call it
 /// only once everything sent was flushed (`send`, not `feed`).
-pub async fn compact(mut ws: Ws, max_message: usize) -> Ws {
+pub fn compact(mut ws: Ws, max_message: usize) -> Ws {
     if !ws.get_ref().at_message_boundary() {
         ws.get_mut().stop_bounding();
         return ws;
     }
     let mut io = ws.into_inner();
     io.stop_bounding();
-    WebSocketStream::from_raw_socket(io, Role::Server, Some(config(max_message))).await
+    Ws::from_raw_socket(io, Role::Server, config(max_message))
 }
 
 /// Sends a close frame with `code` and a short reason, then flushes; errors are ignored (the
