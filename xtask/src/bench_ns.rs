@@ -187,17 +187,36 @@ impl Drop for Spawned {
     }
 }
 
-/// Resident memory (`VmRSS`) of `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
-    parse_vm_rss(&status).ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+/// Resident memory of a process, in KiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resident {
+    /// All of it (`VmRSS`), the pages of its program and libraries included: those grow as
+    /// code runs for the first time, by the size of the code, not of the work.
+    pub total_kib: u64,
+    /// Its anonymous part (`RssAnon`): heap, stacks and other private memory, what a connection
+    /// or a message costs.
+    pub anon_kib: u64,
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
+/// The resident memory of `pid` now.
+pub fn resident(pid: u32) -> Result<Resident, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    parse_resident(&status).ok_or_else(|| format!("no VmRSS or RssAnon in /proc/{pid}/status"))
+}
+
+fn parse_resident(status: &str) -> Option<Resident> {
+    Some(Resident {
+        total_kib: status_kib(status, "VmRSS:")?,
+        anon_kib: status_kib(status, "RssAnon:")?,
+    })
+}
+
+/// The value of a `/proc/PID/status` line such as `VmRSS:\t  20480 kB`, in KiB.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
@@ -285,8 +304,14 @@ mod tests {
 
     #[test]
     fn proc_texts_are_parsed() {
-        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t  20480 kB\n"), Some(20480));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert_eq!(
+            parse_resident("Name:\tx\nVmRSS:\t  20480 kB\nRssAnon:\t   8192 kB\n"),
+            Some(Resident {
+                total_kib: 20480,
+                anon_kib: 8192
+            })
+        );
+        assert_eq!(parse_resident("Name:\tx\nVmRSS:\t  20480 kB\n"), None);
         let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
         assert_eq!(parse_cpu_ticks(stat), Some(325));
         assert_eq!(parse_cpu_ticks("42 (x) S 1"), None);
@@ -307,7 +332,8 @@ mod tests {
     #[test]
     fn our_own_memory_and_cpu_are_readable() {
         let me = std::process::id();
-        assert!(rss_kib(me).unwrap() > 0);
+        let r = resident(me).unwrap();
+        assert!(r.anon_kib > 0 && r.total_kib > r.anon_kib, "{r:?}");
         cpu_ticks(me).unwrap();
     }
 }

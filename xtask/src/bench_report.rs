@@ -128,7 +128,10 @@ pub fn markdown(doc: &Value, more: &[Section]) -> String {
     if let Some(rows) = doc["idle_memory"]["rows"].as_array() {
         table(
             &mut md,
-            "## Idle memory per connection (server RSS delta / connections up)\n\n",
+            "## Idle memory per connection (growth of the server's resident memory / connections up)\n\n\
+             Anonymous: heap, stacks and other private memory, what the connections cost. All \
+             resident: also the server's program and library pages that the logins ran for the \
+             first time.\n\n",
             &[
                 ("server", Cell::Text("server")),
                 ("transport", Cell::Text("transport")),
@@ -136,7 +139,14 @@ pub fn markdown(doc: &Value, more: &[Section]) -> String {
                 ("up", Cell::Value("up")),
                 ("failed", Cell::Value("failed")),
                 ("client processes", Cell::Value("client_processes")),
-                ("B per connection", Cell::Value("bytes_per_connection")),
+                (
+                    "B per connection (anonymous)",
+                    Cell::Value("bytes_per_connection"),
+                ),
+                (
+                    "B per connection (all resident)",
+                    Cell::Value("resident_bytes_per_connection"),
+                ),
                 (
                     "server CPU per connection (µs)",
                     Cell::Value("server_cpu_us_per_connection"),
@@ -197,7 +207,7 @@ pub fn memory_svg(rows: &[Value]) -> String {
         })
         .collect();
     bar_chart(
-        "Server memory per idle connection, bytes (lower is better)",
+        "Server memory per idle connection, anonymous resident bytes (lower is better)",
         &bars,
     )
 }
