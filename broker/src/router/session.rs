@@ -13,8 +13,10 @@
 //! seen, before any queued event), so a stuck consumer can always be told to go.
 //!
 //! The queue is a `VecDeque` behind a `std::sync::Mutex` held only for a push or pop (never across
-//! `.await`), plus a `tokio::sync::Notify` to wake the single consumer. The `VecDeque` is boxed
-//! and exists only while events are queued: an idle session keeps a null pointer.
+//! `.await`). The single consumer's waker and a "woken" flag live behind the same lock (16 B
+//! less a session than a `tokio::sync::Notify` beside it): a wake sets the flag and wakes the
+//! waker, and [`Session::next`] waits until the flag is set. The `VecDeque` is boxed and exists
+//! only while events are queued: an idle session keeps a null pointer.
 //!
 //! A consumer that serves many sessions from one task (a UDP shard) does not await each
 //! session: it gives each session's handle a token and a shared [`ReadyList`]
@@ -25,6 +27,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -181,6 +184,11 @@ struct QueueState {
     ready: Option<Arc<ReadyList>>,
     /// The session's token in `ready`.
     token: u32,
+    /// Set by every wake, cleared when [`Session::next`] sees it: a wake that came while nobody
+    /// waited is not lost.
+    woken: bool,
+    /// The waker of the task waiting in [`Session::next`], if one waits.
+    waiter: Option<Waker>,
 }
 
 /// Where sessions served by one task report that they have something to yield: the task
@@ -227,7 +235,6 @@ pub(crate) struct SessionInner {
     cap: u32,
     policy: QueueFullPolicy,
     state: Mutex<QueueState>,
-    notify: Notify,
 }
 
 /// A live session as the router sees it: identity plus the sending end of its outbound queue.
@@ -282,8 +289,9 @@ impl SessionHandle {
                     deliver_drops: 0,
                     ready: None,
                     token: 0,
+                    woken: false,
+                    waiter: None,
                 }),
-                notify: Notify::new(),
             }),
         }
     }
@@ -445,13 +453,33 @@ impl SessionHandle {
 
     /// Wakes the session's consumer: the [`ReadyList`], if one is set (its token is pushed
     /// before `st`, the queue's lock, is released; the list's lock is only ever taken inside
-    /// it, never the other way round), then [`Session::next`].
-    fn wake(&self, st: MutexGuard<'_, QueueState>) {
+    /// it, never the other way round), then [`Session::next`] (its waker is woken once the lock
+    /// is released).
+    fn wake(&self, mut st: MutexGuard<'_, QueueState>) {
         if let Some(list) = &st.ready {
             list.push(st.token);
         }
+        st.woken = true;
+        let waiter = st.waiter.take();
         drop(st);
-        self.inner.notify.notify_one();
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
+
+    /// Waits until the session was woken since this last returned (at once if it was).
+    fn woken(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut st = lock(&self.inner.state);
+            if std::mem::take(&mut st.woken) {
+                return Poll::Ready(());
+            }
+            match &mut st.waiter {
+                Some(waker) => waker.clone_from(cx.waker()),
+                None => st.waiter = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
     }
 }
 
@@ -565,7 +593,7 @@ impl Session {
             if self.finished {
                 return None;
             }
-            self.handle.inner.notify.notified().await;
+            self.handle.woken().await;
         }
     }
 
@@ -618,7 +646,13 @@ impl Session {
     /// Logs out now (same as dropping, but waits for the offline Presence fan-out).
     pub async fn close(mut self) {
         self.finished = true;
-        lock(&self.handle.inner.state).closed = true;
+        {
+            let mut st = lock(&self.handle.inner.state);
+            st.closed = true;
+            // Handles outlive the session briefly (fan-out, pending commands): they must not
+            // keep its task alive through its waker.
+            st.waiter = None;
+        }
         let router = self.router.clone();
         if let Some(offline) = router.unregister(&self.handle) {
             router.presence(offline, false).await;
@@ -703,11 +737,10 @@ mod tests {
         // docs/performance.md ("Memory per session"), bounded so growth shows.
         let size = std::mem::size_of::<SessionInner>();
         println!(
-            "SessionInner: {size} bytes: queue state {}, notify {}",
+            "SessionInner: {size} bytes: queue state {}",
             std::mem::size_of::<Mutex<QueueState>>(),
-            std::mem::size_of::<Notify>(),
         );
-        assert!(size <= 144, "SessionInner grew to {size} bytes");
+        assert!(size <= 128, "SessionInner grew to {size} bytes");
     }
 
     #[test]

@@ -1436,3 +1436,42 @@ async fn concurrent_broadcasts_are_stored_as_one_batch_and_offered_with_one_wake
         "one wake-up per session"
     );
 }
+
+/// The consumer's wait: an event queued before it waits is found at once, one queued while it
+/// waits (from another task) wakes it, and a wait whose future was dropped (a `select!` that
+/// another branch won) loses nothing.
+#[tokio::test]
+async fn next_sees_events_queued_before_during_and_after_an_abandoned_wait() {
+    let f = fixture(|_| {});
+    let mut s = f
+        .router
+        .login(login(D1, Transport::DeviceWs, 0))
+        .await
+        .unwrap();
+    let h = s.handle().clone();
+    let command = |cmd_id| Outbound::Command {
+        cmd_id,
+        name: "x".into(),
+        payload: Bytes::new(),
+    };
+    assert_eq!(h.offer(command(1)), Enqueued::Queued);
+    assert_eq!(next(&mut s).await, command(1), "queued before the wait");
+    let offer_later = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            h.offer(command(2))
+        })
+    };
+    assert_eq!(next(&mut s).await, command(2), "queued during the wait");
+    assert_eq!(offer_later.await.unwrap(), Enqueued::Queued);
+    // A wait abandoned before anything came, then an event: the next wait finds it.
+    let abandoned = tokio::time::timeout(Duration::from_millis(20), s.next()).await;
+    assert!(abandoned.is_err(), "nothing was queued: {abandoned:?}");
+    assert_eq!(h.offer(command(3)), Enqueued::Queued);
+    assert_eq!(
+        next(&mut s).await,
+        command(3),
+        "queued after an abandoned wait"
+    );
+}
