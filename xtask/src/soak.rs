@@ -248,7 +248,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         if now >= next_sample {
             samples.push(Sample {
                 secs: now.as_secs_f64(),
-                rss_kib: rss_kib(pid)?,
+                rss_kib: crate::bench_ns::resident(pid)?.total_kib,
                 fds: open_fds(pid)?,
                 errors: log_errors(&log_path) + client_errors,
             });
@@ -490,15 +490,6 @@ fn wait_for_start(broker: &mut Running, log: &Path, limit: Duration) -> Result<(
             tail.join("\n")
         ));
     }
-}
-
-fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 fn open_fds(pid: u32) -> Result<u64, String> {

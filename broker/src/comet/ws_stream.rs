@@ -116,19 +116,21 @@ where
     ));
     // Each poll runs the handshake once more with the polling task's waker stored, so a socket
     // call that blocks registers that task (the first try, above, ran before there was one).
-    std::future::poll_fn(|cx| match step.take() {
-        None => Poll::Pending, // not polled again once it finished
-        Some(Ok(ws)) => Poll::Ready(Ok(WsStream::new(ws))),
-        Some(Err(HandshakeError::Failure(e))) => Poll::Ready(Err(e)),
-        Some(Err(HandshakeError::Interrupted(mut mid))) => {
-            mid.get_mut().get_mut().set_waker(cx);
-            match mid.handshake() {
-                Ok(ws) => Poll::Ready(Ok(WsStream::new(ws))),
-                Err(HandshakeError::Failure(e)) => Poll::Ready(Err(e)),
-                interrupted => {
-                    step = Some(interrupted);
-                    Poll::Pending
-                }
+    std::future::poll_fn(|cx| {
+        let result = match step.take() {
+            None => return Poll::Pending, // not polled again once it finished
+            Some(Err(HandshakeError::Interrupted(mut mid))) => {
+                mid.get_mut().get_mut().set_waker(cx);
+                mid.handshake()
+            }
+            Some(done) => done,
+        };
+        match result {
+            Ok(ws) => Poll::Ready(Ok(WsStream::new(ws))),
+            Err(HandshakeError::Failure(e)) => Poll::Ready(Err(e)),
+            interrupted => {
+                step = Some(interrupted);
+                Poll::Pending
             }
         }
     })

@@ -467,6 +467,15 @@ impl SessionHandle {
         }
     }
 
+    /// Marks the queue closed once its [`Session`] ends (closed or dropped) and forgets the
+    /// consumer's waker: handles outlive the session briefly (fan-out, pending commands) and
+    /// must not keep its task alive through it.
+    fn mark_closed(&self) {
+        let mut st = lock(&self.inner.state);
+        st.closed = true;
+        st.waiter = None;
+    }
+
     /// Waits until the session was woken since this last returned (at once if it was).
     fn woken(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| {
@@ -646,13 +655,7 @@ impl Session {
     /// Logs out now (same as dropping, but waits for the offline Presence fan-out).
     pub async fn close(mut self) {
         self.finished = true;
-        {
-            let mut st = lock(&self.handle.inner.state);
-            st.closed = true;
-            // Handles outlive the session briefly (fan-out, pending commands): they must not
-            // keep its task alive through its waker.
-            st.waiter = None;
-        }
+        self.handle.mark_closed();
         let router = self.router.clone();
         if let Some(offline) = router.unregister(&self.handle) {
             router.presence(offline, false).await;
@@ -671,7 +674,7 @@ fn boxed_replay(msgs: Vec<StoredMessage>) -> Option<Box<VecDeque<StoredMessage>>
 
 impl Drop for Session {
     fn drop(&mut self) {
-        lock(&self.handle.inner.state).closed = true;
+        self.handle.mark_closed();
         if let Some(offline) = self.router.unregister(&self.handle) {
             let router = self.router.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
