@@ -36,6 +36,7 @@ mod config;
 mod kick_copies;
 mod outbox;
 mod shard;
+mod timers;
 
 pub use config::UdpConfig;
 pub use kick_copies::{SHUTDOWN_KICK_COPIES, SHUTDOWN_KICK_SPACING_MS};

@@ -11,10 +11,11 @@
 //!   (NAT rebinding, section 3): replies and retransmissions go to the new address and the
 //!   router's [`SessionHandle::set_peer`] is updated.
 //! * Timers: each session's next deadline ([`Link::poll_timeout`]: retransmission, delayed ack or
-//!   silence) is kept in one ordered set of `(deadline_ms, session_id)`; the task sleeps until the
-//!   first. A session silent for `timeouts.session_secs`, or whose frame went unacknowledged
-//!   `MAX_TRANSMISSIONS` times, is ended: the router logs it out and bound phones get an offline
-//!   presence.
+//!   silence) is kept in [`Timers`]: an ordered set for deadlines within a second, a sweep of
+//!   the table once a second for the rest (an idle session's silence timeout), so an idle
+//!   session costs no timer entry; the task sleeps until the first. A session silent for
+//!   `timeouts.session_secs`, or whose frame went unacknowledged `MAX_TRANSMISSIONS` times, is
+//!   ended: the router logs it out and bound phones get an offline presence.
 //! * Outbound: no future or task per session. Each session's router handle pushes the session
 //!   id to the shard's [`ReadyList`] when it queues an event ([`SessionHandle::wake_into`]);
 //!   the shard then pulls events with [`Session::try_next`] into the session's [`Outbox`]
@@ -37,7 +38,7 @@
 //! in-flight frames, held frames, waiting frames and the frame worker (created by the first
 //! Send, Upload or Request) exist only while in use.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -63,23 +64,42 @@ use super::super::worker::FrameWorker;
 use super::batch::SendBatch;
 use super::kick_copies::{KickCopies, SHUTDOWN_KICK_COPIES, SHUTDOWN_KICK_SPACING_MS};
 use super::outbox::{Offered, Outbox};
+use super::timers::{Slot, Timers};
 use super::{Kind, ShardBatch, ShardMap, T, flush_out};
 
 /// One UDP session's state in the socket task's table. The peer's address is the router
 /// handle's ([`SessionHandle::peer`]), not a copy here.
 pub struct UdpSession {
     link: Link,
-    handle: SessionHandle,
-    /// The deadline under which this session sits in the timer set.
-    timer: u64,
-    /// The router session; `None` while a spawned task re-reads the store for it.
-    session: Option<Session>,
+    /// Where this session's next deadline sits in the shard's [`Timers`].
+    timer: Slot,
+    /// The router session, or only its handle while a spawned task re-reads the store for it.
+    router: RouterSide,
     /// Applies the session's Sends and Uploads in order; `None` until its first work frame
     /// (Send, Upload, Request), so a session that only pings and receives keeps no worker.
     worker: Option<Box<FrameWorker>>,
     /// Reliable frames waiting for room in the send window.
     outbox: Outbox,
     _guard: ConnGuard,
+}
+
+/// A UDP session's router side. The handle is the session's own while it is here, so the
+/// shard keeps no second copy of it (8 B less a session).
+enum RouterSide {
+    /// The router session, drained by the shard.
+    Here(Session),
+    /// Lent to a task re-reading the store ([`Control::Read`] brings it back); its handle.
+    Reading(SessionHandle),
+}
+
+impl RouterSide {
+    /// The session's router handle (identity, peer address, queue).
+    fn handle(&self) -> &SessionHandle {
+        match self {
+            RouterSide::Here(session) => session.handle(),
+            RouterSide::Reading(handle) => handle,
+        }
+    }
 }
 
 /// Messages from spawned helper tasks to the socket task.
@@ -107,7 +127,7 @@ struct Endpoint {
     /// Boxed: the table then holds a pointer per slot, so its spare capacity (a hash table is
     /// up to half empty after growing) costs 16 bytes a slot, not a whole session.
     sessions: HashMap<u32, Box<UdpSession>>,
-    timers: BTreeSet<(u64, u32)>,
+    timers: Timers,
     /// Ids of sessions whose router queue got something (see module docs).
     ready: Arc<ReadyList>,
     /// The ids taken from `ready` in this turn (kept to reuse its allocation).
@@ -132,7 +152,7 @@ pub(super) async fn run(
         socket,
         map,
         sessions: HashMap::new(),
-        timers: BTreeSet::new(),
+        timers: Timers::default(),
         ready: Arc::new(ReadyList::new()),
         ready_ids: Vec::new(),
         control,
@@ -141,8 +161,7 @@ pub(super) async fn run(
     };
     let ready = ep.ready.clone();
     loop {
-        let first_timer = ep.timers.first().map(|(d, _)| *d);
-        let wake = match (first_timer, ep.kick_copies.next_due()) {
+        let wake = match (ep.timers.next_wake(), ep.kick_copies.next_due()) {
             (Some(t), Some(k)) => Some(t.min(k)),
             (t, k) => t.or(k),
         }
@@ -345,16 +364,16 @@ impl Endpoint {
             }
         };
         if received.newest {
-            let old = s.handle.peer();
+            let old = s.router.handle().peer();
             if old != from {
                 // NAT rebinding: authentic and newer than any packet seen, from a new address.
                 // An older authentic packet from elsewhere (withheld and released by an on-path
                 // attacker) is processed but does not move the session.
-                tracing::debug!(terminal = %s.handle.address(), %old, new = %from, "udp session moved");
-                s.handle.set_peer(from);
+                tracing::debug!(terminal = %s.router.handle().address(), %old, new = %from, "udp session moved");
+                s.router.handle().set_peer(from);
             }
         }
-        let me = s.handle.address();
+        let me = s.router.handle().address();
         if !received.delivered.is_empty() {
             let router = self.ctx.router.clone();
             let ids = std::mem::take(&mut received.delivered);
@@ -368,10 +387,18 @@ impl Endpoint {
         }
         // Reliable frames come in `seq` order: the one just received, then any it released.
         let s = &mut **s;
-        let mut worker = device::LazyWorker::new(&mut s.worker, &self.ctx, &s.handle, now);
+        let mut worker = device::LazyWorker::new(&mut s.worker, &self.ctx, s.router.handle(), now);
         let reactions: Vec<Reaction> = received
             .frames()
-            .map(|frame| device::on_frame(&self.ctx.router, &s.handle, &mut worker, &frame, now))
+            .map(|frame| {
+                device::on_frame(
+                    &self.ctx.router,
+                    s.router.handle(),
+                    &mut worker,
+                    &frame,
+                    now,
+                )
+            })
             .collect();
         for reaction in reactions {
             match reaction {
@@ -400,7 +427,7 @@ impl Endpoint {
         };
         let mut out = [0u8; MAX_PACKET];
         if let Ok(n) = s.link.seal_unreliable(body, &mut out) {
-            let peer = s.handle.peer();
+            let peer = s.router.handle().peer();
             self.send(&out[..n], peer);
         }
     }
@@ -427,13 +454,13 @@ impl Endpoint {
         let UdpSession {
             link,
             outbox,
-            handle,
+            router,
             ..
         } = &mut **s;
         if outbox.is_empty() {
             return;
         }
-        let peer = handle.peer();
+        let peer = router.handle().peer();
         let flushed = outbox.flush(|ev| {
             if !link.can_send() {
                 return Offered::WindowFull;
@@ -464,12 +491,8 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let next = s.link.poll_timeout();
-        if next != s.timer {
-            self.timers.remove(&(s.timer, sid));
-            self.timers.insert((next, sid));
-            s.timer = next;
-        }
+        let now = self.ctx.mono_ms();
+        s.timer = self.timers.place(sid, s.timer, s.link.poll_timeout(), now);
     }
 
     /// Sends waiting frames, then pulls the session's router events into its outbox while the
@@ -484,12 +507,14 @@ impl Endpoint {
                 // Acks free room; the shard pulls again then.
                 return;
             }
-            let Some(session) = s.session.as_mut() else {
+            let RouterSide::Here(session) = &mut s.router else {
                 // A store read is under way; its result comes back as `Control::Read`.
                 return;
             };
             if session.needs_store_read() {
-                let Some(mut session) = s.session.take() else {
+                let reading = RouterSide::Reading(session.handle().clone());
+                let RouterSide::Here(mut session) = std::mem::replace(&mut s.router, reading)
+                else {
                     return;
                 };
                 let control = self.control.clone();
@@ -539,17 +564,17 @@ impl Endpoint {
         let Some(s) = self.sessions.remove(&sid) else {
             return;
         };
-        self.timers.remove(&(s.timer, sid));
+        self.timers.remove(sid, s.timer);
         // Without a kick the device said Goodbye (or its session was already logged out).
         let end = match kick {
             Some(code) => SessionEnd::Broker(code),
             None => SessionEnd::Terminal(Code::NORMAL),
         };
-        crate::logging::session_end::session_ended(&s.handle.address(), T.as_str(), end);
-        if s.session.is_none() {
+        crate::logging::session_end::session_ended(&s.router.handle().address(), T.as_str(), end);
+        if let RouterSide::Reading(handle) = &s.router {
             // A store-read task holds the Session: end it so the task hands it back, and the
             // shard, finding no session under this id, drops it.
-            s.handle.kick(KickReason::Admin);
+            handle.kick(KickReason::Admin);
         }
         // Dropping the Session logs it out (registry, pending commands, presence).
         drop(s);
@@ -569,7 +594,8 @@ impl Endpoint {
                 .seal_unreliable(Body::Kick { reason: code }, &mut out)
             {
                 let due = now + copy * SHUTDOWN_KICK_SPACING_MS;
-                self.kick_copies.push(due, s.handle.peer(), &out[..n]);
+                self.kick_copies
+                    .push(due, s.router.handle().peer(), &out[..n]);
             }
         }
     }
@@ -589,15 +615,13 @@ impl Endpoint {
                     // Cannot happen (ids are skipped while in use); never mix two sessions.
                     return;
                 }
-                let handle = session.handle().clone();
-                handle.wake_into(self.ready.clone(), sid);
+                session.handle().wake_into(self.ready.clone(), sid);
                 self.sessions.insert(
                     sid,
                     Box::new(UdpSession {
                         link,
-                        handle,
-                        timer: u64::MAX,
-                        session: Some(session),
+                        timer: Slot::NONE,
+                        router: RouterSide::Here(session),
                         worker: None,
                         outbox: Outbox::default(),
                         _guard: guard,
@@ -617,10 +641,10 @@ impl Endpoint {
 
     /// A store-read task handed session `sid`'s router session back with the event it yielded.
     fn on_read(&mut self, sid: u32, session: Session, ev: Option<Outbound>) {
-        let live = self
-            .sessions
-            .get(&sid)
-            .is_some_and(|s| s.session.is_none() && s.handle.id() == session.handle().id());
+        let live = self.sessions.get(&sid).is_some_and(|s| match &s.router {
+            RouterSide::Reading(handle) => handle.id() == session.handle().id(),
+            RouterSide::Here(_) => false,
+        });
         if !live {
             // Ended meanwhile; dropping the Session logs it out.
             return;
@@ -628,7 +652,7 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        s.session = Some(session);
+        s.router = RouterSide::Here(session);
         match ev {
             None => {
                 self.end(sid, None);
@@ -647,15 +671,22 @@ impl Endpoint {
     fn on_timers(&mut self) {
         let now = self.ctx.mono_ms();
         self.kick_copies.take_due(now, &mut self.out);
-        while let Some(&(deadline, sid)) = self.timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.timers.pop_first();
+        if self.timers.sweep_due(now) {
+            let far = self
+                .sessions
+                .iter_mut()
+                .filter(|(_, s)| s.timer.is_far())
+                .map(|(&sid, s)| {
+                    let deadline = s.link.poll_timeout();
+                    (sid, &mut s.timer, deadline)
+                });
+            self.timers.sweep(now, far);
+        }
+        while let Some(sid) = self.timers.pop_due(now) {
             let Some(s) = self.sessions.get_mut(&sid) else {
                 continue;
             };
-            s.timer = u64::MAX;
+            s.timer = Slot::NONE;
             while let Some(s) = self.sessions.get_mut(&sid) {
                 let mut out = [0u8; MAX_PACKET];
                 match s.link.poll(now, rand::random(), &mut out) {
@@ -663,7 +694,7 @@ impl Endpoint {
                         if matches!(polled, Polled::Resend(_)) {
                             self.ctx.router.metrics().device_resend(T);
                         }
-                        let peer = s.handle.peer();
+                        let peer = s.router.handle().peer();
                         self.send(&out[..n], peer);
                     }
                     Polled::Dead(code) => {
@@ -693,14 +724,14 @@ mod tests {
         let size = size_of::<UdpSession>();
         println!(
             "UdpSession: {size} bytes: link {}, router session {}, frame worker {}, outbox {}, \
-             connection guard {}, handle and timer {}",
+             connection guard {}, timer {}",
             size_of::<Link>(),
-            size_of::<Option<Session>>(),
+            size_of::<RouterSide>(),
             size_of::<Option<Box<FrameWorker>>>(),
             size_of::<Outbox>(),
             size_of::<ConnGuard>(),
-            size_of::<SessionHandle>() + size_of::<u64>(),
+            size_of::<Slot>(),
         );
-        assert!(size <= 280, "UdpSession grew to {size} bytes");
+        assert!(size <= 264, "UdpSession grew to {size} bytes");
     }
 }
