@@ -161,11 +161,11 @@ pub(super) async fn run(
     };
     let ready = ep.ready.clone();
     loop {
-        let wake = match (ep.timers.next_wake(), ep.kick_copies.next_due()) {
-            (Some(t), Some(k)) => Some(t.min(k)),
-            (t, k) => t.or(k),
-        }
-        .map(|d| ctx.instant_at(d));
+        let wake = [ep.timers.next_wake(), ep.kick_copies.next_due()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| ctx.instant_at(d));
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             Some(batch) = inbox.recv() => ep.on_batch(batch),

@@ -96,10 +96,7 @@ impl Timers {
     /// sweep, whichever comes first.
     pub fn next_wake(&self) -> Option<u64> {
         let first = self.near.first().map(|(d, _)| *d);
-        match (first, self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [first, self.next_sweep].into_iter().flatten().min()
     }
 
     /// Takes the first session whose near deadline is at or before `now_ms` (its slot is then
