@@ -11,6 +11,8 @@
 //! * [`api`]: the HTTP API (axum) under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
 //! * [`metrics`]: the Prometheus metrics facade every part records through.
 //! * [`logging`]: the binary's log filter, with caps that keep frame dumps out of the logs.
+//! * [`self_wake`]: polls a task's future again when it woke itself, so tokio does not wake a
+//!   second worker for it (the HTTP API's connections).
 //! * `discovery`, `keeper`: cluster-mode node discovery and the `rmqkeeper` role.
 //! * [`cluster`]: the `comet` and `msgbus` roles (Redis stores and online registry, ZooKeeper
 //!   registration, msgbus links, RabbitMQ uploads and pushes) on top of [`start_with`].
@@ -42,6 +44,7 @@ pub mod roles;
 pub mod router;
 pub mod secret;
 pub mod secrets;
+pub mod self_wake;
 pub mod store;
 pub mod terminal;
 pub mod uploads;

@@ -39,6 +39,7 @@ use super::ApiError;
 use crate::comet::proxy::Proxy;
 use crate::comet::tls::Acceptor;
 use crate::metrics::Metrics;
+use crate::self_wake::RepollOnSelfWake;
 
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,7 +140,9 @@ pub async fn serve(
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         let proxy = proxy.clone();
-        tokio::spawn(async move {
+        // Every request with a body wakes its connection's task from within (hyper's body
+        // channel); see `self_wake`.
+        tokio::spawn(RepollOnSelfWake::new(async move {
             let _slot = slot;
             let peer = match proxy {
                 None => tcp_peer,
@@ -163,7 +166,7 @@ pub async fn serve(
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS API: TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "HTTPS API: TLS handshake timed out"),
             }
-        });
+        }));
     }
     // New connections are refused from now on (closing the socket, not just not accepting).
     drop(listener);
