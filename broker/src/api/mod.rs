@@ -84,9 +84,25 @@ pub struct ApiSettings {
     pub console: bool,
 }
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: one `Arc`, so the clone axum makes for every extractor and
+/// middleware that takes the state is one reference count, not one per field (the shutdown
+/// token's clone takes a lock).
 #[derive(Clone)]
 pub struct ApiState {
+    shared: Arc<ApiShared>,
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+
+    fn deref(&self) -> &ApiShared {
+        &self.shared
+    }
+}
+
+/// What [`ApiState`] shares.
+#[derive(Clone)]
+pub struct ApiShared {
     router: Router,
     api_token: Arc<Secret>,
     command_default: Duration,
@@ -101,20 +117,22 @@ impl ApiState {
     /// State for `router`, authenticating with `api_token`.
     pub fn new(router: Router, api_token: Secret, settings: ApiSettings) -> ApiState {
         ApiState {
-            router,
-            api_token: Arc::new(api_token),
-            command_default: settings.command_default,
-            command_max: settings.command_max,
-            cluster: None,
-            console: settings.console,
-            cluster_nodes: None,
-            shutdown: tokio_util::sync::CancellationToken::new(),
+            shared: Arc::new(ApiShared {
+                router,
+                api_token: Arc::new(api_token),
+                command_default: settings.command_default,
+                command_max: settings.command_max,
+                cluster: None,
+                console: settings.console,
+                cluster_nodes: None,
+                shutdown: tokio_util::sync::CancellationToken::new(),
+            }),
         }
     }
 
     /// Long-lived responses (the console's event stream) end when `shutdown` is cancelled.
     pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> ApiState {
-        self.shutdown = shutdown;
+        Arc::make_mut(&mut self.shared).shutdown = shutdown;
         self
     }
 
@@ -123,13 +141,13 @@ impl ApiState {
         mut self,
         nodes: Option<crate::console::nodes::ClusterNodes>,
     ) -> ApiState {
-        self.cluster_nodes = nodes;
+        Arc::make_mut(&mut self.shared).cluster_nodes = nodes;
         self
     }
 
     /// Cluster mode: commands and online status also cover the other nodes through `cluster`.
     pub fn with_cluster(mut self, cluster: Option<Arc<dyn ClusterApi>>) -> ApiState {
-        self.cluster = cluster;
+        Arc::make_mut(&mut self.shared).cluster = cluster;
         self
     }
 }
