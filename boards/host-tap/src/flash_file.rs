@@ -1,145 +1,53 @@
 //! The host board's persistent area: NOR flash emulated in a plain file (`PLUG_FLASH`), so
-//! `plug_app::persist` runs here as on a microcontroller (erase sets `0xFF`, a write may only
-//! clear bits, else [`FlashError::NotNor`]). A missing or short file is created erased;
-//! deleting it wipes the area.
+//! `plug_app::persist` runs here as on a microcontroller. The NOR rules (erase sets `0xFF`, a
+//! write may only clear bits) are `plug_app::emulated_nor`'s; this module is only the file
+//! behind them ([`HostFile`]). A missing or short file is created erased; deleting it wipes
+//! the area.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use embedded_storage_async::nor_flash::{
-    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
-};
+pub use plug_app::emulated_nor::SIZE;
+use plug_app::emulated_nor::{Backing, EmulatedNor};
 
-pub use plug_app::emulated_nor::{ERASE_SIZE, SIZE, WRITE_SIZE};
-use plug_app::emulated_nor::{RuleBroken, check_access, check_write};
+/// NOR flash in a host file; its errors are `plug_app::emulated_nor::NorError<io::Error>`.
+pub type FileFlash = EmulatedNor<HostFile>;
 
-/// Why an emulated flash operation failed.
+/// The file behind [`FileFlash`].
 #[derive(Debug)]
-pub enum FlashError {
-    /// The file could not be opened, read or written.
-    Io(std::io::Error),
-    /// Offset or length not a multiple of the write or erase size.
-    NotAligned,
-    /// Beyond [`SIZE`].
-    OutOfBounds,
-    /// A write would turn a 0 bit into 1 (only an erase can).
-    NotNor,
+pub struct HostFile(File);
+
+/// Opens (or creates, erased) `path` as [`FileFlash`].
+pub fn open(path: &Path) -> Result<FileFlash, io::Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    EmulatedNor::new(HostFile(file))
 }
 
-impl std::fmt::Display for FlashError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FlashError::Io(e) => write!(f, "{e}"),
-            FlashError::NotAligned => f.write_str("unaligned access"),
-            FlashError::OutOfBounds => f.write_str("out of bounds"),
-            FlashError::NotNor => f.write_str("a write would set bits"),
-        }
-    }
-}
+impl Backing for HostFile {
+    type Error = io::Error;
 
-impl From<RuleBroken> for FlashError {
-    fn from(broken: RuleBroken) -> Self {
-        match broken {
-            RuleBroken::NotAligned => FlashError::NotAligned,
-            RuleBroken::OutOfBounds => FlashError::OutOfBounds,
-            RuleBroken::SetsBits => FlashError::NotNor,
-        }
-    }
-}
-
-impl NorFlashError for FlashError {
-    fn kind(&self) -> NorFlashErrorKind {
-        match self {
-            FlashError::NotAligned => NorFlashErrorKind::NotAligned,
-            FlashError::OutOfBounds => NorFlashErrorKind::OutOfBounds,
-            _ => NorFlashErrorKind::Other,
-        }
-    }
-}
-
-/// NOR flash in a host file (see the module docs).
-pub struct FileFlash {
-    file: File,
-}
-
-impl FileFlash {
-    /// Opens (or creates, erased) `path`.
-    pub fn open(path: &Path) -> Result<Self, FlashError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(FlashError::Io)?;
-        let len = file.metadata().map_err(FlashError::Io)?.len() as usize;
-        if len < SIZE {
-            file.seek(SeekFrom::Start(len as u64))
-                .map_err(FlashError::Io)?;
-            file.write_all(&vec![0xFF; SIZE - len])
-                .map_err(FlashError::Io)?;
-        }
-        Ok(FileFlash { file })
+    fn file_len(&mut self) -> Result<usize, io::Error> {
+        Ok(self.0.metadata()?.len() as usize)
     }
 
-    /// The file offset of a rule-abiding access ([`check_access`]).
-    fn check(offset: u32, len: usize, align: usize) -> Result<u64, FlashError> {
-        Ok(check_access(offset, len, align)? as u64)
+    fn read_at(&mut self, at: usize, bytes: &mut [u8]) -> Result<(), io::Error> {
+        self.0.read_exact_at(bytes, at as u64)
     }
 
-    fn read_at(&mut self, at: u64, bytes: &mut [u8]) -> Result<(), FlashError> {
-        self.file
-            .seek(SeekFrom::Start(at))
-            .map_err(FlashError::Io)?;
-        self.file.read_exact(bytes).map_err(FlashError::Io)
+    fn write_at(&mut self, at: usize, bytes: &[u8]) -> Result<(), io::Error> {
+        self.0.write_all_at(bytes, at as u64)
     }
 
-    fn write_at(&mut self, at: u64, bytes: &[u8]) -> Result<(), FlashError> {
-        self.file
-            .seek(SeekFrom::Start(at))
-            .map_err(FlashError::Io)?;
-        self.file.write_all(bytes).map_err(FlashError::Io)?;
-        // What a flash write means: on the medium when it returns (a killed process keeps it).
-        self.file.sync_data().map_err(FlashError::Io)
-    }
-}
-
-impl ErrorType for FileFlash {
-    type Error = FlashError;
-}
-
-impl ReadNorFlash for FileFlash {
-    const READ_SIZE: usize = 1;
-
-    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        let at = Self::check(offset, bytes.len(), 1)?;
-        self.read_at(at, bytes)
-    }
-
-    fn capacity(&self) -> usize {
-        SIZE
-    }
-}
-
-impl NorFlash for FileFlash {
-    const WRITE_SIZE: usize = WRITE_SIZE;
-    const ERASE_SIZE: usize = ERASE_SIZE;
-
-    async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        if to < from {
-            return Err(FlashError::OutOfBounds);
-        }
-        let at = Self::check(from, (to - from) as usize, ERASE_SIZE)?;
-        self.write_at(at, &vec![0xFF; (to - from) as usize])
-    }
-
-    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        let at = Self::check(offset, bytes.len(), WRITE_SIZE)?;
-        let mut old = vec![0; bytes.len()];
-        self.read_at(at, &mut old)?;
-        check_write(&old, bytes)?;
-        self.write_at(at, bytes)
+    /// What a flash write means: on the medium when it returns (a killed process keeps it).
+    fn sync(&mut self) -> Result<(), io::Error> {
+        self.0.sync_data()
     }
 }
 
@@ -147,31 +55,52 @@ impl NorFlash for FileFlash {
 mod tests {
     use super::*;
     use embassy_futures::block_on;
+    use embedded_storage_async::nor_flash::{NorFlash, ReadNorFlash};
+    use plug_app::emulated_nor::{ERASE_SIZE, NorError};
 
     #[test]
     fn nor_rules_hold_and_the_file_keeps_what_was_written() {
         let path = std::env::temp_dir().join(format!("host-tap-flash-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut f = FileFlash::open(&path).unwrap();
+        let mut f = open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SIZE as u64);
         let mut buf = [0u8; 4];
         block_on(f.read(0, &mut buf)).unwrap();
         assert_eq!(buf, [0xFF; 4], "a new file is erased flash");
         block_on(f.write(0, &[0x0F, 0xFF, 0x00, 0xFF])).unwrap();
         assert!(matches!(
             block_on(f.write(0, &[0xFF, 0xFF, 0x00, 0xFF])),
-            Err(FlashError::NotNor)
+            Err(NorError::NotNor)
         ));
         assert!(matches!(
             block_on(f.write(2, &[0; 4])),
-            Err(FlashError::NotAligned)
+            Err(NorError::NotAligned)
         ));
         drop(f);
-        let mut f = FileFlash::open(&path).unwrap();
+        let mut f = open(&path).unwrap();
         block_on(f.read(0, &mut buf)).unwrap();
         assert_eq!(buf, [0x0F, 0xFF, 0x00, 0xFF]);
         block_on(f.erase(0, ERASE_SIZE as u32)).unwrap();
         block_on(f.read(0, &mut buf)).unwrap();
         assert_eq!(buf, [0xFF; 4]);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_file_cut_short_keeps_its_bytes_and_is_filled_up_erased() {
+        let path = std::env::temp_dir().join(format!("host-tap-short-{}", std::process::id()));
+        std::fs::write(&path, [0x12, 0x34]).unwrap();
+        let mut f = open(&path).unwrap();
+        let mut buf = [0u8; 4];
+        block_on(f.read(0, &mut buf)).unwrap();
+        assert_eq!(buf, [0x12, 0x34, 0xFF, 0xFF]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SIZE as u64);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_the_hosts_error() {
+        let path = std::env::temp_dir().join("no-such-folder-host-tap/flash");
+        assert_eq!(open(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 }

@@ -69,7 +69,7 @@ async fn persist_task(store: &'static mut Store<FileFlash>, policy: SincePolicy)
 
 /// Counts this boot in the `PLUG_FLASH` file and reads the stored since_id.
 async fn begin_boot(path: &std::path::Path) -> Result<(Store<FileFlash>, u64), String> {
-    let flash = FileFlash::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let flash = flash_file::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (store, p) = Store::open_and_begin_boot(flash, 0..flash_file::SIZE as u32, 0)
         .await
         .map_err(|e| e.to_string())?;

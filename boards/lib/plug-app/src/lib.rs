@@ -24,6 +24,9 @@
 //!                                   once as the boot report
 //! ```
 //!
+//! The boards without flash (host-tap, QEMU) keep the persistent area in a host file behind
+//! `emulated_nor::EmulatedNor`, which holds the NOR rules; each of them brings only the file.
+//!
 //! Nothing here touches a register: it builds and its tests run on the host (`cargo test`).
 #![no_std]
 

@@ -160,7 +160,7 @@ async fn begin_boot(
     path: &str,
     at_least: u32,
 ) -> Result<(Store<FileFlash>, persist::Persisted), &'static str> {
-    let flash = FileFlash::open(path).map_err(|e| {
+    let flash = flash_file::open(path).map_err(|e| {
         defmt::error!("flash file {=str}: {}", path, e);
         "flash file"
     })?;
