@@ -51,6 +51,7 @@ use embassy_time::Timer;
 use firmware::net::Liveness;
 use plug_app::app::{AppConfig, AppMemory};
 use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
+use plug_app::record;
 use plug_app::relay::{GpioRelay, Polarity};
 use plug_app::watchdog::{Feed, feed_while_alive};
 use static_cell::StaticCell;
@@ -160,19 +161,14 @@ async fn main(spawner: Spawner) {
     let reset = fault::take_reset_reason();
     info!("reset reason {=str}", reset.as_str());
     let mut net_led = Output::new(p.PB0, Level::Low, Speed::Low);
-    let provisioning = match plug_app::provisioning_from_record(record_region::record_region()) {
-        Ok(provisioned) => provisioned.provisioning,
-        Err(e) => {
-            error!(
-                "provisioning record at {=usize:#x} refused: {}; staying offline",
-                record_region::RECORD_ADDR,
-                e
-            );
-            // Safe state: no network, no login; LD1 blinks slowly.
-            loop {
-                net_led.toggle();
-                Timer::after_millis(1000).await;
-            }
+    let region = record_region::record_region();
+    let Some(provisioning) =
+        record::accept_at_boot(region, record_region::RECORD_ADDR).map(|p| p.provisioning)
+    else {
+        // Safe state: no network, no login; LD1 blinks slowly.
+        loop {
+            net_led.toggle();
+            Timer::after_millis(1000).await;
         }
     };
     info!(

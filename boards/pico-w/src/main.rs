@@ -54,6 +54,7 @@ use firmware::backoff::{Backoff, BackoffConfig};
 use firmware::net::Liveness;
 use plug_app::app::{AppConfig, AppMemory};
 use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
+use plug_app::record;
 use plug_app::relay::{GpioRelay, Polarity};
 use plug_app::watchdog::{Feed, feed_while_alive};
 use static_cell::StaticCell;
@@ -153,18 +154,13 @@ async fn main(spawner: Spawner) {
     let p = embassy_rp::init(Default::default());
     let reset = fault::take_reset_reason();
     info!("reset reason {=str}", reset.as_str());
-    let provisioning = match plug_app::provisioning_from_record(record_region::record_region()) {
-        Ok(provisioned) => provisioned.provisioning,
-        Err(e) => {
-            error!(
-                "provisioning record at {=usize:#x} refused: {}; staying offline",
-                record_region::RECORD_ADDR,
-                e
-            );
-            // Safe state: the radio stays off, no login.
-            loop {
-                Timer::after_secs(3600).await;
-            }
+    let region = record_region::record_region();
+    let Some(provisioning) =
+        record::accept_at_boot(region, record_region::RECORD_ADDR).map(|p| p.provisioning)
+    else {
+        // Safe state: the radio stays off, no login.
+        loop {
+            Timer::after_secs(3600).await;
         }
     };
     info!(

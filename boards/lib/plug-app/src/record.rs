@@ -5,7 +5,8 @@
 //! [`shared_protocol::provision`], the same code `broker device-key --record` writes it with.
 //! The result is the [`Provisioning`] the application starts from, narrowed to the record's
 //! transport preference, plus the record's entropy seed for boards without a hardware generator.
-//! A bad or missing record is a [`RecordError`]: the board logs it and stays offline.
+//! A bad or missing record is a [`RecordError`]: the board logs it and stays offline
+//! ([`accept_at_boot`] does the first half for it).
 
 use shared_protocol::provision::Record;
 pub use shared_protocol::provision::{RecordError, TransportPreference};
@@ -49,6 +50,23 @@ pub fn provisioning_from_record(region: &'static [u8]) -> Result<Provisioned, Re
         seed: record.seed,
         transport: record.transport,
     })
+}
+
+/// The record at the start of `region` as [`provisioning_from_record`] reads it, or `None` once
+/// the refusal is logged with `addr` (the region's address on the board): what a board's `main`
+/// does first. On `None` the board stays offline in its own way (a blinking LED, the radio off).
+pub fn accept_at_boot(region: &'static [u8], addr: usize) -> Option<Provisioned> {
+    match provisioning_from_record(region) {
+        Ok(provisioned) => Some(provisioned),
+        Err(e) => {
+            log_error!(
+                "provisioning record at {:#x} refused: {}; staying offline",
+                addr,
+                e
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +120,14 @@ mod tests {
         let ws = provisioning_from_record(region(TransportPreference::Ws)).unwrap();
         assert!(ws.provisioning.udp.is_none());
         assert_eq!(ws.provisioning.ws.unwrap().host, "broker.test");
+    }
+
+    #[test]
+    fn a_board_boots_from_an_accepted_record_only() {
+        let accepted = accept_at_boot(region(TransportPreference::Both), 0x1000).unwrap();
+        assert_eq!(accepted.provisioning.device_id, 77);
+        let erased: &'static [u8] = Box::leak(Box::new([0xFFu8; 1024]));
+        assert_eq!(accept_at_boot(erased, 0x1000), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@ use plug_app::AppMemory;
 use plug_app::app::AppConfig;
 use plug_app::entropy::BootRng;
 use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
+use plug_app::record;
 use static_cell::StaticCell;
 
 const EXIT_BOARD: i32 = 2;
@@ -203,16 +204,10 @@ async fn main(spawner: Spawner) {
             exit(EXIT_BOARD);
         }
     };
-    let provisioned = match plug_app::provisioning_from_record(record_region::record_region()) {
-        Ok(p) => p,
-        Err(e) => {
-            defmt::error!(
-                "provisioning record at {=usize:#x} refused: {}; staying offline",
-                record_region::RECORD_ADDR,
-                e
-            );
-            stay_offline(opts.exit_after_s).await
-        }
+    let Some(provisioned) =
+        record::accept_at_boot(record_region::record_region(), record_region::RECORD_ADDR)
+    else {
+        stay_offline(opts.exit_after_s).await
     };
     let loader_boot = record_region::boot_number();
     let (boot, since_id, store) = match (opts.flash, loader_boot) {
