@@ -26,7 +26,7 @@ use firmware::plug::{MemoryRelay, Relay};
 use firmware::rng::Rng;
 use plug_app::AppMemory;
 use plug_app::app::AppConfig;
-use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
+use plug_app::persist::{self, Resume, SinceFeed, SincePolicy, Store};
 use static_cell::StaticCell;
 
 use crate::flash_file::FileFlash;
@@ -67,14 +67,22 @@ async fn persist_task(store: &'static mut Store<FileFlash>, policy: SincePolicy)
     persist::keep_since(store, &SINCE, policy).await
 }
 
-/// Counts this boot in the `PLUG_FLASH` file and reads the stored since_id.
-async fn begin_boot(path: &std::path::Path) -> Result<(Store<FileFlash>, u64), String> {
-    let flash = flash_file::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (store, p) = Store::open_and_begin_boot(flash, 0..flash_file::SIZE as u32, 0)
-        .await
-        .map_err(|e| e.to_string())?;
-    log::info!("persist: boot {}, since_id {}", p.boot, p.since_id);
-    Ok((store, p.since_id))
+/// Counts this boot in the `PLUG_FLASH` file `path` and reads the stored since_id; a file that
+/// cannot be opened is logged and nothing is kept.
+async fn resume(path: &std::path::Path) -> Resume<FileFlash> {
+    match flash_file::open(path) {
+        Ok(flash) => {
+            let area = 0..flash_file::SIZE as u32;
+            Resume::from_boot(Store::open_and_begin_boot(flash, area, 0).await)
+        }
+        Err(e) => {
+            log::error!(
+                "persistent area unusable: {}: {e}; since_id starts at 0",
+                path.display()
+            );
+            Resume::without_area()
+        }
+    }
 }
 
 #[embassy_executor::task]
@@ -96,15 +104,9 @@ async fn board_main(spawner: Spawner, settings: Settings) {
 
 async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
     // Nonces come from the kernel here: an unusable area only costs the since_id.
-    let (store, since_id) = match &s.flash {
-        Some(path) => match begin_boot(path).await {
-            Ok((store, since_id)) => (Some(store), since_id),
-            Err(e) => {
-                log::error!("persistent area unusable: {e}; since_id starts at 0");
-                (None, 0)
-            }
-        },
-        None => (None, 0),
+    let resume = match &s.flash {
+        Some(path) => resume(path).await,
+        None => Resume::without_area(),
     };
     let device = TapDevice::open(&s.tap, s.mac).map_err(|e| {
         log::error!(
@@ -149,8 +151,8 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
         meter_interval_ms: s.meter_ms,
         liveness: None,
         reset_reason: None,
-        since_id,
-        since_feed: store.is_some().then_some(&SINCE),
+        since_id: resume.since_id,
+        since_feed: resume.since_feed(&SINCE),
     };
     plug_app::start(
         spawner,
@@ -165,14 +167,8 @@ async fn start(spawner: Spawner, s: &Settings) -> Result<(), u8> {
         log::error!("application did not start: {e:?}");
         EXIT_BOARD
     })?;
-    if let Some(store) = store {
+    if let Some((store, policy)) = resume.keeper() {
         static STORE: StaticCell<Store<FileFlash>> = StaticCell::new();
-        let policy = SincePolicy::new(
-            since_id,
-            embassy_time::Instant::now().as_millis(),
-            persist::PERIOD_MS,
-            persist::GAP_MS,
-        );
         spawner.spawn(persist_task(STORE.init(store), policy).map_err(|_| EXIT_BOARD)?);
     }
     Ok(())

@@ -36,7 +36,7 @@
 mod fault;
 mod record_region;
 
-use defmt::{error, info, unwrap, warn};
+use defmt::{info, unwrap, warn};
 use embassy_executor::Spawner;
 use embassy_net::StackResources;
 use embassy_stm32::bind_interrupts;
@@ -50,7 +50,7 @@ use embassy_stm32::wdg::IndependentWatchdog;
 use embassy_time::Timer;
 use firmware::net::Liveness;
 use plug_app::app::{AppConfig, AppMemory};
-use plug_app::persist::{self, SinceFeed, SincePolicy, Store};
+use plug_app::persist::{self, Resume, SinceFeed, SincePolicy, Store};
 use plug_app::record;
 use plug_app::relay::{GpioRelay, Polarity};
 use plug_app::watchdog::{Feed, feed_while_alive};
@@ -178,19 +178,9 @@ async fn main(spawner: Spawner) {
     );
 
     // Count this boot and read since_id before the network starts. This board draws its
-    // nonces from the hardware RNG, so a failing area is logged and the plug goes on with
-    // since_id 0 (at worst it receives stored messages again).
-    let (since_id, store) =
-        match Store::open_and_begin_boot(Flash::new(p.FLASH, Irqs), PERSIST_AREA, 0).await {
-            Ok((store, p)) => {
-                info!("persist: boot {=u32}, since_id {=u64}", p.boot, p.since_id);
-                (p.since_id, Some(store))
-            }
-            Err(e) => {
-                error!("persistent area unusable: {}; since_id starts at 0", e);
-                (0, None)
-            }
-        };
+    // nonces from the hardware RNG, so a failing area only costs since_id.
+    let flash = Flash::new(p.FLASH, Irqs);
+    let resume = Resume::from_boot(Store::open_and_begin_boot(flash, PERSIST_AREA, 0).await);
 
     let mut watchdog = IndependentWatchdog::new(p.IWDG, WATCHDOG_MS * 1_000);
     watchdog.unleash();
@@ -250,18 +240,12 @@ async fn main(spawner: Spawner) {
             meter_interval_ms: METER_INTERVAL_MS,
             liveness: Some(&LIVENESS),
             reset_reason: Some(reset.as_str()),
-            since_id,
-            since_feed: store.is_some().then_some(&SINCE),
+            since_id: resume.since_id,
+            since_feed: resume.since_feed(&SINCE),
         },
     ));
-    if let Some(store) = store {
+    if let Some((store, policy)) = resume.keeper() {
         static STORE: StaticCell<Store<Flash<'static, Async>>> = StaticCell::new();
-        let policy = SincePolicy::new(
-            since_id,
-            embassy_time::Instant::now().as_millis(),
-            persist::PERIOD_MS,
-            persist::GAP_MS,
-        );
         spawner.spawn(unwrap!(persist_task(STORE.init(store), policy)));
     }
 

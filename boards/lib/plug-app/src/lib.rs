@@ -10,9 +10,11 @@
 //!      │
 //!      ├─ record::provisioning_from_record   device id, key, brokers, seed: the flash record
 //!      │                                     (shared_protocol::provision), read at boot
+//!      │                                     (record::accept_at_boot: the same, refusal logged)
 //!      ├─ persist::Store            boot counter + since_id in a wear-levelled flash area:
 //!      │                            next boot number written before the first login;
 //!      │                            persist::keep_since stores since_id now and then
+//!      │                            (persist::Resume: a boot where the area is optional)
 //!      ├─ entropy::BootRng          nonces where there is no hardware RNG (record seed + boot number + resets)
 //!      ├─ relay::GpioRelay          the relay pin (+ a status LED mirroring it): firmware::plug::Relay
 //!      ├─ app::start                DeviceClient + Dual(UDP, WebSocket) transport + Runner task

@@ -13,6 +13,10 @@
 //!                                                when SincePolicy::due says so
 //! ```
 //!
+//! A board that draws its nonces elsewhere (a hardware RNG) hands what the first two steps gave
+//! to [`Resume::from_boot`], which goes on with since_id 0 and no store when the area does not
+//! work.
+//!
 //! Storage: [`sequential_storage::map`] with two `u8` keys ([`KEY_BOOT`], [`KEY_SINCE`]). The map
 //! appends a new record for every write and erases a sector only when the area is full, so
 //! wear spreads over every sector of the area; an interrupted write or erase (power cut) is
@@ -39,6 +43,9 @@ use embassy_sync::signal::Signal;
 use embedded_storage_async::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 use sequential_storage::cache::{Cache, Uncached};
 use sequential_storage::map::{MapConfig, MapStorage};
+
+mod resume;
+pub use resume::Resume;
 
 /// Map key of the boot counter (a `u32`: the number of the latest boot).
 pub const KEY_BOOT: u8 = 1;

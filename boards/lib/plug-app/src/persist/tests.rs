@@ -381,3 +381,34 @@ fn the_feed_keeps_the_highest_id_and_counts_session_ends() {
         }
     );
 }
+
+#[test]
+fn resume_counts_the_boot_and_hands_the_area_to_the_keeper() {
+    static FEED: SinceFeed = SinceFeed::new();
+    let mut s = store(RamFlash::new());
+    block_on(s.begin_boot(0)).unwrap();
+    block_on(s.store_since(42)).unwrap();
+    let boot = Store::open_and_begin_boot(s.into_flash(), 0..(SECTOR * SECTORS) as u32, 0);
+    let resume = Resume::from_boot(block_on(boot));
+    assert_eq!(resume.since_id, 42);
+    assert!(resume.since_feed(&FEED).is_some());
+    let (mut s, policy) = resume.keeper().expect("a working area is kept");
+    assert_eq!(policy.stored(), 42);
+    assert_eq!(block_on(s.load()).unwrap().boot, 2, "the boot was counted");
+}
+
+#[test]
+fn resume_without_a_working_area_starts_from_0_and_keeps_nothing() {
+    static FEED: SinceFeed = SinceFeed::new();
+    let boot = Store::open_and_begin_boot(RamFlash::new(), 0..SECTOR as u32, 0);
+    let resume = Resume::from_boot(block_on(boot));
+    assert_eq!(resume.since_id, 0);
+    assert!(resume.since_feed(&FEED).is_none());
+    assert!(resume.keeper().is_none());
+    let mut dead = RamFlash::new();
+    dead.power_left = Some(0);
+    let boot = Store::open_and_begin_boot(dead, 0..(SECTOR * SECTORS) as u32, 0);
+    let resume = Resume::from_boot(block_on(boot));
+    assert_eq!(resume.since_id, 0);
+    assert!(resume.store.is_none());
+}
