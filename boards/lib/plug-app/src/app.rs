@@ -3,7 +3,7 @@
 //! The same wiring as the virtual boards: a [`DeviceClient`] provisioned from
 //! [`Provisioning`], [`SharedSockets`] (UDP and WebSocket endpoints, one client, one socket
 //! memory the two transports take turns with), the SDK's
-//! [`Runner`] in one task and [`run_plug`] over a [`Plug`] in another. All memory is in one
+//! [`Runner`] in one task and [`firmware::net::run_plug`] over a [`Plug`] in another. All memory is in one
 //! caller-provided [`AppMemory`] (a board keeps it in a `StaticCell`).
 //!
 //! The client's sizes are chosen here, once for every board ([`UPLOADS`], [`PAYLOAD`],
