@@ -56,8 +56,11 @@ impl<F: NorFlash> Resume<F> {
     /// The area and its [`SincePolicy`] (the default [`PERIOD_MS`] and [`GAP_MS`], from now)
     /// for the board's persistence task (`persist::keep_since`); `None` without an area.
     pub fn keeper(self) -> Option<(Store<F>, SincePolicy)> {
+        let store = self.store?;
         let now_ms = embassy_time::Instant::now().as_millis();
-        let policy = SincePolicy::new(self.since_id, now_ms, PERIOD_MS, GAP_MS);
-        Some((self.store?, policy))
+        Some((
+            store,
+            SincePolicy::new(self.since_id, now_ms, PERIOD_MS, GAP_MS),
+        ))
     }
 }
