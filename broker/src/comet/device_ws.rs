@@ -320,12 +320,7 @@ async fn handshake(
         };
         // TCP loses nothing: the send window never resends within the session
         // (docs/protocol.md section 5, "Reliable transport").
-        let link = Link::new(
-            accepted.session,
-            ctx.settings.session_timeout_ms(),
-            ctx.mono_ms(),
-        )
-        .with_carrier(Carrier::Reliable);
+        let link = Link::new(accepted.session, ctx.mono_ms()).with_carrier(Carrier::Reliable);
         let session = match ctx.router.login(login).await {
             Ok(s) => s,
             Err(e) => {
@@ -387,7 +382,7 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
     // Created by the first work frame (Send, Upload, Request): one null pointer while idle.
     let mut worker: Option<Box<FrameWorker>> = None;
     let end = loop {
-        let wake = ctx.instant_at(link.poll_timeout());
+        let wake = ctx.instant_at(link.poll_timeout(ctx.settings.session_timeout_ms()));
         // The waits are dropped before the step runs, and what woke the loop moves into the
         // step, so none of them takes room in this future while the step runs.
         let step = {
@@ -507,7 +502,12 @@ fn sealed(seal: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Bytes> {
 async fn run_timers(ctx: &Context, ws: &mut Ws, link: &mut Link) -> Option<End> {
     loop {
         let mut buf = vec![0u8; MAX_PACKET];
-        let polled = link.poll(ctx.mono_ms(), rand::random(), &mut buf);
+        let polled = link.poll(
+            ctx.mono_ms(),
+            ctx.settings.session_timeout_ms(),
+            rand::random(),
+            &mut buf,
+        );
         match polled {
             Polled::Send(n) | Polled::Resend(n) => {
                 // A WebSocket link never resends; were one to, it would be counted.

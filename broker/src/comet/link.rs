@@ -113,8 +113,9 @@ pub struct Link {
     recv: RecvWindow,
     /// Held frames and selectively acknowledged Delivers; `None` while there is no gap.
     gaps: Option<Box<Gaps>>,
+    /// When the last authentic packet arrived. The silence timeout is the caller's (the same
+    /// for every link of an endpoint), passed to [`Link::poll`], not kept per session.
     last_rx_ms: u64,
-    timeout_ms: u64,
 }
 
 impl std::fmt::Debug for Link {
@@ -127,15 +128,14 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    /// A link over an accepted session, silent-timeout `timeout_ms`, created at `now_ms`.
-    pub fn new(session: SecureSession, timeout_ms: u64, now_ms: u64) -> Link {
+    /// A link over an accepted session, created at `now_ms`.
+    pub fn new(session: SecureSession, now_ms: u64) -> Link {
         Link {
             session,
             send: SendWin::new(),
             recv: RecvWindow::new(),
             gaps: None,
             last_rx_ms: now_ms,
-            timeout_ms,
         }
     }
 
@@ -286,19 +286,20 @@ impl Link {
         Ok(n)
     }
 
-    /// The next time [`Link::poll`] has something to do.
-    pub fn poll_timeout(&self) -> u64 {
-        let silence = self.last_rx_ms.saturating_add(self.timeout_ms);
+    /// The next time [`Link::poll`] has something to do, for a session ended after
+    /// `silence_ms` without an authentic packet.
+    pub fn poll_timeout(&self, silence_ms: u64) -> u64 {
+        let silence = self.last_rx_ms.saturating_add(silence_ms);
         [self.send.poll_timeout(), self.recv.poll_timeout()]
             .into_iter()
             .flatten()
             .fold(silence, u64::min)
     }
 
-    /// Runs the timers at `now_ms`: silence timeout, retransmissions, delayed ack. Call until
-    /// it returns [`Polled::Idle`] or [`Polled::Dead`].
-    pub fn poll(&mut self, now_ms: u64, jitter: u16, out: &mut [u8]) -> Polled {
-        if now_ms >= self.last_rx_ms.saturating_add(self.timeout_ms) {
+    /// Runs the timers at `now_ms`: silence timeout (`silence_ms` without an authentic packet),
+    /// retransmissions, delayed ack. Call until it returns [`Polled::Idle`] or [`Polled::Dead`].
+    pub fn poll(&mut self, now_ms: u64, silence_ms: u64, jitter: u16, out: &mut [u8]) -> Polled {
+        if now_ms >= self.last_rx_ms.saturating_add(silence_ms) {
             return Polled::Dead(Code::HEARTBEAT_TIMEOUT);
         }
         match self.send.poll(now_ms, jitter) {
@@ -364,6 +365,9 @@ mod tests {
 
     use super::*;
 
+    /// The silence timeout these tests run with.
+    const SILENCE: u64 = 90_000;
+
     /// A broker link and the device's session, through the real handshake.
     fn pair() -> (Link, SecureSession) {
         let key = DeviceKey([7; 32]);
@@ -413,7 +417,7 @@ mod tests {
             ClientEvent::Established(e) => e,
             other => panic!("{other:?}"),
         };
-        (Link::new(acc.session, 90_000, 1001), est.session)
+        (Link::new(acc.session, 1001), est.session)
     }
 
     #[test]
@@ -438,7 +442,7 @@ mod tests {
         let r = link.receive(&mut pkt, 2100).unwrap();
         assert_eq!(r.delivered, vec![42]);
         assert_eq!(r.frame.unwrap().body, Body::AckOnly);
-        assert_eq!(link.poll(2100, 0, &mut out), Polled::Idle);
+        assert_eq!(link.poll(2100, SILENCE, 0, &mut out), Polled::Idle);
     }
 
     #[test]
@@ -458,8 +462,8 @@ mod tests {
         // 39.5 s after the first send, exactly as over UDP, having sent nothing more.
         let mut now;
         loop {
-            now = link.poll_timeout();
-            match link.poll(now, u16::MAX, &mut out) {
+            now = link.poll_timeout(SILENCE);
+            match link.poll(now, SILENCE, u16::MAX, &mut out) {
                 Polled::Idle => {}
                 Polled::Dead(code) => {
                     assert_eq!(code, Code::HEARTBEAT_TIMEOUT);
@@ -483,8 +487,8 @@ mod tests {
             &mut out,
         )
         .unwrap();
-        assert_eq!(link.poll_timeout(), 500);
-        let Polled::Resend(n) = link.poll(500, 0, &mut out) else {
+        assert_eq!(link.poll_timeout(SILENCE), 500);
+        let Polled::Resend(n) = link.poll(500, SILENCE, 0, &mut out) else {
             panic!("no retransmission")
         };
         let mut pkt = out[..n].to_vec();
@@ -505,8 +509,8 @@ mod tests {
             let r = link.receive(&mut pkt, 600 + i).unwrap();
             assert_eq!(r.frame.is_some(), expect);
         }
-        assert_eq!(link.poll_timeout(), 650);
-        let Polled::Send(n) = link.poll(650, 0, &mut out) else {
+        assert_eq!(link.poll_timeout(SILENCE), 650);
+        let Polled::Send(n) = link.poll(650, SILENCE, 0, &mut out) else {
             panic!("no ack")
         };
         let mut pkt = out[..n].to_vec();
@@ -596,7 +600,7 @@ mod tests {
             receive(&mut link, &mut dev, upload(4, 1004), 15),
             vec![1004]
         );
-        let Polled::Send(n) = link.poll(100, 0, &mut out) else {
+        let Polled::Send(n) = link.poll(100, SILENCE, 0, &mut out) else {
             panic!("no ack")
         };
         let mut pkt = out[..n].to_vec();
@@ -654,12 +658,12 @@ mod tests {
             SessionError::AuthFailed
         );
         assert_eq!(
-            link.poll_timeout(),
+            link.poll_timeout(SILENCE),
             1001 + 90_000,
             "a forgery is not traffic"
         );
         assert_eq!(
-            link.poll(91_001, 0, &mut out),
+            link.poll(91_001, SILENCE, 0, &mut out),
             Polled::Dead(Code::HEARTBEAT_TIMEOUT)
         );
     }

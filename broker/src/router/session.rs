@@ -25,7 +25,7 @@
 //! due ([`Session::needs_store_read`]).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -166,19 +166,68 @@ impl Events {
     }
 }
 
+/// A socket address in 28 bytes rather than `SocketAddr`'s 32 (kept once per session): the
+/// family, port, IPv6 flow info and scope id, and the IP's 16 bytes (an IPv4 one in the first
+/// four). It converts back to exactly the address it was made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackedAddr {
+    ip: [u8; 16],
+    flowinfo: u32,
+    scope_id: u32,
+    port: u16,
+    v6: bool,
+}
+
+impl From<SocketAddr> for PackedAddr {
+    fn from(a: SocketAddr) -> PackedAddr {
+        match a {
+            SocketAddr::V4(v4) => {
+                let mut ip = [0; 16];
+                ip[..4].copy_from_slice(&v4.ip().octets());
+                PackedAddr {
+                    ip,
+                    flowinfo: 0,
+                    scope_id: 0,
+                    port: v4.port(),
+                    v6: false,
+                }
+            }
+            SocketAddr::V6(v6) => PackedAddr {
+                ip: v6.ip().octets(),
+                flowinfo: v6.flowinfo(),
+                scope_id: v6.scope_id(),
+                port: v6.port(),
+                v6: true,
+            },
+        }
+    }
+}
+
+impl From<PackedAddr> for SocketAddr {
+    fn from(p: PackedAddr) -> SocketAddr {
+        if p.v6 {
+            let ip = Ipv6Addr::from(p.ip);
+            SocketAddr::V6(SocketAddrV6::new(ip, p.port, p.flowinfo, p.scope_id))
+        } else {
+            let ip = Ipv4Addr::new(p.ip[0], p.ip[1], p.ip[2], p.ip[3]);
+            SocketAddr::V4(SocketAddrV4::new(ip, p.port))
+        }
+    }
+}
+
 struct QueueState {
     buf: Events,
     /// The peer's current address (behind the queue's lock: one lock less per session).
-    peer: SocketAddr,
+    peer: PackedAddr,
     kick: Option<KickReason>,
     /// Kicked with [`KickReason::Replaced`]: the terminal lives on in a newer session (maybe on
     /// another node), so this one ending is no offline Presence.
     replaced: bool,
     closed: bool,
-    /// Delivers dropped by the full-queue policy so far. Later live Delivers must not overtake a
-    /// dropped one, so while this differs from the count the [`Session`] last re-read the store
-    /// for, it yields nothing until it has re-read it.
-    deliver_drops: u64,
+    /// Delivers dropped by the full-queue policy so far (wrapping: only compared for equality).
+    /// Later live Delivers must not overtake a dropped one, so while this differs from the count
+    /// the [`Session`] last re-read the store for, it yields nothing until it has re-read it.
+    deliver_drops: u32,
     /// The list a many-session consumer is woken through, once it set one (with `token`); here,
     /// behind the queue's lock, rather than in a `OnceLock` of its own (16 B less a session).
     ready: Option<Arc<ReadyList>>,
@@ -282,7 +331,7 @@ impl SessionHandle {
                 policy,
                 state: Mutex::new(QueueState {
                     buf: Events::default(),
-                    peer,
+                    peer: PackedAddr::from(peer),
                     kick: None,
                     replaced: false,
                     closed: false,
@@ -319,12 +368,12 @@ impl SessionHandle {
 
     /// The peer's current socket address.
     pub fn peer(&self) -> SocketAddr {
-        lock(&self.inner.state).peer
+        SocketAddr::from(lock(&self.inner.state).peer)
     }
 
     /// Records a new peer address (UDP NAT rebinding, docs/protocol.md section 3).
     pub fn set_peer(&self, peer: SocketAddr) {
-        lock(&self.inner.state).peer = peer;
+        lock(&self.inner.state).peer = PackedAddr::from(peer);
     }
 
     /// When the session logged in.
@@ -387,13 +436,13 @@ impl SessionHandle {
             QueueFullPolicy::DropNewest => {
                 let is_deliver = matches!(ev, Outbound::Deliver { .. });
                 if is_deliver {
-                    st.deliver_drops += 1;
+                    st.deliver_drops = st.deliver_drops.wrapping_add(1);
                 }
                 (Enqueued::DroppedNewest, is_deliver)
             }
             QueueFullPolicy::DropOldest => {
                 if matches!(st.buf.pop_front(), Some(Outbound::Deliver { .. })) {
-                    st.deliver_drops += 1;
+                    st.deliver_drops = st.deliver_drops.wrapping_add(1);
                 }
                 st.buf.push_back(ev);
                 (Enqueued::DroppedOldest, true)
@@ -410,7 +459,7 @@ impl SessionHandle {
     /// the [`Session`] re-reads the store above the last id it yielded before yielding more.
     pub(crate) fn request_resync(&self) {
         let mut st = lock(&self.inner.state);
-        st.deliver_drops += 1;
+        st.deliver_drops = st.deliver_drops.wrapping_add(1);
         self.wake(st);
     }
 
@@ -504,13 +553,13 @@ pub struct Session {
         reason = "idle, it is one null pointer, not an empty collection"
     )]
     replay: Option<Box<VecDeque<StoredMessage>>>,
-    /// Highest id yielded from or waiting in a store read (login replay or resync): a live
-    /// Deliver at or below it is a duplicate.
-    replay_max: u64,
-    /// The highest Deliver id yielded (0: none yet); a resync reads the store above it.
+    /// The highest Deliver id yielded (0: none yet); a resync reads the store above it. Queued
+    /// Delivers are taken only once the replay is empty, so every id a store read returned is
+    /// at or below this by then: a live Deliver at or below it is a duplicate (or would come
+    /// after a higher id, which the terminal takes as covering it) and is skipped.
     last_yielded: u64,
     /// The queue's Deliver drop count as of the last store read.
-    synced_drops: u64,
+    synced_drops: u32,
     router: Router,
     finished: bool,
 }
@@ -521,11 +570,9 @@ impl Session {
         replay: Vec<StoredMessage>,
         router: Router,
     ) -> Session {
-        let replay_max = replay.last().map_or(0, |m| m.msg_id);
         Session {
             handle,
             replay: boxed_replay(replay),
-            replay_max,
             last_yielded: 0,
             synced_drops: 0,
             router,
@@ -577,10 +624,10 @@ impl Session {
         }
         while let Some(ev) = st.buf.pop_front() {
             if let Outbound::Deliver { msg_id, .. } = &ev {
-                if *msg_id <= self.replay_max {
+                if *msg_id <= self.last_yielded {
                     continue;
                 }
-                self.last_yielded = self.last_yielded.max(*msg_id);
+                self.last_yielded = *msg_id;
             }
             return Some(ev);
         }
@@ -613,7 +660,7 @@ impl Session {
     }
 
     /// `Some(drop count)` when Delivers were dropped since the last store read.
-    fn resync_due(&self) -> Option<u64> {
+    fn resync_due(&self) -> Option<u32> {
         let st = lock(&self.handle.inner.state);
         (st.deliver_drops != self.synced_drops && st.kick.is_none()).then_some(st.deliver_drops)
     }
@@ -624,7 +671,7 @@ impl Session {
     /// read (a drop during it triggers another read). Cancellation safe: nothing changes until
     /// the read is back. A store failure ends the session (Kick `QueueFull`): the terminal logs
     /// in again and gets the replay then.
-    async fn resync(&mut self, drops: u64) {
+    async fn resync(&mut self, drops: u32) {
         let router = self.router.clone();
         let s = router.settings();
         match router
@@ -639,9 +686,6 @@ impl Session {
             .await
         {
             Ok(msgs) => {
-                if let Some(last) = msgs.last() {
-                    self.replay_max = self.replay_max.max(last.msg_id);
-                }
                 self.replay = boxed_replay(msgs);
                 self.synced_drops = drops;
             }
@@ -743,7 +787,32 @@ mod tests {
             "SessionInner: {size} bytes: queue state {}",
             std::mem::size_of::<Mutex<QueueState>>(),
         );
-        assert!(size <= 128, "SessionInner grew to {size} bytes");
+        assert!(size <= 120, "SessionInner grew to {size} bytes");
+    }
+
+    #[test]
+    fn a_packed_address_converts_back_to_exactly_the_address_it_was_made_from() {
+        let addrs: [SocketAddr; 5] = [
+            "127.0.0.1:4000".parse().unwrap(),
+            "0.0.0.0:0".parse().unwrap(),
+            "255.255.255.255:65535".parse().unwrap(),
+            "[::ffff:10.0.0.1]:5683".parse().unwrap(),
+            SocketAddr::V6(SocketAddrV6::new(
+                "fe80::1:2:3:4".parse().unwrap(),
+                9,
+                0xabcde,
+                7,
+            )),
+        ];
+        for a in addrs {
+            assert_eq!(SocketAddr::from(PackedAddr::from(a)), a, "{a}");
+        }
+        assert_ne!(
+            PackedAddr::from(addrs[3]),
+            PackedAddr::from("10.0.0.1:5683".parse::<SocketAddr>().unwrap()),
+            "an IPv4-mapped IPv6 address keeps its family"
+        );
+        assert_eq!(std::mem::size_of::<PackedAddr>(), 28);
     }
 
     #[test]

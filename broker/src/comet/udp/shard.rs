@@ -39,6 +39,8 @@
 //! Send, Upload or Request) exist only while in use.
 
 use std::collections::HashMap;
+
+use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -126,7 +128,9 @@ struct Endpoint {
     map: ShardMap,
     /// Boxed: the table then holds a pointer per slot, so its spare capacity (a hash table is
     /// up to half empty after growing) costs 16 bytes a slot, not a whole session.
-    sessions: HashMap<u32, Box<UdpSession>>,
+    /// Keyed with foldhash: the ids are the broker's own (sequential), so a fast hash is safe
+    /// here, and a packet looks its session up several times.
+    sessions: HashMap<u32, Box<UdpSession>, foldhash::fast::RandomState>,
     timers: Timers,
     /// Ids of sessions whose router queue got something (see module docs).
     ready: Arc<ReadyList>,
@@ -137,6 +141,11 @@ struct Endpoint {
     out: SendBatch,
     /// Later copies of the shutdown Kicks sent (see [`super::kick_copies`]).
     kick_copies: KickCopies,
+    /// The monotonic clock (ms) as read once at the start of this turn of the loop: every
+    /// packet of a batch is handled at the same instant, one clock read per turn.
+    now: u64,
+    /// The wall clock (Unix ms) for this turn, read when first needed (a Pong's server time).
+    wall_ms: Option<u64>,
 }
 
 /// Runs one shard until shutdown: datagrams from `inbox`, its sessions' queues and timers.
@@ -151,13 +160,15 @@ pub(super) async fn run(
         ctx: ctx.clone(),
         socket,
         map,
-        sessions: HashMap::new(),
+        sessions: HashMap::default(),
         timers: Timers::default(),
         ready: Arc::new(ReadyList::new()),
         ready_ids: Vec::new(),
         control,
         out: SendBatch::default(),
         kick_copies: KickCopies::default(),
+        now: ctx.mono_ms(),
+        wall_ms: None,
     };
     let ready = ep.ready.clone();
     loop {
@@ -168,13 +179,14 @@ pub(super) async fn run(
             .map(|d| ctx.instant_at(d));
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            Some(batch) = inbox.recv() => ep.on_batch(batch),
-            Some(c) = control_rx.recv() => ep.on_control(c),
-            () = ready.wait() => ep.on_ready(),
-            _ = sleep_until_opt(wake), if wake.is_some() => ep.on_timers(),
+            Some(batch) = inbox.recv() => ep.tick().on_batch(batch),
+            Some(c) = control_rx.recv() => ep.tick().on_control(c),
+            () = ready.wait() => ep.tick().on_ready(),
+            _ = sleep_until_opt(wake), if wake.is_some() => ep.tick().on_timers(),
         }
         ep.flush_out();
     }
+    ep.tick();
     let ids: Vec<u32> = ep.sessions.keys().copied().collect();
     for sid in ids {
         ep.end(sid, Some(Code::SHUTDOWN));
@@ -183,7 +195,8 @@ pub(super) async fn run(
     // The later Kick copies (of these sessions, and of any a router kick ended just before).
     while let Some(due) = ep.kick_copies.next_due() {
         tokio::time::sleep_until(ctx.instant_at(due)).await;
-        ep.kick_copies.take_due(ctx.mono_ms(), &mut ep.out);
+        ep.tick();
+        ep.kick_copies.take_due(ep.now, &mut ep.out);
         ep.flush_out();
     }
 }
@@ -195,6 +208,18 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 impl Endpoint {
+    /// Starts a turn of the loop: reads the monotonic clock once for it.
+    fn tick(&mut self) -> &mut Endpoint {
+        self.now = self.ctx.mono_ms();
+        self.wall_ms = None;
+        self
+    }
+
+    /// The wall clock (Unix ms) for this turn, read at its first use.
+    fn wall_ms(&mut self) -> u64 {
+        *self.wall_ms.get_or_insert_with(crate::router::now_ms)
+    }
+
     /// Queues one datagram for the end of this turn.
     fn send(&mut self, packet: &[u8], to: SocketAddr) {
         self.out.push(packet, to);
@@ -232,7 +257,7 @@ impl Endpoint {
     fn on_login(&mut self, mut sid: u32, packet: &[u8], from: SocketAddr) {
         let ctx = self.ctx.clone();
         let m = ctx.router.metrics();
-        let now = crate::router::now_ms();
+        let now = self.wall_ms();
         let ip = super::super::ws::peer_ip(from);
         while self.sessions.contains_key(&sid) {
             sid = self.map.next_in_shard(sid);
@@ -297,11 +322,7 @@ impl Endpoint {
                 return;
             }
         };
-        let link = Link::new(
-            accepted.session,
-            ctx.settings.session_timeout_ms(),
-            ctx.mono_ms(),
-        );
+        let link = Link::new(accepted.session, self.now);
         let welcome = accepted.welcome.to_vec();
         let login = Login {
             address: accepted.address,
@@ -341,16 +362,15 @@ impl Endpoint {
 
     /// A DATA packet whose header names session `sid`.
     fn on_data(&mut self, sid: u32, packet: &mut [u8], from: SocketAddr) {
-        let m = self.ctx.router.metrics().clone();
-        let now = self.ctx.mono_ms();
+        let now = self.now;
         let Some(s) = self.sessions.get_mut(&sid) else {
-            m.udp_dropped("unknown_session");
+            self.ctx.router.metrics().udp_dropped("unknown_session");
             return;
         };
         let mut received = match s.link.receive(packet, now) {
             Ok(r) => r,
             Err(e) => {
-                m.udp_dropped(match e {
+                self.ctx.router.metrics().udp_dropped(match e {
                     SessionError::Replayed => "replayed",
                     SessionError::AuthFailed => "auth_failed",
                     SessionError::Decode => "undecodable",
@@ -388,7 +408,8 @@ impl Endpoint {
         // Reliable frames come in `seq` order: the one just received, then any it released.
         let s = &mut **s;
         let mut worker = device::LazyWorker::new(&mut s.worker, &self.ctx, s.router.handle(), now);
-        let reactions: Vec<Reaction> = received
+        // Nearly every packet carries one frame: no allocation for it.
+        let reactions: SmallVec<[Reaction; 2]> = received
             .frames()
             .map(|frame| {
                 device::on_frame(
@@ -409,7 +430,7 @@ impl Endpoint {
                 }
                 Reaction::Pong => {
                     let pong = Body::Pong {
-                        server_time_ms: crate::router::now_ms(),
+                        server_time_ms: self.wall_ms(),
                     };
                     self.unreliable(sid, pong);
                 }
@@ -449,7 +470,7 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let now = self.ctx.mono_ms();
+        let now = self.now;
         let (ctx, out_q) = (&self.ctx, &mut self.out);
         let UdpSession {
             link,
@@ -491,8 +512,9 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let now = self.ctx.mono_ms();
-        s.timer = self.timers.place(sid, s.timer, s.link.poll_timeout(), now);
+        let now = self.now;
+        let deadline = s.link.poll_timeout(self.ctx.settings.session_timeout_ms());
+        s.timer = self.timers.place(sid, s.timer, deadline, now);
     }
 
     /// Sends waiting frames, then pulls the session's router events into its outbox while the
@@ -586,7 +608,7 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let now = self.ctx.mono_ms();
+        let now = self.now;
         let mut out = [0u8; MAX_PACKET];
         for copy in 1..SHUTDOWN_KICK_COPIES {
             if let Ok(n) = s
@@ -669,15 +691,16 @@ impl Endpoint {
     }
 
     fn on_timers(&mut self) {
-        let now = self.ctx.mono_ms();
+        let now = self.now;
         self.kick_copies.take_due(now, &mut self.out);
         if self.timers.sweep_due(now) {
+            let silence = self.ctx.settings.session_timeout_ms();
             let far = self
                 .sessions
                 .iter_mut()
                 .filter(|(_, s)| s.timer.is_far())
                 .map(|(&sid, s)| {
-                    let deadline = s.link.poll_timeout();
+                    let deadline = s.link.poll_timeout(silence);
                     (sid, &mut s.timer, deadline)
                 });
             self.timers.sweep(now, far);
@@ -687,9 +710,10 @@ impl Endpoint {
                 continue;
             };
             s.timer = Slot::NONE;
+            let silence = self.ctx.settings.session_timeout_ms();
             while let Some(s) = self.sessions.get_mut(&sid) {
                 let mut out = [0u8; MAX_PACKET];
-                match s.link.poll(now, rand::random(), &mut out) {
+                match s.link.poll(now, silence, rand::random(), &mut out) {
                     polled @ (Polled::Send(n) | Polled::Resend(n)) => {
                         if matches!(polled, Polled::Resend(_)) {
                             self.ctx.router.metrics().device_resend(T);
@@ -732,6 +756,6 @@ mod tests {
             size_of::<ConnGuard>(),
             size_of::<Slot>(),
         );
-        assert!(size <= 264, "UdpSession grew to {size} bytes");
+        assert!(size <= 232, "UdpSession grew to {size} bytes");
     }
 }
