@@ -21,7 +21,7 @@ use heap_support::{Counting, settled_heap};
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Heap bytes an idle UDP session may hold: 615 B measured in three runs when this bound was set
+/// Heap bytes an idle UDP session may hold: 623-624 B measured in two runs when this bound was set
 /// (655-701 B before the link, the router's session and its handle shrank and the shard's table
 /// took a smaller hasher; 702-716 B before an idle session's timer left the shard's timer set and the shard's
 /// session lost its second copy of the router handle; 733 B before the router's handle lost
