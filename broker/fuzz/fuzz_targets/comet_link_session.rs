@@ -23,6 +23,7 @@ use shared_protocol::limits::MAX_PACKET;
 use shared_protocol::reliability::RecvWindow;
 use shared_protocol::session::SecureSession;
 
+/// The broker link's silence timeout, passed to each `Link::poll`.
 const TIMEOUT_MS: u64 = 90_000;
 
 /// A broker link and the device's session, through the real handshake at t = 1000 ms.
@@ -65,7 +66,7 @@ fn pair() -> (Link, SecureSession) {
         ClientEvent::Established(e) => e,
         other => panic!("{other:?}"),
     };
-    (Link::new(acc.session, TIMEOUT_MS, 1001), est.session)
+    (Link::new(acc.session, 1001), est.session)
 }
 
 /// The device's view: its session, what it received, and the packets it sent.
@@ -245,7 +246,7 @@ fuzz_target!(|data: &[u8]| {
                 loop {
                     polls += 1;
                     assert!(polls < 1000, "poll does not settle");
-                    match broker.link.poll(now, jitter, &mut out) {
+                    match broker.link.poll(now, TIMEOUT_MS, jitter, &mut out) {
                         Polled::Send(n) | Polled::Resend(n) => dev.take(&out[..n], now),
                         Polled::Dead(_) => {
                             broker.dead = true;
