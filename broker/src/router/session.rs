@@ -168,7 +168,9 @@ impl Events {
 
 /// A socket address in 28 bytes rather than `SocketAddr`'s 32 (kept once per session): the
 /// family, port, IPv6 flow info and scope id, and the IP's 16 bytes (an IPv4 one in the first
-/// four). It converts back to exactly the address it was made from.
+/// four). It converts back to exactly the address it was made from; `shared_protocol`'s
+/// `PeerAddr` (the cookie's form) does not, as it drops the scope id that replies to a
+/// link-local IPv6 peer need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PackedAddr {
     ip: [u8; 16],

@@ -39,8 +39,6 @@
 //! Send, Upload or Request) exist only while in use.
 
 use std::collections::HashMap;
-
-use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -50,6 +48,7 @@ use shared_protocol::handshake::{reject_answer, reject_packet};
 use shared_protocol::keys::PeerAddr;
 use shared_protocol::limits::MAX_PACKET;
 use shared_protocol::session::SessionError;
+use smallvec::SmallVec;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
