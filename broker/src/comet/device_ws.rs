@@ -171,16 +171,8 @@ async fn send_packet(ws: &mut Ws, packet: Vec<u8>) -> Result<(), WsError> {
 }
 
 /// [`send_packet`] for a live session: bounded by `limits.ws_write_timeout_ms` ([`ws::send_within`]).
-async fn send_live(ctx: &Context, ws: &mut Ws, packet: Vec<u8>) -> Result<(), WsError> {
-    ws::send_within(ctx, ws, Message::Binary(Bytes::from(packet))).await
-}
-
-/// Runs `seal` on a fresh packet buffer and returns the packet.
-fn packet(seal: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; MAX_PACKET];
-    let n = seal(&mut buf)?;
-    buf.truncate(n);
-    Some(buf)
+async fn send_live(ctx: &Context, ws: &mut Ws, packet: Bytes) -> Result<(), WsError> {
+    ws::send_within(ctx, ws, Message::Binary(packet)).await
 }
 
 fn mutable(b: Bytes) -> BytesMut {
@@ -361,8 +353,8 @@ fn hello_reply(
 
 /// What woke the session loop.
 enum Woke {
-    /// The socket: a message, a read error, or its end (`None`).
-    Socket(Option<Result<Message, WsError>>),
+    /// The socket: a message, a read error, or its end, sorted by [`socket_step`].
+    Socket(SocketStep),
     /// The router: an event for the terminal, or the session's end (`None`).
     Event(Option<Outbound>),
     /// The link's next timer is due.
@@ -374,9 +366,11 @@ enum Woke {
 /// Memory: this loop is what an idle connection's task holds for its whole life, so it borrows
 /// the link and session (kept in the [`Live`] block by the caller) instead of owning them (an
 /// async fn keeps owned arguments twice). While idle it holds only the frame worker's pointer
-/// (null until the first work frame) and the three waits (socket, router queue, timer); what it does when one of them wakes runs in a
-/// boxed future of its own ([`on_wake`]), allocated for that step only, rather than reserving
-/// the largest step's size here for the connection's whole life.
+/// (null until the first work frame) and the three waits (socket, router queue, timer). What it
+/// does when one of them wakes runs in a boxed future of its own, allocated for that step only
+/// and sized for that kind of step ([`on_packet`], [`on_event`], [`run_timers`]), rather than
+/// reserving the largest step's size here for the connection's whole life. Each of those boxes
+/// stays under 1 KiB, where the allocator serves it from its per-thread cache.
 async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session) -> End {
     let me = session.handle().address();
     // Created by the first work frame (Send, Upload, Request): one null pointer while idle.
@@ -385,15 +379,21 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
         let wake = ctx.instant_at(link.poll_timeout(ctx.settings.session_timeout_ms()));
         // The waits are dropped before the step runs, and what woke the loop moves into the
         // step, so none of them takes room in this future while the step runs.
-        let step = {
-            let woke = tokio::select! {
-                msg = ws.next() => Woke::Socket(msg),
-                ev = session.next(), if link.can_send() => Woke::Event(ev),
-                _ = tokio::time::sleep_until(wake) => Woke::Timer,
-            };
-            Box::pin(on_wake(ctx, ws, link, session, &mut worker, woke))
+        let woke = tokio::select! {
+            msg = ws.next() => Woke::Socket(socket_step(ctx, msg)),
+            ev = session.next(), if link.can_send() => Woke::Event(ev),
+            _ = tokio::time::sleep_until(wake) => Woke::Timer,
         };
-        if let Some(end) = step.await {
+        let step = match woke {
+            Woke::Socket(SocketStep::Packet(b)) => {
+                Box::pin(on_packet(ctx, ws, link, session, &mut worker, b)).await
+            }
+            Woke::Socket(SocketStep::End(end)) => Some(end),
+            Woke::Socket(SocketStep::Nothing) => None,
+            Woke::Event(ev) => Box::pin(on_event(ctx, ws, link, session, ev)).await,
+            Woke::Timer => Box::pin(run_timers(ctx, ws, link)).await,
+        };
+        if let Some(end) = step {
             break end;
         }
     };
@@ -401,39 +401,46 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
     end
 }
 
-/// One step of the session loop: what `woke` asks for. `Some` ends the session.
-async fn on_wake(
+/// What a message (or the end) read from the socket asks the session loop to do.
+enum SocketStep {
+    /// Handle this protocol packet ([`on_packet`]).
+    Packet(BytesMut),
+    /// End the session.
+    End(End),
+    /// Nothing (a control message tungstenite answers itself).
+    Nothing,
+}
+
+/// Sorts what the socket yielded. Only a packet's bytes are kept, so the rest of the message
+/// (a read error is large) takes no room in the session loop.
+fn socket_step(ctx: &Context, msg: Option<Result<Message, WsError>>) -> SocketStep {
+    match msg {
+        Some(Ok(Message::Binary(b))) => SocketStep::Packet(mutable(b)),
+        Some(Ok(Message::Text(_))) => SocketStep::End(End::Code(Code::MALFORMED)),
+        Some(Ok(Message::Close(_))) | None => SocketStep::End(End::Closed),
+        Some(Ok(_)) => SocketStep::Nothing,
+        Some(Err(e)) => SocketStep::End(ws_error_end(ctx, &e)),
+    }
+}
+
+/// One router event for the session (`None`: the session ended). `Some` ends the session.
+async fn on_event(
     ctx: &Context,
     ws: &mut Ws,
     link: &mut Link,
     session: &mut Session,
-    worker: &mut Option<Box<FrameWorker>>,
-    woke: Woke,
+    ev: Option<Outbound>,
 ) -> Option<End> {
-    match woke {
-        Woke::Socket(msg) => match msg {
-            Some(Ok(Message::Binary(b))) => {
-                on_packet(ctx, ws, link, session, worker, mutable(b)).await
+    match ev {
+        Some(Outbound::Kick { reason }) => {
+            let code = kick_code(reason);
+            if let Some(p) = sealed(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok()) {
+                let _ = send_live(ctx, ws, p).await;
             }
-            Some(Ok(Message::Text(_))) => Some(End::Code(Code::MALFORMED)),
-            Some(Ok(Message::Close(_))) | None => Some(End::Closed),
-            Some(Ok(_)) => None,
-            Some(Err(e)) => Some(ws_error_end(ctx, &e)),
-        },
-        Woke::Event(ev) => match ev {
-            Some(Outbound::Kick { reason }) => {
-                let code = kick_code(reason);
-                if let Some(p) =
-                    packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok())
-                {
-                    let _ = send_live(ctx, ws, p).await;
-                }
-                Some(End::Code(code))
-            }
-            Some(ev) => send_burst(ctx, ws, link, session, ev).await,
-            None => Some(End::Closed),
-        },
-        Woke::Timer => run_timers(ctx, ws, link).await,
+            Some(End::Code(code))
+        }
+        Some(ev) => send_burst(ctx, ws, link, session, ev).await,
+        None => Some(End::Closed),
     }
 }
 
@@ -499,36 +506,59 @@ fn sealed(seal: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Bytes> {
     Some(Bytes::copy_from_slice(&scratch[..n]))
 }
 
+/// Sends what the link's timers have due (acknowledgements, pings), one packet at a time;
+/// `Some` ends the session.
 async fn run_timers(ctx: &Context, ws: &mut Ws, link: &mut Link) -> Option<End> {
     loop {
-        let mut buf = vec![0u8; MAX_PACKET];
-        let polled = link.poll(
-            ctx.mono_ms(),
-            ctx.settings.session_timeout_ms(),
-            rand::random(),
-            &mut buf,
-        );
-        match polled {
-            Polled::Send(n) | Polled::Resend(n) => {
-                // A WebSocket link never resends; were one to, it would be counted.
-                if matches!(polled, Polled::Resend(_)) {
-                    ctx.router.metrics().device_resend(T);
-                }
-                buf.truncate(n);
-                if send_live(ctx, ws, buf).await.is_err() {
+        match poll_link(ctx, link) {
+            TimerStep::Send(p) => {
+                if send_live(ctx, ws, p).await.is_err() {
                     return Some(End::Closed);
                 }
             }
-            Polled::Dead(code) => {
+            TimerStep::Dead(code) => {
                 if let Some(p) =
-                    packet(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok())
+                    sealed(|o| link.seal_unreliable(Body::Kick { reason: code }, o).ok())
                 {
                     let _ = send_live(ctx, ws, p).await;
                 }
                 return Some(End::Code(code));
             }
-            Polled::Idle => return None,
+            TimerStep::Idle => return None,
         }
+    }
+}
+
+/// What one poll of a link's timers asks for.
+enum TimerStep {
+    /// Send this packet, then poll again.
+    Send(Bytes),
+    /// The session is over for this reason.
+    Dead(Code),
+    /// Nothing is due.
+    Idle,
+}
+
+/// Polls the link's timers once, sealing into a scratch buffer on this synchronous call's stack
+/// (as [`sealed`] does).
+fn poll_link(ctx: &Context, link: &mut Link) -> TimerStep {
+    let mut scratch = [0u8; MAX_PACKET];
+    let polled = link.poll(
+        ctx.mono_ms(),
+        ctx.settings.session_timeout_ms(),
+        rand::random(),
+        &mut scratch,
+    );
+    match polled {
+        Polled::Send(n) | Polled::Resend(n) => {
+            // A WebSocket link never resends; were one to, it would be counted.
+            if matches!(polled, Polled::Resend(_)) {
+                ctx.router.metrics().device_resend(T);
+            }
+            TimerStep::Send(Bytes::copy_from_slice(&scratch[..n]))
+        }
+        Polled::Dead(code) => TimerStep::Dead(code),
+        Polled::Idle => TimerStep::Idle,
     }
 }
 
@@ -584,7 +614,7 @@ async fn react(ctx: &Context, ws: &mut Ws, link: &mut Link, reaction: Reaction) 
             let pong = Body::Pong {
                 server_time_ms: crate::router::now_ms(),
             };
-            let p = packet(|o| link.seal_unreliable(pong, o).ok())?;
+            let p = sealed(|o| link.seal_unreliable(pong, o).ok())?;
             send_live(ctx, ws, p).await.err().map(|_| End::Closed)
         }
         Reaction::Error { code, about_seq } => {
@@ -597,7 +627,7 @@ async fn react(ctx: &Context, ws: &mut Ws, link: &mut Link, reaction: Reaction) 
 /// dropped when 16 frames are already unacknowledged).
 async fn reliable(ctx: &Context, ws: &mut Ws, link: &mut Link, body: Body<'_>) -> Option<End> {
     let now = ctx.mono_ms();
-    let p = packet(|o| {
+    let p = sealed(|o| {
         link.seal_reliable(body, Tag::Plain, now, rand::random(), o)
             .ok()
     })?;
