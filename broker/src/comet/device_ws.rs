@@ -7,7 +7,9 @@
 //! and the [`Link`] timers. Close codes: 1000 after a Goodbye, 1009 for an oversized message,
 //! `4000 + code` when the broker ends the session for protocol `code` (module [`convert`](super::convert)).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -384,16 +386,18 @@ async fn run(ctx: &Context, ws: &mut Ws, link: &mut Link, session: &mut Session)
             ev = session.next(), if link.can_send() => Woke::Event(ev),
             _ = tokio::time::sleep_until(wake) => Woke::Timer,
         };
-        let step = match woke {
+        // The step is made before it is awaited, so `woke` is gone by then and only the box's
+        // pointer takes room in this future across the await.
+        let step: Pin<Box<dyn Future<Output = Option<End>> + Send + '_>> = match woke {
             Woke::Socket(SocketStep::Packet(b)) => {
-                Box::pin(on_packet(ctx, ws, link, session, &mut worker, b)).await
+                Box::pin(on_packet(ctx, ws, link, session, &mut worker, b))
             }
-            Woke::Socket(SocketStep::End(end)) => Some(end),
-            Woke::Socket(SocketStep::Nothing) => None,
-            Woke::Event(ev) => Box::pin(on_event(ctx, ws, link, session, ev)).await,
-            Woke::Timer => Box::pin(run_timers(ctx, ws, link)).await,
+            Woke::Socket(SocketStep::End(end)) => break end,
+            Woke::Socket(SocketStep::Nothing) => continue,
+            Woke::Event(ev) => Box::pin(on_event(ctx, ws, link, session, ev)),
+            Woke::Timer => Box::pin(run_timers(ctx, ws, link)),
         };
-        if let Some(end) = step {
+        if let Some(end) = step.await {
             break end;
         }
     };
