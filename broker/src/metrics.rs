@@ -34,6 +34,7 @@
 //! docs/operations.md explains each family.
 
 pub mod catalog;
+mod hot;
 pub mod process;
 pub mod upload_path;
 
@@ -106,6 +107,8 @@ impl Op {
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// The catalogued series' handles, for the hot paths ([`hot`]).
+    hot: Arc<hot::Hot>,
 }
 
 impl Default for Metrics {
@@ -122,11 +125,12 @@ impl Metrics {
             .expect("static non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();
+        let hot = register_catalog(&recorder);
         let metrics = Metrics {
             recorder: Arc::new(recorder),
             handle,
+            hot: Arc::new(hot),
         };
-        metrics.register_catalog();
         // Exists at 0 from the start, so an alert on it needs no special case.
         metrics.store_data_loss().increment(0);
         metrics
@@ -140,50 +144,11 @@ impl Metrics {
             .register_counter(&Key::from_name("broker_store_data_loss_total"), &METADATA)
     }
 
-    /// Describes every catalogued family and registers the series known at start at 0.
-    fn register_catalog(&self) {
-        for family in catalog::FAMILIES {
-            let help = family.help.into();
-            let name = family.name.into();
-            match family.kind {
-                catalog::Kind::Counter => self.recorder.describe_counter(name, None, help),
-                catalog::Kind::Gauge => self.recorder.describe_gauge(name, None, help),
-                catalog::Kind::Histogram => self.recorder.describe_histogram(name, None, help),
-            }
-        }
-        for (name, labels) in catalog::zero_series() {
-            let key = Key::from_parts(name, labels_of(&labels));
-            match catalog::kind_of(name) {
-                Some(catalog::Kind::Gauge) => {
-                    self.recorder.register_gauge(&key, &METADATA).increment(0.0)
-                }
-                _ => self.recorder.register_counter(&key, &METADATA).increment(0),
-            }
-        }
-        for (name, labels) in catalog::zero_histograms() {
-            let key = Key::from_parts(name, labels_of(&labels));
-            drop(self.recorder.register_histogram(&key, &METADATA));
-        }
-        let profile = if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        };
-        let build = [
-            ("version", env!("CARGO_PKG_VERSION")),
-            ("os", std::env::consts::OS),
-            ("arch", std::env::consts::ARCH),
-            ("profile", profile),
-        ];
-        self.recorder
-            .register_gauge(
-                &Key::from_parts("broker_build_info", labels_of(&build)),
-                &METADATA,
-            )
-            .set(1.0);
-    }
-
     fn counter(&self, name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
+        if let Some(counter) = self.hot.counter(name, labels) {
+            counter.increment(n);
+            return;
+        }
         let labels = labels_of(labels);
         self.recorder
             .register_counter(&Key::from_parts(name, labels), &METADATA)
@@ -350,6 +315,13 @@ impl Metrics {
 
     /// Records the latency of `op`.
     pub fn latency(&self, op: Op, d: Duration) {
+        if let Some(h) = self
+            .hot
+            .histogram("broker_latency_seconds", "op", op.as_str())
+        {
+            h.record(d.as_secs_f64());
+            return;
+        }
         let key = Key::from_parts(
             "broker_latency_seconds",
             vec![Label::new("op", op.as_str())],
@@ -610,6 +582,54 @@ fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
         })
 }
 
+/// Describes every catalogued family in `recorder` and registers the series known at start at
+/// 0; returns their handles.
+fn register_catalog(recorder: &PrometheusRecorder) -> hot::Hot {
+    let mut hot = hot::Hot::default();
+    for family in catalog::FAMILIES {
+        let help = family.help.into();
+        let name = family.name.into();
+        match family.kind {
+            catalog::Kind::Counter => recorder.describe_counter(name, None, help),
+            catalog::Kind::Gauge => recorder.describe_gauge(name, None, help),
+            catalog::Kind::Histogram => recorder.describe_histogram(name, None, help),
+        }
+    }
+    for (name, labels) in catalog::zero_series() {
+        let key = Key::from_parts(name, labels_of(&labels));
+        match catalog::kind_of(name) {
+            Some(catalog::Kind::Gauge) => recorder.register_gauge(&key, &METADATA).increment(0.0),
+            _ => {
+                let counter = recorder.register_counter(&key, &METADATA);
+                counter.increment(0);
+                hot.keep_counter(name, &labels, &counter);
+            }
+        }
+    }
+    for (name, labels) in catalog::zero_histograms() {
+        let key = Key::from_parts(name, labels_of(&labels));
+        hot.keep_histogram(name, &labels, &recorder.register_histogram(&key, &METADATA));
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("os", std::env::consts::OS),
+        ("arch", std::env::consts::ARCH),
+        ("profile", profile),
+    ];
+    recorder
+        .register_gauge(
+            &Key::from_parts("broker_build_info", labels_of(&build)),
+            &METADATA,
+        )
+        .set(1.0);
+    hot
+}
+
 fn labels_of(labels: &[(&'static str, &'static str)]) -> Vec<Label> {
     labels.iter().map(|(k, v)| Label::new(*k, *v)).collect()
 }
@@ -746,6 +766,43 @@ mod tests {
             Metrics::new()
                 .render()
                 .contains("broker_connections_total{transport=\"udp\"} 0\n")
+        );
+    }
+    #[test]
+    fn catalogued_series_are_recorded_through_kept_handles_and_rendered() {
+        let m = Metrics::new();
+        assert!(
+            m.hot
+                .counter("broker_commands_total", &[("result", "ok")])
+                .is_some()
+        );
+        assert!(
+            m.hot
+                .histogram("broker_latency_seconds", "op", "command")
+                .is_some()
+        );
+        // Two labels, or a value outside the catalogue: the registry, not a kept handle.
+        assert!(
+            m.hot
+                .counter("broker_commands_total", &[("result", "no_such_result")])
+                .is_none()
+        );
+        m.command("ok");
+        m.command("ok");
+        m.command("no_such_result");
+        m.latency(Op::Command, Duration::from_micros(150));
+        let text = m.render();
+        assert!(
+            text.contains("broker_commands_total{result=\"ok\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("broker_commands_total{result=\"no_such_result\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("broker_latency_seconds_bucket{op=\"command\",le=\"0.00025\"} 1\n"),
+            "{text}"
         );
     }
 }
