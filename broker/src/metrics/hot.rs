@@ -28,7 +28,8 @@ pub struct Hot {
 }
 
 impl Hot {
-    /// Keeps `counter` as the handle of series `name{key="value"}`.
+    /// Keeps `counter` as the handle of series `name{key="value"}` when `labels` is that one
+    /// label (a series with more labels is left to the registry).
     pub fn keep_counter(
         &mut self,
         name: &'static str,
@@ -40,7 +41,8 @@ impl Hot {
         }
     }
 
-    /// Keeps `histogram` as the handle of series `name{key="value"}`.
+    /// Keeps `histogram` as the handle of series `name{key="value"}` when `labels` is that one
+    /// label (a series with more labels is left to the registry).
     pub fn keep_histogram(
         &mut self,
         name: &'static str,
