@@ -317,7 +317,7 @@ impl Metrics {
     pub fn latency(&self, op: Op, d: Duration) {
         if let Some(h) = self
             .hot
-            .histogram("broker_latency_seconds", "op", op.as_str())
+            .histogram("broker_latency_seconds", &[("op", op.as_str())])
         {
             h.record(d.as_secs_f64());
             return;
@@ -778,7 +778,7 @@ mod tests {
         );
         assert!(
             m.hot
-                .histogram("broker_latency_seconds", "op", "command")
+                .histogram("broker_latency_seconds", &[("op", "command")])
                 .is_some()
         );
         // Two labels, or a value outside the catalogue: the registry, not a kept handle.

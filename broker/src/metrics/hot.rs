@@ -17,6 +17,9 @@ use std::collections::HashMap;
 
 use metrics::{Counter, Histogram};
 
+/// A label as the broker's metrics spell it: key and value.
+type Label = (&'static str, &'static str);
+
 /// A series with one label: its name, the label's key and the label's value.
 type OneLabel = (&'static str, &'static str, &'static str);
 
@@ -28,52 +31,37 @@ pub struct Hot {
 }
 
 impl Hot {
-    /// Keeps `counter` as the handle of series `name{key="value"}` when `labels` is that one
-    /// label (a series with more labels is left to the registry).
-    pub fn keep_counter(
-        &mut self,
-        name: &'static str,
-        labels: &[(&'static str, &'static str)],
-        counter: &Counter,
-    ) {
-        if let [(key, value)] = labels {
-            self.counters.insert((name, key, value), counter.clone());
+    /// Keeps `counter` as the handle of series `name{labels}` when `labels` is one label (a
+    /// series with more labels is left to the registry).
+    pub fn keep_counter(&mut self, name: &'static str, labels: &[Label], counter: &Counter) {
+        if let Some(key) = one_label(name, labels) {
+            self.counters.insert(key, counter.clone());
         }
     }
 
-    /// Keeps `histogram` as the handle of series `name{key="value"}` when `labels` is that one
-    /// label (a series with more labels is left to the registry).
-    pub fn keep_histogram(
-        &mut self,
-        name: &'static str,
-        labels: &[(&'static str, &'static str)],
-        histogram: &Histogram,
-    ) {
-        if let [(key, value)] = labels {
-            self.histograms
-                .insert((name, key, value), histogram.clone());
+    /// Keeps `histogram` as the handle of series `name{labels}` when `labels` is one label (a
+    /// series with more labels is left to the registry).
+    pub fn keep_histogram(&mut self, name: &'static str, labels: &[Label], histogram: &Histogram) {
+        if let Some(key) = one_label(name, labels) {
+            self.histograms.insert(key, histogram.clone());
         }
     }
 
     /// The kept handle of counter `name` with exactly `labels`, if it is one.
-    pub fn counter(
-        &self,
-        name: &'static str,
-        labels: &[(&'static str, &'static str)],
-    ) -> Option<&Counter> {
-        match labels {
-            [(key, value)] => self.counters.get(&(name, *key, *value)),
-            _ => None,
-        }
+    pub fn counter(&self, name: &'static str, labels: &[Label]) -> Option<&Counter> {
+        self.counters.get(&one_label(name, labels)?)
     }
 
-    /// The kept handle of histogram `name{key="value"}`, if it is one.
-    pub fn histogram(
-        &self,
-        name: &'static str,
-        key: &'static str,
-        value: &'static str,
-    ) -> Option<&Histogram> {
-        self.histograms.get(&(name, key, value))
+    /// The kept handle of histogram `name` with exactly `labels`, if it is one.
+    pub fn histogram(&self, name: &'static str, labels: &[Label]) -> Option<&Histogram> {
+        self.histograms.get(&one_label(name, labels)?)
+    }
+}
+
+/// The table key of series `name{labels}`, when `labels` is exactly one label.
+fn one_label(name: &'static str, labels: &[Label]) -> Option<OneLabel> {
+    match labels {
+        [(key, value)] => Some((name, key, value)),
+        _ => None,
     }
 }
