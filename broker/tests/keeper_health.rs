@@ -248,8 +248,14 @@ listen = "127.0.0.1:{healthy_port}"
     assert_eq!(sample(&text, "rmqkeeper_rabbit_healthy"), Some(0.0));
     assert_eq!(sample(&text, "rmqkeeper_registered"), Some(0.0));
 
-    // No ZooKeeper: the keeper cannot do its job, 503.
-    let h = health_until(no_zk_port, "503 without ZooKeeper", |code, _| code == 503).await;
+    // No ZooKeeper: the keeper cannot do its job, 503. It still checks the node; until its
+    // first check ends, `rabbit_healthy` is null (not known yet), so wait for that answer too.
+    let h = health_until(
+        no_zk_port,
+        "503 without ZooKeeper, node checked",
+        |code, v| code == 503 && !v["rabbit_healthy"].is_null(),
+    )
+    .await;
     assert_eq!(h["zookeeper"], false);
     assert_eq!(h["rabbit_healthy"], true, "{h}");
 }
