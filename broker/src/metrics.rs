@@ -364,7 +364,8 @@ impl Metrics {
         self.counter("broker_uploads_total", &[("result", result)], 1);
     }
 
-    /// Counts a command; `result` is `ok`, `not_online`, `timeout`, `queue_full`.
+    /// Counts a command; `result` is `ok`, `not_online`, `timeout`, `disconnected`,
+    /// `overloaded`, `error` or `cancelled` (the caller gave up before the result).
     pub fn command(&self, result: &'static str) {
         self.counter("broker_commands_total", &[("result", result)], 1);
     }
@@ -725,6 +726,11 @@ pub fn spawn_upkeep(
 mod tests {
     use super::*;
 
+    /// Fails, showing the whole exposition, unless `text` contains `line`.
+    fn assert_renders(text: &str, line: &str) {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+
     #[test]
     fn renders_labelled_counters_and_histograms() {
         let m = Metrics::new();
@@ -733,25 +739,18 @@ mod tests {
         m.queue_drop(Transport::AppWs, "drop-newest");
         m.latency(Op::Push, Duration::from_millis(3));
         let text = m.render();
-        assert!(
-            text.contains("broker_connections_total{transport=\"udp\"} 1"),
-            "{text}"
+        assert_renders(&text, "broker_connections_total{transport=\"udp\"} 1");
+        assert_renders(
+            &text,
+            "broker_login_failures_total{transport=\"device_ws\",reason=\"auth_failed\"} 1",
         );
-        assert!(
-            text.contains(
-                "broker_login_failures_total{transport=\"device_ws\",reason=\"auth_failed\"} 1"
-            ),
-            "{text}"
+        assert_renders(
+            &text,
+            "broker_queue_drops_total{transport=\"app_ws\",policy=\"drop-newest\"} 1",
         );
-        assert!(
-            text.contains(
-                "broker_queue_drops_total{transport=\"app_ws\",policy=\"drop-newest\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("broker_latency_seconds_bucket{op=\"push\",le=\"0.005\"} 1"),
-            "{text}"
+        assert_renders(
+            &text,
+            "broker_latency_seconds_bucket{op=\"push\",le=\"0.005\"} 1",
         );
         let sums = m.family_sums();
         assert_eq!(sums["broker_connections_total"], 1.0);
@@ -768,6 +767,7 @@ mod tests {
                 .contains("broker_connections_total{transport=\"udp\"} 0\n")
         );
     }
+
     #[test]
     fn catalogued_series_are_recorded_through_kept_handles_and_rendered() {
         let m = Metrics::new();
@@ -792,17 +792,14 @@ mod tests {
         m.command("no_such_result");
         m.latency(Op::Command, Duration::from_micros(150));
         let text = m.render();
-        assert!(
-            text.contains("broker_commands_total{result=\"ok\"} 2\n"),
-            "{text}"
+        assert_renders(&text, "broker_commands_total{result=\"ok\"} 2\n");
+        assert_renders(
+            &text,
+            "broker_commands_total{result=\"no_such_result\"} 1\n",
         );
-        assert!(
-            text.contains("broker_commands_total{result=\"no_such_result\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("broker_latency_seconds_bucket{op=\"command\",le=\"0.00025\"} 1\n"),
-            "{text}"
+        assert_renders(
+            &text,
+            "broker_latency_seconds_bucket{op=\"command\",le=\"0.00025\"} 1\n",
         );
     }
 }

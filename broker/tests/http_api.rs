@@ -276,6 +276,55 @@ async fn device_commands_404_offline_200_answered_504_timeout() {
 }
 
 #[tokio::test]
+async fn a_command_whose_client_disconnects_is_cancelled_and_forgotten() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let running = broker::start(&config(dir.path())).await.unwrap();
+    let d11 = Address::device(11);
+    // A device that never answers.
+    let mut session = running.router.login(login(d11, 0)).await.unwrap();
+    let body = json!({"name": "relay", "text": "on", "timeout_ms": 60000}).to_string();
+    let mut client = tokio::net::TcpStream::connect(running.http).await.unwrap();
+    let request = format!(
+        "POST /v1/devices/11/commands HTTP/1.1\r\nHost: broker\r\n\
+         Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let sent = tokio::time::timeout(Duration::from_secs(5), session.next())
+        .await
+        .expect("the command reaches the device");
+    let Some(Outbound::Command { cmd_id, .. }) = sent else {
+        panic!("expected a command, got {sent:?}")
+    };
+    // The API client goes away before the device answers.
+    drop(client);
+    let api = api_client(&running);
+    let cancelled = "broker_commands_total{result=\"cancelled\"} 1";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = api.text("/metrics").await;
+        if text.contains(cancelled) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no cancelled command counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !running
+            .router
+            .complete_command(d11, cmd_id, 200, bytes::Bytes::new()),
+        "the device's late answer is delivered to no one"
+    );
+    drop(session);
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn groups_crud_and_group_push() {
     let dir = tempfile::tempdir().unwrap();
     let running = broker::start(&config(dir.path())).await.unwrap();
@@ -366,15 +415,7 @@ async fn uploads_survive_reopening_the_store() {
     let (s, _) = api.get("/v1/uploads?limit=0").await;
     assert_eq!(s, 400);
     // The metrics endpoint reports what happened.
-    let text = reqwest::Client::new()
-        .get(format!("http://{}/metrics", running.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.text("/metrics").await;
     assert!(text.contains("broker_offline_messages"), "{text}");
     running.stop().await;
 }

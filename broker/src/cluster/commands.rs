@@ -102,20 +102,32 @@ impl<K: PartialEq> Pending<K> {
         self.len() == 0
     }
 
-    /// Waits for request `id` up to `timeout` (`Timeout` then) and forgets it.
+    /// Waits for request `id` up to `timeout` (`Timeout` then) and forgets it, also when the
+    /// caller gives up first (drops this future).
     pub async fn wait(
         &self,
         id: u64,
         rx: oneshot::Receiver<CommandOutcome>,
         timeout: Duration,
     ) -> CommandOutcome {
-        let o = match tokio::time::timeout(timeout, rx).await {
+        let _forget = ForgetOnDrop { pending: self, id };
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(o)) => o,
             Ok(Err(_)) => CommandOutcome::Unreachable("request abandoned".into()),
             Err(_) => CommandOutcome::Timeout,
-        };
-        self.forget(id);
-        o
+        }
+    }
+}
+
+/// Forgets a request when dropped: [`Pending::wait`] leaves nothing behind however it ends.
+struct ForgetOnDrop<'a, K: PartialEq> {
+    pending: &'a Pending<K>,
+    id: u64,
+}
+
+impl<K: PartialEq> Drop for ForgetOnDrop<'_, K> {
+    fn drop(&mut self) {
+        self.pending.forget(self.id);
     }
 }
 
@@ -306,6 +318,20 @@ mod tests {
             CommandOutcome::Timeout
         );
         assert!(p.is_empty(), "waiting forgets");
+
+        // A caller that gives up (drops the wait) leaves nothing behind either.
+        let (d, rx_d) = p.register("link-1");
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(20),
+            p.wait(d, rx_d, Duration::from_secs(60)),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the outer deadline ended the wait");
+        assert!(p.is_empty(), "an abandoned wait forgets its request");
+        assert!(
+            !p.complete(d, CommandOutcome::Timeout),
+            "a late outcome matches nothing"
+        );
     }
 
     #[test]

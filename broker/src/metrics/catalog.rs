@@ -673,6 +673,7 @@ pub fn zero_series() -> Vec<Series> {
             "disconnected",
             "overloaded",
             "error",
+            "cancelled",
         ],
     ));
     s.extend(one(

@@ -1045,6 +1045,11 @@ impl Router {
         }
         let (tx, rx) = oneshot::channel();
         self.lock_pending().insert(cmd_id, (h.id(), device, tx));
+        let mut entry = PendingEntry {
+            router: self,
+            cmd_id,
+            ended: false,
+        };
         let result = match self.offer(
             &h,
             Outbound::Command {
@@ -1063,7 +1068,8 @@ impl Router {
             Enqueued::Closed => Err(CommandError::Disconnected),
             Enqueued::DroppedNewest | Enqueued::Kicked => Err(CommandError::Overloaded),
         };
-        self.lock_pending().remove(&cmd_id);
+        entry.ended = true;
+        drop(entry);
         let label = match &result {
             Ok(_) => "ok",
             Err(CommandError::Timeout) => "timeout",
@@ -1074,6 +1080,13 @@ impl Router {
         self.inner.metrics.command(label);
         self.inner.metrics.latency(Op::Command, started.elapsed());
         result
+    }
+
+    /// Commands waiting for their device's answer (what [`PendingEntry`] leaves behind: none
+    /// once every call has ended).
+    #[cfg(test)]
+    fn pending_commands(&self) -> usize {
+        self.lock_pending().len()
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, Address, PendingTx)>> {
@@ -1392,6 +1405,27 @@ impl Router {
 
     pub(crate) fn upload_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.upload_notify.notified()
+    }
+}
+
+/// A command's entry in the pending table for as long as [`Router::command`] runs, removed
+/// however the call ends. A caller that gives up drops the call's future (the HTTP API does
+/// when its client disconnects); without this the entry would stay until the device answered
+/// or its session ended, and a device that never answers would collect them. Such a call is
+/// counted as `cancelled` in `broker_commands_total`.
+struct PendingEntry<'a> {
+    router: &'a Router,
+    cmd_id: u32,
+    /// The call reached its result (counted under that result, not as cancelled).
+    ended: bool,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        self.router.lock_pending().remove(&self.cmd_id);
+        if !self.ended {
+            self.router.inner.metrics.command("cancelled");
+        }
     }
 }
 

@@ -694,6 +694,53 @@ async fn commands_complete_time_out_and_fail_when_offline() {
 }
 
 #[tokio::test]
+async fn a_command_whose_caller_gives_up_leaves_nothing_pending() {
+    let f = fixture(|_| {});
+    let r = f.router.clone();
+    let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
+    let call = tokio::spawn({
+        let r = r.clone();
+        async move {
+            r.command(D1, "slow".into(), Bytes::new(), Duration::from_secs(60))
+                .await
+        }
+    });
+    let Outbound::Command { cmd_id, .. } = next(&mut s).await else {
+        panic!("expected command")
+    };
+    assert_eq!(r.pending_commands(), 1);
+    // The caller gives up (an HTTP client that disconnects drops the handler's future).
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    assert_eq!(r.pending_commands(), 0, "the given-up command is not kept");
+    assert!(
+        !r.complete_command(D1, cmd_id, 200, Bytes::new()),
+        "a late answer matches nothing"
+    );
+    let text = r.metrics().render();
+    assert!(
+        text.contains("broker_commands_total{result=\"cancelled\"} 1"),
+        "{text}"
+    );
+    // A command that ends normally is counted under its result, not as cancelled.
+    assert_eq!(
+        r.command(D1, "x".into(), Bytes::new(), Duration::from_millis(20))
+            .await,
+        Err(CommandError::Timeout)
+    );
+    assert_eq!(r.pending_commands(), 0);
+    let text = r.metrics().render();
+    assert!(
+        text.contains("broker_commands_total{result=\"cancelled\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("broker_commands_total{result=\"timeout\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn uploads_are_durable_before_ack_and_deduplicated() {
     let f = fixture(|_| {});
     let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();

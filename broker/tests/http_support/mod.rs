@@ -57,6 +57,14 @@ impl ApiClient {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// `GET path` of a page that is text, not JSON (the metrics page): its body.
+    pub async fn text(&self, path: &str) -> String {
+        match self.get(path).await {
+            (200, Value::String(text)) => text,
+            other => panic!("GET {path}: {other:?}"),
+        }
+    }
+
     /// `PUT path` with an optional JSON body.
     pub async fn put(&self, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call(reqwest::Method::PUT, path, body).await
