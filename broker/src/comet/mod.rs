@@ -212,8 +212,8 @@ impl Context {
         tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms))
     }
 
-    /// A fresh DATA session id (never 0), handed out in sequence. A UDP shard skips ids still in
-    /// its table.
+    /// A fresh session id (never 0) for a device WebSocket, handed out in sequence. (UDP session
+    /// ids come from the shards' tables, which name the slot in the id: `udp::table`.)
     pub fn session_id(&self) -> u32 {
         loop {
             let id = self

@@ -16,8 +16,8 @@
 //!     not computed on the receive task. When the workers are behind, the HELLO is dropped
 //!     and counted (`hello_busy`), so a HELLO flood costs the receive task one queue attempt
 //!     per datagram and never delays DATA or LOGIN packets;
-//!   - a LOGIN gets a fresh session id and goes to the shard that id names
-//!     ([`ShardMap::shard_of`]);
+//!   - a LOGIN goes to the next shard in turn, whose session table gives the new session its
+//!     id (`table`: the id names the shard, the slot and the slot's generation);
 //!   - a DATA packet goes to the shard its header's `session_id` names. Routing by session id,
 //!     not by address, is what lets a session follow a NAT rebinding (section 3 of the spec):
 //!     the packet from the new address still reaches the shard that owns the session.
@@ -36,6 +36,7 @@ mod config;
 mod kick_copies;
 mod outbox;
 mod shard;
+mod table;
 mod timers;
 
 pub use config::UdpConfig;
@@ -69,8 +70,8 @@ pub const SHARD_INBOX: usize = 256;
 /// HELLOs queued per handshake worker before the receive task drops new ones.
 pub const HELLO_INBOX: usize = 256;
 
-/// Which shard owns a session id: `session_id % count`. Session ids are handed out in sequence,
-/// so logins spread evenly over the shards.
+/// Which shard owns a session id: `session_id % count`. Each shard's session table hands out
+/// only ids it owns (`table`), and logins go to the shards in turn, so they spread evenly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardMap {
     count: u32,
@@ -93,23 +94,12 @@ impl ShardMap {
     pub fn shard_of(&self, sid: u32) -> usize {
         (sid % self.count) as usize
     }
-
-    /// The next id after `sid` owned by the same shard, skipping 0 (used when `sid` is taken).
-    pub fn next_in_shard(&self, sid: u32) -> u32 {
-        let mut next = sid.wrapping_add(self.count);
-        while next == 0 || self.shard_of(next) != self.shard_of(sid) {
-            // Wrapped past u32::MAX: step to the first id of this shard again.
-            next = next.wrapping_add(1);
-        }
-        next
-    }
 }
 
 /// What a datagram handed to a shard is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
-    /// A LOGIN; `sid` is the session id the new session gets if it is accepted (owned by the
-    /// receiving shard).
+    /// A LOGIN; `sid` is 0 (the receiving shard's table gives the session its id).
     Login,
     /// A DATA packet; `sid` is its header's session id.
     Data,
@@ -205,7 +195,7 @@ pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
     for index in 0..map.count() {
         let (tx, rx) = mpsc::channel(SHARD_INBOX);
         inboxes.push(tx);
-        shards.spawn(shard::run(ctx.clone(), socket.clone(), map, rx));
+        shards.spawn(shard::run(ctx.clone(), socket.clone(), map, index, rx));
         tracing::debug!(shard = index, "udp shard started");
     }
     let mut hello_inboxes = Vec::with_capacity(map.count());
@@ -221,6 +211,7 @@ pub async fn serve(ctx: Arc<Context>, socket: UdpSocket) {
         inboxes,
         hello_inboxes,
         next_hello: 0,
+        next_login: 0,
     };
     // One byte more than the largest packet, so a longer datagram shows as too large.
     let mut rx = RecvBatch::new(MAX_PACKET + 1);
@@ -257,6 +248,8 @@ struct Receiver {
     /// The handshake workers' inboxes, used in turn.
     hello_inboxes: Vec<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
     next_hello: usize,
+    /// The shard the next LOGIN goes to (modulo the shard count): logins go round the shards.
+    next_login: usize,
 }
 
 impl Receiver {
@@ -293,8 +286,9 @@ impl Receiver {
         match packet.get(1).copied() {
             Some(t) if t == PacketType::Hello as u8 => self.on_hello(packet, from),
             Some(t) if t == PacketType::Login as u8 && version_ok => {
-                let sid = self.ctx.session_id();
-                self.route(Kind::Login, sid, packet, from);
+                let shard = self.next_login % self.map.count();
+                self.next_login = self.next_login.wrapping_add(1);
+                self.pending[shard].push(Kind::Login, 0, packet, from);
             }
             Some(t) if t == PacketType::Data as u8 && version_ok => {
                 let Ok(sid) = peek_session_id(packet) else {
@@ -387,17 +381,8 @@ mod tests {
     }
 
     #[test]
-    fn the_next_id_in_a_shard_stays_in_that_shard_and_skips_zero() {
-        let map = ShardMap::new(3);
-        for sid in [1, 2, 3, 7, u32::MAX - 2, u32::MAX - 1, u32::MAX] {
-            let next = map.next_in_shard(sid);
-            assert_ne!(next, 0);
-            assert_ne!(next, sid);
-            assert_eq!(map.shard_of(next), map.shard_of(sid), "{sid} -> {next}");
-        }
-        // One shard: every id is its own, and 0 is still skipped on wrap-around.
-        let one = ShardMap::new(1);
-        assert_eq!(one.next_in_shard(u32::MAX), 1);
+    fn a_map_has_at_least_one_shard() {
         assert_eq!(ShardMap::new(0).count(), 1);
+        assert_eq!(ShardMap::new(1).shard_of(u32::MAX), 0);
     }
 }

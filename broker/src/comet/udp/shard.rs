@@ -1,5 +1,5 @@
-//! One UDP session shard: a task that owns a table of sessions keyed by `session_id` (see the
-//! parent module for how datagrams reach it).
+//! One UDP session shard: a task that owns a table of sessions found by `session_id`, which names
+//! the session's slot (`table`; see the parent module for how datagrams reach it).
 //!
 //! * A LOGIN is checked in spec order (the address's login rate is charged once its cookie has
 //!   proven the source address, so forged-source LOGINs cannot use up a victim's allowance)
@@ -33,12 +33,12 @@
 //!   waiting: a datagram the kernel cannot take now is dropped and counted like any lost
 //!   datagram (the reliability layer resends).
 //!
-//! Per-session memory: one boxed [`UdpSession`] (see the `session_size` test for the figure,
-//! and docs/performance.md, "Memory per session") plus the router's handle and registry entry;
+//! Per-session memory: one [`UdpSession`] inline in a slot of the shard's table (`table`; see
+//! the `session_size` test for the figures, and docs/performance.md, "Memory per session") plus
+//! the router's handle and registry entry;
 //! in-flight frames, held frames, waiting frames and the frame worker (created by the first
 //! Send, Upload or Request) exist only while in use.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -65,6 +65,7 @@ use super::super::worker::FrameWorker;
 use super::batch::SendBatch;
 use super::kick_copies::{KickCopies, SHUTDOWN_KICK_COPIES, SHUTDOWN_KICK_SPACING_MS};
 use super::outbox::{Offered, Outbox};
+use super::table::SessionTable;
 use super::timers::{Slot, Timers};
 use super::{Kind, ShardBatch, ShardMap, T, flush_out};
 
@@ -110,6 +111,8 @@ enum Control {
     /// A store read for session `.0` is done: the router session and the event it yielded
     /// (`None`: it ended).
     Read(u32, Box<(Session, Option<Outbound>)>),
+    /// The router did not register the LOGIN for session id `.0`: its slot is free again.
+    LoginFailed(u32),
 }
 
 struct NewSession {
@@ -124,12 +127,8 @@ struct NewSession {
 struct Endpoint {
     ctx: Arc<Context>,
     socket: Arc<UdpSocket>,
-    map: ShardMap,
-    /// Boxed: the table then holds a pointer per slot, so its spare capacity (a hash table is
-    /// up to half empty after growing) costs 16 bytes a slot, not a whole session.
-    /// Keyed with foldhash: the ids are the broker's own (sequential), so a fast hash is safe
-    /// here, and a packet looks its session up several times.
-    sessions: HashMap<u32, Box<UdpSession>, foldhash::fast::RandomState>,
+    /// The sessions, inline in the table's pages, by session id (the id names the slot).
+    sessions: SessionTable<UdpSession>,
     timers: Timers,
     /// Ids of sessions whose router queue got something (see module docs).
     ready: Arc<ReadyList>,
@@ -152,14 +151,14 @@ pub(super) async fn run(
     ctx: Arc<Context>,
     socket: Arc<UdpSocket>,
     map: ShardMap,
+    index: usize,
     mut inbox: mpsc::Receiver<ShardBatch>,
 ) {
     let (control, mut control_rx) = mpsc::channel(1024);
     let mut ep = Endpoint {
         ctx: ctx.clone(),
         socket,
-        map,
-        sessions: HashMap::default(),
+        sessions: SessionTable::new(map, index),
         timers: Timers::default(),
         ready: Arc::new(ReadyList::new()),
         ready_ids: Vec::new(),
@@ -186,7 +185,7 @@ pub(super) async fn run(
         ep.flush_out();
     }
     ep.tick();
-    let ids: Vec<u32> = ep.sessions.keys().copied().collect();
+    let ids = ep.sessions.ids();
     for sid in ids {
         ep.end(sid, Some(Code::SHUTDOWN));
     }
@@ -236,7 +235,7 @@ impl Endpoint {
             let packet = &mut batch.bytes[start..item.end];
             start = item.end;
             match item.kind {
-                Kind::Login => self.on_login(item.sid, packet, item.from),
+                Kind::Login => self.on_login(packet, item.from),
                 Kind::Data => self.on_data(item.sid, packet, item.from),
             }
         }
@@ -252,15 +251,33 @@ impl Endpoint {
         }
     }
 
-    /// A LOGIN routed here with proposed session id `sid` (owned by this shard).
-    fn on_login(&mut self, mut sid: u32, packet: &[u8], from: SocketAddr) {
+    /// A LOGIN routed here: its session gets a slot of this shard's table, and the slot's id.
+    fn on_login(&mut self, packet: &[u8], from: SocketAddr) {
+        let Some(sid) = self.sessions.reserve() else {
+            // Every slot is taken (see `table`: millions of sessions): over the connection cap.
+            let m = self.ctx.router.metrics();
+            m.limit_hit(ConnLimit::Total.key());
+            self.ctx.login_refused(
+                T,
+                from,
+                logins::claimed_terminal(packet),
+                ConnLimit::Total.key(),
+            );
+            self.reject(Code::SERVER_BUSY, 1000, from, packet.len());
+            return;
+        };
+        if !self.start_login(sid, packet, from) {
+            self.sessions.release(sid);
+        }
+    }
+
+    /// Checks a LOGIN for the slot reserved as `sid` and, when it is accepted, registers it with
+    /// the router in a spawned task; `false` when it was refused here (the slot is not used).
+    fn start_login(&mut self, sid: u32, packet: &[u8], from: SocketAddr) -> bool {
         let ctx = self.ctx.clone();
         let m = ctx.router.metrics();
         let now = self.wall_ms();
         let ip = super::super::ws::peer_ip(from);
-        while self.sessions.contains_key(&sid) {
-            sid = self.map.next_in_shard(sid);
-        }
         let params = ctx.welcome_params();
         let mut out = [0u8; MAX_PACKET];
         // Charged only once the cookie has proven the source address (see `comet::logins`).
@@ -279,18 +296,18 @@ impl Endpoint {
                 m.limit_hit("login_attempts_per_ip_per_sec");
                 ctx.login_refused(T, from, logins::claimed_terminal(packet), "rate_limited");
                 self.reject(Code::RATE_LIMITED, 1000, from, packet.len());
-                return;
+                return false;
             }
             LoginOutcome::Duplicate => {
                 // Unanswered (its WELCOME is on its way), counted.
                 m.login_failed(T, "duplicate");
-                return;
+                return false;
             }
             LoginOutcome::NoRandomness => {
                 tracing::error!("the OS random generator failed; login refused");
                 ctx.login_refused(T, from, logins::claimed_terminal(packet), "internal");
                 self.reject(Code::INTERNAL, 0, from, packet.len());
-                return;
+                return false;
             }
             LoginOutcome::Refused(e) => {
                 match e.code() {
@@ -305,7 +322,7 @@ impl Endpoint {
                     }
                     None => m.udp_dropped("malformed"),
                 }
-                return;
+                return false;
             }
         };
         let guard = match ctx.conns.try_acquire(ip) {
@@ -318,7 +335,7 @@ impl Endpoint {
                     ConnLimit::PerIp => Code::RATE_LIMITED,
                 };
                 self.reject(code, 1000, from, packet.len());
-                return;
+                return false;
             }
         };
         let link = Link::new(accepted.session, self.now);
@@ -354,15 +371,17 @@ impl Endpoint {
                     if let Ok(p) = reject_packet(Code::UNAVAILABLE, 1000, &mut out) {
                         let _ = socket.send_to(p, from).await;
                     }
+                    let _ = control.send(Control::LoginFailed(sid)).await;
                 }
             }
         });
+        true
     }
 
     /// A DATA packet whose header names session `sid`.
     fn on_data(&mut self, sid: u32, packet: &mut [u8], from: SocketAddr) {
         let now = self.now;
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             self.ctx.router.metrics().udp_dropped("unknown_session");
             return;
         };
@@ -405,7 +424,6 @@ impl Endpoint {
             });
         }
         // Reliable frames come in `seq` order: the one just received, then any it released.
-        let s = &mut **s;
         let mut worker = device::LazyWorker::new(&mut s.worker, &self.ctx, s.router.handle(), now);
         // Nearly every packet carries one frame: no allocation for it.
         let reactions: SmallVec<[Reaction; 2]> = received
@@ -442,7 +460,7 @@ impl Endpoint {
 
     /// Seals and sends an unreliable frame on session `sid`.
     fn unreliable(&mut self, sid: u32, body: Body<'_>) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         let mut out = [0u8; MAX_PACKET];
@@ -455,7 +473,7 @@ impl Endpoint {
     /// Queues an Error about device frame `about_seq` behind the session's waiting frames
     /// (counted as a drop when too many Errors already wait) and sends what the window allows.
     fn error(&mut self, sid: u32, code: Code, about_seq: u32) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         if !s.outbox.push_error(code, about_seq) {
@@ -466,7 +484,7 @@ impl Endpoint {
 
     /// Seals and sends the session's waiting reliable frames while its window has room.
     fn flush(&mut self, sid: u32) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         let now = self.now;
@@ -476,7 +494,7 @@ impl Endpoint {
             outbox,
             router,
             ..
-        } = &mut **s;
+        } = s;
         if outbox.is_empty() {
             return;
         }
@@ -508,7 +526,7 @@ impl Endpoint {
 
     /// Puts the session's timer at its link's next deadline.
     fn schedule(&mut self, sid: u32) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         let now = self.now;
@@ -521,7 +539,7 @@ impl Endpoint {
     fn pull(&mut self, sid: u32) {
         loop {
             self.flush(sid);
-            let Some(s) = self.sessions.get_mut(&sid) else {
+            let Some(s) = self.sessions.get_mut(sid) else {
                 return;
             };
             if !s.link.can_send() || !s.outbox.is_empty() {
@@ -582,7 +600,7 @@ impl Endpoint {
                 self.keep_kick_copies(sid, code);
             }
         }
-        let Some(s) = self.sessions.remove(&sid) else {
+        let Some(s) = self.sessions.remove(sid) else {
             return;
         };
         self.timers.remove(sid, s.timer);
@@ -604,7 +622,7 @@ impl Endpoint {
     /// Seals the later copies of session `sid`'s Kick, each with a fresh DATA counter, and
     /// keeps them until their time.
     fn keep_kick_copies(&mut self, sid: u32, code: Code) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         let now = self.now;
@@ -632,22 +650,20 @@ impl Endpoint {
                     peer,
                     guard,
                 } = *new;
-                if self.sessions.contains_key(&sid) {
-                    // Cannot happen (ids are skipped while in use); never mix two sessions.
+                let udp = UdpSession {
+                    link,
+                    timer: Slot::NONE,
+                    router: RouterSide::Here(session),
+                    worker: None,
+                    outbox: Outbox::default(),
+                    _guard: guard,
+                };
+                udp.router.handle().wake_into(self.ready.clone(), sid);
+                if self.sessions.fill(sid, udp).is_err() {
+                    // Cannot happen (the slot stays reserved until now); the session given
+                    // back is dropped, which logs it out.
                     return;
                 }
-                session.handle().wake_into(self.ready.clone(), sid);
-                self.sessions.insert(
-                    sid,
-                    Box::new(UdpSession {
-                        link,
-                        timer: Slot::NONE,
-                        router: RouterSide::Here(session),
-                        worker: None,
-                        outbox: Outbox::default(),
-                        _guard: guard,
-                    }),
-                );
                 self.send(&welcome, peer);
                 // Events queued before `wake_into` (the login's replay) push no id.
                 self.pull(sid);
@@ -657,12 +673,13 @@ impl Endpoint {
                 let (session, ev) = *read;
                 self.on_read(sid, session, ev);
             }
+            Control::LoginFailed(sid) => self.sessions.release(sid),
         }
     }
 
     /// A store-read task handed session `sid`'s router session back with the event it yielded.
     fn on_read(&mut self, sid: u32, session: Session, ev: Option<Outbound>) {
-        let live = self.sessions.get(&sid).is_some_and(|s| match &s.router {
+        let live = self.sessions.get(sid).is_some_and(|s| match &s.router {
             RouterSide::Reading(handle) => handle.id() == session.handle().id(),
             RouterSide::Here(_) => false,
         });
@@ -670,7 +687,7 @@ impl Endpoint {
             // Ended meanwhile; dropping the Session logs it out.
             return;
         }
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         s.router = RouterSide::Here(session);
@@ -698,19 +715,19 @@ impl Endpoint {
                 .sessions
                 .iter_mut()
                 .filter(|(_, s)| s.timer.is_far())
-                .map(|(&sid, s)| {
+                .map(|(sid, s)| {
                     let deadline = s.link.poll_timeout(silence);
                     (sid, &mut s.timer, deadline)
                 });
             self.timers.sweep(now, far);
         }
         while let Some(sid) = self.timers.pop_due(now) {
-            let Some(s) = self.sessions.get_mut(&sid) else {
+            let Some(s) = self.sessions.get_mut(sid) else {
                 continue;
             };
             s.timer = Slot::NONE;
             let silence = self.ctx.settings.session_timeout_ms();
-            while let Some(s) = self.sessions.get_mut(&sid) {
+            while let Some(s) = self.sessions.get_mut(sid) {
                 let mut out = [0u8; MAX_PACKET];
                 match s.link.poll(now, silence, rand::random(), &mut out) {
                     polled @ (Polled::Send(n) | Polled::Resend(n)) => {
@@ -756,5 +773,8 @@ mod tests {
             size_of::<Slot>(),
         );
         assert!(size <= 240, "UdpSession grew to {size} bytes");
+        let slot = SessionTable::<UdpSession>::SLOT_BYTES;
+        println!("table slot: {slot} bytes");
+        assert!(slot <= 248, "a table slot grew to {slot} bytes");
     }
 }
