@@ -878,20 +878,55 @@ mod tests {
         .await;
     }
 
+    /// What happens between the ack and the crash in
+    /// [`a_crash_loses_only_lazy_acks_and_their_messages_come_back`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum AfterAck {
+        /// The crash comes at once.
+        Nothing,
+        /// A durable write comes first.
+        DurableWrite,
+        /// Nothing for longer than the lazy window.
+        Idle,
+    }
+
+    impl AfterAck {
+        const ALL: [AfterAck; 3] = [AfterAck::Nothing, AfterAck::DurableWrite, AfterAck::Idle];
+
+        fn name(self) -> String {
+            format!("{self:?}")
+        }
+
+        fn from_name(name: &str) -> AfterAck {
+            Self::ALL
+                .into_iter()
+                .find(|a| a.name() == name)
+                .expect("a known crash mode")
+        }
+    }
+
+    /// The lazy window of the crash child that idles after its ack (long enough for the ack's
+    /// commit, right after two durable appends, to be a lazy one).
+    const IDLE_CHILD_WINDOW: std::time::Duration = std::time::Duration::from_millis(400);
+
     /// What the crash child of
     /// [`a_crash_loses_only_lazy_acks_and_their_messages_come_back`] does before it exits
     /// without closing the store, in the directory named by `CRASH_DIR`.
-    async fn crash_child(dir: &Path, then_durable: bool) {
+    async fn crash_child(dir: &Path, after_ack: AfterAck) {
         let limits = OfflineLimits {
             max_per_terminal: 10,
             eviction: EvictionPolicy::DropOldest,
+        };
+        let lazy_window = match after_ack {
+            AfterAck::Idle => IDLE_CHILD_WINDOW,
+            AfterAck::Nothing | AfterAck::DurableWrite => std::time::Duration::from_secs(3600),
         };
         let s = EmbeddedStore::open_inner(
             dir,
             limits,
             SpoolRetention::default(),
             StoreTuning::default(),
-            std::time::Duration::from_secs(3600),
+            lazy_window,
         )
         .unwrap();
         let a = Address::device(5);
@@ -908,8 +943,12 @@ mod tests {
             .unwrap();
         assert!(s.ack(a, first.msg_id).await.unwrap());
         assert_eq!(s.since(a, 0, 10, 0).await.unwrap().len(), 1);
-        if then_durable {
-            s.bind(Address::phone(1), a).await.unwrap();
+        match after_ack {
+            AfterAck::Nothing => {}
+            AfterAck::DurableWrite => {
+                s.bind(Address::phone(1), a).await.unwrap();
+            }
+            AfterAck::Idle => tokio::time::sleep(3 * IDLE_CHILD_WINDOW).await,
         }
         // A crash: the process ends with the store open (no clean close, no final commit).
         std::process::exit(0);
@@ -917,32 +956,31 @@ mod tests {
 
     /// An acknowledgement commits without an fsync: a crash right after it loses it, and the
     /// acknowledged message is replayed after the restart (a redelivery the terminal drops as a
-    /// duplicate); any durable write after the ack persists it. Runs the crash in a child
-    /// process (this test binary, re-run on this test alone).
+    /// duplicate); a durable write after the ack persists it, and so does the lazy window
+    /// passing with nothing else to write (the writer then commits durably on its own). Runs
+    /// the crash in a child process (this test binary, re-run on this test alone).
     #[test]
     fn a_crash_loses_only_lazy_acks_and_their_messages_come_back() {
         const NAME: &str =
             "store::embedded::tests::a_crash_loses_only_lazy_acks_and_their_messages_come_back";
         if let Ok(dir) = std::env::var("CRASH_DIR") {
-            let then_durable = std::env::var("CRASH_THEN_DURABLE").is_ok();
+            let after_ack = AfterAck::from_name(&std::env::var("CRASH_AFTER_ACK").unwrap());
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(crash_child(Path::new(&dir), then_durable));
+                .block_on(crash_child(Path::new(&dir), after_ack));
             unreachable!("the crash child exits");
         }
-        for then_durable in [false, true] {
+        for after_ack in AfterAck::ALL {
             let dir = tempfile::tempdir().unwrap();
-            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-            child
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", NAME, "--test-threads=1"])
-                .env("CRASH_DIR", dir.path());
-            if then_durable {
-                child.env("CRASH_THEN_DURABLE", "1");
-            }
-            let status = child.status().unwrap();
-            assert!(status.success(), "crash child: {status}");
+                .env("CRASH_DIR", dir.path())
+                .env("CRASH_AFTER_ACK", after_ack.name())
+                .status()
+                .unwrap();
+            assert!(status.success(), "crash child ({after_ack:?}): {status}");
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
                 let s = open(dir.path(), 10, EvictionPolicy::DropOldest);
@@ -953,13 +991,17 @@ mod tests {
                     .into_iter()
                     .map(|m| m.payload)
                     .collect();
-                if then_durable {
-                    assert_eq!(left, vec![Bytes::from_static(b"2")], "the ack persisted");
-                } else {
+                if after_ack == AfterAck::Nothing {
                     assert_eq!(
                         left,
                         vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")],
                         "the ack was lost: its message comes back"
+                    );
+                } else {
+                    assert_eq!(
+                        left,
+                        vec![Bytes::from_static(b"2")],
+                        "{after_ack:?}: the ack persisted"
                     );
                 }
             });

@@ -21,9 +21,12 @@
 //! Lazy writes: [`GroupCommit::write_lazy`] is for writes whose loss in a crash costs only a
 //! redelivery (a terminal's acknowledgement cursor, a first login's record): a batch made only of
 //! lazy writes commits without an fsync (redb's `Durability::None`), unless the last durable
-//! commit is older than the lazy window ([`LAZY_WINDOW`] by default), so a crash loses at most the
-//! lazy writes of that window. Any durable commit persists every lazy one before it: a durable
-//! write that depends on a lazy one (a broadcast that counts a first login) never outlives it.
+//! commit is older than the lazy window ([`LAZY_WINDOW`] by default). When no request comes
+//! within the window after a lazy commit, the writer makes one durable commit of its own (the
+//! batch hook's writes only), so a crash loses at most the lazy writes of the last window even
+//! when the broker falls idle right after them. Any durable commit persists every lazy one
+//! before it: a durable write that depends on a lazy one (a broadcast that counts a first
+//! login) never outlives it.
 //!
 //! The queue's bound is `storage.writer_queue`; [`GroupCommit::queued`] and
 //! [`GroupCommit::waits`] feed the `broker_store_writer_queue` gauge and the
@@ -158,6 +161,7 @@ impl GroupCommit {
         hooks: Hooks,
     ) -> Result<GroupCommit, StoreError> {
         let (queue, mut requests) = mpsc::channel(capacity.max(1));
+        let clock = timer_runtime()?;
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -165,9 +169,10 @@ impl GroupCommit {
                     db: &db,
                     lazy_window,
                     last_durable: Instant::now(),
+                    lazy_since_durable: false,
                     hooks,
                 };
-                w.run(&mut requests);
+                w.run(&mut requests, &clock);
                 w.close();
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
@@ -300,18 +305,51 @@ impl Drop for GroupCommit {
     }
 }
 
+/// The runtime the writer thread waits on: a timer and nothing else.
+fn timer_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot start the store writer's timer: {e}")))
+}
+
 /// The writer thread's state.
 struct Writer<'a> {
     db: &'a Database,
     lazy_window: Duration,
     last_durable: Instant,
+    /// A lazy commit came after the last durable one: it is not durable yet.
+    lazy_since_durable: bool,
     hooks: Hooks,
 }
 
 impl Writer<'_> {
-    fn run(&mut self, requests: &mut mpsc::Receiver<Box<dyn Request>>) {
-        // A plain thread: `blocking_recv` parks it until a request (or the queue's end) arrives.
-        while let Some(first) = requests.blocking_recv() {
+    /// Commits batches until the queue closes. `clock` is a timer-only runtime the thread
+    /// parks on until a request (or the queue's end) arrives or, while a lazy commit is not
+    /// durable yet, at most until the lazy window ends.
+    fn run(
+        &mut self,
+        requests: &mut mpsc::Receiver<Box<dyn Request>>,
+        clock: &tokio::runtime::Runtime,
+    ) {
+        loop {
+            let deadline = self
+                .lazy_since_durable
+                .then(|| tokio::time::Instant::from_std(self.last_durable + self.lazy_window));
+            let next = clock.block_on(async {
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, requests.recv()).await,
+                    None => Ok(requests.recv().await),
+                }
+            });
+            let first = match next {
+                Ok(Some(first)) => first,
+                Ok(None) => break,
+                Err(_window_ended) => {
+                    self.make_lazy_durable();
+                    continue;
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match requests.try_recv() {
@@ -363,6 +401,22 @@ impl Writer<'_> {
 
     /// The queue closed: runs the batch hook once more in a durable commit (see the module docs).
     fn close(&mut self) {
+        if let Err(e) = self.commit_hook_durably() {
+            tracing::warn!(error = %e, "store writer: the final commit failed");
+        }
+    }
+
+    /// The lazy window ended with no request: one durable commit (of the batch hook's writes)
+    /// persists the lazy commits before it. On failure it is tried again a window later.
+    fn make_lazy_durable(&mut self) {
+        if let Err(e) = self.commit_hook_durably() {
+            self.last_durable = Instant::now();
+            tracing::warn!(error = %e, "store writer: making lazy writes durable failed");
+        }
+    }
+
+    /// Runs the batch hook alone in a durable commit.
+    fn commit_hook_durably(&mut self) -> Result<(), StoreError> {
         let committed = self
             .db
             .begin_write()
@@ -372,9 +426,16 @@ impl Writer<'_> {
                 txn.commit()?;
                 Ok(())
             });
-        if let Err(e) = committed {
-            (self.hooks.on_rollback)();
-            tracing::warn!(error = %e, "store writer: the final commit failed");
+        match committed {
+            Ok(()) => {
+                self.last_durable = Instant::now();
+                self.lazy_since_durable = false;
+                Ok(())
+            }
+            Err(e) => {
+                (self.hooks.on_rollback)();
+                Err(e)
+            }
         }
     }
 
@@ -404,6 +465,7 @@ impl Writer<'_> {
         if durable {
             self.last_durable = Instant::now();
         }
+        self.lazy_since_durable = !durable;
         Ok(())
     }
 }
@@ -489,6 +551,7 @@ mod tests {
             db: &db,
             lazy_window: LAZY_WINDOW,
             last_durable: Instant::now(),
+            lazy_since_durable: false,
             hooks: Hooks {
                 on_rollback: Box::new(move || {
                     counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -496,7 +559,7 @@ mod tests {
                 ..Hooks::default()
             },
         }
-        .run(&mut requests);
+        .run(&mut requests, &timer_runtime().unwrap());
         // The batch rolled back, then request 1's own transaction did: the hook ran for each.
         assert_eq!(rollbacks.load(std::sync::atomic::Ordering::SeqCst), 2);
         let answers: Vec<_> = answers
