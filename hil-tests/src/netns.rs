@@ -17,6 +17,10 @@ use nix::sched::{CloneFlags, setns};
 /// Name prefix of the namespaces this crate creates (`hil-<pid>`).
 pub const PREFIX: &str = "hil-";
 
+/// The bridge's MAC address: locally administered, and apart from the boards' (`02:50:..`,
+/// see `boards/host-tap`) and QEMU's (`52:54:..`).
+pub const BRIDGE_MAC: &str = "02:b7:00:00:00:01";
+
 /// A network operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -82,6 +86,10 @@ impl Namespace {
         };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         ip(&["-n", name, "link", "add", bridge, "type", "bridge"])?;
+        // An address of its own: by default a bridge takes its ports' lowest MAC, so it could be
+        // a board's own TAP's, and frames the board sends there would still reach the host once
+        // that TAP is unplugged (see `plug`).
+        ip(&["-n", name, "link", "set", bridge, "address", BRIDGE_MAC])?;
         ip(&["-n", name, "addr", "add", host_cidr, "dev", bridge])?;
         ip(&["-n", name, "link", "set", bridge, "up"])?;
         for tap in taps {
@@ -101,11 +109,22 @@ impl Namespace {
 
     /// Plugs TAP `tap` into bridge `bridge` or unplugs it (its link stays up, so the board
     /// process writing to it sees no error; its frames just reach nobody while unplugged).
+    ///
+    /// An unplugged TAP is still an interface of the namespace's own network stack, so
+    /// unplugging also turns ARP off on it: otherwise the stack answers the board's next ARP
+    /// request for the broker's address with the TAP's MAC, and the board's packets reach the
+    /// broker again one way (the broker's answers go out on the bridge).
     pub fn plug(&self, tap: &str, bridge: &str, plugged: bool) -> Result<(), NetError> {
         if plugged {
-            ip(&["-n", &self.name, "link", "set", tap, "master", bridge]).map(|_| ())
+            ip(&[
+                "-n", &self.name, "link", "set", tap, "arp", "on", "master", bridge,
+            ])
+            .map(|_| ())
         } else {
-            ip(&["-n", &self.name, "link", "set", tap, "nomaster"]).map(|_| ())
+            ip(&[
+                "-n", &self.name, "link", "set", tap, "nomaster", "arp", "off",
+            ])
+            .map(|_| ())
         }
     }
 
@@ -184,6 +203,8 @@ fn stale_names(list: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
 
     #[test]
     fn only_our_dead_namespaces_are_stale() {
@@ -217,5 +238,104 @@ mod tests {
         assert!(exists(&name));
         drop(ns);
         assert!(!exists(&name), "the namespace outlived its guard");
+    }
+
+    /// Makes a socket with `make` in namespace `ns` (a socket stays in the namespace it was
+    /// made in), on a thread of its own so the caller's namespace does not change.
+    fn socket_in(ns: &str, make: impl FnOnce() -> UdpSocket + Send + 'static) -> UdpSocket {
+        let file = File::open(Path::new("/run/netns").join(ns)).expect("namespace file");
+        std::thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns needs CAP_NET_ADMIN");
+            make()
+        })
+        .join()
+        .expect("socket thread")
+    }
+
+    /// How long a check that expects delivery waits for it.
+    const HEARD: Duration = Duration::from_secs(5);
+    /// How long a check that expects no delivery listens (four sends, ARP's first retries).
+    const UNHEARD: Duration = Duration::from_secs(1);
+
+    /// Whether `to` receives what `from` sends to it within `window`, sending every 250 ms.
+    /// A board that asked ARP while unplugged may wait up to a second for its next request
+    /// after being plugged back in, so the checks that expect delivery give it a few seconds.
+    fn reaches(from: &UdpSocket, to: &UdpSocket, tag: u8, window: Duration) -> bool {
+        let dest = to.local_addr().unwrap();
+        let mut buf = [0u8; 8];
+        let deadline = std::time::Instant::now() + window;
+        while std::time::Instant::now() < deadline {
+            from.send_to(&[tag], dest).unwrap();
+            while let Ok(n) = to.recv(&mut buf) {
+                if buf[..n] == [tag] {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Needs CAP_NET_ADMIN. A board on an unplugged port reaches nobody: neither with the
+    /// bridge's MAC it had learned (without a fixed bridge address that can be its own port's,
+    /// as it is here: the bridge's only port) nor after asking ARP anew. Plugged back in, it
+    /// is heard again. The board is a veth end in a second namespace (a TAP needs a process
+    /// holding it open; to the bridge both are ports).
+    #[test]
+    fn a_board_on_an_unplugged_port_reaches_nobody() {
+        let name = format!("{PREFIX}{}-cut", std::process::id());
+        let board = format!("{PREFIX}{}-cutb", std::process::id());
+        let ns = Namespace::create(&name, "br0", "198.51.100.1/24", &[])
+            .expect("creating a namespace needs CAP_NET_ADMIN and iproute2");
+        ip(&["netns", "add", &board]).unwrap();
+        let board_ns = Namespace {
+            name: board.clone(),
+        };
+        ip(&[
+            "-n", &name, "link", "add", "port0", "type", "veth", "peer", "name", "nic0", "netns",
+            &board,
+        ])
+        .unwrap();
+        ns.plug("port0", "br0", true).unwrap();
+        ns.set_link("port0", true).unwrap();
+        ip(&[
+            "-n",
+            &board,
+            "addr",
+            "add",
+            "198.51.100.2/24",
+            "dev",
+            "nic0",
+        ])
+        .unwrap();
+        board_ns.set_link("nic0", true).unwrap();
+
+        let host = socket_in(&name, || UdpSocket::bind("198.51.100.1:0").unwrap());
+        host.set_read_timeout(Some(Duration::from_millis(250)))
+            .unwrap();
+        let dev = socket_in(&board, || UdpSocket::bind("198.51.100.2:0").unwrap());
+        assert!(
+            reaches(&dev, &host, 1, HEARD),
+            "plugged in, the board is heard"
+        );
+
+        ns.plug("port0", "br0", false).unwrap();
+        assert!(
+            !reaches(&dev, &host, 2, UNHEARD),
+            "unplugged, with the learned MAC"
+        );
+        ip(&["-n", &board, "neigh", "flush", "all"]).unwrap();
+        assert!(
+            !reaches(&dev, &host, 3, UNHEARD),
+            "unplugged, after a new ARP request"
+        );
+
+        ns.plug("port0", "br0", true).unwrap();
+        assert!(
+            reaches(&dev, &host, 4, HEARD),
+            "plugged back in, heard again"
+        );
+        drop(board_ns);
+        drop(ns);
+        assert!(!exists(&name) && !exists(&board));
     }
 }
