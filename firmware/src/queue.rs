@@ -192,34 +192,39 @@ impl<const N: usize, const P: usize> UploadQueue<N, P> {
         self.oldest(true).map(|i| &self.entries[i])
     }
 
-    /// Marks an upload as sent in the current session, in the frame numbered `seq` (not 0).
-    pub fn mark_sent(&mut self, id: UploadId, seq: u32) {
-        if let Some(u) = self.entries.iter_mut().find(|u| u.id == id) {
-            u.sent_seq = seq;
-        }
+    /// Marks an upload as sent in the current session, in the frame numbered `seq` (not 0), and
+    /// returns it (`None` if it is not queued).
+    pub fn mark_sent(&mut self, id: UploadId, seq: u32) -> Option<&Upload<P>> {
+        let u = self.entries.iter_mut().find(|u| u.id == id)?;
+        u.sent_seq = seq;
+        Some(u)
     }
 
-    /// Marks the upload carried by frame `seq` as not sent, to go again in this session (the
-    /// broker refused that frame without storing it); false if no queued upload went in it.
-    pub fn mark_unsent(&mut self, seq: u32) -> bool {
-        match self
-            .entries
-            .iter_mut()
-            .find(|u| u.sent_seq == seq && seq != 0)
-        {
-            Some(u) => {
-                u.sent_seq = 0;
-                true
+    /// The broker refused frame `seq` for load without storing its upload: marks that upload,
+    /// and every upload sent after it in this session (a higher `seq`), as not sent, to go
+    /// again in this session oldest first. The broker refuses the later ones too until the
+    /// refused one comes again (docs/protocol.md section 4, "Order"), and their own refusals
+    /// may arrive only after the device has sent it again. Returns how many were marked: 0
+    /// when no queued upload is waiting in frame `seq` (a late refusal of a frame whose upload
+    /// already went again, or an acknowledged one).
+    pub fn mark_unsent_from(&mut self, seq: u32) -> u32 {
+        let mut marked = 0;
+        if seq != 0 && self.entries.iter().any(|u| u.sent_seq == seq) {
+            for u in self.entries.iter_mut() {
+                if u.sent_seq >= seq {
+                    u.sent_seq = 0;
+                    marked += 1;
+                }
             }
-            None => false,
         }
+        marked
     }
 
     /// Marks every upload as not sent (a new session starts); returns how many were sent before.
-    pub fn mark_all_unsent(&mut self) -> usize {
+    pub fn mark_all_unsent(&mut self) -> u32 {
         let mut was_sent = 0;
         for u in self.entries.iter_mut() {
-            was_sent += usize::from(u.sent_seq != 0);
+            was_sent += u32::from(u.sent_seq != 0);
             u.sent_seq = 0;
         }
         was_sent
@@ -328,20 +333,31 @@ mod tests {
     }
 
     #[test]
-    fn an_upload_refused_in_its_frame_goes_again_before_newer_ones() {
-        let mut q: UploadQueue<4, 8> = UploadQueue::new(1);
+    fn an_upload_refused_in_its_frame_goes_again_with_the_ones_sent_after_it() {
+        let mut q: UploadQueue<5, 8> = UploadQueue::new(1);
         let a = q.push("t", b"a").unwrap();
         let b = q.push("t", b"b").unwrap();
         let c = q.push("t", b"c").unwrap();
+        let d = q.push("t", b"d").unwrap();
         q.mark_sent(a, 5);
         q.mark_sent(b, 6);
-        assert!(!q.mark_unsent(0), "seq 0 names no frame");
-        assert!(!q.mark_unsent(9), "no upload went in frame 9");
+        q.mark_sent(c, 7);
+        assert_eq!(q.mark_unsent_from(0), 0, "seq 0 names no frame");
+        assert_eq!(q.mark_unsent_from(9), 0, "no upload went in frame 9");
+        assert_eq!(q.next_unsent().unwrap().id, d);
+        // b refused: c, sent behind it, is refused by the broker too and goes again with it.
+        assert_eq!(q.mark_unsent_from(6), 2);
+        assert_eq!(q.next_unsent().unwrap().id, b, "older than c and d");
+        assert_eq!(
+            q.mark_unsent_from(7),
+            0,
+            "c's own refusal, late: already unsent"
+        );
+        // b goes again in frame 8; a late refusal of frame 6 changes nothing.
+        q.mark_sent(b, 8);
+        assert_eq!(q.mark_unsent_from(6), 0);
         assert_eq!(q.next_unsent().unwrap().id, c);
-        assert!(q.mark_unsent(6));
-        assert_eq!(q.next_unsent().unwrap().id, b, "older than c");
-        assert!(!q.mark_unsent(6), "already unsent");
-        assert_eq!(q.mark_all_unsent(), 1, "only a was still sent");
+        assert_eq!(q.mark_all_unsent(), 2, "only a and b were still sent");
     }
 
     #[test]

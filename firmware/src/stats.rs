@@ -47,3 +47,8 @@ pub struct Stats {
 pub(crate) fn bump(counter: &mut u32) {
     *counter = counter.saturating_add(1);
 }
+
+/// Adds `n` to a saturating counter.
+pub(crate) fn add(counter: &mut u32, n: u32) {
+    *counter = counter.saturating_add(n);
+}

@@ -66,7 +66,7 @@ use crate::fmt::{log_debug, log_info, log_warn};
 use crate::lookup::{LOOKUP_ENDPOINTS, LookedUp, LookupError, LookupRequest};
 use crate::queue::{FullPolicy, UploadError, UploadId, UploadQueue};
 use crate::rng::Rng;
-use crate::stats::{Stats, bump};
+use crate::stats::{Stats, add, bump};
 use crate::time::{Instant, earliest};
 use login::{LoginAttempt, LoginStep};
 use outbox::{OutKind, Outbox};
@@ -730,10 +730,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 bump(&mut self.stats.logins);
                 self.backoff.reset();
                 let resent = self.uploads.mark_all_unsent();
-                self.stats.uploads_resent = self
-                    .stats
-                    .uploads_resent
-                    .saturating_add(u32::try_from(resent).unwrap_or(u32::MAX));
+                add(&mut self.stats.uploads_resent, resent);
                 self.outbox.mark_all_unsent();
                 self.push_state_event(Event::Connected {
                     session_id: welcome.session_id,
@@ -907,12 +904,14 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             Body::Error { code, about_seq } => {
                 log_warn!("broker error {} about frame {}", code.0, about_seq);
                 // An upload the broker refused for load was not stored and gets no UploadAck:
-                // it goes again, first, after a pause (docs/protocol.md, "Upload semantics").
+                // it goes again, first, after a pause, with the uploads sent behind it, which
+                // the broker refuses too (docs/protocol.md, "Upload semantics").
                 if code.class() == Class::Load
-                    && self.uploads.mark_unsent(about_seq)
+                    && let marked = self.uploads.mark_unsent_from(about_seq)
+                    && marked > 0
                     && let Phase::Online(o) = &mut self.phase
                 {
-                    bump(&mut self.stats.uploads_resent);
+                    add(&mut self.stats.uploads_resent, marked);
                     o.paused_until = now.plus_millis(REFUSED_UPLOAD_PAUSE_MS);
                 }
                 self.push_frame_event(Event::BrokerError { code, about_seq });
@@ -988,8 +987,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             } else if let Some(u) = self.uploads.next_unsent() {
                 let id = u.id;
                 if let Ok(seq) = o.send.push(&make_ref(REF_UPLOAD, id.0), now_ms, jitter) {
-                    self.uploads.mark_sent(id, seq);
-                    let body = self.uploads.get(id).map(upload_body)?;
+                    let body = self.uploads.mark_sent(id, seq).map(upload_body)?;
                     let frame = Frame {
                         seq,
                         ack: o.recv.ack(),

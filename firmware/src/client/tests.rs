@@ -1009,6 +1009,7 @@ fn uploads_refused_for_load_go_again_first_after_a_pause() {
     let mut net = Net::new();
     net.online();
     net.take_events();
+    // This test broker refuses the first two and stores the third (it has no upload gate).
     net.brokers[0].refuse_uploads = 2;
     let ids: Vec<UploadId> = (0..3)
         .map(|i| net.client.upload("t", &[i]).unwrap())
@@ -1041,7 +1042,54 @@ fn uploads_refused_for_load_go_again_first_after_a_pause() {
     );
     assert_eq!(net.brokers[0].logins.len(), 1, "no new login");
     assert_eq!(net.client.uploads_pending(), 0);
-    assert_eq!(net.client.stats().uploads_resent, 2);
+    // Frame 1's refusal marked the uploads of frames 1 to 3 (the third's UploadAck came
+    // after it); frame 2's found its upload already marked.
+    assert_eq!(net.client.stats().uploads_resent, 3);
+}
+
+/// The broker refuses the uploads sent behind a refused one, but the device may hear of those
+/// refusals only after it has sent the first again: it sends them again with it, in order, and
+/// the late refusals change nothing.
+#[test]
+fn uploads_sent_behind_a_refused_one_go_again_with_it_before_their_own_refusals_arrive() {
+    let mut net = Net::new();
+    net.brokers[0].auto_upload_ack = false;
+    net.online();
+    let ids: Vec<UploadId> = (0..3)
+        .map(|i| net.client.upload("t", &[i]).unwrap())
+        .collect();
+    net.run_for(0);
+    assert_eq!(
+        net.brokers[0].uploads(),
+        [(1, ids[0].0), (2, ids[1].0), (3, ids[2].0)]
+    );
+    // Only the first refusal arrives before the pause ends.
+    net.broker_sends(Body::Error {
+        code: Code::RATE_LIMITED,
+        about_seq: 1,
+    });
+    net.run_for(super::REFUSED_UPLOAD_PAUSE_MS);
+    let again = [(4, ids[0].0), (5, ids[1].0), (6, ids[2].0)];
+    assert_eq!(
+        net.brokers[0].uploads()[3..],
+        again,
+        "all three, oldest first"
+    );
+    // The late refusals name frames whose uploads already went again: no pause, no resend.
+    for about_seq in [2, 3] {
+        net.broker_sends(Body::Error {
+            code: Code::RATE_LIMITED,
+            about_seq,
+        });
+    }
+    let late = net.client.upload("t", b"late").unwrap();
+    net.run_for(0);
+    assert_eq!(
+        net.brokers[0].uploads()[3..],
+        [again[0], again[1], again[2], (7, late.0)]
+    );
+    assert_eq!(net.client.stats().uploads_resent, 3);
+    assert_eq!(net.brokers[0].logins.len(), 1, "no new login");
 }
 
 #[test]
