@@ -288,6 +288,18 @@ impl Metrics {
         );
     }
 
+    /// An advisory `Error` about a device frame on transport `t` was not sent: the session's
+    /// send window was full (device WebSocket) or too many waited for it (UDP, also counted as
+    /// `broker_udp_dropped_total{reason="error_backlog"}`). Refusals for load are never dropped
+    /// so: they wait in the session's outbound queue (`comet::device`).
+    pub fn advisory_error_dropped(&self, t: Transport) {
+        self.counter(
+            "broker_advisory_errors_dropped_total",
+            &[("transport", t.as_str())],
+            1,
+        );
+    }
+
     /// A connection's PROXY protocol header was refused (`comet::proxy`); `reason` is
     /// `untrusted`, `malformed` or `missing`.
     pub fn proxy_refused(&self, reason: &'static str) {

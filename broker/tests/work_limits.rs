@@ -556,3 +556,66 @@ async fn uploads_behind_a_refused_one_wait_for_it_and_keep_their_order() {
     );
     b.stop().await;
 }
+
+/// A refusal for load reaches the device even when the broker's send window is full: the
+/// device acts on it (it sends the refused upload again), so the `Error`s wait for window room
+/// like the broker's other frames instead of being dropped. Over UDP and the device WebSocket:
+/// the device leaves 16 Delivers unacknowledged, then sends 20 Uploads against a burst of one.
+#[tokio::test]
+async fn refusals_wait_for_room_in_a_full_send_window() {
+    let b = TestBroker::start_with(IdProfile::Plug, |c| {
+        c.limits.frames_per_sec_per_terminal = 1;
+        c.limits.frame_burst_per_terminal = 1;
+    })
+    .await;
+    for (device, wire) in [
+        (47u32, Wire::udp(b.udp()).await),
+        (48, Wire::ws(&b.device_ws()).await),
+    ] {
+        let mut dev = login(wire, device, 0).await.unwrap();
+        for n in 0..shared_protocol::limits::MAX_IN_FLIGHT {
+            let body = json!({"target": {"terminal": {"kind": "device", "id": device}}, "text": format!("m{n}")});
+            let (status, out) = b.post("/v1/push", body).await;
+            assert_eq!(status, 200, "{out}");
+        }
+        // Nothing read yet, so the Uploads' frames acknowledge none of the Delivers.
+        let mut seqs = Vec::new();
+        for upload_id in 1..=20u32 {
+            seqs.push(dev.next_seq);
+            dev.send(Body::Upload {
+                upload_id,
+                topic: "t",
+                payload: b"p",
+            })
+            .await;
+        }
+        let (mut delivered, mut acked, mut refused) = (0, Vec::new(), Vec::new());
+        while delivered < shared_protocol::limits::MAX_IN_FLIGHT || acked.len() + refused.len() < 20
+        {
+            match dev.next_event(WAIT).await {
+                Some(Got::Deliver { .. }) => delivered += 1,
+                Some(Got::UploadAck { upload_id }) => acked.push(upload_id),
+                Some(Got::Error {
+                    code: Code::RATE_LIMITED,
+                    about_seq,
+                }) => refused.push(about_seq),
+                other => panic!(
+                    "device {device}: {other:?} after {delivered} delivers, acks {acked:?}, refusals of {refused:?}"
+                ),
+            }
+        }
+        assert_eq!(acked, [1], "device {device}: the burst stored the first");
+        assert_eq!(
+            refused,
+            seqs[1..],
+            "device {device}: every other upload's refusal arrived, in order"
+        );
+    }
+    let m = b.metrics();
+    assert_eq!(
+        counter(&m, "broker_udp_dropped_total{reason=\"error_backlog\"}"),
+        0,
+        "{m}"
+    );
+    b.stop().await;
+}

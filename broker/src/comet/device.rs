@@ -13,6 +13,14 @@
 //! refused so also holds back the session's later Uploads until it comes again (the worker's
 //! upload gate, [`super::worker`]); those are refused with the same code and counted with
 //! `result="after_refused"`.
+//!
+//! A refusal for load is not advisory: the device sends the refused frame again when it hears
+//! of it (docs/protocol.md section 4, "Upload semantics"), and an Upload whose refusal never
+//! reached the device would wait for its next login, overtaken by newer ones. So such an
+//! `Error` is not sent straight into the endpoint's send window, where it would have to be
+//! dropped when the window is full; it is queued with the router's events
+//! ([`Router::report`]), which wait for room in the window, under the session's queue bound
+//! and counted full-queue policy (`limits.outbound_queue`).
 
 use bytes::Bytes;
 use shared_protocol::codes::Code;
@@ -31,7 +39,9 @@ pub enum Reaction {
     Nothing,
     /// Answer a Ping with a Pong.
     Pong,
-    /// Send an Error frame about device frame `about_seq`.
+    /// Send an Error frame about device frame `about_seq`: an advisory one, which the endpoint
+    /// may drop (counted) when its send window is full. (A refusal for load goes through the
+    /// session's outbound queue instead, module docs.)
     Error {
         /// The code.
         code: Code,
@@ -146,7 +156,7 @@ pub fn on_frame(
         && let Some(code) = worker.worker().upload_held(upload_id, now_ms)
     {
         count_refused(router, WorkKind::Upload, "after_refused");
-        return Reaction::Error { code, about_seq };
+        return refuse_for_load(router, handle, code, about_seq);
     }
     if let Some(kind) = kind
         && !worker.worker().admit(now_ms)
@@ -158,10 +168,7 @@ pub fn on_frame(
                 .worker()
                 .upload_refused(upload_id, Code::RATE_LIMITED, now_ms);
         }
-        return Reaction::Error {
-            code: Code::RATE_LIMITED,
-            about_seq,
-        };
+        return refuse_for_load(router, handle, Code::RATE_LIMITED, about_seq);
     }
     match frame.body {
         Body::Ping => Reaction::Pong,
@@ -175,7 +182,7 @@ pub fn on_frame(
                     about_seq,
                 };
                 if worker.worker().submit(work).is_err() {
-                    return queue_full(router, WorkKind::Send, about_seq);
+                    return queue_full(router, handle, WorkKind::Send, about_seq);
                 }
                 Reaction::Nothing
             }
@@ -199,7 +206,7 @@ pub fn on_frame(
                 worker
                     .worker()
                     .upload_refused(upload_id, Code::QUEUE_FULL, now_ms);
-                return queue_full(router, WorkKind::Upload, about_seq);
+                return queue_full(router, handle, WorkKind::Upload, about_seq);
             }
             Reaction::Nothing
         }
@@ -218,7 +225,7 @@ pub fn on_frame(
             payload,
         } => {
             let Some(slot) = worker.worker().request_slot() else {
-                return queue_full(router, WorkKind::Request, about_seq);
+                return queue_full(router, handle, WorkKind::Request, about_seq);
             };
             router.spawn_device_request(
                 handle,
@@ -245,16 +252,25 @@ pub fn on_frame(
 }
 
 /// Counts a frame refused for a full queue (or Requests in flight) and answers `QUEUE_FULL`.
-fn queue_full(router: &Router, kind: WorkKind, about_seq: u32) -> Reaction {
+fn queue_full(router: &Router, handle: &SessionHandle, kind: WorkKind, about_seq: u32) -> Reaction {
     router.metrics().limit_hit(match kind {
         WorkKind::Send | WorkKind::Upload => "max_queued_frames_per_session",
         WorkKind::Request => "max_requests_in_flight_per_session",
     });
     count_refused(router, kind, "queue_full");
-    Reaction::Error {
-        code: Code::QUEUE_FULL,
-        about_seq,
-    }
+    refuse_for_load(router, handle, Code::QUEUE_FULL, about_seq)
+}
+
+/// Refuses device frame `about_seq` for load with `code`: the `Error` waits in the session's
+/// outbound queue, never dropped for want of window room (module docs).
+fn refuse_for_load(
+    router: &Router,
+    handle: &SessionHandle,
+    code: Code,
+    about_seq: u32,
+) -> Reaction {
+    router.report(handle, Outbound::Error { code, about_seq });
+    Reaction::Nothing
 }
 
 fn address_code(e: crate::terminal::IdError) -> Code {

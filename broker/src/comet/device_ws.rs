@@ -627,13 +627,17 @@ async fn react(ctx: &Context, ws: &mut Ws, link: &mut Link, reaction: Reaction) 
     }
 }
 
-/// Sends a broker-originated reliable frame if the window has room (an Error is advisory: it is
-/// dropped when 16 frames are already unacknowledged).
+/// Sends an advisory `Error` as a reliable frame if the window has room; when 16 frames are
+/// already unacknowledged it is dropped and counted (refusals for load never come here:
+/// `comet::device`).
 async fn reliable(ctx: &Context, ws: &mut Ws, link: &mut Link, body: Body<'_>) -> Option<End> {
     let now = ctx.mono_ms();
-    let p = sealed(|o| {
+    let Some(p) = sealed(|o| {
         link.seal_reliable(body, Tag::Plain, now, rand::random(), o)
             .ok()
-    })?;
+    }) else {
+        ctx.router.metrics().advisory_error_dropped(T);
+        return None;
+    };
     send_live(ctx, ws, p).await.err().map(|_| End::Closed)
 }

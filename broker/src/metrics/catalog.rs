@@ -138,6 +138,12 @@ pub const FAMILIES: &[Family] = &[
         "WebSocket connections closed with 1002 or 1007 for breaking RFC 6455 framing (compressed frames without a negotiated extension, bad opcodes, fragmented control frames, invalid UTF-8), by transport.",
     ),
     f(
+        "broker_advisory_errors_dropped_total",
+        Counter,
+        Always,
+        "Advisory Error frames about a device's frames (a malformed or unexpected frame, a payload over the limit, a bad address) not sent because the session's send window was full (device WebSocket) or 16 already waited (UDP), by transport. Refusals for load are never dropped: they wait in the session's outbound queue.",
+    ),
+    f(
         "broker_proxy_refusals_total",
         Counter,
         Always,
@@ -622,6 +628,11 @@ pub fn zero_series() -> Vec<Series> {
         "broker_ws_protocol_errors_total",
         "transport",
         &[Transport::DeviceWs.as_str(), Transport::AppWs.as_str()],
+    ));
+    s.extend(one(
+        "broker_advisory_errors_dropped_total",
+        "transport",
+        &[Transport::DeviceWs.as_str(), Transport::Udp.as_str()],
     ));
     s.push(("broker_console_events_lost_total", vec![]));
     for name in [

@@ -2,7 +2,8 @@
 //! window, in order.
 //!
 //! Events from the router's queue (`Deliver`, `Command`, `Response`, `UploadAck`, `Presence`,
-//! and the frame worker's `Error`s) and the shard's own `Error` answers share the window of
+//! the frame worker's `Error`s and every refusal for load) and the shard's own advisory `Error`
+//! answers share the window of
 //! `MAX_IN_FLIGHT` unacknowledged frames. Everything goes through the outbox, which sends from its
 //! front while the window has room and keeps the rest until acks free a slot, so an `Error`
 //! taking the last slot only delays the next event, never drops it. The shard pulls the next

@@ -477,7 +477,9 @@ impl Endpoint {
             return;
         };
         if !s.outbox.push_error(code, about_seq) {
-            self.ctx.router.metrics().udp_dropped("error_backlog");
+            let metrics = self.ctx.router.metrics();
+            metrics.udp_dropped("error_backlog");
+            metrics.advisory_error_dropped(T);
         }
         self.flush(sid);
     }
