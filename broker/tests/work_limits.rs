@@ -436,6 +436,21 @@ async fn the_webhook_reads_no_response_body() {
     b.stop().await;
 }
 
+/// Sends Uploads numbered `ids` (topic `t`, payload `p`) and returns their frames' seqs.
+async fn send_uploads(dev: &mut Device, ids: std::ops::RangeInclusive<u32>) -> Vec<u32> {
+    let mut seqs = Vec::new();
+    for upload_id in ids {
+        seqs.push(dev.next_seq);
+        dev.send(Body::Upload {
+            upload_id,
+            topic: "t",
+            payload: b"p",
+        })
+        .await;
+    }
+    seqs
+}
+
 #[tokio::test]
 async fn over_the_device_websocket_the_same_budget_applies() {
     let b = TestBroker::start_with(IdProfile::Plug, |c| {
@@ -445,16 +460,7 @@ async fn over_the_device_websocket_the_same_budget_applies() {
     .await;
     let mut dev = login(Wire::ws(&b.device_ws()).await, 45, 0).await.unwrap();
     // Eight Uploads at once: the burst of five is carried out, the other three are refused.
-    let mut seqs = Vec::new();
-    for upload_id in 1..=8u32 {
-        seqs.push(dev.next_seq);
-        dev.send(Body::Upload {
-            upload_id,
-            topic: "t",
-            payload: b"p",
-        })
-        .await;
-    }
+    let seqs = send_uploads(&mut dev, 1..=8).await;
     let (mut acked, mut limited) = (Vec::new(), Vec::new());
     while acked.len() + limited.len() < 8 {
         match dev.next_event(WAIT).await {
@@ -579,16 +585,7 @@ async fn refusals_wait_for_room_in_a_full_send_window() {
             assert_eq!(status, 200, "{out}");
         }
         // Nothing read yet, so the Uploads' frames acknowledge none of the Delivers.
-        let mut seqs = Vec::new();
-        for upload_id in 1..=20u32 {
-            seqs.push(dev.next_seq);
-            dev.send(Body::Upload {
-                upload_id,
-                topic: "t",
-                payload: b"p",
-            })
-            .await;
-        }
+        let seqs = send_uploads(&mut dev, 1..=20).await;
         let (mut delivered, mut acked, mut refused) = (0, Vec::new(), Vec::new());
         while delivered < shared_protocol::limits::MAX_IN_FLIGHT || acked.len() + refused.len() < 20
         {
