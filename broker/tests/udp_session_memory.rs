@@ -22,11 +22,11 @@ use heap_support::{Counting, settled_heap};
 static ALLOCATOR: Counting = Counting;
 
 /// Heap bytes an idle UDP session may hold. Measured since the shard keeps its sessions
-/// inline in its table's pages: 596 or 607 B in six runs on a quiet machine, 642 B in one CI
-/// run on a loaded one (which tables grow inside the measured window, rather than before it,
-/// moves the figure by tens of bytes). Before that: 623-624 B with the sessions boxed in a hash
-/// table; 655-701 B before the link, the router's session and its handle shrank and the
-/// shard's table took a smaller hasher; 702-716 B before an idle session's timer left the
+/// inline in its table's pages: 596 or 607 B in six runs on a quiet machine, 642 B in one whole
+/// CI run (with the services up beside it). Which tables grow inside the measured window,
+/// rather than before it, moves the figure by tens of bytes. Before that: 623-624 B with the
+/// sessions boxed in a hash table; 655-701 B before the link, the router's session and its
+/// handle shrank and the shard's table took a smaller hasher; 702-716 B before an idle session's timer left the
 /// shard's timer set and the shard's session lost its second copy of the router handle; 733 B
 /// before the router's handle lost its `Notify`; 941-971 B before the store's delivery index,
 /// the login table's row, the router's handle and the registry entry shrank; 1,189 B before
