@@ -18,8 +18,9 @@ pub struct Stats {
     pub uploads_rejected: u32,
     /// Queued uploads dropped to make room for a newer one (`FullPolicy::KeepNewest`).
     pub uploads_evicted: u32,
-    /// Uploads sent again: in a new session after a reconnect, or in the same session after the
-    /// broker refused them for load (a retryable `Error` about their frame).
+    /// Uploads marked to go again: in a new session after a reconnect, or in the same session
+    /// after the broker refused them (or one sent before them) for load (a retryable `Error`
+    /// about a frame). One whose UploadAck arrives before it went again is still counted.
     pub uploads_resent: u32,
     /// Packets handed to the transport.
     pub tx_packets: u32,
