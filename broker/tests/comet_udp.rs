@@ -99,6 +99,19 @@ async fn unacked_push_is_retransmitted_then_replayed_after_relogin() {
 async fn nat_rebinding_moves_the_session() {
     let b = TestBroker::start(IdProfile::Plug).await;
     let mut dev = login(Wire::udp(b.udp()).await, 21, 0).await.unwrap();
+    // Each shard reads its own socket of the port's group and the kernel picks one by the
+    // peer's address, so a moved session's packets often reach a shard that does not own it,
+    // which forwards them. Eight moves: on two or more shards, all eight land on the owner's
+    // socket once in 256 runs at most.
+    for _ in 0..8 {
+        dev.wire = Wire::udp(b.udp()).await;
+        dev.send(Body::Ping).await;
+        assert_eq!(
+            dev.next(WAIT).await.unwrap().2,
+            Got::Pong,
+            "answered after a move"
+        );
+    }
     // Same session, same keys, from a new socket (a NAT rebinding).
     let moved = comet_support::Wire::udp(b.udp()).await;
     let new_addr = match &moved {

@@ -318,7 +318,7 @@ impl Listeners {
         Ok(Listeners {
             device_ws: listen(device_ws)?,
             app_ws: listen(app_ws)?,
-            udp: UdpSocket::bind(udp).await?,
+            udp: udp::sockets::bind(udp)?,
             ws_echo,
         })
     }

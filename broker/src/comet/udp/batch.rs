@@ -13,7 +13,7 @@
 //! * [`apply_buffers`] sets the socket's receive and send buffer sizes and returns what the
 //!   kernel really gave.
 //!
-//! Nothing here knows about the protocol: the receive task and the shards decide what a datagram
+//! Nothing here knows about the protocol: the shards decide what a datagram
 //! means.
 
 use std::io;
@@ -130,6 +130,18 @@ impl RecvBatch {
             .chunks(self.slot)
             .zip(&self.got)
             .map(|(buf, &(len, from))| (&buf[..len.min(buf.len())], from))
+    }
+
+    /// The datagrams of the last [`RecvBatch::recv`] as [`RecvBatch::datagrams`], writable (a
+    /// DATA packet is opened in place).
+    pub fn datagrams_mut(&mut self) -> impl Iterator<Item = (&mut [u8], SocketAddr)> {
+        self.bufs
+            .chunks_mut(self.slot)
+            .zip(&self.got)
+            .map(|(buf, &(len, from))| {
+                let len = len.min(buf.len());
+                (&mut buf[..len], from)
+            })
     }
 }
 

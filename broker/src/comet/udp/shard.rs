@@ -62,12 +62,13 @@ use super::super::limits::{ConnGuard, ConnLimit};
 use super::super::link::{Link, LinkError, Polled};
 use super::super::logins::{self, LoginOutcome};
 use super::super::worker::FrameWorker;
-use super::batch::SendBatch;
+use super::batch::{RecvBatch, SendBatch};
+use super::dispatch::{Dispatch, Mine};
 use super::kick_copies::{KickCopies, SHUTDOWN_KICK_COPIES, SHUTDOWN_KICK_SPACING_MS};
 use super::outbox::{Offered, Outbox};
 use super::table::SessionTable;
 use super::timers::{Slot, Timers};
-use super::{Kind, ShardBatch, ShardMap, T, flush_out};
+use super::{ShardBatch, ShardMap, T, flush_out};
 
 /// One UDP session's state in the socket task's table. The peer's address is the router
 /// handle's ([`SessionHandle::peer`]), not a copy here.
@@ -146,18 +147,32 @@ struct Endpoint {
     wall_ms: Option<u64>,
 }
 
-/// Runs one shard until shutdown: datagrams from `inbox`, its sessions' queues and timers.
-pub(super) async fn run(
-    ctx: Arc<Context>,
-    socket: Arc<UdpSocket>,
-    map: ShardMap,
-    index: usize,
-    mut inbox: mpsc::Receiver<ShardBatch>,
-) {
+/// A shard's datagram sources: its socket and the packets other shards forward to it.
+pub(super) struct Io {
+    /// Where it sends, and reads when `reads`.
+    pub socket: Arc<UdpSocket>,
+    /// Whether this shard reads `socket` (every shard does, unless all share one socket:
+    /// then only shard 0 does; see `sockets`).
+    pub reads: bool,
+    /// DATA packets for its sessions that another shard read.
+    pub inbox: mpsc::Receiver<ShardBatch>,
+    /// Where what it reads goes.
+    pub dispatch: Dispatch,
+}
+
+/// Runs one shard until shutdown: datagrams from its socket and inbox, its sessions' queues and
+/// timers.
+pub(super) async fn run(ctx: Arc<Context>, io: Io, map: ShardMap, index: usize) {
+    let Io {
+        socket,
+        reads,
+        mut inbox,
+        mut dispatch,
+    } = io;
     let (control, mut control_rx) = mpsc::channel(1024);
     let mut ep = Endpoint {
         ctx: ctx.clone(),
-        socket,
+        socket: socket.clone(),
         sessions: SessionTable::new(map, index),
         timers: Timers::default(),
         ready: Arc::new(ReadyList::new()),
@@ -169,6 +184,8 @@ pub(super) async fn run(
         wall_ms: None,
     };
     let ready = ep.ready.clone();
+    // One byte more than the largest packet, so a longer datagram shows as too large.
+    let mut rx = RecvBatch::new(MAX_PACKET + 1);
     loop {
         let wake = [ep.timers.next_wake(), ep.kick_copies.next_due()]
             .into_iter()
@@ -177,6 +194,10 @@ pub(super) async fn run(
             .map(|d| ctx.instant_at(d));
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
+            r = socket.readable(), if reads => match r {
+                Ok(()) => ep.tick().on_socket(&socket, &mut rx, &mut dispatch),
+                Err(e) => tracing::debug!(error = %e, "udp socket error"),
+            },
             Some(batch) = inbox.recv() => ep.tick().on_batch(batch),
             Some(c) = control_rx.recv() => ep.tick().on_control(c),
             () = ready.wait() => ep.tick().on_ready(),
@@ -228,16 +249,34 @@ impl Endpoint {
         flush_out(&self.ctx, &self.socket, &mut self.out);
     }
 
-    /// The LOGIN and DATA packets of one read, in arrival order.
+    /// Reads what waits on `socket` (one batch) and handles it: this shard's LOGINs and DATA
+    /// packets here, in arrival order; the rest goes where `dispatch` sends it.
+    fn on_socket(&mut self, socket: &UdpSocket, rx: &mut RecvBatch, dispatch: &mut Dispatch) {
+        match rx.recv(socket) {
+            Ok(got) => dispatch.count_read(got),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "udp recv error");
+                return;
+            }
+        }
+        for (packet, from) in rx.datagrams_mut() {
+            match dispatch.route(packet, from) {
+                Some(Mine::Login) => self.on_login(packet, from),
+                Some(Mine::Data(sid)) => self.on_data(sid, packet, from),
+                None => {}
+            }
+        }
+        dispatch.forward();
+    }
+
+    /// DATA packets for this shard's sessions that another shard read, in arrival order.
     fn on_batch(&mut self, mut batch: ShardBatch) {
         let mut start = 0;
         for item in &batch.items {
             let packet = &mut batch.bytes[start..item.end];
             start = item.end;
-            match item.kind {
-                Kind::Login => self.on_login(packet, item.from),
-                Kind::Data => self.on_data(item.sid, packet, item.from),
-            }
+            self.on_data(item.sid, packet, item.from);
         }
     }
 
