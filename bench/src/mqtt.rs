@@ -3,8 +3,9 @@
 //! decoded by rumqttc's codec (`rumqttc::mqttbytes::v4`); this module only frames them on the
 //! socket and says what an idle client does: CONNECT with keep-alive off, wait for a CONNACK
 //! that accepts, then read until the server closes. A responder (the MQTT side of the command
-//! round trip) also subscribes to its request topic and answers every request on its reply
-//! topic.
+//! round trip) also subscribes to its request topic, answers every request on its reply topic
+//! and, like our devices, sends a heartbeat every [`RESPONDER_KEEP_ALIVE_SECS`] (MQTT's
+//! keep-alive and PINGREQ), so both sides of the comparison carry the same idle traffic.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -26,6 +27,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::tally::Tally;
+
+/// A responder's keep-alive, seconds: a PINGREQ that often, as our devices send a Ping every
+/// `heartbeat_secs` of the broker's WELCOME (30 on the embedded defaults the benchmark runs).
+pub const RESPONDER_KEEP_ALIVE_SECS: u16 = 30;
 
 /// Largest packet read or written (the benchmark's payloads are 64 bytes).
 const MAX_PACKET: usize = 64 * 1024;
@@ -49,16 +54,18 @@ impl Conn {
         addr: SocketAddr,
         client_id: &str,
     ) -> Result<Conn, String> {
-        Conn::connect_session(websocket, addr, client_id, true).await
+        Conn::connect_session(websocket, addr, client_id, true, 0).await
     }
 
-    /// [`Conn::connect`] with the clean-session flag given: `false` asks the server to keep the
-    /// session (subscriptions, QoS 1 messages queued for it) across connections.
+    /// [`Conn::connect`] with the clean-session flag and keep-alive (seconds, 0: off) given:
+    /// `clean_session: false` asks the server to keep the session (subscriptions, QoS 1
+    /// messages queued for it) across connections; with a keep-alive the caller sends PINGREQs.
     pub async fn connect_session(
         websocket: bool,
         addr: SocketAddr,
         client_id: &str,
         clean_session: bool,
+        keep_alive_secs: u16,
     ) -> Result<Conn, String> {
         let tcp = TcpStream::connect(addr)
             .await
@@ -89,7 +96,7 @@ impl Conn {
             read: BytesMut::with_capacity(256),
         };
         let mut connect = Connect::new(client_id);
-        connect.keep_alive = 0;
+        connect.keep_alive = keep_alive_secs;
         connect.clean_session = clean_session;
         conn.send(&Packet::Connect(connect)).await?;
         match conn.recv().await? {
@@ -191,7 +198,8 @@ pub fn reply_topic(id: &str) -> String {
 
 /// Starts one responder per id (client id `bench-<id>`), the i-th at `at(i)`: an MQTT/TCP client
 /// subscribed to `request_topic(id)` at QoS 0 that publishes each request's payload back on
-/// `reply_topic(id)`. It counts as up once its SUBACK arrived.
+/// `reply_topic(id)` and sends a PINGREQ every [`RESPONDER_KEEP_ALIVE_SECS`]. It counts as up
+/// once its SUBACK arrived.
 pub fn spawn_responders(
     addr: SocketAddr,
     ids: Range<u32>,
@@ -206,7 +214,10 @@ pub fn spawn_responders(
         tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
             let subscribed = async {
-                let mut conn = Conn::connect(false, addr, &format!("bench-{id}")).await?;
+                let client_id = format!("bench-{id}");
+                let keep_alive = RESPONDER_KEEP_ALIVE_SECS;
+                let mut conn =
+                    Conn::connect_session(false, addr, &client_id, true, keep_alive).await?;
                 let mut sub = Subscribe::new(request_topic(&id.to_string()), QoS::AtMostOnce);
                 sub.pkid = 1;
                 conn.send(&Packet::Subscribe(sub)).await?;
@@ -222,14 +233,21 @@ pub fn spawn_responders(
             };
             tally.up();
             let reply = reply_topic(&id.to_string());
+            let period = Duration::from_secs(u64::from(RESPONDER_KEEP_ALIVE_SECS));
+            let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
             let reason = loop {
-                let answered = match conn.recv().await {
-                    Ok(Packet::Publish(p)) => {
-                        let answer = Publish::new(&reply, QoS::AtMostOnce, p.payload);
-                        conn.send(&Packet::Publish(answer)).await
-                    }
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e),
+                // `recv` only appends to the connection's read buffer, so a heartbeat that
+                // interrupts it loses nothing.
+                let answered = tokio::select! {
+                    got = conn.recv() => match got {
+                        Ok(Packet::Publish(p)) => {
+                            let answer = Publish::new(&reply, QoS::AtMostOnce, p.payload);
+                            conn.send(&Packet::Publish(answer)).await
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    _ = heartbeat.tick() => conn.send(&Packet::PingReq).await,
                 };
                 if let Err(e) = answered {
                     break e;

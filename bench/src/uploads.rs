@@ -145,7 +145,7 @@ async fn mqtt_uploads(
     window: Duration,
 ) -> Result<(u64, u64), String> {
     let received = Arc::new(AtomicU64::new(0));
-    let mut sub = Conn::connect_session(false, args.addr, "bench-archive", false).await?;
+    let mut sub = Conn::connect_session(false, args.addr, "bench-archive", false, 0).await?;
     let mut subscribe = Subscribe::new("bench/up/+", QoS::AtLeastOnce);
     subscribe.pkid = 1;
     sub.send(&Packet::Subscribe(subscribe)).await?;
