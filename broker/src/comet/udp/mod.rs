@@ -183,10 +183,10 @@ pub async fn serve(ctx: Arc<Context>, first: UdpSocket) {
              shard 0 reads it and forwards the other shards' packets"
         );
     }
-    for (i, socket) in sockets.iter().enumerate() {
-        if shared.is_none() || i == 0 {
-            apply_buffers(&ctx, socket, i == 0);
-        }
+    // The shards that read a socket of their own: all, or only shard 0 of a shared one.
+    let readers = if shared.is_some() { 1 } else { map.count() };
+    for (i, socket) in sockets[..readers].iter().enumerate() {
+        apply_buffers(&ctx, socket, i == 0);
     }
     let (inboxes, inbox_rxs): (Vec<_>, Vec<_>) =
         (0..map.count()).map(|_| mpsc::channel(SHARD_INBOX)).unzip();
@@ -205,7 +205,7 @@ pub async fn serve(ctx: Arc<Context>, first: UdpSocket) {
             inboxes.clone(),
             hello_inboxes.clone(),
         );
-        let reads = shared.is_none() || index == 0;
+        let reads = index < readers;
         tasks.spawn(shard::run(
             ctx.clone(),
             shard::Io {

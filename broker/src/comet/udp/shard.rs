@@ -195,7 +195,7 @@ pub(super) async fn run(ctx: Arc<Context>, io: Io, map: ShardMap, index: usize) 
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             r = socket.readable(), if reads => match r {
-                Ok(()) => ep.tick().on_socket(&socket, &mut rx, &mut dispatch),
+                Ok(()) => ep.tick().on_socket(&mut rx, &mut dispatch),
                 Err(e) => tracing::debug!(error = %e, "udp socket error"),
             },
             Some(batch) = inbox.recv() => ep.tick().on_batch(batch),
@@ -249,10 +249,10 @@ impl Endpoint {
         flush_out(&self.ctx, &self.socket, &mut self.out);
     }
 
-    /// Reads what waits on `socket` (one batch) and handles it: this shard's LOGINs and DATA
-    /// packets here, in arrival order; the rest goes where `dispatch` sends it.
-    fn on_socket(&mut self, socket: &UdpSocket, rx: &mut RecvBatch, dispatch: &mut Dispatch) {
-        match rx.recv(socket) {
+    /// Reads what waits on the shard's socket (one batch) and handles it: this shard's LOGINs
+    /// and DATA packets here, in arrival order; the rest goes where `dispatch` sends it.
+    fn on_socket(&mut self, rx: &mut RecvBatch, dispatch: &mut Dispatch) {
+        match rx.recv(&self.socket) {
             Ok(got) => dispatch.count_read(got),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) => {
