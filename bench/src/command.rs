@@ -2,7 +2,8 @@
 //! `--samples` requests one after the other, each to one terminal among `--terminals` idle ones
 //! (held by `bench-load idle` processes), and times each from just before it is sent to the
 //! moment its answer is read. The result line gives the latency percentiles:
-//! `{"ok":..,"failed":..,"reasons":{..},"p50_us":..,"p99_us":..,"p999_us":..,"max_us":..}`.
+//! `{"ok":..,"failed":..,"reasons":{..},"p50_us":..,"p99_us":..,"p999_us":..,"max_us":..}`, with
+//! `"latencies_us":[..]` (every timed request, in the order sent) under `--print-latencies`.
 //!
 //! * Ours: `POST /v1/devices/{id}/commands` on the HTTP API over one kept-alive HTTP/1.1
 //!   connection (hyper's client connection, `TCP_NODELAY` set, as lean as the MQTT requester's
@@ -62,6 +63,10 @@ pub struct RequestArgs {
     /// Give up one request after this many milliseconds (counted as failed).
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     timeout_ms: u64,
+    /// Also give every timed request's latency (µs, in the order sent) in the result line, as
+    /// `latencies_us`, so a harness can pool several runs before taking percentiles.
+    #[arg(long)]
+    print_latencies: bool,
 }
 
 /// The terminal request `i` goes to, among ids `1..=terminals`.
@@ -80,6 +85,11 @@ impl Latencies {
     pub fn record(&mut self, d: Duration) {
         self.us
             .push(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Every latency recorded, in microseconds (sorted once a percentile was taken).
+    pub fn all(&self) -> &[u64] {
+        &self.us
     }
 
     /// The `p`-th percentile (nearest rank: the smallest latency with at least `p` percent of
@@ -123,18 +133,20 @@ pub async fn run(args: RequestArgs) -> Result<(), String> {
         }
     }
     let status = tally.json();
-    println!(
-        "{}",
-        serde_json::json!({
-            "ok": status["up"],
-            "failed": status["failed"],
-            "reasons": status["reasons"],
-            "p50_us": latencies.percentile(50.0),
-            "p99_us": latencies.percentile(99.0),
-            "p999_us": latencies.percentile(99.9),
-            "max_us": latencies.percentile(100.0),
-        })
-    );
+    let all = args.print_latencies.then(|| latencies.all().to_vec());
+    let mut line = serde_json::json!({
+        "ok": status["up"],
+        "failed": status["failed"],
+        "reasons": status["reasons"],
+        "p50_us": latencies.percentile(50.0),
+        "p99_us": latencies.percentile(99.0),
+        "p999_us": latencies.percentile(99.9),
+        "max_us": latencies.percentile(100.0),
+    });
+    if let Some(all) = all {
+        line["latencies_us"] = serde_json::json!(all);
+    }
+    println!("{line}");
     Ok(())
 }
 

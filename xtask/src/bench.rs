@@ -50,6 +50,8 @@ struct Options {
     /// Only the `fanout` variants whose name contains one of these (`--variant NAME`,
     /// repeatable); a filtered run is not checked against the fan-out floors.
     variants: Vec<String>,
+    /// `command` rounds instead of the default (`--rounds N`, at least 1).
+    rounds: Option<u32>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -60,6 +62,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         out: None,
         terminals: Vec::new(),
         variants: Vec::new(),
+        rounds: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -87,9 +90,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--variant" => o
                 .variants
                 .push(it.next().ok_or("--variant needs a name")?.clone()),
+            "--rounds" => {
+                let n = it.next().ok_or("--rounds needs a count")?;
+                match n.parse::<u32>() {
+                    Ok(r) if r >= 1 => o.rounds = Some(r),
+                    _ => return Err(format!("--rounds: `{n}` is not a count of at least 1")),
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown option `{other}`; usage: cargo xtask bench [--quick] [--no-build] [--only {}] [--out DIR] [--terminals N] [--variant NAME]",
+                    "unknown option `{other}`; usage: cargo xtask bench [--quick] [--no-build] [--only {}] [--out DIR] [--terminals N] [--variant NAME] [--rounds N]",
                     SCENARIOS.join("|")
                 ));
             }
@@ -135,12 +145,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         doc["fanout"] = json!({ "rows": rows, "ratios": ratios });
     }
     if wanted("command") {
-        let (counts, samples): (&[u32], u32) = if o.quick {
-            (&[1000], 2000)
+        let (counts, samples, rounds): (&[u32], u32, u32) = if o.quick {
+            (&[1000], 2000, 1)
         } else {
-            (&[10000], 10000)
+            (&[10000], 10000, 3)
         };
-        let rows = bench_command::run(&broker, &load, counts, samples)?;
+        let rounds = o.rounds.unwrap_or(rounds);
+        let rows = bench_command::run(&broker, &load, counts, samples, rounds)?;
         let ratios = bench_report::command_ratios(&rows);
         doc["command"] = json!({ "rows": rows, "ratios": ratios });
     }
@@ -316,7 +327,23 @@ fn machine() -> String {
                 .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
+    let damon = if damon_running() {
+        ", the kernel's DAMON monitor running (kdamond)"
+    } else {
+        ""
+    };
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB{damon}")
+}
+
+/// Whether a DAMON monitor (kernel thread `kdamond`) runs: it samples memory access by
+/// clearing page-table access bits twice a second or so, background work the machine's owner
+/// set up that can slow the processes measured for a moment, so it is noted with the load.
+fn damon_running() -> bool {
+    let Ok(dirs) = std::fs::read_dir("/sys/kernel/mm/damon/admin/kdamonds") else {
+        return false;
+    };
+    dirs.flatten()
+        .any(|d| std::fs::read_to_string(d.path().join("state")).is_ok_and(|s| s.trim() == "on"))
 }
 
 /// The 1-minute load average.
@@ -350,6 +377,16 @@ mod tests {
         );
         assert!(parse(&args(&["--only"])).is_err());
         assert!(parse(&args(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn command_rounds_are_a_count_of_at_least_one() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse(&args(&["--rounds", "5"])).unwrap().rounds, Some(5));
+        assert_eq!(parse(&args(&[])).unwrap().rounds, None);
+        assert!(parse(&args(&["--rounds", "0"])).is_err());
+        assert!(parse(&args(&["--rounds", "x"])).is_err());
+        assert!(parse(&args(&["--rounds"])).is_err());
     }
 
     #[test]

@@ -441,7 +441,7 @@ fn command_markdown(md: &mut String, doc: &Value) {
     if let Some(rows) = doc["command"]["rows"].as_array() {
         table(
             md,
-            "\n## Command round trip to one of N idle terminals (one request at a time)\n\n",
+            "\n## Command round trip to one of N idle terminals (one request at a time; percentiles over all rounds)\n\n",
             &[
                 ("variant", Cell::Text("variant")),
                 ("terminals", Cell::Value("terminals")),
@@ -455,6 +455,8 @@ fn command_markdown(md: &mut String, doc: &Value) {
                     "server CPU per request (µs)",
                     Cell::Value("server_cpu_us_per_request"),
                 ),
+                ("rounds", Cell::Value("rounds")),
+                ("p99 of each round (µs)", Cell::Escaped("round_p99_us")),
             ],
             rows,
         );
