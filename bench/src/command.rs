@@ -9,7 +9,7 @@
 //!   connection (hyper's client connection, `TCP_NODELAY` set, as lean as the MQTT requester's
 //!   raw client: no pool, no redirect or proxy layers); the device, a simulated one of `broker load` logged in over the device WebSocket or UDP,
 //!   answers with `CommandResult` and the API answers the request with it.
-//! * MQTT: request/reply over Mosquitto at QoS 0. Every idle terminal (`bench-load idle --kind
+//! * MQTT: request/reply over Mosquitto at QoS 0 (or 1 with `--qos 1`). Every idle terminal (`bench-load idle --kind
 //!   mqtt-responder`) subscribes to `bench/req/<id>` and answers each request on
 //!   `bench/reply/<id>` with the request's payload; the requester, one more MQTT client,
 //!   subscribes to `bench/reply/+`, publishes to `bench/req/<id>` and waits for the reply that
@@ -25,7 +25,7 @@ use base64::Engine as _;
 use clap::{Args, ValueEnum};
 use http_body_util::BodyExt as _;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Packet, Publish, Subscribe};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe};
 
 use crate::mqtt::{self, Conn};
 use crate::tally::Tally;
@@ -63,6 +63,11 @@ pub struct RequestArgs {
     /// Give up one request after this many milliseconds (counted as failed).
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     timeout_ms: u64,
+    /// MQTT QoS of the requests, the replies and both subscriptions (0 or 1; the responders
+    /// must be started at the same QoS). At 1 each PUBLISH is acknowledged; the requester's
+    /// PUBACK of a reply is sent after the reply's time is taken.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
     /// Also give every timed request's latency (µs, in the order sent) in the result line, as
     /// `latencies_us`, so a harness can pool several runs before taking percentiles.
     #[arg(long)]
@@ -120,6 +125,9 @@ pub async fn run(args: RequestArgs) -> Result<(), String> {
         let sent = Instant::now();
         let answer = tokio::time::timeout(timeout, requester.request(id, i)).await;
         let took = sent.elapsed();
+        if let Err(e) = requester.settle().await {
+            return Err(format!("acknowledging a reply: {e}"));
+        }
         if i < args.warmup {
             continue;
         }
@@ -156,7 +164,14 @@ enum Requester {
         sender: hyper::client::conn::http1::SendRequest<String>,
         authorization: String,
     },
-    Mqtt(Box<Conn>),
+    Mqtt {
+        conn: Box<Conn>,
+        qos: QoS,
+        /// The last request's packet id (QoS 1).
+        pkid: u16,
+        /// A reply received and not acknowledged yet (QoS 1): its packet id.
+        unacked_reply: Option<u16>,
+    },
 }
 
 impl Requester {
@@ -185,12 +200,22 @@ impl Requester {
                 })
             }
             Target::Mqtt => {
+                let qos = if args.qos == 1 {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::AtMostOnce
+                };
                 let mut conn = Conn::connect(false, args.addr, "bench-requester").await?;
-                let mut sub = Subscribe::new(mqtt::reply_topic("+"), QoS::AtMostOnce);
+                let mut sub = Subscribe::new(mqtt::reply_topic("+"), qos);
                 sub.pkid = 1;
                 conn.send(&Packet::Subscribe(sub)).await?;
                 match conn.recv().await? {
-                    Packet::SubAck(_) => Ok(Requester::Mqtt(Box::new(conn))),
+                    Packet::SubAck(_) => Ok(Requester::Mqtt {
+                        conn: Box::new(conn),
+                        qos,
+                        pkid: 1,
+                        unacked_reply: None,
+                    }),
                     other => Err(format!("expected suback, got {other:?}")),
                 }
             }
@@ -236,22 +261,54 @@ impl Requester {
                     Err(format!("HTTP {}", status.as_u16()))
                 }
             }
-            Requester::Mqtt(conn) => {
+            Requester::Mqtt {
+                conn,
+                qos,
+                pkid,
+                unacked_reply,
+            } => {
                 let topic = mqtt::request_topic(&id.to_string());
-                let publish = Publish::new(&topic, QoS::AtMostOnce, payload.to_vec());
+                let mut publish = Publish::new(&topic, *qos, payload.to_vec());
+                if *qos != QoS::AtMostOnce {
+                    *pkid = mqtt::next_pkid(*pkid);
+                    publish.pkid = *pkid;
+                }
                 conn.send(&Packet::Publish(publish)).await?;
                 let reply = mqtt::reply_topic(&id.to_string());
                 loop {
-                    // Replies to requests that timed out earlier are skipped.
-                    if let Packet::Publish(p) = conn.recv().await?
-                        && p.topic == reply
-                        && p.payload.as_ref() == payload
-                    {
-                        return Ok(());
+                    // Replies to requests that timed out earlier are skipped (and, at QoS 1,
+                    // acknowledged at once); PUBACKs of our requests need nothing.
+                    if let Packet::Publish(p) = conn.recv().await? {
+                        let ours = p.topic == reply && p.payload.as_ref() == payload;
+                        if p.qos != QoS::AtMostOnce {
+                            if ours {
+                                *unacked_reply = Some(p.pkid);
+                            } else {
+                                conn.send(&Packet::PubAck(PubAck::new(p.pkid))).await?;
+                            }
+                        }
+                        if ours {
+                            return Ok(());
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Acknowledges the last reply if it asked for it (QoS 1): called once its time is taken,
+    /// before the next request.
+    async fn settle(&mut self) -> Result<(), String> {
+        if let Requester::Mqtt {
+            conn,
+            unacked_reply,
+            ..
+        } = self
+            && let Some(pkid) = unacked_reply.take()
+        {
+            conn.send(&Packet::PubAck(PubAck::new(pkid))).await?;
+        }
+        Ok(())
     }
 }
 

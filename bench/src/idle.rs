@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use rumqttc::mqttbytes::QoS;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
@@ -29,8 +30,10 @@ pub enum Kind {
     /// MQTT 3.1.1 over WebSocket (subprotocol `mqtt`), connected.
     MqttWs,
     /// MQTT 3.1.1 over TCP, subscribed to its request topic and answering each request on its
-    /// reply topic (the MQTT side of the command round trip, see `bench-load request`).
+    /// reply topic (the MQTT side of the command round trip, see `bench-load request`), QoS 0.
     MqttResponder,
+    /// The same at QoS 1: requests and replies each acknowledged (PUBACK).
+    MqttResponderQos1,
 }
 
 /// Arguments of `bench-load idle`.
@@ -110,8 +113,13 @@ pub async fn run(args: IdleArgs) -> Result<(), String> {
             );
             None
         }
-        Kind::MqttResponder => {
-            mqtt::spawn_responders(args.addr, ids, timeout, at, &tally);
+        Kind::MqttResponder | Kind::MqttResponderQos1 => {
+            let qos = if args.kind == Kind::MqttResponderQos1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            mqtt::spawn_responders(args.addr, qos, ids, timeout, at, &tally);
             None
         }
     };

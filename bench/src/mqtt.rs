@@ -4,7 +4,7 @@
 //! socket and says what an idle client does: CONNECT with keep-alive off, wait for a CONNACK
 //! that accepts, then read until the server closes. A responder (the MQTT side of the command
 //! round trip) also subscribes to its request topic, answers every request on its reply topic
-//! and, like our devices, sends a heartbeat every [`RESPONDER_KEEP_ALIVE_SECS`] (MQTT's
+//! (at QoS 0, or at QoS 1 with PUBACKs both ways) and, like our devices, sends a heartbeat every [`RESPONDER_KEEP_ALIVE_SECS`] (MQTT's
 //! keep-alive and PINGREQ), so both sides of the comparison carry the same idle traffic.
 
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use rumqttc::ConnectReturnCode;
 use rumqttc::mqttbytes::Error as CodecError;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Connect, Packet, Publish, Subscribe};
+use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -196,12 +196,19 @@ pub fn reply_topic(id: &str) -> String {
     format!("bench/reply/{id}")
 }
 
+/// The next packet id after `id` (MQTT's are 1..=65535; 0 is not one).
+pub fn next_pkid(id: u16) -> u16 {
+    id.checked_add(1).unwrap_or(1)
+}
+
 /// Starts one responder per id (client id `bench-<id>`), the i-th at `at(i)`: an MQTT/TCP client
-/// subscribed to `request_topic(id)` at QoS 0 that publishes each request's payload back on
-/// `reply_topic(id)` and sends a PINGREQ every [`RESPONDER_KEEP_ALIVE_SECS`]. It counts as up
-/// once its SUBACK arrived.
+/// subscribed to `request_topic(id)` at `qos` that publishes each request's payload back on
+/// `reply_topic(id)` at `qos` and sends a PINGREQ every [`RESPONDER_KEEP_ALIVE_SECS`]. At QoS 1 it
+/// acknowledges each request (PUBACK) after publishing the reply, as a client library does once
+/// the application's handler returned. It counts as up once its SUBACK arrived.
 pub fn spawn_responders(
     addr: SocketAddr,
+    qos: QoS,
     ids: Range<u32>,
     timeout: Duration,
     at: impl Fn(u32) -> Instant,
@@ -218,7 +225,7 @@ pub fn spawn_responders(
                 let keep_alive = RESPONDER_KEEP_ALIVE_SECS;
                 let mut conn =
                     Conn::connect_session(false, addr, &client_id, true, keep_alive).await?;
-                let mut sub = Subscribe::new(request_topic(&id.to_string()), QoS::AtMostOnce);
+                let mut sub = Subscribe::new(request_topic(&id.to_string()), qos);
                 sub.pkid = 1;
                 conn.send(&Packet::Subscribe(sub)).await?;
                 match conn.recv().await? {
@@ -235,14 +242,24 @@ pub fn spawn_responders(
             let reply = reply_topic(&id.to_string());
             let period = Duration::from_secs(u64::from(RESPONDER_KEEP_ALIVE_SECS));
             let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+            let mut pkid = 0;
             let reason = loop {
                 // `recv` only appends to the connection's read buffer, so a heartbeat that
                 // interrupts it loses nothing.
                 let answered = tokio::select! {
                     got = conn.recv() => match got {
                         Ok(Packet::Publish(p)) => {
-                            let answer = Publish::new(&reply, QoS::AtMostOnce, p.payload);
-                            conn.send(&Packet::Publish(answer)).await
+                            let mut answer = Publish::new(&reply, qos, p.payload);
+                            if qos != QoS::AtMostOnce {
+                                pkid = next_pkid(pkid);
+                                answer.pkid = pkid;
+                            }
+                            let sent = conn.send(&Packet::Publish(answer)).await;
+                            match (sent, p.qos) {
+                                (Ok(()), QoS::AtMostOnce) => Ok(()),
+                                (Ok(()), _) => conn.send(&Packet::PubAck(PubAck::new(p.pkid))).await,
+                                (Err(e), _) => Err(e),
+                            }
                         }
                         Ok(_) => Ok(()),
                         Err(e) => Err(e),

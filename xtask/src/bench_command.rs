@@ -1,7 +1,7 @@
 //! Scenario `command`: the round trip of one command to one device among N idle terminals.
 //! For each terminal count and each variant (ours: devices logged in over the device WebSocket
 //! or UDP, commanded through `POST /v1/devices/{id}/commands`; Mosquitto: MQTT/TCP responders,
-//! request/reply at QoS 0), a fresh server in its own namespace, `bench-load idle` processes
+//! request/reply at QoS 0 and at QoS 1), a fresh server in its own namespace, `bench-load idle` processes
 //! holding the terminals (ours answer commands; MQTT responders answer requests), then one
 //! `bench-load request` sending the requests one at a time. Figures: p50, p99 and p99.9 of the
 //! round trip as the requester sees it, and the server's CPU time per request.
@@ -35,8 +35,9 @@ pub struct Variant {
     port: u16,
 }
 
-/// Every variant, ours first.
-pub const VARIANTS: [Variant; 3] = [
+/// Every variant, ours first. MQTT at QoS 0 is the cheapest request/reply; at QoS 1 each
+/// request and reply is acknowledged, as our commands and their results are.
+pub const VARIANTS: [Variant; 4] = [
     Variant {
         name: "plugcloud device-ws command",
         kind: "device-ws",
@@ -52,6 +53,12 @@ pub const VARIANTS: [Variant; 3] = [
     Variant {
         name: "mosquitto request/reply qos0",
         kind: "mqtt-responder",
+        product: Product::Mosquitto,
+        port: port::MQTT,
+    },
+    Variant {
+        name: "mosquitto request/reply qos1",
+        kind: "mqtt-responder-qos1",
         product: Product::Mosquitto,
         port: port::MQTT,
     },
@@ -273,6 +280,7 @@ fn requester(
         format!("--api-token={}", bench_servers::API_TOKEN),
         format!("--terminals={terminals}"),
         format!("--samples={samples}"),
+        format!("--qos={}", u8::from(v.kind == "mqtt-responder-qos1")),
         "--print-latencies".to_string(),
     ];
     server.namespace().spawn(load, &args, Pipes::Client)

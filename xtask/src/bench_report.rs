@@ -398,40 +398,43 @@ fn fanout_markdown(md: &mut String, doc: &Value) {
     }
 }
 
-/// The MQTT variant the command round trip of ours is compared with.
-const COMMAND_PEER: &str = "mqtt-responder";
+/// The MQTT variants the command round trip of ours is compared with: request/reply at QoS 0
+/// (the cheapest) and at QoS 1 (acknowledged both ways, as our commands are).
+const COMMAND_PEERS: [&str; 2] = ["mqtt-responder", "mqtt-responder-qos1"];
 
-/// Ratios of the command rows: each of our transports against MQTT request/reply at the same
-/// terminal count, Mosquitto / ours for p50, p99, p99.9 and CPU per request (higher is better
-/// for us). The pair is named `<our transport>/mqtt-responder`.
+/// Ratios of the command rows: each of our transports against each MQTT request/reply variant
+/// at the same terminal count, Mosquitto / ours for p50, p99, p99.9 and CPU per request (higher
+/// is better for us). The pair is named `<our transport>/<MQTT variant's transport>`.
 pub fn command_ratios(rows: &[Value]) -> Vec<Value> {
     let mut out = Vec::new();
-    for ours in rows.iter().filter(|r| r["server"] == "plugcloud") {
-        let Some(theirs) = rows
-            .iter()
-            .find(|r| r["transport"] == COMMAND_PEER && r["terminals"] == ours["terminals"])
-        else {
-            continue;
-        };
-        let div = |key: &str| {
-            let (a, b) = (
-                theirs[key].as_f64().unwrap_or(0.0),
-                ours[key].as_f64().unwrap_or(0.0),
-            );
-            if b > 0.0 {
-                (a / b * 1000.0).round() / 1000.0
-            } else {
-                f64::INFINITY
-            }
-        };
-        out.push(json!({
-            "pair": format!("{}/{COMMAND_PEER}", ours["transport"].as_str().unwrap_or("?")),
-            "terminals": ours["terminals"],
-            "p50": div("p50_us"),
-            "p99": div("p99_us"),
-            "p999": div("p999_us"),
-            "cpu": div("server_cpu_us_per_request"),
-        }));
+    for peer in COMMAND_PEERS {
+        for ours in rows.iter().filter(|r| r["server"] == "plugcloud") {
+            let Some(theirs) = rows
+                .iter()
+                .find(|r| r["transport"] == peer && r["terminals"] == ours["terminals"])
+            else {
+                continue;
+            };
+            let div = |key: &str| {
+                let (a, b) = (
+                    theirs[key].as_f64().unwrap_or(0.0),
+                    ours[key].as_f64().unwrap_or(0.0),
+                );
+                if b > 0.0 {
+                    (a / b * 1000.0).round() / 1000.0
+                } else {
+                    f64::INFINITY
+                }
+            };
+            out.push(json!({
+                "pair": format!("{}/{peer}", ours["transport"].as_str().unwrap_or("?")),
+                "terminals": ours["terminals"],
+                "p50": div("p50_us"),
+                "p99": div("p99_us"),
+                "p999": div("p999_us"),
+                "cpu": div("server_cpu_us_per_request"),
+            }));
+        }
     }
     out
 }
@@ -778,13 +781,18 @@ mod tests {
             r("plugcloud", "device-ws", 1000, 400.0),
             r("plugcloud", "device-udp", 1000, 800.0),
             r("mosquitto", "mqtt-responder", 1000, 200.0),
+            r("mosquitto", "mqtt-responder-qos1", 1000, 600.0),
             r("plugcloud", "device-ws", 5000, 400.0),
         ];
         let ratios = command_ratios(&rows);
-        assert_eq!(ratios.len(), 2, "no Mosquitto row at 5,000: no ratio there");
+        assert_eq!(ratios.len(), 4, "no Mosquitto row at 5,000: no ratio there");
         assert_eq!(ratios[0]["pair"], "device-ws/mqtt-responder");
         assert_eq!(ratios[0]["p99"], 0.5);
         assert_eq!(ratios[1]["p99"], 0.25);
+        assert_eq!(ratios[2]["pair"], "device-ws/mqtt-responder-qos1");
+        assert_eq!(ratios[2]["p99"], 1.5);
+        assert_eq!(ratios[3]["pair"], "device-udp/mqtt-responder-qos1");
+        assert_eq!(ratios[3]["p99"], 0.75);
         assert_eq!(ratios[0]["p50"], 1.0);
         assert!(
             ratios[0]["p999"].is_null(),
