@@ -1,16 +1,16 @@
 //! Scenario `command`: the round trip of one command to one device among N idle terminals.
 //! For each terminal count and each variant (ours: devices logged in over the device WebSocket
 //! or UDP, commanded through `POST /v1/devices/{id}/commands`; Mosquitto: MQTT/TCP responders,
-//! request/reply at QoS 0 and at QoS 1), a fresh server in its own namespace, `bench-load idle` processes
-//! holding the terminals (ours answer commands; MQTT responders answer requests), then one
-//! `bench-load request` sending the requests one at a time. Figures: p50, p99 and p99.9 of the
-//! round trip as the requester sees it, and the server's CPU time per request.
+//! request/reply at QoS 0 and at QoS 1), a fresh server in its own namespace, `bench-load idle`
+//! processes holding the terminals (ours answer commands; MQTT responders answer requests),
+//! then one `bench-load request` sending the requests one at a time. Figures: p50, p99 and
+//! p99.9 of the round trip as the requester sees it, and the server's CPU time per request.
 //!
 //! The whole set runs in rounds, the variants taking turns, and each variant's percentiles are
 //! taken over all its rounds' requests together: the tail of a one-at-a-time round trip on a
-//! shared machine is set by short slow spells (other guests, the kernel's own periodic work), so
-//! one run per variant compares whichever spells each happened to meet. Each round's own p99
-//! is kept in the row to show the spread.
+//! shared machine is set by short slow spells of the machine's other work, so one run per
+//! variant compares whichever spells each happened to meet. Each round's own p99 is kept in
+//! the row to show the spread.
 
 use std::path::Path;
 use std::time::Duration;
