@@ -62,19 +62,6 @@ impl std::fmt::Debug for RecvBatch {
     }
 }
 
-/// The outcome of one `recvmmsg` under tokio's `try_io`, which ends the socket's readiness
-/// only when the closure fails with `WouldBlock`. The closure fails so after a short batch too,
-/// having kept what it read: the kernel found the queue empty, and a datagram that arrives
-/// later raises a new readiness event (tokio clears only the event the read was made for, as
-/// it does itself after a short read of a TCP stream). So a `WouldBlock` with datagrams read
-/// is a success.
-fn drained(read: io::Result<()>, nothing_read: bool) -> io::Result<()> {
-    match read {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && !nothing_read => Ok(()),
-        other => other,
-    }
-}
-
 impl RecvBatch {
     /// Buffers for [`BATCH`] datagrams of up to `slot` bytes each (a longer datagram is cut to
     /// `slot` bytes: make `slot` one more than the largest accepted, so it shows as too large).
@@ -88,9 +75,7 @@ impl RecvBatch {
     }
 
     /// Reads the datagrams waiting on `socket` (up to [`BATCH`]) without waiting; fails with
-    /// `WouldBlock` when there are none (tokio then waits for readability again). A batch
-    /// shorter than [`BATCH`] emptied the queue, so it also ends the socket's readiness: the
-    /// next read waits for a new datagram instead of making a system call that finds none.
+    /// `WouldBlock` when there are none (tokio then waits for readability again).
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<Received> {
         let fd = socket.as_raw_fd();
         let RecvBatch {
@@ -106,7 +91,7 @@ impl RecvBatch {
         let mut headers =
             MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(u32)));
         let mut newest_drops = None;
-        let read = socket.try_io(Interest::READABLE, || {
+        socket.try_io(Interest::READABLE, || {
             let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
                 .chunks_mut(*slot)
                 .map(|b| [IoSliceMut::new(b)])
@@ -126,13 +111,8 @@ impl RecvBatch {
                 }
                 got.push((msg.bytes, from.unwrap_or(UNSPECIFIED)));
             }
-            if got.len() < BATCH {
-                // A short batch emptied the socket's queue: tell tokio so (see `drained`).
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
             Ok(())
-        });
-        drained(read, got.is_empty())?;
+        })?;
         let mut kernel_drops = 0;
         if let Some(n) = newest_drops {
             kernel_drops = u64::from(n.wrapping_sub(*drops_seen));
@@ -314,7 +294,6 @@ pub fn apply_buffers(socket: &UdpSocket, receive: usize, send: usize) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     async fn pair() -> (UdpSocket, UdpSocket) {
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -365,33 +344,6 @@ mod tests {
                 .all(|s| *s == a.local_addr().unwrap())
         );
         assert_eq!(sources[BATCH * 2 + 3], c.local_addr().unwrap());
-    }
-
-    #[tokio::test]
-    async fn a_short_batch_ends_readiness_and_a_later_datagram_raises_it_again() {
-        let (a, b) = pair().await;
-        let to = b.local_addr().unwrap();
-        let mut rx = RecvBatch::new(16);
-        for round in 0..3u8 {
-            a.send_to(&[round; 3], to).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(5), b.readable())
-                .await
-                .expect("the datagram makes the socket readable")
-                .unwrap();
-            let r = rx.recv(&b).expect("one datagram read");
-            assert_eq!(r.count, 1);
-            assert_eq!(rx.datagrams().next().unwrap().0, [round; 3]);
-            // The short batch emptied the queue: tokio no longer takes the socket as readable,
-            // so nobody makes a read that would only find nothing...
-            assert!(
-                tokio::time::timeout(Duration::from_millis(50), b.readable())
-                    .await
-                    .is_err(),
-                "still readable after a short batch"
-            );
-            // ...and the next round's datagram is not missed (the `timeout` above proves that
-            // readiness comes back only with it).
-        }
     }
 
     #[tokio::test]
