@@ -88,10 +88,11 @@ pub fn run(
                     round + 1
                 );
                 let r = measure(broker, load, v, count, samples)?;
+                let mut sorted = r.latencies_us.clone();
                 eprintln!(
                     "  p50 {} µs, p99 {} µs, {:.1} µs server CPU per request",
-                    percentile(&mut r.latencies_us.clone(), 50.0).unwrap_or(0),
-                    percentile(&mut r.latencies_us.clone(), 99.0).unwrap_or(0),
+                    percentile(&mut sorted, 50.0).unwrap_or(0),
+                    percentile(&mut sorted, 99.0).unwrap_or(0),
                     r.cpu_us / r.ok.max(1) as f64
                 );
                 pools[i].add(r);

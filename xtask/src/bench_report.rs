@@ -34,17 +34,7 @@ pub fn idle_ratios(rows: &[Value]) -> Vec<Value> {
             let (Some(o), Some(t)) = (find(rows, ours, n), find(rows, theirs, n)) else {
                 continue;
             };
-            let ratio = |key: &str| {
-                let (a, b) = (
-                    t[key].as_f64().unwrap_or(0.0),
-                    o[key].as_f64().unwrap_or(0.0),
-                );
-                if b > 0.0 {
-                    (a / b * 100.0).round() / 100.0
-                } else {
-                    f64::INFINITY
-                }
-            };
+            let ratio = |key: &str| div(&t[key], &o[key]);
             out.push(json!({
                 "pair": format!("{ours}/{theirs}"),
                 "connections": n,
@@ -330,14 +320,6 @@ pub fn fanout_ratios(rows: &[Value]) -> Vec<Value> {
             .iter()
             .filter(|r| r["server"] == "mosquitto" && r["terminals"] == ours["terminals"])
         {
-            let div = |a: &Value, b: &Value| {
-                let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-                if b > 0.0 {
-                    (a / b * 100.0).round() / 100.0
-                } else {
-                    f64::INFINITY
-                }
-            };
             out.push(json!({
                 "pair": format!(
                     "{}/{}",
@@ -415,17 +397,7 @@ pub fn command_ratios(rows: &[Value]) -> Vec<Value> {
             else {
                 continue;
             };
-            let div = |key: &str| {
-                let (a, b) = (
-                    theirs[key].as_f64().unwrap_or(0.0),
-                    ours[key].as_f64().unwrap_or(0.0),
-                );
-                if b > 0.0 {
-                    (a / b * 1000.0).round() / 1000.0
-                } else {
-                    f64::INFINITY
-                }
-            };
+            let div = |key: &str| div_to(&theirs[key], &ours[key], 1000.0);
             out.push(json!({
                 "pair": format!("{}/{peer}", ours["transport"].as_str().unwrap_or("?")),
                 "terminals": ours["terminals"],
@@ -562,9 +534,14 @@ pub fn login_ratios(rows: &[Value]) -> Vec<Value> {
 
 /// `a / b` to two decimals; infinite (JSON null) when `b` is not positive.
 pub fn div(a: &Value, b: &Value) -> f64 {
+    div_to(a, b, 100.0)
+}
+
+/// `a / b` rounded to a multiple of `1 / scale`; infinite (JSON null) when `b` is not positive.
+fn div_to(a: &Value, b: &Value, scale: f64) -> f64 {
     let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
     if b > 0.0 {
-        (a / b * 100.0).round() / 100.0
+        (a / b * scale).round() / scale
     } else {
         f64::INFINITY
     }
