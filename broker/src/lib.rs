@@ -224,11 +224,6 @@ pub async fn start_with(config: &Config, parts: StartParts) -> Result<Running, S
     let router = Router::new(settings, parts.stores, parts.metrics);
     let shutdown = CancellationToken::new();
     let mut tasks = router.spawn_background(shutdown.clone());
-    tasks.push(crate::metrics::spawn_upkeep(
-        router.metrics().clone(),
-        crate::metrics::UPKEEP_EVERY,
-        shutdown.clone(),
-    ));
 
     let bind = |what, addr| async move {
         tokio::net::TcpListener::bind(addr)

@@ -35,6 +35,7 @@
 
 pub mod catalog;
 mod hot;
+pub mod latency;
 pub mod process;
 pub mod upload_path;
 
@@ -45,6 +46,8 @@ use metrics::{Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::terminal::Transport;
+
+pub use latency::Op;
 
 static METADATA: Metadata<'static> = Metadata::new("broker", Level::INFO, Some(module_path!()));
 
@@ -66,42 +69,6 @@ pub const LINK_AUTH_REASONS: [&str; 6] = [
     "bad_frame",
 ];
 
-/// Latency histogram buckets, seconds (100 us .. 30 s).
-const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
-
-/// Operations whose latency is measured (`broker_latency_seconds{op=...}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// A push: store then fan out to online sessions.
-    Push,
-    /// A device upload made durable.
-    Upload,
-    /// HTTP-to-device command round trip.
-    Command,
-    /// Device-to-HTTP request round trip.
-    DeviceRequest,
-    /// A login (comet: from first packet to accepted).
-    Login,
-    /// Offline replay lookup at login.
-    Replay,
-}
-
-impl Op {
-    fn as_str(self) -> &'static str {
-        match self {
-            Op::Push => "push",
-            Op::Upload => "upload",
-            Op::Command => "command",
-            Op::DeviceRequest => "device_request",
-            Op::Login => "login",
-            Op::Replay => "replay",
-        }
-    }
-}
-
 /// The broker's metrics (see module docs).
 #[derive(Clone)]
 pub struct Metrics {
@@ -109,6 +76,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// The catalogued series' handles, for the hot paths ([`hot`]).
     hot: Arc<hot::Hot>,
+    /// `broker_latency_seconds`, kept outside the exporter ([`latency`]).
+    latency: Arc<latency::LatencyHistograms>,
 }
 
 impl Default for Metrics {
@@ -120,16 +89,14 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh, empty set of metrics.
     pub fn new() -> Metrics {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(BUCKETS)
-            .expect("static non-empty buckets")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let hot = register_catalog(&recorder);
         let metrics = Metrics {
             recorder: Arc::new(recorder),
             handle,
             hot: Arc::new(hot),
+            latency: Arc::new(latency::LatencyHistograms::new()),
         };
         // Exists at 0 from the start, so an alert on it needs no special case.
         metrics.store_data_loss().increment(0);
@@ -327,20 +294,12 @@ impl Metrics {
 
     /// Records the latency of `op`.
     pub fn latency(&self, op: Op, d: Duration) {
-        if let Some(h) = self
-            .hot
-            .histogram("broker_latency_seconds", &[("op", op.as_str())])
-        {
-            h.record(d.as_secs_f64());
-            return;
-        }
-        let key = Key::from_parts(
-            "broker_latency_seconds",
-            vec![Label::new("op", op.as_str())],
-        );
-        self.recorder
-            .register_histogram(&key, &METADATA)
-            .record(d.as_secs_f64());
+        self.latency.record(op, d);
+    }
+
+    /// Latency samples recorded for `op` so far.
+    pub fn latency_count(&self, op: Op) -> u64 {
+        self.latency.count(op)
     }
 
     /// Sets the offline store size gauges.
@@ -505,21 +464,24 @@ impl Metrics {
         );
     }
 
-    /// Folds the latency samples recorded since the last call into their histogram buckets
-    /// (the exporter keeps each sample in a list until then; [`Metrics::render`] does this too).
-    pub fn run_upkeep(&self) {
-        self.handle.run_upkeep();
-    }
-
-    /// The Prometheus text exposition: the recorder's families, then the `process_*` ones.
+    /// The Prometheus text exposition: the recorder's families, the latency histograms, then
+    /// the `process_*` families.
     pub fn render(&self) -> String {
-        self.handle.run_upkeep();
         let mut text = self.handle.render();
+        self.latency.render(latency_help(), &mut text);
         if let Some(sample) = process::Sample::read() {
             sample.render(&mut text);
         }
         text
     }
+}
+
+/// The catalogued `# HELP` text of `broker_latency_seconds`.
+fn latency_help() -> &'static str {
+    catalog::FAMILIES
+        .iter()
+        .find(|f| f.name == latency::FAMILY)
+        .map_or("", |f| f.help)
 }
 
 impl Metrics {
@@ -605,7 +567,8 @@ fn register_catalog(recorder: &PrometheusRecorder) -> hot::Hot {
         match family.kind {
             catalog::Kind::Counter => recorder.describe_counter(name, None, help),
             catalog::Kind::Gauge => recorder.describe_gauge(name, None, help),
-            catalog::Kind::Histogram => recorder.describe_histogram(name, None, help),
+            // Rendered by `latency`, with its help text, not by the exporter.
+            catalog::Kind::Histogram => {}
         }
     }
     for (name, labels) in catalog::zero_series() {
@@ -618,10 +581,6 @@ fn register_catalog(recorder: &PrometheusRecorder) -> hot::Hot {
                 hot.keep_counter(name, &labels, &counter);
             }
         }
-    }
-    for (name, labels) in catalog::zero_histograms() {
-        let key = Key::from_parts(name, labels_of(&labels));
-        hot.keep_histogram(name, &labels, &recorder.register_histogram(&key, &METADATA));
     }
     let profile = if cfg!(debug_assertions) {
         "debug"
@@ -709,31 +668,6 @@ impl Metrics {
     }
 }
 
-/// How often the running broker folds recorded latency samples into their histograms
-/// ([`spawn_upkeep`]).
-pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// Runs [`Metrics::run_upkeep`] every `every` until `shutdown` is cancelled: the exporter keeps
-/// each latency sample in a list until then (about 16 bytes each, measured by
-/// `tests/metrics_upkeep.rs`), so without this task a broker nobody
-/// scrapes grows with every upload, login, push and command it handles.
-pub fn spawn_upkeep(
-    metrics: Metrics,
-    every: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => metrics.run_upkeep(),
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,11 +720,6 @@ mod tests {
         assert!(
             m.hot
                 .counter("broker_commands_total", &[("result", "ok")])
-                .is_some()
-        );
-        assert!(
-            m.hot
-                .histogram("broker_latency_seconds", &[("op", "command")])
                 .is_some()
         );
         // Two labels, or a value outside the catalogue: the registry, not a kept handle.

@@ -567,8 +567,8 @@ fn one(name: &'static str, label: &'static str, values: &[&'static str]) -> Vec<
     values.iter().map(|v| (name, vec![(label, *v)])).collect()
 }
 
-/// The counter and gauge series registered at 0 when a broker starts (histograms are listed
-/// by [`zero_histograms`]).
+/// The counter and gauge series registered at 0 when a broker starts (the latency histograms
+/// exist empty from the start too: [`super::latency`]).
 pub fn zero_series() -> Vec<Series> {
     let transports: Vec<&'static str> = Transport::ALL.iter().map(|t| t.as_str()).collect();
     let policies = [
@@ -701,22 +701,6 @@ pub fn zero_series() -> Vec<Series> {
     ));
     s.extend(one("broker_webhook_total", "result", &["ok", "error"]));
     s
-}
-
-/// The `op` labels of `broker_latency_seconds`, registered (empty) at start.
-pub fn zero_histograms() -> Vec<Series> {
-    one(
-        "broker_latency_seconds",
-        "op",
-        &[
-            "push",
-            "upload",
-            "command",
-            "device_request",
-            "login",
-            "replay",
-        ],
-    )
 }
 
 /// The kind of family `name`, if it is catalogued.

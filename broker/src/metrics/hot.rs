@@ -5,7 +5,7 @@
 //! Why: asking the exporter's registry for a series by name and labels builds its key (a label
 //! vector, so an allocation), converts the key to an owned one and hashes it, and takes the
 //! registry's lock, on every call. The series the catalog lists are known when the broker
-//! starts ([`super::catalog::zero_series`], [`super::catalog::zero_histograms`]); their handles
+//! starts ([`super::catalog::zero_series`]); their handles
 //! are kept here, keyed by name and their one label. A series not in the catalog (a dynamic
 //! label such as a peer's address) still goes through the registry.
 //!
@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use metrics::{Counter, Histogram};
+use metrics::Counter;
 
 /// A label as the broker's metrics spell it: key and value.
 type Label = (&'static str, &'static str);
@@ -23,11 +23,10 @@ type Label = (&'static str, &'static str);
 /// A series with one label: its name, the label's key and the label's value.
 type OneLabel = (&'static str, &'static str, &'static str);
 
-/// The registered handles of the catalogue's one-label counters and histograms.
+/// The registered handles of the catalogue's one-label counters.
 #[derive(Default)]
 pub struct Hot {
     counters: HashMap<OneLabel, Counter, foldhash::fast::FixedState>,
-    histograms: HashMap<OneLabel, Histogram, foldhash::fast::FixedState>,
 }
 
 impl Hot {
@@ -39,22 +38,9 @@ impl Hot {
         }
     }
 
-    /// Keeps `histogram` as the handle of series `name{labels}` when `labels` is one label (a
-    /// series with more labels is left to the registry).
-    pub fn keep_histogram(&mut self, name: &'static str, labels: &[Label], histogram: &Histogram) {
-        if let Some(key) = one_label(name, labels) {
-            self.histograms.insert(key, histogram.clone());
-        }
-    }
-
     /// The kept handle of counter `name` with exactly `labels`, if it is one.
     pub fn counter(&self, name: &'static str, labels: &[Label]) -> Option<&Counter> {
         self.counters.get(&one_label(name, labels)?)
-    }
-
-    /// The kept handle of histogram `name` with exactly `labels`, if it is one.
-    pub fn histogram(&self, name: &'static str, labels: &[Label]) -> Option<&Histogram> {
-        self.histograms.get(&one_label(name, labels)?)
     }
 }
 
