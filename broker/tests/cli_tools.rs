@@ -7,6 +7,9 @@
 //! prints TOML without secrets and ends quietly on a closed pipe. Listens on 127.0.0.1 only;
 //! kills only what it started.
 
+mod port_support;
+
+use port_support::free_port;
 mod banner_support;
 mod comet_support;
 
@@ -374,17 +377,6 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
         .collect()
 }
 
-/// A free port on 127.0.0.1 (TCP or UDP).
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    } else {
-        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    }
-}
-
 /// A client output line with the message id after `deliver #` replaced by `N`.
 fn mask_msg_id(line: &str) -> String {
     match line.split_once("deliver #") {
@@ -413,12 +405,7 @@ async fn readme_quick_start_runs_as_written() {
     let sh = blocks(quick, "sh");
     let text = blocks(quick, "text");
     let exe = env!("CARGO_BIN_EXE_broker");
-    let (http, device_ws, app_ws, udp) = (
-        free_port(false),
-        free_port(false),
-        free_port(false),
-        free_port(true),
-    );
+    let (http, device_ws, app_ws, udp) = (free_port(), free_port(), free_port(), free_port());
     let adjust = |s: &str| {
         s.replace("cargo run --release -p broker --", exe)
             .replace("cargo run --release -p broker", exe)

@@ -8,6 +8,9 @@
 //! the event stream needs the token, and `[console] enabled = false` serves neither.
 //! chromedriver is started on a free port and stopped by its own PID.
 
+mod port_support;
+
+use port_support::free_port;
 mod comet_support;
 
 use std::process::{Child, Command, Stdio};
@@ -34,14 +37,6 @@ impl Drop for Driver {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts chromedriver and a headless chromium session through it.

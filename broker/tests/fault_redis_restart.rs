@@ -25,6 +25,9 @@
 //!   restart.
 #![cfg(feature = "services-tests")]
 
+mod port_support;
+
+use port_support::free_port;
 mod cluster_support;
 mod comet_support;
 mod services_env;
@@ -121,14 +124,6 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.crash();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_ping(port: u16, dir: &Path) {

@@ -15,6 +15,9 @@
 //! their PIDs.
 #![cfg(feature = "services-tests")]
 
+mod port_support;
+
+use port_support::free_port;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,14 +41,6 @@ impl Drop for Keepers {
             let _ = k.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A keeper on `file` with `extra` flags; with `log`, its output goes to that file at level

@@ -14,6 +14,9 @@
 //! through the new master and new writes go on.
 #![cfg(feature = "services-tests")]
 
+mod port_support;
+
+use port_support::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -94,14 +97,6 @@ fn redis_server() -> PathBuf {
         .map(|d| d.join("redis-server"))
         .find(|p| p.is_file())
         .expect("no redis-server on PATH: run `cargo xtask services up` (it installs redis-server)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn client(port: u16) -> redis::aio::MultiplexedConnection {

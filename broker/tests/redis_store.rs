@@ -5,6 +5,9 @@
 //! keys at the end. The Sentinel test starts its own `redis-server` and sentinel on free ports.
 #![cfg(feature = "services-tests")]
 
+mod port_support;
+
+use port_support::free_port;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -311,14 +314,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_ping(port: u16) {
