@@ -8,8 +8,8 @@
 //! * `bench-load pings --kind raw-udp`: `--count` plain UDP sockets each keep `--in-flight`
 //!   datagrams of a sealed Ping's size unanswered against `bench-load udp-echo`.
 //! * `bench-load udp-echo`: returns every datagram to its sender on one thread with the broker's
-//!   own batched I/O (`broker::comet::udp::batch`: `recvmmsg`/`sendmmsg` of up to 32, the same
-//!   socket buffers), and nothing else: moving the datagrams with no protocol work at all, the
+//!   own batched I/O (`broker::comet::udp::batch`: `recvmmsg`/`sendmmsg` of up to 32, answers
+//!   to one sender gathered into segmented messages, the same socket buffers), and nothing else: moving the datagrams with no protocol work at all, the
 //!   figure the broker's is a fraction of.
 //!
 //! `pings` prints one status line once every connection attempt finished (the window starts),

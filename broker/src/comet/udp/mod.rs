@@ -7,8 +7,9 @@
 //!   its owner with no hop between tasks. Each socket has the receive and send buffers of
 //!   `[udp]` ([`UdpConfig`]).
 //! * **Batches** ([`batch`]): each socket is read and written up to [`batch::BATCH`] datagrams
-//!   per system call (`recvmmsg`, `sendmmsg`); datagrams the kernel drops because a receive
-//!   buffer is full are counted (`broker_udp_kernel_drops_total`).
+//!   per system call (`recvmmsg`, `sendmmsg`); consecutive answers of one length to one peer
+//!   leave as one segmented message (`UDP_SEGMENT`); datagrams the kernel drops because a
+//!   receive buffer is full are counted (`broker_udp_kernel_drops_total`).
 //! * **Routing** (`dispatch`): what a shard reads is kept (its LOGINs, DATA for its
 //!   sessions), handed to a handshake worker (HELLOs, answered statelessly off the shards),
 //!   forwarded to the owning shard (DATA from a peer whose address changed: routing by session
