@@ -7,6 +7,8 @@
 
 #[path = "../http_support/mod.rs"]
 pub mod http_support;
+#[path = "../port_support/mod.rs"]
+pub mod port_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -21,22 +23,14 @@ use self::http_support::ApiClient;
 /// How long any wait in these helpers lasts.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 (outside the ephemeral range: [`port_support`]).
 pub fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    port_support::free_port()
 }
 
-/// A free UDP port on 127.0.0.1.
+/// A free UDP port on 127.0.0.1 (outside the ephemeral range: [`port_support`]).
 pub fn free_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    port_support::free_port()
 }
 
 /// A spawned process whose stdout lines arrive on a channel; killed (by its PID) on drop.
