@@ -8,25 +8,19 @@
 //! which the broker used before, kept about 16 bytes per sample until a fold and could drop a
 //! sample recorded during one.
 
+mod rss_support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use broker::metrics::{Metrics, Op};
+use rss_support::rss_kib;
 
 /// Samples recorded by each recording thread.
 const PER_THREAD: u64 = 2_000_000;
 /// Recording threads.
 const THREADS: u64 = 2;
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 /// The value of series `series` in exposition `text`.
 fn value(text: &str, series: &str) -> f64 {

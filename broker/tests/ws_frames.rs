@@ -13,6 +13,7 @@
 //! process's resident memory grows by less than 16 MiB over the whole run.
 
 mod comet_support;
+mod rss_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,19 +22,11 @@ use broker::router::Target;
 use broker::terminal::{Address, IdProfile};
 use bytes::Bytes;
 use comet_support::*;
+use rss_support::rss_kib;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 fn addr(url: &str) -> SocketAddr {
     url.trim_start_matches("ws://")
