@@ -601,13 +601,21 @@ impl Fleet<'_> {
             }
             let relay = &self.slots[slot].relay;
             relay.set_profile(Profile::loss(LOSS_PCT));
-            let result = self.lossy_commands(board.device_id).await.map(|d| {
+            let counts = || {
                 format!(
-                    "{d}; relay to broker: {}; to board: {}",
+                    "relay to broker: {}; to board: {}",
                     relay.to_broker().summary(),
                     relay.to_board().summary()
                 )
-            });
+            };
+            let result = match self.lossy_commands(board.device_id).await {
+                Ok(d) => Ok(format!("{d}; {}", counts())),
+                Err(e) => Err(format!(
+                    "{e}; {}; the relay's latest datagrams:\n{}",
+                    counts(),
+                    relay.trace()
+                )),
+            };
             relay.set_profile(Profile::default());
             cases.push(case(
                 format!("{label}: {LOSSY_COMMANDS} commands at {LOSS_PCT}% loss"),

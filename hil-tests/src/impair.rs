@@ -13,10 +13,12 @@
 //! the relay forwards to the broker's real UDP endpoint from an upstream socket of its own.
 //! WebSocket (TCP) traffic is not relayed.
 
+use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -102,7 +104,78 @@ impl Counters {
     }
 }
 
+/// How many datagrams the relay's trace keeps (the latest, both directions together).
+pub const TRACE_LEN: usize = 64;
+
+/// One datagram the relay handled, for the trace a failing scenario prints.
+#[derive(Debug, Clone, Copy)]
+struct Traced {
+    /// Since the relay started.
+    at: Duration,
+    to_broker: bool,
+    len: usize,
+    /// When the copies leave (empty: dropped).
+    copies: usize,
+    first_delay: Duration,
+}
+
+/// The latest [`TRACE_LEN`] datagrams, oldest first.
+struct Trace {
+    started: Instant,
+    entries: Mutex<VecDeque<Traced>>,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace {
+            started: Instant::now(),
+            entries: Mutex::new(VecDeque::with_capacity(TRACE_LEN)),
+        }
+    }
+
+    fn record(&self, to_broker: bool, len: usize, plan: &[Duration]) {
+        let entry = Traced {
+            at: self.started.elapsed(),
+            to_broker,
+            len,
+            copies: plan.len(),
+            first_delay: plan.first().copied().unwrap_or_default(),
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() == TRACE_LEN {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+
+    fn render(&self) -> String {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        for e in entries.iter() {
+            let way = if e.to_broker {
+                "board->broker"
+            } else {
+                "broker->board"
+            };
+            let fate = match e.copies {
+                0 => "dropped".to_string(),
+                1 if e.first_delay.is_zero() => "sent".to_string(),
+                1 => format!("sent after {} ms", e.first_delay.as_millis()),
+                n => format!("sent {n} times"),
+            };
+            let _ = writeln!(
+                out,
+                "{:>9.3} s {way} {:>4} B {fate}",
+                e.at.as_secs_f64(),
+                e.len
+            );
+        }
+        out
+    }
+}
+
 struct Shared {
+    trace: Trace,
     profile: Mutex<Profile>,
     board: Mutex<Option<SocketAddr>>,
     upstream: Mutex<Arc<UdpSocket>>,
@@ -117,9 +190,12 @@ impl Shared {
         *self.profile.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn plan(&self) -> Vec<Duration> {
+    /// The copies of one `len`-byte datagram, recorded in the trace.
+    fn plan(&self, to_broker: bool, len: usize) -> Vec<Duration> {
         let profile = self.profile();
-        profile.plan(&mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner))
+        let plan = profile.plan(&mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner));
+        self.trace.record(to_broker, len, &plan);
+        plan
     }
 }
 
@@ -175,6 +251,7 @@ impl Relay {
         let listen = Arc::new(UdpSocket::bind(bind).await?);
         let upstream = Arc::new(UdpSocket::bind(SocketAddr::new(bind.ip(), 0)).await?);
         let shared = Arc::new(Shared {
+            trace: Trace::new(),
             profile: Mutex::new(Profile::default()),
             board: Mutex::new(None),
             upstream: Mutex::new(upstream.clone()),
@@ -235,6 +312,12 @@ impl Relay {
         Ok(())
     }
 
+    /// The latest [`TRACE_LEN`] datagrams of both directions, one line each, oldest first:
+    /// when (since the relay started), which way, how long, and whether it was dropped.
+    pub fn trace(&self) -> String {
+        self.shared.trace.render()
+    }
+
     /// Board → broker counters.
     pub fn to_broker(&self) -> &Counters {
         &self.shared.to_broker
@@ -270,7 +353,7 @@ async fn board_to_broker(listen: Arc<UdpSocket>, shared: Arc<Shared>) {
             &upstream,
             shared.broker,
             &buf[..n],
-            shared.plan(),
+            shared.plan(true, n),
             &shared.to_broker,
             delayed,
         );
@@ -287,7 +370,7 @@ async fn broker_to_board(upstream: Arc<UdpSocket>, listen: Arc<UdpSocket>, share
             &listen,
             board,
             &buf[..n],
-            shared.plan(),
+            shared.plan(false, n),
             &shared.to_board,
             delayed,
         );
@@ -404,5 +487,36 @@ mod tests {
         assert_eq!(relay.to_broker().received.load(Ordering::Relaxed), 7);
         assert_eq!(relay.to_broker().sent.load(Ordering::Relaxed), 2);
         assert_eq!(relay.to_board().sent.load(Ordering::Relaxed), 2);
+        // The trace: hello, answer, five lost, after, again, in order, with their fates.
+        let trace = relay.trace();
+        let lines: Vec<&str> = trace.lines().collect();
+        assert_eq!(lines.len(), 9, "{trace}");
+        assert!(lines[0].ends_with("board->broker    5 B sent"), "{trace}");
+        assert!(lines[1].ends_with("broker->board    6 B sent"), "{trace}");
+        assert!(
+            lines[2..7]
+                .iter()
+                .all(|l| l.ends_with("board->broker    4 B dropped")),
+            "{trace}"
+        );
+        assert!(lines[8].ends_with("broker->board    5 B sent"), "{trace}");
+    }
+
+    #[test]
+    fn the_trace_keeps_the_latest_datagrams() {
+        let trace = Trace::new();
+        for len in 0..TRACE_LEN + 10 {
+            trace.record(true, len, &[Duration::from_millis(3)]);
+        }
+        let shown = trace.render();
+        assert_eq!(shown.lines().count(), TRACE_LEN);
+        assert!(
+            shown
+                .lines()
+                .next()
+                .unwrap()
+                .contains("  10 B sent after 3 ms"),
+            "{shown}"
+        );
     }
 }
