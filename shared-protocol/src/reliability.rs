@@ -176,6 +176,12 @@ impl<const N: usize, const B: usize> SendWindow<N, B> {
         self
     }
 
+    /// Whether the frames' carrier may lose them ([`Carrier::Datagram`]), so lost frames are
+    /// resent.
+    pub const fn carrier_loses(&self) -> bool {
+        self.resend
+    }
+
     fn capacity() -> usize {
         N.min(MAX_IN_FLIGHT as usize)
     }

@@ -450,7 +450,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
                 )
             }
             Phase::Online(o) => {
-                let heartbeat = o.last_tx.plus_millis(heartbeat_ms(&o.welcome));
+                let heartbeat = ping_due(o);
                 let dead = o.last_rx.plus_millis(session_timeout_ms(&o.welcome));
                 let mut t = earliest(Some(heartbeat), Some(dead));
                 t = earliest(t, o.send.poll_timeout().map(Instant::from_millis));
@@ -1002,8 +1002,8 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             let frame = Frame::unreliable(o.recv.ack(), Body::AckOnly);
             return seal(o, frame, now, buf, &mut self.stats);
         }
-        // 4. Heartbeat after heartbeat_secs without sending.
-        if now.millis_since(o.last_tx) >= heartbeat_ms(&o.welcome) {
+        // 4. Heartbeat after heartbeat_secs without sending, sooner while the broker is silent.
+        if now >= ping_due(o) {
             bump(&mut self.stats.pings);
             let frame = Frame::unreliable(o.recv.ack(), Body::Ping);
             return seal(o, frame, now, buf, &mut self.stats);
@@ -1052,6 +1052,18 @@ fn to_ref(bytes: &[u8]) -> Option<(u8, u32)> {
         [tag, a, b, c, d] => Some((*tag, u32::from_le_bytes([*a, *b, *c, *d]))),
         _ => None,
     }
+}
+
+/// When the next Ping is due: `heartbeat_secs` after the last packet sent, or over UDP a
+/// quarter of that when nothing authentic has come from the broker since that packet
+/// (docs/protocol.md section 6, "Probing"): a lost Pong or ack then costs a quarter interval,
+/// and the session timeout holds many round trips instead of two or three.
+fn ping_due(o: &Online) -> Instant {
+    let mut wait = heartbeat_ms(&o.welcome);
+    if o.send.carrier_loses() && o.last_rx < o.last_tx {
+        wait /= 4;
+    }
+    o.last_tx.plus_millis(wait)
 }
 
 fn heartbeat_ms(w: &WelcomeInfo) -> u64 {

@@ -358,6 +358,8 @@ struct Net {
     lose_up: bool,
     /// Drop broker-to-device packets while true.
     lose_down: bool,
+    /// Drop each packet, either way, with this chance (percent), drawn from the generator.
+    random_loss: Option<(u64, SplitMix64)>,
     /// Hold broker-to-device packets (in `held`) while true: a slow downlink.
     hold_down: bool,
     held: VecDeque<Vec<u8>>,
@@ -413,6 +415,7 @@ impl Net {
             to_client: VecDeque::new(),
             lose_up: false,
             lose_down: false,
+            random_loss: None,
             hold_down: false,
             held: VecDeque::new(),
             events: Vec::new(),
@@ -439,7 +442,7 @@ impl Net {
                 let endpoint = self.client.endpoint().unwrap().0;
                 self.sent
                     .push((self.now, self.client.connection_id(), endpoint));
-                if !self.lose_up {
+                if !self.lose_up && !self.randomly_lost() {
                     let i = self.broker_index();
                     let now = self.now.as_millis();
                     self.brokers[i].on_packet(&buf[..n], now, &mut self.to_client);
@@ -449,7 +452,7 @@ impl Net {
                 moved = true;
                 if self.hold_down {
                     self.held.push_back(p);
-                } else if !self.lose_down {
+                } else if !self.lose_down && !self.randomly_lost() {
                     let _ = self.client.handle_datagram(&mut p, self.now);
                 }
             }
@@ -461,6 +464,13 @@ impl Net {
             }
         }
         panic!("no quiescence");
+    }
+
+    /// Whether the random loss, if set, drops the next packet.
+    fn randomly_lost(&mut self) -> bool {
+        self.random_loss
+            .as_mut()
+            .is_some_and(|(pct, rng)| rng.next_u64() % 100 < *pct)
     }
 
     /// Runs the event loop until `until` (inclusive).
@@ -576,6 +586,95 @@ fn pings_after_heartbeat_when_idle_and_stays_online() {
     assert_eq!(net.client.stats().pings, 21);
     assert_eq!(net.client.state(), ConnectionState::Online);
     assert!(disconnects(&net.take_events()).is_empty());
+}
+
+/// When each Ping of the session left, ms since login (the packets the broker got as Pings).
+fn ping_times(net: &Net, online_at: Instant) -> Vec<u64> {
+    // The test broker records packets in `got` and the network every transmission in `sent`;
+    // with nothing else to send, every packet after login is a Ping.
+    net.sent
+        .iter()
+        .filter(|(at, _, _)| *at > online_at)
+        .map(|(at, _, _)| at.millis_since(online_at))
+        .collect()
+}
+
+/// A broker that stops answering: once a Ping goes unanswered the device pings every quarter
+/// interval (docs/protocol.md section 6, "Probing"), eight Pings before the session timeout,
+/// where a device pinging only once per interval had two.
+#[test]
+fn pings_every_quarter_interval_while_the_broker_is_silent() {
+    let mut net = Net::new();
+    net.online();
+    let online_at = net.now;
+    net.lose_down = true;
+    net.run_for(89_999);
+    assert_eq!(
+        ping_times(&net, online_at),
+        [
+            30_000, 37_500, 45_000, 52_500, 60_000, 67_500, 75_000, 82_500
+        ]
+    );
+    assert!(disconnects(&net.take_events()).is_empty());
+    net.run_for(1);
+    assert_eq!(
+        disconnects(&net.take_events()),
+        [DisconnectReason::SessionTimeout]
+    );
+}
+
+/// One lost Pong costs a quarter interval: the next probe's Pong arrives, and the device goes
+/// back to one Ping per interval.
+#[test]
+fn a_lost_pong_is_probed_again_after_a_quarter_interval() {
+    let mut net = Net::new();
+    net.online();
+    let online_at = net.now;
+    net.lose_down = true;
+    net.run_for(30_000);
+    net.lose_down = false;
+    net.run_for(70_000);
+    assert_eq!(
+        ping_times(&net, online_at),
+        [30_000, 37_500, 67_500, 97_500]
+    );
+    assert_eq!(net.client.state(), ConnectionState::Online);
+}
+
+/// Sessions that end on their liveness timeout in `hours` simulated hours of an idle device
+/// at 20% loss each way (a fixed seed: the same count every run).
+fn lossy_idle_timeouts(hours: u64) -> usize {
+    let mut net = Net::new();
+    net.online();
+    net.take_events();
+    net.random_loss = Some((20, SplitMix64::new(7)));
+    net.run_for(hours * 3_600_000);
+    disconnects(&net.take_events())
+        .into_iter()
+        .filter(|r| *r == DisconnectReason::SessionTimeout)
+        .count()
+}
+
+/// At 20% loss each way an idle session rides out its lost Pings and Pongs: a device pinging
+/// once per interval loses about one round trip in three, and two or three of them in a row
+/// end its session (about ten times an hour); probing while the broker is silent makes that
+/// rare (docs/protocol.md section 6, "Probing").
+#[test]
+fn an_idle_session_rides_out_a_lossy_link() {
+    // Measured with this seed: 2 (244 when pinging only once per interval).
+    let timeouts = lossy_idle_timeouts(24);
+    assert!(timeouts <= 12, "{timeouts} session timeouts in 24 h");
+}
+
+/// Over WebSocket nothing is lost, so a silent broker gets no extra Pings.
+#[test]
+fn over_websocket_a_silent_broker_gets_one_ping_per_interval() {
+    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None, client_config());
+    net.online();
+    let online_at = net.now;
+    net.lose_down = true;
+    net.run_for(89_999);
+    assert_eq!(ping_times(&net, online_at), [30_000, 60_000]);
 }
 
 #[test]
