@@ -588,10 +588,9 @@ fn pings_after_heartbeat_when_idle_and_stays_online() {
     assert!(disconnects(&net.take_events()).is_empty());
 }
 
-/// When each Ping of the session left, ms since login (the packets the broker got as Pings).
+/// When each packet after `online_at` left, ms after it (with nothing else to send, the
+/// session's Pings).
 fn ping_times(net: &Net, online_at: Instant) -> Vec<u64> {
-    // The test broker records packets in `got` and the network every transmission in `sent`;
-    // with nothing else to send, every packet after login is a Ping.
     net.sent
         .iter()
         .filter(|(at, _, _)| *at > online_at)
@@ -604,13 +603,9 @@ fn ping_times(net: &Net, online_at: Instant) -> Vec<u64> {
 /// where a device pinging only once per interval had two.
 #[test]
 fn pings_every_quarter_interval_while_the_broker_is_silent() {
-    let mut net = Net::new();
-    net.online();
-    let online_at = net.now;
-    net.lose_down = true;
-    net.run_for(89_999);
+    let (mut net, pings) = pings_to_a_silent_broker(Net::new());
     assert_eq!(
-        ping_times(&net, online_at),
+        pings,
         [
             30_000, 37_500, 45_000, 52_500, 60_000, 67_500, 75_000, 82_500
         ]
@@ -621,6 +616,17 @@ fn pings_every_quarter_interval_while_the_broker_is_silent() {
         disconnects(&net.take_events()),
         [DisconnectReason::SessionTimeout]
     );
+}
+
+/// Logs `net` in, then loses everything the broker sends for 89.999 s (the session timeout is
+/// 90 s); returns the network and when the device's packets left, ms after login.
+fn pings_to_a_silent_broker(mut net: Net) -> (Net, Vec<u64>) {
+    net.online();
+    let online_at = net.now;
+    net.lose_down = true;
+    net.run_for(89_999);
+    let pings = ping_times(&net, online_at);
+    (net, pings)
 }
 
 /// One lost Pong costs a quarter interval: the next probe's Pong arrives, and the device goes
@@ -669,12 +675,8 @@ fn an_idle_session_rides_out_a_lossy_link() {
 /// Over WebSocket nothing is lost, so a silent broker gets no extra Pings.
 #[test]
 fn over_websocket_a_silent_broker_gets_one_ping_per_interval() {
-    let mut net = Net::build(KEY, KEY, &WS_ENDPOINTS, None, client_config());
-    net.online();
-    let online_at = net.now;
-    net.lose_down = true;
-    net.run_for(89_999);
-    assert_eq!(ping_times(&net, online_at), [30_000, 60_000]);
+    let ws = Net::build(KEY, KEY, &WS_ENDPOINTS, None, client_config());
+    assert_eq!(pings_to_a_silent_broker(ws).1, [30_000, 60_000]);
 }
 
 #[test]
