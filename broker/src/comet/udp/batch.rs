@@ -339,13 +339,57 @@ impl SendBatch {
         (taken.max(1), segment.map(|s| s as u16))
     }
 
+    /// Offers the messages of `call` to the kernel in one `sendmmsg` call, `segment_size` (when
+    /// set) on each of them; how many messages it took, or why it took none.
+    fn send_call(
+        &self,
+        socket: &UdpSocket,
+        headers: &mut MultiHeaders<SockaddrStorage>,
+        call: &[Message],
+        segment_size: Option<u16>,
+    ) -> io::Result<usize> {
+        let slices: Vec<IoSlice<'_>> = call
+            .iter()
+            .flat_map(|m| self.datagrams_of(m))
+            .map(|i| IoSlice::new(&self.bytes[self.span(i)]))
+            .collect();
+        let mut rest = slices.as_slice();
+        let per_message: Vec<&[IoSlice<'_>]> = call
+            .iter()
+            .map(|m| {
+                let (this, after) = rest.split_at(m.count as usize);
+                rest = after;
+                this
+            })
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = call
+            .iter()
+            .map(|m| Some(SockaddrStorage::from(self.items[m.first as usize].1)))
+            .collect();
+        let fd = socket.as_raw_fd();
+        socket.try_io(Interest::WRITABLE, || {
+            let size = segment_size.unwrap_or(0);
+            let gso = [ControlMessage::UdpGsoSegments(&size)];
+            let cmsgs: &[ControlMessage<'_>] = if segment_size.is_some() { &gso } else { &[] };
+            sendmmsg(
+                fd,
+                headers,
+                per_message.iter(),
+                &addrs,
+                cmsgs,
+                MsgFlags::empty(),
+            )
+            .map(|results| results.count())
+            .map_err(io::Error::from)
+        })
+    }
+
     /// Hands every waiting datagram to the kernel, [`BATCH`] messages per call, without
     /// waiting; the queue is empty afterwards. When the socket's send buffer is full the rest
     /// is dropped; a destination the kernel refuses drops that one datagram and the others
     /// still go.
     pub fn flush(&mut self, socket: &UdpSocket) -> Flushed {
         let mut out = Flushed::default();
-        let fd = socket.as_raw_fd();
         self.gather(0, 0..self.items.len(), self.segment);
         // Made per flush, not kept: the headers hold raw pointers, so a value keeping them
         // could not move between the runtime's threads. A call with a segment size needs room
@@ -355,25 +399,6 @@ impl SendBatch {
         let mut next = 0;
         while next < self.messages.len() {
             let (count, segment_size) = self.plan(next);
-            let call = &self.messages[next..next + count];
-            let slices: Vec<IoSlice<'_>> = call
-                .iter()
-                .flat_map(|m| self.datagrams_of(m))
-                .map(|i| IoSlice::new(&self.bytes[self.span(i)]))
-                .collect();
-            let mut rest = slices.as_slice();
-            let per_message: Vec<&[IoSlice<'_>]> = call
-                .iter()
-                .map(|m| {
-                    let (this, after) = rest.split_at(m.count as usize);
-                    rest = after;
-                    this
-                })
-                .collect();
-            let addrs: Vec<Option<SockaddrStorage>> = call
-                .iter()
-                .map(|m| Some(SockaddrStorage::from(self.items[m.first as usize].1)))
-                .collect();
             let headers = match segment_size {
                 None => &mut whole,
                 Some(_) => segmented.get_or_insert_with(|| {
@@ -381,21 +406,8 @@ impl SendBatch {
                 }),
             };
             out.calls += 1;
-            let r = socket.try_io(Interest::WRITABLE, || {
-                let size = segment_size.unwrap_or(0);
-                let gso = [ControlMessage::UdpGsoSegments(&size)];
-                let cmsgs: &[ControlMessage<'_>] = if segment_size.is_some() { &gso } else { &[] };
-                sendmmsg(
-                    fd,
-                    headers,
-                    per_message.iter(),
-                    &addrs,
-                    cmsgs,
-                    MsgFlags::empty(),
-                )
-                .map(|results| results.count())
-                .map_err(io::Error::from)
-            });
+            let call = &self.messages[next..next + count];
+            let r = self.send_call(socket, headers, call, segment_size);
             let first = call[0];
             match r {
                 Ok(n) if n > 0 => {
@@ -480,6 +492,31 @@ mod tests {
         (a, b)
     }
 
+    /// Reads `n` datagrams from `socket` with [`RecvBatch`] (slots of `slot` bytes; none
+    /// dropped by the kernel on the way), with their sources, in arrival order.
+    async fn read_datagrams(
+        socket: &UdpSocket,
+        slot: usize,
+        n: usize,
+    ) -> (Vec<Vec<u8>>, Vec<SocketAddr>) {
+        let mut rx = RecvBatch::new(slot);
+        let (mut data, mut sources) = (Vec::new(), Vec::new());
+        while data.len() < n {
+            tokio::time::timeout(std::time::Duration::from_secs(5), socket.readable())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {n} datagrams within 5 s", data.len()))
+                .unwrap();
+            let Ok(r) = rx.recv(socket) else { continue };
+            assert!(r.count <= BATCH);
+            assert_eq!(r.kernel_drops, 0);
+            for (d, from) in rx.datagrams() {
+                data.push(d.to_vec());
+                sources.push(from);
+            }
+        }
+        (data, sources)
+    }
+
     #[tokio::test]
     async fn a_batch_goes_out_in_few_calls_and_comes_back_in_order_with_its_sources() {
         let (a, b) = pair().await;
@@ -500,19 +537,7 @@ mod tests {
         c.writable().await.unwrap();
         assert_eq!(out.flush(&c).sent, 1);
 
-        let mut rx = RecvBatch::new(16);
-        let mut seen = Vec::new();
-        let mut sources = Vec::new();
-        while seen.len() < BATCH * 2 + 4 {
-            b.readable().await.unwrap();
-            let Ok(r) = rx.recv(&b) else { continue };
-            assert!(r.count <= BATCH);
-            assert_eq!(r.kernel_drops, 0);
-            for (d, from) in rx.datagrams() {
-                seen.push(d.to_vec());
-                sources.push(from);
-            }
-        }
+        let (seen, sources) = read_datagrams(&b, 16, BATCH * 2 + 4).await;
         let expected: Vec<Vec<u8>> = (0..(BATCH * 2 + 3) as u32)
             .map(|i| i.to_le_bytes().to_vec())
             .chain([b"from c".to_vec()])
@@ -540,14 +565,7 @@ mod tests {
             ((BATCH * 2 + 3) as u64, 0, 0)
         );
         assert_eq!(f.calls, 3, "one call per {BATCH} datagrams");
-        let mut rx = RecvBatch::new(16);
-        let mut seen = Vec::new();
-        while seen.len() < BATCH * 2 + 3 {
-            b.readable().await.unwrap();
-            if rx.recv(&b).is_ok() {
-                seen.extend(rx.datagrams().map(|(d, _)| d.to_vec()));
-            }
-        }
+        let (seen, _) = read_datagrams(&b, 16, BATCH * 2 + 3).await;
         let expected: Vec<Vec<u8>> = (0..(BATCH * 2 + 3) as u32)
             .map(|i| i.to_le_bytes().to_vec())
             .collect();
@@ -656,14 +674,7 @@ mod tests {
         assert_eq!((f.sent, f.failed), (200, 0));
         assert!(f.segmented > 0, "{f:?}");
         for (socket, expected) in [(&b, expected_b), (&c, expected_c)] {
-            let mut rx = RecvBatch::new(64);
-            let mut seen = Vec::new();
-            while seen.len() < expected.len() {
-                socket.readable().await.unwrap();
-                if rx.recv(socket).is_ok() {
-                    seen.extend(rx.datagrams().map(|(d, _)| d.to_vec()));
-                }
-            }
+            let (seen, _) = read_datagrams(socket, 64, expected.len()).await;
             assert_eq!(seen, expected);
         }
     }
@@ -736,14 +747,7 @@ mod tests {
         a.writable().await.unwrap();
         let f = out.flush(&a);
         assert_eq!((f.sent, f.failed, f.segmented), (3, 2, 1), "{f:?}");
-        let mut rx = RecvBatch::new(16);
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            b.readable().await.unwrap();
-            if rx.recv(&b).is_ok() {
-                got.extend(rx.datagrams().map(|(d, _)| d.to_vec()));
-            }
-        }
+        let (got, _) = read_datagrams(&b, 16, 3).await;
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
     }
 
@@ -758,14 +762,7 @@ mod tests {
         a.writable().await.unwrap();
         let f = out.flush(&a);
         assert_eq!((f.sent, f.failed), (2, 1));
-        let mut rx = RecvBatch::new(16);
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            b.readable().await.unwrap();
-            if rx.recv(&b).is_ok() {
-                got.extend(rx.datagrams().map(|(d, _)| d.to_vec()));
-            }
-        }
+        let (got, _) = read_datagrams(&b, 16, 2).await;
         assert_eq!(got, [b"one".to_vec(), b"three".to_vec()]);
     }
 
