@@ -114,8 +114,9 @@ struct Traced {
     at: Duration,
     to_broker: bool,
     len: usize,
-    /// When the copies leave (empty: dropped).
+    /// How many copies were sent (0: dropped, 2: duplicated).
     copies: usize,
+    /// How long the first copy was held back.
     first_delay: Duration,
 }
 

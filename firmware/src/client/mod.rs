@@ -1002,7 +1002,7 @@ impl<'c, R: Rng, const Q: usize, const P: usize, const E: usize, const O: usize>
             let frame = Frame::unreliable(o.recv.ack(), Body::AckOnly);
             return seal(o, frame, now, buf, &mut self.stats);
         }
-        // 4. Heartbeat after heartbeat_secs without sending, sooner while the broker is silent.
+        // 4. Heartbeat after heartbeat_secs without sending, sooner after an unanswered packet.
         if now >= ping_due(o) {
             bump(&mut self.stats.pings);
             let frame = Frame::unreliable(o.recv.ack(), Body::Ping);
