@@ -23,6 +23,17 @@
 //! never use up a victim address's allowance, while password-guessing from a real address is
 //! still limited.
 //!
+//! The table forgets what it no longer needs: once a LOGIN's challenge is older than the
+//! challenge lifetime, a copy of it fails the age check (step 4.3) before the `REPLAY` check, and
+//! every LOGIN that can still pass the age check carries a newer timestamp. So an entry older
+//! than the lifetime is dropped when its shard is next swept (at a LOGIN, at most once per
+//! lifetime per shard), and the shard keeps the newest timestamp it dropped as a floor: a
+//! device with no entry must still be stamped above it. With a wall clock that only moves
+//! forward the floor never refuses a LOGIN the entry would have accepted; after the clock was
+//! set back it refuses (`REPLAY`) what it cannot tell from a copy, as a kept entry would. The
+//! table therefore holds the devices that logged in within the last lifetime (30 s), not every
+//! device that ever logged in on this node.
+//!
 //! The timestamp table is sharded by device id (64 `std::sync::Mutex` shards). The shard lock is
 //! held for the whole synchronous `Acceptor::on_login` call (HMACs, HKDF, one seal: microseconds,
 //! no `.await`), so the `REPLAY` comparison and the recording of the new timestamp are atomic even
@@ -40,6 +51,7 @@ use shared_protocol::handshake::{
 };
 use shared_protocol::ids::Address as WireAddress;
 use shared_protocol::keys::{CookieSecret, DeviceKey, MasterKey, PeerAddr, derive_device_key};
+use shared_protocol::limits::CHALLENGE_LIFETIME_MS;
 use shared_protocol::packet::Login;
 
 use super::challenge_clock::ChallengeClock;
@@ -77,8 +89,9 @@ pub struct HelloAnswer<'o> {
 
 /// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and the
 /// first [`PROOF_KEPT`] bytes of its proof (which tell an exact copy from another LOGIN for the
-/// same challenge). Kept for every device that logged in on this node, so laid out small: with
-/// its key, one 24 B slot of the table (docs/performance.md, "Memory per session").
+/// same challenge). Kept for every device that logged in on this node within the challenge
+/// lifetime (see the module docs), so laid out small: with its key, one 24 B slot of the table
+/// (docs/performance.md, "Memory per session").
 ///
 /// Only the proof's first 12 bytes are kept: the comparison is made only for a LOGIN whose
 /// proof was verified (the acceptor checks the proof before the `REPLAY` bound), so two LOGINs
@@ -115,6 +128,61 @@ impl LastLogin {
     }
 }
 
+/// One shard of the last-login table: the devices that logged in within the challenge lifetime,
+/// and the floor left by those forgotten since (see the module docs).
+#[derive(Default)]
+struct LastLogins {
+    by_id: HashMap<u32, LastLogin>,
+    /// The newest challenge timestamp dropped from this shard (0: none yet).
+    floor_ms: u64,
+    /// When this shard was last swept (wall-clock ms; 0: never).
+    swept_ms: u64,
+}
+
+impl LastLogins {
+    /// The last LOGIN accepted for `id` while it is remembered.
+    fn get(&self, id: u32) -> Option<LastLogin> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// What a LOGIN for `id` must be stamped above: its last accepted LOGIN's timestamp, else
+    /// the shard's floor (`None` while nothing was ever dropped).
+    fn bound_ms(&self, id: u32) -> Option<u64> {
+        self.by_id
+            .get(&id)
+            .map(LastLogin::timestamp_ms)
+            .or((self.floor_ms > 0).then_some(self.floor_ms))
+    }
+
+    /// Records an accepted LOGIN of `id`.
+    fn insert(&mut self, id: u32, login: LastLogin) {
+        self.by_id.insert(id, login);
+    }
+
+    /// Drops the entries whose challenge is past its lifetime at `now_ms`, raising the floor to
+    /// the newest of them; does nothing if the shard was swept less than a lifetime ago.
+    fn forget_expired(&mut self, now_ms: u64) {
+        if self.swept_ms != 0 && now_ms.saturating_sub(self.swept_ms) < CHALLENGE_LIFETIME_MS {
+            return;
+        }
+        self.swept_ms = now_ms;
+        let mut floor = self.floor_ms;
+        self.by_id.retain(|_, l| {
+            let t = l.timestamp_ms();
+            let expired = t.saturating_add(CHALLENGE_LIFETIME_MS) < now_ms;
+            if expired {
+                floor = floor.max(t);
+            }
+            !expired
+        });
+        self.floor_ms = floor;
+        // Give the memory back once the table is mostly empty (a login burst has passed).
+        if self.by_id.len() < self.by_id.capacity() / 4 {
+            self.by_id.shrink_to(self.by_id.len());
+        }
+    }
+}
+
 /// Draws this node's cookie secret from the OS CSPRNG (once, when the node starts).
 pub fn node_cookie_secret() -> Result<CookieSecret, rand::rand_core::OsError> {
     let mut secret = [0u8; 32];
@@ -128,7 +196,7 @@ pub struct Logins {
     clock: ChallengeClock,
     master: MasterKey,
     explicit: HashMap<u32, DeviceKey>,
-    last: Box<[Mutex<HashMap<u32, LastLogin>>]>,
+    last: Box<[Mutex<LastLogins>]>,
 }
 
 impl Logins {
@@ -144,7 +212,7 @@ impl Logins {
                 .iter()
                 .map(|(id, k)| (*id, DeviceKey(*k)))
                 .collect(),
-            last: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            last: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -184,7 +252,7 @@ impl Logins {
             .unwrap_or_else(|| derive_device_key(&self.master, id))
     }
 
-    fn shard(&self, id: u32) -> MutexGuard<'_, HashMap<u32, LastLogin>> {
+    fn shard(&self, id: u32) -> MutexGuard<'_, LastLogins> {
         let i = (id.wrapping_mul(0x9E37_79B9) >> 26) as usize % SHARDS;
         self.last[i].lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -225,7 +293,9 @@ impl Logins {
         };
         let id = login.address.id;
         let mut shard = self.shard(id);
-        let last = shard.get(&id).copied();
+        shard.forget_expired(now_ms);
+        let last = shard.get(id);
+        let bound = shard.bound_ms(id);
         // The acceptor looks the key up only after the cookie and its age checked out: that is
         // where the source address is proven and the rate is charged.
         let mut rate_limited = false;
@@ -236,7 +306,7 @@ impl Logins {
             }
             Some(TerminalRecord {
                 key: self.device_key(a.id),
-                last_login_ms: last.map(|l| l.timestamp_ms()),
+                last_login_ms: bound,
             })
         };
         let result = self
@@ -376,6 +446,122 @@ mod tests {
         let (la, lb) = (login_for(&mut a, &ch_a), login_for(&mut b, &ch_b));
         assert_eq!(outcome(&logins, &lb, now), Ok(now + 21));
         assert_eq!(outcome(&logins, &la, now), Err("Replay".into()));
+    }
+
+    impl Logins {
+        /// Devices in the last-login table.
+        fn remembered(&self) -> usize {
+            self.last
+                .iter()
+                .map(|s| s.lock().unwrap().by_id.len())
+                .sum()
+        }
+
+        fn shard_index(id: u32) -> usize {
+            (id.wrapping_mul(0x9E37_79B9) >> 26) as usize % SHARDS
+        }
+    }
+
+    #[test]
+    fn a_login_past_its_challenge_lifetime_is_forgotten_and_its_copy_still_refused() {
+        let logins = logins();
+        let now = 1_700_000_000_000;
+        let (mut dev, ch) = challenge(&logins, 5, 0, now);
+        let first = login_for(&mut dev, &ch);
+        assert_eq!(outcome(&logins, &first, now), Ok(now));
+        // Within the lifetime the entry answers copies (and is swept at most once a lifetime).
+        assert_eq!(outcome(&logins, &first, now + 10), Err("Duplicate".into()));
+        assert_eq!(logins.remembered(), 1);
+        // One lifetime on, another device of the same shard logs in: the shard is swept.
+        let later = now + CHALLENGE_LIFETIME_MS + 1;
+        let neighbour = (6..)
+            .find(|&id| Logins::shard_index(id) == Logins::shard_index(5))
+            .unwrap();
+        let (mut other, ch) = challenge(&logins, neighbour, 0, later);
+        assert_eq!(
+            outcome(&logins, &login_for(&mut other, &ch), later),
+            Ok(later)
+        );
+        assert_eq!(logins.remembered(), 1, "only the new login is kept");
+        // The forgotten LOGIN is still refused (its challenge expired), and the device logs in
+        // again with a new one.
+        assert_eq!(outcome(&logins, &first, later), Err("CookieExpired".into()));
+        let (mut dev2, ch) = challenge(&logins, 5, 1, later);
+        assert_eq!(
+            outcome(&logins, &login_for(&mut dev2, &ch), later),
+            Ok(later)
+        );
+    }
+
+    #[test]
+    fn after_the_clock_is_set_back_a_login_stamped_below_a_forgotten_one_is_refused() {
+        let logins = logins();
+        let now = 1_700_000_000_000;
+        let (mut dev, ch) = challenge(&logins, 5, 0, now);
+        assert_eq!(outcome(&logins, &login_for(&mut dev, &ch), now), Ok(now));
+        // Forgotten at the next sweep of its shard.
+        let later = now + CHALLENGE_LIFETIME_MS + 1;
+        let mut same_shard = (6..).filter(|&id| Logins::shard_index(id) == Logins::shard_index(5));
+        let (a, b) = (same_shard.next().unwrap(), same_shard.next().unwrap());
+        let (mut dev_a, ch) = challenge(&logins, a, 0, later);
+        assert_eq!(
+            outcome(&logins, &login_for(&mut dev_a, &ch), later),
+            Ok(later)
+        );
+        // The wall clock goes back before the forgotten login: a challenge stamped at or below
+        // it could be a copy's, so it is refused as the kept entry would have refused it.
+        let back = now - 5;
+        let (mut dev_b, ch) = challenge(&logins, b, 0, back);
+        assert_eq!(
+            outcome(&logins, &login_for(&mut dev_b, &ch), back),
+            Err("Replay".into())
+        );
+        // Once the clock has passed the floor again, the same device logs in.
+        let (mut dev_b, ch) = challenge(&logins, b, 1, now + 1);
+        assert_eq!(
+            outcome(&logins, &login_for(&mut dev_b, &ch), now + 1),
+            Ok(now + 1)
+        );
+    }
+
+    #[test]
+    fn a_login_burst_s_table_is_given_back_after_the_lifetime() {
+        let logins = logins();
+        let now = 1_700_000_000_000;
+        for id in 1..=2_000u32 {
+            // (Devices sharing a challenge-clock slot are stamped a millisecond apart.)
+            let (mut dev, ch) = challenge(&logins, id, 0, now);
+            assert!(outcome(&logins, &login_for(&mut dev, &ch), now).is_ok());
+        }
+        assert_eq!(logins.remembered(), 2_000);
+        let capacity = |l: &Logins| -> usize {
+            l.last
+                .iter()
+                .map(|s| s.lock().unwrap().by_id.capacity())
+                .sum()
+        };
+        assert!(capacity(&logins) >= 2_000);
+        // A lifetime after the last stamp, one login in each shard sweeps it.
+        let later = now + CHALLENGE_LIFETIME_MS + 10;
+        let mut swept = [false; SHARDS];
+        for id in 10_001.. {
+            let shard = Logins::shard_index(id);
+            if swept[shard] {
+                continue;
+            }
+            swept[shard] = true;
+            let (mut dev, ch) = challenge(&logins, id, 0, later);
+            assert!(outcome(&logins, &login_for(&mut dev, &ch), later).is_ok());
+            if swept.iter().all(|s| *s) {
+                break;
+            }
+        }
+        assert_eq!(logins.remembered(), SHARDS);
+        assert!(
+            capacity(&logins) <= 4 * SHARDS,
+            "the burst's slots were given back: {}",
+            capacity(&logins)
+        );
     }
 
     #[test]
