@@ -1,7 +1,7 @@
 //! The online registry: which sessions are live for which terminal.
 //!
 //! Lock choice: the registry is split into [`SHARDS`] shards, each a `std::sync::Mutex` over a
-//! `HashMap<Address, Sessions>` (a terminal's one session inline, or a `Vec` of several); a terminal always maps to the same shard (a
+//! table of the terminals with one session and one of those with several; a terminal always maps to the same shard (a
 //! multiplicative hash of its packed address). Logins, logouts and unicast lookups on different
 //! terminals therefore rarely touch the same lock, and each critical section is a hash-map
 //! operation that never awaits (mini-redis `db.rs` reasoning: a std mutex is cheaper than an async
@@ -22,58 +22,79 @@ use super::session::{SessionHandle, Transport};
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
 
-type Shard = HashMap<Address, Sessions>;
-
-/// A terminal's live sessions, never empty (an entry goes when its last session does). Most
-/// terminals have one, kept inline: no allocation besides the table's slot. Several are a boxed
-/// `Vec`, so the slot is 24 B with the address, not 32 B.
-#[allow(
-    clippy::box_collection,
-    reason = "rare: a pointer keeps every terminal's slot 8 B smaller"
-)]
-enum Sessions {
-    One(SessionHandle),
-    Many(Box<Vec<SessionHandle>>),
+/// One shard: each online terminal's live sessions, never empty (a terminal goes when its last
+/// session does). Nearly every terminal has one session, so those are kept in a table of their
+/// own, 16 B a slot with the address; the terminals with several (`signed` profile) are in a
+/// second table, which is empty (no allocation) where no terminal has more than one. A terminal
+/// is in at most one of the two.
+#[derive(Default)]
+struct Shard {
+    one: HashMap<Address, SessionHandle>,
+    /// Terminals with at least two sessions.
+    many: HashMap<Address, Vec<SessionHandle>>,
 }
 
-impl Sessions {
-    fn as_slice(&self) -> &[SessionHandle] {
-        match self {
-            Sessions::One(h) => std::slice::from_ref(h),
-            Sessions::Many(v) => v,
-        }
-    }
-
-    fn push(&mut self, h: SessionHandle) {
-        match self {
-            Sessions::Many(v) => v.push(h),
-            Sessions::One(first) => *self = Sessions::Many(Box::new(vec![first.clone(), h])),
-        }
-    }
-
-    fn into_vec(self) -> Vec<SessionHandle> {
-        match self {
-            Sessions::One(h) => vec![h],
-            Sessions::Many(v) => *v,
-        }
-    }
-
-    /// Removes `h`: `Some(true)` when no session is left, `None` when `h` was not here.
-    fn remove(&mut self, h: &SessionHandle) -> Option<bool> {
-        match self {
-            Sessions::One(only) => only.same(h).then_some(true),
-            Sessions::Many(v) => {
-                let pos = v.iter().position(|s| s.same(h))?;
-                v.swap_remove(pos);
-                let left = v.len();
-                if left == 1
-                    && let Some(only) = v.pop()
-                {
-                    *self = Sessions::One(only);
-                }
-                Some(left == 0)
+impl Shard {
+    /// Adds `h`; with `multi == false` the terminal's other sessions are removed and returned.
+    /// Also returns whether the terminal had no session before.
+    fn insert(&mut self, h: SessionHandle, multi: bool) -> (Vec<SessionHandle>, bool) {
+        let addr = h.address();
+        if let Some(list) = self.many.get_mut(&addr) {
+            if multi {
+                list.push(h);
+                return (Vec::new(), false);
             }
+            let old = self.many.remove(&addr).unwrap_or_default();
+            self.one.insert(addr, h);
+            return (old, false);
         }
+        match self.one.entry(addr) {
+            Entry::Vacant(e) => {
+                e.insert(h);
+                (Vec::new(), true)
+            }
+            Entry::Occupied(e) if multi => {
+                let first = e.remove();
+                self.many.insert(addr, vec![first, h]);
+                (Vec::new(), false)
+            }
+            Entry::Occupied(mut e) => (vec![std::mem::replace(e.get_mut(), h)], false),
+        }
+    }
+
+    /// Removes `h`: `Some(true)` when the terminal has no session left, `None` when `h` was not
+    /// here.
+    fn remove(&mut self, h: &SessionHandle) -> Option<bool> {
+        let addr = h.address();
+        if let Entry::Occupied(e) = self.one.entry(addr) {
+            return e.get().same(h).then(|| {
+                e.remove();
+                true
+            });
+        }
+        let list = self.many.get_mut(&addr)?;
+        let pos = list.iter().position(|s| s.same(h))?;
+        list.swap_remove(pos);
+        if list.len() == 1
+            && let Some(only) = self.many.remove(&addr).and_then(|mut l| l.pop())
+        {
+            self.one.insert(addr, only);
+        }
+        Some(false)
+    }
+
+    /// The terminal's sessions (empty when it has none).
+    fn sessions(&self, a: &Address) -> &[SessionHandle] {
+        match self.one.get(a) {
+            Some(h) => std::slice::from_ref(h),
+            None => self.many.get(a).map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// Every terminal with its sessions.
+    fn iter(&self) -> impl Iterator<Item = (&Address, &[SessionHandle])> {
+        let one = self.one.iter().map(|(a, h)| (a, std::slice::from_ref(h)));
+        one.chain(self.many.iter().map(|(a, l)| (a, l.as_slice())))
     }
 }
 
@@ -111,7 +132,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             devices: AtomicI64::new(0),
             phones: AtomicI64::new(0),
             per_transport: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
@@ -148,20 +169,7 @@ impl Registry {
         let addr = h.address();
         let t = h.transport();
         let mut shard = self.shard(addr);
-        let (replaced, came_online) = match shard.entry(addr) {
-            Entry::Vacant(e) => {
-                e.insert(Sessions::One(h));
-                (Vec::new(), true)
-            }
-            Entry::Occupied(mut e) if multi => {
-                e.get_mut().push(h);
-                (Vec::new(), false)
-            }
-            Entry::Occupied(mut e) => {
-                let old = std::mem::replace(e.get_mut(), Sessions::One(h));
-                (old.into_vec(), false)
-            }
-        };
+        let (replaced, came_online) = shard.insert(h, multi);
         drop(shard);
         for r in &replaced {
             self.per_transport[transport_index(r.transport())].fetch_sub(1, Ordering::Relaxed);
@@ -181,10 +189,7 @@ impl Registry {
     pub fn remove(&self, h: &SessionHandle) -> Option<bool> {
         let addr = h.address();
         let mut shard = self.shard(addr);
-        let offline = shard.get_mut(&addr)?.remove(h)?;
-        if offline {
-            shard.remove(&addr);
-        }
+        let offline = shard.remove(h)?;
         drop(shard);
         self.per_transport[transport_index(h.transport())].fetch_sub(1, Ordering::Relaxed);
         if offline {
@@ -195,11 +200,7 @@ impl Registry {
 
     /// The terminal's sessions, oldest first.
     pub fn get(&self, a: Address) -> Vec<SessionHandle> {
-        let mut v = self
-            .shard(a)
-            .get(&a)
-            .map(|list| list.as_slice().to_vec())
-            .unwrap_or_default();
+        let mut v = self.shard(a).sessions(&a).to_vec();
         v.sort_by_key(SessionHandle::id);
         v
     }
@@ -211,7 +212,7 @@ impl Registry {
             let s = s.lock().unwrap_or_else(|e| e.into_inner());
             for (a, list) in s.iter() {
                 if kind.is_none_or(|k| a.kind == k) {
-                    out.extend(list.as_slice().iter().cloned());
+                    out.extend(list.iter().cloned());
                 }
             }
         }
@@ -227,7 +228,7 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner());
         for (a, list) in s.iter() {
             if kind.is_none_or(|k| a.kind == k) {
-                out.extend(list.as_slice().iter().cloned());
+                out.extend(list.iter().cloned());
             }
         }
     }
@@ -280,9 +281,38 @@ mod tests {
     }
 
     #[test]
-    fn a_terminal_s_entry_is_one_24_byte_slot() {
-        // Every online terminal holds one slot (address and sessions) in its shard's table.
-        assert_eq!(std::mem::size_of::<(Address, Sessions)>(), 24);
+    fn a_terminal_with_one_session_is_one_16_byte_slot() {
+        // Nearly every online terminal holds one slot (address and session) in its shard's table.
+        assert_eq!(std::mem::size_of::<(Address, SessionHandle)>(), 16);
+    }
+
+    #[test]
+    fn a_terminal_moves_between_the_one_and_many_tables_as_its_sessions_come_and_go() {
+        let r = Registry::default();
+        let d = Address::device(7);
+        let s: Vec<_> = (1..=3).map(|i| h(i, d, Transport::Udp)).collect();
+        for x in &s {
+            r.insert(x.clone(), true);
+        }
+        let ids = |v: Vec<SessionHandle>| v.iter().map(SessionHandle::id).collect::<Vec<_>>();
+        assert_eq!(ids(r.get(d)), [1, 2, 3]);
+        assert_eq!(r.remove(&s[1]), Some(false));
+        assert_eq!(r.remove(&s[1]), None, "already removed");
+        assert_eq!(r.remove(&s[0]), Some(false));
+        assert_eq!(ids(r.get(d)), [3]);
+        assert_eq!(ids(r.all(Some(Kind::Device))), [3]);
+        // Several again, then a plug-profile login replaces them all.
+        r.insert(s[0].clone(), true);
+        assert_eq!(ids(r.get(d)), [1, 3]);
+        let newest = h(9, d, Transport::DeviceWs);
+        let ins = r.insert(newest.clone(), false);
+        assert!(!ins.came_online);
+        assert_eq!(ids(ins.replaced).len(), 2);
+        assert_eq!(ids(r.get(d)), [9]);
+        assert_eq!(r.remove(&s[2]), None, "replaced");
+        assert_eq!(r.remove(&newest), Some(true));
+        assert!(r.get(d).is_empty());
+        assert_eq!(r.counts(), OnlineCounts::default());
     }
 
     #[test]
