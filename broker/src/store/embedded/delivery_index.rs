@@ -34,10 +34,10 @@ fn kind_class_of_key(key: u64) -> u8 {
     u8::try_from(key >> 32).unwrap_or(u8::MAX).saturating_add(1)
 }
 
-/// What the index keeps per terminal: one hash-table slot of 32 bytes with the key, for every
+/// What the index keeps per terminal: one hash-table slot of 24 bytes with the key, for every
 /// terminal the store knows (docs/performance.md, "Memory per session"). The inbox and the skip
-/// marks are empty for most terminals most of the time, so they live in a block of their own
-/// that exists only while one of them is not empty.
+/// marks are empty for most terminals most of the time, so they live in a table of their own
+/// ([`DeliveryIndex`]'s `rare`) that holds a terminal only while one of them is not empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TerminalState {
     /// Remembered at login: the last id issued then; broadcasts above it are for this terminal.
@@ -45,8 +45,6 @@ pub struct TerminalState {
     known_since: u64,
     /// Acknowledged through this id (0: nothing yet).
     cursor: u64,
-    /// The inbox and skip marks; `None` while both are empty.
-    rare: Option<Box<Rare>>,
 }
 
 /// [`TerminalState::known_since`] of a terminal never remembered. A remembered terminal's
@@ -63,7 +61,7 @@ struct Rare {
     skipped: BTreeSet<u64>,
 }
 
-/// What [`TerminalState::inbox`] and [`TerminalState::skipped`] show while there is no [`Rare`].
+/// What [`DeliveryIndex::inbox`] and [`DeliveryIndex::skipped`] show while there is no [`Rare`].
 static EMPTY: BTreeSet<u64> = BTreeSet::new();
 
 impl Default for TerminalState {
@@ -71,7 +69,6 @@ impl Default for TerminalState {
         TerminalState {
             known_since: NOT_KNOWN,
             cursor: 0,
-            rare: None,
         }
     }
 }
@@ -89,37 +86,15 @@ impl TerminalState {
         self.cursor
     }
 
-    /// Ids addressed to it by name, all above the cursor.
-    pub fn inbox(&self) -> &BTreeSet<u64> {
-        self.rare.as_ref().map_or(&EMPTY, |r| &r.inbox)
-    }
-
-    /// Broadcast ids refused for it by a full inbox (`reject-new`), all above its broadcast floor.
-    pub fn skipped(&self) -> &BTreeSet<u64> {
-        self.rare.as_ref().map_or(&EMPTY, |r| &r.skipped)
-    }
-
     /// Broadcasts with an id above this are pending (unless skipped); `None`: no broadcasts.
     fn broadcast_floor(&self) -> Option<u64> {
         self.known_since().map(|k| k.max(self.cursor))
     }
+}
 
-    /// The inbox and skip marks, made if there were none.
-    fn rare_mut(&mut self) -> &mut Rare {
-        self.rare.get_or_insert_with(Box::default)
-    }
-
-    /// Runs `change` on the inbox and skip marks if there are any, then frees their block if
-    /// both are empty; returns what `change` returned (`R::default()` when there were none).
-    fn change_rare<R: Default>(&mut self, change: impl FnOnce(&mut Rare) -> R) -> R {
-        let Some(rare) = self.rare.as_mut() else {
-            return R::default();
-        };
-        let r = change(rare);
-        if rare.inbox.is_empty() && rare.skipped.is_empty() {
-            self.rare = None;
-        }
-        r
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.inbox.is_empty() && self.skipped.is_empty()
     }
 }
 
@@ -138,6 +113,9 @@ pub struct Covered {
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryIndex {
     terminals: HashMap<u64, TerminalState>,
+    /// The inbox and skip marks of the terminals that have any (a terminal leaves once both
+    /// are empty again).
+    rare: HashMap<u64, Rare>,
     /// Unexpired broadcast ids per class, ascending.
     broadcasts: HashMap<u8, Vec<u64>>,
     /// The last message id issued.
@@ -174,6 +152,36 @@ impl DeliveryIndex {
     /// A terminal's state, if it has any.
     pub fn terminal(&self, key: u64) -> Option<&TerminalState> {
         self.terminals.get(&key)
+    }
+
+    /// Ids addressed to the terminal by name, all above its cursor.
+    pub fn inbox(&self, key: u64) -> &BTreeSet<u64> {
+        self.rare.get(&key).map_or(&EMPTY, |r| &r.inbox)
+    }
+
+    /// Broadcast ids refused for the terminal by a full inbox (`reject-new`), all above its
+    /// broadcast floor.
+    pub fn skipped(&self, key: u64) -> &BTreeSet<u64> {
+        self.rare.get(&key).map_or(&EMPTY, |r| &r.skipped)
+    }
+
+    /// The terminal's inbox and skip marks, made if there were none (the terminal too).
+    fn rare_mut(&mut self, key: u64) -> &mut Rare {
+        self.terminals.entry(key).or_default();
+        self.rare.entry(key).or_default()
+    }
+
+    /// Runs `change` on the terminal's inbox and skip marks if it has any, then drops them if
+    /// both are empty; returns what `change` returned (`R::default()` when there were none).
+    fn change_rare<R: Default>(&mut self, key: u64, change: impl FnOnce(&mut Rare) -> R) -> R {
+        let Some(rare) = self.rare.get_mut(&key) else {
+            return R::default();
+        };
+        let r = change(rare);
+        if rare.is_empty() {
+            self.rare.remove(&key);
+        }
+        r
     }
 
     /// Whether the terminal was remembered.
@@ -232,19 +240,12 @@ impl DeliveryIndex {
 
     /// Adds inbox id `id` for the terminal.
     pub fn add_inbox(&mut self, key: u64, id: u64) {
-        self.terminals
-            .entry(key)
-            .or_default()
-            .rare_mut()
-            .inbox
-            .insert(id);
+        self.rare_mut(key).inbox.insert(id);
     }
 
     /// Removes inbox id `id` of the terminal; whether it was there.
     pub fn remove_inbox(&mut self, key: u64, id: u64) -> bool {
-        self.terminals
-            .get_mut(&key)
-            .is_some_and(|t| t.change_rare(|r| r.inbox.remove(&id)))
+        self.change_rare(key, |r| r.inbox.remove(&id))
     }
 
     /// Adds broadcast `id` of `class` (ids are added in increasing order).
@@ -263,12 +264,7 @@ impl DeliveryIndex {
 
     /// Marks broadcast `id` as refused for the terminal.
     pub fn skip(&mut self, key: u64, id: u64) {
-        self.terminals
-            .entry(key)
-            .or_default()
-            .rare_mut()
-            .skipped
-            .insert(id);
+        self.rare_mut(key).skipped.insert(id);
     }
 
     /// Removes broadcast `id` of `class` (it expired) and every skip mark of it.
@@ -278,9 +274,10 @@ impl DeliveryIndex {
         {
             v.remove(at);
         }
-        for t in self.terminals.values_mut() {
-            t.change_rare(|r| r.skipped.remove(&id));
-        }
+        self.rare.retain(|_, r| {
+            r.skipped.remove(&id);
+            !r.is_empty()
+        });
     }
 
     /// Removes expired inbox ids from every terminal; returns the (terminal, id) pairs removed.
@@ -289,15 +286,14 @@ impl DeliveryIndex {
         if ids.is_empty() {
             return out;
         }
-        for (key, t) in &mut self.terminals {
-            t.change_rare(|r| {
-                for id in ids {
-                    if r.inbox.remove(id) {
-                        out.push((*key, *id));
-                    }
+        self.rare.retain(|key, r| {
+            for id in ids {
+                if r.inbox.remove(id) {
+                    out.push((*key, *id));
                 }
-            });
-        }
+            }
+            !r.is_empty()
+        });
         out
     }
 
@@ -312,8 +308,9 @@ impl DeliveryIndex {
         let Some(t) = self.terminals.get(&key) else {
             return Vec::new();
         };
-        let mut out: Vec<u64> = t
-            .inbox()
+        let skipped = self.skipped(key);
+        let mut out: Vec<u64> = self
+            .inbox(key)
             .range(above.saturating_add(1)..)
             .take(limit)
             .copied()
@@ -325,7 +322,7 @@ impl DeliveryIndex {
                 out.extend(
                     list[start..]
                         .iter()
-                        .filter(|id| !t.skipped().contains(id))
+                        .filter(|id| !skipped.contains(id))
                         .take(limit),
                 );
             }
@@ -340,12 +337,12 @@ impl DeliveryIndex {
         let Some(t) = self.terminals.get(&key) else {
             return 0;
         };
-        let mut n = t.inbox().len() as u64;
+        let mut n = self.inbox(key).len() as u64;
         if let Some(floor) = t.broadcast_floor() {
             for list in self.lists_of(key) {
                 n += (list.len() - list.partition_point(|x| *x <= floor)) as u64;
             }
-            n = n.saturating_sub(t.skipped().len() as u64);
+            n = n.saturating_sub(self.skipped(key).len() as u64);
         }
         n
     }
@@ -369,8 +366,7 @@ impl DeliveryIndex {
         if through <= t.cursor || !self.has_pending_through(key, through) {
             return Covered::default();
         }
-        let t = self.terminals.get_mut(&key).expect("checked above");
-        let (inbox, skipped) = t.change_rare(|r| {
+        let (inbox, skipped) = self.change_rare(key, |r| {
             let inbox: Vec<u64> = r.inbox.range(..=through).copied().collect();
             let skipped: Vec<u64> = r.skipped.range(..=through).copied().collect();
             for id in &inbox {
@@ -381,7 +377,9 @@ impl DeliveryIndex {
             }
             (inbox, skipped)
         });
-        t.cursor = through;
+        if let Some(t) = self.terminals.get_mut(&key) {
+            t.cursor = through;
+        }
         let after = self.pending_count(key);
         Covered {
             inbox,
@@ -523,39 +521,30 @@ mod tests {
         ix.skip(dev(1), 7);
         ix.remove_broadcast(dc, 7);
         assert_eq!(ix.pending_count(dev(1)), 0);
-        assert!(ix.terminal(dev(1)).unwrap().skipped().is_empty());
+        assert!(ix.skipped(dev(1)).is_empty());
     }
 
     #[test]
-    fn a_terminal_is_one_32_byte_slot_and_its_inbox_block_goes_once_empty() {
+    fn a_terminal_is_one_24_byte_slot_and_its_inbox_row_goes_once_empty() {
         // Every terminal the store knows holds one slot (key and state) in the index's table.
-        assert_eq!(std::mem::size_of::<(u64, TerminalState)>(), 32);
+        assert_eq!(std::mem::size_of::<(u64, TerminalState)>(), 24);
         let mut ix = DeliveryIndex::default();
         let dc = class_of(Some(Kind::Device));
         ix.remember(dev(1), 0);
-        assert!(
-            ix.terminal(dev(1)).unwrap().rare.is_none(),
-            "nothing pending"
-        );
+        assert!(!ix.rare.contains_key(&dev(1)), "nothing pending");
         ix.issued(1);
         ix.add_inbox(dev(1), 1);
         ix.issued(2);
         ix.add_broadcast(dc, 2);
         ix.skip(dev(1), 2);
         assert!(ix.remove_inbox(dev(1), 1));
-        assert!(
-            ix.terminal(dev(1)).unwrap().rare.is_some(),
-            "a skip mark left"
-        );
+        assert!(ix.rare.contains_key(&dev(1)), "a skip mark left");
         ix.remove_broadcast(dc, 2);
-        assert!(
-            ix.terminal(dev(1)).unwrap().rare.is_none(),
-            "both empty again"
-        );
+        assert!(!ix.rare.contains_key(&dev(1)), "both empty again");
         ix.issued(3);
         ix.add_inbox(dev(1), 3);
         assert_eq!(ix.advance_cursor(dev(1), 3).inbox, vec![3]);
-        assert!(ix.terminal(dev(1)).unwrap().rare.is_none(), "acknowledged");
+        assert!(!ix.rare.contains_key(&dev(1)), "acknowledged");
         // Remembered at the largest possible id: still remembered, nothing above it pending.
         ix.remember(dev(2), u64::MAX);
         assert!(ix.is_known(dev(2)));
