@@ -67,6 +67,7 @@ use crate::terminal::QueueFullPolicy;
 use crate::terminal::{Address, IdError, IdProfile, Kind};
 
 pub use registry::OnlineCounts;
+use session::QueueLimits;
 pub use session::{Enqueued, KickReason, Outbound, ReadyList, Session, SessionHandle, Transport};
 
 /// Router settings (the broker builds them from its configuration: `Config::router_settings`).
@@ -489,8 +490,6 @@ impl Router {
             login.transport,
             login.upload_epoch,
             login.peer,
-            s.outbound_queue,
-            s.queue_full_policy,
         );
         // Register before reading the replay: a message stored meanwhile is then either in the
         // replay or queued live (the Session skips the duplicate), never missed.
@@ -625,13 +624,22 @@ impl Router {
         queued
     }
 
+    /// Every session's queue capacity and full-queue policy (`[limits]`).
+    fn queue_limits(&self) -> QueueLimits {
+        let s = &self.inner.settings;
+        QueueLimits {
+            cap: u32::try_from(s.outbound_queue).unwrap_or(u32::MAX),
+            policy: s.queue_full_policy,
+        }
+    }
+
     /// [`Router::offer`], adding to `counts` instead of recording the metrics.
     fn offer_counted(&self, h: &SessionHandle, ev: Outbound, counts: &mut OfferCounts) -> Enqueued {
         let delivered = match &ev {
             Outbound::Deliver { msg_id, from, .. } => Some((*msg_id, *from)),
             _ => None,
         };
-        let r = h.offer(ev);
+        let r = h.offer(ev, self.queue_limits());
         match delivered {
             Some((msg_id, from)) => self.count_deliver(h, msg_id, from, r, counts),
             None => {
@@ -817,8 +825,10 @@ impl Router {
     /// of a session's at once, recording the metrics once.
     fn offer_run(&self, sessions: &[SessionHandle], run: &[fanout::Job]) {
         let mut counts = OfferCounts::default();
+        let limits = self.queue_limits();
         for h in sessions {
             h.offer_delivers(
+                limits,
                 run.iter().map(|j| (j.msg_id, j.from, &j.payload)),
                 |msg_id, from, r| self.count_deliver(h, msg_id, from, r, &mut counts),
             );

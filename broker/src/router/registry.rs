@@ -266,18 +266,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::terminal::QueueFullPolicy;
 
     fn h(id: u64, a: Address, t: Transport) -> SessionHandle {
-        SessionHandle::new(
-            id,
-            a,
-            t,
-            1,
-            "127.0.0.1:1".parse().unwrap(),
-            4,
-            QueueFullPolicy::DropNewest,
-        )
+        SessionHandle::new(id, a, t, 1, "127.0.0.1:1".parse().unwrap())
     }
 
     #[test]

@@ -35,8 +35,8 @@ use shared_protocol::codes::Code;
 use tokio::sync::Notify;
 
 use crate::store::StoredMessage;
-use crate::terminal::Address;
 use crate::terminal::QueueFullPolicy;
+use crate::terminal::{Address, Kind};
 
 use super::Router;
 
@@ -166,17 +166,18 @@ impl Events {
     }
 }
 
-/// A socket address in 28 bytes rather than `SocketAddr`'s 32 (kept once per session): the
-/// family, port, IPv6 flow info and scope id, and the IP's 16 bytes (an IPv4 one in the first
-/// four). It converts back to exactly the address it was made from; `shared_protocol`'s
-/// `PeerAddr` (the cookie's form) does not, as it drops the scope id that replies to a
-/// link-local IPv6 peer need.
+/// A socket address in 23 bytes rather than `SocketAddr`'s 32 (kept once per session): the
+/// IP's 16 bytes (an IPv4 one in the first four), the IPv6 scope id, the port and the family,
+/// all as bytes so that the queue's other fields pack around them. It converts back to the
+/// address it was made from without its IPv6 flow label (received datagrams and accepted
+/// connections carry none unless a socket asks for it, and a reply needs none);
+/// `shared_protocol`'s `PeerAddr` (the cookie's form) would not do, as it drops the scope id
+/// that replies to a link-local IPv6 peer need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PackedAddr {
     ip: [u8; 16],
-    flowinfo: u32,
-    scope_id: u32,
-    port: u16,
+    scope_id: [u8; 4],
+    port: [u8; 2],
     v6: bool,
 }
 
@@ -188,17 +189,15 @@ impl From<SocketAddr> for PackedAddr {
                 ip[..4].copy_from_slice(&v4.ip().octets());
                 PackedAddr {
                     ip,
-                    flowinfo: 0,
-                    scope_id: 0,
-                    port: v4.port(),
+                    scope_id: [0; 4],
+                    port: v4.port().to_le_bytes(),
                     v6: false,
                 }
             }
             SocketAddr::V6(v6) => PackedAddr {
                 ip: v6.ip().octets(),
-                flowinfo: v6.flowinfo(),
-                scope_id: v6.scope_id(),
-                port: v6.port(),
+                scope_id: v6.scope_id().to_le_bytes(),
+                port: v6.port().to_le_bytes(),
                 v6: true,
             },
         }
@@ -207,25 +206,95 @@ impl From<SocketAddr> for PackedAddr {
 
 impl From<PackedAddr> for SocketAddr {
     fn from(p: PackedAddr) -> SocketAddr {
+        let port = u16::from_le_bytes(p.port);
         if p.v6 {
             let ip = Ipv6Addr::from(p.ip);
-            SocketAddr::V6(SocketAddrV6::new(ip, p.port, p.flowinfo, p.scope_id))
+            let scope_id = u32::from_le_bytes(p.scope_id);
+            SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope_id))
         } else {
             let ip = Ipv4Addr::new(p.ip[0], p.ip[1], p.ip[2], p.ip[3]);
-            SocketAddr::V4(SocketAddrV4::new(ip, p.port))
+            SocketAddr::V4(SocketAddrV4::new(ip, port))
         }
     }
+}
+
+/// The queue's state bits in one byte: the kick (none, or its reason), whether the session
+/// ended, and whether a wake is unseen. A kick stays recorded once made: the session yields it
+/// once ([`Session::try_next`]) and it tells a replaced session from one that ended otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Flags(u8);
+
+impl Flags {
+    /// The kick reason's bits (0: not kicked).
+    const KICK: u8 = 0b0000_0111;
+    /// The session ended (closed, dropped, or its kick was yielded).
+    const CLOSED: u8 = 0b0000_1000;
+    /// Woken since [`Session::next`] last looked.
+    const WOKEN: u8 = 0b0001_0000;
+
+    fn kick(self) -> Option<KickReason> {
+        match self.0 & Self::KICK {
+            1 => Some(KickReason::Replaced),
+            2 => Some(KickReason::QueueFull),
+            3 => Some(KickReason::Shutdown),
+            4 => Some(KickReason::Admin),
+            _ => None,
+        }
+    }
+
+    fn set_kick(&mut self, reason: KickReason) {
+        let bits = match reason {
+            KickReason::Replaced => 1,
+            KickReason::QueueFull => 2,
+            KickReason::Shutdown => 3,
+            KickReason::Admin => 4,
+        };
+        self.0 = (self.0 & !Self::KICK) | bits;
+    }
+
+    fn closed(self) -> bool {
+        self.0 & Self::CLOSED != 0
+    }
+
+    fn set_closed(&mut self) {
+        self.0 |= Self::CLOSED;
+    }
+
+    /// Closed or kicked: the queue takes nothing more.
+    fn ended(self) -> bool {
+        self.closed() || self.kick().is_some()
+    }
+
+    fn set_woken(&mut self) {
+        self.0 |= Self::WOKEN;
+    }
+
+    /// Whether a wake was unseen; it is seen now.
+    fn take_woken(&mut self) -> bool {
+        let woken = self.0 & Self::WOKEN != 0;
+        self.0 &= !Self::WOKEN;
+        woken
+    }
+}
+
+/// The outbound queue's capacity and what happens when it is full (`limits.outbound_queue`,
+/// `limits.queue_full_policy`): the same for every session, so the router passes them with
+/// each offer rather than each session keeping a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QueueLimits {
+    /// Events a session's queue holds.
+    pub(crate) cap: u32,
+    /// What a full queue does with one more.
+    pub(crate) policy: QueueFullPolicy,
 }
 
 struct QueueState {
     buf: Events,
     /// The peer's current address (behind the queue's lock: one lock less per session).
     peer: PackedAddr,
-    kick: Option<KickReason>,
-    /// Kicked with [`KickReason::Replaced`]: the terminal lives on in a newer session (maybe on
-    /// another node), so this one ending is no offline Presence.
-    replaced: bool,
-    closed: bool,
+    /// Kicked (and why), ended, woken. Kicked with [`KickReason::Replaced`]: the terminal lives
+    /// on in a newer session (maybe on another node), so this one ending is no offline Presence.
+    flags: Flags,
     /// Delivers dropped by the full-queue policy so far (wrapping: only compared for equality).
     /// Later live Delivers must not overtake a dropped one, so while this differs from the count
     /// the [`Session`] last re-read the store for, it yields nothing until it has re-read it.
@@ -235,9 +304,6 @@ struct QueueState {
     ready: Option<Arc<ReadyList>>,
     /// The session's token in `ready`.
     token: u32,
-    /// Set by every wake, cleared when [`Session::next`] sees it: a wake that came while nobody
-    /// waited is not lost.
-    woken: bool,
     /// The waker of the task waiting in [`Session::next`], if one waits.
     waiter: Option<Waker>,
 }
@@ -275,16 +341,16 @@ impl ReadyList {
 }
 
 /// Kept once per live session, so laid out small (docs/performance.md, "Memory per session").
+/// (104 B: with the `Arc`'s counts and the allocator's header, one 128 B block.) The terminal's
+/// address is kept as its two parts so that the transport fits beside them.
 pub(crate) struct SessionInner {
     id: u64,
-    address: Address,
+    terminal_id: u32,
+    kind: Kind,
     transport: Transport,
     upload_epoch: u64,
     /// Login time, milliseconds since the Unix epoch.
     since_ms: u64,
-    /// The queue's capacity (`limits.outbound_queue`).
-    cap: u32,
-    policy: QueueFullPolicy,
     state: Mutex<QueueState>,
 }
 
@@ -299,7 +365,7 @@ impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionHandle")
             .field("id", &self.inner.id)
-            .field("address", &self.inner.address)
+            .field("address", &self.address())
             .field("transport", &self.inner.transport)
             .finish()
     }
@@ -317,30 +383,24 @@ impl SessionHandle {
         transport: Transport,
         upload_epoch: u64,
         peer: SocketAddr,
-        cap: usize,
-        policy: QueueFullPolicy,
     ) -> SessionHandle {
         SessionHandle {
             inner: Arc::new(SessionInner {
                 id,
-                address,
+                terminal_id: address.id,
+                kind: address.kind,
                 transport,
                 upload_epoch,
                 since_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                cap: u32::try_from(cap).unwrap_or(u32::MAX),
-                policy,
                 state: Mutex::new(QueueState {
                     buf: Events::default(),
                     peer: PackedAddr::from(peer),
-                    kick: None,
-                    replaced: false,
-                    closed: false,
+                    flags: Flags::default(),
                     deliver_drops: 0,
                     ready: None,
                     token: 0,
-                    woken: false,
                     waiter: None,
                 }),
             }),
@@ -354,7 +414,10 @@ impl SessionHandle {
 
     /// The terminal logged in on this session.
     pub fn address(&self) -> Address {
-        self.inner.address
+        Address {
+            kind: self.inner.kind,
+            id: self.inner.terminal_id,
+        }
     }
 
     /// The transport it arrived on.
@@ -373,6 +436,12 @@ impl SessionHandle {
         SocketAddr::from(lock(&self.inner.state).peer)
     }
 
+    /// Whether `addr` is the peer's current address, as the handle keeps it (its IPv6 flow
+    /// label aside).
+    pub fn peer_is(&self, addr: SocketAddr) -> bool {
+        lock(&self.inner.state).peer == PackedAddr::from(addr)
+    }
+
     /// Records a new peer address (UDP NAT rebinding, docs/protocol.md section 3).
     pub fn set_peer(&self, peer: SocketAddr) {
         lock(&self.inner.state).peer = PackedAddr::from(peer);
@@ -388,10 +457,11 @@ impl SessionHandle {
         lock(&self.inner.state).buf.len()
     }
 
-    /// Offers an event, applying the queue-full policy. Kicks go through [`SessionHandle::kick`].
-    pub(crate) fn offer(&self, ev: Outbound) -> Enqueued {
+    /// Offers an event, applying the queue-full policy of `limits`. Kicks go through
+    /// [`SessionHandle::kick`].
+    pub(crate) fn offer(&self, ev: Outbound, limits: QueueLimits) -> Enqueued {
         let mut st = lock(&self.inner.state);
-        let (outcome, wake) = self.offer_locked(&mut st, ev);
+        let (outcome, wake) = self.offer_locked(&mut st, ev, limits);
         if wake {
             self.wake(st);
         }
@@ -404,6 +474,7 @@ impl SessionHandle {
     /// it, reported through `outcome(msg_id, from, result)`.
     pub(crate) fn offer_delivers<'a>(
         &self,
+        limits: QueueLimits,
         messages: impl IntoIterator<Item = (u64, Option<Address>, &'a Bytes)>,
         mut outcome: impl FnMut(u64, Option<Address>, Enqueued),
     ) {
@@ -415,7 +486,7 @@ impl SessionHandle {
                 from,
                 payload: payload.clone(),
             };
-            let (r, w) = self.offer_locked(&mut st, ev);
+            let (r, w) = self.offer_locked(&mut st, ev, limits);
             wake |= w;
             outcome(msg_id, from, r);
         }
@@ -426,15 +497,20 @@ impl SessionHandle {
 
     /// [`SessionHandle::offer`] with the queue already locked; also says whether the consumer
     /// must be woken.
-    fn offer_locked(&self, st: &mut QueueState, ev: Outbound) -> (Enqueued, bool) {
-        if st.closed || st.kick.is_some() {
+    fn offer_locked(
+        &self,
+        st: &mut QueueState,
+        ev: Outbound,
+        limits: QueueLimits,
+    ) -> (Enqueued, bool) {
+        if st.flags.ended() {
             return (Enqueued::Closed, false);
         }
-        if st.buf.len() < self.inner.cap as usize {
+        if st.buf.len() < limits.cap as usize {
             st.buf.push_back(ev);
             return (Enqueued::Queued, true);
         }
-        match self.inner.policy {
+        match limits.policy {
             QueueFullPolicy::DropNewest => {
                 let is_deliver = matches!(ev, Outbound::Deliver { .. });
                 if is_deliver {
@@ -450,7 +526,7 @@ impl SessionHandle {
                 (Enqueued::DroppedOldest, true)
             }
             QueueFullPolicy::Disconnect => {
-                st.kick = Some(KickReason::QueueFull);
+                st.flags.set_kick(KickReason::QueueFull);
                 st.buf.clear();
                 (Enqueued::Kicked, true)
             }
@@ -469,11 +545,10 @@ impl SessionHandle {
     /// Returns false if it was already closed or kicked.
     pub fn kick(&self, reason: KickReason) -> bool {
         let mut st = lock(&self.inner.state);
-        if st.closed || st.kick.is_some() {
+        if st.flags.ended() {
             return false;
         }
-        st.kick = Some(reason);
-        st.replaced = reason == KickReason::Replaced;
+        st.flags.set_kick(reason);
         st.buf.clear();
         self.wake(st);
         true
@@ -481,7 +556,7 @@ impl SessionHandle {
 
     /// Whether the session was kicked because a newer login replaced it.
     pub fn was_replaced(&self) -> bool {
-        lock(&self.inner.state).replaced
+        lock(&self.inner.state).flags.kick() == Some(KickReason::Replaced)
     }
 
     pub(crate) fn same(&self, other: &SessionHandle) -> bool {
@@ -510,7 +585,7 @@ impl SessionHandle {
         if let Some(list) = &st.ready {
             list.push(st.token);
         }
-        st.woken = true;
+        st.flags.set_woken();
         let waiter = st.waiter.take();
         drop(st);
         if let Some(waker) = waiter {
@@ -523,7 +598,7 @@ impl SessionHandle {
     /// must not keep its task alive through it.
     fn mark_closed(&self) {
         let mut st = lock(&self.inner.state);
-        st.closed = true;
+        st.flags.set_closed();
         st.waiter = None;
     }
 
@@ -531,7 +606,7 @@ impl SessionHandle {
     fn woken(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| {
             let mut st = lock(&self.inner.state);
-            if std::mem::take(&mut st.woken) {
+            if st.flags.take_woken() {
                 return Poll::Ready(());
             }
             match &mut st.waiter {
@@ -602,8 +677,9 @@ impl Session {
             return None;
         }
         let mut st = lock(&self.handle.inner.state);
-        if let Some(reason) = st.kick.take() {
-            st.closed = true;
+        // The kick stays recorded (it tells a replaced session); `finished` yields it once.
+        if let Some(reason) = st.flags.kick() {
+            st.flags.set_closed();
             st.buf.clear();
             self.finished = true;
             self.replay = None;
@@ -664,7 +740,8 @@ impl Session {
     /// `Some(drop count)` when Delivers were dropped since the last store read.
     fn resync_due(&self) -> Option<u32> {
         let st = lock(&self.handle.inner.state);
-        (st.deliver_drops != self.synced_drops && st.kick.is_none()).then_some(st.deliver_drops)
+        (st.deliver_drops != self.synced_drops && st.flags.kick().is_none())
+            .then_some(st.deliver_drops)
     }
 
     /// Re-reads the terminal's stored messages above the last id yielded into the replay, so
@@ -741,10 +818,13 @@ mod tests {
             Transport::Udp,
             1,
             "127.0.0.1:4000".parse().unwrap(),
-            4,
-            QueueFullPolicy::DropNewest,
         )
     }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        cap: 4,
+        policy: QueueFullPolicy::DropNewest,
+    };
 
     fn taken(list: &ReadyList) -> Vec<u32> {
         let mut ids = Vec::new();
@@ -757,7 +837,7 @@ mod tests {
         let list = Arc::new(ReadyList::new());
         let h = handle();
         assert_eq!(
-            h.offer(Outbound::UploadAck { upload_id: 1 }),
+            h.offer(Outbound::UploadAck { upload_id: 1 }, LIMITS),
             Enqueued::Queued
         );
         assert!(h.wake_into(list.clone(), 7));
@@ -766,7 +846,7 @@ mod tests {
             "events queued before are not reported"
         );
 
-        h.offer(Outbound::UploadAck { upload_id: 2 });
+        h.offer(Outbound::UploadAck { upload_id: 2 }, LIMITS);
         h.request_resync();
         assert!(h.kick(KickReason::Admin));
         assert_eq!(taken(&list), [7, 7, 7], "an event, a resync and a kick");
@@ -789,32 +869,35 @@ mod tests {
             "SessionInner: {size} bytes: queue state {}",
             std::mem::size_of::<Mutex<QueueState>>(),
         );
-        assert!(size <= 120, "SessionInner grew to {size} bytes");
+        assert!(size <= 104, "SessionInner grew to {size} bytes");
+        // With the `Arc`'s two counts and glibc's 8 B header: one 128 B chunk.
+        assert!(size + 16 + 8 <= 128);
     }
 
     #[test]
-    fn a_packed_address_converts_back_to_exactly_the_address_it_was_made_from() {
+    fn a_packed_address_converts_back_to_the_address_it_was_made_from_without_its_flow_label() {
         let addrs: [SocketAddr; 5] = [
             "127.0.0.1:4000".parse().unwrap(),
             "0.0.0.0:0".parse().unwrap(),
             "255.255.255.255:65535".parse().unwrap(),
             "[::ffff:10.0.0.1]:5683".parse().unwrap(),
-            SocketAddr::V6(SocketAddrV6::new(
-                "fe80::1:2:3:4".parse().unwrap(),
-                9,
-                0xabcde,
-                7,
-            )),
+            SocketAddr::V6(SocketAddrV6::new("fe80::1:2:3:4".parse().unwrap(), 9, 0, 7)),
         ];
         for a in addrs {
             assert_eq!(SocketAddr::from(PackedAddr::from(a)), a, "{a}");
         }
+        let labelled = SocketAddrV6::new("fe80::1:2:3:4".parse().unwrap(), 9, 0xabcde, 7);
+        assert_eq!(
+            SocketAddr::from(PackedAddr::from(SocketAddr::V6(labelled))),
+            addrs[4],
+            "the flow label is not kept"
+        );
         assert_ne!(
             PackedAddr::from(addrs[3]),
             PackedAddr::from("10.0.0.1:5683".parse::<SocketAddr>().unwrap()),
             "an IPv4-mapped IPv6 address keeps its family"
         );
-        assert_eq!(std::mem::size_of::<PackedAddr>(), 28);
+        assert_eq!(std::mem::size_of::<PackedAddr>(), 23);
     }
 
     #[test]
@@ -825,9 +908,11 @@ mod tests {
         let payload = Bytes::from_static(b"x");
         let mut outcomes = Vec::new();
         // Capacity 4, drop-newest: four are queued, the fifth and sixth dropped (and counted).
-        h.offer_delivers((1..=6).map(|id| (id, None, &payload)), |id, _, r| {
-            outcomes.push((id, r))
-        });
+        h.offer_delivers(
+            LIMITS,
+            (1..=6).map(|id| (id, None, &payload)),
+            |id, _, r| outcomes.push((id, r)),
+        );
         use Enqueued::{DroppedNewest as Dn, Queued as Q};
         assert_eq!(outcomes, [(1, Q), (2, Q), (3, Q), (4, Q), (5, Dn), (6, Dn)]);
         assert_eq!(taken(&list), [3], "one wake-up for the lot");

@@ -288,11 +288,14 @@ async fn replay_and_live_queue_never_yield_an_id_twice() {
         .unwrap();
     let mut s = f.router.login(login(D1, Transport::Udp, 0)).await.unwrap();
     // Simulate the login race: the same message is also queued live.
-    s.handle().offer(Outbound::Deliver {
-        msg_id: first.msg_id,
-        from: None,
-        payload: Bytes::new(),
-    });
+    s.handle().offer(
+        Outbound::Deliver {
+            msg_id: first.msg_id,
+            from: None,
+            payload: Bytes::new(),
+        },
+        f.router.queue_limits(),
+    );
     assert_eq!(deliver_id(&next(&mut s).await), first.msg_id);
     assert!(s.try_next().is_none());
 }
@@ -1496,18 +1499,19 @@ async fn next_sees_events_queued_before_during_and_after_an_abandoned_wait() {
         .await
         .unwrap();
     let h = s.handle().clone();
+    let limits = f.router.queue_limits();
     let command = |cmd_id| Outbound::Command {
         cmd_id,
         name: "x".into(),
         payload: Bytes::new(),
     };
-    assert_eq!(h.offer(command(1)), Enqueued::Queued);
+    assert_eq!(h.offer(command(1), limits), Enqueued::Queued);
     assert_eq!(next(&mut s).await, command(1), "queued before the wait");
     let offer_later = {
         let h = h.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            h.offer(command(2))
+            h.offer(command(2), limits)
         })
     };
     assert_eq!(next(&mut s).await, command(2), "queued during the wait");
@@ -1515,7 +1519,7 @@ async fn next_sees_events_queued_before_during_and_after_an_abandoned_wait() {
     // A wait abandoned before anything came, then an event: the next wait finds it.
     let abandoned = tokio::time::timeout(Duration::from_millis(20), s.next()).await;
     assert!(abandoned.is_err(), "nothing was queued: {abandoned:?}");
-    assert_eq!(h.offer(command(3)), Enqueued::Queued);
+    assert_eq!(h.offer(command(3), limits), Enqueued::Queued);
     assert_eq!(
         next(&mut s).await,
         command(3),

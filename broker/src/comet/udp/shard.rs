@@ -440,15 +440,13 @@ impl Endpoint {
                 return;
             }
         };
-        if received.newest {
+        // NAT rebinding: authentic and newer than any packet seen, from a new address. An older
+        // authentic packet from elsewhere (withheld and released by an on-path attacker) is
+        // processed but does not move the session.
+        if received.newest && !s.router.handle().peer_is(from) {
             let old = s.router.handle().peer();
-            if old != from {
-                // NAT rebinding: authentic and newer than any packet seen, from a new address.
-                // An older authentic packet from elsewhere (withheld and released by an on-path
-                // attacker) is processed but does not move the session.
-                tracing::debug!(terminal = %s.router.handle().address(), %old, new = %from, "udp session moved");
-                s.router.handle().set_peer(from);
-            }
+            tracing::debug!(terminal = %s.router.handle().address(), %old, new = %from, "udp session moved");
+            s.router.handle().set_peer(from);
         }
         let me = s.router.handle().address();
         if !received.delivered.is_empty() {
