@@ -145,12 +145,11 @@ impl LastLogins {
         self.by_id.get(&id).copied()
     }
 
-    /// What a LOGIN for `id` must be stamped above: its last accepted LOGIN's timestamp, else
-    /// the shard's floor (`None` while nothing was ever dropped).
-    fn bound_ms(&self, id: u32) -> Option<u64> {
-        self.by_id
-            .get(&id)
-            .map(LastLogin::timestamp_ms)
+    /// What a LOGIN must be stamped above, given its device's `last` accepted LOGIN (from
+    /// [`LastLogins::get`]): that LOGIN's timestamp, else the shard's floor (`None` while
+    /// nothing was ever dropped).
+    fn bound_ms(&self, last: Option<LastLogin>) -> Option<u64> {
+        last.map(|l| l.timestamp_ms())
             .or((self.floor_ms > 0).then_some(self.floor_ms))
     }
 
@@ -252,9 +251,15 @@ impl Logins {
             .unwrap_or_else(|| derive_device_key(&self.master, id))
     }
 
+    /// Which shard of the last-login table holds device `id`.
+    fn shard_index(id: u32) -> usize {
+        (id.wrapping_mul(0x9E37_79B9) >> 26) as usize % SHARDS
+    }
+
     fn shard(&self, id: u32) -> MutexGuard<'_, LastLogins> {
-        let i = (id.wrapping_mul(0x9E37_79B9) >> 26) as usize % SHARDS;
-        self.last[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.last[Self::shard_index(id)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Checks a LOGIN (section 3 order) and, when accepted, records its timestamp and proof.
@@ -295,7 +300,7 @@ impl Logins {
         let mut shard = self.shard(id);
         shard.forget_expired(now_ms);
         let last = shard.get(id);
-        let bound = shard.bound_ms(id);
+        let bound = shard.bound_ms(last);
         // The acceptor looks the key up only after the cookie and its age checked out: that is
         // where the source address is proven and the rate is charged.
         let mut rate_limited = false;
@@ -455,10 +460,6 @@ mod tests {
                 .iter()
                 .map(|s| s.lock().unwrap().by_id.len())
                 .sum()
-        }
-
-        fn shard_index(id: u32) -> usize {
-            (id.wrapping_mul(0x9E37_79B9) >> 26) as usize % SHARDS
         }
     }
 
