@@ -439,6 +439,30 @@ async fn total_connection_limit_and_oversized_app_message_each_get_their_code() 
     first.send(Body::Ping).await;
     assert_eq!(first.next(WAIT).await.unwrap().2, Got::Pong);
 
+    // A UDP session that ends gives its slot back: once the first device said Goodbye, the
+    // device refused above gets in (retried while the Goodbye is on its way).
+    first
+        .send(Body::Goodbye {
+            reason: Code::NORMAL,
+        })
+        .await;
+    let mut admitted = None;
+    for _ in 0..50 {
+        match login(Wire::udp(b.udp()).await, 52, 0).await {
+            Ok(session) => {
+                admitted = Some(session);
+                break;
+            }
+            Err(r) if r.code == Code::SERVER_BUSY => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(r) => panic!("unexpected refusal {:?}", r.code),
+        }
+    }
+    let mut second = admitted.expect("the ended session's slot came back");
+    second.send(Body::Ping).await;
+    assert_eq!(second.next(WAIT).await.unwrap().2, Got::Pong);
+
     // An app message over max_app_message_bytes: error TOO_LARGE, then close 1009; only that
     // connection is affected.
     let big = format!(
@@ -457,8 +481,8 @@ async fn total_connection_limit_and_oversized_app_message_each_get_their_code() 
         "{e}"
     );
     assert!(b.counted("limit=\"max_app_message_bytes\""));
-    first.send(Body::Ping).await;
-    assert_eq!(first.next(WAIT).await.unwrap().2, Got::Pong);
+    second.send(Body::Ping).await;
+    assert_eq!(second.next(WAIT).await.unwrap().2, Got::Pong);
     b.stop().await;
 }
 

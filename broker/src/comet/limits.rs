@@ -92,14 +92,45 @@ impl Drop for RefusalGuard {
 /// its IP is held as 16 bytes (IPv4 mapped into IPv6; the limiter counts canonical addresses,
 /// which this maps back exactly): 24 B, not the 32 B an `IpAddr` beside the pointer would take.
 pub struct ConnGuard {
-    limiter: Arc<ConnLimiter>,
-    ip: Ipv6Addr,
+    /// `None` once [`ConnGuard::into_admission`] took the slot out.
+    limiter: Option<Arc<ConnLimiter>>,
+    admission: Admission,
 }
 
 impl ConnGuard {
     /// The canonical address this connection is counted under.
     fn ip(&self) -> IpAddr {
+        self.admission.ip()
+    }
+
+    /// The admission without the limiter it came from, for a table that holds many connections
+    /// of one limiter and gives each back itself ([`ConnLimiter::release`]): 16 B, not 24 B.
+    pub fn into_admission(mut self) -> Admission {
+        self.limiter = None;
+        self.admission
+    }
+}
+
+/// An admitted connection's slot, detached from its limiter ([`ConnGuard::into_admission`]).
+/// Dropping it gives nothing back: its holder passes it to [`ConnLimiter::release`] of the
+/// limiter that admitted it when the connection ends.
+#[derive(Clone, Copy)]
+#[must_use = "an admission is given back with ConnLimiter::release"]
+pub struct Admission {
+    /// The address it is counted under, IPv4 mapped into IPv6 (see [`ConnGuard`]).
+    ip: Ipv6Addr,
+}
+
+impl Admission {
+    /// The canonical address this connection is counted under.
+    fn ip(&self) -> IpAddr {
         IpAddr::V6(self.ip).to_canonical()
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission").field("ip", &self.ip()).finish()
     }
 }
 
@@ -147,12 +178,29 @@ impl ConnLimiter {
         }
         *n += 1;
         Ok(ConnGuard {
-            limiter: self.clone(),
-            ip: match ip {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                IpAddr::V6(v6) => v6,
+            limiter: Some(self.clone()),
+            admission: Admission {
+                ip: match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                },
             },
         })
+    }
+
+    /// Gives back the slot of a connection admitted by this limiter (see
+    /// [`ConnGuard::into_admission`]).
+    pub fn release(&self, admission: Admission) {
+        let ip = admission.ip();
+        let mut shard = self.per_ip.shard(ip);
+        if let Some(n) = shard.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                shard.remove(&ip);
+            }
+        }
+        drop(shard);
+        self.total.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Connections currently admitted.
@@ -176,16 +224,9 @@ impl ConnLimiter {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let ip = self.ip();
-        let mut shard = self.limiter.per_ip.shard(ip);
-        if let Some(n) = shard.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                shard.remove(&ip);
-            }
+        if let Some(limiter) = self.limiter.take() {
+            limiter.release(self.admission);
         }
-        drop(shard);
-        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -312,6 +353,19 @@ mod tests {
         let again = (l.try_acquire(mapped), l.try_acquire(v6));
         assert!(again.0.is_ok() && again.1.is_ok());
         assert_eq!(std::mem::size_of::<ConnGuard>(), 24);
+    }
+
+    #[test]
+    fn an_admission_taken_out_of_its_guard_holds_the_slot_until_released() {
+        let l = ConnLimiter::new(10, 1, 1);
+        let v4: IpAddr = "10.0.0.2".parse().unwrap();
+        let admission = l.try_acquire(v4).unwrap().into_admission();
+        assert_eq!(l.open(), 1, "the guard's drop gave nothing back");
+        assert_eq!(l.try_acquire(v4).unwrap_err(), ConnLimit::PerIp);
+        l.release(admission);
+        assert_eq!(l.open(), 0);
+        assert!(l.try_acquire(v4).is_ok(), "released under its own address");
+        assert_eq!(std::mem::size_of::<Admission>(), 16);
     }
 
     #[test]

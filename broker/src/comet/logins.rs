@@ -90,13 +90,15 @@ pub struct HelloAnswer<'o> {
 /// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and the
 /// first [`PROOF_KEPT`] bytes of its proof (which tell an exact copy from another LOGIN for the
 /// same challenge). Kept for every device that logged in on this node within the challenge
-/// lifetime (see the module docs), so laid out small: with its key, one 24 B slot of the table
+/// lifetime (see the module docs), so laid out small: with its key, one 16 B slot of the table
 /// (docs/performance.md, "Memory per session").
 ///
-/// Only the proof's first 12 bytes are kept: the comparison is made only for a LOGIN whose
-/// proof was verified (the acceptor checks the proof before the `REPLAY` bound), so two LOGINs
-/// that differ only past those 96 bits would both have to be valid proofs made with the
-/// device's key for the same challenge timestamp, a 2^-96 chance.
+/// Only the proof's first 4 bytes are kept. They decide nothing about acceptance: they are
+/// compared only for a LOGIN already refused as `REPLAY` (its proof verified, its timestamp not
+/// above the bound), to choose between silence (an exact copy, whose WELCOME is on its way) and
+/// a `REPLAY` answer. Two valid proofs for the same challenge that agree in those 32 bits (a
+/// 2^-32 chance for the rare device that answers one CHALLENGE twice with different contents)
+/// leave the second unanswered, and the device tries again with a new HELLO.
 #[derive(Clone, Copy)]
 struct LastLogin {
     /// The challenge timestamp, little-endian (bytes, not a `u64`: no padding in the slot).
@@ -106,7 +108,7 @@ struct LastLogin {
 }
 
 /// How many bytes of an accepted LOGIN's proof [`LastLogin`] keeps.
-const PROOF_KEPT: usize = 12;
+const PROOF_KEPT: usize = 4;
 
 impl LastLogin {
     fn new(timestamp_ms: u64, proof: &[u8; 32]) -> LastLogin {
@@ -566,9 +568,9 @@ mod tests {
     }
 
     #[test]
-    fn a_device_s_last_login_is_one_24_byte_slot() {
+    fn a_device_s_last_login_is_one_16_byte_slot() {
         // Every device that logged in on this node holds one slot (id and last login).
-        assert_eq!(std::mem::size_of::<(u32, LastLogin)>(), 24);
+        assert_eq!(std::mem::size_of::<(u32, LastLogin)>(), 16);
         let proof = std::array::from_fn::<u8, 32, _>(|i| i as u8);
         let l = LastLogin::new(1_700_000_000_123, &proof);
         assert_eq!(l.timestamp_ms(), 1_700_000_000_123);

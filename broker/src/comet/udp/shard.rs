@@ -58,7 +58,7 @@ use crate::router::{KickReason, Login, Outbound, ReadyList, Session, SessionHand
 use super::super::Context;
 use super::super::convert::kick_code;
 use super::super::device::{self, Reaction};
-use super::super::limits::{ConnGuard, ConnLimit};
+use super::super::limits::{Admission, ConnGuard, ConnLimit};
 use super::super::link::{Link, LinkError, Polled};
 use super::super::logins::{self, LoginOutcome};
 use super::super::worker::FrameWorker;
@@ -83,7 +83,10 @@ pub struct UdpSession {
     worker: Option<Box<FrameWorker>>,
     /// Reliable frames waiting for room in the send window.
     outbox: Outbox,
-    _guard: ConnGuard,
+    /// The session's slot in the connection limits, given back by [`Endpoint::end`] (or when
+    /// the endpoint is dropped): the shard's context holds the limiter, so the session does
+    /// not keep a pointer to it (8 B).
+    admission: Admission,
 }
 
 /// A UDP session's router side. The handle is the session's own while it is here, so the
@@ -223,6 +226,17 @@ pub(super) async fn run(ctx: Arc<Context>, io: Io, map: ShardMap, index: usize) 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
+    }
+}
+
+impl Drop for Endpoint {
+    /// Gives back the connection-limit slots of the sessions still here (none after an orderly
+    /// shutdown, which ends each; some if the socket task ended another way).
+    fn drop(&mut self) {
+        let conns = &self.ctx.conns;
+        for (_, s) in self.sessions.iter_mut() {
+            conns.release(s.admission);
+        }
     }
 }
 
@@ -642,6 +656,7 @@ impl Endpoint {
         let Some(s) = self.sessions.remove(sid) else {
             return;
         };
+        self.ctx.conns.release(s.admission);
         self.timers.remove(sid, s.timer);
         // Without a kick the device said Goodbye (or its session was already logged out).
         let end = match kick {
@@ -695,7 +710,7 @@ impl Endpoint {
                     router: RouterSide::Here(session),
                     worker: None,
                     outbox: Outbox::default(),
-                    _guard: guard,
+                    admission: guard.into_admission(),
                 };
                 udp.router.handle().wake_into(self.ready.clone(), sid);
                 if self.sessions.fill(sid, udp).is_err() {
@@ -808,12 +823,12 @@ mod tests {
             size_of::<RouterSide>(),
             size_of::<Option<Box<FrameWorker>>>(),
             size_of::<Outbox>(),
-            size_of::<ConnGuard>(),
+            size_of::<Admission>(),
             size_of::<Slot>(),
         );
-        assert!(size <= 240, "UdpSession grew to {size} bytes");
+        assert!(size <= 232, "UdpSession grew to {size} bytes");
         let slot = SessionTable::<UdpSession>::SLOT_BYTES;
         println!("table slot: {slot} bytes");
-        assert!(slot <= 248, "a table slot grew to {slot} bytes");
+        assert!(slot <= 233, "a table slot grew to {slot} bytes");
     }
 }

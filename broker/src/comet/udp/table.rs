@@ -22,7 +22,7 @@
 
 use super::ShardMap;
 
-/// Slots per page: 64 sessions of about 250 bytes is a 16 KiB allocation.
+/// Slots per page: 64 sessions of about 240 bytes is a 15 KiB allocation.
 const PAGE: usize = 64;
 
 /// Bits of a session id's local part given to the generation.
@@ -34,24 +34,22 @@ const MAX_INDEX_BITS: u32 = 24;
 /// No next vacant slot (end of the free list).
 const NONE: u32 = u32::MAX;
 
-/// One slot.
+/// One slot. Its generation is kept beside it, in its page's array of generations, so a live
+/// slot is no larger than the session it holds (the enum's tag fits in a spare value of the
+/// session's own fields).
 enum Entry<T> {
     /// Free; `next` is the next free slot (or [`NONE`]).
-    Vacant { generation: u8, next: u32 },
+    Vacant { next: u32 },
     /// Promised to a login under way (its id is in the WELCOME being prepared).
-    Reserved { generation: u8 },
+    Reserved,
     /// A live session.
-    Occupied { generation: u8, value: T },
+    Occupied(T),
 }
 
-impl<T> Entry<T> {
-    fn generation(&self) -> u8 {
-        match self {
-            Entry::Vacant { generation, .. }
-            | Entry::Reserved { generation }
-            | Entry::Occupied { generation, .. } => *generation,
-        }
-    }
+/// [`PAGE`] slots and their generations: one allocation.
+struct Page<T> {
+    generations: [u8; PAGE],
+    entries: [Entry<T>; PAGE],
 }
 
 /// The next generation after `g`, skipping 0.
@@ -108,15 +106,16 @@ impl IdCodec {
 /// A shard's sessions by session id (see the module docs).
 pub struct SessionTable<T> {
     codec: IdCodec,
-    pages: Vec<Box<[Entry<T>]>>,
+    pages: Vec<Box<Page<T>>>,
     /// First free slot of the pages allocated so far ([`NONE`]: all taken).
     free: u32,
 }
 
 impl<T> SessionTable<T> {
-    /// Bytes one slot takes: a session's whole cost in the table (besides a part-filled page).
+    /// Bytes one slot takes with its generation: a session's whole cost in the table (besides
+    /// a part-filled page).
     #[cfg(test)]
-    pub(super) const SLOT_BYTES: usize = std::mem::size_of::<Entry<T>>();
+    pub(super) const SLOT_BYTES: usize = std::mem::size_of::<Entry<T>>() + 1;
 
     /// An empty table for shard `shard` of `map`.
     pub fn new(map: ShardMap, shard: usize) -> SessionTable<T> {
@@ -132,14 +131,18 @@ impl<T> SessionTable<T> {
         self.codec.capacity()
     }
 
-    fn entry(&self, index: usize) -> Option<&Entry<T>> {
-        self.pages.get(index / PAGE).map(|p| &p[index % PAGE])
+    /// Slot `index` and its generation.
+    fn entry(&self, index: usize) -> Option<(u8, &Entry<T>)> {
+        let page = self.pages.get(index / PAGE)?;
+        let i = index % PAGE;
+        Some((page.generations[i], &page.entries[i]))
     }
 
-    fn entry_mut(&mut self, index: usize) -> Option<&mut Entry<T>> {
-        self.pages
-            .get_mut(index / PAGE)
-            .map(|p| &mut p[index % PAGE])
+    /// Slot `index` and its generation, to change.
+    fn entry_mut(&mut self, index: usize) -> Option<(&mut u8, &mut Entry<T>)> {
+        let page = self.pages.get_mut(index / PAGE)?;
+        let i = index % PAGE;
+        Some((&mut page.generations[i], &mut page.entries[i]))
     }
 
     /// Adds a page of vacant slots to the free list; `false` when the table is at capacity.
@@ -149,16 +152,17 @@ impl<T> SessionTable<T> {
             return false;
         }
         let start = rand::random::<u8>().max(1);
-        let page: Box<[Entry<T>]> = (0..PAGE)
-            .map(|i| Entry::Vacant {
-                generation: start,
+        let free = self.free;
+        let page = Box::new(Page {
+            generations: [start; PAGE],
+            entries: std::array::from_fn(|i| Entry::Vacant {
                 next: if i + 1 < PAGE {
                     (first + i + 1) as u32
                 } else {
-                    self.free
+                    free
                 },
-            })
-            .collect();
+            }),
+        });
         self.pages.push(page);
         self.free = first as u32;
         true
@@ -172,11 +176,12 @@ impl<T> SessionTable<T> {
             return None;
         }
         let index = self.free;
-        let entry = self.entry_mut(index as usize)?;
-        let Entry::Vacant { generation, next } = *entry else {
+        let (generation, entry) = self.entry_mut(index as usize)?;
+        let Entry::Vacant { next } = *entry else {
             return None;
         };
-        *entry = Entry::Reserved { generation };
+        let generation = *generation;
+        *entry = Entry::Reserved;
         self.free = next;
         Some(self.codec.encode(index, generation))
     }
@@ -188,8 +193,8 @@ impl<T> SessionTable<T> {
             return Err(value);
         };
         match self.entry_mut(index) {
-            Some(entry @ Entry::Reserved { .. }) if entry.generation() == generation => {
-                *entry = Entry::Occupied { generation, value };
+            Some((g, entry @ Entry::Reserved)) if *g == generation => {
+                *entry = Entry::Occupied(value);
                 Ok(())
             }
             _ => Err(value),
@@ -199,7 +204,7 @@ impl<T> SessionTable<T> {
     /// Frees the slot reserved as `sid` (its login failed); nothing when it is not reserved.
     pub fn release(&mut self, sid: u32) {
         if let Some((index, generation)) = self.codec.decode(sid)
-            && matches!(self.entry(index), Some(Entry::Reserved { generation: g }) if *g == generation)
+            && matches!(self.entry(index), Some((g, Entry::Reserved)) if g == generation)
         {
             self.vacate(index);
         }
@@ -209,18 +214,12 @@ impl<T> SessionTable<T> {
     /// returns what it held.
     fn vacate(&mut self, index: usize) -> Option<T> {
         let free = self.free;
-        let entry = self.entry_mut(index)?;
-        let generation = next_generation(entry.generation());
-        let old = std::mem::replace(
-            entry,
-            Entry::Vacant {
-                generation,
-                next: free,
-            },
-        );
+        let (generation, entry) = self.entry_mut(index)?;
+        *generation = next_generation(*generation);
+        let old = std::mem::replace(entry, Entry::Vacant { next: free });
         self.free = index as u32;
         match old {
-            Entry::Occupied { value, .. } => Some(value),
+            Entry::Occupied(value) => Some(value),
             _ => None,
         }
     }
@@ -228,15 +227,14 @@ impl<T> SessionTable<T> {
     /// The slot of the live session `sid` names.
     fn live_index(&self, sid: u32) -> Option<usize> {
         let (index, generation) = self.codec.decode(sid)?;
-        let live =
-            matches!(self.entry(index)?, Entry::Occupied { generation: g, .. } if *g == generation);
+        let live = matches!(self.entry(index)?, (g, Entry::Occupied(_)) if g == generation);
         live.then_some(index)
     }
 
     /// The live session `sid` names.
     pub fn get(&self, sid: u32) -> Option<&T> {
         match self.entry(self.live_index(sid)?)? {
-            Entry::Occupied { value, .. } => Some(value),
+            (_, Entry::Occupied(value)) => Some(value),
             _ => None,
         }
     }
@@ -245,7 +243,7 @@ impl<T> SessionTable<T> {
     pub fn get_mut(&mut self, sid: u32) -> Option<&mut T> {
         let index = self.live_index(sid)?;
         match self.entry_mut(index)? {
-            Entry::Occupied { value, .. } => Some(value),
+            (_, Entry::Occupied(value)) => Some(value),
             _ => None,
         }
     }
@@ -261,12 +259,10 @@ impl<T> SessionTable<T> {
         let codec = self.codec;
         self.pages
             .iter_mut()
-            .flat_map(|page| page.iter_mut())
+            .flat_map(|page| page.generations.iter().zip(page.entries.iter_mut()))
             .enumerate()
-            .filter_map(move |(index, entry)| match entry {
-                Entry::Occupied { generation, value } => {
-                    Some((codec.encode(index as u32, *generation), value))
-                }
+            .filter_map(move |(index, (generation, entry))| match entry {
+                Entry::Occupied(value) => Some((codec.encode(index as u32, *generation), value)),
                 _ => None,
             })
     }
