@@ -51,7 +51,7 @@ mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -333,7 +333,7 @@ struct Inner {
     fanout: fanout::FanOut,
     stores: Stores,
     metrics: Metrics,
-    next_session: AtomicU64,
+    session_ids: session::SessionIds,
     next_cmd: AtomicU32,
     /// Pending commands: cmd id -> (session id, device, completion). One mutex: commands are
     /// low-rate and each critical section is a single map operation, never held across `.await`.
@@ -374,7 +374,7 @@ impl Router {
                 fanout: fanout::FanOut::default(),
                 stores,
                 metrics,
-                next_session: AtomicU64::new(1),
+                session_ids: session::SessionIds::default(),
                 next_cmd: AtomicU32::new(1),
                 pending: Mutex::new(HashMap::new()),
                 http: reqwest::Client::new(),
@@ -483,7 +483,7 @@ impl Router {
         let started = Instant::now();
         let s = &self.inner.settings;
         s.profile.validate(login.address)?;
-        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = self.inner.session_ids.next(now_ms());
         let handle = SessionHandle::new(
             id,
             login.address,

@@ -21,8 +21,9 @@
 //! A consumer that serves many sessions from one task (a UDP shard) does not await each
 //! session: it gives each session's handle a token and a shared [`ReadyList`]
 //! ([`SessionHandle::wake_into`]), drains the sessions whose tokens show up there with
-//! [`Session::try_next`], and hands a session to [`Session::next`] only when a store read is
-//! due ([`Session::needs_store_read`]).
+//! [`Session::try_next`], and hands a session to a task for [`Session::read_store`] only when a
+//! store read is due ([`Session::needs_store_read`]). Such a session is never awaited with
+//! [`Session::next`]: the list takes the waker's place (one field holds either).
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -299,13 +300,20 @@ struct QueueState {
     /// Later live Delivers must not overtake a dropped one, so while this differs from the count
     /// the [`Session`] last re-read the store for, it yields nothing until it has re-read it.
     deliver_drops: u32,
-    /// The list a many-session consumer is woken through, once it set one (with `token`); here,
-    /// behind the queue's lock, rather than in a `OnceLock` of its own (16 B less a session).
-    ready: Option<Arc<ReadyList>>,
-    /// The session's token in `ready`.
+    /// The session's token in a many-session consumer's [`ReadyList`] ([`Consumer::List`]).
     token: u32,
-    /// The waker of the task waiting in [`Session::next`], if one waits.
-    waiter: Option<Waker>,
+    /// How the consumer is woken.
+    consumer: Consumer,
+}
+
+/// How a session's consumer is woken: one field, since a session is drained either by a task
+/// of its own awaiting [`Session::next`] or by a many-session consumer through its
+/// [`ReadyList`], never both (16 B, where a waker and a list pointer side by side took 24).
+enum Consumer {
+    /// The waker of the task waiting in [`Session::next`] ([`Waker::noop`] while none waits).
+    Task(Waker),
+    /// The list the session's token is pushed to ([`SessionHandle::wake_into`]).
+    List(Arc<ReadyList>),
 }
 
 /// Where sessions served by one task report that they have something to yield: the task
@@ -341,17 +349,49 @@ impl ReadyList {
 }
 
 /// Kept once per live session, so laid out small (docs/performance.md, "Memory per session").
-/// (104 B: with the `Arc`'s counts and the allocator's header, one 128 B block.) The terminal's
-/// address is kept as its two parts so that the transport fits beside them.
+/// (88 B: with the `Arc`'s counts and the allocator's header, one 112 B block.) The terminal's
+/// address is kept as its two parts so that the transport fits beside them; the login time is
+/// read from the id ([`SessionIds`]).
 pub(crate) struct SessionInner {
     id: u64,
     terminal_id: u32,
     kind: Kind,
     transport: Transport,
     upload_epoch: u64,
-    /// Login time, milliseconds since the Unix epoch.
-    since_ms: u64,
     state: Mutex<QueueState>,
+}
+
+/// Low bits of a session id below its login time's milliseconds: 1,024 ids a millisecond
+/// before the ids run ahead of the clock.
+const SESSION_ID_SEQ_BITS: u32 = 10;
+
+/// Hands out session ids that also say when each session logged in: the login time in Unix
+/// milliseconds shifted left by [`SESSION_ID_SEQ_BITS`], plus a sequence within the
+/// millisecond, and always above the id handed out before (so unique and increasing within the
+/// process, even when the wall clock steps back). Ids stay below 2^53 (exact in JSON numbers)
+/// until the year 2248.
+#[derive(Debug, Default)]
+pub(crate) struct SessionIds {
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl SessionIds {
+    /// A new id for a login at `now_ms` (Unix milliseconds).
+    pub(crate) fn next(&self, now_ms: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        let floor = now_ms << SESSION_ID_SEQ_BITS;
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let id = floor.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(seen) => last = seen,
+            }
+        }
+    }
 }
 
 /// A live session as the router sees it: identity plus the sending end of its outbound queue.
@@ -391,17 +431,13 @@ impl SessionHandle {
                 kind: address.kind,
                 transport,
                 upload_epoch,
-                since_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 state: Mutex::new(QueueState {
                     buf: Events::default(),
                     peer: PackedAddr::from(peer),
                     flags: Flags::default(),
                     deliver_drops: 0,
-                    ready: None,
                     token: 0,
-                    waiter: None,
+                    consumer: Consumer::Task(Waker::noop().clone()),
                 }),
             }),
         }
@@ -447,9 +483,9 @@ impl SessionHandle {
         lock(&self.inner.state).peer = PackedAddr::from(peer);
     }
 
-    /// When the session logged in.
+    /// When the session logged in (read from its id, see [`SessionIds`]).
     pub fn since(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.inner.since_ms)
+        UNIX_EPOCH + Duration::from_millis(self.inner.id >> SESSION_ID_SEQ_BITS)
     }
 
     /// Events currently queued.
@@ -564,33 +600,36 @@ impl SessionHandle {
     }
 
     /// From now on, whenever this session gets something to yield, `token` is pushed to
-    /// `list` (besides waking [`Session::next`]). Events queued before the call push nothing:
-    /// the consumer drains the session once after setting it. Returns false (and changes
-    /// nothing) when a list was already set.
+    /// `list`. Events queued before the call push nothing: the consumer drains the session once
+    /// after setting it. The list takes the place of [`Session::next`]'s waker: the consumer
+    /// drains with [`Session::try_next`] and reads the store with [`Session::read_store`], and
+    /// never awaits [`Session::next`]. Returns false (and changes nothing) when a list was
+    /// already set.
     pub fn wake_into(&self, list: Arc<ReadyList>, token: u32) -> bool {
         let mut st = lock(&self.inner.state);
-        if st.ready.is_some() {
+        if matches!(st.consumer, Consumer::List(_)) {
             return false;
         }
-        st.ready = Some(list);
+        st.consumer = Consumer::List(list);
         st.token = token;
         true
     }
 
-    /// Wakes the session's consumer: the [`ReadyList`], if one is set (its token is pushed
-    /// before `st`, the queue's lock, is released; the list's lock is only ever taken inside
-    /// it, never the other way round), then [`Session::next`] (its waker is woken once the lock
-    /// is released).
+    /// Wakes the session's consumer: pushes its token to its [`ReadyList`] (before `st`, the
+    /// queue's lock, is released; the list's lock is only ever taken inside it, never the other
+    /// way round), or wakes the task in [`Session::next`] once the lock is released.
     fn wake(&self, mut st: MutexGuard<'_, QueueState>) {
-        if let Some(list) = &st.ready {
-            list.push(st.token);
-        }
         st.flags.set_woken();
-        let waiter = st.waiter.take();
+        let token = st.token;
+        let waiter = match &mut st.consumer {
+            Consumer::List(list) => {
+                list.push(token);
+                return;
+            }
+            Consumer::Task(waker) => std::mem::replace(waker, Waker::noop().clone()),
+        };
         drop(st);
-        if let Some(waker) = waiter {
-            waker.wake();
-        }
+        waiter.wake();
     }
 
     /// Marks the queue closed once its [`Session`] ends (closed or dropped) and forgets the
@@ -599,19 +638,26 @@ impl SessionHandle {
     fn mark_closed(&self) {
         let mut st = lock(&self.inner.state);
         st.flags.set_closed();
-        st.waiter = None;
+        if let Consumer::Task(waker) = &mut st.consumer {
+            *waker = Waker::noop().clone();
+        }
     }
 
-    /// Waits until the session was woken since this last returned (at once if it was).
+    /// Waits until the session was woken since this last returned (at once if it was). Only
+    /// for a session drained by a task of its own (see [`SessionHandle::wake_into`]).
     fn woken(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| {
             let mut st = lock(&self.inner.state);
             if st.flags.take_woken() {
                 return Poll::Ready(());
             }
-            match &mut st.waiter {
-                Some(waker) => waker.clone_from(cx.waker()),
-                None => st.waiter = Some(cx.waker().clone()),
+            match &mut st.consumer {
+                Consumer::Task(waker) => waker.clone_from(cx.waker()),
+                Consumer::List(_) => {
+                    // Its consumer never waits here; rather than hang, look again.
+                    debug_assert!(false, "Session::next awaited on a session woken by a list");
+                    return Poll::Ready(());
+                }
             }
             Poll::Pending
         })
@@ -731,8 +777,20 @@ impl Session {
         }
     }
 
-    /// Whether [`Session::try_next`] yields nothing until [`Session::next`] has re-read the
-    /// store (a Deliver was dropped by the full-queue policy; see [`Session::try_next`]).
+    /// Re-reads the store when a dropped Deliver calls for it ([`Session::needs_store_read`]);
+    /// what it read is then yielded by [`Session::try_next`]. Does not wait for events: the
+    /// store read of a session drained through a [`ReadyList`].
+    pub async fn read_store(&mut self) {
+        if !self.finished
+            && let Some(drops) = self.resync_due()
+        {
+            self.resync(drops).await;
+        }
+    }
+
+    /// Whether [`Session::try_next`] yields nothing until the store was re-read
+    /// ([`Session::next`] or [`Session::read_store`]; a Deliver was dropped by the full-queue
+    /// policy; see [`Session::try_next`]).
     pub fn needs_store_read(&self) -> bool {
         !self.finished && self.resync_due().is_some()
     }
@@ -869,9 +927,35 @@ mod tests {
             "SessionInner: {size} bytes: queue state {}",
             std::mem::size_of::<Mutex<QueueState>>(),
         );
-        assert!(size <= 104, "SessionInner grew to {size} bytes");
-        // With the `Arc`'s two counts and glibc's 8 B header: one 128 B chunk.
-        assert!(size + 16 + 8 <= 128);
+        assert!(size <= 88, "SessionInner grew to {size} bytes");
+        // With the `Arc`'s two counts and glibc's 8 B header: one 112 B chunk.
+        assert!(size + 16 + 8 <= 112);
+    }
+
+    #[test]
+    fn session_ids_increase_and_carry_the_login_time() {
+        let ids = SessionIds::default();
+        let now = 1_700_000_000_123;
+        let a = ids.next(now);
+        let b = ids.next(now);
+        assert!(b > a, "unique and increasing within a millisecond");
+        assert_eq!(a >> SESSION_ID_SEQ_BITS, now);
+        // A clock that steps back still gets a larger id; a later login its own time.
+        let c = ids.next(now - 5_000);
+        assert!(c > b);
+        let d = ids.next(now + 7);
+        assert_eq!(d >> SESSION_ID_SEQ_BITS, now + 7);
+        let h = SessionHandle::new(
+            d,
+            Address::device(1),
+            Transport::Udp,
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        assert_eq!(h.since(), UNIX_EPOCH + Duration::from_millis(now + 7));
+        // Below 2^53 (exact as a JSON number) through the year 2248.
+        let year_2248_ms = 8_790_000_000_000u64;
+        assert!((year_2248_ms << SESSION_ID_SEQ_BITS) < 1 << 53);
     }
 
     #[test]

@@ -112,9 +112,9 @@ impl RouterSide {
 enum Control {
     /// A LOGIN was registered with the router: install the session and send the WELCOME.
     LoggedIn(Box<NewSession>),
-    /// A store read for session `.0` is done: the router session and the event it yielded
-    /// (`None`: it ended).
-    Read(u32, Box<(Session, Option<Outbound>)>),
+    /// A store read for session `.0` is done ([`Session::read_store`]): its router session,
+    /// which now yields what the read found.
+    Read(u32, Box<Session>),
     /// The router did not register the LOGIN for session id `.0`: its slot is free again.
     LoginFailed(u32),
 }
@@ -611,11 +611,9 @@ impl Endpoint {
                 };
                 let control = self.control.clone();
                 tokio::spawn(async move {
-                    let ev = session.next().await;
+                    session.read_store().await;
                     // The shard is gone only at shutdown; dropping the session logs it out.
-                    let _ = control
-                        .send(Control::Read(sid, Box::new((session, ev))))
-                        .await;
+                    let _ = control.send(Control::Read(sid, Box::new(session))).await;
                 });
                 return;
             }
@@ -723,16 +721,13 @@ impl Endpoint {
                 self.pull(sid);
                 self.schedule(sid);
             }
-            Control::Read(sid, read) => {
-                let (session, ev) = *read;
-                self.on_read(sid, session, ev);
-            }
+            Control::Read(sid, session) => self.on_read(sid, *session),
             Control::LoginFailed(sid) => self.sessions.release(sid),
         }
     }
 
-    /// A store-read task handed session `sid`'s router session back with the event it yielded.
-    fn on_read(&mut self, sid: u32, session: Session, ev: Option<Outbound>) {
+    /// A store-read task handed session `sid`'s router session back.
+    fn on_read(&mut self, sid: u32, session: Session) {
         let live = self.sessions.get(sid).is_some_and(|s| match &s.router {
             RouterSide::Reading(handle) => handle.id() == session.handle().id(),
             RouterSide::Here(_) => false,
@@ -745,17 +740,7 @@ impl Endpoint {
             return;
         };
         s.router = RouterSide::Here(session);
-        match ev {
-            None => {
-                self.end(sid, None);
-                return;
-            }
-            Some(Outbound::Kick { reason }) => {
-                self.end(sid, Some(kick_code(reason)));
-                return;
-            }
-            Some(ev) => s.outbox.push_event(ev),
-        }
+        // What the read found (or a Kick, when it failed) is pulled as any queued event.
         self.pull(sid);
         self.schedule(sid);
     }
