@@ -89,9 +89,7 @@ pub struct HelloAnswer<'o> {
 
 /// The LOGIN accepted last for a device: its challenge timestamp (the `REPLAY` bound) and the
 /// first [`PROOF_KEPT`] bytes of its proof (which tell an exact copy from another LOGIN for the
-/// same challenge). Kept for every device that logged in on this node within the challenge
-/// lifetime (see the module docs), so laid out small: with its key, one 16 B slot of the table
-/// (docs/performance.md, "Memory per session").
+/// same challenge).
 ///
 /// Only the proof's first 4 bytes are kept. They decide nothing about acceptance: they are
 /// compared only for a LOGIN already refused as `REPLAY` (its proof verified, its timestamp not
@@ -99,10 +97,10 @@ pub struct HelloAnswer<'o> {
 /// a `REPLAY` answer. Two valid proofs for the same challenge that agree in those 32 bits (a
 /// 2^-32 chance for the rare device that answers one CHALLENGE twice with different contents)
 /// leave the second unanswered, and the device tries again with a new HELLO.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct LastLogin {
-    /// The challenge timestamp, little-endian (bytes, not a `u64`: no padding in the slot).
-    timestamp_ms: [u8; 8],
+    /// The challenge timestamp (wall-clock milliseconds).
+    timestamp_ms: u64,
     /// The proof's first [`PROOF_KEPT`] bytes.
     proof: [u8; PROOF_KEPT],
 }
@@ -115,26 +113,37 @@ impl LastLogin {
         let mut kept = [0u8; PROOF_KEPT];
         kept.copy_from_slice(&proof[..PROOF_KEPT]);
         LastLogin {
-            timestamp_ms: timestamp_ms.to_le_bytes(),
+            timestamp_ms,
             proof: kept,
         }
     }
 
-    fn timestamp_ms(&self) -> u64 {
-        u64::from_le_bytes(self.timestamp_ms)
-    }
-
     /// Whether a LOGIN with this timestamp and proof is a copy of this one.
     fn is_copy(&self, timestamp_ms: u64, proof: &[u8; 32]) -> bool {
-        self.timestamp_ms() == timestamp_ms && self.proof[..] == proof[..PROOF_KEPT]
+        self.timestamp_ms == timestamp_ms && self.proof[..] == proof[..PROOF_KEPT]
     }
+}
+
+/// A [`LastLogin`] as its shard's table keeps it, for every device that logged in on this node
+/// within the challenge lifetime (see the module docs), so laid out small: the timestamp as
+/// milliseconds above its shard's base, so with its key one 12 B slot of the table
+/// (docs/performance.md, "Memory per session").
+#[derive(Clone, Copy)]
+struct Row {
+    /// The challenge timestamp minus the shard's `base_ms`.
+    offset_ms: u32,
+    /// The proof's first [`PROOF_KEPT`] bytes.
+    proof: [u8; PROOF_KEPT],
 }
 
 /// One shard of the last-login table: the devices that logged in within the challenge lifetime,
 /// and the floor left by those forgotten since (see the module docs).
 #[derive(Default)]
 struct LastLogins {
-    by_id: HashMap<u32, LastLogin>,
+    by_id: HashMap<u32, Row>,
+    /// What the rows' offsets count from: at or below every row's timestamp, and within 2^32 ms
+    /// (49 days) of each (moved by [`LastLogins::insert`] when a timestamp falls outside).
+    base_ms: u64,
     /// The newest challenge timestamp dropped from this shard (0: none yet).
     floor_ms: u64,
     /// When this shard was last swept (wall-clock ms; 0: never).
@@ -144,20 +153,72 @@ struct LastLogins {
 impl LastLogins {
     /// The last LOGIN accepted for `id` while it is remembered.
     fn get(&self, id: u32) -> Option<LastLogin> {
-        self.by_id.get(&id).copied()
+        self.by_id.get(&id).map(|r| LastLogin {
+            timestamp_ms: self.base_ms + u64::from(r.offset_ms),
+            proof: r.proof,
+        })
     }
 
     /// What a LOGIN must be stamped above, given its device's `last` accepted LOGIN (from
     /// [`LastLogins::get`]): that LOGIN's timestamp, else the shard's floor (`None` while
     /// nothing was ever dropped).
     fn bound_ms(&self, last: Option<LastLogin>) -> Option<u64> {
-        last.map(|l| l.timestamp_ms())
+        last.map(|l| l.timestamp_ms)
             .or((self.floor_ms > 0).then_some(self.floor_ms))
     }
 
     /// Records an accepted LOGIN of `id`.
     fn insert(&mut self, id: u32, login: LastLogin) {
-        self.by_id.insert(id, login);
+        let t = login.timestamp_ms;
+        if t < self.base_ms || t - self.base_ms > u64::from(u32::MAX) {
+            self.rebase(t);
+        }
+        let offset_ms = u32::try_from(t - self.base_ms).unwrap_or(u32::MAX);
+        self.by_id.insert(
+            id,
+            Row {
+                offset_ms,
+                proof: login.proof,
+            },
+        );
+    }
+
+    /// Moves the base so that `t` fits: to the oldest of `t` and the rows, or to `t` when that
+    /// oldest lies more than 2^32 ms below it. Rows that then do not fit (more than 2^32 ms
+    /// from the base: older than any sweep leaves, or newer than `t` by that much because the
+    /// wall clock was set back) are dropped into the floor, as a sweep drops expired rows (a
+    /// device with no row must be stamped above it; see the module docs on a clock set back).
+    /// With the wall clock moving forward no live row is dropped: [`Logins::on_login`] sweeps
+    /// the shard first, which leaves only rows within two lifetimes of `t`.
+    fn rebase(&mut self, t: u64) {
+        let old_base = self.base_ms;
+        let oldest = self
+            .by_id
+            .values()
+            .map(|r| old_base + u64::from(r.offset_ms))
+            .min()
+            .map_or(t, |o| o.min(t));
+        let base = if t - oldest > u64::from(u32::MAX) {
+            t
+        } else {
+            oldest
+        };
+        let mut floor = self.floor_ms;
+        self.by_id.retain(|_, r| {
+            let ts = old_base + u64::from(r.offset_ms);
+            match ts.checked_sub(base).and_then(|o| u32::try_from(o).ok()) {
+                Some(o) => {
+                    r.offset_ms = o;
+                    true
+                }
+                None => {
+                    floor = floor.max(ts);
+                    false
+                }
+            }
+        });
+        self.floor_ms = floor;
+        self.base_ms = base;
     }
 
     /// Drops the entries whose challenge is past its lifetime at `now_ms`, raising the floor to
@@ -167,9 +228,10 @@ impl LastLogins {
             return;
         }
         self.swept_ms = now_ms;
+        let base = self.base_ms;
         let mut floor = self.floor_ms;
-        self.by_id.retain(|_, l| {
-            let t = l.timestamp_ms();
+        self.by_id.retain(|_, r| {
+            let t = base + u64::from(r.offset_ms);
             let expired = t.saturating_add(CHALLENGE_LIFETIME_MS) < now_ms;
             if expired {
                 floor = floor.max(t);
@@ -568,17 +630,59 @@ mod tests {
     }
 
     #[test]
-    fn a_device_s_last_login_is_one_16_byte_slot() {
+    fn a_device_s_last_login_is_one_12_byte_slot() {
         // Every device that logged in on this node holds one slot (id and last login).
-        assert_eq!(std::mem::size_of::<(u32, LastLogin)>(), 16);
+        assert_eq!(std::mem::size_of::<(u32, Row)>(), 12);
         let proof = std::array::from_fn::<u8, 32, _>(|i| i as u8);
         let l = LastLogin::new(1_700_000_000_123, &proof);
-        assert_eq!(l.timestamp_ms(), 1_700_000_000_123);
+        let mut shard = LastLogins::default();
+        shard.insert(5, l);
+        let got = shard.get(5).unwrap();
+        assert_eq!(got.timestamp_ms, 1_700_000_000_123);
+        assert!(got.is_copy(1_700_000_000_123, &proof));
         assert!(l.is_copy(1_700_000_000_123, &proof));
         assert!(!l.is_copy(1_700_000_000_124, &proof));
         let mut other = proof;
         other[PROOF_KEPT - 1] ^= 1;
         assert!(!l.is_copy(1_700_000_000_123, &other));
+    }
+
+    #[test]
+    fn rows_keep_their_timestamps_when_the_base_moves() {
+        let proof = [7u8; 32];
+        let t = 1_700_000_000_000;
+        let mut shard = LastLogins::default();
+        shard.insert(1, LastLogin::new(t, &proof));
+        // An older challenge answered later moves the base down; both rows keep their times.
+        shard.insert(2, LastLogin::new(t - 20_000, &proof));
+        assert_eq!(shard.get(1).unwrap().timestamp_ms, t);
+        assert_eq!(shard.get(2).unwrap().timestamp_ms, t - 20_000);
+        // A day on, the base stays and the new row fits beside the old ones.
+        let day = t + 86_400_000;
+        shard.insert(3, LastLogin::new(day, &proof));
+        assert_eq!(shard.get(2).unwrap().timestamp_ms, t - 20_000);
+        assert_eq!(shard.get(3).unwrap().timestamp_ms, day);
+        // 60 days on (a sweep drops rows this old before, in practice), rows beyond the
+        // offsets' range go into the floor, far below any challenge still in its lifetime.
+        let later = t + 60 * 86_400_000;
+        shard.insert(4, LastLogin::new(later, &proof));
+        assert_eq!(shard.get(4).unwrap().timestamp_ms, later);
+        assert_eq!(shard.get(1).map(|l| l.timestamp_ms), None);
+        assert_eq!(shard.floor_ms, day);
+    }
+
+    #[test]
+    fn a_clock_set_back_past_the_offsets_range_drops_newer_rows_into_the_floor() {
+        let proof = [9u8; 32];
+        let t = 1_700_000_000_000;
+        let mut shard = LastLogins::default();
+        shard.insert(1, LastLogin::new(t, &proof));
+        let back = t - 50 * 86_400_000;
+        shard.insert(2, LastLogin::new(back, &proof));
+        assert_eq!(shard.get(1).map(|l| l.timestamp_ms), None, "dropped");
+        assert_eq!(shard.get(2).unwrap().timestamp_ms, back);
+        // A device with no row must be stamped above the dropped one's timestamp.
+        assert_eq!(shard.bound_ms(shard.get(1)), Some(t));
     }
 
     #[test]
