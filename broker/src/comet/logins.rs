@@ -136,6 +136,13 @@ struct Row {
     proof: [u8; PROOF_KEPT],
 }
 
+impl Row {
+    /// The challenge timestamp, given its shard's base.
+    fn timestamp_ms(&self, base_ms: u64) -> u64 {
+        base_ms + u64::from(self.offset_ms)
+    }
+}
+
 /// One shard of the last-login table: the devices that logged in within the challenge lifetime,
 /// and the floor left by those forgotten since (see the module docs).
 #[derive(Default)]
@@ -154,7 +161,7 @@ impl LastLogins {
     /// The last LOGIN accepted for `id` while it is remembered.
     fn get(&self, id: u32) -> Option<LastLogin> {
         self.by_id.get(&id).map(|r| LastLogin {
-            timestamp_ms: self.base_ms + u64::from(r.offset_ms),
+            timestamp_ms: r.timestamp_ms(self.base_ms),
             proof: r.proof,
         })
     }
@@ -191,11 +198,10 @@ impl LastLogins {
     /// With the wall clock moving forward no live row is dropped: [`Logins::on_login`] sweeps
     /// the shard first, which leaves only rows within two lifetimes of `t`.
     fn rebase(&mut self, t: u64) {
-        let old_base = self.base_ms;
         let oldest = self
             .by_id
             .values()
-            .map(|r| old_base + u64::from(r.offset_ms))
+            .map(|r| r.timestamp_ms(self.base_ms))
             .min()
             .map_or(t, |o| o.min(t));
         let base = if t - oldest > u64::from(u32::MAX) {
@@ -203,22 +209,32 @@ impl LastLogins {
         } else {
             oldest
         };
-        let mut floor = self.floor_ms;
-        self.by_id.retain(|_, r| {
-            let ts = old_base + u64::from(r.offset_ms);
-            match ts.checked_sub(base).and_then(|o| u32::try_from(o).ok()) {
+        self.retain_rows(
+            |ts, r| match ts.checked_sub(base).and_then(|o| u32::try_from(o).ok()) {
                 Some(o) => {
                     r.offset_ms = o;
                     true
                 }
-                None => {
-                    floor = floor.max(ts);
-                    false
-                }
+                None => false,
+            },
+        );
+        self.base_ms = base;
+    }
+
+    /// Keeps the rows `keep` says yes to (given each row's timestamp; it may change the row)
+    /// and raises the floor to the newest timestamp of those it drops.
+    fn retain_rows(&mut self, mut keep: impl FnMut(u64, &mut Row) -> bool) {
+        let base = self.base_ms;
+        let mut floor = self.floor_ms;
+        self.by_id.retain(|_, r| {
+            let ts = r.timestamp_ms(base);
+            let kept = keep(ts, r);
+            if !kept {
+                floor = floor.max(ts);
             }
+            kept
         });
         self.floor_ms = floor;
-        self.base_ms = base;
     }
 
     /// Drops the entries whose challenge is past its lifetime at `now_ms`, raising the floor to
@@ -228,17 +244,7 @@ impl LastLogins {
             return;
         }
         self.swept_ms = now_ms;
-        let base = self.base_ms;
-        let mut floor = self.floor_ms;
-        self.by_id.retain(|_, r| {
-            let t = base + u64::from(r.offset_ms);
-            let expired = t.saturating_add(CHALLENGE_LIFETIME_MS) < now_ms;
-            if expired {
-                floor = floor.max(t);
-            }
-            !expired
-        });
-        self.floor_ms = floor;
+        self.retain_rows(|t, _| t.saturating_add(CHALLENGE_LIFETIME_MS) >= now_ms);
         // Give the memory back once the table is mostly empty (a login burst has passed).
         if self.by_id.len() < self.by_id.capacity() / 4 {
             self.by_id.shrink_to(self.by_id.len());
