@@ -158,6 +158,57 @@ async fn nat_rebinding_moves_the_session() {
 }
 
 #[tokio::test]
+async fn a_moved_session_is_counted_under_its_new_address() {
+    // One connection per address (`RATE_LIMITED` beyond it): a session that moves to another address frees its old
+    // address's slot and takes one at the new address, and gives that back when it ends.
+    let b = TestBroker::start_with(IdProfile::Plug, |c| c.limits.max_connections_per_ip = 1).await;
+    let mut dev = login(Wire::udp_from("127.0.0.2", b.udp()).await, 31, 0)
+        .await
+        .unwrap();
+    let refused = login(Wire::udp_from("127.0.0.2", b.udp()).await, 32, 0).await;
+    assert_eq!(refused.err().map(|r| r.code), Some(Code::RATE_LIMITED));
+    dev.wire = Wire::udp_from("127.0.0.3", b.udp()).await;
+    dev.send(Body::Ping).await;
+    assert_eq!(
+        dev.next(WAIT).await.unwrap().2,
+        Got::Pong,
+        "answered after the move"
+    );
+    let mut at_old = login(Wire::udp_from("127.0.0.2", b.udp()).await, 32, 0)
+        .await
+        .expect("the old address's slot is free");
+    let refused = login(Wire::udp_from("127.0.0.3", b.udp()).await, 33, 0).await;
+    assert_eq!(
+        refused.err().map(|r| r.code),
+        Some(Code::RATE_LIMITED),
+        "the new address counts the moved session"
+    );
+    dev.send(Body::Goodbye {
+        reason: Code::NORMAL,
+    })
+    .await;
+    let mut admitted = None;
+    for _ in 0..50 {
+        match login(Wire::udp_from("127.0.0.3", b.udp()).await, 33, 0).await {
+            Ok(session) => {
+                admitted = Some(session);
+                break;
+            }
+            Err(r) if r.code == Code::RATE_LIMITED => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(r) => panic!("unexpected refusal {:?}", r.code),
+        }
+    }
+    let mut at_new = admitted.expect("the ended session gave its slot back at its new address");
+    for s in [&mut at_old, &mut at_new] {
+        s.send(Body::Ping).await;
+        assert_eq!(s.next(WAIT).await.unwrap().2, Got::Pong);
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn a_withheld_older_packet_released_elsewhere_does_not_move_the_session() {
     let b = TestBroker::start(IdProfile::Plug).await;
     let mut dev = login(Wire::udp(b.udp()).await, 22, 0).await.unwrap();

@@ -10,7 +10,8 @@
 //!
 //! Both are sharded by IP (16 `std::sync::Mutex` shards); every critical section is one hash-map
 //! operation (or an amortised prune, see [`LoginLimiter`]) and no lock is held across
-//! `.await`. A UDP session counts as a connection.
+//! `.await`. A UDP session counts as a connection, under its peer's current address (a session
+//! that moves takes its count along, [`ConnLimiter::moved`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -92,45 +93,26 @@ impl Drop for RefusalGuard {
 /// its IP is held as 16 bytes (IPv4 mapped into IPv6; the limiter counts canonical addresses,
 /// which this maps back exactly): 24 B, not the 32 B an `IpAddr` beside the pointer would take.
 pub struct ConnGuard {
-    /// `None` once [`ConnGuard::into_admission`] took the slot out.
+    /// `None` once [`ConnGuard::into_counted`] took the slot out.
     limiter: Option<Arc<ConnLimiter>>,
-    admission: Admission,
+    ip: Ipv6Addr,
 }
 
 impl ConnGuard {
     /// The canonical address this connection is counted under.
     fn ip(&self) -> IpAddr {
-        self.admission.ip()
-    }
-
-    /// The admission without the limiter it came from, for a table that holds many connections
-    /// of one limiter and gives each back itself ([`ConnLimiter::release`]): 16 B, not 24 B.
-    pub fn into_admission(mut self) -> Admission {
-        self.limiter = None;
-        self.admission
-    }
-}
-
-/// An admitted connection's slot, detached from its limiter ([`ConnGuard::into_admission`]).
-/// Dropping it gives nothing back: its holder passes it to [`ConnLimiter::release`] of the
-/// limiter that admitted it when the connection ends.
-#[derive(Clone, Copy)]
-#[must_use = "an admission is given back with ConnLimiter::release"]
-pub struct Admission {
-    /// The address it is counted under, IPv4 mapped into IPv6 (see [`ConnGuard`]).
-    ip: Ipv6Addr,
-}
-
-impl Admission {
-    /// The canonical address this connection is counted under.
-    fn ip(&self) -> IpAddr {
         IpAddr::V6(self.ip).to_canonical()
     }
-}
 
-impl std::fmt::Debug for Admission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admission").field("ip", &self.ip()).finish()
+    /// Detaches the slot from the guard, for a table that holds many connections of one
+    /// limiter and keeps each one's address anyway (a UDP shard: its sessions' peers): the
+    /// slot stays taken under the address returned until the holder gives it back with
+    /// [`ConnLimiter::release`] (or moves it with [`ConnLimiter::moved`]). The holder keeps
+    /// no guard, so a session's connection-limit slot costs it no bytes of its own.
+    #[must_use = "the slot is given back with ConnLimiter::release"]
+    pub fn into_counted(mut self) -> IpAddr {
+        self.limiter = None;
+        self.ip()
     }
 }
 
@@ -179,19 +161,35 @@ impl ConnLimiter {
         *n += 1;
         Ok(ConnGuard {
             limiter: Some(self.clone()),
-            admission: Admission {
-                ip: match ip {
-                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                    IpAddr::V6(v6) => v6,
-                },
+            ip: match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
             },
         })
     }
 
-    /// Gives back the slot of a connection admitted by this limiter (see
-    /// [`ConnGuard::into_admission`]).
-    pub fn release(&self, admission: Admission) {
-        let ip = admission.ip();
+    /// Gives back the slot of a connection admitted by this limiter and counted under `ip`
+    /// (see [`ConnGuard::into_counted`]).
+    pub fn release(&self, ip: IpAddr) {
+        self.uncount(ip.to_canonical());
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Moves a live connection's slot from the address it is counted under to `to` (a UDP
+    /// session whose peer moved, NAT rebinding). Never refuses: a session that proved itself
+    /// authentic is not ended for its new address, so `to` may count one more than
+    /// `limits.max_connections_per_ip` until connections from it end. The total is unchanged.
+    pub fn moved(&self, from: IpAddr, to: IpAddr) {
+        let (from, to) = (from.to_canonical(), to.to_canonical());
+        if from == to {
+            return;
+        }
+        self.uncount(from);
+        *self.per_ip.shard(to).entry(to).or_insert(0) += 1;
+    }
+
+    /// One connection less counted under the canonical address `ip`.
+    fn uncount(&self, ip: IpAddr) {
         let mut shard = self.per_ip.shard(ip);
         if let Some(n) = shard.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -199,8 +197,6 @@ impl ConnLimiter {
                 shard.remove(&ip);
             }
         }
-        drop(shard);
-        self.total.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Connections currently admitted.
@@ -225,7 +221,7 @@ impl ConnLimiter {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         if let Some(limiter) = self.limiter.take() {
-            limiter.release(self.admission);
+            limiter.release(self.ip());
         }
     }
 }
@@ -356,16 +352,45 @@ mod tests {
     }
 
     #[test]
-    fn an_admission_taken_out_of_its_guard_holds_the_slot_until_released() {
+    fn a_slot_taken_out_of_its_guard_holds_until_released() {
         let l = ConnLimiter::new(10, 1, 1);
         let v4: IpAddr = "10.0.0.2".parse().unwrap();
-        let admission = l.try_acquire(v4).unwrap().into_admission();
+        let counted = l.try_acquire(v4).unwrap().into_counted();
+        assert_eq!(counted, v4);
         assert_eq!(l.open(), 1, "the guard's drop gave nothing back");
         assert_eq!(l.try_acquire(v4).unwrap_err(), ConnLimit::PerIp);
-        l.release(admission);
+        l.release(counted);
         assert_eq!(l.open(), 0);
         assert!(l.try_acquire(v4).is_ok(), "released under its own address");
-        assert_eq!(std::mem::size_of::<Admission>(), 16);
+    }
+
+    #[test]
+    fn a_moved_slot_is_counted_under_its_new_address_and_given_back_there() {
+        let l = ConnLimiter::new(10, 1, 1);
+        let old: IpAddr = "10.0.0.3".parse().unwrap();
+        let new: IpAddr = "::ffff:10.0.0.4".parse().unwrap();
+        let counted = l.try_acquire(old).unwrap().into_counted();
+        l.moved(counted, new);
+        assert!(l.try_acquire(old).is_ok(), "the old address's slot is free");
+        assert_eq!(
+            l.try_acquire(new).unwrap_err(),
+            ConnLimit::PerIp,
+            "the new address counts the session (as its IPv4 address)"
+        );
+        let other = l.try_acquire("10.0.0.5".parse().unwrap()).unwrap();
+        l.moved(other.into_counted(), new);
+        assert_eq!(l.open(), 2, "a move never changes the total");
+        l.release(new);
+        assert_eq!(
+            l.try_acquire(new).unwrap_err(),
+            ConnLimit::PerIp,
+            "one still counted"
+        );
+        l.release(new);
+        assert!(
+            l.try_acquire(new).is_ok(),
+            "both given back under the new address"
+        );
     }
 
     #[test]

@@ -222,6 +222,15 @@ impl Wire {
         }
     }
 
+    /// A UDP wire from a socket bound to `local_ip` (any 127.0.0.0/8 address is local here):
+    /// a device behind another address.
+    pub async fn udp_from(local_ip: &str, broker: SocketAddr) -> Wire {
+        Wire::Udp {
+            socket: UdpSocket::bind((local_ip, 0)).await.unwrap(),
+            broker,
+        }
+    }
+
     pub async fn ws(url: &str) -> Wire {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         Wire::Ws(Box::new(ws))

@@ -58,7 +58,7 @@ use crate::router::{KickReason, Login, Outbound, ReadyList, Session, SessionHand
 use super::super::Context;
 use super::super::convert::kick_code;
 use super::super::device::{self, Reaction};
-use super::super::limits::{Admission, ConnGuard, ConnLimit};
+use super::super::limits::{ConnGuard, ConnLimit};
 use super::super::link::{Link, LinkError, Polled};
 use super::super::logins::{self, LoginOutcome};
 use super::super::worker::FrameWorker;
@@ -83,10 +83,9 @@ pub struct UdpSession {
     worker: Option<Box<FrameWorker>>,
     /// Reliable frames waiting for room in the send window.
     outbox: Outbox,
-    /// The session's slot in the connection limits, given back by [`Endpoint::end`] (or when
-    /// the endpoint is dropped): the shard's context holds the limiter, so the session does
-    /// not keep a pointer to it (8 B).
-    admission: Admission,
+    // The session's slot in the connection limits is counted under its peer's address, which
+    // the router handle keeps: [`Endpoint::end`] (or the endpoint's drop) gives it back from
+    // there, and a move takes it along, so the session keeps no guard of its own (16 B).
 }
 
 /// A UDP session's router side. The handle is the session's own while it is here, so the
@@ -235,7 +234,7 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         let conns = &self.ctx.conns;
         for (_, s) in self.sessions.iter_mut() {
-            conns.release(s.admission);
+            conns.release(s.router.handle().peer().ip());
         }
     }
 }
@@ -461,6 +460,7 @@ impl Endpoint {
             let old = s.router.handle().peer();
             tracing::debug!(terminal = %s.router.handle().address(), %old, new = %from, "udp session moved");
             s.router.handle().set_peer(from);
+            self.ctx.conns.moved(old.ip(), from.ip());
         }
         let me = s.router.handle().address();
         if !received.delivered.is_empty() {
@@ -654,7 +654,7 @@ impl Endpoint {
         let Some(s) = self.sessions.remove(sid) else {
             return;
         };
-        self.ctx.conns.release(s.admission);
+        self.ctx.conns.release(s.router.handle().peer().ip());
         self.timers.remove(sid, s.timer);
         // Without a kick the device said Goodbye (or its session was already logged out).
         let end = match kick {
@@ -708,14 +708,19 @@ impl Endpoint {
                     router: RouterSide::Here(session),
                     worker: None,
                     outbox: Outbox::default(),
-                    admission: guard.into_admission(),
                 };
                 udp.router.handle().wake_into(self.ready.clone(), sid);
-                if self.sessions.fill(sid, udp).is_err() {
+                let peer_ip = udp.router.handle().peer().ip();
+                if let Err(udp) = self.sessions.fill(sid, udp) {
                     // Cannot happen (the slot stays reserved until now); the session given
-                    // back is dropped, which logs it out.
+                    // back is dropped, which logs it out, and the guard gives its slot back.
+                    drop(udp);
+                    drop(guard);
                     return;
                 }
+                // From here the session's connection-limit slot is counted under its peer's
+                // address (the handle's), and given back from there when it ends.
+                self.ctx.conns.moved(guard.into_counted(), peer_ip);
                 self.send(&welcome, peer);
                 // Events queued before `wake_into` (the login's replay) push no id.
                 self.pull(sid);
@@ -803,17 +808,16 @@ mod tests {
         let size = size_of::<UdpSession>();
         println!(
             "UdpSession: {size} bytes: link {}, router session {}, frame worker {}, outbox {}, \
-             connection guard {}, timer {}",
+             timer {}",
             size_of::<Link>(),
             size_of::<RouterSide>(),
             size_of::<Option<Box<FrameWorker>>>(),
             size_of::<Outbox>(),
-            size_of::<Admission>(),
             size_of::<Slot>(),
         );
-        assert!(size <= 232, "UdpSession grew to {size} bytes");
+        assert!(size <= 216, "UdpSession grew to {size} bytes");
         let slot = SessionTable::<UdpSession>::SLOT_BYTES;
         println!("table slot: {slot} bytes");
-        assert!(slot <= 233, "a table slot grew to {slot} bytes");
+        assert!(slot <= 217, "a table slot grew to {slot} bytes");
     }
 }
