@@ -220,7 +220,8 @@ impl From<PackedAddr> for SocketAddr {
 }
 
 /// The queue's state bits in one byte: the kick (none, or its reason), whether the session
-/// ended, and whether a wake is unseen. A kick stays recorded once made: the session yields it
+/// ended, whether a wake is unseen, and whether the store must be re-read before more is
+/// yielded (a Deliver was dropped, or a read that began has not completed). A kick stays recorded once made: the session yields it
 /// once ([`Session::try_next`]) and it tells a replaced session from one that ended otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Flags(u8);
@@ -232,6 +233,12 @@ impl Flags {
     const CLOSED: u8 = 0b0000_1000;
     /// Woken since [`Session::next`] last looked.
     const WOKEN: u8 = 0b0001_0000;
+    /// A Deliver was dropped by the full-queue policy (or missed outside the queue) since the
+    /// session's last store read began.
+    const DROPPED: u8 = 0b0010_0000;
+    /// A store read began and has not completed (a cancelled read leaves it set, so the
+    /// session reads again).
+    const READING: u8 = 0b0100_0000;
 
     fn kick(self) -> Option<KickReason> {
         match self.0 & Self::KICK {
@@ -270,6 +277,24 @@ impl Flags {
         self.0 |= Self::WOKEN;
     }
 
+    fn set_dropped(&mut self) {
+        self.0 |= Self::DROPPED;
+    }
+
+    /// Whether the session yields nothing until it has re-read the store.
+    fn store_read_due(self) -> bool {
+        self.0 & (Self::DROPPED | Self::READING) != 0
+    }
+
+    /// A store read begins: drops from now on call for another.
+    fn begin_read(&mut self) {
+        self.0 = (self.0 & !Self::DROPPED) | Self::READING;
+    }
+
+    fn end_read(&mut self) {
+        self.0 &= !Self::READING;
+    }
+
     /// Whether a wake was unseen; it is seen now.
     fn take_woken(&mut self) -> bool {
         let woken = self.0 & Self::WOKEN != 0;
@@ -295,11 +320,9 @@ struct QueueState {
     peer: PackedAddr,
     /// Kicked (and why), ended, woken. Kicked with [`KickReason::Replaced`]: the terminal lives
     /// on in a newer session (maybe on another node), so this one ending is no offline Presence.
+    /// Among them whether a Deliver was dropped: later live Delivers must not overtake it, so
+    /// the [`Session`] yields nothing more until it has re-read the store.
     flags: Flags,
-    /// Delivers dropped by the full-queue policy so far (wrapping: only compared for equality).
-    /// Later live Delivers must not overtake a dropped one, so while this differs from the count
-    /// the [`Session`] last re-read the store for, it yields nothing until it has re-read it.
-    deliver_drops: u32,
     /// The session's token in a many-session consumer's [`ReadyList`] ([`Consumer::List`]).
     token: u32,
     /// How the consumer is woken.
@@ -435,7 +458,6 @@ impl SessionHandle {
                     buf: Events::default(),
                     peer: PackedAddr::from(peer),
                     flags: Flags::default(),
-                    deliver_drops: 0,
                     token: 0,
                     consumer: Consumer::Task(Waker::noop().clone()),
                 }),
@@ -550,13 +572,13 @@ impl SessionHandle {
             QueueFullPolicy::DropNewest => {
                 let is_deliver = matches!(ev, Outbound::Deliver { .. });
                 if is_deliver {
-                    st.deliver_drops = st.deliver_drops.wrapping_add(1);
+                    st.flags.set_dropped();
                 }
                 (Enqueued::DroppedNewest, is_deliver)
             }
             QueueFullPolicy::DropOldest => {
                 if matches!(st.buf.pop_front(), Some(Outbound::Deliver { .. })) {
-                    st.deliver_drops = st.deliver_drops.wrapping_add(1);
+                    st.flags.set_dropped();
                 }
                 st.buf.push_back(ev);
                 (Enqueued::DroppedOldest, true)
@@ -573,7 +595,7 @@ impl SessionHandle {
     /// the [`Session`] re-reads the store above the last id it yielded before yielding more.
     pub(crate) fn request_resync(&self) {
         let mut st = lock(&self.inner.state);
-        st.deliver_drops = st.deliver_drops.wrapping_add(1);
+        st.flags.set_dropped();
         self.wake(st);
     }
 
@@ -681,10 +703,9 @@ pub struct Session {
     /// at or below this by then: a live Deliver at or below it is a duplicate (or would come
     /// after a higher id, which the terminal takes as covering it) and is skipped.
     last_yielded: u64,
-    /// The queue's Deliver drop count as of the last store read.
-    synced_drops: u32,
+    /// Whether the session ended (its Kick was yielded, or it was closed) is the queue's
+    /// `CLOSED` flag, which only the session sets: 32 B, as a UDP shard keeps one per slot.
     router: Router,
-    finished: bool,
 }
 
 impl Session {
@@ -697,9 +718,7 @@ impl Session {
             handle,
             replay: boxed_replay(replay),
             last_yielded: 0,
-            synced_drops: 0,
             router,
-            finished: false,
         }
     }
 
@@ -719,19 +738,18 @@ impl Session {
     /// increasing order. After the full-queue policy dropped a Deliver this yields nothing until
     /// [`Session::next`] has re-read the store (the dropped message must not be overtaken).
     pub fn try_next(&mut self) -> Option<Outbound> {
-        if self.finished {
+        let mut st = lock(&self.handle.inner.state);
+        if st.flags.closed() {
             return None;
         }
-        let mut st = lock(&self.handle.inner.state);
-        // The kick stays recorded (it tells a replaced session); `finished` yields it once.
+        // The kick stays recorded (it tells a replaced session); `CLOSED` yields it once.
         if let Some(reason) = st.flags.kick() {
             st.flags.set_closed();
             st.buf.clear();
-            self.finished = true;
             self.replay = None;
             return Some(Outbound::Kick { reason });
         }
-        if st.deliver_drops != self.synced_drops {
+        if st.flags.store_read_due() {
             return None;
         }
         if let Some(m) = self.replay.as_mut().and_then(|r| r.pop_front()) {
@@ -761,16 +779,16 @@ impl Session {
     /// Waits for the next event (see [`Session::try_next`]); `None` after the Kick was yielded.
     pub async fn next(&mut self) -> Option<Outbound> {
         loop {
-            if self.finished {
+            if self.finished() {
                 return None;
             }
-            if let Some(drops) = self.resync_due() {
-                self.resync(drops).await;
+            if self.resync_due() {
+                self.resync().await;
             }
             if let Some(ev) = self.try_next() {
                 return Some(ev);
             }
-            if self.finished {
+            if self.finished() {
                 return None;
             }
             self.handle.woken().await;
@@ -781,10 +799,8 @@ impl Session {
     /// what it read is then yielded by [`Session::try_next`]. Does not wait for events: the
     /// store read of a session drained through a [`ReadyList`].
     pub async fn read_store(&mut self) {
-        if !self.finished
-            && let Some(drops) = self.resync_due()
-        {
-            self.resync(drops).await;
+        if self.resync_due() {
+            self.resync().await;
         }
     }
 
@@ -792,23 +808,29 @@ impl Session {
     /// ([`Session::next`] or [`Session::read_store`]; a Deliver was dropped by the full-queue
     /// policy; see [`Session::try_next`]).
     pub fn needs_store_read(&self) -> bool {
-        !self.finished && self.resync_due().is_some()
+        self.resync_due()
     }
 
-    /// `Some(drop count)` when Delivers were dropped since the last store read.
-    fn resync_due(&self) -> Option<u32> {
-        let st = lock(&self.handle.inner.state);
-        (st.deliver_drops != self.synced_drops && st.flags.kick().is_none())
-            .then_some(st.deliver_drops)
+    /// Whether the session ended: its Kick was yielded.
+    fn finished(&self) -> bool {
+        lock(&self.handle.inner.state).flags.closed()
+    }
+
+    /// Whether a Deliver was dropped since the last store read began (or a read did not
+    /// complete), in a session neither ended nor kicked.
+    fn resync_due(&self) -> bool {
+        let flags = lock(&self.handle.inner.state).flags;
+        flags.store_read_due() && !flags.ended()
     }
 
     /// Re-reads the terminal's stored messages above the last id yielded into the replay, so
     /// a Deliver the full-queue policy dropped comes before every later one; queued Delivers the
-    /// read covers are then skipped as duplicates. `drops` is the drop count seen before the
-    /// read (a drop during it triggers another read). Cancellation safe: nothing changes until
-    /// the read is back. A store failure ends the session (Kick `QueueFull`): the terminal logs
-    /// in again and gets the replay then.
-    async fn resync(&mut self, drops: u32) {
+    /// read covers are then skipped as duplicates. A drop during the read calls for another.
+    /// Cancellation safe: the read stays due and nothing else changes until it is back. A store
+    /// failure ends the session (Kick `QueueFull`): the terminal logs in again and gets the
+    /// replay then.
+    async fn resync(&mut self) {
+        lock(&self.handle.inner.state).flags.begin_read();
         let router = self.router.clone();
         let s = router.settings();
         match router
@@ -824,7 +846,7 @@ impl Session {
         {
             Ok(msgs) => {
                 self.replay = boxed_replay(msgs);
-                self.synced_drops = drops;
+                lock(&self.handle.inner.state).flags.end_read();
             }
             Err(e) => {
                 tracing::warn!(terminal = %self.handle.address(), error = %e, "session resync failed");
@@ -834,8 +856,7 @@ impl Session {
     }
 
     /// Logs out now (same as dropping, but waits for the offline Presence fan-out).
-    pub async fn close(mut self) {
-        self.finished = true;
+    pub async fn close(self) {
         self.handle.mark_closed();
         let router = self.router.clone();
         if let Some(offline) = router.unregister(&self.handle) {
@@ -916,6 +937,40 @@ mod tests {
         assert!(!h.wake_into(other, 8), "set once");
         assert!(!h.kick(KickReason::Admin));
         assert!(taken(&list).is_empty(), "nothing happened");
+    }
+
+    #[test]
+    fn a_drop_during_a_store_read_calls_for_another_and_an_unfinished_read_stays_due() {
+        let mut f = Flags::default();
+        assert!(!f.store_read_due());
+        f.set_dropped();
+        assert!(f.store_read_due());
+        f.begin_read();
+        assert!(
+            f.store_read_due(),
+            "nothing is yielded while the read is out"
+        );
+        f.end_read();
+        assert!(
+            !f.store_read_due(),
+            "a completed read covers the drop before it"
+        );
+        f.set_dropped();
+        f.begin_read();
+        f.set_dropped();
+        f.end_read();
+        assert!(
+            f.store_read_due(),
+            "a drop during the read calls for another"
+        );
+        f.begin_read();
+        // Cancelled here: no end_read.
+        assert!(f.store_read_due(), "an abandoned read is read again");
+    }
+
+    #[test]
+    fn a_session_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Session>(), 32);
     }
 
     #[test]
@@ -1001,6 +1056,9 @@ mod tests {
         assert_eq!(outcomes, [(1, Q), (2, Q), (3, Q), (4, Q), (5, Dn), (6, Dn)]);
         assert_eq!(taken(&list), [3], "one wake-up for the lot");
         assert_eq!(h.queued(), 4);
-        assert_eq!(lock(&h.inner.state).deliver_drops, 2);
+        assert!(
+            lock(&h.inner.state).flags.store_read_due(),
+            "the drops call for a store read"
+        );
     }
 }
