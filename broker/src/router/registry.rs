@@ -11,8 +11,11 @@
 //! then pay a channel hop through a single task per shard for no gain in this workload.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicI64, Ordering};
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::terminal::{Address, AddressKey, Kind};
@@ -24,17 +27,39 @@ pub const SHARDS: usize = 64;
 
 /// One shard: each online terminal's live sessions, never empty (a terminal goes when its last
 /// session does). Nearly every terminal has one session, so those are kept in a table of their
-/// own, 16 B a slot with the address; the terminals with several (`signed` profile) are in a
-/// second table, which is empty (no allocation) where no terminal has more than one. A terminal
-/// is in at most one of the two.
+/// own, 8 B a slot: the session's handle alone, found by its terminal's address, which the
+/// handle knows; the terminals with several (`signed` profile) are in a second table, which is
+/// empty (no allocation) where no terminal has more than one. A terminal is in at most one of
+/// the two.
 #[derive(Default)]
 struct Shard {
-    one: HashMap<Address, SessionHandle>,
+    /// Keyed hashing (terminal ids come from clients), as `HashMap`'s default.
+    hasher: RandomState,
+    /// Terminals with exactly one session, by [`SessionHandle::address`].
+    one: HashTable<SessionHandle>,
     /// Terminals with at least two sessions.
     many: HashMap<Address, Vec<SessionHandle>>,
 }
 
 impl Shard {
+    fn hash(&self, a: Address) -> u64 {
+        self.hasher.hash_one(a)
+    }
+
+    /// The one session of `a`, if it has exactly one.
+    fn one(&self, a: Address) -> Option<&SessionHandle> {
+        self.one.find(self.hash(a), |s| s.address() == a)
+    }
+
+    /// Files `h` as its terminal's one session (the terminal has none in `one`).
+    fn insert_one(&mut self, h: SessionHandle) {
+        let hasher = &self.hasher;
+        self.one
+            .insert_unique(hasher.hash_one(h.address()), h, |s| {
+                hasher.hash_one(s.address())
+            });
+    }
+
     /// Adds `h`; with `multi == false` the terminal's other sessions are removed and returned.
     /// Also returns whether the terminal had no session before.
     fn insert(&mut self, h: SessionHandle, multi: bool) -> (Vec<SessionHandle>, bool) {
@@ -45,16 +70,22 @@ impl Shard {
                 return (Vec::new(), false);
             }
             let old = self.many.remove(&addr).unwrap_or_default();
-            self.one.insert(addr, h);
+            self.insert_one(h);
             return (old, false);
         }
-        match self.one.entry(addr) {
+        let hasher = &self.hasher;
+        let entry = self.one.entry(
+            hasher.hash_one(addr),
+            |s| s.address() == addr,
+            |s| hasher.hash_one(s.address()),
+        );
+        match entry {
             Entry::Vacant(e) => {
                 e.insert(h);
                 (Vec::new(), true)
             }
             Entry::Occupied(e) if multi => {
-                let first = e.remove();
+                let (first, _) = e.remove();
                 self.many.insert(addr, vec![first, h]);
                 (Vec::new(), false)
             }
@@ -66,7 +97,10 @@ impl Shard {
     /// here.
     fn remove(&mut self, h: &SessionHandle) -> Option<bool> {
         let addr = h.address();
-        if let Entry::Occupied(e) = self.one.entry(addr) {
+        if let Ok(e) = self
+            .one
+            .find_entry(self.hash(addr), |s| s.address() == addr)
+        {
             return e.get().same(h).then(|| {
                 e.remove();
                 true
@@ -78,23 +112,26 @@ impl Shard {
         if list.len() == 1
             && let Some(only) = self.many.remove(&addr).and_then(|mut l| l.pop())
         {
-            self.one.insert(addr, only);
+            self.insert_one(only);
         }
         Some(false)
     }
 
     /// The terminal's sessions (empty when it has none).
     fn sessions(&self, a: &Address) -> &[SessionHandle] {
-        match self.one.get(a) {
+        match self.one(*a) {
             Some(h) => std::slice::from_ref(h),
             None => self.many.get(a).map_or(&[], Vec::as_slice),
         }
     }
 
     /// Every terminal with its sessions.
-    fn iter(&self) -> impl Iterator<Item = (&Address, &[SessionHandle])> {
-        let one = self.one.iter().map(|(a, h)| (a, std::slice::from_ref(h)));
-        one.chain(self.many.iter().map(|(a, l)| (a, l.as_slice())))
+    fn iter(&self) -> impl Iterator<Item = (Address, &[SessionHandle])> {
+        let one = self
+            .one
+            .iter()
+            .map(|h| (h.address(), std::slice::from_ref(h)));
+        one.chain(self.many.iter().map(|(a, l)| (*a, l.as_slice())))
     }
 }
 
@@ -272,9 +309,17 @@ mod tests {
     }
 
     #[test]
-    fn a_terminal_with_one_session_is_one_16_byte_slot() {
-        // Nearly every online terminal holds one slot (address and session) in its shard's table.
-        assert_eq!(std::mem::size_of::<(Address, SessionHandle)>(), 16);
+    fn a_terminal_with_one_session_is_one_8_byte_slot() {
+        // Nearly every online terminal holds one slot (its session's handle) in its shard's
+        // table, found by the address the handle knows.
+        assert_eq!(std::mem::size_of::<SessionHandle>(), 8);
+        let r = Registry::default();
+        let (a, b) = (Address::device(1), Address::phone(1));
+        r.insert(h(1, a, Transport::Udp), false);
+        r.insert(h(2, b, Transport::AppWs), false);
+        let ids = |v: Vec<SessionHandle>| v.iter().map(SessionHandle::id).collect::<Vec<_>>();
+        assert_eq!((ids(r.get(a)), ids(r.get(b))), (vec![1], vec![2]));
+        assert!(r.get(Address::device(2)).is_empty());
     }
 
     #[test]
