@@ -20,8 +20,9 @@
 //! passes its `seq`: a selective acknowledgement means the device holds it, not that it
 //! delivered it, and the router's ack of a `msg_id` covers every lower id too, so reporting it
 //! early would let a session that dies before the gap fills take the gap's messages with it.
-//! Both kinds of gap state live in one [`Gaps`] box, allocated only while a gap is open, so an
-//! in-order session pays one pointer for them.
+//! Both kinds of gap state live in one [`Gaps`], kept in the send window's box (see
+//! [`crate::comet::sendwin`]), so a session with nothing in flight and no gap pays one pointer
+//! for all of it.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +33,7 @@ use shared_protocol::limits::MAX_FRAME;
 use shared_protocol::reliability::{RecvOutcome, RecvWindow};
 use shared_protocol::session::{SecureSession, SessionError};
 
-use super::sendwin::{Due, SendWin, Tag};
+use super::sendwin::{Attachment, Due, SendWin, Tag};
 
 /// Why a frame could not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +101,7 @@ struct Gaps {
     delivers: Vec<(u32, u64)>,
 }
 
-impl Gaps {
+impl Attachment for Gaps {
     fn is_empty(&self) -> bool {
         self.frames.is_empty() && self.delivers.is_empty()
     }
@@ -109,10 +110,9 @@ impl Gaps {
 /// One device session's protocol state (see module docs).
 pub struct Link {
     session: SecureSession,
-    send: SendWin,
+    /// The send window, with the held frames and selectively acknowledged Delivers in its box.
+    send: SendWin<Gaps>,
     recv: RecvWindow,
-    /// Held frames and selectively acknowledged Delivers; `None` while there is no gap.
-    gaps: Option<Box<Gaps>>,
     /// When the last authentic packet arrived. The silence timeout is the caller's (the same
     /// for every link of an endpoint), passed to [`Link::poll`], not kept per session.
     last_rx_ms: u64,
@@ -134,7 +134,6 @@ impl Link {
             session,
             send: SendWin::new(),
             recv: RecvWindow::new(),
-            gaps: None,
             last_rx_ms: now_ms,
         }
     }
@@ -183,8 +182,8 @@ impl Link {
         let frame = match self.recv.on_receive(frame.seq, now_ms) {
             RecvOutcome::Unreliable => Some(frame),
             RecvOutcome::InOrder { released: n } => {
-                // Only a frame that filled a gap releases any (then `gaps` exists).
-                if let Some(gaps) = self.gaps.as_deref_mut() {
+                // Only a frame that filled a gap releases any (then the gaps exist).
+                if let Some(gaps) = self.send.attached_mut() {
                     for seq in frame.seq + 1..=frame.seq + n {
                         released.extend(gaps.frames.remove(&seq));
                     }
@@ -197,9 +196,7 @@ impl Link {
             }
             RecvOutcome::Duplicate | RecvOutcome::OutOfWindow => None,
         };
-        if self.gaps.as_ref().is_some_and(|g| g.is_empty()) {
-            self.gaps = None;
-        }
+        self.send.tidy();
         Ok(Received {
             frame,
             released,
@@ -213,7 +210,7 @@ impl Link {
     /// `acked` wait in [`Gaps::delivers`].
     fn delivered(&mut self, acked: &[(u32, Tag)], ack_next: u32) -> Vec<u64> {
         let mut delivered = Vec::new();
-        if let Some(gaps) = self.gaps.as_deref_mut() {
+        if let Some(gaps) = self.send.attached_mut() {
             gaps.delivers.retain(|&(seq, id)| {
                 let done = seq < ack_next;
                 if done {
@@ -227,7 +224,7 @@ impl Link {
             if seq < ack_next {
                 delivered.push((seq, id));
             } else {
-                self.gaps.get_or_insert_default().delivers.push((seq, id));
+                self.send.attach().delivers.push((seq, id));
             }
         }
         delivered.sort_unstable();
@@ -241,14 +238,14 @@ impl Link {
         if let Ok(bytes) = frame.encode(&mut buf)
             && self.recv.hold(frame.seq)
         {
-            let gaps = self.gaps.get_or_insert_default();
+            let gaps = self.send.attach();
             gaps.frames.insert(frame.seq, (&*bytes).into());
         }
     }
 
     /// Frames held until a gap fills (for metrics and tests).
     pub fn held(&self) -> usize {
-        self.gaps.as_ref().map_or(0, |g| g.frames.len())
+        self.send.attached().map_or(0, |g| g.frames.len())
     }
 
     /// Seals an unreliable body (Pong, Kick, Goodbye, AckOnly) into `out`; returns its length.
@@ -542,6 +539,10 @@ mod tests {
         // Frame 1 arrives: both are delivered, in order.
         assert_eq!(ack(Ack { next: 3, mask: 0 }, 20), vec![10, 11]);
         assert!(ack(Ack { next: 3, mask: 0 }, 30).is_empty());
+        assert!(
+            link.send.attached().is_none(),
+            "nothing in flight, no gap: the window's box is gone"
+        );
     }
 
     #[test]
@@ -592,6 +593,7 @@ mod tests {
             vec![1001, 1002, 1003]
         );
         assert_eq!(link.held(), 0);
+        assert!(link.send.attached().is_none(), "the gap closed: no box");
         assert!(
             receive(&mut link, &mut dev, upload(2, 1002), 14).is_empty(),
             "duplicate"

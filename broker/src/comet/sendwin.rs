@@ -12,6 +12,11 @@
 //! what a selective acknowledgement means (for a Deliver: held by the device, not delivered yet,
 //! see [`crate::comet::link`]).
 //!
+//! The frames in flight live in one box with what the window's owner keeps while a gap is open
+//! (an [`Attachment`]: the link's held frames and selectively acknowledged Delivers), allocated
+//! while either has anything and freed when both are empty, so an idle session pays one pointer
+//! for both.
+//!
 //! Over a transport that loses nothing (WebSocket: [`SendWin::with_carrier`] with
 //! [`Carrier::Reliable`]) the backoff timers run the same but send nothing: a wait that ends
 //! counts the transmission a datagram sender would make, so the window gives up on the oldest
@@ -58,44 +63,90 @@ pub enum Due<'a> {
     Dead,
 }
 
+/// What the window's owner keeps in the window's box (see module docs).
+pub trait Attachment: Default {
+    /// Whether it holds nothing (the box may then go once no frame is in flight).
+    fn is_empty(&self) -> bool;
+}
+
+/// No attachment.
+impl Attachment for () {
+    fn is_empty(&self) -> bool {
+        true
+    }
+}
+
+/// The window's box: the frames in flight, in `seq` order, and the owner's attachment.
+#[derive(Debug, Default)]
+struct Busy<A> {
+    slots: VecDeque<Slot>,
+    attached: A,
+}
+
 /// Heap-backed send window (see module docs).
 #[derive(Debug)]
-pub struct SendWin {
+pub struct SendWin<A = ()> {
     next_seq: u32,
     dead: bool,
     /// Whether a wait that ends sends the frame again (datagram) or only counts it (stream).
     resend: bool,
-    /// The frames in flight, in `seq` order; `None` (one null pointer, no buffer) while none
-    /// is, as in an idle session (docs/performance.md, "Memory per session").
-    #[allow(
-        clippy::box_collection,
-        reason = "idle, it is one null pointer, not an empty collection"
-    )]
-    slots: Option<Box<VecDeque<Slot>>>,
+    /// `None` (one null pointer, no buffer) while no frame is in flight and the attachment is
+    /// empty, as in an idle session (docs/performance.md, "Memory per session").
+    busy: Option<Box<Busy<A>>>,
 }
 
-impl Default for SendWin {
+impl<A: Attachment> Default for SendWin<A> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl SendWin {
+impl<A: Attachment> SendWin<A> {
     /// An empty window; the first frame gets `seq` 1.
-    pub const fn new() -> SendWin {
+    pub const fn new() -> SendWin<A> {
         SendWin {
             next_seq: 1,
             dead: false,
             resend: true,
-            slots: None,
+            busy: None,
         }
     }
 
     /// The same window for frames carried over `carrier` (the default is
     /// [`Carrier::Datagram`]): over [`Carrier::Reliable`] nothing is resent (module docs).
-    pub const fn with_carrier(mut self, carrier: Carrier) -> SendWin {
+    pub fn with_carrier(mut self, carrier: Carrier) -> SendWin<A> {
         self.resend = matches!(carrier, Carrier::Datagram);
         self
+    }
+
+    /// The attachment, when the box exists.
+    pub fn attached(&self) -> Option<&A> {
+        self.busy.as_ref().map(|b| &b.attached)
+    }
+
+    /// The attachment to change, when the box exists (call [`SendWin::tidy`] after emptying it).
+    pub fn attached_mut(&mut self) -> Option<&mut A> {
+        self.busy.as_mut().map(|b| &mut b.attached)
+    }
+
+    /// The attachment to add to, allocating the box when there is none.
+    pub fn attach(&mut self) -> &mut A {
+        &mut self.busy.get_or_insert_default().attached
+    }
+
+    /// Frees the box once nothing is in flight and the attachment is empty.
+    pub fn tidy(&mut self) {
+        if self
+            .busy
+            .as_ref()
+            .is_some_and(|b| b.slots.is_empty() && b.attached.is_empty())
+        {
+            self.busy = None;
+        }
+    }
+
+    fn slots(&self) -> Option<&VecDeque<Slot>> {
+        self.busy.as_ref().map(|b| &b.slots)
     }
 
     /// Whether another reliable frame may be sent now.
@@ -105,7 +156,7 @@ impl SendWin {
 
     /// Frames in flight.
     pub fn in_flight(&self) -> usize {
-        self.slots.as_ref().map_or(0, |s| s.len())
+        self.slots().map_or(0, VecDeque::len)
     }
 
     /// Whether the peer was declared dead.
@@ -126,7 +177,7 @@ impl SendWin {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.slots.get_or_insert_default().push_back(Slot {
+        self.busy.get_or_insert_default().slots.push_back(Slot {
             seq,
             transmissions: 1,
             deadline: now_ms.saturating_add(retransmit_wait(1, jitter)),
@@ -147,7 +198,7 @@ impl SendWin {
         if sent_above < 32 && ack.mask >> sent_above != 0 {
             return None;
         }
-        let Some(slots) = self.slots.as_deref_mut() else {
+        let Some(slots) = self.busy.as_mut().map(|b| &mut b.slots) else {
             return Some(Vec::new());
         };
         let oldest_before = slots.front().map(|s| s.seq);
@@ -177,11 +228,9 @@ impl SendWin {
                 slot.brought_forward |= forward;
             }
         }
-        if slots.is_empty() {
-            // Nothing in flight: an idle session keeps no slot buffer (docs/performance.md,
-            // "Memory per session"); the next send allocates it again.
-            self.slots = None;
-        }
+        // Nothing in flight and nothing attached: an idle session keeps no box
+        // (docs/performance.md, "Memory per session"); the next send allocates it again.
+        self.tidy();
         Some(acked)
     }
 
@@ -190,7 +239,7 @@ impl SendWin {
         if self.dead {
             return None;
         }
-        self.slots.as_ref()?.iter().map(|s| s.deadline).min()
+        self.slots()?.iter().map(|s| s.deadline).min()
     }
 
     /// The next overdue frame to resend (its next timer uses `jitter`), or [`Due::Dead`].
@@ -201,7 +250,7 @@ impl SendWin {
             return None;
         }
         let resend = self.resend;
-        let slots = self.slots.as_deref_mut()?;
+        let slots = &mut self.busy.as_mut()?.slots;
         let idx = loop {
             let idx = slots
                 .iter()
@@ -239,13 +288,16 @@ impl SendWin {
 mod tests {
     use super::*;
 
+    /// A window without an attachment.
+    type Plain = SendWin<()>;
+
     fn b(x: u8) -> Box<[u8]> {
         vec![x].into_boxed_slice()
     }
 
     #[test]
     fn acks_retire_frames_and_return_tags() {
-        let mut w = SendWin::new();
+        let mut w = Plain::new();
         assert_eq!(w.push(b(1), Tag::Deliver(10), 0, 0), Some(1));
         assert_eq!(w.push(b(2), Tag::Plain, 0, 0), Some(2));
         assert_eq!(w.push(b(3), Tag::Deliver(11), 0, 0), Some(3));
@@ -266,7 +318,7 @@ mod tests {
             Some(vec![(1, Tag::Deliver(10)), (2, Tag::Plain)])
         );
         assert_eq!(w.in_flight(), 0);
-        assert!(w.slots.is_none(), "an idle window keeps no buffer");
+        assert!(w.busy.is_none(), "an idle window keeps no box");
         assert_eq!(
             w.on_ack(Ack { next: 4, mask: 0 }, 0),
             Some(vec![]),
@@ -284,7 +336,7 @@ mod tests {
 
     #[test]
     fn window_caps_in_flight() {
-        let mut w = SendWin::new();
+        let mut w = Plain::new();
         for i in 0..MAX_IN_FLIGHT {
             assert!(w.push(b(0), Tag::Plain, 0, 0).is_some(), "frame {i}");
         }
@@ -296,7 +348,7 @@ mod tests {
 
     #[test]
     fn retransmits_with_backoff_then_dies() {
-        let mut w = SendWin::new();
+        let mut w = Plain::new();
         w.push(b(7), Tag::Plain, 0, u16::MAX).unwrap();
         assert_eq!(w.poll_timeout(), Some(500));
         assert_eq!(w.poll(499, 0), None);
@@ -316,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_live_peers_ack_brings_resends_forward_without_counting_them() {
-        let mut w = SendWin::new();
+        let mut w = Plain::new();
         w.push(b(1), Tag::Plain, 0, u16::MAX).unwrap();
         // Frame 1 at its last counted transmission: the next full wait ends the session.
         let mut now = 0;
@@ -344,7 +396,7 @@ mod tests {
 
     #[test]
     fn only_the_oldest_frame_ends_the_session_and_the_next_oldest_restarts() {
-        let mut w = SendWin::new();
+        let mut w = Plain::new();
         w.push(b(1), Tag::Plain, 0, u16::MAX).unwrap();
         w.push(b(2), Tag::Plain, 0, u16::MAX).unwrap();
         let mut now = 0;
@@ -381,8 +433,8 @@ mod tests {
 
     #[test]
     fn a_stream_window_never_resends_and_dies_with_the_datagram_one() {
-        let mut udp = SendWin::new();
-        let mut ws = SendWin::new().with_carrier(Carrier::Reliable);
+        let mut udp = Plain::new();
+        let mut ws = Plain::new().with_carrier(Carrier::Reliable);
         udp.push(b(1), Tag::Deliver(1), 0, 0).unwrap();
         ws.push(b(1), Tag::Deliver(1), 0, 0).unwrap();
         let mut udp_resends = 0;
@@ -408,8 +460,8 @@ mod tests {
 
     #[test]
     fn a_stream_window_does_not_hurry_a_frame_the_peer_skipped() {
-        let mut udp = SendWin::new();
-        let mut ws = SendWin::new().with_carrier(Carrier::Reliable);
+        let mut udp = Plain::new();
+        let mut ws = Plain::new().with_carrier(Carrier::Reliable);
         for w in [&mut udp, &mut ws] {
             w.push(b(1), Tag::Plain, 0, u16::MAX).unwrap();
             assert!(w.poll(500, u16::MAX).is_none() || w.resend);
