@@ -446,20 +446,9 @@ async fn total_connection_limit_and_oversized_app_message_each_get_their_code() 
             reason: Code::NORMAL,
         })
         .await;
-    let mut admitted = None;
-    for _ in 0..50 {
-        match login(Wire::udp(b.udp()).await, 52, 0).await {
-            Ok(session) => {
-                admitted = Some(session);
-                break;
-            }
-            Err(r) if r.code == Code::SERVER_BUSY => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(r) => panic!("unexpected refusal {:?}", r.code),
-        }
-    }
-    let mut second = admitted.expect("the ended session's slot came back");
+    let mut second = udp_login_once_admitted("127.0.0.1", b.udp(), 52, Code::SERVER_BUSY)
+        .await
+        .expect("the ended session's slot came back");
     second.send(Body::Ping).await;
     assert_eq!(second.next(WAIT).await.unwrap().2, Got::Pong);
 

@@ -187,20 +187,9 @@ async fn a_moved_session_is_counted_under_its_new_address() {
         reason: Code::NORMAL,
     })
     .await;
-    let mut admitted = None;
-    for _ in 0..50 {
-        match login(Wire::udp_from("127.0.0.3", b.udp()).await, 33, 0).await {
-            Ok(session) => {
-                admitted = Some(session);
-                break;
-            }
-            Err(r) if r.code == Code::RATE_LIMITED => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(r) => panic!("unexpected refusal {:?}", r.code),
-        }
-    }
-    let mut at_new = admitted.expect("the ended session gave its slot back at its new address");
+    let mut at_new = udp_login_once_admitted("127.0.0.3", b.udp(), 33, Code::RATE_LIMITED)
+        .await
+        .expect("the ended session gave its slot back at its new address");
     for s in [&mut at_old, &mut at_new] {
         s.send(Body::Ping).await;
         assert_eq!(s.next(WAIT).await.unwrap().2, Got::Pong);

@@ -325,6 +325,25 @@ pub async fn login(wire: Wire, id: u32, since_id: u64) -> Result<Device, Reject>
     login_in_epoch(wire, id, since_id, UPLOAD_EPOCH).await
 }
 
+/// [`login`] over a fresh UDP wire from `local_ip` (see [`Wire::udp_from`]), tried every 100 ms
+/// for up to 5 s while the broker refuses it with `refused` (a connection slot on its way
+/// back); `None` if it never got in. Any other refusal fails the test.
+pub async fn udp_login_once_admitted(
+    local_ip: &str,
+    broker: SocketAddr,
+    id: u32,
+    refused: Code,
+) -> Option<Device> {
+    for _ in 0..50 {
+        match login(Wire::udp_from(local_ip, broker).await, id, 0).await {
+            Ok(session) => return Some(session),
+            Err(r) if r.code == refused => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(r) => panic!("unexpected refusal {:?}", r.code),
+        }
+    }
+    None
+}
+
 /// [`login`] reporting `upload_epoch` (a new value models a reboot of the device).
 pub async fn login_in_epoch(
     mut wire: Wire,
