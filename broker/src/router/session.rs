@@ -221,8 +221,9 @@ impl From<PackedAddr> for SocketAddr {
 
 /// The queue's state bits in one byte: the kick (none, or its reason), whether the session
 /// ended, whether a wake is unseen, and whether the store must be re-read before more is
-/// yielded (a Deliver was dropped, or a read that began has not completed). A kick stays recorded once made: the session yields it
-/// once ([`Session::try_next`]) and it tells a replaced session from one that ended otherwise.
+/// yielded (a Deliver was dropped, or a read that began has not completed). A kick stays
+/// recorded once made: the session yields it once ([`Session::try_next`]) and it tells a
+/// replaced session from one that ended otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Flags(u8);
 
@@ -779,9 +780,7 @@ impl Session {
     /// Waits for the next event (see [`Session::try_next`]); `None` after the Kick was yielded.
     pub async fn next(&mut self) -> Option<Outbound> {
         loop {
-            if self.finished() {
-                return None;
-            }
+            // An ended session has no read due and yields nothing, so it returns below.
             if self.resync_due() {
                 self.resync().await;
             }

@@ -71,7 +71,9 @@ use super::timers::{Slot, Timers};
 use super::{ShardBatch, ShardMap, T, flush_out};
 
 /// One UDP session's state in the socket task's table. The peer's address is the router
-/// handle's ([`SessionHandle::peer`]), not a copy here.
+/// handle's ([`SessionHandle::peer`]), not a copy here; the session's connection-limit slot is
+/// counted under that address, given back from there by [`Endpoint::end`] (or the endpoint's
+/// drop) and moved with it, so the session keeps no guard of its own.
 pub struct UdpSession {
     link: Link,
     /// Where this session's next deadline sits in the shard's [`Timers`].
@@ -83,9 +85,6 @@ pub struct UdpSession {
     worker: Option<Box<FrameWorker>>,
     /// Reliable frames waiting for room in the send window.
     outbox: Outbox,
-    // The session's slot in the connection limits is counted under its peer's address, which
-    // the router handle keeps: [`Endpoint::end`] (or the endpoint's drop) gives it back from
-    // there, and a move takes it along, so the session keeps no guard of its own (16 B).
 }
 
 /// A UDP session's router side. The handle is the session's own while it is here, so the
@@ -711,11 +710,9 @@ impl Endpoint {
                 };
                 udp.router.handle().wake_into(self.ready.clone(), sid);
                 let peer_ip = udp.router.handle().peer().ip();
-                if let Err(udp) = self.sessions.fill(sid, udp) {
+                if self.sessions.fill(sid, udp).is_err() {
                     // Cannot happen (the slot stays reserved until now); the session given
                     // back is dropped, which logs it out, and the guard gives its slot back.
-                    drop(udp);
-                    drop(guard);
                     return;
                 }
                 // From here the session's connection-limit slot is counted under its peer's
