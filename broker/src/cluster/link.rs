@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -518,21 +518,31 @@ impl ReplaceSink for CometLinks {
 /// What msgbus does with a `Stored` frame from comet `origin`.
 pub type OnStored = Arc<dyn Fn(String, LinkMessage) + Send + Sync>;
 
+/// One comet's link task, as the view last named it.
 struct Peer {
     addr: String,
     tx: mpsc::Sender<Frame>,
     cancel: CancellationToken,
+    state: Arc<PeerState>,
+}
+
+/// Whether one link task's connection is up. Each task owns its own: when a comet leaves the
+/// view and comes back, the old task winding down never marks the new task's link down.
+struct PeerState {
+    /// Names this task's requests in [`LinkManager::pending`].
+    id: u64,
+    up: AtomicBool,
 }
 
 /// The msgbus side: one link per live comet in the discovery view (see module docs).
 pub struct LinkManager {
     node: String,
     peers: Mutex<BTreeMap<String, Peer>>,
-    up: Mutex<BTreeMap<String, bool>>,
+    next_peer: AtomicU64,
     settings: LinkSettings,
     backoff: (Duration, Duration),
     dropped: AtomicU64,
-    pending: Pending<String>,
+    pending: Pending<u64>,
     metrics: Metrics,
 }
 
@@ -549,7 +559,7 @@ impl LinkManager {
         Arc::new(LinkManager {
             node,
             peers: Mutex::new(BTreeMap::new()),
-            up: Mutex::new(BTreeMap::new()),
+            next_peer: AtomicU64::new(1),
             settings,
             backoff,
             dropped: AtomicU64::new(0),
@@ -558,8 +568,20 @@ impl LinkManager {
         })
     }
 
-    fn is_up(&self, comet: &str) -> bool {
-        self.up().get(comet).copied().unwrap_or(false)
+    /// The queue and state of comet `comet`'s link when it is up now.
+    fn up_link(&self, comet: &str) -> Option<(mpsc::Sender<Frame>, Arc<PeerState>)> {
+        self.peers()
+            .get(comet)
+            .filter(|p| p.state.up.load(Ordering::Acquire))
+            .map(|p| (p.tx.clone(), p.state.clone()))
+    }
+
+    /// Marks the link of task `state` up or down; the `broker_link_up` gauge (links to
+    /// `comet` now) counts each change once.
+    fn set_up(&self, comet: &str, state: &PeerState, up: bool) {
+        if state.up.swap(up, Ordering::AcqRel) != up {
+            self.metrics.link_state(comet, up);
+        }
     }
 
     /// Relays a comet's `Command` (from the link `tx` answers on) to its target comet and the
@@ -581,10 +603,6 @@ impl LinkManager {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn up(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
-        self.up.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Comets with a link task (live in the view).
     pub fn comets(&self) -> Vec<String> {
         self.peers().keys().cloned().collect()
@@ -592,9 +610,9 @@ impl LinkManager {
 
     /// Comets whose link is connected now.
     pub fn connected(&self) -> Vec<String> {
-        self.up()
+        self.peers()
             .iter()
-            .filter(|(_, up)| **up)
+            .filter(|(_, p)| p.state.up.load(Ordering::Acquire))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -685,24 +703,34 @@ impl LinkManager {
             }
             let (tx, rx) = mpsc::channel(self.settings.queue);
             let c = cancel.child_token();
+            let state = Arc::new(PeerState {
+                id: self.next_peer.fetch_add(1, Ordering::Relaxed),
+                up: AtomicBool::new(false),
+            });
             peers.insert(
                 id.clone(),
                 Peer {
                     addr: addr.clone(),
-                    tx,
+                    tx: tx.clone(),
                     cancel: c.clone(),
+                    state: state.clone(),
                 },
             );
             let me = self.clone();
             let (id, addr, on_stored) = (id.clone(), addr.clone(), on_stored.clone());
-            tokio::spawn(async move { me.run_peer(id, addr, rx, on_stored, c).await });
+            let task = PeerTask {
+                comet: id,
+                addr,
+                tx,
+                state,
+            };
+            tokio::spawn(async move { me.run_peer(task, rx, on_stored, c).await });
         }
     }
 
     async fn run_peer(
         self: Arc<Self>,
-        comet: String,
-        addr: String,
+        task: PeerTask,
         mut rx: mpsc::Receiver<Frame>,
         on_stored: OnStored,
         cancel: CancellationToken,
@@ -712,20 +740,22 @@ impl LinkManager {
         while !cancel.is_cancelled() {
             let conn = tokio::select! {
                 _ = cancel.cancelled() => break,
-                c = TcpStream::connect(&addr) => c,
+                c = TcpStream::connect(&task.addr) => c,
             };
             match conn {
                 Ok(stream) => {
                     // Back off from scratch only after an authenticated link: a comet with
                     // another key is retried at the slow pace.
                     if self
-                        .one_link(stream, &comet, &addr, &mut rx, &on_stored, &cancel)
+                        .one_link(stream, &task, &mut rx, &on_stored, &cancel)
                         .await
                     {
                         delay = min;
                     }
                 }
-                Err(e) => tracing::debug!(%comet, %addr, error = %e, "link connect failed"),
+                Err(e) => {
+                    tracing::debug!(comet = %task.comet, addr = %task.addr, error = %e, "link connect failed")
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -733,8 +763,16 @@ impl LinkManager {
             }
             delay = (delay * 2).min(max);
         }
-        self.up().remove(&comet);
     }
+}
+
+/// What one link task needs to know about its comet.
+struct PeerTask {
+    comet: String,
+    addr: String,
+    /// The task's own queue: commands a comet relays through this msgbus answer on it.
+    tx: mpsc::Sender<Frame>,
+    state: Arc<PeerState>,
 }
 
 impl LinkManager {
@@ -743,12 +781,12 @@ impl LinkManager {
     async fn one_link(
         self: &Arc<Self>,
         mut stream: TcpStream,
-        comet: &str,
-        addr: &str,
+        task: &PeerTask,
         rx: &mut mpsc::Receiver<Frame>,
         on_stored: &OnStored,
         cancel: &CancellationToken,
     ) -> bool {
+        let (comet, addr) = (task.comet.as_str(), task.addr.as_str());
         let _ = stream.set_nodelay(true);
         let me = Identity {
             node: self.node.clone(),
@@ -771,19 +809,15 @@ impl LinkManager {
             }
         };
         let (rd, mut wr) = stream.into_split();
-        self.up().insert(comet.to_string(), true);
-        self.metrics.link_state(comet, true);
+        self.set_up(comet, &task.state, true);
         tracing::info!(%comet, %addr, "link to comet up (authenticated)");
         let stop = cancel.child_token();
-        let tx = self.peers().get(comet).map(|p| p.tx.clone());
+        let tx = &task.tx;
         let inflight = Arc::new(Semaphore::new(self.settings.max_inflight));
         let me = self.clone();
         let reader = read_frames(rd, buf, opener, |f| match f {
             Frame::Stored { msg } => on_stored(comet.to_string(), msg),
-            Frame::Command { req } => match &tx {
-                Some(tx) => me.relay_command(&inflight, tx, req),
-                None => me.metrics.link_frame_dropped(comet, "no_link"),
-            },
+            Frame::Command { req } => me.relay_command(&inflight, tx, req),
             Frame::CommandResult { id, outcome } => {
                 me.pending.complete(id, outcome);
             }
@@ -808,10 +842,9 @@ impl LinkManager {
             r = write_frames(&mut wr, rx, sealer, &stop, comet, &self.metrics) => r,
         };
         stop.cancel();
-        self.up().insert(comet.to_string(), false);
-        self.metrics.link_state(comet, false);
+        self.set_up(comet, &task.state, false);
         self.pending.fail_via(
-            &comet.to_string(),
+            &task.state.id,
             &CommandOutcome::Unreachable(format!("the link to {comet} went down")),
         );
         tracing::info!(%comet, result = ?r, "link to comet down");
@@ -823,13 +856,12 @@ impl LinkManager {
 impl Forward for LinkManager {
     /// Sends the request to comet `req.to` over its link (which must be up).
     async fn forward(&self, mut req: CommandRequest, timeout: Duration) -> CommandOutcome {
-        let tx = self.peers().get(&req.to).map(|p| p.tx.clone());
-        let Some(tx) = tx.filter(|_| self.is_up(&req.to)) else {
+        let Some((tx, state)) = self.up_link(&req.to) else {
             self.metrics.link_frame_dropped(&req.to, "no_link");
             return CommandOutcome::Unreachable(format!("no link to comet {}", req.to));
         };
         let to = req.to.clone();
-        let (id, rx) = self.pending.register(to.clone());
+        let (id, rx) = self.pending.register(state.id);
         req.id = id;
         if tx.try_send(Frame::Command { req }).is_err() {
             self.pending.forget(id);
@@ -1100,6 +1132,40 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let ct = c.metrics.render();
         assert!(has(&ct, r#"broker_link_up{peer="msgbus-1"}"#, 0), "{ct}");
+        c.cancel.cancel();
+        let _ = c.serve.await;
+        let _ = follow.await;
+    }
+
+    #[tokio::test]
+    async fn a_comet_back_in_the_view_keeps_its_new_link_when_the_old_one_winds_down_late() {
+        let mut c = comet(7).await;
+        let (bus, bm, _view_tx, follow) = msgbus(7, &c);
+        until("link up", || !bus.connected().is_empty()).await;
+        let old = bus.peers()["comet-a"].state.clone();
+        // The comet leaves the view and comes back before the old task has wound down.
+        let on_stored: OnStored = Arc::new(|_, _| {});
+        bus.sync(&BTreeMap::new(), &on_stored, &c.cancel);
+        let back = BTreeMap::from([("comet-a".to_string(), c.addr.to_string())]);
+        bus.sync(&back, &on_stored, &c.cancel);
+        until("the new link up", || {
+            bus.up_link("comet-a")
+                .is_some_and(|(_, state)| state.id != old.id)
+        })
+        .await;
+        // The old task marks its own link down last.
+        bus.set_up("comet-a", &old, false);
+        assert_eq!(bus.connected(), vec!["comet-a".to_string()]);
+        let bt = bm.render();
+        assert!(has(&bt, r#"broker_link_up{peer="comet-a"}"#, 1), "{bt}");
+        let b = bus.clone();
+        let fwd =
+            tokio::spawn(async move { b.forward(command(300), Duration::from_secs(2)).await });
+        match next_event(&mut c.session, Duration::from_secs(2)).await {
+            Some(Outbound::Command { name, .. }) => assert_eq!(name, "relay"),
+            other => panic!("the device got no command over the new link: {other:?}"),
+        }
+        assert_eq!(fwd.await.unwrap(), CommandOutcome::Timeout);
         c.cancel.cancel();
         let _ = c.serve.await;
         let _ = follow.await;
