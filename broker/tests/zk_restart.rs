@@ -213,7 +213,7 @@ async fn restarting_zookeeper_every_node_registers_again_and_serving_goes_on() {
         .map(|g| g.1)
         .collect();
     assert_eq!(got, vec![b"zk-down".to_vec()]);
-    let ((s, v), _) = tokio::join!(
+    let ((s, v), answered) = tokio::join!(
         api(
             &comet_a,
             reqwest::Method::POST,
@@ -223,6 +223,10 @@ async fn restarting_zookeeper_every_node_registers_again_and_serving_goes_on() {
         answer_one_command(&mut plug),
     );
     assert_eq!(s, 200, "command while ZooKeeper is down: {v}");
+    assert!(
+        answered.is_ok(),
+        "no command reached the device: {answered:?}; {v}"
+    );
     let text = scrape(&comet_a).await;
     assert_eq!(
         sample(&text, "broker_discovery_healthy"),
@@ -310,7 +314,7 @@ async fn restarting_zookeeper_every_node_registers_again_and_serving_goes_on() {
     );
 
     // Still serving afterwards.
-    let ((s, v), _) = tokio::join!(
+    let ((s, v), answered) = tokio::join!(
         api(
             &bus1,
             reqwest::Method::POST,
@@ -319,7 +323,16 @@ async fn restarting_zookeeper_every_node_registers_again_and_serving_goes_on() {
         ),
         answer_one_command(&mut plug),
     );
-    assert_eq!(s, 200, "command after the restart: {v}");
+    assert_eq!(
+        s,
+        200,
+        "command after the restart: {v}; bus1 links to {:?}",
+        bus1.links.as_ref().unwrap().connected()
+    );
+    assert!(
+        answered.is_ok(),
+        "no command reached the device: {answered:?}; {v}"
+    );
 
     for n in [comet_a, comet_b, bus1, bus2] {
         n.stop().await;

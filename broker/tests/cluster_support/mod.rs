@@ -50,6 +50,14 @@ pub struct Run {
 
 impl Run {
     pub fn new() -> Run {
+        // The in-process nodes' logs: captured, shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,broker=info")),
+            )
+            .try_init();
         Run {
             id: format!("e2e{}x{}", broker::router::now_ms(), rand::random::<u16>()),
             env: services(),
@@ -461,8 +469,11 @@ pub async fn app_delivers(app: &mut App, wait: Duration) -> Vec<(u64, Vec<u8>)> 
     out
 }
 
-/// Waits for one Command on `dev` and answers it with status 7 and `<name>:<payload>`.
-pub async fn answer_one_command(dev: &mut Device) -> (String, Vec<u8>) {
+/// Waits for one Command on `dev` and answers it with status 7 and `<name>:<payload>`. When none
+/// arrives within [`WAIT`], the error holds every other frame the device got meanwhile (the
+/// caller reports it with what its HTTP request got).
+pub async fn answer_one_command(dev: &mut Device) -> Result<(String, Vec<u8>), Vec<Got>> {
+    let mut other = Vec::new();
     loop {
         match dev.next_event(WAIT).await {
             Some(Got::Command {
@@ -477,10 +488,10 @@ pub async fn answer_one_command(dev: &mut Device) -> (String, Vec<u8>) {
                     payload: answer.as_bytes(),
                 })
                 .await;
-                return (name, payload);
+                return Ok((name, payload));
             }
-            Some(_) => {}
-            None => panic!("no command reached the device"),
+            Some(got) => other.push(got),
+            None => return Err(other),
         }
     }
 }
