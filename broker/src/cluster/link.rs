@@ -2,9 +2,13 @@
 //!
 //! msgbus dials every live comet it sees in discovery ([`LinkManager`], one task per comet with
 //! a bounded queue that survives reconnects, exponential backoff); comets listen
-//! ([`CometLinks`]). Every connection first runs the [`super::link_auth`] handshake over the
-//! cluster key (msgbus initiates and expects the comet discovery named; the comet expects a
-//! msgbus), bounded by [`LinkSettings::handshake_timeout`]. Until it succeeds nothing read is
+//! ([`CometLinks`]). A comet that leaves the view and comes back (as one may while ZooKeeper
+//! restarts) gets a new task; each task keeps its own up flag and pending requests, so
+//! the old one winding down never marks the new link down nor fails what was sent on it.
+//!
+//! Every connection first runs the [`super::link_auth`] handshake over the cluster key (msgbus
+//! initiates and expects the comet discovery named; the comet expects a msgbus), bounded by
+//! [`LinkSettings::handshake_timeout`]. Until it succeeds nothing read is
 //! acted on; a failure (timeout, garbage, an unsealed frame, a wrong key, a wrong role or node)
 //! closes the connection, is counted in `broker_link_auth_failures_total{reason}` and logged once
 //! at warn with the peer address. After it, every frame ([`super::frame`]) is sealed under the
