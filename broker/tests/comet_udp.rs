@@ -559,3 +559,24 @@ async fn a_device_that_loses_the_first_shutdown_kick_still_gets_one() {
     let gap = kicks[2].1 - kicks[0].1;
     assert!(gap >= Duration::from_millis(150), "copies {kicks:?}");
 }
+
+/// A CommandResult closes an exchange the broker began: nothing else is likely to go to the
+/// device soon, so the broker acknowledges it in an AckOnly at once rather than after
+/// `ACK_DELAY` (docs/protocol.md section 5). A delayed acknowledgement can never arrive within
+/// `ACK_DELAY` of the send, so the fastest of three must.
+#[tokio::test]
+async fn a_command_result_is_acknowledged_at_once_over_udp() {
+    let b = TestBroker::start(IdProfile::Plug).await;
+    let mut dev = login(Wire::udp(b.udp()).await, 34, 0).await.unwrap();
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let (got, took) = command_result_acknowledged(&b, &mut dev, 34).await;
+        assert_eq!(got, Got::AckOnly);
+        fastest = fastest.min(took);
+    }
+    assert!(
+        fastest < Duration::from_millis(shared_protocol::limits::ACK_DELAY_MS),
+        "the fastest acknowledgement took {fastest:?}"
+    );
+    b.stop().await;
+}

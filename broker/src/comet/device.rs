@@ -50,6 +50,12 @@ pub enum Reaction {
     },
     /// The device ended the session (Goodbye).
     Goodbye,
+    /// Acknowledge the device's frames now (an AckOnly, unless a frame sent since carried the
+    /// acknowledgement) rather than when `ACK_DELAY` ends. The frame closed an exchange the
+    /// broker began (a CommandResult answering its Command), so nothing is likely to go to the
+    /// device soon to carry the acknowledgement, and waiting would cost the endpoint a timer
+    /// wake-up of its own for each command (docs/protocol.md section 5).
+    Acknowledge,
 }
 
 /// The kind of work frame, for counting refusals.
@@ -217,7 +223,7 @@ pub fn on_frame(
         } => {
             // false: late, duplicate or not ours; nothing to tell the device.
             router.complete_command(me, cmd_id, status, Bytes::copy_from_slice(payload));
-            Reaction::Nothing
+            Reaction::Acknowledge
         }
         Body::Request {
             req_id,

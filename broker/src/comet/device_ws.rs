@@ -624,6 +624,10 @@ async fn react(ctx: &Context, ws: &mut Ws, link: &mut Link, reaction: Reaction) 
         Reaction::Error { code, about_seq } => {
             reliable(ctx, ws, link, Body::Error { code, about_seq }).await
         }
+        Reaction::Acknowledge => {
+            let p = sealed(|o| link.seal_pending_ack(o).ok().flatten())?;
+            send_live(ctx, ws, p).await.err().map(|_| End::Closed)
+        }
     }
 }
 

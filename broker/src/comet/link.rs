@@ -10,7 +10,9 @@
 //! endpoint can count it.
 //!
 //! Every outgoing frame carries the current [`RecvWindow::ack`], so acknowledgements ride on any
-//! traffic; an AckOnly is sent only when one is due (`ACK_DELAY`) and nothing else went out.
+//! traffic; an AckOnly is sent only when one is due (`ACK_DELAY`) and nothing else went out, or
+//! sooner when the endpoint asks ([`Link::seal_pending_ack`]: after a CommandResult, which no
+//! frame is likely to follow soon).
 //!
 //! Reliable frames are handed to the caller in `seq` order (docs/protocol.md section 5): a frame
 //! that arrives ahead of a gap is held here (encoded; at most `RECEIVE_WINDOW` frames) and handed
@@ -283,6 +285,16 @@ impl Link {
         Ok(n)
     }
 
+    /// Seals an AckOnly with the current acknowledgement into `out` if one is pending (none was
+    /// carried by a frame sealed since the last reliable frame arrived), so the endpoint can
+    /// acknowledge before `ACK_DELAY` ends; `Ok(None)` when nothing is pending.
+    pub fn seal_pending_ack(&mut self, out: &mut [u8]) -> Result<Option<usize>, LinkError> {
+        if !self.recv.ack_pending() {
+            return Ok(None);
+        }
+        self.seal_unreliable(Body::AckOnly, out).map(Some)
+    }
+
     /// The next time [`Link::poll`] has something to do, for a session ended after
     /// `silence_ms` without an authentic packet.
     pub fn poll_timeout(&self, silence_ms: u64) -> u64 {
@@ -357,7 +369,7 @@ mod tests {
     use shared_protocol::handshake::{ClientEvent, ClientHandshake, WelcomeParams};
     use shared_protocol::ids::{Address, IdProfile};
     use shared_protocol::keys::{CookieSecret, DeviceKey, PeerAddr};
-    use shared_protocol::limits::MAX_PACKET;
+    use shared_protocol::limits::{ACK_DELAY_MS, MAX_PACKET};
     use shared_protocol::reliability::Ack;
 
     use super::*;
@@ -440,6 +452,51 @@ mod tests {
         assert_eq!(r.delivered, vec![42]);
         assert_eq!(r.frame.unwrap().body, Body::AckOnly);
         assert_eq!(link.poll(2100, SILENCE, 0, &mut out), Polled::Idle);
+    }
+
+    #[test]
+    fn a_pending_ack_is_sealed_on_request_once_and_its_timer_goes() {
+        let (mut link, mut dev) = pair();
+        let mut out = [0u8; MAX_PACKET];
+        assert_eq!(
+            link.seal_pending_ack(&mut out),
+            Ok(None),
+            "nothing received yet"
+        );
+        let result = Frame {
+            seq: 1,
+            ack: Ack { next: 1, mask: 0 },
+            body: Body::CommandResult {
+                cmd_id: 7,
+                status: 0,
+                payload: b"ok",
+            },
+        };
+        let n = dev.seal_frame(&result, &mut out).unwrap();
+        let mut pkt = out[..n].to_vec();
+        link.receive(&mut pkt, 2000).unwrap();
+        // Without a request the AckOnly would wait for ACK_DELAY.
+        assert_eq!(link.poll_timeout(SILENCE), 2000 + ACK_DELAY_MS);
+        let n = link
+            .seal_pending_ack(&mut out)
+            .unwrap()
+            .expect("an ack is pending");
+        let mut pkt = out[..n].to_vec();
+        let f = dev.open_frame(&mut pkt).unwrap();
+        assert_eq!(
+            (f.seq, f.ack, f.body),
+            (0, Ack { next: 2, mask: 0 }, Body::AckOnly)
+        );
+        assert_eq!(link.seal_pending_ack(&mut out), Ok(None), "sent once");
+        assert_eq!(
+            link.poll_timeout(SILENCE),
+            2000 + SILENCE,
+            "only the silence timer is left"
+        );
+        assert_eq!(
+            link.poll(2000 + ACK_DELAY_MS, SILENCE, 0, &mut out),
+            Polled::Idle
+        );
     }
 
     #[test]

@@ -517,3 +517,43 @@ impl App {
 }
 
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Sends device `id` (logged in as `dev`) a command through the API, answers it from `dev`, and
+/// returns the frame that first acknowledged the CommandResult with the time from sending the
+/// CommandResult to receiving that frame.
+pub async fn command_result_acknowledged(
+    b: &TestBroker,
+    dev: &mut Device,
+    id: u32,
+) -> (Got, Duration) {
+    let path = format!("/v1/devices/{id}/commands");
+    let post = b.post(
+        &path,
+        serde_json::json!({"name": "relay", "text": "on", "timeout_ms": 5000}),
+    );
+    let answer = async {
+        let Some(Got::Command { cmd_id, .. }) = dev.next_event(WAIT).await else {
+            panic!("no command reached the device");
+        };
+        let seq = dev.next_seq;
+        dev.send(Body::CommandResult {
+            cmd_id,
+            status: 0,
+            payload: b"done",
+        })
+        .await;
+        let sent = tokio::time::Instant::now();
+        loop {
+            let (_, ack, got) = dev
+                .next(WAIT)
+                .await
+                .expect("the broker acknowledges the CommandResult");
+            if ack.next > seq {
+                return (got, sent.elapsed());
+            }
+        }
+    };
+    let ((status, body), acknowledged) = tokio::join!(post, answer);
+    assert_eq!(status, 200, "{body}");
+    acknowledged
+}

@@ -488,9 +488,11 @@ impl Endpoint {
                 )
             })
             .collect();
+        let mut acknowledge = false;
         for reaction in reactions {
             match reaction {
                 Reaction::Nothing => {}
+                Reaction::Acknowledge => acknowledge = true,
                 Reaction::Goodbye => {
                     self.end(sid, None);
                     return;
@@ -504,8 +506,24 @@ impl Endpoint {
                 Reaction::Error { code, about_seq } => self.error(sid, code, about_seq),
             }
         }
+        // What the pull sent carries the acknowledgement; otherwise an AckOnly goes now.
         self.pull(sid);
+        if acknowledge {
+            self.acknowledge(sid);
+        }
         self.schedule(sid);
+    }
+
+    /// Sends session `sid`'s pending acknowledgement now in an AckOnly ([`Reaction::Acknowledge`]).
+    fn acknowledge(&mut self, sid: u32) {
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        let mut out = [0u8; MAX_PACKET];
+        if let Ok(Some(n)) = s.link.seal_pending_ack(&mut out) {
+            let peer = s.router.handle().peer();
+            self.send(&out[..n], peer);
+        }
     }
 
     /// Seals and sends an unreliable frame on session `sid`.
