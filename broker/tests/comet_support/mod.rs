@@ -518,14 +518,30 @@ impl App {
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Sends device `id` (logged in as `dev`) a command through the API, answers it from `dev`, and
-/// returns the frame that first acknowledged the CommandResult with the time from sending the
-/// CommandResult to receiving that frame.
-pub async fn command_result_acknowledged(
+/// Sends device `id` (logged in as `dev`) three commands through the API and answers each from
+/// `dev`; each CommandResult must be acknowledged by an AckOnly, the fastest within `ACK_DELAY`
+/// of its send (a delayed acknowledgement never can be).
+pub async fn assert_command_results_acknowledged_at_once(
     b: &TestBroker,
     dev: &mut Device,
     id: u32,
-) -> (Got, Duration) {
+) {
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let (got, took) = command_result_acknowledged(b, dev, id).await;
+        assert_eq!(got, Got::AckOnly);
+        fastest = fastest.min(took);
+    }
+    assert!(
+        fastest < Duration::from_millis(shared_protocol::limits::ACK_DELAY_MS),
+        "the fastest acknowledgement took {fastest:?}"
+    );
+}
+
+/// Sends device `id` (logged in as `dev`) a command through the API, answers it from `dev`, and
+/// returns the frame that first acknowledged the CommandResult with the time from sending the
+/// CommandResult to receiving that frame.
+async fn command_result_acknowledged(b: &TestBroker, dev: &mut Device, id: u32) -> (Got, Duration) {
     let path = format!("/v1/devices/{id}/commands");
     let post = b.post(
         &path,
