@@ -9,8 +9,8 @@
 //! * [`CrossEnv`] holds that environment; [`CrossEnv::cargo`] gives a `cargo` command with it
 //!   applied in any directory (board crates use it).
 //! * `build` builds the no_std workspace crates (`shared-protocol`, `firmware`) for the MCU
-//!   targets in [`TARGETS`], with the feature sets of [`NO_STD_BUILDS`] (`firmware` only where
-//!   no board crate builds it).
+//!   targets in [`TARGETS`] no board crate builds them for, with the feature sets of
+//!   [`NO_STD_BUILDS`].
 //! * `boards` builds every crate under `boards/` (each has its own `.cargo/config.toml`) into
 //!   the one shared cross target folder, with placeholder build settings ([`placeholder_env`]);
 //!   `clippy` lints each of them (warnings denied) for the target its config names: a board
@@ -232,21 +232,25 @@ struct NoStdBuild {
     package: &'static str,
     /// Feature sets (comma-separated; "" for none), each built with default features off.
     feature_sets: &'static [&'static str],
-    /// Skip the targets an MCU board crate is built for: every board links this crate (with its
-    /// own features and release profile), so `cross boards` already builds it there and a
+    /// Skip the targets an MCU board crate is built for: every board links this crate (with
+    /// `defmt` and its own release profile), so `cross boards` already builds it there and a
     /// second build here would only cost CI time.
     skip_board_targets: bool,
 }
 
-/// The no_std workspace crates: `shared-protocol` bare and with `defmt` on every target;
-/// `firmware` with its embassy-net transports, bare and with `defmt` (what the boards
-/// enable), on the targets no board covers (today `riscv32imc`). Building a library needs
-/// no critical-section implementation or time driver: the board that links it brings those.
+/// The no_std workspace crates, on the targets no board covers (today `riscv32imc`):
+/// `shared-protocol` bare and with `defmt`; `firmware` with its embassy-net transports, bare
+/// and with `defmt` (what the boards enable). On a board's target the board build compiles
+/// both crates with `defmt`; the bare builds on `riscv32imc` show they need neither defmt nor
+/// atomic compare-and-swap, and the host builds cover the rest. Each target's first build
+/// compiles `core` (about 30 s), and board builds use other flags, so they cannot share it.
+/// Building a library needs no critical-section implementation or time driver: the board
+/// that links it brings those.
 const NO_STD_BUILDS: &[NoStdBuild] = &[
     NoStdBuild {
         package: "shared-protocol",
         feature_sets: &["", "defmt"],
-        skip_board_targets: false,
+        skip_board_targets: true,
     },
     NoStdBuild {
         package: "firmware",
