@@ -24,7 +24,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::shell::{cargo, project_root, run_command};
+use crate::shell::{cargo, project_root, run_command, target_dir};
 use crate::{
     bench_command, bench_fanout, bench_idle, bench_login, bench_report, bench_udp, bench_uploads,
 };
@@ -108,12 +108,20 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
+/// The release build of the broker and the load generator the bench runs (also the CI's
+/// background warm-up for this step, [`crate::warm_up`]).
+pub fn build_command() -> Command {
+    let mut command = cargo();
+    command.args(["build", "--release", "-p", "broker", "-p", "bench-load"]);
+    command
+}
+
 /// Runs `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     check_prerequisites()?;
     if !o.no_build {
-        run_command(cargo().args(["build", "--release", "-p", "broker", "-p", "bench-load"]))?;
+        run_command(&mut build_command())?;
     }
     let bin = target_dir().join("release");
     let (broker, load) = (bin.join("broker"), bin.join("bench-load"));
@@ -292,12 +300,6 @@ fn check_prerequisites() -> Result<(), String> {
         return Err("mosquitto is not installed: run scripts/bootstrap.sh".into());
     }
     Ok(())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| project_root().join(d))
-        .unwrap_or_else(|| project_root().join("target"))
 }
 
 fn utc_now() -> String {

@@ -22,7 +22,7 @@
 //! Commands that need services or a browser are run by tests instead (the README's quick start
 //! by `broker/tests/cli_tools.rs`). Every problem found is listed, then the check fails.
 
-use crate::shell::{cargo, project_root, run_command};
+use crate::shell::{build_host_debug_binaries, project_root};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -35,8 +35,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(arg) = args.first() {
         return Err(format!("unknown option `{arg}` for `docs-check`"));
     }
-    run_command(cargo().args(["build", "-p", "broker", "--bin", "broker", "--locked"]))?;
-    let broker = target_dir().join("debug/broker");
+    let broker = build_host_debug_binaries()?.join("broker");
     let docs = markdown_files()?;
     let mut problems = Vec::new();
     problems.extend(check_links(&docs));
@@ -61,12 +60,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// The cargo target folder (`CARGO_TARGET_DIR`, else `target/`).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| project_root().join(dir))
-        .unwrap_or_else(|| project_root().join("target"))
-}
-
 /// One Markdown file: its path relative to the project root and its text.
 struct Doc {
     path: PathBuf,

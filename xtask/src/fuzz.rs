@@ -10,7 +10,7 @@
 //! code edge reached, so it grows in coverage, not in files (docs/fuzzing.md).
 
 use crate::shell::{cargo, has_program, run_command};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// How a run builds its fuzz crate.
@@ -45,12 +45,8 @@ impl Target {
 
     /// `cargo +nightly fuzz <subcommand> <target>` from the folder that holds the crate.
     fn cargo_fuzz(&self, subcommand: &str) -> Command {
-        // `rustup run` rather than `cargo +nightly`: under `cargo run` the PATH may point at
-        // the pinned toolchain's own cargo, which does not understand `+toolchain`.
-        let mut command = Command::new("rustup");
-        command
-            .current_dir(self.crate_dir.parent().unwrap_or(&self.crate_dir))
-            .args(["run", "nightly", "cargo", "fuzz", subcommand, &self.name]);
+        let mut command = cargo_fuzz_in(&self.crate_dir);
+        command.args([subcommand, &self.name]);
         command
     }
 
@@ -135,6 +131,38 @@ fn targets() -> Result<Vec<Target>, String> {
         }));
     }
     Ok(all)
+}
+
+/// The builds of the CI step, for a background warm-up ([`crate::warm_up`]): cargo-fuzz's
+/// install when it is missing, then each fuzz crate's unoptimized build of all its targets
+/// (what each target's `cargo fuzz run --dev` then finds fresh). Empty without nightly.
+pub fn warm_up_commands() -> Vec<Command> {
+    if !has_program("rustup", &["run", "nightly", "cargo", "--version"]) {
+        return Vec::new();
+    }
+    let mut commands = Vec::new();
+    if !has_program("rustup", &["run", "nightly", "cargo", "fuzz", "--version"]) {
+        let mut install = cargo();
+        install.args(["install", "cargo-fuzz", "--locked"]);
+        commands.push(install);
+    }
+    for crate_dir in crate::crates::fuzz_crates() {
+        let mut build = cargo_fuzz_in(&crate_dir);
+        build.args(["build", "--dev"]);
+        commands.push(build);
+    }
+    commands
+}
+
+/// `rustup run nightly cargo fuzz` from the folder that holds the fuzz crate `crate_dir`.
+fn cargo_fuzz_in(crate_dir: &Path) -> Command {
+    // `rustup run` rather than `cargo +nightly`: under `cargo run` the PATH may point at
+    // the pinned toolchain's own cargo, which does not understand `+toolchain`.
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(crate_dir.parent().unwrap_or(crate_dir))
+        .args(["run", "nightly", "cargo", "fuzz"]);
+    command
 }
 
 /// Whether nightly and cargo-fuzz are there (cargo-fuzz is installed when missing); `false`

@@ -17,12 +17,13 @@
 //!   `hil-tests` builds the firmware (the cross environment is passed to it) and refuses when
 //!   no probe is attached.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use crate::cross::{self, CrossEnv, QEMU_BOARD};
-use crate::shell::{cargo, has_program, project_root, run_command};
+use crate::shell::{
+    build_host_debug_binaries, cargo, has_program, project_root, run_command, target_dir,
+};
 
 const USAGE: &str = "\
 usage: cargo xtask hil [list] [--rig NAME]... [--scenario S]... [--no-build] [--dry-run]
@@ -55,8 +56,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "list" => {
-                let mut command = cargo();
-                command.args(["run", "--quiet", "-p", "hil-tests", "--", "list"]);
+                let mut command = hil_tests()?;
+                command.arg("list");
                 return run_command(&mut command);
             }
             "--scenario" => scenarios.push(
@@ -89,16 +90,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     if dry_run {
         // Real-board rigs only: hil-tests prints their commands; nothing is built or run.
-        let mut command = cargo();
-        command.args([
-            "run",
-            "--quiet",
-            "-p",
-            "hil-tests",
-            "--",
-            "run",
-            "--dry-run",
-        ]);
+        let mut command = hil_tests()?;
+        command.args(["run", "--dry-run"]);
         for rig in &rigs {
             command.args(["--rig", rig]);
         }
@@ -158,8 +151,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
 
     let step = Instant::now();
-    let mut command = cargo();
-    command.args(["run", "--quiet", "-p", "hil-tests", "--", "run"]);
+    let mut command = hil_tests()?;
+    command.arg("run");
     for rig in &rigs {
         command.args(["--rig", rig]);
     }
@@ -249,12 +242,12 @@ fn build_host_tap(target: &std::path::Path) -> Result<(), String> {
     build(&[])
 }
 
-/// The host cargo target folder (`CARGO_TARGET_DIR`, else `target/`).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| project_root().join(dir))
-        .unwrap_or_else(|| project_root().join("target"))
+/// The `hil-tests` harness, built (debug, the host tests' build: fresh after `cargo xtask test`)
+/// and ready to run from the project root.
+fn hil_tests() -> Result<Command, String> {
+    let mut command = Command::new(build_host_debug_binaries()?.join("hil-tests"));
+    command.current_dir(project_root());
+    Ok(command)
 }
 
 #[cfg(test)]

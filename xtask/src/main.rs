@@ -42,6 +42,7 @@ mod soak;
 mod soak_report;
 mod symbols;
 mod test;
+mod warm_up;
 
 use std::process::ExitCode;
 

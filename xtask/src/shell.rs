@@ -29,6 +29,31 @@ pub fn run_command(command: &mut Command) -> Result<(), String> {
     }
 }
 
+/// The workspace's target folder: `$CARGO_TARGET_DIR` (relative to the project root) or
+/// `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| project_root().join(dir))
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
+/// Builds the workspace's debug host binaries (`broker`, `hil-tests`, ...) and returns the
+/// folder that holds them (`<target>/debug`).
+///
+/// It builds with the flags of `cargo xtask test`'s host tests (`--workspace --all-features
+/// --tests`): integration tests need the binaries too, so after that step this build is already
+/// fresh. Any other flags resolve dependency features differently (tests add dev-dependency
+/// features such as tokio's `test-util`) and would compile the broker and everything above
+/// tokio a second time. The binaries behave the same either way.
+pub fn build_host_debug_binaries() -> Result<PathBuf, String> {
+    run_command(cargo().arg("build").args(HOST_TEST_FLAGS).arg("--tests"))?;
+    Ok(target_dir().join("debug"))
+}
+
+/// The package and feature selection of the host tests (`cargo test` in `cargo xtask test`):
+/// every workspace crate with all its features (the broker's `services-tests` among them).
+pub const HOST_TEST_FLAGS: &[&str] = &["--workspace", "--all-features", "--locked"];
+
 /// Builds a `cargo` command using the cargo that runs xtask.
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -90,7 +115,8 @@ fn disk_note() -> String {
     }
 }
 
-fn describe(command: &Command) -> String {
+/// `command` as a shell-like line: the program and its arguments.
+pub fn describe(command: &Command) -> String {
     let mut text = command.get_program().to_string_lossy().into_owned();
     for arg in command.get_args() {
         text.push(' ');

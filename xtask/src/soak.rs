@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::shell::{cargo, project_root, run_command};
+use crate::shell::{build_host_debug_binaries, cargo, project_root, run_command, target_dir};
 use crate::soak_report::{
     self, FLAT_WITHIN_PERCENT, KEPT_UP_P99_MS, KEPT_UP_PERCENT, Sample, Verdict,
 };
@@ -397,23 +397,14 @@ fn load_command(
     c
 }
 
+/// The broker binary the soak runs: release (`--release`) or
+/// debug (the host tests' build, fresh after `cargo xtask test`).
 fn build(release: bool) -> Result<PathBuf, String> {
-    let mut c = cargo();
-    c.args(["build", "-p", "broker", "--bin", "broker"]);
-    if release {
-        c.arg("--release");
+    if !release {
+        return Ok(build_host_debug_binaries()?.join("broker"));
     }
-    run_command(&mut c)?;
-    Ok(target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("broker"))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| project_root().join(dir))
-        .unwrap_or_else(|| project_root().join("target"))
+    run_command(cargo().args(["build", "--release", "-p", "broker", "--bin", "broker"]))?;
+    Ok(target_dir().join("release/broker"))
 }
 
 /// Three free TCP ports and one free UDP port on 127.0.0.1, all distinct: every socket

@@ -10,7 +10,9 @@
 //!    board crates get theirs from the cross toolchain in step 9.
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
-//!    again afterwards, pass or fail.
+//!    again afterwards, pass or fail. Once the tests are built, the builds of `bench` and `fuzz`
+//!    (when selected) start in the background at the lowest CPU priority ([`crate::warm_up`]):
+//!    the steps between mostly wait, and those two steps find their builds done.
 //! 5. `docs`: `cargo xtask docs-check` ([`crate::docs_check`]): README.md and docs/ against the
 //!    code (links, configuration keys, command lines and the outputs the docs show); under a
 //!    minute once the broker is built.
@@ -32,7 +34,8 @@
 //!     budget; new finds go to an ignored scratch folder; a long run that can merge them back:
 //!     `cargo xtask fuzz`, see [`crate::fuzz`]).
 
-use crate::shell::{cargo, project_root, run_command, timed};
+use crate::shell::{HOST_TEST_FLAGS, cargo, project_root, run_command, target_dir, timed};
+use crate::warm_up::{WarmUp, WarmUps};
 use std::path::Path;
 use std::process::Command;
 
@@ -40,24 +43,31 @@ use std::process::Command;
 struct Step {
     name: &'static str,
     what: &'static str,
-    action: fn() -> Result<(), String>,
+    action: fn(&mut Run) -> Result<(), String>,
+}
+
+/// What the steps of one run share: the steps selected, and the background builds started for
+/// later ones ([`crate::warm_up`]).
+struct Run {
+    selected: Vec<&'static str>,
+    warm_ups: WarmUps,
 }
 
 const STEPS: &[Step] = &[
     Step {
         name: "deps",
         what: "install missing packages and tools",
-        action: deps,
+        action: |_| deps(),
     },
     Step {
         name: "fmt",
         what: "rustfmt check (workspace and crates outside it)",
-        action: fmt,
+        action: |_| fmt(),
     },
     Step {
         name: "clippy",
         what: "clippy, warnings denied",
-        action: clippy,
+        action: |_| clippy(),
     },
     Step {
         name: "test",
@@ -67,37 +77,37 @@ const STEPS: &[Step] = &[
     Step {
         name: "docs",
         what: "docs-check: links, config keys, command lines and shown outputs of README.md and docs/",
-        action: docs_check,
+        action: |_| docs_check(),
     },
     Step {
         name: "soak",
         what: "quick soak: 90 s of churn and uploads, RSS and fds flat",
-        action: crate::soak::quick,
+        action: |_| crate::soak::quick(),
     },
     Step {
         name: "boards",
         what: "tests of host-built crates and tools outside the workspace",
-        action: host_board_tests,
+        action: |_| host_board_tests(),
     },
     Step {
         name: "doc",
         what: "rustdoc, warnings denied",
-        action: doc,
+        action: |_| doc(),
     },
     Step {
         name: "cross",
         what: "cross toolchain and MCU builds",
-        action: cross,
+        action: |_| cross(),
     },
     Step {
         name: "size",
         what: "board flash/RAM against budgets",
-        action: size,
+        action: |_| size(),
     },
     Step {
         name: "hil",
         what: "plug firmware on virtual rigs",
-        action: hil,
+        action: |_| hil(),
     },
     Step {
         name: "bench",
@@ -141,11 +151,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown option `{other}` for `test`")),
         }
     }
-    let selected = STEPS.iter().filter(|s| {
-        !skip.iter().any(|n| n == s.name) && (only.is_empty() || only.iter().any(|n| n == s.name))
-    });
+    let selected: Vec<&Step> = STEPS
+        .iter()
+        .filter(|s| {
+            !skip.iter().any(|n| n == s.name)
+                && (only.is_empty() || only.iter().any(|n| n == s.name))
+        })
+        .collect();
+    let mut state = Run {
+        selected: selected.iter().map(|s| s.name).collect(),
+        warm_ups: WarmUps::default(),
+    };
     for step in selected {
-        timed(step.name, step.action)?;
+        timed(step.name, || (step.action)(&mut state))?;
     }
     eprintln!("\nall selected steps passed");
     Ok(())
@@ -209,20 +227,44 @@ fn tool_cargo(dir: &Path, target: &Path) -> Command {
 /// target folder (`CARGO_TARGET_DIR`, else `target/`) rather than one of its own: one folder
 /// to cache and clean, and dependencies built with the same features are reused.
 fn host_cargo(dir: &Path) -> Command {
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| project_root().join(dir))
-        .unwrap_or_else(|| project_root().join("target"));
     let mut command = cargo();
-    command.current_dir(dir).env("CARGO_TARGET_DIR", target_dir);
+    command
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target_dir());
     command
 }
 
-fn host_tests() -> Result<(), String> {
+fn host_tests(run: &mut Run) -> Result<(), String> {
     // `--all-features` includes the broker's `services-tests`, which talk to real services.
     crate::services::run(&["up".into()])?;
-    let tests = run_command(cargo().args(["test", "--workspace", "--all-features", "--locked"]));
+    let tests =
+        run_command(cargo().arg("test").args(HOST_TEST_FLAGS).arg("--no-run")).and_then(|()| {
+            // Built: while the tests mostly wait on sockets, timers and services, later
+            // steps' builds go ahead in the background at the lowest priority.
+            run.warm_ups.start(warm_ups(&run.selected));
+            run_command(cargo().arg("test").args(HOST_TEST_FLAGS))
+        });
     let down = crate::services::run(&["down".into()]);
     tests.and(down)
+}
+
+/// The background builds for the later steps among `selected`: the bench's release build and
+/// the fuzz crates' builds, the two longest builds of the run.
+fn warm_ups(selected: &[&str]) -> Vec<WarmUp> {
+    let mut warm_ups = Vec::new();
+    if selected.contains(&"bench") {
+        warm_ups.push(WarmUp {
+            step: "bench",
+            commands: vec![crate::bench::build_command()],
+        });
+    }
+    if selected.contains(&"fuzz") {
+        warm_ups.push(WarmUp {
+            step: "fuzz",
+            commands: crate::fuzz::warm_up_commands(),
+        });
+    }
+    warm_ups
 }
 
 fn doc() -> Result<(), String> {
@@ -259,10 +301,12 @@ fn hil() -> Result<(), String> {
     crate::hil::run(&[])
 }
 
-fn bench() -> Result<(), String> {
+fn bench(run: &mut Run) -> Result<(), String> {
+    run.warm_ups.wait("bench");
     crate::bench::run(&["--quick".to_string()])
 }
 
-fn fuzz() -> Result<(), String> {
+fn fuzz(run: &mut Run) -> Result<(), String> {
+    run.warm_ups.wait("fuzz");
     crate::fuzz::ci()
 }
