@@ -1,15 +1,17 @@
-//! Background builds for later steps of `cargo xtask test`, run at the lowest CPU priority while
-//! earlier steps mostly wait.
+//! Background builds for later steps of `cargo xtask test`, run while the steps between mostly
+//! wait.
 //!
 //! The host tests, the quick soak and the HIL spend much of their time waiting on timers,
 //! sockets and services, while the bench's release build and the fuzz crates' sanitizer builds
 //! keep both cores busy for minutes. [`WarmUps::start`] runs those builds one after another on
-//! a thread, each under `nice -n 19` so any foreground work takes the CPU first, with their
-//! output in `<target>/warm-up/<name>.log`. The step that needs one calls [`WarmUps::wait`]
-//! before it builds: its own build then finds everything fresh. A warm-up only fills cargo's
-//! caches, so its outcome decides nothing: when one fails, the step's own build runs as it
-//! would have and reports the error. Each build runs in a process group of its own; when the
-//! run ends early (a step failed), dropping [`WarmUps`] ends the build still running.
+//! a thread, each under `nice -n 19` in a process group of its own, with their output in
+//! `<target>/warm-up/<name>.log`. Around a step that compiles, [`WarmUps::pause`] stops the
+//! group (SIGSTOP): even at the lowest priority a second compiler slows the first through the
+//! shared caches, so the builds only run during the waiting steps ([`WarmUps::resume`]). The
+//! step that needs one calls [`WarmUps::wait`] before it builds: its own build then finds
+//! everything fresh. A warm-up only fills cargo's caches, so its outcome decides nothing: when
+//! one fails, the step's own build runs as it would have and reports the error. When the run
+//! ends early (a step failed), dropping [`WarmUps`] ends the build still running.
 
 use crate::shell::{describe, target_dir};
 use std::collections::BTreeMap;
@@ -17,9 +19,8 @@ use std::fs::File;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -47,24 +48,85 @@ pub struct WarmUps {
     done: Option<Receiver<Outcome>>,
     /// Outcomes received while waiting for another step's.
     received: Vec<Outcome>,
-    /// The build running now, shared with the thread so a drop can end it.
-    running: Running,
+    /// What the thread runs now and may run next, shared with it.
+    control: Control,
 }
 
-/// The process group of the build running now, and whether to start no more.
+/// The build running now and whether builds may run, shared by [`WarmUps`] and its thread.
 #[derive(Default, Clone)]
-struct Running {
-    group: Arc<Mutex<Option<u32>>>,
-    stopped: Arc<AtomicBool>,
+struct Control {
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+/// See [`Control`].
+#[derive(Default)]
+struct State {
+    /// The process group of the build running now.
+    group: Option<u32>,
+    /// Builds are stopped (SIGSTOP) and none starts until resumed.
+    paused: bool,
+    /// The run is over: start nothing more.
+    ended: bool,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets `paused`, signalling the running build's group (SIGSTOP or SIGCONT) to match.
+    fn set_paused(&self, paused: bool) {
+        let mut state = self.lock();
+        if state.paused != paused
+            && let Some(group) = state.group
+        {
+            signal_group(group, if paused { "-STOP" } else { "-CONT" });
+        }
+        state.paused = paused;
+        self.state.1.notify_all();
+    }
+
+    /// Starts `command` once builds may run, recording its group; `None` once the run ended.
+    fn spawn(&self, command: &mut Command) -> Option<std::io::Result<std::process::Child>> {
+        let mut state = self.lock();
+        while state.paused && !state.ended {
+            state = self.state.1.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if state.ended {
+            return None;
+        }
+        // Started under the lock a pause or the end takes: either they see this group, or
+        // this saw them.
+        let child = command.spawn();
+        if let Ok(child) = &child {
+            state.group = Some(child.id());
+        }
+        Some(child)
+    }
+
+    fn finished(&self) {
+        self.lock().group = None;
+    }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`, `-TERM`) to the process group `group`.
+fn signal_group(group: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for WarmUps {
     fn drop(&mut self) {
-        self.running.stopped.store(true, Ordering::SeqCst);
-        let group = self.running.group.lock().map(|g| *g).unwrap_or(None);
-        if let Some(group) = group {
-            crate::cross::kill_group(group);
+        let mut state = self.control.lock();
+        state.ended = true;
+        if let Some(group) = state.group {
+            // A stopped group handles SIGTERM once continued.
+            signal_group(group, "-TERM");
+            signal_group(group, "-CONT");
         }
+        self.control.state.1.notify_all();
     }
 }
 
@@ -88,11 +150,11 @@ impl WarmUps {
             self.pending.insert(warm_up.step, log.clone());
             jobs.push((warm_up, log));
         }
-        let running = self.running.clone();
+        let control = self.control.clone();
         thread::spawn(move || {
             for (warm_up, log) in jobs {
                 let started = Instant::now();
-                let result = run_niced(warm_up.commands, &log, &running);
+                let result = run_niced(warm_up.commands, &log, &control);
                 let outcome = Outcome {
                     step: warm_up.step,
                     took: started.elapsed(),
@@ -106,10 +168,24 @@ impl WarmUps {
         self.done = Some(done);
     }
 
+    /// Stops the background builds (SIGSTOP) until [`WarmUps::resume`]: for a step that
+    /// compiles or measures.
+    pub fn pause(&self) {
+        self.control.set_paused(true);
+    }
+
+    /// Lets the background builds run again: for a step that mostly waits.
+    pub fn resume(&self) {
+        self.control.set_paused(false);
+    }
+
     /// Waits for the warm-up of `step`, if one was started, and says how it went: `None`
-    /// without one, else whether it built (the step goes on either way).
+    /// without one, else whether it built (the step goes on either way). The builds run while
+    /// it waits and are paused again afterwards if they were before.
     pub fn wait(&mut self, step: &str) -> Option<Result<(), String>> {
         let log = self.pending.remove(step)?;
+        let was_paused = self.control.lock().paused;
+        self.resume();
         let waited = Instant::now();
         let outcome = loop {
             if let Some(i) = self.received.iter().position(|o| o.step == step) {
@@ -120,6 +196,9 @@ impl WarmUps {
                 _ => break None,
             }
         };
+        if was_paused {
+            self.pause();
+        }
         let waited = waited.elapsed().as_secs_f32();
         let Some(outcome) = outcome else {
             eprintln!("warm-up for `{step}`: its thread ended early; the step builds on its own");
@@ -139,9 +218,9 @@ impl WarmUps {
     }
 }
 
-/// Runs `commands` in order under `nice -n 19`, each in a process group of its own recorded in
-/// `running`, their output in `log`; stops before the next one once `running` is stopped.
-fn run_niced(commands: Vec<Command>, log: &PathBuf, running: &Running) -> Result<(), String> {
+/// Runs `commands` in order under `nice -n 19`, each in a process group of its own (see
+/// [`Control`]), their output in `log`.
+fn run_niced(commands: Vec<Command>, log: &PathBuf, control: &Control) -> Result<(), String> {
     let file = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     for command in commands {
         let mut niced = niced(&command);
@@ -152,23 +231,12 @@ fn run_niced(commands: Vec<Command>, log: &PathBuf, running: &Running) -> Result
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        // Checked and started under the lock [`WarmUps`]'s drop takes after it stops the
-        // thread: either the drop sees this build's group, or this sees the stop.
-        let mut child = {
-            let mut group = running.group.lock().map_err(|e| e.to_string())?;
-            if running.stopped.load(Ordering::SeqCst) {
-                return Err("stopped".into());
-            }
-            let child = niced
-                .spawn()
-                .map_err(|e| format!("cannot start `{}`: {e}", describe(&niced)))?;
-            *group = Some(child.id());
-            child
-        };
+        let mut child = control
+            .spawn(&mut niced)
+            .ok_or("the run ended")?
+            .map_err(|e| format!("cannot start `{}`: {e}", describe(&niced)))?;
         let status = child.wait();
-        if let Ok(mut group) = running.group.lock() {
-            *group = None;
-        }
+        control.finished();
         let status = status.map_err(|e| format!("waiting for `{}`: {e}", describe(&niced)))?;
         if !status.success() {
             return Err(format!("`{}` failed ({status})", describe(&command)));
@@ -257,15 +325,17 @@ mod tests {
             step: "bench",
             commands: vec![sleep, touch],
         }]);
-        let running = warm_ups.running.clone();
+        let control = warm_ups.control.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
         let group = loop {
-            if let Some(group) = *running.group.lock().unwrap() {
+            if let Some(group) = control.lock().group {
                 break group;
             }
             assert!(Instant::now() < deadline, "the sleep never started");
             thread::sleep(Duration::from_millis(10));
         };
+        // Paused first: a stopped group ends too.
+        warm_ups.pause();
         drop(warm_ups);
         // The group is gone (kill -0 fails) well before the sleep would have ended, and the
         // second command never ran.
@@ -283,5 +353,28 @@ mod tests {
         assert!(gone, "the sleep's process group outlived the drop");
         thread::sleep(Duration::from_millis(200));
         assert!(!marker.exists(), "a command ran after the drop");
+    }
+
+    #[test]
+    fn a_paused_warm_up_starts_nothing_until_resumed_and_waiting_resumes_it() {
+        let marker = std::env::temp_dir().join(format!("warm-up-pause-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let mut warm_ups = WarmUps::default();
+        warm_ups.pause();
+        let mut touch = Command::new("touch");
+        touch.arg(&marker);
+        warm_ups.start(vec![WarmUp {
+            step: "bench",
+            commands: vec![touch],
+        }]);
+        thread::sleep(Duration::from_millis(300));
+        assert!(!marker.exists(), "a paused warm-up started a build");
+        assert_eq!(warm_ups.wait("bench"), Some(Ok(())));
+        assert!(marker.exists());
+        assert!(
+            warm_ups.control.lock().paused,
+            "waiting left the warm-ups running"
+        );
+        let _ = std::fs::remove_file(&marker);
     }
 }
