@@ -11,10 +11,10 @@
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
 //!    again afterwards, pass or fail. Once the tests are built, the builds of `bench` and `fuzz`
-//!    (when selected) start in the background at the lowest CPU priority ([`crate::warm_up`]).
-//!    They run while the tests run and during the other steps that mostly wait (`docs`,
-//!    `soak`, `hil`), paused during those that compile or measure, and those two steps find
-//!    their builds done or finish them first.
+//!    (when selected) start in the background at the lowest CPU priority ([`crate::warm_up`]),
+//!    using what the waiting steps (the tests, the soak, the HIL) leave of the CPU; they are
+//!    paused while `bench` measures, and those two steps find their builds done or finish
+//!    them first.
 //! 5. `docs`: `cargo xtask docs-check` ([`crate::docs_check`]): README.md and docs/ against the
 //!    code (links, configuration keys, command lines and the outputs the docs show); under a
 //!    minute once the broker is built.
@@ -46,9 +46,9 @@ struct Step {
     name: &'static str,
     what: &'static str,
     action: fn(&mut Run) -> Result<(), String>,
-    /// The step mostly waits (on sockets, timers, services), so background builds for later
-    /// steps may run during it; they are paused during the others ([`crate::warm_up`]).
-    waits: bool,
+    /// The step measures time or throughput against a peer, so background builds for later
+    /// steps are paused (SIGSTOP) while it runs ([`crate::warm_up`]).
+    measures: bool,
 }
 
 /// What the steps of one run share: the steps selected, and the background builds started for
@@ -63,79 +63,79 @@ const STEPS: &[Step] = &[
         name: "deps",
         what: "install missing packages and tools",
         action: |_| deps(),
-        waits: false,
+        measures: false,
     },
     Step {
         name: "fmt",
         what: "rustfmt check (workspace and crates outside it)",
         action: |_| fmt(),
-        waits: false,
+        measures: false,
     },
     Step {
         name: "clippy",
         what: "clippy, warnings denied",
         action: |_| clippy(),
-        waits: false,
+        measures: false,
     },
     Step {
         name: "test",
         what: "host tests",
         action: host_tests,
-        waits: true,
+        measures: false,
     },
     Step {
         name: "docs",
         what: "docs-check: links, config keys, command lines and shown outputs of README.md and docs/",
         action: |_| docs_check(),
-        waits: true,
+        measures: false,
     },
     Step {
         name: "soak",
         what: "quick soak: 90 s of churn and uploads, RSS and fds flat",
         action: |_| crate::soak::quick(),
-        waits: true,
+        measures: false,
     },
     Step {
         name: "boards",
         what: "tests of host-built crates and tools outside the workspace",
         action: |_| host_board_tests(),
-        waits: false,
+        measures: false,
     },
     Step {
         name: "doc",
         what: "rustdoc, warnings denied",
         action: |_| doc(),
-        waits: false,
+        measures: false,
     },
     Step {
         name: "cross",
         what: "cross toolchain and MCU builds",
         action: |_| cross(),
-        waits: false,
+        measures: false,
     },
     Step {
         name: "size",
         what: "board flash/RAM against budgets",
         action: |_| size(),
-        waits: false,
+        measures: false,
     },
     Step {
         name: "hil",
         what: "plug firmware on virtual rigs",
         action: |_| hil(),
-        waits: true,
+        measures: false,
     },
     Step {
         name: "bench",
         what: "side-by-side quick benchmark against floors",
         action: bench,
-        waits: false,
+        measures: true,
     },
     Step {
         name: "fuzz",
         what: "short fuzz run per target",
         action: fuzz,
-        waits: false,
+        measures: false,
     },
 ];
 
@@ -181,10 +181,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         warm_ups: WarmUps::default(),
     };
     for step in selected {
-        if step.waits {
-            state.warm_ups.resume();
-        } else {
+        if step.measures {
             state.warm_ups.pause();
+        } else {
+            state.warm_ups.resume();
         }
         timed(step.name, || (step.action)(&mut state))?;
     }

@@ -5,11 +5,13 @@
 //! sockets and services, while the bench's release build and the fuzz crates' sanitizer builds
 //! keep both cores busy for minutes. [`WarmUps::start`] runs those builds one after another on
 //! a thread, each under `nice -n 19` in a process group of its own, with their output in
-//! `<target>/warm-up/<name>.log`. Around a step that compiles, [`WarmUps::pause`] stops the
-//! group (SIGSTOP): even at the lowest priority a second compiler slows the first through the
-//! shared caches, so the builds only run during the waiting steps ([`WarmUps::resume`]). The
-//! step that needs one calls [`WarmUps::wait`] before it builds: its own build then finds
-//! everything fresh. A warm-up only fills cargo's caches, so its outcome decides nothing: when
+//! `<target>/warm-up/<name>.log`. Around a step that measures (the bench's ratios to
+//! Mosquitto need a quiet machine), [`WarmUps::pause`] stops the group (SIGSTOP) and
+//! [`WarmUps::resume`] lets it go on afterwards. Steps that compile run alongside: a nice-19
+//! compiler takes what they leave idle (serial stretches such as a board's LTO), and on one
+//! machine pausing it during them made the whole run longer, not shorter. The step that needs
+//! a warm-up calls [`WarmUps::wait`] before it builds: its own build then finds everything
+//! fresh. A warm-up only fills cargo's caches, so its outcome decides nothing: when
 //! one fails, the step's own build runs as it would have and reports the error. When the run
 //! ends early (a step failed), dropping [`WarmUps`] ends the build still running.
 
@@ -169,12 +171,12 @@ impl WarmUps {
     }
 
     /// Stops the background builds (SIGSTOP) until [`WarmUps::resume`]: for a step that
-    /// compiles or measures.
+    /// measures.
     pub fn pause(&self) {
         self.control.set_paused(true);
     }
 
-    /// Lets the background builds run again: for a step that mostly waits.
+    /// Lets the background builds run again.
     pub fn resume(&self) {
         self.control.set_paused(false);
     }
