@@ -44,9 +44,7 @@ pub fn outside_workspace() -> Result<Vec<PathBuf>, String> {
 /// use: `<target>/<crate folder name>` (`target/defmt-log`, where `cargo xtask hil` and the QEMU
 /// board's runner build the decoder), so its lint and test runs reuse those builds.
 pub fn tool_crates() -> Vec<(PathBuf, PathBuf)> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| project_root().join(dir))
-        .unwrap_or_else(|| project_root().join("target"));
+    let target = crate::shell::target_dir();
     TOOL_CRATES
         .iter()
         .map(|c| project_root().join(c))

@@ -220,10 +220,7 @@ impl CrossEnv {
 /// The folder for cross build output: `$CARGO_TARGET_DIR/cross`, else `target/cross`, kept
 /// apart from host builds (different compiler, different standard library).
 pub fn cross_target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join("target"))
-        .join("cross")
+    crate::shell::target_dir().join("cross")
 }
 
 /// A no_std workspace crate and how `cross build` builds it for the MCU targets.
@@ -481,9 +478,7 @@ fn echo_once(
 /// through it; building it here first keeps that build, 1-2 minutes when cold, out of the
 /// boot timeouts of the QEMU tests.
 pub fn build_defmt_log() -> Result<(), String> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| project_root().join(dir))
-        .unwrap_or_else(|| project_root().join("target"));
+    let target = crate::shell::target_dir();
     let mut command = cargo();
     command
         .current_dir(project_root().join("hil-tests/defmt-log"))
@@ -545,9 +540,7 @@ pub fn print_log(log: &[u8]) {
 
 /// Ends the runner's process group (the runner and the QEMU it started), by PID.
 pub fn kill_group(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", "--", &format!("-{pid}")])
-        .status();
+    crate::shell::signal_group(pid, "-TERM");
 }
 
 #[cfg(test)]

@@ -96,12 +96,9 @@ fn disk_note() -> String {
             let line = text.lines().nth(1)?.to_owned();
             line.split_whitespace().nth(3).map(String::from)
         });
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| root.join(dir))
-        .unwrap_or_else(|| root.join("target"));
     let target = Command::new("du")
         .args(["-sm"])
-        .arg(target_dir)
+        .arg(target_dir())
         .output()
         .ok()
         .and_then(|out| {
@@ -113,6 +110,15 @@ fn disk_note() -> String {
         (Some(free), None) => format!(" ({free} MiB free)"),
         _ => String::new(),
     }
+}
+
+/// Sends `signal` (`-TERM`, `-STOP`, `-CONT`, ...) to every process of the process group
+/// `group`, through `kill`; a group already gone is not an error.
+pub fn signal_group(group: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{group}")])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// `command` as a shell-like line: the program and its arguments.

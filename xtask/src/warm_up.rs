@@ -15,7 +15,7 @@
 //! one fails, the step's own build runs as it would have and reports the error. When the run
 //! ends early (a step failed), dropping [`WarmUps`] ends the build still running.
 
-use crate::shell::{describe, target_dir};
+use crate::shell::{describe, signal_group, target_dir};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt as _;
@@ -109,14 +109,6 @@ impl Control {
     fn finished(&self) {
         self.lock().group = None;
     }
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`, `-TERM`) to the process group `group`.
-fn signal_group(group: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, "--", &format!("-{group}")])
-        .stderr(Stdio::null())
-        .status();
 }
 
 impl Drop for WarmUps {
