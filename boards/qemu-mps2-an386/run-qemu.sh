@@ -3,8 +3,8 @@
 # LAN9118 on QEMU's user-mode network (guest 10.0.2.15, host loopback = 10.0.2.2).
 # defmt logs arrive on QEMU's stdout over semihosting and are decoded as they come, one line per
 # log and its source location, by the project's own decoder (hil-tests/defmt-log, the one the HIL
-# harness uses), built here with cargo on first use (1-2 minutes) into the project's
-# target/defmt-log; nothing needs installing. DEFMT_RAW=1 writes the raw frames instead.
+# harness uses), built here with cargo on first use (about a minute; a debug build, the one the
+# host tests already made) into the project's target/defmt-log; nothing needs installing. DEFMT_RAW=1 writes the raw frames instead.
 # The firmware's semihosting exit code becomes this script's exit status.
 # Extra QEMU arguments: QEMU_EXTRA_ARGS (e.g. "-nic tap,ifname=tap0,script=no,downscript=no,model=lan9118"
 # together with QEMU_NIC=none to replace the user-mode NIC).
@@ -47,18 +47,18 @@ decoder_dir="$root/hil-tests/defmt-log"
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
 decoder_target="$target_dir/defmt-log"
-decoder="$decoder_target/release/defmt-log"
+decoder="$decoder_target/debug/defmt-log"
 build_decoder() {
     (cd "$decoder_dir" &&
         env -u RUSTC -u RUSTC_BOOTSTRAP -u RUSTC_WRAPPER -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
             -u CARGO_BUILD_TARGET -u LD_LIBRARY_PATH CARGO_TARGET_DIR="$decoder_target" \
-            cargo build --quiet --release --locked >&2)
+            cargo build --quiet --locked >&2)
 }
 if [[ "${DEFMT_RAW:-0}" == 1 ]]; then
     exec "${qemu[@]}"
 fi
 [[ -x "$decoder" ]] ||
-    echo "run-qemu.sh: building the defmt decoder (hil-tests/defmt-log; first run only, 1-2 min)" >&2
+    echo "run-qemu.sh: building the defmt decoder (hil-tests/defmt-log; first run only, about a minute)" >&2
 if ! build_decoder; then
     echo "run-qemu.sh: cannot build the defmt decoder (above); writing raw defmt frames" >&2
     exec "${qemu[@]}"

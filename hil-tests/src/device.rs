@@ -621,9 +621,9 @@ impl Drop for Device {
 }
 
 /// The harness's defmt decoder (`hil-tests/defmt-log`, built by `cargo xtask hil` into
-/// `<target>/defmt-log`).
+/// `<target>/defmt-log`; a debug build, which decodes a board's few lines a second with ease).
 pub fn defmt_log_binary(target: &Path) -> PathBuf {
-    target.join("defmt-log/release/defmt-log")
+    target.join("defmt-log/debug/defmt-log")
 }
 
 /// Decodes the raw defmt frames in `raw` with the defmt table of `elf`: with the harness's own
