@@ -22,7 +22,8 @@
 //! Commands that need services or a browser are run by tests instead (the README's quick start
 //! by `broker/tests/cli_tools.rs`). Every problem found is listed, then the check fails.
 
-use crate::shell::{build_host_debug_binaries, project_root};
+use crate::host_build::build_host_debug_binaries;
+use crate::shell::project_root;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -21,9 +21,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::cross::{self, CrossEnv, QEMU_BOARD};
-use crate::shell::{
-    build_host_debug_binaries, cargo, has_program, project_root, run_command, target_dir,
-};
+use crate::host_build::build_host_debug_binaries;
+use crate::shell::{cargo, has_program, project_root, run_command, target_dir};
 
 const USAGE: &str = "\
 usage: cargo xtask hil [list] [--rig NAME]... [--scenario S]... [--no-build] [--dry-run]
@@ -136,7 +135,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
             "host-tap" => {
                 if build {
-                    build_host_tap(&target)?;
+                    build_host_tap()?;
                 }
             }
             _ => {
@@ -221,25 +220,33 @@ fn services_answer() -> bool {
 /// Builds the host TAP board into `<target>/host-tap`: first the roll-out test's second image
 /// (feature `next-image`, kept as `host-tap-plug-next`), then the board itself. Both share one
 /// target folder, so the second build only compiles the board crate again.
-fn build_host_tap(target: &std::path::Path) -> Result<(), String> {
-    let dir = target.join("host-tap");
-    let build = |features: &[&str]| {
-        let mut command = cargo();
-        command
-            .current_dir(project_root().join("boards/host-tap"))
-            .args(["build", "--release", "--locked"])
-            .args(features)
-            .env("CARGO_TARGET_DIR", &dir);
-        run_command(&mut command)
-    };
-    build(&["--features", "next-image"])?;
-    let release = dir.join("release");
+fn build_host_tap() -> Result<(), String> {
+    run_command(&mut host_tap_next_image_build())?;
+    let release = target_dir().join("host-tap").join("release");
     std::fs::copy(
         release.join("host-tap-plug"),
         release.join("host-tap-plug-next"),
     )
     .map_err(|e| format!("copying the next-image board binary: {e}"))?;
-    build(&[])
+    run_command(&mut host_tap_build(&[]))
+}
+
+/// The release build of the host TAP board with the roll-out test's second image (feature
+/// `next-image`): the first of [`build_host_tap`]'s builds, and what `cargo xtask test` builds
+/// ahead in the background for the `hil` step (the board's dependencies, the long part).
+pub fn host_tap_next_image_build() -> Command {
+    host_tap_build(&["--features", "next-image"])
+}
+
+/// `cargo build --release` of the host TAP board into `<target>/host-tap` with `features`.
+fn host_tap_build(features: &[&str]) -> Command {
+    let mut command = cargo();
+    command
+        .current_dir(project_root().join("boards/host-tap"))
+        .args(["build", "--release", "--locked"])
+        .args(features)
+        .env("CARGO_TARGET_DIR", target_dir().join("host-tap"));
+    command
 }
 
 /// The `hil-tests` harness, built (debug, the host tests' build: fresh after `cargo xtask test`)

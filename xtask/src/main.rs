@@ -33,6 +33,7 @@ mod docs_check;
 mod elf;
 mod fuzz;
 mod hil;
+mod host_build;
 mod qemu_clock;
 mod qemu_watchdog;
 mod services;

@@ -37,23 +37,6 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| project_root().join("target"))
 }
 
-/// Builds the workspace's debug host binaries (`broker`, `hil-tests`, ...) and returns the
-/// folder that holds them (`<target>/debug`).
-///
-/// It builds with the flags of `cargo xtask test`'s host tests (`--workspace --all-features
-/// --tests`): integration tests need the binaries too, so after that step this build is already
-/// fresh. Any other flags resolve dependency features differently (tests add dev-dependency
-/// features such as tokio's `test-util`) and would compile the broker and everything above
-/// tokio a second time. The binaries behave the same either way.
-pub fn build_host_debug_binaries() -> Result<PathBuf, String> {
-    run_command(cargo().arg("build").args(HOST_TEST_FLAGS).arg("--tests"))?;
-    Ok(target_dir().join("debug"))
-}
-
-/// The package and feature selection of the host tests (`cargo test` in `cargo xtask test`):
-/// every workspace crate with all its features (the broker's `services-tests` among them).
-pub const HOST_TEST_FLAGS: &[&str] = &["--workspace", "--all-features", "--locked"];
-
 /// Builds a `cargo` command using the cargo that runs xtask.
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))

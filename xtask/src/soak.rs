@@ -28,7 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::shell::{build_host_debug_binaries, cargo, project_root, run_command, target_dir};
+use crate::host_build::build_host_debug_binaries;
+use crate::shell::{cargo, project_root, run_command, target_dir};
 use crate::soak_report::{
     self, FLAT_WITHIN_PERCENT, KEPT_UP_P99_MS, KEPT_UP_PERCENT, Sample, Verdict,
 };

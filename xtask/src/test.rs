@@ -6,15 +6,18 @@
 //!    `boards/lib/*`, the fuzz crate; see [`crate::crates`]).
 //! 3. `clippy`: clippy on every target and feature with warnings denied, on the workspace and
 //!    on the host-built crates outside it (`boards/host-tap`, `boards/lib/plug-app`,
-//!    `hil-tests/defmt-log`). The MCU
-//!    board crates get theirs from the cross toolchain in step 9.
+//!    `hil-tests/defmt-log`). The workspace's lint is the host tests' build with clippy's
+//!    driver compiling the workspace crates ([`crate::host_build`]), so the next step only
+//!    runs them. The MCU board crates get theirs from the cross toolchain in step 9.
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
-//!    again afterwards, pass or fail. Once the tests are built, the builds of `bench` and `fuzz`
-//!    (when selected) start in the background at the lowest CPU priority ([`crate::warm_up`]),
-//!    using what the waiting steps (the tests, the soak, the HIL) leave of the CPU; they are
-//!    paused while `bench` measures, and those two steps find their builds done or finish
-//!    them first.
+//!    again afterwards, pass or fail.
+//!
+//!    From the first step after `deps` on, the builds of `bench` and `fuzz` (when selected) run
+//!    in the background at the lowest CPU priority ([`crate::warm_up`]), using what the other
+//!    steps leave of the CPU (the tests, the soak and the HIL mostly wait; builds have serial
+//!    stretches); they are paused while `bench` measures, and those two steps find their
+//!    builds done or finish them first.
 //! 5. `docs`: `cargo xtask docs-check` ([`crate::docs_check`]): README.md and docs/ against the
 //!    code (links, configuration keys, command lines and the outputs the docs show); under a
 //!    minute once the broker is built.
@@ -23,7 +26,7 @@
 //!    its errors grow, or it falls behind the offered load (docs/soak/README.md).
 //! 7. `boards`: the tests of the host-built crates outside the workspace (with
 //!    `hil-tests/defmt-log`'s streaming decoder on a recorded board log).
-//! 8. `doc`: rustdoc with warnings denied (broken links, missing docs).
+//! 8. `doc`: rustdoc with warnings denied (broken links, missing docs), into `<target>/rustdoc`.
 //! 9. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
 //!    for the three MCU targets, every board built and linted (clippy, warnings denied).
 //! 10. `size`: flash and RAM per board against its budget.
@@ -36,7 +39,8 @@
 //!     budget; new finds go to an ignored scratch folder; a long run that can merge them back:
 //!     `cargo xtask fuzz`, see [`crate::fuzz`]).
 
-use crate::shell::{HOST_TEST_FLAGS, cargo, project_root, run_command, target_dir, timed};
+use crate::host_build::{HOST_TEST_FLAGS, lint_workspace, workspace_cargo};
+use crate::shell::{cargo, project_root, run_command, target_dir, timed};
 use crate::warm_up::{WarmUp, WarmUps};
 use std::path::Path;
 use std::process::Command;
@@ -80,7 +84,7 @@ const STEPS: &[Step] = &[
     Step {
         name: "test",
         what: "host tests",
-        action: host_tests,
+        action: |_| host_tests(),
         measures: false,
     },
     Step {
@@ -104,7 +108,7 @@ const STEPS: &[Step] = &[
     Step {
         name: "doc",
         what: "rustdoc, warnings denied",
-        action: |_| doc(),
+        action: doc,
         measures: false,
     },
     Step {
@@ -122,7 +126,7 @@ const STEPS: &[Step] = &[
     Step {
         name: "hil",
         what: "plug firmware on virtual rigs",
-        action: |_| hil(),
+        action: hil,
         measures: false,
     },
     Step {
@@ -181,6 +185,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         warm_ups: WarmUps::default(),
     };
     for step in selected {
+        if step.name != "deps" && !state.warm_ups.started() {
+            // What the warm-ups need is installed once `deps` has run; from here on they use
+            // what every step leaves of the CPU, compiling steps too (crate::warm_up).
+            state.warm_ups.start(warm_ups(&state.selected));
+        }
         if step.measures {
             state.warm_ups.pause();
         } else {
@@ -218,7 +227,9 @@ const CLIPPY_ARGS: &[&str] = &[
 ];
 
 fn clippy() -> Result<(), String> {
-    run_command(cargo().args(["clippy", "--workspace"]).args(CLIPPY_ARGS))?;
+    // The workspace: its host tests built with clippy's driver, which the `test` step then
+    // finds fresh (crate::host_build).
+    lint_workspace()?;
     for dir in crate::crates::host_built()? {
         run_command(host_cargo(&dir).arg("clippy").args(CLIPPY_ARGS))?;
     }
@@ -257,24 +268,34 @@ fn host_cargo(dir: &Path) -> Command {
     command
 }
 
-fn host_tests(run: &mut Run) -> Result<(), String> {
+fn host_tests() -> Result<(), String> {
     // `--all-features` includes the broker's `services-tests`, which talk to real services.
     crate::services::run(&["up".into()])?;
-    let tests =
-        run_command(cargo().arg("test").args(HOST_TEST_FLAGS).arg("--no-run")).and_then(|()| {
-            // Built: while the tests mostly wait on sockets, timers and services, later
-            // steps' builds go ahead in the background at the lowest priority.
-            run.warm_ups.start(warm_ups(&run.selected));
-            run_command(cargo().arg("test").args(HOST_TEST_FLAGS))
-        });
+    // Built by the `clippy` step when it ran (crate::host_build); else built here.
+    let tests = run_command(workspace_cargo().arg("test").args(HOST_TEST_FLAGS));
     let down = crate::services::run(&["down".into()]);
     tests.and(down)
 }
 
-/// The background builds for the later steps among `selected`: the bench's release build and
-/// the fuzz crates' builds, the two longest builds of the run.
+/// The background builds for the later steps among `selected`, in the order the steps run:
+/// rustdoc's (its own target folder, [`doc_command`]), the host TAP board's release build for
+/// the HIL, the bench's release build and the fuzz crates' builds. None of them takes the lock
+/// of the target folder the host tests, the soak and the HIL build in (`<target>/debug`), which
+/// would make those steps wait for a background build.
 fn warm_ups(selected: &[&str]) -> Vec<WarmUp> {
     let mut warm_ups = Vec::new();
+    if selected.contains(&"doc") {
+        warm_ups.push(WarmUp {
+            step: "doc",
+            commands: vec![doc_command()],
+        });
+    }
+    if selected.contains(&"hil") {
+        warm_ups.push(WarmUp {
+            step: "hil",
+            commands: vec![crate::hil::host_tap_next_image_build()],
+        });
+    }
     if selected.contains(&"bench") {
         warm_ups.push(WarmUp {
             step: "bench",
@@ -290,22 +311,32 @@ fn warm_ups(selected: &[&str]) -> Vec<WarmUp> {
     warm_ups
 }
 
-fn doc() -> Result<(), String> {
-    run_command(
-        cargo()
-            .args([
-                "doc",
-                "--workspace",
-                "--no-deps",
-                "--all-features",
-                "--locked",
-            ])
-            // Links to private items are fine in docs that include them.
-            .env(
-                "RUSTDOCFLAGS",
-                "-D warnings -A rustdoc::private_intra_doc_links",
-            ),
-    )
+fn doc(run: &mut Run) -> Result<(), String> {
+    run.warm_ups.wait("doc");
+    run_command(&mut doc_command())
+}
+
+/// rustdoc on the workspace with warnings denied, in a target folder of its own
+/// (`<target>/rustdoc`): rustdoc needs its dependencies checked (`cargo check`'s metadata),
+/// which no other step builds, and a folder of its own lets it run in the background beside
+/// the host tests without either waiting for the other's lock.
+fn doc_command() -> Command {
+    let mut command = cargo();
+    command
+        .args([
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--all-features",
+            "--locked",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir().join("rustdoc"))
+        // Links to private items are fine in docs that include them.
+        .env(
+            "RUSTDOCFLAGS",
+            "-D warnings -A rustdoc::private_intra_doc_links",
+        );
+    command
 }
 
 fn docs_check() -> Result<(), String> {
@@ -320,7 +351,8 @@ fn size() -> Result<(), String> {
     crate::size::run(&[])
 }
 
-fn hil() -> Result<(), String> {
+fn hil(run: &mut Run) -> Result<(), String> {
+    run.warm_ups.wait("hil");
     crate::hil::run(&[])
 }
 

@@ -3,7 +3,8 @@
 //!
 //! The host tests, the quick soak and the HIL spend much of their time waiting on timers,
 //! sockets and services, while the bench's release build and the fuzz crates' sanitizer builds
-//! keep both cores busy for minutes. [`WarmUps::start`] runs those builds one after another on
+//! keep both cores busy for minutes. From the first step after `deps` on (what the builds need
+//! is installed by then), [`WarmUps::start`] runs those builds one after another on
 //! a thread, each under `nice -n 19` in a process group of its own, with their output in
 //! `<target>/warm-up/<name>.log`. Around a step that measures (the bench's ratios to
 //! Mosquitto need a quiet machine), [`WarmUps::pause`] stops the group (SIGSTOP) and
@@ -160,6 +161,11 @@ impl WarmUps {
             }
         });
         self.done = Some(done);
+    }
+
+    /// True once [`WarmUps::start`] has run.
+    pub fn started(&self) -> bool {
+        self.done.is_some()
     }
 
     /// Stops the background builds (SIGSTOP) until [`WarmUps::resume`]: for a step that
