@@ -37,7 +37,7 @@ commands (default: all):
                qemu-clock when qemu-system-arm is installed
   setup        set up the pinned cross toolchain (.cache/cross-toolchain/)
   env          print the cross environment as shell `export` lines (eval it to use cargo by hand)
-  build        build the no_std crates (shared-protocol; firmware where no board does) per MCU target
+  build        check the no_std crates (shared-protocol, firmware) for the MCU targets no board builds for
   boards       build every board crate under boards/ (release)
   clippy       clippy, warnings denied, on every MCU board crate (for its own target)
   qemu-smoke   boot the QEMU board against a UDP echo on 127.0.0.1 (exit status 0 = pass)
@@ -72,7 +72,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "all" => {
             let env = timed("cross: toolchain", CrossEnv::setup)?;
             timed("cross: no_std crates for MCU targets", || {
-                build_no_std_crates(&env)
+                check_no_std_crates(&env)
             })?;
             timed("cross: board crates", || build_boards(&env))?;
             timed("cross: clippy on board crates", || clippy_boards(&env))?;
@@ -97,7 +97,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        "build" => build_no_std_crates(&CrossEnv::setup()?),
+        "build" => check_no_std_crates(&CrossEnv::setup()?),
         "boards" => build_boards(&CrossEnv::setup()?),
         "clippy" => clippy_boards(&CrossEnv::setup()?),
         "qemu-smoke" => qemu_smoke(&[]),
@@ -223,7 +223,7 @@ pub fn cross_target_dir() -> PathBuf {
     crate::shell::target_dir().join("cross")
 }
 
-/// A no_std workspace crate and how `cross build` builds it for the MCU targets.
+/// A no_std workspace crate and how `cross build` checks it for the MCU targets.
 struct NoStdBuild {
     /// The package name.
     package: &'static str,
@@ -239,10 +239,13 @@ struct NoStdBuild {
 /// `shared-protocol` bare and with `defmt`; `firmware` with its embassy-net transports, bare
 /// and with `defmt` (what the boards enable). On a board's target the board build compiles
 /// both crates with `defmt`; the bare builds on `riscv32imc` show they need neither defmt nor
-/// atomic compare-and-swap, and the host builds cover the rest. Each target's first build
-/// compiles `core` (about 30 s), and board builds use other flags, so they cannot share it.
-/// Building a library needs no critical-section implementation or time driver: the board
-/// that links it brings those.
+/// atomic compare-and-swap, and the host builds cover the rest. They are checked (`cargo
+/// check`: type and borrow checking, every lint, no code generation) rather than built: a
+/// missing atomic or a defmt call left outside its feature is a type error, and a library
+/// links nothing, so code generation would only add CPU time (the boards' builds generate
+/// code for the other two targets). Each target's first check checks `core` too.
+/// A library needs no critical-section implementation or time driver: the board that links
+/// it brings those.
 const NO_STD_BUILDS: &[NoStdBuild] = &[
     NoStdBuild {
         package: "shared-protocol",
@@ -256,9 +259,9 @@ const NO_STD_BUILDS: &[NoStdBuild] = &[
     },
 ];
 
-/// Builds every crate of [`NO_STD_BUILDS`] with each of its feature sets for its targets
+/// Checks every crate of [`NO_STD_BUILDS`] with each of its feature sets for its targets
 /// (release, default features off).
-fn build_no_std_crates(env: &CrossEnv) -> Result<(), String> {
+fn check_no_std_crates(env: &CrossEnv) -> Result<(), String> {
     let root = project_root();
     let target_dir = cross_target_dir();
     let mut board_targets = Vec::new();
@@ -277,7 +280,7 @@ fn build_no_std_crates(env: &CrossEnv) -> Result<(), String> {
             for features in build.feature_sets {
                 let mut command = env.cargo(&root, &target_dir);
                 command.args([
-                    "build",
+                    "check",
                     "--release",
                     "--locked",
                     "-p",
