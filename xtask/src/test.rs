@@ -13,11 +13,11 @@
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
 //!    again afterwards, pass or fail.
 //!
-//!    From the first step after `deps` on, the builds of `bench` and `fuzz` (when selected) run
-//!    in the background at the lowest CPU priority ([`crate::warm_up`]), using what the other
-//!    steps leave of the CPU (the tests, the soak and the HIL mostly wait; builds have serial
-//!    stretches); they are paused while `bench` measures, and those two steps find their
-//!    builds done or finish them first.
+//!    From the first step after `deps` on, the builds of `doc`, `hil`, `bench` and `fuzz` (those
+//!    selected) run in the background at the lowest CPU priority ([`crate::warm_up`]), using
+//!    what the other steps leave of the CPU (the tests, the soak and the HIL mostly wait; builds
+//!    have serial stretches); they are paused while `bench` measures, and those steps find
+//!    their builds done or finish them first.
 //! 5. `docs`: `cargo xtask docs-check` ([`crate::docs_check`]): README.md and docs/ against the
 //!    code (links, configuration keys, command lines and the outputs the docs show); under a
 //!    minute once the broker is built.
@@ -28,7 +28,8 @@
 //!    `hil-tests/defmt-log`'s streaming decoder on a recorded board log).
 //! 8. `doc`: rustdoc with warnings denied (broken links, missing docs), into `<target>/rustdoc`.
 //! 9. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
-//!    for the three MCU targets, every board built and linted (clippy, warnings denied).
+//!    checked for the MCU target no board builds them for, every board built and linted
+//!    (clippy, warnings denied).
 //! 10. `size`: flash and RAM per board against its budget.
 //! 11. `hil`: the plug firmware on the virtual rigs (QEMU, host TAP) against a real broker.
 //! 12. `bench`: `cargo xtask bench --quick`, our broker side by side with Mosquitto at 1,000

@@ -2,8 +2,8 @@
 //! wait.
 //!
 //! The host tests, the quick soak and the HIL spend much of their time waiting on timers,
-//! sockets and services, while the bench's release build and the fuzz crates' sanitizer builds
-//! keep both cores busy for minutes. From the first step after `deps` on (what the builds need
+//! sockets and services, while rustdoc's dependency checks, the host TAP board's and the bench's
+//! release builds and the fuzz crates' sanitizer builds keep both cores busy for minutes. From the first step after `deps` on (what the builds need
 //! is installed by then), [`WarmUps::start`] runs those builds one after another on
 //! a thread, each under `nice -n 19` in a process group of its own, with their output in
 //! `<target>/warm-up/<name>.log`. Around a step that measures (the bench's ratios to
