@@ -12,8 +12,8 @@
 //!   per-crate and per-symbol breakdown of each binary.
 //! * `docs-check`: README.md and docs/ against the code: links, configuration keys, command
 //!   lines and the outputs they show ([`docs_check`]).
-//! * `fuzz`: a long run of the fuzz targets from their committed corpora, optionally merging
-//!   what it finds back into them ([`fuzz`]).
+//! * `fuzz`: a long run of the fuzz targets from their committed corpora, one per core at a
+//!   time, optionally merging what it finds back into them ([`fuzz`]).
 //! * `soak`: a long broker run under churning device load, judged on RSS, fds and errors
 //!   ([`soak`], [`soak_report`]).
 
@@ -60,7 +60,7 @@ commands:
   bench [--quick] [--only NAME] [--out DIR]  our broker side by side with Mosquitto (docs/performance.md)
   size [--top N]                           flash and RAM of every MCU board (checked against its size-budget.toml), per crate and symbol
   soak [--minutes N] [--connections N]    the broker under churning device load: RSS and fds flat, errors not growing (docs/soak/)
-  fuzz [--target T] [--seconds N] [--merge]  long fuzz run (default 300 s per target) from the committed corpora; --merge adds new coverage to them, minimised
+  fuzz [--target T] [--seconds N] [--jobs J] [--merge]  long fuzz run (default 300 s per target, one target per core at a time) from the committed corpora; --merge adds new coverage to them, minimised
   docs-check                               README.md and docs/ against the code: links, config keys, commands, shown outputs
   services up|down|status [...]            Redis, RabbitMQ and ZooKeeper on 127.0.0.1 (docs/services.md)
   help                                     this text

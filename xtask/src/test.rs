@@ -35,10 +35,10 @@
 //! 12. `bench`: `cargo xtask bench --quick`, our broker side by side with Mosquitto at 1,000
 //!     connections, failing below the ratio floors of `bench/floors.json` (needs root and
 //!     `mosquitto`, which `deps` installs; see [`crate::bench`]).
-//! 13. `fuzz`: a short run of every fuzz target from its committed corpus, when the nightly
-//!     toolchain is present (`FUZZ_SECONDS`, default 5, per target, to keep CI within its time
-//!     budget; new finds go to an ignored scratch folder; a long run that can merge them back:
-//!     `cargo xtask fuzz`, see [`crate::fuzz`]).
+//! 13. `fuzz`: a short run of every fuzz target from its committed corpus, one target per
+//!     core at a time, when the nightly toolchain is present (`FUZZ_SECONDS`, default 5, per
+//!     target, to keep CI within its time budget; new finds go to an ignored scratch folder; a
+//!     long run that can merge them back: `cargo xtask fuzz`, see [`crate::fuzz`]).
 
 use crate::host_build::{HOST_TEST_FLAGS, lint_workspace, workspace_cargo};
 use crate::shell::{cargo, project_root, run_command, target_dir, timed};
