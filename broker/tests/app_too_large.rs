@@ -1,7 +1,7 @@
 //! An app message over `MAX_JSON_MESSAGE` (docs/protocol.md section 7.1): the app gets `error`
 //! `TOO_LARGE` and then the close 1009, every time, whatever the message's size beyond the limit.
 
-mod comet_support;
+use crate::comet_support;
 
 use broker::terminal::IdProfile;
 use comet_support::*;

@@ -7,11 +7,11 @@
 //! prints TOML without secrets and ends quietly on a closed pipe. Listens on 127.0.0.1 only;
 //! kills only what it started.
 
-mod port_support;
+use crate::port_support;
 
+use crate::banner_support;
+use crate::comet_support;
 use port_support::free_port;
-mod banner_support;
-mod comet_support;
 
 use std::path::Path;
 use std::process::Output;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-mod proc_support;
+use crate::proc_support;
 use proc_support::{Proc, api, setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

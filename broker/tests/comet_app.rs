@@ -2,7 +2,7 @@
 //! in the first message, send to a bound device (which receives it over UDP), refusal when not
 //! bound, ordered offline replay after since_id, and auth failures.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! addressing mode to devices (UDP and WebSocket) and phones (JSON) at once, and a push whose
 //! TTL ran out before its device logged in.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

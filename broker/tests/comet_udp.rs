@@ -1,7 +1,7 @@
 //! Devices over UDP against an in-process broker: login, push delivery and ack, NAT rebinding,
 //! HTTP-to-device commands (success, offline, timeout, with loss), malformed datagrams.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Devices over WebSocket (binary packets): login, upload acknowledged only once durable, ID
 //! profiles (plug kick / signed multi-session), handshake timeout, oversized messages.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::time::Duration;
 

@@ -8,10 +8,10 @@
 //! the event stream needs the token, and `[console] enabled = false` serves neither.
 //! chromedriver is started on a free port and stopped by its own PID.
 
-mod port_support;
+use crate::port_support;
 
+use crate::comet_support;
 use port_support::free_port;
-mod comet_support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,8 +4,8 @@
 //! the spool, in the order sent. Listens on 127.0.0.1 port 0 only; signals only the PID it
 //! started.
 
-mod banner_support;
-mod comet_support;
+use crate::banner_support;
+use crate::comet_support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

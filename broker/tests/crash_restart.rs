@@ -3,8 +3,8 @@
 //! kill) survive `kill -9` and a restart; SIGTERM then drains and exits cleanly. Listens on
 //! 127.0.0.1 port 0 only; signals only the PID it started.
 
-mod banner_support;
-mod comet_support;
+use crate::banner_support;
+use crate::comet_support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

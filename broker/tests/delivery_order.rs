@@ -4,7 +4,7 @@
 //! order the device sent them (Sends get ids in that order, Uploads reach the spool in that
 //! order). Devices over UDP and over the device WebSocket, phones over JSON; broker on 127.0.0.1.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! comet-facing interface (`Router::login` / `Session`). API calls go through the shared
 //! [`http_support::ApiClient`].
 
-mod http_support;
+use crate::http_support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-mod proc_support;
+use crate::proc_support;
 use proc_support::{Proc, api, setup};
 
 /// Runs `broker load <args> --json` and returns its exit code and report.

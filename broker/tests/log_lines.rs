@@ -11,8 +11,8 @@
 //!
 //! Listens on 127.0.0.1 only; signals only the PID it started.
 
-mod banner_support;
-mod comet_support;
+use crate::banner_support;
+use crate::comet_support;
 
 use std::time::{Duration, Instant};
 

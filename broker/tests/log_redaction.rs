@@ -6,8 +6,8 @@
 //! stderr must not contain any of them, as text, base64, hex or `Debug` byte lists. Listens on
 //! 127.0.0.1 only; signals only the PID it started.
 
-mod banner_support;
-mod comet_support;
+use crate::banner_support;
+use crate::comet_support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! standalone in-process brokers on free 127.0.0.1 ports stand for two comets. Also the
 //! anti-amplification rules of section 2 on the UDP endpoint.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -5,8 +5,8 @@
 //! the process exits 0 within `timeouts.shutdown_drain_secs` even when an HTTP request holds the
 //! drain open. Listens on 127.0.0.1 port 0 only; signals only the PID it started.
 
-mod banner_support;
-mod comet_support;
+use crate::banner_support;
+use crate::comet_support;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! the uploads of different boots apart while a resend within one boot is still recognised
 //! (docs/protocol.md section 4, "Upload semantics"; docs/storage.md).
 
-mod comet_support;
+use crate::comet_support;
 
 use std::collections::BTreeSet;
 

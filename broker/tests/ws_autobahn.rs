@@ -7,12 +7,12 @@
 //! it. Each case's verdict (`behavior`, `behaviorClose`) must equal the one committed in
 //! `tests/autobahn/expected.json`: any change, better or worse, fails and names the cases, so a
 //! dependency update that alters the stack's behaviour is seen. After a reviewed change,
-//! `AUTOBAHN_UPDATE=1 cargo test -p broker --test ws_autobahn` rewrites the file.
+//! `AUTOBAHN_UPDATE=1 cargo test -p broker --test suite ws_autobahn::` rewrites the file.
 //!
 //! Sections 12 and 13 (permessage-deflate) are reported `UNIMPLEMENTED` by kosoku; the
 //! broker does not negotiate compression either (`broker/tests/ws_frames.rs`).
 
-mod comet_support;
+use crate::comet_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

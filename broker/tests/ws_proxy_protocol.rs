@@ -8,7 +8,7 @@
 //!   the same peer without a header is served as a direct client;
 //! * a trusted peer that sends a malformed header or none is closed, counted.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! `broker_limit_rejections_total{limit="ws_write_timeout_ms"}`), and another app's deliveries
 //! keep arriving.
 
-mod comet_support;
+use crate::comet_support;
 
 use std::time::{Duration, Instant};
 
