@@ -18,7 +18,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How a run builds its fuzz crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,13 +168,11 @@ fn targets() -> Result<Vec<Target>, String> {
 /// the command, its exit status and the log.
 fn run_logged(command: &mut Command, log: &Path) -> Result<(), String> {
     use std::io::Write as _;
-    let open = |log: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-    };
-    let mut file = open(log).map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
     writeln!(file, "$ {}", describe(command))
         .map_err(|e| format!("cannot write {}: {e}", log.display()))?;
     let err = file
@@ -206,11 +204,16 @@ fn each_target(
     job: impl Fn(&Target, &Path) -> Result<(), String> + Sync,
 ) -> Result<(), String> {
     let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     let failures = Mutex::new(Vec::new());
     let printing = Mutex::new(());
+    let failed = || {
+        !failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    };
     let worker = || {
-        while !failed.load(Ordering::Relaxed) {
+        while !failed() {
             let Some(target) = targets.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 return;
             };
@@ -236,7 +239,6 @@ fn each_target(
                 Ok(()) => eprintln!("--- {}: ok", target.name),
                 Err(e) => {
                     eprintln!("--- {}: FAILED: {e}", target.name);
-                    failed.store(true, Ordering::Relaxed);
                     failures
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

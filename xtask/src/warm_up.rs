@@ -3,10 +3,10 @@
 //!
 //! The host tests, the quick soak and the HIL spend much of their time waiting on timers,
 //! sockets and services, while rustdoc's dependency checks, the host TAP board's and the bench's
-//! release builds and the fuzz crates' sanitizer builds keep both cores busy for minutes. From the first step after `deps` on (what the builds need
-//! is installed by then), [`WarmUps::start`] runs those builds one after another on
-//! a thread, each under `nice -n 19` in a process group of its own, with their output in
-//! `<target>/warm-up/<name>.log`. Around a step that measures (the bench's ratios to
+//! release builds and the fuzz crates' builds keep both cores busy for minutes. From the first
+//! step after `deps` on (what the builds need is installed by then), [`WarmUps::start`] runs
+//! those builds one after another on a thread, each under `nice -n 19` in a process group of
+//! its own, with their output in `<target>/warm-up/<name>.log`. Around a step that measures (the bench's ratios to
 //! Mosquitto need a quiet machine), [`WarmUps::pause`] stops the group (SIGSTOP) and
 //! [`WarmUps::resume`] lets it go on afterwards. Steps that compile run alongside: a nice-19
 //! compiler takes what they leave idle (serial stretches such as a board's LTO), and on one
