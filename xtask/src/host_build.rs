@@ -8,7 +8,10 @@
 //! `cargo xtask test` builds the host tests that way and fails on any warning
 //! ([`lint_workspace`]), and the `test` step, `docs-check`, the soak and the HIL
 //! ([`build_host_debug_binaries`]) find that build fresh. CI compiles the workspace and its
-//! dependencies once instead of a check build for clippy and a full build for the tests.
+//! dependencies once instead of a check build for clippy and a full build for the tests. The
+//! host-built crates outside the workspace (`boards/host-tap`, `boards/lib/plug-app`, each a
+//! workspace of its own) are linted the same way ([`lint_tests`]) before the `boards` step runs
+//! their tests.
 //!
 //! Warnings are counted from cargo's JSON messages rather than turned into errors by a flag:
 //! a flag would change the build's fingerprint, so a developer's `cargo xtask hil` would either
@@ -32,8 +35,15 @@ pub const HOST_TEST_FLAGS: &[&str] = &["--workspace", "--all-features", "--locke
 /// driver, so each finds the build the others made fresh.
 pub fn workspace_cargo() -> Command {
     let mut command = cargo();
-    command.env("RUSTC_WORKSPACE_WRAPPER", clippy_driver());
+    with_clippy_driver(&mut command);
     command
+}
+
+/// Makes clippy's driver compile the crates of the workspace `command` runs in (the host
+/// workspace, or a crate outside it that is a workspace of its own); its dependencies still
+/// compile with rustc.
+pub fn with_clippy_driver(command: &mut Command) -> &mut Command {
+    command.env("RUSTC_WORKSPACE_WRAPPER", clippy_driver())
 }
 
 /// Clippy's driver: the one next to the cargo that runs xtask (the toolchain folder of
@@ -52,16 +62,22 @@ fn clippy_driver() -> PathBuf {
 /// --workspace --all-targets --all-features -- -D warnings`, but producing the code the tests
 /// run. The diagnostics are printed as cargo would print them.
 pub fn lint_workspace() -> Result<(), String> {
-    let mut command = workspace_cargo();
-    command
+    let mut command = cargo();
+    command.current_dir(project_root());
+    lint_tests(command, HOST_TEST_FLAGS, "the workspace")
+}
+
+/// [`lint_workspace`] for the workspace `command` (a `cargo` already given its folder and
+/// target folder) runs in, with `flags` selecting packages and features: the tests of every
+/// target built with clippy's driver, failing if it or rustc warned about a crate of that
+/// workspace (`what` in the error). A later `cargo test` with the same flags and driver
+/// ([`with_clippy_driver`]) finds the build fresh.
+pub fn lint_tests(mut command: Command, flags: &[&str], what: &str) -> Result<(), String> {
+    with_clippy_driver(&mut command)
         .args(["test", "--no-run", "--all-targets", "--message-format=json"])
-        .args(HOST_TEST_FLAGS)
-        .current_dir(project_root())
+        .args(flags)
         .stdout(Stdio::piped());
-    eprintln!(
-        "$ {} (clippy's driver compiles the workspace)",
-        describe(&command)
-    );
+    eprintln!("$ {} (clippy's driver compiles {what})", describe(&command));
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start `{}`: {e}", describe(&command)))?;
@@ -80,7 +96,7 @@ pub fn lint_workspace() -> Result<(), String> {
     if !status.success() {
         return Err(format!("`{}` failed ({status})", describe(&command)));
     }
-    diagnostics.verdict()
+    diagnostics.verdict(what)
 }
 
 /// What cargo reported about the workspace's crates.
@@ -111,12 +127,12 @@ impl Diagnostics {
         diagnostic["rendered"].as_str().map(str::to_string)
     }
 
-    /// Passes when nothing warned.
-    fn verdict(&self) -> Result<(), String> {
+    /// Passes when nothing warned about `what` (the crates linted).
+    fn verdict(&self, what: &str) -> Result<(), String> {
         match self.warnings {
             0 => Ok(()),
             n => Err(format!(
-                "{n} warning{} in the workspace (above); warnings are denied",
+                "{n} warning{} in {what} (above); warnings are denied",
                 if n == 1 { "" } else { "s" }
             )),
         }
@@ -159,7 +175,7 @@ mod tests {
         );
         diagnostics.read(SUMMARY);
         assert_eq!(diagnostics.warnings, 1, "the summary line is not a warning");
-        let error = diagnostics.verdict().unwrap_err();
+        let error = diagnostics.verdict("the workspace").unwrap_err();
         assert!(error.starts_with("1 warning in the workspace"), "{error}");
     }
 
@@ -168,7 +184,7 @@ mod tests {
         let mut diagnostics = Diagnostics::default();
         assert_eq!(diagnostics.read(ARTIFACT), None);
         assert!(diagnostics.read(NOTE).is_some());
-        assert_eq!(diagnostics.verdict(), Ok(()));
+        assert_eq!(diagnostics.verdict("the workspace"), Ok(()));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //!    `boards/lib/*`, the fuzz crate; see [`crate::crates`]).
 //! 3. `clippy`: clippy on every target and feature with warnings denied, on the workspace and
 //!    on the host-built crates outside it (`boards/host-tap`, `boards/lib/plug-app`,
-//!    `hil-tests/defmt-log`). The workspace's lint is the host tests' build with clippy's
-//!    driver compiling the workspace crates ([`crate::host_build`]), so the next step only
-//!    runs them. The MCU board crates get theirs from the cross toolchain in step 9.
+//!    `hil-tests/defmt-log`). The lint of the workspace and of the two host-built crates is
+//!    their tests' build with clippy's driver compiling their own crates
+//!    ([`crate::host_build`]), so steps 4 and 7 only run them; `hil-tests/defmt-log` gets a
+//!    `cargo clippy` of its own. The MCU board crates get theirs from the cross toolchain in
+//!    step 9.
 //! 4. `test`: all host tests (unit, integration, property, vector tests), with Redis, RabbitMQ
 //!    and ZooKeeper started for the tests that need them (`cargo xtask services up`) and stopped
 //!    again afterwards, pass or fail.
@@ -24,8 +26,8 @@
 //! 6. `soak`: the quick soak ([`crate::soak::quick`]): 90 s of a standalone broker under
 //!    device churn and uploads, failing if its memory or open files grow after a 30 s warm-up,
 //!    its errors grow, or it falls behind the offered load (docs/soak/README.md).
-//! 7. `boards`: the tests of the host-built crates outside the workspace (with
-//!    `hil-tests/defmt-log`'s streaming decoder on a recorded board log).
+//! 7. `boards`: the tests of the host-built crates outside the workspace, with all their
+//!    features (with `hil-tests/defmt-log`'s streaming decoder on a recorded board log).
 //! 8. `doc`: rustdoc with warnings denied (broken links, missing docs), into `<target>/rustdoc`.
 //! 9. `cross`: the pinned cross toolchain, the no_std crates (`shared-protocol`, `firmware`)
 //!    checked for the MCU target no board builds them for, every board built and linted
@@ -40,7 +42,9 @@
 //!     target, to keep CI within its time budget; new finds go to an ignored scratch folder; a
 //!     long run that can merge them back: `cargo xtask fuzz`, see [`crate::fuzz`]).
 
-use crate::host_build::{HOST_TEST_FLAGS, lint_workspace, workspace_cargo};
+use crate::host_build::{
+    HOST_TEST_FLAGS, lint_tests, lint_workspace, with_clippy_driver, workspace_cargo,
+};
 use crate::shell::{cargo, project_root, run_command, target_dir, timed};
 use crate::warm_up::{WarmUp, WarmUps};
 use std::path::Path;
@@ -227,13 +231,23 @@ const CLIPPY_ARGS: &[&str] = &[
     "warnings",
 ];
 
+/// The feature selection of the host-built crates' tests (steps `clippy` and `boards`): all
+/// their features, the set clippy lints (`boards/lib/plug-app`'s `log` wins over its `defmt`).
+const HOST_BUILT_TEST_FLAGS: &[&str] = &["--all-features", "--locked"];
+
 fn clippy() -> Result<(), String> {
-    // The workspace: its host tests built with clippy's driver, which the `test` step then
-    // finds fresh (crate::host_build).
+    // The workspace and the host-built crates: their tests built with clippy's driver, which
+    // the `test` and `boards` steps then find fresh (crate::host_build).
     lint_workspace()?;
     for dir in crate::crates::host_built()? {
-        run_command(host_cargo(&dir).arg("clippy").args(CLIPPY_ARGS))?;
+        lint_tests(
+            host_cargo(&dir),
+            HOST_BUILT_TEST_FLAGS,
+            &dir.display().to_string(),
+        )?;
     }
+    // The tool crates keep a separate lint: the QEMU board's runner builds them without
+    // clippy's driver, and a build with it would only be rebuilt there.
     for (dir, target) in crate::crates::tool_crates() {
         run_command(tool_cargo(&dir, &target).arg("clippy").args(CLIPPY_ARGS))?;
     }
@@ -243,7 +257,11 @@ fn clippy() -> Result<(), String> {
 /// Tests of the host-built crates and tool crates outside the workspace.
 fn host_board_tests() -> Result<(), String> {
     for dir in crate::crates::host_built()? {
-        run_command(host_cargo(&dir).args(["test", "--locked"]))?;
+        run_command(
+            with_clippy_driver(&mut host_cargo(&dir))
+                .arg("test")
+                .args(HOST_BUILT_TEST_FLAGS),
+        )?;
     }
     for (dir, target) in crate::crates::tool_crates() {
         run_command(tool_cargo(&dir, &target).args(["test", "--locked"]))?;
