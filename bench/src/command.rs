@@ -6,8 +6,9 @@
 //! `"latencies_us":[..]` (every timed request, in the order sent) under `--print-latencies`.
 //!
 //! * Ours: `POST /v1/devices/{id}/commands` on the HTTP API over one kept-alive HTTP/1.1
-//!   connection (hyper's client connection, `TCP_NODELAY` set, as lean as the MQTT requester's
-//!   raw client: no pool, no redirect or proxy layers); the device, a simulated one of `broker load` logged in over the device WebSocket or UDP,
+//!   connection (the raw client of [`crate::http1`], `TCP_NODELAY` set, as lean as the MQTT
+//!   requester's raw client: one write per request, the answer read into one buffer); the
+//!   device, a simulated one of `broker load` logged in over the device WebSocket or UDP,
 //!   answers with `CommandResult` and the API answers the request with it.
 //! * MQTT: request/reply over Mosquitto at QoS 0 (or 1 with `--qos 1`). Every idle terminal (`bench-load idle --kind
 //!   mqtt-responder`) subscribes to `bench/req/<id>` and answers each request on
@@ -23,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::{Args, ValueEnum};
-use http_body_util::BodyExt as _;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe};
 
+use crate::http1::Http1Conn;
 use crate::mqtt::{self, Conn};
 use crate::tally::Tally;
 
@@ -161,7 +162,7 @@ pub async fn run(args: RequestArgs) -> Result<(), String> {
 /// One requester: an HTTP client of our API or an MQTT client of Mosquitto.
 enum Requester {
     Ours {
-        sender: hyper::client::conn::http1::SendRequest<String>,
+        conn: Box<Http1Conn>,
         authorization: String,
     },
     Mqtt {
@@ -182,20 +183,9 @@ impl Requester {
                     .api_token
                     .as_deref()
                     .ok_or("--to ours needs --api-token")?;
-                let stream = tokio::net::TcpStream::connect(args.addr)
-                    .await
-                    .map_err(|e| format!("connect {}: {e}", args.addr))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(|e| format!("HTTP handshake: {e}"))?;
-                // Runs until the requester ends and drops `sender`.
-                tokio::spawn(connection);
+                let conn = Http1Conn::connect(args.addr).await?;
                 Ok(Requester::Ours {
-                    sender,
+                    conn: Box::new(conn),
                     authorization: format!("Bearer {token}"),
                 })
             }
@@ -227,38 +217,23 @@ impl Requester {
         let payload = seq.to_le_bytes();
         match self {
             Requester::Ours {
-                sender,
+                conn,
                 authorization,
             } => {
-                let body = serde_json::json!({
-                    "name": "bench",
-                    "payload": base64::engine::general_purpose::STANDARD.encode(payload),
-                })
-                .to_string();
-                let request = hyper::Request::post(format!("/v1/devices/{id}/commands"))
-                    .header(hyper::header::HOST, "bench")
-                    .header(hyper::header::AUTHORIZATION, authorization.as_str())
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .map_err(|e| format!("request: {e}"))?;
-                sender
-                    .ready()
+                let body = format!(
+                    r#"{{"name":"bench","payload":"{}"}}"#,
+                    base64::engine::general_purpose::STANDARD.encode(payload)
+                );
+                let path = format!("/v1/devices/{id}/commands");
+                // The whole answer, body included, is part of the round trip.
+                let answer = conn
+                    .post_json(&path, authorization, &body)
                     .await
                     .map_err(|e| format!("connection: {e}"))?;
-                let r = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-                let status = r.status();
-                // The whole answer is part of the round trip.
-                r.into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| format!("read: {e}"))?;
-                if status.is_success() {
+                if (200..300).contains(&answer.status) {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {}", status.as_u16()))
+                    Err(format!("HTTP {}", answer.status))
                 }
             }
             Requester::Mqtt {

@@ -18,6 +18,7 @@
 
 mod command;
 mod fanout;
+mod http1;
 mod idle;
 mod mqtt;
 mod ours;
