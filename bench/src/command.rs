@@ -162,7 +162,7 @@ pub async fn run(args: RequestArgs) -> Result<(), String> {
 /// One requester: an HTTP client of our API or an MQTT client of Mosquitto.
 enum Requester {
     Ours {
-        conn: Box<Http1Conn>,
+        conn: Http1Conn,
         authorization: String,
     },
     Mqtt {
@@ -185,7 +185,7 @@ impl Requester {
                     .ok_or("--to ours needs --api-token")?;
                 let conn = Http1Conn::connect(args.addr).await?;
                 Ok(Requester::Ours {
-                    conn: Box::new(conn),
+                    conn,
                     authorization: format!("Bearer {token}"),
                 })
             }
