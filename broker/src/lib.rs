@@ -45,6 +45,7 @@ pub mod router;
 pub mod secret;
 pub mod secrets;
 pub mod self_wake;
+pub mod shutdown_signal;
 pub mod store;
 pub mod terminal;
 pub mod uploads;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use broker::config::{Config, DEFAULT_TOML};
 use broker::secrets::Secrets;
+use broker::shutdown_signal::ShutdownSignal;
 use broker::terminal::{Address, Kind};
 use shared_protocol::provision::TransportPreference;
 
@@ -322,6 +323,11 @@ fn serve(config: Config, config_file: Option<&std::path::Path>) -> ExitCode {
         Err(c) => return c,
     };
     rt.block_on(async {
+        // Listening before the banner: a SIGTERM right after "ready" drains, never kills.
+        let signal = match listen_for_shutdown() {
+            Ok(s) => s,
+            Err(c) => return c,
+        };
         let running = match broker::start(&config).await {
             Ok(r) => r,
             Err(e) => {
@@ -332,7 +338,7 @@ fn serve(config: Config, config_file: Option<&std::path::Path>) -> ExitCode {
         };
         // A closed stdout (`broker | head`) must not stop the broker.
         let _ = broker::cli_output::print(&banner(&config, config_file, &running));
-        shutdown_signal().await;
+        signal.recv().await;
         running.stop().await;
         ExitCode::SUCCESS
     })
@@ -445,7 +451,15 @@ fn serve_role(config: Config, role: broker::discovery::Role) -> ExitCode {
         Ok(rt) => rt,
         Err(c) => return c,
     };
-    match rt.block_on(broker::roles::run(role, config, shutdown_signal())) {
+    let run = async {
+        let signal = listen_for_shutdown()?;
+        Ok(broker::roles::run(role, config, signal.recv()).await)
+    };
+    let outcome = match rt.block_on(run) {
+        Ok(outcome) => outcome,
+        Err(code) => return code,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ broker::cluster::ClusterError::Config(..)) => {
             eprintln!("broker {}: configuration error: {e}", role.as_str());
@@ -475,24 +489,10 @@ fn rmqkeeper(args: broker::keeper::KeeperArgs, config: &Config) -> ExitCode {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
+/// [`ShutdownSignal::listen`], or the exit code (with a message) when no handler can be installed.
+fn listen_for_shutdown() -> Result<ShutdownSignal, ExitCode> {
+    ShutdownSignal::listen().map_err(|e| {
+        eprintln!("broker: cannot listen for SIGINT/SIGTERM: {e}");
+        ExitCode::FAILURE
+    })
 }

@@ -28,6 +28,7 @@ pub use args::{EXIT_CONFIG, KeeperArgs, KeeperConfig, KeeperConfigError, KeeperS
 pub use view::{RabbitNode, RabbitNodes, RabbitView};
 
 use crate::discovery::zk;
+use crate::shutdown_signal::ShutdownSignal;
 use health::{Health, Management};
 use machine::{Action, HealthTracker, decide};
 
@@ -58,10 +59,18 @@ pub async fn cli(args: KeeperArgs, sources: args::KeeperSources<'_>) -> ExitCode
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Listening before anything is bound: a SIGTERM right after start-up stops cleanly.
+    let signal = match ShutdownSignal::listen() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rmqkeeper: cannot listen for SIGINT/SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.recv().await;
         stop.cancel();
     });
     match run(cfg, cancel).await {
@@ -71,21 +80,6 @@ pub async fn cli(args: KeeperArgs, sources: args::KeeperSources<'_>) -> ExitCode
             ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 struct Session {
