@@ -914,22 +914,12 @@ pub fn node_main(args: &[String]) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let shutdown = async move {
-            match term.as_mut() {
-                Some(t) => {
-                    tokio::select! {
-                        _ = t.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        };
-        broker::roles::run(role, config, shutdown).await
+        // Listening before the node starts: a SIGTERM during start-up stops it cleanly.
+        let signal = broker::shutdown_signal::ShutdownSignal::listen()
+            .map_err(|e| format!("cannot listen for SIGINT/SIGTERM: {e}"))?;
+        broker::roles::run(role, config, signal.recv())
+            .await
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
