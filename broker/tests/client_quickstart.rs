@@ -2,9 +2,9 @@
 //! data directory, `broker client device --id 42` and `broker client phone` as separate
 //! processes reading the secrets the broker generated, a push and a command through the HTTP API
 //! with the generated API token, and a phone-to-device send. Also: a wrong key exits non-zero
-//! with a clear message.
+//! with a clear message, and Ctrl-C or SIGTERM ends a client with exit 0 wherever it is.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -128,13 +128,85 @@ async fn wrong_key_or_no_broker_exits_non_zero_with_a_reason() {
 
 /// SIGTERM to the broker (by its PID), as an operator's restart does.
 fn terminate(p: &Proc) {
+    signal(p, "-TERM");
+}
+
+/// Sends `signal` (`-TERM`, `-INT`) to `p`, by its PID only.
+fn signal(p: &Proc, signal: &str) {
     let pid = p.child.id().to_string();
     let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap()
         .success();
-    assert!(ok, "kill -TERM {pid}");
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM ends a client with exit 0 wherever it is: while it waits for a
+/// login that is never answered (nothing to log out of, and no waiting for the login timeout),
+/// and logged in (it says Goodbye, so the broker has it offline at once, not after a session
+/// timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_or_sigterm_ends_a_client_with_exit_0_connecting_or_logged_in() {
+    let s = setup();
+    let key = "11".repeat(32);
+    for sig in ["-INT", "-TERM"] {
+        // A UDP port that takes datagrams and never answers, fresh for each client so that the
+        // HELLO read below is this client's.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let to = silent.local_addr().unwrap().to_string();
+        let mut waiting = Proc::spawn(
+            &s.config,
+            &[
+                "client",
+                "device",
+                "--id",
+                "42",
+                "--key",
+                &key,
+                "--udp",
+                &to,
+                "--login-timeout",
+                "60",
+            ],
+        );
+        let mut hello = [0u8; 2048];
+        silent.recv_from(&mut hello).expect("the client's HELLO");
+        let signalled = Instant::now();
+        signal(&waiting, sig);
+        assert_eq!(waiting.wait_exit(), 0, "{sig} while logging in");
+        let took = signalled.elapsed();
+        assert!(took < Duration::from_secs(5), "{sig}: exit {took:?} later");
+    }
+
+    let mut broker = Proc::spawn(&s.config, &[]);
+    broker.expect("HTTP API on http://");
+    for (id, sig) in [("42", "-INT"), ("43", "-TERM")] {
+        let mut device = Proc::spawn(&s.config, &["client", "device", "--id", id]);
+        device.expect(&format!("connected as device:{id} via udp"));
+        let path = format!("/v1/terminals/device/{id}");
+        let (status, body) = api(&s, reqwest::Method::GET, &path, None).await;
+        assert_eq!((status, &body["online"]), (200, &json!(true)), "{body}");
+        signal(&device, sig);
+        assert_eq!(device.wait_exit(), 0, "{sig} while logged in");
+        // Offline within 3 s: the Goodbye, not the session timeout (three heartbeats).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let (status, body) = api(&s, reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{body}");
+            if body["online"] == json!(false) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still online after {sig}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::input::{self, Input, Role};
+use super::interrupt::Interrupt;
 use super::link::{Incoming, Link, Probe};
 use super::lookup::{Lookup, Want};
 use super::net::{self, ClientWs};
@@ -373,23 +374,33 @@ struct Progress {
     delivered: u64,
     next_id: u32,
     stdin_open: bool,
+    /// Ctrl-C or SIGTERM.
+    interrupt: Interrupt,
 }
 
 /// Runs the device until `quit`, Ctrl-C, `--count` deliveries, or a failure it does not come
 /// back from. After a session that logged in ends in a way the broker or the network says to
 /// come back from ([`ClientError::comes_back`]: a SHUTDOWN kick, a lost connection), it logs in
 /// again after a pause ([`Reconnect`]), as a device does, unless `reconnect` is off.
-pub async fn run(o: DeviceOptions, mut lines: mpsc::Receiver<String>) -> Result<(), ClientError> {
+pub async fn run(
+    o: DeviceOptions,
+    mut lines: mpsc::Receiver<String>,
+    interrupt: Interrupt,
+) -> Result<(), ClientError> {
     let mut progress = Progress {
         upload_epoch: draw_upload_epoch(),
         since_id: o.since_id,
         delivered: 0,
         next_id: 1,
         stdin_open: true,
+        interrupt: interrupt.clone(),
     };
-    Reconnect::serve(o.reconnect, &o.printer, async |logged_in: &mut bool| {
-        session(&o, &mut lines, &mut progress, logged_in).await
-    })
+    Reconnect::serve(
+        o.reconnect,
+        &o.printer,
+        &interrupt,
+        async |logged_in: &mut bool| session(&o, &mut lines, &mut progress, logged_in).await,
+    )
     .await
 }
 
@@ -444,7 +455,11 @@ async fn session(
         since_id: prog.since_id,
         upload_epoch: prog.upload_epoch,
     };
-    let (mut wire, via, mut link, welcome) = first_login(o, report, &clock).await?;
+    // Interrupted while connecting or logging in: nothing to log out of, a clean end.
+    let (mut wire, via, mut link, welcome) = tokio::select! {
+        r = first_login(o, report, &clock) => r?,
+        () = prog.interrupt.wait() => return Ok(()),
+    };
     if let Some(probe) = o.probe {
         link = link.with_probe(probe);
     }
@@ -474,7 +489,7 @@ async fn logged_in_session(
     loop {
         let due = clock.at(link.next_deadline());
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            () = prog.interrupt.wait() => {
                 return finish(wire, link, clock).await;
             }
             _ = tokio::time::sleep_until(due) => {

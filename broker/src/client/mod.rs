@@ -6,6 +6,7 @@
 //! * [`phone`]: a phone over the app WebSocket (JSON messages and an HS256 token).
 //! * [`input`]: the stdin command language (`send device:42 hello`, `upload power {..}`, ...).
 //! * [`output`]: one line per event, text or JSON (`--json`).
+//! * [`interrupt`]: Ctrl-C and SIGTERM, listened for from the start, end the client cleanly.
 //! * [`creds`]: device keys and tokens from flags, the config, or the secrets the broker
 //!   generated into its data directory, so `broker client device --id 42` works next to a broker
 //!   started with `cargo run -p broker` in the same directory.
@@ -16,7 +17,8 @@
 //!
 //! Defaults come from the same configuration as the broker (`--config`, `BROKER__*`): the
 //! `[listen]` addresses (an unspecified bind address becomes 127.0.0.1), `[tls]`, `[security]`,
-//! `storage.data_dir`. Exit status: 0 after `quit`, Ctrl-C, end of session or `--count`
+//! `storage.data_dir`. Exit status: 0 after `quit`, Ctrl-C or SIGTERM (at any point: connecting, logged in or
+//! pausing before the next login), end of session or `--count`
 //! deliveries; 1 when the broker rejects the login, kicks the session or cannot be reached; 2 for
 //! bad arguments.
 // The clap help texts below use `[optional]` and `<placeholder>` as a terminal shows them,
@@ -26,6 +28,7 @@
 pub mod creds;
 pub mod device;
 pub mod input;
+pub mod interrupt;
 pub mod link;
 pub mod lookup;
 pub mod net;
@@ -44,6 +47,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use interrupt::Interrupt;
 
 /// Why the client stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -183,11 +187,12 @@ impl Reconnect {
     }
 
     /// Runs `session` until it ends cleanly, or ends in a way not to come back from, or
-    /// Ctrl-C interrupts a pause: the device's and the phone's outer loop. `session` sets its
+    /// Ctrl-C or SIGTERM interrupts a pause: the device's and the phone's outer loop. `session` sets its
     /// `&mut bool` once it has logged in; between sessions, [`Reconnect::after`] decides.
     pub(crate) async fn serve(
         enabled: bool,
         printer: &output::Printer,
+        interrupt: &Interrupt,
         mut session: impl AsyncFnMut(&mut bool) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
         let mut again = Reconnect::default();
@@ -197,14 +202,17 @@ impl Reconnect {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            if !again.after(err, logged_in, enabled, printer).await? {
+            if !again
+                .after(err, logged_in, enabled, printer, interrupt)
+                .await?
+            {
                 return Ok(());
             }
         }
     }
 
     /// A session ended with `err` (`logged_in`: it had logged in). `Ok(true)`: log in again,
-    /// the pause (announced on `printer`) is over; `Ok(false)`: Ctrl-C during the pause, a clean
+    /// the pause (announced on `printer`) is over; `Ok(false)`: Ctrl-C or SIGTERM during the pause, a clean
     /// end; `Err(err)`: give up (reconnecting is off (`enabled`), no login ever succeeded, or
     /// the end is not one to come back from).
     pub(crate) async fn after(
@@ -213,6 +221,7 @@ impl Reconnect {
         logged_in: bool,
         enabled: bool,
         printer: &output::Printer,
+        interrupt: &Interrupt,
     ) -> Result<bool, ClientError> {
         if logged_in {
             self.logged_in();
@@ -226,7 +235,7 @@ impl Reconnect {
             after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
         });
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => Ok(false),
+            () = interrupt.wait() => Ok(false),
             _ = tokio::time::sleep(pause) => Ok(true),
         }
     }
@@ -437,6 +446,8 @@ fn stdin_lines() -> mpsc::Receiver<String> {
 }
 
 async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
+    // Before the first connection: a Ctrl-C from here on ends the client cleanly (exit 0).
+    let interrupt = Interrupt::listen().map_err(ClientError::io)?;
     match args.role {
         RoleArgs::Device(a) => {
             let c = &a.common;
@@ -495,7 +506,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 reconnect: !c.exit_on_kick,
                 probe: (a.probe_after_ms > 0).then(|| link::Probe::after(a.probe_after_ms)),
             };
-            device::run(o, stdin_lines()).await
+            device::run(o, stdin_lines(), interrupt).await
         }
         RoleArgs::Phone(a) => {
             let c = &a.common;
@@ -538,7 +549,7 @@ async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
                 printer: output::Printer { json: c.json },
                 reconnect: !c.exit_on_kick,
             };
-            phone::run(o, stdin_lines()).await
+            phone::run(o, stdin_lines(), interrupt).await
         }
     }
 }

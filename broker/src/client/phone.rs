@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::input::{self, Input, Role};
+use super::interrupt::Interrupt;
 use super::lookup::{Lookup, Want};
 use super::net::{self, ClientWs};
 use super::output::{Event, Printer};
@@ -89,22 +90,32 @@ struct Progress {
     delivered: u64,
     next_ref: u32,
     stdin_open: bool,
+    /// Ctrl-C or SIGTERM.
+    interrupt: Interrupt,
 }
 
 /// Runs the phone until `quit`, Ctrl-C, `--count` deliveries, or a failure it does not come
 /// back from. After a session that logged in ends in a way to come back from
 /// ([`ClientError::comes_back`]: a SHUTDOWN kick, a lost connection) it logs in again after a
 /// pause ([`Reconnect`]), as an app does, unless `reconnect` is off.
-pub async fn run(o: PhoneOptions, mut lines: mpsc::Receiver<String>) -> Result<(), ClientError> {
+pub async fn run(
+    o: PhoneOptions,
+    mut lines: mpsc::Receiver<String>,
+    interrupt: Interrupt,
+) -> Result<(), ClientError> {
     let mut progress = Progress {
         since_id: o.since_id,
         delivered: 0,
         next_ref: 1,
         stdin_open: true,
+        interrupt: interrupt.clone(),
     };
-    Reconnect::serve(o.reconnect, &o.printer, async |logged_in: &mut bool| {
-        session(&o, &mut lines, &mut progress, logged_in).await
-    })
+    Reconnect::serve(
+        o.reconnect,
+        &o.printer,
+        &interrupt,
+        async |logged_in: &mut bool| session(&o, &mut lines, &mut progress, logged_in).await,
+    )
     .await
 }
 
@@ -189,13 +200,17 @@ async fn session(
     prog: &mut Progress,
     logged_in: &mut bool,
 ) -> Result<(), ClientError> {
-    let (mut ws, heartbeat) = first_login(o, prog.since_id).await?;
+    // Interrupted while connecting or authenticating: nothing to close yet, a clean end.
+    let (mut ws, heartbeat) = tokio::select! {
+        r = first_login(o, prog.since_id) => r?,
+        () = prog.interrupt.wait() => return Ok(()),
+    };
     *logged_in = true;
     let mut last_sent = Instant::now();
     let mut pending: Vec<u64> = Vec::new();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return quit(&mut ws).await,
+            () = prog.interrupt.wait() => return quit(&mut ws).await,
             _ = tokio::time::sleep_until(last_sent + heartbeat) => {
                 send(&mut ws, &ClientMessage::Ping).await?;
                 last_sent = Instant::now();
