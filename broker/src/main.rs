@@ -451,15 +451,12 @@ fn serve_role(config: Config, role: broker::discovery::Role) -> ExitCode {
         Ok(rt) => rt,
         Err(c) => return c,
     };
-    let run = async {
-        let signal = listen_for_shutdown()?;
-        Ok(broker::roles::run(role, config, signal.recv()).await)
+    // Listening before the role starts (inside the runtime, which installs the handlers).
+    let signal = match rt.block_on(async { listen_for_shutdown() }) {
+        Ok(s) => s,
+        Err(c) => return c,
     };
-    let outcome = match rt.block_on(run) {
-        Ok(outcome) => outcome,
-        Err(code) => return code,
-    };
-    match outcome {
+    match rt.block_on(broker::roles::run(role, config, signal.recv())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ broker::cluster::ClusterError::Config(..)) => {
             eprintln!("broker {}: configuration error: {e}", role.as_str());

@@ -6,7 +6,10 @@
 //! program that announces "ready" and only then starts listening leaves a window in which a
 //! supervisor's (or a test's) SIGTERM kills it outright. Every long-running command of the
 //! broker binary therefore makes a [`ShutdownSignal`] before it binds or announces anything and
-//! awaits [`ShutdownSignal::recv`] when it is ready to stop.
+//! awaits [`ShutdownSignal::recv`] when it is ready to stop (or, where several places wait,
+//! [`ShutdownSignal::into_token`]).
+
+use tokio_util::sync::CancellationToken;
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM; [`ShutdownSignal::recv`] completes on the first.
 pub struct ShutdownSignal {
@@ -53,6 +56,18 @@ impl ShutdownSignal {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("Ctrl-C received");
         }
+    }
+
+    /// A token cancelled on the first SIGINT or SIGTERM (a task spawned on the current runtime
+    /// waits for it), for programs where several places wait for the signal.
+    pub fn into_token(self) -> CancellationToken {
+        let token = CancellationToken::new();
+        let cancel = token.clone();
+        tokio::spawn(async move {
+            self.recv().await;
+            cancel.cancel();
+        });
+        token
     }
 }
 

@@ -126,11 +126,6 @@ async fn wrong_key_or_no_broker_exits_non_zero_with_a_reason() {
     assert_eq!(once.wait_exit(), 0);
 }
 
-/// SIGTERM to the broker (by its PID), as an operator's restart does.
-fn terminate(p: &Proc) {
-    signal(p, "-TERM");
-}
-
 /// Sends `signal` (`-TERM`, `-INT`) to `p`, by its PID only.
 fn signal(p: &Proc, signal: &str) {
     let pid = p.child.id().to_string();
@@ -227,7 +222,8 @@ async fn clients_come_back_after_a_shutdown_kick_unless_told_to_exit() {
     device.expect("upload #1 durable");
 
     // The broker restarts: it kicks every session with SHUTDOWN.
-    terminate(&broker);
+    // SIGTERM, as an operator's restart does.
+    signal(&broker, "-TERM");
     assert_eq!(broker.wait_exit(), 0);
     device.expect("kicked: SHUTDOWN");
     let line = device.expect("reconnecting in ");

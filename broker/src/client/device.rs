@@ -35,9 +35,9 @@ use shared_protocol::limits::MAX_PACKET;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use super::input::{self, Input, Role};
-use super::interrupt::Interrupt;
 use super::link::{Incoming, Link, Probe};
 use super::lookup::{Lookup, Want};
 use super::net::{self, ClientWs};
@@ -374,18 +374,18 @@ struct Progress {
     delivered: u64,
     next_id: u32,
     stdin_open: bool,
-    /// Ctrl-C or SIGTERM.
-    interrupt: Interrupt,
+    /// Cancelled on Ctrl-C or SIGTERM.
+    interrupt: CancellationToken,
 }
 
-/// Runs the device until `quit`, Ctrl-C, `--count` deliveries, or a failure it does not come
+/// Runs the device until `quit`, Ctrl-C or SIGTERM (`interrupt`), `--count` deliveries, or a failure it does not come
 /// back from. After a session that logged in ends in a way the broker or the network says to
 /// come back from ([`ClientError::comes_back`]: a SHUTDOWN kick, a lost connection), it logs in
 /// again after a pause ([`Reconnect`]), as a device does, unless `reconnect` is off.
 pub async fn run(
     o: DeviceOptions,
     mut lines: mpsc::Receiver<String>,
-    interrupt: Interrupt,
+    interrupt: CancellationToken,
 ) -> Result<(), ClientError> {
     let mut progress = Progress {
         upload_epoch: draw_upload_epoch(),
@@ -458,7 +458,7 @@ async fn session(
     // Interrupted while connecting or logging in: nothing to log out of, a clean end.
     let (mut wire, via, mut link, welcome) = tokio::select! {
         r = first_login(o, report, &clock) => r?,
-        () = prog.interrupt.wait() => return Ok(()),
+        () = prog.interrupt.cancelled() => return Ok(()),
     };
     if let Some(probe) = o.probe {
         link = link.with_probe(probe);
@@ -489,7 +489,7 @@ async fn logged_in_session(
     loop {
         let due = clock.at(link.next_deadline());
         tokio::select! {
-            () = prog.interrupt.wait() => {
+            () = prog.interrupt.cancelled() => {
                 return finish(wire, link, clock).await;
             }
             _ = tokio::time::sleep_until(due) => {

@@ -6,7 +6,6 @@
 //! * [`phone`]: a phone over the app WebSocket (JSON messages and an HS256 token).
 //! * [`input`]: the stdin command language (`send device:42 hello`, `upload power {..}`, ...).
 //! * [`output`]: one line per event, text or JSON (`--json`).
-//! * [`interrupt`]: Ctrl-C and SIGTERM, listened for from the start, end the client cleanly.
 //! * [`creds`]: device keys and tokens from flags, the config, or the secrets the broker
 //!   generated into its data directory, so `broker client device --id 42` works next to a broker
 //!   started with `cargo run -p broker` in the same directory.
@@ -17,10 +16,10 @@
 //!
 //! Defaults come from the same configuration as the broker (`--config`, `BROKER__*`): the
 //! `[listen]` addresses (an unspecified bind address becomes 127.0.0.1), `[tls]`, `[security]`,
-//! `storage.data_dir`. Exit status: 0 after `quit`, Ctrl-C or SIGTERM (at any point: connecting, logged in or
-//! pausing before the next login), end of session or `--count`
-//! deliveries; 1 when the broker rejects the login, kicks the session or cannot be reached; 2 for
-//! bad arguments.
+//! `storage.data_dir`. Exit status: 0 after `quit`, end of session or `--count` deliveries, and
+//! after Ctrl-C or SIGTERM at any point (listened for from the start: while connecting or
+//! pausing before the next login the client just ends, logged in it says Goodbye first); 1 when
+//! the broker rejects the login, kicks the session or cannot be reached; 2 for bad arguments.
 // The clap help texts below use `[optional]` and `<placeholder>` as a terminal shows them,
 // not as doc links or HTML.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
@@ -28,7 +27,6 @@
 pub mod creds;
 pub mod device;
 pub mod input;
-pub mod interrupt;
 pub mod link;
 pub mod lookup;
 pub mod net;
@@ -45,9 +43,10 @@ use shared_protocol::codes::Code;
 use shared_protocol::ids::{Address, Kind};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use interrupt::Interrupt;
+use crate::shutdown_signal::ShutdownSignal;
 
 /// Why the client stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -187,12 +186,13 @@ impl Reconnect {
     }
 
     /// Runs `session` until it ends cleanly, or ends in a way not to come back from, or
-    /// Ctrl-C or SIGTERM interrupts a pause: the device's and the phone's outer loop. `session` sets its
-    /// `&mut bool` once it has logged in; between sessions, [`Reconnect::after`] decides.
+    /// Ctrl-C or SIGTERM (`interrupt`) interrupts a pause: the device's and the phone's outer
+    /// loop. `session` sets its `&mut bool` once it has logged in; between sessions,
+    /// [`Reconnect::after`] decides.
     pub(crate) async fn serve(
         enabled: bool,
         printer: &output::Printer,
-        interrupt: &Interrupt,
+        interrupt: &CancellationToken,
         mut session: impl AsyncFnMut(&mut bool) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
         let mut again = Reconnect::default();
@@ -212,8 +212,8 @@ impl Reconnect {
     }
 
     /// A session ended with `err` (`logged_in`: it had logged in). `Ok(true)`: log in again,
-    /// the pause (announced on `printer`) is over; `Ok(false)`: Ctrl-C or SIGTERM during the pause, a clean
-    /// end; `Err(err)`: give up (reconnecting is off (`enabled`), no login ever succeeded, or
+    /// the pause (announced on `printer`) is over; `Ok(false)`: Ctrl-C or SIGTERM (`interrupt`)
+    /// during the pause, a clean end; `Err(err)`: give up (reconnecting is off (`enabled`), no login ever succeeded, or
     /// the end is not one to come back from).
     pub(crate) async fn after(
         &mut self,
@@ -221,7 +221,7 @@ impl Reconnect {
         logged_in: bool,
         enabled: bool,
         printer: &output::Printer,
-        interrupt: &Interrupt,
+        interrupt: &CancellationToken,
     ) -> Result<bool, ClientError> {
         if logged_in {
             self.logged_in();
@@ -235,7 +235,7 @@ impl Reconnect {
             after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
         });
         tokio::select! {
-            () = interrupt.wait() => Ok(false),
+            () = interrupt.cancelled() => Ok(false),
             _ = tokio::time::sleep(pause) => Ok(true),
         }
     }
@@ -446,8 +446,11 @@ fn stdin_lines() -> mpsc::Receiver<String> {
 }
 
 async fn run(config: &Config, args: ClientArgs) -> Result<(), ClientError> {
-    // Before the first connection: a Ctrl-C from here on ends the client cleanly (exit 0).
-    let interrupt = Interrupt::listen().map_err(ClientError::io)?;
+    // Before the first connection: a Ctrl-C or SIGTERM from here on is never lost and never
+    // ends the process through the signal's default action.
+    let interrupt = ShutdownSignal::listen()
+        .map_err(ClientError::io)?
+        .into_token();
     match args.role {
         RoleArgs::Device(a) => {
             let c = &a.common;

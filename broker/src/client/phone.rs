@@ -15,9 +15,9 @@ use shared_protocol::limits::MAX_JSON_MESSAGE;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use super::input::{self, Input, Role};
-use super::interrupt::Interrupt;
 use super::lookup::{Lookup, Want};
 use super::net::{self, ClientWs};
 use super::output::{Event, Printer};
@@ -90,18 +90,18 @@ struct Progress {
     delivered: u64,
     next_ref: u32,
     stdin_open: bool,
-    /// Ctrl-C or SIGTERM.
-    interrupt: Interrupt,
+    /// Cancelled on Ctrl-C or SIGTERM.
+    interrupt: CancellationToken,
 }
 
-/// Runs the phone until `quit`, Ctrl-C, `--count` deliveries, or a failure it does not come
+/// Runs the phone until `quit`, Ctrl-C or SIGTERM (`interrupt`), `--count` deliveries, or a failure it does not come
 /// back from. After a session that logged in ends in a way to come back from
 /// ([`ClientError::comes_back`]: a SHUTDOWN kick, a lost connection) it logs in again after a
 /// pause ([`Reconnect`]), as an app does, unless `reconnect` is off.
 pub async fn run(
     o: PhoneOptions,
     mut lines: mpsc::Receiver<String>,
-    interrupt: Interrupt,
+    interrupt: CancellationToken,
 ) -> Result<(), ClientError> {
     let mut progress = Progress {
         since_id: o.since_id,
@@ -203,14 +203,14 @@ async fn session(
     // Interrupted while connecting or authenticating: nothing to close yet, a clean end.
     let (mut ws, heartbeat) = tokio::select! {
         r = first_login(o, prog.since_id) => r?,
-        () = prog.interrupt.wait() => return Ok(()),
+        () = prog.interrupt.cancelled() => return Ok(()),
     };
     *logged_in = true;
     let mut last_sent = Instant::now();
     let mut pending: Vec<u64> = Vec::new();
     loop {
         tokio::select! {
-            () = prog.interrupt.wait() => return quit(&mut ws).await,
+            () = prog.interrupt.cancelled() => return quit(&mut ws).await,
             _ = tokio::time::sleep_until(last_sent + heartbeat) => {
                 send(&mut ws, &ClientMessage::Ping).await?;
                 last_sent = Instant::now();

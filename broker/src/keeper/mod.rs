@@ -67,13 +67,7 @@ pub async fn cli(args: KeeperArgs, sources: args::KeeperSources<'_>) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        signal.recv().await;
-        stop.cancel();
-    });
-    match run(cfg, cancel).await {
+    match run(cfg, signal.into_token()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
